@@ -1,0 +1,108 @@
+"""``create_app``: the aiohttp application with every dependency passed in.
+
+Called by ``receiver serve`` and by tests. The store, the clock and the step
+executors are injected; the worker is started and stopped in ``cleanup_ctx``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from receiver.engine.planner import PlanContext
+from receiver.engine.runner import Executor, Runner
+from receiver.engine.worker import Processor, Worker
+from receiver.metrics import Metrics
+from receiver.rulebook.loader import Rulebook
+from receiver.settings import Settings
+from receiver.store.base import Store
+from receiver.web.auth import Authenticator
+from receiver.web.handlers import Handlers
+from receiver.web.problems import make_middleware
+
+STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
+METRICS = web.AppKey("metrics", Metrics)
+PROCESSOR = web.AppKey("processor", Processor)
+
+
+def utc_now() -> datetime:
+    """The default clock."""
+    return datetime.now(UTC)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    rulebook: Rulebook,
+    store: Store,
+    clock: Callable[[], datetime] = utc_now,
+    executors: Mapping[str, Executor] | None = None,
+    metrics: Metrics | None = None,
+) -> web.Application:
+    """Build the application; the worker starts with the app and stops with it."""
+    metrics = metrics or Metrics()
+    metrics.rules_loaded.set(len(rulebook.rules))
+    runner = Runner(executors or {}, clock, mode=settings.mode)
+    processor = Processor(
+        rulebook,
+        runner,
+        clock,
+        PlanContext(
+            execute=settings.mode == "execute",
+            namespaces=tuple(settings.namespaces)
+            if settings.namespaces is not None
+            else None,
+        ),
+        metrics=metrics,
+        pagerduty_alertname_from=settings.pagerduty_alertname_from,
+    )
+    auth = Authenticator(
+        settings.auth_tokens,
+        settings.basic_auth,
+        settings.pagerduty_secrets,
+        settings.routing_keys,
+        open_when_unset=settings.loopback_only,
+    )
+    handlers = Handlers(
+        store=store,
+        processor=processor,
+        auth=auth,
+        metrics=metrics,
+        clock=clock,
+        max_body_bytes=settings.max_body_bytes,
+        alertname_from=settings.pagerduty_alertname_from,
+    )
+    app = web.Application(
+        middlewares=[make_middleware(metrics)],
+        client_max_size=settings.max_body_bytes + 1,
+    )
+    app[STORE] = store
+    app[METRICS] = metrics
+    app[PROCESSOR] = processor
+    r = app.router
+    r.add_post(
+        "/webhooks/alertmanager", handlers.alertmanager, name="webhook:alertmanager"
+    )
+    r.add_post("/webhooks/pagerduty", handlers.pagerduty, name="webhook:pagerduty")
+    r.add_post("/v2/enqueue", handlers.enqueue, name="webhook:events_v2")
+    r.add_get("/api/v1/decisions", handlers.decisions)
+    r.add_get("/api/v1/payloads", handlers.payloads)
+    r.add_get("/api/v1/payloads/{id}", handlers.payload)
+    r.add_post("/api/v1/replay", handlers.replay)
+    r.add_get("/healthz", handlers.healthz)
+    r.add_get("/readyz", handlers.readyz)
+    r.add_get("/metrics", handlers.metrics)
+    r.add_get("/openapi.json", handlers.openapi)
+
+    worker = Worker(store, processor, settings.workers, metrics=metrics)
+
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        await worker.start()
+        yield
+        await worker.stop()
+        await store.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

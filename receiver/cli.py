@@ -1,0 +1,275 @@
+"""The ``receiver`` command: serve, replay, rules check, rules test.
+
+Parses arguments, loads settings and rules, and hands off; no logic of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from receiver.errors import ConfigError, InputError, RuleError
+from receiver.model import AlertTrace, Decision
+
+DEFAULT_RULES = [Path("rules")]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="receiver",
+        description="Alert-automation receiver: Alertmanager and PagerDuty in, "
+        "safe playbooks out.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 8080)")
+    serve.add_argument("--rules", type=Path, action="append", help="rule file or dir")
+    serve.add_argument("--config", type=Path, help="YAML settings file")
+    serve.add_argument(
+        "--execute",
+        action="store_true",
+        help="run remediations for real (default: dry-run)",
+    )
+
+    replay = sub.add_parser(
+        "replay", help="decide stored payloads offline and print the trace"
+    )
+    replay.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    replay.add_argument("--rules", type=Path, action="append", help="rule file or dir")
+    replay.add_argument("--at", help="fix 'now' (ISO 8601) for duration-based severity")
+    replay.add_argument("--json", action="store_true", help="print JSON")
+
+    rules = sub.add_parser("rules", help="check or test rule files")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_sub.add_parser("check", help="validate rule files")
+    check.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    test = rules_sub.add_parser("test", help="run rule unit tests (*.test.yaml)")
+    test.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``receiver`` console script."""
+    args = _parser().parse_args(argv)
+    if args.command != "serve":
+        from receiver import logs  # noqa: PLC0415
+
+        logs.configure("console", "warning")
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "replay":
+            return asyncio.run(_replay(args))
+        if args.rules_command == "check":
+            return _rules_check(args.paths or DEFAULT_RULES)
+        return _rules_test(args.paths or DEFAULT_RULES)
+    except (ConfigError, InputError) as exc:
+        print(f"receiver: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    except RuleError as exc:
+        for detail in exc.details:
+            print(f"error: {detail}", file=sys.stderr)  # noqa: T201
+        return 1
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _rules_check(paths: list[Path]) -> int:
+    from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+
+    book = load_rulebook(paths)
+    _out(
+        f"ok: {len(book.rules)} rules, {len(book.playbooks)} playbooks in "
+        f"{len(book.files)} files"
+    )
+    return 0
+
+
+def _rules_test(paths: list[Path]) -> int:
+    from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+    from receiver.rulebook.ruletest import run_file, test_files  # noqa: PLC0415
+
+    book = load_rulebook(paths)
+    files = test_files(paths)
+    if not files:
+        _out(f"no rule tests (*.test.yaml) under {', '.join(map(str, paths))}")
+        return 1
+    failed = 0
+    total = 0
+    for path in files:
+        for result in run_file(path, book):
+            total += 1
+            if result.ok:
+                _out(f"PASS {result.file}: {result.name}")
+            else:
+                failed += 1
+                _out(f"FAIL {result.file}: {result.name}: {result.message}")
+    _out(f"{total - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web  # noqa: PLC0415
+
+    from receiver import logs  # noqa: PLC0415
+    from receiver.app import create_app  # noqa: PLC0415
+    from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+    from receiver.settings import load_settings  # noqa: PLC0415
+    from receiver.store import open_store  # noqa: PLC0415
+
+    settings = load_settings(
+        args.config,
+        overrides={
+            "host": args.host,
+            "port": args.port,
+            "rules": args.rules,
+            "mode": "execute" if args.execute else None,
+        },
+    )
+    settings.check_safe()
+    secrets = [s.get_secret_value() for s in settings.auth_tokens]
+    secrets += [s.get_secret_value() for s in settings.pagerduty_secrets]
+    secrets += [s.get_secret_value() for s in settings.routing_keys]
+    if settings.basic_auth:
+        secrets.append(settings.basic_auth.get_secret_value())
+    logs.configure(settings.log_format, settings.log_level, secrets)
+    import structlog  # noqa: PLC0415
+
+    log = structlog.get_logger("receiver")
+    rulebook = load_rulebook(settings.rules)
+    store = open_store(settings.store)
+    app = create_app(settings, rulebook=rulebook, store=store)
+    base = f"http://{settings.host}:{settings.port}"
+    log.info(
+        "receiver_started",
+        url=base,
+        mode=settings.mode,
+        rules=len(rulebook.rules),
+        playbooks=len(rulebook.playbooks),
+        store=settings.store.split("://", 1)[0],
+    )
+    if not settings.has_credentials:
+        log.warning(
+            "auth_disabled",
+            detail="no credentials configured: listening on loopback only and "
+            "accepting unauthenticated requests; set RECEIVER_AUTH_TOKENS before "
+            "exposing the receiver",
+        )
+    if settings.mode == "dry-run":
+        log.info(
+            "dry_run_mode",
+            detail="remediations are only described, never run; start with "
+            "--execute to run them",
+        )
+    log.info(
+        "try_it",
+        detail=f"send an example alert: examples/send.sh {base} "
+        "(then GET /api/v1/decisions)",
+    )
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None,
+        handle_signals=True,
+    )
+    return 0
+
+
+async def _replay(args: argparse.Namespace) -> int:
+    from receiver.engine.planner import PlanContext  # noqa: PLC0415
+    from receiver.engine.runner import Runner  # noqa: PLC0415
+    from receiver.engine.worker import Processor  # noqa: PLC0415
+    from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+    from receiver.sources import detect, parse_json  # noqa: PLC0415
+
+    at = None
+    if args.at:
+        try:
+            at = datetime.fromisoformat(args.at.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise InputError(f"--at {args.at!r} is not an ISO 8601 time") from exc
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+
+    def clock() -> datetime:
+        return at or datetime.now(UTC)
+
+    rulebook = load_rulebook(args.rules or DEFAULT_RULES)
+    processor = Processor(rulebook, Runner({}, clock), clock, PlanContext())
+    traces: list[tuple[Path, AlertTrace]] = []
+    for path in args.files:
+        try:
+            body = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror}") from exc
+        try:
+            data: Any = parse_json(body)
+            source = detect(data)
+            alerts = processor.alerts(source, body, clock())
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from exc
+        traces.extend((path, t) for t in await processor.decide(alerts, now=at))
+    if args.json:
+        _out(json.dumps({"alerts": [t.to_json() for _, t in traces]}, indent=2))
+    else:
+        _print_traces(traces)
+    return 0
+
+
+_MARK = {
+    Decision.DRY_RUN: "~",
+    Decision.EXECUTED: "+",
+    Decision.FAILED: "!",
+    Decision.SKIPPED: "-",
+    Decision.AWAITING_APPROVAL: "?",
+}
+
+
+def _print_traces(traces: list[tuple[Path, AlertTrace]]) -> None:
+    last: Path | None = None
+    for path, trace in traces:
+        if path != last:
+            _out(f"== {path}")
+            last = path
+        alert = trace.alert
+        name = alert.labels.get("alertname", "<no alertname>")
+        labels = " ".join(
+            f"{k}={v}" for k, v in sorted(alert.labels.items()) if k != "alertname"
+        )
+        _out(
+            f"{name} [{alert.status}] from {alert.source}, fingerprint {alert.fingerprint}"
+        )
+        if labels:
+            _out(f"  labels: {labels}")
+        for note in trace.notes:
+            _out(f"  note: {note}")
+        for match in trace.matches:
+            info = match.severity.info
+            _out(
+                f"  rule {match.rule} -> {match.severity} {info.name}, "
+                f"playbook {match.playbook}"
+            )
+            _out(
+                f"    ack within {info.acknowledge_within}, mitigate within "
+                f"{info.mitigate_within}, updates every {info.update_every}"
+            )
+            for note in match.notes:
+                _out(f"    {note}")
+            for step in match.steps:
+                _out(
+                    f"    {_MARK[step.decision]} {step.kind.value:<11} {step.type:<28} "
+                    f"{step.decision.value}: {step.reason}"
+                )
+        _out()

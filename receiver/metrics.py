@@ -1,0 +1,71 @@
+"""Prometheus collectors for one app instance (own registry, no globals).
+
+Built by ``create_app``; incremented by the edge, the worker and the runner.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+
+class Metrics:
+    """The receiver's metrics, all prefixed ``receiver_``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.webhooks = Counter(
+            "receiver_webhooks",
+            "Webhook requests by source and outcome.",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.alerts = Counter(
+            "receiver_alerts",
+            "Alerts received by source and status.",
+            ["source", "status"],
+            registry=r,
+        )
+        self.rule_matches = Counter(
+            "receiver_rule_matches",
+            "Rule matches by rule and severity.",
+            ["rule", "severity"],
+            registry=r,
+        )
+        self.steps = Counter(
+            "receiver_steps",
+            "Step decisions by step type and decision.",
+            ["type", "decision"],
+            registry=r,
+        )
+        self.unmatched = Counter(
+            "receiver_alerts_unmatched",
+            "Alerts no rule matched, by source.",
+            ["source"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "receiver_request_duration_seconds",
+            "HTTP request duration by route.",
+            ["route", "method", "status"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.journal_depth = Gauge(
+            "receiver_journal_depth",
+            "Accepted payloads not yet processed.",
+            registry=r,
+        )
+        self.rules_loaded = Gauge(
+            "receiver_rules_loaded", "Rules currently loaded.", registry=r
+        )
+
+    def render(self) -> bytes:
+        """Prometheus text exposition of every collector."""
+        return generate_latest(self.registry)

@@ -1,0 +1,258 @@
+"""Frozen value objects that flow through the core: alerts, severities, decisions.
+
+Sources build ``Alert``; the rulebook produces matches; the planner and runner
+produce ``StepTrace``; the store and sinks read ``AlertTrace``. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+from typing import Any, Literal
+
+Status = Literal["firing", "resolved"]
+Source = Literal["alertmanager", "pagerduty", "events_v2"]
+SOURCES: tuple[Source, ...] = ("alertmanager", "pagerduty", "events_v2")
+
+
+def freeze(labels: Mapping[str, str] | None) -> Mapping[str, str]:
+    """Return an immutable copy of a label mapping."""
+    return MappingProxyType(dict(labels or {}))
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert occurrence, whatever wire format it came in."""
+
+    source: Source
+    fingerprint: str
+    status: Status
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str] = field(default_factory=lambda: freeze({}))
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    generator_url: str = ""
+    # Things only some sources know: PagerDuty incident id, Events v2 dedup key.
+    refs: Mapping[str, str] = field(default_factory=lambda: freeze({}))
+    # False for events that are recorded but never run playbooks
+    # (PagerDuty acknowledged/annotated, Events v2 acknowledge).
+    actionable: bool = True
+
+    def firing_for(self, now: datetime) -> timedelta:
+        """How long the alert has been firing at ``now`` (zero when unknown)."""
+        if self.starts_at is None:
+            return timedelta(0)
+        return max(now - self.starts_at, timedelta(0))
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form used in traces, the API and replay output."""
+        return {
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "status": self.status,
+            "labels": dict(self.labels),
+            "annotations": dict(self.annotations),
+            "startsAt": iso(self.starts_at),
+            "endsAt": iso(self.ends_at),
+            "generatorURL": self.generator_url,
+            "refs": dict(self.refs),
+            "actionable": self.actionable,
+        }
+
+
+def iso(ts: datetime | None) -> str | None:
+    """RFC 3339 in UTC with millisecond precision, or None."""
+    if ts is None:
+        return None
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Severity(enum.StrEnum):
+    """The runbook's four levels; ``info`` carries what each one means."""
+
+    P0 = "P0"
+    P1 = "P1"
+    P2 = "P2"
+    P3 = "P3"
+
+    @property
+    def info(self) -> SeverityInfo:
+        """The runbook's response targets for this level."""
+        return SEVERITY_INFO[self]
+
+
+@dataclass(frozen=True)
+class SeverityInfo:
+    """Response-time targets and communication rules from the runbook."""
+
+    name: str
+    definition: str
+    acknowledge_within: str
+    mitigate_within: str
+    resolve_within: str
+    update_every: str
+    escalate_after: str
+    escalate_to: str
+
+    def to_json(self) -> dict[str, str]:
+        """Plain JSON form for traces and notes."""
+        return {
+            "name": self.name,
+            "definition": self.definition,
+            "acknowledge_within": self.acknowledge_within,
+            "mitigate_within": self.mitigate_within,
+            "resolve_within": self.resolve_within,
+            "update_every": self.update_every,
+            "escalate_after": self.escalate_after,
+            "escalate_to": self.escalate_to,
+        }
+
+
+SEVERITY_INFO: Mapping[Severity, SeverityInfo] = MappingProxyType(
+    {
+        Severity.P0: SeverityInfo(
+            "Critical (SEV-1)",
+            "Complete service outage or security breach",
+            "5m",
+            "30m",
+            "4h",
+            "30m",
+            "immediately",
+            "Engineering Manager, VP Eng",
+        ),
+        Severity.P1: SeverityInfo(
+            "High (SEV-2)",
+            "Major service degradation affecting multiple users",
+            "15m",
+            "2h",
+            "8h",
+            "1h",
+            "2h",
+            "Engineering Manager",
+        ),
+        Severity.P2: SeverityInfo(
+            "Medium (SEV-3)",
+            "Minor service degradation affecting some users",
+            "1h",
+            "8h",
+            "24h",
+            "4h",
+            "8h",
+            "Engineering Manager",
+        ),
+        Severity.P3: SeverityInfo(
+            "Low (SEV-4)",
+            "Minor issue with workaround available",
+            "4h",
+            "48h",
+            "1w",
+            "at shift change",
+            "48h",
+            "Team Lead",
+        ),
+    }
+)
+
+
+class StepKind(enum.StrEnum):
+    """Whether a step only looks or also changes something."""
+
+    DIAGNOSTIC = "diagnostic"
+    REMEDIATION = "remediation"
+
+
+class Decision(enum.StrEnum):
+    """What happened to one step of one match."""
+
+    DRY_RUN = "dry_run"
+    EXECUTED = "executed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    AWAITING_APPROVAL = "awaiting_approval"
+
+
+@dataclass(frozen=True)
+class StepTrace:
+    """The decision for one step, with a reason a person can read."""
+
+    kind: StepKind
+    type: str
+    target: str
+    decision: Decision
+    reason: str
+    # The exact request that ran or would run (verb, object, body), and results.
+    request: Mapping[str, Any] = field(default_factory=lambda: freeze({}))
+    result: Mapping[str, Any] = field(default_factory=lambda: freeze({}))
+    name: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form; the replay ``--json`` contract keys come first."""
+        out: dict[str, Any] = {
+            "kind": self.kind.value,
+            "type": self.type,
+            "target": self.target,
+            "decision": self.decision.value,
+            "reason": self.reason,
+        }
+        if self.name:
+            out["name"] = self.name
+        if self.request:
+            out["request"] = dict(self.request)
+        if self.result:
+            out["result"] = dict(self.result)
+        return out
+
+
+@dataclass(frozen=True)
+class MatchTrace:
+    """One rule that matched an alert, and what its playbook decided."""
+
+    rule: str
+    severity: Severity
+    playbook: str
+    steps: tuple[StepTrace, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form."""
+        return {
+            "rule": self.rule,
+            "severity": self.severity.value,
+            "playbook": self.playbook,
+            "steps": [s.to_json() for s in self.steps],
+            "severity_info": self.severity.info.to_json(),
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class AlertTrace:
+    """Everything decided about one alert of one payload."""
+
+    alert: Alert
+    matches: tuple[MatchTrace, ...]
+    decided_at: datetime
+    payload_id: str = ""
+    mode: str = "dry-run"
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The replay/API JSON form of one alert's decisions."""
+        return {
+            "fingerprint": self.alert.fingerprint,
+            "status": self.alert.status,
+            "labels": dict(self.alert.labels),
+            "source": self.alert.source,
+            "startsAt": iso(self.alert.starts_at),
+            "annotations": dict(self.alert.annotations),
+            "refs": dict(self.alert.refs),
+            "actionable": self.alert.actionable,
+            "payload_id": self.payload_id,
+            "decided_at": iso(self.decided_at),
+            "mode": self.mode,
+            "notes": list(self.notes),
+            "matches": [m.to_json() for m in self.matches],
+        }

@@ -1,0 +1,182 @@
+"""The rule file schema: playbooks (steps and guards) and rules (matchers, severity).
+
+Everything forbids unknown fields, so a typo fails at load time with file, rule and
+field. Compiled forms (``CompiledRule``) carry parsed matchers for the index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+)
+
+from receiver.model import SOURCES, Severity, Source
+from receiver.rulebook.matchers import Matcher
+from pydantic import AfterValidator
+from receiver.rulebook.severity import LabelSeverity, MatrixSeverity, SeveritySpec
+from receiver.rulebook.steps import Duration, Step, StepModel
+from receiver.model import StepKind
+
+
+def _severity_kind(value: Any) -> str | None:
+    if isinstance(value, str | Severity):
+        return "fixed"
+    if isinstance(value, LabelSeverity) or (
+        isinstance(value, dict) and "label" in value
+    ):
+        return "label"
+    if isinstance(value, MatrixSeverity) or (
+        isinstance(value, dict) and "matrix" in value
+    ):
+        return "matrix"
+    return None
+
+
+def _check_matcher(text: str) -> str:
+    Matcher.parse(text)
+    return text
+
+
+MatcherText = Annotated[str, AfterValidator(_check_matcher)]
+
+SeverityField = Annotated[
+    Annotated[Severity, Tag("fixed")]
+    | Annotated[LabelSeverity, Tag("label")]
+    | Annotated[MatrixSeverity, Tag("matrix")],
+    Discriminator(
+        _severity_kind,
+        custom_error_type="severity",
+        custom_error_message=(
+            "severity must be P0..P3, {label: NAME, map: {...}, default: P2}, "
+            "or {matrix: impact_duration, impact_label: impact}"
+        ),
+    ),
+]
+
+
+class Budget(BaseModel):
+    """At most ``max`` remediation runs per ``window``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max: int = Field(ge=1)
+    window: Duration
+
+
+class CircuitBreaker(BaseModel):
+    """Stop remediating after ``failures`` consecutive failures, for ``cool_off``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    failures: int = Field(default=3, ge=1)
+    cool_off: Duration = timedelta(hours=1)
+
+
+class Guards(BaseModel):
+    """Safety limits for a playbook's remediations; unset fields use settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    cooldown: Duration | None = Field(
+        default=None, description="Minimum time between runs per playbook and target."
+    )
+    budget: Budget | None = None
+    lock: bool = Field(default=True, description="One remediation per target at once.")
+    circuit_breaker: CircuitBreaker | None = None
+    require_firing_for: Duration | None = None
+    dry_run: bool = Field(
+        default=False,
+        description="Force dry-run for this playbook (never forces execution).",
+    )
+    namespaces: list[str] | None = Field(
+        default=None, description="Narrow the settings' namespace allowlist."
+    )
+
+
+class Playbook(BaseModel):
+    """Named diagnostics and remediations with their guards."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    description: str = ""
+    runbook_url: str = ""
+    escalate_to: str = ""
+    diagnostics: list[Step] = Field(default_factory=list)
+    remediation: list[Step] = Field(default_factory=list)
+    guards: Guards = Field(default_factory=Guards)
+    sinks: list[str] | None = None
+
+    @field_validator("diagnostics")
+    @classmethod
+    def _only_diagnostics(cls, steps: list[StepModel]) -> list[StepModel]:
+        for i, step in enumerate(steps):
+            if step.kind is not StepKind.DIAGNOSTIC:
+                raise ValueError(
+                    f"step {i} ({step.type_name()}) changes things; "
+                    "list it under remediation"
+                )
+        return steps
+
+    @field_validator("remediation")
+    @classmethod
+    def _only_remediations(cls, steps: list[StepModel]) -> list[StepModel]:
+        for i, step in enumerate(steps):
+            if step.kind is not StepKind.REMEDIATION:
+                raise ValueError(
+                    f"step {i} ({step.type_name()}) only reads; list it under diagnostics"
+                )
+        return steps
+
+
+class Rule(BaseModel):
+    """Matchers, status and sources select alerts; severity and playbook decide."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    name: str = Field(min_length=1)
+    description: str = ""
+    match: list[MatcherText] = Field(default_factory=list)
+    status: Literal["firing", "resolved", "any"] = "firing"
+    sources: list[Source] | None = None
+    severity: SeverityField = Severity.P2
+    playbook: str
+    continue_: bool = Field(default=False, alias="continue")
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, value: list[Source] | None) -> list[Source] | None:
+        if value is not None and not value:
+            raise ValueError(f"sources must not be empty; use any of {list(SOURCES)}")
+        return value
+
+
+class RuleFile(BaseModel):
+    """One YAML rule file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    playbooks: dict[str, Playbook] = Field(default_factory=dict)
+    rules: list[Rule] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    """A rule with parsed matchers and its position in evaluation order."""
+
+    order: int
+    rule: Rule
+    matchers: tuple[Matcher, ...]
+    file: str
+
+    @property
+    def name(self) -> str:
+        """The rule name."""
+        return self.rule.name
+
+    @property
+    def severity(self) -> SeveritySpec:
+        """The rule's severity spec."""
+        return self.rule.severity

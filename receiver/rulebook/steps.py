@@ -1,0 +1,845 @@
+"""Typed step models: one pydantic model per step ``type``, validated when rules load.
+
+Each model names its ``kind`` (diagnostic or remediation), which of its fields are
+templates and where their values go (``Slot``), and how to describe the exact
+request it makes (``describe``), which is what dry-run shows. Executors in
+``receiver.steps`` run the rendered models; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+from receiver.model import Alert, StepKind
+from receiver.rulebook.templates import (
+    RenderError,
+    Slot,
+    SlotMarker,
+    check_template,
+    format_duration,
+    parse_duration,
+    render,
+)
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _t(slot: Slot) -> Any:
+    return Annotated[str, AfterValidator(check_template), SlotMarker(slot)]
+
+
+Text = _t(Slot.TEXT)
+K8sName = _t(Slot.K8S_NAME)
+Namespace = _t(Slot.NAMESPACE)
+Selector = _t(Slot.LABEL_SELECTOR)
+PromQL = _t(Slot.PROMQL)
+RedisKey = _t(Slot.REDIS_KEY)
+Url = _t(Slot.URL)
+
+WorkloadKind = Literal["Deployment", "StatefulSet", "DaemonSet"]
+_RELATIVE = re.compile(r"^(\+|x)?([0-9]+)$")
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+_QUANTITY_UNITS = {
+    None: 1,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+
+
+def parse_quantity(text: str) -> int:
+    """Bytes of a Kubernetes memory quantity (``512Mi``, ``4Gi``, ``1G``)."""
+    found = _QUANTITY.match(text.strip())
+    if found is None:
+        raise ValueError(f"invalid memory quantity {text!r}; use e.g. 512Mi or 4Gi")
+    return int(float(found.group(1)) * _QUANTITY_UNITS[found.group(2)])
+
+
+def _check_quantity(text: str) -> str:
+    parse_quantity(text)
+    return text
+
+
+Quantity = Annotated[str, AfterValidator(_check_quantity)]
+
+
+def _check_relative(text: str) -> str:
+    if not _RELATIVE.match(str(text)):
+        raise ValueError(
+            f"invalid count {text!r}; use an absolute number (10), an increment "
+            "(+2) or a factor (x2)"
+        )
+    return str(text)
+
+
+RelativeCount = Annotated[str, BeforeValidator(str), AfterValidator(_check_relative)]
+
+
+def apply_relative(spec: str, current: int) -> int:
+    """Apply ``10``, ``+2`` or ``x2`` to a current count."""
+    found = _RELATIVE.match(spec)
+    if found is None:  # validated at load time
+        raise ValueError(spec)
+    op, number = found.group(1), int(found.group(2))
+    if op == "+":
+        return current + number
+    if op == "x":
+        return current * number
+    return number
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: ClassVar[StepKind] = StepKind.DIAGNOSTIC
+    family: ClassVar[str] = ""
+
+    name: str = Field(default="", description="Optional label shown in traces.")
+    timeout: Duration = Field(
+        default=timedelta(seconds=30), description="Give up on the step after this."
+    )
+
+    def rendered(self, alert: Alert) -> _Base:
+        """A copy with every template field rendered for ``alert``.
+
+        Raises:
+            RenderError: a placeholder names a missing field or the value is unsafe.
+        """
+        update: dict[str, Any] = {}
+        for field_name, info in type(self).model_fields.items():
+            slot = next(
+                (m.slot for m in info.metadata if isinstance(m, SlotMarker)), None
+            )
+            value = getattr(self, field_name)
+            if slot is None:
+                inner = _list_slot(info.annotation)
+                if inner is None or value is None:
+                    continue
+                update[field_name] = [render(v, alert, inner) for v in value]
+                continue
+            if value is not None:
+                try:
+                    update[field_name] = render(value, alert, slot)
+                except RenderError as exc:
+                    raise RenderError(f"{field_name}: {exc}") from exc
+        return self.model_copy(update=update)
+
+    def target(self) -> str:
+        """The object the step reads or changes, for traces."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """The exact request this step makes (verb, object, body)."""
+        raise NotImplementedError
+
+    def summary(self) -> str:
+        """One line saying what the step does."""
+        return self.describe().get("action", self.type_name())
+
+    @classmethod
+    def type_name(cls) -> str:
+        """The ``type`` discriminator value."""
+        return str(cls.model_fields["type"].default)
+
+
+def _list_slot(annotation: Any) -> Slot | None:
+    args = getattr(annotation, "__args__", ())
+    if getattr(annotation, "__origin__", None) is list and args:
+        for meta in getattr(args[0], "__metadata__", ()):
+            if isinstance(meta, SlotMarker):
+                return meta.slot
+    return None
+
+
+# ----------------------------------------------------------------- verification
+
+
+class RolloutStatusVerify(BaseModel):
+    """Wait until a rollout has caught up (observedGeneration, replicas ready)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["k8s.rollout_status"] = "k8s.rollout_status"
+    timeout: Duration = timedelta(minutes=5)
+
+
+class PodsReadyVerify(BaseModel):
+    """Wait until at least ``min_ready`` pods of the workload are ready."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["k8s.pods_ready"] = "k8s.pods_ready"
+    min_ready: int = Field(default=1, ge=1)
+    timeout: Duration = timedelta(minutes=5)
+
+
+class PrometheusVerify(BaseModel):
+    """Poll a PromQL query until the condition holds or the timeout passes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["prometheus.query"] = "prometheus.query"
+    query: PromQL
+    condition: str = Field(pattern=r"^\s*(<|<=|>|>=|==|!=)\s*-?[0-9.eE+-]+\s*$")
+    target: str = "default"
+    timeout: Duration = timedelta(minutes=5)
+    interval: Duration = timedelta(seconds=15)
+
+
+class HttpVerify(BaseModel):
+    """Poll an HTTP endpoint until it answers as expected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["http.get"] = "http.get"
+    url: Url
+    expect_status: int = 200
+    json_path: str | None = None
+    expect_value: Any = None
+    timeout: Duration = timedelta(minutes=5)
+    interval: Duration = timedelta(seconds=15)
+
+
+Verify = Annotated[
+    RolloutStatusVerify | PodsReadyVerify | PrometheusVerify | HttpVerify,
+    Field(discriminator="type"),
+]
+
+
+class _Remediation(_Base):
+    kind: ClassVar[StepKind] = StepKind.REMEDIATION
+    approval: Literal["none", "required"] = "none"
+    verify: Verify | None = None
+
+
+# ----------------------------------------------------------------- Kubernetes
+
+
+class _K8s(_Base):
+    family: ClassVar[str] = "k8s"
+    namespace: Namespace = Field(description="Namespace; usually {labels.namespace}.")
+
+
+class K8sPods(_K8s):
+    """Pods of a workload or selector: phase, readiness, restarts, last exit."""
+
+    type: Literal["k8s.pods"] = "k8s.pods"
+    workload: K8sName | None = None
+    workload_kind: WorkloadKind = "Deployment"
+    selector: Selector | None = None
+    limit: int = Field(default=20, ge=1, le=200)
+
+    def target(self) -> str:  # noqa: D102
+        if self.workload:
+            return f"{self.workload_kind.lower()}/{self.workload} -n {self.namespace}"
+        return f"pods -l {self.selector or '<all>'} -n {self.namespace}"
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            "verb": "list",
+            "resource": "pods",
+            "namespace": self.namespace,
+            "selector": self.selector or f"<selector of {self.target()}>",
+            "limit": self.limit,
+            "action": f"list pods of {self.target()}",
+        }
+
+
+class K8sEvents(_K8s):
+    """Recent events for an object and its pods, newest first."""
+
+    type: Literal["k8s.events"] = "k8s.events"
+    object_kind: str = "Deployment"
+    object_name: K8sName | None = None
+    limit: int = Field(default=20, ge=1, le=200)
+
+    def target(self) -> str:  # noqa: D102
+        obj = (
+            f"{self.object_kind.lower()}/{self.object_name}"
+            if self.object_name
+            else "all"
+        )
+        return f"events {obj} -n {self.namespace}"
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            "verb": "list",
+            "resource": "events",
+            "namespace": self.namespace,
+            "involvedObject": {"kind": self.object_kind, "name": self.object_name},
+            "limit": self.limit,
+            "action": f"list {self.target()}",
+        }
+
+
+class K8sLogs(_K8s):
+    """Tail of a pod's logs, or of each pod of a workload, optionally filtered."""
+
+    type: Literal["k8s.logs"] = "k8s.logs"
+    pod: K8sName | None = None
+    workload: K8sName | None = None
+    workload_kind: WorkloadKind = "Deployment"
+    container: K8sName | None = None
+    tail_lines: int = Field(default=50, ge=1, le=2000)
+    max_bytes: int = Field(default=16384, ge=256, le=1048576)
+    max_pods: int = Field(default=3, ge=1, le=20)
+    previous: bool = False
+    since: Duration | None = None
+    grep: str | None = Field(
+        default=None, description="RE2 regex filter, e.g. auth|jwt"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> K8sLogs:
+        if (self.pod is None) == (self.workload is None):
+            raise ValueError("set exactly one of pod or workload")
+        if self.grep is not None:
+            from receiver.rulebook.matchers import Matcher, MatchType
+
+            Matcher.new("grep", MatchType.REGEX, self.grep)
+        return self
+
+    def target(self) -> str:  # noqa: D102
+        obj = (
+            f"pod/{self.pod}"
+            if self.pod
+            else f"{self.workload_kind.lower()}/{self.workload}"
+        )
+        return f"{obj} -n {self.namespace}"
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        flags = f"--tail={self.tail_lines}"
+        if self.previous:
+            flags += " --previous"
+        if self.since:
+            flags += f" --since={format_duration(self.since)}"
+        if self.grep:
+            flags += f" | grep -E {self.grep!r}"
+        return {
+            "verb": "get",
+            "resource": "pods/log",
+            "namespace": self.namespace,
+            "object": self.target(),
+            "tail_lines": self.tail_lines,
+            "max_bytes": self.max_bytes,
+            "previous": self.previous,
+            "action": f"logs {self.target()} {flags}",
+        }
+
+
+class K8sRolloutHistory(_K8s):
+    """Revisions of a Deployment with change-cause, image and creation time."""
+
+    type: Literal["k8s.rollout_history"] = "k8s.rollout_history"
+    deployment: K8sName
+    flag_within: Duration = timedelta(hours=2)
+    limit: int = Field(default=10, ge=1, le=50)
+
+    def target(self) -> str:  # noqa: D102
+        return f"deployment/{self.deployment} -n {self.namespace}"
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            "verb": "list",
+            "resource": "replicasets",
+            "namespace": self.namespace,
+            "owner": f"deployment/{self.deployment}",
+            "action": f"rollout history {self.target()} "
+            f"(flag rollouts within {format_duration(self.flag_within)})",
+        }
+
+
+class K8sDescribe(_K8s):
+    """Workload status and conditions, or an HPA's current/desired/min/max."""
+
+    type: Literal["k8s.describe"] = "k8s.describe"
+    object_kind: Literal[
+        "Deployment", "StatefulSet", "DaemonSet", "HorizontalPodAutoscaler", "Pod"
+    ] = "Deployment"
+    object_name: K8sName
+
+    def target(self) -> str:  # noqa: D102
+        return f"{self.object_kind.lower()}/{self.object_name} -n {self.namespace}"
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            "verb": "get",
+            "resource": self.object_kind,
+            "namespace": self.namespace,
+            "name": self.object_name,
+            "action": f"describe {self.target()}",
+        }
+
+
+class K8sRolloutRestart(_K8s, _Remediation):
+    """Restart a workload by stamping the restartedAt template annotation."""
+
+    type: Literal["k8s.rollout_restart"] = "k8s.rollout_restart"
+    workload_kind: WorkloadKind = "Deployment"
+    workload: K8sName
+
+    def target(self) -> str:  # noqa: D102
+        return f"{self.workload_kind.lower()}/{self.workload} -n {self.namespace}"
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            "verb": "patch",
+            "resource": self.workload_kind,
+            "namespace": self.namespace,
+            "name": self.workload,
+            "body": {
+                "spec": {
+                    "template": {
+                        "metadata": {
+                            "annotations": {
+                                "kubectl.kubernetes.io/restartedAt": "<now, RFC 3339>"
+                            }
+                        }
+                    }
+                }
+            },
+            "action": f"rollout restart {self.target()}",
+        }
+
+
+class K8sRolloutUndo(_K8s, _Remediation):
+    """Roll a Deployment back to the previous (or a named) revision, as kubectl does."""
+
+    type: Literal["k8s.rollout_undo"] = "k8s.rollout_undo"
+    deployment: K8sName
+    to_revision: int | None = Field(default=None, ge=1)
+    only_if_rollout_within: Duration | None = None
+
+    def target(self) -> str:  # noqa: D102
+        return f"deployment/{self.deployment} -n {self.namespace}"
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        revision = self.to_revision or "previous"
+        cond = ""
+        if self.only_if_rollout_within:
+            cond = (
+                " only if the last rollout happened within "
+                f"{format_duration(self.only_if_rollout_within)}"
+            )
+        return {
+            "verb": "patch",
+            "resource": "Deployment",
+            "namespace": self.namespace,
+            "name": self.deployment,
+            "to_revision": revision,
+            "body": {"spec": {"template": f"<pod template of revision {revision}>"}},
+            "action": f"rollout undo {self.target()} to revision {revision}{cond}",
+        }
+
+
+class K8sScale(_K8s, _Remediation):
+    """Scale a workload to an absolute or relative count, clamped to min/max."""
+
+    type: Literal["k8s.scale"] = "k8s.scale"
+    workload_kind: Literal["Deployment", "StatefulSet"] = "Deployment"
+    workload: K8sName
+    replicas: RelativeCount
+    min: int = Field(default=1, ge=0)
+    max: int = Field(ge=1, description="Hard cap; scaling never goes above it.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> K8sScale:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+    def target(self) -> str:  # noqa: D102
+        return f"{self.workload_kind.lower()}/{self.workload} -n {self.namespace}"
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            "verb": "patch",
+            "resource": f"{self.workload_kind}/scale",
+            "namespace": self.namespace,
+            "name": self.workload,
+            "body": {
+                "spec": {
+                    "replicas": f"{self.replicas} (clamped to {self.min}..{self.max})"
+                }
+            },
+            "action": f"scale {self.target()} to {self.replicas} "
+            f"(min {self.min}, max {self.max})",
+        }
+
+
+class K8sPatchHpa(_K8s, _Remediation):
+    """Raise an HPA's maxReplicas, absolute or relative, up to a cap."""
+
+    type: Literal["k8s.patch_hpa"] = "k8s.patch_hpa"
+    hpa: K8sName
+    max_replicas: RelativeCount
+    cap: int = Field(ge=1, description="maxReplicas never goes above this.")
+
+    def target(self) -> str:  # noqa: D102
+        return f"hpa/{self.hpa} -n {self.namespace}"
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            "verb": "patch",
+            "resource": "HorizontalPodAutoscaler",
+            "namespace": self.namespace,
+            "name": self.hpa,
+            "body": {"spec": {"maxReplicas": f"{self.max_replicas} (cap {self.cap})"}},
+            "action": f"patch {self.target()} maxReplicas {self.max_replicas} "
+            f"(cap {self.cap})",
+        }
+
+
+class K8sDeletePod(_K8s, _Remediation):
+    """Delete controller-owned pods so they are recreated, within caps."""
+
+    type: Literal["k8s.delete_pod"] = "k8s.delete_pod"
+    pod: K8sName | None = None
+    selector: Selector | None = None
+    max_pods: int = Field(default=1, ge=1, le=10)
+    min_ready: int = Field(default=1, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> K8sDeletePod:
+        if (self.pod is None) == (self.selector is None):
+            raise ValueError("set exactly one of pod or selector")
+        return self
+
+    def target(self) -> str:  # noqa: D102
+        if self.pod:
+            return f"pod/{self.pod} -n {self.namespace}"
+        return f"pods -l {self.selector} -n {self.namespace}"
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            "verb": "delete",
+            "resource": "pods",
+            "namespace": self.namespace,
+            "name": self.pod,
+            "selector": self.selector,
+            "max_pods": self.max_pods,
+            "min_ready": self.min_ready,
+            "action": f"delete {self.target()} (at most {self.max_pods}, keep "
+            f">= {self.min_ready} ready, only controller-owned pods)",
+        }
+
+
+class K8sSetMemoryLimit(_K8s, _Remediation):
+    """Raise a container's memory limit (the runbook's temporary OOM fix)."""
+
+    type: Literal["k8s.set_memory_limit"] = "k8s.set_memory_limit"
+    approval: Literal["none", "required"] = "required"
+    workload_kind: WorkloadKind = "Deployment"
+    workload: K8sName
+    container: K8sName
+    memory: Quantity
+    cap: Quantity
+
+    @model_validator(mode="after")
+    def _capped(self) -> K8sSetMemoryLimit:
+        if parse_quantity(self.memory) > parse_quantity(self.cap):
+            raise ValueError(f"memory {self.memory} is above cap {self.cap}")
+        return self
+
+    def target(self) -> str:  # noqa: D102
+        return f"{self.workload_kind.lower()}/{self.workload} -n {self.namespace}"
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            "verb": "patch",
+            "resource": self.workload_kind,
+            "namespace": self.namespace,
+            "name": self.workload,
+            "body": {
+                "spec": {
+                    "template": {
+                        "spec": {
+                            "containers": [
+                                {
+                                    "name": self.container,
+                                    "resources": {"limits": {"memory": self.memory}},
+                                }
+                            ]
+                        }
+                    }
+                }
+            },
+            "action": f"set memory limit of container {self.container} in "
+            f"{self.target()} to {self.memory} (cap {self.cap})",
+        }
+
+
+# ----------------------------------------------------------------- Redis
+
+
+class _Redis(_Base):
+    family: ClassVar[str] = "redis"
+    target_name: str = Field(
+        default="default",
+        alias="redis",
+        description="Name of a redis_targets entry in settings.",
+    )
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RedisGet(_Redis):
+    """Read keys (e.g. circuit-breaker state)."""
+
+    type: Literal["redis.get"] = "redis.get"
+    keys: list[RedisKey] = Field(min_length=1, max_length=100)
+
+    def target(self) -> str:  # noqa: D102
+        return f"redis:{self.target_name} {' '.join(self.keys)}"
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            "verb": "GET",
+            "redis": self.target_name,
+            "keys": list(self.keys),
+            "action": f"GET {' '.join(self.keys)} on redis {self.target_name}",
+        }
+
+
+class RedisInfo(_Redis):
+    """INFO stats with the cache hit rate, as the runbook computes it."""
+
+    type: Literal["redis.info"] = "redis.info"
+    section: Literal["stats", "memory", "clients", "server", "keyspace"] = "stats"
+
+    def target(self) -> str:  # noqa: D102
+        return f"redis:{self.target_name}"
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            "verb": "INFO",
+            "redis": self.target_name,
+            "section": self.section,
+            "action": f"INFO {self.section} on redis {self.target_name} "
+            "(hit rate = hits / (hits + misses))",
+        }
+
+
+class RedisDeleteKeys(_Redis, _Remediation):
+    """Delete explicitly named keys."""
+
+    type: Literal["redis.delete_keys"] = "redis.delete_keys"
+    keys: list[RedisKey] = Field(min_length=1, max_length=100)
+
+    def target(self) -> str:  # noqa: D102
+        return f"redis:{self.target_name} {' '.join(self.keys)}"
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            "verb": "UNLINK",
+            "redis": self.target_name,
+            "keys": list(self.keys),
+            "action": f"UNLINK {' '.join(self.keys)} on redis {self.target_name}",
+        }
+
+
+def _check_pattern(pattern: str) -> str:
+    stripped = pattern.strip()
+    if not stripped or stripped[0] in "*?[\\":
+        raise ValueError(
+            f"pattern {pattern!r} has no literal prefix; start it with a fixed "
+            "prefix such as 'policy:decision:*' (a bare '*' would delete everything)"
+        )
+    return pattern
+
+
+class RedisDeletePattern(_Redis, _Remediation):
+    """Delete keys matching a prefixed pattern with SCAN + UNLINK, under a cap."""
+
+    type: Literal["redis.delete_pattern"] = "redis.delete_pattern"
+    pattern: Annotated[
+        str,
+        AfterValidator(_check_pattern),
+        AfterValidator(check_template),
+        SlotMarker(Slot.REDIS_KEY),
+    ]
+    max_keys: int = Field(default=1000, ge=1, le=100_000)
+    scan_count: int = Field(default=500, ge=10, le=10_000)
+
+    def target(self) -> str:  # noqa: D102
+        return f"redis:{self.target_name} {self.pattern}"
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            "verb": "SCAN+UNLINK",
+            "redis": self.target_name,
+            "pattern": self.pattern,
+            "max_keys": self.max_keys,
+            "action": f"SCAN MATCH {self.pattern} COUNT {self.scan_count} and UNLINK "
+            f"at most {self.max_keys} keys on redis {self.target_name}",
+        }
+
+
+class RedisResetCircuitBreaker(_Redis, _Remediation):
+    """Delete ``circuit:<name>:state`` and ``circuit:<name>:failure``."""
+
+    type: Literal["redis.reset_circuit_breaker"] = "redis.reset_circuit_breaker"
+    breaker: RedisKey = Field(description="Breaker name, e.g. {labels.siem}.")
+
+    def keys(self) -> list[str]:
+        """The two keys the runbook deletes."""
+        return [f"circuit:{self.breaker}:state", f"circuit:{self.breaker}:failure"]
+
+    def target(self) -> str:  # noqa: D102
+        return f"redis:{self.target_name} circuit:{self.breaker}:*"
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            "verb": "UNLINK",
+            "redis": self.target_name,
+            "keys": self.keys(),
+            "action": f"reset circuit breaker {self.breaker!r}: UNLINK "
+            f"{' '.join(self.keys())} on redis {self.target_name}",
+        }
+
+
+# ----------------------------------------------------------------- HTTP
+
+
+class HttpGet(_Base):
+    """Probe an endpoint: status, latency, a capped body excerpt, a JSON value."""
+
+    family: ClassVar[str] = "http"
+    type: Literal["http.get"] = "http.get"
+    url: Url
+    json_path: str | None = Field(default=None, description="e.g. overall_healthy")
+    expect_status: int = 200
+    max_body_bytes: int = Field(default=2048, ge=0, le=65536)
+
+    def target(self) -> str:  # noqa: D102
+        return self.url
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {"verb": "GET", "url": self.url, "action": f"GET {self.url}"}
+
+
+class HttpRequest(_Remediation):
+    """Call a remediation webhook on an allowlisted host."""
+
+    family: ClassVar[str] = "http"
+    type: Literal["http.request"] = "http.request"
+    method: Literal["POST", "PUT", "PATCH", "DELETE"] = "POST"
+    url: Url
+    json_body: dict[str, Any] | None = Field(default=None, alias="json")
+    headers: dict[str, str] = Field(default_factory=dict)
+    expect_status: list[int] = Field(default_factory=lambda: [200, 201, 202, 204])
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def target(self) -> str:  # noqa: D102
+        return self.url
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            "verb": self.method,
+            "url": self.url,
+            "body": self.json_body,
+            "action": f"{self.method} {self.url}",
+        }
+
+
+# ----------------------------------------------------------------- Prometheus
+
+
+class PrometheusQuery(_Base):
+    """Instant PromQL query, templated with alert labels."""
+
+    family: ClassVar[str] = "prometheus"
+    type: Literal["prometheus.query"] = "prometheus.query"
+    query: PromQL
+    target_name: str = Field(default="default", alias="prometheus")
+    condition: str | None = Field(
+        default=None,
+        pattern=r"^\s*(<|<=|>|>=|==|!=)\s*-?[0-9.eE+-]+\s*$",
+        description="Threshold to report against, e.g. '< 0.001'.",
+    )
+    max_series: int = Field(default=20, ge=1, le=500)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def target(self) -> str:  # noqa: D102
+        return f"prometheus:{self.target_name}"
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        cond = f" (expect {self.condition.strip()})" if self.condition else ""
+        return {
+            "verb": "query",
+            "prometheus": self.target_name,
+            "query": self.query,
+            "action": f"query {self.query}{cond}",
+        }
+
+
+Step = Annotated[
+    K8sPods
+    | K8sEvents
+    | K8sLogs
+    | K8sRolloutHistory
+    | K8sDescribe
+    | K8sRolloutRestart
+    | K8sRolloutUndo
+    | K8sScale
+    | K8sPatchHpa
+    | K8sDeletePod
+    | K8sSetMemoryLimit
+    | RedisGet
+    | RedisInfo
+    | RedisDeleteKeys
+    | RedisDeletePattern
+    | RedisResetCircuitBreaker
+    | HttpGet
+    | HttpRequest
+    | PrometheusQuery,
+    Field(discriminator="type"),
+]
+
+StepModel = _Base
+
+STEP_TYPES: dict[str, type[_Base]] = {
+    cls.type_name(): cls
+    for cls in (
+        K8sPods,
+        K8sEvents,
+        K8sLogs,
+        K8sRolloutHistory,
+        K8sDescribe,
+        K8sRolloutRestart,
+        K8sRolloutUndo,
+        K8sScale,
+        K8sPatchHpa,
+        K8sDeletePod,
+        K8sSetMemoryLimit,
+        RedisGet,
+        RedisInfo,
+        RedisDeleteKeys,
+        RedisDeletePattern,
+        RedisResetCircuitBreaker,
+        HttpGet,
+        HttpRequest,
+        PrometheusQuery,
+    )
+}
+
+__all__ = [
+    "STEP_TYPES",
+    "Duration",
+    "RenderError",
+    "Step",
+    "StepModel",
+    "apply_relative",
+    "parse_quantity",
+]

@@ -1,0 +1,171 @@
+"""One ``Settings`` object, from an optional YAML file and ``RECEIVER_*`` variables.
+
+Precedence: defaults < YAML file (``--config``) < environment < command-line flags.
+Every field can also come from ``RECEIVER_<NAME>_FILE``, a file holding the value
+(how Kubernetes and Docker hand out secrets). List fields are comma-separated in
+the environment. This is the only module that reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from receiver.errors import ConfigError
+
+ENV_PREFIX = "RECEIVER_"
+
+
+class Settings(BaseModel):
+    """Everything the receiver can be configured with; see the README table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address to listen on; non-loopback needs credentials.",
+    )
+    port: int = Field(default=8080, ge=0, le=65535, description="TCP port.")
+    rules: list[Path] = Field(
+        default_factory=lambda: [Path("rules")],
+        description="Rule files or directories.",
+    )
+    mode: Literal["dry-run", "execute"] = Field(
+        default="dry-run", description="Remediations run only in execute mode."
+    )
+    auth_tokens: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer tokens accepted on webhooks and the API (any matches).",
+    )
+    basic_auth: SecretStr | None = Field(
+        default=None, description="'user:password' accepted as HTTP basic auth."
+    )
+    pagerduty_secrets: list[SecretStr] = Field(
+        default_factory=list,
+        description="PagerDuty V3 webhook signing secrets (several for rotation).",
+    )
+    routing_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Events API v2 routing keys accepted on /v2/enqueue.",
+    )
+    pagerduty_alertname_from: str = Field(
+        default="title",
+        description="PagerDuty label used as alertname: title or any mapped label.",
+    )
+    max_body_bytes: int = Field(
+        default=5 * 1024 * 1024, ge=1024, description="Request body cap (413 above)."
+    )
+    store: str = Field(default="memory://", description="State store URL.")
+    workers: int = Field(
+        default=4, ge=1, le=256, description="Payloads processed concurrently."
+    )
+    namespaces: list[str] | None = Field(
+        default=None,
+        description="Kubernetes namespaces steps may touch; unset means any.",
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: console on a TTY, JSON otherwise."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def has_credentials(self) -> bool:
+        """Whether any webhook credential is configured."""
+        return bool(
+            self.auth_tokens
+            or self.basic_auth
+            or self.pagerduty_secrets
+            or self.routing_keys
+        )
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether ``host`` is a loopback address (or localhost)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def check_safe(self) -> None:
+        """Refuse to listen beyond loopback without credentials."""
+        if not self.loopback_only and not self.has_credentials:
+            raise ConfigError(
+                f"refusing to listen on {self.host} without credentials: set "
+                "RECEIVER_AUTH_TOKENS (or RECEIVER_BASIC_AUTH) and, for PagerDuty, "
+                "RECEIVER_PAGERDUTY_SECRETS / RECEIVER_ROUTING_KEYS, or listen on "
+                "127.0.0.1"
+            )
+
+
+_LIST_FIELDS = {
+    name
+    for name, info in Settings.model_fields.items()
+    if "list" in str(info.annotation)
+}
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        key = ENV_PREFIX + name.upper()
+        raw: str | None = None
+        if key + "_FILE" in environ:
+            path = Path(environ[key + "_FILE"])
+            try:
+                raw = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"{key}_FILE names {path}, which cannot be read: {exc.strerror}"
+                ) from exc
+        elif key in environ:
+            raw = environ[key]
+        if raw is None:
+            continue
+        if name in _LIST_FIELDS:
+            values[name] = [
+                v.strip() for v in raw.replace("\n", ",").split(",") if v.strip()
+            ]
+        else:
+            values[name] = raw
+    return values
+
+
+def load_settings(
+    config: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge defaults, the YAML file, the environment and ``overrides``.
+
+    Raises:
+        ConfigError: naming the setting and what is wrong with it.
+    """
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if config is not None:
+        try:
+            loaded = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {config}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {config} must hold a mapping of settings")
+        data.update(loaded)
+    data.update(_from_env(env))
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc

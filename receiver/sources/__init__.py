@@ -1,0 +1,85 @@
+"""Wire formats in, ``Alert`` batches out: one module per source.
+
+Called by the HTTP edge (after authentication) and by ``receiver replay``. Each
+module validates its payload with pydantic (unknown fields tolerated) and turns
+it into frozen ``Alert`` objects, one per alert, never per group.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from receiver.errors import InputError
+from receiver.model import Alert, Source
+from receiver.sources import alertmanager, events_v2, pagerduty
+
+
+def schema_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """Pydantic errors as ``{"pointer", "detail"}`` with JSON-pointer paths."""
+    out = []
+    for err in exc.errors(include_url=False):
+        pointer = "/" + "/".join(str(p) for p in err["loc"])
+        out.append({"pointer": pointer, "detail": err["msg"]})
+    return out
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode JSON or raise ``InputError`` saying where it broke."""
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"body is not UTF-8: {exc.reason} at byte {exc.start}"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+
+
+def validate(model: type[BaseModel], data: Any, what: str) -> Any:
+    """Validate ``data`` against ``model`` or raise ``InputError`` with field paths."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = schema_errors(exc)
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise InputError(
+            f"{what} payload does not match the schema: {first['pointer']}: "
+            f"{first['detail']}{more}",
+            errors=errors,
+        ) from exc
+
+
+def detect(data: Any) -> Source:
+    """Which of the three formats a decoded payload is."""
+    if isinstance(data, dict):
+        if "alerts" in data and ("version" in data or "groupKey" in data):
+            return "alertmanager"
+        if isinstance(data.get("event"), dict) and "event_type" in data["event"]:
+            return "pagerduty"
+        if "event_action" in data or "routing_key" in data:
+            return "events_v2"
+    raise InputError(
+        "cannot tell the payload format: expected an Alertmanager webhook "
+        "(alerts, version), a PagerDuty V3 webhook (event.event_type) or an "
+        "Events API v2 request (routing_key, event_action)"
+    )
+
+
+PARSERS: dict[Source, Callable[[Any, datetime], list[Alert]]] = {
+    "alertmanager": alertmanager.to_alerts,
+    "pagerduty": pagerduty.to_alerts,
+    "events_v2": events_v2.to_alerts,
+}
+
+
+def to_alerts(source: Source, data: Any, now: datetime) -> list[Alert]:
+    """Turn a decoded payload of ``source`` into alerts."""
+    return PARSERS[source](data, now)

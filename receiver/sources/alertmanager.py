@@ -1,0 +1,76 @@
+"""Alertmanager webhook payloads (version 4) into alerts.
+
+Tolerates fields newer Alertmanagers add (``notification_reason``,
+``routeLabels``); ``endsAt`` of ``0001-01-01T00:00:00Z`` means "not ended".
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from receiver.model import Alert, freeze
+
+_ZERO_YEAR = 1
+
+
+class AmAlert(BaseModel):
+    """One alert of a webhook payload."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(default_factory=dict)
+    startsAt: datetime  # noqa: N815 (wire name)
+    endsAt: datetime | None = None  # noqa: N815
+    generatorURL: str = ""  # noqa: N815
+    fingerprint: str = Field(min_length=1)
+
+
+class AmWebhook(BaseModel):
+    """The Alertmanager webhook body."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    version: str = "4"
+    receiver: str = ""
+    status: Literal["firing", "resolved"]
+    alerts: list[AmAlert]
+    groupLabels: dict[str, str] = Field(default_factory=dict)  # noqa: N815
+    commonLabels: dict[str, str] = Field(default_factory=dict)  # noqa: N815
+    commonAnnotations: dict[str, str] = Field(default_factory=dict)  # noqa: N815
+    externalURL: str = ""  # noqa: N815
+    groupKey: str = ""  # noqa: N815
+    truncatedAlerts: int = 0  # noqa: N815
+
+
+def _ts(value: datetime | None) -> datetime | None:
+    if value is None or value.year == _ZERO_YEAR:
+        return None
+    return value.astimezone(UTC)
+
+
+def to_alerts(data: Any, now: datetime) -> list[Alert]:
+    """Validate a decoded webhook body and return one alert per entry."""
+    from receiver.sources import validate  # noqa: PLC0415 (avoid an import cycle)
+
+    del now
+    payload: AmWebhook = validate(AmWebhook, data, "Alertmanager webhook")
+    refs = {"receiver": payload.receiver, "group_key": payload.groupKey}
+    if payload.externalURL:
+        refs["alertmanager_url"] = payload.externalURL
+    return [
+        Alert(
+            source="alertmanager",
+            fingerprint=a.fingerprint,
+            status=a.status,
+            labels=freeze(a.labels),
+            annotations=freeze(a.annotations),
+            starts_at=_ts(a.startsAt),
+            ends_at=_ts(a.endsAt),
+            generator_url=a.generatorURL,
+            refs=freeze(refs),
+        )
+        for a in payload.alerts
+    ]
