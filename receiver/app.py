@@ -22,7 +22,7 @@ from receiver.web.auth import Authenticator
 from receiver.web.handlers import Handlers
 from receiver.web.problems import make_middleware
 
-STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
+STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 PROCESSOR = web.AppKey("processor", Processor)
 

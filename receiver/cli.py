@@ -197,7 +197,7 @@ async def _replay(args: argparse.Namespace) -> int:
     at = None
     if args.at:
         try:
-            at = datetime.fromisoformat(args.at.replace("Z", "+00:00"))
+            at = datetime.fromisoformat(args.at)
         except ValueError as exc:
             raise InputError(f"--at {args.at!r} is not an ISO 8601 time") from exc
         if at.tzinfo is None:
@@ -248,9 +248,7 @@ def _print_traces(traces: list[tuple[Path, AlertTrace]]) -> None:
         labels = " ".join(
             f"{k}={v}" for k, v in sorted(alert.labels.items()) if k != "alertname"
         )
-        _out(
-            f"{name} [{alert.status}] from {alert.source}, fingerprint {alert.fingerprint}"
-        )
+        _out(f"{name} [{alert.status}] from {alert.source}, fp {alert.fingerprint}")
         if labels:
             _out(f"  labels: {labels}")
         for note in trace.notes:

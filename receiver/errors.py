@@ -28,7 +28,9 @@ class ReceiverError(Exception):
 class InputError(ReceiverError):
     """A request body or payload is malformed; ``pointer`` names the field."""
 
-    def __init__(self, message: str, *, errors: list[dict[str, str]] | None = None):
+    def __init__(
+        self, message: str, *, errors: list[dict[str, str]] | None = None
+    ) -> None:
         super().__init__(message)
         self.errors = errors or []
 

@@ -11,15 +11,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 Status = Literal["firing", "resolved"]
 Source = Literal["alertmanager", "pagerduty", "events_v2"]
 SOURCES: tuple[Source, ...] = ("alertmanager", "pagerduty", "events_v2")
 
 
-def freeze(labels: Mapping[str, str] | None) -> Mapping[str, str]:
-    """Return an immutable copy of a label mapping."""
+V = TypeVar("V")
+
+
+def freeze(labels: Mapping[str, V] | None) -> Mapping[str, V]:
+    """Return an immutable copy of a mapping (labels, requests, results)."""
     return MappingProxyType(dict(labels or {}))
 
 

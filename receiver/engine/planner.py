@@ -63,9 +63,7 @@ class Plan:
     notes: tuple[str, ...] = field(default=())
 
 
-def _trace(
-    step: StepModel, decision: Decision, reason: str, **extra: object
-) -> StepTrace:
+def _trace(step: StepModel, decision: Decision, reason: str) -> StepTrace:
     try:
         target = step.target()
         request = step.describe()
@@ -77,7 +75,7 @@ def _trace(
         target=target,
         decision=decision,
         reason=reason,
-        request=freeze(request) if not extra else freeze({**request, **extra}),
+        request=freeze(request),
         name=step.name,
     )
 
@@ -166,8 +164,10 @@ def plan(
             alert,
             (),
             (
-                f"{event or 'event'} is recorded only; playbooks run on firing and "
-                "resolved events",
+                (
+                    f"{event or 'event'} is recorded only; playbooks run on firing "
+                    "and resolved events"
+                ),
             ),
         )
     found = rulebook.match(alert, now) if matches is None else list(matches)

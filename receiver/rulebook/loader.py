@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from receiver.errors import RuleError, RuleErrorDetail
 from receiver.model import Alert, Severity
 from receiver.rulebook.index import RuleIndex
-from receiver.rulebook.matchers import Matcher, MatcherError, matches_all
+from receiver.rulebook.matchers import Matcher, matches_all
 from receiver.rulebook.schema import CompiledRule, Playbook, Rule
 from receiver.rulebook.severity import resolve_severity
 
@@ -57,7 +57,7 @@ class Rulebook:
         out: list[RuleMatch] = []
         for compiled in candidates:
             rule = compiled.rule
-            if rule.status != "any" and rule.status != alert.status:
+            if rule.status not in ("any", alert.status):
                 continue
             if rule.sources is not None and alert.source not in rule.sources:
                 continue
@@ -134,132 +134,129 @@ def _validation_details(
     return details
 
 
+class _Loader:
+    """Accumulates playbooks, rules and every error across files."""
+
+    def __init__(self) -> None:
+        self.errors: list[RuleErrorDetail] = []
+        self.playbooks: dict[str, Playbook] = {}
+        self.playbook_files: dict[str, str] = {}
+        self.compiled: list[CompiledRule] = []
+        self.seen: dict[str, str] = {}
+
+    def error(
+        self, file: str, message: str, rule: str | None = None, field: str | None = None
+    ) -> None:
+        self.errors.append(RuleErrorDetail(file, message, rule, field))
+
+    def read(self, path: Path) -> dict[str, Any] | None:
+        file = str(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            self.error(file, f"cannot read: {exc.strerror}")
+            return None
+        except yaml.YAMLError as exc:
+            self.error(file, f"invalid YAML: {exc}")
+            return None
+        raw = {} if raw is None else raw
+        if not isinstance(raw, dict):
+            self.error(file, "top level must be a mapping with 'playbooks' and 'rules'")
+            return None
+        for key in sorted(set(raw) - {"playbooks", "rules"}, key=str):
+            self.error(
+                file,
+                "unknown top-level field; a rule file holds 'playbooks' and 'rules'",
+                None,
+                str(key),
+            )
+        return raw
+
+    def load_file(self, path: Path) -> None:
+        raw = self.read(path)
+        if raw is None:
+            return
+        file = str(path)
+        playbooks = raw.get("playbooks") or {}
+        rules = raw.get("rules") or []
+        if not isinstance(playbooks, dict):
+            self.error(file, "must be a mapping of name to playbook", None, "playbooks")
+            playbooks = {}
+        if not isinstance(rules, list):
+            self.error(file, "must be a list of rules", None, "rules")
+            rules = []
+        for name, body in playbooks.items():
+            self.add_playbook(file, raw, str(name), body)
+        for i, body in enumerate(rules):
+            self.add_rule(file, raw, i, body)
+
+    def add_playbook(self, file: str, raw: Any, name: str, body: Any) -> None:
+        if name in self.playbook_files:
+            first = self.playbook_files[name]
+            self.error(
+                file,
+                f"duplicate playbook (first in {first})",
+                None,
+                f"playbooks.{name}",
+            )
+            return
+        self.playbook_files[name] = file
+        try:
+            self.playbooks[name] = Playbook.model_validate(body or {})
+        except ValidationError as exc:
+            prefix = ("playbooks", name)
+            self.errors.extend(_validation_details(file, raw, exc, prefix=prefix))
+            # Keep the name known so rules using it report only their own errors.
+            self.playbooks[name] = Playbook()
+
+    def add_rule(self, file: str, raw: Any, index: int, body: Any) -> None:
+        try:
+            rule = Rule.model_validate(body)
+        except ValidationError as exc:
+            prefix = ("rules", index)
+            self.errors.extend(_validation_details(file, raw, exc, prefix=prefix))
+            return
+        if rule.name in self.seen:
+            self.error(
+                file,
+                f"duplicate rule name (first in {self.seen[rule.name]})",
+                rule.name,
+                f"rules[{index}].name",
+            )
+            return
+        self.seen[rule.name] = file
+        matchers = tuple(Matcher.parse(text) for text in rule.match)
+        self.compiled.append(CompiledRule(len(self.compiled), rule, matchers, file))
+
+    def check_references(self) -> None:
+        known = ", ".join(sorted(self.playbooks)) or "none defined"
+        for item in self.compiled:
+            if item.rule.playbook not in self.playbooks:
+                self.error(
+                    item.file,
+                    f"unknown playbook {item.rule.playbook!r} (known: {known})",
+                    item.name,
+                    f"rules[{item.order}].playbook",
+                )
+
+
 def load_rulebook(paths: Iterable[Path | str]) -> Rulebook:
     """Load and validate every rule file under ``paths``.
 
     Raises:
         RuleError: listing every problem found, each with file, rule and field.
     """
+    paths = list(paths)
     files = rule_files(paths)
-    errors: list[RuleErrorDetail] = []
     if not files:
-        raise RuleError(
-            [
-                RuleErrorDetail(
-                    ", ".join(map(str, paths)) or "<none>",
-                    "no rule files (*.yaml, *.yml) found",
-                )
-            ]
-        )
-    playbooks: dict[str, Playbook] = {}
-    playbook_files: dict[str, str] = {}
-    compiled: list[CompiledRule] = []
-    seen: dict[str, str] = {}
+        where = ", ".join(map(str, paths)) or "<none>"
+        raise RuleError([RuleErrorDetail(where, "no rule files (*.yaml, *.yml) found")])
+    loader = _Loader()
     for path in files:
-        file = str(path)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            errors.append(RuleErrorDetail(file, f"cannot read: {exc.strerror}"))
-            continue
-        except yaml.YAMLError as exc:
-            errors.append(RuleErrorDetail(file, f"invalid YAML: {exc}"))
-            continue
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            errors.append(
-                RuleErrorDetail(
-                    file, "top level must be a mapping with 'playbooks' and/or 'rules'"
-                )
-            )
-            continue
-        unknown = sorted(set(raw) - {"playbooks", "rules"})
-        for key in unknown:
-            errors.append(
-                RuleErrorDetail(
-                    file,
-                    "unknown top-level field; a rule file holds 'playbooks' and "
-                    "'rules'",
-                    None,
-                    str(key),
-                )
-            )
-        raw_playbooks = raw.get("playbooks") or {}
-        raw_rules = raw.get("rules") or []
-        if not isinstance(raw_playbooks, dict):
-            errors.append(
-                RuleErrorDetail(
-                    file, "must be a mapping of name to playbook", None, "playbooks"
-                )
-            )
-            raw_playbooks = {}
-        if not isinstance(raw_rules, list):
-            errors.append(
-                RuleErrorDetail(file, "must be a list of rules", None, "rules")
-            )
-            raw_rules = []
-        for name, body in raw_playbooks.items():
-            try:
-                playbook = Playbook.model_validate(body or {})
-            except ValidationError as exc:
-                errors.extend(
-                    _validation_details(file, raw, exc, prefix=("playbooks", str(name)))
-                )
-                playbooks.setdefault(str(name), Playbook())
-                playbook_files.setdefault(str(name), file)
-                continue
-            if name in playbooks:
-                errors.append(
-                    RuleErrorDetail(
-                        file,
-                        f"duplicate playbook {name!r} (first in {playbook_files[name]})",
-                        None,
-                        f"playbooks.{name}",
-                    )
-                )
-                continue
-            playbooks[str(name)] = playbook
-            playbook_files[str(name)] = file
-        for i, body in enumerate(raw_rules):
-            try:
-                rule = Rule.model_validate(body)
-            except ValidationError as exc:
-                errors.extend(_validation_details(file, raw, exc, prefix=("rules", i)))
-                continue
-            if rule.name in seen:
-                errors.append(
-                    RuleErrorDetail(
-                        file,
-                        f"duplicate rule name (first in {seen[rule.name]})",
-                        rule.name,
-                        f"rules[{i}].name",
-                    )
-                )
-                continue
-            seen[rule.name] = file
-            matchers = []
-            for j, text in enumerate(rule.match):
-                try:
-                    matchers.append(Matcher.parse(text))
-                except MatcherError as exc:
-                    errors.append(
-                        RuleErrorDetail(
-                            file, str(exc), rule.name, f"rules[{i}].match[{j}]"
-                        )
-                    )
-            compiled.append(CompiledRule(len(compiled), rule, tuple(matchers), file))
-    for item in compiled:
-        if item.rule.playbook not in playbooks:
-            known = ", ".join(sorted(playbooks)) or "none defined"
-            errors.append(
-                RuleErrorDetail(
-                    item.file,
-                    f"unknown playbook {item.rule.playbook!r} (known: {known})",
-                    item.name,
-                    "playbook",
-                )
-            )
-    if errors:
-        raise RuleError(errors)
-    return Rulebook(tuple(compiled), playbooks, tuple(str(f) for f in files))
+        loader.load_file(path)
+    loader.check_references()
+    if loader.errors:
+        raise RuleError(loader.errors)
+    return Rulebook(
+        tuple(loader.compiled), loader.playbooks, tuple(str(f) for f in files)
+    )

@@ -1,4 +1,4 @@
-"""Alertmanager label matchers, parsed and evaluated exactly as Alertmanager does.
+r"""Alertmanager label matchers, parsed and evaluated exactly as Alertmanager does.
 
 Mirrors ``pkg/labels`` of Alertmanager 0.25: ``name op value`` with ``=``, ``!=``,
 ``=~``, ``!~``; the value optionally double-quoted with ``\\"``, ``\\\\`` and ``\\n``
@@ -89,7 +89,7 @@ class Matcher:
         return f'{self.name}{self.type.value}"{escaped}"'
 
 
-def _unquote(raw: str) -> str:
+def _unquote(raw: str) -> str:  # noqa: C901 (mirrors Alertmanager's loop)
     """Unescape a matcher value exactly as Alertmanager 0.25 does."""
     original = raw
     expect_trailing_quote = False

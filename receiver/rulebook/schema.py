@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -19,12 +20,10 @@ from pydantic import (
     field_validator,
 )
 
-from receiver.model import SOURCES, Severity, Source
+from receiver.model import SOURCES, Severity, Source, StepKind
 from receiver.rulebook.matchers import Matcher
-from pydantic import AfterValidator
 from receiver.rulebook.severity import LabelSeverity, MatrixSeverity, SeveritySpec
 from receiver.rulebook.steps import Duration, Step, StepModel
-from receiver.model import StepKind
 
 
 def _severity_kind(value: Any) -> str | None:
@@ -128,7 +127,8 @@ class Playbook(BaseModel):
         for i, step in enumerate(steps):
             if step.kind is not StepKind.REMEDIATION:
                 raise ValueError(
-                    f"step {i} ({step.type_name()}) only reads; list it under diagnostics"
+                    f"step {i} ({step.type_name()}) only reads; "
+                    "list it under diagnostics"
                 )
         return steps
 

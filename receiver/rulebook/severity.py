@@ -74,7 +74,7 @@ class MatrixSeverity(BaseModel):
         impact: Impact = self.default_impact
         note = ""
         if raw in IMPACTS:
-            impact = raw  # type: ignore[assignment]
+            impact = raw
         else:
             note = f" ({self.impact_label}={raw!r} unknown, assumed {impact})"
         firing = alert.firing_for(now)

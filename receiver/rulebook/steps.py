@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from receiver.model import Alert, StepKind
+from receiver.rulebook.matchers import Matcher, MatchType
 from receiver.rulebook.templates import (
     RenderError,
     Slot,
@@ -35,17 +36,14 @@ from receiver.rulebook.templates import (
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
-def _t(slot: Slot) -> Any:
-    return Annotated[str, AfterValidator(check_template), SlotMarker(slot)]
-
-
-Text = _t(Slot.TEXT)
-K8sName = _t(Slot.K8S_NAME)
-Namespace = _t(Slot.NAMESPACE)
-Selector = _t(Slot.LABEL_SELECTOR)
-PromQL = _t(Slot.PROMQL)
-RedisKey = _t(Slot.REDIS_KEY)
-Url = _t(Slot.URL)
+_CHECK = AfterValidator(check_template)
+Text = Annotated[str, _CHECK, SlotMarker(Slot.TEXT)]
+K8sName = Annotated[str, _CHECK, SlotMarker(Slot.K8S_NAME)]
+Namespace = Annotated[str, _CHECK, SlotMarker(Slot.NAMESPACE)]
+Selector = Annotated[str, _CHECK, SlotMarker(Slot.LABEL_SELECTOR)]
+PromQL = Annotated[str, _CHECK, SlotMarker(Slot.PROMQL)]
+RedisKey = Annotated[str, _CHECK, SlotMarker(Slot.REDIS_KEY)]
+Url = Annotated[str, _CHECK, SlotMarker(Slot.URL)]
 
 WorkloadKind = Literal["Deployment", "StatefulSet", "DaemonSet"]
 _RELATIVE = re.compile(r"^(\+|x)?([0-9]+)$")
@@ -150,7 +148,7 @@ class _Base(BaseModel):
 
     def summary(self) -> str:
         """One line saying what the step does."""
-        return self.describe().get("action", self.type_name())
+        return str(self.describe().get("action", self.type_name()))
 
     @classmethod
     def type_name(cls) -> str:
@@ -241,12 +239,12 @@ class K8sPods(_K8s):
     selector: Selector | None = None
     limit: int = Field(default=20, ge=1, le=200)
 
-    def target(self) -> str:  # noqa: D102
+    def target(self) -> str:
         if self.workload:
             return f"{self.workload_kind.lower()}/{self.workload} -n {self.namespace}"
         return f"pods -l {self.selector or '<all>'} -n {self.namespace}"
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         return {
             "verb": "list",
             "resource": "pods",
@@ -265,7 +263,7 @@ class K8sEvents(_K8s):
     object_name: K8sName | None = None
     limit: int = Field(default=20, ge=1, le=200)
 
-    def target(self) -> str:  # noqa: D102
+    def target(self) -> str:
         obj = (
             f"{self.object_kind.lower()}/{self.object_name}"
             if self.object_name
@@ -273,7 +271,7 @@ class K8sEvents(_K8s):
         )
         return f"events {obj} -n {self.namespace}"
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         return {
             "verb": "list",
             "resource": "events",
@@ -306,12 +304,10 @@ class K8sLogs(_K8s):
         if (self.pod is None) == (self.workload is None):
             raise ValueError("set exactly one of pod or workload")
         if self.grep is not None:
-            from receiver.rulebook.matchers import Matcher, MatchType
-
             Matcher.new("grep", MatchType.REGEX, self.grep)
         return self
 
-    def target(self) -> str:  # noqa: D102
+    def target(self) -> str:
         obj = (
             f"pod/{self.pod}"
             if self.pod
@@ -319,7 +315,7 @@ class K8sLogs(_K8s):
         )
         return f"{obj} -n {self.namespace}"
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         flags = f"--tail={self.tail_lines}"
         if self.previous:
             flags += " --previous"
@@ -347,10 +343,10 @@ class K8sRolloutHistory(_K8s):
     flag_within: Duration = timedelta(hours=2)
     limit: int = Field(default=10, ge=1, le=50)
 
-    def target(self) -> str:  # noqa: D102
+    def target(self) -> str:
         return f"deployment/{self.deployment} -n {self.namespace}"
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         return {
             "verb": "list",
             "resource": "replicasets",
@@ -370,10 +366,10 @@ class K8sDescribe(_K8s):
     ] = "Deployment"
     object_name: K8sName
 
-    def target(self) -> str:  # noqa: D102
+    def target(self) -> str:
         return f"{self.object_kind.lower()}/{self.object_name} -n {self.namespace}"
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         return {
             "verb": "get",
             "resource": self.object_kind,
@@ -390,10 +386,10 @@ class K8sRolloutRestart(_K8s, _Remediation):
     workload_kind: WorkloadKind = "Deployment"
     workload: K8sName
 
-    def target(self) -> str:  # noqa: D102
+    def target(self) -> str:
         return f"{self.workload_kind.lower()}/{self.workload} -n {self.namespace}"
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         return {
             "verb": "patch",
             "resource": self.workload_kind,
@@ -422,10 +418,10 @@ class K8sRolloutUndo(_K8s, _Remediation):
     to_revision: int | None = Field(default=None, ge=1)
     only_if_rollout_within: Duration | None = None
 
-    def target(self) -> str:  # noqa: D102
+    def target(self) -> str:
         return f"deployment/{self.deployment} -n {self.namespace}"
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         revision = self.to_revision or "previous"
         cond = ""
         if self.only_if_rollout_within:
@@ -460,10 +456,10 @@ class K8sScale(_K8s, _Remediation):
             raise ValueError(f"min ({self.min}) is above max ({self.max})")
         return self
 
-    def target(self) -> str:  # noqa: D102
+    def target(self) -> str:
         return f"{self.workload_kind.lower()}/{self.workload} -n {self.namespace}"
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         return {
             "verb": "patch",
             "resource": f"{self.workload_kind}/scale",
@@ -487,10 +483,10 @@ class K8sPatchHpa(_K8s, _Remediation):
     max_replicas: RelativeCount
     cap: int = Field(ge=1, description="maxReplicas never goes above this.")
 
-    def target(self) -> str:  # noqa: D102
+    def target(self) -> str:
         return f"hpa/{self.hpa} -n {self.namespace}"
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         return {
             "verb": "patch",
             "resource": "HorizontalPodAutoscaler",
@@ -517,12 +513,12 @@ class K8sDeletePod(_K8s, _Remediation):
             raise ValueError("set exactly one of pod or selector")
         return self
 
-    def target(self) -> str:  # noqa: D102
+    def target(self) -> str:
         if self.pod:
             return f"pod/{self.pod} -n {self.namespace}"
         return f"pods -l {self.selector} -n {self.namespace}"
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         return {
             "verb": "delete",
             "resource": "pods",
@@ -553,10 +549,10 @@ class K8sSetMemoryLimit(_K8s, _Remediation):
             raise ValueError(f"memory {self.memory} is above cap {self.cap}")
         return self
 
-    def target(self) -> str:  # noqa: D102
+    def target(self) -> str:
         return f"{self.workload_kind.lower()}/{self.workload} -n {self.namespace}"
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         return {
             "verb": "patch",
             "resource": self.workload_kind,
@@ -600,10 +596,10 @@ class RedisGet(_Redis):
     type: Literal["redis.get"] = "redis.get"
     keys: list[RedisKey] = Field(min_length=1, max_length=100)
 
-    def target(self) -> str:  # noqa: D102
+    def target(self) -> str:
         return f"redis:{self.target_name} {' '.join(self.keys)}"
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         return {
             "verb": "GET",
             "redis": self.target_name,
@@ -618,10 +614,10 @@ class RedisInfo(_Redis):
     type: Literal["redis.info"] = "redis.info"
     section: Literal["stats", "memory", "clients", "server", "keyspace"] = "stats"
 
-    def target(self) -> str:  # noqa: D102
+    def target(self) -> str:
         return f"redis:{self.target_name}"
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         return {
             "verb": "INFO",
             "redis": self.target_name,
@@ -637,10 +633,10 @@ class RedisDeleteKeys(_Redis, _Remediation):
     type: Literal["redis.delete_keys"] = "redis.delete_keys"
     keys: list[RedisKey] = Field(min_length=1, max_length=100)
 
-    def target(self) -> str:  # noqa: D102
+    def target(self) -> str:
         return f"redis:{self.target_name} {' '.join(self.keys)}"
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         return {
             "verb": "UNLINK",
             "redis": self.target_name,
@@ -672,10 +668,10 @@ class RedisDeletePattern(_Redis, _Remediation):
     max_keys: int = Field(default=1000, ge=1, le=100_000)
     scan_count: int = Field(default=500, ge=10, le=10_000)
 
-    def target(self) -> str:  # noqa: D102
+    def target(self) -> str:
         return f"redis:{self.target_name} {self.pattern}"
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         return {
             "verb": "SCAN+UNLINK",
             "redis": self.target_name,
@@ -696,10 +692,10 @@ class RedisResetCircuitBreaker(_Redis, _Remediation):
         """The two keys the runbook deletes."""
         return [f"circuit:{self.breaker}:state", f"circuit:{self.breaker}:failure"]
 
-    def target(self) -> str:  # noqa: D102
+    def target(self) -> str:
         return f"redis:{self.target_name} circuit:{self.breaker}:*"
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         return {
             "verb": "UNLINK",
             "redis": self.target_name,
@@ -722,10 +718,10 @@ class HttpGet(_Base):
     expect_status: int = 200
     max_body_bytes: int = Field(default=2048, ge=0, le=65536)
 
-    def target(self) -> str:  # noqa: D102
+    def target(self) -> str:
         return self.url
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         return {"verb": "GET", "url": self.url, "action": f"GET {self.url}"}
 
 
@@ -741,10 +737,10 @@ class HttpRequest(_Remediation):
     expect_status: list[int] = Field(default_factory=lambda: [200, 201, 202, 204])
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    def target(self) -> str:  # noqa: D102
+    def target(self) -> str:
         return self.url
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         return {
             "verb": self.method,
             "url": self.url,
@@ -771,10 +767,10 @@ class PrometheusQuery(_Base):
     max_series: int = Field(default=20, ge=1, le=500)
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    def target(self) -> str:  # noqa: D102
+    def target(self) -> str:
         return f"prometheus:{self.target_name}"
 
-    def describe(self) -> dict[str, Any]:  # noqa: D102
+    def describe(self) -> dict[str, Any]:
         cond = f" (expect {self.condition.strip()})" if self.condition else ""
         return {
             "verb": "query",

@@ -1,5 +1,4 @@
-"""Step parameter templates: only alert fields may be substituted, and each value
-is validated for where it goes.
+"""Step parameter templates: only alert fields are substituted, then validated.
 
 A template is a string with placeholders ``{labels.NAME}``, ``{annotations.NAME}``,
 ``{alert.fingerprint}``, ``{alert.status}`` or ``{alert.source}``; every other brace

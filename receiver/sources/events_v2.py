@@ -1,5 +1,7 @@
-"""PagerDuty Events API v2 requests into alerts, so anything that pages PagerDuty
-can page the receiver (Alertmanager ``pagerduty_configs``, Grafana, ...).
+"""PagerDuty Events API v2 requests into alerts.
+
+Anything that pages PagerDuty can page the receiver (Alertmanager
+``pagerduty_configs``, Grafana, ...).
 
 Labels: everything in ``custom_details`` that is a string (so senders can pass
 real labels), the labels of Alertmanager's default ``firing`` text when it holds

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from receiver.model import Source
+from receiver.model import Source, iso
 
 
 def new_id() -> str:
@@ -66,22 +66,17 @@ class DecisionQuery:
 
 def decision_matches(record: Mapping[str, Any], query: DecisionQuery) -> bool:
     """Whether a stored trace record passes ``query``'s filters."""
-    if query.fingerprint and record.get("fingerprint") != query.fingerprint:
-        return False
-    if query.payload_id and record.get("payload_id") != query.payload_id:
-        return False
-    if query.since and record.get("decided_at", "") < query.since.isoformat():
-        return False
     matches: Sequence[Mapping[str, Any]] = record.get("matches", [])
-    if query.rule and not any(m.get("rule") == query.rule for m in matches):
-        return False
-    if query.playbook and not any(m.get("playbook") == query.playbook for m in matches):
-        return False
-    if query.decision and not any(
-        s.get("decision") == query.decision for m in matches for s in m.get("steps", [])
-    ):
-        return False
-    return True
+    steps = [s for m in matches for s in m.get("steps", [])]
+    checks = (
+        not query.fingerprint or record.get("fingerprint") == query.fingerprint,
+        not query.payload_id or record.get("payload_id") == query.payload_id,
+        not query.since or record.get("decided_at", "") >= (iso(query.since) or ""),
+        not query.rule or any(m.get("rule") == query.rule for m in matches),
+        not query.playbook or any(m.get("playbook") == query.playbook for m in matches),
+        not query.decision or any(s.get("decision") == query.decision for s in steps),
+    )
+    return all(checks)
 
 
 class Store(Protocol):

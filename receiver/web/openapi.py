@@ -74,9 +74,9 @@ def spec() -> dict[str, Any]:
     for name in list(schemas):
         for sub, body in schemas[name].pop("$defs", {}).items():
             schemas.setdefault(sub, body)
-    bearer = [{"bearer": []}, {"basic": []}]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}, {"basic": []}]
 
-    def body(ref: str) -> dict[str, Any]:
+    def request_body(ref: str) -> dict[str, Any]:
         return {
             "required": True,
             "content": {
@@ -113,7 +113,7 @@ def spec() -> dict[str, Any]:
                 "post": {
                     "summary": "Alertmanager webhook (version 4)",
                     "security": bearer,
-                    "requestBody": body("AlertmanagerWebhook"),
+                    "requestBody": request_body("AlertmanagerWebhook"),
                     "responses": {
                         "202": _accepted({"alerts": {"type": "integer"}}),
                         **_errors(400, 401, 403, 413, 415, 503),
@@ -124,7 +124,7 @@ def spec() -> dict[str, Any]:
                 "post": {
                     "summary": "PagerDuty V3 webhook, signed",
                     "security": [{"pagerdutySignature": []}],
-                    "requestBody": body("PagerDutyWebhook"),
+                    "requestBody": request_body("PagerDutyWebhook"),
                     "responses": {
                         "202": _accepted({"event_type": {"type": "string"}}),
                         **_errors(400, 403, 413, 415, 503),
@@ -134,7 +134,7 @@ def spec() -> dict[str, Any]:
             "/v2/enqueue": {
                 "post": {
                     "summary": "PagerDuty Events API v2 request",
-                    "requestBody": body("EventsV2Request"),
+                    "requestBody": request_body("EventsV2Request"),
                     "responses": {
                         "202": _accepted({"dedup_key": {"type": "string"}}),
                         **_errors(400, 403, 413, 415, 503),
