@@ -1,8 +1,14 @@
-"""The ``Store`` protocol: a journal of accepted payloads and a log of decisions.
+"""The ``Store`` protocol: the payload journal, the decision log, and guard state.
 
-The edge calls ``append`` before answering 202; the worker calls ``claim`` and
-``complete``; the API reads ``payloads`` and ``decisions``. Every implementation
-passes ``tests/test_store_contract.py``.
+The edge calls ``append`` before answering 202 (with the alert states the payload
+carries, so a resolve cancels pending remediations at once); workers call
+``claim`` and ``complete``; the runner calls the idempotency, lock, cooldown,
+budget, circuit and approval operations; the API reads payloads and decisions.
+Every implementation (``sqlite``, ``redis``) passes ``tests/test_store_contract.py``.
+
+All times are timezone-aware UTC ``datetime`` values passed in by the caller
+(the injected clock), never read from the system inside an implementation, except
+where a backend's own expiry (Redis TTLs) is the point.
 """
 
 from __future__ import annotations
@@ -11,8 +17,8 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Protocol
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
 
 from receiver.model import Source, iso
 
@@ -20,6 +26,18 @@ from receiver.model import Source, iso
 def new_id() -> str:
     """A time-ordered unique id (ms timestamp + randomness), sortable as text."""
     return f"{time.time_ns() // 1_000_000:013x}{os.urandom(6).hex()}"
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long and how much finished state is kept before pruning."""
+
+    max_age: timedelta = timedelta(days=7)
+    max_payloads: int = 100_000
+    max_decisions: int = 200_000
+    # An entry claimed longer ago than this by a consumer that never completed
+    # it is handed to another consumer (crash recovery).
+    lease: timedelta = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -31,7 +49,7 @@ class JournalEntry:
     received_at: datetime
     body: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
-    replay: bool = False
+    attempts: int = 0
 
     def to_json(self, *, include_body: bool = True) -> dict[str, Any]:
         """JSON form for the API."""
@@ -40,7 +58,7 @@ class JournalEntry:
         out: dict[str, Any] = {
             "id": self.id,
             "source": self.source,
-            "received_at": self.received_at.isoformat(),
+            "received_at": iso(self.received_at),
             "headers": dict(self.headers),
         }
         if include_body:
@@ -49,6 +67,16 @@ class JournalEntry:
             except ValueError:
                 out["payload"] = self.body.decode("utf-8", errors="replace")
         return out
+
+
+@dataclass(frozen=True)
+class AlertState:
+    """The latest known state of one alert fingerprint."""
+
+    fingerprint: str
+    status: Literal["firing", "resolved"]
+    starts_at: datetime | None
+    updated_at: datetime
 
 
 @dataclass(frozen=True)
@@ -79,21 +107,95 @@ def decision_matches(record: Mapping[str, Any], query: DecisionQuery) -> bool:
     return all(checks)
 
 
-class Store(Protocol):
-    """Journal and decision log."""
+def newer_state(old: AlertState | None, new: AlertState) -> bool:
+    """Whether ``new`` should replace ``old``.
 
-    async def append(self, entry: JournalEntry) -> None:
-        """Durably record an accepted payload; raise StoreUnavailableError if not."""
+    A later occurrence (later ``starts_at``) always wins; for the same occurrence
+    a resolve wins and a firing resend never un-resolves it.
+    """
+    if old is None:
+        return True
+    old_start = old.starts_at or datetime.min.replace(tzinfo=new.updated_at.tzinfo)
+    new_start = new.starts_at or datetime.min.replace(tzinfo=new.updated_at.tzinfo)
+    if new_start != old_start:
+        return new_start > old_start
+    return not (old.status == "resolved" and new.status == "firing")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who holds an idempotency key, and how it ended."""
+
+    key: str
+    owner: str
+    status: Literal["running", "done", "failed"]
+    at: datetime
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Lock:
+    """A held lock; ``token`` is a fencing token, larger for later holders."""
+
+    name: str
+    owner: str
+    token: int
+
+
+@dataclass(frozen=True)
+class Circuit:
+    """A playbook's circuit-breaker state."""
+
+    failures: int = 0
+    opened_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A remediation waiting for a human."""
+
+    id: str
+    key: str
+    created_at: datetime
+    expires_at: datetime
+    request: Mapping[str, Any]
+    status: Literal["pending", "approved", "rejected", "expired"] = "pending"
+    decided_by: str = ""
+    decided_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form for the API."""
+        return {
+            "id": self.id,
+            "key": self.key,
+            "status": self.status,
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.expires_at),
+            "decided_by": self.decided_by,
+            "decided_at": iso(self.decided_at),
+            "request": dict(self.request),
+        }
+
+
+class Store(Protocol):
+    """Journal, decision log and guard state; see the module docstring."""
+
+    # -- journal ------------------------------------------------------------
+
+    async def append(self, entry: JournalEntry, states: Sequence[AlertState]) -> None:
+        """Durably record a payload and its alerts' states, or raise
+        ``StoreUnavailableError``."""
         ...
 
-    async def claim(self, timeout: float) -> JournalEntry | None:
-        """Take the next unfinished entry, waiting up to ``timeout`` seconds."""
+    async def claim(self, consumer: str, wait: float) -> JournalEntry | None:
+        """Take the next unfinished entry (or one a dead consumer left behind),
+        waiting up to ``wait`` seconds."""
         ...
 
     async def complete(
         self, entry_id: str, traces: Sequence[Mapping[str, Any]]
     ) -> None:
-        """Record an entry's decisions and mark it done."""
+        """Record an entry's decisions and mark it done, atomically."""
         ...
 
     async def payload(self, entry_id: str) -> JournalEntry | None:
@@ -108,9 +210,112 @@ class Store(Protocol):
         """Decision records, newest first, filtered."""
         ...
 
-    async def pending(self) -> int:
-        """How many entries are accepted but not yet done."""
+    async def pending(self) -> tuple[int, datetime | None]:
+        """Unfinished entries: how many, and when the oldest was received."""
         ...
+
+    async def prune(self, now: datetime) -> int:
+        """Drop finished payloads and decisions past retention; return how many."""
+        ...
+
+    async def alert_state(self, fingerprint: str) -> AlertState | None:
+        """The latest state recorded for a fingerprint."""
+        ...
+
+    # -- exactly once ---------------------------------------------------------
+
+    async def seen(self, key: str, ttl: timedelta) -> bool:
+        """Mark a delivery id seen; True if it had been seen already."""
+        ...
+
+    async def claim_key(
+        self, key: str, owner: str, now: datetime, ttl: timedelta
+    ) -> Claim | None:
+        """Claim an idempotency key atomically; return the existing claim if taken."""
+        ...
+
+    async def finish_key(
+        self, key: str, status: Literal["done", "failed"], detail: str, now: datetime
+    ) -> None:
+        """Record how a claimed key's remediation ended."""
+        ...
+
+    async def release_key(self, key: str) -> None:
+        """Drop a claim that never ran (a guard said no after claiming)."""
+        ...
+
+    # -- guards -------------------------------------------------------------
+
+    async def acquire_lock(self, name: str, owner: str, ttl: timedelta) -> Lock | None:
+        """Take a lock if free; None if someone holds it."""
+        ...
+
+    async def lock_holder(self, name: str) -> str | None:
+        """Who holds a lock, if anyone."""
+        ...
+
+    async def release_lock(self, lock: Lock) -> None:
+        """Release a lock, only if still held with the same token."""
+        ...
+
+    async def last_run(self, scope: str) -> datetime | None:
+        """When a remediation last ran in ``scope`` (cooldown)."""
+        ...
+
+    async def set_last_run(self, scope: str, at: datetime, ttl: timedelta) -> None:
+        """Record a run in ``scope`` for cooldowns."""
+        ...
+
+    async def reserve_budget(
+        self, scope: str, limit: int, window: timedelta, now: datetime
+    ) -> int | None:
+        """Atomically take a slot if fewer than ``limit`` runs happened in the
+        window; return the count including this one, or None when spent."""
+        ...
+
+    async def release_budget(self, scope: str, now: datetime) -> None:
+        """Give back a slot taken at ``now`` (the run did not happen)."""
+        ...
+
+    async def circuit(self, scope: str) -> Circuit:
+        """A circuit breaker's state."""
+        ...
+
+    async def record_outcome(
+        self, scope: str, ok: bool, threshold: int, now: datetime
+    ) -> Circuit:
+        """Count a success (resets) or failure (opens at ``threshold``)."""
+        ...
+
+    async def reset_circuit(self, scope: str) -> None:
+        """Close a circuit after its cool-off."""
+        ...
+
+    # -- approvals ----------------------------------------------------------
+
+    async def put_approval(self, approval: Approval) -> Approval:
+        """Store an approval request (idempotent per key: returns the existing)."""
+        ...
+
+    async def get_approval(self, approval_id: str) -> Approval | None:
+        """One approval."""
+        ...
+
+    async def decide_approval(
+        self,
+        approval_id: str,
+        status: Literal["approved", "rejected", "expired"],
+        by: str,
+        now: datetime,
+    ) -> Approval | None:
+        """Move a pending approval to a final status; None if not pending."""
+        ...
+
+    async def approvals(self, status: str | None = None) -> list[Approval]:
+        """Approvals, newest first."""
+        ...
+
+    # -- lifecycle ----------------------------------------------------------
 
     async def ping(self) -> bool:
         """Whether the store can take writes now."""
