@@ -17,8 +17,17 @@ from typing import Any
 
 import re2
 
+# Go's ``\s`` is ASCII ``[\t\n\f\r ]``; Python's would also take \v, \xa0, \u2028...
 _MATCHER_RE = re.compile(
-    r"^\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(=~|=|!=|!~)\s*(.*?)\s*$", re.DOTALL
+    r"^[\t\n\f\r ]*([a-zA-Z_:][a-zA-Z0-9_:]*)[\t\n\f\r ]*(=~|=|!=|!~)"
+    r"[\t\n\f\r ]*(.*?)[\t\n\f\r ]*$",
+    re.DOTALL,
+)
+# What Go's strings.TrimSpace strips (unicode.IsSpace); str.strip() would also
+# strip \x1c-\x1f, which Go keeps.
+_GO_SPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
@@ -48,12 +57,28 @@ class Matcher:
 
     @classmethod
     def parse(cls, text: str) -> Matcher:
+        """Parse one item of a ``matchers:`` list the way Alertmanager's config does.
+
+        Alertmanager runs each item through ParseMatchers (optional ``{...}``,
+        comma-separated, surrounding whitespace trimmed); an item that holds
+        more or less than one matcher is refused rather than split silently.
+        """
+        tokens = _split_matchers(text)
+        if len(tokens) != 1:
+            raise MatcherError(
+                f"{text!r} holds {len(tokens)} matchers; put exactly one matcher in "
+                'each list item (quote values that contain commas: name="a,b")'
+            )
+        return cls._parse_one(tokens[0])
+
+    @classmethod
+    def _parse_one(cls, text: str) -> Matcher:
         """Parse ``name op value`` the way Alertmanager's ParseMatcher does."""
         found = _MATCHER_RE.match(text)
         if found is None:
             raise MatcherError(
                 f'bad matcher format: {text!r}; expected name="value" with one of '
-                "=, !=, =~, !~ and a label name like [a-zA-Z_][a-zA-Z0-9_]*"
+                "=, !=, =~, !~ and a label name like [a-zA-Z_:][a-zA-Z0-9_:]*"
             )
         name, op, raw = found.groups()
         return cls.new(name, MatchType(op), _unquote(raw))
@@ -63,6 +88,11 @@ class Matcher:
         """Build a matcher, compiling a regex fully anchored as Alertmanager does."""
         regex = None
         if type_ in (MatchType.REGEX, MatchType.NOT_REGEX):
+            if _has_any_byte_escape(value):
+                raise MatcherError(
+                    f"invalid regex {value!r}: invalid escape sequence \\C "
+                    "(Go's regexp, which Alertmanager uses, has no any-byte escape)"
+                )
             try:
                 regex = re2.compile(f"^(?:{value})$", _RE2_OPTIONS)
             except re2.error as exc:
@@ -87,6 +117,55 @@ class Matcher:
             self.value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
         )
         return f'{self.name}{self.type.value}"{escaped}"'
+
+
+def _split_matchers(text: str) -> list[str]:
+    """Tokens of Alertmanager 0.25's ParseMatchers, before each is parsed."""
+    text = text.removeprefix("{").removesuffix("}")
+    tokens: list[str] = []
+    token: list[str] = []
+    inside_quotes = False
+    escaped = False
+    for ch in text:
+        if ch == ",":
+            if not inside_quotes:
+                tokens.append("".join(token))
+                token = []
+                continue
+        elif ch == '"':
+            if not escaped:
+                inside_quotes = not inside_quotes
+            else:
+                escaped = False
+        elif ch == "\\":
+            escaped = not escaped
+        else:
+            escaped = False
+        token.append(ch)
+    last = "".join(token).strip(_GO_SPACE)
+    if last:
+        tokens.append(last)
+    return tokens
+
+
+def _has_any_byte_escape(pattern: str) -> bool:
+    r"""Whether ``pattern`` uses ``\C``, which RE2 accepts and Go rejects."""
+    i = 0
+    while i < len(pattern):
+        if pattern[i] != "\\":
+            i += 1
+            continue
+        nxt = pattern[i + 1 : i + 2]
+        if nxt == "C":
+            return True
+        if nxt == "Q":  # \Q...\E is literal text
+            end = pattern.find("\\E", i + 2)
+            if end == -1:
+                return False
+            i = end + 2
+            continue
+        i += 2
+    return False
 
 
 def _unquote(raw: str) -> str:  # noqa: C901 (mirrors Alertmanager's loop)

@@ -1,0 +1,175 @@
+"""Shared test helpers: "require or skip" for real binaries, and an app under test.
+
+The app under test has an in-memory store, a tiny rulebook, a fixed clock and every
+credential set.
+
+``need_binary`` is the one place that decides whether a missing peer skips the test
+(local runs) or fails it (CI sets ``RECEIVER_REQUIRE_E2E=1``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from receiver.app import create_app
+from receiver.metrics import Metrics
+from receiver.rulebook.loader import load_rulebook
+from receiver.settings import Settings
+from receiver.store import MemoryStore
+
+REQUIRE_E2E = "RECEIVER_REQUIRE_E2E"
+
+
+def need_binary(name: str, *, package: str | None = None) -> str:
+    """Path of ``name`` on PATH; skip when missing, fail instead under E2E rules."""
+    found = shutil.which(name)
+    if found:
+        return found
+    where = f"Debian package {package}" if package else "its package"
+    reason = f"{name} not found on PATH (install {where}; .ci/run does)"
+    if os.environ.get(REQUIRE_E2E) == "1":
+        pytest.fail(f"{REQUIRE_E2E}=1 but {reason}")
+    pytest.skip(f"{reason}; set {REQUIRE_E2E}=1 to make this a failure")
+    raise AssertionError  # pytest.skip raises
+
+
+# ---------------------------------------------------------------- app under test
+
+NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+TOKEN = "tok-3b9f0d2c"
+OTHER_TOKEN = "tok-second-71aa"
+BASIC_USER = "am"
+BASIC_PASSWORD = "pw-8c1e"
+PD_SECRET = "pd-secret-old-0e5b"
+PD_SECRET_NEW = "pd-secret-new-9d47"
+ROUTING_KEY = "rk-4d2f6a8b0c1e3f5a7b9d1e3f5a7b9d1e"
+MAX_BODY = 4096
+SECRETS = (TOKEN, OTHER_TOKEN, BASIC_PASSWORD, PD_SECRET, PD_SECRET_NEW, ROUTING_KEY)
+
+WEB_RULES = """
+playbooks:
+  noop: {}
+  pods:
+    diagnostics:
+      - type: k8s.pods
+        namespace: "{labels.namespace}"
+        workload: "{labels.deployment}"
+rules:
+  - name: crashloop
+    match: ['alertname="KubePodCrashLooping"', 'namespace=~"prod.*"']
+    severity: P1
+    playbook: pods
+  - name: pd-triggered
+    match: ['event_type="incident.triggered"']
+    sources: [pagerduty]
+    severity: P2
+    playbook: noop
+  - name: pd-any
+    match: ['incident_id=~".+"']
+    sources: [pagerduty]
+    status: any
+    severity: P3
+    playbook: noop
+  - name: enqueue
+    match: ['alertname="DiskFull"']
+    sources: [events_v2]
+    severity: P2
+    playbook: noop
+"""
+
+
+def bearer(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def basic(user: str = BASIC_USER, password: str = BASIC_PASSWORD) -> dict[str, str]:
+    raw = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
+
+
+def pd_signature(body: bytes, *secrets: str) -> str:
+    """An ``X-PagerDuty-Signature`` value with one ``v1=`` entry per secret."""
+    return ",".join(
+        "v1=" + hmac.new(s.encode(), body, hashlib.sha256).hexdigest() for s in secrets
+    )
+
+
+def full_settings(**overrides: Any) -> Settings:
+    """Settings with every credential configured (tests may override any field)."""
+    values: dict[str, Any] = {
+        "host": "0.0.0.0",  # noqa: S104 (never bound: tests use the in-process client)
+        "auth_tokens": [SecretStr(TOKEN), SecretStr(OTHER_TOKEN)],
+        "basic_auth": SecretStr(f"{BASIC_USER}:{BASIC_PASSWORD}"),
+        "pagerduty_secrets": [SecretStr(PD_SECRET), SecretStr(PD_SECRET_NEW)],
+        "routing_keys": [SecretStr(ROUTING_KEY)],
+        "max_body_bytes": MAX_BODY,
+        "workers": 2,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def web_rules(tmp_path: Path) -> Path:
+    path = tmp_path / "rules.yaml"
+    path.write_text(WEB_RULES, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, web_rules: Path) -> Callable[..., Awaitable[Any]]:
+    """Build an app from ``Settings`` and return its test client.
+
+    The client carries ``.store`` and ``.metrics`` for assertions.
+    """
+
+    async def factory(settings: Settings | None = None) -> Any:
+        store = MemoryStore()
+        metrics = Metrics()
+        app = create_app(
+            settings or full_settings(),
+            rulebook=load_rulebook([web_rules]),
+            store=store,
+            clock=lambda: NOW,
+            metrics=metrics,
+        )
+        client = await aiohttp_client(app)
+        client.store = store
+        client.metrics = metrics
+        return client
+
+    return factory
+
+
+async def wait_for_decisions(
+    client: Any,
+    params: dict[str, str],
+    *,
+    count: int = 1,
+    headers: dict[str, str] | None = None,
+    attempts: int = 200,
+) -> list[dict[str, Any]]:
+    """Poll ``GET /api/v1/decisions`` until ``count`` records match (bounded)."""
+    found: list[dict[str, Any]] = []
+    for _ in range(attempts):
+        resp = await client.get(
+            "/api/v1/decisions", params=params, headers=headers or bearer()
+        )
+        assert resp.status == 200, await resp.text()
+        found = (await resp.json())["decisions"]
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.01)
+    pytest.fail(f"only {len(found)} of {count} decisions for {params} after polling")
