@@ -11,9 +11,10 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from receiver.engine.guards import GuardDefaults, GuardKeeper
 from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Executor, Runner
-from receiver.engine.worker import Processor, Worker
+from receiver.engine.worker import Processor, Worker, consumer_name
 from receiver.metrics import Metrics
 from receiver.rulebook.loader import Rulebook
 from receiver.settings import Settings
@@ -32,6 +33,20 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def guard_defaults(settings: Settings) -> GuardDefaults:
+    """Guard defaults from settings."""
+    return GuardDefaults(
+        cooldown=settings.cooldown,
+        budget_max=settings.budget_max,
+        budget_window=settings.budget_window,
+        global_budget_max=settings.global_budget_max,
+        global_budget_window=settings.global_budget_window,
+        circuit_failures=settings.circuit_failures,
+        circuit_cool_off=settings.circuit_cool_off,
+        approval_ttl=settings.approval_ttl,
+    )
+
+
 def create_app(
     settings: Settings,
     *,
@@ -44,7 +59,9 @@ def create_app(
     """Build the application; the worker starts with the app and stops with it."""
     metrics = metrics or Metrics()
     metrics.rules_loaded.set(len(rulebook.rules))
-    runner = Runner(executors or {}, clock, mode=settings.mode)
+    consumer = consumer_name()
+    keeper = GuardKeeper(store, consumer, guard_defaults(settings))
+    runner = Runner(executors or {}, clock, mode=settings.mode, guards=keeper)
     processor = Processor(
         rulebook,
         runner,
@@ -57,6 +74,7 @@ def create_app(
         ),
         metrics=metrics,
         pagerduty_alertname_from=settings.pagerduty_alertname_from,
+        store=store,
     )
     auth = Authenticator(
         settings.auth_tokens,
@@ -73,6 +91,7 @@ def create_app(
         clock=clock,
         max_body_bytes=settings.max_body_bytes,
         alertname_from=settings.pagerduty_alertname_from,
+        execute=settings.mode == "execute",
     )
     app = web.Application(
         middlewares=[make_middleware(metrics)],
@@ -91,17 +110,30 @@ def create_app(
     r.add_get("/api/v1/payloads", handlers.payloads)
     r.add_get("/api/v1/payloads/{id}", handlers.payload)
     r.add_post("/api/v1/replay", handlers.replay)
+    r.add_get("/api/v1/approvals", handlers.approvals)
+    r.add_post("/api/v1/approvals/{id}", handlers.decide_approval)
     r.add_get("/healthz", handlers.healthz)
     r.add_get("/readyz", handlers.readyz)
     r.add_get("/metrics", handlers.metrics)
     r.add_get("/openapi.json", handlers.openapi)
 
-    worker = Worker(store, processor, settings.workers, metrics=metrics)
+    worker = Worker(
+        store,
+        processor,
+        settings.workers,
+        metrics=metrics,
+        consumer=consumer,
+        clock=clock,
+    )
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await worker.start()
         yield
         await worker.stop()
+        for executor in (executors or {}).values():
+            close = getattr(executor, "aclose", None)
+            if close is not None:
+                await close()
         await store.close()
 
     app.cleanup_ctx.append(lifecycle)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from receiver.errors import ConfigError, InputError, RuleError
-from receiver.model import AlertTrace, Decision
+from receiver.model import AlertTrace, Decision, MatchTrace
 
 DEFAULT_RULES = [Path("rules")]
 
@@ -125,7 +125,8 @@ def _serve(args: argparse.Namespace) -> int:
     from receiver.app import create_app  # noqa: PLC0415
     from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
     from receiver.settings import load_settings  # noqa: PLC0415
-    from receiver.store import open_store  # noqa: PLC0415
+    from receiver.steps import build_executors  # noqa: PLC0415
+    from receiver.store import Retention, open_store  # noqa: PLC0415
 
     settings = load_settings(
         args.config,
@@ -147,8 +148,18 @@ def _serve(args: argparse.Namespace) -> int:
 
     log = structlog.get_logger("receiver")
     rulebook = load_rulebook(settings.rules)
-    store = open_store(settings.store)
-    app = create_app(settings, rulebook=rulebook, store=store)
+    store = open_store(
+        settings.store,
+        Retention(
+            max_age=settings.retention,
+            max_payloads=settings.retention_payloads,
+            max_decisions=settings.retention_decisions,
+            lease=settings.journal_lease,
+        ),
+    )
+    app = create_app(
+        settings, rulebook=rulebook, store=store, executors=build_executors(settings)
+    )
     base = f"http://{settings.host}:{settings.port}"
     log.info(
         "receiver_started",
@@ -237,6 +248,35 @@ _MARK = {
 }
 
 
+def _print_match(match: MatchTrace, firing: bool) -> None:
+    info = match.severity.info
+    _out(
+        f"  rule {match.rule} -> {match.severity} {info.name}, playbook {match.playbook}"
+    )
+    if match.description:
+        _out(f"    {match.description}")
+    if firing:
+        after = info.escalate_after
+        when = "immediately" if after == "immediately" else f"after {after}"
+        _out(
+            f"    ack within {info.acknowledge_within}, mitigate within "
+            f"{info.mitigate_within}, updates every {info.update_every}, "
+            f"escalate {when} to {info.escalate_to}"
+        )
+    if match.escalate_to:
+        _out(f"    escalate to: {match.escalate_to}")
+    if match.runbook_url:
+        _out(f"    runbook: {match.runbook_url}")
+    for note in match.notes:
+        _out(f"    {note}")
+    for step in match.steps:
+        label = f"{step.type} ({step.name})" if step.name else step.type
+        _out(
+            f"    {_MARK[step.decision]} {step.kind.value:<11} {label:<28} "
+            f"{step.decision.value}: {step.reason}"
+        )
+
+
 def _print_traces(traces: list[tuple[Path, AlertTrace]]) -> None:
     last: Path | None = None
     for path, trace in traces:
@@ -248,26 +288,18 @@ def _print_traces(traces: list[tuple[Path, AlertTrace]]) -> None:
         labels = " ".join(
             f"{k}={v}" for k, v in sorted(alert.labels.items()) if k != "alertname"
         )
-        _out(f"{name} [{alert.status}] from {alert.source}, fp {alert.fingerprint}")
+        status = (
+            alert.status
+            if alert.actionable
+            else alert.labels.get(
+                "event_type", alert.refs.get("event_action", "recorded")
+            )
+        )
+        _out(f"{name} [{status}] from {alert.source}, fp {alert.fingerprint}")
         if labels:
             _out(f"  labels: {labels}")
         for note in trace.notes:
             _out(f"  note: {note}")
         for match in trace.matches:
-            info = match.severity.info
-            _out(
-                f"  rule {match.rule} -> {match.severity} {info.name}, "
-                f"playbook {match.playbook}"
-            )
-            _out(
-                f"    ack within {info.acknowledge_within}, mitigate within "
-                f"{info.mitigate_within}, updates every {info.update_every}"
-            )
-            for note in match.notes:
-                _out(f"    {note}")
-            for step in match.steps:
-                _out(
-                    f"    {_MARK[step.decision]} {step.kind.value:<11} {step.type:<28} "
-                    f"{step.decision.value}: {step.reason}"
-                )
+            _print_match(match, alert.status == "firing")
         _out()

@@ -62,6 +62,28 @@ class Metrics:
             "Accepted payloads not yet processed.",
             registry=r,
         )
+        self.journal_oldest_age = Gauge(
+            "receiver_journal_oldest_age_seconds",
+            "Age of the oldest accepted payload not yet processed.",
+            registry=r,
+        )
+        self.guard_skips = Counter(
+            "receiver_guard_skips",
+            "Steps skipped or held, by the guard that said no.",
+            ["guard"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "receiver_duplicate_deliveries",
+            "Redeliveries recognised and dropped, by source.",
+            ["source"],
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "receiver_store_unavailable",
+            "Payloads refused with 503 because the store was unavailable.",
+            registry=r,
+        )
         self.rules_loaded = Gauge(
             "receiver_rules_loaded", "Rules currently loaded.", registry=r
         )

@@ -45,10 +45,11 @@ class Alert:
     actionable: bool = True
 
     def firing_for(self, now: datetime) -> timedelta:
-        """How long the alert has been firing at ``now`` (zero when unknown)."""
+        """How long the alert fired by ``now`` (until it ended; zero when unknown)."""
         if self.starts_at is None:
             return timedelta(0)
-        return max(now - self.starts_at, timedelta(0))
+        end = min(now, self.ends_at) if self.ends_at is not None else now
+        return max(end - self.starts_at, timedelta(0))
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON form used in traces, the API and replay output."""
@@ -178,6 +179,15 @@ class Decision(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class StepResult:
+    """What a step executor reports back to the runner."""
+
+    ok: bool
+    reason: str
+    result: Mapping[str, Any] = field(default_factory=lambda: freeze({}))
+
+
+@dataclass(frozen=True)
 class StepTrace:
     """The decision for one step, with a reason a person can read."""
 
@@ -218,6 +228,9 @@ class MatchTrace:
     playbook: str
     steps: tuple[StepTrace, ...] = ()
     notes: tuple[str, ...] = ()
+    description: str = ""
+    runbook_url: str = ""
+    escalate_to: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON form."""
@@ -227,6 +240,9 @@ class MatchTrace:
             "playbook": self.playbook,
             "steps": [s.to_json() for s in self.steps],
             "severity_info": self.severity.info.to_json(),
+            "description": self.description,
+            "runbook_url": self.runbook_url,
+            "escalate_to": self.escalate_to,
             "notes": list(self.notes),
         }
 

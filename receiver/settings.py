@@ -11,13 +11,24 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+)
 
 from receiver.errors import ConfigError
+from receiver.rulebook.templates import parse_duration
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 ENV_PREFIX = "RECEIVER_"
 
@@ -61,9 +72,56 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(
         default=5 * 1024 * 1024, ge=1024, description="Request body cap (413 above)."
     )
-    store: str = Field(default="memory://", description="State store URL.")
+    store: str = Field(
+        default="sqlite:///receiver.db",
+        description="State store: sqlite:///PATH (one instance) or redis://HOST "
+        "(replicas).",
+    )
     workers: int = Field(
         default=4, ge=1, le=256, description="Payloads processed concurrently."
+    )
+    retention: Duration = Field(
+        default=timedelta(days=7), description="Keep payloads and decisions this long."
+    )
+    retention_payloads: int = Field(
+        default=100_000, ge=100, description="Keep at most this many payloads."
+    )
+    retention_decisions: int = Field(
+        default=200_000, ge=100, description="Keep at most this many decisions."
+    )
+    journal_lease: Duration = Field(
+        default=timedelta(minutes=5),
+        description="A claimed entry not finished in this time goes to another worker.",
+    )
+    cooldown: Duration = Field(
+        default=timedelta(minutes=10),
+        description="Default cooldown per playbook and target.",
+    )
+    budget_max: int = Field(default=5, ge=1, description="Default runs per playbook...")
+    budget_window: Duration = Field(
+        default=timedelta(hours=1), description="...per this window."
+    )
+    global_budget_max: int = Field(
+        default=30, ge=1, description="Remediations across all playbooks..."
+    )
+    global_budget_window: Duration = Field(
+        default=timedelta(hours=1), description="...per this window."
+    )
+    circuit_failures: int = Field(
+        default=3, ge=1, description="Consecutive failures that open a circuit."
+    )
+    circuit_cool_off: Duration = Field(
+        default=timedelta(hours=1), description="How long an open circuit stays open."
+    )
+    approval_ttl: Duration = Field(
+        default=timedelta(hours=1), description="Approvals expire after this."
+    )
+    http_allowlist: list[str] = Field(
+        default_factory=list,
+        description="Hosts (host or host:port) http steps may call.",
+    )
+    prometheus_url: str | None = Field(
+        default=None, description="Prometheus base URL for prometheus.query steps."
     )
     namespaces: list[str] | None = Field(
         default=None,

@@ -178,13 +178,6 @@ def test_every_remediating_playbook_has_guards(rulebook):
         assert guards.circuit_breaker is not None, name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="receiver bug: StepModel.rendered() does not render optional template "
-    "fields (K8sName | None, e.g. k8s.pods workload), so {labels.deployment} "
-    "reaches the trace unrendered; when fixed, drop this marker and regenerate "
-    "tests/golden with RECEIVER_UPDATE_GOLDEN=1",
-)
 async def test_steps_render_every_placeholder(rulebook):
     """No step of a matched example keeps an unrendered {labels.X} placeholder."""
     example = EXAMPLES / "alertmanager" / "sark-api-down.firing.json"

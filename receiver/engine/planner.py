@@ -8,7 +8,7 @@ circuit breaker) belong to the runner, which reads the store.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from receiver.model import (
@@ -40,6 +40,7 @@ class PlannedStep:
     step: StepModel | None = None
     run: bool = False
     approval: bool = False
+    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,8 @@ def _plan_step(
                 rendered,
             )
     approval = getattr(rendered, "approval", "none") == "required"
-    if not ctx.execute or guards.dry_run:
+    forced = guards.dry_run and step.kind is StepKind.REMEDIATION
+    if not ctx.execute or forced:
         why = "playbook forces dry-run" if ctx.execute else "dry-run mode"
         prefix = "would ask a human for approval, then " if approval else "would "
         return PlannedStep(
@@ -184,7 +186,10 @@ def plan(
                 severity_reason=match.severity_reason,
                 playbook=match.rule.rule.playbook,
                 match=match,
-                steps=tuple(_plan_step(s, alert, now, match, ctx) for s in steps),
+                steps=tuple(
+                    replace(_plan_step(s, alert, now, match, ctx), index=i)
+                    for i, s in enumerate(steps)
+                ),
             )
         )
     notes = () if planned else ("no rule matched; nothing runs",)

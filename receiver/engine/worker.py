@@ -1,7 +1,10 @@
 """Consume the journal: parse each accepted payload, plan, run, record, mark done.
 
-Started and stopped by the app (``cleanup_ctx``); ``Processor`` is also what
-``receiver replay`` uses, so replay and the live path decide identically.
+Started and stopped by the app (``cleanup_ctx``). An entry is marked done only
+after its decisions are recorded; if the store fails meanwhile, the same entry is
+retried with backoff, and after a crash it is claimed again (idempotency keys
+make that safe). ``Processor`` is also what ``receiver replay`` uses, so replay
+and the live path decide identically.
 """
 
 from __future__ import annotations
@@ -9,23 +12,54 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
 from receiver.engine.planner import PlanContext, plan
 from receiver.engine.runner import Runner
-from receiver.errors import InputError
+from receiver.errors import InputError, StoreUnavailableError
 from receiver.metrics import Metrics
-from receiver.model import Alert, AlertTrace, Source
+from receiver.model import Alert, AlertTrace, Decision, Source
 from receiver.rulebook.loader import Rulebook
 from receiver.sources import alertmanager, events_v2, pagerduty
 from receiver.store.base import JournalEntry, Store
 
 log = structlog.get_logger("receiver.worker")
+
+GUARD_PREFIXES = (
+    ("cooldown", "cooldown"),
+    ("budget", "budget"),
+    ("lock", "lock"),
+    ("circuit", "circuit_breaker"),
+    ("alert resolved", "resolved"),
+    ("superseded", "resolved"),
+    ("already", "idempotency"),
+    ("awaiting approval", "approval"),
+    ("approval", "approval"),
+    ("not firing long enough", "require_firing_for"),
+    ("namespace", "namespace"),
+    ("dry-run", "dry_run"),
+    ("playbook forces dry-run", "dry_run"),
+)
+
+
+def guard_of(reason: str) -> str:
+    """Which guard a skip reason comes from, for metrics."""
+    for prefix, guard in GUARD_PREFIXES:
+        if reason.startswith(prefix):
+            return guard
+    return "other"
+
+
+def consumer_name() -> str:
+    """A name for this process as a journal consumer and lock owner."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(2).hex()}"
 
 
 class Processor:
@@ -40,6 +74,7 @@ class Processor:
         *,
         metrics: Metrics | None = None,
         pagerduty_alertname_from: str = "title",
+        store: Store | None = None,
     ) -> None:
         self.rulebook = rulebook
         self._runner = runner
@@ -47,6 +82,7 @@ class Processor:
         self._ctx = ctx
         self._metrics = metrics
         self._alertname_from = pagerduty_alertname_from
+        self._store = store
 
     def alerts(self, source: Source, body: bytes, now: datetime) -> list[Alert]:
         """Parse a stored body of ``source`` into alerts."""
@@ -59,6 +95,15 @@ class Processor:
         if source == "pagerduty":
             return pagerduty.to_alerts(data, now, alertname_from=self._alertname_from)
         return events_v2.to_alerts(data, now, body=body)
+
+    async def _with_start(self, alert: Alert) -> Alert:
+        """Give alerts without startsAt (Events v2) the start the journal saw."""
+        if alert.starts_at is not None or self._store is None:
+            return alert
+        state = await self._store.alert_state(alert.fingerprint)
+        if state is None or state.starts_at is None:
+            return alert
+        return replace(alert, starts_at=state.starts_at)
 
     async def decide_dry_run(
         self, alerts: list[Alert], now: datetime | None = None
@@ -80,7 +125,8 @@ class Processor:
     ) -> list[AlertTrace]:
         """Plan and run every alert; ``now`` fixes time for replay ``--at``."""
         traces = []
-        for alert in alerts:
+        for raw in alerts:
+            alert = await self._with_start(raw)
             at = now or self._clock()
             trace = await (runner or self._runner).run(
                 plan(alert, self.rulebook, at, ctx or self._ctx), payload_id
@@ -111,6 +157,8 @@ class Processor:
             m.rule_matches.labels(match.rule, match.severity.value).inc()
             for step in match.steps:
                 m.steps.labels(step.type, step.decision.value).inc()
+                if step.decision in (Decision.SKIPPED, Decision.AWAITING_APPROVAL):
+                    m.guard_skips.labels(guard_of(step.reason)).inc()
 
     async def process(self, entry: JournalEntry) -> list[AlertTrace]:
         """Decide a journal entry."""
@@ -128,20 +176,28 @@ class Worker:
         concurrency: int = 4,
         *,
         metrics: Metrics | None = None,
+        consumer: str | None = None,
+        clock: Callable[[], datetime] | None = None,
+        prune_every: timedelta = timedelta(minutes=5),
     ) -> None:
         self._store = store
         self._processor = processor
         self._concurrency = concurrency
         self._metrics = metrics
+        self.consumer = consumer or consumer_name()
+        self._clock = clock
+        self._prune_every = prune_every
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
-        """Start the consumer tasks."""
+        """Start the consumer tasks and the pruner."""
         self._tasks = [
             asyncio.create_task(self._loop(i), name=f"receiver-worker-{i}")
             for i in range(self._concurrency)
         ]
+        if self._clock is not None:
+            self._tasks.append(asyncio.create_task(self._prune_loop(), name="pruner"))
 
     async def stop(self) -> None:
         """Stop consuming; unfinished entries stay in the journal."""
@@ -152,20 +208,64 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _loop(self, index: int) -> None:
+    async def _prune_loop(self) -> None:
+        assert self._clock is not None  # noqa: S101 (start() checks)
         while not self._stopping.is_set():
-            entry = await self._store.claim(timeout=1.0)
+            try:
+                dropped = await self._store.prune(self._clock())
+                if dropped:
+                    log.info("journal_pruned", dropped=dropped)
+            except StoreUnavailableError as exc:
+                log.warning("prune_failed", error=str(exc))
+            await asyncio.sleep(self._prune_every.total_seconds())
+
+    async def _loop(self, index: int) -> None:
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                entry = await self._store.claim(self.consumer, wait=1.0)
+            except StoreUnavailableError as exc:
+                log.warning("journal_unavailable", error=str(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = 0.5
             if entry is None:
                 continue
-            structlog.contextvars.bind_contextvars(payload_id=entry.id, worker=index)
-            try:
-                traces = await self._processor.process(entry)
-            except InputError as exc:
-                # Accepted bodies were validated at the edge; a stored body that no
-                # longer parses is recorded, not retried forever.
-                log.warning("payload_unprocessable", error=str(exc))
-                traces = []
-            await self._store.complete(entry.id, [t.to_json() for t in traces])
+            await self._handle(entry, index)
+
+    async def _handle(self, entry: JournalEntry, index: int) -> None:
+        structlog.contextvars.bind_contextvars(payload_id=entry.id, worker=index)
+        backoff = 0.5
+        try:
+            while True:
+                try:
+                    try:
+                        traces = await self._processor.process(entry)
+                    except InputError as exc:
+                        # Accepted bodies were validated at the edge; one that no
+                        # longer parses is recorded as such, not retried forever.
+                        log.warning("payload_unprocessable", error=str(exc))
+                        traces = []
+                    await self._store.complete(entry.id, [t.to_json() for t in traces])
+                    break
+                except StoreUnavailableError as exc:
+                    if self._stopping.is_set():
+                        return
+                    log.warning(
+                        "decision_not_recorded", error=str(exc), retry_in=backoff
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
             if self._metrics is not None:
-                self._metrics.journal_depth.set(await self._store.pending())
+                await self._observe()
+        finally:
             structlog.contextvars.unbind_contextvars("payload_id", "worker")
+
+    async def _observe(self) -> None:
+        assert self._metrics is not None  # noqa: S101 (callers check)
+        count, oldest = await self._store.pending()
+        self._metrics.journal_depth.set(count)
+        if self._clock is not None:
+            age = (self._clock() - oldest).total_seconds() if oldest else 0.0
+            self._metrics.journal_oldest_age.set(max(age, 0.0))

@@ -8,7 +8,9 @@ request it makes (``describe``), which is what dry-run shows. Executors in
 
 from __future__ import annotations
 
+import functools
 import re
+import typing
 from datetime import timedelta
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -89,6 +91,14 @@ def _check_relative(text: str) -> str:
 RelativeCount = Annotated[str, BeforeValidator(str), AfterValidator(_check_relative)]
 
 
+def _change(spec: str) -> str:
+    if spec.startswith("+"):
+        return f"up by {spec[1:]}"
+    if spec.startswith("x"):
+        return f"by a factor of {spec[1:]}"
+    return f"to {spec}"
+
+
 def apply_relative(spec: str, current: int) -> int:
     """Apply ``10``, ``+2`` or ``x2`` to a current count."""
     found = _RELATIVE.match(spec)
@@ -119,24 +129,7 @@ class _Base(BaseModel):
         Raises:
             RenderError: a placeholder names a missing field or the value is unsafe.
         """
-        update: dict[str, Any] = {}
-        for field_name, info in type(self).model_fields.items():
-            slot = next(
-                (m.slot for m in info.metadata if isinstance(m, SlotMarker)), None
-            )
-            value = getattr(self, field_name)
-            if slot is None:
-                inner = _list_slot(info.annotation)
-                if inner is None or value is None:
-                    continue
-                update[field_name] = [render(v, alert, inner) for v in value]
-                continue
-            if value is not None:
-                try:
-                    update[field_name] = render(value, alert, slot)
-                except RenderError as exc:
-                    raise RenderError(f"{field_name}: {exc}") from exc
-        return self.model_copy(update=update)
+        return render_model(self, alert)
 
     def target(self) -> str:
         """The object the step reads or changes, for traces."""
@@ -156,13 +149,58 @@ class _Base(BaseModel):
         return str(cls.model_fields["type"].default)
 
 
-def _list_slot(annotation: Any) -> Slot | None:
-    args = getattr(annotation, "__args__", ())
-    if getattr(annotation, "__origin__", None) is list and args:
-        for meta in getattr(args[0], "__metadata__", ()):
-            if isinstance(meta, SlotMarker):
-                return meta.slot
+def _find_slot(annotation: Any) -> tuple[Slot, bool] | None:
+    """The slot of a template field, looking through Optional and list."""
+    for meta in getattr(annotation, "__metadata__", ()):
+        if isinstance(meta, SlotMarker):
+            return meta.slot, False
+    origin = typing.get_origin(annotation)
+    for arg in typing.get_args(annotation):
+        found = _find_slot(arg)
+        if found is not None:
+            return found[0], found[1] or origin is list
     return None
+
+
+M = typing.TypeVar("M", bound=BaseModel)
+
+
+def render_model(model: M, alert: Alert) -> M:
+    """A copy of ``model`` (a step or its ``verify``) with templates rendered."""
+    update: dict[str, Any] = {}
+    for field_name, (slot, many) in _slots(type(model)).items():
+        value = getattr(model, field_name)
+        if value is None:
+            continue
+        try:
+            if many:
+                update[field_name] = [render(v, alert, slot) for v in value]
+            else:
+                update[field_name] = render(value, alert, slot)
+        except RenderError as exc:
+            raise RenderError(f"{field_name}: {exc}") from exc
+    check = getattr(model, "verify", None)
+    if isinstance(check, BaseModel):
+        try:
+            update["verify"] = render_model(check, alert)
+        except RenderError as exc:
+            raise RenderError(f"verify.{exc}") from exc
+    return model.model_copy(update=update)
+
+
+@functools.cache
+def _slots(cls: type[BaseModel]) -> dict[str, tuple[Slot, bool]]:
+    """Template fields of a step model: name -> (slot, is a list)."""
+    out: dict[str, tuple[Slot, bool]] = {}
+    for name, info in cls.model_fields.items():
+        marker = next((m for m in info.metadata if isinstance(m, SlotMarker)), None)
+        if marker is not None:
+            out[name] = (marker.slot, False)
+            continue
+        found = _find_slot(info.annotation)
+        if found is not None:
+            out[name] = found
+    return out
 
 
 # ----------------------------------------------------------------- verification
@@ -264,12 +302,9 @@ class K8sEvents(_K8s):
     limit: int = Field(default=20, ge=1, le=200)
 
     def target(self) -> str:
-        obj = (
-            f"{self.object_kind.lower()}/{self.object_name}"
-            if self.object_name
-            else "all"
-        )
-        return f"events {obj} -n {self.namespace}"
+        if self.object_name:
+            return f"{self.object_kind.lower()}/{self.object_name} -n {self.namespace}"
+        return f"namespace {self.namespace}"
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -278,7 +313,7 @@ class K8sEvents(_K8s):
             "namespace": self.namespace,
             "involvedObject": {"kind": self.object_kind, "name": self.object_name},
             "limit": self.limit,
-            "action": f"list {self.target()}",
+            "action": f"list events of {self.target()}",
         }
 
 
@@ -322,7 +357,7 @@ class K8sLogs(_K8s):
         if self.since:
             flags += f" --since={format_duration(self.since)}"
         if self.grep:
-            flags += f" | grep -E {self.grep!r}"
+            flags += f", lines matching /{self.grep}/"
         return {
             "verb": "get",
             "resource": "pods/log",
@@ -331,7 +366,9 @@ class K8sLogs(_K8s):
             "tail_lines": self.tail_lines,
             "max_bytes": self.max_bytes,
             "previous": self.previous,
-            "action": f"logs {self.target()} {flags}",
+            "grep": self.grep,
+            "since": format_duration(self.since) if self.since else None,
+            "action": f"read logs of {self.target()} ({flags})",
         }
 
 
@@ -352,7 +389,7 @@ class K8sRolloutHistory(_K8s):
             "resource": "replicasets",
             "namespace": self.namespace,
             "owner": f"deployment/{self.deployment}",
-            "action": f"rollout history {self.target()} "
+            "action": f"read rollout history of {self.target()} "
             f"(flag rollouts within {format_duration(self.flag_within)})",
         }
 
@@ -422,7 +459,12 @@ class K8sRolloutUndo(_K8s, _Remediation):
         return f"deployment/{self.deployment} -n {self.namespace}"
 
     def describe(self) -> dict[str, Any]:
-        revision = self.to_revision or "previous"
+        revision: int | str = self.to_revision or "previous"
+        where = (
+            f"revision {self.to_revision}"
+            if self.to_revision
+            else "the previous revision"
+        )
         cond = ""
         if self.only_if_rollout_within:
             cond = (
@@ -436,7 +478,7 @@ class K8sRolloutUndo(_K8s, _Remediation):
             "name": self.deployment,
             "to_revision": revision,
             "body": {"spec": {"template": f"<pod template of revision {revision}>"}},
-            "action": f"rollout undo {self.target()} to revision {revision}{cond}",
+            "action": f"roll back {self.target()} to {where}{cond}",
         }
 
 
@@ -470,7 +512,7 @@ class K8sScale(_K8s, _Remediation):
                     "replicas": f"{self.replicas} (clamped to {self.min}..{self.max})"
                 }
             },
-            "action": f"scale {self.target()} to {self.replicas} "
+            "action": f"scale {self.target()} {_change(self.replicas)} "
             f"(min {self.min}, max {self.max})",
         }
 
@@ -493,8 +535,8 @@ class K8sPatchHpa(_K8s, _Remediation):
             "namespace": self.namespace,
             "name": self.hpa,
             "body": {"spec": {"maxReplicas": f"{self.max_replicas} (cap {self.cap})"}},
-            "action": f"patch {self.target()} maxReplicas {self.max_replicas} "
-            f"(cap {self.cap})",
+            "action": f"raise maxReplicas of {self.target()} "
+            f"{_change(self.max_replicas)} (cap {self.cap})",
         }
 
 
@@ -622,8 +664,12 @@ class RedisInfo(_Redis):
             "verb": "INFO",
             "redis": self.target_name,
             "section": self.section,
-            "action": f"INFO {self.section} on redis {self.target_name} "
-            "(hit rate = hits / (hits + misses))",
+            "action": f"INFO {self.section} on redis {self.target_name}"
+            + (
+                " (hit rate = hits / (hits + misses))"
+                if self.section == "stats"
+                else ""
+            ),
         }
 
 

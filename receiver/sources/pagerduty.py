@@ -103,9 +103,10 @@ def to_alerts(
     }
     if inc.number is not None:
         labels["incident_number"] = str(inc.number)
-    labels["alertname"] = labels.get(alertname_from) or inc.title
+    title = inc.title or (inc.incident.summary if inc.incident else "")
+    labels["alertname"] = labels.get(alertname_from) or title
     labels = {k: v for k, v in labels.items() if v}
-    annotations = {"summary": inc.title} if inc.title else {}
+    annotations = {"summary": title} if title else {}
     if inc.type == "incident_note" and inc.content:
         annotations["note"] = inc.content[:2000]
     refs = {

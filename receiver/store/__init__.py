@@ -1,30 +1,64 @@
-"""State: the payload journal and the decision log, behind the ``Store`` protocol.
+"""State: the payload journal, the decision log and guard state, behind ``Store``.
 
-``memory`` is the in-process implementation; durable implementations plug in
-behind the same protocol. ``open_store`` picks one from a URL in settings.
+``sqlite`` is the embedded default (one instance, durable file); ``redis`` serves
+several replicas. ``open_store`` picks one from the ``store`` setting's URL.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from receiver.errors import ConfigError
-from receiver.store.base import DecisionQuery, JournalEntry, Store, new_id
-from receiver.store.memory import MemoryStore
+from receiver.store.base import (
+    AlertState,
+    Approval,
+    DecisionQuery,
+    JournalEntry,
+    Retention,
+    Store,
+    new_id,
+)
+from receiver.store.sqlite import SqliteStore
 
 
-def open_store(url: str) -> Store:
-    """Build the store named by ``url`` (``memory://``)."""
-    if url.startswith("memory:"):
-        return MemoryStore()
+def open_store(url: str, retention: Retention | None = None) -> Store:
+    """Build the store named by ``url``.
+
+    ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``,
+    ``sqlite://:memory:`` (nothing survives a restart), ``redis://host:port/db``
+    or ``rediss://...``.
+    """
+    if url.startswith("sqlite://"):
+        path = url.removeprefix("sqlite://")
+        if path in (":memory:", "/:memory:"):
+            return SqliteStore(":memory:", retention=retention)
+        path = path.removeprefix("/")
+        if not path:
+            raise ConfigError("sqlite store URL needs a path: sqlite:///receiver.db")
+        return SqliteStore(str(Path(path)), retention=retention)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from receiver.store.redis import RedisStore  # noqa: PLC0415
+
+        return RedisStore(url, retention=retention or Retention())
+    scheme = url.split("://", 1)[0]
     raise ConfigError(
-        f"unsupported store URL {url.split('://', 1)[0]!r}://...; this version "
-        "supports memory://"
+        f"unsupported store URL scheme {scheme!r}; use sqlite:///PATH or redis://HOST"
     )
 
 
+def MemoryStore() -> SqliteStore:  # noqa: N802 (reads like the class it stands for)
+    """An in-memory SQLite store, for tests and tools that need no durability."""
+    return SqliteStore(":memory:")
+
+
 __all__ = [
+    "AlertState",
+    "Approval",
     "DecisionQuery",
     "JournalEntry",
     "MemoryStore",
+    "Retention",
+    "SqliteStore",
     "Store",
     "new_id",
     "open_store",

@@ -183,13 +183,17 @@ class Store(Protocol):
     # -- journal ------------------------------------------------------------
 
     async def append(self, entry: JournalEntry, states: Sequence[AlertState]) -> None:
-        """Durably record a payload and its alerts' states, or raise
-        ``StoreUnavailableError``."""
+        """Durably record a payload and its alerts' states.
+
+        Raises ``StoreUnavailableError`` when it cannot.
+        """
         ...
 
     async def claim(self, consumer: str, wait: float) -> JournalEntry | None:
-        """Take the next unfinished entry (or one a dead consumer left behind),
-        waiting up to ``wait`` seconds."""
+        """Take the next unfinished entry, or one a dead consumer left behind.
+
+        Waits up to ``wait`` seconds.
+        """
         ...
 
     async def complete(
@@ -269,8 +273,10 @@ class Store(Protocol):
     async def reserve_budget(
         self, scope: str, limit: int, window: timedelta, now: datetime
     ) -> int | None:
-        """Atomically take a slot if fewer than ``limit`` runs happened in the
-        window; return the count including this one, or None when spent."""
+        """Atomically take a slot if fewer than ``limit`` runs are in the window.
+
+        Returns the count including this one, or None when spent.
+        """
         ...
 
     async def release_budget(self, scope: str, now: datetime) -> None:

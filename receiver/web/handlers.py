@@ -7,19 +7,24 @@ sees raw dicts. A 202 means the payload is in the store's journal.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 import structlog
 from aiohttp import web
 
 from receiver.engine.worker import Processor
-from receiver.errors import InputError, PayloadTooLargeError, UnsupportedMediaError
+from receiver.errors import (
+    InputError,
+    PayloadTooLargeError,
+    StoreUnavailableError,
+    UnsupportedMediaError,
+)
 from receiver.metrics import Metrics
-from receiver.model import Source
+from receiver.model import Alert, Source
 from receiver.sources import alertmanager, detect, events_v2, pagerduty, parse_json
-from receiver.store.base import DecisionQuery, JournalEntry, Store, new_id
+from receiver.store.base import AlertState, DecisionQuery, JournalEntry, Store, new_id
 from receiver.web.auth import Authenticator
 from receiver.web.openapi import spec
 
@@ -27,7 +32,15 @@ log = structlog.get_logger("receiver.web")
 
 # Headers worth keeping with a payload; everything else (Authorization,
 # signatures, cookies) is dropped before the journal sees it.
-KEPT_HEADERS = ("content-type", "user-agent", "x-webhook-id", "x-request-id")
+KEPT_HEADERS = (
+    "content-type",
+    "user-agent",
+    "x-webhook-id",
+    "x-request-id",
+    "x-receiver-approval",
+    "x-receiver-replay",
+)
+DELIVERY_TTL = timedelta(days=2)
 
 
 class Handlers:
@@ -43,7 +56,9 @@ class Handlers:
         clock: Callable[[], datetime],
         max_body_bytes: int,
         alertname_from: str,
+        execute: bool = False,
     ) -> None:
+        self._execute = execute
         self._store = store
         self._processor = processor
         self._auth = auth
@@ -81,20 +96,53 @@ class Handlers:
         return body
 
     async def _accept(
-        self, request: web.Request, source: Source, body: bytes, count: int
+        self,
+        source: Source,
+        body: bytes,
+        alerts: list[Alert],
+        headers: Mapping[str, str],
     ) -> JournalEntry:
-        headers = {k.lower(): v for k, v in request.headers.items()}
+        now = self._clock()
+        kept = {k.lower(): v for k, v in headers.items()}
         entry = JournalEntry(
             id=new_id(),
             source=source,
-            received_at=self._clock(),
+            received_at=now,
             body=body,
-            headers={k: headers[k] for k in KEPT_HEADERS if k in headers},
+            headers={k: kept[k] for k in KEPT_HEADERS if k in kept},
         )
-        await self._store.append(entry)
-        self._metrics.journal_depth.set(await self._store.pending())
-        log.info("webhook_accepted", source=source, payload_id=entry.id, alerts=count)
+        states = [
+            AlertState(a.fingerprint, a.status, a.starts_at or now, now)
+            if a.source != "events_v2" or a.starts_at is not None
+            else AlertState(a.fingerprint, a.status, await self._start_of(a, now), now)
+            for a in alerts
+            if a.actionable
+        ]
+        try:
+            await self._store.append(entry, states)
+        except StoreUnavailableError:
+            self._metrics.store_errors.inc()
+            raise
+        log.info(
+            "webhook_accepted", source=source, payload_id=entry.id, alerts=len(alerts)
+        )
         return entry
+
+    async def _start_of(self, alert: Alert, now: datetime) -> datetime | None:
+        """Events v2 carry no start: a trigger starts now unless already firing."""
+        state = await self._store.alert_state(alert.fingerprint)
+        if state is not None and (
+            state.status == "firing" or alert.status == "resolved"
+        ):
+            return state.starts_at
+        return now
+
+    async def _duplicate(self, source: Source, key: str) -> bool:
+        if await self._store.seen(f"delivery:{source}:{key}", DELIVERY_TTL):
+            self._metrics.duplicates.labels(source).inc()
+            log.info("duplicate_dropped", source=source, delivery=key)
+            return True
+        return False
 
     # ------------------------------------------------------------ webhooks
 
@@ -103,7 +151,7 @@ class Handlers:
         self._auth.check_header(request.headers.get("Authorization"))
         body = await self._body(request)
         alerts = alertmanager.to_alerts(parse_json(body), self._clock())
-        entry = await self._accept(request, "alertmanager", body, len(alerts))
+        entry = await self._accept("alertmanager", body, alerts, request.headers)
         return web.json_response(
             {"status": "accepted", "id": entry.id, "alerts": len(alerts)}, status=202
         )
@@ -115,7 +163,14 @@ class Handlers:
         alerts = pagerduty.to_alerts(
             parse_json(body), self._clock(), alertname_from=self._alertname_from
         )
-        entry = await self._accept(request, "pagerduty", body, len(alerts))
+        delivery = request.headers.get("X-Webhook-Id") or alerts[0].refs.get(
+            "webhook_event_id", ""
+        )
+        if delivery and await self._duplicate("pagerduty", delivery):
+            return web.json_response(
+                {"status": "duplicate", "id": None, "alerts": 0}, status=202
+            )
+        entry = await self._accept("pagerduty", body, alerts, request.headers)
         return web.json_response(
             {
                 "status": "accepted",
@@ -133,7 +188,23 @@ class Handlers:
         if isinstance(data, dict) and isinstance(data.get("routing_key"), str):
             self._auth.check_routing_key(data["routing_key"])
         alerts = events_v2.to_alerts(data, self._clock(), body=body)
-        entry = await self._accept(request, "events_v2", body, len(alerts))
+        alert = alerts[0]
+        dedup = alert.refs["dedup_key"]
+        state = await self._store.alert_state(alert.fingerprint)
+        if state is not None and state.status == alert.status and alert.actionable:
+            # Same dedup_key and same action as the current state: PagerDuty would
+            # fold it into the open incident; so do we.
+            self._metrics.duplicates.labels("events_v2").inc()
+            return web.json_response(
+                {
+                    "status": "success",
+                    "message": "Event processed (duplicate of the open alert)",
+                    "dedup_key": dedup,
+                    "id": None,
+                },
+                status=202,
+            )
+        entry = await self._accept("events_v2", body, alerts, request.headers)
         return web.json_response(
             {
                 "status": "success",
@@ -205,8 +276,68 @@ class Handlers:
         else:
             raise InputError('send {"payload_id": "..."} or {"payload": {...}}')
         alerts = self._processor.alerts(source, body, self._clock())
+        if data.get("execute") is True:
+            if not self._execute:
+                raise InputError(
+                    "execute replay needs the service in execute mode "
+                    "(receiver serve --execute); this one runs dry-run"
+                )
+            entry = await self._accept(
+                source, body, alerts, {"x-receiver-replay": "execute"}
+            )
+            return web.json_response(
+                {"status": "accepted", "id": entry.id, "execute": True}, status=202
+            )
         traces = await self._processor.decide_dry_run(alerts)
         return web.json_response({"alerts": [t.to_json() for t in traces]})
+
+    async def approvals(self, request: web.Request) -> web.Response:
+        """GET /api/v1/approvals."""
+        self._auth.check_header(request.headers.get("Authorization"))
+        items = await self._store.approvals(request.query.get("status"))
+        return web.json_response({"approvals": [a.to_json() for a in items]})
+
+    async def decide_approval(self, request: web.Request) -> web.Response:
+        """POST /api/v1/approvals/{id}: approve or reject a waiting remediation."""
+        self._auth.check_header(request.headers.get("Authorization"))
+        data = parse_json(await self._body(request))
+        decision = data.get("decision") if isinstance(data, dict) else None
+        if decision not in ("approve", "reject"):
+            raise InputError(
+                'send {"decision": "approve"} or {"decision": "reject"}, '
+                'optionally with "by": "<who>"'
+            )
+        by = str(data.get("by") or "api")[:100]
+        approval_id = request.match_info["id"]
+        now = self._clock()
+        current = await self._store.get_approval(approval_id)
+        if current is None:
+            raise web.HTTPNotFound(text=f"no approval {approval_id!r}")
+        if current.status == "pending" and now >= current.expires_at:
+            await self._store.decide_approval(approval_id, "expired", "receiver", now)
+            raise InputError(f"approval {approval_id} expired at {current.expires_at}")
+        status: Literal["approved", "rejected"] = (
+            "approved" if decision == "approve" else "rejected"
+        )
+        decided = await self._store.decide_approval(approval_id, status, by, now)
+        if decided is None:
+            raise InputError(f"approval {approval_id} is already {current.status}")
+        log.info("approval_decided", approval=approval_id, status=status, by=by)
+        if status == "approved":
+            # Decide the alert again: idempotency keeps done steps done, and the
+            # approved step now passes its guard.
+            entry = await self._store.payload(
+                str(decided.request.get("payload_id", ""))
+            )
+            if entry is not None:
+                alerts = self._processor.alerts(entry.source, entry.body, now)
+                await self._accept(
+                    entry.source,
+                    entry.body,
+                    alerts,
+                    {"x-receiver-approval": approval_id},
+                )
+        return web.json_response(decided.to_json())
 
     # ------------------------------------------------------------ operations
 
@@ -227,7 +358,10 @@ class Handlers:
 
     async def metrics(self, _request: web.Request) -> web.Response:
         """GET /metrics: Prometheus text format."""
-        self._metrics.journal_depth.set(await self._store.pending())
+        count, oldest = await self._store.pending()
+        self._metrics.journal_depth.set(count)
+        age = (self._clock() - oldest).total_seconds() if oldest else 0.0
+        self._metrics.journal_oldest_age.set(max(age, 0.0))
         return web.Response(
             body=self._metrics.render(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},

@@ -189,6 +189,32 @@ def spec() -> dict[str, Any]:
                     "responses": {"200": json_ok, **_errors(400, 401, 403)},
                 }
             },
+            "/api/v1/approvals": {
+                "get": {
+                    "summary": "Remediations waiting for (or given) human approval",
+                    "security": bearer,
+                    "parameters": [
+                        {"name": "status", "in": "query", "schema": {"type": "string"}}
+                    ],
+                    "responses": {"200": json_ok, **_errors(401, 403)},
+                }
+            },
+            "/api/v1/approvals/{id}": {
+                "post": {
+                    "summary": 'Approve or reject: {"decision": "approve"|"reject", '
+                    '"by": "<who>"}',
+                    "security": bearer,
+                    "parameters": [
+                        {
+                            "name": "id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {"200": json_ok, **_errors(400, 401, 403, 404)},
+                }
+            },
             "/healthz": {
                 "get": {"summary": "Process alive", "responses": {"200": json_ok}}
             },

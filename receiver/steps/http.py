@@ -1,0 +1,174 @@
+"""``http.get`` and ``http.request`` steps, and ``http.get`` verification.
+
+Only hosts on the allowlist (settings ``http_allowlist``) are ever called, so an
+alert label cannot point the receiver anywhere else (no SSRF). Probes retry
+transient failures with bounded, jittered backoff; a remediation request is sent
+once (its idempotency key is already claimed), retried only when the connection
+failed before anything was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from receiver.errors import PermanentStepError, TransientStepError
+from receiver.model import Alert, StepResult
+from receiver.rulebook.steps import HttpGet, HttpRequest, HttpVerify, StepModel
+
+
+def json_path(document: Any, path: str) -> Any:
+    """Follow a dotted path (``checks.db.healthy``, ``items.0.name``)."""
+    current = document
+    for part in path.split("."):
+        if isinstance(current, list) and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        elif isinstance(current, dict) and part in current:
+            current = current[part]
+        else:
+            raise KeyError(part)
+    return current
+
+
+class HttpExecutor:
+    """Runs http steps through one injected ``httpx.AsyncClient``."""
+
+    def __init__(self, client: httpx.AsyncClient, allowlist: list[str]) -> None:
+        self._client = client
+        self._allow = {a.lower() for a in allowlist}
+
+    def _check(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise PermanentStepError(f"refused {url!r}: only http and https URLs")
+        host = (parts.hostname or "").lower()
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        if host not in self._allow and netloc not in self._allow:
+            raise PermanentStepError(
+                f"refused {parts.scheme}://{netloc}: host is not on http_allowlist "
+                f"({', '.join(sorted(self._allow)) or 'empty'})"
+            )
+
+    async def run(self, step: StepModel, alert: Alert) -> StepResult:
+        """Run an http.get probe or an http.request remediation."""
+        del alert
+        if isinstance(step, HttpGet):
+            return await self._get(
+                step.url, step.expect_status, step.json_path, step.max_body_bytes
+            )
+        if isinstance(step, HttpRequest):
+            return await self._request(step)
+        raise PermanentStepError(f"http executor cannot run {step.type_name()}")
+
+    async def _get(
+        self, url: str, expect: int, path: str | None, cap: int = 2048
+    ) -> StepResult:
+        self._check(url)
+        started = time.perf_counter()
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(TransientStepError),
+                stop=stop_after_attempt(3),
+                wait=wait_random_exponential(multiplier=0.2, max=2),
+                reraise=True,
+            ):
+                with attempt:
+                    response = await self._send("GET", url)
+        except TransientStepError as exc:
+            raise TransientStepError(
+                f"GET {url} failed after 3 attempts: {exc}"
+            ) from exc
+        latency = round((time.perf_counter() - started) * 1000, 1)
+        result: dict[str, Any] = {
+            "status": response.status_code,
+            "latency_ms": latency,
+            "body": response.text[:cap],
+        }
+        ok = response.status_code == expect
+        reason = f"GET {url}: {response.status_code} in {latency} ms"
+        if path:
+            try:
+                value = json_path(response.json(), path)
+            except (ValueError, KeyError):
+                value = None
+                reason += f"; {path} not found in the body"
+            else:
+                reason += f"; {path} = {value!r}"
+            result["value"] = value
+        return StepResult(ok=ok, reason=reason, result=result)
+
+    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._client.request(method, url, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise TransientStepError(f"timed out: {exc.__class__.__name__}") from exc
+        except httpx.TransportError as exc:
+            raise TransientStepError(f"{exc.__class__.__name__}: {exc}") from exc
+        if response.status_code == 429 or response.status_code >= 500:
+            raise TransientStepError(f"HTTP {response.status_code}")
+        return response
+
+    async def _request(self, step: HttpRequest) -> StepResult:
+        self._check(step.url)
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(httpx.ConnectError),
+                stop=stop_after_attempt(3),
+                wait=wait_random_exponential(multiplier=0.2, max=2),
+                reraise=True,
+            ):
+                with attempt:
+                    response = await self._client.request(
+                        step.method, step.url, json=step.json_body, headers=step.headers
+                    )
+        except httpx.HTTPError as exc:
+            raise PermanentStepError(
+                f"{step.method} {step.url} failed: {exc.__class__.__name__}; not "
+                "retried, it may have reached the server"
+            ) from exc
+        ok = response.status_code in step.expect_status
+        return StepResult(
+            ok=ok,
+            reason=f"{step.method} {step.url}: HTTP {response.status_code}"
+            + ("" if ok else f" (expected one of {step.expect_status})"),
+            result={"status": response.status_code, "body": response.text[:1024]},
+        )
+
+    async def verify(self, check: Any, step: StepModel, alert: Alert) -> StepResult:
+        """Poll an http.get verification until it holds or times out."""
+        del step, alert
+        if not isinstance(check, HttpVerify):
+            raise PermanentStepError(f"http executor cannot verify {check.type}")
+        deadline = time.monotonic() + check.timeout.total_seconds()
+        last = StepResult(ok=False, reason="not checked")
+        while True:
+            try:
+                last = await self._get(check.url, check.expect_status, check.json_path)
+                if last.ok and check.json_path and check.expect_value is not None:
+                    value = last.result.get("value")
+                    last = StepResult(
+                        ok=value == check.expect_value,
+                        reason=last.reason,
+                        result=last.result,
+                    )
+            except TransientStepError as exc:
+                last = StepResult(ok=False, reason=str(exc))
+            if last.ok:
+                return StepResult(ok=True, reason=f"verified: {last.reason}")
+            if time.monotonic() >= deadline:
+                return StepResult(ok=False, reason=f"not verified: {last.reason}")
+            await asyncio.sleep(check.interval.total_seconds())
+
+    async def aclose(self) -> None:
+        """Close the client."""
+        await self._client.aclose()

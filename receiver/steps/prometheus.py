@@ -1,0 +1,173 @@
+"""``prometheus.query`` steps and verification: instant PromQL against a server.
+
+The query is rendered from the alert (values escaped for PromQL strings) before it
+gets here; results are capped at ``max_series`` with their labels and values.
+A verification polls until every returned series meets the condition; no data is
+"not verified", never a pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import operator
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from receiver.errors import PermanentStepError, TransientStepError
+from receiver.model import Alert, StepResult
+from receiver.rulebook.steps import PrometheusQuery, PrometheusVerify, StepModel
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+_CONDITION = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*(-?[0-9.eE+-]+)\s*$")
+
+
+def parse_condition(text: str) -> tuple[str, float]:
+    """``'< 0.2'`` -> ``('<', 0.2)``."""
+    found = _CONDITION.match(text)
+    if found is None:
+        raise PermanentStepError(f"bad condition {text!r}; use e.g. '< 0.2'")
+    return found.group(1), float(found.group(2))
+
+
+def holds(value: float, condition: tuple[str, float]) -> bool:
+    """Whether ``value`` meets ``condition`` (NaN never does)."""
+    return not math.isnan(value) and _OPS[condition[0]](value, condition[1])
+
+
+class PrometheusExecutor:
+    """Runs PromQL through an injected ``httpx.AsyncClient`` against named servers."""
+
+    def __init__(self, client: httpx.AsyncClient, targets: dict[str, str]) -> None:
+        self._client = client
+        self._targets = {k: v.rstrip("/") for k, v in targets.items()}
+
+    async def query(self, target: str, promql: str) -> list[dict[str, Any]]:
+        """Run an instant query; return ``[{"labels": {...}, "value": float}]``."""
+        base = self._targets.get(target)
+        if base is None:
+            raise PermanentStepError(
+                f"no Prometheus named {target!r} (configured: "
+                f"{', '.join(sorted(self._targets)) or 'none'}; set prometheus_url)"
+            )
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(TransientStepError),
+            stop=stop_after_attempt(3),
+            wait=wait_random_exponential(multiplier=0.2, max=2),
+            reraise=True,
+        ):
+            with attempt:
+                data = await self._get(f"{base}/api/v1/query", promql)
+        result_type = data.get("resultType")
+        result = data.get("result")
+        if result_type == "scalar" and isinstance(result, list):
+            return [{"labels": {}, "value": float(result[1])}]
+        if result_type == "vector" and isinstance(result, list):
+            return [
+                {
+                    "labels": dict(item.get("metric", {})),
+                    "value": float(item["value"][1]),
+                }
+                for item in result
+            ]
+        raise PermanentStepError(f"unsupported result type {result_type!r}")
+
+    async def _get(self, url: str, promql: str) -> dict[str, Any]:
+        try:
+            response = await self._client.get(url, params={"query": promql})
+        except httpx.TransportError as exc:
+            raise TransientStepError(f"Prometheus unreachable: {exc}") from exc
+        if response.status_code == 429 or response.status_code >= 500:
+            raise TransientStepError(f"Prometheus answered HTTP {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise PermanentStepError("Prometheus answered with non-JSON") from exc
+        if body.get("status") != "success":
+            raise PermanentStepError(
+                f"query rejected: {body.get('errorType', '?')}: {body.get('error', '')}"
+            )
+        data: dict[str, Any] = body.get("data") or {}
+        return data
+
+    async def run(self, step: StepModel, alert: Alert) -> StepResult:
+        """Run a prometheus.query diagnostic."""
+        del alert
+        if not isinstance(step, PrometheusQuery):
+            raise PermanentStepError(
+                f"prometheus executor cannot run {step.type_name()}"
+            )
+        series = await self.query(step.target_name, step.query)
+        shown = series[: step.max_series]
+        values = (
+            ", ".join(f"{_fmt_labels(s['labels'])}{s['value']:.6g}" for s in shown[:5])
+            or "no data"
+        )
+        reason = f"{len(series)} series: {values}"
+        result: dict[str, Any] = {"series": shown, "total_series": len(series)}
+        if step.condition:
+            cond = parse_condition(step.condition)
+            met = bool(series) and all(holds(s["value"], cond) for s in series)
+            result["condition"] = step.condition.strip()
+            result["condition_met"] = met
+            reason += (
+                f" (expect {step.condition.strip()}: {'met' if met else 'not met'})"
+            )
+        return StepResult(ok=True, reason=reason, result=result)
+
+    async def verify(self, check: Any, step: StepModel, alert: Alert) -> StepResult:
+        """Poll until every series meets the condition, or time out."""
+        del step, alert
+        if not isinstance(check, PrometheusVerify):
+            raise PermanentStepError(f"prometheus executor cannot verify {check.type}")
+        cond = parse_condition(check.condition)
+        deadline = time.monotonic() + check.timeout.total_seconds()
+        last = "no data"
+        while True:
+            try:
+                series = await self.query(check.target, check.query)
+            except TransientStepError as exc:
+                series, last = [], str(exc)
+            else:
+                last = ", ".join(f"{s['value']:.6g}" for s in series[:5]) or "no data"
+                if series and all(holds(s["value"], cond) for s in series):
+                    return StepResult(
+                        ok=True,
+                        reason=f"verified: {check.query} = {last} "
+                        f"({check.condition.strip()})",
+                    )
+            if time.monotonic() >= deadline:
+                return StepResult(
+                    ok=False,
+                    reason=f"not verified within {check.timeout.total_seconds():g}s: "
+                    f"{check.query} = {last} (wanted {check.condition.strip()})",
+                )
+            await asyncio.sleep(check.interval.total_seconds())
+
+    async def aclose(self) -> None:
+        """Close the client."""
+        await self._client.aclose()
+
+
+def _fmt_labels(labels: dict[str, str]) -> str:
+    shown = {k: v for k, v in labels.items() if k != "__name__"}
+    if not shown:
+        return ""
+    return "{" + ",".join(f'{k}="{v}"' for k, v in sorted(shown.items())) + "} "

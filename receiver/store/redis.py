@@ -1,0 +1,938 @@
+"""Redis store: the shared ``Store`` for several replicas of the receiver.
+
+The HTTP edge appends payloads here, workers on every replica claim and complete
+them, and the runner's guards (idempotency keys, locks, cooldowns, budgets,
+circuits, approvals) live here so that replicas see one another. Built by
+whatever wires the application (``create_app`` receives it); nothing here reads
+settings or the environment.
+
+Key layout (``P`` is the configured prefix; every name after it is the caller's)::
+
+    P:journal              stream of unfinished entries: fields id, received_at;
+                           consumer group ``workers``; an entry is XACKed and
+                           XDELed when completed, so XLEN is the unfinished count
+    P:payload:{id}         hash: source, received_at, headers (JSON), body,
+                           stream (its stream id), attempts, done; no TTL while
+                           unfinished, ``max_age`` once completed
+    P:payloads             sorted set of every stored id, score received_at (ms)
+    P:finished             sorted set of completed ids, score received_at (ms)
+    P:decisions            list of decision records, newest first, capped at
+                           ``max_decisions``; each element is
+                           "<decided_at as 13-digit epoch ms> <JSON record>"
+                           so pruning by age never decodes JSON; TTL ``max_age``
+    P:alert:{fingerprint}  hash: status, starts_at, updated_at; TTL ``max_age``
+    P:seen:{key}           "1", SET NX PX ttl
+    P:claim:{key}          JSON Claim, SET NX PX ttl; finishing keeps the TTL
+    P:lock:{name}          "owner|token", SET NX PX ttl
+    P:fence                INCR counter for lock fencing tokens (never expires:
+                           tokens must keep increasing)
+    P:last-run:{scope}     ISO timestamp, PX ttl
+    P:budget:{scope}       sorted set of runs, score = the caller's ``now`` (ms),
+                           member "<ms>:<random>"; PEXPIRE window
+    P:circuit:{scope}      hash: failures, opened_at; TTL ``max_age``
+    P:approval:{id}        hash: key, created_at, expires_at, request (JSON),
+                           status, decided_by, decided_at; TTL until expires_at
+                           plus a day
+    P:approval-key:{key}   the approval id for an idempotency key, same TTL
+    P:approvals            sorted set of approval ids, score created_at (ms)
+
+Timestamps stored as values are ISO 8601 in UTC with microseconds (fixed width,
+so they compare as strings in Lua); scores are epoch milliseconds. Every
+multi-key change is one Lua script, so it is atomic. No command here enumerates
+the keyspace: no KEYS, no SCAN, no FLUSH*.
+
+All journal times come from the caller (the injected clock); only TTLs (locks,
+seen, claims, cooldowns) and the claim lease (the stream's idle time) use
+Redis's own clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, cast
+
+import redis.asyncio
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+
+from receiver.errors import StoreUnavailableError
+from receiver.model import Source
+from receiver.store.base import (
+    AlertState,
+    Approval,
+    Circuit,
+    Claim,
+    DecisionQuery,
+    JournalEntry,
+    Lock,
+    Retention,
+    decision_matches,
+)
+
+# How many decision records one ``decisions`` call reads at most, and per round
+# trip: a filter that matches nothing must not read the whole log.
+DECISION_SCAN = 20_000
+DECISION_CHUNK = 1_000
+# XAUTOCLAIM COUNT 1 looks at up to 10 pending entries per call; this bounds the
+# calls one ``claim`` spends looking for an expired lease.
+RECLAIM_CALLS = 10
+# Pruning removes at most this many items per round trip.
+PRUNE_BATCH = 1_000
+APPROVALS_MAX = 1_000
+# Write refusals that mean "retry later", not "your request is wrong".
+_REFUSALS = ("OOM", "MISCONF", "READONLY", "NOREPLICAS", "LOADING", "MASTERDOWN")
+
+_APPEND = """
+-- KEYS: journal, payload hash, payload index, then one alert hash per state
+-- ARGV: id, source, received_at, received_ms, headers, body, state ttl ms,
+--       then per state: status, starts_at ('' when unknown), updated_at
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  local sid = redis.call('XADD', KEYS[1], '*', 'id', ARGV[1],
+                         'received_at', ARGV[3])
+  redis.call('HSET', KEYS[2], 'source', ARGV[2], 'received_at', ARGV[3],
+             'headers', ARGV[5], 'body', ARGV[6], 'stream', sid,
+             'attempts', '0', 'done', '0')
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+end
+local written = 0
+for i = 4, #KEYS do
+  local at = 8 + (i - 4) * 3
+  local status, starts, updated = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  local old = redis.call('HMGET', KEYS[i], 'status', 'starts_at')
+  local replace = true
+  if old[1] then
+    local old_starts = old[2] or ''
+    -- fixed-width ISO strings order like the times; '' (unknown) is earliest
+    if old_starts ~= starts then
+      replace = starts > old_starts
+    else
+      replace = not (old[1] == 'resolved' and status == 'firing')
+    end
+  end
+  if replace then
+    redis.call('HSET', KEYS[i], 'status', status, 'starts_at', starts,
+               'updated_at', updated)
+    redis.call('PEXPIRE', KEYS[i], ARGV[7])
+    written = written + 1
+  end
+end
+return written
+"""
+
+_DELIVER = """
+-- KEYS: journal, payload hash; ARGV: group, stream id
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
+  return false
+end
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+local attempts = 1
+if pending[1] then attempts = pending[1][4] end
+redis.call('HSET', KEYS[2], 'attempts', attempts)
+return redis.call('HGETALL', KEYS[2])
+"""
+
+_COMPLETE = """
+-- KEYS: payload hash, journal, decisions, payload index, finished index
+-- ARGV: group, max decisions, ttl ms, entry id, then the records
+if redis.call('HGET', KEYS[1], 'done') == '1' then return 0 end
+for i = 5, #ARGV do redis.call('LPUSH', KEYS[3], ARGV[i]) end
+if #ARGV >= 5 then
+  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[2]) - 1)
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
+local sid = redis.call('HGET', KEYS[1], 'stream')
+if sid then
+  redis.call('XACK', KEYS[2], ARGV[1], sid)
+  redis.call('XDEL', KEYS[2], sid)
+  redis.call('HSET', KEYS[1], 'done', '1')
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  local score = redis.call('ZSCORE', KEYS[4], ARGV[4])
+  if score then redis.call('ZADD', KEYS[5], score, ARGV[4]) end
+end
+return 1
+"""
+
+_PRUNE_DECISIONS = """
+-- KEYS: decisions; ARGV: cutoff ms, max decisions, max pops
+local dropped = 0
+local size = redis.call('LLEN', KEYS[1])
+local keep = tonumber(ARGV[2])
+if size > keep then
+  redis.call('LTRIM', KEYS[1], 0, keep - 1)
+  dropped = size - keep
+end
+local cutoff = tonumber(ARGV[1])
+local pops = 0
+while pops < tonumber(ARGV[3]) do
+  local tail = redis.call('LINDEX', KEYS[1], -1)
+  if not tail or tonumber(string.sub(tail, 1, 13)) >= cutoff then break end
+  redis.call('RPOP', KEYS[1])
+  pops = pops + 1
+end
+return {dropped, pops}
+"""
+
+_CLAIM_KEY = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+return redis.call('GET', KEYS[1])
+"""
+
+_FINISH_KEY = """
+-- only string fields: cjson round-trips them exactly
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local claim = cjson.decode(raw)
+claim['status'] = ARGV[1]
+claim['detail'] = ARGV[2]
+claim['at'] = ARGV[3]
+redis.call('SET', KEYS[1], cjson.encode(claim), 'XX', 'KEEPTTL')
+return 1
+"""
+
+_ACQUIRE_LOCK = """
+-- KEYS: lock, fence counter; ARGV: owner, ttl ms
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+return token
+"""
+
+_DELETE_IF_EQUAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_RESERVE_BUDGET = """
+-- KEYS: budget; ARGV: now ms, window start ms, limit, member, window ms
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+local used = redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[2], ARGV[1])
+if used >= tonumber(ARGV[3]) then return false end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return used + 1
+"""
+
+_RELEASE_BUDGET = """
+local taken = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1], 'LIMIT', 0, 1)
+if taken[1] then return redis.call('ZREM', KEYS[1], taken[1]) end
+return 0
+"""
+
+_RECORD_OUTCOME = """
+-- KEYS: circuit; ARGV: ok ('1' or '0'), threshold, now, ttl ms
+if ARGV[1] == '1' then
+  redis.call('DEL', KEYS[1])
+  return {0, ''}
+end
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local opened = redis.call('HGET', KEYS[1], 'opened_at')
+if not opened and failures >= tonumber(ARGV[2]) then
+  opened = ARGV[3]
+  redis.call('HSET', KEYS[1], 'opened_at', opened)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return {failures, opened or ''}
+"""
+
+_PUT_APPROVAL = """
+-- KEYS: key index, approval hash, approvals index
+-- ARGV: id, ttl ms, created ms, then field/value pairs
+local existing = redis.call('GET', KEYS[1])
+if existing then return existing end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+return ARGV[1]
+"""
+
+_DECIDE_APPROVAL = """
+-- KEYS: approval hash; ARGV: status, by, at
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return false end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'decided_by', ARGV[2],
+           'decided_at', ARGV[3])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+def _iso(value: datetime) -> str:
+    """Fixed-width UTC ISO 8601 (microseconds always present)."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _parse(value: bytes | str | None) -> datetime | None:
+    if not value:
+        return None
+    text = value.decode() if isinstance(value, bytes) else value
+    return datetime.fromisoformat(text)
+
+
+def _ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def _ttl_ms(ttl: timedelta) -> int:
+    """A PX argument: at least 1 ms (Redis rejects 0)."""
+    return max(1, int(ttl.total_seconds() * 1000))
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _pairs(flat: Sequence[bytes]) -> dict[str, bytes]:
+    """A flat HGETALL reply (from a script) as a dict."""
+    return {_str(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def _hash(reply: Mapping[bytes | str, bytes | str]) -> dict[str, bytes]:
+    """An HGETALL reply with text keys and bytes values."""
+    return {_str(k): v.encode() if isinstance(v, str) else v for k, v in reply.items()}
+
+
+def _members(reply: Sequence[Any]) -> list[str]:
+    """A sorted-set range reply (members only) as text."""
+    return [_str(m) for m in reply]
+
+
+def _record_time(record: Mapping[str, Any]) -> int:
+    """When a decision was made (epoch ms), for pruning by age."""
+    decided = record.get("decided_at")
+    if isinstance(decided, str):
+        with contextlib.suppress(ValueError):
+            return _ms(datetime.fromisoformat(decided))
+    return int(time.time() * 1000)
+
+
+def _first_message(reply: Any) -> tuple[bytes, dict[bytes, bytes] | None] | None:
+    """The one message of an XREADGROUP COUNT 1 reply (RESP2 list or RESP3 map)."""
+    if not reply:
+        return None
+    streams = list(reply.values()) if isinstance(reply, dict) else [r[1] for r in reply]
+    for messages in streams:
+        for stream_id, fields in messages:
+            return stream_id, fields
+    return None
+
+
+class RedisStore:
+    """The Redis ``Store``; see the module docstring for the key layout."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "receiver",
+        retention: Retention | None = None,
+        consumer_group: str = "workers",
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        client = redis.asyncio.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            health_check_interval=30,
+            # One quick reconnect for a pooled connection a Redis restart broke;
+            # never on timeouts, where the command may already have run.
+            retry=Retry(
+                ExponentialWithJitterBackoff(base=0.05, cap=0.5),
+                retries=1,
+                supported_errors=(redis.exceptions.ConnectionError,),
+            ),
+        )
+        self._setup(client, prefix, retention, consumer_group, socket_timeout)
+        self._owns_client = True
+
+    @classmethod
+    def from_client(
+        cls,
+        client: redis.asyncio.Redis,
+        *,
+        prefix: str = "receiver",
+        retention: Retention | None = None,
+        consumer_group: str = "workers",
+        socket_timeout: float = 5.0,
+    ) -> RedisStore:
+        """A store on an existing client (bytes responses); the caller closes it.
+
+        ``socket_timeout`` must match the client's: blocking reads are cut into
+        pieces shorter than it.
+        """
+        store = cls.__new__(cls)
+        store._setup(client, prefix, retention, consumer_group, socket_timeout)  # noqa: SLF001 (own class)
+        store._owns_client = False  # noqa: SLF001 (own class)
+        return store
+
+    def _setup(
+        self,
+        client: redis.asyncio.Redis,
+        prefix: str,
+        retention: Retention | None,
+        group: str,
+        socket_timeout: float,
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self.retention = retention or Retention()
+        self._group = group
+        self._group_ready = False
+        # A blocking read must answer before the socket timeout fires.
+        self._block_chunk = max(0.05, min(socket_timeout - 1.0, socket_timeout / 2))
+        kwargs = client.connection_pool.connection_kwargs
+        self._where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        self._journal = self._key("journal")
+        self._payloads = self._key("payloads")
+        self._finished = self._key("finished")
+        self._decisions = self._key("decisions")
+        self._approvals = self._key("approvals")
+        script = client.register_script
+        self._append_script = script(_APPEND)
+        self._deliver_script = script(_DELIVER)
+        self._complete_script = script(_COMPLETE)
+        self._prune_decisions_script = script(_PRUNE_DECISIONS)
+        self._claim_key_script = script(_CLAIM_KEY)
+        self._finish_key_script = script(_FINISH_KEY)
+        self._acquire_lock_script = script(_ACQUIRE_LOCK)
+        self._delete_if_equal_script = script(_DELETE_IF_EQUAL)
+        self._reserve_budget_script = script(_RESERVE_BUDGET)
+        self._release_budget_script = script(_RELEASE_BUDGET)
+        self._record_outcome_script = script(_RECORD_OUTCOME)
+        self._put_approval_script = script(_PUT_APPROVAL)
+        self._decide_approval_script = script(_DECIDE_APPROVAL)
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self._prefix, *parts))
+
+    @contextlib.contextmanager
+    def _reachable(self, action: str) -> Iterator[None]:
+        """Turn "Redis cannot take this now" into ``StoreUnavailableError``."""
+        try:
+            yield
+        except (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+        ) as exc:
+            raise StoreUnavailableError(
+                f"Redis at {self._where} is unreachable, cannot {action}: {exc}"
+            ) from exc
+        except redis.exceptions.ResponseError as exc:
+            if not str(exc).startswith(_REFUSALS):
+                raise
+            raise StoreUnavailableError(
+                f"Redis at {self._where} refuses writes, cannot {action}: {exc}"
+            ) from exc
+
+    # -- journal ------------------------------------------------------------
+
+    async def _ensure_group(self, *, again: bool = False) -> None:
+        if self._group_ready and not again:
+            return
+        try:
+            await self._redis.xgroup_create(
+                self._journal, self._group, id="0", mkstream=True
+            )
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def append(self, entry: JournalEntry, states: Sequence[AlertState]) -> None:  # noqa: D102
+        args: list[str | bytes | int] = [
+            entry.id,
+            entry.source,
+            _iso(entry.received_at),
+            _ms(entry.received_at),
+            json.dumps(dict(entry.headers)),
+            entry.body,
+            _ttl_ms(self.retention.max_age),
+        ]
+        for state in states:
+            starts = _iso(state.starts_at) if state.starts_at else ""
+            args += [state.status, starts, _iso(state.updated_at)]
+        keys = [
+            self._journal,
+            self._key("payload", entry.id),
+            self._payloads,
+            *(self._key("alert", s.fingerprint) for s in states),
+        ]
+        with self._reachable("journal the payload"):
+            await self._ensure_group()
+            await self._append_script(keys=keys, args=args)
+
+    async def claim(self, consumer: str, wait: float) -> JournalEntry | None:  # noqa: D102
+        deadline = time.monotonic() + max(wait, 0.0)
+        with self._reachable("claim a journal entry"):
+            await self._ensure_group()
+            while True:
+                try:
+                    message = await self._reclaim(consumer)
+                    if message is None:
+                        message = await self._read_new(consumer, deadline)
+                except redis.exceptions.ResponseError as exc:
+                    # The stream or group was deleted under us: recreate, retry.
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    await self._ensure_group(again=True)
+                    continue
+                if message is None:
+                    return None
+                entry = await self._deliver(*message)
+                if entry is not None:
+                    return entry
+
+    async def _reclaim(
+        self, consumer: str
+    ) -> tuple[bytes, dict[bytes, bytes] | None] | None:
+        """Take over an entry whose consumer held it longer than the lease."""
+        lease_ms = _ttl_ms(self.retention.lease)
+        start: bytes | str = "0-0"
+        for _ in range(RECLAIM_CALLS):
+            reply = await self._redis.xautoclaim(
+                self._journal,
+                self._group,
+                consumer,
+                min_idle_time=lease_ms,
+                start_id=start,
+                count=1,
+            )
+            cursor, claimed = reply[0], reply[1]
+            for stream_id, fields in claimed:
+                if stream_id is not None:
+                    return stream_id, fields
+            if _str(cursor) == "0-0":
+                return None
+            start = cursor
+        return None
+
+    async def _read_new(
+        self, consumer: str, deadline: float
+    ) -> tuple[bytes, dict[bytes, bytes] | None] | None:
+        """Read the next undelivered entry, blocking until ``deadline``."""
+        while True:
+            remaining = deadline - time.monotonic()
+            block = (
+                None
+                if remaining <= 0
+                else max(1, int(min(remaining, self._block_chunk) * 1000))
+            )
+            reply = await self._redis.xreadgroup(
+                self._group, consumer, {self._journal: ">"}, count=1, block=block
+            )
+            message = _first_message(reply)
+            if message is not None:
+                return message
+            if block is None or time.monotonic() >= deadline:
+                return None
+
+    async def _deliver(
+        self, stream_id: bytes, fields: dict[bytes, bytes] | None
+    ) -> JournalEntry | None:
+        """Load a claimed entry and record its delivery count as ``attempts``."""
+        entry_id = _str(fields.get(b"id", b"")) if fields else ""
+        reply = await self._deliver_script(
+            keys=[self._journal, self._key("payload", entry_id)],
+            args=[self._group, stream_id],
+        )
+        # No payload (deleted by hand): the script dropped the orphan entry.
+        return self._entry(entry_id, _pairs(reply)) if reply else None
+
+    @staticmethod
+    def _entry(entry_id: str, fields: Mapping[str, bytes]) -> JournalEntry:
+        return JournalEntry(
+            id=entry_id,
+            source=cast("Source", _str(fields["source"])),
+            received_at=datetime.fromisoformat(_str(fields["received_at"])),
+            body=bytes(fields["body"]),
+            headers=json.loads(fields["headers"]),
+            attempts=int(fields.get("attempts", b"0")),
+        )
+
+    async def complete(  # noqa: D102
+        self, entry_id: str, traces: Sequence[Mapping[str, Any]]
+    ) -> None:
+        records = [
+            f"{_record_time(t):013d} {json.dumps(t, separators=(',', ':'))}"
+            for t in traces
+        ]
+        keys = [
+            self._key("payload", entry_id),
+            self._journal,
+            self._decisions,
+            self._payloads,
+            self._finished,
+        ]
+        args: list[str | int] = [
+            self._group,
+            self.retention.max_decisions,
+            _ttl_ms(self.retention.max_age),
+            entry_id,
+            *records,
+        ]
+        with self._reachable("complete a journal entry"):
+            await self._ensure_group()
+            await self._complete_script(keys=keys, args=args)
+
+    async def payload(self, entry_id: str) -> JournalEntry | None:  # noqa: D102
+        with self._reachable("read a payload"):
+            fields = await self._redis.hgetall(self._key("payload", entry_id))
+        return self._entry(entry_id, _hash(fields)) if fields else None
+
+    async def payloads(self, limit: int = 100) -> list[JournalEntry]:  # noqa: D102
+        if limit <= 0:
+            return []
+        with self._reachable("list payloads"):
+            ids = _members(await self._redis.zrevrange(self._payloads, 0, limit - 1))
+            pipe = self._redis.pipeline(transaction=False)
+            for entry_id in ids:
+                pipe.hgetall(self._key("payload", entry_id))
+            replies = await pipe.execute()
+        return [
+            self._entry(entry_id, _hash(fields))
+            for entry_id, fields in zip(ids, replies, strict=True)
+            if fields
+        ]
+
+    async def decisions(self, query: DecisionQuery) -> list[dict[str, Any]]:  # noqa: D102
+        out: list[dict[str, Any]] = []
+        if query.limit <= 0:
+            return out
+        with self._reachable("read decisions"):
+            for start in range(0, DECISION_SCAN, DECISION_CHUNK):
+                chunk = await self._redis.lrange(
+                    self._decisions, start, start + DECISION_CHUNK - 1
+                )
+                for raw in chunk:
+                    record = json.loads(raw[14:])
+                    if decision_matches(record, query):
+                        out.append(record)
+                        if len(out) >= query.limit:
+                            return out
+                if len(chunk) < DECISION_CHUNK:
+                    break
+        return out
+
+    async def pending(self) -> tuple[int, datetime | None]:  # noqa: D102
+        with self._reachable("count unfinished entries"):
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.xlen(self._journal)
+            pipe.xrange(self._journal, count=1)
+            count, first = await pipe.execute()
+        oldest = _parse(first[0][1].get(b"received_at")) if first else None
+        return int(count), oldest
+
+    async def prune(self, now: datetime) -> int:  # noqa: D102
+        keep = self.retention
+        cutoff = _ms(now - keep.max_age)
+        dropped = 0
+        with self._reachable("prune the journal"):
+            # Only completed entries are in P:finished: unfinished ones stay.
+            while True:
+                ids = _members(
+                    await self._redis.zrangebyscore(
+                        self._finished, "-inf", f"({cutoff}", start=0, num=PRUNE_BATCH
+                    )
+                )
+                if not ids:
+                    break
+                dropped += await self._drop_payloads(ids)
+            excess = await self._redis.zcard(self._finished) - keep.max_payloads
+            while excess > 0:
+                batch = min(excess, PRUNE_BATCH)
+                ids = _members(await self._redis.zrange(self._finished, 0, batch - 1))
+                if not ids:
+                    break
+                dropped += await self._drop_payloads(ids)
+                excess -= batch
+            while True:
+                trimmed, popped = await self._prune_decisions_script(
+                    keys=[self._decisions],
+                    args=[cutoff, keep.max_decisions, PRUNE_BATCH],
+                )
+                dropped += int(trimmed) + int(popped)
+                if int(popped) < PRUNE_BATCH:
+                    break
+            await self._forget_expired_approvals(
+                _members(await self._redis.zrange(self._approvals, 0, PRUNE_BATCH - 1))
+            )
+        return dropped
+
+    async def _drop_payloads(self, ids: Sequence[str]) -> int:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zrem(self._finished, *ids)
+        pipe.zrem(self._payloads, *ids)
+        pipe.delete(*(self._key("payload", i) for i in ids))
+        removed, _, _ = await pipe.execute()
+        return int(removed)
+
+    async def alert_state(self, fingerprint: str) -> AlertState | None:  # noqa: D102
+        with self._reachable("read alert state"):
+            fields = _hash(await self._redis.hgetall(self._key("alert", fingerprint)))
+        if not fields:
+            return None
+        return AlertState(
+            fingerprint=fingerprint,
+            status=cast("Literal['firing', 'resolved']", _str(fields["status"])),
+            starts_at=_parse(fields.get("starts_at")),
+            updated_at=datetime.fromisoformat(_str(fields["updated_at"])),
+        )
+
+    # -- exactly once ---------------------------------------------------------
+
+    async def seen(self, key: str, ttl: timedelta) -> bool:  # noqa: D102
+        with self._reachable("record a delivery id"):
+            created = await self._redis.set(
+                self._key("seen", key), b"1", nx=True, px=_ttl_ms(ttl)
+            )
+        return not created
+
+    async def claim_key(  # noqa: D102
+        self, key: str, owner: str, now: datetime, ttl: timedelta
+    ) -> Claim | None:
+        claim = {
+            "key": key,
+            "owner": owner,
+            "status": "running",
+            "at": _iso(now),
+            "detail": "",
+        }
+        with self._reachable("claim an idempotency key"):
+            existing = await self._claim_key_script(
+                keys=[self._key("claim", key)],
+                args=[json.dumps(claim), _ttl_ms(ttl)],
+            )
+        if existing is None:
+            return None
+        data = json.loads(existing)
+        return Claim(
+            key=key,
+            owner=data["owner"],
+            status=data["status"],
+            at=datetime.fromisoformat(data["at"]),
+            detail=data.get("detail", ""),
+        )
+
+    async def finish_key(  # noqa: D102
+        self, key: str, status: Literal["done", "failed"], detail: str, now: datetime
+    ) -> None:
+        with self._reachable("finish an idempotency key"):
+            await self._finish_key_script(
+                keys=[self._key("claim", key)], args=[status, detail, _iso(now)]
+            )
+
+    async def release_key(self, key: str) -> None:  # noqa: D102
+        with self._reachable("release an idempotency key"):
+            await self._redis.delete(self._key("claim", key))
+
+    # -- guards -------------------------------------------------------------
+
+    async def acquire_lock(  # noqa: D102
+        self, name: str, owner: str, ttl: timedelta
+    ) -> Lock | None:
+        with self._reachable("take a lock"):
+            token = await self._acquire_lock_script(
+                keys=[self._key("lock", name), self._key("fence")],
+                args=[owner, _ttl_ms(ttl)],
+            )
+        return None if token is None else Lock(name, owner, int(token))
+
+    async def lock_holder(self, name: str) -> str | None:  # noqa: D102
+        with self._reachable("read a lock"):
+            value = await self._redis.get(self._key("lock", name))
+        return _str(value).rpartition("|")[0] if value is not None else None
+
+    async def release_lock(self, lock: Lock) -> None:  # noqa: D102
+        with self._reachable("release a lock"):
+            await self._delete_if_equal_script(
+                keys=[self._key("lock", lock.name)],
+                args=[f"{lock.owner}|{lock.token}"],
+            )
+
+    async def last_run(self, scope: str) -> datetime | None:  # noqa: D102
+        with self._reachable("read a cooldown"):
+            return _parse(await self._redis.get(self._key("last-run", scope)))
+
+    async def set_last_run(self, scope: str, at: datetime, ttl: timedelta) -> None:  # noqa: D102
+        with self._reachable("record a cooldown"):
+            await self._redis.set(
+                self._key("last-run", scope), _iso(at), px=_ttl_ms(ttl)
+            )
+
+    async def reserve_budget(  # noqa: D102
+        self, scope: str, limit: int, window: timedelta, now: datetime
+    ) -> int | None:
+        now_ms = _ms(now)
+        member = f"{now_ms}:{uuid.uuid4().hex}"
+        with self._reachable("reserve a budget slot"):
+            count = await self._reserve_budget_script(
+                keys=[self._key("budget", scope)],
+                args=[now_ms, _ms(now - window), limit, member, _ttl_ms(window)],
+            )
+        return None if count is None else int(count)
+
+    async def release_budget(self, scope: str, now: datetime) -> None:  # noqa: D102
+        with self._reachable("release a budget slot"):
+            await self._release_budget_script(
+                keys=[self._key("budget", scope)], args=[_ms(now)]
+            )
+
+    async def circuit(self, scope: str) -> Circuit:  # noqa: D102
+        with self._reachable("read a circuit"):
+            fields = _hash(await self._redis.hgetall(self._key("circuit", scope)))
+        return Circuit(
+            failures=int(fields.get("failures", b"0")),
+            opened_at=_parse(fields.get("opened_at")),
+        )
+
+    async def record_outcome(  # noqa: D102
+        self, scope: str, ok: bool, threshold: int, now: datetime
+    ) -> Circuit:
+        with self._reachable("record an outcome"):
+            failures, opened = await self._record_outcome_script(
+                keys=[self._key("circuit", scope)],
+                args=[
+                    "1" if ok else "0",
+                    threshold,
+                    _iso(now),
+                    _ttl_ms(self.retention.max_age),
+                ],
+            )
+        return Circuit(failures=int(failures), opened_at=_parse(opened))
+
+    async def reset_circuit(self, scope: str) -> None:  # noqa: D102
+        with self._reachable("reset a circuit"):
+            await self._redis.delete(self._key("circuit", scope))
+
+    # -- approvals ----------------------------------------------------------
+
+    @staticmethod
+    def _approval(approval_id: str, fields: Mapping[str, bytes]) -> Approval:
+        return Approval(
+            id=approval_id,
+            key=_str(fields["key"]),
+            created_at=datetime.fromisoformat(_str(fields["created_at"])),
+            expires_at=datetime.fromisoformat(_str(fields["expires_at"])),
+            request=json.loads(fields["request"]),
+            status=cast(
+                "Literal['pending', 'approved', 'rejected', 'expired']",
+                _str(fields["status"]),
+            ),
+            decided_by=_str(fields.get("decided_by", b"")),
+            decided_at=_parse(fields.get("decided_at")),
+        )
+
+    async def put_approval(self, approval: Approval) -> Approval:  # noqa: D102
+        # Kept a day past its expiry so a late decision still finds it.
+        ttl = max(approval.expires_at - approval.created_at, timedelta()) + timedelta(
+            days=1
+        )
+        fields = {
+            "key": approval.key,
+            "created_at": _iso(approval.created_at),
+            "expires_at": _iso(approval.expires_at),
+            "request": json.dumps(dict(approval.request)),
+            "status": approval.status,
+            "decided_by": approval.decided_by,
+            "decided_at": _iso(approval.decided_at) if approval.decided_at else "",
+        }
+        index = self._key("approval-key", approval.key)
+        with self._reachable("store an approval"):
+            for _ in range(3):
+                stored = _str(
+                    await self._put_approval_script(
+                        keys=[
+                            index,
+                            self._key("approval", approval.id),
+                            self._approvals,
+                        ],
+                        args=[
+                            approval.id,
+                            _ttl_ms(ttl),
+                            _ms(approval.created_at),
+                            *(x for kv in fields.items() for x in kv),
+                        ],
+                    )
+                )
+                if stored == approval.id:
+                    return approval
+                existing = await self.get_approval(stored)
+                if existing is not None:
+                    return existing
+                # The index outlived its approval: drop it (if unchanged), retry.
+                await self._delete_if_equal_script(keys=[index], args=[stored])
+        raise StoreUnavailableError(
+            f"Redis at {self._where}: approval index for {approval.key!r} keeps "
+            "pointing at a missing approval"
+        )
+
+    async def get_approval(self, approval_id: str) -> Approval | None:  # noqa: D102
+        with self._reachable("read an approval"):
+            fields = _hash(
+                await self._redis.hgetall(self._key("approval", approval_id))
+            )
+        return self._approval(approval_id, fields) if fields else None
+
+    async def decide_approval(  # noqa: D102
+        self,
+        approval_id: str,
+        status: Literal["approved", "rejected", "expired"],
+        by: str,
+        now: datetime,
+    ) -> Approval | None:
+        with self._reachable("decide an approval"):
+            reply = await self._decide_approval_script(
+                keys=[self._key("approval", approval_id)],
+                args=[status, by, _iso(now)],
+            )
+        return self._approval(approval_id, _pairs(reply)) if reply else None
+
+    async def approvals(self, status: str | None = None) -> list[Approval]:  # noqa: D102
+        with self._reachable("list approvals"):
+            ids = _members(
+                await self._redis.zrevrange(self._approvals, 0, APPROVALS_MAX - 1)
+            )
+            pipe = self._redis.pipeline(transaction=False)
+            for approval_id in ids:
+                pipe.hgetall(self._key("approval", approval_id))
+            replies = await pipe.execute()
+            gone = [i for i, fields in zip(ids, replies, strict=True) if not fields]
+            if gone:
+                await self._redis.zrem(self._approvals, *gone)
+        found = (
+            self._approval(i, _hash(fields))
+            for i, fields in zip(ids, replies, strict=True)
+            if fields
+        )
+        return [a for a in found if status is None or a.status == status]
+
+    async def _forget_expired_approvals(self, ids: Sequence[str]) -> None:
+        """Drop index entries whose approval expired (approvals have TTLs)."""
+        if not ids:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for approval_id in ids:
+            pipe.exists(self._key("approval", approval_id))
+        alive = await pipe.execute()
+        gone = [i for i, n in zip(ids, alive, strict=True) if not n]
+        if gone:
+            await self._redis.zrem(self._approvals, *gone)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def ping(self) -> bool:  # noqa: D102
+        try:
+            return bool(await self._redis.ping())
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            return False
+
+    async def close(self) -> None:  # noqa: D102
+        if self._owns_client:
+            await self._redis.aclose()

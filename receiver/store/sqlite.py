@@ -1,0 +1,620 @@
+"""SQLite store: the embedded default, durable in one file, for one instance.
+
+WAL journal mode with ``synchronous=FULL``: a payload is on disk before the 202.
+One connection guarded by a lock and driven through ``asyncio.to_thread``. Being
+single-instance, opening the store hands entries a previous (crashed) process had
+claimed back to the queue at once; within a process, claims older than the lease
+are reclaimed too. Several replicas need the Redis store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from receiver.errors import StoreUnavailableError
+from receiver.model import iso
+from receiver.store.base import (
+    AlertState,
+    Approval,
+    Circuit,
+    Claim,
+    DecisionQuery,
+    JournalEntry,
+    Lock,
+    Retention,
+    decision_matches,
+    newer_state,
+)
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    body BLOB NOT NULL,
+    headers TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    consumer TEXT,
+    claimed_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    done_at TEXT
+);
+CREATE INDEX IF NOT EXISTS journal_state ON journal(state, id);
+CREATE TABLE IF NOT EXISTS decisions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    payload_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    decided_at TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_fp ON decisions(fingerprint, seq);
+CREATE INDEX IF NOT EXISTS decisions_payload ON decisions(payload_id);
+CREATE TABLE IF NOT EXISTS alert_state (
+    fingerprint TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    starts_at TEXT,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    status TEXT NOT NULL,
+    at TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS locks (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS last_run (
+    scope TEXT PRIMARY KEY, at TEXT NOT NULL, expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS budget (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, scope TEXT NOT NULL, at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS budget_scope ON budget(scope, at);
+CREATE TABLE IF NOT EXISTS circuit (
+    scope TEXT PRIMARY KEY, failures INTEGER NOT NULL, opened_at TEXT
+);
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    request TEXT NOT NULL,
+    status TEXT NOT NULL,
+    decided_by TEXT NOT NULL DEFAULT '',
+    decided_at TEXT
+);
+"""
+
+
+def _ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _epoch(value: datetime) -> float:
+    return value.timestamp()
+
+
+class SqliteStore:
+    """The SQLite ``Store``."""
+
+    def __init__(self, path: str, *, retention: Retention | None = None) -> None:
+        self.path = path
+        self.retention = retention or Retention()
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=30
+        )
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        # Single instance: whatever a previous process had claimed is ours now.
+        self._db.execute(
+            "UPDATE journal SET state='pending', consumer=NULL WHERE state='claimed'"
+        )
+        self._lock = threading.Lock()
+        self._wakeup = asyncio.Event()
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            with self._lock:
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = fn(self._db)
+                    except BaseException:
+                        self._db.execute("ROLLBACK")
+                        raise
+                    self._db.execute("COMMIT")
+                except sqlite3.OperationalError as exc:
+                    raise StoreUnavailableError(
+                        f"SQLite store {self.path} cannot be written: {exc}"
+                    ) from exc
+                return result
+
+        return await asyncio.to_thread(call)
+
+    # -- journal ------------------------------------------------------------
+
+    async def append(  # noqa: D102
+        self, entry: JournalEntry, states: Sequence[AlertState]
+    ) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO journal (id, source, received_at, body, headers) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    entry.id,
+                    entry.source,
+                    entry.received_at.isoformat(),
+                    entry.body,
+                    json.dumps(dict(entry.headers)),
+                ),
+            )
+            for state in states:
+                old = self._state(db, state.fingerprint)
+                if newer_state(old, state):
+                    db.execute(
+                        "INSERT OR REPLACE INTO alert_state VALUES (?, ?, ?, ?)",
+                        (
+                            state.fingerprint,
+                            state.status,
+                            state.starts_at.isoformat() if state.starts_at else None,
+                            state.updated_at.isoformat(),
+                        ),
+                    )
+
+        await self._run(write)
+        self._wakeup.set()
+
+    @staticmethod
+    def _state(db: sqlite3.Connection, fingerprint: str) -> AlertState | None:
+        row = db.execute(
+            "SELECT * FROM alert_state WHERE fingerprint=?", (fingerprint,)
+        ).fetchone()
+        if row is None:
+            return None
+        return AlertState(
+            row["fingerprint"],
+            row["status"],
+            _ts(row["starts_at"]),
+            datetime.fromisoformat(row["updated_at"]),
+        )
+
+    async def alert_state(self, fingerprint: str) -> AlertState | None:  # noqa: D102
+        return await self._run(lambda db: self._state(db, fingerprint))
+
+    @staticmethod
+    def _entry(row: sqlite3.Row) -> JournalEntry:
+        return JournalEntry(
+            id=row["id"],
+            source=row["source"],
+            received_at=datetime.fromisoformat(row["received_at"]),
+            body=bytes(row["body"]),
+            headers=json.loads(row["headers"]),
+            attempts=row["attempts"],
+        )
+
+    async def claim(self, consumer: str, wait: float) -> JournalEntry | None:  # noqa: D102
+        deadline = time.monotonic() + wait
+        lease = self.retention.lease.total_seconds()
+
+        def take(db: sqlite3.Connection) -> JournalEntry | None:
+            now = time.time()
+            row = db.execute(
+                "UPDATE journal SET state='claimed', consumer=?, claimed_at=?, "
+                "attempts=attempts+1 WHERE id = (SELECT id FROM journal WHERE "
+                "state='pending' OR (state='claimed' AND claimed_at < ?) "
+                "ORDER BY id LIMIT 1) RETURNING *",
+                (consumer, now, now - lease),
+            ).fetchone()
+            return self._entry(row) if row is not None else None
+
+        while True:
+            self._wakeup.clear()
+            entry = await self._run(take)
+            if entry is not None:
+                return entry
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), min(remaining, 0.25))
+
+    async def complete(  # noqa: D102
+        self, entry_id: str, traces: Sequence[Mapping[str, Any]]
+    ) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            done = datetime.now(UTC).isoformat()
+            db.executemany(
+                "INSERT INTO decisions (payload_id, fingerprint, decided_at, record) "
+                "VALUES (?, ?, ?, ?)",
+                [
+                    (
+                        entry_id,
+                        str(t.get("fingerprint", "")),
+                        str(t.get("decided_at", "")),
+                        json.dumps(t),
+                    )
+                    for t in traces
+                ],
+            )
+            db.execute(
+                "UPDATE journal SET state='done', done_at=? WHERE id=?",
+                (done, entry_id),
+            )
+
+        await self._run(write)
+
+    async def payload(self, entry_id: str) -> JournalEntry | None:  # noqa: D102
+        def read(db: sqlite3.Connection) -> JournalEntry | None:
+            row = db.execute("SELECT * FROM journal WHERE id=?", (entry_id,)).fetchone()
+            return self._entry(row) if row is not None else None
+
+        return await self._run(read)
+
+    async def payloads(self, limit: int = 100) -> list[JournalEntry]:  # noqa: D102
+        def read(db: sqlite3.Connection) -> list[JournalEntry]:
+            rows = db.execute(
+                "SELECT * FROM journal ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+            return [self._entry(r) for r in rows]
+
+        return await self._run(read)
+
+    async def decisions(self, query: DecisionQuery) -> list[dict[str, Any]]:  # noqa: D102
+        def read(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            where, args = ["1=1"], []
+            if query.fingerprint:
+                where.append("fingerprint=?")
+                args.append(query.fingerprint)
+            if query.payload_id:
+                where.append("payload_id=?")
+                args.append(query.payload_id)
+            if query.since:
+                where.append("decided_at>=?")
+                args.append(iso(query.since) or "")
+            out: list[dict[str, Any]] = []
+            cursor = db.execute(
+                f"SELECT record FROM decisions WHERE {' AND '.join(where)} "  # noqa: S608 (fixed fragments)
+                "ORDER BY seq DESC",
+                args,
+            )
+            for (record,) in cursor:
+                item = json.loads(record)
+                if decision_matches(item, query):
+                    out.append(item)
+                    if len(out) >= query.limit:
+                        break
+            return out
+
+        return await self._run(read)
+
+    async def pending(self) -> tuple[int, datetime | None]:  # noqa: D102
+        def read(db: sqlite3.Connection) -> tuple[int, datetime | None]:
+            row = db.execute(
+                "SELECT count(*), min(received_at) FROM journal WHERE state != 'done'"
+            ).fetchone()
+            return int(row[0]), _ts(row[1])
+
+        return await self._run(read)
+
+    async def prune(self, now: datetime) -> int:  # noqa: D102
+        keep = self.retention
+
+        def write(db: sqlite3.Connection) -> int:
+            cutoff = (now - keep.max_age).isoformat()
+            dropped = db.execute(
+                "DELETE FROM journal WHERE state='done' AND (received_at < ? OR id IN "
+                "(SELECT id FROM journal WHERE state='done' ORDER BY id DESC "
+                "LIMIT -1 OFFSET ?))",
+                (cutoff, keep.max_payloads),
+            ).rowcount
+            dropped += db.execute(
+                "DELETE FROM decisions WHERE decided_at < ? OR seq IN (SELECT seq FROM "
+                "decisions ORDER BY seq DESC LIMIT -1 OFFSET ?)",
+                (iso(now - keep.max_age), keep.max_decisions),
+            ).rowcount
+            wall = time.time()
+            for table in ("seen", "claims", "locks", "last_run"):
+                db.execute(f"DELETE FROM {table} WHERE expires_at < ?", (wall,))  # noqa: S608
+            db.execute(
+                "DELETE FROM budget WHERE at < ?",
+                (_epoch(now) - 31 * 86400,),
+            )
+            db.execute(
+                "DELETE FROM approvals WHERE status != 'pending' AND created_at < ?",
+                (cutoff,),
+            )
+            return int(dropped)
+
+        return await self._run(write)
+
+    # -- exactly once ---------------------------------------------------------
+
+    async def seen(self, key: str, ttl: timedelta) -> bool:  # noqa: D102
+        def write(db: sqlite3.Connection) -> bool:
+            now = time.time()
+            db.execute("DELETE FROM seen WHERE key=? AND expires_at < ?", (key, now))
+            cur = db.execute(
+                "INSERT OR IGNORE INTO seen VALUES (?, ?)",
+                (key, now + ttl.total_seconds()),
+            )
+            return cur.rowcount == 0
+
+        return await self._run(write)
+
+    async def claim_key(  # noqa: D102
+        self, key: str, owner: str, now: datetime, ttl: timedelta
+    ) -> Claim | None:
+        def write(db: sqlite3.Connection) -> Claim | None:
+            db.execute(
+                "DELETE FROM claims WHERE key=? AND expires_at < ?", (key, _epoch(now))
+            )
+            cur = db.execute(
+                "INSERT OR IGNORE INTO claims VALUES (?, ?, 'running', ?, '', ?)",
+                (key, owner, now.isoformat(), _epoch(now + ttl)),
+            )
+            if cur.rowcount == 1:
+                return None
+            row = db.execute("SELECT * FROM claims WHERE key=?", (key,)).fetchone()
+            return Claim(
+                row["key"],
+                row["owner"],
+                row["status"],
+                datetime.fromisoformat(row["at"]),
+                row["detail"],
+            )
+
+        return await self._run(write)
+
+    async def finish_key(  # noqa: D102
+        self,
+        key: str,
+        status: Literal["done", "failed"],
+        detail: str,
+        now: datetime,
+    ) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE claims SET status=?, detail=?, at=? WHERE key=?",
+                (status, detail[:500], now.isoformat(), key),
+            )
+        )
+
+    async def release_key(self, key: str) -> None:  # noqa: D102
+        await self._run(lambda db: db.execute("DELETE FROM claims WHERE key=?", (key,)))
+
+    # -- guards -------------------------------------------------------------
+
+    async def acquire_lock(  # noqa: D102
+        self, name: str, owner: str, ttl: timedelta
+    ) -> Lock | None:
+        def write(db: sqlite3.Connection) -> Lock | None:
+            now = time.time()
+            db.execute("DELETE FROM locks WHERE name=? AND expires_at < ?", (name, now))
+            if db.execute("SELECT 1 FROM locks WHERE name=?", (name,)).fetchone():
+                return None
+            token = db.execute(
+                "INSERT INTO counters VALUES ('fence', 1) ON CONFLICT(name) DO UPDATE "
+                "SET value=value+1 RETURNING value"
+            ).fetchone()[0]
+            db.execute(
+                "INSERT INTO locks VALUES (?, ?, ?, ?)",
+                (name, owner, token, now + ttl.total_seconds()),
+            )
+            return Lock(name, owner, int(token))
+
+        return await self._run(write)
+
+    async def lock_holder(self, name: str) -> str | None:  # noqa: D102
+        def read(db: sqlite3.Connection) -> str | None:
+            row = db.execute(
+                "SELECT owner FROM locks WHERE name=? AND expires_at >= ?",
+                (name, time.time()),
+            ).fetchone()
+            return str(row[0]) if row else None
+
+        return await self._run(read)
+
+    async def release_lock(self, lock: Lock) -> None:  # noqa: D102
+        await self._run(
+            lambda db: db.execute(
+                "DELETE FROM locks WHERE name=? AND token=?", (lock.name, lock.token)
+            )
+        )
+
+    async def last_run(self, scope: str) -> datetime | None:  # noqa: D102
+        def read(db: sqlite3.Connection) -> datetime | None:
+            row = db.execute(
+                "SELECT at FROM last_run WHERE scope=? AND expires_at >= ?",
+                (scope, time.time()),
+            ).fetchone()
+            return _ts(row[0]) if row else None
+
+        return await self._run(read)
+
+    async def set_last_run(  # noqa: D102
+        self, scope: str, at: datetime, ttl: timedelta
+    ) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO last_run VALUES (?, ?, ?)",
+                (scope, at.isoformat(), time.time() + ttl.total_seconds()),
+            )
+        )
+
+    async def reserve_budget(  # noqa: D102
+        self, scope: str, limit: int, window: timedelta, now: datetime
+    ) -> int | None:
+        def write(db: sqlite3.Connection) -> int | None:
+            start = _epoch(now - window)
+            used = db.execute(
+                "SELECT count(*) FROM budget WHERE scope=? AND at > ? AND at <= ?",
+                (scope, start, _epoch(now)),
+            ).fetchone()[0]
+            if used >= limit:
+                return None
+            db.execute(
+                "INSERT INTO budget (scope, at) VALUES (?, ?)", (scope, _epoch(now))
+            )
+            return int(used) + 1
+
+        return await self._run(write)
+
+    async def release_budget(self, scope: str, now: datetime) -> None:  # noqa: D102
+        await self._run(
+            lambda db: db.execute(
+                "DELETE FROM budget WHERE id = (SELECT id FROM budget WHERE scope=? "
+                "AND at=? ORDER BY id DESC LIMIT 1)",
+                (scope, _epoch(now)),
+            )
+        )
+
+    async def circuit(self, scope: str) -> Circuit:  # noqa: D102
+        def read(db: sqlite3.Connection) -> Circuit:
+            row = db.execute("SELECT * FROM circuit WHERE scope=?", (scope,)).fetchone()
+            if row is None:
+                return Circuit()
+            return Circuit(row["failures"], _ts(row["opened_at"]))
+
+        return await self._run(read)
+
+    async def record_outcome(  # noqa: D102
+        self, scope: str, ok: bool, threshold: int, now: datetime
+    ) -> Circuit:
+        def write(db: sqlite3.Connection) -> Circuit:
+            if ok:
+                db.execute(
+                    "INSERT OR REPLACE INTO circuit VALUES (?, 0, NULL)", (scope,)
+                )
+                return Circuit()
+            row = db.execute("SELECT * FROM circuit WHERE scope=?", (scope,)).fetchone()
+            failures = (row["failures"] if row else 0) + 1
+            opened = _ts(row["opened_at"]) if row else None
+            if opened is None and failures >= threshold:
+                opened = now
+            db.execute(
+                "INSERT OR REPLACE INTO circuit VALUES (?, ?, ?)",
+                (scope, failures, opened.isoformat() if opened else None),
+            )
+            return Circuit(failures, opened)
+
+        return await self._run(write)
+
+    async def reset_circuit(self, scope: str) -> None:  # noqa: D102
+        await self._run(
+            lambda db: db.execute("DELETE FROM circuit WHERE scope=?", (scope,))
+        )
+
+    # -- approvals ----------------------------------------------------------
+
+    @staticmethod
+    def _approval(row: sqlite3.Row) -> Approval:
+        return Approval(
+            id=row["id"],
+            key=row["key"],
+            created_at=datetime.fromisoformat(row["created_at"]),
+            expires_at=datetime.fromisoformat(row["expires_at"]),
+            request=json.loads(row["request"]),
+            status=row["status"],
+            decided_by=row["decided_by"],
+            decided_at=_ts(row["decided_at"]),
+        )
+
+    async def put_approval(self, approval: Approval) -> Approval:  # noqa: D102
+        def write(db: sqlite3.Connection) -> Approval:
+            db.execute(
+                "INSERT OR IGNORE INTO approvals (id, key, created_at, expires_at, "
+                "request, status) VALUES (?, ?, ?, ?, ?, 'pending')",
+                (
+                    approval.id,
+                    approval.key,
+                    approval.created_at.isoformat(),
+                    approval.expires_at.isoformat(),
+                    json.dumps(dict(approval.request)),
+                ),
+            )
+            row = db.execute(
+                "SELECT * FROM approvals WHERE key=?", (approval.key,)
+            ).fetchone()
+            return self._approval(row)
+
+        return await self._run(write)
+
+    async def get_approval(self, approval_id: str) -> Approval | None:  # noqa: D102
+        def read(db: sqlite3.Connection) -> Approval | None:
+            row = db.execute(
+                "SELECT * FROM approvals WHERE id=?", (approval_id,)
+            ).fetchone()
+            return self._approval(row) if row else None
+
+        return await self._run(read)
+
+    async def decide_approval(  # noqa: D102
+        self,
+        approval_id: str,
+        status: Literal["approved", "rejected", "expired"],
+        by: str,
+        now: datetime,
+    ) -> Approval | None:
+        def write(db: sqlite3.Connection) -> Approval | None:
+            row = db.execute(
+                "UPDATE approvals SET status=?, decided_by=?, decided_at=? "
+                "WHERE id=? AND status='pending' RETURNING *",
+                (status, by, now.isoformat(), approval_id),
+            ).fetchone()
+            return self._approval(row) if row else None
+
+        return await self._run(write)
+
+    async def approvals(self, status: str | None = None) -> list[Approval]:  # noqa: D102
+        def read(db: sqlite3.Connection) -> list[Approval]:
+            if status:
+                rows = db.execute(
+                    "SELECT * FROM approvals WHERE status=? ORDER BY created_at DESC",
+                    (status,),
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    "SELECT * FROM approvals ORDER BY created_at DESC"
+                ).fetchall()
+            return [self._approval(r) for r in rows]
+
+        return await self._run(read)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def ping(self) -> bool:  # noqa: D102
+        try:
+            await self._run(lambda db: db.execute("SELECT 1").fetchone())
+        except StoreUnavailableError:
+            return False
+        return True
+
+    async def close(self) -> None:  # noqa: D102
+        def close() -> None:
+            with self._lock:
+                self._db.close()
+
+        await asyncio.to_thread(close)
