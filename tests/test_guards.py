@@ -1,0 +1,305 @@
+"""Every guard skips with its reason, proved with an injected clock and a real store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from receiver.engine.guards import GuardDefaults, GuardKeeper
+from receiver.engine.planner import PlanContext
+from receiver.engine.runner import Runner
+from receiver.engine.worker import Processor
+from receiver.errors import PermanentStepError
+from receiver.model import Alert, Decision, StepResult, freeze
+from receiver.rulebook.loader import load_rulebook
+from receiver.store import SqliteStore
+from receiver.store.base import AlertState
+
+T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+
+RULES = """
+playbooks:
+  hook:
+    remediation:
+      - type: http.request
+        url: "http://hooks.test/{labels.service}"
+    guards:
+      cooldown: 0s
+      budget: {max: 100, window: 1h}
+  cooled:
+    remediation:
+      - type: http.request
+        url: "http://hooks.test/{labels.service}"
+    guards:
+      cooldown: 10m
+      budget: {max: 100, window: 1h}
+  budgeted:
+    remediation:
+      - type: http.request
+        url: "http://hooks.test/{labels.service}"
+    guards:
+      cooldown: 0s
+      budget: {max: 2, window: 1h}
+  breaker:
+    remediation:
+      - type: http.request
+        url: "http://hooks.test/{labels.service}"
+    guards:
+      cooldown: 0s
+      budget: {max: 100, window: 1h}
+      circuit_breaker: {failures: 2, cool_off: 30m}
+  patient:
+    remediation:
+      - type: http.request
+        url: "http://hooks.test/{labels.service}"
+    guards:
+      cooldown: 0s
+      require_firing_for: 5m
+  careful:
+    remediation:
+      - type: http.request
+        url: "http://hooks.test/{labels.service}"
+        approval: required
+    guards:
+      cooldown: 0s
+  forced:
+    remediation:
+      - type: http.request
+        url: "http://hooks.test/{labels.service}"
+    guards:
+      dry_run: true
+rules:
+  - {name: hook, match: ['alertname="Hook"'], playbook: hook}
+  - {name: cooled, match: ['alertname="Cooled"'], playbook: cooled}
+  - {name: budgeted, match: ['alertname="Budgeted"'], playbook: budgeted}
+  - {name: breaker, match: ['alertname="Breaker"'], playbook: breaker}
+  - {name: patient, match: ['alertname="Patient"'], playbook: patient}
+  - {name: careful, match: ['alertname="Careful"'], playbook: careful}
+  - {name: forced, match: ['alertname="Forced"'], playbook: forced}
+"""
+
+
+@dataclass
+class Clock:
+    now: datetime = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+@dataclass
+class CountingExecutor:
+    """An http executor at our own interface: counts runs, can be told to fail."""
+
+    calls: list[str] = field(default_factory=list)
+    fail: bool = False
+
+    async def run(self, step, alert):
+        self.calls.append(step.url)
+        if self.fail:
+            raise PermanentStepError(f"POST {step.url}: HTTP 500")
+        return StepResult(ok=True, reason=f"POST {step.url}: HTTP 200")
+
+    async def verify(self, check, step, alert):
+        return StepResult(ok=True, reason="verified")
+
+
+@dataclass
+class Harness:
+    processor: Processor
+    store: SqliteStore
+    clock: Clock
+    executor: CountingExecutor
+
+    async def decide(self, alertname, *, service="api", fp=None, started=None):
+        alert = Alert(
+            source="alertmanager",
+            fingerprint=fp or f"fp-{alertname}-{service}",
+            status="firing",
+            labels=freeze({"alertname": alertname, "service": service}),
+            starts_at=started or T0 - timedelta(hours=1),
+        )
+        traces = await self.processor.decide([alert], "payload-1")
+        return traces[0].matches[0].steps[-1]
+
+
+@pytest.fixture
+async def harness(tmp_path):
+    (tmp_path / "rules.yaml").write_text(RULES)
+    rulebook = load_rulebook([tmp_path / "rules.yaml"])
+    store = SqliteStore(str(tmp_path / "state.db"))
+    clock = Clock()
+    executor = CountingExecutor()
+    keeper = GuardKeeper(
+        store,
+        "test-owner",
+        GuardDefaults(global_budget_max=1000, cooldown=timedelta(0)),
+    )
+    runner = Runner({"http": executor}, clock, mode="execute", guards=keeper)
+    processor = Processor(
+        rulebook, runner, clock, PlanContext(execute=True), store=store
+    )
+    yield Harness(processor, store, clock, executor)
+    await store.close()
+
+
+async def test_runs_once_per_occurrence(harness):
+    """A resend of the same occurrence (same startsAt) is 'already done'."""
+    first = await harness.decide("Hook")
+    again = await harness.decide("Hook")
+    assert first.decision is Decision.EXECUTED
+    assert again.decision is Decision.SKIPPED
+    assert again.reason.startswith("already done by test-owner")
+    assert len(harness.executor.calls) == 1
+
+
+async def test_new_occurrence_runs_again(harness):
+    """A new startsAt for the same fingerprint is a new occurrence and runs."""
+    await harness.decide("Hook", started=T0 - timedelta(hours=1))
+    later = await harness.decide("Hook", started=T0 - timedelta(minutes=5))
+    assert later.decision is Decision.EXECUTED
+    assert len(harness.executor.calls) == 2
+
+
+async def test_cooldown_skips_until_it_passes(harness):
+    """A second alert on the same target within the cooldown is skipped until then."""
+    await harness.decide("Cooled", fp="a")
+    harness.clock.advance(timedelta(minutes=3))
+    held = await harness.decide("Cooled", fp="b")
+    assert held.decision is Decision.SKIPPED
+    assert held.reason.startswith("cooldown active until 2026-11-26T10:10:00.000Z")
+    harness.clock.advance(timedelta(minutes=8))
+    assert (await harness.decide("Cooled", fp="c")).decision is Decision.EXECUTED
+
+
+async def test_budget_spent_then_refilled(harness):
+    """At most N runs per window per playbook; the window sliding frees a slot."""
+    for service in ("a", "b"):
+        assert (await harness.decide("Budgeted", service=service)).decision is (
+            Decision.EXECUTED
+        )
+    spent = await harness.decide("Budgeted", service="c")
+    assert spent.decision is Decision.SKIPPED
+    assert spent.reason == "budget 2/1h spent for playbook 'budgeted'"
+    harness.clock.advance(timedelta(hours=1, seconds=1))
+    assert (await harness.decide("Budgeted", service="c")).decision is Decision.EXECUTED
+
+
+async def test_global_budget(harness, tmp_path):
+    """The global budget caps remediations across all playbooks."""
+    keeper = GuardKeeper(
+        harness.store, "o", GuardDefaults(global_budget_max=1, cooldown=timedelta(0))
+    )
+    harness.processor._runner = Runner(
+        {"http": harness.executor}, harness.clock, mode="execute", guards=keeper
+    )
+    assert (await harness.decide("Hook", service="a")).decision is Decision.EXECUTED
+    spent = await harness.decide("Budgeted", service="b")
+    assert spent.reason == "budget 1/1h spent for all playbooks"
+
+
+async def test_lock_held_by_another_run(harness):
+    """A target locked by another run is skipped, naming the holder."""
+    lock = await harness.store.acquire_lock(
+        "target:http://hooks.test/api", "replica-2:77", timedelta(minutes=5)
+    )
+    assert lock is not None
+    held = await harness.decide("Hook")
+    assert held.decision is Decision.SKIPPED
+    assert held.reason == "lock on http://hooks.test/api held by replica-2:77"
+    await harness.store.release_lock(lock)
+    assert (await harness.decide("Hook")).decision is Decision.EXECUTED
+
+
+async def test_circuit_opens_after_consecutive_failures(harness):
+    """After N failures the playbook stops remediating until the cool-off passes."""
+    harness.executor.fail = True
+    for service in ("a", "b"):
+        failed = await harness.decide("Breaker", service=service)
+        assert failed.decision is Decision.FAILED
+    harness.executor.fail = False
+    opened = await harness.decide("Breaker", service="c")
+    assert opened.decision is Decision.SKIPPED
+    assert opened.reason.startswith("circuit open since 2026-11-26T10:00:00.000Z")
+    assert "closes at 2026-11-26T10:30:00.000Z" in opened.reason
+    harness.clock.advance(timedelta(minutes=31))
+    assert (await harness.decide("Breaker", service="c")).decision is Decision.EXECUTED
+
+
+async def test_require_firing_for(harness):
+    """An alert that has not fired long enough is not remediated yet."""
+    early = await harness.decide("Patient", started=T0 - timedelta(minutes=2))
+    assert early.decision is Decision.SKIPPED
+    assert early.reason == "not firing long enough: 2m of the required 5m"
+    harness.clock.advance(timedelta(minutes=4))
+    ready = await harness.decide("Patient", started=T0 - timedelta(minutes=2))
+    assert ready.decision is Decision.EXECUTED
+
+
+async def test_resolved_in_journal_cancels(harness):
+    """A resolve already journaled for the fingerprint cancels the remediation."""
+    started = T0 - timedelta(hours=1)
+    await harness.store.append(
+        _entry(), [AlertState("fp-Hook-api", "resolved", started, T0)]
+    )
+    skipped = await harness.decide("Hook", started=started)
+    assert skipped.decision is Decision.SKIPPED
+    assert skipped.reason.startswith("alert resolved (resolve received")
+    assert harness.executor.calls == []
+
+
+async def test_approval_required_then_approved(harness):
+    """An approval-required step waits, then runs once a human approves."""
+    waiting = await harness.decide("Careful")
+    assert waiting.decision is Decision.AWAITING_APPROVAL
+    assert waiting.reason.startswith("awaiting approval ")
+    assert "POST /api/v1/approvals/" in waiting.reason
+    (approval,) = await harness.store.approvals("pending")
+    assert approval.request["payload_id"] == "payload-1"
+    await harness.store.decide_approval(approval.id, "approved", "alice", T0)
+    done = await harness.decide("Careful")
+    assert done.decision is Decision.EXECUTED
+    assert len(harness.executor.calls) == 1
+
+
+async def test_approval_rejected_and_expired(harness):
+    """A rejected approval skips naming who; an unanswered one expires."""
+    await harness.decide("Careful", service="a")
+    (approval,) = await harness.store.approvals("pending")
+    await harness.store.decide_approval(approval.id, "rejected", "bob", T0)
+    rejected = await harness.decide("Careful", service="a")
+    assert rejected.reason == f"approval {approval.id} rejected by bob"
+    await harness.decide("Careful", service="b")
+    harness.clock.advance(timedelta(hours=2))
+    expired = await harness.decide("Careful", service="b")
+    assert expired.decision is Decision.SKIPPED
+    assert "expired at" in expired.reason
+    assert harness.executor.calls == []
+
+
+async def test_playbook_forces_dry_run(harness):
+    """A playbook may force dry-run even when the service executes."""
+    step = await harness.decide("Forced")
+    assert step.decision is Decision.DRY_RUN
+    assert step.reason.startswith("playbook forces dry-run: would POST")
+    assert harness.executor.calls == []
+
+
+async def test_dry_run_mode_never_executes(harness):
+    """In dry-run mode nothing runs, whatever the playbook says."""
+    harness.processor._ctx = PlanContext(execute=False)
+    step = await harness.decide("Hook")
+    assert step.decision is Decision.DRY_RUN
+    assert step.reason.startswith("dry-run mode: would POST http://hooks.test/api")
+    assert harness.executor.calls == []
+
+
+def _entry():
+    from receiver.store.base import JournalEntry
+
+    return JournalEntry(id="e-1", source="alertmanager", received_at=T0, body=b"{}")
