@@ -176,3 +176,58 @@ def poll(fn: object, *, timeout: float = 15.0, interval: float = 0.1) -> object:
         if time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+def wait_for_redis(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Send PING until redis-server answers PONG, failing early if it died."""
+    deadline = time.monotonic() + 15.0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text()[-3000:]
+            pytest.fail(f"{proc.args!r} exited with {proc.returncode}:\n{tail}")
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock,
+        ):
+            sock.sendall(b"PING\r\n")
+            if sock.recv(64).startswith(b"+PONG"):
+                return
+        time.sleep(0.02)
+    pytest.fail(f"redis-server on port {port} not ready:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def run_redis(tmp: Path) -> Iterator[str]:
+    """Start a throwaway redis-server on a free loopback port; yield its URL.
+
+    Nothing is persisted (no RDB, no AOF) and the data directory is ``tmp``.
+    """
+    binary = require_binary("redis-server")
+    port = free_port()
+    data = tmp / f"redis-{port}"
+    data.mkdir(parents=True, exist_ok=True)
+    log = data / "redis.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(data),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    peer = Peer(proc, f"redis://127.0.0.1:{port}/0", log)
+    try:
+        wait_for_redis(port, proc, log)
+        yield peer.url
+    finally:
+        peer.stop()

@@ -85,8 +85,9 @@ RECLAIM_CALLS = 10
 # Pruning removes at most this many items per round trip.
 PRUNE_BATCH = 1_000
 APPROVALS_MAX = 1_000
-# Write refusals that mean "retry later", not "your request is wrong".
-_REFUSALS = ("OOM", "MISCONF", "READONLY", "NOREPLICAS", "LOADING", "MASTERDOWN")
+# Write refusals that mean "retry later", not "your request is wrong" (besides
+# OOM and READONLY, which redis-py raises as their own classes).
+_REFUSALS = ("MISCONF", "NOREPLICAS", "MASTERDOWN")
 
 _APPEND = """
 -- KEYS: journal, payload hash, payload index, then one alert hash per state
@@ -425,7 +426,10 @@ class RedisStore:
                 f"Redis at {self._where} is unreachable, cannot {action}: {exc}"
             ) from exc
         except redis.exceptions.ResponseError as exc:
-            if not str(exc).startswith(_REFUSALS):
+            refused = isinstance(
+                exc, redis.exceptions.OutOfMemoryError | redis.exceptions.ReadOnlyError
+            ) or str(exc).startswith(_REFUSALS)
+            if not refused:
                 raise
             raise StoreUnavailableError(
                 f"Redis at {self._where} refuses writes, cannot {action}: {exc}"
@@ -472,16 +476,18 @@ class RedisStore:
         deadline = time.monotonic() + max(wait, 0.0)
         with self._reachable("claim a journal entry"):
             await self._ensure_group()
+            recreated = False
             while True:
                 try:
                     message = await self._reclaim(consumer)
                     if message is None:
                         message = await self._read_new(consumer, deadline)
                 except redis.exceptions.ResponseError as exc:
-                    # The stream or group was deleted under us: recreate, retry.
-                    if "NOGROUP" not in str(exc):
+                    # The stream or group was deleted under us: recreate it once.
+                    if "NOGROUP" not in str(exc) or recreated:
                         raise
                     await self._ensure_group(again=True)
+                    recreated = True
                     continue
                 if message is None:
                     return None

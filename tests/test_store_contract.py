@@ -1,0 +1,678 @@
+"""The ``Store`` contract: one suite every implementation passes.
+
+Each test runs against SQLite (a file in ``tmp_path``) and Redis (a throwaway
+``redis-server`` for the session, or ``RECEIVER_TEST_REDIS_URL``, with a unique
+key prefix per test). Times are fixed values passed in as the injected clock;
+the few real sleeps wait on a backend's own clock (lease, lock TTL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis.asyncio
+from peers import free_port, run_redis
+
+from receiver.errors import StoreUnavailableError
+from receiver.model import iso
+from receiver.store.base import (
+    AlertState,
+    Approval,
+    Circuit,
+    DecisionQuery,
+    JournalEntry,
+    Retention,
+    Store,
+)
+from receiver.store.redis import RedisStore
+from receiver.store.sqlite import SqliteStore
+
+T0 = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+MakeStore = Callable[..., Store]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("RECEIVER_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    with run_redis(tmp_path_factory.mktemp("redis")) as started:
+        yield started
+
+
+async def _forget_prefix(url: str, prefix: str) -> None:
+    """Remove a test's keys (SCAN + UNLINK: a shared server keeps no litter)."""
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        batch = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+        if batch:
+            await client.unlink(*batch)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def make_store(
+    request: pytest.FixtureRequest, tmp_path: Any
+) -> AsyncIterator[MakeStore]:
+    """Build stores of one backend; several calls in one test share their data."""
+    stores: list[Store] = []
+    url = ""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+
+    def make(retention: Retention | None = None) -> Store:
+        retention = retention or Retention()
+        store: Store
+        if request.param == "redis":
+            store = RedisStore(url, prefix=prefix, retention=retention)
+        else:
+            store = SqliteStore(path=str(tmp_path / "state.db"), retention=retention)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        await store.close()
+    if url:
+        await _forget_prefix(url, prefix)
+
+
+@pytest.fixture
+def store(make_store: MakeStore) -> Store:
+    return make_store()
+
+
+def journal_entry(
+    n: int, *, at: datetime = T0, body: bytes | None = None
+) -> JournalEntry:
+    """Entry ``n``: ids sort like ``received_at`` (``at`` plus ``n`` seconds)."""
+    return JournalEntry(
+        id=f"e{n:04d}-{uuid.uuid4().hex[:8]}",
+        source="alertmanager",
+        received_at=at + timedelta(seconds=n),
+        body=body if body is not None else b'{"n": %d}' % n,
+        headers={"content-type": "application/json", "user-agent": f"test/{n}"},
+    )
+
+
+def trace(
+    payload_id: str,
+    tag: str,
+    *,
+    fingerprint: str = "fp-a",
+    rule: str = "r1",
+    playbook: str = "p1",
+    decision: str = "run",
+    at: datetime = T0,
+) -> dict[str, Any]:
+    return {
+        "tag": tag,
+        "fingerprint": fingerprint,
+        "payload_id": payload_id,
+        "decided_at": iso(at),
+        "matches": [
+            {
+                "rule": rule,
+                "playbook": playbook,
+                "steps": [{"type": "k8s.pods", "decision": decision}],
+            }
+        ],
+    }
+
+
+def state(
+    status: str, starts_at: datetime | None, updated_at: datetime, fp: str = "fp-1"
+) -> AlertState:
+    return AlertState(fp, status, starts_at, updated_at)  # type: ignore[arg-type]
+
+
+# -- journal ----------------------------------------------------------------
+
+
+async def test_append_then_claim_returns_the_entry_intact(store: Store) -> None:
+    """A claimed entry carries the body bytes, headers, source and time as appended."""
+    entry = journal_entry(1, body=b'{"alerts": []}\n\xff\x00binary')
+    await store.append(entry, [])
+    claimed = await store.claim("c1", wait=1.0)
+    assert claimed is not None
+    assert claimed.id == entry.id
+    assert claimed.body == entry.body
+    assert dict(claimed.headers) == dict(entry.headers)
+    assert claimed.source == entry.source
+    assert claimed.received_at == entry.received_at
+    assert claimed.attempts == 1
+
+
+async def test_claim_waits_then_returns_none_on_an_empty_journal(
+    store: Store,
+) -> None:
+    """With nothing to take, claim waits about ``wait`` seconds and returns None."""
+    started = time.monotonic()
+    assert await store.claim("c1", wait=0.3) is None
+    elapsed = time.monotonic() - started
+    assert 0.25 <= elapsed < 2.0
+
+
+async def test_claim_wakes_up_for_an_entry_appended_while_waiting(
+    make_store: MakeStore,
+) -> None:
+    """A waiting claim returns an entry appended during the wait, not after it."""
+    store = make_store()
+    entry = journal_entry(1)
+    waiting = asyncio.create_task(store.claim("c1", wait=5.0))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    await store.append(entry, [])
+    claimed = await waiting
+    assert claimed is not None
+    assert claimed.id == entry.id
+    assert time.monotonic() - started < 2.0
+
+
+async def test_complete_drops_the_entry_from_pending(store: Store) -> None:
+    """pending() counts unfinished entries and names the oldest one's time."""
+    assert await store.pending() == (0, None)
+    first, second = journal_entry(0), journal_entry(1)
+    await store.append(first, [])
+    await store.append(second, [])
+    assert await store.pending() == (2, first.received_at)
+    claimed = await store.claim("c1", wait=1.0)
+    assert claimed is not None
+    assert claimed.id == first.id
+    assert await store.pending() == (2, first.received_at)
+    await store.complete(first.id, [])
+    assert await store.pending() == (1, second.received_at)
+    claimed = await store.claim("c1", wait=1.0)
+    assert claimed is not None
+    assert claimed.id == second.id
+    await store.complete(second.id, [])
+    assert await store.pending() == (0, None)
+    assert await store.claim("c1", wait=0) is None
+
+
+async def test_decisions_are_newest_first_and_filtered(store: Store) -> None:
+    """Every DecisionQuery filter selects the right records, newest first."""
+    e1, e2 = journal_entry(1), journal_entry(2)
+    later = T0 + timedelta(minutes=1)
+    t1 = trace(e1.id, "e1-t1")
+    t2 = trace(
+        e2.id, "e2-t1", fingerprint="fp-b", rule="r2", playbook="p2", decision="skip"
+    )
+    t3 = trace(e2.id, "e2-t2", rule="r2", decision="dry-run", at=later)
+    t2["decided_at"] = iso(later)
+    for entry in (e1, e2):
+        await store.append(entry, [])
+        assert await store.claim("c1", wait=1.0) is not None
+    await store.complete(e1.id, [t1])
+    await store.complete(e2.id, [t2, t3])
+
+    async def tags(**filters: Any) -> list[str]:
+        return [d["tag"] for d in await store.decisions(DecisionQuery(**filters))]
+
+    assert await store.decisions(DecisionQuery()) == [t3, t2, t1]
+    assert await tags(fingerprint="fp-a") == ["e2-t2", "e1-t1"]
+    assert await tags(rule="r2") == ["e2-t2", "e2-t1"]
+    assert await tags(playbook="p1") == ["e2-t2", "e1-t1"]
+    assert await tags(decision="skip") == ["e2-t1"]
+    assert await tags(payload_id=e1.id) == ["e1-t1"]
+    assert await tags(since=T0 + timedelta(seconds=30)) == ["e2-t2", "e2-t1"]
+    assert await tags(limit=1) == ["e2-t2"]
+    assert await tags(fingerprint="fp-b", rule="r1") == []
+
+
+async def test_payloads_are_listed_newest_first(store: Store) -> None:
+    """payloads() lists stored entries newest first; payload() finds one by id."""
+    entries = [journal_entry(n) for n in range(3)]
+    for entry in entries:
+        await store.append(entry, [])
+    assert [p.id for p in await store.payloads()] == [e.id for e in reversed(entries)]
+    assert [p.id for p in await store.payloads(limit=2)] == [
+        entries[2].id,
+        entries[1].id,
+    ]
+    found = await store.payload(entries[1].id)
+    assert found is not None
+    assert found.body == entries[1].body
+    assert await store.payload("no-such-id") is None
+
+
+async def test_an_abandoned_claim_is_handed_over_after_the_lease(
+    make_store: MakeStore,
+) -> None:
+    """An entry claimed but never completed goes to another consumer after the lease."""
+    store = make_store(Retention(lease=timedelta(milliseconds=200)))
+    entry = journal_entry(1)
+    await store.append(entry, [])
+    first = await store.claim("dead", wait=1.0)
+    assert first is not None
+    assert first.attempts == 1
+    assert await store.claim("alive", wait=0) is None  # the lease still runs
+    await asyncio.sleep(0.3)  # the backend's own clock decides the lease
+    second = await store.claim("alive", wait=0)
+    assert second is not None
+    assert second.id == entry.id
+    assert second.body == entry.body
+    assert second.attempts == 2
+    await store.complete(entry.id, [])
+    assert await store.pending() == (0, None)
+
+
+async def test_concurrent_claimers_never_share_an_entry(store: Store) -> None:
+    """Many concurrent claims over N entries deliver each entry exactly once."""
+    entries = [journal_entry(n) for n in range(8)]
+    for entry in entries:
+        await store.append(entry, [])
+    results = await asyncio.gather(*(store.claim(f"c{i}", wait=0.3) for i in range(12)))
+    claimed = [r.id for r in results if r is not None]
+    assert sorted(claimed) == sorted(e.id for e in entries)
+    assert len(claimed) == len(set(claimed))
+
+
+async def test_alert_state_follows_newer_state(store: Store) -> None:
+    """A firing resend never un-resolves an occurrence; a later startsAt wins."""
+    later = T0 + HOUR
+    steps = [
+        (state("firing", T0, T0), ("firing", T0)),
+        (state("resolved", T0, T0 + timedelta(minutes=5)), ("resolved", T0)),
+        (state("firing", T0, T0 + timedelta(minutes=6)), ("resolved", T0)),
+        (state("firing", later, later), ("firing", later)),
+        (state("resolved", None, later), ("firing", later)),
+    ]
+    assert await store.alert_state("fp-1") is None
+    for n, (new, (status, starts_at)) in enumerate(steps):
+        await store.append(journal_entry(n), [new])
+        current = await store.alert_state("fp-1")
+        assert current is not None
+        assert (current.status, current.starts_at) == (status, starts_at), n
+    current = await store.alert_state("fp-1")
+    assert current == state("firing", later, later)
+
+
+async def test_append_records_every_state_of_a_batch(store: Store) -> None:
+    """One append records the state of each alert its payload carries."""
+    await store.append(
+        journal_entry(1),
+        [state("firing", T0, T0, "fp-x"), state("resolved", None, T0, "fp-y")],
+    )
+    assert await store.alert_state("fp-x") == state("firing", T0, T0, "fp-x")
+    assert await store.alert_state("fp-y") == state("resolved", None, T0, "fp-y")
+
+
+# -- exactly once -------------------------------------------------------------
+
+
+async def test_seen_reports_a_repeated_delivery(store: Store) -> None:
+    """seen() is False the first time a key is marked and True afterwards."""
+    assert await store.seen("delivery-1", HOUR) is False
+    assert await store.seen("delivery-1", HOUR) is True
+    assert await store.seen("delivery-2", HOUR) is False
+
+
+async def test_claim_key_is_won_exactly_once_under_concurrency(store: Store) -> None:
+    """Of 20 concurrent claims on one key exactly one wins; the rest see its claim."""
+    results = await asyncio.gather(
+        *(store.claim_key("k", f"owner-{i}", T0, HOUR) for i in range(20))
+    )
+    winners = [i for i, r in enumerate(results) if r is None]
+    assert len(winners) == 1
+    for result in results:
+        if result is not None:
+            assert result.key == "k"
+            assert result.owner == f"owner-{winners[0]}"
+            assert result.status == "running"
+            assert result.at == T0
+
+
+async def test_finish_key_records_the_end_and_release_key_frees_it(
+    store: Store,
+) -> None:
+    """A finished claim reports its status and detail; a released key is free."""
+    assert await store.claim_key("k", "me", T0, HOUR) is None
+    await store.finish_key("k", "done", "rolled back", T0 + timedelta(minutes=1))
+    existing = await store.claim_key("k", "other", T0 + timedelta(minutes=2), HOUR)
+    assert existing is not None
+    assert (existing.owner, existing.status, existing.detail) == (
+        "me",
+        "done",
+        "rolled back",
+    )
+    assert existing.at == T0 + timedelta(minutes=1)
+    await store.release_key("k")
+    assert await store.claim_key("k", "other", T0, HOUR) is None
+
+
+# -- guards -------------------------------------------------------------------
+
+
+async def test_a_held_lock_cannot_be_taken(store: Store) -> None:
+    """While held, a lock refuses a second owner and names its holder."""
+    assert await store.lock_holder("deploy/api") is None
+    lock = await store.acquire_lock("deploy/api", "worker-a", HOUR)
+    assert lock is not None
+    assert (lock.name, lock.owner) == ("deploy/api", "worker-a")
+    assert await store.acquire_lock("deploy/api", "worker-b", HOUR) is None
+    assert await store.lock_holder("deploy/api") == "worker-a"
+    other = await store.acquire_lock("deploy/web", "worker-b", HOUR)
+    assert other is not None
+    await store.release_lock(lock)
+    assert await store.lock_holder("deploy/api") is None
+
+
+async def test_a_stale_release_keeps_the_newer_holder(store: Store) -> None:
+    """Fencing tokens increase, and releasing an old lock spares the new holder."""
+    first = await store.acquire_lock("l", "a", HOUR)
+    assert first is not None
+    await store.release_lock(first)
+    second = await store.acquire_lock("l", "b", HOUR)
+    assert second is not None
+    assert second.token > first.token
+    await store.release_lock(first)
+    assert await store.lock_holder("l") == "b"
+    await store.release_lock(second)
+    assert await store.lock_holder("l") is None
+
+
+async def test_a_lock_expires_after_its_ttl(store: Store) -> None:
+    """A lock its holder never released is free once its TTL passes."""
+    first = await store.acquire_lock("l", "crashed", timedelta(milliseconds=100))
+    assert first is not None
+    await asyncio.sleep(0.2)  # the backend's own clock expires the lock
+    assert await store.lock_holder("l") is None
+    second = await store.acquire_lock("l", "next", HOUR)
+    assert second is not None
+    assert second.token > first.token
+
+
+async def test_last_run_remembers_the_latest_run(store: Store) -> None:
+    """last_run returns what set_last_run recorded for that scope only."""
+    assert await store.last_run("scope") is None
+    await store.set_last_run("scope", T0, HOUR)
+    assert await store.last_run("scope") == T0
+    await store.set_last_run("scope", T0 + HOUR, HOUR)
+    assert await store.last_run("scope") == T0 + HOUR
+    assert await store.last_run("other") is None
+
+
+async def test_budget_allows_limit_runs_per_window(store: Store) -> None:
+    """reserve_budget counts up to ``limit`` in the caller's window, then refuses."""
+    at = [T0 + timedelta(seconds=s) for s in range(4)]
+    assert [await store.reserve_budget("b", 3, HOUR, t) for t in at] == [
+        1,
+        2,
+        3,
+        None,
+    ]
+    # The window follows the caller's clock: T0 and T0+1s fall out of it here.
+    assert (
+        await store.reserve_budget("b", 3, HOUR, T0 + HOUR + timedelta(seconds=1.5))
+        == 2
+    )
+    assert await store.reserve_budget("other", 3, HOUR, T0) == 1
+
+
+async def test_release_budget_gives_a_slot_back(store: Store) -> None:
+    """A released reservation no longer counts against the window."""
+    for s in range(3):
+        assert await store.reserve_budget("b", 3, HOUR, T0 + timedelta(seconds=s))
+    assert await store.reserve_budget("b", 3, HOUR, T0 + timedelta(seconds=3)) is None
+    await store.release_budget("b", T0 + timedelta(seconds=2))
+    assert await store.reserve_budget("b", 3, HOUR, T0 + timedelta(seconds=4)) == 3
+    assert await store.reserve_budget("b", 3, HOUR, T0 + timedelta(seconds=5)) is None
+
+
+async def test_circuit_opens_at_the_threshold_and_a_success_resets_it(
+    store: Store,
+) -> None:
+    """Failures count up, open the circuit once at the threshold; success resets."""
+
+    async def outcome(ok: bool, at: datetime) -> Circuit:
+        return await store.record_outcome("p", ok=ok, threshold=3, now=at)
+
+    assert await store.circuit("p") == Circuit()
+    at = [T0 + timedelta(minutes=m) for m in range(4)]
+    assert await outcome(ok=False, at=at[0]) == Circuit(1, None)
+    assert await outcome(ok=False, at=at[1]) == Circuit(2, None)
+    assert await outcome(ok=False, at=at[2]) == Circuit(3, at[2])
+    assert await outcome(ok=False, at=at[3]) == Circuit(4, at[2])
+    assert await store.circuit("p") == Circuit(4, at[2])
+    assert await outcome(ok=True, at=at[3]) == Circuit()
+    assert await store.circuit("p") == Circuit()
+
+
+async def test_reset_circuit_closes_it(store: Store) -> None:
+    """reset_circuit forgets failures and the opening time."""
+    for _ in range(2):
+        await store.record_outcome("p", ok=False, threshold=2, now=T0)
+    assert (await store.circuit("p")).opened_at == T0
+    await store.reset_circuit("p")
+    assert await store.circuit("p") == Circuit()
+    failed = await store.record_outcome("p", ok=False, threshold=2, now=T0)
+    assert failed == Circuit(1, None)
+
+
+# -- approvals ----------------------------------------------------------------
+
+
+def approval(key: str, created_at: datetime = T0) -> Approval:
+    return Approval(
+        id=uuid.uuid4().hex,
+        key=key,
+        created_at=created_at,
+        expires_at=created_at + HOUR,
+        request={"step": "k8s.rollout_undo", "args": [], "big": 12345678901234567},
+    )
+
+
+async def test_put_approval_is_idempotent_per_key(store: Store) -> None:
+    """A second request for the same key returns the first one unchanged."""
+    first = approval("k")
+    assert await store.put_approval(first) == first
+    again = await store.put_approval(approval("k", T0 + timedelta(minutes=1)))
+    assert again == first
+    assert await store.get_approval(first.id) == first
+    assert await store.get_approval("no-such-id") is None
+    assert [a.id for a in await store.approvals()] == [first.id]
+
+
+async def test_decide_approval_only_from_pending(store: Store) -> None:
+    """A pending approval is decided once; later decisions are refused."""
+    pending = await store.put_approval(approval("k"))
+    decided_at = T0 + timedelta(minutes=5)
+    decided = await store.decide_approval(pending.id, "approved", "alice", decided_at)
+    assert decided is not None
+    assert (decided.status, decided.decided_by, decided.decided_at) == (
+        "approved",
+        "alice",
+        decided_at,
+    )
+    assert dict(decided.request) == dict(pending.request)
+    assert await store.decide_approval(pending.id, "rejected", "bob", T0 + HOUR) is None
+    assert await store.get_approval(pending.id) == decided
+    assert await store.decide_approval("no-such-id", "approved", "x", T0) is None
+
+
+async def test_approvals_are_newest_first_and_filtered_by_status(
+    store: Store,
+) -> None:
+    """approvals() lists newest first; a status argument keeps only that status."""
+    a, b, c = (approval(k, T0 + timedelta(minutes=m)) for m, k in enumerate("abc"))
+    for item in (a, b, c):
+        await store.put_approval(item)
+    await store.decide_approval(b.id, "rejected", "bob", T0 + HOUR)
+    assert [x.id for x in await store.approvals()] == [c.id, b.id, a.id]
+    assert [x.id for x in await store.approvals("pending")] == [c.id, a.id]
+    assert [x.id for x in await store.approvals("rejected")] == [b.id]
+    assert await store.approvals("approved") == []
+
+
+# -- retention and lifecycle ----------------------------------------------------
+
+
+async def test_prune_drops_old_finished_entries_and_keeps_unfinished(
+    make_store: MakeStore,
+) -> None:
+    """prune() removes finished payloads and decisions past max_age, nothing else."""
+    store = make_store(Retention(max_age=timedelta(days=1)))
+    recent_time = T0 + timedelta(days=3)
+    old, unfinished, recent = (
+        journal_entry(0),
+        journal_entry(1),
+        journal_entry(2, at=recent_time),
+    )
+    for entry in (old, unfinished, recent):
+        await store.append(entry, [])
+        assert await store.claim("c1", wait=1.0) is not None
+    await store.complete(old.id, [trace(old.id, "old")])
+    await store.complete(recent.id, [trace(recent.id, "recent", at=recent_time)])
+
+    dropped = await store.prune(recent_time + HOUR)
+
+    assert dropped >= 2  # the old payload and its decision
+    assert await store.payload(old.id) is None
+    assert await store.payload(unfinished.id) is not None
+    assert await store.payload(recent.id) is not None
+    assert await store.pending() == (1, unfinished.received_at)
+    assert [d["tag"] for d in await store.decisions(DecisionQuery())] == ["recent"]
+    await store.complete(unfinished.id, [])
+    assert await store.prune(recent_time + HOUR) >= 1
+    assert await store.payload(unfinished.id) is None
+
+
+async def test_prune_keeps_at_most_max_payloads_finished_entries(
+    make_store: MakeStore,
+) -> None:
+    """prune() drops the oldest finished payloads beyond max_payloads."""
+    store = make_store(Retention(max_payloads=2))
+    entries = [journal_entry(n) for n in range(4)]
+    for entry in entries:
+        await store.append(entry, [])
+        assert await store.claim("c1", wait=1.0) is not None
+        await store.complete(entry.id, [])
+    assert await store.prune(T0 + HOUR) >= 2
+    assert [p.id for p in await store.payloads()] == [entries[3].id, entries[2].id]
+
+
+async def test_ping_answers_true_when_reachable(store: Store) -> None:
+    """ping() is True while the backend can take writes."""
+    assert await store.ping() is True
+
+
+# -- Redis only -----------------------------------------------------------------
+
+
+async def test_redis_unreachable_turns_into_store_unavailable() -> None:
+    """With no Redis listening, append raises StoreUnavailableError; ping is False."""
+    store = RedisStore(
+        f"redis://127.0.0.1:{free_port()}/0", socket_timeout=1.0, connect_timeout=1.0
+    )
+    try:
+        assert await store.ping() is False
+        unreachable = r"Redis at 127\.0\.0\.1:\d+ is unreachable"
+        with pytest.raises(StoreUnavailableError, match=unreachable):
+            await store.append(journal_entry(1), [])
+    finally:
+        await store.close()
+
+
+async def test_redis_replicas_share_one_journal(redis_url: str) -> None:
+    """An entry appended through one replica is claimed and completed by another."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    edge = RedisStore(redis_url, prefix=prefix)
+    worker = RedisStore(redis_url, prefix=prefix)
+    try:
+        entry = journal_entry(1)
+        await edge.append(entry, [state("firing", T0, T0)])
+        claimed = await worker.claim("replica-2", wait=1.0)
+        assert claimed is not None
+        assert claimed.id == entry.id
+        await worker.complete(entry.id, [trace(entry.id, "t")])
+        assert await edge.pending() == (0, None)
+        assert [d["tag"] for d in await edge.decisions(DecisionQuery())] == ["t"]
+        assert await edge.alert_state("fp-1") == state("firing", T0, T0)
+    finally:
+        await edge.close()
+        await worker.close()
+        await _forget_prefix(redis_url, prefix)
+
+
+async def test_redis_claim_recovers_a_deleted_journal(redis_url: str) -> None:
+    """If the journal stream is deleted by hand, claim recreates its group."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    store = RedisStore(redis_url, prefix=prefix)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await store.append(journal_entry(1), [])
+        await client.delete(f"{prefix}:journal")
+        entry = journal_entry(2)
+        await store.append(entry, [])
+        claimed = await store.claim("c1", wait=1.0)
+        assert claimed is not None
+        assert claimed.id == entry.id
+    finally:
+        await client.aclose()
+        await store.close()
+        await _forget_prefix(redis_url, prefix)
+
+
+async def test_redis_keys_expire_unless_listed_as_permanent(redis_url: str) -> None:
+    """Every key but the journal, its indexes and the fencing counter has a TTL."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    store = RedisStore(redis_url, prefix=prefix)
+    client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        done, waiting = journal_entry(1), journal_entry(2)
+        await store.append(done, [state("firing", T0, T0)])
+        await store.append(waiting, [])
+        assert await store.claim("c1", wait=1.0) is not None
+        await store.complete(done.id, [trace(done.id, "t")])
+        await store.seen("d", HOUR)
+        await store.claim_key("k", "me", T0, HOUR)
+        await store.finish_key("k", "done", "", T0)
+        await store.acquire_lock("l", "me", HOUR)
+        await store.set_last_run("s", T0, HOUR)
+        await store.reserve_budget("b", 3, HOUR, T0)
+        await store.record_outcome("c", ok=False, threshold=3, now=T0)
+        await store.put_approval(approval("a"))
+        ttls = {
+            key.removeprefix(f"{prefix}:"): await client.pttl(key)
+            async for key in client.scan_iter(match=f"{prefix}:*")
+        }
+        permanent = {"journal", "payloads", "finished", "fence", "approvals"}
+        permanent.add(f"payload:{waiting.id}")  # unfinished: kept until done
+        assert {k for k, ttl in ttls.items() if ttl < 0} == permanent
+        assert all(ttl > 0 for k, ttl in ttls.items() if k not in permanent)
+        assert f"payload:{done.id}" in ttls
+    finally:
+        await client.aclose()
+        await store.close()
+        await _forget_prefix(redis_url, prefix)
+
+
+async def test_redis_refusing_writes_turns_into_store_unavailable(
+    tmp_path: Any,
+) -> None:
+    """A Redis out of memory makes append raise StoreUnavailableError (a 503)."""
+    with run_redis(tmp_path) as url:
+        client = redis.asyncio.Redis.from_url(url)
+        store = RedisStore(url, prefix="oom")
+        try:
+            await store.append(journal_entry(1), [])
+            await client.config_set("maxmemory", "1")
+            with pytest.raises(StoreUnavailableError, match="refuses writes"):
+                await store.append(journal_entry(2), [])
+            assert await store.ping() is True
+        finally:
+            await client.aclose()
+            await store.close()
