@@ -250,9 +250,8 @@ _MARK = {
 
 def _print_match(match: MatchTrace, firing: bool) -> None:
     info = match.severity.info
-    _out(
-        f"  rule {match.rule} -> {match.severity} {info.name}, playbook {match.playbook}"
-    )
+    head = f"  rule {match.rule} -> {match.severity} {info.name}"
+    _out(f"{head}, playbook {match.playbook}")
     if match.description:
         _out(f"    {match.description}")
     if firing:

@@ -10,6 +10,7 @@ import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from typing import Self
 
 
 class CountingServer:
@@ -39,7 +40,7 @@ class CountingServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> CountingServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

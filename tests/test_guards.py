@@ -15,7 +15,7 @@ from receiver.errors import PermanentStepError
 from receiver.model import Alert, Decision, StepResult, freeze
 from receiver.rulebook.loader import load_rulebook
 from receiver.store import SqliteStore
-from receiver.store.base import AlertState
+from receiver.store.base import AlertState, JournalEntry
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
@@ -190,7 +190,7 @@ async def test_budget_spent_then_refilled(harness):
     assert (await harness.decide("Budgeted", service="c")).decision is Decision.EXECUTED
 
 
-async def test_global_budget(harness, tmp_path):
+async def test_global_budget(harness):
     """The global budget caps remediations across all playbooks."""
     keeper = GuardKeeper(
         harness.store, "o", GuardDefaults(global_budget_max=1, cooldown=timedelta(0))
@@ -300,6 +300,4 @@ async def test_dry_run_mode_never_executes(harness):
 
 
 def _entry():
-    from receiver.store.base import JournalEntry
-
     return JournalEntry(id="e-1", source="alertmanager", received_at=T0, body=b"{}")
