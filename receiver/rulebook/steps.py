@@ -112,11 +112,17 @@ def apply_relative(spec: str, current: int) -> int:
     return number
 
 
+# (apiGroup, resource, verbs): what a step needs from the Kubernetes API; the
+# README table and the Helm chart's RBAC are checked against these.
+Rbac = tuple[tuple[str, str, tuple[str, ...]], ...]
+
+
 class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: ClassVar[StepKind] = StepKind.DIAGNOSTIC
     family: ClassVar[str] = ""
+    rbac: ClassVar[Rbac] = ()
 
     name: str = Field(default="", description="Optional label shown in traces.")
     timeout: Duration = Field(
@@ -271,6 +277,13 @@ class _K8s(_Base):
 class K8sPods(_K8s):
     """Pods of a workload or selector: phase, readiness, restarts, last exit."""
 
+    rbac: ClassVar[Rbac] = (
+        ("", "pods", ("list",)),
+        ("apps", "deployments", ("get",)),
+        ("apps", "statefulsets", ("get",)),
+        ("apps", "daemonsets", ("get",)),
+    )
+
     type: Literal["k8s.pods"] = "k8s.pods"
     workload: K8sName | None = None
     workload_kind: WorkloadKind = "Deployment"
@@ -296,6 +309,11 @@ class K8sPods(_K8s):
 class K8sEvents(_K8s):
     """Recent events for an object and its pods, newest first."""
 
+    rbac: ClassVar[Rbac] = (
+        ("", "events", ("list",)),
+        ("events.k8s.io", "events", ("list",)),
+    )
+
     type: Literal["k8s.events"] = "k8s.events"
     object_kind: str = "Deployment"
     object_name: K8sName | None = None
@@ -319,6 +337,14 @@ class K8sEvents(_K8s):
 
 class K8sLogs(_K8s):
     """Tail of a pod's logs, or of each pod of a workload, optionally filtered."""
+
+    rbac: ClassVar[Rbac] = (
+        ("", "pods", ("list", "get")),
+        ("", "pods/log", ("get",)),
+        ("apps", "deployments", ("get",)),
+        ("apps", "statefulsets", ("get",)),
+        ("apps", "daemonsets", ("get",)),
+    )
 
     type: Literal["k8s.logs"] = "k8s.logs"
     pod: K8sName | None = None
@@ -375,6 +401,11 @@ class K8sLogs(_K8s):
 class K8sRolloutHistory(_K8s):
     """Revisions of a Deployment with change-cause, image and creation time."""
 
+    rbac: ClassVar[Rbac] = (
+        ("apps", "deployments", ("get",)),
+        ("apps", "replicasets", ("list",)),
+    )
+
     type: Literal["k8s.rollout_history"] = "k8s.rollout_history"
     deployment: K8sName
     flag_within: Duration = timedelta(hours=2)
@@ -397,6 +428,14 @@ class K8sRolloutHistory(_K8s):
 class K8sDescribe(_K8s):
     """Workload status and conditions, or an HPA's current/desired/min/max."""
 
+    rbac: ClassVar[Rbac] = (
+        ("apps", "deployments", ("get",)),
+        ("apps", "statefulsets", ("get",)),
+        ("apps", "daemonsets", ("get",)),
+        ("autoscaling", "horizontalpodautoscalers", ("get",)),
+        ("", "pods", ("get",)),
+    )
+
     type: Literal["k8s.describe"] = "k8s.describe"
     object_kind: Literal[
         "Deployment", "StatefulSet", "DaemonSet", "HorizontalPodAutoscaler", "Pod"
@@ -418,6 +457,12 @@ class K8sDescribe(_K8s):
 
 class K8sRolloutRestart(_K8s, _Remediation):
     """Restart a workload by stamping the restartedAt template annotation."""
+
+    rbac: ClassVar[Rbac] = (
+        ("apps", "deployments", ("get", "patch")),
+        ("apps", "statefulsets", ("get", "patch")),
+        ("apps", "daemonsets", ("get", "patch")),
+    )
 
     type: Literal["k8s.rollout_restart"] = "k8s.rollout_restart"
     workload_kind: WorkloadKind = "Deployment"
@@ -449,6 +494,11 @@ class K8sRolloutRestart(_K8s, _Remediation):
 
 class K8sRolloutUndo(_K8s, _Remediation):
     """Roll a Deployment back to the previous (or a named) revision, as kubectl does."""
+
+    rbac: ClassVar[Rbac] = (
+        ("apps", "deployments", ("get", "patch")),
+        ("apps", "replicasets", ("list",)),
+    )
 
     type: Literal["k8s.rollout_undo"] = "k8s.rollout_undo"
     deployment: K8sName
@@ -485,6 +535,13 @@ class K8sRolloutUndo(_K8s, _Remediation):
 class K8sScale(_K8s, _Remediation):
     """Scale a workload to an absolute or relative count, clamped to min/max."""
 
+    rbac: ClassVar[Rbac] = (
+        ("apps", "deployments", ("get",)),
+        ("apps", "statefulsets", ("get",)),
+        ("apps", "deployments/scale", ("get", "patch")),
+        ("apps", "statefulsets/scale", ("get", "patch")),
+    )
+
     type: Literal["k8s.scale"] = "k8s.scale"
     workload_kind: Literal["Deployment", "StatefulSet"] = "Deployment"
     workload: K8sName
@@ -520,6 +577,10 @@ class K8sScale(_K8s, _Remediation):
 class K8sPatchHpa(_K8s, _Remediation):
     """Raise an HPA's maxReplicas, absolute or relative, up to a cap."""
 
+    rbac: ClassVar[Rbac] = (
+        ("autoscaling", "horizontalpodautoscalers", ("get", "patch")),
+    )
+
     type: Literal["k8s.patch_hpa"] = "k8s.patch_hpa"
     hpa: K8sName
     max_replicas: RelativeCount
@@ -542,6 +603,8 @@ class K8sPatchHpa(_K8s, _Remediation):
 
 class K8sDeletePod(_K8s, _Remediation):
     """Delete controller-owned pods so they are recreated, within caps."""
+
+    rbac: ClassVar[Rbac] = (("", "pods", ("list", "get", "delete")),)
 
     type: Literal["k8s.delete_pod"] = "k8s.delete_pod"
     pod: K8sName | None = None
@@ -576,6 +639,12 @@ class K8sDeletePod(_K8s, _Remediation):
 
 class K8sSetMemoryLimit(_K8s, _Remediation):
     """Raise a container's memory limit (the runbook's temporary OOM fix)."""
+
+    rbac: ClassVar[Rbac] = (
+        ("apps", "deployments", ("get", "patch")),
+        ("apps", "statefulsets", ("get", "patch")),
+        ("apps", "daemonsets", ("get", "patch")),
+    )
 
     type: Literal["k8s.set_memory_limit"] = "k8s.set_memory_limit"
     approval: Literal["none", "required"] = "required"
