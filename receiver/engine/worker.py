@@ -223,7 +223,10 @@ class Worker:
         backoff = 0.5
         while not self._stopping.is_set():
             try:
-                entry = await self._store.claim(self.consumer, wait=1.0)
+                # One consumer name per task: a task completes what it claimed
+                # before claiming again, which lets a store hand back entries
+                # whose delivery was lost mid-call.
+                entry = await self._store.claim(f"{self.consumer}/{index}", wait=1.0)
             except StoreUnavailableError as exc:
                 log.warning("journal_unavailable", error=str(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
@@ -232,7 +235,13 @@ class Worker:
             backoff = 0.5
             if entry is None:
                 continue
-            await self._handle(entry, index)
+            try:
+                await self._handle(entry, index)
+            except Exception:  # the supervisor: a worker task never dies
+                # A bug in one entry must not stop the journal; the entry stays
+                # unfinished and is claimed again after the lease.
+                log.exception("entry_failed", payload_id=entry.id)
+                await asyncio.sleep(1.0)
 
     async def _handle(self, entry: JournalEntry, index: int) -> None:
         structlog.contextvars.bind_contextvars(payload_id=entry.id, worker=index)
@@ -264,7 +273,10 @@ class Worker:
 
     async def _observe(self) -> None:
         assert self._metrics is not None  # noqa: S101 (callers check)
-        count, oldest = await self._store.pending()
+        try:
+            count, oldest = await self._store.pending()
+        except StoreUnavailableError:
+            return
         self._metrics.journal_depth.set(count)
         if self._clock is not None:
             age = (self._clock() - oldest).total_seconds() if oldest else 0.0

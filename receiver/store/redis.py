@@ -479,7 +479,9 @@ class RedisStore:
             recreated = False
             while True:
                 try:
-                    message = await self._reclaim(consumer)
+                    message = await self._own_pending(consumer)
+                    if message is None:
+                        message = await self._reclaim(consumer)
                     if message is None:
                         message = await self._read_new(consumer, deadline)
                 except redis.exceptions.ResponseError as exc:
@@ -494,6 +496,25 @@ class RedisStore:
                 entry = await self._deliver(*message)
                 if entry is not None:
                     return entry
+
+    async def _own_pending(
+        self, consumer: str
+    ) -> tuple[bytes, dict[bytes, bytes] | None] | None:
+        """An entry delivered to this consumer but never completed.
+
+        A consumer claims one entry at a time and completes it before claiming
+        again, so anything still pending under its name was delivered by a reply
+        that never arrived (Redis went away mid-call). Take it back at once
+        rather than waiting out the lease.
+        """
+        reply = await self._redis.xreadgroup(
+            self._group, consumer, {self._journal: "0"}, count=1
+        )
+        for _stream, messages in reply or ():
+            for stream_id, fields in messages:
+                if stream_id is not None and fields:
+                    return stream_id, fields
+        return None
 
     async def _reclaim(
         self, consumer: str
