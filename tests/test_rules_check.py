@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from receiver.cli import main
 from receiver.errors import RuleError
@@ -94,10 +95,21 @@ def test_every_bad_fixture_has_an_expectation():
     assert {p.name for p in BAD.glob("*.yaml")} == set(BAD_CASES)
 
 
+def _users(path, field, rule):
+    """Playbook errors name the rules that use the playbook (if any do)."""
+    if rule is not None or not field.startswith("playbooks."):
+        return rule
+    playbook = field.split(".")[1]
+    rules = yaml.safe_load(path.read_text()).get("rules") or []
+    users = [r["name"] for r in rules if r.get("playbook") == playbook]
+    return ", ".join(users) or None
+
+
 @pytest.mark.parametrize(("name", "expected"), sorted(BAD_CASES.items()))
 def test_bad_fixture(capsys, name, expected):
     """`receiver rules check` exits 1 and names the file, the rule and the field."""
     rule, field, fragment = expected
+    rule = _users(BAD / name, field, rule)
     path = BAD / name
     assert main(["rules", "check", str(path)]) == 1
     out, err = capsys.readouterr()
@@ -116,6 +128,7 @@ def test_bad_fixture(capsys, name, expected):
 def test_bad_fixture_rule_error_details(name, expected):
     """load_rulebook raises one RuleError detail with file, rule and field set."""
     rule, field, fragment = expected
+    rule = _users(BAD / name, field, rule)
     with pytest.raises(RuleError) as info:
         load_rulebook([BAD / name])
     [detail] = info.value.details

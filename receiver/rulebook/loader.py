@@ -8,7 +8,7 @@ here and read by ``receiver.rulebook.ruletest``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,11 @@ from receiver.rulebook.index import RuleIndex
 from receiver.rulebook.matchers import Matcher, matches_all
 from receiver.rulebook.schema import CompiledRule, Playbook, Rule
 from receiver.rulebook.severity import resolve_severity
+from receiver.rulebook.steps import STEP_TYPES
+
+VERIFY_TYPES = frozenset(
+    {"k8s.rollout_status", "k8s.pods_ready", "prometheus.query", "http.get"}
+)
 
 RULE_SUFFIXES = (".yaml", ".yml")
 TEST_SUFFIXES = (".test.yaml", ".test.yml")
@@ -115,10 +120,13 @@ def _validation_details(
         loc = [*prefix, *err["loc"]]
         rule = _rule_name(raw, loc)
         # Drop the discriminator tag pydantic inserts for step unions.
+        # Drop the union tags pydantic inserts into locations: the step type
+        # after a step's list index (or after ``verify``), the severity form.
         cleaned = [
             p
             for i, p in enumerate(loc)
-            if not (isinstance(p, str) and "." in p and i > 0)
+            if not (i > 0 and isinstance(loc[i - 1], int) and p in STEP_TYPES)
+            and not (i > 0 and loc[i - 1] == "verify" and p in VERIFY_TYPES)
             and not (i > 0 and loc[i - 1] == "severity")
         ]
         message = err["msg"].removeprefix("Value error, ")
@@ -143,6 +151,7 @@ class _Loader:
         self.playbook_files: dict[str, str] = {}
         self.compiled: list[CompiledRule] = []
         self.seen: dict[str, str] = {}
+        self.playbook_errors: dict[str, range] = {}
 
     def error(
         self, file: str, message: str, rule: str | None = None, field: str | None = None
@@ -177,8 +186,10 @@ class _Loader:
         if raw is None:
             return
         file = str(path)
-        playbooks = raw.get("playbooks") or {}
-        rules = raw.get("rules") or []
+        playbooks = raw.get("playbooks")
+        rules = raw.get("rules")
+        playbooks = {} if playbooks is None else playbooks
+        rules = [] if rules is None else rules
         if not isinstance(playbooks, dict):
             self.error(file, "must be a mapping of name to playbook", None, "playbooks")
             playbooks = {}
@@ -205,7 +216,9 @@ class _Loader:
             self.playbooks[name] = Playbook.model_validate(body or {})
         except ValidationError as exc:
             prefix = ("playbooks", name)
+            start = len(self.errors)
             self.errors.extend(_validation_details(file, raw, exc, prefix=prefix))
+            self.playbook_errors[name] = range(start, len(self.errors))
             # Keep the name known so rules using it report only their own errors.
             self.playbooks[name] = Playbook()
 
@@ -229,6 +242,12 @@ class _Loader:
         self.compiled.append(CompiledRule(len(self.compiled), rule, matchers, file))
 
     def check_references(self) -> None:
+        # A broken playbook is reported under the rules that use it, too.
+        for name, indices in self.playbook_errors.items():
+            users = [c.name for c in self.compiled if c.rule.playbook == name]
+            for i in indices:
+                if users:
+                    self.errors[i] = replace(self.errors[i], rule=", ".join(users))
         known = ", ".join(sorted(self.playbooks)) or "none defined"
         for item in self.compiled:
             if item.rule.playbook not in self.playbooks:

@@ -510,11 +510,11 @@ class RedisStore:
         reply = await self._redis.xreadgroup(
             self._group, consumer, {self._journal: "0"}, count=1
         )
-        for _stream, messages in reply or ():
-            for stream_id, fields in messages:
-                if stream_id is not None and fields:
-                    return stream_id, fields
-        return None
+        message = _first_message(reply)
+        # An entry trimmed from the stream but still pending comes back empty.
+        if message is None or message[1] is None or not message[1]:
+            return None
+        return message
 
     async def _reclaim(
         self, consumer: str

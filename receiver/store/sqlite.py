@@ -1,7 +1,11 @@
 """SQLite store: the embedded default, durable in one file, for one instance.
 
 WAL journal mode with ``synchronous=FULL``: a payload is on disk before the 202.
-One connection guarded by a lock and driven through ``asyncio.to_thread``. Being
+One connection guarded by a lock and driven through ``asyncio.to_thread``, with
+group commit: calls that arrive while a transaction is on its way to disk wait,
+then run together in the next one, each in its own savepoint (so each stays
+atomic and fails alone), and every caller hears back only after that COMMIT.
+Under load one fsync then serves many requests instead of one. Being
 single-instance, opening the store hands entries a previous (crashed) process had
 claimed back to the queue at once; within a process, claims older than the lease
 are reclaimed too. Several replicas need the Redis store.
@@ -36,6 +40,7 @@ from receiver.store.base import (
 )
 
 T = TypeVar("T")
+_Call = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -134,25 +139,82 @@ class SqliteStore:
         )
         self._lock = threading.Lock()
         self._wakeup = asyncio.Event()
+        # Group commit: calls queued while a batch is in its transaction.
+        self._queue: list[_Call] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailableError:
+        error = StoreUnavailableError(
+            f"SQLite store {self.path} cannot be written: {exc}"
+        )
+        error.__cause__ = exc
+        return error
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def call() -> T:
-            with self._lock:
-                try:
-                    self._db.execute("BEGIN IMMEDIATE")
-                    try:
-                        result = fn(self._db)
-                    except BaseException:
-                        self._db.execute("ROLLBACK")
-                        raise
-                    self._db.execute("COMMIT")
-                except sqlite3.OperationalError as exc:
-                    raise StoreUnavailableError(
-                        f"SQLite store {self.path} cannot be written: {exc}"
-                    ) from exc
-                return result
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((fn, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        result: T = await future
+        return result
 
-        return await asyncio.to_thread(call)
+    async def _flush(self) -> None:
+        """Run queued calls, a batch per transaction, until the queue is empty."""
+        while self._queue:
+            batch = [c for c in self._queue if not c[1].cancelled()]
+            self._queue = []
+            if not batch:
+                continue
+            try:
+                outcomes = await asyncio.to_thread(
+                    self._transaction, [fn for fn, _ in batch]
+                )
+            except BaseException as exc:  # the thread itself failed: tell everyone
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                raise
+            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    def _transaction(
+        self, fns: Sequence[Callable[[sqlite3.Connection], Any]]
+    ) -> list[tuple[bool, Any]]:
+        """One transaction, one savepoint per call; results only once committed."""
+        db = self._db
+        outcomes: list[tuple[bool, Any]] = []
+        with self._lock:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                for fn in fns:
+                    db.execute("SAVEPOINT call")
+                    try:
+                        value = fn(db)
+                    except sqlite3.OperationalError as exc:
+                        db.execute("ROLLBACK TO call")
+                        db.execute("RELEASE call")
+                        outcomes.append((False, self._unavailable(exc)))
+                    except Exception as exc:  # noqa: BLE001 (handed to its caller)
+                        db.execute("ROLLBACK TO call")
+                        db.execute("RELEASE call")
+                        outcomes.append((False, exc))
+                    else:
+                        db.execute("RELEASE call")
+                        outcomes.append((True, value))
+                db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                # BEGIN, a savepoint or COMMIT failed: nothing of the batch stands.
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                error = self._unavailable(exc)
+                return [(False, error) for _ in fns]
+        return outcomes
 
     # -- journal ------------------------------------------------------------
 
@@ -225,7 +287,7 @@ class SqliteStore:
                 "UPDATE journal SET state='claimed', consumer=?, claimed_at=?, "
                 "attempts=attempts+1 WHERE id = (SELECT id FROM journal WHERE "
                 "state='pending' OR (state='claimed' AND claimed_at < ?) "
-                "ORDER BY id LIMIT 1) RETURNING *",
+                "ORDER BY rowid LIMIT 1) RETURNING *",
                 (consumer, now, now - lease),
             ).fetchone()
             return self._entry(row) if row is not None else None
@@ -246,6 +308,11 @@ class SqliteStore:
     ) -> None:
         def write(db: sqlite3.Connection) -> None:
             done = datetime.now(UTC).isoformat()
+            row = db.execute(
+                "SELECT state FROM journal WHERE id=?", (entry_id,)
+            ).fetchone()
+            if row is not None and row[0] == "done":
+                return  # completed by another worker after a lease ran out
             db.executemany(
                 "INSERT INTO decisions (payload_id, fingerprint, decided_at, record) "
                 "VALUES (?, ?, ?, ?)",
@@ -276,7 +343,7 @@ class SqliteStore:
     async def payloads(self, limit: int = 100) -> list[JournalEntry]:  # noqa: D102
         def read(db: sqlite3.Connection) -> list[JournalEntry]:
             rows = db.execute(
-                "SELECT * FROM journal ORDER BY id DESC LIMIT ?", (limit,)
+                "SELECT * FROM journal ORDER BY rowid DESC LIMIT ?", (limit,)
             ).fetchall()
             return [self._entry(r) for r in rows]
 
@@ -313,7 +380,8 @@ class SqliteStore:
     async def pending(self) -> tuple[int, datetime | None]:  # noqa: D102
         def read(db: sqlite3.Connection) -> tuple[int, datetime | None]:
             row = db.execute(
-                "SELECT count(*), min(received_at) FROM journal WHERE state != 'done'"
+                "SELECT count(*), min(received_at) FROM journal "
+                "WHERE state IN ('pending', 'claimed')"
             ).fetchone()
             return int(row[0]), _ts(row[1])
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import structlog
@@ -224,6 +224,8 @@ class Handlers:
         try:
             limit = int(q.get("limit", "100"))
             since = datetime.fromisoformat(q["since"]) if "since" in q else None
+            if since is not None and since.tzinfo is None:
+                since = since.replace(tzinfo=UTC)
         except ValueError as exc:
             raise InputError(
                 f"bad query parameter: {exc}; limit is an integer, since an "

@@ -125,6 +125,14 @@ def make_middleware(
                 elif exc.status == 405:
                     detail = f"{request.method} is not allowed on {request.path}"
                 response = problem(exc.status, detail)
+            except Exception:  # the edge answers problem+json even for our bugs
+                log.exception("request_failed", path=request.path)
+                response = problem(
+                    500,
+                    "internal error while handling the request; it was logged "
+                    f"with request id {request_id}",
+                    slug="internal",
+                )
             source = request.match_info.get("source") or getattr(
                 request.match_info.route, "name", None
             )
