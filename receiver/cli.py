@@ -42,7 +42,16 @@ def _parser() -> argparse.ArgumentParser:
     replay = sub.add_parser(
         "replay", help="decide stored payloads offline and print the trace"
     )
-    replay.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    replay.add_argument("files", nargs="*", type=Path, metavar="FILE")
+    replay.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        default=[],
+        metavar="URL/ID",
+        help="fetch a stored payload from a running receiver, e.g. "
+        "http://127.0.0.1:8080/<payload id> (token from RECEIVER_AUTH_TOKENS)",
+    )
     replay.add_argument("--rules", type=Path, action="append", help="rule file or dir")
     replay.add_argument("--at", help="fix 'now' (ISO 8601) for duration-based severity")
     replay.add_argument("--json", action="store_true", help="print JSON")
@@ -217,14 +226,14 @@ async def _replay(args: argparse.Namespace) -> int:
     def clock() -> datetime:
         return at or datetime.now(UTC)
 
+    if not args.files and not args.sources:
+        raise InputError("give payload files to replay, or --from URL/ID")
     rulebook = load_rulebook(args.rules or DEFAULT_RULES)
     processor = Processor(rulebook, Runner({}, clock), clock, PlanContext())
     traces: list[tuple[Path, AlertTrace]] = []
-    for path in args.files:
-        try:
-            body = path.read_bytes()
-        except OSError as exc:
-            raise InputError(f"cannot read {path}: {exc.strerror}") from exc
+    inputs = [(path, _read(path)) for path in args.files]
+    inputs += [(Path(ref), _fetch(ref)) for ref in args.sources]
+    for path, body in inputs:
         try:
             data: Any = parse_json(body)
             source = detect(data)
@@ -237,6 +246,45 @@ async def _replay(args: argparse.Namespace) -> int:
     else:
         _print_traces(traces)
     return 0
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _fetch(ref: str) -> bytes:
+    """A stored payload from a running receiver's API, as it was received."""
+    import httpx  # noqa: PLC0415
+
+    from receiver.settings import load_settings  # noqa: PLC0415
+
+    base, _, payload_id = ref.rstrip("/").rpartition("/")
+    if not base.startswith(("http://", "https://")) or not payload_id:
+        raise InputError(
+            f"--from {ref!r}: expected BASE_URL/PAYLOAD_ID, e.g. "
+            "http://127.0.0.1:8080/001a2182ce5b373ea899227ef"
+        )
+    base = base.removesuffix("/api/v1/payloads")
+    settings = load_settings()
+    headers = {}
+    if settings.auth_tokens:
+        headers["Authorization"] = (
+            f"Bearer {settings.auth_tokens[0].get_secret_value()}"
+        )
+    try:
+        response = httpx.get(
+            f"{base}/api/v1/payloads/{payload_id}", headers=headers, timeout=10
+        )
+    except httpx.HTTPError as exc:
+        raise InputError(f"--from {ref}: cannot reach the receiver: {exc}") from exc
+    if response.status_code != 200:
+        detail = response.text[:300]
+        raise InputError(f"--from {ref}: HTTP {response.status_code}: {detail}")
+    payload = response.json().get("payload")
+    return json.dumps(payload).encode()
 
 
 _MARK = {
