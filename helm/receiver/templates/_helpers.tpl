@@ -1,0 +1,162 @@
+{{/* Names, labels, and the checks that refuse values which cannot work. */}}
+
+{{- define "receiver.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "receiver.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "receiver.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "receiver.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "receiver.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "receiver.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "receiver.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "receiver.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "receiver.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether the store is Redis (shared, replicas) rather than SQLite on a volume. */}}
+{{- define "receiver.redisStore" -}}
+{{- if or .Values.store.redis.url .Values.store.redis.existingSecret -}}true{{- end -}}
+{{- end -}}
+
+{{/* Secret keys the chart creates, as a YAML map: setting name -> value. */}}
+{{- define "receiver.inlineSecrets" -}}
+{{- $c := .Values.credentials -}}
+{{- $out := dict -}}
+{{- if $c.authTokens }}{{ $_ := set $out "auth_tokens" (join "\n" $c.authTokens) }}{{ end -}}
+{{- if $c.basicAuth }}{{ $_ := set $out "basic_auth" $c.basicAuth }}{{ end -}}
+{{- if $c.pagerdutySecrets }}{{ $_ := set $out "pagerduty_secrets" (join "\n" $c.pagerdutySecrets) }}{{ end -}}
+{{- if $c.routingKeys }}{{ $_ := set $out "routing_keys" (join "\n" $c.routingKeys) }}{{ end -}}
+{{- range $k, $v := $c.extra }}{{ $_ := set $out $k $v }}{{ end -}}
+{{- if .Values.store.redis.url }}{{ $_ := set $out "store" .Values.store.redis.url }}{{ end -}}
+{{- if and $c.generateToken (not (hasKey $out "auth_tokens")) (not (and $c.existingSecret (has "auth_tokens" $c.existingSecretKeys))) -}}
+{{- $name := include "receiver.fullname" . -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace $name -}}
+{{- $token := "" -}}
+{{- if and $existing $existing.data (hasKey $existing.data "auth_tokens") -}}
+{{- $token = index $existing.data "auth_tokens" | b64dec -}}
+{{- else -}}
+{{- $token = randAlphaNum 40 -}}
+{{- end -}}
+{{- $_ := set $out "auth_tokens" $token -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* RECEIVER_<NAME>_FILE for every secret setting: setting name -> file path. */}}
+{{- define "receiver.secretFiles" -}}
+{{- $inline := fromYaml (include "receiver.inlineSecrets" .) -}}
+{{- $c := .Values.credentials -}}
+{{- $out := dict -}}
+{{- range $k, $_ := $inline }}{{ $_ := set $out $k (printf "/etc/receiver/secrets/%s" $k) }}{{ end -}}
+{{- if $c.existingSecret -}}
+{{- range $c.existingSecretKeys -}}
+{{- if hasKey $out . -}}
+{{- fail (printf "credentials: %q is set both inline and in credentials.existingSecret %q; keep one" . $c.existingSecret) -}}
+{{- end -}}
+{{- $_ := set $out . (printf "/etc/receiver/credentials/%s" .) -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.store.redis.existingSecret -}}
+{{- $_ := set $out "store" "/etc/receiver/store/url" -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* RECEIVER_RULES: the files to load (rule tests, *.test.yaml, are left out). */}}
+{{- define "receiver.rulesPath" -}}
+{{- $files := list -}}
+{{- if .Values.rules.files -}}
+{{- $files = keys .Values.rules.files | sortAlpha -}}
+{{- else if .Values.rules.existingConfigMap.name -}}
+{{- $files = .Values.rules.existingConfigMap.files -}}
+{{- end -}}
+{{- $paths := list -}}
+{{- range $files -}}
+{{- if not (or (hasSuffix ".test.yaml" .) (hasSuffix ".test.yml" .)) -}}
+{{- $paths = append $paths (printf "/etc/receiver/rules/%s" .) -}}
+{{- end -}}
+{{- end -}}
+{{- if $files -}}
+{{- join "," $paths -}}
+{{- else -}}
+/etc/receiver/rules
+{{- end -}}
+{{- end -}}
+
+{{/* Namespaces the receiver may act in (RECEIVER_NAMESPACES and the Roles). */}}
+{{- define "receiver.targetNamespaces" -}}
+{{- if .Values.rbac.namespaces -}}
+{{- toYaml (uniq .Values.rbac.namespaces) -}}
+{{- else if not .Values.rbac.clusterWide -}}
+{{- toYaml (list .Release.Namespace) -}}
+{{- else -}}
+[]
+{{- end -}}
+{{- end -}}
+
+{{/* Refuse values that would render a receiver that cannot work. */}}
+{{- define "receiver.validate" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not (include "receiver.redisStore" .)) -}}
+{{- fail (printf "replicaCount is %d, but the default SQLite store serves a single replica: set store.redis.url (or store.redis.existingSecret) so the replicas share one Redis store, or set replicaCount: 1" (int .Values.replicaCount)) -}}
+{{- end -}}
+{{- if and .Values.rules.files .Values.rules.existingConfigMap.name -}}
+{{- fail "rules: set either rules.files or rules.existingConfigMap, not both" -}}
+{{- end -}}
+{{- if and .Values.rules.existingConfigMap.name (not .Values.rules.existingConfigMap.files) -}}
+{{- fail "rules.existingConfigMap.files must name the ConfigMap keys to load, e.g. [team.yaml]" -}}
+{{- end -}}
+{{- if and .Values.store.redis.url .Values.store.redis.existingSecret -}}
+{{- fail "store.redis: set either url or existingSecret, not both" -}}
+{{- end -}}
+{{- $files := fromYaml (include "receiver.secretFiles" .) -}}
+{{- if not (or (hasKey $files "auth_tokens") (hasKey $files "basic_auth") (hasKey $files "pagerduty_secrets") (hasKey $files "routing_keys")) -}}
+{{- fail "credentials: the receiver listens on the pod network and refuses to start without credentials; set credentials.existingSecret, credentials.authTokens or credentials.basicAuth, or credentials.generateToken: true" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A settings value as an environment string: lists comma-joined, whole numbers
+without an exponent (Helm reads every number as a float). */}}
+{{- define "receiver.envValue" -}}
+{{- if kindIs "slice" . -}}
+{{- $items := list -}}
+{{- range . }}{{ $items = append $items (include "receiver.envValue" .) }}{{ end -}}
+{{- join "," $items -}}
+{{- else if and (kindIs "float64" .) (eq (floor .) .) -}}
+{{- int64 . -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
+{{- end -}}
