@@ -46,6 +46,7 @@ FAMILIES = sorted({cls.family for cls in STEP_TYPES.values()})
 READ_VERBS = {"get", "list", "watch"}
 # Settings the chart sets itself; `settings:` may not name them.
 MANAGED_SETTINGS = {
+    "kube_mode",
     "host",
     "port",
     "rules",
@@ -364,6 +365,9 @@ def test_default_install_is_diagnostics_only_and_read_only(helm):
     verbs = {verb for _, _, verb in grants(role["rules"])}
     assert verbs <= READ_VERBS
     assert grants(role["rules"]) == expected_grants(DIAGNOSTIC_K8S_STEPS)
+    assert env_of(docs)["RECEIVER_KUBE_MODE"] == "in-cluster"
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is True
     binding = one(docs, "RoleBinding")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -394,6 +398,7 @@ def test_steps_without_kubernetes_get_no_rbac_and_no_token(helm):
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert one(docs, "ServiceAccount")["automountServiceAccountToken"] is False
+    assert "RECEIVER_KUBE_MODE" not in env_of(docs)
 
 
 def test_rbac_families_in_the_chart_match_the_code(helm):
