@@ -89,8 +89,11 @@ def rule_files(paths: Iterable[Path | str]) -> list[Path]:
                 if p.is_file()
                 and p.name.endswith(RULE_SUFFIXES)
                 and not p.name.endswith(TEST_SUFFIXES)
+                # Hidden entries: a mounted ConfigMap keeps a timestamped copy
+                # of every file in a hidden folder beside the visible links.
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
-        else:
+        elif not path.name.endswith(TEST_SUFFIXES):
             found.append(path)
     return found
 
