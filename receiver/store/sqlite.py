@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS journal (
     done_at TEXT
 );
 CREATE INDEX IF NOT EXISTS journal_state ON journal(state, id);
+-- (state, rowid): the next entry to claim, in arrival order, without a sort
+CREATE INDEX IF NOT EXISTS journal_queue ON journal(state);
 CREATE TABLE IF NOT EXISTS decisions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     payload_id TEXT NOT NULL,
@@ -151,7 +153,12 @@ class SqliteStore:
         return error
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self._flusher is not None and self._flusher.get_loop() is not loop:
+            # The store moved to another event loop (tests do this): whatever
+            # was queued on the old one can never be answered.
+            self._queue, self._flusher = [], None
+        future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((fn, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
@@ -169,11 +176,13 @@ class SqliteStore:
                 outcomes = await asyncio.to_thread(
                     self._transaction, [fn for fn, _ in batch]
                 )
-            except BaseException as exc:  # the thread itself failed: tell everyone
+            except BaseException as exc:  # cancelled, or the thread failed
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
-                raise
+                if not isinstance(exc, Exception):
+                    raise
+                continue
             for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
                 if future.done():
                     continue
@@ -209,12 +218,18 @@ class SqliteStore:
                 db.execute("COMMIT")
             except sqlite3.OperationalError as exc:
                 # BEGIN, a savepoint or COMMIT failed: nothing of the batch stands.
-                if db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("ROLLBACK")
+                self._abort()
                 error = self._unavailable(exc)
                 return [(False, error) for _ in fns]
+            except BaseException:
+                self._abort()
+                raise
         return outcomes
+
+    def _abort(self) -> None:
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
     # -- journal ------------------------------------------------------------
 
@@ -283,11 +298,16 @@ class SqliteStore:
 
         def take(db: sqlite3.Connection) -> JournalEntry | None:
             now = time.time()
+            # The earlier of (first pending, first expired claim), each one
+            # search of journal_queue: an OR here sorted the whole backlog.
             row = db.execute(
                 "UPDATE journal SET state='claimed', consumer=?, claimed_at=?, "
-                "attempts=attempts+1 WHERE id = (SELECT id FROM journal WHERE "
-                "state='pending' OR (state='claimed' AND claimed_at < ?) "
-                "ORDER BY rowid LIMIT 1) RETURNING *",
+                "attempts=attempts+1 WHERE rowid = (SELECT r FROM ("
+                "SELECT r FROM (SELECT rowid AS r FROM journal WHERE "
+                "state='pending' ORDER BY rowid LIMIT 1) UNION ALL "
+                "SELECT r FROM (SELECT rowid AS r FROM journal WHERE "
+                "state='claimed' AND claimed_at < ? ORDER BY rowid LIMIT 1)"
+                ") ORDER BY r LIMIT 1) RETURNING *",
                 (consumer, now, now - lease),
             ).fetchone()
             return self._entry(row) if row is not None else None
@@ -316,7 +336,9 @@ class SqliteStore:
             db.executemany(
                 "INSERT INTO decisions (payload_id, fingerprint, decided_at, record) "
                 "VALUES (?, ?, ?, ?)",
-                [
+                # A generator: a storm's records are encoded one at a time,
+                # never all held at once.
+                (
                     (
                         entry_id,
                         str(t.get("fingerprint", "")),
@@ -324,7 +346,7 @@ class SqliteStore:
                         json.dumps(t),
                     )
                     for t in traces
-                ],
+                ),
             )
             db.execute(
                 "UPDATE journal SET state='done', done_at=? WHERE id=?",

@@ -1,0 +1,979 @@
+"""``make bench``: ingest, end to end, rule scale and storm, against targets.
+
+Starts every process it measures (the receiver per store, a bare aiohttp
+baseline, a throwaway redis-server, a load generator) on loopback, runs each
+measurement several times, prints a table and writes ``bench/RESULTS.md``
+(everything above the hand-written marker; the notes below it are kept).
+``--smoke`` runs every part with tiny sizes in seconds (``make bench-smoke`` and
+``tests/test_bench_smoke.py``); smoke numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Self
+
+import aiohttp
+from aiohttp import web
+
+# The bench's own helpers, and the receiver of this checkout (not an installed one).
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).parents[1])]
+from common import (  # noqa: E402
+    AUTH,
+    BENCH,
+    ROOT,
+    TOKEN,
+    BenchError,
+    Spread,
+    burst_bodies,
+    one_alert_body,
+    peak_rss_mib,
+    percentile,
+    redis_binary,
+    run_bare,
+    run_receiver,
+    run_redis,
+    storm_body,
+)
+
+MARKER = "<!-- Hand-written notes below this line are kept by `make bench`. -->"
+RUNBOOK_RULES = ROOT / "rules"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big and how long each part is."""
+
+    runs: int = 3
+    warmup: float = 1.0
+    duration: float = 4.0
+    connections: int = 32
+    e2e_count: int = 600
+    e2e_duration: float = 4.0
+    storm_alerts: int = 5000
+    burst_payloads: int = 500
+    burst_per: int = 10
+    rule_sizes: tuple[int, ...] = (10, 100, 1000, 10000)
+    match_seconds: float = 0.3
+    drain_timeout: float = 60.0
+
+
+SMOKE = Sizes(
+    runs=1,
+    warmup=0.2,
+    duration=1.0,
+    connections=4,
+    e2e_count=10,
+    e2e_duration=0.5,
+    storm_alerts=50,
+    burst_payloads=5,
+    burst_per=10,
+    rule_sizes=(10, 100),
+    match_seconds=0.01,
+    drain_timeout=30.0,
+)
+
+
+@dataclass
+class Report:
+    """Everything measured, and the lines of the table."""
+
+    sizes: Sizes
+    loadgen: str
+    sections: list[str] = field(default_factory=list)
+    targets: list[tuple[str, bool | None, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def target(self, name: str, ok: bool | None, detail: str) -> None:
+        """Record whether a target holds."""
+        self.targets.append((name, ok, detail))
+
+    def table(self, title: str, head: list[str], rows: list[list[str]]) -> None:
+        """Add a Markdown table and print it."""
+        lines = [f"### {title}", "", "| " + " | ".join(head) + " |"]
+        lines.append("|" + "|".join("---" for _ in head) + "|")
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        self.sections.append("\n".join(lines))
+        print("\n" + "\n".join(lines), flush=True)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ load
+
+WRK_LINE = "BENCH_JSON "
+
+
+async def _run(args: list[str], env: dict[str, str], timeout: float) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env},
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise BenchError(f"{args[0]} did not finish in {timeout:.0f}s") from None
+    if proc.returncode != 0:
+        raise BenchError(f"{args!r} failed ({proc.returncode}): {err.decode()[-2000:]}")
+    return out.decode()
+
+
+async def load(
+    kind: str,
+    url: str,
+    body: Path,
+    *,
+    duration: float,
+    connections: int,
+    rate: float | None = None,
+) -> dict[str, float]:
+    """Requests/s and latency of POSTing ``body`` to ``url``."""
+    target = f"{url}/webhooks/alertmanager"
+    if kind == "wrk":
+        out = await _run(
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                # wrk takes whole seconds only
+                f"-d{max(1, round(duration))}s",
+                "--timeout",
+                "5s",
+                "-s",
+                str(BENCH / "post.lua"),
+                target,
+            ],
+            {
+                "BENCH_BODY": str(body),
+                "BENCH_TOKEN": TOKEN,
+                "BENCH_RATE": str(rate or 0),
+            },
+            duration + 60,
+        )
+        line = next((x for x in out.splitlines() if x.startswith(WRK_LINE)), None)
+        if line is None:
+            raise BenchError(f"wrk printed no result:\n{out[-2000:]}")
+        data = json.loads(line.removeprefix(WRK_LINE))
+        seconds = data["duration_us"] / 1e6
+        good = data["requests"] - data["status_errors"]
+        return {
+            "rps": good / seconds,
+            "p50_ms": data["p50_us"] / 1000,
+            "p99_ms": data["p99_us"] / 1000,
+            "errors": data["errors"] + data["status_errors"],
+        }
+    mode = ["rate", "--rate", str(rate)] if rate else ["closed"]
+    out = await _run(
+        [
+            sys.executable,
+            str(BENCH / "loadgen.py"),
+            *mode,
+            "--url",
+            target,
+            "--body",
+            str(body),
+            "--connections",
+            str(connections),
+            "--duration",
+            str(duration),
+        ],
+        {},
+        duration + 60,
+    )
+    data = json.loads(out)
+    bad = sum(n for s, n in data["statuses"].items() if s != "202")
+    return {
+        "rps": (data["requests"] - bad) / data["elapsed"],
+        "p50_ms": data["p50_ms"],
+        "p99_ms": data["p99_ms"],
+        "errors": data["errors"] + bad,
+    }
+
+
+# ------------------------------------------------------------------ stores
+
+STORES = ("sqlite", "redis")
+
+
+@contextlib.contextmanager
+def receiver(
+    store: str, tmp: Path, *, rules: Path = RUNBOOK_RULES, env: dict | None = None
+) -> Iterator[tuple[object, str]]:
+    """A fresh receiver on a fresh store; yields (process, store URL)."""
+    run_dir = Path(tempfile.mkdtemp(dir=tmp, prefix=f"{store}-"))
+    with contextlib.ExitStack() as stack:
+        if store == "redis":
+            url = stack.enter_context(run_redis(run_dir))
+        else:
+            url = f"sqlite:///{run_dir / 'receiver.db'}"
+        proc = stack.enter_context(
+            run_receiver(run_dir, rules=rules, store=url, env=env)
+        )
+        yield proc, url
+
+
+class Decisions:
+    """Reads what the receiver recorded, straight from its store."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._seq = 0
+        self._seen = 0
+        self._db: sqlite3.Connection | None = None
+        self._redis = None
+
+    async def __aenter__(self) -> Self:
+        if self.url.startswith("sqlite:///"):
+            path = self.url.removeprefix("sqlite:///")
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        else:
+            import redis.asyncio  # noqa: PLC0415
+
+            self._redis = redis.asyncio.Redis.from_url(self.url)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._db is not None:
+            self._db.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def backlog(self) -> int:
+        """Accepted payloads not decided yet."""
+        if self._db is not None:
+            return int(
+                self._db.execute(
+                    "SELECT count(*) FROM journal WHERE state != 'done'"
+                ).fetchone()[0]
+            )
+        return int(await self._redis.xlen("receiver:journal"))
+
+    async def count(self) -> int:
+        """Decisions recorded."""
+        if self._db is not None:
+            return int(self._db.execute("SELECT count(*) FROM decisions").fetchone()[0])
+        return int(await self._redis.llen("receiver:decisions"))
+
+    async def new_fingerprints(self) -> list[str]:
+        """Fingerprints of decisions recorded since the last call."""
+        if self._db is not None:
+            rows = self._db.execute(
+                "SELECT seq, fingerprint FROM decisions WHERE seq > ? ORDER BY seq",
+                (self._seq,),
+            ).fetchall()
+            if rows:
+                self._seq = rows[-1][0]
+            return [r[1] for r in rows]
+        # LLEN and LRANGE in one transaction: records pushed in between would
+        # otherwise shift the newest-first list under the read.
+        want = 1000
+        for _ in range(20):
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.llen("receiver:decisions")
+            pipe.lrange("receiver:decisions", 0, want - 1)
+            total, raw = await pipe.execute()
+            fresh = int(total) - self._seen
+            if fresh <= len(raw):
+                break
+            want = fresh
+        else:
+            raise BenchError("decision log grows faster than it can be read")
+        self._seen = int(total)
+        return [json.loads(r[14:])["fingerprint"] for r in raw[: max(fresh, 0)]]
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[bool]], timeout: float, interval: float = 0.01
+) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(interval)
+    return await check()
+
+
+# ------------------------------------------------------------------ 1. ingest
+
+
+async def ingest(report: Report, sizes: Sizes, tmp: Path) -> None:
+    body = tmp / "one-alert.json"
+    body.write_bytes(one_alert_body())
+    targets = ["bare", *(s for s in STORES if s != "redis" or redis_binary())]
+    if "redis" not in targets:
+        report.notes.append("redis-server not installed: Redis rows skipped.")
+    peak: dict[str, list[dict[str, float]]] = {t: [] for t in targets}
+    for run in range(sizes.runs):
+        for target in targets:
+            log(f"ingest {target} run {run + 1}/{sizes.runs}")
+            with contextlib.ExitStack() as stack:
+                store = None
+                if target == "bare":
+                    url = stack.enter_context(run_bare(tmp)).url
+                else:
+                    proc, store = stack.enter_context(receiver(target, tmp))
+                    url = proc.url
+                await load(
+                    report.loadgen,
+                    url,
+                    body,
+                    duration=sizes.warmup,
+                    connections=sizes.connections,
+                )
+                result = await load(
+                    report.loadgen,
+                    url,
+                    body,
+                    duration=sizes.duration,
+                    connections=sizes.connections,
+                )
+                if store is not None:
+                    async with Decisions(store) as reader:
+                        result["backlog"] = await reader.backlog()
+                peak[target].append(result)
+    bare_rps = Spread.of([r["rps"] for r in peak["bare"]]).median
+    half = bare_rps / 2
+    paced: dict[str, list[dict[str, float]]] = {t: [] for t in targets if t != "bare"}
+    for run in range(sizes.runs):
+        for target, results in paced.items():
+            log(f"ingest {target} at {half:,.0f}/s, run {run + 1}/{sizes.runs}")
+            with receiver(target, tmp) as (proc, _):
+                await load(
+                    report.loadgen,
+                    proc.url,
+                    body,
+                    duration=sizes.warmup,
+                    connections=16,
+                    rate=half,
+                )
+                results.append(
+                    await load(
+                        report.loadgen,
+                        proc.url,
+                        body,
+                        duration=sizes.duration,
+                        connections=16,
+                        rate=half,
+                    )
+                )
+    rows = []
+    for target in targets:
+        rps = Spread.of([r["rps"] for r in peak[target]])
+        share = Spread.of([r["rps"] / bare_rps * 100 for r in peak[target]])
+        errors = sum(r["errors"] for r in peak[target])
+        row = [
+            "bare aiohttp" if target == "bare" else f"receiver, {target}",
+            rps.fmt(0),
+            Spread.of([r["p50_ms"] for r in peak[target]]).fmt(2),
+            Spread.of([r["p99_ms"] for r in peak[target]]).fmt(2),
+            share.fmt(0) + " %",
+        ]
+        if target == "bare":
+            row += ["-", "-", "-", "-"]
+        else:
+            at = paced[target]
+            p99 = Spread.of([r["p99_ms"] for r in at])
+            errors += sum(r["errors"] for r in at)
+            row += [
+                Spread.of([r["backlog"] for r in peak[target]]).fmt(0),
+                Spread.of([r["rps"] for r in at]).fmt(0),
+                Spread.of([r["p50_ms"] for r in at]).fmt(2),
+                p99.fmt(2),
+            ]
+            report.target(
+                f"ingest ({target}) >= 50% of bare requests/s",
+                share.median >= 50,
+                f"{share.median:.0f} % ({rps.median:,.0f} vs {bare_rps:,.0f} req/s)",
+            )
+            achieved = Spread.of([r["rps"] for r in at]).median
+            report.target(
+                f"ingest ({target}) p99 < 25 ms at half the bare rate",
+                p99.median < 25 and achieved >= 0.95 * half,
+                f"p99 {p99.median:.2f} ms at {achieved:,.0f} of {half:,.0f} req/s",
+            )
+        row.append(str(int(errors)))
+        rows.append(row)
+    report.table(
+        "1. Ingest: POST /webhooks/alertmanager, one-alert payload, bearer auth",
+        [
+            "server",
+            "req/s (saturated)",
+            "p50 ms",
+            "p99 ms",
+            "of bare",
+            "undecided at end",
+            f"req/s paced at {half:,.0f}/s",
+            "p50 ms",
+            "p99 ms",
+            "non-202",
+        ],
+        rows,
+    )
+
+
+# ------------------------------------------------------------------ 2. end to end
+
+E2E_RULES = """
+playbooks:
+  bench:
+    description: one probe (a real step that starts), one remediation (dry-run)
+    diagnostics:
+      - type: http.get
+        name: probe
+        url: "http://127.0.0.1:{port}/probe/{{alert.fingerprint}}"
+    remediation:
+      - type: http.request
+        url: "http://127.0.0.1:{port}/remediate/{{alert.fingerprint}}"
+    guards:
+      dry_run: true
+rules:
+  - name: bench-e2e
+    match: ['alertname="BenchE2E"']
+    playbook: bench
+"""
+
+
+class Probe:
+    """The loopback endpoint the bench playbook's diagnostic calls."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, float] = {}
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        """Listen on a free loopback port."""
+
+        async def hit(request: web.Request) -> web.Response:
+            self.first.setdefault(request.match_info["fp"], time.time())
+            return web.json_response({"ok": True})
+
+        app = web.Application()
+        app.router.add_get("/probe/{fp}", hit)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def e2e_run(
+    store: str,
+    tmp: Path,
+    rules: Path,
+    probe: Probe,
+    sizes: Sizes,
+    tag: str,
+    *,
+    rate: float | None,
+) -> dict[str, float]:
+    env = {
+        "RECEIVER_MODE": "execute",
+        "RECEIVER_HTTP_ALLOWLIST": f"127.0.0.1:{probe.port}",
+    }
+    probe.first.clear()
+    with receiver(store, tmp, rules=rules, env=env) as (proc, url):
+        args = [
+            sys.executable,
+            str(BENCH / "loadgen.py"),
+            "e2e",
+            "--url",
+            f"{proc.url}/webhooks/alertmanager",
+            "--tag",
+            tag,
+            "--connections",
+            "16",
+        ]
+        if rate is None:
+            args += ["--count", str(sizes.e2e_count), "--duration", "60"]
+        else:
+            args += ["--rate", f"{rate:.3f}", "--duration", str(sizes.e2e_duration)]
+        decided: dict[str, float] = {}
+        async with Decisions(url) as reader:
+            sender = asyncio.create_task(_run(args, {}, 120))
+            while not sender.done():
+                now = time.time()
+                for fp in await reader.new_fingerprints():
+                    decided.setdefault(fp, now)
+                await asyncio.sleep(0.005)
+            result = json.loads(await sender)
+            sends = {fp: at for fp, at, status in result["sends"] if status == 202}
+
+            async def all_decided() -> bool:
+                now = time.time()
+                for fp in await reader.new_fingerprints():
+                    decided.setdefault(fp, now)
+                return all(fp in decided for fp in sends)
+
+            if not await wait_for(all_decided, sizes.drain_timeout, 0.005):
+                missing = sum(fp not in decided for fp in sends)
+                raise BenchError(f"e2e {store}: {missing} alerts never decided")
+    if not sends:
+        raise BenchError(f"e2e {store}: no payload accepted")
+    first = min(sends.values())
+    last = max(decided[fp] for fp in sends)
+    to_decision = [decided[fp] - at for fp, at in sends.items()]
+    to_step = [probe.first[fp] - at for fp, at in sends.items() if fp in probe.first]
+    return {
+        "alerts_per_s": len(sends) / (last - first),
+        "rate": len(sends) / result["elapsed"],
+        "decision_p50": percentile(to_decision, 50) * 1000,
+        "decision_p99": percentile(to_decision, 99) * 1000,
+        "step_p50": percentile(to_step, 50) * 1000,
+        "step_p99": percentile(to_step, 99) * 1000,
+        "steps_seen": len(to_step) / len(sends),
+        "errors": len(result["sends"]) - len(sends) + result["errors"],
+    }
+
+
+async def e2e(report: Report, sizes: Sizes, tmp: Path) -> None:
+    probe = Probe()
+    await probe.start()
+    try:
+        rules = tmp / "e2e-rules.yaml"
+        rules.write_text(E2E_RULES.format(port=probe.port))
+        rows = []
+        for store in (s for s in STORES if s != "redis" or redis_binary()):
+            capacity = []
+            for run in range(sizes.runs):
+                log(f"e2e {store} capacity run {run + 1}/{sizes.runs}")
+                capacity.append(
+                    await e2e_run(store, tmp, rules, probe, sizes, f"c{run}", rate=None)
+                )
+            cap = Spread.of([r["alerts_per_s"] for r in capacity])
+            rate = max(cap.median / 2, 2.0)
+            steady = []
+            for run in range(sizes.runs):
+                log(f"e2e {store} at {rate:.0f}/s run {run + 1}/{sizes.runs}")
+                steady.append(
+                    await e2e_run(store, tmp, rules, probe, sizes, f"s{run}", rate=rate)
+                )
+            rows.append(
+                [
+                    store,
+                    cap.fmt(0),
+                    Spread.of([r["rate"] for r in steady]).fmt(0),
+                    Spread.of([r["step_p50"] for r in steady]).fmt(1),
+                    Spread.of([r["step_p99"] for r in steady]).fmt(1),
+                    Spread.of([r["decision_p50"] for r in steady]).fmt(1),
+                    Spread.of([r["decision_p99"] for r in steady]).fmt(1),
+                    str(int(sum(r["errors"] for r in capacity + steady))),
+                ]
+            )
+    finally:
+        await probe.stop()
+    report.table(
+        "2. End to end: POST -> first step starts -> decision recorded",
+        [
+            "store",
+            "alerts/s (saturated)",
+            "steady alerts/s",
+            "first step p50 ms",
+            "p99 ms",
+            "decision p50 ms",
+            "p99 ms",
+            "non-202",
+        ],
+        rows,
+    )
+
+
+# ------------------------------------------------------------------ 3. rule scale
+
+
+def synthetic_rules(n: int, *, regex: bool = True) -> tuple[list[dict], int]:
+    """``n`` rules: most pin alertname=, a tenth another label, 1% regex only.
+
+    Without ``regex`` the regex-only rules pin alertname= like the rest.
+    """
+    rules: list[dict] = []
+    regex_only = 0
+    for i in range(n):
+        if regex and (i % 100 == 50 or (n < 100 and i == n // 2)):
+            regex_only += 1
+            match = [
+                'namespace=~"prod.*|production"',
+                f'team=~"team-{i}|squad-{i}"',
+            ]
+        elif i % 10 == 7:
+            match = [f'service="svc-{i}"', 'alertname=~"Gen.*"']
+        elif i % 3 == 0:
+            match = [f'alertname="Gen{i}"', 'namespace=~"prod.*|production"']
+        elif i % 5 == 1:
+            match = [f'alertname="Gen{i}"', 'severity="critical"', 'team!=""']
+        else:
+            match = [f'alertname="Gen{i}"']
+        rules.append(
+            {"name": f"r{i}", "match": match, "playbook": "p", "status": "any"}
+        )
+    return rules, regex_only
+
+
+def rule_scale(report: Report, sizes: Sizes) -> None:
+    from receiver.rulebook.loader import Rulebook  # noqa: PLC0415
+    from receiver.rulebook.matchers import Matcher  # noqa: PLC0415
+    from receiver.rulebook.schema import CompiledRule, Playbook, Rule  # noqa: PLC0415
+    from receiver.sources import alertmanager  # noqa: PLC0415
+
+    rows = []
+    per_alert: dict[int, float] = {}
+    per_alert_eq: dict[int, float] = {}
+    now = datetime.now(UTC)
+
+    def build(raw: list[dict]) -> Rulebook:
+        compiled = [
+            CompiledRule(
+                i,
+                Rule.model_validate(r),
+                tuple(Matcher.parse(m) for m in r["match"]),
+                "bench",
+            )
+            for i, r in enumerate(raw)
+        ]
+        return Rulebook(tuple(compiled), {"p": Playbook()})
+
+    for n in sizes.rule_sizes:
+        raw, regex_only = synthetic_rules(n)
+        book = build(raw)
+        plain = build(synthetic_rules(n, regex=False)[0])
+        rng = random.Random(n)
+        items = []
+        for k in range(500):
+            i = rng.randrange(n)
+            labels = {
+                "alertname": f"Gen{i}" if k % 10 else f"Unknown{i}",
+                "namespace": "production",
+                "severity": "critical",
+                "team": "sre",
+                "service": f"svc-{rng.randrange(n)}",
+                "instance": f"10.0.0.{k % 250}:8080",
+            }
+            items.append(
+                {
+                    "status": "firing",
+                    "labels": labels,
+                    "annotations": {},
+                    "startsAt": "2026-11-26T10:00:00Z",
+                    "endsAt": "0001-01-01T00:00:00Z",
+                    "fingerprint": f"{k:016x}",
+                }
+            )
+        alerts = alertmanager.to_alerts(
+            {"version": "4", "status": "firing", "receiver": "b", "alerts": items}, now
+        )
+        for rulebook in (book, plain):
+            for a in alerts:
+                fast = [m.rule.name for m in rulebook.match(a, now)]
+                slow = [m.rule.name for m in rulebook.match(a, now, linear=True)]
+                if fast != slow:
+                    raise BenchError(f"index and linear scan disagree at {n} rules")
+
+        def timed(rulebook: Rulebook, *, linear: bool, alerts: list = alerts) -> float:
+            count = 0
+            start = time.perf_counter()
+            deadline = start + sizes.match_seconds
+            # bounded by time (linear scans of 10k rules are slow) and by count
+            while True:
+                for a in alerts:
+                    rulebook.match(a, now, linear=linear)
+                count += len(alerts)
+                if time.perf_counter() >= deadline or count >= 200_000:
+                    break
+            return (time.perf_counter() - start) / count * 1e6
+
+        index = Spread.of([timed(book, linear=False) for _ in range(sizes.runs)])
+        linear = Spread.of([timed(book, linear=True) for _ in range(sizes.runs)])
+        only_eq = Spread.of([timed(plain, linear=False) for _ in range(sizes.runs)])
+        per_alert[n] = index.median
+        per_alert_eq[n] = only_eq.median
+        rows.append(
+            [
+                f"{n:,}",
+                str(regex_only),
+                index.fmt(1),
+                linear.fmt(1),
+                f"{linear.median / index.median:,.1f}x",
+                only_eq.fmt(1),
+            ]
+        )
+        log(f"rules {n}: index {index.median:.1f} us, linear {linear.median:.1f} us")
+    small, big = min(per_alert), max(per_alert)
+    ratio = per_alert[big] / per_alert[small]
+    report.target(
+        f"matching at {big:,} rules within 2x of {small:,} rules (index)",
+        ratio <= 2,
+        f"{ratio:.2f}x ({per_alert[big]:.1f} vs {per_alert[small]:.1f} us/alert)",
+    )
+    eq_ratio = per_alert_eq[big] / per_alert_eq[small]
+    report.notes.append(
+        f"rule scale without regex-only rules: {big:,} rules cost {eq_ratio:.2f}x "
+        f"of {small:,} ({per_alert_eq[big]:.1f} vs {per_alert_eq[small]:.1f} us)"
+    )
+    report.table(
+        "3. Rule scale: Rulebook.match per alert (90% matching, 10% unmatched)",
+        [
+            "rules",
+            "regex-only",
+            "index us/alert",
+            "linear us/alert",
+            "index speedup",
+            "index, no regex-only rules",
+        ],
+        rows,
+    )
+
+
+# ------------------------------------------------------------------ 4. storm
+
+
+async def storm_run(
+    store: str, tmp: Path, bodies: list[bytes], expected: int, sizes: Sizes
+) -> dict[str, float]:
+    with receiver(store, tmp) as (proc, url):
+        async with Decisions(url) as reader:
+            timeout = aiohttp.ClientTimeout(total=120)
+            headers = {**AUTH, "Content-Type": "application/json"}
+            conn = aiohttp.TCPConnector(limit=16)
+            async with aiohttp.ClientSession(timeout=timeout, connector=conn) as http:
+                sem = asyncio.Semaphore(16)
+                statuses: list[int] = []
+
+                async def post(body: bytes) -> None:
+                    async with (
+                        sem,
+                        http.post(
+                            f"{proc.url}/webhooks/alertmanager",
+                            data=body,
+                            headers=headers,
+                        ) as resp,
+                    ):
+                        await resp.read()
+                        statuses.append(resp.status)
+
+                start = time.monotonic()
+                await asyncio.gather(*(post(b) for b in bodies))
+                accepted = time.monotonic() - start
+
+                async def done() -> bool:
+                    return await reader.count() >= expected
+
+                finished = await wait_for(done, sizes.drain_timeout)
+                elapsed = time.monotonic() - start
+        if not finished:
+            raise BenchError(
+                f"storm on {store}: {await _count(url)} of {expected} decided "
+                f"after {sizes.drain_timeout:.0f}s"
+            )
+        bad = sum(s != 202 for s in statuses)
+        return {
+            "seconds": elapsed,
+            "accepted": accepted,
+            "rss": peak_rss_mib(proc.pid),
+            "errors": bad,
+        }
+
+
+async def _count(url: str) -> int:
+    async with Decisions(url) as reader:
+        return await reader.count()
+
+
+async def storm(report: Report, sizes: Sizes, tmp: Path) -> None:
+    rows = []
+    n = sizes.storm_alerts
+    burst_n = sizes.burst_payloads * sizes.burst_per
+    for store in (s for s in STORES if s != "redis" or redis_binary()):
+        one, many = [], []
+        for run in range(sizes.runs):
+            log(f"storm {store} {n} alerts run {run + 1}/{sizes.runs}")
+            one.append(
+                await storm_run(store, tmp, [storm_body(n, f"s{run}")], n, sizes)
+            )
+            log(f"burst {store} {sizes.burst_payloads}x{sizes.burst_per} run {run + 1}")
+            bodies = burst_bodies(sizes.burst_payloads, sizes.burst_per, f"b{run}")
+            many.append(await storm_run(store, tmp, bodies, burst_n, sizes))
+        secs = Spread.of([r["seconds"] for r in one])
+        rss = Spread.of([r["rss"] for r in one])
+        rows.append(
+            [
+                store,
+                secs.fmt(2),
+                Spread.of([r["accepted"] for r in one]).fmt(2),
+                rss.fmt(0),
+                Spread.of([r["seconds"] for r in many]).fmt(2),
+                Spread.of([r["rss"] for r in many]).fmt(0),
+                str(int(sum(r["errors"] for r in one + many))),
+            ]
+        )
+        if store == "sqlite":
+            report.target(
+                f"{n:,}-alert storm decided in < 2 s (sqlite)",
+                secs.median < 2,
+                f"{secs.median:.2f} s",
+            )
+            report.target(
+                f"{n:,}-alert storm peak RSS < 200 MiB (sqlite)",
+                rss.median < 200,
+                f"{rss.median:.0f} MiB",
+            )
+    report.table(
+        f"4. Storm: one payload of {n:,} alerts; a burst of "
+        f"{sizes.burst_payloads} payloads x {sizes.burst_per} alerts",
+        [
+            "store",
+            f"{n:,} alerts: all decided s",
+            "202 after s",
+            "peak RSS MiB",
+            f"burst of {burst_n:,}: all decided s",
+            "peak RSS MiB",
+            "non-202",
+        ],
+        rows,
+    )
+
+
+# ------------------------------------------------------------------ output
+
+
+def machine(loadgen: str) -> list[str]:
+    wrk = ""
+    if loadgen == "wrk":
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            first = subprocess.run(
+                ["wrk", "--version"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+            ).stdout.splitlines()
+            wrk = f" ({first[0].split(' [')[0]})" if first else ""
+    commit = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    return [
+        (
+            f"- machine: {os.cpu_count()} cores, {platform.machine()}, "
+            f"{platform.system()} {platform.release()}"
+        ),
+        f"- Python {platform.python_version()} ({platform.python_implementation()})",
+        f"- load generator: {loadgen}{wrk}, a separate process on loopback",
+        f"- commit {commit or '?'}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+    ]
+
+
+def render(report: Report, seconds: float) -> str:
+    sizes = report.sizes
+    lines = [
+        "# Benchmark results",
+        "",
+        (
+            "Written by `make bench` (`bench/run.py`); see bench/README.md for what "
+            f"each part measures. Each figure is the median of {sizes.runs} runs, "
+            "with (min-max)."
+        ),
+        "",
+        *machine(report.loadgen),
+        f"- whole run: {seconds:.0f} s",
+        "",
+        "## Targets",
+        "",
+    ]
+    for name, ok, detail in report.targets:
+        mark = "n/a" if ok is None else ("holds" if ok else "MISSED")
+        lines.append(f"- **{mark}**: {name}: {detail}")
+    lines.append("")
+    for section in report.sections:
+        lines += [section, ""]
+    for note in report.notes:
+        lines.append(f"- note: {note}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write(path: Path, text: str) -> None:
+    kept = ""
+    if path.exists():
+        old = path.read_text(encoding="utf-8")
+        if MARKER in old:
+            kept = old.split(MARKER, 1)[1]
+    path.write_text(f"{text}\n{MARKER}{kept or chr(10)}", encoding="utf-8")
+
+
+PARTS = ("ingest", "e2e", "rules", "storm")
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    sizes = SMOKE if args.smoke else Sizes()
+    if args.runs:
+        sizes = Sizes(**{**sizes.__dict__, "runs": args.runs})
+    loadgen = args.loadgen
+    if loadgen == "auto":
+        loadgen = "wrk" if shutil.which("wrk") else "python"
+        if loadgen == "python" and not args.smoke:
+            log("wrk not found: using the Python load generator (apt-get install wrk)")
+    report = Report(sizes, loadgen)
+    started = time.monotonic()
+    parts = args.parts.split(",") if args.parts else list(PARTS)
+    with tempfile.TemporaryDirectory(prefix="receiver-bench-") as raw:
+        tmp = Path(raw)
+        if "rules" in parts:
+            rule_scale(report, sizes)
+        if "ingest" in parts:
+            await ingest(report, sizes, tmp)
+        if "e2e" in parts:
+            await e2e(report, sizes, tmp)
+        if "storm" in parts:
+            await storm(report, sizes, tmp)
+    text = render(report, time.monotonic() - started)
+    print("\n" + text.split("## Targets", 1)[1].split("###", 1)[0].strip())
+    out = args.out or (None if args.smoke else BENCH / "RESULTS.md")
+    if out is not None:
+        write(Path(out), text)
+        log(f"wrote {out}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds")
+    parser.add_argument("--out", type=Path, help="results file (smoke: none)")
+    parser.add_argument("--runs", type=int, help="runs per figure")
+    parser.add_argument("--parts", help=f"comma-separated subset of {','.join(PARTS)}")
+    parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
+    return asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The benchmark still runs: every part of bench/run.py in smoke mode, untimed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from peers import require_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.e2e
+def test_bench_smoke_runs_every_part(tmp_path):
+    """`bench/run.py --smoke` runs all four parts and writes its results file."""
+    require_binary("redis-server")
+    out = tmp_path / "RESULTS.md"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--smoke",
+            "--loadgen",
+            "python",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    text = out.read_text()
+    for part in ("1. Ingest", "2. End to end", "3. Rule scale", "4. Storm"):
+        assert part in text
+    for row in ("bare aiohttp", "receiver, sqlite", "receiver, redis"):
+        assert row in text
+    assert "## Targets" in text
+    assert "cores" in text
