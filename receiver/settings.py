@@ -123,9 +123,57 @@ class Settings(BaseModel):
     prometheus_url: str | None = Field(
         default=None, description="Prometheus base URL for prometheus.query steps."
     )
+    # ------------------------------------------------------------ Kubernetes
     namespaces: list[str] | None = Field(
         default=None,
         description="Kubernetes namespaces steps may touch; unset means any.",
+    )
+    kube_mode: Literal["off", "in-cluster", "kubeconfig", "host"] = Field(
+        default="off",
+        description="How k8s.* steps reach the API server: off (no k8s executor), "
+        "in-cluster (the pod's service account), kubeconfig (kubeconfig + "
+        "kube_context) or host (kube_host with kube_token_file / kube_ca_file).",
+    )
+    kubeconfig: Path | None = Field(
+        default=None,
+        description="kubeconfig file for kube_mode=kubeconfig (default "
+        "~/.kube/config).",
+    )
+    kube_context: str | None = Field(
+        default=None,
+        description="kubeconfig context (default: the file's current-context).",
+    )
+    kube_host: str | None = Field(
+        default=None,
+        description="API server URL for kube_mode=host; overrides the in-cluster "
+        "address for kube_mode=in-cluster.",
+    )
+    kube_token_file: Path | None = Field(
+        default=None,
+        description="Bearer token file, re-read when it rotates (in-cluster "
+        "default: the service-account token).",
+    )
+    kube_ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle for the API server's certificate (in-cluster "
+        "default: the service-account ca.crt).",
+    )
+    kube_insecure: bool = Field(
+        default=False,
+        description="Skip TLS verification of the API server (tests only).",
+    )
+    kube_request_timeout: Duration = Field(
+        default=timedelta(seconds=10),
+        description="Timeout of one Kubernetes API request.",
+    )
+    kube_poll_interval: Duration = Field(
+        default=timedelta(seconds=2),
+        description="How often k8s verifications (rollout status, pods ready) poll.",
+    )
+    kube_allowed_kinds: list[str] | None = Field(
+        default=None,
+        description="Kinds k8s.* steps may read or change (e.g. Deployment,Pod); "
+        "unset means every kind the steps know.",
     )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: console on a TTY, JSON otherwise."
@@ -194,6 +242,18 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         else:
             values[name] = raw
     return values
+
+
+def in_cluster_host(environ: Mapping[str, str] | None = None) -> str | None:
+    """The API server URL a pod is given (KUBERNETES_SERVICE_HOST/PORT), if any."""
+    env = os.environ if environ is None else environ
+    host = env.get("KUBERNETES_SERVICE_HOST", "")
+    port = env.get("KUBERNETES_SERVICE_PORT", "")
+    if not host or not port:
+        return None
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    return f"https://{host}:{port}"
 
 
 def load_settings(

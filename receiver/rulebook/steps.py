@@ -216,6 +216,13 @@ class RolloutStatusVerify(BaseModel):
     """Wait until a rollout has caught up (observedGeneration, replicas ready)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Polls the workload; after k8s.patch_hpa, the HPA's scale target.
+    rbac: ClassVar[Rbac] = (
+        ("apps", "deployments", ("get",)),
+        ("apps", "statefulsets", ("get",)),
+        ("apps", "daemonsets", ("get",)),
+        ("autoscaling", "horizontalpodautoscalers", ("get",)),
+    )
     type: Literal["k8s.rollout_status"] = "k8s.rollout_status"
     timeout: Duration = timedelta(minutes=5)
 
@@ -224,6 +231,13 @@ class PodsReadyVerify(BaseModel):
     """Wait until at least ``min_ready`` pods of the workload are ready."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    rbac: ClassVar[Rbac] = (
+        ("", "pods", ("list",)),
+        ("apps", "deployments", ("get",)),
+        ("apps", "statefulsets", ("get",)),
+        ("apps", "daemonsets", ("get",)),
+        ("autoscaling", "horizontalpodautoscalers", ("get",)),
+    )
     type: Literal["k8s.pods_ready"] = "k8s.pods_ready"
     min_ready: int = Field(default=1, ge=1)
     timeout: Duration = timedelta(minutes=5)

@@ -1,6 +1,6 @@
 """Step executors: the only code that touches the systems alerts are about.
 
-Each family (``http``, ``prometheus``, later ``k8s`` and ``redis``) has an
+Each family (``http``, ``prometheus``, ``k8s``, later ``redis``) has an
 executor built from settings with injected clients and handed to ``create_app``;
 the engine never imports these modules.
 """
@@ -11,9 +11,10 @@ import httpx
 
 from receiver.settings import Settings
 from receiver.steps.http import HttpExecutor
+from receiver.steps.kubernetes import KubernetesExecutor
 from receiver.steps.prometheus import PrometheusExecutor
 
-Built = HttpExecutor | PrometheusExecutor
+Built = HttpExecutor | PrometheusExecutor | KubernetesExecutor
 
 
 def build_executors(settings: Settings) -> dict[str, Built]:
@@ -29,4 +30,6 @@ def build_executors(settings: Settings) -> dict[str, Built]:
         executors["prometheus"] = PrometheusExecutor(
             httpx.AsyncClient(timeout=timeout), {"default": settings.prometheus_url}
         )
+    if settings.kube_mode != "off":
+        executors["k8s"] = KubernetesExecutor.from_settings(settings)
     return executors
