@@ -1015,12 +1015,15 @@ def seed_rollout(
     ready: int | None = None,
     paused: bool = False,
     crash: tuple[str, int] | None = None,
+    at: datetime | None = None,
 ) -> Rollout:
     """A Deployment whose history is ``revisions`` (image, age, change-cause).
 
     The last revision is current: its ReplicaSet runs ``replicas`` pods, of which
-    ``ready`` are ready (the others crash-loop with ``crash`` as last exit).
+    ``ready`` are ready (the others crash-loop with ``crash`` as last exit). Ages
+    count back from ``at`` (default: now).
     """
+    at = at or now()
     ready = replicas if ready is None else ready
     image, _, cause = revisions[-1]
     annotations = {REVISION: str(len(revisions))}
@@ -1050,7 +1053,7 @@ def seed_rollout(
                     template=template,
                     revision=number,
                     replicas=replicas if current else 0,
-                    created=now() - age,
+                    created=at - age,
                     change_cause=rev_cause,
                 )
             )
@@ -1174,8 +1177,9 @@ def event(
     age: timedelta,
     type_: str = "Warning",
     count: int = 1,
+    at: datetime | None = None,
 ) -> dict[str, Any]:
-    when = stamp(now() - age)
+    when = stamp((at or now()) - age)
     return {
         "apiVersion": "v1",
         "kind": "Event",

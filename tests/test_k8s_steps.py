@@ -397,7 +397,8 @@ async def test_pods_by_selector_is_capped_and_says_so(kube):
 
 async def test_events_are_newest_first_for_the_object_and_its_pods(kube):
     """k8s.events merges the deployment's, its ReplicaSets' and pods' events."""
-    rollout = seed_rollout(kube.cluster, NS, "sark", HISTORY, ready=2)
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    rollout = seed_rollout(kube.cluster, NS, "sark", HISTORY, ready=2, at=t0)
     pod = rollout.pods[2]["metadata"]["name"]
     rs = rollout.replica_sets[1]["metadata"]["name"]
     seen = [
@@ -422,10 +423,11 @@ async def test_events_are_newest_first_for_the_object_and_its_pods(kube):
                 age=timedelta(seconds=seconds),
                 type_=type_ or "Warning",
                 count=14 if why == "BackOff" else 1,
+                at=t0,
             )
         )
     step = K8sEvents(namespace=NS, object_name="sark", limit=3)
-    result = await kube.executor().run(step, ALERT)
+    result = await kube.executor(clock=lambda: t0).run(step, ALERT)
     shown = [e["reason"] for e in result.result["events"]]
     assert shown == ["BackOff", "FailedCreate", "Pulled"]
     assert result.result["total"] == 4
@@ -632,14 +634,16 @@ async def test_rollout_undo_refuses_an_unknown_revision(kube):
 
 async def test_rollout_undo_skips_when_the_rollout_is_older_than_the_window(kube):
     """only_if_rollout_within: an old current revision is left alone, with why."""
+    t0 = datetime.now(UTC).replace(microsecond=0)
     seed_rollout(
         kube.cluster,
         NS,
         "sark",
         [("a:1", timedelta(days=9), None), ("a:2", timedelta(hours=5), None)],
+        at=t0,
     )
     step = K8sRolloutUndo(namespace=NS, deployment="sark", only_if_rollout_within="2h")
-    result = await kube.executor().run(step, ALERT)
+    result = await kube.executor(clock=lambda: t0).run(step, ALERT)
     assert result.ok
     assert result.result["rolled_back"] is False
     assert "first rolled out 5h ago, not within 2h" in result.reason
