@@ -1,7 +1,8 @@
 """``create_app``: the aiohttp application with every dependency passed in.
 
-Called by ``receiver serve`` and by tests. The store, the clock and the step
-executors are injected; the worker is started and stopped in ``cleanup_ctx``.
+Called by ``receiver serve`` and by tests. The store, the clock, the step
+executors and the sinks are injected; the worker (and the sink dispatcher it feeds)
+are started and stopped in ``cleanup_ctx``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ from receiver.engine.worker import Processor, Worker, consumer_name
 from receiver.metrics import Metrics
 from receiver.rulebook.loader import Rulebook
 from receiver.settings import Settings
+from receiver.sinks import (
+    Sink,
+    SinkDispatcher,
+    build_sinks,
+    playbook_sinks,
+    scrubber,
+)
 from receiver.store.base import Store
 from receiver.web.auth import Authenticator
 from receiver.web.handlers import Handlers
@@ -26,6 +34,7 @@ from receiver.web.problems import make_middleware
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 PROCESSOR = web.AppKey("processor", Processor)
+SINKS = web.AppKey("sinks", SinkDispatcher)
 
 
 def utc_now() -> datetime:
@@ -55,8 +64,13 @@ def create_app(
     clock: Callable[[], datetime] = utc_now,
     executors: Mapping[str, Executor] | None = None,
     metrics: Metrics | None = None,
+    sinks: Mapping[str, Sink] | None = None,
 ) -> web.Application:
-    """Build the application; the worker starts with the app and stops with it."""
+    """Build the application; the worker starts with the app and stops with it.
+
+    ``sinks`` default to those settings configure (``build_sinks``); pass ``{}``
+    for none.
+    """
     metrics = metrics or Metrics()
     metrics.rules_loaded.set(len(rulebook.rules))
     consumer = consumer_name()
@@ -117,6 +131,19 @@ def create_app(
     r.add_get("/metrics", handlers.metrics)
     r.add_get("/openapi.json", handlers.openapi)
 
+    sinks = build_sinks(settings) if sinks is None else sinks
+    dispatcher = None
+    if sinks or settings.sinks:
+        dispatcher = SinkDispatcher(
+            sinks,
+            store=store,
+            choose=lambda trace: playbook_sinks(
+                trace, processor.rulebook.playbooks, settings.sinks
+            ),
+            clock=clock,
+            scrub=scrubber(settings),
+        )
+        app[SINKS] = dispatcher
     worker = Worker(
         store,
         processor,
@@ -124,12 +151,15 @@ def create_app(
         metrics=metrics,
         consumer=consumer,
         clock=clock,
+        on_complete=dispatcher.submit if dispatcher is not None else None,
     )
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await worker.start()
         yield
         await worker.stop()
+        if dispatcher is not None:
+            await dispatcher.aclose()
         for executor in (executors or {}).values():
             close = getattr(executor, "aclose", None)
             if close is not None:

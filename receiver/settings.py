@@ -3,7 +3,9 @@
 Precedence: defaults < YAML file (``--config``) < environment < command-line flags.
 Every field can also come from ``RECEIVER_<NAME>_FILE``, a file holding the value
 (how Kubernetes and Docker hand out secrets). List fields are comma-separated in
-the environment. This is the only module that reads ``os.environ``.
+the environment; mapping fields (``redis_targets``, ``prometheus_targets``) are
+``name=url,name2=url2`` (commas or newlines). This is the only module that reads
+``os.environ``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 from pydantic import (
@@ -23,6 +26,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    model_validator,
 )
 
 from receiver.errors import ConfigError
@@ -31,6 +35,50 @@ from receiver.rulebook.templates import parse_duration
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 ENV_PREFIX = "RECEIVER_"
+
+SinkName = Literal["pagerduty_note", "pagerduty_event", "slack", "webhook"]
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+def redis_identity(url: str) -> tuple[str, str, int]:
+    """``(host, port or socket path, db)`` of a Redis URL, loopback names folded.
+
+    Two URLs with the same identity reach the same keyspace, whatever their
+    credentials or options.
+    """
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    db_text = query.get("db", [""])[0] or parts.path.strip("/") or "0"
+    if parts.scheme == "unix":
+        return ("unix", parts.path, int(query.get("db", ["0"])[0] or 0))
+    host = (parts.hostname or "localhost").lower()
+    host = "loopback" if host in _LOOPBACK else host
+    try:
+        port = str(parts.port or 6379)
+        db = int(db_text)
+    except ValueError as exc:
+        raise ValueError(
+            f"{parts.scheme}://{host}: port and database must be numbers"
+        ) from exc
+    return (host, port, db)
+
+
+def _where(url: str) -> str:
+    """A URL without its credentials, for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or parts.path
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path if parts.hostname else ''}"
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The credential parts of a URL (password, user:password), for redaction."""
+    parts = urlsplit(url)
+    found = []
+    if parts.password:
+        found += [parts.password, unquote(parts.password)]
+        found.append(f"{parts.username or ''}:{parts.password}")
+    return [f for f in found if f and f != ":"]
 
 
 class Settings(BaseModel):
@@ -121,7 +169,74 @@ class Settings(BaseModel):
         description="Hosts (host or host:port) http steps may call.",
     )
     prometheus_url: str | None = Field(
-        default=None, description="Prometheus base URL for prometheus.query steps."
+        default=None,
+        description="Prometheus base URL for prometheus.query steps (the target "
+        "named 'default').",
+    )
+    prometheus_targets: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="More Prometheus servers: name -> base URL (may carry "
+        "user:password); steps pick one with `prometheus: NAME`.",
+    )
+    redis_targets: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Redis servers redis.* steps may touch: name -> "
+        "redis://[:password@]host:port/db (rediss:// for TLS). Never the "
+        "receiver's own store.",
+    )
+    redis_timeout: Duration = Field(
+        default=timedelta(seconds=5),
+        description="Socket connect and read timeout for redis.* steps.",
+    )
+    # ------------------------------------------------------------ sinks
+    sinks: list[SinkName] = Field(
+        default_factory=list,
+        description="Sinks every playbook writes to unless it names its own: "
+        "pagerduty_note, pagerduty_event, slack, webhook.",
+    )
+    pagerduty_api_url: str = Field(
+        default="https://api.pagerduty.com",
+        description="PagerDuty REST API base URL (pagerduty_note).",
+    )
+    pagerduty_api_token: SecretStr | None = Field(
+        default=None, description="PagerDuty REST API token (pagerduty_note)."
+    )
+    pagerduty_from: str | None = Field(
+        default=None,
+        pattern=r"^[^@\s]+@[^@\s]+$",
+        description="Email of the PagerDuty user notes are posted as (From header).",
+    )
+    pagerduty_events_url: str = Field(
+        default="https://events.pagerduty.com/v2/enqueue",
+        description="Events API v2 endpoint (pagerduty_event).",
+    )
+    pagerduty_routing_key: SecretStr | None = Field(
+        default=None,
+        description="Integration key pagerduty_event sends with (usually the one "
+        "Alertmanager's pagerduty_configs uses).",
+    )
+    slack_webhook_url: SecretStr | None = Field(
+        default=None, description="Slack incoming-webhook URL (slack)."
+    )
+    webhook_urls: list[SecretStr] = Field(
+        default_factory=list,
+        description="URLs the webhook sink POSTs each decision trace to.",
+    )
+    note_max_chars: int = Field(
+        default=24_000,
+        ge=1_000,
+        le=25_000,
+        description="Cap on a PagerDuty note (PagerDuty takes at most 25,000).",
+    )
+    sink_attempts: int = Field(
+        default=4, ge=1, le=10, description="Tries per sink delivery (429/5xx)."
+    )
+    sink_max_wait: Duration = Field(
+        default=timedelta(seconds=60),
+        description="Longest Retry-After a sink honours; longer waits give up.",
+    )
+    sink_timeout: Duration = Field(
+        default=timedelta(seconds=10), description="HTTP timeout per sink request."
     )
     # ------------------------------------------------------------ Kubernetes
     namespaces: list[str] | None = Field(
@@ -180,6 +295,71 @@ class Settings(BaseModel):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    @model_validator(mode="after")
+    def _targets_are_not_the_store(self) -> Settings:
+        if not self.store.startswith(("redis://", "rediss://", "unix://")):
+            return self
+        own = redis_identity(self.store)
+        for name, url in self.redis_targets.items():
+            if redis_identity(url.get_secret_value()) == own:
+                raise ValueError(
+                    f"redis_targets[{name!r}] ({_where(url.get_secret_value())}) "
+                    "is the receiver's own state store; redis.* steps must never "
+                    "touch it: point the target at the application's Redis, or use "
+                    "another database number"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _default_sinks_configured(self) -> Settings:
+        needs: dict[str, tuple[tuple[str, object], ...]] = {
+            "pagerduty_note": (
+                ("pagerduty_api_token", self.pagerduty_api_token),
+                ("pagerduty_from", self.pagerduty_from),
+            ),
+            "pagerduty_event": (("pagerduty_routing_key", self.pagerduty_routing_key),),
+            "slack": (("slack_webhook_url", self.slack_webhook_url),),
+            "webhook": (("webhook_urls", self.webhook_urls),),
+        }
+        for sink in self.sinks:
+            missing = [name for name, value in needs[sink] if not value]
+            if missing:
+                raise ValueError(
+                    f"sinks lists {sink} but "
+                    + " and ".join(f"RECEIVER_{m.upper()}" for m in missing)
+                    + " is not set"
+                )
+        return self
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret value, for log redaction (longest first)."""
+        singles = (
+            self.basic_auth,
+            self.pagerduty_api_token,
+            self.pagerduty_routing_key,
+            self.slack_webhook_url,
+        )
+        found = [
+            secret.get_secret_value()
+            for secret in (
+                *self.auth_tokens,
+                *self.pagerduty_secrets,
+                *self.routing_keys,
+                *self.webhook_urls,
+                *(s for s in singles if s is not None),
+            )
+        ]
+        if self.basic_auth is not None:
+            found.append(self.basic_auth.get_secret_value().partition(":")[2])
+        for url in (*self.webhook_urls, *self.redis_targets.values()):
+            found += _url_secrets(url.get_secret_value())
+        for url in self.prometheus_targets.values():
+            found += _url_secrets(url.get_secret_value())
+        for target in (*self.redis_targets.values(), *self.prometheus_targets.values()):
+            if _url_secrets(target.get_secret_value()):
+                found.append(target.get_secret_value())
+        return sorted({f for f in found if f}, key=len, reverse=True)
+
     @property
     def has_credentials(self) -> bool:
         """Whether any webhook credential is configured."""
@@ -216,6 +396,27 @@ _LIST_FIELDS = {
     for name, info in Settings.model_fields.items()
     if "list" in str(info.annotation)
 }
+_DICT_FIELDS = {
+    name
+    for name, info in Settings.model_fields.items()
+    if "dict" in str(info.annotation)
+}
+
+
+def _parse_mapping(key: str, raw: str) -> dict[str, str]:
+    """``name=url,name2=url2`` (commas or newlines) into a dict."""
+    out: dict[str, str] = {}
+    for item in raw.replace("\n", ",").split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            # Never echo the item: it may hold a password.
+            raise ConfigError(
+                f"{key}: each entry must be NAME=URL (e.g. cache=redis://redis:6379/0)"
+            )
+        out[name.strip()] = value.strip()
+    return out
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -235,7 +436,9 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
             raw = environ[key]
         if raw is None:
             continue
-        if name in _LIST_FIELDS:
+        if name in _DICT_FIELDS:
+            values[name] = _parse_mapping(key, raw)
+        elif name in _LIST_FIELDS:
             values[name] = [
                 v.strip() for v in raw.replace("\n", ",").split(",") if v.strip()
             ]

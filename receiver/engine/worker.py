@@ -214,7 +214,11 @@ class Worker:
         consumer: str | None = None,
         clock: Callable[[], datetime] | None = None,
         prune_every: timedelta = timedelta(minutes=5),
+        on_complete: Callable[[list[AlertTrace]], None] | None = None,
     ) -> None:
+        # Called with a payload's traces once they are recorded (the sinks);
+        # it must return at once and never raise.
+        self._on_complete = on_complete
         self._store = store
         self._processor = processor
         self._concurrency = concurrency
@@ -293,6 +297,8 @@ class Worker:
                         log.warning("payload_unprocessable", error=str(exc))
                         traces = []
                     await self._store.complete(entry.id, TraceRecords(traces))
+                    if self._on_complete is not None:
+                        self._on_complete(traces)
                     break
                 except StoreUnavailableError as exc:
                     if self._stopping.is_set():

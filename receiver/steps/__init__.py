@@ -1,6 +1,6 @@
 """Step executors: the only code that touches the systems alerts are about.
 
-Each family (``http``, ``prometheus``, ``k8s``, later ``redis``) has an
+Each family (``http``, ``prometheus``, ``redis``, ``k8s``) has an
 executor built from settings with injected clients and handed to ``create_app``;
 the engine never imports these modules.
 """
@@ -13,8 +13,9 @@ from receiver.settings import Settings
 from receiver.steps.http import HttpExecutor
 from receiver.steps.kubernetes import KubernetesExecutor
 from receiver.steps.prometheus import PrometheusExecutor
+from receiver.steps.redis import RedisExecutor
 
-Built = HttpExecutor | PrometheusExecutor | KubernetesExecutor
+Built = HttpExecutor | PrometheusExecutor | RedisExecutor | KubernetesExecutor
 
 
 def build_executors(settings: Settings) -> dict[str, Built]:
@@ -26,9 +27,20 @@ def build_executors(settings: Settings) -> dict[str, Built]:
             settings.http_allowlist,
         )
     }
+    prometheus = {
+        name: url.get_secret_value()
+        for name, url in settings.prometheus_targets.items()
+    }
     if settings.prometheus_url:
+        prometheus.setdefault("default", settings.prometheus_url)
+    if prometheus:
         executors["prometheus"] = PrometheusExecutor(
-            httpx.AsyncClient(timeout=timeout), {"default": settings.prometheus_url}
+            httpx.AsyncClient(timeout=timeout), prometheus
+        )
+    if settings.redis_targets:
+        executors["redis"] = RedisExecutor(
+            {n: u.get_secret_value() for n, u in settings.redis_targets.items()},
+            timeout=settings.redis_timeout.total_seconds(),
         )
     if settings.kube_mode != "off":
         executors["k8s"] = KubernetesExecutor.from_settings(settings)

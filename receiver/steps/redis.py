@@ -1,0 +1,436 @@
+"""``redis.*`` steps: read keys and stats, delete named keys or a prefixed pattern.
+
+Built by ``build_executors`` from settings ``redis_targets`` (name -> URL); the
+runner calls ``run`` with rendered step models. One ``redis.asyncio`` client per
+named target, with socket timeouts, closed in ``aclose``. The receiver's own state
+store is refused as a target when settings load, never reached from here.
+
+Deletions use ``UNLINK`` (and ``SCAN MATCH`` for patterns, in batches, under the
+step's ``max_keys``). This module never sends ``KEYS`` or any ``FLUSH*``: one
+command over a whole keyspace blocks a production Redis, and a flush is the
+runbook's last resort for a human. ``UNLINK`` is idempotent, so retrying it after a
+connection error cannot do more than the first attempt meant to.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import redis.asyncio
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from receiver.errors import PermanentStepError, TransientStepError
+from receiver.model import Alert, StepResult
+from receiver.rulebook.steps import (
+    RedisDeleteKeys,
+    RedisDeletePattern,
+    RedisGet,
+    RedisInfo,
+    RedisResetCircuitBreaker,
+    StepModel,
+)
+
+# The runbook's threshold: "If <70%, increase cache TTL".
+HIT_RATE_THRESHOLD = 0.70
+MAX_VALUE_CHARS = 1024
+MAX_INFO_FIELDS = 60
+MAX_SAMPLE_KEYS = 20
+# A pattern delete stops scanning at this share of the step's timeout, so it can
+# still report what it did before the runner gives up on it.
+_SCAN_BUDGET = 0.8
+_INFO_HIGHLIGHTS = {
+    "stats": (
+        "keyspace_hits",
+        "keyspace_misses",
+        "evicted_keys",
+        "expired_keys",
+        "rejected_connections",
+        "instantaneous_ops_per_sec",
+    ),
+    "memory": ("used_memory_human", "maxmemory_human", "mem_fragmentation_ratio"),
+    "clients": ("connected_clients", "blocked_clients"),
+    "server": ("redis_version", "uptime_in_seconds", "role"),
+    "keyspace": (),
+}
+
+T = TypeVar("T")
+Client = redis.asyncio.Redis
+
+
+def _text(raw: Any, limit: int = MAX_VALUE_CHARS) -> tuple[str, bool]:
+    """Bytes or str as text capped at ``limit`` characters; (text, truncated)."""
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+    return (text[:limit], True) if len(text) > limit else (text, False)
+
+
+def check_pattern(pattern: str) -> None:
+    """Refuse a pattern without a literal prefix (the rule loader checks it too).
+
+    Raises:
+        PermanentStepError: the pattern is empty, ``*`` or starts with a glob.
+    """
+    stripped = pattern.strip()
+    if not stripped or stripped[0] in "*?[\\" or stripped.strip("*") == "":
+        raise PermanentStepError(
+            f"refused pattern {pattern!r}: it has no literal prefix, so it could "
+            "match every key; use a prefix such as 'policy:decision:*'"
+        )
+
+
+def _where(url: str) -> str:
+    """A target URL without credentials, for messages."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path or ''}"
+
+
+class RedisExecutor:
+    """Runs redis.* steps against named targets, one client each."""
+
+    def __init__(
+        self,
+        targets: Mapping[str, str],
+        *,
+        timeout: float = 5.0,
+        attempts: int = 3,
+    ) -> None:
+        self._where = {name: _where(url) for name, url in targets.items()}
+        self._attempts = attempts
+        self._clients: dict[str, Client] = {
+            name: redis.asyncio.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                # Retries are ours (bounded, logged in the reason), not the
+                # client's silent ones.
+                retry=Retry(NoBackoff(), 0),
+                client_name="alert-receiver-steps",
+            )
+            for name, url in targets.items()
+        }
+
+    def _client(self, name: str) -> Client:
+        client = self._clients.get(name)
+        if client is None:
+            raise PermanentStepError(
+                f"no Redis target named {name!r} (configured: "
+                f"{', '.join(sorted(self._clients)) or 'none'}; set "
+                "RECEIVER_REDIS_TARGETS=name=redis://host:6379/0)"
+            )
+        return client
+
+    async def _call(
+        self, target: str, action: str, fn: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Run ``fn`` with bounded retries of connection errors, typed errors out."""
+        where = self._where.get(target, target)
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(TransientStepError),
+                stop=stop_after_attempt(self._attempts),
+                wait=wait_random_exponential(multiplier=0.1, max=1),
+                reraise=True,
+            ):
+                with attempt:
+                    try:
+                        return await fn()
+                    except redis.exceptions.AuthenticationError as exc:
+                        raise PermanentStepError(
+                            f"redis {target} ({where}) refused our credentials "
+                            f"while trying to {action}: {exc.__class__.__name__}"
+                        ) from exc
+                    except (
+                        redis.exceptions.ConnectionError,
+                        redis.exceptions.TimeoutError,
+                    ) as exc:
+                        raise TransientStepError(
+                            f"redis {target} ({where}) unreachable while trying to "
+                            f"{action}: {exc.__class__.__name__}: {exc}"
+                        ) from exc
+                    except redis.exceptions.ResponseError as exc:
+                        raise PermanentStepError(
+                            f"redis {target} ({where}) refused to {action}: {exc}"
+                        ) from exc
+        except TransientStepError as exc:
+            raise TransientStepError(f"{exc} (after {self._attempts} tries)") from exc
+        raise AssertionError  # pragma: no cover (reraise=True always raises)
+
+    async def run(self, step: StepModel, alert: Alert) -> StepResult:
+        """Run a redis.* step."""
+        del alert
+        if isinstance(step, RedisGet):
+            return await self._get(step)
+        if isinstance(step, RedisInfo):
+            return await self._info(step)
+        if isinstance(step, RedisDeleteKeys):
+            return await self._delete_keys(step.target_name, list(step.keys))
+        if isinstance(step, RedisDeletePattern):
+            return await self._delete_pattern(step)
+        if isinstance(step, RedisResetCircuitBreaker):
+            return await self._reset_breaker(step)
+        raise PermanentStepError(f"redis executor cannot run {step.type_name()}")
+
+    async def verify(self, check: Any, step: StepModel, alert: Alert) -> StepResult:
+        """Redis has no verifications of its own; rules verify with PromQL or HTTP."""
+        del step, alert
+        raise PermanentStepError(f"redis executor cannot verify {check.type}")
+
+    # ------------------------------------------------------------ diagnostics
+
+    async def _read(self, client: Client, keys: list[str]) -> dict[str, Any]:
+        types_pipe = client.pipeline(transaction=False)
+        for key in keys:
+            types_pipe.type(key)
+        types = [_text(t)[0] for t in await types_pipe.execute()]
+        pipe = client.pipeline(transaction=False)
+        for key, kind in zip(keys, types, strict=True):
+            if kind == "string":
+                pipe.getrange(key, 0, MAX_VALUE_CHARS - 1)
+                pipe.strlen(key)
+            pipe.pttl(key)
+        replies = iter(await pipe.execute())
+        found: dict[str, Any] = {}
+        for key, kind in zip(keys, types, strict=True):
+            entry: dict[str, Any] = {"type": kind}
+            if kind == "string":
+                entry["value"], _ = _text(next(replies))
+                entry["truncated"] = int(next(replies)) > MAX_VALUE_CHARS
+            ttl = int(next(replies))
+            if ttl >= 0:
+                entry["ttl_ms"] = ttl
+            found[key] = entry
+        return found
+
+    async def _get(self, step: RedisGet) -> StepResult:
+        client = self._client(step.target_name)
+        keys = list(step.keys)
+        found = await self._call(
+            step.target_name, f"read {len(keys)} keys", lambda: self._read(client, keys)
+        )
+        parts = []
+        for key, entry in found.items():
+            if entry["type"] == "none":
+                parts.append(f"{key} missing")
+            elif entry["type"] == "string":
+                ttl = f" (ttl {entry['ttl_ms'] / 1000:g}s)" if "ttl_ms" in entry else ""
+                parts.append(f"{key} = {entry['value'][:80]!r}{ttl}")
+            else:
+                parts.append(f"{key} is a {entry['type']}")
+        return StepResult(
+            ok=True,
+            reason=f"redis {step.target_name}: " + "; ".join(parts),
+            result={"keys": found},
+        )
+
+    async def _info(self, step: RedisInfo) -> StepResult:
+        client = self._client(step.target_name)
+        raw: dict[str, Any] = await self._call(
+            step.target_name,
+            f"read INFO {step.section}",
+            lambda: client.info(step.section),
+        )
+        fields: dict[str, Any] = {}
+        for key, value in list(raw.items())[:MAX_INFO_FIELDS]:
+            if isinstance(value, dict):
+                fields[key] = dict(list(value.items())[:10])
+            elif isinstance(value, int | float):
+                fields[key] = value
+            else:
+                fields[key] = _text(value, 200)[0]
+        result: dict[str, Any] = {"section": step.section, "info": fields}
+        shown = [
+            f"{k}={fields[k]}" for k in _INFO_HIGHLIGHTS[step.section] if k in fields
+        ]
+        if step.section == "keyspace":
+            shown = [
+                f"{db}: {v.get('keys', '?')} keys" if isinstance(v, dict) else db
+                for db, v in fields.items()
+            ] or ["no keys"]
+        reason = f"redis {step.target_name} INFO {step.section}: " + ", ".join(shown)
+        if step.section == "stats":
+            hits = int(raw.get("keyspace_hits", 0))
+            misses = int(raw.get("keyspace_misses", 0))
+            total = hits + misses
+            result["threshold"] = f"< {HIT_RATE_THRESHOLD:.0%}"
+            if total:
+                rate = hits / total
+                low = rate < HIT_RATE_THRESHOLD
+                result["hit_rate"] = round(rate, 4)
+                result["hit_rate_low"] = low
+                reason = (
+                    f"redis {step.target_name}: cache hit rate {rate:.1%} "
+                    f"({hits} hits, {misses} misses)"
+                    + (
+                        "; below 70%: the runbook says raise the cache TTL "
+                        "(POLICY_CACHE_TTL)"
+                        if low
+                        else "; at or above the runbook's 70%"
+                    )
+                )
+            else:
+                result["hit_rate"] = None
+                reason = (
+                    f"redis {step.target_name}: cache hit rate unknown (no hits or "
+                    "misses since the last restart or CONFIG RESETSTAT)"
+                )
+        return StepResult(ok=True, reason=reason, result=result)
+
+    # ------------------------------------------------------------ remediations
+
+    async def _unlink_each(self, client: Client, keys: list[str]) -> list[bool]:
+        """UNLINK keys one command each, so the reply says which existed."""
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.unlink(key)
+        return [bool(n) for n in await pipe.execute()]
+
+    async def _delete_keys(self, target: str, keys: list[str]) -> StepResult:
+        client = self._client(target)
+        existed = await self._call(
+            target, f"UNLINK {len(keys)} keys", lambda: self._unlink_each(client, keys)
+        )
+        deleted = [k for k, e in zip(keys, existed, strict=True) if e]
+        missing = [k for k, e in zip(keys, existed, strict=True) if not e]
+        reason = f"redis {target}: unlinked {len(deleted)} of {len(keys)} keys"
+        if deleted:
+            reason += f" ({', '.join(deleted[:MAX_SAMPLE_KEYS])})"
+        if missing:
+            reason += f"; already absent: {', '.join(missing[:MAX_SAMPLE_KEYS])}"
+        return StepResult(
+            ok=True,
+            reason=reason,
+            result={
+                "deleted": deleted[:MAX_SAMPLE_KEYS],
+                "missing": missing[:MAX_SAMPLE_KEYS],
+                "deleted_count": len(deleted),
+            },
+        )
+
+    async def _reset_breaker(self, step: RedisResetCircuitBreaker) -> StepResult:
+        client = self._client(step.target_name)
+        keys = step.keys()
+
+        async def reset() -> tuple[dict[str, Any], list[bool]]:
+            before = await self._read(client, keys)
+            return before, await self._unlink_each(client, keys)
+
+        before, existed = await self._call(
+            step.target_name, f"reset circuit breaker {step.breaker!r}", reset
+        )
+        was = {
+            k: before[k].get("value", f"<{before[k]['type']}>")
+            for k, e in zip(keys, existed, strict=True)
+            if e
+        }
+        if was:
+            shown = ", ".join(f"{k} (was {v[:40]!r})" for k, v in was.items())
+            reason = (
+                f"redis {step.target_name}: reset circuit breaker "
+                f"{step.breaker!r}: unlinked {shown}"
+            )
+        else:
+            reason = (
+                f"redis {step.target_name}: circuit breaker {step.breaker!r} was "
+                f"already reset ({' and '.join(keys)} absent)"
+            )
+        return StepResult(
+            ok=True,
+            reason=reason,
+            result={
+                "breaker": step.breaker,
+                "existed": dict(zip(keys, existed, strict=True)),
+                "previous": was,
+            },
+        )
+
+    async def _scan(
+        self, client: Client, step: RedisDeletePattern, cursor: int
+    ) -> tuple[int, list[str]]:
+        async def scan() -> tuple[int, list[str]]:
+            after, batch = await client.scan(
+                cursor=cursor, match=step.pattern, count=step.scan_count
+            )
+            return int(after), [_text(k, 512)[0] for k in batch]
+
+        return await self._call(step.target_name, f"SCAN MATCH {step.pattern}", scan)
+
+    async def _unlink_batch(
+        self, client: Client, target: str, keys: list[str]
+    ) -> list[bool]:
+        return await self._call(
+            target, f"UNLINK {len(keys)} keys", lambda: self._unlink_each(client, keys)
+        )
+
+    async def _delete_pattern(self, step: RedisDeletePattern) -> StepResult:
+        # The loader refuses these already; a rendered template must not sneak
+        # one past it either.
+        check_pattern(step.pattern)
+        client = self._client(step.target_name)
+        budget = step.timeout.total_seconds() * _SCAN_BUDGET
+        started = time.monotonic()
+        cursor = 0
+        submitted = 0
+        deleted = 0
+        calls = 0
+        sample: list[str] = []
+        stop = ""
+        while True:
+            calls += 1
+            cursor, keys = await self._scan(client, step, cursor)
+            keys = keys[: step.max_keys - submitted]
+            if keys:
+                submitted += len(keys)
+                existed = await self._unlink_batch(client, step.target_name, keys)
+                deleted += sum(existed)
+                sample.extend(k for k, e in zip(keys, existed, strict=True) if e)
+                del sample[MAX_SAMPLE_KEYS:]
+            if cursor == 0:
+                break
+            if submitted >= step.max_keys:
+                stop = (
+                    f"stopped at max_keys={step.max_keys}; more keys may match "
+                    f"{step.pattern} (run again, or raise max_keys)"
+                )
+                break
+            if time.monotonic() - started > budget:
+                stop = (
+                    f"stopped after {time.monotonic() - started:.1f}s with the scan "
+                    "unfinished; more keys may match (run again)"
+                )
+                break
+        reason = (
+            f"redis {step.target_name}: SCAN MATCH {step.pattern} + UNLINK removed "
+            f"{deleted} keys in {calls} scan calls"
+        )
+        if stop:
+            reason += f"; {stop}"
+        return StepResult(
+            ok=True,
+            reason=reason,
+            result={
+                "pattern": step.pattern,
+                "deleted_count": deleted,
+                "scan_calls": calls,
+                "complete": not stop,
+                "sample": sample,
+                "max_keys": step.max_keys,
+            },
+        )
+
+    async def aclose(self) -> None:
+        """Close every target's client and its connections."""
+        for client in self._clients.values():
+            await client.aclose()
