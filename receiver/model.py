@@ -185,6 +185,10 @@ class StepResult:
     ok: bool
     reason: str
     result: Mapping[str, Any] = field(default_factory=lambda: freeze({}))
+    # False when a remediation found nothing to do (rollout too old, template
+    # already right): recorded as skipped, verified never, and it spends no
+    # budget or cooldown.
+    changed: bool = True
 
 
 @dataclass(frozen=True)

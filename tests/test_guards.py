@@ -301,3 +301,25 @@ async def test_dry_run_mode_never_executes(harness):
 
 def _entry():
     return JournalEntry(id="e-1", source="alertmanager", received_at=T0, body=b"{}")
+
+
+async def test_nothing_to_do_is_skipped_and_spends_nothing(harness):
+    """A remediation that finds nothing to change is skipped and keeps its budget."""
+
+    async def no_op(step, alert):
+        harness.executor.calls.append(step.url)
+        return StepResult(ok=True, reason="nothing to roll back", changed=False)
+
+    harness.executor.run = no_op
+    for service in ("a", "b", "c"):
+        step = await harness.decide("Budgeted", service=service)
+        assert step.decision is Decision.SKIPPED
+        assert step.reason == "nothing to roll back"
+    assert len(harness.executor.calls) == 3
+
+
+async def test_resend_inside_cooldown_says_already_done(harness):
+    """A resend of a run occurrence reads 'already done', not 'cooldown active'."""
+    await harness.decide("Cooled")
+    again = await harness.decide("Cooled")
+    assert again.reason.startswith("already done by test-owner")

@@ -1,7 +1,7 @@
 """The safety guards around every remediation, checked against the shared store.
 
 Order matters and is the same for every step: circuit breaker, still firing,
-approval, cooldown, target lock, idempotency claim, playbook and global budgets,
+approval, target lock, idempotency claim, cooldown, playbook and global budgets,
 a last still-firing check, then the run; afterwards the outcome is recorded
 (idempotency key finished, cooldown stamped, circuit fed, lock released). Every
 "no" comes back as a reason a person can read.
@@ -182,9 +182,14 @@ class GuardKeeper:
         held = Held(key, lock, [])
         try:
             await self._claim(key, now)
-            await self._budgets(held, playbook, guards, now)
         except BaseException:
             await self.abandon(held, now, claimed=False)
+            raise
+        try:
+            await self.check_cooldown(playbook, target, guards, now)
+            await self._budgets(held, playbook, guards, now)
+        except BaseException:
+            await self.abandon(held, now)
             raise
         return held
 
@@ -212,7 +217,6 @@ class GuardKeeper:
         for scope, cap, span, what in scopes:
             used = await self.store.reserve_budget(scope, cap, span, now)
             if used is None:
-                await self.store.release_key(held.key)
                 raise Refusal(f"budget {cap}/{format_duration(span)} spent for {what}")
             held.budgets.append(scope)
 

@@ -171,7 +171,6 @@ class Runner:
                     "payload_id": payload_id,
                 }
                 await keeper.check_approval(key, request, now)
-            await keeper.check_cooldown(playbook, target, guards, now)
             held = await keeper.enter(
                 key=key,
                 playbook=playbook,
@@ -208,7 +207,10 @@ class Runner:
         except Refusal as refusal:
             await keeper.abandon(held, self._clock())
             return replace(trace, decision=Decision.SKIPPED, reason=refusal.reason)
-        outcome = await self._execute(trace, step, alert)
+        outcome, changed = await self._execute_changed(trace, step, alert)
+        if not changed:
+            await keeper.abandon(held, self._clock())
+            return replace(outcome, decision=Decision.SKIPPED)
         if outcome.decision is Decision.EXECUTED:
             outcome = await self._verify(outcome, step, alert)
         ok = outcome.decision is Decision.EXECUTED
@@ -261,29 +263,38 @@ class Runner:
     async def _execute(
         self, trace: StepTrace, step: StepModel, alert: Alert
     ) -> StepTrace:
+        return (await self._execute_changed(trace, step, alert))[0]
+
+    async def _execute_changed(
+        self, trace: StepTrace, step: StepModel, alert: Alert
+    ) -> tuple[StepTrace, bool]:
+        """Run a step; also say whether it changed anything."""
         action = step.summary()
         executor = self._executors.get(step.family)
         if executor is None:
-            return replace(
+            skipped = replace(
                 trace,
                 decision=Decision.SKIPPED,
                 reason=f"no {step.family} executor is configured in this receiver; "
                 f"did not: {action}",
             )
+            return skipped, False
         try:
             async with asyncio.timeout(step.timeout.total_seconds()):
                 outcome = await executor.run(step, alert)
         except TimeoutError:
-            return replace(
+            timed_out = replace(
                 trace,
                 decision=Decision.FAILED,
                 reason=f"timed out after {step.timeout.total_seconds():g}s: {action}",
             )
+            return timed_out, True
         except StepError as exc:
-            return replace(trace, decision=Decision.FAILED, reason=f"{exc}")
-        return replace(
+            return replace(trace, decision=Decision.FAILED, reason=f"{exc}"), True
+        done = replace(
             trace,
             decision=Decision.EXECUTED if outcome.ok else Decision.FAILED,
             reason=outcome.reason,
             result=freeze(dict(outcome.result)),
         )
+        return done, outcome.changed or not outcome.ok

@@ -843,6 +843,7 @@ class KubernetesExecutor:
                 )
                 return StepResult(
                     ok=True,
+                    changed=False,
                     reason=f"did not roll back deployment/{name}: its current "
                     f"revision {current} was first rolled out {when}, not within "
                     f"{window}, so a bad deploy is not the likely cause",
@@ -854,6 +855,7 @@ class KubernetesExecutor:
         if target_template == current_template:
             return StepResult(
                 ok=True,
+                changed=False,
                 reason=f"skipped rollback of deployment/{name}: the current template "
                 f"already matches revision {to_revision}",
                 result={"rolled_back": False, "current_revision": current},
