@@ -147,12 +147,7 @@ def _serve(args: argparse.Namespace) -> int:
         },
     )
     settings.check_safe()
-    secrets = [s.get_secret_value() for s in settings.auth_tokens]
-    secrets += [s.get_secret_value() for s in settings.pagerduty_secrets]
-    secrets += [s.get_secret_value() for s in settings.routing_keys]
-    if settings.basic_auth:
-        secrets.append(settings.basic_auth.get_secret_value())
-    logs.configure(settings.log_format, settings.log_level, secrets)
+    logs.configure(settings.log_format, settings.log_level, settings.secret_values())
     import structlog  # noqa: PLC0415
 
     log = structlog.get_logger("receiver")

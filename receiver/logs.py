@@ -63,8 +63,9 @@ def configure(
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_processor(secrets),
+            # Tracebacks are rendered first so redaction sees them too.
             structlog.processors.format_exc_info,
+            redact_processor(secrets),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from pydantic import SecretStr
 
 from receiver.app import create_app
@@ -173,3 +174,10 @@ async def wait_for_decisions(
             return found
         await asyncio.sleep(0.01)
     pytest.fail(f"only {len(found)} of {count} decisions for {params} after polling")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging():
+    """Each test starts with structlog's defaults (the CLI configures it globally)."""
+    yield
+    structlog.reset_defaults()

@@ -335,8 +335,7 @@ def test_no_secret_reaches_logs_journal_decisions_sinks_or_errors(tmp_path):
         assert leaks(decisions) == []
         assert leaks(listing) == []
         for pid, text in zip(ids, payloads, strict=True):
-            # The Events API v2 body carries its routing key: the xfail below.
-            assert leaks(text, allow=("ROUTING_KEY",)) == [], pid
+            assert leaks(text) == [], pid
         for request in fake.requests:
             text = request.body.decode()
             if request.path == "/v2/enqueue":
@@ -346,11 +345,6 @@ def test_no_secret_reaches_logs_journal_decisions_sinks_or_errors(tmp_path):
             assert leaks(text) == [], request.path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="receiver/web/handlers.py journals the Events API v2 body as received, "
-    "routing_key included (reported; the edge should store it with the key masked)",
-)
 def test_the_events_v2_routing_key_is_not_journaled(tmp_path):
     """An accepted Events API v2 request is stored without its routing key."""
     env = {"RECEIVER_ROUTING_KEYS": ROUTING_KEY, "RECEIVER_AUTH_TOKENS": AUTH_TOKEN}

@@ -132,8 +132,10 @@ def render(text: str, alert: Alert, slot: Slot) -> str:
     return out
 
 
-def parse_duration(value: str | float) -> timedelta:
+def parse_duration(value: str | float | timedelta) -> timedelta:
     """Parse a Prometheus-style duration (``90s``, ``5m``, ``1h30m``) or seconds."""
+    if isinstance(value, timedelta):
+        return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         if value < 0:
             raise ValueError("duration must not be negative")

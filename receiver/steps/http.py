@@ -131,6 +131,11 @@ class HttpExecutor:
                     response = await self._client.request(
                         step.method, step.url, json=step.json_body, headers=step.headers
                     )
+        except httpx.ConnectError as exc:
+            raise PermanentStepError(
+                f"{step.method} {step.url} failed: could not connect after 3 "
+                "attempts (nothing was sent)"
+            ) from exc
         except httpx.HTTPError as exc:
             raise PermanentStepError(
                 f"{step.method} {step.url} failed: {exc.__class__.__name__}; not "

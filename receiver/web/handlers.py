@@ -204,7 +204,14 @@ class Handlers:
                 },
                 status=202,
             )
-        entry = await self._accept("events_v2", body, alerts, request.headers)
+        # The routing key is a credential: journal the request without it, with
+        # the dedup key made explicit so the stored body decides the same way.
+        stored = dict(data)
+        stored["routing_key"] = "<redacted>"
+        stored["dedup_key"] = dedup
+        entry = await self._accept(
+            "events_v2", json.dumps(stored).encode(), alerts, request.headers
+        )
         return web.json_response(
             {
                 "status": "success",
