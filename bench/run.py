@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
@@ -72,6 +72,7 @@ class Sizes:
     rule_sizes: tuple[int, ...] = (10, 100, 1000, 10000)
     match_seconds: float = 0.3
     drain_timeout: float = 60.0
+    e2e_rate: float | None = None  # None: half the saturated rate
 
 
 SMOKE = Sizes(
@@ -568,7 +569,7 @@ async def e2e(report: Report, sizes: Sizes, tmp: Path) -> None:
                     await e2e_run(store, tmp, rules, probe, sizes, f"c{run}", rate=None)
                 )
             cap = Spread.of([r["alerts_per_s"] for r in capacity])
-            rate = max(cap.median / 2, 2.0)
+            rate = sizes.e2e_rate or max(cap.median / 2, 2.0)
             steady = []
             for run in range(sizes.runs):
                 log(f"e2e {store} at {rate:.0f}/s run {run + 1}/{sizes.runs}")
@@ -874,8 +875,15 @@ def machine(loadgen: str) -> list[str]:
                 check=False,
             ).stdout.splitlines()
             wrk = f" ({first[0].split(' [')[0]})" if first else ""
-    commit = ""
+    commit = dirty = ""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         commit = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
             check=False,
@@ -890,7 +898,10 @@ def machine(loadgen: str) -> list[str]:
         ),
         f"- Python {platform.python_version()} ({platform.python_implementation()})",
         f"- load generator: {loadgen}{wrk}, a separate process on loopback",
-        f"- commit {commit or '?'}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        (
+            f"- commit {commit or '?'}{' + uncommitted changes' if dirty else ''}, "
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+        ),
     ]
 
 
@@ -937,7 +948,9 @@ PARTS = ("ingest", "e2e", "rules", "storm")
 async def main_async(args: argparse.Namespace) -> int:
     sizes = SMOKE if args.smoke else Sizes()
     if args.runs:
-        sizes = Sizes(**{**sizes.__dict__, "runs": args.runs})
+        sizes = replace(sizes, runs=args.runs)
+    if args.e2e_rate:
+        sizes = replace(sizes, e2e_rate=args.e2e_rate)
     loadgen = args.loadgen
     if loadgen == "auto":
         loadgen = "wrk" if shutil.which("wrk") else "python"
@@ -970,6 +983,9 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds")
     parser.add_argument("--out", type=Path, help="results file (smoke: none)")
     parser.add_argument("--runs", type=int, help="runs per figure")
+    parser.add_argument(
+        "--e2e-rate", type=float, help="steady end-to-end rate (default: half of max)"
+    )
     parser.add_argument("--parts", help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     return asyncio.run(main_async(parser.parse_args()))
