@@ -160,9 +160,9 @@ def test_generated_cases_are_not_trivial(book, alerts):
     assert any(rules[n].status == "resolved" for n in matched)
     assert any(rules[n].sources is not None for n in matched)
     # Some rules are filed under a label other than alertname, some under none.
-    keys = [book.index._key(c) for c in book.rules]
-    assert any(k is not None and k[0] != "alertname" for k in keys)
-    assert any(k is None for k in keys)
+    keys = [book.index._keys(c) for c in book.rules]
+    assert any(k and k[0][0] != "alertname" for k in keys)
+    assert any(not k for k in keys)
 
 
 def test_index_prunes_candidates(book, alerts):
@@ -230,3 +230,27 @@ rules:
     alert = Alert(source, "fp", status, freeze(labels))
     for linear in (False, True):
         assert [m.rule.name for m in book.match(alert, NOW, linear=linear)] == expected
+
+
+def test_literal_alternation_is_indexed(tmp_path):
+    """A rule pinned only by ``team=~"a|b"`` is filed under a and b, not scanned."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "playbooks": {"p": {}},
+                "rules": [
+                    {"name": "alt", "match": ['team=~"pay|bill"'], "playbook": "p"},
+                    {"name": "open", "match": ['team=~"pay.*"'], "playbook": "p"},
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    book = load_rulebook([path])
+    assert [c.name for c in book.index.candidates({"team": "bill"})] == [
+        "alt",
+        "open",
+    ]
+    assert [c.name for c in book.index.candidates({"team": "ops"})] == ["open"]
+    assert [c.name for c in book.index.candidates({})] == ["open"]

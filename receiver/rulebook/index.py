@@ -1,9 +1,12 @@
-"""An index of rules by one equality matcher each, so matching stays cheap at scale.
+"""An index of rules by one required label value, so matching stays cheap at scale.
 
 Each rule is filed under one ``label="value"`` matcher it requires (``alertname``
-preferred); rules without one are always candidates. An alert's candidates are the
-rules filed under its own label values plus the unindexed ones, evaluated in file
-order, so results equal a linear scan's (``tests/test_index.py`` proves it).
+preferred), or else under each literal of a regex matcher that is a plain
+alternation of literals (``team=~"payments|billing"``: fully anchored, so the
+label must equal one of them); rules with neither are always candidates. An
+alert's candidates are the rules filed under its own label values plus the
+unindexed ones, evaluated in file order, so results equal a linear scan's
+(``tests/test_index.py`` proves it).
 """
 
 from __future__ import annotations
@@ -14,6 +17,16 @@ from collections.abc import Iterable, Mapping
 from receiver.rulebook.matchers import MatchType
 from receiver.rulebook.schema import CompiledRule
 
+_META = frozenset(".^$*+?()[]{}\\|")
+
+
+def literal_alternatives(pattern: str) -> list[str] | None:
+    """``a|b|c`` -> ``["a", "b", "c"]`` when every branch is a non-empty literal."""
+    branches = pattern.split("|")
+    if any(not b or any(c in _META for c in b) for b in branches):
+        return None
+    return sorted(set(branches))
+
 
 class RuleIndex:
     """Candidate lookup by equality matchers; pure and immutable once built."""
@@ -23,24 +36,29 @@ class RuleIndex:
         buckets: dict[tuple[str, str], list[CompiledRule]] = defaultdict(list)
         unindexed: list[CompiledRule] = []
         for compiled in self._rules:
-            key = self._key(compiled)
-            if key is None:
+            keys = self._keys(compiled)
+            if not keys:
                 unindexed.append(compiled)
-            else:
+            for key in keys:
                 buckets[key].append(compiled)
         self._buckets = dict(buckets)
         self._unindexed = tuple(unindexed)
         self._labels = tuple(sorted({name for name, _ in self._buckets}))
 
     @staticmethod
-    def _key(compiled: CompiledRule) -> tuple[str, str] | None:
+    def _keys(compiled: CompiledRule) -> list[tuple[str, str]]:
         equal = [
             m for m in compiled.matchers if m.type is MatchType.EQUAL and m.value != ""
         ]
-        if not equal:
-            return None
-        chosen = next((m for m in equal if m.name == "alertname"), equal[0])
-        return (chosen.name, chosen.value)
+        if equal:
+            chosen = next((m for m in equal if m.name == "alertname"), equal[0])
+            return [(chosen.name, chosen.value)]
+        for matcher in compiled.matchers:
+            if matcher.type is MatchType.REGEX:
+                literals = literal_alternatives(matcher.value)
+                if literals:
+                    return [(matcher.name, value) for value in literals]
+        return []
 
     @property
     def rules(self) -> tuple[CompiledRule, ...]:
