@@ -193,7 +193,9 @@ async def test_remediation_to_a_closed_port_fails_permanently(server):
     executors = build_executors(Settings(http_allowlist=["127.0.0.1"]))
     try:
         step = HttpRequest(url="http://127.0.0.1:9/hook")
-        with pytest.raises(PermanentStepError, match="could not connect after 3 attempts"):
+        with pytest.raises(
+            PermanentStepError, match="could not connect after 3 attempts"
+        ):
             await executors["http"].run(step, ALERT)
     finally:
         await executors["http"].aclose()
