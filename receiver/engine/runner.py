@@ -48,6 +48,7 @@ class Executor(Protocol):
 
 
 Clock = Callable[[], datetime]
+_NEWS = frozenset({Decision.EXECUTED, Decision.FAILED, Decision.AWAITING_APPROVAL})
 _VERIFY_FAMILY = {
     "k8s.rollout_status": "k8s",
     "k8s.pods_ready": "k8s",
@@ -116,7 +117,10 @@ class Runner:
                 trace = await self._execute(trace, planned.step, alert)
         if self._on_step is not None:
             self._on_step(trace)
-        log.info(
+        # Steps that acted (or wait for a human) are news; a dry-run or a skip is
+        # in the decision record, and logging it at info drowns an alert storm.
+        emit = log.info if trace.decision in _NEWS else log.debug
+        emit(
             "step_finished",
             step=trace.type,
             target=trace.target,
