@@ -202,12 +202,26 @@ def run_redis(tmp: Path) -> Iterator[str]:
 
     Nothing is persisted (no RDB, no AOF) and the data directory is ``tmp``.
     """
-    binary = require_binary("redis-server")
     port = free_port()
-    data = tmp / f"redis-{port}"
+    with start_redis(tmp / f"redis-{port}", port) as proc:
+        del proc
+        yield f"redis://127.0.0.1:{port}/0"
+
+
+@contextlib.contextmanager
+def start_redis(
+    data: Path, port: int, *, durable: bool = False
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A redis-server on ``port`` keeping its files in ``data``.
+
+    ``durable`` turns on the append-only file with ``appendfsync always``, so a
+    restart on the same ``data`` keeps every acknowledged write.
+    """
+    binary = require_binary("redis-server")
     data.mkdir(parents=True, exist_ok=True)
-    log = data / "redis.log"
-    with log.open("wb") as out:
+    log = data / f"redis-{port}.log"
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"]
+    with log.open("ab") as out:
         proc = subprocess.Popen(
             [
                 binary,
@@ -217,8 +231,7 @@ def run_redis(tmp: Path) -> Iterator[str]:
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                *(persistence if durable else ["--appendonly", "no"]),
                 "--dir",
                 str(data),
             ],
@@ -228,6 +241,6 @@ def run_redis(tmp: Path) -> Iterator[str]:
     peer = Peer(proc, f"redis://127.0.0.1:{port}/0", log)
     try:
         wait_for_redis(port, proc, log)
-        yield peer.url
+        yield proc
     finally:
         peer.stop()

@@ -13,13 +13,12 @@ import json
 import signal
 import subprocess
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from counting import CountingServer
-from peers import free_port, poll, require_binary, run_receiver, wait_for_redis
+from peers import free_port, poll, run_receiver, start_redis
 
 pytestmark = pytest.mark.e2e
 
@@ -75,43 +74,11 @@ def _payload(tag: str, count: int) -> bytes:
     return json.dumps(body).encode()
 
 
-@contextlib.contextmanager
 def durable_redis(
-    tmp: Path, port: int | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
+    tmp: Path, port: int
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     """A redis-server with appendfsync always, so a restart keeps every write."""
-    binary = require_binary("redis-server")
-    port = port or free_port()
-    data = tmp / "redis-data"
-    data.mkdir(exist_ok=True)
-    log = data / f"redis-{port}.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(data),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_redis(port, proc, log)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=10)
+    return start_redis(tmp / "redis-data", port, durable=True)
 
 
 def _decided(client: httpx.Client, payload_id: str) -> bool:
