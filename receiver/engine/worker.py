@@ -121,12 +121,12 @@ class Processor:
 
     def alerts(self, source: Source, body: bytes, now: datetime) -> list[Alert]:
         """Parse a stored body of ``source`` into alerts."""
+        if source == "alertmanager":
+            return alertmanager.from_body(body)
         try:
             data: Any = json.loads(body)
         except ValueError as exc:
             raise InputError(f"stored payload is not JSON: {exc}") from exc
-        if source == "alertmanager":
-            return alertmanager.to_alerts(data, now)
         if source == "pagerduty":
             return pagerduty.to_alerts(data, now, alertname_from=self._alertname_from)
         return events_v2.to_alerts(data, now, body=body)

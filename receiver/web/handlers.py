@@ -150,7 +150,7 @@ class Handlers:
         """POST /webhooks/alertmanager."""
         self._auth.check_header(request.headers.get("Authorization"))
         body = await self._body(request)
-        alerts = alertmanager.to_alerts(parse_json(body), self._clock())
+        alerts = alertmanager.from_body(body)
         entry = await self._accept("alertmanager", body, alerts, request.headers)
         return web.json_response(
             {"status": "accepted", "id": entry.id, "alerts": len(alerts)}, status=202

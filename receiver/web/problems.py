@@ -6,8 +6,8 @@ Every rejection says what was wrong and how to fix it. The only 5xx on purpose i
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -107,7 +107,7 @@ def make_middleware(
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
         started = time.perf_counter()
-        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+        request_id = request.headers.get("X-Request-Id") or os.urandom(8).hex()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         route = request.match_info.route.resource
         route_name = route.canonical if route is not None else "unmatched"
