@@ -266,16 +266,15 @@ def test_siem_incident_resets_the_breaker_and_notes_once(tmp_path):
         # Something else breaks the breaker again; nothing below may touch it.
         w.app_redis.set("circuit:splunk:state", "open")
         echo = post(base, annotated(datetime.now(UTC), content), "wh-note-1")
+        # The echo of our own note is recognised at the edge and not journaled.
+        assert echo["status"] == "ignored"
+        assert echo["id"] is None
         assert post(base, triggered(now), "wh-trigger-1")["status"] == "duplicate"
         # Even a copy the edge cannot recognise changes nothing.
         copy = post(base, triggered(now), "wh-trigger-copy")
-        for payload in (echo["id"], copy["id"]):
-            assert poll(lambda p=payload: decisions(base, payload_id=p))
+        assert poll(lambda: decisions(base, payload_id=copy["id"]))
         time.sleep(1.0)  # room for any (wrong) background delivery
 
-        (echo_decision,) = decisions(base, payload_id=echo["id"])
-        assert echo_decision["matches"] == []
-        assert echo_decision["actionable"] is False
         (copy_decision,) = decisions(base, payload_id=copy["id"])
         copy_reset = next(
             s
@@ -286,5 +285,4 @@ def test_siem_incident_resets_the_breaker_and_notes_once(tmp_path):
         assert copy_reset["reason"].startswith(("cooldown", "already done"))
         assert len(w.pd.seen("POST", r"/incidents/.*/notes")) == 1
         assert w.app_redis.get("circuit:splunk:state") == b"open"
-        for payload in (echo["id"], copy["id"]):
-            assert decisions(base, payload_id=f"{payload}.sinks") == []
+        assert decisions(base, payload_id=f"{copy['id']}.sinks") == []

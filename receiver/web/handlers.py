@@ -23,6 +23,7 @@ from receiver.errors import (
 )
 from receiver.metrics import Metrics
 from receiver.model import Alert, Source
+from receiver.sinks.render import is_own_note
 from receiver.sources import alertmanager, detect, events_v2, pagerduty, parse_json
 from receiver.store.base import AlertState, DecisionQuery, JournalEntry, Store, new_id
 from receiver.web.auth import Authenticator
@@ -169,6 +170,18 @@ class Handlers:
         if delivery and await self._duplicate("pagerduty", delivery):
             return web.json_response(
                 {"status": "duplicate", "id": None, "alerts": 0}, status=202
+            )
+        if is_own_note(alerts[0].annotations.get("note", "")):
+            # PagerDuty echoes the note we posted as incident.annotated: no loop.
+            log.info("own_note_ignored", incident=alerts[0].refs.get("incident_id"))
+            return web.json_response(
+                {
+                    "status": "ignored",
+                    "id": None,
+                    "alerts": 0,
+                    "reason": "a note this receiver posted",
+                },
+                status=202,
             )
         entry = await self._accept("pagerduty", body, alerts, request.headers)
         return web.json_response(
