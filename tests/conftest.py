@@ -1,10 +1,9 @@
-"""Shared test helpers: "require or skip" for real binaries, and an app under test.
+"""Shared test fixtures: an app under test, and fresh logging per test.
 
 The app under test has an in-memory store, a tiny rulebook, a fixed clock and every
-credential set.
-
-``need_binary`` is the one place that decides whether a missing peer skips the test
-(local runs) or fails it (CI sets ``RECEIVER_REQUIRE_E2E=1``).
+credential set. Whether a missing peer binary skips a test (local runs) or fails
+it (CI sets ``RECEIVER_REQUIRE_E2E=1``) is decided in one place:
+``peers.skip_or_fail``.
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import os
-import shutil
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,22 +26,6 @@ from receiver.metrics import Metrics
 from receiver.rulebook.loader import load_rulebook
 from receiver.settings import Settings
 from receiver.store import MemoryStore
-
-REQUIRE_E2E = "RECEIVER_REQUIRE_E2E"
-
-
-def need_binary(name: str, *, package: str | None = None) -> str:
-    """Path of ``name`` on PATH; skip when missing, fail instead under E2E rules."""
-    found = shutil.which(name)
-    if found:
-        return found
-    where = f"Debian package {package}" if package else "its package"
-    reason = f"{name} not found on PATH (install {where}; .ci/run does)"
-    if os.environ.get(REQUIRE_E2E) == "1":
-        pytest.fail(f"{REQUIRE_E2E}=1 but {reason}")
-    pytest.skip(f"{reason}; set {REQUIRE_E2E}=1 to make this a failure")
-    raise AssertionError  # pytest.skip raises
-
 
 # ---------------------------------------------------------------- app under test
 

@@ -18,25 +18,27 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
 
 
-def require_binary(name: str, *candidates: str) -> str:
-    """Path of ``name`` (or a candidate); skip, or fail under RECEIVER_REQUIRE_E2E."""
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip with ``reason``; under RECEIVER_REQUIRE_E2E=1 (CI) fail instead."""
+    if os.environ.get("RECEIVER_REQUIRE_E2E") == "1":
+        pytest.fail(f"RECEIVER_REQUIRE_E2E=1 but {reason}")
+    pytest.skip(f"{reason}; set RECEIVER_REQUIRE_E2E=1 to make this a failure")
+
+
+def require_binary(name: str, *candidates: str, package: str | None = None) -> str:
+    """Path of ``name`` (or a candidate) on PATH, else ``skip_or_fail``."""
     for option in (name, *candidates):
         found = shutil.which(option)
         if found:
             return found
-    reason = (
-        f"{name} is not installed (Debian package; .ci/run installs it); "
-        "set RECEIVER_REQUIRE_E2E=1 to make this a failure"
-    )
-    if os.environ.get("RECEIVER_REQUIRE_E2E") == "1":
-        pytest.fail(f"RECEIVER_REQUIRE_E2E=1 but {reason}")
-    pytest.skip(reason)
-    raise AssertionError  # unreachable; pytest.skip raises
+    where = f"Debian package {package}" if package else "its Debian package"
+    skip_or_fail(f"{name} is not installed (install {where}; .ci/run does)")
 
 
 def free_port() -> int:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from peers import skip_or_fail
 
 from receiver.rulebook.loader import load_rulebook
 from receiver.rulebook.steps import STEP_TYPES
@@ -64,13 +65,9 @@ Grant = tuple[str, str, str]  # (apiGroup, resource, verb)
 
 def require_tool(name: str, path: str | None, how: str) -> str:
     """``path`` when it is set; skip (or fail under RECEIVER_REQUIRE_E2E=1) if not."""
-    if path:
-        return path
-    reason = f"{name} is not available ({how}); set RECEIVER_REQUIRE_E2E=1 to fail"
-    if os.environ.get("RECEIVER_REQUIRE_E2E") == "1":
-        pytest.fail(f"RECEIVER_REQUIRE_E2E=1 but {reason}")
-    pytest.skip(reason)
-    raise AssertionError  # unreachable; pytest.skip raises
+    if not path:
+        skip_or_fail(f"{name} is not available ({how})")
+    return path
 
 
 def venv_tool(name: str) -> str | None:

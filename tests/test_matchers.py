@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import need_binary
+from peers import require_binary
 
 from receiver.rulebook.matchers import (
     Matcher,
@@ -413,7 +413,7 @@ def test_conformance_table(matchers, labels, expected):
 )
 def test_conformance_with_amtool(tmp_path, matchers, labels, expected):
     """Alertmanager's own routing code (amtool) agrees with matches_all per case."""
-    binary = need_binary("amtool", package="prometheus-alertmanager")
+    binary = require_binary("amtool", package="prometheus-alertmanager")
     got, stderr = _amtool(binary, tmp_path, matchers, labels)
     assert got == expected, f"amtool said {got!r}: {stderr}"
     assert _ours(matchers, labels) == got
