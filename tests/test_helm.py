@@ -25,7 +25,7 @@ import yaml
 from peers import skip_or_fail
 
 from receiver.rulebook.loader import load_rulebook
-from receiver.rulebook.steps import STEP_TYPES
+from receiver.rulebook.steps import STEP_TYPES, VERIFY_RBAC
 from receiver.settings import Settings, load_settings
 from receiver.sources.pagerduty import FIRING, RESOLVED
 
@@ -39,9 +39,15 @@ RELEASE = "rel"
 FULLNAME = "rel-receiver"
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104  # what the chart must listen on
 
-K8S_STEPS = sorted(name for name, cls in STEP_TYPES.items() if cls.rbac)
+RBAC: dict[str, Any] = {
+    **{name: cls.rbac for name, cls in STEP_TYPES.items()},
+    **VERIFY_RBAC,
+}
+K8S_STEPS = sorted(name for name, rbac in RBAC.items() if rbac)
 DIAGNOSTIC_K8S_STEPS = [
-    name for name in K8S_STEPS if STEP_TYPES[name].kind.value == "diagnostic"
+    name
+    for name in K8S_STEPS
+    if name in STEP_TYPES and STEP_TYPES[name].kind.value == "diagnostic"
 ]
 FAMILIES = sorted({cls.family for cls in STEP_TYPES.values()})
 READ_VERBS = {"get", "list", "watch"}
@@ -199,7 +205,7 @@ def expected_grants(steps: Sequence[str]) -> set[Grant]:
     return {
         (group, resource, verb)
         for step in steps
-        for group, resource, verbs in STEP_TYPES[step].rbac
+        for group, resource, verbs in RBAC[step]
         for verb in verbs
     }
 
@@ -401,7 +407,7 @@ def test_steps_without_kubernetes_get_no_rbac_and_no_token(helm):
 def test_rbac_families_in_the_chart_match_the_code(helm):
     """The chart's family table lists exactly the step types of each family."""
     for family in FAMILIES:
-        members = [n for n, c in STEP_TYPES.items() if c.family == family]
+        members = _family(family)
         by_family = helm.template({"rbac": {"steps": [family]}})
         by_types = helm.template({"rbac": {"steps": members}})
         assert [d for d in by_family if "Role" in d["kind"]] == [
@@ -410,9 +416,13 @@ def test_rbac_families_in_the_chart_match_the_code(helm):
     tpl = (CHART / "templates" / "_rbac.tpl").read_text()
     table = tpl.split('define "receiver.stepFamilies"')[1].split("{{- end")[0]
     declared = yaml.safe_load(table.split("-}}", 1)[1])
-    assert declared == {
-        f: [n for n, c in STEP_TYPES.items() if c.family == f] for f in FAMILIES
-    }
+    assert declared == {f: _family(f) for f in FAMILIES}
+
+
+def _family(family: str) -> list[str]:
+    """Step types of a family; the k8s family also grants its verifications."""
+    members = [n for n, c in STEP_TYPES.items() if c.family == family]
+    return members + (list(VERIFY_RBAC) if family == "k8s" else [])
 
 
 # ----------------------------------------------------------------- values checks
@@ -498,7 +508,7 @@ def test_schema_step_types_are_the_code_step_types():
     """rbac.steps accepts exactly the step types and families of the code."""
     schema = json.loads((CHART / "values.schema.json").read_text())
     items = schema["properties"]["rbac"]["properties"]["steps"]["items"]
-    assert set(items["enum"]) == set(STEP_TYPES) | set(FAMILIES)
+    assert set(items["enum"]) == set(STEP_TYPES) | set(VERIFY_RBAC) | set(FAMILIES)
 
 
 def test_schema_settings_are_receiver_settings():

@@ -959,6 +959,12 @@ STEP_TYPES: dict[str, type[_Base]] = {
     )
 }
 
+# Verifications that read Kubernetes, by type: they need RBAC of their own.
+VERIFY_RBAC: dict[str, Rbac] = {
+    "k8s.rollout_status": RolloutStatusVerify.rbac,
+    "k8s.pods_ready": PodsReadyVerify.rbac,
+}
+
 __all__ = [
     "STEP_TYPES",
     "Duration",

@@ -1,6 +1,8 @@
 {{/*
 What each step type needs from the Kubernetes API: [apiGroup, resource, [verbs]].
-This mirrors the `rbac` ClassVar of each step model in receiver/rulebook/steps.py;
+This mirrors the `rbac` ClassVar of each step model in receiver/rulebook/steps.py
+(and of the two Kubernetes verifications, k8s.rollout_status and k8s.pods_ready,
+which a remediation's `verify:` uses);
 tests/test_helm.py renders every type and fails when the two differ. Step types
 not listed here (redis.*, http.*, prometheus.*) need no Kubernetes access.
 */}}
@@ -48,11 +50,22 @@ k8s.set_memory_limit:
   - ["apps", deployments, [get, patch]]
   - ["apps", statefulsets, [get, patch]]
   - ["apps", daemonsets, [get, patch]]
+k8s.rollout_status:
+  - ["apps", deployments, [get]]
+  - ["apps", statefulsets, [get]]
+  - ["apps", daemonsets, [get]]
+  - ["autoscaling", horizontalpodautoscalers, [get]]
+k8s.pods_ready:
+  - ["", pods, [list]]
+  - ["apps", deployments, [get]]
+  - ["apps", statefulsets, [get]]
+  - ["apps", daemonsets, [get]]
+  - ["autoscaling", horizontalpodautoscalers, [get]]
 {{- end -}}
 
 {{/* Every step type per family, for `rbac.steps: [k8s]`. */}}
 {{- define "receiver.stepFamilies" -}}
-k8s: [k8s.pods, k8s.events, k8s.logs, k8s.rollout_history, k8s.describe, k8s.rollout_restart, k8s.rollout_undo, k8s.scale, k8s.patch_hpa, k8s.delete_pod, k8s.set_memory_limit]
+k8s: [k8s.pods, k8s.events, k8s.logs, k8s.rollout_history, k8s.describe, k8s.rollout_restart, k8s.rollout_undo, k8s.scale, k8s.patch_hpa, k8s.delete_pod, k8s.set_memory_limit, k8s.rollout_status, k8s.pods_ready]
 redis: [redis.get, redis.info, redis.delete_keys, redis.delete_pattern, redis.reset_circuit_breaker]
 http: [http.get, http.request]
 prometheus: [prometheus.query]
