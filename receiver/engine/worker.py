@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -177,6 +178,10 @@ class Processor:
                 source=alert.source,
                 alertname=alert.labels.get("alertname", ""),
                 rules=[m.rule for m in trace.matches],
+                severity=[m.severity.value for m in trace.matches],
+                steps=dict(
+                    Counter(s.decision.value for m in trace.matches for s in m.steps)
+                ),
                 payload_id=payload_id,
             )
         return traces
