@@ -202,6 +202,17 @@ async def test_complete_drops_the_entry_from_pending(store: Store) -> None:
     assert await store.claim("c1", wait=0) is None
 
 
+async def test_record_appends_decisions_of_no_entry(store: Store) -> None:
+    """record() adds readable decision records and leaves the journal alone."""
+    entry = journal_entry(0)
+    await store.append(entry, [])
+    await store.record([trace(f"{entry.id}.sinks", "sinks", fingerprint="fp-s")])
+    found = await store.decisions(DecisionQuery(payload_id=f"{entry.id}.sinks"))
+    assert [d["tag"] for d in found] == ["sinks"]
+    assert await store.pending() == (1, entry.received_at)
+    assert (await store.claim("c1", wait=1.0)) is not None
+
+
 async def test_decisions_are_newest_first_and_filtered(store: Store) -> None:
     """Every DecisionQuery filter selects the right records, newest first."""
     e1, e2 = journal_entry(1), journal_entry(2)

@@ -68,10 +68,8 @@ class SinkStore(Protocol):
         """Mark ``key``; True if it was already marked."""
         ...
 
-    async def complete(
-        self, entry_id: str, traces: Sequence[Mapping[str, Any]]
-    ) -> None:
-        """Append decision records (and finish ``entry_id`` if it is a payload)."""
+    async def record(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Append decision records that belong to no journal entry."""
         ...
 
 
@@ -248,7 +246,7 @@ class SinkDispatcher:
             "matches": [],
         }
         try:
-            await self._store.complete(record_id, [record])
+            await self._store.record([record])
         except ReceiverError as exc:
             log.warning(
                 "sink_outcomes_not_recorded",

@@ -202,6 +202,13 @@ class Store(Protocol):
         """Record an entry's decisions and mark it done, atomically."""
         ...
 
+    async def record(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Append decision records that belong to no journal entry.
+
+        Sink outcomes are recorded this way, under their own ``payload_id``.
+        """
+        ...
+
     async def payload(self, entry_id: str) -> JournalEntry | None:
         """One stored payload."""
         ...

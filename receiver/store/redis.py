@@ -608,6 +608,20 @@ class RedisStore:
             await self._ensure_group()
             await self._complete_script(keys=keys, args=args)
 
+    async def record(self, records: Sequence[Mapping[str, Any]]) -> None:  # noqa: D102
+        if not records:
+            return
+        lines = [
+            f"{_record_time(r):013d} {json.dumps(r, separators=(',', ':'))}"
+            for r in records
+        ]
+        with self._reachable("record decisions"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.lpush(self._decisions, *lines)
+                pipe.ltrim(self._decisions, 0, self.retention.max_decisions - 1)
+                pipe.pexpire(self._decisions, _ttl_ms(self.retention.max_age))
+                await pipe.execute()
+
     async def payload(self, entry_id: str) -> JournalEntry | None:  # noqa: D102
         with self._reachable("read a payload"):
             fields = await self._redis.hgetall(self._key("payload", entry_id))

@@ -355,6 +355,24 @@ class SqliteStore:
 
         await self._run(write)
 
+    async def record(self, records: Sequence[Mapping[str, Any]]) -> None:  # noqa: D102
+        rows = [
+            (
+                str(r.get("payload_id", "")),
+                str(r.get("fingerprint", "")),
+                str(r.get("decided_at", "")),
+                json.dumps(r),
+            )
+            for r in records
+        ]
+        await self._run(
+            lambda db: db.executemany(
+                "INSERT INTO decisions (payload_id, fingerprint, decided_at, record) "
+                "VALUES (?, ?, ?, ?)",
+                rows,
+            )
+        )
+
     async def payload(self, entry_id: str) -> JournalEntry | None:  # noqa: D102
         def read(db: sqlite3.Connection) -> JournalEntry | None:
             row = db.execute("SELECT * FROM journal WHERE id=?", (entry_id,)).fetchone()
