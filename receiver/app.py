@@ -26,6 +26,7 @@ from receiver.sinks import (
     playbook_sinks,
     scrubber,
 )
+from receiver.sources.alertmanager_api import AlertmanagerApi
 from receiver.store.base import Store
 from receiver.web.auth import Authenticator
 from receiver.web.handlers import Handlers
@@ -65,6 +66,7 @@ def create_app(
     executors: Mapping[str, Executor] | None = None,
     metrics: Metrics | None = None,
     sinks: Mapping[str, Sink] | None = None,
+    firing_check: AlertmanagerApi | None = None,
 ) -> web.Application:
     """Build the application; the worker starts with the app and stops with it.
 
@@ -74,7 +76,9 @@ def create_app(
     metrics = metrics or Metrics()
     metrics.rules_loaded.set(len(rulebook.rules))
     consumer = consumer_name()
-    keeper = GuardKeeper(store, consumer, guard_defaults(settings))
+    keeper = GuardKeeper(
+        store, consumer, guard_defaults(settings), firing_check=firing_check
+    )
     runner = Runner(executors or {}, clock, mode=settings.mode, guards=keeper)
     processor = Processor(
         rulebook,
@@ -164,6 +168,8 @@ def create_app(
             close = getattr(executor, "aclose", None)
             if close is not None:
                 await close()
+        if firing_check is not None:
+            await firing_check.aclose()
         await store.close()
 
     app.cleanup_ctx.append(lifecycle)

@@ -130,6 +130,7 @@ def _rules_test(paths: list[Path]) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import gc  # noqa: PLC0415
 
+    import httpx  # noqa: PLC0415
     import uvloop  # noqa: PLC0415
     from aiohttp import web  # noqa: PLC0415
 
@@ -137,6 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
     from receiver.app import create_app  # noqa: PLC0415
     from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
     from receiver.settings import load_settings  # noqa: PLC0415
+    from receiver.sources.alertmanager_api import AlertmanagerApi  # noqa: PLC0415
     from receiver.steps import build_executors  # noqa: PLC0415
     from receiver.store import Retention, open_store  # noqa: PLC0415
 
@@ -164,8 +166,18 @@ def _serve(args: argparse.Namespace) -> int:
             lease=settings.journal_lease,
         ),
     )
+    firing_check = None
+    if settings.alertmanager_url:
+        firing_check = AlertmanagerApi(
+            httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0)),
+            settings.alertmanager_url,
+        )
     app = create_app(
-        settings, rulebook=rulebook, store=store, executors=build_executors(settings)
+        settings,
+        rulebook=rulebook,
+        store=store,
+        executors=build_executors(settings),
+        firing_check=firing_check,
     )
     base = f"http://{settings.host}:{settings.port}"
     log.info(

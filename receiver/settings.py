@@ -168,6 +168,11 @@ class Settings(BaseModel):
         default_factory=list,
         description="Hosts (host or host:port) http steps may call.",
     )
+    alertmanager_url: str | None = Field(
+        default=None,
+        description="Alertmanager base URL: asked whether an alert still fires "
+        "right before a remediation runs.",
+    )
     prometheus_url: str | None = Field(
         default=None,
         description="Prometheus base URL for prometheus.query steps (the target "

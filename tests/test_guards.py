@@ -323,3 +323,28 @@ async def test_resend_inside_cooldown_says_already_done(harness):
     await harness.decide("Cooled")
     again = await harness.decide("Cooled")
     assert again.reason.startswith("already done by test-owner")
+
+
+@dataclass
+class FixedAnswer:
+    answer: bool | None
+
+    async def still_firing(self, alert):
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "decision"),
+    [(True, Decision.EXECUTED), (None, Decision.EXECUTED), (False, Decision.SKIPPED)],
+)
+async def test_alertmanager_is_asked_last(harness, answer, decision):
+    """When Alertmanager says it stopped firing, the run is skipped; unknown runs."""
+    harness.processor._runner._guards.firing_check = FixedAnswer(answer)
+    step = await harness.decide("Hook")
+    assert step.decision is decision
+    if answer is False:
+        assert step.reason.startswith("alert resolved: Alertmanager no longer lists")
+        assert harness.executor.calls == []
+        again = await harness.decide("Hook")
+        assert again.decision is Decision.SKIPPED, "the claim was given back"
+        assert again.reason.startswith("alert resolved: Alertmanager")

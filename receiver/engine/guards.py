@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from receiver.model import Alert, iso
 from receiver.rulebook.schema import Guards
@@ -46,6 +47,14 @@ def _at(ts: datetime) -> str:
     return iso(ts) or "?"
 
 
+class FiringCheck(Protocol):
+    """Asks the alert's source whether it still fires (None: could not tell)."""
+
+    async def still_firing(self, alert: Alert) -> bool | None:
+        """True, False, or None when unknown."""
+        ...
+
+
 class Refusal(Exception):  # noqa: N818 (a control-flow outcome, not a failure)
     """A guard said no; ``reason`` says why, ``awaiting`` marks approvals."""
 
@@ -67,10 +76,18 @@ class Held:
 class GuardKeeper:
     """Applies the guards for one store, owner and set of defaults."""
 
-    def __init__(self, store: Store, owner: str, defaults: GuardDefaults) -> None:
+    def __init__(
+        self,
+        store: Store,
+        owner: str,
+        defaults: GuardDefaults,
+        *,
+        firing_check: FiringCheck | None = None,
+    ) -> None:
         self.store = store
         self.owner = owner
         self.defaults = defaults
+        self.firing_check = firing_check
 
     def cool_off(self, guards: Guards) -> tuple[int, timedelta]:
         """Circuit threshold and cool-off for a playbook."""
@@ -92,8 +109,26 @@ class GuardKeeper:
             )
         await self.store.reset_circuit(f"playbook:{playbook}")
 
-    async def check_firing(self, alert: Alert) -> None:
-        """Refuse when the journal says the alert resolved or was superseded."""
+    async def check_firing(self, alert: Alert, *, ask_source: bool = False) -> None:
+        """Refuse when the journal says the alert resolved or was superseded.
+
+        With ``ask_source`` (the last check before acting) also ask Alertmanager,
+        when one is configured, for alerts that came from it.
+        """
+        await self._check_journal(alert)
+        if (
+            ask_source
+            and self.firing_check is not None
+            and alert.source == ("alertmanager")
+        ):
+            firing = await self.firing_check.still_firing(alert)
+            if firing is False:
+                raise Refusal(
+                    "alert resolved: Alertmanager no longer lists it firing "
+                    "(its resolve notification has not arrived yet)"
+                )
+
+    async def _check_journal(self, alert: Alert) -> None:
         state = await self.store.alert_state(alert.fingerprint)
         if state is None:
             return

@@ -207,7 +207,7 @@ class Runner:
         keeper = self._guards
         guards = match.match.playbook.guards
         try:
-            await keeper.check_firing(alert)
+            await keeper.check_firing(alert, ask_source=True)
         except Refusal as refusal:
             await keeper.abandon(held, self._clock())
             return replace(trace, decision=Decision.SKIPPED, reason=refusal.reason)
