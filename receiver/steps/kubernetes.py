@@ -28,7 +28,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -202,7 +202,9 @@ class KubernetesExecutor:
                 last = exc
                 await asyncio.sleep(backoff_delay(self._backoff, attempt))
                 continue
-            return plan.done(response)
+            outcome = plan.done(response)
+            # Every write reports the exact request it sent.
+            return replace(outcome, result={**outcome.result, "request": plan.request})
         raise TransientStepError(
             f"{what}: gave up after {_WRITE_ATTEMPTS} attempts: {last}"
         )
@@ -802,7 +804,7 @@ class KubernetesExecutor:
                     ok=True,
                     reason=f"restarted {kind.lower()}/{name} -n {ns} (restartedAt "
                     f"{stamp}, generation {dig(response, 'metadata', 'generation')})",
-                    result={"restarted_at": stamp, "request": request},
+                    result={"restarted_at": stamp},
                 ),
             )
 
@@ -925,7 +927,6 @@ class KubernetesExecutor:
                         "to_revision": to_revision,
                         "images_before": before,
                         "images_after": after,
-                        "request": request,
                     },
                 ),
             )
@@ -1044,7 +1045,6 @@ class KubernetesExecutor:
                         "to": final,
                         "clamped": bool(notes),
                         "changed": True,
-                        "request": request,
                     },
                 ),
             )
@@ -1116,7 +1116,6 @@ class KubernetesExecutor:
                         "to": target,
                         "capped": bool(note),
                         "changed": True,
-                        "request": request,
                     },
                 ),
             )
@@ -1194,7 +1193,6 @@ class KubernetesExecutor:
                         "from": live,
                         "to": step.memory,
                         "changed": True,
-                        "request": request,
                     },
                 ),
             )
