@@ -6,6 +6,7 @@ is counted at the receiving end, not inferred from the receiver's own records.
 
 from __future__ import annotations
 
+import textwrap
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -57,3 +58,37 @@ class CountingServer:
         """A copy of the counts."""
         with self._lock:
             return Counter(self.hits)
+
+
+def hook_rules(hook_url: str, alertname: str) -> str:
+    """A rule file whose one remediation calls the counting server per fingerprint."""
+    return textwrap.dedent(
+        f"""
+        playbooks:
+          hook:
+            remediation:
+              - type: http.request
+                url: "{hook_url}/run/{{alert.fingerprint}}"
+            guards:
+              cooldown: 0s
+              budget: {{max: 100000, window: 1h}}
+        rules:
+          - name: hook
+            match: ['alertname="{alertname}"']
+            playbook: hook
+        """
+    )
+
+
+def hook_env(
+    hook_port: int, store: str, token: str, mode: str = "execute"
+) -> dict[str, str]:
+    """Receiver settings for ``hook_rules``: hook allowed, budgets out of the way."""
+    return {
+        "RECEIVER_AUTH_TOKENS": token,
+        "RECEIVER_MODE": mode,
+        "RECEIVER_STORE": store,
+        "RECEIVER_HTTP_ALLOWLIST": f"127.0.0.1:{hook_port}",
+        "RECEIVER_GLOBAL_BUDGET_MAX": "100000",
+        "RECEIVER_LOG_LEVEL": "warning",
+    }

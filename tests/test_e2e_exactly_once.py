@@ -10,43 +10,13 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from counting import CountingServer
+from counting import CountingServer, hook_env, hook_rules
 from peers import poll, run_alertmanager, run_receiver
 
 pytestmark = pytest.mark.e2e
 
 TOKEN = "exactly-once-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def _rules(hook_url: str) -> str:
-    return textwrap.dedent(
-        f"""
-        playbooks:
-          hook:
-            remediation:
-              - type: http.request
-                url: "{hook_url}/run/{{alert.fingerprint}}"
-            guards:
-              cooldown: 0s
-              budget: {{max: 100000, window: 1h}}
-        rules:
-          - name: hook
-            match: ['alertname="Burst"']
-            playbook: hook
-        """
-    )
-
-
-def _env(hook_port: int, db: str) -> dict[str, str]:
-    return {
-        "RECEIVER_AUTH_TOKENS": TOKEN,
-        "RECEIVER_MODE": "execute",
-        "RECEIVER_STORE": f"sqlite:///{db}",
-        "RECEIVER_HTTP_ALLOWLIST": f"127.0.0.1:{hook_port}",
-        "RECEIVER_GLOBAL_BUDGET_MAX": "100000",
-        "RECEIVER_LOG_LEVEL": "warning",
-    }
 
 
 def _payload(i: int) -> bytes:
@@ -112,8 +82,8 @@ def test_kill_9_mid_burst_loses_nothing_and_runs_nothing_twice(tmp_path):
     db = str(tmp_path / "state.db")
     rules = tmp_path / "rules.yaml"
     with CountingServer() as hook:
-        rules.write_text(_rules(hook.url))
-        env = _env(hook.port, db)
+        rules.write_text(hook_rules(hook.url, "Burst"))
+        env = hook_env(hook.port, f"sqlite:///{db}", TOKEN)
         with run_receiver(tmp_path, rules=rules, env=env) as first:
 
             async def burst_and_kill() -> dict[int, str]:
@@ -161,8 +131,8 @@ def test_alertmanager_resends_run_once(tmp_path):
     """A firing alert resent on every repeat_interval runs its remediation once."""
     rules = tmp_path / "rules.yaml"
     with CountingServer() as hook:
-        rules.write_text(_rules(hook.url))
-        env = _env(hook.port, str(tmp_path / "state.db"))
+        rules.write_text(hook_rules(hook.url, "Burst"))
+        env = hook_env(hook.port, f"sqlite:///{tmp_path / 'state.db'}", TOKEN)
         with run_receiver(tmp_path, rules=rules, env=env) as rx:
             config = textwrap.dedent(
                 f"""

@@ -12,12 +12,11 @@ import contextlib
 import json
 import signal
 import subprocess
-import textwrap
 from pathlib import Path
 
 import httpx
 import pytest
-from counting import CountingServer
+from counting import CountingServer, hook_env, hook_rules
 from peers import free_port, poll, run_receiver, start_redis
 
 pytestmark = pytest.mark.e2e
@@ -25,36 +24,6 @@ pytestmark = pytest.mark.e2e
 TOKEN = "replica-token-51c2"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 JSON = {**AUTH, "Content-Type": "application/json"}
-
-
-def _rules(hook_url: str) -> str:
-    return textwrap.dedent(
-        f"""
-        playbooks:
-          hook:
-            remediation:
-              - type: http.request
-                url: "{hook_url}/run/{{alert.fingerprint}}"
-            guards:
-              cooldown: 0s
-              budget: {{max: 100000, window: 1h}}
-        rules:
-          - name: hook
-            match: ['alertname="Replica"']
-            playbook: hook
-        """
-    )
-
-
-def _env(hook_port: int, redis_url: str, mode: str = "execute") -> dict[str, str]:
-    return {
-        "RECEIVER_AUTH_TOKENS": TOKEN,
-        "RECEIVER_MODE": mode,
-        "RECEIVER_STORE": redis_url,
-        "RECEIVER_HTTP_ALLOWLIST": f"127.0.0.1:{hook_port}",
-        "RECEIVER_GLOBAL_BUDGET_MAX": "100000",
-        "RECEIVER_LOG_LEVEL": "warning",
-    }
 
 
 def _payload(tag: str, count: int) -> bytes:
@@ -91,8 +60,8 @@ def test_three_replicas_run_each_occurrence_once(tmp_path):
     port = free_port()
     with durable_redis(tmp_path, port), CountingServer() as hook:
         rules = tmp_path / "rules.yaml"
-        rules.write_text(_rules(hook.url))
-        env = _env(hook.port, f"redis://127.0.0.1:{port}/0")
+        rules.write_text(hook_rules(hook.url, "Replica"))
+        env = hook_env(hook.port, f"redis://127.0.0.1:{port}/0", TOKEN)
         with (
             run_receiver(tmp_path, rules=rules, env=env) as a,
             run_receiver(tmp_path, rules=rules, env=env) as b,
@@ -145,8 +114,8 @@ def test_redis_stopped_mid_burst_answers_503_and_loses_nothing(tmp_path):
     """With Redis down webhooks get 503 + Retry-After; every 202 is decided later."""
     port = free_port()
     rules = tmp_path / "rules.yaml"
-    rules.write_text(_rules("http://127.0.0.1:9"))
-    env = _env(9, f"redis://127.0.0.1:{port}/0", mode="dry-run")
+    rules.write_text(hook_rules("http://127.0.0.1:9", "Replica"))
+    env = hook_env(9, f"redis://127.0.0.1:{port}/0", TOKEN, mode="dry-run")
     accepted: list[str] = []
     refused: list[httpx.Response] = []
     with (
