@@ -7,57 +7,21 @@ is counted at the receiving end, not inferred from the receiver's own records.
 from __future__ import annotations
 
 import textwrap
-import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Self
+
+from fakes import RecordingServer, Reply
 
 
-class CountingServer:
-    """Counts requests per path on a loopback port, in a background thread."""
+class CountingServer(RecordingServer):
+    """Answers every POST with 200 and counts them per path."""
 
     def __init__(self) -> None:
-        self.hits: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length)
-                with server._lock:
-                    server.hits[self.path] += 1
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: object) -> None:
-                del args
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self._httpd.server_address[1])
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__()
+        self.script("POST", ".*", Reply(200, b"ok"))
 
     def snapshot(self) -> Counter[str]:
-        """A copy of the counts."""
-        with self._lock:
-            return Counter(self.hits)
+        """How many POSTs each path received so far."""
+        return Counter(r.path for r in self.seen("POST", ".*"))
 
 
 def hook_rules(hook_url: str, alertname: str) -> str:
