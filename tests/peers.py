@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -246,3 +247,37 @@ def start_redis(
         yield proc
     finally:
         peer.stop()
+
+
+@contextlib.contextmanager
+def run_prometheus(
+    tmp: Path, *, job: str = "prometheus", target: str | None = None
+) -> Iterator[str]:
+    """Prometheus on loopback scraping ``target`` (itself by default) every second."""
+    binary = require_binary("prometheus", package="prometheus")
+    port = free_port()
+    config = tmp / "prometheus.yml"
+    scraped = target or f"127.0.0.1:{port}"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+            scrape_configs:
+              - job_name: {job}
+                static_configs: [{{targets: ['{scraped}']}}]
+            """
+        )
+    )
+    base = f"http://127.0.0.1:{port}"
+    with run_peer(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp / 'prom-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        ready_url=f"{base}/-/ready",
+        url=base,
+        log=tmp / "prometheus.log",
+    ):
+        yield base

@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import itertools
 import json
-import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,15 +21,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import peers
 import pytest
 import redis
 from fakes import RecordingServer, Reply, pagerduty_api
 from peers import (
     Peer,
-    free_port,
     poll,
-    require_binary,
-    run_peer,
     run_receiver,
     run_redis,
 )
@@ -69,35 +66,9 @@ def forwarder_metrics(target: redis.Redis) -> Reply:
     return respond  # type: ignore[return-value]
 
 
-@contextlib.contextmanager
-def run_prometheus(tmp: Path, target: str) -> Iterator[str]:
-    """Prometheus on loopback scraping ``target`` (host:port) every second."""
-    binary = require_binary("prometheus")
-    port = free_port()
-    config = tmp / "prometheus.yml"
-    config.write_text(
-        textwrap.dedent(
-            f"""
-            global: {{scrape_interval: 1s, evaluation_interval: 1s}}
-            scrape_configs:
-              - job_name: siem-forwarder
-                static_configs: [{{targets: ['{target}']}}]
-            """
-        )
-    )
-    base = f"http://127.0.0.1:{port}"
-    with run_peer(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp / 'prom-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        ready_url=f"{base}/-/ready",
-        url=base,
-        log=tmp / "prometheus.log",
-    ):
-        yield base
+def run_prometheus(tmp: Path, target: str) -> contextlib.AbstractContextManager[str]:
+    """Prometheus on loopback scraping the fake SIEM forwarder every second."""
+    return peers.run_prometheus(tmp, job="siem-forwarder", target=target)
 
 
 def signed(body: dict, webhook_id: str) -> tuple[bytes, dict[str, str]]:

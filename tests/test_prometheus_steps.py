@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import textwrap
 import time
 
 import httpx
 import pytest
-from peers import free_port, require_binary, run_peer
+from peers import run_prometheus
 
 from receiver.errors import PermanentStepError
 from receiver.model import Alert, freeze
@@ -29,32 +28,7 @@ ALERT = Alert(
 @pytest.fixture(scope="module")
 def prometheus_url(tmp_path_factory):
     """A Prometheus on loopback scraping itself every second."""
-    binary = require_binary("prometheus")
-    tmp = tmp_path_factory.mktemp("prometheus")
-    port = free_port()
-    config = tmp / "prometheus.yml"
-    config.write_text(
-        textwrap.dedent(
-            f"""
-            global: {{scrape_interval: 1s, evaluation_interval: 1s}}
-            scrape_configs:
-              - job_name: prometheus
-                static_configs: [{{targets: ['127.0.0.1:{port}']}}]
-            """
-        )
-    )
-    base = f"http://127.0.0.1:{port}"
-    with run_peer(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        ready_url=f"{base}/-/ready",
-        url=base,
-        log=tmp / "prometheus.log",
-    ):
+    with run_prometheus(tmp_path_factory.mktemp("prometheus")) as base:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             body = httpx.get(f"{base}/api/v1/query", params={"query": "up"}).json()
