@@ -317,12 +317,10 @@ def _print_match(match: MatchTrace, firing: bool) -> None:
     if match.description:
         _out(f"    {match.description}")
     if firing:
-        after = info.escalate_after
-        when = "immediately" if after == "immediately" else f"after {after}"
         _out(
             f"    ack within {info.acknowledge_within}, mitigate within "
             f"{info.mitigate_within}, updates every {info.update_every}, "
-            f"escalate {when} to {info.escalate_to}"
+            f"{info.escalation()}"
         )
     if match.escalate_to:
         _out(f"    escalate to: {match.escalate_to}")

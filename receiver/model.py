@@ -101,6 +101,12 @@ class SeverityInfo:
     escalate_after: str
     escalate_to: str
 
+    def escalation(self, to: str = "") -> str:
+        """``escalate immediately to ...`` or ``escalate after 2h to ...``."""
+        after = self.escalate_after
+        when = "immediately" if after == "immediately" else f"after {after}"
+        return f"escalate {when} to {to or self.escalate_to}"
+
     def to_json(self) -> dict[str, str]:
         """Plain JSON form for traces and notes."""
         return {

@@ -257,13 +257,11 @@ def headline(trace: AlertTrace) -> str:
 def targets_line(match: MatchTrace) -> str:
     """The runbook's response targets for the match's severity."""
     info = match.severity.info
-    after = info.escalate_after
-    when = "immediately" if after == "immediately" else f"after {after}"
     return (
         f"{match.severity} {info.name}: {info.definition}. Acknowledge within "
         f"{info.acknowledge_within}, mitigate within {info.mitigate_within}, "
         f"resolve within {info.resolve_within}; updates every {info.update_every}; "
-        f"escalate {when} to {match.escalate_to or info.escalate_to}."
+        f"{info.escalation(match.escalate_to)}."
     )
 
 

@@ -15,16 +15,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from receiver.errors import PermanentStepError, TransientStepError
 from receiver.model import Alert, StepResult
 from receiver.rulebook.steps import HttpGet, HttpRequest, HttpVerify, StepModel
+from receiver.steps.retry import retrying
 
 
 def json_path(document: Any, path: str) -> Any:
@@ -76,12 +71,7 @@ class HttpExecutor:
         self._check(url)
         started = time.perf_counter()
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(TransientStepError),
-                stop=stop_after_attempt(3),
-                wait=wait_random_exponential(multiplier=0.2, max=2),
-                reraise=True,
-            ):
+            async for attempt in retrying(TransientStepError):
                 with attempt:
                     response = await self._send("GET", url)
         except TransientStepError as exc:
@@ -121,12 +111,7 @@ class HttpExecutor:
     async def _request(self, step: HttpRequest) -> StepResult:
         self._check(step.url)
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(httpx.ConnectError),
-                stop=stop_after_attempt(3),
-                wait=wait_random_exponential(multiplier=0.2, max=2),
-                reraise=True,
-            ):
+            async for attempt in retrying(httpx.ConnectError):
                 with attempt:
                     response = await self._client.request(
                         step.method, step.url, json=step.json_body, headers=step.headers

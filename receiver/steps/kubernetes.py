@@ -762,6 +762,29 @@ class KubernetesExecutor:
             f"patch {kind.lower()}/{name} -n {ns}", call, name, ns, body, retry=False
         )
 
+    def _workload_write(
+        self,
+        kind: str,
+        ns: str,
+        name: str,
+        body: Json,
+        done: Callable[[Any], StepResult],
+    ) -> _Write:
+        """A strategic-merge patch of a workload, as ``_write_loop`` sends it."""
+        request = request_record(
+            "patch",
+            kind,
+            ns,
+            name,
+            body=body,
+            content_type="application/strategic-merge-patch+json",
+        )
+        return _Write(
+            send=lambda: self._patch_workload(kind, ns, name, body),
+            request=request,
+            done=done,
+        )
+
     async def _restart(self, step: K8sRolloutRestart) -> StepResult:
         kind, ns, name = step.workload_kind, step.namespace, step.workload
         stamp = rfc3339(self._clock())
@@ -789,17 +812,11 @@ class KubernetesExecutor:
                     "template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}
                 },
             }
-            request = request_record(
-                "patch",
+            return self._workload_write(
                 kind,
                 ns,
                 name,
-                body=body,
-                content_type="application/strategic-merge-patch+json",
-            )
-            return _Write(
-                send=lambda: self._patch_workload(kind, ns, name, body),
-                request=request,
+                body,
                 done=lambda response: StepResult(
                     ok=True,
                     reason=f"restarted {kind.lower()}/{name} -n {ns} (restartedAt "
@@ -1173,17 +1190,11 @@ class KubernetesExecutor:
                     }
                 },
             }
-            request = request_record(
-                "patch",
+            return self._workload_write(
                 kind,
                 ns,
                 name,
-                body=body,
-                content_type="application/strategic-merge-patch+json",
-            )
-            return _Write(
-                send=lambda: self._patch_workload(kind, ns, name, body),
-                request=request,
+                body,
                 done=lambda _response: StepResult(
                     ok=True,
                     reason=f"raised the memory limit of {step.container} in "

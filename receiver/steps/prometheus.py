@@ -17,16 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from receiver.errors import PermanentStepError, TransientStepError
 from receiver.model import Alert, StepResult
 from receiver.rulebook.steps import PrometheusQuery, PrometheusVerify, StepModel
+from receiver.steps.retry import retrying
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
@@ -67,12 +62,7 @@ class PrometheusExecutor:
                 f"no Prometheus named {target!r} (configured: "
                 f"{', '.join(sorted(self._targets)) or 'none'}; set prometheus_url)"
             )
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(TransientStepError),
-            stop=stop_after_attempt(3),
-            wait=wait_random_exponential(multiplier=0.2, max=2),
-            reraise=True,
-        ):
+        async for attempt in retrying(TransientStepError):
             with attempt:
                 data = await self._get(f"{base}/api/v1/query", promql)
         result_type = data.get("resultType")

@@ -23,12 +23,6 @@ import redis.asyncio
 import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from receiver.errors import PermanentStepError, TransientStepError
 from receiver.model import Alert, StepResult
@@ -40,6 +34,7 @@ from receiver.rulebook.steps import (
     RedisResetCircuitBreaker,
     StepModel,
 )
+from receiver.steps.retry import retrying
 
 # The runbook's threshold: "If <70%, increase cache TTL".
 HIT_RATE_THRESHOLD = 0.70
@@ -138,11 +133,8 @@ class RedisExecutor:
         """Run ``fn`` with bounded retries of connection errors, typed errors out."""
         where = self._where.get(target, target)
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(TransientStepError),
-                stop=stop_after_attempt(self._attempts),
-                wait=wait_random_exponential(multiplier=0.1, max=1),
-                reraise=True,
+            async for attempt in retrying(
+                TransientStepError, attempts=self._attempts, multiplier=0.1, cap=1
             ):
                 with attempt:
                     try:
