@@ -25,6 +25,8 @@ from receiver.errors import (
 from receiver.metrics import Metrics
 
 CONTENT_TYPE = "application/problem+json"
+# Where a problem response keeps its detail, for the one log line per rejection.
+DETAIL = web.ResponseKey("problem_detail", str)
 log = structlog.get_logger("receiver.web")
 
 _TITLES = {
@@ -57,9 +59,11 @@ def problem(
     }
     if errors:
         body["errors"] = errors
-    return web.json_response(
+    response = web.json_response(
         body, status=status, content_type=CONTENT_TYPE, headers=headers
     )
+    response[DETAIL] = detail
+    return response
 
 
 def error_response(exc: ReceiverError) -> web.Response:
@@ -148,7 +152,7 @@ def make_middleware(
                         "webhook_rejected",
                         source=source.removeprefix("webhook:"),
                         status=response.status,
-                        reason=getattr(response, "text", "")[:300],
+                        reason=str(response.get(DETAIL, ""))[:300],
                     )
             response.headers["X-Request-Id"] = request_id
             return response
