@@ -7,15 +7,19 @@ are started and stopped in ``cleanup_ctx``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import structlog
 from aiohttp import web
 
 from receiver.engine.guards import GuardDefaults, GuardKeeper
 from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor, Worker, consumer_name
+from receiver.errors import StoreUnavailableError
 from receiver.metrics import Metrics
 from receiver.rulebook.loader import Rulebook
 from receiver.settings import Settings
@@ -27,11 +31,13 @@ from receiver.sinks import (
     scrubber,
 )
 from receiver.sources.alertmanager_api import AlertmanagerApi
+from receiver.sources.caps import AlertCaps
 from receiver.store.base import Store
-from receiver.web.auth import Authenticator
-from receiver.web.handlers import Handlers
+from receiver.web.auth import AUTHENTICATOR, Authenticator
+from receiver.web.handlers import EdgeLimits, Handlers
 from receiver.web.problems import make_middleware
 
+log = structlog.get_logger("receiver")
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 PROCESSOR = web.AppKey("processor", Processor)
@@ -55,6 +61,61 @@ def guard_defaults(settings: Settings) -> GuardDefaults:
         circuit_cool_off=settings.circuit_cool_off,
         approval_ttl=settings.approval_ttl,
     )
+
+
+def edge_limits(settings: Settings) -> EdgeLimits:
+    """What the edge reads, waits for and lets an alert hold, from settings."""
+    return EdgeLimits(
+        max_body_bytes=settings.max_body_bytes,
+        max_unauthenticated_body_bytes=settings.max_unauthenticated_body_bytes,
+        unauthenticated_body_reads=settings.unauthenticated_body_reads,
+        body_timeout=settings.body_timeout.total_seconds(),
+        caps=AlertCaps(
+            max_labels=settings.max_labels,
+            max_annotations=settings.max_annotations,
+            max_label_value_bytes=settings.max_label_value_bytes,
+            max_annotation_value_bytes=settings.max_annotation_value_bytes,
+            max_alert_bytes=settings.max_alert_bytes,
+        ),
+    )
+
+
+async def expire_approvals(
+    store: Store, clock: Callable[[], datetime], every: timedelta
+) -> None:
+    """Mark pending approvals past their expiry ``expired``, every ``every``.
+
+    Expired approvals are then pruned with other finished state (``retention``).
+    """
+    while True:
+        try:
+            expired = await store.expire_approvals(clock())
+        except StoreUnavailableError as exc:
+            log.warning("approval_expiry_failed", error=str(exc))
+        else:
+            if expired:
+                log.info("approvals_expired", count=expired)
+        await asyncio.sleep(every.total_seconds())
+
+
+def add_routes(app: web.Application, handlers: Handlers) -> None:
+    """Every route of the service (the OpenAPI document lists the same)."""
+    r = app.router
+    r.add_post(
+        "/webhooks/alertmanager", handlers.alertmanager, name="webhook:alertmanager"
+    )
+    r.add_post("/webhooks/pagerduty", handlers.pagerduty, name="webhook:pagerduty")
+    r.add_post("/v2/enqueue", handlers.enqueue, name="webhook:events_v2")
+    r.add_get("/api/v1/decisions", handlers.decisions)
+    r.add_get("/api/v1/payloads", handlers.payloads)
+    r.add_get("/api/v1/payloads/{id}", handlers.payload)
+    r.add_post("/api/v1/replay", handlers.replay)
+    r.add_get("/api/v1/approvals", handlers.approvals)
+    r.add_post("/api/v1/approvals/{id}", handlers.decide_approval)
+    r.add_get("/healthz", handlers.healthz)
+    r.add_get("/readyz", handlers.readyz)
+    r.add_get("/metrics", handlers.metrics)
+    r.add_get("/openapi.json", handlers.openapi)
 
 
 def create_app(
@@ -94,21 +155,15 @@ def create_app(
         pagerduty_alertname_from=settings.pagerduty_alertname_from,
         store=store,
     )
-    auth = Authenticator(
-        settings.auth_tokens,
-        settings.basic_auth,
-        settings.pagerduty_secrets,
-        settings.routing_keys,
-        open_when_unset=settings.loopback_only,
-    )
+    auth = Authenticator.from_settings(settings)
     handlers = Handlers(
         store=store,
         processor=processor,
         auth=auth,
         metrics=metrics,
         clock=clock,
-        max_body_bytes=settings.max_body_bytes,
         alertname_from=settings.pagerduty_alertname_from,
+        limits=edge_limits(settings),
         execute=settings.mode == "execute",
     )
     app = web.Application(
@@ -116,24 +171,10 @@ def create_app(
         client_max_size=settings.max_body_bytes + 1,
     )
     app[STORE] = store
+    app[AUTHENTICATOR] = auth
     app[METRICS] = metrics
     app[PROCESSOR] = processor
-    r = app.router
-    r.add_post(
-        "/webhooks/alertmanager", handlers.alertmanager, name="webhook:alertmanager"
-    )
-    r.add_post("/webhooks/pagerduty", handlers.pagerduty, name="webhook:pagerduty")
-    r.add_post("/v2/enqueue", handlers.enqueue, name="webhook:events_v2")
-    r.add_get("/api/v1/decisions", handlers.decisions)
-    r.add_get("/api/v1/payloads", handlers.payloads)
-    r.add_get("/api/v1/payloads/{id}", handlers.payload)
-    r.add_post("/api/v1/replay", handlers.replay)
-    r.add_get("/api/v1/approvals", handlers.approvals)
-    r.add_post("/api/v1/approvals/{id}", handlers.decide_approval)
-    r.add_get("/healthz", handlers.healthz)
-    r.add_get("/readyz", handlers.readyz)
-    r.add_get("/metrics", handlers.metrics)
-    r.add_get("/openapi.json", handlers.openapi)
+    add_routes(app, handlers)
 
     sinks = build_sinks(settings) if sinks is None else sinks
     dispatcher = None
@@ -160,7 +201,14 @@ def create_app(
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await worker.start()
+        sweeper = asyncio.create_task(
+            expire_approvals(store, clock, settings.approval_sweep),
+            name="approval-expiry",
+        )
         yield
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
         await worker.stop()
         if dispatcher is not None:
             await dispatcher.aclose()

@@ -132,7 +132,6 @@ def _serve(args: argparse.Namespace) -> int:
 
     import httpx  # noqa: PLC0415
     import uvloop  # noqa: PLC0415
-    from aiohttp import web  # noqa: PLC0415
 
     from receiver import logs  # noqa: PLC0415
     from receiver.app import create_app  # noqa: PLC0415
@@ -141,6 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
     from receiver.sources.alertmanager_api import AlertmanagerApi  # noqa: PLC0415
     from receiver.steps import build_executors  # noqa: PLC0415
     from receiver.store import Retention, open_store  # noqa: PLC0415
+    from receiver.web.server import serve  # noqa: PLC0415
 
     settings = load_settings(
         args.config,
@@ -209,14 +209,12 @@ def _serve(args: argparse.Namespace) -> int:
     # Everything built so far lives for the whole process: keep it out of the
     # garbage collector's generations so collections during a storm stay cheap.
     gc.freeze()
-    web.run_app(
+    serve(
         app,
-        loop=uvloop.new_event_loop(),
         host=settings.host,
         port=settings.port,
-        print=None,
-        access_log=None,
-        handle_signals=True,
+        max_connections=settings.max_connections,
+        loop=uvloop.new_event_loop(),
     )
     return 0
 

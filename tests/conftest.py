@@ -117,7 +117,9 @@ def make_client(aiohttp_client: Any, web_rules: Path) -> Callable[..., Awaitable
     The client carries ``.store`` and ``.metrics`` for assertions.
     """
 
-    async def factory(settings: Settings | None = None) -> Any:
+    async def factory(
+        settings: Settings | None = None, extra_routes: list[Any] | None = None
+    ) -> Any:
         store = MemoryStore()
         metrics = Metrics()
         app = create_app(
@@ -127,6 +129,8 @@ def make_client(aiohttp_client: Any, web_rules: Path) -> Callable[..., Awaitable
             clock=lambda: NOW,
             metrics=metrics,
         )
+        for method, path, handler in extra_routes or []:
+            app.router.add_route(method, path, handler)
         client = await aiohttp_client(app)
         client.store = store
         client.metrics = metrics

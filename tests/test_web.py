@@ -166,7 +166,17 @@ REJECTIONS = [
         403,
         "does not match",
     ),
-    ("pd-text", PD, {"Content-Type": "text/plain"}, pd_body(), 415, "Content-Type"),
+    (
+        "pd-text",
+        PD,
+        {
+            "Content-Type": "text/plain",
+            "X-PagerDuty-Signature": pd_signature(pd_body(), PD_SECRET),
+        },
+        pd_body(),
+        415,
+        "Content-Type",
+    ),
     (
         "enqueue-key",
         ENQUEUE,
@@ -463,7 +473,8 @@ async def test_enqueue_generates_stable_dedup_key(make_client):
     assert first["status"] == "success"
     assert first["dedup_key"]
     assert first["dedup_key"] == second["dedup_key"]
-    assert first["id"] != second["id"]
+    assert first["id"]
+    assert "id" not in second  # folded into the open alert: nothing journaled
 
 
 @pytest.mark.parametrize("action", ["acknowledge", "resolve"])
@@ -571,7 +582,7 @@ async def test_not_loopback_without_credentials_is_disabled(
         resp = await client.post(path, data=body, headers=headers)
     problem = await resp.json(content_type=PROBLEM)
     assert_problem(resp, problem, 403)
-    assert "disabled" in problem["detail"]
+    assert "disabled" in problem["detail"] or "none is configured" in problem["detail"]
     assert "RECEIVER_" in problem["detail"]
 
 
@@ -720,7 +731,7 @@ async def test_decisions_newest_first_with_filters(make_client):
     resp = await client.get(
         "/api/v1/decisions", params={"rule": "no-such-rule"}, headers=bearer()
     )
-    assert (await resp.json()) == {"decisions": [], "count": 0}
+    assert (await resp.json()) == {"decisions": [], "count": 0, "next_cursor": None}
     resp = await client.get(
         "/api/v1/decisions", params={"limit": "1"}, headers=bearer()
     )

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from receiver.model import Alert, freeze
+from receiver.sources.wire import Timestamp
 
 _AM_LABEL_LINE = re.compile(r"^ - ([a-zA-Z_][a-zA-Z0-9_]*) = (.*)$")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -34,7 +35,7 @@ class Payload(BaseModel):
     summary: str = Field(min_length=1, max_length=1024)
     source: str = Field(min_length=1)
     severity: Literal["critical", "error", "warning", "info"]
-    timestamp: datetime | None = None
+    timestamp: Timestamp | None = None
     component: str | None = None
     group: str | None = None
     class_: str | None = Field(default=None, alias="class")
@@ -109,6 +110,7 @@ def to_alerts(data: Any, now: datetime, *, body: bytes = b"") -> list[Alert]:
                     for k, v in p.custom_details.items()
                     if isinstance(k, str)
                     and k not in _AM_DETAIL_KEYS
+                    and k != "routing_key"
                     and isinstance(v, str)
                     and v
                     and "\n" not in v

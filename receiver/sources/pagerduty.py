@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from receiver.model import Alert, Status, freeze
+from receiver.sources.wire import Timestamp
 
 FIRING = {
     "incident.triggered",
@@ -45,7 +46,7 @@ class IncidentData(BaseModel):
     number: int | None = None
     status: str = ""
     incident_key: str | None = None
-    created_at: datetime | None = None
+    created_at: Timestamp | None = None
     title: str = ""
     html_url: str = ""
     urgency: str = ""
@@ -63,7 +64,7 @@ class Event(BaseModel):
     id: str = Field(min_length=1)
     event_type: str = Field(min_length=1)
     resource_type: str = ""
-    occurred_at: datetime
+    occurred_at: Timestamp
     agent: Reference | None = None
     data: IncidentData = Field(default_factory=IncidentData)
 

@@ -90,6 +90,26 @@ class DecisionQuery:
     payload_id: str | None = None
     since: datetime | None = None
     limit: int = 100
+    # Opaque: the ``next_cursor`` of the previous page; records older than it.
+    cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class DecisionPage:
+    """One page of decision records, newest first, as stored JSON text.
+
+    Kept as text so the API answers without decoding and re-encoding them;
+    ``next_cursor`` is None on the last page.
+    """
+
+    records: list[str]
+    next_cursor: str | None = None
+
+    def items(self) -> list[dict[str, Any]]:
+        """The records decoded."""
+        import json  # noqa: PLC0415 (only callers that decode need it)
+
+        return [json.loads(r) for r in self.records]
 
 
 def decision_matches(record: Mapping[str, Any], query: DecisionQuery) -> bool:
@@ -213,12 +233,18 @@ class Store(Protocol):
         """One stored payload."""
         ...
 
-    async def payloads(self, limit: int = 100) -> list[JournalEntry]:
-        """Stored payloads, newest first."""
+    async def payloads(
+        self, limit: int = 100, *, before: str | None = None
+    ) -> list[JournalEntry]:
+        """Stored payloads, newest first; with ``before``, those older than that id."""
         ...
 
     async def decisions(self, query: DecisionQuery) -> list[dict[str, Any]]:
-        """Decision records, newest first, filtered."""
+        """Decision records, newest first, filtered (one page, decoded)."""
+        ...
+
+    async def decision_page(self, query: DecisionQuery) -> DecisionPage:
+        """One page of decision records for the API, never blocking the journal."""
         ...
 
     async def pending(self) -> tuple[int, datetime | None]:
@@ -324,8 +350,18 @@ class Store(Protocol):
         """Move a pending approval to a final status; None if not pending."""
         ...
 
-    async def approvals(self, status: str | None = None) -> list[Approval]:
-        """Approvals, newest first."""
+    async def approvals(
+        self,
+        status: str | None = None,
+        *,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[Approval]:
+        """Approvals, newest first; with ``before``, those older than that id."""
+        ...
+
+    async def expire_approvals(self, now: datetime) -> int:
+        """Mark pending approvals past their expiry ``expired``; return how many."""
         ...
 
     # -- lifecycle ----------------------------------------------------------

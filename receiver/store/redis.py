@@ -49,7 +49,9 @@ Redis's own clock.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -61,13 +63,14 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from receiver.errors import StoreUnavailableError
+from receiver.errors import InputError, StoreUnavailableError
 from receiver.model import Source
 from receiver.store.base import (
     AlertState,
     Approval,
     Circuit,
     Claim,
+    DecisionPage,
     DecisionQuery,
     JournalEntry,
     Lock,
@@ -85,6 +88,8 @@ RECLAIM_CALLS = 10
 # Pruning removes at most this many items per round trip.
 PRUNE_BATCH = 1_000
 APPROVALS_MAX = 1_000
+APPROVALS_PAGE = 100
+_CURSOR = re.compile(r"[0-9a-f]{32}")
 # Write refusals that mean "retry later", not "your request is wrong" (besides
 # OOM and READONLY, which redis-py raises as their own classes).
 _REFUSALS = ("MISCONF", "NOREPLICAS", "MASTERDOWN")
@@ -302,6 +307,22 @@ def _hash(reply: Mapping[bytes | str, bytes | str]) -> dict[str, bytes]:
 def _members(reply: Sequence[Any]) -> list[str]:
     """A sorted-set range reply (members only) as text."""
     return [_str(m) for m in reply]
+
+
+def _digest(line: bytes) -> str:
+    """A decision line's identity, for cursors."""
+    return hashlib.blake2b(line, digest_size=16).hexdigest()
+
+
+def _unfiltered(query: DecisionQuery) -> bool:
+    return not (
+        query.fingerprint
+        or query.payload_id
+        or query.since
+        or query.rule
+        or query.playbook
+        or query.decision
+    )
 
 
 def _record_time(record: Mapping[str, Any]) -> int:
@@ -627,11 +648,21 @@ class RedisStore:
             fields = await self._redis.hgetall(self._key("payload", entry_id))
         return self._entry(entry_id, _hash(fields)) if fields else None
 
-    async def payloads(self, limit: int = 100) -> list[JournalEntry]:  # noqa: D102
+    async def payloads(  # noqa: D102
+        self, limit: int = 100, *, before: str | None = None
+    ) -> list[JournalEntry]:
         if limit <= 0:
             return []
         with self._reachable("list payloads"):
-            ids = _members(await self._redis.zrevrange(self._payloads, 0, limit - 1))
+            start = 0
+            if before is not None:
+                rank = await self._redis.zrevrank(self._payloads, before)
+                if rank is None:
+                    return []  # the cursor's payload was pruned
+                start = cast("int", rank) + 1
+            ids = _members(
+                await self._redis.zrevrange(self._payloads, start, start + limit - 1)
+            )
             pipe = self._redis.pipeline(transaction=False)
             for entry_id in ids:
                 pipe.hgetall(self._key("payload", entry_id))
@@ -643,23 +674,47 @@ class RedisStore:
         ]
 
     async def decisions(self, query: DecisionQuery) -> list[dict[str, Any]]:  # noqa: D102
-        out: list[dict[str, Any]] = []
+        return (await self.decision_page(query)).items()
+
+    async def decision_page(self, query: DecisionQuery) -> DecisionPage:
+        """Scan the newest ``DECISION_SCAN`` records in chunks (each one command).
+
+        The cursor is a digest of the last record returned: new records arrive
+        at the head, so the next page starts just after that record wherever
+        it now is. A cursor whose record was pruned ends the listing.
+        """
+        out: list[str] = []
+        last = b""
         if query.limit <= 0:
-            return out
+            return DecisionPage(out)
+        seeking = query.cursor
+        if seeking is not None and not _CURSOR.fullmatch(seeking):
+            raise InputError(
+                f"cursor {seeking[:40]!r} is not one this receiver issued; "
+                "pass next_cursor from the previous page"
+            )
+        plain = _unfiltered(query)
         with self._reachable("read decisions"):
             for start in range(0, DECISION_SCAN, DECISION_CHUNK):
                 chunk = await self._redis.lrange(
                     self._decisions, start, start + DECISION_CHUNK - 1
                 )
-                for raw in chunk:
-                    record = json.loads(raw[14:])
-                    if decision_matches(record, query):
-                        out.append(record)
-                        if len(out) >= query.limit:
-                            return out
+                for item in chunk:
+                    raw = item.encode() if isinstance(item, str) else item
+                    if seeking is not None:
+                        if _digest(raw) == seeking:
+                            seeking = None
+                        continue
+                    text = raw[14:].decode()
+                    if not plain and not decision_matches(json.loads(text), query):
+                        continue
+                    if len(out) == query.limit:
+                        return DecisionPage(out, _digest(last))
+                    out.append(text)
+                    last = raw
                 if len(chunk) < DECISION_CHUNK:
                     break
-        return out
+        return DecisionPage(out)
 
     async def pending(self) -> tuple[int, datetime | None]:  # noqa: D102
         with self._reachable("count unfinished entries"):
@@ -935,24 +990,69 @@ class RedisStore:
             )
         return self._approval(approval_id, _pairs(reply)) if reply else None
 
-    async def approvals(self, status: str | None = None) -> list[Approval]:  # noqa: D102
+    async def approvals(  # noqa: D102
+        self,
+        status: str | None = None,
+        *,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[Approval]:
+        found: list[Approval] = []
         with self._reachable("list approvals"):
+            start = 0
+            if before is not None:
+                rank = await self._redis.zrevrank(self._approvals, before)
+                if rank is None:
+                    return []  # the cursor's approval expired and was dropped
+                start = cast("int", rank) + 1
+            while len(found) < limit and start < APPROVALS_MAX:
+                ids = _members(
+                    await self._redis.zrevrange(
+                        self._approvals, start, start + APPROVALS_PAGE - 1
+                    )
+                )
+                if not ids:
+                    break
+                start += len(ids)
+                pipe = self._redis.pipeline(transaction=False)
+                for approval_id in ids:
+                    pipe.hgetall(self._key("approval", approval_id))
+                replies = await pipe.execute()
+                gone = [i for i, fields in zip(ids, replies, strict=True) if not fields]
+                if gone:
+                    await self._redis.zrem(self._approvals, *gone)
+                    start -= len(gone)
+                for approval_id, fields in zip(ids, replies, strict=True):
+                    if not fields:
+                        continue
+                    approval = self._approval(approval_id, _hash(fields))
+                    if status is None or approval.status == status:
+                        found.append(approval)
+        return found[:limit]
+
+    async def expire_approvals(self, now: datetime) -> int:  # noqa: D102
+        expired = 0
+        with self._reachable("expire approvals"):
             ids = _members(
-                await self._redis.zrevrange(self._approvals, 0, APPROVALS_MAX - 1)
+                await self._redis.zrangebyscore(
+                    self._approvals, "-inf", "+inf", start=0, num=APPROVALS_MAX
+                )
             )
             pipe = self._redis.pipeline(transaction=False)
             for approval_id in ids:
-                pipe.hgetall(self._key("approval", approval_id))
+                pipe.hmget(self._key("approval", approval_id), "status", "expires_at")
             replies = await pipe.execute()
-            gone = [i for i, fields in zip(ids, replies, strict=True) if not fields]
-            if gone:
-                await self._redis.zrem(self._approvals, *gone)
-        found = (
-            self._approval(i, _hash(fields))
-            for i, fields in zip(ids, replies, strict=True)
-            if fields
-        )
-        return [a for a in found if status is None or a.status == status]
+            for approval_id, (state, expires) in zip(ids, replies, strict=True):
+                if state != b"pending" or expires is None:
+                    continue
+                if datetime.fromisoformat(_str(expires)) > now:
+                    continue
+                reply = await self._decide_approval_script(
+                    keys=[self._key("approval", approval_id)],
+                    args=["expired", "receiver", _iso(now)],
+                )
+                expired += 1 if reply else 0
+        return expired
 
     async def _forget_expired_approvals(self, ids: Sequence[str]) -> None:
         """Drop index entries whose approval expired (approvals have TTLs)."""

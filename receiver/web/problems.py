@@ -16,10 +16,14 @@ from aiohttp import web
 
 from receiver.errors import (
     AuthError,
+    ClientGoneError,
     InputError,
+    NotFoundError,
     PayloadTooLargeError,
     ReceiverError,
+    RequestTimeoutError,
     StoreUnavailableError,
+    TooManyRequestsError,
     UnsupportedMediaError,
 )
 from receiver.metrics import Metrics
@@ -35,8 +39,11 @@ _TITLES = {
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
+    408: "Request timeout",
     413: "Payload too large",
     415: "Unsupported media type",
+    429: "Too many requests",
+    499: "Client closed request",
     503: "Service unavailable",
     500: "Internal error",
 }
@@ -66,13 +73,26 @@ def problem(
     return response
 
 
+# Input errors with their own status, most specific first.
+_INPUT_STATUS: tuple[tuple[type[InputError], int, str, dict[str, str] | None], ...] = (
+    (PayloadTooLargeError, 413, "payload-too-large", None),
+    (UnsupportedMediaError, 415, "unsupported-media-type", None),
+    (NotFoundError, 404, "not-found", None),
+    (RequestTimeoutError, 408, "request-timeout", {"Connection": "close"}),
+    (TooManyRequestsError, 429, "too-many-requests", {"Retry-After": "1"}),
+    # Nobody reads this answer; the status only labels the metric and the log.
+    (ClientGoneError, 499, "client-disconnected", None),
+)
+
+
 def error_response(exc: ReceiverError) -> web.Response:
     """Map a receiver error to its response."""
-    if isinstance(exc, PayloadTooLargeError):
-        return problem(413, str(exc), slug="payload-too-large")
-    if isinstance(exc, UnsupportedMediaError):
-        return problem(415, str(exc), slug="unsupported-media-type")
     if isinstance(exc, InputError):
+        for kind, status, slug, headers in _INPUT_STATUS:
+            if isinstance(exc, kind):
+                return problem(
+                    status, str(exc), slug=slug, errors=exc.errors, headers=headers
+                )
         slug = "invalid-schema" if exc.errors else "invalid-request"
         return problem(400, str(exc), slug=slug, errors=exc.errors)
     if isinstance(exc, AuthError):
@@ -94,10 +114,30 @@ OUTCOMES = {
     400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
+    404: "not_found",
+    408: "timeout",
     413: "too_large",
     415: "unsupported_media",
+    429: "throttled",
+    499: "client_disconnected",
     503: "unavailable",
 }
+
+
+def _http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """Answer aiohttp's own 4xx (no route, wrong method, ...) as problem+json."""
+    path = request.path[:200]
+    if exc.status == 404:
+        return problem(404, f"no such endpoint {path}; see /openapi.json")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return problem(
+            405,
+            f"{request.method[:20]} is not allowed on {path}; use {allowed}",
+            headers={"Allow": allowed},
+        )
+    detail = (exc.text or exc.reason or "").replace("\n", " ")[:300]
+    return problem(exc.status, detail or exc.reason)
 
 
 def make_middleware(
@@ -118,17 +158,15 @@ def make_middleware(
         try:
             try:
                 response = await handler(request)
+            except ClientGoneError as exc:
+                log.info("client_disconnected", path=request.path, detail=str(exc))
+                response = error_response(exc)
             except ReceiverError as exc:
                 response = error_response(exc)
             except web.HTTPException as exc:
                 if exc.status < 400:
                     raise
-                detail = exc.text or exc.reason
-                if exc.status == 404:
-                    detail = f"no such endpoint {request.path}; see /openapi.json"
-                elif exc.status == 405:
-                    detail = f"{request.method} is not allowed on {request.path}"
-                response = problem(exc.status, detail)
+                response = _http_problem(request, exc)
             except Exception:  # the edge answers problem+json even for our bugs
                 log.exception("request_failed", path=request.path)
                 response = problem(
@@ -147,7 +185,7 @@ def make_middleware(
                     else OUTCOMES.get(response.status, str(response.status))
                 )
                 metrics.webhooks.labels(source.removeprefix("webhook:"), outcome).inc()
-                if response.status >= 400:
+                if response.status >= 400 and response.status != 499:
                     log.info(
                         "webhook_rejected",
                         source=source.removeprefix("webhook:"),
@@ -155,6 +193,10 @@ def make_middleware(
                         reason=str(response.get(DETAIL, ""))[:300],
                     )
             response.headers["X-Request-Id"] = request_id
+            if response.status >= 400 and not request.content.is_eof():
+                # Refused before its body was read: the connection closes after
+                # the answer (the server never lingers reading the rest).
+                response.force_close()
             return response
         finally:
             status = locals().get("response")
