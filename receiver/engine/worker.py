@@ -30,7 +30,7 @@ from receiver.metrics import Metrics
 from receiver.model import Alert, AlertTrace, Decision, Source
 from receiver.rulebook.loader import Rulebook
 from receiver.sources import alertmanager, events_v2, pagerduty
-from receiver.store.base import JournalEntry, Store
+from receiver.store.base import JournalEntry, Store, compact_record
 
 log = structlog.get_logger("receiver.worker")
 
@@ -65,7 +65,7 @@ def guard_of(reason: str) -> str:
 
 
 class TraceRecords(Sequence[Mapping[str, Any]]):
-    """Traces as JSON records, each built when the store reads it.
+    """Traces as JSON records (long values by reference), built as the store reads.
 
     A storm's records are then never all in memory at once next to the traces.
     """
@@ -86,11 +86,11 @@ class TraceRecords(Sequence[Mapping[str, Any]]):
         self, index: int | slice
     ) -> Mapping[str, Any] | Sequence[Mapping[str, Any]]:
         if isinstance(index, slice):
-            return [t.to_json() for t in self._traces[index]]
-        return self._traces[index].to_json()
+            return [compact_record(t.to_json()) for t in self._traces[index]]
+        return compact_record(self._traces[index].to_json())
 
     def __iter__(self) -> Iterator[Mapping[str, Any]]:
-        return (t.to_json() for t in self._traces)
+        return (compact_record(t.to_json()) for t in self._traces)
 
 
 def consumer_name() -> str:

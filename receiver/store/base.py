@@ -112,6 +112,61 @@ class DecisionPage:
         return [json.loads(r) for r in self.records]
 
 
+# A label or annotation value at least this long is stored once per record, under
+# ``labels``/``annotations``; the steps that rendered it refer to it by name.
+LONG_VALUE = 64
+_COMPACTED_MATCH_FIELDS = ("description", "notes")
+
+
+def compact_record(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A decision record with long alert values written once, not once per step.
+
+    Every templated step repeats the values it rendered (target, reason, the
+    request it sent): a 1 KiB label in ten steps is stored ten times. Here each
+    occurrence inside a match's steps becomes ``{labels.NAME}`` (or
+    ``{annotations.NAME}``), the placeholder it was rendered from, and the
+    record says so with ``"values_by_reference": true``. Short values and
+    records without long values are returned as they are.
+    """
+    long_values = sorted(
+        (
+            (value, f"{{{where}.{name}}}")
+            for where in ("labels", "annotations")
+            for name, value in (record.get(where) or {}).items()
+            if isinstance(value, str) and len(value) >= LONG_VALUE
+        ),
+        key=lambda pair: len(pair[0]),
+        reverse=True,
+    )
+    if not long_values or not record.get("matches"):
+        return record
+
+    def swap(item: Any) -> Any:
+        if isinstance(item, str):
+            for value, ref in long_values:
+                if value in item:
+                    item = item.replace(value, ref)
+            return item
+        if isinstance(item, dict):
+            return {k: swap(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [swap(v) for v in item]
+        return item
+
+    matches = [
+        {
+            **match,
+            "steps": swap(match.get("steps", [])),
+            **{k: swap(match[k]) for k in _COMPACTED_MATCH_FIELDS if k in match},
+        }
+        for match in record["matches"]
+    ]
+    out = dict(record)
+    out["matches"] = matches
+    out["values_by_reference"] = True
+    return out
+
+
 def decision_matches(record: Mapping[str, Any], query: DecisionQuery) -> bool:
     """Whether a stored trace record passes ``query``'s filters."""
     matches: Sequence[Mapping[str, Any]] = record.get("matches", [])
