@@ -38,7 +38,7 @@ from receiver.sources.caps import AlertCaps, check_caps
 from receiver.sources.wire import parse_time
 from receiver.store.base import AlertState, DecisionQuery, JournalEntry, Store, new_id
 from receiver.web.auth import Authenticator, Scope
-from receiver.web.openapi import spec
+from receiver.web.openapi import MAX_LIMIT, spec
 
 log = structlog.get_logger("receiver.web")
 
@@ -53,7 +53,6 @@ KEPT_HEADERS = (
     "x-receiver-replay",
 )
 DELIVERY_TTL = timedelta(days=2)
-MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 # Sources whose inline payloads may run with execute: the others prove their
 # sender by a signature or a routing key an inline payload cannot carry.
