@@ -471,3 +471,14 @@ def test_empty_credentials_in_env_are_config_errors(name, value):
     """An empty or whitespace credential in the environment refuses to load."""
     with pytest.raises(ConfigError, match=name):
         load_settings(environ={name: value})
+
+
+@pytest.mark.parametrize("given", ["a b", "x" * 200, "id\u00e9", "<script>"])
+async def test_request_id_that_is_not_a_token_is_replaced(make_client, given):
+    """Only a plain-token X-Request-Id is echoed and logged; others are replaced."""
+    client = await make_client()
+    resp = await client.get("/healthz", headers={"X-Request-Id": given})
+    assert resp.status == 200
+    echoed = resp.headers["X-Request-Id"]
+    assert echoed != given
+    assert len(echoed) == 16

@@ -7,6 +7,7 @@ Every rejection says what was wrong and how to fix it. The only 5xx on purpose i
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,6 +30,7 @@ from receiver.errors import (
 from receiver.metrics import Metrics
 
 CONTENT_TYPE = "application/problem+json"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Where a problem response keeps its detail, for the one log line per rejection.
 DETAIL = web.ResponseKey("problem_detail", str)
 log = structlog.get_logger("receiver.web")
@@ -151,7 +153,9 @@ def make_middleware(
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
         started = time.perf_counter()
-        request_id = request.headers.get("X-Request-Id") or os.urandom(8).hex()
+        given = request.headers.get("X-Request-Id", "")
+        # A caller's id is echoed and logged only when it is a plain token.
+        request_id = given if _REQUEST_ID.fullmatch(given) else os.urandom(8).hex()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         route = request.match_info.route.resource
         route_name = route.canonical if route is not None else "unmatched"
