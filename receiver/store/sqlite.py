@@ -224,7 +224,7 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
-        self._migrate()
+        self._fill_indexes()
         # Single instance: whatever a previous process had claimed is ours now.
         self._db.execute(
             "UPDATE journal SET state='pending', consumer=NULL WHERE state='claimed'"
@@ -249,7 +249,7 @@ class SqliteStore:
                 max_workers=1, thread_name_prefix="sqlite-read"
             )
 
-    def _migrate(self) -> None:
+    def _fill_indexes(self) -> None:
         """Fill indexes added after rows were written (once per schema version)."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version >= SCHEMA_VERSION:
