@@ -185,10 +185,6 @@ class Authenticator:
             raise ForbiddenError("credentials not accepted")
         return granted
 
-    def check_header(self, authorization: str | None) -> None:
-        """The Alertmanager webhook's check (scope webhook)."""
-        self.require(authorization, "webhook")
-
     def signature_parts(self, header: str | None) -> list[bytes]:
         """Check a PagerDuty V3 signature header's presence and format, bodiless.
 
