@@ -157,6 +157,7 @@ class Settings(BaseModel):
     )
     body_timeout: Duration = Field(
         default=timedelta(seconds=10),
+        gt=timedelta(0),
         description="A request body must arrive within this time (408 otherwise).",
     )
     max_connections: int = Field(
@@ -231,6 +232,7 @@ class Settings(BaseModel):
     )
     approval_sweep: Duration = Field(
         default=timedelta(minutes=1),
+        gt=timedelta(0),
         description="How often pending approvals past their expiry are marked "
         "expired (and old decided ones pruned).",
     )

@@ -482,3 +482,10 @@ async def test_request_id_that_is_not_a_token_is_replaced(make_client, given):
     echoed = resp.headers["X-Request-Id"]
     assert echoed != given
     assert len(echoed) == 16
+
+
+@pytest.mark.parametrize("name", ["RECEIVER_BODY_TIMEOUT", "RECEIVER_APPROVAL_SWEEP"])
+def test_zero_timers_are_config_errors(name):
+    """A zero body timeout or approval sweep interval refuses to load."""
+    with pytest.raises(ConfigError, match=name.removeprefix("RECEIVER_").lower()):
+        load_settings(environ={name: "0s"})
