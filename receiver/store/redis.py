@@ -325,6 +325,48 @@ def _unfiltered(query: DecisionQuery) -> bool:
     )
 
 
+class _Picker:
+    """Which stored decision lines a page takes: after the cursor, filtered."""
+
+    def __init__(self, query: DecisionQuery) -> None:
+        self.query = query
+        self.seeking = query.cursor
+        self.plain = _unfiltered(query)
+        self.needles = _needles(query)
+        self.last = b""
+
+    def __call__(self, raw: bytes) -> str | None:
+        """The record's JSON text if the page takes it, else None."""
+        if self.seeking is not None:
+            if _digest(raw) == self.seeking:
+                self.seeking = None
+            return None
+        # Decode only lines holding every filtered value: a read must not spend
+        # the event loop decoding the whole list.
+        if not all(n in raw for n in self.needles):
+            return None
+        text = raw[14:].decode()
+        if not self.plain and not decision_matches(json.loads(text), self.query):
+            return None
+        return text
+
+
+def _needles(query: DecisionQuery) -> list[bytes]:
+    """Bytes a stored line must contain to pass ``query``.
+
+    Records are compact, ASCII-escaped JSON, as ``complete`` and ``record`` write
+    them, so a filtered value appears exactly like this in a matching line.
+    """
+    fields = (
+        ("fingerprint", query.fingerprint),
+        ("payload_id", query.payload_id),
+        ("rule", query.rule),
+        ("playbook", query.playbook),
+        ("decision", query.decision),
+    )
+    return [f'"{name}":{json.dumps(value)}'.encode() for name, value in fields if value]
+
+
 def _record_time(record: Mapping[str, Any]) -> int:
     """When a decision was made (epoch ms), for pruning by age."""
     decided = record.get("decided_at")
@@ -683,17 +725,15 @@ class RedisStore:
         at the head, so the next page starts just after that record wherever
         it now is. A cursor whose record was pruned ends the listing.
         """
-        out: list[str] = []
-        last = b""
-        if query.limit <= 0:
-            return DecisionPage(out)
-        seeking = query.cursor
-        if seeking is not None and not _CURSOR.fullmatch(seeking):
+        if query.cursor is not None and not _CURSOR.fullmatch(query.cursor):
             raise InputError(
-                f"cursor {seeking[:40]!r} is not one this receiver issued; "
+                f"cursor {query.cursor[:40]!r} is not one this receiver issued; "
                 "pass next_cursor from the previous page"
             )
-        plain = _unfiltered(query)
+        out: list[str] = []
+        if query.limit <= 0:
+            return DecisionPage(out)
+        pick = _Picker(query)
         with self._reachable("read decisions"):
             for start in range(0, DECISION_SCAN, DECISION_CHUNK):
                 chunk = await self._redis.lrange(
@@ -701,17 +741,13 @@ class RedisStore:
                 )
                 for item in chunk:
                     raw = item.encode() if isinstance(item, str) else item
-                    if seeking is not None:
-                        if _digest(raw) == seeking:
-                            seeking = None
-                        continue
-                    text = raw[14:].decode()
-                    if not plain and not decision_matches(json.loads(text), query):
+                    text = pick(raw)
+                    if text is None:
                         continue
                     if len(out) == query.limit:
-                        return DecisionPage(out, _digest(last))
+                        return DecisionPage(out, _digest(pick.last))
                     out.append(text)
-                    last = raw
+                    pick.last = raw
                 if len(chunk) < DECISION_CHUNK:
                     break
         return DecisionPage(out)
