@@ -228,3 +228,22 @@ async def test_sqlite_index_is_filled_for_old_rows(tmp_path):
     store = SqliteStore(path)
     assert [r["n"] for r in await store.decisions(DecisionQuery(rule="old"))] == [1]
     await store.close()
+
+
+async def test_sqlite_bulk_records_do_not_race(tmp_path):
+    """Tens of thousands of records in batches land without SQLITE_MISUSE.
+
+    A cursor returned from the transaction thread and let go of on the event
+    loop's thread used to reset its cached statement while the next batch ran.
+    """
+    store = SqliteStore(str(tmp_path / "s.db"))
+    for _ in range(50):
+        await store.record(
+            [
+                {"fingerprint": f"f{n}", "decided_at": "x", "matches": []}
+                for n in range(1000)
+            ]
+        )
+    page = await store.decision_page(DecisionQuery(fingerprint="f1", limit=100))
+    assert len(page.records) == 50
+    await store.close()

@@ -183,8 +183,15 @@ def _decision_sql(query: DecisionQuery) -> tuple[str, list[Any]]:
         where.append("d.payload_id = ?")
         args.append(query.payload_id)
     if query.since:
-        where.append("d.decided_at >= ?")
-        args.append(iso(query.since) or "")
+        since = iso(query.since) or ""
+        # Walk only from the first record decided since then (an index search),
+        # not the whole log newest first.
+        where.append(
+            "d.decided_at >= ? AND d.seq >= "
+            "(SELECT coalesce(min(seq), 1 << 62) FROM decisions "
+            "INDEXED BY decisions_time WHERE decided_at >= ?)"
+        )
+        args += [since, since]
     if query.cursor is not None:
         if not query.cursor.isdigit() or len(query.cursor) > 18:
             raise InputError(
@@ -334,6 +341,13 @@ class SqliteStore:
                     db.execute("SAVEPOINT call")
                     try:
                         value = fn(db)
+                        if isinstance(value, sqlite3.Cursor):
+                            # Finished here, under the lock: a cursor let go of
+                            # on the event loop's thread resets its cached
+                            # statement there, racing the next transaction
+                            # (SQLITE_MISUSE under bulk writes).
+                            value.close()
+                            value = None
                     except sqlite3.OperationalError as exc:
                         db.execute("ROLLBACK TO call")
                         db.execute("RELEASE call")
