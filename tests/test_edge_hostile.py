@@ -7,8 +7,10 @@ credentials, and empty credentials refused.
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -142,8 +144,12 @@ async def test_unauthenticated_reads_are_capped(web_rules):
             writer.close()
 
 
-async def test_connection_cap_answers_503_and_logs_once(web_rules):
-    """Past max_connections a connection gets 503 problem+json; one warning line."""
+async def test_connection_cap_answers_503_and_logs_once(web_rules, caplog):
+    """Past max_connections a connection gets 503 problem+json; one warning line.
+
+    Then, with the held connections gone, new ones are served again; nothing
+    is logged at error level (no handler task dies on a refused connection).
+    """
     settings = full_settings(max_connections=2)
     with structlog.testing.capture_logs() as logs:
         async with live_server(settings, web_rules) as live:
@@ -157,10 +163,21 @@ async def test_connection_cap_answers_503_and_logs_once(web_rules):
                 writer.close()
             for _, writer in held:
                 writer.close()
+            again = None
+            for _ in range(500):  # until the server has seen the closes
+                again = await raw(live, http("GET", "/healthz"))
+                if again.status == 200:
+                    break
+                await asyncio.sleep(0.01)
+            assert again is not None
+            assert again.status == 200
+    gc.collect()
     for resp in answers:
         assert_raw_problem(resp, 503, "maximum of 2 connections")
     reached = [e for e in logs if e["event"] == "connection_cap_reached"]
     assert len(reached) == 1
+    assert [e for e in logs if e["event"] == "connection_cap_cleared"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 # ---------------------------------------------------------------- parsing cannot 5xx

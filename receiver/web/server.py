@@ -92,6 +92,19 @@ def _describe(exc: BaseException) -> str:
     return text[:200] or type(exc).__name__
 
 
+class _Refusal(asyncio.Protocol):
+    """Answers a connection past the cap with a canned response and closes it."""
+
+    def __init__(self, answer: bytes) -> None:
+        self._answer = answer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Answer at once; whatever the client sends is never read."""
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.write(self._answer)
+        transport.close()
+
+
 class EdgeServer(web.Server):
     """A ``web.Server`` that caps open connections and uses ``EdgeRequestHandler``."""
 
@@ -106,14 +119,8 @@ class EdgeServer(web.Server):
         self.max_connections = max_connections
         self.refused = 0
 
-    def __call__(self) -> RequestHandler:
-        """A protocol instance per connection."""
-        return EdgeRequestHandler(self, loop=self._loop, **self._kwargs)
-
-    def connection_made(
-        self, handler: RequestHandler, transport: asyncio.Transport
-    ) -> None:
-        """Register the connection, or refuse it past the cap."""
+    def __call__(self) -> asyncio.BaseProtocol:  # type: ignore[override]
+        """A protocol per connection: ours, or a refusal past the cap."""
         if len(self._connections) >= self.max_connections:
             if self.refused == 0:
                 log.warning(
@@ -123,7 +130,7 @@ class EdgeServer(web.Server):
                     "raise max_connections if this is legitimate load",
                 )
             self.refused += 1
-            transport.write(
+            return _Refusal(
                 _raw_problem(
                     503,
                     "Service Unavailable",
@@ -131,10 +138,7 @@ class EdgeServer(web.Server):
                     "connections; retry shortly",
                 )
             )
-            transport.close()
-            handler.force_close()
-            return
-        super().connection_made(handler, transport)
+        return EdgeRequestHandler(self, loop=self._loop, **self._kwargs)
 
     def connection_lost(
         self, handler: RequestHandler, exc: BaseException | None = None
