@@ -75,6 +75,7 @@ BIG_INT = b'{"version": "4", "truncatedAlerts": ' + b"9" * 5000 + b"}"
 PD_SURROGATE = pd(id="PX").replace(b'"PX"', b'"\\ud800"')
 AM_SURROGATE = am().replace(b'"sark"', b'"\\udfff"')
 GZIP = {"Content-Encoding": "gzip"}
+PD_HUGE_NUMBER = pd(number=1).replace(b'"number": 1', b'"number": ' + b"7" * 4400)
 
 CASES: list[tuple[str, bytes]] = [
     ("am-deep-json", http("POST", AM, DEEP, AUTH)),
@@ -158,6 +159,20 @@ CASES: list[tuple[str, bytes]] = [
             {"Authorization": f"Bearer {APPROVE}"},
         ),
     ),
+    (
+        "replay-inline-events-v2-execute",
+        http(
+            "POST",
+            "/api/v1/replay",
+            json.dumps({"payload": json.loads(enqueue()), "execute": True}).encode(),
+            {"Authorization": f"Bearer {APPROVE}"},
+        ),
+    ),
+    (
+        "enqueue-details-over-cap",
+        http("POST", ENQUEUE, enqueue(custom_details={"team": "t" * 4000})),
+    ),
+    ("pd-huge-number", http("POST", PD, PD_HUGE_NUMBER, signed(PD_HUGE_NUMBER))),
     (
         "replay-bad-execute",
         http("POST", "/api/v1/replay", b'{"payload_id": "x", "execute": "yes"}', AUTH),
