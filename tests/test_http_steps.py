@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import web
+from pydantic import ValidationError
 
 from receiver.errors import PermanentStepError, TransientStepError
 from receiver.model import Alert, freeze
@@ -213,11 +214,18 @@ async def test_hosts_off_the_allowlist_are_refused_before_any_request(
     server, http, url, why
 ):
     """Only allowlisted host:port pairs are called; others fail without a request."""
+    # model_construct skips the rule checks: the executor refuses on its own too.
     with pytest.raises(PermanentStepError, match=why):
-        await http.run(HttpGet(url=url), ALERT)
+        await http.run(HttpGet.model_construct(url=url), ALERT)
     with pytest.raises(PermanentStepError, match=why):
-        await http.run(HttpRequest(url=url), ALERT)
+        await http.run(HttpRequest.model_construct(url=url), ALERT)
     assert server.seen == []
+
+
+def test_a_url_that_is_not_http_fails_when_the_rules_load():
+    """file:// (or any scheme but http and https) is a rule error, not a request."""
+    with pytest.raises(ValidationError, match="must start with http:// or https://"):
+        HttpGet(url="file:///etc/passwd")
 
 
 async def test_an_alert_label_cannot_point_a_step_elsewhere(server, http):

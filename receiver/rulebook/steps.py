@@ -1,9 +1,12 @@
 """Typed step models: one pydantic model per step ``type``, validated when rules load.
 
 Each model names its ``kind`` (diagnostic or remediation), which of its fields are
-templates and where their values go (``Slot``), and how to describe the exact
-request it makes (``describe``), which is what dry-run shows. Executors in
-``receiver.steps`` run the rendered models; nothing here does I/O.
+templates and the grammar their values must fit (a ``Slot`` in the field's
+``Annotated`` type; ``template_fields`` lists them for docs and checks), and how
+to describe the exact request it makes (``describe``), which is what dry-run
+shows. A field without a slot takes no templates: a placeholder in it is a rule
+error. Executors in ``receiver.steps`` run the rendered models; nothing here
+does I/O.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import functools
 import re
 import typing
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -20,16 +24,19 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
+from receiver.errors import SlotError
 from receiver.model import Alert, StepKind
 from receiver.rulebook.matchers import Matcher, MatchType
 from receiver.rulebook.templates import (
+    PLACEHOLDER,
     RenderError,
     Slot,
     SlotMarker,
-    check_template,
     format_duration,
     parse_duration,
     render,
@@ -37,15 +44,14 @@ from receiver.rulebook.templates import (
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
-
-_CHECK = AfterValidator(check_template)
-Text = Annotated[str, _CHECK, SlotMarker(Slot.TEXT)]
-K8sName = Annotated[str, _CHECK, SlotMarker(Slot.K8S_NAME)]
-Namespace = Annotated[str, _CHECK, SlotMarker(Slot.NAMESPACE)]
-Selector = Annotated[str, _CHECK, SlotMarker(Slot.LABEL_SELECTOR)]
-PromQL = Annotated[str, _CHECK, SlotMarker(Slot.PROMQL)]
-RedisKey = Annotated[str, _CHECK, SlotMarker(Slot.REDIS_KEY)]
-Url = Annotated[str, _CHECK, SlotMarker(Slot.URL)]
+# Template fields: the slot names the grammar every substituted value must fit.
+K8sName = Annotated[str, SlotMarker(Slot.K8S_NAME)]
+Namespace = Annotated[str, SlotMarker(Slot.NAMESPACE)]
+Selector = Annotated[str, SlotMarker(Slot.LABEL_SELECTOR)]
+PromQL = Annotated[str, SlotMarker(Slot.PROMQL)]
+RedisKey = Annotated[str, SlotMarker(Slot.REDIS_KEY)]
+RedisKeyPart = Annotated[str, SlotMarker(Slot.REDIS_KEY_PART)]
+Url = Annotated[str, SlotMarker(Slot.URL)]
 
 WorkloadKind = Literal["Deployment", "StatefulSet", "DaemonSet"]
 _RELATIVE = re.compile(r"^(\+|x)?([0-9]+)$")
@@ -117,7 +123,42 @@ def apply_relative(spec: str, current: int) -> int:
 Rbac = tuple[tuple[str, str, tuple[str, ...]], ...]
 
 
-class _Base(BaseModel):
+def _placeholder_in(value: Any) -> str | None:
+    """The first placeholder anywhere in a (nested) field value."""
+    if isinstance(value, str):
+        found = PLACEHOLDER.search(value)
+        return found.group(0) if found else None
+    items: list[Any] = []
+    if isinstance(value, dict):
+        items = [x for pair in value.items() for x in pair]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    return next((p for p in map(_placeholder_in, items) if p is not None), None)
+
+
+class _Templated(BaseModel):
+    """Refuses placeholders in fields that declare no slot grammar."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*")
+    @classmethod
+    def _no_template_without_a_slot(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name
+        if name is None or name in template_fields(cls):
+            return value
+        found = _placeholder_in(value)
+        if found is not None:
+            fields = ", ".join(template_fields(cls)) or "none"
+            raise ValueError(
+                f"this field takes no templates: it declares no slot grammar, so "
+                f"{found} cannot be filled safely (fields of this step that take "
+                f"templates: {fields})"
+            )
+        return value
+
+
+class _Base(_Templated):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: ClassVar[StepKind] = StepKind.DIAGNOSTIC
@@ -129,13 +170,18 @@ class _Base(BaseModel):
         default=timedelta(seconds=30), description="Give up on the step after this."
     )
 
-    def rendered(self, alert: Alert) -> _Base:
+    def rendered(
+        self, alert: Alert, one_of: Mapping[str, Sequence[str]] | None = None
+    ) -> _Base:
         """A copy with every template field rendered for ``alert``.
 
+        ``one_of`` narrows labels to listed values (the playbook's ``labels``).
+
         Raises:
-            RenderError: a placeholder names a missing field or the value is unsafe.
+            RenderError: a placeholder names a field the alert does not have.
+            SlotError: a value is outside its field's grammar.
         """
-        return render_model(self, alert)
+        return render_model(self, alert, one_of)
 
     def target(self) -> str:
         """The object the step reads or changes, for traces."""
@@ -171,8 +217,15 @@ def _find_slot(annotation: Any) -> tuple[Slot, bool] | None:
 M = typing.TypeVar("M", bound=BaseModel)
 
 
-def render_model(model: M, alert: Alert) -> M:
-    """A copy of ``model`` (a step or its ``verify``) with templates rendered."""
+def render_model(
+    model: M, alert: Alert, one_of: Mapping[str, Sequence[str]] | None = None
+) -> M:
+    """A copy of ``model`` (a step or its ``verify``) with templates rendered.
+
+    Raises:
+        RenderError: a placeholder names a field the alert does not have.
+        SlotError: a value is outside its field's grammar, naming the field.
+    """
     update: dict[str, Any] = {}
     for field_name, (slot, many) in _slots(type(model)).items():
         value = getattr(model, field_name)
@@ -180,18 +233,27 @@ def render_model(model: M, alert: Alert) -> M:
             continue
         try:
             if many:
-                update[field_name] = [render(v, alert, slot) for v in value]
+                update[field_name] = [render(v, alert, slot, one_of) for v in value]
             else:
-                update[field_name] = render(value, alert, slot)
+                update[field_name] = render(value, alert, slot, one_of)
+        except SlotError as exc:
+            raise exc.in_field(field_name) from exc
         except RenderError as exc:
             raise RenderError(f"{field_name}: {exc}") from exc
     check = getattr(model, "verify", None)
     if isinstance(check, BaseModel):
         try:
-            update["verify"] = render_model(check, alert)
+            update["verify"] = render_model(check, alert, one_of)
+        except SlotError as exc:
+            raise exc.in_field(f"verify.{exc.field}") from exc
         except RenderError as exc:
             raise RenderError(f"verify.{exc}") from exc
     return model.model_copy(update=update)
+
+
+def template_fields(cls: type[BaseModel]) -> dict[str, Slot]:
+    """The fields of a step (or verify) model that take templates, with slots."""
+    return {name: slot for name, (slot, _many) in _slots(cls).items()}
 
 
 @functools.cache
@@ -212,7 +274,7 @@ def _slots(cls: type[BaseModel]) -> dict[str, tuple[Slot, bool]]:
 # ----------------------------------------------------------------- verification
 
 
-class RolloutStatusVerify(BaseModel):
+class RolloutStatusVerify(_Templated):
     """Wait until a rollout has caught up (observedGeneration, replicas ready)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -227,7 +289,7 @@ class RolloutStatusVerify(BaseModel):
     timeout: Duration = timedelta(minutes=5)
 
 
-class PodsReadyVerify(BaseModel):
+class PodsReadyVerify(_Templated):
     """Wait until at least ``min_ready`` pods of the workload are ready."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -243,7 +305,7 @@ class PodsReadyVerify(BaseModel):
     timeout: Duration = timedelta(minutes=5)
 
 
-class PrometheusVerify(BaseModel):
+class PrometheusVerify(_Templated):
     """Poll a PromQL query until the condition holds or the timeout passes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -255,7 +317,7 @@ class PrometheusVerify(BaseModel):
     interval: Duration = timedelta(seconds=15)
 
 
-class HttpVerify(BaseModel):
+class HttpVerify(_Templated):
     """Poll an HTTP endpoint until it answers as expected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -788,12 +850,7 @@ class RedisDeletePattern(_Redis, _Remediation):
     """Delete keys matching a prefixed pattern with SCAN + UNLINK, under a cap."""
 
     type: Literal["redis.delete_pattern"] = "redis.delete_pattern"
-    pattern: Annotated[
-        str,
-        AfterValidator(_check_pattern),
-        AfterValidator(check_template),
-        SlotMarker(Slot.REDIS_KEY),
-    ]
+    pattern: Annotated[str, AfterValidator(_check_pattern), SlotMarker(Slot.REDIS_KEY)]
     max_keys: int = Field(default=1000, ge=1, le=100_000)
     scan_count: int = Field(default=500, ge=10, le=10_000)
 
@@ -815,7 +872,7 @@ class RedisResetCircuitBreaker(_Redis, _Remediation):
     """Delete ``circuit:<name>:state`` and ``circuit:<name>:failure``."""
 
     type: Literal["redis.reset_circuit_breaker"] = "redis.reset_circuit_breaker"
-    breaker: RedisKey = Field(description="Breaker name, e.g. {labels.siem}.")
+    breaker: RedisKeyPart = Field(description="Breaker name, e.g. {labels.siem}.")
 
     def keys(self) -> list[str]:
         """The two keys the runbook deletes."""
