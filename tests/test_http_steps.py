@@ -277,3 +277,19 @@ async def test_verification_that_never_holds_says_why(server, http):
     assert not result.ok
     assert result.reason.startswith("not verified: GET ")
     assert "overall_healthy = False" in result.reason
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://127.0.0.1:99999/health", "not a valid URL"),
+        ("http://127.0.0.1:1\n/health", "whitespace or control characters"),
+        ("http://127.0.0.1/he alth", "whitespace or control characters"),
+    ],
+)
+async def test_a_malformed_url_is_a_step_error_never_a_crash(server, http, url, why):
+    """A bad port or a newline that reached the executor is refused, not raised."""
+    for model in (HttpGet, HttpRequest):
+        with pytest.raises(PermanentStepError, match=why):
+            await http.run(model.model_construct(url=url), ALERT)
+    assert server.seen == []
