@@ -100,6 +100,16 @@ BAD_CASES: dict[str, tuple[str | None, str, str]] = {
         "playbooks.uppercase-namespace.diagnostics[0].namespace",
         "'Production' is not a DNS-1123 label",
     ),
+    "duration_too_large.yaml": (
+        None,
+        "playbooks.long-cooldown.guards.cooldown",
+        "duration '99999999999999999999d' is too large; the most is 999999999 days",
+    ),
+    "duration_non_ascii_digit.yaml": (
+        None,
+        "playbooks.arabic-five.guards.require_firing_for",
+        "invalid duration '\u0665m'; use ASCII digits",
+    ),
     "multiple_matchers_in_one_item.yaml": (
         "comma-item",
         "rules[0].match[0]",

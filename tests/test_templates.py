@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -26,6 +27,7 @@ from receiver.rulebook.templates import (
     GRAMMARS,
     Slot,
     check_slot_template,
+    parse_duration,
     promql_string,
     quote_meta,
 )
@@ -376,3 +378,49 @@ def test_playbook_label_names_are_label_names(name):
     """labels: keys are label names (full match: no trailing newline)."""
     with pytest.raises(ValidationError):
         Playbook.model_validate({"labels": {name: {"one_of": ["x"]}}})
+
+
+# ----------------------------------------------------------------- durations
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("90s", timedelta(seconds=90)),
+        ("1h30m", timedelta(hours=1, minutes=30)),
+        ("250ms", timedelta(milliseconds=250)),
+        ("2w1d", timedelta(days=15)),
+        (45, timedelta(seconds=45)),
+        (1.5, timedelta(seconds=1.5)),
+        ("999999999d", timedelta(days=999999999)),
+    ],
+)
+def test_durations_parse(text, expected):
+    """Prometheus-style durations and plain seconds parse."""
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("\u0665m", "use ASCII digits"),
+        ("\uff15m", "use ASCII digits"),
+        ("5", "use ASCII digits with a unit"),
+        ("5m5", "use ASCII digits with a unit"),
+        ("1e3s", "use ASCII digits with a unit"),
+        ("", "invalid duration"),
+        ("99999999999999999999d", "is too large"),
+        ("1000000000d", "is too large"),
+        ("999999999d999999999d", "is too large"),
+        ("9" * 5000 + "s", "is too large"),
+        (1e300, "is too large"),
+        (10**400, "is too large"),
+        (float("inf"), "is too large"),
+        (float("nan"), "non-negative number"),
+        (-1, "non-negative number"),
+    ],
+)
+def test_bad_durations_are_value_errors_never_overflow(value, fragment):
+    """Non-ASCII digits, garbage and huge values raise ValueError (a rule error)."""
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        parse_duration(value)

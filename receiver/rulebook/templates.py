@@ -722,7 +722,7 @@ def parse_duration(value: str | float | timedelta) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if math.isnan(value) or value < 0:
+        if (isinstance(value, float) and math.isnan(value)) or value < 0:
             raise ValueError("duration must be a non-negative number of seconds")
         try:
             return timedelta(seconds=value)
