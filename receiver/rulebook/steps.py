@@ -16,6 +16,7 @@ import re
 import typing
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from fractions import Fraction
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -29,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from receiver.errors import SlotError
+from receiver.errors import QuantityError, SlotError
 from receiver.model import Alert, StepKind
 from receiver.rulebook.matchers import Matcher, MatchType
 from receiver.rulebook.templates import (
@@ -55,30 +56,63 @@ Url = Annotated[str, SlotMarker(Slot.URL)]
 
 WorkloadKind = Literal["Deployment", "StatefulSet", "DaemonSet"]
 _RELATIVE = re.compile(r"^(\+|x)?([0-9]+)$")
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|K|M|G|T)?$")
-_QUANTITY_UNITS = {
-    None: 1,
-    "K": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
+# Kubernetes' quantity grammar (apimachinery resource.Quantity):
+#   <quantity> ::= <sign>? <number> <suffix>
+#   <number>   ::= <digits> | <digits>.<digits> | <digits>. | .<digits>
+#   <suffix>   ::= Ki | Mi | Gi | Ti | Pi | Ei | n | u | m | "" | k | M | G | T | P | E
+#                | (e | E) <sign>? <digits>
+# A suffix is tried before an exponent, so "1E" is an exa and "1E3" is 1000.
+_QUANTITY = re.compile(
+    r"([+-]?)([0-9]+)?(?:\.([0-9]*))?"
+    r"(?:(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)|[eE]([+-]?[0-9]+))?"
+)
+_BINARY_SI = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
+_DECIMAL_SI = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15}
+_QUANTITY_UNITS: dict[str | None, Fraction] = {
+    None: Fraction(1),
+    "E": Fraction(10) ** 18,
+    **{s: Fraction(2) ** e for s, e in _BINARY_SI.items()},
+    **{s: Fraction(10) ** e for s, e in _DECIMAL_SI.items()},
 }
+_MAX_QUANTITY_CHARS = 64
+_MAX_QUANTITY_EXPONENT = 64
 
 
-def parse_quantity(text: str) -> int:
-    """Bytes of a Kubernetes memory quantity (``512Mi``, ``4Gi``, ``1G``)."""
-    found = _QUANTITY.match(text.strip())
-    if found is None:
-        raise ValueError(f"invalid memory quantity {text!r}; use e.g. 512Mi or 4Gi")
-    return int(float(found.group(1)) * _QUANTITY_UNITS[found.group(2)])
+def parse_quantity(text: str) -> Fraction:
+    """The exact value of a Kubernetes quantity (``512Mi``, ``1e9``, ``500m``, ``.5``).
+
+    A ``Fraction``, so milli- and nano-units compare exactly (``0.5`` ==
+    ``500m``); memory in bytes is the value itself.
+
+    Raises:
+        QuantityError: not a quantity (a ``StepError`` and a ``ValueError``).
+    """
+    raw = str(text)
+    found = _QUANTITY.fullmatch(raw) if len(raw) <= _MAX_QUANTITY_CHARS else None
+    if found is None or (found.group(2) is None and not found.group(3)):
+        raise QuantityError(
+            f"invalid quantity {raw[:_MAX_QUANTITY_CHARS]!r}; use a Kubernetes "
+            "quantity such as 512Mi, 4Gi, 1G, 1e9 or 500m"
+        )
+    sign, whole, fraction, suffix, exponent = found.groups()
+    fraction = fraction or ""
+    value = Fraction(int((whole or "0") + fraction), 10 ** len(fraction))
+    if exponent is not None:
+        power = int(exponent)
+        if abs(power) > _MAX_QUANTITY_EXPONENT:
+            raise QuantityError(
+                f"quantity {raw!r} is out of range (exponent beyond "
+                f"±{_MAX_QUANTITY_EXPONENT})"
+            )
+        value *= Fraction(10) ** power
+    else:
+        value *= _QUANTITY_UNITS[suffix]
+    return -value if sign == "-" else value
 
 
 def _check_quantity(text: str) -> str:
-    parse_quantity(text)
+    if parse_quantity(text) <= 0:
+        raise ValueError(f"quantity {text!r} must be above zero")
     return text
 
 
