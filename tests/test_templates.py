@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -15,9 +16,11 @@ from receiver.rulebook.steps import (
     STEP_TYPES,
     HttpGet,
     HttpRequest,
+    HttpVerify,
     K8sDeletePod,
     K8sPods,
     PrometheusQuery,
+    PrometheusVerify,
     RedisDeletePattern,
     RedisGet,
     RedisResetCircuitBreaker,
@@ -424,3 +427,25 @@ def test_bad_durations_are_value_errors_never_overflow(value, fragment):
     """Non-ASCII digits, garbage and huge values raise ValueError (a rule error)."""
     with pytest.raises(ValueError, match=re.escape(fragment)):
         parse_duration(value)
+
+
+# ----------------------------------------------------------------- docs
+
+
+def test_the_readme_lists_every_slot_and_every_templated_field():
+    """The rules reference shows each slot's grammar and each step's slot fields."""
+    doc = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    lines = set(doc.splitlines())
+    for slot, grammar in GRAMMARS.items():
+        assert f"| `{slot.value}` | {grammar.doc} |" in lines, slot
+    models = list(STEP_TYPES.items())
+    models += [
+        (f"{m.model_fields['type'].default}` as `verify", m)
+        for m in (PrometheusVerify, HttpVerify)
+    ]
+    for name, model in models:
+        fields = ", ".join(
+            f"`{field}` (`{slot.value}`)"
+            for field, slot in template_fields(model).items()
+        )
+        assert f"| `{name}` | {fields or 'none'} |" in lines, name
