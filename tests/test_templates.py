@@ -449,3 +449,13 @@ def test_the_readme_lists_every_slot_and_every_templated_field():
             for field, slot in template_fields(model).items()
         )
         assert f"| `{name}` | {fields or 'none'} |" in lines, name
+
+
+def test_the_rule_schema_names_each_templated_fields_slot():
+    """The JSON schema of rule files carries x-template-slot on templated fields."""
+    props = K8sPods.model_json_schema()["properties"]
+    assert props["namespace"]["x-template-slot"] == "namespace"
+    assert props["workload"]["anyOf"][0]["x-template-slot"] == "k8s_name"
+    assert "x-template-slot" not in props["limit"]
+    keys = RedisGet.model_json_schema()["properties"]["keys"]["items"]
+    assert keys["x-template-grammar"] == GRAMMARS[Slot.REDIS_KEY].doc

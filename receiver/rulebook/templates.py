@@ -48,7 +48,8 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from pydantic import GetCoreSchemaHandler
+from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
 from receiver.errors import RenderError, SlotError
@@ -168,6 +169,15 @@ class SlotMarker:
         return core_schema.no_info_after_validator_function(
             lambda text: check_slot_template(text, slot), handler(source)
         )
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """Name the slot and its grammar in the rule schema (``x-template-slot``)."""
+        found = handler(schema)
+        found["x-template-slot"] = self.slot.value
+        found["x-template-grammar"] = GRAMMARS[self.slot].doc
+        return found
 
 
 # ----------------------------------------------------------------- value checks
@@ -631,11 +641,6 @@ def check_choice(value: str, text: str, slot: Slot, label: str) -> str | None:
 def placeholders(text: str) -> list[str]:
     """The placeholders a template uses, in order."""
     return [m.group(0) for m in PLACEHOLDER.finditer(text)]
-
-
-def labels_used(text: str) -> Iterable[str]:
-    """Names of the labels a template substitutes."""
-    return (m.group(2) for m in PLACEHOLDER.finditer(text) if m.group(1) == "labels")
 
 
 # ----------------------------------------------------------------- render time
