@@ -99,6 +99,18 @@ def test_a_kubernetes_name_is_always_a_full_dns1123_match(value):
 
 @PROPERTY
 @given(HOSTILE)
+def test_a_selector_value_stays_one_label_value(value):
+    """app={v},tier=web keeps two terms; the value is a Kubernetes label value."""
+    selector = fill("app={labels.v},tier=web", value, Slot.LABEL_SELECTOR)
+    if selector is None:
+        return
+    assert selector.split(",") == [f"app={value}", "tier=web"]
+    assert re.fullmatch(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?", value)
+    assert len(value) <= 63
+
+
+@PROPERTY
+@given(HOSTILE)
 def test_a_url_path_value_stays_one_segment(value):
     """Host, path shape, query and fragment never change; the segment decodes back."""
     url = fill("https://h.test/api/breakers/{labels.v}/reset", value, Slot.URL)
