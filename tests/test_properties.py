@@ -25,6 +25,8 @@ from receiver.rulebook.templates import (
     DNS1123_LABEL,
     DNS1123_SUBDOMAIN,
     Slot,
+    TemplateError,
+    check_slot_template,
     parse_duration,
     quote_meta,
     render,
@@ -402,3 +404,52 @@ def test_quantities_parse_or_raise_only_quantity_error(text):
     except QuantityError:
         return
     assert isinstance(parsed, Fraction)
+
+
+# ----------------------------------------------------------------- load time
+
+TEMPLATE_TEXT = st.lists(
+    st.one_of(
+        ANY_TEXT,
+        st.sampled_from(
+            [
+                "{labels.v}",
+                "{alert.fingerprint}",
+                "{labels.}",
+                "http://",
+                "https://h.test",
+                "[",
+                "]",
+                ":",
+                "@",
+                "/",
+                "?",
+                "#",
+                '"',
+                "'",
+                "`",
+                "\\",
+                "=~",
+                "{",
+                "}",
+                "\n",
+            ]
+        ),
+    ),
+    max_size=8,
+).map("".join)
+
+
+@PROPERTY
+@given(st.sampled_from(list(Slot)), TEMPLATE_TEXT)
+@example(Slot.URL, "http://[::1/{labels.v}")
+@example(Slot.PROMQL, 'up{a="\\')
+def test_any_template_loads_or_raises_only_template_error(slot, text):
+    """A rule author's template is accepted or refused with TemplateError only."""
+    try:
+        assert check_slot_template(text, slot) == text
+    except TemplateError:
+        return
+    # What loads can be rendered: a harmless value fills it or is refused typed.
+    with contextlib.suppress(RenderError):
+        render(text, alert("a"), slot)

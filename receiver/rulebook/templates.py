@@ -396,6 +396,18 @@ def _promql_whole(_text: str) -> str | None:
 # ----------------------------------------------------------------- URLs
 
 
+def _netloc_parts(netloc: str) -> tuple[str, str, str]:
+    """``user:pass@host:port`` as (user info, host, port)."""
+    userinfo, _, hostport = netloc.rpartition("@")
+    if hostport.startswith("["):
+        host, _, port = hostport.partition("]")
+    elif ":" in hostport:
+        host, _, port = hostport.rpartition(":")
+    else:
+        host, port = hostport, ""
+    return userinfo, host, port
+
+
 def _url_holes(text: str, found: list[re.Match[str]]) -> list[_Hole]:
     """Place each placeholder in the host, path or query of a URL; refuse others."""
     if not text.lower().startswith(("http://", "https://")):
@@ -410,14 +422,11 @@ def _url_holes(text: str, found: list[re.Match[str]]) -> list[_Hole]:
         sentinels.append(sentinel)
         sample = sample[: match.start()] + sentinel + sample[match.end() :]
     sentinels.reverse()
-    parts = urlsplit(sample)
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    if hostport.startswith("["):
-        host, _, port = hostport.partition("]")
-    elif ":" in hostport:
-        host, _, port = hostport.rpartition(":")
-    else:
-        host, port = hostport, ""
+    try:
+        parts = urlsplit(sample)
+    except ValueError as exc:
+        raise TemplateError(f"not a valid URL: {exc}") from exc
+    userinfo, host, port = _netloc_parts(parts.netloc)
     holes = []
     for sentinel, match in zip(sentinels, found, strict=True):
         if sentinel in host:
