@@ -19,6 +19,7 @@ from receiver.rulebook.steps import (
     HttpVerify,
     K8sDeletePod,
     K8sPods,
+    K8sScale,
     PrometheusQuery,
     PrometheusVerify,
     RedisDeletePattern,
@@ -459,3 +460,10 @@ def test_the_rule_schema_names_each_templated_fields_slot():
     assert "x-template-slot" not in props["limit"]
     keys = RedisGet.model_json_schema()["properties"]["keys"]["items"]
     assert keys["x-template-grammar"] == GRAMMARS[Slot.REDIS_KEY].doc
+
+
+@pytest.mark.parametrize("replicas", ["10\n", "+2\n", "x", "2x", "\u0665"])
+def test_relative_counts_are_a_full_ascii_match(replicas):
+    """replicas/max_replicas take 10, +2 or x2 exactly (no trailing newline)."""
+    with pytest.raises(ValidationError, match="invalid count"):
+        K8sScale(namespace="p", workload="w", replicas=replicas, max=10)

@@ -55,7 +55,7 @@ RedisKeyPart = Annotated[str, SlotMarker(Slot.REDIS_KEY_PART)]
 Url = Annotated[str, SlotMarker(Slot.URL)]
 
 WorkloadKind = Literal["Deployment", "StatefulSet", "DaemonSet"]
-_RELATIVE = re.compile(r"^(\+|x)?([0-9]+)$")
+_RELATIVE = re.compile(r"(\+|x)?([0-9]+)")
 # Kubernetes' quantity grammar (apimachinery resource.Quantity):
 #   <quantity> ::= <sign>? <number> <suffix>
 #   <number>   ::= <digits> | <digits>.<digits> | <digits>. | .<digits>
@@ -120,7 +120,7 @@ Quantity = Annotated[str, AfterValidator(_check_quantity)]
 
 
 def _check_relative(text: str) -> str:
-    if not _RELATIVE.match(str(text)):
+    if not _RELATIVE.fullmatch(str(text)):
         raise ValueError(
             f"invalid count {text!r}; use an absolute number (10), an increment "
             "(+2) or a factor (x2)"
@@ -141,7 +141,7 @@ def _change(spec: str) -> str:
 
 def apply_relative(spec: str, current: int) -> int:
     """Apply ``10``, ``+2`` or ``x2`` to a current count."""
-    found = _RELATIVE.match(spec)
+    found = _RELATIVE.fullmatch(spec)
     if found is None:  # validated at load time
         raise ValueError(spec)
     op, number = found.group(1), int(found.group(2))
