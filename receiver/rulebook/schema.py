@@ -25,7 +25,7 @@ from receiver.model import SOURCES, Severity, Source, StepKind
 from receiver.rulebook.matchers import Matcher
 from receiver.rulebook.severity import LabelSeverity, MatrixSeverity, SeveritySpec
 from receiver.rulebook.steps import Duration, Step, StepModel, template_fields
-from receiver.rulebook.templates import check_choice
+from receiver.rulebook.templates import Slot, check_choice
 
 
 def _severity_kind(value: Any) -> str | None:
@@ -142,29 +142,29 @@ class Playbook(BaseModel):
         """
         problems: dict[tuple[str, str], None] = {}
         for label, spec in self.labels.items():
-            for where, model in self._templated_models():
-                for field, slot in template_fields(type(model)).items():
-                    value = getattr(model, field)
-                    for text in value if isinstance(value, list) else [value]:
-                        for choice in spec.one_of if text is not None else ():
-                            why = check_choice(choice, text, slot, label)
-                            if why is not None:
-                                problems[
-                                    (
-                                        f"labels.{label}.one_of",
-                                        f"{why} (it fills {where}.{field})",
-                                    )
-                                ] = None
+            for where, slot, text in self._templates():
+                for choice in spec.one_of:
+                    why = check_choice(choice, text, slot, label)
+                    if why is not None:
+                        problems[
+                            (f"labels.{label}.one_of", f"{why} (it fills {where})")
+                        ] = None
         return list(problems)
 
-    def _templated_models(self) -> list[tuple[str, BaseModel]]:
-        found: list[tuple[str, BaseModel]] = []
+    def _templates(self) -> list[tuple[str, Slot, str]]:
+        """Every template of the playbook's steps: (where, slot, text)."""
+        found: list[tuple[str, Slot, str]] = []
         for group in ("diagnostics", "remediation"):
             for i, step in enumerate(getattr(self, group)):
-                found.append((f"{group}[{i}]", step))
+                models: list[tuple[str, BaseModel]] = [(f"{group}[{i}]", step)]
                 check = getattr(step, "verify", None)
                 if isinstance(check, BaseModel):
-                    found.append((f"{group}[{i}].verify", check))
+                    models.append((f"{group}[{i}].verify", check))
+                for where, model in models:
+                    for field, slot in template_fields(type(model)).items():
+                        value = getattr(model, field)
+                        texts = value if isinstance(value, list) else [value]
+                        found += [(f"{where}.{field}", slot, t) for t in texts if t]
         return found
 
     @field_validator("diagnostics")
