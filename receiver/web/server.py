@@ -186,9 +186,7 @@ def serve(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
     """Run ``app`` on ``host:port`` until SIGINT/SIGTERM, then clean up."""
-    runner = EdgeAppRunner(
-        app, max_connections=max_connections, access_log=None, handle_signals=True
-    )
+    runner = EdgeAppRunner(app, max_connections=max_connections, handle_signals=True)
 
     async def run() -> None:
         await runner.setup()
