@@ -32,13 +32,22 @@ from receiver.store import MemoryStore
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 TOKEN = "tok-3b9f0d2c"
 OTHER_TOKEN = "tok-second-71aa"
+ADMIN_TOKEN = "tok-admin-4c2e"
 BASIC_USER = "am"
 BASIC_PASSWORD = "pw-8c1e"
 PD_SECRET = "pd-secret-old-0e5b"
 PD_SECRET_NEW = "pd-secret-new-9d47"
 ROUTING_KEY = "rk-4d2f6a8b0c1e3f5a7b9d1e3f5a7b9d1e"
 MAX_BODY = 4096
-SECRETS = (TOKEN, OTHER_TOKEN, BASIC_PASSWORD, PD_SECRET, PD_SECRET_NEW, ROUTING_KEY)
+SECRETS = (
+    TOKEN,
+    OTHER_TOKEN,
+    ADMIN_TOKEN,
+    BASIC_PASSWORD,
+    PD_SECRET,
+    PD_SECRET_NEW,
+    ROUTING_KEY,
+)
 
 WEB_RULES = """
 playbooks:
@@ -93,6 +102,7 @@ def full_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "host": "0.0.0.0",  # noqa: S104 (never bound: tests use the in-process client)
         "auth_tokens": [SecretStr(TOKEN), SecretStr(OTHER_TOKEN)],
+        "admin_tokens": [SecretStr(ADMIN_TOKEN)],
         "basic_auth": SecretStr(f"{BASIC_USER}:{BASIC_PASSWORD}"),
         "pagerduty_secrets": [SecretStr(PD_SECRET), SecretStr(PD_SECRET_NEW)],
         "routing_keys": [SecretStr(ROUTING_KEY)],

@@ -342,12 +342,11 @@ class SqliteStore:
                     try:
                         value = fn(db)
                         if isinstance(value, sqlite3.Cursor):
-                            # Finished here, under the lock: a cursor let go of
-                            # on the event loop's thread resets its cached
-                            # statement there, racing the next transaction
-                            # (SQLITE_MISUSE under bulk writes).
+                            # Closed here, under the lock (its rowcount stays
+                            # readable): a cursor let go of on the event loop's
+                            # thread resets its cached statement there, racing
+                            # the next transaction (SQLITE_MISUSE in bulk).
                             value.close()
-                            value = None
                     except sqlite3.OperationalError as exc:
                         db.execute("ROLLBACK TO call")
                         db.execute("RELEASE call")
