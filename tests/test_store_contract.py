@@ -327,8 +327,7 @@ async def test_a_renewed_lease_is_not_handed_over(make_store: MakeStore) -> None
 async def test_release_hands_the_entry_back_and_park_sets_it_aside(
     store: Store,
 ) -> None:
-    """A released entry is claimed again at once; a parked one is listed, not claimed,
-    until retried."""
+    """A released entry is claimed again at once; a parked one only once retried."""
     entry = journal_entry(1)
     await store.append(entry, [])
     clock = Tick()
@@ -534,7 +533,7 @@ async def test_a_lock_expires_by_the_callers_clock_unless_renewed(
 
 
 async def test_recovery_releases_a_dead_incarnations_locks(store: Store) -> None:
-    """After its incarnation stopped, a lock is released on recovery and can be taken."""
+    """After its incarnation stopped, recovery releases its lock."""
     clock = Tick()
     await store.register("old", clock(), timedelta(minutes=1))
     lock = await store.acquire_lock("target:x", "old", clock(), HOUR)
@@ -558,7 +557,7 @@ async def test_a_dead_incarnations_lock_is_taken_over(store: Store) -> None:
 
 
 async def test_last_run_remembers_the_latest_run(store: Store) -> None:
-    """last_run returns what set_last_run recorded, until its TTL by the caller's now."""
+    """last_run returns what set_last_run recorded, until its TTL (caller's now)."""
     assert await store.last_run("scope", T0) is None
     await store.set_last_run("scope", T0, HOUR)
     assert await store.last_run("scope", T0 + timedelta(minutes=1)) == T0

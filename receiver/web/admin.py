@@ -154,3 +154,62 @@ class Admin:
         log.info("parked_entry_retried", payload_id=entry_id)
         self._metrics.journal_parked.set(await self._store.parked_count())
         return web.json_response({"status": "queued", "id": entry_id}, status=202)
+
+
+def admin_paths() -> dict[str, Any]:
+    """The OpenAPI paths of this module's routes."""
+    ok = {
+        "description": "OK",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+    problem = {
+        "description": "Rejected; the body says what to fix.",
+        "content": {
+            "application/problem+json": {
+                "schema": {"$ref": "#/components/schemas/Problem"}
+            }
+        },
+    }
+    errors = {"400": problem, "401": problem, "403": problem}
+    security: list[dict[str, list[str]]] = [{"bearer": []}, {"basic": []}]
+    entry_id = {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+    return {
+        "/api/v1/pause": {
+            "get": {
+                "summary": "Whether remediations are paused, by whom and why",
+                "security": security,
+                "responses": {"200": ok, **errors},
+            },
+            "post": {
+                "summary": 'Pause every remediation: {"by", "reason"}; '
+                '{"paused": false} resumes. Audited in the decision log.',
+                "security": security,
+                "responses": {"200": ok, **errors},
+            },
+            "delete": {
+                "summary": "Resume remediations (?by=&reason=). Audited.",
+                "security": security,
+                "responses": {"200": ok, **errors},
+            },
+        },
+        "/api/v1/parked": {
+            "get": {
+                "summary": "Journal entries parked after too many attempts",
+                "security": security,
+                "responses": {"200": ok, **errors},
+            }
+        },
+        "/api/v1/parked/{id}/retry": {
+            "post": {
+                "summary": "Put a parked entry back in the queue",
+                "security": security,
+                "parameters": [entry_id],
+                "responses": {"202": ok, "404": problem, **errors},
+            }
+        },
+    }
