@@ -126,7 +126,7 @@ class Admin:
             ]
         )
         self._metrics.paused.set(1 if paused else 0)
-        log.warning("remediations_switched", event=event, by=by, reason=reason)
+        log.warning("remediations_switched", switch=event, by=by, reason=reason)
         return web.json_response(pause.to_json() if pause else {"paused": False})
 
     async def parked(self, request: web.Request) -> web.Response:
