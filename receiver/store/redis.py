@@ -145,7 +145,8 @@ return written
 """
 
 _COMPLETE = """
--- KEYS: payload hash, journal, decisions, payload index, finished index, leases
+-- KEYS: payload hash, journal, decisions, payload index, finished index, leases,
+--       parked
 -- ARGV: group, max decisions, ttl ms, entry id, then the records
 if redis.call('HGET', KEYS[1], 'done') == '1' then return 0 end
 for i = 5, #ARGV do redis.call('LPUSH', KEYS[3], ARGV[i]) end
@@ -154,6 +155,7 @@ if #ARGV >= 5 then
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
 end
 redis.call('ZREM', KEYS[6], ARGV[4])
+redis.call('ZREM', KEYS[7], ARGV[4])
 local sid = redis.call('HGET', KEYS[1], 'stream')
 if sid then
   redis.call('XACK', KEYS[2], ARGV[1], sid)
@@ -232,7 +234,9 @@ _RENEW = """
 if redis.call('HGET', KEYS[2], 'state') ~= 'claimed' then return 0 end
 if redis.call('HGET', KEYS[2], 'consumer') ~= ARGV[2] then return 0 end
 redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
-if ARGV[4] then redis.call('HSET', KEYS[2], 'last_error', ARGV[4]) end
+if ARGV[4] then
+  redis.call('HSET', KEYS[2], 'last_error', ARGV[4], 'consumer', '')
+end
 return 1
 """
 
@@ -862,6 +866,7 @@ class RedisStore:
             self._payloads,
             self._finished,
             self._leases,
+            self._parked,
         ]
         args: list[str | int] = [
             self._group,
@@ -1037,7 +1042,7 @@ class RedisStore:
             await self._redis.zremrangebyscore(
                 self._incarnations, "-inf", f"({_ms(now) - 86_400_000}"
             )
-        return released
+        return sorted(released)
 
     # -- run-once keys ----------------------------------------------------------
 
