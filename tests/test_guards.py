@@ -228,7 +228,9 @@ async def test_lock_held_by_another_run(harness):
     assert lock is not None
     held = await harness.decide("Hook")
     assert held.decision is Decision.SKIPPED
-    assert held.reason == "lock on http://hooks.test/api held by replica-2:77"
+    assert held.reason == (
+        "lock on http://hooks.test/api held by replica-2:77 (not run: nothing was sent)"
+    )
     assert held.guard == "lock"
     await harness.store.release_lock(lock)
     assert (await harness.decide("Hook")).decision is Decision.EXECUTED

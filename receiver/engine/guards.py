@@ -263,27 +263,21 @@ class GuardKeeper:
         now: datetime,
         lock_ttl: timedelta,
     ) -> Held:
-        """Take the lock, the run-once claim and the budget slots, or refuse."""
-        lock = None
-        name = f"target:{target}"
-        if guards.lock:
-            lock = await self.store.acquire_lock(name, self.owner, now, lock_ttl)
-            if lock is None:
-                holder = await self.store.lock_holder(name, now) or "another run"
-                raise Refusal(guard="lock", reason=f"lock on {target} held by {holder}")
-        held = Held(key, self.owner, lock)
-        try:
-            outcome = await self.store.claim_key(
-                key, self.owner, now, self.defaults.idempotency_ttl
-            )
-        except BaseException:
-            await self.abandon(held, claimed=False)
-            raise
+        """Take the run-once claim, the lock and the budget slots, or refuse.
+
+        The claim comes first: a second run of the same occurrence hears
+        "already started/done" (and whether its action was sent), never a lock
+        refusal that would not say.
+        """
+        outcome = await self.store.claim_key(
+            key, self.owner, now, self.defaults.idempotency_ttl
+        )
         if not outcome.won:
-            await self.abandon(held, claimed=False)
             raise Refusal(guard="idempotency", reason=_already(outcome.holder))
-        held.recovered = outcome.recovered
+        held = Held(key, self.owner, None, recovered=outcome.recovered)
         try:
+            if guards.lock:
+                await self._lock(held, target, now, lock_ttl)
             if held.recovered is None or held.recovered.status != "sending":
                 # A re-check after a crash is not a new run: it spends nothing.
                 await self.check_cooldown(playbook, target, guards, now)
@@ -292,6 +286,18 @@ class GuardKeeper:
             await self.abandon(held)
             raise
         return held
+
+    async def _lock(
+        self, held: Held, target: str, now: datetime, ttl: timedelta
+    ) -> None:
+        name = f"target:{target}"
+        held.lock = await self.store.acquire_lock(name, self.owner, now, ttl)
+        if held.lock is None:
+            holder = await self.store.lock_holder(name, now) or "another run"
+            raise Refusal(
+                guard="lock",
+                reason=f"lock on {target} held by {holder} (not run: nothing was sent)",
+            )
 
     async def _budgets(
         self, held: Held, playbook: str, guards: Guards, now: datetime
@@ -316,12 +322,16 @@ class GuardKeeper:
                 )
             held.budgets.append(slot)
 
-    async def abandon(self, held: Held, *, claimed: bool = True) -> None:
+    async def abandon(self, held: Held) -> None:
         """Give back exactly what ``enter`` took: the run did not happen."""
         for slot in held.budgets:
             await self.store.release_budget(slot)
         held.budgets.clear()
-        if claimed:
+        if held.recovered is not None and held.recovered.status == "sending":
+            # A crashed run's action may have left: keep that mark (now ours)
+            # so nothing ever runs it blindly again.
+            await self.store.mark_sending(held.key, held.owner, held.recovered.at)
+        else:
             await self.store.release_key(held.key, held.owner)
         if held.lock is not None:
             await self.store.release_lock(held.lock)

@@ -205,10 +205,46 @@ if redis.call('EXISTS', KEYS[2]) == 0 or state == 'done' or state == 'parked' th
   redis.call('XDEL', KEYS[1], ARGV[2])
   return false
 end
+if state == 'claimed' and redis.call('HGET', KEYS[2], 'consumer') ~= ARGV[3] then
+  return false  -- someone else's lease: never taken this way
+end
 redis.call('HSET', KEYS[2], 'state', 'claimed', 'consumer', ARGV[3])
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
 return redis.call('HGETALL', KEYS[2])
+"""
+
+_READ_NEW = """
+-- KEYS: journal, leases; ARGV: group, consumer, lease end ms, payload key prefix
+-- Reading and leasing are one step: a crash between them cannot leave an
+-- entry delivered but unleased. (The payload key is built here from the
+-- message: like the other multi-key scripts, this needs one Redis, not a
+-- cluster.)
+for _ = 1, 10 do
+  local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1,
+                           'STREAMS', KEYS[1], '>')
+  if not reply then return false end
+  local message = reply[1][2][1]
+  local sid, fields, id = message[1], message[2], ''
+  for i = 1, #fields, 2 do
+    if fields[i] == 'id' then id = fields[i + 1] end
+  end
+  local hash = ARGV[4] .. id
+  local state = redis.call('HGET', hash, 'state')
+  if redis.call('EXISTS', hash) == 0 or state == 'done' or state == 'parked' then
+    redis.call('XACK', KEYS[1], ARGV[1], sid)
+    redis.call('XDEL', KEYS[1], sid)
+  else
+    redis.call('HSET', hash, 'state', 'claimed', 'consumer', ARGV[2])
+    redis.call('HINCRBY', hash, 'attempts', 1)
+    redis.call('ZADD', KEYS[2], ARGV[3], id)
+    local out = redis.call('HGETALL', hash)
+    table.insert(out, '__id')
+    table.insert(out, id)
+    return out
+  end
+end
+return false
 """
 
 _TAKEOVER = """
@@ -586,6 +622,7 @@ class RedisStore:
         script = client.register_script
         self._append_script = script(_APPEND)
         self._deliver_script = script(_DELIVER)
+        self._read_new_script = script(_READ_NEW)
         self._takeover_script = script(_TAKEOVER)
         self._renew_script = script(_RENEW)
         self._park_script = script(_PARK)
@@ -682,12 +719,9 @@ class RedisStore:
                     if entry is None:
                         entry = await self._reclaim(consumer, now, until)
                     if entry is None:
-                        message = await self._read_new(consumer, deadline)
-                        if message is None:
-                            return None
-                        entry = await self._deliver(consumer, until, *message)
+                        entry = await self._read_new(consumer, until, deadline)
                         if entry is None:
-                            continue
+                            return None
                 except redis.exceptions.ResponseError as exc:
                     # The stream or group was deleted under us: recreate it once.
                     if "NOGROUP" not in str(exc) or recreated:
@@ -735,24 +769,24 @@ class RedisStore:
         return None
 
     async def _read_new(
-        self, consumer: str, deadline: float
-    ) -> tuple[bytes, dict[bytes, bytes] | None] | None:
-        """Read the next undelivered entry, blocking until ``deadline``."""
+        self, consumer: str, until: datetime, deadline: float
+    ) -> JournalEntry | None:
+        """Read and lease the next undelivered entry, waiting until ``deadline``."""
         while True:
+            reply = await self._read_new_script(
+                keys=[self._journal, self._leases],
+                args=[self._group, consumer, _ms(until), self._key("payload", "")],
+            )
+            if reply:
+                fields = _pairs(reply)
+                return self._entry(_str(fields.pop("__id")), fields)
             remaining = deadline - time.monotonic()
-            block = (
-                None
-                if remaining <= 0
-                else max(1, int(min(remaining, self._block_chunk) * 1000))
-            )
-            reply = await self._redis.xreadgroup(
-                self._group, consumer, {self._journal: ">"}, count=1, block=block
-            )
-            message = _first_message(reply)
-            if message is not None:
-                return message
-            if block is None or time.monotonic() >= deadline:
+            if remaining <= 0:
                 return None
+            # Wake up when something is appended (or after a short while: an
+            # entry appended between the script and this wait is read then).
+            block = max(1, int(min(remaining, self._block_chunk, 0.25) * 1000))
+            await self._redis.xread({self._journal: "$"}, count=1, block=block)
 
     async def _deliver(
         self,
