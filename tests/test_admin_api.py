@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import httpx
 from conftest import bearer, full_settings
+from peers import poll, run_receiver
 
 from receiver.app import create_app
+from receiver.cli import main
 from receiver.rulebook.loader import load_rulebook
-from receiver.store import MemoryStore
+from receiver.store import MemoryStore, SqliteStore
 from receiver.store.base import DecisionQuery, JournalEntry
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -88,3 +91,45 @@ async def test_parked_entries_are_listed_and_retried(aiohttp_client, web_rules):
             break
         await asyncio.sleep(0.01)
     assert await store.pending() == (0, None)
+
+
+def test_replay_retry_queues_a_parked_entry_of_a_running_receiver(
+    tmp_path, monkeypatch, capsys, web_rules
+):
+    """`replay --retry --from URL/ID` puts a parked entry back; it is decided."""
+    db = tmp_path / "state.db"
+
+    async def park() -> None:
+        store = SqliteStore(str(db))
+        body = (
+            b'{"version": "4", "status": "firing", "groupKey": "g", "alerts": '
+            b'[{"status": "firing", "labels": {"alertname": "X"}, '
+            b'"startsAt": "2026-11-26T09:00:00Z", "fingerprint": "f1"}]}'
+        )
+        await store.append(JournalEntry("e-cli", "alertmanager", T0, body), [])
+        lease = await store.claim("crashed", 1.0, T0)
+        assert lease is not None
+        await store.park(lease, "claimed 6 times without finishing", T0)
+        await store.close()
+
+    asyncio.run(park())
+    env = {"RECEIVER_AUTH_TOKENS": "cli-token", "RECEIVER_STORE": f"sqlite:///{db}"}
+    with run_receiver(tmp_path, rules=web_rules, env=env) as rx:
+        auth = {"Authorization": "Bearer cli-token"}
+        listed = httpx.get(f"{rx.url}/api/v1/parked", headers=auth, timeout=5)
+        assert [p["id"] for p in listed.json()["parked"]] == ["e-cli"]
+        monkeypatch.setenv("RECEIVER_AUTH_TOKENS", "cli-token")
+        assert main(["replay", "--retry", "--from", f"{rx.url}/e-cli"]) == 0
+        assert "queued parked entry e-cli again" in capsys.readouterr().out
+
+        def decided() -> bool:
+            found = httpx.get(
+                f"{rx.url}/api/v1/decisions",
+                params={"payload_id": "e-cli"},
+                headers=auth,
+                timeout=5,
+            ).json()["decisions"]
+            return len(found) == 1
+
+        assert poll(decided)
+        assert main(["replay", "--retry", "--from", f"{rx.url}/e-cli"]) == 2
