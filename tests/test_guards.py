@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from receiver.engine.guards import GuardDefaults, GuardKeeper
+from receiver.engine.guards import GuardDefaults, GuardKeeper, idempotency_key
 from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Runner
 from receiver.engine.worker import Processor
@@ -456,3 +456,26 @@ async def test_guard_metric_reads_the_guard_name(harness):
     text = metrics.render().decode()
     assert 'receiver_guard_skips_total{guard="cooldown"} 1.0' in text
     assert 'receiver_guard_skips_total{guard="idempotency"} 1.0' in text
+
+
+async def test_a_claim_taken_over_before_sending_is_not_sent(harness):
+    """If another worker took the claim over (we looked dead), nothing is sent."""
+    store = harness.store
+
+    class Thief:
+        async def look(self, alert):
+            key = idempotency_key("hook", 0, "http.request", alert)
+            now = harness.clock()
+            await store.register(
+                "test-owner", now - timedelta(hours=1), timedelta(minutes=1)
+            )
+            stolen = await store.claim_key(key, "thief", now, timedelta(days=1))
+            assert stolen.won
+            return SourceView(firing=True)
+
+    harness.processor._runner._guards.firing_check = Thief()
+    step = await harness.decide("Hook")
+    assert step.decision is Decision.SKIPPED
+    assert step.guard == "idempotency"
+    assert step.reason.startswith("not run: another worker took over its run-once")
+    assert harness.executor.calls == []

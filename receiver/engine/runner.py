@@ -341,7 +341,16 @@ class Runner:
             await keeper.abandon(held)
             failed = self._failed(trace, exc, "last check before acting failed: ")
             return replace(failed, reason=f"{failed.reason} (nothing was sent){note}")
-        await keeper.store.mark_sending(held.key, held.owner, self._clock())
+        if not await keeper.store.mark_sending(held.key, held.owner, self._clock()):
+            # Another worker took the claim over (this one looked dead to it).
+            await keeper.abandon(held)
+            return replace(
+                trace,
+                decision=Decision.SKIPPED,
+                guard="idempotency",
+                reason="not run: another worker took over its run-once claim "
+                "(this one was presumed dead); nothing was sent",
+            )
         outcome, changed = await self._act(trace, step, alert, held)
         if not changed:
             await keeper.finish(
