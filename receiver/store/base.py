@@ -45,8 +45,9 @@ class Retention:
     max_age: timedelta = timedelta(days=7)
     max_payloads: int = 100_000
     max_decisions: int = 200_000
-    # An entry claimed longer ago than this by a consumer that never completed
-    # it is handed to another consumer (crash recovery).
+    # How long a claim (``Lease``) lasts from the caller's ``now``; the worker
+    # renews it while it decides the entry. A lapsed lease (a dead or hung
+    # consumer) lets another consumer take the entry over.
     lease: timedelta = timedelta(minutes=5)
 
 
