@@ -219,7 +219,12 @@ def utc_now() -> datetime:
 
 
 class Worker:
-    """Bounded-concurrency consumer of the store's journal."""
+    """Bounded-concurrency consumer of the store's journal.
+
+    ``consumer`` is this process's incarnation and must be the owner its
+    ``GuardKeeper`` takes locks and claims as (``create_app`` passes the same
+    name to both), so that recovery after a crash finds what it held.
+    """
 
     def __init__(
         self,
