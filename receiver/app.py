@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from aiohttp import web
 
-from receiver.engine.guards import GuardDefaults, GuardKeeper
+from receiver.engine.guards import FiringCheck, GuardDefaults, GuardKeeper
 from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor, Worker, consumer_name
@@ -30,9 +30,9 @@ from receiver.sinks import (
     playbook_sinks,
     scrubber,
 )
-from receiver.sources.alertmanager_api import AlertmanagerApi
 from receiver.sources.caps import AlertCaps
 from receiver.store.base import Store
+from receiver.web.admin import Admin
 from receiver.web.auth import AUTHENTICATOR, Authenticator
 from receiver.web.handlers import EdgeLimits, Handlers
 from receiver.web.problems import make_middleware
@@ -127,7 +127,7 @@ def create_app(
     executors: Mapping[str, Executor] | None = None,
     metrics: Metrics | None = None,
     sinks: Mapping[str, Sink] | None = None,
-    firing_check: AlertmanagerApi | None = None,
+    firing_check: FiringCheck | None = None,
 ) -> web.Application:
     """Build the application; the worker starts with the app and stops with it.
 
@@ -140,7 +140,10 @@ def create_app(
     keeper = GuardKeeper(
         store, consumer, guard_defaults(settings), firing_check=firing_check
     )
-    runner = Runner(executors or {}, clock, mode=settings.mode, guards=keeper)
+    scrub = scrubber(settings)
+    runner = Runner(
+        executors or {}, clock, mode=settings.mode, guards=keeper, scrub=scrub
+    )
     processor = Processor(
         rulebook,
         runner,
@@ -154,6 +157,7 @@ def create_app(
         metrics=metrics,
         pagerduty_alertname_from=settings.pagerduty_alertname_from,
         store=store,
+        scrub=scrub,
     )
     auth = Authenticator.from_settings(settings)
     handlers = Handlers(
@@ -175,6 +179,8 @@ def create_app(
     app[METRICS] = metrics
     app[PROCESSOR] = processor
     add_routes(app, handlers)
+    admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
+    admin.routes(app.router)
 
     sinks = build_sinks(settings) if sinks is None else sinks
     dispatcher = None
@@ -186,7 +192,7 @@ def create_app(
                 trace, processor.rulebook.playbooks, settings.sinks
             ),
             clock=clock,
-            scrub=scrubber(settings),
+            scrub=scrub,
         )
         app[SINKS] = dispatcher
     worker = Worker(
@@ -197,9 +203,16 @@ def create_app(
         consumer=consumer,
         clock=clock,
         on_complete=dispatcher.submit if dispatcher is not None else None,
+        lease=settings.journal_lease,
+        max_attempts=settings.journal_max_attempts,
     )
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        if settings.paused and await store.pause() is None:
+            await admin.switch(
+                paused=True, by="settings", reason="started with paused: true"
+            )
+        metrics.paused.set(1 if await store.pause() else 0)
         await worker.start()
         sweeper = asyncio.create_task(
             expire_approvals(store, clock, settings.approval_sweep),
@@ -216,8 +229,9 @@ def create_app(
             close = getattr(executor, "aclose", None)
             if close is not None:
                 await close()
-        if firing_check is not None:
-            await firing_check.aclose()
+        close_check = getattr(firing_check, "aclose", None)
+        if close_check is not None:
+            await close_check()
         await store.close()
 
     app.cleanup_ctx.append(lifecycle)

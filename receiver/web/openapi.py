@@ -16,6 +16,7 @@ from receiver import __version__
 from receiver.sources.alertmanager import AmWebhook
 from receiver.sources.events_v2 import EnqueueRequest
 from receiver.sources.pagerduty import Webhook
+from receiver.web.admin import admin_paths
 
 MAX_LIMIT = 1000
 REF = "#/components/schemas/{model}"
@@ -490,6 +491,7 @@ def spec() -> dict[str, Any]:
                     },
                 }
             },
+            **admin_paths(),
             "/healthz": {
                 "get": {
                     "operationId": "healthz",
