@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import structlog
 from conftest import (
+    ADMIN_TOKEN,
     PD_SECRET,
     ROUTING_KEY,
     TOKEN,
@@ -32,7 +33,7 @@ from receiver.settings import Settings, load_settings
 
 APPROVE_TOKEN = "tok-approve-5e1c"
 REPLAY_TOKEN = "tok-replay-0a7d"
-ADMIN_TOKEN = "tok-admin-77f0"
+SCOPED_ADMIN_TOKEN = "tok-admin-77f0"
 READ_TOKEN = "tok-read-19b2"
 
 
@@ -40,7 +41,7 @@ def scoped_settings(**overrides: Any) -> Settings:
     return full_settings(
         approve_tokens=[SecretStr(APPROVE_TOKEN)],
         replay_tokens=[SecretStr(REPLAY_TOKEN)],
-        admin_tokens=[SecretStr(ADMIN_TOKEN)],
+        admin_tokens=[SecretStr(SCOPED_ADMIN_TOKEN)],
         read_tokens=[SecretStr(READ_TOKEN)],
         **overrides,
     )
@@ -434,7 +435,7 @@ async def test_require_scope_guards_admin_routes(make_client):
     ).status == 403
     assert (await client.post("/admin/pause")).status == 401
     assert (
-        await client.post("/admin/pause", headers=bearer(ADMIN_TOKEN))
+        await client.post("/admin/pause", headers=bearer(SCOPED_ADMIN_TOKEN))
     ).status == 200
 
 
@@ -506,3 +507,13 @@ def test_zero_timers_are_config_errors(name):
     """A zero body timeout or approval sweep interval refuses to load."""
     with pytest.raises(ConfigError, match=name.removeprefix("RECEIVER_").lower()):
         load_settings(environ={name: "0s"})
+
+
+async def test_a_handlers_own_404_keeps_its_detail(make_client):
+    """A 404 raised by a handler names what is missing, not 'no such endpoint'."""
+    client = await make_client()
+    resp = await client.post("/api/v1/parked/nope/retry", headers=bearer(ADMIN_TOKEN))
+    assert resp.status == 404
+    detail = (await resp.json(content_type=PROBLEM))["detail"]
+    assert "nope" in detail
+    assert "no such endpoint" not in detail

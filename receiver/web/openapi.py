@@ -298,6 +298,28 @@ def _path_id(what: str) -> dict[str, Any]:
     }
 
 
+_ADMIN_IDS = {
+    ("/api/v1/pause", "get"): ("getPause", "read"),
+    ("/api/v1/pause", "post"): ("setPause", "admin"),
+    ("/api/v1/pause", "delete"): ("deletePause", "admin"),
+    ("/api/v1/parked", "get"): ("listParked", "read"),
+    ("/api/v1/parked/{id}/retry", "post"): ("retryParked", "admin"),
+}
+
+
+def _admin_paths() -> dict[str, Any]:
+    """The admin module's paths, with operation ids, scopes and 405."""
+    paths = admin_paths()
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            operation_id, scope = _ADMIN_IDS.get((path, method), ("", ""))
+            if operation_id:
+                operation.setdefault("operationId", operation_id)
+                operation["summary"] = f"{operation['summary']}; scope {scope}"
+            operation["responses"].setdefault("405", _problem(405))
+    return paths
+
+
 @cache
 def spec() -> dict[str, Any]:
     """Build the OpenAPI document."""
@@ -491,7 +513,7 @@ def spec() -> dict[str, Any]:
                     },
                 }
             },
-            **admin_paths(),
+            **_admin_paths(),
             "/healthz": {
                 "get": {
                     "operationId": "healthz",

@@ -129,6 +129,10 @@ OUTCOMES = {
 def _http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
     """Answer aiohttp's own 4xx (no route, wrong method, ...) as problem+json."""
     path = request.path[:200]
+    if exc.status == 404 and request.match_info.route.resource is not None:
+        # A handler's own 404 (the route exists, the thing it names does not).
+        detail = (exc.text or "").replace("\n", " ")[:300] or f"not found: {path}"
+        return problem(404, detail, slug="not-found")
     if exc.status == 404:
         return problem(404, f"no such endpoint {path}; see /openapi.json")
     if isinstance(exc, web.HTTPMethodNotAllowed):
