@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="URL/ID",
         help="fetch a stored payload from a running receiver, e.g. "
-        "http://127.0.0.1:8080/<payload id> (token from RECEIVER_AUTH_TOKENS)",
+        "http://127.0.0.1:8080/<payload id> (token from RECEIVER_ADMIN_TOKENS, "
+        "RECEIVER_READ_TOKENS or RECEIVER_AUTH_TOKENS)",
     )
     replay.add_argument(
         "--retry",
@@ -287,10 +288,11 @@ def _api(ref: str) -> tuple[str, str, dict[str, str]]:
     base = base.removesuffix("/api/v1/payloads").removesuffix("/api/v1/parked")
     settings = load_settings()
     headers = {}
-    if settings.auth_tokens:
-        headers["Authorization"] = (
-            f"Bearer {settings.auth_tokens[0].get_secret_value()}"
-        )
+    # Retrying a parked entry needs the admin scope, reading a payload read:
+    # an admin token does both, then a read token, then the webhook token.
+    tokens = [*settings.admin_tokens, *settings.read_tokens, *settings.auth_tokens]
+    if tokens:
+        headers["Authorization"] = f"Bearer {tokens[0].get_secret_value()}"
     return base, payload_id, headers
 
 
