@@ -91,7 +91,7 @@ TOOK_EFFECT_OR_NOT = (
     "already done by",  # another payload of the same occurrence ran it
     "nothing sent yet",  # a concurrent resend holds it, nothing left yet
     "the action was sent",  # a concurrent resend holds it, already sent
-    "whether it took effect is unknown",  # sent, then the process was killed
+    "unknown whether it took effect",  # sent, then the process was killed
     "nothing was sent",  # failed before anything left
 )
 
