@@ -312,6 +312,14 @@ class Runner:
                 lock_ttl=self._lock_ttl(step),
             )
         except Refusal as refusal:
+            if refusal.guard == "resolved":
+                # No later delivery of this occurrence will ever run it: settle
+                # an action a crashed incarnation may have sent for it now.
+                settled = await self._settle_orphan(
+                    trace, step, alert, match, key=key, refusal=refusal, now=now
+                )
+                if settled is not None:
+                    return settled
             decision = (
                 Decision.AWAITING_APPROVAL if refusal.awaiting else Decision.SKIPPED
             )
@@ -319,6 +327,44 @@ class Runner:
                 trace, decision=decision, reason=refusal.reason, guard=refusal.guard
             )
         return await self._run_held(trace, step, alert, match, held)
+
+    async def _settle_orphan(
+        self,
+        trace: StepTrace,
+        step: StepModel,
+        alert: Alert,
+        match: PlannedMatch,
+        *,
+        key: str,
+        refusal: Refusal,
+        now: datetime,
+    ) -> StepTrace | None:
+        """Re-check (never run) an action a dead incarnation left ``sending``."""
+        assert self._guards is not None  # noqa: S101 (checked by the caller)
+        keeper = self._guards
+        outcome = await keeper.store.claim_key(
+            key, keeper.owner, now, keeper.defaults.idempotency_ttl
+        )
+        if not outcome.won:
+            return None
+        held = Held(key, keeper.owner, None, recovered=outcome.recovered)
+        if outcome.recovered is None or outcome.recovered.status != "sending":
+            await keeper.store.release_key(key, keeper.owner)
+            return None
+        seen, verified = await self._recheck(step, alert, held)
+        if seen.took_effect is False:
+            return await self._not_rerun(
+                trace,
+                match,
+                held,
+                why=f"the attempt by {outcome.recovered.owner} was interrupted by a "
+                f"crash before it took effect ({seen.reason}); not run again: "
+                f"{refusal.reason}",
+                guard=refusal.guard,
+            )
+        return await self._recovered(
+            trace, step, alert, match, held=held, seen=seen, verified=verified
+        )
 
     def _lock_ttl(self, step: StepModel) -> timedelta:
         verify = getattr(step, "verify", None)
