@@ -564,3 +564,34 @@ async def test_an_interrupted_remediation_is_settled_once_the_alert_resolved(
     assert not later.won
     assert later.holder.status == ("done" if after else "failed")
     await store.close()
+
+
+@pytest.mark.parametrize("after", [True, False], ids=["took-effect", "not-sent"])
+async def test_a_redis_user_without_dump_still_deletes_and_rechecks_honestly(
+    tmp_path, cache, redis_url, after
+):
+    """An ACL without DUMP: keys gone is still "took effect"; present is unknown."""
+    admin, _executor = cache
+    await _seed_cache(admin)
+    await admin.execute_command(
+        "ACL", "SETUSER", "nodump", "on", ">pw-nodump", "~*", "+@all", "-dump"
+    )
+    limited_url = redis_url.replace("redis://", "redis://nodump:pw-nodump@", 1)
+    limited = RedisExecutor({"app": limited_url}, timeout=2.0)
+    try:
+        step, _crashing, store = await _crash_then_recover(
+            tmp_path, "delete_keys", Target("redis", limited), after=after
+        )
+    finally:
+        await limited.aclose()
+        await admin.execute_command("ACL", "DELUSER", "nodump")
+    if after:
+        assert step.decision.value == "executed"
+        assert "the keys are absent (cache:a, cache:b)" in step.reason
+    else:
+        assert step.decision.value == "failed"
+        assert "no digest of their values was recorded (the server refused DUMP)" in (
+            step.reason
+        )
+        assert await admin.exists("cache:a", "cache:b") == 2, "never deleted blindly"
+    await store.close()

@@ -210,7 +210,9 @@ class RedisExecutor:
         del alert
         if isinstance(step, RedisDeleteKeys | RedisResetCircuitBreaker):
             keys = list(step.keys) if isinstance(step, RedisDeleteKeys) else step.keys()
-            digests = await self._digests(step.target_name, [k.encode() for k in keys])
+            digests = await self._try_digests(
+                step.target_name, [k.encode() for k in keys]
+            )
             return Intent(
                 f"UNLINK {' '.join(keys[:MAX_SAMPLE_KEYS])} on redis "
                 f"{step.target_name}",
@@ -220,7 +222,7 @@ class RedisExecutor:
             check_pattern(step.pattern)
             _cursor, batch = await self._scan(self._client(step.target_name), step, 0)
             sample = batch[:MAX_SAMPLE_KEYS]
-            digests = await self._digests(step.target_name, sample)
+            digests = await self._try_digests(step.target_name, sample)
             return Intent(
                 f"SCAN MATCH {step.pattern} + UNLINK on redis {step.target_name}",
                 {
@@ -253,31 +255,51 @@ class RedisExecutor:
         else:
             keys = [str(k).encode() for k in intent.data.get("keys") or []]
             what = "the keys"
-        before = list(intent.data.get("digests") or [])
-        now = await self._digests(step.target_name, keys)
         shown = ", ".join(_shown_key(k, 80) for k in keys[:5]) or "(none)"
+        target = f"redis {step.target_name}"
+        present = await self._present(step.target_name, keys)
         if isinstance(step, RedisDeletePattern):
-            if all(d is None for d in now) and not await self._any_match(step):
+            if not any(present) and not await self._any_match(step):
                 return RecheckResult(
                     took_effect=True,
-                    reason=f"redis {step.target_name}: no key matches {step.pattern}",
+                    reason=f"{target}: no key matches {step.pattern}",
                 )
-        elif all(d is None for d in now):
+        elif not any(present):
             return RecheckResult(
-                took_effect=True,
-                reason=f"redis {step.target_name}: {what} are absent ({shown})",
+                took_effect=True, reason=f"{target}: {what} are absent ({shown})"
             )
-        if now == before and any(d is not None for d in before):
+        before = intent.data.get("digests")
+        if before is None:
+            return RecheckResult(
+                None,
+                f"{target}: {what} exist ({shown}) and no digest of their values "
+                "was recorded (the server refused DUMP), so a key written again "
+                "cannot be told from one never deleted",
+            )
+        now = await self._try_digests(step.target_name, keys)
+        if now == list(before) and any(d is not None for d in before):
             return RecheckResult(
                 took_effect=False,
-                reason=f"redis {step.target_name}: {what} still hold the values they "
-                f"held before ({shown})",
+                reason=f"{target}: {what} still hold the values they held before "
+                f"({shown})",
             )
         return RecheckResult(
             None,
-            f"redis {step.target_name}: {what} changed since they were read "
-            f"({shown}): deleted and written again, or changed by someone else",
+            f"{target}: {what} changed since they were read ({shown}): deleted "
+            "and written again, or changed by someone else",
         )
+
+    async def _present(self, target: str, keys: Sequence[bytes]) -> list[bool]:
+        """Whether each key exists (EXISTS, one per key)."""
+        client = self._client(target)
+
+        async def exists() -> list[bool]:
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.exists(key)
+            return [bool(n) for n in await pipe.execute()]
+
+        return await self._call(target, f"EXISTS {len(keys)} keys", exists)
 
     async def _any_match(self, step: RedisDeletePattern) -> bool:
         """Whether any key matches the pattern (a whole, bounded SCAN)."""
@@ -290,6 +312,15 @@ class RedisExecutor:
             if cursor == 0:
                 return False
         return True  # not scanned to the end: assume some match
+
+    async def _try_digests(
+        self, target: str, keys: Sequence[bytes]
+    ) -> list[str | None] | None:
+        """The digests, or None where the server refuses DUMP (an ACL without it)."""
+        try:
+            return await self._digests(target, keys)
+        except PermanentStepError:
+            return None
 
     async def _digests(self, target: str, keys: Sequence[bytes]) -> list[str | None]:
         """SHA-256 of each key's DUMP (None for an absent key)."""
