@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -54,7 +55,8 @@ from receiver.steps.kube_client import KubeConnection, new_api_client
 from receiver.steps.kubernetes import KubernetesExecutor
 from receiver.steps.redis import RedisExecutor
 from receiver.store import SqliteStore
-from receiver.store.base import AlertState, JournalEntry
+from receiver.store.base import AlertState, JournalEntry, Store
+from receiver.store.redis import RedisStore
 
 NS = "production"
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -83,7 +85,7 @@ STEPS = {
 
 
 class Clock:
-    """Advances a millisecond on every reading."""
+    """Advances a millisecond on every reading; ``advance`` moves it further."""
 
     def __init__(self) -> None:
         self.now = T0
@@ -91,6 +93,9 @@ class Clock:
     def __call__(self) -> datetime:
         self.now += timedelta(milliseconds=1)
         return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
 
 
 def _rules(kind: str, hook: str) -> str:
@@ -175,12 +180,18 @@ def _plan(rules: Path) -> Plan:
 
 
 async def _crash_then_recover(
-    tmp_path: Path, kind: str, target: Target, *, after: bool
-) -> tuple[StepTrace, Crashing, SqliteStore]:
+    tmp_path: Path,
+    kind: str,
+    target: Target,
+    *,
+    after: bool,
+    store: Store | None = None,
+) -> tuple[StepTrace, Crashing, Store]:
     rules = tmp_path / "rules.yaml"
     rules.write_text(_rules(kind, target.hook))
     clock = Clock()
-    store = SqliteStore(str(tmp_path / "state.db"))
+    store = store or SqliteStore(str(tmp_path / "state.db"))
+    await store.register("dead", clock(), timedelta(seconds=30))
     crashing = Crashing(target.executor, after=after)
     dead = Runner(
         {target.family: crashing},
@@ -192,6 +203,9 @@ async def _crash_then_recover(
     with pytest.raises(asyncio.CancelledError):
         await first
     assert len(crashing.applied) == int(after)
+    # kill -9: "dead" stops saying it is alive; a new incarnation recovers.
+    clock.advance(timedelta(minutes=5))
+    await store.register("restarted", clock(), timedelta(hours=1))
     await store.recover("restarted", clock())
     restarted = Runner(
         {target.family: target.executor},
@@ -205,7 +219,7 @@ async def _crash_then_recover(
 
 
 async def _approved(
-    runner: Runner, store: SqliteStore, rules: Path, clock: Clock
+    runner: Runner, store: Store, rules: Path, clock: Clock
 ) -> asyncio.Task[Any]:
     """Start the run; a step that needs a human's approval gets it first."""
     task = asyncio.create_task(runner.run(_plan(rules)))
@@ -311,10 +325,21 @@ def _writes(kube: Cluster) -> int:
     return len(kube.seen("PATCH")) + len(kube.seen("DELETE"))
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+async def state(request, tmp_path, redis_url) -> AsyncIterator[Store]:
+    """A store of each kind (Redis: a key prefix of its own)."""
+    if request.param == "sqlite":
+        store: Store = SqliteStore(str(tmp_path / "state.db"))
+    else:
+        store = RedisStore(redis_url, prefix=f"recheck-{uuid.uuid4().hex[:12]}")
+    yield store
+    await store.close()
+
+
 @pytest.mark.parametrize("after", [True, False], ids=["took-effect", "not-sent"])
 @pytest.mark.parametrize("kind", sorted(K8S))
 async def test_a_kubernetes_remediation_interrupted_by_a_crash_runs_once(
-    tmp_path, cluster, kind, after
+    tmp_path, cluster, state, kind, after
 ):
     """k8s: took effect -> recovered, not re-run; target as before -> run once now."""
     kube, executor = cluster
@@ -322,8 +347,8 @@ async def test_a_kubernetes_remediation_interrupted_by_a_crash_runs_once(
     kube.put(hpa("sark-hpa", NS, "sark", high=10))
     read, once, took, not_yet = K8S[kind]
     target = Target("k8s", executor)
-    step, _crashing, store = await _crash_then_recover(
-        tmp_path, kind, target, after=after
+    step, _crashing, _store = await _crash_then_recover(
+        tmp_path, kind, target, after=after, store=state
     )
     assert step.decision.value == "executed", step.reason
     if after:
@@ -335,7 +360,6 @@ async def test_a_kubernetes_remediation_interrupted_by_a_crash_runs_once(
         assert step.reason.endswith("; run once now)")
     assert read(kube) == once, "the action reached the target exactly once"
     assert _writes(kube) == 1
-    await store.close()
 
 
 async def test_a_rollback_changed_by_someone_else_since_is_unknown(tmp_path, cluster):
