@@ -32,7 +32,8 @@ Key layout (``P`` is the configured prefix; every name after it is the caller's)
                            so pruning by age never decodes JSON; TTL ``max_age``
     P:alert:{fingerprint}  hash: status, starts_at, updated_at; TTL ``max_age``
     P:seen:{key}           "1", SET NX PX ttl
-    P:claim:{key}          JSON Claim with expires_ms; finishing keeps the TTL
+    P:claim:{key}          JSON Claim with expires_ms and the intent recorded
+                           by mark_sending; finishing keeps the TTL
     P:lock:{name}          "owner|token|expires_ms"
     P:fence                INCR counter for lock fencing tokens (never expires:
                            tokens must keep increasing)
