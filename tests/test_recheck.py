@@ -619,3 +619,59 @@ async def test_a_redis_user_without_dump_still_deletes_and_rechecks_honestly(
         )
         assert await admin.exists("cache:a", "cache:b") == 2, "never deleted blindly"
     await store.close()
+
+
+async def test_a_failed_read_before_acting_records_that_nothing_was_sent(
+    tmp_path, cluster
+):
+    """Prepare fails (no such deployment): failed, nothing sent, key failed."""
+    _kube, executor = cluster
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(_rules("undo", ""))
+    clock = Clock()
+    store = SqliteStore(str(tmp_path / "state.db"))
+    runner = Runner(
+        {"k8s": executor},
+        clock,
+        mode="execute",
+        guards=GuardKeeper(store, "only", GuardDefaults()),
+    )
+    (step,) = (await runner.run(_plan(rules))).matches[0].steps
+    assert step.decision.value == "failed"
+    assert step.reason.endswith("(nothing was sent)")
+    assert "deployment" in step.reason
+    key = idempotency_key("fix", 0, "k8s.rollout_undo", ALERT)
+    later = await store.claim_key(key, "third", clock(), timedelta(hours=1))
+    assert (later.won, later.holder.status, later.holder.intent) == (
+        False,
+        "failed",
+        "",
+    )
+    await store.close()
+
+
+async def test_a_remediation_with_nothing_to_do_is_skipped_without_sending(
+    tmp_path, cluster
+):
+    """Prepare finds nothing to do: skipped (already_done), no sending mark."""
+    kube, executor = cluster
+    seed_rollout(kube, NS, "sark", HISTORY, replicas=3)
+    rules = tmp_path / "rules.yaml"
+    within = "deployment: sark, only_if_rollout_within: 1m"
+    rules.write_text(_rules("undo", "").replace("deployment: sark", within))
+    clock = Clock()
+    store = SqliteStore(str(tmp_path / "state.db"))
+    runner = Runner(
+        {"k8s": executor},
+        clock,
+        mode="execute",
+        guards=GuardKeeper(store, "only", GuardDefaults()),
+    )
+    (step,) = (await runner.run(_plan(rules))).matches[0].steps
+    assert (step.decision.value, step.guard) == ("skipped", "already_done")
+    assert "not within 1m" in step.reason
+    assert not kube.seen("PATCH")
+    key = idempotency_key("fix", 0, "k8s.rollout_undo", ALERT)
+    later = await store.claim_key(key, "third", clock(), timedelta(hours=1))
+    assert (later.holder.status, later.holder.intent) == ("done", "")
+    await store.close()
