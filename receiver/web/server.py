@@ -184,13 +184,21 @@ def serve(
     port: int,
     max_connections: int,
     loop: asyncio.AbstractEventLoop,
+    on_started: Callable[[str], None] | None = None,
 ) -> None:
-    """Run ``app`` on ``host:port`` until SIGINT/SIGTERM, then clean up."""
+    """Run ``app`` on ``host:port`` until SIGINT/SIGTERM, then clean up.
+
+    ``on_started`` is called once every socket is bound, with aiohttp's banner
+    (``======== Running on http://HOST:PORT ========``) naming the bound address.
+    """
     runner = EdgeAppRunner(app, max_connections=max_connections, handle_signals=True)
 
     async def run() -> None:
         await runner.setup()
-        await web.TCPSite(runner, host, port).start()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        if on_started is not None:
+            on_started(f"======== Running on {site.name} ========")
         await asyncio.Event().wait()
 
     try:
