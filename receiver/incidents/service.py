@@ -1,0 +1,479 @@
+"""The incident service: group traces into incidents, store them, tick their clocks.
+
+``create_app`` builds one with an ``IncidentStore``, the clock, the policy, the
+rulebook (for severity re-evaluation), and optionally an ``Announcer`` (the sinks)
+and an ``Escalator`` (PagerDuty's REST API). The worker's ``on_complete`` hands it
+each payload's traces (``submit``: never blocks, never raises); the ticker
+(``run``) advances every watched incident's clocks; the API acknowledges,
+mitigates, comments and publishes status updates.
+
+Grouping keys: ``am:<group key>`` for Alertmanager, ``ev2:<dedup key>`` for
+Events v2, ``pd:<incident id>`` for PagerDuty, else ``fp:<fingerprint>``; an
+Alertmanager group and an Events v2 dedup key also hold ``pdkey:<incident key>``
+(the key PagerDuty knows the incident by), which is how PagerDuty webhooks about
+that incident (acknowledged, status update published) find it.
+
+Each change is read, applied (pure, ``lifecycle``) and written with the next
+version; a version conflict (another replica) reads again. Effects are carried
+out after the write, so a crash between the two loses a message rather than
+sending it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Protocol
+
+import structlog
+
+from receiver.errors import ReceiverError
+from receiver.incidents.lifecycle import (
+    Announce,
+    CountBreach,
+    Effect,
+    PagerDutyEscalate,
+    acknowledge,
+    advance,
+    comment,
+    mitigate,
+    observe,
+    open_incident,
+    status_published,
+)
+from receiver.incidents.model import AlertRef, Incident
+from receiver.incidents.policy import DEFAULT_POLICY, IncidentPolicy
+from receiver.incidents.report import render_report
+from receiver.model import Alert, AlertTrace, Severity, freeze
+from receiver.rulebook.loader import Rulebook
+from receiver.rulebook.severity import resolve_severity
+from receiver.store.incidents_base import IncidentQuery, IncidentRecord, IncidentStore
+
+log = structlog.get_logger("receiver.incidents")
+
+ATTEMPTS = 5  # reads after a version conflict before giving up on a change
+ACK_EVENTS = {"incident.acknowledged"}
+STATUS_EVENTS = {"incident.status_update_published"}
+
+
+@dataclass(frozen=True)
+class Message:
+    """An announcement for the sinks: what the runbook asks to tell people."""
+
+    kind: str
+    title: str
+    text: str
+    contact: str
+    incident_id: str
+    pagerduty_id: str
+    severity: str
+
+
+class Announcer(Protocol):
+    """Delivers messages through the configured sinks (``sinks.announce``)."""
+
+    async def announce(self, message: Message) -> list[str]:
+        """Deliver; return one outcome line per sink. Never raises."""
+        ...
+
+
+class Escalator(Protocol):
+    """Escalates a PagerDuty incident (``sinks.pagerduty_escalation``)."""
+
+    async def escalate(self, incident_id: str, level: int, priority: str) -> str:
+        """Raise the escalation level and set the priority; return the outcome."""
+        ...
+
+
+class NotFoundError(ReceiverError):
+    """No incident with that id."""
+
+
+class ConflictError(ReceiverError):
+    """The change could not be written after several version conflicts."""
+
+
+def pagerduty_key(key: str) -> str:
+    """The incident key PagerDuty gets from Alertmanager for a group key.
+
+    Alertmanager's ``pagerduty_configs`` send sha256(group key) as the dedup key
+    (the same function as ``receiver.sinks.render.alertmanager_dedup_key``).
+    """
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def keys_of(alert: Alert) -> list[str]:
+    """The grouping keys an alert belongs under, the primary one first."""
+    refs = alert.refs
+    if alert.source == "pagerduty":
+        keys = [f"pd:{refs.get('incident_id') or alert.fingerprint}"]
+        if alert.labels.get("incident_key"):
+            keys.append(f"pdkey:{alert.labels['incident_key']}")
+        return keys
+    if alert.source == "alertmanager" and refs.get("group_key"):
+        return [f"am:{refs['group_key']}", f"pdkey:{pagerduty_key(refs['group_key'])}"]
+    if alert.source == "events_v2" and refs.get("dedup_key"):
+        return [f"ev2:{refs['dedup_key']}", f"pdkey:{refs['dedup_key']}"]
+    return [f"fp:{alert.fingerprint}"]
+
+
+def to_record(incident: Incident) -> IncidentRecord:
+    """The stored form."""
+    return IncidentRecord(
+        id=incident.id,
+        keys=incident.keys,
+        state=incident.state.value,
+        severity=incident.severity.value,
+        opened_at=incident.opened_at,
+        version=incident.version,
+        watch=incident.active or not incident.post_mortem_reminded,
+        body=freeze(incident.to_json()),
+    )
+
+
+def from_record(record: IncidentRecord) -> Incident:
+    """The incident a stored record holds."""
+    return replace(Incident.from_json(record.body), version=record.version)
+
+
+class IncidentService:
+    """Incidents from traces, clocks on a ticker, changes from people."""
+
+    def __init__(
+        self,
+        store: IncidentStore,
+        *,
+        clock: Callable[[], datetime],
+        rulebook: Callable[[], Rulebook],
+        policy: IncidentPolicy = DEFAULT_POLICY,
+        announcer: Announcer | None = None,
+        escalator: Escalator | None = None,
+        on_breach: Callable[[str, str], None] | None = None,
+        max_pending: int = 1000,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self._clock = clock
+        self._rulebook = rulebook
+        self._announcer = announcer
+        self._escalator = escalator
+        self._on_breach = on_breach
+        self._max_pending = max_pending
+        self._lock = asyncio.Lock()
+        self._pending: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ traces in
+
+    def submit(self, traces: Sequence[AlertTrace]) -> None:
+        """Fold a payload's traces in the background (the worker's callback)."""
+        if not traces:
+            return
+        if len(self._pending) >= self._max_pending:
+            log.warning("incident_traces_dropped", count=len(traces))
+            return
+        task = asyncio.get_running_loop().create_task(self._safe_observe(traces))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _safe_observe(self, traces: Sequence[AlertTrace]) -> None:
+        try:
+            await self.observe(traces)
+        except Exception:  # a background task must not die silently
+            log.exception("incident_update_failed")
+
+    async def drain(self) -> None:
+        """Wait for every submitted batch (tests, shutdown)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    async def observe(self, traces: Sequence[AlertTrace]) -> list[Incident]:
+        """Fold traces into their incidents; return each incident touched, once."""
+        touched: dict[str, Incident] = {}
+        for trace in traces:
+            found = await self._observe_one(trace)
+            if found is not None:
+                touched[found.id] = found
+        return list(touched.values())
+
+    async def _observe_one(self, trace: AlertTrace) -> Incident | None:
+        alert = trace.alert
+        event = (
+            alert.labels.get("event_type", "") if alert.source == "pagerduty" else ""
+        )
+        keys = keys_of(alert)
+        by = alert.refs.get("agent", "") or "PagerDuty"
+        if event in ACK_EVENTS:
+            return await self._change_by_keys(
+                keys,
+                lambda inc, now: acknowledge(
+                    inc, now, self.policy, by=by, via="PagerDuty incident.acknowledged"
+                ),
+            )
+        if event in STATUS_EVENTS:
+            return await self._change_by_keys(
+                keys,
+                lambda inc, now: (
+                    status_published(
+                        inc, now, by=by, text="Status update published in PagerDuty"
+                    ),
+                    [],
+                ),
+            )
+        if not alert.actionable or not trace.matches:
+            return None
+        if alert.source == "pagerduty":
+            linked = await self._link_pagerduty(trace, keys)
+            if linked is not None:
+                return linked
+        return await self._fold(trace, keys)
+
+    async def _link_pagerduty(
+        self, trace: AlertTrace, keys: list[str]
+    ) -> Incident | None:
+        """A PagerDuty incident about an incident we already track: link it."""
+        pd_id = trace.alert.refs.get("incident_id", "")
+        for key in keys[1:]:
+            record = await self.store.find(key)
+            if record is None or record.id is None:
+                continue
+            if from_record(record).pagerduty_id == pd_id:
+                return from_record(record)
+
+            def link(inc: Incident, now: datetime) -> tuple[Incident, list[Effect]]:
+                number = trace.alert.labels.get("incident_number", pd_id)
+                inc = replace(inc, pagerduty_id=pd_id)
+                return comment(
+                    inc,
+                    now,
+                    by="PagerDuty",
+                    text=f"PagerDuty incident #{number} linked",
+                ), []
+
+            return await self._change(record.id, link)
+        return None
+
+    async def _fold(self, trace: AlertTrace, keys: list[str]) -> Incident | None:
+        for _ in range(ATTEMPTS):
+            async with self._lock:
+                now = self._clock()
+                record = None
+                for key in keys:
+                    record = await self.store.find(key)
+                    if record is not None:
+                        break
+                if record is None:
+                    if trace.alert.status != "firing":
+                        return None
+                    number = await self.store.next_number(now.date().isoformat())
+                    incident_id = f"INC-{now.date().isoformat()}-{number:03d}"
+                    incident, effects = open_incident(
+                        incident_id, keys, trace, now, self.policy
+                    )
+                    incident = replace(incident, version=1)
+                    stored = await self.store.create(to_record(incident))
+                else:
+                    current = from_record(record)
+                    incident, effects = observe(current, trace, now, self.policy)
+                    if incident == current:
+                        return current
+                    incident = replace(
+                        incident,
+                        keys=tuple(dict.fromkeys((*incident.keys, *keys))),
+                        version=current.version + 1,
+                    )
+                    stored = await self.store.update(to_record(incident))
+            if stored is not None:
+                await self._carry_out(incident, effects)
+                return incident
+        raise ConflictError(f"incident for {keys[0]} kept changing under us")
+
+    # ------------------------------------------------------------ changes
+
+    async def _change_by_keys(
+        self,
+        keys: list[str],
+        change: Callable[[Incident, datetime], tuple[Incident, list[Effect]]],
+    ) -> Incident | None:
+        for key in keys:
+            record = await self.store.find(key)
+            if record is not None:
+                return await self._change(record.id, change)
+        log.info("incident_not_found", keys=keys[:2])
+        return None
+
+    async def _change(
+        self,
+        incident_id: str,
+        change: Callable[[Incident, datetime], tuple[Incident, list[Effect]]],
+    ) -> Incident:
+        for _ in range(ATTEMPTS):
+            async with self._lock:
+                record = await self.store.get(incident_id)
+                if record is None:
+                    raise NotFoundError(f"no incident {incident_id!r}")
+                current = from_record(record)
+                incident, effects = change(current, self._clock())
+                if incident == current:
+                    return current
+                incident = replace(incident, version=current.version + 1)
+                stored = await self.store.update(to_record(incident))
+            if stored is not None:
+                await self._carry_out(incident, effects)
+                return incident
+        raise ConflictError(f"incident {incident_id} kept changing under us")
+
+    async def acknowledge(self, incident_id: str, *, by: str) -> Incident:
+        """A person acknowledged through the API."""
+        return await self._change(
+            incident_id,
+            lambda inc, now: acknowledge(inc, now, self.policy, by=by, via="the API"),
+        )
+
+    async def mitigate(self, incident_id: str, *, by: str, text: str) -> Incident:
+        """A person marks the incident mitigated."""
+        return await self._change(
+            incident_id,
+            lambda inc, now: mitigate(
+                inc, now, self.policy, by=by, why=text or "marked by a person"
+            ),
+        )
+
+    async def comment(self, incident_id: str, *, by: str, text: str) -> Incident:
+        """A person's comment on the timeline."""
+        return await self._change(
+            incident_id, lambda inc, now: (comment(inc, now, by=by, text=text), [])
+        )
+
+    async def status_update(self, incident_id: str, *, by: str, text: str) -> Incident:
+        """A person published a status update: the cadence restarts."""
+        return await self._change(
+            incident_id,
+            lambda inc, now: (status_published(inc, now, by=by, text=text), []),
+        )
+
+    # ------------------------------------------------------------ reads
+
+    async def get(self, incident_id: str) -> Incident | None:
+        """The incident, or None."""
+        record = await self.store.get(incident_id)
+        return from_record(record) if record is not None else None
+
+    async def page(self, query: IncidentQuery) -> tuple[list[Incident], int | None]:
+        """Incidents matching ``query``, newest first, and the next cursor."""
+        records, cursor = await self.store.page(query)
+        return [from_record(r) for r in records], cursor
+
+    async def report(self, incident_id: str) -> str:
+        """The Markdown report."""
+        incident = await self.get(incident_id)
+        if incident is None:
+            raise NotFoundError(f"no incident {incident_id!r}")
+        return render_report(incident, self.policy, self._clock())
+
+    # ------------------------------------------------------------ the ticker
+
+    def reevaluate(self, ref: AlertRef, now: datetime) -> Severity | None:
+        """The alert's severity now, by its rule (the matrix ages with the alert)."""
+        rule = next((c for c in self._rulebook().rules if c.name == ref.rule), None)
+        if rule is None:
+            return None
+        alert = Alert(
+            source="alertmanager" if ref.source == "alertmanager" else "events_v2",
+            fingerprint=ref.fingerprint,
+            status="firing",
+            labels=ref.labels,
+            starts_at=ref.starts_at,
+        )
+        return resolve_severity(rule.severity, alert, now)[0]
+
+    async def tick(self) -> int:
+        """Advance every watched incident to now; return how many changed."""
+        changed = 0
+        for incident_id in await self.store.watched():
+            before = await self.store.get(incident_id)
+            after = await self._change(
+                incident_id,
+                lambda inc, now: advance(inc, now, self.policy, self.reevaluate),
+            )
+            if before is None or after.version != before.version:
+                changed += 1
+        return changed
+
+    async def run(
+        self,
+        every: float,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """The ticker: ``tick`` every ``every`` seconds until cancelled."""
+        while True:
+            try:
+                await self.tick()
+            except ReceiverError as exc:
+                log.warning("incident_tick_failed", error=str(exc))
+            except Exception:  # the ticker must outlive one bad incident
+                log.exception("incident_tick_failed")
+            await sleep(every)
+
+    async def aclose(self) -> None:
+        """Wait briefly for pending batches, then close the store."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await self.drain()
+        await self.store.close()
+
+    # ------------------------------------------------------------ effects
+
+    async def _carry_out(self, incident: Incident, effects: list[Effect]) -> None:
+        for effect in effects:
+            try:
+                await self._one(incident, effect)
+            except Exception:  # one failed message must not stop the others
+                log.exception("incident_effect_failed", incident=incident.id)
+
+    async def _one(self, incident: Incident, effect: Effect) -> None:
+        if isinstance(effect, CountBreach):
+            log.info(
+                "incident_clock_breached",
+                incident=incident.id,
+                severity=effect.severity.value,
+                clock=effect.clock,
+            )
+            if self._on_breach is not None:
+                self._on_breach(effect.severity.value, effect.clock)
+        elif isinstance(effect, Announce):
+            message = Message(
+                effect.kind,
+                effect.title,
+                effect.text,
+                effect.contact,
+                incident.id,
+                incident.pagerduty_id,
+                incident.severity.value,
+            )
+            outcomes = (
+                await self._announcer.announce(message)
+                if self._announcer is not None
+                else []
+            )
+            log.info(
+                "incident_announced",
+                incident=incident.id,
+                kind=effect.kind,
+                outcomes=outcomes,
+            )
+        elif isinstance(effect, PagerDutyEscalate):
+            outcome = "no PagerDuty API token configured"
+            if self._escalator is not None:
+                outcome = await self._escalator.escalate(
+                    effect.incident_id, effect.level, effect.priority.value
+                )
+            log.info(
+                "incident_escalated",
+                incident=incident.id,
+                pagerduty_id=effect.incident_id,
+                outcome=outcome,
+            )

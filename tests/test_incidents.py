@@ -1,0 +1,272 @@
+"""Incident clocks, promotion, escalation, cadence and reminders, on a ticking clock.
+
+Every test drives ``IncidentService`` with real traces (the rule pack deciding
+the shipped examples in dry-run), an in-memory SQLite incident store and a clock
+that advances on every read; ``tick`` is called after moving the clock, so nothing
+waits in real time.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from incident_helpers import (
+    START,
+    RecordingAnnouncer,
+    RecordingEscalator,
+    TickingClock,
+    example,
+    resolved,
+    rulebook,
+    traces,
+)
+
+from receiver.incidents.lifecycle import clocks
+from receiver.incidents.model import State
+from receiver.incidents.policy import DEFAULT_POLICY
+from receiver.incidents.service import IncidentService, NotFoundError
+from receiver.model import Severity
+from receiver.store.incidents_sqlite import SqliteIncidentStore
+
+AUTH = "alertmanager/sark-auth-failures.firing.json"
+SIEM = "alertmanager/sark-siem-forwarding-down.firing.json"
+API_DOWN = "alertmanager/sark-api-down.firing.json"
+
+
+@pytest.fixture
+def clock():
+    return TickingClock()
+
+
+@pytest.fixture
+def book():
+    return rulebook()
+
+
+@pytest.fixture
+async def env(clock, book):
+    announcer = RecordingAnnouncer()
+    escalator = RecordingEscalator()
+    breaches: list[tuple[str, str]] = []
+    service = IncidentService(
+        SqliteIncidentStore(":memory:"),
+        clock=clock,
+        rulebook=lambda: book,
+        announcer=announcer,
+        escalator=escalator,
+        on_breach=lambda sev, name: breaches.append((sev, name)),
+    )
+    yield service, announcer, escalator, breaches
+    await service.aclose()
+
+
+async def open_from(service, book, clock, name):
+    [incident] = await service.observe(
+        await traces(book, "alertmanager", example(name), clock())
+    )
+    return incident
+
+
+async def test_matrix_promotes_p2_p1_p0_at_the_boundaries(env, clock, book):
+    """multiple_users goes P2 → P1 at 5 min → P0 at 30 min with no new payload."""
+    service, announcer, _, _ = env
+    incident = await open_from(service, book, clock, AUTH)
+    assert incident.severity is Severity.P2
+    assert incident.id == "INC-2026-11-26-001"
+    clock.to(START + timedelta(minutes=4, seconds=50))
+    await service.tick()
+    assert (await service.get(incident.id)).severity is Severity.P2
+    clock.to(START + timedelta(minutes=5))
+    await service.tick()
+    assert (await service.get(incident.id)).severity is Severity.P1
+    clock.to(START + timedelta(minutes=29, seconds=50))
+    await service.tick()
+    assert (await service.get(incident.id)).severity is Severity.P1
+    clock.to(START + timedelta(minutes=30))
+    await service.tick()
+    final = await service.get(incident.id)
+    assert final.severity is Severity.P0
+    changes = [e for e in final.timeline if e.kind == "severity_changed"]
+    assert [(e.data["before"], e.data["after"]) for e in changes] == [
+        ("P2", "P1"),
+        ("P1", "P0"),
+    ]
+    assert announcer.kinds().count("promoted") == 2
+
+
+async def test_unacknowledged_incident_breaches_once_and_escalates(env, clock, book):
+    """P1 not acknowledged in 15 min: one breach entry, one metric, an escalation."""
+    service, announcer, _, breaches = env
+    incident = await open_from(service, book, clock, SIEM)
+    assert incident.severity is Severity.P1
+    clock.jump(minutes=14)
+    await service.tick()
+    assert breaches == []
+    clock.jump(minutes=2)
+    await service.tick()
+    await service.tick()
+    assert breaches == [("P1", "acknowledge")]
+    got = await service.get(incident.id)
+    assert "acknowledge@P1" in got.breaches
+    assert [e.kind for e in got.timeline].count("breach") == 1
+    assert "escalation" in announcer.kinds()
+    escalation = next(m for m in announcer.messages if m.kind == "escalation")
+    assert escalation.contact == "Engineering Manager"
+    # A late acknowledgment stops the clock but does not undo the breach.
+    await service.acknowledge(incident.id, by="jane")
+    clock.jump(hours=1)
+    await service.tick()
+    assert breaches == [("P1", "acknowledge")]
+
+
+async def test_acknowledgment_in_time_stops_the_ack_clock(env, clock, book):
+    """Acknowledged within target: the acknowledge clock never breaches later."""
+    service, _, _, breaches = env
+    incident = await open_from(service, book, clock, SIEM)
+    clock.jump(minutes=3)
+    acked = await service.acknowledge(incident.id, by="jane")
+    assert acked.state is State.ACKNOWLEDGED
+    ack_clock = clocks(acked, DEFAULT_POLICY)[0]
+    assert ack_clock.stopped == acked.acknowledged_at
+    clock.jump(hours=1)
+    await service.tick()
+    assert ("P1", "acknowledge") not in breaches
+    # The mitigate clock runs from the acknowledgment: 2 h for P1.
+    clock.jump(hours=1, minutes=10)
+    await service.tick()
+    assert ("P1", "mitigate") in breaches
+
+
+async def test_status_update_drafts_follow_the_cadence(env, clock, book):
+    """P1 drafts hourly; a published human update restarts the cadence."""
+    service, announcer, _, _ = env
+    incident = await open_from(service, book, clock, SIEM)
+    opened = incident.opened_at
+    clock.to(opened + timedelta(minutes=59))
+    await service.tick()
+    assert announcer.kinds().count("status_draft") == 0
+    clock.to(opened + timedelta(hours=1, seconds=1))
+    await service.tick()
+    drafts = [m for m in announcer.messages if m.kind == "status_draft"]
+    assert len(drafts) == 1
+    text = drafts[0].text
+    assert text.startswith("**Investigating** (Initial)")
+    assert "Next update: 2026-11-26 11:00 UTC" in text or "Next update:" in text
+    assert "Posted: 2026-11-26 11:00 UTC" in text
+    clock.to(opened + timedelta(hours=1, minutes=30))
+    await service.status_update(incident.id, by="jane", text="We are on it")
+    clock.to(opened + timedelta(hours=2, minutes=10))
+    await service.tick()
+    assert announcer.kinds().count("status_draft") == 1, "the human update reset it"
+    clock.to(opened + timedelta(hours=2, minutes=31))
+    await service.tick()
+    assert announcer.kinds().count("status_draft") == 2
+    got = await service.get(incident.id)
+    assert got.drafts == 2
+
+
+async def test_p3_cadence_is_at_shift_change(clock):
+    """P3 updates are due at the next shift change (09:00 or 21:00 UTC)."""
+    due = DEFAULT_POLICY.next_update(Severity.P3, START)
+    assert due == START.replace(hour=21)
+    assert DEFAULT_POLICY.next_update(Severity.P3, START.replace(hour=22)) == (
+        START.replace(hour=9) + timedelta(days=1)
+    )
+
+
+async def test_escalation_matrix_p0_immediately_p1_after_2h(env, clock, book):
+    """P0 escalates at once to EM and VP Eng; P1 only after 2 hours."""
+    service, announcer, _, _ = env
+    p0 = await open_from(service, book, clock, API_DOWN)
+    p1 = await open_from(service, book, clock, SIEM)
+    assert (p0.severity, p1.severity) == (Severity.P0, Severity.P1)
+    await service.acknowledge(p1.id, by="jane")
+    await service.tick()
+    escalations = [m for m in announcer.messages if m.kind == "escalation"]
+    assert [(m.incident_id, m.contact) for m in escalations] == [
+        (p0.id, "Engineering Manager, VP Eng")
+    ]
+    clock.jump(hours=2)
+    await service.tick()
+    escalations = [m for m in announcer.messages if m.kind == "escalation"]
+    assert (p1.id, "Engineering Manager") in [
+        (m.incident_id, m.contact) for m in escalations
+    ]
+
+
+async def test_pagerduty_incident_is_escalated_through_the_api(env, clock, book):
+    """With a PagerDuty incident linked, a breach raises its escalation level."""
+    service, _, escalator, _ = env
+    [incident] = await service.observe(
+        await traces(
+            book,
+            "pagerduty",
+            example("pagerduty/sark-api-down.triggered.json"),
+            clock(),
+        )
+    )
+    assert incident.pagerduty_id == "Q3VHZ4K2N8WX1R"
+    await service.tick()
+    assert escalator.calls[0] == ("Q3VHZ4K2N8WX1R", 2, "P0")
+
+
+async def test_resolution_then_post_mortem_reminder_after_48h(env, clock, book):
+    """All alerts resolved resolves the incident; 48 h later one reminder goes out."""
+    service, announcer, _, _ = env
+    incident = await open_from(service, book, clock, SIEM)
+    clock.jump(minutes=40)
+    payload = resolved(example(SIEM), clock.now)
+    [done] = await service.observe(await traces(book, "alertmanager", payload, clock()))
+    assert done.state is State.RESOLVED
+    assert done.resolved_at is not None
+    assert [e.kind for e in done.timeline][-2:] == ["alert_resolved", "resolved"]
+    clock.jump(hours=47)
+    await service.tick()
+    assert "post_mortem_due" not in announcer.kinds()
+    clock.jump(hours=2)
+    await service.tick()
+    await service.tick()
+    assert announcer.kinds().count("post_mortem_due") == 1
+    assert await service.store.watched() == []
+    del incident
+
+
+async def test_resends_do_not_grow_the_incident(env, clock, book):
+    """The same alert resent adds no timeline entry; the ledger counts repeats."""
+    service, _, _, _ = env
+    incident = await open_from(service, book, clock, SIEM)
+    again = await open_from(service, book, clock, SIEM)
+    assert again.id == incident.id
+    assert len(again.timeline) == len(incident.timeline)
+    assert {item.times for item in again.ledger} == {2}
+
+
+async def test_a_new_firing_after_resolution_opens_a_new_incident(env, clock, book):
+    """A group that fires again after resolving is a new incident with a new id."""
+    service, _, _, _ = env
+    first = await open_from(service, book, clock, SIEM)
+    await service.observe(
+        await traces(book, "alertmanager", resolved(example(SIEM), clock.now), clock())
+    )
+    second = await open_from(service, book, clock, SIEM)
+    assert second.id != first.id
+    assert second.id.endswith("-002")
+
+
+async def test_unknown_incident_is_a_typed_error(env):
+    """Acting on an id that does not exist raises NotFoundError."""
+    service, _, _, _ = env
+    with pytest.raises(NotFoundError):
+        await service.acknowledge("INC-nope", by="x")
+
+
+async def test_human_mitigation_stops_the_mitigate_clock(env, clock, book):
+    """A person's mark is mitigation: state, time and a Monitoring draft."""
+    service, announcer, _, _ = env
+    incident = await open_from(service, book, clock, SIEM)
+    clock.jump(minutes=10)
+    done = await service.mitigate(incident.id, by="jane", text="failover")
+    assert done.state is State.MITIGATED
+    assert done.mitigated_at is not None
+    assert announcer.messages[-1].text.startswith("**Monitoring** (Fix deployed)")
