@@ -1,4 +1,4 @@
-"""Both incident stores behave like one simple reference model (Hypothesis state machine).
+"""Both incident stores behave like one reference model (a Hypothesis state machine).
 
 The same random sequence of creates, updates, lookups, listings with filters and
 cursors, and id numbering runs against ``SqliteIncidentStore`` and
@@ -126,7 +126,7 @@ class IncidentStoreMachine(RuleBasedStateMachine):
     def start(self) -> None:
         self.model = Model()
 
-    def _record(self, incident_id, keys, state, severity, version, watch):
+    def _record(self, incident_id, keys, state, severity, version, watch):  # noqa: PLR0917
         return IncidentRecord(
             id=incident_id,
             keys=tuple(dict.fromkeys(keys)),
@@ -160,7 +160,7 @@ class IncidentStoreMachine(RuleBasedStateMachine):
         watch=st.booleans(),
         bump=st.sampled_from([0, 1, 1, 1, 2]),
     )
-    def update(self, data, keys, state, severity, watch, bump) -> None:
+    def update(self, data, keys, state, severity, watch, bump) -> None:  # noqa: PLR0917
         incident_id = data.draw(st.sampled_from(sorted(self.model.records)))
         old = self.model.records[incident_id]
         record = self._record(
@@ -227,7 +227,7 @@ def redis_url(tmp_path_factory):
 
 
 def test_incident_stores_agree_with_the_model(redis_url):
-    """SQLite and Redis incident stores answer every call as the reference model does."""
+    """SQLite and Redis incident stores answer every call as the model does."""
     IncidentStoreMachine.redis_url = redis_url
     runner = IncidentStoreMachine.TestCase
     runner.settings = settings(
