@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from receiver.app_incidents import IncidentWiring, fan_out, install_incidents
 from receiver.engine.guards import GuardDefaults, GuardKeeper
 from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Executor, Runner
@@ -67,6 +68,7 @@ def create_app(
     metrics: Metrics | None = None,
     sinks: Mapping[str, Sink] | None = None,
     firing_check: AlertmanagerApi | None = None,
+    incidents: IncidentWiring | None = None,
 ) -> web.Application:
     """Build the application; the worker starts with the app and stops with it.
 
@@ -148,6 +150,16 @@ def create_app(
             scrub=scrubber(settings),
         )
         app[SINKS] = dispatcher
+    incident_service = install_incidents(
+        app,
+        settings=settings,
+        store=store,
+        clock=clock,
+        rulebook=lambda: processor.rulebook,
+        auth=auth,
+        metrics=metrics,
+        wiring=incidents,
+    )
     worker = Worker(
         store,
         processor,
@@ -155,7 +167,10 @@ def create_app(
         metrics=metrics,
         consumer=consumer,
         clock=clock,
-        on_complete=dispatcher.submit if dispatcher is not None else None,
+        on_complete=fan_out(
+            dispatcher.submit if dispatcher is not None else None,
+            incident_service.submit,
+        ),
     )
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
