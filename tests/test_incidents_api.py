@@ -134,7 +134,7 @@ async def test_people_comment_acknowledge_mitigate_and_publish(client):
 
 
 async def test_list_filters_and_cursor_pages(client):
-    """state and severity filter; a cursor walks every incident exactly once."""
+    """State and severity filter; a cursor walks every incident exactly once."""
     for n in range(5):
         await fire(client, f"group-{n}", f"fp-{n}")
     everything = await incidents(client, 5)

@@ -211,7 +211,7 @@ def incident_paths() -> dict[str, Any]:
         "description": "OK",
         "content": {"application/json": {"schema": {"type": "object"}}},
     }
-    security = [{"bearer": []}, {"basic": []}]
+    security: list[dict[str, list[str]]] = [{"bearer": []}, {"basic": []}]
     path_id = [
         {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     ]
