@@ -13,18 +13,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+import sys
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import Counter
 
-from receiver.incidents.service import Announcer, Escalator, IncidentService
+from receiver.errors import ConfigError
+from receiver.incidents.policy import DEFAULT_POLICY
+from receiver.incidents.report import render_report
+from receiver.incidents.service import (
+    Announcer,
+    Escalator,
+    IncidentService,
+    from_record,
+)
 from receiver.metrics import Metrics
 from receiver.model import AlertTrace
 from receiver.rulebook.loader import Rulebook
-from receiver.settings import Settings
+from receiver.settings import Settings, load_settings
 from receiver.sinks.announce import build_announcer, build_escalator
 from receiver.store.base import Store
 from receiver.store.incidents_base import IncidentStore
@@ -121,4 +131,38 @@ def install_incidents(
     return service
 
 
-__all__: Sequence[str] = ("INCIDENTS", "IncidentWiring", "fan_out", "install_incidents")
+def incident_store_at(url: str) -> IncidentStore:
+    """The incident store for a store URL (what ``open_store`` would open)."""
+    if url.startswith("sqlite://"):
+        path = url.removeprefix("sqlite://")
+        if path in (":memory:", "/:memory:"):
+            return SqliteIncidentStore(":memory:")
+        return SqliteIncidentStore(path.removeprefix("/") or "receiver.db")
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisIncidentStore(url)
+    raise ConfigError(
+        f"unsupported store URL {url.split('://', 1)[0]!r}; use sqlite:///PATH "
+        "or redis://HOST"
+    )
+
+
+async def print_report(
+    incident_id: str, config: Path | None = None, store_url: str | None = None
+) -> int:
+    """``receiver report ID``: print the Markdown report; 1 if there is none."""
+    settings = load_settings(config)
+    store = incident_store_at(store_url or settings.store)
+    try:
+        record = await store.get(incident_id)
+        if record is None:
+            sys.stderr.write(
+                f"receiver: no incident {incident_id!r} in {store_url or 'the store'}"
+                "; GET /api/v1/incidents lists them\n"
+            )
+            return 1
+        sys.stdout.write(
+            render_report(from_record(record), DEFAULT_POLICY, datetime.now(UTC))
+        )
+        return 0
+    finally:
+        await store.close()

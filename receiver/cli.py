@@ -1,4 +1,4 @@
-"""The ``receiver`` command: serve, replay, rules check, rules test.
+"""The ``receiver`` command: serve, replay, report, rules check, rules test.
 
 Parses arguments, loads settings and rules, and hands off; no logic of its own.
 """
@@ -56,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--at", help="fix 'now' (ISO 8601) for duration-based severity")
     replay.add_argument("--json", action="store_true", help="print JSON")
 
+    report = sub.add_parser(
+        "report", help="print an incident's report and post-mortem (Markdown)"
+    )
+    report.add_argument("incident_id", metavar="ID", help="e.g. INC-2026-11-26-001")
+    report.add_argument("--config", type=Path, help="YAML settings file")
+    report.add_argument("--store", help="store URL (default: the settings' store)")
+
     rules = sub.add_parser("rules", help="check or test rule files")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_sub.add_parser("check", help="validate rule files")
@@ -75,8 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
-        if args.command == "replay":
-            return asyncio.run(_replay(args))
+        if args.command in {"replay", "report"}:
+            run = _replay if args.command == "replay" else _report
+            return asyncio.run(run(args))
         if args.rules_command == "check":
             return _rules_check(args.paths or DEFAULT_RULES)
         return _rules_test(args.paths or DEFAULT_RULES)
@@ -87,6 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for detail in exc.details:
             print(f"error: {detail}", file=sys.stderr)  # noqa: T201
         return 1
+
+
+async def _report(args: argparse.Namespace) -> int:
+    from receiver.app_incidents import print_report  # noqa: PLC0415
+
+    return await print_report(args.incident_id, args.config, args.store)
 
 
 def _out(text: str = "") -> None:

@@ -220,6 +220,7 @@ def _upsert_alert(
         alert.starts_at,
         alert.ends_at,
         title_of(trace),
+        alert.generator_url,
     )
     old = next((a for a in incident.alerts if a.fingerprint == alert.fingerprint), None)
     others = tuple(a for a in incident.alerts if a.fingerprint != alert.fingerprint)

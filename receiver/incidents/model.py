@@ -90,6 +90,7 @@ class AlertRef:
     starts_at: datetime | None
     ends_at: datetime | None = None
     summary: str = ""
+    link: str = ""  # the generator URL: the graph that fired
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON form."""
@@ -103,6 +104,7 @@ class AlertRef:
             "startsAt": iso(self.starts_at),
             "endsAt": iso(self.ends_at),
             "summary": self.summary,
+            "link": self.link,
         }
 
     @classmethod
@@ -118,6 +120,7 @@ class AlertRef:
             _ts(raw.get("startsAt")),
             _ts(raw.get("endsAt")),
             str(raw.get("summary", "")),
+            str(raw.get("link", "")),
         )
 
 

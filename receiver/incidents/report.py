@@ -179,7 +179,7 @@ def render_report(incident: Incident, policy: IncidentPolicy, now: datetime) -> 
     status = incident.state.value.capitalize()
     summaries = _labels(incident, "alertname")
     errors = [r.summary for r in incident.alerts if r.summary]
-    links = [r.labels.get("runbook_url", "") for r in incident.alerts]
+    links = [r.link for r in incident.alerts]
     mitigated = incident.mitigated_at
     ack = incident.acknowledged_at
     due = end + policy.post_mortem_due if end else None
