@@ -1,4 +1,4 @@
-"""Golden incident reports for the shipped examples, and their shape against the runbook.
+"""Golden incident reports for the shipped examples; their shape against the runbook.
 
 Each example incident is played on a ticking clock from 10:00: the firing payload
 opens it, a person acknowledges at about 10:03, the ticker runs at 10:20 (the

@@ -121,6 +121,17 @@ def keys_of(alert: Alert) -> list[str]:
     return [f"fp:{alert.fingerprint}"]
 
 
+def linked(incident: Incident, pagerduty_id: str) -> Incident:
+    """The incident linked to a PagerDuty incident (its id becomes a key too)."""
+    if not pagerduty_id or incident.pagerduty_id:
+        return incident
+    return replace(
+        incident,
+        pagerduty_id=pagerduty_id,
+        keys=tuple(dict.fromkeys((*incident.keys, f"pd:{pagerduty_id}"))),
+    )
+
+
 def to_record(incident: Incident) -> IncidentRecord:
     """The stored form."""
     return IncidentRecord(
@@ -206,13 +217,16 @@ class IncidentService:
         )
         keys = keys_of(alert)
         by = alert.refs.get("agent", "") or "PagerDuty"
+        pd_id = alert.refs.get("incident_id", "")
         if event in ACK_EVENTS:
-            return await self._change_by_keys(
-                keys,
-                lambda inc, now: acknowledge(
+
+            def ack(inc: Incident, now: datetime) -> tuple[Incident, list[Effect]]:
+                inc = linked(inc, pd_id)
+                return acknowledge(
                     inc, now, self.policy, by=by, via="PagerDuty incident.acknowledged"
-                ),
-            )
+                )
+
+            return await self._change_by_keys(keys, ack)
         if event in STATUS_EVENTS:
             return await self._change_by_keys(
                 keys,
@@ -226,9 +240,9 @@ class IncidentService:
         if not alert.actionable or not trace.matches:
             return None
         if alert.source == "pagerduty":
-            linked = await self._link_pagerduty(trace, keys)
-            if linked is not None:
-                return linked
+            known = await self._link_pagerduty(trace, keys)
+            if known is not None:
+                return known
         return await self._fold(trace, keys)
 
     async def _link_pagerduty(
@@ -245,7 +259,7 @@ class IncidentService:
 
             def link(inc: Incident, now: datetime) -> tuple[Incident, list[Effect]]:
                 number = trace.alert.labels.get("incident_number", pd_id)
-                inc = replace(inc, pagerduty_id=pd_id)
+                inc = linked(inc, pd_id)
                 return comment(
                     inc,
                     now,
