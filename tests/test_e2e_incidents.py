@@ -78,7 +78,7 @@ async def post_alert(am_url: str, alert: dict[str, object]) -> None:
         response.raise_for_status()
 
 
-async def test_auth_failures_incident_from_alertmanager_to_report(
+async def test_auth_failures_incident_from_alertmanager_to_report(  # noqa: PLR0915 (one story, told in order)
     aiohttp_server, tmp_path
 ):
     """Fires, promotes P2→P1→P0, drafts on cadence, acked via PagerDuty, resolves."""
