@@ -167,16 +167,14 @@ def open_incident(
         f"{describe(target.acknowledge)}",
         severity=severity.value,
     )
-    effects: list[Effect] = [
-        Announce(
-            "opened",
-            f"[{severity}] {incident.id} opened: {incident.title}",
-            draft(incident, now, policy),
-            target.first_contact,
-        )
-    ]
     incident, more = observe(incident, trace, now, policy)
-    return incident, effects + more
+    opened = Announce(
+        "opened",
+        f"[{severity}] {incident.id} opened: {incident.title}",
+        draft(incident, now, policy),
+        target.first_contact,
+    )
+    return incident, [opened, *more]
 
 
 def _promote(
