@@ -15,6 +15,7 @@ from aiohttp import web
 from receiver.app_incidents import IncidentWiring, fan_out, install_incidents
 from receiver.engine.guards import GuardDefaults, GuardKeeper
 from receiver.engine.planner import PlanContext
+from receiver.engine.reuse import DiagnosticsReuse
 from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor, Worker, consumer_name
 from receiver.metrics import Metrics
@@ -81,13 +82,21 @@ def create_app(
     keeper = GuardKeeper(
         store, consumer, guard_defaults(settings), firing_check=firing_check
     )
-    runner = Runner(executors or {}, clock, mode=settings.mode, guards=keeper)
+    runner = Runner(
+        executors or {},
+        clock,
+        mode=settings.mode,
+        guards=keeper,
+        reuse=DiagnosticsReuse(settings.diagnostics_reuse, clock),
+    )
+    metrics.mode.labels(settings.mode).set(1)
     processor = Processor(
         rulebook,
         runner,
         clock,
         PlanContext(
             execute=settings.mode == "execute",
+            diagnose=settings.mode == "diagnose",
             namespaces=tuple(settings.namespaces)
             if settings.namespaces is not None
             else None,

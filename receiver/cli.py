@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run remediations for real (default: dry-run)",
     )
+    serve.add_argument(
+        "--mode",
+        choices=["dry-run", "diagnose", "execute"],
+        help="dry-run (default): nothing is contacted; diagnose: read-only "
+        "diagnostics run and sinks post; execute: remediations run too",
+    )
 
     replay = sub.add_parser(
         "replay", help="decide stored payloads offline and print the trace"
@@ -162,7 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
             "host": args.host,
             "port": args.port,
             "rules": args.rules,
-            "mode": "execute" if args.execute else None,
+            "mode": "execute" if args.execute else args.mode,
         },
     )
     settings.check_safe()
@@ -209,11 +215,17 @@ def _serve(args: argparse.Namespace) -> int:
             "accepting unauthenticated requests; set RECEIVER_AUTH_TOKENS before "
             "exposing the receiver",
         )
-    if settings.mode == "dry-run":
+    if settings.mode != "execute":
         log.info(
             "dry_run_mode",
+            mode=settings.mode,
             detail="remediations are only described, never run; start with "
-            "--execute to run them",
+            "--execute to run them"
+            + (
+                ""
+                if settings.mode == "diagnose"
+                else " (--mode diagnose runs read-only diagnostics)"
+            ),
         )
     log.info(
         "try_it",

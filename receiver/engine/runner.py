@@ -19,6 +19,7 @@ import structlog
 
 from receiver.engine.guards import GuardKeeper, Held, Refusal, idempotency_key
 from receiver.engine.planner import Plan, PlannedMatch, PlannedStep
+from receiver.engine.reuse import DiagnosticsReuse, occurrence_key
 from receiver.errors import StepError
 from receiver.model import (
     Alert,
@@ -68,7 +69,9 @@ class Runner:
         mode: str = "dry-run",
         guards: GuardKeeper | None = None,
         on_step: Callable[[StepTrace], None] | None = None,
+        reuse: DiagnosticsReuse | None = None,
     ) -> None:
+        self._reuse = reuse
         self._executors = dict(executors)
         self._clock = clock
         self._mode = mode
@@ -114,7 +117,11 @@ class Runner:
                     planned, planned.step, alert, match, payload_id
                 )
             else:
-                trace = await self._execute(trace, planned.step, alert)
+                key = occurrence_key(match.rule, planned.index, alert)
+                reused = self._reuse.get(key) if self._reuse is not None else None
+                trace = reused or await self._execute(trace, planned.step, alert)
+                if self._reuse is not None and reused is None:
+                    self._reuse.put(key, trace)
         if self._on_step is not None:
             self._on_step(trace)
         # Steps that acted (or wait for a human) are news; a dry-run or a skip is

@@ -52,6 +52,7 @@ GUARD_PREFIXES = (
     ("not firing long enough", "require_firing_for"),
     ("namespace", "namespace"),
     ("dry-run", "dry_run"),
+    ("diagnose mode", "dry_run"),
     ("playbook forces dry-run", "dry_run"),
 )
 
@@ -146,7 +147,7 @@ class Processor:
     ) -> list[AlertTrace]:
         """Decide without running anything, whatever the service mode."""
         runner = Runner({}, self._clock, mode="dry-run")
-        ctx = replace(self._ctx, execute=False)
+        ctx = replace(self._ctx, execute=False, diagnose=False)
         return await self.decide(alerts, now=now, runner=runner, ctx=ctx, count=False)
 
     async def decide(
