@@ -22,8 +22,8 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import Counter
 
-from receiver.errors import ConfigError
-from receiver.incidents.policy import DEFAULT_POLICY
+from receiver.errors import ConfigError, RuleError
+from receiver.incidents.policy import DEFAULT_POLICY, policy_from
 from receiver.incidents.report import render_report
 from receiver.incidents.service import (
     Announcer,
@@ -33,7 +33,7 @@ from receiver.incidents.service import (
 )
 from receiver.metrics import Metrics
 from receiver.model import AlertTrace
-from receiver.rulebook.loader import Rulebook
+from receiver.rulebook.loader import Rulebook, load_rulebook
 from receiver.settings import Settings, load_settings
 from receiver.sinks.announce import build_announcer, build_escalator
 from receiver.store.base import Store
@@ -160,9 +160,14 @@ async def print_report(
                 "; GET /api/v1/incidents lists them\n"
             )
             return 1
-        sys.stdout.write(
-            render_report(from_record(record), DEFAULT_POLICY, datetime.now(UTC))
-        )
+        try:
+            policy = policy_from(load_rulebook(settings.rules).incidents)
+        except RuleError:
+            sys.stderr.write(
+                "receiver: rules do not load; the report uses the runbook's targets\n"
+            )
+            policy = DEFAULT_POLICY
+        sys.stdout.write(render_report(from_record(record), policy, datetime.now(UTC)))
         return 0
     finally:
         await store.close()

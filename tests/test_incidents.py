@@ -270,3 +270,96 @@ async def test_human_mitigation_stops_the_mitigate_clock(env, clock, book):
     assert done.state is State.MITIGATED
     assert done.mitigated_at is not None
     assert announcer.messages[-1].text.startswith("**Monitoring** (Fix deployed)")
+
+
+CONFIGURED = """
+incidents:
+  severities:
+    P1:
+      acknowledge: 2m
+      update_every: 10m
+      escalate_to: Duty Manager
+      escalate_after: 0s
+  post_mortem_due: 1h
+playbooks:
+  noop: {}
+rules:
+  - name: by-namespace
+    match: ['team="sre"']
+    severity: P1
+    playbook: noop
+    group_by: [namespace]
+"""
+
+
+def am_body(name: str, group: str) -> dict:
+    return {
+        "version": "4",
+        "groupKey": group,
+        "status": "firing",
+        "receiver": "r",
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://am.test",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": name, "team": "sre", "namespace": "prod"},
+                "annotations": {},
+                "startsAt": "2026-11-26T10:00:00Z",
+                "endsAt": "0001-01-01T00:00:00Z",
+                "fingerprint": f"fp-{name}",
+            }
+        ],
+    }
+
+
+async def test_rule_files_override_targets_and_group_by_labels(tmp_path, clock):
+    """incidents: overrides P1's targets; group_by puts two groups in one incident."""
+    from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(CONFIGURED)
+    book = load_rulebook([path])
+    announcer = RecordingAnnouncer()
+    service = IncidentService(
+        SqliteIncidentStore(":memory:"),
+        clock=clock,
+        rulebook=lambda: book,
+        announcer=announcer,
+    )
+    try:
+        assert service.policy.of(Severity.P1).acknowledge == timedelta(minutes=2)
+        [first] = await service.observe(
+            await traces(book, "alertmanager", am_body("A", "g-a"), clock())
+        )
+        [second] = await service.observe(
+            await traces(book, "alertmanager", am_body("B", "g-b"), clock())
+        )
+        assert second.id == first.id
+        assert {a.fingerprint for a in second.alerts} == {"fp-A", "fp-B"}
+        await service.tick()
+        contacts = [m.contact for m in announcer.messages if m.kind == "escalation"]
+        assert contacts == ["Duty Manager"]
+        clock.jump(minutes=3)
+        await service.tick()
+        assert "acknowledge@P1" in (await service.get(first.id)).breaches
+        clock.jump(minutes=8)
+        await service.tick()
+        assert announcer.kinds().count("status_draft") == 1
+    finally:
+        await service.aclose()
+
+
+def test_two_rule_files_with_incidents_sections_is_an_error(tmp_path):
+    """Only one rule file may carry the incidents section; the error names both."""
+    from receiver.errors import RuleError  # noqa: PLC0415
+    from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+
+    for name in ("a.yaml", "b.yaml"):
+        (tmp_path / name).write_text("incidents: {post_mortem_due: 24h}\n")
+    with pytest.raises(RuleError) as caught:
+        load_rulebook([tmp_path])
+    assert "incidents is already set in" in str(caught.value)
+    assert "a.yaml" in str(caught.value)

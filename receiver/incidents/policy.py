@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from types import MappingProxyType
 
 from receiver.model import Severity
+from receiver.rulebook.incidents import IncidentConfig
 
 # Severity order, most severe first: a lower index wins.
 ORDER: tuple[Severity, ...] = (Severity.P0, Severity.P1, Severity.P2, Severity.P3)
@@ -93,7 +94,7 @@ class IncidentPolicy:
         for day in (0, 1):
             base = after.date() + timedelta(days=day)
             for at in self.shift_changes:
-                moment = datetime.combine(base, at, tzinfo=after.tzinfo)
+                moment = datetime.combine(base, at.replace(tzinfo=None), tzinfo=UTC)
                 if moment > after:
                     candidates.append(moment)
         return min(candidates)
@@ -122,3 +123,26 @@ def describe(delta: timedelta | None) -> str:
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def policy_from(config: IncidentConfig | None) -> IncidentPolicy:
+    """The runbook's policy with a rule file's ``incidents:`` overrides applied."""
+    if config is None:
+        return DEFAULT_POLICY
+    overrides: dict[Severity, dict[str, object]] = {}
+    for severity, targets in config.severities.items():
+        fields = targets.model_dump(exclude_none=True)
+        if fields.get("update_every") == "shift_change":
+            fields["update_every"] = None
+        overrides[severity] = fields
+    policy = DEFAULT_POLICY.merged(overrides)
+    if config.shift_changes is not None:
+        policy = replace(
+            policy,
+            shift_changes=tuple(
+                time(int(t[:2]), int(t[3:]), tzinfo=UTC) for t in config.shift_changes
+            ),
+        )
+    if config.post_mortem_due is not None:
+        policy = replace(policy, post_mortem_due=config.post_mortem_due)
+    return policy

@@ -46,7 +46,7 @@ from receiver.incidents.lifecycle import (
     status_published,
 )
 from receiver.incidents.model import AlertRef, Incident
-from receiver.incidents.policy import DEFAULT_POLICY, IncidentPolicy
+from receiver.incidents.policy import IncidentPolicy, policy_from
 from receiver.incidents.report import render_report
 from receiver.model import Alert, AlertTrace, Severity, freeze
 from receiver.rulebook.loader import Rulebook
@@ -160,14 +160,15 @@ class IncidentService:
         *,
         clock: Callable[[], datetime],
         rulebook: Callable[[], Rulebook],
-        policy: IncidentPolicy = DEFAULT_POLICY,
+        policy: IncidentPolicy | None = None,
         announcer: Announcer | None = None,
         escalator: Escalator | None = None,
         on_breach: Callable[[str, str], None] | None = None,
         max_pending: int = 1000,
     ) -> None:
         self.store = store
-        self.policy = policy
+        self._fixed_policy = policy
+        self._policy_of: tuple[Rulebook, IncidentPolicy] | None = None
         self._clock = clock
         self._rulebook = rulebook
         self._announcer = announcer
@@ -176,6 +177,29 @@ class IncidentService:
         self._max_pending = max_pending
         self._lock = asyncio.Lock()
         self._pending: set[asyncio.Task[None]] = set()
+
+    @property
+    def policy(self) -> IncidentPolicy:
+        """The runbook's targets with the rule files' ``incidents:`` overrides."""
+        if self._fixed_policy is not None:
+            return self._fixed_policy
+        book = self._rulebook()
+        if self._policy_of is None or self._policy_of[0] is not book:
+            self._policy_of = (book, policy_from(book.incidents))
+        return self._policy_of[1]
+
+    def keys(self, trace: AlertTrace) -> list[str]:
+        """Grouping keys; a rule's ``group_by`` labels come first when it has them."""
+        keys = keys_of(trace.alert)
+        if not trace.matches:
+            return keys
+        name = trace.matches[0].rule
+        rule = next((c for c in self._rulebook().rules if c.name == name), None)
+        group_by = rule.rule.group_by if rule is not None else None
+        if group_by:
+            values = ",".join(f"{k}={trace.alert.labels.get(k, '')}" for k in group_by)
+            keys.insert(0, f"rule:{name}:{values}")
+        return keys
 
     # ------------------------------------------------------------ traces in
 
@@ -215,7 +239,7 @@ class IncidentService:
         event = (
             alert.labels.get("event_type", "") if alert.source == "pagerduty" else ""
         )
-        keys = keys_of(alert)
+        keys = self.keys(trace)
         by = alert.refs.get("agent", "") or "PagerDuty"
         pd_id = alert.refs.get("incident_id", "")
         if event in ACK_EVENTS:

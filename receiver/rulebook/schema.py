@@ -145,6 +145,13 @@ class Rule(BaseModel):
     severity: SeverityField = Severity.P2
     playbook: str
     continue_: bool = Field(default=False, alias="continue")
+    group_by: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Labels whose values group this rule's alerts into one "
+        "incident (default: the Alertmanager group, PagerDuty incident or "
+        "Events v2 dedup key).",
+    )
 
     @field_validator("sources")
     @classmethod
