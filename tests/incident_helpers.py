@@ -100,3 +100,7 @@ class RecordingEscalator:
     async def escalate(self, incident_id: str, level: int, priority: str) -> str:
         self.calls.append((incident_id, level, priority))
         return "escalated"
+
+    async def set_status(self, incident_id: str, status: str) -> str:
+        self.calls.append((incident_id, 0, status))
+        return status

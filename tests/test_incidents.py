@@ -363,3 +363,117 @@ def test_two_rule_files_with_incidents_sections_is_an_error(tmp_path):
         load_rulebook([tmp_path])
     assert "incidents is already set in" in str(caught.value)
     assert "a.yaml" in str(caught.value)
+
+
+FOLLOWS = """
+playbooks:
+  fix:
+    pagerduty_follows_outcomes: true
+  plain: {}
+rules:
+  - name: followed
+    match: ['alertname="Followed"']
+    status: any
+    severity: P1
+    playbook: fix
+  - name: unfollowed
+    match: ['alertname="Plain"']
+    status: any
+    severity: P1
+    playbook: plain
+"""
+
+
+def remediated(name: str, rule: str, status: str, ok: bool, now):
+    from receiver.model import (  # noqa: PLC0415
+        Alert,
+        AlertTrace,
+        Decision,
+        MatchTrace,
+        StepKind,
+        StepTrace,
+        freeze,
+    )
+
+    step = StepTrace(
+        StepKind.REMEDIATION,
+        "k8s.rollout_restart",
+        "deployment/sark -n production",
+        Decision.EXECUTED if ok else Decision.FAILED,
+        "restarted; rollout complete" if ok else "verification failed",
+        result=freeze({"verification": {"ok": ok, "reason": "x"}}),
+    )
+    alert = Alert(
+        source="pagerduty",
+        fingerprint=f"pd-{name}",
+        status=status,
+        labels=freeze({"alertname": name, "event_type": "incident.triggered"}),
+        starts_at=START,
+        refs=freeze({"incident_id": f"P{name.upper()}"}),
+    )
+    match = MatchTrace(rule, Severity.P1, "fix", (step,) if status == "firing" else ())
+    return AlertTrace(alert, (match,), now, mode="execute")
+
+
+async def test_verified_outcomes_drive_pagerduty_when_the_playbook_opts_in(
+    tmp_path, clock
+):
+    """Opted in: acknowledge when it ran, resolve once verified and resolved."""
+    from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(FOLLOWS)
+    book = load_rulebook([path])
+    escalator = RecordingEscalator()
+    service = IncidentService(
+        SqliteIncidentStore(":memory:"),
+        clock=clock,
+        rulebook=lambda: book,
+        escalator=escalator,
+    )
+    try:
+        [incident] = await service.observe(
+            [remediated("Followed", "followed", "firing", True, clock())]
+        )
+        assert incident.state is State.MITIGATED
+        assert escalator.calls == [("PFOLLOWED", 0, "acknowledged")]
+        await service.observe(
+            [remediated("Followed", "followed", "resolved", True, clock())]
+        )
+        assert escalator.calls[-1] == ("PFOLLOWED", 0, "resolved")
+        # Not opted in: PagerDuty is left to people.
+        await service.observe(
+            [remediated("Plain", "unfollowed", "firing", True, clock())]
+        )
+        await service.observe(
+            [remediated("Plain", "unfollowed", "resolved", True, clock())]
+        )
+        assert all(call[0] != "PPLAIN" for call in escalator.calls)
+    finally:
+        await service.aclose()
+
+
+async def test_failed_verification_escalates_the_pagerduty_incident(tmp_path, clock):
+    """A remediation whose verification failed escalates, once."""
+    from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(FOLLOWS)
+    book = load_rulebook([path])
+    escalator = RecordingEscalator()
+    service = IncidentService(
+        SqliteIncidentStore(":memory:"),
+        clock=clock,
+        rulebook=lambda: book,
+        escalator=escalator,
+    )
+    try:
+        [incident] = await service.observe(
+            [remediated("Followed", "followed", "firing", False, clock())]
+        )
+        assert incident.state is State.TRIGGERED
+        assert escalator.calls == [("PFOLLOWED", 2, "P1")]
+        failed = [e for e in incident.timeline if e.kind == "remediation"]
+        assert failed[0].text.startswith("Remediation failed")
+    finally:
+        await service.aclose()

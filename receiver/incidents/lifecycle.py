@@ -62,7 +62,16 @@ class CountBreach:
     clock: str
 
 
-Effect = Announce | PagerDutyEscalate | CountBreach
+@dataclass(frozen=True)
+class PagerDutyStatus:
+    """Acknowledge or resolve the PagerDuty incident (verified outcomes)."""
+
+    incident_id: str
+    status: str  # "acknowledged" | "resolved"
+    reason: str
+
+
+Effect = Announce | PagerDutyEscalate | CountBreach | PagerDutyStatus
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,8 @@ def open_incident(
     trace: AlertTrace,
     now: datetime,
     policy: IncidentPolicy,
+    *,
+    follows: frozenset[str] = frozenset(),
 ) -> tuple[Incident, list[Effect]]:
     """A new incident for the first firing alert of a group."""
     severity = _severity_of(trace) or Severity.P3
@@ -167,7 +178,7 @@ def open_incident(
         f"{describe(target.acknowledge)}",
         severity=severity.value,
     )
-    incident, more = observe(incident, trace, now, policy)
+    incident, more = observe(incident, trace, now, policy, follows)
     opened = Announce(
         "opened",
         f"[{severity}] {incident.id} opened: {incident.title}",
@@ -255,8 +266,12 @@ def observe(
     trace: AlertTrace,
     now: datetime,
     policy: IncidentPolicy,
+    follows: frozenset[str] = frozenset(),
 ) -> tuple[Incident, list[Effect]]:
-    """Fold one alert's decisions into the incident (resends change nothing)."""
+    """Fold one alert's decisions into the incident (resends change nothing).
+
+    ``follows``: rules whose playbook lets verified outcomes drive PagerDuty.
+    """
     effects: list[Effect] = []
     incident, _changed = _upsert_alert(incident, trace, now)
     severity = _severity_of(trace)
@@ -290,6 +305,11 @@ def observe(
             if step.kind is StepKind.REMEDIATION:
                 incident, more = _remediation(incident, item, step.result, now, policy)
                 effects += more
+                if match.rule in follows and item.decision == "executed":
+                    incident, more = _pagerduty_status(
+                        incident, "acknowledged", f"remediation ran: {item.type}"
+                    )
+                    effects += more
     incident = replace(incident, ledger=tuple(ledger.values())[-MAX_LEDGER:])
     looked = [i for i in fresh if i.kind == StepKind.DIAGNOSTIC.value]
     if looked:
@@ -302,7 +322,27 @@ def observe(
             incident, now, policy, by="receiver", why="all alerts resolved"
         )
         effects += more
+        verified = any(
+            e.kind == "remediation" and e.text.startswith("Remediated and verified")
+            for e in incident.timeline
+        )
+        if verified and {a.rule for a in incident.alerts} & follows:
+            incident, more = _pagerduty_status(
+                incident, "resolved", "remediation verified and alerts resolved"
+            )
+            effects += more
     return incident, effects
+
+
+def _pagerduty_status(
+    incident: Incident, status: str, why: str
+) -> tuple[Incident, list[Effect]]:
+    """Once per status, when a PagerDuty incident is linked."""
+    key = f"pagerduty:{status}"
+    if not incident.pagerduty_id or key in incident.escalations:
+        return incident, []
+    incident = replace(incident, escalations=incident.escalations | {key})
+    return incident, [PagerDutyStatus(incident.pagerduty_id, status, why)]
 
 
 def _remediation(

@@ -37,6 +37,7 @@ from receiver.incidents.lifecycle import (
     CountBreach,
     Effect,
     PagerDutyEscalate,
+    PagerDutyStatus,
     acknowledge,
     advance,
     comment,
@@ -86,6 +87,10 @@ class Escalator(Protocol):
 
     async def escalate(self, incident_id: str, level: int, priority: str) -> str:
         """Raise the escalation level and set the priority; return the outcome."""
+        ...
+
+    async def set_status(self, incident_id: str, status: str) -> str:
+        """Acknowledge or resolve the PagerDuty incident; return the outcome."""
         ...
 
 
@@ -187,6 +192,16 @@ class IncidentService:
         if self._policy_of is None or self._policy_of[0] is not book:
             self._policy_of = (book, policy_from(book.incidents))
         return self._policy_of[1]
+
+    def follows(self) -> frozenset[str]:
+        """Rules whose playbook lets verified outcomes drive PagerDuty."""
+        book = self._rulebook()
+        return frozenset(
+            c.name
+            for c in book.rules
+            if (p := book.playbooks.get(c.rule.playbook)) is not None
+            and p.pagerduty_follows_outcomes
+        )
 
     def keys(self, trace: AlertTrace) -> list[str]:
         """Grouping keys; a rule's ``group_by`` labels come first when it has them."""
@@ -309,13 +324,20 @@ class IncidentService:
                     number = await self.store.next_number(now.date().isoformat())
                     incident_id = f"INC-{now.date().isoformat()}-{number:03d}"
                     incident, effects = open_incident(
-                        incident_id, keys, trace, now, self.policy
+                        incident_id,
+                        keys,
+                        trace,
+                        now,
+                        self.policy,
+                        follows=self.follows(),
                     )
                     incident = replace(incident, version=1)
                     stored = await self.store.create(to_record(incident))
                 else:
                     current = from_record(record)
-                    incident, effects = observe(current, trace, now, self.policy)
+                    incident, effects = observe(
+                        current, trace, now, self.policy, self.follows()
+                    )
                     if incident == current:
                         return current
                     incident = replace(
@@ -502,6 +524,19 @@ class IncidentService:
                 incident=incident.id,
                 kind=effect.kind,
                 outcomes=outcomes,
+            )
+        elif isinstance(effect, PagerDutyStatus):
+            outcome = "no PagerDuty API token configured"
+            if self._escalator is not None:
+                outcome = await self._escalator.set_status(
+                    effect.incident_id, effect.status
+                )
+            log.info(
+                "incident_pagerduty_updated",
+                incident=incident.id,
+                pagerduty_id=effect.incident_id,
+                status=effect.status,
+                outcome=outcome,
             )
         elif isinstance(effect, PagerDutyEscalate):
             outcome = "no PagerDuty API token configured"

@@ -109,6 +109,11 @@ class Playbook(BaseModel):
     remediation: list[Step] = Field(default_factory=list)
     guards: Guards = Field(default_factory=Guards)
     sinks: list[str] | None = None
+    pagerduty_follows_outcomes: bool = Field(
+        default=False,
+        description="Acknowledge the PagerDuty incident when a remediation runs, "
+        "resolve it once one verified and the alerts resolved.",
+    )
 
     @field_validator("diagnostics")
     @classmethod

@@ -256,6 +256,27 @@ class PagerDutyEscalator:
         priority_note = f", priority {priority}" if "priority" in body else ""
         return f"escalation level {level}{priority_note} on {incident_id}"
 
+    async def set_status(self, incident_id: str, status: str) -> str:
+        """Acknowledge or resolve the incident; return a line saying what happened."""
+        try:
+            response, _ = await self._d.send(
+                "PUT",
+                f"{self._api}/incidents/{incident_id}",
+                what=f"PUT /incidents/{incident_id}",
+                json={"incident": {"type": "incident_reference", "status": status}},
+                headers={**self._headers, "Content-Type": "application/json"},
+            )
+        except SinkError as exc:
+            return f"failed: {exc}"
+        except httpx.HTTPError as exc:
+            return f"failed: {exc.__class__.__name__}"
+        if response.status_code != 200:
+            return (
+                f"failed: PagerDuty answered HTTP {response.status_code}: "
+                f"{self._d.excerpt(response, 200)}"
+            )
+        return f"{incident_id} {status}"
+
     async def aclose(self) -> None:
         """Close the HTTP client."""
         await self._d.aclose()
