@@ -27,6 +27,7 @@ from receiver.incidents.model import State
 from receiver.incidents.policy import DEFAULT_POLICY
 from receiver.incidents.service import IncidentService, NotFoundError
 from receiver.model import Severity
+from receiver.store.incidents_base import IncidentQuery
 from receiver.store.incidents_sqlite import SqliteIncidentStore
 
 AUTH = "alertmanager/sark-auth-failures.firing.json"
@@ -384,7 +385,7 @@ rules:
 """
 
 
-def remediated(name: str, rule: str, status: str, ok: bool, now):
+def remediated(name: str, rule: str, status: str, now, *, ok: bool):
     from receiver.model import (  # noqa: PLC0415
         Alert,
         AlertTrace,
@@ -433,20 +434,20 @@ async def test_verified_outcomes_drive_pagerduty_when_the_playbook_opts_in(
     )
     try:
         [incident] = await service.observe(
-            [remediated("Followed", "followed", "firing", True, clock())]
+            [remediated("Followed", "followed", "firing", clock(), ok=True)]
         )
         assert incident.state is State.MITIGATED
         assert escalator.calls == [("PFOLLOWED", 0, "acknowledged")]
         await service.observe(
-            [remediated("Followed", "followed", "resolved", True, clock())]
+            [remediated("Followed", "followed", "resolved", clock(), ok=True)]
         )
         assert escalator.calls[-1] == ("PFOLLOWED", 0, "resolved")
         # Not opted in: PagerDuty is left to people.
         await service.observe(
-            [remediated("Plain", "unfollowed", "firing", True, clock())]
+            [remediated("Plain", "unfollowed", "firing", clock(), ok=True)]
         )
         await service.observe(
-            [remediated("Plain", "unfollowed", "resolved", True, clock())]
+            [remediated("Plain", "unfollowed", "resolved", clock(), ok=True)]
         )
         assert all(call[0] != "PPLAIN" for call in escalator.calls)
     finally:
@@ -469,11 +470,92 @@ async def test_failed_verification_escalates_the_pagerduty_incident(tmp_path, cl
     )
     try:
         [incident] = await service.observe(
-            [remediated("Followed", "followed", "firing", False, clock())]
+            [remediated("Followed", "followed", "firing", clock(), ok=False)]
         )
         assert incident.state is State.TRIGGERED
         assert escalator.calls == [("PFOLLOWED", 2, "P1")]
         failed = [e for e in incident.timeline if e.kind == "remediation"]
         assert failed[0].text.startswith("Remediation failed")
+    finally:
+        await service.aclose()
+
+
+STORM_RULES = """
+playbooks:
+  noop: {}
+rules:
+  - name: storm
+    match: ['team="sre"']
+    status: any
+    severity: P1
+    playbook: noop
+"""
+
+
+class CountingStore(SqliteIncidentStore):
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.updates = 0
+
+    async def update(self, record):
+        self.updates += 1
+        return await super().update(record)
+
+
+def storm(n: int, status: str = "firing") -> dict:
+    body = am_body("Storm", "g-storm")
+    template = body["alerts"][0]
+    body["alerts"] = [
+        {
+            **template,
+            "status": status,
+            "fingerprint": f"fp-{i}",
+            "labels": {**template["labels"], "pod": f"p{i}"},
+        }
+        for i in range(n)
+    ]
+    return body
+
+
+async def test_an_alert_storm_is_written_once_per_batch(tmp_path, clock):
+    """Two hundred alerts of one group queued together cost one incident write."""
+    from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(STORM_RULES)
+    book = load_rulebook([path])
+    store = CountingStore()
+    service = IncidentService(store, clock=clock, rulebook=lambda: book)
+    try:
+        batch = await traces(book, "alertmanager", storm(200), clock())
+        for trace in batch:
+            service.submit([trace])
+        await service.drain()
+        page, _ = await service.page(IncidentQuery())
+        [incident] = page
+        assert len(incident.alerts) == 200
+        assert store.updates <= 2
+    finally:
+        await service.aclose()
+
+
+async def test_resolve_then_fire_in_one_batch_opens_a_new_incident(tmp_path, clock):
+    """A group resolving and firing again within one batch gets a second incident."""
+    from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(STORM_RULES)
+    book = load_rulebook([path])
+    service = IncidentService(
+        SqliteIncidentStore(":memory:"), clock=clock, rulebook=lambda: book
+    )
+    try:
+        now = clock()
+        fired = await traces(book, "alertmanager", storm(1), now)
+        gone = await traces(book, "alertmanager", storm(1, "resolved"), now)
+        again = await traces(book, "alertmanager", storm(1), now)
+        touched = await service.observe([*fired, *gone, *again])
+        states = sorted((i.id, i.state.value) for i in touched)
+        assert [s for _, s in states] == ["resolved", "triggered"]
     finally:
         await service.aclose()

@@ -32,6 +32,7 @@ Reevaluate = Callable[[AlertRef, datetime], Severity | None]
 CLOCKS = ("acknowledge", "mitigate", "resolve")
 MAX_TIMELINE = 2000  # a flapping alert must not grow an incident without bound
 MAX_LEDGER = 500
+MAX_ALERTS = 1000  # newest kept; an alert storm must not grow one record forever
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ def _upsert_alert(
     changed = old is None or (old.status, old.starts_at) != (ref.status, ref.starts_at)
     if old is not None and ref.rule == "":
         ref = replace(ref, rule=old.rule, severity=old.severity)
-    incident = replace(incident, alerts=(*others, ref))
+    incident = replace(incident, alerts=(*others, ref)[-MAX_ALERTS:])
     if changed:
         name = alert.labels.get("alertname", alert.fingerprint)
         if alert.status == "firing":

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -57,6 +57,7 @@ from receiver.store.incidents_base import IncidentQuery, IncidentRecord, Inciden
 log = structlog.get_logger("receiver.incidents")
 
 ATTEMPTS = 5  # reads after a version conflict before giving up on a change
+BATCH = 1000  # traces folded per round before the incidents are written
 ACK_EVENTS = {"incident.acknowledged"}
 STATUS_EVENTS = {"incident.status_update_published"}
 
@@ -92,6 +93,28 @@ class Escalator(Protocol):
     async def set_status(self, incident_id: str, status: str) -> str:
         """Acknowledge or resolve the PagerDuty incident; return the outcome."""
         ...
+
+
+@dataclass
+class _Batch:
+    """Incidents being folded in memory: as read, as now, what to do after."""
+
+    base: dict[str, Incident] = field(default_factory=dict)
+    now: dict[str, Incident] = field(default_factory=dict)
+    effects: dict[str, list[Effect]] = field(default_factory=dict)
+    traces: dict[str, list[AlertTrace]] = field(default_factory=dict)
+    by_key: dict[str, str] = field(default_factory=dict)
+
+    def load(self, incident: Incident) -> None:
+        self.base[incident.id] = incident
+        self.now[incident.id] = incident
+        self.effects[incident.id] = []
+        self.traces[incident.id] = []
+        self.remember(incident.id, incident.keys)
+
+    def remember(self, incident_id: str, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.by_key.setdefault(key, incident_id)
 
 
 class NotFoundError(ReceiverError):
@@ -169,7 +192,7 @@ class IncidentService:
         announcer: Announcer | None = None,
         escalator: Escalator | None = None,
         on_breach: Callable[[str, str], None] | None = None,
-        max_pending: int = 1000,
+        max_pending: int = 100_000,
     ) -> None:
         self.store = store
         self._fixed_policy = policy
@@ -182,6 +205,8 @@ class IncidentService:
         self._max_pending = max_pending
         self._lock = asyncio.Lock()
         self._pending: set[asyncio.Task[None]] = set()
+        self._queue: list[AlertTrace] = []
+        self._consumer: asyncio.Task[None] | None = None
 
     @property
     def policy(self) -> IncidentPolicy:
@@ -219,35 +244,116 @@ class IncidentService:
     # ------------------------------------------------------------ traces in
 
     def submit(self, traces: Sequence[AlertTrace]) -> None:
-        """Fold a payload's traces in the background (the worker's callback)."""
+        """Queue a payload's traces for the folding task (the worker's callback).
+
+        Never blocks or raises. One task folds whatever has queued up, writing
+        each incident once per batch: an alert storm into one group costs a
+        few writes, not one per alert.
+        """
         if not traces:
             return
-        if len(self._pending) >= self._max_pending:
+        if len(self._queue) + len(traces) > self._max_pending:
             log.warning("incident_traces_dropped", count=len(traces))
             return
-        task = asyncio.get_running_loop().create_task(self._safe_observe(traces))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._queue.extend(traces)
+        if self._consumer is None or self._consumer.done():
+            self._consumer = asyncio.get_running_loop().create_task(
+                self._consume(), name="incident-fold"
+            )
+            self._pending.add(self._consumer)
+            self._consumer.add_done_callback(self._pending.discard)
 
-    async def _safe_observe(self, traces: Sequence[AlertTrace]) -> None:
-        try:
-            await self.observe(traces)
-        except Exception:  # a background task must not die silently
-            log.exception("incident_update_failed")
+    async def _consume(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
+            try:
+                await self.observe(batch)
+            except Exception:  # a background task must not die silently
+                log.exception("incident_update_failed", traces=len(batch))
 
     async def drain(self) -> None:
-        """Wait for every submitted batch (tests, shutdown)."""
+        """Wait until every queued trace is folded in (tests, shutdown)."""
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     async def observe(self, traces: Sequence[AlertTrace]) -> list[Incident]:
-        """Fold traces into their incidents; return each incident touched, once."""
+        """Fold traces into their incidents; return each incident touched, once.
+
+        Alert traces are folded in memory and each incident is written once at
+        the end; PagerDuty traces (acknowledgments, links) are applied one by
+        one after what came before them is written.
+        """
         touched: dict[str, Incident] = {}
+        work = _Batch()
         for trace in traces:
-            found = await self._observe_one(trace)
-            if found is not None:
-                touched[found.id] = found
+            if trace.alert.source == "pagerduty":
+                touched.update(await self._flush(work))
+                work = _Batch()
+                found = await self._observe_one(trace)
+                if found is not None:
+                    touched[found.id] = found
+                continue
+            if not trace.alert.actionable or not trace.matches:
+                continue
+            keys = self.keys(trace)
+            held = next((work.by_key[k] for k in keys if k in work.by_key), None)
+            if held is not None and not work.now[held].active:
+                # Resolved in this batch: write it, so a firing opens a new one.
+                touched.update(await self._flush(work))
+                work = _Batch()
+            await self._fold_into(work, trace)
+        touched.update(await self._flush(work))
         return list(touched.values())
+
+    async def _fold_into(self, work: _Batch, trace: AlertTrace) -> None:
+        keys = self.keys(trace)
+        incident_id = next((work.by_key[k] for k in keys if k in work.by_key), None)
+        if incident_id is None:
+            for key in keys:
+                record = await self.store.find(key)
+                if record is not None:
+                    incident_id = record.id
+                    if incident_id not in work.base:
+                        work.load(from_record(record))
+                    break
+        if incident_id is None:
+            # A new incident is created at once: that reserves its keys.
+            opened = await self._fold(trace, keys)
+            if opened is not None:
+                work.load(opened)
+                work.remember(opened.id, keys)
+            return
+        current = work.now[incident_id]
+        incident, effects = observe(
+            current, trace, self._clock(), self.policy, self.follows()
+        )
+        work.now[incident_id] = replace(
+            incident, keys=tuple(dict.fromkeys((*incident.keys, *keys)))
+        )
+        work.effects[incident_id] += effects
+        work.traces[incident_id].append(trace)
+        work.remember(incident_id, keys)
+
+    async def _flush(self, work: _Batch) -> dict[str, Incident]:
+        written: dict[str, Incident] = {}
+        for incident_id, base in work.base.items():
+            incident = work.now[incident_id]
+            if incident == base:
+                written[incident_id] = base
+                continue
+            incident = replace(incident, version=base.version + 1)
+            async with self._lock:
+                stored = await self.store.update(to_record(incident))
+            if stored is not None:
+                await self._carry_out(incident, work.effects[incident_id])
+                written[incident_id] = incident
+                continue
+            # Someone else changed it meanwhile: fold these traces one by one.
+            for trace in work.traces[incident_id]:
+                found = await self._fold(trace, self.keys(trace))
+                if found is not None:
+                    written[found.id] = found
+        return written
 
     async def _observe_one(self, trace: AlertTrace) -> Incident | None:
         alert = trace.alert
