@@ -108,6 +108,7 @@ def install_incidents(
         announcer=announcer,
         escalator=escalator,
         on_breach=lambda severity, name: breaches.labels(severity, name).inc(),
+        approvals=store.approvals,
     )
     register(app, IncidentHandlers(service, auth))
     app[INCIDENTS] = service

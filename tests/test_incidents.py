@@ -559,3 +559,55 @@ async def test_resolve_then_fire_in_one_batch_opens_a_new_incident(tmp_path, clo
         assert [s for _, s in states] == ["resolved", "triggered"]
     finally:
         await service.aclose()
+
+
+async def test_decided_approvals_land_on_the_timeline_with_who(env, clock, book):
+    """An approval decided through the API appears once, with who decided it."""
+    from dataclasses import dataclass as _dc  # noqa: PLC0415
+    from datetime import datetime as _dt  # noqa: PLC0415
+
+    @_dc(frozen=True)
+    class FakeApproval:
+        id: str
+        status: str
+        decided_by: str
+        decided_at: _dt | None
+        request: dict
+
+    service, _, _, _ = env
+    incident = await open_from(service, book, clock, API_DOWN)
+    fingerprint = incident.alerts[0].fingerprint
+    approvals = [
+        FakeApproval("a-1", "pending", "", None, {"fingerprint": fingerprint}),
+        FakeApproval(
+            "a-2",
+            "approved",
+            "jane",
+            clock.now,
+            {
+                "fingerprint": fingerprint,
+                "rule": "sark-api-down",
+                "step": "k8s.rollout_undo",
+                "target": "deployment/sark -n production",
+            },
+        ),
+        FakeApproval("a-3", "rejected", "bob", clock.now, {"fingerprint": "other"}),
+    ]
+
+    async def listing():
+        return approvals
+
+    service._approvals = listing
+    await service.tick()
+    await service.tick()
+    got = await service.get(incident.id)
+    decided = [e for e in got.timeline if e.kind == "approval_decided"]
+    assert [(e.by, e.text) for e in decided] == [
+        (
+            "jane",
+            (
+                "Approval approved: k8s.rollout_undo deployment/sark -n production "
+                "(rule sark-api-down)"
+            ),
+        )
+    ]

@@ -575,3 +575,39 @@ def _matrix_escalation(
         incident, now, "escalated", f"Escalated to {target.escalate_to}: {why}"
     )
     return incident, _escalate(incident, why, policy)
+
+
+@dataclass(frozen=True)
+class ApprovalDecision:
+    """A decided approval, as the approvals API shows it."""
+
+    id: str
+    status: str
+    by: str
+    at: datetime | None
+    rule: str
+    step: str
+    target: str
+    fingerprint: str
+
+
+def record_approvals(
+    incident: Incident, decisions: Iterable[ApprovalDecision], now: datetime
+) -> Incident:
+    """Put each decided approval for one of the incident's alerts on the timeline."""
+    fingerprints = {a.fingerprint for a in incident.alerts}
+    for decision in decisions:
+        key = f"approval:{decision.id}"
+        if decision.fingerprint not in fingerprints or key in incident.escalations:
+            continue
+        incident = replace(incident, escalations=incident.escalations | {key})
+        incident = _entry(
+            incident,
+            decision.at or now,
+            "approval_decided",
+            f"Approval {decision.status}: {decision.step} {decision.target} "
+            f"(rule {decision.rule})",
+            decision.by or "receiver",
+            approval=decision.id,
+        )
+    return incident

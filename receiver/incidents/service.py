@@ -24,16 +24,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
 from receiver.errors import ReceiverError
 from receiver.incidents.lifecycle import (
     Announce,
+    ApprovalDecision,
     CountBreach,
     Effect,
     PagerDutyEscalate,
@@ -44,6 +45,7 @@ from receiver.incidents.lifecycle import (
     mitigate,
     observe,
     open_incident,
+    record_approvals,
     status_published,
 )
 from receiver.incidents.model import AlertRef, Incident
@@ -115,6 +117,42 @@ class _Batch:
     def remember(self, incident_id: str, keys: Sequence[str]) -> None:
         for key in keys:
             self.by_key.setdefault(key, incident_id)
+
+
+class ApprovalView(Protocol):
+    """What the incident service reads of an approval (``store.base.Approval``)."""
+
+    @property
+    def id(self) -> str: ...  # noqa: D102
+    @property
+    def status(self) -> str: ...  # noqa: D102
+    @property
+    def decided_by(self) -> str: ...  # noqa: D102
+    @property
+    def decided_at(self) -> datetime | None: ...  # noqa: D102
+    @property
+    def request(self) -> Mapping[str, Any]: ...  # noqa: D102
+
+
+Approvals = Callable[[], Awaitable[Sequence[ApprovalView]]]
+
+
+def decided(approvals: Sequence[ApprovalView]) -> list[ApprovalDecision]:
+    """The decided approvals, in the incident model's terms."""
+    return [
+        ApprovalDecision(
+            a.id,
+            a.status,
+            a.decided_by,
+            a.decided_at,
+            str(a.request.get("rule", "")),
+            str(a.request.get("step", "")),
+            str(a.request.get("target", "")),
+            str(a.request.get("fingerprint", "")),
+        )
+        for a in approvals
+        if a.status != "pending"
+    ]
 
 
 class NotFoundError(ReceiverError):
@@ -192,6 +230,7 @@ class IncidentService:
         announcer: Announcer | None = None,
         escalator: Escalator | None = None,
         on_breach: Callable[[str, str], None] | None = None,
+        approvals: Approvals | None = None,
         max_pending: int = 100_000,
     ) -> None:
         self.store = store
@@ -202,6 +241,7 @@ class IncidentService:
         self._announcer = announcer
         self._escalator = escalator
         self._on_breach = on_breach
+        self._approvals = approvals
         self._max_pending = max_pending
         self._lock = asyncio.Lock()
         self._pending: set[asyncio.Task[None]] = set()
@@ -559,12 +599,20 @@ class IncidentService:
     async def tick(self) -> int:
         """Advance every watched incident to now; return how many changed."""
         changed = 0
+        decisions: list[ApprovalDecision] = []
+        if self._approvals is not None:
+            try:
+                decisions = decided(await self._approvals())
+            except ReceiverError as exc:
+                log.warning("approvals_not_read", error=str(exc))
+
+        def step(inc: Incident, now: datetime) -> tuple[Incident, list[Effect]]:
+            inc = record_approvals(inc, decisions, now) if inc.active else inc
+            return advance(inc, now, self.policy, self.reevaluate)
+
         for incident_id in await self.store.watched():
             before = await self.store.get(incident_id)
-            after = await self._change(
-                incident_id,
-                lambda inc, now: advance(inc, now, self.policy, self.reevaluate),
-            )
+            after = await self._change(incident_id, step)
             if before is None or after.version != before.version:
                 changed += 1
         return changed
