@@ -611,3 +611,56 @@ async def test_decided_approvals_land_on_the_timeline_with_who(env, clock, book)
             ),
         )
     ]
+
+
+class LookingExecutor:
+    async def run(self, step, alert):
+        from receiver.model import StepResult, freeze  # noqa: PLC0415
+
+        return StepResult(
+            ok=True, reason="read", result=freeze({"lines": ["401 for 10.0.0.7"]})
+        )
+
+    async def verify(self, check, step, alert):
+        raise AssertionError
+
+
+async def test_security_diagnostics_are_kept_as_hashed_evidence(env, clock, book):
+    """The security playbook's diagnostics are kept, sha256 on the timeline, once."""
+    import hashlib  # noqa: PLC0415
+    import json as _json  # noqa: PLC0415
+
+    from receiver.engine.planner import PlanContext  # noqa: PLC0415
+    from receiver.engine.runner import Runner  # noqa: PLC0415
+    from receiver.engine.worker import Processor  # noqa: PLC0415
+    from receiver.incidents.report import render_report  # noqa: PLC0415
+
+    service, _, _, _ = env
+    executor = LookingExecutor()
+    processor = Processor(
+        book,
+        Runner(
+            dict.fromkeys(("k8s", "http", "prometheus", "redis"), executor),
+            clock,
+            mode="diagnose",
+        ),
+        clock,
+        PlanContext(diagnose=True),
+    )
+    body = _json.dumps(example("alertmanager/sark-failed-login-spike.firing.json"))
+    alerts = processor.alerts("alertmanager", body.encode(), clock())
+    [incident] = await service.observe(await processor.decide(alerts))
+    assert incident.evidence
+    for kept in incident.evidence:
+        assert hashlib.sha256(kept.content.encode()).hexdigest() == kept.sha256
+        assert "401 for 10.0.0.7" in kept.content
+    entries = [e for e in incident.timeline if e.kind == "evidence"]
+    assert len(entries) == len(incident.evidence)
+    assert entries[0].data["sha256"] == incident.evidence[0].sha256
+    [again] = await service.observe(await processor.decide(alerts))
+    assert len(again.evidence) == len(incident.evidence)
+    report = render_report(again, service.policy, clock())
+    assert f"sha256 `{incident.evidence[0].sha256}`" in report
+    # Other playbooks keep nothing.
+    other = await open_from(service, book, clock, SIEM)
+    assert other.evidence == ()

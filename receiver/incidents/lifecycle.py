@@ -12,6 +12,8 @@ clock and severity, and escalates.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -19,6 +21,7 @@ from datetime import datetime, timedelta
 from receiver.incidents.model import (
     STATE_RANK,
     AlertRef,
+    Evidence,
     Incident,
     LedgerItem,
     State,
@@ -26,12 +29,22 @@ from receiver.incidents.model import (
 )
 from receiver.incidents.policy import IncidentPolicy, describe, worse
 from receiver.incidents.status import draft, phase
-from receiver.model import AlertTrace, Decision, Severity, StepKind, freeze, iso
+from receiver.model import (
+    AlertTrace,
+    Decision,
+    Severity,
+    StepKind,
+    StepTrace,
+    freeze,
+    iso,
+)
 
 Reevaluate = Callable[[AlertRef, datetime], Severity | None]
 CLOCKS = ("acknowledge", "mitigate", "resolve")
 MAX_TIMELINE = 2000  # a flapping alert must not grow an incident without bound
 MAX_LEDGER = 500
+MAX_EVIDENCE = 200
+MAX_EVIDENCE_CHARS = 256 * 1024
 MAX_ALERTS = 1000  # newest kept; an alert storm must not grow one record forever
 
 
@@ -154,6 +167,7 @@ def open_incident(
     policy: IncidentPolicy,
     *,
     follows: frozenset[str] = frozenset(),
+    evidence: frozenset[str] = frozenset(),
 ) -> tuple[Incident, list[Effect]]:
     """A new incident for the first firing alert of a group."""
     severity = _severity_of(trace) or Severity.P3
@@ -179,7 +193,9 @@ def open_incident(
         f"{describe(target.acknowledge)}",
         severity=severity.value,
     )
-    incident, more = observe(incident, trace, now, policy, follows)
+    incident, more = observe(
+        incident, trace, now, policy, follows=follows, evidence=evidence
+    )
     opened = Announce(
         "opened",
         f"[{severity}] {incident.id} opened: {incident.title}",
@@ -267,11 +283,14 @@ def observe(
     trace: AlertTrace,
     now: datetime,
     policy: IncidentPolicy,
+    *,
     follows: frozenset[str] = frozenset(),
+    evidence: frozenset[str] = frozenset(),
 ) -> tuple[Incident, list[Effect]]:
     """Fold one alert's decisions into the incident (resends change nothing).
 
-    ``follows``: rules whose playbook lets verified outcomes drive PagerDuty.
+    ``follows``: rules whose playbook lets verified outcomes drive PagerDuty;
+    ``evidence``: rules whose playbook's diagnostics are kept as evidence.
     """
     effects: list[Effect] = []
     incident, _changed = _upsert_alert(incident, trace, now)
@@ -297,6 +316,8 @@ def observe(
                 fingerprint=trace.alert.fingerprint,
                 index=index,
             )
+            if match.rule in evidence:
+                incident = keep_evidence(incident, match.rule, step, now)
             known = ledger.get(item.key())
             if known is not None:
                 ledger[item.key()] = replace(known, times=known.times + 1)
@@ -304,13 +325,10 @@ def observe(
             ledger[item.key()] = item
             fresh.append(item)
             if step.kind is StepKind.REMEDIATION:
-                incident, more = _remediation(incident, item, step.result, now, policy)
+                incident, more = _remediation(
+                    incident, item, step.result, now, policy, match.rule in follows
+                )
                 effects += more
-                if match.rule in follows and item.decision == "executed":
-                    incident, more = _pagerduty_status(
-                        incident, "acknowledged", f"remediation ran: {item.type}"
-                    )
-                    effects += more
     incident = replace(incident, ledger=tuple(ledger.values())[-MAX_LEDGER:])
     looked = [i for i in fresh if i.kind == StepKind.DIAGNOSTIC.value]
     if looked:
@@ -346,14 +364,19 @@ def _pagerduty_status(
     return incident, [PagerDutyStatus(incident.pagerduty_id, status, why)]
 
 
-def _remediation(
+def _remediation(  # noqa: PLR0917 (one call site, all needed)
     incident: Incident,
     item: LedgerItem,
     result: object,
     now: datetime,
     policy: IncidentPolicy,
+    follows: bool,
 ) -> tuple[Incident, list[Effect]]:
     effects: list[Effect] = []
+    if follows and item.decision == Decision.EXECUTED.value:
+        incident, effects = _pagerduty_status(
+            incident, "acknowledged", f"remediation ran: {item.type}"
+        )
     what = f"{item.type} {item.target}"
     if item.decision == Decision.AWAITING_APPROVAL.value:
         return _entry(
@@ -379,7 +402,8 @@ def _remediation(
     verb = {"executed": "Executed", "dry_run": "Would run (dry-run)"}.get(
         item.decision, "Refused"
     )
-    return _entry(incident, now, "remediation", f"{verb}: {what}: {item.reason}"), []
+    text = f"{verb}: {what}: {item.reason}"
+    return _entry(incident, now, "remediation", text), effects
 
 
 def _escalate(incident: Incident, why: str, policy: IncidentPolicy) -> list[Effect]:
@@ -611,3 +635,28 @@ def record_approvals(
             approval=decision.id,
         )
     return incident
+
+
+def keep_evidence(
+    incident: Incident, rule: str, step: StepTrace, now: datetime
+) -> Incident:
+    """Keep a diagnostic's result with its sha256, once per distinct content."""
+    if step.kind is not StepKind.DIAGNOSTIC or step.decision is not Decision.EXECUTED:
+        return incident
+    content = json.dumps(
+        {"type": step.type, "target": step.target, "result": dict(step.result)},
+        sort_keys=True,
+        default=str,
+    )[:MAX_EVIDENCE_CHARS]
+    digest = hashlib.sha256(content.encode()).hexdigest()
+    if any(e.sha256 == digest for e in incident.evidence):
+        return incident
+    kept = Evidence(now, rule, step.type, step.target, digest, content)
+    incident = replace(incident, evidence=(*incident.evidence, kept)[-MAX_EVIDENCE:])
+    return _entry(
+        incident,
+        now,
+        "evidence",
+        f"Evidence kept: {step.type} {step.target} sha256={digest}",
+        sha256=digest,
+    )

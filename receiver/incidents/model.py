@@ -179,6 +179,41 @@ class LedgerItem:
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """What a diagnostic found, kept with the incident and hashed."""
+
+    at: datetime
+    rule: str
+    type: str
+    target: str
+    sha256: str
+    content: str  # canonical JSON of the step's result, capped
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form."""
+        return {
+            "at": iso(self.at),
+            "rule": self.rule,
+            "type": self.type,
+            "target": self.target,
+            "sha256": self.sha256,
+            "content": self.content,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Evidence:
+        """Inverse of ``to_json``."""
+        return cls(
+            _req_ts(raw["at"]),
+            str(raw["rule"]),
+            str(raw["type"]),
+            str(raw["target"]),
+            str(raw["sha256"]),
+            str(raw["content"]),
+        )
+
+
+@dataclass(frozen=True)
 class Incident:
     """Alerts grouped under one key, with state, severity, clocks and timeline."""
 
@@ -201,6 +236,7 @@ class Incident:
     drafts: int = 0
     pagerduty_id: str = ""
     post_mortem_reminded: bool = False
+    evidence: tuple[Evidence, ...] = ()
     version: int = 0
 
     @property
@@ -233,6 +269,7 @@ class Incident:
             "drafts": self.drafts,
             "pagerduty_id": self.pagerduty_id,
             "post_mortem_reminded": self.post_mortem_reminded,
+            "evidence": [e.to_json() for e in self.evidence],
             "version": self.version,
         }
 
@@ -258,5 +295,6 @@ class Incident:
             drafts=int(raw.get("drafts", 0)),
             pagerduty_id=str(raw.get("pagerduty_id", "")),
             post_mortem_reminded=bool(raw.get("post_mortem_reminded", False)),
+            evidence=tuple(Evidence.from_json(e) for e in raw.get("evidence", ())),
             version=int(raw.get("version", 0)),
         )

@@ -171,6 +171,21 @@ def _numbered(items: Iterable[str], placeholder: str) -> list[str]:
     return lines
 
 
+def _evidence(incident: Incident) -> list[str]:
+    if not incident.evidence:
+        return []
+    return [
+        (
+            f"- Evidence ({len(incident.evidence)} items, full content at "
+            f"`GET /api/v1/incidents/{incident.id}/evidence`):"
+        ),
+        *(
+            f"  - {minute(e.at)} `{e.type}` {e.target}: sha256 `{e.sha256}`"
+            for e in incident.evidence
+        ),
+    ]
+
+
 def render_report(incident: Incident, policy: IncidentPolicy, now: datetime) -> str:
     """The Incident Report, then the Post-Mortem, as one Markdown document."""
     opened = incident.opened_at
@@ -239,6 +254,7 @@ def render_report(incident: Incident, policy: IncidentPolicy, now: datetime) -> 
         "## Attachments",
         "- Post-mortem document: below",
         f"- Incident log: `GET /api/v1/incidents/{incident.id}`",
+        *_evidence(incident),
         "- Metrics/graphs: "
         + (", ".join(u for u in dict.fromkeys(links) if u) or todo("links")),
         "",

@@ -242,6 +242,7 @@ class IncidentService:
         self._escalator = escalator
         self._on_breach = on_breach
         self._approvals = approvals
+        self._flags_of: tuple[Rulebook, frozenset[str], frozenset[str]] | None = None
         self._max_pending = max_pending
         self._lock = asyncio.Lock()
         self._pending: set[asyncio.Task[None]] = set()
@@ -258,15 +259,27 @@ class IncidentService:
             self._policy_of = (book, policy_from(book.incidents))
         return self._policy_of[1]
 
+    def _flags(self) -> tuple[frozenset[str], frozenset[str]]:
+        """Rules whose playbook lets outcomes drive PagerDuty; keeps evidence."""
+        book = self._rulebook()
+        if self._flags_of is None or self._flags_of[0] is not book:
+            playbooks = [
+                (c.name, book.playbooks.get(c.rule.playbook)) for c in book.rules
+            ]
+            follows = frozenset(
+                n for n, p in playbooks if p and p.pagerduty_follows_outcomes
+            )
+            evidence = frozenset(n for n, p in playbooks if p and p.evidence)
+            self._flags_of = (book, follows, evidence)
+        return self._flags_of[1], self._flags_of[2]
+
     def follows(self) -> frozenset[str]:
         """Rules whose playbook lets verified outcomes drive PagerDuty."""
-        book = self._rulebook()
-        return frozenset(
-            c.name
-            for c in book.rules
-            if (p := book.playbooks.get(c.rule.playbook)) is not None
-            and p.pagerduty_follows_outcomes
-        )
+        return self._flags()[0]
+
+    def evidence_rules(self) -> frozenset[str]:
+        """Rules whose playbook keeps its diagnostics as evidence."""
+        return self._flags()[1]
 
     def keys(self, trace: AlertTrace) -> list[str]:
         """Grouping keys; a rule's ``group_by`` labels come first when it has them."""
@@ -365,7 +378,12 @@ class IncidentService:
             return
         current = work.now[incident_id]
         incident, effects = observe(
-            current, trace, self._clock(), self.policy, self.follows()
+            current,
+            trace,
+            self._clock(),
+            self.policy,
+            follows=self.follows(),
+            evidence=self.evidence_rules(),
         )
         work.now[incident_id] = replace(
             incident, keys=tuple(dict.fromkeys((*incident.keys, *keys)))
@@ -476,13 +494,19 @@ class IncidentService:
                         now,
                         self.policy,
                         follows=self.follows(),
+                        evidence=self.evidence_rules(),
                     )
                     incident = replace(incident, version=1)
                     stored = await self.store.create(to_record(incident))
                 else:
                     current = from_record(record)
                     incident, effects = observe(
-                        current, trace, now, self.policy, self.follows()
+                        current,
+                        trace,
+                        now,
+                        self.policy,
+                        follows=self.follows(),
+                        evidence=self.evidence_rules(),
                     )
                     if incident == current:
                         return current

@@ -109,6 +109,11 @@ class Playbook(BaseModel):
     remediation: list[Step] = Field(default_factory=list)
     guards: Guards = Field(default_factory=Guards)
     sinks: list[str] | None = None
+    evidence: bool = Field(
+        default=False,
+        description="Keep what the diagnostics found with the incident: hashed "
+        "(sha256) on its timeline, never pruned, exported with its report.",
+    )
     pagerduty_follows_outcomes: bool = Field(
         default=False,
         description="Acknowledge the PagerDuty incident when a remediation runs, "

@@ -113,7 +113,7 @@ class IncidentHandlers:
                 {
                     k: v
                     for k, v in i.to_json().items()
-                    if k not in ("timeline", "ledger")
+                    if k not in ("timeline", "ledger", "evidence")
                 }
                 for i in incidents
             ],
@@ -129,7 +129,24 @@ class IncidentHandlers:
         incident = await self._service.get(incident_id)
         if incident is None:
             return self._missing(incident_id)
-        return web.json_response(incident.to_json())
+        body = incident.to_json()
+        for item in body["evidence"]:
+            item["content_chars"] = len(item.pop("content"))
+        return web.json_response(body)
+
+    async def evidence(self, request: web.Request) -> web.Response:
+        """GET /api/v1/incidents/{id}/evidence: what was kept, with its hashes."""
+        self._auth.check_header(request.headers.get("Authorization"))
+        incident_id = request.match_info["id"]
+        incident = await self._service.get(incident_id)
+        if incident is None:
+            return self._missing(incident_id)
+        return web.json_response(
+            {
+                "incident_id": incident.id,
+                "evidence": [e.to_json() for e in incident.evidence],
+            }
+        )
 
     async def report(self, request: web.Request) -> web.Response:
         """GET /api/v1/incidents/{id}/report: the Markdown report."""
@@ -190,6 +207,7 @@ def register(app: web.Application, handlers: IncidentHandlers) -> None:
     r.add_get("/api/v1/incidents", handlers.list)
     r.add_get("/api/v1/incidents/{id}", handlers.get)
     r.add_get("/api/v1/incidents/{id}/report", handlers.report)
+    r.add_get("/api/v1/incidents/{id}/evidence", handlers.evidence)
     r.add_post("/api/v1/incidents/{id}/timeline", handlers.comment)
     r.add_post("/api/v1/incidents/{id}/acknowledge", handlers.acknowledge)
     r.add_post("/api/v1/incidents/{id}/mitigate", handlers.mitigate)
@@ -271,6 +289,14 @@ def incident_paths() -> dict[str, Any]:
                     },
                     **errors,
                 },
+            }
+        },
+        "/api/v1/incidents/{id}/evidence": {
+            "get": {
+                "summary": "Evidence kept (diagnostic results and their sha256)",
+                "security": security,
+                "parameters": path_id,
+                "responses": {"200": ok, **errors},
             }
         },
         "/api/v1/incidents/{id}/timeline": post('Add a comment: {"by", "text"}'),
