@@ -4,7 +4,8 @@ The incident service (``receiver.incidents.service``) hands over messages: an
 incident opened, a promotion, a breach, an escalation, a status-update draft, a
 post-mortem reminder. ``SinkAnnouncer`` posts each to every configured sink that
 can carry text: Slack (a message), the webhook (JSON with the incident id), and a
-note on the PagerDuty incident when one is linked (marked as our own, so its
+note on the PagerDuty incident when one is linked, for promotions, escalations,
+status-update drafts and post-mortem reminders only (marked as our own, so its
 ``incident.annotated`` echo is never answered). Failures are returned as outcome
 lines and logged by the caller; they never raise. Built by ``build_announcer``.
 """
@@ -21,6 +22,13 @@ from receiver.settings import Settings
 from receiver.sinks.delivery import Deliverer, SinkError, Sleep
 from receiver.sinks.pagerduty import ACCEPT
 from receiver.sinks.render import OWN_NOTE_MARKER
+
+# PagerDuty already shows the incident opening and its state changes, and the
+# decision note says what the receiver found: a note is posted only for what
+# PagerDuty does not know.
+PAGERDUTY_KINDS = frozenset(
+    {"promoted", "escalation", "status_draft", "post_mortem_due"}
+)
 
 
 class Announcement(Protocol):
@@ -66,7 +74,11 @@ class SinkAnnouncer:
         if self._slack:
             outcomes.append(await self._slack_post(message, self._slack))
         outcomes += [await self._webhook(message, url) for url in self._webhooks]
-        if self._pd is not None and message.pagerduty_id:
+        if (
+            self._pd is not None
+            and message.pagerduty_id
+            and message.kind in PAGERDUTY_KINDS
+        ):
             outcomes.append(await self._note(message, *self._pd))
         return outcomes
 
