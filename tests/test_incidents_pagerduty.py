@@ -222,6 +222,10 @@ async def test_breach_escalates_the_pagerduty_incident_and_announces(client, ser
     }
     assert put.headers["Authorization"] == f"Token token={API_TOKEN}"
     assert put.headers["From"] == "receiver@example.com"
+    [incident], _ = await client.service.page(IncidentQuery())
+    sent = [e.text for e in incident.timeline if e.kind == "message_sent"]
+    assert any(t.startswith("PagerDuty escalation: escalation level 2") for t in sent)
+    assert any("(escalation)" in t and "slack: sent" in t for t in sent)
     slack = [r.json()["text"] for r in server.seen("POST", "/slack")]
     assert any("escalated to Engineering Manager" in t for t in slack)
     hooks = [h for r in server.seen("POST", "/hook") if "kind" in (h := r.json())]

@@ -481,6 +481,11 @@ def comment(incident: Incident, at: datetime, *, by: str, text: str) -> Incident
     return _entry(incident, at, "comment", text, by)
 
 
+def message_sent(incident: Incident, at: datetime, text: str) -> Incident:
+    """What was sent where (sinks, PagerDuty), on the timeline."""
+    return _entry(incident, at, "message_sent", text[:500])
+
+
 def status_published(
     incident: Incident, at: datetime, *, by: str, text: str
 ) -> Incident:

@@ -37,11 +37,11 @@ from receiver.incidents.lifecycle import (
     ApprovalDecision,
     CountBreach,
     Effect,
-    PagerDutyEscalate,
     PagerDutyStatus,
     acknowledge,
     advance,
     comment,
+    message_sent,
     mitigate,
     observe,
     open_incident,
@@ -666,13 +666,30 @@ class IncidentService:
     # ------------------------------------------------------------ effects
 
     async def _carry_out(self, incident: Incident, effects: list[Effect]) -> None:
+        sent: list[str] = []
         for effect in effects:
             try:
-                await self._one(incident, effect)
+                line = await self._one(incident, effect)
             except Exception:  # one failed message must not stop the others
                 log.exception("incident_effect_failed", incident=incident.id)
+                line = f"{type(effect).__name__}: failed (see the receiver's log)"
+            if line:
+                sent.append(line)
+        if not sent:
+            return
 
-    async def _one(self, incident: Incident, effect: Effect) -> None:
+        def note(inc: Incident, now: datetime) -> tuple[Incident, list[Effect]]:
+            for line in sent:
+                inc = message_sent(inc, now, line)
+            return inc, []
+
+        try:
+            await self._change(incident.id, note)
+        except ReceiverError as exc:
+            log.warning("incident_messages_not_recorded", error=str(exc))
+
+    async def _one(self, incident: Incident, effect: Effect) -> str:
+        """Carry out one effect; return a line for the timeline ("" for none)."""
         if isinstance(effect, CountBreach):
             log.info(
                 "incident_clock_breached",
@@ -682,7 +699,8 @@ class IncidentService:
             )
             if self._on_breach is not None:
                 self._on_breach(effect.severity.value, effect.clock)
-        elif isinstance(effect, Announce):
+            return ""
+        if isinstance(effect, Announce):
             message = Message(
                 effect.kind,
                 effect.title,
@@ -703,7 +721,10 @@ class IncidentService:
                 kind=effect.kind,
                 outcomes=outcomes,
             )
-        elif isinstance(effect, PagerDutyStatus):
+            if not outcomes:
+                return ""
+            return f"Message ({effect.kind}) {effect.title!r}: " + "; ".join(outcomes)
+        if isinstance(effect, PagerDutyStatus):
             outcome = "no PagerDuty API token configured"
             if self._escalator is not None:
                 outcome = await self._escalator.set_status(
@@ -716,15 +737,16 @@ class IncidentService:
                 status=effect.status,
                 outcome=outcome,
             )
-        elif isinstance(effect, PagerDutyEscalate):
-            outcome = "no PagerDuty API token configured"
-            if self._escalator is not None:
-                outcome = await self._escalator.escalate(
-                    effect.incident_id, effect.level, effect.priority.value
-                )
-            log.info(
-                "incident_escalated",
-                incident=incident.id,
-                pagerduty_id=effect.incident_id,
-                outcome=outcome,
+            return f"PagerDuty {effect.status}: {outcome}" if self._escalator else ""
+        outcome = "no PagerDuty API token configured"
+        if self._escalator is not None:
+            outcome = await self._escalator.escalate(
+                effect.incident_id, effect.level, effect.priority.value
             )
+        log.info(
+            "incident_escalated",
+            incident=incident.id,
+            pagerduty_id=effect.incident_id,
+            outcome=outcome,
+        )
+        return f"PagerDuty escalation: {outcome}" if self._escalator else ""
