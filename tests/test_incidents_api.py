@@ -191,7 +191,7 @@ async def test_bad_bodies_unknown_ids_and_missing_auth(client):
     assert resp.status == 400
     assert '"text" is required' in (await resp.json())["detail"]
     resp = await client.post(
-        f"{base}/timeline", json={"text": "x" * 5000}, headers=bearer()
+        f"{base}/timeline", json={"text": "x" * 4050}, headers=bearer()
     )
     assert resp.status == 400
     assert "text" in (await resp.json())["detail"]
