@@ -231,3 +231,15 @@ async def test_breach_metric_is_exposed(client):
         'receiver_incident_clock_breaches_total{clock="acknowledge",severity="P1"} 1.0'
         in text
     )
+
+
+async def test_a_comment_cannot_break_the_reports_markdown(client):
+    """Backticks and newlines in a comment stay inside the report's timeline block."""
+    await fire(client, "g1", "fp-1")
+    [listed] = await incidents(client, 1)
+    base = f"{API}/{listed['id']}"
+    nasty = "done\n```\n# Injected heading\n"
+    await client.post(f"{base}/timeline", json={"text": nasty}, headers=bearer())
+    text = await (await client.get(f"{base}/report", headers=bearer())).text()
+    assert "\n# Injected heading" not in text
+    assert "done ''' # Injected heading (api)" in text

@@ -141,7 +141,7 @@ def _entry(
 def title_of(trace: AlertTrace) -> str:
     """A short description: the alert's summary, else its name and namespace."""
     alert = trace.alert
-    summary = alert.annotations.get("summary", "")
+    summary = " ".join(alert.annotations.get("summary", "").split())
     if summary:
         return summary[:200]
     name = alert.labels.get("alertname", alert.fingerprint)

@@ -18,6 +18,8 @@ from receiver.incidents.policy import IncidentPolicy, describe
 from receiver.incidents.status import IMPACT, minute
 
 PLACEHOLDER = "_[To fill in: {}]_"
+FENCE = "`" * 3
+SAFE_FENCE = "'" * 3
 DECISION_WORDS = {
     "executed": "done",
     "failed": "failed",
@@ -134,10 +136,13 @@ def _mitigation(incident: Incident) -> str:
 
 
 def _timeline(incident: Incident) -> list[str]:
-    return [
-        f"{minute(e.at)} - {e.text}" + (f" ({e.by})" if e.by != "receiver" else "")
-        for e in incident.timeline
-    ]
+    # One line per entry; nothing a person typed can close the code block.
+    lines = []
+    for e in incident.timeline:
+        by = f" ({e.by})" if e.by != "receiver" else ""
+        line = " ".join(f"{minute(e.at)} - {e.text}{by}".split())
+        lines.append(line.replace(FENCE, SAFE_FENCE))
+    return lines
 
 
 def _went_well(incident: Incident, policy: IncidentPolicy, now: datetime) -> list[str]:
