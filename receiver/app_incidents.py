@@ -148,7 +148,10 @@ def incident_store_at(url: str) -> IncidentStore:
 
 
 async def print_report(
-    incident_id: str, config: Path | None = None, store_url: str | None = None
+    incident_id: str,
+    config: Path | None = None,
+    store_url: str | None = None,
+    rules: list[Path] | None = None,
 ) -> int:
     """``receiver report ID``: print the Markdown report; 1 if there is none."""
     settings = load_settings(config)
@@ -162,7 +165,7 @@ async def print_report(
             )
             return 1
         try:
-            policy = policy_from(load_rulebook(settings.rules).incidents)
+            policy = policy_from(load_rulebook(rules or settings.rules).incidents)
         except RuleError:
             sys.stderr.write(
                 "receiver: rules do not load; the report uses the runbook's targets\n"

@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("incident_id", metavar="ID", help="e.g. INC-2026-11-26-001")
     report.add_argument("--config", type=Path, help="YAML settings file")
     report.add_argument("--store", help="store URL (default: the settings' store)")
+    report.add_argument(
+        "--rules", type=Path, action="append", help="rule file or dir (targets)"
+    )
 
     rules = sub.add_parser("rules", help="check or test rule files")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
@@ -106,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _report(args: argparse.Namespace) -> int:
     from receiver.app_incidents import print_report  # noqa: PLC0415
 
-    return await print_report(args.incident_id, args.config, args.store)
+    return await print_report(args.incident_id, args.config, args.store, args.rules)
 
 
 def _out(text: str = "") -> None:

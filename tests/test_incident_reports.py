@@ -18,7 +18,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from incident_helpers import EXAMPLES, START, TickingClock, example, rulebook, traces
+from incident_helpers import (
+    EXAMPLES,
+    ROOT,
+    START,
+    TickingClock,
+    example,
+    rulebook,
+    traces,
+)
 
 from receiver.cli import main
 from receiver.incidents.report import render_report
@@ -157,7 +165,16 @@ def test_cli_report_prints_the_stored_report(tmp_path, capsys):
     source, firing, resolved = cases()[0]
     want = asyncio.run(play(source, firing, resolved, str(db)))
     capsys.readouterr()
-    code = main(["report", "INC-2026-11-26-001", "--store", f"sqlite:///{db}"])
+    code = main(
+        [
+            "report",
+            "INC-2026-11-26-001",
+            "--store",
+            f"sqlite:///{db}",
+            "--rules",
+            str(ROOT / "rules"),
+        ]
+    )
     assert code == 0
     assert capsys.readouterr().out == want
     code = main(["report", "INC-none", "--store", f"sqlite:///{db}"])

@@ -209,7 +209,12 @@ def render_report(incident: Incident, policy: IncidentPolicy, now: datetime) -> 
     summary = (
         f"On {opened.date().isoformat()} at {opened.strftime('%H:%M')} UTC, "
         f"{incident.title.rstrip('.')} ({', '.join(summaries) or 'an alert'}); "
-        f"severity {incident.severity}, {status.lower()} after {duration}."
+        f"severity {incident.severity}, "
+        + (
+            f"resolved after {duration}."
+            if end
+            else f"{status.lower()}, open for {duration}."
+        )
     )
     lines = [
         f"# Incident Report: {incident.title}",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -310,8 +311,10 @@ class IncidentService:
             return
         self._queue.extend(traces)
         if self._consumer is None or self._consumer.done():
+            # A fresh context: the worker's bound log fields (payload id) are
+            # not this task's, which folds many payloads.
             self._consumer = asyncio.get_running_loop().create_task(
-                self._consume(), name="incident-fold"
+                self._consume(), name="incident-fold", context=contextvars.Context()
             )
             self._pending.add(self._consumer)
             self._consumer.add_done_callback(self._pending.discard)
