@@ -183,6 +183,30 @@ class IncidentStoreMachine(RuleBasedStateMachine):
         for got in self.run("find", key):
             assert comparable(got) == comparable(want)
 
+    @rule(
+        day=st.sampled_from(["2026-11-26", "2026-11-27"]),
+        keys=KEYS,
+        state=STATES,
+    )
+    def create_numbered(self, day, keys, state) -> None:
+        # Only where it succeeds: on a taken key SQLite gives the number back
+        # and Redis leaves a gap (test_create_numbered_with_a_taken_key).
+        taken = self.model.numbers.get(day, 0) + 1
+        record = self._record(
+            f"INC-{day}-{taken:03d}", keys, state, "P1", 1, watch=True
+        )
+        free = record.id not in self.model.records and not (
+            record.active and any(k in self.model.held for k in record.keys)
+        )
+        if not free:
+            return
+        want = self.model.create(record)
+        self.model.numbers[day] = taken
+        for got in self.run(
+            "create_numbered", day, lambda n: replace(record, id=f"INC-{day}-{n:03d}")
+        ):
+            assert comparable(got) == comparable(want)
+
     @rule(day=st.sampled_from(["2026-11-26", "2026-11-27"]))
     def number(self, day) -> None:
         self.model.numbers[day] = self.model.numbers.get(day, 0) + 1
@@ -237,3 +261,39 @@ def test_incident_stores_agree_with_the_model(redis_url):
         suppress_health_check=[HealthCheck.too_slow],
     )
     runner().runTest()
+
+
+async def test_create_numbered_with_a_taken_key(redis_url):
+    """A taken key creates nothing; SQLite reuses the number, Redis skips it."""
+    base = IncidentRecord(
+        id="x",
+        keys=("am:g",),
+        state="triggered",
+        severity="P1",
+        opened_at=datetime(2026, 11, 26, 10, tzinfo=UTC),
+        version=1,
+        watch=True,
+    )
+
+    def build(n: int) -> IncidentRecord:
+        return replace(base, id=f"INC-2026-11-26-{n:03d}")
+
+    for store, after in (
+        (SqliteIncidentStore(":memory:"), "INC-2026-11-26-002"),
+        (
+            RedisIncidentStore(redis_url, prefix=f"t{uuid.uuid4().hex[:8]}"),
+            "INC-2026-11-26-003",
+        ),
+    ):
+        try:
+            first = await store.create_numbered("2026-11-26", build)
+            assert first is not None
+            assert first.id == "INC-2026-11-26-001"
+            assert await store.create_numbered("2026-11-26", build) is None
+            done = replace(first, state="resolved", version=2)
+            assert await store.update(done) is not None
+            second = await store.create_numbered("2026-11-26", build)
+            assert second is not None
+            assert second.id == after
+        finally:
+            await store.close()

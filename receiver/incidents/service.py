@@ -374,7 +374,7 @@ class IncidentService:
                     break
         if incident_id is None:
             # A new incident is created at once: that reserves its keys.
-            opened = await self._fold(trace, keys)
+            opened = await self._fold(trace, keys, looked=True)
             if opened is not None:
                 work.load(opened)
                 work.remember(opened.id, keys)
@@ -476,31 +476,52 @@ class IncidentService:
             return await self._change(record.id, link)
         return None
 
-    async def _fold(self, trace: AlertTrace, keys: list[str]) -> Incident | None:
-        for _ in range(ATTEMPTS):
+    def _opener(
+        self,
+        trace: AlertTrace,
+        keys: list[str],
+        now: datetime,
+        built: list[tuple[Incident, list[Effect]]],
+    ) -> Callable[[int], IncidentRecord]:
+        """What the store calls with the day's next number (pure; any thread)."""
+        policy, follows, evidence = self.policy, self.follows(), self.evidence_rules()
+        day = now.date().isoformat()
+
+        def build(number: int) -> IncidentRecord:
+            opened, effects = open_incident(
+                f"INC-{day}-{number:03d}",
+                keys,
+                trace,
+                now,
+                policy,
+                follows=follows,
+                evidence=evidence,
+            )
+            built.append((replace(opened, version=1), effects))
+            return to_record(built[-1][0])
+
+        return build
+
+    async def _fold(
+        self, trace: AlertTrace, keys: list[str], *, looked: bool = False
+    ) -> Incident | None:
+        """Fold one trace, writing at once; ``looked``: no key was found just now."""
+        for attempt in range(ATTEMPTS):
             async with self._lock:
                 now = self._clock()
                 record = None
-                for key in keys:
+                for key in keys if attempt or not looked else ():
                     record = await self.store.find(key)
                     if record is not None:
                         break
                 if record is None:
                     if trace.alert.status != "firing":
                         return None
-                    number = await self.store.next_number(now.date().isoformat())
-                    incident_id = f"INC-{now.date().isoformat()}-{number:03d}"
-                    incident, effects = open_incident(
-                        incident_id,
-                        keys,
-                        trace,
-                        now,
-                        self.policy,
-                        follows=self.follows(),
-                        evidence=self.evidence_rules(),
+                    built: list[tuple[Incident, list[Effect]]] = []
+                    stored = await self.store.create_numbered(
+                        now.date().isoformat(), self._opener(trace, keys, now, built)
                     )
-                    incident = replace(incident, version=1)
-                    stored = await self.store.create(to_record(incident))
+                    incident, effects = built[-1]
                 else:
                     current = from_record(record)
                     incident, effects = observe(

@@ -20,7 +20,7 @@ against one reference model):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -76,6 +76,16 @@ class IncidentStore(Protocol):
 
     async def create(self, record: IncidentRecord) -> IncidentRecord | None:
         """Store a new incident; None if the id exists or a key is taken."""
+        ...
+
+    async def create_numbered(
+        self, day: str, build: Callable[[int], IncidentRecord]
+    ) -> IncidentRecord | None:
+        """``next_number(day)`` and ``create(build(number))`` at once, if it can.
+
+        None if a key is taken (the number is then not used up where the store
+        can avoid it). ``build`` must be pure: it may run in another thread.
+        """
         ...
 
     async def update(self, record: IncidentRecord) -> IncidentRecord | None:

@@ -17,7 +17,7 @@ down and filters, reading at most a bounded number of records per page.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, cast
 
@@ -172,6 +172,13 @@ class RedisIncidentStore:
             ),
         )
         return await self.get(record.id) if int(seq) else None
+
+    async def create_numbered(  # noqa: D102
+        self, day: str, build: Callable[[int], IncidentRecord]
+    ) -> IncidentRecord | None:
+        # Two round trips; a number lost to a taken key leaves a gap, never a
+        # duplicate.
+        return await self.create(build(await self.next_number(day)))
 
     async def update(self, record: IncidentRecord) -> IncidentRecord | None:  # noqa: D102
         seq = await self._call(

@@ -126,34 +126,53 @@ class SqliteIncidentStore:
             json.dumps(dict(record.body), default=iso),
         )
 
-    async def create(self, record: IncidentRecord) -> IncidentRecord | None:  # noqa: D102
+    async def create_numbered(  # noqa: D102
+        self, day: str, build: Callable[[int], IncidentRecord]
+    ) -> IncidentRecord | None:
         def run(db: sqlite3.Connection) -> IncidentRecord | None:
-            if db.execute(
-                "SELECT 1 FROM incidents WHERE id = ?", (record.id,)
-            ).fetchone():
-                return None
-            if record.active:
-                for key in record.keys:
-                    if db.execute(
-                        "SELECT 1 FROM incident_keys WHERE key = ?", (key,)
-                    ).fetchone():
-                        return None
-            cur = db.execute(
-                "INSERT INTO incidents(id, state, severity, opened_at, version, "
-                "watch, keys, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (record.id, *self._values(record)),
-            )
-            if record.active:
-                db.executemany(
-                    "INSERT INTO incident_keys(key, id) VALUES (?, ?)",
-                    [(k, record.id) for k in record.keys],
-                )
             row = db.execute(
-                "SELECT * FROM incidents WHERE seq = ?", (cur.lastrowid,)
+                "SELECT last FROM incident_numbers WHERE day = ?", (day,)
             ).fetchone()
-            return _record(row)
+            number = (int(row[0]) if row else 0) + 1
+            created = self._insert(db, build(number))
+            if created is not None:
+                db.execute(
+                    "INSERT INTO incident_numbers(day, last) VALUES (?, ?) "
+                    "ON CONFLICT(day) DO UPDATE SET last = excluded.last",
+                    (day, number),
+                )
+            return created
 
         return await self._run(run)
+
+    async def create(self, record: IncidentRecord) -> IncidentRecord | None:  # noqa: D102
+        return await self._run(lambda db: self._insert(db, record))
+
+    def _insert(
+        self, db: sqlite3.Connection, record: IncidentRecord
+    ) -> IncidentRecord | None:
+        if db.execute("SELECT 1 FROM incidents WHERE id = ?", (record.id,)).fetchone():
+            return None
+        if record.active:
+            for key in record.keys:
+                if db.execute(
+                    "SELECT 1 FROM incident_keys WHERE key = ?", (key,)
+                ).fetchone():
+                    return None
+        cur = db.execute(
+            "INSERT INTO incidents(id, state, severity, opened_at, version, "
+            "watch, keys, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.id, *self._values(record)),
+        )
+        if record.active:
+            db.executemany(
+                "INSERT INTO incident_keys(key, id) VALUES (?, ?)",
+                [(k, record.id) for k in record.keys],
+            )
+        row = db.execute(
+            "SELECT * FROM incidents WHERE seq = ?", (cur.lastrowid,)
+        ).fetchone()
+        return _record(row)
 
     async def update(self, record: IncidentRecord) -> IncidentRecord | None:  # noqa: D102
         def run(db: sqlite3.Connection) -> IncidentRecord | None:
