@@ -146,3 +146,16 @@ async def test_incidents_survive_a_restart(tmp_path):
         assert again.id == incident.id
     finally:
         await second.aclose()
+
+
+async def test_closing_while_cancelled_queries_still_run_does_not_crash(tmp_path):
+    """A query whose task was cancelled finishes before the connection closes."""
+    for i in range(30):
+        store = SqliteIncidentStore(str(tmp_path / f"c{i}.db"))
+        tasks = [asyncio.ensure_future(store.watched()) for _ in range(20)]
+        await asyncio.sleep(0)
+        for task in tasks:
+            task.cancel()
+        await store.close()
+        with pytest.raises(StoreUnavailableError):
+            await store.watched()

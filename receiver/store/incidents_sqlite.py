@@ -264,4 +264,11 @@ class SqliteIncidentStore:
         return await self._run(run)
 
     async def close(self) -> None:  # noqa: D102
-        await asyncio.to_thread(self._db.close)
+        def close() -> None:
+            # Under the lock: a query still running in its thread (its task
+            # was cancelled, the thread was not) finishes first. Closing under
+            # it crashes the process.
+            with self._lock:
+                self._db.close()
+
+        await asyncio.to_thread(close)
