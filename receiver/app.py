@@ -146,6 +146,16 @@ def create_app(
     r.add_get("/metrics", handlers.metrics)
     r.add_get("/openapi.json", handlers.openapi)
 
+    incident_service = install_incidents(
+        app,
+        settings=settings,
+        store=store,
+        clock=clock,
+        rulebook=lambda: processor.rulebook,
+        auth=auth,
+        metrics=metrics,
+        wiring=incidents,
+    )
     sinks = build_sinks(settings) if sinks is None else sinks
     dispatcher = None
     if sinks or settings.sinks:
@@ -157,18 +167,9 @@ def create_app(
             ),
             clock=clock,
             scrub=scrubber(settings),
+            on_outcomes=incident_service.sink_outcomes,
         )
         app[SINKS] = dispatcher
-    incident_service = install_incidents(
-        app,
-        settings=settings,
-        store=store,
-        clock=clock,
-        rulebook=lambda: processor.rulebook,
-        auth=auth,
-        metrics=metrics,
-        wiring=incidents,
-    )
     worker = Worker(
         store,
         processor,

@@ -259,3 +259,21 @@ async def test_escalator_reports_pagerduty_errors_without_raising(server):
 def test_no_announcer_without_configured_text_sinks():
     """With no Slack, webhook or PagerDuty note configured there is no announcer."""
     assert build_announcer(full_settings()) is None
+
+
+async def test_decision_messages_sent_are_on_the_timeline(client, server):
+    """What the sinks posted about a decision is a message_sent timeline entry."""
+    payload = am_payload(am_alert("fp-1"))
+    payload["groupKey"] = GROUP
+    await client.post(AM, json=payload, headers=bearer())
+    incident = await settle(
+        client,
+        lambda i: any(
+            e.kind == "message_sent" and "slack: sent" in e.text for e in i.timeline
+        ),
+    )
+    texts = [e.text for e in incident.timeline if e.kind == "message_sent"]
+    assert any(
+        t.startswith("Decision on KubePodCrashLooping: slack: sent") for t in texts
+    )
+    assert any("webhook: sent" in t for t in texts)

@@ -98,6 +98,14 @@ class Escalator(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class SinkNote:
+    """What the sinks did with one trace, for its incident's timeline."""
+
+    trace: AlertTrace
+    lines: tuple[str, ...]
+
+
 @dataclass
 class _Batch:
     """Incidents being folded in memory: as read, as now, what to do after."""
@@ -247,7 +255,7 @@ class IncidentService:
         self._max_pending = max_pending
         self._lock = asyncio.Lock()
         self._pending: set[asyncio.Task[None]] = set()
-        self._queue: list[AlertTrace] = []
+        self._queue: list[AlertTrace | SinkNote] = []
         self._consumer: asyncio.Task[None] | None = None
 
     @property
@@ -310,6 +318,9 @@ class IncidentService:
             log.warning("incident_traces_dropped", count=len(traces))
             return
         self._queue.extend(traces)
+        self._start_consumer()
+
+    def _start_consumer(self) -> None:
         if self._consumer is None or self._consumer.done():
             # A fresh context: the worker's bound log fields (payload id) are
             # not this task's, which folds many payloads.
@@ -318,6 +329,16 @@ class IncidentService:
             )
             self._pending.add(self._consumer)
             self._consumer.add_done_callback(self._pending.discard)
+
+    def sink_outcomes(self, trace: AlertTrace, lines: list[str]) -> None:
+        """The sinks' outcomes for a trace (the dispatcher's callback).
+
+        Queued behind the trace itself, so the incident exists by then.
+        """
+        if not lines or not trace.matches or len(self._queue) >= self._max_pending:
+            return
+        self._queue.append(SinkNote(trace, tuple(lines)))
+        self._start_consumer()
 
     async def _consume(self) -> None:
         while self._queue:
@@ -332,7 +353,7 @@ class IncidentService:
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
-    async def observe(self, traces: Sequence[AlertTrace]) -> list[Incident]:
+    async def observe(self, traces: Sequence[AlertTrace | SinkNote]) -> list[Incident]:
         """Fold traces into their incidents; return each incident touched, once.
 
         Alert traces are folded in memory and each incident is written once at
@@ -342,6 +363,13 @@ class IncidentService:
         touched: dict[str, Incident] = {}
         work = _Batch()
         for trace in traces:
+            if isinstance(trace, SinkNote):
+                touched.update(await self._flush(work))
+                work = _Batch()
+                noted = await self._note_sinks(trace)
+                if noted is not None:
+                    touched[noted.id] = noted
+                continue
             if trace.alert.source == "pagerduty":
                 touched.update(await self._flush(work))
                 work = _Batch()
@@ -360,6 +388,15 @@ class IncidentService:
             await self._fold_into(work, trace)
         touched.update(await self._flush(work))
         return list(touched.values())
+
+    async def _note_sinks(self, note: SinkNote) -> Incident | None:
+        def add(inc: Incident, now: datetime) -> tuple[Incident, list[Effect]]:
+            what = f"Decision on {note.trace.alert.labels.get('alertname', '')}".strip()
+            for line in note.lines:
+                inc = message_sent(inc, now, f"{what}: {line}")
+            return inc, []
+
+        return await self._change_by_keys(self.keys(note.trace), add)
 
     async def _fold_into(self, work: _Batch, trace: AlertTrace) -> None:
         keys = self.keys(trace)
