@@ -664,3 +664,14 @@ async def test_security_diagnostics_are_kept_as_hashed_evidence(env, clock, book
     # Other playbooks keep nothing.
     other = await open_from(service, book, clock, SIEM)
     assert other.evidence == ()
+
+
+async def test_playbook_contacts_join_the_escalation(env, clock, book):
+    """The security playbook's escalate_to (security-team) is escalated to as well."""
+    service, announcer, _, _ = env
+    await open_from(
+        service, book, clock, "alertmanager/sark-failed-login-spike.firing.json"
+    )
+    await service.tick()
+    [escalation] = [m for m in announcer.messages if m.kind == "escalation"]
+    assert escalation.contact == "Engineering Manager, VP Eng, security-team"

@@ -273,6 +273,16 @@ def _upsert_alert(
     return incident, changed
 
 
+def _note_contacts(incident: Incident, trace: AlertTrace) -> Incident:
+    """Remember whom the matched playbooks say to escalate to."""
+    named = [m.escalate_to for m in trace.matches if m.escalate_to]
+    if all(c in incident.contacts for c in named):
+        return incident
+    return replace(
+        incident, contacts=tuple(dict.fromkeys((*incident.contacts, *named)))
+    )
+
+
 def _verified(result: object) -> bool:
     verification = getattr(result, "get", lambda _k: None)("verification")
     return bool(isinstance(verification, dict) and verification.get("ok"))
@@ -294,6 +304,7 @@ def observe(
     """
     effects: list[Effect] = []
     incident, _changed = _upsert_alert(incident, trace, now)
+    incident = _note_contacts(incident, trace)
     severity = _severity_of(trace)
     if severity is not None and trace.alert.status == "firing" and incident.active:
         incident, more = _promote(
@@ -406,14 +417,20 @@ def _remediation(  # noqa: PLR0917 (one call site, all needed)
     return _entry(incident, now, "remediation", text), effects
 
 
+def escalate_to(incident: Incident, policy: IncidentPolicy) -> str:
+    """The escalation matrix's contacts, then those the playbooks name."""
+    target = policy.of(incident.severity).escalate_to
+    return ", ".join(dict.fromkeys((target, *incident.contacts)))
+
+
 def _escalate(incident: Incident, why: str, policy: IncidentPolicy) -> list[Effect]:
-    target = policy.of(incident.severity)
+    who = escalate_to(incident, policy)
     effects: list[Effect] = [
         Announce(
             "escalation",
-            f"[{incident.severity}] {incident.id} escalated to {target.escalate_to}",
+            f"[{incident.severity}] {incident.id} escalated to {who}",
             f"{incident.title}: {why}",
-            target.escalate_to,
+            who,
         )
     ]
     if incident.pagerduty_id:
@@ -598,10 +615,13 @@ def _matrix_escalation(
     why = (
         f"the escalation matrix for {incident.severity} says escalate "
         f"{'immediately' if when == 'immediately' else 'after ' + when} "
-        f"to {target.escalate_to}"
+        f"to {escalate_to(incident, policy)}"
     )
     incident = _entry(
-        incident, now, "escalated", f"Escalated to {target.escalate_to}: {why}"
+        incident,
+        now,
+        "escalated",
+        f"Escalated to {escalate_to(incident, policy)}: {why}",
     )
     return incident, _escalate(incident, why, policy)
 

@@ -237,6 +237,8 @@ class Incident:
     pagerduty_id: str = ""
     post_mortem_reminded: bool = False
     evidence: tuple[Evidence, ...] = ()
+    # Whom the matched playbooks name (``escalate_to``), beside the matrix's.
+    contacts: tuple[str, ...] = ()
     version: int = 0
 
     @property
@@ -270,6 +272,7 @@ class Incident:
             "pagerduty_id": self.pagerduty_id,
             "post_mortem_reminded": self.post_mortem_reminded,
             "evidence": [e.to_json() for e in self.evidence],
+            "contacts": list(self.contacts),
             "version": self.version,
         }
 
@@ -296,5 +299,6 @@ class Incident:
             pagerduty_id=str(raw.get("pagerduty_id", "")),
             post_mortem_reminded=bool(raw.get("post_mortem_reminded", False)),
             evidence=tuple(Evidence.from_json(e) for e in raw.get("evidence", ())),
+            contacts=tuple(str(c) for c in raw.get("contacts", ())),
             version=int(raw.get("version", 0)),
         )
