@@ -54,6 +54,7 @@ from receiver.incidents.policy import IncidentPolicy, policy_from
 from receiver.incidents.report import render_report
 from receiver.model import Alert, AlertTrace, Severity, freeze
 from receiver.rulebook.loader import Rulebook
+from receiver.rulebook.schema import CompiledRule
 from receiver.rulebook.severity import resolve_severity
 from receiver.store.incidents_base import IncidentQuery, IncidentRecord, IncidentStore
 
@@ -252,6 +253,7 @@ class IncidentService:
         self._on_breach = on_breach
         self._approvals = approvals
         self._flags_of: tuple[Rulebook, frozenset[str], frozenset[str]] | None = None
+        self._rules_of: tuple[Rulebook, dict[str, CompiledRule]] | None = None
         self._max_pending = max_pending
         self._lock = asyncio.Lock()
         self._pending: set[asyncio.Task[None]] = set()
@@ -282,6 +284,13 @@ class IncidentService:
             self._flags_of = (book, follows, evidence)
         return self._flags_of[1], self._flags_of[2]
 
+    def _rule_named(self, name: str) -> CompiledRule | None:
+        """The loaded rule called ``name`` (an index per rulebook, not a scan)."""
+        book = self._rulebook()
+        if self._rules_of is None or self._rules_of[0] is not book:
+            self._rules_of = (book, {c.name: c for c in book.rules})
+        return self._rules_of[1].get(name)
+
     def follows(self) -> frozenset[str]:
         """Rules whose playbook lets verified outcomes drive PagerDuty."""
         return self._flags()[0]
@@ -296,7 +305,7 @@ class IncidentService:
         if not trace.matches:
             return keys
         name = trace.matches[0].rule
-        rule = next((c for c in self._rulebook().rules if c.name == name), None)
+        rule = self._rule_named(name)
         group_by = rule.rule.group_by if rule is not None else None
         if group_by:
             values = ",".join(f"{k}={trace.alert.labels.get(k, '')}" for k in group_by)
@@ -669,7 +678,7 @@ class IncidentService:
 
     def reevaluate(self, ref: AlertRef, now: datetime) -> Severity | None:
         """The alert's severity now, by its rule (the matrix ages with the alert)."""
-        rule = next((c for c in self._rulebook().rules if c.name == ref.rule), None)
+        rule = self._rule_named(ref.rule)
         if rule is None:
             return None
         alert = Alert(
