@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from receiver.app_incidents import IncidentWiring, fan_out, install_incidents
-from receiver.engine.guards import GuardDefaults, GuardKeeper
+from receiver.engine.guards import FiringCheck, GuardDefaults, GuardKeeper
 from receiver.engine.planner import PlanContext
 from receiver.engine.reuse import DiagnosticsReuse
 from receiver.engine.runner import Executor, Runner
@@ -28,8 +28,8 @@ from receiver.sinks import (
     playbook_sinks,
     scrubber,
 )
-from receiver.sources.alertmanager_api import AlertmanagerApi
 from receiver.store.base import Store
+from receiver.web.admin import Admin
 from receiver.web.auth import Authenticator
 from receiver.web.handlers import Handlers
 from receiver.web.problems import make_middleware
@@ -59,7 +59,7 @@ def guard_defaults(settings: Settings) -> GuardDefaults:
     )
 
 
-def create_app(
+def create_app(  # noqa: PLR0915 (the one place that wires everything)
     settings: Settings,
     *,
     rulebook: Rulebook,
@@ -68,7 +68,7 @@ def create_app(
     executors: Mapping[str, Executor] | None = None,
     metrics: Metrics | None = None,
     sinks: Mapping[str, Sink] | None = None,
-    firing_check: AlertmanagerApi | None = None,
+    firing_check: FiringCheck | None = None,
     incidents: IncidentWiring | None = None,
 ) -> web.Application:
     """Build the application; the worker starts with the app and stops with it.
@@ -82,11 +82,13 @@ def create_app(
     keeper = GuardKeeper(
         store, consumer, guard_defaults(settings), firing_check=firing_check
     )
+    scrub = scrubber(settings)
     runner = Runner(
         executors or {},
         clock,
         mode=settings.mode,
         guards=keeper,
+        scrub=scrub,
         reuse=DiagnosticsReuse(settings.diagnostics_reuse, clock),
     )
     metrics.mode.labels(settings.mode).set(1)
@@ -104,6 +106,7 @@ def create_app(
         metrics=metrics,
         pagerduty_alertname_from=settings.pagerduty_alertname_from,
         store=store,
+        scrub=scrub,
     )
     auth = Authenticator(
         settings.auth_tokens,
@@ -145,6 +148,8 @@ def create_app(
     r.add_get("/readyz", handlers.readyz)
     r.add_get("/metrics", handlers.metrics)
     r.add_get("/openapi.json", handlers.openapi)
+    admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
+    admin.routes(r)
 
     incident_service = install_incidents(
         app,
@@ -166,7 +171,7 @@ def create_app(
                 trace, processor.rulebook.playbooks, settings.sinks
             ),
             clock=clock,
-            scrub=scrubber(settings),
+            scrub=scrub,
             on_outcomes=incident_service.sink_outcomes,
         )
         app[SINKS] = dispatcher
@@ -181,9 +186,16 @@ def create_app(
             dispatcher.submit if dispatcher is not None else None,
             incident_service.submit,
         ),
+        lease=settings.journal_lease,
+        max_attempts=settings.journal_max_attempts,
     )
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        if settings.paused and await store.pause() is None:
+            await admin.switch(
+                paused=True, by="settings", reason="started with paused: true"
+            )
+        metrics.paused.set(1 if await store.pause() else 0)
         await worker.start()
         yield
         await worker.stop()
@@ -193,8 +205,9 @@ def create_app(
             close = getattr(executor, "aclose", None)
             if close is not None:
                 await close()
-        if firing_check is not None:
-            await firing_check.aclose()
+        close_check = getattr(firing_check, "aclose", None)
+        if close_check is not None:
+            await close_check()
         await store.close()
 
     app.cleanup_ctx.append(lifecycle)

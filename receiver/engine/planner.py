@@ -66,7 +66,9 @@ class Plan:
     notes: tuple[str, ...] = field(default=())
 
 
-def _trace(step: StepModel, decision: Decision, reason: str) -> StepTrace:
+def _trace(
+    step: StepModel, decision: Decision, reason: str, guard: str = ""
+) -> StepTrace:
     try:
         target = step.target()
         request = step.describe()
@@ -80,6 +82,7 @@ def _trace(step: StepModel, decision: Decision, reason: str) -> StepTrace:
         reason=reason,
         request=freeze(request),
         name=step.name,
+        guard=guard,
     )
 
 
@@ -97,6 +100,7 @@ def _plan_step(
                 decision=Decision.SKIPPED,
                 reason=f"cannot fill in the step for this alert: {exc}",
                 name=step.name,
+                guard="template",
             )
         )
     action = rendered.summary()
@@ -112,6 +116,7 @@ def _plan_step(
                 Decision.SKIPPED,
                 f"namespace {namespace!r} is not allowed (allowlist: "
                 f"{', '.join(allowed) or 'empty'})",
+                "namespace",
             ),
             rendered,
         )
@@ -123,6 +128,7 @@ def _plan_step(
                     Decision.SKIPPED,
                     "alert resolved: remediations run only while an alert fires "
                     f"(would have: {action})",
+                    "resolved",
                 ),
                 rendered,
             )
@@ -134,6 +140,7 @@ def _plan_step(
                     Decision.SKIPPED,
                     f"not firing long enough: {format_duration(alert.firing_for(now))}"
                     f" of the required {format_duration(need)}",
+                    "require_firing_for",
                 ),
                 rendered,
             )
