@@ -34,6 +34,7 @@ NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 TOKEN = "tok-3b9f0d2c"
 OTHER_TOKEN = "tok-second-71aa"
 ADMIN_TOKEN = "tok-admin-4c2e"
+APPROVE_TOKEN = "tok-approve-9b31"
 BASIC_USER = "am"
 BASIC_PASSWORD = "pw-8c1e"
 PD_SECRET = "pd-secret-old-0e5b"
@@ -44,6 +45,7 @@ SECRETS = (
     TOKEN,
     OTHER_TOKEN,
     ADMIN_TOKEN,
+    APPROVE_TOKEN,
     BASIC_PASSWORD,
     PD_SECRET,
     PD_SECRET_NEW,
@@ -104,6 +106,7 @@ def full_settings(**overrides: Any) -> Settings:
         "host": "0.0.0.0",  # noqa: S104 (never bound: tests use the in-process client)
         "auth_tokens": [SecretStr(TOKEN), SecretStr(OTHER_TOKEN)],
         "admin_tokens": [SecretStr(ADMIN_TOKEN)],
+        "approve_tokens": [SecretStr(APPROVE_TOKEN)],
         "basic_auth": SecretStr(f"{BASIC_USER}:{BASIC_PASSWORD}"),
         "pagerduty_secrets": [SecretStr(PD_SECRET), SecretStr(PD_SECRET_NEW)],
         "routing_keys": [SecretStr(ROUTING_KEY)],

@@ -17,6 +17,7 @@ from receiver.sources.alertmanager import AmWebhook
 from receiver.sources.events_v2 import EnqueueRequest
 from receiver.sources.pagerduty import Webhook
 from receiver.web.admin import admin_paths
+from receiver.web.incidents import incident_paths
 
 MAX_LIMIT = 1000
 REF = "#/components/schemas/{model}"
@@ -320,6 +321,31 @@ def _admin_paths() -> dict[str, Any]:
     return paths
 
 
+_INCIDENT_IDS = {
+    ("/api/v1/incidents", "get"): ("listIncidents", "read"),
+    ("/api/v1/incidents/{id}", "get"): ("getIncident", "read"),
+    ("/api/v1/incidents/{id}/report", "get"): ("getIncidentReport", "read"),
+    ("/api/v1/incidents/{id}/evidence", "get"): ("getIncidentEvidence", "read"),
+    ("/api/v1/incidents/{id}/timeline", "post"): ("commentIncident", "approve"),
+    ("/api/v1/incidents/{id}/acknowledge", "post"): ("acknowledgeIncident", "approve"),
+    ("/api/v1/incidents/{id}/mitigate", "post"): ("mitigateIncident", "approve"),
+    ("/api/v1/incidents/{id}/status", "post"): ("publishIncidentStatus", "approve"),
+}
+
+
+def _incident_paths() -> dict[str, Any]:
+    """The incident module's paths, with operation ids, scopes and 405."""
+    paths = incident_paths()
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            operation_id, scope = _INCIDENT_IDS.get((path, method), ("", ""))
+            if operation_id:
+                operation.setdefault("operationId", operation_id)
+                operation["summary"] = f"{operation.get('summary', '')}; scope {scope}"
+            operation["responses"].setdefault("405", _problem(405))
+    return paths
+
+
 @cache
 def spec() -> dict[str, Any]:
     """Build the OpenAPI document."""
@@ -366,6 +392,7 @@ def spec() -> dict[str, Any]:
             },
         },
         "paths": {
+            **_incident_paths(),
             "/webhooks/alertmanager": {
                 "post": {
                     "operationId": "postAlertmanagerWebhook",
