@@ -8,7 +8,7 @@ scope       lets the caller
 webhook     POST /webhooks/alertmanager
 read        GET /api/v1/*, and dry-run replays (they change nothing)
 replay      POST /api/v1/replay with ``"execute": true``
-approve     POST /api/v1/approvals/{id}
+approve     POST /api/v1/approvals/{id}, POST /api/v1/incidents/{id}/{action}
 admin       the admin endpoints (pause, reset); guard them with ``require_scope``
 ==========  =====================================================================
 
