@@ -31,6 +31,7 @@ from receiver.web.admin import Admin
 from receiver.web.auth import Authenticator
 from receiver.web.handlers import Handlers
 from receiver.web.problems import make_middleware
+from receiver.web.slack import SlackInteractions
 
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
@@ -140,6 +141,9 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
     r.add_get("/openapi.json", handlers.openapi)
     admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
     admin.routes(r)
+    SlackInteractions(
+        settings=settings, store=store, processor=processor, clock=clock
+    ).attach(app)
 
     sinks = build_sinks(settings) if sinks is None else sinks
     dispatcher = None
