@@ -415,8 +415,13 @@ class SlackInteractions:
                 continue
             start = alert.starts_at
             if start is None:
+                # Events v2 carry no start: a trigger starts now unless firing.
                 known = await self._store.alert_state(alert.fingerprint)
-                start = known.starts_at if known and known.starts_at else now
+                start = now
+                if known is not None and (
+                    known.status == "firing" or alert.status == "resolved"
+                ):
+                    start = known.starts_at or now
             states.append(AlertState(alert.fingerprint, alert.status, start, now))
         await self._store.append(entry, states)
         return entry
