@@ -246,8 +246,9 @@ class Settings(BaseModel):
         "in playbook approvers and PagerDuty). Unmapped users cannot approve.",
     )
     approval_oncall_timeout: Duration = Field(
-        default=timedelta(seconds=5),
-        description="HTTP timeout of the PagerDuty on-call look-up an approval makes.",
+        default=timedelta(seconds=2),
+        description="HTTP timeout of the PagerDuty on-call look-up an approval "
+        "makes (Slack waits 3s for an answer).",
     )
     webhook_urls: list[SecretStr] = Field(
         default_factory=list,

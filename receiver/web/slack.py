@@ -429,10 +429,13 @@ class SlackInteractions:
     async def _audit(
         self, approval: Approval, event: str, by: str, now: datetime
     ) -> None:
+        # One first approval ever per approval (the ``seen`` mark), so its
+        # record has a name the second approver's press can read back.
+        suffix = "first" if event == "first_approval" else new_id()
         await self._store.record(
             [
                 {
-                    "payload_id": f"slack.approval.{approval.id}.{new_id()}",
+                    "payload_id": f"slack.approval.{approval.id}.{suffix}",
                     "fingerprint": str(approval.request.get("fingerprint", "")),
                     "decided_at": iso(now),
                     "event": event,
@@ -445,12 +448,9 @@ class SlackInteractions:
         )
 
     async def _first_approver(self, approval: Approval) -> str:
-        for record in await self._store.decisions(DecisionQuery(limit=1000)):
-            if (
-                record.get("approval") == approval.id
-                and record.get("event") == "first_approval"
-            ):
-                return str(record.get("by", ""))
+        query = DecisionQuery(payload_id=f"slack.approval.{approval.id}.first")
+        for record in await self._store.decisions(query):
+            return str(record.get("by", ""))
         return ""
 
     # ------------------------------------------------------------ the message
