@@ -287,7 +287,8 @@ async def test_simulated_guards_match_the_live_service(aiohttp_client):
     assert guards["executed"] >= 3
     assert guards["resolved"] >= 1
     assert guards["approval"] >= 1
-    assert guards["idempotency"] + guards["cooldown"] >= 1, "repeats met a guard"
+    for guard in ("cooldown", "budget", "idempotency", "require_firing_for"):
+        assert guards[guard] >= 1, f"the sequence exercises {guard}: {guards}"
     replayed = {f: backtest.SimulatedExecutor(f) for f in backtest.FAMILIES}
     await backtest.simulate(
         rulebook, entries, guard_defaults(settings), executors=replayed
