@@ -29,6 +29,7 @@ from receiver.sinks import (
 from receiver.store.base import Store
 from receiver.web.admin import Admin
 from receiver.web.auth import Authenticator
+from receiver.web.console import Console
 from receiver.web.handlers import Handlers
 from receiver.web.problems import make_middleware
 from receiver.web.slack import SlackInteractions
@@ -144,6 +145,7 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
     SlackInteractions(
         settings=settings, store=store, processor=processor, clock=clock
     ).attach(app)
+    Console(store=store, auth=auth, processor=processor, clock=clock).attach(app)
 
     sinks = build_sinks(settings) if sinks is None else sinks
     dispatcher = None

@@ -458,3 +458,19 @@ async def test_a_failed_on_call_lookup_refuses_with_the_reason():
             with pytest.raises(NotOnCallError, match="API_TOKEN is not set"):
                 await OnCall(client, server.url, None).people("P1", T0)
     assert why == "could not ask PagerDuty who is on call for SARK-primary: HTTP 401"
+
+
+async def test_without_a_signing_secret_the_endpoint_is_disabled(make_client):
+    """No signing secret configured: 403 saying which setting enables it."""
+    client = await make_client()
+    body = urlencode({"payload": "{}"}).encode()
+    resp = await client.post(
+        "/slack/interactions",
+        data=body,
+        headers={
+            "X-Slack-Request-Timestamp": str(int(T0.timestamp())),
+            "X-Slack-Signature": sign(body, int(T0.timestamp())),
+        },
+    )
+    assert resp.status == 403
+    assert "RECEIVER_SLACK_SIGNING_SECRET" in (await resp.json())["detail"]

@@ -28,7 +28,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs
 
 import httpx
@@ -36,7 +36,7 @@ import structlog
 from aiohttp import web
 
 from receiver.engine.worker import Processor
-from receiver.errors import AuthError, InputError
+from receiver.errors import AuthError, ForbiddenError, InputError
 from receiver.model import iso
 from receiver.rulebook.schema import Approvers
 from receiver.settings import Settings
@@ -218,6 +218,67 @@ class Answer:
     entry: JournalEntry | None = None
 
 
+async def apply_decision(
+    store: Store,
+    processor: Processor,
+    approval: Approval,
+    status: Literal["approved", "rejected"],
+    *,
+    by: str,
+    now: datetime,
+) -> Answer:
+    """Decide a pending approval once; approved, journal its payload again.
+
+    The answer says what to tell the person, whether this call decided it, and
+    the new journal entry (if approved).
+    """
+    decided = await store.decide_approval(approval.id, status, by, now)
+    if decided is None:
+        current = await store.get_approval(approval.id)
+        state = current.status if current else "gone"
+        who = f" by {current.decided_by}" if current and current.decided_by else ""
+        return Answer(f"approval {approval.id} is already {state}{who}")
+    log.info("approval_decided", approval=approval.id, status=status, by=by)
+    what = f"{approval.request.get('step', '')} on {approval.request.get('target')}"
+    if status != "approved":
+        return Answer(f"{what}: rejected by {by}", final=True)
+    entry = await _rejournal(store, processor, decided, now)
+    return Answer(f"{what}: approved by {by}; running it now", final=True, entry=entry)
+
+
+async def _rejournal(
+    store: Store, processor: Processor, approval: Approval, now: datetime
+) -> JournalEntry | None:
+    """Journal the payload again: the approved step passes its guard once."""
+    original = await store.payload(str(approval.request.get("payload_id", "")))
+    if original is None:
+        return None
+    alerts = processor.alerts(original.source, original.body, now)
+    entry = JournalEntry(
+        id=new_id(),
+        source=original.source,
+        received_at=now,
+        body=original.body,
+        headers={"x-receiver-approval": approval.id},
+    )
+    states = []
+    for alert in alerts:
+        if not alert.actionable:
+            continue
+        start = alert.starts_at
+        if start is None:
+            # Events v2 carry no start: a trigger starts now unless firing.
+            known = await store.alert_state(alert.fingerprint)
+            start = now
+            if known is not None and (
+                known.status == "firing" or alert.status == "resolved"
+            ):
+                start = known.starts_at or now
+        states.append(AlertState(alert.fingerprint, alert.status, start, now))
+    await store.append(entry, states)
+    return entry
+
+
 class SlackInteractions:
     """The ``/slack/interactions`` handler and its background message updates."""
 
@@ -272,9 +333,8 @@ class SlackInteractions:
     async def interactions(self, request: web.Request) -> web.Response:
         """POST /slack/interactions: verify, authorise, decide, update the message."""
         if not self._secret:
-            raise web.HTTPNotFound(
-                text="Slack interactions are not enabled: set "
-                "RECEIVER_SLACK_SIGNING_SECRET"
+            raise ForbiddenError(
+                "Slack interactions are not enabled: set RECEIVER_SLACK_SIGNING_SECRET"
             )
         body = await request.content.read(MAX_BODY + 1)
         if len(body) > MAX_BODY:
@@ -376,55 +436,12 @@ class SlackInteractions:
         return found.approvers if found is not None else None
 
     async def _final(self, approval: Approval, status: Any, by: str) -> Answer:
-        now = self._clock()
-        decided = await self._store.decide_approval(approval.id, status, by, now)
-        if decided is None:
-            current = await self._store.get_approval(approval.id)
-            state = current.status if current else "gone"
-            return Answer(f"approval {approval.id} is already {state}")
-        await self._audit(approval, status, by, now)
-        log.info("approval_decided", approval=approval.id, status=status, by=by)
-        what = f"{approval.request.get('step', '')} on {approval.request.get('target')}"
-        if status != "approved":
-            return Answer(f"{what}: rejected by {by}", final=True)
-        entry = await self._rejournal(decided, now)
-        return Answer(
-            f"{what}: approved by {by}; running it now", final=True, entry=entry
+        answer = await apply_decision(
+            self._store, self._processor, approval, status, by=by, now=self._clock()
         )
-
-    async def _rejournal(
-        self, approval: Approval, now: datetime
-    ) -> JournalEntry | None:
-        """Journal the payload again: the approved step passes its guard once."""
-        original = await self._store.payload(
-            str(approval.request.get("payload_id", ""))
-        )
-        if original is None:
-            return None
-        alerts = self._processor.alerts(original.source, original.body, now)
-        entry = JournalEntry(
-            id=new_id(),
-            source=original.source,
-            received_at=now,
-            body=original.body,
-            headers={"x-receiver-approval": approval.id},
-        )
-        states = []
-        for alert in alerts:
-            if not alert.actionable:
-                continue
-            start = alert.starts_at
-            if start is None:
-                # Events v2 carry no start: a trigger starts now unless firing.
-                known = await self._store.alert_state(alert.fingerprint)
-                start = now
-                if known is not None and (
-                    known.status == "firing" or alert.status == "resolved"
-                ):
-                    start = known.starts_at or now
-            states.append(AlertState(alert.fingerprint, alert.status, start, now))
-        await self._store.append(entry, states)
-        return entry
+        if answer.final:
+            await self._audit(approval, status, by, self._clock())
+        return answer
 
     async def _audit(
         self, approval: Approval, event: str, by: str, now: datetime
@@ -573,7 +590,7 @@ def slack_paths() -> dict[str, Any]:
                     },
                     "400": problem,
                     "401": problem,
-                    "404": problem,
+                    "403": problem,
                     "409": problem,
                 },
             }
