@@ -145,7 +145,13 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
     SlackInteractions(
         settings=settings, store=store, processor=processor, clock=clock
     ).attach(app)
-    Console(store=store, auth=auth, processor=processor, clock=clock).attach(app)
+    Console(
+        store=store,
+        auth=auth,
+        processor=processor,
+        clock=clock,
+        secrets=settings.secret_values(),
+    ).attach(app)
 
     sinks = build_sinks(settings) if sinks is None else sinks
     dispatcher = None

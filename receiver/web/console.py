@@ -99,12 +99,20 @@ class Console:
         auth: Authenticator,
         processor: Processor,
         clock: Callable[[], datetime],
+        secrets: Iterable[str] = (),
     ) -> None:
         self._store = store
         self._auth = auth
         self._processor = processor
         self._clock = clock
-        self._key = os.urandom(32)
+        # Every replica derives the same form key from the configured secrets,
+        # so a page served by one can be submitted to another.
+        known = sorted(secrets)
+        self._key = (
+            hashlib.sha256(b"receiver-console\0" + "\0".join(known).encode()).digest()
+            if known
+            else os.urandom(32)
+        )
 
     def attach(self, app: web.Application) -> None:
         """Register the routes."""
