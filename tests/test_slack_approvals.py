@@ -134,7 +134,7 @@ class Slack:
         """The Slack sink's message that carries this approval's buttons."""
         for request in self.side.seen("POST", "/slack/webhook"):
             message = request.json()
-            for block in message["blocks"]:
+            for block in message.get("blocks", []):
                 if block.get("block_id") == f"approval:{approval_id}":
                     return message
         pytest.fail(f"no Slack message with buttons for {approval_id}")

@@ -15,6 +15,7 @@ from receiver.sources.events_v2 import EnqueueRequest
 from receiver.sources.pagerduty import Webhook
 from receiver.web.admin import admin_paths
 from receiver.web.console import console_paths
+from receiver.web.incidents import incident_paths
 from receiver.web.slack import slack_paths
 
 _PROBLEM = {
@@ -112,6 +113,7 @@ def spec() -> dict[str, Any]:
             },
         },
         "paths": {
+            **incident_paths(),
             "/webhooks/alertmanager": {
                 "post": {
                     "summary": "Alertmanager webhook (version 4)",
