@@ -36,8 +36,10 @@ from receiver.sources.caps import AlertCaps
 from receiver.store.base import Store
 from receiver.web.admin import Admin
 from receiver.web.auth import AUTHENTICATOR, Authenticator
+from receiver.web.console import Console
 from receiver.web.handlers import EdgeLimits, Handlers
 from receiver.web.problems import make_middleware
+from receiver.web.slack import SlackInteractions
 
 log = structlog.get_logger("receiver")
 STORE = web.AppKey("store", Store)
@@ -191,6 +193,16 @@ def create_app(
     add_routes(app, handlers)
     admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
     admin.routes(app.router)
+    SlackInteractions(
+        settings=settings, store=store, processor=processor, clock=clock
+    ).attach(app)
+    Console(
+        store=store,
+        auth=auth,
+        processor=processor,
+        clock=clock,
+        secrets=settings.secret_values(),
+    ).attach(app)
 
     incident_service = install_incidents(
         app,

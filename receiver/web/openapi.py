@@ -9,6 +9,7 @@ and lists every status it can answer, each rejection as problem+json.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
@@ -17,7 +18,9 @@ from receiver.sources.alertmanager import AmWebhook
 from receiver.sources.events_v2 import EnqueueRequest
 from receiver.sources.pagerduty import Webhook
 from receiver.web.admin import admin_paths
+from receiver.web.console import console_paths
 from receiver.web.incidents import incident_paths
+from receiver.web.slack import slack_paths
 
 MAX_LIMIT = 1000
 REF = "#/components/schemas/{model}"
@@ -370,7 +373,7 @@ def spec() -> dict[str, Any]:
         }
 
     webhook_errors = _errors(400, 408, 413, 415, 503)
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "alert-automation receiver",
@@ -541,6 +544,8 @@ def spec() -> dict[str, Any]:
                 }
             },
             **_admin_paths(),
+            **slack_paths(),
+            **console_paths(),
             "/healthz": {
                 "get": {
                     "operationId": "healthz",
@@ -591,3 +596,27 @@ def spec() -> dict[str, Any]:
             },
         },
     }
+    used = {
+        o["operationId"]
+        for operations in document["paths"].values()
+        for o in operations.values()
+        if "operationId" in o
+    }
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            # Operations other modules describe get an id and the router's 405.
+            if "operationId" not in operation:
+                base = candidate = _operation_id(method, path)
+                while candidate in used:
+                    candidate += "Again" if candidate == base else "X"
+                used.add(candidate)
+                operation["operationId"] = candidate
+            operation["responses"].setdefault("405", _problem(405))
+    return document
+
+
+def _operation_id(method: str, path: str) -> str:
+    words = [
+        w for w in re.split(r"[^A-Za-z0-9]+", path) if w and w not in ("api", "v1")
+    ]
+    return method.lower() + "".join(w[:1].upper() + w[1:] for w in words)
