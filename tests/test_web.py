@@ -369,13 +369,14 @@ async def test_credentials_rejected(make_client, headers, status):
     assert_problem(resp, await resp.json(content_type=PROBLEM), status)
 
 
-async def test_basic_not_configured_is_unsupported(make_client):
-    """Basic credentials are refused when only bearer tokens are configured."""
+async def test_basic_not_configured_takes_only_a_token_as_password(make_client):
+    """Without basic_auth, basic credentials count only with a token as password."""
     client = await make_client(full_settings(basic_auth=None))
     resp = await client.post(AM, json=am_payload(), headers=basic())
     problem = await resp.json(content_type=PROBLEM)
-    assert_problem(resp, problem, 401)
-    assert "Basic" in problem["detail"]
+    assert_problem(resp, problem, 403)
+    resp = await client.post(AM, json=am_payload(), headers=basic("am", TOKEN))
+    assert resp.status == 202
 
 
 async def test_auth_checked_before_body(make_client):

@@ -170,13 +170,21 @@ class Authenticator:
                 ok = hmac.compare_digest(given, token.secret)
                 matched |= ok
                 granted |= token.scopes if ok else frozenset()
-        elif scheme.lower() == "basic" and self._basic is not None:
+        elif scheme.lower() == "basic" and (self._basic is not None or self._tokens):
             try:
                 given = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
                 raise AuthError("malformed basic credentials") from None
-            matched = hmac.compare_digest(given, self._basic.secret)
-            granted = self._basic.scopes if matched else frozenset()
+            if self._basic is not None:
+                matched = hmac.compare_digest(given, self._basic.secret)
+                granted = self._basic.scopes if matched else frozenset()
+            # A browser can only send basic credentials: any user name with a
+            # bearer token as the password carries that token's scopes.
+            _, sep, password = given.partition(b":")
+            for token in self._tokens:
+                ok = bool(sep) and hmac.compare_digest(password, token.secret)
+                matched |= ok
+                granted |= token.scopes if ok else frozenset()
         else:
             raise AuthError(
                 f"unsupported Authorization scheme {scheme[:20]!r}; use Bearer or Basic"
