@@ -612,6 +612,13 @@ def spec() -> dict[str, Any]:
                 used.add(candidate)
                 operation["operationId"] = candidate
             operation["responses"].setdefault("405", _problem(405))
+            for code, response in operation["responses"].items():
+                # An error raised anywhere is answered problem+json by the edge.
+                content = response.get("content")
+                if code.isdigit() and int(code) >= 400 and isinstance(content, dict):
+                    content.setdefault(
+                        "application/problem+json", {"schema": _ref("Problem")}
+                    )
     return document
 
 
