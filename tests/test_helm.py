@@ -304,6 +304,98 @@ def test_kubernetes_validate_rejects_an_unknown_field(helm, kubernetes_validate)
         validate_manifests(kubernetes_validate, docs)
 
 
+# ----------------------------------------------------------------- as a subchart
+
+
+def umbrella(tmp_path: Path, values: Mapping[str, Any]) -> Path:
+    """A parent chart that depends on this one via file://, with ``values``."""
+    parent = tmp_path / "platform"
+    (parent / "templates").mkdir(parents=True)
+    (parent / "Chart.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v2",
+                "name": "platform",
+                "version": "1.0.0",
+                "dependencies": [
+                    {
+                        "name": "receiver",
+                        "version": yaml.safe_load(
+                            (CHART / "Chart.yaml").read_text()
+                        )["version"],
+                        "repository": f"file://{CHART}",
+                    }
+                ],
+            }
+        )
+    )
+    (parent / "values.yaml").write_text(yaml.safe_dump(dict(values)))
+    return parent
+
+
+UMBRELLA_VALUES = {
+    "global": {
+        "imageRegistry": "registry.example.com/platform",
+        "imagePullSecrets": ["platform-pull", {"name": "shared-pull"}],
+        # Keys other subcharts read: this chart must accept them.
+        "storageClass": "fast",
+        "postgresql": {"auth": {"existingSecret": "db"}},
+    },
+    "receiver": {
+        "imagePullSecrets": [{"name": "receiver-pull"}],
+        "rbac": {"namespaces": ["production"]},
+    },
+}
+
+
+def test_chart_works_as_a_subchart_with_global_values(
+    helm, kubernetes_validate, tmp_path
+):
+    """An umbrella chart with `global:` values lints strictly and renders this chart."""
+    parent = umbrella(tmp_path, UMBRELLA_VALUES)
+    update = helm.run("dependency", "update", str(parent))
+    assert update.returncode == 0, update.stdout + update.stderr
+    lint = helm.run("lint", "--strict", str(parent))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    docs = helm.template(chart=parent)
+    validate_manifests(kubernetes_validate, docs)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert container(docs)["image"] == (
+        "registry.example.com/platform/alert-receiver:0.1.0"
+    )
+    assert pod["imagePullSecrets"] == [
+        {"name": "receiver-pull"},
+        {"name": "platform-pull"},
+        {"name": "shared-pull"},
+    ]
+    (test_pod,) = [d for d in docs if d["kind"] == "Pod"]
+    assert test_pod["spec"]["containers"][0]["image"] == container(docs)["image"]
+    assert test_pod["spec"]["imagePullSecrets"] == pod["imagePullSecrets"]
+
+
+def test_global_values_are_still_type_checked(helm):
+    """global.imageRegistry is validated like any value this chart reads."""
+    result = helm.template_text({"global": {"imageRegistry": "Not A Registry"}})
+    assert result.returncode != 0
+    assert "imageRegistry" in result.stderr
+
+
+def test_image_registry_value_prefixes_the_repository(helm):
+    """image.registry alone prefixes the repository; a digest still wins over tag."""
+    docs = helm.template(
+        {
+            "image": {
+                "registry": "ghcr.io",
+                "repository": "example/alert-receiver",
+                "digest": "sha256:" + "a" * 64,
+            }
+        }
+    )
+    assert container(docs)["image"] == (
+        "ghcr.io/example/alert-receiver@sha256:" + "a" * 64
+    )
+
+
 # ----------------------------------------------------------------- RBAC
 
 
@@ -494,6 +586,11 @@ def test_schema_forbids_unknown_keys_at_every_level():
     """Every schema object with properties sets additionalProperties: false."""
     schema = json.loads((CHART / "values.schema.json").read_text())
     for path, node in walk_schema(schema):
+        if path == "$.properties.global":
+            # Shared with the other charts of an umbrella release: their keys
+            # are not ours to reject.
+            assert node["additionalProperties"] is True
+            continue
         if "properties" in node:
             assert node.get("additionalProperties") is False, path
         else:
