@@ -9,6 +9,7 @@ and the code cannot drift apart.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -20,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kmock
 import pytest
 import yaml
+from kube import Cluster, ThreadedCluster
 from peers import skip_or_fail
 
 from receiver.rulebook.loader import load_rulebook
@@ -98,15 +101,16 @@ class Helm:
 
     binary: str
     home: Path
+    kubeconfig: Path | None = None
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Run helm offline (no kubeconfig, temp HELM_* homes)."""
+        """Run helm with temp HELM_* homes, offline unless given a kubeconfig."""
         env = {
             **os.environ,
             "HELM_CACHE_HOME": str(self.home / "cache"),
             "HELM_CONFIG_HOME": str(self.home / "config"),
             "HELM_DATA_HOME": str(self.home / "data"),
-            "KUBECONFIG": str(self.home / "no-kubeconfig"),
+            "KUBECONFIG": str(self.kubeconfig or self.home / "no-kubeconfig"),
         }
         return subprocess.run(
             [self.binary, *args],
@@ -265,7 +269,6 @@ def test_default_values_render_valid_manifests(helm, kubernetes_validate):
         "PodDisruptionBudget",
         "Role",
         "RoleBinding",
-        "Secret",
         "Service",
         "ServiceAccount",
     ]
@@ -320,9 +323,9 @@ def umbrella(tmp_path: Path, values: Mapping[str, Any]) -> Path:
                 "dependencies": [
                     {
                         "name": "receiver",
-                        "version": yaml.safe_load(
-                            (CHART / "Chart.yaml").read_text()
-                        )["version"],
+                        "version": yaml.safe_load((CHART / "Chart.yaml").read_text())[
+                            "version"
+                        ],
                         "repository": f"file://{CHART}",
                     }
                 ],
@@ -564,8 +567,8 @@ def test_a_typo_in_values_fails_schema_validation(helm, values, message):
 
 
 def test_no_credentials_refuses_to_render(helm):
-    """Without any credential and generateToken off, rendering fails and says why."""
-    result = helm.template_text({"credentials": {"generateToken": False}})
+    """With no key of the credentials Secret an auth setting, rendering fails."""
+    result = helm.template_text({"credentials": {"existingSecretKeys": ["slack"]}})
     assert result.returncode != 0
     assert "refuses to start without credentials" in result.stderr
 
@@ -717,12 +720,108 @@ def test_existing_secret_keys_are_mounted_by_item(helm):
     ]
 
 
-def test_default_install_generates_a_bearer_token(helm):
-    """With no credentials given, the chart's Secret holds a generated token."""
+def test_default_install_mounts_a_secret_it_never_renders(helm):
+    """By default no secret material is rendered: <fullname>-credentials is mounted."""
     docs = helm.template()
-    secret = one(docs, "Secret")
-    assert set(secret["data"]) == {"auth_tokens"}
-    assert env_of(docs)["RECEIVER_AUTH_TOKENS_FILE"].endswith("/auth_tokens")
+    assert "Secret" not in kinds(docs)
+    env = env_of(docs)
+    assert env["RECEIVER_AUTH_TOKENS_FILE"] == "/etc/receiver/credentials/auth_tokens"
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "credentials"]
+    assert volume["secret"]["secretName"] == f"{FULLNAME}-credentials"
+    assert volume["secret"]["items"] == [{"key": "auth_tokens", "path": "auth_tokens"}]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [None, FULL_VALUES, {"credentials": {"authTokens": ["t" * 32]}}],
+    ids=["default", "full", "inline-token"],
+)
+def test_helm_template_twice_gives_identical_output(helm, values):
+    """GitOps tools render on every sync: two renders in a row are byte-identical."""
+    files = [values] if isinstance(values, Path) else []
+    mapping = values if isinstance(values, dict) else None
+    first = helm.template_text(mapping, files=files)
+    second = helm.template_text(mapping, files=files)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout == second.stdout
+
+
+def test_generate_token_without_a_cluster_refuses_to_render(helm):
+    """With `generateToken`, `helm template` fails and says what to do instead."""
+    result = helm.template_text({"credentials": {"generateToken": True}})
+    assert result.returncode != 0
+    assert "generateToken: true needs the cluster to keep the token" in result.stderr
+    assert f"create secret generic {FULLNAME}-credentials" in result.stderr
+    assert "helm template, Argo CD" in result.stderr
+
+
+@pytest.fixture
+def cluster_for_helm(helm, tmp_path) -> Iterator[tuple[ThreadedCluster, Helm]]:
+    """The Kubernetes API (kmock), and helm with a kubeconfig pointing at it."""
+    with ThreadedCluster(Cluster()) as served:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "k", "cluster": {"server": served.url}}],
+                    "users": [{"name": "u", "user": {"token": "helm-test"}}],
+                    "contexts": [
+                        {"name": "c", "context": {"cluster": "k", "user": "u"}}
+                    ],
+                    "current-context": "c",
+                }
+            )
+        )
+        yield served, Helm(helm.binary, helm.home, kubeconfig=kubeconfig)
+
+
+def _store(served: ThreadedCluster, resource: str, obj: dict[str, Any]) -> None:
+    """Put a core/v1 object into the served cluster."""
+    key = (kmock.resource("", "v1", resource), NAMESPACE, obj["metadata"]["name"])
+
+    def put(cluster: Cluster) -> None:
+        cluster.objects[key] = obj
+
+    served.call(put)
+
+
+def _generated_token(helm: Helm) -> str:
+    """The auth_tokens the chart renders with generateToken against the cluster."""
+    result = helm.template_text(
+        {"credentials": {"generateToken": True}}, extra=["--dry-run=server"]
+    )
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    return base64.b64decode(one(docs, "Secret")["data"]["auth_tokens"]).decode()
+
+
+def test_generate_token_is_kept_across_upgrades_via_lookup(cluster_for_helm):
+    """Against a cluster: a first install generates a token, later renders keep it."""
+    served, helm = cluster_for_helm
+    meta = {"name": "default", "namespace": NAMESPACE}
+    _store(
+        served,
+        "serviceaccounts",
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+    )
+    first = _generated_token(helm)
+    assert re.fullmatch(r"[A-Za-z0-9]{40}", first)
+    kept = "kept-token-from-the-first-install-0001"
+    _store(
+        served,
+        "secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": FULLNAME, "namespace": NAMESPACE},
+            "data": {"auth_tokens": base64.b64encode(kept.encode()).decode()},
+        },
+    )
+    assert _generated_token(helm) == kept
+    assert _generated_token(helm) == kept
 
 
 def test_rendered_environment_is_accepted_by_the_receiver_settings(helm, tmp_path):
@@ -871,7 +970,11 @@ def test_notes_print_a_webhook_config_alertmanager_accepts(helm, tmp_path):
     amtool = require_tool(
         "amtool", shutil.which("amtool"), "apt-get install prometheus-alertmanager"
     )
-    notes = render_notes(helm, tmp_path, {"credentials": {"routingKeys": ["k" * 32]}})
+    notes = render_notes(
+        helm,
+        tmp_path,
+        {"credentials": {"authTokens": ["t" * 32], "routingKeys": ["k" * 32]}},
+    )
     config = snippet(notes)
     (webhook,) = config["receivers"][0]["webhook_configs"]
     assert webhook["url"] == (
@@ -896,6 +999,19 @@ def test_notes_print_a_webhook_config_alertmanager_accepts(helm, tmp_path):
         timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_notes_of_a_default_install_say_to_create_the_secret(helm, tmp_path):
+    """Default values: NOTES print the command creating <fullname>-credentials."""
+    notes = render_notes(helm, tmp_path, {})
+    assert (
+        f"kubectl -n {NAMESPACE} create secret generic {FULLNAME}-credentials" in notes
+    )
+    assert "which this chart never writes" in notes
+    auth = snippet(notes)["receivers"][0]["webhook_configs"][0]["http_config"]
+    assert auth["authorization"]["credentials_file"] == (
+        f"/etc/alertmanager/secrets/{FULLNAME}-credentials/auth_tokens"
+    )
 
 
 def test_notes_use_basic_auth_when_that_is_the_only_credential(helm, tmp_path):

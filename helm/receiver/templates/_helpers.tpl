@@ -70,6 +70,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if or .Values.store.redis.url .Values.store.redis.existingSecret -}}true{{- end -}}
 {{- end -}}
 
+{{/*
+The Secret of credentials the chart mounts but never writes: credentials.existingSecret,
+or, when no credential is given at all and generateToken is off (the default),
+<fullname>-credentials, which the operator (or Sealed Secrets, External Secrets...)
+creates. Nothing random is rendered, so `helm template` is the same every time.
+*/}}
+{{- define "receiver.credentialsSecret" -}}
+{{- $c := .Values.credentials -}}
+{{- if $c.existingSecret -}}
+{{- $c.existingSecret -}}
+{{- else if not (or $c.authTokens $c.basicAuth $c.pagerdutySecrets $c.routingKeys $c.generateToken) -}}
+{{- printf "%s-credentials" (include "receiver.fullname" .) | trunc 253 -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Secret keys the chart creates, as a YAML map: setting name -> value. */}}
 {{- define "receiver.inlineSecrets" -}}
 {{- $c := .Values.credentials -}}
@@ -86,8 +101,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $token := "" -}}
 {{- if and $existing $existing.data (hasKey $existing.data "auth_tokens") -}}
 {{- $token = index $existing.data "auth_tokens" | b64dec -}}
-{{- else -}}
+{{- else if lookup "v1" "ServiceAccount" .Release.Namespace "default" -}}
+{{- /* A reachable cluster (every namespace has this ServiceAccount): first install. */ -}}
 {{- $token = randAlphaNum 40 -}}
+{{- else -}}
+{{- fail (printf "credentials.generateToken: true needs the cluster to keep the token it generates, and none is reachable here (helm template, Argo CD, helm lint, --dry-run, or namespace %s does not exist yet): every render would make a new token and rewrite the Secret Alertmanager's copy came from. Create the Secret once (kubectl -n %s create secret generic %s-credentials --from-literal=auth_tokens=$(openssl rand -hex 32)) and set generateToken: false: the chart then mounts that Secret" .Release.Namespace .Release.Namespace $name) -}}
 {{- end -}}
 {{- $_ := set $out "auth_tokens" $token -}}
 {{- end -}}
@@ -98,12 +116,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "receiver.secretFiles" -}}
 {{- $inline := fromYaml (include "receiver.inlineSecrets" .) -}}
 {{- $c := .Values.credentials -}}
+{{- $secret := include "receiver.credentialsSecret" . -}}
 {{- $out := dict -}}
 {{- range $k, $_ := $inline }}{{ $_ := set $out $k (printf "/etc/receiver/secrets/%s" $k) }}{{ end -}}
-{{- if $c.existingSecret -}}
+{{- if $secret -}}
 {{- range $c.existingSecretKeys -}}
 {{- if hasKey $out . -}}
-{{- fail (printf "credentials: %q is set both inline and in credentials.existingSecret %q; keep one" . $c.existingSecret) -}}
+{{- fail (printf "credentials: %q is set both inline and in credentials.existingSecret %q; keep one" . $secret) -}}
 {{- end -}}
 {{- $_ := set $out . (printf "/etc/receiver/credentials/%s" .) -}}
 {{- end -}}
@@ -162,7 +181,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- $files := fromYaml (include "receiver.secretFiles" .) -}}
 {{- if not (or (hasKey $files "auth_tokens") (hasKey $files "basic_auth") (hasKey $files "pagerduty_secrets") (hasKey $files "routing_keys")) -}}
-{{- fail "credentials: the receiver listens on the pod network and refuses to start without credentials; set credentials.existingSecret, credentials.authTokens or credentials.basicAuth, or credentials.generateToken: true" -}}
+{{- fail "credentials: the receiver listens on the pod network and refuses to start without credentials; list auth_tokens (or basic_auth, pagerduty_secrets, routing_keys) in credentials.existingSecretKeys, or set credentials.authTokens or credentials.basicAuth" -}}
 {{- end -}}
 {{- end -}}
 
