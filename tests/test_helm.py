@@ -238,7 +238,15 @@ def check_service_monitor(monitor: dict[str, Any], service: dict[str, Any]) -> N
         "matchNames": [service["metadata"]["namespace"]]
     }
     (endpoint,) = spec["endpoints"]
-    assert set(endpoint) <= {"port", "path", "scheme", "interval", "scrapeTimeout"}
+    assert set(endpoint) <= {
+        "port",
+        "path",
+        "scheme",
+        "interval",
+        "scrapeTimeout",
+        "relabelings",
+        "metricRelabelings",
+    }
     port_names = {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["port"] in port_names
     assert endpoint["path"] == "/metrics"
@@ -283,6 +291,7 @@ def test_full_values_render_valid_manifests(helm, kubernetes_validate):
         "ClusterRoleBinding",
         "ConfigMap",
         "Deployment",
+        "Ingress",
         "NetworkPolicy",
         "Pod",
         "PodDisruptionBudget",
@@ -897,6 +906,245 @@ def test_existing_rules_config_map_loads_the_named_files(helm):
     assert env_of(docs)["RECEIVER_RULES"] == (
         "/etc/receiver/rules/a.yaml,/etc/receiver/rules/b.yml"
     )
+
+
+# ----------------------------------------------------------------- common chart values
+
+EXTRAS: dict[str, Any] = {
+    "commonLabels": {"team": "sre", "cost-center": "platform"},
+    "extraEnv": [
+        {"name": "HTTPS_PROXY", "value": "http://proxy.example.com:3128"},
+        {
+            "name": "POD_NAME",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+        },
+    ],
+    "envFrom": [{"configMapRef": {"name": "proxy-env"}}],
+    "extraVolumes": [{"name": "ca", "configMap": {"name": "corporate-ca"}}],
+    "extraVolumeMounts": [
+        {"name": "ca", "mountPath": "/etc/ssl/corporate", "readOnly": True}
+    ],
+    "initContainers": [
+        {"name": "wait-for-dns", "image": "busybox:1.36", "command": ["true"]}
+    ],
+    "extraContainers": [
+        {"name": "log-shipper", "image": "fluent/fluent-bit:3.0", "args": ["-q"]}
+    ],
+    "securityContext": {"runAsUser": 20000, "seLinuxOptions": {"level": "s0:c1"}},
+    "livenessProbe": {"periodSeconds": 30, "failureThreshold": 5},
+    "readinessProbe": {"httpGet": None, "tcpSocket": {"port": "http"}},
+    "startupProbe": {"enabled": False},
+    "terminationGracePeriodSeconds": 90,
+    "topologySpreadConstraints": [
+        {
+            "maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway",
+        },
+        {
+            "maxSkew": 2,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"team": "sre"}},
+        },
+    ],
+    "service": {"labels": {"exposed-by": "receiver"}},
+    "ingress": {
+        "enabled": True,
+        "className": "nginx",
+        "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"},
+        "hosts": [
+            {"host": "receiver.example.com"},
+            {
+                "host": "events.example.com",
+                "paths": [{"path": "/v2/enqueue", "pathType": "Prefix"}],
+            },
+        ],
+        "tls": [
+            {
+                "secretName": "receiver-tls",
+                "hosts": ["receiver.example.com", "events.example.com"],
+            }
+        ],
+    },
+    "serviceMonitor": {
+        "enabled": True,
+        "additionalLabels": {"release": "kube-prometheus-stack"},
+        "relabelings": [
+            {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}
+        ],
+        "metricRelabelings": [
+            {"sourceLabels": ["__name__"], "regex": "python_gc_.*", "action": "drop"}
+        ],
+    },
+}
+
+
+def test_extra_values_render_valid_manifests(helm, kubernetes_validate):
+    """Every value well-kept charts offer renders, and the result validates."""
+    docs = helm.template(EXTRAS)
+    validate_manifests(
+        kubernetes_validate, [d for d in docs if d["kind"] != "ServiceMonitor"]
+    )
+    check_service_monitor(one(docs, "ServiceMonitor"), one(docs, "Service"))
+
+
+def test_extra_env_volumes_and_containers_are_added(helm):
+    """extraEnv, envFrom, extra volumes/mounts and containers land where they belong."""
+    docs = helm.template(EXTRAS)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    c = container(docs) if len(pod["containers"]) == 1 else pod["containers"][0]
+    assert c["name"] == "receiver"
+    env = c["env"]
+    assert env[-2:] == EXTRAS["extraEnv"]
+    assert env_names_unique(env)
+    assert c["envFrom"] == EXTRAS["envFrom"]
+    assert c["volumeMounts"][-1] == EXTRAS["extraVolumeMounts"][0]
+    assert pod["volumes"][-1] == EXTRAS["extraVolumes"][0]
+    assert pod["initContainers"] == EXTRAS["initContainers"]
+    assert [x["name"] for x in pod["containers"]] == ["receiver", "log-shipper"]
+    assert pod["containers"][1] == EXTRAS["extraContainers"][0]
+    assert pod["terminationGracePeriodSeconds"] == 90
+
+
+def env_names_unique(env: list[dict[str, Any]]) -> bool:
+    """No environment variable is set twice."""
+    names = [e["name"] for e in env]
+    return len(names) == len(set(names))
+
+
+def test_security_context_and_probes_merge_over_the_defaults(helm):
+    """Overrides change only the fields given; the hardened defaults stay."""
+    docs = helm.template(EXTRAS)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    ctx = c["securityContext"]
+    assert ctx["runAsUser"] == 20000
+    assert ctx["seLinuxOptions"] == {"level": "s0:c1"}
+    assert ctx["readOnlyRootFilesystem"] is True
+    assert ctx["allowPrivilegeEscalation"] is False
+    assert ctx["capabilities"] == {"drop": ["ALL"]}
+    assert c["livenessProbe"] == {
+        "httpGet": {"path": "/healthz", "port": "http"},
+        "initialDelaySeconds": 5,
+        "periodSeconds": 30,
+        "timeoutSeconds": 2,
+        "failureThreshold": 5,
+    }
+    assert c["readinessProbe"]["tcpSocket"] == {"port": "http"}
+    assert "httpGet" not in c["readinessProbe"]
+    assert "startupProbe" not in c
+
+
+@pytest.mark.parametrize(
+    "context",
+    [{"privileged": True}, {"allowPrivilegeEscalation": True}, {"runAsNonRoot": False}],
+)
+def test_security_context_cannot_grant_privileges(helm, context):
+    """Overrides that would weaken the container's isolation are refused."""
+    result = helm.template_text({"securityContext": context})
+    assert result.returncode != 0
+    assert "the receiver needs no privileges" in result.stderr
+
+
+def test_extra_env_cannot_shadow_what_the_chart_sets(helm):
+    """An extraEnv naming a variable the chart manages fails, naming what to use."""
+    result = helm.template_text(
+        {"extraEnv": [{"name": "RECEIVER_MODE", "value": "execute"}]}
+    )
+    assert result.returncode != 0
+    assert "extraEnv: RECEIVER_MODE is set by the chart" in result.stderr
+
+
+def test_topology_spread_defaults_its_selector_to_the_release_pods(helm):
+    """A constraint without labelSelector selects this release's pods."""
+    docs = helm.template(EXTRAS)
+    deployment = one(docs, "Deployment")
+    spread = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread[0]["labelSelector"] == deployment["spec"]["selector"]
+    assert spread[0]["topologyKey"] == "topology.kubernetes.io/zone"
+    assert spread[1] == EXTRAS["topologySpreadConstraints"][1]
+
+
+def test_common_labels_are_on_every_object_and_the_pods(helm):
+    """The commonLabels reach every object and the pods, but not selectors."""
+    docs = helm.template(EXTRAS)
+    for doc in docs:
+        labels = doc["metadata"].get("labels", {})
+        if doc["kind"] == "Pod":  # the helm test pod has its own labels
+            continue
+        assert labels.items() >= EXTRAS["commonLabels"].items(), doc["kind"]
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["template"]["metadata"]["labels"].items() >= (
+        EXTRAS["commonLabels"].items()
+    )
+    assert "team" not in deployment["spec"]["selector"]["matchLabels"]
+    assert one(docs, "Service")["metadata"]["labels"]["exposed-by"] == "receiver"
+
+
+def test_ingress_exposes_only_the_pagerduty_webhook_by_default(helm):
+    """The Ingress routes the PagerDuty path (or a host's own paths) over TLS."""
+    docs = helm.template(EXTRAS)
+    ingress = one(docs, "Ingress")
+    spec = ingress["spec"]
+    assert spec["ingressClassName"] == "nginx"
+    assert spec["tls"] == EXTRAS["ingress"]["tls"]
+    assert ingress["metadata"]["annotations"] == EXTRAS["ingress"]["annotations"]
+    backend = {"service": {"name": FULLNAME, "port": {"name": "http"}}}
+    assert spec["rules"] == [
+        {
+            "host": "receiver.example.com",
+            "http": {
+                "paths": [
+                    {
+                        "path": "/webhooks/pagerduty",
+                        "pathType": "Exact",
+                        "backend": backend,
+                    }
+                ]
+            },
+        },
+        {
+            "host": "events.example.com",
+            "http": {
+                "paths": [
+                    {"path": "/v2/enqueue", "pathType": "Prefix", "backend": backend}
+                ]
+            },
+        },
+    ]
+    port_names = {p["name"] for p in one(docs, "Service")["spec"]["ports"]}
+    assert "http" in port_names
+
+
+def test_ingress_without_hosts_refuses_to_render(helm):
+    """ingress.enabled without hosts fails and says what to set."""
+    result = helm.template_text({"ingress": {"enabled": True}})
+    assert result.returncode != 0
+    assert "ingress.enabled needs ingress.hosts" in result.stderr
+
+
+def test_service_monitor_labels_and_relabelings(helm):
+    """additionalLabels, relabelings and metricRelabelings reach the ServiceMonitor."""
+    docs = helm.template(EXTRAS)
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["relabelings"] == EXTRAS["serviceMonitor"]["relabelings"]
+    assert (
+        endpoint["metricRelabelings"] == (EXTRAS["serviceMonitor"]["metricRelabelings"])
+    )
+
+
+def test_new_values_have_descriptions_in_the_schema():
+    """Each value offered for chart-standard needs is documented in the schema."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    props = schema["properties"]
+    for key in [*EXTRAS, "global"]:
+        assert props[key].get("description"), key
+    for key in ("labels", "additionalLabels", "relabelings", "metricRelabelings"):
+        assert props["serviceMonitor"]["properties"][key]["description"], key
+    assert props["service"]["properties"]["labels"]["description"]
 
 
 # ----------------------------------------------------------------- network and notes

@@ -27,6 +27,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{ include "receiver.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{- define "receiver.serviceAccountName" -}}
@@ -178,6 +181,18 @@ creates. Nothing random is rendered, so `helm template` is the same every time.
 {{- end -}}
 {{- if and .Values.store.redis.url .Values.store.redis.existingSecret -}}
 {{- fail "store.redis: set either url or existingSecret, not both" -}}
+{{- end -}}
+{{- $sc := .Values.securityContext -}}
+{{- if or $sc.privileged $sc.allowPrivilegeEscalation (eq (toString $sc.runAsNonRoot) "false") -}}
+{{- fail "securityContext: the receiver needs no privileges; privileged, allowPrivilegeEscalation: true and runAsNonRoot: false are refused (override other fields, e.g. runAsUser or seLinuxOptions)" -}}
+{{- end -}}
+{{- $managed := list "RECEIVER_HOST" "RECEIVER_PORT" "RECEIVER_MODE" "RECEIVER_RULES" "RECEIVER_STORE" "RECEIVER_KUBE_MODE" "RECEIVER_NAMESPACES" "TMPDIR" -}}
+{{- range $name, $_ := fromYaml (include "receiver.secretFiles" .) }}{{ $managed = append $managed (printf "RECEIVER_%s_FILE" (upper $name)) }}{{ end -}}
+{{- range $name, $_ := .Values.settings }}{{ $managed = append $managed (printf "RECEIVER_%s" (upper $name)) }}{{ end -}}
+{{- range .Values.extraEnv -}}
+{{- if has .name $managed -}}
+{{- fail (printf "extraEnv: %s is set by the chart; use the value that controls it (mode, rules, store, rbac.namespaces, credentials or settings) instead" .name) -}}
+{{- end -}}
 {{- end -}}
 {{- $files := fromYaml (include "receiver.secretFiles" .) -}}
 {{- if not (or (hasKey $files "auth_tokens") (hasKey $files "basic_auth") (hasKey $files "pagerduty_secrets") (hasKey $files "routing_keys")) -}}
