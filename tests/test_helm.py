@@ -10,6 +10,7 @@ and the code cannot drift apart.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import re
@@ -443,6 +444,282 @@ def test_rbac_for_the_runbook_playbooks_is_exactly_what_they_use(helm):
         )
     assert ("", "pods", "delete") in grants(roles[0]["rules"])
     assert env_of(docs)["RECEIVER_NAMESPACES"] == "production,staging"
+
+
+def _load_rbac_script() -> Any:
+    """scripts/rbac-steps.py as a module (its file name is not importable)."""
+    spec = importlib.util.spec_from_file_location(
+        "rbac_steps", REPO / "scripts" / "rbac-steps.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["rbac_steps"] = module  # dataclasses resolve annotations by module
+    spec.loader.exec_module(module)
+    return module
+
+
+rbac_steps = _load_rbac_script()
+RUNBOOK_RBAC = CHART / "ci" / "runbook-rbac-values.yaml"
+
+
+def named_grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
+    """(apiGroup, resource, verb, name) per rule; name "*" without resourceNames."""
+    return {
+        (group, resource, verb, name)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+        for name in rule.get("resourceNames") or ["*"]
+    }
+
+
+def test_shipped_runbook_rbac_values_are_what_the_script_prints():
+    """ci/runbook-rbac-values.yaml is the script's output for the shipped rules."""
+    shipped = yaml.safe_load(RUNBOOK_RBAC.read_text())
+    assert shipped == rbac_steps.values_for([REPO / "rules"])
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "rbac-steps.py"), "rules"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout) == shipped
+
+
+def test_runbook_role_restricts_fixed_targets_by_name(helm, kubernetes_validate):
+    """Deployment sark, HPA sark-hpa and pod openldap-0 are granted by resourceNames."""
+    docs = helm.template({"rbac": {"namespaces": ["production"]}}, files=[RUNBOOK_RBAC])
+    validate_manifests(kubernetes_validate, docs)
+    got = named_grants(one(docs, "Role")["rules"])
+    # Writes on fixed objects name them, and only them.
+    assert {g for g in got if g[2] in {"patch", "delete"}} == {
+        ("", "pods", "delete", "openldap-0"),
+        ("apps", "deployments", "patch", "*"),  # rollout_undo {labels.deployment}
+        ("apps", "deployments/scale", "patch", "sark"),
+        ("autoscaling", "horizontalpodautoscalers", "patch", "sark-hpa"),
+    }
+    assert ("apps", "deployments/scale", "get", "sark") in got
+    assert ("autoscaling", "horizontalpodautoscalers", "get", "sark-hpa") in got
+    assert {g for g in got if g[:3] == ("", "pods", "get")} == {
+        ("", "pods", "get", "openldap-0"),
+        ("", "pods", "get", "postgres-0"),
+    }
+    # What the old per-type grants gave and no shipped rule uses.
+    resources = {g[1] for g in got}
+    assert "statefulsets/scale" not in resources
+    assert "daemonsets" not in resources
+    assert not [g for g in got if g[0] == "events.k8s.io"]
+    # list is never restricted by name (the API server would refuse it).
+    assert all(name == "*" for _, _, verb, name in got if verb == "list")
+
+
+def test_runbook_rules_replace_the_per_type_grants(helm):
+    """With rbac.rules set, the Role holds exactly those rules."""
+    values = yaml.safe_load(RUNBOOK_RBAC.read_text())
+    docs = helm.template(files=[RUNBOOK_RBAC])
+    assert one(docs, "Role")["rules"] == values["rbac"]["rules"]
+    per_type = grants(
+        one(helm.template(values={"rbac": {"steps": values["rbac"]["steps"]}}), "Role")[
+            "rules"
+        ]
+    )
+    exact = grants(values["rbac"]["rules"])
+    assert exact < per_type
+    assert ("apps", "statefulsets/scale", "patch") in per_type - exact
+
+
+TEMPLATED = """
+playbooks:
+  scale:
+    remediation:
+      - type: k8s.scale
+        namespace: "{labels.namespace}"
+        workload: sark
+        replicas: "+1"
+        max: 5
+      - type: k8s.scale
+        namespace: "{labels.namespace}"
+        workload: "{labels.deployment}"
+        workload_kind: StatefulSet
+        replicas: "+1"
+        max: 5
+        verify: {type: k8s.pods_ready}
+      - type: k8s.delete_pod
+        namespace: "{labels.namespace}"
+        selector: "app={labels.app}"
+rules:
+  - {name: r, match: ['alertname="X"'], severity: P2, playbook: scale}
+"""
+
+
+def test_templated_targets_get_the_verb_without_resource_names(tmp_path):
+    """A name taken from the alert grants the verb on any object of that kind only."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(TEMPLATED)
+    rules = rbac_steps.values_for([path])["rbac"]["rules"]
+    got = named_grants(rules)
+    assert got == {
+        ("apps", "deployments/scale", "get", "sark"),
+        ("apps", "deployments/scale", "patch", "sark"),
+        ("apps", "statefulsets/scale", "get", "*"),
+        ("apps", "statefulsets/scale", "patch", "*"),
+        ("apps", "statefulsets", "get", "*"),  # pods_ready finds the workload
+        ("", "pods", "list", "*"),
+        ("", "pods", "get", "*"),
+        ("", "pods", "delete", "*"),
+    }
+
+
+def _sample_steps() -> list[Any]:
+    """Each k8s step type, fixed and templated targets, every kind and check."""
+    ns = "{labels.namespace}"
+    samples: list[Any] = []
+    for name in ("sark", "{labels.deployment}"):
+        for kind in ("Deployment", "StatefulSet", "DaemonSet"):
+            samples += [
+                STEP_TYPES["k8s.pods"](namespace=ns, workload=name, workload_kind=kind),
+                STEP_TYPES["k8s.logs"](namespace=ns, workload=name, workload_kind=kind),
+                STEP_TYPES["k8s.describe"](
+                    namespace=ns, object_name=name, object_kind=kind
+                ),
+            ]
+            for check in (
+                None,
+                {"type": "k8s.rollout_status"},
+                {"type": "k8s.pods_ready"},
+            ):
+                samples += [
+                    STEP_TYPES["k8s.rollout_restart"](
+                        namespace=ns, workload=name, workload_kind=kind, verify=check
+                    ),
+                    STEP_TYPES["k8s.set_memory_limit"](
+                        namespace=ns,
+                        workload=name,
+                        workload_kind=kind,
+                        container="app",
+                        memory="1Gi",
+                        cap="2Gi",
+                        verify=check,
+                    ),
+                ]
+                if kind != "DaemonSet":
+                    samples.append(
+                        STEP_TYPES["k8s.scale"](
+                            namespace=ns,
+                            workload=name,
+                            workload_kind=kind,
+                            replicas="+1",
+                            max=5,
+                            verify=check,
+                        )
+                    )
+        for check in (None, {"type": "k8s.rollout_status"}, {"type": "k8s.pods_ready"}):
+            samples += [
+                STEP_TYPES["k8s.rollout_undo"](
+                    namespace=ns, deployment=name, verify=check
+                ),
+                STEP_TYPES["k8s.patch_hpa"](
+                    namespace=ns, hpa=name, max_replicas="+1", cap=9, verify=check
+                ),
+            ]
+        samples += [
+            STEP_TYPES["k8s.pods"](namespace=ns, selector="app=x"),
+            STEP_TYPES["k8s.events"](namespace=ns, object_name=name),
+            STEP_TYPES["k8s.logs"](namespace=ns, pod=name),
+            STEP_TYPES["k8s.rollout_history"](namespace=ns, deployment=name),
+            STEP_TYPES["k8s.describe"](
+                namespace=ns, object_name=name, object_kind="HorizontalPodAutoscaler"
+            ),
+            STEP_TYPES["k8s.describe"](
+                namespace=ns, object_name=name, object_kind="Pod"
+            ),
+            STEP_TYPES["k8s.delete_pod"](
+                namespace=ns, pod=name, verify={"type": "k8s.pods_ready"}
+            ),
+            STEP_TYPES["k8s.delete_pod"](namespace=ns, selector="app=x"),
+        ]
+    return samples
+
+
+def test_per_target_grants_stay_within_each_model_and_cover_every_type():
+    """Every k8s step type is handled, and never beyond its model's `rbac`."""
+    samples = _sample_steps()
+    assert {type(s).type_name() for s in samples} == {
+        name for name in K8S_STEPS if name in STEP_TYPES
+    }
+    for step in samples:
+        needs = rbac_steps.needs_of(step)  # raises on a grant the model lacks
+        assert needs, step.type_name()
+        if getattr(step, "selector", None) or "{labels.deployment}" in step.target():
+            continue
+        # A literal target is never granted a read or write without its name;
+        # only lists (and what a workload's own pods need) go unnamed.
+        unnamed = {(n.resource, n.verb) for n in needs if n.name is None}
+        assert unnamed <= {
+            ("pods", "list"),
+            ("pods/log", "get"),
+            ("events", "list"),
+            ("replicasets", "list"),
+            # patch_hpa's verification reads the HPA's scale target, unknown
+            # until run time.
+            ("deployments", "get"),
+            ("statefulsets", "get"),
+            ("daemonsets", "get"),
+        }, step
+        if not isinstance(step, STEP_TYPES["k8s.patch_hpa"]):
+            assert not {r for r, _ in unnamed} & {
+                "deployments",
+                "statefulsets",
+                "daemonsets",
+            }, step
+        assert all(n.name == "sark" for n in needs if n.verb in {"patch", "delete"})
+
+
+def test_a_grant_outside_the_model_is_refused():
+    """needs_of fails loudly when the computed grants exceed the model's rbac."""
+    step = STEP_TYPES["k8s.events"](namespace="x")
+
+    class Narrow(type(step)):  # type: ignore[misc]
+        rbac = ()
+
+    with pytest.raises(rbac_steps.RbacMismatchError, match="list events"):
+        rbac_steps.needs_of(Narrow(namespace="x"))
+
+
+def test_schema_accepts_only_resources_and_verbs_steps_can_use():
+    """rbac.rules' enums are exactly the groups, resources and verbs the models name."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    item = schema["properties"]["rbac"]["properties"]["rules"]["items"]["properties"]
+    declared = [*(cls.rbac for cls in STEP_TYPES.values()), *VERIFY_RBAC.values()]
+    assert set(item["apiGroups"]["items"]["enum"]) == {
+        g for rbac in declared for g, _, _ in rbac
+    }
+    assert set(item["resources"]["items"]["enum"]) == {
+        r for rbac in declared for _, r, _ in rbac
+    }
+    assert set(item["verbs"]["items"]["enum"]) == {
+        v for rbac in declared for _, _, verbs in rbac for v in verbs
+    }
+
+
+def test_rbac_rules_cannot_grant_secrets(helm):
+    """A hand-edited rbac.rules naming a resource no step uses fails the schema."""
+    result = helm.template_text(
+        {
+            "rbac": {
+                "rules": [
+                    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
+                ]
+            }
+        }
+    )
+    assert result.returncode != 0
+    assert "rbac.rules.0.resources.0" in result.stderr
 
 
 def test_rbac_rules_are_one_per_resource_with_sorted_verbs(helm):
