@@ -9,7 +9,9 @@ and the code cannot drift apart.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import importlib.util
 import json
 import os
@@ -19,19 +21,35 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp.web
+import attrs
 import kmock
 import pytest
 import yaml
-from kube import Cluster, ThreadedCluster
+from kube import (
+    Cluster,
+    ThreadedCluster,
+    pod_of,
+    seed_rollout,
+    serve,
+    stateful_set,
+)
+from kube import event as kube_event
+from kube import hpa as kube_hpa
 from peers import skip_or_fail
 
+from receiver.errors import PermanentStepError
+from receiver.model import Alert
 from receiver.rulebook.loader import load_rulebook
 from receiver.rulebook.steps import STEP_TYPES, VERIFY_RBAC
 from receiver.settings import Settings, load_settings
 from receiver.sources.pagerduty import FIRING, RESOLVED
+from receiver.steps.kube_client import KubeConnection, new_api_client
+from receiver.steps.kubernetes import KubernetesExecutor
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "receiver"
@@ -720,6 +738,254 @@ def test_rbac_rules_cannot_grant_secrets(helm):
     )
     assert result.returncode != 0
     assert "rbac.rules.0.resources.0" in result.stderr
+
+
+ApiCall = tuple[str, str, str, str]  # (apiGroup, resource, verb, name or "")
+_PATH = re.compile(
+    r"^/(?:api/v1|apis/(?P<group>[^/]+)/[^/]+)/namespaces/[^/]+/"
+    r"(?P<plural>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?$"
+)
+_VERBS = {"GET": "get", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}
+
+
+def api_call(method: str, path: str) -> ApiCall | None:
+    """The RBAC attributes of a namespaced API request, as the API server sees them."""
+    found = _PATH.match(path)
+    if found is None:
+        return None
+    resource = found["plural"] + (f"/{found['sub']}" if found["sub"] else "")
+    name = found["name"] or ""
+    verb = _VERBS.get(method, method.lower())
+    if method == "GET" and not name:
+        verb = "list"
+    elif method == "POST":
+        verb = "create"
+    return (found["group"] or "", resource, verb, name)
+
+
+def authorized(rules: list[dict[str, Any]], call: ApiCall) -> bool:
+    """Kubernetes RBAC: a rule matches group, resource and verb, and the name if any.
+
+    A rule with resourceNames never authorises a list (without a metadata.name
+    field selector, which the steps never send) or an unnamed request.
+    """
+    group, resource, verb, name = call
+    for rule in rules:
+        if group not in rule["apiGroups"] or resource not in rule["resources"]:
+            continue
+        if verb not in rule["verbs"]:
+            continue
+        names = rule.get("resourceNames")
+        if not names or (name and verb != "list" and name in names):
+            return True
+    return False
+
+
+@attrs.define(kw_only=True)
+class RbacCluster(Cluster):
+    """The emulated API server enforcing a Role's rules, recording every request."""
+
+    rules: list[dict[str, Any]] = attrs.field(factory=list)
+    calls: list[ApiCall] = attrs.field(factory=list, init=False)
+    denied: list[ApiCall] = attrs.field(factory=list, init=False)
+
+    async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
+        call = api_call(request.method.value, request.url.path)
+        if call is not None:
+            self.calls.append(call)
+            if not authorized(self.rules, call):
+                self.denied.append(call)
+                return aiohttp.web.json_response(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Status",
+                        "status": "Failure",
+                        "reason": "Forbidden",
+                        "code": 403,
+                        "message": f"forbidden: {call}",
+                    },
+                    status=403,
+                )
+        return await super()._handle(request)
+
+
+RUNBOOK_ALERT = Alert(
+    source="alertmanager",
+    fingerprint="0123456789abcdef",
+    status="firing",
+    labels={
+        "alertname": "SarkApiDown",
+        "namespace": "production",
+        "deployment": "sark",
+        "siem": "splunk",
+        "impact": "all_users",
+    },
+)
+
+
+def seed_sark(cluster: Cluster) -> None:
+    """The runbook's world in production.
+
+    Deployment sark (rolled out 9 minutes ago) and its HPA, the openldap, redis and
+    postgres StatefulSets with their -0 pods, and an event.
+    """
+    ns = "production"
+    seed_rollout(
+        cluster,
+        ns,
+        "sark",
+        [
+            ("sark:1.9", timedelta(days=3), "1.9"),
+            ("sark:2.0", timedelta(minutes=9), "2.0"),
+        ],
+    )
+    cluster.put(kube_hpa("sark-hpa", ns, "sark"))
+    for name in ("openldap", "redis", "postgres"):
+        sts = cluster.put(stateful_set(name, ns))
+        cluster.put(pod_of(sts, f"{name}-0"))
+        cluster.logs[ns, f"{name}-0", name] = "line one\nldap bind failed\n"
+        cluster.previous_logs[ns, f"{name}-0", name] = "previous run\n"
+    cluster.put(
+        kube_event(ns, "Deployment", "sark", "Scaled", "up", age=timedelta(minutes=5))
+    )
+
+
+async def run_playbook_k8s_steps(cluster: RbacCluster, playbook: Any) -> None:
+    """Every k8s step of ``playbook`` (and its verify) in execute mode, in order."""
+    async with serve(cluster) as url:
+
+        async def factory() -> Any:
+            return await new_api_client(KubeConnection(mode="host", host=url))
+
+        executor = KubernetesExecutor(factory, poll_interval=0.01, backoff=0.001)
+        try:
+            for step in (*playbook.diagnostics, *playbook.remediation):
+                if type(step).family != "k8s":
+                    continue
+                rendered = step.rendered(RUNBOOK_ALERT)
+                await asyncio.wait_for(executor.run(rendered, RUNBOOK_ALERT), 60)
+                check = getattr(rendered, "verify", None)
+                if check is not None and check.type in VERIFY_RBAC:
+                    result = await asyncio.wait_for(
+                        executor.verify(check, rendered, RUNBOOK_ALERT), 60
+                    )
+                    assert result.ok, result.reason
+        finally:
+            await executor.aclose()
+
+
+@dataclass
+class Exercise:
+    """What running the runbook's k8s steps under some Role showed."""
+
+    calls: list[ApiCall]
+    denied: dict[str, list[ApiCall]]
+    unused: set[tuple[str, str, str, str]]
+
+
+async def exercise_runbook(
+    rules: list[dict[str, Any]], *, strict: bool = True
+) -> Exercise:
+    """Run every runbook playbook's k8s steps against an API enforcing ``rules``.
+
+    ``strict``: a failing step fails the test; otherwise it ends that playbook
+    (a 403 does, by design) and is visible in ``denied``.
+    """
+    book = load_rulebook([REPO / "rules"])
+    calls: list[ApiCall] = []
+    denied: dict[str, list[ApiCall]] = {}
+    for name, playbook in book.playbooks.items():
+        steps = (*playbook.diagnostics, *playbook.remediation)
+        if not any(type(s).family == "k8s" for s in steps):
+            continue
+        cluster = RbacCluster(rules=rules)
+        seed_sark(cluster)
+        if strict:
+            await run_playbook_k8s_steps(cluster, playbook)
+        else:
+            with contextlib.suppress(PermanentStepError):
+                await run_playbook_k8s_steps(cluster, playbook)
+        if cluster.denied:
+            denied[name] = cluster.denied
+        calls += cluster.calls
+    unused = {
+        grant
+        for grant in named_grants(rules)
+        if not any(
+            call[:3] == grant[:3] and grant[3] in {"*", call[3]} for call in calls
+        )
+    }
+    return Exercise(calls, denied, unused)
+
+
+async def test_runbook_rbac_allows_every_request_and_grants_nothing_unused():
+    """Against an RBAC-enforcing API every runbook playbook runs without a 403.
+
+    And every grant (verb, resource, each resourceName) is used by some request.
+    """
+    rules = yaml.safe_load(RUNBOOK_RBAC.read_text())["rbac"]["rules"]
+    seen = await exercise_runbook(rules)
+    assert seen.denied == {}
+    assert seen.unused == set()
+    assert {c for c in seen.calls if c[2] in {"patch", "delete"}} == {
+        ("", "pods", "delete", "openldap-0"),
+        ("apps", "deployments", "patch", "sark"),
+        ("apps", "deployments/scale", "patch", "sark"),
+        ("autoscaling", "horizontalpodautoscalers", "patch", "sark-hpa"),
+    }
+
+
+async def test_runbook_exercise_catches_missing_and_unused_grants(helm):
+    """The exercise can fail: unused per-type grants, a 403 for a missing name."""
+    values = yaml.safe_load(RUNBOOK_RBAC.read_text())["rbac"]
+    per_type = one(helm.template({"rbac": {"steps": values["steps"]}}), "Role")
+    seen = await exercise_runbook(per_type["rules"])
+    assert seen.denied == {}
+    assert {g[:3] for g in seen.unused} >= {
+        ("apps", "statefulsets/scale", "patch"),
+        ("events.k8s.io", "events", "list"),
+        ("apps", "daemonsets", "get"),
+    }
+    narrowed = [
+        {**rule, "resourceNames": ["openldap-1"]}
+        if rule["resources"] == ["pods"] and rule["verbs"] == ["delete"]
+        else rule
+        for rule in values["rules"]
+    ]
+    seen = await exercise_runbook(narrowed, strict=False)
+    assert seen.denied == {"auth-failures": [("", "pods", "delete", "openldap-0")]}
+
+
+def test_rbac_enforcer_denies_what_the_rules_do_not_grant():
+    """The enforcing API used above really refuses: names, lists and verbs."""
+    rules = [
+        {
+            "apiGroups": [""],
+            "resources": ["pods"],
+            "verbs": ["delete", "get"],
+            "resourceNames": ["a"],
+        },
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    ]
+    assert authorized(rules, ("", "pods", "delete", "a"))
+    assert not authorized(rules, ("", "pods", "delete", "b"))
+    assert not authorized(rules, ("", "pods", "patch", "a"))
+    assert not authorized(rules, ("apps", "pods", "get", "a"))
+    assert authorized(rules, ("", "pods", "list", ""))
+    assert not authorized(rules[:1], ("", "pods", "get", ""))
+    assert api_call("GET", "/api/v1/namespaces/p/pods") == ("", "pods", "list", "")
+    assert api_call("GET", "/apis/apps/v1/namespaces/p/deployments/sark/scale") == (
+        "apps",
+        "deployments/scale",
+        "get",
+        "sark",
+    )
+    assert api_call("GET", "/api/v1/namespaces/p/pods/x/log") == (
+        "",
+        "pods/log",
+        "get",
+        "x",
+    )
 
 
 def test_rbac_rules_are_one_per_resource_with_sorted_verbs(helm):
