@@ -314,12 +314,14 @@ def test_full_values_render_valid_manifests(helm, kubernetes_validate):
         "NetworkPolicy",
         "Pod",
         "PodDisruptionBudget",
+        "PrometheusRule",
         "Service",
         "ServiceAccount",
         "ServiceMonitor",
     ]
     validate_manifests(
-        kubernetes_validate, [d for d in docs if d["kind"] != "ServiceMonitor"]
+        kubernetes_validate,
+        [d for d in docs if d["kind"] not in {"ServiceMonitor", "PrometheusRule"}],
     )
     check_service_monitor(one(docs, "ServiceMonitor"), one(docs, "Service"))
     deployment = one(docs, "Deployment")
@@ -1688,6 +1690,190 @@ def test_new_values_have_descriptions_in_the_schema():
     for key in ("labels", "additionalLabels", "relabelings", "metricRelabelings"):
         assert props["serviceMonitor"]["properties"][key]["description"], key
     assert props["service"]["properties"]["labels"]["description"]
+
+
+# ----------------------------------------------------------------- own alerts
+
+ALERTS = {
+    "AlertReceiverDown",
+    "AlertReceiverBacklogGrowing",
+    "AlertReceiverJournalParked",
+    "AlertReceiverSinkDeliveriesFailing",
+    "AlertReceiverCircuitOpen",
+    "AlertReceiverConfigReloadFailed",
+    "AlertReceiverStoreUnavailable",
+}
+OURS = f'job="{FULLNAME}",namespace="{NAMESPACE}"'
+THEIRS = 'job="other-receiver",namespace="monitoring"'
+
+
+def _series(name: str, labels: str, values: str) -> list[dict[str, str]]:
+    """The same series for this release (pod p1) and another (must not fire)."""
+    return [
+        {"series": f'{name}{{{OURS},pod="p1"{labels}}}', "values": values},
+        {"series": f'{name}{{{THEIRS},pod="q1"{labels}}}', "values": values},
+    ]
+
+
+PROMTOOL_INPUT = [
+    *_series("up", "", "0x30"),
+    *_series("receiver_journal_oldest_age_seconds", "", "600+60x30"),
+    *_series("receiver_journal_depth", "", "10+1x30"),
+    *_series("receiver_journal_parked", "", "0 0 0 2x27"),
+    *_series(
+        "receiver_sink_deliveries_total", ',sink="slack",outcome="failed"', "0+1x30"
+    ),
+    # Successful deliveries and other guards never fire anything.
+    *_series(
+        "receiver_sink_deliveries_total",
+        ',sink="pagerduty",outcome="delivered"',
+        "0+5x30",
+    ),
+    *_series(
+        "receiver_guard_skips_total",
+        ',guard="circuit_breaker"',
+        "0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 1x15",
+    ),
+    *_series("receiver_guard_skips_total", ',guard="cooldown"', "0+3x30"),
+    *_series("receiver_config_last_reload_successful", "", "1 1 1 0x27"),
+    *_series("receiver_store_unavailable_total", "", "0+1x30"),
+]
+POD = {"namespace": NAMESPACE, "pod": "p1"}
+EXPECTED_AT_20M = {
+    "AlertReceiverDown": {"severity": "critical", "job": FULLNAME, **POD},
+    "AlertReceiverBacklogGrowing": {"severity": "warning", **POD},
+    "AlertReceiverJournalParked": {"severity": "warning", **POD},
+    "AlertReceiverSinkDeliveriesFailing": {
+        "severity": "warning",
+        "namespace": NAMESPACE,
+        "sink": "slack",
+    },
+    "AlertReceiverCircuitOpen": {"severity": "warning", "namespace": NAMESPACE},
+    "AlertReceiverConfigReloadFailed": {"severity": "warning", **POD},
+    "AlertReceiverStoreUnavailable": {"severity": "critical", **POD},
+}
+
+
+def prometheus_rule(helm: Helm, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The rendered PrometheusRule."""
+    return one(
+        helm.template({"prometheusRule": {"enabled": True, **values}}), "PrometheusRule"
+    )
+
+
+def test_prometheus_rule_is_off_by_default(helm):
+    """No PrometheusRule unless prometheusRule.enabled."""
+    assert "PrometheusRule" not in kinds(helm.template())
+
+
+def test_prometheus_rule_passes_promtool_check_rules(helm, tmp_path):
+    """The rendered groups (expressions, templates in annotations) pass promtool."""
+    promtool = require_tool(
+        "promtool", shutil.which("promtool"), "apt-get install prometheus"
+    )
+    rule = prometheus_rule(helm, {})
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    (group,) = rule["spec"]["groups"]
+    assert {r["alert"] for r in group["rules"]} == ALERTS
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump(rule["spec"]))
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(ALERTS)} rules found" in result.stdout
+
+
+def test_each_alert_fires_on_its_condition_for_this_release_only(helm, tmp_path):
+    """`promtool test rules`: each alert fires at 20 minutes, for this release only."""
+    promtool = require_tool(
+        "promtool", shutil.which("promtool"), "apt-get install prometheus"
+    )
+    spec = prometheus_rule(helm, {})["spec"]
+    for rule in spec["groups"][0]["rules"]:
+        rule.pop("annotations")  # checked above; here the expressions and labels
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(spec))
+    tests = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": PROMTOOL_INPUT,
+                "alert_rule_test": [
+                    {
+                        "eval_time": "20m",
+                        "alertname": name,
+                        "exp_alerts": [{"exp_labels": labels}],
+                    }
+                    for name, labels in EXPECTED_AT_20M.items()
+                ]
+                + [
+                    # Before their `for:` has passed, nothing fires.
+                    {"eval_time": "2m", "alertname": name, "exp_alerts": []}
+                    for name in ALERTS
+                    - {"AlertReceiverCircuitOpen", "AlertReceiverStoreUnavailable"}
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "rules.test.yml"
+    path.write_text(yaml.safe_dump(tests))
+    result = subprocess.run(
+        [promtool, "test", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert set(EXPECTED_AT_20M) == ALERTS
+
+
+def test_prometheus_rule_labels_selector_and_disabled_alerts(helm):
+    """Operator labels, alert labels, a custom selector and disabled alerts apply."""
+    rule = prometheus_rule(
+        helm,
+        {
+            "additionalLabels": {"release": "kube-prometheus-stack"},
+            "alertLabels": {"team": "platform"},
+            "selector": 'service="alert-receiver"',
+            "disabled": ["AlertReceiverDown"],
+            "backlog": {"oldestAgeSeconds": 120, "for": "3m"},
+            "extraRules": [
+                {
+                    "record": "receiver:alerts:rate5m",
+                    "expr": "sum(rate(receiver_alerts_total[5m]))",
+                }
+            ],
+        },
+    )
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    rules = {
+        r.get("alert", r.get("record")): r for r in rule["spec"]["groups"][0]["rules"]
+    }
+    assert "AlertReceiverDown" not in rules
+    assert "receiver:alerts:rate5m" in rules
+    backlog = rules["AlertReceiverBacklogGrowing"]
+    assert backlog["for"] == "3m"
+    assert '{service="alert-receiver"}) > 120' in backlog["expr"]
+    assert rules["AlertReceiverCircuitOpen"]["labels"] == {
+        "severity": "warning",
+        "team": "platform",
+    }
+    assert 'guard="circuit_breaker"' in rules["AlertReceiverCircuitOpen"]["expr"]
+
+
+def test_prometheus_rule_refuses_an_unknown_alert_name(helm):
+    """A typo in prometheusRule.disabled fails the schema instead of silently firing."""
+    result = helm.template_text({"prometheusRule": {"disabled": ["ReceiverDown"]}})
+    assert result.returncode != 0
+    assert "prometheusRule.disabled" in result.stderr
 
 
 # ----------------------------------------------------------------- network and notes
