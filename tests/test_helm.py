@@ -1991,6 +1991,22 @@ def test_notes_of_a_default_install_say_to_create_the_secret(helm, tmp_path):
     )
 
 
+def test_notes_name_the_public_webhook_url_rbac_and_alerts(helm, tmp_path):
+    """NOTES print the Ingress URL for PagerDuty, the RBAC source and the alerts."""
+    values = {
+        **yaml.safe_load(RUNBOOK_RBAC.read_text()),
+        "ingress": EXTRAS["ingress"],
+        "prometheusRule": {"enabled": True},
+    }
+    notes = render_notes(helm, tmp_path, values)
+    assert "subscribe https://receiver.example.com/webhooks/pagerduty" in notes
+    assert "exactly rbac.rules: 10 rules from scripts/rbac-steps.py" in notes
+    assert f'job="{FULLNAME}",namespace="{NAMESPACE}"; enable serviceMonitor' in notes
+    plain = render_notes(helm, tmp_path / "plain", {})
+    assert "PagerDuty needs a public HTTPS URL: set ingress.enabled" in plain
+    assert "prints exact per-target rules" in plain
+
+
 def test_notes_use_basic_auth_when_that_is_the_only_credential(helm, tmp_path):
     """With only basic auth configured, the snippet uses basic_auth."""
     notes = render_notes(
