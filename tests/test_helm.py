@@ -276,9 +276,13 @@ def check_service_monitor(monitor: dict[str, Any], service: dict[str, Any]) -> N
 # ----------------------------------------------------------------- lint and render
 
 
-@pytest.mark.parametrize("values", [None, FULL_VALUES], ids=["default", "full"])
+@pytest.mark.parametrize(
+    "values",
+    [None, FULL_VALUES, CHART / "ci" / "runbook-rbac-values.yaml"],
+    ids=["default", "full", "runbook-rbac"],
+)
 def test_lint_strict_passes(helm, values):
-    """`helm lint --strict` passes with the default and the full values."""
+    """`helm lint --strict` passes with the default, full and runbook RBAC values."""
     args = ["lint", "--strict", str(CHART)]
     if values:
         args += ["--values", str(values)]
