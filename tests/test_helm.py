@@ -114,6 +114,31 @@ def find_helm() -> str | None:
     return shutil.which("helm")
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a mapping with the same key twice.
+
+    kubectl and the API server keep the last of duplicate keys silently, so a
+    label set twice would hide a bug; every render in these tests goes through it.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def test_unique_key_loader_refuses_duplicate_keys():
+    """The loader all renders go through fails on a key given twice."""
+    with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key 'team'"):
+        yaml.load("labels:\n  team: a\n  team: b\n", UniqueKeyLoader)  # noqa: S506
+
+
 @dataclass
 class Helm:
     """The helm CLI with throwaway cache, config and data directories."""
@@ -168,7 +193,7 @@ class Helm:
         """The rendered manifests; fails the test if rendering fails."""
         result = self.template_text(values, files=files, chart=chart)
         assert result.returncode == 0, result.stderr
-        return [d for d in yaml.safe_load_all(result.stdout) if d]
+        return [d for d in yaml.load_all(result.stdout, UniqueKeyLoader) if d]
 
 
 @pytest.fixture(scope="module")

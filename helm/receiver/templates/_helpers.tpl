@@ -27,9 +27,27 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{ include "receiver.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
-{{- with .Values.commonLabels }}
-{{ toYaml . }}
+{{- range $k, $v := .Values.commonLabels }}
+{{- if not (has $k (list "helm.sh/chart" "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/version" "app.kubernetes.io/managed-by")) }}
+{{ $k }}: {{ $v | quote }}
 {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The chart's labels plus an object's own (list $ extraLabels): one key once, the
+chart's labels winning, so no extra label can break a selector.
+*/}}
+{{- define "receiver.labelsWith" -}}
+{{- $root := index . 0 -}}
+{{- $all := merge (fromYaml (include "receiver.labels" $root)) (index . 1 | default dict) -}}
+{{- toYaml $all -}}
+{{- end -}}
+
+{{/* Pod template labels: selector labels, then commonLabels and podLabels. */}}
+{{- define "receiver.podLabels" -}}
+{{- $all := merge (fromYaml (include "receiver.selectorLabels" .)) (deepCopy (.Values.podLabels | default dict)) (deepCopy (.Values.commonLabels | default dict)) -}}
+{{- toYaml $all -}}
 {{- end -}}
 
 {{- define "receiver.serviceAccountName" -}}
