@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/rbac-steps.py rules/ > rbac-values.yaml
     helm install receiver helm/receiver -f rbac-values.yaml ...
+    .venv/bin/python scripts/rbac-steps.py --check rbac-values.yaml rules/   # in CI
 
 The output sets ``rbac.rules``: the exact PolicyRules the playbooks' Kubernetes
 steps (and their ``verify:`` checks) need, request by request. Where a step names
@@ -20,6 +21,7 @@ grant stays within what the step's model declares in its ``rbac`` ClassVar
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -273,15 +275,39 @@ def render(paths: list[Path]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """Load the rules and print the values, or the rule errors."""
-    paths = [Path(p) for p in argv] or [Path("rules")]
+    """Print the values (or, with --check FILE, compare FILE with them)."""
+    parser = argparse.ArgumentParser(
+        prog="rbac-steps.py",
+        description="Print the chart's exact RBAC values for these rule files.",
+    )
+    parser.add_argument(
+        "--check",
+        metavar="VALUES",
+        type=Path,
+        help="exit 1 when this values file's rbac is not what the rules need "
+        "(for CI, after changing rules)",
+    )
+    parser.add_argument("paths", nargs="*", type=Path, default=[Path("rules")])
+    args = parser.parse_args(argv)
     try:
-        text = render(paths)
+        if args.check is None:
+            print(render(args.paths), end="")
+            return 0
+        wanted = values_for(args.paths)["rbac"]
     except RuleError as exc:
         for detail in exc.details:
             print(f"error: {detail}", file=sys.stderr)
         return 1
-    print(text, end="")
+    have = (yaml.safe_load(args.check.read_text()) or {}).get("rbac", {})
+    stale = [key for key in ("steps", "rules") if have.get(key) != wanted[key]]
+    if stale:
+        print(
+            f"{args.check}: rbac.{' and rbac.'.join(stale)} differ from what "
+            f"{' '.join(map(str, args.paths))} need; regenerate it with "
+            f"scripts/rbac-steps.py {' '.join(map(str, args.paths))}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -540,6 +540,34 @@ def test_shipped_runbook_rbac_values_are_what_the_script_prints():
     assert yaml.safe_load(result.stdout) == shipped
 
 
+def test_rbac_script_check_fails_on_stale_values(tmp_path):
+    """`--check` passes for the shipped values and fails, saying why, once stale."""
+    script = [sys.executable, str(REPO / "scripts" / "rbac-steps.py")]
+    ok = subprocess.run(
+        [*script, "--check", str(RUNBOOK_RBAC), "rules"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    stale = yaml.safe_load(RUNBOOK_RBAC.read_text())
+    stale["rbac"]["rules"] = stale["rbac"]["rules"][1:]
+    path = tmp_path / "stale.yaml"
+    path.write_text(yaml.safe_dump(stale))
+    bad = subprocess.run(
+        [*script, "--check", str(path), "rules"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert bad.returncode == 1
+    assert "rbac.rules differ from what rules need; regenerate it" in bad.stderr
+
+
 def test_runbook_role_restricts_fixed_targets_by_name(helm, kubernetes_validate):
     """Deployment sark, HPA sark-hpa and pod openldap-0 are granted by resourceNames."""
     docs = helm.template({"rbac": {"namespaces": ["production"]}}, files=[RUNBOOK_RBAC])
