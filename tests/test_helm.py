@@ -43,6 +43,7 @@ from kube import hpa as kube_hpa
 from peers import skip_or_fail
 
 from receiver.errors import PermanentStepError
+from receiver.metrics import Metrics
 from receiver.model import Alert
 from receiver.rulebook.loader import load_rulebook
 from receiver.rulebook.steps import STEP_TYPES, VERIFY_RBAC
@@ -1890,6 +1891,38 @@ def test_each_alert_fires_on_its_condition_for_this_release_only(helm, tmp_path)
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert set(EXPECTED_AT_20M) == ALERTS
+
+
+# Metrics the alerts use that other work in progress adds to the receiver; each is
+# removed from here once receiver.metrics exposes it (the test below insists).
+PENDING_METRICS = {
+    "receiver_journal_parked",
+    "receiver_sink_deliveries_total",
+    "receiver_config_last_reload_successful",
+}
+
+
+def exposed_metric_names() -> set[str]:
+    """Sample names the receiver's /metrics can carry (counters end in _total)."""
+    names = {"up"}
+    for family in Metrics().registry.collect():
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
+        names |= {family.name + s for s in suffixes.get(family.type, [""])}
+    return names
+
+
+def test_alerts_use_only_metrics_the_receiver_exposes(helm):
+    """Every metric an alert reads is one receiver.metrics exposes (or is pending)."""
+    rule = prometheus_rule(helm, {})
+    used = {
+        name
+        for r in rule["spec"]["groups"][0]["rules"]
+        for name in re.findall(r"\b(up|receiver_[a-z_]+)\{", r["expr"])
+    }
+    exposed = exposed_metric_names()
+    assert used - exposed <= PENDING_METRICS
+    assert not PENDING_METRICS & exposed, "exposed now: drop it from PENDING_METRICS"
+    assert used >= PENDING_METRICS
 
 
 def test_prometheus_rule_labels_selector_and_disabled_alerts(helm):
