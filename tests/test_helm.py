@@ -1784,7 +1784,7 @@ PROMTOOL_INPUT = [
     # Successful deliveries and other guards never fire anything.
     *_series(
         "receiver_sink_deliveries_total",
-        ',sink="pagerduty",outcome="delivered"',
+        ',sink="pagerduty",outcome="sent"',
         "0+5x30",
     ),
     *_series(
