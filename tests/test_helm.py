@@ -2092,6 +2092,17 @@ def test_notes_name_the_public_webhook_url_rbac_and_alerts(helm, tmp_path):
     assert "subscribe https://receiver.example.com/webhooks/pagerduty" in notes
     assert "exactly rbac.rules: 10 rules from scripts/rbac-steps.py" in notes
     assert f'job="{FULLNAME}",namespace="{NAMESPACE}"; enable serviceMonitor' in notes
+    assert "add your ingress controller" not in notes
+    fenced = render_notes(
+        helm,
+        tmp_path / "fenced",
+        {
+            "ingress": EXTRAS["ingress"],
+            "networkPolicy": {"enabled": True},
+            "store": {"redis": {"url": "redis://redis:6379"}},
+        },
+    )
+    assert "add your ingress controller to networkPolicy.extraIngressFrom" in fenced
     plain = render_notes(helm, tmp_path / "plain", {})
     assert "PagerDuty needs a public HTTPS URL: set ingress.enabled" in plain
     assert "prints exact per-target rules" in plain
