@@ -50,6 +50,7 @@ from receiver.rulebook.steps import (
     PodsReadyVerify,
     RolloutStatusVerify,
 )
+from receiver.rulebook.templates import PLACEHOLDER
 
 # Kind -> (apiGroup, resource), as the executors address them.
 KINDS = {
@@ -78,7 +79,7 @@ class RbacMismatchError(Exception):
 
 def fixed(name: str | None) -> str | None:
     """``name`` when it is a literal object name; None when it is templated."""
-    if name is None or "{" in name:
+    if name is None or PLACEHOLDER.search(name):
         return None
     return name
 
