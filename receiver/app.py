@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from receiver.engine.guards import GuardDefaults, GuardKeeper
+from receiver.engine.guards import FiringCheck, GuardDefaults, GuardKeeper
 from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor, Worker, consumer_name
@@ -26,8 +26,8 @@ from receiver.sinks import (
     playbook_sinks,
     scrubber,
 )
-from receiver.sources.alertmanager_api import AlertmanagerApi
 from receiver.store.base import Store
+from receiver.web.admin import Admin
 from receiver.web.auth import Authenticator
 from receiver.web.handlers import Handlers
 from receiver.web.problems import make_middleware
@@ -57,7 +57,7 @@ def guard_defaults(settings: Settings) -> GuardDefaults:
     )
 
 
-def create_app(
+def create_app(  # noqa: PLR0915 (the one place that wires everything)
     settings: Settings,
     *,
     rulebook: Rulebook,
@@ -66,7 +66,7 @@ def create_app(
     executors: Mapping[str, Executor] | None = None,
     metrics: Metrics | None = None,
     sinks: Mapping[str, Sink] | None = None,
-    firing_check: AlertmanagerApi | None = None,
+    firing_check: FiringCheck | None = None,
 ) -> web.Application:
     """Build the application; the worker starts with the app and stops with it.
 
@@ -79,7 +79,10 @@ def create_app(
     keeper = GuardKeeper(
         store, consumer, guard_defaults(settings), firing_check=firing_check
     )
-    runner = Runner(executors or {}, clock, mode=settings.mode, guards=keeper)
+    scrub = scrubber(settings)
+    runner = Runner(
+        executors or {}, clock, mode=settings.mode, guards=keeper, scrub=scrub
+    )
     processor = Processor(
         rulebook,
         runner,
@@ -93,6 +96,7 @@ def create_app(
         metrics=metrics,
         pagerduty_alertname_from=settings.pagerduty_alertname_from,
         store=store,
+        scrub=scrub,
     )
     auth = Authenticator(
         settings.auth_tokens,
@@ -134,6 +138,8 @@ def create_app(
     r.add_get("/readyz", handlers.readyz)
     r.add_get("/metrics", handlers.metrics)
     r.add_get("/openapi.json", handlers.openapi)
+    admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
+    admin.routes(r)
 
     sinks = build_sinks(settings) if sinks is None else sinks
     dispatcher = None
@@ -145,7 +151,7 @@ def create_app(
                 trace, processor.rulebook.playbooks, settings.sinks
             ),
             clock=clock,
-            scrub=scrubber(settings),
+            scrub=scrub,
         )
         app[SINKS] = dispatcher
     worker = Worker(
@@ -156,9 +162,16 @@ def create_app(
         consumer=consumer,
         clock=clock,
         on_complete=dispatcher.submit if dispatcher is not None else None,
+        lease=settings.journal_lease,
+        max_attempts=settings.journal_max_attempts,
     )
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        if settings.paused and await store.pause() is None:
+            await admin.switch(
+                paused=True, by="settings", reason="started with paused: true"
+            )
+        metrics.paused.set(1 if await store.pause() else 0)
         await worker.start()
         yield
         await worker.stop()
@@ -168,8 +181,9 @@ def create_app(
             close = getattr(executor, "aclose", None)
             if close is not None:
                 await close()
-        if firing_check is not None:
-            await firing_check.aclose()
+        close_check = getattr(firing_check, "aclose", None)
+        if close_check is not None:
+            await close_check()
         await store.close()
 
     app.cleanup_ctx.append(lifecycle)
