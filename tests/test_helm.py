@@ -44,7 +44,7 @@ from peers import skip_or_fail
 
 from receiver.errors import PermanentStepError
 from receiver.metrics import Metrics
-from receiver.model import Alert
+from receiver.model import Alert, Intent
 from receiver.rulebook.loader import load_rulebook
 from receiver.rulebook.steps import STEP_TYPES, VERIFY_RBAC
 from receiver.settings import Settings, load_settings
@@ -924,7 +924,11 @@ def seed_sark(cluster: Cluster) -> None:
 
 
 async def run_playbook_k8s_steps(cluster: RbacCluster, playbook: Any) -> None:
-    """Every k8s step of ``playbook`` (and its verify) in execute mode, in order."""
+    """Every k8s step of ``playbook`` (and its verify) in execute mode, in order.
+
+    A remediation goes the engine's way (prepare, apply) and is then re-checked
+    as a new incarnation does after a crash, so that path's reads count too.
+    """
     async with serve(cluster) as url:
 
         async def factory() -> Any:
@@ -936,7 +940,18 @@ async def run_playbook_k8s_steps(cluster: RbacCluster, playbook: Any) -> None:
                 if type(step).family != "k8s":
                     continue
                 rendered = step.rendered(RUNBOOK_ALERT)
-                await asyncio.wait_for(executor.run(rendered, RUNBOOK_ALERT), 60)
+                prepared = await asyncio.wait_for(
+                    executor.prepare(rendered, RUNBOOK_ALERT), 60
+                )
+                if prepared is None:  # a diagnostic
+                    await asyncio.wait_for(executor.run(rendered, RUNBOOK_ALERT), 60)
+                elif isinstance(prepared, Intent):
+                    await asyncio.wait_for(
+                        executor.apply(rendered, RUNBOOK_ALERT, prepared), 60
+                    )
+                    await asyncio.wait_for(
+                        executor.recheck(rendered, RUNBOOK_ALERT, prepared), 60
+                    )
                 check = getattr(rendered, "verify", None)
                 if check is not None and check.type in VERIFY_RBAC:
                     result = await asyncio.wait_for(
