@@ -12,8 +12,10 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from receiver.app_incidents import IncidentWiring, fan_out, install_incidents
 from receiver.engine.guards import FiringCheck, GuardDefaults, GuardKeeper
 from receiver.engine.planner import PlanContext
+from receiver.engine.reuse import DiagnosticsReuse
 from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor, Worker, consumer_name
 from receiver.metrics import Metrics
@@ -67,6 +69,7 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
     metrics: Metrics | None = None,
     sinks: Mapping[str, Sink] | None = None,
     firing_check: FiringCheck | None = None,
+    incidents: IncidentWiring | None = None,
 ) -> web.Application:
     """Build the application; the worker starts with the app and stops with it.
 
@@ -81,14 +84,21 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
     )
     scrub = scrubber(settings)
     runner = Runner(
-        executors or {}, clock, mode=settings.mode, guards=keeper, scrub=scrub
+        executors or {},
+        clock,
+        mode=settings.mode,
+        guards=keeper,
+        scrub=scrub,
+        reuse=DiagnosticsReuse(settings.diagnostics_reuse, clock),
     )
+    metrics.mode.labels(settings.mode).set(1)
     processor = Processor(
         rulebook,
         runner,
         clock,
         PlanContext(
             execute=settings.mode == "execute",
+            diagnose=settings.mode == "diagnose",
             namespaces=tuple(settings.namespaces)
             if settings.namespaces is not None
             else None,
@@ -141,6 +151,16 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
     admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
     admin.routes(r)
 
+    incident_service = install_incidents(
+        app,
+        settings=settings,
+        store=store,
+        clock=clock,
+        rulebook=lambda: processor.rulebook,
+        auth=auth,
+        metrics=metrics,
+        wiring=incidents,
+    )
     sinks = build_sinks(settings) if sinks is None else sinks
     dispatcher = None
     if sinks or settings.sinks:
@@ -152,6 +172,7 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
             ),
             clock=clock,
             scrub=scrub,
+            on_outcomes=incident_service.sink_outcomes,
         )
         app[SINKS] = dispatcher
     worker = Worker(
@@ -161,7 +182,10 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
         metrics=metrics,
         consumer=consumer,
         clock=clock,
-        on_complete=dispatcher.submit if dispatcher is not None else None,
+        on_complete=fan_out(
+            dispatcher.submit if dispatcher is not None else None,
+            incident_service.submit,
+        ),
         lease=settings.journal_lease,
         max_attempts=settings.journal_max_attempts,
     )
