@@ -31,8 +31,10 @@ from receiver.sinks import (
 from receiver.store.base import Store
 from receiver.web.admin import Admin
 from receiver.web.auth import Authenticator
+from receiver.web.console import Console
 from receiver.web.handlers import Handlers
 from receiver.web.problems import make_middleware
+from receiver.web.slack import SlackInteractions
 
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
@@ -150,6 +152,16 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
     r.add_get("/openapi.json", handlers.openapi)
     admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
     admin.routes(r)
+    SlackInteractions(
+        settings=settings, store=store, processor=processor, clock=clock
+    ).attach(app)
+    Console(
+        store=store,
+        auth=auth,
+        processor=processor,
+        clock=clock,
+        secrets=settings.secret_values(),
+    ).attach(app)
 
     incident_service = install_incidents(
         app,
