@@ -44,6 +44,13 @@ class Metrics:
             ["type", "decision"],
             registry=r,
         )
+        self.events_recorded = Counter(
+            "receiver_events_recorded",
+            "Deliveries stored and recorded as events, not alerts (PagerDuty "
+            "service.*, pagey.ping, event types this receiver does not know).",
+            ["source"],
+            registry=r,
+        )
         self.unmatched = Counter(
             "receiver_alerts_unmatched",
             "Alerts no rule matched, by source.",

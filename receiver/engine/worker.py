@@ -190,6 +190,15 @@ class Processor:
         m = self._metrics
         if m is None:
             return
+        if not trace.alert.actionable:
+            # Recorded, not decided: an acknowledge counts as acknowledged, the
+            # rest (notes, custom fields, ...) as events; never as firing or
+            # unmatched.
+            if trace.alert.state == "acknowledged":
+                m.alerts.labels(trace.alert.source, "acknowledged").inc()
+            else:
+                m.events_recorded.labels(trace.alert.source).inc()
+            return
         m.alerts.labels(trace.alert.source, trace.alert.status).inc()
         if not trace.matches:
             m.unmatched.labels(trace.alert.source).inc()
@@ -203,6 +212,10 @@ class Processor:
     async def process(self, entry: JournalEntry) -> list[AlertTrace]:
         """Decide a journal entry."""
         alerts = self.alerts(entry.source, entry.body, self._clock())
+        if not alerts and self._metrics is not None:
+            # A PagerDuty event that is not about an incident: stored, listed
+            # with the payloads, and counted here; nothing to decide.
+            self._metrics.events_recorded.labels(entry.source).inc()
         return await self.decide(alerts, entry.id)
 
 

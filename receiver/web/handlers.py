@@ -158,20 +158,24 @@ class Handlers:
         )
 
     async def pagerduty(self, request: web.Request) -> web.Response:
-        """POST /webhooks/pagerduty."""
+        """POST /webhooks/pagerduty.
+
+        A correctly signed delivery is always accepted: incident events become an
+        alert, every other event (``service.*``, ``pagey.ping``, types added
+        later) is stored and recorded as an event, never refused.
+        """
         body = await self._body(request)
         self._auth.check_signature(request.headers.get("X-PagerDuty-Signature"), body)
-        alerts = pagerduty.to_alerts(
-            parse_json(body), self._clock(), alertname_from=self._alertname_from
+        event = pagerduty.parse(parse_json(body))
+        alerts = pagerduty.alerts_of(
+            event, self._clock(), alertname_from=self._alertname_from
         )
-        delivery = request.headers.get("X-Webhook-Id") or alerts[0].refs.get(
-            "webhook_event_id", ""
-        )
+        delivery = request.headers.get("X-Webhook-Id") or event.id
         if delivery and await self._duplicate("pagerduty", delivery):
             return web.json_response(
                 {"status": "duplicate", "id": None, "alerts": 0}, status=202
             )
-        if is_own_note(alerts[0].annotations.get("note", "")):
+        if alerts and is_own_note(alerts[0].annotations.get("note", "")):
             # PagerDuty echoes the note we posted as incident.annotated: no loop.
             log.info("own_note_ignored", incident=alerts[0].refs.get("incident_id"))
             return web.json_response(
@@ -184,12 +188,20 @@ class Handlers:
                 status=202,
             )
         entry = await self._accept("pagerduty", body, alerts, request.headers)
+        recorded = "alert" if alerts else "event"
+        if not alerts:
+            log.info(
+                "pagerduty_event_recorded",
+                event_type=event.event_type[:100],
+                payload_id=entry.id,
+            )
         return web.json_response(
             {
                 "status": "accepted",
                 "id": entry.id,
                 "alerts": len(alerts),
-                "event_type": alerts[0].labels.get("event_type", ""),
+                "event_type": event.event_type,
+                "recorded_as": recorded,
             },
             status=202,
         )

@@ -148,7 +148,7 @@ def make_middleware(
                 )
                 metrics.webhooks.labels(source.removeprefix("webhook:"), outcome).inc()
                 if response.status >= 400:
-                    log.info(
+                    log.warning(
                         "webhook_rejected",
                         source=source.removeprefix("webhook:"),
                         status=response.status,
