@@ -29,6 +29,7 @@ from receiver.sinks import (
 from receiver.sources.alertmanager_api import AlertmanagerApi
 from receiver.store.base import Store
 from receiver.web.auth import Authenticator
+from receiver.web.change_events import ChangeEvents, events_api_errors
 from receiver.web.handlers import Handlers
 from receiver.web.problems import make_middleware
 
@@ -123,7 +124,17 @@ def create_app(
         "/webhooks/alertmanager", handlers.alertmanager, name="webhook:alertmanager"
     )
     r.add_post("/webhooks/pagerduty", handlers.pagerduty, name="webhook:pagerduty")
-    r.add_post("/v2/enqueue", handlers.enqueue, name="webhook:events_v2")
+    r.add_post(
+        "/v2/enqueue", events_api_errors(handlers.enqueue), name="webhook:events_v2"
+    )
+    changes = ChangeEvents(
+        store=store, auth=auth, clock=clock, read_body=handlers.read_body
+    )
+    r.add_post(
+        "/v2/change/enqueue",
+        events_api_errors(changes.enqueue),
+        name="webhook:change_events",
+    )
     r.add_get("/api/v1/decisions", handlers.decisions)
     r.add_get("/api/v1/payloads", handlers.payloads)
     r.add_get("/api/v1/payloads/{id}", handlers.payload)

@@ -51,6 +51,11 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.alerts_truncated = Counter(
+            "receiver_alerts_truncated",
+            "Alerts Alertmanager left out of webhooks (truncatedAlerts, max_alerts).",
+            registry=r,
+        )
         self.unmatched = Counter(
             "receiver_alerts_unmatched",
             "Alerts no rule matched, by source.",

@@ -18,21 +18,73 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
 import structlog
 
-from receiver.engine.planner import PlanContext, plan
+from receiver.engine.planner import Plan, PlanContext, plan
 from receiver.engine.runner import Runner
 from receiver.errors import InputError, StoreUnavailableError
 from receiver.metrics import Metrics
-from receiver.model import Alert, AlertTrace, Decision, Source
+from receiver.model import (
+    Alert,
+    AlertTrace,
+    Decision,
+    Source,
+    StepKind,
+    freeze,
+    iso,
+)
 from receiver.rulebook.loader import Rulebook
 from receiver.sources import alertmanager, events_v2, pagerduty
-from receiver.store.base import JournalEntry, Store
+from receiver.store.base import DecisionQuery, JournalEntry, Store
 
 log = structlog.get_logger("receiver.worker")
+
+# How long an acknowledgement is remembered for stand_down_when_acknowledged.
+ACK_MEMORY = timedelta(days=7)
+# How many recent decision records a dedup-key-only resolve of a grouped page
+# looks through for the alerts of its group.
+INHERIT_SCAN = 500
+_NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def ack_scope(alert: Alert) -> str:
+    """Where an alert's acknowledgement is remembered: its incident or dedup key."""
+    key = (
+        alert.refs.get("dedup_key")
+        or alert.refs.get("incident_id")
+        or alert.fingerprint
+    )
+    return f"ack:{alert.source}:{key}"
+
+
+def stand_down(planned: Plan, acknowledged_at: datetime) -> Plan:
+    """Skip the remediations of playbooks that stand down once a human has it."""
+    matches = []
+    for match in planned.matches:
+        if not match.match.playbook.stand_down_when_acknowledged:
+            matches.append(match)
+            continue
+        reason = (
+            f"acknowledged by a human at {iso(acknowledged_at)}: the playbook "
+            "stands down (stand_down_when_acknowledged)"
+        )
+        steps = tuple(
+            replace(
+                s,
+                run=False,
+                approval=False,
+                trace=replace(s.trace, decision=Decision.SKIPPED, reason=reason),
+            )
+            if s.trace.kind is StepKind.REMEDIATION
+            else s
+            for s in match.steps
+        )
+        matches.append(replace(match, steps=steps))
+    return replace(planned, matches=tuple(matches))
+
 
 # The journal-depth gauges are refreshed at most this often (seconds) by the
 # worker; every /metrics scrape refreshes them too. Counting the backlog after
@@ -51,6 +103,7 @@ GUARD_PREFIXES = (
     ("approval", "approval"),
     ("not firing long enough", "require_firing_for"),
     ("namespace", "namespace"),
+    ("acknowledged", "acknowledged"),
     ("dry-run", "dry_run"),
     ("playbook forces dry-run", "dry_run"),
 )
@@ -91,6 +144,16 @@ class TraceRecords(Sequence[Mapping[str, Any]]):
 
     def __iter__(self) -> Iterator[Mapping[str, Any]]:
         return (t.to_json() for t in self._traces)
+
+
+def _is_trigger_of(record: Mapping[str, Any], dedup: str) -> bool:
+    refs = record.get("refs") or {}
+    return (
+        record.get("source") == "events_v2"
+        and refs.get("dedup_key") == dedup
+        and refs.get("labels_from") != "trigger"
+        and bool(record.get("labels"))
+    )
 
 
 def consumer_name() -> str:
@@ -161,30 +224,105 @@ class Processor:
     ) -> list[AlertTrace]:
         """Plan and run every alert; ``now`` fixes time for replay ``--at``."""
         traces = []
-        for raw in alerts:
-            alert = await self._with_start(raw)
-            at = now or self._clock()
-            trace = await (runner or self._runner).run(
-                plan(alert, self.rulebook, at, ctx or self._ctx), payload_id
-            )
-            traces.append(trace)
-            if not count:
-                continue
-            self._count(trace)
-            log.info(
-                "alert_decided",
-                fingerprint=alert.fingerprint,
-                status=alert.status,
-                source=alert.source,
-                alertname=alert.labels.get("alertname", ""),
-                rules=[m.rule for m in trace.matches],
-                severity=[m.severity.value for m in trace.matches],
-                steps=dict(
-                    Counter(s.decision.value for m in trace.matches for s in m.steps)
-                ),
-                payload_id=payload_id,
-            )
+        for given in alerts:
+            for raw in await self._inherit(given):
+                trace = await self._decide_one(
+                    raw, payload_id, now, runner=runner, ctx=ctx, count=count
+                )
+                traces.append(trace)
         return traces
+
+    async def _decide_one(
+        self,
+        raw: Alert,
+        payload_id: str,
+        now: datetime | None,
+        *,
+        runner: Runner | None,
+        ctx: PlanContext | None,
+        count: bool,
+    ) -> AlertTrace:
+        alert = await self._with_start(raw)
+        at = now or self._clock()
+        planned = plan(alert, self.rulebook, at, ctx or self._ctx)
+        acknowledged = await self._acknowledged(alert, at, record=count)
+        if acknowledged is not None:
+            planned = stand_down(planned, acknowledged)
+        trace = await (runner or self._runner).run(planned, payload_id)
+        if not count:
+            return trace
+        self._count(trace)
+        log.info(
+            "alert_decided",
+            fingerprint=alert.fingerprint,
+            status=alert.state,
+            source=alert.source,
+            alertname=alert.labels.get("alertname", ""),
+            rules=[m.rule for m in trace.matches],
+            severity=[m.severity.value for m in trace.matches],
+            steps=dict(
+                Counter(s.decision.value for m in trace.matches for s in m.steps)
+            ),
+            payload_id=payload_id,
+        )
+        return trace
+
+    async def _acknowledged(
+        self, alert: Alert, now: datetime, *, record: bool
+    ) -> datetime | None:
+        """Remember acknowledgements; for a firing alert, when it was acknowledged.
+
+        ``None`` unless a human acknowledged this occurrence (after it started).
+        """
+        if self._store is None:
+            return None
+        scope = ack_scope(alert)
+        unacknowledged = alert.labels.get("event_type") == "incident.unacknowledged"
+        if record and (alert.state == "acknowledged" or unacknowledged):
+            await self._store.set_last_run(
+                scope, _NEVER if unacknowledged else now, ACK_MEMORY
+            )
+            return None
+        if alert.status != "firing" or not alert.actionable:
+            return None
+        at = await self._store.last_run(scope)
+        started = alert.starts_at or _NEVER
+        # An acknowledgement before this occurrence started is an older one's.
+        return at if at is not None and at != _NEVER and at >= started else None
+
+    async def _inherit(self, alert: Alert) -> list[Alert]:
+        """A resolve or acknowledge naming only a dedup key takes its trigger's labels.
+
+        The trigger's decision records say which labels (and so which rule) the
+        alert had; a grouped page's alerts each have a fingerprint of their own.
+        """
+        if alert.refs.get("labels_from") != "trigger" or self._store is None:
+            return [alert]
+        dedup = alert.refs.get("dedup_key", "")
+        found: dict[str, Mapping[str, Any]] = {}
+        for record in await self._store.decisions(
+            DecisionQuery(fingerprint=alert.fingerprint, limit=20)
+        ):
+            if _is_trigger_of(record, dedup):
+                found[alert.fingerprint] = record
+                break
+        if not found:
+            for record in await self._store.decisions(
+                DecisionQuery(limit=INHERIT_SCAN)
+            ):
+                if _is_trigger_of(record, dedup):
+                    found.setdefault(str(record.get("fingerprint", "")), record)
+        if not found:
+            return [alert]
+        return [
+            replace(
+                alert,
+                fingerprint=fingerprint,
+                labels=freeze({**record.get("labels", {}), "dedup_key": dedup}),
+                annotations=freeze(record.get("annotations", {})),
+            )
+            for fingerprint, record in found.items()
+        ]
 
     def _count(self, trace: AlertTrace) -> None:
         m = self._metrics

@@ -152,6 +152,17 @@ class Handlers:
         self._auth.check_header(request.headers.get("Authorization"))
         body = await self._body(request)
         alerts = alertmanager.from_body(body)
+        truncated = int(alerts[0].refs.get("truncated_alerts", "0")) if alerts else 0
+        if truncated:
+            self._metrics.alerts_truncated.inc(truncated)
+            log.warning(
+                "alerts_truncated",
+                truncated=truncated,
+                received=len(alerts),
+                group_key=alerts[0].refs.get("group_key", "")[:200],
+                detail="Alertmanager left alerts of this group out of the webhook "
+                "(max_alerts); those alerts are not decided",
+            )
         entry = await self._accept("alertmanager", body, alerts, request.headers)
         return web.json_response(
             {"status": "accepted", "id": entry.id, "alerts": len(alerts)}, status=202
@@ -206,19 +217,21 @@ class Handlers:
             status=202,
         )
 
+    async def read_body(self, request: web.Request) -> bytes:
+        """The request body, capped and checked to be JSON (for other endpoints)."""
+        return await self._body(request)
+
     async def enqueue(self, request: web.Request) -> web.Response:
-        """POST /v2/enqueue (PagerDuty Events API v2 shape)."""
+        """POST /v2/enqueue (PagerDuty Events API v2; errors shaped in app.py)."""
         body = await self._body(request)
         data = parse_json(body)
         if isinstance(data, dict) and isinstance(data.get("routing_key"), str):
             self._auth.check_routing_key(data["routing_key"])
         alerts = events_v2.to_alerts(data, self._clock(), body=body)
-        alert = alerts[0]
-        dedup = alert.refs["dedup_key"]
-        state = await self._store.alert_state(alert.fingerprint)
-        if state is not None and state.status == alert.status and alert.actionable:
-            # Same dedup_key and same action as the current state: PagerDuty would
-            # fold it into the open incident; so do we.
+        dedup = alerts[0].refs["dedup_key"]
+        if data.get("event_action") == "trigger" and await self._all_open(alerts):
+            # Same dedup_key, every alert already firing: PagerDuty would fold it
+            # into the open incident; so do we. A resolve is never folded.
             self._metrics.duplicates.labels("events_v2").inc()
             return web.json_response(
                 {
@@ -241,11 +254,20 @@ class Handlers:
             {
                 "status": "success",
                 "message": "Event processed",
-                "dedup_key": alerts[0].refs["dedup_key"],
+                "dedup_key": dedup,
                 "id": entry.id,
             },
             status=202,
         )
+
+    async def _all_open(self, alerts: list[Alert]) -> bool:
+        for alert in alerts:
+            if alert.status != "firing":
+                return False
+            state = await self._store.alert_state(alert.fingerprint)
+            if state is None or state.status != "firing":
+                return False
+        return True
 
     # ------------------------------------------------------------ read API
 
