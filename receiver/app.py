@@ -27,9 +27,10 @@ from receiver.sinks import (
     scrubber,
 )
 from receiver.sources.alertmanager_api import AlertmanagerApi
+from receiver.steps.changes import ChangesExecutor
 from receiver.store.base import Store
 from receiver.web.auth import Authenticator
-from receiver.web.change_events import ChangeEvents, events_api_errors
+from receiver.web.change_events import ChangeEvents, change_reader, events_api_errors
 from receiver.web.handlers import Handlers
 from receiver.web.problems import make_middleware
 
@@ -75,6 +76,11 @@ def create_app(
     for none.
     """
     metrics = metrics or Metrics()
+    # changes.recent reads this receiver's own store: always available.
+    executors = {
+        "changes": ChangesExecutor(change_reader(store), clock),
+        **(executors or {}),
+    }
     metrics.rules_loaded.set(len(rulebook.rules))
     consumer = consumer_name()
     keeper = GuardKeeper(

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from receiver.errors import InputError, ReceiverError
 from receiver.model import iso
 from receiver.sources import parse_json, validate
-from receiver.store.base import Store, new_id
+from receiver.store.base import DecisionQuery, Store, new_id
 from receiver.web.auth import Authenticator
 from receiver.web.problems import DETAIL, error_response
 
@@ -85,6 +85,19 @@ def change_record(event: ChangeEvent, record_id: str, now: datetime) -> dict[str
             "links": [link.model_dump(exclude_none=True) for link in event.links],
         },
     }
+
+
+def change_reader(
+    store: Store,
+) -> Callable[[datetime, int], Awaitable[list[dict[str, Any]]]]:
+    """A reader of stored change events for the ``changes.recent`` executor."""
+
+    async def read(since: datetime, limit: int) -> list[dict[str, Any]]:
+        return await store.decisions(
+            DecisionQuery(fingerprint=CHANGE_FINGERPRINT, since=since, limit=limit)
+        )
+
+    return read
 
 
 def events_api_error(exc: ReceiverError) -> web.Response:
