@@ -79,7 +79,7 @@ def alert() -> dict[str, Any]:
 
 
 async def test_changes_recent_lists_the_alerts_service_changes(make_client):
-    """Only changes of the alert's service and namespace, in the window, newest first."""
+    """Only the alert's service and namespace changes, in the window, newest first."""
     client = await make_client(full_settings(mode="execute"))
     m = timedelta(minutes=1)
     await change(client, "api v3", 10 * m, service="api", namespace="production")
