@@ -7,8 +7,9 @@ are started and stopped in ``cleanup_ctx``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from aiohttp import web
 
@@ -33,6 +34,7 @@ from receiver.web.auth import Authenticator
 from receiver.web.change_events import ChangeEvents, change_reader, events_api_errors
 from receiver.web.handlers import Handlers
 from receiver.web.problems import make_middleware
+from receiver.web.reload import Reloader, step_types
 
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
@@ -59,6 +61,28 @@ def guard_defaults(settings: Settings) -> GuardDefaults:
     )
 
 
+def _add_operations(
+    app: web.Application,
+    handlers: Handlers,
+    reloader: Reloader,
+    *,
+    store: Store,
+    auth: Authenticator,
+    clock: Callable[[], datetime],
+) -> None:
+    """Routes for change events and, with rule paths, ``POST /-/reload``."""
+    changes = ChangeEvents(
+        store=store, auth=auth, clock=clock, read_body=handlers.read_body
+    )
+    app.router.add_post(
+        "/v2/change/enqueue",
+        events_api_errors(changes.enqueue),
+        name="webhook:change_events",
+    )
+    if reloader.paths:
+        app.router.add_post("/-/reload", reloader.handle)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -69,24 +93,26 @@ def create_app(
     metrics: Metrics | None = None,
     sinks: Mapping[str, Sink] | None = None,
     firing_check: AlertmanagerApi | None = None,
+    rule_paths: Sequence[Path] | None = None,
 ) -> web.Application:
     """Build the application; the worker starts with the app and stops with it.
 
     ``sinks`` default to those settings configure (``build_sinks``); pass ``{}``
-    for none.
+    for none. With ``rule_paths`` (what ``rulebook`` was loaded from), SIGHUP and
+    ``POST /-/reload`` load them again.
     """
     metrics = metrics or Metrics()
-    # changes.recent reads this receiver's own store: always available.
-    executors = {
-        "changes": ChangesExecutor(change_reader(store), clock),
-        **(executors or {}),
-    }
-    metrics.rules_loaded.set(len(rulebook.rules))
     consumer = consumer_name()
     keeper = GuardKeeper(
         store, consumer, guard_defaults(settings), firing_check=firing_check
     )
-    runner = Runner(executors or {}, clock, mode=settings.mode, guards=keeper)
+    runner = Runner(
+        # changes.recent reads this receiver's own store: always available.
+        {"changes": ChangesExecutor(change_reader(store), clock), **(executors or {})},
+        clock,
+        mode=settings.mode,
+        guards=keeper,
+    )
     processor = Processor(
         rulebook,
         runner,
@@ -133,14 +159,10 @@ def create_app(
     r.add_post(
         "/v2/enqueue", events_api_errors(handlers.enqueue), name="webhook:events_v2"
     )
-    changes = ChangeEvents(
-        store=store, auth=auth, clock=clock, read_body=handlers.read_body
+    reloader = Reloader(
+        processor, rule_paths or [], metrics=metrics, auth=auth, clock=clock
     )
-    r.add_post(
-        "/v2/change/enqueue",
-        events_api_errors(changes.enqueue),
-        name="webhook:change_events",
-    )
+    _add_operations(app, handlers, reloader, store=store, auth=auth, clock=clock)
     r.add_get("/api/v1/decisions", handlers.decisions)
     r.add_get("/api/v1/payloads", handlers.payloads)
     r.add_get("/api/v1/payloads/{id}", handlers.payload)
@@ -163,8 +185,12 @@ def create_app(
             ),
             clock=clock,
             scrub=scrubber(settings),
+            on_outcome=lambda sink, outcome: metrics.sink_deliveries.labels(
+                sink, outcome
+            ).inc(),
         )
         app[SINKS] = dispatcher
+    metrics.known(step_types=step_types(rulebook), sinks=sinks)
     worker = Worker(
         store,
         processor,
@@ -177,7 +203,9 @@ def create_app(
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await worker.start()
+        reloader.listen()
         yield
+        reloader.stop_listening()
         await worker.stop()
         if dispatcher is not None:
             await dispatcher.aclose()

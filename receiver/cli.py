@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from receiver import __version__
 from receiver.errors import ConfigError, InputError, RuleError
 from receiver.model import AlertTrace, Decision, MatchTrace
 
@@ -25,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="receiver",
         description="Alert-automation receiver: Alertmanager and PagerDuty in, "
         "safe playbooks out.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"receiver {__version__}"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -72,9 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from receiver import logs  # noqa: PLC0415
 
         logs.configure("console", "warning")
+    if args.command == "serve":
+        return _serve_or_say_why(args)
     try:
-        if args.command == "serve":
-            return _serve(args)
         if args.command == "replay":
             return asyncio.run(_replay(args))
         if args.rules_command == "check":
@@ -125,6 +129,32 @@ def _rules_test(paths: list[Path]) -> int:
                 _out(f"FAIL {result.file}: {result.name}: {result.message}")
     _out(f"{total - failed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def _serve_or_say_why(args: argparse.Namespace) -> int:
+    """``receiver serve``; a failure to start is one clear log line and exit 1."""
+    from receiver import logs  # noqa: PLC0415
+
+    # Until the settings say otherwise: JSON unless on a terminal, so even a
+    # failure to read the settings is a line log shippers can parse.
+    logs.configure("auto", "info")
+    import structlog  # noqa: PLC0415
+
+    try:
+        return _serve(args)
+    except RuleError as exc:
+        problems = [str(d) for d in exc.details]
+        error = f"the rules do not load ({len(problems)} problems): " + "; ".join(
+            problems
+        )
+    except (ConfigError, InputError) as exc:
+        error = " ".join(str(exc).split())
+    except OSError as exc:
+        error = f"cannot start: {exc.strerror or exc}"
+        if exc.filename:
+            error += f": {exc.filename}"
+    structlog.get_logger("receiver").error("serve_failed", error=error)
+    return 1
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -178,34 +208,40 @@ def _serve(args: argparse.Namespace) -> int:
         store=store,
         executors=build_executors(settings),
         firing_check=firing_check,
+        rule_paths=settings.rules,
     )
     base = f"http://{settings.host}:{settings.port}"
-    log.info(
-        "receiver_started",
-        url=base,
-        mode=settings.mode,
-        rules=len(rulebook.rules),
-        playbooks=len(rulebook.playbooks),
-        store=settings.store.split("://", 1)[0],
-    )
-    if not settings.has_credentials:
-        log.warning(
-            "auth_disabled",
-            detail="no credentials configured: listening on loopback only and "
-            "accepting unauthenticated requests; set RECEIVER_AUTH_TOKENS before "
-            "exposing the receiver",
-        )
-    if settings.mode == "dry-run":
+
+    def started(_banner: str) -> None:
+        # aiohttp calls this once every listening socket is bound.
         log.info(
-            "dry_run_mode",
-            detail="remediations are only described, never run; start with "
-            "--execute to run them",
+            "receiver_started",
+            url=base,
+            version=__version__,
+            mode=settings.mode,
+            rules=len(rulebook.rules),
+            playbooks=len(rulebook.playbooks),
+            store=settings.store.split("://", 1)[0],
         )
-    log.info(
-        "try_it",
-        detail=f"send an example alert: examples/send.sh {base} "
-        "(then GET /api/v1/decisions)",
-    )
+        if not settings.has_credentials:
+            log.warning(
+                "auth_disabled",
+                detail="no credentials configured: listening on loopback only and "
+                "accepting unauthenticated requests; set RECEIVER_AUTH_TOKENS before "
+                "exposing the receiver",
+            )
+        if settings.mode == "dry-run":
+            log.info(
+                "dry_run_mode",
+                detail="remediations are only described, never run; start with "
+                "--execute to run them",
+            )
+        log.info(
+            "try_it",
+            detail=f"send an example alert: examples/send.sh {base} "
+            "(then GET /api/v1/decisions)",
+        )
+
     # Everything built so far lives for the whole process: keep it out of the
     # garbage collector's generations so collections during a storm stay cheap.
     gc.freeze()
@@ -214,8 +250,7 @@ def _serve(args: argparse.Namespace) -> int:
         loop=uvloop.new_event_loop(),
         host=settings.host,
         port=settings.port,
-        print=None,
-        access_log=None,
+        print=started,
         handle_signals=True,
     )
     return 0

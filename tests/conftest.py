@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -162,3 +163,8 @@ def _fresh_logging():
     """Each test starts with structlog's defaults (the CLI configures it globally)."""
     yield
     structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler.formatter, structlog.stdlib.ProcessorFormatter):
+            root.removeHandler(handler)
+    logging.captureWarnings(False)  # noqa: FBT003

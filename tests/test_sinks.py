@@ -967,3 +967,25 @@ async def test_a_sink_bug_is_contained_and_scrubbed(capsys):
     assert "s3cr3t" not in out.out + out.err
     await d.aclose()
     await store.close()
+
+
+async def test_outcomes_are_reported_per_sink(pd, make_sinks):
+    """Every delivery outcome is reported as (sink, status), for the metrics."""
+    pd.script("POST", "/hook", Reply(500, "down"))
+    store = MemoryStore()
+    seen: list[tuple[str, str]] = []
+    d = SinkDispatcher(
+        make_sinks(settings(pd, sink_attempts=1)),
+        store=store,
+        choose=lambda _t: ["webhook", "pagerduty_note", "missing"],
+        clock=lambda: NOW,
+        on_outcome=lambda sink, status: seen.append((sink, status)),
+    )
+    d.submit([trace(alert("pagerduty", incident_id="Q1"), payload_id="p1")])
+    await d.drain()
+    assert sorted(seen) == [
+        ("missing", "skipped"),
+        ("pagerduty_note", "sent"),
+        ("webhook", "failed"),
+    ]
+    await store.close()

@@ -178,6 +178,14 @@ def spec() -> dict[str, Any]:
                     },
                 }
             },
+            "/-/reload": {
+                "post": {
+                    "summary": "Load the rule files again (also on SIGHUP); a bad "
+                    "file keeps the current rules (422)",
+                    "security": bearer,
+                    "responses": {"200": json_ok, **_errors(401, 403, 422)},
+                }
+            },
             "/api/v1/decisions": {
                 "get": {
                     "summary": "Decision traces, newest first",

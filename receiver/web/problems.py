@@ -37,6 +37,7 @@ _TITLES = {
     405: "Method not allowed",
     413: "Payload too large",
     415: "Unsupported media type",
+    422: "Unprocessable content",
     503: "Service unavailable",
     500: "Internal error",
 }
