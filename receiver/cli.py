@@ -109,10 +109,44 @@ def _rules_check(paths: list[Path]) -> int:
 
 
 def _rules_test(paths: list[Path]) -> int:
-    from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
-    from receiver.rulebook.ruletest import run_file, test_files  # noqa: PLC0415
+    from receiver.engine.planner import PlanContext, plan  # noqa: PLC0415
+    from receiver.rulebook.loader import (  # noqa: PLC0415
+        Rulebook,
+        load_rulebook,
+        rule_files,
+    )
+    from receiver.rulebook.ruletest import (  # noqa: PLC0415
+        PlannedMatchView,
+        PlannedStepView,
+        run_file,
+        test_files,
+    )
 
-    book = load_rulebook(paths)
+    def planner(
+        alert: Any, book: Rulebook, now: datetime, execute: bool
+    ) -> list[PlannedMatchView]:
+        planned = plan(alert, book, now, PlanContext(execute=execute))
+        return [
+            PlannedMatchView(
+                m.rule,
+                m.severity.value,
+                m.playbook,
+                tuple(
+                    PlannedStepView(
+                        s.trace.type,
+                        s.trace.name,
+                        "run" if s.run else s.trace.decision.value,
+                        s.trace.reason,
+                    )
+                    for s in m.steps
+                ),
+            )
+            for m in planned.matches
+        ]
+
+    # Test files may name their own rule files; the rest test what ``paths``
+    # hold (so `rules test FILE.test.yaml` works on its own).
+    book = load_rulebook(paths) if rule_files(paths) else None
     files = test_files(paths)
     if not files:
         _out(f"no rule tests (*.test.yaml) under {', '.join(map(str, paths))}")
@@ -120,13 +154,15 @@ def _rules_test(paths: list[Path]) -> int:
     failed = 0
     total = 0
     for path in files:
-        for result in run_file(path, book):
+        for result in run_file(path, book, planner):
             total += 1
             if result.ok:
                 _out(f"PASS {result.file}: {result.name}")
-            else:
-                failed += 1
-                _out(f"FAIL {result.file}: {result.name}: {result.message}")
+                continue
+            failed += 1
+            _out(f"FAIL {result.file}: {result.name}")
+            for problem in result.problems:
+                _out(f"  {problem}")
     _out(f"{total - failed} passed, {failed} failed")
     return 1 if failed else 0
 
