@@ -10,19 +10,22 @@ when a file is bad.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import warnings
 from typing import Any
 
 import httpx
 import pytest
+import structlog
 from peers import free_port, poll, require_binary, run_receiver
 from prometheus_client.parser import text_string_to_metric_families
 
-from receiver import __version__
+from receiver import __version__, logs
 
 TOKEN = "tok-ops-5c1f"
 GOOD = """
@@ -241,3 +244,30 @@ def test_promtool_checks_the_metrics(tmp_path):
     # Known label values are exposed before anything happened to them.
     assert 'receiver_alerts_total{source="pagerduty",status="firing"} 0.0' in text
     assert 'receiver_steps_total{decision="executed",type=' not in text  # noop rules
+
+
+def test_warnings_and_library_loggers_are_json(capsys):
+    """Warnings and other libraries' log records come out as the same JSON."""
+    logs.configure("json", "info", ["s3cr3t-value"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("an old API", DeprecationWarning, stacklevel=1)
+    try:
+        raise ValueError("boom s3cr3t-value")  # noqa: TRY301
+    except ValueError:
+        logging.getLogger("aiohttp.server").exception("Error handling request")
+    structlog.get_logger("receiver").warning("thing_happened", detail="it did")
+    entries = _json_lines(capsys.readouterr().err)
+    by_logger = {e.get("logger", "receiver"): e for e in entries}
+    warned = by_logger["py.warnings"]
+    assert warned["level"] == "warning"
+    assert "an old API" in warned["message"]
+    server = by_logger["aiohttp.server"]
+    assert server["level"] == "error"
+    assert server["message"] == "Error handling request"
+    assert "ValueError: boom ***" in server["exception"]
+    assert "s3cr3t-value" not in json.dumps(entries)
+    ours = by_logger["receiver"]
+    assert ours["message"] == "thing_happened: it did"
+    assert ours["event"] == "thing_happened"
+    assert ours["timestamp"].endswith("Z")
