@@ -272,23 +272,28 @@ class Processor:
     ) -> datetime | None:
         """Remember acknowledgements; for a firing alert, when it was acknowledged.
 
-        ``None`` unless a human acknowledged this occurrence (after it started).
+        An acknowledgement counts only for an alert that is firing, and holds
+        until the incident or dedup key is resolved or unacknowledged (or for
+        ``ACK_MEMORY`` when neither ever arrives).
         """
         if self._store is None:
             return None
         scope = ack_scope(alert)
-        unacknowledged = alert.labels.get("event_type") == "incident.unacknowledged"
-        if record and (alert.state == "acknowledged" or unacknowledged):
-            await self._store.set_last_run(
-                scope, _NEVER if unacknowledged else now, ACK_MEMORY
-            )
+        if record and alert.state == "acknowledged":
+            state = await self._store.alert_state(alert.fingerprint)
+            if state is not None and state.status == "firing":
+                await self._store.set_last_run(scope, now, ACK_MEMORY)
+            return None
+        closes = alert.refs.get("event_action") == "resolve" or alert.labels.get(
+            "event_type"
+        ) in ("incident.resolved", "incident.unacknowledged")
+        if record and closes:
+            await self._store.set_last_run(scope, _NEVER, ACK_MEMORY)
             return None
         if alert.status != "firing" or not alert.actionable:
             return None
         at = await self._store.last_run(scope)
-        started = alert.starts_at or _NEVER
-        # An acknowledgement before this occurrence started is an older one's.
-        return at if at is not None and at != _NEVER and at >= started else None
+        return at if at is not None and at != _NEVER else None
 
     async def _inherit(self, alert: Alert) -> list[Alert]:
         """A resolve or acknowledge naming only a dedup key takes its trigger's labels.
