@@ -48,8 +48,7 @@ def render(alerts: list[tuple[dict[str, str], dict[str, list[str]], str]]) -> st
         out += "".join(f" - {k} = {v}\n" for k, v in sorted(labels.items()))
         out += "Annotations:\n"
         out += "".join(
-            f" - {k} = {chr(10).join(lines)}\n"
-            for k, lines in sorted(notes.items())
+            f" - {k} = {chr(10).join(lines)}\n" for k, lines in sorted(notes.items())
         )
         out += f"Source: {source}\n"
     return out

@@ -225,7 +225,7 @@ class Processor:
         """Plan and run every alert; ``now`` fixes time for replay ``--at``."""
         traces = []
         for given in alerts:
-            for raw in await self._inherit(given):
+            for raw in await self.inherit(given):
                 trace = await self._decide_one(
                     raw, payload_id, now, runner=runner, ctx=ctx, count=count
                 )
@@ -295,7 +295,7 @@ class Processor:
         at = await self._store.last_run(scope)
         return at if at is not None and at != _NEVER else None
 
-    async def _inherit(self, alert: Alert) -> list[Alert]:
+    async def inherit(self, alert: Alert) -> list[Alert]:
         """A resolve or acknowledge naming only a dedup key takes its trigger's labels.
 
         The trigger's decision records say which labels (and so which rule) the

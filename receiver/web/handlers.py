@@ -227,8 +227,11 @@ class Handlers:
         data = parse_json(body)
         if isinstance(data, dict) and isinstance(data.get("routing_key"), str):
             self._auth.check_routing_key(data["routing_key"])
-        alerts = events_v2.to_alerts(data, self._clock(), body=body)
-        dedup = alerts[0].refs["dedup_key"]
+        parsed = events_v2.to_alerts(data, self._clock(), body=body)
+        dedup = parsed[0].refs["dedup_key"]
+        # A resolve naming only the dedup key closes every alert its trigger
+        # opened (a grouped page's each have a fingerprint): record their states.
+        alerts = [a for raw in parsed for a in await self._processor.inherit(raw)]
         if data.get("event_action") == "trigger" and await self._all_open(alerts):
             # Same dedup_key, every alert already firing: PagerDuty would fold it
             # into the open incident; so do we. A resolve is never folded.
@@ -261,12 +264,21 @@ class Handlers:
         )
 
     async def _all_open(self, alerts: list[Alert]) -> bool:
+        group = await self._store.alert_state(
+            events_v2.group_fingerprint(alerts[0].refs["dedup_key"])
+        )
         for alert in alerts:
             if alert.status != "firing":
                 return False
             state = await self._store.alert_state(alert.fingerprint)
             if state is None or state.status != "firing":
                 return False
+            if (
+                group is not None
+                and group.status == "resolved"
+                and group.updated_at >= state.updated_at
+            ):
+                return False  # resolved by dedup key since it fired
         return True
 
     # ------------------------------------------------------------ read API
