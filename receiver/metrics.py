@@ -199,8 +199,16 @@ class Metrics:
         for guard in GUARDS:
             self.guard_skips.labels(guard)
 
-    def known(self, *, step_types: Iterable[str], sinks: Iterable[str]) -> None:
-        """Pre-initialise the step types of the rules and the configured sinks."""
+    def known(
+        self,
+        *,
+        step_types: Iterable[str],
+        sinks: Iterable[str],
+        rules: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Pre-initialise step types, sinks and (rule, fixed severity) pairs."""
+        for rule, severity in rules:
+            self.rule_matches.labels(rule, severity)
         for step_type in step_types:
             for decision in Decision:
                 self.steps.labels(step_type, decision.value)

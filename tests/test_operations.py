@@ -243,6 +243,7 @@ def test_promtool_checks_the_metrics(tmp_path):
     assert "_created" not in text
     # Known label values are exposed before anything happened to them.
     assert 'receiver_alerts_total{source="pagerduty",status="firing"} 0.0' in text
+    assert 'receiver_rule_matches_total{rule="first",severity="P2"} 0.0' in text
     assert 'receiver_steps_total{decision="executed",type=' not in text  # noop rules
 
 

@@ -152,7 +152,13 @@ def spec() -> dict[str, Any]:
                     "security": [{"pagerdutySignature": []}],
                     "requestBody": request_body("PagerDutyWebhook"),
                     "responses": {
-                        "202": _accepted({"event_type": {"type": "string"}}),
+                        "202": _accepted(
+                            {
+                                "event_type": {"type": "string"},
+                                "alerts": {"type": "integer"},
+                                "recorded_as": {"enum": ["alert", "event"]},
+                            }
+                        ),
                         **_errors(400, 403, 413, 415, 503),
                     },
                 }

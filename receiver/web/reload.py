@@ -23,6 +23,7 @@ from aiohttp import web
 from receiver.engine.worker import Processor
 from receiver.errors import RuleError
 from receiver.metrics import Metrics
+from receiver.model import Severity
 from receiver.rulebook.loader import Rulebook, load_rulebook
 from receiver.web.auth import Authenticator
 from receiver.web.problems import problem
@@ -73,7 +74,15 @@ class Reloader:
         self._metrics.rules_loaded.set(len(rulebook.rules))
         self._metrics.reload_ok.set(1)
         self._metrics.reload_time.set(self._clock().timestamp())
-        self._metrics.known(step_types=step_types(rulebook), sinks=())
+        self._metrics.known(
+            step_types=step_types(rulebook),
+            sinks=(),
+            rules=[
+                (r.name, r.severity.value)
+                for r in rulebook.rules
+                if isinstance(r.severity, Severity)
+            ],
+        )
 
     def reload(self, trigger: str) -> RuleError | None:
         """Load the rules again; the error when they stay as they were."""
