@@ -299,14 +299,7 @@ async def _replay(args: argparse.Namespace) -> int:
     from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
     from receiver.sources import detect, parse_json  # noqa: PLC0415
 
-    at = None
-    if args.at:
-        try:
-            at = datetime.fromisoformat(args.at)
-        except ValueError as exc:
-            raise InputError(f"--at {args.at!r} is not an ISO 8601 time") from exc
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=UTC)
+    at = _at(args.at)
 
     def clock() -> datetime:
         return at or datetime.now(UTC)
@@ -316,6 +309,7 @@ async def _replay(args: argparse.Namespace) -> int:
     rulebook = load_rulebook(args.rules or DEFAULT_RULES)
     processor = Processor(rulebook, Runner({}, clock), clock, PlanContext())
     traces: list[tuple[Path, AlertTrace]] = []
+    events: list[str] = []
     inputs = [(path, _read(path)) for path in args.files]
     inputs += [(Path(ref), _fetch(ref)) for ref in args.sources]
     for path, body in inputs:
@@ -325,12 +319,34 @@ async def _replay(args: argparse.Namespace) -> int:
             alerts = processor.alerts(source, body, clock())
         except InputError as exc:
             raise InputError(f"{path}: {exc}") from exc
+        if not alerts:
+            events.append(_recorded_event(path, data))
         traces.extend((path, t) for t in await processor.decide(alerts, now=at))
     if args.json:
         _out(json.dumps({"alerts": [t.to_json() for _, t in traces]}, indent=2))
     else:
         _print_traces(traces)
+        for line in events:
+            _out(line)
     return 0
+
+
+def _at(text: str | None) -> datetime | None:
+    """``--at``: an ISO 8601 time (UTC unless it says otherwise)."""
+    if not text:
+        return None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InputError(f"--at {text!r} is not an ISO 8601 time") from exc
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _recorded_event(path: Path, data: Any) -> str:
+    """What replay says of a payload that is an event, not an alert."""
+    event = data.get("event") if isinstance(data, dict) else None
+    kind = event.get("event_type", "event") if isinstance(event, dict) else "event"
+    return f"== {path}\n{str(kind)[:100]}: recorded as an event, not an alert"
 
 
 def _read(path: Path) -> bytes:

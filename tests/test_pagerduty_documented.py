@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import PD_SECRET, bearer, pd_signature, wait_for_decisions
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
+
+from receiver.sources import pagerduty
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pagerduty_v3"
 DOCUMENTED = sorted(p.name.removesuffix(".json") for p in FIXTURES.glob("*.json"))
@@ -162,3 +167,66 @@ async def test_unknown_event_type_recorded(make_client):
     resp = await _post(client, json.dumps(payload).encode())
     assert resp.status == 202
     assert (await resp.json())["recorded_as"] == "event"
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+FIELDS = st.sampled_from(
+    [
+        "id",
+        "type",
+        "number",
+        "status",
+        "incident_key",
+        "created_at",
+        "title",
+        "html_url",
+        "urgency",
+        "service",
+        "priority",
+        "escalation_policy",
+        "incident",
+        "content",
+        "incident_role_assignments",
+    ]
+)
+
+
+@given(
+    event_type=st.sampled_from(DOCUMENTED) | st.text(min_size=1, max_size=40),
+    data=JSON_VALUES | st.dictionaries(FIELDS, JSON_VALUES, max_size=8),
+    occurred_at=JSON_VALUES,
+    agent=JSON_VALUES,
+)
+def test_any_data_of_a_valid_envelope_is_accepted(event_type, data, occurred_at, agent):
+    """Whatever ``data``, ``occurred_at`` and ``agent`` hold, parsing never refuses."""
+    body = {
+        "event": {
+            "id": "01PROPERTY",
+            "event_type": event_type,
+            "occurred_at": occurred_at,
+            "agent": agent,
+            "data": data,
+        }
+    }
+    alerts = pagerduty.to_alerts(body, datetime(2026, 1, 1, tzinfo=UTC))
+    if event_type.startswith("incident."):
+        [alert] = alerts
+        assert alert.fingerprint.startswith("pd-")
+        assert all(isinstance(v, str) and v for v in alert.labels.values())
+    else:
+        assert alerts == []
+
+
+def test_replay_says_an_event_is_not_an_alert(capsys):
+    """Replaying a non-incident event says it is recorded as an event."""
+    from receiver.cli import main  # noqa: PLC0415
+
+    assert main(["replay", str(FIXTURES / "pagey.ping.json")]) == 0
+    assert "pagey.ping: recorded as an event, not an alert" in capsys.readouterr().out
