@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -248,11 +249,13 @@ def _serve(args: argparse.Namespace) -> int:
     )
     base = f"http://{settings.host}:{settings.port}"
 
-    def started(_banner: str) -> None:
-        # aiohttp calls this once every listening socket is bound.
+    def started(banner: str) -> None:
+        # aiohttp calls this once every listening socket is bound, with a banner
+        # naming the bound addresses (the real port when --port 0).
+        bound = re.search(r"Running on (\S+)", banner)
         log.info(
             "receiver_started",
-            url=base,
+            url=bound.group(1) if bound else base,
             version=__version__,
             mode=settings.mode,
             rules=len(rulebook.rules),

@@ -212,6 +212,8 @@ def test_aiohttp_lines_are_json_too(tmp_path):
         httpx.get(f"{rx.url}/healthz", timeout=5)
         rx.stop()
         entries = _json_lines(rx.log.read_text())
+    [started] = [e for e in entries if e["event"] == "receiver_started"]
+    assert started["url"] == rx.url  # the bound address
     foreign = [e for e in entries if e.get("logger", "").startswith("aiohttp")]
     assert any(
         e["logger"] == "aiohttp.access" and "GET /healthz" in e["message"]
