@@ -85,7 +85,7 @@ def _plan_step(
     step: StepModel, alert: Alert, now: datetime, match: RuleMatch, ctx: PlanContext
 ) -> PlannedStep:
     try:
-        rendered = step.rendered(alert)
+        rendered = step.rendered(alert, match.playbook.one_of)
     except RenderError as exc:
         return PlannedStep(
             StepTrace(
