@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from receiver.engine.guards import GuardDefaults, GuardKeeper
+from receiver.engine.guards import FiringCheck, GuardDefaults, GuardKeeper
 from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor, Worker, consumer_name
@@ -27,9 +27,9 @@ from receiver.sinks import (
     playbook_sinks,
     scrubber,
 )
-from receiver.sources.alertmanager_api import AlertmanagerApi
 from receiver.steps.changes import ChangesExecutor
 from receiver.store.base import Store
+from receiver.web.admin import Admin
 from receiver.web.auth import Authenticator
 from receiver.web.change_events import ChangeEvents, change_reader, events_api_errors
 from receiver.web.handlers import Handlers
@@ -83,7 +83,7 @@ def _add_operations(
         app.router.add_post("/-/reload", reloader.handle)
 
 
-def create_app(
+def create_app(  # noqa: PLR0915 (the one place that wires everything)
     settings: Settings,
     *,
     rulebook: Rulebook,
@@ -92,7 +92,7 @@ def create_app(
     executors: Mapping[str, Executor] | None = None,
     metrics: Metrics | None = None,
     sinks: Mapping[str, Sink] | None = None,
-    firing_check: AlertmanagerApi | None = None,
+    firing_check: FiringCheck | None = None,
     rule_paths: Sequence[Path] | None = None,
 ) -> web.Application:
     """Build the application; the worker starts with the app and stops with it.
@@ -106,12 +106,14 @@ def create_app(
     keeper = GuardKeeper(
         store, consumer, guard_defaults(settings), firing_check=firing_check
     )
+    scrub = scrubber(settings)
     runner = Runner(
         # changes.recent reads this receiver's own store: always available.
         {"changes": ChangesExecutor(change_reader(store), clock), **(executors or {})},
         clock,
         mode=settings.mode,
         guards=keeper,
+        scrub=scrub,
     )
     processor = Processor(
         rulebook,
@@ -126,6 +128,7 @@ def create_app(
         metrics=metrics,
         pagerduty_alertname_from=settings.pagerduty_alertname_from,
         store=store,
+        scrub=scrub,
     )
     auth = Authenticator(
         settings.auth_tokens,
@@ -173,6 +176,8 @@ def create_app(
     r.add_get("/readyz", handlers.readyz)
     r.add_get("/metrics", handlers.metrics)
     r.add_get("/openapi.json", handlers.openapi)
+    admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
+    admin.routes(r)
 
     sinks = build_sinks(settings) if sinks is None else sinks
     dispatcher = None
@@ -184,7 +189,7 @@ def create_app(
                 trace, processor.rulebook.playbooks, settings.sinks
             ),
             clock=clock,
-            scrub=scrubber(settings),
+            scrub=scrub,
             on_outcome=lambda sink, outcome: metrics.sink_deliveries.labels(
                 sink, outcome
             ).inc(),
@@ -199,9 +204,16 @@ def create_app(
         consumer=consumer,
         clock=clock,
         on_complete=dispatcher.submit if dispatcher is not None else None,
+        lease=settings.journal_lease,
+        max_attempts=settings.journal_max_attempts,
     )
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        if settings.paused and await store.pause() is None:
+            await admin.switch(
+                paused=True, by="settings", reason="started with paused: true"
+            )
+        metrics.paused.set(1 if await store.pause() else 0)
         await worker.start()
         reloader.listen()
         yield
@@ -213,8 +225,9 @@ def create_app(
             close = getattr(executor, "aclose", None)
             if close is not None:
                 await close()
-        if firing_check is not None:
-            await firing_check.aclose()
+        close_check = getattr(firing_check, "aclose", None)
+        if close_check is not None:
+            await close_check()
         await store.close()
 
     app.cleanup_ctx.append(lifecycle)

@@ -39,19 +39,25 @@ WEBHOOK_OUTCOMES = (
     "unsupported_media",
     "unavailable",
 )
+# The ``guard`` of every refusal (engine/guards.py, planner, runner).
 GUARDS = (
-    "cooldown",
-    "budget",
-    "lock",
+    "paused",
     "circuit_breaker",
     "resolved",
-    "idempotency",
+    "silenced",
+    "inhibited",
     "approval",
+    "lock",
+    "idempotency",
+    "cooldown",
+    "budget",
     "require_firing_for",
     "namespace",
+    "template",
+    "executor",
+    "already_done",
+    "store",
     "acknowledged",
-    "dry_run",
-    "other",
 )
 SINK_OUTCOMES = ("sent", "skipped", "failed")
 
@@ -133,6 +139,17 @@ class Metrics:
         self.journal_oldest_age = Gauge(
             "receiver_journal_oldest_age_seconds",
             "Age of the oldest accepted payload not yet processed.",
+            registry=r,
+        )
+        self.journal_parked = Gauge(
+            "receiver_journal_parked",
+            "Journal entries parked after too many failed attempts (see "
+            "GET /api/v1/parked).",
+            registry=r,
+        )
+        self.paused = Gauge(
+            "receiver_paused",
+            "1 while remediations are paused (POST /api/v1/pause), else 0.",
             registry=r,
         )
         self.guard_skips = Counter(

@@ -64,7 +64,9 @@ class Plan:
     notes: tuple[str, ...] = field(default=())
 
 
-def _trace(step: StepModel, decision: Decision, reason: str) -> StepTrace:
+def _trace(
+    step: StepModel, decision: Decision, reason: str, guard: str = ""
+) -> StepTrace:
     try:
         target = step.target()
         request = step.describe()
@@ -78,6 +80,7 @@ def _trace(step: StepModel, decision: Decision, reason: str) -> StepTrace:
         reason=reason,
         request=freeze(request),
         name=step.name,
+        guard=guard,
     )
 
 
@@ -95,6 +98,7 @@ def _plan_step(
                 decision=Decision.SKIPPED,
                 reason=f"cannot fill in the step for this alert: {exc}",
                 name=step.name,
+                guard="template",
             )
         )
     action = rendered.summary()
@@ -110,6 +114,7 @@ def _plan_step(
                 Decision.SKIPPED,
                 f"namespace {namespace!r} is not allowed (allowlist: "
                 f"{', '.join(allowed) or 'empty'})",
+                "namespace",
             ),
             rendered,
         )
@@ -121,6 +126,7 @@ def _plan_step(
                     Decision.SKIPPED,
                     "alert resolved: remediations run only while an alert fires "
                     f"(would have: {action})",
+                    "resolved",
                 ),
                 rendered,
             )
@@ -132,6 +138,7 @@ def _plan_step(
                     Decision.SKIPPED,
                     f"not firing long enough: {format_duration(alert.firing_for(now))}"
                     f" of the required {format_duration(need)}",
+                    "require_firing_for",
                 ),
                 rendered,
             )

@@ -1,10 +1,19 @@
 """Consume the journal: parse each accepted payload, plan, run, record, mark done.
 
-Started and stopped by the app (``cleanup_ctx``). An entry is marked done only
-after its decisions are recorded; if the store fails meanwhile, the same entry is
-retried with backoff, and after a crash it is claimed again (idempotency keys
-make that safe). ``Processor`` is also what ``receiver replay`` uses, so replay
-and the live path decide identically.
+Started and stopped by the app (``cleanup_ctx``), or by a separate worker
+process. Each worker is one *incarnation* (host, pid, random): it registers
+itself in the store and keeps renewing that while it runs, and on start it
+recovers what dead incarnations left (their target locks are released; their
+interrupted remediations are re-checked by the runner). An entry is claimed
+under a ``Lease`` that is renewed while it is decided, and marked done only after
+its decisions are recorded; if the store fails meanwhile, the same entry is
+retried with backoff. Each alert of a payload is decided on its own: an
+unexpected error in one becomes that alert's recorded failure. An entry that
+still fails as a whole (or keeps crashing the process) is handed back and, after
+``max_attempts`` claims, parked: listed in the API, counted in
+``receiver_journal_parked``, logged at error, retried on demand. ``Processor``
+is also what ``receiver replay`` uses, so replay and the live path decide
+identically.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from typing import Any, overload
 import structlog
 
 from receiver.engine.planner import Plan, PlanContext, plan
-from receiver.engine.runner import Runner
+from receiver.engine.runner import Runner, describe_error
 from receiver.errors import InputError, StoreUnavailableError
 from receiver.metrics import Metrics
 from receiver.model import (
@@ -38,7 +47,7 @@ from receiver.model import (
 )
 from receiver.rulebook.loader import Rulebook
 from receiver.sources import alertmanager, events_v2, pagerduty
-from receiver.store.base import DecisionQuery, JournalEntry, Store
+from receiver.store.base import DecisionQuery, JournalEntry, Lease, Store
 
 log = structlog.get_logger("receiver.worker")
 
@@ -76,7 +85,12 @@ def stand_down(planned: Plan, acknowledged_at: datetime) -> Plan:
                 s,
                 run=False,
                 approval=False,
-                trace=replace(s.trace, decision=Decision.SKIPPED, reason=reason),
+                trace=replace(
+                    s.trace,
+                    decision=Decision.SKIPPED,
+                    reason=reason,
+                    guard="acknowledged",
+                ),
             )
             if s.trace.kind is StepKind.REMEDIATION
             else s
@@ -90,31 +104,6 @@ def stand_down(planned: Plan, acknowledged_at: datetime) -> Plan:
 # worker; every /metrics scrape refreshes them too. Counting the backlog after
 # every entry made a long backlog slower to drain.
 OBSERVE_EVERY = 1.0
-
-GUARD_PREFIXES = (
-    ("cooldown", "cooldown"),
-    ("budget", "budget"),
-    ("lock", "lock"),
-    ("circuit", "circuit_breaker"),
-    ("alert resolved", "resolved"),
-    ("superseded", "resolved"),
-    ("already", "idempotency"),
-    ("awaiting approval", "approval"),
-    ("approval", "approval"),
-    ("not firing long enough", "require_firing_for"),
-    ("namespace", "namespace"),
-    ("acknowledged", "acknowledged"),
-    ("dry-run", "dry_run"),
-    ("playbook forces dry-run", "dry_run"),
-)
-
-
-def guard_of(reason: str) -> str:
-    """Which guard a skip reason comes from, for metrics."""
-    for prefix, guard in GUARD_PREFIXES:
-        if reason.startswith(prefix):
-            return guard
-    return "other"
 
 
 class TraceRecords(Sequence[Mapping[str, Any]]):
@@ -174,7 +163,9 @@ class Processor:
         metrics: Metrics | None = None,
         pagerduty_alertname_from: str = "title",
         store: Store | None = None,
+        scrub: Callable[[str], str] = str,
     ) -> None:
+        self.scrub = scrub
         self.rulebook = rulebook
         self._runner = runner
         self._clock = clock
@@ -224,10 +215,11 @@ class Processor:
     ) -> list[AlertTrace]:
         """Plan and run every alert; ``now`` fixes time for replay ``--at``."""
         traces = []
+        at = now or self._clock()  # one reading for the whole pass
         for given in alerts:
             for raw in await self.inherit(given):
                 trace = await self._decide_one(
-                    raw, payload_id, now, runner=runner, ctx=ctx, count=count
+                    raw, payload_id, at, runner=runner, ctx=ctx, count=count
                 )
                 traces.append(trace)
         return traces
@@ -236,19 +228,34 @@ class Processor:
         self,
         raw: Alert,
         payload_id: str,
-        now: datetime | None,
+        at: datetime,
         *,
         runner: Runner | None,
         ctx: PlanContext | None,
         count: bool,
     ) -> AlertTrace:
         alert = await self._with_start(raw)
-        at = now or self._clock()
-        planned = plan(alert, self.rulebook, at, ctx or self._ctx)
-        acknowledged = await self._acknowledged(alert, at, record=count)
-        if acknowledged is not None:
-            planned = stand_down(planned, acknowledged)
-        trace = await (runner or self._runner).run(planned, payload_id)
+        try:
+            planned = plan(alert, self.rulebook, at, ctx or self._ctx)
+            acknowledged = await self._acknowledged(alert, at, record=count)
+            if acknowledged is not None:
+                planned = stand_down(planned, acknowledged)
+            trace = await (runner or self._runner).run(planned, payload_id, at)
+        except StoreUnavailableError:
+            raise
+        except Exception as exc:
+            log.exception("alert_not_decided", fingerprint=alert.fingerprint)
+            why = "failed: could not decide this alert: " + self.scrub(
+                describe_error(exc)
+            )
+            trace = AlertTrace(
+                alert=alert,
+                matches=(),
+                decided_at=self._clock(),
+                payload_id=payload_id,
+                mode=(runner or self._runner).mode,
+                notes=(why,),
+            )
         if not count:
             return trace
         self._count(trace)
@@ -292,7 +299,7 @@ class Processor:
             return None
         if alert.status != "firing" or not alert.actionable:
             return None
-        at = await self._store.last_run(scope)
+        at = await self._store.last_run(scope, now)
         return at if at is not None and at != _NEVER else None
 
     async def inherit(self, alert: Alert) -> list[Alert]:
@@ -349,21 +356,35 @@ class Processor:
             m.rule_matches.labels(match.rule, match.severity.value).inc()
             for step in match.steps:
                 m.steps.labels(step.type, step.decision.value).inc()
-                if step.decision in (Decision.SKIPPED, Decision.AWAITING_APPROVAL):
-                    m.guard_skips.labels(guard_of(step.reason)).inc()
+                if step.guard and step.decision in (
+                    Decision.SKIPPED,
+                    Decision.AWAITING_APPROVAL,
+                ):
+                    m.guard_skips.labels(step.guard).inc()
 
     async def process(self, entry: JournalEntry) -> list[AlertTrace]:
-        """Decide a journal entry."""
-        alerts = self.alerts(entry.source, entry.body, self._clock())
+        """Decide a journal entry, with one clock reading for the pass."""
+        now = self._clock()
+        alerts = self.alerts(entry.source, entry.body, now)
         if not alerts and self._metrics is not None:
             # A PagerDuty event that is not about an incident: stored, listed
             # with the payloads, and counted here; nothing to decide.
             self._metrics.events_recorded.labels(entry.source).inc()
-        return await self.decide(alerts, entry.id)
+        return await self.decide(alerts, entry.id, now)
+
+
+def utc_now() -> datetime:
+    """The default clock of a worker that was given none."""
+    return datetime.now(UTC)
 
 
 class Worker:
-    """Bounded-concurrency consumer of the store's journal."""
+    """Bounded-concurrency consumer of the store's journal.
+
+    ``consumer`` is this process's incarnation and must be the owner its
+    ``GuardKeeper`` takes locks and claims as (``create_app`` passes the same
+    name to both), so that recovery after a crash finds what it held.
+    """
 
     def __init__(
         self,
@@ -376,6 +397,8 @@ class Worker:
         clock: Callable[[], datetime] | None = None,
         prune_every: timedelta = timedelta(minutes=5),
         on_complete: Callable[[list[AlertTrace]], None] | None = None,
+        lease: timedelta = timedelta(minutes=5),
+        max_attempts: int = 5,
     ) -> None:
         # Called with a payload's traces once they are recorded (the sinks);
         # it must return at once and never raise.
@@ -384,20 +407,35 @@ class Worker:
         self._processor = processor
         self._concurrency = concurrency
         self._metrics = metrics
+        # The incarnation: lock owner, claim owner and journal consumer prefix.
         self.consumer = consumer or consumer_name()
-        self._clock = clock
+        self._prune = clock is not None
+        self._clock = clock or utc_now
         self._prune_every = prune_every
+        self._lease = lease
+        self._alive_for = lease / 2
+        self.max_attempts = max_attempts
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._observed = -OBSERVE_EVERY
 
     async def start(self) -> None:
-        """Start the consumer tasks and the pruner."""
+        """Register this incarnation, recover dead ones, start consuming."""
+        now = self._clock()
+        await self._store.register(self.consumer, now, self._alive_for)
+        released = await self._store.recover(self.consumer, now)
+        if released:
+            log.warning(
+                "locks_recovered",
+                detail="target locks of a stopped or crashed worker released",
+                locks=released,
+            )
         self._tasks = [
             asyncio.create_task(self._loop(i), name=f"receiver-worker-{i}")
             for i in range(self._concurrency)
         ]
-        if self._clock is not None:
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+        if self._prune:
             self._tasks.append(asyncio.create_task(self._prune_loop(), name="pruner"))
 
     async def stop(self) -> None:
@@ -408,9 +446,26 @@ class Worker:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        with contextlib.suppress(StoreUnavailableError):
+            await self._store.retire(self.consumer, self._clock())
+
+    async def _heartbeat(self) -> None:
+        """Keep this incarnation alive in the store.
+
+        It is declared alive for half a lease, renewed three times as often:
+        after a crash it is known dead before any lease it held lapses, so
+        whoever takes an entry over also takes over its claims.
+        """
+        while not self._stopping.is_set():
+            await asyncio.sleep(max(self._alive_for.total_seconds() / 3, 0.02))
+            try:
+                await self._store.register(
+                    self.consumer, self._clock(), self._alive_for
+                )
+            except StoreUnavailableError as exc:
+                log.warning("heartbeat_failed", error=str(exc))
 
     async def _prune_loop(self) -> None:
-        assert self._clock is not None  # noqa: S101 (start() checks)
         while not self._stopping.is_set():
             try:
                 dropped = await self._store.prune(self._clock())
@@ -422,27 +477,86 @@ class Worker:
 
     async def _loop(self, index: int) -> None:
         backoff = 0.5
+        consumer = f"{self.consumer}/{index}"
         while not self._stopping.is_set():
             try:
                 # One consumer name per task: a task completes what it claimed
                 # before claiming again, which lets a store hand back entries
                 # whose delivery was lost mid-call.
-                entry = await self._store.claim(f"{self.consumer}/{index}", wait=1.0)
+                lease = await self._store.claim(consumer, 1.0, self._clock())
             except StoreUnavailableError as exc:
                 log.warning("journal_unavailable", error=str(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
             backoff = 0.5
-            if entry is None:
+            if lease is None:
                 continue
             try:
-                await self._handle(entry, index)
+                await self._attempt(lease, index)
             except Exception:  # the supervisor: a worker task never dies
-                # A bug in one entry must not stop the journal; the entry stays
-                # unfinished and is claimed again after the lease.
-                log.exception("entry_failed", payload_id=entry.id)
+                log.exception("entry_failed", payload_id=lease.entry.id)
                 await asyncio.sleep(1.0)
+
+    async def _attempt(self, lease: Lease, index: int) -> None:
+        """Decide one claimed entry; hand it back or park it if that fails."""
+        entry = lease.entry
+        if entry.attempts > self.max_attempts:
+            await self._park(
+                lease,
+                f"claimed {entry.attempts - 1} times without finishing (the worker "
+                "crashed, was stopped or hung while deciding it)",
+            )
+            return
+        renewing = asyncio.create_task(self._renew(lease), name=f"lease-{entry.id}")
+        try:
+            await self._handle(entry, index)
+        except StoreUnavailableError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (handed back, then parked)
+            error = self._processor.scrub(describe_error(exc))
+            if entry.attempts >= self.max_attempts:
+                await self._park(
+                    lease, f"failed {entry.attempts} times; last error: {error}"
+                )
+            else:
+                log.warning(
+                    "entry_attempt_failed",
+                    payload_id=entry.id,
+                    attempts=entry.attempts,
+                    error=error,
+                )
+                await self._store.release(lease, self._clock(), error)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+
+    async def _park(self, lease: Lease, reason: str) -> None:
+        await self._store.park(lease, reason, self._clock())
+        log.error(
+            "entry_parked",
+            payload_id=lease.entry.id,
+            attempts=lease.entry.attempts,
+            reason=reason,
+            detail="set aside, not retried until POST /api/v1/parked/{id}/retry "
+            "or `receiver replay --from`",
+        )
+        if self._metrics is not None:
+            self._metrics.journal_parked.inc()
+
+    async def _renew(self, lease: Lease) -> None:
+        """Renew the lease every third of its length while the entry is decided."""
+        current: Lease | None = lease
+        while current is not None:
+            await asyncio.sleep(max(self._lease.total_seconds() / 3, 0.05))
+            try:
+                current = await self._store.renew(current, self._clock())
+            except StoreUnavailableError as exc:
+                log.warning("lease_not_renewed", error=str(exc))
+                continue
+            if current is None:
+                log.warning("lease_lost", payload_id=lease.entry.id)
 
     async def _handle(self, entry: JournalEntry, index: int) -> None:
         structlog.contextvars.bind_contextvars(payload_id=entry.id, worker=index)
@@ -482,9 +596,10 @@ class Worker:
         self._observed = now
         try:
             count, oldest = await self._store.pending()
+            parked = await self._store.parked_count()
         except StoreUnavailableError:
             return
         self._metrics.journal_depth.set(count)
-        if self._clock is not None:
-            age = (self._clock() - oldest).total_seconds() if oldest else 0.0
-            self._metrics.journal_oldest_age.set(max(age, 0.0))
+        self._metrics.journal_parked.set(parked)
+        age = (self._clock() - oldest).total_seconds() if oldest else 0.0
+        self._metrics.journal_oldest_age.set(max(age, 0.0))

@@ -78,6 +78,11 @@ class CircuitBreaker(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     failures: int = Field(default=3, ge=1)
     cool_off: Duration = timedelta(hours=1)
+    scope: Literal["target", "playbook"] = Field(
+        default="target",
+        description="Count failures per playbook and target (one bad target "
+        "opens only its own circuit) or per playbook.",
+    )
 
 
 class Guards(BaseModel):
