@@ -13,8 +13,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from receiver.app_incidents import IncidentWiring, fan_out, install_incidents
 from receiver.engine.guards import FiringCheck, GuardDefaults, GuardKeeper
 from receiver.engine.planner import PlanContext
+from receiver.engine.reuse import DiagnosticsReuse
 from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor, Worker, consumer_name
 from receiver.metrics import Metrics
@@ -32,9 +34,11 @@ from receiver.store.base import Store
 from receiver.web.admin import Admin
 from receiver.web.auth import Authenticator
 from receiver.web.change_events import ChangeEvents, change_reader, events_api_errors
+from receiver.web.console import Console
 from receiver.web.handlers import Handlers
 from receiver.web.problems import make_middleware
 from receiver.web.reload import Reloader, step_types
+from receiver.web.slack import SlackInteractions
 
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
@@ -94,6 +98,7 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
     sinks: Mapping[str, Sink] | None = None,
     firing_check: FiringCheck | None = None,
     rule_paths: Sequence[Path] | None = None,
+    incidents: IncidentWiring | None = None,
 ) -> web.Application:
     """Build the application; the worker starts with the app and stops with it.
 
@@ -114,13 +119,16 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
         mode=settings.mode,
         guards=keeper,
         scrub=scrub,
+        reuse=DiagnosticsReuse(settings.diagnostics_reuse, clock),
     )
+    metrics.mode.labels(settings.mode).set(1)
     processor = Processor(
         rulebook,
         runner,
         clock,
         PlanContext(
             execute=settings.mode == "execute",
+            diagnose=settings.mode == "diagnose",
             namespaces=tuple(settings.namespaces)
             if settings.namespaces is not None
             else None,
@@ -178,7 +186,27 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
     r.add_get("/openapi.json", handlers.openapi)
     admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
     admin.routes(r)
+    SlackInteractions(
+        settings=settings, store=store, processor=processor, clock=clock
+    ).attach(app)
+    Console(
+        store=store,
+        auth=auth,
+        processor=processor,
+        clock=clock,
+        secrets=settings.secret_values(),
+    ).attach(app)
 
+    incident_service = install_incidents(
+        app,
+        settings=settings,
+        store=store,
+        clock=clock,
+        rulebook=lambda: processor.rulebook,
+        auth=auth,
+        metrics=metrics,
+        wiring=incidents,
+    )
     sinks = build_sinks(settings) if sinks is None else sinks
     dispatcher = None
     if sinks or settings.sinks:
@@ -193,6 +221,7 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
             on_outcome=lambda sink, outcome: metrics.sink_deliveries.labels(
                 sink, outcome
             ).inc(),
+            on_outcomes=incident_service.sink_outcomes,
         )
         app[SINKS] = dispatcher
     metrics.known(step_types=step_types(rulebook), sinks=sinks)
@@ -203,7 +232,10 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
         metrics=metrics,
         consumer=consumer,
         clock=clock,
-        on_complete=dispatcher.submit if dispatcher is not None else None,
+        on_complete=fan_out(
+            dispatcher.submit if dispatcher is not None else None,
+            incident_service.submit,
+        ),
         lease=settings.journal_lease,
         max_attempts=settings.journal_max_attempts,
     )

@@ -1,4 +1,4 @@
-"""The ``receiver`` command: serve, replay, rules check, rules test.
+"""The ``receiver`` command: serve, replay, report, rules check, rules test.
 
 Parses arguments, loads settings and rules, and hands off; no logic of its own.
 """
@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run remediations for real (default: dry-run)",
     )
+    serve.add_argument(
+        "--mode",
+        choices=["dry-run", "diagnose", "execute"],
+        help="dry-run (default): nothing is contacted; diagnose: read-only "
+        "diagnostics run and sinks post; execute: remediations run too",
+    )
 
     replay = sub.add_parser(
         "replay", help="decide stored payloads offline and print the trace"
@@ -67,6 +73,38 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--at", help="fix 'now' (ISO 8601) for duration-based severity")
     replay.add_argument("--json", action="store_true", help="print JSON")
 
+    backtest = sub.add_parser(
+        "backtest",
+        help="replay stored payloads against new rules and report what changes",
+    )
+    backtest.add_argument(
+        "--rules", type=Path, action="append", required=True, help="new rules"
+    )
+    backtest.add_argument(
+        "--baseline", type=Path, action="append", help="rules to compare with"
+    )
+    backtest.add_argument("--since", default="7d", help="period, e.g. 7d, 12h")
+    backtest.add_argument("--db", type=Path, help="SQLite database file")
+    backtest.add_argument("--store", help="store URL (default: the settings' store)")
+    backtest.add_argument("--config", type=Path, help="YAML settings file")
+    backtest.add_argument(
+        "--max-changed",
+        type=int,
+        help="exit 1 when more alerts than this are decided differently",
+    )
+    backtest.add_argument("--limit", type=int, default=100_000, help="max payloads")
+    backtest.add_argument("--json", action="store_true", help="print JSON")
+
+    report = sub.add_parser(
+        "report", help="print an incident's report and post-mortem (Markdown)"
+    )
+    report.add_argument("incident_id", metavar="ID", help="e.g. INC-2026-11-26-001")
+    report.add_argument("--config", type=Path, help="YAML settings file")
+    report.add_argument("--store", help="store URL (default: the settings' store)")
+    report.add_argument(
+        "--rules", type=Path, action="append", help="rule file or dir (targets)"
+    )
+
     rules = sub.add_parser("rules", help="check or test rule files")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_sub.add_parser("check", help="validate rule files")
@@ -86,11 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve_or_say_why(args)
     try:
-        if args.command == "replay":
-            return _retry_all(args) if args.retry else asyncio.run(_replay(args))
-        if args.rules_command == "check":
-            return _rules_check(args.paths or DEFAULT_RULES)
-        return _rules_test(args.paths or DEFAULT_RULES)
+        return _dispatch(args)
     except (ConfigError, InputError) as exc:
         print(f"receiver: {exc}", file=sys.stderr)  # noqa: T201
         return 2
@@ -98,6 +132,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         for detail in exc.details:
             print(f"error: {detail}", file=sys.stderr)  # noqa: T201
         return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command."""
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "replay":
+        return _retry_all(args) if args.retry else asyncio.run(_replay(args))
+    if args.command == "report":
+        return asyncio.run(_report(args))
+    if args.command == "backtest":
+        return asyncio.run(_backtest(args))
+    if args.rules_command == "check":
+        return _rules_check(args.paths or DEFAULT_RULES)
+    return _rules_test(args.paths or DEFAULT_RULES)
+
+
+async def _report(args: argparse.Namespace) -> int:
+    from receiver.app_incidents import print_report  # noqa: PLC0415
+
+    return await print_report(args.incident_id, args.config, args.store, args.rules)
 
 
 def _out(text: str = "") -> None:
@@ -221,7 +276,7 @@ def _serve(args: argparse.Namespace) -> int:
             "host": args.host,
             "port": args.port,
             "rules": args.rules,
-            "mode": "execute" if args.execute else None,
+            "mode": "execute" if args.execute else args.mode,
         },
     )
     settings.check_safe()
@@ -275,11 +330,17 @@ def _serve(args: argparse.Namespace) -> int:
                 "accepting unauthenticated requests; set RECEIVER_AUTH_TOKENS before "
                 "exposing the receiver",
             )
-        if settings.mode == "dry-run":
+        if settings.mode != "execute":
             log.info(
                 "dry_run_mode",
+                mode=settings.mode,
                 detail="remediations are only described, never run; start with "
-                "--execute to run them",
+                "--execute to run them"
+                + (
+                    ""
+                    if settings.mode == "diagnose"
+                    else " (--mode diagnose runs read-only diagnostics)"
+                ),
             )
         log.info(
             "try_it",
@@ -491,3 +552,51 @@ def _print_traces(traces: list[tuple[Path, AlertTrace]]) -> None:
         for match in trace.matches:
             _print_match(match, alert.status == "firing")
         _out()
+
+
+async def _backtest(args: argparse.Namespace) -> int:
+    from receiver.app import guard_defaults  # noqa: PLC0415
+    from receiver.engine import backtest  # noqa: PLC0415
+    from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+    from receiver.settings import load_settings  # noqa: PLC0415
+    from receiver.store import open_store  # noqa: PLC0415
+
+    period = backtest.parse_since(args.since)
+    settings = load_settings(args.config)
+    url = f"sqlite:///{args.db}" if args.db else args.store or settings.store
+    if args.db and not args.db.exists():
+        raise InputError(f"--db {args.db}: no such database file")
+    new_rules = load_rulebook(args.rules)
+    old_rules = load_rulebook(args.baseline or DEFAULT_RULES)
+    store = open_store(url)
+    try:
+        entries = await backtest.stored_since(
+            store, datetime.now(UTC) - period, args.limit
+        )
+    finally:
+        await store.close()
+    namespaces = tuple(settings.namespaces) if settings.namespaces is not None else None
+    results = [
+        await backtest.simulate(
+            rules,
+            entries,
+            guard_defaults(settings),
+            namespaces=namespaces,
+            alertname_from=settings.pagerduty_alertname_from,
+        )
+        for rules in (old_rules, new_rules)
+    ]
+    report = backtest.compare(*results, payloads=len(entries))
+    if args.json:
+        _out(json.dumps(report.to_json(), indent=2))
+    else:
+        for line in report.lines():
+            _out(line)
+    if args.max_changed is not None and report.changed > args.max_changed:
+        print(  # noqa: T201
+            f"receiver: {report.changed} alerts decided differently, "
+            f"more than --max-changed {args.max_changed}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -169,6 +169,12 @@ class Metrics:
             "Payloads refused with 503 because the store was unavailable.",
             registry=r,
         )
+        self.mode = Gauge(
+            "receiver_mode",
+            "1 for the mode decisions are made in (dry-run, diagnose, execute).",
+            ["mode"],
+            registry=r,
+        )
         self.rules_loaded = Gauge(
             "receiver_rules_loaded", "Rules currently loaded.", registry=r
         )

@@ -95,8 +95,16 @@ class Settings(BaseModel):
         default_factory=lambda: [Path("rules")],
         description="Rule files or directories.",
     )
-    mode: Literal["dry-run", "execute"] = Field(
-        default="dry-run", description="Remediations run only in execute mode."
+    mode: Literal["dry-run", "diagnose", "execute"] = Field(
+        default="dry-run",
+        description="dry-run: nothing is contacted; diagnose: read-only "
+        "diagnostics run and sinks post, remediations are described; execute: "
+        "remediations run too.",
+    )
+    diagnostics_reuse: Duration = Field(
+        default=timedelta(minutes=10),
+        description="Reuse a diagnostic's result for an unchanged alert "
+        "occurrence this long (0s: always run again).",
     )
     auth_tokens: list[SecretStr] = Field(
         default_factory=list,
@@ -235,6 +243,21 @@ class Settings(BaseModel):
     slack_webhook_url: SecretStr | None = Field(
         default=None, description="Slack incoming-webhook URL (slack)."
     )
+    slack_signing_secret: SecretStr | None = Field(
+        default=None,
+        description="Slack app signing secret; enables POST /slack/interactions "
+        "(Approve / Reject buttons on messages of steps awaiting approval).",
+    )
+    slack_approvers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Slack user ID -> approver name (e.g. the person's email, as "
+        "in playbook approvers and PagerDuty). Unmapped users cannot approve.",
+    )
+    approval_oncall_timeout: Duration = Field(
+        default=timedelta(seconds=2),
+        description="HTTP timeout of the PagerDuty on-call look-up an approval "
+        "makes (Slack waits 3s for an answer).",
+    )
     webhook_urls: list[SecretStr] = Field(
         default_factory=list,
         description="URLs the webhook sink POSTs each decision trace to.",
@@ -355,6 +378,7 @@ class Settings(BaseModel):
             self.pagerduty_api_token,
             self.pagerduty_routing_key,
             self.slack_webhook_url,
+            self.slack_signing_secret,
         )
         found = [
             secret.get_secret_value()

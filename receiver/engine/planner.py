@@ -30,6 +30,8 @@ class PlanContext:
 
     execute: bool = False
     namespaces: tuple[str, ...] | None = None  # None: any namespace
+    # Diagnose mode: read-only diagnostics run, remediations are only described.
+    diagnose: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,11 @@ def _plan_step(
             )
     approval = getattr(rendered, "approval", "none") == "required"
     forced = guards.dry_run and step.kind is StepKind.REMEDIATION
-    if not ctx.execute or forced:
+    looks = ctx.diagnose and step.kind is StepKind.DIAGNOSTIC
+    if not (ctx.execute or looks) or forced:
         why = "playbook forces dry-run" if ctx.execute else "dry-run mode"
+        if ctx.diagnose:
+            why = "diagnose mode"
         prefix = "would ask a human for approval, then " if approval else "would "
         return PlannedStep(
             _trace(rendered, Decision.DRY_RUN, f"{why}: {prefix}{action}"), rendered

@@ -116,6 +116,36 @@ class LabelGrammar(BaseModel):
 
 
 LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
+Person = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class Approvers(BaseModel):
+    """Who may approve a playbook's remediations from Slack.
+
+    A person may approve when named in ``people``, in one of ``groups``, or on
+    call right now for ``pagerduty_schedule``. Steps marked ``destructive`` (or
+    every step, with ``two_person``) need two different approvers.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    people: list[Person] = Field(
+        default_factory=list,
+        description="Approver names (as mapped from Slack users, e.g. emails).",
+    )
+    groups: dict[LabelName, list[Person]] = Field(
+        default_factory=dict, description="Named groups of approver names."
+    )
+    pagerduty_schedule: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z0-9]{1,20}$",
+        description="PagerDuty schedule ID whose current on-call may approve.",
+    )
+    schedule_name: str = Field(
+        default="", description="The schedule's name, shown in refusals."
+    )
+    two_person: bool = Field(
+        default=False, description="Every step needs two different approvers."
+    )
 
 
 class Playbook(BaseModel):
@@ -137,6 +167,20 @@ class Playbook(BaseModel):
         default=False,
         description="Once a human acknowledges the alert (PagerDuty or Events v2 "
         "acknowledge), skip its remediations; diagnostics still run.",
+    )
+    approvers: Approvers | None = Field(
+        default=None,
+        description="Who may approve from Slack; unset: nobody may from Slack.",
+    )
+    evidence: bool = Field(
+        default=False,
+        description="Keep what the diagnostics found with the incident: hashed "
+        "(sha256) on its timeline, never pruned, exported with its report.",
+    )
+    pagerduty_follows_outcomes: bool = Field(
+        default=False,
+        description="Acknowledge the PagerDuty incident when a remediation runs, "
+        "resolve it once one verified and the alerts resolved.",
     )
 
     @property
@@ -212,6 +256,13 @@ class Rule(BaseModel):
     severity: SeverityField = Severity.P2
     playbook: str
     continue_: bool = Field(default=False, alias="continue")
+    group_by: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Labels whose values group this rule's alerts into one "
+        "incident (default: the Alertmanager group, PagerDuty incident or "
+        "Events v2 dedup key).",
+    )
 
     @field_validator("sources")
     @classmethod

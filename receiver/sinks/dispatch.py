@@ -130,9 +130,12 @@ class SinkDispatcher:
         dedupe_ttl: timedelta = timedelta(days=7),
         scrub: Callable[[str], str] = lambda text: text,
         on_outcome: Callable[[str, str], None] | None = None,
+        on_outcomes: Callable[[AlertTrace, list[str]], None] | None = None,
     ) -> None:
         # Told (sink, status) of every delivery attempt's outcome (the metrics).
         self._on_outcome = on_outcome
+        # Told each trace's outcome lines (the incident timeline); must not raise.
+        self._on_outcomes = on_outcomes
         self._sinks = dict(sinks)
         self._store = store
         self._choose = choose
@@ -242,6 +245,10 @@ class SinkDispatcher:
     async def _record(self, trace: AlertTrace, outcomes: list[SinkOutcome]) -> None:
         if not outcomes:
             return
+        if self._on_outcomes is not None:
+            self._on_outcomes(
+                trace, [f"{o.sink}: {o.status}: {o.detail}" for o in outcomes]
+            )
         record_id = f"{trace.payload_id}{SINKS_SUFFIX}"
         record = {
             "record": "sinks",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -327,9 +328,14 @@ def _match_section(trace: AlertTrace, match: MatchTrace) -> list[str]:
         dry = trace.mode != "execute" or all(
             s.decision is Decision.DRY_RUN for s in remediations
         )
-        title = "What would be done (dry-run):" if dry else "What was done:"
+        title = f"What would be done ({_mode(trace)}):" if dry else "What was done:"
         lines += ["", title, *_steps(remediations, details=True)]
     return lines
+
+
+def _mode(trace: AlertTrace) -> str:
+    """How a described-only remediation came about, for the section title."""
+    return "diagnose mode" if trace.mode == "diagnose" else "dry-run"
 
 
 def render_note(trace: AlertTrace, max_chars: int) -> str:
@@ -405,7 +411,9 @@ def render_slack(trace: AlertTrace) -> dict[str, Any]:
             dry = trace.mode != "execute" or all(
                 s.decision is Decision.DRY_RUN for s in remediations
             )
-            title = "*What would be done (dry-run)*" if dry else "*What was done*"
+            title = (
+                f"*What would be done ({_mode(trace)})*" if dry else "*What was done*"
+            )
             text = title + "\n" + "\n".join(_steps(remediations, details=False))
             blocks.append(_mrkdwn(_cut_block(_slack_escape(text))))
     found = links(trace)
@@ -421,7 +429,64 @@ def render_slack(trace: AlertTrace) -> dict[str, Any]:
                 ],
             }
         )
-    return {"text": _cut(head, 3000), "blocks": blocks[:50]}
+    actions = approval_actions(trace)
+    return {"text": _cut(head, 3000), "blocks": blocks[: 50 - len(actions)] + actions}
+
+
+_AWAITING = re.compile(r"^awaiting approval ([A-Za-z0-9_.:-]+):")
+
+
+def approval_id(step: StepTrace) -> str:
+    """The id of the approval a step awaits, or ``""``."""
+    if step.decision is not Decision.AWAITING_APPROVAL:
+        return ""
+    found = _AWAITING.match(step.reason)
+    return found.group(1) if found else ""
+
+
+def approval_actions(trace: AlertTrace) -> list[dict[str, Any]]:
+    """Approve / Reject buttons for each step awaiting approval (Block Kit)."""
+    blocks: list[dict[str, Any]] = []
+    for match in trace.matches:
+        for step in match.steps:
+            wanted = approval_id(step)
+            if not wanted:
+                continue
+            label = _cut(f"{_label(step)} on {step.target}", 70)
+            blocks.append(
+                {
+                    "type": "actions",
+                    "block_id": f"approval:{wanted}",
+                    "elements": [
+                        {
+                            "type": "button",
+                            "action_id": "approve",
+                            "style": "primary",
+                            "text": {"type": "plain_text", "text": "Approve"},
+                            "value": wanted,
+                        },
+                        {
+                            "type": "button",
+                            "action_id": "reject",
+                            "style": "danger",
+                            "text": {"type": "plain_text", "text": "Reject"},
+                            "value": wanted,
+                        },
+                    ],
+                }
+            )
+            blocks.append(
+                {
+                    "type": "context",
+                    "elements": [
+                        {
+                            "type": "mrkdwn",
+                            "text": _slack_escape(f"approval {wanted}: {label}"),
+                        }
+                    ],
+                }
+            )
+    return blocks
 
 
 def _cut_block(text: str) -> str:
