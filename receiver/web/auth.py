@@ -2,7 +2,8 @@
 
 Alertmanager and the API: any configured bearer token, or the configured basic
 credentials. PagerDuty V3: ``X-PagerDuty-Signature`` with one or more
-``v1=<hex HMAC-SHA256 of the raw body>``, valid if any matches any secret.
+``v1=<hex HMAC-SHA256 of the raw body>``, valid if any matches any secret
+(entries of other versions are ignored, as PagerDuty documents).
 Events v2: the ``routing_key`` must be configured. An unconfigured mechanism is
 open only while the receiver listens on loopback (``Settings.check_safe``).
 """
@@ -19,7 +20,33 @@ from pydantic import SecretStr
 
 from receiver.errors import AuthError, ForbiddenError, InputError
 
-_SIG_PART = re.compile(r"^v1=([0-9a-fA-F]{64})$")
+_SIG_V1 = re.compile(r"^v1=([0-9a-fA-F]{64})$")
+_SIG_ANY = re.compile(r"^[A-Za-z0-9]+=\S+$")
+
+
+def _v1_signatures(header: str) -> list[bytes]:
+    """The ``v1`` entries of a signature header, lower-case hex.
+
+    PagerDuty: "select only signatures which are version v1"; entries of later
+    versions (``v2=...``) sit next to them and are ignored.
+    """
+    given = []
+    for raw in header.split(","):
+        part = raw.strip()
+        found = _SIG_V1.match(part)
+        if found is not None:
+            given.append(found.group(1).lower().encode())
+        elif part.startswith("v1=") or not _SIG_ANY.match(part):
+            raise InputError(
+                "malformed X-PagerDuty-Signature: expected comma-separated "
+                "<version>=<signature> entries, e.g. v1=<64 hex digits>"
+            )
+    if not given:
+        raise InputError(
+            "X-PagerDuty-Signature has no v1=<64 hex digits> entry; this "
+            "receiver verifies v1 signatures"
+        )
+    return given
 
 
 class Authenticator:
@@ -89,15 +116,7 @@ class Authenticator:
                 "missing X-PagerDuty-Signature header; PagerDuty V3 webhooks are "
                 "signed, check the subscription"
             )
-        given = []
-        for part in header.split(","):
-            found = _SIG_PART.match(part.strip())
-            if found is None:
-                raise InputError(
-                    "malformed X-PagerDuty-Signature: expected comma-separated "
-                    "v1=<64 hex digits>"
-                )
-            given.append(found.group(1).lower().encode())
+        given = _v1_signatures(header)
         ok = False
         for secret in self._pd:
             expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()

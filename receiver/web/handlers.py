@@ -152,26 +152,41 @@ class Handlers:
         self._auth.check_header(request.headers.get("Authorization"))
         body = await self._body(request)
         alerts = alertmanager.from_body(body)
+        truncated = int(alerts[0].refs.get("truncated_alerts", "0")) if alerts else 0
+        if truncated:
+            self._metrics.alerts_truncated.inc(truncated)
+            log.warning(
+                "alerts_truncated",
+                truncated=truncated,
+                received=len(alerts),
+                group_key=alerts[0].refs.get("group_key", "")[:200],
+                detail="Alertmanager left alerts of this group out of the webhook "
+                "(max_alerts); those alerts are not decided",
+            )
         entry = await self._accept("alertmanager", body, alerts, request.headers)
         return web.json_response(
             {"status": "accepted", "id": entry.id, "alerts": len(alerts)}, status=202
         )
 
     async def pagerduty(self, request: web.Request) -> web.Response:
-        """POST /webhooks/pagerduty."""
+        """POST /webhooks/pagerduty.
+
+        A correctly signed delivery is always accepted: incident events become an
+        alert, every other event (``service.*``, ``pagey.ping``, types added
+        later) is stored and recorded as an event, never refused.
+        """
         body = await self._body(request)
         self._auth.check_signature(request.headers.get("X-PagerDuty-Signature"), body)
-        alerts = pagerduty.to_alerts(
-            parse_json(body), self._clock(), alertname_from=self._alertname_from
+        event = pagerduty.parse(parse_json(body))
+        alerts = pagerduty.alerts_of(
+            event, self._clock(), alertname_from=self._alertname_from
         )
-        delivery = request.headers.get("X-Webhook-Id") or alerts[0].refs.get(
-            "webhook_event_id", ""
-        )
+        delivery = request.headers.get("X-Webhook-Id") or event.id
         if delivery and await self._duplicate("pagerduty", delivery):
             return web.json_response(
                 {"status": "duplicate", "id": None, "alerts": 0}, status=202
             )
-        if is_own_note(alerts[0].annotations.get("note", "")):
+        if alerts and is_own_note(alerts[0].annotations.get("note", "")):
             # PagerDuty echoes the note we posted as incident.annotated: no loop.
             log.info("own_note_ignored", incident=alerts[0].refs.get("incident_id"))
             return web.json_response(
@@ -184,29 +199,42 @@ class Handlers:
                 status=202,
             )
         entry = await self._accept("pagerduty", body, alerts, request.headers)
+        recorded = "alert" if alerts else "event"
+        if not alerts:
+            log.info(
+                "pagerduty_event_recorded",
+                event_type=event.event_type[:100],
+                payload_id=entry.id,
+            )
         return web.json_response(
             {
                 "status": "accepted",
                 "id": entry.id,
                 "alerts": len(alerts),
-                "event_type": alerts[0].labels.get("event_type", ""),
+                "event_type": event.event_type,
+                "recorded_as": recorded,
             },
             status=202,
         )
 
+    async def read_body(self, request: web.Request) -> bytes:
+        """The request body, capped and checked to be JSON (for other endpoints)."""
+        return await self._body(request)
+
     async def enqueue(self, request: web.Request) -> web.Response:
-        """POST /v2/enqueue (PagerDuty Events API v2 shape)."""
+        """POST /v2/enqueue (PagerDuty Events API v2; errors shaped in app.py)."""
         body = await self._body(request)
         data = parse_json(body)
         if isinstance(data, dict) and isinstance(data.get("routing_key"), str):
             self._auth.check_routing_key(data["routing_key"])
-        alerts = events_v2.to_alerts(data, self._clock(), body=body)
-        alert = alerts[0]
-        dedup = alert.refs["dedup_key"]
-        state = await self._store.alert_state(alert.fingerprint)
-        if state is not None and state.status == alert.status and alert.actionable:
-            # Same dedup_key and same action as the current state: PagerDuty would
-            # fold it into the open incident; so do we.
+        parsed = events_v2.to_alerts(data, self._clock(), body=body)
+        dedup = parsed[0].refs["dedup_key"]
+        # A resolve naming only the dedup key closes every alert its trigger
+        # opened (a grouped page's each have a fingerprint): record their states.
+        alerts = [a for raw in parsed for a in await self._processor.inherit(raw)]
+        if data.get("event_action") == "trigger" and await self._all_open(alerts):
+            # Same dedup_key, every alert already firing: PagerDuty would fold it
+            # into the open incident; so do we. A resolve is never folded.
             self._metrics.duplicates.labels("events_v2").inc()
             return web.json_response(
                 {
@@ -229,11 +257,29 @@ class Handlers:
             {
                 "status": "success",
                 "message": "Event processed",
-                "dedup_key": alerts[0].refs["dedup_key"],
+                "dedup_key": dedup,
                 "id": entry.id,
             },
             status=202,
         )
+
+    async def _all_open(self, alerts: list[Alert]) -> bool:
+        group = await self._store.alert_state(
+            events_v2.group_fingerprint(alerts[0].refs["dedup_key"])
+        )
+        for alert in alerts:
+            if alert.status != "firing":
+                return False
+            state = await self._store.alert_state(alert.fingerprint)
+            if state is None or state.status != "firing":
+                return False
+            if (
+                group is not None
+                and group.status == "resolved"
+                and group.updated_at >= state.updated_at
+            ):
+                return False  # resolved by dedup key since it fired
+        return True
 
     # ------------------------------------------------------------ read API
 

@@ -14,6 +14,7 @@ from receiver.sources.alertmanager import AmWebhook
 from receiver.sources.events_v2 import EnqueueRequest
 from receiver.sources.pagerduty import Webhook
 from receiver.web.admin import admin_paths
+from receiver.web.change_events import ChangeEvent
 from receiver.web.console import console_paths
 from receiver.web.incidents import incident_paths
 from receiver.web.slack import slack_paths
@@ -26,8 +27,21 @@ _PROBLEM = {
 }
 
 
+_EVENTS_ERROR = {
+    "description": "Rejected, in PagerDuty's Events API shape: "
+    '{"status": "invalid event", "message", "errors": [...]}.',
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/EventsError"}}
+    },
+}
+
+
 def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): _PROBLEM for c in codes}
+
+
+def _events_errors(*codes: int) -> dict[str, Any]:
+    return {str(c): _EVENTS_ERROR for c in codes}
 
 
 def _accepted(extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -54,6 +68,18 @@ def spec() -> dict[str, Any]:
         "EventsV2Request": EnqueueRequest.model_json_schema(
             by_alias=True, ref_template="#/components/schemas/{model}"
         ),
+        "ChangeEvent": ChangeEvent.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        ),
+        "EventsError": {
+            "type": "object",
+            "required": ["status", "message", "errors"],
+            "properties": {
+                "status": {"type": "string"},
+                "message": {"type": "string"},
+                "errors": {"type": "array", "items": {"type": "string"}},
+            },
+        },
         "Problem": {
             "type": "object",
             "required": ["type", "title", "status", "detail"],
@@ -131,7 +157,13 @@ def spec() -> dict[str, Any]:
                     "security": [{"pagerdutySignature": []}],
                     "requestBody": request_body("PagerDutyWebhook"),
                     "responses": {
-                        "202": _accepted({"event_type": {"type": "string"}}),
+                        "202": _accepted(
+                            {
+                                "event_type": {"type": "string"},
+                                "alerts": {"type": "integer"},
+                                "recorded_as": {"enum": ["alert", "event"]},
+                            }
+                        ),
                         **_errors(400, 403, 413, 415, 503),
                     },
                 }
@@ -142,8 +174,27 @@ def spec() -> dict[str, Any]:
                     "requestBody": request_body("EventsV2Request"),
                     "responses": {
                         "202": _accepted({"dedup_key": {"type": "string"}}),
-                        **_errors(400, 403, 413, 415, 503),
+                        **_events_errors(400, 403, 413, 415, 503),
                     },
+                }
+            },
+            "/v2/change/enqueue": {
+                "post": {
+                    "summary": "PagerDuty Change Events API request (stored for "
+                    "the changes.recent diagnostic)",
+                    "requestBody": request_body("ChangeEvent"),
+                    "responses": {
+                        "202": _accepted({"message": {"type": "string"}}),
+                        **_events_errors(400, 403, 413, 415, 503),
+                    },
+                }
+            },
+            "/-/reload": {
+                "post": {
+                    "summary": "Load the rule files again (also on SIGHUP); a bad "
+                    "file keeps the current rules (422)",
+                    "security": bearer,
+                    "responses": {"200": json_ok, **_errors(401, 403, 422)},
                 }
             },
             "/api/v1/decisions": {

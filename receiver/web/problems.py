@@ -37,6 +37,7 @@ _TITLES = {
     405: "Method not allowed",
     413: "Payload too large",
     415: "Unsupported media type",
+    422: "Unprocessable content",
     503: "Service unavailable",
     500: "Internal error",
 }
@@ -148,7 +149,7 @@ def make_middleware(
                 )
                 metrics.webhooks.labels(source.removeprefix("webhook:"), outcome).inc()
                 if response.status >= 400:
-                    log.info(
+                    log.warning(
                         "webhook_rejected",
                         source=source.removeprefix("webhook:"),
                         status=response.status,
