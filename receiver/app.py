@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -33,12 +34,15 @@ from receiver.sinks import (
     scrubber,
 )
 from receiver.sources.caps import AlertCaps
+from receiver.steps.changes import ChangesExecutor
 from receiver.store.base import Store
 from receiver.web.admin import Admin
 from receiver.web.auth import AUTHENTICATOR, Authenticator
+from receiver.web.change_events import ChangeEvents, change_reader, events_api_errors
 from receiver.web.console import Console
 from receiver.web.handlers import EdgeLimits, Handlers
 from receiver.web.problems import make_middleware
+from receiver.web.reload import Reloader, step_types
 from receiver.web.slack import SlackInteractions
 
 log = structlog.get_logger("receiver")
@@ -109,7 +113,9 @@ def add_routes(app: web.Application, handlers: Handlers) -> None:
         "/webhooks/alertmanager", handlers.alertmanager, name="webhook:alertmanager"
     )
     r.add_post("/webhooks/pagerduty", handlers.pagerduty, name="webhook:pagerduty")
-    r.add_post("/v2/enqueue", handlers.enqueue, name="webhook:events_v2")
+    r.add_post(
+        "/v2/enqueue", events_api_errors(handlers.enqueue), name="webhook:events_v2"
+    )
     r.add_get("/api/v1/decisions", handlers.decisions)
     r.add_get("/api/v1/payloads", handlers.payloads)
     r.add_get("/api/v1/payloads/{id}", handlers.payload)
@@ -122,7 +128,29 @@ def add_routes(app: web.Application, handlers: Handlers) -> None:
     r.add_get("/openapi.json", handlers.openapi)
 
 
-def create_app(
+def _add_operations(
+    app: web.Application,
+    handlers: Handlers,
+    reloader: Reloader,
+    *,
+    store: Store,
+    auth: Authenticator,
+    clock: Callable[[], datetime],
+) -> None:
+    """Routes for change events and, with rule paths, ``POST /-/reload``."""
+    changes = ChangeEvents(
+        store=store, auth=auth, clock=clock, read_body=handlers.read_body
+    )
+    app.router.add_post(
+        "/v2/change/enqueue",
+        events_api_errors(changes.enqueue),
+        name="webhook:change_events",
+    )
+    if reloader.paths:
+        app.router.add_post("/-/reload", reloader.handle)
+
+
+def create_app(  # noqa: PLR0915 (the one place that wires everything)
     settings: Settings,
     *,
     rulebook: Rulebook,
@@ -132,22 +160,24 @@ def create_app(
     metrics: Metrics | None = None,
     sinks: Mapping[str, Sink] | None = None,
     firing_check: FiringCheck | None = None,
+    rule_paths: Sequence[Path] | None = None,
     incidents: IncidentWiring | None = None,
 ) -> web.Application:
     """Build the application; the worker starts with the app and stops with it.
 
     ``sinks`` default to those settings configure (``build_sinks``); pass ``{}``
-    for none.
+    for none. With ``rule_paths`` (what ``rulebook`` was loaded from), SIGHUP and
+    ``POST /-/reload`` load them again.
     """
     metrics = metrics or Metrics()
-    metrics.rules_loaded.set(len(rulebook.rules))
     consumer = consumer_name()
     keeper = GuardKeeper(
         store, consumer, guard_defaults(settings), firing_check=firing_check
     )
     scrub = scrubber(settings)
     runner = Runner(
-        executors or {},
+        # changes.recent reads this receiver's own store: always available.
+        {"changes": ChangesExecutor(change_reader(store), clock), **(executors or {})},
         clock,
         mode=settings.mode,
         guards=keeper,
@@ -191,6 +221,10 @@ def create_app(
     app[METRICS] = metrics
     app[PROCESSOR] = processor
     add_routes(app, handlers)
+    reloader = Reloader(
+        processor, rule_paths or [], metrics=metrics, auth=auth, clock=clock
+    )
+    _add_operations(app, handlers, reloader, store=store, auth=auth, clock=clock)
     admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
     admin.routes(app.router)
     SlackInteractions(
@@ -225,9 +259,13 @@ def create_app(
             ),
             clock=clock,
             scrub=scrub,
+            on_outcome=lambda sink, outcome: metrics.sink_deliveries.labels(
+                sink, outcome
+            ).inc(),
             on_outcomes=incident_service.sink_outcomes,
         )
         app[SINKS] = dispatcher
+    metrics.known(step_types=step_types(rulebook), sinks=sinks)
     worker = Worker(
         store,
         processor,
@@ -250,6 +288,7 @@ def create_app(
             )
         metrics.paused.set(1 if await store.pause() else 0)
         await worker.start()
+        reloader.listen()
         sweeper = asyncio.create_task(
             expire_approvals(store, clock, settings.approval_sweep),
             name="approval-expiry",
@@ -258,6 +297,7 @@ def create_app(
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
+        reloader.stop_listening()
         await worker.stop()
         if dispatcher is not None:
             await dispatcher.aclose()

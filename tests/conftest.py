@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -185,6 +186,11 @@ def _fresh_logging():
     """
     yield
     structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler.formatter, structlog.stdlib.ProcessorFormatter):
+            root.removeHandler(handler)
+    logging.captureWarnings(False)  # noqa: FBT003
     for name, module in list(sys.modules.items()):
         proxy = getattr(module, "log", None) if name.startswith("receiver") else None
         if isinstance(proxy, structlog._config.BoundLoggerLazyProxy):

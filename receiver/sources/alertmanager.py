@@ -2,6 +2,9 @@
 
 Tolerates fields newer Alertmanagers add (``notification_reason``,
 ``routeLabels``); ``endsAt`` of ``0001-01-01T00:00:00Z`` means "not ended".
+``truncatedAlerts`` (Alertmanager's ``max_alerts``) is kept in each alert's
+``refs`` so the edge can warn and the trace can say that alerts of the group
+were left out.
 """
 
 from __future__ import annotations
@@ -78,6 +81,8 @@ def _alerts(payload: AmWebhook) -> list[Alert]:
     refs = {"receiver": payload.receiver, "group_key": payload.groupKey}
     if payload.externalURL:
         refs["alertmanager_url"] = payload.externalURL
+    if payload.truncatedAlerts > 0:
+        refs["truncated_alerts"] = str(payload.truncatedAlerts)
     return [
         Alert(
             source="alertmanager",

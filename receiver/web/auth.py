@@ -9,7 +9,7 @@ webhook     POST /webhooks/alertmanager
 read        GET /api/v1/*, and dry-run replays (they change nothing)
 replay      POST /api/v1/replay with ``"execute": true``
 approve     POST /api/v1/approvals/{id}, POST /api/v1/incidents/{id}/{action}
-admin       the admin endpoints (pause, reset); guard them with ``require_scope``
+admin       POST /-/reload, the admin endpoints (pause, reset): ``require_scope``
 ==========  =====================================================================
 
 ``auth_tokens`` and ``basic_auth`` carry webhook and read (so an Alertmanager
@@ -17,8 +17,9 @@ token can never approve or execute); ``read_tokens`` read; ``replay_tokens``,
 ``approve_tokens`` and ``admin_tokens`` carry their scope plus read.
 
 PagerDuty V3: ``X-PagerDuty-Signature`` with one or more ``v1=<hex HMAC-SHA256
-of the raw body>``; its presence and format are checked before the body is read,
-the HMAC after. Events v2: the ``routing_key`` in the body must be configured.
+of the raw body>`` (entries of other versions are ignored, as PagerDuty
+documents); its presence and format are checked before the body is read, the
+HMAC after. Events v2: the ``routing_key`` in the body must be configured.
 
 With no credential configured at all, a receiver on loopback is open (local
 trials); beyond loopback it refuses to start (``Settings.check_safe``). On
@@ -45,7 +46,6 @@ from receiver.settings import Settings
 
 Scope = Literal["webhook", "read", "replay", "approve", "admin"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
-_SIG_PART = re.compile(r"v1=([0-9a-fA-F]{64})")
 # Scopes a caller gets on loopback when no credential carries them; the others
 # stay closed as soon as any credential is configured.
 _OPEN_ON_LOOPBACK: frozenset[Scope] = frozenset({"webhook", "read"})
@@ -71,6 +71,35 @@ def scoped(secrets: Iterable[SecretStr], *scopes: Scope) -> list[Credential]:
     return [
         Credential(s.get_secret_value().encode(), frozenset(scopes)) for s in secrets
     ]
+
+
+_SIG_V1 = re.compile(r"^v1=([0-9a-fA-F]{64})$")
+_SIG_ANY = re.compile(r"^[A-Za-z0-9]+=\S+$")
+
+
+def _v1_signatures(header: str) -> list[bytes]:
+    """The ``v1`` entries of a signature header, lower-case hex.
+
+    PagerDuty: "select only signatures which are version v1"; entries of later
+    versions (``v2=...``) sit next to them and are ignored.
+    """
+    given = []
+    for raw in header.split(",")[:16]:
+        part = raw.strip()
+        found = _SIG_V1.match(part)
+        if found is not None:
+            given.append(found.group(1).lower().encode())
+        elif part.startswith("v1=") or not _SIG_ANY.match(part):
+            raise InputError(
+                "malformed X-PagerDuty-Signature: expected comma-separated "
+                "<version>=<signature> entries, e.g. v1=<64 hex digits>"
+            )
+    if not given:
+        raise InputError(
+            "X-PagerDuty-Signature has no v1=<64 hex digits> entry; this "
+            "receiver verifies v1 signatures"
+        )
+    return given
 
 
 class Authenticator:
@@ -210,16 +239,7 @@ class Authenticator:
                 "missing X-PagerDuty-Signature header; PagerDuty V3 webhooks are "
                 "signed, check the subscription"
             )
-        given = []
-        for part in header.split(",")[:16]:
-            found = _SIG_PART.fullmatch(part.strip())
-            if found is None:
-                raise InputError(
-                    "malformed X-PagerDuty-Signature: expected comma-separated "
-                    "v1=<64 hex digits>"
-                )
-            given.append(found.group(1).lower().encode())
-        return given
+        return _v1_signatures(header)
 
     def check_signature(self, given: list[bytes], body: bytes) -> None:
         """Verify signatures from ``signature_parts`` against every secret."""

@@ -18,6 +18,7 @@ from receiver.sources.alertmanager import AmWebhook
 from receiver.sources.events_v2 import EnqueueRequest
 from receiver.sources.pagerduty import Webhook
 from receiver.web.admin import admin_paths
+from receiver.web.change_events import ChangeEvent
 from receiver.web.console import console_paths
 from receiver.web.incidents import incident_paths
 from receiver.web.slack import slack_paths
@@ -34,6 +35,7 @@ _TITLES = {
     408: "The request body did not arrive within the body timeout.",
     413: "Body over the cap, or an alert over a per-alert cap.",
     415: "Content-Type is not JSON.",
+    422: "The rule files do not load; the current rules stay loaded.",
     429: "Too many unauthenticated bodies being read; retry after Retry-After.",
     503: "The journal cannot take the payload (or the service is shedding load); "
     "retry after Retry-After.",
@@ -58,9 +60,24 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": REF.format(model=name)}
 
 
+_EVENTS_ERROR = {
+    "description": "Rejected, in PagerDuty's Events API shape: "
+    '{"status": "invalid event", "message", "errors": [...]}.',
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/EventsError"}}
+    },
+}
+
+
 def _errors(*codes: int) -> dict[str, Any]:
     # 405 applies to every path (a method it does not serve).
     return {str(c): _problem(c) for c in sorted({*codes, 405})}
+
+
+def _events_errors(*codes: int) -> dict[str, Any]:
+    # The Events API endpoints answer in PagerDuty's shape; 405 comes from the
+    # router, as problem+json like everywhere else.
+    return {**{str(c): _EVENTS_ERROR for c in codes}, "405": _problem(405)}
 
 
 def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -219,6 +236,7 @@ def _response_schemas() -> dict[str, Any]:
                 },
                 "alerts": INTEGER,
                 "event_type": STRING,
+                "recorded_as": {"enum": ["alert", "event"]},
                 "reason": STRING,
             },
             ("status", "alerts", "event_type"),
@@ -264,6 +282,14 @@ def _response_schemas() -> dict[str, Any]:
                 "by": {"type": "string", "maxLength": 100},
             },
             ("decision",),
+        ),
+        "ChangeAccepted": _obj(
+            {"status": {"const": "success"}, "message": STRING, "id": STRING},
+            ("status", "message", "id"),
+        ),
+        "Reloaded": _obj(
+            {"status": {"const": "success"}, "rules": INTEGER, "playbooks": INTEGER},
+            ("status", "rules", "playbooks"),
         ),
         "Health": _obj({"status": STRING}, ("status",)),
         "Ready": _obj(
@@ -359,6 +385,15 @@ def spec() -> dict[str, Any]:
             by_alias=True, ref_template=REF
         ),
         **_response_schemas(),
+        "ChangeEvent": ChangeEvent.model_json_schema(ref_template=REF),
+        "EventsError": _obj(
+            {
+                "status": STRING,
+                "message": STRING,
+                "errors": {"type": "array", "items": STRING},
+            },
+            ("status", "message", "errors"),
+        ),
     }
     for name in list(schemas):
         for sub, body in schemas[name].pop("$defs", {}).items():
@@ -417,7 +452,8 @@ def spec() -> dict[str, Any]:
                     "requestBody": request_body("PagerDutyWebhook"),
                     "responses": {
                         "202": _json(
-                            "Accepted, or a known duplicate/echo (not journaled).",
+                            "Accepted (as an alert or a recorded event), or a "
+                            "known duplicate/echo (not journaled).",
                             _ref("PagerDutyAccepted"),
                         ),
                         **webhook_errors,
@@ -434,8 +470,33 @@ def spec() -> dict[str, Any]:
                         "202": _json(
                             "Processed, as PagerDuty answers.", _ref("EventsAccepted")
                         ),
-                        **webhook_errors,
-                        **_errors(403, 429),
+                        **_events_errors(400, 403, 408, 413, 415, 429, 503),
+                    },
+                }
+            },
+            "/v2/change/enqueue": {
+                "post": {
+                    "operationId": "postChangeEvent",
+                    "summary": "PagerDuty Change Events API request (stored for "
+                    "the changes.recent diagnostic; routing key in body)",
+                    "requestBody": request_body("ChangeEvent"),
+                    "responses": {
+                        "202": _json(
+                            "Stored, as PagerDuty answers.", _ref("ChangeAccepted")
+                        ),
+                        **_events_errors(400, 403, 408, 413, 415, 429, 503),
+                    },
+                }
+            },
+            "/-/reload": {
+                "post": {
+                    "operationId": "reloadRules",
+                    "summary": "Load the rule files again (also on SIGHUP); a bad "
+                    "file keeps the current rules (422); scope admin",
+                    "security": token,
+                    "responses": {
+                        "200": _json("Reloaded.", _ref("Reloaded")),
+                        **_errors(401, 403, 422),
                     },
                 }
             },

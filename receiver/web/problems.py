@@ -44,6 +44,7 @@ _TITLES = {
     408: "Request timeout",
     413: "Payload too large",
     415: "Unsupported media type",
+    422: "Unprocessable content",
     429: "Too many requests",
     499: "Client closed request",
     503: "Service unavailable",
@@ -194,7 +195,7 @@ def make_middleware(
                 )
                 metrics.webhooks.labels(source.removeprefix("webhook:"), outcome).inc()
                 if response.status >= 400 and response.status != 499:
-                    log.info(
+                    log.warning(
                         "webhook_rejected",
                         source=source.removeprefix("webhook:"),
                         status=response.status,
