@@ -671,8 +671,13 @@ class SqliteStore:
             recovered = None
             if row is not None:
                 existing = self._claim(row)
-                orphan = existing.status in ("running", "sending") and self._dead(
-                    db, existing.owner, at
+                # Our own incarnation is alive (it is asking): a claim it holds
+                # is another task's in flight, never an orphan, even if its
+                # heartbeat lapsed under load.
+                orphan = (
+                    existing.owner != owner
+                    and existing.status in ("running", "sending")
+                    and self._dead(db, existing.owner, at)
                 )
                 if row["expires_at"] >= at and not orphan:
                     return ClaimOutcome(won=False, holder=existing)
