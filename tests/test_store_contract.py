@@ -497,6 +497,19 @@ async def test_an_incarnation_never_takes_over_its_own_claim(store: Store) -> No
     assert await store.mark_sending("r", "slow", lapsed) is False, "fenced out"
 
 
+async def test_an_incarnation_never_takes_over_its_own_lock(store: Store) -> None:
+    """Heartbeat lapsed: its own other task waits; another incarnation takes it."""
+    clock = Tick()
+    await store.register("slow", clock(), timedelta(seconds=1))
+    held = await store.acquire_lock("target:x", "slow", clock(), HOUR)
+    assert held is not None
+    lapsed = T0 + timedelta(minutes=5)
+    assert await store.acquire_lock("target:x", "slow", lapsed, HOUR) is None
+    taken = await store.acquire_lock("target:x", "other", lapsed, HOUR)
+    assert taken is not None
+    assert taken.token > held.token
+
+
 async def test_mark_sending_records_the_intent_a_recovery_reads_back(
     store: Store,
 ) -> None:

@@ -384,7 +384,9 @@ local v = redis.call('GET', KEYS[1])
 if v then
   local owner, _, expires = parse(v)
   local score = redis.call('ZSCORE', KEYS[3], owner)
-  local dead = score ~= false and tonumber(score) < tonumber(ARGV[2])
+  -- Never dead to itself: its lock is held by another of its tasks.
+  local dead = owner ~= ARGV[1] and score ~= false
+               and tonumber(score) < tonumber(ARGV[2])
   if expires >= tonumber(ARGV[2]) and not dead then return false end
 end
 local token = redis.call('INCR', KEYS[2])

@@ -737,7 +737,10 @@ class SqliteStore:
             row = db.execute(
                 "SELECT owner, expires_at FROM locks WHERE name=?", (name,)
             ).fetchone()
-            if row is not None and row[1] >= at and not self._dead(db, row[0], at):
+            # Never dead to itself: a lock of the asking incarnation is held by
+            # another of its tasks, even if its heartbeat lapsed under load.
+            dead = row is not None and row[0] != owner and self._dead(db, row[0], at)
+            if row is not None and row[1] >= at and not dead:
                 return None
             db.execute("DELETE FROM locks WHERE name=?", (name,))
             token = db.execute(
