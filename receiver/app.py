@@ -7,9 +7,13 @@ are started and stopped in ``cleanup_ctx``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import UTC, datetime
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import structlog
 from aiohttp import web
 
 from receiver.app_incidents import IncidentWiring, fan_out, install_incidents
@@ -18,6 +22,7 @@ from receiver.engine.planner import PlanContext
 from receiver.engine.reuse import DiagnosticsReuse
 from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor, Worker, consumer_name
+from receiver.errors import StoreUnavailableError
 from receiver.metrics import Metrics
 from receiver.rulebook.loader import Rulebook
 from receiver.settings import Settings
@@ -28,14 +33,19 @@ from receiver.sinks import (
     playbook_sinks,
     scrubber,
 )
+from receiver.sources.caps import AlertCaps
+from receiver.steps.changes import ChangesExecutor
 from receiver.store.base import Store
 from receiver.web.admin import Admin
-from receiver.web.auth import Authenticator
+from receiver.web.auth import AUTHENTICATOR, Authenticator
+from receiver.web.change_events import ChangeEvents, change_reader, events_api_errors
 from receiver.web.console import Console
-from receiver.web.handlers import Handlers
+from receiver.web.handlers import EdgeLimits, Handlers
 from receiver.web.problems import make_middleware
+from receiver.web.reload import Reloader, step_types
 from receiver.web.slack import SlackInteractions
 
+log = structlog.get_logger("receiver")
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 PROCESSOR = web.AppKey("processor", Processor)
@@ -61,6 +71,85 @@ def guard_defaults(settings: Settings) -> GuardDefaults:
     )
 
 
+def edge_limits(settings: Settings) -> EdgeLimits:
+    """What the edge reads, waits for and lets an alert hold, from settings."""
+    return EdgeLimits(
+        max_body_bytes=settings.max_body_bytes,
+        max_unauthenticated_body_bytes=settings.max_unauthenticated_body_bytes,
+        unauthenticated_body_reads=settings.unauthenticated_body_reads,
+        body_timeout=settings.body_timeout.total_seconds(),
+        caps=AlertCaps(
+            max_labels=settings.max_labels,
+            max_annotations=settings.max_annotations,
+            max_label_value_bytes=settings.max_label_value_bytes,
+            max_annotation_value_bytes=settings.max_annotation_value_bytes,
+            max_alert_bytes=settings.max_alert_bytes,
+        ),
+    )
+
+
+async def expire_approvals(
+    store: Store, clock: Callable[[], datetime], every: timedelta
+) -> None:
+    """Mark pending approvals past their expiry ``expired``, every ``every``.
+
+    Expired approvals are then pruned with other finished state (``retention``).
+    """
+    while True:
+        try:
+            expired = await store.expire_approvals(clock())
+        except StoreUnavailableError as exc:
+            log.warning("approval_expiry_failed", error=str(exc))
+        else:
+            if expired:
+                log.info("approvals_expired", count=expired)
+        await asyncio.sleep(every.total_seconds())
+
+
+def add_routes(app: web.Application, handlers: Handlers) -> None:
+    """Every route of the service (the OpenAPI document lists the same)."""
+    r = app.router
+    r.add_post(
+        "/webhooks/alertmanager", handlers.alertmanager, name="webhook:alertmanager"
+    )
+    r.add_post("/webhooks/pagerduty", handlers.pagerduty, name="webhook:pagerduty")
+    r.add_post(
+        "/v2/enqueue", events_api_errors(handlers.enqueue), name="webhook:events_v2"
+    )
+    r.add_get("/api/v1/decisions", handlers.decisions)
+    r.add_get("/api/v1/payloads", handlers.payloads)
+    r.add_get("/api/v1/payloads/{id}", handlers.payload)
+    r.add_post("/api/v1/replay", handlers.replay)
+    r.add_get("/api/v1/approvals", handlers.approvals)
+    r.add_post("/api/v1/approvals/{id}", handlers.decide_approval)
+    r.add_get("/healthz", handlers.healthz)
+    r.add_get("/readyz", handlers.readyz)
+    r.add_get("/metrics", handlers.metrics)
+    r.add_get("/openapi.json", handlers.openapi)
+
+
+def _add_operations(
+    app: web.Application,
+    handlers: Handlers,
+    reloader: Reloader,
+    *,
+    store: Store,
+    auth: Authenticator,
+    clock: Callable[[], datetime],
+) -> None:
+    """Routes for change events and, with rule paths, ``POST /-/reload``."""
+    changes = ChangeEvents(
+        store=store, auth=auth, clock=clock, read_body=handlers.read_body
+    )
+    app.router.add_post(
+        "/v2/change/enqueue",
+        events_api_errors(changes.enqueue),
+        name="webhook:change_events",
+    )
+    if reloader.paths:
+        app.router.add_post("/-/reload", reloader.handle)
+
+
 def create_app(  # noqa: PLR0915 (the one place that wires everything)
     settings: Settings,
     *,
@@ -71,22 +160,24 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
     metrics: Metrics | None = None,
     sinks: Mapping[str, Sink] | None = None,
     firing_check: FiringCheck | None = None,
+    rule_paths: Sequence[Path] | None = None,
     incidents: IncidentWiring | None = None,
 ) -> web.Application:
     """Build the application; the worker starts with the app and stops with it.
 
     ``sinks`` default to those settings configure (``build_sinks``); pass ``{}``
-    for none.
+    for none. With ``rule_paths`` (what ``rulebook`` was loaded from), SIGHUP and
+    ``POST /-/reload`` load them again.
     """
     metrics = metrics or Metrics()
-    metrics.rules_loaded.set(len(rulebook.rules))
     consumer = consumer_name()
     keeper = GuardKeeper(
         store, consumer, guard_defaults(settings), firing_check=firing_check
     )
     scrub = scrubber(settings)
     runner = Runner(
-        executors or {},
+        # changes.recent reads this receiver's own store: always available.
+        {"changes": ChangesExecutor(change_reader(store), clock), **(executors or {})},
         clock,
         mode=settings.mode,
         guards=keeper,
@@ -110,21 +201,15 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
         store=store,
         scrub=scrub,
     )
-    auth = Authenticator(
-        settings.auth_tokens,
-        settings.basic_auth,
-        settings.pagerduty_secrets,
-        settings.routing_keys,
-        open_when_unset=settings.loopback_only,
-    )
+    auth = Authenticator.from_settings(settings)
     handlers = Handlers(
         store=store,
         processor=processor,
         auth=auth,
         metrics=metrics,
         clock=clock,
-        max_body_bytes=settings.max_body_bytes,
         alertname_from=settings.pagerduty_alertname_from,
+        limits=edge_limits(settings),
         execute=settings.mode == "execute",
     )
     app = web.Application(
@@ -132,26 +217,16 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
         client_max_size=settings.max_body_bytes + 1,
     )
     app[STORE] = store
+    app[AUTHENTICATOR] = auth
     app[METRICS] = metrics
     app[PROCESSOR] = processor
-    r = app.router
-    r.add_post(
-        "/webhooks/alertmanager", handlers.alertmanager, name="webhook:alertmanager"
+    add_routes(app, handlers)
+    reloader = Reloader(
+        processor, rule_paths or [], metrics=metrics, auth=auth, clock=clock
     )
-    r.add_post("/webhooks/pagerduty", handlers.pagerduty, name="webhook:pagerduty")
-    r.add_post("/v2/enqueue", handlers.enqueue, name="webhook:events_v2")
-    r.add_get("/api/v1/decisions", handlers.decisions)
-    r.add_get("/api/v1/payloads", handlers.payloads)
-    r.add_get("/api/v1/payloads/{id}", handlers.payload)
-    r.add_post("/api/v1/replay", handlers.replay)
-    r.add_get("/api/v1/approvals", handlers.approvals)
-    r.add_post("/api/v1/approvals/{id}", handlers.decide_approval)
-    r.add_get("/healthz", handlers.healthz)
-    r.add_get("/readyz", handlers.readyz)
-    r.add_get("/metrics", handlers.metrics)
-    r.add_get("/openapi.json", handlers.openapi)
+    _add_operations(app, handlers, reloader, store=store, auth=auth, clock=clock)
     admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
-    admin.routes(r)
+    admin.routes(app.router)
     SlackInteractions(
         settings=settings, store=store, processor=processor, clock=clock
     ).attach(app)
@@ -184,9 +259,13 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
             ),
             clock=clock,
             scrub=scrub,
+            on_outcome=lambda sink, outcome: metrics.sink_deliveries.labels(
+                sink, outcome
+            ).inc(),
             on_outcomes=incident_service.sink_outcomes,
         )
         app[SINKS] = dispatcher
+    metrics.known(step_types=step_types(rulebook), sinks=sinks)
     worker = Worker(
         store,
         processor,
@@ -209,7 +288,16 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
             )
         metrics.paused.set(1 if await store.pause() else 0)
         await worker.start()
+        reloader.listen()
+        sweeper = asyncio.create_task(
+            expire_approvals(store, clock, settings.approval_sweep),
+            name="approval-expiry",
+        )
         yield
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        reloader.stop_listening()
         await worker.stop()
         if dispatcher is not None:
             await dispatcher.aclose()
