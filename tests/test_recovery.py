@@ -368,3 +368,72 @@ async def test_a_recheck_that_raises_is_unknown_not_a_poison_entry(tmp_path):
     )
     assert executor.runs == []
     await store.close()
+
+
+@dataclass
+class HeldAtPrepare(SlowVerify):
+    """Blocks the first ``prepare`` (claimed, not yet sending) until released."""
+
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+    go: asyncio.Event = field(default_factory=asyncio.Event)
+    prepared: int = 0
+
+    async def prepare(self, step: Any, alert: Alert) -> Intent:
+        self.prepared += 1
+        if self.prepared == 1:
+            self.entered.set()
+            await self.go.wait()
+        return Intent(f"POST {step.url}", {"url": step.url})
+
+    first: asyncio.Task[Any] | None = None
+
+    async def apply(self, step: Any, alert: Alert, intent: Intent) -> StepResult:
+        result = await self.run(step, alert)
+        if not self.go.is_set() and self.first is not None:
+            # A second pass got here while the first still holds its claim:
+            # let the first go on, and stay "in flight" until it has decided.
+            self.go.set()
+            await asyncio.wait({self.first}, timeout=10)
+        return result
+
+    async def verify(self, check: Any, step: Any, alert: Alert) -> StepResult:
+        return StepResult(ok=True, reason="healthy")
+
+
+async def test_a_live_process_whose_heartbeat_lapsed_never_runs_an_occurrence_twice(
+    tmp_path,
+):
+    """Own heartbeat lapsed mid-run: a second payload of it waits, never re-runs."""
+    clock = Clock()
+    store = SpyStore(str(tmp_path / "state.db"), retention=Retention(lease=LEASE))
+    executor = HeldAtPrepare(clock, store)
+    (tmp_path / "rules.yaml").write_text(RULES)
+    keeper = GuardKeeper(store, "alive", GuardDefaults())
+    runner = Runner({"http": executor}, clock, mode="execute", guards=keeper)
+    processor = Processor(
+        load_rulebook([tmp_path / "rules.yaml"]),
+        runner,
+        clock,
+        PlanContext(execute=True),
+        store=store,
+    )
+    # Alive for a second; the event loop is then starved (machine load) and
+    # the heartbeat misses its renewal while a task is deciding.
+    await store.register("alive", clock(), timedelta(seconds=1))
+    first = asyncio.create_task(
+        processor.process(JournalEntry("e1", "alertmanager", T0, _body("api")))
+    )
+    executor.first = first
+    await asyncio.wait_for(executor.entered.wait(), 10)
+    clock.advance(timedelta(seconds=5))
+    (resent,) = await processor.process(
+        JournalEntry("e2", "alertmanager", T0, _body("api"))
+    )
+    executor.go.set()
+    (original,) = await asyncio.wait_for(first, 10)
+    assert executor.runs == ["http://hooks.test/api"], "sent exactly once"
+    assert original.matches[0].steps[0].decision.value == "executed"
+    second = resent.matches[0].steps[0]
+    assert second.decision.value == "skipped"
+    assert "already started by alive" in second.reason
+    await store.close()

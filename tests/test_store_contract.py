@@ -478,6 +478,38 @@ async def test_mark_sending_and_a_dead_incarnations_claim_is_recovered(
     assert not done.won, "a finished key is never recovered"
 
 
+async def test_an_incarnation_never_takes_over_its_own_claim(store: Store) -> None:
+    """Its heartbeat lapsed, it still asks: its claim is in flight, not an orphan."""
+    clock = Tick()
+    await store.register("slow", clock(), timedelta(seconds=1))
+    assert (await store.claim_key("r", "slow", clock(), HOUR)).won
+    assert (await store.claim_key("s", "slow", clock(), HOUR)).won
+    assert await store.mark_sending("s", "slow", clock()) is True
+    lapsed = T0 + timedelta(minutes=5)
+    for key, status in (("r", "running"), ("s", "sending")):
+        again = await store.claim_key(key, "slow", lapsed, HOUR)
+        assert not again.won, f"its own {status} claim was taken over"
+        assert (again.holder.owner, again.holder.status) == ("slow", status)
+    other = await store.claim_key("r", "other", lapsed, HOUR)
+    assert other.won, "to another incarnation it is dead"
+    assert other.recovered is not None
+    assert other.recovered.owner == "slow"
+    assert await store.mark_sending("r", "slow", lapsed) is False, "fenced out"
+
+
+async def test_an_incarnation_never_takes_over_its_own_lock(store: Store) -> None:
+    """Heartbeat lapsed: its own other task waits; another incarnation takes it."""
+    clock = Tick()
+    await store.register("slow", clock(), timedelta(seconds=1))
+    held = await store.acquire_lock("target:x", "slow", clock(), HOUR)
+    assert held is not None
+    lapsed = T0 + timedelta(minutes=5)
+    assert await store.acquire_lock("target:x", "slow", lapsed, HOUR) is None
+    taken = await store.acquire_lock("target:x", "other", lapsed, HOUR)
+    assert taken is not None
+    assert taken.token > held.token
+
+
 async def test_mark_sending_records_the_intent_a_recovery_reads_back(
     store: Store,
 ) -> None:

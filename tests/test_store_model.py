@@ -298,6 +298,7 @@ class StoreMachine(RuleBasedStateMachine):
         held = self.model.claims.get(key)
         orphan = (
             held is not None
+            and held.owner != owner  # never dead to itself: it is asking
             and held.status in ("running", "sending")
             and self.model.dead(held.owner, now)
         )
@@ -368,7 +369,11 @@ class StoreMachine(RuleBasedStateMachine):
         ttl = timedelta(seconds=seconds)
         lock = self.run(self.store.acquire_lock(name, owner, now, ttl))
         held = self.model.locks.get(name)
-        free = held is None or held.expires < now or self.model.dead(held.owner, now)
+        free = (
+            held is None
+            or held.expires < now
+            or (held.owner != owner and self.model.dead(held.owner, now))
+        )
         assert (lock is not None) == free, (held, now)
         if lock is None:
             return None

@@ -313,14 +313,17 @@ return 1
 _CLAIM_KEY = (
     _GC
     + """
--- KEYS: claim, incarnations; ARGV: claim JSON, now ms, expires ms
+-- KEYS: claim, incarnations; ARGV: claim JSON, now ms, expires ms, owner
 local raw = redis.call('GET', KEYS[1])
 local recovered = ''
 if raw then
   local c = cjson.decode(raw)
   local live = tonumber(c['expires_ms'] or '9e18') >= tonumber(ARGV[2])
   local orphan = false
-  if c['status'] == 'running' or c['status'] == 'sending' then
+  -- Our own incarnation is alive (it is asking): its claim is another task's
+  -- in flight, never an orphan, even if its heartbeat lapsed under load.
+  if c['owner'] ~= ARGV[4] and (c['status'] == 'running'
+                                or c['status'] == 'sending') then
     local score = redis.call('ZSCORE', KEYS[2], c['owner'])
     orphan = score ~= false and tonumber(score) < tonumber(ARGV[2])
   end
@@ -386,7 +389,9 @@ local v = redis.call('GET', KEYS[1])
 if v then
   local owner, _, expires = parse(v)
   local score = redis.call('ZSCORE', KEYS[3], owner)
-  local dead = score ~= false and tonumber(score) < tonumber(ARGV[2])
+  -- Never dead to itself: its lock is held by another of its tasks.
+  local dead = owner ~= ARGV[1] and score ~= false
+               and tonumber(score) < tonumber(ARGV[2])
   if expires >= tonumber(ARGV[2]) and not dead then return false end
 end
 local token = redis.call('INCR', KEYS[2])
@@ -1205,7 +1210,7 @@ class RedisStore:
         with self._reachable("claim an idempotency key"):
             won, other = await self._claim_key_script(
                 keys=[self._key("claim", key), self._incarnations],
-                args=[raw, _ms(now), expires],
+                args=[raw, _ms(now), expires, owner],
             )
         if not int(won):
             return ClaimOutcome(won=False, holder=self._claim(other))

@@ -811,8 +811,13 @@ class SqliteStore:
             recovered = None
             if row is not None:
                 existing = self._claim(row)
-                orphan = existing.status in ("running", "sending") and self._dead(
-                    db, existing.owner, at
+                # Our own incarnation is alive (it is asking): a claim it holds
+                # is another task's in flight, never an orphan, even if its
+                # heartbeat lapsed under load.
+                orphan = (
+                    existing.owner != owner
+                    and existing.status in ("running", "sending")
+                    and self._dead(db, existing.owner, at)
                 )
                 if row["expires_at"] >= at and not orphan:
                     return ClaimOutcome(won=False, holder=existing)
@@ -872,7 +877,10 @@ class SqliteStore:
             row = db.execute(
                 "SELECT owner, expires_at FROM locks WHERE name=?", (name,)
             ).fetchone()
-            if row is not None and row[1] >= at and not self._dead(db, row[0], at):
+            # Never dead to itself: a lock of the asking incarnation is held by
+            # another of its tasks, even if its heartbeat lapsed under load.
+            dead = row is not None and row[0] != owner and self._dead(db, row[0], at)
+            if row is not None and row[1] >= at and not dead:
                 return None
             db.execute("DELETE FROM locks WHERE name=?", (name,))
             token = db.execute(
