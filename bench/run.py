@@ -610,19 +610,23 @@ async def e2e(report: Report, sizes: Sizes, tmp: Path) -> None:
 
 
 def synthetic_rules(n: int, *, regex: bool = True) -> tuple[list[dict], int]:
-    """``n`` rules: most pin alertname=, a tenth another label, 1% regex only.
+    """``n`` rules: most pin alertname=, some another label, 10% regex only.
 
-    Without ``regex`` the regex-only rules pin alertname= like the rest.
+    Regex-only rules have no equality matcher and no literal alternation:
+    ``service=~"svc-1234(-canary|-blue)?"`` or ``alertname=~"Gen1234(-.*)?"``,
+    each with ``namespace=~"prod.*|production"`` besides. Without ``regex`` they
+    pin alertname= like the rest.
     """
     rules: list[dict] = []
     regex_only = 0
     for i in range(n):
-        if regex and (i % 100 == 50 or (n < 100 and i == n // 2)):
+        if regex and (i % 10 == 5 or (n < 10 and i == n // 2)):
             regex_only += 1
-            match = [
-                'namespace=~"prod.*|production"',
-                f'team=~"team-{i}|squad-{i}"',
-            ]
+            if i % 20 == 5:
+                first = f'service=~"svc-{i}(-canary|-blue)?"'
+            else:
+                first = f'alertname=~"Gen{i}(-.*)?"'
+            match = [first, 'namespace=~"prod.*|production"']
         elif i % 10 == 7:
             match = [f'service="svc-{i}"', 'alertname=~"Gen.*"']
         elif i % 3 == 0:
