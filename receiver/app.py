@@ -3,20 +3,28 @@
 Called by ``receiver serve`` and by tests. The store, the clock, the step
 executors and the sinks are injected; the worker (and the sink dispatcher it feeds)
 are started and stopped in ``cleanup_ctx``.
+
+``role`` says which part of the service this process is: ``all`` (the edge and
+the worker in one process: tests, tools, an in-memory store), ``edge`` (webhooks
+and the API; journals, rings the worker's doorbell, sheds load at the journal's
+bound, runs no playbook) or ``worker`` (decides the journal; serves only the
+health and metrics routes).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
+from typing import Literal
 
 from aiohttp import web
 
+from receiver.engine.doorbell import EdgeBell, WorkerBell
 from receiver.engine.guards import GuardDefaults, GuardKeeper
 from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor, Worker, consumer_name
-from receiver.metrics import Metrics
+from receiver.metrics import WORKER_FAMILIES, Metrics
 from receiver.rulebook.loader import Rulebook
 from receiver.settings import Settings
 from receiver.sinks import (
@@ -29,13 +37,14 @@ from receiver.sinks import (
 from receiver.sources.alertmanager_api import AlertmanagerApi
 from receiver.store.base import Store
 from receiver.web.auth import Authenticator
-from receiver.web.handlers import Handlers
+from receiver.web.handlers import Backpressure, Handlers
 from receiver.web.problems import make_middleware
 
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 PROCESSOR = web.AppKey("processor", Processor)
 SINKS = web.AppKey("sinks", SinkDispatcher)
+Role = Literal["all", "edge", "worker"]
 
 
 def utc_now() -> datetime:
@@ -57,6 +66,42 @@ def guard_defaults(settings: Settings) -> GuardDefaults:
     )
 
 
+def _routes(app: web.Application, handlers: Handlers, role: Role) -> None:
+    r = app.router
+    if role != "worker":
+        r.add_post(
+            "/webhooks/alertmanager", handlers.alertmanager, name="webhook:alertmanager"
+        )
+        r.add_post("/webhooks/pagerduty", handlers.pagerduty, name="webhook:pagerduty")
+        r.add_post("/v2/enqueue", handlers.enqueue, name="webhook:events_v2")
+        r.add_get("/api/v1/decisions", handlers.decisions)
+        r.add_get("/api/v1/payloads", handlers.payloads)
+        r.add_get("/api/v1/payloads/{id}", handlers.payload)
+        r.add_post("/api/v1/replay", handlers.replay)
+        r.add_get("/api/v1/approvals", handlers.approvals)
+        r.add_post("/api/v1/approvals/{id}", handlers.decide_approval)
+        r.add_get("/openapi.json", handlers.openapi)
+    r.add_get("/healthz", handlers.healthz)
+    r.add_get("/readyz", handlers.readyz)
+    r.add_get("/metrics", handlers.metrics)
+
+
+def _edge_lifecycle(
+    store: Store, bell: EdgeBell | None, firing_check: AlertmanagerApi | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        if bell is not None:
+            bell.start()
+        yield
+        if bell is not None:
+            await bell.aclose()
+        if firing_check is not None:
+            await firing_check.aclose()
+        await store.close()
+
+    return lifecycle
+
+
 def create_app(
     settings: Settings,
     *,
@@ -67,14 +112,21 @@ def create_app(
     metrics: Metrics | None = None,
     sinks: Mapping[str, Sink] | None = None,
     firing_check: AlertmanagerApi | None = None,
+    role: Role = "all",
+    edge_bell: EdgeBell | None = None,
+    worker_bell: WorkerBell | None = None,
+    consumer: str | None = None,
+    backpressure: Backpressure | None = None,
 ) -> web.Application:
     """Build the application; the worker starts with the app and stops with it.
 
     ``sinks`` default to those settings configure (``build_sinks``); pass ``{}``
-    for none.
+    for none. ``edge_bell`` (role ``edge``) wakes a worker process and brings
+    its metrics; ``worker_bell`` (role ``worker``) is the other end.
     """
     metrics = metrics or Metrics()
     metrics.rules_loaded.set(len(rulebook.rules))
+    worker_consumer = consumer
     consumer = consumer_name()
     keeper = GuardKeeper(
         store, consumer, guard_defaults(settings), firing_check=firing_check
@@ -110,6 +162,16 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         alertname_from=settings.pagerduty_alertname_from,
         execute=settings.mode == "execute",
+        backpressure=backpressure
+        or Backpressure(
+            max_depth=settings.journal_max_depth,
+            max_age=settings.journal_max_age.total_seconds(),
+        ),
+        on_journaled=edge_bell.ring if edge_bell is not None else None,
+        worker_metrics=(lambda: edge_bell.worker_metrics)
+        if edge_bell is not None
+        else None,
+        metrics_without=WORKER_FAMILIES if edge_bell is not None else frozenset(),
     )
     app = web.Application(
         middlewares=[make_middleware(metrics)],
@@ -118,22 +180,11 @@ def create_app(
     app[STORE] = store
     app[METRICS] = metrics
     app[PROCESSOR] = processor
-    r = app.router
-    r.add_post(
-        "/webhooks/alertmanager", handlers.alertmanager, name="webhook:alertmanager"
-    )
-    r.add_post("/webhooks/pagerduty", handlers.pagerduty, name="webhook:pagerduty")
-    r.add_post("/v2/enqueue", handlers.enqueue, name="webhook:events_v2")
-    r.add_get("/api/v1/decisions", handlers.decisions)
-    r.add_get("/api/v1/payloads", handlers.payloads)
-    r.add_get("/api/v1/payloads/{id}", handlers.payload)
-    r.add_post("/api/v1/replay", handlers.replay)
-    r.add_get("/api/v1/approvals", handlers.approvals)
-    r.add_post("/api/v1/approvals/{id}", handlers.decide_approval)
-    r.add_get("/healthz", handlers.healthz)
-    r.add_get("/readyz", handlers.readyz)
-    r.add_get("/metrics", handlers.metrics)
-    r.add_get("/openapi.json", handlers.openapi)
+    _routes(app, handlers, role)
+
+    if role == "edge":
+        app.cleanup_ctx.append(_edge_lifecycle(store, edge_bell, firing_check))
+        return app
 
     sinks = build_sinks(settings) if sinks is None else sinks
     dispatcher = None
@@ -153,15 +204,20 @@ def create_app(
         processor,
         settings.workers,
         metrics=metrics,
-        consumer=consumer,
+        consumer=worker_consumer or consumer,
         clock=clock,
         on_complete=dispatcher.submit if dispatcher is not None else None,
+        bell=worker_bell,
     )
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        if worker_bell is not None:
+            worker_bell.start(lambda: metrics.render(only=WORKER_FAMILIES))
         await worker.start()
         yield
         await worker.stop()
+        if worker_bell is not None:
+            await worker_bell.aclose()
         if dispatcher is not None:
             await dispatcher.aclose()
         for executor in (executors or {}).values():

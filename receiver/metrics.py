@@ -5,6 +5,8 @@ Built by ``create_app``; incremented by the edge, the worker and the runner.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -12,6 +14,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 
 
 class Metrics:
@@ -84,10 +87,58 @@ class Metrics:
             "Payloads refused with 503 because the store was unavailable.",
             registry=r,
         )
+        self.shed = Counter(
+            "receiver_webhooks_shed",
+            "Webhooks refused with 503 because the journal was at its bound "
+            "(depth or age); the sender retries them.",
+            ["source", "bound"],
+            registry=r,
+        )
         self.rules_loaded = Gauge(
             "receiver_rules_loaded", "Rules currently loaded.", registry=r
         )
 
-    def render(self) -> bytes:
-        """Prometheus text exposition of every collector."""
-        return generate_latest(self.registry)
+    def render(
+        self,
+        *,
+        only: frozenset[str] | None = None,
+        without: frozenset[str] = frozenset(),
+    ) -> bytes:
+        """Prometheus text exposition of the collectors (or of some families)."""
+        if only is None and not without:
+            return generate_latest(self.registry)
+        return generate_latest(_Families(self.registry, only, without))
+
+
+# What the worker counts: with the worker in its own process, the edge shows
+# these families from the worker's reports and the rest from its own.
+WORKER_FAMILIES = frozenset(
+    {
+        "receiver_alerts",
+        "receiver_rule_matches",
+        "receiver_steps",
+        "receiver_alerts_unmatched",
+        "receiver_guard_skips",
+    }
+)
+
+
+class _Families:
+    """A view of a registry with some metric families only."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        only: frozenset[str] | None,
+        without: frozenset[str],
+    ) -> None:
+        self._registry = registry
+        self._only = only
+        self._without = without
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            if family.name in self._without:
+                continue
+            if self._only is None or family.name in self._only:
+                yield family

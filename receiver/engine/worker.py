@@ -23,6 +23,7 @@ from typing import Any, overload
 
 import structlog
 
+from receiver.engine.doorbell import WorkerBell
 from receiver.engine.planner import PlanContext, plan
 from receiver.engine.runner import Runner
 from receiver.errors import InputError, StoreUnavailableError
@@ -38,6 +39,9 @@ log = structlog.get_logger("receiver.worker")
 # worker; every /metrics scrape refreshes them too. Counting the backlog after
 # every entry made a long backlog slower to drain.
 OBSERVE_EVERY = 1.0
+# With a doorbell, an idle worker still looks at the journal this often
+# (seconds): for leases that ran out, and as a safety net.
+IDLE_RECHECK = 1.0
 
 GUARD_PREFIXES = (
     ("cooldown", "cooldown"),
@@ -220,7 +224,11 @@ class Worker:
         clock: Callable[[], datetime] | None = None,
         prune_every: timedelta = timedelta(minutes=5),
         on_complete: Callable[[list[AlertTrace]], None] | None = None,
+        bell: WorkerBell | None = None,
     ) -> None:
+        # Rung by the edge process after each payload it journals: the worker
+        # sleeps on it instead of polling the journal.
+        self._bell = bell
         # Called with a payload's traces once they are recorded (the sinks);
         # it must return at once and never raise.
         self._on_complete = on_complete
@@ -271,7 +279,7 @@ class Worker:
                 # One consumer name per task: a task completes what it claimed
                 # before claiming again, which lets a store hand back entries
                 # whose delivery was lost mid-call.
-                entry = await self._store.claim(f"{self.consumer}/{index}", wait=1.0)
+                entry = await self._claim(f"{self.consumer}/{index}")
             except StoreUnavailableError as exc:
                 log.warning("journal_unavailable", error=str(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
@@ -287,6 +295,17 @@ class Worker:
                 # unfinished and is claimed again after the lease.
                 log.exception("entry_failed", payload_id=entry.id)
                 await asyncio.sleep(1.0)
+
+    async def _claim(self, consumer: str) -> JournalEntry | None:
+        if self._bell is None:
+            return await self._store.claim(consumer, wait=1.0)
+        # Armed before looking: a ring that arrives while the claim runs is
+        # kept, so a payload journalled meanwhile is never slept through.
+        self._bell.armed()
+        entry = await self._store.claim(consumer, wait=0.0)
+        if entry is None:
+            await self._bell.wait(IDLE_RECHECK)
+        return entry
 
     async def _handle(self, entry: JournalEntry, index: int) -> None:
         structlog.contextvars.bind_contextvars(payload_id=entry.id, worker=index)

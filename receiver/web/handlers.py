@@ -7,7 +7,9 @@ sees raw dicts. A 202 means the payload is in the store's journal.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -17,6 +19,7 @@ from aiohttp import web
 from receiver.engine.worker import Processor
 from receiver.errors import (
     InputError,
+    OverloadedError,
     PayloadTooLargeError,
     StoreUnavailableError,
     UnsupportedMediaError,
@@ -42,6 +45,31 @@ KEPT_HEADERS = (
     "x-receiver-replay",
 )
 DELIVERY_TTL = timedelta(days=2)
+SHED_RETRY_AFTER = 5  # seconds, in the 503's Retry-After
+
+
+@dataclass(frozen=True)
+class Backpressure:
+    """The journal's bound: webhooks get 503 + Retry-After while it is reached."""
+
+    max_depth: int = 20_000
+    max_age: float = 60.0  # seconds the oldest waiting payload may wait
+    # Below the bound the journal is counted at most this often (seconds);
+    # payloads accepted in between are added to the last count.
+    recount: float = 1.0
+    # At the bound it is counted again this often before refusing more.
+    recount_at_bound: float = 0.05
+
+
+class _Load:
+    """What the edge knows of the journal's backlog, kept cheap to ask."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.oldest: datetime | None = None
+        self.counted_at = -1e9
+        self.shed = 0
+        self.logged_at = -1e9
 
 
 class Handlers:
@@ -58,8 +86,19 @@ class Handlers:
         max_body_bytes: int,
         alertname_from: str,
         execute: bool = False,
+        backpressure: Backpressure | None = None,
+        on_journaled: Callable[[], None] | None = None,
+        worker_metrics: Callable[[], bytes] | None = None,
+        metrics_without: frozenset[str] = frozenset(),
     ) -> None:
         self._execute = execute
+        self._bound = backpressure or Backpressure()
+        self._load = _Load()
+        # Wakes the worker process (its doorbell) after each journaled payload.
+        self._on_journaled = on_journaled
+        # The worker process's own metrics, shown after the edge's.
+        self._worker_metrics = worker_metrics
+        self._metrics_without = metrics_without
         self._store = store
         self._processor = processor
         self._auth = auth
@@ -124,6 +163,11 @@ class Handlers:
         except StoreUnavailableError:
             self._metrics.store_errors.inc()
             raise
+        self._load.depth += 1
+        if self._load.oldest is None:
+            self._load.oldest = now
+        if self._on_journaled is not None:
+            self._on_journaled()
         log.info(
             "webhook_accepted", source=source, payload_id=entry.id, alerts=len(alerts)
         )
@@ -145,11 +189,53 @@ class Handlers:
             return True
         return False
 
+    async def _admit(self, source: Source) -> None:
+        """Refuse (503 + Retry-After) while the journal is at its bound."""
+        load, bound = self._load, self._bound
+        now = time.monotonic()
+        over = self._over()
+        since = now - load.counted_at
+        if since >= bound.recount or (over and since >= bound.recount_at_bound):
+            load.counted_at = now
+            load.depth, load.oldest = await self._store.pending()
+            over = self._over()
+        if over is None:
+            return
+        load.shed += 1
+        self._metrics.shed.labels(source, over).inc()
+        if now - load.logged_at >= 1.0:
+            # One line a second while shedding, with the count since the last.
+            log.warning(
+                "webhooks_shed",
+                bound=over,
+                depth=load.depth,
+                max_depth=bound.max_depth,
+                shed=load.shed,
+            )
+            load.logged_at, load.shed = now, 0
+        raise OverloadedError(
+            f"the receiver is behind ({load.depth} payloads waiting to be decided, "
+            f"bound: {over}); retry in {SHED_RETRY_AFTER}s",
+            retry_after=SHED_RETRY_AFTER,
+        )
+
+    def _over(self) -> str | None:
+        """Which bound the last known backlog is at, if any."""
+        load, bound = self._load, self._bound
+        if load.depth >= bound.max_depth:
+            return "depth"
+        if load.oldest is not None and load.depth > 0:
+            age = (self._clock() - load.oldest).total_seconds()
+            if age >= bound.max_age:
+                return "age"
+        return None
+
     # ------------------------------------------------------------ webhooks
 
     async def alertmanager(self, request: web.Request) -> web.Response:
         """POST /webhooks/alertmanager."""
         self._auth.check_header(request.headers.get("Authorization"))
+        await self._admit("alertmanager")
         body = await self._body(request)
         alerts = alertmanager.from_body(body)
         entry = await self._accept("alertmanager", body, alerts, request.headers)
@@ -159,6 +245,7 @@ class Handlers:
 
     async def pagerduty(self, request: web.Request) -> web.Response:
         """POST /webhooks/pagerduty."""
+        await self._admit("pagerduty")
         body = await self._body(request)
         self._auth.check_signature(request.headers.get("X-PagerDuty-Signature"), body)
         alerts = pagerduty.to_alerts(
@@ -196,6 +283,7 @@ class Handlers:
 
     async def enqueue(self, request: web.Request) -> web.Response:
         """POST /v2/enqueue (PagerDuty Events API v2 shape)."""
+        await self._admit("events_v2")
         body = await self._body(request)
         data = parse_json(body)
         if isinstance(data, dict) and isinstance(data.get("routing_key"), str):
@@ -384,8 +472,11 @@ class Handlers:
         self._metrics.journal_depth.set(count)
         age = (self._clock() - oldest).total_seconds() if oldest else 0.0
         self._metrics.journal_oldest_age.set(max(age, 0.0))
+        body = self._metrics.render(without=self._metrics_without)
+        if self._worker_metrics is not None:
+            body += self._worker_metrics()
         return web.Response(
-            body=self._metrics.render(),
+            body=body,
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
