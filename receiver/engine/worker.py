@@ -24,7 +24,7 @@ from typing import Any, overload
 import structlog
 
 from receiver.engine.doorbell import WorkerBell
-from receiver.engine.planner import PlanContext, plan
+from receiver.engine.planner import CompiledPlaybooks, PlanContext, plan
 from receiver.engine.runner import Runner
 from receiver.errors import InputError, StoreUnavailableError
 from receiver.metrics import Metrics
@@ -42,6 +42,8 @@ OBSERVE_EVERY = 1.0
 # With a doorbell, an idle worker still looks at the journal this often
 # (seconds): for leases that ran out, and as a safety net.
 IDLE_RECHECK = 1.0
+# A payload's alerts are decided in chunks of this many, yielding in between.
+YIELD_EVERY = 100
 
 GUARD_PREFIXES = (
     ("cooldown", "cooldown"),
@@ -102,6 +104,59 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(2).hex()}"
 
 
+_NEWS = frozenset(
+    {
+        Decision.EXECUTED.value,
+        Decision.FAILED.value,
+        Decision.AWAITING_APPROVAL.value,
+    }
+)
+
+
+class _Tally:
+    """A payload's metrics, counted as its alerts are decided and sent once."""
+
+    def __init__(self) -> None:
+        self.alerts: Counter[tuple[str, str]] = Counter()
+        self.unmatched: Counter[str] = Counter()
+        self.rules: Counter[tuple[str, str]] = Counter()
+        self.steps: Counter[tuple[str, str]] = Counter()
+        self.guards: Counter[str] = Counter()
+        self.decisions: Counter[str] = Counter()
+        self.matched = 0
+
+    def add(self, trace: AlertTrace) -> Counter[str]:
+        """Count one alert's trace; return its step decisions."""
+        decisions: Counter[str] = Counter()
+        self.alerts[trace.alert.source, trace.alert.status] += 1
+        if not trace.matches:
+            self.unmatched[trace.alert.source] += 1
+        else:
+            self.matched += 1
+        for match in trace.matches:
+            self.rules[match.rule, match.severity.value] += 1
+            for step in match.steps:
+                decisions[step.decision.value] += 1
+                self.steps[step.type, step.decision.value] += 1
+                if step.decision in (Decision.SKIPPED, Decision.AWAITING_APPROVAL):
+                    self.guards[guard_of(step.reason)] += 1
+        self.decisions.update(decisions)
+        return decisions
+
+    def flush(self, m: Metrics) -> None:
+        """Add the counts to the metrics: one call per label set, not per alert."""
+        for (source, status), n in self.alerts.items():
+            m.alerts.labels(source, status).inc(n)
+        for source, n in self.unmatched.items():
+            m.unmatched.labels(source).inc(n)
+        for (rule, severity), n in self.rules.items():
+            m.rule_matches.labels(rule, severity).inc(n)
+        for (kind, decision), n in self.steps.items():
+            m.steps.labels(kind, decision).inc(n)
+        for guard, n in self.guards.items():
+            m.guard_skips.labels(guard).inc(n)
+
+
 class Processor:
     """Decides every alert of one payload."""
 
@@ -123,6 +178,7 @@ class Processor:
         self._metrics = metrics
         self._alertname_from = pagerduty_alertname_from
         self._store = store
+        self._compiled = CompiledPlaybooks()
 
     def alerts(self, source: Source, body: bytes, now: datetime) -> list[Alert]:
         """Parse a stored body of ``source`` into alerts."""
@@ -165,17 +221,25 @@ class Processor:
     ) -> list[AlertTrace]:
         """Plan and run every alert; ``now`` fixes time for replay ``--at``."""
         traces = []
-        for raw in alerts:
+        tally = _Tally()
+        for i, raw in enumerate(alerts):
+            if i and i % YIELD_EVERY == 0:
+                # A storm is decided in chunks: let the loop's other tasks run.
+                await asyncio.sleep(0)
             alert = await self._with_start(raw)
             at = now or self._clock()
-            trace = await (runner or self._runner).run(
-                plan(alert, self.rulebook, at, ctx or self._ctx), payload_id
+            planned = plan(
+                alert, self.rulebook, at, ctx or self._ctx, compiled=self._compiled
             )
+            trace = await (runner or self._runner).run(planned, payload_id)
             traces.append(trace)
             if not count:
                 continue
-            self._count(trace)
-            log.info(
+            steps = tally.add(trace)
+            # Steps that acted, failed or wait for a human make an alert news;
+            # the rest is in the decision record and in the payload's line.
+            emit = log.info if steps.keys() & _NEWS else log.debug
+            emit(
                 "alert_decided",
                 fingerprint=alert.fingerprint,
                 status=alert.status,
@@ -183,26 +247,20 @@ class Processor:
                 alertname=alert.labels.get("alertname", ""),
                 rules=[m.rule for m in trace.matches],
                 severity=[m.severity.value for m in trace.matches],
-                steps=dict(
-                    Counter(s.decision.value for m in trace.matches for s in m.steps)
-                ),
+                steps=dict(steps),
                 payload_id=payload_id,
             )
+        if count:
+            if self._metrics is not None:
+                tally.flush(self._metrics)
+            log.info(
+                "payload_decided",
+                payload_id=payload_id,
+                alerts=len(traces),
+                matched=tally.matched,
+                steps=dict(tally.decisions),
+            )
         return traces
-
-    def _count(self, trace: AlertTrace) -> None:
-        m = self._metrics
-        if m is None:
-            return
-        m.alerts.labels(trace.alert.source, trace.alert.status).inc()
-        if not trace.matches:
-            m.unmatched.labels(trace.alert.source).inc()
-        for match in trace.matches:
-            m.rule_matches.labels(match.rule, match.severity.value).inc()
-            for step in match.steps:
-                m.steps.labels(step.type, step.decision.value).inc()
-                if step.decision in (Decision.SKIPPED, Decision.AWAITING_APPROVAL):
-                    m.guard_skips.labels(guard_of(step.reason)).inc()
 
     async def process(self, entry: JournalEntry) -> list[AlertTrace]:
         """Decide a journal entry."""
