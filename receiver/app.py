@@ -172,6 +172,9 @@ def create_app(
         if edge_bell is not None
         else None,
         metrics_without=WORKER_FAMILIES if edge_bell is not None else frozenset(),
+        worker_ready=(lambda: edge_bell.worker_ready)
+        if edge_bell is not None
+        else None,
     )
     app = web.Application(
         middlewares=[make_middleware(metrics)],
@@ -208,6 +211,7 @@ def create_app(
         clock=clock,
         on_complete=dispatcher.submit if dispatcher is not None else None,
         bell=worker_bell,
+        prune_every=settings.prune_interval,
     )
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:

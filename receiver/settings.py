@@ -147,6 +147,11 @@ class Settings(BaseModel):
         default=timedelta(seconds=60),
         description="...or while the oldest waiting payload is older than this.",
     )
+    prune_interval: Duration = Field(
+        default=timedelta(minutes=5),
+        description="How often finished payloads and decisions past retention are "
+        "dropped.",
+    )
     journal_lease: Duration = Field(
         default=timedelta(minutes=5),
         description="A claimed entry not finished in this time goes to another worker.",

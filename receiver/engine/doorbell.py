@@ -36,6 +36,11 @@ class EdgeBell:
         self.worker_metrics = b""
         self._reader: asyncio.Task[None] | None = None
 
+    @property
+    def worker_ready(self) -> bool:
+        """Whether a worker has reported since this edge started."""
+        return bool(self.worker_metrics)
+
     def ring(self) -> None:
         """Wake the worker (never blocks; a full buffer means it is awake)."""
         with contextlib.suppress(BlockingIOError, InterruptedError, OSError):

@@ -6,6 +6,7 @@ sees raw dicts. A 202 means the payload is in the store's journal.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -46,6 +47,9 @@ KEPT_HEADERS = (
 )
 DELIVERY_TTL = timedelta(days=2)
 SHED_RETRY_AFTER = 5  # seconds, in the 503's Retry-After
+# Bodies larger than this (bytes) are parsed in a thread: a 5 MB storm takes
+# hundreds of milliseconds to validate, and /healthz must not wait for it.
+PARSE_IN_THREAD = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,10 @@ class Handlers:
         on_journaled: Callable[[], None] | None = None,
         worker_metrics: Callable[[], bytes] | None = None,
         metrics_without: frozenset[str] = frozenset(),
+        worker_ready: Callable[[], bool] | None = None,
     ) -> None:
+        # Whether the worker process is up (None: it runs in this process).
+        self._worker_ready = worker_ready
         self._execute = execute
         self._bound = backpressure or Backpressure()
         self._load = _Load()
@@ -237,7 +244,10 @@ class Handlers:
         self._auth.check_header(request.headers.get("Authorization"))
         await self._admit("alertmanager")
         body = await self._body(request)
-        alerts = alertmanager.from_body(body)
+        if len(body) > PARSE_IN_THREAD:
+            alerts = await asyncio.to_thread(alertmanager.from_body, body)
+        else:
+            alerts = alertmanager.from_body(body)
         entry = await self._accept("alertmanager", body, alerts, request.headers)
         return web.json_response(
             {"status": "accepted", "id": entry.id, "alerts": len(alerts)}, status=202
@@ -459,12 +469,16 @@ class Handlers:
         """GET /readyz: rules loaded and the store reachable."""
         rules = len(self._processor.rulebook.rules)
         store_ok = await self._store.ping()
+        worker_ok = self._worker_ready is None or self._worker_ready()
+        ready = bool(rules) and store_ok and worker_ok
         body: dict[str, Any] = {
-            "status": "ready" if rules and store_ok else "not ready",
+            "status": "ready" if ready else "not ready",
             "rules": rules,
             "store": "ok" if store_ok else "unreachable",
         }
-        return web.json_response(body, status=200 if rules and store_ok else 503)
+        if self._worker_ready is not None:
+            body["worker"] = "ok" if worker_ok else "starting"
+        return web.json_response(body, status=200 if ready else 503)
 
     async def metrics(self, _request: web.Request) -> web.Response:
         """GET /metrics: Prometheus text format."""
