@@ -35,6 +35,7 @@ class EdgeBell:
         self._sock = sock
         self.worker_metrics = b""
         self._reader: asyncio.Task[None] | None = None
+        self._pending = False
 
     @property
     def worker_ready(self) -> bool:
@@ -42,7 +43,19 @@ class EdgeBell:
         return bool(self.worker_metrics)
 
     def ring(self) -> None:
-        """Wake the worker (never blocks; a full buffer means it is awake)."""
+        """Wake the worker, once per turn of the event loop however many ring.
+
+        Every payload of one group commit is journaled in the same turn; one
+        byte, sent right after, wakes the worker for all of them (never blocks:
+        a full buffer means it is awake anyway).
+        """
+        if self._pending:
+            return
+        self._pending = True
+        asyncio.get_running_loop().call_soon(self._send)
+
+    def _send(self) -> None:
+        self._pending = False
         with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
             self._sock.send(b"\x01")
 
