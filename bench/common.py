@@ -114,13 +114,9 @@ def lean_storm_body(count: int, tag: str) -> bytes:
     alerts = [
         {
             "status": "firing",
-            "labels": {
-                "alertname": RUNBOOK_ALERTS[i % len(RUNBOOK_ALERTS)],
-                "namespace": "production",
-                "deployment": "sark",
-            },
+            "labels": {"alertname": RUNBOOK_ALERTS[i % len(RUNBOOK_ALERTS)]},
             "startsAt": "2026-11-26T10:00:00Z",
-            "fingerprint": f"{tag}{i:010x}",
+            "fingerprint": f"{tag}{i:x}",
         }
         for i in range(count)
     ]

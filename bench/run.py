@@ -59,6 +59,7 @@ from common import (  # noqa: E402
 
 MARKER = "<!-- Hand-written notes below this line are kept by `make bench`. -->"
 RUNBOOK_RULES = ROOT / "rules"
+MAX_BODY = 5 * 1024 * 1024  # the receiver's default body cap
 
 
 @dataclass(frozen=True)
@@ -1036,6 +1037,8 @@ async def healthz_under_storm(report: Report, sizes: Sizes, tmp: Path) -> None:
             f"run {run + 1}/{sizes.runs}"
         )
         body = lean_storm_body(n, f"h{run}")
+        if len(body) > MAX_BODY:
+            raise BenchError(f"{n:,} alerts take {len(body):,} bytes, over the cap")
         with receiver("sqlite", tmp) as (proc, url):
             async with Decisions(url) as reader, aiohttp.ClientSession() as http:
                 latencies: list[float] = []
