@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from aiohttp import web
 
 from receiver.engine.doorbell import EdgeBell, WorkerBell
-from receiver.engine.guards import GuardDefaults, GuardKeeper
+from receiver.engine.guards import FiringCheck, GuardDefaults, GuardKeeper
 from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor, Worker, consumer_name
@@ -34,8 +34,8 @@ from receiver.sinks import (
     playbook_sinks,
     scrubber,
 )
-from receiver.sources.alertmanager_api import AlertmanagerApi
 from receiver.store.base import Store
+from receiver.web.admin import Admin
 from receiver.web.auth import Authenticator
 from receiver.web.handlers import Backpressure, Handlers
 from receiver.web.problems import make_middleware
@@ -66,7 +66,7 @@ def guard_defaults(settings: Settings) -> GuardDefaults:
     )
 
 
-def _routes(app: web.Application, handlers: Handlers, role: Role) -> None:
+def _routes(app: web.Application, handlers: Handlers, admin: Admin, role: Role) -> None:
     r = app.router
     if role != "worker":
         r.add_post(
@@ -81,13 +81,26 @@ def _routes(app: web.Application, handlers: Handlers, role: Role) -> None:
         r.add_get("/api/v1/approvals", handlers.approvals)
         r.add_post("/api/v1/approvals/{id}", handlers.decide_approval)
         r.add_get("/openapi.json", handlers.openapi)
+        admin.routes(r)
     r.add_get("/healthz", handlers.healthz)
     r.add_get("/readyz", handlers.readyz)
     r.add_get("/metrics", handlers.metrics)
 
 
+def _edge_hooks(bell: EdgeBell | None) -> dict[str, Any]:
+    """What the edge's handlers need of a worker process, if there is one."""
+    if bell is None:
+        return {}
+    return {
+        "on_journaled": bell.ring,
+        "worker_metrics": lambda: bell.worker_metrics,
+        "metrics_without": WORKER_FAMILIES,
+        "worker_ready": lambda: bell.worker_ready,
+    }
+
+
 def _edge_lifecycle(
-    store: Store, bell: EdgeBell | None, firing_check: AlertmanagerApi | None
+    store: Store, bell: EdgeBell | None, firing_check: FiringCheck | None
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         if bell is not None:
@@ -95,14 +108,15 @@ def _edge_lifecycle(
         yield
         if bell is not None:
             await bell.aclose()
-        if firing_check is not None:
-            await firing_check.aclose()
+        close_check = getattr(firing_check, "aclose", None)
+        if close_check is not None:
+            await close_check()
         await store.close()
 
     return lifecycle
 
 
-def create_app(
+def create_app(  # noqa: C901 (the one place that wires everything)
     settings: Settings,
     *,
     rulebook: Rulebook,
@@ -111,11 +125,10 @@ def create_app(
     executors: Mapping[str, Executor] | None = None,
     metrics: Metrics | None = None,
     sinks: Mapping[str, Sink] | None = None,
-    firing_check: AlertmanagerApi | None = None,
+    firing_check: FiringCheck | None = None,
     role: Role = "all",
     edge_bell: EdgeBell | None = None,
     worker_bell: WorkerBell | None = None,
-    consumer: str | None = None,
     backpressure: Backpressure | None = None,
 ) -> web.Application:
     """Build the application; the worker starts with the app and stops with it.
@@ -126,12 +139,14 @@ def create_app(
     """
     metrics = metrics or Metrics()
     metrics.rules_loaded.set(len(rulebook.rules))
-    worker_consumer = consumer
     consumer = consumer_name()
     keeper = GuardKeeper(
         store, consumer, guard_defaults(settings), firing_check=firing_check
     )
-    runner = Runner(executors or {}, clock, mode=settings.mode, guards=keeper)
+    scrub = scrubber(settings)
+    runner = Runner(
+        executors or {}, clock, mode=settings.mode, guards=keeper, scrub=scrub
+    )
     processor = Processor(
         rulebook,
         runner,
@@ -145,6 +160,7 @@ def create_app(
         metrics=metrics,
         pagerduty_alertname_from=settings.pagerduty_alertname_from,
         store=store,
+        scrub=scrub,
     )
     auth = Authenticator(
         settings.auth_tokens,
@@ -167,14 +183,7 @@ def create_app(
             max_depth=settings.journal_max_depth,
             max_age=settings.journal_max_age.total_seconds(),
         ),
-        on_journaled=edge_bell.ring if edge_bell is not None else None,
-        worker_metrics=(lambda: edge_bell.worker_metrics)
-        if edge_bell is not None
-        else None,
-        metrics_without=WORKER_FAMILIES if edge_bell is not None else frozenset(),
-        worker_ready=(lambda: edge_bell.worker_ready)
-        if edge_bell is not None
-        else None,
+        **_edge_hooks(edge_bell),
     )
     app = web.Application(
         middlewares=[make_middleware(metrics)],
@@ -183,8 +192,8 @@ def create_app(
     app[STORE] = store
     app[METRICS] = metrics
     app[PROCESSOR] = processor
-    _routes(app, handlers, role)
-
+    admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
+    _routes(app, handlers, admin, role)
     if role == "edge":
         app.cleanup_ctx.append(_edge_lifecycle(store, edge_bell, firing_check))
         return app
@@ -199,7 +208,7 @@ def create_app(
                 trace, processor.rulebook.playbooks, settings.sinks
             ),
             clock=clock,
-            scrub=scrubber(settings),
+            scrub=scrub,
         )
         app[SINKS] = dispatcher
     worker = Worker(
@@ -207,14 +216,21 @@ def create_app(
         processor,
         settings.workers,
         metrics=metrics,
-        consumer=worker_consumer or consumer,
+        consumer=consumer,
         clock=clock,
         on_complete=dispatcher.submit if dispatcher is not None else None,
+        lease=settings.journal_lease,
+        max_attempts=settings.journal_max_attempts,
         bell=worker_bell,
         prune_every=settings.prune_interval,
     )
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        if settings.paused and await store.pause() is None:
+            await admin.switch(
+                paused=True, by="settings", reason="started with paused: true"
+            )
+        metrics.paused.set(1 if await store.pause() else 0)
         if worker_bell is not None:
             worker_bell.start(lambda: metrics.render(only=WORKER_FAMILIES))
         await worker.start()
@@ -228,8 +244,9 @@ def create_app(
             close = getattr(executor, "aclose", None)
             if close is not None:
                 await close()
-        if firing_check is not None:
-            await firing_check.aclose()
+        close_check = getattr(firing_check, "aclose", None)
+        if close_check is not None:
+            await close_check()
         await store.close()
 
     app.cleanup_ctx.append(lifecycle)

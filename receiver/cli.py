@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -64,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         help="fetch a stored payload from a running receiver, e.g. "
         "http://127.0.0.1:8080/<payload id> (token from RECEIVER_AUTH_TOKENS)",
     )
+    replay.add_argument(
+        "--retry",
+        action="store_true",
+        help="with --from: put a parked entry back in that receiver's queue "
+        "(POST /api/v1/parked/<id>/retry) instead of deciding it here",
+    )
     replay.add_argument("--rules", type=Path, action="append", help="rule file or dir")
     replay.add_argument("--at", help="fix 'now' (ISO 8601) for duration-based severity")
     replay.add_argument("--json", action="store_true", help="print JSON")
@@ -88,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         if args.command == "replay":
-            return asyncio.run(_replay(args))
+            return _retry_all(args) if args.retry else asyncio.run(_replay(args))
         if args.rules_command == "check":
             return _rules_check(args.paths or DEFAULT_RULES)
         return _rules_test(args.paths or DEFAULT_RULES)
@@ -189,16 +194,12 @@ def _serve(args: argparse.Namespace) -> int:
         reclaim=role == "worker" or (not split and role == "all"),
     )
     edge_bell = worker_bell = supervisor = None
-    consumer = None
     if split:
         edge_end, worker_end = socket.socketpair()
         edge_bell = EdgeBell(edge_end)
         supervisor = WorkerSupervisor(_passed_on(args), worker_end)
     if args.bell_fd is not None:
         worker_bell = WorkerBell(socket.socket(fileno=args.bell_fd))
-        # Stable across restarts of the child: a new worker takes back at once
-        # what the one before it held (Redis), instead of waiting out the lease.
-        consumer = f"{socket.gethostname()}:{os.getppid()}:worker"
     app = create_app(
         settings,
         rulebook=rulebook,
@@ -208,7 +209,6 @@ def _serve(args: argparse.Namespace) -> int:
         role="edge" if split else role,
         edge_bell=edge_bell,
         worker_bell=worker_bell,
-        consumer=consumer,
     )
     if supervisor is not None:
         app.cleanup_ctx.append(supervise(supervisor))
@@ -324,6 +324,7 @@ async def _replay(args: argparse.Namespace) -> int:
 
     if not args.files and not args.sources:
         raise InputError("give payload files to replay, or --from URL/ID")
+
     rulebook = load_rulebook(args.rules or DEFAULT_RULES)
     processor = Processor(rulebook, Runner({}, clock), clock, PlanContext())
     traces: list[tuple[Path, AlertTrace]] = []
@@ -351,10 +352,8 @@ def _read(path: Path) -> bytes:
         raise InputError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-def _fetch(ref: str) -> bytes:
-    """A stored payload from a running receiver's API, as it was received."""
-    import httpx  # noqa: PLC0415
-
+def _api(ref: str) -> tuple[str, str, dict[str, str]]:
+    """Base URL, payload id and auth headers for a ``--from`` reference."""
     from receiver.settings import load_settings  # noqa: PLC0415
 
     base, _, payload_id = ref.rstrip("/").rpartition("/")
@@ -363,13 +362,47 @@ def _fetch(ref: str) -> bytes:
             f"--from {ref!r}: expected BASE_URL/PAYLOAD_ID, e.g. "
             "http://127.0.0.1:8080/001a2182ce5b373ea899227ef"
         )
-    base = base.removesuffix("/api/v1/payloads")
+    base = base.removesuffix("/api/v1/payloads").removesuffix("/api/v1/parked")
     settings = load_settings()
     headers = {}
     if settings.auth_tokens:
         headers["Authorization"] = (
             f"Bearer {settings.auth_tokens[0].get_secret_value()}"
         )
+    return base, payload_id, headers
+
+
+def _retry_all(args: argparse.Namespace) -> int:
+    """``replay --retry --from URL/ID...``: queue parked entries again."""
+    if args.files or not args.sources:
+        raise InputError("--retry takes only --from URL/ID (parked entries)")
+    for ref in args.sources:
+        _out(_retry(ref))
+    return 0
+
+
+def _retry(ref: str) -> str:
+    """Queue a parked entry again in a running receiver."""
+    import httpx  # noqa: PLC0415
+
+    base, payload_id, headers = _api(ref)
+    try:
+        response = httpx.post(
+            f"{base}/api/v1/parked/{payload_id}/retry", headers=headers, timeout=10
+        )
+    except httpx.HTTPError as exc:
+        raise InputError(f"--from {ref}: cannot reach the receiver: {exc}") from exc
+    if response.status_code != 202:
+        detail = response.text[:300]
+        raise InputError(f"--from {ref}: HTTP {response.status_code}: {detail}")
+    return f"queued parked entry {payload_id} again"
+
+
+def _fetch(ref: str) -> bytes:
+    """A stored payload from a running receiver's API, as it was received."""
+    import httpx  # noqa: PLC0415
+
+    base, payload_id, headers = _api(ref)
     try:
         response = httpx.get(
             f"{base}/api/v1/payloads/{payload_id}", headers=headers, timeout=10

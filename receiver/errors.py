@@ -5,7 +5,9 @@
     ReceiverError
     ├── InputError            a request or payload is malformed (HTTP 400)
     │   ├── PayloadTooLargeError  body over the configured cap (413)
-    │   └── UnsupportedMediaError wrong content type (415)
+    │   ├── UnsupportedMediaError wrong content type (415)
+    │   └── RenderError       an alert cannot fill a step's templates (step skipped)
+    │       └── SlotError     a value is outside the grammar of the field it fills
     ├── AuthError             credentials missing or wrong (401)
     │   └── ForbiddenError    authenticated but not allowed, bad signature (403)
     ├── RuleError             a rule file is invalid (load time, carries location)
@@ -14,6 +16,8 @@
     └── StepError             a step failed while running
         ├── TransientStepError    worth retrying (timeouts, 429, 5xx)
         └── PermanentStepError    retrying will not help (404, 403, 422, refusals)
+            └── QuantityError     a Kubernetes quantity does not parse (also a
+                                  ValueError, so rule validation reports it)
 """
 
 from __future__ import annotations
@@ -41,6 +45,57 @@ class PayloadTooLargeError(InputError):
 
 class UnsupportedMediaError(InputError):
     """The request does not carry JSON."""
+
+
+class RenderError(InputError):
+    """A step's templates cannot be filled for this alert; the step is skipped."""
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """A value for a message: repr, cut to ``limit`` characters."""
+    text = repr(value[:limit])
+    return text if len(value) <= limit else f"{text}... ({len(value)} characters)"
+
+
+class SlotError(RenderError):
+    """An alert value is outside the grammar of the step field it would fill.
+
+    ``source`` is ``label``, ``annotation`` or ``alert field``; ``grammar`` names
+    what the field takes ("a URL path segment"); ``why`` says what is wrong.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        name: str,
+        value: str,
+        grammar: str,
+        why: str,
+        field: str = "",
+    ) -> None:
+        self.source = source
+        self.name = name
+        self.value = value
+        self.grammar = grammar
+        self.why = why
+        self.field = field
+        where = f" for {field}" if field else ""
+        super().__init__(
+            f"{source} {name}={_shown(value)}{where} is not {grammar}: {why}; "
+            "step not run"
+        )
+
+    def in_field(self, field: str) -> SlotError:
+        """The same error, naming the step field it was meant for."""
+        return SlotError(
+            source=self.source,
+            name=self.name,
+            value=self.value,
+            grammar=self.grammar,
+            why=self.why,
+            field=field,
+        )
 
 
 class AuthError(ReceiverError):
@@ -110,3 +165,11 @@ class TransientStepError(StepError):
 
 class PermanentStepError(StepError):
     """A step failed in a way retrying will not fix."""
+
+
+class QuantityError(PermanentStepError, ValueError):
+    """A Kubernetes quantity (``512Mi``, ``1e9``) does not parse.
+
+    A ``StepError`` for executors reading live objects, and a ``ValueError`` so a
+    rule's own quantity fails validation with its location.
+    """

@@ -70,6 +70,17 @@ class Metrics:
             "Age of the oldest accepted payload not yet processed.",
             registry=r,
         )
+        self.journal_parked = Gauge(
+            "receiver_journal_parked",
+            "Journal entries parked after too many failed attempts (see "
+            "GET /api/v1/parked).",
+            registry=r,
+        )
+        self.paused = Gauge(
+            "receiver_paused",
+            "1 while remediations are paused (POST /api/v1/pause), else 0.",
+            registry=r,
+        )
         self.guard_skips = Counter(
             "receiver_guard_skips",
             "Steps skipped or held, by the guard that said no.",

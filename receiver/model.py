@@ -198,6 +198,27 @@ class StepResult:
 
 
 @dataclass(frozen=True)
+class Silence:
+    """A human's "hands off": an Alertmanager silence, with who and why."""
+
+    id: str
+    author: str = ""
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class SourceView:
+    """What an alert's source says about it right now (the last check).
+
+    ``firing`` is None when the source could not be asked.
+    """
+
+    firing: bool | None
+    silences: tuple[Silence, ...] = ()
+    inhibited_by: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class StepTrace:
     """The decision for one step, with a reason a person can read."""
 
@@ -210,6 +231,8 @@ class StepTrace:
     request: Mapping[str, Any] = field(default_factory=lambda: freeze({}))
     result: Mapping[str, Any] = field(default_factory=lambda: freeze({}))
     name: str = ""
+    # The guard that skipped or held the step (``cooldown``, ``lock``, ...).
+    guard: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON form; the replay ``--json`` contract keys come first."""
@@ -220,6 +243,8 @@ class StepTrace:
             "decision": self.decision.value,
             "reason": self.reason,
         }
+        if self.guard:
+            out["guard"] = self.guard
         if self.name:
             out["name"] = self.name
         if self.request:

@@ -156,6 +156,18 @@ class Settings(BaseModel):
         default=timedelta(minutes=5),
         description="A claimed entry not finished in this time goes to another worker.",
     )
+    journal_max_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Claims of one journal entry before it is parked (listed at "
+        "GET /api/v1/parked, retried on demand).",
+    )
+    paused: bool = Field(
+        default=False,
+        description="Start with remediations paused (diagnostics and notes go "
+        "on); POST/DELETE /api/v1/pause switches it at run time.",
+    )
     cooldown: Duration = Field(
         default=timedelta(minutes=10),
         description="Default cooldown per playbook and target.",

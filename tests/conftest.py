@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -159,6 +160,15 @@ async def wait_for_decisions(
 
 @pytest.fixture(autouse=True)
 def _fresh_logging():
-    """Each test starts with structlog's defaults (the CLI configures it globally)."""
+    """Each test starts with structlog's defaults (the CLI configures it globally).
+
+    The CLI's configuration caches each module logger on first use, bound to
+    the stdout of that moment (a test's captured, later closed, stream): those
+    caches are dropped too.
+    """
     yield
     structlog.reset_defaults()
+    for name, module in list(sys.modules.items()):
+        proxy = getattr(module, "log", None) if name.startswith("receiver") else None
+        if isinstance(proxy, structlog._config.BoundLoggerLazyProxy):
+            vars(proxy).pop("bind", None)

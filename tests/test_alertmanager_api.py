@@ -1,4 +1,4 @@
-"""The last check before acting: ask a real Alertmanager if the alert still fires."""
+"""The last check before acting: a real Alertmanager says firing, resolved, silenced."""
 
 from __future__ import annotations
 
@@ -10,8 +10,14 @@ import httpx
 import pytest
 from peers import poll, run_alertmanager
 
-from receiver.model import Alert, freeze
+from receiver.engine.guards import GuardDefaults, GuardKeeper
+from receiver.engine.planner import PlanContext
+from receiver.engine.runner import Runner
+from receiver.engine.worker import Processor
+from receiver.model import Alert, StepResult, freeze
+from receiver.rulebook.loader import load_rulebook
 from receiver.sources.alertmanager_api import AlertmanagerApi
+from receiver.store import MemoryStore
 
 pytestmark = pytest.mark.e2e
 
@@ -74,3 +80,102 @@ def test_unreachable_alertmanager_is_unknown():
         source="alertmanager", fingerprint="f", status="firing", labels=freeze({})
     )
     assert _ask("http://127.0.0.1:9", alert) is None
+
+
+SILENCED_RULES = """
+playbooks:
+  hook:
+    remediation:
+      - type: http.request
+        url: "http://hooks.test/{labels.namespace}"
+    guards: {cooldown: 0s}
+rules:
+  - {name: hook, match: ['alertname="StillFiring"'], playbook: hook}
+"""
+
+
+def test_a_silence_in_alertmanager_stops_the_remediation(tmp_path):
+    """An Alertmanager silence skips the run, naming its id, author and comment."""
+
+    class Hook:
+        calls = 0
+
+        async def run(self, step, alert):
+            Hook.calls += 1
+            return StepResult(ok=True, reason="POST: HTTP 200")
+
+        async def verify(self, check, step, alert):
+            return StepResult(ok=True, reason="ok")
+
+    with run_alertmanager(tmp_path, CONFIG) as am:
+        now = datetime.now(UTC)
+        body = {"labels": LABELS, "startsAt": (now - timedelta(minutes=1)).isoformat()}
+        httpx.post(f"{am.url}/api/v2/alerts", json=[body], timeout=5)
+        silence = httpx.post(
+            f"{am.url}/api/v2/silences",
+            json={
+                "matchers": [
+                    {"name": "alertname", "value": "StillFiring", "isRegex": False}
+                ],
+                "startsAt": now.isoformat(),
+                "endsAt": (now + timedelta(hours=1)).isoformat(),
+                "createdBy": "alice@example.com",
+                "comment": "hands off: migrating the database",
+            },
+            timeout=5,
+        ).json()["silenceID"]
+
+        def silenced() -> list:
+            listed = httpx.get(f"{am.url}/api/v2/alerts", timeout=5).json()
+            return [a for a in listed if a["status"]["silencedBy"]]
+
+        (listed,) = poll(silenced)
+        alert = Alert(
+            source="alertmanager",
+            fingerprint=listed["fingerprint"],
+            status="firing",
+            labels=freeze(LABELS),
+            starts_at=now - timedelta(minutes=1),
+        )
+        (tmp_path / "rules.yaml").write_text(SILENCED_RULES)
+
+        async def decide():
+            api = AlertmanagerApi(httpx.AsyncClient(timeout=5), am.url)
+            store = MemoryStore()
+            keeper = GuardKeeper(store, "me", GuardDefaults(), firing_check=api)
+            runner = Runner(
+                {"http": Hook()},
+                lambda: datetime.now(UTC),
+                mode="execute",
+                guards=keeper,
+            )
+            processor = Processor(
+                load_rulebook([tmp_path / "rules.yaml"]),
+                runner,
+                lambda: datetime.now(UTC),
+                PlanContext(execute=True),
+                store=store,
+            )
+            try:
+                view = await api.look(alert)
+                (trace,) = await processor.decide([alert], "p-1")
+            finally:
+                await api.aclose()
+                await store.close()
+            return view, trace.matches[0].steps[0]
+
+        view, step = asyncio.run(decide())
+    assert view.firing is True
+    (found,) = view.silences
+    assert (found.id, found.author, found.comment) == (
+        silence,
+        "alice@example.com",
+        "hands off: migrating the database",
+    )
+    assert step.decision.value == "skipped"
+    assert step.guard == "silenced"
+    assert step.reason == (
+        f"silenced in Alertmanager: silence {silence} by alice@example.com: "
+        '"hands off: migrating the database"'
+    )
+    assert Hook.calls == 0

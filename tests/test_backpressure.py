@@ -113,9 +113,9 @@ async def test_draining_the_journal_reopens_the_edge(aiohttp_client, web_rules):
     client = await _edge(aiohttp_client, web_rules, bound, Clock())
     assert (await _post(client, 1)).status == 202
     assert (await _post(client, 2)).status == 503
-    entry = await client.store.claim("test", wait=0)
-    assert entry is not None
-    await client.store.complete(entry.id, [])
+    lease = await client.store.claim("test", 0.0, NOW)
+    assert lease is not None
+    await client.store.complete(lease.entry.id, [])
     assert (await _post(client, 2)).status == 202
 
 

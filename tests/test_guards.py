@@ -1,4 +1,8 @@
-"""Every guard skips with its reason, proved with an injected clock and a real store."""
+"""Every guard skips with its reason and its name, proved with a real store.
+
+The injected clock advances a millisecond on every reading (and more where a
+test moves time on): nothing here depends on two readings being equal.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from receiver.engine.guards import GuardDefaults, GuardKeeper
+from receiver.engine.guards import GuardDefaults, GuardKeeper, idempotency_key
 from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Runner
 from receiver.engine.worker import Processor
 from receiver.errors import PermanentStepError
-from receiver.model import Alert, Decision, StepResult, freeze
+from receiver.metrics import Metrics
+from receiver.model import Alert, Decision, Silence, SourceView, StepResult, freeze
 from receiver.rulebook.loader import load_rulebook
 from receiver.store import SqliteStore
-from receiver.store.base import AlertState, JournalEntry
+from receiver.store.base import AlertState, JournalEntry, Pause
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
@@ -50,6 +55,14 @@ playbooks:
       cooldown: 0s
       budget: {max: 100, window: 1h}
       circuit_breaker: {failures: 2, cool_off: 30m}
+  wide:
+    remediation:
+      - type: http.request
+        url: "http://hooks.test/{labels.service}"
+    guards:
+      cooldown: 0s
+      budget: {max: 100, window: 1h}
+      circuit_breaker: {failures: 2, cool_off: 30m, scope: playbook}
   patient:
     remediation:
       - type: http.request
@@ -75,6 +88,7 @@ rules:
   - {name: cooled, match: ['alertname="Cooled"'], playbook: cooled}
   - {name: budgeted, match: ['alertname="Budgeted"'], playbook: budgeted}
   - {name: breaker, match: ['alertname="Breaker"'], playbook: breaker}
+  - {name: wide, match: ['alertname="Wide"'], playbook: wide}
   - {name: patient, match: ['alertname="Patient"'], playbook: patient}
   - {name: careful, match: ['alertname="Careful"'], playbook: careful}
   - {name: forced, match: ['alertname="Forced"'], playbook: forced}
@@ -86,6 +100,7 @@ class Clock:
     now: datetime = T0
 
     def __call__(self) -> datetime:
+        self.now += timedelta(milliseconds=1)
         return self.now
 
     def advance(self, delta: timedelta) -> None:
@@ -172,7 +187,8 @@ async def test_cooldown_skips_until_it_passes(harness):
     harness.clock.advance(timedelta(minutes=3))
     held = await harness.decide("Cooled", fp="b")
     assert held.decision is Decision.SKIPPED
-    assert held.reason.startswith("cooldown active until 2026-11-26T10:10:00.000Z")
+    assert held.guard == "cooldown"
+    assert held.reason.startswith("cooldown active until 2026-11-26T10:10:00.")
     harness.clock.advance(timedelta(minutes=8))
     assert (await harness.decide("Cooled", fp="c")).decision is Decision.EXECUTED
 
@@ -186,6 +202,7 @@ async def test_budget_spent_then_refilled(harness):
     spent = await harness.decide("Budgeted", service="c")
     assert spent.decision is Decision.SKIPPED
     assert spent.reason == "budget 2/1h spent for playbook 'budgeted'"
+    assert spent.guard == "budget"
     harness.clock.advance(timedelta(hours=1, seconds=1))
     assert (await harness.decide("Budgeted", service="c")).decision is Decision.EXECUTED
 
@@ -206,29 +223,50 @@ async def test_global_budget(harness):
 async def test_lock_held_by_another_run(harness):
     """A target locked by another run is skipped, naming the holder."""
     lock = await harness.store.acquire_lock(
-        "target:http://hooks.test/api", "replica-2:77", timedelta(minutes=5)
+        "target:http://hooks.test/api", "replica-2:77", T0, timedelta(minutes=5)
     )
     assert lock is not None
     held = await harness.decide("Hook")
     assert held.decision is Decision.SKIPPED
-    assert held.reason == "lock on http://hooks.test/api held by replica-2:77"
+    assert held.reason == (
+        "lock on http://hooks.test/api held by replica-2:77 (not run: nothing was sent)"
+    )
+    assert held.guard == "lock"
     await harness.store.release_lock(lock)
     assert (await harness.decide("Hook")).decision is Decision.EXECUTED
 
 
 async def test_circuit_opens_after_consecutive_failures(harness):
-    """After N failures the playbook stops remediating until the cool-off passes."""
+    """After N failures on one target its circuit opens; other targets still run."""
     harness.executor.fail = True
-    for service in ("a", "b"):
-        failed = await harness.decide("Breaker", service=service)
+    for fp in ("a1", "a2"):
+        failed = await harness.decide("Breaker", service="a", fp=fp)
         assert failed.decision is Decision.FAILED
     harness.executor.fail = False
-    opened = await harness.decide("Breaker", service="c")
+    opened = await harness.decide("Breaker", service="a", fp="a3")
     assert opened.decision is Decision.SKIPPED
-    assert opened.reason.startswith("circuit open since 2026-11-26T10:00:00.000Z")
-    assert "closes at 2026-11-26T10:30:00.000Z" in opened.reason
+    assert opened.guard == "circuit_breaker"
+    assert opened.reason.startswith("circuit open since 2026-11-26T10:00:00.")
+    assert "of playbook 'breaker' on http://hooks.test/a;" in opened.reason
+    assert "closes at 2026-11-26T10:30:00." in opened.reason
+    other = await harness.decide("Breaker", service="b", fp="b1")
+    assert other.decision is Decision.EXECUTED, "one bad target opens only its own"
     harness.clock.advance(timedelta(minutes=31))
-    assert (await harness.decide("Breaker", service="c")).decision is Decision.EXECUTED
+    again = await harness.decide("Breaker", service="a", fp="a3")
+    assert again.decision is Decision.EXECUTED
+
+
+async def test_circuit_scope_playbook_opens_for_every_target(harness):
+    """With ``scope: playbook`` failures on any target open the whole playbook."""
+    harness.executor.fail = True
+    for service in ("a", "b"):
+        failed = await harness.decide("Wide", service=service)
+        assert failed.decision is Decision.FAILED
+    harness.executor.fail = False
+    opened = await harness.decide("Wide", service="c")
+    assert opened.decision is Decision.SKIPPED
+    assert opened.guard == "circuit_breaker"
+    assert "of playbook 'wide';" in opened.reason
 
 
 async def test_require_firing_for(harness):
@@ -329,8 +367,8 @@ async def test_resend_inside_cooldown_says_already_done(harness):
 class FixedAnswer:
     answer: bool | None
 
-    async def still_firing(self, alert):
-        return self.answer
+    async def look(self, alert):
+        return SourceView(firing=self.answer)
 
 
 @pytest.mark.parametrize(
@@ -348,3 +386,96 @@ async def test_alertmanager_is_asked_last(harness, answer, decision):
         again = await harness.decide("Hook")
         assert again.decision is Decision.SKIPPED, "the claim was given back"
         assert again.reason.startswith("alert resolved: Alertmanager")
+
+
+@dataclass
+class FixedView:
+    view: SourceView
+
+    async def look(self, alert):
+        return self.view
+
+
+async def test_refused_at_the_last_check_spends_no_budget(harness):
+    """Runs refused right before acting give their budget slots back, exactly."""
+    keeper = harness.processor._runner._guards
+    keeper.firing_check = FixedAnswer(answer=False)
+    for service in ("a", "b", "c", "d"):
+        step = await harness.decide("Budgeted", service=service)
+        assert step.decision is Decision.SKIPPED
+        assert step.guard == "resolved"
+    keeper.firing_check = FixedAnswer(answer=True)
+    for service in ("e", "f"):
+        assert (await harness.decide("Budgeted", service=service)).decision is (
+            Decision.EXECUTED
+        )
+
+
+async def test_silenced_alert_is_hands_off(harness):
+    """A silence in Alertmanager skips the run, naming the silence, author, comment."""
+    silence = Silence("3f0c-silence", "alice@example.com", "hands off: migrating")
+    keeper = harness.processor._runner._guards
+    keeper.firing_check = FixedView(SourceView(firing=True, silences=(silence,)))
+    step = await harness.decide("Hook")
+    assert step.decision is Decision.SKIPPED
+    assert step.guard == "silenced"
+    assert step.reason == (
+        "silenced in Alertmanager: silence 3f0c-silence by alice@example.com: "
+        '"hands off: migrating"'
+    )
+    assert harness.executor.calls == []
+    keeper.firing_check = FixedView(SourceView(firing=True, inhibited_by=("fp-root",)))
+    inhibited = await harness.decide("Hook")
+    assert inhibited.guard == "inhibited"
+    assert inhibited.reason == "inhibited in Alertmanager by alert fp-root"
+    keeper.firing_check = FixedView(SourceView(firing=True))
+    assert (await harness.decide("Hook")).decision is Decision.EXECUTED
+
+
+async def test_pause_stops_every_remediation(harness):
+    """While paused nothing runs and the reason says who paused and why."""
+    await harness.store.set_pause(Pause("bob", T0, "incident review"))
+    step = await harness.decide("Hook")
+    assert step.decision is Decision.SKIPPED
+    assert step.guard == "paused"
+    assert step.reason == (
+        "remediations paused by bob at 2026-11-26T10:00:00.000Z: incident review"
+    )
+    await harness.store.set_pause(None)
+    assert (await harness.decide("Hook")).decision is Decision.EXECUTED
+
+
+async def test_guard_metric_reads_the_guard_name(harness):
+    """receiver_guard_skips counts by the refusal's guard field."""
+    metrics = Metrics()
+    harness.processor._metrics = metrics
+    await harness.decide("Cooled", fp="a")
+    await harness.decide("Cooled", fp="b")
+    await harness.decide("Hook")
+    await harness.decide("Hook")
+    text = metrics.render().decode()
+    assert 'receiver_guard_skips_total{guard="cooldown"} 1.0' in text
+    assert 'receiver_guard_skips_total{guard="idempotency"} 1.0' in text
+
+
+async def test_a_claim_taken_over_before_sending_is_not_sent(harness):
+    """If another worker took the claim over (we looked dead), nothing is sent."""
+    store = harness.store
+
+    class Thief:
+        async def look(self, alert):
+            key = idempotency_key("hook", 0, "http.request", alert)
+            now = harness.clock()
+            await store.register(
+                "test-owner", now - timedelta(hours=1), timedelta(minutes=1)
+            )
+            stolen = await store.claim_key(key, "thief", now, timedelta(days=1))
+            assert stolen.won
+            return SourceView(firing=True)
+
+    harness.processor._runner._guards.firing_check = Thief()
+    step = await harness.decide("Hook")
+    assert step.decision is Decision.SKIPPED
+    assert step.guard == "idempotency"
+    assert step.reason.startswith("not run: another worker took over its run-once")
+    assert harness.executor.calls == []

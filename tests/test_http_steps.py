@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import web
+from pydantic import ValidationError
 
 from receiver.errors import PermanentStepError, TransientStepError
 from receiver.model import Alert, freeze
@@ -213,11 +214,18 @@ async def test_hosts_off_the_allowlist_are_refused_before_any_request(
     server, http, url, why
 ):
     """Only allowlisted host:port pairs are called; others fail without a request."""
+    # model_construct skips the rule checks: the executor refuses on its own too.
     with pytest.raises(PermanentStepError, match=why):
-        await http.run(HttpGet(url=url), ALERT)
+        await http.run(HttpGet.model_construct(url=url), ALERT)
     with pytest.raises(PermanentStepError, match=why):
-        await http.run(HttpRequest(url=url), ALERT)
+        await http.run(HttpRequest.model_construct(url=url), ALERT)
     assert server.seen == []
+
+
+def test_a_url_that_is_not_http_fails_when_the_rules_load():
+    """file:// (or any scheme but http and https) is a rule error, not a request."""
+    with pytest.raises(ValidationError, match="must start with http:// or https://"):
+        HttpGet(url="file:///etc/passwd")
 
 
 async def test_an_alert_label_cannot_point_a_step_elsewhere(server, http):
@@ -269,3 +277,19 @@ async def test_verification_that_never_holds_says_why(server, http):
     assert not result.ok
     assert result.reason.startswith("not verified: GET ")
     assert "overall_healthy = False" in result.reason
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://127.0.0.1:99999/health", "not a valid URL"),
+        ("http://127.0.0.1:1\n/health", "whitespace or control characters"),
+        ("http://127.0.0.1/he alth", "whitespace or control characters"),
+    ],
+)
+async def test_a_malformed_url_is_a_step_error_never_a_crash(server, http, url, why):
+    """A bad port or a newline that reached the executor is refused, not raised."""
+    for model in (HttpGet, HttpRequest):
+        with pytest.raises(PermanentStepError, match=why):
+            await http.run(model.model_construct(url=url), ALERT)
+    assert server.seen == []

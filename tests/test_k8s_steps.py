@@ -33,7 +33,12 @@ from peers import require_binary
 
 from receiver.engine.planner import PlanContext, plan
 from receiver.engine.runner import Runner
-from receiver.errors import ConfigError, PermanentStepError, TransientStepError
+from receiver.errors import (
+    ConfigError,
+    PermanentStepError,
+    QuantityError,
+    TransientStepError,
+)
 from receiver.model import Alert, Decision
 from receiver.rulebook.loader import load_rulebook
 from receiver.rulebook.steps import (
@@ -1002,6 +1007,40 @@ async def test_set_memory_limit_names_the_containers_when_one_is_missing(kube):
         PermanentStepError, match=r"no container 'nope' \(containers: app\)"
     ):
         await kube.executor().run(step, ALERT)
+
+
+@pytest.mark.parametrize(
+    ("live", "changed"),
+    [("1e9", True), ("1073741824", False), ("2Gi", False), ("1.5Gi", False)],
+)
+async def test_set_memory_limit_reads_any_kubernetes_quantity(kube, live, changed):
+    """A live limit of 1e9 (a valid quantity) is compared exactly, not a crash."""
+    kube.cluster.put(
+        deployment(
+            "sark", NS, image="x", containers=[container("app", "x", memory=live)]
+        )
+    )
+    step = K8sSetMemoryLimit(
+        namespace=NS, workload="sark", container="app", memory="1Gi", cap="2Gi"
+    )
+    result = await kube.executor().run(step, ALERT)
+    assert result.result["changed"] is changed, result.reason
+    assert len(kube.cluster.seen("PATCH", DEPLOY)) == int(changed)
+
+
+async def test_set_memory_limit_refuses_a_live_limit_it_cannot_read(kube):
+    """A live limit that is not a quantity is a typed step error; nothing is sent."""
+    kube.cluster.put(
+        deployment(
+            "sark", NS, image="x", containers=[container("app", "x", memory="lots")]
+        )
+    )
+    step = K8sSetMemoryLimit(
+        namespace=NS, workload="sark", container="app", memory="1Gi", cap="2Gi"
+    )
+    with pytest.raises(QuantityError, match="is 'lots', which is not a Kubernetes"):
+        await kube.executor().run(step, ALERT)
+    assert kube.cluster.seen("PATCH") == []
 
 
 # ----------------------------------------------------------------- allowlists

@@ -107,7 +107,9 @@ def test_kill_9_worker_mid_burst_loses_nothing_and_doubles_nothing(tmp_path, kin
     rules = tmp_path / "rules.yaml"
     with CountingServer() as hook, _store(kind, tmp_path) as store:
         rules.write_text(hook_rules(hook.url, "Split"))
-        env = hook_env(hook.port, store, TOKEN)
+        # A restarted worker is a new incarnation: on Redis it takes over what
+        # the killed one held once those leases lapse (renewed while alive).
+        env = {**hook_env(hook.port, store, TOKEN), "RECEIVER_JOURNAL_LEASE": "5s"}
         with run_receiver(tmp_path, rules=rules, env=env) as rx:
             first = poll(lambda: _children(rx.proc.pid), timeout=20)
             assert first, "the edge started no worker process"

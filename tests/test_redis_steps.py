@@ -175,6 +175,99 @@ async def test_delete_pattern_stops_at_max_keys_and_says_so(admin, executor):
     assert len([k async for k in admin.scan_iter(match="policy:other:*")]) == 50
 
 
+@pytest.fixture
+async def raw(redis_url):
+    """An admin client that keeps key names as bytes."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def raw_keys(raw, pattern: bytes) -> set[bytes]:
+    return {k async for k in raw.scan_iter(match=pattern)}
+
+
+async def test_delete_pattern_unlinks_long_keys_exactly_and_spares_their_prefix(
+    admin, raw, executor
+):
+    """A 600-byte key is unlinked whole; the key its first 512 characters name stays."""
+    long_key = b"cache:" + b"x" * 600 + b":v1"
+    prefix = long_key[:512]  # what a cut name would have unlinked instead
+    await raw.set(long_key, b"1")
+    await raw.set(prefix, b"keep")
+    step = RedisDeletePattern(redis="app", pattern="cache:*:v1", max_keys=10)
+    result = await executor.run(step, ALERT)
+    assert result.result["deleted_count"] == 1
+    assert result.result["complete"] is True
+    assert await raw.exists(long_key) == 0
+    assert await raw.get(prefix) == b"keep"
+    [shown] = result.result["sample"]
+    assert shown.startswith("cache:xxxx")
+    assert shown.endswith(f"... ({len(long_key)} bytes)")
+
+
+async def test_delete_pattern_unlinks_non_utf8_keys_by_their_bytes(
+    admin, raw, executor
+):
+    """A non-UTF-8 key is deleted as its bytes, not as a replacement-character twin."""
+    binary = b"cache:\xff\xfe:v1"
+    twin = "cache:\ufffd\ufffd:other".encode()
+    await raw.set(binary, b"1")
+    await raw.set(twin, b"keep")
+    step = RedisDeletePattern(redis="app", pattern="cache:*:v1", max_keys=10)
+    result = await executor.run(step, ALERT)
+    assert result.result["deleted_count"] == 1
+    assert await raw.exists(binary) == 0
+    assert await raw.get(twin) == b"keep"
+    assert result.result["sample"] == ["cache:\\xff\\xfe:v1"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # (keys, max_keys, deleted, complete)
+        (10, 4, 4, False),  # max_keys reached inside the only (last) SCAN batch
+        (10, 9, 9, False),
+        (10, 10, 10, True),  # exactly at the end of the last batch: all done
+        (10, 11, 10, True),
+    ],
+)
+async def test_delete_pattern_reports_complete_truthfully_at_the_max_keys_boundary(
+    admin, raw, executor, case
+):
+    """'complete' is false while matching keys remain, even in the last SCAN batch."""
+    keys, max_keys, deleted, complete = case
+    await raw.mset({f"policy:decision:{i}".encode(): b"x" for i in range(keys)})
+    step = RedisDeletePattern(
+        redis="app", pattern="policy:decision:*", max_keys=max_keys, scan_count=1000
+    )
+    result = await executor.run(step, ALERT)
+    assert result.result["scan_calls"] == 1
+    assert result.result["deleted_count"] == deleted
+    assert result.result["complete"] is complete
+    left = len(await raw_keys(raw, b"policy:decision:*"))
+    assert left == keys - deleted
+    assert ("stopped at max_keys" in result.reason) is not complete
+    if not complete:
+        assert f"{left} more matched in the last batch" in result.reason
+
+
+async def test_delete_pattern_never_decodes_even_if_the_target_url_asks(
+    admin, raw, redis_url
+):
+    """?decode_responses=1 on a target URL cannot turn key bytes into other keys."""
+    binary = b"cache:\xff:v1"
+    await raw.set(binary, b"1")
+    decoding = RedisExecutor({"app": f"{redis_url}?decode_responses=1"}, timeout=2.0)
+    try:
+        step = RedisDeletePattern(redis="app", pattern="cache:*:v1", max_keys=10)
+        result = await decoding.run(step, ALERT)
+    finally:
+        await decoding.aclose()
+    assert result.result["deleted_count"] == 1
+    assert await raw.exists(binary) == 0
+
+
 @pytest.mark.parametrize("pattern", ["*", "", "  ", "?olicy:*", "[p]olicy:*", "**"])
 async def test_delete_pattern_refuses_patterns_without_a_prefix_at_run_time(
     admin, executor, pattern
@@ -208,7 +301,7 @@ def test_the_loader_refuses_a_bare_star_and_templates_cannot_widen_a_pattern():
         status="firing",
         labels=freeze({"tenant": "*"}),
     )
-    with pytest.raises(RenderError, match="glob characters"):
+    with pytest.raises(RenderError, match="the glob character '\\*'"):
         step.rendered(sneaky)
 
 

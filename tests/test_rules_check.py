@@ -72,6 +72,44 @@ BAD_CASES: dict[str, tuple[str | None, str, str]] = {
         "playbooks.scale.remediation[0]",
         "min (5) is above max (2)",
     ),
+    "template_in_a_field_without_a_slot.yaml": (
+        None,
+        "playbooks.hook.remediation[0].json",
+        (
+            "this field takes no templates: it declares no slot grammar, so "
+            "{alert.fingerprint} cannot be filled safely"
+        ),
+    ),
+    "template_promql_outside_a_string.yaml": (
+        None,
+        "playbooks.promql-window.diagnostics[0].query",
+        "{labels.window} is outside a quoted string",
+    ),
+    "template_url_port.yaml": (
+        None,
+        "playbooks.probe.diagnostics[0].url",
+        "{labels.port} is in the user info or port of the URL",
+    ),
+    "one_of_value_outside_its_slot.yaml": (
+        None,
+        "playbooks.breaker.labels.siem.one_of",
+        "'x:y' is not a Redis key part: it contains ':'",
+    ),
+    "namespace_not_dns1123.yaml": (
+        None,
+        "playbooks.uppercase-namespace.diagnostics[0].namespace",
+        "'Production' is not a DNS-1123 label",
+    ),
+    "duration_too_large.yaml": (
+        None,
+        "playbooks.long-cooldown.guards.cooldown",
+        "duration '99999999999999999999d' is too large; the most is 999999999 days",
+    ),
+    "duration_non_ascii_digit.yaml": (
+        None,
+        "playbooks.arabic-five.guards.require_firing_for",
+        "invalid duration '\u0665m'; use ASCII digits",
+    ),
     "multiple_matchers_in_one_item.yaml": (
         "comma-item",
         "rules[0].match[0]",

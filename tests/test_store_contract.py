@@ -2,8 +2,10 @@
 
 Each test runs against SQLite (a file in ``tmp_path``) and Redis (a throwaway
 ``redis-server`` for the session, or ``RECEIVER_TEST_REDIS_URL``, with a unique
-key prefix per test). Times are fixed values passed in as the injected clock;
-the few real sleeps wait on a backend's own clock (lease, lock TTL).
+key prefix per test). Every time that decides something is the caller's: a
+``Tick`` clock that advances on every reading, or explicit instants where a test
+is about one. Expiry never waits on a backend's own clock. The random-sequence
+counterpart is ``tests/test_store_model.py``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from receiver.store.base import (
     Circuit,
     DecisionQuery,
     JournalEntry,
+    Pause,
     Retention,
     Store,
 )
@@ -36,6 +39,27 @@ from receiver.store.sqlite import SqliteStore
 
 T0 = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 HOUR = timedelta(hours=1)
+
+
+class Tick:
+    """A clock that advances ``step`` on every reading."""
+
+    def __init__(
+        self, start: datetime = T0, step: timedelta = timedelta(milliseconds=1)
+    ) -> None:
+        self.now = start
+        self.step = step
+
+    def __call__(self) -> datetime:
+        self.now += self.step
+        return self.now
+
+
+async def claim(store: Store, consumer: str, wait: float = 1.0, now: datetime = T0):
+    """The entry of a claim (or None)."""
+    lease = await store.claim(consumer, wait, now)
+    return None if lease is None else lease.entry
+
 
 MakeStore = Callable[..., Store]
 
@@ -145,7 +169,7 @@ async def test_append_then_claim_returns_the_entry_intact(store: Store) -> None:
     """A claimed entry carries the body bytes, headers, source and time as appended."""
     entry = journal_entry(1, body=b'{"alerts": []}\n\xff\x00binary')
     await store.append(entry, [])
-    claimed = await store.claim("c1", wait=1.0)
+    claimed = await claim(store, "c1", 1.0)
     assert claimed is not None
     assert claimed.id == entry.id
     assert claimed.body == entry.body
@@ -160,7 +184,7 @@ async def test_claim_waits_then_returns_none_on_an_empty_journal(
 ) -> None:
     """With nothing to take, claim waits about ``wait`` seconds and returns None."""
     started = time.monotonic()
-    assert await store.claim("c1", wait=0.3) is None
+    assert await claim(store, "c1", 0.3) is None
     elapsed = time.monotonic() - started
     assert 0.25 <= elapsed < 2.0
 
@@ -171,7 +195,7 @@ async def test_claim_wakes_up_for_an_entry_appended_while_waiting(
     """A waiting claim returns an entry appended during the wait, not after it."""
     store = make_store()
     entry = journal_entry(1)
-    waiting = asyncio.create_task(store.claim("c1", wait=5.0))
+    waiting = asyncio.create_task(claim(store, "c1", 5.0))
     await asyncio.sleep(0.1)
     started = time.monotonic()
     await store.append(entry, [])
@@ -188,18 +212,18 @@ async def test_complete_drops_the_entry_from_pending(store: Store) -> None:
     await store.append(first, [])
     await store.append(second, [])
     assert await store.pending() == (2, first.received_at)
-    claimed = await store.claim("c1", wait=1.0)
+    claimed = await claim(store, "c1", 1.0)
     assert claimed is not None
     assert claimed.id == first.id
     assert await store.pending() == (2, first.received_at)
     await store.complete(first.id, [])
     assert await store.pending() == (1, second.received_at)
-    claimed = await store.claim("c1", wait=1.0)
+    claimed = await claim(store, "c1", 1.0)
     assert claimed is not None
     assert claimed.id == second.id
     await store.complete(second.id, [])
     assert await store.pending() == (0, None)
-    assert await store.claim("c1", wait=0) is None
+    assert await claim(store, "c1", 0) is None
 
 
 async def test_record_appends_decisions_of_no_entry(store: Store) -> None:
@@ -210,7 +234,7 @@ async def test_record_appends_decisions_of_no_entry(store: Store) -> None:
     found = await store.decisions(DecisionQuery(payload_id=f"{entry.id}.sinks"))
     assert [d["tag"] for d in found] == ["sinks"]
     assert await store.pending() == (1, entry.received_at)
-    assert (await store.claim("c1", wait=1.0)) is not None
+    assert (await claim(store, "c1", 1.0)) is not None
 
 
 async def test_decisions_are_newest_first_and_filtered(store: Store) -> None:
@@ -225,7 +249,7 @@ async def test_decisions_are_newest_first_and_filtered(store: Store) -> None:
     t2["decided_at"] = iso(later)
     for entry in (e1, e2):
         await store.append(entry, [])
-        assert await store.claim("c1", wait=1.0) is not None
+        assert await claim(store, "c1", 1.0) is not None
     await store.complete(e1.id, [t1])
     await store.complete(e2.id, [t2, t3])
 
@@ -262,22 +286,71 @@ async def test_payloads_are_listed_newest_first(store: Store) -> None:
 async def test_an_abandoned_claim_is_handed_over_after_the_lease(
     make_store: MakeStore,
 ) -> None:
-    """An entry claimed but never completed goes to another consumer after the lease."""
-    store = make_store(Retention(lease=timedelta(milliseconds=200)))
+    """An entry claimed but never completed goes to another consumer after the lease.
+
+    The lease ends by the caller's clock, not the backend's.
+    """
+    lease_len = timedelta(minutes=5)
+    store = make_store(Retention(lease=lease_len))
     entry = journal_entry(1)
     await store.append(entry, [])
-    first = await store.claim("dead", wait=1.0)
+    first = await store.claim("dead", 1.0, T0)
     assert first is not None
-    assert first.attempts == 1
-    assert await store.claim("alive", wait=0) is None  # the lease still runs
-    await asyncio.sleep(0.3)  # the backend's own clock decides the lease
-    second = await store.claim("alive", wait=0)
+    assert first.entry.attempts == 1
+    assert first.expires_at == T0 + lease_len
+    assert await store.claim("alive", 0, T0 + lease_len - timedelta(seconds=1)) is None
+    second = await store.claim("alive", 0, T0 + lease_len + timedelta(seconds=1))
     assert second is not None
-    assert second.id == entry.id
-    assert second.body == entry.body
-    assert second.attempts == 2
+    assert second.entry.id == entry.id
+    assert second.entry.body == entry.body
+    assert second.entry.attempts == 2
+    assert await store.renew(first, T0 + lease_len) is None, "the old lease is lost"
     await store.complete(entry.id, [])
     assert await store.pending() == (0, None)
+
+
+async def test_a_renewed_lease_is_not_handed_over(make_store: MakeStore) -> None:
+    """Renewing extends the lease from the caller's now; nobody else claims it."""
+    lease_len = timedelta(minutes=5)
+    store = make_store(Retention(lease=lease_len))
+    await store.append(journal_entry(1), [])
+    clock = Tick(step=timedelta(minutes=2))
+    lease = await store.claim("busy", 1.0, clock())
+    assert lease is not None
+    for _ in range(5):  # 10 minutes of work, twice the lease
+        lease = await store.renew(lease, clock())
+        assert lease is not None
+        assert await store.claim("other", 0, clock()) is None
+    assert lease.expires_at > T0 + 2 * lease_len
+
+
+async def test_release_hands_the_entry_back_and_park_sets_it_aside(
+    store: Store,
+) -> None:
+    """A released entry is claimed again at once; a parked one only once retried."""
+    entry = journal_entry(1)
+    await store.append(entry, [])
+    clock = Tick()
+    lease = await store.claim("c1", 1.0, clock())
+    assert lease is not None
+    await store.release(lease, clock(), "RuntimeError: boom")
+    again = await store.claim("c2", 0, clock())
+    assert again is not None
+    assert again.entry.attempts == 2
+    await store.park(again, "failed 2 times; last error: boom", clock())
+    assert await store.claim("c3", 0, clock()) is None
+    assert await store.pending() == (0, None)
+    (parked,) = await store.parked()
+    assert parked.entry.id == entry.id
+    assert parked.reason == "failed 2 times; last error: boom"
+    assert await store.parked_count() == 1
+    assert await store.retry_parked(entry.id, clock()) is True
+    assert await store.retry_parked(entry.id, clock()) is False
+    assert await store.parked_count() == 0
+    retried = await store.claim("c4", 1.0, clock())
+    assert retried is not None
+    assert retried.entry.id == entry.id
+    assert retried.entry.attempts == 1
 
 
 async def test_concurrent_claimers_never_share_an_entry(store: Store) -> None:
@@ -285,7 +358,7 @@ async def test_concurrent_claimers_never_share_an_entry(store: Store) -> None:
     entries = [journal_entry(n) for n in range(8)]
     for entry in entries:
         await store.append(entry, [])
-    results = await asyncio.gather(*(store.claim(f"c{i}", wait=0.3) for i in range(12)))
+    results = await asyncio.gather(*(claim(store, f"c{i}", 0.3) for i in range(12)))
     claimed = [r.id for r in results if r is not None]
     assert sorted(claimed) == sorted(e.id for e in entries)
     assert len(claimed) == len(set(claimed))
@@ -336,32 +409,73 @@ async def test_claim_key_is_won_exactly_once_under_concurrency(store: Store) -> 
     results = await asyncio.gather(
         *(store.claim_key("k", f"owner-{i}", T0, HOUR) for i in range(20))
     )
-    winners = [i for i, r in enumerate(results) if r is None]
+    winners = [i for i, r in enumerate(results) if r.won]
     assert len(winners) == 1
     for result in results:
-        if result is not None:
-            assert result.key == "k"
-            assert result.owner == f"owner-{winners[0]}"
-            assert result.status == "running"
-            assert result.at == T0
+        assert result.holder.key == "k"
+        assert result.holder.owner == f"owner-{winners[0]}"
+        assert result.holder.status == "running"
+        assert result.holder.at == T0
+        assert result.recovered is None
 
 
 async def test_finish_key_records_the_end_and_release_key_frees_it(
     store: Store,
 ) -> None:
     """A finished claim reports its status and detail; a released key is free."""
-    assert await store.claim_key("k", "me", T0, HOUR) is None
-    await store.finish_key("k", "done", "rolled back", T0 + timedelta(minutes=1))
-    existing = await store.claim_key("k", "other", T0 + timedelta(minutes=2), HOUR)
-    assert existing is not None
-    assert (existing.owner, existing.status, existing.detail) == (
-        "me",
-        "done",
-        "rolled back",
-    )
-    assert existing.at == T0 + timedelta(minutes=1)
-    await store.release_key("k")
-    assert await store.claim_key("k", "other", T0, HOUR) is None
+    clock = Tick(step=timedelta(minutes=1))
+    assert (await store.claim_key("k", "me", clock(), HOUR)).won
+    finished_at = clock()
+    await store.finish_key("k", "done", "rolled back", finished_at)
+    existing = await store.claim_key("k", "other", clock(), HOUR)
+    assert not existing.won
+    assert (existing.holder.owner, existing.holder.status) == ("me", "done")
+    assert existing.holder.detail == "rolled back"
+    assert existing.holder.at == finished_at
+    await store.release_key("k", "me")  # finished: releasing changes nothing
+    assert not (await store.claim_key("k", "other", clock(), HOUR)).won
+    assert (await store.claim_key("k2", "me", clock(), HOUR)).won
+    await store.release_key("k2", "someone-else")
+    assert not (await store.claim_key("k2", "other", clock(), HOUR)).won
+    await store.release_key("k2", "me")
+    assert (await store.claim_key("k2", "other", clock(), HOUR)).won
+
+
+async def test_a_claim_expires_by_the_callers_clock(store: Store) -> None:
+    """A claim is free again once the caller's now passes its TTL."""
+    assert (await store.claim_key("k", "a", T0, HOUR)).won
+    assert not (await store.claim_key("k", "b", T0 + HOUR, HOUR)).won
+    later = await store.claim_key("k", "b", T0 + HOUR + timedelta(seconds=1), HOUR)
+    assert later.won
+    assert later.holder.owner == "b"
+
+
+async def test_mark_sending_and_a_dead_incarnations_claim_is_recovered(
+    store: Store,
+) -> None:
+    """A dead incarnation's unfinished claim is taken over, with its sending mark."""
+    clock = Tick()
+    await store.register("dead", clock(), timedelta(minutes=1))
+    await store.register("alive", clock(), timedelta(hours=2))
+    assert (await store.claim_key("sent", "dead", clock(), HOUR)).won
+    assert await store.mark_sending("sent", "dead", clock()) is True
+    assert await store.mark_sending("sent", "alive", clock()) is False
+    assert (await store.claim_key("unsent", "dead", clock(), HOUR)).won
+    taken = await store.claim_key("sent", "alive", clock(), HOUR)
+    assert not taken.won, "its incarnation is still alive"
+    assert taken.holder.status == "sending"
+    after = T0 + timedelta(minutes=5)
+    sent = await store.claim_key("sent", "alive", after, HOUR)
+    assert sent.won
+    assert sent.recovered is not None
+    assert (sent.recovered.owner, sent.recovered.status) == ("dead", "sending")
+    unsent = await store.claim_key("unsent", "alive", after, HOUR)
+    assert unsent.won
+    assert unsent.recovered is not None
+    assert unsent.recovered.status == "running"
+    await store.finish_key("sent", "done", "", after)
+    done = await store.claim_key("sent", "third", after + HOUR / 2, HOUR)
+    assert not done.won, "a finished key is never recovered"
 
 
 # -- guards -------------------------------------------------------------------
@@ -369,78 +483,127 @@ async def test_finish_key_records_the_end_and_release_key_frees_it(
 
 async def test_a_held_lock_cannot_be_taken(store: Store) -> None:
     """While held, a lock refuses a second owner and names its holder."""
-    assert await store.lock_holder("deploy/api") is None
-    lock = await store.acquire_lock("deploy/api", "worker-a", HOUR)
+    clock = Tick()
+    assert await store.lock_holder("deploy/api", clock()) is None
+    lock = await store.acquire_lock("deploy/api", "worker-a", clock(), HOUR)
     assert lock is not None
     assert (lock.name, lock.owner) == ("deploy/api", "worker-a")
-    assert await store.acquire_lock("deploy/api", "worker-b", HOUR) is None
-    assert await store.lock_holder("deploy/api") == "worker-a"
-    other = await store.acquire_lock("deploy/web", "worker-b", HOUR)
+    assert await store.acquire_lock("deploy/api", "worker-b", clock(), HOUR) is None
+    assert await store.lock_holder("deploy/api", clock()) == "worker-a"
+    other = await store.acquire_lock("deploy/web", "worker-b", clock(), HOUR)
     assert other is not None
     await store.release_lock(lock)
-    assert await store.lock_holder("deploy/api") is None
+    assert await store.lock_holder("deploy/api", clock()) is None
 
 
 async def test_a_stale_release_keeps_the_newer_holder(store: Store) -> None:
     """Fencing tokens increase, and releasing an old lock spares the new holder."""
-    first = await store.acquire_lock("l", "a", HOUR)
+    clock = Tick()
+    first = await store.acquire_lock("l", "a", clock(), HOUR)
     assert first is not None
     await store.release_lock(first)
-    second = await store.acquire_lock("l", "b", HOUR)
+    second = await store.acquire_lock("l", "b", clock(), HOUR)
     assert second is not None
     assert second.token > first.token
     await store.release_lock(first)
-    assert await store.lock_holder("l") == "b"
+    assert await store.lock_holder("l", clock()) == "b"
     await store.release_lock(second)
-    assert await store.lock_holder("l") is None
+    assert await store.lock_holder("l", clock()) is None
 
 
-async def test_a_lock_expires_after_its_ttl(store: Store) -> None:
-    """A lock its holder never released is free once its TTL passes."""
-    first = await store.acquire_lock("l", "crashed", timedelta(milliseconds=100))
+async def test_a_lock_expires_by_the_callers_clock_unless_renewed(
+    store: Store,
+) -> None:
+    """A lock is free once the caller's now passes its TTL; renewing extends it."""
+    ttl = timedelta(minutes=1)
+    first = await store.acquire_lock("l", "crashed", T0, ttl)
     assert first is not None
-    await asyncio.sleep(0.2)  # the backend's own clock expires the lock
-    assert await store.lock_holder("l") is None
-    second = await store.acquire_lock("l", "next", HOUR)
+    assert await store.lock_holder("l", T0 + ttl) == "crashed"
+    assert await store.lock_holder("l", T0 + ttl + timedelta(seconds=1)) is None
+    second = await store.acquire_lock("l", "next", T0 + 2 * ttl, ttl)
     assert second is not None
     assert second.token > first.token
+    assert await store.renew_lock(first, T0 + 2 * ttl, ttl) is None
+    renewed = await store.renew_lock(second, T0 + 2 * ttl + ttl / 2, ttl)
+    assert renewed is not None
+    assert renewed.token == second.token
+    later = T0 + 3 * ttl + timedelta(seconds=10)  # past the first TTL, not renewed's
+    assert await store.acquire_lock("l", "third", later, ttl) is None
+    assert await store.lock_holder("l", later) == "next"
+
+
+async def test_recovery_releases_a_dead_incarnations_locks(store: Store) -> None:
+    """After its incarnation stopped, recovery releases its lock."""
+    clock = Tick()
+    await store.register("old", clock(), timedelta(minutes=1))
+    lock = await store.acquire_lock("target:x", "old", clock(), HOUR)
+    assert lock is not None
+    await store.retire("old", clock())
+    await store.register("new", clock(), timedelta(minutes=1))
+    released = await store.recover("new", clock())
+    assert released == ["target:x"]
+    assert await store.lock_holder("target:x", clock()) is None
+    assert await store.acquire_lock("target:x", "new", clock(), HOUR) is not None
+
+
+async def test_a_dead_incarnations_lock_is_taken_over(store: Store) -> None:
+    """A lock whose owner stopped renewing is taken over without waiting its TTL."""
+    await store.register("gone", T0, timedelta(seconds=30))
+    assert await store.acquire_lock("l", "gone", T0, HOUR) is not None
+    assert await store.acquire_lock("l", "me", T0 + timedelta(seconds=10), HOUR) is None
+    taken = await store.acquire_lock("l", "me", T0 + timedelta(minutes=1), HOUR)
+    assert taken is not None
+    assert taken.owner == "me"
 
 
 async def test_last_run_remembers_the_latest_run(store: Store) -> None:
-    """last_run returns what set_last_run recorded for that scope only."""
-    assert await store.last_run("scope") is None
+    """last_run returns what set_last_run recorded, until its TTL (caller's now)."""
+    assert await store.last_run("scope", T0) is None
     await store.set_last_run("scope", T0, HOUR)
-    assert await store.last_run("scope") == T0
+    assert await store.last_run("scope", T0 + timedelta(minutes=1)) == T0
     await store.set_last_run("scope", T0 + HOUR, HOUR)
-    assert await store.last_run("scope") == T0 + HOUR
-    assert await store.last_run("other") is None
+    assert await store.last_run("scope", T0 + HOUR) == T0 + HOUR
+    assert await store.last_run("scope", T0 + 2 * HOUR + timedelta(seconds=1)) is None
+    assert await store.last_run("other", T0) is None
 
 
 async def test_budget_allows_limit_runs_per_window(store: Store) -> None:
     """reserve_budget counts up to ``limit`` in the caller's window, then refuses."""
     at = [T0 + timedelta(seconds=s) for s in range(4)]
-    assert [await store.reserve_budget("b", 3, HOUR, t) for t in at] == [
-        1,
-        2,
-        3,
-        None,
-    ]
+    slots = [await store.reserve_budget("b", 3, HOUR, t) for t in at]
+    assert [s.used if s else None for s in slots] == [1, 2, 3, None]
     # The window follows the caller's clock: T0 and T0+1s fall out of it here.
-    assert (
-        await store.reserve_budget("b", 3, HOUR, T0 + HOUR + timedelta(seconds=1.5))
-        == 2
-    )
-    assert await store.reserve_budget("other", 3, HOUR, T0) == 1
+    later = await store.reserve_budget("b", 3, HOUR, T0 + HOUR + timedelta(seconds=1.5))
+    assert later is not None
+    assert later.used == 2
+    other = await store.reserve_budget("other", 3, HOUR, T0)
+    assert other is not None
+    assert other.used == 1
 
 
-async def test_release_budget_gives_a_slot_back(store: Store) -> None:
-    """A released reservation no longer counts against the window."""
-    for s in range(3):
-        assert await store.reserve_budget("b", 3, HOUR, T0 + timedelta(seconds=s))
-    assert await store.reserve_budget("b", 3, HOUR, T0 + timedelta(seconds=3)) is None
-    await store.release_budget("b", T0 + timedelta(seconds=2))
-    assert await store.reserve_budget("b", 3, HOUR, T0 + timedelta(seconds=4)) == 3
-    assert await store.reserve_budget("b", 3, HOUR, T0 + timedelta(seconds=5)) is None
+async def test_release_budget_gives_back_exactly_that_slot(store: Store) -> None:
+    """A released slot no longer counts, whatever the clock reads when released."""
+    clock = Tick(step=timedelta(seconds=1))
+    slots = [await store.reserve_budget("b", 3, HOUR, clock()) for _ in range(3)]
+    assert all(slots)
+    assert await store.reserve_budget("b", 3, HOUR, clock()) is None
+    clock()  # time moves between reserving and releasing
+    assert slots[1] is not None
+    await store.release_budget(slots[1])
+    await store.release_budget(slots[1])  # twice is harmless
+    again = await store.reserve_budget("b", 3, HOUR, clock())
+    assert again is not None
+    assert again.used == 3
+    assert await store.reserve_budget("b", 3, HOUR, clock()) is None
+
+
+async def test_pause_is_on_until_turned_off(store: Store) -> None:
+    """set_pause stores who paused, when and why; None turns it off."""
+    assert await store.pause() is None
+    await store.set_pause(Pause("alice", T0, "maintenance window"))
+    assert await store.pause() == Pause("alice", T0, "maintenance window")
+    await store.set_pause(None)
+    assert await store.pause() is None
 
 
 async def test_circuit_opens_at_the_threshold_and_a_success_resets_it(
@@ -544,7 +707,7 @@ async def test_prune_drops_old_finished_entries_and_keeps_unfinished(
     )
     for entry in (old, unfinished, recent):
         await store.append(entry, [])
-        assert await store.claim("c1", wait=1.0) is not None
+        assert await claim(store, "c1", 1.0) is not None
     await store.complete(old.id, [trace(old.id, "old")])
     await store.complete(recent.id, [trace(recent.id, "recent", at=recent_time)])
 
@@ -569,7 +732,7 @@ async def test_prune_keeps_at_most_max_payloads_finished_entries(
     entries = [journal_entry(n) for n in range(4)]
     for entry in entries:
         await store.append(entry, [])
-        assert await store.claim("c1", wait=1.0) is not None
+        assert await claim(store, "c1", 1.0) is not None
         await store.complete(entry.id, [])
     assert await store.prune(T0 + HOUR) >= 2
     assert [p.id for p in await store.payloads()] == [entries[3].id, entries[2].id]
@@ -605,7 +768,7 @@ async def test_redis_replicas_share_one_journal(redis_url: str) -> None:
     try:
         entry = journal_entry(1)
         await edge.append(entry, [state("firing", T0, T0)])
-        claimed = await worker.claim("replica-2", wait=1.0)
+        claimed = await claim(worker, "replica-2", 1.0)
         assert claimed is not None
         assert claimed.id == entry.id
         await worker.complete(entry.id, [trace(entry.id, "t")])
@@ -628,7 +791,7 @@ async def test_redis_claim_recovers_a_deleted_journal(redis_url: str) -> None:
         await client.delete(f"{prefix}:journal")
         entry = journal_entry(2)
         await store.append(entry, [])
-        claimed = await store.claim("c1", wait=1.0)
+        claimed = await claim(store, "c1", 1.0)
         assert claimed is not None
         assert claimed.id == entry.id
     finally:
@@ -646,12 +809,12 @@ async def test_redis_keys_expire_unless_listed_as_permanent(redis_url: str) -> N
         done, waiting = journal_entry(1), journal_entry(2)
         await store.append(done, [state("firing", T0, T0)])
         await store.append(waiting, [])
-        assert await store.claim("c1", wait=1.0) is not None
+        assert await claim(store, "c1", 1.0) is not None
         await store.complete(done.id, [trace(done.id, "t")])
         await store.seen("d", HOUR)
         await store.claim_key("k", "me", T0, HOUR)
         await store.finish_key("k", "done", "", T0)
-        await store.acquire_lock("l", "me", HOUR)
+        await store.acquire_lock("l", "me", T0, HOUR)
         await store.set_last_run("s", T0, HOUR)
         await store.reserve_budget("b", 3, HOUR, T0)
         await store.record_outcome("c", ok=False, threshold=3, now=T0)
@@ -660,6 +823,7 @@ async def test_redis_keys_expire_unless_listed_as_permanent(redis_url: str) -> N
             key.removeprefix(f"{prefix}:"): await client.pttl(key)
             async for key in client.scan_iter(match=f"{prefix}:*")
         }
+        ttls.pop("leases", None)  # claimed entries: emptied as they finish
         permanent = {"journal", "payloads", "finished", "fence", "approvals"}
         permanent.add(f"payload:{waiting.id}")  # unfinished: kept until done
         assert {k for k, ttl in ttls.items() if ttl < 0} == permanent

@@ -1,24 +1,28 @@
 """The safety guards around every remediation, checked against the shared store.
 
-Order matters and is the same for every step: circuit breaker, still firing,
-approval, target lock, idempotency claim, cooldown, playbook and global budgets,
-a last still-firing check, then the run; afterwards the outcome is recorded
-(idempotency key finished, cooldown stamped, circuit fed, lock released). Every
-"no" comes back as a reason a person can read.
+Order matters and is the same for every step: the global pause, circuit breaker
+(per playbook and target by default), still firing (the journal), approval,
+target lock, run-once claim, cooldown, playbook and global budgets; then, right
+before acting, the last check with the alert's source (still firing, not
+silenced, not inhibited). Afterwards the outcome is recorded (key finished,
+cooldown stamped, circuit fed, lock released). Every "no" is a ``Refusal``
+naming its guard and a reason a person can read; metrics read the guard, never
+the sentence. What ``enter`` takes comes back as handles (``Held``) that
+``abandon`` and ``finish`` give back exactly.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from receiver.model import Alert, iso
+from receiver.model import Alert, SourceView, iso
 from receiver.rulebook.schema import Guards
 from receiver.rulebook.templates import format_duration
-from receiver.store.base import Approval, Claim, Lock, Store
+from receiver.store.base import Approval, BudgetSlot, Claim, Lock, Store, new_id
 
 
 @dataclass(frozen=True)
@@ -48,33 +52,40 @@ def _at(ts: datetime) -> str:
 
 
 class FiringCheck(Protocol):
-    """Asks the alert's source whether it still fires (None: could not tell)."""
+    """Asks the alert's source about it right before acting."""
 
-    async def still_firing(self, alert: Alert) -> bool | None:
-        """True, False, or None when unknown."""
+    async def look(self, alert: Alert) -> SourceView:
+        """Whether it still fires, and any silence or inhibition on it."""
         ...
 
 
 class Refusal(Exception):  # noqa: N818 (a control-flow outcome, not a failure)
-    """A guard said no; ``reason`` says why, ``awaiting`` marks approvals."""
+    """A guard said no: ``guard`` names it, ``reason`` says why to a person.
 
-    def __init__(self, reason: str, *, awaiting: bool = False) -> None:
+    ``awaiting`` marks a step held for a human's approval.
+    """
+
+    def __init__(self, *, guard: str, reason: str, awaiting: bool = False) -> None:
         super().__init__(reason)
+        self.guard = guard
         self.reason = reason
         self.awaiting = awaiting
 
 
 @dataclass
 class Held:
-    """What a successful pass through the guards holds until the run ends."""
+    """What a pass through the guards holds until the run ends."""
 
     key: str
+    owner: str
     lock: Lock | None
-    budgets: list[str]
+    budgets: list[BudgetSlot] = field(default_factory=list)
+    # A claim a dead incarnation left behind, taken over by this pass.
+    recovered: Claim | None = None
 
 
 class GuardKeeper:
-    """Applies the guards for one store, owner and set of defaults."""
+    """Applies the guards for one store, owner (incarnation) and defaults."""
 
     def __init__(
         self,
@@ -95,38 +106,79 @@ class GuardKeeper:
             return guards.circuit_breaker.failures, guards.circuit_breaker.cool_off
         return self.defaults.circuit_failures, self.defaults.circuit_cool_off
 
-    async def check_circuit(self, playbook: str, guards: Guards, now: datetime) -> None:
-        """Refuse while the playbook's circuit is open."""
+    @staticmethod
+    def circuit_scope(playbook: str, target: str, guards: Guards) -> str:
+        """The circuit a run counts in: per playbook and target unless told."""
+        breaker = guards.circuit_breaker
+        if breaker is not None and breaker.scope == "playbook":
+            return f"playbook:{playbook}"
+        return f"playbook:{playbook}:target:{target}"
+
+    async def check_paused(self) -> None:
+        """Refuse every remediation while the global pause is on."""
+        pause = await self.store.pause()
+        if pause is not None:
+            why = f": {pause.reason}" if pause.reason else ""
+            raise Refusal(
+                guard="paused",
+                reason=f"remediations paused by {pause.by} at {_at(pause.at)}{why}",
+            )
+
+    async def check_circuit(
+        self, playbook: str, target: str, guards: Guards, now: datetime
+    ) -> None:
+        """Refuse while the circuit of this playbook (and target) is open."""
         _threshold, cool = self.cool_off(guards)
-        circuit = await self.store.circuit(f"playbook:{playbook}")
+        scope = self.circuit_scope(playbook, target, guards)
+        circuit = await self.store.circuit(scope)
         if circuit.opened_at is None:
             return
         if now - circuit.opened_at < cool:
+            where = f"playbook {playbook!r}"
+            if scope.endswith(f":target:{target}"):
+                where += f" on {target}"
             raise Refusal(
-                f"circuit open since {_at(circuit.opened_at)} after "
+                guard="circuit_breaker",
+                reason=f"circuit open since {_at(circuit.opened_at)} after "
                 f"{circuit.failures} consecutive failed or unverified remediations "
-                f"of playbook {playbook!r}; closes at {_at(circuit.opened_at + cool)}"
+                f"of {where}; closes at {_at(circuit.opened_at + cool)}",
             )
-        await self.store.reset_circuit(f"playbook:{playbook}")
+        await self.store.reset_circuit(scope)
 
     async def check_firing(self, alert: Alert, *, ask_source: bool = False) -> None:
         """Refuse when the journal says the alert resolved or was superseded.
 
         With ``ask_source`` (the last check before acting) also ask Alertmanager,
-        when one is configured, for alerts that came from it.
+        when one is configured, for alerts that came from it: resolved,
+        silenced or inhibited there means hands off.
         """
         await self._check_journal(alert)
         if (
-            ask_source
-            and self.firing_check is not None
-            and alert.source == ("alertmanager")
+            not ask_source
+            or self.firing_check is None
+            or alert.source != "alertmanager"
         ):
-            firing = await self.firing_check.still_firing(alert)
-            if firing is False:
-                raise Refusal(
-                    "alert resolved: Alertmanager no longer lists it firing "
-                    "(its resolve notification has not arrived yet)"
-                )
+            return
+        view = await self.firing_check.look(alert)
+        if view.firing is False:
+            raise Refusal(
+                guard="resolved",
+                reason="alert resolved: Alertmanager no longer lists it firing "
+                "(its resolve notification has not arrived yet)",
+            )
+        if view.silences:
+            said = "; ".join(
+                f"silence {s.id} by {s.author or 'unknown'}"
+                + (f': "{s.comment}"' if s.comment else "")
+                for s in view.silences
+            )
+            raise Refusal(guard="silenced", reason=f"silenced in Alertmanager: {said}")
+        if view.inhibited_by:
+            raise Refusal(
+                guard="inhibited",
+                reason="inhibited in Alertmanager by alert "
+                + ", ".join(view.inhibited_by),
+            )
 
     async def _check_journal(self, alert: Alert) -> None:
         state = await self.store.alert_state(alert.fingerprint)
@@ -134,22 +186,23 @@ class GuardKeeper:
             return
         if alert.starts_at and state.starts_at and state.starts_at > alert.starts_at:
             raise Refusal(
-                "superseded: a newer occurrence of this alert started at "
-                f"{_at(state.starts_at)}"
+                guard="resolved",
+                reason="superseded: a newer occurrence of this alert started at "
+                f"{_at(state.starts_at)}",
             )
         if state.status == "resolved":
             raise Refusal(
-                f"alert resolved (resolve received {_at(state.updated_at)}) before "
-                "the remediation ran"
+                guard="resolved",
+                reason=f"alert resolved (resolve received {_at(state.updated_at)}) "
+                "before the remediation ran",
             )
 
     async def check_approval(
         self, key: str, request: Mapping[str, object], now: datetime
     ) -> Approval:
         """Refuse until a human approved; create the request the first time."""
-        from receiver.store.base import new_id  # noqa: PLC0415
-
-        approval = await self.store.put_approval(
+        approvals = self.store
+        approval = await approvals.put_approval(
             Approval(
                 id=new_id(),
                 key=key,
@@ -159,38 +212,45 @@ class GuardKeeper:
             )
         )
         if approval.status == "pending" and now >= approval.expires_at:
-            await self.store.decide_approval(approval.id, "expired", "receiver", now)
+            await approvals.decide_approval(approval.id, "expired", "receiver", now)
             raise Refusal(
-                f"approval {approval.id} expired at {_at(approval.expires_at)}"
+                guard="approval",
+                reason=f"approval {approval.id} expired at {_at(approval.expires_at)}",
             )
         if approval.status == "pending":
             raise Refusal(
-                f"awaiting approval {approval.id}: POST /api/v1/approvals/"
+                guard="approval",
+                reason=f"awaiting approval {approval.id}: POST /api/v1/approvals/"
                 f'{approval.id} with {{"decision": "approve"}} before '
                 f"{_at(approval.expires_at)}",
                 awaiting=True,
             )
         if approval.status != "approved":
             raise Refusal(
-                f"approval {approval.id} {approval.status}"
-                + (f" by {approval.decided_by}" if approval.decided_by else "")
+                guard="approval",
+                reason=f"approval {approval.id} {approval.status}"
+                + (f" by {approval.decided_by}" if approval.decided_by else ""),
             )
         return approval
+
+    def _cooldown(self, guards: Guards) -> timedelta:
+        return (
+            guards.cooldown if guards.cooldown is not None else self.defaults.cooldown
+        )
 
     async def check_cooldown(
         self, playbook: str, target: str, guards: Guards, now: datetime
     ) -> None:
         """Refuse inside the cooldown after the last run on this target."""
-        cooldown = (
-            guards.cooldown if guards.cooldown is not None else self.defaults.cooldown
-        )
+        cooldown = self._cooldown(guards)
         if cooldown <= timedelta(0):
             return
-        last = await self.store.last_run(f"cooldown:{playbook}:{target}")
+        last = await self.store.last_run(f"cooldown:{playbook}:{target}", now)
         if last is not None and now < last + cooldown:
             raise Refusal(
-                f"cooldown active until {_at(last + cooldown)} (last run on {target} "
-                f"at {_at(last)}, cooldown {format_duration(cooldown)})"
+                guard="cooldown",
+                reason=f"cooldown active until {_at(last + cooldown)} (last run on "
+                f"{target} at {_at(last)}, cooldown {format_duration(cooldown)})",
             )
 
     async def enter(
@@ -203,37 +263,41 @@ class GuardKeeper:
         now: datetime,
         lock_ttl: timedelta,
     ) -> Held:
-        """Take the lock, the idempotency claim and the budget slots, or refuse."""
-        lock = None
-        if guards.lock:
-            lock = await self.store.acquire_lock(
-                f"target:{target}", self.owner, lock_ttl
-            )
-            if lock is None:
-                holder = (
-                    await self.store.lock_holder(f"target:{target}") or "another run"
-                )
-                raise Refusal(f"lock on {target} held by {holder}")
-        held = Held(key, lock, [])
+        """Take the run-once claim, the lock and the budget slots, or refuse.
+
+        The claim comes first: a second run of the same occurrence hears
+        "already started/done" (and whether its action was sent), never a lock
+        refusal that would not say.
+        """
+        outcome = await self.store.claim_key(
+            key, self.owner, now, self.defaults.idempotency_ttl
+        )
+        if not outcome.won:
+            raise Refusal(guard="idempotency", reason=_already(outcome.holder))
+        held = Held(key, self.owner, None, recovered=outcome.recovered)
         try:
-            await self._claim(key, now)
+            if guards.lock:
+                await self._lock(held, target, now, lock_ttl)
+            if held.recovered is None or held.recovered.status != "sending":
+                # A re-check after a crash is not a new run: it spends nothing.
+                await self.check_cooldown(playbook, target, guards, now)
+                await self._budgets(held, playbook, guards, now)
         except BaseException:
-            await self.abandon(held, now, claimed=False)
-            raise
-        try:
-            await self.check_cooldown(playbook, target, guards, now)
-            await self._budgets(held, playbook, guards, now)
-        except BaseException:
-            await self.abandon(held, now)
+            await self.abandon(held)
             raise
         return held
 
-    async def _claim(self, key: str, now: datetime) -> None:
-        claim = await self.store.claim_key(
-            key, self.owner, now, self.defaults.idempotency_ttl
-        )
-        if claim is not None:
-            raise Refusal(_already(claim))
+    async def _lock(
+        self, held: Held, target: str, now: datetime, ttl: timedelta
+    ) -> None:
+        name = f"target:{target}"
+        held.lock = await self.store.acquire_lock(name, self.owner, now, ttl)
+        if held.lock is None:
+            holder = await self.store.lock_holder(name, now) or "another run"
+            raise Refusal(
+                guard="lock",
+                reason=f"lock on {target} held by {holder} (not run: nothing was sent)",
+            )
 
     async def _budgets(
         self, held: Held, playbook: str, guards: Guards, now: datetime
@@ -250,19 +314,34 @@ class GuardKeeper:
             ),
         ]
         for scope, cap, span, what in scopes:
-            used = await self.store.reserve_budget(scope, cap, span, now)
-            if used is None:
-                raise Refusal(f"budget {cap}/{format_duration(span)} spent for {what}")
-            held.budgets.append(scope)
+            slot = await self.store.reserve_budget(scope, cap, span, now)
+            if slot is None:
+                raise Refusal(
+                    guard="budget",
+                    reason=f"budget {cap}/{format_duration(span)} spent for {what}",
+                )
+            held.budgets.append(slot)
 
-    async def abandon(self, held: Held, now: datetime, *, claimed: bool = True) -> None:
-        """Give back what ``enter`` took when the run did not happen."""
-        for scope in held.budgets:
-            await self.store.release_budget(scope, now)
-        if claimed:
-            await self.store.release_key(held.key)
+    async def abandon(self, held: Held) -> None:
+        """Give back exactly what ``enter`` took: the run did not happen."""
+        for slot in held.budgets:
+            await self.store.release_budget(slot)
+        held.budgets.clear()
+        if held.recovered is not None and held.recovered.status == "sending":
+            # A crashed run's action may have left: keep that mark (now ours)
+            # so nothing ever runs it blindly again.
+            await self.store.mark_sending(held.key, held.owner, held.recovered.at)
+        else:
+            await self.store.release_key(held.key, held.owner)
         if held.lock is not None:
             await self.store.release_lock(held.lock)
+
+    async def renew(self, held: Held, now: datetime, ttl: timedelta) -> None:
+        """Keep the target lock while the run and its verification go on."""
+        if held.lock is not None:
+            renewed = await self.store.renew_lock(held.lock, now, ttl)
+            if renewed is not None:
+                held.lock = renewed
 
     async def finish(
         self,
@@ -274,23 +353,31 @@ class GuardKeeper:
         target: str,
         guards: Guards,
         now: datetime,
+        count: bool = True,
     ) -> None:
-        """Record the outcome and release the lock."""
+        """Record the outcome and release the lock.
+
+        ``count=False`` (the target was already as wanted) records the key but
+        gives the budget slots back and leaves cooldown and circuit alone.
+        """
         try:
             await self.store.finish_key(
                 held.key, "done" if ok else "failed", detail, now
             )
-            cooldown = (
-                guards.cooldown
-                if guards.cooldown is not None
-                else self.defaults.cooldown
-            )
+            if not count:
+                for slot in held.budgets:
+                    await self.store.release_budget(slot)
+                held.budgets.clear()
+                return
+            cooldown = self._cooldown(guards)
             if cooldown > timedelta(0):
                 await self.store.set_last_run(
                     f"cooldown:{playbook}:{target}", now, cooldown
                 )
             threshold, _cool = self.cool_off(guards)
-            await self.store.record_outcome(f"playbook:{playbook}", ok, threshold, now)
+            await self.store.record_outcome(
+                self.circuit_scope(playbook, target, guards), ok, threshold, now
+            )
         finally:
             if held.lock is not None:
                 await self.store.release_lock(held.lock)
@@ -299,7 +386,12 @@ class GuardKeeper:
 def _already(claim: Claim) -> str:
     if claim.status == "running":
         return (
-            f"already started by {claim.owner} at {_at(claim.at)} (at most once: "
-            "not run again)"
+            f"already started by {claim.owner} at {_at(claim.at)}: guards passed, "
+            "nothing sent yet (at most once: not run again)"
+        )
+    if claim.status == "sending":
+        return (
+            f"already started by {claim.owner} at {_at(claim.at)}: the action was "
+            "sent (at most once: not run again)"
         )
     return f"already done by {claim.owner} at {_at(claim.at)} ({claim.status})"

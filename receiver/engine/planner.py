@@ -77,7 +77,9 @@ class Plan:
     notes: tuple[str, ...] = field(default=())
 
 
-def _trace(step: StepModel, decision: Decision, reason: str) -> StepTrace:
+def _trace(
+    step: StepModel, decision: Decision, reason: str, guard: str = ""
+) -> StepTrace:
     try:
         target = step.target()
         request = step.describe()
@@ -91,6 +93,7 @@ def _trace(step: StepModel, decision: Decision, reason: str) -> StepTrace:
         reason=reason,
         request=freeze(request),
         name=step.name,
+        guard=guard,
     )
 
 
@@ -106,8 +109,10 @@ class Rendering:
     namespace: str | None = None
     approval: bool = False
 
-    def trace(self, step: CompiledStep, decision: Decision, reason: str) -> StepTrace:
-        """This rendering's trace with ``decision`` and ``reason``."""
+    def trace(
+        self, step: CompiledStep, decision: Decision, reason: str, guard: str = ""
+    ) -> StepTrace:
+        """This rendering's trace with ``decision``, ``reason`` and ``guard``."""
         return StepTrace(
             step.kind,
             step.type,
@@ -117,6 +122,7 @@ class Rendering:
             self.request,
             _EMPTY,
             step.name,
+            guard,
         )
 
 
@@ -136,8 +142,13 @@ def _fields(value: Any) -> Iterator[tuple[str, str]]:
 class CompiledStep:
     """One playbook step, compiled: the alert fields it reads, its renderings."""
 
-    def __init__(self, step: StepModel) -> None:
+    def __init__(
+        self, step: StepModel, one_of: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
         self.step = step
+        # The playbook's label choices (``labels.<name>.one_of``): fixed for a
+        # step, which belongs to one playbook.
+        self.one_of = one_of
         self.kind = step.kind
         self.remediation = step.kind is StepKind.REMEDIATION
         self.type = step.type_name()
@@ -169,7 +180,7 @@ class CompiledStep:
 
     def _render(self, alert: Alert) -> Rendering:
         try:
-            rendered = self.step.rendered(alert)
+            rendered = self.step.rendered(alert, self.one_of)
         except RenderError as exc:
             return Rendering(None, error=str(exc))
         trace = _trace(rendered, Decision.DRY_RUN, "")
@@ -190,11 +201,13 @@ class CompiledPlaybooks:
         # Keyed by identity; the step itself is kept, so an id is never reused.
         self._steps: dict[int, CompiledStep] = {}
 
-    def step(self, step: StepModel) -> CompiledStep:
-        """The compiled form of ``step``."""
+    def step(
+        self, step: StepModel, one_of: Mapping[str, Sequence[str]] | None = None
+    ) -> CompiledStep:
+        """The compiled form of ``step`` (filled in with ``one_of`` choices)."""
         found = self._steps.get(id(step))
-        if found is None or found.step is not step:
-            found = self._steps[id(step)] = CompiledStep(step)
+        if found is None or found.step is not step or found.one_of != one_of:
+            found = self._steps[id(step)] = CompiledStep(step, one_of)
         return found
 
 
@@ -215,6 +228,7 @@ def _plan_step(
                 compiled,
                 Decision.SKIPPED,
                 f"cannot fill in the step for this alert: {rendering.error}",
+                "template",
             ),
             index=index,
         )
@@ -231,6 +245,7 @@ def _plan_step(
                 Decision.SKIPPED,
                 f"namespace {namespace!r} is not allowed (allowlist: "
                 f"{', '.join(allowed) or 'empty'})",
+                "namespace",
             ),
             rendered,
             index=index,
@@ -243,6 +258,7 @@ def _plan_step(
                     Decision.SKIPPED,
                     "alert resolved: remediations run only while an alert fires "
                     f"(would have: {action})",
+                    "resolved",
                 ),
                 rendered,
                 index=index,
@@ -255,6 +271,7 @@ def _plan_step(
                     Decision.SKIPPED,
                     f"not firing long enough: {format_duration(alert.firing_for(now))}"
                     f" of the required {format_duration(need)}",
+                    "require_firing_for",
                 ),
                 rendered,
                 index=index,
@@ -308,6 +325,7 @@ def plan(
     found = rulebook.match(alert, now) if matches is None else list(matches)
     planned = []
     for match in found:
+        one_of = match.playbook.one_of
         steps = [
             *match.playbook.diagnostics,
             *match.playbook.remediation,
@@ -320,7 +338,9 @@ def plan(
                 playbook=match.rule.rule.playbook,
                 match=match,
                 steps=tuple(
-                    _plan_step(compiled.step(s), alert, now, match, ctx, index=i)
+                    _plan_step(
+                        compiled.step(s, one_of), alert, now, match, ctx, index=i
+                    )
                     for i, s in enumerate(steps)
                 ),
             )

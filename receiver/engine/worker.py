@@ -1,10 +1,19 @@
 """Consume the journal: parse each accepted payload, plan, run, record, mark done.
 
-Started and stopped by the app (``cleanup_ctx``). An entry is marked done only
-after its decisions are recorded; if the store fails meanwhile, the same entry is
-retried with backoff, and after a crash it is claimed again (idempotency keys
-make that safe). ``Processor`` is also what ``receiver replay`` uses, so replay
-and the live path decide identically.
+Started and stopped by the app (``cleanup_ctx``), or by a separate worker
+process. Each worker is one *incarnation* (host, pid, random): it registers
+itself in the store and keeps renewing that while it runs, and on start it
+recovers what dead incarnations left (their target locks are released; their
+interrupted remediations are re-checked by the runner). An entry is claimed
+under a ``Lease`` that is renewed while it is decided, and marked done only after
+its decisions are recorded; if the store fails meanwhile, the same entry is
+retried with backoff. Each alert of a payload is decided on its own: an
+unexpected error in one becomes that alert's recorded failure. An entry that
+still fails as a whole (or keeps crashing the process) is handed back and, after
+``max_attempts`` claims, parked: listed in the API, counted in
+``receiver_journal_parked``, logged at error, retried on demand. ``Processor``
+is also what ``receiver replay`` uses, so replay and the live path decide
+identically.
 """
 
 from __future__ import annotations
@@ -18,20 +27,20 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
 import structlog
 
 from receiver.engine.doorbell import WorkerBell
 from receiver.engine.planner import CompiledPlaybooks, PlanContext, plan
-from receiver.engine.runner import Runner
+from receiver.engine.runner import Runner, describe_error
 from receiver.errors import InputError, StoreUnavailableError
 from receiver.metrics import Metrics
 from receiver.model import Alert, AlertTrace, Decision, Source
 from receiver.rulebook.loader import Rulebook
 from receiver.sources import alertmanager, events_v2, pagerduty
-from receiver.store.base import JournalEntry, Store
+from receiver.store.base import JournalEntry, Lease, Store
 
 log = structlog.get_logger("receiver.worker")
 
@@ -44,30 +53,6 @@ OBSERVE_EVERY = 1.0
 IDLE_RECHECK = 1.0
 # A payload's alerts are decided in chunks of this many, yielding in between.
 YIELD_EVERY = 100
-
-GUARD_PREFIXES = (
-    ("cooldown", "cooldown"),
-    ("budget", "budget"),
-    ("lock", "lock"),
-    ("circuit", "circuit_breaker"),
-    ("alert resolved", "resolved"),
-    ("superseded", "resolved"),
-    ("already", "idempotency"),
-    ("awaiting approval", "approval"),
-    ("approval", "approval"),
-    ("not firing long enough", "require_firing_for"),
-    ("namespace", "namespace"),
-    ("dry-run", "dry_run"),
-    ("playbook forces dry-run", "dry_run"),
-)
-
-
-def guard_of(reason: str) -> str:
-    """Which guard a skip reason comes from, for metrics."""
-    for prefix, guard in GUARD_PREFIXES:
-        if reason.startswith(prefix):
-            return guard
-    return "other"
 
 
 class TraceRecords(Sequence[Mapping[str, Any]]):
@@ -136,10 +121,14 @@ class _Tally:
         for match in trace.matches:
             self.rules[match.rule, match.severity.value] += 1
             for step in match.steps:
-                decisions[step.decision.value] += 1
-                self.steps[step.type, step.decision.value] += 1
-                if step.decision in (Decision.SKIPPED, Decision.AWAITING_APPROVAL):
-                    self.guards[guard_of(step.reason)] += 1
+                decision = step.decision.value
+                decisions[decision] += 1
+                self.steps[step.type, decision] += 1
+                if step.guard and step.decision in (
+                    Decision.SKIPPED,
+                    Decision.AWAITING_APPROVAL,
+                ):
+                    self.guards[step.guard] += 1
         self.decisions.update(decisions)
         return decisions
 
@@ -170,7 +159,9 @@ class Processor:
         metrics: Metrics | None = None,
         pagerduty_alertname_from: str = "title",
         store: Store | None = None,
+        scrub: Callable[[str], str] = str,
     ) -> None:
+        self.scrub = scrub
         self.rulebook = rulebook
         self._runner = runner
         self._clock = clock
@@ -222,16 +213,32 @@ class Processor:
         """Plan and run every alert; ``now`` fixes time for replay ``--at``."""
         traces = []
         tally = _Tally()
+        at = now or self._clock()  # one reading for the whole pass
         for i, raw in enumerate(alerts):
             if i and i % YIELD_EVERY == 0:
                 # A storm is decided in chunks: let the loop's other tasks run.
                 await asyncio.sleep(0)
             alert = await self._with_start(raw)
-            at = now or self._clock()
-            planned = plan(
-                alert, self.rulebook, at, ctx or self._ctx, compiled=self._compiled
-            )
-            trace = await (runner or self._runner).run(planned, payload_id)
+            try:
+                planned = plan(
+                    alert, self.rulebook, at, ctx or self._ctx, compiled=self._compiled
+                )
+                trace = await (runner or self._runner).run(planned, payload_id, at)
+            except StoreUnavailableError:
+                raise
+            except Exception as exc:
+                log.exception("alert_not_decided", fingerprint=alert.fingerprint)
+                why = "failed: could not decide this alert: " + self.scrub(
+                    describe_error(exc)
+                )
+                trace = AlertTrace(
+                    alert=alert,
+                    matches=(),
+                    decided_at=self._clock(),
+                    payload_id=payload_id,
+                    mode=(runner or self._runner).mode,
+                    notes=(why,),
+                )
             traces.append(trace)
             if not count:
                 continue
@@ -263,13 +270,24 @@ class Processor:
         return traces
 
     async def process(self, entry: JournalEntry) -> list[AlertTrace]:
-        """Decide a journal entry."""
-        alerts = self.alerts(entry.source, entry.body, self._clock())
-        return await self.decide(alerts, entry.id)
+        """Decide a journal entry, with one clock reading for the pass."""
+        now = self._clock()
+        alerts = self.alerts(entry.source, entry.body, now)
+        return await self.decide(alerts, entry.id, now)
+
+
+def utc_now() -> datetime:
+    """The default clock of a worker that was given none."""
+    return datetime.now(UTC)
 
 
 class Worker:
-    """Bounded-concurrency consumer of the store's journal."""
+    """Bounded-concurrency consumer of the store's journal.
+
+    ``consumer`` is this process's incarnation and must be the owner its
+    ``GuardKeeper`` takes locks and claims as (``create_app`` passes the same
+    name to both), so that recovery after a crash finds what it held.
+    """
 
     def __init__(
         self,
@@ -282,6 +300,8 @@ class Worker:
         clock: Callable[[], datetime] | None = None,
         prune_every: timedelta = timedelta(minutes=5),
         on_complete: Callable[[list[AlertTrace]], None] | None = None,
+        lease: timedelta = timedelta(minutes=5),
+        max_attempts: int = 5,
         bell: WorkerBell | None = None,
     ) -> None:
         # Rung by the edge process after each payload it journals: the worker
@@ -294,20 +314,35 @@ class Worker:
         self._processor = processor
         self._concurrency = concurrency
         self._metrics = metrics
+        # The incarnation: lock owner, claim owner and journal consumer prefix.
         self.consumer = consumer or consumer_name()
-        self._clock = clock
+        self._prune = clock is not None
+        self._clock = clock or utc_now
         self._prune_every = prune_every
+        self._lease = lease
+        self._alive_for = lease / 2
+        self.max_attempts = max_attempts
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._observed = -OBSERVE_EVERY
 
     async def start(self) -> None:
-        """Start the consumer tasks and the pruner."""
+        """Register this incarnation, recover dead ones, start consuming."""
+        now = self._clock()
+        await self._store.register(self.consumer, now, self._alive_for)
+        released = await self._store.recover(self.consumer, now)
+        if released:
+            log.warning(
+                "locks_recovered",
+                detail="target locks of a stopped or crashed worker released",
+                locks=released,
+            )
         self._tasks = [
             asyncio.create_task(self._loop(i), name=f"receiver-worker-{i}")
             for i in range(self._concurrency)
         ]
-        if self._clock is not None:
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+        if self._prune:
             self._tasks.append(asyncio.create_task(self._prune_loop(), name="pruner"))
 
     async def stop(self) -> None:
@@ -318,9 +353,26 @@ class Worker:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        with contextlib.suppress(StoreUnavailableError):
+            await self._store.retire(self.consumer, self._clock())
+
+    async def _heartbeat(self) -> None:
+        """Keep this incarnation alive in the store.
+
+        It is declared alive for half a lease, renewed three times as often:
+        after a crash it is known dead before any lease it held lapses, so
+        whoever takes an entry over also takes over its claims.
+        """
+        while not self._stopping.is_set():
+            await asyncio.sleep(max(self._alive_for.total_seconds() / 3, 0.02))
+            try:
+                await self._store.register(
+                    self.consumer, self._clock(), self._alive_for
+                )
+            except StoreUnavailableError as exc:
+                log.warning("heartbeat_failed", error=str(exc))
 
     async def _prune_loop(self) -> None:
-        assert self._clock is not None  # noqa: S101 (start() checks)
         while not self._stopping.is_set():
             try:
                 dropped = await self._store.prune(self._clock())
@@ -332,38 +384,97 @@ class Worker:
 
     async def _loop(self, index: int) -> None:
         backoff = 0.5
+        consumer = f"{self.consumer}/{index}"
         while not self._stopping.is_set():
             try:
                 # One consumer name per task: a task completes what it claimed
                 # before claiming again, which lets a store hand back entries
                 # whose delivery was lost mid-call.
-                entry = await self._claim(f"{self.consumer}/{index}")
+                lease = await self._claim(consumer)
             except StoreUnavailableError as exc:
                 log.warning("journal_unavailable", error=str(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
             backoff = 0.5
-            if entry is None:
+            if lease is None:
                 continue
             try:
-                await self._handle(entry, index)
+                await self._attempt(lease, index)
             except Exception:  # the supervisor: a worker task never dies
-                # A bug in one entry must not stop the journal; the entry stays
-                # unfinished and is claimed again after the lease.
-                log.exception("entry_failed", payload_id=entry.id)
+                log.exception("entry_failed", payload_id=lease.entry.id)
                 await asyncio.sleep(1.0)
 
-    async def _claim(self, consumer: str) -> JournalEntry | None:
+    async def _claim(self, consumer: str) -> Lease | None:
         if self._bell is None:
-            return await self._store.claim(consumer, wait=1.0)
+            return await self._store.claim(consumer, 1.0, self._clock())
         # Armed before looking: a ring that arrives while the claim runs is
-        # kept, so a payload journalled meanwhile is never slept through.
+        # kept, so a payload journaled meanwhile is never slept through.
         self._bell.armed()
-        entry = await self._store.claim(consumer, wait=0.0)
-        if entry is None:
+        lease = await self._store.claim(consumer, 0.0, self._clock())
+        if lease is None:
             await self._bell.wait(IDLE_RECHECK)
-        return entry
+        return lease
+
+    async def _attempt(self, lease: Lease, index: int) -> None:
+        """Decide one claimed entry; hand it back or park it if that fails."""
+        entry = lease.entry
+        if entry.attempts > self.max_attempts:
+            await self._park(
+                lease,
+                f"claimed {entry.attempts - 1} times without finishing (the worker "
+                "crashed, was stopped or hung while deciding it)",
+            )
+            return
+        renewing = asyncio.create_task(self._renew(lease), name=f"lease-{entry.id}")
+        try:
+            await self._handle(entry, index)
+        except StoreUnavailableError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (handed back, then parked)
+            error = self._processor.scrub(describe_error(exc))
+            if entry.attempts >= self.max_attempts:
+                await self._park(
+                    lease, f"failed {entry.attempts} times; last error: {error}"
+                )
+            else:
+                log.warning(
+                    "entry_attempt_failed",
+                    payload_id=entry.id,
+                    attempts=entry.attempts,
+                    error=error,
+                )
+                await self._store.release(lease, self._clock(), error)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+
+    async def _park(self, lease: Lease, reason: str) -> None:
+        await self._store.park(lease, reason, self._clock())
+        log.error(
+            "entry_parked",
+            payload_id=lease.entry.id,
+            attempts=lease.entry.attempts,
+            reason=reason,
+            detail="set aside, not retried until POST /api/v1/parked/{id}/retry "
+            "or `receiver replay --from`",
+        )
+        if self._metrics is not None:
+            self._metrics.journal_parked.inc()
+
+    async def _renew(self, lease: Lease) -> None:
+        """Renew the lease every third of its length while the entry is decided."""
+        current: Lease | None = lease
+        while current is not None:
+            await asyncio.sleep(max(self._lease.total_seconds() / 3, 0.05))
+            try:
+                current = await self._store.renew(current, self._clock())
+            except StoreUnavailableError as exc:
+                log.warning("lease_not_renewed", error=str(exc))
+                continue
+            if current is None:
+                log.warning("lease_lost", payload_id=lease.entry.id)
 
     async def _handle(self, entry: JournalEntry, index: int) -> None:
         structlog.contextvars.bind_contextvars(payload_id=entry.id, worker=index)
@@ -403,9 +514,10 @@ class Worker:
         self._observed = now
         try:
             count, oldest = await self._store.pending()
+            parked = await self._store.parked_count()
         except StoreUnavailableError:
             return
         self._metrics.journal_depth.set(count)
-        if self._clock is not None:
-            age = (self._clock() - oldest).total_seconds() if oldest else 0.0
-            self._metrics.journal_oldest_age.set(max(age, 0.0))
+        self._metrics.journal_parked.set(parked)
+        age = (self._clock() - oldest).total_seconds() if oldest else 0.0
+        self._metrics.journal_oldest_age.set(max(age, 0.0))

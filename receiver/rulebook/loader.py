@@ -215,15 +215,21 @@ class _Loader:
             )
             return
         self.playbook_files[name] = file
+        start = len(self.errors)
+        # Keep the name known so rules using it report only their own errors.
+        self.playbooks[name] = Playbook()
         try:
-            self.playbooks[name] = Playbook.model_validate(body or {})
+            playbook = Playbook.model_validate(body or {})
         except ValidationError as exc:
             prefix = ("playbooks", name)
-            start = len(self.errors)
             self.errors.extend(_validation_details(file, raw, exc, prefix=prefix))
+        else:
+            for field, message in playbook.choice_problems():
+                self.error(file, message, None, f"playbooks.{name}.{field}")
+            if len(self.errors) == start:
+                self.playbooks[name] = playbook
+        if len(self.errors) > start:
             self.playbook_errors[name] = range(start, len(self.errors))
-            # Keep the name known so rules using it report only their own errors.
-            self.playbooks[name] = Playbook()
 
     def add_rule(self, file: str, raw: Any, index: int, body: Any) -> None:
         try:

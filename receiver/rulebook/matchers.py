@@ -109,7 +109,12 @@ class Matcher:
             return actual == self.value
         if self.type is MatchType.NOT_EQUAL:
             return actual != self.value
-        hit = self._regex.search(actual) is not None
+        try:
+            hit = self._regex.search(actual) is not None
+        except UnicodeEncodeError:
+            # A lone surrogate (JSON allows "\ud800") cannot reach RE2 as UTF-8.
+            # Go's JSON decoder, and so Alertmanager, reads it as U+FFFD.
+            hit = self._regex.search(_as_go_reads_it(actual)) is not None
         return hit if self.type is MatchType.REGEX else not hit
 
     def __str__(self) -> str:
@@ -117,6 +122,11 @@ class Matcher:
             self.value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
         )
         return f'{self.name}{self.type.value}"{escaped}"'
+
+
+def _as_go_reads_it(value: str) -> str:
+    """``value`` with each lone surrogate replaced by U+FFFD, as Go decodes JSON."""
+    return "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in value)
 
 
 def _split_matchers(text: str) -> list[str]:

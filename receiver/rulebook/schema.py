@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StringConstraints,
     Tag,
     field_validator,
 )
@@ -23,7 +24,8 @@ from pydantic import (
 from receiver.model import SOURCES, Severity, Source, StepKind
 from receiver.rulebook.matchers import Matcher
 from receiver.rulebook.severity import LabelSeverity, MatrixSeverity, SeveritySpec
-from receiver.rulebook.steps import Duration, Step, StepModel
+from receiver.rulebook.steps import Duration, Step, StepModel, template_fields
+from receiver.rulebook.templates import Slot, check_choice
 
 
 def _severity_kind(value: Any) -> str | None:
@@ -76,6 +78,11 @@ class CircuitBreaker(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     failures: int = Field(default=3, ge=1)
     cool_off: Duration = timedelta(hours=1)
+    scope: Literal["target", "playbook"] = Field(
+        default="target",
+        description="Count failures per playbook and target (one bad target "
+        "opens only its own circuit) or per playbook.",
+    )
 
 
 class Guards(BaseModel):
@@ -98,6 +105,19 @@ class Guards(BaseModel):
     )
 
 
+class LabelGrammar(BaseModel):
+    """What a playbook accepts for one label, beyond its slots' grammars."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    one_of: list[Annotated[str, StringConstraints(min_length=1)]] = Field(
+        min_length=1,
+        description="The only values a step may be filled with; others skip it.",
+    )
+
+
+LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
+
+
 class Playbook(BaseModel):
     """Named diagnostics and remediations with their guards."""
 
@@ -105,10 +125,52 @@ class Playbook(BaseModel):
     description: str = ""
     runbook_url: str = ""
     escalate_to: str = ""
+    labels: dict[LabelName, LabelGrammar] = Field(
+        default_factory=dict,
+        description="Narrow labels used in templates, e.g. siem: {one_of: [...]}.",
+    )
     diagnostics: list[Step] = Field(default_factory=list)
     remediation: list[Step] = Field(default_factory=list)
     guards: Guards = Field(default_factory=Guards)
     sinks: list[str] | None = None
+
+    @property
+    def one_of(self) -> dict[str, list[str]]:
+        """Label name -> the values the playbook's steps may be filled with."""
+        return {name: spec.one_of for name, spec in self.labels.items()}
+
+    def choice_problems(self) -> list[tuple[str, str]]:
+        """``(field, message)`` for each ``one_of`` value that cannot fill a slot.
+
+        A listed value must be valid wherever its label is substituted, or the
+        playbook could never run with it; the loader reports these.
+        """
+        problems: dict[tuple[str, str], None] = {}
+        for label, spec in self.labels.items():
+            for where, slot, text in self._templates():
+                for choice in spec.one_of:
+                    why = check_choice(choice, text, slot, label)
+                    if why is not None:
+                        problems[
+                            (f"labels.{label}.one_of", f"{why} (it fills {where})")
+                        ] = None
+        return list(problems)
+
+    def _templates(self) -> list[tuple[str, Slot, str]]:
+        """Every template of the playbook's steps: (where, slot, text)."""
+        found: list[tuple[str, Slot, str]] = []
+        for group in ("diagnostics", "remediation"):
+            for i, step in enumerate(getattr(self, group)):
+                models: list[tuple[str, BaseModel]] = [(f"{group}[{i}]", step)]
+                check = getattr(step, "verify", None)
+                if isinstance(check, BaseModel):
+                    models.append((f"{group}[{i}].verify", check))
+                for where, model in models:
+                    for field, slot in template_fields(type(model)).items():
+                        value = getattr(model, field)
+                        texts = value if isinstance(value, list) else [value]
+                        found += [(f"{where}.{field}", slot, t) for t in texts if t]
+        return found
 
     @field_validator("diagnostics")
     @classmethod

@@ -1,9 +1,12 @@
 """Typed step models: one pydantic model per step ``type``, validated when rules load.
 
 Each model names its ``kind`` (diagnostic or remediation), which of its fields are
-templates and where their values go (``Slot``), and how to describe the exact
-request it makes (``describe``), which is what dry-run shows. Executors in
-``receiver.steps`` run the rendered models; nothing here does I/O.
+templates and the grammar their values must fit (a ``Slot`` in the field's
+``Annotated`` type; ``template_fields`` lists them for docs and checks), and how
+to describe the exact request it makes (``describe``), which is what dry-run
+shows. A field without a slot takes no templates: a placeholder in it is a rule
+error. Executors in ``receiver.steps`` run the rendered models; nothing here
+does I/O.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import functools
 import re
 import typing
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from fractions import Fraction
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -20,16 +25,19 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
+from receiver.errors import QuantityError, SlotError
 from receiver.model import Alert, StepKind
 from receiver.rulebook.matchers import Matcher, MatchType
 from receiver.rulebook.templates import (
+    PLACEHOLDER,
     RenderError,
     Slot,
     SlotMarker,
-    check_template,
     format_duration,
     parse_duration,
     render,
@@ -37,42 +45,74 @@ from receiver.rulebook.templates import (
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
-
-_CHECK = AfterValidator(check_template)
-Text = Annotated[str, _CHECK, SlotMarker(Slot.TEXT)]
-K8sName = Annotated[str, _CHECK, SlotMarker(Slot.K8S_NAME)]
-Namespace = Annotated[str, _CHECK, SlotMarker(Slot.NAMESPACE)]
-Selector = Annotated[str, _CHECK, SlotMarker(Slot.LABEL_SELECTOR)]
-PromQL = Annotated[str, _CHECK, SlotMarker(Slot.PROMQL)]
-RedisKey = Annotated[str, _CHECK, SlotMarker(Slot.REDIS_KEY)]
-Url = Annotated[str, _CHECK, SlotMarker(Slot.URL)]
+# Template fields: the slot names the grammar every substituted value must fit.
+K8sName = Annotated[str, SlotMarker(Slot.K8S_NAME)]
+Namespace = Annotated[str, SlotMarker(Slot.NAMESPACE)]
+Selector = Annotated[str, SlotMarker(Slot.LABEL_SELECTOR)]
+PromQL = Annotated[str, SlotMarker(Slot.PROMQL)]
+RedisKey = Annotated[str, SlotMarker(Slot.REDIS_KEY)]
+RedisKeyPart = Annotated[str, SlotMarker(Slot.REDIS_KEY_PART)]
+Url = Annotated[str, SlotMarker(Slot.URL)]
 
 WorkloadKind = Literal["Deployment", "StatefulSet", "DaemonSet"]
-_RELATIVE = re.compile(r"^(\+|x)?([0-9]+)$")
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|K|M|G|T)?$")
-_QUANTITY_UNITS = {
-    None: 1,
-    "K": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
+_RELATIVE = re.compile(r"(\+|x)?([0-9]+)")
+# Kubernetes' quantity grammar (apimachinery resource.Quantity):
+#   <quantity> ::= <sign>? <number> <suffix>
+#   <number>   ::= <digits> | <digits>.<digits> | <digits>. | .<digits>
+#   <suffix>   ::= Ki | Mi | Gi | Ti | Pi | Ei | n | u | m | "" | k | M | G | T | P | E
+#                | (e | E) <sign>? <digits>
+# A suffix is tried before an exponent, so "1E" is an exa and "1E3" is 1000.
+_QUANTITY = re.compile(
+    r"([+-]?)([0-9]+)?(?:\.([0-9]*))?"
+    r"(?:(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)|[eE]([+-]?[0-9]+))?"
+)
+_BINARY_SI = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
+_DECIMAL_SI = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15}
+_QUANTITY_UNITS: dict[str | None, Fraction] = {
+    None: Fraction(1),
+    "E": Fraction(10) ** 18,
+    **{s: Fraction(2) ** e for s, e in _BINARY_SI.items()},
+    **{s: Fraction(10) ** e for s, e in _DECIMAL_SI.items()},
 }
+_MAX_QUANTITY_CHARS = 64
+_MAX_QUANTITY_EXPONENT = 64
 
 
-def parse_quantity(text: str) -> int:
-    """Bytes of a Kubernetes memory quantity (``512Mi``, ``4Gi``, ``1G``)."""
-    found = _QUANTITY.match(text.strip())
-    if found is None:
-        raise ValueError(f"invalid memory quantity {text!r}; use e.g. 512Mi or 4Gi")
-    return int(float(found.group(1)) * _QUANTITY_UNITS[found.group(2)])
+def parse_quantity(text: str) -> Fraction:
+    """The exact value of a Kubernetes quantity (``512Mi``, ``1e9``, ``500m``, ``.5``).
+
+    A ``Fraction``, so milli- and nano-units compare exactly (``0.5`` ==
+    ``500m``); memory in bytes is the value itself.
+
+    Raises:
+        QuantityError: not a quantity (a ``StepError`` and a ``ValueError``).
+    """
+    raw = str(text)
+    found = _QUANTITY.fullmatch(raw) if len(raw) <= _MAX_QUANTITY_CHARS else None
+    if found is None or (found.group(2) is None and not found.group(3)):
+        raise QuantityError(
+            f"invalid quantity {raw[:_MAX_QUANTITY_CHARS]!r}; use a Kubernetes "
+            "quantity such as 512Mi, 4Gi, 1G, 1e9 or 500m"
+        )
+    sign, whole, fraction, suffix, exponent = found.groups()
+    fraction = fraction or ""
+    value = Fraction(int((whole or "0") + fraction), 10 ** len(fraction))
+    if exponent is not None:
+        power = int(exponent)
+        if abs(power) > _MAX_QUANTITY_EXPONENT:
+            raise QuantityError(
+                f"quantity {raw!r} is out of range (exponent beyond "
+                f"±{_MAX_QUANTITY_EXPONENT})"
+            )
+        value *= Fraction(10) ** power
+    else:
+        value *= _QUANTITY_UNITS[suffix]
+    return -value if sign == "-" else value
 
 
 def _check_quantity(text: str) -> str:
-    parse_quantity(text)
+    if parse_quantity(text) <= 0:
+        raise ValueError(f"quantity {text!r} must be above zero")
     return text
 
 
@@ -80,7 +120,7 @@ Quantity = Annotated[str, AfterValidator(_check_quantity)]
 
 
 def _check_relative(text: str) -> str:
-    if not _RELATIVE.match(str(text)):
+    if not _RELATIVE.fullmatch(str(text)):
         raise ValueError(
             f"invalid count {text!r}; use an absolute number (10), an increment "
             "(+2) or a factor (x2)"
@@ -101,7 +141,7 @@ def _change(spec: str) -> str:
 
 def apply_relative(spec: str, current: int) -> int:
     """Apply ``10``, ``+2`` or ``x2`` to a current count."""
-    found = _RELATIVE.match(spec)
+    found = _RELATIVE.fullmatch(spec)
     if found is None:  # validated at load time
         raise ValueError(spec)
     op, number = found.group(1), int(found.group(2))
@@ -117,7 +157,42 @@ def apply_relative(spec: str, current: int) -> int:
 Rbac = tuple[tuple[str, str, tuple[str, ...]], ...]
 
 
-class _Base(BaseModel):
+def _placeholder_in(value: Any) -> str | None:
+    """The first placeholder anywhere in a (nested) field value."""
+    if isinstance(value, str):
+        found = PLACEHOLDER.search(value)
+        return found.group(0) if found else None
+    items: list[Any] = []
+    if isinstance(value, dict):
+        items = [x for pair in value.items() for x in pair]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    return next((p for p in map(_placeholder_in, items) if p is not None), None)
+
+
+class _Templated(BaseModel):
+    """Refuses placeholders in fields that declare no slot grammar."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*")
+    @classmethod
+    def _no_template_without_a_slot(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name
+        if name is None or name in template_fields(cls):
+            return value
+        found = _placeholder_in(value)
+        if found is not None:
+            fields = ", ".join(template_fields(cls)) or "none"
+            raise ValueError(
+                f"this field takes no templates: it declares no slot grammar, so "
+                f"{found} cannot be filled safely (fields of this step that take "
+                f"templates: {fields})"
+            )
+        return value
+
+
+class _Base(_Templated):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: ClassVar[StepKind] = StepKind.DIAGNOSTIC
@@ -129,13 +204,18 @@ class _Base(BaseModel):
         default=timedelta(seconds=30), description="Give up on the step after this."
     )
 
-    def rendered(self, alert: Alert) -> _Base:
+    def rendered(
+        self, alert: Alert, one_of: Mapping[str, Sequence[str]] | None = None
+    ) -> _Base:
         """A copy with every template field rendered for ``alert``.
 
+        ``one_of`` narrows labels to listed values (the playbook's ``labels``).
+
         Raises:
-            RenderError: a placeholder names a missing field or the value is unsafe.
+            RenderError: a placeholder names a field the alert does not have.
+            SlotError: a value is outside its field's grammar.
         """
-        return render_model(self, alert)
+        return render_model(self, alert, one_of)
 
     def target(self) -> str:
         """The object the step reads or changes, for traces."""
@@ -171,8 +251,15 @@ def _find_slot(annotation: Any) -> tuple[Slot, bool] | None:
 M = typing.TypeVar("M", bound=BaseModel)
 
 
-def render_model(model: M, alert: Alert) -> M:
-    """A copy of ``model`` (a step or its ``verify``) with templates rendered."""
+def render_model(
+    model: M, alert: Alert, one_of: Mapping[str, Sequence[str]] | None = None
+) -> M:
+    """A copy of ``model`` (a step or its ``verify``) with templates rendered.
+
+    Raises:
+        RenderError: a placeholder names a field the alert does not have.
+        SlotError: a value is outside its field's grammar, naming the field.
+    """
     update: dict[str, Any] = {}
     for field_name, (slot, many) in _slots(type(model)).items():
         value = getattr(model, field_name)
@@ -180,18 +267,27 @@ def render_model(model: M, alert: Alert) -> M:
             continue
         try:
             if many:
-                update[field_name] = [render(v, alert, slot) for v in value]
+                update[field_name] = [render(v, alert, slot, one_of) for v in value]
             else:
-                update[field_name] = render(value, alert, slot)
+                update[field_name] = render(value, alert, slot, one_of)
+        except SlotError as exc:
+            raise exc.in_field(field_name) from exc
         except RenderError as exc:
             raise RenderError(f"{field_name}: {exc}") from exc
     check = getattr(model, "verify", None)
     if isinstance(check, BaseModel):
         try:
-            update["verify"] = render_model(check, alert)
+            update["verify"] = render_model(check, alert, one_of)
+        except SlotError as exc:
+            raise exc.in_field(f"verify.{exc.field}") from exc
         except RenderError as exc:
             raise RenderError(f"verify.{exc}") from exc
     return model.model_copy(update=update)
+
+
+def template_fields(cls: type[BaseModel]) -> dict[str, Slot]:
+    """The fields of a step (or verify) model that take templates, with slots."""
+    return {name: slot for name, (slot, _many) in _slots(cls).items()}
 
 
 @functools.cache
@@ -212,7 +308,7 @@ def _slots(cls: type[BaseModel]) -> dict[str, tuple[Slot, bool]]:
 # ----------------------------------------------------------------- verification
 
 
-class RolloutStatusVerify(BaseModel):
+class RolloutStatusVerify(_Templated):
     """Wait until a rollout has caught up (observedGeneration, replicas ready)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -227,7 +323,7 @@ class RolloutStatusVerify(BaseModel):
     timeout: Duration = timedelta(minutes=5)
 
 
-class PodsReadyVerify(BaseModel):
+class PodsReadyVerify(_Templated):
     """Wait until at least ``min_ready`` pods of the workload are ready."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -243,7 +339,7 @@ class PodsReadyVerify(BaseModel):
     timeout: Duration = timedelta(minutes=5)
 
 
-class PrometheusVerify(BaseModel):
+class PrometheusVerify(_Templated):
     """Poll a PromQL query until the condition holds or the timeout passes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -255,7 +351,7 @@ class PrometheusVerify(BaseModel):
     interval: Duration = timedelta(seconds=15)
 
 
-class HttpVerify(BaseModel):
+class HttpVerify(_Templated):
     """Poll an HTTP endpoint until it answers as expected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -788,12 +884,7 @@ class RedisDeletePattern(_Redis, _Remediation):
     """Delete keys matching a prefixed pattern with SCAN + UNLINK, under a cap."""
 
     type: Literal["redis.delete_pattern"] = "redis.delete_pattern"
-    pattern: Annotated[
-        str,
-        AfterValidator(_check_pattern),
-        AfterValidator(check_template),
-        SlotMarker(Slot.REDIS_KEY),
-    ]
+    pattern: Annotated[str, AfterValidator(_check_pattern), SlotMarker(Slot.REDIS_KEY)]
     max_keys: int = Field(default=1000, ge=1, le=100_000)
     scan_count: int = Field(default=500, ge=10, le=10_000)
 
@@ -815,7 +906,7 @@ class RedisResetCircuitBreaker(_Redis, _Remediation):
     """Delete ``circuit:<name>:state`` and ``circuit:<name>:failure``."""
 
     type: Literal["redis.reset_circuit_breaker"] = "redis.reset_circuit_breaker"
-    breaker: RedisKey = Field(description="Breaker name, e.g. {labels.siem}.")
+    breaker: RedisKeyPart = Field(description="Breaker name, e.g. {labels.siem}.")
 
     def keys(self) -> list[str]:
         """The two keys the runbook deletes."""

@@ -43,7 +43,19 @@ class HttpExecutor:
         self._allow = {a.lower() for a in allowlist}
 
     def _check(self, url: str) -> None:
-        parts = urlsplit(url)
+        # Rendering already refuses these (the step is skipped); this is the
+        # executor's own line for a URL that reached it some other way.
+        if any(ch.isspace() or not ch.isprintable() for ch in url):
+            raise PermanentStepError(
+                f"refused {url!r}: a URL may not hold whitespace or control characters"
+            )
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (raises ValueError for a bad port)
+        except ValueError as exc:
+            raise PermanentStepError(
+                f"refused {url!r}: not a valid URL ({exc})"
+            ) from exc
         if parts.scheme not in ("http", "https"):
             raise PermanentStepError(f"refused {url!r}: only http and https URLs")
         host = (parts.hostname or "").lower()
@@ -100,6 +112,8 @@ class HttpExecutor:
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
             response = await self._client.request(method, url, **kwargs)
+        except (httpx.InvalidURL, UnicodeError) as exc:
+            raise PermanentStepError(f"refused {url!r}: {exc}") from exc
         except httpx.TimeoutException as exc:
             raise TransientStepError(f"timed out: {exc.__class__.__name__}") from exc
         except httpx.TransportError as exc:
@@ -120,6 +134,10 @@ class HttpExecutor:
             raise PermanentStepError(
                 f"{step.method} {step.url} failed: could not connect after 3 "
                 "attempts (nothing was sent)"
+            ) from exc
+        except (httpx.InvalidURL, UnicodeError) as exc:
+            raise PermanentStepError(
+                f"refused {step.url!r}: {exc} (nothing was sent)"
             ) from exc
         except httpx.HTTPError as exc:
             raise PermanentStepError(

@@ -208,13 +208,13 @@ def owned_names(kind: str, name: str) -> list[tuple[str, re.Pattern[str]]]:
     base = re.escape(name)
     if kind == "Deployment":
         return [
-            ("ReplicaSet", re.compile(rf"^{base}-[a-z0-9]{{1,10}}$")),
-            ("Pod", re.compile(rf"^{base}-[a-z0-9]{{1,10}}-[a-z0-9]{{5}}$")),
+            ("ReplicaSet", re.compile(rf"^{base}-[a-z0-9]{{1,10}}\Z")),
+            ("Pod", re.compile(rf"^{base}-[a-z0-9]{{1,10}}-[a-z0-9]{{5}}\Z")),
         ]
     if kind == "StatefulSet":
-        return [("Pod", re.compile(rf"^{base}-[0-9]+$"))]
+        return [("Pod", re.compile(rf"^{base}-[0-9]+\Z"))]
     if kind == "DaemonSet":
-        return [("Pod", re.compile(rf"^{base}-[a-z0-9]{{5}}$"))]
+        return [("Pod", re.compile(rf"^{base}-[a-z0-9]{{5}}\Z"))]
     return []
 
 

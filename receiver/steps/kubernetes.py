@@ -30,12 +30,13 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from typing import Any
 
 import aiohttp
 import re2
 
-from receiver.errors import PermanentStepError, TransientStepError
+from receiver.errors import PermanentStepError, QuantityError, TransientStepError
 from receiver.model import Alert, StepResult, iso
 from receiver.rulebook.steps import (
     K8sDeletePod,
@@ -1159,7 +1160,7 @@ class KubernetesExecutor:
                     f"{', '.join(str(c.get('name')) for c in containers)})"
                 )
             live = dig(container, "resources", "limits", "memory")
-            if live is not None and parse_quantity(str(live)) >= target:
+            if live is not None and _live_quantity(live, step, kind, name) >= target:
                 return StepResult(
                     ok=True,
                     reason=(
@@ -1481,3 +1482,17 @@ def _first_then(
         return await read()
 
     return reader
+
+
+def _live_quantity(
+    live: object, step: K8sSetMemoryLimit, kind: str, name: str
+) -> Fraction:
+    """The current limit as an exact value; an unreadable one is a step error."""
+    try:
+        return parse_quantity(str(live))
+    except QuantityError as exc:
+        raise QuantityError(
+            f"refused: the current memory limit of {step.container} in "
+            f"{kind.lower()}/{name} is {str(live)[:64]!r}, which is not a "
+            "Kubernetes quantity; nothing was changed"
+        ) from exc

@@ -6,7 +6,10 @@ named target, with socket timeouts, closed in ``aclose``. The receiver's own sta
 store is refused as a target when settings load, never reached from here.
 
 Deletions use ``UNLINK`` (and ``SCAN MATCH`` for patterns, in batches, under the
-step's ``max_keys``). This module never sends ``KEYS`` or any ``FLUSH*``: one
+step's ``max_keys``). A pattern delete handles key names as the bytes ``SCAN``
+returned, end to end (``SCAN`` replies are read with ``NEVER_DECODE``): a long or
+non-UTF-8 name is unlinked exactly, and only the sample shown to people is
+escaped or cut. This module never sends ``KEYS`` or any ``FLUSH*``: one
 command over a whole keyspace blocks a production Redis, and a flush is the
 runbook's last resort for a human. ``UNLINK`` is idempotent, so retrying it after a
 connection error cannot do more than the first attempt meant to.
@@ -15,7 +18,7 @@ connection error cannot do more than the first attempt meant to.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -23,6 +26,7 @@ import redis.asyncio
 import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.client import NEVER_DECODE
 
 from receiver.errors import PermanentStepError, TransientStepError
 from receiver.model import Alert, StepResult
@@ -41,6 +45,7 @@ HIT_RATE_THRESHOLD = 0.70
 MAX_VALUE_CHARS = 1024
 MAX_INFO_FIELDS = 60
 MAX_SAMPLE_KEYS = 20
+MAX_SHOWN_KEY_CHARS = 200
 # A pattern delete stops scanning at this share of the step's timeout, so it can
 # still report what it did before the runner gives up on it.
 _SCAN_BUDGET = 0.8
@@ -67,6 +72,24 @@ def _text(raw: Any, limit: int = MAX_VALUE_CHARS) -> tuple[str, bool]:
     """Bytes or str as text capped at ``limit`` characters; (text, truncated)."""
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
     return (text[:limit], True) if len(text) > limit else (text, False)
+
+
+def _raw_key(key: Any) -> bytes:
+    """A scanned key name as the bytes the server sent."""
+    return (
+        key if isinstance(key, bytes) else str(key).encode("utf-8", "surrogateescape")
+    )
+
+
+def _shown_key(key: bytes, limit: int = MAX_SHOWN_KEY_CHARS) -> str:
+    """A key for people: undecodable bytes escaped, long names cut and marked.
+
+    Only what is shown is escaped or cut; the key deleted is the key scanned.
+    """
+    text = key.decode("utf-8", errors="backslashreplace")
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(key)} bytes)"
 
 
 def check_pattern(pattern: str) -> None:
@@ -282,7 +305,9 @@ class RedisExecutor:
 
     # ------------------------------------------------------------ remediations
 
-    async def _unlink_each(self, client: Client, keys: list[str]) -> list[bool]:
+    async def _unlink_each(
+        self, client: Client, keys: Sequence[str | bytes]
+    ) -> list[bool]:
         """UNLINK keys one command each, so the reply says which existed."""
         pipe = client.pipeline(transaction=False)
         for key in keys:
@@ -350,17 +375,28 @@ class RedisExecutor:
 
     async def _scan(
         self, client: Client, step: RedisDeletePattern, cursor: int
-    ) -> tuple[int, list[str]]:
-        async def scan() -> tuple[int, list[str]]:
-            after, batch = await client.scan(
-                cursor=cursor, match=step.pattern, count=step.scan_count
+    ) -> tuple[int, list[bytes]]:
+        """One SCAN call; key names stay the bytes the server sent."""
+
+        async def scan() -> tuple[int, list[bytes]]:
+            # NEVER_DECODE: raw bytes even if a target URL asks the client to
+            # decode (?decode_responses=1); a decoded name is not the key.
+            execute: Callable[..., Awaitable[Any]] = client.execute_command
+            after, batch = await execute(
+                "SCAN",
+                cursor,
+                "MATCH",
+                step.pattern,
+                "COUNT",
+                step.scan_count,
+                **{NEVER_DECODE: True},
             )
-            return int(after), [_text(k, 512)[0] for k in batch]
+            return int(after), [_raw_key(k) for k in batch]
 
         return await self._call(step.target_name, f"SCAN MATCH {step.pattern}", scan)
 
     async def _unlink_batch(
-        self, client: Client, target: str, keys: list[str]
+        self, client: Client, target: str, keys: list[bytes]
     ) -> list[bool]:
         return await self._call(
             target, f"UNLINK {len(keys)} keys", lambda: self._unlink_each(client, keys)
@@ -381,20 +417,29 @@ class RedisExecutor:
         stop = ""
         while True:
             calls += 1
-            cursor, keys = await self._scan(client, step, cursor)
-            keys = keys[: step.max_keys - submitted]
+            cursor, batch = await self._scan(client, step, cursor)
+            # The very bytes SCAN returned go to UNLINK: never decoded, never cut.
+            keys = batch[: step.max_keys - submitted]
+            unprocessed = len(batch) - len(keys)
             if keys:
                 submitted += len(keys)
                 existed = await self._unlink_batch(client, step.target_name, keys)
                 deleted += sum(existed)
-                sample.extend(k for k, e in zip(keys, existed, strict=True) if e)
+                sample.extend(
+                    _shown_key(k) for k, e in zip(keys, existed, strict=True) if e
+                )
                 del sample[MAX_SAMPLE_KEYS:]
-            if cursor == 0:
+            if cursor == 0 and not unprocessed:
                 break
             if submitted >= step.max_keys:
+                left = (
+                    f"{unprocessed} more matched in the last batch"
+                    if unprocessed
+                    else "more keys may match"
+                )
                 stop = (
-                    f"stopped at max_keys={step.max_keys}; more keys may match "
-                    f"{step.pattern} (run again, or raise max_keys)"
+                    f"stopped at max_keys={step.max_keys}; {left} {step.pattern} "
+                    "(run again, or raise max_keys)"
                 )
                 break
             if time.monotonic() - started > budget:

@@ -1,14 +1,24 @@
-"""The ``Store`` protocol: the payload journal, the decision log, and guard state.
+"""The store contract: four small protocols and the handles they return.
 
-The edge calls ``append`` before answering 202 (with the alert states the payload
-carries, so a resolve cancels pending remediations at once); workers call
-``claim`` and ``complete``; the runner calls the idempotency, lock, cooldown,
-budget, circuit and approval operations; the API reads payloads and decisions.
-Every implementation (``sqlite``, ``redis``) passes ``tests/test_store_contract.py``.
+``Journal`` (the edge appends payloads before answering 202; workers claim them
+under a ``Lease`` they renew while deciding, complete them, or park them),
+``DecisionLog`` (decision records; the API reads them), ``GuardState`` (the
+runner's run-once keys, target locks, cooldowns, budgets, circuit breakers, the
+pause switch and the liveness of each worker incarnation) and ``Approvals``.
+``Store`` is all four plus ``ping``/``close``; each implementation (``sqlite``,
+``redis``) is one class that passes ``tests/test_store_contract.py`` and the
+model-based ``tests/test_store_model.py``.
 
-All times are timezone-aware UTC ``datetime`` values passed in by the caller
-(the injected clock), never read from the system inside an implementation, except
-where a backend's own expiry (Redis TTLs) is the point.
+Calls return handles, never sentinels: ``claim_key`` a ``ClaimOutcome``,
+``reserve_budget`` a ``BudgetSlot`` that ``release_budget`` takes back,
+``acquire_lock`` a fenced ``Lock``, ``claim`` a ``Lease``.
+
+Clocks: every time that decides guard or journal state (lease and lock expiry,
+claim expiry, cooldowns, budget windows, incarnation liveness) is a
+timezone-aware UTC ``datetime`` passed in by the caller from its injected clock.
+No implementation reads the wall clock to decide them. Redis keys also carry a
+``PXAT`` expiry, only to collect garbage: it is never earlier than the caller's
+deadline, and the caller's ``now`` is what every check compares against.
 """
 
 from __future__ import annotations
@@ -35,8 +45,9 @@ class Retention:
     max_age: timedelta = timedelta(days=7)
     max_payloads: int = 100_000
     max_decisions: int = 200_000
-    # An entry claimed longer ago than this by a consumer that never completed
-    # it is handed to another consumer (crash recovery).
+    # How long a claim (``Lease``) lasts from the caller's ``now``; the worker
+    # renews it while it decides the entry. A lapsed lease (a dead or hung
+    # consumer) lets another consumer take the entry over.
     lease: timedelta = timedelta(minutes=5)
 
 
@@ -122,15 +133,36 @@ def newer_state(old: AlertState | None, new: AlertState) -> bool:
     return not (old.status == "resolved" and new.status == "firing")
 
 
+KeyStatus = Literal["running", "sending", "done", "failed"]
+
+
 @dataclass(frozen=True)
 class Claim:
-    """Who holds an idempotency key, and how it ended."""
+    """Who holds an idempotency key, and how far its remediation got.
+
+    ``running``: claimed, guards passing, nothing sent yet; ``sending``: the
+    action is about to leave or has left; ``done``/``failed``: how it ended.
+    """
 
     key: str
     owner: str
-    status: Literal["running", "done", "failed"]
+    status: KeyStatus
     at: datetime
     detail: str = ""
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ClaimOutcome:
+    """What ``claim_key`` did: ``won`` it (``holder`` is then our claim) or not.
+
+    ``recovered`` is the claim of a dead incarnation that this call took over
+    (its remediation was interrupted by a crash): the runner re-checks it.
+    """
+
+    won: bool
+    holder: Claim
+    recovered: Claim | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +172,66 @@ class Lock:
     name: str
     owner: str
     token: int
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class BudgetSlot:
+    """One reserved run in a budget window; ``release_budget`` gives it back."""
+
+    scope: str
+    slot: str
+    at: datetime
+    used: int
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A claimed journal entry, held by ``consumer`` until ``expires_at``.
+
+    The worker renews it while it decides the entry; once it lapses another
+    consumer may claim the entry (crash recovery).
+    """
+
+    entry: JournalEntry
+    consumer: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class ParkedEntry:
+    """A journal entry set aside after too many attempts; retried on demand."""
+
+    entry: JournalEntry
+    reason: str
+    parked_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form for the API."""
+        return {
+            **self.entry.to_json(include_body=False),
+            "attempts": self.entry.attempts,
+            "reason": self.reason,
+            "parked_at": iso(self.parked_at),
+        }
+
+
+@dataclass(frozen=True)
+class Pause:
+    """The global pause switch: who turned it on, when and why."""
+
+    by: str
+    at: datetime
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form for the API."""
+        return {
+            "paused": True,
+            "by": self.by,
+            "at": iso(self.at),
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True)
@@ -177,10 +269,8 @@ class Approval:
         }
 
 
-class Store(Protocol):
-    """Journal, decision log and guard state; see the module docstring."""
-
-    # -- journal ------------------------------------------------------------
+class Journal(Protocol):
+    """Accepted payloads, from the 202 until they are decided (or parked)."""
 
     async def append(self, entry: JournalEntry, states: Sequence[AlertState]) -> None:
         """Durably record a payload and its alerts' states.
@@ -189,24 +279,42 @@ class Store(Protocol):
         """
         ...
 
-    async def claim(self, consumer: str, wait: float) -> JournalEntry | None:
-        """Take the next unfinished entry, or one a dead consumer left behind.
+    async def claim(self, consumer: str, wait: float, now: datetime) -> Lease | None:
+        """Take the next pending entry, or one whose lease lapsed before ``now``.
 
-        Waits up to ``wait`` seconds.
+        Waits up to ``wait`` seconds for one. The lease runs until ``now`` plus
+        the configured lease; ``entry.attempts`` counts claims so far.
         """
+        ...
+
+    async def renew(self, lease: Lease, now: datetime) -> Lease | None:
+        """Extend a lease from ``now``; None when it is no longer ours."""
+        ...
+
+    async def release(self, lease: Lease, now: datetime, error: str) -> None:
+        """Hand an entry back at once after a failed attempt (``error`` kept)."""
         ...
 
     async def complete(
         self, entry_id: str, traces: Sequence[Mapping[str, Any]]
     ) -> None:
-        """Record an entry's decisions and mark it done, atomically."""
+        """Record an entry's decisions and mark it done, atomically (once)."""
         ...
 
-    async def record(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """Append decision records that belong to no journal entry.
+    async def park(self, lease: Lease, reason: str, now: datetime) -> None:
+        """Set an entry aside: never claimed again until ``retry_parked``."""
+        ...
 
-        Sink outcomes are recorded this way, under their own ``payload_id``.
-        """
+    async def parked(self, limit: int = 100) -> list[ParkedEntry]:
+        """Parked entries, newest first."""
+        ...
+
+    async def parked_count(self) -> int:
+        """How many entries are parked."""
+        ...
+
+    async def retry_parked(self, entry_id: str, now: datetime) -> bool:
+        """Put a parked entry back in the queue with fresh attempts."""
         ...
 
     async def payload(self, entry_id: str) -> JournalEntry | None:
@@ -217,12 +325,8 @@ class Store(Protocol):
         """Stored payloads, newest first."""
         ...
 
-    async def decisions(self, query: DecisionQuery) -> list[dict[str, Any]]:
-        """Decision records, newest first, filtered."""
-        ...
-
     async def pending(self) -> tuple[int, datetime | None]:
-        """Unfinished entries: how many, and when the oldest was received."""
+        """Unfinished entries (not parked): how many, and the oldest's time."""
         ...
 
     async def prune(self, now: datetime) -> int:
@@ -233,16 +337,62 @@ class Store(Protocol):
         """The latest state recorded for a fingerprint."""
         ...
 
-    # -- exactly once ---------------------------------------------------------
-
     async def seen(self, key: str, ttl: timedelta) -> bool:
-        """Mark a delivery id seen; True if it had been seen already."""
+        """Mark a delivery id seen; True if it had been seen already.
+
+        Delivery de-duplication at the edge and in the sinks, not guard state.
+        """
+        ...
+
+
+class DecisionLog(Protocol):
+    """Decision records: traces of decided alerts, sink outcomes, audit events."""
+
+    async def record(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Append decision records that belong to no journal entry.
+
+        Sink outcomes and pause/unpause audit records are recorded this way,
+        under their own ``payload_id``.
+        """
+        ...
+
+    async def decisions(self, query: DecisionQuery) -> list[dict[str, Any]]:
+        """Decision records, newest first, filtered."""
+        ...
+
+
+class GuardState(Protocol):
+    """The runner's guard state, shared by every replica."""
+
+    async def register(self, incarnation: str, now: datetime, ttl: timedelta) -> None:
+        """Say ``incarnation`` (one process's run) is alive until ``now + ttl``."""
+        ...
+
+    async def retire(self, incarnation: str, now: datetime) -> None:
+        """Mark an incarnation dead (a clean stop)."""
+        ...
+
+    async def recover(self, incarnation: str, now: datetime) -> list[str]:
+        """Release the locks of dead incarnations; return the locks released.
+
+        The SQLite store serves one instance, so every other incarnation is
+        dead once a new one recovers; on Redis an incarnation is dead when it
+        stopped renewing (``register``) before ``now``.
+        """
         ...
 
     async def claim_key(
         self, key: str, owner: str, now: datetime, ttl: timedelta
-    ) -> Claim | None:
-        """Claim an idempotency key atomically; return the existing claim if taken."""
+    ) -> ClaimOutcome:
+        """Claim a run-once key atomically.
+
+        A claim left ``running`` or ``sending`` by a dead incarnation is taken
+        over (``recovered`` names it); an expired claim is free again.
+        """
+        ...
+
+    async def mark_sending(self, key: str, owner: str, now: datetime) -> bool:
+        """Record that the action is about to leave; False if not our claim."""
         ...
 
     async def finish_key(
@@ -251,43 +401,46 @@ class Store(Protocol):
         """Record how a claimed key's remediation ended."""
         ...
 
-    async def release_key(self, key: str) -> None:
-        """Drop a claim that never ran (a guard said no after claiming)."""
+    async def release_key(self, key: str, owner: str) -> None:
+        """Drop our claim that never sent anything (a guard said no after it)."""
         ...
 
-    # -- guards -------------------------------------------------------------
-
-    async def acquire_lock(self, name: str, owner: str, ttl: timedelta) -> Lock | None:
-        """Take a lock if free; None if someone holds it."""
+    async def acquire_lock(
+        self, name: str, owner: str, now: datetime, ttl: timedelta
+    ) -> Lock | None:
+        """Take a lock if free, expired, or held by a dead incarnation."""
         ...
 
-    async def lock_holder(self, name: str) -> str | None:
-        """Who holds a lock, if anyone."""
+    async def renew_lock(
+        self, lock: Lock, now: datetime, ttl: timedelta
+    ) -> Lock | None:
+        """Extend a held lock; None if it is no longer held with this token."""
+        ...
+
+    async def lock_holder(self, name: str, now: datetime) -> str | None:
+        """Who holds a lock at ``now``, if anyone."""
         ...
 
     async def release_lock(self, lock: Lock) -> None:
         """Release a lock, only if still held with the same token."""
         ...
 
-    async def last_run(self, scope: str) -> datetime | None:
-        """When a remediation last ran in ``scope`` (cooldown)."""
+    async def last_run(self, scope: str, now: datetime) -> datetime | None:
+        """When a remediation last ran in ``scope``, if within its cooldown."""
         ...
 
     async def set_last_run(self, scope: str, at: datetime, ttl: timedelta) -> None:
-        """Record a run in ``scope`` for cooldowns."""
+        """Record a run in ``scope`` at ``at``, remembered until ``at + ttl``."""
         ...
 
     async def reserve_budget(
         self, scope: str, limit: int, window: timedelta, now: datetime
-    ) -> int | None:
-        """Atomically take a slot if fewer than ``limit`` runs are in the window.
-
-        Returns the count including this one, or None when spent.
-        """
+    ) -> BudgetSlot | None:
+        """Atomically take a slot if fewer than ``limit`` runs are in the window."""
         ...
 
-    async def release_budget(self, scope: str, now: datetime) -> None:
-        """Give back a slot taken at ``now`` (the run did not happen)."""
+    async def release_budget(self, slot: BudgetSlot) -> None:
+        """Give back exactly this slot (the run did not happen)."""
         ...
 
     async def circuit(self, scope: str) -> Circuit:
@@ -304,7 +457,17 @@ class Store(Protocol):
         """Close a circuit after its cool-off."""
         ...
 
-    # -- approvals ----------------------------------------------------------
+    async def pause(self) -> Pause | None:
+        """The global pause, if on."""
+        ...
+
+    async def set_pause(self, pause: Pause | None) -> None:
+        """Turn the global pause on (a ``Pause``) or off (None)."""
+        ...
+
+
+class Approvals(Protocol):
+    """Remediations waiting for a human."""
 
     async def put_approval(self, approval: Approval) -> Approval:
         """Store an approval request (idempotent per key: returns the existing)."""
@@ -328,7 +491,9 @@ class Store(Protocol):
         """Approvals, newest first."""
         ...
 
-    # -- lifecycle ----------------------------------------------------------
+
+class Store(Journal, DecisionLog, GuardState, Approvals, Protocol):
+    """Everything the receiver keeps; see the module docstring."""
 
     async def ping(self) -> bool:
         """Whether the store can take writes now."""

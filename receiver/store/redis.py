@@ -12,8 +12,18 @@ Key layout (``P`` is the configured prefix; every name after it is the caller's)
                            consumer group ``workers``; an entry is XACKed and
                            XDELed when completed, so XLEN is the unfinished count
     P:payload:{id}         hash: source, received_at, headers (JSON), body,
-                           stream (its stream id), attempts, done; no TTL while
-                           unfinished, ``max_age`` once completed
+                           stream (its stream id), attempts, done, state
+                           (pending|claimed|done|parked), consumer, last_error,
+                           parked_at; no TTL while unfinished, ``max_age`` once
+                           completed
+    P:leases               sorted set of claimed entry ids, score = lease end
+                           (the caller's clock, ms); a lapsed one is reclaimed
+                           with XCLAIM
+    P:parked               sorted set of parked entry ids, score parked_at (ms)
+    P:incarnations         sorted set of worker incarnations, score = alive
+                           until (the caller's clock, ms)
+    P:held:{incarnation}   set of lock names an incarnation took (recovery)
+    P:pause                JSON Pause while the global pause is on
     P:payloads             sorted set of every stored id, score received_at (ms)
     P:finished             sorted set of completed ids, score received_at (ms)
     P:decisions            list of decision records, newest first, capped at
@@ -22,13 +32,13 @@ Key layout (``P`` is the configured prefix; every name after it is the caller's)
                            so pruning by age never decodes JSON; TTL ``max_age``
     P:alert:{fingerprint}  hash: status, starts_at, updated_at; TTL ``max_age``
     P:seen:{key}           "1", SET NX PX ttl
-    P:claim:{key}          JSON Claim, SET NX PX ttl; finishing keeps the TTL
-    P:lock:{name}          "owner|token", SET NX PX ttl
+    P:claim:{key}          JSON Claim with expires_ms; finishing keeps the TTL
+    P:lock:{name}          "owner|token|expires_ms"
     P:fence                INCR counter for lock fencing tokens (never expires:
                            tokens must keep increasing)
-    P:last-run:{scope}     ISO timestamp, PX ttl
+    P:last-run:{scope}     "<ISO timestamp> <expires_ms>"
     P:budget:{scope}       sorted set of runs, score = the caller's ``now`` (ms),
-                           member "<ms>:<random>"; PEXPIRE window
+                           member "<ms>:<random>" (the ``BudgetSlot``)
     P:circuit:{scope}      hash: failures, opened_at; TTL ``max_age``
     P:approval:{id}        hash: key, created_at, expires_at, request (JSON),
                            status, decided_by, decided_at; TTL until expires_at
@@ -41,9 +51,12 @@ so they compare as strings in Lua); scores are epoch milliseconds. Every
 multi-key change is one Lua script, so it is atomic. No command here enumerates
 the keyspace: no KEYS, no SCAN, no FLUSH*.
 
-All journal times come from the caller (the injected clock); only TTLs (locks,
-seen, claims, cooldowns) and the claim lease (the stream's idle time) use
-Redis's own clock.
+Every expiry that decides something (leases, locks, run-once claims,
+cooldowns, budget windows, incarnation liveness) is stored as the caller's time
+and compared with the caller's ``now`` inside the scripts. Keys also get a
+``PXAT`` to collect garbage, never earlier than the caller's deadline (and, if
+the caller's clock lags Redis's, at least the full TTL in Redis's time). Only
+delivery ids (``seen``) use a plain Redis TTL: no guard reads them.
 """
 
 from __future__ import annotations
@@ -66,11 +79,16 @@ from receiver.model import Source
 from receiver.store.base import (
     AlertState,
     Approval,
+    BudgetSlot,
     Circuit,
     Claim,
+    ClaimOutcome,
     DecisionQuery,
     JournalEntry,
+    Lease,
     Lock,
+    ParkedEntry,
+    Pause,
     Retention,
     decision_matches,
 )
@@ -103,7 +121,7 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
                          'received_at', ARGV[3])
   redis.call('HSET', KEYS[2], 'source', ARGV[2], 'received_at', ARGV[3],
              'headers', ARGV[5], 'body', ARGV[6], 'stream', sid,
-             'attempts', '0', 'done', '0')
+             'attempts', '0', 'done', '0', 'state', 'pending')
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 end
 local written = 0
@@ -131,22 +149,9 @@ end
 return written
 """
 
-_DELIVER = """
--- KEYS: journal, payload hash; ARGV: group, stream id
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('XDEL', KEYS[1], ARGV[2])
-  return false
-end
-local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-local attempts = 1
-if pending[1] then attempts = pending[1][4] end
-redis.call('HSET', KEYS[2], 'attempts', attempts)
-return redis.call('HGETALL', KEYS[2])
-"""
-
 _COMPLETE = """
--- KEYS: payload hash, journal, decisions, payload index, finished index
+-- KEYS: payload hash, journal, decisions, payload index, finished index, leases,
+--       parked
 -- ARGV: group, max decisions, ttl ms, entry id, then the records
 if redis.call('HGET', KEYS[1], 'done') == '1' then return 0 end
 for i = 5, #ARGV do redis.call('LPUSH', KEYS[3], ARGV[i]) end
@@ -154,11 +159,13 @@ if #ARGV >= 5 then
   redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[2]) - 1)
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
 end
+redis.call('ZREM', KEYS[6], ARGV[4])
+redis.call('ZREM', KEYS[7], ARGV[4])
 local sid = redis.call('HGET', KEYS[1], 'stream')
 if sid then
   redis.call('XACK', KEYS[2], ARGV[1], sid)
   redis.call('XDEL', KEYS[2], sid)
-  redis.call('HSET', KEYS[1], 'done', '1')
+  redis.call('HSET', KEYS[1], 'done', '1', 'state', 'done')
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   local score = redis.call('ZSCORE', KEYS[4], ARGV[4])
   if score then redis.call('ZADD', KEYS[5], score, ARGV[4]) end
@@ -186,9 +193,156 @@ end
 return {dropped, pops}
 """
 
-_CLAIM_KEY = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
-return redis.call('GET', KEYS[1])
+_GC = """
+local function gc_at(expires, now)
+  local t = redis.call('TIME')
+  local here = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return math.max(expires, here + (expires - now))
+end
+"""
+
+_DELIVER = """
+-- KEYS: journal, payload hash, leases; ARGV: group, stream id, consumer,
+--       lease end ms, entry id
+local state = redis.call('HGET', KEYS[2], 'state')
+if redis.call('EXISTS', KEYS[2]) == 0 or state == 'done' or state == 'parked' then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
+  return false
+end
+if state == 'claimed' and redis.call('HGET', KEYS[2], 'consumer') ~= ARGV[3] then
+  return false  -- someone else's lease: never taken this way
+end
+redis.call('HSET', KEYS[2], 'state', 'claimed', 'consumer', ARGV[3])
+redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+return redis.call('HGETALL', KEYS[2])
+"""
+
+_READ_NEW = """
+-- KEYS: journal, leases; ARGV: group, consumer, lease end ms, payload key prefix
+-- Reading and leasing are one step: a crash between them cannot leave an
+-- entry delivered but unleased. (The payload key is built here from the
+-- message: like the other multi-key scripts, this needs one Redis, not a
+-- cluster.)
+for _ = 1, 10 do
+  local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1,
+                           'STREAMS', KEYS[1], '>')
+  if not reply then return false end
+  local message = reply[1][2][1]
+  local sid, fields, id = message[1], message[2], ''
+  for i = 1, #fields, 2 do
+    if fields[i] == 'id' then id = fields[i + 1] end
+  end
+  local hash = ARGV[4] .. id
+  local state = redis.call('HGET', hash, 'state')
+  if redis.call('EXISTS', hash) == 0 or state == 'done' or state == 'parked' then
+    redis.call('XACK', KEYS[1], ARGV[1], sid)
+    redis.call('XDEL', KEYS[1], sid)
+  else
+    redis.call('HSET', hash, 'state', 'claimed', 'consumer', ARGV[2])
+    redis.call('HINCRBY', hash, 'attempts', 1)
+    redis.call('ZADD', KEYS[2], ARGV[3], id)
+    local out = redis.call('HGETALL', hash)
+    table.insert(out, '__id')
+    table.insert(out, id)
+    return out
+  end
+end
+return false
+"""
+
+_TAKEOVER = """
+-- KEYS: journal, leases, payload hash
+-- ARGV: group, consumer, now ms, lease end ms, entry id
+local score = redis.call('ZSCORE', KEYS[2], ARGV[5])
+if not score or tonumber(score) >= tonumber(ARGV[3]) then return false end
+if redis.call('HGET', KEYS[3], 'state') ~= 'claimed' then
+  redis.call('ZREM', KEYS[2], ARGV[5])
+  return false
+end
+local sid = redis.call('HGET', KEYS[3], 'stream')
+if sid then redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, sid) end
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+redis.call('HSET', KEYS[3], 'consumer', ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'attempts', 1)
+return redis.call('HGETALL', KEYS[3])
+"""
+
+_RENEW = """
+-- KEYS: leases, payload hash; ARGV: entry id, consumer, lease end ms, error
+-- (ARGV[4] present: a release, the lease ends at once and the error is kept)
+if redis.call('HGET', KEYS[2], 'state') ~= 'claimed' then return 0 end
+if redis.call('HGET', KEYS[2], 'consumer') ~= ARGV[2] then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+if ARGV[4] then
+  redis.call('HSET', KEYS[2], 'last_error', ARGV[4], 'consumer', '')
+end
+return 1
+"""
+
+_PARK = """
+-- KEYS: journal, payload hash, leases, parked
+-- ARGV: group, entry id, reason, parked_at ISO, parked_at ms
+local state = redis.call('HGET', KEYS[2], 'state')
+if state ~= 'claimed' and state ~= 'pending' then return 0 end
+local sid = redis.call('HGET', KEYS[2], 'stream')
+if sid then
+  redis.call('XACK', KEYS[1], ARGV[1], sid)
+  redis.call('XDEL', KEYS[1], sid)
+end
+redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[2], 'state', 'parked', 'last_error', ARGV[3],
+           'parked_at', ARGV[4], 'consumer', '')
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[2])
+return 1
+"""
+
+_RETRY_PARKED = """
+-- KEYS: journal, payload hash, parked; ARGV: entry id
+if redis.call('HGET', KEYS[2], 'state') ~= 'parked' then return 0 end
+local sid = redis.call('XADD', KEYS[1], '*', 'id', ARGV[1], 'received_at',
+                       redis.call('HGET', KEYS[2], 'received_at'))
+redis.call('HSET', KEYS[2], 'state', 'pending', 'attempts', '0', 'stream', sid,
+           'parked_at', '')
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+"""
+
+_CLAIM_KEY = (
+    _GC
+    + """
+-- KEYS: claim, incarnations; ARGV: claim JSON, now ms, expires ms
+local raw = redis.call('GET', KEYS[1])
+local recovered = ''
+if raw then
+  local c = cjson.decode(raw)
+  local live = tonumber(c['expires_ms'] or '9e18') >= tonumber(ARGV[2])
+  local orphan = false
+  if c['status'] == 'running' or c['status'] == 'sending' then
+    local score = redis.call('ZSCORE', KEYS[2], c['owner'])
+    orphan = score ~= false and tonumber(score) < tonumber(ARGV[2])
+  end
+  if live and not orphan then return {0, raw} end
+  if orphan then recovered = raw end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT',
+           gc_at(tonumber(ARGV[3]), tonumber(ARGV[2])))
+return {1, recovered}
+"""
+)
+
+_MARK_SENDING = """
+-- KEYS: claim; ARGV: owner, at
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local claim = cjson.decode(raw)
+if claim['owner'] ~= ARGV[1] then return 0 end
+if claim['status'] ~= 'running' and claim['status'] ~= 'sending' then return 0 end
+claim['status'] = 'sending'
+claim['at'] = ARGV[2]
+redis.call('SET', KEYS[1], cjson.encode(claim), 'XX', 'KEEPTTL')
+return 1
 """
 
 _FINISH_KEY = """
@@ -203,34 +357,101 @@ redis.call('SET', KEYS[1], cjson.encode(claim), 'XX', 'KEEPTTL')
 return 1
 """
 
-_ACQUIRE_LOCK = """
--- KEYS: lock, fence counter; ARGV: owner, ttl ms
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+_RELEASE_KEY = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local claim = cjson.decode(raw)
+if claim['owner'] ~= ARGV[1] or claim['status'] ~= 'running' then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+
+_LOCK_VALUE = """
+local function parse(v)
+  local owner, token, expires = string.match(v, '^(.*)|(%d+)|(%d+)$')
+  if owner then return owner, token, tonumber(expires) end
+  owner, token = string.match(v, '^(.*)|(%d+)$')
+  return owner, token, 9e18
+end
+"""
+
+_ACQUIRE_LOCK = (
+    _GC
+    + _LOCK_VALUE
+    + """
+-- KEYS: lock, fence counter, incarnations, the owner's held set
+-- ARGV: owner, now ms, expires ms, lock name
+local v = redis.call('GET', KEYS[1])
+if v then
+  local owner, _, expires = parse(v)
+  local score = redis.call('ZSCORE', KEYS[3], owner)
+  local dead = score ~= false and tonumber(score) < tonumber(ARGV[2])
+  if expires >= tonumber(ARGV[2]) and not dead then return false end
+end
 local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+local at = gc_at(tonumber(ARGV[3]), tonumber(ARGV[2]))
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token .. '|' .. ARGV[3], 'PXAT', at)
+redis.call('SADD', KEYS[4], ARGV[4])
+redis.call('PEXPIREAT', KEYS[4], at)
 return token
 """
+)
+
+_RENEW_LOCK = (
+    _GC
+    + _LOCK_VALUE
+    + """
+-- KEYS: lock, held set; ARGV: owner, token, now ms, expires ms
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local owner, token = parse(v)
+if owner ~= ARGV[1] or token ~= ARGV[2] then return 0 end
+local at = gc_at(tonumber(ARGV[4]), tonumber(ARGV[3]))
+redis.call('SET', KEYS[1], owner .. '|' .. token .. '|' .. ARGV[4], 'PXAT', at)
+redis.call('PEXPIREAT', KEYS[2], at)
+return 1
+"""
+)
+
+_RELEASE_LOCK = (
+    _LOCK_VALUE
+    + """
+-- KEYS: lock; ARGV: owner, token ('' for any token of this owner)
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local owner, token = parse(v)
+if owner ~= ARGV[1] or (ARGV[2] ~= '' and token ~= ARGV[2]) then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+)
 
 _DELETE_IF_EQUAL = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-_RESERVE_BUDGET = """
--- KEYS: budget; ARGV: now ms, window start ms, limit, member, window ms
+_SET_LAST_RUN = (
+    _GC
+    + """
+-- KEYS: last-run; ARGV: value, at ms, expires ms
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT',
+           gc_at(tonumber(ARGV[3]), tonumber(ARGV[2])))
+return 1
+"""
+)
+
+_RESERVE_BUDGET = (
+    _GC
+    + """
+-- KEYS: budget; ARGV: now ms, window start ms, limit, member, window end ms
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
 local used = redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[2], ARGV[1])
 if used >= tonumber(ARGV[3]) then return false end
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local at = gc_at(tonumber(ARGV[5]), tonumber(ARGV[1]))
+redis.call('PEXPIREAT', KEYS[1], at)
 return used + 1
 """
-
-_RELEASE_BUDGET = """
-local taken = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1], 'LIMIT', 0, 1)
-if taken[1] then return redis.call('ZREM', KEYS[1], taken[1]) end
-return 0
-"""
+)
 
 _RECORD_OUTCOME = """
 -- KEYS: circuit; ARGV: ok ('1' or '0'), threshold, now, ttl ms
@@ -403,9 +624,22 @@ class RedisStore:
         self._finished = self._key("finished")
         self._decisions = self._key("decisions")
         self._approvals = self._key("approvals")
+        self._leases = self._key("leases")
+        self._parked = self._key("parked")
+        self._incarnations = self._key("incarnations")
         script = client.register_script
         self._append_script = script(_APPEND)
         self._deliver_script = script(_DELIVER)
+        self._read_new_script = script(_READ_NEW)
+        self._takeover_script = script(_TAKEOVER)
+        self._renew_script = script(_RENEW)
+        self._park_script = script(_PARK)
+        self._retry_parked_script = script(_RETRY_PARKED)
+        self._mark_sending_script = script(_MARK_SENDING)
+        self._release_key_script = script(_RELEASE_KEY)
+        self._renew_lock_script = script(_RENEW_LOCK)
+        self._release_lock_script = script(_RELEASE_LOCK)
+        self._set_last_run_script = script(_SET_LAST_RUN)
         self._complete_script = script(_COMPLETE)
         self._prune_decisions_script = script(_PRUNE_DECISIONS)
         self._claim_key_script = script(_CLAIM_KEY)
@@ -413,7 +647,6 @@ class RedisStore:
         self._acquire_lock_script = script(_ACQUIRE_LOCK)
         self._delete_if_equal_script = script(_DELETE_IF_EQUAL)
         self._reserve_budget_script = script(_RESERVE_BUDGET)
-        self._release_budget_script = script(_RELEASE_BUDGET)
         self._record_outcome_script = script(_RECORD_OUTCOME)
         self._put_approval_script = script(_PUT_APPROVAL)
         self._decide_approval_script = script(_DECIDE_APPROVAL)
@@ -480,18 +713,23 @@ class RedisStore:
             await self._ensure_group()
             await self._append_script(keys=keys, args=args)
 
-    async def claim(self, consumer: str, wait: float) -> JournalEntry | None:  # noqa: D102
+    async def claim(  # noqa: D102
+        self, consumer: str, wait: float, now: datetime
+    ) -> Lease | None:
         deadline = time.monotonic() + max(wait, 0.0)
+        until = now + self.retention.lease
         with self._reachable("claim a journal entry"):
             await self._ensure_group()
             recreated = False
             while True:
                 try:
-                    message = await self._own_pending(consumer)
-                    if message is None:
-                        message = await self._reclaim(consumer)
-                    if message is None:
-                        message = await self._read_new(consumer, deadline)
+                    entry = await self._own_pending(consumer, until)
+                    if entry is None:
+                        entry = await self._reclaim(consumer, now, until)
+                    if entry is None:
+                        entry = await self._read_new(consumer, until, deadline)
+                        if entry is None:
+                            return None
                 except redis.exceptions.ResponseError as exc:
                     # The stream or group was deleted under us: recreate it once.
                     if "NOGROUP" not in str(exc) or recreated:
@@ -499,15 +737,9 @@ class RedisStore:
                     await self._ensure_group(again=True)
                     recreated = True
                     continue
-                if message is None:
-                    return None
-                entry = await self._deliver(*message)
-                if entry is not None:
-                    return entry
+                return Lease(entry, consumer, until)
 
-    async def _own_pending(
-        self, consumer: str
-    ) -> tuple[bytes, dict[bytes, bytes] | None] | None:
+    async def _own_pending(self, consumer: str, until: datetime) -> JournalEntry | None:
         """An entry delivered to this consumer but never completed.
 
         A consumer claims one entry at a time and completes it before claiming
@@ -522,62 +754,62 @@ class RedisStore:
         # An entry trimmed from the stream but still pending comes back empty.
         if message is None or message[1] is None or not message[1]:
             return None
-        return message
+        return await self._deliver(consumer, until, *message)
 
     async def _reclaim(
-        self, consumer: str
-    ) -> tuple[bytes, dict[bytes, bytes] | None] | None:
-        """Take over an entry whose consumer held it longer than the lease."""
-        lease_ms = _ttl_ms(self.retention.lease)
-        start: bytes | str = "0-0"
+        self, consumer: str, now: datetime, until: datetime
+    ) -> JournalEntry | None:
+        """Take over an entry whose lease lapsed before ``now`` (caller's clock)."""
         for _ in range(RECLAIM_CALLS):
-            reply = await self._redis.xautoclaim(
-                self._journal,
-                self._group,
-                consumer,
-                min_idle_time=lease_ms,
-                start_id=start,
-                count=1,
+            due = _members(
+                await self._redis.zrangebyscore(
+                    self._leases, "-inf", f"({_ms(now)}", start=0, num=1
+                )
             )
-            cursor, claimed = reply[0], reply[1]
-            for stream_id, fields in claimed:
-                if stream_id is not None:
-                    return stream_id, fields
-            if _str(cursor) == "0-0":
+            if not due:
                 return None
-            start = cursor
+            reply = await self._takeover_script(
+                keys=[self._journal, self._leases, self._key("payload", due[0])],
+                args=[self._group, consumer, _ms(now), _ms(until), due[0]],
+            )
+            if reply:
+                return self._entry(due[0], _pairs(reply))
         return None
 
     async def _read_new(
-        self, consumer: str, deadline: float
-    ) -> tuple[bytes, dict[bytes, bytes] | None] | None:
-        """Read the next undelivered entry, blocking until ``deadline``."""
+        self, consumer: str, until: datetime, deadline: float
+    ) -> JournalEntry | None:
+        """Read and lease the next undelivered entry, waiting until ``deadline``."""
         while True:
+            reply = await self._read_new_script(
+                keys=[self._journal, self._leases],
+                args=[self._group, consumer, _ms(until), self._key("payload", "")],
+            )
+            if reply:
+                fields = _pairs(reply)
+                return self._entry(_str(fields.pop("__id")), fields)
             remaining = deadline - time.monotonic()
-            block = (
-                None
-                if remaining <= 0
-                else max(1, int(min(remaining, self._block_chunk) * 1000))
-            )
-            reply = await self._redis.xreadgroup(
-                self._group, consumer, {self._journal: ">"}, count=1, block=block
-            )
-            message = _first_message(reply)
-            if message is not None:
-                return message
-            if block is None or time.monotonic() >= deadline:
+            if remaining <= 0:
                 return None
+            # Wake up when something is appended (or after a short while: an
+            # entry appended between the script and this wait is read then).
+            block = max(1, int(min(remaining, self._block_chunk, 0.25) * 1000))
+            await self._redis.xread({self._journal: "$"}, count=1, block=block)
 
     async def _deliver(
-        self, stream_id: bytes, fields: dict[bytes, bytes] | None
+        self,
+        consumer: str,
+        until: datetime,
+        stream_id: bytes,
+        fields: dict[bytes, bytes] | None,
     ) -> JournalEntry | None:
-        """Load a claimed entry and record its delivery count as ``attempts``."""
+        """Load a delivered entry, start its lease and count the attempt."""
         entry_id = _str(fields.get(b"id", b"")) if fields else ""
         reply = await self._deliver_script(
-            keys=[self._journal, self._key("payload", entry_id)],
-            args=[self._group, stream_id],
+            keys=[self._journal, self._key("payload", entry_id), self._leases],
+            args=[self._group, stream_id, consumer, _ms(until), entry_id],
         )
-        # No payload (deleted by hand): the script dropped the orphan entry.
+        # No payload (deleted by hand), or finished: the script dropped it.
         return self._entry(entry_id, _pairs(reply)) if reply else None
 
     @staticmethod
@@ -590,6 +822,77 @@ class RedisStore:
             headers=json.loads(fields["headers"]),
             attempts=int(fields.get("attempts", b"0")),
         )
+
+    async def renew(self, lease: Lease, now: datetime) -> Lease | None:  # noqa: D102
+        until = now + self.retention.lease
+        with self._reachable("renew a lease"):
+            ok = await self._renew_script(
+                keys=[self._leases, self._key("payload", lease.entry.id)],
+                args=[lease.entry.id, lease.consumer, _ms(until)],
+            )
+        return Lease(lease.entry, lease.consumer, until) if ok else None
+
+    async def release(  # noqa: D102
+        self, lease: Lease, now: datetime, error: str
+    ) -> None:
+        # The lease ends at once: the next claim takes the entry over.
+        with self._reachable("release a lease"):
+            await self._renew_script(
+                keys=[self._leases, self._key("payload", lease.entry.id)],
+                args=[lease.entry.id, lease.consumer, 0, error[:2000]],
+            )
+        del now
+
+    async def park(  # noqa: D102
+        self, lease: Lease, reason: str, now: datetime
+    ) -> None:
+        with self._reachable("park a journal entry"):
+            await self._park_script(
+                keys=[
+                    self._journal,
+                    self._key("payload", lease.entry.id),
+                    self._leases,
+                    self._parked,
+                ],
+                args=[self._group, lease.entry.id, reason[:2000], _iso(now), _ms(now)],
+            )
+
+    async def parked(self, limit: int = 100) -> list[ParkedEntry]:  # noqa: D102
+        if limit <= 0:
+            return []
+        with self._reachable("list parked entries"):
+            ids = _members(await self._redis.zrevrange(self._parked, 0, limit - 1))
+            pipe = self._redis.pipeline(transaction=False)
+            for entry_id in ids:
+                pipe.hgetall(self._key("payload", entry_id))
+            replies = await pipe.execute()
+        out = []
+        for entry_id, raw in zip(ids, replies, strict=True):
+            fields = _hash(raw)
+            if not fields:
+                continue
+            out.append(
+                ParkedEntry(
+                    self._entry(entry_id, fields),
+                    _str(fields.get("last_error", b"")),
+                    datetime.fromisoformat(_str(fields["parked_at"])),
+                )
+            )
+        return out
+
+    async def parked_count(self) -> int:  # noqa: D102
+        with self._reachable("count parked entries"):
+            return int(await self._redis.zcard(self._parked))
+
+    async def retry_parked(self, entry_id: str, now: datetime) -> bool:  # noqa: D102
+        del now
+        with self._reachable("retry a parked entry"):
+            await self._ensure_group()
+            done = await self._retry_parked_script(
+                keys=[self._journal, self._key("payload", entry_id), self._parked],
+                args=[entry_id],
+            )
+        return bool(done)
 
     async def complete(  # noqa: D102
         self, entry_id: str, traces: Sequence[Mapping[str, Any]]
@@ -604,6 +907,8 @@ class RedisStore:
             self._decisions,
             self._payloads,
             self._finished,
+            self._leases,
+            self._parked,
         ]
         args: list[str | int] = [
             self._group,
@@ -734,7 +1039,7 @@ class RedisStore:
             updated_at=datetime.fromisoformat(_str(fields["updated_at"])),
         )
 
-    # -- exactly once ---------------------------------------------------------
+    # -- delivery ids -------------------------------------------------------
 
     async def seen(self, key: str, ttl: timedelta) -> bool:  # noqa: D102
         with self._reachable("record a delivery id"):
@@ -743,31 +1048,96 @@ class RedisStore:
             )
         return not created
 
+    # -- incarnations ---------------------------------------------------------
+
+    async def register(  # noqa: D102
+        self, incarnation: str, now: datetime, ttl: timedelta
+    ) -> None:
+        with self._reachable("register an incarnation"):
+            await self._redis.zadd(self._incarnations, {incarnation: _ms(now + ttl)})
+
+    async def retire(self, incarnation: str, now: datetime) -> None:  # noqa: D102
+        with self._reachable("retire an incarnation"):
+            await self._redis.zadd(self._incarnations, {incarnation: _ms(now) - 1})
+
+    async def recover(self, incarnation: str, now: datetime) -> list[str]:  # noqa: D102
+        released: list[str] = []
+        with self._reachable("recover a dead incarnation's locks"):
+            dead = _members(
+                await self._redis.zrangebyscore(
+                    self._incarnations, "-inf", f"({_ms(now)}", start=0, num=1000
+                )
+            )
+            for owner in dead:
+                if owner == incarnation:
+                    continue
+                held = self._key("held", owner)
+                names = sorted(_members(list(await self._redis.smembers(held))))
+                for name in names:
+                    if await self._release_lock_script(
+                        keys=[self._key("lock", name)], args=[owner, ""]
+                    ):
+                        released.append(name)  # noqa: PERF401 (awaits in between)
+                await self._redis.delete(held)
+            # Forget incarnations dead for a day: their claims have been
+            # recovered or have expired by then.
+            await self._redis.zremrangebyscore(
+                self._incarnations, "-inf", f"({_ms(now) - 86_400_000}"
+            )
+        return sorted(released)
+
+    # -- run-once keys ----------------------------------------------------------
+
+    @staticmethod
+    def _claim(raw: bytes | str) -> Claim:
+        data = json.loads(raw)
+        expires = data.get("expires_ms")
+        return Claim(
+            key=data["key"],
+            owner=data["owner"],
+            status=data["status"],
+            at=datetime.fromisoformat(data["at"]),
+            detail=data.get("detail", ""),
+            expires_at=(
+                datetime.fromtimestamp(int(expires) / 1000, UTC) if expires else None
+            ),
+        )
+
     async def claim_key(  # noqa: D102
         self, key: str, owner: str, now: datetime, ttl: timedelta
-    ) -> Claim | None:
+    ) -> ClaimOutcome:
+        expires = _ms(now + ttl)
         claim = {
             "key": key,
             "owner": owner,
             "status": "running",
             "at": _iso(now),
             "detail": "",
+            "expires_ms": str(expires),
         }
+        raw = json.dumps(claim)
         with self._reachable("claim an idempotency key"):
-            existing = await self._claim_key_script(
-                keys=[self._key("claim", key)],
-                args=[json.dumps(claim), _ttl_ms(ttl)],
+            won, other = await self._claim_key_script(
+                keys=[self._key("claim", key), self._incarnations],
+                args=[raw, _ms(now), expires],
             )
-        if existing is None:
-            return None
-        data = json.loads(existing)
-        return Claim(
-            key=key,
-            owner=data["owner"],
-            status=data["status"],
-            at=datetime.fromisoformat(data["at"]),
-            detail=data.get("detail", ""),
+        if not int(won):
+            return ClaimOutcome(won=False, holder=self._claim(other))
+        return ClaimOutcome(
+            won=True,
+            holder=self._claim(raw),
+            recovered=self._claim(other) if other else None,
         )
+
+    async def mark_sending(  # noqa: D102
+        self, key: str, owner: str, now: datetime
+    ) -> bool:
+        with self._reachable("mark a remediation as sending"):
+            return bool(
+                await self._mark_sending_script(
+                    keys=[self._key("claim", key)], args=[owner, _iso(now)]
+                )
+            )
 
     async def finish_key(  # noqa: D102
         self, key: str, status: Literal["done", "failed"], detail: str, now: datetime
@@ -777,60 +1147,110 @@ class RedisStore:
                 keys=[self._key("claim", key)], args=[status, detail, _iso(now)]
             )
 
-    async def release_key(self, key: str) -> None:  # noqa: D102
+    async def release_key(self, key: str, owner: str) -> None:  # noqa: D102
         with self._reachable("release an idempotency key"):
-            await self._redis.delete(self._key("claim", key))
+            await self._release_key_script(keys=[self._key("claim", key)], args=[owner])
 
     # -- guards -------------------------------------------------------------
 
     async def acquire_lock(  # noqa: D102
-        self, name: str, owner: str, ttl: timedelta
+        self, name: str, owner: str, now: datetime, ttl: timedelta
     ) -> Lock | None:
+        expires = _ms(now + ttl)
         with self._reachable("take a lock"):
             token = await self._acquire_lock_script(
-                keys=[self._key("lock", name), self._key("fence")],
-                args=[owner, _ttl_ms(ttl)],
+                keys=[
+                    self._key("lock", name),
+                    self._key("fence"),
+                    self._incarnations,
+                    self._key("held", owner),
+                ],
+                args=[owner, _ms(now), expires, name],
             )
-        return None if token is None else Lock(name, owner, int(token))
+        return None if token is None else Lock(name, owner, int(token), now + ttl)
 
-    async def lock_holder(self, name: str) -> str | None:  # noqa: D102
+    async def renew_lock(  # noqa: D102
+        self, lock: Lock, now: datetime, ttl: timedelta
+    ) -> Lock | None:
+        with self._reachable("renew a lock"):
+            ok = await self._renew_lock_script(
+                keys=[self._key("lock", lock.name), self._key("held", lock.owner)],
+                args=[lock.owner, lock.token, _ms(now), _ms(now + ttl)],
+            )
+        return Lock(lock.name, lock.owner, lock.token, now + ttl) if ok else None
+
+    async def lock_holder(self, name: str, now: datetime) -> str | None:  # noqa: D102
         with self._reachable("read a lock"):
             value = await self._redis.get(self._key("lock", name))
-        return _str(value).rpartition("|")[0] if value is not None else None
+        if value is None:
+            return None
+        owner, _, rest = _str(value).rpartition("|")
+        if "|" in owner:  # "owner|token|expires_ms"
+            owner = owner.rpartition("|")[0]
+            if int(rest) < _ms(now):
+                return None
+        return owner
 
     async def release_lock(self, lock: Lock) -> None:  # noqa: D102
         with self._reachable("release a lock"):
-            await self._delete_if_equal_script(
-                keys=[self._key("lock", lock.name)],
-                args=[f"{lock.owner}|{lock.token}"],
+            await self._release_lock_script(
+                keys=[self._key("lock", lock.name)], args=[lock.owner, lock.token]
             )
 
-    async def last_run(self, scope: str) -> datetime | None:  # noqa: D102
+    async def last_run(self, scope: str, now: datetime) -> datetime | None:  # noqa: D102
         with self._reachable("read a cooldown"):
-            return _parse(await self._redis.get(self._key("last-run", scope)))
+            value = await self._redis.get(self._key("last-run", scope))
+        if value is None:
+            return None
+        at, _, expires = _str(value).partition(" ")
+        if expires and int(expires) < _ms(now):
+            return None
+        return _parse(at)
 
     async def set_last_run(self, scope: str, at: datetime, ttl: timedelta) -> None:  # noqa: D102
+        expires = _ms(at + ttl)
         with self._reachable("record a cooldown"):
-            await self._redis.set(
-                self._key("last-run", scope), _iso(at), px=_ttl_ms(ttl)
+            await self._set_last_run_script(
+                keys=[self._key("last-run", scope)],
+                args=[f"{_iso(at)} {expires}", _ms(at), expires],
             )
 
     async def reserve_budget(  # noqa: D102
         self, scope: str, limit: int, window: timedelta, now: datetime
-    ) -> int | None:
+    ) -> BudgetSlot | None:
         now_ms = _ms(now)
         member = f"{now_ms}:{uuid.uuid4().hex}"
         with self._reachable("reserve a budget slot"):
             count = await self._reserve_budget_script(
                 keys=[self._key("budget", scope)],
-                args=[now_ms, _ms(now - window), limit, member, _ttl_ms(window)],
+                args=[now_ms, _ms(now - window), limit, member, _ms(now + window)],
             )
-        return None if count is None else int(count)
+        if count is None:
+            return None
+        return BudgetSlot(scope, member, now, int(count))
 
-    async def release_budget(self, scope: str, now: datetime) -> None:  # noqa: D102
+    async def release_budget(self, slot: BudgetSlot) -> None:  # noqa: D102
         with self._reachable("release a budget slot"):
-            await self._release_budget_script(
-                keys=[self._key("budget", scope)], args=[_ms(now)]
+            await self._redis.zrem(self._key("budget", slot.scope), slot.slot)
+
+    async def pause(self) -> Pause | None:  # noqa: D102
+        with self._reachable("read the pause switch"):
+            raw = await self._redis.get(self._key("pause"))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return Pause(data["by"], datetime.fromisoformat(data["at"]), data["reason"])
+
+    async def set_pause(self, pause: Pause | None) -> None:  # noqa: D102
+        with self._reachable("set the pause switch"):
+            if pause is None:
+                await self._redis.delete(self._key("pause"))
+                return
+            await self._redis.set(
+                self._key("pause"),
+                json.dumps(
+                    {"by": pause.by, "at": _iso(pause.at), "reason": pause.reason}
+                ),
             )
 
     async def circuit(self, scope: str) -> Circuit:  # noqa: D102

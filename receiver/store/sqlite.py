@@ -29,11 +29,16 @@ from receiver.model import iso
 from receiver.store.base import (
     AlertState,
     Approval,
+    BudgetSlot,
     Circuit,
     Claim,
+    ClaimOutcome,
     DecisionQuery,
     JournalEntry,
+    Lease,
     Lock,
+    ParkedEntry,
+    Pause,
     Retention,
     decision_matches,
     newer_state,
@@ -53,7 +58,10 @@ CREATE TABLE IF NOT EXISTS journal (
     consumer TEXT,
     claimed_at REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    done_at TEXT
+    done_at TEXT,
+    lease_until REAL,
+    last_error TEXT NOT NULL DEFAULT '',
+    parked_at TEXT
 );
 CREATE INDEX IF NOT EXISTS journal_state ON journal(state, id);
 -- (state, rowid): the next entry to claim, in arrival order, without a sort
@@ -82,12 +90,14 @@ CREATE TABLE IF NOT EXISTS claims (
     detail TEXT NOT NULL DEFAULT '',
     expires_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS claims_owner ON claims(owner, status);
 CREATE TABLE IF NOT EXISTS locks (
     name TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
     token INTEGER NOT NULL,
     expires_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS locks_owner ON locks(owner);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS last_run (
     scope TEXT PRIMARY KEY, at TEXT NOT NULL, expires_at REAL NOT NULL
@@ -95,6 +105,10 @@ CREATE TABLE IF NOT EXISTS last_run (
 CREATE TABLE IF NOT EXISTS budget (
     id INTEGER PRIMARY KEY AUTOINCREMENT, scope TEXT NOT NULL, at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS incarnations (
+    id TEXT PRIMARY KEY, alive_until REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS budget_scope ON budget(scope, at);
 CREATE TABLE IF NOT EXISTS circuit (
     scope TEXT PRIMARY KEY, failures INTEGER NOT NULL, opened_at TEXT
@@ -136,20 +150,34 @@ class SqliteStore:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._migrate()
         self._db.executescript(SCHEMA)
         # Single instance: whatever a previous process had claimed is ours now.
         # Only the process that decides (not an edge beside a live worker
         # process, ``reclaim=False``) may hand claims back.
         if reclaim:
             self._db.execute(
-                "UPDATE journal SET state='pending', consumer=NULL "
-                "WHERE state='claimed'"
+                "UPDATE journal SET state='pending', consumer=NULL, "
+                "lease_until=NULL WHERE state='claimed'"
             )
         self._lock = threading.Lock()
         self._wakeup = asyncio.Event()
         # Group commit: calls queued while a batch is in its transaction.
         self._queue: list[_Call] = []
         self._flusher: asyncio.Task[None] | None = None
+
+    def _migrate(self) -> None:
+        """Add the columns a store file written by an older version lacks."""
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(journal)")}
+        if not cols:
+            return
+        for name, kind in (
+            ("lease_until", "REAL"),
+            ("last_error", "TEXT NOT NULL DEFAULT ''"),
+            ("parked_at", "TEXT"),
+        ):
+            if name not in cols:
+                self._db.execute(f"ALTER TABLE journal ADD COLUMN {name} {kind}")
 
     def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailableError:
         error = StoreUnavailableError(
@@ -298,23 +326,25 @@ class SqliteStore:
             attempts=row["attempts"],
         )
 
-    async def claim(self, consumer: str, wait: float) -> JournalEntry | None:  # noqa: D102
+    async def claim(  # noqa: D102
+        self, consumer: str, wait: float, now: datetime
+    ) -> Lease | None:
         deadline = time.monotonic() + wait
-        lease = self.retention.lease.total_seconds()
+        lease = self.retention.lease
+        until = now + lease
 
         def take(db: sqlite3.Connection) -> JournalEntry | None:
-            now = time.time()
-            # The earlier of (first pending, first expired claim), each one
+            # The earlier of (first pending, first lapsed lease), each one
             # search of journal_queue: an OR here sorted the whole backlog.
             row = db.execute(
                 "UPDATE journal SET state='claimed', consumer=?, claimed_at=?, "
-                "attempts=attempts+1 WHERE rowid = (SELECT r FROM ("
+                "lease_until=?, attempts=attempts+1 WHERE rowid = (SELECT r FROM ("
                 "SELECT r FROM (SELECT rowid AS r FROM journal WHERE "
                 "state='pending' ORDER BY rowid LIMIT 1) UNION ALL "
                 "SELECT r FROM (SELECT rowid AS r FROM journal WHERE "
-                "state='claimed' AND claimed_at < ? ORDER BY rowid LIMIT 1)"
+                "state='claimed' AND lease_until < ? ORDER BY rowid LIMIT 1)"
                 ") ORDER BY r LIMIT 1) RETURNING *",
-                (consumer, now, now - lease),
+                (consumer, _epoch(now), _epoch(until), _epoch(now)),
             ).fetchone()
             return self._entry(row) if row is not None else None
 
@@ -322,18 +352,96 @@ class SqliteStore:
             self._wakeup.clear()
             entry = await self._run(take)
             if entry is not None:
-                return entry
+                return Lease(entry, consumer, until)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), min(remaining, 0.25))
 
+    async def renew(self, lease: Lease, now: datetime) -> Lease | None:  # noqa: D102
+        until = now + self.retention.lease
+
+        def write(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "UPDATE journal SET lease_until=? WHERE id=? AND state='claimed' "
+                "AND consumer=?",
+                (_epoch(until), lease.entry.id, lease.consumer),
+            )
+            return cur.rowcount == 1
+
+        renewed = await self._run(write)
+        return Lease(lease.entry, lease.consumer, until) if renewed else None
+
+    async def release(  # noqa: D102
+        self, lease: Lease, now: datetime, error: str
+    ) -> None:
+        del now
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE journal SET state='pending', consumer=NULL, lease_until=NULL, "
+                "last_error=? WHERE id=? AND state='claimed' AND consumer=?",
+                (error[:2000], lease.entry.id, lease.consumer),
+            )
+        )
+        self._wakeup.set()
+
+    async def park(  # noqa: D102
+        self, lease: Lease, reason: str, now: datetime
+    ) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE journal SET state='parked', consumer=NULL, lease_until=NULL, "
+                "last_error=?, parked_at=? WHERE id=? AND state IN "
+                "('claimed', 'pending')",
+                (reason[:2000], now.isoformat(), lease.entry.id),
+            )
+        )
+
+    async def parked(self, limit: int = 100) -> list[ParkedEntry]:  # noqa: D102
+        def read(db: sqlite3.Connection) -> list[ParkedEntry]:
+            rows = db.execute(
+                "SELECT * FROM journal WHERE state='parked' ORDER BY parked_at DESC, "
+                "rowid DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [
+                ParkedEntry(
+                    self._entry(r),
+                    r["last_error"],
+                    datetime.fromisoformat(r["parked_at"]),
+                )
+                for r in rows
+            ]
+
+        return await self._run(read)
+
+    async def parked_count(self) -> int:  # noqa: D102
+        return int(
+            await self._run(
+                lambda db: db.execute(
+                    "SELECT count(*) FROM journal WHERE state='parked'"
+                ).fetchone()[0]
+            )
+        )
+
+    async def retry_parked(self, entry_id: str, now: datetime) -> bool:  # noqa: D102
+        del now
+        cur = await self._run(
+            lambda db: db.execute(
+                "UPDATE journal SET state='pending', attempts=0, parked_at=NULL "
+                "WHERE id=? AND state='parked'",
+                (entry_id,),
+            )
+        )
+        self._wakeup.set()
+        return bool(cur.rowcount == 1)
+
     async def complete(  # noqa: D102
         self, entry_id: str, traces: Sequence[Mapping[str, Any]]
     ) -> None:
         def write(db: sqlite3.Connection) -> None:
-            done = datetime.now(UTC).isoformat()
+            done = datetime.now(UTC).isoformat()  # bookkeeping only, never compared
             row = db.execute(
                 "SELECT state FROM journal WHERE id=?", (entry_id,)
             ).fetchone()
@@ -355,7 +463,8 @@ class SqliteStore:
                 ),
             )
             db.execute(
-                "UPDATE journal SET state='done', done_at=? WHERE id=?",
+                "UPDATE journal SET state='done', done_at=?, lease_until=NULL "
+                "WHERE id=?",
                 (done, entry_id),
             )
 
@@ -449,9 +558,12 @@ class SqliteStore:
                 "decisions ORDER BY seq DESC LIMIT -1 OFFSET ?)",
                 (iso(now - keep.max_age), keep.max_decisions),
             ).rowcount
-            wall = time.time()
-            for table in ("seen", "claims", "locks", "last_run"):
-                db.execute(f"DELETE FROM {table} WHERE expires_at < ?", (wall,))  # noqa: S608
+            at = _epoch(now)
+            for table in ("claims", "locks", "last_run"):
+                db.execute(f"DELETE FROM {table} WHERE expires_at < ?", (at,))  # noqa: S608
+            # Delivery ids expire by the time they were marked (see ``seen``).
+            db.execute("DELETE FROM seen WHERE expires_at < ?", (time.time(),))
+            db.execute("DELETE FROM incarnations WHERE alive_until < ?", (at - 86400,))
             db.execute(
                 "DELETE FROM budget WHERE at < ?",
                 (_epoch(now) - 31 * 86400,),
@@ -464,10 +576,12 @@ class SqliteStore:
 
         return await self._run(write)
 
-    # -- exactly once ---------------------------------------------------------
+    # -- delivery ids -------------------------------------------------------
 
     async def seen(self, key: str, ttl: timedelta) -> bool:  # noqa: D102
         def write(db: sqlite3.Connection) -> bool:
+            # Delivery de-duplication only (no guard decides on it): its own
+            # time base is the process clock.
             now = time.time()
             db.execute("DELETE FROM seen WHERE key=? AND expires_at < ?", (key, now))
             cur = db.execute(
@@ -478,29 +592,107 @@ class SqliteStore:
 
         return await self._run(write)
 
-    async def claim_key(  # noqa: D102
-        self, key: str, owner: str, now: datetime, ttl: timedelta
-    ) -> Claim | None:
-        def write(db: sqlite3.Connection) -> Claim | None:
+    # -- incarnations ---------------------------------------------------------
+
+    @staticmethod
+    def _dead(db: sqlite3.Connection, owner: str, now: float) -> bool:
+        """Whether ``owner`` is an incarnation known to have stopped by ``now``."""
+        row = db.execute(
+            "SELECT alive_until FROM incarnations WHERE id=?", (owner,)
+        ).fetchone()
+        return row is not None and row[0] < now
+
+    async def register(  # noqa: D102
+        self, incarnation: str, now: datetime, ttl: timedelta
+    ) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO incarnations VALUES (?, ?)",
+                (incarnation, _epoch(now + ttl)),
+            )
+        )
+
+    async def retire(self, incarnation: str, now: datetime) -> None:  # noqa: D102
+        await self._run(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO incarnations VALUES (?, ?)",
+                (incarnation, _epoch(now) - 1),
+            )
+        )
+
+    async def recover(self, incarnation: str, now: datetime) -> list[str]:  # noqa: D102
+        dead_at = _epoch(now) - 1
+
+        def write(db: sqlite3.Connection) -> list[str]:
+            # One instance: every other owner of a lock or an unfinished claim
+            # is a previous (crashed or stopped) incarnation.
             db.execute(
-                "DELETE FROM claims WHERE key=? AND expires_at < ?", (key, _epoch(now))
+                "INSERT OR REPLACE INTO incarnations SELECT DISTINCT owner, ? FROM "
+                "(SELECT owner FROM locks UNION SELECT owner FROM claims WHERE "
+                "status IN ('running', 'sending')) WHERE owner != ?",
+                (dead_at, incarnation),
             )
-            cur = db.execute(
-                "INSERT OR IGNORE INTO claims VALUES (?, ?, 'running', ?, '', ?)",
-                (key, owner, now.isoformat(), _epoch(now + ttl)),
+            db.execute(
+                "UPDATE incarnations SET alive_until=? WHERE id != ? AND "
+                "alive_until > ?",
+                (dead_at, incarnation, dead_at),
             )
-            if cur.rowcount == 1:
-                return None
-            row = db.execute("SELECT * FROM claims WHERE key=?", (key,)).fetchone()
-            return Claim(
-                row["key"],
-                row["owner"],
-                row["status"],
-                datetime.fromisoformat(row["at"]),
-                row["detail"],
-            )
+            rows = db.execute(
+                "DELETE FROM locks WHERE owner != ? RETURNING name", (incarnation,)
+            ).fetchall()
+            return sorted(str(r[0]) for r in rows)
 
         return await self._run(write)
+
+    # -- run-once keys ----------------------------------------------------------
+
+    @staticmethod
+    def _claim(row: sqlite3.Row) -> Claim:
+        return Claim(
+            row["key"],
+            row["owner"],
+            row["status"],
+            datetime.fromisoformat(row["at"]),
+            row["detail"],
+            datetime.fromtimestamp(row["expires_at"], UTC),
+        )
+
+    async def claim_key(  # noqa: D102
+        self, key: str, owner: str, now: datetime, ttl: timedelta
+    ) -> ClaimOutcome:
+        at = _epoch(now)
+
+        def write(db: sqlite3.Connection) -> ClaimOutcome:
+            row = db.execute("SELECT * FROM claims WHERE key=?", (key,)).fetchone()
+            recovered = None
+            if row is not None:
+                existing = self._claim(row)
+                orphan = existing.status in ("running", "sending") and self._dead(
+                    db, existing.owner, at
+                )
+                if row["expires_at"] >= at and not orphan:
+                    return ClaimOutcome(won=False, holder=existing)
+                recovered = existing if orphan else None
+            mine = Claim(key, owner, "running", now, "", now + ttl)
+            db.execute(
+                "INSERT OR REPLACE INTO claims VALUES (?, ?, 'running', ?, '', ?)",
+                (key, owner, now.isoformat(), _epoch(now + ttl)),
+            )
+            return ClaimOutcome(won=True, holder=mine, recovered=recovered)
+
+        return await self._run(write)
+
+    async def mark_sending(  # noqa: D102
+        self, key: str, owner: str, now: datetime
+    ) -> bool:
+        cur = await self._run(
+            lambda db: db.execute(
+                "UPDATE claims SET status='sending', at=? WHERE key=? AND owner=? "
+                "AND status IN ('running', 'sending')",
+                (now.isoformat(), key, owner),
+            )
+        )
+        return bool(cur.rowcount == 1)
 
     async def finish_key(  # noqa: D102
         self,
@@ -516,36 +708,58 @@ class SqliteStore:
             )
         )
 
-    async def release_key(self, key: str) -> None:  # noqa: D102
-        await self._run(lambda db: db.execute("DELETE FROM claims WHERE key=?", (key,)))
+    async def release_key(self, key: str, owner: str) -> None:  # noqa: D102
+        await self._run(
+            lambda db: db.execute(
+                "DELETE FROM claims WHERE key=? AND owner=? AND status='running'",
+                (key, owner),
+            )
+        )
 
     # -- guards -------------------------------------------------------------
 
     async def acquire_lock(  # noqa: D102
-        self, name: str, owner: str, ttl: timedelta
+        self, name: str, owner: str, now: datetime, ttl: timedelta
     ) -> Lock | None:
+        at = _epoch(now)
+
         def write(db: sqlite3.Connection) -> Lock | None:
-            now = time.time()
-            db.execute("DELETE FROM locks WHERE name=? AND expires_at < ?", (name, now))
-            if db.execute("SELECT 1 FROM locks WHERE name=?", (name,)).fetchone():
+            row = db.execute(
+                "SELECT owner, expires_at FROM locks WHERE name=?", (name,)
+            ).fetchone()
+            if row is not None and row[1] >= at and not self._dead(db, row[0], at):
                 return None
+            db.execute("DELETE FROM locks WHERE name=?", (name,))
             token = db.execute(
                 "INSERT INTO counters VALUES ('fence', 1) ON CONFLICT(name) DO UPDATE "
                 "SET value=value+1 RETURNING value"
             ).fetchone()[0]
             db.execute(
                 "INSERT INTO locks VALUES (?, ?, ?, ?)",
-                (name, owner, token, now + ttl.total_seconds()),
+                (name, owner, token, _epoch(now + ttl)),
             )
-            return Lock(name, owner, int(token))
+            return Lock(name, owner, int(token), now + ttl)
 
         return await self._run(write)
 
-    async def lock_holder(self, name: str) -> str | None:  # noqa: D102
+    async def renew_lock(  # noqa: D102
+        self, lock: Lock, now: datetime, ttl: timedelta
+    ) -> Lock | None:
+        cur = await self._run(
+            lambda db: db.execute(
+                "UPDATE locks SET expires_at=? WHERE name=? AND token=?",
+                (_epoch(now + ttl), lock.name, lock.token),
+            )
+        )
+        if cur.rowcount != 1:
+            return None
+        return Lock(lock.name, lock.owner, lock.token, now + ttl)
+
+    async def lock_holder(self, name: str, now: datetime) -> str | None:  # noqa: D102
         def read(db: sqlite3.Connection) -> str | None:
             row = db.execute(
                 "SELECT owner FROM locks WHERE name=? AND expires_at >= ?",
-                (name, time.time()),
+                (name, _epoch(now)),
             ).fetchone()
             return str(row[0]) if row else None
 
@@ -558,11 +772,11 @@ class SqliteStore:
             )
         )
 
-    async def last_run(self, scope: str) -> datetime | None:  # noqa: D102
+    async def last_run(self, scope: str, now: datetime) -> datetime | None:  # noqa: D102
         def read(db: sqlite3.Connection) -> datetime | None:
             row = db.execute(
                 "SELECT at FROM last_run WHERE scope=? AND expires_at >= ?",
-                (scope, time.time()),
+                (scope, _epoch(now)),
             ).fetchone()
             return _ts(row[0]) if row else None
 
@@ -574,14 +788,14 @@ class SqliteStore:
         await self._run(
             lambda db: db.execute(
                 "INSERT OR REPLACE INTO last_run VALUES (?, ?, ?)",
-                (scope, at.isoformat(), time.time() + ttl.total_seconds()),
+                (scope, at.isoformat(), _epoch(at + ttl)),
             )
         )
 
     async def reserve_budget(  # noqa: D102
         self, scope: str, limit: int, window: timedelta, now: datetime
-    ) -> int | None:
-        def write(db: sqlite3.Connection) -> int | None:
+    ) -> BudgetSlot | None:
+        def write(db: sqlite3.Connection) -> BudgetSlot | None:
             start = _epoch(now - window)
             used = db.execute(
                 "SELECT count(*) FROM budget WHERE scope=? AND at > ? AND at <= ?",
@@ -589,19 +803,19 @@ class SqliteStore:
             ).fetchone()[0]
             if used >= limit:
                 return None
-            db.execute(
-                "INSERT INTO budget (scope, at) VALUES (?, ?)", (scope, _epoch(now))
-            )
-            return int(used) + 1
+            slot = db.execute(
+                "INSERT INTO budget (scope, at) VALUES (?, ?) RETURNING id",
+                (scope, _epoch(now)),
+            ).fetchone()[0]
+            return BudgetSlot(scope, str(slot), now, int(used) + 1)
 
         return await self._run(write)
 
-    async def release_budget(self, scope: str, now: datetime) -> None:  # noqa: D102
+    async def release_budget(self, slot: BudgetSlot) -> None:  # noqa: D102
         await self._run(
             lambda db: db.execute(
-                "DELETE FROM budget WHERE id = (SELECT id FROM budget WHERE scope=? "
-                "AND at=? ORDER BY id DESC LIMIT 1)",
-                (scope, _epoch(now)),
+                "DELETE FROM budget WHERE id=? AND scope=?",
+                (int(slot.slot), slot.scope),
             )
         )
 
@@ -639,6 +853,31 @@ class SqliteStore:
     async def reset_circuit(self, scope: str) -> None:  # noqa: D102
         await self._run(
             lambda db: db.execute("DELETE FROM circuit WHERE scope=?", (scope,))
+        )
+
+    async def pause(self) -> Pause | None:  # noqa: D102
+        def read(db: sqlite3.Connection) -> Pause | None:
+            row = db.execute("SELECT value FROM settings WHERE name='pause'").fetchone()
+            if row is None:
+                return None
+            data = json.loads(row[0])
+            return Pause(data["by"], datetime.fromisoformat(data["at"]), data["reason"])
+
+        return await self._run(read)
+
+    async def set_pause(self, pause: Pause | None) -> None:  # noqa: D102
+        if pause is None:
+            await self._run(
+                lambda db: db.execute("DELETE FROM settings WHERE name='pause'")
+            )
+            return
+        value = json.dumps(
+            {"by": pause.by, "at": pause.at.isoformat(), "reason": pause.reason}
+        )
+        await self._run(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO settings VALUES ('pause', ?)", (value,)
+            )
         )
 
     # -- approvals ----------------------------------------------------------

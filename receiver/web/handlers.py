@@ -486,6 +486,11 @@ class Handlers:
         self._metrics.journal_depth.set(count)
         age = (self._clock() - oldest).total_seconds() if oldest else 0.0
         self._metrics.journal_oldest_age.set(max(age, 0.0))
+        if self._worker_metrics is not None:
+            # The worker runs in another process: what it counts in gauges
+            # here is read from the store.
+            self._metrics.journal_parked.set(await self._store.parked_count())
+            self._metrics.paused.set(1 if await self._store.pause() else 0)
         body = self._metrics.render(without=self._metrics_without)
         if self._worker_metrics is not None:
             body += self._worker_metrics()

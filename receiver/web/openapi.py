@@ -13,6 +13,7 @@ from receiver import __version__
 from receiver.sources.alertmanager import AmWebhook
 from receiver.sources.events_v2 import EnqueueRequest
 from receiver.sources.pagerduty import Webhook
+from receiver.web.admin import admin_paths
 
 _PROBLEM = {
     "description": "Rejected; the body says what to fix.",
@@ -215,6 +216,7 @@ def spec() -> dict[str, Any]:
                     "responses": {"200": json_ok, **_errors(400, 401, 403, 404)},
                 }
             },
+            **admin_paths(),
             "/healthz": {
                 "get": {"summary": "Process alive", "responses": {"200": json_ok}}
             },

@@ -1,0 +1,215 @@
+"""Operator endpoints: the global pause switch and parked journal entries.
+
+Built in ``create_app`` next to ``Handlers``, with the same authenticator.
+
+- ``GET /api/v1/pause``; ``POST /api/v1/pause`` with ``{"by", "reason"}`` stops
+  every remediation (diagnostics and notes go on); ``DELETE /api/v1/pause`` or
+  ``POST`` with ``{"paused": false}`` resumes. Each switch is audited: a
+  decision record (``payload_id`` ``admin.pause.<id>``) says who, when and why.
+- ``GET /api/v1/parked`` lists entries set aside after too many attempts;
+  ``POST /api/v1/parked/{id}/retry`` puts one back in the queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from receiver.errors import InputError
+from receiver.metrics import Metrics
+from receiver.model import iso
+from receiver.sources import parse_json
+from receiver.store.base import Pause, Store, new_id
+from receiver.web.auth import Authenticator
+
+log = structlog.get_logger("receiver.admin")
+
+# Bodies here are a few fields; anything bigger is a mistake.
+MAX_BODY = 16 * 1024
+_TEXT_MAX = 500
+
+
+def _text(data: dict[str, Any], name: str, default: str = "") -> str:
+    value = data.get(name, default)
+    if not isinstance(value, str):
+        raise InputError(f'"{name}" must be a string')
+    return " ".join(value.split())[:_TEXT_MAX]
+
+
+class Admin:
+    """Pause and parked-entry handlers."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        auth: Authenticator,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._store = store
+        self._auth = auth
+        self._metrics = metrics
+        self._clock = clock
+
+    def routes(self, router: web.UrlDispatcher) -> None:
+        """Register every route of this module."""
+        router.add_get("/api/v1/pause", self.get_pause)
+        router.add_post("/api/v1/pause", self.post_pause)
+        router.add_delete("/api/v1/pause", self.delete_pause)
+        router.add_get("/api/v1/parked", self.parked)
+        router.add_post("/api/v1/parked/{id}/retry", self.retry)
+
+    async def _json(self, request: web.Request) -> dict[str, Any]:
+        body = await request.content.read(MAX_BODY + 1)
+        if len(body) > MAX_BODY:
+            raise InputError(f"body over {MAX_BODY} bytes; send a few fields")
+        if not body.strip():
+            return {}
+        data = parse_json(body)
+        if not isinstance(data, dict):
+            raise InputError('send a JSON object, e.g. {"reason": "..."}')
+        return data
+
+    async def get_pause(self, request: web.Request) -> web.Response:
+        """GET /api/v1/pause."""
+        self._auth.check_header(request.headers.get("Authorization"))
+        pause = await self._store.pause()
+        self._metrics.paused.set(1 if pause else 0)
+        return web.json_response(pause.to_json() if pause else {"paused": False})
+
+    async def post_pause(self, request: web.Request) -> web.Response:
+        """POST /api/v1/pause: pause (or, with ``"paused": false``, resume)."""
+        self._auth.check_header(request.headers.get("Authorization"))
+        data = await self._json(request)
+        paused = data.get("paused", True)
+        if not isinstance(paused, bool):
+            raise InputError('"paused" must be true or false')
+        by = _text(data, "by", "api") or "api"
+        reason = _text(data, "reason")
+        return await self.switch(paused=paused, by=by, reason=reason)
+
+    async def delete_pause(self, request: web.Request) -> web.Response:
+        """DELETE /api/v1/pause: resume remediations."""
+        self._auth.check_header(request.headers.get("Authorization"))
+        by = " ".join(request.query.get("by", "api").split())[:_TEXT_MAX] or "api"
+        reason = " ".join(request.query.get("reason", "").split())[:_TEXT_MAX]
+        return await self.switch(paused=False, by=by, reason=reason)
+
+    async def switch(self, *, paused: bool, by: str, reason: str) -> web.Response:
+        """Set the pause and audit it in the decision log."""
+        now = self._clock()
+        before = await self._store.pause()
+        pause = Pause(by, now, reason) if paused else None
+        await self._store.set_pause(pause)
+        event = "paused" if paused else "resumed"
+        await self._store.record(
+            [
+                {
+                    "payload_id": f"admin.pause.{new_id()}",
+                    "fingerprint": "",
+                    "decided_at": iso(now),
+                    "event": event,
+                    "by": by,
+                    "reason": reason,
+                    "was_paused": before is not None,
+                    "matches": [],
+                    "notes": [
+                        f"remediations {event} by {by}"
+                        + (f": {reason}" if reason else "")
+                    ],
+                }
+            ]
+        )
+        self._metrics.paused.set(1 if paused else 0)
+        log.warning("remediations_switched", switch=event, by=by, reason=reason)
+        return web.json_response(pause.to_json() if pause else {"paused": False})
+
+    async def parked(self, request: web.Request) -> web.Response:
+        """GET /api/v1/parked."""
+        self._auth.check_header(request.headers.get("Authorization"))
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError as exc:
+            raise InputError("limit must be a number between 1 and 1000") from exc
+        if not 1 <= limit <= 1000:
+            raise InputError("limit must be between 1 and 1000")
+        items = await self._store.parked(limit)
+        count = await self._store.parked_count()
+        self._metrics.journal_parked.set(count)
+        return web.json_response(
+            {"parked": [p.to_json() for p in items], "count": count}
+        )
+
+    async def retry(self, request: web.Request) -> web.Response:
+        """POST /api/v1/parked/{id}/retry: back in the queue, attempts reset."""
+        self._auth.check_header(request.headers.get("Authorization"))
+        entry_id = request.match_info["id"]
+        if not await self._store.retry_parked(entry_id, self._clock()):
+            raise web.HTTPNotFound(text=f"no parked entry {entry_id!r}")
+        log.info("parked_entry_retried", payload_id=entry_id)
+        self._metrics.journal_parked.set(await self._store.parked_count())
+        return web.json_response({"status": "queued", "id": entry_id}, status=202)
+
+
+def admin_paths() -> dict[str, Any]:
+    """The OpenAPI paths of this module's routes."""
+    ok = {
+        "description": "OK",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+    problem = {
+        "description": "Rejected; the body says what to fix.",
+        "content": {
+            "application/problem+json": {
+                "schema": {"$ref": "#/components/schemas/Problem"}
+            }
+        },
+    }
+    errors = {"400": problem, "401": problem, "403": problem}
+    security: list[dict[str, list[str]]] = [{"bearer": []}, {"basic": []}]
+    entry_id = {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+    return {
+        "/api/v1/pause": {
+            "get": {
+                "summary": "Whether remediations are paused, by whom and why",
+                "security": security,
+                "responses": {"200": ok, **errors},
+            },
+            "post": {
+                "summary": 'Pause every remediation: {"by", "reason"}; '
+                '{"paused": false} resumes. Audited in the decision log.',
+                "security": security,
+                "responses": {"200": ok, **errors},
+            },
+            "delete": {
+                "summary": "Resume remediations (?by=&reason=). Audited.",
+                "security": security,
+                "responses": {"200": ok, **errors},
+            },
+        },
+        "/api/v1/parked": {
+            "get": {
+                "summary": "Journal entries parked after too many attempts",
+                "security": security,
+                "responses": {"200": ok, **errors},
+            }
+        },
+        "/api/v1/parked/{id}/retry": {
+            "post": {
+                "summary": "Put a parked entry back in the queue",
+                "security": security,
+                "parameters": [entry_id],
+                "responses": {"202": ok, "404": problem, **errors},
+            }
+        },
+    }
