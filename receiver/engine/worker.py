@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import time
@@ -89,6 +90,7 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(2).hex()}"
 
 
+_HELD = frozenset({Decision.SKIPPED.value, Decision.AWAITING_APPROVAL.value})
 _NEWS = frozenset(
     {
         Decision.EXECUTED.value,
@@ -98,6 +100,12 @@ _NEWS = frozenset(
 )
 
 
+def _debug_enabled() -> bool:
+    """Whether debug lines are kept (they are not built otherwise)."""
+    check = getattr(log, "is_enabled_for", None)
+    return True if check is None else bool(check(logging.DEBUG))
+
+
 class _Tally:
     """A payload's metrics, counted as its alerts are decided and sent once."""
 
@@ -105,31 +113,31 @@ class _Tally:
         self.alerts: Counter[tuple[str, str]] = Counter()
         self.unmatched: Counter[str] = Counter()
         self.rules: Counter[tuple[str, str]] = Counter()
-        self.steps: Counter[tuple[str, str]] = Counter()
+        self.steps: dict[tuple[str, str], int] = {}
         self.guards: Counter[str] = Counter()
         self.decisions: Counter[str] = Counter()
         self.matched = 0
 
-    def add(self, trace: AlertTrace) -> Counter[str]:
+    def add(self, trace: AlertTrace) -> dict[str, int]:
         """Count one alert's trace; return its step decisions."""
-        decisions: Counter[str] = Counter()
+        decisions: dict[str, int] = {}
         self.alerts[trace.alert.source, trace.alert.status] += 1
         if not trace.matches:
             self.unmatched[trace.alert.source] += 1
         else:
             self.matched += 1
+        steps = self.steps
         for match in trace.matches:
             self.rules[match.rule, match.severity.value] += 1
             for step in match.steps:
                 decision = step.decision.value
-                decisions[decision] += 1
-                self.steps[step.type, decision] += 1
-                if step.guard and step.decision in (
-                    Decision.SKIPPED,
-                    Decision.AWAITING_APPROVAL,
-                ):
+                decisions[decision] = decisions.get(decision, 0) + 1
+                key = (step.type, decision)
+                steps[key] = steps.get(key, 0) + 1
+                if step.guard and decision in _HELD:
                     self.guards[step.guard] += 1
-        self.decisions.update(decisions)
+        for decision, n in decisions.items():
+            self.decisions[decision] += n
         return decisions
 
     def flush(self, m: Metrics) -> None:
@@ -245,8 +253,10 @@ class Processor:
             steps = tally.add(trace)
             # Steps that acted, failed or wait for a human make an alert news;
             # the rest is in the decision record and in the payload's line.
-            emit = log.info if steps.keys() & _NEWS else log.debug
-            emit(
+            news = not _NEWS.isdisjoint(steps)
+            if not news and not _debug_enabled():
+                continue
+            (log.info if news else log.debug)(
                 "alert_decided",
                 fingerprint=alert.fingerprint,
                 status=alert.status,
@@ -254,7 +264,7 @@ class Processor:
                 alertname=alert.labels.get("alertname", ""),
                 rules=[m.rule for m in trace.matches],
                 severity=[m.severity.value for m in trace.matches],
-                steps=dict(steps),
+                steps=steps,
                 payload_id=payload_id,
             )
         if count:
