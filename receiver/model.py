@@ -7,6 +7,7 @@ produce ``StepTrace``; the store and sinks read ``AlertTrace``. Nothing here doe
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -195,6 +196,56 @@ class StepResult:
     # already right): recorded as skipped, verified never, and it spends no
     # budget or cooldown.
     changed: bool = True
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What a remediation is about to do, computed before it is sent.
+
+    An executor's ``prepare`` reads the target and turns the step into absolute
+    terms (the replica count, the revision and its template digest, the pod
+    uids, the restartedAt stamp, the keys); ``apply`` then does exactly that,
+    and the run-once key records it (``data`` must be JSON-serialisable) so a
+    crash recovery can ask ``recheck`` whether it took effect.
+    """
+
+    summary: str
+    data: Mapping[str, Any]
+
+    def to_json(self) -> str:
+        """The JSON text the store keeps with the ``sending`` mark."""
+        return json.dumps(
+            {"summary": self.summary, "data": dict(self.data)},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Intent | None:
+        """The intent a store kept, or None when none (or garbage) was recorded."""
+        try:
+            raw = json.loads(text) if text else None
+        except ValueError:
+            return None
+        if (
+            not isinstance(raw, dict)
+            or not isinstance(raw.get("summary"), str)
+            or not isinstance(raw.get("data"), dict)
+        ):
+            return None
+        return cls(raw["summary"], raw["data"])
+
+
+@dataclass(frozen=True)
+class RecheckResult:
+    """Whether an interrupted remediation took effect, as its target shows now.
+
+    ``took_effect`` is None when the target cannot tell (someone else changed
+    it since, or the action leaves no trace, like a non-idempotent request).
+    """
+
+    took_effect: bool | None
+    reason: str
 
 
 @dataclass(frozen=True)

@@ -9,30 +9,53 @@ from __future__ import annotations
 import textwrap
 from collections import Counter
 
-from fakes import RecordingServer, Reply
+from fakes import RecordingServer, Reply, Request
 
 
 class CountingServer(RecordingServer):
-    """Answers every POST with 200 and counts them per path."""
+    """Answers every POST with 200 and counts them per path.
+
+    ``GET /seen/<name>`` answers 200 once ``POST /run/<name>`` arrived, else 404:
+    the truth a verification (and a crash re-check) can ask.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.script("POST", ".*", Reply(200, b"ok"))
+
+        def seen(request: Request) -> Reply:
+            run = "/run/" + request.path.removeprefix("/seen/")
+            return Reply(200, b"seen") if self.seen("POST", run) else Reply(404)
+
+        self.route("GET", "/seen/[^/]+", seen)
 
     def snapshot(self) -> Counter[str]:
         """How many POSTs each path received so far."""
         return Counter(r.path for r in self.seen("POST", ".*"))
 
 
-def hook_rules(hook_url: str, alertname: str) -> str:
-    """A rule file whose one remediation calls the counting server per fingerprint."""
+def hook_rules(hook_url: str, alertname: str, *, verify: bool = False) -> str:
+    """A rule file whose one remediation calls the counting server per fingerprint.
+
+    With ``verify`` the step checks ``/seen/<fingerprint>`` after it ran (briefly).
+    """
+    check = (
+        f"""
+                verify:
+                  type: http.get
+                  url: "{hook_url}/seen/{{alert.fingerprint}}"
+                  timeout: 1s
+                  interval: 200ms"""
+        if verify
+        else ""
+    )
     return textwrap.dedent(
         f"""
         playbooks:
           hook:
             remediation:
               - type: http.request
-                url: "{hook_url}/run/{{alert.fingerprint}}"
+                url: "{hook_url}/run/{{alert.fingerprint}}"{check}
             guards:
               cooldown: 0s
               budget: {{max: 100000, window: 1h}}

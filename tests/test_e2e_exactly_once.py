@@ -91,7 +91,7 @@ TOOK_EFFECT_OR_NOT = (
     "already done by",  # another payload of the same occurrence ran it
     "nothing sent yet",  # a concurrent resend holds it, nothing left yet
     "the action was sent",  # a concurrent resend holds it, already sent
-    "whether it took effect is unknown",  # sent, then the process was killed
+    "unknown whether it took effect",  # sent, then the process was killed
     "nothing was sent",  # failed before anything left
 )
 
@@ -130,7 +130,7 @@ def _round(rx, hook: CountingServer, todo: list[int], rnd: random.Random):
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_sigkill_chaos_every_202_decided_once_nothing_twice(tmp_path, backend):
-    """Ten SIGKILLs mid-burst: one decision per 202, nothing twice, reasons say."""
+    """Ten SIGKILLs mid-burst: one decision per 202, nothing twice, reasons true."""
     rnd = random.Random(20261126)  # noqa: S311 (test schedule, reproducible)
     rules = tmp_path / "rules.yaml"
     with contextlib.ExitStack() as stack:
@@ -139,7 +139,9 @@ def test_sigkill_chaos_every_202_decided_once_nothing_twice(tmp_path, backend):
             store_url = stack.enter_context(run_redis(tmp_path / "redis"))
         else:
             store_url = f"sqlite:///{tmp_path / 'state.db'}"
-        rules.write_text(hook_rules(hook.url, "Burst"))
+        # The verify asks the target whether the request arrived: a crash
+        # re-check of an interrupted request is then decided by the truth.
+        rules.write_text(hook_rules(hook.url, "Burst", verify=True))
         env = {
             **hook_env(hook.port, store_url, TOKEN),
             "RECEIVER_JOURNAL_LEASE": "2s",
@@ -185,6 +187,9 @@ def test_sigkill_chaos_every_202_decided_once_nothing_twice(tmp_path, backend):
             continue
         assert step["decision"] in ("failed", "skipped"), (i, step)
         assert any(s in step["reason"] for s in TOOK_EFFECT_OR_NOT), (i, step["reason"])
+        if "unknown whether it took effect" in step["reason"]:
+            # Its verification said the request never arrived: it did not.
+            assert hits[path] == 0, (i, step["reason"])
     ran = {f"/run/{i:016x}" for i in accepted}
     assert set(hits) <= ran
     outcomes = Counter(

@@ -313,7 +313,8 @@ async def test_a_write_that_failed_is_sent_again_after_a_reread(kube):
     )
     assert result.ok
     methods = [r.method.value for r in kube.cluster if r.url.path.endswith("/sark")]
-    assert methods == ["GET", "PATCH", "GET", "PATCH"]
+    # prepare reads (the intent), the write loop reads, patches, reads, patches
+    assert methods == ["GET", "GET", "PATCH", "GET", "PATCH"]
     annotations = kube.deployment()["spec"]["template"]["metadata"]["annotations"]
     assert "kubectl.kubernetes.io/restartedAt" in annotations
 
@@ -331,6 +332,7 @@ async def test_a_409_is_retried_after_reading_the_object_again(kube):
         if "/deployments/sark" in r.url.path
     ]
     assert paths == [
+        ("GET", "scale"),  # prepare: the absolute count is computed from it
         ("GET", "scale"),
         ("PATCH", "scale"),
         ("GET", "scale"),

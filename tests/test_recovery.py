@@ -21,7 +21,7 @@ from receiver.engine.guards import GuardDefaults, GuardKeeper, idempotency_key
 from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Runner
 from receiver.engine.worker import Processor, Worker
-from receiver.model import Alert, Decision, StepResult, freeze
+from receiver.model import Alert, Intent, RecheckResult, StepResult, freeze
 from receiver.rulebook.loader import load_rulebook
 from receiver.store import SqliteStore
 from receiver.store.base import DecisionQuery, JournalEntry, Lease, Retention
@@ -89,13 +89,10 @@ class SlowVerify:
     clock: Clock
     store: SpyStore
     runs: list[str] = field(default_factory=list)
-    rechecks: frozenset[str] = frozenset()
-    already: bool = False
+    healthy: bool = True
 
     async def run(self, step: Any, alert: Alert) -> StepResult:
         self.runs.append(step.url)
-        if self.already:
-            return StepResult(ok=True, reason="already as wanted", changed=False)
         return StepResult(ok=True, reason=f"POST {step.url}: HTTP 200")
 
     async def verify(self, check: Any, step: Any, alert: Alert) -> StepResult:
@@ -108,7 +105,27 @@ class SlowVerify:
                 await asyncio.sleep(0.01)
             else:
                 return StepResult(ok=False, reason="the lease was never renewed")
+        if not self.healthy:
+            return StepResult(ok=False, reason="still unhealthy")
         return StepResult(ok=True, reason="healthy after a long wait")
+
+
+@dataclass
+class Rechecking(SlowVerify):
+    """Prepares an intent, applies exactly it, and re-checks it with ``seen``."""
+
+    seen: RecheckResult = field(default_factory=lambda: RecheckResult(None, "?"))
+    rechecked: list[Intent] = field(default_factory=list)
+
+    async def prepare(self, step: Any, alert: Alert) -> Intent:
+        return Intent(f"POST {step.url}", {"url": step.url})
+
+    async def apply(self, step: Any, alert: Alert, intent: Intent) -> StepResult:
+        return await self.run(step, alert)
+
+    async def recheck(self, step: Any, alert: Alert, intent: Intent) -> RecheckResult:
+        self.rechecked.append(intent)
+        return self.seen
 
 
 def _body(service: str) -> bytes:
@@ -184,6 +201,9 @@ async def test_a_verify_longer_than_the_lease_records_its_real_outcome(tmp_path)
     await store.close()
 
 
+DEAD_INTENT = Intent("POST http://hooks.test/api", {"url": "http://hooks.test/api"})
+
+
 async def _crashed(store: SqliteStore, clock: Clock, status: str) -> str:
     """What a process killed mid-remediation leaves: its lock and its key."""
     key = idempotency_key("hook", 0, "http.request", _alert("api"))
@@ -194,20 +214,23 @@ async def _crashed(store: SqliteStore, clock: Clock, status: str) -> str:
     assert lock is not None
     assert (await store.claim_key(key, "dead", clock(), timedelta(days=1))).won
     if status == "sending":
-        assert await store.mark_sending(key, "dead", clock())
+        assert await store.mark_sending(key, "dead", clock(), DEAD_INTENT.to_json())
     return key
 
 
 async def _after_restart(
-    tmp_path: Any, executor_kwargs: dict[str, Any], status: str
-) -> tuple[dict[str, Any], SlowVerify, SqliteStore]:
+    tmp_path: Any,
+    executor_kwargs: dict[str, Any],
+    status: str,
+    kind: type[SlowVerify] = SlowVerify,
+) -> tuple[dict[str, Any], Any, SqliteStore]:
     path = str(tmp_path / "state.db")
     clock = Clock()
     dead = SqliteStore(path)
     await _crashed(dead, clock, status)
     await dead.close()  # kill -9: nothing released
     store = SpyStore(path, retention=Retention(lease=LEASE))
-    executor = SlowVerify(clock, store, **executor_kwargs)
+    executor = kind(clock, store, **executor_kwargs)
     worker = _worker(tmp_path, store, clock, executor, "restarted")
     await store.append(JournalEntry("e1", "alertmanager", T0, _body("api")), [])
     await worker.start()
@@ -228,33 +251,120 @@ async def test_an_unsent_interrupted_remediation_runs_after_restart(tmp_path):
     await store.close()
 
 
-async def test_a_sent_interrupted_remediation_is_not_re_run(tmp_path):
-    """A dead process's sent run without re-check: failed, unknown, never re-run."""
-    step, executor, store = await _after_restart(tmp_path, {}, "sending")
+@pytest.mark.parametrize(
+    ("healthy", "decision", "says"),
+    [
+        (
+            True,
+            "executed",
+            (
+                "executed, recovered after a crash of dead: http.request has no "
+                "re-check (intent: POST http://hooks.test/api); but its "
+                "verification passes now: healthy after a long wait"
+            ),
+        ),
+        (
+            False,
+            "failed",
+            (
+                "failed, interrupted by a crash of dead after the action was sent; "
+                "unknown whether it took effect (http.request has no re-check"
+            ),
+        ),
+    ],
+)
+async def test_a_sent_run_without_a_recheck_is_decided_by_its_verify(
+    tmp_path, healthy, decision, says
+):
+    """No re-check: a passing verify counts as done; else unknown, not re-run."""
+    step, executor, store = await _after_restart(
+        tmp_path, {"healthy": healthy}, "sending"
+    )
+    assert step["decision"] == decision
+    assert step["reason"].startswith(says)
+    assert (
+        "its verification does not pass either: still unhealthy" in step["reason"]
+        or healthy
+    )
+    assert executor.runs == [], "never sent again"
+    claim = (await store.claim_key(_key(), "x", T0, timedelta(days=1))).holder
+    assert claim.status == ("done" if healthy else "failed")
+    await store.close()
+
+
+def _key() -> str:
+    return idempotency_key("hook", 0, "http.request", _alert("api"))
+
+
+async def test_a_sent_run_that_took_effect_is_recorded_not_re_run(tmp_path):
+    """Its re-check says it took effect: executed (recovered), verified, not re-run."""
+    seen = RecheckResult(took_effect=True, reason="the hook shows the request")
+    step, executor, store = await _after_restart(
+        tmp_path, {"seen": seen}, "sending", Rechecking
+    )
+    assert step["decision"] == "executed"
+    assert step["reason"] == (
+        "executed, recovered after a crash of dead: the hook shows the request; "
+        "healthy after a long wait"
+    )
+    assert executor.rechecked == [DEAD_INTENT], "the recorded intent is re-checked"
+    assert executor.runs == []
+    claim = (await store.claim_key(_key(), "x", T0, timedelta(days=1))).holder
+    assert (claim.status, claim.owner) == ("done", "restarted")
+    await store.close()
+
+
+async def test_a_sent_run_that_did_not_take_effect_runs_once_now(tmp_path):
+    """Its re-check says the target is as before: it runs once now."""
+    seen = RecheckResult(took_effect=False, reason="the hook never saw it")
+    step, executor, store = await _after_restart(
+        tmp_path, {"seen": seen}, "sending", Rechecking
+    )
+    assert step["decision"] == "executed"
+    assert step["reason"] == (
+        "POST http://hooks.test/api: HTTP 200; healthy after a long wait (the "
+        "attempt by dead was interrupted by a crash before it took effect (the "
+        "hook never saw it); run once now)"
+    )
+    assert executor.runs == ["http://hooks.test/api"]
+    claim = (await store.claim_key(_key(), "x", T0, timedelta(days=1))).holder
+    assert claim.status == "done"
+    await store.close()
+
+
+async def test_a_sent_run_whose_effect_is_unknown_fails_and_is_not_re_run(tmp_path):
+    """Its re-check cannot tell and the verify fails: failed, unknown, never re-run."""
+    seen = RecheckResult(took_effect=None, reason="someone else changed the hook")
+    step, executor, store = await _after_restart(
+        tmp_path, {"seen": seen, "healthy": False}, "sending", Rechecking
+    )
     assert step["decision"] == "failed"
-    assert step["reason"].startswith("interrupted by a crash of dead after the action")
-    assert "whether it took effect is unknown and it is not re-run" in step["reason"]
+    assert step["reason"] == (
+        "failed, interrupted by a crash of dead after the action was sent; unknown "
+        "whether it took effect (someone else changed the hook; its verification "
+        "does not pass either: still unhealthy); not re-run (at most once): "
+        "POST http://hooks.test/api"
+    )
     assert executor.runs == []
     await store.close()
 
 
-@pytest.mark.parametrize(
-    ("already", "decision", "says"),
-    [
-        (True, Decision.EXECUTED, "executed, recovered after a crash of dead"),
-        (False, Decision.EXECUTED, "was interrupted by a crash before it took effect"),
-    ],
-)
-async def test_a_sent_interrupted_remediation_is_re_checked(
-    tmp_path, already, decision, says
-):
-    """A re-checking executor decides whether the interrupted run took effect."""
+class Exploding(Rechecking):
+    """A re-check that raises: the failure is a value (unknown, not re-run)."""
+
+    async def recheck(self, step: Any, alert: Alert, intent: Intent) -> RecheckResult:
+        raise KeyError(intent.summary)
+
+
+async def test_a_recheck_that_raises_is_unknown_not_a_poison_entry(tmp_path):
+    """An exception in the re-check becomes "unknown whether it took effect"."""
     step, executor, store = await _after_restart(
-        tmp_path,
-        {"rechecks": frozenset({"http.request"}), "already": already},
-        "sending",
+        tmp_path, {"healthy": False}, "sending", Exploding
     )
-    assert step["decision"] == decision.value
-    assert says in step["reason"]
-    assert executor.runs == ["http://hooks.test/api"]
+    assert step["decision"] == "failed"
+    assert (
+        "unknown whether it took effect (the re-check failed: KeyError: "
+        in (step["reason"])
+    )
+    assert executor.runs == []
     await store.close()

@@ -478,6 +478,28 @@ async def test_mark_sending_and_a_dead_incarnations_claim_is_recovered(
     assert not done.won, "a finished key is never recovered"
 
 
+async def test_mark_sending_records_the_intent_a_recovery_reads_back(
+    store: Store,
+) -> None:
+    """The intent recorded with the sending mark comes back, exactly, on recovery."""
+    clock = Tick()
+    intent = '{"replicas": 6, "uid": "\u00e9\\x", "keys": ["a\\nb"]}'
+    await store.register("dead", clock(), timedelta(minutes=1))
+    assert (await store.claim_key("k", "dead", clock(), HOUR)).won
+    assert await store.mark_sending("k", "dead", clock(), '{"old": 1}') is True
+    assert await store.mark_sending("k", "dead", clock(), intent) is True
+    assert await store.mark_sending("k", "other", clock(), "{}") is False
+    after = T0 + timedelta(minutes=5)
+    taken = await store.claim_key("k", "alive", after, HOUR)
+    assert taken.won
+    assert taken.recovered is not None
+    assert taken.recovered.intent == intent
+    assert taken.holder.intent == "", "a new claim starts without an intent"
+    assert await store.mark_sending("k", "alive", after, intent) is True
+    held = await store.claim_key("k", "late", after, HOUR)
+    assert (held.won, held.holder.intent) == (False, intent)
+
+
 # -- guards -------------------------------------------------------------------
 
 

@@ -80,6 +80,7 @@ class MClaim:
     owner: str
     status: str
     expires: datetime
+    intent: str = ""
 
 
 @dataclass
@@ -302,35 +303,43 @@ class StoreMachine(RuleBasedStateMachine):
         )
         if held is not None and held.expires >= now and not orphan:
             assert not outcome.won
-            assert (outcome.holder.owner, outcome.holder.status) == (
-                held.owner,
-                held.status,
-            )
+            assert (
+                outcome.holder.owner,
+                outcome.holder.status,
+                outcome.holder.intent,
+            ) == (held.owner, held.status, held.intent)
             return
         assert outcome.won
         assert outcome.holder.owner == owner
         if orphan:
             assert held is not None
             assert outcome.recovered is not None
-            assert (outcome.recovered.owner, outcome.recovered.status) == (
-                held.owner,
-                held.status,
-            )
+            assert (
+                outcome.recovered.owner,
+                outcome.recovered.status,
+                outcome.recovered.intent,
+            ) == (held.owner, held.status, held.intent)
         else:
             assert outcome.recovered is None
         self.model.claims[key] = MClaim(owner, "running", now + KEY_TTL)
 
-    @rule(key=st.sampled_from(KEYS), owner=st.sampled_from(OWNERS))
-    def mark_sending(self, key: str, owner: str) -> None:
+    @rule(
+        key=st.sampled_from(KEYS),
+        owner=st.sampled_from(OWNERS),
+        intent=st.sampled_from(("", '{"replicas": 6}', '{"uid": "\u00e9-1"}')),
+    )
+    def mark_sending(self, key: str, owner: str, intent: str) -> None:
         held = self.model.claims.get(key)
         expected = (
             held is not None
             and held.owner == owner
             and held.status in ("running", "sending")
         )
-        assert self.run(self.store.mark_sending(key, owner, self.tick())) == expected
+        got = self.run(self.store.mark_sending(key, owner, self.tick(), intent))
+        assert got == expected
         if expected and held is not None:
             held.status = "sending"
+            held.intent = intent
 
     @rule(key=st.sampled_from(KEYS), ok=st.booleans())
     def finish_key(self, key: str, ok: bool) -> None:

@@ -330,7 +330,9 @@ class GuardKeeper:
         if held.recovered is not None and held.recovered.status == "sending":
             # A crashed run's action may have left: keep that mark (now ours)
             # so nothing ever runs it blindly again.
-            await self.store.mark_sending(held.key, held.owner, held.recovered.at)
+            await self.store.mark_sending(
+                held.key, held.owner, held.recovered.at, held.recovered.intent
+            )
         else:
             await self.store.release_key(held.key, held.owner)
         if held.lock is not None:

@@ -13,11 +13,16 @@ released, unspent budget slots returned, the run-once key recorded ``failed``.
 Only the store being unreachable (``StoreUnavailableError``) and the task itself
 being cancelled leave the runner, so the worker can retry the entry.
 
-Before an action leaves, its run-once key is marked ``sending``. After a crash, a
-key a dead incarnation left ``running`` never sent anything, so the step runs;
-one left ``sending`` is re-checked, never blindly re-run: executors that list the
-step type in ``rechecks`` (their run finds "already as wanted" and returns
-``changed=False``) are asked again, the rest are recorded as interrupted.
+Before an action leaves, its run-once key is marked ``sending`` together with the
+action's intent: executors that have a ``prepare`` read the target first and
+state the action in absolute terms (``Intent``), and their ``apply`` does exactly
+that. After a crash, a key a dead incarnation left ``running`` never sent
+anything, so the step runs; one left ``sending`` is re-checked, never blindly
+re-run: the executor's ``recheck`` compares the target with the recorded intent.
+Took effect: "executed, recovered after a crash" (then verified as usual). Did
+not: the target is exactly as before, so the step runs once now, through the
+last still-firing check and a fresh ``prepare``. Cannot tell: ``failed`` with
+"unknown whether it took effect", unless the step's own verification passes now.
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ from receiver.model import (
     Alert,
     AlertTrace,
     Decision,
+    Intent,
     MatchTrace,
+    RecheckResult,
     StepKind,
     StepResult,
     StepTrace,
@@ -52,9 +59,12 @@ log = structlog.get_logger("receiver.runner")
 class Executor(Protocol):
     """Runs the rendered steps (and verifications) of one family.
 
-    An executor may also carry ``rechecks``: the step types whose ``run`` is a
-    safe re-check (it returns ``changed=False`` when the target is already as
-    wanted), which crash recovery may call again.
+    For remediations an executor may also have ``prepare(step, alert)``, which
+    returns an ``Intent`` (or a ``StepResult`` when nothing needs doing, or
+    None for a step type it does not prepare), ``apply(step, alert, intent)``,
+    which does exactly the intent, and ``recheck(step, alert, intent)``, which
+    returns a ``RecheckResult`` saying whether an interrupted ``apply`` took
+    effect. See ``Preparing``.
     """
 
     async def run(self, step: StepModel, alert: Alert) -> StepResult:
@@ -63,6 +73,26 @@ class Executor(Protocol):
 
     async def verify(self, check: Any, step: StepModel, alert: Alert) -> StepResult:
         """Check that a remediation worked (``check`` is a Verify model)."""
+        ...
+
+
+class Preparing(Protocol):
+    """The optional half of an executor that makes crash recovery exact."""
+
+    async def prepare(
+        self, step: StepModel, alert: Alert
+    ) -> Intent | StepResult | None:
+        """Read the target and state the action in absolute terms."""
+        ...
+
+    async def apply(self, step: StepModel, alert: Alert, intent: Intent) -> StepResult:
+        """Do exactly what ``intent`` says; raise ``StepError`` on failure."""
+        ...
+
+    async def recheck(
+        self, step: StepModel, alert: Alert, intent: Intent
+    ) -> RecheckResult:
+        """Whether an ``apply`` of ``intent`` that a crash interrupted took effect."""
         ...
 
 
@@ -101,6 +131,18 @@ def _cancelled_from_outside() -> bool:
     """Whether this task itself is being cancelled (not a step's stray cancel)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def _recovery_note(held: Held, before_effect: str) -> str:
+    """What a run taking over a crashed attempt adds to its reason."""
+    if before_effect:
+        return f" ({before_effect}; run once now)"
+    if held.recovered is not None:
+        return (
+            f" (an attempt by {held.recovered.owner}, interrupted by a crash before "
+            "anything was sent, is run now)"
+        )
+    return ""
 
 
 class Runner:
@@ -270,6 +312,14 @@ class Runner:
                 lock_ttl=self._lock_ttl(step),
             )
         except Refusal as refusal:
+            if refusal.guard == "resolved":
+                # No later delivery of this occurrence will ever run it: settle
+                # an action a crashed incarnation may have sent for it now.
+                settled = await self._settle_orphan(
+                    trace, step, alert, match, key=key, refusal=refusal, now=now
+                )
+                if settled is not None:
+                    return settled
             decision = (
                 Decision.AWAITING_APPROVAL if refusal.awaiting else Decision.SKIPPED
             )
@@ -277,6 +327,44 @@ class Runner:
                 trace, decision=decision, reason=refusal.reason, guard=refusal.guard
             )
         return await self._run_held(trace, step, alert, match, held)
+
+    async def _settle_orphan(
+        self,
+        trace: StepTrace,
+        step: StepModel,
+        alert: Alert,
+        match: PlannedMatch,
+        *,
+        key: str,
+        refusal: Refusal,
+        now: datetime,
+    ) -> StepTrace | None:
+        """Re-check (never run) an action a dead incarnation left ``sending``."""
+        assert self._guards is not None  # noqa: S101 (checked by the caller)
+        keeper = self._guards
+        outcome = await keeper.store.claim_key(
+            key, keeper.owner, now, keeper.defaults.idempotency_ttl
+        )
+        if not outcome.won:
+            return None
+        held = Held(key, keeper.owner, None, recovered=outcome.recovered)
+        if outcome.recovered is None or outcome.recovered.status != "sending":
+            await keeper.store.release_key(key, keeper.owner)
+            return None
+        seen, verified = await self._recheck(step, alert, held)
+        if seen.took_effect is False:
+            return await self._not_rerun(
+                trace,
+                match,
+                held,
+                why=f"the attempt by {outcome.recovered.owner} was interrupted by a "
+                f"crash before it took effect ({seen.reason}); not run again: "
+                f"{refusal.reason}",
+                guard=refusal.guard,
+            )
+        return await self._recovered(
+            trace, step, alert, match, held=held, seen=seen, verified=verified
+        )
 
     def _lock_ttl(self, step: StepModel) -> timedelta:
         verify = getattr(step, "verify", None)
@@ -317,31 +405,30 @@ class Runner:
         keeper = self._guards
         guards = match.match.playbook.guards
         recovered = held.recovered
+        before_effect = ""
         if recovered is not None and recovered.status == "sending":
-            return await self._recheck(trace, step, alert, match, held)
-        note = ""
-        if recovered is not None:
-            note = (
-                f" (an attempt by {recovered.owner}, interrupted by a crash before "
-                "anything was sent, is run now)"
+            seen, verified = await self._recheck(step, alert, held)
+            if seen.took_effect is not False:
+                return await self._recovered(
+                    trace, step, alert, match, held=held, seen=seen, verified=verified
+                )
+            # The target is exactly as before the interrupted attempt: nothing
+            # of it took effect, so this occurrence runs once now.
+            before_effect = (
+                f"the attempt by {recovered.owner} was interrupted by a crash "
+                f"before it took effect ({seen.reason})"
             )
-        try:
-            await keeper.check_firing(alert, ask_source=True)
-        except Refusal as refusal:
-            await keeper.abandon(held)
-            return replace(
-                trace,
-                decision=Decision.SKIPPED,
-                reason=refusal.reason,
-                guard=refusal.guard,
-            )
-        except StoreUnavailableError:
-            raise
-        except Exception as exc:  # noqa: BLE001 (failure is a value)
-            await keeper.abandon(held)
-            failed = self._failed(trace, exc, "last check before acting failed: ")
-            return replace(failed, reason=f"{failed.reason} (nothing was sent){note}")
-        if not await keeper.store.mark_sending(held.key, held.owner, self._clock()):
+        note = _recovery_note(held, before_effect)
+        refused = await self._last_check(trace, alert, match, held, before_effect)
+        if refused is not None:
+            return refused
+        prepared = await self._prepare(trace, step, alert)
+        if isinstance(prepared, StepTrace):
+            return await self._decided(prepared, match, held, note)
+        intent_text = prepared.to_json() if prepared is not None else ""
+        if not await keeper.store.mark_sending(
+            held.key, held.owner, self._clock(), intent_text
+        ):
             # Another worker took the claim over (this one looked dead to it).
             await keeper.abandon(held)
             return replace(
@@ -351,7 +438,7 @@ class Runner:
                 reason="not run: another worker took over its run-once claim "
                 "(this one was presumed dead); nothing was sent",
             )
-        outcome, changed = await self._act(trace, step, alert, held)
+        outcome, changed = await self._act(trace, step, alert, held, prepared)
         if not changed:
             await keeper.finish(
                 held,
@@ -376,13 +463,88 @@ class Runner:
         )
         return replace(outcome, reason=f"{outcome.reason}{note}") if note else outcome
 
+    async def _decided(
+        self, prepared: StepTrace, match: PlannedMatch, held: Held, note: str
+    ) -> StepTrace:
+        """Record a step ``prepare`` decided without acting (no-op or failure)."""
+        assert self._guards is not None  # noqa: S101 (checked by the caller)
+        changed = prepared.decision is not Decision.EXECUTED
+        await self._guards.finish(
+            held,
+            ok=not changed,
+            detail=prepared.reason,
+            playbook=match.playbook,
+            target=prepared.target,
+            guards=match.match.playbook.guards,
+            now=self._clock(),
+            count=changed,
+        )
+        if changed:
+            return replace(
+                prepared, reason=f"{prepared.reason} (nothing was sent){note}"
+            )
+        return replace(prepared, decision=Decision.SKIPPED, guard="already_done")
+
+    async def _last_check(
+        self,
+        trace: StepTrace,
+        alert: Alert,
+        match: PlannedMatch,
+        held: Held,
+        before_effect: str,
+    ) -> StepTrace | None:
+        """Ask the alert's source right before acting; a "no" ends the run."""
+        assert self._guards is not None  # noqa: S101 (checked by the caller)
+        keeper = self._guards
+        try:
+            await keeper.check_firing(alert, ask_source=True)
+        except Refusal as refusal:
+            if before_effect:
+                return await self._not_rerun(
+                    trace,
+                    match,
+                    held,
+                    why=f"{before_effect}; not run again: {refusal.reason}",
+                    guard=refusal.guard,
+                )
+            await keeper.abandon(held)
+            return replace(
+                trace,
+                decision=Decision.SKIPPED,
+                reason=refusal.reason,
+                guard=refusal.guard,
+            )
+        except StoreUnavailableError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (failure is a value)
+            failed = self._failed(trace, exc, "last check before acting failed: ")
+            if before_effect:
+                return await self._not_rerun(
+                    trace,
+                    match,
+                    held,
+                    why=f"{before_effect}; not run again: {failed.reason}",
+                    guard=None,
+                )
+            await keeper.abandon(held)
+            note = _recovery_note(held, before_effect)
+            return replace(failed, reason=f"{failed.reason} (nothing was sent){note}")
+        return None
+
     async def _act(
-        self, trace: StepTrace, step: StepModel, alert: Alert, held: Held
+        self,
+        trace: StepTrace,
+        step: StepModel,
+        alert: Alert,
+        held: Held,
+        intent: Intent | None,
     ) -> tuple[StepTrace, bool]:
         """Run and verify a step while renewing its lock; failures are values."""
         try:
             async with self._renewing(held, self._lock_ttl(step)):
-                outcome, changed = await self._execute_changed(trace, step, alert)
+                outcome, changed = await self._execute_changed(
+                    trace, step, alert, intent
+                )
                 if changed and outcome.decision is Decision.EXECUTED:
                     outcome = await self._verify(outcome, step, alert)
         except asyncio.CancelledError as exc:
@@ -395,81 +557,176 @@ class Runner:
             return self._failed(trace, exc, ""), True
         return outcome, changed
 
+    async def _prepare(
+        self, trace: StepTrace, step: StepModel, alert: Alert
+    ) -> Intent | StepTrace | None:
+        """The executor's intent for ``step``, a decision without acting, or None.
+
+        None: the executor does not prepare this step type (its ``run`` acts and
+        no intent is recorded). A failure is a value: ``failed``, nothing sent.
+        """
+        prepare = getattr(self._executors[step.family], "prepare", None)
+        if prepare is None:
+            return None
+        try:
+            async with asyncio.timeout(step.timeout.total_seconds()):
+                prepared: Intent | StepResult | None = await prepare(step, alert)
+        except TimeoutError:
+            return replace(
+                trace,
+                decision=Decision.FAILED,
+                reason=f"timed out reading the target after "
+                f"{step.timeout.total_seconds():g}s: {step.summary()}",
+            )
+        except StoreUnavailableError:
+            raise
+        except asyncio.CancelledError as exc:
+            if _cancelled_from_outside():
+                raise
+            return self._failed(trace, exc, "")
+        except Exception as exc:  # noqa: BLE001 (failure is a value)
+            return self._failed(trace, exc, "")
+        if isinstance(prepared, StepResult):
+            return replace(
+                trace,
+                decision=Decision.EXECUTED if prepared.ok else Decision.FAILED,
+                reason=self._scrub(prepared.reason),
+                result=freeze(dict(prepared.result)),
+            )
+        return prepared
+
     async def _recheck(
+        self, step: StepModel, alert: Alert, held: Held
+    ) -> tuple[RecheckResult, bool]:
+        """Ask the executor whether the interrupted action took effect.
+
+        Also says whether the step's verification already ran for it.
+
+        When it cannot tell and the step declares a verification, a passing
+        verification now counts as "took effect" (the state the remediation
+        wanted is there), a failing one leaves it unknown: never re-sent.
+        """
+        assert held.recovered is not None  # noqa: S101 (checked by the caller)
+        intent = Intent.from_json(held.recovered.intent)
+        recheck = getattr(self._executors[step.family], "recheck", None)
+        if intent is None:
+            seen = RecheckResult(None, "no intent was recorded before it was sent")
+        elif recheck is None:
+            seen = RecheckResult(
+                None, f"{step.type_name()} has no re-check (intent: {intent.summary})"
+            )
+        else:
+            try:
+                async with (
+                    self._renewing(held, self._lock_ttl(step)),
+                    asyncio.timeout(step.timeout.total_seconds()),
+                ):
+                    seen = await recheck(step, alert, intent)
+            except StoreUnavailableError:
+                raise
+            except asyncio.CancelledError as exc:
+                if _cancelled_from_outside():
+                    raise
+                seen = RecheckResult(
+                    None, f"the re-check failed: {describe_error(exc)}"
+                )
+            except Exception as exc:  # noqa: BLE001 (failure is a value)
+                seen = RecheckResult(
+                    None, f"the re-check failed: {describe_error(exc)}"
+                )
+        seen = RecheckResult(seen.took_effect, self._scrub(seen.reason))
+        if seen.took_effect is not None or getattr(step, "verify", None) is None:
+            return seen, False
+        probe = StepTrace(
+            kind=StepKind.REMEDIATION,
+            type=step.type_name(),
+            target="",
+            decision=Decision.EXECUTED,
+            reason="",
+        )
+        async with self._renewing(held, self._lock_ttl(step)):
+            checked = await self._verify(probe, step, alert)
+        said = checked.reason.removeprefix("; ")
+        if checked.decision is Decision.EXECUTED:
+            passed = RecheckResult(
+                took_effect=True,
+                reason=f"{seen.reason}; but its verification passes now: {said}",
+            )
+            return passed, True
+        failed = RecheckResult(
+            None, f"{seen.reason}; its verification does not pass either: {said}"
+        )
+        return failed, True
+
+    async def _recovered(
         self,
         trace: StepTrace,
         step: StepModel,
         alert: Alert,
         match: PlannedMatch,
+        *,
         held: Held,
+        seen: RecheckResult,
+        verified: bool,
     ) -> StepTrace:
-        """Decide an action a crash interrupted after it was marked ``sending``."""
+        """Record an interrupted action that took effect, or might have."""
         assert self._guards is not None  # noqa: S101 (checked by the caller)
         assert held.recovered is not None  # noqa: S101 (checked by the caller)
-        keeper = self._guards
-        guards = match.match.playbook.guards
         owner = held.recovered.owner
-        executor = self._executors[step.family]
-        rechecks: frozenset[str] = getattr(executor, "rechecks", frozenset())
-        if step.type_name() not in rechecks:
-            reason = (
-                f"interrupted by a crash of {owner} after the action was sent, "
-                "before its outcome was recorded; whether it took effect is "
-                f"unknown and it is not re-run (at most once): {step.summary()}"
-            )
-            await keeper.finish(
-                held,
-                ok=False,
-                detail=reason,
-                playbook=match.playbook,
-                target=trace.target,
-                guards=guards,
-                now=self._clock(),
-                count=False,
-            )
-            return replace(trace, decision=Decision.FAILED, reason=reason)
-        try:
-            async with self._renewing(held, self._lock_ttl(step)):
-                outcome, changed = await self._execute_changed(trace, step, alert)
-        except asyncio.CancelledError as exc:
-            if _cancelled_from_outside():
-                raise
-            outcome, changed = self._failed(trace, exc, ""), True
-        except StoreUnavailableError:
-            raise
-        except Exception as exc:  # noqa: BLE001 (failure is a value)
-            outcome, changed = self._failed(trace, exc, ""), True
-        if outcome.decision is Decision.EXECUTED and not changed:
+        if seen.took_effect:
             outcome = replace(
-                outcome,
+                trace,
                 decision=Decision.EXECUTED,
-                reason=f"executed, recovered after a crash of {owner}: the target "
-                f"was already as wanted ({outcome.reason})",
+                reason=f"executed, recovered after a crash of {owner}: {seen.reason}",
             )
-        elif outcome.decision is Decision.EXECUTED:
-            outcome = await self._verify(outcome, step, alert)
-            outcome = replace(
-                outcome,
-                reason=f"the attempt of {owner} was interrupted by a crash before "
-                f"it took effect; re-checked and run now: {outcome.reason}",
-            )
+            if not verified:
+                async with self._renewing(held, self._lock_ttl(step)):
+                    outcome = await self._verify(outcome, step, alert)
         else:
             outcome = replace(
-                outcome,
-                reason=f"failed, interrupted by a crash of {owner}; the re-check "
-                f"failed: {outcome.reason}",
+                trace,
+                decision=Decision.FAILED,
+                reason=f"failed, interrupted by a crash of {owner} after the action "
+                f"was sent; unknown whether it took effect ({seen.reason}); not "
+                f"re-run (at most once): {step.summary()}",
             )
-        ok = outcome.decision is Decision.EXECUTED
-        await keeper.finish(
+        await self._guards.finish(
             held,
-            ok=ok,
+            ok=outcome.decision is Decision.EXECUTED,
             detail=outcome.reason,
             playbook=match.playbook,
             target=trace.target,
-            guards=guards,
+            guards=match.match.playbook.guards,
             now=self._clock(),
+            count=bool(seen.took_effect),
         )
         return outcome
+
+    async def _not_rerun(
+        self,
+        trace: StepTrace,
+        match: PlannedMatch,
+        held: Held,
+        *,
+        why: str,
+        guard: str | None,
+    ) -> StepTrace:
+        """An interrupted action that did not take effect, and may not run now."""
+        assert self._guards is not None  # noqa: S101 (checked by the caller)
+        reason = f"failed, {why}"
+        await self._guards.finish(
+            held,
+            ok=False,
+            detail=reason,
+            playbook=match.playbook,
+            target=trace.target,
+            guards=match.match.playbook.guards,
+            now=self._clock(),
+            count=False,
+        )
+        if guard is None:
+            return replace(trace, decision=Decision.FAILED, reason=reason)
+        return replace(trace, decision=Decision.SKIPPED, reason=reason, guard=guard)
 
     async def _verify(
         self, trace: StepTrace, step: StepModel, alert: Alert
@@ -521,9 +778,13 @@ class Runner:
         return (await self._execute_changed(trace, step, alert))[0]
 
     async def _execute_changed(
-        self, trace: StepTrace, step: StepModel, alert: Alert
+        self,
+        trace: StepTrace,
+        step: StepModel,
+        alert: Alert,
+        intent: Intent | None = None,
     ) -> tuple[StepTrace, bool]:
-        """Run a step; also say whether it changed anything (or may have)."""
+        """Run a step (``apply`` its intent if prepared); say if it changed anything."""
         action = step.summary()
         executor = self._executors.get(step.family)
         if executor is None:
@@ -537,7 +798,11 @@ class Runner:
             return skipped, False
         try:
             async with asyncio.timeout(step.timeout.total_seconds()):
-                outcome = await executor.run(step, alert)
+                if intent is not None:
+                    preparing: Preparing = executor  # type: ignore[assignment]
+                    outcome = await preparing.apply(step, alert, intent)
+                else:
+                    outcome = await executor.run(step, alert)
         except TimeoutError:
             timed_out = replace(
                 trace,

@@ -10,6 +10,8 @@ failed before anything was sent.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from receiver.errors import PermanentStepError, TransientStepError
-from receiver.model import Alert, StepResult
+from receiver.model import Alert, Intent, RecheckResult, StepResult
 from receiver.rulebook.steps import HttpGet, HttpRequest, HttpVerify, StepModel
 from receiver.steps.retry import retrying
 
@@ -76,6 +78,43 @@ class HttpExecutor:
         if isinstance(step, HttpRequest):
             return await self._request(step)
         raise PermanentStepError(f"http executor cannot run {step.type_name()}")
+
+    async def prepare(self, step: StepModel, alert: Alert) -> Intent | None:
+        """Record the exact request an ``http.request`` is about to send.
+
+        Header values are never recorded (they may carry credentials), only
+        their names, and the body as a digest.
+        """
+        del alert
+        if not isinstance(step, HttpRequest):
+            return None
+        body = json.dumps(step.json_body, sort_keys=True).encode()
+        return Intent(
+            f"{step.method} {step.url}",
+            {
+                "method": step.method,
+                "url": step.url,
+                "body_sha256": hashlib.sha256(body).hexdigest(),
+                "headers": sorted(step.headers or {}),
+            },
+        )
+
+    async def apply(self, step: StepModel, alert: Alert, intent: Intent) -> StepResult:
+        """Send the request ``prepare`` recorded (the step's own)."""
+        del intent
+        return await self.run(step, alert)
+
+    async def recheck(
+        self, step: StepModel, alert: Alert, intent: Intent
+    ) -> RecheckResult:
+        """A request leaves no trace here to read back: it cannot tell."""
+        del step, alert
+        return RecheckResult(
+            None,
+            f"{intent.summary} is not idempotent and leaves nothing the receiver "
+            "can read back; whether it arrived cannot be told (declare a verify "
+            "on the step so a crash recovery can check its effect)",
+        )
 
     async def _get(
         self, url: str, expect: int, path: str | None, cap: int = 2048

@@ -129,6 +129,14 @@ def without_hash(template: Mapping[str, Any]) -> Json:
     return out
 
 
+def template_digest(template: Mapping[str, Any]) -> str:
+    """A short digest of a pod template, pod-template-hash label left out."""
+    canonical = json.dumps(
+        without_hash(template), sort_keys=True, separators=(",", ":"), default=str
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
 def template_images(template: Mapping[str, Any]) -> list[str]:
     """The container images of a pod template."""
     return [str(c.get("image", "?")) for c in dig(template, "spec", "containers") or []]

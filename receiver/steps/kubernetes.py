@@ -37,7 +37,7 @@ import aiohttp
 import re2
 
 from receiver.errors import PermanentStepError, QuantityError, TransientStepError
-from receiver.model import Alert, StepResult, iso
+from receiver.model import Alert, Intent, RecheckResult, StepResult, iso
 from receiver.rulebook.steps import (
     K8sDeletePod,
     K8sDescribe,
@@ -75,6 +75,7 @@ from receiver.steps.kube_objects import (
     CHANGE_CAUSE,
     EPOCH,
     PER_POD_LABELS,
+    POD_TEMPLATE_HASH,
     REPLACING_OWNERS,
     RESTARTED_AT,
     ROLLBACK_KEEP,
@@ -97,8 +98,16 @@ from receiver.steps.kube_objects import (
     revision_of,
     rfc3339,
     rollout_status,
+    template_digest,
     template_images,
     without_hash,
+)
+from receiver.steps.kube_recheck import (
+    recheck_count,
+    recheck_limit,
+    recheck_pods,
+    recheck_restart,
+    recheck_undo,
 )
 
 _WRITE_ATTEMPTS = 3
@@ -121,6 +130,14 @@ class _Write:
 
 
 Decision = StepResult | _Write
+
+
+@dataclass(frozen=True)
+class _UndoPlan:
+    """A rollback worked out from one read: its intent and its write."""
+
+    intent: Intent
+    decide: Callable[[Json, int], Decision]
 
 
 class KubernetesExecutor:
@@ -294,14 +311,48 @@ class KubernetesExecutor:
     # ------------------------------------------------------------- dispatch
 
     async def run(self, step: StepModel, alert: Alert) -> StepResult:
-        """Run one ``k8s.*`` step."""
-        del alert
+        """Run one ``k8s.*`` step (a remediation: ``prepare``, then ``apply``)."""
         handlers: dict[type[Any], Callable[[Any], Awaitable[StepResult]]] = {
             K8sPods: self._pods,
             K8sEvents: self._events,
             K8sLogs: self._logs,
             K8sRolloutHistory: self._history,
             K8sDescribe: self._describe,
+        }
+        handler = handlers.get(type(step))
+        if handler is not None:
+            return await handler(step)
+        prepared = await self.prepare(step, alert)
+        if prepared is None:
+            raise PermanentStepError(f"k8s executor cannot run {step.type_name()}")
+        if isinstance(prepared, StepResult):
+            return prepared
+        return await self.apply(step, alert, prepared)
+
+    async def prepare(
+        self, step: StepModel, alert: Alert
+    ) -> Intent | StepResult | None:
+        """Read the target of a remediation and state it in absolute terms.
+
+        A ``StepResult`` means there is nothing to do (a rollback not needed);
+        None: not a remediation this executor prepares.
+        """
+        del alert
+        preparers: dict[type[Any], Callable[[Any], Awaitable[Intent | StepResult]]] = {
+            K8sRolloutRestart: self._prepare_restart,
+            K8sRolloutUndo: self._prepare_undo,
+            K8sScale: self._prepare_scale,
+            K8sPatchHpa: self._prepare_hpa,
+            K8sDeletePod: self._prepare_delete,
+            K8sSetMemoryLimit: self._prepare_memory,
+        }
+        preparer = preparers.get(type(step))
+        return None if preparer is None else await preparer(step)
+
+    async def apply(self, step: StepModel, alert: Alert, intent: Intent) -> StepResult:
+        """Do exactly what ``prepare`` said (every write still fenced)."""
+        del alert
+        appliers: dict[type[Any], Callable[[Any, Intent], Awaitable[StepResult]]] = {
             K8sRolloutRestart: self._restart,
             K8sRolloutUndo: self._undo,
             K8sScale: self._scale,
@@ -309,10 +360,68 @@ class KubernetesExecutor:
             K8sDeletePod: self._delete_pods,
             K8sSetMemoryLimit: self._set_memory_limit,
         }
-        handler = handlers.get(type(step))
-        if handler is None:
-            raise PermanentStepError(f"k8s executor cannot run {step.type_name()}")
-        return await handler(step)
+        applier = appliers.get(type(step))
+        if applier is None:
+            raise PermanentStepError(f"k8s executor cannot apply {step.type_name()}")
+        return await applier(step, intent)
+
+    async def recheck(
+        self, step: StepModel, alert: Alert, intent: Intent
+    ) -> RecheckResult:
+        """Whether an interrupted ``apply`` of ``intent`` shows on the target now."""
+        del alert
+        if isinstance(step, K8sRolloutRestart):
+            obj = await self._read_workload(
+                step.workload_kind, step.namespace, step.workload
+            )
+            return recheck_restart(step.target(), obj, intent)
+        if isinstance(step, K8sRolloutUndo):
+            obj = await self._read_workload(
+                "Deployment", step.namespace, step.deployment
+            )
+            return recheck_undo(step.target(), obj, intent)
+        if isinstance(step, K8sScale):
+            read, _patch = await self._scale_calls(step)
+            live = int(dig(await read(), "spec", "replicas", default=0))
+            return recheck_count(f"{step.target()} replicas", live, intent)
+        if isinstance(step, K8sPatchHpa):
+            obj = await self._read_hpa(step.namespace, step.hpa)
+            live = int(dig(obj, "spec", "maxReplicas", default=0))
+            return recheck_count(
+                f"maxReplicas of hpa/{step.hpa}", live, intent, at_least=True
+            )
+        if isinstance(step, K8sSetMemoryLimit):
+            obj = await self._read_workload(
+                step.workload_kind, step.namespace, step.workload
+            )
+            return recheck_limit(step.target(), _limit_of(obj, step.container), intent)
+        if isinstance(step, K8sDeletePod):
+            return await self._recheck_delete(step, intent)
+        raise PermanentStepError(f"k8s executor cannot re-check {step.type_name()}")
+
+    async def _recheck_delete(
+        self, step: K8sDeletePod, intent: Intent
+    ) -> RecheckResult:
+        self._check_kind("Pod")
+        core = await self._api.core()
+        ns = step.namespace
+        seen: list[tuple[str, str]] = []
+        for pod in intent.data["pods"]:
+            name = str(pod["name"])
+            try:
+                live = await self._api.json(
+                    f"get pod/{name} -n {ns}", core.read_namespaced_pod, name, ns
+                )
+            except KubeNotFoundError:
+                seen.append((name, "gone"))
+                continue
+            if pod.get("uid") and dig(live, "metadata", "uid") != pod["uid"]:
+                seen.append((name, "replaced (new uid)"))
+            elif dig(live, "metadata", "deletionTimestamp") is not None:
+                seen.append((name, "terminating"))
+            else:
+                seen.append((name, "still running (same uid)"))
+        return recheck_pods(seen)
 
     async def verify(self, check: Any, step: StepModel, alert: Alert) -> StepResult:
         """Poll ``k8s.rollout_status`` or ``k8s.pods_ready`` until it holds."""
@@ -786,9 +895,19 @@ class KubernetesExecutor:
             done=done,
         )
 
-    async def _restart(self, step: K8sRolloutRestart) -> StepResult:
+    async def _prepare_restart(self, step: K8sRolloutRestart) -> Intent:
         kind, ns, name = step.workload_kind, step.namespace, step.workload
+        obj = await self._read_workload(kind, ns, name)
+        annotations = dig(obj, "spec", "template", "metadata", "annotations") or {}
         stamp = rfc3339(self._clock())
+        return Intent(
+            f"rollout restart {kind.lower()}/{name} -n {ns} (restartedAt {stamp})",
+            {"restarted_at": stamp, "previous": annotations.get(RESTARTED_AT)},
+        )
+
+    async def _restart(self, step: K8sRolloutRestart, intent: Intent) -> StepResult:
+        kind, ns, name = step.workload_kind, step.namespace, step.workload
+        stamp = str(intent.data["restarted_at"])
 
         def decide(obj: Json, attempt: int) -> Decision:
             annotations = dig(obj, "spec", "template", "metadata", "annotations") or {}
@@ -832,7 +951,31 @@ class KubernetesExecutor:
             decide,
         )
 
-    async def _undo(self, step: K8sRolloutUndo) -> StepResult:
+    async def _prepare_undo(self, step: K8sRolloutUndo) -> Intent | StepResult:
+        planned = await self._plan_undo(step)
+        if isinstance(planned, StepResult):
+            return planned
+        return planned.intent
+
+    async def _undo(self, step: K8sRolloutUndo, intent: Intent) -> StepResult:
+        """Roll back as ``intent`` says, if the deployment is still as it was read."""
+        ns, name = step.namespace, step.deployment
+        planned = await self._plan_undo(step)
+        if isinstance(planned, StepResult):
+            return planned
+        if planned.intent.data != intent.data:
+            raise PermanentStepError(
+                f"refused: deployment/{name} changed between reading it and rolling "
+                f"back (now: {planned.intent.summary}; read: {intent.summary}); not "
+                "overwriting someone else's change"
+            )
+        return await self._write_loop(
+            f"rollout undo {step.target()}",
+            lambda: self._read_workload("Deployment", ns, name),
+            planned.decide,
+        )
+
+    async def _plan_undo(self, step: K8sRolloutUndo) -> _UndoPlan | StepResult:
         ns, name = step.namespace, step.deployment
         deployment = await self._read_workload("Deployment", ns, name)
         if dig(deployment, "spec", "paused"):
@@ -949,11 +1092,20 @@ class KubernetesExecutor:
                 ),
             )
 
-        return await self._write_loop(
-            f"rollout undo {step.target()}",
-            lambda: self._read_workload("Deployment", ns, name),
-            decide,
+        intent = Intent(
+            f"roll back deployment/{name} -n {ns} from revision {current} to "
+            f"revision {to_revision}",
+            {
+                "from_revision": current,
+                "to_revision": to_revision,
+                "from_template": template_digest(current_template),
+                "to_template": template_digest(target_template),
+                "to_pod_template_hash": dig(
+                    target, "metadata", "labels", POD_TEMPLATE_HASH
+                ),
+            },
         )
+        return _UndoPlan(intent, decide)
 
     @staticmethod
     def _undo_target(step: K8sRolloutUndo, owned: list[Json], current: int) -> Json:
@@ -977,7 +1129,35 @@ class KubernetesExecutor:
             )
         return earlier[0]
 
-    async def _scale(self, step: K8sScale) -> StepResult:
+    async def _prepare_scale(self, step: K8sScale) -> Intent:
+        kind, ns, name = step.workload_kind, step.namespace, step.workload
+        read, _patch = await self._scale_calls(step)
+        first = await read()
+        start = int(dig(first, "spec", "replicas", default=0))
+        wanted = apply_relative(step.replicas, start)
+        target = min(max(wanted, step.min), step.max)
+        up = wanted > start
+        notes = []
+        if target != wanted:
+            notes.append(
+                f"{step.replicas} asks for {wanted}, clamped to "
+                f"{'max' if wanted > step.max else 'min'} {target}"
+            )
+        if up and target < start:
+            notes.append(
+                f"already at {start}, above max {step.max}; not scaling down while "
+                "scaling up"
+            )
+            target = start
+        return Intent(
+            f"scale {kind.lower()}/{name} -n {ns} from {start} to {target} replicas",
+            {"from": start, "to": target, "up": up, "notes": notes},
+        )
+
+    async def _scale_calls(
+        self, step: K8sScale
+    ) -> tuple[Callable[[], Awaitable[Json]], Callable[[Json], Awaitable[Json]]]:
+        """Read and patch the scale subresource of the step's workload."""
         kind, ns, name = step.workload_kind, step.namespace, step.workload
         self._check_kind(kind)
         apps = await self._api.apps()
@@ -996,23 +1176,21 @@ class KubernetesExecutor:
         async def read() -> Json:
             return await self._api.json(f"get {what} scale", read_call, name, ns)
 
-        first = await read()
-        start = int(dig(first, "spec", "replicas", default=0))
-        wanted = apply_relative(step.replicas, start)
-        target = min(max(wanted, step.min), step.max)
-        up = wanted > start
-        notes = []
-        if target != wanted:
-            notes.append(
-                f"{step.replicas} asks for {wanted}, clamped to "
-                f"{'max' if wanted > step.max else 'min'} {target}"
+        async def patch(body: Json) -> Json:
+            return await self._api.json(
+                f"patch {what} scale", patch_call, name, ns, body, retry=False
             )
-        if up and target < start:
-            notes.append(
-                f"already at {start}, above max {step.max}; not scaling down while "
-                "scaling up"
-            )
-            target = start
+
+        return read, patch
+
+    async def _scale(self, step: K8sScale, intent: Intent) -> StepResult:
+        kind, ns, name = step.workload_kind, step.namespace, step.workload
+        what = f"{kind.lower()}/{name} -n {ns}"
+        read, patch = await self._scale_calls(step)
+        start = int(intent.data["from"])
+        target = int(intent.data["to"])
+        up = bool(intent.data["up"])
+        notes = [str(n) for n in intent.data.get("notes") or []]
 
         def decide(obj: Json, attempt: int) -> Decision:
             live = int(dig(obj, "spec", "replicas", default=0))
@@ -1046,13 +1224,8 @@ class KubernetesExecutor:
                 content_type="application/strategic-merge-patch+json",
             )
 
-            async def send() -> Json:
-                return await self._api.json(
-                    f"patch {what} scale", patch_call, name, ns, body, retry=False
-                )
-
             return _Write(
-                send=send,
+                send=lambda: patch(body),
                 request=request,
                 done=lambda _response: StepResult(
                     ok=True,
@@ -1067,11 +1240,10 @@ class KubernetesExecutor:
                 ),
             )
 
-        return await self._write_loop(f"scale {what}", _first_then(first, read), decide)
+        return await self._write_loop(f"scale {what}", read, decide)
 
-    async def _patch_hpa(self, step: K8sPatchHpa) -> StepResult:
+    async def _prepare_hpa(self, step: K8sPatchHpa) -> Intent:
         ns, name = step.namespace, step.hpa
-        api = await self._api.autoscaling()
         first = await self._read_hpa(ns, name)
         start = int(dig(first, "spec", "maxReplicas", default=0))
         wanted = apply_relative(step.max_replicas, start)
@@ -1081,6 +1253,17 @@ class KubernetesExecutor:
             if target < wanted
             else ""
         )
+        return Intent(
+            f"set maxReplicas of hpa/{name} -n {ns} from {start} to {target}",
+            {"from": start, "to": target, "note": note},
+        )
+
+    async def _patch_hpa(self, step: K8sPatchHpa, intent: Intent) -> StepResult:
+        ns, name = step.namespace, step.hpa
+        api = await self._api.autoscaling()
+        start = int(intent.data["from"])
+        target = int(intent.data["to"])
+        note = str(intent.data.get("note") or "")
 
         def decide(obj: Json, attempt: int) -> Decision:
             live = int(dig(obj, "spec", "maxReplicas", default=0))
@@ -1139,12 +1322,23 @@ class KubernetesExecutor:
             )
 
         return await self._write_loop(
-            f"patch hpa/{name} -n {ns}",
-            _first_then(first, lambda: self._read_hpa(ns, name)),
-            decide,
+            f"patch hpa/{name} -n {ns}", lambda: self._read_hpa(ns, name), decide
         )
 
-    async def _set_memory_limit(self, step: K8sSetMemoryLimit) -> StepResult:
+    async def _prepare_memory(self, step: K8sSetMemoryLimit) -> Intent:
+        kind, ns, name = step.workload_kind, step.namespace, step.workload
+        obj = await self._read_workload(kind, ns, name)
+        live = _limit_of(obj, step.container)
+        return Intent(
+            f"set the memory limit of {step.container} in {kind.lower()}/{name} "
+            f"-n {ns} from {live or 'none'} to {step.memory}",
+            {"container": step.container, "from": live, "to": step.memory},
+        )
+
+    async def _set_memory_limit(
+        self, step: K8sSetMemoryLimit, intent: Intent
+    ) -> StepResult:
+        del intent  # the limit is absolute already: the step's own value
         kind, ns, name = step.workload_kind, step.namespace, step.workload
         target = parse_quantity(step.memory)
 
@@ -1215,7 +1409,8 @@ class KubernetesExecutor:
             decide,
         )
 
-    async def _delete_pods(self, step: K8sDeletePod) -> StepResult:
+    async def _prepare_delete(self, step: K8sDeletePod) -> Intent:
+        """Choose the pods to delete (within the caps) and name them by uid."""
         self._check_kind("Pod")
         ns = step.namespace
         core = await self._api.core()
@@ -1247,7 +1442,7 @@ class KubernetesExecutor:
             peers, _ = await self._list_pods(ns, step.selector, _SELECT_PODS)
             candidates = peers
             self._remember(ns, step, step.selector or "")
-        return await self._delete_within_caps(step, peers, candidates)
+        return self._choose_pods(step, peers, candidates)
 
     def _remember(self, ns: str, step: K8sDeletePod, selector: str) -> None:
         key = (ns, step.target())
@@ -1256,10 +1451,9 @@ class KubernetesExecutor:
         while len(self._replaced_by) > _MEMO_SIZE:
             self._replaced_by.popitem(last=False)
 
-    async def _delete_within_caps(
+    def _choose_pods(
         self, step: K8sDeletePod, peers: list[Json], candidates: list[Json]
-    ) -> StepResult:
-        ns = step.namespace
+    ) -> Intent:
         ready = sum(1 for p in peers if is_pod_ready(p))
         skipped: list[Json] = []
         chosen: list[Json] = []
@@ -1307,7 +1501,32 @@ class KubernetesExecutor:
                 f"refused to delete any pod of {step.target()} ({ready} ready): "
                 f"{why or 'no pods matched'}"
             )
-        deleted = [await self._delete_pod(ns, pod) for pod in chosen]
+        pods = [
+            {"name": dig(p, "metadata", "name"), "uid": dig(p, "metadata", "uid")}
+            for p in chosen
+        ]
+        return Intent(
+            f"delete {len(pods)} pod(s) in {step.namespace}: "
+            + ", ".join(str(p["name"]) for p in pods),
+            {
+                "pods": pods,
+                "skipped": skipped[:20],
+                "ready_before": ready,
+                "ready_at_least": left,
+            },
+        )
+
+    async def _delete_pods(self, step: K8sDeletePod, intent: Intent) -> StepResult:
+        """Delete exactly the pods ``intent`` names (uid preconditions)."""
+        self._check_kind("Pod")
+        ns = step.namespace
+        ready = int(intent.data["ready_before"])
+        left = int(intent.data["ready_at_least"])
+        skipped = list(intent.data.get("skipped") or [])
+        deleted = [
+            await self._delete_pod(ns, {"metadata": dict(pod)})
+            for pod in intent.data["pods"]
+        ]
         names = [d["pod"] for d in deleted]
         reason = (
             f"deleted {len(names)} pod(s) in {ns}: {', '.join(names)} (their "
@@ -1468,22 +1687,6 @@ class KubernetesExecutor:
             await asyncio.sleep(self._poll)
 
 
-def _first_then(
-    first: Json, read: Callable[[], Awaitable[Json]]
-) -> Callable[[], Awaitable[Json]]:
-    """A reader that returns ``first`` once (already read), then reads again."""
-    used = False
-
-    async def reader() -> Json:
-        nonlocal used
-        if not used:
-            used = True
-            return first
-        return await read()
-
-    return reader
-
-
 def _live_quantity(
     live: object, step: K8sSetMemoryLimit, kind: str, name: str
 ) -> Fraction:
@@ -1496,3 +1699,12 @@ def _live_quantity(
             f"{kind.lower()}/{name} is {str(live)[:64]!r}, which is not a "
             "Kubernetes quantity; nothing was changed"
         ) from exc
+
+
+def _limit_of(obj: Mapping[str, Any], name: str) -> str | None:
+    """The memory limit of container ``name`` in a workload, if it has one."""
+    for c in dig(obj, "spec", "template", "spec", "containers") or []:
+        if c.get("name") == name:
+            limit = dig(c, "resources", "limits", "memory")
+            return None if limit is None else str(limit)
+    return None

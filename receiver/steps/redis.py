@@ -17,6 +17,7 @@ connection error cannot do more than the first attempt meant to.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -29,7 +30,7 @@ from redis.backoff import NoBackoff
 from redis.client import NEVER_DECODE
 
 from receiver.errors import PermanentStepError, TransientStepError
-from receiver.model import Alert, StepResult
+from receiver.model import Alert, Intent, RecheckResult, StepResult
 from receiver.rulebook.steps import (
     RedisDeleteKeys,
     RedisDeletePattern,
@@ -49,6 +50,8 @@ MAX_SHOWN_KEY_CHARS = 200
 # A pattern delete stops scanning at this share of the step's timeout, so it can
 # still report what it did before the runner gives up on it.
 _SCAN_BUDGET = 0.8
+# SCAN calls a re-check after a crash makes to look for any key left matching.
+_RECHECK_SCANS = 1000
 _INFO_HIGHLIGHTS = {
     "stats": (
         "keyspace_hits",
@@ -197,6 +200,143 @@ class RedisExecutor:
         if isinstance(step, RedisResetCircuitBreaker):
             return await self._reset_breaker(step)
         raise PermanentStepError(f"redis executor cannot run {step.type_name()}")
+
+    async def prepare(self, step: StepModel, alert: Alert) -> Intent | None:
+        """Name the keys a remediation deletes and digest their values now.
+
+        A digest (SHA-256 of ``DUMP``) tells, after a crash, a key that was
+        never deleted from one deleted and written again.
+        """
+        del alert
+        if isinstance(step, RedisDeleteKeys | RedisResetCircuitBreaker):
+            keys = list(step.keys) if isinstance(step, RedisDeleteKeys) else step.keys()
+            digests = await self._try_digests(
+                step.target_name, [k.encode() for k in keys]
+            )
+            return Intent(
+                f"UNLINK {' '.join(keys[:MAX_SAMPLE_KEYS])} on redis "
+                f"{step.target_name}",
+                {"keys": keys, "digests": digests},
+            )
+        if isinstance(step, RedisDeletePattern):
+            check_pattern(step.pattern)
+            _cursor, batch = await self._scan(self._client(step.target_name), step, 0)
+            sample = batch[:MAX_SAMPLE_KEYS]
+            digests = await self._try_digests(step.target_name, sample)
+            return Intent(
+                f"SCAN MATCH {step.pattern} + UNLINK on redis {step.target_name}",
+                {
+                    "pattern": step.pattern,
+                    "sample": [k.hex() for k in sample],
+                    "digests": digests,
+                },
+            )
+        return None
+
+    async def apply(self, step: StepModel, alert: Alert, intent: Intent) -> StepResult:
+        """Delete what ``prepare`` named (the step's own keys or pattern)."""
+        del intent  # the keys and pattern are the step's; the intent adds digests
+        return await self.run(step, alert)
+
+    async def recheck(
+        self, step: StepModel, alert: Alert, intent: Intent
+    ) -> RecheckResult:
+        """Gone: took effect; every key as it was: did not; else cannot tell."""
+        del alert
+        if not isinstance(
+            step, RedisDeleteKeys | RedisDeletePattern | RedisResetCircuitBreaker
+        ):
+            raise PermanentStepError(
+                f"redis executor cannot re-check {step.type_name()}"
+            )
+        if isinstance(step, RedisDeletePattern):
+            keys = [bytes.fromhex(k) for k in intent.data.get("sample") or []]
+            what = f"keys matching {step.pattern}"
+        else:
+            keys = [str(k).encode() for k in intent.data.get("keys") or []]
+            what = "the keys"
+        shown = ", ".join(_shown_key(k, 80) for k in keys[:5]) or "(none)"
+        target = f"redis {step.target_name}"
+        present = await self._present(step.target_name, keys)
+        if isinstance(step, RedisDeletePattern):
+            if not any(present) and not await self._any_match(step):
+                return RecheckResult(
+                    took_effect=True,
+                    reason=f"{target}: no key matches {step.pattern}",
+                )
+        elif not any(present):
+            return RecheckResult(
+                took_effect=True, reason=f"{target}: {what} are absent ({shown})"
+            )
+        before = intent.data.get("digests")
+        if before is None:
+            return RecheckResult(
+                None,
+                f"{target}: {what} exist ({shown}) and no digest of their values "
+                "was recorded (the server refused DUMP), so a key written again "
+                "cannot be told from one never deleted",
+            )
+        now = await self._try_digests(step.target_name, keys)
+        if now == list(before) and any(d is not None for d in before):
+            return RecheckResult(
+                took_effect=False,
+                reason=f"{target}: {what} still hold the values they held before "
+                f"({shown})",
+            )
+        return RecheckResult(
+            None,
+            f"{target}: {what} changed since they were read ({shown}): deleted "
+            "and written again, or changed by someone else",
+        )
+
+    async def _present(self, target: str, keys: Sequence[bytes]) -> list[bool]:
+        """Whether each key exists (EXISTS, one per key)."""
+        client = self._client(target)
+
+        async def exists() -> list[bool]:
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.exists(key)
+            return [bool(n) for n in await pipe.execute()]
+
+        return await self._call(target, f"EXISTS {len(keys)} keys", exists)
+
+    async def _any_match(self, step: RedisDeletePattern) -> bool:
+        """Whether any key matches the pattern (a whole, bounded SCAN)."""
+        client = self._client(step.target_name)
+        cursor = 0
+        for _ in range(_RECHECK_SCANS):
+            cursor, batch = await self._scan(client, step, cursor)
+            if batch:
+                return True
+            if cursor == 0:
+                return False
+        return True  # not scanned to the end: assume some match
+
+    async def _try_digests(
+        self, target: str, keys: Sequence[bytes]
+    ) -> list[str | None] | None:
+        """The digests, or None where the server refuses DUMP (an ACL without it)."""
+        try:
+            return await self._digests(target, keys)
+        except PermanentStepError:
+            return None
+
+    async def _digests(self, target: str, keys: Sequence[bytes]) -> list[str | None]:
+        """SHA-256 of each key's DUMP (None for an absent key)."""
+        client = self._client(target)
+
+        async def dump() -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.execute_command("DUMP", key, **{NEVER_DECODE: True})
+            return list(await pipe.execute())
+
+        dumps = await self._call(target, f"DUMP {len(keys)} keys", dump)
+        return [
+            None if d is None else hashlib.sha256(_raw_key(d)).hexdigest()[:32]
+            for d in dumps
+        ]
 
     async def verify(self, check: Any, step: StepModel, alert: Alert) -> StepResult:
         """Redis has no verifications of its own; rules verify with PromQL or HTTP."""

@@ -142,6 +142,9 @@ class Claim:
 
     ``running``: claimed, guards passing, nothing sent yet; ``sending``: the
     action is about to leave or has left; ``done``/``failed``: how it ended.
+    ``intent`` is what ``mark_sending`` recorded the action would do (opaque
+    JSON text the step executor wrote, e.g. the absolute replica count), so
+    crash recovery can check whether it took effect.
     """
 
     key: str
@@ -150,6 +153,7 @@ class Claim:
     at: datetime
     detail: str = ""
     expires_at: datetime | None = None
+    intent: str = ""
 
 
 @dataclass(frozen=True)
@@ -391,8 +395,14 @@ class GuardState(Protocol):
         """
         ...
 
-    async def mark_sending(self, key: str, owner: str, now: datetime) -> bool:
-        """Record that the action is about to leave; False if not our claim."""
+    async def mark_sending(
+        self, key: str, owner: str, now: datetime, intent: str = ""
+    ) -> bool:
+        """Record that the action is about to leave, and its ``intent``.
+
+        ``intent`` (JSON text, kept until the key expires) replaces any intent
+        recorded before. False if the key is not our unfinished claim.
+        """
         ...
 
     async def finish_key(

@@ -32,7 +32,8 @@ Key layout (``P`` is the configured prefix; every name after it is the caller's)
                            so pruning by age never decodes JSON; TTL ``max_age``
     P:alert:{fingerprint}  hash: status, starts_at, updated_at; TTL ``max_age``
     P:seen:{key}           "1", SET NX PX ttl
-    P:claim:{key}          JSON Claim with expires_ms; finishing keeps the TTL
+    P:claim:{key}          JSON Claim with expires_ms and the intent recorded
+                           by mark_sending; finishing keeps the TTL
     P:lock:{name}          "owner|token|expires_ms"
     P:fence                INCR counter for lock fencing tokens (never expires:
                            tokens must keep increasing)
@@ -333,7 +334,7 @@ return {1, recovered}
 )
 
 _MARK_SENDING = """
--- KEYS: claim; ARGV: owner, at
+-- KEYS: claim; ARGV: owner, at, intent (JSON text, kept as a string field)
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local claim = cjson.decode(raw)
@@ -341,6 +342,7 @@ if claim['owner'] ~= ARGV[1] then return 0 end
 if claim['status'] ~= 'running' and claim['status'] ~= 'sending' then return 0 end
 claim['status'] = 'sending'
 claim['at'] = ARGV[2]
+claim['intent'] = ARGV[3]
 redis.call('SET', KEYS[1], cjson.encode(claim), 'XX', 'KEEPTTL')
 return 1
 """
@@ -1101,6 +1103,7 @@ class RedisStore:
             expires_at=(
                 datetime.fromtimestamp(int(expires) / 1000, UTC) if expires else None
             ),
+            intent=data.get("intent", ""),
         )
 
     async def claim_key(  # noqa: D102
@@ -1130,12 +1133,12 @@ class RedisStore:
         )
 
     async def mark_sending(  # noqa: D102
-        self, key: str, owner: str, now: datetime
+        self, key: str, owner: str, now: datetime, intent: str = ""
     ) -> bool:
         with self._reachable("mark a remediation as sending"):
             return bool(
                 await self._mark_sending_script(
-                    keys=[self._key("claim", key)], args=[owner, _iso(now)]
+                    keys=[self._key("claim", key)], args=[owner, _iso(now), intent]
                 )
             )
 

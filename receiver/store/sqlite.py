@@ -88,7 +88,8 @@ CREATE TABLE IF NOT EXISTS claims (
     status TEXT NOT NULL,
     at TEXT NOT NULL,
     detail TEXT NOT NULL DEFAULT '',
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    intent TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS claims_owner ON claims(owner, status);
 CREATE TABLE IF NOT EXISTS locks (
@@ -168,16 +169,23 @@ class SqliteStore:
 
     def _migrate(self) -> None:
         """Add the columns a store file written by an older version lacks."""
-        cols = {r[1] for r in self._db.execute("PRAGMA table_info(journal)")}
-        if not cols:
-            return
-        for name, kind in (
-            ("lease_until", "REAL"),
-            ("last_error", "TEXT NOT NULL DEFAULT ''"),
-            ("parked_at", "TEXT"),
+        for table, columns in (
+            (
+                "journal",
+                (
+                    ("lease_until", "REAL"),
+                    ("last_error", "TEXT NOT NULL DEFAULT ''"),
+                    ("parked_at", "TEXT"),
+                ),
+            ),
+            ("claims", (("intent", "TEXT NOT NULL DEFAULT ''"),)),
         ):
-            if name not in cols:
-                self._db.execute(f"ALTER TABLE journal ADD COLUMN {name} {kind}")
+            cols = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if not cols:
+                continue
+            for name, kind in columns:
+                if name not in cols:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailableError:
         error = StoreUnavailableError(
@@ -655,6 +663,7 @@ class SqliteStore:
             datetime.fromisoformat(row["at"]),
             row["detail"],
             datetime.fromtimestamp(row["expires_at"], UTC),
+            row["intent"],
         )
 
     async def claim_key(  # noqa: D102
@@ -675,7 +684,8 @@ class SqliteStore:
                 recovered = existing if orphan else None
             mine = Claim(key, owner, "running", now, "", now + ttl)
             db.execute(
-                "INSERT OR REPLACE INTO claims VALUES (?, ?, 'running', ?, '', ?)",
+                "INSERT OR REPLACE INTO claims (key, owner, status, at, detail, "
+                "expires_at, intent) VALUES (?, ?, 'running', ?, '', ?, '')",
                 (key, owner, now.isoformat(), _epoch(now + ttl)),
             )
             return ClaimOutcome(won=True, holder=mine, recovered=recovered)
@@ -683,13 +693,13 @@ class SqliteStore:
         return await self._run(write)
 
     async def mark_sending(  # noqa: D102
-        self, key: str, owner: str, now: datetime
+        self, key: str, owner: str, now: datetime, intent: str = ""
     ) -> bool:
         cur = await self._run(
             lambda db: db.execute(
-                "UPDATE claims SET status='sending', at=? WHERE key=? AND owner=? "
-                "AND status IN ('running', 'sending')",
-                (now.isoformat(), key, owner),
+                "UPDATE claims SET status='sending', at=?, intent=? WHERE key=? "
+                "AND owner=? AND status IN ('running', 'sending')",
+                (now.isoformat(), intent, key, owner),
             )
         )
         return bool(cur.rowcount == 1)
