@@ -7,21 +7,25 @@ are started and stopped in ``cleanup_ctx``.
 ``role`` says which part of the service this process is: ``all`` (the edge and
 the worker in one process: tests, tools, an in-memory store), ``edge`` (webhooks
 and the API; journals, rings the worker's doorbell, sheds load at the journal's
-bound, runs no playbook) or ``worker`` (decides the journal; serves only the
-health and metrics routes).
+bound, runs no playbook; serves the incident API without the incident ticker)
+or ``worker`` (decides the journal and runs the incident ticker; serves only
+the health and metrics routes).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from aiohttp import web
 
+from receiver.app_incidents import IncidentWiring, fan_out, install_incidents
 from receiver.engine.doorbell import EdgeBell, WorkerBell
 from receiver.engine.guards import FiringCheck, GuardDefaults, GuardKeeper
 from receiver.engine.planner import PlanContext
+from receiver.engine.reuse import DiagnosticsReuse
 from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor, Worker, consumer_name
 from receiver.metrics import WORKER_FAMILIES, Metrics
@@ -126,6 +130,7 @@ def create_app(  # noqa: C901 (the one place that wires everything)
     metrics: Metrics | None = None,
     sinks: Mapping[str, Sink] | None = None,
     firing_check: FiringCheck | None = None,
+    incidents: IncidentWiring | None = None,
     role: Role = "all",
     edge_bell: EdgeBell | None = None,
     worker_bell: WorkerBell | None = None,
@@ -145,14 +150,21 @@ def create_app(  # noqa: C901 (the one place that wires everything)
     )
     scrub = scrubber(settings)
     runner = Runner(
-        executors or {}, clock, mode=settings.mode, guards=keeper, scrub=scrub
+        executors or {},
+        clock,
+        mode=settings.mode,
+        guards=keeper,
+        scrub=scrub,
+        reuse=DiagnosticsReuse(settings.diagnostics_reuse, clock),
     )
+    metrics.mode.labels(settings.mode).set(1)
     processor = Processor(
         rulebook,
         runner,
         clock,
         PlanContext(
             execute=settings.mode == "execute",
+            diagnose=settings.mode == "diagnose",
             namespaces=tuple(settings.namespaces)
             if settings.namespaces is not None
             else None,
@@ -194,10 +206,24 @@ def create_app(  # noqa: C901 (the one place that wires everything)
     app[PROCESSOR] = processor
     admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
     _routes(app, handlers, admin, role)
+
+    incident_service = install_incidents(
+        app,
+        settings=settings,
+        store=store,
+        clock=clock,
+        rulebook=lambda: processor.rulebook,
+        auth=auth,
+        metrics=metrics,
+        # The worker process runs the incident ticker; the edge only serves
+        # the incident API over the same store.
+        wiring=replace(incidents or IncidentWiring(), tick_every=None)
+        if role == "edge"
+        else incidents,
+    )
     if role == "edge":
         app.cleanup_ctx.append(_edge_lifecycle(store, edge_bell, firing_check))
         return app
-
     sinks = build_sinks(settings) if sinks is None else sinks
     dispatcher = None
     if sinks or settings.sinks:
@@ -209,6 +235,7 @@ def create_app(  # noqa: C901 (the one place that wires everything)
             ),
             clock=clock,
             scrub=scrub,
+            on_outcomes=incident_service.sink_outcomes,
         )
         app[SINKS] = dispatcher
     worker = Worker(
@@ -218,7 +245,10 @@ def create_app(  # noqa: C901 (the one place that wires everything)
         metrics=metrics,
         consumer=consumer,
         clock=clock,
-        on_complete=dispatcher.submit if dispatcher is not None else None,
+        on_complete=fan_out(
+            dispatcher.submit if dispatcher is not None else None,
+            incident_service.submit,
+        ),
         lease=settings.journal_lease,
         max_attempts=settings.journal_max_attempts,
         bell=worker_bell,

@@ -1,4 +1,4 @@
-"""The ``receiver`` command: serve, replay, rules check, rules test.
+"""The ``receiver`` command: serve, replay, report, rules check, rules test.
 
 Parses arguments, loads settings and rules, and hands off; no logic of its own.
 """
@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
         help="run remediations for real (default: dry-run)",
     )
     serve.add_argument(
+        "--mode",
+        choices=["dry-run", "diagnose", "execute"],
+        help="dry-run (default): nothing is contacted; diagnose: read-only "
+        "diagnostics run and sinks post; execute: remediations run too",
+    )
+    serve.add_argument(
         "--role",
         choices=["all", "edge", "worker"],
         default="all",
@@ -73,6 +79,16 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--at", help="fix 'now' (ISO 8601) for duration-based severity")
     replay.add_argument("--json", action="store_true", help="print JSON")
 
+    report = sub.add_parser(
+        "report", help="print an incident's report and post-mortem (Markdown)"
+    )
+    report.add_argument("incident_id", metavar="ID", help="e.g. INC-2026-11-26-001")
+    report.add_argument("--config", type=Path, help="YAML settings file")
+    report.add_argument("--store", help="store URL (default: the settings' store)")
+    report.add_argument(
+        "--rules", type=Path, action="append", help="rule file or dir (targets)"
+    )
+
     rules = sub.add_parser("rules", help="check or test rule files")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_sub.add_parser("check", help="validate rule files")
@@ -90,13 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         logs.configure("console", "warning")
     try:
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "replay":
-            return _retry_all(args) if args.retry else asyncio.run(_replay(args))
-        if args.rules_command == "check":
-            return _rules_check(args.paths or DEFAULT_RULES)
-        return _rules_test(args.paths or DEFAULT_RULES)
+        return _dispatch(args)
     except (ConfigError, InputError) as exc:
         print(f"receiver: {exc}", file=sys.stderr)  # noqa: T201
         return 2
@@ -104,6 +114,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         for detail in exc.details:
             print(f"error: {detail}", file=sys.stderr)  # noqa: T201
         return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command."""
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "replay":
+        return _retry_all(args) if args.retry else asyncio.run(_replay(args))
+    if args.command == "report":
+        return asyncio.run(_report(args))
+    if args.rules_command == "check":
+        return _rules_check(args.paths or DEFAULT_RULES)
+    return _rules_test(args.paths or DEFAULT_RULES)
+
+
+async def _report(args: argparse.Namespace) -> int:
+    from receiver.app_incidents import print_report  # noqa: PLC0415
+
+    return await print_report(args.incident_id, args.config, args.store, args.rules)
 
 
 def _out(text: str = "") -> None:
@@ -167,7 +196,7 @@ def _serve(args: argparse.Namespace) -> int:
             "host": args.host,
             "port": args.port,
             "rules": args.rules,
-            "mode": "execute" if args.execute else None,
+            "mode": "execute" if args.execute else args.mode,
         },
     )
     settings.check_safe()
@@ -246,6 +275,8 @@ def _passed_on(args: argparse.Namespace) -> list[str]:
         out += ["--rules", str(path)]
     if args.execute:
         out.append("--execute")
+    if args.mode is not None:
+        out += ["--mode", args.mode]
     return out
 
 
@@ -290,11 +321,17 @@ def _log_started(settings: Any, rulebook: Any, role: str) -> None:
             "accepting unauthenticated requests; set RECEIVER_AUTH_TOKENS before "
             "exposing the receiver",
         )
-    if settings.mode == "dry-run":
+    if settings.mode != "execute":
         log.info(
             "dry_run_mode",
+            mode=settings.mode,
             detail="remediations are only described, never run; start with "
-            "--execute to run them",
+            "--execute to run them"
+            + (
+                ""
+                if settings.mode == "diagnose"
+                else " (--mode diagnose runs read-only diagnostics)"
+            ),
         )
     log.info(
         "try_it",

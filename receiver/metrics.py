@@ -105,6 +105,12 @@ class Metrics:
             ["source", "bound"],
             registry=r,
         )
+        self.mode = Gauge(
+            "receiver_mode",
+            "1 for the mode decisions are made in (dry-run, diagnose, execute).",
+            ["mode"],
+            registry=r,
+        )
         self.rules_loaded = Gauge(
             "receiver_rules_loaded", "Rules currently loaded.", registry=r
         )

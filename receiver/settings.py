@@ -95,8 +95,16 @@ class Settings(BaseModel):
         default_factory=lambda: [Path("rules")],
         description="Rule files or directories.",
     )
-    mode: Literal["dry-run", "execute"] = Field(
-        default="dry-run", description="Remediations run only in execute mode."
+    mode: Literal["dry-run", "diagnose", "execute"] = Field(
+        default="dry-run",
+        description="dry-run: nothing is contacted; diagnose: read-only "
+        "diagnostics run and sinks post, remediations are described; execute: "
+        "remediations run too.",
+    )
+    diagnostics_reuse: Duration = Field(
+        default=timedelta(minutes=10),
+        description="Reuse a diagnostic's result for an unchanged alert "
+        "occurrence this long (0s: always run again).",
     )
     auth_tokens: list[SecretStr] = Field(
         default_factory=list,

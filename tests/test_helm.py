@@ -564,10 +564,10 @@ def test_probes_resources_and_single_replica_strategy(helm):
     assert env["RECEIVER_HOST"] == ALL_INTERFACES
 
 
-@pytest.mark.parametrize("mode", ["dry-run", "execute"])
+@pytest.mark.parametrize("mode", ["diagnose", "dry-run", "execute"])
 def test_mode_is_switched_by_one_value(helm, mode):
-    """`mode` alone sets RECEIVER_MODE; dry-run is the default."""
-    values = None if mode == "dry-run" else {"mode": mode}
+    """`mode` alone sets RECEIVER_MODE; diagnose is the default."""
+    values = None if mode == "diagnose" else {"mode": mode}
     assert env_of(helm.template(values))["RECEIVER_MODE"] == mode
 
 
@@ -787,7 +787,7 @@ def test_notes_print_a_webhook_config_alertmanager_accepts(helm, tmp_path):
     (pagerduty,) = config["receivers"][1]["pagerduty_configs"]
     assert pagerduty["url"].endswith("/v2/enqueue")
     assert f"get secret {FULLNAME}" in notes
-    assert "Mode: dry-run" in notes
+    assert "Mode: diagnose" in notes
     config["route"] = {"receiver": config["receivers"][0]["name"]}
     path = tmp_path / "alertmanager.yml"
     path.write_text(yaml.safe_dump(config))

@@ -72,6 +72,16 @@ BAD_CASES: dict[str, tuple[str | None, str, str]] = {
         "playbooks.scale.remediation[0]",
         "min (5) is above max (2)",
     ),
+    "incidents_bad_duration.yaml": (
+        None,
+        "incidents.severities.P1.acknowledge",
+        "duration",
+    ),
+    "incidents_bad_shift_change.yaml": (
+        None,
+        "incidents.shift_changes[0]",
+        "'9am' is not a time of day; write HH:MM (UTC)",
+    ),
     "template_in_a_field_without_a_slot.yaml": (
         None,
         "playbooks.hook.remediation[0].json",

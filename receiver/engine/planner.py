@@ -43,6 +43,8 @@ class PlanContext:
 
     execute: bool = False
     namespaces: tuple[str, ...] | None = None  # None: any namespace
+    # Diagnose mode: read-only diagnostics run, remediations are only described.
+    diagnose: bool = False
 
 
 @dataclass(frozen=True)
@@ -278,8 +280,11 @@ def _plan_step(
             )
     approval = rendering.approval
     forced = guards.dry_run and compiled.remediation
-    if not ctx.execute or forced:
+    looks = ctx.diagnose and compiled.kind is StepKind.DIAGNOSTIC
+    if not (ctx.execute or looks) or forced:
         why = "playbook forces dry-run" if ctx.execute else "dry-run mode"
+        if ctx.diagnose:
+            why = "diagnose mode"
         prefix = "would ask a human for approval, then " if approval else "would "
         return PlannedStep(
             rendering.trace(compiled, Decision.DRY_RUN, f"{why}: {prefix}{action}"),

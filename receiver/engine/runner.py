@@ -38,6 +38,7 @@ import structlog
 
 from receiver.engine.guards import GuardKeeper, Held, Refusal, idempotency_key
 from receiver.engine.planner import Plan, PlannedMatch, PlannedStep
+from receiver.engine.reuse import DiagnosticsReuse, occurrence_key
 from receiver.errors import StepError, StoreUnavailableError
 from receiver.model import (
     Alert,
@@ -157,7 +158,9 @@ class Runner:
         guards: GuardKeeper | None = None,
         on_step: Callable[[StepTrace], None] | None = None,
         scrub: Callable[[str], str] = _same,
+        reuse: DiagnosticsReuse | None = None,
     ) -> None:
+        self._reuse = reuse
         self._executors = dict(executors)
         self._clock = clock
         self._mode = mode
@@ -229,7 +232,7 @@ class Runner:
                         planned, planned.step, alert, match, payload_id, now=now
                     )
                 else:
-                    trace = await self._execute(trace, planned.step, alert)
+                    trace = await self._diagnose(trace, planned, alert, match)
             except StoreUnavailableError:
                 raise
             except asyncio.CancelledError as exc:
@@ -253,6 +256,24 @@ class Runner:
             rule=match.rule,
             fingerprint=alert.fingerprint,
         )
+        return trace
+
+    async def _diagnose(
+        self,
+        trace: StepTrace,
+        planned: PlannedStep,
+        alert: Alert,
+        match: PlannedMatch,
+    ) -> StepTrace:
+        """Run a diagnostic, or reuse its result for an unchanged occurrence."""
+        assert planned.step is not None  # noqa: S101 (the caller checked)
+        key = occurrence_key(match.rule, planned.index, alert)
+        reused = self._reuse.get(key) if self._reuse is not None else None
+        if reused is not None:
+            return reused
+        trace = await self._execute(trace, planned.step, alert)
+        if self._reuse is not None:
+            self._reuse.put(key, trace)
         return trace
 
     async def _remediate(

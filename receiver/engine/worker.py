@@ -205,7 +205,7 @@ class Processor:
     ) -> list[AlertTrace]:
         """Decide without running anything, whatever the service mode."""
         runner = Runner({}, self._clock, mode="dry-run")
-        ctx = replace(self._ctx, execute=False)
+        ctx = replace(self._ctx, execute=False, diagnose=False)
         return await self.decide(alerts, now=now, runner=runner, ctx=ctx, count=False)
 
     async def decide(

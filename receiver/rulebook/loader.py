@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from receiver.errors import RuleError, RuleErrorDetail
 from receiver.model import Alert, Severity
+from receiver.rulebook.incidents import IncidentConfig
 from receiver.rulebook.index import RuleIndex
 from receiver.rulebook.matchers import Matcher, matches_all
 from receiver.rulebook.schema import CompiledRule, Playbook, Rule
@@ -49,6 +50,7 @@ class Rulebook:
     rules: tuple[CompiledRule, ...]
     playbooks: dict[str, Playbook]
     files: tuple[str, ...] = ()
+    incidents: IncidentConfig | None = None
     index: RuleIndex = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -155,6 +157,8 @@ class _Loader:
         self.compiled: list[CompiledRule] = []
         self.seen: dict[str, str] = {}
         self.playbook_errors: dict[str, range] = {}
+        self.incidents: IncidentConfig | None = None
+        self.incidents_file = ""
 
     def error(
         self, file: str, message: str, rule: str | None = None, field: str | None = None
@@ -175,10 +179,11 @@ class _Loader:
         if not isinstance(raw, dict):
             self.error(file, "top level must be a mapping with 'playbooks' and 'rules'")
             return None
-        for key in sorted(set(raw) - {"playbooks", "rules"}, key=str):
+        for key in sorted(set(raw) - {"playbooks", "rules", "incidents"}, key=str):
             self.error(
                 file,
-                "unknown top-level field; a rule file holds 'playbooks' and 'rules'",
+                "unknown top-level field; a rule file holds 'playbooks', 'rules' "
+                "and 'incidents'",
                 None,
                 str(key),
             )
@@ -199,10 +204,32 @@ class _Loader:
         if not isinstance(rules, list):
             self.error(file, "must be a list of rules", None, "rules")
             rules = []
+        if raw.get("incidents") is not None:
+            self.add_incidents(file, raw)
         for name, body in playbooks.items():
             self.add_playbook(file, raw, str(name), body)
         for i, body in enumerate(rules):
             self.add_rule(file, raw, i, body)
+
+    def add_incidents(self, file: str, raw: Any) -> None:
+        try:
+            config = IncidentConfig.model_validate(raw["incidents"])
+        except ValidationError as exc:
+            self.errors.extend(
+                _validation_details(file, raw, exc, prefix=("incidents",))
+            )
+            config = None
+        if self.incidents_file:
+            self.error(
+                file,
+                f"incidents is already set in {self.incidents_file}; keep one "
+                "incidents section across the rule files",
+                None,
+                "incidents",
+            )
+            return
+        self.incidents_file = file
+        self.incidents = config
 
     def add_playbook(self, file: str, raw: Any, name: str, body: Any) -> None:
         if name in self.playbook_files:
@@ -286,5 +313,8 @@ def load_rulebook(paths: Iterable[Path | str]) -> Rulebook:
     if loader.errors:
         raise RuleError(loader.errors)
     return Rulebook(
-        tuple(loader.compiled), loader.playbooks, tuple(str(f) for f in files)
+        tuple(loader.compiled),
+        loader.playbooks,
+        tuple(str(f) for f in files),
+        loader.incidents,
     )

@@ -133,6 +133,16 @@ class Playbook(BaseModel):
     remediation: list[Step] = Field(default_factory=list)
     guards: Guards = Field(default_factory=Guards)
     sinks: list[str] | None = None
+    evidence: bool = Field(
+        default=False,
+        description="Keep what the diagnostics found with the incident: hashed "
+        "(sha256) on its timeline, never pruned, exported with its report.",
+    )
+    pagerduty_follows_outcomes: bool = Field(
+        default=False,
+        description="Acknowledge the PagerDuty incident when a remediation runs, "
+        "resolve it once one verified and the alerts resolved.",
+    )
 
     @property
     def one_of(self) -> dict[str, list[str]]:
@@ -207,6 +217,13 @@ class Rule(BaseModel):
     severity: SeverityField = Severity.P2
     playbook: str
     continue_: bool = Field(default=False, alias="continue")
+    group_by: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Labels whose values group this rule's alerts into one "
+        "incident (default: the Alertmanager group, PagerDuty incident or "
+        "Events v2 dedup key).",
+    )
 
     @field_validator("sources")
     @classmethod

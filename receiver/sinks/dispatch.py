@@ -129,7 +129,10 @@ class SinkDispatcher:
         max_pending: int = 1000,
         dedupe_ttl: timedelta = timedelta(days=7),
         scrub: Callable[[str], str] = lambda text: text,
+        on_outcomes: Callable[[AlertTrace, list[str]], None] | None = None,
     ) -> None:
+        # Told each trace's outcome lines (the incident timeline); must not raise.
+        self._on_outcomes = on_outcomes
         self._sinks = dict(sinks)
         self._store = store
         self._choose = choose
@@ -233,6 +236,10 @@ class SinkDispatcher:
     async def _record(self, trace: AlertTrace, outcomes: list[SinkOutcome]) -> None:
         if not outcomes:
             return
+        if self._on_outcomes is not None:
+            self._on_outcomes(
+                trace, [f"{o.sink}: {o.status}: {o.detail}" for o in outcomes]
+            )
         record_id = f"{trace.payload_id}{SINKS_SUFFIX}"
         record = {
             "record": "sinks",

@@ -327,9 +327,14 @@ def _match_section(trace: AlertTrace, match: MatchTrace) -> list[str]:
         dry = trace.mode != "execute" or all(
             s.decision is Decision.DRY_RUN for s in remediations
         )
-        title = "What would be done (dry-run):" if dry else "What was done:"
+        title = f"What would be done ({_mode(trace)}):" if dry else "What was done:"
         lines += ["", title, *_steps(remediations, details=True)]
     return lines
+
+
+def _mode(trace: AlertTrace) -> str:
+    """How a described-only remediation came about, for the section title."""
+    return "diagnose mode" if trace.mode == "diagnose" else "dry-run"
 
 
 def render_note(trace: AlertTrace, max_chars: int) -> str:
@@ -405,7 +410,9 @@ def render_slack(trace: AlertTrace) -> dict[str, Any]:
             dry = trace.mode != "execute" or all(
                 s.decision is Decision.DRY_RUN for s in remediations
             )
-            title = "*What would be done (dry-run)*" if dry else "*What was done*"
+            title = (
+                f"*What would be done ({_mode(trace)})*" if dry else "*What was done*"
+            )
             text = title + "\n" + "\n".join(_steps(remediations, details=False))
             blocks.append(_mrkdwn(_cut_block(_slack_escape(text))))
     found = links(trace)

@@ -72,6 +72,7 @@ class _Load:
         self.depth = 0
         self.oldest: datetime | None = None
         self.counted_at = -1e9
+        self.counted_over = False
         self.shed = 0
         self.logged_at = -1e9
 
@@ -202,10 +203,15 @@ class Handlers:
         now = time.monotonic()
         over = self._over()
         since = now - load.counted_at
-        if since >= bound.recount or (over and since >= bound.recount_at_bound):
+        # Shed only on a count: when the estimate (the last count plus what was
+        # accepted since) reaches the bound, count again, unless the last count
+        # itself was at the bound a moment ago.
+        stale = not load.counted_over or since >= bound.recount_at_bound
+        if since >= bound.recount or (over and stale):
             load.counted_at = now
             load.depth, load.oldest = await self._store.pending()
             over = self._over()
+            load.counted_over = over is not None
         if over is None:
             return
         load.shed += 1

@@ -14,6 +14,7 @@ from receiver.sources.alertmanager import AmWebhook
 from receiver.sources.events_v2 import EnqueueRequest
 from receiver.sources.pagerduty import Webhook
 from receiver.web.admin import admin_paths
+from receiver.web.incidents import incident_paths
 
 _PROBLEM = {
     "description": "Rejected; the body says what to fix.",
@@ -110,6 +111,7 @@ def spec() -> dict[str, Any]:
             },
         },
         "paths": {
+            **incident_paths(),
             "/webhooks/alertmanager": {
                 "post": {
                     "summary": "Alertmanager webhook (version 4)",

@@ -1,0 +1,177 @@
+"""Wire incidents into the application: their store, service, ticker, API, metric.
+
+Called once from ``create_app``. The incident store sits beside the main store
+(the same SQLite file or the same Redis, with tables and keys of its own); the
+service gets the app's clock, the live rulebook (for severity re-evaluation), an
+announcer over the configured sinks and, with a PagerDuty API token, the
+escalator. The ticker is an asyncio task in ``cleanup_ctx``; it is installed
+before the worker's context, so at shutdown the worker stops first and the
+service then drains what it was handed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import Counter
+
+from receiver.errors import ConfigError, RuleError
+from receiver.incidents.policy import DEFAULT_POLICY, policy_from
+from receiver.incidents.report import render_report
+from receiver.incidents.service import (
+    Announcer,
+    Escalator,
+    IncidentService,
+    from_record,
+)
+from receiver.metrics import Metrics
+from receiver.model import AlertTrace
+from receiver.rulebook.loader import Rulebook, load_rulebook
+from receiver.settings import Settings, load_settings
+from receiver.sinks.announce import build_announcer, build_escalator
+from receiver.store.base import Store
+from receiver.store.incidents_base import IncidentStore
+from receiver.store.incidents_redis import RedisIncidentStore
+from receiver.store.incidents_sqlite import SqliteIncidentStore
+from receiver.store.sqlite import SqliteStore
+from receiver.web.auth import Authenticator
+from receiver.web.incidents import IncidentHandlers, register
+
+INCIDENTS = web.AppKey("incidents", IncidentService)
+OnComplete = Callable[[list[AlertTrace]], None]
+
+
+@dataclass(frozen=True)
+class IncidentWiring:
+    """What tests (and embedders) may replace; ``tick_every=None`` stops the ticker."""
+
+    store: IncidentStore | None = None
+    announcer: Announcer | None = None
+    escalator: Escalator | None = None
+    tick_every: float | None = 15.0
+
+
+def incident_store_for(store: Store, settings: Settings) -> IncidentStore:
+    """The incident store beside the main store."""
+    if isinstance(store, SqliteStore):
+        return SqliteIncidentStore(store.path)
+    if settings.store.startswith(("redis://", "rediss://", "unix://")):
+        return RedisIncidentStore(settings.store)
+    return SqliteIncidentStore(":memory:")
+
+
+def fan_out(*callbacks: OnComplete | None) -> OnComplete | None:
+    """One ``on_complete`` that calls each given callback in turn."""
+    chosen = [c for c in callbacks if c is not None]
+    if not chosen:
+        return None
+
+    def call(traces: list[AlertTrace]) -> None:
+        for callback in chosen:
+            callback(traces)
+
+    return call
+
+
+def install_incidents(
+    app: web.Application,
+    *,
+    settings: Settings,
+    store: Store,
+    clock: Callable[[], datetime],
+    rulebook: Callable[[], Rulebook],
+    auth: Authenticator,
+    metrics: Metrics,
+    wiring: IncidentWiring | None = None,
+) -> IncidentService:
+    """Build the service, add its routes and ticker; return it for ``on_complete``."""
+    wiring = wiring or IncidentWiring()
+    breaches = Counter(
+        "receiver_incident_clock_breaches",
+        "Incident clocks (acknowledge, mitigate, resolve) past their target.",
+        ["severity", "clock"],
+        registry=metrics.registry,
+    )
+    announcer = wiring.announcer or build_announcer(settings)
+    escalator = wiring.escalator or build_escalator(settings)
+    service = IncidentService(
+        wiring.store or incident_store_for(store, settings),
+        clock=clock,
+        rulebook=rulebook,
+        announcer=announcer,
+        escalator=escalator,
+        on_breach=lambda severity, name: breaches.labels(severity, name).inc(),
+        approvals=store.approvals,
+    )
+    register(app, IncidentHandlers(service, auth))
+    app[INCIDENTS] = service
+
+    async def ticker(_app: web.Application) -> AsyncIterator[None]:
+        task = None
+        if wiring.tick_every is not None:
+            task = asyncio.create_task(service.run(wiring.tick_every), name="incidents")
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await service.aclose()
+        for client in (announcer, escalator):
+            close = getattr(client, "aclose", None)
+            if close is not None:
+                await close()
+
+    app.cleanup_ctx.append(ticker)
+    return service
+
+
+def incident_store_at(url: str) -> IncidentStore:
+    """The incident store for a store URL (what ``open_store`` would open)."""
+    if url.startswith("sqlite://"):
+        path = url.removeprefix("sqlite://")
+        if path in (":memory:", "/:memory:"):
+            return SqliteIncidentStore(":memory:")
+        return SqliteIncidentStore(path.removeprefix("/") or "receiver.db")
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisIncidentStore(url)
+    raise ConfigError(
+        f"unsupported store URL {url.split('://', 1)[0]!r}; use sqlite:///PATH "
+        "or redis://HOST"
+    )
+
+
+async def print_report(
+    incident_id: str,
+    config: Path | None = None,
+    store_url: str | None = None,
+    rules: list[Path] | None = None,
+) -> int:
+    """``receiver report ID``: print the Markdown report; 1 if there is none."""
+    settings = load_settings(config)
+    store = incident_store_at(store_url or settings.store)
+    try:
+        record = await store.get(incident_id)
+        if record is None:
+            sys.stderr.write(
+                f"receiver: no incident {incident_id!r} in {store_url or 'the store'}"
+                "; GET /api/v1/incidents lists them\n"
+            )
+            return 1
+        try:
+            policy = policy_from(load_rulebook(rules or settings.rules).incidents)
+        except RuleError:
+            sys.stderr.write(
+                "receiver: rules do not load; the report uses the runbook's targets\n"
+            )
+            policy = DEFAULT_POLICY
+        sys.stdout.write(render_report(from_record(record), policy, datetime.now(UTC)))
+        return 0
+    finally:
+        await store.close()

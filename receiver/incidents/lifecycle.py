@@ -1,0 +1,687 @@
+"""Pure incident transitions: open, observe a trace, acknowledge, mitigate, advance.
+
+Each returns the new ``Incident`` and the ``Effect`` values to carry out
+(announcements through the sinks, a PagerDuty escalation, a breach to count);
+``receiver.incidents.service`` carries them out. Time is always passed in.
+
+Clocks follow the runbook: acknowledge counts from detection, mitigate from the
+acknowledgment (detection if nobody acknowledged), resolve from mitigation. A
+clock past its target for the current severity is a breach, recorded once per
+clock and severity, and escalates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from receiver.incidents.model import (
+    STATE_RANK,
+    AlertRef,
+    Evidence,
+    Incident,
+    LedgerItem,
+    State,
+    TimelineEntry,
+)
+from receiver.incidents.policy import IncidentPolicy, describe, worse
+from receiver.incidents.status import draft, phase
+from receiver.model import (
+    AlertTrace,
+    Decision,
+    Severity,
+    StepKind,
+    StepTrace,
+    freeze,
+    iso,
+)
+
+Reevaluate = Callable[[AlertRef, datetime], Severity | None]
+CLOCKS = ("acknowledge", "mitigate", "resolve")
+MAX_TIMELINE = 2000  # a flapping alert must not grow an incident without bound
+MAX_LEDGER = 500
+MAX_EVIDENCE = 200
+MAX_EVIDENCE_CHARS = 256 * 1024
+MAX_ALERTS = 1000  # newest kept; an alert storm must not grow one record forever
+
+
+@dataclass(frozen=True)
+class Announce:
+    """A message for people, delivered through the configured sinks."""
+
+    kind: str
+    title: str
+    text: str
+    contact: str = ""
+
+
+@dataclass(frozen=True)
+class PagerDutyEscalate:
+    """Raise the PagerDuty incident's escalation level and set its priority."""
+
+    incident_id: str
+    level: int
+    priority: Severity
+    reason: str
+
+
+@dataclass(frozen=True)
+class CountBreach:
+    """A clock passed its target (``receiver_incident_clock_breaches_total``)."""
+
+    severity: Severity
+    clock: str
+
+
+@dataclass(frozen=True)
+class PagerDutyStatus:
+    """Acknowledge or resolve the PagerDuty incident (verified outcomes)."""
+
+    incident_id: str
+    status: str  # "acknowledged" | "resolved"
+    reason: str
+
+
+Effect = Announce | PagerDutyEscalate | CountBreach | PagerDutyStatus
+
+
+@dataclass(frozen=True)
+class Clock:
+    """One of the runbook's three clocks for the incident's current severity."""
+
+    name: str
+    started: datetime
+    target: timedelta
+    stopped: datetime | None
+
+    @property
+    def deadline(self) -> datetime:
+        """When the target passes."""
+        return self.started + self.target
+
+    def breached(self, now: datetime) -> bool:
+        """Whether the clock passed its target (by when it stopped, or by now)."""
+        return (self.stopped or now) > self.deadline
+
+    def elapsed(self, now: datetime) -> timedelta:
+        """Time on the clock so far (or until it stopped)."""
+        return max((self.stopped or now) - self.started, timedelta(0))
+
+
+def clocks(incident: Incident, policy: IncidentPolicy) -> tuple[Clock, ...]:
+    """The acknowledge, mitigate and resolve clocks, with their current targets."""
+    target = policy.of(incident.severity)
+    opened, acked = incident.opened_at, incident.acknowledged_at
+    mitigated, resolved = incident.mitigated_at, incident.resolved_at
+    return (
+        Clock(
+            "acknowledge", opened, target.acknowledge, acked or mitigated or resolved
+        ),
+        Clock("mitigate", acked or opened, target.mitigate, mitigated or resolved),
+        Clock("resolve", mitigated or acked or opened, target.resolve, resolved),
+    )
+
+
+def _entry(
+    incident: Incident,
+    at: datetime,
+    kind: str,
+    text: str,
+    by: str = "receiver",
+    **data: str,
+) -> Incident:
+    entry = TimelineEntry(at, kind, text, by, freeze(data))
+    timeline = (*incident.timeline, entry)[-MAX_TIMELINE:]
+    return replace(incident, timeline=timeline)
+
+
+def title_of(trace: AlertTrace) -> str:
+    """A short description: the alert's summary, else its name and namespace."""
+    alert = trace.alert
+    summary = " ".join(alert.annotations.get("summary", "").split())
+    if summary:
+        return summary[:200]
+    name = alert.labels.get("alertname", alert.fingerprint)
+    where = alert.labels.get("namespace", "")
+    return f"{name} in {where}" if where else name
+
+
+def _severity_of(trace: AlertTrace) -> Severity | None:
+    levels = [m.severity for m in trace.matches]
+    if not levels:
+        return None
+    found = levels[0]
+    for level in levels[1:]:
+        found = worse(found, level)
+    return found
+
+
+def open_incident(
+    incident_id: str,
+    keys: Iterable[str],
+    trace: AlertTrace,
+    now: datetime,
+    policy: IncidentPolicy,
+    *,
+    follows: frozenset[str] = frozenset(),
+    evidence: frozenset[str] = frozenset(),
+) -> tuple[Incident, list[Effect]]:
+    """A new incident for the first firing alert of a group."""
+    severity = _severity_of(trace) or Severity.P3
+    target = policy.of(severity)
+    incident = Incident(
+        id=incident_id,
+        keys=tuple(dict.fromkeys(keys)),
+        title=title_of(trace),
+        severity=severity,
+        state=State.TRIGGERED,
+        opened_at=now,
+        cadence_from=now,
+        pagerduty_id=trace.alert.refs.get("incident_id", "")
+        if trace.alert.source == "pagerduty"
+        else "",
+    )
+    incident = _entry(
+        incident,
+        now,
+        "opened",
+        f"Incident opened at {severity} ({severity.info.name}): {incident.title}; "
+        f"first contact {target.first_contact}; acknowledge within "
+        f"{describe(target.acknowledge)}",
+        severity=severity.value,
+    )
+    incident, more = observe(
+        incident, trace, now, policy, follows=follows, evidence=evidence
+    )
+    opened = Announce(
+        "opened",
+        f"[{severity}] {incident.id} opened: {incident.title}",
+        draft(incident, now, policy),
+        target.first_contact,
+    )
+    return incident, [opened, *more]
+
+
+def _promote(
+    incident: Incident,
+    severity: Severity,
+    why: str,
+    now: datetime,
+) -> tuple[Incident, list[Effect]]:
+    if worse(severity, incident.severity) == incident.severity:
+        return incident, []
+    before = incident.severity
+    incident = replace(incident, severity=severity)
+    text = f"Severity {before} → {severity} ({severity.info.name}): {why}"
+    incident = _entry(
+        incident,
+        now,
+        "severity_changed",
+        text,
+        before=before.value,
+        after=severity.value,
+    )
+    return incident, [
+        Announce("promoted", f"[{severity}] {incident.id} promoted", text)
+    ]
+
+
+def _upsert_alert(
+    incident: Incident, trace: AlertTrace, now: datetime
+) -> tuple[Incident, bool]:
+    """Record the alert; True if its status or occurrence changed."""
+    alert = trace.alert
+    rule = trace.matches[0].rule if trace.matches else ""
+    severity = _severity_of(trace) or incident.severity
+    ref = AlertRef(
+        alert.fingerprint,
+        alert.source,
+        rule,
+        alert.status,
+        severity,
+        freeze(dict(alert.labels)),
+        alert.starts_at,
+        alert.ends_at,
+        title_of(trace),
+        alert.generator_url,
+    )
+    old = next((a for a in incident.alerts if a.fingerprint == alert.fingerprint), None)
+    others = tuple(a for a in incident.alerts if a.fingerprint != alert.fingerprint)
+    changed = old is None or (old.status, old.starts_at) != (ref.status, ref.starts_at)
+    if old is not None and ref.rule == "":
+        ref = replace(ref, rule=old.rule, severity=old.severity)
+    incident = replace(incident, alerts=(*others, ref)[-MAX_ALERTS:])
+    if changed:
+        name = alert.labels.get("alertname", alert.fingerprint)
+        if alert.status == "firing":
+            since = f" (since {iso(alert.starts_at)})" if alert.starts_at else ""
+            text = f"{name} firing{since} from {alert.source}"
+            incident = _entry(
+                incident, now, "alert_fired", text, fingerprint=alert.fingerprint
+            )
+        else:
+            incident = _entry(
+                incident,
+                now,
+                "alert_resolved",
+                f"{name} resolved",
+                fingerprint=alert.fingerprint,
+            )
+    return incident, changed
+
+
+def _note_contacts(incident: Incident, trace: AlertTrace) -> Incident:
+    """Remember whom the matched playbooks say to escalate to."""
+    named = [m.escalate_to for m in trace.matches if m.escalate_to]
+    if all(c in incident.contacts for c in named):
+        return incident
+    return replace(
+        incident, contacts=tuple(dict.fromkeys((*incident.contacts, *named)))
+    )
+
+
+def _verified(result: object) -> bool:
+    verification = getattr(result, "get", lambda _k: None)("verification")
+    return bool(isinstance(verification, dict) and verification.get("ok"))
+
+
+def observe(
+    incident: Incident,
+    trace: AlertTrace,
+    now: datetime,
+    policy: IncidentPolicy,
+    *,
+    follows: frozenset[str] = frozenset(),
+    evidence: frozenset[str] = frozenset(),
+) -> tuple[Incident, list[Effect]]:
+    """Fold one alert's decisions into the incident (resends change nothing).
+
+    ``follows``: rules whose playbook lets verified outcomes drive PagerDuty;
+    ``evidence``: rules whose playbook's diagnostics are kept as evidence.
+    """
+    effects: list[Effect] = []
+    incident, _changed = _upsert_alert(incident, trace, now)
+    incident = _note_contacts(incident, trace)
+    severity = _severity_of(trace)
+    if severity is not None and trace.alert.status == "firing" and incident.active:
+        incident, more = _promote(
+            incident, severity, f"rule {trace.matches[0].rule}", now
+        )
+        effects += more
+    ledger = {item.key(): item for item in incident.ledger}
+    fresh: list[LedgerItem] = []
+    for match in trace.matches:
+        for index, step in enumerate(match.steps):
+            item = LedgerItem(
+                now,
+                match.rule,
+                step.kind.value,
+                step.type,
+                step.target,
+                step.decision.value,
+                step.reason[:300],
+                trace.mode,
+                fingerprint=trace.alert.fingerprint,
+                index=index,
+            )
+            if match.rule in evidence:
+                incident = keep_evidence(incident, match.rule, step, now)
+            known = ledger.get(item.key())
+            if known is not None:
+                ledger[item.key()] = replace(known, times=known.times + 1)
+                continue
+            ledger[item.key()] = item
+            fresh.append(item)
+            if step.kind is StepKind.REMEDIATION:
+                incident, more = _remediation(
+                    incident, item, step.result, now, policy, match.rule in follows
+                )
+                effects += more
+    incident = replace(incident, ledger=tuple(ledger.values())[-MAX_LEDGER:])
+    looked = [i for i in fresh if i.kind == StepKind.DIAGNOSTIC.value]
+    if looked:
+        listed = ", ".join(f"{i.type} {i.target} ({i.decision})" for i in looked[:8])
+        incident = _entry(
+            incident, now, "diagnostics", f"Diagnostics ({trace.mode}): {listed}"
+        )
+    if incident.active and all(a.status == "resolved" for a in incident.alerts):
+        incident, more = resolve(
+            incident, now, policy, by="receiver", why="all alerts resolved"
+        )
+        effects += more
+        verified = any(
+            e.kind == "remediation" and e.text.startswith("Remediated and verified")
+            for e in incident.timeline
+        )
+        if verified and {a.rule for a in incident.alerts} & follows:
+            incident, more = _pagerduty_status(
+                incident, "resolved", "remediation verified and alerts resolved"
+            )
+            effects += more
+    return incident, effects
+
+
+def _pagerduty_status(
+    incident: Incident, status: str, why: str
+) -> tuple[Incident, list[Effect]]:
+    """Once per status, when a PagerDuty incident is linked."""
+    key = f"pagerduty:{status}"
+    if not incident.pagerduty_id or key in incident.escalations:
+        return incident, []
+    incident = replace(incident, escalations=incident.escalations | {key})
+    return incident, [PagerDutyStatus(incident.pagerduty_id, status, why)]
+
+
+def _remediation(  # noqa: PLR0917 (one call site, all needed)
+    incident: Incident,
+    item: LedgerItem,
+    result: object,
+    now: datetime,
+    policy: IncidentPolicy,
+    follows: bool,
+) -> tuple[Incident, list[Effect]]:
+    effects: list[Effect] = []
+    if follows and item.decision == Decision.EXECUTED.value:
+        incident, effects = _pagerduty_status(
+            incident, "acknowledged", f"remediation ran: {item.type}"
+        )
+    what = f"{item.type} {item.target}"
+    if item.decision == Decision.AWAITING_APPROVAL.value:
+        return _entry(
+            incident, now, "approval_requested", f"Approval requested: {what}"
+        ), []
+    if item.decision == Decision.EXECUTED.value and _verified(result):
+        incident = _entry(
+            incident, now, "remediation", f"Remediated and verified: {what}"
+        )
+        if STATE_RANK[incident.state] < STATE_RANK[State.MITIGATED]:
+            incident, more = mitigate(incident, now, policy, by="receiver", why=what)
+            effects += more
+        return incident, effects
+    if item.decision == Decision.FAILED.value:
+        incident = _entry(
+            incident, now, "remediation", f"Remediation failed: {what}: {item.reason}"
+        )
+        key = f"failed:{item.type}:{item.target}"
+        if key not in incident.escalations:
+            incident = replace(incident, escalations=incident.escalations | {key})
+            effects += _escalate(incident, f"remediation failed: {what}", policy)
+        return incident, effects
+    verb = {"executed": "Executed", "dry_run": "Would run (dry-run)"}.get(
+        item.decision, "Refused"
+    )
+    text = f"{verb}: {what}: {item.reason}"
+    return _entry(incident, now, "remediation", text), effects
+
+
+def escalate_to(incident: Incident, policy: IncidentPolicy) -> str:
+    """The escalation matrix's contacts, then those the playbooks name."""
+    target = policy.of(incident.severity).escalate_to
+    return ", ".join(dict.fromkeys((target, *incident.contacts)))
+
+
+def _escalate(incident: Incident, why: str, policy: IncidentPolicy) -> list[Effect]:
+    who = escalate_to(incident, policy)
+    effects: list[Effect] = [
+        Announce(
+            "escalation",
+            f"[{incident.severity}] {incident.id} escalated to {who}",
+            f"{incident.title}: {why}",
+            who,
+        )
+    ]
+    if incident.pagerduty_id:
+        effects.append(
+            PagerDutyEscalate(incident.pagerduty_id, 2, incident.severity, why)
+        )
+    return effects
+
+
+def acknowledge(
+    incident: Incident, at: datetime, policy: IncidentPolicy, *, by: str, via: str
+) -> tuple[Incident, list[Effect]]:
+    """Someone acknowledged: the acknowledge clock stops (the first time counts)."""
+    del policy
+    if incident.acknowledged_at is not None or not incident.active:
+        return _entry(
+            incident, at, "acknowledged", f"Acknowledged again via {via}", by
+        ), []
+    incident = replace(
+        incident,
+        acknowledged_at=at,
+        state=State.ACKNOWLEDGED
+        if STATE_RANK[incident.state] < STATE_RANK[State.ACKNOWLEDGED]
+        else incident.state,
+    )
+    return _entry(incident, at, "acknowledged", f"Acknowledged via {via}", by), []
+
+
+def mitigate(
+    incident: Incident, at: datetime, policy: IncidentPolicy, *, by: str, why: str
+) -> tuple[Incident, list[Effect]]:
+    """Mitigated: a verified remediation, or a person's mark; the clock stops."""
+    if incident.mitigated_at is not None or not incident.active:
+        return incident, []
+    incident = replace(incident, mitigated_at=at, state=State.MITIGATED)
+    incident = _entry(incident, at, "mitigated", f"Mitigated: {why}", by)
+    return incident, [
+        Announce(
+            "status_update",
+            f"[{incident.severity}] {incident.id}: Monitoring",
+            draft(incident, at, policy),
+        )
+    ]
+
+
+def resolve(
+    incident: Incident, at: datetime, policy: IncidentPolicy, *, by: str, why: str
+) -> tuple[Incident, list[Effect]]:
+    """Resolved: every clock stops; the post-mortem is due in 48 h."""
+    if not incident.active:
+        return incident, []
+    incident = replace(incident, resolved_at=at, state=State.RESOLVED)
+    incident = _entry(incident, at, "resolved", f"Resolved: {why}", by)
+    return incident, [
+        Announce(
+            "status_update",
+            f"[{incident.severity}] {incident.id}: Resolved",
+            draft(incident, at, policy),
+        )
+    ]
+
+
+def comment(incident: Incident, at: datetime, *, by: str, text: str) -> Incident:
+    """A person's note on the timeline."""
+    return _entry(incident, at, "comment", text, by)
+
+
+def message_sent(incident: Incident, at: datetime, text: str) -> Incident:
+    """What was sent where (sinks, PagerDuty), on the timeline."""
+    return _entry(incident, at, "message_sent", text[:500])
+
+
+def status_published(
+    incident: Incident, at: datetime, *, by: str, text: str
+) -> Incident:
+    """A person published a status update: the cadence counts from now."""
+    incident = replace(incident, cadence_from=at)
+    return _entry(incident, at, "status_update", text or "Status update published", by)
+
+
+def next_update_at(incident: Incident, policy: IncidentPolicy) -> datetime:
+    """When the next status update is due."""
+    return policy.next_update(incident.severity, incident.cadence_from)
+
+
+def advance(
+    incident: Incident,
+    now: datetime,
+    policy: IncidentPolicy,
+    reevaluate: Reevaluate,
+) -> tuple[Incident, list[Effect]]:
+    """Move the clocks to ``now``: promote, breach, escalate, draft, remind."""
+    effects: list[Effect] = []
+    if incident.active:
+        for ref in incident.alerts:
+            if ref.status != "firing":
+                continue
+            level = reevaluate(ref, now)
+            if level is not None:
+                why = f"{ref.labels.get('alertname', ref.fingerprint)} has fired for "
+                why += describe_age(now - ref.starts_at) if ref.starts_at else "a while"
+                incident, more = _promote(incident, level, why, now)
+                effects += more
+        incident, more = _breaches(incident, now, policy)
+        effects += more
+        incident, more = _matrix_escalation(incident, now, policy)
+        effects += more
+        due = next_update_at(incident, policy)
+        if now >= due:
+            incident = replace(incident, cadence_from=now, drafts=incident.drafts + 1)
+            text = draft(incident, now, policy)
+            incident = _entry(
+                incident,
+                now,
+                "status_update_draft",
+                f"Status-update draft #{incident.drafts} ({phase(incident)}) sent",
+            )
+            effects.append(
+                Announce(
+                    "status_draft",
+                    f"[{incident.severity}] {incident.id}: status update due "
+                    f"({phase(incident)})",
+                    text,
+                )
+            )
+    elif (
+        incident.resolved_at is not None
+        and not incident.post_mortem_reminded
+        and now >= incident.resolved_at + policy.post_mortem_due
+    ):
+        incident = replace(incident, post_mortem_reminded=True)
+        text = (
+            f"The post-mortem for {incident.id} ({incident.title}) is due: "
+            f"resolved {iso(incident.resolved_at)}, the runbook asks for it within "
+            f"{describe(policy.post_mortem_due)}. GET /api/v1/incidents/"
+            f"{incident.id}/report has the draft."
+        )
+        incident = _entry(incident, now, "post_mortem_due", text)
+        effects.append(
+            Announce("post_mortem_due", f"{incident.id}: post-mortem due", text)
+        )
+    return incident, effects
+
+
+def describe_age(age: timedelta) -> str:
+    """``12m``, ``1h 5m``."""
+    minutes = int(age.total_seconds() // 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes}m" if hours else f"{minutes}m"
+
+
+def _breaches(
+    incident: Incident, now: datetime, policy: IncidentPolicy
+) -> tuple[Incident, list[Effect]]:
+    effects: list[Effect] = []
+    for clock in clocks(incident, policy):
+        key = f"{clock.name}@{incident.severity}"
+        if key in incident.breaches or not clock.breached(now):
+            continue
+        if clock.stopped is not None and clock.stopped <= clock.deadline:
+            continue
+        incident = replace(incident, breaches=incident.breaches | {key})
+        text = (
+            f"{clock.name} target {describe(clock.target)} for {incident.severity} "
+            f"passed at {iso(clock.deadline)}"
+        )
+        incident = _entry(incident, now, "breach", f"Breach: {text}", clock=clock.name)
+        effects.append(CountBreach(incident.severity, clock.name))
+        effects += _escalate(incident, f"breach: {text}", policy)
+    return incident, effects
+
+
+def _matrix_escalation(
+    incident: Incident, now: datetime, policy: IncidentPolicy
+) -> tuple[Incident, list[Effect]]:
+    target = policy.of(incident.severity)
+    key = f"matrix@{incident.severity}"
+    if key in incident.escalations or now < incident.opened_at + target.escalate_after:
+        return incident, []
+    incident = replace(incident, escalations=incident.escalations | {key})
+    when = describe(target.escalate_after)
+    why = (
+        f"the escalation matrix for {incident.severity} says escalate "
+        f"{'immediately' if when == 'immediately' else 'after ' + when} "
+        f"to {escalate_to(incident, policy)}"
+    )
+    incident = _entry(
+        incident,
+        now,
+        "escalated",
+        f"Escalated to {escalate_to(incident, policy)}: {why}",
+    )
+    return incident, _escalate(incident, why, policy)
+
+
+@dataclass(frozen=True)
+class ApprovalDecision:
+    """A decided approval, as the approvals API shows it."""
+
+    id: str
+    status: str
+    by: str
+    at: datetime | None
+    rule: str
+    step: str
+    target: str
+    fingerprint: str
+
+
+def record_approvals(
+    incident: Incident, decisions: Iterable[ApprovalDecision], now: datetime
+) -> Incident:
+    """Put each decided approval for one of the incident's alerts on the timeline."""
+    fingerprints = {a.fingerprint for a in incident.alerts}
+    for decision in decisions:
+        key = f"approval:{decision.id}"
+        if decision.fingerprint not in fingerprints or key in incident.escalations:
+            continue
+        incident = replace(incident, escalations=incident.escalations | {key})
+        incident = _entry(
+            incident,
+            decision.at or now,
+            "approval_decided",
+            f"Approval {decision.status}: {decision.step} {decision.target} "
+            f"(rule {decision.rule})",
+            decision.by or "receiver",
+            approval=decision.id,
+        )
+    return incident
+
+
+def keep_evidence(
+    incident: Incident, rule: str, step: StepTrace, now: datetime
+) -> Incident:
+    """Keep a diagnostic's result with its sha256, once per distinct content."""
+    if step.kind is not StepKind.DIAGNOSTIC or step.decision is not Decision.EXECUTED:
+        return incident
+    content = json.dumps(
+        {"type": step.type, "target": step.target, "result": dict(step.result)},
+        sort_keys=True,
+        default=str,
+    )[:MAX_EVIDENCE_CHARS]
+    digest = hashlib.sha256(content.encode()).hexdigest()
+    if any(e.sha256 == digest for e in incident.evidence):
+        return incident
+    kept = Evidence(now, rule, step.type, step.target, digest, content)
+    incident = replace(incident, evidence=(*incident.evidence, kept)[-MAX_EVIDENCE:])
+    return _entry(
+        incident,
+        now,
+        "evidence",
+        f"Evidence kept: {step.type} {step.target} sha256={digest}",
+        sha256=digest,
+    )

@@ -1,0 +1,304 @@
+"""The incident value objects: ``Incident``, its ``TimelineEntry`` list and ledger.
+
+Frozen; every change is a new object built by ``receiver.incidents.lifecycle``.
+``to_json`` / ``from_json`` are the stored and API form (the store keeps the JSON
+with a few indexed columns; it never imports this module).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from receiver.model import Severity, freeze, iso
+
+ACTIVE = ("triggered", "acknowledged", "mitigated")
+
+
+class State(enum.StrEnum):
+    """Where an incident stands: triggered → acknowledged → mitigated → resolved."""
+
+    TRIGGERED = "triggered"
+    ACKNOWLEDGED = "acknowledged"
+    MITIGATED = "mitigated"
+    RESOLVED = "resolved"
+
+
+# What may follow what; a later state may be reached directly (an alert can
+# resolve before anyone acknowledged), never an earlier one.
+STATE_RANK = {s: i for i, s in enumerate(State)}
+
+
+def _ts(value: Any) -> datetime | None:
+    return datetime.fromisoformat(str(value)) if value else None
+
+
+def _req_ts(value: Any) -> datetime:
+    ts = _ts(value)
+    if ts is None:
+        raise ValueError("missing timestamp")
+    return ts
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One thing that happened, when, and who did it (``receiver`` for us)."""
+
+    at: datetime
+    kind: str
+    text: str
+    by: str = "receiver"
+    data: Mapping[str, str] = field(default_factory=lambda: freeze({}))
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form."""
+        out: dict[str, Any] = {
+            "at": iso(self.at),
+            "kind": self.kind,
+            "text": self.text,
+            "by": self.by,
+        }
+        if self.data:
+            out["data"] = dict(self.data)
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> TimelineEntry:
+        """Inverse of ``to_json``."""
+        return cls(
+            _req_ts(raw["at"]),
+            str(raw["kind"]),
+            str(raw["text"]),
+            str(raw.get("by", "receiver")),
+            freeze({str(k): str(v) for k, v in (raw.get("data") or {}).items()}),
+        )
+
+
+@dataclass(frozen=True)
+class AlertRef:
+    """One alert occurrence grouped into the incident, as last seen."""
+
+    fingerprint: str
+    source: str
+    rule: str
+    status: str
+    severity: Severity
+    labels: Mapping[str, str]
+    starts_at: datetime | None
+    ends_at: datetime | None = None
+    summary: str = ""
+    link: str = ""  # the generator URL: the graph that fired
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form."""
+        return {
+            "fingerprint": self.fingerprint,
+            "source": self.source,
+            "rule": self.rule,
+            "status": self.status,
+            "severity": self.severity.value,
+            "labels": dict(self.labels),
+            "startsAt": iso(self.starts_at),
+            "endsAt": iso(self.ends_at),
+            "summary": self.summary,
+            "link": self.link,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> AlertRef:
+        """Inverse of ``to_json``."""
+        return cls(
+            str(raw["fingerprint"]),
+            str(raw["source"]),
+            str(raw["rule"]),
+            str(raw["status"]),
+            Severity(raw["severity"]),
+            freeze({str(k): str(v) for k, v in raw["labels"].items()}),
+            _ts(raw.get("startsAt")),
+            _ts(raw.get("endsAt")),
+            str(raw.get("summary", "")),
+            str(raw.get("link", "")),
+        )
+
+
+@dataclass(frozen=True)
+class LedgerItem:
+    """One step the automation did, refused, or would have done (dry-run)."""
+
+    at: datetime
+    rule: str
+    kind: str
+    type: str
+    target: str
+    decision: str
+    reason: str
+    mode: str
+    times: int = 1
+    fingerprint: str = ""
+    index: int = 0  # the step's position in its playbook
+
+    def key(self) -> tuple[str, str, int, str]:
+        """What makes two decisions the same line (resends repeat them)."""
+        return (self.fingerprint, self.rule, self.index, self.decision)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form."""
+        return {
+            "at": iso(self.at),
+            "rule": self.rule,
+            "kind": self.kind,
+            "type": self.type,
+            "target": self.target,
+            "decision": self.decision,
+            "reason": self.reason,
+            "mode": self.mode,
+            "times": self.times,
+            "fingerprint": self.fingerprint,
+            "index": self.index,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> LedgerItem:
+        """Inverse of ``to_json``."""
+        return cls(
+            _req_ts(raw["at"]),
+            str(raw["rule"]),
+            str(raw["kind"]),
+            str(raw["type"]),
+            str(raw["target"]),
+            str(raw["decision"]),
+            str(raw["reason"]),
+            str(raw["mode"]),
+            int(raw.get("times", 1)),
+            str(raw.get("fingerprint", "")),
+            int(raw.get("index", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a diagnostic found, kept with the incident and hashed."""
+
+    at: datetime
+    rule: str
+    type: str
+    target: str
+    sha256: str
+    content: str  # canonical JSON of the step's result, capped
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form."""
+        return {
+            "at": iso(self.at),
+            "rule": self.rule,
+            "type": self.type,
+            "target": self.target,
+            "sha256": self.sha256,
+            "content": self.content,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Evidence:
+        """Inverse of ``to_json``."""
+        return cls(
+            _req_ts(raw["at"]),
+            str(raw["rule"]),
+            str(raw["type"]),
+            str(raw["target"]),
+            str(raw["sha256"]),
+            str(raw["content"]),
+        )
+
+
+@dataclass(frozen=True)
+class Incident:
+    """Alerts grouped under one key, with state, severity, clocks and timeline."""
+
+    id: str
+    keys: tuple[str, ...]
+    title: str
+    severity: Severity
+    state: State
+    opened_at: datetime
+    cadence_from: datetime
+    acknowledged_at: datetime | None = None
+    mitigated_at: datetime | None = None
+    resolved_at: datetime | None = None
+    alerts: tuple[AlertRef, ...] = ()
+    timeline: tuple[TimelineEntry, ...] = ()
+    ledger: tuple[LedgerItem, ...] = ()
+    # Things done once: "acknowledge@P1" breaches, "P0" escalations.
+    breaches: frozenset[str] = frozenset()
+    escalations: frozenset[str] = frozenset()
+    drafts: int = 0
+    pagerduty_id: str = ""
+    post_mortem_reminded: bool = False
+    evidence: tuple[Evidence, ...] = ()
+    # Whom the matched playbooks name (``escalate_to``), beside the matrix's.
+    contacts: tuple[str, ...] = ()
+    version: int = 0
+
+    @property
+    def active(self) -> bool:
+        """Not resolved yet."""
+        return self.state is not State.RESOLVED
+
+    def duration(self, now: datetime) -> timedelta:
+        """Open until resolved (or until ``now``)."""
+        return (self.resolved_at or now) - self.opened_at
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored and API form."""
+        return {
+            "id": self.id,
+            "keys": list(self.keys),
+            "title": self.title,
+            "severity": self.severity.value,
+            "state": self.state.value,
+            "opened_at": iso(self.opened_at),
+            "cadence_from": iso(self.cadence_from),
+            "acknowledged_at": iso(self.acknowledged_at),
+            "mitigated_at": iso(self.mitigated_at),
+            "resolved_at": iso(self.resolved_at),
+            "alerts": [a.to_json() for a in self.alerts],
+            "timeline": [e.to_json() for e in self.timeline],
+            "ledger": [item.to_json() for item in self.ledger],
+            "breaches": sorted(self.breaches),
+            "escalations": sorted(self.escalations),
+            "drafts": self.drafts,
+            "pagerduty_id": self.pagerduty_id,
+            "post_mortem_reminded": self.post_mortem_reminded,
+            "evidence": [e.to_json() for e in self.evidence],
+            "contacts": list(self.contacts),
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Incident:
+        """Inverse of ``to_json``."""
+        return cls(
+            id=str(raw["id"]),
+            keys=tuple(str(k) for k in raw["keys"]),
+            title=str(raw["title"]),
+            severity=Severity(raw["severity"]),
+            state=State(raw["state"]),
+            opened_at=_req_ts(raw["opened_at"]),
+            cadence_from=_req_ts(raw["cadence_from"]),
+            acknowledged_at=_ts(raw.get("acknowledged_at")),
+            mitigated_at=_ts(raw.get("mitigated_at")),
+            resolved_at=_ts(raw.get("resolved_at")),
+            alerts=tuple(AlertRef.from_json(a) for a in raw.get("alerts", ())),
+            timeline=tuple(TimelineEntry.from_json(e) for e in raw.get("timeline", ())),
+            ledger=tuple(LedgerItem.from_json(i) for i in raw.get("ledger", ())),
+            breaches=frozenset(str(b) for b in raw.get("breaches", ())),
+            escalations=frozenset(str(e) for e in raw.get("escalations", ())),
+            drafts=int(raw.get("drafts", 0)),
+            pagerduty_id=str(raw.get("pagerduty_id", "")),
+            post_mortem_reminded=bool(raw.get("post_mortem_reminded", False)),
+            evidence=tuple(Evidence.from_json(e) for e in raw.get("evidence", ())),
+            contacts=tuple(str(c) for c in raw.get("contacts", ())),
+            version=int(raw.get("version", 0)),
+        )

@@ -1,0 +1,311 @@
+"""Incident announcements through the configured sinks: Slack, webhook, PagerDuty note.
+
+The incident service (``receiver.incidents.service``) hands over messages: an
+incident opened, a promotion, a breach, an escalation, a status-update draft, a
+post-mortem reminder. ``SinkAnnouncer`` posts each to every configured sink that
+can carry text: Slack (a message), the webhook (JSON with the incident id), and a
+note on the PagerDuty incident when one is linked, for promotions, escalations,
+status-update drafts and post-mortem reminders only (marked as our own, so its
+``incident.annotated`` echo is never answered). Failures are returned as outcome
+lines and logged by the caller; they never raise. Built by ``build_announcer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Protocol
+
+import httpx
+
+from receiver.settings import Settings
+from receiver.sinks.delivery import Deliverer, SinkError, Sleep
+from receiver.sinks.pagerduty import ACCEPT
+from receiver.sinks.render import OWN_NOTE_MARKER
+
+# PagerDuty already shows the incident opening and its state changes, and the
+# decision note says what the receiver found: a note is posted only for what
+# PagerDuty does not know.
+PAGERDUTY_KINDS = frozenset(
+    {"promoted", "escalation", "status_draft", "post_mortem_due"}
+)
+
+
+class Announcement(Protocol):
+    """What a message carries (``receiver.incidents.service.Message``)."""
+
+    @property
+    def kind(self) -> str: ...  # noqa: D102
+    @property
+    def title(self) -> str: ...  # noqa: D102
+    @property
+    def text(self) -> str: ...  # noqa: D102
+    @property
+    def contact(self) -> str: ...  # noqa: D102
+    @property
+    def incident_id(self) -> str: ...  # noqa: D102
+    @property
+    def pagerduty_id(self) -> str: ...  # noqa: D102
+    @property
+    def severity(self) -> str: ...  # noqa: D102
+
+
+class SinkAnnouncer:
+    """Posts incident messages to Slack, the webhooks and the PagerDuty incident."""
+
+    def __init__(
+        self,
+        deliverer: Deliverer,
+        *,
+        slack_url: str | None = None,
+        webhook_urls: Sequence[str] = (),
+        pagerduty: tuple[str, str, str] | None = None,  # api url, token, From
+        max_chars: int = 24_000,
+    ) -> None:
+        self._d = deliverer
+        self._slack = slack_url
+        self._webhooks = list(webhook_urls)
+        self._pd = pagerduty
+        self._max = max_chars
+
+    async def announce(self, message: Announcement) -> list[str]:
+        """Deliver to every configured sink; one outcome line each."""
+        outcomes: list[str] = []
+        if self._slack:
+            outcomes.append(await self._slack_post(message, self._slack))
+        outcomes += [await self._webhook(message, url) for url in self._webhooks]
+        if (
+            self._pd is not None
+            and message.pagerduty_id
+            and message.kind in PAGERDUTY_KINDS
+        ):
+            outcomes.append(await self._note(message, *self._pd))
+        return outcomes
+
+    def _text(self, message: Announcement) -> str:
+        who = f"\nContact: {message.contact}" if message.contact else ""
+        return f"{message.title}{who}\n\n{message.text}"[: self._max]
+
+    async def _slack_post(self, message: Announcement, url: str) -> str:
+        return await self._post(
+            "slack", url, {"text": self._text(message)}, what="Slack webhook"
+        )
+
+    async def _webhook(self, message: Announcement, url: str) -> str:
+        body = {
+            "kind": message.kind,
+            "incident_id": message.incident_id,
+            "severity": message.severity,
+            "title": message.title,
+            "text": message.text,
+            "contact": message.contact,
+        }
+        return await self._post("webhook", url, body, what="incident webhook")
+
+    async def _note(
+        self, message: Announcement, api: str, token: str, sender: str
+    ) -> str:
+        incident = message.pagerduty_id
+        content = f"{OWN_NOTE_MARKER} {self._text(message)}"[: self._max]
+        return await self._post(
+            "pagerduty_note",
+            f"{api.rstrip('/')}/incidents/{incident}/notes",
+            {"note": {"content": content}},
+            what=f"note on PagerDuty incident {incident}",
+            headers={
+                "Authorization": f"Token token={token}",
+                "Accept": ACCEPT,
+                "From": sender,
+            },
+        )
+
+    async def _post(
+        self,
+        sink: str,
+        url: str,
+        body: object,
+        *,
+        what: str,
+        headers: dict[str, str] | None = None,
+    ) -> str:
+        try:
+            response, _ = await self._d.send(
+                "POST", url, what=what, json=body, headers=headers
+            )
+        except SinkError as exc:
+            return f"{sink}: failed: {exc}"
+        except httpx.HTTPError as exc:
+            return f"{sink}: failed: {exc.__class__.__name__}"
+        if 200 <= response.status_code < 300:
+            return f"{sink}: sent"
+        return (
+            f"{sink}: failed: HTTP {response.status_code}: "
+            f"{self._d.excerpt(response, 100)}"
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self._d.aclose()
+
+
+def _deliverer(
+    settings: Settings,
+    transport: httpx.AsyncBaseTransport | None,
+    sleep: Sleep,
+) -> Deliverer:
+    timeout = settings.sink_timeout.total_seconds()
+    return Deliverer(
+        httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            follow_redirects=False,
+            transport=transport,
+            headers={"User-Agent": "alert-receiver"},
+        ),
+        secrets=settings.secret_values(),
+        attempts=settings.sink_attempts,
+        max_wait=settings.sink_max_wait.total_seconds(),
+        sleep=sleep,
+    )
+
+
+def build_announcer(
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    sleep: Sleep = asyncio.sleep,
+) -> SinkAnnouncer | None:
+    """The announcer for the sinks settings name and configure, or None."""
+    chosen = set(settings.sinks)
+    slack = settings.slack_webhook_url if "slack" in chosen else None
+    hooks = settings.webhook_urls if "webhook" in chosen else []
+    pd = None
+    if (
+        "pagerduty_note" in chosen
+        and settings.pagerduty_api_token is not None
+        and settings.pagerduty_from
+    ):
+        pd = (
+            settings.pagerduty_api_url,
+            settings.pagerduty_api_token.get_secret_value(),
+            settings.pagerduty_from,
+        )
+    if slack is None and not hooks and pd is None:
+        return None
+    return SinkAnnouncer(
+        _deliverer(settings, transport, sleep),
+        slack_url=slack.get_secret_value() if slack else None,
+        webhook_urls=[u.get_secret_value() for u in hooks],
+        pagerduty=pd,
+        max_chars=settings.note_max_chars,
+    )
+
+
+class PagerDutyEscalator:
+    """Escalates a PagerDuty incident through the REST API (``PUT /incidents/{id}``).
+
+    Raises the escalation level and sets the priority whose name is the
+    incident's severity (``P0``..``P3``, as PagerDuty's default priority scheme
+    names them), looked up once from ``GET /priorities``.
+    """
+
+    def __init__(
+        self, deliverer: Deliverer, *, api_url: str, token: str, from_email: str
+    ) -> None:
+        self._d = deliverer
+        self._api = api_url.rstrip("/")
+        self._headers = {
+            "Authorization": f"Token token={token}",
+            "Accept": ACCEPT,
+            "From": from_email,
+        }
+        self._priorities: dict[str, str] | None = None
+
+    async def _priority_ids(self) -> dict[str, str]:
+        if self._priorities is not None:
+            return self._priorities
+        response, _ = await self._d.send(
+            "GET",
+            f"{self._api}/priorities",
+            what="GET /priorities",
+            headers=self._headers,
+        )
+        found: dict[str, str] = {}
+        if response.status_code == 200:
+            try:
+                for item in response.json().get("priorities") or []:
+                    found[str(item.get("name", ""))] = str(item.get("id", ""))
+            except (ValueError, AttributeError):
+                found = {}
+            self._priorities = found
+        return found
+
+    async def escalate(self, incident_id: str, level: int, priority: str) -> str:
+        """Raise the level and set the priority; return a line saying what happened."""
+        try:
+            ids = await self._priority_ids()
+            body: dict[str, object] = {
+                "type": "incident_reference",
+                "escalation_level": level,
+            }
+            if ids.get(priority):
+                body["priority"] = {"id": ids[priority], "type": "priority_reference"}
+            response, _ = await self._d.send(
+                "PUT",
+                f"{self._api}/incidents/{incident_id}",
+                what=f"PUT /incidents/{incident_id}",
+                json={"incident": body},
+                headers={**self._headers, "Content-Type": "application/json"},
+            )
+        except SinkError as exc:
+            return f"failed: {exc}"
+        except httpx.HTTPError as exc:
+            return f"failed: {exc.__class__.__name__}"
+        if response.status_code != 200:
+            return (
+                f"failed: PagerDuty answered HTTP {response.status_code}: "
+                f"{self._d.excerpt(response, 200)}"
+            )
+        priority_note = f", priority {priority}" if "priority" in body else ""
+        return f"escalation level {level}{priority_note} on {incident_id}"
+
+    async def set_status(self, incident_id: str, status: str) -> str:
+        """Acknowledge or resolve the incident; return a line saying what happened."""
+        try:
+            response, _ = await self._d.send(
+                "PUT",
+                f"{self._api}/incidents/{incident_id}",
+                what=f"PUT /incidents/{incident_id}",
+                json={"incident": {"type": "incident_reference", "status": status}},
+                headers={**self._headers, "Content-Type": "application/json"},
+            )
+        except SinkError as exc:
+            return f"failed: {exc}"
+        except httpx.HTTPError as exc:
+            return f"failed: {exc.__class__.__name__}"
+        if response.status_code != 200:
+            return (
+                f"failed: PagerDuty answered HTTP {response.status_code}: "
+                f"{self._d.excerpt(response, 200)}"
+            )
+        return f"{incident_id} {status}"
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self._d.aclose()
+
+
+def build_escalator(
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    sleep: Sleep = asyncio.sleep,
+) -> PagerDutyEscalator | None:
+    """The PagerDuty escalator when an API token and From address are set."""
+    if settings.pagerduty_api_token is None or not settings.pagerduty_from:
+        return None
+    return PagerDutyEscalator(
+        _deliverer(settings, transport, sleep),
+        api_url=settings.pagerduty_api_url,
+        token=settings.pagerduty_api_token.get_secret_value(),
+        from_email=settings.pagerduty_from,
+    )

@@ -1,0 +1,115 @@
+"""``IncidentStore``: where incidents live, behind a small protocol of its own.
+
+Implementations: ``incidents_sqlite.SqliteIncidentStore`` (its own tables and
+connection, in the same file as the SQLite store) and
+``incidents_redis.RedisIncidentStore`` (its own keys and client). The store keeps
+each incident as an opaque JSON body plus the few columns it filters on; it never
+imports ``receiver.incidents``. ``receiver.incidents.service`` is the caller.
+
+Rules every implementation keeps (``tests/test_incident_store.py`` checks both
+against one reference model):
+
+- ``create`` refuses an id that exists, or a key an active incident holds.
+- ``update`` succeeds only if ``record.version`` is the stored version plus one
+  (optimistic concurrency across replicas); a resolved record releases its keys.
+- ``find(key)`` returns the active incident holding ``key``.
+- ``page`` lists newest first (by creation order), filtered by state, severity
+  and opened-since, ``limit`` at a time; the cursor is the last ``seq`` returned.
+- ``watched`` lists ids the ticker must still visit (``record.watch``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from receiver.model import freeze
+
+
+@dataclass(frozen=True)
+class IncidentRecord:
+    """One incident as stored: filter columns and the full JSON body."""
+
+    id: str
+    keys: tuple[str, ...]
+    state: str
+    severity: str
+    opened_at: datetime
+    version: int
+    watch: bool
+    body: Mapping[str, Any] = field(default_factory=lambda: freeze({}))
+    seq: int = 0  # creation order, set by the store
+
+    @property
+    def active(self) -> bool:
+        """Not resolved."""
+        return self.state != "resolved"
+
+
+@dataclass(frozen=True)
+class IncidentQuery:
+    """Filters and a cursor for listing incidents."""
+
+    state: str | None = None
+    severity: str | None = None
+    since: datetime | None = None
+    limit: int = 50
+    before: int | None = None  # cursor: only records with seq below this
+
+    def matches(self, record: IncidentRecord) -> bool:
+        """Whether ``record`` passes the filters (not the cursor)."""
+        return (
+            (self.state is None or record.state == self.state)
+            and (self.severity is None or record.severity == self.severity)
+            and (self.since is None or record.opened_at >= self.since)
+        )
+
+
+class IncidentStore(Protocol):
+    """Persistence for incidents (see the module docstring for the rules)."""
+
+    async def next_number(self, day: str) -> int:
+        """1, 2, 3... per ``day`` (``YYYY-MM-DD``), for ``INC-<day>-NNN`` ids."""
+        ...
+
+    async def create(self, record: IncidentRecord) -> IncidentRecord | None:
+        """Store a new incident; None if the id exists or a key is taken."""
+        ...
+
+    async def create_numbered(
+        self, day: str, build: Callable[[int], IncidentRecord]
+    ) -> IncidentRecord | None:
+        """``next_number(day)`` and ``create(build(number))`` at once, if it can.
+
+        None if a key is taken (the number is then not used up where the store
+        can avoid it). ``build`` must be pure: it may run in another thread.
+        """
+        ...
+
+    async def update(self, record: IncidentRecord) -> IncidentRecord | None:
+        """Replace an incident if its version is the next one; else None."""
+        ...
+
+    async def get(self, incident_id: str) -> IncidentRecord | None:
+        """The incident, or None."""
+        ...
+
+    async def find(self, key: str) -> IncidentRecord | None:
+        """The active incident holding ``key``, or None."""
+        ...
+
+    async def page(
+        self, query: IncidentQuery
+    ) -> tuple[list[IncidentRecord], int | None]:
+        """Matching incidents, newest first, and the cursor for the next page."""
+        ...
+
+    async def watched(self) -> list[str]:
+        """Ids of incidents the ticker still has to visit."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

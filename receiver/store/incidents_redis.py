@@ -1,0 +1,248 @@
+"""Redis ``IncidentStore``: own keys and client, for receivers running as replicas.
+
+Key layout (``P`` is the prefix, ``receiver`` by default, as the Redis store's)::
+
+    P:incident:{id}          JSON of the record (filter columns + body)
+    P:incident-key:{key}     id of the active incident holding ``key``
+    P:incidents              sorted set of ids, score = seq (creation order)
+    P:incidents:seq          INCR counter for seq
+    P:incidents:watch        set of ids the ticker still visits
+    P:incident-number:{day}  INCR counter for ``INC-<day>-NNN`` ids
+
+``create`` and ``update`` are each one Lua script (atomic across replicas). No
+command enumerates the keyspace. Listing walks the sorted set from the cursor
+down and filters, reading at most a bounded number of records per page.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, cast
+
+import redis.asyncio
+import redis.exceptions
+
+from receiver.errors import StoreUnavailableError
+from receiver.model import freeze, iso
+from receiver.store.incidents_base import IncidentQuery, IncidentRecord
+
+# KEYS: record, zset, seq, watch; ARGV: id, json, active, watch, prefix, keys...
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local n = #ARGV
+if ARGV[3] == '1' then
+  for i = 6, n do
+    if redis.call('EXISTS', ARGV[5] .. ARGV[i]) == 1 then return 0 end
+  end
+end
+local seq = redis.call('INCR', KEYS[3])
+local rec = cjson.decode(ARGV[2])
+rec['seq'] = seq
+redis.call('SET', KEYS[1], cjson.encode(rec))
+redis.call('ZADD', KEYS[2], seq, ARGV[1])
+if ARGV[4] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
+if ARGV[3] == '1' then
+  for i = 6, n do redis.call('SET', ARGV[5] .. ARGV[i], ARGV[1]) end
+end
+return seq
+"""
+
+# KEYS: record, watch; ARGV: id, json, active, watch, prefix, version, keys...
+_UPDATE = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local old = cjson.decode(raw)
+if tonumber(old['version']) ~= tonumber(ARGV[6]) - 1 then return 0 end
+local n = #ARGV
+if ARGV[3] == '1' then
+  for i = 7, n do
+    local held = redis.call('GET', ARGV[5] .. ARGV[i])
+    if held and held ~= ARGV[1] then return 0 end
+  end
+end
+for _, k in ipairs(old['keys']) do
+  if redis.call('GET', ARGV[5] .. k) == ARGV[1] then redis.call('DEL', ARGV[5] .. k) end
+end
+local rec = cjson.decode(ARGV[2])
+rec['seq'] = old['seq']
+redis.call('SET', KEYS[1], cjson.encode(rec))
+if ARGV[3] == '1' then
+  for i = 7, n do redis.call('SET', ARGV[5] .. ARGV[i], ARGV[1]) end
+end
+if ARGV[4] == '1' then
+  redis.call('SADD', KEYS[2], ARGV[1])
+else
+  redis.call('SREM', KEYS[2], ARGV[1])
+end
+return old['seq']
+"""
+
+PAGE_SCAN = 200  # records read per round while filtering a page
+
+
+def _encode(record: IncidentRecord) -> str:
+    return json.dumps(
+        {
+            "id": record.id,
+            "keys": list(record.keys),
+            "state": record.state,
+            "severity": record.severity,
+            "opened_at": iso(record.opened_at),
+            "opened_ms": int(record.opened_at.timestamp() * 1000),
+            "version": record.version,
+            "watch": record.watch,
+            "body": dict(record.body),
+        },
+        default=iso,
+    )
+
+
+def _decode(raw: bytes | str) -> IncidentRecord:
+    data: Mapping[str, Any] = json.loads(raw)
+    body = data.get("body") or {}
+    return IncidentRecord(
+        id=str(data["id"]),
+        # cjson turns an empty list into an empty object: both mean no keys.
+        keys=tuple(data.get("keys") or ()),
+        state=str(data["state"]),
+        severity=str(data["severity"]),
+        opened_at=datetime.fromisoformat(str(data["opened_at"])),
+        version=int(data["version"]),
+        watch=bool(data["watch"]),
+        body=freeze(body if isinstance(body, dict) else {}),
+        seq=int(data.get("seq", 0)),
+    )
+
+
+class RedisIncidentStore:
+    """Incidents in Redis."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "receiver",
+        socket_timeout: float = 5.0,
+    ) -> None:
+        self._redis = redis.asyncio.Redis.from_url(
+            url, socket_timeout=socket_timeout, socket_connect_timeout=2.0
+        )
+        self._p = prefix
+        self._create = self._redis.register_script(_CREATE)
+        self._update = self._redis.register_script(_UPDATE)
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self._p, *parts))
+
+    async def _call(self, what: str, coro: Any) -> Any:
+        try:
+            return await coro
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise StoreUnavailableError(f"Redis incident store: {what}: {exc}") from exc
+
+    async def next_number(self, day: str) -> int:  # noqa: D102
+        return int(
+            await self._call(
+                "next_number", self._redis.incr(self._k("incident-number", day))
+            )
+        )
+
+    def _args(self, record: IncidentRecord) -> list[str]:
+        return [
+            record.id,
+            _encode(record),
+            "1" if record.active else "0",
+            "1" if record.watch else "0",
+            self._k("incident-key") + ":",
+        ]
+
+    async def create(self, record: IncidentRecord) -> IncidentRecord | None:  # noqa: D102
+        seq = await self._call(
+            "create",
+            self._create(
+                keys=[
+                    self._k("incident", record.id),
+                    self._k("incidents"),
+                    self._k("incidents", "seq"),
+                    self._k("incidents", "watch"),
+                ],
+                args=[*self._args(record), *record.keys],
+            ),
+        )
+        return await self.get(record.id) if int(seq) else None
+
+    async def create_numbered(  # noqa: D102
+        self, day: str, build: Callable[[int], IncidentRecord]
+    ) -> IncidentRecord | None:
+        # Two round trips; a number lost to a taken key leaves a gap, never a
+        # duplicate.
+        return await self.create(build(await self.next_number(day)))
+
+    async def update(self, record: IncidentRecord) -> IncidentRecord | None:  # noqa: D102
+        seq = await self._call(
+            "update",
+            self._update(
+                keys=[self._k("incident", record.id), self._k("incidents", "watch")],
+                args=[*self._args(record), str(record.version), *record.keys],
+            ),
+        )
+        return await self.get(record.id) if int(seq) else None
+
+    async def get(self, incident_id: str) -> IncidentRecord | None:  # noqa: D102
+        raw = await self._call("get", self._redis.get(self._k("incident", incident_id)))
+        return _decode(raw) if raw else None
+
+    async def find(self, key: str) -> IncidentRecord | None:  # noqa: D102
+        held = await self._call("find", self._redis.get(self._k("incident-key", key)))
+        if not held:
+            return None
+        record = await self.get(held.decode() if isinstance(held, bytes) else held)
+        return record if record is not None and record.active else None
+
+    async def page(  # noqa: D102
+        self, query: IncidentQuery
+    ) -> tuple[list[IncidentRecord], int | None]:
+        found: list[IncidentRecord] = []
+        top: float | str = f"({query.before}" if query.before is not None else "+inf"
+        while True:
+            batch = cast(
+                "list[tuple[bytes, float]]",
+                await self._call(
+                    "page",
+                    self._redis.zrevrangebyscore(
+                        self._k("incidents"),
+                        top,
+                        "-inf",
+                        start=0,
+                        num=PAGE_SCAN,
+                        withscores=True,
+                    ),
+                ),
+            )
+            if not batch:
+                return found, None
+            raws = await self._call(
+                "page",
+                self._redis.mget([self._k("incident", m.decode()) for m, _ in batch]),
+            )
+            for raw in raws:
+                if not raw:
+                    continue
+                record = _decode(raw)
+                if not query.matches(record):
+                    continue
+                if len(found) == query.limit:
+                    return found, found[-1].seq
+                found.append(record)
+            top = f"({int(batch[-1][1])}"
+
+    async def watched(self) -> list[str]:  # noqa: D102
+        ids = await self._call(
+            "watched", self._redis.smembers(self._k("incidents", "watch"))
+        )
+        return sorted(i.decode() for i in ids)
+
+    async def close(self) -> None:  # noqa: D102
+        await self._redis.aclose()

@@ -1,0 +1,274 @@
+"""SQLite ``IncidentStore``: own tables, own connection, beside the SQLite store.
+
+Opened on the same file as ``SqliteStore`` (``sqlite:///receiver.db``) with a
+connection of its own, so it never touches the journal's group commit. Calls run
+in ``asyncio.to_thread`` under a lock; each is one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from receiver.errors import StoreUnavailableError
+from receiver.model import freeze, iso
+from receiver.store.incidents_base import IncidentQuery, IncidentRecord
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS incidents (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    opened_at TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    watch INTEGER NOT NULL,
+    keys TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incidents_watch ON incidents(watch);
+CREATE TABLE IF NOT EXISTS incident_keys (
+    key TEXT PRIMARY KEY, id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS incident_numbers (
+    day TEXT PRIMARY KEY, last INTEGER NOT NULL
+);
+"""
+
+
+def _record(row: sqlite3.Row) -> IncidentRecord:
+    return IncidentRecord(
+        id=row["id"],
+        keys=tuple(json.loads(row["keys"])),
+        state=row["state"],
+        severity=row["severity"],
+        opened_at=datetime.fromisoformat(row["opened_at"]),
+        version=row["version"],
+        watch=bool(row["watch"]),
+        body=freeze(json.loads(row["body"])),
+        seq=row["seq"],
+    )
+
+
+def _stamp(ts: datetime) -> str:
+    # Fixed width ISO (microseconds, UTC): compares correctly as text.
+    return ts.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+class SqliteIncidentStore:
+    """Incidents in SQLite."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=30
+        )
+        self._db.row_factory = sqlite3.Row
+        if path != ":memory:":
+            self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return await asyncio.to_thread(self._tx, fn)
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(
+                f"SQLite incident store {self.path}: {exc}"
+            ) from exc
+
+    async def next_number(self, day: str) -> int:  # noqa: D102
+        def run(db: sqlite3.Connection) -> int:
+            db.execute(
+                "INSERT INTO incident_numbers(day, last) VALUES (?, 1) "
+                "ON CONFLICT(day) DO UPDATE SET last = last + 1",
+                (day,),
+            )
+            row = db.execute(
+                "SELECT last FROM incident_numbers WHERE day = ?", (day,)
+            ).fetchone()
+            return int(row[0])
+
+        return await self._run(run)
+
+    @staticmethod
+    def _values(record: IncidentRecord) -> tuple[object, ...]:
+        return (
+            record.state,
+            record.severity,
+            _stamp(record.opened_at),
+            record.version,
+            int(record.watch),
+            json.dumps(list(record.keys)),
+            json.dumps(dict(record.body), default=iso),
+        )
+
+    async def create_numbered(  # noqa: D102
+        self, day: str, build: Callable[[int], IncidentRecord]
+    ) -> IncidentRecord | None:
+        def run(db: sqlite3.Connection) -> IncidentRecord | None:
+            row = db.execute(
+                "SELECT last FROM incident_numbers WHERE day = ?", (day,)
+            ).fetchone()
+            number = (int(row[0]) if row else 0) + 1
+            created = self._insert(db, build(number))
+            if created is not None:
+                db.execute(
+                    "INSERT INTO incident_numbers(day, last) VALUES (?, ?) "
+                    "ON CONFLICT(day) DO UPDATE SET last = excluded.last",
+                    (day, number),
+                )
+            return created
+
+        return await self._run(run)
+
+    async def create(self, record: IncidentRecord) -> IncidentRecord | None:  # noqa: D102
+        return await self._run(lambda db: self._insert(db, record))
+
+    def _insert(
+        self, db: sqlite3.Connection, record: IncidentRecord
+    ) -> IncidentRecord | None:
+        if db.execute("SELECT 1 FROM incidents WHERE id = ?", (record.id,)).fetchone():
+            return None
+        if record.active:
+            for key in record.keys:
+                if db.execute(
+                    "SELECT 1 FROM incident_keys WHERE key = ?", (key,)
+                ).fetchone():
+                    return None
+        cur = db.execute(
+            "INSERT INTO incidents(id, state, severity, opened_at, version, "
+            "watch, keys, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.id, *self._values(record)),
+        )
+        if record.active:
+            db.executemany(
+                "INSERT INTO incident_keys(key, id) VALUES (?, ?)",
+                [(k, record.id) for k in record.keys],
+            )
+        row = db.execute(
+            "SELECT * FROM incidents WHERE seq = ?", (cur.lastrowid,)
+        ).fetchone()
+        return _record(row)
+
+    async def update(self, record: IncidentRecord) -> IncidentRecord | None:  # noqa: D102
+        def run(db: sqlite3.Connection) -> IncidentRecord | None:
+            row = db.execute(
+                "SELECT * FROM incidents WHERE id = ?", (record.id,)
+            ).fetchone()
+            if row is None or row["version"] != record.version - 1:
+                return None
+            if record.active:
+                for key in record.keys:
+                    held = db.execute(
+                        "SELECT id FROM incident_keys WHERE key = ?", (key,)
+                    ).fetchone()
+                    if held is not None and held[0] != record.id:
+                        return None
+            db.execute("DELETE FROM incident_keys WHERE id = ?", (record.id,))
+            if record.active:
+                db.executemany(
+                    "INSERT INTO incident_keys(key, id) VALUES (?, ?)",
+                    [(k, record.id) for k in record.keys],
+                )
+            db.execute(
+                "UPDATE incidents SET state = ?, severity = ?, opened_at = ?, "
+                "version = ?, watch = ?, keys = ?, body = ? WHERE id = ?",
+                (*self._values(record), record.id),
+            )
+            row = db.execute(
+                "SELECT * FROM incidents WHERE id = ?", (record.id,)
+            ).fetchone()
+            return _record(row)
+
+        return await self._run(run)
+
+    async def get(self, incident_id: str) -> IncidentRecord | None:  # noqa: D102
+        def run(db: sqlite3.Connection) -> IncidentRecord | None:
+            row = db.execute(
+                "SELECT * FROM incidents WHERE id = ?", (incident_id,)
+            ).fetchone()
+            return _record(row) if row else None
+
+        return await self._run(run)
+
+    async def find(self, key: str) -> IncidentRecord | None:  # noqa: D102
+        def run(db: sqlite3.Connection) -> IncidentRecord | None:
+            row = db.execute(
+                "SELECT i.* FROM incident_keys k JOIN incidents i ON i.id = k.id "
+                "WHERE k.key = ?",
+                (key,),
+            ).fetchone()
+            return _record(row) if row else None
+
+        return await self._run(run)
+
+    async def page(  # noqa: D102
+        self, query: IncidentQuery
+    ) -> tuple[list[IncidentRecord], int | None]:
+        def run(db: sqlite3.Connection) -> tuple[list[IncidentRecord], int | None]:
+            where, args = ["1 = 1"], []  # type: tuple[list[str], list[object]]
+            if query.state is not None:
+                where.append("state = ?")
+                args.append(query.state)
+            if query.severity is not None:
+                where.append("severity = ?")
+                args.append(query.severity)
+            if query.since is not None:
+                where.append("opened_at >= ?")
+                args.append(_stamp(query.since))
+            if query.before is not None:
+                where.append("seq < ?")
+                args.append(query.before)
+            rows = db.execute(
+                f"SELECT * FROM incidents WHERE {' AND '.join(where)} "  # noqa: S608 (fixed fragments, values bound)
+                "ORDER BY seq DESC LIMIT ?",
+                (*args, query.limit + 1),
+            ).fetchall()
+            records = [_record(r) for r in rows[: query.limit]]
+            more = len(rows) > query.limit
+            return records, records[-1].seq if more and records else None
+
+        return await self._run(run)
+
+    async def watched(self) -> list[str]:  # noqa: D102
+        def run(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute(
+                "SELECT id FROM incidents WHERE watch = 1 ORDER BY seq"
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        return await self._run(run)
+
+    async def close(self) -> None:  # noqa: D102
+        def close() -> None:
+            # Under the lock: a query still running in its thread (its task
+            # was cancelled, the thread was not) finishes first. Closing under
+            # it crashes the process.
+            with self._lock:
+                self._db.close()
+
+        await asyncio.to_thread(close)

@@ -1,0 +1,308 @@
+"""The incidents API: list, read, report, and what people add to an incident.
+
+``GET /api/v1/incidents`` (filters ``state``, ``severity``, ``since``; ``limit``
+and ``cursor`` for pages), ``GET /api/v1/incidents/{id}``,
+``GET /api/v1/incidents/{id}/report`` (``text/markdown``), and ``POST`` on
+``.../timeline`` (a comment), ``.../acknowledge``, ``.../mitigate`` and
+``.../status`` (a published status update: restarts the update cadence). Every
+call needs the API credentials. Registered by ``register``, called from
+``create_app``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from receiver.errors import InputError, UnsupportedMediaError
+from receiver.incidents.model import State
+from receiver.incidents.service import ConflictError, IncidentService, NotFoundError
+from receiver.model import Severity
+from receiver.store.incidents_base import IncidentQuery
+from receiver.web.auth import Authenticator
+from receiver.web.problems import problem
+
+MAX_BODY = 16 * 1024
+
+
+class Note(BaseModel):
+    """A body for the POST endpoints: who, and what (optional for acknowledge)."""
+
+    model_config = ConfigDict(extra="forbid")
+    by: str = Field(default="api", min_length=1, max_length=100)
+    text: str = Field(default="", max_length=4000)
+
+
+class IncidentHandlers:
+    """Handlers over the incident service."""
+
+    def __init__(self, service: IncidentService, auth: Authenticator) -> None:
+        self._service = service
+        self._auth = auth
+
+    async def _note(self, request: web.Request, *, text_required: bool) -> Note:
+        ctype = request.content_type
+        if request.can_read_body and ctype != "application/json":
+            raise UnsupportedMediaError(
+                f"Content-Type must be application/json, got {ctype or 'none'!r}"
+            )
+        raw = await request.read() if request.can_read_body else b"{}"
+        if len(raw) > MAX_BODY:
+            raise InputError(f"body over {MAX_BODY} bytes")
+        try:
+            data: Any = json.loads(raw or b"{}")
+            note = Note.model_validate(data)
+        except ValueError as exc:
+            detail = (
+                "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                    for e in exc.errors(include_url=False)
+                )
+                if isinstance(exc, ValidationError)
+                else f"not JSON: {exc}"
+            )
+            raise InputError(
+                f'send {{"by": "<who>", "text": "<what>"}}: {detail}'
+            ) from exc
+        if text_required and not note.text.strip():
+            raise InputError('"text" is required: say what to add to the timeline')
+        return note
+
+    @staticmethod
+    def _missing(incident_id: str) -> web.Response:
+        return problem(
+            404,
+            f"no incident {incident_id!r}; GET /api/v1/incidents lists them",
+            slug="incident-not-found",
+        )
+
+    async def list(self, request: web.Request) -> web.Response:
+        """GET /api/v1/incidents."""
+        self._auth.check_header(request.headers.get("Authorization"))
+        q = request.query
+        state = q.get("state")
+        severity = q.get("severity")
+        if state is not None and state not in {s.value for s in State}:
+            raise InputError(
+                f"state must be one of {', '.join(s.value for s in State)}"
+            )
+        if severity is not None and severity not in {s.value for s in Severity}:
+            raise InputError("severity must be one of P0, P1, P2, P3")
+        try:
+            limit = int(q.get("limit", "50"))
+            cursor = int(q["cursor"]) if "cursor" in q else None
+            since = datetime.fromisoformat(q["since"]) if "since" in q else None
+        except ValueError as exc:
+            raise InputError(
+                f"bad query parameter: {exc}; limit and cursor are integers, "
+                "since an ISO 8601 time"
+            ) from exc
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        if not 1 <= limit <= 500:
+            raise InputError("limit must be between 1 and 500")
+        incidents, next_cursor = await self._service.page(
+            IncidentQuery(state, severity, since, limit, cursor)
+        )
+        body: dict[str, Any] = {
+            "incidents": [
+                {
+                    k: v
+                    for k, v in i.to_json().items()
+                    if k not in ("timeline", "ledger", "evidence")
+                }
+                for i in incidents
+            ],
+            "count": len(incidents),
+            "next_cursor": str(next_cursor) if next_cursor is not None else None,
+        }
+        return web.json_response(body)
+
+    async def get(self, request: web.Request) -> web.Response:
+        """GET /api/v1/incidents/{id}."""
+        self._auth.check_header(request.headers.get("Authorization"))
+        incident_id = request.match_info["id"]
+        incident = await self._service.get(incident_id)
+        if incident is None:
+            return self._missing(incident_id)
+        body = incident.to_json()
+        for item in body["evidence"]:
+            item["content_chars"] = len(item.pop("content"))
+        return web.json_response(body)
+
+    async def evidence(self, request: web.Request) -> web.Response:
+        """GET /api/v1/incidents/{id}/evidence: what was kept, with its hashes."""
+        self._auth.check_header(request.headers.get("Authorization"))
+        incident_id = request.match_info["id"]
+        incident = await self._service.get(incident_id)
+        if incident is None:
+            return self._missing(incident_id)
+        return web.json_response(
+            {
+                "incident_id": incident.id,
+                "evidence": [e.to_json() for e in incident.evidence],
+            }
+        )
+
+    async def report(self, request: web.Request) -> web.Response:
+        """GET /api/v1/incidents/{id}/report: the Markdown report."""
+        self._auth.check_header(request.headers.get("Authorization"))
+        incident_id = request.match_info["id"]
+        try:
+            text = await self._service.report(incident_id)
+        except NotFoundError:
+            return self._missing(incident_id)
+        return web.Response(text=text, content_type="text/markdown", charset="utf-8")
+
+    async def _act(self, request: web.Request, action: str) -> web.Response:
+        self._auth.check_header(request.headers.get("Authorization"))
+        incident_id = request.match_info["id"]
+        note = await self._note(request, text_required=action in ("comment", "status"))
+        service = self._service
+        try:
+            if action == "acknowledge":
+                incident = await service.acknowledge(incident_id, by=note.by)
+            elif action == "mitigate":
+                incident = await service.mitigate(
+                    incident_id, by=note.by, text=note.text
+                )
+            elif action == "status":
+                incident = await service.status_update(
+                    incident_id, by=note.by, text=note.text
+                )
+            else:
+                incident = await service.comment(
+                    incident_id, by=note.by, text=note.text
+                )
+        except NotFoundError:
+            return self._missing(incident_id)
+        except ConflictError as exc:
+            return problem(409, f"{exc}; try again", slug="incident-conflict")
+        return web.json_response(incident.to_json())
+
+    async def comment(self, request: web.Request) -> web.Response:
+        """POST /api/v1/incidents/{id}/timeline: a person's comment."""
+        return await self._act(request, "comment")
+
+    async def acknowledge(self, request: web.Request) -> web.Response:
+        """POST /api/v1/incidents/{id}/acknowledge: stops the acknowledge clock."""
+        return await self._act(request, "acknowledge")
+
+    async def mitigate(self, request: web.Request) -> web.Response:
+        """POST /api/v1/incidents/{id}/mitigate: stops the mitigate clock."""
+        return await self._act(request, "mitigate")
+
+    async def status(self, request: web.Request) -> web.Response:
+        """POST /api/v1/incidents/{id}/status: a published update; cadence restarts."""
+        return await self._act(request, "status")
+
+
+def register(app: web.Application, handlers: IncidentHandlers) -> None:
+    """Add the incident routes."""
+    r = app.router
+    r.add_get("/api/v1/incidents", handlers.list)
+    r.add_get("/api/v1/incidents/{id}", handlers.get)
+    r.add_get("/api/v1/incidents/{id}/report", handlers.report)
+    r.add_get("/api/v1/incidents/{id}/evidence", handlers.evidence)
+    r.add_post("/api/v1/incidents/{id}/timeline", handlers.comment)
+    r.add_post("/api/v1/incidents/{id}/acknowledge", handlers.acknowledge)
+    r.add_post("/api/v1/incidents/{id}/mitigate", handlers.mitigate)
+    r.add_post("/api/v1/incidents/{id}/status", handlers.status)
+
+
+def incident_paths() -> dict[str, Any]:
+    """The OpenAPI paths of the incident routes (merged into ``/openapi.json``)."""
+    problem_ref = {
+        "description": "Rejected; the body says what to fix.",
+        "content": {
+            "application/problem+json": {
+                "schema": {"$ref": "#/components/schemas/Problem"}
+            }
+        },
+    }
+    errors = {str(c): problem_ref for c in (400, 401, 403, 404)}
+    ok = {
+        "description": "OK",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+    security: list[dict[str, list[str]]] = [{"bearer": []}, {"basic": []}]
+    path_id = [
+        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    ]
+    body = {
+        "required": False,
+        "content": {"application/json": {"schema": Note.model_json_schema()}},
+    }
+
+    def post(summary: str) -> dict[str, Any]:
+        return {
+            "post": {
+                "summary": summary,
+                "security": security,
+                "parameters": path_id,
+                "requestBody": body,
+                "responses": {"200": ok, "409": problem_ref, **errors},
+            }
+        }
+
+    query = [
+        {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
+        for name, kind in (
+            ("state", "string"),
+            ("severity", "string"),
+            ("since", "string"),
+            ("limit", "integer"),
+            ("cursor", "string"),
+        )
+    ]
+    return {
+        "/api/v1/incidents": {
+            "get": {
+                "summary": "Incidents, newest first (filters: state, severity, "
+                "since; cursor pagination)",
+                "security": security,
+                "parameters": query,
+                "responses": {"200": ok, **errors},
+            }
+        },
+        "/api/v1/incidents/{id}": {
+            "get": {
+                "summary": "One incident with its timeline and automation ledger",
+                "security": security,
+                "parameters": path_id,
+                "responses": {"200": ok, **errors},
+            }
+        },
+        "/api/v1/incidents/{id}/report": {
+            "get": {
+                "summary": "Incident Report and Post-Mortem (Markdown)",
+                "security": security,
+                "parameters": path_id,
+                "responses": {
+                    "200": {
+                        "description": "text/markdown",
+                        "content": {"text/markdown": {"schema": {"type": "string"}}},
+                    },
+                    **errors,
+                },
+            }
+        },
+        "/api/v1/incidents/{id}/evidence": {
+            "get": {
+                "summary": "Evidence kept (diagnostic results and their sha256)",
+                "security": security,
+                "parameters": path_id,
+                "responses": {"200": ok, **errors},
+            }
+        },
+        "/api/v1/incidents/{id}/timeline": post('Add a comment: {"by", "text"}'),
+        "/api/v1/incidents/{id}/acknowledge": post("Acknowledge (stops the clock)"),
+        "/api/v1/incidents/{id}/mitigate": post("Mark mitigated"),
+        "/api/v1/incidents/{id}/status": post(
+            "A status update was published (the update cadence restarts)"
+        ),
+    }

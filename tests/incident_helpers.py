@@ -1,0 +1,106 @@
+"""Helpers for the incident tests: an advancing clock, real traces, recorders.
+
+Traces are decided by the real rule pack (``rules/``) in dry-run from the shipped
+example payloads, so the incident code sees exactly what the worker hands it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from receiver.engine.planner import PlanContext
+from receiver.engine.runner import Runner
+from receiver.engine.worker import Processor
+from receiver.incidents.service import Message
+from receiver.model import AlertTrace
+from receiver.rulebook.loader import Rulebook, load_rulebook
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+START = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+
+
+class TickingClock:
+    """A clock that advances ``step`` on every read; ``jump`` moves it further."""
+
+    def __init__(self, start: datetime = START, step: timedelta = timedelta(seconds=1)):
+        self.now = start
+        self.step = step
+        self.reads = 0
+
+    def __call__(self) -> datetime:
+        self.reads += 1
+        now = self.now
+        self.now += self.step
+        return now
+
+    def jump(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+    def to(self, when: datetime) -> None:
+        assert when >= self.now, "the clock never goes back"
+        self.now = when
+
+
+def rulebook() -> Rulebook:
+    return load_rulebook([ROOT / "rules"])
+
+
+def example(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((EXAMPLES / name).read_text())
+    return data
+
+
+async def traces(
+    book: Rulebook, source: str, payload: dict[str, Any], now: datetime
+) -> list[AlertTrace]:
+    processor = Processor(
+        book,
+        Runner({}, lambda: now, mode="dry-run"),
+        lambda: now,
+        PlanContext(execute=False, namespaces=None),
+    )
+    body = json.dumps(payload).encode()
+    return await processor.decide_dry_run(
+        processor.alerts(source, body, now),
+        now=now,  # type: ignore[arg-type]
+    )
+
+
+def resolved(payload: dict[str, Any], at: datetime) -> dict[str, Any]:
+    out = copy.deepcopy(payload)
+    out["status"] = "resolved"
+    for alert in out["alerts"]:
+        alert["status"] = "resolved"
+        alert["endsAt"] = at.isoformat().replace("+00:00", "Z")
+    return out
+
+
+@dataclass
+class RecordingAnnouncer:
+    messages: list[Message] = field(default_factory=list)
+
+    async def announce(self, message: Message) -> list[str]:
+        self.messages.append(message)
+        return ["recorded"]
+
+    def kinds(self) -> list[str]:
+        return [m.kind for m in self.messages]
+
+
+@dataclass
+class RecordingEscalator:
+    calls: list[tuple[str, int, str]] = field(default_factory=list)
+
+    async def escalate(self, incident_id: str, level: int, priority: str) -> str:
+        self.calls.append((incident_id, level, priority))
+        return "escalated"
+
+    async def set_status(self, incident_id: str, status: str) -> str:
+        self.calls.append((incident_id, 0, status))
+        return status

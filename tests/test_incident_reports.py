@@ -1,0 +1,190 @@
+"""Golden incident reports for the shipped examples; their shape against the runbook.
+
+Each example incident is played on a ticking clock from 10:00: the firing payload
+opens it, a person acknowledges at about 10:03, the ticker runs at 10:20 (the
+matrix promotes, clocks breach where they do), the resolved payload (where the
+example has one) resolves it at about 10:40, and the report is rendered. The
+Markdown must equal ``tests/golden/reports/<example>.md``; regenerate after an
+intended change with ``RECEIVER_UPDATE_GOLDEN=1`` and review the diff. Every
+report's headings are exactly the runbook's Incident Report and Post-Mortem
+template sections, in order. ``receiver report ID`` prints the same text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from incident_helpers import (
+    EXAMPLES,
+    ROOT,
+    START,
+    TickingClock,
+    example,
+    rulebook,
+    traces,
+)
+
+from receiver.cli import main
+from receiver.incidents.report import render_report
+from receiver.incidents.service import IncidentService
+from receiver.store.incidents_sqlite import SqliteIncidentStore
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "reports"
+UPDATE = os.environ.get("RECEIVER_UPDATE_GOLDEN") == "1"
+# The runbook's "Incident Report Template" then "Post-Mortem Template" headings;
+# "Automation ledger" is the one section we add (under Response).
+HEADINGS = [
+    "# Incident Report: ",
+    "## Executive Summary",
+    "## Technical Details",
+    "## Impact",
+    "## Response",
+    "### Automation ledger",
+    "## Follow-up Actions",
+    "## Attachments",
+    "# Post-Mortem: ",
+    "## Summary",
+    "## Impact",
+    "## Root Cause",
+    "## Timeline",
+    "## What Went Well",
+    "## What Could Be Improved",
+    "## Action Items",
+    "## Lessons Learned",
+    "## Follow-up",
+]
+FIELDS = [
+    "**Incident ID:**",
+    "**Date:**",
+    "**Duration:**",
+    "**Severity:**",
+    "**Status:**",
+    "**Root Cause:**",
+    "**Affected Systems:**",
+    "**Error Messages:**",
+    "- **Users Affected:**",
+    "- **Services Down:**",
+    "- **Data Loss:**",
+    "- **Revenue Impact:**",
+    "**Detection Time:**",
+    "**Response Time:**",
+    "**Resolution Time:**",
+    "**Mitigation:**",
+]
+
+
+def cases() -> list[tuple[str, str, str | None]]:
+    found = []
+    for path in sorted((EXAMPLES / "alertmanager").glob("*.firing.json")):
+        done = path.with_name(path.name.replace(".firing.", ".resolved."))
+        found.append(
+            (
+                "alertmanager",
+                f"alertmanager/{path.name}",
+                f"alertmanager/{done.name}" if done.exists() else None,
+            )
+        )
+    found.append(
+        (
+            "pagerduty",
+            "pagerduty/sark-api-down.triggered.json",
+            "pagerduty/sark-api-down.resolved.json",
+        )
+    )
+    found.append(
+        (
+            "events_v2",
+            "events-v2/sark-siem-forwarding-down.trigger.json",
+            "events-v2/sark-siem-forwarding-down.resolve.json",
+        )
+    )
+    return found
+
+
+async def play(source: str, firing: str, resolved: str | None, db: str) -> str:
+    clock = TickingClock()
+    book = rulebook()
+    store = SqliteIncidentStore(db)
+    service = IncidentService(store, clock=clock, rulebook=lambda: book)
+    try:
+        [incident] = await service.observe(
+            await traces(book, source, example(firing), clock())
+        )
+        clock.to(START + timedelta(minutes=3))
+        await service.acknowledge(incident.id, by="Jane Smith")
+        clock.to(START + timedelta(minutes=20))
+        await service.tick()
+        if resolved is not None:
+            clock.to(START + timedelta(minutes=40))
+            await service.observe(
+                await traces(book, source, example(resolved), clock())
+            )
+        final = await service.get(incident.id)
+        assert final is not None
+        return render_report(final, service.policy, clock())
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(("source", "firing", "resolved"), cases(), ids=lambda v: v)
+async def test_report_matches_golden(source, firing, resolved, tmp_path):
+    """The example incident's report is exactly the reviewed golden file."""
+    got = await play(source, firing, resolved, str(tmp_path / "r.db"))
+    golden = GOLDEN / (Path(firing).name.removesuffix(".json") + ".md")
+    if UPDATE:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(got)
+    assert golden.exists(), "no golden report; run with RECEIVER_UPDATE_GOLDEN=1"
+    assert got == golden.read_text(), (
+        f"{golden.name} differs; if intended, regenerate with RECEIVER_UPDATE_GOLDEN=1"
+    )
+
+
+@pytest.mark.parametrize(("source", "firing", "resolved"), cases(), ids=lambda v: v)
+async def test_report_sections_follow_the_runbook_templates(
+    source, firing, resolved, tmp_path
+):
+    """Headings and fields are the runbook templates', in order; placeholders marked."""
+    text = await play(source, firing, resolved, str(tmp_path / "r.db"))
+    headings = [line for line in text.splitlines() if line.startswith("#")]
+    shapes = [h[: h.index(": ") + 2] if h.startswith("# ") else h for h in headings]
+    assert shapes == HEADINGS
+    positions = [text.index(field) for field in FIELDS]
+    assert positions == sorted(positions)
+    assert "_[To fill in: root cause]_" in text
+    assert "| Action | Owner | Due Date | Status |" in text
+
+
+def test_cli_report_prints_the_stored_report(tmp_path, capsys):
+    """``receiver report ID`` prints the report of an incident in the store."""
+    db = tmp_path / "receiver.db"
+    source, firing, resolved = cases()[0]
+    want = asyncio.run(play(source, firing, resolved, str(db)))
+    capsys.readouterr()
+    code = main(
+        [
+            "report",
+            "INC-2026-11-26-001",
+            "--store",
+            f"sqlite:///{db}",
+            "--rules",
+            str(ROOT / "rules"),
+        ]
+    )
+    assert code == 0
+    assert capsys.readouterr().out == want
+    code = main(["report", "INC-none", "--store", f"sqlite:///{db}"])
+    assert code == 1
+    assert "no incident 'INC-none'" in capsys.readouterr().err
+
+
+def test_docs_show_the_golden_report():
+    """docs/incidents.md shows the golden report whole, the README its start."""
+    golden = (GOLDEN / "sark-auth-failures.firing.md").read_text()
+    assert golden in (ROOT / "docs" / "incidents.md").read_text()
+    head = golden[: golden.index("### Automation ledger")].rstrip()
+    assert head in (ROOT / "README.md").read_text()

@@ -1,0 +1,245 @@
+"""The incidents API: list with filters and cursors, read, report, and people's input.
+
+A real app (in-memory store, the test rulebook, a ticking clock, no background
+ticker) receives Alertmanager webhooks; the worker's traces open incidents, and
+the API is exercised over HTTP like any client would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from conftest import bearer, full_settings
+from incident_helpers import TickingClock
+from test_web import AM, am_alert, am_payload
+
+from receiver.app import create_app
+from receiver.app_incidents import INCIDENTS, IncidentWiring
+from receiver.metrics import Metrics
+from receiver.rulebook.loader import load_rulebook
+from receiver.store import MemoryStore
+
+API = "/api/v1/incidents"
+
+
+@pytest.fixture
+async def client(aiohttp_client, web_rules):
+    clock = TickingClock()
+    app = create_app(
+        full_settings(),
+        rulebook=load_rulebook([web_rules]),
+        store=MemoryStore(),
+        clock=clock,
+        metrics=Metrics(),
+        incidents=IncidentWiring(tick_every=None),
+    )
+    client = await aiohttp_client(app)
+    client.clock = clock
+    client.service = app[INCIDENTS]
+    return client
+
+
+async def incidents(client, count: int, **params: str) -> list[dict[str, Any]]:
+    """Poll the list until ``count`` incidents are there (bounded)."""
+    found: list[dict[str, Any]] = []
+    for _ in range(300):
+        resp = await client.get(API, params=params, headers=bearer())
+        assert resp.status == 200, await resp.text()
+        found = (await resp.json())["incidents"]
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.01)
+    pytest.fail(f"only {len(found)} of {count} incidents")
+
+
+async def fire(client, group: str, fingerprint: str) -> None:
+    payload = am_payload(am_alert(fingerprint))
+    payload["groupKey"] = group
+    resp = await client.post(AM, json=payload, headers=bearer())
+    assert resp.status == 202
+
+
+async def test_a_webhook_opens_an_incident_readable_by_id(client):
+    """An Alertmanager alert becomes an incident with its timeline and ledger."""
+    await fire(client, "g1", "fp-1")
+    [listed] = await incidents(client, 1)
+    assert listed["state"] == "triggered"
+    assert listed["severity"] == "P1"
+    assert "timeline" not in listed
+    resp = await client.get(f"{API}/{listed['id']}", headers=bearer())
+    body = await resp.json()
+    assert body["timeline"][0]["kind"] == "opened"
+    assert body["ledger"][0]["type"] == "k8s.pods"
+    assert body["alerts"][0]["fingerprint"] == "fp-1"
+
+
+async def test_report_is_markdown_with_every_template_section(client):
+    """The report has the runbook's Incident Report and Post-Mortem sections."""
+    await fire(client, "g1", "fp-1")
+    [listed] = await incidents(client, 1)
+    resp = await client.get(f"{API}/{listed['id']}/report", headers=bearer())
+    assert resp.status == 200
+    assert resp.content_type == "text/markdown"
+    text = await resp.text()
+    for heading in (
+        "# Incident Report: ",
+        "## Executive Summary",
+        "## Technical Details",
+        "## Impact",
+        "## Response",
+        "## Follow-up Actions",
+        "## Attachments",
+        "# Post-Mortem: ",
+        "## Summary",
+        "## Root Cause",
+        "## Timeline",
+        "## What Went Well",
+        "## What Could Be Improved",
+        "## Action Items",
+        "## Lessons Learned",
+    ):
+        assert heading in text, heading
+    assert f"**Incident ID:** {listed['id']}" in text
+
+
+async def test_people_comment_acknowledge_mitigate_and_publish(client):
+    """Comments, acknowledgment, mitigation and status updates land on the timeline."""
+    await fire(client, "g1", "fp-1")
+    [listed] = await incidents(client, 1)
+    base = f"{API}/{listed['id']}"
+    resp = await client.post(
+        f"{base}/timeline", json={"by": "jane", "text": "looking"}, headers=bearer()
+    )
+    assert resp.status == 200
+    resp = await client.post(
+        f"{base}/acknowledge", json={"by": "jane"}, headers=bearer()
+    )
+    assert (await resp.json())["state"] == "acknowledged"
+    resp = await client.post(
+        f"{base}/status", json={"by": "jane", "text": "Identified"}, headers=bearer()
+    )
+    assert resp.status == 200
+    resp = await client.post(
+        f"{base}/mitigate", json={"by": "jane", "text": "failed over"}, headers=bearer()
+    )
+    body = await resp.json()
+    assert body["state"] == "mitigated"
+    kinds = [(e["kind"], e["by"]) for e in body["timeline"]]
+    assert ("comment", "jane") in kinds
+    assert ("acknowledged", "jane") in kinds
+    assert ("status_update", "jane") in kinds
+    assert ("mitigated", "jane") in kinds
+
+
+async def test_list_filters_and_cursor_pages(client):
+    """State and severity filter; a cursor walks every incident exactly once."""
+    for n in range(5):
+        await fire(client, f"group-{n}", f"fp-{n}")
+    everything = await incidents(client, 5)
+    await client.post(
+        f"{API}/{everything[0]['id']}/acknowledge", json={}, headers=bearer()
+    )
+    resp = await client.get(API, params={"state": "acknowledged"}, headers=bearer())
+    assert [i["id"] for i in (await resp.json())["incidents"]] == [everything[0]["id"]]
+    resp = await client.get(API, params={"severity": "P0"}, headers=bearer())
+    assert (await resp.json())["incidents"] == []
+    seen: list[str] = []
+    params = {"limit": "2"}
+    for _ in range(5):
+        page = await (await client.get(API, params=params, headers=bearer())).json()
+        seen += [i["id"] for i in page["incidents"]]
+        if page["next_cursor"] is None:
+            break
+        params = {"limit": "2", "cursor": page["next_cursor"]}
+    assert seen == [i["id"] for i in everything]
+    assert len(set(seen)) == 5
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        ({"state": "open"}, "state must be one of"),
+        ({"severity": "P9"}, "severity must be one of"),
+        ({"limit": "0"}, "limit must be between"),
+        ({"since": "yesterday"}, "since an ISO 8601 time"),
+        ({"cursor": "abc"}, "cursor are integers"),
+    ],
+)
+async def test_bad_filters_are_400_saying_what_to_fix(client, params, words):
+    """A bad query parameter is a problem+json 400 naming the fix."""
+    resp = await client.get(API, params=params, headers=bearer())
+    assert resp.status == 400
+    assert resp.content_type == "application/problem+json"
+    assert words in (await resp.json())["detail"]
+
+
+async def test_bad_bodies_unknown_ids_and_missing_auth(client):
+    """Garbage bodies are 400, unknown ids 404, no credentials 401: never a 5xx."""
+    await fire(client, "g1", "fp-1")
+    [listed] = await incidents(client, 1)
+    base = f"{API}/{listed['id']}"
+    resp = await client.post(
+        f"{base}/timeline",
+        data=b"{not json",
+        headers={**bearer(), "Content-Type": "application/json"},
+    )
+    assert resp.status == 400
+    assert "not JSON" in (await resp.json())["detail"]
+    resp = await client.post(f"{base}/timeline", json={"by": "x"}, headers=bearer())
+    assert resp.status == 400
+    assert '"text" is required' in (await resp.json())["detail"]
+    resp = await client.post(
+        f"{base}/timeline", json={"text": "x" * 4050}, headers=bearer()
+    )
+    assert resp.status == 400
+    assert "text" in (await resp.json())["detail"]
+    resp = await client.post(f"{base}/timeline", json=["x"], headers=bearer())
+    assert resp.status == 400
+    resp = await client.post(
+        f"{base}/timeline", json={"text": "x", "color": "red"}, headers=bearer()
+    )
+    assert resp.status == 400
+    assert "color" in (await resp.json())["detail"]
+    resp = await client.post(
+        f"{base}/timeline",
+        data="text",
+        headers={**bearer(), "Content-Type": "text/plain"},
+    )
+    assert resp.status == 415
+    for path in ("/INC-none", "/INC-none/report"):
+        resp = await client.get(API + path, headers=bearer())
+        assert resp.status == 404
+        assert "GET /api/v1/incidents lists them" in (await resp.json())["detail"]
+    resp = await client.post(f"{API}/INC-none/acknowledge", json={}, headers=bearer())
+    assert resp.status == 404
+    resp = await client.get(API)
+    assert resp.status == 401
+    resp = await client.get(f"{base}/report")
+    assert resp.status == 401
+
+
+async def test_breach_metric_is_exposed(client):
+    """A clock breach shows up as receiver_incident_clock_breaches_total."""
+    await fire(client, "g1", "fp-1")
+    await incidents(client, 1)
+    client.clock.jump(minutes=20)
+    await client.service.tick()
+    text = await (await client.get("/metrics")).text()
+    assert (
+        'receiver_incident_clock_breaches_total{clock="acknowledge",severity="P1"} 1.0'
+        in text
+    )
+
+
+async def test_a_comment_cannot_break_the_reports_markdown(client):
+    """Backticks and newlines in a comment stay inside the report's timeline block."""
+    await fire(client, "g1", "fp-1")
+    [listed] = await incidents(client, 1)
+    base = f"{API}/{listed['id']}"
+    nasty = "done\n```\n# Injected heading\n"
+    await client.post(f"{base}/timeline", json={"text": nasty}, headers=bearer())
+    text = await (await client.get(f"{base}/report", headers=bearer())).text()
+    assert "\n# Injected heading" not in text
+    assert "done ''' # Injected heading (api)" in text

@@ -1,0 +1,161 @@
+"""Incidents when things break: sinks that raise, a store that goes away, restarts.
+
+Nothing that fails around an incident may lose it, stop the other messages, or
+stop the ticker; a restarted receiver carries on with the incidents on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from incident_helpers import (
+    RecordingAnnouncer,
+    TickingClock,
+    example,
+    rulebook,
+    traces,
+)
+
+from receiver.errors import StoreUnavailableError
+from receiver.incidents.model import State
+from receiver.incidents.service import IncidentService
+from receiver.store.incidents_base import IncidentQuery
+from receiver.store.incidents_sqlite import SqliteIncidentStore
+
+SIEM = "alertmanager/sark-siem-forwarding-down.firing.json"
+
+
+class ExplodingAnnouncer(RecordingAnnouncer):
+    async def announce(self, message):
+        if message.kind == "opened":
+            msg = "sink bug"
+            raise RuntimeError(msg)
+        return await super().announce(message)
+
+
+class FlakyStore(SqliteIncidentStore):
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.down = False
+
+    async def find(self, key):
+        if self.down:
+            msg = "incident store unreachable"
+            raise StoreUnavailableError(msg)
+        return await super().find(key)
+
+    async def watched(self):
+        if self.down:
+            msg = "incident store unreachable"
+            raise StoreUnavailableError(msg)
+        return await super().watched()
+
+
+async def test_a_sink_that_raises_loses_nothing():
+    """An announcer bug is logged and on the timeline; the incident is kept."""
+    clock = TickingClock()
+    book = rulebook()
+    announcer = ExplodingAnnouncer()
+    service = IncidentService(
+        SqliteIncidentStore(":memory:"),
+        clock=clock,
+        rulebook=lambda: book,
+        announcer=announcer,
+    )
+    try:
+        [incident] = await service.observe(
+            await traces(book, "alertmanager", example(SIEM), clock())
+        )
+        got = await service.get(incident.id)
+        assert got.state is State.TRIGGERED
+        failed = [e.text for e in got.timeline if e.kind == "message_sent"]
+        assert failed == ["Announce: failed (see the receiver's log)"]
+        clock.jump(minutes=20)
+        await service.tick()
+        assert "escalation" in announcer.kinds()
+    finally:
+        await service.aclose()
+
+
+async def test_store_outage_drops_a_batch_but_not_the_service():
+    """While the store is down the batch is logged; afterwards traces fold again."""
+    clock = TickingClock()
+    book = rulebook()
+    store = FlakyStore()
+    service = IncidentService(store, clock=clock, rulebook=lambda: book)
+    try:
+        store.down = True
+        service.submit(await traces(book, "alertmanager", example(SIEM), clock()))
+        await service.drain()
+        store.down = False
+        assert (await service.page(IncidentQuery()))[0] == []
+        service.submit(await traces(book, "alertmanager", example(SIEM), clock()))
+        await service.drain()
+        page, _ = await service.page(IncidentQuery())
+        assert len(page) == 1
+    finally:
+        await service.aclose()
+
+
+async def test_the_ticker_outlives_a_store_outage():
+    """``run`` keeps ticking through StoreUnavailableError until cancelled."""
+    clock = TickingClock()
+    book = rulebook()
+    store = FlakyStore()
+    service = IncidentService(store, clock=clock, rulebook=lambda: book)
+    ticks = 0
+
+    async def sleep(_seconds: float) -> None:
+        nonlocal ticks
+        ticks += 1
+        store.down = ticks < 3
+        if ticks >= 5:
+            raise asyncio.CancelledError
+
+    store.down = True
+    with pytest.raises(asyncio.CancelledError):
+        await service.run(15.0, sleep=sleep)
+    assert ticks == 5
+    await service.aclose()
+
+
+async def test_incidents_survive_a_restart(tmp_path):
+    """A second service on the same SQLite file carries on: clocks, ids, drafts."""
+    db = str(tmp_path / "receiver.db")
+    clock = TickingClock()
+    book = rulebook()
+    first = IncidentService(SqliteIncidentStore(db), clock=clock, rulebook=lambda: book)
+    [incident] = await first.observe(
+        await traces(book, "alertmanager", example(SIEM), clock())
+    )
+    await first.aclose()
+    announcer = RecordingAnnouncer()
+    second = IncidentService(
+        SqliteIncidentStore(db), clock=clock, rulebook=lambda: book, announcer=announcer
+    )
+    try:
+        clock.jump(hours=1, minutes=1)
+        await second.tick()
+        got = await second.get(incident.id)
+        assert got.drafts == 1
+        assert "acknowledge@P1" in got.breaches
+        [again] = await second.observe(
+            await traces(book, "alertmanager", example(SIEM), clock())
+        )
+        assert again.id == incident.id
+    finally:
+        await second.aclose()
+
+
+async def test_closing_while_cancelled_queries_still_run_does_not_crash(tmp_path):
+    """A query whose task was cancelled finishes before the connection closes."""
+    for i in range(30):
+        store = SqliteIncidentStore(str(tmp_path / f"c{i}.db"))
+        tasks = [asyncio.ensure_future(store.watched()) for _ in range(20)]
+        await asyncio.sleep(0)
+        for task in tasks:
+            task.cancel()
+        await store.close()
+        with pytest.raises(StoreUnavailableError):
+            await store.watched()
