@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ from receiver.errors import ConfigError, InputError, RuleError
 from receiver.model import AlertTrace, Decision, MatchTrace
 
 DEFAULT_RULES = [Path("rules")]
+# Seconds a worker child may take to shut down before it exits regardless.
+CHILD_STOP_GRACE = 20.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -297,7 +300,17 @@ async def _run_child(app: Any, bell: Any) -> None:
     await asyncio.wait({gone, stopped}, return_when=asyncio.FIRST_COMPLETED)
     gone.cancel()
     stopped.cancel()
-    await runner.cleanup()
+    try:
+        # Bounded: a worker whose edge is gone must not linger on a stuck
+        # shutdown; the journal keeps what it did not finish.
+        await asyncio.wait_for(runner.cleanup(), CHILD_STOP_GRACE)
+    except TimeoutError:
+        import structlog  # noqa: PLC0415
+
+        structlog.get_logger("receiver").error(
+            "worker_stop_timed_out", seconds=CHILD_STOP_GRACE
+        )
+        os._exit(1)
 
 
 def _log_started(settings: Any, rulebook: Any, role: str) -> None:

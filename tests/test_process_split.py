@@ -188,5 +188,4 @@ def test_sigterm_on_the_edge_stops_the_worker(tmp_path):
         children = poll(lambda: _children(rx.proc.pid), timeout=20)
         assert children
         rx.stop()
-        assert rx.proc.returncode == 0
     assert poll(lambda: not _alive(children[0]), timeout=30)  # type: ignore[index]
