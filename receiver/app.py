@@ -41,8 +41,10 @@ from receiver.sinks import (
 from receiver.store.base import Store
 from receiver.web.admin import Admin
 from receiver.web.auth import Authenticator
+from receiver.web.console import Console
 from receiver.web.handlers import Backpressure, Handlers
 from receiver.web.problems import make_middleware
+from receiver.web.slack import SlackInteractions
 
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
@@ -206,6 +208,17 @@ def create_app(  # noqa: C901 (the one place that wires everything)
     app[PROCESSOR] = processor
     admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
     _routes(app, handlers, admin, role)
+    if role != "worker":
+        SlackInteractions(
+            settings=settings, store=store, processor=processor, clock=clock
+        ).attach(app)
+        Console(
+            store=store,
+            auth=auth,
+            processor=processor,
+            clock=clock,
+            secrets=settings.secret_values(),
+        ).attach(app)
 
     incident_service = install_incidents(
         app,

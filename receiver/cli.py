@@ -82,6 +82,28 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--at", help="fix 'now' (ISO 8601) for duration-based severity")
     replay.add_argument("--json", action="store_true", help="print JSON")
 
+    backtest = sub.add_parser(
+        "backtest",
+        help="replay stored payloads against new rules and report what changes",
+    )
+    backtest.add_argument(
+        "--rules", type=Path, action="append", required=True, help="new rules"
+    )
+    backtest.add_argument(
+        "--baseline", type=Path, action="append", help="rules to compare with"
+    )
+    backtest.add_argument("--since", default="7d", help="period, e.g. 7d, 12h")
+    backtest.add_argument("--db", type=Path, help="SQLite database file")
+    backtest.add_argument("--store", help="store URL (default: the settings' store)")
+    backtest.add_argument("--config", type=Path, help="YAML settings file")
+    backtest.add_argument(
+        "--max-changed",
+        type=int,
+        help="exit 1 when more alerts than this are decided differently",
+    )
+    backtest.add_argument("--limit", type=int, default=100_000, help="max payloads")
+    backtest.add_argument("--json", action="store_true", help="print JSON")
+
     report = sub.add_parser(
         "report", help="print an incident's report and post-mortem (Markdown)"
     )
@@ -127,6 +149,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _retry_all(args) if args.retry else asyncio.run(_replay(args))
     if args.command == "report":
         return asyncio.run(_report(args))
+    if args.command == "backtest":
+        return asyncio.run(_backtest(args))
     if args.rules_command == "check":
         return _rules_check(args.paths or DEFAULT_RULES)
     return _rules_test(args.paths or DEFAULT_RULES)
@@ -527,3 +551,51 @@ def _print_traces(traces: list[tuple[Path, AlertTrace]]) -> None:
         for match in trace.matches:
             _print_match(match, alert.status == "firing")
         _out()
+
+
+async def _backtest(args: argparse.Namespace) -> int:
+    from receiver.app import guard_defaults  # noqa: PLC0415
+    from receiver.engine import backtest  # noqa: PLC0415
+    from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+    from receiver.settings import load_settings  # noqa: PLC0415
+    from receiver.store import open_store  # noqa: PLC0415
+
+    period = backtest.parse_since(args.since)
+    settings = load_settings(args.config)
+    url = f"sqlite:///{args.db}" if args.db else args.store or settings.store
+    if args.db and not args.db.exists():
+        raise InputError(f"--db {args.db}: no such database file")
+    new_rules = load_rulebook(args.rules)
+    old_rules = load_rulebook(args.baseline or DEFAULT_RULES)
+    store = open_store(url)
+    try:
+        entries = await backtest.stored_since(
+            store, datetime.now(UTC) - period, args.limit
+        )
+    finally:
+        await store.close()
+    namespaces = tuple(settings.namespaces) if settings.namespaces is not None else None
+    results = [
+        await backtest.simulate(
+            rules,
+            entries,
+            guard_defaults(settings),
+            namespaces=namespaces,
+            alertname_from=settings.pagerduty_alertname_from,
+        )
+        for rules in (old_rules, new_rules)
+    ]
+    report = backtest.compare(*results, payloads=len(entries))
+    if args.json:
+        _out(json.dumps(report.to_json(), indent=2))
+    else:
+        for line in report.lines():
+            _out(line)
+    if args.max_changed is not None and report.changed > args.max_changed:
+        print(  # noqa: T201
+            f"receiver: {report.changed} alerts decided differently, "
+            f"more than --max-changed {args.max_changed}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

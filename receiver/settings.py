@@ -258,6 +258,21 @@ class Settings(BaseModel):
     slack_webhook_url: SecretStr | None = Field(
         default=None, description="Slack incoming-webhook URL (slack)."
     )
+    slack_signing_secret: SecretStr | None = Field(
+        default=None,
+        description="Slack app signing secret; enables POST /slack/interactions "
+        "(Approve / Reject buttons on messages of steps awaiting approval).",
+    )
+    slack_approvers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Slack user ID -> approver name (e.g. the person's email, as "
+        "in playbook approvers and PagerDuty). Unmapped users cannot approve.",
+    )
+    approval_oncall_timeout: Duration = Field(
+        default=timedelta(seconds=2),
+        description="HTTP timeout of the PagerDuty on-call look-up an approval "
+        "makes (Slack waits 3s for an answer).",
+    )
     webhook_urls: list[SecretStr] = Field(
         default_factory=list,
         description="URLs the webhook sink POSTs each decision trace to.",
@@ -378,6 +393,7 @@ class Settings(BaseModel):
             self.pagerduty_api_token,
             self.pagerduty_routing_key,
             self.slack_webhook_url,
+            self.slack_signing_secret,
         )
         found = [
             secret.get_secret_value()

@@ -1,51 +1,314 @@
 #!/usr/bin/env python3
-"""Print the chart's ``rbac.steps`` for the playbooks in rule files or directories.
+"""Print the chart's RBAC values for the playbooks in rule files or directories.
 
     .venv/bin/python scripts/rbac-steps.py rules/ > rbac-values.yaml
     helm install receiver helm/receiver -f rbac-values.yaml ...
+    .venv/bin/python scripts/rbac-steps.py --check rbac-values.yaml rules/   # in CI
 
-Every step type the playbooks use is listed; the chart grants exactly what each
-type's model declares in its ``rbac`` ClassVar (receiver/rulebook/steps.py), and
-nothing for types that do not talk to Kubernetes.
+The output sets ``rbac.rules``: the exact PolicyRules the playbooks' Kubernetes
+steps (and their ``verify:`` checks) need, request by request. Where a step names
+a fixed object (``deployment: sark``, ``hpa: sark-hpa``, ``pod: openldap-0``) the
+rule carries ``resourceNames``; where the name comes from the alert
+(``{labels.deployment}``) the verb is granted without them. Verbs, resources and
+workload kinds no playbook uses are not granted. ``list`` is never restricted by
+name (the API server only honours ``resourceNames`` on ``list`` with a
+``metadata.name`` field selector, which the steps do not send).
+
+It also prints ``rbac.steps``, the step types used, for the chart's summary. Every
+grant stays within what the step's model declares in its ``rbac`` ClassVar
+(receiver/rulebook/steps.py); the script fails loudly if it ever would not.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from receiver.errors import RuleError
 from receiver.rulebook.loader import load_rulebook
-from receiver.rulebook.steps import VERIFY_RBAC
+from receiver.rulebook.steps import (
+    STEP_TYPES,
+    VERIFY_RBAC,
+    K8sDeletePod,
+    K8sDescribe,
+    K8sEvents,
+    K8sLogs,
+    K8sPatchHpa,
+    K8sPods,
+    K8sRolloutHistory,
+    K8sRolloutRestart,
+    K8sRolloutUndo,
+    K8sScale,
+    K8sSetMemoryLimit,
+    PodsReadyVerify,
+    RolloutStatusVerify,
+)
+from receiver.rulebook.templates import PLACEHOLDER
+
+# Kind -> (apiGroup, resource), as the executors address them.
+KINDS = {
+    "Deployment": ("apps", "deployments"),
+    "StatefulSet": ("apps", "statefulsets"),
+    "DaemonSet": ("apps", "daemonsets"),
+    "HorizontalPodAutoscaler": ("autoscaling", "horizontalpodautoscalers"),
+    "Pod": ("", "pods"),
+}
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
 
 
-def main(argv: list[str]) -> int:
-    """Load the rules and print the YAML snippet, or the rule errors."""
-    paths = [Path(p) for p in argv] or [Path("rules")]
-    try:
-        book = load_rulebook(paths)
-    except RuleError as exc:
-        for detail in exc.details:
-            print(f"error: {detail}", file=sys.stderr)
-        return 1
-    steps = [
+@dataclass(frozen=True, order=True)
+class Need:
+    """One API request a step makes: verb on resource, for one name or any."""
+
+    group: str
+    resource: str
+    verb: str
+    name: str | None  # None: any object (the name comes from the alert, or a list)
+
+
+class RbacMismatchError(Exception):
+    """A computed grant falls outside what the step model declares."""
+
+
+def fixed(name: str | None) -> str | None:
+    """``name`` when it is a literal object name; None when it is templated."""
+    if name is None or PLACEHOLDER.search(name):
+        return None
+    return name
+
+
+def on(kind: str, verbs: Iterable[str], name: str | None) -> Iterator[Need]:
+    """Needs for ``verbs`` on the resource of ``kind`` (``name`` if literal)."""
+    group, resource = KINDS[kind]
+    for verb in verbs:
+        yield Need(group, resource, verb, fixed(name))
+
+
+def on_sub(
+    kind: str, sub: str, verbs: Iterable[str], name: str | None
+) -> Iterator[Need]:
+    """Needs for ``verbs`` on a subresource (``deployments/scale``, ``pods/log``)."""
+    group, resource = KINDS[kind]
+    for verb in verbs:
+        yield Need(group, f"{resource}/{sub}", verb, fixed(name))
+
+
+LIST_PODS = Need("", "pods", "list", None)
+
+
+def step_needs(step: Any) -> list[Need]:  # noqa: C901, PLR0911 (one case per type)
+    """The requests one step's executor makes (receiver/steps/kubernetes.py)."""
+    match step:
+        case K8sPods():
+            reads = (
+                on(step.workload_kind, ["get"], step.workload) if step.workload else ()
+            )
+            return [*reads, LIST_PODS]
+        case K8sEvents():
+            return [Need("", "events", "list", None)]
+        case K8sLogs() if step.pod:
+            return [
+                *on("Pod", ["get"], step.pod),
+                *on_sub("Pod", "log", ["get"], step.pod),
+            ]
+        case K8sLogs():
+            return [
+                *on(step.workload_kind, ["get"], step.workload),
+                LIST_PODS,
+                Need("", "pods/log", "get", None),
+            ]
+        case K8sRolloutHistory():
+            return [
+                *on("Deployment", ["get"], step.deployment),
+                Need("apps", "replicasets", "list", None),
+            ]
+        case K8sDescribe():
+            return list(on(step.object_kind, ["get"], step.object_name))
+        case K8sRolloutRestart() | K8sSetMemoryLimit():
+            return list(on(step.workload_kind, ["get", "patch"], step.workload))
+        case K8sRolloutUndo():
+            return [
+                *on("Deployment", ["get", "patch"], step.deployment),
+                Need("apps", "replicasets", "list", None),
+            ]
+        case K8sScale():
+            return list(
+                on_sub(step.workload_kind, "scale", ["get", "patch"], step.workload)
+            )
+        case K8sPatchHpa():
+            return list(on("HorizontalPodAutoscaler", ["get", "patch"], step.hpa))
+        case K8sDeletePod() if step.pod:
+            # Read the pod, list its siblings (min_ready), delete it; a retried
+            # delete reads it again.
+            return [*on("Pod", ["get", "delete"], step.pod), LIST_PODS]
+        case K8sDeletePod():
+            return [LIST_PODS, *on("Pod", ["get", "delete"], None)]
+    return []
+
+
+def workload_of(step: Any) -> Iterator[Need]:
+    """Reads that find the workload a verification polls."""
+    match step:
+        case K8sRolloutUndo():
+            yield from on("Deployment", ["get"], step.deployment)
+        case K8sRolloutRestart() | K8sScale() | K8sSetMemoryLimit():
+            yield from on(step.workload_kind, ["get"], step.workload)
+        case K8sPatchHpa():
+            # The HPA's scaleTargetRef is only known at run time.
+            yield from on("HorizontalPodAutoscaler", ["get"], step.hpa)
+            for kind in WORKLOADS:
+                yield from on(kind, ["get"], None)
+
+
+def verify_needs(step: Any) -> list[Need]:
+    """The requests a step's Kubernetes ``verify:`` check makes."""
+    check = getattr(step, "verify", None)
+    if isinstance(check, RolloutStatusVerify):
+        return list(workload_of(step))
+    if isinstance(check, PodsReadyVerify):
+        if isinstance(step, K8sDeletePod):
+            return [LIST_PODS]  # the pods that replace the deleted ones
+        return [*workload_of(step), LIST_PODS]
+    return []
+
+
+def declared(
+    rbac: Iterable[tuple[str, str, tuple[str, ...]]],
+) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) a model's ``rbac`` ClassVar declares."""
+    return {(g, r, v) for g, r, verbs in rbac for v in verbs}
+
+
+def needs_of(step: Any) -> list[Need]:
+    """A step's and its verification's needs, checked against their models."""
+    own = step_needs(step)
+    allowed = declared(type(step).rbac)
+    check = getattr(step, "verify", None)
+    verify = verify_needs(step)
+    checked = declared(VERIFY_RBAC.get(getattr(check, "type", ""), ()))
+    for need, scope, what in [
+        *((n, allowed, step.type_name()) for n in own),
+        *((n, checked, f"{step.type_name()} verify") for n in verify),
+    ]:
+        if (need.group, need.resource, need.verb) not in scope:
+            raise RbacMismatchError(
+                f"{what} would need {need.verb} {need.resource} "
+                f"(apiGroup {need.group!r}), which its model's rbac does not declare"
+            )
+    return [*own, *verify]
+
+
+def policy_rules(needs: Iterable[Need]) -> list[dict[str, Any]]:
+    """PolicyRules granting exactly ``needs``.
+
+    A verb needed for any object is granted without resourceNames; otherwise it is
+    granted for the names needed. Verbs sharing a resource and the same names are
+    one rule. Sorted, so the output is stable.
+    """
+    names: dict[tuple[str, str, str], set[str] | None] = {}
+    for need in needs:
+        key = (need.group, need.resource, need.verb)
+        if need.name is None or names.get(key, set()) is None:
+            names[key] = None
+        else:
+            current = names.setdefault(key, set())
+            assert current is not None  # noqa: S101 (narrowed above)
+            current.add(need.name)
+    grouped: dict[tuple[str, str, tuple[str, ...]], list[str]] = defaultdict(list)
+    for (group, resource, verb), restricted in names.items():
+        grouped[group, resource, tuple(sorted(restricted or ()))].append(verb)
+    rules = []
+    for (group, resource, restricted), verbs in sorted(grouped.items()):
+        rule: dict[str, Any] = {
+            "apiGroups": [group],
+            "resources": [resource],
+            "verbs": sorted(verbs),
+        }
+        if restricted:
+            rule["resourceNames"] = list(restricted)
+        rules.append(rule)
+    return rules
+
+
+def playbook_steps(paths: list[Path]) -> list[Any]:
+    """Every diagnostic and remediation step of the rule files' playbooks."""
+    book = load_rulebook(paths)
+    return [
         step
         for playbook in book.playbooks.values()
         for step in (*playbook.diagnostics, *playbook.remediation)
     ]
-    checks = [getattr(step, "verify", None) for step in steps]
-    used = sorted(
-        {step.type_name() for step in steps}
-        | {
-            check.type
-            for check in checks
-            if check is not None and check.type in VERIFY_RBAC
-        }
+
+
+def values_for(paths: list[Path]) -> dict[str, Any]:
+    """The chart values: ``rbac.steps`` (types used) and ``rbac.rules`` (grants)."""
+    steps = playbook_steps(paths)
+    used = {step.type_name() for step in steps}
+    used |= {
+        check.type
+        for step in steps
+        if (check := getattr(step, "verify", None)) is not None
+        and check.type in VERIFY_RBAC
+    }
+    needs = [need for step in steps for need in needs_of(step)]
+    assert used <= set(STEP_TYPES) | set(VERIFY_RBAC)  # noqa: S101
+    return {"rbac": {"steps": sorted(used), "rules": policy_rules(needs)}}
+
+
+def render(paths: list[Path]) -> str:
+    """The values file text, with a header naming its source."""
+    header = (
+        "# generated by scripts/rbac-steps.py from "
+        + " ".join(map(str, paths))
+        + "\n# rbac.rules: exactly the requests these playbooks make "
+        "(resourceNames where they name a fixed object)\n"
     )
-    print("# generated by scripts/rbac-steps.py from " + " ".join(map(str, paths)))
-    print("rbac:\n  steps:")
-    for name in used:
-        print(f"    - {name}")
+    return header + yaml.safe_dump(
+        values_for(paths), sort_keys=False, default_flow_style=None, width=100
+    )
+
+
+def main(argv: list[str]) -> int:
+    """Print the values (or, with --check FILE, compare FILE with them)."""
+    parser = argparse.ArgumentParser(
+        prog="rbac-steps.py",
+        description="Print the chart's exact RBAC values for these rule files.",
+    )
+    parser.add_argument(
+        "--check",
+        metavar="VALUES",
+        type=Path,
+        help="exit 1 when this values file's rbac is not what the rules need "
+        "(for CI, after changing rules)",
+    )
+    parser.add_argument("paths", nargs="*", type=Path, default=[Path("rules")])
+    args = parser.parse_args(argv)
+    try:
+        if args.check is None:
+            print(render(args.paths), end="")
+            return 0
+        wanted = values_for(args.paths)["rbac"]
+    except RuleError as exc:
+        for detail in exc.details:
+            print(f"error: {detail}", file=sys.stderr)
+        return 1
+    have = (yaml.safe_load(args.check.read_text()) or {}).get("rbac", {})
+    stale = [key for key in ("steps", "rules") if have.get(key) != wanted[key]]
+    if stale:
+        print(
+            f"{args.check}: rbac.{' and rbac.'.join(stale)} differ from what "
+            f"{' '.join(map(str, args.paths))} need; regenerate it with "
+            f"scripts/rbac-steps.py {' '.join(map(str, args.paths))}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

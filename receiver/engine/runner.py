@@ -322,6 +322,7 @@ class Runner:
                     "fingerprint": alert.fingerprint,
                     "alertname": alert.labels.get("alertname", ""),
                     "payload_id": payload_id,
+                    "destructive": bool(getattr(step, "destructive", False)),
                 }
                 await keeper.check_approval(key, request, now)
             held = await keeper.enter(

@@ -116,6 +116,36 @@ class LabelGrammar(BaseModel):
 
 
 LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
+Person = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class Approvers(BaseModel):
+    """Who may approve a playbook's remediations from Slack.
+
+    A person may approve when named in ``people``, in one of ``groups``, or on
+    call right now for ``pagerduty_schedule``. Steps marked ``destructive`` (or
+    every step, with ``two_person``) need two different approvers.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    people: list[Person] = Field(
+        default_factory=list,
+        description="Approver names (as mapped from Slack users, e.g. emails).",
+    )
+    groups: dict[LabelName, list[Person]] = Field(
+        default_factory=dict, description="Named groups of approver names."
+    )
+    pagerduty_schedule: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z0-9]{1,20}$",
+        description="PagerDuty schedule ID whose current on-call may approve.",
+    )
+    schedule_name: str = Field(
+        default="", description="The schedule's name, shown in refusals."
+    )
+    two_person: bool = Field(
+        default=False, description="Every step needs two different approvers."
+    )
 
 
 class Playbook(BaseModel):
@@ -133,6 +163,10 @@ class Playbook(BaseModel):
     remediation: list[Step] = Field(default_factory=list)
     guards: Guards = Field(default_factory=Guards)
     sinks: list[str] | None = None
+    approvers: Approvers | None = Field(
+        default=None,
+        description="Who may approve from Slack; unset: nobody may from Slack.",
+    )
     evidence: bool = Field(
         default=False,
         description="Keep what the diagnostics found with the incident: hashed "

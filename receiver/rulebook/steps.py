@@ -373,6 +373,10 @@ Verify = Annotated[
 class _Remediation(_Base):
     kind: ClassVar[StepKind] = StepKind.REMEDIATION
     approval: Literal["none", "required"] = "none"
+    destructive: bool = Field(
+        default=False,
+        description="Needs two different approvers when approval is required.",
+    )
     verify: Verify | None = None
 
 

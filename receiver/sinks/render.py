@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -428,7 +429,64 @@ def render_slack(trace: AlertTrace) -> dict[str, Any]:
                 ],
             }
         )
-    return {"text": _cut(head, 3000), "blocks": blocks[:50]}
+    actions = approval_actions(trace)
+    return {"text": _cut(head, 3000), "blocks": blocks[: 50 - len(actions)] + actions}
+
+
+_AWAITING = re.compile(r"^awaiting approval ([A-Za-z0-9_.:-]+):")
+
+
+def approval_id(step: StepTrace) -> str:
+    """The id of the approval a step awaits, or ``""``."""
+    if step.decision is not Decision.AWAITING_APPROVAL:
+        return ""
+    found = _AWAITING.match(step.reason)
+    return found.group(1) if found else ""
+
+
+def approval_actions(trace: AlertTrace) -> list[dict[str, Any]]:
+    """Approve / Reject buttons for each step awaiting approval (Block Kit)."""
+    blocks: list[dict[str, Any]] = []
+    for match in trace.matches:
+        for step in match.steps:
+            wanted = approval_id(step)
+            if not wanted:
+                continue
+            label = _cut(f"{_label(step)} on {step.target}", 70)
+            blocks.append(
+                {
+                    "type": "actions",
+                    "block_id": f"approval:{wanted}",
+                    "elements": [
+                        {
+                            "type": "button",
+                            "action_id": "approve",
+                            "style": "primary",
+                            "text": {"type": "plain_text", "text": "Approve"},
+                            "value": wanted,
+                        },
+                        {
+                            "type": "button",
+                            "action_id": "reject",
+                            "style": "danger",
+                            "text": {"type": "plain_text", "text": "Reject"},
+                            "value": wanted,
+                        },
+                    ],
+                }
+            )
+            blocks.append(
+                {
+                    "type": "context",
+                    "elements": [
+                        {
+                            "type": "mrkdwn",
+                            "text": _slack_escape(f"approval {wanted}: {label}"),
+                        }
+                    ],
+                }
+            )
+    return blocks
 
 
 def _cut_block(text: str) -> str:

@@ -14,7 +14,9 @@ from receiver.sources.alertmanager import AmWebhook
 from receiver.sources.events_v2 import EnqueueRequest
 from receiver.sources.pagerduty import Webhook
 from receiver.web.admin import admin_paths
+from receiver.web.console import console_paths
 from receiver.web.incidents import incident_paths
+from receiver.web.slack import slack_paths
 
 _PROBLEM = {
     "description": "Rejected; the body says what to fix.",
@@ -219,6 +221,8 @@ def spec() -> dict[str, Any]:
                 }
             },
             **admin_paths(),
+            **slack_paths(),
+            **console_paths(),
             "/healthz": {
                 "get": {"summary": "Process alive", "responses": {"200": json_ok}}
             },

@@ -27,6 +27,27 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{ include "receiver.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- range $k, $v := .Values.commonLabels }}
+{{- if not (has $k (list "helm.sh/chart" "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/version" "app.kubernetes.io/managed-by")) }}
+{{ $k }}: {{ $v | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The chart's labels plus an object's own (list $ extraLabels): one key once, the
+chart's labels winning, so no extra label can break a selector.
+*/}}
+{{- define "receiver.labelsWith" -}}
+{{- $root := index . 0 -}}
+{{- $all := merge (fromYaml (include "receiver.labels" $root)) (index . 1 | default dict) -}}
+{{- toYaml $all -}}
+{{- end -}}
+
+{{/* Pod template labels: selector labels, then commonLabels and podLabels. */}}
+{{- define "receiver.podLabels" -}}
+{{- $all := merge (fromYaml (include "receiver.selectorLabels" .)) (deepCopy (.Values.podLabels | default dict)) (deepCopy (.Values.commonLabels | default dict)) -}}
+{{- toYaml $all -}}
 {{- end -}}
 
 {{- define "receiver.serviceAccountName" -}}
@@ -37,18 +58,52 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
+{{/* The image: [global.imageRegistry or image.registry/]repository, then @digest or :tag. */}}
 {{- define "receiver.image" -}}
 {{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- $registry := .Values.image.registry -}}
+{{- with .Values.global }}{{ with .imageRegistry }}{{ $registry = . }}{{ end }}{{ end -}}
+{{- $repository := .Values.image.repository -}}
+{{- if $registry }}{{ $repository = printf "%s/%s" (trimSuffix "/" $registry) $repository }}{{ end -}}
 {{- if .Values.image.digest -}}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- printf "%s@%s" $repository .Values.image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- printf "%s:%s" $repository $tag -}}
 {{- end -}}
+{{- end -}}
+
+{{/* imagePullSecrets and global.imagePullSecrets (names or {name}), deduplicated. */}}
+{{- define "receiver.imagePullSecrets" -}}
+{{- $names := list -}}
+{{- range .Values.imagePullSecrets }}{{ $names = append $names .name }}{{ end -}}
+{{- with .Values.global -}}
+{{- range (.imagePullSecrets | default list) -}}
+{{- if kindIs "string" . }}{{ $names = append $names . }}{{ else }}{{ $names = append $names .name }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- range uniq $names }}
+- name: {{ . }}
+{{- end }}
 {{- end -}}
 
 {{/* Whether the store is Redis (shared, replicas) rather than SQLite on a volume. */}}
 {{- define "receiver.redisStore" -}}
 {{- if or .Values.store.redis.url .Values.store.redis.existingSecret -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The Secret of credentials the chart mounts but never writes: credentials.existingSecret,
+or, when no credential is given at all and generateToken is off (the default),
+<fullname>-credentials, which the operator (or Sealed Secrets, External Secrets...)
+creates. Nothing random is rendered, so `helm template` is the same every time.
+*/}}
+{{- define "receiver.credentialsSecret" -}}
+{{- $c := .Values.credentials -}}
+{{- if $c.existingSecret -}}
+{{- $c.existingSecret -}}
+{{- else if not (or $c.authTokens $c.basicAuth $c.pagerdutySecrets $c.routingKeys $c.generateToken) -}}
+{{- printf "%s-credentials" (include "receiver.fullname" .) | trunc 253 -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Secret keys the chart creates, as a YAML map: setting name -> value. */}}
@@ -67,8 +122,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $token := "" -}}
 {{- if and $existing $existing.data (hasKey $existing.data "auth_tokens") -}}
 {{- $token = index $existing.data "auth_tokens" | b64dec -}}
-{{- else -}}
+{{- else if lookup "v1" "ServiceAccount" .Release.Namespace "default" -}}
+{{- /* A reachable cluster (every namespace has this ServiceAccount): first install. */ -}}
 {{- $token = randAlphaNum 40 -}}
+{{- else -}}
+{{- fail (printf "credentials.generateToken: true needs the cluster to keep the token it generates, and none is reachable here (helm template, Argo CD, helm lint, --dry-run, or namespace %s does not exist yet): every render would make a new token and rewrite the Secret Alertmanager's copy came from. Create the Secret once (kubectl -n %s create secret generic %s-credentials --from-literal=auth_tokens=$(openssl rand -hex 32)) and set generateToken: false: the chart then mounts that Secret" .Release.Namespace .Release.Namespace $name) -}}
 {{- end -}}
 {{- $_ := set $out "auth_tokens" $token -}}
 {{- end -}}
@@ -79,12 +137,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "receiver.secretFiles" -}}
 {{- $inline := fromYaml (include "receiver.inlineSecrets" .) -}}
 {{- $c := .Values.credentials -}}
+{{- $secret := include "receiver.credentialsSecret" . -}}
 {{- $out := dict -}}
 {{- range $k, $_ := $inline }}{{ $_ := set $out $k (printf "/etc/receiver/secrets/%s" $k) }}{{ end -}}
-{{- if $c.existingSecret -}}
+{{- if $secret -}}
 {{- range $c.existingSecretKeys -}}
 {{- if hasKey $out . -}}
-{{- fail (printf "credentials: %q is set both inline and in credentials.existingSecret %q; keep one" . $c.existingSecret) -}}
+{{- fail (printf "credentials: %q is set both inline and in credentials.existingSecret %q; keep one" . $secret) -}}
 {{- end -}}
 {{- $_ := set $out . (printf "/etc/receiver/credentials/%s" .) -}}
 {{- end -}}
@@ -141,9 +200,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.store.redis.url .Values.store.redis.existingSecret -}}
 {{- fail "store.redis: set either url or existingSecret, not both" -}}
 {{- end -}}
+{{- $sc := .Values.securityContext -}}
+{{- if or $sc.privileged $sc.allowPrivilegeEscalation (eq (toString $sc.runAsNonRoot) "false") -}}
+{{- fail "securityContext: the receiver needs no privileges; privileged, allowPrivilegeEscalation: true and runAsNonRoot: false are refused (override other fields, e.g. runAsUser or seLinuxOptions)" -}}
+{{- end -}}
+{{- $managed := list "RECEIVER_HOST" "RECEIVER_PORT" "RECEIVER_MODE" "RECEIVER_RULES" "RECEIVER_STORE" "RECEIVER_KUBE_MODE" "RECEIVER_NAMESPACES" "TMPDIR" -}}
+{{- range $name, $_ := fromYaml (include "receiver.secretFiles" .) }}{{ $managed = append $managed (printf "RECEIVER_%s_FILE" (upper $name)) }}{{ end -}}
+{{- range $name, $_ := .Values.settings }}{{ $managed = append $managed (printf "RECEIVER_%s" (upper $name)) }}{{ end -}}
+{{- range .Values.extraEnv -}}
+{{- if has .name $managed -}}
+{{- fail (printf "extraEnv: %s is set by the chart; use the value that controls it (mode, rules, store, rbac.namespaces, credentials or settings) instead" .name) -}}
+{{- end -}}
+{{- end -}}
 {{- $files := fromYaml (include "receiver.secretFiles" .) -}}
 {{- if not (or (hasKey $files "auth_tokens") (hasKey $files "basic_auth") (hasKey $files "pagerduty_secrets") (hasKey $files "routing_keys")) -}}
-{{- fail "credentials: the receiver listens on the pod network and refuses to start without credentials; set credentials.existingSecret, credentials.authTokens or credentials.basicAuth, or credentials.generateToken: true" -}}
+{{- fail "credentials: the receiver listens on the pod network and refuses to start without credentials; list auth_tokens (or basic_auth, pagerduty_secrets, routing_keys) in credentials.existingSecretKeys, or set credentials.authTokens or credentials.basicAuth" -}}
 {{- end -}}
 {{- end -}}
 

@@ -72,11 +72,16 @@ prometheus: [prometheus.query]
 {{- end -}}
 
 {{/*
-The PolicyRules for rbac.steps: one rule per (apiGroup, resource), verbs merged
+The PolicyRules: rbac.rules as given (generated per target by
+scripts/rbac-steps.py), else for rbac.steps: one rule per (apiGroup, resource), verbs merged
 across the steps and sorted, rules sorted by apiGroup then resource. Empty when no
 listed step touches Kubernetes.
 */}}
 {{- define "receiver.rbacRules" -}}
+{{- if .Values.rbac.rules -}}
+{{- /* Exact grants computed from the rule files (scripts/rbac-steps.py). */ -}}
+{{- toYaml .Values.rbac.rules -}}
+{{- else -}}
 {{- $map := fromYaml (include "receiver.stepRbac" .) -}}
 {{- $families := fromYaml (include "receiver.stepFamilies" .) -}}
 {{- $steps := list -}}
@@ -100,5 +105,6 @@ listed step touches Kubernetes.
 - apiGroups: [{{ index $parts 0 | quote }}]
   resources: [{{ index $parts 1 | quote }}]
   verbs: [{{ range $i, $v := get $grants $key }}{{ if $i }}, {{ end }}{{ $v | quote }}{{ end }}]
+{{- end }}
 {{- end }}
 {{- end -}}
