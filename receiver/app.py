@@ -14,11 +14,15 @@ the health and metrics routes).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
+import structlog
 from aiohttp import web
 
 from receiver.app_incidents import IncidentWiring, fan_out, install_incidents
@@ -28,6 +32,7 @@ from receiver.engine.planner import PlanContext
 from receiver.engine.reuse import DiagnosticsReuse
 from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor, Worker, consumer_name
+from receiver.errors import StoreUnavailableError
 from receiver.metrics import WORKER_FAMILIES, Metrics
 from receiver.rulebook.loader import Rulebook
 from receiver.settings import Settings
@@ -38,14 +43,19 @@ from receiver.sinks import (
     playbook_sinks,
     scrubber,
 )
+from receiver.sources.caps import AlertCaps
+from receiver.steps.changes import ChangesExecutor
 from receiver.store.base import Store
 from receiver.web.admin import Admin
-from receiver.web.auth import Authenticator
+from receiver.web.auth import AUTHENTICATOR, Authenticator
+from receiver.web.change_events import ChangeEvents, change_reader, events_api_errors
 from receiver.web.console import Console
-from receiver.web.handlers import Backpressure, Handlers
+from receiver.web.handlers import Backpressure, EdgeLimits, Handlers
 from receiver.web.problems import make_middleware
+from receiver.web.reload import Reloader, step_types
 from receiver.web.slack import SlackInteractions
 
+log = structlog.get_logger("receiver")
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 PROCESSOR = web.AppKey("processor", Processor)
@@ -72,25 +82,91 @@ def guard_defaults(settings: Settings) -> GuardDefaults:
     )
 
 
-def _routes(app: web.Application, handlers: Handlers, admin: Admin, role: Role) -> None:
+def edge_limits(settings: Settings) -> EdgeLimits:
+    """What the edge reads, waits for and lets an alert hold, from settings."""
+    return EdgeLimits(
+        max_body_bytes=settings.max_body_bytes,
+        max_unauthenticated_body_bytes=settings.max_unauthenticated_body_bytes,
+        unauthenticated_body_reads=settings.unauthenticated_body_reads,
+        body_timeout=settings.body_timeout.total_seconds(),
+        caps=AlertCaps(
+            max_labels=settings.max_labels,
+            max_annotations=settings.max_annotations,
+            max_label_value_bytes=settings.max_label_value_bytes,
+            max_annotation_value_bytes=settings.max_annotation_value_bytes,
+            max_alert_bytes=settings.max_alert_bytes,
+        ),
+    )
+
+
+async def expire_approvals(
+    store: Store, clock: Callable[[], datetime], every: timedelta
+) -> None:
+    """Mark pending approvals past their expiry ``expired``, every ``every``.
+
+    Expired approvals are then pruned with other finished state (``retention``).
+    """
+    while True:
+        try:
+            expired = await store.expire_approvals(clock())
+        except StoreUnavailableError as exc:
+            log.warning("approval_expiry_failed", error=str(exc))
+        else:
+            if expired:
+                log.info("approvals_expired", count=expired)
+        await asyncio.sleep(every.total_seconds())
+
+
+def add_routes(app: web.Application, handlers: Handlers, role: Role = "all") -> None:
+    """Every route of the service (the OpenAPI document lists the same).
+
+    A worker process (role ``worker``) serves only health and metrics.
+    """
     r = app.router
-    if role != "worker":
-        r.add_post(
-            "/webhooks/alertmanager", handlers.alertmanager, name="webhook:alertmanager"
-        )
-        r.add_post("/webhooks/pagerduty", handlers.pagerduty, name="webhook:pagerduty")
-        r.add_post("/v2/enqueue", handlers.enqueue, name="webhook:events_v2")
-        r.add_get("/api/v1/decisions", handlers.decisions)
-        r.add_get("/api/v1/payloads", handlers.payloads)
-        r.add_get("/api/v1/payloads/{id}", handlers.payload)
-        r.add_post("/api/v1/replay", handlers.replay)
-        r.add_get("/api/v1/approvals", handlers.approvals)
-        r.add_post("/api/v1/approvals/{id}", handlers.decide_approval)
-        r.add_get("/openapi.json", handlers.openapi)
-        admin.routes(r)
+    if role == "worker":
+        r.add_get("/healthz", handlers.healthz)
+        r.add_get("/readyz", handlers.readyz)
+        r.add_get("/metrics", handlers.metrics)
+        return
+    r.add_post(
+        "/webhooks/alertmanager", handlers.alertmanager, name="webhook:alertmanager"
+    )
+    r.add_post("/webhooks/pagerduty", handlers.pagerduty, name="webhook:pagerduty")
+    r.add_post(
+        "/v2/enqueue", events_api_errors(handlers.enqueue), name="webhook:events_v2"
+    )
+    r.add_get("/api/v1/decisions", handlers.decisions)
+    r.add_get("/api/v1/payloads", handlers.payloads)
+    r.add_get("/api/v1/payloads/{id}", handlers.payload)
+    r.add_post("/api/v1/replay", handlers.replay)
+    r.add_get("/api/v1/approvals", handlers.approvals)
+    r.add_post("/api/v1/approvals/{id}", handlers.decide_approval)
     r.add_get("/healthz", handlers.healthz)
     r.add_get("/readyz", handlers.readyz)
     r.add_get("/metrics", handlers.metrics)
+    r.add_get("/openapi.json", handlers.openapi)
+
+
+def _add_operations(
+    app: web.Application,
+    handlers: Handlers,
+    reloader: Reloader,
+    *,
+    store: Store,
+    auth: Authenticator,
+    clock: Callable[[], datetime],
+) -> None:
+    """Routes for change events and, with rule paths, ``POST /-/reload``."""
+    changes = ChangeEvents(
+        store=store, auth=auth, clock=clock, read_body=handlers.read_body
+    )
+    app.router.add_post(
+        "/v2/change/enqueue",
+        events_api_errors(changes.enqueue),
+        name="webhook:change_events",
+    )
+    if reloader.paths:
+        app.router.add_post("/-/reload", reloader.handle)
 
 
 def _edge_hooks(bell: EdgeBell | None) -> dict[str, Any]:
@@ -106,12 +182,17 @@ def _edge_hooks(bell: EdgeBell | None) -> dict[str, Any]:
 
 
 def _edge_lifecycle(
-    store: Store, bell: EdgeBell | None, firing_check: FiringCheck | None
+    store: Store,
+    bell: EdgeBell | None,
+    firing_check: FiringCheck | None,
+    reloader: Reloader,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         if bell is not None:
             bell.start()
+        reloader.listen()
         yield
+        reloader.stop_listening()
         if bell is not None:
             await bell.aclose()
         close_check = getattr(firing_check, "aclose", None)
@@ -122,7 +203,7 @@ def _edge_lifecycle(
     return lifecycle
 
 
-def create_app(  # noqa: C901 (the one place that wires everything)
+def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
     settings: Settings,
     *,
     rulebook: Rulebook,
@@ -132,27 +213,32 @@ def create_app(  # noqa: C901 (the one place that wires everything)
     metrics: Metrics | None = None,
     sinks: Mapping[str, Sink] | None = None,
     firing_check: FiringCheck | None = None,
+    rule_paths: Sequence[Path] | None = None,
     incidents: IncidentWiring | None = None,
     role: Role = "all",
     edge_bell: EdgeBell | None = None,
     worker_bell: WorkerBell | None = None,
     backpressure: Backpressure | None = None,
+    reload_worker: Callable[[], None] | None = None,
 ) -> web.Application:
     """Build the application; the worker starts with the app and stops with it.
 
     ``sinks`` default to those settings configure (``build_sinks``); pass ``{}``
     for none. ``edge_bell`` (role ``edge``) wakes a worker process and brings
     its metrics; ``worker_bell`` (role ``worker``) is the other end.
+    With ``rule_paths`` (what ``rulebook`` was loaded from), SIGHUP and
+    ``POST /-/reload`` load them again; ``reload_worker`` then passes the
+    reload on to a worker process.
     """
     metrics = metrics or Metrics()
-    metrics.rules_loaded.set(len(rulebook.rules))
     consumer = consumer_name()
     keeper = GuardKeeper(
         store, consumer, guard_defaults(settings), firing_check=firing_check
     )
     scrub = scrubber(settings)
     runner = Runner(
-        executors or {},
+        # changes.recent reads this receiver's own store: always available.
+        {"changes": ChangesExecutor(change_reader(store), clock), **(executors or {})},
         clock,
         mode=settings.mode,
         guards=keeper,
@@ -176,21 +262,15 @@ def create_app(  # noqa: C901 (the one place that wires everything)
         store=store,
         scrub=scrub,
     )
-    auth = Authenticator(
-        settings.auth_tokens,
-        settings.basic_auth,
-        settings.pagerduty_secrets,
-        settings.routing_keys,
-        open_when_unset=settings.loopback_only,
-    )
+    auth = Authenticator.from_settings(settings)
     handlers = Handlers(
         store=store,
         processor=processor,
         auth=auth,
         metrics=metrics,
         clock=clock,
-        max_body_bytes=settings.max_body_bytes,
         alertname_from=settings.pagerduty_alertname_from,
+        limits=edge_limits(settings),
         execute=settings.mode == "execute",
         backpressure=backpressure
         or Backpressure(
@@ -204,11 +284,22 @@ def create_app(  # noqa: C901 (the one place that wires everything)
         client_max_size=settings.max_body_bytes + 1,
     )
     app[STORE] = store
+    app[AUTHENTICATOR] = auth
     app[METRICS] = metrics
     app[PROCESSOR] = processor
+    reloader = Reloader(
+        processor,
+        rule_paths or [],
+        metrics=metrics,
+        auth=auth,
+        clock=clock,
+        on_reloaded=reload_worker,
+    )
     admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
-    _routes(app, handlers, admin, role)
+    add_routes(app, handlers, role)
     if role != "worker":
+        _add_operations(app, handlers, reloader, store=store, auth=auth, clock=clock)
+        admin.routes(app.router)
         SlackInteractions(
             settings=settings, store=store, processor=processor, clock=clock
         ).attach(app)
@@ -235,7 +326,9 @@ def create_app(  # noqa: C901 (the one place that wires everything)
         else incidents,
     )
     if role == "edge":
-        app.cleanup_ctx.append(_edge_lifecycle(store, edge_bell, firing_check))
+        app.cleanup_ctx.append(
+            _edge_lifecycle(store, edge_bell, firing_check, reloader)
+        )
         return app
     sinks = build_sinks(settings) if sinks is None else sinks
     dispatcher = None
@@ -248,9 +341,13 @@ def create_app(  # noqa: C901 (the one place that wires everything)
             ),
             clock=clock,
             scrub=scrub,
+            on_outcome=lambda sink, outcome: metrics.sink_deliveries.labels(
+                sink, outcome
+            ).inc(),
             on_outcomes=incident_service.sink_outcomes,
         )
         app[SINKS] = dispatcher
+    metrics.known(step_types=step_types(rulebook), sinks=sinks)
     worker = Worker(
         store,
         processor,
@@ -277,7 +374,16 @@ def create_app(  # noqa: C901 (the one place that wires everything)
         if worker_bell is not None:
             worker_bell.start(lambda: metrics.render(only=WORKER_FAMILIES))
         await worker.start()
+        reloader.listen()
+        sweeper = asyncio.create_task(
+            expire_approvals(store, clock, settings.approval_sweep),
+            name="approval-expiry",
+        )
         yield
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        reloader.stop_listening()
         await worker.stop()
         if worker_bell is not None:
             await worker_bell.aclose()

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import sys
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from receiver import __version__
 from receiver.errors import ConfigError, InputError, RuleError
 from receiver.model import AlertTrace, Decision, MatchTrace
 
@@ -29,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="receiver",
         description="Alert-automation receiver: Alertmanager and PagerDuty in, "
         "safe playbooks out.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"receiver {__version__}"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -70,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="URL/ID",
         help="fetch a stored payload from a running receiver, e.g. "
-        "http://127.0.0.1:8080/<payload id> (token from RECEIVER_AUTH_TOKENS)",
+        "http://127.0.0.1:8080/<payload id> (token from RECEIVER_ADMIN_TOKENS, "
+        "RECEIVER_READ_TOKENS or RECEIVER_AUTH_TOKENS)",
     )
     replay.add_argument(
         "--retry",
@@ -130,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from receiver import logs  # noqa: PLC0415
 
         logs.configure("console", "warning")
+    if args.command == "serve":
+        return _serve_or_say_why(args)
     try:
         return _dispatch(args)
     except (ConfigError, InputError) as exc:
@@ -178,10 +186,44 @@ def _rules_check(paths: list[Path]) -> int:
 
 
 def _rules_test(paths: list[Path]) -> int:
-    from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
-    from receiver.rulebook.ruletest import run_file, test_files  # noqa: PLC0415
+    from receiver.engine.planner import PlanContext, plan  # noqa: PLC0415
+    from receiver.rulebook.loader import (  # noqa: PLC0415
+        Rulebook,
+        load_rulebook,
+        rule_files,
+    )
+    from receiver.rulebook.ruletest import (  # noqa: PLC0415
+        PlannedMatchView,
+        PlannedStepView,
+        run_file,
+        test_files,
+    )
 
-    book = load_rulebook(paths)
+    def planner(
+        alert: Any, book: Rulebook, now: datetime, execute: bool
+    ) -> list[PlannedMatchView]:
+        planned = plan(alert, book, now, PlanContext(execute=execute))
+        return [
+            PlannedMatchView(
+                m.rule,
+                m.severity.value,
+                m.playbook,
+                tuple(
+                    PlannedStepView(
+                        s.trace.type,
+                        s.trace.name,
+                        "run" if s.run else s.trace.decision.value,
+                        s.trace.reason,
+                    )
+                    for s in m.steps
+                ),
+            )
+            for m in planned.matches
+        ]
+
+    # Test files may name their own rule files; the rest test what ``paths``
+    # hold (so `rules test FILE.test.yaml` works on its own).
+    book = load_rulebook(paths) if rule_files(paths) else None
     files = test_files(paths)
     if not files:
         _out(f"no rule tests (*.test.yaml) under {', '.join(map(str, paths))}")
@@ -189,15 +231,43 @@ def _rules_test(paths: list[Path]) -> int:
     failed = 0
     total = 0
     for path in files:
-        for result in run_file(path, book):
+        for result in run_file(path, book, planner):
             total += 1
             if result.ok:
                 _out(f"PASS {result.file}: {result.name}")
-            else:
-                failed += 1
-                _out(f"FAIL {result.file}: {result.name}: {result.message}")
+                continue
+            failed += 1
+            _out(f"FAIL {result.file}: {result.name}")
+            for problem in result.problems:
+                _out(f"  {problem}")
     _out(f"{total - failed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def _serve_or_say_why(args: argparse.Namespace) -> int:
+    """``receiver serve``; a failure to start is one clear log line and exit 1."""
+    from receiver import logs  # noqa: PLC0415
+
+    # Until the settings say otherwise: JSON unless on a terminal, so even a
+    # failure to read the settings is a line log shippers can parse.
+    logs.configure("auto", "info")
+    import structlog  # noqa: PLC0415
+
+    try:
+        return _serve(args)
+    except RuleError as exc:
+        problems = [str(d) for d in exc.details]
+        error = f"the rules do not load ({len(problems)} problems): " + "; ".join(
+            problems
+        )
+    except (ConfigError, InputError) as exc:
+        error = " ".join(str(exc).split())
+    except OSError as exc:
+        error = f"cannot start: {exc.strerror or exc}"
+        if exc.filename:
+            error += f": {exc.filename}"
+    structlog.get_logger("receiver").error("serve_failed", error=error)
+    return 1
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -205,7 +275,6 @@ def _serve(args: argparse.Namespace) -> int:
 
     import httpx  # noqa: PLC0415
     import uvloop  # noqa: PLC0415
-    from aiohttp import web  # noqa: PLC0415
 
     from receiver import logs  # noqa: PLC0415
     from receiver.app import create_app  # noqa: PLC0415
@@ -216,6 +285,7 @@ def _serve(args: argparse.Namespace) -> int:
     from receiver.steps import build_executors  # noqa: PLC0415
     from receiver.store import Retention, open_store  # noqa: PLC0415
     from receiver.supervisor import WorkerSupervisor, supervise  # noqa: PLC0415
+    from receiver.web.server import serve  # noqa: PLC0415
 
     settings = load_settings(
         args.config,
@@ -262,14 +332,15 @@ def _serve(args: argparse.Namespace) -> int:
         store=store,
         executors=build_executors(settings) if role != "edge" else {},
         firing_check=firing_check,
+        rule_paths=settings.rules,
         role="edge" if split else role,
         edge_bell=edge_bell,
         worker_bell=worker_bell,
+        # A reload on the edge (SIGHUP, POST /-/reload) reaches the worker child.
+        reload_worker=supervisor.reload if supervisor is not None else None,
     )
     if supervisor is not None:
         app.cleanup_ctx.append(supervise(supervisor))
-    if worker_bell is None:
-        _log_started(settings, rulebook, role)
     # Everything built so far lives for the whole process: keep it out of the
     # garbage collector's generations so collections during a storm stay cheap.
     gc.freeze()
@@ -277,14 +348,13 @@ def _serve(args: argparse.Namespace) -> int:
     if worker_bell is not None:
         loop.run_until_complete(_run_child(app, worker_bell))
         return 0
-    web.run_app(
+    serve(
         app,
-        loop=loop,
         host=settings.host,
         port=settings.port,
-        print=None,
-        access_log=None,
-        handle_signals=True,
+        max_connections=settings.max_connections,
+        loop=loop,
+        on_started=lambda banner: _log_started(settings, rulebook, role, banner),
     )
     return 0
 
@@ -337,14 +407,18 @@ async def _run_child(app: Any, bell: Any) -> None:
         os._exit(1)
 
 
-def _log_started(settings: Any, rulebook: Any, role: str) -> None:
+def _log_started(settings: Any, rulebook: Any, role: str, banner: str) -> None:
+    """Once every listening socket is bound (aiohttp's banner names them)."""
     import structlog  # noqa: PLC0415
 
     log = structlog.get_logger("receiver")
     base = f"http://{settings.host}:{settings.port}"
+    # The banner names the bound addresses (the real port when --port 0).
+    bound = re.search(r"Running on (\S+)", banner)
     log.info(
         "receiver_started",
-        url=base,
+        url=bound.group(1) if bound else base,
+        version=__version__,
         role=role,
         mode=settings.mode,
         rules=len(rulebook.rules),
@@ -384,14 +458,7 @@ async def _replay(args: argparse.Namespace) -> int:
     from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
     from receiver.sources import detect, parse_json  # noqa: PLC0415
 
-    at = None
-    if args.at:
-        try:
-            at = datetime.fromisoformat(args.at)
-        except ValueError as exc:
-            raise InputError(f"--at {args.at!r} is not an ISO 8601 time") from exc
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=UTC)
+    at = _at(args.at)
 
     def clock() -> datetime:
         return at or datetime.now(UTC)
@@ -402,6 +469,7 @@ async def _replay(args: argparse.Namespace) -> int:
     rulebook = load_rulebook(args.rules or DEFAULT_RULES)
     processor = Processor(rulebook, Runner({}, clock), clock, PlanContext())
     traces: list[tuple[Path, AlertTrace]] = []
+    events: list[str] = []
     inputs = [(path, _read(path)) for path in args.files]
     inputs += [(Path(ref), _fetch(ref)) for ref in args.sources]
     for path, body in inputs:
@@ -411,12 +479,34 @@ async def _replay(args: argparse.Namespace) -> int:
             alerts = processor.alerts(source, body, clock())
         except InputError as exc:
             raise InputError(f"{path}: {exc}") from exc
+        if not alerts:
+            events.append(_recorded_event(path, data))
         traces.extend((path, t) for t in await processor.decide(alerts, now=at))
     if args.json:
         _out(json.dumps({"alerts": [t.to_json() for _, t in traces]}, indent=2))
     else:
         _print_traces(traces)
+        for line in events:
+            _out(line)
     return 0
+
+
+def _at(text: str | None) -> datetime | None:
+    """``--at``: an ISO 8601 time (UTC unless it says otherwise)."""
+    if not text:
+        return None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InputError(f"--at {text!r} is not an ISO 8601 time") from exc
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _recorded_event(path: Path, data: Any) -> str:
+    """What replay says of a payload that is an event, not an alert."""
+    event = data.get("event") if isinstance(data, dict) else None
+    kind = event.get("event_type", "event") if isinstance(event, dict) else "event"
+    return f"== {path}\n{str(kind)[:100]}: recorded as an event, not an alert"
 
 
 def _read(path: Path) -> bytes:
@@ -439,10 +529,11 @@ def _api(ref: str) -> tuple[str, str, dict[str, str]]:
     base = base.removesuffix("/api/v1/payloads").removesuffix("/api/v1/parked")
     settings = load_settings()
     headers = {}
-    if settings.auth_tokens:
-        headers["Authorization"] = (
-            f"Bearer {settings.auth_tokens[0].get_secret_value()}"
-        )
+    # Retrying a parked entry needs the admin scope, reading a payload read:
+    # an admin token does both, then a read token, then the webhook token.
+    tokens = [*settings.admin_tokens, *settings.read_tokens, *settings.auth_tokens]
+    if tokens:
+        headers["Authorization"] = f"Bearer {tokens[0].get_secret_value()}"
     return base, payload_id, headers
 
 

@@ -4,8 +4,12 @@
 
     ReceiverError
     ├── InputError            a request or payload is malformed (HTTP 400)
-    │   ├── PayloadTooLargeError  body over the configured cap (413)
+    │   ├── PayloadTooLargeError  body or an alert over a configured cap (413)
     │   ├── UnsupportedMediaError wrong content type (415)
+    │   ├── NotFoundError         the named payload or approval does not exist (404)
+    │   ├── RequestTimeoutError   the body did not arrive in time (408)
+    │   ├── TooManyRequestsError  too many unauthenticated bodies in flight (429)
+    │   ├── ClientGoneError       the client hung up mid-body (logged, never a 5xx)
     │   └── RenderError       an alert cannot fill a step's templates (step skipped)
     │       └── SlotError     a value is outside the grammar of the field it fills
     ├── AuthError             credentials missing or wrong (401)
@@ -45,6 +49,22 @@ class PayloadTooLargeError(InputError):
 
 class UnsupportedMediaError(InputError):
     """The request does not carry JSON."""
+
+
+class NotFoundError(InputError):
+    """A payload, approval or other named thing does not exist (404)."""
+
+
+class RequestTimeoutError(InputError):
+    """The request body did not arrive within the body-read timeout (408)."""
+
+
+class TooManyRequestsError(InputError):
+    """Too many unauthenticated bodies are being read at once (429)."""
+
+
+class ClientGoneError(InputError):
+    """The client disconnected before its body arrived; nobody hears the answer."""
 
 
 class RenderError(InputError):

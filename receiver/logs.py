@@ -57,24 +57,55 @@ def redact_processor(
     return processor
 
 
+def _message(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """``message`` for shippers that look there: the event, and its error or detail."""
+    name = str(event.get("event", ""))
+    extra = event.get("error") or event.get("detail")
+    event.setdefault("message", f"{name}: {extra}" if extra else name)
+    return event
+
+
+# Records from other libraries' loggers (aiohttp's access and server loggers,
+# asyncio, warnings) go through these before the shared processors.
+_FOREIGN = (
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.stdlib.ExtraAdder(),
+)
+
+
 def configure(
     fmt: str = "auto", level: str = "info", secrets: Iterable[str] = ()
 ) -> None:
-    """Configure structlog for the whole process."""
+    """Configure structlog, and the standard library's logging, for the process.
+
+    Every line goes to stderr in one format: JSON (one object a line, with
+    ``timestamp`` in RFC 3339 UTC, ``level``, ``event`` and the same text in
+    ``message``), or the console renderer on a TTY. Lines of aiohttp's own
+    loggers, asyncio's and Python warnings get the same fields (and ``logger``).
+    aiohttp's access log is written at ``debug`` only.
+    """
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if use_json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    shared: list[structlog.types.Processor] = [
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # Tracebacks are rendered first so redaction sees them too.
+        structlog.processors.format_exc_info,
+        redact_processor(secrets),
+    ]
+    if use_json:
+        shared.append(_message)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            # Tracebacks are rendered first so redaction sees them too.
-            structlog.processors.format_exc_info,
-            redact_processor(secrets),
+            *shared,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -83,3 +114,20 @@ def configure(
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=list(_FOREIGN),
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *shared,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())
+    access = logging.DEBUG if level.lower() == "debug" else logging.WARNING
+    logging.getLogger("aiohttp.access").setLevel(access)
+    logging.captureWarnings(True)  # noqa: FBT003 (the stdlib's signature)

@@ -1,20 +1,65 @@
 """Prometheus collectors for one app instance (own registry, no globals).
 
-Built by ``create_app``; incremented by the edge, the worker and the runner.
+Built by ``create_app``; incremented by the edge, the worker, the runner and the
+sink dispatcher. Besides the ``receiver_*`` metrics the registry carries the
+standard ``process_*`` and ``python_*`` collectors, and ``receiver_build_info``.
+The exposition has no ``*_created`` series (Prometheus' own exporters drop them
+too), and the label values known at start are pre-initialised at zero so that
+``rate()`` and ``increase()`` work from the first scrape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import platform
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.metrics_core import Metric
+
+from receiver import __version__
+from receiver.model import SOURCES, Decision
+
+STATUSES = ("firing", "resolved", "acknowledged")
+WEBHOOK_SOURCES = (*SOURCES, "change_events")
+WEBHOOK_OUTCOMES = (
+    "accepted",
+    "bad_request",
+    "unauthorized",
+    "forbidden",
+    "too_large",
+    "unsupported_media",
+    "unavailable",
+)
+# The ``guard`` of every refusal (engine/guards.py, planner, runner).
+GUARDS = (
+    "paused",
+    "circuit_breaker",
+    "resolved",
+    "silenced",
+    "inhibited",
+    "approval",
+    "lock",
+    "idempotency",
+    "cooldown",
+    "budget",
+    "require_firing_for",
+    "namespace",
+    "template",
+    "executor",
+    "already_done",
+    "store",
+    "acknowledged",
+)
+SINK_OUTCOMES = ("sent", "skipped", "failed")
 
 
 class Metrics:
@@ -45,6 +90,18 @@ class Metrics:
             "receiver_steps",
             "Step decisions by step type and decision.",
             ["type", "decision"],
+            registry=r,
+        )
+        self.events_recorded = Counter(
+            "receiver_events_recorded",
+            "Deliveries stored and recorded as events, not alerts (PagerDuty "
+            "service.*, pagey.ping, event types this receiver does not know).",
+            ["source"],
+            registry=r,
+        )
+        self.alerts_truncated = Counter(
+            "receiver_alerts_truncated",
+            "Alerts Alertmanager left out of webhooks (truncatedAlerts, max_alerts).",
             registry=r,
         )
         self.unmatched = Counter(
@@ -114,6 +171,66 @@ class Metrics:
         self.rules_loaded = Gauge(
             "receiver_rules_loaded", "Rules currently loaded.", registry=r
         )
+        self.reload_ok = Gauge(
+            "receiver_config_last_reload_successful",
+            "Whether the last rules (re)load succeeded (1) or kept the old rules (0).",
+            registry=r,
+        )
+        self.reload_time = Gauge(
+            "receiver_config_last_reload_success_timestamp_seconds",
+            "When the rules were last loaded successfully (Unix time).",
+            registry=r,
+        )
+        self.sink_deliveries = Counter(
+            "receiver_sink_deliveries",
+            "Sink deliveries by sink and outcome (sent, skipped, failed).",
+            ["sink", "outcome"],
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "receiver_build_info",
+            "Always 1; the labels say which build runs.",
+            ["version", "python_version", "python_implementation"],
+            registry=r,
+        )
+        self.build_info.labels(
+            __version__, platform.python_version(), platform.python_implementation()
+        ).set(1)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self._initialise()
+
+    def _initialise(self) -> None:
+        """Every label value known before the first event, at zero."""
+        for source in WEBHOOK_SOURCES:
+            for outcome in WEBHOOK_OUTCOMES:
+                self.webhooks.labels(source, outcome)
+        for source in SOURCES:
+            for status in STATUSES:
+                self.alerts.labels(source, status)
+            self.unmatched.labels(source)
+            self.duplicates.labels(source)
+            self.events_recorded.labels(source)
+        for guard in GUARDS:
+            self.guard_skips.labels(guard)
+
+    def known(
+        self,
+        *,
+        step_types: Iterable[str],
+        sinks: Iterable[str],
+        rules: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Pre-initialise step types, sinks and (rule, fixed severity) pairs."""
+        for rule, severity in rules:
+            self.rule_matches.labels(rule, severity)
+        for step_type in step_types:
+            for decision in Decision:
+                self.steps.labels(step_type, decision.value)
+        for sink in sinks:
+            for outcome in SINK_OUTCOMES:
+                self.sink_deliveries.labels(sink, outcome)
 
     def render(
         self,
@@ -122,8 +239,6 @@ class Metrics:
         without: frozenset[str] = frozenset(),
     ) -> bytes:
         """Prometheus text exposition of the collectors (or of some families)."""
-        if only is None and not without:
-            return generate_latest(self.registry)
         return generate_latest(_Families(self.registry, only, without))
 
 
@@ -136,12 +251,15 @@ WORKER_FAMILIES = frozenset(
         "receiver_steps",
         "receiver_alerts_unmatched",
         "receiver_guard_skips",
+        "receiver_events_recorded",
+        # Sinks are fed by the worker's completed payloads.
+        "receiver_sink_deliveries",
     }
 )
 
 
 class _Families:
-    """A view of a registry with some metric families only."""
+    """A view of a registry: some families only, never ``*_created`` samples."""
 
     def __init__(
         self,
@@ -158,4 +276,7 @@ class _Families:
             if family.name in self._without:
                 continue
             if self._only is None or family.name in self._only:
+                family.samples = [
+                    s for s in family.samples if not s.name.endswith("_created")
+                ]
                 yield family

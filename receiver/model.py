@@ -45,6 +45,11 @@ class Alert:
     # (PagerDuty acknowledged/annotated, Events v2 acknowledge).
     actionable: bool = True
 
+    @property
+    def state(self) -> str:
+        """``firing`` or ``resolved``; ``acknowledged`` for a recorded acknowledge."""
+        return self.refs.get("state") or self.status
+
     def firing_for(self, now: datetime) -> timedelta:
         """How long the alert fired by ``now`` (until it ended; zero when unknown)."""
         if self.starts_at is None:
@@ -57,7 +62,7 @@ class Alert:
         return {
             "source": self.source,
             "fingerprint": self.fingerprint,
-            "status": self.status,
+            "status": self.state,
             "labels": dict(self.labels),
             "annotations": dict(self.annotations),
             "startsAt": iso(self.starts_at),
@@ -348,7 +353,7 @@ class AlertTrace:
         """The replay/API JSON form of one alert's decisions."""
         return {
             "fingerprint": self.alert.fingerprint,
-            "status": self.alert.status,
+            "status": self.alert.state,
             "labels": dict(self.alert.labels),
             "source": self.alert.source,
             "startsAt": iso(self.alert.starts_at),

@@ -108,10 +108,33 @@ class Settings(BaseModel):
     )
     auth_tokens: list[SecretStr] = Field(
         default_factory=list,
-        description="Bearer tokens accepted on webhooks and the API (any matches).",
+        description="Bearer tokens for the Alertmanager webhook; they may also "
+        "read the API (scopes webhook, read), never replay with execute, approve "
+        "or administer.",
     )
     basic_auth: SecretStr | None = Field(
-        default=None, description="'user:password' accepted as HTTP basic auth."
+        default=None,
+        description="'user:password' accepted as HTTP basic auth (scopes webhook, "
+        "read, like auth_tokens).",
+    )
+    read_tokens: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer tokens that may only read the API (scope read).",
+    )
+    replay_tokens: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer tokens that may read and replay with execute "
+        "(scopes read, replay).",
+    )
+    approve_tokens: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer tokens that may read and approve or reject "
+        "remediations (scopes read, approve).",
+    )
+    admin_tokens: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer tokens that may read and use the admin endpoints "
+        "(scopes read, admin).",
     )
     pagerduty_secrets: list[SecretStr] = Field(
         default_factory=list,
@@ -127,6 +150,49 @@ class Settings(BaseModel):
     )
     max_body_bytes: int = Field(
         default=5 * 1024 * 1024, ge=1024, description="Request body cap (413 above)."
+    )
+    max_unauthenticated_body_bytes: int = Field(
+        default=512 * 1024,
+        ge=1024,
+        description="Body cap for the endpoints whose credential is in or over the "
+        "body (PagerDuty webhooks, Events v2); PagerDuty's own limit is 512 KB.",
+    )
+    unauthenticated_body_reads: int = Field(
+        default=32,
+        ge=1,
+        description="Bodies read at once before their sender is authenticated "
+        "(PagerDuty webhooks, Events v2); more are answered 429.",
+    )
+    body_timeout: Duration = Field(
+        default=timedelta(seconds=10),
+        gt=timedelta(0),
+        description="A request body must arrive within this time (408 otherwise).",
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="Open client connections; more are answered 503 and closed.",
+    )
+    max_labels: int = Field(
+        default=64, ge=1, description="Labels per alert (413 above)."
+    )
+    max_annotations: int = Field(
+        default=64, ge=1, description="Annotations per alert (413 above)."
+    )
+    max_label_value_bytes: int = Field(
+        default=1024,
+        ge=16,
+        description="Bytes in one label name or value (413 above).",
+    )
+    max_annotation_value_bytes: int = Field(
+        default=16 * 1024,
+        ge=16,
+        description="Bytes in one annotation value (413 above).",
+    )
+    max_alert_bytes: int = Field(
+        default=64 * 1024,
+        ge=256,
+        description="Bytes in all labels and annotations of one alert (413 above).",
     )
     store: str = Field(
         default="sqlite:///receiver.db",
@@ -198,6 +264,12 @@ class Settings(BaseModel):
     )
     approval_ttl: Duration = Field(
         default=timedelta(hours=1), description="Approvals expire after this."
+    )
+    approval_sweep: Duration = Field(
+        default=timedelta(minutes=1),
+        gt=timedelta(0),
+        description="How often pending approvals past their expiry are marked "
+        "expired (and old decided ones pruned).",
     )
     http_allowlist: list[str] = Field(
         default_factory=list,
@@ -351,6 +423,24 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
+    def _no_empty_credentials(self) -> Settings:
+        for name in _CREDENTIAL_FIELDS:
+            value = getattr(self, name)
+            values = value if isinstance(value, list) else [value]
+            for secret in values:
+                if secret is not None and not secret.get_secret_value().strip():
+                    raise ValueError(
+                        f"{name} holds an empty or whitespace-only credential; "
+                        "remove it or set a real value (an empty credential would "
+                        "let anyone in)"
+                    )
+        if self.basic_auth is not None:
+            user, sep, password = self.basic_auth.get_secret_value().partition(":")
+            if not sep or not user.strip() or not password.strip():
+                raise ValueError("basic_auth must be 'user:password', both non-empty")
+        return self
+
+    @model_validator(mode="after")
     def _targets_are_not_the_store(self) -> Settings:
         if not self.store.startswith(("redis://", "rediss://", "unix://")):
             return self
@@ -399,6 +489,10 @@ class Settings(BaseModel):
             secret.get_secret_value()
             for secret in (
                 *self.auth_tokens,
+                *self.read_tokens,
+                *self.replay_tokens,
+                *self.approve_tokens,
+                *self.admin_tokens,
                 *self.pagerduty_secrets,
                 *self.routing_keys,
                 *self.webhook_urls,
@@ -421,6 +515,10 @@ class Settings(BaseModel):
         """Whether any webhook credential is configured."""
         return bool(
             self.auth_tokens
+            or self.read_tokens
+            or self.replay_tokens
+            or self.approve_tokens
+            or self.admin_tokens
             or self.basic_auth
             or self.pagerduty_secrets
             or self.routing_keys
@@ -447,6 +545,16 @@ class Settings(BaseModel):
             )
 
 
+_CREDENTIAL_FIELDS = (
+    "auth_tokens",
+    "read_tokens",
+    "replay_tokens",
+    "approve_tokens",
+    "admin_tokens",
+    "basic_auth",
+    "pagerduty_secrets",
+    "routing_keys",
+)
 _LIST_FIELDS = {
     name
     for name, info in Settings.model_fields.items()
@@ -494,6 +602,13 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         if name in _DICT_FIELDS:
             values[name] = _parse_mapping(key, raw)
+        elif name in _CREDENTIAL_FIELDS and any(
+            not item.strip() for item in raw.replace("\n", ",").split(",")
+        ):
+            raise ConfigError(
+                f"{key} holds an empty or whitespace-only credential (an empty "
+                "value or a stray comma); remove it or set a real value"
+            )
         elif name in _LIST_FIELDS:
             values[name] = [
                 v.strip() for v in raw.replace("\n", ",").split(",") if v.strip()

@@ -49,6 +49,11 @@ class WorkerSupervisor:
         """The running child's process id."""
         return self._proc.pid if self._proc is not None else None
 
+    def reload(self) -> None:
+        """Pass a rules reload on to the worker child (SIGHUP), if it runs."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGHUP)
+
     def command(self) -> list[str]:
         """The child's command line."""
         fd = self._bell.fileno()

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -33,13 +34,24 @@ from receiver.store import MemoryStore
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 TOKEN = "tok-3b9f0d2c"
 OTHER_TOKEN = "tok-second-71aa"
+ADMIN_TOKEN = "tok-admin-4c2e"
+APPROVE_TOKEN = "tok-approve-9b31"
 BASIC_USER = "am"
 BASIC_PASSWORD = "pw-8c1e"
 PD_SECRET = "pd-secret-old-0e5b"
 PD_SECRET_NEW = "pd-secret-new-9d47"
 ROUTING_KEY = "rk-4d2f6a8b0c1e3f5a7b9d1e3f5a7b9d1e"
 MAX_BODY = 4096
-SECRETS = (TOKEN, OTHER_TOKEN, BASIC_PASSWORD, PD_SECRET, PD_SECRET_NEW, ROUTING_KEY)
+SECRETS = (
+    TOKEN,
+    OTHER_TOKEN,
+    ADMIN_TOKEN,
+    APPROVE_TOKEN,
+    BASIC_PASSWORD,
+    PD_SECRET,
+    PD_SECRET_NEW,
+    ROUTING_KEY,
+)
 
 WEB_RULES = """
 playbooks:
@@ -94,6 +106,8 @@ def full_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "host": "0.0.0.0",  # noqa: S104 (never bound: tests use the in-process client)
         "auth_tokens": [SecretStr(TOKEN), SecretStr(OTHER_TOKEN)],
+        "admin_tokens": [SecretStr(ADMIN_TOKEN)],
+        "approve_tokens": [SecretStr(APPROVE_TOKEN)],
         "basic_auth": SecretStr(f"{BASIC_USER}:{BASIC_PASSWORD}"),
         "pagerduty_secrets": [SecretStr(PD_SECRET), SecretStr(PD_SECRET_NEW)],
         "routing_keys": [SecretStr(ROUTING_KEY)],
@@ -118,7 +132,9 @@ def make_client(aiohttp_client: Any, web_rules: Path) -> Callable[..., Awaitable
     The client carries ``.store`` and ``.metrics`` for assertions.
     """
 
-    async def factory(settings: Settings | None = None) -> Any:
+    async def factory(
+        settings: Settings | None = None, extra_routes: list[Any] | None = None
+    ) -> Any:
         store = MemoryStore()
         metrics = Metrics()
         app = create_app(
@@ -128,6 +144,8 @@ def make_client(aiohttp_client: Any, web_rules: Path) -> Callable[..., Awaitable
             clock=lambda: NOW,
             metrics=metrics,
         )
+        for method, path, handler in extra_routes or []:
+            app.router.add_route(method, path, handler)
         client = await aiohttp_client(app)
         client.store = store
         client.metrics = metrics
@@ -168,6 +186,11 @@ def _fresh_logging():
     """
     yield
     structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler.formatter, structlog.stdlib.ProcessorFormatter):
+            root.removeHandler(handler)
+    logging.captureWarnings(False)  # noqa: FBT003
     for name, module in list(sys.modules.items()):
         proxy = getattr(module, "log", None) if name.startswith("receiver") else None
         if isinstance(proxy, structlog._config.BoundLoggerLazyProxy):

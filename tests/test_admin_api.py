@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 
 import httpx
-from conftest import bearer, full_settings
+from conftest import ADMIN_TOKEN, bearer, full_settings
 from peers import poll, run_receiver
 
 from receiver.app import create_app
@@ -21,12 +21,12 @@ T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 async def test_pause_and_resume_are_audited(make_client):
     """POST pauses, DELETE resumes; each switch is a decision record and a metric."""
     client = await make_client()
-    resp = await client.get("/api/v1/pause", headers=bearer())
+    resp = await client.get("/api/v1/pause", headers=bearer(ADMIN_TOKEN))
     assert (await resp.json()) == {"paused": False}
     resp = await client.post(
         "/api/v1/pause",
         json={"by": "alice", "reason": "failover drill"},
-        headers=bearer(),
+        headers=bearer(ADMIN_TOKEN),
     )
     assert resp.status == 200, await resp.text()
     body = await resp.json()
@@ -39,7 +39,9 @@ async def test_pause_and_resume_are_audited(make_client):
     assert pause is not None
     assert pause.by == "alice"
     assert "receiver_paused 1.0" in client.metrics.render().decode()
-    resp = await client.delete("/api/v1/pause?by=bob&reason=done", headers=bearer())
+    resp = await client.delete(
+        "/api/v1/pause?by=bob&reason=done", headers=bearer(ADMIN_TOKEN)
+    )
     assert (await resp.json()) == {"paused": False}
     assert await client.store.pause() is None
     assert "receiver_paused 0.0" in client.metrics.render().decode()
@@ -57,7 +59,9 @@ async def test_pause_and_resume_are_audited(make_client):
 async def test_pause_rejects_a_bad_body_and_needs_credentials(make_client):
     """A non-boolean 'paused' is a 400 problem; no credentials is a 401."""
     client = await make_client()
-    resp = await client.post("/api/v1/pause", json={"paused": "no"}, headers=bearer())
+    resp = await client.post(
+        "/api/v1/pause", json={"paused": "no"}, headers=bearer(ADMIN_TOKEN)
+    )
     assert resp.status == 400
     assert '"paused" must be true or false' in (await resp.json())["detail"]
     resp = await client.post("/api/v1/pause", json={})
@@ -75,15 +79,19 @@ async def test_parked_entries_are_listed_and_retried(aiohttp_client, web_rules):
     await store.park(lease, "failed 5 times; last error: KeyError: 'x'", T0)
     app = create_app(full_settings(), rulebook=load_rulebook([web_rules]), store=store)
     client = await aiohttp_client(app)
-    resp = await client.get("/api/v1/parked", headers=bearer())
+    resp = await client.get("/api/v1/parked", headers=bearer(ADMIN_TOKEN))
     body = await resp.json()
     assert body["count"] == 1
     (item,) = body["parked"]
     assert (item["id"], item["attempts"]) == ("e-parked", 1)
     assert item["reason"] == "failed 5 times; last error: KeyError: 'x'"
-    resp = await client.post("/api/v1/parked/e-parked/retry", headers=bearer())
+    resp = await client.post(
+        "/api/v1/parked/e-parked/retry", headers=bearer(ADMIN_TOKEN)
+    )
     assert resp.status == 202
-    resp = await client.post("/api/v1/parked/e-parked/retry", headers=bearer())
+    resp = await client.post(
+        "/api/v1/parked/e-parked/retry", headers=bearer(ADMIN_TOKEN)
+    )
     assert resp.status == 404
     assert await store.parked_count() == 0
     for _ in range(500):  # the app's worker decides it again
@@ -113,7 +121,11 @@ def test_replay_retry_queues_a_parked_entry_of_a_running_receiver(
         await store.close()
 
     asyncio.run(park())
-    env = {"RECEIVER_AUTH_TOKENS": "cli-token", "RECEIVER_STORE": f"sqlite:///{db}"}
+    env = {
+        "RECEIVER_AUTH_TOKENS": "cli-token",
+        "RECEIVER_ADMIN_TOKENS": "cli-token",
+        "RECEIVER_STORE": f"sqlite:///{db}",
+    }
     with run_receiver(tmp_path, rules=web_rules, env=env) as rx:
         auth = {"Authorization": "Bearer cli-token"}
         listed = httpx.get(f"{rx.url}/api/v1/parked", headers=auth, timeout=5)

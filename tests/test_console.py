@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import BASIC_PASSWORD, BASIC_USER, bearer, full_settings
+from conftest import APPROVE_TOKEN, BASIC_USER, bearer, full_settings
 from counting import CountingServer
 
 from receiver.app import create_app
@@ -136,7 +136,7 @@ async def test_approve_in_the_console_runs_the_step_once(
             (pending,) = await store.approvals("pending")
 
             def approve() -> str:
-                login(browser, BASIC_USER, BASIC_PASSWORD)
+                login(browser, BASIC_USER, APPROVE_TOKEN)
                 browser.get(f"{base}/ui/")
                 assert "Signed in as" in browser.page_source
                 assert BASIC_USER in browser.page_source
@@ -177,7 +177,7 @@ async def test_approve_in_the_console_runs_the_step_once(
             resp = await api.post(
                 f"/ui/approvals/{pending.id}",
                 data={"decision": "reject", "token": "x"},
-                auth=(BASIC_USER, BASIC_PASSWORD),
+                auth=(BASIC_USER, APPROVE_TOKEN),
             )
             assert resp.status_code == 403
         await http.aclose()

@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from conftest import bearer, full_settings
+from conftest import APPROVE_TOKEN, bearer, full_settings
 from incident_helpers import TickingClock
 from test_web import AM, am_alert, am_payload
 
@@ -110,19 +110,25 @@ async def test_people_comment_acknowledge_mitigate_and_publish(client):
     [listed] = await incidents(client, 1)
     base = f"{API}/{listed['id']}"
     resp = await client.post(
-        f"{base}/timeline", json={"by": "jane", "text": "looking"}, headers=bearer()
+        f"{base}/timeline",
+        json={"by": "jane", "text": "looking"},
+        headers=bearer(APPROVE_TOKEN),
     )
     assert resp.status == 200
     resp = await client.post(
-        f"{base}/acknowledge", json={"by": "jane"}, headers=bearer()
+        f"{base}/acknowledge", json={"by": "jane"}, headers=bearer(APPROVE_TOKEN)
     )
     assert (await resp.json())["state"] == "acknowledged"
     resp = await client.post(
-        f"{base}/status", json={"by": "jane", "text": "Identified"}, headers=bearer()
+        f"{base}/status",
+        json={"by": "jane", "text": "Identified"},
+        headers=bearer(APPROVE_TOKEN),
     )
     assert resp.status == 200
     resp = await client.post(
-        f"{base}/mitigate", json={"by": "jane", "text": "failed over"}, headers=bearer()
+        f"{base}/mitigate",
+        json={"by": "jane", "text": "failed over"},
+        headers=bearer(APPROVE_TOKEN),
     )
     body = await resp.json()
     assert body["state"] == "mitigated"
@@ -139,7 +145,9 @@ async def test_list_filters_and_cursor_pages(client):
         await fire(client, f"group-{n}", f"fp-{n}")
     everything = await incidents(client, 5)
     await client.post(
-        f"{API}/{everything[0]['id']}/acknowledge", json={}, headers=bearer()
+        f"{API}/{everything[0]['id']}/acknowledge",
+        json={},
+        headers=bearer(APPROVE_TOKEN),
     )
     resp = await client.get(API, params={"state": "acknowledged"}, headers=bearer())
     assert [i["id"] for i in (await resp.json())["incidents"]] == [everything[0]["id"]]
@@ -183,36 +191,44 @@ async def test_bad_bodies_unknown_ids_and_missing_auth(client):
     resp = await client.post(
         f"{base}/timeline",
         data=b"{not json",
-        headers={**bearer(), "Content-Type": "application/json"},
+        headers={**bearer(APPROVE_TOKEN), "Content-Type": "application/json"},
     )
     assert resp.status == 400
     assert "not JSON" in (await resp.json())["detail"]
-    resp = await client.post(f"{base}/timeline", json={"by": "x"}, headers=bearer())
+    resp = await client.post(
+        f"{base}/timeline", json={"by": "x"}, headers=bearer(APPROVE_TOKEN)
+    )
     assert resp.status == 400
     assert '"text" is required' in (await resp.json())["detail"]
     resp = await client.post(
-        f"{base}/timeline", json={"text": "x" * 4050}, headers=bearer()
+        f"{base}/timeline", json={"text": "x" * 4050}, headers=bearer(APPROVE_TOKEN)
     )
     assert resp.status == 400
     assert "text" in (await resp.json())["detail"]
-    resp = await client.post(f"{base}/timeline", json=["x"], headers=bearer())
+    resp = await client.post(
+        f"{base}/timeline", json=["x"], headers=bearer(APPROVE_TOKEN)
+    )
     assert resp.status == 400
     resp = await client.post(
-        f"{base}/timeline", json={"text": "x", "color": "red"}, headers=bearer()
+        f"{base}/timeline",
+        json={"text": "x", "color": "red"},
+        headers=bearer(APPROVE_TOKEN),
     )
     assert resp.status == 400
     assert "color" in (await resp.json())["detail"]
     resp = await client.post(
         f"{base}/timeline",
         data="text",
-        headers={**bearer(), "Content-Type": "text/plain"},
+        headers={**bearer(APPROVE_TOKEN), "Content-Type": "text/plain"},
     )
     assert resp.status == 415
     for path in ("/INC-none", "/INC-none/report"):
         resp = await client.get(API + path, headers=bearer())
         assert resp.status == 404
         assert "GET /api/v1/incidents lists them" in (await resp.json())["detail"]
-    resp = await client.post(f"{API}/INC-none/acknowledge", json={}, headers=bearer())
+    resp = await client.post(
+        f"{API}/INC-none/acknowledge", json={}, headers=bearer(APPROVE_TOKEN)
+    )
     assert resp.status == 404
     resp = await client.get(API)
     assert resp.status == 401
@@ -239,7 +255,9 @@ async def test_a_comment_cannot_break_the_reports_markdown(client):
     [listed] = await incidents(client, 1)
     base = f"{API}/{listed['id']}"
     nasty = "done\n```\n# Injected heading\n"
-    await client.post(f"{base}/timeline", json={"text": nasty}, headers=bearer())
+    await client.post(
+        f"{base}/timeline", json={"text": nasty}, headers=bearer(APPROVE_TOKEN)
+    )
     text = await (await client.get(f"{base}/report", headers=bearer())).text()
     assert "\n# Injected heading" not in text
     assert "done ''' # Injected heading (api)" in text

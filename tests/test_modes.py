@@ -48,7 +48,7 @@ class CountingExecutor:
 
 def processor(mode: str, clock, executor, reuse: timedelta = timedelta(0)):
     runner = Runner(
-        dict.fromkeys(("k8s", "http", "prometheus", "redis"), executor),
+        dict.fromkeys(("k8s", "http", "prometheus", "redis", "changes"), executor),
         clock,
         mode=mode,
         reuse=DiagnosticsReuse(reuse, clock),

@@ -967,3 +967,84 @@ async def test_a_sink_bug_is_contained_and_scrubbed(capsys):
     assert "s3cr3t" not in out.out + out.err
     await d.aclose()
     await store.close()
+
+
+async def test_outcomes_are_reported_per_sink(pd, make_sinks):
+    """Every delivery outcome is reported as (sink, status), for the metrics."""
+    pd.script("POST", "/hook", Reply(500, "down"))
+    store = MemoryStore()
+    seen: list[tuple[str, str]] = []
+    d = SinkDispatcher(
+        make_sinks(settings(pd, sink_attempts=1)),
+        store=store,
+        choose=lambda _t: ["webhook", "pagerduty_note", "missing"],
+        clock=lambda: NOW,
+        on_outcome=lambda sink, status: seen.append((sink, status)),
+    )
+    d.submit([trace(alert("pagerduty", incident_id="Q1"), payload_id="p1")])
+    await d.drain()
+    assert sorted(seen) == [
+        ("missing", "skipped"),
+        ("pagerduty_note", "sent"),
+        ("webhook", "failed"),
+    ]
+    await store.close()
+
+
+async def test_sink_deliveries_are_counted_per_sink_and_outcome(
+    pd, aiohttp_client, web_rules
+):
+    """/metrics counts each delivery as receiver_sink_deliveries_total{sink,outcome}."""
+    from conftest import TOKEN, full_settings  # noqa: PLC0415
+    from prometheus_client.parser import (  # noqa: PLC0415
+        text_string_to_metric_families,
+    )
+
+    pd.script("POST", "/hook", Reply(500, "down"))
+    rules = load_rulebook([web_rules])
+    app = create_app(
+        full_settings(
+            webhook_urls=[f"{pd.url}/hook"],
+            slack_webhook_url=f"{pd.url}/services/T0/B0/slacksecret",
+            sinks=["slack", "webhook"],
+            sink_attempts=1,
+        ),
+        rulebook=rules,
+        store=MemoryStore(),
+        clock=lambda: NOW,
+    )
+    client = await aiohttp_client(app)
+
+    def counts(text: str) -> dict[tuple[str, str], float]:
+        return {
+            (s.labels["sink"], s.labels["outcome"]): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "receiver_sink_deliveries_total"
+        }
+
+    before = counts(await (await client.get("/metrics")).text())
+    assert before[("webhook", "failed")] == 0  # known before the first delivery
+    body = {
+        "version": "4",
+        "status": "firing",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "KubePodCrashLooping", "namespace": "prod"},
+                "startsAt": "2024-05-06T07:00:00Z",
+                "fingerprint": "fp-sinks",
+            }
+        ],
+    }
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    resp = await client.post("/webhooks/alertmanager", json=body, headers=headers)
+    assert resp.status == 202
+    for _ in range(500):
+        after = counts(await (await client.get("/metrics")).text())
+        if after[("webhook", "failed")] and after[("slack", "sent")]:
+            break
+        await asyncio.sleep(0.01)
+    assert after[("webhook", "failed")] == 1
+    assert after[("slack", "sent")] == 1
+    assert after[("webhook", "sent")] == 0

@@ -350,5 +350,14 @@ def plan(
                 ),
             )
         )
-    notes = () if planned else ("no rule matched; nothing runs",)
+    notes: tuple[str, ...] = () if planned else ("no rule matched; nothing runs",)
+    truncated = alert.refs.get("truncated_alerts")
+    if truncated:
+        notes += (
+            (
+                f"Alertmanager left {truncated} more alerts of this group out of "
+                "the payload (max_alerts); they were not received and are not "
+                "decided"
+            ),
+        )
     return Plan(alert, tuple(planned), notes)

@@ -163,6 +163,11 @@ class Playbook(BaseModel):
     remediation: list[Step] = Field(default_factory=list)
     guards: Guards = Field(default_factory=Guards)
     sinks: list[str] | None = None
+    stand_down_when_acknowledged: bool = Field(
+        default=False,
+        description="Once a human acknowledges the alert (PagerDuty or Events v2 "
+        "acknowledge), skip its remediations; diagnostics still run.",
+    )
     approvers: Approvers | None = Field(
         default=None,
         description="Who may approve from Slack; unset: nobody may from Slack.",

@@ -129,8 +129,11 @@ class SinkDispatcher:
         max_pending: int = 1000,
         dedupe_ttl: timedelta = timedelta(days=7),
         scrub: Callable[[str], str] = lambda text: text,
+        on_outcome: Callable[[str, str], None] | None = None,
         on_outcomes: Callable[[AlertTrace, list[str]], None] | None = None,
     ) -> None:
+        # Told (sink, status) of every delivery attempt's outcome (the metrics).
+        self._on_outcome = on_outcome
         # Told each trace's outcome lines (the incident timeline); must not raise.
         self._on_outcomes = on_outcomes
         self._sinks = dict(sinks)
@@ -195,6 +198,12 @@ class SinkDispatcher:
                 )
 
     async def _one(self, name: str, trace: AlertTrace) -> SinkOutcome | None:
+        outcome = await self._attempt(name, trace)
+        if outcome is not None and self._on_outcome is not None:
+            self._on_outcome(outcome.sink, outcome.status)
+        return outcome
+
+    async def _attempt(self, name: str, trace: AlertTrace) -> SinkOutcome | None:
         sink = self._sinks.get(name)
         if sink is None:
             return SinkOutcome(

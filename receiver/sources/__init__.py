@@ -7,7 +7,6 @@ it into frozen ``Alert`` objects, one per alert, never per group.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -17,6 +16,9 @@ from pydantic import BaseModel, ValidationError
 from receiver.errors import InputError
 from receiver.model import Alert, Source
 from receiver.sources import alertmanager, events_v2, pagerduty
+from receiver.sources.wire import parse_json
+
+__all__ = ["PARSERS", "detect", "parse_json", "schema_errors", "to_alerts", "validate"]
 
 
 def schema_errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -26,20 +28,6 @@ def schema_errors(exc: ValidationError) -> list[dict[str, str]]:
         pointer = "/" + "/".join(str(p) for p in err["loc"])
         out.append({"pointer": pointer, "detail": err["msg"]})
     return out
-
-
-def parse_json(body: bytes) -> Any:
-    """Decode JSON or raise ``InputError`` saying where it broke."""
-    try:
-        return json.loads(body)
-    except UnicodeDecodeError as exc:
-        raise InputError(
-            f"body is not UTF-8: {exc.reason} at byte {exc.start}"
-        ) from exc
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from exc
 
 
 def validate(model: type[BaseModel], data: Any, what: str) -> Any:

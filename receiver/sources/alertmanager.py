@@ -2,6 +2,9 @@
 
 Tolerates fields newer Alertmanagers add (``notification_reason``,
 ``routeLabels``); ``endsAt`` of ``0001-01-01T00:00:00Z`` means "not ended".
+``truncatedAlerts`` (Alertmanager's ``max_alerts``) is kept in each alert's
+``refs`` so the edge can warn and the trace can say that alerts of the group
+were left out.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from receiver.model import Alert, freeze
+from receiver.sources.wire import Timestamp, parse_json
 
 _ZERO_YEAR = 1
 
@@ -23,8 +27,8 @@ class AmAlert(BaseModel):
     status: Literal["firing", "resolved"]
     labels: dict[str, str]
     annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: datetime  # noqa: N815 (wire name)
-    endsAt: datetime | None = None  # noqa: N815
+    startsAt: Timestamp  # noqa: N815 (wire name)
+    endsAt: Timestamp | None = None  # noqa: N815
     generatorURL: str = ""  # noqa: N815
     fingerprint: str = Field(min_length=1)
 
@@ -48,7 +52,7 @@ class AmWebhook(BaseModel):
 def _ts(value: datetime | None) -> datetime | None:
     if value is None or value.year == _ZERO_YEAR:
         return None
-    return value.astimezone(UTC)
+    return value
 
 
 def from_body(body: bytes) -> list[Alert]:
@@ -60,8 +64,6 @@ def from_body(body: bytes) -> list[Alert]:
     try:
         payload = AmWebhook.model_validate_json(body)
     except ValidationError:
-        from receiver.sources import parse_json  # noqa: PLC0415 (import cycle)
-
         return to_alerts(parse_json(body), datetime.now(UTC))
     return _alerts(payload)
 
@@ -79,6 +81,8 @@ def _alerts(payload: AmWebhook) -> list[Alert]:
     refs = {"receiver": payload.receiver, "group_key": payload.groupKey}
     if payload.externalURL:
         refs["alertmanager_url"] = payload.externalURL
+    if payload.truncatedAlerts > 0:
+        refs["truncated_alerts"] = str(payload.truncatedAlerts)
     return [
         Alert(
             source="alertmanager",

@@ -3,23 +3,32 @@
 Anything that pages PagerDuty can page the receiver (Alertmanager
 ``pagerduty_configs``, Grafana, ...).
 
-Labels: everything in ``custom_details`` that is a string (so senders can pass
-real labels), the labels of Alertmanager's default ``firing`` text when it holds
-exactly one alert, then ``severity``, ``source``, ``component``, ``group``,
-``class`` and ``dedup_key``; ``alertname`` falls back to ``class``, then the
-summary. ``trigger`` is firing, ``resolve`` resolved, ``acknowledge`` recorded only.
+Alertmanager's ``pagerduty_configs`` send one event per *group*; its default
+``custom_details`` list every alert of the group (``firing`` and ``resolved``, the
+``pagerduty.default.instances`` template). Each listed alert becomes an alert of
+its own, with its own labels, annotations and status, decided on its own.
+
+Labels of other requests: everything in ``custom_details`` that is a string (so
+senders can pass real labels), then ``severity``, ``source``, ``component``,
+``group``, ``class`` and ``dedup_key``; ``alertname`` falls back to ``class``,
+then the summary. ``trigger`` is firing, ``resolve`` resolved, ``acknowledge``
+recorded as acknowledged. A resolve or acknowledge with only a dedup key inherits
+the labels of the trigger it closes (looked up by the worker).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from receiver.model import Alert, freeze
+from receiver.model import Alert, Status, freeze
+from receiver.sources.wire import Timestamp
 
 _AM_LABEL_LINE = re.compile(r"^ - ([a-zA-Z_][a-zA-Z0-9_]*) = (.*)$")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -34,7 +43,7 @@ class Payload(BaseModel):
     summary: str = Field(min_length=1, max_length=1024)
     source: str = Field(min_length=1)
     severity: Literal["critical", "error", "warning", "info"]
-    timestamp: datetime | None = None
+    timestamp: Timestamp | None = None
     component: str | None = None
     group: str | None = None
     class_: str | None = Field(default=None, alias="class")
@@ -68,78 +77,187 @@ def dedup_key_for(request: EnqueueRequest, body: bytes) -> str:
     return request.dedup_key or hashlib.sha256(body).hexdigest()[:32]
 
 
-def _am_labels(details: Any) -> dict[str, str]:
-    if not isinstance(details, dict) or str(details.get("num_firing", "")) not in {
-        "1",
-        "0",
-    }:
-        return {}
-    text = details.get("firing") or details.get("resolved") or ""
-    if not isinstance(text, str) or "Labels:" not in text:
-        return {}
-    labels: dict[str, str] = {}
-    in_labels = False
+@dataclass(frozen=True)
+class Instance:
+    """One alert of Alertmanager's default ``firing``/``resolved`` detail text."""
+
+    status: Status
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    generator_url: str = ""
+
+
+_BLOCK = re.compile(
+    r"(?P<labels>.*?)"
+    r"(?:^Annotations:\n(?P<annotations>.*?))?"
+    r"(?:^Source: ?(?P<source>.*))?\Z",
+    re.MULTILINE | re.DOTALL,
+)
+
+
+def _pairs(text: str, *, multiline: bool) -> dict[str, str]:
+    """`` - name = value`` lines; with ``multiline``, other lines continue a value."""
+    pairs: dict[str, str] = {}
+    last = ""
     for line in text.splitlines():
-        if line.startswith("Labels:"):
-            in_labels = True
+        found = _AM_LABEL_LINE.match(line)
+        if found is not None:
+            last = found.group(1)
+            pairs[last] = found.group(2)
+        elif multiline and last:
+            pairs[last] += "\n" + line
+    return pairs
+
+
+def _parse_instances(text: str, status: Status) -> list[Instance]:
+    """Alertmanager's ``pagerduty.default.instances`` text, one block per alert.
+
+    Each block is ``Labels:`` then `` - name = value`` lines, ``Annotations:`` and
+    its lines (a value may run over several lines), then ``Source: <url>``.
+    """
+    out = []
+    for block in re.split(r"^Labels:\n", text, flags=re.MULTILINE)[1:]:
+        found = _BLOCK.match(block)
+        if found is None:
             continue
-        if in_labels:
-            found = _AM_LABEL_LINE.match(line)
-            if found is None:
-                break
-            labels[found.group(1)] = found.group(2)
+        labels = _pairs(found.group("labels"), multiline=False)
+        if labels:
+            annotations = _pairs(found.group("annotations") or "", multiline=True)
+            source = (found.group("source") or "").strip()
+            out.append(Instance(status, freeze(labels), freeze(annotations), source))
+    return out
+
+
+def am_instances(details: Any) -> list[Instance]:
+    """Every alert Alertmanager's default ``custom_details`` lists, firing first.
+
+    Empty when the details are not Alertmanager's default (a custom template, or
+    the ``error`` Alertmanager puts there when an event is over 512 KB).
+    """
+    if not isinstance(details, dict):
+        return []
+    found: list[Instance] = []
+    for key, status in (("firing", "firing"), ("resolved", "resolved")):
+        text = details.get(key)
+        if isinstance(text, str) and "Labels:" in text:
+            found.extend(_parse_instances(text, status))  # type: ignore[arg-type]
+    return found
+
+
+def _fingerprint(dedup: str, labels: Mapping[str, str] | None = None) -> str:
+    """The dedup key's fingerprint, or one alert's within the dedup key's group."""
+    text = f"events_v2:{dedup}"
+    if labels is not None:
+        text += "".join(f"\x00{k}={v}" for k, v in sorted(labels.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def group_fingerprint(dedup: str) -> str:
+    """The fingerprint of an event that names no alert of its group (dedup only)."""
+    return _fingerprint(dedup)
+
+
+def _group_labels(p: Payload) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    if isinstance(p.custom_details, dict):
+        labels.update(
+            {
+                k: v
+                for k, v in p.custom_details.items()
+                if isinstance(k, str)
+                and k not in _AM_DETAIL_KEYS
+                and k != "routing_key"
+                and isinstance(v, str)
+                and v
+                and "\n" not in v
+                and _LABEL_NAME.fullmatch(k)
+            }
+        )
+    return labels
+
+
+def _with_payload_fields(labels: dict[str, str], p: Payload) -> dict[str, str]:
+    for key, value in (
+        ("severity", p.severity),
+        ("source", p.source),
+        ("component", p.component),
+        ("group", p.group),
+        ("class", p.class_),
+    ):
+        if value:
+            labels.setdefault(key, value)
+    labels.setdefault("alertname", p.class_ or p.summary)
     return labels
 
 
 def to_alerts(data: Any, now: datetime, *, body: bytes = b"") -> list[Alert]:
-    """Validate an Events v2 request and return its single alert."""
+    """Validate an Events v2 request and return its alerts.
+
+    Alertmanager's grouped pages give one alert per listed instance; any other
+    request is one alert. A resolve or acknowledge that carries only a dedup key
+    is one alert labelled with the dedup key alone, marked
+    ``refs["labels_from"] = "trigger"``: the worker gives it the labels of the
+    trigger it closes.
+    """
     from receiver.sources import validate  # noqa: PLC0415 (avoid an import cycle)
 
+    del now
     req: EnqueueRequest = validate(EnqueueRequest, data, "Events API v2")
     dedup = dedup_key_for(req, body)
-    labels: dict[str, str] = {}
-    annotations: dict[str, str] = {}
-    starts_at = None
+    refs = {"dedup_key": dedup, "event_action": req.event_action}
+    if req.event_action == "acknowledge":
+        refs["state"] = "acknowledged"
     p = req.payload
-    if p is not None:
-        if isinstance(p.custom_details, dict):
-            labels.update(
-                {
-                    k: v
-                    for k, v in p.custom_details.items()
-                    if isinstance(k, str)
-                    and k not in _AM_DETAIL_KEYS
-                    and isinstance(v, str)
-                    and v
-                    and "\n" not in v
-                    and _LABEL_NAME.fullmatch(k)
-                }
+    status: Status = "resolved" if req.event_action == "resolve" else "firing"
+    actionable = req.event_action != "acknowledge"
+    if p is None:
+        return [
+            Alert(
+                source="events_v2",
+                fingerprint=_fingerprint(dedup),
+                status=status,
+                labels=freeze({"dedup_key": dedup}),
+                generator_url=req.client_url or "",
+                refs=freeze({**refs, "labels_from": "trigger"}),
+                actionable=actionable,
             )
-        labels.update(_am_labels(p.custom_details))
-        for key, value in (
-            ("severity", p.severity),
-            ("source", p.source),
-            ("component", p.component),
-            ("group", p.group),
-            ("class", p.class_),
-        ):
-            if value:
-                labels.setdefault(key, value)
-        labels.setdefault("alertname", p.class_ or p.summary)
-        annotations["summary"] = p.summary
-        starts_at = p.timestamp.astimezone(UTC) if p.timestamp else None
-    labels["dedup_key"] = dedup
-    del now
-    return [
-        Alert(
-            source="events_v2",
-            fingerprint=hashlib.sha256(f"events_v2:{dedup}".encode()).hexdigest()[:16],
-            status="resolved" if req.event_action == "resolve" else "firing",
-            labels=freeze(labels),
-            annotations=freeze(annotations),
-            starts_at=starts_at,
-            generator_url=req.client_url or "",
-            refs=freeze({"dedup_key": dedup, "event_action": req.event_action}),
-            actionable=req.event_action != "acknowledge",
+        ]
+    starts_at = p.timestamp.astimezone(UTC) if p.timestamp else None
+    instances = am_instances(p.custom_details)
+    if not instances:
+        labels = _with_payload_fields(_group_labels(p), p)
+        labels["dedup_key"] = dedup
+        return [
+            Alert(
+                source="events_v2",
+                fingerprint=_fingerprint(dedup),
+                status=status,
+                labels=freeze(labels),
+                annotations=freeze({"summary": p.summary}),
+                starts_at=starts_at,
+                generator_url=req.client_url or "",
+                refs=freeze(refs),
+                actionable=actionable,
+            )
+        ]
+    alerts = []
+    for instance in instances:
+        labels = _with_payload_fields(dict(instance.labels), p)
+        labels["dedup_key"] = dedup
+        annotations = {"summary": p.summary, **instance.annotations}
+        alerts.append(
+            Alert(
+                source="events_v2",
+                fingerprint=_fingerprint(dedup, instance.labels),
+                # A resolve closes every listed alert; a trigger lists the
+                # group's resolved alerts next to the firing ones.
+                status="resolved" if status == "resolved" else instance.status,
+                labels=freeze(labels),
+                annotations=freeze(annotations),
+                starts_at=starts_at,
+                generator_url=instance.generator_url or req.client_url or "",
+                refs=freeze({**refs, "group_size": str(len(instances))}),
+                actionable=actionable,
+            )
         )
-    ]
+    return alerts

@@ -1,22 +1,43 @@
-"""PagerDuty V3 webhooks into alerts.
+"""PagerDuty V3 webhooks into alerts (incident events) or recorded events (the rest).
 
+A correctly signed delivery is never refused for its content: PagerDuty treats a
+4xx as permanent and disables a subscription that keeps failing, which would also
+drop its ``incident.triggered`` deliveries. So only the envelope (``event.id``,
+``event.event_type``) is required; every other field may be missing, ``null``
+(PagerDuty documents ``"summary": null`` references) or of a type this receiver
+does not know, and is then simply not used.
+
+Incident events (``event_type`` ``incident.*``) become one alert for the incident:
 ``incident.triggered``, ``.reopened``, ``.escalated`` and ``.priority_updated`` are
-firing; ``incident.resolved`` is resolved; ``incident.acknowledged`` and
-``incident.annotated`` (and other incident events) are recorded but never run
-playbooks. Labels (documented in the README): ``alertname`` (the incident title,
-or the field named by settings), ``service``, ``service_id``, ``priority``,
-``urgency``, ``incident_key``, ``incident_id``, ``incident_number``,
-``incident_status``, ``event_type``, ``escalation_policy``.
+firing; ``incident.resolved`` is resolved; ``incident.acknowledged`` is recorded as
+acknowledged; the other incident events (notes, custom fields, tasks, responders,
+...) are recorded but never run playbooks. Everything else (``service.*``,
+``pagey.ping``, event types added later) is a recorded *event*, not an alert: it is
+stored and listed, but not decided and not counted as an alert.
+
+Labels (documented in the README): ``alertname`` (the incident title, or the field
+named by settings), ``service``, ``service_id``, ``priority``, ``urgency``,
+``incident_key``, ``incident_id``, ``incident_number``, ``incident_status``,
+``event_type``, ``escalation_policy``.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from receiver.model import Alert, Status, freeze
+from receiver.sources.wire import Timestamp
 
 FIRING = {
     "incident.triggered",
@@ -25,14 +46,35 @@ FIRING = {
     "incident.priority_updated",
 }
 RESOLVED = {"incident.resolved"}
+ACKNOWLEDGED = {"incident.acknowledged"}
+
+
+def _text(value: Any) -> Any:
+    """``null`` (documented for some references) reads as the empty string."""
+    return "" if value is None else value
+
+
+NullableStr = Annotated[str, BeforeValidator(_text)]
+
+
+def _or_none(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """A value that does not parse is treated as absent, never as an error."""
+    try:
+        return handler(value)
+    except ValidationError:
+        return None
+
+
+# Out of range (``Timestamp``) reads as absent too: a signed delivery is kept.
+LenientTime = Annotated[Timestamp | None, WrapValidator(_or_none)]
 
 
 class Reference(BaseModel):
-    """A PagerDuty ``*_reference`` object."""
+    """A PagerDuty ``*_reference`` object (``summary`` may be ``null``)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
-    id: str = ""
-    summary: str = ""
+    id: NullableStr = ""
+    summary: NullableStr = ""
     html_url: str | None = None
 
 
@@ -40,32 +82,37 @@ class IncidentData(BaseModel):
     """``event.data`` for incident events (and the note for ``annotated``)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
-    id: str = ""
-    type: str = ""
+    id: NullableStr = ""
+    type: NullableStr = ""
     number: int | None = None
-    status: str = ""
+    status: NullableStr = ""
     incident_key: str | None = None
-    created_at: datetime | None = None
-    title: str = ""
-    html_url: str = ""
-    urgency: str = ""
+    created_at: Timestamp | None = None
+    title: NullableStr = ""
+    html_url: NullableStr = ""
+    urgency: NullableStr = ""
     service: Reference | None = None
     priority: Reference | None = None
     escalation_policy: Reference | None = None
-    incident: Reference | None = None  # incident.annotated carries the note
-    content: str = ""
+    incident: Reference | None = None  # the incident, for notes, tasks, fields, ...
+    content: NullableStr = ""
 
 
 class Event(BaseModel):
-    """The ``event`` envelope of a V3 webhook."""
+    """The ``event`` envelope of a V3 webhook; ``data`` is read separately."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
     id: str = Field(min_length=1)
     event_type: str = Field(min_length=1)
-    resource_type: str = ""
-    occurred_at: datetime
-    agent: Reference | None = None
-    data: IncidentData = Field(default_factory=IncidentData)
+    resource_type: NullableStr = ""
+    occurred_at: LenientTime = None
+    agent: Annotated[Reference | None, WrapValidator(_or_none)] = None
+    data: Any = None
+
+    @property
+    def is_incident(self) -> bool:
+        """Whether the event is about an incident (and so becomes an alert)."""
+        return self.event_type.startswith("incident.")
 
 
 class Webhook(BaseModel):
@@ -75,18 +122,63 @@ class Webhook(BaseModel):
     event: Event
 
 
+def _lenient(model: type[BaseModel], data: Any) -> Any:
+    """``data`` as ``model`` where it fits; what does not fit is left out."""
+    if not isinstance(data, dict):
+        return model()
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+        kept = {k: v for k, v in data.items() if k not in bad}
+        try:
+            return model.model_validate(kept)
+        except ValidationError:
+            return model()
+
+
+def parse(data: Any) -> Event:
+    """The envelope of a decoded V3 webhook body (``InputError`` if it is none)."""
+    from receiver.sources import validate  # noqa: PLC0415 (avoid an import cycle)
+
+    webhook: Webhook = validate(Webhook, data, "PagerDuty webhook")
+    return webhook.event
+
+
+def _incident_ref(data: Any, inc: IncidentData) -> Reference | None:
+    if inc.incident is not None and inc.incident.id:
+        return inc.incident
+    # incident.role.assigned carries the incident inside each assignment.
+    assignments = (
+        data.get("incident_role_assignments") if isinstance(data, dict) else None
+    )
+    if isinstance(assignments, list):
+        for item in assignments:
+            if isinstance(item, dict):
+                ref: Reference = _lenient(Reference, item.get("incident"))
+                if ref.id:
+                    return ref
+    return None
+
+
 def to_alerts(
     data: Any, now: datetime, *, alertname_from: str = "title"
 ) -> list[Alert]:
-    """Validate a V3 webhook body and return its single alert."""
-    from receiver.sources import validate  # noqa: PLC0415 (avoid an import cycle)
+    """Validate a V3 webhook body: one alert for an incident event, else none."""
+    return alerts_of(parse(data), now, alertname_from=alertname_from)
 
-    del now
-    event = validate(Webhook, data, "PagerDuty webhook").event
-    inc = event.data
-    incident_id = inc.id if inc.type != "incident_note" else ""
-    if inc.incident is not None and inc.incident.id:
-        incident_id = inc.incident.id
+
+def alerts_of(
+    event: Event, now: datetime, *, alertname_from: str = "title"
+) -> list[Alert]:
+    """The alert an incident event is about; none for other events."""
+    if not event.is_incident:
+        return []
+    inc: IncidentData = _lenient(IncidentData, event.data)
+    ref = _incident_ref(event.data, inc)
+    incident_id = inc.id if inc.type in ("incident", "") else ""
+    if ref is not None:
+        incident_id = ref.id
     status: Status = "resolved" if event.event_type in RESOLVED else "firing"
     labels = {
         "event_type": event.event_type,
@@ -103,20 +195,23 @@ def to_alerts(
     }
     if inc.number is not None:
         labels["incident_number"] = str(inc.number)
-    title = inc.title or (inc.incident.summary if inc.incident else "")
+    title = inc.title or (ref.summary if ref else "")
     labels["alertname"] = labels.get(alertname_from) or title
     labels = {k: v for k, v in labels.items() if v}
     annotations = {"summary": title} if title else {}
     if inc.type == "incident_note" and inc.content:
         annotations["note"] = inc.content[:2000]
+    occurred = (event.occurred_at or now).astimezone(UTC)
     refs = {
         "incident_id": incident_id,
         "incident_url": inc.html_url
-        or (inc.incident.html_url if inc.incident and inc.incident.html_url else ""),
+        or (ref.html_url if ref is not None and ref.html_url else ""),
         "webhook_event_id": event.id,
         "agent": event.agent.summary if event.agent else "",
     }
-    started = inc.created_at or event.occurred_at
+    if event.event_type in ACKNOWLEDGED:
+        refs["state"] = "acknowledged"
+    started = inc.created_at.astimezone(UTC) if inc.created_at else occurred
     return [
         Alert(
             source="pagerduty",
@@ -124,8 +219,8 @@ def to_alerts(
             status=status,
             labels=freeze(labels),
             annotations=freeze(annotations),
-            starts_at=started.astimezone(UTC),
-            ends_at=event.occurred_at.astimezone(UTC) if status == "resolved" else None,
+            starts_at=started,
+            ends_at=occurred if status == "resolved" else None,
             generator_url=refs["incident_url"],
             refs=freeze({k: v for k, v in refs.items() if v}),
             actionable=event.event_type in FIRING | RESOLVED,

@@ -101,6 +101,81 @@ class DecisionQuery:
     payload_id: str | None = None
     since: datetime | None = None
     limit: int = 100
+    # Opaque: the ``next_cursor`` of the previous page; records older than it.
+    cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class DecisionPage:
+    """One page of decision records, newest first, as stored JSON text.
+
+    Kept as text so the API answers without decoding and re-encoding them;
+    ``next_cursor`` is None on the last page.
+    """
+
+    records: list[str]
+    next_cursor: str | None = None
+
+    def items(self) -> list[dict[str, Any]]:
+        """The records decoded."""
+        import json  # noqa: PLC0415 (only callers that decode need it)
+
+        return [json.loads(r) for r in self.records]
+
+
+# A label or annotation value at least this long is stored once per record, under
+# ``labels``/``annotations``; the steps that rendered it refer to it by name.
+LONG_VALUE = 64
+_COMPACTED_MATCH_FIELDS = ("description", "notes")
+
+
+def compact_record(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A decision record with long alert values written once, not once per step.
+
+    Every templated step repeats the values it rendered (target, reason, the
+    request it sent): a 1 KiB label in ten steps is stored ten times. Here each
+    occurrence inside a match's steps becomes ``{labels.NAME}`` (or
+    ``{annotations.NAME}``), the placeholder it was rendered from, and the
+    record says so with ``"values_by_reference": true``. Short values and
+    records without long values are returned as they are.
+    """
+    long_values = sorted(
+        (
+            (value, f"{{{where}.{name}}}")
+            for where in ("labels", "annotations")
+            for name, value in (record.get(where) or {}).items()
+            if isinstance(value, str) and len(value) >= LONG_VALUE
+        ),
+        key=lambda pair: len(pair[0]),
+        reverse=True,
+    )
+    if not long_values or not record.get("matches"):
+        return record
+
+    def swap(item: Any) -> Any:
+        if isinstance(item, str):
+            for value, ref in long_values:
+                if value in item:
+                    item = item.replace(value, ref)
+            return item
+        if isinstance(item, dict):
+            return {k: swap(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [swap(v) for v in item]
+        return item
+
+    matches = [
+        {
+            **match,
+            "steps": swap(match.get("steps", [])),
+            **{k: swap(match[k]) for k in _COMPACTED_MATCH_FIELDS if k in match},
+        }
+        for match in record["matches"]
+    ]
+    out = dict(record)
+    out["matches"] = matches
+    out["values_by_reference"] = True
+    return out
 
 
 def decision_matches(record: Mapping[str, Any], query: DecisionQuery) -> bool:
@@ -325,8 +400,10 @@ class Journal(Protocol):
         """One stored payload."""
         ...
 
-    async def payloads(self, limit: int = 100) -> list[JournalEntry]:
-        """Stored payloads, newest first."""
+    async def payloads(
+        self, limit: int = 100, *, before: str | None = None
+    ) -> list[JournalEntry]:
+        """Stored payloads, newest first; with ``before``, those older than that id."""
         ...
 
     async def pending(self) -> tuple[int, datetime | None]:
@@ -361,7 +438,11 @@ class DecisionLog(Protocol):
         ...
 
     async def decisions(self, query: DecisionQuery) -> list[dict[str, Any]]:
-        """Decision records, newest first, filtered."""
+        """Decision records, newest first, filtered (one page, decoded)."""
+        ...
+
+    async def decision_page(self, query: DecisionQuery) -> DecisionPage:
+        """One page of decision records for the API, never blocking the journal."""
         ...
 
 
@@ -497,8 +578,18 @@ class Approvals(Protocol):
         """Move a pending approval to a final status; None if not pending."""
         ...
 
-    async def approvals(self, status: str | None = None) -> list[Approval]:
-        """Approvals, newest first."""
+    async def approvals(
+        self,
+        status: str | None = None,
+        *,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[Approval]:
+        """Approvals, newest first; with ``before``, those older than that id."""
+        ...
+
+    async def expire_approvals(self, now: datetime) -> int:
+        """Mark pending approvals past their expiry ``expired``; return how many."""
         ...
 
 

@@ -63,7 +63,9 @@ delivery ids (``seen``) use a plain Redis TTL: no guard reads them.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -75,7 +77,7 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from receiver.errors import StoreUnavailableError
+from receiver.errors import InputError, StoreUnavailableError
 from receiver.model import Source
 from receiver.store.base import (
     AlertState,
@@ -84,6 +86,7 @@ from receiver.store.base import (
     Circuit,
     Claim,
     ClaimOutcome,
+    DecisionPage,
     DecisionQuery,
     JournalEntry,
     Lease,
@@ -109,6 +112,8 @@ APPROVALS_MAX = 1_000
 # refuses the 101st concurrent command with "Too many connections", which under
 # a burst of webhooks turned into 503s and retried, late decisions.
 MAX_CONNECTIONS = 64
+APPROVALS_PAGE = 100
+_CURSOR = re.compile(r"[0-9a-f]{32}")
 # Write refusals that mean "retry later", not "your request is wrong" (besides
 # OOM and READONLY, which redis-py raises as their own classes).
 _REFUSALS = ("MISCONF", "NOREPLICAS", "MASTERDOWN")
@@ -532,6 +537,64 @@ def _members(reply: Sequence[Any]) -> list[str]:
     return [_str(m) for m in reply]
 
 
+def _digest(line: bytes) -> str:
+    """A decision line's identity, for cursors."""
+    return hashlib.blake2b(line, digest_size=16).hexdigest()
+
+
+def _unfiltered(query: DecisionQuery) -> bool:
+    return not (
+        query.fingerprint
+        or query.payload_id
+        or query.since
+        or query.rule
+        or query.playbook
+        or query.decision
+    )
+
+
+class _Picker:
+    """Which stored decision lines a page takes: after the cursor, filtered."""
+
+    def __init__(self, query: DecisionQuery) -> None:
+        self.query = query
+        self.seeking = query.cursor
+        self.plain = _unfiltered(query)
+        self.needles = _needles(query)
+        self.last = b""
+
+    def __call__(self, raw: bytes) -> str | None:
+        """The record's JSON text if the page takes it, else None."""
+        if self.seeking is not None:
+            if _digest(raw) == self.seeking:
+                self.seeking = None
+            return None
+        # Decode only lines holding every filtered value: a read must not spend
+        # the event loop decoding the whole list.
+        if not all(n in raw for n in self.needles):
+            return None
+        text = raw[14:].decode()
+        if not self.plain and not decision_matches(json.loads(text), self.query):
+            return None
+        return text
+
+
+def _needles(query: DecisionQuery) -> list[bytes]:
+    """Bytes a stored line must contain to pass ``query``.
+
+    Records are compact, ASCII-escaped JSON, as ``complete`` and ``record`` write
+    them, so a filtered value appears exactly like this in a matching line.
+    """
+    fields = (
+        ("fingerprint", query.fingerprint),
+        ("payload_id", query.payload_id),
+        ("rule", query.rule),
+        ("playbook", query.playbook),
+        ("decision", query.decision),
+    )
+    return [f'"{name}":{json.dumps(value)}'.encode() for name, value in fields if value]
+
+
 def _record_time(record: Mapping[str, Any]) -> int:
     """When a decision was made (epoch ms), for pruning by age."""
     decided = record.get("decided_at")
@@ -942,11 +1005,21 @@ class RedisStore:
             fields = await self._redis.hgetall(self._key("payload", entry_id))
         return self._entry(entry_id, _hash(fields)) if fields else None
 
-    async def payloads(self, limit: int = 100) -> list[JournalEntry]:  # noqa: D102
+    async def payloads(  # noqa: D102
+        self, limit: int = 100, *, before: str | None = None
+    ) -> list[JournalEntry]:
         if limit <= 0:
             return []
         with self._reachable("list payloads"):
-            ids = _members(await self._redis.zrevrange(self._payloads, 0, limit - 1))
+            start = 0
+            if before is not None:
+                rank = await self._redis.zrevrank(self._payloads, before)
+                if rank is None:
+                    return []  # the cursor's payload was pruned
+                start = cast("int", rank) + 1
+            ids = _members(
+                await self._redis.zrevrange(self._payloads, start, start + limit - 1)
+            )
             pipe = self._redis.pipeline(transaction=False)
             for entry_id in ids:
                 pipe.hgetall(self._key("payload", entry_id))
@@ -958,23 +1031,41 @@ class RedisStore:
         ]
 
     async def decisions(self, query: DecisionQuery) -> list[dict[str, Any]]:  # noqa: D102
-        out: list[dict[str, Any]] = []
+        return (await self.decision_page(query)).items()
+
+    async def decision_page(self, query: DecisionQuery) -> DecisionPage:
+        """Scan the newest ``DECISION_SCAN`` records in chunks (each one command).
+
+        The cursor is a digest of the last record returned: new records arrive
+        at the head, so the next page starts just after that record wherever
+        it now is. A cursor whose record was pruned ends the listing.
+        """
+        if query.cursor is not None and not _CURSOR.fullmatch(query.cursor):
+            raise InputError(
+                f"cursor {query.cursor[:40]!r} is not one this receiver issued; "
+                "pass next_cursor from the previous page"
+            )
+        out: list[str] = []
         if query.limit <= 0:
-            return out
+            return DecisionPage(out)
+        pick = _Picker(query)
         with self._reachable("read decisions"):
             for start in range(0, DECISION_SCAN, DECISION_CHUNK):
                 chunk = await self._redis.lrange(
                     self._decisions, start, start + DECISION_CHUNK - 1
                 )
-                for raw in chunk:
-                    record = json.loads(raw[14:])
-                    if decision_matches(record, query):
-                        out.append(record)
-                        if len(out) >= query.limit:
-                            return out
+                for item in chunk:
+                    raw = item.encode() if isinstance(item, str) else item
+                    text = pick(raw)
+                    if text is None:
+                        continue
+                    if len(out) == query.limit:
+                        return DecisionPage(out, _digest(pick.last))
+                    out.append(text)
+                    pick.last = raw
                 if len(chunk) < DECISION_CHUNK:
                     break
-        return out
+        return DecisionPage(out)
 
     async def pending(self) -> tuple[int, datetime | None]:  # noqa: D102
         with self._reachable("count unfinished entries"):
@@ -1366,24 +1457,69 @@ class RedisStore:
             )
         return self._approval(approval_id, _pairs(reply)) if reply else None
 
-    async def approvals(self, status: str | None = None) -> list[Approval]:  # noqa: D102
+    async def approvals(  # noqa: D102
+        self,
+        status: str | None = None,
+        *,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[Approval]:
+        found: list[Approval] = []
         with self._reachable("list approvals"):
+            start = 0
+            if before is not None:
+                rank = await self._redis.zrevrank(self._approvals, before)
+                if rank is None:
+                    return []  # the cursor's approval expired and was dropped
+                start = cast("int", rank) + 1
+            while len(found) < limit and start < APPROVALS_MAX:
+                ids = _members(
+                    await self._redis.zrevrange(
+                        self._approvals, start, start + APPROVALS_PAGE - 1
+                    )
+                )
+                if not ids:
+                    break
+                start += len(ids)
+                pipe = self._redis.pipeline(transaction=False)
+                for approval_id in ids:
+                    pipe.hgetall(self._key("approval", approval_id))
+                replies = await pipe.execute()
+                gone = [i for i, fields in zip(ids, replies, strict=True) if not fields]
+                if gone:
+                    await self._redis.zrem(self._approvals, *gone)
+                    start -= len(gone)
+                for approval_id, fields in zip(ids, replies, strict=True):
+                    if not fields:
+                        continue
+                    approval = self._approval(approval_id, _hash(fields))
+                    if status is None or approval.status == status:
+                        found.append(approval)
+        return found[:limit]
+
+    async def expire_approvals(self, now: datetime) -> int:  # noqa: D102
+        expired = 0
+        with self._reachable("expire approvals"):
             ids = _members(
-                await self._redis.zrevrange(self._approvals, 0, APPROVALS_MAX - 1)
+                await self._redis.zrangebyscore(
+                    self._approvals, "-inf", "+inf", start=0, num=APPROVALS_MAX
+                )
             )
             pipe = self._redis.pipeline(transaction=False)
             for approval_id in ids:
-                pipe.hgetall(self._key("approval", approval_id))
+                pipe.hmget(self._key("approval", approval_id), "status", "expires_at")
             replies = await pipe.execute()
-            gone = [i for i, fields in zip(ids, replies, strict=True) if not fields]
-            if gone:
-                await self._redis.zrem(self._approvals, *gone)
-        found = (
-            self._approval(i, _hash(fields))
-            for i, fields in zip(ids, replies, strict=True)
-            if fields
-        )
-        return [a for a in found if status is None or a.status == status]
+            for approval_id, (state, expires) in zip(ids, replies, strict=True):
+                if state != b"pending" or expires is None:
+                    continue
+                if datetime.fromisoformat(_str(expires)) > now:
+                    continue
+                reply = await self._decide_approval_script(
+                    keys=[self._key("approval", approval_id)],
+                    args=["expired", "receiver", _iso(now)],
+                )
+                expired += 1 if reply else 0
+        return expired
 
     async def _forget_expired_approvals(self, ids: Sequence[str]) -> None:
         """Drop index entries whose approval expired (approvals have TTLs)."""

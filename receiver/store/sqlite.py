@@ -14,6 +14,7 @@ are reclaimed too. Several replicas need the Redis store.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import sqlite3
@@ -24,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from receiver.errors import StoreUnavailableError
+from receiver.errors import InputError, StoreUnavailableError
 from receiver.model import iso
 from receiver.store.base import (
     AlertState,
@@ -33,6 +34,7 @@ from receiver.store.base import (
     Circuit,
     Claim,
     ClaimOutcome,
+    DecisionPage,
     DecisionQuery,
     JournalEntry,
     Lease,
@@ -40,7 +42,6 @@ from receiver.store.base import (
     ParkedEntry,
     Pause,
     Retention,
-    decision_matches,
     newer_state,
 )
 
@@ -75,6 +76,22 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_fp ON decisions(fingerprint, seq);
 CREATE INDEX IF NOT EXISTS decisions_payload ON decisions(payload_id);
+CREATE INDEX IF NOT EXISTS decisions_time ON decisions(decided_at);
+-- What the API filters on inside a record (rule, playbook, step decision), one
+-- row per distinct value, kept by triggers so no writer has to know.
+CREATE TABLE IF NOT EXISTS decision_index (
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (kind, value, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS decision_index_seq ON decision_index(seq);
+CREATE TRIGGER IF NOT EXISTS decisions_tag AFTER INSERT ON decisions BEGIN
+{TAG_INSERTS}
+END;
+CREATE TRIGGER IF NOT EXISTS decisions_untag AFTER DELETE ON decisions BEGIN
+    DELETE FROM decision_index WHERE seq = OLD.seq;
+END;
 CREATE TABLE IF NOT EXISTS alert_state (
     fingerprint TEXT PRIMARY KEY,
     status TEXT NOT NULL,
@@ -124,7 +141,86 @@ CREATE TABLE IF NOT EXISTS approvals (
     decided_by TEXT NOT NULL DEFAULT '',
     decided_at TEXT
 );
+CREATE INDEX IF NOT EXISTS approvals_listed ON approvals(created_at, id);
+CREATE INDEX IF NOT EXISTS approvals_expiry ON approvals(status, expires_at);
 """
+
+
+def _tag_inserts(record: str, seq: str) -> str:
+    """SQL filing a record's rules, playbooks and step decisions under ``seq``."""
+    # A record SQLite cannot parse (NaN) is filed under nothing, never refused.
+    doc = f"CASE WHEN json_valid({record}) THEN {record} ELSE '{{}}' END"
+    matches = f"json_each({doc}, '$.matches') AS m"
+    insert = "INSERT OR IGNORE INTO decision_index (kind, value, seq)"
+    rule = (
+        f"{insert} SELECT 'rule', json_extract(m.value, '$.rule'), {seq} "  # noqa: S608 (fixed fragments)
+        f"FROM {matches} WHERE json_type(m.value, '$.rule') = 'text';"
+    )
+    playbook = (
+        f"{insert} SELECT 'playbook', json_extract(m.value, '$.playbook'), {seq} "  # noqa: S608
+        f"FROM {matches} WHERE json_type(m.value, '$.playbook') = 'text';"
+    )
+    decision = (
+        f"{insert} SELECT 'decision', json_extract(st.value, '$.decision'), {seq} "  # noqa: S608
+        f"FROM {matches}, json_each(m.value, '$.steps') AS st "
+        "WHERE json_type(st.value, '$.decision') = 'text';"
+    )
+    return f"{rule}\n{playbook}\n{decision}"
+
+
+SCHEMA = SCHEMA.replace("{TAG_INSERTS}", _tag_inserts("NEW.record", "NEW.seq"))
+# Bumped when an index must be filled for rows written before it existed.
+SCHEMA_VERSION = 1
+TAG_KINDS = ("rule", "playbook", "decision")
+
+
+def _decision_sql(query: DecisionQuery) -> tuple[str, list[Any]]:
+    """The SQL for one page of ``query``: every filter on an index."""
+    joins: list[str] = []
+    where: list[str] = []
+    args: list[Any] = []
+    order = "d.seq"
+    for kind in TAG_KINDS:
+        value = getattr(query, kind)
+        if value:
+            alias = f"t_{kind}"
+            joins.append(
+                f"JOIN decision_index {alias} ON {alias}.seq = d.seq "
+                f"AND {alias}.kind = '{kind}' AND {alias}.value = ?"
+            )
+            args.append(value)
+            if order == "d.seq":
+                order = f"{alias}.seq"  # walk the first tag's index, newest first
+    if query.fingerprint:
+        where.append("d.fingerprint = ?")
+        args.append(query.fingerprint)
+    if query.payload_id:
+        where.append("d.payload_id = ?")
+        args.append(query.payload_id)
+    if query.since:
+        since = iso(query.since) or ""
+        # Walk only from the first record decided since then (an index search),
+        # not the whole log newest first.
+        where.append(
+            "d.decided_at >= ? AND d.seq >= "
+            "(SELECT coalesce(min(seq), 1 << 62) FROM decisions "
+            "INDEXED BY decisions_time WHERE decided_at >= ?)"
+        )
+        args += [since, since]
+    if query.cursor is not None:
+        if not query.cursor.isdigit() or len(query.cursor) > 18:
+            raise InputError(
+                f"cursor {query.cursor[:40]!r} is not one this receiver issued; "
+                "pass next_cursor from the previous page"
+            )
+        where.append(f"{order} < ?")
+        args.append(int(query.cursor))
+    sql = (
+        f"SELECT d.seq, d.record FROM decisions d {' '.join(joins)} "  # noqa: S608 (fixed fragments)
+        f"WHERE {' AND '.join(where) or '1=1'} ORDER BY {order} DESC LIMIT ?"
+    )
+    args.append(query.limit + 1)
+    return sql, args
 
 
 def _ts(value: str | None) -> datetime | None:
@@ -153,6 +249,7 @@ class SqliteStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._migrate()
         self._db.executescript(SCHEMA)
+        self._fill_indexes()
         # Single instance: whatever a previous process had claimed is ours now.
         # Only the process that decides (not an edge beside a live worker
         # process, ``reclaim=False``) may hand claims back.
@@ -166,6 +263,46 @@ class SqliteStore:
         # Group commit: calls queued while a batch is in its transaction.
         self._queue: list[_Call] = []
         self._flusher: asyncio.Task[None] | None = None
+        # API reads go through their own connection and thread (WAL lets them
+        # run beside the writer), so a slow query never delays a 202. An
+        # in-memory database cannot be shared: it reads through the writer.
+        self._reader: sqlite3.Connection | None = None
+        self._read_thread: concurrent.futures.ThreadPoolExecutor | None = None
+        if path != ":memory:":
+            self._reader = sqlite3.connect(
+                path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            self._reader.row_factory = sqlite3.Row
+            self._reader.execute("PRAGMA query_only=1")
+            self._read_thread = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="sqlite-read"
+            )
+
+    def _fill_indexes(self) -> None:
+        """Fill indexes added after rows were written (once per schema version)."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version >= SCHEMA_VERSION:
+            return
+        with contextlib.closing(self._db.cursor()) as cur:
+            cur.executescript(
+                "BEGIN IMMEDIATE;\nDELETE FROM decision_index;\n"
+                + "\n".join(
+                    stmt.replace(" FROM json_each(", " FROM decisions AS d, json_each(")
+                    for stmt in _tag_inserts("d.record", "d.seq").split("\n")
+                )
+                + f"\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;"
+            )
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read on the read connection (or the writer's, in memory)."""
+        if self._reader is None or self._read_thread is None:
+            return await self._run(fn)
+        reader = self._reader
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._read_thread, fn, reader)
+        except sqlite3.OperationalError as exc:
+            raise self._unavailable(exc) from exc
 
     def _migrate(self) -> None:
         """Add the columns a store file written by an older version lacks."""
@@ -246,6 +383,12 @@ class SqliteStore:
                     db.execute("SAVEPOINT call")
                     try:
                         value = fn(db)
+                        if isinstance(value, sqlite3.Cursor):
+                            # Closed here, under the lock (its rowcount stays
+                            # readable): a cursor let go of on the event loop's
+                            # thread resets its cached statement there, racing
+                            # the next transaction (SQLITE_MISUSE in bulk).
+                            value.close()
                     except sqlite3.OperationalError as exc:
                         db.execute("ROLLBACK TO call")
                         db.execute("RELEASE call")
@@ -503,42 +646,39 @@ class SqliteStore:
 
         return await self._run(read)
 
-    async def payloads(self, limit: int = 100) -> list[JournalEntry]:  # noqa: D102
+    async def payloads(  # noqa: D102
+        self, limit: int = 100, *, before: str | None = None
+    ) -> list[JournalEntry]:
         def read(db: sqlite3.Connection) -> list[JournalEntry]:
-            rows = db.execute(
-                "SELECT * FROM journal ORDER BY rowid DESC LIMIT ?", (limit,)
-            ).fetchall()
+            if before is None:
+                rows = db.execute(
+                    "SELECT * FROM journal ORDER BY rowid DESC LIMIT ?", (limit,)
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    "SELECT * FROM journal WHERE rowid < (SELECT rowid FROM journal "
+                    "WHERE id=?) ORDER BY rowid DESC LIMIT ?",
+                    (before, limit),
+                ).fetchall()
             return [self._entry(r) for r in rows]
 
-        return await self._run(read)
+        return await self._read(read)
 
     async def decisions(self, query: DecisionQuery) -> list[dict[str, Any]]:  # noqa: D102
-        def read(db: sqlite3.Connection) -> list[dict[str, Any]]:
-            where, args = ["1=1"], []
-            if query.fingerprint:
-                where.append("fingerprint=?")
-                args.append(query.fingerprint)
-            if query.payload_id:
-                where.append("payload_id=?")
-                args.append(query.payload_id)
-            if query.since:
-                where.append("decided_at>=?")
-                args.append(iso(query.since) or "")
-            out: list[dict[str, Any]] = []
-            cursor = db.execute(
-                f"SELECT record FROM decisions WHERE {' AND '.join(where)} "  # noqa: S608 (fixed fragments)
-                "ORDER BY seq DESC",
-                args,
-            )
-            for (record,) in cursor:
-                item = json.loads(record)
-                if decision_matches(item, query):
-                    out.append(item)
-                    if len(out) >= query.limit:
-                        break
-            return out
+        return (await self.decision_page(query)).items()
 
-        return await self._run(read)
+    async def decision_page(self, query: DecisionQuery) -> DecisionPage:  # noqa: D102
+        sql, args = _decision_sql(query)
+
+        def read(db: sqlite3.Connection) -> DecisionPage:
+            rows = db.execute(sql, args).fetchall()
+            more = len(rows) > query.limit
+            rows = rows[: query.limit]
+            return DecisionPage(
+                [r[1] for r in rows], str(rows[-1][0]) if more and rows else None
+            )
+
+        return await self._read(read)
 
     async def pending(self) -> tuple[int, datetime | None]:  # noqa: D102
         def read(db: sqlite3.Connection) -> tuple[int, datetime | None]:
@@ -951,20 +1091,44 @@ class SqliteStore:
 
         return await self._run(write)
 
-    async def approvals(self, status: str | None = None) -> list[Approval]:  # noqa: D102
+    async def approvals(  # noqa: D102
+        self,
+        status: str | None = None,
+        *,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[Approval]:
+        where, args = ["1=1"], []
+        if status:
+            where.append("status=?")
+            args.append(status)
+        if before is not None:
+            where.append(
+                "(created_at, id) < (SELECT created_at, id FROM approvals WHERE id=?)"
+            )
+            args.append(before)
+        sql = (
+            f"SELECT * FROM approvals WHERE {' AND '.join(where)} "  # noqa: S608 (fixed fragments)
+            "ORDER BY created_at DESC, id DESC LIMIT ?"
+        )
+
         def read(db: sqlite3.Connection) -> list[Approval]:
-            if status:
-                rows = db.execute(
-                    "SELECT * FROM approvals WHERE status=? ORDER BY created_at DESC",
-                    (status,),
-                ).fetchall()
-            else:
-                rows = db.execute(
-                    "SELECT * FROM approvals ORDER BY created_at DESC"
-                ).fetchall()
+            rows = db.execute(sql, (*args, limit)).fetchall()
             return [self._approval(r) for r in rows]
 
-        return await self._run(read)
+        return await self._read(read)
+
+    async def expire_approvals(self, now: datetime) -> int:  # noqa: D102
+        def write(db: sqlite3.Connection) -> int:
+            return int(
+                db.execute(
+                    "UPDATE approvals SET status='expired', decided_by='receiver', "
+                    "decided_at=? WHERE status='pending' AND expires_at <= ?",
+                    (now.isoformat(), now.isoformat()),
+                ).rowcount
+            )
+
+        return await self._run(write)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -979,5 +1143,13 @@ class SqliteStore:
         def close() -> None:
             with self._lock:
                 self._db.close()
+
+        if self._read_thread is not None and self._reader is not None:
+            reader = self._reader
+            await asyncio.get_running_loop().run_in_executor(
+                self._read_thread, reader.close
+            )
+            self._read_thread.shutdown(wait=False)
+            self._reader, self._read_thread = None, None
 
         await asyncio.to_thread(close)

@@ -24,7 +24,7 @@ from receiver.metrics import Metrics
 from receiver.model import iso
 from receiver.sources import parse_json
 from receiver.store.base import Pause, Store, new_id
-from receiver.web.auth import Authenticator
+from receiver.web.auth import Authenticator, require_scope
 
 log = structlog.get_logger("receiver.admin")
 
@@ -77,14 +77,14 @@ class Admin:
 
     async def get_pause(self, request: web.Request) -> web.Response:
         """GET /api/v1/pause."""
-        self._auth.check_header(request.headers.get("Authorization"))
+        require_scope(request, "read")
         pause = await self._store.pause()
         self._metrics.paused.set(1 if pause else 0)
         return web.json_response(pause.to_json() if pause else {"paused": False})
 
     async def post_pause(self, request: web.Request) -> web.Response:
         """POST /api/v1/pause: pause (or, with ``"paused": false``, resume)."""
-        self._auth.check_header(request.headers.get("Authorization"))
+        require_scope(request, "admin")
         data = await self._json(request)
         paused = data.get("paused", True)
         if not isinstance(paused, bool):
@@ -95,7 +95,7 @@ class Admin:
 
     async def delete_pause(self, request: web.Request) -> web.Response:
         """DELETE /api/v1/pause: resume remediations."""
-        self._auth.check_header(request.headers.get("Authorization"))
+        require_scope(request, "admin")
         by = " ".join(request.query.get("by", "api").split())[:_TEXT_MAX] or "api"
         reason = " ".join(request.query.get("reason", "").split())[:_TEXT_MAX]
         return await self.switch(paused=False, by=by, reason=reason)
@@ -131,7 +131,7 @@ class Admin:
 
     async def parked(self, request: web.Request) -> web.Response:
         """GET /api/v1/parked."""
-        self._auth.check_header(request.headers.get("Authorization"))
+        require_scope(request, "read")
         try:
             limit = int(request.query.get("limit", "100"))
         except ValueError as exc:
@@ -147,7 +147,7 @@ class Admin:
 
     async def retry(self, request: web.Request) -> web.Response:
         """POST /api/v1/parked/{id}/retry: back in the queue, attempts reset."""
-        self._auth.check_header(request.headers.get("Authorization"))
+        require_scope(request, "admin")
         entry_id = request.match_info["id"]
         if not await self._store.retry_parked(entry_id, self._clock()):
             raise web.HTTPNotFound(text=f"no parked entry {entry_id!r}")

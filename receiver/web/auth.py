@@ -1,10 +1,30 @@
-"""Credential checks for the edge, all in constant time.
+"""Credential checks for the edge, all in constant time, most before any body.
 
-Alertmanager and the API: any configured bearer token, or the configured basic
-credentials. PagerDuty V3: ``X-PagerDuty-Signature`` with one or more
-``v1=<hex HMAC-SHA256 of the raw body>``, valid if any matches any secret.
-Events v2: the ``routing_key`` must be configured. An unconfigured mechanism is
-open only while the receiver listens on loopback (``Settings.check_safe``).
+Who may do what is a *scope* carried by the credential:
+
+==========  =====================================================================
+scope       lets the caller
+==========  =====================================================================
+webhook     POST /webhooks/alertmanager
+read        GET /api/v1/*, and dry-run replays (they change nothing)
+replay      POST /api/v1/replay with ``"execute": true``
+approve     POST /api/v1/approvals/{id}, POST /api/v1/incidents/{id}/{action}
+admin       POST /-/reload, the admin endpoints (pause, reset): ``require_scope``
+==========  =====================================================================
+
+``auth_tokens`` and ``basic_auth`` carry webhook and read (so an Alertmanager
+token can never approve or execute); ``read_tokens`` read; ``replay_tokens``,
+``approve_tokens`` and ``admin_tokens`` carry their scope plus read.
+
+PagerDuty V3: ``X-PagerDuty-Signature`` with one or more ``v1=<hex HMAC-SHA256
+of the raw body>`` (entries of other versions are ignored, as PagerDuty
+documents); its presence and format are checked before the body is read, the
+HMAC after. Events v2: the ``routing_key`` in the body must be configured.
+
+With no credential configured at all, a receiver on loopback is open (local
+trials); beyond loopback it refuses to start (``Settings.check_safe``). On
+loopback, a webhook mechanism or the read scope with no credential of its own is
+open too; replay, approve and admin never are once any credential exists.
 """
 
 from __future__ import annotations
@@ -14,12 +34,72 @@ import binascii
 import hashlib
 import hmac
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal, get_args
 
+from aiohttp import web
 from pydantic import SecretStr
 
 from receiver.errors import AuthError, ForbiddenError, InputError
+from receiver.settings import Settings
 
-_SIG_PART = re.compile(r"^v1=([0-9a-fA-F]{64})$")
+Scope = Literal["webhook", "read", "replay", "approve", "admin"]
+SCOPES: tuple[Scope, ...] = get_args(Scope)
+# Scopes a caller gets on loopback when no credential carries them; the others
+# stay closed as soon as any credential is configured.
+_OPEN_ON_LOOPBACK: frozenset[Scope] = frozenset({"webhook", "read"})
+_SETTING = {
+    "webhook": "RECEIVER_AUTH_TOKENS (or RECEIVER_BASIC_AUTH)",
+    "read": "RECEIVER_READ_TOKENS (or RECEIVER_AUTH_TOKENS)",
+    "replay": "RECEIVER_REPLAY_TOKENS",
+    "approve": "RECEIVER_APPROVE_TOKENS",
+    "admin": "RECEIVER_ADMIN_TOKENS",
+}
+
+
+@dataclass(frozen=True)
+class Credential:
+    """One accepted secret and the scopes it grants."""
+
+    secret: bytes
+    scopes: frozenset[Scope]
+
+
+def scoped(secrets: Iterable[SecretStr], *scopes: Scope) -> list[Credential]:
+    """Credentials for ``secrets``, each granting ``scopes``."""
+    return [
+        Credential(s.get_secret_value().encode(), frozenset(scopes)) for s in secrets
+    ]
+
+
+_SIG_V1 = re.compile(r"^v1=([0-9a-fA-F]{64})$")
+_SIG_ANY = re.compile(r"^[A-Za-z0-9]+=\S+$")
+
+
+def _v1_signatures(header: str) -> list[bytes]:
+    """The ``v1`` entries of a signature header, lower-case hex.
+
+    PagerDuty: "select only signatures which are version v1"; entries of later
+    versions (``v2=...``) sit next to them and are ignored.
+    """
+    given = []
+    for raw in header.split(",")[:16]:
+        part = raw.strip()
+        found = _SIG_V1.match(part)
+        if found is not None:
+            given.append(found.group(1).lower().encode())
+        elif part.startswith("v1=") or not _SIG_ANY.match(part):
+            raise InputError(
+                "malformed X-PagerDuty-Signature: expected comma-separated "
+                "<version>=<signature> entries, e.g. v1=<64 hex digits>"
+            )
+    if not given:
+        raise InputError(
+            "X-PagerDuty-Signature has no v1=<64 hex digits> entry; this "
+            "receiver verifies v1 signatures"
+        )
+    return given
 
 
 class Authenticator:
@@ -27,59 +107,129 @@ class Authenticator:
 
     def __init__(
         self,
-        tokens: list[SecretStr],
-        basic: SecretStr | None,
+        tokens: list[Credential],
+        basic: Credential | None,
         pagerduty_secrets: list[SecretStr],
         routing_keys: list[SecretStr],
         *,
-        open_when_unset: bool,
+        loopback: bool,
     ) -> None:
-        self._tokens = [t.get_secret_value().encode() for t in tokens]
-        self._basic = basic.get_secret_value().encode() if basic else None
+        self._tokens = tokens
+        self._basic = basic
         self._pd = [s.get_secret_value().encode() for s in pagerduty_secrets]
         self._keys = [k.get_secret_value().encode() for k in routing_keys]
-        self._open = open_when_unset
+        self._loopback = loopback
+        self._no_credentials = not (tokens or basic or self._pd or self._keys)
 
-    def check_header(self, authorization: str | None) -> None:
-        """Bearer or basic credentials for Alertmanager webhooks and the API."""
-        if not self._tokens and self._basic is None:
-            if self._open:
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Authenticator:
+        """The authenticator the settings describe (scopes as in the docstring)."""
+        tokens = [
+            *scoped(settings.auth_tokens, "webhook", "read"),
+            *scoped(settings.read_tokens, "read"),
+            *scoped(settings.replay_tokens, "read", "replay"),
+            *scoped(settings.approve_tokens, "read", "approve"),
+            *scoped(settings.admin_tokens, "read", "admin"),
+        ]
+        basic = (
+            scoped([settings.basic_auth], "webhook", "read")[0]
+            if settings.basic_auth is not None
+            else None
+        )
+        return cls(
+            tokens,
+            basic,
+            settings.pagerduty_secrets,
+            settings.routing_keys,
+            loopback=settings.loopback_only,
+        )
+
+    def _open(self, scope: Scope | None) -> bool:
+        """Whether a mechanism without credentials of its own is open."""
+        if not self._loopback:
+            return False
+        return self._no_credentials or scope is None or scope in _OPEN_ON_LOOPBACK
+
+    def _configured(self, scope: Scope) -> bool:
+        return any(scope in t.scopes for t in self._tokens) or (
+            self._basic is not None and scope in self._basic.scopes
+        )
+
+    def require(self, authorization: str | None, scope: Scope) -> None:
+        """Bearer or basic credentials that carry ``scope``.
+
+        Raises:
+            AuthError: 401 when credentials are missing or malformed.
+            ForbiddenError: 403 when they match nothing or lack ``scope``.
+        """
+        if not self._configured(scope):
+            if self._open(scope):
                 return
             raise ForbiddenError(
-                "this endpoint is disabled: no credentials are configured; set "
-                "RECEIVER_AUTH_TOKENS or RECEIVER_BASIC_AUTH"
+                f"this endpoint needs a credential with the {scope!r} scope and "
+                f"none is configured; set {_SETTING[scope]}"
             )
+        granted = self._granted(authorization)
+        if scope not in granted:
+            raise ForbiddenError(
+                f"this credential lacks the {scope!r} scope (it has "
+                f"{', '.join(sorted(granted))}); use a token from {_SETTING[scope]}"
+            )
+
+    def _granted(self, authorization: str | None) -> frozenset[Scope]:
+        """The scopes of the credentials in an Authorization header."""
         if not authorization:
             raise AuthError(
                 "missing Authorization header; send 'Bearer <token>' (Alertmanager "
                 "http_config.authorization) or basic credentials (basic_auth)"
             )
+        if not authorization.isascii():
+            raise AuthError(
+                "the Authorization header holds non-ASCII bytes; send "
+                "'Bearer <token>' or 'Basic <base64>'"
+            )
         scheme, _, value = authorization.partition(" ")
         value = value.strip()
-        ok = False
+        granted: frozenset[Scope] = frozenset()
+        matched = False
         if scheme.lower() == "bearer":
             given = value.encode()
             # Compare against every token so timing does not tell which matched.
             for token in self._tokens:
-                ok |= hmac.compare_digest(given, token)
-        elif scheme.lower() == "basic" and self._basic is not None:
+                ok = hmac.compare_digest(given, token.secret)
+                matched |= ok
+                granted |= token.scopes if ok else frozenset()
+        elif scheme.lower() == "basic" and (self._basic is not None or self._tokens):
             try:
                 given = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
                 raise AuthError("malformed basic credentials") from None
-            ok = hmac.compare_digest(given, self._basic)
+            if self._basic is not None:
+                matched = hmac.compare_digest(given, self._basic.secret)
+                granted = self._basic.scopes if matched else frozenset()
+            # A browser can only send basic credentials: any user name with a
+            # bearer token as the password carries that token's scopes.
+            _, sep, password = given.partition(b":")
+            for token in self._tokens:
+                ok = bool(sep) and hmac.compare_digest(password, token.secret)
+                matched |= ok
+                granted |= token.scopes if ok else frozenset()
         else:
             raise AuthError(
-                f"unsupported Authorization scheme {scheme!r}; use Bearer or Basic"
+                f"unsupported Authorization scheme {scheme[:20]!r}; use Bearer or Basic"
             )
-        if not ok:
+        if not matched:
             raise ForbiddenError("credentials not accepted")
+        return granted
 
-    def check_signature(self, header: str | None, body: bytes) -> None:
-        """Verify a PagerDuty V3 signature header against every secret."""
+    def signature_parts(self, header: str | None) -> list[bytes]:
+        """Check a PagerDuty V3 signature header's presence and format, bodiless.
+
+        Returns the given signatures (empty when the mechanism is open).
+        """
         if not self._pd:
-            if self._open:
-                return
+            if self._open(None):
+                return []
             raise ForbiddenError(
                 "PagerDuty webhooks are disabled: set RECEIVER_PAGERDUTY_SECRETS "
                 "to the subscription's signing secret"
@@ -89,15 +239,12 @@ class Authenticator:
                 "missing X-PagerDuty-Signature header; PagerDuty V3 webhooks are "
                 "signed, check the subscription"
             )
-        given = []
-        for part in header.split(","):
-            found = _SIG_PART.match(part.strip())
-            if found is None:
-                raise InputError(
-                    "malformed X-PagerDuty-Signature: expected comma-separated "
-                    "v1=<64 hex digits>"
-                )
-            given.append(found.group(1).lower().encode())
+        return _v1_signatures(header)
+
+    def check_signature(self, given: list[bytes], body: bytes) -> None:
+        """Verify signatures from ``signature_parts`` against every secret."""
+        if not self._pd:
+            return  # open (signature_parts refused otherwise)
         ok = False
         for secret in self._pd:
             expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
@@ -108,13 +255,17 @@ class Authenticator:
                 "X-PagerDuty-Signature does not match any configured secret"
             )
 
+    def routing_keys_open(self) -> None:
+        """Refuse Events v2 before reading a body when no key could match."""
+        if not self._keys and not self._open(None):
+            raise ForbiddenError("Events API v2 is disabled: set RECEIVER_ROUTING_KEYS")
+
     def check_routing_key(self, key: str) -> None:
         """Accept only configured Events API v2 routing keys."""
         if not self._keys:
-            if self._open:
-                return
-            raise ForbiddenError("Events API v2 is disabled: set RECEIVER_ROUTING_KEYS")
-        given = key.encode()
+            self.routing_keys_open()
+            return
+        given = key.encode("utf-8", "surrogatepass")
         ok = False
         for known in self._keys:
             ok |= hmac.compare_digest(given, known)
@@ -123,3 +274,16 @@ class Authenticator:
                 "routing_key is not configured on this receiver; add it to "
                 "RECEIVER_ROUTING_KEYS"
             )
+
+
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+
+
+def require_scope(request: web.Request, scope: Scope) -> None:
+    """Refuse ``request`` unless its credentials carry ``scope``.
+
+    For handlers outside this module (the admin endpoints use
+    ``require_scope(request, "admin")``); raises ``AuthError``/``ForbiddenError``,
+    which the edge answers as problem+json.
+    """
+    request.app[AUTHENTICATOR].require(request.headers.get("Authorization"), scope)

@@ -38,7 +38,7 @@ from receiver.engine.worker import Processor
 from receiver.errors import AuthError
 from receiver.model import iso
 from receiver.store.base import DecisionQuery, Store
-from receiver.web.auth import Authenticator
+from receiver.web.auth import Authenticator, Scope
 from receiver.web.slack import apply_decision
 
 log = structlog.get_logger("receiver.console")
@@ -123,18 +123,18 @@ class Console:
         r.add_post("/ui/approvals/{id}", self.decide)
         r.add_get("/ui/guards", self.guards)
 
-    def _who(self, request: web.Request) -> str | web.Response:
-        """The authenticated identity, or the 401 that makes a browser prompt.
+    def _who(self, request: web.Request, scope: Scope = "read") -> str | web.Response:
+        """The authenticated identity with ``scope``, or the 401/403 answer.
 
         (Answered here, not raised: the problem middleware drops the headers
         of a raised HTTP error, and the prompt needs ``WWW-Authenticate``.)
         """
         header = request.headers.get("Authorization")
         try:
-            self._auth.check_header(header)
+            self._auth.require(header, scope)
         except AuthError as exc:
             return web.Response(
-                status=401,
+                status=exc.status,
                 text=f"{exc}\n",
                 headers={"WWW-Authenticate": 'Basic realm="receiver", charset="UTF-8"'},
             )
@@ -216,7 +216,7 @@ class Console:
 
     async def decide(self, request: web.Request) -> web.Response:
         """POST /ui/approvals/{id}: approve or reject as the signed-in person."""
-        who = self._who(request)
+        who = self._who(request, "approve")
         if isinstance(who, web.Response):
             return who
         form = await request.post()

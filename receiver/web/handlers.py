@@ -10,28 +10,37 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from receiver.engine.worker import Processor
 from receiver.errors import (
+    ClientGoneError,
+    ForbiddenError,
     InputError,
+    NotFoundError,
     OverloadedError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     StoreUnavailableError,
+    TooManyRequestsError,
     UnsupportedMediaError,
 )
 from receiver.metrics import Metrics
 from receiver.model import Alert, Source
 from receiver.sinks.render import is_own_note
 from receiver.sources import alertmanager, detect, events_v2, pagerduty, parse_json
+from receiver.sources.caps import AlertCaps, check_caps
+from receiver.sources.wire import parse_time
 from receiver.store.base import AlertState, DecisionQuery, JournalEntry, Store, new_id
-from receiver.web.auth import Authenticator
-from receiver.web.openapi import spec
+from receiver.web.auth import Authenticator, Scope
+from receiver.web.openapi import MAX_LIMIT, spec
 
 log = structlog.get_logger("receiver.web")
 
@@ -46,6 +55,25 @@ KEPT_HEADERS = (
     "x-receiver-replay",
 )
 DELIVERY_TTL = timedelta(days=2)
+DEFAULT_LIMIT = 100
+# Sources whose inline payloads may run with execute: the others prove their
+# sender by a signature or a routing key an inline payload cannot carry.
+INLINE_EXECUTE = frozenset({"alertmanager"})
+# What a broken body raises while it is read: a bad gzip stream, bad chunking.
+_READ_ERRORS = (HttpProcessingError, RequestPayloadError, ValueError)
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    """How much the edge reads, how long it waits, and what an alert may hold."""
+
+    max_body_bytes: int = 5 * 1024 * 1024
+    max_unauthenticated_body_bytes: int = 512 * 1024
+    unauthenticated_body_reads: int = 32
+    body_timeout: float = 10.0
+    caps: AlertCaps = field(default_factory=AlertCaps)
+
+
 SHED_RETRY_AFTER = 5  # seconds, in the 503's Retry-After
 # Bodies larger than this (bytes) are parsed in a thread: a 5 MB storm takes
 # hundreds of milliseconds to validate, and /healthz must not wait for it.
@@ -88,8 +116,8 @@ class Handlers:
         auth: Authenticator,
         metrics: Metrics,
         clock: Callable[[], datetime],
-        max_body_bytes: int,
         alertname_from: str,
+        limits: EdgeLimits | None = None,
         execute: bool = False,
         backpressure: Backpressure | None = None,
         on_journaled: Callable[[], None] | None = None,
@@ -112,32 +140,83 @@ class Handlers:
         self._auth = auth
         self._metrics = metrics
         self._clock = clock
-        self._max = max_body_bytes
+        self._limits = limits or EdgeLimits()
         self._alertname_from = alertname_from
+        # Bodies being read for senders not yet authenticated (PagerDuty, Events
+        # v2): the one thing an anonymous client can make this process hold.
+        self._unauthenticated = 0
 
     # ------------------------------------------------------------ helpers
 
-    async def _body(self, request: web.Request) -> bytes:
+    def _require(self, request: web.Request, scope: Scope) -> None:
+        self._auth.require(request.headers.get("Authorization"), scope)
+
+    async def _body(self, request: web.Request, *, authenticated: bool = True) -> bytes:
+        """Read the JSON body within the cap and the body timeout.
+
+        ``authenticated=False`` (the sender is proven only by the body) uses the
+        tighter cap and one of the few slots for such reads: past them, 429.
+        """
         ctype = request.content_type
         if ctype != "application/json" and not ctype.endswith("+json"):
             raise UnsupportedMediaError(
-                f"Content-Type must be application/json, got {ctype or 'none'!r}"
+                f"Content-Type must be application/json, got {ctype[:60] or 'none'!r}"
             )
+        limits = self._limits
+        cap = (
+            limits.max_body_bytes
+            if authenticated
+            else min(limits.max_body_bytes, limits.max_unauthenticated_body_bytes)
+        )
+        setting = (
+            "RECEIVER_MAX_BODY_BYTES"
+            if authenticated
+            else "RECEIVER_MAX_UNAUTHENTICATED_BODY_BYTES"
+        )
         length = request.content_length
-        if length is not None and length > self._max:
+        if length is not None and length > cap:
             raise PayloadTooLargeError(
-                f"body of {length} bytes is over the {self._max}-byte cap "
-                "(RECEIVER_MAX_BODY_BYTES)"
+                f"body of {length} bytes is over the {cap}-byte cap ({setting})"
             )
+        if authenticated:
+            return await self._read(request, cap, setting)
+        if self._unauthenticated >= limits.unauthenticated_body_reads:
+            raise TooManyRequestsError(
+                f"{self._unauthenticated} unauthenticated bodies are being read "
+                "already; retry shortly (RECEIVER_UNAUTHENTICATED_BODY_READS)"
+            )
+        self._unauthenticated += 1
+        try:
+            return await self._read(request, cap, setting)
+        finally:
+            self._unauthenticated -= 1
+
+    async def _read(self, request: web.Request, cap: int, setting: str) -> bytes:
         chunks = []
         size = 0
-        async for chunk in request.content.iter_chunked(65536):
-            size += len(chunk)
-            if size > self._max:
-                raise PayloadTooLargeError(
-                    f"body is over the {self._max}-byte cap (RECEIVER_MAX_BODY_BYTES)"
-                )
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self._limits.body_timeout):
+                async for chunk in request.content.iter_chunked(65536):
+                    size += len(chunk)
+                    if size > cap:
+                        raise PayloadTooLargeError(
+                            f"body is over the {cap}-byte cap ({setting})"
+                        )
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the body did not arrive within {self._limits.body_timeout:g} s "
+                f"({size} bytes read); send it at once (RECEIVER_BODY_TIMEOUT)"
+            ) from None
+        except ConnectionError:
+            raise ClientGoneError(
+                f"the client disconnected after {size} bytes of its body"
+            ) from None
+        except _READ_ERRORS as exc:
+            raise InputError(
+                f"the body could not be read: {_reason(exc)}; check "
+                "Content-Encoding and Transfer-Encoding"
+            ) from None
         body = b"".join(chunks)
         if not body:
             raise InputError("empty body; send the webhook JSON")
@@ -150,6 +229,7 @@ class Handlers:
         alerts: list[Alert],
         headers: Mapping[str, str],
     ) -> JournalEntry:
+        check_caps(alerts, self._limits.caps)
         now = self._clock()
         kept = {k.lower(): v for k, v in headers.items()}
         entry = JournalEntry(
@@ -247,116 +327,160 @@ class Handlers:
 
     async def alertmanager(self, request: web.Request) -> web.Response:
         """POST /webhooks/alertmanager."""
-        self._auth.check_header(request.headers.get("Authorization"))
+        self._require(request, "webhook")
         await self._admit("alertmanager")
         body = await self._body(request)
         if len(body) > PARSE_IN_THREAD:
             alerts = await asyncio.to_thread(alertmanager.from_body, body)
         else:
             alerts = alertmanager.from_body(body)
+        truncated = int(alerts[0].refs.get("truncated_alerts", "0")) if alerts else 0
+        if truncated:
+            self._metrics.alerts_truncated.inc(truncated)
+            log.warning(
+                "alerts_truncated",
+                truncated=truncated,
+                received=len(alerts),
+                group_key=alerts[0].refs.get("group_key", "")[:200],
+                detail="Alertmanager left alerts of this group out of the webhook "
+                "(max_alerts); those alerts are not decided",
+            )
         entry = await self._accept("alertmanager", body, alerts, request.headers)
         return web.json_response(
             {"status": "accepted", "id": entry.id, "alerts": len(alerts)}, status=202
         )
 
     async def pagerduty(self, request: web.Request) -> web.Response:
-        """POST /webhooks/pagerduty."""
+        """POST /webhooks/pagerduty.
+
+        A correctly signed delivery is always accepted: incident events become an
+        alert, every other event (``service.*``, ``pagey.ping``, types added
+        later) is stored and recorded as an event, never refused. The signature
+        header is checked before the body is read, the HMAC after.
+        """
         await self._admit("pagerduty")
-        body = await self._body(request)
-        self._auth.check_signature(request.headers.get("X-PagerDuty-Signature"), body)
-        alerts = pagerduty.to_alerts(
-            parse_json(body), self._clock(), alertname_from=self._alertname_from
+        signatures = self._auth.signature_parts(
+            request.headers.get("X-PagerDuty-Signature")
         )
-        delivery = request.headers.get("X-Webhook-Id") or alerts[0].refs.get(
-            "webhook_event_id", ""
+        body = await self._body(request, authenticated=False)
+        self._auth.check_signature(signatures, body)
+        event = pagerduty.parse(parse_json(body))
+        alerts = pagerduty.alerts_of(
+            event, self._clock(), alertname_from=self._alertname_from
         )
-        if delivery and await self._duplicate("pagerduty", delivery):
+        check_caps(alerts, self._limits.caps)
+        delivery = request.headers.get("X-Webhook-Id") or event.id
+        if delivery and await self._duplicate("pagerduty", delivery[:200]):
             return web.json_response(
-                {"status": "duplicate", "id": None, "alerts": 0}, status=202
+                {"status": "duplicate", "alerts": 0, "event_type": event.event_type},
+                status=202,
             )
-        if is_own_note(alerts[0].annotations.get("note", "")):
+        if alerts and is_own_note(alerts[0].annotations.get("note", "")):
             # PagerDuty echoes the note we posted as incident.annotated: no loop.
             log.info("own_note_ignored", incident=alerts[0].refs.get("incident_id"))
             return web.json_response(
                 {
                     "status": "ignored",
-                    "id": None,
                     "alerts": 0,
+                    "event_type": event.event_type,
                     "reason": "a note this receiver posted",
                 },
                 status=202,
             )
         entry = await self._accept("pagerduty", body, alerts, request.headers)
+        recorded = "alert" if alerts else "event"
+        if not alerts:
+            log.info(
+                "pagerduty_event_recorded",
+                event_type=event.event_type[:100],
+                payload_id=entry.id,
+            )
         return web.json_response(
             {
                 "status": "accepted",
                 "id": entry.id,
                 "alerts": len(alerts),
-                "event_type": alerts[0].labels.get("event_type", ""),
+                "event_type": event.event_type,
+                "recorded_as": recorded,
             },
             status=202,
         )
 
+    async def read_body(self, request: web.Request) -> bytes:
+        """A body whose sender the body itself proves (change events' routing key).
+
+        Read like ``/v2/enqueue``'s: refused before reading when no routing key
+        is configured, then under the unauthenticated cap and count.
+        """
+        self._auth.routing_keys_open()
+        return await self._body(request, authenticated=False)
+
     async def enqueue(self, request: web.Request) -> web.Response:
-        """POST /v2/enqueue (PagerDuty Events API v2 shape)."""
+        """POST /v2/enqueue (PagerDuty Events API v2; errors in its shape)."""
+        self._auth.routing_keys_open()
         await self._admit("events_v2")
-        body = await self._body(request)
+        body = await self._body(request, authenticated=False)
         data = parse_json(body)
         if isinstance(data, dict) and isinstance(data.get("routing_key"), str):
             self._auth.check_routing_key(data["routing_key"])
-        alerts = events_v2.to_alerts(data, self._clock(), body=body)
-        alert = alerts[0]
-        dedup = alert.refs["dedup_key"]
-        state = await self._store.alert_state(alert.fingerprint)
-        if state is not None and state.status == alert.status and alert.actionable:
-            # Same dedup_key and same action as the current state: PagerDuty would
-            # fold it into the open incident; so do we.
+        parsed = events_v2.to_alerts(data, self._clock(), body=body)
+        check_caps(parsed, self._limits.caps)
+        dedup = parsed[0].refs["dedup_key"]
+        # A resolve naming only the dedup key closes every alert its trigger
+        # opened (a grouped page's each have a fingerprint): record their states.
+        alerts = [a for raw in parsed for a in await self._processor.inherit(raw)]
+        if data.get("event_action") == "trigger" and await self._all_open(alerts):
+            # Same dedup_key, every alert already firing: PagerDuty would fold it
+            # into the open incident; so do we. A resolve is never folded.
+            # Nothing new is journaled, so the answer carries no journal id.
             self._metrics.duplicates.labels("events_v2").inc()
             return web.json_response(
                 {
                     "status": "success",
                     "message": "Event processed (duplicate of the open alert)",
                     "dedup_key": dedup,
-                    "id": None,
                 },
                 status=202,
             )
-        # The routing key is a credential: journal the request without it, with
-        # the dedup key made explicit so the stored body decides the same way.
-        stored = dict(data)
-        stored["routing_key"] = "<redacted>"
-        stored["dedup_key"] = dedup
         entry = await self._accept(
-            "events_v2", json.dumps(stored).encode(), alerts, request.headers
+            "events_v2", redact_routing_key(data, dedup), alerts, request.headers
         )
         return web.json_response(
             {
                 "status": "success",
                 "message": "Event processed",
-                "dedup_key": alerts[0].refs["dedup_key"],
+                "dedup_key": dedup,
                 "id": entry.id,
             },
             status=202,
         )
 
+    async def _all_open(self, alerts: list[Alert]) -> bool:
+        group = await self._store.alert_state(
+            events_v2.group_fingerprint(alerts[0].refs["dedup_key"])
+        )
+        for alert in alerts:
+            if alert.status != "firing":
+                return False
+            state = await self._store.alert_state(alert.fingerprint)
+            if state is None or state.status != "firing":
+                return False
+            if (
+                group is not None
+                and group.status == "resolved"
+                and group.updated_at >= state.updated_at
+            ):
+                return False  # resolved by dedup key since it fired
+        return True
+
     # ------------------------------------------------------------ read API
 
     async def decisions(self, request: web.Request) -> web.Response:
-        """GET /api/v1/decisions."""
-        self._auth.check_header(request.headers.get("Authorization"))
+        """GET /api/v1/decisions: one page, newest first, as stored."""
+        self._require(request, "read")
         q = request.query
-        try:
-            limit = int(q.get("limit", "100"))
-            since = datetime.fromisoformat(q["since"]) if "since" in q else None
-            if since is not None and since.tzinfo is None:
-                since = since.replace(tzinfo=UTC)
-        except ValueError as exc:
-            raise InputError(
-                f"bad query parameter: {exc}; limit is an integer, since an "
-                "ISO 8601 time"
-            ) from exc
-        if not 1 <= limit <= 1000:
-            raise InputError("limit must be between 1 and 1000")
+        since = parse_time(q["since"], "since") if "since" in q else None
+        cursor = q.get("cursor")
         query = DecisionQuery(
             fingerprint=q.get("fingerprint"),
             rule=q.get("rule"),
@@ -364,50 +488,73 @@ class Handlers:
             decision=q.get("decision"),
             payload_id=q.get("payload_id"),
             since=since,
-            limit=limit,
+            limit=_limit(q),
+            cursor=cursor or None,
         )
-        items = await self._store.decisions(query)
-        return web.json_response({"decisions": items, "count": len(items)})
+        page = await self._store.decision_page(query)
+        # The records are stored JSON: answered as they are, never re-encoded.
+        body = (
+            '{"decisions": ['
+            + ", ".join(page.records)
+            + f'], "count": {len(page.records)}, "next_cursor": '
+            + json.dumps(page.next_cursor)
+            + "}"
+        )
+        return web.Response(text=body, content_type="application/json")
 
     async def payloads(self, request: web.Request) -> web.Response:
-        """GET /api/v1/payloads."""
-        self._auth.check_header(request.headers.get("Authorization"))
-        entries = await self._store.payloads(limit=100)
+        """GET /api/v1/payloads: one page of stored payloads, newest first."""
+        self._require(request, "read")
+        limit = _limit(request.query)
+        before = request.query.get("cursor") or None
+        entries = await self._store.payloads(limit=limit + 1, before=before)
+        more = len(entries) > limit
+        entries = entries[:limit]
         return web.json_response(
-            {"payloads": [e.to_json(include_body=False) for e in entries]}
+            {
+                "payloads": [e.to_json(include_body=False) for e in entries],
+                "count": len(entries),
+                "next_cursor": entries[-1].id if more and entries else None,
+            }
         )
 
     async def payload(self, request: web.Request) -> web.Response:
         """GET /api/v1/payloads/{id}."""
-        self._auth.check_header(request.headers.get("Authorization"))
-        entry = await self._store.payload(request.match_info["id"])
+        self._require(request, "read")
+        payload_id = request.match_info["id"]
+        entry = await self._store.payload(payload_id)
         if entry is None:
-            raise web.HTTPNotFound(text=f"no payload {request.match_info['id']!r}")
+            raise NotFoundError(
+                f"no such payload {payload_id[:80]!r}; GET /api/v1/payloads lists "
+                "the stored ones"
+            )
         return web.json_response(entry.to_json())
 
     async def replay(self, request: web.Request) -> web.Response:
         """POST /api/v1/replay: decide a stored or inline payload, dry-run."""
-        self._auth.check_header(request.headers.get("Authorization"))
+        self._require(request, "read")
         data = parse_json(await self._body(request))
         if not isinstance(data, dict):
             raise InputError('send {"payload_id": "..."} or {"payload": {...}}')
-        if "payload_id" in data:
-            entry = await self._store.payload(str(data["payload_id"]))
-            if entry is None:
-                raise InputError(f"no stored payload {data['payload_id']!r}")
-            source, body = entry.source, entry.body
-        elif isinstance(data.get("payload"), dict):
-            source = detect(data["payload"])
-            body = json.dumps(data["payload"]).encode()
-        else:
-            raise InputError('send {"payload_id": "..."} or {"payload": {...}}')
+        execute = data.get("execute", False)
+        if not isinstance(execute, bool):
+            raise InputError(
+                "execute must be true or false",
+                errors=[{"pointer": "/execute", "detail": "not a boolean"}],
+            )
+        if execute:
+            self._require(request, "replay")
+        source, body = await self._replay_source(data, execute=execute)
         alerts = self._processor.alerts(source, body, self._clock())
-        if data.get("execute") is True:
+        check_caps(alerts, self._limits.caps)
+        if execute:
             if not self._execute:
                 raise InputError(
                     "execute replay needs the service in execute mode "
                     "(receiver serve --execute); this one runs dry-run"
                 )
+            if source == "events_v2":
+                body = redact_routing_key(json.loads(body), alerts[0].refs["dedup_key"])
             entry = await self._accept(
                 source, body, alerts, {"x-receiver-replay": "execute"}
             )
@@ -417,15 +564,57 @@ class Handlers:
         traces = await self._processor.decide_dry_run(alerts)
         return web.json_response({"alerts": [t.to_json() for t in traces]})
 
+    async def _replay_source(
+        self, data: dict[str, Any], *, execute: bool
+    ) -> tuple[Source, bytes]:
+        """The source and body a replay request names (stored or inline)."""
+        if "payload_id" in data:
+            if not isinstance(data["payload_id"], str):
+                raise InputError(
+                    "payload_id must be a string",
+                    errors=[{"pointer": "/payload_id", "detail": "not a string"}],
+                )
+            entry = await self._store.payload(data["payload_id"])
+            if entry is None:
+                raise NotFoundError(f"no such payload {data['payload_id'][:80]!r}")
+            return entry.source, entry.body
+        if isinstance(data.get("payload"), dict):
+            source = detect(data["payload"])
+            if execute and source not in INLINE_EXECUTE:
+                raise ForbiddenError(
+                    f"an inline {source} payload cannot run with execute: it "
+                    "carries no proof of its sender (signature or routing key); "
+                    "replay the stored payload by payload_id instead"
+                )
+            return source, json.dumps(data["payload"]).encode()
+        raise InputError('send {"payload_id": "..."} or {"payload": {...}}')
+
     async def approvals(self, request: web.Request) -> web.Response:
-        """GET /api/v1/approvals."""
-        self._auth.check_header(request.headers.get("Authorization"))
-        items = await self._store.approvals(request.query.get("status"))
-        return web.json_response({"approvals": [a.to_json() for a in items]})
+        """GET /api/v1/approvals: one page, newest first."""
+        self._require(request, "read")
+        status = request.query.get("status")
+        if status is not None and status not in APPROVAL_STATUSES:
+            raise InputError(
+                f"status must be one of {', '.join(APPROVAL_STATUSES)}",
+                errors=[{"pointer": "/status", "detail": "unknown status"}],
+            )
+        limit = _limit(request.query)
+        items = await self._store.approvals(
+            status, limit=limit + 1, before=request.query.get("cursor") or None
+        )
+        more = len(items) > limit
+        items = items[:limit]
+        return web.json_response(
+            {
+                "approvals": [a.to_json() for a in items],
+                "count": len(items),
+                "next_cursor": items[-1].id if more and items else None,
+            }
+        )
 
     async def decide_approval(self, request: web.Request) -> web.Response:
         """POST /api/v1/approvals/{id}: approve or reject a waiting remediation."""
-        self._auth.check_header(request.headers.get("Authorization"))
+        self._require(request, "approve")
         data = parse_json(await self._body(request))
         decision = data.get("decision") if isinstance(data, dict) else None
         if decision not in ("approve", "reject"):
@@ -433,12 +622,21 @@ class Handlers:
                 'send {"decision": "approve"} or {"decision": "reject"}, '
                 'optionally with "by": "<who>"'
             )
-        by = str(data.get("by") or "api")[:100]
+        by = data.get("by") or "api"
+        if not isinstance(by, str):
+            raise InputError(
+                '"by" must be a string naming who decided',
+                errors=[{"pointer": "/by", "detail": "not a string"}],
+            )
+        by = by[:100]
         approval_id = request.match_info["id"]
         now = self._clock()
         current = await self._store.get_approval(approval_id)
         if current is None:
-            raise web.HTTPNotFound(text=f"no approval {approval_id!r}")
+            raise NotFoundError(
+                f"no such approval {approval_id[:80]!r}; GET /api/v1/approvals "
+                "lists them"
+            )
         if current.status == "pending" and now >= current.expires_at:
             await self._store.decide_approval(approval_id, "expired", "receiver", now)
             raise InputError(f"approval {approval_id} expired at {current.expires_at}")
@@ -508,3 +706,41 @@ class Handlers:
     async def openapi(self, _request: web.Request) -> web.Response:
         """GET /openapi.json."""
         return web.json_response(spec())
+
+
+APPROVAL_STATUSES = ("pending", "approved", "rejected", "expired")
+
+
+def _limit(query: Mapping[str, str]) -> int:
+    raw = query.get("limit", str(DEFAULT_LIMIT))
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 6:
+        raise InputError(
+            f"limit must be an integer from 1 to {MAX_LIMIT}",
+            errors=[{"pointer": "/limit", "detail": "not an integer"}],
+        )
+    limit = int(raw)
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InputError(
+            f"limit must be between 1 and {MAX_LIMIT}, got {limit}",
+            errors=[{"pointer": "/limit", "detail": "out of range"}],
+        )
+    return limit
+
+
+def _reason(exc: BaseException) -> str:
+    cause = exc.__cause__ if isinstance(exc, RequestPayloadError) else None
+    exc = cause if isinstance(cause, HttpProcessingError) else exc
+    text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+    return str(text).replace("\r", " ").replace("\n", " ")[:200] or type(exc).__name__
+
+
+def redact_routing_key(data: Any, dedup: str) -> bytes:
+    """An Events v2 body as journaled: routing key redacted, dedup key explicit.
+
+    The routing key is a credential; the explicit dedup key makes the stored body
+    decide the same way when it is replayed.
+    """
+    stored = dict(data)
+    stored["routing_key"] = "<redacted>"
+    stored["dedup_key"] = dedup
+    return json.dumps(stored).encode()

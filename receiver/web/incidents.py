@@ -82,7 +82,7 @@ class IncidentHandlers:
 
     async def list(self, request: web.Request) -> web.Response:
         """GET /api/v1/incidents."""
-        self._auth.check_header(request.headers.get("Authorization"))
+        self._auth.require(request.headers.get("Authorization"), "read")
         q = request.query
         state = q.get("state")
         severity = q.get("severity")
@@ -124,7 +124,7 @@ class IncidentHandlers:
 
     async def get(self, request: web.Request) -> web.Response:
         """GET /api/v1/incidents/{id}."""
-        self._auth.check_header(request.headers.get("Authorization"))
+        self._auth.require(request.headers.get("Authorization"), "read")
         incident_id = request.match_info["id"]
         incident = await self._service.get(incident_id)
         if incident is None:
@@ -136,7 +136,7 @@ class IncidentHandlers:
 
     async def evidence(self, request: web.Request) -> web.Response:
         """GET /api/v1/incidents/{id}/evidence: what was kept, with its hashes."""
-        self._auth.check_header(request.headers.get("Authorization"))
+        self._auth.require(request.headers.get("Authorization"), "read")
         incident_id = request.match_info["id"]
         incident = await self._service.get(incident_id)
         if incident is None:
@@ -150,7 +150,7 @@ class IncidentHandlers:
 
     async def report(self, request: web.Request) -> web.Response:
         """GET /api/v1/incidents/{id}/report: the Markdown report."""
-        self._auth.check_header(request.headers.get("Authorization"))
+        self._auth.require(request.headers.get("Authorization"), "read")
         incident_id = request.match_info["id"]
         try:
             text = await self._service.report(incident_id)
@@ -159,7 +159,7 @@ class IncidentHandlers:
         return web.Response(text=text, content_type="text/markdown", charset="utf-8")
 
     async def _act(self, request: web.Request, action: str) -> web.Response:
-        self._auth.check_header(request.headers.get("Authorization"))
+        self._auth.require(request.headers.get("Authorization"), "approve")
         incident_id = request.match_info["id"]
         note = await self._note(request, text_required=action in ("comment", "status"))
         service = self._service

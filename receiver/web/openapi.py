@@ -1,11 +1,15 @@
 """The OpenAPI 3.1 description served at ``/openapi.json``.
 
 Request schemas come from the same pydantic models that validate the payloads,
-so the document cannot drift from what the edge accepts.
+so the document cannot drift from what the edge accepts; response schemas are
+written here and checked against the running service by Schemathesis
+(``tests/test_openapi_conformance.py``). Every operation has an ``operationId``
+and lists every status it can answer, each rejection as problem+json.
 """
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
@@ -14,91 +18,404 @@ from receiver.sources.alertmanager import AmWebhook
 from receiver.sources.events_v2 import EnqueueRequest
 from receiver.sources.pagerduty import Webhook
 from receiver.web.admin import admin_paths
+from receiver.web.change_events import ChangeEvent
 from receiver.web.console import console_paths
 from receiver.web.incidents import incident_paths
 from receiver.web.slack import slack_paths
 
-_PROBLEM = {
-    "description": "Rejected; the body says what to fix.",
+MAX_LIMIT = 1000
+REF = "#/components/schemas/{model}"
+
+_TITLES = {
+    400: "Malformed request, schema error, or bad query parameter.",
+    401: "Credentials missing or malformed.",
+    403: "Credentials not accepted, or lacking the scope this operation needs.",
+    404: "No such payload, approval or endpoint.",
+    405: "Method not allowed; the Allow header lists the allowed ones.",
+    408: "The request body did not arrive within the body timeout.",
+    413: "Body over the cap, or an alert over a per-alert cap.",
+    415: "Content-Type is not JSON.",
+    422: "The rule files do not load; the current rules stay loaded.",
+    429: "Too many unauthenticated bodies being read; retry after Retry-After.",
+    503: "The journal cannot take the payload (or the service is shedding load); "
+    "retry after Retry-After.",
+}
+_RETRY = {"Retry-After": {"schema": {"type": "string"}}}
+_ALLOW = {"Allow": {"schema": {"type": "string"}, "required": True}}
+
+
+def _problem(code: int) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "description": _TITLES[code],
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
+    if code in (429, 503):
+        out["headers"] = _RETRY
+    if code == 405:
+        out["headers"] = _ALLOW
+    return out
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(model=name)}
+
+
+_EVENTS_ERROR = {
+    "description": "Rejected, in PagerDuty's Events API shape: "
+    '{"status": "invalid event", "message", "errors": [...]}.',
     "content": {
-        "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        "application/json": {"schema": {"$ref": "#/components/schemas/EventsError"}}
     },
 }
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    return {str(c): _PROBLEM for c in codes}
+    # 405 applies to every path (a method it does not serve).
+    return {str(c): _problem(c) for c in sorted({*codes, 405})}
 
 
-def _accepted(extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    props = {"status": {"type": "string"}, "id": {"type": "string"}}
-    props.update(extra or {})
+def _events_errors(*codes: int) -> dict[str, Any]:
+    # The Events API endpoints answer in PagerDuty's shape; 405 comes from the
+    # router, as problem+json like everywhere else.
+    return {**{str(c): _EVENTS_ERROR for c in codes}, "405": _problem(405)}
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {
-        "description": "Accepted: the payload is in the journal.",
-        "content": {
-            "application/json": {"schema": {"type": "object", "properties": props}}
-        },
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
     }
+
+
+def _obj(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        out["required"] = list(required)
+    return out
+
+
+STRING = {"type": "string"}
+INTEGER = {"type": "integer"}
+NULLABLE_STRING = {"type": ["string", "null"]}
+STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+def _response_schemas() -> dict[str, Any]:
+    step = _obj(
+        {
+            "kind": {"enum": ["diagnostic", "remediation"]},
+            "type": STRING,
+            "target": STRING,
+            "decision": STRING,
+            "reason": STRING,
+            "name": STRING,
+            "request": {"type": "object"},
+            "result": {"type": "object"},
+        },
+        ("kind", "type", "target", "decision", "reason"),
+    )
+    match = _obj(
+        {
+            "rule": STRING,
+            "severity": STRING,
+            "playbook": STRING,
+            "steps": {"type": "array", "items": _ref("Step")},
+            "severity_info": {"type": "object"},
+            "description": STRING,
+            "runbook_url": STRING,
+            "escalate_to": STRING,
+            "notes": {"type": "array", "items": STRING},
+        },
+        ("rule", "severity", "playbook", "steps"),
+    )
+    trace = _obj(
+        {
+            "fingerprint": STRING,
+            "status": {"enum": ["firing", "resolved"]},
+            "labels": STRING_MAP,
+            "annotations": STRING_MAP,
+            "source": STRING,
+            "startsAt": NULLABLE_STRING,
+            "refs": STRING_MAP,
+            "actionable": {"type": "boolean"},
+            "payload_id": STRING,
+            "decided_at": NULLABLE_STRING,
+            "mode": STRING,
+            "notes": {"type": "array", "items": STRING},
+            "matches": {"type": "array", "items": _ref("Match")},
+        },
+        ("fingerprint", "status", "labels", "matches"),
+    )
+    # What the decision log holds: alert traces (long label values by
+    # reference, ``values_by_reference``) and the outcome records of sinks.
+    record = _obj(
+        {
+            "fingerprint": STRING,
+            "payload_id": STRING,
+            "decided_at": NULLABLE_STRING,
+            "labels": STRING_MAP,
+            "matches": {"type": "array", "items": _ref("Match")},
+            "values_by_reference": {"type": "boolean"},
+        }
+    )
+    page = {"count": INTEGER, "next_cursor": NULLABLE_STRING}
+    payload_summary = _obj(
+        {
+            "id": STRING,
+            "source": {"enum": ["alertmanager", "pagerduty", "events_v2"]},
+            "received_at": STRING,
+            "headers": STRING_MAP,
+        },
+        ("id", "source", "received_at", "headers"),
+    )
+    payload = {
+        "allOf": [
+            _ref("PayloadSummary"),
+            _obj({"payload": {}}, ("payload",)),
+        ]
+    }
+    approval = _obj(
+        {
+            "id": STRING,
+            "key": STRING,
+            "status": {"enum": ["pending", "approved", "rejected", "expired"]},
+            "created_at": STRING,
+            "expires_at": STRING,
+            "decided_by": STRING,
+            "decided_at": NULLABLE_STRING,
+            "request": {"type": "object"},
+        },
+        ("id", "key", "status", "created_at", "expires_at", "request"),
+    )
+    return {
+        "Problem": _obj(
+            {
+                "type": STRING,
+                "title": STRING,
+                "status": INTEGER,
+                "detail": STRING,
+                "errors": {
+                    "type": "array",
+                    "items": _obj(
+                        {"pointer": STRING, "detail": STRING}, ("pointer", "detail")
+                    ),
+                },
+            },
+            ("type", "title", "status", "detail"),
+        ),
+        "Step": step,
+        "Match": match,
+        "AlertTrace": trace,
+        "DecisionRecord": record,
+        "DecisionPage": _obj(
+            {"decisions": {"type": "array", "items": _ref("DecisionRecord")}, **page},
+            ("decisions", "count", "next_cursor"),
+        ),
+        "PayloadSummary": payload_summary,
+        "Payload": payload,
+        "PayloadPage": _obj(
+            {"payloads": {"type": "array", "items": _ref("PayloadSummary")}, **page},
+            ("payloads", "count", "next_cursor"),
+        ),
+        "Approval": approval,
+        "ApprovalPage": _obj(
+            {"approvals": {"type": "array", "items": _ref("Approval")}, **page},
+            ("approvals", "count", "next_cursor"),
+        ),
+        "Accepted": _obj(
+            {"status": {"const": "accepted"}, "id": STRING, "alerts": INTEGER},
+            ("status", "id", "alerts"),
+        ),
+        "PagerDutyAccepted": _obj(
+            {
+                "status": {"enum": ["accepted", "duplicate", "ignored"]},
+                "id": {
+                    "type": "string",
+                    "description": "The journal id; absent when nothing was "
+                    "journaled (a duplicate delivery, our own note echoed).",
+                },
+                "alerts": INTEGER,
+                "event_type": STRING,
+                "recorded_as": {"enum": ["alert", "event"]},
+                "reason": STRING,
+            },
+            ("status", "alerts", "event_type"),
+        ),
+        "EventsAccepted": _obj(
+            {
+                "status": {"const": "success"},
+                "message": STRING,
+                "dedup_key": STRING,
+                "id": {
+                    "type": "string",
+                    "description": "The journal id; absent for a duplicate of "
+                    "the open alert (nothing journaled).",
+                },
+            },
+            ("status", "message", "dedup_key"),
+        ),
+        "ReplayRequest": {
+            "type": "object",
+            "description": 'A stored payload ({"payload_id": ...}) or an inline '
+            'one ({"payload": {...}}); "execute": true needs the replay scope, '
+            "the service in execute mode, and, inline, an Alertmanager payload.",
+            "properties": {
+                "payload_id": STRING,
+                "payload": {"type": "object"},
+                "execute": {"type": "boolean", "default": False},
+            },
+        },
+        "ReplayTraces": _obj(
+            {"alerts": {"type": "array", "items": _ref("AlertTrace")}}, ("alerts",)
+        ),
+        "ReplayAccepted": _obj(
+            {
+                "status": {"const": "accepted"},
+                "id": STRING,
+                "execute": {"const": True},
+            },
+            ("status", "id", "execute"),
+        ),
+        "ApprovalDecision": _obj(
+            {
+                "decision": {"enum": ["approve", "reject"]},
+                "by": {"type": "string", "maxLength": 100},
+            },
+            ("decision",),
+        ),
+        "ChangeAccepted": _obj(
+            {"status": {"const": "success"}, "message": STRING, "id": STRING},
+            ("status", "message", "id"),
+        ),
+        "Reloaded": _obj(
+            {"status": {"const": "success"}, "rules": INTEGER, "playbooks": INTEGER},
+            ("status", "rules", "playbooks"),
+        ),
+        "Health": _obj({"status": STRING}, ("status",)),
+        "Ready": _obj(
+            {"status": STRING, "rules": INTEGER, "store": STRING}, ("status",)
+        ),
+    }
+
+
+def _query(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string", **schema},
+    }
+
+
+LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "description": f"Page size, 1 to {MAX_LIMIT} (400 outside).",
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100},
+}
+CURSOR = _query("cursor", "next_cursor of the previous page; omit for the newest page.")
+
+
+def _path_id(what: str) -> dict[str, Any]:
+    return {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "description": f"The {what} id.",
+        "schema": {"type": "string"},
+    }
+
+
+_ADMIN_IDS = {
+    ("/api/v1/pause", "get"): ("getPause", "read"),
+    ("/api/v1/pause", "post"): ("setPause", "admin"),
+    ("/api/v1/pause", "delete"): ("deletePause", "admin"),
+    ("/api/v1/parked", "get"): ("listParked", "read"),
+    ("/api/v1/parked/{id}/retry", "post"): ("retryParked", "admin"),
+}
+
+
+def _admin_paths() -> dict[str, Any]:
+    """The admin module's paths, with operation ids, scopes and 405."""
+    paths = admin_paths()
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            operation_id, scope = _ADMIN_IDS.get((path, method), ("", ""))
+            if operation_id:
+                operation.setdefault("operationId", operation_id)
+                operation["summary"] = f"{operation['summary']}; scope {scope}"
+            operation["responses"].setdefault("405", _problem(405))
+    return paths
+
+
+_INCIDENT_IDS = {
+    ("/api/v1/incidents", "get"): ("listIncidents", "read"),
+    ("/api/v1/incidents/{id}", "get"): ("getIncident", "read"),
+    ("/api/v1/incidents/{id}/report", "get"): ("getIncidentReport", "read"),
+    ("/api/v1/incidents/{id}/evidence", "get"): ("getIncidentEvidence", "read"),
+    ("/api/v1/incidents/{id}/timeline", "post"): ("commentIncident", "approve"),
+    ("/api/v1/incidents/{id}/acknowledge", "post"): ("acknowledgeIncident", "approve"),
+    ("/api/v1/incidents/{id}/mitigate", "post"): ("mitigateIncident", "approve"),
+    ("/api/v1/incidents/{id}/status", "post"): ("publishIncidentStatus", "approve"),
+}
+
+
+def _incident_paths() -> dict[str, Any]:
+    """The incident module's paths, with operation ids, scopes and 405."""
+    paths = incident_paths()
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            operation_id, scope = _INCIDENT_IDS.get((path, method), ("", ""))
+            if operation_id:
+                operation.setdefault("operationId", operation_id)
+                operation["summary"] = f"{operation.get('summary', '')}; scope {scope}"
+            operation["responses"].setdefault("405", _problem(405))
+    return paths
 
 
 @cache
 def spec() -> dict[str, Any]:
     """Build the OpenAPI document."""
     schemas: dict[str, Any] = {
-        "AlertmanagerWebhook": AmWebhook.model_json_schema(
-            ref_template="#/components/schemas/{model}"
-        ),
-        "PagerDutyWebhook": Webhook.model_json_schema(
-            ref_template="#/components/schemas/{model}"
-        ),
+        "AlertmanagerWebhook": AmWebhook.model_json_schema(ref_template=REF),
+        "PagerDutyWebhook": Webhook.model_json_schema(ref_template=REF),
         "EventsV2Request": EnqueueRequest.model_json_schema(
-            by_alias=True, ref_template="#/components/schemas/{model}"
+            by_alias=True, ref_template=REF
         ),
-        "Problem": {
-            "type": "object",
-            "required": ["type", "title", "status", "detail"],
-            "properties": {
-                "type": {"type": "string"},
-                "title": {"type": "string"},
-                "status": {"type": "integer"},
-                "detail": {"type": "string"},
-                "errors": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "pointer": {"type": "string"},
-                            "detail": {"type": "string"},
-                        },
-                    },
-                },
+        **_response_schemas(),
+        "ChangeEvent": ChangeEvent.model_json_schema(ref_template=REF),
+        "EventsError": _obj(
+            {
+                "status": STRING,
+                "message": STRING,
+                "errors": {"type": "array", "items": STRING},
             },
-        },
+            ("status", "message", "errors"),
+        ),
     }
     for name in list(schemas):
         for sub, body in schemas[name].pop("$defs", {}).items():
             schemas.setdefault(sub, body)
     bearer: list[dict[str, list[str]]] = [{"bearer": []}, {"basic": []}]
+    token: list[dict[str, list[str]]] = [{"bearer": []}]
 
     def request_body(ref: str) -> dict[str, Any]:
         return {
             "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}
-            },
+            "content": {"application/json": {"schema": _ref(ref)}},
         }
 
-    json_ok = {
-        "description": "OK",
-        "content": {"application/json": {"schema": {"type": "object"}}},
-    }
-    return {
+    webhook_errors = _errors(400, 408, 413, 415, 503)
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "alert-automation receiver",
             "version": __version__,
             "description": "Alertmanager and PagerDuty in; rules, severity, "
-            "playbooks and a decision trace out.",
+            "playbooks and a decision trace out. Credentials carry scopes: "
+            "webhook, read, replay, approve, admin (see the README).",
         },
         "components": {
             "schemas": schemas,
@@ -113,133 +430,261 @@ def spec() -> dict[str, Any]:
             },
         },
         "paths": {
-            **incident_paths(),
+            **_incident_paths(),
             "/webhooks/alertmanager": {
                 "post": {
-                    "summary": "Alertmanager webhook (version 4)",
+                    "operationId": "postAlertmanagerWebhook",
+                    "summary": "Alertmanager webhook (version 4); scope webhook",
                     "security": bearer,
                     "requestBody": request_body("AlertmanagerWebhook"),
                     "responses": {
-                        "202": _accepted({"alerts": {"type": "integer"}}),
-                        **_errors(400, 401, 403, 413, 415, 503),
+                        "202": _json("Accepted: in the journal.", _ref("Accepted")),
+                        **webhook_errors,
+                        **_errors(401, 403),
                     },
                 }
             },
             "/webhooks/pagerduty": {
                 "post": {
+                    "operationId": "postPagerDutyWebhook",
                     "summary": "PagerDuty V3 webhook, signed",
                     "security": [{"pagerdutySignature": []}],
                     "requestBody": request_body("PagerDutyWebhook"),
                     "responses": {
-                        "202": _accepted({"event_type": {"type": "string"}}),
-                        **_errors(400, 403, 413, 415, 503),
+                        "202": _json(
+                            "Accepted (as an alert or a recorded event), or a "
+                            "known duplicate/echo (not journaled).",
+                            _ref("PagerDutyAccepted"),
+                        ),
+                        **webhook_errors,
+                        **_errors(403, 429),
                     },
                 }
             },
             "/v2/enqueue": {
                 "post": {
-                    "summary": "PagerDuty Events API v2 request",
+                    "operationId": "postEventsV2",
+                    "summary": "PagerDuty Events API v2 request (routing key in body)",
                     "requestBody": request_body("EventsV2Request"),
                     "responses": {
-                        "202": _accepted({"dedup_key": {"type": "string"}}),
-                        **_errors(400, 403, 413, 415, 503),
+                        "202": _json(
+                            "Processed, as PagerDuty answers.", _ref("EventsAccepted")
+                        ),
+                        **_events_errors(400, 403, 408, 413, 415, 429, 503),
+                    },
+                }
+            },
+            "/v2/change/enqueue": {
+                "post": {
+                    "operationId": "postChangeEvent",
+                    "summary": "PagerDuty Change Events API request (stored for "
+                    "the changes.recent diagnostic; routing key in body)",
+                    "requestBody": request_body("ChangeEvent"),
+                    "responses": {
+                        "202": _json(
+                            "Stored, as PagerDuty answers.", _ref("ChangeAccepted")
+                        ),
+                        **_events_errors(400, 403, 408, 413, 415, 429, 503),
+                    },
+                }
+            },
+            "/-/reload": {
+                "post": {
+                    "operationId": "reloadRules",
+                    "summary": "Load the rule files again (also on SIGHUP); a bad "
+                    "file keeps the current rules (422); scope admin",
+                    "security": token,
+                    "responses": {
+                        "200": _json("Reloaded.", _ref("Reloaded")),
+                        **_errors(401, 403, 422),
                     },
                 }
             },
             "/api/v1/decisions": {
                 "get": {
-                    "summary": "Decision traces, newest first",
+                    "operationId": "listDecisions",
+                    "summary": "Decision records, newest first, one page; scope read",
                     "security": bearer,
                     "parameters": [
-                        {"name": n, "in": "query", "schema": {"type": t}}
-                        for n, t in (
-                            ("fingerprint", "string"),
-                            ("rule", "string"),
-                            ("playbook", "string"),
-                            ("decision", "string"),
-                            ("payload_id", "string"),
-                            ("since", "string"),
-                            ("limit", "integer"),
-                        )
+                        _query("fingerprint", "Only this alert fingerprint."),
+                        _query("rule", "Only records where this rule matched."),
+                        _query("playbook", "Only records that ran this playbook."),
+                        _query(
+                            "decision",
+                            "Only records with a step of this decision "
+                            "(executed, skipped, dry_run, failed, ...).",
+                        ),
+                        _query("payload_id", "Only records of this payload."),
+                        _query(
+                            "since",
+                            "Only records decided at or after this RFC 3339 time.",
+                            format="date-time",
+                        ),
+                        LIMIT,
+                        CURSOR,
                     ],
-                    "responses": {"200": json_ok, **_errors(400, 401, 403)},
+                    "responses": {
+                        "200": _json("One page.", _ref("DecisionPage")),
+                        **_errors(400, 401, 403),
+                    },
                 }
             },
             "/api/v1/payloads": {
                 "get": {
-                    "summary": "Stored payloads, newest first",
+                    "operationId": "listPayloads",
+                    "summary": "Stored payloads, newest first, one page; scope read",
                     "security": bearer,
-                    "responses": {"200": json_ok, **_errors(401, 403)},
+                    "parameters": [LIMIT, CURSOR],
+                    "responses": {
+                        "200": _json("One page.", _ref("PayloadPage")),
+                        **_errors(400, 401, 403),
+                    },
                 }
             },
             "/api/v1/payloads/{id}": {
                 "get": {
-                    "summary": "One stored payload (headers redacted)",
+                    "operationId": "getPayload",
+                    "summary": "One stored payload (credentials never stored)",
                     "security": bearer,
-                    "parameters": [
-                        {
-                            "name": "id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
-                    "responses": {"200": json_ok, **_errors(401, 403, 404)},
+                    "parameters": [_path_id("payload")],
+                    "responses": {
+                        "200": _json("The payload.", _ref("Payload")),
+                        **_errors(401, 403, 404),
+                    },
                 }
             },
             "/api/v1/replay": {
                 "post": {
-                    "summary": "Decide a stored or inline payload (dry-run)",
-                    "security": bearer,
-                    "responses": {"200": json_ok, **_errors(400, 401, 403)},
+                    "operationId": "replay",
+                    "summary": "Decide a stored or inline payload: dry-run (scope "
+                    "read) or, with execute, journaled again (scope replay)",
+                    "security": token,
+                    "requestBody": request_body("ReplayRequest"),
+                    "responses": {
+                        "200": _json("The decision traces.", _ref("ReplayTraces")),
+                        "202": _json("Journaled to run.", _ref("ReplayAccepted")),
+                        **_errors(400, 401, 403, 404, 408, 413, 415, 503),
+                    },
                 }
             },
             "/api/v1/approvals": {
                 "get": {
-                    "summary": "Remediations waiting for (or given) human approval",
+                    "operationId": "listApprovals",
+                    "summary": "Remediations waiting for (or given) approval, newest "
+                    "first, one page; scope read",
                     "security": bearer,
                     "parameters": [
-                        {"name": "status", "in": "query", "schema": {"type": "string"}}
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "required": False,
+                            "schema": {
+                                "enum": ["pending", "approved", "rejected", "expired"]
+                            },
+                        },
+                        LIMIT,
+                        CURSOR,
                     ],
-                    "responses": {"200": json_ok, **_errors(401, 403)},
+                    "responses": {
+                        "200": _json("One page.", _ref("ApprovalPage")),
+                        **_errors(400, 401, 403),
+                    },
                 }
             },
             "/api/v1/approvals/{id}": {
                 "post": {
-                    "summary": 'Approve or reject: {"decision": "approve"|"reject", '
-                    '"by": "<who>"}',
-                    "security": bearer,
-                    "parameters": [
-                        {
-                            "name": "id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
-                    "responses": {"200": json_ok, **_errors(400, 401, 403, 404)},
+                    "operationId": "decideApproval",
+                    "summary": "Approve or reject; scope approve",
+                    "security": token,
+                    "parameters": [_path_id("approval")],
+                    "requestBody": request_body("ApprovalDecision"),
+                    "responses": {
+                        "200": _json("The decided approval.", _ref("Approval")),
+                        **_errors(400, 401, 403, 404, 408, 413, 415, 503),
+                    },
                 }
             },
-            **admin_paths(),
+            **_admin_paths(),
             **slack_paths(),
             **console_paths(),
             "/healthz": {
-                "get": {"summary": "Process alive", "responses": {"200": json_ok}}
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "Process alive",
+                    "security": [],
+                    "responses": {
+                        "200": _json("Alive.", _ref("Health")),
+                        **_errors(),
+                    },
+                }
             },
             "/readyz": {
                 "get": {
+                    "operationId": "readyz",
                     "summary": "Rules loaded and store reachable",
-                    "responses": {"200": json_ok, "503": json_ok},
+                    "security": [],
+                    "responses": {
+                        "200": _json("Ready.", _ref("Ready")),
+                        "503": _json("Not ready.", _ref("Ready")),
+                        **{k: v for k, v in _errors().items() if k != "503"},
+                    },
                 }
             },
             "/metrics": {
                 "get": {
+                    "operationId": "metrics",
                     "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text/plain exposition"}},
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition.",
+                            "content": {"text/plain": {"schema": STRING}},
+                        },
+                        **_errors(),
+                    },
                 }
             },
             "/openapi.json": {
-                "get": {"summary": "This document", "responses": {"200": json_ok}}
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "security": [],
+                    "responses": {
+                        "200": _json("OpenAPI 3.1.", {"type": "object"}),
+                        **_errors(),
+                    },
+                }
             },
         },
     }
+    used = {
+        o["operationId"]
+        for operations in document["paths"].values()
+        for o in operations.values()
+        if "operationId" in o
+    }
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            # Operations other modules describe get an id and the router's 405.
+            if "operationId" not in operation:
+                base = candidate = _operation_id(method, path)
+                while candidate in used:
+                    candidate += "Again" if candidate == base else "X"
+                used.add(candidate)
+                operation["operationId"] = candidate
+            operation["responses"].setdefault("405", _problem(405))
+            for code, response in operation["responses"].items():
+                # An error raised anywhere is answered problem+json by the edge.
+                content = response.get("content")
+                if code.isdigit() and int(code) >= 400 and isinstance(content, dict):
+                    content.setdefault(
+                        "application/problem+json", {"schema": _ref("Problem")}
+                    )
+    return document
+
+
+def _operation_id(method: str, path: str) -> str:
+    words = [
+        w for w in re.split(r"[^A-Za-z0-9]+", path) if w and w not in ("api", "v1")
+    ]
+    return method.lower() + "".join(w[:1].upper() + w[1:] for w in words)

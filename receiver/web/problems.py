@@ -7,6 +7,7 @@ Every rejection says what was wrong and how to fix it. The only 5xx on purpose i
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,16 +17,21 @@ from aiohttp import web
 
 from receiver.errors import (
     AuthError,
+    ClientGoneError,
     InputError,
+    NotFoundError,
     OverloadedError,
     PayloadTooLargeError,
     ReceiverError,
+    RequestTimeoutError,
     StoreUnavailableError,
+    TooManyRequestsError,
     UnsupportedMediaError,
 )
 from receiver.metrics import Metrics
 
 CONTENT_TYPE = "application/problem+json"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Where a problem response keeps its detail, for the one log line per rejection.
 DETAIL = web.ResponseKey("problem_detail", str)
 log = structlog.get_logger("receiver.web")
@@ -36,8 +42,12 @@ _TITLES = {
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
+    408: "Request timeout",
     413: "Payload too large",
     415: "Unsupported media type",
+    422: "Unprocessable content",
+    429: "Too many requests",
+    499: "Client closed request",
     503: "Service unavailable",
     500: "Internal error",
 }
@@ -67,13 +77,26 @@ def problem(
     return response
 
 
+# Input errors with their own status, most specific first.
+_INPUT_STATUS: tuple[tuple[type[InputError], int, str, dict[str, str] | None], ...] = (
+    (PayloadTooLargeError, 413, "payload-too-large", None),
+    (UnsupportedMediaError, 415, "unsupported-media-type", None),
+    (NotFoundError, 404, "not-found", None),
+    (RequestTimeoutError, 408, "request-timeout", {"Connection": "close"}),
+    (TooManyRequestsError, 429, "too-many-requests", {"Retry-After": "1"}),
+    # Nobody reads this answer; the status only labels the metric and the log.
+    (ClientGoneError, 499, "client-disconnected", None),
+)
+
+
 def error_response(exc: ReceiverError) -> web.Response:
     """Map a receiver error to its response."""
-    if isinstance(exc, PayloadTooLargeError):
-        return problem(413, str(exc), slug="payload-too-large")
-    if isinstance(exc, UnsupportedMediaError):
-        return problem(415, str(exc), slug="unsupported-media-type")
     if isinstance(exc, InputError):
+        for kind, status, slug, headers in _INPUT_STATUS:
+            if isinstance(exc, kind):
+                return problem(
+                    status, str(exc), slug=slug, errors=exc.errors, headers=headers
+                )
         slug = "invalid-schema" if exc.errors else "invalid-request"
         return problem(400, str(exc), slug=slug, errors=exc.errors)
     if isinstance(exc, AuthError):
@@ -99,10 +122,34 @@ OUTCOMES = {
     400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
+    404: "not_found",
+    408: "timeout",
     413: "too_large",
     415: "unsupported_media",
+    429: "throttled",
+    499: "client_disconnected",
     503: "unavailable",
 }
+
+
+def _http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """Answer aiohttp's own 4xx (no route, wrong method, ...) as problem+json."""
+    path = request.path[:200]
+    if exc.status == 404 and request.match_info.route.resource is not None:
+        # A handler's own 404 (the route exists, the thing it names does not).
+        detail = (exc.text or "").replace("\n", " ")[:300] or f"not found: {path}"
+        return problem(404, detail, slug="not-found")
+    if exc.status == 404:
+        return problem(404, f"no such endpoint {path}; see /openapi.json")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return problem(
+            405,
+            f"{request.method[:20]} is not allowed on {path}; use {allowed}",
+            headers={"Allow": allowed},
+        )
+    detail = (exc.text or exc.reason or "").replace("\n", " ")[:300]
+    return problem(exc.status, detail or exc.reason)
 
 
 def make_middleware(
@@ -116,24 +163,24 @@ def make_middleware(
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
         started = time.perf_counter()
-        request_id = request.headers.get("X-Request-Id") or os.urandom(8).hex()
+        given = request.headers.get("X-Request-Id", "")
+        # A caller's id is echoed and logged only when it is a plain token.
+        request_id = given if _REQUEST_ID.fullmatch(given) else os.urandom(8).hex()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         route = request.match_info.route.resource
         route_name = route.canonical if route is not None else "unmatched"
         try:
             try:
                 response = await handler(request)
+            except ClientGoneError as exc:
+                log.info("client_disconnected", path=request.path, detail=str(exc))
+                response = error_response(exc)
             except ReceiverError as exc:
                 response = error_response(exc)
             except web.HTTPException as exc:
                 if exc.status < 400:
                     raise
-                detail = exc.text or exc.reason
-                if exc.status == 404:
-                    detail = f"no such endpoint {request.path}; see /openapi.json"
-                elif exc.status == 405:
-                    detail = f"{request.method} is not allowed on {request.path}"
-                response = problem(exc.status, detail)
+                response = _http_problem(request, exc)
             except Exception:  # the edge answers problem+json even for our bugs
                 log.exception("request_failed", path=request.path)
                 response = problem(
@@ -152,14 +199,18 @@ def make_middleware(
                     else OUTCOMES.get(response.status, str(response.status))
                 )
                 metrics.webhooks.labels(source.removeprefix("webhook:"), outcome).inc()
-                if response.status >= 400:
-                    log.info(
+                if response.status >= 400 and response.status != 499:
+                    log.warning(
                         "webhook_rejected",
                         source=source.removeprefix("webhook:"),
                         status=response.status,
                         reason=str(response.get(DETAIL, ""))[:300],
                     )
             response.headers["X-Request-Id"] = request_id
+            if response.status >= 400 and not request.content.is_eof():
+                # Refused before its body was read: the connection closes after
+                # the answer (the server never lingers reading the rest).
+                response.force_close()
             return response
         finally:
             status = locals().get("response")

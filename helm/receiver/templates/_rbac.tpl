@@ -69,6 +69,7 @@ k8s: [k8s.pods, k8s.events, k8s.logs, k8s.rollout_history, k8s.describe, k8s.rol
 redis: [redis.get, redis.info, redis.delete_keys, redis.delete_pattern, redis.reset_circuit_breaker]
 http: [http.get, http.request]
 prometheus: [prometheus.query]
+changes: [changes.recent]
 {{- end -}}
 
 {{/*

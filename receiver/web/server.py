@@ -1,0 +1,210 @@
+"""The HTTP server around the application: a connection cap and protocol errors.
+
+``receiver serve`` runs the app through ``serve`` (tests that need a real socket
+use ``EdgeAppRunner`` directly). Two things aiohttp does below the application,
+done our way here:
+
+- **Connection cap.** Past ``max_connections`` open connections a new one is
+  answered ``503`` problem+json and closed at once; the first refusal logs
+  ``connection_cap_reached`` (warning) and the end of the episode
+  ``connection_cap_cleared`` with how many were refused, so a flood is two log
+  lines, not thousands.
+- **No lingering.** A request answered before its body was read (bad
+  credentials, too large) has its connection closed after the answer.
+- **Protocol errors** (a malformed request line or header, a body that is not
+  gzip under ``Content-Encoding: gzip``, a bad chunked encoding) never reach a
+  handler: aiohttp answers them itself, as text/plain with a traceback in the
+  log. Here they are answered problem+json (4xx) with one info line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
+
+from receiver.web.problems import CONTENT_TYPE, problem
+
+log = structlog.get_logger("receiver.web")
+
+
+def _raw_problem(status: int, reason: str, detail: str) -> bytes:
+    body = json.dumps(
+        {
+            "type": f"urn:receiver:problem:{status}",
+            "title": reason,
+            "status": status,
+            "detail": detail,
+        }
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {CONTENT_TYPE}\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+class EdgeRequestHandler(RequestHandler):
+    """aiohttp's per-connection protocol, with problem+json for its own errors."""
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Answer a protocol-level error as problem+json; log one line."""
+        if isinstance(exc, HttpProcessingError | zlib.error | UnicodeError):
+            status = exc.code if isinstance(exc, HttpProcessingError) else 400
+            status = status if 400 <= status < 500 else 400
+            detail = f"malformed HTTP request: {_describe(exc)}"
+        elif status == 504:
+            detail = "the request took too long to handle"
+        elif status >= 500:
+            log.error(
+                "request_failed",
+                error=type(exc).__name__ if exc else "unknown",
+                detail=str(exc)[:200] if exc else "",
+            )
+            detail = "internal error while handling the request; it was logged"
+        else:
+            detail = f"malformed HTTP request: {message or 'bad request'}"[:300]
+        if status < 500:
+            log.info("request_rejected", status=status, reason=detail[:300])
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send an error")
+        response = problem(status, detail)
+        response.force_close()
+        return response
+
+
+def _describe(exc: BaseException) -> str:
+    text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+    text = str(text).replace("\r", " ").replace("\n", " ")
+    return text[:200] or type(exc).__name__
+
+
+class _Refusal(asyncio.Protocol):
+    """Answers a connection past the cap with a canned response and closes it."""
+
+    def __init__(self, answer: bytes) -> None:
+        self._answer = answer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Answer at once; whatever the client sends is never read."""
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.write(self._answer)
+        transport.close()
+
+
+class EdgeServer(web.Server):
+    """A ``web.Server`` that caps open connections and uses ``EdgeRequestHandler``."""
+
+    def __init__(
+        self,
+        handler: Callable[..., Any],
+        *,
+        max_connections: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self.max_connections = max_connections
+        self.refused = 0
+
+    def __call__(self) -> asyncio.BaseProtocol:  # type: ignore[override]
+        """A protocol per connection: ours, or a refusal past the cap."""
+        if len(self._connections) >= self.max_connections:
+            if self.refused == 0:
+                log.warning(
+                    "connection_cap_reached",
+                    max_connections=self.max_connections,
+                    detail="refusing new connections with 503 until some close; "
+                    "raise max_connections if this is legitimate load",
+                )
+            self.refused += 1
+            return _Refusal(
+                _raw_problem(
+                    503,
+                    "Service Unavailable",
+                    f"the receiver holds its maximum of {self.max_connections} "
+                    "connections; retry shortly",
+                )
+            )
+        return EdgeRequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def connection_lost(
+        self, handler: RequestHandler, exc: BaseException | None = None
+    ) -> None:
+        """Forget the connection; say when a refusal episode ends."""
+        super().connection_lost(handler, exc)
+        if self.refused and len(self._connections) < self.max_connections // 2 + 1:
+            log.info("connection_cap_cleared", refused=self.refused)
+            self.refused = 0
+
+
+class EdgeAppRunner(web.AppRunner):
+    """An ``AppRunner`` whose server is an ``EdgeServer``."""
+
+    def __init__(
+        self, app: web.Application, *, max_connections: int, **kwargs: Any
+    ) -> None:
+        # A request refused before its body was read is closed after the
+        # answer instead of aiohttp's default 10 s of reading and discarding
+        # the rest: a hostile sender cannot keep a connection busy that way.
+        kwargs.setdefault("lingering_time", 0)
+        super().__init__(app, **kwargs)
+        self._max_connections = max_connections
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # Rebuild with the same arguments aiohttp chose (request factory,
+        # access log, cancellation), as our subclass.
+        return EdgeServer(
+            server.request_handler,
+            max_connections=self._max_connections,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            **server._kwargs,  # noqa: SLF001 (aiohttp keeps them only here)
+        )
+
+
+def serve(
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    max_connections: int,
+    loop: asyncio.AbstractEventLoop,
+    on_started: Callable[[str], None] | None = None,
+) -> None:
+    """Run ``app`` on ``host:port`` until SIGINT/SIGTERM, then clean up.
+
+    ``on_started`` is called once every socket is bound, with aiohttp's banner
+    (``======== Running on http://HOST:PORT ========``) naming the bound address.
+    """
+    runner = EdgeAppRunner(app, max_connections=max_connections, handle_signals=True)
+
+    async def run() -> None:
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        if on_started is not None:
+            on_started(f"======== Running on {site.name} ========")
+        await asyncio.Event().wait()
+
+    try:
+        loop.run_until_complete(run())
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
