@@ -189,3 +189,46 @@ def test_sigterm_on_the_edge_stops_the_worker(tmp_path):
         assert children
         rx.stop()
     assert poll(lambda: not _alive(children[0]), timeout=30)  # type: ignore[index]
+
+
+def _matched_rules(base: str, payload_id: str) -> list[str] | None:
+    """The rules the payload's one decision matched; None until it is decided."""
+    with httpx.Client(base_url=base, headers=AUTH, timeout=10) as client:
+        found = client.get(
+            "/api/v1/decisions", params={"payload_id": payload_id, "limit": 10}
+        ).json()["decisions"]
+    if not found:
+        return None
+    return [m["rule"] for m in found[0]["matches"]]
+
+
+def test_reload_on_the_edge_reaches_the_worker(tmp_path):
+    """``POST /-/reload`` to the edge changes the rules the worker child decides by."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(hook_rules("http://127.0.0.1:9", "NotSplit"))
+    env = {
+        "RECEIVER_STORE": f"sqlite:///{tmp_path / 'state.db'}",
+        "RECEIVER_AUTH_TOKENS": TOKEN,
+        "RECEIVER_ADMIN_TOKENS": "split-admin",
+    }
+    with run_receiver(tmp_path, rules=rules, env=env) as rx:
+        assert poll(lambda: _children(rx.proc.pid), timeout=20)
+        before = asyncio.run(_burst(rx.url, [1]))[1]
+        assert poll(lambda: _matched_rules(rx.url, before) is not None, timeout=30)
+        assert _matched_rules(rx.url, before) == []
+        rules.write_text(hook_rules("http://127.0.0.1:9", "Split"))
+        reloaded = httpx.post(
+            f"{rx.url}/-/reload",
+            headers={"Authorization": "Bearer split-admin"},
+            timeout=10,
+        )
+        assert reloaded.status_code == 200, reloaded.text
+        # The child reloads on its own SIGHUP; alerts sent until then may still
+        # meet the old rules, so send until one is decided by the new ones.
+
+        def decided_by_new_rules() -> bool:
+            sent = asyncio.run(_burst(rx.url, [2]))[2]
+            assert poll(lambda: _matched_rules(rx.url, sent) is not None, timeout=30)
+            return _matched_rules(rx.url, sent) == ["hook"]
+
+        assert poll(decided_by_new_rules, timeout=30)
