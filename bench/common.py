@@ -104,6 +104,25 @@ def storm_body(count: int, tag: str) -> bytes:
     return payload(alerts, f"storm-{tag}")
 
 
+def group_body(count: int = 20) -> bytes:
+    """One Alertmanager group of ``count`` runbook alerts (the 20-alert ingest)."""
+    return storm_body(count, "group")
+
+
+def lean_storm_body(count: int, tag: str) -> bytes:
+    """``count`` alerts with few labels: 38,000 fit in the 5 MiB body cap."""
+    alerts = [
+        {
+            "status": "firing",
+            "labels": {"alertname": RUNBOOK_ALERTS[i % len(RUNBOOK_ALERTS)]},
+            "startsAt": "2026-11-26T10:00:00Z",
+            "fingerprint": f"{tag}{i:x}",
+        }
+        for i in range(count)
+    ]
+    return payload(alerts, f"lean-{tag}")
+
+
 def burst_bodies(payloads: int, per: int, tag: str) -> list[bytes]:
     """``payloads`` payloads of ``per`` alerts each, all fingerprints distinct."""
     out = []
@@ -128,10 +147,28 @@ def free_port() -> int:
 
 def peak_rss_mib(pid: int) -> float:
     """The process's peak resident set (VmHWM) in MiB."""
+    return _status_kib(pid, "VmHWM:") / 1024
+
+
+def rss_mib(pid: int) -> float:
+    """The process's resident set now (VmRSS) in MiB."""
+    return _status_kib(pid, "VmRSS:") / 1024
+
+
+def _status_kib(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise BenchError(f"no VmHWM for pid {pid}")
+        if line.startswith(key):
+            return int(line.split()[1])
+    raise BenchError(f"no {key} for pid {pid}")
+
+
+def children(pid: int) -> list[int]:
+    """The direct child processes of ``pid`` (the receiver's worker)."""
+    with contextlib.suppress(OSError):
+        return [
+            int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        ]
+    return []
 
 
 @dataclass
@@ -237,6 +274,24 @@ def run_bare(tmp: Path) -> Iterator[Proc]:
     port = free_port()
     log = tmp / f"bare-{port}.log"
     proc = _start([sys.executable, str(BENCH / "bare.py"), "--port", str(port)], log)
+    peer = Proc(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        _wait_http(f"{peer.url}/readyz", peer)
+        yield peer
+    finally:
+        peer.stop()
+
+
+@contextlib.contextmanager
+def run_floor(tmp: Path) -> Iterator[Proc]:
+    """The durable floor (bench/floor.py) on a free loopback port, fresh database."""
+    port = free_port()
+    log = tmp / f"floor-{port}.log"
+    db = tmp / f"floor-{port}.db"
+    proc = _start(
+        [sys.executable, str(BENCH / "floor.py"), "--port", str(port), "--db", str(db)],
+        log,
+    )
     peer = Proc(proc, f"http://127.0.0.1:{port}", log)
     try:
         _wait_http(f"{peer.url}/readyz", peer)

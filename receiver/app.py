@@ -3,6 +3,13 @@
 Called by ``receiver serve`` and by tests. The store, the clock, the step
 executors and the sinks are injected; the worker (and the sink dispatcher it feeds)
 are started and stopped in ``cleanup_ctx``.
+
+``role`` says which part of the service this process is: ``all`` (the edge and
+the worker in one process: tests, tools, an in-memory store), ``edge`` (webhooks
+and the API; journals, rings the worker's doorbell, sheds load at the journal's
+bound, runs no playbook; serves the incident API without the incident ticker)
+or ``worker`` (decides the journal and runs the incident ticker; serves only
+the health and metrics routes).
 """
 
 from __future__ import annotations
@@ -10,20 +17,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, Literal
 
 import structlog
 from aiohttp import web
 
 from receiver.app_incidents import IncidentWiring, fan_out, install_incidents
+from receiver.engine.doorbell import EdgeBell, WorkerBell
 from receiver.engine.guards import FiringCheck, GuardDefaults, GuardKeeper
 from receiver.engine.planner import PlanContext
 from receiver.engine.reuse import DiagnosticsReuse
 from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor, Worker, consumer_name
 from receiver.errors import StoreUnavailableError
-from receiver.metrics import Metrics
+from receiver.metrics import WORKER_FAMILIES, Metrics
 from receiver.rulebook.loader import Rulebook
 from receiver.settings import Settings
 from receiver.sinks import (
@@ -40,7 +50,7 @@ from receiver.web.admin import Admin
 from receiver.web.auth import AUTHENTICATOR, Authenticator
 from receiver.web.change_events import ChangeEvents, change_reader, events_api_errors
 from receiver.web.console import Console
-from receiver.web.handlers import EdgeLimits, Handlers
+from receiver.web.handlers import Backpressure, EdgeLimits, Handlers
 from receiver.web.problems import make_middleware
 from receiver.web.reload import Reloader, step_types
 from receiver.web.slack import SlackInteractions
@@ -50,6 +60,7 @@ STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 PROCESSOR = web.AppKey("processor", Processor)
 SINKS = web.AppKey("sinks", SinkDispatcher)
+Role = Literal["all", "edge", "worker"]
 
 
 def utc_now() -> datetime:
@@ -106,9 +117,17 @@ async def expire_approvals(
         await asyncio.sleep(every.total_seconds())
 
 
-def add_routes(app: web.Application, handlers: Handlers) -> None:
-    """Every route of the service (the OpenAPI document lists the same)."""
+def add_routes(app: web.Application, handlers: Handlers, role: Role = "all") -> None:
+    """Every route of the service (the OpenAPI document lists the same).
+
+    A worker process (role ``worker``) serves only health and metrics.
+    """
     r = app.router
+    if role == "worker":
+        r.add_get("/healthz", handlers.healthz)
+        r.add_get("/readyz", handlers.readyz)
+        r.add_get("/metrics", handlers.metrics)
+        return
     r.add_post(
         "/webhooks/alertmanager", handlers.alertmanager, name="webhook:alertmanager"
     )
@@ -150,7 +169,41 @@ def _add_operations(
         app.router.add_post("/-/reload", reloader.handle)
 
 
-def create_app(  # noqa: PLR0915 (the one place that wires everything)
+def _edge_hooks(bell: EdgeBell | None) -> dict[str, Any]:
+    """What the edge's handlers need of a worker process, if there is one."""
+    if bell is None:
+        return {}
+    return {
+        "on_journaled": bell.ring,
+        "worker_metrics": lambda: bell.worker_metrics,
+        "metrics_without": WORKER_FAMILIES,
+        "worker_ready": lambda: bell.worker_ready,
+    }
+
+
+def _edge_lifecycle(
+    store: Store,
+    bell: EdgeBell | None,
+    firing_check: FiringCheck | None,
+    reloader: Reloader,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        if bell is not None:
+            bell.start()
+        reloader.listen()
+        yield
+        reloader.stop_listening()
+        if bell is not None:
+            await bell.aclose()
+        close_check = getattr(firing_check, "aclose", None)
+        if close_check is not None:
+            await close_check()
+        await store.close()
+
+    return lifecycle
+
+
+def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
     settings: Settings,
     *,
     rulebook: Rulebook,
@@ -162,12 +215,20 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
     firing_check: FiringCheck | None = None,
     rule_paths: Sequence[Path] | None = None,
     incidents: IncidentWiring | None = None,
+    role: Role = "all",
+    edge_bell: EdgeBell | None = None,
+    worker_bell: WorkerBell | None = None,
+    backpressure: Backpressure | None = None,
+    reload_worker: Callable[[], None] | None = None,
 ) -> web.Application:
     """Build the application; the worker starts with the app and stops with it.
 
     ``sinks`` default to those settings configure (``build_sinks``); pass ``{}``
-    for none. With ``rule_paths`` (what ``rulebook`` was loaded from), SIGHUP and
-    ``POST /-/reload`` load them again.
+    for none. ``edge_bell`` (role ``edge``) wakes a worker process and brings
+    its metrics; ``worker_bell`` (role ``worker``) is the other end.
+    With ``rule_paths`` (what ``rulebook`` was loaded from), SIGHUP and
+    ``POST /-/reload`` load them again; ``reload_worker`` then passes the
+    reload on to a worker process.
     """
     metrics = metrics or Metrics()
     consumer = consumer_name()
@@ -211,6 +272,12 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
         alertname_from=settings.pagerduty_alertname_from,
         limits=edge_limits(settings),
         execute=settings.mode == "execute",
+        backpressure=backpressure
+        or Backpressure(
+            max_depth=settings.journal_max_depth,
+            max_age=settings.journal_max_age.total_seconds(),
+        ),
+        **_edge_hooks(edge_bell),
     )
     app = web.Application(
         middlewares=[make_middleware(metrics)],
@@ -220,23 +287,29 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
     app[AUTHENTICATOR] = auth
     app[METRICS] = metrics
     app[PROCESSOR] = processor
-    add_routes(app, handlers)
     reloader = Reloader(
-        processor, rule_paths or [], metrics=metrics, auth=auth, clock=clock
-    )
-    _add_operations(app, handlers, reloader, store=store, auth=auth, clock=clock)
-    admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
-    admin.routes(app.router)
-    SlackInteractions(
-        settings=settings, store=store, processor=processor, clock=clock
-    ).attach(app)
-    Console(
-        store=store,
+        processor,
+        rule_paths or [],
+        metrics=metrics,
         auth=auth,
-        processor=processor,
         clock=clock,
-        secrets=settings.secret_values(),
-    ).attach(app)
+        on_reloaded=reload_worker,
+    )
+    admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
+    add_routes(app, handlers, role)
+    if role != "worker":
+        _add_operations(app, handlers, reloader, store=store, auth=auth, clock=clock)
+        admin.routes(app.router)
+        SlackInteractions(
+            settings=settings, store=store, processor=processor, clock=clock
+        ).attach(app)
+        Console(
+            store=store,
+            auth=auth,
+            processor=processor,
+            clock=clock,
+            secrets=settings.secret_values(),
+        ).attach(app)
 
     incident_service = install_incidents(
         app,
@@ -246,8 +319,17 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
         rulebook=lambda: processor.rulebook,
         auth=auth,
         metrics=metrics,
-        wiring=incidents,
+        # The worker process runs the incident ticker; the edge only serves
+        # the incident API over the same store.
+        wiring=replace(incidents or IncidentWiring(), tick_every=None)
+        if role == "edge"
+        else incidents,
     )
+    if role == "edge":
+        app.cleanup_ctx.append(
+            _edge_lifecycle(store, edge_bell, firing_check, reloader)
+        )
+        return app
     sinks = build_sinks(settings) if sinks is None else sinks
     dispatcher = None
     if sinks or settings.sinks:
@@ -279,6 +361,8 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
         ),
         lease=settings.journal_lease,
         max_attempts=settings.journal_max_attempts,
+        bell=worker_bell,
+        prune_every=settings.prune_interval,
     )
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
@@ -287,6 +371,8 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
                 paused=True, by="settings", reason="started with paused: true"
             )
         metrics.paused.set(1 if await store.pause() else 0)
+        if worker_bell is not None:
+            worker_bell.start(lambda: metrics.render(only=WORKER_FAMILIES))
         await worker.start()
         reloader.listen()
         sweeper = asyncio.create_task(
@@ -299,6 +385,8 @@ def create_app(  # noqa: PLR0915 (the one place that wires everything)
             await sweeper
         reloader.stop_listening()
         await worker.stop()
+        if worker_bell is not None:
+            await worker_bell.aclose()
         if dispatcher is not None:
             await dispatcher.aclose()
         for executor in (executors or {}).values():

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
+import socket
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -20,6 +22,8 @@ from receiver.errors import ConfigError, InputError, RuleError
 from receiver.model import AlertTrace, Decision, MatchTrace
 
 DEFAULT_RULES = [Path("rules")]
+# Seconds a worker child may take to shut down before it exits regardless.
+CHILD_STOP_GRACE = 20.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +53,16 @@ def _parser() -> argparse.ArgumentParser:
         help="dry-run (default): nothing is contacted; diagnose: read-only "
         "diagnostics run and sinks post; execute: remediations run too",
     )
+    serve.add_argument(
+        "--role",
+        choices=["all", "edge", "worker"],
+        default="all",
+        help="all (default): the edge, and the worker in a child process it "
+        "supervises; edge: webhooks and API only; worker: decide the journal "
+        "(serves only /healthz, /readyz and /metrics)",
+    )
+    # Internal: the doorbell descriptor a supervising edge hands its worker child.
+    serve.add_argument("--bell-fd", type=int, help=argparse.SUPPRESS)
 
     replay = sub.add_parser(
         "replay", help="decide stored payloads offline and print the trace"
@@ -264,11 +278,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     from receiver import logs  # noqa: PLC0415
     from receiver.app import create_app  # noqa: PLC0415
+    from receiver.engine.doorbell import EdgeBell, WorkerBell  # noqa: PLC0415
     from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
     from receiver.settings import load_settings  # noqa: PLC0415
     from receiver.sources.alertmanager_api import AlertmanagerApi  # noqa: PLC0415
     from receiver.steps import build_executors  # noqa: PLC0415
     from receiver.store import Retention, open_store  # noqa: PLC0415
+    from receiver.supervisor import WorkerSupervisor, supervise  # noqa: PLC0415
     from receiver.web.server import serve  # noqa: PLC0415
 
     settings = load_settings(
@@ -282,10 +298,16 @@ def _serve(args: argparse.Namespace) -> int:
     )
     settings.check_safe()
     logs.configure(settings.log_format, settings.log_level, settings.secret_values())
-    import structlog  # noqa: PLC0415
-
-    log = structlog.get_logger("receiver")
     rulebook = load_rulebook(settings.rules)
+    firing_check = None
+    if settings.alertmanager_url:
+        firing_check = AlertmanagerApi(
+            httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0)),
+            settings.alertmanager_url,
+        )
+    role = args.role
+    # An in-memory store cannot be shared with a child: one process does all.
+    split = role == "all" and not _in_memory(settings.store)
     store = open_store(
         settings.store,
         Retention(
@@ -294,73 +316,139 @@ def _serve(args: argparse.Namespace) -> int:
             max_decisions=settings.retention_decisions,
             lease=settings.journal_lease,
         ),
+        # Beside a live worker process, the edge must not hand its claims back.
+        reclaim=role == "worker" or (not split and role == "all"),
     )
-    firing_check = None
-    if settings.alertmanager_url:
-        firing_check = AlertmanagerApi(
-            httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0)),
-            settings.alertmanager_url,
-        )
+    edge_bell = worker_bell = supervisor = None
+    if split:
+        edge_end, worker_end = socket.socketpair()
+        edge_bell = EdgeBell(edge_end)
+        supervisor = WorkerSupervisor(_passed_on(args), worker_end)
+    if args.bell_fd is not None:
+        worker_bell = WorkerBell(socket.socket(fileno=args.bell_fd))
     app = create_app(
         settings,
         rulebook=rulebook,
         store=store,
-        executors=build_executors(settings),
+        executors=build_executors(settings) if role != "edge" else {},
         firing_check=firing_check,
         rule_paths=settings.rules,
+        role="edge" if split else role,
+        edge_bell=edge_bell,
+        worker_bell=worker_bell,
+        # A reload on the edge (SIGHUP, POST /-/reload) reaches the worker child.
+        reload_worker=supervisor.reload if supervisor is not None else None,
     )
-    base = f"http://{settings.host}:{settings.port}"
-
-    def started(banner: str) -> None:
-        # aiohttp calls this once every listening socket is bound, with a banner
-        # naming the bound addresses (the real port when --port 0).
-        bound = re.search(r"Running on (\S+)", banner)
-        log.info(
-            "receiver_started",
-            url=bound.group(1) if bound else base,
-            version=__version__,
-            mode=settings.mode,
-            rules=len(rulebook.rules),
-            playbooks=len(rulebook.playbooks),
-            store=settings.store.split("://", 1)[0],
-        )
-        if not settings.has_credentials:
-            log.warning(
-                "auth_disabled",
-                detail="no credentials configured: listening on loopback only and "
-                "accepting unauthenticated requests; set RECEIVER_AUTH_TOKENS before "
-                "exposing the receiver",
-            )
-        if settings.mode != "execute":
-            log.info(
-                "dry_run_mode",
-                mode=settings.mode,
-                detail="remediations are only described, never run; start with "
-                "--execute to run them"
-                + (
-                    ""
-                    if settings.mode == "diagnose"
-                    else " (--mode diagnose runs read-only diagnostics)"
-                ),
-            )
-        log.info(
-            "try_it",
-            detail=f"send an example alert: examples/send.sh {base} "
-            "(then GET /api/v1/decisions)",
-        )
-
+    if supervisor is not None:
+        app.cleanup_ctx.append(supervise(supervisor))
     # Everything built so far lives for the whole process: keep it out of the
     # garbage collector's generations so collections during a storm stay cheap.
     gc.freeze()
+    loop = uvloop.new_event_loop()
+    if worker_bell is not None:
+        loop.run_until_complete(_run_child(app, worker_bell))
+        return 0
     serve(
         app,
         host=settings.host,
         port=settings.port,
         max_connections=settings.max_connections,
-        loop=uvloop.new_event_loop(),
-        on_started=started,
+        loop=loop,
+        on_started=lambda banner: _log_started(settings, rulebook, role, banner),
     )
     return 0
+
+
+def _in_memory(url: str) -> bool:
+    return url.removeprefix("sqlite://").strip("/") == ":memory:"
+
+
+def _passed_on(args: argparse.Namespace) -> list[str]:
+    """The serve options a worker child needs (everything but where to listen)."""
+    out: list[str] = []
+    if args.config is not None:
+        out += ["--config", str(args.config)]
+    for path in args.rules or []:
+        out += ["--rules", str(path)]
+    if args.execute:
+        out.append("--execute")
+    if args.mode is not None:
+        out += ["--mode", args.mode]
+    return out
+
+
+async def _run_child(app: Any, bell: Any) -> None:
+    """A supervised worker: no listener; stop on SIGTERM or when the edge is gone."""
+    import signal  # noqa: PLC0415
+
+    from aiohttp import web  # noqa: PLC0415
+
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    gone = asyncio.create_task(bell.edge_gone.wait())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({gone, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    gone.cancel()
+    stopped.cancel()
+    try:
+        # Bounded: a worker whose edge is gone must not linger on a stuck
+        # shutdown; the journal keeps what it did not finish.
+        await asyncio.wait_for(runner.cleanup(), CHILD_STOP_GRACE)
+    except TimeoutError:
+        import structlog  # noqa: PLC0415
+
+        structlog.get_logger("receiver").error(
+            "worker_stop_timed_out", seconds=CHILD_STOP_GRACE
+        )
+        os._exit(1)
+
+
+def _log_started(settings: Any, rulebook: Any, role: str, banner: str) -> None:
+    """Once every listening socket is bound (aiohttp's banner names them)."""
+    import structlog  # noqa: PLC0415
+
+    log = structlog.get_logger("receiver")
+    base = f"http://{settings.host}:{settings.port}"
+    # The banner names the bound addresses (the real port when --port 0).
+    bound = re.search(r"Running on (\S+)", banner)
+    log.info(
+        "receiver_started",
+        url=bound.group(1) if bound else base,
+        version=__version__,
+        role=role,
+        mode=settings.mode,
+        rules=len(rulebook.rules),
+        playbooks=len(rulebook.playbooks),
+        store=settings.store.split("://", 1)[0],
+    )
+    if not settings.has_credentials:
+        log.warning(
+            "auth_disabled",
+            detail="no credentials configured: listening on loopback only and "
+            "accepting unauthenticated requests; set RECEIVER_AUTH_TOKENS before "
+            "exposing the receiver",
+        )
+    if settings.mode != "execute":
+        log.info(
+            "dry_run_mode",
+            mode=settings.mode,
+            detail="remediations are only described, never run; start with "
+            "--execute to run them"
+            + (
+                ""
+                if settings.mode == "diagnose"
+                else " (--mode diagnose runs read-only diagnostics)"
+            ),
+        )
+    log.info(
+        "try_it",
+        detail=f"send an example alert: examples/send.sh {base} "
+        "(then GET /api/v1/decisions)",
+    )
 
 
 async def _replay(args: argparse.Namespace) -> int:

@@ -141,6 +141,14 @@ class StoreUnavailableError(ReceiverError):
     """The journal cannot durably accept a payload right now."""
 
 
+class OverloadedError(StoreUnavailableError):
+    """The journal is at its bound (depth or age): the sender should retry later."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True)
 class RuleErrorDetail:
     """One problem in a rule file, located as precisely as we can."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+_KEY_CACHE = 4096
 _SECRET_KEYS = (
     "authorization",
     "token",
@@ -27,22 +28,30 @@ def redact_processor(
 ) -> structlog.types.Processor:
     """A processor that masks secret-named keys and any known secret value."""
     values = tuple(s for s in secrets if s)
+    # Whether a key names a secret, decided once per key: a busy service logs
+    # the same few keys millions of times.
+    secret_key: dict[str, bool] = {}
 
-    def _mask(value: Any) -> Any:
-        if isinstance(value, str):
-            for secret in values:
-                if secret in value:
-                    value = value.replace(secret, "***")
+    def _mask(value: str) -> str:
+        for secret in values:
+            if secret in value:
+                value = value.replace(secret, "***")
         return value
 
     def processor(
         _logger: Any, _name: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        for key in list(event):
-            if any(part in key.lower() for part in _SECRET_KEYS):
+        for key, value in event.items():
+            named = secret_key.get(key)
+            if named is None:
+                lowered = key.lower()
+                named = any(part in lowered for part in _SECRET_KEYS)
+                if len(secret_key) < _KEY_CACHE:
+                    secret_key[key] = named
+            if named:
                 event[key] = "***"
-            else:
-                event[key] = _mask(event[key])
+            elif values and isinstance(value, str):
+                event[key] = _mask(value)
         return event
 
     return processor

@@ -62,20 +62,6 @@ GUARDS = (
 SINK_OUTCOMES = ("sent", "skipped", "failed")
 
 
-class _WithoutCreated:
-    """A registry view that leaves out the ``*_created`` samples."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
-
-    def collect(self) -> Iterator[Metric]:
-        for family in self._registry.collect():
-            family.samples = [
-                s for s in family.samples if not s.name.endswith("_created")
-            ]
-            yield family
-
-
 class Metrics:
     """The receiver's metrics, all prefixed ``receiver_``."""
 
@@ -169,6 +155,13 @@ class Metrics:
             "Payloads refused with 503 because the store was unavailable.",
             registry=r,
         )
+        self.shed = Counter(
+            "receiver_webhooks_shed",
+            "Webhooks refused with 503 because the journal was at its bound "
+            "(depth or age); the sender retries them.",
+            ["source", "bound"],
+            registry=r,
+        )
         self.mode = Gauge(
             "receiver_mode",
             "1 for the mode decisions are made in (dry-run, diagnose, execute).",
@@ -239,6 +232,51 @@ class Metrics:
             for outcome in SINK_OUTCOMES:
                 self.sink_deliveries.labels(sink, outcome)
 
-    def render(self) -> bytes:
-        """Prometheus text exposition of every collector."""
-        return generate_latest(_WithoutCreated(self.registry))
+    def render(
+        self,
+        *,
+        only: frozenset[str] | None = None,
+        without: frozenset[str] = frozenset(),
+    ) -> bytes:
+        """Prometheus text exposition of the collectors (or of some families)."""
+        return generate_latest(_Families(self.registry, only, without))
+
+
+# What the worker counts: with the worker in its own process, the edge shows
+# these families from the worker's reports and the rest from its own.
+WORKER_FAMILIES = frozenset(
+    {
+        "receiver_alerts",
+        "receiver_rule_matches",
+        "receiver_steps",
+        "receiver_alerts_unmatched",
+        "receiver_guard_skips",
+        "receiver_events_recorded",
+        # Sinks are fed by the worker's completed payloads.
+        "receiver_sink_deliveries",
+    }
+)
+
+
+class _Families:
+    """A view of a registry: some families only, never ``*_created`` samples."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        only: frozenset[str] | None,
+        without: frozenset[str],
+    ) -> None:
+        self._registry = registry
+        self._only = only
+        self._without = without
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            if family.name in self._without:
+                continue
+            if self._only is None or family.name in self._only:
+                family.samples = [
+                    s for s in family.samples if not s.name.endswith("_created")
+                ]
+                yield family

@@ -211,6 +211,21 @@ class Settings(BaseModel):
     retention_decisions: int = Field(
         default=200_000, ge=100, description="Keep at most this many decisions."
     )
+    journal_max_depth: int = Field(
+        default=20_000,
+        ge=1,
+        description="Webhooks are refused with 503 and Retry-After while this many "
+        "accepted payloads wait to be decided (senders retry them later).",
+    )
+    journal_max_age: Duration = Field(
+        default=timedelta(seconds=60),
+        description="...or while the oldest waiting payload is older than this.",
+    )
+    prune_interval: Duration = Field(
+        default=timedelta(minutes=5),
+        description="How often finished payloads and decisions past retention are "
+        "dropped.",
+    )
     journal_lease: Duration = Field(
         default=timedelta(minutes=5),
         description="A claimed entry not finished in this time goes to another worker.",

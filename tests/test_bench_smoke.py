@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.e2e
 def test_bench_smoke_runs_every_part(tmp_path):
-    """`bench/run.py --smoke` runs all four parts and writes its results file."""
+    """`bench/run.py --smoke` runs every part and writes its results file."""
     require_binary("redis-server")
     out = tmp_path / "RESULTS.md"
     done = subprocess.run(
@@ -35,9 +35,18 @@ def test_bench_smoke_runs_every_part(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-4000:]
     text = out.read_text()
-    for part in ("1. Ingest", "2. End to end", "3. Rule scale", "4. Storm"):
+    for part in (
+        "1. Ingest",
+        "1b. Sustained",
+        "2. End to end",
+        "3. Rule scale",
+        "4. Storm",
+        "5. Decide cost",
+        "6. /healthz",
+        "7. Soak",
+    ):
         assert part in text
-    for row in ("bare aiohttp", "receiver, sqlite", "receiver, redis"):
+    for row in ("bare aiohttp", "durable floor", "receiver, sqlite", "receiver, redis"):
         assert row in text
     assert "## Targets" in text
     assert "cores" in text

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from receiver.model import SOURCES, Alert, freeze
 from receiver.rulebook.loader import Rulebook, load_rulebook
@@ -242,15 +244,157 @@ def test_literal_alternation_is_indexed(tmp_path):
                 "rules": [
                     {"name": "alt", "match": ['team=~"pay|bill"'], "playbook": "p"},
                     {"name": "open", "match": ['team=~"pay.*"'], "playbook": "p"},
+                    {"name": "neg", "match": ['team!~"x"'], "playbook": "p"},
                 ],
             }
         ),
         encoding="utf-8",
     )
     book = load_rulebook([path])
-    assert [c.name for c in book.index.candidates({"team": "bill"})] == [
-        "alt",
+    assert book.index.regex_labels == ("team",)
+    names = [c.name for c in book.index.candidates({"team": "bill"})]
+    assert names == ["alt", "neg"]
+    assert [c.name for c in book.index.candidates({"team": "payroll"})] == [
         "open",
+        "neg",
     ]
-    assert [c.name for c in book.index.candidates({"team": "ops"})] == ["open"]
-    assert [c.name for c in book.index.candidates({})] == ["open"]
+    assert [c.name for c in book.index.candidates({"team": "ops"})] == ["neg"]
+    assert [c.name for c in book.index.candidates({})] == ["neg"]
+
+
+def test_regex_only_rules_are_filed_in_an_automaton(tmp_path):
+    """Open regexes go to one RE2 set per label; the most selective one is chosen."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "playbooks": {"p": {}},
+                "rules": [
+                    {
+                        "name": "two",
+                        "match": ['x=~".*"', 'namespace=~"prod-.*"'],
+                        "playbook": "p",
+                        "continue": True,
+                    },
+                    {"name": "empty-ok", "match": ['team=~"a.*|"'], "playbook": "p"},
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    book = load_rulebook([path])
+    two = book.rules[0]
+    assert str(book.index.filed_regex(two)) == 'namespace=~"prod-.*"'
+    assert book.index.regex_labels == ("namespace", "team")
+    # A missing label is matched as "", which "a.*|" accepts.
+    assert [c.name for c in book.index.candidates({})] == ["empty-ok"]
+    assert [c.name for c in book.index.candidates({"namespace": "prod-eu"})] == [
+        "two",
+        "empty-ok",
+    ]
+    assert [c.name for c in book.index.candidates({"team": "b"})] == []
+
+
+def _book_of(matcher_sets: list[list[str]]) -> Rulebook:
+    from receiver.rulebook.matchers import Matcher  # noqa: PLC0415
+    from receiver.rulebook.schema import CompiledRule, Playbook, Rule  # noqa: PLC0415
+
+    rules = [
+        CompiledRule(
+            i,
+            Rule.model_validate(
+                {
+                    "name": f"r{i}",
+                    "match": m,
+                    "playbook": "p",
+                    "status": "any",
+                    "continue": True,
+                }
+            ),
+            tuple(Matcher.parse(x) for x in m),
+            "generated",
+        )
+        for i, m in enumerate(matcher_sets)
+    ]
+    return Rulebook(tuple(rules), {"p": Playbook()})
+
+
+def _names(book: Rulebook, labels: dict[str, str], *, linear: bool) -> list[str]:
+    alert = Alert("alertmanager", "fp", "firing", freeze(labels))
+    return [m.rule.name for m in book.match(alert, NOW, linear=linear)]
+
+
+def test_amtool_vectors_through_the_index():
+    """Every amtool conformance vector answers the same through the index."""
+    from test_matchers import CONFORMANCE, ERROR, HIT  # noqa: PLC0415
+
+    cases = [(m, labels, exp) for _, m, labels, exp in CONFORMANCE if exp != ERROR]
+    # One rulebook holding every vector's matchers as a rule, so each vector's
+    # regexes share automata with all the others.
+    book = _book_of([m for m, _, _ in cases])
+    for i, (matchers, labels, expected) in enumerate(cases):
+        indexed = _names(book, labels, linear=False)
+        assert indexed == _names(book, labels, linear=True), (matchers, labels)
+        assert (f"r{i}" in indexed) == (expected == HIT), (matchers, labels)
+
+
+def test_oversized_automaton_falls_back_rule_by_rule(monkeypatch):
+    """A label whose regexes do not fit one automaton is matched rule by rule."""
+    from receiver.rulebook import index  # noqa: PLC0415
+
+    monkeypatch.setattr(index, "SET_MEMORY", 1)
+    sets = [[f'team=~"t{i}.*"'] for i in range(50)]
+    book = _book_of(sets)
+    assert book.index.regex_labels == ("team",)
+    for labels in ({"team": "t7x"}, {"team": "t49"}, {}, {"team": "zz"}):
+        assert _names(book, labels, linear=False) == _names(book, labels, linear=True)
+    assert _names(book, {"team": "t49"}, linear=False) == ["r4", "r49"]
+
+
+# ------------------------------------------------------------ property
+
+_ATOMS = ["a", "b", "prod", "-", ".", "é", "\\d", "[a-c]", "x?", "(?i)P"]
+_LABEL_NAMES = ["namespace", "team", "job"]
+
+
+@st.composite
+def _regex(draw: st.DrawFn) -> str:
+    parts = draw(st.lists(st.sampled_from(_ATOMS), min_size=0, max_size=4))
+    tail = draw(st.sampled_from(["", ".*", ".+", "|dev", "|", "(-eu)?"]))
+    text = "".join(parts) + tail
+    return text.replace("(?i)", "") if "(?i)" in text[1:] else text
+
+
+@st.composite
+def _matchers(draw: st.DrawFn) -> list[str]:
+    out = []
+    for name in draw(st.lists(st.sampled_from(_LABEL_NAMES), min_size=1, max_size=3)):
+        op = draw(st.sampled_from(["=~", "=~", "=~", "!~", "!="]))
+        value = draw(_regex()) if "~" in op else draw(st.sampled_from(["a", ""]))
+        out.append(f'{name}{op}"{value}"')
+    return out
+
+
+_VALUES = st.text(alphabet=st.sampled_from("abcdprodéP-.1x\n"), max_size=8)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    rules=st.lists(_matchers(), min_size=1, max_size=40),
+    alerts=st.lists(
+        st.dictionaries(st.sampled_from(_LABEL_NAMES), _VALUES, max_size=3),
+        min_size=1,
+        max_size=20,
+    ),
+)
+def test_automaton_equals_naive_evaluation(rules, alerts):
+    """For generated regex rules and labels, the index equals rule-by-rule matching."""
+    from receiver.rulebook.matchers import MatcherError, matches_all  # noqa: PLC0415
+
+    try:
+        book = _book_of(rules)
+    except MatcherError:
+        return  # a generated regex RE2 refuses is not a rule
+    for labels in alerts:
+        naive = [c.name for c in book.rules if matches_all(c.matchers, labels)]
+        assert _names(book, labels, linear=False) == naive

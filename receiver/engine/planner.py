@@ -3,13 +3,21 @@
 Pure: the checks here need only the alert, the rulebook, the mode and the clock's
 reading. Checks that need shared state (idempotency, cooldown, budget, lock,
 circuit breaker) belong to the runner, which reads the store.
+
+Playbooks are compiled once (``CompiledPlaybooks``): each step knows which alert
+fields its templates read, and a step rendered for one set of those values (the
+rendered model, its target, the exact request, or why it cannot be filled in)
+is kept and reused for every alert with the same values. Rendering is a pure
+function of those values, so deciding a storm of alerts that share their
+namespace and workload is a lookup per step, not a model copy and validation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from receiver.model import (
     Alert,
@@ -21,7 +29,12 @@ from receiver.model import (
 )
 from receiver.rulebook.loader import Rulebook, RuleMatch
 from receiver.rulebook.steps import StepModel
-from receiver.rulebook.templates import RenderError, format_duration
+from receiver.rulebook.templates import PLACEHOLDER, RenderError, format_duration
+
+# Renderings kept per step; a step keyed on a value unique to each alert (its
+# fingerprint) starts over when full, so memory stays bounded.
+RENDER_CACHE = 4096
+_EMPTY: Mapping[str, Any] = freeze({})
 
 
 @dataclass(frozen=True)
@@ -86,80 +99,204 @@ def _trace(
     )
 
 
-def _plan_step(
-    step: StepModel, alert: Alert, now: datetime, match: RuleMatch, ctx: PlanContext
-) -> PlannedStep:
-    try:
-        rendered = step.rendered(alert, match.playbook.one_of)
-    except RenderError as exc:
-        return PlannedStep(
-            StepTrace(
-                kind=step.kind,
-                type=step.type_name(),
-                target="",
-                decision=Decision.SKIPPED,
-                reason=f"cannot fill in the step for this alert: {exc}",
-                name=step.name,
-                guard="template",
-            )
+@dataclass(frozen=True)
+class Rendering:
+    """A step filled in for some alert values, with what traces show of it."""
+
+    step: StepModel | None  # None: it could not be filled in
+    error: str = ""
+    target: str = ""
+    request: Mapping[str, Any] = field(default_factory=lambda: freeze({}))
+    action: str = ""
+    namespace: str | None = None
+    approval: bool = False
+
+    def trace(
+        self, step: CompiledStep, decision: Decision, reason: str, guard: str = ""
+    ) -> StepTrace:
+        """This rendering's trace with ``decision``, ``reason`` and ``guard``."""
+        return StepTrace(
+            step.kind,
+            step.type,
+            self.target,
+            decision,
+            reason,
+            self.request,
+            _EMPTY,
+            step.name,
+            guard,
         )
-    action = rendered.summary()
+
+
+def _fields(value: Any) -> Iterator[tuple[str, str]]:
+    """Every ``{scope.name}`` a dumped step model's strings refer to."""
+    if isinstance(value, str):
+        for found in PLACEHOLDER.finditer(value):
+            yield found.group(1), found.group(2)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _fields(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _fields(item)
+
+
+class CompiledStep:
+    """One playbook step, compiled: the alert fields it reads, its renderings."""
+
+    def __init__(
+        self, step: StepModel, one_of: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
+        self.step = step
+        # The playbook's label choices (``labels.<name>.one_of``): fixed for a
+        # step, which belongs to one playbook.
+        self.one_of = one_of
+        self.kind = step.kind
+        self.remediation = step.kind is StepKind.REMEDIATION
+        self.type = step.type_name()
+        self.name = step.name
+        self.fields = tuple(sorted(set(_fields(step.model_dump()))))
+        self._renderings: dict[tuple[str | None, ...], Rendering] = {}
+
+    def _key(self, alert: Alert) -> tuple[str | None, ...]:
+        out: list[str | None] = []
+        for scope, name in self.fields:
+            if scope == "labels":
+                out.append(alert.labels.get(name))
+            elif scope == "annotations":
+                out.append(alert.annotations.get(name))
+            else:
+                out.append(str(getattr(alert, name, None)))
+        return tuple(out)
+
+    def render(self, alert: Alert) -> Rendering:
+        """The step filled in for ``alert`` (computed once per distinct values)."""
+        key = self._key(alert)
+        found = self._renderings.get(key)
+        if found is None:
+            found = self._render(alert)
+            if len(self._renderings) >= RENDER_CACHE:
+                self._renderings.clear()
+            self._renderings[key] = found
+        return found
+
+    def _render(self, alert: Alert) -> Rendering:
+        try:
+            rendered = self.step.rendered(alert, self.one_of)
+        except RenderError as exc:
+            return Rendering(None, error=str(exc))
+        trace = _trace(rendered, Decision.DRY_RUN, "")
+        return Rendering(
+            rendered,
+            target=trace.target,
+            request=trace.request,
+            action=rendered.summary(),
+            namespace=getattr(rendered, "namespace", None),
+            approval=getattr(rendered, "approval", "none") == "required",
+        )
+
+
+class CompiledPlaybooks:
+    """Compiled steps, built on first use and kept for the rulebook's life."""
+
+    def __init__(self) -> None:
+        # Keyed by identity; the step itself is kept, so an id is never reused.
+        self._steps: dict[int, CompiledStep] = {}
+
+    def step(
+        self, step: StepModel, one_of: Mapping[str, Sequence[str]] | None = None
+    ) -> CompiledStep:
+        """The compiled form of ``step`` (filled in with ``one_of`` choices)."""
+        found = self._steps.get(id(step))
+        if found is None or found.step is not step or found.one_of != one_of:
+            found = self._steps[id(step)] = CompiledStep(step, one_of)
+        return found
+
+
+def _plan_step(
+    compiled: CompiledStep,
+    alert: Alert,
+    now: datetime,
+    match: RuleMatch,
+    ctx: PlanContext,
+    *,
+    index: int,
+) -> PlannedStep:
+    rendering = compiled.render(alert)
+    rendered = rendering.step
+    if rendered is None:
+        return PlannedStep(
+            rendering.trace(
+                compiled,
+                Decision.SKIPPED,
+                f"cannot fill in the step for this alert: {rendering.error}",
+                "template",
+            ),
+            index=index,
+        )
+    action = rendering.action
     guards = match.playbook.guards
-    namespace = getattr(rendered, "namespace", None)
+    namespace = rendering.namespace
     allowed = ctx.namespaces
     if guards.namespaces is not None:
         allowed = tuple(n for n in guards.namespaces if allowed is None or n in allowed)
     if namespace is not None and allowed is not None and namespace not in allowed:
         return PlannedStep(
-            _trace(
-                rendered,
+            rendering.trace(
+                compiled,
                 Decision.SKIPPED,
                 f"namespace {namespace!r} is not allowed (allowlist: "
                 f"{', '.join(allowed) or 'empty'})",
                 "namespace",
             ),
             rendered,
+            index=index,
         )
-    if step.kind is StepKind.REMEDIATION:
+    if compiled.remediation:
         if alert.status != "firing":
             return PlannedStep(
-                _trace(
-                    rendered,
+                rendering.trace(
+                    compiled,
                     Decision.SKIPPED,
                     "alert resolved: remediations run only while an alert fires "
                     f"(would have: {action})",
                     "resolved",
                 ),
                 rendered,
+                index=index,
             )
         need = guards.require_firing_for
         if need is not None and alert.firing_for(now) < need:
             return PlannedStep(
-                _trace(
-                    rendered,
+                rendering.trace(
+                    compiled,
                     Decision.SKIPPED,
                     f"not firing long enough: {format_duration(alert.firing_for(now))}"
                     f" of the required {format_duration(need)}",
                     "require_firing_for",
                 ),
                 rendered,
+                index=index,
             )
-    approval = getattr(rendered, "approval", "none") == "required"
-    forced = guards.dry_run and step.kind is StepKind.REMEDIATION
-    looks = ctx.diagnose and step.kind is StepKind.DIAGNOSTIC
+    approval = rendering.approval
+    forced = guards.dry_run and compiled.remediation
+    looks = ctx.diagnose and compiled.kind is StepKind.DIAGNOSTIC
     if not (ctx.execute or looks) or forced:
         why = "playbook forces dry-run" if ctx.execute else "dry-run mode"
         if ctx.diagnose:
             why = "diagnose mode"
         prefix = "would ask a human for approval, then " if approval else "would "
         return PlannedStep(
-            _trace(rendered, Decision.DRY_RUN, f"{why}: {prefix}{action}"), rendered
+            rendering.trace(compiled, Decision.DRY_RUN, f"{why}: {prefix}{action}"),
+            rendered,
+            index=index,
         )
     return PlannedStep(
-        _trace(rendered, Decision.DRY_RUN, f"planned: {action}"),
+        rendering.trace(compiled, Decision.DRY_RUN, f"planned: {action}"),
         rendered,
         run=True,
         approval=approval,
+        index=index,
     )
 
 
@@ -170,8 +307,14 @@ def plan(
     ctx: PlanContext,
     *,
     matches: Sequence[RuleMatch] | None = None,
+    compiled: CompiledPlaybooks | None = None,
 ) -> Plan:
-    """Match ``alert`` and decide, as far as is possible without state, each step."""
+    """Match ``alert`` and decide, as far as is possible without state, each step.
+
+    ``compiled`` keeps compiled playbooks between calls (the worker passes one
+    for its rulebook's life); without it each call compiles afresh.
+    """
+    compiled = compiled or CompiledPlaybooks()
     if not alert.actionable:
         event = alert.labels.get("event_type") or alert.refs.get("event_action", "")
         return Plan(
@@ -187,6 +330,7 @@ def plan(
     found = rulebook.match(alert, now) if matches is None else list(matches)
     planned = []
     for match in found:
+        one_of = match.playbook.one_of
         steps = [
             *match.playbook.diagnostics,
             *match.playbook.remediation,
@@ -199,7 +343,9 @@ def plan(
                 playbook=match.rule.rule.playbook,
                 match=match,
                 steps=tuple(
-                    replace(_plan_step(s, alert, now, match, ctx), index=i)
+                    _plan_step(
+                        compiled.step(s, one_of), alert, now, match, ctx, index=i
+                    )
                     for i, s in enumerate(steps)
                 ),
             )

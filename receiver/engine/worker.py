@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import time
@@ -32,7 +33,8 @@ from typing import Any, overload
 
 import structlog
 
-from receiver.engine.planner import Plan, PlanContext, plan
+from receiver.engine.doorbell import WorkerBell
+from receiver.engine.planner import CompiledPlaybooks, Plan, PlanContext, plan
 from receiver.engine.runner import Runner, describe_error
 from receiver.errors import InputError, StoreUnavailableError
 from receiver.metrics import Metrics
@@ -110,6 +112,11 @@ def stand_down(planned: Plan, acknowledged_at: datetime) -> Plan:
 # worker; every /metrics scrape refreshes them too. Counting the backlog after
 # every entry made a long backlog slower to drain.
 OBSERVE_EVERY = 1.0
+# With a doorbell, an idle worker still looks at the journal this often
+# (seconds): for leases that ran out, and as a safety net.
+IDLE_RECHECK = 1.0
+# A payload's alerts are decided in chunks of this many, yielding in between.
+YIELD_EVERY = 100
 
 
 class TraceRecords(Sequence[Mapping[str, Any]]):
@@ -156,6 +163,82 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(2).hex()}"
 
 
+_HELD = frozenset({Decision.SKIPPED.value, Decision.AWAITING_APPROVAL.value})
+_NEWS = frozenset(
+    {
+        Decision.EXECUTED.value,
+        Decision.FAILED.value,
+        Decision.AWAITING_APPROVAL.value,
+    }
+)
+
+
+def _debug_enabled() -> bool:
+    """Whether debug lines are kept (they are not built otherwise)."""
+    check = getattr(log, "is_enabled_for", None)
+    return True if check is None else bool(check(logging.DEBUG))
+
+
+class _Tally:
+    """A payload's metrics, counted as its alerts are decided and sent once."""
+
+    def __init__(self) -> None:
+        self.alerts: Counter[tuple[str, str]] = Counter()
+        self.unmatched: Counter[str] = Counter()
+        self.rules: Counter[tuple[str, str]] = Counter()
+        self.steps: dict[tuple[str, str], int] = {}
+        self.guards: Counter[str] = Counter()
+        self.decisions: Counter[str] = Counter()
+        self.events: Counter[str] = Counter()
+        self.matched = 0
+
+    def add(self, trace: AlertTrace) -> dict[str, int]:
+        """Count one alert's trace; return its step decisions."""
+        decisions: dict[str, int] = {}
+        if not trace.alert.actionable:
+            # Recorded, not decided: an acknowledge counts as acknowledged, the
+            # rest (notes, custom fields, ...) as events; never as firing or
+            # unmatched.
+            if trace.alert.state == "acknowledged":
+                self.alerts[trace.alert.source, "acknowledged"] += 1
+            else:
+                self.events[trace.alert.source] += 1
+            return decisions
+        self.alerts[trace.alert.source, trace.alert.status] += 1
+        if not trace.matches:
+            self.unmatched[trace.alert.source] += 1
+        else:
+            self.matched += 1
+        steps = self.steps
+        for match in trace.matches:
+            self.rules[match.rule, match.severity.value] += 1
+            for step in match.steps:
+                decision = step.decision.value
+                decisions[decision] = decisions.get(decision, 0) + 1
+                key = (step.type, decision)
+                steps[key] = steps.get(key, 0) + 1
+                if step.guard and decision in _HELD:
+                    self.guards[step.guard] += 1
+        for decision, n in decisions.items():
+            self.decisions[decision] += n
+        return decisions
+
+    def flush(self, m: Metrics) -> None:
+        """Add the counts to the metrics: one call per label set, not per alert."""
+        for (source, status), n in self.alerts.items():
+            m.alerts.labels(source, status).inc(n)
+        for source, n in self.unmatched.items():
+            m.unmatched.labels(source).inc(n)
+        for (rule, severity), n in self.rules.items():
+            m.rule_matches.labels(rule, severity).inc(n)
+        for (kind, decision), n in self.steps.items():
+            m.steps.labels(kind, decision).inc(n)
+        for guard, n in self.guards.items():
+            m.guard_skips.labels(guard).inc(n)
+        for source, n in self.events.items():
+            m.events_recorded.labels(source).inc(n)
+
+
 class Processor:
     """Decides every alert of one payload."""
 
@@ -179,6 +262,7 @@ class Processor:
         self._metrics = metrics
         self._alertname_from = pagerduty_alertname_from
         self._store = store
+        self._compiled = CompiledPlaybooks()
 
     def alerts(self, source: Source, body: bytes, now: datetime) -> list[Alert]:
         """Parse a stored body of ``source`` into alerts."""
@@ -221,13 +305,34 @@ class Processor:
     ) -> list[AlertTrace]:
         """Plan and run every alert; ``now`` fixes time for replay ``--at``."""
         traces = []
+        tally = _Tally()
         at = now or self._clock()  # one reading for the whole pass
+        decided = 0
         for given in alerts:
             for raw in await self.inherit(given):
+                if decided and decided % YIELD_EVERY == 0:
+                    # A storm is decided in chunks: let the loop's other tasks run.
+                    await asyncio.sleep(0)
+                decided += 1
                 trace = await self._decide_one(
-                    raw, payload_id, at, runner=runner, ctx=ctx, count=count
+                    raw,
+                    payload_id,
+                    at,
+                    runner=runner,
+                    ctx=ctx,
+                    tally=tally if count else None,
                 )
                 traces.append(trace)
+        if count:
+            if self._metrics is not None:
+                tally.flush(self._metrics)
+            log.info(
+                "payload_decided",
+                payload_id=payload_id,
+                alerts=len(traces),
+                matched=tally.matched,
+                steps=dict(tally.decisions),
+            )
         return traces
 
     async def _decide_one(
@@ -238,12 +343,14 @@ class Processor:
         *,
         runner: Runner | None,
         ctx: PlanContext | None,
-        count: bool,
+        tally: _Tally | None,
     ) -> AlertTrace:
         alert = await self._with_start(raw)
         try:
-            planned = plan(alert, self.rulebook, at, ctx or self._ctx)
-            acknowledged = await self._acknowledged(alert, at, record=count)
+            planned = plan(
+                alert, self.rulebook, at, ctx or self._ctx, compiled=self._compiled
+            )
+            acknowledged = await self._acknowledged(alert, at, record=tally is not None)
             if acknowledged is not None:
                 planned = stand_down(planned, acknowledged)
             trace = await (runner or self._runner).run(planned, payload_id, at)
@@ -262,10 +369,15 @@ class Processor:
                 mode=(runner or self._runner).mode,
                 notes=(why,),
             )
-        if not count:
+        if tally is None:
             return trace
-        self._count(trace)
-        log.info(
+        steps = tally.add(trace)
+        # Steps that acted, failed or wait for a human make an alert news;
+        # the rest is in the decision record and in the payload's line.
+        news = not _NEWS.isdisjoint(steps)
+        if not news and not _debug_enabled():
+            return trace
+        (log.info if news else log.debug)(
             "alert_decided",
             fingerprint=alert.fingerprint,
             status=alert.state,
@@ -273,9 +385,7 @@ class Processor:
             alertname=alert.labels.get("alertname", ""),
             rules=[m.rule for m in trace.matches],
             severity=[m.severity.value for m in trace.matches],
-            steps=dict(
-                Counter(s.decision.value for m in trace.matches for s in m.steps)
-            ),
+            steps=steps,
             payload_id=payload_id,
         )
         return trace
@@ -342,32 +452,6 @@ class Processor:
             for fingerprint, record in found.items()
         ]
 
-    def _count(self, trace: AlertTrace) -> None:
-        m = self._metrics
-        if m is None:
-            return
-        if not trace.alert.actionable:
-            # Recorded, not decided: an acknowledge counts as acknowledged, the
-            # rest (notes, custom fields, ...) as events; never as firing or
-            # unmatched.
-            if trace.alert.state == "acknowledged":
-                m.alerts.labels(trace.alert.source, "acknowledged").inc()
-            else:
-                m.events_recorded.labels(trace.alert.source).inc()
-            return
-        m.alerts.labels(trace.alert.source, trace.alert.status).inc()
-        if not trace.matches:
-            m.unmatched.labels(trace.alert.source).inc()
-        for match in trace.matches:
-            m.rule_matches.labels(match.rule, match.severity.value).inc()
-            for step in match.steps:
-                m.steps.labels(step.type, step.decision.value).inc()
-                if step.guard and step.decision in (
-                    Decision.SKIPPED,
-                    Decision.AWAITING_APPROVAL,
-                ):
-                    m.guard_skips.labels(step.guard).inc()
-
     async def process(self, entry: JournalEntry) -> list[AlertTrace]:
         """Decide a journal entry, with one clock reading for the pass."""
         now = self._clock()
@@ -405,7 +489,11 @@ class Worker:
         on_complete: Callable[[list[AlertTrace]], None] | None = None,
         lease: timedelta = timedelta(minutes=5),
         max_attempts: int = 5,
+        bell: WorkerBell | None = None,
     ) -> None:
+        # Rung by the edge process after each payload it journals: the worker
+        # sleeps on it instead of polling the journal.
+        self._bell = bell
         # Called with a payload's traces once they are recorded (the sinks);
         # it must return at once and never raise.
         self._on_complete = on_complete
@@ -489,7 +577,7 @@ class Worker:
                 # One consumer name per task: a task completes what it claimed
                 # before claiming again, which lets a store hand back entries
                 # whose delivery was lost mid-call.
-                lease = await self._store.claim(consumer, 1.0, self._clock())
+                lease = await self._claim(consumer)
             except StoreUnavailableError as exc:
                 log.warning("journal_unavailable", error=str(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
@@ -503,6 +591,17 @@ class Worker:
             except Exception:  # the supervisor: a worker task never dies
                 log.exception("entry_failed", payload_id=lease.entry.id)
                 await asyncio.sleep(1.0)
+
+    async def _claim(self, consumer: str) -> Lease | None:
+        if self._bell is None:
+            return await self._store.claim(consumer, 1.0, self._clock())
+        # Armed before looking: a ring that arrives while the claim runs is
+        # kept, so a payload journaled meanwhile is never slept through.
+        self._bell.armed()
+        lease = await self._store.claim(consumer, 0.0, self._clock())
+        if lease is None:
+            await self._bell.wait(IDLE_RECHECK)
+        return lease
 
     async def _attempt(self, lease: Lease, index: int) -> None:
         """Decide one claimed entry; hand it back or park it if that fails."""

@@ -29,8 +29,8 @@ _GO_SPACE = (
     "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
     "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False
+RE2_OPTIONS = re2.Options()
+RE2_OPTIONS.log_errors = False
 
 
 class MatcherError(ValueError):
@@ -94,7 +94,7 @@ class Matcher:
                     "(Go's regexp, which Alertmanager uses, has no any-byte escape)"
                 )
             try:
-                regex = re2.compile(f"^(?:{value})$", _RE2_OPTIONS)
+                regex = re2.compile(f"^(?:{value})$", RE2_OPTIONS)
             except re2.error as exc:
                 detail = exc.args[0] if exc.args else exc
                 if isinstance(detail, bytes):

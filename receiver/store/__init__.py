@@ -21,8 +21,13 @@ from receiver.store.base import (
 from receiver.store.sqlite import SqliteStore
 
 
-def open_store(url: str, retention: Retention | None = None) -> Store:
+def open_store(
+    url: str, retention: Retention | None = None, *, reclaim: bool = True
+) -> Store:
     """Build the store named by ``url``.
+
+    ``reclaim=False`` opens a SQLite file without handing entries a previous
+    process claimed back to the queue: the edge does so, beside its live worker.
 
     ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``,
     ``sqlite://:memory:`` (nothing survives a restart), ``redis://host:port/db``
@@ -35,7 +40,7 @@ def open_store(url: str, retention: Retention | None = None) -> Store:
         path = path.removeprefix("/")
         if not path:
             raise ConfigError("sqlite store URL needs a path: sqlite:///receiver.db")
-        return SqliteStore(str(Path(path)), retention=retention)
+        return SqliteStore(str(Path(path)), retention=retention, reclaim=reclaim)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from receiver.store.redis import RedisStore  # noqa: PLC0415
 

@@ -107,6 +107,11 @@ RECLAIM_CALLS = 10
 # Pruning removes at most this many items per round trip.
 PRUNE_BATCH = 1_000
 APPROVALS_MAX = 1_000
+# Connections to the store per process. Callers beyond it wait for one (up to
+# the socket timeout) instead of failing at once: redis-py's default pool
+# refuses the 101st concurrent command with "Too many connections", which under
+# a burst of webhooks turned into 503s and retried, late decisions.
+MAX_CONNECTIONS = 64
 APPROVALS_PAGE = 100
 _CURSOR = re.compile(r"[0-9a-f]{32}")
 # Write refusals that mean "retry later", not "your request is wrong" (besides
@@ -628,8 +633,10 @@ class RedisStore:
         socket_timeout: float = 5.0,
         connect_timeout: float = 2.0,
     ) -> None:
-        client = redis.asyncio.Redis.from_url(
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=socket_timeout,
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,
             health_check_interval=30,
@@ -641,6 +648,7 @@ class RedisStore:
                 supported_errors=(redis.exceptions.ConnectionError,),
             ),
         )
+        client = redis.asyncio.Redis.from_pool(pool)
         self._setup(client, prefix, retention, consumer_group, socket_timeout)
         self._owns_client = True
 

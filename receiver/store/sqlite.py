@@ -234,7 +234,9 @@ def _epoch(value: datetime) -> float:
 class SqliteStore:
     """The SQLite ``Store``."""
 
-    def __init__(self, path: str, *, retention: Retention | None = None) -> None:
+    def __init__(
+        self, path: str, *, retention: Retention | None = None, reclaim: bool = True
+    ) -> None:
         self.path = path
         self.retention = retention or Retention()
         if path != ":memory:":
@@ -249,10 +251,13 @@ class SqliteStore:
         self._db.executescript(SCHEMA)
         self._fill_indexes()
         # Single instance: whatever a previous process had claimed is ours now.
-        self._db.execute(
-            "UPDATE journal SET state='pending', consumer=NULL, lease_until=NULL "
-            "WHERE state='claimed'"
-        )
+        # Only the process that decides (not an edge beside a live worker
+        # process, ``reclaim=False``) may hand claims back.
+        if reclaim:
+            self._db.execute(
+                "UPDATE journal SET state='pending', consumer=NULL, "
+                "lease_until=NULL WHERE state='claimed'"
+            )
         self._lock = threading.Lock()
         self._wakeup = asyncio.Event()
         # Group commit: calls queued while a batch is in its transaction.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -24,6 +25,7 @@ from receiver.errors import (
     ForbiddenError,
     InputError,
     NotFoundError,
+    OverloadedError,
     PayloadTooLargeError,
     RequestTimeoutError,
     StoreUnavailableError,
@@ -72,6 +74,37 @@ class EdgeLimits:
     caps: AlertCaps = field(default_factory=AlertCaps)
 
 
+SHED_RETRY_AFTER = 5  # seconds, in the 503's Retry-After
+# Bodies larger than this (bytes) are parsed in a thread: a 5 MB storm takes
+# hundreds of milliseconds to validate, and /healthz must not wait for it.
+PARSE_IN_THREAD = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Backpressure:
+    """The journal's bound: webhooks get 503 + Retry-After while it is reached."""
+
+    max_depth: int = 20_000
+    max_age: float = 60.0  # seconds the oldest waiting payload may wait
+    # Below the bound the journal is counted at most this often (seconds);
+    # payloads accepted in between are added to the last count.
+    recount: float = 1.0
+    # At the bound it is counted again this often before refusing more.
+    recount_at_bound: float = 0.05
+
+
+class _Load:
+    """What the edge knows of the journal's backlog, kept cheap to ask."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.oldest: datetime | None = None
+        self.counted_at = -1e9
+        self.counted_over = False
+        self.shed = 0
+        self.logged_at = -1e9
+
+
 class Handlers:
     """Every route's handler, sharing the app's dependencies."""
 
@@ -86,8 +119,22 @@ class Handlers:
         alertname_from: str,
         limits: EdgeLimits | None = None,
         execute: bool = False,
+        backpressure: Backpressure | None = None,
+        on_journaled: Callable[[], None] | None = None,
+        worker_metrics: Callable[[], bytes] | None = None,
+        metrics_without: frozenset[str] = frozenset(),
+        worker_ready: Callable[[], bool] | None = None,
     ) -> None:
+        # Whether the worker process is up (None: it runs in this process).
+        self._worker_ready = worker_ready
         self._execute = execute
+        self._bound = backpressure or Backpressure()
+        self._load = _Load()
+        # Wakes the worker process (its doorbell) after each journaled payload.
+        self._on_journaled = on_journaled
+        # The worker process's own metrics, shown after the edge's.
+        self._worker_metrics = worker_metrics
+        self._metrics_without = metrics_without
         self._store = store
         self._processor = processor
         self._auth = auth
@@ -204,6 +251,11 @@ class Handlers:
         except StoreUnavailableError:
             self._metrics.store_errors.inc()
             raise
+        self._load.depth += 1
+        if self._load.oldest is None:
+            self._load.oldest = now
+        if self._on_journaled is not None:
+            self._on_journaled()
         log.info(
             "webhook_accepted", source=source, payload_id=entry.id, alerts=len(alerts)
         )
@@ -225,13 +277,63 @@ class Handlers:
             return True
         return False
 
+    async def _admit(self, source: Source) -> None:
+        """Refuse (503 + Retry-After) while the journal is at its bound."""
+        load, bound = self._load, self._bound
+        now = time.monotonic()
+        over = self._over()
+        since = now - load.counted_at
+        # Shed only on a count: when the estimate (the last count plus what was
+        # accepted since) reaches the bound, count again, unless the last count
+        # itself was at the bound a moment ago.
+        stale = not load.counted_over or since >= bound.recount_at_bound
+        if since >= bound.recount or (over and stale):
+            load.counted_at = now
+            load.depth, load.oldest = await self._store.pending()
+            over = self._over()
+            load.counted_over = over is not None
+        if over is None:
+            return
+        load.shed += 1
+        self._metrics.shed.labels(source, over).inc()
+        if now - load.logged_at >= 1.0:
+            # One line a second while shedding, with the count since the last.
+            log.warning(
+                "webhooks_shed",
+                bound=over,
+                depth=load.depth,
+                max_depth=bound.max_depth,
+                shed=load.shed,
+            )
+            load.logged_at, load.shed = now, 0
+        raise OverloadedError(
+            f"the receiver is behind ({load.depth} payloads waiting to be decided, "
+            f"bound: {over}); retry in {SHED_RETRY_AFTER}s",
+            retry_after=SHED_RETRY_AFTER,
+        )
+
+    def _over(self) -> str | None:
+        """Which bound the last known backlog is at, if any."""
+        load, bound = self._load, self._bound
+        if load.depth >= bound.max_depth:
+            return "depth"
+        if load.oldest is not None and load.depth > 0:
+            age = (self._clock() - load.oldest).total_seconds()
+            if age >= bound.max_age:
+                return "age"
+        return None
+
     # ------------------------------------------------------------ webhooks
 
     async def alertmanager(self, request: web.Request) -> web.Response:
         """POST /webhooks/alertmanager."""
         self._require(request, "webhook")
+        await self._admit("alertmanager")
         body = await self._body(request)
-        alerts = alertmanager.from_body(body)
+        if len(body) > PARSE_IN_THREAD:
+            alerts = await asyncio.to_thread(alertmanager.from_body, body)
+        else:
+            alerts = alertmanager.from_body(body)
         truncated = int(alerts[0].refs.get("truncated_alerts", "0")) if alerts else 0
         if truncated:
             self._metrics.alerts_truncated.inc(truncated)
@@ -256,6 +358,7 @@ class Handlers:
         later) is stored and recorded as an event, never refused. The signature
         header is checked before the body is read, the HMAC after.
         """
+        await self._admit("pagerduty")
         signatures = self._auth.signature_parts(
             request.headers.get("X-PagerDuty-Signature")
         )
@@ -315,6 +418,7 @@ class Handlers:
     async def enqueue(self, request: web.Request) -> web.Response:
         """POST /v2/enqueue (PagerDuty Events API v2; errors in its shape)."""
         self._auth.routing_keys_open()
+        await self._admit("events_v2")
         body = await self._body(request, authenticated=False)
         data = parse_json(body)
         if isinstance(data, dict) and isinstance(data.get("routing_key"), str):
@@ -569,12 +673,16 @@ class Handlers:
         """GET /readyz: rules loaded and the store reachable."""
         rules = len(self._processor.rulebook.rules)
         store_ok = await self._store.ping()
+        worker_ok = self._worker_ready is None or self._worker_ready()
+        ready = bool(rules) and store_ok and worker_ok
         body: dict[str, Any] = {
-            "status": "ready" if rules and store_ok else "not ready",
+            "status": "ready" if ready else "not ready",
             "rules": rules,
             "store": "ok" if store_ok else "unreachable",
         }
-        return web.json_response(body, status=200 if rules and store_ok else 503)
+        if self._worker_ready is not None:
+            body["worker"] = "ok" if worker_ok else "starting"
+        return web.json_response(body, status=200 if ready else 503)
 
     async def metrics(self, _request: web.Request) -> web.Response:
         """GET /metrics: Prometheus text format."""
@@ -582,8 +690,16 @@ class Handlers:
         self._metrics.journal_depth.set(count)
         age = (self._clock() - oldest).total_seconds() if oldest else 0.0
         self._metrics.journal_oldest_age.set(max(age, 0.0))
+        if self._worker_metrics is not None:
+            # The worker runs in another process: what it counts in gauges
+            # here is read from the store.
+            self._metrics.journal_parked.set(await self._store.parked_count())
+            self._metrics.paused.set(1 if await self._store.pause() else 0)
+        body = self._metrics.render(without=self._metrics_without)
+        if self._worker_metrics is not None:
+            body += self._worker_metrics()
         return web.Response(
-            body=self._metrics.render(),
+            body=body,
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 

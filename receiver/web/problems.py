@@ -20,6 +20,7 @@ from receiver.errors import (
     ClientGoneError,
     InputError,
     NotFoundError,
+    OverloadedError,
     PayloadTooLargeError,
     ReceiverError,
     RequestTimeoutError,
@@ -107,8 +108,12 @@ def error_response(exc: ReceiverError) -> web.Response:
         slug = "unauthorized" if exc.status == 401 else "forbidden"
         return problem(exc.status, str(exc), slug=slug, headers=headers)
     if isinstance(exc, StoreUnavailableError):
+        retry = exc.retry_after if isinstance(exc, OverloadedError) else None
         return problem(
-            503, str(exc), slug="store-unavailable", headers={"Retry-After": "5"}
+            503,
+            str(exc),
+            slug="store-unavailable" if retry is None else "overloaded",
+            headers={"Retry-After": str(retry or 5)},
         )
     return problem(500, "internal error; see the receiver's log", slug="internal")
 

@@ -51,7 +51,10 @@ class Reloader:
         metrics: Metrics,
         auth: Authenticator,
         clock: Callable[[], datetime],
+        on_reloaded: Callable[[], None] | None = None,
     ) -> None:
+        # Passes a successful reload on (the edge's to its worker process).
+        self._on_reloaded = on_reloaded
         self._processor = processor
         self.paths = list(paths)
         self._metrics = metrics
@@ -99,6 +102,8 @@ class Reloader:
             return exc
         self._processor.rulebook = rulebook
         self.loaded(rulebook)
+        if self._on_reloaded is not None:
+            self._on_reloaded()
         log.info(
             "rules_reloaded",
             trigger=trigger,

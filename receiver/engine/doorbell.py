@@ -1,0 +1,151 @@
+"""The line between the edge and its worker process: wake-ups one way, metrics back.
+
+``receiver serve`` (role ``all``) runs the worker in a child process and hands it
+one end of a Unix socket pair. The edge rings after every payload it journals (one
+byte, never blocking: while earlier bytes are unread the worker is awake anyway,
+so a full buffer loses nothing); the worker waits on the bell instead of polling
+the journal. Back the other way the worker sends its own metrics (the families it
+counts: alerts, matches, steps, guards) as length-prefixed frames, so the edge's
+``/metrics`` shows the whole service. End of file on either side means the other
+process is gone: the worker then stops, and the edge's supervisor starts a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import Callable
+
+import structlog
+
+log = structlog.get_logger("receiver.doorbell")
+
+_FRAME = struct.Struct("!I")
+# A metrics frame larger than this is not ours: the line is dropped.
+MAX_FRAME = 8 << 20
+
+
+class EdgeBell:
+    """The edge's end: ring the worker, keep the worker's latest metrics."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.settimeout(0.0)  # non-blocking
+        self._sock = sock
+        self.worker_metrics = b""
+        self._reader: asyncio.Task[None] | None = None
+        self._pending = False
+
+    @property
+    def worker_ready(self) -> bool:
+        """Whether a worker has reported since this edge started."""
+        return bool(self.worker_metrics)
+
+    def ring(self) -> None:
+        """Wake the worker, once per turn of the event loop however many ring.
+
+        Every payload of one group commit is journaled in the same turn; one
+        byte, sent right after, wakes the worker for all of them (never blocks:
+        a full buffer means it is awake anyway).
+        """
+        if self._pending:
+            return
+        self._pending = True
+        asyncio.get_running_loop().call_soon(self._send)
+
+    def _send(self) -> None:
+        self._pending = False
+        with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
+            self._sock.send(b"\x01")
+
+    def start(self) -> None:
+        """Read the worker's metrics frames in the background."""
+        self._reader = asyncio.create_task(self._read(), name="doorbell-metrics")
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        buffer = b""
+        while True:
+            try:
+                chunk = await loop.sock_recv(self._sock, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buffer += chunk
+            while len(buffer) >= _FRAME.size:
+                (size,) = _FRAME.unpack_from(buffer)
+                if size > MAX_FRAME:
+                    return
+                if len(buffer) < _FRAME.size + size:
+                    break
+                self.worker_metrics = buffer[_FRAME.size : _FRAME.size + size]
+                buffer = buffer[_FRAME.size + size :]
+
+    async def aclose(self) -> None:
+        """Stop reading and close this end."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self._sock.close()
+
+
+class WorkerBell:
+    """The worker's end: wait for rings, send metrics, notice the edge is gone."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.settimeout(0.0)  # non-blocking
+        self._sock = sock
+        self._rung = asyncio.Event()
+        self.edge_gone = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, metrics: Callable[[], bytes], every: float = 1.0) -> None:
+        """Listen for rings; send ``metrics()`` every ``every`` seconds."""
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="doorbell-listen"),
+            asyncio.create_task(self._report(metrics, every), name="doorbell-report"),
+        ]
+
+    async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                chunk = await loop.sock_recv(self._sock, 4096)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.edge_gone.set()
+                self._rung.set()
+                return
+            self._rung.set()
+
+    async def _report(self, metrics: Callable[[], bytes], every: float) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.edge_gone.is_set():
+            text = metrics()
+            try:
+                await loop.sock_sendall(self._sock, _FRAME.pack(len(text)) + text)
+            except OSError:
+                return
+            await asyncio.sleep(every)
+
+    def armed(self) -> None:
+        """Forget rings so far: call before looking at the journal."""
+        self._rung.clear()
+
+    async def wait(self, timeout: float) -> None:
+        """Until the next ring (or ``timeout`` seconds, a safety net)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._rung.wait(), timeout)
+
+    async def aclose(self) -> None:
+        """Stop listening and close this end."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._sock.close()

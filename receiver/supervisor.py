@@ -1,0 +1,131 @@
+"""Run the worker as a child process of the edge: start it, restart it, stop it.
+
+Used by ``receiver serve`` (role ``all`` on a file or Redis store): the edge
+process accepts and journals, the child decides, so a storm of decisions never
+slows a 202 and the two use both cores. The child gets one end of the doorbell
+socket (``receiver.engine.doorbell``) as an inherited file descriptor. If it
+exits for any reason other than our own stop, it is started again after a short
+backoff (doubling up to ``MAX_BACKOFF``, reset once a child has run for a while);
+the journal keeps everything it had not finished, and the new child takes it up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger("receiver.supervisor")
+
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+# A child that ran this long (seconds) was healthy: the next restart is quick.
+HEALTHY_AFTER = 30.0
+STOP_GRACE = 30.0
+
+
+class WorkerSupervisor:
+    """Keeps one worker child process running while the edge runs."""
+
+    def __init__(self, args: Sequence[str], bell: socket.socket) -> None:
+        # ``args``: the ``receiver serve`` options to pass on (rules, config,
+        # mode); the role and the doorbell's descriptor are added here.
+        self._args = list(args)
+        self._bell = bell
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.starts = 0
+
+    @property
+    def pid(self) -> int | None:
+        """The running child's process id."""
+        return self._proc.pid if self._proc is not None else None
+
+    def reload(self) -> None:
+        """Pass a rules reload on to the worker child (SIGHUP), if it runs."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGHUP)
+
+    def command(self) -> list[str]:
+        """The child's command line."""
+        fd = self._bell.fileno()
+        return [
+            sys.executable,
+            "-m",
+            "receiver",
+            "serve",
+            *self._args,
+            "--role",
+            "worker",
+            "--bell-fd",
+            str(fd),
+        ]
+
+    async def start(self) -> None:
+        """Start the child and keep it running."""
+        self._task = asyncio.create_task(self._keep_running(), name="supervisor")
+
+    async def _keep_running(self) -> None:
+        backoff = FIRST_BACKOFF
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.command(), pass_fds=(self._bell.fileno(),)
+            )
+            self.starts += 1
+            log.info("worker_started", pid=self._proc.pid, starts=self.starts)
+            code = await self._proc.wait()
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started >= HEALTHY_AFTER:
+                backoff = FIRST_BACKOFF
+            log.error(
+                "worker_exited",
+                pid=self._proc.pid,
+                code=code,
+                detail="the journal keeps its unfinished entries; a new worker "
+                "takes them up",
+                restart_in=backoff,
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def stop(self) -> None:
+        """Stop the child (SIGTERM, then SIGKILL after ``STOP_GRACE``)."""
+        self._stopping.set()
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_GRACE)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._bell.close()
+
+
+def supervise(
+    supervisor: WorkerSupervisor,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` entry: the worker child lives as long as the app."""
+
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        await supervisor.start()
+        yield
+        await supervisor.stop()
+
+    return lifecycle

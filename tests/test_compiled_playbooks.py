@@ -1,0 +1,98 @@
+"""Compiled playbooks decide exactly as compiling afresh does, and stay bounded."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+
+from receiver.engine import planner
+from receiver.engine.planner import CompiledPlaybooks, PlanContext, plan
+from receiver.model import Alert, freeze
+from receiver.rulebook.loader import load_rulebook
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+ALERTNAMES = (
+    "SarkApiDown",
+    "SarkHighLatency",
+    "SarkAuthFailures",
+    "SarkDatabaseDown",
+    "SarkSiemForwardingDown",
+    "SarkFailedLoginSpike",
+    "SarkPolicyCacheCorrupted",
+)
+
+
+def _alerts(n: int) -> list[Alert]:
+    rng = random.Random(7)  # noqa: S311 (seeded on purpose)
+    out = []
+    for i in range(n):
+        labels = {
+            "alertname": rng.choice(ALERTNAMES),
+            "namespace": rng.choice(["production", "prod-eu", "Bad_NS", ""]),
+            "deployment": rng.choice(["sark", "sark-api", "x" * 300, ""]),
+            "siem": rng.choice(["splunk", "datadog", "other"]),
+            "impact": rng.choice(["high", "low"]),
+        }
+        out.append(
+            Alert(
+                "alertmanager",
+                f"fp-{i}",
+                rng.choice(["firing", "resolved"]),
+                freeze({k: v for k, v in labels.items() if v or rng.random() < 0.5}),
+                starts_at=NOW,
+            )
+        )
+    return out
+
+
+def test_compiled_plans_equal_fresh_plans():
+    """Reusing renderings across alerts gives the plan compiling afresh gives."""
+    book = load_rulebook([ROOT / "rules"])
+    compiled = CompiledPlaybooks()
+    for ctx in (PlanContext(), PlanContext(execute=True, namespaces=("production",))):
+        for alert in _alerts(600):
+            shared = plan(alert, book, NOW, ctx, compiled=compiled)
+            fresh = plan(alert, book, NOW, ctx)
+            assert [
+                [(p.trace, p.step, p.run, p.approval, p.index) for p in m.steps]
+                for m in shared.matches
+            ] == [
+                [(p.trace, p.step, p.run, p.approval, p.index) for p in m.steps]
+                for m in fresh.matches
+            ]
+            assert shared.notes == fresh.notes
+
+
+def test_a_step_reads_only_its_template_fields():
+    """A compiled step keys its renderings on the alert fields its templates use."""
+    book = load_rulebook([ROOT / "rules"])
+    compiled = CompiledPlaybooks()
+    fields = {
+        f
+        for playbook in book.playbooks.values()
+        for step in (*playbook.diagnostics, *playbook.remediation)
+        for f in compiled.step(step).fields
+    }
+    assert ("labels", "namespace") in fields
+    assert all(scope in {"labels", "annotations", "alert"} for scope, _ in fields)
+
+
+def test_renderings_stay_bounded(monkeypatch):
+    """A step keyed on a per-alert value keeps at most RENDER_CACHE renderings."""
+    monkeypatch.setattr(planner, "RENDER_CACHE", 8)
+    book = load_rulebook([ROOT / "rules"])
+    compiled = CompiledPlaybooks()
+    step = next(
+        s
+        for p in book.playbooks.values()
+        for s in (*p.diagnostics, *p.remediation)
+        if ("labels", "namespace") in compiled.step(s).fields
+    )
+    one = compiled.step(step)
+    for i in range(50):
+        one.render(
+            Alert("alertmanager", "fp", "firing", freeze({"namespace": f"n{i}"}))
+        )
+        assert len(one._renderings) <= 8
