@@ -176,6 +176,15 @@ async def wait_for_decisions(
     pytest.fail(f"only {len(found)} of {count} decisions for {params} after polling")
 
 
+async def journal_drained(store: Any, *, attempts: int = 1000) -> None:
+    """Wait until the app's worker has decided every journaled entry (bounded)."""
+    for _ in range(attempts):
+        if await store.pending() == (0, None):
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"journal not drained: {await store.pending()}")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_logging():
     """Each test starts with structlog's defaults (the CLI configures it globally).

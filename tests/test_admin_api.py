@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 
 import httpx
-from conftest import ADMIN_TOKEN, bearer, full_settings
+from conftest import ADMIN_TOKEN, bearer, full_settings, journal_drained
 from peers import poll, run_receiver
 
 from receiver.app import create_app
@@ -94,11 +94,7 @@ async def test_parked_entries_are_listed_and_retried(aiohttp_client, web_rules):
     )
     assert resp.status == 404
     assert await store.parked_count() == 0
-    for _ in range(500):  # the app's worker decides it again
-        if await store.pending() == (0, None):
-            break
-        await asyncio.sleep(0.01)
-    assert await store.pending() == (0, None)
+    await journal_drained(store)  # the app's worker decides it again
 
 
 def test_replay_retry_queues_a_parked_entry_of_a_running_receiver(

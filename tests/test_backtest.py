@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PD_SECRET, bearer, full_settings, pd_signature
+from conftest import PD_SECRET, bearer, full_settings, journal_drained, pd_signature
 from pydantic import SecretStr
 
 from receiver.app import create_app, guard_defaults
@@ -259,11 +259,7 @@ async def test_simulated_guards_match_the_live_service(aiohttp_client):
     for i, (_path, body) in enumerate(sequence()):
         clock.set(start + timedelta(minutes=i))
         accepted += await post(client, body)
-        for _ in range(1000):
-            if await store.pending() == (0, None):
-                break
-            await asyncio.sleep(0.01)
-        assert await store.pending() == (0, None)
+        await journal_drained(store)
     live = [
         r for r in await store.decisions(DecisionQuery(limit=1000)) if "labels" in r
     ]

@@ -8,14 +8,20 @@ and make ``stand_down_when_acknowledged`` playbooks skip their remediations.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
-from conftest import PD_SECRET, ROUTING_KEY, bearer, pd_signature, wait_for_decisions
+from conftest import (
+    PD_SECRET,
+    ROUTING_KEY,
+    bearer,
+    journal_drained,
+    pd_signature,
+    wait_for_decisions,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.sources import events_v2
@@ -121,14 +127,6 @@ def disk(deployment: str, alertname: str = "DiskFull") -> dict[str, str]:
     return {"alertname": alertname, "namespace": "production", "deployment": deployment}
 
 
-async def _drained(client: Any) -> None:
-    for _ in range(500):
-        if (await client.store.pending())[0] == 0:
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail("journal not drained")
-
-
 def _sample(text: str, name: str, **labels: str) -> float:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -169,7 +167,7 @@ async def test_grouped_page_mixed_alerts_each_match_their_rule(make_client):
     client = await make_client()
     body = am_page([disk("api"), disk("api", "CpuHigh")], [disk("web")])
     assert (await client.post(ENQUEUE, json=body)).status == 202
-    await _drained(client)
+    await journal_drained(client.store)
     records = (await (await client.get("/api/v1/decisions", headers=bearer())).json())[
         "decisions"
     ]
@@ -301,7 +299,7 @@ async def test_acknowledge_recorded_and_playbook_stands_down(make_client):
         "dedup_key": "group-1",
     }
     assert (await client.post(ENQUEUE, json=ack)).status == 202
-    await _drained(client)
+    await journal_drained(client.store)
     acked = (
         await wait_for_decisions(client, {"fingerprint": first["fingerprint"]}, count=2)
     )[0]
@@ -311,7 +309,7 @@ async def test_acknowledge_recorded_and_playbook_stands_down(make_client):
     # The group grows: Alertmanager pages again with both alerts.
     grown = am_page([disk("api"), disk("web"), disk("api", "CpuHigh")])
     assert (await client.post(ENQUEUE, json=grown)).status == 202
-    await _drained(client)
+    await journal_drained(client.store)
     records = (await (await client.get("/api/v1/decisions", headers=bearer())).json())[
         "decisions"
     ]
@@ -353,7 +351,7 @@ async def test_pagerduty_acknowledge_stands_down_later_firing_events(make_client
         }
         resp = await client.post("/webhooks/pagerduty", data=body, headers=headers)
         assert resp.status == 202, await resp.text()
-        await _drained(client)
+        await journal_drained(client.store)
 
     await send("incident.triggered")
     await send("incident.acknowledged")
@@ -374,13 +372,13 @@ async def test_duplicate_trigger_folded_duplicate_resolve_not(make_client):
     client = await make_client()
     page = am_page([disk("api")])
     first = await (await client.post(ENQUEUE, json=page)).json()
-    await _drained(client)
+    await journal_drained(client.store)
     again = await (await client.post(ENQUEUE, json=page)).json()
     assert first["message"] == "Event processed"
     assert again["message"] == "Event processed (duplicate of the open alert)"
     resolve = am_page([], [disk("api")], action="resolve")
     one = await (await client.post(ENQUEUE, json=resolve)).json()
-    await _drained(client)
+    await journal_drained(client.store)
     two = await (await client.post(ENQUEUE, json=resolve)).json()
     assert one["message"] == two["message"] == "Event processed"
     assert one["id"]
@@ -404,7 +402,7 @@ async def test_truncated_alertmanager_payload_warns_counts_and_notes(make_client
     assert warning["truncated"] == 4
     metrics = await (await client.get("/metrics")).text()
     assert _sample(metrics, "receiver_alerts_truncated_total") == 4
-    await _drained(client)
+    await journal_drained(client.store)
     records = (await (await client.get("/api/v1/decisions", headers=bearer())).json())[
         "decisions"
     ]

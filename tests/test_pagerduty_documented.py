@@ -8,14 +8,19 @@ recorded event that is never decided nor counted as an alert.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PD_SECRET, bearer, pd_signature, wait_for_decisions
+from conftest import (
+    PD_SECRET,
+    bearer,
+    journal_drained,
+    pd_signature,
+    wait_for_decisions,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -47,14 +52,6 @@ async def _post(client: Any, body: bytes) -> Any:
     return await client.post("/webhooks/pagerduty", data=body, headers=headers)
 
 
-async def _drained(client: Any) -> None:
-    for _ in range(500):
-        if (await client.store.pending())[0] == 0:
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail("journal not drained")
-
-
 def _samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     return {
         tuple(sorted(s.labels.items())): s.value
@@ -84,7 +81,7 @@ async def test_documented_event_accepted(make_client, event_type):
     assert answer["event_type"] == event_type
     stored = await client.get(f"/api/v1/payloads/{answer['id']}", headers=bearer())
     assert (await stored.json())["payload"] == payload
-    await _drained(client)
+    await journal_drained(client.store)
     metrics = await (await client.get("/metrics")).text()
     alerts = _samples(metrics, "receiver_alerts_total")
     unmatched = _samples(metrics, "receiver_alerts_unmatched_total")
