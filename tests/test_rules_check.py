@@ -120,6 +120,11 @@ BAD_CASES: dict[str, tuple[str | None, str, str]] = {
         "playbooks.arabic-five.guards.require_firing_for",
         "invalid duration '\u0665m'; use ASCII digits",
     ),
+    "one_of_value_outside_a_param_slot.yaml": (
+        None,
+        "playbooks.param-breaker.labels.siem.one_of",
+        "'x:y' is not a Redis key part: it contains ':'",
+    ),
     "param_unused.yaml": (
         None,
         "playbooks.param-unused.params.replicas",

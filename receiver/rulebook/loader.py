@@ -313,6 +313,27 @@ class _Loader:
         for item in self.compiled:
             if item.rule.playbook in self.playbooks:
                 self.bind_rule(item, bindings)
+        self.bind_unused()
+        # ``one_of`` values meet the labels a parameter brought into a template
+        # only once it is bound.
+        reported: set[tuple[str, str]] = set()
+        for name, playbook in self.bound.items():
+            source = bindings[name][0] if name in bindings else name
+            if not self.playbooks[source].params:
+                continue
+            for where, message in playbook.choice_problems():
+                if (where, message) not in reported:
+                    reported.add((where, message))
+                    users = [c.name for c in self.compiled if c.playbook == name]
+                    self.error(
+                        self.playbook_files[source],
+                        message,
+                        ", ".join(users) or None,
+                        f"playbooks.{source}.{where}",
+                    )
+
+    def bind_unused(self) -> None:
+        """Playbooks no rule binds: under their own name, on their defaults."""
         for name, playbook in self.playbooks.items():
             if name in self.bound or name in self.playbook_errors:
                 continue
@@ -325,7 +346,7 @@ class _Loader:
                 file = self.playbook_files[name]
                 self.error(
                     file,
-                    f"its default {exc}",
+                    f"its default cannot fill {exc}",
                     None,
                     f"playbooks.{name}.params.{exc.param}",
                 )
