@@ -441,3 +441,18 @@ def test_every_setting_is_in_the_settings_reference():
     }
     missing = [n for n in _setting_names(Settings) if n.split(".")[-1] not in rows]
     assert not missing
+
+
+def test_every_make_target_the_docs_name_exists():
+    """`make NAME` (in code or a command line) names a target of the Makefile."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, re.MULTILINE))
+    named = {
+        (page.name, name)
+        for page in PAGES
+        for name in re.findall(
+            r"(?:`|^)make ([a-z][a-z-]*)", page.read_text("utf-8"), re.MULTILINE
+        )
+    }
+    assert named, "the pages name make targets"
+    assert not {(page, name) for page, name in named if name not in targets}
