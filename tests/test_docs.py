@@ -3,7 +3,7 @@
 A block's info string says what it is (the first word is the language, as
 Markdown renderers read it):
 
-- ``sh``: run with bash from the repository root, against a receiver this module
+- ``sh``: run with bash in a copy of the repository, against a receiver this module
   starts (``http://127.0.0.1:8080`` in the text is replaced by its address; the
   shell's ``KEY`` is a routing key it accepts); it must exit 0.
 - ``sh not-runnable: REASON``, ``python not-runnable: REASON`` and so on: not
@@ -13,9 +13,12 @@ Markdown renderers read it):
   loaded by the settings loader; ``yaml alertmanager``: an Alertmanager
   ``receivers`` snippet, checked by ``amtool check-config``; ``yaml
   prometheus-rules``: alerting rules, checked by ``promtool check rules``;
-  ``yaml k8s-role-rules``: Role rules, compared with the steps' declared RBAC.
-  An untagged ``yaml`` block is a rule file when its top level is ``playbooks``,
-  ``rules`` or ``incidents``.
+  ``yaml k8s-role-rules``: Role rules, compared with the steps' declared RBAC;
+  ``yaml helm-values``: chart values, validated by the chart's values schema.
+  An untagged ``yaml`` block is a rule file when its top level has
+  ``playbooks``, ``rules`` or ``incidents``, a rule test when it has ``tests``,
+  a settings file when every key is a setting, and chart values when every key
+  is a value of the chart.
 - ``json``: parsed; ``python``: compiled.
 - ``text``, ``markdown`` or no language: output shown to the reader, not run.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 import yaml
 from peers import poll, require_binary, run_receiver
@@ -47,6 +52,7 @@ from receiver.settings import Settings, load_settings
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+VALUES_SCHEMA = ROOT / "helm" / "receiver" / "values.schema.json"
 ROUTING_KEY = "feedfacefeedfacefeedfacefeedface"
 SHOWN = frozenset({"", "text", "markdown"})
 YAML_KINDS = frozenset(
@@ -135,13 +141,21 @@ def test_every_block_says_what_it_is():
 
 
 def _yaml_kind(block: Block) -> str:
+    """The block's tag; untagged: what its top-level keys say it is."""
     if block.tag:
         return block.tag
     loaded = yaml.safe_load(block.text)
-    if isinstance(loaded, dict) and set(loaded) & {"playbooks", "rules", "incidents"}:
+    assert isinstance(loaded, dict), f"{block.id}: tag the block ({YAML_KINDS})"
+    keys = set(loaded)
+    if keys & {"playbooks", "rules", "incidents"}:
         return "rules"
-    pytest.fail(f"{block.id}: tag the yaml block with what it is ({YAML_KINDS})")
-    return ""
+    if "tests" in keys:
+        return "rule-test"
+    if keys <= set(Settings.model_fields):
+        return "settings"
+    chart = json.loads(VALUES_SCHEMA.read_text(encoding="utf-8"))["properties"]
+    assert keys <= set(chart), f"{block.id}: tag the block ({YAML_KINDS})"
+    return "helm-values"
 
 
 YAML_BLOCKS = [b for b in BLOCKS if b.lang == "yaml"]
@@ -170,6 +184,9 @@ def test_yaml_blocks_load(block: Block, tmp_path: Path, capsys):
         _promtool(loaded, tmp_path)
     elif kind == "k8s-role-rules":
         _role_matches_the_steps(loaded)
+    elif kind == "helm-values":
+        schema = json.loads(VALUES_SCHEMA.read_text(encoding="utf-8"))
+        jsonschema.validate(loaded, schema)
 
 
 def _run_rule_test(block: Block, tmp_path: Path, capsys: Any) -> None:
@@ -283,13 +300,32 @@ def receiver_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield peer.url
 
 
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the repository's files, so a block that writes changes nothing."""
+    copy = tmp_path_factory.mktemp("repo")
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    for name in filter(None, tracked.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            target = copy / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    for tool in (".venv", ".tools"):
+        if (ROOT / tool).exists():
+            (copy / tool).symlink_to(ROOT / tool)
+    return copy
+
+
 @pytest.mark.parametrize("block", SHELL_BLOCKS, ids=ids(SHELL_BLOCKS))
-def test_shell_blocks_run(block: Block, receiver_url: str):
-    """A shell block runs from the repository root and exits 0."""
+def test_shell_blocks_run(block: Block, receiver_url: str, workdir: Path):
+    """A shell block runs in a copy of the repository and exits 0."""
     script = block.text.replace("http://127.0.0.1:8080", receiver_url)
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
-        cwd=ROOT,
+        cwd=workdir,
         env={**os.environ, "KEY": ROUTING_KEY},
         capture_output=True,
         text=True,
@@ -439,7 +475,14 @@ def test_every_setting_is_in_the_settings_reference():
         if line.startswith("| `")
         for name in re.findall(r"`([a-z_.]+)`", line.split("|")[1])
     }
-    missing = [n for n in _setting_names(Settings) if n.split(".")[-1] not in rows]
+    # A row may name a grouped setting in full (``server.host``) or by its
+    # last part (``host``).
+    last = {row.split(".")[-1] for row in rows}
+    missing = [
+        n
+        for n in _setting_names(Settings)
+        if n not in rows and n.split(".")[-1] not in last
+    ]
     assert not missing
 
 
