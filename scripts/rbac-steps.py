@@ -16,7 +16,7 @@ name (the API server only honours ``resourceNames`` on ``list`` with a
 
 It also prints ``rbac.steps``, the step types used, for the chart's summary. Every
 grant stays within what the step's model declares in its ``rbac`` ClassVar
-(receiver/rulebook/steps.py); the script fails loudly if it ever would not.
+(receiver/rulebook/steps/); the script fails loudly if it ever would not.
 """
 
 from __future__ import annotations
