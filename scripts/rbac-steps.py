@@ -104,7 +104,7 @@ LIST_PODS = Need("", "pods", "list", None)
 
 
 def step_needs(step: Any) -> list[Need]:  # noqa: C901, PLR0911 (one case per type)
-    """The requests one step's executor makes (receiver/steps/kubernetes.py)."""
+    """The requests one step's executor makes (receiver/steps/k8s/)."""
     match step:
         case K8sPods():
             reads = (

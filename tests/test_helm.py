@@ -49,8 +49,8 @@ from receiver.rulebook.loader import load_rulebook
 from receiver.rulebook.steps import STEP_TYPES, VERIFY_RBAC
 from receiver.settings import Settings, load_settings
 from receiver.sources.pagerduty import FIRING, RESOLVED
+from receiver.steps.k8s import KubernetesExecutor
 from receiver.steps.kube_client import KubeConnection, new_api_client
-from receiver.steps.kubernetes import KubernetesExecutor
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "receiver"

@@ -59,13 +59,13 @@ from receiver.rulebook.steps import (
 )
 from receiver.settings import Settings, in_cluster_host
 from receiver.steps import build_executors
+from receiver.steps.k8s import KubernetesExecutor
 from receiver.steps.kube_client import (
     KubeConnection,
     KubeForbiddenError,
     KubeNotFoundError,
     new_api_client,
 )
-from receiver.steps.kubernetes import KubernetesExecutor
 
 NS = "production"
 DEPLOY = "/apis/apps/v1/namespaces/production/deployments/sark$"

@@ -18,8 +18,9 @@ from collections.abc import Callable
 
 import httpx
 
+from receiver.retrying import Sleep
 from receiver.settings import Settings
-from receiver.sinks.delivery import Deliverer, SinkError, SinkOutcome, Sleep
+from receiver.sinks.delivery import Deliverer, SinkError, SinkOutcome
 from receiver.sinks.dispatch import (
     Sink,
     SinkDispatcher,

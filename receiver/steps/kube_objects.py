@@ -1,6 +1,6 @@
 """Reading Kubernetes objects as the API returns them (JSON), for ``k8s.*`` steps.
 
-Pure functions used by ``receiver.steps.kubernetes``: label selectors, pod and
+Pure functions used by ``receiver.steps.k8s``: label selectors, pod and
 condition summaries, kubectl's rollout-status rules, revision and template
 helpers, and the record of a write kept in the decision trace. No I/O.
 """

@@ -31,6 +31,7 @@ from redis.client import NEVER_DECODE
 
 from receiver.errors import PermanentStepError, TransientStepError
 from receiver.model import Alert, Intent, RecheckResult, StepResult
+from receiver.retrying import RetryPolicy, retrying
 from receiver.rulebook.steps import (
     RedisDeleteKeys,
     RedisDeletePattern,
@@ -39,7 +40,6 @@ from receiver.rulebook.steps import (
     RedisResetCircuitBreaker,
     StepModel,
 )
-from receiver.steps.retry import retrying
 
 # The runbook's threshold: "If <70%, increase cache TTL".
 HIT_RATE_THRESHOLD = 0.70
@@ -160,7 +160,7 @@ class RedisExecutor:
         where = self._where.get(target, target)
         try:
             async for attempt in retrying(
-                TransientStepError, attempts=self._attempts, multiplier=0.1, cap=1
+                RetryPolicy(attempts=self._attempts, multiplier=0.1, cap=1)
             ):
                 with attempt:
                     try:
