@@ -77,10 +77,7 @@ class K8sPods(_K8s):
 class K8sEvents(_K8s):
     """Recent events for an object and its pods, newest first."""
 
-    rbac: ClassVar[Rbac] = (
-        ("", "events", ("list",)),
-        ("events.k8s.io", "events", ("list",)),
-    )
+    rbac: ClassVar[Rbac] = (("", "events", ("list",)),)
 
     type: Literal["k8s.events"] = "k8s.events"
     object_kind: str = "Deployment"
@@ -316,8 +313,6 @@ class K8sScale(_K8s, Remediation):
     """Scale a workload to an absolute or relative count, clamped to min/max."""
 
     rbac: ClassVar[Rbac] = (
-        ("apps", "deployments", ("get",)),
-        ("apps", "statefulsets", ("get",)),
         ("apps", "deployments/scale", ("get", "patch")),
         ("apps", "statefulsets/scale", ("get", "patch")),
     )
