@@ -27,6 +27,7 @@ from receiver.retrying import (
     retrying,
     transient_status,
 )
+from receiver.scrubbing import Scrubber
 
 # "occurrence": post when an alert occurrence is first decided or a remediation
 # reaches a new outcome; "decision": post every decision record once.
@@ -113,19 +114,13 @@ class Deliverer:
         clock: Clock | None = None,
     ) -> None:
         self._client = client
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self.scrub = Scrubber(secrets)
         self._max_wait = max_wait
         self._policy = RetryPolicy(
             attempts=attempts, multiplier=0.5, cap=max_wait, on=_retryable
         )
         self._sleep = sleep
         self._clock = clock or (lambda: datetime.now(UTC))
-
-    def scrub(self, text: str) -> str:
-        """``text`` with every configured secret replaced by ``***``."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
