@@ -40,6 +40,41 @@ class _K8s(StepModel):
     namespace: Namespace = Field(description="Namespace; usually {labels.namespace}.")
 
 
+class _Workload(_K8s):
+    """A remediation that patches one workload: restart, scale, memory limit.
+
+    ``body`` is the patch as dry-run shows it and ``change`` what it does, in
+    words; the target and the request are the same shape for all of them.
+    """
+
+    resource_suffix: ClassVar[str] = ""  # "/scale": the scale subresource
+    workload_kind: WorkloadKind = "Deployment"
+    workload: K8sName
+
+    def body(self) -> dict[str, Any]:
+        """The patch sent, with placeholders for what is known only at run time."""
+        raise NotImplementedError
+
+    def change(self) -> str:
+        """What the patch does, e.g. ``rollout restart deployment/x -n y``."""
+        raise NotImplementedError
+
+    @override
+    def target(self) -> str:
+        return f"{self.workload_kind.lower()}/{self.workload} -n {self.namespace}"
+
+    @override
+    def describe(self) -> dict[str, Any]:
+        return {
+            "verb": "patch",
+            "resource": f"{self.workload_kind}{self.resource_suffix}",
+            "namespace": self.namespace,
+            "name": self.workload,
+            "body": self.body(),
+            "action": self.change(),
+        }
+
+
 class K8sPods(_K8s):
     """Pods of a workload or selector: phase, readiness, restarts, last exit."""
 
@@ -228,7 +263,7 @@ class K8sDescribe(_K8s):
         }
 
 
-class K8sRolloutRestart(_K8s, Remediation):
+class K8sRolloutRestart(_Workload, Remediation):
     """Restart a workload by stamping the restartedAt template annotation."""
 
     rbac: ClassVar[Rbac] = (
@@ -238,33 +273,15 @@ class K8sRolloutRestart(_K8s, Remediation):
     )
 
     type: Literal["k8s.rollout_restart"] = "k8s.rollout_restart"
-    workload_kind: WorkloadKind = "Deployment"
-    workload: K8sName
 
     @override
-    def target(self) -> str:
-        return f"{self.workload_kind.lower()}/{self.workload} -n {self.namespace}"
+    def body(self) -> dict[str, Any]:
+        stamp = {"kubectl.kubernetes.io/restartedAt": "<now, RFC 3339>"}
+        return {"spec": {"template": {"metadata": {"annotations": stamp}}}}
 
     @override
-    def describe(self) -> dict[str, Any]:
-        return {
-            "verb": "patch",
-            "resource": self.workload_kind,
-            "namespace": self.namespace,
-            "name": self.workload,
-            "body": {
-                "spec": {
-                    "template": {
-                        "metadata": {
-                            "annotations": {
-                                "kubectl.kubernetes.io/restartedAt": "<now, RFC 3339>"
-                            }
-                        }
-                    }
-                }
-            },
-            "action": f"rollout restart {self.target()}",
-        }
+    def change(self) -> str:
+        return f"rollout restart {self.target()}"
 
 
 class K8sRolloutUndo(_K8s, Remediation):
@@ -309,7 +326,7 @@ class K8sRolloutUndo(_K8s, Remediation):
         }
 
 
-class K8sScale(_K8s, Remediation):
+class K8sScale(_Workload, Remediation):
     """Scale a workload to an absolute or relative count, clamped to min/max."""
 
     rbac: ClassVar[Rbac] = (
@@ -317,9 +334,9 @@ class K8sScale(_K8s, Remediation):
         ("apps", "statefulsets/scale", ("get", "patch")),
     )
 
+    resource_suffix: ClassVar[str] = "/scale"
     type: Literal["k8s.scale"] = "k8s.scale"
     workload_kind: Literal["Deployment", "StatefulSet"] = "Deployment"
-    workload: K8sName
     replicas: RelativeCount
     min: int = Field(default=1, ge=0)
     max: int = Field(ge=1, description="Hard cap; scaling never goes above it.")
@@ -331,24 +348,16 @@ class K8sScale(_K8s, Remediation):
         return self
 
     @override
-    def target(self) -> str:
-        return f"{self.workload_kind.lower()}/{self.workload} -n {self.namespace}"
+    def body(self) -> dict[str, Any]:
+        clamped = f"{self.replicas} (clamped to {self.min}..{self.max})"
+        return {"spec": {"replicas": clamped}}
 
     @override
-    def describe(self) -> dict[str, Any]:
-        return {
-            "verb": "patch",
-            "resource": f"{self.workload_kind}/scale",
-            "namespace": self.namespace,
-            "name": self.workload,
-            "body": {
-                "spec": {
-                    "replicas": f"{self.replicas} (clamped to {self.min}..{self.max})"
-                }
-            },
-            "action": f"scale {self.target()} {describe_change(self.replicas)} "
-            f"(min {self.min}, max {self.max})",
-        }
+    def change(self) -> str:
+        return (
+            f"scale {self.target()} {describe_change(self.replicas)} "
+            f"(min {self.min}, max {self.max})"
+        )
 
 
 class K8sPatchHpa(_K8s, Remediation):
@@ -418,7 +427,7 @@ class K8sDeletePod(_K8s, Remediation):
         }
 
 
-class K8sSetMemoryLimit(_K8s, Remediation):
+class K8sSetMemoryLimit(_Workload, Remediation):
     """Raise a container's memory limit (the runbook's temporary OOM fix)."""
 
     rbac: ClassVar[Rbac] = (
@@ -429,8 +438,6 @@ class K8sSetMemoryLimit(_K8s, Remediation):
 
     type: Literal["k8s.set_memory_limit"] = "k8s.set_memory_limit"
     approval: Literal["none", "required"] = "required"
-    workload_kind: WorkloadKind = "Deployment"
-    workload: K8sName
     container: K8sName
     memory: Quantity
     cap: Quantity
@@ -442,33 +449,18 @@ class K8sSetMemoryLimit(_K8s, Remediation):
         return self
 
     @override
-    def target(self) -> str:
-        return f"{self.workload_kind.lower()}/{self.workload} -n {self.namespace}"
+    def body(self) -> dict[str, Any]:
+        """The strategic-merge patch the executor sends (and dry-run shows)."""
+        limits = {"limits": {"memory": self.memory}}
+        containers = [{"name": self.container, "resources": limits}]
+        return {"spec": {"template": {"spec": {"containers": containers}}}}
 
     @override
-    def describe(self) -> dict[str, Any]:
-        return {
-            "verb": "patch",
-            "resource": self.workload_kind,
-            "namespace": self.namespace,
-            "name": self.workload,
-            "body": {
-                "spec": {
-                    "template": {
-                        "spec": {
-                            "containers": [
-                                {
-                                    "name": self.container,
-                                    "resources": {"limits": {"memory": self.memory}},
-                                }
-                            ]
-                        }
-                    }
-                }
-            },
-            "action": f"set memory limit of container {self.container} in "
-            f"{self.target()} to {self.memory} (cap {self.cap})",
-        }
+    def change(self) -> str:
+        return (
+            f"set memory limit of container {self.container} in "
+            f"{self.target()} to {self.memory} (cap {self.cap})"
+        )
 
 
 STEPS: tuple[type[StepModel], ...] = (

@@ -34,6 +34,15 @@ from receiver.steps.kube_objects import (
 from receiver.steps.kube_recheck import recheck_count, recheck_limit, recheck_restart
 
 
+def fenced(obj: Json, patch: Json) -> Json:
+    """``patch`` carrying the ``resourceVersion`` of ``obj`` it was computed from.
+
+    The API server refuses it (409) if anyone changed the object in between.
+    """
+    version = dig(obj, "metadata", "resourceVersion")
+    return {"metadata": {"resourceVersion": version}, **patch}
+
+
 async def _workload(
     kube: Kube, step: K8sRolloutRestart | K8sScale | K8sSetMemoryLimit
 ) -> Workload:
@@ -76,10 +85,14 @@ async def restart(kube: Kube, step: K8sRolloutRestart, intent: Intent) -> StepRe
                 "out (kubectl refuses too). Resume it first: kubectl rollout "
                 f"resume deployment/{name} -n {ns}"
             )
-        body = {
-            "metadata": {"resourceVersion": dig(obj, "metadata", "resourceVersion")},
-            "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}},
-        }
+        body = fenced(
+            obj,
+            {
+                "spec": {
+                    "template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}
+                }
+            },
+        )
         return kube.workload_write(
             kind,
             ns,
@@ -195,10 +208,7 @@ async def scale(kube: Kube, step: K8sScale, intent: Intent) -> StepResult:
                     "changed": bool(attempt),
                 },
             )
-        body = {
-            "metadata": {"resourceVersion": dig(obj, "metadata", "resourceVersion")},
-            "spec": {"replicas": final},
-        }
+        body = fenced(obj, {"spec": {"replicas": final}})
         request = request_record(
             "patch",
             f"{kind}/scale",
@@ -278,10 +288,7 @@ async def patch_hpa(kube: Kube, step: K8sPatchHpa, intent: Intent) -> StepResult
                 + note,
                 result={"from": start, "to": live, "changed": bool(attempt)},
             )
-        body = {
-            "metadata": {"resourceVersion": dig(obj, "metadata", "resourceVersion")},
-            "spec": {"maxReplicas": target},
-        }
+        body = fenced(obj, {"spec": {"maxReplicas": target}})
         request = request_record(
             "patch",
             "HorizontalPodAutoscaler",
@@ -389,21 +396,7 @@ async def set_memory_limit(
                 ),
                 result={"from": live, "to": live, "changed": bool(attempt)},
             )
-        body = {
-            "metadata": {"resourceVersion": dig(obj, "metadata", "resourceVersion")},
-            "spec": {
-                "template": {
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": step.container,
-                                "resources": {"limits": {"memory": step.memory}},
-                            }
-                        ]
-                    }
-                }
-            },
-        }
+        body = fenced(obj, step.body())
         return kube.workload_write(
             kind,
             ns,
