@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
+from receiver.errors import PermanentStepError
 from receiver.rulebook.steps import (
     REGISTRY,
     STEP_TYPES,
@@ -23,6 +24,7 @@ from receiver.rulebook.steps import (
 from receiver.rulebook.steps import k8s as k8s_models
 from receiver.rulebook.steps.registry import _by_type
 from receiver.steps.k8s import handlers
+from receiver.steps.kube_objects import Hpa, Workload, parse_object
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -118,3 +120,25 @@ def test_the_reference_script_runs_as_a_command():
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_typed_kubernetes_views_keep_fields_they_do_not_read():
+    """A typed view of an API object keeps unknown fields (extra="allow")."""
+    raw = {
+        "metadata": {"name": "sark", "resourceVersion": "7", "futureField": 1},
+        "spec": {
+            "replicas": 3,
+            "template": {"spec": {"containers": [{"name": "app", "newThing": True}]}},
+            "someNewSpec": {"x": 1},
+        },
+    }
+    seen = parse_object(Workload, raw, "deployment/sark")
+    assert seen.spec.replicas == 3
+    assert seen.metadata.resource_version == "7"
+    assert seen.model_dump(by_alias=True, exclude_unset=True) == raw
+
+
+def test_a_malformed_api_object_is_a_step_error():
+    """An answer of the wrong shape fails the step with where, not a KeyError."""
+    with pytest.raises(PermanentStepError, match=r"hpa/x: .*spec\.maxReplicas"):
+        parse_object(Hpa, {"spec": {"maxReplicas": "many"}}, "hpa/x")

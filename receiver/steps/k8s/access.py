@@ -48,7 +48,7 @@ class Write:
 # What a remediation decides on a fresh read: done already, or this write.
 Decision = StepResult | Write
 S = TypeVar("S", bound=StepModel)
-Workload = tuple[str, str, str]  # kind, namespace, name
+WorkloadRef = tuple[str, str, str]  # kind, namespace, name
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class Action(Generic[S]):
     prepare: Callable[[Kube, S], Awaitable[Intent | StepResult]]
     apply: Callable[[Kube, S, Intent], Awaitable[StepResult]]
     recheck: Callable[[Kube, S, Intent], Awaitable[RecheckResult]]
-    workload: Callable[[Kube, S], Awaitable[Workload]] | None = None
+    workload: Callable[[Kube, S], Awaitable[WorkloadRef]] | None = None
     pods: Callable[[Kube, S], tuple[str, str]] | None = None
 
 

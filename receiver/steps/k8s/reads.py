@@ -28,6 +28,7 @@ from receiver.steps.kube_client import KubeForbiddenError, LogTail, read_log
 from receiver.steps.kube_objects import (
     CHANGE_CAUSE,
     EPOCH,
+    Hpa,
     Json,
     age_of,
     cap,
@@ -38,6 +39,7 @@ from receiver.steps.kube_objects import (
     is_pod_ready,
     metric_line,
     owned_names,
+    parse_object,
     parse_time,
     pod_line,
     pod_summary,
@@ -429,12 +431,12 @@ async def describe(kube: Kube, step: K8sDescribe) -> StepResult:
 
 async def _describe_hpa(kube: Kube, ns: str, name: str) -> StepResult:
     hpa = await kube.read_hpa(ns, name)
-    spec = dig(hpa, "spec", default={})
-    status = dig(hpa, "status", default={})
-    low = int(spec.get("minReplicas") or 1)
-    high = int(spec.get("maxReplicas") or 0)
-    current = int(status.get("currentReplicas") or 0)
-    desired = int(status.get("desiredReplicas") or 0)
+    typed = parse_object(Hpa, hpa, f"hpa/{name}")
+    spec, status = typed.spec, typed.status
+    low = spec.min_replicas or 1
+    high = spec.max_replicas or 0
+    current = status.current_replicas or 0
+    desired = status.desired_replicas or 0
     conditions = condition_list(hpa)
     limited = any(
         c["type"] == "ScalingLimited"
@@ -443,7 +445,7 @@ async def _describe_hpa(kube: Kube, ns: str, name: str) -> StepResult:
         for c in conditions
     )
     at_max = high > 0 and (current >= high or desired >= high or limited)
-    metrics = [metric_line(m) for m in (status.get("currentMetrics") or [])[:10]]
+    metrics = [metric_line(m) for m in status.current_metrics[:10]]
     reason = (
         f"hpa/{name}: {current} current, {desired} desired (min {low}, max "
         f"{high})" + (" — AT MAX, it cannot scale further" if at_max else "")
@@ -461,7 +463,11 @@ async def _describe_hpa(kube: Kube, ns: str, name: str) -> StepResult:
             "min": low,
             "max": high,
             "at_max": at_max,
-            "target": dig(spec, "scaleTargetRef", default={}),
+            "target": (
+                spec.scale_target_ref.model_dump(by_alias=True, exclude_unset=True)
+                if spec.scale_target_ref
+                else {}
+            ),
             "metrics": metrics,
             "conditions": conditions,
         },

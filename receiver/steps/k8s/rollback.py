@@ -16,7 +16,7 @@ from receiver.errors import PermanentStepError
 from receiver.model import Intent, RecheckResult, StepResult
 from receiver.rulebook.steps import K8sRolloutUndo
 from receiver.rulebook.templates import format_duration
-from receiver.steps.k8s.access import Action, Decision, Kube, Workload, Write
+from receiver.steps.k8s.access import Action, Decision, Kube, WorkloadRef, Write
 from receiver.steps.kube_objects import (
     CHANGE_CAUSE,
     POD_TEMPLATE_HASH,
@@ -225,7 +225,7 @@ async def recheck(kube: Kube, step: K8sRolloutUndo, intent: Intent) -> RecheckRe
     return recheck_undo(step.target(), obj, intent)
 
 
-async def _workload(kube: Kube, step: K8sRolloutUndo) -> Workload:
+async def _workload(kube: Kube, step: K8sRolloutUndo) -> WorkloadRef:
     del kube
     return "Deployment", step.namespace, step.deployment
 

@@ -15,11 +15,11 @@ from receiver.model import StepResult
 from receiver.retrying import poll_until
 from receiver.rulebook.steps import PodsReadyVerify, RolloutStatusVerify, StepModel
 from receiver.rulebook.templates import format_duration
-from receiver.steps.k8s.access import LIST_CAP, Action, Kube, Workload
+from receiver.steps.k8s.access import LIST_CAP, Action, Kube, WorkloadRef
 from receiver.steps.kube_objects import is_pod_ready, rollout_status
 
 
-async def _workload(kube: Kube, action: Action[Any], step: StepModel) -> Workload:
+async def _workload(kube: Kube, action: Action[Any], step: StepModel) -> WorkloadRef:
     if action.workload is None:
         raise PermanentStepError(
             f"k8s.rollout_status cannot verify {step.type_name()}: it names no "

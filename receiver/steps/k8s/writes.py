@@ -9,7 +9,7 @@ is read again and a change already there is recognised, never applied twice),
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from fractions import Fraction
 from typing import Any
 
@@ -23,11 +23,16 @@ from receiver.rulebook.steps import (
     apply_relative,
     parse_quantity,
 )
-from receiver.steps.k8s.access import Action, Decision, Kube, Workload, Write
+from receiver.steps.k8s.access import Action, Decision, Kube, WorkloadRef, Write
 from receiver.steps.kube_objects import (
     RESTARTED_AT,
+    Hpa,
     Json,
+    Scale,
+    Versioned,
+    Workload,
     dig,
+    parse_object,
     request_record,
     rfc3339,
 )
@@ -39,13 +44,13 @@ def fenced(obj: Json, patch: Json) -> Json:
 
     The API server refuses it (409) if anyone changed the object in between.
     """
-    version = dig(obj, "metadata", "resourceVersion")
+    version = parse_object(Versioned, obj, "patch").metadata.resource_version
     return {"metadata": {"resourceVersion": version}, **patch}
 
 
 async def _workload(
     kube: Kube, step: K8sRolloutRestart | K8sScale | K8sSetMemoryLimit
-) -> Workload:
+) -> WorkloadRef:
     del kube
     return step.workload_kind, step.namespace, step.workload
 
@@ -57,7 +62,8 @@ async def prepare_restart(kube: Kube, step: K8sRolloutRestart) -> Intent:
     """The restartedAt stamp the restart will set."""
     kind, ns, name = step.workload_kind, step.namespace, step.workload
     obj = await kube.read_workload(kind, ns, name)
-    annotations = dig(obj, "spec", "template", "metadata", "annotations") or {}
+    live = parse_object(Workload, obj, f"{kind.lower()}/{name}")
+    annotations = live.spec.template.metadata.annotations
     stamp = rfc3339(kube.clock())
     return Intent(
         f"rollout restart {kind.lower()}/{name} -n {ns} (restartedAt {stamp})",
@@ -71,7 +77,8 @@ async def restart(kube: Kube, step: K8sRolloutRestart, intent: Intent) -> StepRe
     stamp = str(intent.data["restarted_at"])
 
     def decide(obj: Json, attempt: int) -> Decision:
-        annotations = dig(obj, "spec", "template", "metadata", "annotations") or {}
+        live = parse_object(Workload, obj, f"{kind.lower()}/{name}")
+        annotations = live.spec.template.metadata.annotations
         if attempt and annotations.get(RESTARTED_AT) == stamp:
             return StepResult(
                 ok=True,
@@ -79,7 +86,7 @@ async def restart(kube: Kube, step: K8sRolloutRestart, intent: Intent) -> StepRe
                 "an earlier attempt had gone through)",
                 result={"restarted_at": stamp},
             )
-        if kind == "Deployment" and dig(obj, "spec", "paused"):
+        if kind == "Deployment" and live.spec.paused:
             raise PermanentStepError(
                 f"refused: deployment/{name} is paused; a restart would not roll "
                 "out (kubectl refuses too). Resume it first: kubectl rollout "
@@ -129,7 +136,7 @@ async def prepare_scale(kube: Kube, step: K8sScale) -> Intent:
     kind, ns, name = step.workload_kind, step.namespace, step.workload
     read, _patch = await _scale_calls(kube, step)
     first = await read()
-    start = int(dig(first, "spec", "replicas", default=0))
+    start = _replicas(first)
     wanted = apply_relative(step.replicas, start)
     target = min(max(wanted, step.min), step.max)
     up = wanted > start
@@ -192,7 +199,7 @@ async def scale(kube: Kube, step: K8sScale, intent: Intent) -> StepResult:
     notes = [str(n) for n in intent.data.get("notes") or []]
 
     def decide(obj: Json, attempt: int) -> Decision:
-        live = int(dig(obj, "spec", "replicas", default=0))
+        live = _replicas(obj)
         final = max(target, live) if up else target
         if live == final:
             verb = "scaled" if attempt else "left"
@@ -240,7 +247,7 @@ async def scale(kube: Kube, step: K8sScale, intent: Intent) -> StepResult:
 async def recheck_scale(kube: Kube, step: K8sScale, intent: Intent) -> RecheckResult:
     """Whether the replicas ``intent`` names show on the scale subresource."""
     read, _patch = await _scale_calls(kube, step)
-    live = int(dig(await read(), "spec", "replicas", default=0))
+    live = _replicas(await read())
     return recheck_count(f"{step.target()} replicas", live, intent)
 
 
@@ -251,7 +258,7 @@ async def prepare_hpa(kube: Kube, step: K8sPatchHpa) -> Intent:
     """The absolute maxReplicas the step asks for, capped."""
     ns, name = step.namespace, step.hpa
     first = await kube.read_hpa(ns, name)
-    start = int(dig(first, "spec", "maxReplicas", default=0))
+    start = _max_replicas(first)
     wanted = apply_relative(step.max_replicas, start)
     target = min(wanted, step.cap)
     note = (
@@ -274,7 +281,7 @@ async def patch_hpa(kube: Kube, step: K8sPatchHpa, intent: Intent) -> StepResult
     note = str(intent.data.get("note") or "")
 
     def decide(obj: Json, attempt: int) -> Decision:
-        live = int(dig(obj, "spec", "maxReplicas", default=0))
+        live = _max_replicas(obj)
         if live >= target:
             return StepResult(
                 ok=True,
@@ -332,14 +339,15 @@ async def patch_hpa(kube: Kube, step: K8sPatchHpa, intent: Intent) -> StepResult
 async def recheck_hpa(kube: Kube, step: K8sPatchHpa, intent: Intent) -> RecheckResult:
     """Whether maxReplicas is at least what ``intent`` names."""
     obj = await kube.read_hpa(step.namespace, step.hpa)
-    live = int(dig(obj, "spec", "maxReplicas", default=0))
+    live = _max_replicas(obj)
     return recheck_count(f"maxReplicas of hpa/{step.hpa}", live, intent, at_least=True)
 
 
-async def hpa_workload(kube: Kube, step: K8sPatchHpa) -> Workload:
+async def hpa_workload(kube: Kube, step: K8sPatchHpa) -> WorkloadRef:
     """The workload an HPA scales (its ``scaleTargetRef``), for verification."""
-    ref = dig(await kube.read_hpa(step.namespace, step.hpa), "spec", "scaleTargetRef")
-    kind, name = dig(ref, "kind"), dig(ref, "name")
+    obj = await kube.read_hpa(step.namespace, step.hpa)
+    ref = parse_object(Hpa, obj, f"hpa/{step.hpa}").spec.scale_target_ref
+    kind, name = (ref.kind, ref.name) if ref else (None, None)
     if kind not in ("Deployment", "StatefulSet", "DaemonSet") or not name:
         raise PermanentStepError(
             f"hpa/{step.hpa} scales {kind}/{name}, which has no rollout status"
@@ -371,17 +379,16 @@ async def set_memory_limit(
     target = parse_quantity(step.memory)
 
     def decide(obj: Json, attempt: int) -> Decision:
-        containers = dig(obj, "spec", "template", "spec", "containers") or []
-        container = next(
-            (c for c in containers if c.get("name") == step.container), None
-        )
+        workload = parse_object(Workload, obj, f"{kind.lower()}/{name}")
+        containers = workload.spec.template.spec.containers
+        container = next((c for c in containers if c.name == step.container), None)
         if container is None:
             raise PermanentStepError(
                 f"refused: {kind.lower()}/{name} has no container "
                 f"{step.container!r} (containers: "
-                f"{', '.join(str(c.get('name')) for c in containers)})"
+                f"{', '.join(c.name for c in containers)})"
             )
-        live = dig(container, "resources", "limits", "memory")
+        live = container.resources.limits.get("memory")
         if live is not None and _live_quantity(live, step, kind, name) >= target:
             return StepResult(
                 ok=True,
@@ -444,13 +451,24 @@ def _live_quantity(
         ) from exc
 
 
-def _limit_of(obj: Mapping[str, Any], name: str) -> str | None:
+def _limit_of(obj: Json, name: str) -> str | None:
     """The memory limit of container ``name`` in a workload, if it has one."""
-    for c in dig(obj, "spec", "template", "spec", "containers") or []:
-        if c.get("name") == name:
-            limit = dig(c, "resources", "limits", "memory")
+    workload = parse_object(Workload, obj, "workload")
+    for c in workload.spec.template.spec.containers:
+        if c.name == name:
+            limit = c.resources.limits.get("memory")
             return None if limit is None else str(limit)
     return None
+
+
+def _replicas(obj: Json) -> int:
+    """``spec.replicas`` of a scale subresource (0 when unset)."""
+    return parse_object(Scale, obj, "scale").spec.replicas or 0
+
+
+def _max_replicas(obj: Json) -> int:
+    """``spec.maxReplicas`` of an HPA (0 when unset)."""
+    return parse_object(Hpa, obj, "hpa").spec.max_replicas or 0
 
 
 ACTIONS: tuple[Action[Any], ...] = (
