@@ -18,7 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import APPROVE_TOKEN, BASIC_USER, bearer, full_settings
+from conftest import (
+    APPROVE_TOKEN,
+    BASIC_USER,
+    bearer,
+    full_settings,
+    journal_drained,
+)
 from counting import CountingServer
 
 from receiver.app import create_app
@@ -29,10 +35,42 @@ from receiver.store.base import Pause
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 ARTIFACTS = Path(os.environ.get("RECEIVER_TEST_ARTIFACTS", "test-artifacts"))
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+# Generous: the machine running the tests may be loaded; nothing waits this long
+# unless something is broken.
+WAIT = 60
+
+
+def seen(driver: Any, css: str) -> Any:
+    """The element matching ``css`` once it is displayed (waits explicitly)."""
+    return WebDriverWait(driver, WAIT).until(
+        ec.visibility_of_element_located((By.CSS_SELECTOR, css))
+    )
+
+
+def page_with(driver: Any, url: str, text: str) -> str:
+    """Open ``url`` and wait until its body holds ``text``; the body's text."""
+    driver.get(url)
+    WebDriverWait(driver, WAIT).until(
+        ec.text_to_be_present_in_element((By.TAG_NAME, "body"), text)
+    )
+    return str(driver.find_element(By.TAG_NAME, "body").text)
+
+
+def click_and_wait(driver: Any, css: str, url_part: str, then: str) -> Any:
+    """Click ``css``; wait for the next page (URL holding ``url_part``) and ``then``.
+
+    The click submits a form: the old page stays in place until the POST and its
+    redirect finish, so the next page is waited for, never assumed.
+    """
+    seen(driver, css).click()
+    WebDriverWait(driver, WAIT).until(ec.url_contains(url_part))
+    return seen(driver, then)
 
 
 def rules(hook: str) -> str:
@@ -98,10 +136,7 @@ async def fire(api: httpx.AsyncClient, store: Any) -> None:
     }
     resp = await api.post("/webhooks/alertmanager", json=body, headers=bearer())
     assert resp.status_code == 202
-    for _ in range(1000):
-        if await store.approvals("pending"):
-            return
-        await asyncio.sleep(0.01)
+    await journal_drained(store)
 
 
 def shot(driver: Any, name: str) -> None:
@@ -137,25 +172,23 @@ async def test_approve_in_the_console_runs_the_step_once(
 
             def approve() -> str:
                 login(browser, BASIC_USER, APPROVE_TOKEN)
-                browser.get(f"{base}/ui/")
-                assert "Signed in as" in browser.page_source
-                assert BASIC_USER in browser.page_source
-                assert pending.id in browser.page_source
-                assert f"{hook.url}/run/fp-ui" in browser.page_source
+                body = page_with(browser, f"{base}/ui/approvals", pending.id)
+                assert f"Signed in as {BASIC_USER}" in body
+                assert f"{hook.url}/run/fp-ui" in body
                 shot(browser, "approvals")
-                browser.find_element(
-                    By.CSS_SELECTOR, "button[name=decision][value=approve]"
-                ).click()
-                text = browser.find_element(By.CSS_SELECTOR, "[role=status]").text
+                status = click_and_wait(
+                    browser,
+                    "button[name=decision][value=approve]",
+                    "notice=",
+                    "[role=status]",
+                )
+                text = str(status.text)
                 shot(browser, "approved")
-                return str(text)
+                return text
 
             notice = await asyncio.to_thread(approve)
             assert f"approved by {BASIC_USER}; running it now" in notice
-            for _ in range(1000):
-                if hook.snapshot() and await store.pending() == (0, None):
-                    break
-                await asyncio.sleep(0.01)
+            await journal_drained(store)
             assert hook.snapshot() == {"/run/fp-ui": 1}
             (approved,) = await store.approvals("approved")
             assert approved.decided_by == BASIC_USER
@@ -163,9 +196,9 @@ async def test_approve_in_the_console_runs_the_step_once(
             await store.set_pause(Pause("alice", pending.created_at, "drill"))
 
             def guards() -> str:
-                browser.get(f"{base}/ui/guards")
+                text = page_with(browser, f"{base}/ui/guards", "PAUSED")
                 shot(browser, "guards")
-                return str(browser.find_element(By.TAG_NAME, "body").text)
+                return text
 
             page = await asyncio.to_thread(guards)
             assert "Remediations PAUSED by alice" in page
