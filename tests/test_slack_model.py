@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 from conftest import full_settings
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -31,6 +32,7 @@ from receiver.engine.worker import Processor
 from receiver.rulebook.loader import load_rulebook
 from receiver.store import MemoryStore
 from receiver.store.base import Approval, JournalEntry
+from receiver.web.approvals import ApprovalDesk
 from receiver.web.slack import Press, SlackInteractions
 
 T = TypeVar("T")
@@ -100,13 +102,15 @@ class ApprovalMachine(RuleBasedStateMachine):
 
         rulebook = load_rulebook([path])
         processor = Processor(rulebook, Runner({}, clock), clock, PlanContext())
+        self.client = httpx.AsyncClient()
         self.slack = SlackInteractions(
             settings=full_settings(
                 slack_signing_secret=SecretStr("s"), slack_approvers=USERS
             ),
             store=self.store,
-            processor=processor,
+            desk=ApprovalDesk(store=self.store, processor=processor, clock=clock),
             clock=clock,
+            client=self.client,
         )
         self.run(self.store.append(JournalEntry("p1", "alertmanager", T0, BODY), []))
         self.models: dict[str, Model] = {}
@@ -139,7 +143,7 @@ class ApprovalMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.run(self.store.close())
-        self.run(self.slack._client.aclose())
+        self.run(self.client.aclose())
         self.loop.close()
         self.path.unlink()
 
