@@ -69,27 +69,29 @@ button{padding:.5rem 1rem;min-height:2.75rem}
 ul.clocks{list-style:none;padding:0;margin:0}
 .breached{color:#b00020;font-weight:bold}
 .breached::before{content:"\\26A0  "}
-.ok::before{content:"\\23F1  "}
+.ok::before{content:"\\2022  "}
 .stopped::before{content:"\\2713  "}
 [role=alert]{border:2px solid #b00020;padding:.5rem}
 @media (max-width:40rem){table,thead,tbody,tr,td,th{display:block}
 thead{display:none}td{border:none;padding:.2rem 0}
-tr{border-bottom:1px solid #888;padding:.5rem 0}}
+tr{border-bottom:1px solid #888;padding:.5rem 0}
+td[data-label]::before{content:attr(data-label) ": ";font-weight:bold}}
 """
-# The one script: clocks count down every second, and turn red and say
-# BREACHED when their deadline passes. Without it the server-rendered text
-# (correct at page load) stays.
+# The one script: running clocks count down every second from the server's
+# view at render, and turn red and say BREACHED when their deadline passes.
+# Without it the server-rendered text (correct at page load) stays.
 _JS = """
 "use strict";
+const loaded = Date.now();
 function fmt(s){s=Math.max(0,Math.floor(s));const h=Math.floor(s/3600),
 m=Math.floor(s%3600/60),x=s%60;return (h?h+"h ":"")+(h||m?m+"m ":"")+x+"s";}
-function tick(){const now=Date.now();
-document.querySelectorAll("[data-deadline][data-running]").forEach(function(e){
-const d=Date.parse(e.dataset.deadline),left=(d-now)/1000,n=e.dataset.name;
-if(left>=0){e.textContent=n+": "+fmt(left)+" left (due "+e.dataset.due+")";
+function tick(){const gone=(Date.now()-loaded)/1000;
+document.querySelectorAll("[data-left]").forEach(function(e){
+const left=parseFloat(e.dataset.left)-gone,n=e.dataset.name,due=e.dataset.due;
+if(left>=0){e.textContent=n+": "+fmt(left)+" left (due "+due+")";
 e.className="clock ok";}else{e.textContent=n+": BREACHED "+fmt(-left)+
-" ago (was due "+e.dataset.due+")";e.className="clock breached";}});}
-tick();setInterval(tick,1000);
+" ago (was due "+due+")";e.className="clock breached";}});}
+setInterval(tick,1000);
 """
 
 
@@ -136,8 +138,19 @@ def _page(title: str, body: str, *, status: int = 200) -> web.Response:
 def _table(head: Iterable[str], rows: list[list[str]], empty: str) -> str:
     if not rows:
         return f"<p>{_e(empty)}</p>"
-    cells = "".join(f"<th>{_e(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    names = list(head)
+    cells = "".join(f"<th>{_e(h)}</th>" for h in names)
+    # On a phone the header row is hidden and each cell says what it is.
+    labels = [f' data-label="{_e(h)}"' if h else "" for h in names]
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td{labels[i] if i < len(labels) else str()}>{c}</td>"
+            for i, c in enumerate(r)
+        )
+        + "</tr>"
+        for r in rows
+    )
     return f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -152,7 +165,10 @@ def clock_item(clock: Clock, now: datetime) -> str:
         )
         kind = "breached" if late else "stopped"
         return f'<li class="clock {kind}" {data}>{_e(text)}</li>'
-    running = f'{data} data-running=1 data-deadline="{_e(iso(clock.deadline))}"'
+    # Seconds left at render (negative: past due): the script counts from
+    # there, so a browser whose clock is off still shows the server's view.
+    left = (clock.deadline - now).total_seconds()
+    running = f'{data} data-left="{left:.1f}"'
     if now > clock.deadline:
         text = (
             f"{clock.name}: BREACHED {_span(now - clock.deadline)} ago (was due {due})"
