@@ -21,9 +21,11 @@ from test_slack_approvals import T0, alert_body, rules, ticking
 
 from receiver.app import create_app
 from receiver.rulebook.loader import load_rulebook
+from receiver.settings import Settings, load_settings
 from receiver.steps.http import HttpExecutor
 from receiver.store import MemoryStore
 from receiver.store.base import DecisionQuery
+from receiver.web.auth import Authenticator
 
 PEOPLE = {
     "alice@example.com": "tok-alice-71c2",
@@ -173,3 +175,31 @@ async def test_destructive_step_needs_two_people_across_api_and_console(served):
         ("approved", "alice@example.com and bob@example.com", "console"),
         ("first_approval", "alice@example.com", "api"),
     ]
+
+
+def test_approver_tokens_from_the_environment_are_secrets():
+    """NAME=token pairs load, are redacted like other secrets, and none is empty."""
+    settings = load_settings(
+        environ={"RECEIVER_APPROVER_TOKENS": "alice@example.com=tok-a-1,bob=tok-b-2"}
+    )
+    assert {k: v.get_secret_value() for k, v in settings.approver_tokens.items()} == {
+        "alice@example.com": "tok-a-1",
+        "bob": "tok-b-2",
+    }
+    assert {"tok-a-1", "tok-b-2"} <= set(settings.secret_values())
+    assert "tok-a-1" not in repr(settings)
+    with pytest.raises(ValueError, match="empty"):
+        Settings(approver_tokens={"alice": SecretStr("  ")})
+
+
+def test_only_a_personal_token_names_a_person():
+    """The person comes from the token, never from the basic-auth user name."""
+    auth = Authenticator.from_settings(
+        full_settings(approver_tokens={"alice": SecretStr("tok-alice-1")})
+    )
+    basic = base64.b64encode(b"mallory:tok-alice-1").decode()
+    assert auth.person(f"Basic {basic}") == "alice"
+    assert auth.person("Bearer tok-alice-1") == "alice"
+    assert auth.person(f"Bearer {APPROVE_TOKEN}") == ""
+    assert auth.person("Bearer wrong") == ""
+    auth.require("Bearer tok-alice-1", "approve")

@@ -196,6 +196,19 @@ async def test_approve_in_the_console_runs_the_step_once(
             assert hook.snapshot() == {"/run/fp-ui": 1}
             (approved,) = await store.approvals("approved")
             assert approved.decided_by == BASIC_USER
+            await app[INCIDENTS].drain()
+            (incident,) = (await app[INCIDENTS].page(IncidentQuery(limit=5)))[0]
+
+            def trace() -> str:
+                url = f"{base}/ui/incidents/{incident.id}"
+                text = page_with(browser, url, "EXECUTED")
+                shot(browser, "incident-executed")
+                return text
+
+            detail = await asyncio.to_thread(trace)
+            assert "http.request on" in detail
+            assert "AWAITING_APPROVAL" in detail  # before the approval, then:
+            assert "EXECUTED" in detail
 
             await store.set_pause(Pause("alice", pending.created_at, "drill"))
 

@@ -23,6 +23,7 @@ Built in ``create_app`` and handed to the Slack, API and console handlers.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,7 @@ from receiver.errors import (
     ForbiddenError,
     InputError,
     NotFoundError,
+    RequestTimeoutError,
     UnsupportedMediaError,
 )
 from receiver.model import iso
@@ -56,6 +58,7 @@ Outcome = Literal["decided", "recorded", "refused", "missing", "conflict", "expi
 
 
 MAX_BODY = 16 * 1024  # {"decision": "approve"} and little else
+BODY_TIMEOUT = 10.0  # seconds for that body to arrive
 
 
 class NotOnCallError(Exception):
@@ -415,7 +418,13 @@ class ApprovalAPI:
                 "Content-Type must be application/json, "
                 f"got {request.content_type[:60] or 'none'!r}"
             )
-        body = await request.content.read(MAX_BODY + 1)
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                body = await request.content.read(MAX_BODY + 1)
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the body did not arrive within {BODY_TIMEOUT:g} s"
+            ) from None
         if len(body) > MAX_BODY:
             raise InputError(f"body over {MAX_BODY} bytes; send the decision only")
         data = parse_json(body) if body.strip() else None

@@ -145,7 +145,7 @@ def _table(head: Iterable[str], rows: list[list[str]], empty: str) -> str:
     body = "".join(
         "<tr>"
         + "".join(
-            f"<td{labels[i] if i < len(labels) else str()}>{c}</td>"
+            f"<td{labels[i] if i < len(labels) else ''}>{c}</td>"
             for i, c in enumerate(r)
         )
         + "</tr>"
@@ -390,7 +390,11 @@ class Console:
             ],
             "Nothing on the timeline yet.",
         )
-        notes = [t for t in found.timeline if t.kind in ("note", "announce", "sink")]
+        notes = [
+            t
+            for t in found.timeline
+            if t.kind in ("message_sent", "status_update", "escalated")
+        ]
         sent = _table(
             ["At", "Where", ""],
             [
