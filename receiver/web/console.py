@@ -775,23 +775,47 @@ def console_paths() -> dict[str, Any]:
         "content": {"text/html": {"schema": {"type": "string"}}},
     }
     security: list[dict[str, list[str]]] = [{"basic": []}, {"bearer": []}]
-    get = {"security": security, "responses": {"200": page, "401": page}}
+    path_id = [
+        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    ]
 
-    def form(summary: str) -> dict[str, Any]:
+    def get(summary: str, *codes: int, **extra: Any) -> dict[str, Any]:
+        answers = {str(c): page for c in sorted({200, 401, 403, *codes})}
+        return {
+            "get": {
+                "summary": summary,
+                "security": security,
+                "responses": answers,
+                **extra,
+            }
+        }
+
+    def form(summary: str, *codes: int, **extra: Any) -> dict[str, Any]:
+        answers = {str(c): page for c in sorted({303, 400, 401, 403, *codes})}
         return {
             "post": {
                 "summary": summary,
                 "security": security,
-                "responses": {"303": page, "401": page, "403": page},
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {"type": "object"}
+                        }
+                    },
+                },
+                "responses": answers,
+                **extra,
             }
         }
 
     return {
-        "/ui": {"get": {"summary": "Console home", **get}},
-        "/ui/": {"get": {"summary": "Console home", **get}},
+        "/ui": get("Console home"),
+        "/ui/": get("Console home"),
         "/ui/static/console.js": {
             "get": {
                 "summary": "The console's script (clocks)",
+                "security": [],
                 "responses": {
                     "200": {
                         "description": "JavaScript",
@@ -800,21 +824,19 @@ def console_paths() -> dict[str, Any]:
                 },
             }
         },
-        "/ui/incidents": {"get": {"summary": "Incidents and their clocks", **get}},
-        "/ui/incidents/{id}": {
-            "get": {"summary": "One incident: timeline, traces, notes", **get}
-        },
-        "/ui/approvals": {"get": {"summary": "Pending approvals", **get}},
-        "/ui/approvals/{id}": form("Approve or reject as the signed-in person (form)"),
-        "/ui/guards": {"get": {"summary": "Pause, breakers, budgets, locks", **get}},
+        "/ui/incidents": get("Incidents and their clocks"),
+        "/ui/incidents/{id}": get(
+            "One incident: clocks, timeline, traces, notes", 404, parameters=path_id
+        ),
+        "/ui/approvals": get("Pending approvals"),
+        "/ui/approvals/{id}": form(
+            "Approve or reject as the signed-in person", parameters=path_id
+        ),
+        "/ui/guards": get("Pause, breakers, budgets, locks, parked"),
         "/ui/guards/reset": form("Reset a circuit breaker (admin scope; audited)"),
         "/ui/guards/pause": form("Pause or resume remediations (admin; audited)"),
-        "/ui/rules": {"get": {"summary": "Loaded rules and the dry-run form", **get}},
-        "/ui/rules/dry-run": {
-            "post": {
-                "summary": "Decide a stored payload against the rules (dry-run)",
-                "security": security,
-                "responses": {"200": page, "401": page, "403": page, "404": page},
-            }
-        },
+        "/ui/rules": get("Loaded rules and the dry-run form"),
+        "/ui/rules/dry-run": form(
+            "Decide a stored payload against the rules (dry-run)", 200, 404, 422
+        ),
     }

@@ -35,6 +35,7 @@ _TITLES = {
     408: "The request body did not arrive within the body timeout.",
     413: "Body over the cap, or an alert over a per-alert cap.",
     415: "Content-Type is not JSON.",
+    409: "Already decided (or expired); the detail says by whom.",
     422: "The rule files do not load; the current rules stay loaded.",
     429: "Too many unauthenticated bodies being read; retry after Retry-After.",
     503: "The journal cannot take the payload (or the service is shedding load); "
