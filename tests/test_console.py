@@ -149,7 +149,7 @@ def shot(driver: Any, name: str) -> None:
     driver.save_screenshot(str(ARTIFACTS / f"console-{name}.png"))
 
 
-async def test_approve_in_the_console_runs_the_step_once(
+async def test_approve_in_the_console_runs_the_step_once(  # noqa: PLR0915 (one walk-through)
     aiohttp_server, tmp_path, browser
 ):
     """Sign in, see the pending step, approve it as yourself: it runs once."""
