@@ -357,7 +357,8 @@ async def test_incidents_guards_and_rules_pages(  # noqa: PLR0915 (one walk-thro
 
         def dry_run() -> str:
             login(browser, BASIC_USER, APPROVE_TOKEN)
-            page_with(browser, f"{base}/ui/rules", str(path))
+            rules_page = page_with(browser, f"{base}/ui/rules", str(path))
+            assert "Last loaded" in rules_page
             seen(browser, "input[name=payload_id]").send_keys(
                 pending.request["payload_id"]
             )
@@ -372,8 +373,8 @@ async def test_incidents_guards_and_rules_pages(  # noqa: PLR0915 (one walk-thro
             return str(result.text)
 
         result = await asyncio.to_thread(dry_run)
-        assert "restart" in result
-        assert "AWAITING_APPROVAL" in result or "DRY_RUN" in result
+        assert "restart (P2) -> restart" in result
+        assert "DRY_RUN" in result  # decided, not run: nothing is sent
     await http.aclose()
     # Nothing was approved, so nothing ran.
     assert (await store.approvals("pending"))[0].id == pending.id
