@@ -109,6 +109,7 @@ def install_incidents(
         escalator=escalator,
         on_breach=lambda severity, name: breaches.labels(severity, name).inc(),
         approvals=store.approvals,
+        mode=settings.mode,
     )
     register(app, IncidentHandlers(service, auth))
     app[INCIDENTS] = service

@@ -57,6 +57,7 @@ async def env(clock, book):
         announcer=announcer,
         escalator=escalator,
         on_breach=lambda sev, name: breaches.append((sev, name)),
+        mode="diagnose",
     )
     yield service, announcer, escalator, breaches
     await service.aclose()
@@ -329,6 +330,7 @@ async def test_rule_files_override_targets_and_group_by_labels(tmp_path, clock):
         clock=clock,
         rulebook=lambda: book,
         announcer=announcer,
+        mode="diagnose",
     )
     try:
         assert service.policy.of(Severity.P1).acknowledge == timedelta(minutes=2)
@@ -431,6 +433,7 @@ async def test_verified_outcomes_drive_pagerduty_when_the_playbook_opts_in(
         clock=clock,
         rulebook=lambda: book,
         escalator=escalator,
+        mode="diagnose",
     )
     try:
         [incident] = await service.observe(
@@ -467,6 +470,7 @@ async def test_failed_verification_escalates_the_pagerduty_incident(tmp_path, cl
         clock=clock,
         rulebook=lambda: book,
         escalator=escalator,
+        mode="diagnose",
     )
     try:
         [incident] = await service.observe(

@@ -62,6 +62,7 @@ async def test_a_sink_that_raises_loses_nothing():
         clock=clock,
         rulebook=lambda: book,
         announcer=announcer,
+        mode="diagnose",
     )
     try:
         [incident] = await service.observe(
@@ -132,7 +133,11 @@ async def test_incidents_survive_a_restart(tmp_path):
     await first.aclose()
     announcer = RecordingAnnouncer()
     second = IncidentService(
-        SqliteIncidentStore(db), clock=clock, rulebook=lambda: book, announcer=announcer
+        SqliteIncidentStore(db),
+        clock=clock,
+        rulebook=lambda: book,
+        announcer=announcer,
+        mode="diagnose",
     )
     try:
         clock.jump(hours=1, minutes=1)

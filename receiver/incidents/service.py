@@ -38,6 +38,7 @@ from receiver.incidents.lifecycle import (
     ApprovalDecision,
     CountBreach,
     Effect,
+    PagerDutyEscalate,
     PagerDutyStatus,
     acknowledge,
     advance,
@@ -242,8 +243,12 @@ class IncidentService:
         on_breach: Callable[[str, str], None] | None = None,
         approvals: Approvals | None = None,
         max_pending: int = 100_000,
+        mode: str = "dry-run",
     ) -> None:
         self.store = store
+        # dry-run: nothing is contacted; messages and PagerDuty calls are only
+        # recorded on the timeline as what would have been done.
+        self._deliver = mode != "dry-run"
         self._fixed_policy = policy
         self._policy_of: tuple[Rulebook, IncidentPolicy] | None = None
         self._clock = clock
@@ -771,43 +776,77 @@ class IncidentService:
                 self._on_breach(effect.severity.value, effect.clock)
             return ""
         if isinstance(effect, Announce):
-            message = Message(
-                effect.kind,
-                effect.title,
-                effect.text,
-                effect.contact,
-                incident.id,
-                incident.pagerduty_id,
-                incident.severity.value,
-            )
-            outcomes = (
-                await self._announcer.announce(message)
-                if self._announcer is not None
-                else []
-            )
+            return await self._announce(incident, effect)
+        if isinstance(effect, PagerDutyStatus):
+            return await self._pagerduty_status(incident, effect)
+        return await self._escalate(incident, effect)
+
+    async def _announce(self, incident: Incident, effect: Announce) -> str:
+        if not self._deliver:
             log.info(
-                "incident_announced",
+                "incident_announcement_not_delivered",
                 incident=incident.id,
                 kind=effect.kind,
-                outcomes=outcomes,
+                mode="dry-run",
+                why="dry-run: nothing is contacted",
             )
-            if not outcomes:
+            if self._announcer is None:
                 return ""
-            return f"Message ({effect.kind}) {effect.title!r}: " + "; ".join(outcomes)
-        if isinstance(effect, PagerDutyStatus):
-            outcome = "no PagerDuty API token configured"
-            if self._escalator is not None:
-                outcome = await self._escalator.set_status(
-                    effect.incident_id, effect.status
-                )
-            log.info(
-                "incident_pagerduty_updated",
-                incident=incident.id,
-                pagerduty_id=effect.incident_id,
-                status=effect.status,
-                outcome=outcome,
+            return (
+                f"Message ({effect.kind}) {effect.title!r}: not delivered "
+                "(dry-run; would have posted to the configured sinks)"
             )
-            return f"PagerDuty {effect.status}: {outcome}" if self._escalator else ""
+        if self._announcer is None:
+            return ""
+        message = Message(
+            effect.kind,
+            effect.title,
+            effect.text,
+            effect.contact,
+            incident.id,
+            incident.pagerduty_id,
+            incident.severity.value,
+        )
+        outcomes = await self._announcer.announce(message)
+        log.info(
+            "incident_announced",
+            incident=incident.id,
+            kind=effect.kind,
+            outcomes=outcomes,
+        )
+        if not outcomes:
+            return ""
+        return f"Message ({effect.kind}) {effect.title!r}: " + "; ".join(outcomes)
+
+    async def _pagerduty_status(
+        self, incident: Incident, effect: PagerDutyStatus
+    ) -> str:
+        if not self._deliver:
+            return self._withheld(
+                incident, effect.incident_id, f"PagerDuty {effect.status}"
+            )
+        outcome = "no PagerDuty API token configured"
+        if self._escalator is not None:
+            outcome = await self._escalator.set_status(
+                effect.incident_id, effect.status
+            )
+        log.info(
+            "incident_pagerduty_updated",
+            incident=incident.id,
+            pagerduty_id=effect.incident_id,
+            status=effect.status,
+            outcome=outcome,
+        )
+        return f"PagerDuty {effect.status}: {outcome}" if self._escalator else ""
+
+    async def _escalate(self, incident: Incident, effect: PagerDutyEscalate) -> str:
+        if not self._deliver:
+            return self._withheld(
+                incident,
+                effect.incident_id,
+                f"PagerDuty escalation (level {effect.level}, "
+                f"priority {effect.priority.value})",
+            )
         outcome = "no PagerDuty API token configured"
         if self._escalator is not None:
             outcome = await self._escalator.escalate(
@@ -820,3 +859,17 @@ class IncidentService:
             outcome=outcome,
         )
         return f"PagerDuty escalation: {outcome}" if self._escalator else ""
+
+    def _withheld(self, incident: Incident, pagerduty_id: str, what: str) -> str:
+        """A PagerDuty REST call dry-run does not make: logged and on the timeline."""
+        log.info(
+            "incident_pagerduty_not_called",
+            incident=incident.id,
+            pagerduty_id=pagerduty_id,
+            action=what,
+            mode="dry-run",
+            why="dry-run: nothing is contacted",
+        )
+        if self._escalator is None:
+            return ""
+        return f"{what}: not called (dry-run; would have called the REST API)"
