@@ -357,7 +357,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         clock=clock,
         on_complete=fan_out(
             dispatcher.submit if dispatcher is not None else None,
-            incident_service.submit,
+            incident_service.put,
         ),
         lease=settings.journal_lease,
         max_attempts=settings.journal_max_attempts,

@@ -46,7 +46,7 @@ from receiver.web.auth import Authenticator
 from receiver.web.incidents import IncidentHandlers, register
 
 INCIDENTS = web.AppKey("incidents", IncidentService)
-OnComplete = Callable[[list[AlertTrace]], None]
+OnComplete = Callable[[list[AlertTrace]], Awaitable[None] | None]
 
 
 @dataclass(frozen=True)
@@ -75,14 +75,20 @@ def incident_store_for(store: Store, settings: Settings) -> IncidentStore:
 
 
 def fan_out(*callbacks: OnComplete | None) -> OnComplete | None:
-    """One ``on_complete`` that calls each given callback in turn."""
+    """One ``on_complete`` that calls each given callback in turn.
+
+    A callback that returns an awaitable (the incident service waiting for
+    room) is awaited before the next: the worker waits with it.
+    """
     chosen = [c for c in callbacks if c is not None]
     if not chosen:
         return None
 
-    def call(traces: list[AlertTrace]) -> None:
+    async def call(traces: list[AlertTrace]) -> None:
         for callback in chosen:
-            callback(traces)
+            handed = callback(traces)
+            if handed is not None:
+                await handed
 
     return call
 

@@ -8,6 +8,7 @@ waits in real time.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -533,7 +534,7 @@ async def test_an_alert_storm_is_written_once_per_batch(tmp_path, clock):
     try:
         batch = await traces(book, "alertmanager", storm(200), clock())
         for trace in batch:
-            service.submit([trace])
+            await service.put([trace])
         await service.drain()
         page, _ = await service.page(IncidentQuery())
         [incident] = page
@@ -679,3 +680,61 @@ async def test_playbook_contacts_join_the_escalation(env, clock, book):
     await service.tick()
     [escalation] = [m for m in announcer.messages if m.kind == "escalation"]
     assert escalation.contact == "Engineering Manager, VP Eng, security-team"
+
+
+class GatedStore(SqliteIncidentStore):
+    """Holds every ``find`` until the gate opens: the folding task is stuck."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def find(self, key):
+        self.entered.set()
+        await self.gate.wait()
+        return await super().find(key)
+
+
+async def yielded_until(check, rounds: int = 100) -> None:
+    """Let other tasks run (no time passes) until ``check()`` holds."""
+    for _ in range(rounds):
+        if check():
+            return
+        await asyncio.sleep(0)
+    pytest.fail("the condition never held")
+
+
+async def test_a_full_queue_makes_the_worker_wait_and_drops_nothing(tmp_path, clock):
+    """Past ``max_pending`` a put waits for room; every trace is folded in the end."""
+    from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(STORM_RULES)
+    book = load_rulebook([path])
+    store = GatedStore()
+    service = IncidentService(store, clock=clock, rulebook=lambda: book, max_pending=2)
+    try:
+        batch = await traces(book, "alertmanager", storm(6), clock())
+        await service.put(batch[0:1])
+        await service.put(batch[1:2])
+        await store.entered.wait()  # the folder took both and is stuck
+        await service.put(batch[2:3])
+        await service.put(batch[3:4])  # two queued: full
+        waiting = asyncio.create_task(service.put(batch[4:5]))
+        await yielded_until(lambda: service.waits == 1)
+        assert not waiting.done(), "a put past the bound must wait, not drop"
+        # Shutdown cancels a waiting worker: its traces are queued anyway.
+        cancelled = asyncio.create_task(service.put(batch[5:6]))
+        await yielded_until(lambda: service.waits == 2)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        store.gate.set()
+        await waiting
+        await service.drain()
+        page, _ = await service.page(IncidentQuery())
+        [incident] = page
+        assert len(incident.alerts) == 6
+    finally:
+        await service.aclose()

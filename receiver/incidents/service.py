@@ -3,7 +3,7 @@
 ``create_app`` builds one with an ``IncidentStore``, the clock, the policy, the
 rulebook (for severity re-evaluation), and optionally an ``Announcer`` (the sinks)
 and an ``Escalator`` (PagerDuty's REST API). The worker's ``on_complete`` hands it
-each payload's traces (``submit``: never blocks, never raises); the ticker
+each payload's traces (``put``: waits while the queue is full, never raises); the ticker
 (``run``) advances every watched incident's clocks; the API acknowledges,
 mitigates, comments and publishes status updates.
 
@@ -263,6 +263,8 @@ class IncidentService:
         self._lock = asyncio.Lock()
         self._pending: set[asyncio.Task[None]] = set()
         self._queue: list[AlertTrace | SinkNote] = []
+        self._room = asyncio.Event()  # set when the queue has room again
+        self.waits = 0  # puts that had to wait for room (backpressure)
         self._consumer: asyncio.Task[None] | None = None
 
     @property
@@ -319,18 +321,37 @@ class IncidentService:
 
     # ------------------------------------------------------------ traces in
 
-    def submit(self, traces: Sequence[AlertTrace]) -> None:
+    async def put(self, traces: Sequence[AlertTrace]) -> None:
         """Queue a payload's traces for the folding task (the worker's callback).
 
-        Never blocks or raises. One task folds whatever has queued up, writing
-        each incident once per batch: an alert storm into one group costs a
-        few writes, not one per alert.
+        Waits while ``max_pending`` traces are queued: the worker waiting here
+        claims nothing new, so a backlog stays in the journal (where the edge
+        sees it and pushes back), not in memory. Nothing handed over is
+        dropped: a put cancelled while waiting (shutdown) queues its traces
+        anyway, for ``aclose`` to drain. Never raises otherwise.
+        One task folds whatever has queued up, writing each incident once per
+        batch: an alert storm into one group costs a few writes, not one per
+        alert.
         """
         if not traces:
             return
-        if len(self._queue) + len(traces) > self._max_pending:
-            log.warning("incident_traces_dropped", count=len(traces))
-            return
+        if len(self._queue) >= self._max_pending:
+            self.waits += 1
+            log.info(
+                "incident_queue_full",
+                queued=len(self._queue),
+                max_pending=self._max_pending,
+                detail="the worker waits until the incident folding catches up",
+            )
+        while len(self._queue) >= self._max_pending:
+            self._start_consumer()
+            self._room.clear()
+            try:
+                await self._room.wait()
+            except asyncio.CancelledError:
+                self._queue.extend(traces)
+                self._start_consumer()
+                raise
         self._queue.extend(traces)
         self._start_consumer()
 
@@ -349,14 +370,17 @@ class IncidentService:
 
         Queued behind the trace itself, so the incident exists by then.
         """
-        if not lines or not trace.matches or len(self._queue) >= self._max_pending:
+        if not lines or not trace.matches:
             return
+        # Never dropped, and not bounded here: sink outcomes follow traces the
+        # worker handed over through ``put``, which is bounded.
         self._queue.append(SinkNote(trace, tuple(lines)))
         self._start_consumer()
 
     async def _consume(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
+            self._room.set()
             try:
                 await self.observe(batch)
             except Exception:  # a background task must not die silently
