@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import pytest
 from incident_helpers import (
+    ROOT,
     START,
     RecordingAnnouncer,
     RecordingEscalator,
@@ -738,3 +739,52 @@ async def test_a_full_queue_makes_the_worker_wait_and_drops_nothing(tmp_path, cl
         assert len(incident.alerts) == 6
     finally:
         await service.aclose()
+
+
+RUNBOOK_TABLES = ROOT / "tests" / "golden" / "runbook-tables.md"
+UNITS = {"minute": 1, "hour": 60, "week": 7 * 24 * 60}
+
+
+def runbook_duration(text: str) -> timedelta | None:
+    """'5 minutes', '2 hours', 'Every hour', 'Immediate'; None: at shift change."""
+    text = text.lower().removeprefix("every ").strip()
+    if text == "immediate":
+        return timedelta(0)
+    if text == "at shift change":
+        return None
+    number, _, unit = text.partition(" ") if text[0].isdigit() else ("1", "", text)
+    return timedelta(minutes=int(number) * UNITS[unit.rstrip("s")])
+
+
+def runbook_rows() -> dict[Severity, dict[str, str]]:
+    """Per severity: the three response times and the two tables' columns."""
+    rows: dict[Severity, dict[str, str]] = {s: {} for s in Severity}
+    current = None
+    for line in RUNBOOK_TABLES.read_text().splitlines():
+        if line.startswith("#### P"):
+            current = Severity(line[5:7])
+        elif line.startswith("- **") and current is not None:
+            name, value = line[4:].split(":** ")
+            rows[current][name] = value
+        elif line.startswith("| **P"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            row = rows[Severity(cells[0].strip("*"))]
+            if len(cells) == 4:
+                row["first"], row["after"], row["to"] = cells[1:]
+            else:
+                row["updates"] = cells[1]
+    return rows
+
+
+@pytest.mark.parametrize("severity", list(Severity))
+def test_shipped_policy_is_the_runbooks_tables(severity):
+    """Response times, escalation matrix and update cadence are the runbook's."""
+    row = runbook_rows()[severity]
+    got = DEFAULT_POLICY.of(severity)
+    assert got.acknowledge == runbook_duration(row["Detection to Acknowledgment"])
+    assert got.mitigate == runbook_duration(row["Acknowledgment to Mitigation"])
+    assert got.resolve == runbook_duration(row["Mitigation to Resolution"])
+    assert got.first_contact == row["first"]
+    assert got.escalate_after == runbook_duration(row["after"])
+    assert got.escalate_to == row["to"]
+    assert got.update_every == runbook_duration(row["updates"])
