@@ -788,3 +788,46 @@ def test_shipped_policy_is_the_runbooks_tables(severity):
     assert got.escalate_after == runbook_duration(row["after"])
     assert got.escalate_to == row["to"]
     assert got.update_every == runbook_duration(row["updates"])
+
+
+@pytest.mark.parametrize(
+    ("mode", "delivered"), [("dry-run", False), ("diagnose", True), ("execute", True)]
+)
+async def test_only_dry_run_withholds_messages_and_pagerduty_calls(
+    clock, book, mode, delivered
+):
+    """Diagnose and execute announce and call PagerDuty; dry-run records only."""
+    announcer = RecordingAnnouncer()
+    escalator = RecordingEscalator()
+    service = IncidentService(
+        SqliteIncidentStore(":memory:"),
+        clock=clock,
+        rulebook=lambda: book,
+        announcer=announcer,
+        escalator=escalator,
+        mode=mode,
+    )
+    try:
+        [incident] = await service.observe(
+            await traces(
+                book,
+                "pagerduty",
+                example("pagerduty/sark-api-down.triggered.json"),
+                clock(),
+            )
+        )
+        await service.tick()  # P0: escalates at once, to the sinks and PagerDuty
+        got = await service.get(incident.id)
+    finally:
+        await service.aclose()
+    assert "escalated" in [e.kind for e in got.timeline]
+    sent = [e.text for e in got.timeline if e.kind == "message_sent"]
+    if delivered:
+        assert "escalation" in announcer.kinds()
+        assert escalator.calls
+        assert not any("dry-run" in t for t in sent), sent
+    else:
+        assert announcer.messages == []
+        assert escalator.calls == []
+        assert any("(escalation)" in t and "not delivered (dry-run" in t for t in sent)
+        assert any(t.startswith("PagerDuty escalation (level 2") for t in sent), sent
