@@ -75,19 +75,27 @@ class SqliteDiagnosticsCache:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            path, check_same_thread=False, isolation_level=None, timeout=30
-        )
-        if path != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+
+    def _open(self) -> sqlite3.Connection:
+        # Opened on first use: a process that runs no diagnostic (the edge, a
+        # rule pack without diagnostics) never touches the file.
+        if self._db is None:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            if self.path != ":memory:":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+            self._db = db
+        return self._db
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
-            db = self._db
+            db = self._open()
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(db)
@@ -97,9 +105,15 @@ class SqliteDiagnosticsCache:
             db.execute("COMMIT")
             return result
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            return fn(self._open())
+
+    async def _run(
+        self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True
+    ) -> T:
         try:
-            return await asyncio.to_thread(self._tx, fn)
+            return await asyncio.to_thread(self._tx if write else self._read, fn)
         except sqlite3.Error as exc:
             raise StoreUnavailableError(
                 f"SQLite diagnostics cache {self.path}: {exc}"
@@ -112,7 +126,7 @@ class SqliteDiagnosticsCache:
             ).fetchone()
             return None if row is None else (datetime.fromisoformat(row[0]), row[1])
 
-        return await self._run(run)
+        return await self._run(run, write=False)
 
     async def remember(  # noqa: D102
         self, key: str, at: datetime, trace: str, window: timedelta
@@ -131,7 +145,9 @@ class SqliteDiagnosticsCache:
     async def close(self) -> None:  # noqa: D102
         def close() -> None:
             with self._lock:
-                self._db.close()
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
 
         await asyncio.to_thread(close)
 
