@@ -399,9 +399,28 @@ async def test_append_records_every_state_of_a_batch(store: Store) -> None:
 
 async def test_seen_reports_a_repeated_delivery(store: Store) -> None:
     """seen() is False the first time a key is marked and True afterwards."""
-    assert await store.seen("delivery-1", HOUR) is False
-    assert await store.seen("delivery-1", HOUR) is True
-    assert await store.seen("delivery-2", HOUR) is False
+    clock = Tick()
+    assert await store.seen("delivery-1", HOUR, clock()) is False
+    assert await store.seen("delivery-1", HOUR, clock()) is True
+    assert await store.seen("delivery-2", HOUR, clock()) is False
+
+
+async def test_seen_expires_by_the_callers_clock(store: Store) -> None:
+    """A delivery id is forgotten when the caller's clock passes its TTL.
+
+    The instants are years away from the wall clock (and from Redis's): only
+    the ``now`` passed in may decide.
+    """
+    clock = Tick(step=timedelta(minutes=1))
+    assert await store.seen("resend", HOUR, clock()) is False
+    assert await store.seen("resend", HOUR, clock()) is True  # 1 min later
+    clock.now += HOUR
+    assert await store.seen("resend", HOUR, clock()) is False  # expired: new
+    assert await store.seen("resend", HOUR, clock()) is True
+    # A reading far in the future of the wall clock: still the caller's.
+    future = Tick(datetime(2999, 1, 1, tzinfo=UTC))
+    assert await store.seen("later", HOUR, future()) is False
+    assert await store.seen("later", HOUR, future()) is True
 
 
 async def test_claim_key_is_won_exactly_once_under_concurrency(store: Store) -> None:
@@ -426,7 +445,7 @@ async def test_finish_key_records_the_end_and_release_key_frees_it(
     clock = Tick(step=timedelta(minutes=1))
     assert (await store.claim_key("k", "me", clock(), HOUR)).won
     finished_at = clock()
-    await store.finish_key("k", "done", "rolled back", finished_at)
+    assert await store.finish_key("k", "me", "done", "rolled back", finished_at)
     existing = await store.claim_key("k", "other", clock(), HOUR)
     assert not existing.won
     assert (existing.holder.owner, existing.holder.status) == ("me", "done")
@@ -473,7 +492,8 @@ async def test_mark_sending_and_a_dead_incarnations_claim_is_recovered(
     assert unsent.won
     assert unsent.recovered is not None
     assert unsent.recovered.status == "running"
-    await store.finish_key("sent", "done", "", after)
+    assert not await store.finish_key("sent", "dead", "failed", "stale", after)
+    assert await store.finish_key("sent", "alive", "done", "", after)
     done = await store.claim_key("sent", "third", after + HOUR / 2, HOUR)
     assert not done.won, "a finished key is never recovered"
 
@@ -865,9 +885,9 @@ async def test_redis_keys_expire_unless_listed_as_permanent(redis_url: str) -> N
         await store.append(waiting, [])
         assert await claim(store, "c1", 1.0) is not None
         await store.complete(done.id, [trace(done.id, "t")])
-        await store.seen("d", HOUR)
+        await store.seen("d", HOUR, T0)
         await store.claim_key("k", "me", T0, HOUR)
-        await store.finish_key("k", "done", "", T0)
+        await store.finish_key("k", "me", "done", "", T0)
         await store.acquire_lock("l", "me", T0, HOUR)
         await store.set_last_run("s", T0, HOUR)
         await store.reserve_budget("b", 3, HOUR, T0)
@@ -905,3 +925,25 @@ async def test_redis_refusing_writes_turns_into_store_unavailable(
         finally:
             await client.aclose()
             await store.close()
+
+
+async def test_a_stale_owner_cannot_finish_a_key_taken_over(store: Store) -> None:
+    """finish_key is fenced: a presumed-dead owner never overwrites the new holder."""
+    clock = Tick(step=timedelta(seconds=1))
+    await store.register("stale", clock(), timedelta(seconds=2))
+    await store.register("new", clock(), HOUR)
+    assert (await store.claim_key("k", "stale", clock(), HOUR)).won
+    assert await store.mark_sending("k", "stale", clock(), '{"n": 1}')
+    clock.now += timedelta(minutes=1)  # "stale" stopped renewing: dead
+    taken = await store.claim_key("k", "new", clock(), HOUR)
+    assert taken.won
+    assert taken.recovered is not None
+    # The stale owner wakes up and reports its outcome: refused, not written.
+    assert not await store.finish_key("k", "stale", "done", "late", clock())
+    held = await store.claim_key("k", "third", clock(), HOUR)
+    assert (held.holder.owner, held.holder.status) == ("new", "running")
+    assert await store.finish_key("k", "new", "failed", "re-checked", clock())
+    # A finished key is final: finishing it again changes nothing.
+    assert not await store.finish_key("k", "new", "done", "again", clock())
+    final = await store.claim_key("k", "third", clock(), HOUR)
+    assert (final.holder.status, final.holder.detail) == ("failed", "re-checked")

@@ -342,12 +342,19 @@ class StoreMachine(RuleBasedStateMachine):
             held.status = "sending"
             held.intent = intent
 
-    @rule(key=st.sampled_from(KEYS), ok=st.booleans())
-    def finish_key(self, key: str, ok: bool) -> None:
+    @rule(key=st.sampled_from(KEYS), owner=st.sampled_from(OWNERS), ok=st.booleans())
+    def finish_key(self, key: str, owner: str, ok: bool) -> None:
         status = "done" if ok else "failed"
-        self.run(self.store.finish_key(key, status, "detail", self.tick()))
-        if key in self.model.claims:
-            self.model.claims[key].status = status
+        held = self.model.claims.get(key)
+        expected = (
+            held is not None
+            and held.owner == owner
+            and held.status in ("running", "sending")
+        )
+        got = self.run(self.store.finish_key(key, owner, status, "d", self.tick()))
+        assert got == expected, (held, owner)
+        if expected and held is not None:
+            held.status = status
 
     @rule(key=st.sampled_from(KEYS), owner=st.sampled_from(OWNERS))
     def release_key(self, key: str, owner: str) -> None:

@@ -418,10 +418,11 @@ class Journal(Protocol):
         """The latest state recorded for a fingerprint."""
         ...
 
-    async def seen(self, key: str, ttl: timedelta) -> bool:
-        """Mark a delivery id seen; True if it had been seen already.
+    async def seen(self, key: str, ttl: timedelta, now: datetime) -> bool:
+        """Mark a delivery id seen until ``now + ttl``; True if it still was.
 
-        Delivery de-duplication at the edge and in the sinks, not guard state.
+        Delivery de-duplication at the edge and in the sinks, not guard state;
+        like every expiry, decided by the caller's clock (``now``).
         """
         ...
 
@@ -487,9 +488,18 @@ class GuardState(Protocol):
         ...
 
     async def finish_key(
-        self, key: str, status: Literal["done", "failed"], detail: str, now: datetime
-    ) -> None:
-        """Record how a claimed key's remediation ended."""
+        self,
+        key: str,
+        owner: str,
+        status: Literal["done", "failed"],
+        detail: str,
+        now: datetime,
+    ) -> bool:
+        """Record how ``owner``'s claimed key's remediation ended.
+
+        Fenced: False, and nothing written, when the key is not ``owner``'s
+        unfinished claim (another incarnation took it over, or it ended).
+        """
         ...
 
     async def release_key(self, key: str, owner: str) -> None:

@@ -341,6 +341,18 @@ return {1, recovered}
 """
 )
 
+_SEEN = (
+    _GC
+    + """
+-- KEYS: seen; ARGV: now ms, expires ms (the caller's clock decides, not the TTL)
+local kept = tonumber(redis.call('GET', KEYS[1]) or '')
+if kept and kept >= tonumber(ARGV[1]) then return 1 end
+redis.call('SET', KEYS[1], ARGV[2], 'PXAT',
+           gc_at(tonumber(ARGV[2]), tonumber(ARGV[1])))
+return 0
+"""
+)
+
 _MARK_SENDING = """
 -- KEYS: claim; ARGV: owner, at, intent (JSON text, kept as a string field)
 local raw = redis.call('GET', KEYS[1])
@@ -357,9 +369,12 @@ return 1
 
 _FINISH_KEY = """
 -- only string fields: cjson round-trips them exactly
+-- KEYS: claim; ARGV: status, detail, at, owner (fenced: only its unfinished claim)
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local claim = cjson.decode(raw)
+if claim['owner'] ~= ARGV[4] then return 0 end
+if claim['status'] ~= 'running' and claim['status'] ~= 'sending' then return 0 end
 claim['status'] = ARGV[1]
 claim['detail'] = ARGV[2]
 claim['at'] = ARGV[3]
@@ -720,6 +735,7 @@ class RedisStore:
         self._record_outcome_script = script(_RECORD_OUTCOME)
         self._put_approval_script = script(_PUT_APPROVAL)
         self._decide_approval_script = script(_DECIDE_APPROVAL)
+        self._seen_script = script(_SEEN)
 
     def _key(self, *parts: str) -> str:
         return ":".join((self._prefix, *parts))
@@ -1139,12 +1155,13 @@ class RedisStore:
 
     # -- delivery ids -------------------------------------------------------
 
-    async def seen(self, key: str, ttl: timedelta) -> bool:  # noqa: D102
+    async def seen(self, key: str, ttl: timedelta, now: datetime) -> bool:  # noqa: D102
         with self._reachable("record a delivery id"):
-            created = await self._redis.set(
-                self._key("seen", key), b"1", nx=True, px=_ttl_ms(ttl)
+            return bool(
+                await self._seen_script(
+                    keys=[self._key("seen", key)], args=[_ms(now), _ms(now + ttl)]
+                )
             )
-        return not created
 
     # -- incarnations ---------------------------------------------------------
 
@@ -1239,11 +1256,19 @@ class RedisStore:
             )
 
     async def finish_key(  # noqa: D102
-        self, key: str, status: Literal["done", "failed"], detail: str, now: datetime
-    ) -> None:
+        self,
+        key: str,
+        owner: str,
+        status: Literal["done", "failed"],
+        detail: str,
+        now: datetime,
+    ) -> bool:
         with self._reachable("finish an idempotency key"):
-            await self._finish_key_script(
-                keys=[self._key("claim", key)], args=[status, detail, _iso(now)]
+            return bool(
+                await self._finish_key_script(
+                    keys=[self._key("claim", key)],
+                    args=[status, detail, _iso(now), owner],
+                )
             )
 
     async def release_key(self, key: str, owner: str) -> None:  # noqa: D102

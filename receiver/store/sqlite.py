@@ -709,8 +709,7 @@ class SqliteStore:
             at = _epoch(now)
             for table in ("claims", "locks", "last_run"):
                 db.execute(f"DELETE FROM {table} WHERE expires_at < ?", (at,))  # noqa: S608
-            # Delivery ids expire by the time they were marked (see ``seen``).
-            db.execute("DELETE FROM seen WHERE expires_at < ?", (time.time(),))
+            db.execute("DELETE FROM seen WHERE expires_at < ?", (at,))
             db.execute("DELETE FROM incarnations WHERE alive_until < ?", (at - 86400,))
             db.execute(
                 "DELETE FROM budget WHERE at < ?",
@@ -726,15 +725,13 @@ class SqliteStore:
 
     # -- delivery ids -------------------------------------------------------
 
-    async def seen(self, key: str, ttl: timedelta) -> bool:  # noqa: D102
+    async def seen(self, key: str, ttl: timedelta, now: datetime) -> bool:  # noqa: D102
+        at = _epoch(now)
+
         def write(db: sqlite3.Connection) -> bool:
-            # Delivery de-duplication only (no guard decides on it): its own
-            # time base is the process clock.
-            now = time.time()
-            db.execute("DELETE FROM seen WHERE key=? AND expires_at < ?", (key, now))
+            db.execute("DELETE FROM seen WHERE key=? AND expires_at < ?", (key, at))
             cur = db.execute(
-                "INSERT OR IGNORE INTO seen VALUES (?, ?)",
-                (key, now + ttl.total_seconds()),
+                "INSERT OR IGNORE INTO seen VALUES (?, ?)", (key, _epoch(now + ttl))
             )
             return cur.rowcount == 0
 
@@ -852,16 +849,19 @@ class SqliteStore:
     async def finish_key(  # noqa: D102
         self,
         key: str,
+        owner: str,
         status: Literal["done", "failed"],
         detail: str,
         now: datetime,
-    ) -> None:
-        await self._run(
+    ) -> bool:
+        cur = await self._run(
             lambda db: db.execute(
-                "UPDATE claims SET status=?, detail=?, at=? WHERE key=?",
-                (status, detail[:500], now.isoformat(), key),
+                "UPDATE claims SET status=?, detail=?, at=? WHERE key=? AND owner=? "
+                "AND status IN ('running', 'sending')",
+                (status, detail[:500], now.isoformat(), key, owner),
             )
         )
+        return bool(cur.rowcount == 1)
 
     async def release_key(self, key: str, owner: str) -> None:  # noqa: D102
         await self._run(

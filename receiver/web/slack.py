@@ -347,7 +347,9 @@ class SlackInteractions:
             body=body,
             now=self._clock(),
         )
-        if await self._store.seen(f"slack.interaction.{signature}", SEEN_FOR):
+        if await self._store.seen(
+            f"slack.interaction.{signature}", SEEN_FOR, self._clock()
+        ):
             log.warning("slack_interaction_replayed")
             raise web.HTTPConflict(
                 text="this signed Slack request was already handled; "
@@ -415,12 +417,13 @@ class SlackInteractions:
         if not two:
             return await self._final(approval, "approved", person)
         mark = f"slack.approval.{approval.id}"
-        if await self._store.seen(f"{mark}.by.{person}", APPROVER_MARK_FOR):
+        now = self._clock()
+        if await self._store.seen(f"{mark}.by.{person}", APPROVER_MARK_FOR, now):
             return Answer(
                 f"you already approved {approval.id}; this step needs a second, "
                 "different approver"
             )
-        if not await self._store.seen(f"{mark}.first", APPROVER_MARK_FOR):
+        if not await self._store.seen(f"{mark}.first", APPROVER_MARK_FOR, now):
             await self._audit(approval, "first_approval", person, now)
             return Answer(
                 f"first approval of {approval.id} by {person} recorded; this step "
