@@ -947,3 +947,46 @@ async def test_a_stale_owner_cannot_finish_a_key_taken_over(store: Store) -> Non
     assert not await store.finish_key("k", "new", "done", "again", clock())
     final = await store.claim_key("k", "third", clock(), HOUR)
     assert (final.holder.status, final.holder.detail) == ("failed", "re-checked")
+
+
+async def test_a_takeover_says_whether_the_holder_is_known_to_have_stopped(
+    store: Store,
+) -> None:
+    """Retired: stopped. Heartbeat lapsed: dead, but not known to have stopped."""
+    clock = Tick(step=timedelta(seconds=1))
+    for owner in ("retired", "silent", "back"):
+        await store.register(owner, clock(), timedelta(seconds=5))
+        assert (await store.claim_key(f"k-{owner}", owner, clock(), HOUR)).won
+        assert await store.mark_sending(f"k-{owner}", owner, clock())
+    await store.retire("retired", clock())
+    await store.retire("back", clock())
+    clock.now += timedelta(minutes=1)
+    await store.register("back", clock(), timedelta(seconds=5))  # alive again
+    clock.now += timedelta(minutes=1)  # ... and silent since
+    outcomes = {
+        owner: await store.claim_key(f"k-{owner}", "new", clock(), HOUR)
+        for owner in ("retired", "silent", "back")
+    }
+    assert all(o.won and o.recovered is not None for o in outcomes.values())
+    assert outcomes["retired"].stopped is True
+    assert outcomes["silent"].stopped is False
+    assert outcomes["back"].stopped is False
+
+
+async def test_sqlite_recover_declares_every_other_incarnation_stopped(
+    tmp_path: Any,
+) -> None:
+    """One instance: a new incarnation's recover says the old one stopped."""
+    store = SqliteStore(str(tmp_path / "state.db"))
+    try:
+        clock = Tick()
+        await store.register("old", clock(), HOUR)
+        assert (await store.claim_key("k", "old", clock(), HOUR)).won
+        assert await store.mark_sending("k", "old", clock())
+        await store.register("new", clock(), HOUR)
+        await store.recover("new", clock())
+        taken = await store.claim_key("k", "new", clock(), HOUR)
+        assert taken.won
+        assert taken.stopped is True
+    finally:
+        await store.close()

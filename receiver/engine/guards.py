@@ -84,8 +84,10 @@ class Held:
     owner: str
     lock: Lock | None
     budgets: list[BudgetSlot] = field(default_factory=list)
-    # A claim a dead incarnation left behind, taken over by this pass.
+    # A claim a dead incarnation left behind, taken over by this pass, and
+    # whether that incarnation is known to have stopped (not just silent).
     recovered: Claim | None = None
+    stopped: bool = False
 
 
 class GuardKeeper:
@@ -278,7 +280,13 @@ class GuardKeeper:
         )
         if not outcome.won:
             raise Refusal(guard="idempotency", reason=_already(outcome.holder))
-        held = Held(key, self.owner, None, recovered=outcome.recovered)
+        held = Held(
+            key,
+            self.owner,
+            None,
+            recovered=outcome.recovered,
+            stopped=outcome.stopped,
+        )
         try:
             if guards.lock:
                 await self._lock(held, target, now, lock_ttl)

@@ -237,11 +237,17 @@ class ClaimOutcome:
 
     ``recovered`` is the claim of a dead incarnation that this call took over
     (its remediation was interrupted by a crash): the runner re-checks it.
+    ``stopped`` says that incarnation is known to have stopped: it said so
+    (``retire``), or the single-instance SQLite store declared it dead when a
+    new one started (``recover``). False when it only stopped renewing its
+    heartbeat: it may be alive and stalled, with its request still on its way,
+    so an action it marked ``sending`` is re-checked but never run again.
     """
 
     won: bool
     holder: Claim
     recovered: Claim | None = None
+    stopped: bool = False
 
 
 @dataclass(frozen=True)
@@ -455,7 +461,10 @@ class GuardState(Protocol):
         ...
 
     async def retire(self, incarnation: str, now: datetime) -> None:
-        """Mark an incarnation dead (a clean stop)."""
+        """Mark an incarnation dead and known to have stopped (a clean stop).
+
+        A later ``register`` of the same incarnation makes it alive again.
+        """
         ...
 
     async def recover(self, incarnation: str, now: datetime) -> list[str]:
@@ -473,7 +482,8 @@ class GuardState(Protocol):
         """Claim a run-once key atomically.
 
         A claim left ``running`` or ``sending`` by a dead incarnation is taken
-        over (``recovered`` names it); an expired claim is free again.
+        over (``recovered`` names it, ``stopped`` says whether that incarnation
+        is known to have stopped); an expired claim is free again.
         """
         ...
 

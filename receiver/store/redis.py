@@ -337,7 +337,13 @@ if raw then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PXAT',
            gc_at(tonumber(ARGV[3]), tonumber(ARGV[2])))
-return {1, recovered}
+local stopped = 0
+if recovered ~= '' then
+  -- Known to have stopped (retire): not merely a heartbeat that lapsed.
+  local c = cjson.decode(recovered)
+  if redis.call('ZSCORE', KEYS[2], c['owner'] .. '|stopped') then stopped = 1 end
+end
+return {1, recovered, stopped}
 """
 )
 
@@ -1169,11 +1175,19 @@ class RedisStore:
         self, incarnation: str, now: datetime, ttl: timedelta
     ) -> None:
         with self._reachable("register an incarnation"):
-            await self._redis.zadd(self._incarnations, {incarnation: _ms(now + ttl)})
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zadd(self._incarnations, {incarnation: _ms(now + ttl)})
+                pipe.zrem(self._incarnations, f"{incarnation}|stopped")
+                await pipe.execute()
 
     async def retire(self, incarnation: str, now: datetime) -> None:  # noqa: D102
         with self._reachable("retire an incarnation"):
-            await self._redis.zadd(self._incarnations, {incarnation: _ms(now) - 1})
+            # Dead from ``now``, and known to have stopped (the ``|stopped``
+            # member, which a later ``register`` removes).
+            at = _ms(now) - 1
+            await self._redis.zadd(
+                self._incarnations, {incarnation: at, f"{incarnation}|stopped": at}
+            )
 
     async def recover(self, incarnation: str, now: datetime) -> list[str]:  # noqa: D102
         released: list[str] = []
@@ -1184,7 +1198,7 @@ class RedisStore:
                 )
             )
             for owner in dead:
-                if owner == incarnation:
+                if owner == incarnation or owner.endswith("|stopped"):
                     continue
                 held = self._key("held", owner)
                 names = sorted(_members(list(await self._redis.smembers(held))))
@@ -1233,7 +1247,7 @@ class RedisStore:
         }
         raw = json.dumps(claim)
         with self._reachable("claim an idempotency key"):
-            won, other = await self._claim_key_script(
+            won, other, *stopped = await self._claim_key_script(
                 keys=[self._key("claim", key), self._incarnations],
                 args=[raw, _ms(now), expires, owner],
             )
@@ -1243,6 +1257,7 @@ class RedisStore:
             won=True,
             holder=self._claim(raw),
             recovered=self._claim(other) if other else None,
+            stopped=bool(stopped and int(stopped[0])),
         )
 
     async def mark_sending(  # noqa: D102

@@ -124,7 +124,7 @@ CREATE TABLE IF NOT EXISTS budget (
     id INTEGER PRIMARY KEY AUTOINCREMENT, scope TEXT NOT NULL, at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS incarnations (
-    id TEXT PRIMARY KEY, alive_until REAL NOT NULL
+    id TEXT PRIMARY KEY, alive_until REAL NOT NULL, stopped INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS budget_scope ON budget(scope, at);
@@ -316,6 +316,7 @@ class SqliteStore:
                 ),
             ),
             ("claims", (("intent", "TEXT NOT NULL DEFAULT ''"),)),
+            ("incarnations", (("stopped", "INTEGER NOT NULL DEFAULT 0"),)),
         ):
             cols = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
             if not cols:
@@ -741,18 +742,27 @@ class SqliteStore:
 
     @staticmethod
     def _dead(db: sqlite3.Connection, owner: str, now: float) -> bool:
-        """Whether ``owner`` is an incarnation known to have stopped by ``now``."""
+        """Whether ``owner`` is an incarnation that was not alive at ``now``."""
         row = db.execute(
             "SELECT alive_until FROM incarnations WHERE id=?", (owner,)
         ).fetchone()
         return row is not None and row[0] < now
+
+    @staticmethod
+    def _stopped(db: sqlite3.Connection, owner: str) -> bool:
+        """Whether ``owner`` said it stopped, or a new incarnation declared it."""
+        row = db.execute(
+            "SELECT stopped FROM incarnations WHERE id=?", (owner,)
+        ).fetchone()
+        return row is not None and bool(row[0])
 
     async def register(  # noqa: D102
         self, incarnation: str, now: datetime, ttl: timedelta
     ) -> None:
         await self._run(
             lambda db: db.execute(
-                "INSERT OR REPLACE INTO incarnations VALUES (?, ?)",
+                "INSERT OR REPLACE INTO incarnations (id, alive_until, stopped) "
+                "VALUES (?, ?, 0)",
                 (incarnation, _epoch(now + ttl)),
             )
         )
@@ -760,7 +770,8 @@ class SqliteStore:
     async def retire(self, incarnation: str, now: datetime) -> None:  # noqa: D102
         await self._run(
             lambda db: db.execute(
-                "INSERT OR REPLACE INTO incarnations VALUES (?, ?)",
+                "INSERT OR REPLACE INTO incarnations (id, alive_until, stopped) "
+                "VALUES (?, ?, 1)",
                 (incarnation, _epoch(now) - 1),
             )
         )
@@ -772,15 +783,16 @@ class SqliteStore:
             # One instance: every other owner of a lock or an unfinished claim
             # is a previous (crashed or stopped) incarnation.
             db.execute(
-                "INSERT OR REPLACE INTO incarnations SELECT DISTINCT owner, ? FROM "
-                "(SELECT owner FROM locks UNION SELECT owner FROM claims WHERE "
-                "status IN ('running', 'sending')) WHERE owner != ?",
+                "INSERT OR REPLACE INTO incarnations (id, alive_until, stopped) "
+                "SELECT DISTINCT owner, ?, 1 FROM (SELECT owner FROM locks UNION "
+                "SELECT owner FROM claims WHERE status IN ('running', 'sending')) "
+                "WHERE owner != ?",
                 (dead_at, incarnation),
             )
             db.execute(
-                "UPDATE incarnations SET alive_until=? WHERE id != ? AND "
-                "alive_until > ?",
-                (dead_at, incarnation, dead_at),
+                "UPDATE incarnations SET alive_until=MIN(alive_until, ?), stopped=1 "
+                "WHERE id != ?",
+                (dead_at, incarnation),
             )
             rows = db.execute(
                 "DELETE FROM locks WHERE owner != ? RETURNING name", (incarnation,)
@@ -830,7 +842,10 @@ class SqliteStore:
                 "expires_at, intent) VALUES (?, ?, 'running', ?, '', ?, '')",
                 (key, owner, now.isoformat(), _epoch(now + ttl)),
             )
-            return ClaimOutcome(won=True, holder=mine, recovered=recovered)
+            stopped = recovered is not None and self._stopped(db, recovered.owner)
+            return ClaimOutcome(
+                won=True, holder=mine, recovered=recovered, stopped=stopped
+            )
 
         return await self._run(write)
 
