@@ -174,7 +174,14 @@ def test_sigkill_chaos_every_202_decided_once_nothing_twice(tmp_path, backend):
         records = _decisions(store_url)
 
     twice = {path: n for path, n in hits.items() if n > 1}
-    assert twice == {}, f"an occurrence reached the target twice: {twice}"
+    assert twice == {}, (
+        f"an occurrence reached the target twice: {twice}; "
+        + "; ".join(
+            f"{r.path} from {r.client} at {r.received_at:.3f} {r.headers}"
+            for r in hook.mine()
+            if r.path.removeprefix(hook.prefix) in twice
+        )
+    )
     per_payload: dict[str, list[dict]] = {}
     for record in records:
         per_payload.setdefault(record["payload_id"], []).append(record)
