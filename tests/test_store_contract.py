@@ -546,10 +546,40 @@ async def test_mark_sending_records_the_intent_a_recovery_reads_back(
     assert taken.won
     assert taken.recovered is not None
     assert taken.recovered.intent == intent
-    assert taken.holder.intent == "", "a new claim starts without an intent"
+    assert (taken.holder.status, taken.holder.intent) == ("sending", intent), (
+        "a taken-over sending mark stays, with its intent"
+    )
     assert await store.mark_sending("k", "alive", after, intent) is True
     held = await store.claim_key("k", "late", after, HOUR)
     assert (held.won, held.holder.intent) == (False, intent)
+
+
+async def test_a_taker_that_dies_too_leaves_the_sending_mark(store: Store) -> None:
+    """Two crashes in a row: the second taker still hears "it was sent".
+
+    The first taker dies while it re-checks the action (before it settles
+    the key); the claim it leaves must not read "nothing was sent", or the
+    next incarnation runs the action a second time.
+    """
+    clock = Tick(step=timedelta(seconds=1))
+    await store.register("first", clock(), timedelta(seconds=5))
+    assert (await store.claim_key("k", "first", clock(), HOUR)).won
+    assert await store.mark_sending("k", "first", clock(), '{"n": 1}')
+    clock.now += timedelta(minutes=1)
+    await store.register("second", clock(), timedelta(seconds=5))
+    taken = await store.claim_key("k", "second", clock(), HOUR)
+    assert taken.won
+    assert taken.recovered is not None
+    assert taken.recovered.status == "sending"
+    clock.now += timedelta(minutes=1)  # "second" dies too, mid re-check
+    await store.register("third", clock(), HOUR)
+    again = await store.claim_key("k", "third", clock(), HOUR)
+    assert again.won
+    assert again.recovered is not None
+    assert (again.recovered.owner, again.recovered.status) == ("second", "sending")
+    assert again.recovered.intent == '{"n": 1}'
+    await store.release_key("k", "third")  # never frees a sent key
+    assert not (await store.claim_key("k", "fourth", clock(), HOUR)).won
 
 
 # -- guards -------------------------------------------------------------------
@@ -941,7 +971,7 @@ async def test_a_stale_owner_cannot_finish_a_key_taken_over(store: Store) -> Non
     # The stale owner wakes up and reports its outcome: refused, not written.
     assert not await store.finish_key("k", "stale", "done", "late", clock())
     held = await store.claim_key("k", "third", clock(), HOUR)
-    assert (held.holder.owner, held.holder.status) == ("new", "running")
+    assert (held.holder.owner, held.holder.status) == ("new", "sending")
     assert await store.finish_key("k", "new", "failed", "re-checked", clock())
     # A finished key is final: finishing it again changes nothing.
     assert not await store.finish_key("k", "new", "done", "again", clock())

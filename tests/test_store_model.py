@@ -322,7 +322,18 @@ class StoreMachine(RuleBasedStateMachine):
             ) == (held.owner, held.status, held.intent)
         else:
             assert outcome.recovered is None
-        self.model.claims[key] = MClaim(owner, "running", now + KEY_TTL)
+        if orphan and held is not None and held.status == "sending":
+            # The sending mark and its intent stay, now the taker's.
+            self.model.claims[key] = MClaim(
+                owner, "sending", now + KEY_TTL, held.intent
+            )
+        else:
+            self.model.claims[key] = MClaim(owner, "running", now + KEY_TTL)
+        mine = self.model.claims[key]
+        assert (outcome.holder.status, outcome.holder.intent) == (
+            mine.status,
+            mine.intent,
+        )
 
     @rule(
         key=st.sampled_from(KEYS),

@@ -483,7 +483,9 @@ class GuardState(Protocol):
 
         A claim left ``running`` or ``sending`` by a dead incarnation is taken
         over (``recovered`` names it, ``stopped`` says whether that incarnation
-        is known to have stopped); an expired claim is free again.
+        is known to have stopped); a ``sending`` one stays ``sending`` with its
+        intent (now ours), so a crash of this holder too is re-checked again,
+        never read as "nothing was sent". An expired claim is free again.
         """
         ...
 

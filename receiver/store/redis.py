@@ -335,15 +335,24 @@ if raw then
   if live and not orphan then return {0, raw} end
   if orphan then recovered = raw end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PXAT',
-           gc_at(tonumber(ARGV[3]), tonumber(ARGV[2])))
+local mine = ARGV[1]
 local stopped = 0
 if recovered ~= '' then
-  -- Known to have stopped (retire): not merely a heartbeat that lapsed.
   local c = cjson.decode(recovered)
+  -- Known to have stopped (retire): not merely a heartbeat that lapsed.
   if redis.call('ZSCORE', KEYS[2], c['owner'] .. '|stopped') then stopped = 1 end
+  if c['status'] == 'sending' then
+    -- The "sending" mark stays, with its intent: should this holder die too,
+    -- the next one re-checks it again instead of sending a second time.
+    local m = cjson.decode(ARGV[1])
+    m['status'] = 'sending'
+    m['intent'] = c['intent'] or ''
+    mine = cjson.encode(m)
+  end
 end
-return {1, recovered, stopped}
+redis.call('SET', KEYS[1], mine, 'PXAT',
+           gc_at(tonumber(ARGV[3]), tonumber(ARGV[2])))
+return {1, recovered, stopped, mine}
 """
 )
 
@@ -1247,17 +1256,18 @@ class RedisStore:
         }
         raw = json.dumps(claim)
         with self._reachable("claim an idempotency key"):
-            won, other, *stopped = await self._claim_key_script(
+            won, other, *rest = await self._claim_key_script(
                 keys=[self._key("claim", key), self._incarnations],
                 args=[raw, _ms(now), expires, owner],
             )
         if not int(won):
             return ClaimOutcome(won=False, holder=self._claim(other))
+        stopped, mine = rest
         return ClaimOutcome(
             won=True,
-            holder=self._claim(raw),
+            holder=self._claim(mine),
             recovered=self._claim(other) if other else None,
-            stopped=bool(stopped and int(stopped[0])),
+            stopped=bool(int(stopped)),
         )
 
     async def mark_sending(  # noqa: D102

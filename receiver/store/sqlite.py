@@ -37,6 +37,7 @@ from receiver.store.base import (
     DecisionPage,
     DecisionQuery,
     JournalEntry,
+    KeyStatus,
     Lease,
     Lock,
     ParkedEntry,
@@ -836,11 +837,17 @@ class SqliteStore:
                 if row["expires_at"] >= at and not orphan:
                     return ClaimOutcome(won=False, holder=existing)
                 recovered = existing if orphan else None
-            mine = Claim(key, owner, "running", now, "", now + ttl)
+            # A taken-over "sending" mark stays (with its intent): should this
+            # holder die too before it settles it, the next one re-checks it
+            # again instead of reading "nothing was sent" and sending twice.
+            sent = recovered is not None and recovered.status == "sending"
+            status: KeyStatus = "sending" if sent else "running"
+            intent = recovered.intent if recovered is not None and sent else ""
+            mine = Claim(key, owner, status, now, "", now + ttl, intent)
             db.execute(
                 "INSERT OR REPLACE INTO claims (key, owner, status, at, detail, "
-                "expires_at, intent) VALUES (?, ?, 'running', ?, '', ?, '')",
-                (key, owner, now.isoformat(), _epoch(now + ttl)),
+                "expires_at, intent) VALUES (?, ?, ?, ?, '', ?, ?)",
+                (key, owner, status, now.isoformat(), _epoch(now + ttl), intent),
             )
             stopped = recovered is not None and self._stopped(db, recovered.owner)
             return ClaimOutcome(
