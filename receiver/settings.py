@@ -136,6 +136,13 @@ class Settings(BaseModel):
         description="Bearer tokens that may read and use the admin endpoints "
         "(scopes read, admin).",
     )
+    approver_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Approver name (as in playbook approvers, e.g. an email) -> "
+        "that person's own token (scopes read, approve). The API and the console "
+        "then know who approves; a playbook that names approvers accepts only "
+        "these, and two-approver steps need two of them.",
+    )
     pagerduty_secrets: list[SecretStr] = Field(
         default_factory=list,
         description="PagerDuty V3 webhook signing secrets (several for rotation).",
@@ -426,6 +433,8 @@ class Settings(BaseModel):
     def _no_empty_credentials(self) -> Settings:
         for name in _CREDENTIAL_FIELDS:
             value = getattr(self, name)
+            if isinstance(value, dict):
+                value = list(value.values())
             values = value if isinstance(value, list) else [value]
             for secret in values:
                 if secret is not None and not secret.get_secret_value().strip():
@@ -493,6 +502,7 @@ class Settings(BaseModel):
                 *self.replay_tokens,
                 *self.approve_tokens,
                 *self.admin_tokens,
+                *self.approver_tokens.values(),
                 *self.pagerduty_secrets,
                 *self.routing_keys,
                 *self.webhook_urls,
@@ -519,6 +529,7 @@ class Settings(BaseModel):
             or self.replay_tokens
             or self.approve_tokens
             or self.admin_tokens
+            or self.approver_tokens
             or self.basic_auth
             or self.pagerduty_secrets
             or self.routing_keys
@@ -551,6 +562,7 @@ _CREDENTIAL_FIELDS = (
     "replay_tokens",
     "approve_tokens",
     "admin_tokens",
+    "approver_tokens",
     "basic_auth",
     "pagerduty_secrets",
     "routing_keys",
