@@ -833,8 +833,11 @@ class SlowSink:
 
 
 async def test_dispatch_is_bounded_and_shutdown_hands_deliveries_back(tmp_path):
-    """At most ``concurrency`` deliver at once; aclose cancels the late ones, which
-    stay in the outbox and are delivered by the next start (nothing is dropped)."""
+    """At most ``concurrency`` deliver at once; nothing is dropped.
+
+    aclose cancels the late ones, which stay in the outbox and are delivered
+    by the next start.
+    """
     path = str(tmp_path / "r.db")
     store = MemoryStore()
     slow = SlowSink()

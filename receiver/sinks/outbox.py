@@ -75,7 +75,7 @@ class Outbox(Protocol):
     async def put(
         self, rows: Sequence[tuple[str, str, str, Sequence[str]]], now: datetime
     ) -> int:
-        """Add ``(id, owner, trace JSON, sinks)`` rows due now; known ids are ignored."""
+        """Add ``(id, owner, trace JSON, sinks)`` rows, due now; repeats ignored."""
         ...
 
     async def claim(self, now: datetime, lease: timedelta) -> OutboxRow | None:
