@@ -40,9 +40,8 @@ def sequence() -> list[tuple[Path, bytes]]:
     return [(path, path.read_bytes()) for path in EXAMPLES * 2]
 
 
-@pytest.fixture
-def new_rules(tmp_path: Path) -> Path:
-    """The shipped rules with two changes: a severity and an approval."""
+def changed_runbook() -> str:
+    """The shipped runbook with two changes: a severity and an approval."""
     text = (RULES / "runbook.yaml").read_text(encoding="utf-8")
     rule = "  - name: sark-database-down\n"
     start = text.index(rule)
@@ -60,9 +59,15 @@ def new_rules(tmp_path: Path) -> Path:
         "        only_if_rollout_within: 2h\n        approval: required\n",
         1,
     )
+    return text
+
+
+@pytest.fixture
+def new_rules(tmp_path: Path) -> Path:
+    """The changed runbook in a directory of its own."""
     out = tmp_path / "new"
     out.mkdir()
-    (out / "runbook.yaml").write_text(text, encoding="utf-8")
+    (out / "runbook.yaml").write_text(changed_runbook(), encoding="utf-8")
     return out
 
 
