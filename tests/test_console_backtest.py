@@ -102,7 +102,7 @@ async def test_a_rules_change_shows_the_cli_differences(client):
     assert f"{client.stored} payloads" in page
     assert "6 decided differently" in page
     assert "THRESHOLD EXCEEDED: 6 alerts decided differently, more than 5" in page
-    report = page[page.index("id=backtest>") :]
+    report = page[page.index("id=backtest>") : page.index("</section>")]
     assert report.count("SarkDatabaseDown") == 4
     assert report.count("SarkApiDown") == 2
     assert "awaiting_approval (approval)" in page

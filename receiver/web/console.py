@@ -86,6 +86,8 @@ td,th{border:1px solid #888;padding:.4rem;text-align:left;vertical-align:top;
 overflow-wrap:anywhere}
 pre{white-space:pre-wrap;word-break:break-all;margin:0}
 button,input,textarea{padding:.5rem;margin:.2rem 0;font-size:1rem;max-width:100%}
+textarea,select{width:100%;box-sizing:border-box;font-size:1rem}
+textarea{font-family:monospace}
 button{padding:.5rem 1rem;min-height:2.75rem}
 .state{font-weight:bold}
 ul.clocks{list-style:none;padding:0;margin:0}
@@ -820,7 +822,9 @@ class Console:
             f"{_e(text)}</option>"
             for v, text in options
         )
+        # The outcome first, so a phone shows it without scrolling past the form.
         return (
+            result + "<h2>Candidate rules</h2>"
             "<p>Replays the payloads stored in the period, oldest first, against "
             "the loaded rules and the candidate, simulating cooldowns, budgets, "
             "locks, circuit breakers and approvals over time, and shows what "
@@ -832,8 +836,7 @@ class Console:
             + self._hidden(who)
             + "<p><label for=rules>Candidate rules (YAML, up to "
             f"{MAX_CANDIDATE_BYTES // 1024} KiB)</label><br>"
-            "<textarea id=rules name=rules rows=12 cols=80 spellcheck=false "
-            'style="width:100%;font-family:monospace">'
+            "<textarea id=rules name=rules rows=12 spellcheck=false>"
             + _e(form.get("rules", ""))
             + "</textarea></p>"
             "<p><label>or upload a file <input type=file name=rules_file "
@@ -846,7 +849,7 @@ class Console:
             "<p><label>Fail when more than <input name=max_changed type=number "
             f'min=0 size=6 value="{_e(form.get("max_changed", ""))}"></label> '
             "alerts are decided differently <small>(optional)</small></p>"
-            "<button>Run the backtest</button></form>" + result
+            "<button>Run the backtest</button></form>"
         )
 
     async def backtest(self, request: web.Request) -> web.Response:
