@@ -225,3 +225,18 @@ async def test_without_admin_it_is_refused_and_a_foreign_form_too(client):
     resp = await client.post("/ui/backtest", data=form, headers=ADMIN)
     assert resp.status == 403
     assert await audit(client) == []
+
+
+async def test_a_malformed_multipart_form_is_a_400(client):
+    """A part header the HTTP parser rejects is a 400 page, never a 5xx."""
+    body = (
+        b'--ab95\r\nContent-Disposition: form-data; name="w\x14p"\r\n\r\nx\r\n'
+        b"--ab95--\r\n"
+    )
+    resp = await client.post(
+        "/ui/backtest",
+        data=body,
+        headers={**ADMIN, "Content-Type": "multipart/form-data; boundary=ab95"},
+    )
+    assert resp.status == 400
+    assert "does not parse as multipart" in await resp.text()

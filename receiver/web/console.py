@@ -45,6 +45,7 @@ from urllib.parse import parse_qsl, urlencode
 import structlog
 import yaml
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from receiver.engine import backtest
 from receiver.engine.backtest import Bounded
@@ -956,8 +957,8 @@ class Console:
             raise _Refusal(
                 408, f"the form did not arrive within {FORM_TIMEOUT:g} s"
             ) from None
-        except ValueError as exc:  # a malformed multipart body
-            raise _Refusal(400, f"the form does not parse: {exc}") from exc
+        except (ValueError, HttpProcessingError) as exc:  # a malformed multipart body
+            raise _Refusal(400, "the form does not parse as multipart") from exc
         if not hmac.compare_digest(
             fields.get("token", "").encode(), self._token(who).encode()
         ):
