@@ -54,12 +54,11 @@ def changed_runbook() -> str:
     )
     playbook = text.index("  api-down-sark:\n")
     undo = text.index("      - type: k8s.rollout_undo\n", playbook)
-    text = text[:undo] + text[undo:].replace(
+    return text[:undo] + text[undo:].replace(
         "        only_if_rollout_within: 2h\n",
         "        only_if_rollout_within: 2h\n        approval: required\n",
         1,
     )
-    return text
 
 
 @pytest.fixture

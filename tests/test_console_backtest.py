@@ -147,6 +147,11 @@ async def test_rule_errors_name_file_rule_and_field_and_nothing_runs(client):
     status, page = await run(client, "rules: [\n  - {name: x\n")
     assert status == 400
     assert "invalid YAML" in page
+    # Added beside the loaded runbook, its copy clashes with it, file by file.
+    status, page = await run(client, changed_runbook(), replaces="new")
+    assert status == 400
+    assert "duplicate rule name (first in " in page
+    assert "runbook.yaml)" in page
 
 
 @pytest.mark.parametrize(
