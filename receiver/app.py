@@ -47,6 +47,7 @@ from receiver.sinks import (
 from receiver.sources.caps import AlertCaps
 from receiver.steps.changes import ChangesExecutor
 from receiver.store.base import Store
+from receiver.store.diagnostics import cache_beside
 from receiver.web.admin import Admin
 from receiver.web.approvals import ApprovalAPI, ApprovalDesk, OnCall
 from receiver.web.auth import AUTHENTICATOR, Authenticator
@@ -237,6 +238,14 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         store, consumer, guard_defaults(settings), firing_check=firing_check
     )
     scrub = scrubber(settings)
+    # Kept beside the store: the worker child, a restart and replicas reuse it.
+    reuse = DiagnosticsReuse(
+        settings.diagnostics_reuse,
+        clock,
+        cache=cache_beside(store, settings.store)
+        if settings.diagnostics_reuse > timedelta(0)
+        else None,
+    )
     runner = Runner(
         # changes.recent reads this receiver's own store: always available.
         {"changes": ChangesExecutor(change_reader(store), clock), **(executors or {})},
@@ -244,7 +253,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         mode=settings.mode,
         guards=keeper,
         scrub=scrub,
-        reuse=DiagnosticsReuse(settings.diagnostics_reuse, clock),
+        reuse=reuse,
     )
     metrics.mode.labels(settings.mode).set(1)
     processor = Processor(
@@ -285,6 +294,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         client_max_size=settings.max_body_bytes + 1,
     )
     app[STORE] = store
+    app.on_cleanup.append(lambda _app: reuse.aclose())
     app[AUTHENTICATOR] = auth
     app[METRICS] = metrics
     app[PROCESSOR] = processor
@@ -383,7 +393,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         clock=clock,
         on_complete=fan_out(
             dispatcher.submit if dispatcher is not None else None,
-            incident_service.submit,
+            incident_service.put,
         ),
         lease=settings.journal_lease,
         max_attempts=settings.journal_max_attempts,

@@ -106,6 +106,14 @@ class Settings(BaseModel):
         description="Reuse a diagnostic's result for an unchanged alert "
         "occurrence this long (0s: always run again).",
     )
+    incident_tick_interval: Duration = Field(
+        default=timedelta(seconds=15),
+        ge=timedelta(seconds=1),
+        le=timedelta(minutes=5),
+        description="How often incident clocks, severity re-evaluation, "
+        "escalations and update cadences are checked (1s to 5m): a breach or a "
+        "due update is noticed at most this late.",
+    )
     auth_tokens: list[SecretStr] = Field(
         default_factory=list,
         description="Bearer tokens for the Alertmanager webhook; they may also "
