@@ -277,7 +277,7 @@ class Handlers:
             return True
         return False
 
-    async def _admit(self, source: Source) -> None:
+    async def _admit(self, source: Source | Literal["change_events"]) -> None:
         """Refuse (503 + Retry-After) while the journal is at its bound."""
         load, bound = self._load, self._bound
         now = time.monotonic()
@@ -410,9 +410,12 @@ class Handlers:
         """A body whose sender the body itself proves (change events' routing key).
 
         Read like ``/v2/enqueue``'s: refused before reading when no routing key
-        is configured, then under the unauthenticated cap and count.
+        is configured, shed (503 + Retry-After) while the journal is at its
+        bound (the store is behind: a change event is one more write to it),
+        then under the unauthenticated cap and count.
         """
         self._auth.routing_keys_open()
+        await self._admit("change_events")
         return await self._body(request, authenticated=False)
 
     async def enqueue(self, request: web.Request) -> web.Response:
