@@ -1358,6 +1358,13 @@ def test_worker_separate_runs_edge_and_worker_as_two_deployments(
     assert f'job=~"{FULLNAME}|{FULLNAME}-worker"' in down["expr"]
 
 
+def test_notes_name_both_deployments_and_both_jobs(helm, tmp_path):
+    """NOTES.txt says where each role runs and which jobs the alerts select."""
+    notes = render_notes(helm, tmp_path, SEPARATE)
+    assert f"Deployments {FULLNAME}-edge and {FULLNAME}-worker" in notes
+    assert f'job=~"{FULLNAME}|{FULLNAME}-worker"' in notes
+
+
 def helm_default_resources() -> dict[str, Any]:
     """``resources`` as values.yaml sets it."""
     values = yaml.safe_load((CHART / "values.yaml").read_text())
