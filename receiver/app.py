@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import structlog
 from aiohttp import web
 
@@ -46,7 +47,9 @@ from receiver.sinks import (
 from receiver.sources.caps import AlertCaps
 from receiver.steps.changes import ChangesExecutor
 from receiver.store.base import Store
+from receiver.store.diagnostics import cache_beside
 from receiver.web.admin import Admin
+from receiver.web.approvals import ApprovalAPI, ApprovalDesk, OnCall
 from receiver.web.auth import AUTHENTICATOR, Authenticator
 from receiver.web.change_events import ChangeEvents, change_reader, events_api_errors
 from receiver.web.console import Console
@@ -140,7 +143,6 @@ def add_routes(app: web.Application, handlers: Handlers, role: Role = "all") -> 
     r.add_get("/api/v1/payloads/{id}", handlers.payload)
     r.add_post("/api/v1/replay", handlers.replay)
     r.add_get("/api/v1/approvals", handlers.approvals)
-    r.add_post("/api/v1/approvals/{id}", handlers.decide_approval)
     r.add_get("/healthz", handlers.healthz)
     r.add_get("/readyz", handlers.readyz)
     r.add_get("/metrics", handlers.metrics)
@@ -247,6 +249,14 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         store, consumer, guard_defaults(settings), firing_check=firing_check
     )
     scrub = scrubber(settings)
+    # Kept beside the store: the worker child, a restart and replicas reuse it.
+    reuse = DiagnosticsReuse(
+        settings.diagnostics_reuse,
+        clock,
+        cache=cache_beside(store, settings.store)
+        if settings.diagnostics_reuse > timedelta(0)
+        else None,
+    )
     runner = Runner(
         # changes.recent reads this receiver's own store: always available.
         {"changes": ChangesExecutor(change_reader(store), clock), **(executors or {})},
@@ -254,7 +264,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         mode=settings.mode,
         guards=keeper,
         scrub=scrub,
-        reuse=DiagnosticsReuse(settings.diagnostics_reuse, clock),
+        reuse=reuse,
     )
     metrics.mode.labels(settings.mode).set(1)
     processor = Processor(
@@ -295,6 +305,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         client_max_size=settings.max_body_bytes + 1,
     )
     app[STORE] = store
+    app.on_cleanup.append(lambda _app: reuse.aclose())
     app[AUTHENTICATOR] = auth
     app[METRICS] = metrics
     app[PROCESSOR] = processor
@@ -309,19 +320,42 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
     admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
     add_routes(app, handlers, role)
     app.on_shutdown.append(_flush_accepted(handlers))
+    console: Console | None = None
     if role != "worker":
         _add_operations(app, handlers, reloader, store=store, auth=auth, clock=clock)
         admin.routes(app.router)
-        SlackInteractions(
-            settings=settings, store=store, processor=processor, clock=clock
-        ).attach(app)
-        Console(
+        # One approval policy for the API, the console and Slack.
+        client = httpx.AsyncClient(
+            timeout=settings.approval_oncall_timeout.total_seconds()
+        )
+        pd_token = settings.pagerduty_api_token
+        desk = ApprovalDesk(
             store=store,
-            auth=auth,
             processor=processor,
             clock=clock,
-            secrets=settings.secret_values(),
+            on_call=OnCall(
+                client,
+                settings.pagerduty_api_url,
+                pd_token.get_secret_value() if pd_token else None,
+            ),
+            on_journaled=edge_bell.ring if edge_bell is not None else None,
+        )
+        app.router.add_post("/api/v1/approvals/{id}", ApprovalAPI(desk, auth).decide)
+        SlackInteractions(
+            settings=settings, store=store, desk=desk, clock=clock, client=client
         ).attach(app)
+        console = Console(
+            store=store,
+            auth=auth,
+            desk=desk,
+            processor=processor,
+            admin=admin,
+            clock=clock,
+            defaults=guard_defaults(settings),
+            reloader=reloader,
+            secrets=settings.secret_values(),
+        )
+        console.attach(app)
 
     incident_service = install_incidents(
         app,
@@ -337,6 +371,8 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         if role == "edge"
         else incidents,
     )
+    if console is not None:
+        console.incidents = incident_service
     if role == "edge":
         app.cleanup_ctx.append(
             _edge_lifecycle(store, edge_bell, firing_check, reloader)
@@ -369,7 +405,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         clock=clock,
         on_complete=fan_out(
             dispatcher.submit if dispatcher is not None else None,
-            incident_service.submit,
+            incident_service.put,
         ),
         lease=settings.journal_lease,
         max_attempts=settings.journal_max_attempts,

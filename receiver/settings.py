@@ -106,6 +106,14 @@ class Settings(BaseModel):
         description="Reuse a diagnostic's result for an unchanged alert "
         "occurrence this long (0s: always run again).",
     )
+    incident_tick_interval: Duration = Field(
+        default=timedelta(seconds=15),
+        ge=timedelta(seconds=1),
+        le=timedelta(minutes=5),
+        description="How often incident clocks, severity re-evaluation, "
+        "escalations and update cadences are checked (1s to 5m): a breach or a "
+        "due update is noticed at most this late.",
+    )
     auth_tokens: list[SecretStr] = Field(
         default_factory=list,
         description="Bearer tokens for the Alertmanager webhook; they may also "
@@ -135,6 +143,13 @@ class Settings(BaseModel):
         default_factory=list,
         description="Bearer tokens that may read and use the admin endpoints "
         "(scopes read, admin).",
+    )
+    approver_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Approver name (as in playbook approvers, e.g. an email) -> "
+        "that person's own token (scopes read, approve). The API and the console "
+        "then know who approves; a playbook that names approvers accepts only "
+        "these, and two-approver steps need two of them.",
     )
     pagerduty_secrets: list[SecretStr] = Field(
         default_factory=list,
@@ -426,6 +441,8 @@ class Settings(BaseModel):
     def _no_empty_credentials(self) -> Settings:
         for name in _CREDENTIAL_FIELDS:
             value = getattr(self, name)
+            if isinstance(value, dict):
+                value = list(value.values())
             values = value if isinstance(value, list) else [value]
             for secret in values:
                 if secret is not None and not secret.get_secret_value().strip():
@@ -493,6 +510,7 @@ class Settings(BaseModel):
                 *self.replay_tokens,
                 *self.approve_tokens,
                 *self.admin_tokens,
+                *self.approver_tokens.values(),
                 *self.pagerduty_secrets,
                 *self.routing_keys,
                 *self.webhook_urls,
@@ -519,6 +537,7 @@ class Settings(BaseModel):
             or self.replay_tokens
             or self.approve_tokens
             or self.admin_tokens
+            or self.approver_tokens
             or self.basic_auth
             or self.pagerduty_secrets
             or self.routing_keys
@@ -551,6 +570,7 @@ _CREDENTIAL_FIELDS = (
     "replay_tokens",
     "approve_tokens",
     "admin_tokens",
+    "approver_tokens",
     "basic_auth",
     "pagerduty_secrets",
     "routing_keys",

@@ -52,7 +52,7 @@ from receiver.model import (
     StepTrace,
     freeze,
 )
-from receiver.rulebook.steps import StepModel
+from receiver.rulebook.steps import REGISTRY, StepModel
 
 log = structlog.get_logger("receiver.runner")
 
@@ -99,12 +99,6 @@ class Preparing(Protocol):
 
 Clock = Callable[[], datetime]
 _NEWS = frozenset({Decision.EXECUTED, Decision.FAILED, Decision.AWAITING_APPROVAL})
-_VERIFY_FAMILY = {
-    "k8s.rollout_status": "k8s",
-    "k8s.pods_ready": "k8s",
-    "prometheus.query": "prometheus",
-    "http.get": "http",
-}
 # Longest reason kept from an unexpected exception.
 _REASON_MAX = 500
 
@@ -267,13 +261,15 @@ class Runner:
     ) -> StepTrace:
         """Run a diagnostic, or reuse its result for an unchanged occurrence."""
         assert planned.step is not None  # noqa: S101 (the caller checked)
-        key = occurrence_key(match.rule, planned.index, alert)
-        reused = self._reuse.get(key) if self._reuse is not None else None
+        key = occurrence_key(
+            match.rule, planned.index, alert, f"{trace.type} {trace.target}"
+        )
+        reused = await self._reuse.get(key) if self._reuse is not None else None
         if reused is not None:
             return reused
         trace = await self._execute(trace, planned.step, alert)
         if self._reuse is not None:
-            self._reuse.put(key, trace)
+            await self._reuse.put(key, trace)
         return trace
 
     async def _remediate(
@@ -756,7 +752,7 @@ class Runner:
         check = getattr(step, "verify", None)
         if check is None:
             return trace
-        executor = self._executors.get(_VERIFY_FAMILY.get(check.type, ""))
+        executor = self._executors.get(REGISTRY.verify_family(check.type))
         if executor is None:
             return replace(
                 trace,

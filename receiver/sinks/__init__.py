@@ -18,8 +18,10 @@ from collections.abc import Callable
 
 import httpx
 
+from receiver.retrying import Sleep
+from receiver.scrubbing import Scrubber
 from receiver.settings import Settings
-from receiver.sinks.delivery import Deliverer, SinkError, SinkOutcome, Sleep
+from receiver.sinks.delivery import Deliverer, SinkError, SinkOutcome
 from receiver.sinks.dispatch import (
     Sink,
     SinkDispatcher,
@@ -84,14 +86,7 @@ def build_sinks(
 
 def scrubber(settings: Settings) -> Callable[[str], str]:
     """A function that masks every configured secret in a text."""
-    secrets = settings.secret_values()
-
-    def scrub(text: str) -> str:
-        for secret in secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    return scrub
+    return Scrubber(settings.secret_values())
 
 
 __all__ = [
