@@ -28,7 +28,7 @@ from conftest import (
     journal_drained,
 )
 from counting import CountingServer
-from test_backtest import RULES, UNDO_SARK, changed_runbook
+from test_backtest import API_DOWN, RULES, UNDO, changed_runbook
 from test_console_backtest import fill
 
 from receiver.app import create_app
@@ -428,15 +428,16 @@ async def test_backtest_a_pasted_rules_change(aiohttp_server, browser):
 
     report = await asyncio.to_thread(backtest)
     assert f"{stored} payloads" in report
-    assert "6 decided differently" in report
-    assert "THRESHOLD EXCEEDED: 6 alerts decided differently, more than 5" in report
-    assert report.count("SarkDatabaseDown") == 4
-    assert report.count("SarkApiDown") == 2
+    assert "12 decided differently" in report
+    assert "THRESHOLD EXCEEDED: 12 alerts decided differently, more than 5" in report
+    assert report.count("SarkDatabaseDown") + report.count("SarkApiDown") == 10
     assert "awaiting_approval (approval)" in report
-    assert f"{UNDO_SARK} 1 0 LESS often" in report.replace("\n", " ")
+    flat = report.replace("\n", " ")
+    for name, runs in API_DOWN.items():
+        assert f"{name}: {UNDO} {runs} 0 LESS often" in flat
     (audit,) = [
         r
         for r in await store.decisions(DecisionQuery(limit=50))
         if r.get("event") == "backtest"
     ]
-    assert (audit["by"], audit["changed_alerts"]) == ("ops-admin", 6)
+    assert (audit["by"], audit["changed_alerts"]) == ("ops-admin", 12)

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import ADMIN_TOKEN, APPROVE_TOKEN, basic, full_settings
-from test_backtest import EXAMPLES, RULES, UNDO_SARK, changed_runbook
+from test_backtest import API_DOWN, EXAMPLES, RULES, UNDO, changed_runbook
 
 from receiver.app import create_app
 from receiver.rulebook.loader import load_rulebook
@@ -100,17 +100,19 @@ async def test_a_rules_change_shows_the_cli_differences(client):
     status, page = await run(client, changed_runbook(), max_changed="5")
     assert status == 200, page
     assert f"{client.stored} payloads" in page
-    assert "6 decided differently" in page
-    assert "THRESHOLD EXCEEDED: 6 alerts decided differently, more than 5" in page
+    assert "12 decided differently" in page
+    assert "THRESHOLD EXCEEDED: 12 alerts decided differently, more than 5" in page
     report = page[page.index("id=backtest>") : page.index("</section>")]
-    assert report.count("SarkDatabaseDown") == 4
-    assert report.count("SarkApiDown") == 2
-    assert "awaiting_approval (approval)" in page
-    assert UNDO_SARK in page
-    assert "LESS often" in page
+    # Ten examples shown (as the CLI), the rest counted.
+    assert report.count("SarkDatabaseDown") + report.count("SarkApiDown") == 10
+    assert "... and 2 more." in report
+    assert "awaiting_approval (approval)" in report
+    for name, runs in API_DOWN.items():
+        assert f'{name}: {UNDO}</td><td data-label="Loaded rules">{runs}<' in report
+    assert report.count("LESS often") == len(API_DOWN)
     (record,) = await audit(client)
     assert record["by"] == "ops-admin"
-    assert (record["changed_alerts"], record["threshold_exceeded"]) == (6, True)
+    assert (record["changed_alerts"], record["threshold_exceeded"]) == (12, True)
     assert record["payloads"] == client.stored
     assert record["replaces"].endswith("runbook.yaml")
     assert len(record["candidate_sha256"]) == 64
@@ -128,7 +130,7 @@ async def test_an_upload_works_like_a_paste_and_unchanged_rules_show_nothing(cli
     # A URL-encoded form (curl's -d) is read within the same bound.
     status, page = await run(client, changed_runbook(), urlencoded="yes")
     assert status == 200, page
-    assert "6 decided differently" in page
+    assert "12 decided differently" in page
 
 
 async def test_rule_errors_name_file_rule_and_field_and_nothing_runs(client):
