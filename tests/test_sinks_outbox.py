@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -157,8 +158,9 @@ OPS = st.lists(
 async def run_model(ops, outbox_at, tmp: Path) -> None:
     """Puts, sink failures and restarts; then everything drains.
 
-    Model: every distinct decision (payload id) is sent exactly once, or its
-    row is parked; a repeated put of the same payload sends nothing more.
+    Model: every distinct decision (payload id) is sent once (twice at most
+    if the receiver stopped meanwhile), or its row is parked; a repeated put
+    of the same payload sends nothing more.
     """
     store = MemoryStore()
     clock = Ticking(NOW, step=timedelta(seconds=1))
@@ -183,7 +185,9 @@ async def run_model(ops, outbox_at, tmp: Path) -> None:
     pending, parked = await d.counts()
     assert pending == 0
     sent = Counter(p for p, _ in sink.sent)
-    assert all(n == 1 for n in sent.values()), sent
+    # A stop between a sink's answer and the row's note sends it once more.
+    most = 2 if next(counter) else 1
+    assert all(1 <= n <= most for n in sent.values()), sent
     assert set(sent) | (set() if not parked else decided - set(sent)) == decided
     assert len(decided - set(sent)) == parked
     records = await store.decisions(DecisionQuery())
@@ -199,7 +203,7 @@ async def run_model(ops, outbox_at, tmp: Path) -> None:
 )
 @given(ops=OPS)
 def test_outbox_matches_the_model_on_sqlite(ops, tmp_path):
-    path = str(tmp_path / f"o{abs(hash(str(ops)))}.db")
+    path = str(tmp_path / f"o{uuid.uuid4().hex}.db")  # a fresh file per example
     asyncio.run(run_model(ops, lambda: SqliteOutbox(path), tmp_path))
 
 
