@@ -62,14 +62,3 @@ def _record_time(record: Mapping[str, Any]) -> int:
         with contextlib.suppress(ValueError):
             return _ms(datetime.fromisoformat(decided))
     return int(time.time() * 1000)
-
-
-def _first_message(reply: Any) -> tuple[bytes, dict[bytes, bytes] | None] | None:
-    """The one message of an XREADGROUP COUNT 1 reply (RESP2 list or RESP3 map)."""
-    if not reply:
-        return None
-    streams = list(reply.values()) if isinstance(reply, dict) else [r[1] for r in reply]
-    for messages in streams:
-        for stream_id, fields in messages:
-            return stream_id, fields
-    return None

@@ -19,17 +19,16 @@ from receiver.store.base import (
 from receiver.store.redis.scripts import (
     _ACQUIRE_LOCK,
     _APPEND,
+    _CLAIM,
     _CLAIM_KEY,
     _COMPLETE,
     _DECIDE_APPROVAL,
     _DELETE_IF_EQUAL,
-    _DELIVER,
     _FINISH_KEY,
     _MARK_SENDING,
     _PARK,
     _PRUNE_DECISIONS,
     _PUT_APPROVAL,
-    _READ_NEW,
     _RECORD_OUTCOME,
     _RELEASE_KEY,
     _RELEASE_LOCK,
@@ -39,7 +38,6 @@ from receiver.store.redis.scripts import (
     _RETRY_PARKED,
     _SEEN,
     _SET_LAST_RUN,
-    _TAKEOVER,
 )
 
 # Connections to the store per process. Callers beyond it wait for one (up to
@@ -133,9 +131,7 @@ class RedisCore:
         self._incarnations = self._key("incarnations")
         script = client.register_script
         self._append_script = script(_APPEND)
-        self._deliver_script = script(_DELIVER)
-        self._read_new_script = script(_READ_NEW)
-        self._takeover_script = script(_TAKEOVER)
+        self._claim_script = script(_CLAIM)
         self._renew_script = script(_RENEW)
         self._park_script = script(_PARK)
         self._retry_parked_script = script(_RETRY_PARKED)

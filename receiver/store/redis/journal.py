@@ -19,7 +19,6 @@ from receiver.store.base import (
     ParkedEntry,
 )
 from receiver.store.redis.codec import (
-    _first_message,
     _hash,
     _iso,
     _members,
@@ -31,10 +30,6 @@ from receiver.store.redis.codec import (
     _ttl_ms,
 )
 from receiver.store.redis.core import RedisCore
-
-# XAUTOCLAIM COUNT 1 looks at up to 10 pending entries per call; this bounds the
-# calls one ``claim`` spends looking for an expired lease.
-RECLAIM_CALLS = 10
 
 
 class JournalOps(RedisCore):
@@ -73,13 +68,7 @@ class JournalOps(RedisCore):
             recreated = False
             while True:
                 try:
-                    entry = await self._own_pending(consumer, until)
-                    if entry is None:
-                        entry = await self._reclaim(consumer, now, until)
-                    if entry is None:
-                        entry = await self._read_new(consumer, until, deadline)
-                        if entry is None:
-                            return None
+                    entry = await self._claim_next(consumer, now, until, deadline)
                 except redis.exceptions.ResponseError as exc:
                     # The stream or group was deleted under us: recreate it once.
                     if "NOGROUP" not in str(exc) or recreated:
@@ -87,80 +76,36 @@ class JournalOps(RedisCore):
                     await self._ensure_group(again=True)
                     recreated = True
                     continue
-                return Lease(entry, consumer, until)
+                return None if entry is None else Lease(entry, consumer, until)
 
-    async def _own_pending(self, consumer: str, until: datetime) -> JournalEntry | None:
-        """An entry delivered to this consumer but never completed.
-
-        A consumer claims one entry at a time and completes it before claiming
-        again, so anything still pending under its name was delivered by a reply
-        that never arrived (Redis went away mid-call). Take it back at once
-        rather than waiting out the lease.
-        """
-        reply = await self._redis.xreadgroup(
-            self._group, consumer, {self._journal: "0"}, count=1
-        )
-        message = _first_message(reply)
-        # An entry trimmed from the stream but still pending comes back empty.
-        if message is None or message[1] is None or not message[1]:
-            return None
-        return await self._deliver(consumer, until, *message)
-
-    async def _reclaim(
-        self, consumer: str, now: datetime, until: datetime
+    async def _claim_next(
+        self, consumer: str, now: datetime, until: datetime, deadline: float
     ) -> JournalEntry | None:
-        """Take over an entry whose lease lapsed before ``now`` (caller's clock)."""
-        for _ in range(RECLAIM_CALLS):
-            due = _members(
-                await self._redis.zrangebyscore(
-                    self._leases, "-inf", f"({_ms(now)}", start=0, num=1
-                )
-            )
-            if not due:
-                return None
-            reply = await self._takeover_script(
-                keys=[self._journal, self._leases, self._key("payload", due[0])],
-                args=[self._group, consumer, _ms(now), _ms(until), due[0]],
-            )
-            if reply:
-                return self._entry(due[0], _pairs(reply))
-        return None
-
-    async def _read_new(
-        self, consumer: str, until: datetime, deadline: float
-    ) -> JournalEntry | None:
-        """Read and lease the next undelivered entry, waiting until ``deadline``."""
+        """Claim an entry (one script, one round trip), waiting until ``deadline``."""
         while True:
-            reply = await self._read_new_script(
+            reply = await self._claim_script(
                 keys=[self._journal, self._leases],
-                args=[self._group, consumer, _ms(until), self._key("payload", "")],
+                args=[
+                    self._group,
+                    consumer,
+                    _ms(now),
+                    _ms(until),
+                    self._key("payload", ""),
+                ],
             )
-            if reply:
-                fields = _pairs(reply)
+            fields = _pairs(reply)
+            if "__id" in fields:
                 return self._entry(_str(fields.pop("__id")), fields)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            # Wake up when something is appended (or after a short while: an
-            # entry appended between the script and this wait is read then).
+            # Wake up when something is appended after the script looked (the
+            # newest id it saw), or after a short while to look for lapsed
+            # leases again.
             block = max(1, int(min(remaining, self._block_chunk, 0.25) * 1000))
-            await self._redis.xread({self._journal: "$"}, count=1, block=block)
-
-    async def _deliver(
-        self,
-        consumer: str,
-        until: datetime,
-        stream_id: bytes,
-        fields: dict[bytes, bytes] | None,
-    ) -> JournalEntry | None:
-        """Load a delivered entry, start its lease and count the attempt."""
-        entry_id = _str(fields.get(b"id", b"")) if fields else ""
-        reply = await self._deliver_script(
-            keys=[self._journal, self._key("payload", entry_id), self._leases],
-            args=[self._group, stream_id, consumer, _ms(until), entry_id],
-        )
-        # No payload (deleted by hand), or finished: the script dropped it.
-        return self._entry(entry_id, _pairs(reply)) if reply else None
+            await self._redis.xread(
+                {self._journal: fields["__last"]}, count=1, block=block
+            )
 
     @staticmethod
     def _entry(entry_id: str, fields: Mapping[str, bytes]) -> JournalEntry:

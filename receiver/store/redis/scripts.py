@@ -89,72 +89,93 @@ local function gc_at(expires, now)
 end
 """
 
-_DELIVER = """
--- KEYS: journal, payload hash, leases; ARGV: group, stream id, consumer,
---       lease end ms, entry id
-local state = redis.call('HGET', KEYS[2], 'state')
-if redis.call('EXISTS', KEYS[2]) == 0 or state == 'done' or state == 'parked' then
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('XDEL', KEYS[1], ARGV[2])
-  return false
-end
-if state == 'claimed' and redis.call('HGET', KEYS[2], 'consumer') ~= ARGV[3] then
-  return false  -- someone else's lease: never taken this way
-end
-redis.call('HSET', KEYS[2], 'state', 'claimed', 'consumer', ARGV[3])
-redis.call('HINCRBY', KEYS[2], 'attempts', 1)
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
-return redis.call('HGETALL', KEYS[2])
-"""
+_CLAIM = """
+-- KEYS: journal, leases
+-- ARGV: group, consumer, now ms, lease end ms, payload key prefix
+-- A whole claim in one round trip (idle workers woken by an append mostly
+-- find nothing, so the empty claim must be cheap), in this order:
+-- 1. an entry delivered to this consumer whose reply never arrived (Redis
+--    went away mid-call): taken back at once rather than after its lease;
+-- 2. an entry whose lease lapsed before now (the caller's clock);
+-- 3. the next undelivered entry. Reading and leasing are one step: a crash
+--    between them cannot leave an entry delivered but unleased.
+-- Returns the payload hash plus '__id', or {'__last', newest stream id}: an
+-- XREAD after that id wakes for any entry appended since this script ran.
+-- (Payload keys are built here from the message: like the other multi-key
+-- scripts, this needs one Redis, not a cluster.)
+local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[5]
 
-_READ_NEW = """
--- KEYS: journal, leases; ARGV: group, consumer, lease end ms, payload key prefix
--- Reading and leasing are one step: a crash between them cannot leave an
--- entry delivered but unleased. (The payload key is built here from the
--- message: like the other multi-key scripts, this needs one Redis, not a
--- cluster.)
-for _ = 1, 10 do
-  local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1,
-                           'STREAMS', KEYS[1], '>')
-  if not reply then return false end
-  local message = reply[1][2][1]
-  local sid, fields, id = message[1], message[2], ''
+local function lease(hash, id)
+  redis.call('HSET', hash, 'state', 'claimed', 'consumer', consumer)
+  redis.call('HINCRBY', hash, 'attempts', 1)
+  redis.call('ZADD', KEYS[2], ARGV[4], id)
+  local out = redis.call('HGETALL', hash)
+  table.insert(out, '__id')
+  table.insert(out, id)
+  return out
+end
+
+local function entry_id(fields)
   for i = 1, #fields, 2 do
-    if fields[i] == 'id' then id = fields[i + 1] end
+    if fields[i] == 'id' then return fields[i + 1] end
   end
-  local hash = ARGV[4] .. id
+  return ''
+end
+
+-- A payload gone, done or parked: its stream entry is dropped.
+local function finished(hash, state)
+  return redis.call('EXISTS', hash) == 0 or state == 'done' or state == 'parked'
+end
+
+local mine = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1,
+                        'STREAMS', KEYS[1], '0')
+local message = mine and mine[1] and mine[1][2][1]
+-- An entry trimmed from the stream but still pending comes back without fields.
+if message and message[2] and #message[2] > 0 then
+  local sid, id = message[1], entry_id(message[2])
+  local hash = prefix .. id
   local state = redis.call('HGET', hash, 'state')
-  if redis.call('EXISTS', hash) == 0 or state == 'done' or state == 'parked' then
-    redis.call('XACK', KEYS[1], ARGV[1], sid)
+  if finished(hash, state) then
+    redis.call('XACK', KEYS[1], group, sid)
+    redis.call('XDEL', KEYS[1], sid)
+  elseif state ~= 'claimed' or redis.call('HGET', hash, 'consumer') == consumer then
+    return lease(hash, id)
+  end  -- else someone else's lease: never taken this way
+end
+
+for _ = 1, 10 do
+  local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[3],
+                         'LIMIT', 0, 1)
+  if #due == 0 then break end
+  local hash = prefix .. due[1]
+  if redis.call('HGET', hash, 'state') ~= 'claimed' then
+    redis.call('ZREM', KEYS[2], due[1])
+  else
+    local sid = redis.call('HGET', hash, 'stream')
+    if sid then redis.call('XCLAIM', KEYS[1], group, consumer, 0, sid) end
+    return lease(hash, due[1])
+  end
+end
+
+for _ = 1, 10 do
+  local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1,
+                           'STREAMS', KEYS[1], '>')
+  if not reply then
+    local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+    return {'__last', newest[1] and newest[1][1] or '0-0'}
+  end
+  local message = reply[1][2][1]
+  local sid, id = message[1], entry_id(message[2])
+  local hash = prefix .. id
+  if finished(hash, redis.call('HGET', hash, 'state')) then
+    redis.call('XACK', KEYS[1], group, sid)
     redis.call('XDEL', KEYS[1], sid)
   else
-    redis.call('HSET', hash, 'state', 'claimed', 'consumer', ARGV[2])
-    redis.call('HINCRBY', hash, 'attempts', 1)
-    redis.call('ZADD', KEYS[2], ARGV[3], id)
-    local out = redis.call('HGETALL', hash)
-    table.insert(out, '__id')
-    table.insert(out, id)
-    return out
+    return lease(hash, id)
   end
 end
-return false
-"""
-
-_TAKEOVER = """
--- KEYS: journal, leases, payload hash
--- ARGV: group, consumer, now ms, lease end ms, entry id
-local score = redis.call('ZSCORE', KEYS[2], ARGV[5])
-if not score or tonumber(score) >= tonumber(ARGV[3]) then return false end
-if redis.call('HGET', KEYS[3], 'state') ~= 'claimed' then
-  redis.call('ZREM', KEYS[2], ARGV[5])
-  return false
-end
-local sid = redis.call('HGET', KEYS[3], 'stream')
-if sid then redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, sid) end
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
-redis.call('HSET', KEYS[3], 'consumer', ARGV[2])
-redis.call('HINCRBY', KEYS[3], 'attempts', 1)
-return redis.call('HGETALL', KEYS[3])
+-- Ten finished entries dropped and maybe more undelivered: look again at once.
+return {'__last', '0-0'}
 """
 
 _RENEW = """
