@@ -27,30 +27,22 @@ from aiohttp import web
 
 from receiver.app_incidents import IncidentWiring, fan_out, install_incidents
 from receiver.engine.doorbell import EdgeBell, WorkerBell
-from receiver.engine.guards import FiringCheck, GuardDefaults, GuardKeeper
-from receiver.engine.planner import PlanContext
+from receiver.engine.guards import FiringCheck, GuardKeeper
 from receiver.engine.reuse import DiagnosticsReuse
 from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor, Worker, consumer_name
 from receiver.errors import StoreUnavailableError
 from receiver.metrics import WORKER_FAMILIES, Metrics
 from receiver.rulebook.loader import Rulebook
-from receiver.settings import Settings
-from receiver.sinks import (
-    Sink,
-    SinkDispatcher,
-    build_sinks,
-    playbook_sinks,
-    scrubber,
-)
-from receiver.sources.caps import AlertCaps
+from receiver.runtime import Runtime
+from receiver.sinks import Sink, SinkDispatcher, playbook_sinks
 from receiver.steps.changes import ChangesExecutor
 from receiver.store.base import Store
 from receiver.web.admin import Admin
 from receiver.web.auth import AUTHENTICATOR, Authenticator
 from receiver.web.change_events import ChangeEvents, change_reader, events_api_errors
 from receiver.web.console import Console
-from receiver.web.handlers import Backpressure, EdgeLimits, Handlers
+from receiver.web.handlers import Backpressure, Handlers
 from receiver.web.problems import make_middleware
 from receiver.web.reload import Reloader, step_types
 from receiver.web.slack import SlackInteractions
@@ -66,37 +58,6 @@ Role = Literal["all", "edge", "worker"]
 def utc_now() -> datetime:
     """The default clock."""
     return datetime.now(UTC)
-
-
-def guard_defaults(settings: Settings) -> GuardDefaults:
-    """Guard defaults from settings."""
-    return GuardDefaults(
-        cooldown=settings.cooldown,
-        budget_max=settings.budget_max,
-        budget_window=settings.budget_window,
-        global_budget_max=settings.global_budget_max,
-        global_budget_window=settings.global_budget_window,
-        circuit_failures=settings.circuit_failures,
-        circuit_cool_off=settings.circuit_cool_off,
-        approval_ttl=settings.approval_ttl,
-    )
-
-
-def edge_limits(settings: Settings) -> EdgeLimits:
-    """What the edge reads, waits for and lets an alert hold, from settings."""
-    return EdgeLimits(
-        max_body_bytes=settings.max_body_bytes,
-        max_unauthenticated_body_bytes=settings.max_unauthenticated_body_bytes,
-        unauthenticated_body_reads=settings.unauthenticated_body_reads,
-        body_timeout=settings.body_timeout.total_seconds(),
-        caps=AlertCaps(
-            max_labels=settings.max_labels,
-            max_annotations=settings.max_annotations,
-            max_label_value_bytes=settings.max_label_value_bytes,
-            max_annotation_value_bytes=settings.max_annotation_value_bytes,
-            max_alert_bytes=settings.max_alert_bytes,
-        ),
-    )
 
 
 async def expire_approvals(
@@ -204,7 +165,7 @@ def _edge_lifecycle(
 
 
 def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
-    settings: Settings,
+    runtime: Runtime,
     *,
     rulebook: Rulebook,
     store: Store,
@@ -223,65 +184,56 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
 ) -> web.Application:
     """Build the application; the worker starts with the app and stops with it.
 
-    ``sinks`` default to those settings configure (``build_sinks``); pass ``{}``
+    ``runtime`` is ``build_runtime(settings)``.
+    ``sinks`` default to those settings configure (``runtime.sinks``); pass ``{}``
     for none. ``edge_bell`` (role ``edge``) wakes a worker process and brings
     its metrics; ``worker_bell`` (role ``worker``) is the other end.
     With ``rule_paths`` (what ``rulebook`` was loaded from), SIGHUP and
     ``POST /-/reload`` load them again; ``reload_worker`` then passes the
     reload on to a worker process.
     """
+    settings = runtime.settings
+    mode = settings.engine.mode
     metrics = metrics or Metrics()
     consumer = consumer_name()
-    keeper = GuardKeeper(
-        store, consumer, guard_defaults(settings), firing_check=firing_check
-    )
-    scrub = scrubber(settings)
+    keeper = GuardKeeper(store, consumer, runtime.guards, firing_check=firing_check)
+    scrub = runtime.scrub()
     runner = Runner(
         # changes.recent reads this receiver's own store: always available.
         {"changes": ChangesExecutor(change_reader(store), clock), **(executors or {})},
         clock,
-        mode=settings.mode,
+        mode=mode,
         guards=keeper,
         scrub=scrub,
-        reuse=DiagnosticsReuse(settings.diagnostics_reuse, clock),
+        reuse=DiagnosticsReuse(settings.engine.diagnostics_reuse, clock),
     )
-    metrics.mode.labels(settings.mode).set(1)
+    metrics.mode.labels(mode).set(1)
     processor = Processor(
         rulebook,
         runner,
         clock,
-        PlanContext(
-            execute=settings.mode == "execute",
-            diagnose=settings.mode == "diagnose",
-            namespaces=tuple(settings.namespaces)
-            if settings.namespaces is not None
-            else None,
-        ),
+        runtime.plan,
         metrics=metrics,
-        pagerduty_alertname_from=settings.pagerduty_alertname_from,
+        pagerduty_alertname_from=runtime.alertname_from,
         store=store,
         scrub=scrub,
     )
-    auth = Authenticator.from_settings(settings)
+    auth = Authenticator.from_settings(settings.auth, loopback=settings.loopback_only)
     handlers = Handlers(
         store=store,
         processor=processor,
         auth=auth,
         metrics=metrics,
         clock=clock,
-        alertname_from=settings.pagerduty_alertname_from,
-        limits=edge_limits(settings),
-        execute=settings.mode == "execute",
-        backpressure=backpressure
-        or Backpressure(
-            max_depth=settings.journal_max_depth,
-            max_age=settings.journal_max_age.total_seconds(),
-        ),
+        alertname_from=runtime.alertname_from,
+        limits=runtime.limits,
+        execute=mode == "execute",
+        backpressure=backpressure or runtime.backpressure,
         **_edge_hooks(edge_bell),
     )
     app = web.Application(
         middlewares=[make_middleware(metrics)],
-        client_max_size=settings.max_body_bytes + 1,
+        client_max_size=runtime.limits.max_body_bytes + 1,
     )
     app[STORE] = store
     app[AUTHENTICATOR] = auth
@@ -301,14 +253,18 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         _add_operations(app, handlers, reloader, store=store, auth=auth, clock=clock)
         admin.routes(app.router)
         SlackInteractions(
-            settings=settings, store=store, processor=processor, clock=clock
+            slack=settings.slack,
+            pagerduty=settings.pagerduty,
+            store=store,
+            processor=processor,
+            clock=clock,
         ).attach(app)
         Console(
             store=store,
             auth=auth,
             processor=processor,
             clock=clock,
-            secrets=settings.secret_values(),
+            secrets=list(runtime.secrets),
         ).attach(app)
 
     incident_service = install_incidents(
@@ -330,14 +286,14 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
             _edge_lifecycle(store, edge_bell, firing_check, reloader)
         )
         return app
-    sinks = build_sinks(settings) if sinks is None else sinks
+    sinks = runtime.sinks() if sinks is None else sinks
     dispatcher = None
-    if sinks or settings.sinks:
+    if sinks or settings.sinks.default:
         dispatcher = SinkDispatcher(
             sinks,
             store=store,
             choose=lambda trace: playbook_sinks(
-                trace, processor.rulebook.playbooks, settings.sinks
+                trace, processor.rulebook.playbooks, settings.sinks.default
             ),
             clock=clock,
             scrub=scrub,
@@ -351,7 +307,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
     worker = Worker(
         store,
         processor,
-        settings.workers,
+        settings.engine.workers,
         metrics=metrics,
         consumer=consumer,
         clock=clock,
@@ -359,14 +315,14 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
             dispatcher.submit if dispatcher is not None else None,
             incident_service.submit,
         ),
-        lease=settings.journal_lease,
-        max_attempts=settings.journal_max_attempts,
+        lease=settings.journal.lease,
+        max_attempts=settings.journal.max_attempts,
         bell=worker_bell,
-        prune_every=settings.prune_interval,
+        prune_every=settings.retention.prune_interval,
     )
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
-        if settings.paused and await store.pause() is None:
+        if settings.engine.paused and await store.pause() is None:
             await admin.switch(
                 paused=True, by="settings", reason="started with paused: true"
             )
@@ -376,7 +332,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         await worker.start()
         reloader.listen()
         sweeper = asyncio.create_task(
-            expire_approvals(store, clock, settings.approval_sweep),
+            expire_approvals(store, clock, settings.guards.approval_sweep),
             name="approval-expiry",
         )
         yield

@@ -15,11 +15,18 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from receiver import __version__
 from receiver.errors import ConfigError, InputError, RuleError
-from receiver.model import AlertTrace, Decision, MatchTrace
+from receiver.model import Alert, AlertTrace, Decision, MatchTrace
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from receiver.engine.doorbell import WorkerBell
+    from receiver.rulebook.loader import Rulebook
+    from receiver.settings import Settings
 
 DEFAULT_RULES = [Path("rules")]
 # Seconds a worker child may take to shut down before it exits regardless.
@@ -85,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
         "(POST /api/v1/parked/<id>/retry) instead of deciding it here",
     )
     replay.add_argument("--rules", type=Path, action="append", help="rule file or dir")
+    replay.add_argument(
+        "--config",
+        type=Path,
+        help="YAML settings file (the namespace allowlist and the PagerDuty "
+        "alertname label apply as in serve)",
+    )
     replay.add_argument("--at", help="fix 'now' (ISO 8601) for duration-based severity")
     replay.add_argument("--json", action="store_true", help="print JSON")
 
@@ -188,7 +201,6 @@ def _rules_check(paths: list[Path]) -> int:
 def _rules_test(paths: list[Path]) -> int:
     from receiver.engine.planner import PlanContext, plan  # noqa: PLC0415
     from receiver.rulebook.loader import (  # noqa: PLC0415
-        Rulebook,
         load_rulebook,
         rule_files,
     )
@@ -200,7 +212,7 @@ def _rules_test(paths: list[Path]) -> int:
     )
 
     def planner(
-        alert: Any, book: Rulebook, now: datetime, execute: bool
+        alert: Alert, book: Rulebook, now: datetime, execute: bool
     ) -> list[PlannedMatchView]:
         planned = plan(alert, book, now, PlanContext(execute=execute))
         return [
@@ -272,50 +284,48 @@ def _serve_or_say_why(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     import gc  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
 
-    import httpx  # noqa: PLC0415
+    import structlog  # noqa: PLC0415
     import uvloop  # noqa: PLC0415
 
     from receiver import logs  # noqa: PLC0415
     from receiver.app import create_app  # noqa: PLC0415
     from receiver.engine.doorbell import EdgeBell, WorkerBell  # noqa: PLC0415
     from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
-    from receiver.settings import load_settings  # noqa: PLC0415
-    from receiver.sources.alertmanager_api import AlertmanagerApi  # noqa: PLC0415
-    from receiver.steps import build_executors  # noqa: PLC0415
-    from receiver.store import Retention, open_store  # noqa: PLC0415
+    from receiver.runtime import build_runtime  # noqa: PLC0415
+    from receiver.settings import (  # noqa: PLC0415
+        SettingsDeprecationWarning,
+        load_settings,
+    )
     from receiver.supervisor import WorkerSupervisor, supervise  # noqa: PLC0415
     from receiver.web.server import serve  # noqa: PLC0415
 
-    settings = load_settings(
-        args.config,
-        overrides={
-            "host": args.host,
-            "port": args.port,
-            "rules": args.rules,
-            "mode": "execute" if args.execute else args.mode,
-        },
-    )
-    settings.check_safe()
-    logs.configure(settings.log_format, settings.log_level, settings.secret_values())
-    rulebook = load_rulebook(settings.rules)
-    firing_check = None
-    if settings.alertmanager_url:
-        firing_check = AlertmanagerApi(
-            httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0)),
-            settings.alertmanager_url,
+    with warnings.catch_warnings(record=True) as deprecated:
+        warnings.simplefilter("always", SettingsDeprecationWarning)
+        settings = load_settings(
+            args.config,
+            overrides={
+                "server": {"host": args.host, "port": args.port},
+                "engine": {
+                    "rules": args.rules,
+                    "mode": "execute" if args.execute else args.mode,
+                },
+            },
         )
+    settings.check_safe()
+    server = settings.server
+    logs.configure(server.log_format, server.log_level, settings.secret_values())
+    for warning in deprecated:
+        structlog.get_logger("receiver").warning(
+            "setting_deprecated", detail=str(warning.message)
+        )
+    runtime = build_runtime(settings)
+    rulebook = load_rulebook(settings.engine.rules)
     role = args.role
     # An in-memory store cannot be shared with a child: one process does all.
-    split = role == "all" and not _in_memory(settings.store)
-    store = open_store(
-        settings.store,
-        Retention(
-            max_age=settings.retention,
-            max_payloads=settings.retention_payloads,
-            max_decisions=settings.retention_decisions,
-            lease=settings.journal_lease,
-        ),
+    split = role == "all" and not settings.store.in_memory
+    store = runtime.open_store(
         # Beside a live worker process, the edge must not hand its claims back.
         reclaim=role == "worker" or (not split and role == "all"),
     )
@@ -327,12 +337,12 @@ def _serve(args: argparse.Namespace) -> int:
     if args.bell_fd is not None:
         worker_bell = WorkerBell(socket.socket(fileno=args.bell_fd))
     app = create_app(
-        settings,
+        runtime,
         rulebook=rulebook,
         store=store,
-        executors=build_executors(settings) if role != "edge" else {},
-        firing_check=firing_check,
-        rule_paths=settings.rules,
+        executors=runtime.executors() if role != "edge" else {},
+        firing_check=runtime.firing_check(),
+        rule_paths=settings.engine.rules,
         role="edge" if split else role,
         edge_bell=edge_bell,
         worker_bell=worker_bell,
@@ -350,17 +360,13 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
     serve(
         app,
-        host=settings.host,
-        port=settings.port,
-        max_connections=settings.max_connections,
+        host=server.host,
+        port=server.port,
+        max_connections=server.max_connections,
         loop=loop,
         on_started=lambda banner: _log_started(settings, rulebook, role, banner),
     )
     return 0
-
-
-def _in_memory(url: str) -> bool:
-    return url.removeprefix("sqlite://").strip("/") == ":memory:"
 
 
 def _passed_on(args: argparse.Namespace) -> list[str]:
@@ -377,13 +383,13 @@ def _passed_on(args: argparse.Namespace) -> list[str]:
     return out
 
 
-async def _run_child(app: Any, bell: Any) -> None:
+async def _run_child(app: web.Application, bell: WorkerBell) -> None:
     """A supervised worker: no listener; stop on SIGTERM or when the edge is gone."""
     import signal  # noqa: PLC0415
 
-    from aiohttp import web  # noqa: PLC0415
+    from aiohttp.web import AppRunner  # noqa: PLC0415
 
-    runner = web.AppRunner(app, handle_signals=False)
+    runner = AppRunner(app, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -407,12 +413,15 @@ async def _run_child(app: Any, bell: Any) -> None:
         os._exit(1)
 
 
-def _log_started(settings: Any, rulebook: Any, role: str, banner: str) -> None:
+def _log_started(
+    settings: Settings, rulebook: Rulebook, role: str, banner: str
+) -> None:
     """Once every listening socket is bound (aiohttp's banner names them)."""
     import structlog  # noqa: PLC0415
 
     log = structlog.get_logger("receiver")
-    base = f"http://{settings.host}:{settings.port}"
+    mode = settings.engine.mode
+    base = f"http://{settings.server.host}:{settings.server.port}"
     # The banner names the bound addresses (the real port when --port 0).
     bound = re.search(r"Running on (\S+)", banner)
     log.info(
@@ -420,10 +429,10 @@ def _log_started(settings: Any, rulebook: Any, role: str, banner: str) -> None:
         url=bound.group(1) if bound else base,
         version=__version__,
         role=role,
-        mode=settings.mode,
+        mode=mode,
         rules=len(rulebook.rules),
         playbooks=len(rulebook.playbooks),
-        store=settings.store.split("://", 1)[0],
+        store=settings.store.url.split("://", 1)[0],
     )
     if not settings.has_credentials:
         log.warning(
@@ -432,15 +441,15 @@ def _log_started(settings: Any, rulebook: Any, role: str, banner: str) -> None:
             "accepting unauthenticated requests; set RECEIVER_AUTH_TOKENS before "
             "exposing the receiver",
         )
-    if settings.mode != "execute":
+    if mode != "execute":
         log.info(
             "dry_run_mode",
-            mode=settings.mode,
+            mode=mode,
             detail="remediations are only described, never run; start with "
             "--execute to run them"
             + (
                 ""
-                if settings.mode == "diagnose"
+                if mode == "diagnose"
                 else " (--mode diagnose runs read-only diagnostics)"
             ),
         )
@@ -452,10 +461,9 @@ def _log_started(settings: Any, rulebook: Any, role: str, banner: str) -> None:
 
 
 async def _replay(args: argparse.Namespace) -> int:
-    from receiver.engine.planner import PlanContext  # noqa: PLC0415
-    from receiver.engine.runner import Runner  # noqa: PLC0415
-    from receiver.engine.worker import Processor  # noqa: PLC0415
     from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+    from receiver.runtime import build_runtime  # noqa: PLC0415
+    from receiver.settings import load_settings  # noqa: PLC0415
     from receiver.sources import detect, parse_json  # noqa: PLC0415
 
     at = _at(args.at)
@@ -466,8 +474,9 @@ async def _replay(args: argparse.Namespace) -> int:
     if not args.files and not args.sources:
         raise InputError("give payload files to replay, or --from URL/ID")
 
+    runtime = build_runtime(load_settings(args.config))
     rulebook = load_rulebook(args.rules or DEFAULT_RULES)
-    processor = Processor(rulebook, Runner({}, clock), clock, PlanContext())
+    processor = runtime.replayer(rulebook, clock)
     traces: list[tuple[Path, AlertTrace]] = []
     events: list[str] = []
     inputs = [(path, _read(path)) for path in args.files]
@@ -531,7 +540,8 @@ def _api(ref: str) -> tuple[str, str, dict[str, str]]:
     headers = {}
     # Retrying a parked entry needs the admin scope, reading a payload read:
     # an admin token does both, then a read token, then the webhook token.
-    tokens = [*settings.admin_tokens, *settings.read_tokens, *settings.auth_tokens]
+    auth = settings.auth
+    tokens = [*auth.admin_tokens, *auth.read_tokens, *auth.tokens]
     if tokens:
         headers["Authorization"] = f"Bearer {tokens[0].get_secret_value()}"
     return base, payload_id, headers
@@ -645,34 +655,32 @@ def _print_traces(traces: list[tuple[Path, AlertTrace]]) -> None:
 
 
 async def _backtest(args: argparse.Namespace) -> int:
-    from receiver.app import guard_defaults  # noqa: PLC0415
     from receiver.engine import backtest  # noqa: PLC0415
     from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+    from receiver.runtime import build_runtime  # noqa: PLC0415
     from receiver.settings import load_settings  # noqa: PLC0415
-    from receiver.store import open_store  # noqa: PLC0415
 
     period = backtest.parse_since(args.since)
-    settings = load_settings(args.config)
-    url = f"sqlite:///{args.db}" if args.db else args.store or settings.store
+    runtime = build_runtime(load_settings(args.config))
+    url = f"sqlite:///{args.db}" if args.db else args.store
     if args.db and not args.db.exists():
         raise InputError(f"--db {args.db}: no such database file")
     new_rules = load_rulebook(args.rules)
     old_rules = load_rulebook(args.baseline or DEFAULT_RULES)
-    store = open_store(url)
+    store = runtime.open_store(url)
     try:
         entries = await backtest.stored_since(
             store, datetime.now(UTC) - period, args.limit
         )
     finally:
         await store.close()
-    namespaces = tuple(settings.namespaces) if settings.namespaces is not None else None
     results = [
         await backtest.simulate(
             rules,
             entries,
-            guard_defaults(settings),
-            namespaces=namespaces,
-            alertname_from=settings.pagerduty_alertname_from,
+            runtime.guards,
+            namespaces=runtime.plan.namespaces,
+            alertname_from=runtime.alertname_from,
         )
         for rules in (old_rules, new_rules)
     ]

@@ -23,6 +23,7 @@ from counting import CountingServer
 
 from receiver.app import create_app
 from receiver.rulebook.loader import load_rulebook
+from receiver.runtime import build_runtime
 from receiver.steps.http import HttpExecutor
 from receiver.store import MemoryStore
 from receiver.store.base import Pause
@@ -120,7 +121,9 @@ async def test_approve_in_the_console_runs_the_step_once(
         store = MemoryStore()
         http = httpx.AsyncClient(timeout=5)
         app = create_app(
-            full_settings(mode="execute", http_allowlist=[f"127.0.0.1:{hook.port}"]),
+            build_runtime(
+                full_settings(mode="execute", http_allowlist=[f"127.0.0.1:{hook.port}"])
+            ),
             rulebook=load_rulebook([path]),
             store=store,
             executors={"http": HttpExecutor(http, [f"127.0.0.1:{hook.port}"])},

@@ -19,6 +19,7 @@ from receiver.app import create_app
 from receiver.app_incidents import INCIDENTS, IncidentWiring
 from receiver.metrics import Metrics
 from receiver.rulebook.loader import load_rulebook
+from receiver.runtime import build_runtime
 from receiver.store import MemoryStore
 
 API = "/api/v1/incidents"
@@ -28,7 +29,7 @@ API = "/api/v1/incidents"
 async def client(aiohttp_client, web_rules):
     clock = TickingClock()
     app = create_app(
-        full_settings(),
+        build_runtime(full_settings()),
         rulebook=load_rulebook([web_rules]),
         store=MemoryStore(),
         clock=clock,

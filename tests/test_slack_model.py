@@ -29,6 +29,7 @@ from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Runner
 from receiver.engine.worker import Processor
 from receiver.rulebook.loader import load_rulebook
+from receiver.settings import SlackSettings
 from receiver.store import MemoryStore
 from receiver.store.base import Approval, JournalEntry
 from receiver.web.slack import Press, SlackInteractions
@@ -101,9 +102,8 @@ class ApprovalMachine(RuleBasedStateMachine):
         rulebook = load_rulebook([path])
         processor = Processor(rulebook, Runner({}, clock), clock, PlanContext())
         self.slack = SlackInteractions(
-            settings=full_settings(
-                slack_signing_secret=SecretStr("s"), slack_approvers=USERS
-            ),
+            slack=SlackSettings(signing_secret=SecretStr("s"), approvers=USERS),
+            pagerduty=full_settings().pagerduty,
             store=self.store,
             processor=processor,
             clock=clock,

@@ -39,7 +39,7 @@ from receiver.engine.worker import Processor
 from receiver.errors import AuthError, ForbiddenError, InputError
 from receiver.model import iso
 from receiver.rulebook.schema import Approvers
-from receiver.settings import Settings
+from receiver.settings import PagerDutySettings, SlackSettings
 from receiver.store.base import (
     AlertState,
     Approval,
@@ -285,7 +285,8 @@ class SlackInteractions:
     def __init__(
         self,
         *,
-        settings: Settings,
+        slack: SlackSettings,
+        pagerduty: PagerDutySettings,
         store: Store,
         processor: Processor,
         clock: Callable[[], datetime],
@@ -293,19 +294,19 @@ class SlackInteractions:
         outcome_wait: timedelta = timedelta(minutes=2),
         poll_every: float = 0.2,
     ) -> None:
-        secret = settings.slack_signing_secret
+        secret = slack.signing_secret
         self._secret = secret.get_secret_value() if secret else ""
-        self._users = dict(settings.slack_approvers)
+        self._users = dict(slack.approvers)
         self._store = store
         self._processor = processor
         self._clock = clock
         self._client = client or httpx.AsyncClient(
-            timeout=settings.approval_oncall_timeout.total_seconds()
+            timeout=pagerduty.oncall_timeout.total_seconds()
         )
-        token = settings.pagerduty_api_token
+        token = pagerduty.api_token
         self._oncall = OnCall(
             self._client,
-            settings.pagerduty_api_url,
+            pagerduty.api_url,
             token.get_secret_value() if token else None,
         )
         self._outcome_wait = outcome_wait
