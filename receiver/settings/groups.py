@@ -299,7 +299,8 @@ class JournalSettings(Group):
     )
     max_age: Duration = Field(
         default=timedelta(seconds=60),
-        description="...or while the oldest waiting payload is older than this.",
+        description="Webhooks are also refused while the oldest waiting payload is "
+        "older than this.",
     )
     lease: Duration = Field(
         default=timedelta(minutes=5),
@@ -350,15 +351,22 @@ class GuardSettings(Group):
         default=timedelta(minutes=10),
         description="Default cooldown per playbook and target.",
     )
-    budget_max: int = Field(default=5, ge=1, description="Default runs per playbook...")
+    budget_max: int = Field(
+        default=5,
+        ge=1,
+        description="Default runs per playbook and target per budget_window.",
+    )
     budget_window: Duration = Field(
-        default=timedelta(hours=1), description="...per this window."
+        default=timedelta(hours=1), description="The window budget_max counts in."
     )
     global_budget_max: int = Field(
-        default=30, ge=1, description="Remediations across all playbooks..."
+        default=30,
+        ge=1,
+        description="Remediations across all playbooks per global_budget_window.",
     )
     global_budget_window: Duration = Field(
-        default=timedelta(hours=1), description="...per this window."
+        default=timedelta(hours=1),
+        description="The window global_budget_max counts in.",
     )
     circuit_failures: int = Field(
         default=3, ge=1, description="Consecutive failures that open a circuit."
