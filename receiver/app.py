@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, TypedDict
 
 import structlog
 from aiohttp import web
@@ -130,7 +130,16 @@ def _add_operations(
         app.router.add_post("/-/reload", reloader.handle)
 
 
-def _edge_hooks(bell: EdgeBell | None) -> dict[str, Any]:
+class EdgeHooks(TypedDict, total=False):
+    """What the edge's handlers need of a worker process."""
+
+    on_journaled: Callable[[], None]
+    worker_metrics: Callable[[], bytes]
+    metrics_without: frozenset[str]
+    worker_ready: Callable[[], bool]
+
+
+def _edge_hooks(bell: EdgeBell | None) -> EdgeHooks:
     """What the edge's handlers need of a worker process, if there is one."""
     if bell is None:
         return {}

@@ -9,8 +9,9 @@ time, so cooldowns, budgets, locks, circuit breakers and approvals play out as
 they would have. ``compare`` reports alerts whose rules, severities, playbooks or
 step decisions changed, and remediations that would run more or less often.
 
-Used by the CLI (``cli._backtest``); ``summarise`` also reads the live
-decision log, so tests can prove the simulation decides what the service did.
+Used by the CLI (``receiver.cli.offline.run_backtest``); ``summarise`` also
+reads the live decision log, so tests can prove the simulation decides what the
+service did.
 """
 
 from __future__ import annotations

@@ -8,26 +8,28 @@ docs/settings.md from the field descriptions.
 
 from receiver.settings.groups import (
     ENV_PREFIX,
-    AlertmanagerSettings,
     AuthSettings,
     EdgeSettings,
     EngineSettings,
     Group,
     GuardSettings,
-    HttpSettings,
     JournalSettings,
+    Mode,
+    RetentionSettings,
+    ServerSettings,
+    StoreSettings,
+)
+from receiver.settings.integrations import (
+    AlertmanagerSettings,
+    HttpSettings,
     KubeMode,
     KubeSettings,
-    Mode,
     PagerDutySettings,
     PrometheusSettings,
     RedisSettings,
-    RetentionSettings,
-    ServerSettings,
     SinkName,
     SinkSettings,
     SlackSettings,
-    StoreSettings,
 )
 from receiver.settings.model import Settings
 from receiver.settings.sources import (

@@ -18,22 +18,24 @@ from pydantic_settings import (
 from receiver.errors import ConfigError
 from receiver.settings.groups import (
     ENV_PREFIX,
-    AlertmanagerSettings,
     AuthSettings,
     EdgeSettings,
     EngineSettings,
     GuardSettings,
-    HttpSettings,
     JournalSettings,
+    RetentionSettings,
+    ServerSettings,
+    StoreSettings,
+)
+from receiver.settings.integrations import (
+    AlertmanagerSettings,
+    HttpSettings,
     KubeSettings,
     PagerDutySettings,
     PrometheusSettings,
     RedisSettings,
-    RetentionSettings,
-    ServerSettings,
     SinkSettings,
     SlackSettings,
-    StoreSettings,
 )
 from receiver.settings.values import redis_identity, url_secrets, where
 

@@ -21,7 +21,6 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -32,10 +31,14 @@ from pydantic_settings import (
     InitSettingsSource,
     YamlConfigSettingsSource,
 )
+from pydantic_settings.sources.types import Traversable
 
 from receiver.errors import ConfigError
 from receiver.settings.groups import Group
 from receiver.settings.model import Settings
+
+Raw = dict[str, object]
+"""Settings as read from a source, before validation."""
 
 
 class SettingsDeprecationWarning(FutureWarning):
@@ -109,7 +112,7 @@ class YamlSource(YamlConfigSettingsSource):
             raise ConfigError(f"cannot read config file {path}: no such file")
         super().__init__(settings_cls, yaml_file=path)
 
-    def _read_file(self, file_path: Path | Any) -> dict[str, Any]:
+    def _read_file(self, file_path: Path | Traversable) -> Raw:
         try:
             loaded = yaml.safe_load(file_path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
@@ -121,7 +124,7 @@ class YamlSource(YamlConfigSettingsSource):
         return nest(loaded, where=f"config file {file_path}")
 
 
-def nest(data: Mapping[str, object], *, where: str) -> dict[str, Any]:
+def nest(data: Mapping[str, object], *, where: str) -> Raw:
     """Groups as they are; each flat key moved into its group, with a warning.
 
     A key that is both a group and an old flat name (``store``, ``sinks``,
@@ -129,7 +132,7 @@ def nest(data: Mapping[str, object], *, where: str) -> dict[str, Any]:
     """
     known = groups()
     flat = flat_keys()
-    out: dict[str, Any] = {}
+    out: Raw = {}
     for key, value in data.items():
         if key in known and (isinstance(value, dict) or key not in flat):
             group = out.setdefault(key, {})
@@ -154,12 +157,13 @@ def nest(data: Mapping[str, object], *, where: str) -> dict[str, Any]:
     return out
 
 
-def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+def _merge(base: Raw, update: Mapping[str, object]) -> Raw:
     """``update`` over ``base``, group by group."""
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+        current = out.get(key)
+        if isinstance(value, Mapping) and isinstance(current, dict):
+            out[key] = _merge(current, value)
         else:
             out[key] = value
     return out
@@ -215,7 +219,7 @@ def load_settings(
         ConfigError: naming the setting and what is wrong with it.
     """
     env = os.environ if environ is None else environ
-    data: dict[str, Any] = {}
+    data: Raw = {}
     if config is not None:
         data = YamlSource(Settings, config)()
     data = _merge(data, EnvSource(Settings, env)())
@@ -225,7 +229,7 @@ def load_settings(
     }
     data = _merge(data, InitSettingsSource(Settings, given)())
     try:
-        return Settings(**data)
+        return Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(describe(exc)) from exc
 
