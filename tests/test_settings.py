@@ -350,3 +350,34 @@ def test_the_reference_lists_every_setting():
         for field, info in cls.model_fields.items():
             assert info.description, f"{group}.{field} has no description"
             assert f"| `{group}.{field}` | `{cls.env_name(field)}` |" in text
+
+
+def test_the_references_yaml_example_loads(tmp_path):
+    """The YAML example in docs/settings.md is a valid settings file."""
+    text = (ROOT / "docs" / "settings.md").read_text(encoding="utf-8")
+    blocks = text.split("```yaml\n")[1:]
+    assert blocks
+    for block in blocks:
+        config = tmp_path / "example.yaml"
+        config.write_text(block.split("```", 1)[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            settings = load_settings(config, environ={})
+        assert settings.kube.mode == "in-cluster"
+
+
+def test_serve_logs_each_deprecated_key(tmp_path, capsys):
+    """`receiver serve` with flat YAML keys logs setting_deprecated per key."""
+    config = tmp_path / "receiver.yaml"
+    config.write_text("log_level: warning\nstore: 'sqlite:///:memory:'\n")
+    code = main(
+        ["serve", "--config", str(config), "--rules", str(tmp_path / "missing")]
+    )
+    assert code == 1
+    logged = capsys.readouterr()
+    text = logged.out + logged.err
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    deprecated = [line for line in lines if line["event"] == "setting_deprecated"]
+    assert len(deprecated) == 2
+    assert "server: {log_level: ...}" in deprecated[0]["detail"]
+    assert any(line["event"] == "serve_failed" for line in lines)
