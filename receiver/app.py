@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal, TypedDict
 
+import httpx
 import structlog
 from aiohttp import web
 
@@ -39,6 +40,7 @@ from receiver.sinks import Sink, SinkDispatcher, playbook_sinks
 from receiver.steps.changes import ChangesExecutor
 from receiver.store.base import Store
 from receiver.web.admin import Admin
+from receiver.web.approvals import ApprovalAPI, ApprovalDesk, OnCall
 from receiver.web.auth import AUTHENTICATOR, Authenticator
 from receiver.web.change_events import ChangeEvents, change_reader, events_api_errors
 from receiver.web.console import Console
@@ -101,7 +103,6 @@ def add_routes(app: web.Application, handlers: Handlers, role: Role = "all") -> 
     r.add_get("/api/v1/payloads/{id}", handlers.payload)
     r.add_post("/api/v1/replay", handlers.replay)
     r.add_get("/api/v1/approvals", handlers.approvals)
-    r.add_post("/api/v1/approvals/{id}", handlers.decide_approval)
     r.add_get("/healthz", handlers.healthz)
     r.add_get("/readyz", handlers.readyz)
     r.add_get("/metrics", handlers.metrics)
@@ -258,23 +259,42 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
     )
     admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
     add_routes(app, handlers, role)
+    console: Console | None = None
     if role != "worker":
         _add_operations(app, handlers, reloader, store=store, auth=auth, clock=clock)
         admin.routes(app.router)
-        SlackInteractions(
-            slack=settings.slack,
-            pagerduty=settings.pagerduty,
+        # One approval policy for the API, the console and Slack.
+        client = httpx.AsyncClient(
+            timeout=settings.pagerduty.oncall_timeout.total_seconds()
+        )
+        pd_token = settings.pagerduty.api_token
+        desk = ApprovalDesk(
             store=store,
             processor=processor,
             clock=clock,
+            on_call=OnCall(
+                client,
+                settings.pagerduty.api_url,
+                pd_token.get_secret_value() if pd_token else None,
+            ),
+            on_journaled=edge_bell.ring if edge_bell is not None else None,
+        )
+        app.router.add_post("/api/v1/approvals/{id}", ApprovalAPI(desk, auth).decide)
+        SlackInteractions(
+            slack=settings.slack, store=store, desk=desk, clock=clock, client=client
         ).attach(app)
-        Console(
+        console = Console(
             store=store,
             auth=auth,
+            desk=desk,
             processor=processor,
+            admin=admin,
             clock=clock,
+            defaults=runtime.guards,
+            reloader=reloader,
             secrets=list(runtime.secrets),
-        ).attach(app)
+        )
+        console.attach(app)
 
     incident_service = install_incidents(
         app,
@@ -290,6 +310,8 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         if role == "edge"
         else incidents,
     )
+    if console is not None:
+        console.incidents = incident_service
     if role == "edge":
         app.cleanup_ctx.append(
             _edge_lifecycle(store, edge_bell, firing_check, reloader)

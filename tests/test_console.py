@@ -13,27 +13,69 @@ import os
 import shutil
 import textwrap
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import APPROVE_TOKEN, BASIC_USER, bearer, full_settings
+from conftest import (
+    ADMIN_TOKEN,
+    APPROVE_TOKEN,
+    BASIC_USER,
+    bearer,
+    full_settings,
+    journal_drained,
+)
 from counting import CountingServer
 
 from receiver.app import create_app
+from receiver.app_incidents import INCIDENTS
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
 from receiver.steps.http import HttpExecutor
 from receiver.store import MemoryStore
-from receiver.store.base import Pause
+from receiver.store.base import DecisionQuery, Pause
+from receiver.store.incidents_base import IncidentQuery
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 ARTIFACTS = Path(os.environ.get("RECEIVER_TEST_ARTIFACTS", "test-artifacts"))
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+# Generous: the machine running the tests may be loaded; nothing waits this long
+# unless something is broken.
+WAIT = 60
+
+
+def seen(driver: Any, css: str) -> Any:
+    """The element matching ``css`` once it is displayed (waits explicitly)."""
+    return WebDriverWait(driver, WAIT).until(
+        ec.visibility_of_element_located((By.CSS_SELECTOR, css))
+    )
+
+
+def page_with(driver: Any, url: str, text: str) -> str:
+    """Open ``url`` and wait until its body holds ``text``; the body's text."""
+    driver.get(url)
+    WebDriverWait(driver, WAIT).until(
+        ec.text_to_be_present_in_element((By.TAG_NAME, "body"), text)
+    )
+    return str(driver.find_element(By.TAG_NAME, "body").text)
+
+
+def click_and_wait(driver: Any, css: str, url_part: str, then: str) -> Any:
+    """Click ``css``; wait for the next page (URL holding ``url_part``) and ``then``.
+
+    The click submits a form: the old page stays in place until the POST and its
+    redirect finish, so the next page is waited for, never assumed.
+    """
+    seen(driver, css).click()
+    WebDriverWait(driver, WAIT).until(ec.url_contains(url_part))
+    return seen(driver, then)
 
 
 def rules(hook: str) -> str:
@@ -99,10 +141,7 @@ async def fire(api: httpx.AsyncClient, store: Any) -> None:
     }
     resp = await api.post("/webhooks/alertmanager", json=body, headers=bearer())
     assert resp.status_code == 202
-    for _ in range(1000):
-        if await store.approvals("pending"):
-            return
-        await asyncio.sleep(0.01)
+    await journal_drained(store)
 
 
 def shot(driver: Any, name: str) -> None:
@@ -111,7 +150,7 @@ def shot(driver: Any, name: str) -> None:
     driver.save_screenshot(str(ARTIFACTS / f"console-{name}.png"))
 
 
-async def test_approve_in_the_console_runs_the_step_once(
+async def test_approve_in_the_console_runs_the_step_once(  # noqa: PLR0915 (one walk-through)
     aiohttp_server, tmp_path, browser
 ):
     """Sign in, see the pending step, approve it as yourself: it runs once."""
@@ -140,35 +179,46 @@ async def test_approve_in_the_console_runs_the_step_once(
 
             def approve() -> str:
                 login(browser, BASIC_USER, APPROVE_TOKEN)
-                browser.get(f"{base}/ui/")
-                assert "Signed in as" in browser.page_source
-                assert BASIC_USER in browser.page_source
-                assert pending.id in browser.page_source
-                assert f"{hook.url}/run/fp-ui" in browser.page_source
+                body = page_with(browser, f"{base}/ui/approvals", pending.id)
+                assert f"Signed in as {BASIC_USER}" in body
+                assert f"{hook.url}/run/fp-ui" in body
                 shot(browser, "approvals")
-                browser.find_element(
-                    By.CSS_SELECTOR, "button[name=decision][value=approve]"
-                ).click()
-                text = browser.find_element(By.CSS_SELECTOR, "[role=status]").text
+                status = click_and_wait(
+                    browser,
+                    "button[name=decision][value=approve]",
+                    "notice=",
+                    "[role=status]",
+                )
+                text = str(status.text)
                 shot(browser, "approved")
-                return str(text)
+                return text
 
             notice = await asyncio.to_thread(approve)
             assert f"approved by {BASIC_USER}; running it now" in notice
-            for _ in range(1000):
-                if hook.snapshot() and await store.pending() == (0, None):
-                    break
-                await asyncio.sleep(0.01)
+            await journal_drained(store)
             assert hook.snapshot() == {"/run/fp-ui": 1}
             (approved,) = await store.approvals("approved")
             assert approved.decided_by == BASIC_USER
+            await app[INCIDENTS].drain()
+            (incident,) = (await app[INCIDENTS].page(IncidentQuery(limit=5)))[0]
+
+            def trace() -> str:
+                url = f"{base}/ui/incidents/{incident.id}"
+                text = page_with(browser, url, "EXECUTED")
+                shot(browser, "incident-executed")
+                return text
+
+            detail = await asyncio.to_thread(trace)
+            assert "http.request on" in detail
+            assert "AWAITING_APPROVAL" in detail  # before the approval, then:
+            assert "EXECUTED" in detail
 
             await store.set_pause(Pause("alice", pending.created_at, "drill"))
 
             def guards() -> str:
-                browser.get(f"{base}/ui/guards")
+                text = page_with(browser, f"{base}/ui/guards", "PAUSED")
                 shot(browser, "guards")
-                return str(browser.find_element(By.TAG_NAME, "body").text)
+                return text
 
             page = await asyncio.to_thread(guards)
             assert "Remediations PAUSED by alice" in page
@@ -185,3 +235,149 @@ async def test_approve_in_the_console_runs_the_step_once(
             assert resp.status_code == 403
         await http.aclose()
     assert hook.snapshot() == {"/run/fp-ui": 1}
+
+
+def fits(driver: Any) -> bool:
+    """Whether the page fits the phone-wide window (no sideways scrolling)."""
+    return bool(
+        driver.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1"
+        )
+    )
+
+
+async def test_incidents_guards_and_rules_pages(  # noqa: PLR0915 (one walk-through)
+    aiohttp_server, tmp_path, browser
+):
+    """Clocks breach in red and words; reset needs admin; rules dry-run a payload."""
+    offset = [timedelta(0)]
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + offset[0]
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(rules("http://127.0.0.1:9"), encoding="utf-8")
+    store = MemoryStore()
+    http = httpx.AsyncClient(timeout=5)
+    app = create_app(
+        build_runtime(full_settings(mode="execute", http_allowlist=["127.0.0.1:9"])),
+        rulebook=load_rulebook([path]),
+        store=store,
+        clock=clock,
+        executors={"http": HttpExecutor(http, ["127.0.0.1:9"])},
+        sinks={},
+        rule_paths=[path],
+    )
+    server = await aiohttp_server(app)
+    base = f"http://127.0.0.1:{server.port}"
+    async with httpx.AsyncClient(base_url=base, timeout=10) as api:
+        await fire(api, store)
+        await app[INCIDENTS].drain()
+        (incident,) = (await app[INCIDENTS].page(IncidentQuery(limit=5)))[0]
+        (pending,) = await store.approvals("pending")
+        # Two hours on: past the P2 acknowledge target (1h), inside mitigate (8h).
+        offset[0] = timedelta(hours=2)
+
+        def incidents() -> tuple[str, str, str]:
+            login(browser, BASIC_USER, APPROVE_TOKEN)
+            listing = page_with(browser, f"{base}/ui/incidents", incident.id)
+            breached = seen(browser, ".clock.breached").text
+            shot(browser, "incidents")
+            assert fits(browser)
+            click_and_wait(
+                browser, f"a[href='/ui/incidents/{incident.id}']", incident.id, "h1"
+            )
+            detail = page_with(browser, browser.current_url, "Decision traces")
+            shot(browser, "incident")
+            assert fits(browser)
+            return listing, str(breached), detail
+
+        listing, breached, detail = await asyncio.to_thread(incidents)
+        assert "P2" in listing
+        assert "triggered" in listing
+        assert breached.startswith("acknowledge: BREACHED")
+        assert "mitigate: 5h" in listing  # counting down, in words
+        assert "AWAITING_APPROVAL" in detail
+        assert "http.request on" in detail
+        assert "Report (Markdown)" in detail
+
+        # Open the breaker of the step's target.
+        target = str(pending.request["target"])
+        scope = f"playbook:restart:target:{target}"
+        for _ in range(5):
+            await store.record_outcome(scope, ok=False, threshold=5, now=clock())
+        assert (await store.circuit(scope)).opened_at is not None
+
+        def reset_refused() -> str:
+            page_with(browser, f"{base}/ui/guards", "OPEN since")
+            shot(browser, "guards-open")
+            assert fits(browser)
+            alert = click_and_wait(
+                browser,
+                "form[action='/ui/guards/reset'] button",
+                "reset",
+                "[role=alert]",
+            )
+            return str(alert.text)
+
+        refusal = await asyncio.to_thread(reset_refused)
+        assert "needs the admin scope" in refusal
+        assert (await store.circuit(scope)).opened_at is not None
+
+        def reset_as_admin() -> str:
+            login(browser, "ops-admin", ADMIN_TOKEN)
+            page_with(browser, f"{base}/ui/guards", "OPEN since")
+            status = click_and_wait(
+                browser,
+                "form[action='/ui/guards/reset'] button",
+                "notice=",
+                "[role=status]",
+            )
+            text = str(status.text)
+            seen(browser, "input[name=reason]").send_keys("drill")
+            click_and_wait(
+                browser, "button[name=paused][value=true]", "paused+by", "[role=status]"
+            )
+            shot(browser, "guards")
+            return text + "\n" + page_with(browser, browser.current_url, "PAUSED by")
+
+        after = await asyncio.to_thread(reset_as_admin)
+        assert "reset by ops-admin" in after
+        assert "Remediations PAUSED by ops-admin" in after
+        assert (await store.circuit(scope)).opened_at is None
+        pause = await store.pause()
+        assert pause is not None
+        assert (pause.by, pause.reason) == ("ops-admin", "drill")
+        audit = [
+            r
+            for r in await store.decisions(DecisionQuery(limit=50))
+            if r.get("event") in ("circuit_reset", "paused")
+        ]
+        assert {(r["event"], r["by"]) for r in audit} == {
+            ("circuit_reset", "ops-admin"),
+            ("paused", "ops-admin"),
+        }
+
+        def dry_run() -> str:
+            login(browser, BASIC_USER, APPROVE_TOKEN)
+            rules_page = page_with(browser, f"{base}/ui/rules", str(path))
+            assert "Last loaded" in rules_page
+            seen(browser, "input[name=payload_id]").send_keys(
+                pending.request["payload_id"]
+            )
+            result = click_and_wait(
+                browser,
+                "form[action='/ui/rules/dry-run'] button",
+                "dry-run",
+                "#dry-run",
+            )
+            shot(browser, "rules")
+            assert fits(browser)
+            return str(result.text)
+
+        result = await asyncio.to_thread(dry_run)
+        assert "restart (P2) -> restart" in result
+        assert "DRY_RUN" in result  # decided, not run: nothing is sent
+    await http.aclose()
+    # Nothing was approved, so nothing ran.
+    assert (await store.approvals("pending"))[0].id == pending.id

@@ -32,7 +32,8 @@ from receiver.rulebook.schema import Approvers
 from receiver.runtime import build_runtime
 from receiver.steps.http import HttpExecutor
 from receiver.store import MemoryStore
-from receiver.web.slack import NotOnCallError, OnCall, admitted, verify_signature
+from receiver.web.approvals import NotOnCallError, OnCall, admitted
+from receiver.web.slack import verify_signature
 
 SECRET = "slack-signing-secret-for-tests"
 T0 = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)

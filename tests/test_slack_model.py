@@ -1,8 +1,9 @@
-"""Slack approval decisions against a reference model (Hypothesis state machine).
+"""Approval decisions against a reference model (Hypothesis state machine).
 
-Random presses (approve / reject, by listed, unlisted and unmapped people) on one
-destructive approval and one ordinary approval, applied to the real handler's
-decision logic over an in-memory store, must give what a plain model says: who
+Random presses (approve / reject, by listed, unlisted and unmapped people; in
+Slack, the console or the API, all one policy) on one destructive approval and
+one ordinary approval, applied to the real decision logic over an in-memory
+store, must give what a plain model says: who
 may decide, two different approvers for the destructive step, decided at most
 once, and the payload journalled again exactly once per approval decided.
 """
@@ -17,9 +18,9 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from conftest import full_settings
+import httpx
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -32,6 +33,7 @@ from receiver.rulebook.loader import load_rulebook
 from receiver.settings import SlackSettings
 from receiver.store import MemoryStore
 from receiver.store.base import Approval, JournalEntry
+from receiver.web.approvals import ApprovalDesk, Approver
 from receiver.web.slack import Press, SlackInteractions
 
 T = TypeVar("T")
@@ -101,12 +103,14 @@ class ApprovalMachine(RuleBasedStateMachine):
 
         rulebook = load_rulebook([path])
         processor = Processor(rulebook, Runner({}, clock), clock, PlanContext())
+        self.client = httpx.AsyncClient()
+        self.desk = ApprovalDesk(store=self.store, processor=processor, clock=clock)
         self.slack = SlackInteractions(
             slack=SlackSettings(signing_secret=SecretStr("s"), approvers=USERS),
-            pagerduty=full_settings().pagerduty,
             store=self.store,
-            processor=processor,
+            desk=self.desk,
             clock=clock,
+            client=self.client,
         )
         self.run(self.store.append(JournalEntry("p1", "alertmanager", T0, BODY), []))
         self.models: dict[str, Model] = {}
@@ -139,7 +143,7 @@ class ApprovalMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.run(self.store.close())
-        self.run(self.slack._client.aclose())
+        self.run(self.client.aclose())
         self.loop.close()
         self.path.unlink()
 
@@ -147,11 +151,31 @@ class ApprovalMachine(RuleBasedStateMachine):
         approval=st.sampled_from(["a-wipe", "a-restart"]),
         user=st.sampled_from([*USERS, "UNKNOWN"]),
         action=st.sampled_from(["approve", "approve", "reject"]),
+        via=st.sampled_from(["slack", "console", "api"]),
     )
-    def press(self, approval: str, user: str, action: str) -> None:
-        """One button press, applied to the handler and the model."""
-        press = Press(action, approval, user, user.lower(), "", {})
-        answer = self.run(self.slack._decide(press))
+    def press(self, approval: str, user: str, action: str, via: str) -> None:
+        """One press in Slack, or the same person in the console or the API.
+
+        Outside Slack an unknown user stands for a shared token: no verified
+        person, so never admitted by a playbook that names its approvers.
+        """
+        if via == "slack":
+            press = Press(action, approval, user, user.lower(), "", {})
+            answer = self.run(self.slack._decide(press))
+        else:
+            person = USERS.get(user)
+            who = Approver(person or "api", verified=person is not None)
+            decision: Literal["approve", "reject"] = (
+                "approve" if action == "approve" else "reject"
+            )
+            answer = self.run(
+                self.desk.decide(
+                    approval,
+                    decision,
+                    who,
+                    via="console" if via == "console" else "api",
+                )
+            )
         expected = self.models[approval].press(USERS.get(user), action)
         assert answer.final == expected, answer.text
         self.decided += answer.final

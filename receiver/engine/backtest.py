@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from receiver.engine.guards import GuardDefaults, GuardKeeper
+from receiver.engine.journaling import alert_states
 from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor
@@ -33,7 +34,7 @@ from receiver.model import Alert, StepResult
 from receiver.rulebook.loader import Rulebook
 from receiver.rulebook.steps import STEP_TYPES
 from receiver.store import MemoryStore
-from receiver.store.base import AlertState, JournalEntry, Store
+from receiver.store.base import JournalEntry, Store
 
 # Every step family the rules can use (changes.recent's "changes" included).
 FAMILIES = tuple(sorted({cls.family for cls in STEP_TYPES.values()}))
@@ -122,33 +123,12 @@ async def simulate(
                 alerts = processor.alerts(entry.source, entry.body, clock())
             except InputError:
                 continue  # the live service refused it at the edge too
-            await store.append(entry, await _states(store, alerts, clock()))
+            await store.append(entry, await alert_states(store, alerts, clock()))
             traces = await processor.decide(alerts, entry.id)
             records += [t.to_json() for t in traces]
     finally:
         await store.close()
     return records
-
-
-async def _states(
-    store: Store, alerts: Iterable[Alert], now: datetime
-) -> list[AlertState]:
-    """The alert states the edge records with an accepted payload."""
-    states = []
-    for alert in alerts:
-        if not alert.actionable:
-            continue
-        start = alert.starts_at
-        if start is None:
-            # Events v2 carry no start: a trigger starts now unless firing.
-            known = await store.alert_state(alert.fingerprint)
-            start = now
-            if known is not None and (
-                known.status == "firing" or alert.status == "resolved"
-            ):
-                start = known.starts_at or now
-        states.append(AlertState(alert.fingerprint, alert.status, start, now))
-    return states
 
 
 def summarise(record: Mapping[str, Any]) -> list[dict[str, Any]]:

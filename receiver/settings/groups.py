@@ -35,6 +35,7 @@ from receiver.settings.values import (
     Credentials,
     Duration,
     PathList,
+    SecretMapping,
     split_list,
 )
 
@@ -130,6 +131,7 @@ _CREDENTIAL_FIELDS = (
     "replay_tokens",
     "approve_tokens",
     "admin_tokens",
+    "approver_tokens",
     "pagerduty_secrets",
     "routing_keys",
 )
@@ -173,6 +175,13 @@ class AuthSettings(Group):
         description="Bearer tokens that may read and use the admin endpoints "
         "(scopes read, admin).",
     )
+    approver_tokens: SecretMapping = Field(
+        default_factory=dict,
+        description="Approver name (as in playbook approvers, e.g. an email) -> "
+        "that person's own token (scopes read, approve). The API and the console "
+        "then know who approves; a playbook that names approvers accepts only "
+        "these, and two-approver steps need two of them.",
+    )
     pagerduty_secrets: Credentials = Field(
         default_factory=list,
         description="PagerDuty V3 webhook signing secrets (several for rotation).",
@@ -186,6 +195,8 @@ class AuthSettings(Group):
     def _no_empty_credentials(self) -> AuthSettings:
         for name in _CREDENTIAL_FIELDS:
             value = getattr(self, name)
+            if isinstance(value, dict):
+                value = list(value.values())
             values = value if isinstance(value, list) else [value]
             if any(s is not None and not s.get_secret_value().strip() for s in values):
                 raise ValueError(
@@ -210,6 +221,7 @@ class AuthSettings(Group):
             or self.replay_tokens
             or self.approve_tokens
             or self.admin_tokens
+            or self.approver_tokens
             or self.basic
             or self.pagerduty_secrets
             or self.routing_keys

@@ -182,6 +182,7 @@ class Settings(BaseSettings):
             *auth.replay_tokens,
             *auth.approve_tokens,
             *auth.admin_tokens,
+            *auth.approver_tokens.values(),
             *auth.pagerduty_secrets,
             *auth.routing_keys,
             *self.sinks.webhook_urls,

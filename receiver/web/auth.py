@@ -15,6 +15,8 @@ admin       POST /-/reload, the admin endpoints (pause, reset): ``require_scope`
 ``auth_tokens`` and ``basic_auth`` carry webhook and read (so an Alertmanager
 token can never approve or execute); ``read_tokens`` read; ``replay_tokens``,
 ``approve_tokens`` and ``admin_tokens`` carry their scope plus read.
+``approver_tokens`` are personal: each carries read and approve *and names its
+person* (``person``), which is how the API and the console know who approves.
 
 PagerDuty V3: ``X-PagerDuty-Signature`` with one or more ``v1=<hex HMAC-SHA256
 of the raw body>`` (entries of other versions are ignored, as PagerDuty
@@ -64,6 +66,7 @@ class Credential:
 
     secret: bytes
     scopes: frozenset[Scope]
+    person: str = ""  # whose own credential this is (approver_tokens)
 
 
 def scoped(secrets: Iterable[SecretStr], *scopes: Scope) -> list[Credential]:
@@ -133,6 +136,14 @@ class Authenticator:
             *scoped(auth.replay_tokens, "read", "replay"),
             *scoped(auth.approve_tokens, "read", "approve"),
             *scoped(auth.admin_tokens, "read", "admin"),
+            *(
+                Credential(
+                    token.get_secret_value().encode(),
+                    frozenset({"read", "approve"}),
+                    person,
+                )
+                for person, token in sorted(auth.approver_tokens.items())
+            ),
         ]
         basic = (
             scoped([auth.basic], "webhook", "read")[0]
@@ -179,8 +190,23 @@ class Authenticator:
                 f"{', '.join(sorted(granted))}); use a token from {_SETTING[scope]}"
             )
 
+    def person(self, authorization: str | None) -> str:
+        """The person whose own token the header carries, else ``""``.
+
+        Only personal tokens (``approver_tokens``) name a person; a shared
+        token, and the user name typed beside it, say nothing verified.
+        """
+        try:
+            return self._match(authorization)[1]
+        except AuthError:
+            return ""
+
     def _granted(self, authorization: str | None) -> frozenset[Scope]:
         """The scopes of the credentials in an Authorization header."""
+        return self._match(authorization)[0]
+
+    def _match(self, authorization: str | None) -> tuple[frozenset[Scope], str]:
+        """The scopes of the credentials in an Authorization header, and whose."""
         if not authorization:
             raise AuthError(
                 "missing Authorization header; send 'Bearer <token>' (Alertmanager "
@@ -194,6 +220,7 @@ class Authenticator:
         scheme, _, value = authorization.partition(" ")
         value = value.strip()
         granted: frozenset[Scope] = frozenset()
+        person = ""
         matched = False
         if scheme.lower() == "bearer":
             given = value.encode()
@@ -202,6 +229,7 @@ class Authenticator:
                 ok = hmac.compare_digest(given, token.secret)
                 matched |= ok
                 granted |= token.scopes if ok else frozenset()
+                person = token.person if ok and token.person else person
         elif scheme.lower() == "basic" and (self._basic is not None or self._tokens):
             try:
                 given = base64.b64decode(value, validate=True)
@@ -217,13 +245,14 @@ class Authenticator:
                 ok = bool(sep) and hmac.compare_digest(password, token.secret)
                 matched |= ok
                 granted |= token.scopes if ok else frozenset()
+                person = token.person if ok and token.person else person
         else:
             raise AuthError(
                 f"unsupported Authorization scheme {scheme[:20]!r}; use Bearer or Basic"
             )
         if not matched:
             raise ForbiddenError("credentials not accepted")
-        return granted
+        return granted, person
 
     def signature_parts(self, header: str | None) -> list[bytes]:
         """Check a PagerDuty V3 signature header's presence and format, bodiless.

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -611,57 +611,6 @@ class Handlers:
                 "next_cursor": items[-1].id if more and items else None,
             }
         )
-
-    async def decide_approval(self, request: web.Request) -> web.Response:
-        """POST /api/v1/approvals/{id}: approve or reject a waiting remediation."""
-        self._require(request, "approve")
-        data = parse_json(await self._body(request))
-        decision = data.get("decision") if isinstance(data, dict) else None
-        if decision not in ("approve", "reject"):
-            raise InputError(
-                'send {"decision": "approve"} or {"decision": "reject"}, '
-                'optionally with "by": "<who>"'
-            )
-        by = data.get("by") or "api"
-        if not isinstance(by, str):
-            raise InputError(
-                '"by" must be a string naming who decided',
-                errors=[{"pointer": "/by", "detail": "not a string"}],
-            )
-        by = by[:100]
-        approval_id = request.match_info["id"]
-        now = self._clock()
-        current = await self._store.get_approval(approval_id)
-        if current is None:
-            raise NotFoundError(
-                f"no such approval {approval_id[:80]!r}; GET /api/v1/approvals "
-                "lists them"
-            )
-        if current.status == "pending" and now >= current.expires_at:
-            await self._store.decide_approval(approval_id, "expired", "receiver", now)
-            raise InputError(f"approval {approval_id} expired at {current.expires_at}")
-        status: Literal["approved", "rejected"] = (
-            "approved" if decision == "approve" else "rejected"
-        )
-        decided = await self._store.decide_approval(approval_id, status, by, now)
-        if decided is None:
-            raise InputError(f"approval {approval_id} is already {current.status}")
-        log.info("approval_decided", approval=approval_id, status=status, by=by)
-        if status == "approved":
-            # Decide the alert again: idempotency keeps done steps done, and the
-            # approved step now passes its guard.
-            entry = await self._store.payload(
-                str(decided.request.get("payload_id", ""))
-            )
-            if entry is not None:
-                alerts = self._processor.alerts(entry.source, entry.body, now)
-                await self._accept(
-                    entry.source,
-                    entry.body,
-                    alerts,
-                    {"x-receiver-approval": approval_id},
-                )
-        return web.json_response(decided.to_json())
 
     # ------------------------------------------------------------ operations
 

@@ -35,6 +35,7 @@ _TITLES = {
     408: "The request body did not arrive within the body timeout.",
     413: "Body over the cap, or an alert over a per-alert cap.",
     415: "Content-Type is not JSON.",
+    409: "Already decided (or expired); the detail says by whom.",
     422: "The rule files do not load; the current rules stay loaded.",
     429: "Too many unauthenticated bodies being read; retry after Retry-After.",
     503: "The journal cannot take the payload (or the service is shedding load); "
@@ -277,12 +278,19 @@ def _response_schemas() -> dict[str, Any]:
             ("status", "id", "execute"),
         ),
         "ApprovalDecision": _obj(
-            {
-                "decision": {"enum": ["approve", "reject"]},
-                "by": {"type": "string", "maxLength": 100},
-            },
+            {"decision": {"enum": ["approve", "reject"]}},
             ("decision",),
         ),
+        "ApprovalAnswer": {
+            **approval,
+            "properties": {
+                **approval["properties"],
+                "message": {
+                    "type": "string",
+                    "description": "What happened, in words.",
+                },
+            },
+        },
         "ChangeAccepted": _obj(
             {"status": {"const": "success"}, "message": STRING, "id": STRING},
             ("status", "message", "id"),
@@ -594,13 +602,19 @@ def spec() -> dict[str, Any]:
             "/api/v1/approvals/{id}": {
                 "post": {
                     "operationId": "decideApproval",
-                    "summary": "Approve or reject; scope approve",
+                    "summary": "Approve or reject as the credential's person; "
+                    "scope approve. The playbook's approvers apply (403 says "
+                    "why not); a step needing two people answers 202 for the "
+                    "first approval; 409 when already decided or expired.",
                     "security": token,
                     "parameters": [_path_id("approval")],
                     "requestBody": request_body("ApprovalDecision"),
                     "responses": {
-                        "200": _json("The decided approval.", _ref("Approval")),
-                        **_errors(400, 401, 403, 404, 408, 413, 415, 503),
+                        "200": _json("The decided approval.", _ref("ApprovalAnswer")),
+                        "202": _json(
+                            "First of two approvals recorded.", _ref("ApprovalAnswer")
+                        ),
+                        **_errors(400, 401, 403, 404, 408, 409, 413, 415, 503),
                     },
                 }
             },

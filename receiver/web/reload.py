@@ -60,6 +60,10 @@ class Reloader:
         self._metrics = metrics
         self._auth = auth
         self._clock = clock
+        # What the console shows: the last successful load, the last failure.
+        self.loaded_at = clock()
+        self.last_error = ""
+        self.last_error_at: datetime | None = None
         self.loaded(processor.rulebook)
 
     def listen(self) -> None:
@@ -76,7 +80,8 @@ class Reloader:
         """Record a successful load (at start and after each reload)."""
         self._metrics.rules_loaded.set(len(rulebook.rules))
         self._metrics.reload_ok.set(1)
-        self._metrics.reload_time.set(self._clock().timestamp())
+        self.loaded_at = self._clock()
+        self._metrics.reload_time.set(self.loaded_at.timestamp())
         self._metrics.known(
             step_types=step_types(rulebook),
             sinks=(),
@@ -93,6 +98,8 @@ class Reloader:
             rulebook = load_rulebook(self.paths)
         except RuleError as exc:
             self._metrics.reload_ok.set(0)
+            self.last_error = "; ".join(str(d) for d in exc.details[:5])
+            self.last_error_at = self._clock()
             log.error(  # noqa: TRY400 (the errors are listed; no traceback)
                 "rules_reload_failed",
                 trigger=trigger,
@@ -101,6 +108,7 @@ class Reloader:
             )
             return exc
         self._processor.rulebook = rulebook
+        self.last_error, self.last_error_at = "", None
         self.loaded(rulebook)
         if self._on_reloaded is not None:
             self._on_reloaded()

@@ -7,13 +7,12 @@ The Slack sink's message for a step awaiting approval carries the buttons
    ``v0:{X-Slack-Request-Timestamp}:{raw body}`` under the signing secret
    (constant-time compare), the timestamp is within five minutes, and the same
    signed request is never handled twice (the store's ``seen``).
-2. The Slack user maps to an approver (``slack_approvers``), and the playbook's
-   ``approvers`` policy admits that person: named, in a group, or on call now for
-   a PagerDuty schedule (asked through the REST API at the press). Destructive
-   steps (or ``two_person`` playbooks) need two different approvers.
-3. The approval is decided once (the store moves it out of ``pending`` once) and
-   the payload is journalled again, so the worker runs the approved step once.
-4. The original message is updated through ``response_url``: who approved and,
+2. The Slack user maps to an approver (``slack_approvers``), and the approval
+   policy shared with the API and the console (``approvals.ApprovalDesk``)
+   decides: the playbook's ``approvers`` must admit that person, destructive
+   steps need two different approvers, the approval is decided once and the
+   payload journalled again, so the worker runs the approved step once.
+3. The original message is updated through ``response_url``: who approved and,
    once the worker decided, what ran and its outcome. A refusal says why.
 
 Built in ``create_app``; ``attach`` registers the route and the cleanup.
@@ -25,7 +24,7 @@ import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -35,30 +34,16 @@ import httpx
 import structlog
 from aiohttp import web
 
-from receiver.engine.worker import Processor
 from receiver.errors import AuthError, ForbiddenError, InputError
-from receiver.model import iso
-from receiver.rulebook.schema import Approvers
-from receiver.settings import PagerDutySettings, SlackSettings
-from receiver.store.base import (
-    AlertState,
-    Approval,
-    DecisionQuery,
-    JournalEntry,
-    Store,
-    new_id,
-)
+from receiver.settings import SlackSettings
+from receiver.store.base import DecisionQuery, JournalEntry, Store
+from receiver.web.approvals import Answer, ApprovalDesk, Approver
 
 log = structlog.get_logger("receiver.slack")
 
 MAX_BODY = 64 * 1024  # Slack's interaction payloads are a few kilobytes
 MAX_SKEW = timedelta(minutes=5)
 SEEN_FOR = timedelta(minutes=15)  # longer than the skew Slack may replay within
-APPROVER_MARK_FOR = timedelta(days=7)  # longer than any approval lives
-
-
-class NotOnCallError(Exception):
-    """The PagerDuty on-call look-up failed (not: the person is not on call)."""
 
 
 @dataclass(frozen=True)
@@ -132,153 +117,6 @@ def parse_press(body: bytes) -> Press:
     )
 
 
-class OnCall:
-    """Who is on call now for a PagerDuty schedule (REST API)."""
-
-    def __init__(
-        self, client: httpx.AsyncClient, base_url: str, token: str | None
-    ) -> None:
-        self._client = client
-        self._base = base_url.rstrip("/")
-        self._token = token
-
-    async def people(self, schedule: str, now: datetime) -> set[str]:
-        """Lower-cased emails and names of the schedule's users on call at ``now``."""
-        if not self._token:
-            msg = "RECEIVER_PAGERDUTY_API_TOKEN is not set"
-            raise NotOnCallError(msg)
-        try:
-            response = await self._client.get(
-                f"{self._base}/schedules/{schedule}/users",
-                params={
-                    "since": iso(now),
-                    "until": iso(now + timedelta(seconds=1)),
-                },
-                headers={
-                    "Authorization": f"Token token={self._token}",
-                    "Accept": "application/vnd.pagerduty+json;version=2",
-                },
-            )
-        except httpx.HTTPError as exc:
-            msg = f"{type(exc).__name__}"
-            raise NotOnCallError(msg) from exc
-        if response.status_code != 200:
-            msg = f"HTTP {response.status_code}"
-            raise NotOnCallError(msg)
-        try:
-            users = response.json().get("users", [])
-        except (ValueError, AttributeError) as exc:
-            msg = "the answer was not JSON with users"
-            raise NotOnCallError(msg) from exc
-        found: set[str] = set()
-        for user in users if isinstance(users, list) else []:
-            if isinstance(user, dict):
-                found |= {
-                    str(user[k]).lower() for k in ("email", "name") if user.get(k)
-                }
-        return found
-
-
-async def admitted(  # noqa: PLR0911 (one answer per reason)
-    approvers: Approvers | None,
-    person: str,
-    *,
-    on_call: Callable[[str], Awaitable[set[str]]],
-    playbook: str,
-) -> str:
-    """``""`` when ``person`` may approve for ``playbook``, else why not."""
-    if approvers is None:
-        return (
-            f"playbook {playbook} names no approvers, so it cannot be approved "
-            "from Slack; add approvers to the playbook or use the API"
-        )
-    if person in approvers.people:
-        return ""
-    if any(person in members for members in approvers.groups.values()):
-        return ""
-    schedule = approvers.pagerduty_schedule
-    if schedule:
-        name = approvers.schedule_name or schedule
-        try:
-            now_on_call = await on_call(schedule)
-        except NotOnCallError as exc:
-            return f"could not ask PagerDuty who is on call for {name}: {exc}"
-        if person.lower() in now_on_call:
-            return ""
-        return f"you are not on call for {name}"
-    return f"you are not an approver for playbook {playbook}"
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What the person is told; whether the approval was decided; what to watch."""
-
-    text: str
-    final: bool = False
-    entry: JournalEntry | None = None
-
-
-async def apply_decision(
-    store: Store,
-    processor: Processor,
-    approval: Approval,
-    status: Literal["approved", "rejected"],
-    *,
-    by: str,
-    now: datetime,
-) -> Answer:
-    """Decide a pending approval once; approved, journal its payload again.
-
-    The answer says what to tell the person, whether this call decided it, and
-    the new journal entry (if approved).
-    """
-    decided = await store.decide_approval(approval.id, status, by, now)
-    if decided is None:
-        current = await store.get_approval(approval.id)
-        state = current.status if current else "gone"
-        who = f" by {current.decided_by}" if current and current.decided_by else ""
-        return Answer(f"approval {approval.id} is already {state}{who}")
-    log.info("approval_decided", approval=approval.id, status=status, by=by)
-    what = f"{approval.request.get('step', '')} on {approval.request.get('target')}"
-    if status != "approved":
-        return Answer(f"{what}: rejected by {by}", final=True)
-    entry = await _rejournal(store, processor, decided, now)
-    return Answer(f"{what}: approved by {by}; running it now", final=True, entry=entry)
-
-
-async def _rejournal(
-    store: Store, processor: Processor, approval: Approval, now: datetime
-) -> JournalEntry | None:
-    """Journal the payload again: the approved step passes its guard once."""
-    original = await store.payload(str(approval.request.get("payload_id", "")))
-    if original is None:
-        return None
-    alerts = processor.alerts(original.source, original.body, now)
-    entry = JournalEntry(
-        id=new_id(),
-        source=original.source,
-        received_at=now,
-        body=original.body,
-        headers={"x-receiver-approval": approval.id},
-    )
-    states = []
-    for alert in alerts:
-        if not alert.actionable:
-            continue
-        start = alert.starts_at
-        if start is None:
-            # Events v2 carry no start: a trigger starts now unless firing.
-            known = await store.alert_state(alert.fingerprint)
-            start = now
-            if known is not None and (
-                known.status == "firing" or alert.status == "resolved"
-            ):
-                start = known.starts_at or now
-        states.append(AlertState(alert.fingerprint, alert.status, start, now))
-    await store.append(entry, states)
-    return entry
-
-
 class SlackInteractions:
     """The ``/slack/interactions`` handler and its background message updates."""
 
@@ -286,11 +124,10 @@ class SlackInteractions:
         self,
         *,
         slack: SlackSettings,
-        pagerduty: PagerDutySettings,
         store: Store,
-        processor: Processor,
+        desk: ApprovalDesk,
         clock: Callable[[], datetime],
-        client: httpx.AsyncClient | None = None,
+        client: httpx.AsyncClient,
         outcome_wait: timedelta = timedelta(minutes=2),
         poll_every: float = 0.2,
     ) -> None:
@@ -298,17 +135,10 @@ class SlackInteractions:
         self._secret = secret.get_secret_value() if secret else ""
         self._users = dict(slack.approvers)
         self._store = store
-        self._processor = processor
+        self._desk = desk
         self._clock = clock
-        self._client = client or httpx.AsyncClient(
-            timeout=pagerduty.oncall_timeout.total_seconds()
-        )
-        token = pagerduty.api_token
-        self._oncall = OnCall(
-            self._client,
-            pagerduty.api_url,
-            token.get_secret_value() if token else None,
-        )
+        # Shared with the PagerDuty on-call look-up; closed at shutdown.
+        self._client = client
         self._outcome_wait = outcome_wait
         self._poll_every = poll_every
         self._tasks: set[asyncio.Task[None]] = set()
@@ -375,7 +205,7 @@ class SlackInteractions:
 
     # ------------------------------------------------------------- decision
 
-    async def _decide(self, press: Press) -> Answer:  # noqa: PLR0911 (one per reason)
+    async def _decide(self, press: Press) -> Answer:
         """The answer for the person, and the re-journalled entry if one was."""
         person = self._users.get(press.user_id)
         if not person:
@@ -383,93 +213,12 @@ class SlackInteractions:
                 f"your Slack user {press.user_id} is not mapped to an approver; "
                 "ask an admin to add it to RECEIVER_SLACK_APPROVERS"
             )
-        approval = await self._store.get_approval(press.approval_id)
-        if approval is None:
-            return Answer(f"there is no approval {press.approval_id!r}")
-        if approval.status != "pending":
-            by = f" by {approval.decided_by}" if approval.decided_by else ""
-            return Answer(f"approval {approval.id} is already {approval.status}{by}")
-        now = self._clock()
-        if now >= approval.expires_at:
-            await self._store.decide_approval(approval.id, "expired", "receiver", now)
-            return Answer(
-                f"approval {approval.id} expired at {iso(approval.expires_at)}"
-            )
-        playbook = str(approval.request.get("playbook", ""))
-        policy = self._policy(playbook)
-        refusal = await admitted(
-            policy,
-            person,
-            on_call=lambda schedule: self._oncall.people(schedule, now),
-            playbook=playbook,
+        action: Literal["approve", "reject"] = (
+            "approve" if press.action == "approve" else "reject"
         )
-        if refusal:
-            log.info(
-                "slack_approval_refused", approval=approval.id, by=person, why=refusal
-            )
-            return Answer(refusal)
-        if press.action == "reject":
-            return await self._final(approval, "rejected", person)
-        two = bool(approval.request.get("destructive")) or bool(
-            policy and policy.two_person
+        return await self._desk.decide(
+            press.approval_id, action, Approver(person, verified=True), via="slack"
         )
-        if not two:
-            return await self._final(approval, "approved", person)
-        mark = f"slack.approval.{approval.id}"
-        if await self._store.seen(f"{mark}.by.{person}", APPROVER_MARK_FOR):
-            return Answer(
-                f"you already approved {approval.id}; this step needs a second, "
-                "different approver"
-            )
-        if not await self._store.seen(f"{mark}.first", APPROVER_MARK_FOR):
-            await self._audit(approval, "first_approval", person, now)
-            return Answer(
-                f"first approval of {approval.id} by {person} recorded; this step "
-                "needs a second, different approver"
-            )
-        first = await self._first_approver(approval)
-        return await self._final(
-            approval, "approved", f"{first} and {person}" if first else person
-        )
-
-    def _policy(self, playbook: str) -> Approvers | None:
-        found = self._processor.rulebook.playbooks.get(playbook)
-        return found.approvers if found is not None else None
-
-    async def _final(self, approval: Approval, status: Any, by: str) -> Answer:
-        answer = await apply_decision(
-            self._store, self._processor, approval, status, by=by, now=self._clock()
-        )
-        if answer.final:
-            await self._audit(approval, status, by, self._clock())
-        return answer
-
-    async def _audit(
-        self, approval: Approval, event: str, by: str, now: datetime
-    ) -> None:
-        # One first approval ever per approval (the ``seen`` mark), so its
-        # record has a name the second approver's press can read back.
-        suffix = "first" if event == "first_approval" else new_id()
-        await self._store.record(
-            [
-                {
-                    "payload_id": f"slack.approval.{approval.id}.{suffix}",
-                    "fingerprint": str(approval.request.get("fingerprint", "")),
-                    "decided_at": iso(now),
-                    "event": event,
-                    "approval": approval.id,
-                    "by": by,
-                    "matches": [],
-                    "notes": [f"approval {approval.id}: {event} by {by} (Slack)"],
-                }
-            ]
-        )
-
-    async def _first_approver(self, approval: Approval) -> str:
-        query = DecisionQuery(payload_id=f"slack.approval.{approval.id}.first")
-        for record in await self._store.decisions(query):
-            return str(record.get("by", ""))
-        return ""
 
     # ------------------------------------------------------------ the message
 
