@@ -12,6 +12,8 @@ from typing import Any
 
 import structlog
 
+from receiver.scrubbing import Scrubber
+
 _KEY_CACHE = 4096
 _SECRET_KEYS = (
     "authorization",
@@ -27,16 +29,10 @@ def redact_processor(
     secrets: Iterable[str],
 ) -> structlog.types.Processor:
     """A processor that masks secret-named keys and any known secret value."""
-    values = tuple(s for s in secrets if s)
+    mask = Scrubber(secrets)
     # Whether a key names a secret, decided once per key: a busy service logs
     # the same few keys millions of times.
     secret_key: dict[str, bool] = {}
-
-    def _mask(value: str) -> str:
-        for secret in values:
-            if secret in value:
-                value = value.replace(secret, "***")
-        return value
 
     def processor(
         _logger: Any, _name: str, event: MutableMapping[str, Any]
@@ -50,8 +46,8 @@ def redact_processor(
                     secret_key[key] = named
             if named:
                 event[key] = "***"
-            elif values and isinstance(value, str):
-                event[key] = _mask(value)
+            elif mask and isinstance(value, str):
+                event[key] = mask(value)
         return event
 
     return processor

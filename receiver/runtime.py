@@ -21,10 +21,10 @@ from receiver.engine.guards import GuardDefaults
 from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor
+from receiver.retrying import Sleep
 from receiver.rulebook.loader import Rulebook
 from receiver.settings import Settings
 from receiver.sinks import Sink, build_sinks, scrubber
-from receiver.sinks.delivery import Sleep
 from receiver.sources.alertmanager_api import AlertmanagerApi
 from receiver.sources.caps import AlertCaps
 from receiver.steps import build_executors

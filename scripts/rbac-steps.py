@@ -16,7 +16,13 @@ name (the API server only honours ``resourceNames`` on ``list`` with a
 
 It also prints ``rbac.steps``, the step types used, for the chart's summary. Every
 grant stays within what the step's model declares in its ``rbac`` ClassVar
-(receiver/rulebook/steps.py); the script fails loudly if it ever would not.
+(receiver/rulebook/steps/); the script fails loudly if it ever would not.
+
+    .venv/bin/python scripts/rbac-steps.py --chart    # after changing a step's rbac
+
+rewrites the chart's per-step-type table (``receiver.stepRbac`` and
+``receiver.stepFamilies`` in helm/receiver/templates/_rbac.tpl) from the step
+registry; tests/test_helm.py fails while the two differ.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import yaml
 from receiver.errors import RuleError
 from receiver.rulebook.loader import load_rulebook
 from receiver.rulebook.steps import (
+    REGISTRY,
     STEP_TYPES,
     VERIFY_RBAC,
     K8sDeletePod,
@@ -104,7 +111,7 @@ LIST_PODS = Need("", "pods", "list", None)
 
 
 def step_needs(step: Any) -> list[Need]:  # noqa: C901, PLR0911 (one case per type)
-    """The requests one step's executor makes (receiver/steps/kubernetes.py)."""
+    """The requests one step's executor makes (receiver/steps/k8s/)."""
     match step:
         case K8sPods():
             reads = (
@@ -275,6 +282,52 @@ def render(paths: list[Path]) -> str:
     )
 
 
+CHART_RBAC = Path(__file__).parent.parent / "helm/receiver/templates/_rbac.tpl"
+
+
+def chart_defines() -> dict[str, str]:
+    """The bodies of the chart's ``stepRbac`` and ``stepFamilies`` defines.
+
+    ``stepRbac``: what each step type (then each verify type) needs from the
+    Kubernetes API, ``[apiGroup, resource, [verbs]]``; types that need nothing
+    are left out. ``stepFamilies``: every type per family, for ``rbac.steps:
+    [k8s]``.
+    """
+    lines: list[str] = []
+    typed = [*REGISTRY.steps.values(), *REGISTRY.verifies.values()]
+    for cls in typed:
+        if not cls.rbac:
+            continue
+        lines.append(f"{cls.type_name()}:")
+        lines += [
+            f'  - ["{group}", {resource}, [{", ".join(verbs)}]]'
+            for group, resource, verbs in cls.rbac
+        ]
+    families: dict[str, list[str]] = {}
+    for cls in typed:
+        names = families.setdefault(cls.family, [])
+        if cls.type_name() not in names:
+            names.append(cls.type_name())
+    return {
+        "receiver.stepRbac": "\n".join(lines),
+        "receiver.stepFamilies": "\n".join(
+            f"{family}: [{', '.join(names)}]" for family, names in families.items()
+        ),
+    }
+
+
+def chart_with_defines(text: str) -> str:
+    """``_rbac.tpl``'s text with the generated defines put in."""
+    for name, body in chart_defines().items():
+        start = f'{{{{- define "{name}" -}}}}\n'
+        head, found, rest = text.partition(start)
+        if not found:
+            raise ValueError(f"no define {name!r} in the chart")
+        _old, end, tail = rest.partition("\n{{- end -}}")
+        text = head + start + body + end + tail
+    return text
+
+
 def main(argv: list[str]) -> int:
     """Print the values (or, with --check FILE, compare FILE with them)."""
     parser = argparse.ArgumentParser(
@@ -288,8 +341,17 @@ def main(argv: list[str]) -> int:
         help="exit 1 when this values file's rbac is not what the rules need "
         "(for CI, after changing rules)",
     )
+    parser.add_argument(
+        "--chart",
+        action="store_true",
+        help=f"rewrite the per-step-type tables in {CHART_RBAC.name} from the "
+        "step registry, and print nothing else",
+    )
     parser.add_argument("paths", nargs="*", type=Path, default=[Path("rules")])
     args = parser.parse_args(argv)
+    if args.chart:
+        CHART_RBAC.write_text(chart_with_defines(CHART_RBAC.read_text()))
+        return 0
     try:
         if args.check is None:
             print(render(args.paths), end="")

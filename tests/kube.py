@@ -645,7 +645,7 @@ class Cluster(kmock.KubernetesEmulator):
                 created=now(),
             )
             current["metadata"]["annotations"].update(annotations)
-            self.put(current)
+            current = self.put(current)
         elif _revision(current) != top:
             # A rollback: the old ReplicaSet becomes the newest revision again.
             current["metadata"]["annotations"].update(annotations)

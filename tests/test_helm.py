@@ -49,8 +49,8 @@ from receiver.rulebook.loader import load_rulebook
 from receiver.rulebook.steps import STEP_TYPES, VERIFY_RBAC
 from receiver.settings import flat_keys, load_settings
 from receiver.sources.pagerduty import FIRING, RESOLVED
+from receiver.steps.k8s import KubernetesExecutor
 from receiver.steps.kube_client import KubeConnection, new_api_client
-from receiver.steps.kubernetes import KubernetesExecutor
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "receiver"
@@ -1117,7 +1117,6 @@ async def test_runbook_exercise_catches_missing_and_unused_grants(helm):
     assert seen.denied == {}
     assert {g[:3] for g in seen.unused} >= {
         ("apps", "statefulsets/scale", "patch"),
-        ("events.k8s.io", "events", "list"),
         ("apps", "daemonsets", "get"),
     }
     narrowed = [
@@ -2284,3 +2283,126 @@ def test_pagerduty_subscription_asks_for_the_events_the_receiver_handles():
     recorded = {"incident.acknowledged", "incident.annotated"}
     assert events <= FIRING | RESOLVED | recorded
     assert sub["filter"]["type"].endswith("_reference")
+
+
+def _exercised_steps() -> list[Any]:
+    """Step samples that together reach every request each k8s step type makes."""
+    step, ns = STEP_TYPES, "production"
+    samples: list[Any] = [
+        step["k8s.logs"](namespace=ns, pod="openldap-0"),
+        step["k8s.describe"](namespace=ns, object_name="openldap-0", object_kind="Pod"),
+        step["k8s.describe"](
+            namespace=ns, object_name="sark-hpa", object_kind="HorizontalPodAutoscaler"
+        ),
+        step["k8s.events"](namespace=ns, object_name="sark"),
+        step["k8s.rollout_history"](namespace=ns, deployment="sark"),
+        step["k8s.rollout_undo"](
+            namespace=ns, deployment="sark", verify={"type": "k8s.rollout_status"}
+        ),
+        step["k8s.delete_pod"](
+            namespace=ns,
+            pod="openldap-0",
+            min_ready=0,
+            verify={"type": "k8s.pods_ready"},
+        ),
+        step["k8s.delete_pod"](namespace=ns, selector="app=openldap", min_ready=0),
+    ]
+    samples += [
+        step["k8s.patch_hpa"](
+            namespace=ns, hpa="sark-hpa", max_replicas="+1", cap=20, verify=check
+        )
+        for check in ({"type": "k8s.rollout_status"}, {"type": "k8s.pods_ready"})
+    ]
+    workloads = [
+        ("Deployment", "sark", "app"),
+        ("StatefulSet", "openldap", "openldap"),
+        ("DaemonSet", "node-agent", "node-agent"),
+    ]
+    for kind, name, box in workloads:
+        where = {"namespace": ns, "workload": name, "workload_kind": kind}
+        samples += [
+            step["k8s.pods"](**where),
+            step["k8s.logs"](**where),
+            step["k8s.describe"](namespace=ns, object_name=name, object_kind=kind),
+        ]
+        for check in ({"type": "k8s.rollout_status"}, {"type": "k8s.pods_ready"}):
+            samples += [
+                step["k8s.rollout_restart"](**where, verify=check),
+                step["k8s.set_memory_limit"](
+                    **where, container=box, memory="1Gi", cap="2Gi", verify=check
+                ),
+            ]
+            if kind != "DaemonSet":
+                samples.append(
+                    step["k8s.scale"](**where, replicas="+1", max=5, verify=check)
+                )
+    return samples
+
+
+def _as_rules(rbac: Sequence[tuple[str, str, tuple[str, ...]]]) -> list[dict[str, Any]]:
+    return [
+        {"apiGroups": [group], "resources": [resource], "verbs": list(verbs)}
+        for group, resource, verbs in rbac
+    ]
+
+
+async def _requests_of(step: Any) -> tuple[set[Grant], set[Grant]]:
+    """What a step and its verify request from kmock, under only their own RBAC."""
+    check = getattr(step, "verify", None)
+    verify_rbac = VERIFY_RBAC.get(check.type, ()) if check is not None else ()
+    cluster = RbacCluster(rules=_as_rules((*type(step).rbac, *verify_rbac)))
+    seed_sark(cluster)
+    async with serve(cluster) as url:
+
+        async def factory() -> Any:
+            return await new_api_client(KubeConnection(mode="host", host=url))
+
+        executor = KubernetesExecutor(factory, poll_interval=0.01, backoff=0.001)
+        try:
+            prepared = await asyncio.wait_for(executor.prepare(step, RUNBOOK_ALERT), 60)
+            if prepared is None:
+                await asyncio.wait_for(executor.run(step, RUNBOOK_ALERT), 60)
+            elif isinstance(prepared, Intent):
+                await executor.apply(step, RUNBOOK_ALERT, prepared)
+                await executor.recheck(step, RUNBOOK_ALERT, prepared)
+            own = len(cluster.calls)
+            if check is not None:
+                result = await asyncio.wait_for(
+                    executor.verify(check, step, RUNBOOK_ALERT), 60
+                )
+                assert result.ok, result.reason
+        finally:
+            await executor.aclose()
+    assert not cluster.denied, (step, cluster.denied)
+    made = [(g, r, v) for g, r, v, _name in cluster.calls]
+    return set(made[:own]), set(made[own:])
+
+
+async def test_each_k8s_step_declares_exactly_the_requests_it_makes():
+    """A step type's (and a verify's) `rbac` is what it requests from kmock, no more.
+
+    Every sample runs under a Role holding only its model's grants (so a request
+    beyond them is a 403 and fails), and together the samples of a type use
+    every grant the type declares (so nothing is declared and never used).
+    """
+    used: dict[str, set[Grant]] = {}
+    for step in _exercised_steps():
+        own, verified = await _requests_of(step)
+        used.setdefault(step.type_name(), set()).update(own)
+        check = getattr(step, "verify", None)
+        if check is not None:
+            used.setdefault(check.type, set()).update(verified)
+    declared = {
+        name: {(g, r, v) for g, r, verbs in rbac for v in verbs}
+        for name, rbac in RBAC.items()
+        if rbac
+    }
+    assert used == declared
+
+
+def test_chart_step_tables_are_generated_from_the_registry():
+    """_rbac.tpl's per-type RBAC and family lists are what the registry generates."""
+    text = rbac_steps.CHART_RBAC.read_text()
+    assert rbac_steps.chart_with_defines(text) == text, (
+        "regenerate with: .venv/bin/python scripts/rbac-steps.py --chart"
+    )

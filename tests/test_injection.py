@@ -34,8 +34,8 @@ from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
 from receiver.settings import Settings
 from receiver.steps import build_executors
+from receiver.steps.k8s import KubernetesExecutor
 from receiver.steps.kube_client import KubeConnection, new_api_client
-from receiver.steps.kubernetes import KubernetesExecutor
 from receiver.store import MemoryStore
 
 RUNBOOK = Path(__file__).parent.parent / "rules"

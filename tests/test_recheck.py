@@ -51,8 +51,8 @@ from receiver.model import (
 from receiver.rulebook.loader import load_rulebook
 from receiver.rulebook.steps import STEP_TYPES
 from receiver.steps.http import HttpExecutor
+from receiver.steps.k8s import KubernetesExecutor
 from receiver.steps.kube_client import KubeConnection, new_api_client
-from receiver.steps.kubernetes import KubernetesExecutor
 from receiver.steps.redis import RedisExecutor
 from receiver.store import SqliteStore
 from receiver.store.base import AlertState, JournalEntry, Store

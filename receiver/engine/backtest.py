@@ -32,12 +32,12 @@ from receiver.engine.worker import Processor
 from receiver.errors import InputError
 from receiver.model import Alert, StepResult
 from receiver.rulebook.loader import Rulebook
-from receiver.rulebook.steps import STEP_TYPES
+from receiver.rulebook.steps import REGISTRY
 from receiver.store import MemoryStore
 from receiver.store.base import JournalEntry, Store
 
 # Every step family the rules can use (changes.recent's "changes" included).
-FAMILIES = tuple(sorted({cls.family for cls in STEP_TYPES.values()}))
+FAMILIES = REGISTRY.families
 MAX_EXAMPLES = 10
 _SINCE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

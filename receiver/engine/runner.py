@@ -52,7 +52,7 @@ from receiver.model import (
     StepTrace,
     freeze,
 )
-from receiver.rulebook.steps import StepModel
+from receiver.rulebook.steps import REGISTRY, StepModel
 
 log = structlog.get_logger("receiver.runner")
 
@@ -99,12 +99,6 @@ class Preparing(Protocol):
 
 Clock = Callable[[], datetime]
 _NEWS = frozenset({Decision.EXECUTED, Decision.FAILED, Decision.AWAITING_APPROVAL})
-_VERIFY_FAMILY = {
-    "k8s.rollout_status": "k8s",
-    "k8s.pods_ready": "k8s",
-    "prometheus.query": "prometheus",
-    "http.get": "http",
-}
 # Longest reason kept from an unexpected exception.
 _REASON_MAX = 500
 
@@ -756,7 +750,7 @@ class Runner:
         check = getattr(step, "verify", None)
         if check is None:
             return trace
-        executor = self._executors.get(_VERIFY_FAMILY.get(check.type, ""))
+        executor = self._executors.get(REGISTRY.verify_family(check.type))
         if executor is None:
             return replace(
                 trace,

@@ -23,11 +23,7 @@ from receiver.rulebook.index import RuleIndex
 from receiver.rulebook.matchers import Matcher, matches_all
 from receiver.rulebook.schema import CompiledRule, Playbook, Rule
 from receiver.rulebook.severity import resolve_severity
-from receiver.rulebook.steps import STEP_TYPES
-
-VERIFY_TYPES = frozenset(
-    {"k8s.rollout_status", "k8s.pods_ready", "prometheus.query", "http.get"}
-)
+from receiver.rulebook.steps import STEP_TYPES, VERIFY_TYPES
 
 RULE_SUFFIXES = (".yaml", ".yml")
 TEST_SUFFIXES = (".test.yaml", ".test.yml")

@@ -18,8 +18,10 @@ from collections.abc import Callable, Sequence
 
 import httpx
 
+from receiver.retrying import Sleep
+from receiver.scrubbing import Scrubber
 from receiver.settings import PagerDutySettings, SinkSettings, SlackSettings
-from receiver.sinks.delivery import Deliverer, SinkError, SinkOutcome, Sleep
+from receiver.sinks.delivery import Deliverer, SinkError, SinkOutcome
 from receiver.sinks.dispatch import (
     Sink,
     SinkDispatcher,
@@ -76,14 +78,7 @@ def build_sinks(
 
 def scrubber(secrets: Sequence[str]) -> Callable[[str], str]:
     """A function that masks every secret of ``secrets`` in a text."""
-    ordered = sorted({s for s in secrets if s}, key=len, reverse=True)
-
-    def scrub(text: str) -> str:
-        for secret in ordered:
-            text = text.replace(secret, "***")
-        return text
-
-    return scrub
+    return Scrubber(secrets)
 
 
 __all__ = [

@@ -18,8 +18,9 @@ from typing import Protocol
 
 import httpx
 
+from receiver.retrying import Sleep
 from receiver.settings import PagerDutySettings, SinkSettings, SlackSettings
-from receiver.sinks.delivery import Deliverer, SinkError, Sleep
+from receiver.sinks.delivery import Deliverer, SinkError
 from receiver.sinks.pagerduty import ACCEPT
 from receiver.sinks.render import OWN_NOTE_MARKER
 

@@ -12,23 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import httpx
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
+from tenacity import RetryCallState
 
+from receiver.retrying import (
+    RetryPolicy,
+    Sleep,
+    policy_wait,
+    retrying,
+    transient_status,
+)
+from receiver.scrubbing import Scrubber
 from receiver.settings import SinkSettings
 
-Sleep = Callable[[float], Awaitable[None]]
 # "occurrence": post when an alert occurrence is first decided or a remediation
 # reaches a new outcome; "decision": post every decision record once.
 Dedupe = Literal["occurrence", "decision"]
@@ -96,6 +97,10 @@ def retry_after(headers: Mapping[str, str], now: datetime) -> float | None:
     return None
 
 
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, _RetryableError)
+
+
 class Deliverer:
     """Sends requests through one ``httpx.AsyncClient`` with the retry policy."""
 
@@ -110,9 +115,11 @@ class Deliverer:
         clock: Clock | None = None,
     ) -> None:
         self._client = client
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-        self._attempts = attempts
+        self.scrub = Scrubber(secrets)
         self._max_wait = max_wait
+        self._policy = RetryPolicy(
+            attempts=attempts, multiplier=0.5, cap=max_wait, on=_retryable
+        )
         self._sleep = sleep
         self._clock = clock or (lambda: datetime.now(UTC))
 
@@ -140,18 +147,11 @@ class Deliverer:
             sleep=sleep,
         )
 
-    def scrub(self, text: str) -> str:
-        """``text`` with every configured secret replaced by ``***``."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, _RetryableError) and exc.retry_after is not None:
             return exc.retry_after
-        backoff = wait_random_exponential(multiplier=0.5, max=self._max_wait)
-        return float(backoff(state))
+        return float(policy_wait(self._policy)(state))
 
     async def send(
         self,
@@ -173,12 +173,8 @@ class Deliverer:
         """
         attempts = 0
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(_RetryableError),
-                stop=stop_after_attempt(self._attempts),
-                wait=self._wait,
-                sleep=self._sleep,
-                reraise=True,
+            async for attempt in retrying(
+                self._policy, sleep=self._sleep, wait=self._wait
             ):
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
@@ -226,7 +222,7 @@ class Deliverer:
                 f"{what}: {exc.__class__.__name__}; not retried, it may have "
                 "reached the server"
             ) from exc
-        if response.status_code == 429 or response.status_code >= 500:
+        if transient_status(response.status_code):
             wait = retry_after(response.headers, self._clock())
             if wait is not None and wait > self._max_wait:
                 raise SinkError(

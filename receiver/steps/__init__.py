@@ -11,7 +11,7 @@ import httpx
 
 from receiver.settings import Settings
 from receiver.steps.http import HttpExecutor
-from receiver.steps.kubernetes import KubernetesExecutor
+from receiver.steps.k8s import KubernetesExecutor
 from receiver.steps.prometheus import PrometheusExecutor
 from receiver.steps.redis import RedisExecutor
 

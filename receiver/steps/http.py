@@ -9,7 +9,6 @@ failed before anything was sent.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import time
@@ -20,8 +19,8 @@ import httpx
 
 from receiver.errors import PermanentStepError, TransientStepError
 from receiver.model import Alert, Intent, RecheckResult, StepResult
+from receiver.retrying import RetryPolicy, poll_until, retrying, transient_status
 from receiver.rulebook.steps import HttpGet, HttpRequest, HttpVerify, StepModel
-from receiver.steps.retry import retrying
 
 
 def json_path(document: Any, path: str) -> Any:
@@ -35,6 +34,15 @@ def json_path(document: Any, path: str) -> Any:
         else:
             raise KeyError(part)
     return current
+
+
+def _connect_error(exc: BaseException) -> bool:
+    return isinstance(exc, httpx.ConnectError)
+
+
+# A remediation call is sent again only when it never connected: once it may
+# have arrived, sending it twice could act twice.
+_CONNECT_ONLY = RetryPolicy(on=_connect_error)
 
 
 class HttpExecutor:
@@ -122,7 +130,7 @@ class HttpExecutor:
         self._check(url)
         started = time.perf_counter()
         try:
-            async for attempt in retrying(TransientStepError):
+            async for attempt in retrying(RetryPolicy()):
                 with attempt:
                     response = await self._send("GET", url)
         except TransientStepError as exc:
@@ -157,14 +165,14 @@ class HttpExecutor:
             raise TransientStepError(f"timed out: {exc.__class__.__name__}") from exc
         except httpx.TransportError as exc:
             raise TransientStepError(f"{exc.__class__.__name__}: {exc}") from exc
-        if response.status_code == 429 or response.status_code >= 500:
+        if transient_status(response.status_code):
             raise TransientStepError(f"HTTP {response.status_code}")
         return response
 
     async def _request(self, step: HttpRequest) -> StepResult:
         self._check(step.url)
         try:
-            async for attempt in retrying(httpx.ConnectError):
+            async for attempt in retrying(_CONNECT_ONLY):
                 with attempt:
                     response = await self._client.request(
                         step.method, step.url, json=step.json_body, headers=step.headers
@@ -196,25 +204,27 @@ class HttpExecutor:
         del step, alert
         if not isinstance(check, HttpVerify):
             raise PermanentStepError(f"http executor cannot verify {check.type}")
-        deadline = time.monotonic() + check.timeout.total_seconds()
-        last = StepResult(ok=False, reason="not checked")
-        while True:
-            try:
-                last = await self._get(check.url, check.expect_status, check.json_path)
-                if last.ok and check.json_path and check.expect_value is not None:
-                    value = last.result.get("value")
-                    last = StepResult(
-                        ok=value == check.expect_value,
-                        reason=last.reason,
-                        result=last.result,
-                    )
-            except TransientStepError as exc:
-                last = StepResult(ok=False, reason=str(exc))
-            if last.ok:
-                return StepResult(ok=True, reason=f"verified: {last.reason}")
-            if time.monotonic() >= deadline:
-                return StepResult(ok=False, reason=f"not verified: {last.reason}")
-            await asyncio.sleep(check.interval.total_seconds())
+
+        async def probe() -> tuple[bool, StepResult]:
+            last = await self._get(check.url, check.expect_status, check.json_path)
+            if last.ok and check.json_path and check.expect_value is not None:
+                value = last.result.get("value")
+                last = StepResult(
+                    ok=value == check.expect_value,
+                    reason=last.reason,
+                    result=last.result,
+                )
+            return last.ok, last
+
+        polled = await poll_until(
+            probe,
+            check.timeout,
+            check.interval.total_seconds(),
+            transient=lambda exc: StepResult(ok=False, reason=str(exc)),
+        )
+        if polled.done:
+            return StepResult(ok=True, reason=f"verified: {polled.last.reason}")
+        return StepResult(ok=False, reason=f"not verified: {polled.last.reason}")
 
     async def aclose(self) -> None:
         """Close the client."""

@@ -2,7 +2,7 @@
 
 ``KubeApi`` owns the application's single ``ApiClient`` (built lazily inside the
 event loop from an explicit ``Configuration``, never the library's global default;
-closed by ``aclose``) and makes every call for ``receiver.steps.kubernetes``:
+closed by ``aclose``) and makes every call for ``receiver.steps.k8s``:
 through kubernetes-asyncio's typed API methods, read as raw JSON (or streamed, for
 logs), with HTTP errors mapped to typed errors and reads retried (bounded,
 jittered) when the failure is transient. Writes are sent once here; the executor
@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -36,14 +35,9 @@ from kubernetes_asyncio.client.exceptions import (
 )
 from kubernetes_asyncio.config import load_kube_config
 from kubernetes_asyncio.config.config_exception import ConfigException
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from receiver.errors import ConfigError, PermanentStepError, TransientStepError
+from receiver.retrying import RetryPolicy, retrying, transient_status
 from receiver.settings import KubeSettings, in_cluster_host
 from receiver.steps.kube_objects import MESSAGE_CHARS, Json, cap
 
@@ -286,11 +280,6 @@ async def read_json(response: aiohttp.ClientResponse) -> Any:
         ) from exc
 
 
-def backoff_delay(base: float, attempt: int) -> float:
-    """A jittered, capped exponential delay before write attempt ``attempt + 1``."""
-    return random.uniform(0, min(base * 2**attempt, 2.0))  # noqa: S311 (jitter)
-
-
 def api_error(
     status: int, body: bytes, what: str
 ) -> TransientStepError | PermanentStepError:
@@ -304,7 +293,7 @@ def api_error(
         return KubeNotFoundError(detail)
     if status == 409:
         return KubeConflictError(detail)
-    if status == 429 or status >= 500:
+    if transient_status(status):
         return TransientStepError(detail)
     if status == 403:
         return KubeForbiddenError(
@@ -327,7 +316,7 @@ class KubeApi:
         self._factory = factory
         self._timeout = request_timeout
         self._attempts = attempts
-        self._backoff = backoff
+        self.policy = RetryPolicy(attempts=attempts, multiplier=backoff, on=retryable)
         self._api: Any = None
         self._token: TokenFile | None = None
         self._lock = asyncio.Lock()
@@ -408,12 +397,8 @@ class KubeApi:
     ) -> T:
         """One API call; reads retry transient failures, writes never do here."""
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(retryable),
-                stop=stop_after_attempt(self._attempts if retry else 1),
-                wait=wait_random_exponential(multiplier=self._backoff, max=2),
-                reraise=True,
-            ):
+            policy = self.policy if retry else replace(self.policy, attempts=1)
+            async for attempt in retrying(policy):
                 with attempt:
                     result = await self._once(what, call, read, args, kwargs)
         except KubeConflictError:

@@ -8,11 +8,9 @@ A verification polls until every returned series meets the condition; no data is
 
 from __future__ import annotations
 
-import asyncio
 import math
 import operator
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,8 +18,8 @@ import httpx
 
 from receiver.errors import PermanentStepError, TransientStepError
 from receiver.model import Alert, StepResult
+from receiver.retrying import RetryPolicy, poll_until, retrying, transient_status
 from receiver.rulebook.steps import PrometheusQuery, PrometheusVerify, StepModel
-from receiver.steps.retry import retrying
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
@@ -62,7 +60,7 @@ class PrometheusExecutor:
                 f"no Prometheus named {target!r} (configured: "
                 f"{', '.join(sorted(self._targets)) or 'none'}; set prometheus_url)"
             )
-        async for attempt in retrying(TransientStepError):
+        async for attempt in retrying(RetryPolicy()):
             with attempt:
                 data = await self._get(f"{base}/api/v1/query", promql)
         result_type = data.get("resultType")
@@ -84,7 +82,7 @@ class PrometheusExecutor:
             response = await self._client.get(url, params={"query": promql})
         except httpx.TransportError as exc:
             raise TransientStepError(f"Prometheus unreachable: {exc}") from exc
-        if response.status_code == 429 or response.status_code >= 500:
+        if transient_status(response.status_code):
             raise TransientStepError(f"Prometheus answered HTTP {response.status_code}")
         try:
             body = response.json()
@@ -128,28 +126,26 @@ class PrometheusExecutor:
         if not isinstance(check, PrometheusVerify):
             raise PermanentStepError(f"prometheus executor cannot verify {check.type}")
         cond = parse_condition(check.condition)
-        deadline = time.monotonic() + check.timeout.total_seconds()
-        last = "no data"
-        while True:
-            try:
-                series = await self.query(check.target, check.query)
-            except TransientStepError as exc:
-                series, last = [], str(exc)
-            else:
-                last = ", ".join(f"{s['value']:.6g}" for s in series[:5]) or "no data"
-                if series and all(holds(s["value"], cond) for s in series):
-                    return StepResult(
-                        ok=True,
-                        reason=f"verified: {check.query} = {last} "
-                        f"({check.condition.strip()})",
-                    )
-            if time.monotonic() >= deadline:
-                return StepResult(
-                    ok=False,
-                    reason=f"not verified within {check.timeout.total_seconds():g}s: "
-                    f"{check.query} = {last} (wanted {check.condition.strip()})",
-                )
-            await asyncio.sleep(check.interval.total_seconds())
+
+        async def probe() -> tuple[bool, str]:
+            series = await self.query(check.target, check.query)
+            last = ", ".join(f"{s['value']:.6g}" for s in series[:5]) or "no data"
+            return bool(series) and all(holds(s["value"], cond) for s in series), last
+
+        polled = await poll_until(
+            probe, check.timeout, check.interval.total_seconds(), transient=str
+        )
+        if polled.done:
+            return StepResult(
+                ok=True,
+                reason=f"verified: {check.query} = {polled.last} "
+                f"({check.condition.strip()})",
+            )
+        return StepResult(
+            ok=False,
+            reason=f"not verified within {check.timeout.total_seconds():g}s: "
+            f"{check.query} = {polled.last} (wanted {check.condition.strip()})",
+        )
 
     async def aclose(self) -> None:
         """Close the client."""

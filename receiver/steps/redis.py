@@ -21,7 +21,6 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import redis.asyncio
 import redis.exceptions
@@ -31,6 +30,7 @@ from redis.client import NEVER_DECODE
 
 from receiver.errors import PermanentStepError, TransientStepError
 from receiver.model import Alert, Intent, RecheckResult, StepResult
+from receiver.retrying import RetryPolicy, retrying
 from receiver.rulebook.steps import (
     RedisDeleteKeys,
     RedisDeletePattern,
@@ -39,83 +39,27 @@ from receiver.rulebook.steps import (
     RedisResetCircuitBreaker,
     StepModel,
 )
-from receiver.steps.retry import retrying
+from receiver.steps.redis_text import (
+    HIT_RATE_THRESHOLD,
+    INFO_HIGHLIGHTS,
+    MAX_INFO_FIELDS,
+    MAX_SAMPLE_KEYS,
+    MAX_VALUE_CHARS,
+    check_pattern,
+    raw_key,
+    shown_key,
+    shown_target,
+    text_of,
+)
 
-# The runbook's threshold: "If <70%, increase cache TTL".
-HIT_RATE_THRESHOLD = 0.70
-MAX_VALUE_CHARS = 1024
-MAX_INFO_FIELDS = 60
-MAX_SAMPLE_KEYS = 20
-MAX_SHOWN_KEY_CHARS = 200
 # A pattern delete stops scanning at this share of the step's timeout, so it can
 # still report what it did before the runner gives up on it.
 _SCAN_BUDGET = 0.8
 # SCAN calls a re-check after a crash makes to look for any key left matching.
 _RECHECK_SCANS = 1000
-_INFO_HIGHLIGHTS = {
-    "stats": (
-        "keyspace_hits",
-        "keyspace_misses",
-        "evicted_keys",
-        "expired_keys",
-        "rejected_connections",
-        "instantaneous_ops_per_sec",
-    ),
-    "memory": ("used_memory_human", "maxmemory_human", "mem_fragmentation_ratio"),
-    "clients": ("connected_clients", "blocked_clients"),
-    "server": ("redis_version", "uptime_in_seconds", "role"),
-    "keyspace": (),
-}
 
 T = TypeVar("T")
 Client = redis.asyncio.Redis
-
-
-def _text(raw: Any, limit: int = MAX_VALUE_CHARS) -> tuple[str, bool]:
-    """Bytes or str as text capped at ``limit`` characters; (text, truncated)."""
-    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
-    return (text[:limit], True) if len(text) > limit else (text, False)
-
-
-def _raw_key(key: Any) -> bytes:
-    """A scanned key name as the bytes the server sent."""
-    return (
-        key if isinstance(key, bytes) else str(key).encode("utf-8", "surrogateescape")
-    )
-
-
-def _shown_key(key: bytes, limit: int = MAX_SHOWN_KEY_CHARS) -> str:
-    """A key for people: undecodable bytes escaped, long names cut and marked.
-
-    Only what is shown is escaped or cut; the key deleted is the key scanned.
-    """
-    text = key.decode("utf-8", errors="backslashreplace")
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(key)} bytes)"
-
-
-def check_pattern(pattern: str) -> None:
-    """Refuse a pattern without a literal prefix (the rule loader checks it too).
-
-    Raises:
-        PermanentStepError: the pattern is empty, ``*`` or starts with a glob.
-    """
-    stripped = pattern.strip()
-    if not stripped or stripped[0] in "*?[\\" or stripped.strip("*") == "":
-        raise PermanentStepError(
-            f"refused pattern {pattern!r}: it has no literal prefix, so it could "
-            "match every key; use a prefix such as 'policy:decision:*'"
-        )
-
-
-def _where(url: str) -> str:
-    """A target URL without credentials, for messages."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return f"unix://{parts.path}"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}{parts.path or ''}"
 
 
 class RedisExecutor:
@@ -128,7 +72,7 @@ class RedisExecutor:
         timeout: float = 5.0,
         attempts: int = 3,
     ) -> None:
-        self._where = {name: _where(url) for name, url in targets.items()}
+        self._where = {name: shown_target(url) for name, url in targets.items()}
         self._attempts = attempts
         self._clients: dict[str, Client] = {
             name: redis.asyncio.Redis.from_url(
@@ -160,7 +104,7 @@ class RedisExecutor:
         where = self._where.get(target, target)
         try:
             async for attempt in retrying(
-                TransientStepError, attempts=self._attempts, multiplier=0.1, cap=1
+                RetryPolicy(attempts=self._attempts, multiplier=0.1, cap=1)
             ):
                 with attempt:
                     try:
@@ -255,7 +199,7 @@ class RedisExecutor:
         else:
             keys = [str(k).encode() for k in intent.data.get("keys") or []]
             what = "the keys"
-        shown = ", ".join(_shown_key(k, 80) for k in keys[:5]) or "(none)"
+        shown = ", ".join(shown_key(k, 80) for k in keys[:5]) or "(none)"
         target = f"redis {step.target_name}"
         present = await self._present(step.target_name, keys)
         if isinstance(step, RedisDeletePattern):
@@ -334,7 +278,7 @@ class RedisExecutor:
 
         dumps = await self._call(target, f"DUMP {len(keys)} keys", dump)
         return [
-            None if d is None else hashlib.sha256(_raw_key(d)).hexdigest()[:32]
+            None if d is None else hashlib.sha256(raw_key(d)).hexdigest()[:32]
             for d in dumps
         ]
 
@@ -349,7 +293,7 @@ class RedisExecutor:
         types_pipe = client.pipeline(transaction=False)
         for key in keys:
             types_pipe.type(key)
-        types = [_text(t)[0] for t in await types_pipe.execute()]
+        types = [text_of(t)[0] for t in await types_pipe.execute()]
         pipe = client.pipeline(transaction=False)
         for key, kind in zip(keys, types, strict=True):
             if kind == "string":
@@ -361,7 +305,7 @@ class RedisExecutor:
         for key, kind in zip(keys, types, strict=True):
             entry: dict[str, Any] = {"type": kind}
             if kind == "string":
-                entry["value"], _ = _text(next(replies))
+                entry["value"], _ = text_of(next(replies))
                 entry["truncated"] = int(next(replies)) > MAX_VALUE_CHARS
             ttl = int(next(replies))
             if ttl >= 0:
@@ -404,10 +348,10 @@ class RedisExecutor:
             elif isinstance(value, int | float):
                 fields[key] = value
             else:
-                fields[key] = _text(value, 200)[0]
+                fields[key] = text_of(value, 200)[0]
         result: dict[str, Any] = {"section": step.section, "info": fields}
         shown = [
-            f"{k}={fields[k]}" for k in _INFO_HIGHLIGHTS[step.section] if k in fields
+            f"{k}={fields[k]}" for k in INFO_HIGHLIGHTS[step.section] if k in fields
         ]
         if step.section == "keyspace":
             shown = [
@@ -531,7 +475,7 @@ class RedisExecutor:
                 step.scan_count,
                 **{NEVER_DECODE: True},
             )
-            return int(after), [_raw_key(k) for k in batch]
+            return int(after), [raw_key(k) for k in batch]
 
         return await self._call(step.target_name, f"SCAN MATCH {step.pattern}", scan)
 
@@ -566,7 +510,7 @@ class RedisExecutor:
                 existed = await self._unlink_batch(client, step.target_name, keys)
                 deleted += sum(existed)
                 sample.extend(
-                    _shown_key(k) for k, e in zip(keys, existed, strict=True) if e
+                    shown_key(k) for k, e in zip(keys, existed, strict=True) if e
                 )
                 del sample[MAX_SAMPLE_KEYS:]
             if cursor == 0 and not unprocessed:

@@ -48,7 +48,7 @@ from receiver.rulebook.steps import (
     RolloutStatusVerify,
 )
 from receiver.settings import KubeSettings
-from receiver.steps.kubernetes import KubernetesExecutor
+from receiver.steps.k8s import KubernetesExecutor
 
 KUBECONFIG = os.environ.get("KUBECONFIG", "")
 pytestmark = [

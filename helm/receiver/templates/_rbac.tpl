@@ -1,10 +1,11 @@
 {{/*
 What each step type needs from the Kubernetes API: [apiGroup, resource, [verbs]].
-This mirrors the `rbac` ClassVar of each step model in receiver/rulebook/steps.py
-(and of the two Kubernetes verifications, k8s.rollout_status and k8s.pods_ready,
-which a remediation's `verify:` uses);
-tests/test_helm.py renders every type and fails when the two differ. Step types
-not listed here (redis.*, http.*, prometheus.*) need no Kubernetes access.
+Generated from the step registry (the `rbac` of each step model in
+receiver/rulebook/steps/, and of the two Kubernetes verifications,
+k8s.rollout_status and k8s.pods_ready, which a remediation's `verify:` uses) by
+`scripts/rbac-steps.py --chart`; tests/test_helm.py fails when the two differ.
+Step types not listed here (redis.*, http.*, prometheus.*, changes.*) need no
+Kubernetes access.
 */}}
 {{- define "receiver.stepRbac" -}}
 k8s.pods:
@@ -14,7 +15,6 @@ k8s.pods:
   - ["apps", daemonsets, [get]]
 k8s.events:
   - ["", events, [list]]
-  - ["events.k8s.io", events, [list]]
 k8s.logs:
   - ["", pods, [list, get]]
   - ["", pods/log, [get]]
@@ -38,8 +38,6 @@ k8s.rollout_undo:
   - ["apps", deployments, [get, patch]]
   - ["apps", replicasets, [list]]
 k8s.scale:
-  - ["apps", deployments, [get]]
-  - ["apps", statefulsets, [get]]
   - ["apps", deployments/scale, [get, patch]]
   - ["apps", statefulsets/scale, [get, patch]]
 k8s.patch_hpa:

@@ -1,0 +1,129 @@
+"""The one retry and polling policy: bounded, jittered, typed errors only.
+
+Every step executor, sink and verification retries and polls through here, on
+tenacity:
+
+- ``retrying(policy)``: an ``AsyncRetrying`` that retries what ``policy.on``
+  accepts (``TransientStepError`` by default) up to ``policy.attempts`` times with
+  full-jitter exponential backoff capped at ``policy.cap`` seconds.
+- ``backoff(policy, attempt)``: the same delay for the loops that must do
+  something between tries (a write re-reads its object first, so a destructive
+  step is only repeated after the target was checked again).
+- ``poll_until(probe, timeout, interval, clock)``: call ``probe`` until it says
+  done or the timeout passes, with the injected clock deciding.
+- ``transient_status(status)``: the one rule for HTTP answers worth retrying
+  (429 and 5xx).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Generic, TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from receiver.errors import TransientStepError
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+Wait = Callable[[RetryCallState], float]
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TransientStepError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry, and which errors qualify."""
+
+    attempts: int = 3
+    multiplier: float = 0.2  # seconds; the first retry waits up to this
+    cap: float = 2.0  # seconds; no single wait is longer
+    on: Callable[[BaseException], bool] = field(default=_is_transient)
+
+
+def transient_status(status: int) -> bool:
+    """Whether an HTTP answer is worth retrying: 429 (slow down) or a 5xx."""
+    return status == 429 or status >= 500
+
+
+def retrying(
+    policy: RetryPolicy,
+    *,
+    sleep: Sleep = asyncio.sleep,
+    wait: Wait | None = None,
+) -> AsyncRetrying:
+    """Retry ``policy.on`` errors with jittered backoff; the last one is re-raised.
+
+    ``wait`` replaces the backoff (a sink honouring ``Retry-After`` falls back
+    to ``policy_wait(policy)`` itself).
+    """
+    return AsyncRetrying(
+        retry=retry_if_exception(policy.on),
+        stop=stop_after_attempt(policy.attempts),
+        wait=wait or policy_wait(policy),
+        sleep=sleep,
+        reraise=True,
+    )
+
+
+def policy_wait(policy: RetryPolicy) -> Wait:
+    """The policy's backoff as a tenacity wait."""
+    return wait_random_exponential(multiplier=policy.multiplier, max=policy.cap)
+
+
+def backoff(policy: RetryPolicy, attempt: int) -> float:
+    """A jittered, capped exponential delay after try ``attempt`` (0-based)."""
+    ceiling = min(policy.multiplier * 2**attempt, policy.cap)
+    return random.uniform(0, ceiling)  # noqa: S311 (jitter, not a secret)
+
+
+@dataclass(frozen=True)
+class Polled(Generic[T]):
+    """How polling ended: whether the probe said done, its last answer, polls."""
+
+    done: bool
+    last: T
+    polls: int
+
+
+async def poll_until(
+    probe: Callable[[], Awaitable[tuple[bool, T]]],
+    timeout: timedelta,
+    interval: float,
+    clock: Callable[[], float] = time.monotonic,
+    *,
+    transient: Callable[[TransientStepError], T],
+    sleep: Sleep = asyncio.sleep,
+) -> Polled[T]:
+    """Call ``probe`` until it answers done or ``timeout`` has passed on ``clock``.
+
+    The probe is called at least once; a ``TransientStepError`` it raises counts
+    as a not-done answer described by ``transient(exc)``, so a flaky read during
+    a rollout does not end the wait.
+    """
+    deadline = clock() + timeout.total_seconds()
+    polls = 0
+    while True:
+        polls += 1
+        try:
+            done, last = await probe()
+        except TransientStepError as exc:
+            done, last = False, transient(exc)
+        if done:
+            return Polled(done=True, last=last, polls=polls)
+        if clock() >= deadline:
+            return Polled(done=False, last=last, polls=polls)
+        await sleep(interval)

@@ -1,0 +1,258 @@
+"""``k8s.delete_pod``: delete controller-owned pods so they are recreated, within caps.
+
+An ``Action`` (see ``access``): ``prepare`` chooses the pods (broken ones first,
+never below ``min_ready`` ready, at most ``max_pods``, only pods a ReplicaSet or
+StatefulSet recreates) and names them by uid; ``apply`` deletes exactly those,
+each with a uid precondition so a same-named replacement is never deleted. A
+delete that failed transiently is retried only after the pod was read again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from receiver.errors import PermanentStepError, TransientStepError
+from receiver.model import Intent, RecheckResult, StepResult
+from receiver.retrying import backoff
+from receiver.rulebook.steps import K8sDeletePod
+from receiver.steps.k8s.access import WRITE_ATTEMPTS, Action, Kube
+from receiver.steps.kube_client import KubeConflictError, KubeNotFoundError
+from receiver.steps.kube_objects import (
+    PER_POD_LABELS,
+    REPLACING_OWNERS,
+    Json,
+    controller_of,
+    dig,
+    is_pod_ready,
+    pod_summary,
+    request_record,
+)
+from receiver.steps.kube_recheck import recheck_pods
+
+_SELECT_PODS = 200  # pods a k8s.delete_pod selector may consider
+
+
+async def prepare_delete(kube: Kube, step: K8sDeletePod) -> Intent:
+    """Choose the pods to delete (within the caps) and name them by uid."""
+    kube.check_kind("Pod")
+    ns = step.namespace
+    core = await kube.api.core()
+    if step.pod:
+        pod = await kube.api.json(
+            f"get pod/{step.pod} -n {ns}", core.read_namespaced_pod, step.pod, ns
+        )
+        owner = controller_of(pod)
+        if owner is None or owner.get("kind") not in REPLACING_OWNERS:
+            found = f"{owner.get('kind')}/{owner.get('name')}" if owner else "none"
+            raise PermanentStepError(
+                f"refused: pod/{step.pod} is not owned by a ReplicaSet or "
+                f"StatefulSet (owner: {found}); nothing would recreate it"
+            )
+        siblings_selector = ",".join(
+            f"{k}={v}"
+            for k, v in sorted((dig(pod, "metadata", "labels") or {}).items())
+            if k not in PER_POD_LABELS
+        )
+        peers, _ = await kube.list_pods(ns, siblings_selector, _SELECT_PODS)
+        peers = [
+            p for p in peers if (controller_of(p) or {}).get("uid") == owner.get("uid")
+        ] or [pod]
+        candidates = [pod]
+        kube.remember(ns, step.target(), siblings_selector)
+    else:
+        peers, _ = await kube.list_pods(ns, step.selector, _SELECT_PODS)
+        candidates = peers
+        kube.remember(ns, step.target(), step.selector or "")
+    return _choose_pods(kube, step, peers, candidates)
+
+
+def _choose_pods(
+    kube: Kube, step: K8sDeletePod, peers: list[Json], candidates: list[Json]
+) -> Intent:
+    ready = sum(1 for p in peers if is_pod_ready(p))
+    skipped: list[Json] = []
+    chosen: list[Json] = []
+    # Broken pods first: deleting them costs no ready capacity.
+    ordered = sorted(
+        candidates,
+        key=lambda p: (
+            is_pod_ready(p),
+            -pod_summary(p, kube.clock())["restarts"],
+            dig(p, "metadata", "name") or "",
+        ),
+    )
+    left = ready
+    for pod in ordered:
+        name = dig(pod, "metadata", "name")
+        owner = controller_of(pod)
+        if owner is None or owner.get("kind") not in REPLACING_OWNERS:
+            skipped.append(
+                {"pod": name, "why": "not owned by a ReplicaSet or StatefulSet"}
+            )
+            continue
+        if dig(pod, "metadata", "deletionTimestamp") is not None:
+            skipped.append({"pod": name, "why": "already terminating"})
+            continue
+        if len(chosen) >= step.max_pods:
+            skipped.append({"pod": name, "why": f"max_pods {step.max_pods} reached"})
+            continue
+        cost = 1 if is_pod_ready(pod) else 0
+        if left - cost < step.min_ready:
+            skipped.append(
+                {
+                    "pod": name,
+                    "why": f"would leave {left - cost} ready pods, below "
+                    f"min_ready {step.min_ready}",
+                }
+            )
+            continue
+        left -= cost
+        chosen.append(pod)
+    if not chosen:
+        why = "; ".join(f"{s['pod']}: {s['why']}" for s in skipped[:5])
+        raise PermanentStepError(
+            f"refused to delete any pod of {step.target()} ({ready} ready): "
+            f"{why or 'no pods matched'}"
+        )
+    pods = [
+        {"name": dig(p, "metadata", "name"), "uid": dig(p, "metadata", "uid")}
+        for p in chosen
+    ]
+    return Intent(
+        f"delete {len(pods)} pod(s) in {step.namespace}: "
+        + ", ".join(str(p["name"]) for p in pods),
+        {
+            "pods": pods,
+            "skipped": skipped[:20],
+            "ready_before": ready,
+            "ready_at_least": left,
+        },
+    )
+
+
+async def delete_pods(kube: Kube, step: K8sDeletePod, intent: Intent) -> StepResult:
+    """Delete exactly the pods ``intent`` names (uid preconditions)."""
+    kube.check_kind("Pod")
+    ns = step.namespace
+    ready = int(intent.data["ready_before"])
+    left = int(intent.data["ready_at_least"])
+    skipped = list(intent.data.get("skipped") or [])
+    deleted = [
+        await _delete_pod(kube, ns, {"metadata": dict(pod)})
+        for pod in intent.data["pods"]
+    ]
+    names = [d["pod"] for d in deleted]
+    reason = (
+        f"deleted {len(names)} pod(s) in {ns}: {', '.join(names)} (their "
+        f"controllers recreate them; {ready} were ready, at least {left} stay "
+        "ready)"
+    )
+    if skipped:
+        reason += f"; left {len(skipped)}: " + "; ".join(
+            f"{s['pod']} ({s['why']})" for s in skipped[:3]
+        )
+    return StepResult(
+        ok=True,
+        reason=reason,
+        result={
+            "deleted": deleted,
+            "skipped": skipped[:20],
+            "ready_before": ready,
+            "ready_at_least": left,
+        },
+    )
+
+
+async def _delete_pod(kube: Kube, ns: str, pod: Json) -> Json:
+    name = str(dig(pod, "metadata", "name"))
+    uid = dig(pod, "metadata", "uid")
+    core = await kube.api.core()
+    # Preconditions: only the pod that was inspected, never a same-named
+    # replacement a StatefulSet made in between.
+    body = {"preconditions": {"uid": uid}} if uid else {}
+    request = request_record(
+        "delete", "Pod", ns, name, body=body, content_type="application/json"
+    )
+    for attempt in range(WRITE_ATTEMPTS):
+        try:
+            await kube.api.json(
+                f"delete pod/{name} -n {ns}",
+                core.delete_namespaced_pod,
+                name,
+                ns,
+                body=body,
+                retry=False,
+            )
+        except (KubeNotFoundError, KubeConflictError):
+            return {"pod": name, "note": "already gone", "request": request}
+        except TransientStepError:
+            if attempt + 1 == WRITE_ATTEMPTS:
+                raise
+            await asyncio.sleep(backoff(kube.api.policy, attempt))
+            try:
+                live = await kube.api.json(
+                    f"get pod/{name} -n {ns}", core.read_namespaced_pod, name, ns
+                )
+            except KubeNotFoundError:
+                return {
+                    "pod": name,
+                    "note": "gone after a retry",
+                    "request": request,
+                }
+            if uid and dig(live, "metadata", "uid") != uid:
+                return {"pod": name, "note": "replaced already", "request": request}
+            if dig(live, "metadata", "deletionTimestamp") is not None:
+                return {"pod": name, "request": request}
+            continue
+        return {"pod": name, "request": request}
+    raise TransientStepError(f"delete pod/{name} -n {ns}: gave up")  # pragma: no cover
+
+
+# ------------------------------------------------------------- verification
+
+
+async def recheck_delete(
+    kube: Kube, step: K8sDeletePod, intent: Intent
+) -> RecheckResult:
+    """Whether each pod ``intent`` named is gone, replaced or terminating."""
+    kube.check_kind("Pod")
+    core = await kube.api.core()
+    ns = step.namespace
+    seen: list[tuple[str, str]] = []
+    for pod in intent.data["pods"]:
+        name = str(pod["name"])
+        try:
+            live = await kube.api.json(
+                f"get pod/{name} -n {ns}", core.read_namespaced_pod, name, ns
+            )
+        except KubeNotFoundError:
+            seen.append((name, "gone"))
+            continue
+        if pod.get("uid") and dig(live, "metadata", "uid") != pod["uid"]:
+            seen.append((name, "replaced (new uid)"))
+        elif dig(live, "metadata", "deletionTimestamp") is not None:
+            seen.append((name, "terminating"))
+        else:
+            seen.append((name, "still running (same uid)"))
+    return recheck_pods(seen)
+
+
+def replacing_pods(kube: Kube, step: K8sDeletePod) -> tuple[str, str]:
+    """Namespace and selector of the pods that replace the deleted ones."""
+    if step.selector:
+        return step.namespace, step.selector
+    remembered = kube.replaced_by.get((step.namespace, step.target()))
+    if remembered is None:
+        raise PermanentStepError(
+            f"cannot tell which pods replace {step.target()}: it was not "
+            "deleted by this receiver process"
+        )
+    return step.namespace, remembered
+
+
+ACTIONS: tuple[Action[Any], ...] = (
+    Action(
+        K8sDeletePod, prepare_delete, delete_pods, recheck_delete, pods=replacing_pods
+    ),
+)
