@@ -39,6 +39,7 @@ from receiver.runtime import Runtime
 from receiver.sinks import Sink, SinkDispatcher, playbook_sinks
 from receiver.steps.changes import ChangesExecutor
 from receiver.store.base import Store
+from receiver.store.diagnostics import cache_beside
 from receiver.web.admin import Admin
 from receiver.web.approvals import ApprovalAPI, ApprovalDesk, OnCall
 from receiver.web.auth import AUTHENTICATOR, Authenticator
@@ -208,6 +209,15 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
     consumer = consumer_name()
     keeper = GuardKeeper(store, consumer, runtime.guards, firing_check=firing_check)
     scrub = runtime.scrub()
+    # Kept beside the store: the worker child, a restart and replicas reuse it.
+    reuse_for = settings.engine.diagnostics_reuse
+    reuse = DiagnosticsReuse(
+        reuse_for,
+        clock,
+        cache=cache_beside(store, settings.store.url)
+        if reuse_for > timedelta(0)
+        else None,
+    )
     runner = Runner(
         # changes.recent reads this receiver's own store: always available.
         {"changes": ChangesExecutor(change_reader(store), clock), **(executors or {})},
@@ -215,7 +225,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         mode=mode,
         guards=keeper,
         scrub=scrub,
-        reuse=DiagnosticsReuse(settings.engine.diagnostics_reuse, clock),
+        reuse=reuse,
     )
     metrics.mode.labels(mode).set(1)
     processor = Processor(
@@ -246,6 +256,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         client_max_size=runtime.limits.max_body_bytes + 1,
     )
     app[STORE] = store
+    app.on_cleanup.append(lambda _app: reuse.aclose())
     app[AUTHENTICATOR] = auth
     app[METRICS] = metrics
     app[PROCESSOR] = processor
@@ -344,7 +355,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         clock=clock,
         on_complete=fan_out(
             dispatcher.submit if dispatcher is not None else None,
-            incident_service.submit,
+            incident_service.put,
         ),
         lease=settings.journal.lease,
         max_attempts=settings.journal.max_attempts,

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from aiohttp import web
 from prometheus_client import Counter
@@ -45,17 +46,23 @@ from receiver.web.auth import Authenticator
 from receiver.web.incidents import IncidentHandlers, register
 
 INCIDENTS = web.AppKey("incidents", IncidentService)
-OnComplete = Callable[[list[AlertTrace]], None]
+OnComplete = Callable[[list[AlertTrace]], Awaitable[None] | None]
 
 
 @dataclass(frozen=True)
 class IncidentWiring:
-    """What tests (and embedders) may replace; ``tick_every=None`` stops the ticker."""
+    """What tests (and embedders) may replace.
+
+    ``tick_every``: seconds between ticks, ``"settings"`` for
+    ``incident_tick_interval``, ``None`` for no ticker. ``sleep`` waits between
+    ticks (``asyncio.sleep`` unless given).
+    """
 
     store: IncidentStore | None = None
     announcer: Announcer | None = None
     escalator: Escalator | None = None
-    tick_every: float | None = 15.0
+    tick_every: float | Literal["settings"] | None = "settings"
+    sleep: Callable[[float], Awaitable[None]] | None = None
 
 
 def incident_store_for(store: Store, where: StoreSettings) -> IncidentStore:
@@ -68,14 +75,20 @@ def incident_store_for(store: Store, where: StoreSettings) -> IncidentStore:
 
 
 def fan_out(*callbacks: OnComplete | None) -> OnComplete | None:
-    """One ``on_complete`` that calls each given callback in turn."""
+    """One ``on_complete`` that calls each given callback in turn.
+
+    A callback that returns an awaitable (the incident service waiting for
+    room) is awaited before the next: the worker waits with it.
+    """
     chosen = [c for c in callbacks if c is not None]
     if not chosen:
         return None
 
-    def call(traces: list[AlertTrace]) -> None:
+    async def call(traces: list[AlertTrace]) -> None:
         for callback in chosen:
-            callback(traces)
+            handed = callback(traces)
+            if handed is not None:
+                await handed
 
     return call
 
@@ -114,14 +127,23 @@ def install_incidents(
         escalator=escalator,
         on_breach=lambda severity, name: breaches.labels(severity, name).inc(),
         approvals=store.approvals,
+        mode=settings.engine.mode,
     )
     register(app, IncidentHandlers(service, auth))
     app[INCIDENTS] = service
 
+    every = (
+        settings.incidents.tick_interval.total_seconds()
+        if wiring.tick_every == "settings"
+        else wiring.tick_every
+    )
+
     async def ticker(_app: web.Application) -> AsyncIterator[None]:
         task = None
-        if wiring.tick_every is not None:
-            task = asyncio.create_task(service.run(wiring.tick_every), name="incidents")
+        if every is not None:
+            task = asyncio.create_task(
+                service.run(every, wiring.sleep or asyncio.sleep), name="incidents"
+            )
         yield
         if task is not None:
             task.cancel()

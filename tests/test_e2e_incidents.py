@@ -87,7 +87,7 @@ async def test_auth_failures_incident_from_alertmanager_to_report(  # noqa: PLR0
     clock = TickingClock(real_start, step=timedelta(milliseconds=1))
     announcer = RecordingAnnouncer()
     app = create_app(
-        build_runtime(full_settings(host="127.0.0.1", workers=1)),
+        build_runtime(full_settings(host="127.0.0.1", workers=1, mode="diagnose")),
         rulebook=load_rulebook([ROOT / "rules"]),
         store=MemoryStore(),
         clock=clock,

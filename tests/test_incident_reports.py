@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -180,6 +181,49 @@ def test_cli_report_prints_the_stored_report(tmp_path, capsys):
     code = main(["report", "INC-none", "--store", f"sqlite:///{db}"])
     assert code == 1
     assert "no incident 'INC-none'" in capsys.readouterr().err
+
+
+TEMPLATES = Path(__file__).resolve().parent / "golden" / "runbook-templates.md"
+LABEL = re.compile(r"^(?:- )?\*\*([^*]+):\*\*|^- ([A-Z][\w/ -]+): ")
+
+
+def template(name: str) -> str:
+    """One of the runbook's templates (the fenced block under its heading)."""
+    text = TEMPLATES.read_text()
+    start = text.index("```markdown\n", text.index(f"## {name}")) + 12
+    return text[start : text.index("\n```", start)]
+
+
+def shape(markdown: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Headings (a title's text after ': ' dropped) and (section, field) labels."""
+    headings: list[str] = []
+    labels: list[tuple[str, str]] = []
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            headings.append(line[: line.index(": ") + 2] if ": " in line else line)
+        elif found := LABEL.match(line):
+            labels.append((headings[-1], found.group(1) or found.group(2)))
+    return headings, labels
+
+
+@pytest.mark.parametrize(("source", "firing", "resolved"), cases(), ids=lambda v: v)
+async def test_report_has_every_section_and_field_of_the_runbook_templates(
+    source, firing, resolved, tmp_path
+):
+    """Each template's headings and labelled fields appear, in the runbook's order."""
+    text = await play(source, firing, resolved, str(tmp_path / "r.db"))
+    split = text.index("# Post-Mortem: ")
+    for name, part in (
+        ("Incident Report Template", text[:split]),
+        ("Post-Mortem Template", text[split:]),
+    ):
+        want_headings, want_labels = shape(template(name))
+        got_headings, got_labels = shape(part)
+        # The one section we add: the automation ledger, under Response.
+        got_headings = [h for h in got_headings if h != "### Automation ledger"]
+        assert got_headings == want_headings, name
+        kept = [label for label in got_labels if label in set(want_labels)]
+        assert kept == want_labels, name
 
 
 def test_docs_show_the_golden_report():

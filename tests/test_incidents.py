@@ -8,10 +8,12 @@ waits in real time.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
 from incident_helpers import (
+    ROOT,
     START,
     RecordingAnnouncer,
     RecordingEscalator,
@@ -57,6 +59,7 @@ async def env(clock, book):
         announcer=announcer,
         escalator=escalator,
         on_breach=lambda sev, name: breaches.append((sev, name)),
+        mode="diagnose",
     )
     yield service, announcer, escalator, breaches
     await service.aclose()
@@ -329,6 +332,7 @@ async def test_rule_files_override_targets_and_group_by_labels(tmp_path, clock):
         clock=clock,
         rulebook=lambda: book,
         announcer=announcer,
+        mode="diagnose",
     )
     try:
         assert service.policy.of(Severity.P1).acknowledge == timedelta(minutes=2)
@@ -431,6 +435,7 @@ async def test_verified_outcomes_drive_pagerduty_when_the_playbook_opts_in(
         clock=clock,
         rulebook=lambda: book,
         escalator=escalator,
+        mode="diagnose",
     )
     try:
         [incident] = await service.observe(
@@ -467,6 +472,7 @@ async def test_failed_verification_escalates_the_pagerduty_incident(tmp_path, cl
         clock=clock,
         rulebook=lambda: book,
         escalator=escalator,
+        mode="diagnose",
     )
     try:
         [incident] = await service.observe(
@@ -529,7 +535,7 @@ async def test_an_alert_storm_is_written_once_per_batch(tmp_path, clock):
     try:
         batch = await traces(book, "alertmanager", storm(200), clock())
         for trace in batch:
-            service.submit([trace])
+            await service.put([trace])
         await service.drain()
         page, _ = await service.page(IncidentQuery())
         [incident] = page
@@ -675,3 +681,153 @@ async def test_playbook_contacts_join_the_escalation(env, clock, book):
     await service.tick()
     [escalation] = [m for m in announcer.messages if m.kind == "escalation"]
     assert escalation.contact == "Engineering Manager, VP Eng, security-team"
+
+
+class GatedStore(SqliteIncidentStore):
+    """Holds every ``find`` until the gate opens: the folding task is stuck."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def find(self, key):
+        self.entered.set()
+        await self.gate.wait()
+        return await super().find(key)
+
+
+async def yielded_until(check, rounds: int = 100) -> None:
+    """Let other tasks run (no time passes) until ``check()`` holds."""
+    for _ in range(rounds):
+        if check():
+            return
+        await asyncio.sleep(0)
+    pytest.fail("the condition never held")
+
+
+async def test_a_full_queue_makes_the_worker_wait_and_drops_nothing(tmp_path, clock):
+    """Past ``max_pending`` a put waits for room; every trace is folded in the end."""
+    from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(STORM_RULES)
+    book = load_rulebook([path])
+    store = GatedStore()
+    service = IncidentService(store, clock=clock, rulebook=lambda: book, max_pending=2)
+    try:
+        batch = await traces(book, "alertmanager", storm(6), clock())
+        await service.put(batch[0:1])
+        await service.put(batch[1:2])
+        await store.entered.wait()  # the folder took both and is stuck
+        await service.put(batch[2:3])
+        await service.put(batch[3:4])  # two queued: full
+        waiting = asyncio.create_task(service.put(batch[4:5]))
+        await yielded_until(lambda: service.waits == 1)
+        assert not waiting.done(), "a put past the bound must wait, not drop"
+        # Shutdown cancels a waiting worker: its traces are queued anyway.
+        cancelled = asyncio.create_task(service.put(batch[5:6]))
+        await yielded_until(lambda: service.waits == 2)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        store.gate.set()
+        await waiting
+        await service.drain()
+        page, _ = await service.page(IncidentQuery())
+        [incident] = page
+        assert len(incident.alerts) == 6
+    finally:
+        await service.aclose()
+
+
+RUNBOOK_TABLES = ROOT / "tests" / "golden" / "runbook-tables.md"
+UNITS = {"minute": 1, "hour": 60, "week": 7 * 24 * 60}
+
+
+def runbook_duration(text: str) -> timedelta | None:
+    """'5 minutes', '2 hours', 'Every hour', 'Immediate'; None: at shift change."""
+    text = text.lower().removeprefix("every ").strip()
+    if text == "immediate":
+        return timedelta(0)
+    if text == "at shift change":
+        return None
+    number, _, unit = text.partition(" ") if text[0].isdigit() else ("1", "", text)
+    return timedelta(minutes=int(number) * UNITS[unit.rstrip("s")])
+
+
+def runbook_rows() -> dict[Severity, dict[str, str]]:
+    """Per severity: the three response times and the two tables' columns."""
+    rows: dict[Severity, dict[str, str]] = {s: {} for s in Severity}
+    current = None
+    for line in RUNBOOK_TABLES.read_text().splitlines():
+        if line.startswith("#### P"):
+            current = Severity(line[5:7])
+        elif line.startswith("- **") and current is not None:
+            name, value = line[4:].split(":** ")
+            rows[current][name] = value
+        elif line.startswith("| **P"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            row = rows[Severity(cells[0].strip("*"))]
+            if len(cells) == 4:
+                row["first"], row["after"], row["to"] = cells[1:]
+            else:
+                row["updates"] = cells[1]
+    return rows
+
+
+@pytest.mark.parametrize("severity", list(Severity))
+def test_shipped_policy_is_the_runbooks_tables(severity):
+    """Response times, escalation matrix and update cadence are the runbook's."""
+    row = runbook_rows()[severity]
+    got = DEFAULT_POLICY.of(severity)
+    assert got.acknowledge == runbook_duration(row["Detection to Acknowledgment"])
+    assert got.mitigate == runbook_duration(row["Acknowledgment to Mitigation"])
+    assert got.resolve == runbook_duration(row["Mitigation to Resolution"])
+    assert got.first_contact == row["first"]
+    assert got.escalate_after == runbook_duration(row["after"])
+    assert got.escalate_to == row["to"]
+    assert got.update_every == runbook_duration(row["updates"])
+
+
+@pytest.mark.parametrize(
+    ("mode", "delivered"), [("dry-run", False), ("diagnose", True), ("execute", True)]
+)
+async def test_only_dry_run_withholds_messages_and_pagerduty_calls(
+    clock, book, mode, delivered
+):
+    """Diagnose and execute announce and call PagerDuty; dry-run records only."""
+    announcer = RecordingAnnouncer()
+    escalator = RecordingEscalator()
+    service = IncidentService(
+        SqliteIncidentStore(":memory:"),
+        clock=clock,
+        rulebook=lambda: book,
+        announcer=announcer,
+        escalator=escalator,
+        mode=mode,
+    )
+    try:
+        [incident] = await service.observe(
+            await traces(
+                book,
+                "pagerduty",
+                example("pagerduty/sark-api-down.triggered.json"),
+                clock(),
+            )
+        )
+        await service.tick()  # P0: escalates at once, to the sinks and PagerDuty
+        got = await service.get(incident.id)
+    finally:
+        await service.aclose()
+    assert "escalated" in [e.kind for e in got.timeline]
+    sent = [e.text for e in got.timeline if e.kind == "message_sent"]
+    if delivered:
+        assert "escalation" in announcer.kinds()
+        assert escalator.calls
+        assert not any("dry-run" in t for t in sent), sent
+    else:
+        assert announcer.messages == []
+        assert escalator.calls == []
+        assert any("(escalation)" in t and "not delivered (dry-run" in t for t in sent)
+        assert any(t.startswith("PagerDuty escalation (level 2") for t in sent), sent

@@ -8,11 +8,13 @@ the API is exercised over HTTP like any client would.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from conftest import APPROVE_TOKEN, bearer, full_settings
 from incident_helpers import TickingClock
+from pydantic import ValidationError
 from test_web import AM, am_alert, am_payload
 
 from receiver.app import create_app
@@ -20,6 +22,7 @@ from receiver.app_incidents import INCIDENTS, IncidentWiring
 from receiver.metrics import Metrics
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
+from receiver.settings import Settings, load_settings
 from receiver.store import MemoryStore
 
 API = "/api/v1/incidents"
@@ -262,3 +265,40 @@ async def test_a_comment_cannot_break_the_reports_markdown(client):
     text = await (await client.get(f"{base}/report", headers=bearer())).text()
     assert "\n# Injected heading" not in text
     assert "done ''' # Injected heading (api)" in text
+
+
+async def test_the_ticker_runs_at_the_configured_interval(aiohttp_client, web_rules):
+    """``incident_tick_interval`` is what the ticker waits between ticks."""
+    waits: list[float] = []
+    asked = asyncio.Event()
+    hold = asyncio.Event()  # never set: the ticker stays parked after one tick
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        asked.set()
+        await hold.wait()
+
+    app = create_app(
+        build_runtime(full_settings(incident_tick_interval="42s")),
+        rulebook=load_rulebook([web_rules]),
+        store=MemoryStore(),
+        clock=TickingClock(),
+        metrics=Metrics(),
+        incidents=IncidentWiring(sleep=sleep),
+    )
+    await aiohttp_client(app)
+    await asked.wait()
+    assert waits == [42.0]
+
+
+@pytest.mark.parametrize("value", ["0s", "500ms", "6m"])
+def test_the_tick_interval_is_bounded(value):
+    """Outside 1s..5m the setting is refused, naming the field."""
+    with pytest.raises(ValidationError, match="tick_interval"):
+        Settings(incidents={"tick_interval": value})
+
+
+def test_the_tick_interval_is_read_from_the_environment():
+    """RECEIVER_INCIDENT_TICK_INTERVAL sets it, like every other setting."""
+    settings = load_settings(environ={"RECEIVER_INCIDENT_TICK_INTERVAL": "1m"})
+    assert settings.incidents.tick_interval == timedelta(minutes=1)

@@ -7,8 +7,11 @@ stop the ticker; a restarted receiver carries on with the incidents on disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 
 import pytest
+from conftest import journal_drained
 from incident_helpers import (
     RecordingAnnouncer,
     TickingClock,
@@ -17,9 +20,15 @@ from incident_helpers import (
     traces,
 )
 
+from receiver.engine.planner import PlanContext
+from receiver.engine.runner import Runner
+from receiver.engine.worker import Processor, Worker
 from receiver.errors import StoreUnavailableError
 from receiver.incidents.model import State
 from receiver.incidents.service import IncidentService
+from receiver.model import AlertTrace
+from receiver.store import SqliteStore
+from receiver.store.base import DecisionQuery, JournalEntry
 from receiver.store.incidents_base import IncidentQuery
 from receiver.store.incidents_sqlite import SqliteIncidentStore
 
@@ -62,6 +71,7 @@ async def test_a_sink_that_raises_loses_nothing():
         clock=clock,
         rulebook=lambda: book,
         announcer=announcer,
+        mode="diagnose",
     )
     try:
         [incident] = await service.observe(
@@ -86,11 +96,11 @@ async def test_store_outage_drops_a_batch_but_not_the_service():
     service = IncidentService(store, clock=clock, rulebook=lambda: book)
     try:
         store.down = True
-        service.submit(await traces(book, "alertmanager", example(SIEM), clock()))
+        await service.put(await traces(book, "alertmanager", example(SIEM), clock()))
         await service.drain()
         store.down = False
         assert (await service.page(IncidentQuery()))[0] == []
-        service.submit(await traces(book, "alertmanager", example(SIEM), clock()))
+        await service.put(await traces(book, "alertmanager", example(SIEM), clock()))
         await service.drain()
         page, _ = await service.page(IncidentQuery())
         assert len(page) == 1
@@ -132,7 +142,11 @@ async def test_incidents_survive_a_restart(tmp_path):
     await first.aclose()
     announcer = RecordingAnnouncer()
     second = IncidentService(
-        SqliteIncidentStore(db), clock=clock, rulebook=lambda: book, announcer=announcer
+        SqliteIncidentStore(db),
+        clock=clock,
+        rulebook=lambda: book,
+        announcer=announcer,
+        mode="diagnose",
     )
     try:
         clock.jump(hours=1, minutes=1)
@@ -159,3 +173,49 @@ async def test_closing_while_cancelled_queries_still_run_does_not_crash(tmp_path
         await store.close()
         with pytest.raises(StoreUnavailableError):
             await store.watched()
+
+
+async def test_the_worker_waits_for_an_awaitable_hand_over(tmp_path):
+    """A hand-over that waits (a full incident queue) holds the worker back."""
+    clock = TickingClock()
+    book = rulebook()
+    store = SqliteStore(str(tmp_path / "state.db"))
+    processor = Processor(
+        book,
+        Runner({}, clock, mode="dry-run"),
+        clock,
+        PlanContext(execute=False, namespaces=None),
+        store=store,
+    )
+    handed: list[str] = []
+    first = asyncio.Event()
+    release = asyncio.Event()
+
+    async def on_complete(done: list[AlertTrace]) -> None:
+        handed.append(done[0].payload_id)
+        first.set()
+        await release.wait()
+
+    worker = Worker(store, processor, 1, clock=clock, on_complete=on_complete)
+    body = json.dumps(example(SIEM)).encode()
+    for entry_id in ("e1", "e2"):
+        await store.append(JournalEntry(entry_id, "alertmanager", clock(), body), [])
+    await worker.start()
+    try:
+        # Either the hand-over is awaited (and waits), or the worker ignores
+        # it and drains the journal: whichever happens first.
+        waited = asyncio.create_task(first.wait())
+        drained = asyncio.create_task(journal_drained(store))
+        await asyncio.wait({waited, drained}, return_when=asyncio.FIRST_COMPLETED)
+        drained.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await drained
+        assert handed == ["e1"]
+        # The one worker slot is held by the waiting hand-over: e2 is not decided.
+        assert await store.decisions(DecisionQuery(payload_id="e2")) == []
+        release.set()
+        await journal_drained(store)
+    finally:
+        await worker.stop()
+        await store.close()
+    assert handed == ["e1", "e2"]

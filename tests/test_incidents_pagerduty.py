@@ -23,6 +23,7 @@ from conftest import PD_SECRET, bearer, full_settings, pd_signature
 from fakes import RecordingServer, Reply, pagerduty_api
 from incident_helpers import TickingClock
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 from test_web import AM, am_alert, am_payload
 
 from receiver.app import create_app
@@ -99,9 +100,9 @@ def server():
         yield srv
 
 
-@pytest.fixture
-async def client(aiohttp_client, web_rules, server):
+async def make_client(aiohttp_client, web_rules, server, mode: str):
     settings = full_settings(
+        mode=mode,
         pagerduty_api_url=server.url,
         pagerduty_api_token=SecretStr(API_TOKEN),
         pagerduty_from="receiver@example.com",
@@ -122,6 +123,18 @@ async def client(aiohttp_client, web_rules, server):
     client.clock = clock
     client.service = app[INCIDENTS]
     return client
+
+
+@pytest.fixture
+async def client(aiohttp_client, web_rules, server):
+    """The app in diagnose mode: sinks post, PagerDuty's REST API is called."""
+    return await make_client(aiohttp_client, web_rules, server, "diagnose")
+
+
+@pytest.fixture
+async def dry_client(aiohttp_client, web_rules, server):
+    """The same app in dry-run mode: nothing is contacted."""
+    return await make_client(aiohttp_client, web_rules, server, "dry-run")
 
 
 async def settle(client, check, attempts: int = 300):
@@ -238,6 +251,44 @@ async def test_breach_escalates_the_pagerduty_incident_and_announces(client, ser
         n.startswith("[alert-receiver]") and "breach: acknowledge target 15m" in n
         for n in notes
     )
+
+
+async def test_dry_run_contacts_nothing_and_says_what_it_would_have_sent(
+    dry_client, server
+):
+    """Dry-run: no sink post, no PagerDuty call; the timeline says what would have."""
+    payload = am_payload(am_alert("fp-1"))
+    payload["groupKey"] = GROUP
+    with capture_logs() as logs:
+        assert (await dry_client.post(AM, json=payload, headers=bearer())).status == 202
+        await settle(dry_client, lambda i: True)
+        trig = pd_event("incident.triggered")
+        assert (await post_pd(dry_client, trig)).status == 202
+        await settle(dry_client, lambda i: i.pagerduty_id == PD_ID)
+        dry_client.clock.jump(minutes=16)  # past the P1 acknowledge target
+        await dry_client.service.tick()
+        dry_client.clock.jump(hours=1, minutes=1)  # past the P1 update cadence
+        await dry_client.service.tick()
+        await dry_client.service.drain()
+    contacted = [(r.method, r.path) for r in server.requests]
+    assert contacted == [], f"dry-run contacted {contacted}"
+    [incident], _ = await dry_client.service.page(IncidentQuery())
+    assert "acknowledge@P1" in incident.breaches
+    assert incident.drafts == 1
+    sent = [e.text for e in incident.timeline if e.kind == "message_sent"]
+    withheld = [t for t in sent if "not delivered (dry-run" in t]
+    assert any("(escalation)" in t for t in withheld), sent
+    assert any("(status_draft)" in t for t in withheld), sent
+    assert any(
+        t.startswith("PagerDuty escalation (level 2, priority P1): not called (dry-run")
+        for t in sent
+    ), sent
+    assert not any(": sent" in t or "sent:" in t for t in sent), sent
+    events = [e["event"] for e in logs]
+    assert "incident_announced" not in events
+    assert "sink_finished" not in events
+    assert "incident_announcement_not_delivered" in events
+    assert "incident_pagerduty_not_called" in events
 
 
 async def test_escalator_reports_pagerduty_errors_without_raising(server):

@@ -37,6 +37,7 @@ from receiver.sinks import (
     playbook_sinks,
 )
 from receiver.sinks.delivery import retry_after
+from receiver.sinks.dispatch import DRY_RUN_DETAIL
 from receiver.sinks.render import (
     OWN_NOTE_MARKER,
     alertmanager_dedup_key,
@@ -663,6 +664,38 @@ async def test_at_most_one_note_per_decision_and_occurrence(pd, make_sinks):
     await store.close()
 
 
+async def test_dry_run_posts_to_no_sink_and_records_what_it_withheld(pd, make_sinks):
+    """A dry-run trace contacts nothing; switching to diagnose still posts it."""
+    store = MemoryStore()
+    d = dispatcher(
+        make_sinks(settings(pd)),
+        store,
+        default=("pagerduty_note", "slack", "webhook"),
+    )
+    dry = trace(alert("pagerduty", incident_id="Q1"), payload_id="d1", mode="dry-run")
+    d.submit([dry])
+    d.submit(
+        [trace(alert("pagerduty", incident_id="Q1"), payload_id="d2", mode="dry-run")]
+    )
+    await d.drain()
+    assert pd.requests == [], "dry-run must not contact any sink"
+    (record,) = await store.decisions(DecisionQuery(payload_id="d1.sinks"))
+    assert {(o["sink"], o["status"], o["detail"]) for o in record["sinks"]} == {
+        (name, "skipped", DRY_RUN_DETAIL)
+        for name in ("pagerduty_note", "slack", "webhook")
+    }
+    # The resend's webhook ("decision" dedupe) is recorded too; nothing is posted.
+    assert pd.requests == []
+    live = trace(alert("pagerduty", incident_id="Q1"), payload_id="d3", mode="diagnose")
+    d.submit([live])
+    await d.drain()
+    assert len(pd.seen("POST", "/incidents/Q1/notes")) == 1
+    assert len(pd.seen("POST", "/services/T0/B0/slacksecret")) == 1
+    (posted,) = await store.decisions(DecisionQuery(payload_id="d3.sinks"))
+    assert {o["status"] for o in posted["sinks"]} == {"sent"}
+    await store.close()
+
+
 async def test_our_own_annotated_echo_and_unmatched_alerts_go_nowhere(pd, make_sinks):
     """The incident.annotated our note triggers, and unmatched alerts, send nothing."""
     store = MemoryStore()
@@ -837,7 +870,12 @@ async def test_the_worker_hands_decisions_to_sinks_without_waiting(
         srv.script("POST", "/hook", Reply(204))
         rules = tmp_path / "rules.yaml"
         rules.write_text(RULES.replace("{url}", srv.url))
-        s = settings(srv, http_allowlist=[f"127.0.0.1:{srv.port}"], workers=1)
+        s = settings(
+            srv,
+            http_allowlist=[f"127.0.0.1:{srv.port}"],
+            workers=1,
+            mode="diagnose",
+        )
         store = MemoryStore()
         app = create_app(
             build_runtime(s),
@@ -888,7 +926,7 @@ async def test_the_worker_hands_decisions_to_sinks_without_waiting(
         }
         (hook,) = srv.seen("POST", "/hook")
         assert hook.json()["payload_id"] == payload_id
-        assert hook.json()["matches"][0]["steps"][0]["decision"] == "dry_run"
+        assert hook.json()["matches"][0]["steps"][0]["decision"] == "executed"
 
 
 # ------------------------------------------------------------------ Alertmanager
@@ -1010,6 +1048,7 @@ async def test_sink_deliveries_are_counted_per_sink_and_outcome(
                 slack_webhook_url=f"{pd.url}/services/T0/B0/slacksecret",
                 sinks=["slack", "webhook"],
                 sink_attempts=1,
+                mode="diagnose",
             )
         ),
         rulebook=rules,

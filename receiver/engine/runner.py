@@ -261,13 +261,15 @@ class Runner:
     ) -> StepTrace:
         """Run a diagnostic, or reuse its result for an unchanged occurrence."""
         assert planned.step is not None  # noqa: S101 (the caller checked)
-        key = occurrence_key(match.rule, planned.index, alert)
-        reused = self._reuse.get(key) if self._reuse is not None else None
+        key = occurrence_key(
+            match.rule, planned.index, alert, f"{trace.type} {trace.target}"
+        )
+        reused = await self._reuse.get(key) if self._reuse is not None else None
         if reused is not None:
             return reused
         trace = await self._execute(trace, planned.step, alert)
         if self._reuse is not None:
-            self._reuse.put(key, trace)
+            await self._reuse.put(key, trace)
         return trace
 
     async def _remediate(

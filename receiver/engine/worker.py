@@ -26,7 +26,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
@@ -486,7 +486,7 @@ class Worker:
         consumer: str | None = None,
         clock: Callable[[], datetime] | None = None,
         prune_every: timedelta = timedelta(minutes=5),
-        on_complete: Callable[[list[AlertTrace]], None] | None = None,
+        on_complete: Callable[[list[AlertTrace]], Awaitable[None] | None] | None = None,
         lease: timedelta = timedelta(minutes=5),
         max_attempts: int = 5,
         bell: WorkerBell | None = None,
@@ -494,8 +494,9 @@ class Worker:
         # Rung by the edge process after each payload it journals: the worker
         # sleeps on it instead of polling the journal.
         self._bell = bell
-        # Called with a payload's traces once they are recorded (the sinks);
-        # it must return at once and never raise.
+        # Called with a payload's traces once they are recorded (the sinks,
+        # the incidents); it never raises, and may return an awaitable that
+        # waits for room downstream (backpressure), which the worker awaits.
         self._on_complete = on_complete
         self._store = store
         self._processor = processor
@@ -678,7 +679,12 @@ class Worker:
                         traces = []
                     await self._store.complete(entry.id, TraceRecords(traces))
                     if self._on_complete is not None:
-                        self._on_complete(traces)
+                        handed = self._on_complete(traces)
+                        if handed is not None:
+                            # It may wait for room (the incident queue): this
+                            # worker then claims nothing new, and the backlog
+                            # stays in the journal, not in memory.
+                            await handed
                     break
                 except StoreUnavailableError as exc:
                     if self._stopping.is_set():

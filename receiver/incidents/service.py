@@ -3,7 +3,7 @@
 ``create_app`` builds one with an ``IncidentStore``, the clock, the policy, the
 rulebook (for severity re-evaluation), and optionally an ``Announcer`` (the sinks)
 and an ``Escalator`` (PagerDuty's REST API). The worker's ``on_complete`` hands it
-each payload's traces (``submit``: never blocks, never raises); the ticker
+each payload's traces (``put``: waits while the queue is full, never raises); the ticker
 (``run``) advances every watched incident's clocks; the API acknowledges,
 mitigates, comments and publishes status updates.
 
@@ -38,6 +38,7 @@ from receiver.incidents.lifecycle import (
     ApprovalDecision,
     CountBreach,
     Effect,
+    PagerDutyEscalate,
     PagerDutyStatus,
     acknowledge,
     advance,
@@ -242,8 +243,12 @@ class IncidentService:
         on_breach: Callable[[str, str], None] | None = None,
         approvals: Approvals | None = None,
         max_pending: int = 100_000,
+        mode: str = "dry-run",
     ) -> None:
         self.store = store
+        # dry-run: nothing is contacted; messages and PagerDuty calls are only
+        # recorded on the timeline as what would have been done.
+        self._deliver = mode != "dry-run"
         self._fixed_policy = policy
         self._policy_of: tuple[Rulebook, IncidentPolicy] | None = None
         self._clock = clock
@@ -258,6 +263,8 @@ class IncidentService:
         self._lock = asyncio.Lock()
         self._pending: set[asyncio.Task[None]] = set()
         self._queue: list[AlertTrace | SinkNote] = []
+        self._room = asyncio.Event()  # set when the queue has room again
+        self.waits = 0  # puts that had to wait for room (backpressure)
         self._consumer: asyncio.Task[None] | None = None
 
     @property
@@ -314,18 +321,37 @@ class IncidentService:
 
     # ------------------------------------------------------------ traces in
 
-    def submit(self, traces: Sequence[AlertTrace]) -> None:
+    async def put(self, traces: Sequence[AlertTrace]) -> None:
         """Queue a payload's traces for the folding task (the worker's callback).
 
-        Never blocks or raises. One task folds whatever has queued up, writing
-        each incident once per batch: an alert storm into one group costs a
-        few writes, not one per alert.
+        Waits while ``max_pending`` traces are queued: the worker waiting here
+        claims nothing new, so a backlog stays in the journal (where the edge
+        sees it and pushes back), not in memory. Nothing handed over is
+        dropped: a put cancelled while waiting (shutdown) queues its traces
+        anyway, for ``aclose`` to drain. Never raises otherwise.
+        One task folds whatever has queued up, writing each incident once per
+        batch: an alert storm into one group costs a few writes, not one per
+        alert.
         """
         if not traces:
             return
-        if len(self._queue) + len(traces) > self._max_pending:
-            log.warning("incident_traces_dropped", count=len(traces))
-            return
+        if len(self._queue) >= self._max_pending:
+            self.waits += 1
+            log.info(
+                "incident_queue_full",
+                queued=len(self._queue),
+                max_pending=self._max_pending,
+                detail="the worker waits until the incident folding catches up",
+            )
+        while len(self._queue) >= self._max_pending:
+            self._start_consumer()
+            self._room.clear()
+            try:
+                await self._room.wait()
+            except asyncio.CancelledError:
+                self._queue.extend(traces)
+                self._start_consumer()
+                raise
         self._queue.extend(traces)
         self._start_consumer()
 
@@ -344,14 +370,17 @@ class IncidentService:
 
         Queued behind the trace itself, so the incident exists by then.
         """
-        if not lines or not trace.matches or len(self._queue) >= self._max_pending:
+        if not lines or not trace.matches:
             return
+        # Never dropped, and not bounded here: sink outcomes follow traces the
+        # worker handed over through ``put``, which is bounded.
         self._queue.append(SinkNote(trace, tuple(lines)))
         self._start_consumer()
 
     async def _consume(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
+            self._room.set()
             try:
                 await self.observe(batch)
             except Exception:  # a background task must not die silently
@@ -771,43 +800,77 @@ class IncidentService:
                 self._on_breach(effect.severity.value, effect.clock)
             return ""
         if isinstance(effect, Announce):
-            message = Message(
-                effect.kind,
-                effect.title,
-                effect.text,
-                effect.contact,
-                incident.id,
-                incident.pagerduty_id,
-                incident.severity.value,
-            )
-            outcomes = (
-                await self._announcer.announce(message)
-                if self._announcer is not None
-                else []
-            )
+            return await self._announce(incident, effect)
+        if isinstance(effect, PagerDutyStatus):
+            return await self._pagerduty_status(incident, effect)
+        return await self._escalate(incident, effect)
+
+    async def _announce(self, incident: Incident, effect: Announce) -> str:
+        if not self._deliver:
             log.info(
-                "incident_announced",
+                "incident_announcement_not_delivered",
                 incident=incident.id,
                 kind=effect.kind,
-                outcomes=outcomes,
+                mode="dry-run",
+                why="dry-run: nothing is contacted",
             )
-            if not outcomes:
+            if self._announcer is None:
                 return ""
-            return f"Message ({effect.kind}) {effect.title!r}: " + "; ".join(outcomes)
-        if isinstance(effect, PagerDutyStatus):
-            outcome = "no PagerDuty API token configured"
-            if self._escalator is not None:
-                outcome = await self._escalator.set_status(
-                    effect.incident_id, effect.status
-                )
-            log.info(
-                "incident_pagerduty_updated",
-                incident=incident.id,
-                pagerduty_id=effect.incident_id,
-                status=effect.status,
-                outcome=outcome,
+            return (
+                f"Message ({effect.kind}) {effect.title!r}: not delivered "
+                "(dry-run; would have posted to the configured sinks)"
             )
-            return f"PagerDuty {effect.status}: {outcome}" if self._escalator else ""
+        if self._announcer is None:
+            return ""
+        message = Message(
+            effect.kind,
+            effect.title,
+            effect.text,
+            effect.contact,
+            incident.id,
+            incident.pagerduty_id,
+            incident.severity.value,
+        )
+        outcomes = await self._announcer.announce(message)
+        log.info(
+            "incident_announced",
+            incident=incident.id,
+            kind=effect.kind,
+            outcomes=outcomes,
+        )
+        if not outcomes:
+            return ""
+        return f"Message ({effect.kind}) {effect.title!r}: " + "; ".join(outcomes)
+
+    async def _pagerduty_status(
+        self, incident: Incident, effect: PagerDutyStatus
+    ) -> str:
+        if not self._deliver:
+            return self._withheld(
+                incident, effect.incident_id, f"PagerDuty {effect.status}"
+            )
+        outcome = "no PagerDuty API token configured"
+        if self._escalator is not None:
+            outcome = await self._escalator.set_status(
+                effect.incident_id, effect.status
+            )
+        log.info(
+            "incident_pagerduty_updated",
+            incident=incident.id,
+            pagerduty_id=effect.incident_id,
+            status=effect.status,
+            outcome=outcome,
+        )
+        return f"PagerDuty {effect.status}: {outcome}" if self._escalator else ""
+
+    async def _escalate(self, incident: Incident, effect: PagerDutyEscalate) -> str:
+        if not self._deliver:
+            return self._withheld(
+                incident,
+                effect.incident_id,
+                f"PagerDuty escalation (level {effect.level}, "
+                f"priority {effect.priority.value})",
+            )
         outcome = "no PagerDuty API token configured"
         if self._escalator is not None:
             outcome = await self._escalator.escalate(
@@ -820,3 +883,17 @@ class IncidentService:
             outcome=outcome,
         )
         return f"PagerDuty escalation: {outcome}" if self._escalator else ""
+
+    def _withheld(self, incident: Incident, pagerduty_id: str, what: str) -> str:
+        """A PagerDuty REST call dry-run does not make: logged and on the timeline."""
+        log.info(
+            "incident_pagerduty_not_called",
+            incident=incident.id,
+            pagerduty_id=pagerduty_id,
+            action=what,
+            mode="dry-run",
+            why="dry-run: nothing is contacted",
+        )
+        if self._escalator is None:
+            return ""
+        return f"{what}: not called (dry-run; would have called the REST API)"

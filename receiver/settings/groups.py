@@ -137,6 +137,21 @@ _CREDENTIAL_FIELDS = (
 )
 
 
+class IncidentSettings(Group):
+    """How incidents above alerts are kept up to date."""
+
+    legacy_prefix: ClassVar[str] = "incident_"
+
+    tick_interval: Duration = Field(
+        default=timedelta(seconds=15),
+        ge=timedelta(seconds=1),
+        le=timedelta(minutes=5),
+        description="How often incident clocks, severity re-evaluation, "
+        "escalations and update cadences are checked (1s to 5m): a breach or a "
+        "due update is noticed at most this late.",
+    )
+
+
 class AuthSettings(Group):
     """Credentials callers present; each token list grants its scopes."""
 

@@ -22,6 +22,7 @@ from receiver.settings.groups import (
     EdgeSettings,
     EngineSettings,
     GuardSettings,
+    IncidentSettings,
     JournalSettings,
     RetentionSettings,
     ServerSettings,
@@ -62,6 +63,10 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(
         default_factory=EngineSettings,
         description="The mode, the rules and how many payloads are decided at once.",
+    )
+    incidents: IncidentSettings = Field(
+        default_factory=IncidentSettings,
+        description="Incidents: how often their clocks are checked.",
     )
     auth: AuthSettings = Field(
         default_factory=AuthSettings,

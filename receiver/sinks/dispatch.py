@@ -18,6 +18,11 @@ outcome (executed, failed, awaiting approval): resends, redeliveries and replays
 that change nothing post nothing. "decision" sinks (webhook) post once per
 decision record. A key is marked before sending: at most once, never twice.
 
+Dry-run (a trace decided in ``dry-run`` mode): nothing is contacted. Each sink
+the trace would have gone to gets a ``skipped`` outcome saying so, recorded like
+any other, under dedupe keys of its own (``dry:...``), so resends do not repeat
+it and a later switch to ``diagnose`` still posts the occurrence.
+
 Outcomes are written to the decision log as a follow-up record
 (``{"record": "sinks", ...}``) under the id ``<payload id>.sinks``, so
 ``GET /api/v1/decisions?payload_id=<id>.sinks`` shows them.
@@ -89,12 +94,20 @@ def playbook_sinks(
     return names
 
 
+DRY_RUN_DETAIL = "dry-run: not posted (nothing is contacted in dry-run mode)"
+
+
 def dedupe_keys(sink: Sink, trace: AlertTrace) -> list[str]:
     """The ``store.seen`` keys that make a delivery new or a duplicate."""
     alert = trace.alert
+    # What dry-run withheld must not count as posted once the mode changes.
+    prefix = "dry:sink" if trace.mode == "dry-run" else "sink"
     if sink.dedupe == "decision":
-        return [f"sink:{sink.name}:{trace.payload_id}:{alert.fingerprint}"]
-    base = f"sink:{sink.name}:{alert.fingerprint}:{iso(alert.starts_at)}:{alert.status}"
+        return [f"{prefix}:{sink.name}:{trace.payload_id}:{alert.fingerprint}"]
+    base = (
+        f"{prefix}:{sink.name}:{alert.fingerprint}:{iso(alert.starts_at)}"
+        f":{alert.status}"
+    )
     keys = [base]
     for match in trace.matches:
         for index, step in enumerate(match.steps):
@@ -222,6 +235,15 @@ class SinkDispatcher:
         if not any(fresh):
             log.debug("sink_duplicate", sink=name, fingerprint=trace.alert.fingerprint)
             return None
+        if trace.mode == "dry-run":
+            log.info(
+                "sink_not_posted",
+                sink=name,
+                why="dry-run",
+                fingerprint=trace.alert.fingerprint,
+                payload_id=trace.payload_id,
+            )
+            return SinkOutcome(name, "skipped", DRY_RUN_DETAIL)
         try:
             outcome = await sink.send(trace)
         except SinkError as exc:
