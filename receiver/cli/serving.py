@@ -11,6 +11,7 @@ import asyncio
 import os
 import re
 import socket
+import sys
 from typing import TYPE_CHECKING
 
 from receiver import __version__
@@ -53,8 +54,32 @@ def serve_or_say_why(args: argparse.Namespace) -> int:
     return 1
 
 
+def _die_with_the_edge() -> None:
+    """A worker child never outlives its edge: a kill -9 of one takes both.
+
+    Without it the child, told by the doorbell that the edge is gone, could
+    still be finishing (or be slow to cancel) its work while a restarted edge
+    and its new worker take the same store over, which on SQLite assumes one
+    instance. Linux only (``PR_SET_PDEATHSIG``); elsewhere the doorbell's end
+    of file stops the child.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() == 1:  # the edge died before the call above
+        os._exit(1)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import gc  # noqa: PLC0415
+
+    if args.bell_fd is not None:
+        _die_with_the_edge()
     import warnings  # noqa: PLC0415
 
     import structlog  # noqa: PLC0415
