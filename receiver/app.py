@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -130,6 +130,17 @@ def _add_operations(
     )
     if reloader.paths:
         app.router.add_post("/-/reload", reloader.handle)
+
+
+def _flush_accepted(
+    handlers: Handlers,
+) -> Callable[[web.Application], Awaitable[None]]:
+    """A shutdown hook logging the last summary of accepted webhooks."""
+
+    async def flush(_app: web.Application) -> None:
+        handlers.flush_accepted()
+
+    return flush
 
 
 class EdgeHooks(TypedDict, total=False):
@@ -270,6 +281,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
     )
     admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
     add_routes(app, handlers, role)
+    app.on_shutdown.append(_flush_accepted(handlers))
     console: Console | None = None
     if role != "worker":
         _add_operations(app, handlers, reloader, store=store, auth=auth, clock=clock)
