@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, TypedDict
 
 import httpx
 import structlog
@@ -28,23 +28,15 @@ from aiohttp import web
 
 from receiver.app_incidents import IncidentWiring, fan_out, install_incidents
 from receiver.engine.doorbell import EdgeBell, WorkerBell
-from receiver.engine.guards import FiringCheck, GuardDefaults, GuardKeeper
-from receiver.engine.planner import PlanContext
+from receiver.engine.guards import FiringCheck, GuardKeeper
 from receiver.engine.reuse import DiagnosticsReuse
 from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor, Worker, consumer_name
 from receiver.errors import StoreUnavailableError
 from receiver.metrics import WORKER_FAMILIES, Metrics
 from receiver.rulebook.loader import Rulebook
-from receiver.settings import Settings
-from receiver.sinks import (
-    Sink,
-    SinkDispatcher,
-    build_sinks,
-    playbook_sinks,
-    scrubber,
-)
-from receiver.sources.caps import AlertCaps
+from receiver.runtime import Runtime
+from receiver.sinks import Sink, SinkDispatcher, playbook_sinks
 from receiver.steps.changes import ChangesExecutor
 from receiver.store.base import Store
 from receiver.store.diagnostics import cache_beside
@@ -54,7 +46,7 @@ from receiver.web.approvals import ApprovalAPI, ApprovalDesk, OnCall
 from receiver.web.auth import AUTHENTICATOR, Authenticator
 from receiver.web.change_events import ChangeEvents, change_reader, events_api_errors
 from receiver.web.console import Console
-from receiver.web.handlers import Backpressure, EdgeLimits, Handlers
+from receiver.web.handlers import Backpressure, Handlers
 from receiver.web.problems import make_middleware
 from receiver.web.reload import Reloader, step_types
 from receiver.web.slack import SlackInteractions
@@ -70,37 +62,6 @@ Role = Literal["all", "edge", "worker"]
 def utc_now() -> datetime:
     """The default clock."""
     return datetime.now(UTC)
-
-
-def guard_defaults(settings: Settings) -> GuardDefaults:
-    """Guard defaults from settings."""
-    return GuardDefaults(
-        cooldown=settings.cooldown,
-        budget_max=settings.budget_max,
-        budget_window=settings.budget_window,
-        global_budget_max=settings.global_budget_max,
-        global_budget_window=settings.global_budget_window,
-        circuit_failures=settings.circuit_failures,
-        circuit_cool_off=settings.circuit_cool_off,
-        approval_ttl=settings.approval_ttl,
-    )
-
-
-def edge_limits(settings: Settings) -> EdgeLimits:
-    """What the edge reads, waits for and lets an alert hold, from settings."""
-    return EdgeLimits(
-        max_body_bytes=settings.max_body_bytes,
-        max_unauthenticated_body_bytes=settings.max_unauthenticated_body_bytes,
-        unauthenticated_body_reads=settings.unauthenticated_body_reads,
-        body_timeout=settings.body_timeout.total_seconds(),
-        caps=AlertCaps(
-            max_labels=settings.max_labels,
-            max_annotations=settings.max_annotations,
-            max_label_value_bytes=settings.max_label_value_bytes,
-            max_annotation_value_bytes=settings.max_annotation_value_bytes,
-            max_alert_bytes=settings.max_alert_bytes,
-        ),
-    )
 
 
 async def expire_approvals(
@@ -183,7 +144,16 @@ def _flush_accepted(
     return flush
 
 
-def _edge_hooks(bell: EdgeBell | None) -> dict[str, Any]:
+class EdgeHooks(TypedDict, total=False):
+    """What the edge's handlers need of a worker process."""
+
+    on_journaled: Callable[[], None]
+    worker_metrics: Callable[[], bytes]
+    metrics_without: frozenset[str]
+    worker_ready: Callable[[], bool]
+
+
+def _edge_hooks(bell: EdgeBell | None) -> EdgeHooks:
     """What the edge's handlers need of a worker process, if there is one."""
     if bell is None:
         return {}
@@ -218,7 +188,7 @@ def _edge_lifecycle(
 
 
 def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
-    settings: Settings,
+    runtime: Runtime,
     *,
     rulebook: Rulebook,
     store: Store,
@@ -237,73 +207,65 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
 ) -> web.Application:
     """Build the application; the worker starts with the app and stops with it.
 
-    ``sinks`` default to those settings configure (``build_sinks``); pass ``{}``
+    ``runtime`` is ``build_runtime(settings)``.
+    ``sinks`` default to those settings configure (``runtime.sinks``); pass ``{}``
     for none. ``edge_bell`` (role ``edge``) wakes a worker process and brings
     its metrics; ``worker_bell`` (role ``worker``) is the other end.
     With ``rule_paths`` (what ``rulebook`` was loaded from), SIGHUP and
     ``POST /-/reload`` load them again; ``reload_worker`` then passes the
     reload on to a worker process.
     """
+    settings = runtime.settings
+    mode = settings.engine.mode
     metrics = metrics or Metrics()
     consumer = consumer_name()
-    keeper = GuardKeeper(
-        store, consumer, guard_defaults(settings), firing_check=firing_check
-    )
-    scrub = scrubber(settings)
+    keeper = GuardKeeper(store, consumer, runtime.guards, firing_check=firing_check)
+    scrub = runtime.scrub()
     # Kept beside the store: the worker child, a restart and replicas reuse it.
+    reuse_for = settings.engine.diagnostics_reuse
     reuse = DiagnosticsReuse(
-        settings.diagnostics_reuse,
+        reuse_for,
         clock,
-        cache=cache_beside(store, settings.store)
-        if settings.diagnostics_reuse > timedelta(0)
+        cache=cache_beside(store, settings.store.url)
+        if reuse_for > timedelta(0)
         else None,
     )
     runner = Runner(
         # changes.recent reads this receiver's own store: always available.
         {"changes": ChangesExecutor(change_reader(store), clock), **(executors or {})},
         clock,
-        mode=settings.mode,
+        mode=mode,
         guards=keeper,
         scrub=scrub,
         reuse=reuse,
     )
-    metrics.mode.labels(settings.mode).set(1)
+    metrics.mode.labels(mode).set(1)
     processor = Processor(
         rulebook,
         runner,
         clock,
-        PlanContext(
-            execute=settings.mode == "execute",
-            diagnose=settings.mode == "diagnose",
-            namespaces=tuple(settings.namespaces)
-            if settings.namespaces is not None
-            else None,
-        ),
+        runtime.plan,
         metrics=metrics,
-        pagerduty_alertname_from=settings.pagerduty_alertname_from,
+        pagerduty_alertname_from=runtime.alertname_from,
         store=store,
         scrub=scrub,
     )
-    auth = Authenticator.from_settings(settings)
+    auth = Authenticator.from_settings(settings.auth, loopback=settings.loopback_only)
     handlers = Handlers(
         store=store,
         processor=processor,
         auth=auth,
         metrics=metrics,
         clock=clock,
-        alertname_from=settings.pagerduty_alertname_from,
-        limits=edge_limits(settings),
-        execute=settings.mode == "execute",
-        backpressure=backpressure
-        or Backpressure(
-            max_depth=settings.journal_max_depth,
-            max_age=settings.journal_max_age.total_seconds(),
-        ),
+        alertname_from=runtime.alertname_from,
+        limits=runtime.limits,
+        execute=mode == "execute",
+        backpressure=backpressure or runtime.backpressure,
         **_edge_hooks(edge_bell),
     )
     app = web.Application(
         middlewares=[make_middleware(metrics)],
-        client_max_size=settings.max_body_bytes + 1,
+        client_max_size=runtime.limits.max_body_bytes + 1,
     )
     app[STORE] = store
     app.on_cleanup.append(lambda _app: reuse.aclose())
@@ -327,23 +289,23 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         admin.routes(app.router)
         # One approval policy for the API, the console and Slack.
         client = httpx.AsyncClient(
-            timeout=settings.approval_oncall_timeout.total_seconds()
+            timeout=settings.pagerduty.oncall_timeout.total_seconds()
         )
-        pd_token = settings.pagerduty_api_token
+        pd_token = settings.pagerduty.api_token
         desk = ApprovalDesk(
             store=store,
             processor=processor,
             clock=clock,
             on_call=OnCall(
                 client,
-                settings.pagerduty_api_url,
+                settings.pagerduty.api_url,
                 pd_token.get_secret_value() if pd_token else None,
             ),
             on_journaled=edge_bell.ring if edge_bell is not None else None,
         )
         app.router.add_post("/api/v1/approvals/{id}", ApprovalAPI(desk, auth).decide)
         SlackInteractions(
-            settings=settings, store=store, desk=desk, clock=clock, client=client
+            slack=settings.slack, store=store, desk=desk, clock=clock, client=client
         ).attach(app)
         console = Console(
             store=store,
@@ -352,9 +314,9 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
             processor=processor,
             admin=admin,
             clock=clock,
-            defaults=guard_defaults(settings),
+            defaults=runtime.guards,
             reloader=reloader,
-            secrets=settings.secret_values(),
+            secrets=list(runtime.secrets),
         )
         console.attach(app)
 
@@ -379,15 +341,15 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
             _edge_lifecycle(store, edge_bell, firing_check, reloader)
         )
         return app
-    sinks = build_sinks(settings) if sinks is None else sinks
+    sinks = runtime.sinks() if sinks is None else sinks
     dispatcher = None
-    if sinks or settings.sinks:
+    if sinks or settings.sinks.default:
         dispatcher = SinkDispatcher(
             sinks,
             store=store,
-            outbox=outbox_beside(store, settings.store),
+            outbox=outbox_beside(store, settings.store.url),
             choose=lambda trace: playbook_sinks(
-                trace, processor.rulebook.playbooks, settings.sinks
+                trace, processor.rulebook.playbooks, settings.sinks.default
             ),
             clock=clock,
             scrub=scrub,
@@ -402,20 +364,20 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
     worker = Worker(
         store,
         processor,
-        settings.workers,
+        settings.engine.workers,
         metrics=metrics,
         consumer=consumer,
         clock=clock,
         on_complete=fan_out(incident_service.put),
         outbox=dispatcher.put if dispatcher is not None else None,
-        lease=settings.journal_lease,
-        max_attempts=settings.journal_max_attempts,
+        lease=settings.journal.lease,
+        max_attempts=settings.journal.max_attempts,
         bell=worker_bell,
-        prune_every=settings.prune_interval,
+        prune_every=settings.retention.prune_interval,
     )
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
-        if settings.paused and await store.pause() is None:
+        if settings.engine.paused and await store.pause() is None:
             await admin.switch(
                 paused=True, by="settings", reason="started with paused: true"
             )
@@ -427,7 +389,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
             dispatcher.start()  # also what an earlier run left in the outbox
         reloader.listen()
         sweeper = asyncio.create_task(
-            expire_approvals(store, clock, settings.approval_sweep),
+            expire_approvals(store, clock, settings.guards.approval_sweep),
             name="approval-expiry",
         )
         yield

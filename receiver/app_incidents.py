@@ -35,7 +35,7 @@ from receiver.incidents.service import (
 from receiver.metrics import Metrics
 from receiver.model import AlertTrace
 from receiver.rulebook.loader import Rulebook, load_rulebook
-from receiver.settings import Settings, load_settings
+from receiver.settings import Settings, StoreSettings, load_settings
 from receiver.sinks.announce import build_announcer, build_escalator
 from receiver.store.base import Store
 from receiver.store.incidents_base import IncidentStore
@@ -65,12 +65,12 @@ class IncidentWiring:
     sleep: Callable[[float], Awaitable[None]] | None = None
 
 
-def incident_store_for(store: Store, settings: Settings) -> IncidentStore:
+def incident_store_for(store: Store, where: StoreSettings) -> IncidentStore:
     """The incident store beside the main store."""
     if isinstance(store, SqliteStore):
         return SqliteIncidentStore(store.path)
-    if settings.store.startswith(("redis://", "rediss://", "unix://")):
-        return RedisIncidentStore(settings.store)
+    if where.is_redis:
+        return RedisIncidentStore(where.url)
     return SqliteIncidentStore(":memory:")
 
 
@@ -112,23 +112,28 @@ def install_incidents(
         ["severity", "clock"],
         registry=metrics.registry,
     )
-    announcer = wiring.announcer or build_announcer(settings)
-    escalator = wiring.escalator or build_escalator(settings)
+    secrets = settings.secret_values()
+    announcer = wiring.announcer or build_announcer(
+        settings.sinks, settings.pagerduty, settings.slack, secrets=secrets
+    )
+    escalator = wiring.escalator or build_escalator(
+        settings.sinks, settings.pagerduty, secrets=secrets
+    )
     service = IncidentService(
-        wiring.store or incident_store_for(store, settings),
+        wiring.store or incident_store_for(store, settings.store),
         clock=clock,
         rulebook=rulebook,
         announcer=announcer,
         escalator=escalator,
         on_breach=lambda severity, name: breaches.labels(severity, name).inc(),
         approvals=store.approvals,
-        mode=settings.mode,
+        mode=settings.engine.mode,
     )
     register(app, IncidentHandlers(service, auth))
     app[INCIDENTS] = service
 
     every = (
-        settings.incident_tick_interval.total_seconds()
+        settings.incidents.tick_interval.total_seconds()
         if wiring.tick_every == "settings"
         else wiring.tick_every
     )
@@ -177,7 +182,7 @@ async def print_report(
 ) -> int:
     """``receiver report ID``: print the Markdown report; 1 if there is none."""
     settings = load_settings(config)
-    store = incident_store_at(store_url or settings.store)
+    store = incident_store_at(store_url or settings.store.url)
     try:
         record = await store.get(incident_id)
         if record is None:
@@ -187,7 +192,9 @@ async def print_report(
             )
             return 1
         try:
-            policy = policy_from(load_rulebook(rules or settings.rules).incidents)
+            policy = policy_from(
+                load_rulebook(rules or settings.engine.rules).incidents
+            )
         except RuleError:
             sys.stderr.write(
                 "receiver: rules do not load; the report uses the runbook's targets\n"

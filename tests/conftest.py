@@ -26,7 +26,8 @@ from pydantic import SecretStr
 from receiver.app import create_app
 from receiver.metrics import Metrics
 from receiver.rulebook.loader import load_rulebook
-from receiver.settings import Settings
+from receiver.runtime import build_runtime
+from receiver.settings import Settings, flat_keys, groups
 from receiver.store import MemoryStore
 
 # ---------------------------------------------------------------- app under test
@@ -120,6 +121,22 @@ def pd_signature(body: bytes, *secrets: str) -> str:
     )
 
 
+def flat_settings(**values: Any) -> Settings:
+    """``Settings`` from flat names (``kube_mode=...``, as the variables are named).
+
+    The tests' shorthand; a group may also be given whole (``kube={...}``).
+    """
+    nested: dict[str, dict[str, Any]] = {}
+    names = flat_keys()
+    for key, value in values.items():
+        if key in groups() and isinstance(value, dict):
+            nested.setdefault(key, {}).update(value)
+            continue
+        group, field = names[key]
+        nested.setdefault(group, {})[field] = value
+    return Settings(**nested)
+
+
 def full_settings(**overrides: Any) -> Settings:
     """Settings with every credential configured (tests may override any field)."""
     values: dict[str, Any] = {
@@ -134,7 +151,7 @@ def full_settings(**overrides: Any) -> Settings:
         "workers": 2,
     }
     values.update(overrides)
-    return Settings(**values)
+    return flat_settings(**values)
 
 
 @pytest.fixture
@@ -157,7 +174,7 @@ def make_client(aiohttp_client: Any, web_rules: Path) -> Callable[..., Awaitable
         store = MemoryStore()
         metrics = Metrics()
         app = create_app(
-            settings or full_settings(),
+            build_runtime(settings or full_settings()),
             rulebook=load_rulebook([web_rules]),
             store=store,
             clock=Ticking(),

@@ -20,6 +20,7 @@ from conftest import Ticking
 from receiver.app import create_app
 from receiver.metrics import Metrics
 from receiver.rulebook.loader import load_rulebook
+from receiver.runtime import build_runtime
 from receiver.settings import Settings
 from receiver.store import MemoryStore
 from receiver.web.server import EdgeAppRunner
@@ -55,14 +56,14 @@ async def live_server(
     store = store if store is not None else MemoryStore()
     metrics = Metrics()
     app = create_app(
-        settings,
+        build_runtime(settings),
         rulebook=load_rulebook([rules]),
         store=store,
         clock=Ticking(),
         metrics=metrics,
     )
     runner = EdgeAppRunner(
-        app, max_connections=settings.max_connections, access_log=None
+        app, max_connections=settings.server.max_connections, access_log=None
     )
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

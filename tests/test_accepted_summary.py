@@ -18,6 +18,7 @@ from conftest import bearer, full_settings
 
 from receiver.app import create_app
 from receiver.rulebook.loader import load_rulebook
+from receiver.runtime import build_runtime
 from receiver.store import MemoryStore
 
 
@@ -47,7 +48,7 @@ async def test_accepted_webhooks_are_summed_up_at_info(
 ) -> None:
     """Three webhooks: three debug lines, one info summary with their ids."""
     app = create_app(
-        full_settings(),
+        build_runtime(full_settings()),
         rulebook=load_rulebook([web_rules]),
         store=MemoryStore(),
         role="edge",

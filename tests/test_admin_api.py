@@ -12,6 +12,7 @@ from peers import poll, run_receiver
 from receiver.app import create_app
 from receiver.cli import main
 from receiver.rulebook.loader import load_rulebook
+from receiver.runtime import build_runtime
 from receiver.store import MemoryStore, SqliteStore
 from receiver.store.base import DecisionQuery, JournalEntry
 
@@ -77,7 +78,9 @@ async def test_parked_entries_are_listed_and_retried(aiohttp_client, web_rules):
     lease = await store.claim("crashed", 1.0, T0)
     assert lease is not None
     await store.park(lease, "failed 5 times; last error: KeyError: 'x'", T0)
-    app = create_app(full_settings(), rulebook=load_rulebook([web_rules]), store=store)
+    app = create_app(
+        build_runtime(full_settings()), rulebook=load_rulebook([web_rules]), store=store
+    )
     client = await aiohttp_client(app)
     resp = await client.get("/api/v1/parked", headers=bearer(ADMIN_TOKEN))
     body = await resp.json()

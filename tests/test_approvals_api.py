@@ -21,6 +21,7 @@ from test_slack_approvals import T0, alert_body, rules, ticking
 
 from receiver.app import create_app
 from receiver.rulebook.loader import load_rulebook
+from receiver.runtime import build_runtime
 from receiver.settings import Settings, load_settings
 from receiver.steps.http import HttpExecutor
 from receiver.store import MemoryStore
@@ -49,10 +50,12 @@ async def served(aiohttp_client, tmp_path) -> Any:
         store = MemoryStore()
         http = httpx.AsyncClient(timeout=5)
         app = create_app(
-            full_settings(
-                mode="execute",
-                http_allowlist=[f"127.0.0.1:{hook.port}"],
-                approver_tokens={k: SecretStr(v) for k, v in PEOPLE.items()},
+            build_runtime(
+                full_settings(
+                    mode="execute",
+                    http_allowlist=[f"127.0.0.1:{hook.port}"],
+                    approver_tokens={k: SecretStr(v) for k, v in PEOPLE.items()},
+                )
             ),
             rulebook=load_rulebook([path]),
             store=store,
@@ -182,20 +185,23 @@ def test_approver_tokens_from_the_environment_are_secrets():
     settings = load_settings(
         environ={"RECEIVER_APPROVER_TOKENS": "alice@example.com=tok-a-1,bob=tok-b-2"}
     )
-    assert {k: v.get_secret_value() for k, v in settings.approver_tokens.items()} == {
+    assert {
+        k: v.get_secret_value() for k, v in settings.auth.approver_tokens.items()
+    } == {
         "alice@example.com": "tok-a-1",
         "bob": "tok-b-2",
     }
     assert {"tok-a-1", "tok-b-2"} <= set(settings.secret_values())
     assert "tok-a-1" not in repr(settings)
     with pytest.raises(ValueError, match="empty"):
-        Settings(approver_tokens={"alice": SecretStr("  ")})
+        Settings(auth={"approver_tokens": {"alice": SecretStr("  ")}})
 
 
 def test_only_a_personal_token_names_a_person():
     """The person comes from the token, never from the basic-auth user name."""
     auth = Authenticator.from_settings(
-        full_settings(approver_tokens={"alice": SecretStr("tok-alice-1")})
+        full_settings(approver_tokens={"alice": SecretStr("tok-alice-1")}).auth,
+        loopback=False,
     )
     basic = base64.b64encode(b"mallory:tok-alice-1").decode()
     assert auth.person(f"Basic {basic}") == "alice"

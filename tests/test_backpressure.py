@@ -25,6 +25,7 @@ from peers import poll, run_alertmanager, run_receiver
 from receiver.app import create_app
 from receiver.metrics import Metrics
 from receiver.rulebook.loader import load_rulebook
+from receiver.runtime import build_runtime
 from receiver.store import MemoryStore
 from receiver.store.base import DecisionQuery
 from receiver.web.handlers import Backpressure
@@ -65,7 +66,7 @@ async def _edge(
     store = MemoryStore()
     metrics = Metrics()
     app = create_app(
-        full_settings(),
+        build_runtime(full_settings()),
         rulebook=load_rulebook([web_rules]),
         store=store,
         clock=clock,

@@ -19,11 +19,12 @@ import pytest
 from conftest import PD_SECRET, bearer, full_settings, journal_drained, pd_signature
 from pydantic import SecretStr
 
-from receiver.app import create_app, guard_defaults
+from receiver.app import create_app
 from receiver.cli import main
 from receiver.engine import backtest
 from receiver.errors import InputError
 from receiver.rulebook.loader import load_rulebook
+from receiver.runtime import build_runtime
 from receiver.sources import detect, parse_json
 from receiver.store import MemoryStore, SqliteStore
 from receiver.store.base import DecisionQuery, JournalEntry
@@ -263,7 +264,7 @@ async def test_simulated_guards_match_the_live_service(aiohttp_client):
     recording = {f: backtest.SimulatedExecutor(f) for f in backtest.FAMILIES}
     rulebook = load_rulebook([RULES])
     app = create_app(
-        settings,
+        build_runtime(settings),
         rulebook=rulebook,
         store=store,
         clock=clock,
@@ -282,7 +283,9 @@ async def test_simulated_guards_match_the_live_service(aiohttp_client):
     entries = await backtest.stored_since(store, start, 1000)
     # The edge answers a repeated delivery without journalling it again.
     assert len(EXAMPLES) <= len(entries) < accepted
-    simulated = await backtest.simulate(rulebook, entries, guard_defaults(settings))
+    simulated = await backtest.simulate(
+        rulebook, entries, build_runtime(settings).guards
+    )
     await client.close()
 
     report = backtest.compare(live, simulated, payloads=len(entries))
@@ -303,7 +306,7 @@ async def test_simulated_guards_match_the_live_service(aiohttp_client):
         assert guards[guard] >= 1, f"the sequence exercises {guard}: {guards}"
     replayed = {f: backtest.SimulatedExecutor(f) for f in backtest.FAMILIES}
     await backtest.simulate(
-        rulebook, entries, guard_defaults(settings), executors=replayed
+        rulebook, entries, build_runtime(settings).guards, executors=replayed
     )
     sim_calls = Counter(c for e in replayed.values() for c in e.calls)
     live_calls = Counter(c for e in recording.values() for c in e.calls)

@@ -34,6 +34,7 @@ from test_console_backtest import fill
 from receiver.app import create_app
 from receiver.app_incidents import INCIDENTS
 from receiver.rulebook.loader import load_rulebook
+from receiver.runtime import build_runtime
 from receiver.steps.http import HttpExecutor
 from receiver.store import MemoryStore
 from receiver.store.base import DecisionQuery, Pause
@@ -161,7 +162,9 @@ async def test_approve_in_the_console_runs_the_step_once(  # noqa: PLR0915 (one 
         store = MemoryStore()
         http = httpx.AsyncClient(timeout=5)
         app = create_app(
-            full_settings(mode="execute", http_allowlist=[f"127.0.0.1:{hook.port}"]),
+            build_runtime(
+                full_settings(mode="execute", http_allowlist=[f"127.0.0.1:{hook.port}"])
+            ),
             rulebook=load_rulebook([path]),
             store=store,
             executors={"http": HttpExecutor(http, [f"127.0.0.1:{hook.port}"])},
@@ -260,7 +263,7 @@ async def test_incidents_guards_and_rules_pages(  # noqa: PLR0915 (one walk-thro
     store = MemoryStore()
     http = httpx.AsyncClient(timeout=5)
     app = create_app(
-        full_settings(mode="execute", http_allowlist=["127.0.0.1:9"]),
+        build_runtime(full_settings(mode="execute", http_allowlist=["127.0.0.1:9"])),
         rulebook=load_rulebook([path]),
         store=store,
         clock=clock,
@@ -388,7 +391,7 @@ async def test_backtest_a_pasted_rules_change(aiohttp_server, browser):
     store = MemoryStore()
     stored = await fill(store, datetime.now(UTC))
     app = create_app(
-        full_settings(),
+        build_runtime(full_settings()),
         rulebook=load_rulebook([RULES]),
         store=store,
         sinks={},

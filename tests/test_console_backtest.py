@@ -22,6 +22,7 @@ from test_backtest import API_DOWN, EXAMPLES, RULES, UNDO, changed_runbook
 
 from receiver.app import create_app
 from receiver.rulebook.loader import load_rulebook
+from receiver.runtime import build_runtime
 from receiver.sources import detect, parse_json
 from receiver.store import MemoryStore
 from receiver.store.base import DecisionQuery, JournalEntry
@@ -49,7 +50,7 @@ async def client(aiohttp_client) -> Any:
     store = MemoryStore()
     stored = await fill(store, datetime.now(UTC))
     app = create_app(
-        full_settings(),
+        build_runtime(full_settings()),
         rulebook=load_rulebook([RULES]),
         store=store,
         sinks={},

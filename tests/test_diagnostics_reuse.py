@@ -28,6 +28,7 @@ from receiver.engine.runner import Runner
 from receiver.engine.worker import Processor
 from receiver.metrics import Metrics
 from receiver.model import Decision, StepKind, StepTrace, freeze
+from receiver.runtime import build_runtime
 from receiver.store import SqliteStore
 from receiver.store.diagnostics import (
     DiagnosticsCache,
@@ -153,7 +154,7 @@ async def test_a_restarted_receiver_reuses_diagnostics_from_its_store_file(
         runs.append(executor)
         store = SqliteStore(str(tmp_path / "receiver.db"))
         app = create_app(
-            full_settings(mode="diagnose", diagnostics_reuse="10m"),
+            build_runtime(full_settings(mode="diagnose", diagnostics_reuse="10m")),
             rulebook=rulebook(),
             store=store,
             clock=TickingClock(),

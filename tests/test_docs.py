@@ -365,7 +365,7 @@ def test_the_quick_start_commands_exist_as_the_readme_says():
     assert run is not None
     assert run.group(1) == "$(BIN)/receiver serve --rules rules"
     defaults = Settings()
-    assert (defaults.host, defaults.port, defaults.mode) == (
+    assert (defaults.server.host, defaults.server.port, defaults.engine.mode) == (
         "127.0.0.1",
         8080,
         "dry-run",

@@ -29,6 +29,7 @@ from receiver.incidents.model import Incident
 from receiver.metrics import Metrics
 from receiver.model import Severity
 from receiver.rulebook.loader import load_rulebook
+from receiver.runtime import build_runtime
 from receiver.store import MemoryStore
 from receiver.store.incidents_base import IncidentQuery
 
@@ -86,7 +87,7 @@ async def test_auth_failures_incident_from_alertmanager_to_report(  # noqa: PLR0
     clock = TickingClock(real_start, step=timedelta(milliseconds=1))
     announcer = RecordingAnnouncer()
     app = create_app(
-        full_settings(host="127.0.0.1", workers=1, mode="diagnose"),
+        build_runtime(full_settings(host="127.0.0.1", workers=1, mode="diagnose")),
         rulebook=load_rulebook([ROOT / "rules"]),
         store=MemoryStore(),
         clock=clock,

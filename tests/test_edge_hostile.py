@@ -21,6 +21,7 @@ from conftest import (
     ROUTING_KEY,
     TOKEN,
     bearer,
+    flat_settings,
     full_settings,
     pd_signature,
 )
@@ -469,7 +470,7 @@ async def test_require_scope_guards_admin_routes(make_client):
 async def test_privileged_scopes_closed_on_loopback_once_configured(make_client):
     """On loopback with only a webhook token, approving is closed, not open."""
     client = await make_client(
-        Settings(host="127.0.0.1", auth_tokens=[SecretStr(TOKEN)])
+        flat_settings(host="127.0.0.1", auth_tokens=[SecretStr(TOKEN)])
     )
     resp = await client.post("/api/v1/approvals/x", json={"decision": "approve"})
     assert resp.status == 403
@@ -484,13 +485,13 @@ async def test_privileged_scopes_closed_on_loopback_once_configured(make_client)
 @pytest.mark.parametrize(
     "yaml_text",
     [
-        'auth_tokens: [""]',
-        "auth_tokens: ['  ']",
-        'pagerduty_secrets: [""]',
-        "routing_keys: ['ok', ' ']",
-        'approve_tokens: [""]',
-        'basic_auth: ":"',
-        'basic_auth: ""',
+        'auth: {tokens: [""]}',
+        "auth: {tokens: ['  ']}",
+        'auth: {pagerduty_secrets: [""]}',
+        "auth: {routing_keys: ['ok', ' ']}",
+        'auth: {approve_tokens: [""]}',
+        'auth: {basic: ":"}',
+        'auth: {basic: ""}',
     ],
 )
 def test_empty_credentials_in_yaml_are_config_errors(tmp_path, yaml_text):

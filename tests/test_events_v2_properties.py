@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
+from conftest import flat_settings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from receiver.app import create_app
 from receiver.rulebook.loader import load_rulebook
-from receiver.settings import Settings
+from receiver.runtime import build_runtime
 from receiver.sources import events_v2
 from receiver.store import MemoryStore
 from receiver.store.base import DecisionQuery
@@ -101,7 +102,7 @@ class EventsLifecycle(RuleBasedStateMachine):
         self.store = MemoryStore()
         rules = Path(self.loop.run_until_complete(asyncio.to_thread(_rules_file)))
         app = create_app(
-            Settings(host="127.0.0.1", workers=1),
+            build_runtime(flat_settings(host="127.0.0.1", workers=1)),
             rulebook=load_rulebook([rules]),
             store=self.store,
             clock=self._clock,

@@ -47,7 +47,7 @@ from receiver.metrics import Metrics
 from receiver.model import Alert, Intent
 from receiver.rulebook.loader import load_rulebook
 from receiver.rulebook.steps import STEP_TYPES, VERIFY_RBAC
-from receiver.settings import Settings, load_settings
+from receiver.settings import flat_keys, load_settings
 from receiver.sources.pagerduty import FIRING, RESOLVED
 from receiver.steps.k8s import KubernetesExecutor
 from receiver.steps.kube_client import KubeConnection, new_api_client
@@ -1456,13 +1456,11 @@ def test_schema_settings_are_receiver_settings():
     """`settings:` keys are real receiver settings the chart does not manage."""
     schema = json.loads((CHART / "values.schema.json").read_text())
     names = set(schema["properties"]["settings"]["properties"])
-    assert names <= set(Settings.model_fields)
+    assert names <= set(flat_keys())
     assert not names & MANAGED_SETTINGS
     keys = schema["properties"]["credentials"]["properties"]["existingSecretKeys"]
     default_keys = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert set(default_keys["credentials"]["existingSecretKeys"]) <= set(
-        Settings.model_fields
-    )
+    assert set(default_keys["credentials"]["existingSecretKeys"]) <= set(flat_keys())
     assert keys["items"]["pattern"] == "^[a-z][a-z0-9_]*$"
 
 
@@ -1683,17 +1681,17 @@ def test_rendered_environment_is_accepted_by_the_receiver_settings(helm, tmp_pat
             environ[name] = value
     settings = load_settings(environ=environ)
     settings.check_safe()
-    assert settings.host == ALL_INTERFACES
-    assert settings.mode == "execute"
-    assert settings.store.startswith("redis://")
-    assert settings.max_body_bytes == 10485760
-    assert settings.http_allowlist == [
+    assert settings.server.host == ALL_INTERFACES
+    assert settings.engine.mode == "execute"
+    assert settings.store.url.startswith("redis://")
+    assert settings.edge.max_body_bytes == 10485760
+    assert settings.http.allowlist == [
         "sark-api.production.svc:8080",
         "sark-api.staging.svc:8080",
     ]
-    assert settings.namespaces == ["production", "staging"]
-    assert len(settings.auth_tokens) == 2
-    assert [str(p) for p in settings.rules] == ["/etc/receiver/rules/team.yaml"]
+    assert settings.guards.namespaces == ["production", "staging"]
+    assert len(settings.auth.tokens) == 2
+    assert [str(p) for p in settings.engine.rules] == ["/etc/receiver/rules/team.yaml"]
 
 
 def test_inline_rules_become_a_config_map_the_receiver_loads(helm, tmp_path):

@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 
 import pytest
 from aiohttp import web
+from conftest import flat_settings
 from pydantic import ValidationError
 
 from receiver.errors import PermanentStepError, TransientStepError
 from receiver.model import Alert, freeze
 from receiver.rulebook.steps import HttpGet, HttpRequest, HttpVerify
-from receiver.settings import Settings
 from receiver.steps import build_executors
 
 ALERT = Alert(
@@ -85,7 +85,9 @@ async def server(aiohttp_server):
 
 @pytest.fixture
 async def http(server):
-    executors = build_executors(Settings(http_allowlist=[f"127.0.0.1:{server.port}"]))
+    executors = build_executors(
+        flat_settings(http_allowlist=[f"127.0.0.1:{server.port}"])
+    )
     yield executors["http"]
     for ex in executors.values():
         await ex.aclose()
@@ -228,7 +230,7 @@ async def test_remediation_is_not_retried_on_5xx(server, http):
 
 async def test_remediation_to_a_closed_port_fails_permanently(server):
     """Nothing listening: the connect is retried, then the step fails for good."""
-    executors = build_executors(Settings(http_allowlist=["127.0.0.1"]))
+    executors = build_executors(flat_settings(http_allowlist=["127.0.0.1"]))
     try:
         step = HttpRequest(url="http://127.0.0.1:9/hook")
         with pytest.raises(

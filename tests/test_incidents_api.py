@@ -21,6 +21,7 @@ from receiver.app import create_app
 from receiver.app_incidents import INCIDENTS, IncidentWiring
 from receiver.metrics import Metrics
 from receiver.rulebook.loader import load_rulebook
+from receiver.runtime import build_runtime
 from receiver.settings import Settings, load_settings
 from receiver.store import MemoryStore
 
@@ -32,7 +33,7 @@ JANE_TOKEN = "tok-jane-58d1"
 async def client(aiohttp_client, web_rules):
     clock = TickingClock()
     app = create_app(
-        full_settings(approver_tokens={"jane": SecretStr(JANE_TOKEN)}),
+        build_runtime(full_settings(approver_tokens={"jane": SecretStr(JANE_TOKEN)})),
         rulebook=load_rulebook([web_rules]),
         store=MemoryStore(),
         clock=clock,
@@ -322,7 +323,7 @@ async def test_the_ticker_runs_at_the_configured_interval(aiohttp_client, web_ru
         await hold.wait()
 
     app = create_app(
-        full_settings(incident_tick_interval="42s"),
+        build_runtime(full_settings(incident_tick_interval="42s")),
         rulebook=load_rulebook([web_rules]),
         store=MemoryStore(),
         clock=TickingClock(),
@@ -337,11 +338,11 @@ async def test_the_ticker_runs_at_the_configured_interval(aiohttp_client, web_ru
 @pytest.mark.parametrize("value", ["0s", "500ms", "6m"])
 def test_the_tick_interval_is_bounded(value):
     """Outside 1s..5m the setting is refused, naming the field."""
-    with pytest.raises(ValidationError, match="incident_tick_interval"):
-        Settings(incident_tick_interval=value)
+    with pytest.raises(ValidationError, match="tick_interval"):
+        Settings(incidents={"tick_interval": value})
 
 
 def test_the_tick_interval_is_read_from_the_environment():
     """RECEIVER_INCIDENT_TICK_INTERVAL sets it, like every other setting."""
     settings = load_settings(environ={"RECEIVER_INCIDENT_TICK_INTERVAL": "1m"})
-    assert settings.incident_tick_interval == timedelta(minutes=1)
+    assert settings.incidents.tick_interval == timedelta(minutes=1)

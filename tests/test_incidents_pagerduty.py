@@ -30,6 +30,7 @@ from receiver.app import create_app
 from receiver.app_incidents import INCIDENTS, IncidentWiring
 from receiver.metrics import Metrics
 from receiver.rulebook.loader import load_rulebook
+from receiver.runtime import build_runtime
 from receiver.sinks.announce import PagerDutyEscalator, build_announcer
 from receiver.sinks.delivery import Deliverer
 from receiver.store import MemoryStore
@@ -111,7 +112,7 @@ async def make_client(aiohttp_client, web_rules, server, mode: str):
     )
     clock = TickingClock()
     app = create_app(
-        settings,
+        build_runtime(settings),
         rulebook=load_rulebook([web_rules]),
         store=MemoryStore(),
         clock=clock,
@@ -309,7 +310,11 @@ async def test_escalator_reports_pagerduty_errors_without_raising(server):
 
 def test_no_announcer_without_configured_text_sinks():
     """With no Slack, webhook or PagerDuty note configured there is no announcer."""
-    assert build_announcer(full_settings()) is None
+    settings = full_settings()
+    assert (
+        build_announcer(settings.sinks, settings.pagerduty, settings.slack, secrets=())
+        is None
+    )
 
 
 async def test_decision_messages_sent_are_on_the_timeline(client, server):

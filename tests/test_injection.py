@@ -31,6 +31,7 @@ from peers import run_prometheus, run_redis
 from receiver.app import create_app
 from receiver.engine.runner import Executor
 from receiver.rulebook.loader import load_rulebook
+from receiver.runtime import build_runtime
 from receiver.settings import Settings
 from receiver.steps import build_executors
 from receiver.steps.k8s import KubernetesExecutor
@@ -117,7 +118,7 @@ async def start(aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[Start]:
         found.update(executors or {})
         clock = TickingClock()
         app = create_app(
-            config,
+            build_runtime(config),
             rulebook=load_rulebook([rules]),
             store=MemoryStore(),
             clock=clock,

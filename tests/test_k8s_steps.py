@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import flat_settings
 from kube import (
     DEPLOYMENTS,
     HPAS,
@@ -57,7 +58,7 @@ from receiver.rulebook.steps import (
     PodsReadyVerify,
     RolloutStatusVerify,
 )
-from receiver.settings import Settings, in_cluster_host
+from receiver.settings import KubeSettings, Settings, in_cluster_host
 from receiver.steps import build_executors
 from receiver.steps.k8s import KubernetesExecutor
 from receiver.steps.kube_client import (
@@ -196,8 +197,10 @@ async def test_kubeconfig_path_and_context_pick_the_cluster_and_credentials(
     }
     path = tmp_path / "kubeconfig"
     path.write_text(yaml.safe_dump(config))
-    settings = Settings(kube_mode="kubeconfig", kubeconfig=path, kube_context="kmock")
-    made = KubernetesExecutor.from_settings(settings)
+    settings = flat_settings(
+        kube_mode="kubeconfig", kubeconfig=path, kube_context="kmock"
+    )
+    made = KubernetesExecutor.from_settings(settings.kube)
     kube.made.append(made)
     seed_rollout(kube.cluster, NS, "sark", HISTORY)
     result = await made.run(K8sDescribe(namespace=NS, object_name="sark"), ALERT)
@@ -209,11 +212,11 @@ async def test_kubeconfig_path_and_context_pick_the_cluster_and_credentials(
 async def test_settings_choose_how_the_client_connects():
     """Each kube_mode builds its connection from settings, or says what is missing."""
     with pytest.raises(ConfigError, match="RECEIVER_KUBE_HOST"):
-        KubeConnection.from_settings(Settings(kube_mode="host"))
+        KubeConnection.from_settings(KubeSettings(mode="host"))
     with pytest.raises(ConfigError, match="KUBERNETES_SERVICE_HOST"):
-        KubeConnection.from_settings(Settings(kube_mode="in-cluster"), environ={})
+        KubeConnection.from_settings(KubeSettings(mode="in-cluster"), environ={})
     pod = KubeConnection.from_settings(
-        Settings(kube_mode="in-cluster"),
+        KubeSettings(mode="in-cluster"),
         environ={
             "KUBERNETES_SERVICE_HOST": "10.0.0.1",
             "KUBERNETES_SERVICE_PORT": "443",
@@ -229,7 +232,9 @@ async def test_settings_choose_how_the_client_connects():
         == "https://[fd00::1]:443"
     )
     plain = build_executors(Settings())
-    built = build_executors(Settings(kube_mode="host", kube_host="http://127.0.0.1:1"))
+    built = build_executors(
+        flat_settings(kube_mode="host", kube_host="http://127.0.0.1:1")
+    )
     assert "k8s" not in plain
     assert isinstance(built["k8s"], KubernetesExecutor)
     for made in (*plain.values(), *built.values()):

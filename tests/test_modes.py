@@ -26,6 +26,7 @@ from receiver.errors import TransientStepError
 from receiver.metrics import Metrics
 from receiver.model import Alert, Decision, StepKind, StepResult, freeze
 from receiver.rulebook.loader import load_rulebook
+from receiver.runtime import build_runtime
 from receiver.settings import Settings
 from receiver.sinks.render import render_note
 from receiver.store import MemoryStore
@@ -130,14 +131,14 @@ async def test_failed_diagnostics_are_not_reused():
 @pytest.mark.parametrize("mode", ["dry-run", "diagnose", "execute"])
 def test_settings_accept_the_three_modes(mode):
     """RECEIVER_MODE takes dry-run, diagnose and execute; dry-run is the default."""
-    assert Settings(mode=mode).mode == mode
-    assert Settings().mode == "dry-run"
+    assert Settings(engine={"mode": mode}).engine.mode == mode
+    assert Settings().engine.mode == "dry-run"
 
 
 async def test_metrics_say_which_mode_decides(aiohttp_client, web_rules):
     """receiver_mode{mode="diagnose"} is 1 in a diagnose-mode app."""
     app = create_app(
-        full_settings(mode="diagnose"),
+        build_runtime(full_settings(mode="diagnose")),
         rulebook=load_rulebook([web_rules]),
         store=MemoryStore(),
         clock=TickingClock(),

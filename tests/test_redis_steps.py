@@ -425,7 +425,7 @@ def test_another_database_of_the_store_server_is_allowed():
         "RECEIVER_REDIS_TARGETS": "app=redis://127.0.0.1:6390/1,other=redis://h:1/0",
     }
     settings = load_settings(environ=env)
-    assert set(settings.redis_targets) == {"app", "other"}
+    assert set(settings.redis.targets) == {"app", "other"}
 
 
 def test_targets_come_from_a_file_and_never_print(tmp_path):
@@ -435,7 +435,7 @@ def test_targets_come_from_a_file_and_never_print(tmp_path):
         "app=redis://:file-pass-19@10.0.0.5:6379/0\ncache=redis://c:6379/3\n"
     )
     settings = load_settings(environ={"RECEIVER_REDIS_TARGETS_FILE": str(path)})
-    assert settings.redis_targets["app"].get_secret_value().endswith("10.0.0.5:6379/0")
+    assert settings.redis.targets["app"].get_secret_value().endswith("10.0.0.5:6379/0")
     assert "file-pass-19" not in repr(settings)
     assert "file-pass-19" not in settings.model_dump_json()
     assert "file-pass-19" in settings.secret_values()

@@ -25,12 +25,13 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from conftest import flat_settings
 from fakes import RecordingServer, Reply, Request
 from peers import Peer, poll, run_receiver, run_redis
 from pydantic import SecretStr, ValidationError
 
 from receiver.errors import ConfigError
-from receiver.settings import Settings, load_settings
+from receiver.settings import load_settings
 from receiver.sinks.render import alertmanager_dedup_key
 
 pytestmark = pytest.mark.e2e
@@ -387,7 +388,7 @@ def every_secret_settings(**overrides) -> dict:
 
 def test_settings_never_print_their_secrets():
     """repr, str and JSON dumps of settings mask every secret."""
-    settings = Settings(**every_secret_settings())
+    settings = flat_settings(**every_secret_settings())
     for text in (repr(settings), str(settings), settings.model_dump_json()):
         assert leaks(text) == []
     found = set(settings.secret_values())
@@ -402,7 +403,7 @@ def test_settings_never_print_their_secrets():
 def test_invalid_settings_errors_do_not_echo_secrets():
     """A settings error (ConfigError or ValidationError) names the field, not values."""
     with pytest.raises(ValidationError) as caught:
-        Settings(
+        flat_settings(
             **every_secret_settings(
                 store="redis://cache:6379/0", pagerduty_from="not-an-email"
             )
@@ -432,7 +433,7 @@ def test_a_sink_listed_without_its_credentials_is_refused_at_startup():
 
 def test_secret_values_cover_url_credentials():
     """Passwords inside target URLs are known secrets, for log redaction."""
-    settings = Settings(
+    settings = flat_settings(
         redis_targets={"a": SecretStr(f"redis://user:{REDIS_PASSWORD}@h:1/0")}
     )
     assert REDIS_PASSWORD in settings.secret_values()

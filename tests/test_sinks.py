@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 import structlog
-from conftest import Ticking
+from conftest import Ticking, flat_settings
 from fakes import RecordingServer, Reply, events_api, pagerduty_api
 from peers import poll, run_alertmanager, run_redis
 
@@ -27,12 +27,12 @@ from receiver.model import (
     freeze,
 )
 from receiver.rulebook.loader import load_rulebook
+from receiver.runtime import build_runtime
 from receiver.settings import Settings
 from receiver.sinks import (
     SinkDispatcher,
     SinkError,
     SinkOutcome,
-    build_sinks,
     is_own_note,
     playbook_sinks,
 )
@@ -372,7 +372,7 @@ def settings(server: RecordingServer, **overrides) -> Settings:
         "sink_max_wait": 60,
     }
     values.update(overrides)
-    return Settings(**values)
+    return flat_settings(**values)
 
 
 @pytest.fixture
@@ -380,7 +380,7 @@ async def make_sinks():
     built = []
 
     def factory(s: Settings, sleep=None):
-        sinks = build_sinks(s, sleep=sleep or Sleeps())
+        sinks = build_runtime(s).sinks(sleep=sleep or Sleeps())
         built.append(sinks)
         return sinks
 
@@ -912,7 +912,7 @@ async def test_the_worker_hands_decisions_to_sinks_without_waiting(
         )
         store = MemoryStore()
         app = create_app(
-            s,
+            build_runtime(s),
             rulebook=load_rulebook([rules]),
             store=store,
             clock=Ticking(NOW),
@@ -1079,12 +1079,14 @@ async def test_sink_deliveries_are_counted_per_sink_and_outcome(
     pd.script("POST", "/hook", Reply(500, "down"))
     rules = load_rulebook([web_rules])
     app = create_app(
-        full_settings(
-            webhook_urls=[f"{pd.url}/hook"],
-            slack_webhook_url=f"{pd.url}/services/T0/B0/slacksecret",
-            sinks=["slack", "webhook"],
-            sink_attempts=1,
-            mode="diagnose",
+        build_runtime(
+            full_settings(
+                webhook_urls=[f"{pd.url}/hook"],
+                slack_webhook_url=f"{pd.url}/services/T0/B0/slacksecret",
+                sinks=["slack", "webhook"],
+                sink_attempts=1,
+                mode="diagnose",
+            )
         ),
         rulebook=rules,
         store=MemoryStore(),

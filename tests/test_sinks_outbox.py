@@ -189,9 +189,15 @@ async def run_model(ops, outbox_at, tmp: Path) -> None:
     most = 2 if next(counter) else 1
     assert all(1 <= n <= most for n in sent.values()), sent
     assert set(sent) | (set() if not parked else decided - set(sent)) == decided
-    assert len(decided - set(sent)) == parked
+    # Every unsent decision is parked; a row may also be parked after it was
+    # sent, when stops kept interrupting it between the answer and the note
+    # (which of the two happens depends on task scheduling).
+    assert len(decided - set(sent)) <= parked <= len(decided)
     records = await store.decisions(DecisionQuery())
-    assert {r["decision_payload_id"] for r in records} >= set(sent)
+    recorded = {r["decision_payload_id"] for r in records}
+    # A sent delivery lacks its record only if its row was parked before the
+    # outcome was noted.
+    assert len(set(sent) - recorded) <= parked, (set(sent) - recorded, parked)
     await d.aclose()
     await store.close()
 

@@ -29,6 +29,7 @@ from pydantic import SecretStr
 from receiver.app import create_app
 from receiver.rulebook.loader import load_rulebook
 from receiver.rulebook.schema import Approvers
+from receiver.runtime import build_runtime
 from receiver.steps.http import HttpExecutor
 from receiver.store import MemoryStore
 from receiver.web.approvals import NotOnCallError, OnCall, admitted
@@ -263,7 +264,7 @@ async def slack(aiohttp_client, tmp_path, side) -> Any:
         store = MemoryStore()
         http = httpx.AsyncClient(timeout=5)
         app = create_app(
-            settings,
+            build_runtime(settings),
             rulebook=load_rulebook([path]),
             store=store,
             clock=ticking(T0),

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import httpx
-from conftest import full_settings
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -31,6 +30,7 @@ from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Runner
 from receiver.engine.worker import Processor
 from receiver.rulebook.loader import load_rulebook
+from receiver.settings import SlackSettings
 from receiver.store import MemoryStore
 from receiver.store.base import Approval, JournalEntry
 from receiver.web.approvals import ApprovalDesk, Approver
@@ -106,9 +106,7 @@ class ApprovalMachine(RuleBasedStateMachine):
         self.client = httpx.AsyncClient()
         self.desk = ApprovalDesk(store=self.store, processor=processor, clock=clock)
         self.slack = SlackInteractions(
-            settings=full_settings(
-                slack_signing_secret=SecretStr("s"), slack_approvers=USERS
-            ),
+            slack=SlackSettings(signing_secret=SecretStr("s"), approvers=USERS),
             store=self.store,
             desk=self.desk,
             clock=clock,

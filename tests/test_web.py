@@ -16,13 +16,12 @@ from conftest import (
     TOKEN,
     basic,
     bearer,
+    flat_settings,
     full_settings,
     pd_signature,
     wait_for_decisions,
 )
 from prometheus_client.parser import text_string_to_metric_families
-
-from receiver.settings import Settings
 
 AM = "/webhooks/alertmanager"
 PD = "/webhooks/pagerduty"
@@ -594,7 +593,7 @@ async def test_enqueue_missing_routing_key(make_client):
 
 async def test_loopback_without_credentials_is_open(make_client):
     """On loopback with no credentials every webhook and the API are open."""
-    client = await make_client(Settings(host="127.0.0.1", max_body_bytes=MAX_BODY))
+    client = await make_client(flat_settings(host="127.0.0.1", max_body_bytes=MAX_BODY))
     resp = await client.post(AM, json=am_payload())
     assert resp.status == 202, await resp.text()
     resp = await client.post(ENQUEUE, json=enqueue_body(routing_key="anything"))
@@ -608,7 +607,7 @@ async def test_loopback_without_credentials_is_open(make_client):
 @pytest.mark.parametrize("host", ["localhost", "::1", "127.0.0.2"])
 async def test_other_loopback_names_are_open(make_client, host):
     """The name localhost and every loopback address count as loopback."""
-    client = await make_client(Settings(host=host))
+    client = await make_client(flat_settings(host=host))
     resp = await client.post(AM, json=am_payload())
     assert resp.status == 202
 
@@ -627,7 +626,7 @@ async def test_not_loopback_without_credentials_is_disabled(
     make_client, path, body, headers
 ):
     """Beyond loopback with no credentials each endpoint refuses with 403."""
-    client = await make_client(Settings(host="0.0.0.0"))  # noqa: S104
+    client = await make_client(flat_settings(host="0.0.0.0"))  # noqa: S104
     if body is None:
         resp = await client.get(path, headers=headers)
     else:
@@ -646,8 +645,8 @@ def test_check_safe_refuses_open_non_loopback():
     from receiver.errors import ConfigError  # noqa: PLC0415
 
     with pytest.raises(ConfigError, match="without credentials"):
-        Settings(host="0.0.0.0").check_safe()  # noqa: S104
-    Settings(host="127.0.0.1").check_safe()
+        flat_settings(host="0.0.0.0").check_safe()  # noqa: S104
+    flat_settings(host="127.0.0.1").check_safe()
     full_settings().check_safe()
 
 

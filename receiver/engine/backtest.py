@@ -9,10 +9,10 @@ time, so cooldowns, budgets, locks, circuit breakers and approvals play out as
 they would have. ``compare`` reports alerts whose rules, severities, playbooks or
 step decisions changed, and remediations that would run more or less often.
 
-Used by the CLI (``cli._backtest``) and the console (``compare_bounded``: both
-rule sets a payload at a time, yielding to the event loop, until a deadline);
-``summarise`` also reads the live decision log, so tests can prove the
-simulation decides what the service did.
+Used by the CLI (``receiver.cli.offline.run_backtest``) and the console
+(``compare_bounded``: both rule sets a payload at a time, yielding to the event
+loop, until a deadline); ``summarise`` also reads the live decision log, so
+tests can prove the simulation decides what the service did.
 """
 
 from __future__ import annotations

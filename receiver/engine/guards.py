@@ -24,24 +24,29 @@ import structlog
 from receiver.model import Alert, SourceView, iso
 from receiver.rulebook.schema import Guards
 from receiver.rulebook.templates import format_duration
+from receiver.settings import GuardSettings
 from receiver.store.base import Approval, BudgetSlot, Claim, Lock, Store, new_id
 
 log = structlog.get_logger("receiver.guards")
+_SETTINGS = GuardSettings()
 
 
 @dataclass(frozen=True)
 class GuardDefaults:
-    """Settings-level defaults for guards a playbook does not declare."""
+    """Settings-level defaults for guards a playbook does not declare.
 
-    cooldown: timedelta = timedelta(minutes=10)
-    budget_max: int = 5
-    budget_window: timedelta = timedelta(hours=1)
-    global_budget_max: int = 30
-    global_budget_window: timedelta = timedelta(hours=1)
-    circuit_failures: int = 3
-    circuit_cool_off: timedelta = timedelta(hours=1)
+    The defaults are the settings' own (``GuardSettings``), stated once.
+    """
+
+    cooldown: timedelta = _SETTINGS.cooldown
+    budget_max: int = _SETTINGS.budget_max
+    budget_window: timedelta = _SETTINGS.budget_window
+    global_budget_max: int = _SETTINGS.global_budget_max
+    global_budget_window: timedelta = _SETTINGS.global_budget_window
+    circuit_failures: int = _SETTINGS.circuit_failures
+    circuit_cool_off: timedelta = _SETTINGS.circuit_cool_off
     lock_ttl: timedelta = timedelta(minutes=15)
-    approval_ttl: timedelta = timedelta(hours=1)
+    approval_ttl: timedelta = _SETTINGS.approval_ttl
     idempotency_ttl: timedelta = timedelta(days=7)
 
 

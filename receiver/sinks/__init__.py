@@ -14,13 +14,13 @@ engine, the web edge or the store (the store comes in as a protocol).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import httpx
 
 from receiver.retrying import Sleep
 from receiver.scrubbing import Scrubber
-from receiver.settings import Settings
+from receiver.settings import PagerDutySettings, SinkSettings, SlackSettings
 from receiver.sinks.delivery import Deliverer, SinkError, SinkOutcome
 from receiver.sinks.dispatch import (
     Sink,
@@ -35,58 +35,50 @@ from receiver.sinks.webhook import WebhookSink
 
 
 def build_sinks(
-    settings: Settings,
+    sinks: SinkSettings,
+    pagerduty: PagerDutySettings,
+    slack: SlackSettings,
     *,
+    secrets: Sequence[str],
     transport: httpx.AsyncBaseTransport | None = None,
     sleep: Sleep = asyncio.sleep,
 ) -> dict[str, Sink]:
-    """Every sink settings configure, by name, sharing one HTTP client."""
-    secrets = settings.secret_values()
-    timeout = settings.sink_timeout.total_seconds()
+    """Every sink the settings configure, by name, each with its own client."""
 
     def deliverer() -> Deliverer:
-        return Deliverer(
-            httpx.AsyncClient(
-                timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-                follow_redirects=False,
-                transport=transport,
-                headers={"User-Agent": "alert-receiver"},
-            ),
-            secrets=secrets,
-            attempts=settings.sink_attempts,
-            max_wait=settings.sink_max_wait.total_seconds(),
-            sleep=sleep,
+        return Deliverer.configured(
+            sinks, secrets=secrets, transport=transport, sleep=sleep
         )
 
-    sinks: dict[str, Sink] = {}
-    if settings.pagerduty_api_token is not None and settings.pagerduty_from:
-        sinks["pagerduty_note"] = PagerDutyNoteSink(
+    built: dict[str, Sink] = {}
+    if pagerduty.api_token is not None and pagerduty.from_email:
+        built["pagerduty_note"] = PagerDutyNoteSink(
             deliverer(),
-            api_url=settings.pagerduty_api_url,
-            token=settings.pagerduty_api_token.get_secret_value(),
-            from_email=settings.pagerduty_from,
-            max_chars=settings.note_max_chars,
+            api_url=pagerduty.api_url,
+            token=pagerduty.api_token.get_secret_value(),
+            from_email=pagerduty.from_email,
+            max_chars=sinks.note_max_chars,
         )
-    if settings.pagerduty_routing_key is not None:
-        sinks["pagerduty_event"] = PagerDutyEventSink(
+    if pagerduty.routing_key is not None:
+        built["pagerduty_event"] = PagerDutyEventSink(
             deliverer(),
-            url=settings.pagerduty_events_url,
-            routing_key=settings.pagerduty_routing_key.get_secret_value(),
+            url=pagerduty.events_url,
+            routing_key=pagerduty.routing_key.get_secret_value(),
         )
-    if settings.slack_webhook_url is not None:
-        sinks["slack"] = SlackSink(
-            deliverer(), url=settings.slack_webhook_url.get_secret_value()
+    if slack.webhook_url is not None:
+        built["slack"] = SlackSink(
+            deliverer(), url=slack.webhook_url.get_secret_value()
         )
-    if settings.webhook_urls:
-        sinks["webhook"] = WebhookSink(
-            deliverer(), urls=[u.get_secret_value() for u in settings.webhook_urls]
+    if sinks.webhook_urls:
+        built["webhook"] = WebhookSink(
+            deliverer(), urls=[u.get_secret_value() for u in sinks.webhook_urls]
         )
-    return sinks
+    return built
 
 
-def scrubber(settings: Settings) -> Callable[[str], str]:
-    """A function that masks every configured secret in a text."""
-    return Scrubber(settings.secret_values())
+def scrubber(secrets: Sequence[str]) -> Callable[[str], str]:
+    """A function that masks every secret of ``secrets`` in a text."""
+    return Scrubber(secrets)
 
 
 __all__ = [

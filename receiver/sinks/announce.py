@@ -19,7 +19,7 @@ from typing import Protocol
 import httpx
 
 from receiver.retrying import Sleep
-from receiver.settings import Settings
+from receiver.settings import PagerDutySettings, SinkSettings, SlackSettings
 from receiver.sinks.delivery import Deliverer, SinkError
 from receiver.sinks.pagerduty import ACCEPT
 from receiver.sinks.render import OWN_NOTE_MARKER
@@ -149,55 +149,38 @@ class SinkAnnouncer:
         await self._d.aclose()
 
 
-def _deliverer(
-    settings: Settings,
-    transport: httpx.AsyncBaseTransport | None,
-    sleep: Sleep,
-) -> Deliverer:
-    timeout = settings.sink_timeout.total_seconds()
-    return Deliverer(
-        httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            follow_redirects=False,
-            transport=transport,
-            headers={"User-Agent": "alert-receiver"},
-        ),
-        secrets=settings.secret_values(),
-        attempts=settings.sink_attempts,
-        max_wait=settings.sink_max_wait.total_seconds(),
-        sleep=sleep,
-    )
-
-
 def build_announcer(
-    settings: Settings,
+    sinks: SinkSettings,
+    pagerduty: PagerDutySettings,
+    slack: SlackSettings,
     *,
+    secrets: Sequence[str],
     transport: httpx.AsyncBaseTransport | None = None,
     sleep: Sleep = asyncio.sleep,
 ) -> SinkAnnouncer | None:
-    """The announcer for the sinks settings name and configure, or None."""
-    chosen = set(settings.sinks)
-    slack = settings.slack_webhook_url if "slack" in chosen else None
-    hooks = settings.webhook_urls if "webhook" in chosen else []
+    """The announcer for the sinks the settings name and configure, or None."""
+    chosen = set(sinks.default)
+    slack_url = slack.webhook_url if "slack" in chosen else None
+    hooks = sinks.webhook_urls if "webhook" in chosen else []
     pd = None
     if (
         "pagerduty_note" in chosen
-        and settings.pagerduty_api_token is not None
-        and settings.pagerduty_from
+        and pagerduty.api_token is not None
+        and pagerduty.from_email
     ):
         pd = (
-            settings.pagerduty_api_url,
-            settings.pagerduty_api_token.get_secret_value(),
-            settings.pagerduty_from,
+            pagerduty.api_url,
+            pagerduty.api_token.get_secret_value(),
+            pagerduty.from_email,
         )
-    if slack is None and not hooks and pd is None:
+    if slack_url is None and not hooks and pd is None:
         return None
     return SinkAnnouncer(
-        _deliverer(settings, transport, sleep),
-        slack_url=slack.get_secret_value() if slack else None,
+        Deliverer.configured(sinks, secrets=secrets, transport=transport, sleep=sleep),
+        slack_url=slack_url.get_secret_value() if slack_url else None,
         webhook_urls=[u.get_secret_value() for u in hooks],
         pagerduty=pd,
-        max_chars=settings.note_max_chars,
+        max_chars=sinks.note_max_chars,
     )
 
 
@@ -296,17 +279,19 @@ class PagerDutyEscalator:
 
 
 def build_escalator(
-    settings: Settings,
+    sinks: SinkSettings,
+    pagerduty: PagerDutySettings,
     *,
+    secrets: Sequence[str],
     transport: httpx.AsyncBaseTransport | None = None,
     sleep: Sleep = asyncio.sleep,
 ) -> PagerDutyEscalator | None:
     """The PagerDuty escalator when an API token and From address are set."""
-    if settings.pagerduty_api_token is None or not settings.pagerduty_from:
+    if pagerduty.api_token is None or not pagerduty.from_email:
         return None
     return PagerDutyEscalator(
-        _deliverer(settings, transport, sleep),
-        api_url=settings.pagerduty_api_url,
-        token=settings.pagerduty_api_token.get_secret_value(),
-        from_email=settings.pagerduty_from,
+        Deliverer.configured(sinks, secrets=secrets, transport=transport, sleep=sleep),
+        api_url=pagerduty.api_url,
+        token=pagerduty.api_token.get_secret_value(),
+        from_email=pagerduty.from_email,
     )

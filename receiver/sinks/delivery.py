@@ -28,6 +28,7 @@ from receiver.retrying import (
     transient_status,
 )
 from receiver.scrubbing import Scrubber
+from receiver.settings import SinkSettings
 
 # "occurrence": post when an alert occurrence is first decided or a remediation
 # reaches a new outcome; "decision": post every decision record once.
@@ -121,6 +122,30 @@ class Deliverer:
         )
         self._sleep = sleep
         self._clock = clock or (lambda: datetime.now(UTC))
+
+    @classmethod
+    def configured(
+        cls,
+        sinks: SinkSettings,
+        *,
+        secrets: Iterable[str],
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> Deliverer:
+        """A deliverer with the ``sinks`` settings' timeout and retry policy."""
+        timeout = sinks.timeout.total_seconds()
+        return cls(
+            httpx.AsyncClient(
+                timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+                follow_redirects=False,
+                transport=transport,
+                headers={"User-Agent": "alert-receiver"},
+            ),
+            secrets=secrets,
+            attempts=sinks.attempts,
+            max_wait=sinks.max_wait.total_seconds(),
+            sleep=sleep,
+        )
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None

@@ -19,29 +19,25 @@ Built = HttpExecutor | PrometheusExecutor | RedisExecutor | KubernetesExecutor
 
 
 def build_executors(settings: Settings) -> dict[str, Built]:
-    """One executor per family that settings configure, each with its own client."""
+    """One executor per family that settings configure, each given its group."""
     timeout = httpx.Timeout(10.0, connect=3.0)
     executors: dict[str, Built] = {
         "http": HttpExecutor(
             httpx.AsyncClient(timeout=timeout, follow_redirects=False),
-            settings.http_allowlist,
+            settings.http.allowlist,
         )
     }
-    prometheus = {
-        name: url.get_secret_value()
-        for name, url in settings.prometheus_targets.items()
-    }
-    if settings.prometheus_url:
-        prometheus.setdefault("default", settings.prometheus_url)
+    prometheus = settings.prometheus.servers()
     if prometheus:
         executors["prometheus"] = PrometheusExecutor(
             httpx.AsyncClient(timeout=timeout), prometheus
         )
-    if settings.redis_targets:
+    redis = settings.redis
+    if redis.targets:
         executors["redis"] = RedisExecutor(
-            {n: u.get_secret_value() for n, u in settings.redis_targets.items()},
-            timeout=settings.redis_timeout.total_seconds(),
+            {n: u.get_secret_value() for n, u in redis.targets.items()},
+            timeout=redis.timeout.total_seconds(),
         )
-    if settings.kube_mode != "off":
-        executors["k8s"] = KubernetesExecutor.from_settings(settings)
+    if settings.kube.mode != "off":
+        executors["k8s"] = KubernetesExecutor.from_settings(settings.kube)
     return executors

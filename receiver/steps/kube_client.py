@@ -38,7 +38,7 @@ from kubernetes_asyncio.config.config_exception import ConfigException
 
 from receiver.errors import ConfigError, PermanentStepError, TransientStepError
 from receiver.retrying import RetryPolicy, retrying, transient_status
-from receiver.settings import Settings, in_cluster_host
+from receiver.settings import KubeSettings, in_cluster_host
 from receiver.steps.kube_objects import MESSAGE_CHARS, Json, cap
 
 T = TypeVar("T")
@@ -74,45 +74,47 @@ class KubeConnection:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, environ: Mapping[str, str] | None = None
+        cls, kube: KubeSettings, environ: Mapping[str, str] | None = None
     ) -> KubeConnection:
-        """The connection ``settings`` describe.
+        """The connection the ``kube`` settings describe.
 
         Raises:
             ConfigError: the mode lacks what it needs (no host, no in-cluster env).
         """
-        mode = settings.kube_mode
+        mode = kube.mode
         if mode == "off":
-            raise ConfigError("kube_mode is off: no Kubernetes connection")
+            raise ConfigError("kube.mode is off: no Kubernetes connection")
         if mode == "kubeconfig":
             return cls(
                 mode="kubeconfig",
-                kubeconfig=settings.kubeconfig or Path("~/.kube/config").expanduser(),
-                context=settings.kube_context,
+                kubeconfig=kube.kubeconfig or Path("~/.kube/config").expanduser(),
+                context=kube.context,
             )
         if mode == "in-cluster":
-            host = settings.kube_host or in_cluster_host(environ)
+            host = kube.host or in_cluster_host(environ)
             if host is None:
                 raise ConfigError(
-                    "kube_mode=in-cluster but KUBERNETES_SERVICE_HOST/PORT are not "
-                    "set (not running in a pod?); set RECEIVER_KUBE_HOST or use "
-                    "kube_mode=kubeconfig"
+                    "RECEIVER_KUBE_MODE=in-cluster but KUBERNETES_SERVICE_HOST/PORT "
+                    "are not set (not running in a pod?); set RECEIVER_KUBE_HOST or "
+                    "use RECEIVER_KUBE_MODE=kubeconfig"
                 )
             return cls(
                 mode="in-cluster",
                 host=host,
-                token_file=settings.kube_token_file or SA_DIR / "token",
-                ca_file=settings.kube_ca_file or SA_DIR / "ca.crt",
-                insecure=settings.kube_insecure,
+                token_file=kube.token_file or SA_DIR / "token",
+                ca_file=kube.ca_file or SA_DIR / "ca.crt",
+                insecure=kube.insecure,
             )
-        if not settings.kube_host:
-            raise ConfigError("kube_mode=host needs RECEIVER_KUBE_HOST (the API URL)")
+        if not kube.host:
+            raise ConfigError(
+                "RECEIVER_KUBE_MODE=host needs RECEIVER_KUBE_HOST (the API URL)"
+            )
         return cls(
             mode="host",
-            host=settings.kube_host,
-            token_file=settings.kube_token_file,
-            ca_file=settings.kube_ca_file,
-            insecure=settings.kube_insecure,
+            host=kube.host,
+            token_file=kube.token_file,
+            ca_file=kube.ca_file,
+            insecure=kube.insecure,
         )
 
     def where(self) -> str:

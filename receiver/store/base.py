@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from receiver.model import Source, iso
+from receiver.settings import JournalSettings, RetentionSettings
 
 
 def new_id() -> str:
@@ -38,17 +39,24 @@ def new_id() -> str:
     return f"{time.time_ns() // 1_000_000:013x}{os.urandom(6).hex()}"
 
 
+_RETENTION = RetentionSettings()
+_JOURNAL = JournalSettings()
+
+
 @dataclass(frozen=True)
 class Retention:
-    """How long and how much finished state is kept before pruning."""
+    """How long and how much finished state is kept before pruning.
 
-    max_age: timedelta = timedelta(days=7)
-    max_payloads: int = 100_000
-    max_decisions: int = 200_000
+    The defaults are the settings' own (``RetentionSettings``, ``JournalSettings``).
+    """
+
+    max_age: timedelta = _RETENTION.max_age
+    max_payloads: int = _RETENTION.payloads
+    max_decisions: int = _RETENTION.decisions
     # How long a claim (``Lease``) lasts from the caller's ``now``; the worker
     # renews it while it decides the entry. A lapsed lease (a dead or hung
     # consumer) lets another consumer take the entry over.
-    lease: timedelta = timedelta(minutes=5)
+    lease: timedelta = _JOURNAL.lease
 
 
 @dataclass(frozen=True)

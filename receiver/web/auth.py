@@ -44,7 +44,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from receiver.errors import AuthError, ForbiddenError, InputError
-from receiver.settings import Settings
+from receiver.settings import AuthSettings
 
 Scope = Literal["webhook", "read", "replay", "approve", "admin"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
@@ -125,34 +125,37 @@ class Authenticator:
         self._no_credentials = not (tokens or basic or self._pd or self._keys)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Authenticator:
-        """The authenticator the settings describe (scopes as in the docstring)."""
+    def from_settings(cls, auth: AuthSettings, *, loopback: bool) -> Authenticator:
+        """The authenticator ``auth`` describes (scopes as in the docstring).
+
+        ``loopback``: the service listens on loopback only.
+        """
         tokens = [
-            *scoped(settings.auth_tokens, "webhook", "read"),
-            *scoped(settings.read_tokens, "read"),
-            *scoped(settings.replay_tokens, "read", "replay"),
-            *scoped(settings.approve_tokens, "read", "approve"),
-            *scoped(settings.admin_tokens, "read", "admin"),
+            *scoped(auth.tokens, "webhook", "read"),
+            *scoped(auth.read_tokens, "read"),
+            *scoped(auth.replay_tokens, "read", "replay"),
+            *scoped(auth.approve_tokens, "read", "approve"),
+            *scoped(auth.admin_tokens, "read", "admin"),
             *(
                 Credential(
                     token.get_secret_value().encode(),
                     frozenset({"read", "approve"}),
                     person,
                 )
-                for person, token in sorted(settings.approver_tokens.items())
+                for person, token in sorted(auth.approver_tokens.items())
             ),
         ]
         basic = (
-            scoped([settings.basic_auth], "webhook", "read")[0]
-            if settings.basic_auth is not None
+            scoped([auth.basic], "webhook", "read")[0]
+            if auth.basic is not None
             else None
         )
         return cls(
             tokens,
             basic,
-            settings.pagerduty_secrets,
-            settings.routing_keys,
-            loopback=settings.loopback_only,
+            auth.pagerduty_secrets,
+            auth.routing_keys,
+            loopback=loopback,
         )
 
     def _open(self, scope: Scope | None) -> bool:

@@ -35,7 +35,7 @@ import structlog
 from aiohttp import web
 
 from receiver.errors import AuthError, ForbiddenError, InputError
-from receiver.settings import Settings
+from receiver.settings import SlackSettings
 from receiver.store.base import DecisionQuery, JournalEntry, Store
 from receiver.web.approvals import Answer, ApprovalDesk, Approver
 
@@ -123,7 +123,7 @@ class SlackInteractions:
     def __init__(
         self,
         *,
-        settings: Settings,
+        slack: SlackSettings,
         store: Store,
         desk: ApprovalDesk,
         clock: Callable[[], datetime],
@@ -131,9 +131,9 @@ class SlackInteractions:
         outcome_wait: timedelta = timedelta(minutes=2),
         poll_every: float = 0.2,
     ) -> None:
-        secret = settings.slack_signing_secret
+        secret = slack.signing_secret
         self._secret = secret.get_secret_value() if secret else ""
-        self._users = dict(settings.slack_approvers)
+        self._users = dict(slack.approvers)
         self._store = store
         self._desk = desk
         self._clock = clock

@@ -47,7 +47,7 @@ from receiver.rulebook.steps import (
     PodsReadyVerify,
     RolloutStatusVerify,
 )
-from receiver.settings import Settings
+from receiver.settings import KubeSettings
 from receiver.steps.k8s import KubernetesExecutor
 
 KUBECONFIG = os.environ.get("KUBECONFIG", "")
@@ -84,10 +84,10 @@ async def real() -> AsyncIterator[Real]:
     core = CoreV1Api(api)
     await core.create_namespace({"metadata": {"name": namespace}})
     executor = KubernetesExecutor.from_settings(
-        Settings(
-            kube_mode="kubeconfig",
+        KubeSettings(
+            mode="kubeconfig",
             kubeconfig=Path(config),
-            kube_poll_interval="1s",
+            poll_interval="1s",
         )
     )
     try:
@@ -342,12 +342,12 @@ async def test_a_403_is_not_retried(real, tmp_path):
     host = real.apps.api_client.configuration.host
     ca = real.apps.api_client.configuration.ssl_ca_cert
     nobody = KubernetesExecutor.from_settings(
-        Settings(
-            kube_mode="host",
-            kube_host=host,
-            kube_token_file=token_file,
-            kube_ca_file=Path(ca) if ca else None,
-            kube_insecure=ca is None,
+        KubeSettings(
+            mode="host",
+            host=host,
+            token_file=token_file,
+            ca_file=Path(ca) if ca else None,
+            insecure=ca is None,
         )
     )
     try:

@@ -33,7 +33,7 @@ from receiver.rulebook.steps import (
     StepModel,
     Templated,
 )
-from receiver.settings import Settings
+from receiver.settings import KubeSettings
 from receiver.steps.k8s import pod_delete, reads, rollback, writes
 from receiver.steps.k8s.access import Action, Diagnostic, Kube
 from receiver.steps.k8s.verification import verify_pods_ready, verify_rollout
@@ -98,14 +98,14 @@ class KubernetesExecutor:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, clock: Callable[[], datetime] | None = None
+        cls, kube: KubeSettings, clock: Callable[[], datetime] | None = None
     ) -> KubernetesExecutor:
-        """The executor ``settings`` describe (the client is built on first use).
+        """The executor the ``kube`` settings describe (client built on first use).
 
         Raises:
             ConfigError: the Kubernetes settings are incomplete.
         """
-        conn = KubeConnection.from_settings(settings)
+        conn = KubeConnection.from_settings(kube)
 
         async def factory() -> tuple[Any, TokenFile | None]:
             return await new_api_client(conn)
@@ -113,9 +113,9 @@ class KubernetesExecutor:
         return cls(
             factory,
             clock=clock or (lambda: datetime.now(UTC)),
-            allowed_kinds=settings.kube_allowed_kinds,
-            request_timeout=settings.kube_request_timeout.total_seconds(),
-            poll_interval=settings.kube_poll_interval.total_seconds(),
+            allowed_kinds=kube.allowed_kinds,
+            request_timeout=kube.request_timeout.total_seconds(),
+            poll_interval=kube.poll_interval.total_seconds(),
         )
 
     async def aclose(self) -> None:

@@ -1,0 +1,266 @@
+"""The offline commands: ``replay`` (and ``replay --retry``) and ``backtest``.
+
+Called by ``receiver.cli.main``. Both build the same runtime as ``serve``
+(``build_runtime``), so the namespace allowlist and the PagerDuty alertname
+label mean the same offline as online.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from receiver.errors import InputError
+from receiver.model import AlertTrace, Decision, MatchTrace
+
+DEFAULT_RULES = [Path("rules")]
+
+
+def out(text: str = "") -> None:
+    """One line on stdout."""
+    sys.stdout.write(text + "\n")
+
+
+async def run_replay(args: argparse.Namespace) -> int:
+    """``receiver replay``: decide payload files (or fetched ones) offline."""
+    from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+    from receiver.runtime import build_runtime  # noqa: PLC0415
+    from receiver.settings import load_settings  # noqa: PLC0415
+    from receiver.sources import detect, parse_json  # noqa: PLC0415
+
+    at = _at(args.at)
+
+    def clock() -> datetime:
+        return at or datetime.now(UTC)
+
+    if not args.files and not args.sources:
+        raise InputError("give payload files to replay, or --from URL/ID")
+
+    runtime = build_runtime(load_settings(args.config))
+    rulebook = load_rulebook(args.rules or DEFAULT_RULES)
+    processor = runtime.replayer(rulebook, clock)
+    traces: list[tuple[Path, AlertTrace]] = []
+    events: list[str] = []
+    inputs = [(path, _read(path)) for path in args.files]
+    inputs += [(Path(ref), _fetch(ref)) for ref in args.sources]
+    for path, body in inputs:
+        try:
+            data: object = parse_json(body)
+            source = detect(data)
+            alerts = processor.alerts(source, body, clock())
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from exc
+        if not alerts:
+            events.append(_recorded_event(path, data))
+        traces.extend((path, t) for t in await processor.decide(alerts, now=at))
+    if args.json:
+        out(json.dumps({"alerts": [t.to_json() for _, t in traces]}, indent=2))
+    else:
+        _print_traces(traces)
+        for line in events:
+            out(line)
+    return 0
+
+
+def _at(text: str | None) -> datetime | None:
+    """``--at``: an ISO 8601 time (UTC unless it says otherwise)."""
+    if not text:
+        return None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InputError(f"--at {text!r} is not an ISO 8601 time") from exc
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _recorded_event(path: Path, data: object) -> str:
+    """What replay says of a payload that is an event, not an alert."""
+    event = data.get("event") if isinstance(data, dict) else None
+    kind = event.get("event_type", "event") if isinstance(event, dict) else "event"
+    return f"== {path}\n{str(kind)[:100]}: recorded as an event, not an alert"
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _api(ref: str) -> tuple[str, str, dict[str, str]]:
+    """Base URL, payload id and auth headers for a ``--from`` reference."""
+    from receiver.settings import load_settings  # noqa: PLC0415
+
+    base, _, payload_id = ref.rstrip("/").rpartition("/")
+    if not base.startswith(("http://", "https://")) or not payload_id:
+        raise InputError(
+            f"--from {ref!r}: expected BASE_URL/PAYLOAD_ID, e.g. "
+            "http://127.0.0.1:8080/001a2182ce5b373ea899227ef"
+        )
+    base = base.removesuffix("/api/v1/payloads").removesuffix("/api/v1/parked")
+    settings = load_settings()
+    headers = {}
+    # Retrying a parked entry needs the admin scope, reading a payload read:
+    # an admin token does both, then a read token, then the webhook token.
+    auth = settings.auth
+    tokens = [*auth.admin_tokens, *auth.read_tokens, *auth.tokens]
+    if tokens:
+        headers["Authorization"] = f"Bearer {tokens[0].get_secret_value()}"
+    return base, payload_id, headers
+
+
+def retry_all(args: argparse.Namespace) -> int:
+    """``replay --retry --from URL/ID...``: queue parked entries again."""
+    if args.files or not args.sources:
+        raise InputError("--retry takes only --from URL/ID (parked entries)")
+    for ref in args.sources:
+        out(_retry(ref))
+    return 0
+
+
+def _retry(ref: str) -> str:
+    """Queue a parked entry again in a running receiver."""
+    import httpx  # noqa: PLC0415
+
+    base, payload_id, headers = _api(ref)
+    try:
+        response = httpx.post(
+            f"{base}/api/v1/parked/{payload_id}/retry", headers=headers, timeout=10
+        )
+    except httpx.HTTPError as exc:
+        raise InputError(f"--from {ref}: cannot reach the receiver: {exc}") from exc
+    if response.status_code != 202:
+        detail = response.text[:300]
+        raise InputError(f"--from {ref}: HTTP {response.status_code}: {detail}")
+    return f"queued parked entry {payload_id} again"
+
+
+def _fetch(ref: str) -> bytes:
+    """A stored payload from a running receiver's API, as it was received."""
+    import httpx  # noqa: PLC0415
+
+    base, payload_id, headers = _api(ref)
+    try:
+        response = httpx.get(
+            f"{base}/api/v1/payloads/{payload_id}", headers=headers, timeout=10
+        )
+    except httpx.HTTPError as exc:
+        raise InputError(f"--from {ref}: cannot reach the receiver: {exc}") from exc
+    if response.status_code != 200:
+        detail = response.text[:300]
+        raise InputError(f"--from {ref}: HTTP {response.status_code}: {detail}")
+    payload = response.json().get("payload")
+    return json.dumps(payload).encode()
+
+
+_MARK = {
+    Decision.DRY_RUN: "~",
+    Decision.EXECUTED: "+",
+    Decision.FAILED: "!",
+    Decision.SKIPPED: "-",
+    Decision.AWAITING_APPROVAL: "?",
+}
+
+
+def _print_match(match: MatchTrace, firing: bool) -> None:
+    info = match.severity.info
+    head = f"  rule {match.rule} -> {match.severity} {info.name}"
+    out(f"{head}, playbook {match.playbook}")
+    if match.description:
+        out(f"    {match.description}")
+    if firing:
+        out(
+            f"    ack within {info.acknowledge_within}, mitigate within "
+            f"{info.mitigate_within}, updates every {info.update_every}, "
+            f"{info.escalation()}"
+        )
+    if match.escalate_to:
+        out(f"    escalate to: {match.escalate_to}")
+    if match.runbook_url:
+        out(f"    runbook: {match.runbook_url}")
+    for note in match.notes:
+        out(f"    {note}")
+    for step in match.steps:
+        label = f"{step.type} ({step.name})" if step.name else step.type
+        out(
+            f"    {_MARK[step.decision]} {step.kind.value:<11} {label:<28} "
+            f"{step.decision.value}: {step.reason}"
+        )
+
+
+def _print_traces(traces: list[tuple[Path, AlertTrace]]) -> None:
+    last: Path | None = None
+    for path, trace in traces:
+        if path != last:
+            out(f"== {path}")
+            last = path
+        alert = trace.alert
+        name = alert.labels.get("alertname", "<no alertname>")
+        labels = " ".join(
+            f"{k}={v}" for k, v in sorted(alert.labels.items()) if k != "alertname"
+        )
+        status = (
+            alert.status
+            if alert.actionable
+            else alert.labels.get(
+                "event_type", alert.refs.get("event_action", "recorded")
+            )
+        )
+        out(f"{name} [{status}] from {alert.source}, fp {alert.fingerprint}")
+        if labels:
+            out(f"  labels: {labels}")
+        for note in trace.notes:
+            out(f"  note: {note}")
+        for match in trace.matches:
+            _print_match(match, alert.status == "firing")
+        out()
+
+
+async def run_backtest(args: argparse.Namespace) -> int:
+    """``receiver backtest``: decide stored payloads by old and new rules; compare."""
+    from receiver.engine import backtest  # noqa: PLC0415
+    from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+    from receiver.runtime import build_runtime  # noqa: PLC0415
+    from receiver.settings import load_settings  # noqa: PLC0415
+
+    period = backtest.parse_since(args.since)
+    runtime = build_runtime(load_settings(args.config))
+    url = f"sqlite:///{args.db}" if args.db else args.store
+    if args.db and not args.db.exists():
+        raise InputError(f"--db {args.db}: no such database file")
+    new_rules = load_rulebook(args.rules)
+    old_rules = load_rulebook(args.baseline or DEFAULT_RULES)
+    store = runtime.open_store(url)
+    try:
+        entries = await backtest.stored_since(
+            store, datetime.now(UTC) - period, args.limit
+        )
+    finally:
+        await store.close()
+    results = [
+        await backtest.simulate(
+            rules,
+            entries,
+            runtime.guards,
+            namespaces=runtime.plan.namespaces,
+            alertname_from=runtime.alertname_from,
+        )
+        for rules in (old_rules, new_rules)
+    ]
+    report = backtest.compare(*results, payloads=len(entries))
+    if args.json:
+        out(json.dumps(report.to_json(), indent=2))
+    else:
+        for line in report.lines():
+            out(line)
+    if args.max_changed is not None and report.changed > args.max_changed:
+        print(  # noqa: T201
+            f"receiver: {report.changed} alerts decided differently, "
+            f"more than --max-changed {args.max_changed}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -1,0 +1,128 @@
+"""Value types of settings: durations, comma lists, ``NAME=URL`` mappings, URLs.
+
+Each type parses the plain text an environment variable or a ``_FILE`` holds as
+well as the structured value a YAML file holds, so the model, not the loader,
+says how a setting is written. Used by ``receiver.settings.groups``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from pydantic import BeforeValidator, SecretStr
+from pydantic_settings import NoDecode
+
+from receiver.rulebook.templates import parse_duration
+
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+def _items(raw: str) -> list[str]:
+    """Comma- or newline-separated items of one text value, stripped."""
+    return [item.strip() for item in raw.replace("\n", ",").split(",")]
+
+
+def split_list(value: object) -> object:
+    """``a,b`` (or one item per line) as a list; lists pass through."""
+    if isinstance(value, str):
+        return [item for item in _items(value) if item]
+    return value
+
+
+def _credentials(value: object) -> object:
+    """Like ``split_list``, but an empty item is an error, not skipped.
+
+    A stray comma or a blank line in a credential list is a mistake that must
+    not turn into an empty token (which would let anyone in).
+    """
+    if isinstance(value, str):
+        items = _items(value)
+        if any(not item for item in items):
+            raise ValueError(
+                "holds an empty or whitespace-only credential (an empty value or "
+                "a stray comma); remove it or set a real value"
+            )
+        return items
+    return value
+
+
+def _mapping(value: object) -> object:
+    """``name=url,name2=url2`` (commas or newlines) as a dict; dicts pass through."""
+    if not isinstance(value, str):
+        return value
+    out: dict[str, str] = {}
+    for item in _items(value):
+        if not item:
+            continue
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip() or not text.strip():
+            # Never echo the item: it may hold a password.
+            raise ValueError(
+                "each entry must be NAME=URL or NAME=VALUE (e.g. "
+                "cache=redis://redis:6379/0)"
+            )
+        out[name.strip()] = text.strip()
+    return out
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+"""A Prometheus-style duration (``90s``, ``5m``, ``1h30m``) or seconds."""
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(split_list)]
+"""A list; in the environment, items separated by commas or newlines."""
+
+PathList = Annotated[list[Path], NoDecode, BeforeValidator(split_list)]
+"""Paths; in the environment, separated by commas or newlines."""
+
+Credentials = Annotated[list[SecretStr], NoDecode, BeforeValidator(_credentials)]
+"""Secret values; in the environment, separated by commas or newlines."""
+
+SecretMapping = Annotated[dict[str, SecretStr], NoDecode, BeforeValidator(_mapping)]
+"""``NAME=URL`` pairs whose values may carry credentials."""
+
+Mapping = Annotated[dict[str, str], NoDecode, BeforeValidator(_mapping)]
+"""``NAME=VALUE`` pairs; in the environment, separated by commas or newlines."""
+
+
+def redis_identity(url: str) -> tuple[str, str, int]:
+    """``(host, port or socket path, db)`` of a Redis URL, loopback names folded.
+
+    Two URLs with the same identity reach the same keyspace, whatever their
+    credentials or options.
+    """
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    db_text = query.get("db", [""])[0] or parts.path.strip("/") or "0"
+    if parts.scheme == "unix":
+        return ("unix", parts.path, int(query.get("db", ["0"])[0] or 0))
+    host = (parts.hostname or "localhost").lower()
+    host = "loopback" if host in _LOOPBACK else host
+    try:
+        port = str(parts.port or 6379)
+        db = int(db_text)
+    except ValueError as exc:
+        raise ValueError(
+            f"{parts.scheme}://{host}: port and database must be numbers"
+        ) from exc
+    return (host, port, db)
+
+
+def where(url: str) -> str:
+    """A URL without its credentials, for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or parts.path
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path if parts.hostname else ''}"
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credential parts of a URL (password, user:password), for redaction."""
+    parts = urlsplit(url)
+    found = []
+    if parts.password:
+        found += [parts.password, unquote(parts.password)]
+        found.append(f"{parts.username or ''}:{parts.password}")
+    return [f for f in found if f and f != ":"]
