@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from receiver.model import Severity, freeze, iso
 
 ACTIVE = ("triggered", "acknowledged", "mitigated")
+MAX_TIMELINE = 2000  # a flapping alert must not grow an incident without bound
 
 
 class State(enum.StrEnum):
@@ -302,3 +303,17 @@ class Incident:
             contacts=tuple(str(c) for c in raw.get("contacts", ())),
             version=int(raw.get("version", 0)),
         )
+
+
+def add_entry(
+    incident: Incident,
+    at: datetime,
+    kind: str,
+    text: str,
+    by: str = "receiver",
+    **data: str,
+) -> Incident:
+    """The incident with one more timeline entry (the oldest dropped past the cap)."""
+    entry = TimelineEntry(at, kind, text, by, freeze(data))
+    timeline = (*incident.timeline, entry)[-MAX_TIMELINE:]
+    return replace(incident, timeline=timeline)

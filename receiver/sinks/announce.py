@@ -33,7 +33,7 @@ PAGERDUTY_KINDS = frozenset(
 
 
 class Announcement(Protocol):
-    """What a message carries (``receiver.incidents.service.Message``)."""
+    """What a message carries (``receiver.incidents.effects.Message``)."""
 
     @property
     def kind(self) -> str: ...  # noqa: D102

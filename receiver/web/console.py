@@ -41,7 +41,7 @@ from aiohttp import web
 from receiver.engine.guards import GuardDefaults, GuardKeeper
 from receiver.engine.worker import Processor
 from receiver.errors import AuthError, InputError
-from receiver.incidents.lifecycle import Clock, clocks
+from receiver.incidents.clocks import Clock, clocks
 from receiver.incidents.service import IncidentService
 from receiver.model import iso
 from receiver.store.base import DecisionQuery, Store, new_id
