@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar
 
 Status = Literal["firing", "resolved"]
 Source = Literal["alertmanager", "pagerduty", "events_v2"]
 SOURCES: tuple[Source, ...] = ("alertmanager", "pagerduty", "events_v2")
+
+# A JSON document as read (covariant, so ``dict[str, str]`` is one): payload
+# bodies, OpenAPI documents, sink messages. ``JSONObject`` is one being built.
+JSONValue: TypeAlias = (
+    "str | int | float | bool | None | Sequence[JSONValue] | Mapping[str, JSONValue]"
+)
+JSONObject: TypeAlias = "dict[str, JSONValue]"
 
 
 V = TypeVar("V")
