@@ -21,7 +21,7 @@ SOURCES: tuple[Source, ...] = ("alertmanager", "pagerduty", "events_v2")
 # A JSON document as read (covariant, so ``dict[str, str]`` is one): payload
 # bodies, OpenAPI documents, sink messages. ``JSONObject`` is one being built.
 JSONValue: TypeAlias = (
-    "str | int | float | bool | None | Sequence[JSONValue] | Mapping[str, JSONValue]"
+    "str | int | float | bool | Sequence[JSONValue] | Mapping[str, JSONValue] | None"
 )
 JSONObject: TypeAlias = "dict[str, JSONValue]"
 
