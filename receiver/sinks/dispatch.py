@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 import structlog
@@ -44,6 +44,9 @@ from receiver.model import AlertTrace, Decision, StepKind, iso
 from receiver.rulebook.schema import Playbook
 from receiver.sinks.delivery import Dedupe, SinkError, SinkOutcome
 from receiver.sinks.render import is_own_note
+
+if TYPE_CHECKING:
+    from receiver.model import JSONObject, JSONValue
 
 log = structlog.get_logger("receiver.sinks")
 
@@ -73,7 +76,7 @@ class SinkStore(Protocol):
         """Mark ``key``; True if it was already marked."""
         ...
 
-    async def record(self, records: Sequence[Mapping[str, Any]]) -> None:
+    async def record(self, records: Sequence[Mapping[str, JSONValue]]) -> None:
         """Append decision records that belong to no journal entry."""
         ...
 
@@ -272,7 +275,7 @@ class SinkDispatcher:
                 trace, [f"{o.sink}: {o.status}: {o.detail}" for o in outcomes]
             )
         record_id = f"{trace.payload_id}{SINKS_SUFFIX}"
-        record = {
+        record: JSONObject = {
             "record": "sinks",
             "payload_id": record_id,
             "decision_payload_id": trace.payload_id,
