@@ -270,8 +270,32 @@ def _serve_or_say_why(args: argparse.Namespace) -> int:
     return 1
 
 
+def _die_with_the_edge() -> None:
+    """A worker child never outlives its edge: a kill -9 of one takes both.
+
+    Without it the child, told by the doorbell that the edge is gone, could
+    still be finishing (or be slow to cancel) its work while a restarted edge
+    and its new worker take the same store over, which on SQLite assumes one
+    instance. Linux only (``PR_SET_PDEATHSIG``); elsewhere the doorbell's end
+    of file stops the child.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() == 1:  # the edge died before the call above
+        os._exit(1)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import gc  # noqa: PLC0415
+
+    if args.bell_fd is not None:
+        _die_with_the_edge()
 
     import httpx  # noqa: PLC0415
     import uvloop  # noqa: PLC0415

@@ -15,7 +15,7 @@ import hmac
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,25 @@ from receiver.store import MemoryStore
 # ---------------------------------------------------------------- app under test
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+
+class Ticking:
+    """A clock from ``start`` that advances ``step`` on every reading.
+
+    Apps under test get one: guards and stores never see a frozen time.
+    """
+
+    def __init__(
+        self, start: datetime = NOW, step: timedelta = timedelta(milliseconds=1)
+    ) -> None:
+        self.now = start
+        self.step = step
+
+    def __call__(self) -> datetime:
+        self.now += self.step
+        return self.now
+
+
 TOKEN = "tok-3b9f0d2c"
 OTHER_TOKEN = "tok-second-71aa"
 ADMIN_TOKEN = "tok-admin-4c2e"
@@ -141,7 +160,7 @@ def make_client(aiohttp_client: Any, web_rules: Path) -> Callable[..., Awaitable
             settings or full_settings(),
             rulebook=load_rulebook([web_rules]),
             store=store,
-            clock=lambda: NOW,
+            clock=Ticking(),
             metrics=metrics,
         )
         for method, path, handler in extra_routes or []:

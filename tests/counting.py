@@ -6,6 +6,7 @@ is counted at the receiving end, not inferred from the receiver's own records.
 
 from __future__ import annotations
 
+import secrets
 import textwrap
 from collections import Counter
 
@@ -13,25 +14,40 @@ from fakes import RecordingServer, Reply, Request
 
 
 class CountingServer(RecordingServer):
-    """Answers every POST with 200 and counts them per path.
+    """Answers every POST under its own URL with 200 and counts them per path.
 
-    ``GET /seen/<name>`` answers 200 once ``POST /run/<name>`` arrived, else 404:
-    the truth a verification (and a crash re-check) can ask.
+    ``url`` ends in a prefix of this instance's own (``/t-<random>``): a
+    request a process left over from an earlier test sends to a reused port
+    is answered 404 and never counted (``strangers`` lists them).
+    ``GET <url>/seen/<name>`` answers 200 once ``POST <url>/run/<name>``
+    arrived, else 404: the truth a verification (and a crash re-check) can ask.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.script("POST", ".*", Reply(200, b"ok"))
+        self.prefix = f"/t-{secrets.token_hex(6)}"
+        self.url = f"{self.url}{self.prefix}"
+        self.script("POST", f"{self.prefix}/.*", Reply(200, b"ok"))
 
         def seen(request: Request) -> Reply:
-            run = "/run/" + request.path.removeprefix("/seen/")
+            name = request.path.removeprefix(f"{self.prefix}/seen/")
+            run = f"{self.prefix}/run/{name}"
             return Reply(200, b"seen") if self.seen("POST", run) else Reply(404)
 
-        self.route("GET", "/seen/[^/]+", seen)
+        self.route("GET", f"{self.prefix}/seen/[^/]+", seen)
+
+    def mine(self) -> list[Request]:
+        """The POSTs sent to this instance's URL, as they arrived."""
+        return self.seen("POST", f"{self.prefix}/.*")
 
     def snapshot(self) -> Counter[str]:
-        """How many POSTs each path received so far."""
-        return Counter(r.path for r in self.seen("POST", ".*"))
+        """How many POSTs each path (without the prefix) received so far."""
+        return Counter(r.path.removeprefix(self.prefix) for r in self.mine())
+
+    def strangers(self) -> list[Request]:
+        """Requests that were not sent to this instance's URL."""
+        with self._lock:
+            return [r for r in self.requests if not r.path.startswith(self.prefix)]
 
 
 def hook_rules(hook_url: str, alertname: str, *, verify: bool = False) -> str:

@@ -29,6 +29,9 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    # Who sent it and when it was read (diagnostics for "arrived twice").
+    client: str = ""
+    received_at: float = 0.0
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -66,6 +69,8 @@ class RecordingServer:
                     parse_qs(parts.query),
                     dict(self.headers.items()),
                     self.rfile.read(length),
+                    f"{self.client_address[0]}:{self.client_address[1]}",
+                    time.time(),
                 )
                 with server._lock:
                     server.requests.append(request)

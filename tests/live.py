@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from conftest import NOW
+from conftest import Ticking
 
 from receiver.app import create_app
 from receiver.metrics import Metrics
@@ -58,7 +58,7 @@ async def live_server(
         settings,
         rulebook=load_rulebook([rules]),
         store=store,
-        clock=lambda: NOW,
+        clock=Ticking(),
         metrics=metrics,
     )
     runner = EdgeAppRunner(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import pytest
 from aiohttp import web
@@ -177,6 +178,42 @@ async def test_remediation_sends_exactly_the_configured_request(server, http):
     assert seen.headers["X-Runbook"] == "playbook-1"
     assert json.loads(seen.body) == {"service": "sark", "reason": "SarkApiDown"}
     assert "Authorization" not in seen.headers
+
+
+async def test_remediation_carries_one_idempotency_key_per_occurrence(server, http):
+    """Every delivery of one occurrence sends the same Idempotency-Key.
+
+    The key the intent records (and a crash recovery re-checks) is the one
+    sent; another occurrence (a new start) or another step gets another key,
+    and a key the step sets itself is kept as it is.
+    """
+    server.on("/hooks/restart", reply(202))
+    step = HttpRequest(url=f"{server.url}/hooks/restart", json={"n": 1})
+    intent = await http.prepare(step, ALERT)
+    assert intent is not None
+    await http.apply(step, ALERT, intent)
+    await http.run(step, ALERT)  # a resend of the same occurrence
+    later = ALERT.__class__(
+        **{**ALERT.__dict__, "starts_at": datetime(2026, 1, 2, tzinfo=UTC)}
+    )
+    await http.run(step, later)
+    other = HttpRequest(url=f"{server.url}/hooks/restart", json={"n": 2})
+    await http.run(other, ALERT)
+    own = HttpRequest(
+        url=f"{server.url}/hooks/restart", headers={"idempotency-key": "mine"}
+    )
+    await http.run(own, ALERT)
+    keys = [
+        {k.lower(): v for k, v in s.headers.items()}.get("idempotency-key")
+        for s in server.hits("/hooks/restart")
+    ]
+    first, resent, new_start, new_step, kept = keys
+    assert first == intent.data["idempotency_key"]
+    assert first == resent
+    assert first is not None
+    assert len(first) == 32
+    assert len({first, new_start, new_step}) == 3
+    assert kept == "mine"
 
 
 async def test_remediation_is_not_retried_on_5xx(server, http):

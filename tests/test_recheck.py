@@ -186,6 +186,7 @@ async def _crash_then_recover(
     *,
     after: bool,
     store: Store | None = None,
+    retired: bool = False,
 ) -> tuple[StepTrace, Crashing, Store]:
     rules = tmp_path / "rules.yaml"
     rules.write_text(_rules(kind, target.hook))
@@ -203,6 +204,9 @@ async def _crash_then_recover(
     with pytest.raises(asyncio.CancelledError):
         await first
     assert len(crashing.applied) == int(after)
+    if retired:
+        # A clean stop that cancelled the step mid-send: it says it stopped.
+        await store.retire("dead", clock())
     # kill -9: "dead" stops saying it is alive; a new incarnation recovers.
     clock.advance(timedelta(minutes=5))
     await store.register("restarted", clock(), timedelta(hours=1))
@@ -341,14 +345,21 @@ async def state(request, tmp_path, redis_url) -> AsyncIterator[Store]:
 async def test_a_kubernetes_remediation_interrupted_by_a_crash_runs_once(
     tmp_path, cluster, state, kind, after
 ):
-    """k8s: took effect -> recovered, not re-run; target as before -> run once now."""
+    """k8s: took effect -> recovered, not re-run; target as before -> run once now.
+
+    "Run once now" needs the crashed holder known to have stopped: SQLite's
+    single instance declares it on start. On Redis a holder whose heartbeat
+    lapsed may be a stalled replica still sending: see the next test.
+    """
     kube, executor = cluster
     seed_rollout(kube, NS, "sark", HISTORY, replicas=3)
     kube.put(hpa("sark-hpa", NS, "sark", high=10))
     read, once, took, not_yet = K8S[kind]
     target = Target("k8s", executor)
+    # Redis: the holder said it stopped (a clean stop cancelled it mid-send).
+    retired = isinstance(state, RedisStore)
     step, _crashing, _store = await _crash_then_recover(
-        tmp_path, kind, target, after=after, store=state
+        tmp_path, kind, target, after=after, store=state, retired=retired
     )
     assert step.decision.value == "executed", step.reason
     if after:
@@ -360,6 +371,37 @@ async def test_a_kubernetes_remediation_interrupted_by_a_crash_runs_once(
         assert step.reason.endswith("; run once now)")
     assert read(kube) == once, "the action reached the target exactly once"
     assert _writes(kube) == 1
+
+
+@pytest.mark.parametrize("kind", sorted(K8S))
+async def test_a_silent_replicas_unfinished_send_is_rechecked_never_re_run(
+    tmp_path, cluster, redis_url, kind
+):
+    """Redis: a holder whose heartbeat lapsed is not known to have stopped.
+
+    It may be a live replica stalled mid-send: its action that has not taken
+    effect yet is failed with that reason, never sent a second time.
+    """
+    kube, executor = cluster
+    seed_rollout(kube, NS, "sark", HISTORY, replicas=3)
+    kube.put(hpa("sark-hpa", NS, "sark", high=10))
+    read, _once, _took, not_yet = K8S[kind]
+    before = read(kube)
+    store = RedisStore(redis_url, prefix=f"silent-{uuid.uuid4().hex[:12]}")
+    try:
+        step, _crashing, _store = await _crash_then_recover(
+            tmp_path, kind, Target("k8s", executor), after=False, store=store
+        )
+    finally:
+        await store.close()
+    assert step.decision.value == "failed", step.reason
+    assert step.reason.startswith("failed, the attempt by dead had not taken effect (")
+    assert not_yet in step.reason
+    assert "not run again (at most once): dead stopped renewing its heartbeat" in (
+        step.reason
+    )
+    assert read(kube) == before, "the target was left alone"
+    assert _writes(kube) == 0
 
 
 async def test_a_rollback_changed_by_someone_else_since_is_unknown(tmp_path, cluster):

@@ -437,3 +437,53 @@ async def test_a_live_process_whose_heartbeat_lapsed_never_runs_an_occurrence_tw
     assert second.decision.value == "skipped"
     assert "already started by alive" in second.reason
     await store.close()
+
+
+@dataclass
+class StuckRecheck(Rechecking):
+    """A re-check that never returns: its process dies in the middle of it."""
+
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def recheck(self, step: Any, alert: Alert, intent: Intent) -> RecheckResult:
+        self.entered.set()
+        await asyncio.Event().wait()
+        raise AssertionError  # pragma: no cover (never woken)
+
+
+async def test_a_crash_during_the_recheck_of_a_crash_never_sends_twice(tmp_path):
+    """Two crashes in a row: the second one, mid re-check, leaves "it was sent".
+
+    Seen under kill -9 chaos: the taker of a ``sending`` claim was stopped
+    while its re-check waited on the target, its claim read ``running``, and
+    the next process ran the step again ("interrupted before anything was
+    sent"): the request reached the target twice.
+    """
+    path = str(tmp_path / "state.db")
+    clock = Clock()
+    dead = SqliteStore(path)
+    await _crashed(dead, clock, "sending")
+    await dead.close()
+    store = SpyStore(path, retention=Retention(lease=LEASE))
+    stuck = StuckRecheck(clock, store)
+    second = _worker(tmp_path, store, clock, stuck, "second")
+    await store.append(JournalEntry("e1", "alertmanager", T0, _body("api")), [])
+    await second.start()
+    await asyncio.wait_for(stuck.entered.wait(), 20)
+    await second.stop()  # dies in the middle of the re-check
+    await store.close()
+    store = SpyStore(path, retention=Retention(lease=LEASE))
+    executor = Rechecking(clock, store, seen=RecheckResult(None, "cannot tell"))
+    third = _worker(tmp_path, store, clock, executor, "third")
+    await third.start()
+    try:
+        await _wait_done(store)
+    finally:
+        await third.stop()
+    (record,) = await store.decisions(DecisionQuery(payload_id="e1"))
+    step = record["matches"][0]["steps"][0]
+    assert stuck.runs == []
+    assert executor.runs == [], step["reason"]
+    assert step["decision"] == "executed"
+    assert step["reason"].startswith("executed, recovered after a crash of second:")
+    await store.close()

@@ -120,6 +120,67 @@ BAD_CASES: dict[str, tuple[str | None, str, str]] = {
         "playbooks.arabic-five.guards.require_firing_for",
         "invalid duration '\u0665m'; use ASCII digits",
     ),
+    "one_of_value_outside_a_param_slot.yaml": (
+        None,
+        "playbooks.param-breaker.labels.siem.one_of",
+        "'x:y' is not a Redis key part: it contains ':'",
+    ),
+    "param_unused.yaml": (
+        None,
+        "playbooks.param-unused.params.replicas",
+        "parameter is never used by a step",
+    ),
+    "param_undeclared.yaml": (
+        None,
+        "playbooks.param-undeclared.diagnostics[1].namespace",
+        "{params.ns} names no declared parameter (declared: namespace)",
+    ),
+    "param_missing.yaml": (
+        "forgets-deployment",
+        "rules[0].with.deployment",
+        "missing: the parameter has no default",
+    ),
+    "param_unknown_in_with.yaml": (
+        "typo-in-with",
+        "rules[0].with.nmspace",
+        "unknown parameter (this playbook declares: namespace)",
+    ),
+    "param_wrong_type.yaml": (
+        "upper-case-namespace",
+        "rules[0].with.namespace",
+        "'Prod' is not a namespace: 'Prod' is not a DNS-1123 label",
+    ),
+    "param_bad_default.yaml": (
+        None,
+        "playbooks.param-bad-default.params.namespace.default",
+        "its default: 'Prod_1' is not a DNS-1123 label",
+    ),
+    "param_does_not_fit_its_slot.yaml": (
+        "spaced-namespace",
+        "rules[0].with.where",
+        (
+            "cannot fill playbooks.param-does-not-fit-its-slot.diagnostics[0]"
+            ".namespace: 'a b' is not a Kubernetes namespace: it contains whitespace"
+        ),
+    ),
+    "param_binding_needs_a_name.yaml": (
+        "production",
+        "rules[1].with",
+        (
+            "rule staging runs 'param-binding-needs-a-name' with other values; "
+            "name this binding with `as:`"
+        ),
+    ),
+    "param_as_names_another_playbook.yaml": (
+        "shadowing",
+        "rules[0].as",
+        "'param-as-names-another-playbook-events' is already a playbook's name",
+    ),
+    "template_default_outside_its_slot.yaml": (
+        None,
+        "playbooks.template-default-outside-its-slot.diagnostics[0].namespace",
+        "the default 'Prod' of {labels.namespace|Prod} is not a Kubernetes namespace",
+    ),
     "multiple_matchers_in_one_item.yaml": (
         "comma-item",
         "rules[0].match[0]",

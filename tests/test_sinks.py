@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 import structlog
+from conftest import Ticking
 from fakes import RecordingServer, Reply, events_api, pagerduty_api
 from peers import poll, run_alertmanager, run_redis
 
@@ -626,7 +627,7 @@ def dispatcher(sinks, store, default=("pagerduty_note",), playbooks=None):
         sinks,
         store=store,
         choose=lambda t: playbook_sinks(t, playbooks or {}, default),
-        clock=lambda: NOW,
+        clock=Ticking(NOW),
     )
 
 
@@ -825,7 +826,7 @@ async def test_dispatch_is_bounded_and_shutdown_waits_then_cancels():
         {"slow": slow},
         store=store,
         choose=lambda t: ["slow"],
-        clock=lambda: NOW,
+        clock=Ticking(NOW),
         concurrency=2,
         max_pending=3,
     )
@@ -880,7 +881,7 @@ async def test_the_worker_hands_decisions_to_sinks_without_waiting(
             s,
             rulebook=load_rulebook([rules]),
             store=store,
-            clock=lambda: NOW,
+            clock=Ticking(NOW),
             executors=__import__("receiver.steps", fromlist=["x"]).build_executors(s),
         )
         client = await aiohttp_client(app)
@@ -991,7 +992,7 @@ async def test_a_sink_bug_is_contained_and_scrubbed(capsys):
         {"broken": BrokenSink()},
         store=store,
         choose=lambda t: ["broken"],
-        clock=lambda: NOW,
+        clock=Ticking(NOW),
         scrub=lambda text: text.replace("s3cr3t", "***"),
     )
     d.submit([trace(payload_id="pb")])
@@ -1016,7 +1017,7 @@ async def test_outcomes_are_reported_per_sink(pd, make_sinks):
         make_sinks(settings(pd, sink_attempts=1)),
         store=store,
         choose=lambda _t: ["webhook", "pagerduty_note", "missing"],
-        clock=lambda: NOW,
+        clock=Ticking(NOW),
         on_outcome=lambda sink, status: seen.append((sink, status)),
     )
     d.submit([trace(alert("pagerduty", incident_id="Q1"), payload_id="p1")])
@@ -1050,7 +1051,7 @@ async def test_sink_deliveries_are_counted_per_sink_and_outcome(
         ),
         rulebook=rules,
         store=MemoryStore(),
-        clock=lambda: NOW,
+        clock=Ticking(NOW),
     )
     client = await aiohttp_client(app)
 

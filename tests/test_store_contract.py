@@ -399,9 +399,28 @@ async def test_append_records_every_state_of_a_batch(store: Store) -> None:
 
 async def test_seen_reports_a_repeated_delivery(store: Store) -> None:
     """seen() is False the first time a key is marked and True afterwards."""
-    assert await store.seen("delivery-1", HOUR) is False
-    assert await store.seen("delivery-1", HOUR) is True
-    assert await store.seen("delivery-2", HOUR) is False
+    clock = Tick()
+    assert await store.seen("delivery-1", HOUR, clock()) is False
+    assert await store.seen("delivery-1", HOUR, clock()) is True
+    assert await store.seen("delivery-2", HOUR, clock()) is False
+
+
+async def test_seen_expires_by_the_callers_clock(store: Store) -> None:
+    """A delivery id is forgotten when the caller's clock passes its TTL.
+
+    The instants are years away from the wall clock (and from Redis's): only
+    the ``now`` passed in may decide.
+    """
+    clock = Tick(step=timedelta(minutes=1))
+    assert await store.seen("resend", HOUR, clock()) is False
+    assert await store.seen("resend", HOUR, clock()) is True  # 1 min later
+    clock.now += HOUR
+    assert await store.seen("resend", HOUR, clock()) is False  # expired: new
+    assert await store.seen("resend", HOUR, clock()) is True
+    # A reading far in the future of the wall clock: still the caller's.
+    future = Tick(datetime(2999, 1, 1, tzinfo=UTC))
+    assert await store.seen("later", HOUR, future()) is False
+    assert await store.seen("later", HOUR, future()) is True
 
 
 async def test_claim_key_is_won_exactly_once_under_concurrency(store: Store) -> None:
@@ -426,7 +445,7 @@ async def test_finish_key_records_the_end_and_release_key_frees_it(
     clock = Tick(step=timedelta(minutes=1))
     assert (await store.claim_key("k", "me", clock(), HOUR)).won
     finished_at = clock()
-    await store.finish_key("k", "done", "rolled back", finished_at)
+    assert await store.finish_key("k", "me", "done", "rolled back", finished_at)
     existing = await store.claim_key("k", "other", clock(), HOUR)
     assert not existing.won
     assert (existing.holder.owner, existing.holder.status) == ("me", "done")
@@ -473,7 +492,8 @@ async def test_mark_sending_and_a_dead_incarnations_claim_is_recovered(
     assert unsent.won
     assert unsent.recovered is not None
     assert unsent.recovered.status == "running"
-    await store.finish_key("sent", "done", "", after)
+    assert not await store.finish_key("sent", "dead", "failed", "stale", after)
+    assert await store.finish_key("sent", "alive", "done", "", after)
     done = await store.claim_key("sent", "third", after + HOUR / 2, HOUR)
     assert not done.won, "a finished key is never recovered"
 
@@ -526,10 +546,40 @@ async def test_mark_sending_records_the_intent_a_recovery_reads_back(
     assert taken.won
     assert taken.recovered is not None
     assert taken.recovered.intent == intent
-    assert taken.holder.intent == "", "a new claim starts without an intent"
+    assert (taken.holder.status, taken.holder.intent) == ("sending", intent), (
+        "a taken-over sending mark stays, with its intent"
+    )
     assert await store.mark_sending("k", "alive", after, intent) is True
     held = await store.claim_key("k", "late", after, HOUR)
     assert (held.won, held.holder.intent) == (False, intent)
+
+
+async def test_a_taker_that_dies_too_leaves_the_sending_mark(store: Store) -> None:
+    """Two crashes in a row: the second taker still hears "it was sent".
+
+    The first taker dies while it re-checks the action (before it settles
+    the key); the claim it leaves must not read "nothing was sent", or the
+    next incarnation runs the action a second time.
+    """
+    clock = Tick(step=timedelta(seconds=1))
+    await store.register("first", clock(), timedelta(seconds=5))
+    assert (await store.claim_key("k", "first", clock(), HOUR)).won
+    assert await store.mark_sending("k", "first", clock(), '{"n": 1}')
+    clock.now += timedelta(minutes=1)
+    await store.register("second", clock(), timedelta(seconds=5))
+    taken = await store.claim_key("k", "second", clock(), HOUR)
+    assert taken.won
+    assert taken.recovered is not None
+    assert taken.recovered.status == "sending"
+    clock.now += timedelta(minutes=1)  # "second" dies too, mid re-check
+    await store.register("third", clock(), HOUR)
+    again = await store.claim_key("k", "third", clock(), HOUR)
+    assert again.won
+    assert again.recovered is not None
+    assert (again.recovered.owner, again.recovered.status) == ("second", "sending")
+    assert again.recovered.intent == '{"n": 1}'
+    await store.release_key("k", "third")  # never frees a sent key
+    assert not (await store.claim_key("k", "fourth", clock(), HOUR)).won
 
 
 # -- guards -------------------------------------------------------------------
@@ -865,9 +915,9 @@ async def test_redis_keys_expire_unless_listed_as_permanent(redis_url: str) -> N
         await store.append(waiting, [])
         assert await claim(store, "c1", 1.0) is not None
         await store.complete(done.id, [trace(done.id, "t")])
-        await store.seen("d", HOUR)
+        await store.seen("d", HOUR, T0)
         await store.claim_key("k", "me", T0, HOUR)
-        await store.finish_key("k", "done", "", T0)
+        await store.finish_key("k", "me", "done", "", T0)
         await store.acquire_lock("l", "me", T0, HOUR)
         await store.set_last_run("s", T0, HOUR)
         await store.reserve_budget("b", 3, HOUR, T0)
@@ -905,3 +955,68 @@ async def test_redis_refusing_writes_turns_into_store_unavailable(
         finally:
             await client.aclose()
             await store.close()
+
+
+async def test_a_stale_owner_cannot_finish_a_key_taken_over(store: Store) -> None:
+    """finish_key is fenced: a presumed-dead owner never overwrites the new holder."""
+    clock = Tick(step=timedelta(seconds=1))
+    await store.register("stale", clock(), timedelta(seconds=2))
+    await store.register("new", clock(), HOUR)
+    assert (await store.claim_key("k", "stale", clock(), HOUR)).won
+    assert await store.mark_sending("k", "stale", clock(), '{"n": 1}')
+    clock.now += timedelta(minutes=1)  # "stale" stopped renewing: dead
+    taken = await store.claim_key("k", "new", clock(), HOUR)
+    assert taken.won
+    assert taken.recovered is not None
+    # The stale owner wakes up and reports its outcome: refused, not written.
+    assert not await store.finish_key("k", "stale", "done", "late", clock())
+    held = await store.claim_key("k", "third", clock(), HOUR)
+    assert (held.holder.owner, held.holder.status) == ("new", "sending")
+    assert await store.finish_key("k", "new", "failed", "re-checked", clock())
+    # A finished key is final: finishing it again changes nothing.
+    assert not await store.finish_key("k", "new", "done", "again", clock())
+    final = await store.claim_key("k", "third", clock(), HOUR)
+    assert (final.holder.status, final.holder.detail) == ("failed", "re-checked")
+
+
+async def test_a_takeover_says_whether_the_holder_is_known_to_have_stopped(
+    store: Store,
+) -> None:
+    """Retired: stopped. Heartbeat lapsed: dead, but not known to have stopped."""
+    clock = Tick(step=timedelta(seconds=1))
+    for owner in ("retired", "silent", "back"):
+        await store.register(owner, clock(), timedelta(seconds=5))
+        assert (await store.claim_key(f"k-{owner}", owner, clock(), HOUR)).won
+        assert await store.mark_sending(f"k-{owner}", owner, clock())
+    await store.retire("retired", clock())
+    await store.retire("back", clock())
+    clock.now += timedelta(minutes=1)
+    await store.register("back", clock(), timedelta(seconds=5))  # alive again
+    clock.now += timedelta(minutes=1)  # ... and silent since
+    outcomes = {
+        owner: await store.claim_key(f"k-{owner}", "new", clock(), HOUR)
+        for owner in ("retired", "silent", "back")
+    }
+    assert all(o.won and o.recovered is not None for o in outcomes.values())
+    assert outcomes["retired"].stopped is True
+    assert outcomes["silent"].stopped is False
+    assert outcomes["back"].stopped is False
+
+
+async def test_sqlite_recover_declares_every_other_incarnation_stopped(
+    tmp_path: Any,
+) -> None:
+    """One instance: a new incarnation's recover says the old one stopped."""
+    store = SqliteStore(str(tmp_path / "state.db"))
+    try:
+        clock = Tick()
+        await store.register("old", clock(), HOUR)
+        assert (await store.claim_key("k", "old", clock(), HOUR)).won
+        assert await store.mark_sending("k", "old", clock())
+        await store.register("new", clock(), HOUR)
+        await store.recover("new", clock())
+        taken = await store.claim_key("k", "new", clock(), HOUR)
+        assert taken.won
+        assert taken.stopped is True
+    finally:
+        await store.close()

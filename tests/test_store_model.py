@@ -100,6 +100,8 @@ class Model:
     locks: dict[str, MLock] = field(default_factory=dict)
     fence: int = 0
     alive: dict[str, datetime] = field(default_factory=dict)
+    # Incarnations known to have stopped (retired, or declared by recover).
+    stopped: set[str] = field(default_factory=set)
     last_run: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)
     budget: dict[str, dict[str, datetime]] = field(default_factory=dict)
     circuits: dict[str, Circuit] = field(default_factory=dict)
@@ -262,12 +264,14 @@ class StoreMachine(RuleBasedStateMachine):
     def register(self, owner: str, seconds: int) -> None:
         now = self.tick()
         self.model.alive[owner] = now + timedelta(seconds=seconds)
+        self.model.stopped.discard(owner)
         self.run(self.store.register(owner, now, timedelta(seconds=seconds)))
 
     @rule(owner=st.sampled_from(OWNERS))
     def retire(self, owner: str) -> None:
         now = self.tick()
         self.model.alive[owner] = now - timedelta(seconds=1)
+        self.model.stopped.add(owner)
         self.run(self.store.retire(owner, now))
 
     @rule(owner=st.sampled_from(OWNERS))
@@ -281,6 +285,7 @@ class StoreMachine(RuleBasedStateMachine):
             for other in (others | set(m.alive)) - {owner}:
                 if other not in m.alive or m.alive[other] >= now - timedelta(seconds=1):
                     m.alive[other] = now - timedelta(seconds=1)
+                m.stopped.add(other)
             gone = sorted(n for n, lk in m.locks.items() if lk.owner != owner)
         else:
             dead = {o for o, until in m.alive.items() if until < now and o != owner}
@@ -322,7 +327,20 @@ class StoreMachine(RuleBasedStateMachine):
             ) == (held.owner, held.status, held.intent)
         else:
             assert outcome.recovered is None
-        self.model.claims[key] = MClaim(owner, "running", now + KEY_TTL)
+        known = orphan and held is not None and held.owner in self.model.stopped
+        assert outcome.stopped == known, (held, self.model.stopped)
+        if orphan and held is not None and held.status == "sending":
+            # The sending mark and its intent stay, now the taker's.
+            self.model.claims[key] = MClaim(
+                owner, "sending", now + KEY_TTL, held.intent
+            )
+        else:
+            self.model.claims[key] = MClaim(owner, "running", now + KEY_TTL)
+        mine = self.model.claims[key]
+        assert (outcome.holder.status, outcome.holder.intent) == (
+            mine.status,
+            mine.intent,
+        )
 
     @rule(
         key=st.sampled_from(KEYS),
@@ -342,12 +360,19 @@ class StoreMachine(RuleBasedStateMachine):
             held.status = "sending"
             held.intent = intent
 
-    @rule(key=st.sampled_from(KEYS), ok=st.booleans())
-    def finish_key(self, key: str, ok: bool) -> None:
+    @rule(key=st.sampled_from(KEYS), owner=st.sampled_from(OWNERS), ok=st.booleans())
+    def finish_key(self, key: str, owner: str, ok: bool) -> None:
         status = "done" if ok else "failed"
-        self.run(self.store.finish_key(key, status, "detail", self.tick()))
-        if key in self.model.claims:
-            self.model.claims[key].status = status
+        held = self.model.claims.get(key)
+        expected = (
+            held is not None
+            and held.owner == owner
+            and held.status in ("running", "sending")
+        )
+        got = self.run(self.store.finish_key(key, owner, status, "d", self.tick()))
+        assert got == expected, (held, owner)
+        if expected and held is not None:
+            held.status = status
 
     @rule(key=st.sampled_from(KEYS), owner=st.sampled_from(OWNERS))
     def release_key(self, key: str, owner: str) -> None:

@@ -19,10 +19,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
+import structlog
+
 from receiver.model import Alert, SourceView, iso
 from receiver.rulebook.schema import Guards
 from receiver.rulebook.templates import format_duration
 from receiver.store.base import Approval, BudgetSlot, Claim, Lock, Store, new_id
+
+log = structlog.get_logger("receiver.guards")
 
 
 @dataclass(frozen=True)
@@ -80,8 +84,10 @@ class Held:
     owner: str
     lock: Lock | None
     budgets: list[BudgetSlot] = field(default_factory=list)
-    # A claim a dead incarnation left behind, taken over by this pass.
+    # A claim a dead incarnation left behind, taken over by this pass, and
+    # whether that incarnation is known to have stopped (not just silent).
     recovered: Claim | None = None
+    stopped: bool = False
 
 
 class GuardKeeper:
@@ -274,7 +280,13 @@ class GuardKeeper:
         )
         if not outcome.won:
             raise Refusal(guard="idempotency", reason=_already(outcome.holder))
-        held = Held(key, self.owner, None, recovered=outcome.recovered)
+        held = Held(
+            key,
+            self.owner,
+            None,
+            recovered=outcome.recovered,
+            stopped=outcome.stopped,
+        )
         try:
             if guards.lock:
                 await self._lock(held, target, now, lock_ttl)
@@ -363,9 +375,17 @@ class GuardKeeper:
         gives the budget slots back and leaves cooldown and circuit alone.
         """
         try:
-            await self.store.finish_key(
-                held.key, "done" if ok else "failed", detail, now
-            )
+            if not await self.store.finish_key(
+                held.key, held.owner, "done" if ok else "failed", detail, now
+            ):
+                # Another incarnation took the claim over (this one looked
+                # dead to it): its record of the key stands, not ours.
+                log.warning(
+                    "run_once_key_taken_over",
+                    key=held.key,
+                    owner=held.owner,
+                    outcome="done" if ok else "failed",
+                )
             if not count:
                 for slot in held.budgets:
                     await self.store.release_budget(slot)

@@ -340,7 +340,7 @@ def plan(
                 rule=match.rule.name,
                 severity=match.severity,
                 severity_reason=match.severity_reason,
-                playbook=match.rule.rule.playbook,
+                playbook=match.rule.playbook,
                 match=match,
                 steps=tuple(
                     _plan_step(

@@ -21,8 +21,12 @@ anything, so the step runs; one left ``sending`` is re-checked, never blindly
 re-run: the executor's ``recheck`` compares the target with the recorded intent.
 Took effect: "executed, recovered after a crash" (then verified as usual). Did
 not: the target is exactly as before, so the step runs once now, through the
-last still-firing check and a fresh ``prepare``. Cannot tell: ``failed`` with
-"unknown whether it took effect", unless the step's own verification passes now.
+last still-firing check and a fresh ``prepare`` -- but only when the holder is
+known to have stopped (it retired, or SQLite's single instance declared it dead
+on start). A holder that merely stopped renewing its heartbeat (a stalled
+replica on Redis) may still be sending: ``failed``, not run again. Cannot tell:
+``failed`` with "unknown whether it took effect", unless the step's own
+verification passes now.
 """
 
 from __future__ import annotations
@@ -365,7 +369,13 @@ class Runner:
         )
         if not outcome.won:
             return None
-        held = Held(key, keeper.owner, None, recovered=outcome.recovered)
+        held = Held(
+            key,
+            keeper.owner,
+            None,
+            recovered=outcome.recovered,
+            stopped=outcome.stopped,
+        )
         if outcome.recovered is None or outcome.recovered.status != "sending":
             await keeper.store.release_key(key, keeper.owner)
             return None
@@ -422,20 +432,9 @@ class Runner:
         assert self._guards is not None  # noqa: S101 (checked by the caller)
         keeper = self._guards
         guards = match.match.playbook.guards
-        recovered = held.recovered
-        before_effect = ""
-        if recovered is not None and recovered.status == "sending":
-            seen, verified = await self._recheck(step, alert, held)
-            if seen.took_effect is not False:
-                return await self._recovered(
-                    trace, step, alert, match, held=held, seen=seen, verified=verified
-                )
-            # The target is exactly as before the interrupted attempt: nothing
-            # of it took effect, so this occurrence runs once now.
-            before_effect = (
-                f"the attempt by {recovered.owner} was interrupted by a crash "
-                f"before it took effect ({seen.reason})"
-            )
+        before_effect = await self._after_crash(trace, step, alert, match, held)
+        if isinstance(before_effect, StepTrace):
+            return before_effect
         note = _recovery_note(held, before_effect)
         refused = await self._last_check(trace, alert, match, held, before_effect)
         if refused is not None:
@@ -480,6 +479,48 @@ class Runner:
             now=self._clock(),
         )
         return replace(outcome, reason=f"{outcome.reason}{note}") if note else outcome
+
+    async def _after_crash(
+        self,
+        trace: StepTrace,
+        step: StepModel,
+        alert: Alert,
+        match: PlannedMatch,
+        held: Held,
+    ) -> StepTrace | str:
+        """Settle a crashed attempt's ``sending`` mark before running again.
+
+        Returns the final trace when it took effect (or cannot be told, or may
+        not run again), else what the run's reason says about the attempt
+        ("" when there was none).
+        """
+        recovered = held.recovered
+        if recovered is None or recovered.status != "sending":
+            return ""
+        seen, verified = await self._recheck(step, alert, held)
+        if seen.took_effect is not False:
+            return await self._recovered(
+                trace, step, alert, match, held=held, seen=seen, verified=verified
+            )
+        # The target is exactly as before the interrupted attempt: nothing of
+        # it took effect, so this occurrence runs once now, if its holder is
+        # known to have stopped. One that only went silent (its heartbeat
+        # lapsed: another replica, stalled) may still be sending.
+        if not held.stopped:
+            return await self._not_rerun(
+                trace,
+                match,
+                held,
+                why=f"the attempt by {recovered.owner} had not taken effect "
+                f"({seen.reason}); not run again (at most once): "
+                f"{recovered.owner} stopped renewing its heartbeat but never "
+                "said it stopped, so its request may still be on its way",
+                guard=None,
+            )
+        return (
+            f"the attempt by {recovered.owner} was interrupted by a crash "
+            f"before it took effect ({seen.reason})"
+        )
 
     async def _decided(
         self, prepared: StepTrace, match: PlannedMatch, held: Held, note: str

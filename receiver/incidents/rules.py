@@ -53,9 +53,7 @@ class RuleView:
         """Rules whose playbook lets outcomes drive PagerDuty; keeps evidence."""
         book = self._rulebook()
         if self._flags_of is None or self._flags_of[0] is not book:
-            playbooks = [
-                (c.name, book.playbooks.get(c.rule.playbook)) for c in book.rules
-            ]
+            playbooks = [(c.name, book.playbooks.get(c.playbook)) for c in book.rules]
             follows = frozenset(
                 n for n, p in playbooks if p and p.pagerduty_follows_outcomes
             )

@@ -1,8 +1,10 @@
 """Load rule files from directories or files into a ``Rulebook``, or explain why not.
 
 Every problem is reported at once with file, rule and field (``RuleError``), so
-``receiver rules check`` can list them all. Test files (``*.test.yaml``) are skipped
-here and read by ``receiver.rulebook.ruletest``.
+``receiver rules check`` can list them all. Playbooks with ``params`` are bound
+here, once per rule binding (``with:``), into the playbooks the rulebook runs.
+Test files (``*.test.yaml``) are skipped here and read by
+``receiver.rulebook.ruletest``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from receiver.rulebook.matchers import Matcher, matches_all
 from receiver.rulebook.schema import CompiledRule, Playbook, Rule
 from receiver.rulebook.severity import resolve_severity
 from receiver.rulebook.steps import STEP_TYPES, VERIFY_TYPES
+from receiver.rulebook.templates import BindError
 
 RULE_SUFFIXES = (".yaml", ".yml")
 TEST_SUFFIXES = (".test.yaml", ".test.yml")
@@ -68,7 +71,7 @@ class Rulebook:
                 continue
             severity, reason = resolve_severity(rule.severity, alert, now)
             out.append(
-                RuleMatch(compiled, severity, reason, self.playbooks[rule.playbook])
+                RuleMatch(compiled, severity, reason, self.playbooks[compiled.playbook])
             )
             if not rule.continue_:
                 break
@@ -133,7 +136,8 @@ def _validation_details(
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = (
-                "unknown field; check the spelling against the README's rule reference"
+                "unknown field; check the spelling against the rule reference "
+                "(docs/rules.md)"
             )
         elif err["type"] == "union_tag_invalid":
             tag = (err.get("ctx") or {}).get("tag", "?")
@@ -148,7 +152,9 @@ class _Loader:
 
     def __init__(self) -> None:
         self.errors: list[RuleErrorDetail] = []
+        # As written (params unbound), then bound per rule in ``bind_playbooks``.
         self.playbooks: dict[str, Playbook] = {}
+        self.bound: dict[str, Playbook] = {}
         self.playbook_files: dict[str, str] = {}
         self.compiled: list[CompiledRule] = []
         self.seen: dict[str, str] = {}
@@ -247,7 +253,10 @@ class _Loader:
             prefix = ("playbooks", name)
             self.errors.extend(_validation_details(file, raw, exc, prefix=prefix))
         else:
-            for field, message in playbook.choice_problems():
+            for field, message in [
+                *playbook.choice_problems(),
+                *playbook.param_problems(),
+            ]:
                 self.error(file, message, None, f"playbooks.{name}.{field}")
             if len(self.errors) == start:
                 self.playbooks[name] = playbook
@@ -290,6 +299,90 @@ class _Loader:
                     f"rules[{item.order}].playbook",
                 )
 
+    def bind_playbooks(self) -> None:
+        """Bind each rule's playbook to its ``with:`` values under its name.
+
+        A playbook no rule uses is kept under its own name, bound to its
+        defaults when every parameter has one.
+        """
+        bindings: dict[str, tuple[str, dict[str, str], str]] = {}
+        for item in self.compiled:
+            if item.rule.playbook in self.playbooks:
+                self.bind_rule(item, bindings)
+        self.bind_unused()
+        # ``one_of`` values meet the labels a parameter brought into a template
+        # only once it is bound.
+        reported: set[tuple[str, str]] = set()
+        for name, playbook in self.bound.items():
+            source = bindings[name][0] if name in bindings else name
+            if not self.playbooks[source].params:
+                continue
+            for where, message in playbook.choice_problems():
+                if (where, message) not in reported:
+                    reported.add((where, message))
+                    users = [c.name for c in self.compiled if c.playbook == name]
+                    self.error(
+                        self.playbook_files[source],
+                        message,
+                        ", ".join(users) or None,
+                        f"playbooks.{source}.{where}",
+                    )
+
+    def bind_unused(self) -> None:
+        """Playbooks no rule binds: under their own name, on their defaults."""
+        for name, playbook in self.playbooks.items():
+            if name in self.bound or name in self.playbook_errors:
+                continue
+            values, problems = playbook.binding({})
+            if problems:
+                continue
+            try:
+                self.bound[name] = playbook.bind(values)
+            except BindError as exc:
+                file = self.playbook_files[name]
+                self.error(
+                    file,
+                    f"its default cannot fill {exc}",
+                    None,
+                    f"playbooks.{name}.params.{exc.param}",
+                )
+
+    def bind_rule(
+        self, item: CompiledRule, bindings: dict[str, tuple[str, dict[str, str], str]]
+    ) -> None:
+        """Bind one rule's playbook; ``bindings`` holds earlier rules' bindings."""
+        playbook = item.rule.playbook
+        if playbook in self.playbook_errors:
+            return
+        where = f"rules[{item.order}]"
+        values, problems = self.playbooks[playbook].binding(item.rule.with_)
+        for param, message in problems:
+            self.error(item.file, message, item.name, f"{where}.with.{param}")
+        if problems:
+            return
+        name = item.playbook
+        earlier = bindings.get(name)
+        if name != playbook and name in self.playbooks:
+            why, field = f"{name!r} is already a playbook's name; pick another", "as"
+        elif earlier is not None and earlier[:2] != (playbook, values):
+            why = (
+                f"rule {earlier[2]} runs {name!r} with other values; name this "
+                "binding with `as:`"
+            )
+            field = "with"
+        elif earlier is not None:
+            return
+        else:
+            try:
+                self.bound[name] = self.playbooks[playbook].bind(values)
+            except BindError as exc:
+                why = f"cannot fill playbooks.{playbook}.{exc}"
+                field = f"with.{exc.param}"
+            else:
+                bindings[name] = (playbook, values, item.name)
+                return
+        self.error(item.file, why, item.name, f"{where}.{field}")
+
 
 def load_rulebook(paths: Iterable[Path | str]) -> Rulebook:
     """Load and validate every rule file under ``paths``.
@@ -306,11 +399,12 @@ def load_rulebook(paths: Iterable[Path | str]) -> Rulebook:
     for path in files:
         loader.load_file(path)
     loader.check_references()
+    loader.bind_playbooks()
     if loader.errors:
         raise RuleError(loader.errors)
     return Rulebook(
         tuple(loader.compiled),
-        loader.playbooks,
+        loader.bound,
         tuple(str(f) for f in files),
         loader.incidents,
     )

@@ -156,7 +156,7 @@ def matches_only(
     """A planner that only matches (rule, severity, playbook); no steps."""
     del execute
     return [
-        PlannedMatchView(m.rule.name, m.severity.value, m.rule.rule.playbook)
+        PlannedMatchView(m.rule.name, m.severity.value, m.rule.playbook)
         for m in rulebook.match(alert, now)
     ]
 

@@ -1,14 +1,19 @@
 """The rule file schema: playbooks (steps and guards) and rules (matchers, severity).
 
+A playbook may declare ``params`` (typed, with defaults) that its step templates
+use as ``{params.NAME}``; a rule binds them with ``with:`` and may name the bound
+playbook with ``as:``. ``Playbook.bind`` makes the bound copy the planner runs.
+
 Everything forbids unknown fields, so a typo fails at load time with file, rule and
 field. Compiled forms (``CompiledRule``) carry parsed matchers for the index.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -18,6 +23,7 @@ from pydantic import (
     Field,
     StringConstraints,
     Tag,
+    ValidationInfo,
     field_validator,
 )
 
@@ -25,7 +31,18 @@ from receiver.model import SOURCES, Severity, Source, StepKind
 from receiver.rulebook.matchers import Matcher
 from receiver.rulebook.severity import LabelSeverity, MatrixSeverity, SeveritySpec
 from receiver.rulebook.steps import Duration, Step, StepModel, template_fields
-from receiver.rulebook.templates import Slot, check_choice
+from receiver.rulebook.templates import (
+    PARAM_TYPES,
+    BindError,
+    Slot,
+    bind,
+    check_choice,
+    check_param_value,
+    params_used,
+)
+
+_M = TypeVar("_M", bound=BaseModel)
+ParamType = Literal["k8s_name", "namespace", "label_value", "redis_key_part", "text"]
 
 
 def _severity_kind(value: Any) -> str | None:
@@ -116,6 +133,35 @@ class LabelGrammar(BaseModel):
 
 
 LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
+
+
+class Param(BaseModel):
+    """One playbook parameter: its type, its default, what it is for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: ParamType = Field(
+        description="The grammar a literal value must meet: k8s_name, namespace, "
+        "label_value, redis_key_part or text (any text; each slot it fills "
+        "still checks it)."
+    )
+    default: str | None = Field(
+        default=None,
+        description="Used when a rule does not pass the parameter: a literal or "
+        "one placeholder such as {labels.namespace}; unset: every rule must pass it.",
+    )
+    description: str = ""
+
+    @field_validator("default")
+    @classmethod
+    def _default_fits(cls, value: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("type")
+        if value is not None and kind in PARAM_TYPES:
+            why = check_param_value(value, kind)
+            if why is not None:
+                raise ValueError(f"default {value!r} is not a {kind}: {why}")
+        return value
+
+
 Person = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
@@ -158,6 +204,11 @@ class Playbook(BaseModel):
     labels: dict[LabelName, LabelGrammar] = Field(
         default_factory=dict,
         description="Narrow labels used in templates, e.g. siem: {one_of: [...]}.",
+    )
+    params: dict[LabelName, Param] = Field(
+        default_factory=dict,
+        description="Parameters the steps use as {params.NAME}; rules bind them "
+        "with `with:`.",
     )
     diagnostics: list[Step] = Field(default_factory=list)
     remediation: list[Step] = Field(default_factory=list)
@@ -205,6 +256,81 @@ class Playbook(BaseModel):
                         ] = None
         return list(problems)
 
+    def param_problems(self) -> list[tuple[str, str]]:
+        """``(field, message)`` for each parameter used but not declared, or unused."""
+        problems: list[tuple[str, str]] = []
+        used: set[str] = set()
+        for where, _slot, text in self._templates():
+            for name in params_used(text):
+                used.add(name)
+                if name not in self.params:
+                    declared = ", ".join(sorted(self.params)) or "none"
+                    problems.append(
+                        (
+                            where,
+                            (
+                                f"{{params.{name}}} names no declared parameter "
+                                f"(declared: {declared}); add it under params"
+                            ),
+                        )
+                    )
+        problems += [
+            (f"params.{name}", "parameter is never used by a step; remove it")
+            for name in self.params
+            if name not in used
+        ]
+        return problems
+
+    def binding(
+        self, given: Mapping[str, str]
+    ) -> tuple[dict[str, str], list[tuple[str, str]]]:
+        """The parameter values for ``given`` (defaults filled in), and problems.
+
+        Problems are ``(param, message)`` pairs for the rule's ``with``: unknown
+        names, missing values, values outside the parameter's type.
+        """
+        values: dict[str, str] = {}
+        problems: list[tuple[str, str]] = []
+        declared = ", ".join(sorted(self.params)) or "none"
+        problems += [
+            (name, f"unknown parameter (this playbook declares: {declared})")
+            for name in given
+            if name not in self.params
+        ]
+        for name, param in self.params.items():
+            value = given.get(name, param.default)
+            if value is None:
+                problems.append((name, "missing: the parameter has no default"))
+                continue
+            why = check_param_value(value, param.type) if name in given else None
+            if why is not None:
+                problems.append((name, f"{value!r} is not a {param.type}: {why}"))
+                continue
+            values[name] = value
+        return values, problems
+
+    def bind(self, values: Mapping[str, str]) -> Playbook:
+        """This playbook with ``{params.NAME}`` replaced in every step template.
+
+        Raises:
+            BindError: a value cannot fill a field it is used in; it names the
+                parameter, and its message the field (``diagnostics[2].namespace``).
+        """
+        if not self.params:
+            return self
+        groups: dict[str, list[Step]] = {}
+        for group in ("diagnostics", "remediation"):
+            steps: list[Step] = []
+            for i, step in enumerate(getattr(self, group)):
+                bound = _bind_model(step, values, f"{group}[{i}]")
+                check = getattr(bound, "verify", None)
+                if isinstance(check, BaseModel):
+                    verify = _bind_model(check, values, f"{group}[{i}].verify")
+                    bound = bound.model_copy(update={"verify": verify})
+                steps.append(bound)
+            groups[group] = steps
+        return self.model_copy(update={**groups, "params": {}})
+
     def _templates(self) -> list[tuple[str, Slot, str]]:
         """Every template of the playbook's steps: (where, slot, text)."""
         found: list[tuple[str, Slot, str]] = []
@@ -244,6 +370,21 @@ class Playbook(BaseModel):
         return steps
 
 
+def _bind_model(model: _M, values: Mapping[str, str], where: str) -> _M:
+    """``model`` with its template fields bound (``where`` names it in errors)."""
+    update: dict[str, Any] = {}
+    for field, slot in template_fields(type(model)).items():
+        value = getattr(model, field)
+        try:
+            if isinstance(value, list):
+                update[field] = [bind(t, slot, values) for t in value]
+            elif isinstance(value, str):
+                update[field] = bind(value, slot, values)
+        except BindError as exc:
+            raise exc.at(f"{where}.{field}") from exc
+    return model.model_copy(update=update) if update else model
+
+
 class Rule(BaseModel):
     """Matchers, status and sources select alerts; severity and playbook decide."""
 
@@ -255,6 +396,20 @@ class Rule(BaseModel):
     sources: list[Source] | None = None
     severity: SeverityField = Severity.P2
     playbook: str
+    with_: dict[LabelName, str] = Field(
+        default_factory=dict,
+        alias="with",
+        description="Values for the playbook's params (a literal or one "
+        "placeholder such as {labels.namespace}).",
+    )
+    as_: str | None = Field(
+        default=None,
+        alias="as",
+        min_length=1,
+        description="Name of the bound playbook in decisions, guards, approvals "
+        "and sinks (default: the playbook's name). Rules binding a playbook "
+        "differently need different names.",
+    )
     continue_: bool = Field(default=False, alias="continue")
     group_by: list[str] | None = Field(
         default=None,
@@ -288,6 +443,11 @@ class CompiledRule:
     rule: Rule
     matchers: tuple[Matcher, ...]
     file: str
+
+    @property
+    def playbook(self) -> str:
+        """The name of the (bound) playbook this rule runs."""
+        return self.rule.as_ or self.rule.playbook
 
     @property
     def name(self) -> str:

@@ -1,14 +1,20 @@
 """Typed template slots: alert values are substituted only where a grammar says so.
 
 A template is a string with placeholders ``{labels.NAME}``, ``{annotations.NAME}``,
-``{alert.fingerprint}``, ``{alert.status}`` or ``{alert.source}``; every other brace
-is literal, so PromQL selectors need no escaping. Only step fields that declare a
-``Slot`` take templates, and the slot's grammar is checked twice:
+``{alert.fingerprint}``, ``{alert.status}``, ``{alert.source}`` or, in a playbook
+that declares ``params``, ``{params.NAME}``; every other brace is literal, so PromQL
+selectors need no escaping. A label or annotation placeholder may name a default
+for an alert that lacks the value or has it empty: ``{labels.deployment|sark}``.
+Only step fields that declare a ``Slot`` take templates, and the slot's grammar is
+checked twice:
 
 - when the rules load (``check_slot_template``): every placeholder must sit where
   the grammar can fill it (a PromQL placeholder inside a quoted string, a URL
   placeholder in the host, path or query), and a template without placeholders
-  must already be valid;
+  must already be valid, and a default must fit where it stands;
+- when a playbook is bound to a rule's parameters (``bind``): each literal
+  parameter value must fit where it stands, and is escaped for it as an alert
+  value would be;
 - when a step is rendered for an alert (``render``): each substituted value must
   fit its slot, or ``SlotError`` says which label did not and why. The planner
   turns that into a skipped step; a value never changes what a step does.
@@ -55,7 +61,10 @@ from pydantic_core import core_schema
 from receiver.errors import RenderError, SlotError
 from receiver.model import Alert
 
-PLACEHOLDER = re.compile(r"\{(labels|annotations|alert)\.([^{}\s]*)\}")
+# Groups: scope, name, default (``None`` when the placeholder names none).
+PLACEHOLDER = re.compile(
+    r"\{(labels|annotations|alert|params)\.([^{}\s|]*)(?:\|([^{}\s]*))?\}"
+)
 _NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _ALERT_FIELDS = ("fingerprint", "status", "source")
 DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -84,11 +93,13 @@ _REDIS_GLOB = "*?[]\\"
 __all__ = [
     "GRAMMARS",
     "PLACEHOLDER",
+    "BindError",
     "RenderError",
     "Slot",
     "SlotError",
     "SlotMarker",
     "TemplateError",
+    "bind",
     "check_slot_template",
     "check_template",
     "format_duration",
@@ -100,6 +111,18 @@ __all__ = [
 
 class TemplateError(ValueError):
     """A template is not valid for its field (found when the rules load)."""
+
+
+class BindError(TemplateError):
+    """A rule's parameter value cannot fill a field of its playbook."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+    def at(self, field: str) -> BindError:
+        """The same error naming the field it was to fill."""
+        return BindError(self.param, f"{field}: {self}")
 
 
 class Slot(enum.StrEnum):
@@ -587,9 +610,9 @@ GRAMMARS: dict[Slot, Grammar] = {
 
 
 def check_template(text: str) -> str:
-    """Validate placeholder names at load time; return the template unchanged."""
+    """Validate placeholder names and defaults at load time; return ``text``."""
     for found in PLACEHOLDER.finditer(text):
-        scope, name = found.groups()
+        scope, name, default = found.groups()
         if scope == "alert":
             if name not in _ALERT_FIELDS:
                 raise TemplateError(
@@ -599,7 +622,19 @@ def check_template(text: str) -> str:
         elif not _NAME.fullmatch(name):
             raise TemplateError(
                 f"bad placeholder {found.group(0)!r}; use {{{scope}.NAME}} with a "
-                "label name like [a-zA-Z_][a-zA-Z0-9_]*"
+                "name like [a-zA-Z_][a-zA-Z0-9_]*"
+            )
+        if default is None:
+            continue
+        if scope not in ("labels", "annotations"):
+            raise TemplateError(
+                f"{found.group(0)!r}: only a label or annotation placeholder "
+                "takes a default (a parameter's default goes in params)"
+            )
+        if not default:
+            raise TemplateError(
+                f"{found.group(0)!r} names an empty default; drop the '|' to skip "
+                "the step when the value is missing"
             )
     return text
 
@@ -624,6 +659,16 @@ def check_slot_template(text: str, slot: Slot) -> str:
     check_template(text)
     grammar = GRAMMARS[slot]
     placed = _placed(text, slot)
+    for match, hole in placed:
+        default = match.group(3)
+        if default is None:
+            continue
+        why = _common(default) or grammar.refuse(default, hole)
+        if why is not None:
+            raise TemplateError(
+                f"the default {default!r} of {match.group(0)} is not "
+                f"{grammar.noun(hole)}: {why}"
+            )
     sample = PLACEHOLDER.sub("a", text)
     why = grammar.whole(sample)
     if why is not None:
@@ -647,6 +692,99 @@ def check_choice(value: str, text: str, slot: Slot, label: str) -> str | None:
     return None
 
 
+# A parameter's type: the grammar a literal value (or a placeholder's default)
+# must meet wherever it is used, checked where a rule binds it.
+PARAM_TYPES: dict[str, Callable[[str], str | None]] = {
+    "k8s_name": _k8s_name_whole,
+    "namespace": _namespace_whole,
+    "label_value": lambda value: _label_value(value, _Hole.WHOLE),
+    "redis_key_part": _redis_part_whole,
+    "text": lambda _value: None,
+}
+
+
+def check_param_value(value: str, kind: str) -> str | None:
+    """Why ``value`` is not a valid value of a parameter of type ``kind``.
+
+    A placeholder value is checked by its default (if any); the alert value it
+    stands for is checked by each slot when the step is rendered.
+    """
+    check = PARAM_TYPES[kind]
+    found = PLACEHOLDER.fullmatch(value)
+    if found is not None:
+        if found.group(1) == "params":
+            return "a parameter value cannot name another parameter"
+        try:
+            check_template(value)
+        except TemplateError as exc:
+            return str(exc)
+        default = found.group(3)
+        why = None if default is None else _common(default) or check(default)
+        return None if why is None else f"its default: {why}"
+    if PLACEHOLDER.search(value):
+        return (
+            "a value is either a literal or one whole placeholder such as "
+            "{labels.namespace}"
+        )
+    return _common(value) or check(value)
+
+
+def is_template_value(value: str) -> bool:
+    """Whether a parameter value is one whole placeholder (else a literal)."""
+    found = PLACEHOLDER.fullmatch(value)
+    return found is not None and found.group(1) != "params"
+
+
+def bind(text: str, slot: Slot, values: Mapping[str, str]) -> str:
+    """Replace each ``{params.NAME}`` in ``text`` with its bound value.
+
+    A value that is one placeholder (``{labels.namespace}``, with or without a
+    default) is inserted as it stands and filled per alert later. A literal
+    value must fit where it stands, like an alert value, and is escaped for it
+    (quoted in PromQL, percent-encoded in a URL path). The result is checked
+    for the slot again.
+
+    Raises:
+        TemplateError: a value does not fit its place, or a parameter is unbound.
+    """
+    grammar = GRAMMARS[slot]
+    out = []
+    pos = 0
+    for match, hole in _placed(text, slot):
+        if match.group(1) != "params":
+            continue
+        name = match.group(2)
+        if name not in values:
+            raise BindError(name, f"{match.group(0)} names no declared parameter")
+        value = values[name]
+        if not is_template_value(value):
+            if PLACEHOLDER.search(value):
+                raise BindError(
+                    name,
+                    "a value is either a literal or one whole placeholder such as "
+                    "{labels.namespace}",
+                )
+            why = _common(value) or grammar.refuse(value, hole)
+            if why is not None:
+                raise BindError(name, f"{value!r} is not {grammar.noun(hole)}: {why}")
+            value = grammar.insert(value, hole)
+        out.append(text[pos : match.start()])
+        out.append(value)
+        pos = match.end()
+    out.append(text[pos:])
+    bound = "".join(out)
+    try:
+        return check_slot_template(bound, slot)
+    except TemplateError as exc:
+        names = params_used(text)
+        raise BindError(names[0] if names else "", str(exc)) from exc
+
+
+def params_used(text: str) -> list[str]:
+    """The parameter names a template uses, in order."""
+    return [m.group(2) for m in PLACEHOLDER.finditer(text) if m.group(1) == "params"]
+
+
 def placeholders(text: str) -> list[str]:
     """The placeholders a template uses, in order."""
     return [m.group(0) for m in PLACEHOLDER.finditer(text)]
@@ -658,12 +796,17 @@ def placeholders(text: str) -> list[str]:
 _SOURCE = {"labels": "label", "annotations": "annotation", "alert": "alert field"}
 
 
-def _lookup(alert: Alert, scope: str, name: str) -> str:
+def _lookup(alert: Alert, scope: str, name: str, default: str | None) -> str:
     if scope == "alert":
         return str(getattr(alert, name))
+    if scope == "params":
+        # ``bind`` replaced every parameter when the rules loaded.
+        raise RenderError(f"parameter {{params.{name}}} was never bound")
     source: Mapping[str, str] = alert.labels if scope == "labels" else alert.annotations
     value = source.get(name)
     if value is None or value == "":
+        if default is not None:
+            return default
         raise RenderError(f"alert has no {scope[:-1]} {name!r} for {{{scope}.{name}}}")
     return value
 
@@ -688,7 +831,7 @@ def render(
     used: list[tuple[str, str, str]] = []
     for match, hole in _placed(text, slot):
         scope, name = match.group(1), match.group(2)
-        value = _lookup(alert, scope, name)
+        value = _lookup(alert, scope, name, match.group(3))
         source = _SOURCE[scope]
         choices = (one_of or {}).get(name) if scope == "labels" else None
         if choices is not None and value not in set(choices):

@@ -72,8 +72,8 @@ class Sink(Protocol):
 class SinkStore(Protocol):
     """The two store operations the dispatcher needs (``receiver.store.Store``)."""
 
-    async def seen(self, key: str, ttl: timedelta) -> bool:
-        """Mark ``key``; True if it was already marked."""
+    async def seen(self, key: str, ttl: timedelta, now: datetime) -> bool:
+        """Mark ``key`` until ``now + ttl``; True if it still was marked."""
         ...
 
     async def record(self, records: Sequence[Mapping[str, JSONValue]]) -> None:
@@ -229,8 +229,9 @@ class SinkDispatcher:
                 "docs/steps-and-sinks.md)",
             )
         try:
+            now = self._clock()
             fresh = [
-                not await self._store.seen(k, self._ttl)
+                not await self._store.seen(k, self._ttl, now)
                 for k in dedupe_keys(sink, trace)
             ]
         except ReceiverError as exc:

@@ -4,7 +4,10 @@ Only hosts on the allowlist (settings ``http_allowlist``) are ever called, so an
 alert label cannot point the receiver anywhere else (no SSRF). Probes retry
 transient failures with bounded, jittered backoff; a remediation request is sent
 once (its idempotency key is already claimed), retried only when the connection
-failed before anything was sent.
+failed before anything was sent. Each remediation request carries an
+``Idempotency-Key`` header, the same for every delivery of one alert occurrence
+(unless the step sets that header itself), so a target that honours it can
+refuse a duplicate the receiver could not rule out.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from receiver.errors import PermanentStepError, TransientStepError
-from receiver.model import Alert, Intent, RecheckResult, StepResult
+from receiver.model import Alert, Intent, RecheckResult, StepResult, iso
 from receiver.retrying import RetryPolicy, poll_until, retrying, transient_status
 from receiver.rulebook.steps import HttpGet, HttpRequest, HttpVerify, StepModel
 
@@ -34,6 +37,22 @@ def json_path(document: Any, path: str) -> Any:
         else:
             raise KeyError(part)
     return current
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def request_key(step: HttpRequest, alert: Alert) -> str:
+    """The ``Idempotency-Key`` of ``step`` for this alert occurrence.
+
+    Method, URL and body, the alert's fingerprint and start: every delivery of
+    one occurrence sends the same key, a new occurrence a new one.
+    """
+    body = json.dumps(step.json_body, sort_keys=True)
+    raw = "|".join(
+        (step.method, step.url, body, alert.fingerprint, iso(alert.starts_at) or "")
+    )
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
 def _connect_error(exc: BaseException) -> bool:
@@ -78,13 +97,12 @@ class HttpExecutor:
 
     async def run(self, step: StepModel, alert: Alert) -> StepResult:
         """Run an http.get probe or an http.request remediation."""
-        del alert
         if isinstance(step, HttpGet):
             return await self._get(
                 step.url, step.expect_status, step.json_path, step.max_body_bytes
             )
         if isinstance(step, HttpRequest):
-            return await self._request(step)
+            return await self._request(step, request_key(step, alert))
         raise PermanentStepError(f"http executor cannot run {step.type_name()}")
 
     async def prepare(self, step: StepModel, alert: Alert) -> Intent | None:
@@ -93,10 +111,10 @@ class HttpExecutor:
         Header values are never recorded (they may carry credentials), only
         their names, and the body as a digest.
         """
-        del alert
         if not isinstance(step, HttpRequest):
             return None
         body = json.dumps(step.json_body, sort_keys=True).encode()
+        key = _sent_key(step) or request_key(step, alert)
         return Intent(
             f"{step.method} {step.url}",
             {
@@ -104,12 +122,16 @@ class HttpExecutor:
                 "url": step.url,
                 "body_sha256": hashlib.sha256(body).hexdigest(),
                 "headers": sorted(step.headers or {}),
+                "idempotency_key": key,
             },
         )
 
     async def apply(self, step: StepModel, alert: Alert, intent: Intent) -> StepResult:
         """Send the request ``prepare`` recorded (the step's own)."""
-        del intent
+        if isinstance(step, HttpRequest):
+            key = intent.data.get("idempotency_key")
+            if isinstance(key, str) and key:
+                return await self._request(step, key)
         return await self.run(step, alert)
 
     async def recheck(
@@ -169,13 +191,16 @@ class HttpExecutor:
             raise TransientStepError(f"HTTP {response.status_code}")
         return response
 
-    async def _request(self, step: HttpRequest) -> StepResult:
+    async def _request(self, step: HttpRequest, key: str) -> StepResult:
         self._check(step.url)
+        headers = dict(step.headers or {})
+        if _sent_key(step) is None:
+            headers[IDEMPOTENCY_HEADER] = key
         try:
             async for attempt in retrying(_CONNECT_ONLY):
                 with attempt:
                     response = await self._client.request(
-                        step.method, step.url, json=step.json_body, headers=step.headers
+                        step.method, step.url, json=step.json_body, headers=headers
                     )
         except httpx.ConnectError as exc:
             raise PermanentStepError(
@@ -229,3 +254,11 @@ class HttpExecutor:
     async def aclose(self) -> None:
         """Close the client."""
         await self._client.aclose()
+
+
+def _sent_key(step: HttpRequest) -> str | None:
+    """The ``Idempotency-Key`` the step sets itself, if it does."""
+    for name, value in (step.headers or {}).items():
+        if name.lower() == IDEMPOTENCY_HEADER.lower():
+            return value
+    return None

@@ -237,11 +237,17 @@ class ClaimOutcome:
 
     ``recovered`` is the claim of a dead incarnation that this call took over
     (its remediation was interrupted by a crash): the runner re-checks it.
+    ``stopped`` says that incarnation is known to have stopped: it said so
+    (``retire``), or the single-instance SQLite store declared it dead when a
+    new one started (``recover``). False when it only stopped renewing its
+    heartbeat: it may be alive and stalled, with its request still on its way,
+    so an action it marked ``sending`` is re-checked but never run again.
     """
 
     won: bool
     holder: Claim
     recovered: Claim | None = None
+    stopped: bool = False
 
 
 @dataclass(frozen=True)
@@ -418,10 +424,11 @@ class Journal(Protocol):
         """The latest state recorded for a fingerprint."""
         ...
 
-    async def seen(self, key: str, ttl: timedelta) -> bool:
-        """Mark a delivery id seen; True if it had been seen already.
+    async def seen(self, key: str, ttl: timedelta, now: datetime) -> bool:
+        """Mark a delivery id seen until ``now + ttl``; True if it still was.
 
-        Delivery de-duplication at the edge and in the sinks, not guard state.
+        Delivery de-duplication at the edge and in the sinks, not guard state;
+        like every expiry, decided by the caller's clock (``now``).
         """
         ...
 
@@ -454,7 +461,10 @@ class GuardState(Protocol):
         ...
 
     async def retire(self, incarnation: str, now: datetime) -> None:
-        """Mark an incarnation dead (a clean stop)."""
+        """Mark an incarnation dead and known to have stopped (a clean stop).
+
+        A later ``register`` of the same incarnation makes it alive again.
+        """
         ...
 
     async def recover(self, incarnation: str, now: datetime) -> list[str]:
@@ -472,7 +482,10 @@ class GuardState(Protocol):
         """Claim a run-once key atomically.
 
         A claim left ``running`` or ``sending`` by a dead incarnation is taken
-        over (``recovered`` names it); an expired claim is free again.
+        over (``recovered`` names it, ``stopped`` says whether that incarnation
+        is known to have stopped); a ``sending`` one stays ``sending`` with its
+        intent (now ours), so a crash of this holder too is re-checked again,
+        never read as "nothing was sent". An expired claim is free again.
         """
         ...
 
@@ -487,9 +500,18 @@ class GuardState(Protocol):
         ...
 
     async def finish_key(
-        self, key: str, status: Literal["done", "failed"], detail: str, now: datetime
-    ) -> None:
-        """Record how a claimed key's remediation ended."""
+        self,
+        key: str,
+        owner: str,
+        status: Literal["done", "failed"],
+        detail: str,
+        now: datetime,
+    ) -> bool:
+        """Record how ``owner``'s claimed key's remediation ended.
+
+        Fenced: False, and nothing written, when the key is not ``owner``'s
+        unfinished claim (another incarnation took it over, or it ended).
+        """
         ...
 
     async def release_key(self, key: str, owner: str) -> None:

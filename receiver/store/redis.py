@@ -335,9 +335,36 @@ if raw then
   if live and not orphan then return {0, raw} end
   if orphan then recovered = raw end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PXAT',
+local mine = ARGV[1]
+local stopped = 0
+if recovered ~= '' then
+  local c = cjson.decode(recovered)
+  -- Known to have stopped (retire): not merely a heartbeat that lapsed.
+  if redis.call('ZSCORE', KEYS[2], c['owner'] .. '|stopped') then stopped = 1 end
+  if c['status'] == 'sending' then
+    -- The "sending" mark stays, with its intent: should this holder die too,
+    -- the next one re-checks it again instead of sending a second time.
+    local m = cjson.decode(ARGV[1])
+    m['status'] = 'sending'
+    m['intent'] = c['intent'] or ''
+    mine = cjson.encode(m)
+  end
+end
+redis.call('SET', KEYS[1], mine, 'PXAT',
            gc_at(tonumber(ARGV[3]), tonumber(ARGV[2])))
-return {1, recovered}
+return {1, recovered, stopped, mine}
+"""
+)
+
+_SEEN = (
+    _GC
+    + """
+-- KEYS: seen; ARGV: now ms, expires ms (the caller's clock decides, not the TTL)
+local kept = tonumber(redis.call('GET', KEYS[1]) or '')
+if kept and kept >= tonumber(ARGV[1]) then return 1 end
+redis.call('SET', KEYS[1], ARGV[2], 'PXAT',
+           gc_at(tonumber(ARGV[2]), tonumber(ARGV[1])))
+return 0
 """
 )
 
@@ -357,9 +384,12 @@ return 1
 
 _FINISH_KEY = """
 -- only string fields: cjson round-trips them exactly
+-- KEYS: claim; ARGV: status, detail, at, owner (fenced: only its unfinished claim)
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local claim = cjson.decode(raw)
+if claim['owner'] ~= ARGV[4] then return 0 end
+if claim['status'] ~= 'running' and claim['status'] ~= 'sending' then return 0 end
 claim['status'] = ARGV[1]
 claim['detail'] = ARGV[2]
 claim['at'] = ARGV[3]
@@ -720,6 +750,7 @@ class RedisStore:
         self._record_outcome_script = script(_RECORD_OUTCOME)
         self._put_approval_script = script(_PUT_APPROVAL)
         self._decide_approval_script = script(_DECIDE_APPROVAL)
+        self._seen_script = script(_SEEN)
 
     def _key(self, *parts: str) -> str:
         return ":".join((self._prefix, *parts))
@@ -1139,12 +1170,13 @@ class RedisStore:
 
     # -- delivery ids -------------------------------------------------------
 
-    async def seen(self, key: str, ttl: timedelta) -> bool:  # noqa: D102
+    async def seen(self, key: str, ttl: timedelta, now: datetime) -> bool:  # noqa: D102
         with self._reachable("record a delivery id"):
-            created = await self._redis.set(
-                self._key("seen", key), b"1", nx=True, px=_ttl_ms(ttl)
+            return bool(
+                await self._seen_script(
+                    keys=[self._key("seen", key)], args=[_ms(now), _ms(now + ttl)]
+                )
             )
-        return not created
 
     # -- incarnations ---------------------------------------------------------
 
@@ -1152,11 +1184,19 @@ class RedisStore:
         self, incarnation: str, now: datetime, ttl: timedelta
     ) -> None:
         with self._reachable("register an incarnation"):
-            await self._redis.zadd(self._incarnations, {incarnation: _ms(now + ttl)})
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zadd(self._incarnations, {incarnation: _ms(now + ttl)})
+                pipe.zrem(self._incarnations, f"{incarnation}|stopped")
+                await pipe.execute()
 
     async def retire(self, incarnation: str, now: datetime) -> None:  # noqa: D102
         with self._reachable("retire an incarnation"):
-            await self._redis.zadd(self._incarnations, {incarnation: _ms(now) - 1})
+            # Dead from ``now``, and known to have stopped (the ``|stopped``
+            # member, which a later ``register`` removes).
+            at = _ms(now) - 1
+            await self._redis.zadd(
+                self._incarnations, {incarnation: at, f"{incarnation}|stopped": at}
+            )
 
     async def recover(self, incarnation: str, now: datetime) -> list[str]:  # noqa: D102
         released: list[str] = []
@@ -1167,7 +1207,7 @@ class RedisStore:
                 )
             )
             for owner in dead:
-                if owner == incarnation:
+                if owner == incarnation or owner.endswith("|stopped"):
                     continue
                 held = self._key("held", owner)
                 names = sorted(_members(list(await self._redis.smembers(held))))
@@ -1216,16 +1256,18 @@ class RedisStore:
         }
         raw = json.dumps(claim)
         with self._reachable("claim an idempotency key"):
-            won, other = await self._claim_key_script(
+            won, other, *rest = await self._claim_key_script(
                 keys=[self._key("claim", key), self._incarnations],
                 args=[raw, _ms(now), expires, owner],
             )
         if not int(won):
             return ClaimOutcome(won=False, holder=self._claim(other))
+        stopped, mine = rest
         return ClaimOutcome(
             won=True,
-            holder=self._claim(raw),
+            holder=self._claim(mine),
             recovered=self._claim(other) if other else None,
+            stopped=bool(int(stopped)),
         )
 
     async def mark_sending(  # noqa: D102
@@ -1239,11 +1281,19 @@ class RedisStore:
             )
 
     async def finish_key(  # noqa: D102
-        self, key: str, status: Literal["done", "failed"], detail: str, now: datetime
-    ) -> None:
+        self,
+        key: str,
+        owner: str,
+        status: Literal["done", "failed"],
+        detail: str,
+        now: datetime,
+    ) -> bool:
         with self._reachable("finish an idempotency key"):
-            await self._finish_key_script(
-                keys=[self._key("claim", key)], args=[status, detail, _iso(now)]
+            return bool(
+                await self._finish_key_script(
+                    keys=[self._key("claim", key)],
+                    args=[status, detail, _iso(now), owner],
+                )
             )
 
     async def release_key(self, key: str, owner: str) -> None:  # noqa: D102

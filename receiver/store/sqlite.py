@@ -37,6 +37,7 @@ from receiver.store.base import (
     DecisionPage,
     DecisionQuery,
     JournalEntry,
+    KeyStatus,
     Lease,
     Lock,
     ParkedEntry,
@@ -124,7 +125,7 @@ CREATE TABLE IF NOT EXISTS budget (
     id INTEGER PRIMARY KEY AUTOINCREMENT, scope TEXT NOT NULL, at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS incarnations (
-    id TEXT PRIMARY KEY, alive_until REAL NOT NULL
+    id TEXT PRIMARY KEY, alive_until REAL NOT NULL, stopped INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS budget_scope ON budget(scope, at);
@@ -316,6 +317,7 @@ class SqliteStore:
                 ),
             ),
             ("claims", (("intent", "TEXT NOT NULL DEFAULT ''"),)),
+            ("incarnations", (("stopped", "INTEGER NOT NULL DEFAULT 0"),)),
         ):
             cols = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
             if not cols:
@@ -709,8 +711,7 @@ class SqliteStore:
             at = _epoch(now)
             for table in ("claims", "locks", "last_run"):
                 db.execute(f"DELETE FROM {table} WHERE expires_at < ?", (at,))  # noqa: S608
-            # Delivery ids expire by the time they were marked (see ``seen``).
-            db.execute("DELETE FROM seen WHERE expires_at < ?", (time.time(),))
+            db.execute("DELETE FROM seen WHERE expires_at < ?", (at,))
             db.execute("DELETE FROM incarnations WHERE alive_until < ?", (at - 86400,))
             db.execute(
                 "DELETE FROM budget WHERE at < ?",
@@ -726,15 +727,13 @@ class SqliteStore:
 
     # -- delivery ids -------------------------------------------------------
 
-    async def seen(self, key: str, ttl: timedelta) -> bool:  # noqa: D102
+    async def seen(self, key: str, ttl: timedelta, now: datetime) -> bool:  # noqa: D102
+        at = _epoch(now)
+
         def write(db: sqlite3.Connection) -> bool:
-            # Delivery de-duplication only (no guard decides on it): its own
-            # time base is the process clock.
-            now = time.time()
-            db.execute("DELETE FROM seen WHERE key=? AND expires_at < ?", (key, now))
+            db.execute("DELETE FROM seen WHERE key=? AND expires_at < ?", (key, at))
             cur = db.execute(
-                "INSERT OR IGNORE INTO seen VALUES (?, ?)",
-                (key, now + ttl.total_seconds()),
+                "INSERT OR IGNORE INTO seen VALUES (?, ?)", (key, _epoch(now + ttl))
             )
             return cur.rowcount == 0
 
@@ -744,18 +743,27 @@ class SqliteStore:
 
     @staticmethod
     def _dead(db: sqlite3.Connection, owner: str, now: float) -> bool:
-        """Whether ``owner`` is an incarnation known to have stopped by ``now``."""
+        """Whether ``owner`` is an incarnation that was not alive at ``now``."""
         row = db.execute(
             "SELECT alive_until FROM incarnations WHERE id=?", (owner,)
         ).fetchone()
         return row is not None and row[0] < now
+
+    @staticmethod
+    def _stopped(db: sqlite3.Connection, owner: str) -> bool:
+        """Whether ``owner`` said it stopped, or a new incarnation declared it."""
+        row = db.execute(
+            "SELECT stopped FROM incarnations WHERE id=?", (owner,)
+        ).fetchone()
+        return row is not None and bool(row[0])
 
     async def register(  # noqa: D102
         self, incarnation: str, now: datetime, ttl: timedelta
     ) -> None:
         await self._run(
             lambda db: db.execute(
-                "INSERT OR REPLACE INTO incarnations VALUES (?, ?)",
+                "INSERT OR REPLACE INTO incarnations (id, alive_until, stopped) "
+                "VALUES (?, ?, 0)",
                 (incarnation, _epoch(now + ttl)),
             )
         )
@@ -763,7 +771,8 @@ class SqliteStore:
     async def retire(self, incarnation: str, now: datetime) -> None:  # noqa: D102
         await self._run(
             lambda db: db.execute(
-                "INSERT OR REPLACE INTO incarnations VALUES (?, ?)",
+                "INSERT OR REPLACE INTO incarnations (id, alive_until, stopped) "
+                "VALUES (?, ?, 1)",
                 (incarnation, _epoch(now) - 1),
             )
         )
@@ -775,15 +784,16 @@ class SqliteStore:
             # One instance: every other owner of a lock or an unfinished claim
             # is a previous (crashed or stopped) incarnation.
             db.execute(
-                "INSERT OR REPLACE INTO incarnations SELECT DISTINCT owner, ? FROM "
-                "(SELECT owner FROM locks UNION SELECT owner FROM claims WHERE "
-                "status IN ('running', 'sending')) WHERE owner != ?",
+                "INSERT OR REPLACE INTO incarnations (id, alive_until, stopped) "
+                "SELECT DISTINCT owner, ?, 1 FROM (SELECT owner FROM locks UNION "
+                "SELECT owner FROM claims WHERE status IN ('running', 'sending')) "
+                "WHERE owner != ?",
                 (dead_at, incarnation),
             )
             db.execute(
-                "UPDATE incarnations SET alive_until=? WHERE id != ? AND "
-                "alive_until > ?",
-                (dead_at, incarnation, dead_at),
+                "UPDATE incarnations SET alive_until=MIN(alive_until, ?), stopped=1 "
+                "WHERE id != ?",
+                (dead_at, incarnation),
             )
             rows = db.execute(
                 "DELETE FROM locks WHERE owner != ? RETURNING name", (incarnation,)
@@ -827,13 +837,22 @@ class SqliteStore:
                 if row["expires_at"] >= at and not orphan:
                     return ClaimOutcome(won=False, holder=existing)
                 recovered = existing if orphan else None
-            mine = Claim(key, owner, "running", now, "", now + ttl)
+            # A taken-over "sending" mark stays (with its intent): should this
+            # holder die too before it settles it, the next one re-checks it
+            # again instead of reading "nothing was sent" and sending twice.
+            sent = recovered is not None and recovered.status == "sending"
+            status: KeyStatus = "sending" if sent else "running"
+            intent = recovered.intent if recovered is not None and sent else ""
+            mine = Claim(key, owner, status, now, "", now + ttl, intent)
             db.execute(
                 "INSERT OR REPLACE INTO claims (key, owner, status, at, detail, "
-                "expires_at, intent) VALUES (?, ?, 'running', ?, '', ?, '')",
-                (key, owner, now.isoformat(), _epoch(now + ttl)),
+                "expires_at, intent) VALUES (?, ?, ?, ?, '', ?, ?)",
+                (key, owner, status, now.isoformat(), _epoch(now + ttl), intent),
             )
-            return ClaimOutcome(won=True, holder=mine, recovered=recovered)
+            stopped = recovered is not None and self._stopped(db, recovered.owner)
+            return ClaimOutcome(
+                won=True, holder=mine, recovered=recovered, stopped=stopped
+            )
 
         return await self._run(write)
 
@@ -852,16 +871,19 @@ class SqliteStore:
     async def finish_key(  # noqa: D102
         self,
         key: str,
+        owner: str,
         status: Literal["done", "failed"],
         detail: str,
         now: datetime,
-    ) -> None:
-        await self._run(
+    ) -> bool:
+        cur = await self._run(
             lambda db: db.execute(
-                "UPDATE claims SET status=?, detail=?, at=? WHERE key=?",
-                (status, detail[:500], now.isoformat(), key),
+                "UPDATE claims SET status=?, detail=?, at=? WHERE key=? AND owner=? "
+                "AND status IN ('running', 'sending')",
+                (status, detail[:500], now.isoformat(), key, owner),
             )
         )
+        return bool(cur.rowcount == 1)
 
     async def release_key(self, key: str, owner: str) -> None:  # noqa: D102
         await self._run(

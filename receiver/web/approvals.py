@@ -268,12 +268,12 @@ class ApprovalDesk:
         if not two:
             return await self._final(approval, "approved", who.name, via)
         mark = f"approval.{approval.id}"
-        if await self._store.seen(f"{mark}.by.{who.name}", APPROVER_MARK_FOR):
+        if await self._store.seen(f"{mark}.by.{who.name}", APPROVER_MARK_FOR, now):
             return Answer(
                 f"you already approved {approval.id}; this step needs a second, "
                 "different approver"
             )
-        if not await self._store.seen(f"{mark}.first", APPROVER_MARK_FOR):
+        if not await self._store.seen(f"{mark}.first", APPROVER_MARK_FOR, now):
             await self._audit(approval, "first_approval", who.name, via, now)
             return Answer(
                 f"first approval of {approval.id} by {who.name} recorded; this step "

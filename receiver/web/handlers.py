@@ -271,7 +271,9 @@ class Handlers:
         return now
 
     async def _duplicate(self, source: Source, key: str) -> bool:
-        if await self._store.seen(f"delivery:{source}:{key}", DELIVERY_TTL):
+        if await self._store.seen(
+            f"delivery:{source}:{key}", DELIVERY_TTL, self._clock()
+        ):
             self._metrics.duplicates.labels(source).inc()
             log.info("duplicate_dropped", source=source, delivery=key)
             return True

@@ -178,7 +178,9 @@ class SlackInteractions:
             body=body,
             now=self._clock(),
         )
-        if await self._store.seen(f"slack.interaction.{signature}", SEEN_FOR):
+        if await self._store.seen(
+            f"slack.interaction.{signature}", SEEN_FOR, self._clock()
+        ):
             log.warning("slack_interaction_replayed")
             raise web.HTTPConflict(
                 text="this signed Slack request was already handled; "
