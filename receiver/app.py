@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -171,6 +171,17 @@ def _add_operations(
         app.router.add_post("/-/reload", reloader.handle)
 
 
+def _flush_accepted(
+    handlers: Handlers,
+) -> Callable[[web.Application], Awaitable[None]]:
+    """A shutdown hook logging the last summary of accepted webhooks."""
+
+    async def flush(_app: web.Application) -> None:
+        handlers.flush_accepted()
+
+    return flush
+
+
 def _edge_hooks(bell: EdgeBell | None) -> dict[str, Any]:
     """What the edge's handlers need of a worker process, if there is one."""
     if bell is None:
@@ -308,6 +319,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
     )
     admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
     add_routes(app, handlers, role)
+    app.on_shutdown.append(_flush_accepted(handlers))
     console: Console | None = None
     if role != "worker":
         _add_operations(app, handlers, reloader, store=store, auth=auth, clock=clock)

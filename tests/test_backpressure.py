@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import structlog
-from conftest import NOW, bearer, full_settings
+from conftest import NOW, ROUTING_KEY, bearer, full_settings
 from counting import hook_env
 from fakes import RecordingServer, Reply, Request
 from peers import poll, run_alertmanager, run_receiver
@@ -26,6 +26,7 @@ from receiver.app import create_app
 from receiver.metrics import Metrics
 from receiver.rulebook.loader import load_rulebook
 from receiver.store import MemoryStore
+from receiver.store.base import DecisionQuery
 from receiver.web.handlers import Backpressure
 
 
@@ -145,6 +146,30 @@ async def test_shed_is_checked_before_the_body_is_read(aiohttp_client, web_rules
         headers={**bearer(), "Content-Type": "application/json"},
     )
     assert resp.status == 503
+
+
+async def test_change_events_are_shed_at_the_bound_in_the_events_api_shape(
+    aiohttp_client, web_rules
+):
+    """/v2/change/enqueue gets the same 503 + Retry-After, in PagerDuty's shape."""
+    bound = Backpressure(max_depth=1, recount_at_bound=0.0)
+    client = await _edge(aiohttp_client, web_rules, bound, Clock())
+    change = {
+        "routing_key": ROUTING_KEY,
+        "payload": {"summary": "Deployed api v1.2.3", "source": "ci"},
+    }
+    assert (await client.post("/v2/change/enqueue", json=change)).status == 202
+    assert (await _post(client, 1)).status == 202
+    shed = await client.post("/v2/change/enqueue", json=change)
+    assert shed.status == 503
+    assert shed.headers["Retry-After"] == "5"
+    answer = await shed.json()
+    assert answer["status"] == "service unavailable"
+    assert "1 payloads waiting" in answer["message"]
+    assert client.metrics.shed.labels("change_events", "depth")._value.get() == 1
+    # Only the first change event was stored.
+    stored = await client.store.decisions(DecisionQuery(fingerprint="change-events"))
+    assert len(stored) == 1
 
 
 # ---------------------------------------------------------------- end to end

@@ -1269,6 +1269,122 @@ def test_two_replicas_with_redis_render_without_a_volume_claim(helm):
     assert "store" in secret["data"]
 
 
+SEPARATE = {
+    "replicaCount": 2,
+    "store": {"redis": {"url": "redis://redis:6379/0"}},
+    "worker": {
+        "separate": True,
+        "replicaCount": 3,
+        "resources": {"limits": {"cpu": "2", "memory": "768Mi"}},
+    },
+    "rbac": {"steps": ["k8s.rollout_restart"]},
+    "serviceMonitor": {"enabled": True},
+    "prometheusRule": {"enabled": True},
+}
+
+
+def by_name(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    """Manifests of ``kind`` by name."""
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Whether a matchLabels selector picks an object with ``labels``."""
+    return selector.items() <= labels.items()
+
+
+def test_worker_separate_without_redis_fails_with_a_clear_message(helm):
+    """Two Deployments cannot share the SQLite file: refused, and told what to set."""
+    result = helm.template_text({"worker": {"separate": True}})
+    assert result.returncode != 0
+    assert "worker.separate" in result.stderr
+    assert "set store.redis.url" in result.stderr
+
+
+def test_worker_separate_runs_edge_and_worker_as_two_deployments(
+    helm, kubernetes_validate
+):
+    """Each role its own Deployment and pods; the Service reaches only edges."""
+    docs = helm.template(SEPARATE)
+    validate_manifests(kubernetes_validate, docs)
+    deployments = by_name(docs, "Deployment")
+    assert set(deployments) == {f"{FULLNAME}-edge", f"{FULLNAME}-worker"}
+    edge, worker = deployments[f"{FULLNAME}-edge"], deployments[f"{FULLNAME}-worker"]
+    assert edge["spec"]["replicas"] == 2
+    assert worker["spec"]["replicas"] == 3
+    pods = {}
+    for role, deployment in (("edge", edge), ("worker", worker)):
+        spec = deployment["spec"]
+        labels = spec["template"]["metadata"]["labels"]
+        assert selects(spec["selector"]["matchLabels"], labels)
+        assert labels["app.kubernetes.io/component"] == role
+        (c,) = spec["template"]["spec"]["containers"]
+        assert c["args"] == ["serve", "--role", role]
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert spec["strategy"]["type"] == "RollingUpdate"
+        pods[role] = (labels, spec["template"]["spec"], c)
+    # Neither Deployment's selector picks the other's pods (a rollout of one
+    # never counts or deletes the other's).
+    assert not selects(edge["spec"]["selector"]["matchLabels"], pods["worker"][0])
+    assert not selects(worker["spec"]["selector"]["matchLabels"], pods["edge"][0])
+    services = by_name(docs, "Service")
+    webhook_selector = services[FULLNAME]["spec"]["selector"]
+    assert selects(webhook_selector, pods["edge"][0])
+    assert not selects(webhook_selector, pods["worker"][0])
+    metrics = services[f"{FULLNAME}-worker"]
+    assert selects(metrics["spec"]["selector"], pods["worker"][0])
+    assert not selects(metrics["spec"]["selector"], pods["edge"][0])
+    monitor = one(docs, "ServiceMonitor")
+    for service in services.values():  # both roles' /metrics are scraped
+        check_service_monitor(monitor, service)
+    # The edge runs no step: no API token and no in-cluster config; the worker
+    # has both, and its own resources.
+    assert pods["edge"][1]["automountServiceAccountToken"] is False
+    assert pods["worker"][1]["automountServiceAccountToken"] is True
+    edge_env = {e["name"] for e in pods["edge"][2]["env"]}
+    worker_env = {e["name"] for e in pods["worker"][2]["env"]}
+    assert "RECEIVER_KUBE_MODE" not in edge_env
+    assert "RECEIVER_KUBE_MODE" in worker_env
+    assert pods["worker"][2]["resources"]["limits"] == {"cpu": "2", "memory": "768Mi"}
+    assert pods["edge"][2]["resources"] == helm_default_resources()
+    budgets = by_name(docs, "PodDisruptionBudget")
+    assert {
+        name: b["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]
+        for name, b in budgets.items()
+    } == {f"{FULLNAME}-edge": "edge", f"{FULLNAME}-worker": "worker"}
+    rules = one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
+    down = next(r for r in rules if r["alert"] == "AlertReceiverDown")
+    assert f'job=~"{FULLNAME}|{FULLNAME}-worker"' in down["expr"]
+
+
+def test_notes_name_both_deployments_and_both_jobs(helm, tmp_path):
+    """NOTES.txt says where each role runs and which jobs the alerts select."""
+    notes = render_notes(helm, tmp_path, SEPARATE)
+    assert f"Deployments {FULLNAME}-edge and {FULLNAME}-worker" in notes
+    assert f'job=~"{FULLNAME}|{FULLNAME}-worker"' in notes
+
+
+def helm_default_resources() -> dict[str, Any]:
+    """``resources`` as values.yaml sets it."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    return dict(values["resources"])
+
+
+def test_separate_roles_start_with_arguments_the_cli_accepts(helm):
+    """Each Deployment's args parse as `receiver serve` arguments, with its role."""
+    from receiver.cli import _parser  # noqa: PLC0415 (the CLI's own parser)
+
+    for separate in (False, True):
+        values = dict(SEPARATE, worker={"separate": separate})
+        roles = set()
+        for deployment in by_name(helm.template(values), "Deployment").values():
+            (c,) = deployment["spec"]["template"]["spec"]["containers"]
+            args = _parser().parse_args(c["args"])
+            assert args.command == "serve"
+            roles.add(args.role)
+        assert roles == ({"edge", "worker"} if separate else {"all"})
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [

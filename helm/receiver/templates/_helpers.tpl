@@ -22,6 +22,33 @@ app.kubernetes.io/name: {{ include "receiver.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/*
+The roles this release runs as Deployments: "all" (each pod runs the edge and
+supervises a worker process), or "edge" and "worker" (worker.separate).
+*/}}
+{{- define "receiver.roles" -}}
+{{- if .Values.worker.separate -}}
+{{- toYaml (list "edge" "worker") -}}
+{{- else -}}
+{{- toYaml (list "all") -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Selector labels of one role's pods (list $ role): "all" adds nothing. */}}
+{{- define "receiver.roleSelectorLabels" -}}
+{{- $root := index . 0 -}}
+{{- $role := index . 1 -}}
+{{ include "receiver.selectorLabels" $root }}
+{{- if ne $role "all" }}
+app.kubernetes.io/component: {{ $role }}
+{{- end -}}
+{{- end -}}
+
+{{/* The pods that answer webhooks and the API: what the Service selects. */}}
+{{- define "receiver.edgeSelectorLabels" -}}
+{{ include "receiver.roleSelectorLabels" (list . (ternary "edge" "all" (eq (toString .Values.worker.separate) "true"))) }}
+{{- end -}}
+
 {{- define "receiver.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{ include "receiver.selectorLabels" . }}
@@ -190,6 +217,9 @@ creates. Nothing random is rendered, so `helm template` is the same every time.
 {{- define "receiver.validate" -}}
 {{- if and (gt (int .Values.replicaCount) 1) (not (include "receiver.redisStore" .)) -}}
 {{- fail (printf "replicaCount is %d, but the default SQLite store serves a single replica: set store.redis.url (or store.redis.existingSecret) so the replicas share one Redis store, or set replicaCount: 1" (int .Values.replicaCount)) -}}
+{{- end -}}
+{{- if and .Values.worker.separate (not (include "receiver.redisStore" .)) -}}
+{{- fail "worker.separate: true runs the edge and the worker in different pods, which share their journal only through the Redis store: set store.redis.url (or store.redis.existingSecret), or set worker.separate: false (each pod then runs both roles)" -}}
 {{- end -}}
 {{- if and .Values.rules.files .Values.rules.existingConfigMap.name -}}
 {{- fail "rules: set either rules.files or rules.existingConfigMap, not both" -}}
