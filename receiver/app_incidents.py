@@ -24,14 +24,11 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from receiver.errors import ConfigError, RuleError
+from receiver.incidents.effects import Announcer, Escalator
 from receiver.incidents.policy import DEFAULT_POLICY, policy_from
+from receiver.incidents.records import from_record
 from receiver.incidents.report import render_report
-from receiver.incidents.service import (
-    Announcer,
-    Escalator,
-    IncidentService,
-    from_record,
-)
+from receiver.incidents.service import IncidentService
 from receiver.metrics import Metrics
 from receiver.model import AlertTrace
 from receiver.rulebook.loader import Rulebook, load_rulebook

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar
 
 Status = Literal["firing", "resolved"]
 Source = Literal["alertmanager", "pagerduty", "events_v2"]
 SOURCES: tuple[Source, ...] = ("alertmanager", "pagerduty", "events_v2")
+
+# A JSON document as read (covariant, so ``dict[str, str]`` is one): payload
+# bodies, OpenAPI documents, sink messages. ``JSONObject`` is one being built.
+JSONValue: TypeAlias = (
+    "str | int | float | bool | Sequence[JSONValue] | Mapping[str, JSONValue] | None"
+)
+JSONObject: TypeAlias = "dict[str, JSONValue]"
 
 
 V = TypeVar("V")
@@ -57,7 +64,7 @@ class Alert:
         end = min(now, self.ends_at) if self.ends_at is not None else now
         return max(end - self.starts_at, timedelta(0))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         """Plain JSON form used in traces, the API and replay output."""
         return {
             "source": self.source,
@@ -196,7 +203,7 @@ class StepResult:
 
     ok: bool
     reason: str
-    result: Mapping[str, Any] = field(default_factory=lambda: freeze({}))
+    result: Mapping[str, JSONValue] = field(default_factory=lambda: freeze({}))
     # False when a remediation found nothing to do (rollout too old, template
     # already right): recorded as skipped, verified never, and it spends no
     # budget or cooldown.
@@ -284,15 +291,15 @@ class StepTrace:
     decision: Decision
     reason: str
     # The exact request that ran or would run (verb, object, body), and results.
-    request: Mapping[str, Any] = field(default_factory=lambda: freeze({}))
-    result: Mapping[str, Any] = field(default_factory=lambda: freeze({}))
+    request: Mapping[str, JSONValue] = field(default_factory=lambda: freeze({}))
+    result: Mapping[str, JSONValue] = field(default_factory=lambda: freeze({}))
     name: str = ""
     # The guard that skipped or held the step (``cooldown``, ``lock``, ...).
     guard: str = ""
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         """Plain JSON form; the replay ``--json`` contract keys come first."""
-        out: dict[str, Any] = {
+        out: JSONObject = {
             "kind": self.kind.value,
             "type": self.type,
             "target": self.target,
@@ -323,7 +330,7 @@ class MatchTrace:
     runbook_url: str = ""
     escalate_to: str = ""
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         """Plain JSON form."""
         return {
             "rule": self.rule,

@@ -16,7 +16,7 @@ from typing import Any
 from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Runner
 from receiver.engine.worker import Processor
-from receiver.incidents.service import Message
+from receiver.incidents.effects import Message
 from receiver.model import AlertTrace
 from receiver.rulebook.loader import Rulebook, load_rulebook
 

@@ -24,7 +24,7 @@ from incident_helpers import (
     traces,
 )
 
-from receiver.incidents.lifecycle import clocks
+from receiver.incidents.clocks import clocks
 from receiver.incidents.model import State
 from receiver.incidents.policy import DEFAULT_POLICY
 from receiver.incidents.service import IncidentService, NotFoundError

@@ -15,9 +15,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import datetime
 
+from receiver.incidents.clocks import clocks, describe_age
+from receiver.incidents.effects import (
+    Announce,
+    CountBreach,
+    Effect,
+    PagerDutyEscalate,
+    PagerDutyStatus,
+)
 from receiver.incidents.model import (
     STATE_RANK,
     AlertRef,
@@ -25,7 +33,7 @@ from receiver.incidents.model import (
     Incident,
     LedgerItem,
     State,
-    TimelineEntry,
+    add_entry,
 )
 from receiver.incidents.policy import IncidentPolicy, describe, worse
 from receiver.incidents.status import draft, phase
@@ -40,102 +48,10 @@ from receiver.model import (
 )
 
 Reevaluate = Callable[[AlertRef, datetime], Severity | None]
-CLOCKS = ("acknowledge", "mitigate", "resolve")
-MAX_TIMELINE = 2000  # a flapping alert must not grow an incident without bound
 MAX_LEDGER = 500
 MAX_EVIDENCE = 200
 MAX_EVIDENCE_CHARS = 256 * 1024
 MAX_ALERTS = 1000  # newest kept; an alert storm must not grow one record forever
-
-
-@dataclass(frozen=True)
-class Announce:
-    """A message for people, delivered through the configured sinks."""
-
-    kind: str
-    title: str
-    text: str
-    contact: str = ""
-
-
-@dataclass(frozen=True)
-class PagerDutyEscalate:
-    """Raise the PagerDuty incident's escalation level and set its priority."""
-
-    incident_id: str
-    level: int
-    priority: Severity
-    reason: str
-
-
-@dataclass(frozen=True)
-class CountBreach:
-    """A clock passed its target (``receiver_incident_clock_breaches_total``)."""
-
-    severity: Severity
-    clock: str
-
-
-@dataclass(frozen=True)
-class PagerDutyStatus:
-    """Acknowledge or resolve the PagerDuty incident (verified outcomes)."""
-
-    incident_id: str
-    status: str  # "acknowledged" | "resolved"
-    reason: str
-
-
-Effect = Announce | PagerDutyEscalate | CountBreach | PagerDutyStatus
-
-
-@dataclass(frozen=True)
-class Clock:
-    """One of the runbook's three clocks for the incident's current severity."""
-
-    name: str
-    started: datetime
-    target: timedelta
-    stopped: datetime | None
-
-    @property
-    def deadline(self) -> datetime:
-        """When the target passes."""
-        return self.started + self.target
-
-    def breached(self, now: datetime) -> bool:
-        """Whether the clock passed its target (by when it stopped, or by now)."""
-        return (self.stopped or now) > self.deadline
-
-    def elapsed(self, now: datetime) -> timedelta:
-        """Time on the clock so far (or until it stopped)."""
-        return max((self.stopped or now) - self.started, timedelta(0))
-
-
-def clocks(incident: Incident, policy: IncidentPolicy) -> tuple[Clock, ...]:
-    """The acknowledge, mitigate and resolve clocks, with their current targets."""
-    target = policy.of(incident.severity)
-    opened, acked = incident.opened_at, incident.acknowledged_at
-    mitigated, resolved = incident.mitigated_at, incident.resolved_at
-    return (
-        Clock(
-            "acknowledge", opened, target.acknowledge, acked or mitigated or resolved
-        ),
-        Clock("mitigate", acked or opened, target.mitigate, mitigated or resolved),
-        Clock("resolve", mitigated or acked or opened, target.resolve, resolved),
-    )
-
-
-def _entry(
-    incident: Incident,
-    at: datetime,
-    kind: str,
-    text: str,
-    by: str = "receiver",
-    **data: str,
-) -> Incident:
-    entry = TimelineEntry(at, kind, text, by, freeze(data))
-    timeline = (*incident.timeline, entry)[-MAX_TIMELINE:]
-    return replace(incident, timeline=timeline)
 
 
 def title_of(trace: AlertTrace) -> str:
@@ -184,7 +100,7 @@ def open_incident(
         if trace.alert.source == "pagerduty"
         else "",
     )
-    incident = _entry(
+    incident = add_entry(
         incident,
         now,
         "opened",
@@ -216,7 +132,7 @@ def _promote(
     before = incident.severity
     incident = replace(incident, severity=severity)
     text = f"Severity {before} → {severity} ({severity.info.name}): {why}"
-    incident = _entry(
+    incident = add_entry(
         incident,
         now,
         "severity_changed",
@@ -259,11 +175,11 @@ def _upsert_alert(
         if alert.status == "firing":
             since = f" (since {iso(alert.starts_at)})" if alert.starts_at else ""
             text = f"{name} firing{since} from {alert.source}"
-            incident = _entry(
+            incident = add_entry(
                 incident, now, "alert_fired", text, fingerprint=alert.fingerprint
             )
         else:
-            incident = _entry(
+            incident = add_entry(
                 incident,
                 now,
                 "alert_resolved",
@@ -344,7 +260,7 @@ def observe(
     looked = [i for i in fresh if i.kind == StepKind.DIAGNOSTIC.value]
     if looked:
         listed = ", ".join(f"{i.type} {i.target} ({i.decision})" for i in looked[:8])
-        incident = _entry(
+        incident = add_entry(
             incident, now, "diagnostics", f"Diagnostics ({trace.mode}): {listed}"
         )
     if incident.active and all(a.status == "resolved" for a in incident.alerts):
@@ -390,11 +306,11 @@ def _remediation(  # noqa: PLR0917 (one call site, all needed)
         )
     what = f"{item.type} {item.target}"
     if item.decision == Decision.AWAITING_APPROVAL.value:
-        return _entry(
+        return add_entry(
             incident, now, "approval_requested", f"Approval requested: {what}"
         ), []
     if item.decision == Decision.EXECUTED.value and _verified(result):
-        incident = _entry(
+        incident = add_entry(
             incident, now, "remediation", f"Remediated and verified: {what}"
         )
         if STATE_RANK[incident.state] < STATE_RANK[State.MITIGATED]:
@@ -402,7 +318,7 @@ def _remediation(  # noqa: PLR0917 (one call site, all needed)
             effects += more
         return incident, effects
     if item.decision == Decision.FAILED.value:
-        incident = _entry(
+        incident = add_entry(
             incident, now, "remediation", f"Remediation failed: {what}: {item.reason}"
         )
         key = f"failed:{item.type}:{item.target}"
@@ -414,7 +330,7 @@ def _remediation(  # noqa: PLR0917 (one call site, all needed)
         item.decision, "Refused"
     )
     text = f"{verb}: {what}: {item.reason}"
-    return _entry(incident, now, "remediation", text), effects
+    return add_entry(incident, now, "remediation", text), effects
 
 
 def escalate_to(incident: Incident, policy: IncidentPolicy) -> str:
@@ -446,7 +362,7 @@ def acknowledge(
     """Someone acknowledged: the acknowledge clock stops (the first time counts)."""
     del policy
     if incident.acknowledged_at is not None or not incident.active:
-        return _entry(
+        return add_entry(
             incident, at, "acknowledged", f"Acknowledged again via {via}", by
         ), []
     incident = replace(
@@ -456,7 +372,7 @@ def acknowledge(
         if STATE_RANK[incident.state] < STATE_RANK[State.ACKNOWLEDGED]
         else incident.state,
     )
-    return _entry(incident, at, "acknowledged", f"Acknowledged via {via}", by), []
+    return add_entry(incident, at, "acknowledged", f"Acknowledged via {via}", by), []
 
 
 def mitigate(
@@ -466,7 +382,7 @@ def mitigate(
     if incident.mitigated_at is not None or not incident.active:
         return incident, []
     incident = replace(incident, mitigated_at=at, state=State.MITIGATED)
-    incident = _entry(incident, at, "mitigated", f"Mitigated: {why}", by)
+    incident = add_entry(incident, at, "mitigated", f"Mitigated: {why}", by)
     return incident, [
         Announce(
             "status_update",
@@ -483,7 +399,7 @@ def resolve(
     if not incident.active:
         return incident, []
     incident = replace(incident, resolved_at=at, state=State.RESOLVED)
-    incident = _entry(incident, at, "resolved", f"Resolved: {why}", by)
+    incident = add_entry(incident, at, "resolved", f"Resolved: {why}", by)
     return incident, [
         Announce(
             "status_update",
@@ -495,12 +411,12 @@ def resolve(
 
 def comment(incident: Incident, at: datetime, *, by: str, text: str) -> Incident:
     """A person's note on the timeline."""
-    return _entry(incident, at, "comment", text, by)
+    return add_entry(incident, at, "comment", text, by)
 
 
 def message_sent(incident: Incident, at: datetime, text: str) -> Incident:
     """What was sent where (sinks, PagerDuty), on the timeline."""
-    return _entry(incident, at, "message_sent", text[:500])
+    return add_entry(incident, at, "message_sent", text[:500])
 
 
 def status_published(
@@ -508,7 +424,9 @@ def status_published(
 ) -> Incident:
     """A person published a status update: the cadence counts from now."""
     incident = replace(incident, cadence_from=at)
-    return _entry(incident, at, "status_update", text or "Status update published", by)
+    return add_entry(
+        incident, at, "status_update", text or "Status update published", by
+    )
 
 
 def next_update_at(incident: Incident, policy: IncidentPolicy) -> datetime:
@@ -542,7 +460,7 @@ def advance(
         if now >= due:
             incident = replace(incident, cadence_from=now, drafts=incident.drafts + 1)
             text = draft(incident, now, policy)
-            incident = _entry(
+            incident = add_entry(
                 incident,
                 now,
                 "status_update_draft",
@@ -568,18 +486,11 @@ def advance(
             f"{describe(policy.post_mortem_due)}. GET /api/v1/incidents/"
             f"{incident.id}/report has the draft."
         )
-        incident = _entry(incident, now, "post_mortem_due", text)
+        incident = add_entry(incident, now, "post_mortem_due", text)
         effects.append(
             Announce("post_mortem_due", f"{incident.id}: post-mortem due", text)
         )
     return incident, effects
-
-
-def describe_age(age: timedelta) -> str:
-    """``12m``, ``1h 5m``."""
-    minutes = int(age.total_seconds() // 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes}m" if hours else f"{minutes}m"
 
 
 def _breaches(
@@ -597,7 +508,9 @@ def _breaches(
             f"{clock.name} target {describe(clock.target)} for {incident.severity} "
             f"passed at {iso(clock.deadline)}"
         )
-        incident = _entry(incident, now, "breach", f"Breach: {text}", clock=clock.name)
+        incident = add_entry(
+            incident, now, "breach", f"Breach: {text}", clock=clock.name
+        )
         effects.append(CountBreach(incident.severity, clock.name))
         effects += _escalate(incident, f"breach: {text}", policy)
     return incident, effects
@@ -617,49 +530,13 @@ def _matrix_escalation(
         f"{'immediately' if when == 'immediately' else 'after ' + when} "
         f"to {escalate_to(incident, policy)}"
     )
-    incident = _entry(
+    incident = add_entry(
         incident,
         now,
         "escalated",
         f"Escalated to {escalate_to(incident, policy)}: {why}",
     )
     return incident, _escalate(incident, why, policy)
-
-
-@dataclass(frozen=True)
-class ApprovalDecision:
-    """A decided approval, as the approvals API shows it."""
-
-    id: str
-    status: str
-    by: str
-    at: datetime | None
-    rule: str
-    step: str
-    target: str
-    fingerprint: str
-
-
-def record_approvals(
-    incident: Incident, decisions: Iterable[ApprovalDecision], now: datetime
-) -> Incident:
-    """Put each decided approval for one of the incident's alerts on the timeline."""
-    fingerprints = {a.fingerprint for a in incident.alerts}
-    for decision in decisions:
-        key = f"approval:{decision.id}"
-        if decision.fingerprint not in fingerprints or key in incident.escalations:
-            continue
-        incident = replace(incident, escalations=incident.escalations | {key})
-        incident = _entry(
-            incident,
-            decision.at or now,
-            "approval_decided",
-            f"Approval {decision.status}: {decision.step} {decision.target} "
-            f"(rule {decision.rule})",
-            decision.by or "receiver",
-            approval=decision.id,
-        )
-    return incident
 
 
 def keep_evidence(
@@ -678,7 +555,7 @@ def keep_evidence(
         return incident
     kept = Evidence(now, rule, step.type, step.target, digest, content)
     incident = replace(incident, evidence=(*incident.evidence, kept)[-MAX_EVIDENCE:])
-    return _entry(
+    return add_entry(
         incident,
         now,
         "evidence",

@@ -8,14 +8,18 @@ with a few indexed columns; it never imports this module).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from receiver.model import Severity, freeze, iso
 
+if TYPE_CHECKING:
+    from receiver.model import JSONObject
+
 ACTIVE = ("triggered", "acknowledged", "mitigated")
+MAX_TIMELINE = 2000  # a flapping alert must not grow an incident without bound
 
 
 class State(enum.StrEnum):
@@ -32,11 +36,37 @@ class State(enum.StrEnum):
 STATE_RANK = {s: i for i, s in enumerate(State)}
 
 
-def _ts(value: Any) -> datetime | None:
+def _ts(value: object) -> datetime | None:
     return datetime.fromisoformat(str(value)) if value else None
 
 
-def _req_ts(value: Any) -> datetime:
+def _seq(value: object) -> Sequence[object]:
+    """A stored list (``ValueError`` for anything else)."""
+    if isinstance(value, list | tuple):
+        return value
+    raise ValueError(f"expected a list, found {type(value).__name__}")
+
+
+def _map(value: object) -> Mapping[str, object]:
+    """A stored object (``ValueError`` for anything else)."""
+    if isinstance(value, Mapping):
+        return value
+    raise ValueError(f"expected an object, found {type(value).__name__}")
+
+
+def _objects(value: object) -> list[Mapping[str, object]]:
+    """A stored list of objects (``ValueError`` for anything else)."""
+    return [_map(item) for item in _seq(value)]
+
+
+def _int(value: object) -> int:
+    """A stored count (``ValueError`` for anything else)."""
+    if isinstance(value, int | float | str):
+        return int(value)
+    raise ValueError(f"expected a number, found {type(value).__name__}")
+
+
+def _req_ts(value: object) -> datetime:
     ts = _ts(value)
     if ts is None:
         raise ValueError("missing timestamp")
@@ -53,9 +83,9 @@ class TimelineEntry:
     by: str = "receiver"
     data: Mapping[str, str] = field(default_factory=lambda: freeze({}))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         """Plain JSON form."""
-        out: dict[str, Any] = {
+        out: JSONObject = {
             "at": iso(self.at),
             "kind": self.kind,
             "text": self.text,
@@ -66,14 +96,14 @@ class TimelineEntry:
         return out
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> TimelineEntry:
+    def from_json(cls, raw: Mapping[str, object]) -> TimelineEntry:
         """Inverse of ``to_json``."""
         return cls(
             _req_ts(raw["at"]),
             str(raw["kind"]),
             str(raw["text"]),
             str(raw.get("by", "receiver")),
-            freeze({str(k): str(v) for k, v in (raw.get("data") or {}).items()}),
+            freeze({str(k): str(v) for k, v in _map(raw.get("data") or {}).items()}),
         )
 
 
@@ -92,7 +122,7 @@ class AlertRef:
     summary: str = ""
     link: str = ""  # the generator URL: the graph that fired
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         """Plain JSON form."""
         return {
             "fingerprint": self.fingerprint,
@@ -108,15 +138,15 @@ class AlertRef:
         }
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> AlertRef:
+    def from_json(cls, raw: Mapping[str, object]) -> AlertRef:
         """Inverse of ``to_json``."""
         return cls(
             str(raw["fingerprint"]),
             str(raw["source"]),
             str(raw["rule"]),
             str(raw["status"]),
-            Severity(raw["severity"]),
-            freeze({str(k): str(v) for k, v in raw["labels"].items()}),
+            Severity(str(raw["severity"])),
+            freeze({str(k): str(v) for k, v in _map(raw["labels"]).items()}),
             _ts(raw.get("startsAt")),
             _ts(raw.get("endsAt")),
             str(raw.get("summary", "")),
@@ -144,7 +174,7 @@ class LedgerItem:
         """What makes two decisions the same line (resends repeat them)."""
         return (self.fingerprint, self.rule, self.index, self.decision)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         """Plain JSON form."""
         return {
             "at": iso(self.at),
@@ -161,7 +191,7 @@ class LedgerItem:
         }
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> LedgerItem:
+    def from_json(cls, raw: Mapping[str, object]) -> LedgerItem:
         """Inverse of ``to_json``."""
         return cls(
             _req_ts(raw["at"]),
@@ -172,9 +202,9 @@ class LedgerItem:
             str(raw["decision"]),
             str(raw["reason"]),
             str(raw["mode"]),
-            int(raw.get("times", 1)),
+            _int(raw.get("times", 1)),
             str(raw.get("fingerprint", "")),
-            int(raw.get("index", 0)),
+            _int(raw.get("index", 0)),
         )
 
 
@@ -189,7 +219,7 @@ class Evidence:
     sha256: str
     content: str  # canonical JSON of the step's result, capped
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         """Plain JSON form."""
         return {
             "at": iso(self.at),
@@ -201,7 +231,7 @@ class Evidence:
         }
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> Evidence:
+    def from_json(cls, raw: Mapping[str, object]) -> Evidence:
         """Inverse of ``to_json``."""
         return cls(
             _req_ts(raw["at"]),
@@ -277,28 +307,50 @@ class Incident:
         }
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> Incident:
+    def from_json(cls, raw: Mapping[str, object]) -> Incident:
         """Inverse of ``to_json``."""
         return cls(
             id=str(raw["id"]),
-            keys=tuple(str(k) for k in raw["keys"]),
+            keys=tuple(str(k) for k in _seq(raw["keys"])),
             title=str(raw["title"]),
-            severity=Severity(raw["severity"]),
-            state=State(raw["state"]),
+            severity=Severity(str(raw["severity"])),
+            state=State(str(raw["state"])),
             opened_at=_req_ts(raw["opened_at"]),
             cadence_from=_req_ts(raw["cadence_from"]),
             acknowledged_at=_ts(raw.get("acknowledged_at")),
             mitigated_at=_ts(raw.get("mitigated_at")),
             resolved_at=_ts(raw.get("resolved_at")),
-            alerts=tuple(AlertRef.from_json(a) for a in raw.get("alerts", ())),
-            timeline=tuple(TimelineEntry.from_json(e) for e in raw.get("timeline", ())),
-            ledger=tuple(LedgerItem.from_json(i) for i in raw.get("ledger", ())),
-            breaches=frozenset(str(b) for b in raw.get("breaches", ())),
-            escalations=frozenset(str(e) for e in raw.get("escalations", ())),
-            drafts=int(raw.get("drafts", 0)),
+            alerts=tuple(
+                AlertRef.from_json(a) for a in _objects(raw.get("alerts", ()))
+            ),
+            timeline=tuple(
+                TimelineEntry.from_json(e) for e in _objects(raw.get("timeline", ()))
+            ),
+            ledger=tuple(
+                LedgerItem.from_json(i) for i in _objects(raw.get("ledger", ()))
+            ),
+            breaches=frozenset(str(b) for b in _seq(raw.get("breaches", ()))),
+            escalations=frozenset(str(e) for e in _seq(raw.get("escalations", ()))),
+            drafts=_int(raw.get("drafts", 0)),
             pagerduty_id=str(raw.get("pagerduty_id", "")),
             post_mortem_reminded=bool(raw.get("post_mortem_reminded", False)),
-            evidence=tuple(Evidence.from_json(e) for e in raw.get("evidence", ())),
-            contacts=tuple(str(c) for c in raw.get("contacts", ())),
-            version=int(raw.get("version", 0)),
+            evidence=tuple(
+                Evidence.from_json(e) for e in _objects(raw.get("evidence", ()))
+            ),
+            contacts=tuple(str(c) for c in _seq(raw.get("contacts", ()))),
+            version=_int(raw.get("version", 0)),
         )
+
+
+def add_entry(
+    incident: Incident,
+    at: datetime,
+    kind: str,
+    text: str,
+    by: str = "receiver",
+    **data: str,
+) -> Incident:
+    """The incident with one more timeline entry (the oldest dropped past the cap)."""
+    entry = TimelineEntry(at, kind, text, by, freeze(data))
+    timeline = (*incident.timeline, entry)[-MAX_TIMELINE:]
+    return replace(incident, timeline=timeline)

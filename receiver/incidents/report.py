@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from receiver.incidents.lifecycle import clocks
+from receiver.incidents.clocks import clocks
 from receiver.incidents.model import Incident, State
 from receiver.incidents.policy import IncidentPolicy, describe
 from receiver.incidents.status import IMPACT, minute

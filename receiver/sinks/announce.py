@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
@@ -23,6 +23,9 @@ from receiver.settings import PagerDutySettings, SinkSettings, SlackSettings
 from receiver.sinks.delivery import Deliverer, SinkError
 from receiver.sinks.pagerduty import ACCEPT
 from receiver.sinks.render import OWN_NOTE_MARKER
+
+if TYPE_CHECKING:
+    from receiver.model import JSONObject, JSONValue
 
 # PagerDuty already shows the incident opening and its state changes, and the
 # decision note says what the receiver found: a note is posted only for what
@@ -33,7 +36,7 @@ PAGERDUTY_KINDS = frozenset(
 
 
 class Announcement(Protocol):
-    """What a message carries (``receiver.incidents.service.Message``)."""
+    """What a message carries (``receiver.incidents.effects.Message``)."""
 
     @property
     def kind(self) -> str: ...  # noqa: D102
@@ -124,7 +127,7 @@ class SinkAnnouncer:
         self,
         sink: str,
         url: str,
-        body: object,
+        body: JSONValue,
         *,
         what: str,
         headers: dict[str, str] | None = None,
@@ -227,7 +230,7 @@ class PagerDutyEscalator:
         """Raise the level and set the priority; return a line saying what happened."""
         try:
             ids = await self._priority_ids()
-            body: dict[str, object] = {
+            body: JSONObject = {
                 "type": "incident_reference",
                 "escalation_level": level,
             }

@@ -15,7 +15,7 @@ import email.utils
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 from tenacity import RetryCallState
@@ -29,6 +29,9 @@ from receiver.retrying import (
 )
 from receiver.scrubbing import Scrubber
 from receiver.settings import SinkSettings
+
+if TYPE_CHECKING:
+    from receiver.model import JSONObject, JSONValue
 
 # "occurrence": post when an alert occurrence is first decided or a remediation
 # reaches a new outcome; "decision": post every decision record once.
@@ -60,7 +63,7 @@ class SinkOutcome:
     detail: str
     attempts: int = 0
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         """Plain JSON form for the decision log."""
         return {
             "sink": self.sink,
@@ -159,7 +162,7 @@ class Deliverer:
         url: str,
         *,
         what: str,
-        json: Any = None,
+        json: JSONValue = None,
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
     ) -> tuple[httpx.Response, int]:
@@ -204,7 +207,7 @@ class Deliverer:
         method: str,
         url: str,
         what: str,
-        json: Any,
+        json: JSONValue,
         headers: Mapping[str, str] | None,
         params: Mapping[str, str] | None,
     ) -> httpx.Response:

@@ -55,7 +55,7 @@ import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 import structlog
@@ -67,6 +67,9 @@ from receiver.rulebook.schema import Playbook
 from receiver.sinks.delivery import Dedupe, SinkError, SinkOutcome
 from receiver.sinks.outbox import Outbox, OutboxRow, decode_trace, encode_trace
 from receiver.sinks.render import is_own_note
+
+if TYPE_CHECKING:
+    from receiver.model import JSONObject, JSONValue
 
 log = structlog.get_logger("receiver.sinks")
 
@@ -95,7 +98,7 @@ class Sink(Protocol):
 class SinkStore(Protocol):
     """The store operation the dispatcher needs (``receiver.store.Store``)."""
 
-    async def record(self, records: Sequence[Mapping[str, Any]]) -> None:
+    async def record(self, records: Sequence[Mapping[str, JSONValue]]) -> None:
         """Append decision records that belong to no journal entry."""
         ...
 
@@ -433,7 +436,7 @@ class SinkDispatcher:
                 trace, [f"{o.sink}: {o.status}: {o.detail}" for o in outcomes]
             )
         record_id = f"{trace.payload_id}{SINKS_SUFFIX}"
-        record = {
+        record: JSONObject = {
             "record": "sinks",
             "payload_id": record_id,
             "decision_payload_id": trace.payload_id,

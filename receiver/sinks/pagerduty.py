@@ -16,7 +16,7 @@ Built by ``receiver.sinks.build_sinks``; called by the dispatcher.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING
 
 from receiver.model import AlertTrace, iso
 from receiver.sinks.delivery import Dedupe, Deliverer, SinkError, SinkOutcome
@@ -29,6 +29,9 @@ from receiver.sinks.render import (
     links,
     render_note,
 )
+
+if TYPE_CHECKING:
+    from receiver.model import JSONObject
 
 ACCEPT = "application/vnd.pagerduty+json;version=2"
 _HINTS = {
@@ -173,10 +176,10 @@ class PagerDutyEventSink:
         self._url = url
         self._key = routing_key
 
-    def body(self, trace: AlertTrace) -> dict[str, Any]:
+    def body(self, trace: AlertTrace) -> JSONObject:
         """The Events API v2 request for ``trace``."""
         labels = trace.alert.labels
-        payload: dict[str, Any] = {
+        payload: JSONObject = {
             "summary": event_summary(trace),
             "source": labels.get("instance")
             or labels.get("namespace")
@@ -189,7 +192,7 @@ class PagerDutyEventSink:
             "class": alertname(trace),
             "custom_details": custom_details(trace),
         }
-        body: dict[str, Any] = {
+        body: JSONObject = {
             "routing_key": self._key,
             "event_action": "trigger",
             "dedup_key": event_dedup_key(trace),

@@ -15,9 +15,12 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from receiver.model import AlertTrace, Decision, MatchTrace, StepKind, StepTrace, iso
+
+if TYPE_CHECKING:
+    from receiver.model import JSONObject
 
 OWN_NOTE_MARKER = "[alert-receiver]"
 MAX_DETAIL_LINES = 6
@@ -45,20 +48,25 @@ def _cut(text: str, limit: int = MAX_LINE_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _num(value: Any) -> str:
+def _num(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
 
 
-def _labels(labels: Any) -> str:
+def _labels(labels: object) -> str:
     if not isinstance(labels, Mapping):
         return ""
     shown = {k: v for k, v in labels.items() if k != "__name__"}
     return "{" + ",".join(f'{k}="{v}"' for k, v in sorted(shown.items())) + "}"
 
 
-def _series_lines(result: Mapping[str, Any]) -> list[str]:
+def _listed(value: object) -> list[object] | tuple[object, ...]:
+    """A result's list (the empty list for anything else)."""
+    return value if isinstance(value, list | tuple) else []
+
+
+def _series_lines(result: Mapping[str, object]) -> list[str]:
     series = result.get("series")
     if not isinstance(series, list):
         return []
@@ -75,7 +83,7 @@ def _series_lines(result: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _key_lines(result: Mapping[str, Any]) -> list[str]:
+def _key_lines(result: Mapping[str, object]) -> list[str]:
     keys = result.get("keys")
     if not isinstance(keys, Mapping):
         return []
@@ -95,7 +103,7 @@ def _key_lines(result: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _log_lines(result: Mapping[str, Any]) -> list[str]:
+def _log_lines(result: Mapping[str, object]) -> list[str]:
     """The last few log lines: ``lines``, or each pod's ``lines`` (k8s.logs)."""
     lines: list[str] = []
     raw = result.get("lines")
@@ -113,10 +121,10 @@ def _log_lines(result: Mapping[str, Any]) -> list[str]:
     return [f"| {_cut(x)}" for x in lines[-MAX_DETAIL_LINES:] if str(x).strip()]
 
 
-def _pod_lines(result: Mapping[str, Any]) -> list[str]:
+def _pod_lines(result: Mapping[str, object]) -> list[str]:
     """Pod states (k8s.pods summaries): the unready and restarting ones first."""
     pods = [
-        p for p in result.get("pods") or [] if isinstance(p, Mapping) and "name" in p
+        p for p in _listed(result.get("pods")) if isinstance(p, Mapping) and "name" in p
     ]
     pods.sort(key=lambda p: (bool(p.get("is_ready", True)), -int(p.get("restarts", 0))))
     out = []
@@ -138,9 +146,9 @@ def _pod_lines(result: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _event_lines(result: Mapping[str, Any]) -> list[str]:
+def _event_lines(result: Mapping[str, object]) -> list[str]:
     """Warnings first, then other events (k8s.events)."""
-    events = [e for e in result.get("events") or [] if isinstance(e, Mapping)]
+    events = [e for e in _listed(result.get("events")) if isinstance(e, Mapping)]
     events.sort(key=lambda e: e.get("type") != "Warning")
     return [
         _cut(
@@ -375,7 +383,7 @@ def cap(text: str, max_chars: int, payload_id: str = "") -> str:
 # ------------------------------------------------------------------ Slack
 
 
-def _mrkdwn(text: str) -> dict[str, Any]:
+def _mrkdwn(text: str) -> JSONObject:
     return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
 
 
@@ -383,10 +391,10 @@ def _slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def render_slack(trace: AlertTrace) -> dict[str, Any]:
+def render_slack(trace: AlertTrace) -> JSONObject:
     """An incoming-webhook message: text fallback plus Block Kit sections."""
     head = headline(trace)
-    blocks: list[dict[str, Any]] = [
+    blocks: list[JSONObject] = [
         {
             "type": "header",
             "text": {"type": "plain_text", "text": _cut(head, 150)},
@@ -444,9 +452,9 @@ def approval_id(step: StepTrace) -> str:
     return found.group(1) if found else ""
 
 
-def approval_actions(trace: AlertTrace) -> list[dict[str, Any]]:
+def approval_actions(trace: AlertTrace) -> list[JSONObject]:
     """Approve / Reject buttons for each step awaiting approval (Block Kit)."""
-    blocks: list[dict[str, Any]] = []
+    blocks: list[JSONObject] = []
     for match in trace.matches:
         for step in match.steps:
             wanted = approval_id(step)
@@ -514,8 +522,8 @@ def alertmanager_dedup_key(group_key: str) -> str:
     return hashlib.sha256(group_key.encode()).hexdigest()
 
 
-def _step_json(step: StepTrace) -> dict[str, Any]:
-    out: dict[str, Any] = {
+def _step_json(step: StepTrace) -> JSONObject:
+    out: JSONObject = {
         "step": _label(step),
         "target": step.target,
         "decision": step.decision.value,
@@ -530,9 +538,9 @@ def _step_json(step: StepTrace) -> dict[str, Any]:
     return out
 
 
-def custom_details(trace: AlertTrace, max_chars: int = 16_000) -> dict[str, Any]:
+def custom_details(trace: AlertTrace, max_chars: int = 16_000) -> JSONObject:
     """Diagnostics and actions as Events v2 ``custom_details``, capped in size."""
-    matches: list[dict[str, Any]] = [
+    matches: list[JSONObject] = [
         {
             "rule": m.rule,
             "playbook": m.playbook,
@@ -544,7 +552,7 @@ def custom_details(trace: AlertTrace, max_chars: int = 16_000) -> dict[str, Any]
         }
         for m in trace.matches
     ]
-    details: dict[str, Any] = {
+    details: JSONObject = {
         "summary": headline(trace),
         "mode": trace.mode,
         "fingerprint": trace.alert.fingerprint,
@@ -558,7 +566,12 @@ def custom_details(trace: AlertTrace, max_chars: int = 16_000) -> dict[str, Any]
     while len(json.dumps(details)) > max_chars:
         if not _shrink(matches):
             details["matches"] = [
-                {k: m[k] for k in ("rule", "playbook", "severity")} for m in matches
+                {
+                    "rule": m["rule"],
+                    "playbook": m["playbook"],
+                    "severity": m["severity"],
+                }
+                for m in matches
             ]
             details["truncated"] = True
             break
@@ -566,12 +579,14 @@ def custom_details(trace: AlertTrace, max_chars: int = 16_000) -> dict[str, Any]
     return details
 
 
-def _shrink(matches: Sequence[dict[str, Any]]) -> bool:
+def _shrink(matches: Sequence[JSONObject]) -> bool:
     for match in reversed(matches):
         for key in ("found", "done"):
             items = match[key]
+            if not isinstance(items, list):
+                continue
             for item in reversed(items):
-                if "details" in item:
+                if isinstance(item, dict) and "details" in item:
                     del item["details"]
                     return True
             if key == "found" and items:

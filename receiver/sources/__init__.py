@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -17,6 +17,8 @@ from receiver.errors import InputError
 from receiver.model import Alert, Source
 from receiver.sources import alertmanager, events_v2, pagerduty
 from receiver.sources.wire import parse_json
+
+M = TypeVar("M", bound=BaseModel)
 
 __all__ = ["PARSERS", "detect", "parse_json", "schema_errors", "to_alerts", "validate"]
 
@@ -30,7 +32,7 @@ def schema_errors(exc: ValidationError) -> list[dict[str, str]]:
     return out
 
 
-def validate(model: type[BaseModel], data: Any, what: str) -> Any:
+def validate(model: type[M], data: object, what: str) -> M:
     """Validate ``data`` against ``model`` or raise ``InputError`` with field paths."""
     try:
         return model.model_validate(data)
@@ -45,7 +47,7 @@ def validate(model: type[BaseModel], data: Any, what: str) -> Any:
         ) from exc
 
 
-def detect(data: Any) -> Source:
+def detect(data: object) -> Source:
     """Which of the three formats a decoded payload is."""
     if isinstance(data, dict):
         if "alerts" in data and ("version" in data or "groupKey" in data):
@@ -61,13 +63,13 @@ def detect(data: Any) -> Source:
     )
 
 
-PARSERS: dict[Source, Callable[[Any, datetime], list[Alert]]] = {
+PARSERS: dict[Source, Callable[[object, datetime], list[Alert]]] = {
     "alertmanager": alertmanager.to_alerts,
     "pagerduty": pagerduty.to_alerts,
     "events_v2": events_v2.to_alerts,
 }
 
 
-def to_alerts(source: Source, data: Any, now: datetime) -> list[Alert]:
+def to_alerts(source: Source, data: object, now: datetime) -> list[Alert]:
     """Turn a decoded payload of ``source`` into alerts."""
     return PARSERS[source](data, now)

@@ -10,7 +10,7 @@ were left out.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -68,12 +68,12 @@ def from_body(body: bytes) -> list[Alert]:
     return _alerts(payload)
 
 
-def to_alerts(data: Any, now: datetime) -> list[Alert]:
+def to_alerts(data: object, now: datetime) -> list[Alert]:
     """Validate a decoded webhook body and return one alert per entry."""
     from receiver.sources import validate  # noqa: PLC0415 (avoid an import cycle)
 
     del now
-    payload: AmWebhook = validate(AmWebhook, data, "Alertmanager webhook")
+    payload = validate(AmWebhook, data, "Alertmanager webhook")
     return _alerts(payload)
 
 

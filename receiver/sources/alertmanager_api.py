@@ -12,7 +12,6 @@ comment. An unreachable Alertmanager is "unknown", never a reason to act or not.
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -81,7 +80,7 @@ class AlertmanagerApi:
 
     async def _get(
         self, path: str, params: list[tuple[str, str | int | float | bool | None]]
-    ) -> Any:
+    ) -> object:
         try:
             response = await self._client.get(f"{self.base_url}{path}", params=params)
         except httpx.HTTPError:

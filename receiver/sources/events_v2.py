@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -47,7 +47,7 @@ class Payload(BaseModel):
     component: str | None = None
     group: str | None = None
     class_: str | None = Field(default=None, alias="class")
-    custom_details: Any = None
+    custom_details: object = None
 
 
 class EnqueueRequest(BaseModel):
@@ -128,7 +128,7 @@ def _parse_instances(text: str, status: Status) -> list[Instance]:
     return out
 
 
-def am_instances(details: Any) -> list[Instance]:
+def am_instances(details: object) -> list[Instance]:
     """Every alert Alertmanager's default ``custom_details`` lists, firing first.
 
     Empty when the details are not Alertmanager's default (a custom template, or
@@ -190,7 +190,7 @@ def _with_payload_fields(labels: dict[str, str], p: Payload) -> dict[str, str]:
     return labels
 
 
-def to_alerts(data: Any, now: datetime, *, body: bytes = b"") -> list[Alert]:
+def to_alerts(data: object, now: datetime, *, body: bytes = b"") -> list[Alert]:
     """Validate an Events v2 request and return its alerts.
 
     Alertmanager's grouped pages give one alert per listed instance; any other

@@ -24,7 +24,7 @@ named by settings), ``service``, ``service_id``, ``priority``, ``urgency``,
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -39,6 +39,8 @@ from pydantic import (
 from receiver.model import Alert, Status, freeze
 from receiver.sources.wire import Timestamp
 
+M = TypeVar("M", bound=BaseModel)
+
 FIRING = {
     "incident.triggered",
     "incident.reopened",
@@ -49,7 +51,7 @@ RESOLVED = {"incident.resolved"}
 ACKNOWLEDGED = {"incident.acknowledged"}
 
 
-def _text(value: Any) -> Any:
+def _text(value: object) -> object:
     """``null`` (documented for some references) reads as the empty string."""
     return "" if value is None else value
 
@@ -57,7 +59,7 @@ def _text(value: Any) -> Any:
 NullableStr = Annotated[str, BeforeValidator(_text)]
 
 
-def _or_none(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+def _or_none(value: object, handler: ValidatorFunctionWrapHandler) -> object:
     """A value that does not parse is treated as absent, never as an error."""
     try:
         return handler(value)
@@ -107,7 +109,7 @@ class Event(BaseModel):
     resource_type: NullableStr = ""
     occurred_at: LenientTime = None
     agent: Annotated[Reference | None, WrapValidator(_or_none)] = None
-    data: Any = None
+    data: object = None
 
     @property
     def is_incident(self) -> bool:
@@ -122,7 +124,7 @@ class Webhook(BaseModel):
     event: Event
 
 
-def _lenient(model: type[BaseModel], data: Any) -> Any:
+def _lenient(model: type[M], data: object) -> M:
     """``data`` as ``model`` where it fits; what does not fit is left out."""
     if not isinstance(data, dict):
         return model()
@@ -137,15 +139,15 @@ def _lenient(model: type[BaseModel], data: Any) -> Any:
             return model()
 
 
-def parse(data: Any) -> Event:
+def parse(data: object) -> Event:
     """The envelope of a decoded V3 webhook body (``InputError`` if it is none)."""
     from receiver.sources import validate  # noqa: PLC0415 (avoid an import cycle)
 
-    webhook: Webhook = validate(Webhook, data, "PagerDuty webhook")
+    webhook = validate(Webhook, data, "PagerDuty webhook")
     return webhook.event
 
 
-def _incident_ref(data: Any, inc: IncidentData) -> Reference | None:
+def _incident_ref(data: object, inc: IncidentData) -> Reference | None:
     if inc.incident is not None and inc.incident.id:
         return inc.incident
     # incident.role.assigned carries the incident inside each assignment.
@@ -162,7 +164,7 @@ def _incident_ref(data: Any, inc: IncidentData) -> Reference | None:
 
 
 def to_alerts(
-    data: Any, now: datetime, *, alertname_from: str = "title"
+    data: object, now: datetime, *, alertname_from: str = "title"
 ) -> list[Alert]:
     """Validate a V3 webhook body: one alert for an incident event, else none."""
     return alerts_of(parse(data), now, alertname_from=alertname_from)

@@ -111,7 +111,7 @@ def _surrogate_pointer(body: bytes) -> str | None:
         data = json.loads(body)
     except (ValueError, RecursionError):
         return None
-    stack: list[tuple[str, Any]] = [("", data)]
+    stack: list[tuple[str, object]] = [("", data)]
     while stack:
         path, item = stack.pop()
         if isinstance(item, str):

@@ -52,7 +52,7 @@ from receiver.engine.backtest import Bounded
 from receiver.engine.guards import GuardDefaults, GuardKeeper
 from receiver.engine.worker import Processor
 from receiver.errors import AuthError, InputError, RuleError, RuleErrorDetail
-from receiver.incidents.lifecycle import Clock, clocks
+from receiver.incidents.clocks import Clock, clocks
 from receiver.incidents.service import IncidentService
 from receiver.model import iso
 from receiver.rulebook.loader import Rulebook, load_rulebook

@@ -10,8 +10,9 @@ and lists every status it can answer, each rejection as problem+json.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING
 
 from receiver import __version__
 from receiver.sources.alertmanager import AmWebhook
@@ -21,10 +22,22 @@ from receiver.web.admin import admin_paths
 from receiver.web.change_events import ChangeEvent
 from receiver.web.console import console_paths
 from receiver.web.incidents import incident_paths
+from receiver.web.openapi_schemas import (
+    REF,
+    STRING,
+    obj,
+    ref,
+    response_schemas,
+)
 from receiver.web.slack import slack_paths
 
+if TYPE_CHECKING:
+    from receiver.model import JSONObject, JSONValue
+
+# path -> method -> operation, as the route modules describe them
+Operations = dict[str, dict[str, dict[str, "JSONValue"]]]
+
 MAX_LIMIT = 1000
-REF = "#/components/schemas/{model}"
 
 _TITLES = {
     400: "Malformed request, schema error, or bad query parameter.",
@@ -41,14 +54,14 @@ _TITLES = {
     503: "The journal cannot take the payload (or the service is shedding load); "
     "retry after Retry-After.",
 }
-_RETRY = {"Retry-After": {"schema": {"type": "string"}}}
-_ALLOW = {"Allow": {"schema": {"type": "string"}, "required": True}}
+_RETRY: JSONObject = {"Retry-After": {"schema": {"type": "string"}}}
+_ALLOW: JSONObject = {"Allow": {"schema": {"type": "string"}, "required": True}}
 
 
-def _problem(code: int) -> dict[str, Any]:
-    out: dict[str, Any] = {
+def _problem(code: int) -> JSONObject:
+    out: JSONObject = {
         "description": _TITLES[code],
-        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+        "content": {"application/problem+json": {"schema": ref("Problem")}},
     }
     if code in (429, 503):
         out["headers"] = _RETRY
@@ -57,11 +70,7 @@ def _problem(code: int) -> dict[str, Any]:
     return out
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": REF.format(model=name)}
-
-
-_EVENTS_ERROR = {
+_EVENTS_ERROR: JSONObject = {
     "description": "Rejected, in PagerDuty's Events API shape: "
     '{"status": "invalid event", "message", "errors": [...]}.',
     "content": {
@@ -70,243 +79,25 @@ _EVENTS_ERROR = {
 }
 
 
-def _errors(*codes: int) -> dict[str, Any]:
+def _errors(*codes: int) -> JSONObject:
     # 405 applies to every path (a method it does not serve).
     return {str(c): _problem(c) for c in sorted({*codes, 405})}
 
 
-def _events_errors(*codes: int) -> dict[str, Any]:
+def _events_errors(*codes: int) -> JSONObject:
     # The Events API endpoints answer in PagerDuty's shape; 405 comes from the
     # router, as problem+json like everywhere else.
     return {**{str(c): _EVENTS_ERROR for c in codes}, "405": _problem(405)}
 
 
-def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+def _json(description: str, schema: JSONValue) -> JSONObject:
     return {
         "description": description,
         "content": {"application/json": {"schema": schema}},
     }
 
 
-def _obj(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "object", "properties": properties}
-    if required:
-        out["required"] = list(required)
-    return out
-
-
-STRING = {"type": "string"}
-INTEGER = {"type": "integer"}
-NULLABLE_STRING = {"type": ["string", "null"]}
-STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-
-
-def _response_schemas() -> dict[str, Any]:
-    step = _obj(
-        {
-            "kind": {"enum": ["diagnostic", "remediation"]},
-            "type": STRING,
-            "target": STRING,
-            "decision": STRING,
-            "reason": STRING,
-            "name": STRING,
-            "request": {"type": "object"},
-            "result": {"type": "object"},
-        },
-        ("kind", "type", "target", "decision", "reason"),
-    )
-    match = _obj(
-        {
-            "rule": STRING,
-            "severity": STRING,
-            "playbook": STRING,
-            "steps": {"type": "array", "items": _ref("Step")},
-            "severity_info": {"type": "object"},
-            "description": STRING,
-            "runbook_url": STRING,
-            "escalate_to": STRING,
-            "notes": {"type": "array", "items": STRING},
-        },
-        ("rule", "severity", "playbook", "steps"),
-    )
-    trace = _obj(
-        {
-            "fingerprint": STRING,
-            "status": {"enum": ["firing", "resolved"]},
-            "labels": STRING_MAP,
-            "annotations": STRING_MAP,
-            "source": STRING,
-            "startsAt": NULLABLE_STRING,
-            "refs": STRING_MAP,
-            "actionable": {"type": "boolean"},
-            "payload_id": STRING,
-            "decided_at": NULLABLE_STRING,
-            "mode": STRING,
-            "notes": {"type": "array", "items": STRING},
-            "matches": {"type": "array", "items": _ref("Match")},
-        },
-        ("fingerprint", "status", "labels", "matches"),
-    )
-    # What the decision log holds: alert traces (long label values by
-    # reference, ``values_by_reference``) and the outcome records of sinks.
-    record = _obj(
-        {
-            "fingerprint": STRING,
-            "payload_id": STRING,
-            "decided_at": NULLABLE_STRING,
-            "labels": STRING_MAP,
-            "matches": {"type": "array", "items": _ref("Match")},
-            "values_by_reference": {"type": "boolean"},
-        }
-    )
-    page = {"count": INTEGER, "next_cursor": NULLABLE_STRING}
-    payload_summary = _obj(
-        {
-            "id": STRING,
-            "source": {"enum": ["alertmanager", "pagerduty", "events_v2"]},
-            "received_at": STRING,
-            "headers": STRING_MAP,
-        },
-        ("id", "source", "received_at", "headers"),
-    )
-    payload = {
-        "allOf": [
-            _ref("PayloadSummary"),
-            _obj({"payload": {}}, ("payload",)),
-        ]
-    }
-    approval = _obj(
-        {
-            "id": STRING,
-            "key": STRING,
-            "status": {"enum": ["pending", "approved", "rejected", "expired"]},
-            "created_at": STRING,
-            "expires_at": STRING,
-            "decided_by": STRING,
-            "decided_at": NULLABLE_STRING,
-            "request": {"type": "object"},
-        },
-        ("id", "key", "status", "created_at", "expires_at", "request"),
-    )
-    return {
-        "Problem": _obj(
-            {
-                "type": STRING,
-                "title": STRING,
-                "status": INTEGER,
-                "detail": STRING,
-                "errors": {
-                    "type": "array",
-                    "items": _obj(
-                        {"pointer": STRING, "detail": STRING}, ("pointer", "detail")
-                    ),
-                },
-            },
-            ("type", "title", "status", "detail"),
-        ),
-        "Step": step,
-        "Match": match,
-        "AlertTrace": trace,
-        "DecisionRecord": record,
-        "DecisionPage": _obj(
-            {"decisions": {"type": "array", "items": _ref("DecisionRecord")}, **page},
-            ("decisions", "count", "next_cursor"),
-        ),
-        "PayloadSummary": payload_summary,
-        "Payload": payload,
-        "PayloadPage": _obj(
-            {"payloads": {"type": "array", "items": _ref("PayloadSummary")}, **page},
-            ("payloads", "count", "next_cursor"),
-        ),
-        "Approval": approval,
-        "ApprovalPage": _obj(
-            {"approvals": {"type": "array", "items": _ref("Approval")}, **page},
-            ("approvals", "count", "next_cursor"),
-        ),
-        "Accepted": _obj(
-            {"status": {"const": "accepted"}, "id": STRING, "alerts": INTEGER},
-            ("status", "id", "alerts"),
-        ),
-        "PagerDutyAccepted": _obj(
-            {
-                "status": {"enum": ["accepted", "duplicate", "ignored"]},
-                "id": {
-                    "type": "string",
-                    "description": "The journal id; absent when nothing was "
-                    "journaled (a duplicate delivery, our own note echoed).",
-                },
-                "alerts": INTEGER,
-                "event_type": STRING,
-                "recorded_as": {"enum": ["alert", "event"]},
-                "reason": STRING,
-            },
-            ("status", "alerts", "event_type"),
-        ),
-        "EventsAccepted": _obj(
-            {
-                "status": {"const": "success"},
-                "message": STRING,
-                "dedup_key": STRING,
-                "id": {
-                    "type": "string",
-                    "description": "The journal id; absent for a duplicate of "
-                    "the open alert (nothing journaled).",
-                },
-            },
-            ("status", "message", "dedup_key"),
-        ),
-        "ReplayRequest": {
-            "type": "object",
-            "description": 'A stored payload ({"payload_id": ...}) or an inline '
-            'one ({"payload": {...}}); "execute": true needs the replay scope, '
-            "the service in execute mode, and, inline, an Alertmanager payload.",
-            "properties": {
-                "payload_id": STRING,
-                "payload": {"type": "object"},
-                "execute": {"type": "boolean", "default": False},
-            },
-        },
-        "ReplayTraces": _obj(
-            {"alerts": {"type": "array", "items": _ref("AlertTrace")}}, ("alerts",)
-        ),
-        "ReplayAccepted": _obj(
-            {
-                "status": {"const": "accepted"},
-                "id": STRING,
-                "execute": {"const": True},
-            },
-            ("status", "id", "execute"),
-        ),
-        "ApprovalDecision": _obj(
-            {"decision": {"enum": ["approve", "reject"]}},
-            ("decision",),
-        ),
-        "ApprovalAnswer": {
-            **approval,
-            "properties": {
-                **approval["properties"],
-                "message": {
-                    "type": "string",
-                    "description": "What happened, in words.",
-                },
-            },
-        },
-        "ChangeAccepted": _obj(
-            {"status": {"const": "success"}, "message": STRING, "id": STRING},
-            ("status", "message", "id"),
-        ),
-        "Reloaded": _obj(
-            {"status": {"const": "success"}, "rules": INTEGER, "playbooks": INTEGER},
-            ("status", "rules", "playbooks"),
-        ),
-        "Health": _obj({"status": STRING}, ("status",)),
-        "Ready": _obj(
-            {"status": STRING, "rules": INTEGER, "store": STRING}, ("status",)
-        ),
-    }
-
-
-def _query(name: str, description: str, **schema: Any) -> dict[str, Any]:
+def _query(name: str, description: str, **schema: JSONValue) -> JSONObject:
     return {
         "name": name,
         "in": "query",
@@ -316,7 +107,7 @@ def _query(name: str, description: str, **schema: Any) -> dict[str, Any]:
     }
 
 
-LIMIT = {
+LIMIT: JSONObject = {
     "name": "limit",
     "in": "query",
     "required": False,
@@ -326,7 +117,7 @@ LIMIT = {
 CURSOR = _query("cursor", "next_cursor of the previous page; omit for the newest page.")
 
 
-def _path_id(what: str) -> dict[str, Any]:
+def _path_id(what: str) -> JSONObject:
     return {
         "name": "id",
         "in": "path",
@@ -345,19 +136,6 @@ _ADMIN_IDS = {
 }
 
 
-def _admin_paths() -> dict[str, Any]:
-    """The admin module's paths, with operation ids, scopes and 405."""
-    paths = admin_paths()
-    for path, operations in paths.items():
-        for method, operation in operations.items():
-            operation_id, scope = _ADMIN_IDS.get((path, method), ("", ""))
-            if operation_id:
-                operation.setdefault("operationId", operation_id)
-                operation["summary"] = f"{operation['summary']}; scope {scope}"
-            operation["responses"].setdefault("405", _problem(405))
-    return paths
-
-
 _INCIDENT_IDS = {
     ("/api/v1/incidents", "get"): ("listIncidents", "read"),
     ("/api/v1/incidents/{id}", "get"): ("getIncident", "read"),
@@ -370,31 +148,34 @@ _INCIDENT_IDS = {
 }
 
 
-def _incident_paths() -> dict[str, Any]:
-    """The incident module's paths, with operation ids, scopes and 405."""
-    paths = incident_paths()
+def _with_ids(
+    paths: Operations, ids: Mapping[tuple[str, str], tuple[str, str]]
+) -> Operations:
+    """A route module's paths, with operation ids, scopes and 405."""
     for path, operations in paths.items():
         for method, operation in operations.items():
-            operation_id, scope = _INCIDENT_IDS.get((path, method), ("", ""))
+            operation_id, scope = ids.get((path, method), ("", ""))
             if operation_id:
                 operation.setdefault("operationId", operation_id)
                 operation["summary"] = f"{operation.get('summary', '')}; scope {scope}"
-            operation["responses"].setdefault("405", _problem(405))
+            responses = operation["responses"]
+            if isinstance(responses, dict):
+                responses.setdefault("405", _problem(405))
     return paths
 
 
 @cache
-def spec() -> dict[str, Any]:
+def spec() -> JSONObject:
     """Build the OpenAPI document."""
-    schemas: dict[str, Any] = {
+    schemas: dict[str, JSONObject] = {
         "AlertmanagerWebhook": AmWebhook.model_json_schema(ref_template=REF),
         "PagerDutyWebhook": Webhook.model_json_schema(ref_template=REF),
         "EventsV2Request": EnqueueRequest.model_json_schema(
             by_alias=True, ref_template=REF
         ),
-        **_response_schemas(),
+        **response_schemas(),
         "ChangeEvent": ChangeEvent.model_json_schema(ref_template=REF),
-        "EventsError": _obj(
+        "EventsError": obj(
             {
                 "status": STRING,
                 "message": STRING,
@@ -403,20 +184,257 @@ def spec() -> dict[str, Any]:
             ("status", "message", "errors"),
         ),
     }
-    for name in list(schemas):
-        for sub, body in schemas[name].pop("$defs", {}).items():
-            schemas.setdefault(sub, body)
+    components: JSONObject = dict(schemas)
+    for schema in schemas.values():
+        defs = schema.pop("$defs", None)
+        if isinstance(defs, Mapping):
+            for sub, body in defs.items():
+                components.setdefault(sub, body)
     bearer: list[dict[str, list[str]]] = [{"bearer": []}, {"basic": []}]
     token: list[dict[str, list[str]]] = [{"bearer": []}]
 
-    def request_body(ref: str) -> dict[str, Any]:
+    def request_body(name: str) -> JSONObject:
         return {
             "required": True,
-            "content": {"application/json": {"schema": _ref(ref)}},
+            "content": {"application/json": {"schema": ref(name)}},
         }
 
     webhook_errors = _errors(400, 408, 413, 415, 503)
-    document: dict[str, Any] = {
+    paths: Operations = {
+        **_with_ids(incident_paths(), _INCIDENT_IDS),
+        "/webhooks/alertmanager": {
+            "post": {
+                "operationId": "postAlertmanagerWebhook",
+                "summary": "Alertmanager webhook (version 4); scope webhook",
+                "security": bearer,
+                "requestBody": request_body("AlertmanagerWebhook"),
+                "responses": {
+                    "202": _json("Accepted: in the journal.", ref("Accepted")),
+                    **webhook_errors,
+                    **_errors(401, 403),
+                },
+            }
+        },
+        "/webhooks/pagerduty": {
+            "post": {
+                "operationId": "postPagerDutyWebhook",
+                "summary": "PagerDuty V3 webhook, signed",
+                "security": [{"pagerdutySignature": []}],
+                "requestBody": request_body("PagerDutyWebhook"),
+                "responses": {
+                    "202": _json(
+                        "Accepted (as an alert or a recorded event), or a "
+                        "known duplicate/echo (not journaled).",
+                        ref("PagerDutyAccepted"),
+                    ),
+                    **webhook_errors,
+                    **_errors(403, 429),
+                },
+            }
+        },
+        "/v2/enqueue": {
+            "post": {
+                "operationId": "postEventsV2",
+                "summary": "PagerDuty Events API v2 request (routing key in body)",
+                "requestBody": request_body("EventsV2Request"),
+                "responses": {
+                    "202": _json(
+                        "Processed, as PagerDuty answers.", ref("EventsAccepted")
+                    ),
+                    **_events_errors(400, 403, 408, 413, 415, 429, 503),
+                },
+            }
+        },
+        "/v2/change/enqueue": {
+            "post": {
+                "operationId": "postChangeEvent",
+                "summary": "PagerDuty Change Events API request (stored for "
+                "the changes.recent diagnostic; routing key in body)",
+                "requestBody": request_body("ChangeEvent"),
+                "responses": {
+                    "202": _json(
+                        "Stored, as PagerDuty answers.", ref("ChangeAccepted")
+                    ),
+                    **_events_errors(400, 403, 408, 413, 415, 429, 503),
+                },
+            }
+        },
+        "/-/reload": {
+            "post": {
+                "operationId": "reloadRules",
+                "summary": "Load the rule files again (also on SIGHUP); a bad "
+                "file keeps the current rules (422); scope admin",
+                "security": token,
+                "responses": {
+                    "200": _json("Reloaded.", ref("Reloaded")),
+                    **_errors(401, 403, 422),
+                },
+            }
+        },
+        "/api/v1/decisions": {
+            "get": {
+                "operationId": "listDecisions",
+                "summary": "Decision records, newest first, one page; scope read",
+                "security": bearer,
+                "parameters": [
+                    _query("fingerprint", "Only this alert fingerprint."),
+                    _query("rule", "Only records where this rule matched."),
+                    _query("playbook", "Only records that ran this playbook."),
+                    _query(
+                        "decision",
+                        "Only records with a step of this decision "
+                        "(executed, skipped, dry_run, failed, ...).",
+                    ),
+                    _query("payload_id", "Only records of this payload."),
+                    _query(
+                        "since",
+                        "Only records decided at or after this RFC 3339 time.",
+                        format="date-time",
+                    ),
+                    LIMIT,
+                    CURSOR,
+                ],
+                "responses": {
+                    "200": _json("One page.", ref("DecisionPage")),
+                    **_errors(400, 401, 403),
+                },
+            }
+        },
+        "/api/v1/payloads": {
+            "get": {
+                "operationId": "listPayloads",
+                "summary": "Stored payloads, newest first, one page; scope read",
+                "security": bearer,
+                "parameters": [LIMIT, CURSOR],
+                "responses": {
+                    "200": _json("One page.", ref("PayloadPage")),
+                    **_errors(400, 401, 403),
+                },
+            }
+        },
+        "/api/v1/payloads/{id}": {
+            "get": {
+                "operationId": "getPayload",
+                "summary": "One stored payload (credentials never stored)",
+                "security": bearer,
+                "parameters": [_path_id("payload")],
+                "responses": {
+                    "200": _json("The payload.", ref("Payload")),
+                    **_errors(401, 403, 404),
+                },
+            }
+        },
+        "/api/v1/replay": {
+            "post": {
+                "operationId": "replay",
+                "summary": "Decide a stored or inline payload: dry-run (scope "
+                "read) or, with execute, journaled again (scope replay)",
+                "security": token,
+                "requestBody": request_body("ReplayRequest"),
+                "responses": {
+                    "200": _json("The decision traces.", ref("ReplayTraces")),
+                    "202": _json("Journaled to run.", ref("ReplayAccepted")),
+                    **_errors(400, 401, 403, 404, 408, 413, 415, 503),
+                },
+            }
+        },
+        "/api/v1/approvals": {
+            "get": {
+                "operationId": "listApprovals",
+                "summary": "Remediations waiting for (or given) approval, newest "
+                "first, one page; scope read",
+                "security": bearer,
+                "parameters": [
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "enum": ["pending", "approved", "rejected", "expired"]
+                        },
+                    },
+                    LIMIT,
+                    CURSOR,
+                ],
+                "responses": {
+                    "200": _json("One page.", ref("ApprovalPage")),
+                    **_errors(400, 401, 403),
+                },
+            }
+        },
+        "/api/v1/approvals/{id}": {
+            "post": {
+                "operationId": "decideApproval",
+                "summary": "Approve or reject as the credential's person; "
+                "scope approve. The playbook's approvers apply (403 says "
+                "why not); a step needing two people answers 202 for the "
+                "first approval; 409 when already decided or expired.",
+                "security": token,
+                "parameters": [_path_id("approval")],
+                "requestBody": request_body("ApprovalDecision"),
+                "responses": {
+                    "200": _json("The decided approval.", ref("ApprovalAnswer")),
+                    "202": _json(
+                        "First of two approvals recorded.", ref("ApprovalAnswer")
+                    ),
+                    **_errors(400, 401, 403, 404, 408, 409, 413, 415, 503),
+                },
+            }
+        },
+        **_with_ids(admin_paths(), _ADMIN_IDS),
+        **slack_paths(),
+        **console_paths(),
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "Process alive",
+                "security": [],
+                "responses": {
+                    "200": _json("Alive.", ref("Health")),
+                    **_errors(),
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "Rules loaded and store reachable",
+                "security": [],
+                "responses": {
+                    "200": _json("Ready.", ref("Ready")),
+                    "503": _json("Not ready.", ref("Ready")),
+                    **{k: v for k, v in _errors().items() if k != "503"},
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition.",
+                        "content": {"text/plain": {"schema": STRING}},
+                    },
+                    **_errors(),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "security": [],
+                "responses": {
+                    "200": _json("OpenAPI 3.1.", {"type": "object"}),
+                    **_errors(),
+                },
+            }
+        },
+    }
+    _finish(paths)
+    document: JSONObject = {
         "openapi": "3.1.0",
         "info": {
             "title": "alert-automation receiver",
@@ -426,7 +444,7 @@ def spec() -> dict[str, Any]:
             "webhook, read, replay, approve, admin (see the README).",
         },
         "components": {
-            "schemas": schemas,
+            "schemas": components,
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "basic": {"type": "http", "scheme": "basic"},
@@ -437,264 +455,39 @@ def spec() -> dict[str, Any]:
                 },
             },
         },
-        "paths": {
-            **_incident_paths(),
-            "/webhooks/alertmanager": {
-                "post": {
-                    "operationId": "postAlertmanagerWebhook",
-                    "summary": "Alertmanager webhook (version 4); scope webhook",
-                    "security": bearer,
-                    "requestBody": request_body("AlertmanagerWebhook"),
-                    "responses": {
-                        "202": _json("Accepted: in the journal.", _ref("Accepted")),
-                        **webhook_errors,
-                        **_errors(401, 403),
-                    },
-                }
-            },
-            "/webhooks/pagerduty": {
-                "post": {
-                    "operationId": "postPagerDutyWebhook",
-                    "summary": "PagerDuty V3 webhook, signed",
-                    "security": [{"pagerdutySignature": []}],
-                    "requestBody": request_body("PagerDutyWebhook"),
-                    "responses": {
-                        "202": _json(
-                            "Accepted (as an alert or a recorded event), or a "
-                            "known duplicate/echo (not journaled).",
-                            _ref("PagerDutyAccepted"),
-                        ),
-                        **webhook_errors,
-                        **_errors(403, 429),
-                    },
-                }
-            },
-            "/v2/enqueue": {
-                "post": {
-                    "operationId": "postEventsV2",
-                    "summary": "PagerDuty Events API v2 request (routing key in body)",
-                    "requestBody": request_body("EventsV2Request"),
-                    "responses": {
-                        "202": _json(
-                            "Processed, as PagerDuty answers.", _ref("EventsAccepted")
-                        ),
-                        **_events_errors(400, 403, 408, 413, 415, 429, 503),
-                    },
-                }
-            },
-            "/v2/change/enqueue": {
-                "post": {
-                    "operationId": "postChangeEvent",
-                    "summary": "PagerDuty Change Events API request (stored for "
-                    "the changes.recent diagnostic; routing key in body)",
-                    "requestBody": request_body("ChangeEvent"),
-                    "responses": {
-                        "202": _json(
-                            "Stored, as PagerDuty answers.", _ref("ChangeAccepted")
-                        ),
-                        **_events_errors(400, 403, 408, 413, 415, 429, 503),
-                    },
-                }
-            },
-            "/-/reload": {
-                "post": {
-                    "operationId": "reloadRules",
-                    "summary": "Load the rule files again (also on SIGHUP); a bad "
-                    "file keeps the current rules (422); scope admin",
-                    "security": token,
-                    "responses": {
-                        "200": _json("Reloaded.", _ref("Reloaded")),
-                        **_errors(401, 403, 422),
-                    },
-                }
-            },
-            "/api/v1/decisions": {
-                "get": {
-                    "operationId": "listDecisions",
-                    "summary": "Decision records, newest first, one page; scope read",
-                    "security": bearer,
-                    "parameters": [
-                        _query("fingerprint", "Only this alert fingerprint."),
-                        _query("rule", "Only records where this rule matched."),
-                        _query("playbook", "Only records that ran this playbook."),
-                        _query(
-                            "decision",
-                            "Only records with a step of this decision "
-                            "(executed, skipped, dry_run, failed, ...).",
-                        ),
-                        _query("payload_id", "Only records of this payload."),
-                        _query(
-                            "since",
-                            "Only records decided at or after this RFC 3339 time.",
-                            format="date-time",
-                        ),
-                        LIMIT,
-                        CURSOR,
-                    ],
-                    "responses": {
-                        "200": _json("One page.", _ref("DecisionPage")),
-                        **_errors(400, 401, 403),
-                    },
-                }
-            },
-            "/api/v1/payloads": {
-                "get": {
-                    "operationId": "listPayloads",
-                    "summary": "Stored payloads, newest first, one page; scope read",
-                    "security": bearer,
-                    "parameters": [LIMIT, CURSOR],
-                    "responses": {
-                        "200": _json("One page.", _ref("PayloadPage")),
-                        **_errors(400, 401, 403),
-                    },
-                }
-            },
-            "/api/v1/payloads/{id}": {
-                "get": {
-                    "operationId": "getPayload",
-                    "summary": "One stored payload (credentials never stored)",
-                    "security": bearer,
-                    "parameters": [_path_id("payload")],
-                    "responses": {
-                        "200": _json("The payload.", _ref("Payload")),
-                        **_errors(401, 403, 404),
-                    },
-                }
-            },
-            "/api/v1/replay": {
-                "post": {
-                    "operationId": "replay",
-                    "summary": "Decide a stored or inline payload: dry-run (scope "
-                    "read) or, with execute, journaled again (scope replay)",
-                    "security": token,
-                    "requestBody": request_body("ReplayRequest"),
-                    "responses": {
-                        "200": _json("The decision traces.", _ref("ReplayTraces")),
-                        "202": _json("Journaled to run.", _ref("ReplayAccepted")),
-                        **_errors(400, 401, 403, 404, 408, 413, 415, 503),
-                    },
-                }
-            },
-            "/api/v1/approvals": {
-                "get": {
-                    "operationId": "listApprovals",
-                    "summary": "Remediations waiting for (or given) approval, newest "
-                    "first, one page; scope read",
-                    "security": bearer,
-                    "parameters": [
-                        {
-                            "name": "status",
-                            "in": "query",
-                            "required": False,
-                            "schema": {
-                                "enum": ["pending", "approved", "rejected", "expired"]
-                            },
-                        },
-                        LIMIT,
-                        CURSOR,
-                    ],
-                    "responses": {
-                        "200": _json("One page.", _ref("ApprovalPage")),
-                        **_errors(400, 401, 403),
-                    },
-                }
-            },
-            "/api/v1/approvals/{id}": {
-                "post": {
-                    "operationId": "decideApproval",
-                    "summary": "Approve or reject as the credential's person; "
-                    "scope approve. The playbook's approvers apply (403 says "
-                    "why not); a step needing two people answers 202 for the "
-                    "first approval; 409 when already decided or expired.",
-                    "security": token,
-                    "parameters": [_path_id("approval")],
-                    "requestBody": request_body("ApprovalDecision"),
-                    "responses": {
-                        "200": _json("The decided approval.", _ref("ApprovalAnswer")),
-                        "202": _json(
-                            "First of two approvals recorded.", _ref("ApprovalAnswer")
-                        ),
-                        **_errors(400, 401, 403, 404, 408, 409, 413, 415, 503),
-                    },
-                }
-            },
-            **_admin_paths(),
-            **slack_paths(),
-            **console_paths(),
-            "/healthz": {
-                "get": {
-                    "operationId": "healthz",
-                    "summary": "Process alive",
-                    "security": [],
-                    "responses": {
-                        "200": _json("Alive.", _ref("Health")),
-                        **_errors(),
-                    },
-                }
-            },
-            "/readyz": {
-                "get": {
-                    "operationId": "readyz",
-                    "summary": "Rules loaded and store reachable",
-                    "security": [],
-                    "responses": {
-                        "200": _json("Ready.", _ref("Ready")),
-                        "503": _json("Not ready.", _ref("Ready")),
-                        **{k: v for k, v in _errors().items() if k != "503"},
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "operationId": "metrics",
-                    "summary": "Prometheus metrics",
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "Prometheus text exposition.",
-                            "content": {"text/plain": {"schema": STRING}},
-                        },
-                        **_errors(),
-                    },
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "operationId": "openapi",
-                    "summary": "This document",
-                    "security": [],
-                    "responses": {
-                        "200": _json("OpenAPI 3.1.", {"type": "object"}),
-                        **_errors(),
-                    },
-                }
-            },
-        },
+        "paths": paths,
     }
+    return document
+
+
+def _finish(paths: Operations) -> None:
+    """Operations other modules describe get an id and the router's 405."""
     used = {
-        o["operationId"]
-        for operations in document["paths"].values()
+        str(o["operationId"])
+        for operations in paths.values()
         for o in operations.values()
         if "operationId" in o
     }
-    for path, operations in document["paths"].items():
+    for path, operations in paths.items():
         for method, operation in operations.items():
-            # Operations other modules describe get an id and the router's 405.
             if "operationId" not in operation:
                 base = candidate = _operation_id(method, path)
                 while candidate in used:
                     candidate += "Again" if candidate == base else "X"
                 used.add(candidate)
                 operation["operationId"] = candidate
-            operation["responses"].setdefault("405", _problem(405))
-            for code, response in operation["responses"].items():
-                # An error raised anywhere is answered problem+json by the edge.
-                content = response.get("content")
-                if code.isdigit() and int(code) >= 400 and isinstance(content, dict):
-                    content.setdefault(
-                        "application/problem+json", {"schema": _ref("Problem")}
-                    )
-    return document
+            responses = operation["responses"]
+            if isinstance(responses, dict):
+                responses.setdefault("405", _problem(405))
+                _problems_answered(responses)
+
+
+def _problems_answered(responses: dict[str, JSONValue]) -> None:
+    """An error raised anywhere is answered problem+json by the edge."""
+    for code, response in responses.items():
+        content = response.get("content") if isinstance(response, Mapping) else None
+        if code.isdigit() and int(code) >= 400 and isinstance(content, dict):
+            content.setdefault("application/problem+json", {"schema": ref("Problem")})
 
 
 def _operation_id(method: str, path: str) -> str:
