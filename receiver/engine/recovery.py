@@ -26,14 +26,7 @@ from receiver.engine.acting import Acting, _cancelled_from_outside, describe_err
 from receiver.engine.guards import Held, Refusal
 from receiver.engine.planner import PlannedMatch
 from receiver.errors import StoreUnavailableError
-from receiver.model import (
-    Alert,
-    Decision,
-    Intent,
-    RecheckResult,
-    StepKind,
-    StepTrace,
-)
+from receiver.model import Alert, Decision, Intent, RecheckResult, StepKind, StepTrace
 from receiver.rulebook.steps import StepModel
 
 
