@@ -7,9 +7,7 @@ import sqlite3
 from datetime import datetime
 from typing import Literal
 
-from receiver.store.base import (
-    Approval,
-)
+from receiver.store.base import Approval
 from receiver.store.sqlite.connection import SqliteConnection
 from receiver.store.sqlite.schema import _ts
 

@@ -22,9 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from receiver.errors import StoreUnavailableError
-from receiver.store.base import (
-    Retention,
-)
+from receiver.store.base import Retention
 from receiver.store.sqlite.schema import SCHEMA, SCHEMA_VERSION, _tag_inserts
 
 T = TypeVar("T")

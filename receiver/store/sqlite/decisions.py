@@ -9,10 +9,7 @@ from typing import Any
 
 from receiver.errors import InputError
 from receiver.model import iso
-from receiver.store.base import (
-    DecisionPage,
-    DecisionQuery,
-)
+from receiver.store.base import DecisionPage, DecisionQuery
 from receiver.store.sqlite.connection import SqliteConnection
 from receiver.store.sqlite.schema import TAG_KINDS
 

@@ -6,12 +6,7 @@ import json
 import sqlite3
 from datetime import datetime, timedelta
 
-from receiver.store.base import (
-    BudgetSlot,
-    Circuit,
-    Lock,
-    Pause,
-)
+from receiver.store.base import BudgetSlot, Circuit, Lock, Pause
 from receiver.store.sqlite.incarnations import SqliteIncarnations
 from receiver.store.sqlite.schema import _epoch, _ts
 

@@ -6,11 +6,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from receiver.store.base import (
-    Claim,
-    ClaimOutcome,
-    KeyStatus,
-)
+from receiver.store.base import Claim, ClaimOutcome, KeyStatus
 from receiver.store.sqlite.incarnations import SqliteIncarnations
 from receiver.store.sqlite.schema import _epoch
 
