@@ -228,7 +228,7 @@ class Processor:
         if source == "alertmanager":
             return alertmanager.from_body(body)
         try:
-            data: Any = json.loads(body)
+            data: object = json.loads(body)
         except ValueError as exc:
             raise InputError(f"stored payload is not JSON: {exc}") from exc
         if source == "pagerduty":

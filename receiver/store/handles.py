@@ -53,11 +53,11 @@ class JournalEntry:
     headers: Mapping[str, str] = field(default_factory=dict)
     attempts: int = 0
 
-    def to_json(self, *, include_body: bool = True) -> dict[str, Any]:
+    def to_json(self, *, include_body: bool = True) -> dict[str, object]:
         """JSON form for the API."""
         import json  # noqa: PLC0415 (only the API needs it)
 
-        out: dict[str, Any] = {
+        out: dict[str, object] = {
             "id": self.id,
             "source": self.source,
             "received_at": iso(self.received_at),
@@ -212,7 +212,7 @@ class ParkedEntry:
     reason: str
     parked_at: datetime
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """JSON form for the API."""
         return {
             **self.entry.to_json(include_body=False),
@@ -230,7 +230,7 @@ class Pause:
     at: datetime
     reason: str = ""
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """JSON form for the API."""
         return {
             "paused": True,
@@ -261,7 +261,7 @@ class Approval:
     decided_by: str = ""
     decided_at: datetime | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """JSON form for the API."""
         return {
             "id": self.id,

@@ -37,7 +37,7 @@ def compact_record(record: Mapping[str, Any]) -> Mapping[str, Any]:
     if not long_values or not record.get("matches"):
         return record
 
-    def swap(item: Any) -> Any:
+    def swap(item: object) -> object:
         if isinstance(item, str):
             for value, ref in long_values:
                 if value in item:

@@ -14,11 +14,11 @@ from receiver.store.sqlite.connection import SqliteConnection
 from receiver.store.sqlite.schema import TAG_KINDS
 
 
-def _decision_sql(query: DecisionQuery) -> tuple[str, list[Any]]:
+def _decision_sql(query: DecisionQuery) -> tuple[str, list[str | int]]:
     """The SQL for one page of ``query``: every filter on an index."""
     joins: list[str] = []
     where: list[str] = []
-    args: list[Any] = []
+    args: list[str | int] = []
     order = "d.seq"
     for kind in TAG_KINDS:
         value = getattr(query, kind)
