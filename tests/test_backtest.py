@@ -43,9 +43,8 @@ def sequence() -> list[tuple[Path, bytes]]:
     return [(path, path.read_bytes()) for path in EXAMPLES * 2]
 
 
-@pytest.fixture
-def new_rules(tmp_path: Path) -> Path:
-    """The shipped rules with two changes: a severity and an approval.
+def changed_runbook() -> str:
+    """The shipped runbook with two changes: a severity and an approval.
 
     The approval goes on Playbook 1, so it reaches every rule binding it.
     """
@@ -61,14 +60,19 @@ def new_rules(tmp_path: Path) -> Path:
     )
     playbook = text.index("  api-down:\n")
     undo = text.index("      - type: k8s.rollout_undo\n", playbook)
-    text = text[:undo] + text[undo:].replace(
+    return text[:undo] + text[undo:].replace(
         "        only_if_rollout_within: 2h\n",
         "        only_if_rollout_within: 2h\n        approval: required\n",
         1,
     )
+
+
+@pytest.fixture
+def new_rules(tmp_path: Path) -> Path:
+    """The changed runbook in a directory of its own."""
     out = tmp_path / "new"
     out.mkdir()
-    (out / "runbook.yaml").write_text(text, encoding="utf-8")
+    (out / "runbook.yaml").write_text(changed_runbook(), encoding="utf-8")
     return out
 
 

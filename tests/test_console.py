@@ -28,6 +28,8 @@ from conftest import (
     journal_drained,
 )
 from counting import CountingServer
+from test_backtest import API_DOWN, RULES, UNDO, changed_runbook
+from test_console_backtest import fill
 
 from receiver.app import create_app
 from receiver.app_incidents import INCIDENTS
@@ -238,7 +240,8 @@ def fits(driver: Any) -> bool:
     """Whether the page fits the phone-wide window (no sideways scrolling)."""
     return bool(
         driver.execute_script(
-            "return document.documentElement.scrollWidth <= window.innerWidth + 1"
+            "return document.documentElement.scrollWidth <= "
+            "document.documentElement.clientWidth + 1"
         )
     )
 
@@ -378,3 +381,63 @@ async def test_incidents_guards_and_rules_pages(  # noqa: PLR0915 (one walk-thro
     await http.aclose()
     # Nothing was approved, so nothing ran.
     assert (await store.approvals("pending"))[0].id == pending.id
+
+
+async def test_backtest_a_pasted_rules_change(aiohttp_server, browser):
+    """An admin pastes a rules change and sees its differences; others are refused."""
+    store = MemoryStore()
+    stored = await fill(store, datetime.now(UTC))
+    app = create_app(
+        full_settings(),
+        rulebook=load_rulebook([RULES]),
+        store=store,
+        sinks={},
+        rule_paths=[RULES],
+    )
+    server = await aiohttp_server(app)
+    base = f"http://127.0.0.1:{server.port}"
+    candidate = changed_runbook()
+
+    def refused() -> str:
+        login(browser, BASIC_USER, APPROVE_TOKEN)
+        text = page_with(browser, f"{base}/ui/backtest", "Refused")
+        shot(browser, "backtest-refused")
+        return text
+
+    refusal = await asyncio.to_thread(refused)
+    assert "Refused: " in refusal
+    assert "backtesting rules changes needs the admin scope" in refusal
+
+    def backtest() -> str:
+        login(browser, "ops-admin", ADMIN_TOKEN)
+        page_with(browser, f"{base}/ui/backtest", "Run the backtest")
+        assert fits(browser)
+        area = seen(browser, "textarea[name=rules]")
+        # Paste: the whole file arrives at once (typing 25 KB key by key is slow).
+        browser.execute_script("arguments[0].value = arguments[1];", area, candidate)
+        since = seen(browser, "input[name=since]")
+        since.clear()
+        since.send_keys("1d")
+        seen(browser, "input[name=max_changed]").send_keys("5")
+        seen(browser, "form[action='/ui/backtest'] button").click()
+        report = seen(browser, "#backtest")
+        text = str(report.text)
+        shot(browser, "backtest")
+        assert fits(browser)
+        return text
+
+    report = await asyncio.to_thread(backtest)
+    assert f"{stored} payloads" in report
+    assert "12 decided differently" in report
+    assert "THRESHOLD EXCEEDED: 12 alerts decided differently, more than 5" in report
+    assert report.count("SarkDatabaseDown") + report.count("SarkApiDown") == 10
+    assert "awaiting_approval (approval)" in report
+    flat = report.replace("\n", " ")
+    for name, runs in API_DOWN.items():
+        assert f"{name}: {UNDO} {runs} 0 LESS often" in flat
+    (audit,) = [
+        r
+        for r in await store.decisions(DecisionQuery(limit=50))
+        if r.get("event") == "backtest"
+    ]
+    assert (audit["by"], audit["changed_alerts"]) == ("ops-admin", 12)

@@ -66,11 +66,6 @@ YAML_KINDS = frozenset(
     }
 )
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,})(?P<info>.*)$")
-# Pages written alongside this one; links to them resolve once they land.
-PENDING_PAGES = frozenset({"guards.md", "scaling.md", "steps.md"})
-# Pages (kept by other changes) whose shell blocks are synopses or settings
-# templates not yet marked not-runnable; their yaml, json and links are checked.
-NOT_YET_MARKED = frozenset({"backtests.md", "slack-approvals.md"})
 
 
 @dataclass(frozen=True)
@@ -280,11 +275,7 @@ def test_python_blocks_compile(block: Block):
     compile(block.text, block.id, "exec")
 
 
-SHELL_BLOCKS = [
-    b
-    for b in BLOCKS
-    if b.lang == "sh" and not b.marked and b.page.name not in NOT_YET_MARKED
-]
+SHELL_BLOCKS = [b for b in BLOCKS if b.lang == "sh" and not b.marked]
 
 
 @pytest.fixture(scope="module")
@@ -431,8 +422,6 @@ def test_links_between_pages_resolve(page: Path):
             continue
         path, _, anchor = target.partition("#")
         file = (page.parent / path).resolve() if path else page
-        if file.name in PENDING_PAGES and not file.exists():
-            continue
         assert file.exists(), f"{page.name}: {target} does not exist"
         if anchor and file.suffix == ".md":
             assert anchor in _anchors(file), f"{page.name}: no heading #{anchor}"
@@ -453,7 +442,7 @@ def test_the_readme_is_a_short_entry_point():
     assert IMAGE.findall(readme) == ["docs/console-approvals.png"]
     assert (ROOT / "docs" / "console-approvals.png").exists()
     linked = {Path(t).name for t in LINK.findall(readme) if t.startswith("docs/")}
-    pages = {p.name for p in DOCS.glob("*.md")} | PENDING_PAGES
+    pages = {p.name for p in DOCS.glob("*.md")}
     assert pages <= linked, pages - linked
 
 

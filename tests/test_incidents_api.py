@@ -12,9 +12,9 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from conftest import APPROVE_TOKEN, bearer, full_settings
+from conftest import APPROVE_TOKEN, basic, bearer, full_settings
 from incident_helpers import TickingClock
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from test_web import AM, am_alert, am_payload
 
 from receiver.app import create_app
@@ -25,13 +25,14 @@ from receiver.settings import Settings, load_settings
 from receiver.store import MemoryStore
 
 API = "/api/v1/incidents"
+JANE_TOKEN = "tok-jane-58d1"
 
 
 @pytest.fixture
 async def client(aiohttp_client, web_rules):
     clock = TickingClock()
     app = create_app(
-        full_settings(),
+        full_settings(approver_tokens={"jane": SecretStr(JANE_TOKEN)}),
         rulebook=load_rulebook([web_rules]),
         store=MemoryStore(),
         clock=clock,
@@ -108,30 +109,21 @@ async def test_report_is_markdown_with_every_template_section(client):
 
 
 async def test_people_comment_acknowledge_mitigate_and_publish(client):
-    """Comments, acknowledgment, mitigation and status updates land on the timeline."""
+    """Comments, acknowledgment, mitigation, updates: all under the token's person."""
     await fire(client, "g1", "fp-1")
     [listed] = await incidents(client, 1)
     base = f"{API}/{listed['id']}"
-    resp = await client.post(
-        f"{base}/timeline",
-        json={"by": "jane", "text": "looking"},
-        headers=bearer(APPROVE_TOKEN),
-    )
+    jane = bearer(JANE_TOKEN)
+    resp = await client.post(f"{base}/timeline", json={"text": "looking"}, headers=jane)
     assert resp.status == 200
-    resp = await client.post(
-        f"{base}/acknowledge", json={"by": "jane"}, headers=bearer(APPROVE_TOKEN)
-    )
+    resp = await client.post(f"{base}/acknowledge", headers=jane)
     assert (await resp.json())["state"] == "acknowledged"
     resp = await client.post(
-        f"{base}/status",
-        json={"by": "jane", "text": "Identified"},
-        headers=bearer(APPROVE_TOKEN),
+        f"{base}/status", json={"text": "Identified"}, headers=jane
     )
     assert resp.status == 200
     resp = await client.post(
-        f"{base}/mitigate",
-        json={"by": "jane", "text": "failed over"},
-        headers=bearer(APPROVE_TOKEN),
+        f"{base}/mitigate", json={"text": "failed over"}, headers=jane
     )
     body = await resp.json()
     assert body["state"] == "mitigated"
@@ -140,6 +132,58 @@ async def test_people_comment_acknowledge_mitigate_and_publish(client):
     assert ("acknowledged", "jane") in kinds
     assert ("status_update", "jane") in kinds
     assert ("mitigated", "jane") in kinds
+
+
+@pytest.mark.parametrize("action", ["timeline", "acknowledge", "mitigate", "status"])
+async def test_a_by_field_is_refused_and_nothing_is_added(client, action):
+    """Nobody can write someone else's name: a "by" field is a 400 naming it."""
+    await fire(client, "g1", "fp-1")
+    [listed] = await incidents(client, 1)
+    base = f"{API}/{listed['id']}"
+    before = await (await client.get(base, headers=bearer())).json()
+    resp = await client.post(
+        f"{base}/{action}",
+        json={"by": "the-ceo", "text": "all fine"},
+        headers=bearer(JANE_TOKEN),
+    )
+    assert resp.status == 400
+    problem = await resp.json()
+    assert '"by" is not accepted' in problem["detail"]
+    assert problem["errors"] == [{"pointer": "/by", "detail": "remove it"}]
+    after = await (await client.get(base, headers=bearer())).json()
+    people = {"comment", "acknowledged", "mitigated", "status_update"}
+    assert not [e for e in after["timeline"] if e["kind"] in people]
+    assert len(after["timeline"]) >= len(before["timeline"])
+    assert after["state"] == "triggered"
+
+
+@pytest.mark.parametrize(
+    ("headers", "actor"),
+    [
+        (bearer(APPROVE_TOKEN), "api"),
+        (bearer(JANE_TOKEN), "jane"),
+    ],
+)
+async def test_the_actor_is_the_credentials_identity(client, headers, actor):
+    """A shared token acts as "api"; a personal token as its person."""
+    await fire(client, "g1", "fp-1")
+    [listed] = await incidents(client, 1)
+    resp = await client.post(f"{API}/{listed['id']}/acknowledge", headers=headers)
+    assert resp.status == 200
+    timeline = (await resp.json())["timeline"]
+    [acked] = [e for e in timeline if e["kind"] == "acknowledged"]
+    assert acked["by"] == actor
+
+
+async def test_without_the_approve_scope_nothing_is_added(client):
+    """A read-only credential (basic auth here) is refused: 403, timeline unchanged."""
+    await fire(client, "g1", "fp-1")
+    [listed] = await incidents(client, 1)
+    base = f"{API}/{listed['id']}"
+    resp = await client.post(f"{base}/timeline", json={"text": "hi"}, headers=basic())
+    assert resp.status == 403
+    after = await (await client.get(base, headers=bearer())).json()
+    assert "comment" not in [e["kind"] for e in after["timeline"]]
 
 
 async def test_list_filters_and_cursor_pages(client):
@@ -199,7 +243,7 @@ async def test_bad_bodies_unknown_ids_and_missing_auth(client):
     assert resp.status == 400
     assert "not JSON" in (await resp.json())["detail"]
     resp = await client.post(
-        f"{base}/timeline", json={"by": "x"}, headers=bearer(APPROVE_TOKEN)
+        f"{base}/timeline", json={"text": " "}, headers=bearer(APPROVE_TOKEN)
     )
     assert resp.status == 400
     assert '"text" is required' in (await resp.json())["detail"]

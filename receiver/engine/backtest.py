@@ -9,16 +9,19 @@ time, so cooldowns, budgets, locks, circuit breakers and approvals play out as
 they would have. ``compare`` reports alerts whose rules, severities, playbooks or
 step decisions changed, and remediations that would run more or less often.
 
-Used by the CLI (``cli._backtest``); ``summarise`` also reads the live
-decision log, so tests can prove the simulation decides what the service did.
+Used by the CLI (``cli._backtest``) and the console (``compare_bounded``: both
+rule sets a payload at a time, yielding to the event loop, until a deadline);
+``summarise`` also reads the live decision log, so tests can prove the
+simulation decides what the service did.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -85,6 +88,53 @@ class FollowingClock:
         return self._at + timedelta(microseconds=next(self._ticks))
 
 
+class Simulation:
+    """One rule set deciding payloads in execute mode, one at a time (``feed``)."""
+
+    def __init__(
+        self,
+        rulebook: Rulebook,
+        start: datetime,
+        defaults: GuardDefaults,
+        *,
+        namespaces: tuple[str, ...] | None = None,
+        alertname_from: str = "title",
+        executors: Mapping[str, Executor] | None = None,
+    ) -> None:
+        self._store = MemoryStore()
+        self._clock = FollowingClock(start)
+        keeper = GuardKeeper(self._store, "backtest", defaults)
+        if executors is None:
+            executors = {family: SimulatedExecutor(family) for family in FAMILIES}
+        runner = Runner(executors, self._clock, mode="execute", guards=keeper)
+        self._processor = Processor(
+            rulebook,
+            runner,
+            self._clock,
+            PlanContext(execute=True, namespaces=namespaces),
+            pagerduty_alertname_from=alertname_from,
+            store=self._store,
+        )
+
+    async def feed(self, entry: JournalEntry) -> list[dict[str, Any]]:
+        """Decide one stored payload at its arrival time; its trace records."""
+        clock = self._clock
+        clock.set(entry.received_at)
+        try:
+            alerts = self._processor.alerts(entry.source, entry.body, clock())
+        except InputError:
+            return []  # the live service refused it at the edge too
+        await self._store.append(
+            entry, await alert_states(self._store, alerts, clock())
+        )
+        traces = await self._processor.decide(alerts, entry.id)
+        return [t.to_json() for t in traces]
+
+    async def close(self) -> None:
+        """Drop the in-memory store."""
+        await self._store.close()
+
+
 async def simulate(
     rulebook: Rulebook,
     entries: Sequence[JournalEntry],
@@ -100,34 +150,76 @@ async def simulate(
     """
     if not entries:
         return []
-    store = MemoryStore()
-    clock = FollowingClock(entries[0].received_at)
-    keeper = GuardKeeper(store, "backtest", defaults)
-    if executors is None:
-        executors = {family: SimulatedExecutor(family) for family in FAMILIES}
-    runner = Runner(executors, clock, mode="execute", guards=keeper)
-    processor = Processor(
+    simulation = Simulation(
         rulebook,
-        runner,
-        clock,
-        PlanContext(execute=True, namespaces=namespaces),
-        pagerduty_alertname_from=alertname_from,
-        store=store,
+        entries[0].received_at,
+        defaults,
+        namespaces=namespaces,
+        alertname_from=alertname_from,
+        executors=executors,
     )
     records: list[dict[str, Any]] = []
     try:
         for entry in entries:
-            clock.set(entry.received_at)
-            try:
-                alerts = processor.alerts(entry.source, entry.body, clock())
-            except InputError:
-                continue  # the live service refused it at the edge too
-            await store.append(entry, await alert_states(store, alerts, clock()))
-            traces = await processor.decide(alerts, entry.id)
-            records += [t.to_json() for t in traces]
+            records += await simulation.feed(entry)
     finally:
-        await store.close()
+        await simulation.close()
     return records
+
+
+@dataclass(frozen=True)
+class Bounded:
+    """A report over the first ``replayed`` of ``entries``; ``stopped`` says why."""
+
+    report: Report
+    replayed: int
+    stopped: bool
+
+
+async def compare_bounded(
+    baseline: Rulebook,
+    new: Rulebook,
+    entries: Sequence[JournalEntry],
+    defaults: GuardDefaults,
+    *,
+    namespaces: tuple[str, ...] | None = None,
+    alertname_from: str = "title",
+    expired: Callable[[], bool] = lambda: False,
+) -> Bounded:
+    """``compare`` both rule sets, a payload at a time, until ``expired()``.
+
+    Both decide each payload before the next, so a stop leaves them on the same
+    prefix; the event loop gets a turn after every payload, so a long replay
+    (the console's) never holds up the requests beside it.
+    """
+    if not entries:
+        return Bounded(compare([], [], payloads=0), 0, stopped=False)
+    sims = [
+        Simulation(
+            rules,
+            entries[0].received_at,
+            defaults,
+            namespaces=namespaces,
+            alertname_from=alertname_from,
+        )
+        for rules in (baseline, new)
+    ]
+    results: list[list[dict[str, Any]]] = [[], []]
+    replayed = 0
+    stopped = False
+    try:
+        for entry in entries:
+            if expired():
+                stopped = True
+                break
+            for sim, records in zip(sims, results, strict=True):
+                records.extend(await sim.feed(entry))
+            replayed += 1
+            await asyncio.sleep(0)
+    finally:
+        for sim in sims:
+            await sim.close()
+    return Bounded(compare(*results, payloads=replayed), replayed, stopped=stopped)
 
 
 def summarise(record: Mapping[str, Any]) -> list[dict[str, Any]]:

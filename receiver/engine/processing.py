@@ -223,6 +223,16 @@ class Processor:
         self._store = store
         self._compiled = CompiledPlaybooks()
 
+    @property
+    def namespaces(self) -> tuple[str, ...] | None:
+        """The namespace allowlist the planner applies (backtests reuse it)."""
+        return self._ctx.namespaces
+
+    @property
+    def alertname_from(self) -> str:
+        """Where a PagerDuty event's alertname comes from (backtests reuse it)."""
+        return self._alertname_from
+
     def alerts(self, source: Source, body: bytes, now: datetime) -> list[Alert]:
         """Parse a stored body of ``source`` into alerts."""
         if source == "alertmanager":

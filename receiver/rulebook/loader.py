@@ -9,7 +9,7 @@ Test files (``*.test.yaml``) are skipped here and read by
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -168,12 +168,16 @@ class _Loader:
         self.errors.append(RuleErrorDetail(file, message, rule, field))
 
     def read(self, path: Path) -> dict[str, Any] | None:
-        file = str(path)
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            self.error(file, f"cannot read: {exc.strerror}")
+            self.error(str(path), f"cannot read: {exc.strerror}")
             return None
+        return self.parse(str(path), text)
+
+    def parse(self, file: str, text: str) -> dict[str, Any] | None:
+        try:
+            raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             self.error(file, f"invalid YAML: {exc}")
             return None
@@ -191,8 +195,8 @@ class _Loader:
             )
         return raw
 
-    def load_file(self, path: Path) -> None:
-        raw = self.read(path)
+    def load_file(self, path: Path, text: str | None = None) -> None:
+        raw = self.read(path) if text is None else self.parse(str(path), text)
         if raw is None:
             return
         file = str(path)
@@ -384,20 +388,29 @@ class _Loader:
         self.error(item.file, why, item.name, f"{where}.{field}")
 
 
-def load_rulebook(paths: Iterable[Path | str]) -> Rulebook:
+def load_rulebook(
+    paths: Iterable[Path | str], texts: Mapping[str, str] | None = None
+) -> Rulebook:
     """Load and validate every rule file under ``paths``.
+
+    ``texts`` gives files by name and content instead of from disk (the
+    console's candidate rules): a name that is also under ``paths`` replaces
+    that file, and the rest are added. Errors name them as given.
 
     Raises:
         RuleError: listing every problem found, each with file, rule and field.
     """
     paths = list(paths)
-    files = rule_files(paths)
+    texts = dict(texts or {})
+    files = [f for f in rule_files(paths) if str(f) not in texts] + [
+        Path(name) for name in texts
+    ]
     if not files:
         where = ", ".join(map(str, paths)) or "<none>"
         raise RuleError([RuleErrorDetail(where, "no rule files (*.yaml, *.yml) found")])
     loader = _Loader()
     for path in files:
-        loader.load_file(path)
+        loader.load_file(path, texts.get(str(path)))
     loader.check_references()
     loader.bind_playbooks()
     if loader.errors:

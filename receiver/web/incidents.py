@@ -5,8 +5,10 @@ and ``cursor`` for pages), ``GET /api/v1/incidents/{id}``,
 ``GET /api/v1/incidents/{id}/report`` (``text/markdown``), and ``POST`` on
 ``.../timeline`` (a comment), ``.../acknowledge``, ``.../mitigate`` and
 ``.../status`` (a published status update: restarts the update cadence). Every
-call needs the API credentials. Registered by ``register``, called from
-``create_app``.
+call needs the API credentials; what people add is recorded under the identity
+the credential proves (a personal approver token names its person), never a
+name the body gives: a ``"by"`` field is refused. Registered by ``register``,
+called from ``create_app``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from receiver.incidents.model import State
 from receiver.incidents.service import ConflictError, IncidentService, NotFoundError
 from receiver.model import Severity
 from receiver.store.incidents_base import IncidentQuery
+from receiver.web.approvals import identify
 from receiver.web.auth import Authenticator
 from receiver.web.problems import problem
 
@@ -30,10 +33,12 @@ MAX_BODY = 16 * 1024
 
 
 class Note(BaseModel):
-    """A body for the POST endpoints: who, and what (optional for acknowledge)."""
+    """A body for the POST endpoints: what (optional for acknowledge).
+
+    Who is the credential's identity, never a field.
+    """
 
     model_config = ConfigDict(extra="forbid")
-    by: str = Field(default="api", min_length=1, max_length=100)
     text: str = Field(default="", max_length=4000)
 
 
@@ -55,19 +60,22 @@ class IncidentHandlers:
             raise InputError(f"body over {MAX_BODY} bytes")
         try:
             data: Any = json.loads(raw or b"{}")
-            note = Note.model_validate(data)
         except ValueError as exc:
-            detail = (
-                "; ".join(
-                    f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
-                    for e in exc.errors(include_url=False)
-                )
-                if isinstance(exc, ValidationError)
-                else f"not JSON: {exc}"
-            )
+            raise InputError(f'send {{"text": "<what>"}}: not JSON: {exc}') from exc
+        if isinstance(data, dict) and "by" in data:
             raise InputError(
-                f'send {{"by": "<who>", "text": "<what>"}}: {detail}'
-            ) from exc
+                '"by" is not accepted: the actor is who the credential says (a '
+                "personal token from RECEIVER_APPROVER_TOKENS names its person)",
+                errors=[{"pointer": "/by", "detail": "remove it"}],
+            )
+        try:
+            note = Note.model_validate(data)
+        except ValidationError as exc:
+            detail = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                for e in exc.errors(include_url=False)
+            )
+            raise InputError(f'send {{"text": "<what>"}}: {detail}') from exc
         if text_required and not note.text.strip():
             raise InputError('"text" is required: say what to add to the timeline')
         return note
@@ -159,25 +167,23 @@ class IncidentHandlers:
         return web.Response(text=text, content_type="text/markdown", charset="utf-8")
 
     async def _act(self, request: web.Request, action: str) -> web.Response:
-        self._auth.require(request.headers.get("Authorization"), "approve")
+        header = request.headers.get("Authorization")
+        self._auth.require(header, "approve")
         incident_id = request.match_info["id"]
         note = await self._note(request, text_required=action in ("comment", "status"))
+        by = identify(self._auth, header).name
         service = self._service
         try:
             if action == "acknowledge":
-                incident = await service.acknowledge(incident_id, by=note.by)
+                incident = await service.acknowledge(incident_id, by=by)
             elif action == "mitigate":
-                incident = await service.mitigate(
-                    incident_id, by=note.by, text=note.text
-                )
+                incident = await service.mitigate(incident_id, by=by, text=note.text)
             elif action == "status":
                 incident = await service.status_update(
-                    incident_id, by=note.by, text=note.text
+                    incident_id, by=by, text=note.text
                 )
             else:
-                incident = await service.comment(
-                    incident_id, by=note.by, text=note.text
-                )
+                incident = await service.comment(incident_id, by=by, text=note.text)
         except NotFoundError:
             return self._missing(incident_id)
         except ConflictError as exc:
@@ -299,7 +305,9 @@ def incident_paths() -> dict[str, Any]:
                 "responses": {"200": ok, **errors},
             }
         },
-        "/api/v1/incidents/{id}/timeline": post('Add a comment: {"by", "text"}'),
+        "/api/v1/incidents/{id}/timeline": post(
+            'Add a comment: {"text"}, as the credential\'s identity'
+        ),
         "/api/v1/incidents/{id}/acknowledge": post("Acknowledge (stops the clock)"),
         "/api/v1/incidents/{id}/mitigate": post("Mark mitigated"),
         "/api/v1/incidents/{id}/status": post(
