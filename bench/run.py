@@ -240,6 +240,14 @@ async def load(
 STORES = ("sqlite", "redis")
 
 
+def stores_run() -> list[str]:
+    """The stores measured: ``--stores`` (default both), Redis only if installed."""
+    return [s for s in SELECTED_STORES if s != "redis" or redis_binary()]
+
+
+SELECTED_STORES: list[str] = list(STORES)
+
+
 @contextlib.contextmanager
 def receiver(
     store: str, tmp: Path, *, rules: Path = RUNBOOK_RULES, env: dict | None = None
@@ -362,7 +370,7 @@ async def ingest(report: Report, sizes: Sizes, tmp: Path) -> None:
     bodies = {"1 alert": tmp / "one-alert.json", "20 alerts": tmp / "group.json"}
     bodies["1 alert"].write_bytes(one_alert_body())
     bodies["20 alerts"].write_bytes(group_body(20))
-    stores = [s for s in STORES if s != "redis" or redis_binary()]
+    stores = stores_run()
     if "redis" not in stores:
         report.notes.append("redis-server not installed: Redis rows skipped.")
     targets = [*BASELINES, *stores]
@@ -459,7 +467,7 @@ async def sustained(report: Report, sizes: Sizes, tmp: Path) -> None:
     bound = sizes.sustain_bound
     env = {"RECEIVER_JOURNAL_MAX_DEPTH": str(bound)}
     rows = []
-    for store in (s for s in STORES if s != "redis" or redis_binary()):
+    for store in stores_run():
         results = []
         for run in range(sizes.runs):
             log(f"sustained {store} run {run + 1}/{sizes.runs}")
@@ -658,7 +666,7 @@ async def e2e(report: Report, sizes: Sizes, tmp: Path) -> None:
         rules = tmp / "e2e-rules.yaml"
         rules.write_text(E2E_RULES.format(port=probe.port))
         rows = []
-        for store in (s for s in STORES if s != "redis" or redis_binary()):
+        for store in stores_run():
             capacity = []
             for run in range(sizes.runs):
                 log(f"e2e {store} capacity run {run + 1}/{sizes.runs}")
@@ -922,7 +930,7 @@ async def storm(report: Report, sizes: Sizes, tmp: Path) -> None:
     rows = []
     n = sizes.storm_alerts
     burst_n = sizes.burst_payloads * sizes.burst_per
-    for store in (s for s in STORES if s != "redis" or redis_binary()):
+    for store in stores_run():
         one, many = [], []
         for run in range(sizes.runs):
             log(f"storm {store} {n} alerts run {run + 1}/{sizes.runs}")
@@ -1286,6 +1294,8 @@ async def main_async(args: argparse.Namespace) -> int:
     report = Report(sizes, loadgen)
     started = time.monotonic()
     parts = args.parts.split(",") if args.parts else list(PARTS)
+    if args.stores:
+        SELECTED_STORES[:] = [s for s in STORES if s in args.stores.split(",")]
     with tempfile.TemporaryDirectory(prefix="receiver-bench-") as raw:
         tmp = Path(raw)
         if "rules" in parts:
@@ -1322,6 +1332,9 @@ def main() -> int:
         "--e2e-rate", type=float, help="steady end-to-end rate (default: half of max)"
     )
     parser.add_argument("--parts", help=f"comma-separated subset of {','.join(PARTS)}")
+    parser.add_argument(
+        "--stores", help=f"comma-separated subset of {','.join(STORES)}"
+    )
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     return asyncio.run(main_async(parser.parse_args()))
 

@@ -48,6 +48,7 @@ from receiver.sources.caps import AlertCaps
 from receiver.steps.changes import ChangesExecutor
 from receiver.store.base import Store
 from receiver.store.diagnostics import cache_beside
+from receiver.store.outbox import outbox_beside
 from receiver.web.admin import Admin
 from receiver.web.approvals import ApprovalAPI, ApprovalDesk, OnCall
 from receiver.web.auth import AUTHENTICATOR, Authenticator
@@ -384,6 +385,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         dispatcher = SinkDispatcher(
             sinks,
             store=store,
+            outbox=outbox_beside(store, settings.store),
             choose=lambda trace: playbook_sinks(
                 trace, processor.rulebook.playbooks, settings.sinks
             ),
@@ -393,6 +395,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
                 sink, outcome
             ).inc(),
             on_outcomes=incident_service.sink_outcomes,
+            on_counts=metrics.sink_outbox,
         )
         app[SINKS] = dispatcher
     metrics.known(step_types=step_types(rulebook), sinks=sinks)
@@ -403,10 +406,8 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         metrics=metrics,
         consumer=consumer,
         clock=clock,
-        on_complete=fan_out(
-            dispatcher.submit if dispatcher is not None else None,
-            incident_service.put,
-        ),
+        on_complete=fan_out(incident_service.put),
+        outbox=dispatcher.put if dispatcher is not None else None,
         lease=settings.journal_lease,
         max_attempts=settings.journal_max_attempts,
         bell=worker_bell,
@@ -422,6 +423,8 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         if worker_bell is not None:
             worker_bell.start(lambda: metrics.render(only=WORKER_FAMILIES))
         await worker.start()
+        if dispatcher is not None:
+            dispatcher.start()  # also what an earlier run left in the outbox
         reloader.listen()
         sweeper = asyncio.create_task(
             expire_approvals(store, clock, settings.approval_sweep),

@@ -187,6 +187,17 @@ class Metrics:
             ["sink", "outcome"],
             registry=r,
         )
+        self.sink_outbox_pending = Gauge(
+            "receiver_sink_outbox_pending",
+            "Sink deliveries waiting in the outbox or in flight.",
+            registry=r,
+        )
+        self.sink_outbox_parked = Gauge(
+            "receiver_sink_outbox_parked",
+            "Sink deliveries parked after too many failed attempts (kept in the "
+            "outbox, not retried).",
+            registry=r,
+        )
         self.build_info = Gauge(
             "receiver_build_info",
             "Always 1; the labels say which build runs.",
@@ -232,6 +243,11 @@ class Metrics:
             for outcome in SINK_OUTCOMES:
                 self.sink_deliveries.labels(sink, outcome)
 
+    def sink_outbox(self, pending: int, parked: int) -> None:
+        """The sink outbox's rows now: waiting or in flight, and parked."""
+        self.sink_outbox_pending.set(pending)
+        self.sink_outbox_parked.set(parked)
+
     def render(
         self,
         *,
@@ -254,6 +270,8 @@ WORKER_FAMILIES = frozenset(
         "receiver_events_recorded",
         # Sinks are fed by the worker's completed payloads.
         "receiver_sink_deliveries",
+        "receiver_sink_outbox_pending",
+        "receiver_sink_outbox_parked",
     }
 )
 

@@ -47,6 +47,7 @@ from receiver.sinks.render import (
 )
 from receiver.store import MemoryStore
 from receiver.store.base import DecisionQuery
+from receiver.store.outbox import RedisOutbox, SqliteOutbox
 
 NOW = datetime(2026, 11, 26, 10, 12, tzinfo=UTC)
 STARTED = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -622,10 +623,11 @@ async def test_webhook_failure_names_the_host_only(pd, make_sinks):
 # ------------------------------------------------------------------ dispatcher
 
 
-def dispatcher(sinks, store, default=("pagerduty_note",), playbooks=None):
+def dispatcher(sinks, store, default=("pagerduty_note",), playbooks=None, outbox=None):
     return SinkDispatcher(
         sinks,
         store=store,
+        outbox=outbox or SqliteOutbox(":memory:"),
         choose=lambda t: playbook_sinks(t, playbooks or {}, default),
         clock=Ticking(NOW),
     )
@@ -636,8 +638,8 @@ async def test_at_most_one_note_per_decision_and_occurrence(pd, make_sinks):
     store = MemoryStore()
     d = dispatcher(make_sinks(settings(pd)), store)
     first = trace(alert("pagerduty", incident_id="Q1"), payload_id="p1")
-    d.submit([first])
-    d.submit([first])  # the same decision again (a redelivered payload)
+    await d.put([first])
+    await d.put([first])  # the same decision again (a redelivered payload)
     await d.drain()
     # A resend: same occurrence, the remediation now skipped as already done.
     resend = trace(
@@ -645,7 +647,7 @@ async def test_at_most_one_note_per_decision_and_occurrence(pd, make_sinks):
         payload_id="p2",
         remediation=Decision.SKIPPED,
     )
-    d.submit([resend])
+    await d.put([resend])
     await d.drain()
     assert len(pd.seen("POST", "/incidents/Q1/notes")) == 1
     failed = trace(
@@ -653,14 +655,15 @@ async def test_at_most_one_note_per_decision_and_occurrence(pd, make_sinks):
         payload_id="p3",
         remediation=Decision.FAILED,
     )
-    d.submit([failed])
+    await d.put([failed])
     await d.drain()
     resolved = trace(
         alert("pagerduty", status="resolved", incident_id="Q1"), payload_id="p4"
     )
-    d.submit([resolved])
+    await d.put([resolved])
     await d.drain()
     assert len(pd.seen("POST", "/incidents/Q1/notes")) == 3
+    await d.aclose()
     await store.close()
 
 
@@ -673,8 +676,9 @@ async def test_dry_run_posts_to_no_sink_and_records_what_it_withheld(pd, make_si
         default=("pagerduty_note", "slack", "webhook"),
     )
     dry = trace(alert("pagerduty", incident_id="Q1"), payload_id="d1", mode="dry-run")
-    d.submit([dry])
-    d.submit(
+    await d.put([dry])
+    await d.drain()
+    await d.put(
         [trace(alert("pagerduty", incident_id="Q1"), payload_id="d2", mode="dry-run")]
     )
     await d.drain()
@@ -687,12 +691,13 @@ async def test_dry_run_posts_to_no_sink_and_records_what_it_withheld(pd, make_si
     # The resend's webhook ("decision" dedupe) is recorded too; nothing is posted.
     assert pd.requests == []
     live = trace(alert("pagerduty", incident_id="Q1"), payload_id="d3", mode="diagnose")
-    d.submit([live])
+    await d.put([live])
     await d.drain()
     assert len(pd.seen("POST", "/incidents/Q1/notes")) == 1
     assert len(pd.seen("POST", "/services/T0/B0/slacksecret")) == 1
     (posted,) = await store.decisions(DecisionQuery(payload_id="d3.sinks"))
     assert {o["status"] for o in posted["sinks"]} == {"sent"}
+    await d.aclose()
     await store.close()
 
 
@@ -710,12 +715,13 @@ async def test_our_own_annotated_echo_and_unmatched_alerts_go_nowhere(pd, make_s
         refs=freeze({"incident_id": "Q1"}),
         actionable=False,
     )
-    d.submit([AlertTrace(alert=echo, matches=(), decided_at=NOW, payload_id="e")])
-    d.submit([AlertTrace(alert=alert(), matches=(), decided_at=NOW, payload_id="u")])
+    await d.put([AlertTrace(alert=echo, matches=(), decided_at=NOW, payload_id="e")])
+    await d.put([AlertTrace(alert=alert(), matches=(), decided_at=NOW, payload_id="u")])
     await d.drain()
-    assert d.pending == 0
+    assert await d.counts() == (0, 0)
     assert pd.requests == []
     assert await store.decisions(DecisionQuery()) == []
+    await d.aclose()
     await store.close()
 
 
@@ -732,7 +738,7 @@ async def test_playbook_sinks_override_the_default_and_unknown_ones_are_recorded
         """
     )
     d = dispatcher(make_sinks(settings(pd)), store, playbooks=book.playbooks)
-    d.submit([trace(payload_id="p9")])
+    await d.put([trace(payload_id="p9")])
     await d.drain()
     assert len(pd.seen("POST", "/services/T0/B0/slacksecret")) == 1
     assert pd.seen("POST", r"/incidents/.*") == []
@@ -746,6 +752,7 @@ async def test_playbook_sinks_override_the_default_and_unknown_ones_are_recorded
     assert "not configured" in record["sinks"][1]["detail"]
     # The payload's own decisions are not mixed with sink records.
     assert await store.decisions(DecisionQuery(payload_id="p9")) == []
+    await d.aclose()
     await store.close()
 
 
@@ -764,13 +771,14 @@ async def test_failures_are_recorded_never_raised(pd, make_sinks):
     pd.script("POST", "/incidents/Q1/notes", Reply(500, "boom"))
     store = MemoryStore()
     d = dispatcher(make_sinks(settings(pd, sink_attempts=2)), store)
-    d.submit([trace(alert("pagerduty", incident_id="Q1"), payload_id="pf")])
+    await d.put([trace(alert("pagerduty", incident_id="Q1"), payload_id="pf")])
     await d.drain()
     (record,) = await store.decisions(DecisionQuery(payload_id="pf.sinks"))
     (outcome,) = record["sinks"]
     assert outcome["status"] == "failed"
     assert outcome["attempts"] == 2
     assert "gave up after 2 tries: HTTP 500" in outcome["detail"]
+    await d.aclose()
     await store.close()
 
 
@@ -780,17 +788,23 @@ async def test_outcome_records_work_on_the_redis_store_too(pd, make_sinks, tmp_p
 
     with run_redis(tmp_path) as url:
         store = RedisStore(url)
-        d = dispatcher(make_sinks(settings(pd)), store, default=("slack",))
-        d.submit([trace(payload_id="pr")])
+        d = dispatcher(
+            make_sinks(settings(pd)),
+            store,
+            default=("slack",),
+            outbox=RedisOutbox(url),
+        )
+        await d.put([trace(payload_id="pr")])
         await d.drain()
         (record,) = await store.decisions(DecisionQuery(payload_id="pr.sinks"))
         assert record["sinks"][0]["status"] == "sent"
         assert await store.decisions(DecisionQuery(payload_id="pr")) == []
         # A later record for the same payload is appended, not swallowed.
-        d.submit([trace(payload_id="pr", remediation=Decision.FAILED)])
+        await d.put([trace(payload_id="pr", remediation=Decision.FAILED)])
         await d.drain()
         assert len(await store.decisions(DecisionQuery(payload_id="pr.sinks"))) == 2
-        await store.close()
+        await d.aclose()
+    await store.close()
 
 
 class SlowSink:
@@ -818,27 +832,47 @@ class SlowSink:
         self.closed = True
 
 
-async def test_dispatch_is_bounded_and_shutdown_waits_then_cancels():
-    """Concurrency and queue are bounded; aclose gives a grace period, then cancels."""
+async def test_dispatch_is_bounded_and_shutdown_hands_deliveries_back(tmp_path):
+    """At most ``concurrency`` deliver at once; nothing is dropped.
+
+    aclose cancels the late ones, which stay in the outbox and are delivered
+    by the next start.
+    """
+    path = str(tmp_path / "r.db")
     store = MemoryStore()
     slow = SlowSink()
     d = SinkDispatcher(
         {"slow": slow},
         store=store,
+        outbox=SqliteOutbox(path),
         choose=lambda t: ["slow"],
         clock=Ticking(NOW),
         concurrency=2,
-        max_pending=3,
     )
-    d.submit([trace(payload_id=f"s{i}") for i in range(5)])
-    assert d.pending == 3  # two dropped, logged
-    await asyncio.sleep(0.05)
+    await d.put([trace(payload_id=f"s{i}") for i in range(5)])
+    while slow.started < 2:
+        await asyncio.sleep(0)  # let the two loops claim (no timing involved)
+    for _ in range(20):
+        await asyncio.sleep(0)
     assert slow.started == 2  # at most two deliver at once
     await d.aclose(grace=0.05)
     assert slow.cancelled == 2
     assert slow.closed
-    d.submit([trace(payload_id="late")])
-    assert d.pending == 0
+    again = SlowSink()
+    again.release.set()
+    d2 = SinkDispatcher(
+        {"slow": again},
+        store=store,
+        outbox=SqliteOutbox(path),
+        choose=lambda t: ["slow"],
+        clock=Ticking(NOW),
+        concurrency=2,
+    )
+    await d2.drain()
+    assert again.started == 5
+    ids = {r["decision_payload_id"] for r in await store.decisions(DecisionQuery())}
+    assert ids == {f"s{i}" for i in range(5)}
+    await d2.aclose()
     await store.close()
 
 
@@ -991,15 +1025,17 @@ async def test_a_sink_bug_is_contained_and_scrubbed(capsys):
     d = SinkDispatcher(
         {"broken": BrokenSink()},
         store=store,
+        outbox=SqliteOutbox(":memory:"),
         choose=lambda t: ["broken"],
         clock=Ticking(NOW),
         scrub=lambda text: text.replace("s3cr3t", "***"),
+        max_attempts=1,
     )
-    d.submit([trace(payload_id="pb")])
+    await d.put([trace(payload_id="pb")])
     await d.drain()
-    assert d.pending == 0
+    assert await d.counts() == (0, 1)  # parked: kept, counted, not retried
     out = capsys.readouterr()
-    assert "sink_dispatch_failed" in out.out + out.err
+    assert "sink_delivery_parked" in out.out + out.err
     assert "RuntimeError: bug near https://hooks.example/services/T/B/***" in (
         out.out + out.err
     )
@@ -1016,11 +1052,12 @@ async def test_outcomes_are_reported_per_sink(pd, make_sinks):
     d = SinkDispatcher(
         make_sinks(settings(pd, sink_attempts=1)),
         store=store,
+        outbox=SqliteOutbox(":memory:"),
         choose=lambda _t: ["webhook", "pagerduty_note", "missing"],
         clock=Ticking(NOW),
         on_outcome=lambda sink, status: seen.append((sink, status)),
     )
-    d.submit([trace(alert("pagerduty", incident_id="Q1"), payload_id="p1")])
+    await d.put([trace(alert("pagerduty", incident_id="Q1"), payload_id="p1")])
     await d.drain()
     assert sorted(seen) == [
         ("missing", "skipped"),

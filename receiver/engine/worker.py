@@ -78,6 +78,7 @@ class Worker:
         clock: Callable[[], datetime] | None = None,
         prune_every: timedelta = timedelta(minutes=5),
         on_complete: Callable[[list[AlertTrace]], Awaitable[None] | None] | None = None,
+        outbox: Callable[[list[AlertTrace]], Awaitable[None]] | None = None,
         lease: timedelta = timedelta(minutes=5),
         max_attempts: int = 5,
         bell: WorkerBell | None = None,
@@ -89,6 +90,11 @@ class Worker:
         # the incidents); it never raises, and may return an awaitable that
         # waits for room downstream (backpressure), which the worker awaits.
         self._on_complete = on_complete
+        # Awaited with a payload's traces *before* they are recorded (the sink
+        # outbox): a crash in between decides the entry again, and the outbox
+        # ignores the repeat, so nothing is lost between the two. It may wait
+        # for room and raises StoreUnavailableError like the store.
+        self._outbox = outbox
         self._store = store
         self._processor = processor
         self._concurrency = concurrency
@@ -268,6 +274,8 @@ class Worker:
                         # longer parses is recorded as such, not retried forever.
                         log.warning("payload_unprocessable", error=str(exc))
                         traces = []
+                    if self._outbox is not None:
+                        await self._outbox(traces)
                     await self._store.complete(entry.id, TraceRecords(traces))
                     if self._on_complete is not None:
                         handed = self._on_complete(traces)

@@ -1,22 +1,41 @@
-"""Hand finished decisions to the sinks in the background, and record the outcomes.
+"""Hand finished decisions to the sinks through a durable outbox, and record outcomes.
 
-``create_app`` gives the worker ``SinkDispatcher.submit``, which it calls right after
-a payload's decisions are recorded (``store.complete``). ``submit`` never blocks and
-never raises: each trace becomes a task in a bounded set, at most ``concurrency``
-deliver at once, and what does not fit is dropped with a log line. ``aclose``
-(application shutdown) waits a grace period for deliveries in flight.
+``create_app`` gives the worker ``SinkDispatcher.put``, which it awaits right
+before a payload's decisions are recorded (``store.complete``). ``put`` writes
+one outbox row per trace (``receiver.sinks.outbox``) and returns; when the
+outbox already holds ``max_pending`` deliveries it waits for room instead
+(backpressure: the backlog stays in the journal, nothing is dropped). Written
+before the journal entry is completed, a crash between the two re-decides the
+entry and writes the same row again, which the outbox ignores: no delivery is
+lost between the decision and the outbox.
+
+``start`` runs ``concurrency`` delivery loops. Each claims a due row (for a
+lease: a worker killed mid-delivery leaves it to be claimed again when the
+lease lapses), delivers it to each sink not yet done, records each sink's
+outcome on the row as it finishes, writes the outcomes to the decision log and
+deletes the row. A row that cannot be finished (storage down, an unexpected
+error, a crash) is retried with the shared backoff (``receiver.retrying``) and
+parked after ``max_attempts`` claims: kept in the outbox, counted in
+``receiver_sink_outbox_parked``, logged at error. ``aclose`` (shutdown) gives
+deliveries in flight a grace period, then hands them back to the outbox for
+the next start.
 
 Which sinks: the playbook's ``sinks`` if it names them, else settings ``sinks``.
 Only actionable, matched alerts are sent (acknowledgements and notes, our own
 included, are not: that is what keeps our own ``incident.annotated`` echo from
 looping).
 
-Duplicates: before sending, the dispatcher marks keys with ``store.seen``.
-"occurrence" sinks (PagerDuty, Slack) post when an alert occurrence (fingerprint,
-start, status) is first decided and again only when a remediation reaches a new
-outcome (executed, failed, awaiting approval): resends, redeliveries and replays
-that change nothing post nothing. "decision" sinks (webhook) post once per
-decision record. A key is marked before sending: at most once, never twice.
+Duplicates: before sending, the dispatcher marks keys in the outbox, owned by
+the row. "occurrence" sinks (PagerDuty, Slack) post when an alert occurrence
+(fingerprint, start, status) is first decided and again only when a
+remediation reaches a new outcome (executed, failed, awaiting approval):
+resends, redeliveries and replays that change nothing post nothing. "decision"
+sinks (webhook) post once per decision record. A key another row owns is a
+duplicate; a key this row owns (it crashed after marking) is still its own, so
+a crash never turns a delivery into a "duplicate". A crash after a sink
+answered but before the row noted it sends that sink's message again on the
+next claim: PagerDuty events carry a deterministic ``dedup_key`` (PagerDuty
+drops the repeat); a note, a Slack message or a webhook call can repeat once.
 
 Dry-run (a trace decided in ``dry-run`` mode): nothing is contacted. Each sink
 the trace would have gone to gets a ``skipped`` outcome saying so, recorded like
@@ -32,6 +51,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -41,14 +62,19 @@ import structlog
 
 from receiver.errors import ReceiverError
 from receiver.model import AlertTrace, Decision, StepKind, iso
+from receiver.retrying import RetryPolicy, backoff
 from receiver.rulebook.schema import Playbook
 from receiver.sinks.delivery import Dedupe, SinkError, SinkOutcome
+from receiver.sinks.outbox import Outbox, OutboxRow, decode_trace, encode_trace
 from receiver.sinks.render import is_own_note
 
 log = structlog.get_logger("receiver.sinks")
 
 SINKS_SUFFIX = ".sinks"
 _ACTING = (Decision.EXECUTED, Decision.FAILED, Decision.AWAITING_APPROVAL)
+# Between outbox attempts of a row that could not be finished (the sinks
+# themselves retry each HTTP call with ``Deliverer``'s policy).
+OUTBOX_RETRY = RetryPolicy(multiplier=1.0, cap=60.0)
 
 
 class Sink(Protocol):
@@ -67,11 +93,7 @@ class Sink(Protocol):
 
 
 class SinkStore(Protocol):
-    """The two store operations the dispatcher needs (``receiver.store.Store``)."""
-
-    async def seen(self, key: str, ttl: timedelta, now: datetime) -> bool:
-        """Mark ``key`` until ``now + ttl``; True if it still was marked."""
-        ...
+    """The store operation the dispatcher needs (``receiver.store.Store``)."""
 
     async def record(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Append decision records that belong to no journal entry."""
@@ -116,6 +138,11 @@ def dedupe_keys(sink: Sink, trace: AlertTrace) -> list[str]:
     return keys
 
 
+def row_id(trace: AlertTrace, index: int) -> str:
+    """The outbox row of a payload's ``index``-th trace: the same on a re-decision."""
+    return f"{trace.payload_id}:{index}:{trace.alert.fingerprint}"
+
+
 def wanted(trace: AlertTrace) -> str:
     """Why a trace goes to no sink, or ``""`` if it should be sent."""
     note = trace.alert.annotations.get("note", "")
@@ -129,94 +156,229 @@ def wanted(trace: AlertTrace) -> str:
 
 
 class SinkDispatcher:
-    """Bounded background delivery of decision traces to sinks."""
+    """Durable, bounded delivery of decision traces to sinks through the outbox."""
 
     def __init__(
         self,
         sinks: Mapping[str, Sink],
         *,
         store: SinkStore,
+        outbox: Outbox,
         choose: Callable[[AlertTrace], Sequence[str]],
         clock: Callable[[], datetime],
         concurrency: int = 4,
         max_pending: int = 1000,
+        max_attempts: int = 5,
+        lease: timedelta = timedelta(minutes=5),
+        retry: RetryPolicy = OUTBOX_RETRY,
+        poll: float = 1.0,
         dedupe_ttl: timedelta = timedelta(days=7),
         scrub: Callable[[str], str] = lambda text: text,
         on_outcome: Callable[[str, str], None] | None = None,
         on_outcomes: Callable[[AlertTrace, list[str]], None] | None = None,
+        on_counts: Callable[[int, int], None] | None = None,
     ) -> None:
         # Told (sink, status) of every delivery attempt's outcome (the metrics).
         self._on_outcome = on_outcome
         # Told each trace's outcome lines (the incident timeline); must not raise.
         self._on_outcomes = on_outcomes
+        # Told (pending, parked) rows after each change (the metrics).
+        self._on_counts = on_counts
         self._sinks = dict(sinks)
         self._store = store
+        self._outbox = outbox
         self._choose = choose
         self._clock = clock
-        self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
         self._max_pending = max_pending
+        self.max_attempts = max_attempts
+        self._lease = lease
+        self._retry = retry
+        self._poll = poll
         self._ttl = dedupe_ttl
         self._scrub = scrub
-        self._pending: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
         self._closed = False
+        # Set when rows are added (wakes idle loops).
+        self._work = asyncio.Event()
+        # Replaced by a fresh one, after being set, whenever a row finishes,
+        # parks or is handed back (wakes ``drain`` and a waiting ``put``).
+        self._changed = asyncio.Event()
 
-    def submit(self, traces: Sequence[AlertTrace]) -> None:
-        """Queue the traces of one payload for delivery; never blocks or raises."""
-        for trace in traces:
+    async def put(self, traces: Sequence[AlertTrace]) -> None:
+        """Write the traces of one payload to the outbox; waits while it is full.
+
+        Raises ``ReceiverError`` (``StoreUnavailableError``) if the outbox cannot
+        be written: the worker then retries before completing the entry.
+        """
+        rows: list[tuple[str, str, str, Sequence[str]]] = []
+        for index, trace in enumerate(traces):
             why = wanted(trace)
             if why:
                 log.debug(
                     "sinks_not_needed", fingerprint=trace.alert.fingerprint, why=why
                 )
                 continue
-            if self._closed or len(self._pending) >= self._max_pending:
-                log.warning(
-                    "sink_dropped",
-                    fingerprint=trace.alert.fingerprint,
-                    payload_id=trace.payload_id,
-                    pending=len(self._pending),
-                    why="shutting down" if self._closed else "too many pending",
+            names = list(self._choose(trace))
+            if names:
+                rows.append(
+                    (row_id(trace, index), uuid.uuid4().hex, encode_trace(trace), names)
                 )
-                continue
-            task = asyncio.get_running_loop().create_task(
-                self._deliver(trace), name=f"sinks-{trace.payload_id}"
-            )
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+        if not rows:
+            return
+        self.start()
+        while True:
+            changed = self._changed
+            pending, _parked = await self._outbox.counts()
+            if pending < self._max_pending:
+                break
+            log.info("sink_outbox_full", pending=pending, limit=self._max_pending)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), self._poll)
+        await self._outbox.put(rows, self._clock())
+        self._work.set()
 
-    @property
-    def pending(self) -> int:
-        """Deliveries queued or in flight."""
-        return len(self._pending)
+    def start(self) -> None:
+        """Start the delivery loops (also rows left by an earlier run)."""
+        if self._loops or self._closed:
+            return
+        self._loops = [
+            asyncio.get_running_loop().create_task(
+                self._loop(), name=f"sink-outbox-{i}"
+            )
+            for i in range(self._concurrency)
+        ]
 
     async def drain(self) -> None:
-        """Wait until every queued delivery has finished (tests, shutdown)."""
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        """Wait until the outbox holds nothing but parked rows (tests, tools)."""
+        self.start()
+        while True:
+            changed = self._changed
+            pending, _parked = await self._outbox.counts()
+            if not pending:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), self._poll)
 
-    async def _deliver(self, trace: AlertTrace) -> None:
-        async with self._slots:
+    async def counts(self) -> tuple[int, int]:
+        """Deliveries waiting or in flight, and parked ones (outbox rows)."""
+        return await self._outbox.counts()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def _loop(self) -> None:
+        backoff = 0.5
+        while not self._closed:
+            self._work.clear()
             try:
-                outcomes = await asyncio.gather(
-                    *(self._one(name, trace) for name in self._choose(trace))
-                )
-                await self._record(trace, [o for o in outcomes if o is not None])
-            except Exception as exc:  # noqa: BLE001 (a background task must not die silently)
-                # No traceback: its text could carry a URL with a token in it.
-                log.error(  # noqa: TRY400
-                    "sink_dispatch_failed",
-                    error=self._scrub(f"{exc.__class__.__name__}: {exc}"),
-                    fingerprint=trace.alert.fingerprint,
-                    payload_id=trace.payload_id,
-                )
+                row = await self._outbox.claim(self._clock(), self._lease)
+            except ReceiverError as exc:
+                log.warning("sink_outbox_unavailable", error=str(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = 0.5
+            if row is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._work.wait(), self._poll)
+                continue
+            try:
+                await self._attempt_row(row)
+            except Exception:  # the supervisor: a delivery loop never dies
+                log.exception("sink_outbox_loop_failed", row=row.id)
+                await asyncio.sleep(backoff)
+            self._notify()
+            await self._observe()
 
-    async def _one(self, name: str, trace: AlertTrace) -> SinkOutcome | None:
-        outcome = await self._attempt(name, trace)
+    async def _attempt_row(self, row: OutboxRow) -> None:
+        if row.attempts > self.max_attempts:
+            await self._park(
+                row,
+                f"claimed {row.attempts - 1} times without finishing (the receiver "
+                "crashed, was stopped or hung while delivering it)",
+            )
+            return
+        try:
+            await self._deliver(row)
+        except asyncio.CancelledError:
+            # Shutdown: hand it back, due at once, for the next start.
+            with contextlib.suppress(ReceiverError):
+                await self._outbox.release(row.id, self._clock())
+            raise
+        except Exception as exc:  # noqa: BLE001 (retried, then parked)
+            error = self._scrub(f"{exc.__class__.__name__}: {exc}")
+            if row.attempts >= self.max_attempts:
+                await self._park(
+                    row, f"failed {row.attempts} times; last error: {error}"
+                )
+                return
+            wait = backoff(self._retry, row.attempts - 1)
+            log.warning(
+                "sink_delivery_retry",
+                row=row.id,
+                attempts=row.attempts,
+                error=error,
+                retry_in=wait,
+            )
+            await self._outbox.release(row.id, self._clock() + timedelta(seconds=wait))
+
+    async def _park(self, row: OutboxRow, reason: str) -> None:
+        await self._outbox.park(row.id, reason)
+        log.error(
+            "sink_delivery_parked",
+            row=row.id,
+            attempts=row.attempts,
+            sinks=[s for s in row.sinks if s not in row.done],
+            reason=reason,
+            detail="kept in the sink outbox, not retried; see "
+            "receiver_sink_outbox_parked",
+        )
+
+    async def _observe(self) -> None:
+        if self._on_counts is None:
+            return
+        try:
+            pending, parked = await self._outbox.counts()
+        except ReceiverError:
+            return
+        self._on_counts(pending, parked)
+
+    async def _deliver(self, row: OutboxRow) -> None:
+        try:
+            trace = decode_trace(row.trace)
+        except (ValueError, KeyError, TypeError) as exc:
+            await self._park(row, f"damaged outbox row: {exc.__class__.__name__}")
+            return
+        todo = [name for name in row.sinks if name not in row.done]
+        fresh = await asyncio.gather(*(self._one(row, n, trace) for n in todo))
+        finished = dict(row.done) | {
+            name: json.dumps(o.to_json()) if o is not None else ""
+            for name, o in zip(todo, fresh, strict=True)
+        }
+        outcomes = [
+            SinkOutcome(**json.loads(finished[name]))
+            for name in row.sinks
+            if finished.get(name)
+        ]
+        await self._record(trace, outcomes)
+        await self._outbox.finish(row.id)
+
+    async def _one(
+        self, row: OutboxRow, name: str, trace: AlertTrace
+    ) -> SinkOutcome | None:
+        outcome = await self._attempt(row, name, trace)
+        await self._outbox.progress(
+            row.id, name, json.dumps(outcome.to_json()) if outcome is not None else ""
+        )
         if outcome is not None and self._on_outcome is not None:
             self._on_outcome(outcome.sink, outcome.status)
         return outcome
 
-    async def _attempt(self, name: str, trace: AlertTrace) -> SinkOutcome | None:
+    async def _attempt(
+        self, row: OutboxRow, name: str, trace: AlertTrace
+    ) -> SinkOutcome | None:
         sink = self._sinks.get(name)
         if sink is None:
             return SinkOutcome(
@@ -225,14 +387,12 @@ class SinkDispatcher:
                 f"sink {name} is not configured in this receiver (see "
                 "docs/steps-and-sinks.md)",
             )
-        try:
-            now = self._clock()
-            fresh = [
-                not await self._store.seen(k, self._ttl, now)
-                for k in dedupe_keys(sink, trace)
-            ]
-        except ReceiverError as exc:
-            return SinkOutcome(name, "failed", f"cannot check for duplicates: {exc}")
+        # Raises ReceiverError when the outbox is unreachable: the row is retried.
+        now = self._clock()
+        fresh = [
+            await self._outbox.mark(k, row.owner, self._ttl, now)
+            for k in dedupe_keys(sink, trace)
+        ]
         if not any(fresh):
             log.debug("sink_duplicate", sink=name, fingerprint=trace.alert.fingerprint)
             return None
@@ -284,27 +444,28 @@ class SinkDispatcher:
             "sinks": [o.to_json() for o in outcomes],
             "matches": [],
         }
-        try:
-            await self._store.record([record])
-        except ReceiverError as exc:
-            log.warning(
-                "sink_outcomes_not_recorded",
-                payload_id=trace.payload_id,
-                error=self._scrub(str(exc)),
-            )
+        # Raises ReceiverError if the log is unreachable: the row is retried
+        # (the sinks it finished are not contacted again).
+        await self._store.record([record])
 
     async def aclose(self, grace: float = 10.0) -> None:
-        """Stop taking traces, give deliveries ``grace`` seconds, close the sinks."""
+        """Stop claiming, give deliveries ``grace`` seconds, hand back the rest."""
         self._closed = True
-        if self._pending:
-            _done, late = await asyncio.wait(list(self._pending), timeout=grace)
+        self._work.set()
+        if self._loops:
+            _done, late = await asyncio.wait(self._loops, timeout=grace)
             for task in late:
                 task.cancel()
             for task in late:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             if late:
-                log.warning("sink_deliveries_abandoned", count=len(late))
-            self._pending.clear()
+                log.warning(
+                    "sink_deliveries_handed_back",
+                    count=len(late),
+                    detail="still in the sink outbox; delivered after the next start",
+                )
+            self._loops = []
         for sink in self._sinks.values():
             await sink.aclose()
+        await self._outbox.close()

@@ -1,0 +1,381 @@
+"""The sink outbox beside the main store (``receiver.sinks.outbox``).
+
+Deliveries to sinks wait here until they are done, so a restart, a crash or a
+backlog never loses one:
+
+- SQLite: tables ``sink_outbox`` (one row per delivery: trace JSON, sinks,
+  attempts, when it is next due, why it was parked), ``sink_outbox_done`` (the
+  sinks finished per row) and ``sink_outbox_seen`` (duplicate keys and the row
+  that owns them) in the same file, a connection of their own.
+- Redis: ``P:outbox:row:{id}`` (hash), ``P:outbox:done:{id}`` (hash),
+  ``P:outbox:due`` (sorted set of row ids by due time, in milliseconds),
+  ``P:outbox:parked`` (hash id -> reason), ``P:outbox:seen:{key}`` (owner, with
+  a Redis TTL).
+
+A claim pushes the row's due time one lease ahead: a worker that dies with it
+leaves it to be claimed again when the lease lapses. Unreachable storage raises
+``StoreUnavailableError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis.asyncio
+import redis.exceptions
+
+from receiver.errors import StoreUnavailableError
+from receiver.store.sqlite import SqliteStore
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One delivery claimed from the outbox (``receiver.sinks.outbox.OutboxRow``)."""
+
+    id: str
+    owner: str
+    trace: str
+    sinks: tuple[str, ...]
+    done: dict[str, str]
+    attempts: int
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sink_outbox (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    trace TEXT NOT NULL,
+    sinks TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due TEXT NOT NULL,
+    parked TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS sink_outbox_due ON sink_outbox(parked, due);
+CREATE TABLE IF NOT EXISTS sink_outbox_done (
+    id TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    PRIMARY KEY (id, sink)
+);
+CREATE TABLE IF NOT EXISTS sink_outbox_seen (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    until TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sink_outbox_seen_until ON sink_outbox_seen(until);
+"""
+
+
+def _stamp(ts: datetime) -> str:
+    # Fixed width ISO (microseconds, UTC): compares correctly as text.
+    return ts.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _ms(ts: datetime) -> int:
+    return int(ts.timestamp() * 1000)
+
+
+class SqliteOutbox:
+    """The outbox in SQLite, beside the SQLite store."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is None:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            if self.path != ":memory:":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+            self._db = db
+        return self._db
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            db = self._open()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return await asyncio.to_thread(self._tx, fn)
+        except sqlite3.Error as exc:
+            msg = f"SQLite sink outbox {self.path}: {exc}"
+            raise StoreUnavailableError(msg) from exc
+
+    async def put(  # noqa: D102
+        self, rows: Sequence[tuple[str, str, str, Sequence[str]]], now: datetime
+    ) -> int:
+        def run(db: sqlite3.Connection) -> int:
+            added = 0
+            for row_id, owner, trace, sinks in rows:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO sink_outbox(id, owner, trace, sinks, due) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (row_id, owner, trace, json.dumps(list(sinks)), _stamp(now)),
+                )
+                added += cur.rowcount
+            return added
+
+        return await self._run(run)
+
+    async def claim(self, now: datetime, lease: timedelta) -> OutboxRow | None:  # noqa: D102
+        def run(db: sqlite3.Connection) -> OutboxRow | None:
+            row = db.execute(
+                "SELECT id, owner, trace, sinks, attempts FROM sink_outbox "
+                "WHERE parked = '' AND due <= ? ORDER BY due, id LIMIT 1",
+                (_stamp(now),),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE sink_outbox SET due = ?, attempts = attempts + 1 WHERE id = ?",
+                (_stamp(now + lease), row[0]),
+            )
+            done = dict(
+                db.execute(
+                    "SELECT sink, outcome FROM sink_outbox_done WHERE id = ?",
+                    (row[0],),
+                ).fetchall()
+            )
+            return OutboxRow(
+                row[0], row[1], row[2], tuple(json.loads(row[3])), done, row[4] + 1
+            )
+
+        return await self._run(run)
+
+    async def progress(self, row_id: str, sink: str, outcome: str) -> None:  # noqa: D102
+        def run(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO sink_outbox_done(id, sink, outcome) "
+                "VALUES (?, ?, ?)",
+                (row_id, sink, outcome),
+            )
+
+        await self._run(run)
+
+    async def finish(self, row_id: str) -> None:  # noqa: D102
+        def run(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM sink_outbox WHERE id = ?", (row_id,))
+            db.execute("DELETE FROM sink_outbox_done WHERE id = ?", (row_id,))
+
+        await self._run(run)
+
+    async def release(self, row_id: str, due: datetime) -> None:  # noqa: D102
+        def run(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE sink_outbox SET due = ? WHERE id = ?", (_stamp(due), row_id)
+            )
+
+        await self._run(run)
+
+    async def park(self, row_id: str, reason: str) -> None:  # noqa: D102
+        def run(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE sink_outbox SET parked = ? WHERE id = ?",
+                (reason or "parked", row_id),
+            )
+
+        await self._run(run)
+
+    async def counts(self) -> tuple[int, int]:  # noqa: D102
+        def run(db: sqlite3.Connection) -> tuple[int, int]:
+            pending, parked = db.execute(
+                "SELECT COALESCE(SUM(parked = ''), 0), COALESCE(SUM(parked != ''), 0) "
+                "FROM sink_outbox"
+            ).fetchone()
+            return int(pending), int(parked)
+
+        return await self._run(run)
+
+    async def mark(self, key: str, owner: str, ttl: timedelta, now: datetime) -> bool:  # noqa: D102
+        def run(db: sqlite3.Connection) -> bool:
+            db.execute("DELETE FROM sink_outbox_seen WHERE until < ?", (_stamp(now),))
+            row = db.execute(
+                "SELECT owner FROM sink_outbox_seen WHERE key = ?", (key,)
+            ).fetchone()
+            if row is not None:
+                return bool(row[0] == owner)
+            db.execute(
+                "INSERT INTO sink_outbox_seen(key, owner, until) VALUES (?, ?, ?)",
+                (key, owner, _stamp(now + ttl)),
+            )
+            return True
+
+        return await self._run(run)
+
+    async def close(self) -> None:  # noqa: D102
+        def close() -> None:
+            with self._lock:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+
+        await asyncio.to_thread(close)
+
+
+# Claim the first due row: push it a lease ahead and count the attempt.
+_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
+if #ids == 0 then return false end
+local id = ids[1]
+redis.call('ZADD', KEYS[1], ARGV[2], id)
+local row = ARGV[3] .. id
+if redis.call('EXISTS', row) == 0 then
+  redis.call('ZREM', KEYS[1], id)
+  return false
+end
+redis.call('HINCRBY', row, 'attempts', 1)
+return id
+"""
+
+# Add a row unless it exists (due or parked): a repeat of a delivery is ignored.
+_PUT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'trace', ARGV[3], 'sinks', ARGV[4],
+  'attempts', 0)
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+return 1
+"""
+
+
+class RedisOutbox:
+    """The outbox in Redis, shared by replicas."""
+
+    def __init__(self, url: str, prefix: str = "receiver") -> None:
+        self._redis = redis.asyncio.Redis.from_url(url, decode_responses=True)
+        self._prefix = prefix
+        self._due = f"{prefix}:outbox:due"
+        self._parked = f"{prefix}:outbox:parked"
+        self._claim = self._redis.register_script(_CLAIM)
+        self._put = self._redis.register_script(_PUT)
+
+    def _row(self, row_id: str) -> str:
+        return f"{self._prefix}:outbox:row:{row_id}"
+
+    def _done(self, row_id: str) -> str:
+        return f"{self._prefix}:outbox:done:{row_id}"
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return await fn()
+        except redis.exceptions.RedisError as exc:
+            msg = f"Redis sink outbox: {type(exc).__name__}"
+            raise StoreUnavailableError(msg) from exc
+
+    async def put(  # noqa: D102
+        self, rows: Sequence[tuple[str, str, str, Sequence[str]]], now: datetime
+    ) -> int:
+        added = 0
+        for row_id, owner, trace, sinks in rows:
+            args = [row_id, owner, trace, json.dumps(list(sinks)), _ms(now)]
+
+            async def one(row_id: str = row_id, args: list[Any] = args) -> Any:
+                return await self._put(keys=[self._row(row_id), self._due], args=args)
+
+            added += int(await self._call(one))
+        return added
+
+    async def claim(self, now: datetime, lease: timedelta) -> OutboxRow | None:  # noqa: D102
+        async def run() -> OutboxRow | None:
+            row_id = await self._claim(
+                keys=[self._due],
+                args=[_ms(now), _ms(now + lease), f"{self._prefix}:outbox:row:"],
+            )
+            if not row_id:
+                return None
+            row = await self._redis.hgetall(self._row(row_id))
+            done = await self._redis.hgetall(self._done(row_id))
+            return OutboxRow(
+                str(row_id),
+                str(row["owner"]),
+                str(row["trace"]),
+                tuple(json.loads(row["sinks"])),
+                {str(k): str(v) for k, v in done.items()},
+                int(row["attempts"]),
+            )
+
+        result: OutboxRow | None = await self._call(run)
+        return result
+
+    async def progress(self, row_id: str, sink: str, outcome: str) -> None:  # noqa: D102
+        await self._call(lambda: self._redis.hset(self._done(row_id), sink, outcome))
+
+    async def finish(self, row_id: str) -> None:  # noqa: D102
+        async def run() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._due, row_id)
+                pipe.delete(self._row(row_id), self._done(row_id))
+                await pipe.execute()
+
+        await self._call(run)
+
+    async def release(self, row_id: str, due: datetime) -> None:  # noqa: D102
+        await self._call(
+            lambda: self._redis.zadd(self._due, {row_id: _ms(due)}, xx=True)
+        )
+
+    async def park(self, row_id: str, reason: str) -> None:  # noqa: D102
+        async def run() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._due, row_id)
+                pipe.hset(self._parked, row_id, reason or "parked")
+                await pipe.execute()
+
+        await self._call(run)
+
+    async def counts(self) -> tuple[int, int]:  # noqa: D102
+        async def run() -> tuple[int, int]:
+            return int(await self._redis.zcard(self._due)), int(
+                await self._redis.hlen(self._parked)
+            )
+
+        result: tuple[int, int] = await self._call(run)
+        return result
+
+    async def mark(self, key: str, owner: str, ttl: timedelta, now: datetime) -> bool:  # noqa: D102, ARG002 (Redis keeps the TTL)
+        name = f"{self._prefix}:outbox:seen:{key}"
+        px = max(int(ttl.total_seconds() * 1000), 1)
+
+        async def run() -> bool:
+            if await self._redis.set(name, owner, nx=True, px=px):
+                return True
+            return bool(await self._redis.get(name) == owner)
+
+        result: bool = await self._call(run)
+        return result
+
+    async def close(self) -> None:  # noqa: D102
+        await self._redis.aclose()
+
+
+def outbox_beside(store: object, url: str) -> SqliteOutbox | RedisOutbox:
+    """The outbox beside the main store (same file or same Redis)."""
+    path = store.path if isinstance(store, SqliteStore) else None
+    if path is not None:
+        return SqliteOutbox(path)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisOutbox(url)
+    return SqliteOutbox(":memory:")

@@ -1,0 +1,202 @@
+"""The Redis store's connection, key names, error mapping and lifecycle."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from typing import Self
+
+import redis.asyncio
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+
+from receiver.errors import StoreUnavailableError
+from receiver.store.base import (
+    Retention,
+)
+from receiver.store.redis.scripts import (
+    _ACQUIRE_LOCK,
+    _APPEND,
+    _CLAIM,
+    _CLAIM_KEY,
+    _COMPLETE,
+    _DECIDE_APPROVAL,
+    _DELETE_IF_EQUAL,
+    _FINISH_KEY,
+    _MARK_SENDING,
+    _PARK,
+    _PRUNE_DECISIONS,
+    _PUT_APPROVAL,
+    _RECORD_OUTCOME,
+    _RELEASE_KEY,
+    _RELEASE_LOCK,
+    _RENEW,
+    _RENEW_LOCK,
+    _RESERVE_BUDGET,
+    _RETRY_PARKED,
+    _SEEN,
+    _SET_LAST_RUN,
+)
+
+# Connections to the store per process. Callers beyond it wait for one (up to
+# the socket timeout) instead of failing at once: redis-py's default pool
+# refuses the 101st concurrent command with "Too many connections", which under
+# a burst of webhooks turned into 503s and retried, late decisions.
+MAX_CONNECTIONS = 64
+APPROVALS_PAGE = 100
+_CURSOR = re.compile(r"[0-9a-f]{32}")
+# Write refusals that mean "retry later", not "your request is wrong" (besides
+# OOM and READONLY, which redis-py raises as their own classes).
+_REFUSALS = ("MISCONF", "NOREPLICAS", "MASTERDOWN")
+
+
+class RedisCore:
+    """Connection, key names and scripts shared by the store's parts."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "receiver",
+        retention: Retention | None = None,
+        consumer_group: str = "workers",
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=socket_timeout,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            health_check_interval=30,
+            # One quick reconnect for a pooled connection a Redis restart broke;
+            # never on timeouts, where the command may already have run.
+            retry=Retry(
+                ExponentialWithJitterBackoff(base=0.05, cap=0.5),
+                retries=1,
+                supported_errors=(redis.exceptions.ConnectionError,),
+            ),
+        )
+        client = redis.asyncio.Redis.from_pool(pool)
+        self._setup(client, prefix, retention, consumer_group, socket_timeout)
+        self._owns_client = True
+
+    @classmethod
+    def from_client(
+        cls,
+        client: redis.asyncio.Redis,
+        *,
+        prefix: str = "receiver",
+        retention: Retention | None = None,
+        consumer_group: str = "workers",
+        socket_timeout: float = 5.0,
+    ) -> Self:
+        """A store on an existing client (bytes responses); the caller closes it.
+
+        ``socket_timeout`` must match the client's: blocking reads are cut into
+        pieces shorter than it.
+        """
+        store = cls.__new__(cls)
+        store._setup(client, prefix, retention, consumer_group, socket_timeout)  # noqa: SLF001 (own class)
+        store._owns_client = False  # noqa: SLF001 (own class)
+        return store
+
+    def _setup(
+        self,
+        client: redis.asyncio.Redis,
+        prefix: str,
+        retention: Retention | None,
+        group: str,
+        socket_timeout: float,
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self.retention = retention or Retention()
+        self._group = group
+        self._group_ready = False
+        # A blocking read must answer before the socket timeout fires.
+        self._block_chunk = max(0.05, min(socket_timeout - 1.0, socket_timeout / 2))
+        kwargs = client.connection_pool.connection_kwargs
+        self._where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        self._journal = self._key("journal")
+        self._payloads = self._key("payloads")
+        self._finished = self._key("finished")
+        self._decisions = self._key("decisions")
+        self._approvals = self._key("approvals")
+        self._leases = self._key("leases")
+        self._parked = self._key("parked")
+        self._incarnations = self._key("incarnations")
+        script = client.register_script
+        self._append_script = script(_APPEND)
+        self._claim_script = script(_CLAIM)
+        self._renew_script = script(_RENEW)
+        self._park_script = script(_PARK)
+        self._retry_parked_script = script(_RETRY_PARKED)
+        self._mark_sending_script = script(_MARK_SENDING)
+        self._release_key_script = script(_RELEASE_KEY)
+        self._renew_lock_script = script(_RENEW_LOCK)
+        self._release_lock_script = script(_RELEASE_LOCK)
+        self._set_last_run_script = script(_SET_LAST_RUN)
+        self._complete_script = script(_COMPLETE)
+        self._prune_decisions_script = script(_PRUNE_DECISIONS)
+        self._claim_key_script = script(_CLAIM_KEY)
+        self._finish_key_script = script(_FINISH_KEY)
+        self._acquire_lock_script = script(_ACQUIRE_LOCK)
+        self._delete_if_equal_script = script(_DELETE_IF_EQUAL)
+        self._reserve_budget_script = script(_RESERVE_BUDGET)
+        self._record_outcome_script = script(_RECORD_OUTCOME)
+        self._put_approval_script = script(_PUT_APPROVAL)
+        self._decide_approval_script = script(_DECIDE_APPROVAL)
+        self._seen_script = script(_SEEN)
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self._prefix, *parts))
+
+    @contextlib.contextmanager
+    def _reachable(self, action: str) -> Iterator[None]:
+        """Turn "Redis cannot take this now" into ``StoreUnavailableError``."""
+        try:
+            yield
+        except (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+        ) as exc:
+            raise StoreUnavailableError(
+                f"Redis at {self._where} is unreachable, cannot {action}: {exc}"
+            ) from exc
+        except redis.exceptions.ResponseError as exc:
+            refused = isinstance(
+                exc, redis.exceptions.OutOfMemoryError | redis.exceptions.ReadOnlyError
+            ) or str(exc).startswith(_REFUSALS)
+            if not refused:
+                raise
+            raise StoreUnavailableError(
+                f"Redis at {self._where} refuses writes, cannot {action}: {exc}"
+            ) from exc
+
+    async def _ensure_group(self, *, again: bool = False) -> None:
+        if self._group_ready and not again:
+            return
+        try:
+            await self._redis.xgroup_create(
+                self._journal, self._group, id="0", mkstream=True
+            )
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def ping(self) -> bool:  # noqa: D102
+        try:
+            return bool(await self._redis.ping())
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            return False
+
+    async def close(self) -> None:  # noqa: D102
+        if self._owns_client:
+            await self._redis.aclose()

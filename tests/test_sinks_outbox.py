@@ -1,0 +1,389 @@
+"""The sink outbox: durable, never dropping, at most once per decision and sink.
+
+Real SQLite files and a real redis-server; the sinks are fakes of our own
+``Sink`` interface that record what they were asked to send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import Ticking
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from peers import run_redis
+
+from receiver.model import (
+    Alert,
+    AlertTrace,
+    Decision,
+    MatchTrace,
+    Severity,
+    StepKind,
+    StepTrace,
+    freeze,
+)
+from receiver.retrying import RetryPolicy
+from receiver.sinks import SinkDispatcher, SinkOutcome
+from receiver.sinks.dispatch import row_id
+from receiver.sinks.outbox import decode_trace, encode_trace
+from receiver.sinks.pagerduty import event_dedup_key
+from receiver.store import MemoryStore
+from receiver.store.base import DecisionQuery
+from receiver.store.outbox import RedisOutbox, SqliteOutbox
+
+NOW = datetime(2026, 11, 26, 10, 12, tzinfo=UTC)
+FAST = RetryPolicy(multiplier=0.001, cap=0.01)
+
+
+class Killed(BaseException):
+    """Raised at a chosen point: the process dies there, nothing handles it."""
+
+
+def trace(
+    payload_id: str,
+    fingerprint: str = "fp1",
+    *,
+    mode: str = "execute",
+    decision: Decision = Decision.EXECUTED,
+) -> AlertTrace:
+    alert = Alert(
+        source="alertmanager",
+        fingerprint=fingerprint,
+        status="firing",
+        labels=freeze({"alertname": "SiemDown"}),
+        starts_at=NOW,
+        refs=freeze({"group_key": '{}:{alertname="SiemDown"}'}),
+    )
+    step = StepTrace(
+        kind=StepKind.REMEDIATION,
+        type="k8s.restart",
+        target="deploy/siem",
+        decision=decision,
+        reason="done",
+        request=freeze({"replicas": 2, "nested": {"a": [1, 2]}}),
+    )
+    match = MatchTrace(
+        rule="siem", severity=Severity.P1, playbook="siem", steps=(step,)
+    )
+    return AlertTrace(
+        alert=alert, matches=(match,), decided_at=NOW, payload_id=payload_id, mode=mode
+    )
+
+
+class Recording:
+    """A sink of our interface that records each send (and may fail or die)."""
+
+    def __init__(self, name: str = "hook", dedupe: str = "decision") -> None:
+        self.name = name
+        self.dedupe = dedupe
+        self.sent: list[tuple[str, str]] = []  # (payload id, PagerDuty dedup key)
+        self.fail: set[str] = set()  # payload ids whose next send raises
+        self.die_before: set[str] = set()  # payload ids whose next send kills
+        self.peak = 0
+        self.outbox: SqliteOutbox | RedisOutbox | None = None
+
+    async def send(self, trace: AlertTrace) -> SinkOutcome:
+        if trace.payload_id in self.die_before:
+            self.die_before.discard(trace.payload_id)
+            raise Killed
+        if trace.payload_id in self.fail:
+            self.fail.discard(trace.payload_id)
+            msg = "sink bug"
+            raise RuntimeError(msg)
+        if self.outbox is not None:
+            self.peak = max(self.peak, (await self.outbox.counts())[0])
+        self.sent.append((trace.payload_id, event_dedup_key(trace)))
+        return SinkOutcome(self.name, "sent", "ok", 1)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def make(
+    sink: Recording,
+    store: object,
+    outbox: SqliteOutbox | RedisOutbox,
+    clock: Ticking,
+    **kw: object,
+) -> SinkDispatcher:
+    return SinkDispatcher(
+        {sink.name: sink},
+        store=store,  # type: ignore[arg-type]
+        outbox=outbox,
+        choose=lambda _t: [sink.name],
+        clock=clock,
+        retry=FAST,
+        poll=0.01,
+        lease=timedelta(seconds=30),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def die(d: SinkDispatcher) -> None:
+    """Stop the delivery loops as a kill would: no hand-back, no cleanup."""
+    # Closed too: asyncio.wait_for may swallow a cancel that meets its result.
+    d._closed = True
+    for task in d._loops:
+        task.cancel()
+    await asyncio.gather(*d._loops, return_exceptions=True)
+
+
+def test_a_row_keeps_the_whole_trace():
+    """What the outbox keeps decodes to the very trace that was decided."""
+    t = trace("p1")
+    assert decode_trace(encode_trace(t)) == t
+
+
+# ------------------------------------------------------------------ property
+
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.integers(0, 5), st.booleans()),
+        st.tuples(st.just("restart"), st.booleans(), st.booleans()),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+async def run_model(ops, outbox_at, tmp: Path) -> None:
+    """Puts, sink failures and restarts; then everything drains.
+
+    Model: every distinct decision (payload id) is sent once (twice at most
+    if the receiver stopped meanwhile), or its row is parked; a repeated put
+    of the same payload sends nothing more.
+    """
+    store = MemoryStore()
+    clock = Ticking(NOW, step=timedelta(seconds=1))
+    sink = Recording()
+    d = make(sink, store, outbox_at(), clock, max_attempts=3)
+    decided: set[str] = set()
+    counter = itertools.count()
+    for op, a, b in ops:
+        if op == "put":
+            payload = f"p{a}"
+            if b:
+                sink.fail.add(payload)  # its next send fails once
+            await d.put([trace(payload)])
+            decided.add(payload)
+        else:
+            if a:
+                await d.drain()
+            await (d.aclose(grace=0) if b else die(d))
+            d = make(sink, store, outbox_at(), clock, max_attempts=3)
+            next(counter)
+    await d.drain()
+    pending, parked = await d.counts()
+    assert pending == 0
+    sent = Counter(p for p, _ in sink.sent)
+    # A stop between a sink's answer and the row's note sends it once more.
+    most = 2 if next(counter) else 1
+    assert all(1 <= n <= most for n in sent.values()), sent
+    assert set(sent) | (set() if not parked else decided - set(sent)) == decided
+    assert len(decided - set(sent)) == parked
+    records = await store.decisions(DecisionQuery())
+    assert {r["decision_payload_id"] for r in records} >= set(sent)
+    await d.aclose()
+    await store.close()
+
+
+@hsettings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(ops=OPS)
+def test_outbox_matches_the_model_on_sqlite(ops, tmp_path):
+    path = str(tmp_path / f"o{uuid.uuid4().hex}.db")  # a fresh file per example
+    asyncio.run(run_model(ops, lambda: SqliteOutbox(path), tmp_path))
+
+
+# ------------------------------------------------------------------ crashes
+
+
+# Killed before the call takes effect; the others right after it.
+BEFORE = ("put", "progress", "finish")
+
+
+class Dying:
+    """An outbox that kills the process once at a chosen operation."""
+
+    def __init__(self, inner: SqliteOutbox | RedisOutbox, at: str) -> None:
+        self.inner = inner
+        self.at = at
+
+    def __getattr__(self, name: str) -> object:
+        method = getattr(self.inner, name)
+        if name != self.at:
+            return method
+
+        async def dying(*args: object, **kw: object) -> object:
+            self.at = ""
+            if name in BEFORE:
+                raise Killed  # before it takes effect
+            await method(*args, **kw)
+            raise Killed  # after it took effect, before anything else
+
+        return dying
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize(
+    "point",
+    [
+        "put",  # before the row is written: the worker decides the entry again
+        "claim",  # written and claimed, nothing sent
+        "mark",  # keys marked as the row's own, nothing sent
+        "send",  # the sink is being called when the process dies
+        "progress",  # the sink answered, the row does not know yet
+        "finish",  # the outcome is logged, the row not yet deleted (logged twice)
+    ],
+)
+async def test_a_crash_at_each_point_loses_nothing(point, backend, tmp_path):
+    """Each decision is sent at least once, and at most twice.
+
+    Only a crash between the sink's answer and the row's note repeats it,
+    with the same PagerDuty dedup_key.
+    """
+    with run_redis(tmp_path) as url:
+
+        def fresh() -> SqliteOutbox | RedisOutbox:
+            if backend == "redis":
+                return RedisOutbox(url)
+            return SqliteOutbox(str(tmp_path / "r.db"))
+
+        store = MemoryStore()
+        clock = Ticking(NOW, step=timedelta(seconds=1))
+        sink = Recording()
+        first = fresh()
+        outbox = Dying(first, "" if point == "send" else point)
+        if point == "send":
+            sink.die_before.add("p1")
+        d = make(sink, store, outbox, clock)  # type: ignore[arg-type]
+        if point == "put":
+            with pytest.raises(Killed):
+                await d.put([trace("p1")])
+            # The journal entry was not completed: the worker decides it
+            # again and writes the same row.
+            await d.put([trace("p1")])
+        else:
+            await d.put([trace("p1")])
+            while not any(t.done() for t in d._loops):
+                await asyncio.sleep(0.01)  # the loop dies on Killed
+        await die(d)
+        await first.close()
+        # The next start: its claims wait for the dead one's lease to lapse
+        # (the clock ticks a second on each reading).
+        d2 = make(sink, store, fresh(), clock)
+        await d2.drain()
+        assert await d2.counts() == (0, 0)
+        payloads = [p for p, _ in sink.sent]
+        expected = 2 if point == "progress" else 1
+        assert payloads == ["p1"] * expected
+        assert len({key for _, key in sink.sent}) == 1  # PagerDuty drops the repeat
+        records = await store.decisions(DecisionQuery(payload_id="p1.sinks"))
+        assert records, "the outcome reaches the decision log"
+        # A redelivery of the same payload afterwards sends nothing new.
+        await d2.put([trace("p1")])
+        await d2.drain()
+        assert [p for p, _ in sink.sent] == ["p1"] * expected
+        await d2.aclose()
+        await store.close()
+
+
+# ------------------------------------------------------------------ backlog
+
+
+async def test_more_than_a_thousand_pending_are_all_delivered(tmp_path):
+    """Past max_pending, put waits for room: 1500 deliveries, none dropped."""
+    store = MemoryStore()
+    sink = Recording()
+    outbox = SqliteOutbox(str(tmp_path / "r.db"))
+    sink.outbox = outbox
+    d = make(sink, store, outbox, Ticking(NOW), max_pending=1000)
+    for i in range(1500):  # one payload after another, as a worker hands them
+        await d.put([trace(f"p{i}", f"fp{i}")])
+    await d.drain()
+    assert sorted(p for p, _ in sink.sent) == sorted(f"p{i}" for i in range(1500))
+    assert sink.peak <= 1000 + 1  # bounded by max_pending (+ the payload that fit)
+    assert await d.counts() == (0, 0)
+    await d.aclose()
+    await store.close()
+
+
+async def test_shutdown_with_deliveries_pending_keeps_them_for_the_next_start(
+    tmp_path,
+):
+    """Rows not yet delivered when the receiver stops are delivered after a start."""
+    with run_redis(tmp_path) as url:
+        store = MemoryStore()
+        clock = Ticking(NOW)
+        stuck = Recording()
+        gate = asyncio.Event()
+        started = asyncio.Event()
+
+        async def slow_send(t: AlertTrace) -> SinkOutcome:
+            started.set()
+            await gate.wait()
+            return SinkOutcome("hook", "sent", "ok", 1)
+
+        stuck.send = slow_send  # type: ignore[method-assign]
+        d = make(stuck, store, RedisOutbox(url), clock, concurrency=1)
+        await d.put([trace(f"p{i}", f"fp{i}") for i in range(20)])
+        await started.wait()
+        await d.aclose(grace=0)
+        sink = Recording()
+        d2 = make(sink, store, RedisOutbox(url), clock)
+        await d2.drain()
+        assert sorted(p for p, _ in sink.sent) == sorted(f"p{i}" for i in range(20))
+        await d2.aclose()
+        await store.close()
+
+
+async def test_dry_run_rows_contact_nothing_and_are_recorded_as_withheld(tmp_path):
+    store = MemoryStore()
+    sink = Recording()
+    d = make(sink, store, SqliteOutbox(str(tmp_path / "r.db")), Ticking(NOW))
+    await d.put([trace("d1", mode="dry-run")])
+    await d.drain()
+    assert sink.sent == []
+    (record,) = await store.decisions(DecisionQuery(payload_id="d1.sinks"))
+    assert [o["status"] for o in record["sinks"]] == ["skipped"]
+    await d.aclose()
+    await store.close()
+
+
+async def test_a_sink_that_keeps_failing_is_parked_and_counted(tmp_path):
+    store = MemoryStore()
+    sink = Recording()
+    counts: list[tuple[int, int]] = []
+    d = make(
+        sink,
+        store,
+        SqliteOutbox(str(tmp_path / "r.db")),
+        Ticking(NOW, step=timedelta(seconds=1)),
+        max_attempts=3,
+        on_counts=lambda pending, parked: counts.append((pending, parked)),
+    )
+
+    async def broken(t: AlertTrace) -> SinkOutcome:
+        msg = "always"
+        raise RuntimeError(msg)
+
+    sink.send = broken  # type: ignore[method-assign]
+    await d.put([trace("p1")])
+    await d.drain()
+    assert await d.counts() == (0, 1)
+    assert counts[-1] == (0, 1)
+    assert row_id(trace("p1"), 0) == "p1:0:fp1"
+    await d.aclose()
+    await store.close()
