@@ -1,0 +1,432 @@
+"""Decide one payload: parse its alerts, plan, stand down, run, and record.
+
+Each alert of a payload is decided on its own: an unexpected error in one becomes
+that alert's recorded failure. ``Processor`` is what the worker runs for each
+journal entry and what ``receiver replay`` uses, so replay and the live path
+decide identically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, overload
+
+import structlog
+
+from receiver.engine.planner import CompiledPlaybooks, Plan, PlanContext, plan
+from receiver.engine.runner import Runner, describe_error
+from receiver.errors import InputError, StoreUnavailableError
+from receiver.metrics import Metrics
+from receiver.model import Alert, AlertTrace, Decision, Source, StepKind, freeze, iso
+from receiver.rulebook.loader import Rulebook
+from receiver.sources import alertmanager, events_v2, pagerduty
+from receiver.store.base import DecisionQuery, JournalEntry, Store, compact_record
+
+log = structlog.get_logger("receiver.worker")
+
+# How long an acknowledgement is remembered for stand_down_when_acknowledged.
+ACK_MEMORY = timedelta(days=7)
+# How many recent decision records a dedup-key-only resolve of a grouped page
+# looks through for the alerts of its group.
+INHERIT_SCAN = 500
+_NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def ack_scope(alert: Alert) -> str:
+    """Where an alert's acknowledgement is remembered: its incident or dedup key."""
+    key = (
+        alert.refs.get("dedup_key")
+        or alert.refs.get("incident_id")
+        or alert.fingerprint
+    )
+    return f"ack:{alert.source}:{key}"
+
+
+def stand_down(planned: Plan, acknowledged_at: datetime) -> Plan:
+    """Skip the remediations of playbooks that stand down once a human has it."""
+    matches = []
+    for match in planned.matches:
+        if not match.match.playbook.stand_down_when_acknowledged:
+            matches.append(match)
+            continue
+        reason = (
+            f"acknowledged by a human at {iso(acknowledged_at)}: the playbook "
+            "stands down (stand_down_when_acknowledged)"
+        )
+        steps = tuple(
+            replace(
+                s,
+                run=False,
+                approval=False,
+                trace=replace(
+                    s.trace,
+                    decision=Decision.SKIPPED,
+                    reason=reason,
+                    guard="acknowledged",
+                ),
+            )
+            if s.trace.kind is StepKind.REMEDIATION
+            else s
+            for s in match.steps
+        )
+        matches.append(replace(match, steps=steps))
+    return replace(planned, matches=tuple(matches))
+
+
+# A payload's alerts are decided in chunks of this many, yielding in between.
+YIELD_EVERY = 100
+
+
+class TraceRecords(Sequence[Mapping[str, Any]]):
+    """Traces as JSON records (long values by reference), built as the store reads.
+
+    A storm's records are then never all in memory at once next to the traces.
+    """
+
+    def __init__(self, traces: Sequence[AlertTrace]) -> None:
+        self._traces = traces
+
+    def __len__(self) -> int:
+        return len(self._traces)
+
+    @overload
+    def __getitem__(self, index: int) -> Mapping[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Mapping[str, Any]]: ...
+
+    def __getitem__(
+        self, index: int | slice
+    ) -> Mapping[str, Any] | Sequence[Mapping[str, Any]]:
+        if isinstance(index, slice):
+            return [compact_record(t.to_json()) for t in self._traces[index]]
+        return compact_record(self._traces[index].to_json())
+
+    def __iter__(self) -> Iterator[Mapping[str, Any]]:
+        return (compact_record(t.to_json()) for t in self._traces)
+
+
+def _is_trigger_of(record: Mapping[str, Any], dedup: str) -> bool:
+    refs = record.get("refs") or {}
+    return (
+        record.get("source") == "events_v2"
+        and refs.get("dedup_key") == dedup
+        and refs.get("labels_from") != "trigger"
+        and bool(record.get("labels"))
+    )
+
+
+_HELD = frozenset({Decision.SKIPPED.value, Decision.AWAITING_APPROVAL.value})
+_NEWS = frozenset(
+    {
+        Decision.EXECUTED.value,
+        Decision.FAILED.value,
+        Decision.AWAITING_APPROVAL.value,
+    }
+)
+
+
+def _debug_enabled() -> bool:
+    """Whether debug lines are kept (they are not built otherwise)."""
+    check = getattr(log, "is_enabled_for", None)
+    return True if check is None else bool(check(logging.DEBUG))
+
+
+class _Tally:
+    """A payload's metrics, counted as its alerts are decided and sent once."""
+
+    def __init__(self) -> None:
+        self.alerts: Counter[tuple[str, str]] = Counter()
+        self.unmatched: Counter[str] = Counter()
+        self.rules: Counter[tuple[str, str]] = Counter()
+        self.steps: dict[tuple[str, str], int] = {}
+        self.guards: Counter[str] = Counter()
+        self.decisions: Counter[str] = Counter()
+        self.events: Counter[str] = Counter()
+        self.matched = 0
+
+    def add(self, trace: AlertTrace) -> dict[str, int]:
+        """Count one alert's trace; return its step decisions."""
+        decisions: dict[str, int] = {}
+        if not trace.alert.actionable:
+            # Recorded, not decided: an acknowledge counts as acknowledged, the
+            # rest (notes, custom fields, ...) as events; never as firing or
+            # unmatched.
+            if trace.alert.state == "acknowledged":
+                self.alerts[trace.alert.source, "acknowledged"] += 1
+            else:
+                self.events[trace.alert.source] += 1
+            return decisions
+        self.alerts[trace.alert.source, trace.alert.status] += 1
+        if not trace.matches:
+            self.unmatched[trace.alert.source] += 1
+        else:
+            self.matched += 1
+        steps = self.steps
+        for match in trace.matches:
+            self.rules[match.rule, match.severity.value] += 1
+            for step in match.steps:
+                decision = step.decision.value
+                decisions[decision] = decisions.get(decision, 0) + 1
+                key = (step.type, decision)
+                steps[key] = steps.get(key, 0) + 1
+                if step.guard and decision in _HELD:
+                    self.guards[step.guard] += 1
+        for decision, n in decisions.items():
+            self.decisions[decision] += n
+        return decisions
+
+    def flush(self, m: Metrics) -> None:
+        """Add the counts to the metrics: one call per label set, not per alert."""
+        for (source, status), n in self.alerts.items():
+            m.alerts.labels(source, status).inc(n)
+        for source, n in self.unmatched.items():
+            m.unmatched.labels(source).inc(n)
+        for (rule, severity), n in self.rules.items():
+            m.rule_matches.labels(rule, severity).inc(n)
+        for (kind, decision), n in self.steps.items():
+            m.steps.labels(kind, decision).inc(n)
+        for guard, n in self.guards.items():
+            m.guard_skips.labels(guard).inc(n)
+        for source, n in self.events.items():
+            m.events_recorded.labels(source).inc(n)
+
+
+class Processor:
+    """Decides every alert of one payload."""
+
+    def __init__(
+        self,
+        rulebook: Rulebook,
+        runner: Runner,
+        clock: Callable[[], datetime],
+        ctx: PlanContext,
+        *,
+        metrics: Metrics | None = None,
+        pagerduty_alertname_from: str = "title",
+        store: Store | None = None,
+        scrub: Callable[[str], str] = str,
+    ) -> None:
+        self.scrub = scrub
+        self.rulebook = rulebook
+        self._runner = runner
+        self._clock = clock
+        self._ctx = ctx
+        self._metrics = metrics
+        self._alertname_from = pagerduty_alertname_from
+        self._store = store
+        self._compiled = CompiledPlaybooks()
+
+    @property
+    def namespaces(self) -> tuple[str, ...] | None:
+        """The namespace allowlist the planner applies (backtests reuse it)."""
+        return self._ctx.namespaces
+
+    @property
+    def alertname_from(self) -> str:
+        """Where a PagerDuty event's alertname comes from (backtests reuse it)."""
+        return self._alertname_from
+
+    def alerts(self, source: Source, body: bytes, now: datetime) -> list[Alert]:
+        """Parse a stored body of ``source`` into alerts."""
+        if source == "alertmanager":
+            return alertmanager.from_body(body)
+        try:
+            data: object = json.loads(body)
+        except ValueError as exc:
+            raise InputError(f"stored payload is not JSON: {exc}") from exc
+        if source == "pagerduty":
+            return pagerduty.to_alerts(data, now, alertname_from=self._alertname_from)
+        return events_v2.to_alerts(data, now, body=body)
+
+    async def _with_start(self, alert: Alert) -> Alert:
+        """Give alerts without startsAt (Events v2) the start the journal saw."""
+        if alert.starts_at is not None or self._store is None:
+            return alert
+        state = await self._store.alert_state(alert.fingerprint)
+        if state is None or state.starts_at is None:
+            return alert
+        return replace(alert, starts_at=state.starts_at)
+
+    async def decide_dry_run(
+        self, alerts: list[Alert], now: datetime | None = None
+    ) -> list[AlertTrace]:
+        """Decide without running anything, whatever the service mode."""
+        runner = Runner({}, self._clock, mode="dry-run")
+        ctx = replace(self._ctx, execute=False, diagnose=False)
+        return await self.decide(alerts, now=now, runner=runner, ctx=ctx, count=False)
+
+    async def decide(
+        self,
+        alerts: list[Alert],
+        payload_id: str = "",
+        now: datetime | None = None,
+        *,
+        runner: Runner | None = None,
+        ctx: PlanContext | None = None,
+        count: bool = True,
+    ) -> list[AlertTrace]:
+        """Plan and run every alert; ``now`` fixes time for replay ``--at``."""
+        traces = []
+        tally = _Tally()
+        at = now or self._clock()  # one reading for the whole pass
+        decided = 0
+        for given in alerts:
+            for raw in await self.inherit(given):
+                if decided and decided % YIELD_EVERY == 0:
+                    # A storm is decided in chunks: let the loop's other tasks run.
+                    await asyncio.sleep(0)
+                decided += 1
+                trace = await self._decide_one(
+                    raw,
+                    payload_id,
+                    at,
+                    runner=runner,
+                    ctx=ctx,
+                    tally=tally if count else None,
+                )
+                traces.append(trace)
+        if count:
+            if self._metrics is not None:
+                tally.flush(self._metrics)
+            log.info(
+                "payload_decided",
+                payload_id=payload_id,
+                alerts=len(traces),
+                matched=tally.matched,
+                steps=dict(tally.decisions),
+            )
+        return traces
+
+    async def _decide_one(
+        self,
+        raw: Alert,
+        payload_id: str,
+        at: datetime,
+        *,
+        runner: Runner | None,
+        ctx: PlanContext | None,
+        tally: _Tally | None,
+    ) -> AlertTrace:
+        alert = await self._with_start(raw)
+        try:
+            planned = plan(
+                alert, self.rulebook, at, ctx or self._ctx, compiled=self._compiled
+            )
+            acknowledged = await self._acknowledged(alert, at, record=tally is not None)
+            if acknowledged is not None:
+                planned = stand_down(planned, acknowledged)
+            trace = await (runner or self._runner).run(planned, payload_id, at)
+        except StoreUnavailableError:
+            raise
+        except Exception as exc:
+            log.exception("alert_not_decided", fingerprint=alert.fingerprint)
+            why = "failed: could not decide this alert: " + self.scrub(
+                describe_error(exc)
+            )
+            trace = AlertTrace(
+                alert=alert,
+                matches=(),
+                decided_at=self._clock(),
+                payload_id=payload_id,
+                mode=(runner or self._runner).mode,
+                notes=(why,),
+            )
+        if tally is None:
+            return trace
+        steps = tally.add(trace)
+        # Steps that acted, failed or wait for a human make an alert news;
+        # the rest is in the decision record and in the payload's line.
+        news = not _NEWS.isdisjoint(steps)
+        if not news and not _debug_enabled():
+            return trace
+        (log.info if news else log.debug)(
+            "alert_decided",
+            fingerprint=alert.fingerprint,
+            status=alert.state,
+            source=alert.source,
+            alertname=alert.labels.get("alertname", ""),
+            rules=[m.rule for m in trace.matches],
+            severity=[m.severity.value for m in trace.matches],
+            steps=steps,
+            payload_id=payload_id,
+        )
+        return trace
+
+    async def _acknowledged(
+        self, alert: Alert, now: datetime, *, record: bool
+    ) -> datetime | None:
+        """Remember acknowledgements; for a firing alert, when it was acknowledged.
+
+        An acknowledgement counts only for an alert that is firing, and holds
+        until the incident or dedup key is resolved or unacknowledged (or for
+        ``ACK_MEMORY`` when neither ever arrives).
+        """
+        if self._store is None:
+            return None
+        scope = ack_scope(alert)
+        if record and alert.state == "acknowledged":
+            state = await self._store.alert_state(alert.fingerprint)
+            if state is not None and state.status == "firing":
+                await self._store.set_last_run(scope, now, ACK_MEMORY)
+            return None
+        closes = alert.refs.get("event_action") == "resolve" or alert.labels.get(
+            "event_type"
+        ) in ("incident.resolved", "incident.unacknowledged")
+        if record and closes:
+            await self._store.set_last_run(scope, _NEVER, ACK_MEMORY)
+            return None
+        if alert.status != "firing" or not alert.actionable:
+            return None
+        at = await self._store.last_run(scope, now)
+        return at if at is not None and at != _NEVER else None
+
+    async def inherit(self, alert: Alert) -> list[Alert]:
+        """A resolve or acknowledge naming only a dedup key takes its trigger's labels.
+
+        The trigger's decision records say which labels (and so which rule) the
+        alert had; a grouped page's alerts each have a fingerprint of their own.
+        """
+        if alert.refs.get("labels_from") != "trigger" or self._store is None:
+            return [alert]
+        dedup = alert.refs.get("dedup_key", "")
+        found: dict[str, Mapping[str, Any]] = {}
+        for record in await self._store.decisions(
+            DecisionQuery(fingerprint=alert.fingerprint, limit=20)
+        ):
+            if _is_trigger_of(record, dedup):
+                found[alert.fingerprint] = record
+                break
+        if not found:
+            for record in await self._store.decisions(
+                DecisionQuery(limit=INHERIT_SCAN)
+            ):
+                if _is_trigger_of(record, dedup):
+                    found.setdefault(str(record.get("fingerprint", "")), record)
+        if not found:
+            return [alert]
+        return [
+            replace(
+                alert,
+                fingerprint=fingerprint,
+                labels=freeze({**record.get("labels", {}), "dedup_key": dedup}),
+                annotations=freeze(record.get("annotations", {})),
+            )
+            for fingerprint, record in found.items()
+        ]
+
+    async def process(self, entry: JournalEntry) -> list[AlertTrace]:
+        """Decide a journal entry, with one clock reading for the pass."""
+        now = self._clock()
+        alerts = self.alerts(entry.source, entry.body, now)
+        if not alerts and self._metrics is not None:
+            # A PagerDuty event that is not about an incident: stored, listed
+            # with the payloads, and counted here; nothing to decide.
+            self._metrics.events_recorded.labels(entry.source).inc()
+        return await self.decide(alerts, entry.id, now)

@@ -1,0 +1,274 @@
+"""The SQLite store's connections and group commit.
+
+WAL journal mode with ``synchronous=FULL``: a payload is on disk before the 202.
+One connection guarded by a lock and driven through ``asyncio.to_thread``, with
+group commit: calls that arrive while a transaction is on its way to disk wait,
+then run together in the next one, each in its own savepoint (so each stays
+atomic and fails alone), and every caller hears back only after that COMMIT.
+Under load one fsync then serves many requests instead of one. Being
+single-instance, opening the store hands entries a previous (crashed) process had
+claimed back to the queue at once; within a process, claims older than the lease
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from receiver.errors import StoreUnavailableError
+from receiver.store.base import Retention
+from receiver.store.sqlite.schema import SCHEMA, SCHEMA_VERSION, _tag_inserts
+
+T = TypeVar("T")
+_Call = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+
+
+class SqliteConnection:
+    """One writer connection with group commit, and a read connection beside it."""
+
+    def __init__(
+        self, path: str, *, retention: Retention | None = None, reclaim: bool = True
+    ) -> None:
+        self.path = path
+        self.retention = retention or Retention()
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=30
+        )
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._migrate()
+        self._db.executescript(SCHEMA)
+        self._fill_indexes()
+        # Single instance: whatever a previous process had claimed is ours now.
+        # Only the process that decides (not an edge beside a live worker
+        # process, ``reclaim=False``) may hand claims back.
+        if reclaim:
+            self._db.execute(
+                "UPDATE journal SET state='pending', consumer=NULL, "
+                "lease_until=NULL WHERE state='claimed'"
+            )
+        self._lock = threading.Lock()
+        self._wakeup = asyncio.Event()
+        # Group commit: calls queued while a batch is in its transaction.
+        self._queue: list[_Call] = []
+        self._flusher: asyncio.Task[None] | None = None
+        # API reads go through their own connection and thread (WAL lets them
+        # run beside the writer), so a slow query never delays a 202. An
+        # in-memory database cannot be shared: it reads through the writer.
+        self._reader: sqlite3.Connection | None = None
+        self._read_thread: concurrent.futures.ThreadPoolExecutor | None = None
+        if path != ":memory:":
+            self._reader = sqlite3.connect(
+                path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            self._reader.row_factory = sqlite3.Row
+            self._reader.execute("PRAGMA query_only=1")
+            self._read_thread = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="sqlite-read"
+            )
+
+    def _fill_indexes(self) -> None:
+        """Fill indexes added after rows were written (once per schema version)."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version >= SCHEMA_VERSION:
+            return
+        with contextlib.closing(self._db.cursor()) as cur:
+            cur.executescript(
+                "BEGIN IMMEDIATE;\nDELETE FROM decision_index;\n"
+                + "\n".join(
+                    stmt.replace(" FROM json_each(", " FROM decisions AS d, json_each(")
+                    for stmt in _tag_inserts("d.record", "d.seq").split("\n")
+                )
+                + f"\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;"
+            )
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read on the read connection (or the writer's, in memory)."""
+        if self._reader is None or self._read_thread is None:
+            return await self._run(fn)
+        reader = self._reader
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._read_thread, fn, reader)
+        except sqlite3.OperationalError as exc:
+            raise self._unavailable(exc) from exc
+
+    def _migrate(self) -> None:
+        """Add the columns a store file written by an older version lacks."""
+        for table, columns in (
+            (
+                "journal",
+                (
+                    ("lease_until", "REAL"),
+                    ("last_error", "TEXT NOT NULL DEFAULT ''"),
+                    ("parked_at", "TEXT"),
+                ),
+            ),
+            ("claims", (("intent", "TEXT NOT NULL DEFAULT ''"),)),
+            ("incarnations", (("stopped", "INTEGER NOT NULL DEFAULT 0"),)),
+        ):
+            cols = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if not cols:
+                continue
+            for name, kind in columns:
+                if name not in cols:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
+    def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailableError:
+        error = StoreUnavailableError(
+            f"SQLite store {self.path} cannot be written: {exc}"
+        )
+        error.__cause__ = exc
+        return error
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        if self._flusher is not None and self._flusher.get_loop() is not loop:
+            # The store moved to another event loop (tests do this): whatever
+            # was queued on the old one can never be answered.
+            self._queue, self._flusher = [], None
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((fn, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        result: T = await future
+        return result
+
+    async def _flush(self) -> None:
+        """Run queued calls, a batch per transaction, until the queue is empty."""
+        while self._queue:
+            batch = [c for c in self._queue if not c[1].cancelled()]
+            self._queue = []
+            if not batch:
+                continue
+            try:
+                outcomes = await asyncio.to_thread(
+                    self._transaction, [fn for fn, _ in batch]
+                )
+            except BaseException as exc:  # cancelled, or the thread failed
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    def _transaction(
+        self, fns: Sequence[Callable[[sqlite3.Connection], Any]]
+    ) -> list[tuple[bool, Any]]:
+        """One transaction for the batch; results only once committed.
+
+        Optimistic: the calls run one after another with no savepoint each (two
+        statements fewer per call). Only if one of them fails is the
+        transaction rolled back and the batch run again, each call in its own
+        savepoint, so the failing call rolls back alone and gets its own error
+        while the others stand. Every call is a function of the database alone,
+        so running it again is running it once.
+        """
+        db = self._db
+        with self._lock:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                outcomes, failure = self._all_or_nothing(fns)
+                if failure is not None:
+                    self._abort()
+                    if len(fns) == 1:
+                        return [(False, self._error_of(failure))]
+                    db.execute("BEGIN IMMEDIATE")
+                    outcomes = [self._in_savepoint(fn) for fn in fns]
+                db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                # BEGIN, a savepoint or COMMIT failed: nothing of the batch stands.
+                self._abort()
+                error = self._unavailable(exc)
+                return [(False, error) for _ in fns]
+            except BaseException:
+                self._abort()
+                raise
+        return outcomes
+
+    def _all_or_nothing(
+        self, fns: Sequence[Callable[[sqlite3.Connection], Any]]
+    ) -> tuple[list[tuple[bool, Any]], Exception | None]:
+        """Run every call in the open transaction, up to the first that fails."""
+        outcomes: list[tuple[bool, Any]] = []
+        for fn in fns:
+            try:
+                outcomes.append((True, self._call(fn)))
+            except Exception as exc:  # noqa: BLE001 (the batch runs again, or the caller gets it)
+                return outcomes, exc
+        return outcomes, None
+
+    def _error_of(self, exc: Exception) -> Exception:
+        if isinstance(exc, sqlite3.OperationalError):
+            return self._unavailable(exc)
+        return exc
+
+    def _in_savepoint(
+        self, fn: Callable[[sqlite3.Connection], Any]
+    ) -> tuple[bool, Any]:
+        db = self._db
+        db.execute("SAVEPOINT call")
+        try:
+            value = self._call(fn)
+        except Exception as exc:  # noqa: BLE001 (handed to its caller)
+            db.execute("ROLLBACK TO call")
+            db.execute("RELEASE call")
+            return (False, self._error_of(exc))
+        db.execute("RELEASE call")
+        return (True, value)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        value = fn(self._db)
+        if isinstance(value, sqlite3.Cursor):
+            # Closed here, under the lock (its rowcount stays readable): a
+            # cursor let go of on the event loop's thread resets its cached
+            # statement there, racing the next transaction (SQLITE_MISUSE in
+            # bulk).
+            value.close()
+        return value
+
+    def _abort(self) -> None:
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def ping(self) -> bool:  # noqa: D102
+        try:
+            await self._run(lambda db: db.execute("SELECT 1").fetchone())
+        except StoreUnavailableError:
+            return False
+        return True
+
+    async def close(self) -> None:  # noqa: D102
+        def close() -> None:
+            with self._lock:
+                self._db.close()
+
+        if self._read_thread is not None and self._reader is not None:
+            reader = self._reader
+            await asyncio.get_running_loop().run_in_executor(
+                self._read_thread, reader.close
+            )
+            self._read_thread.shutdown(wait=False)
+            self._reader, self._read_thread = None, None
+
+        await asyncio.to_thread(close)

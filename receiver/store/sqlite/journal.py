@@ -1,0 +1,338 @@
+"""The SQLite store's journal of payloads: append, claim, park, prune; delivery ids."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from receiver.model import iso
+from receiver.store.base import (
+    AlertState,
+    JournalEntry,
+    Lease,
+    ParkedEntry,
+    newer_state,
+)
+from receiver.store.sqlite.connection import SqliteConnection
+from receiver.store.sqlite.schema import STATE_READ_CHUNK, _epoch, _ts
+
+
+class SqliteJournal(SqliteConnection):
+    """The journal of received payloads and the alert states they carry."""
+
+    async def append(  # noqa: D102
+        self, entry: JournalEntry, states: Sequence[AlertState]
+    ) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO journal (id, source, received_at, body, headers) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    entry.id,
+                    entry.source,
+                    entry.received_at.isoformat(),
+                    entry.body,
+                    json.dumps(dict(entry.headers)),
+                ),
+            )
+            if states:
+                self._put_states(db, states)
+
+        await self._run(write)
+        self._wakeup.set()
+
+    @classmethod
+    def _put_states(cls, db: sqlite3.Connection, states: Sequence[AlertState]) -> None:
+        """Keep each alert's newest state: one read and one write per payload.
+
+        The same outcome as comparing and writing the states one by one, in
+        order (a later state of the same alert is compared with the earlier).
+        """
+        latest: dict[str, AlertState | None] = {}
+        fingerprints = list(dict.fromkeys(s.fingerprint for s in states))
+        for start in range(0, len(fingerprints), STATE_READ_CHUNK):
+            chunk = fingerprints[start : start + STATE_READ_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in db.execute(
+                f"SELECT * FROM alert_state WHERE fingerprint IN ({marks})",  # noqa: S608 (placeholders only)
+                chunk,
+            ):
+                latest[row["fingerprint"]] = cls._state_of(row)
+        changed: dict[str, AlertState] = {}
+        for state in states:
+            if newer_state(latest.get(state.fingerprint), state):
+                latest[state.fingerprint] = changed[state.fingerprint] = state
+        db.executemany(
+            "INSERT OR REPLACE INTO alert_state VALUES (?, ?, ?, ?)",
+            [
+                (
+                    s.fingerprint,
+                    s.status,
+                    s.starts_at.isoformat() if s.starts_at else None,
+                    s.updated_at.isoformat(),
+                )
+                for s in changed.values()
+            ],
+        )
+
+    @classmethod
+    def _state(cls, db: sqlite3.Connection, fingerprint: str) -> AlertState | None:
+        row = db.execute(
+            "SELECT * FROM alert_state WHERE fingerprint=?", (fingerprint,)
+        ).fetchone()
+        return None if row is None else cls._state_of(row)
+
+    @staticmethod
+    def _state_of(row: sqlite3.Row) -> AlertState:
+        return AlertState(
+            row["fingerprint"],
+            row["status"],
+            _ts(row["starts_at"]),
+            datetime.fromisoformat(row["updated_at"]),
+        )
+
+    async def alert_state(self, fingerprint: str) -> AlertState | None:  # noqa: D102
+        return await self._run(lambda db: self._state(db, fingerprint))
+
+    @staticmethod
+    def _entry(row: sqlite3.Row) -> JournalEntry:
+        return JournalEntry(
+            id=row["id"],
+            source=row["source"],
+            received_at=datetime.fromisoformat(row["received_at"]),
+            body=bytes(row["body"]),
+            headers=json.loads(row["headers"]),
+            attempts=row["attempts"],
+        )
+
+    async def claim(  # noqa: D102
+        self, consumer: str, wait: float, now: datetime
+    ) -> Lease | None:
+        deadline = time.monotonic() + wait
+        lease = self.retention.lease
+        until = now + lease
+
+        def take(db: sqlite3.Connection) -> JournalEntry | None:
+            # The earlier of (first pending, first lapsed lease), each one
+            # search of journal_queue: an OR here sorted the whole backlog.
+            row = db.execute(
+                "UPDATE journal SET state='claimed', consumer=?, claimed_at=?, "
+                "lease_until=?, attempts=attempts+1 WHERE rowid = (SELECT r FROM ("
+                "SELECT r FROM (SELECT rowid AS r FROM journal WHERE "
+                "state='pending' ORDER BY rowid LIMIT 1) UNION ALL "
+                "SELECT r FROM (SELECT rowid AS r FROM journal WHERE "
+                "state='claimed' AND lease_until < ? ORDER BY rowid LIMIT 1)"
+                ") ORDER BY r LIMIT 1) RETURNING *",
+                (consumer, _epoch(now), _epoch(until), _epoch(now)),
+            ).fetchone()
+            return self._entry(row) if row is not None else None
+
+        while True:
+            self._wakeup.clear()
+            entry = await self._run(take)
+            if entry is not None:
+                return Lease(entry, consumer, until)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), min(remaining, 0.25))
+
+    async def renew(self, lease: Lease, now: datetime) -> Lease | None:  # noqa: D102
+        until = now + self.retention.lease
+
+        def write(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "UPDATE journal SET lease_until=? WHERE id=? AND state='claimed' "
+                "AND consumer=?",
+                (_epoch(until), lease.entry.id, lease.consumer),
+            )
+            return cur.rowcount == 1
+
+        renewed = await self._run(write)
+        return Lease(lease.entry, lease.consumer, until) if renewed else None
+
+    async def release(  # noqa: D102
+        self, lease: Lease, now: datetime, error: str
+    ) -> None:
+        del now
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE journal SET state='pending', consumer=NULL, lease_until=NULL, "
+                "last_error=? WHERE id=? AND state='claimed' AND consumer=?",
+                (error[:2000], lease.entry.id, lease.consumer),
+            )
+        )
+        self._wakeup.set()
+
+    async def park(  # noqa: D102
+        self, lease: Lease, reason: str, now: datetime
+    ) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE journal SET state='parked', consumer=NULL, lease_until=NULL, "
+                "last_error=?, parked_at=? WHERE id=? AND state IN "
+                "('claimed', 'pending')",
+                (reason[:2000], now.isoformat(), lease.entry.id),
+            )
+        )
+
+    async def parked(self, limit: int = 100) -> list[ParkedEntry]:  # noqa: D102
+        def read(db: sqlite3.Connection) -> list[ParkedEntry]:
+            rows = db.execute(
+                "SELECT * FROM journal WHERE state='parked' ORDER BY parked_at DESC, "
+                "rowid DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [
+                ParkedEntry(
+                    self._entry(r),
+                    r["last_error"],
+                    datetime.fromisoformat(r["parked_at"]),
+                )
+                for r in rows
+            ]
+
+        return await self._run(read)
+
+    async def parked_count(self) -> int:  # noqa: D102
+        return int(
+            await self._run(
+                lambda db: db.execute(
+                    "SELECT count(*) FROM journal WHERE state='parked'"
+                ).fetchone()[0]
+            )
+        )
+
+    async def retry_parked(self, entry_id: str, now: datetime) -> bool:  # noqa: D102
+        del now
+        cur = await self._run(
+            lambda db: db.execute(
+                "UPDATE journal SET state='pending', attempts=0, parked_at=NULL "
+                "WHERE id=? AND state='parked'",
+                (entry_id,),
+            )
+        )
+        self._wakeup.set()
+        return bool(cur.rowcount == 1)
+
+    async def complete(  # noqa: D102
+        self, entry_id: str, traces: Sequence[Mapping[str, Any]]
+    ) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            done = datetime.now(UTC).isoformat()  # bookkeeping only, never compared
+            row = db.execute(
+                "SELECT state FROM journal WHERE id=?", (entry_id,)
+            ).fetchone()
+            if row is not None and row[0] == "done":
+                return  # completed by another worker after a lease ran out
+            db.executemany(
+                "INSERT INTO decisions (payload_id, fingerprint, decided_at, record) "
+                "VALUES (?, ?, ?, ?)",
+                # A generator: a storm's records are encoded one at a time,
+                # never all held at once.
+                (
+                    (
+                        entry_id,
+                        str(t.get("fingerprint", "")),
+                        str(t.get("decided_at", "")),
+                        json.dumps(t),
+                    )
+                    for t in traces
+                ),
+            )
+            db.execute(
+                "UPDATE journal SET state='done', done_at=?, lease_until=NULL "
+                "WHERE id=?",
+                (done, entry_id),
+            )
+
+        await self._run(write)
+
+    async def payload(self, entry_id: str) -> JournalEntry | None:  # noqa: D102
+        def read(db: sqlite3.Connection) -> JournalEntry | None:
+            row = db.execute("SELECT * FROM journal WHERE id=?", (entry_id,)).fetchone()
+            return self._entry(row) if row is not None else None
+
+        return await self._run(read)
+
+    async def payloads(  # noqa: D102
+        self, limit: int = 100, *, before: str | None = None
+    ) -> list[JournalEntry]:
+        def read(db: sqlite3.Connection) -> list[JournalEntry]:
+            if before is None:
+                rows = db.execute(
+                    "SELECT * FROM journal ORDER BY rowid DESC LIMIT ?", (limit,)
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    "SELECT * FROM journal WHERE rowid < (SELECT rowid FROM journal "
+                    "WHERE id=?) ORDER BY rowid DESC LIMIT ?",
+                    (before, limit),
+                ).fetchall()
+            return [self._entry(r) for r in rows]
+
+        return await self._read(read)
+
+    async def pending(self) -> tuple[int, datetime | None]:  # noqa: D102
+        def read(db: sqlite3.Connection) -> tuple[int, datetime | None]:
+            row = db.execute(
+                "SELECT count(*), min(received_at) FROM journal "
+                "WHERE state IN ('pending', 'claimed')"
+            ).fetchone()
+            return int(row[0]), _ts(row[1])
+
+        return await self._run(read)
+
+    async def prune(self, now: datetime) -> int:  # noqa: D102
+        keep = self.retention
+
+        def write(db: sqlite3.Connection) -> int:
+            cutoff = (now - keep.max_age).isoformat()
+            dropped = db.execute(
+                "DELETE FROM journal WHERE state='done' AND (received_at < ? OR id IN "
+                "(SELECT id FROM journal WHERE state='done' ORDER BY id DESC "
+                "LIMIT -1 OFFSET ?))",
+                (cutoff, keep.max_payloads),
+            ).rowcount
+            dropped += db.execute(
+                "DELETE FROM decisions WHERE decided_at < ? OR seq IN (SELECT seq FROM "
+                "decisions ORDER BY seq DESC LIMIT -1 OFFSET ?)",
+                (iso(now - keep.max_age), keep.max_decisions),
+            ).rowcount
+            at = _epoch(now)
+            for table in ("claims", "locks", "last_run"):
+                db.execute(f"DELETE FROM {table} WHERE expires_at < ?", (at,))  # noqa: S608
+            db.execute("DELETE FROM seen WHERE expires_at < ?", (at,))
+            db.execute("DELETE FROM incarnations WHERE alive_until < ?", (at - 86400,))
+            db.execute(
+                "DELETE FROM budget WHERE at < ?",
+                (_epoch(now) - 31 * 86400,),
+            )
+            db.execute(
+                "DELETE FROM approvals WHERE status != 'pending' AND created_at < ?",
+                (cutoff,),
+            )
+            return int(dropped)
+
+        return await self._run(write)
+
+    # -- delivery ids -------------------------------------------------------
+
+    async def seen(self, key: str, ttl: timedelta, now: datetime) -> bool:  # noqa: D102
+        at = _epoch(now)
+
+        def write(db: sqlite3.Connection) -> bool:
+            db.execute("DELETE FROM seen WHERE key=? AND expires_at < ?", (key, at))
+            cur = db.execute(
+                "INSERT OR IGNORE INTO seen VALUES (?, ?)", (key, _epoch(now + ttl))
+            )
+            return cur.rowcount == 0
+
+        return await self._run(write)

@@ -1,0 +1,140 @@
+"""The SQLite store's tables, indexes and row conversions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    body BLOB NOT NULL,
+    headers TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    consumer TEXT,
+    claimed_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    done_at TEXT,
+    lease_until REAL,
+    last_error TEXT NOT NULL DEFAULT '',
+    parked_at TEXT
+);
+CREATE INDEX IF NOT EXISTS journal_state ON journal(state, id);
+-- (state, rowid): the next entry to claim, in arrival order, without a sort
+CREATE INDEX IF NOT EXISTS journal_queue ON journal(state);
+CREATE TABLE IF NOT EXISTS decisions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    payload_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    decided_at TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_fp ON decisions(fingerprint, seq);
+CREATE INDEX IF NOT EXISTS decisions_payload ON decisions(payload_id);
+CREATE INDEX IF NOT EXISTS decisions_time ON decisions(decided_at);
+-- What the API filters on inside a record (rule, playbook, step decision), one
+-- row per distinct value, kept by triggers so no writer has to know.
+CREATE TABLE IF NOT EXISTS decision_index (
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (kind, value, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS decision_index_seq ON decision_index(seq);
+CREATE TRIGGER IF NOT EXISTS decisions_tag AFTER INSERT ON decisions BEGIN
+{TAG_INSERTS}
+END;
+CREATE TRIGGER IF NOT EXISTS decisions_untag AFTER DELETE ON decisions BEGIN
+    DELETE FROM decision_index WHERE seq = OLD.seq;
+END;
+CREATE TABLE IF NOT EXISTS alert_state (
+    fingerprint TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    starts_at TEXT,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    status TEXT NOT NULL,
+    at TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    expires_at REAL NOT NULL,
+    intent TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS claims_owner ON claims(owner, status);
+CREATE TABLE IF NOT EXISTS locks (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS locks_owner ON locks(owner);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS last_run (
+    scope TEXT PRIMARY KEY, at TEXT NOT NULL, expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS budget (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, scope TEXT NOT NULL, at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS incarnations (
+    id TEXT PRIMARY KEY, alive_until REAL NOT NULL, stopped INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS budget_scope ON budget(scope, at);
+CREATE TABLE IF NOT EXISTS circuit (
+    scope TEXT PRIMARY KEY, failures INTEGER NOT NULL, opened_at TEXT
+);
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    request TEXT NOT NULL,
+    status TEXT NOT NULL,
+    decided_by TEXT NOT NULL DEFAULT '',
+    decided_at TEXT
+);
+CREATE INDEX IF NOT EXISTS approvals_listed ON approvals(created_at, id);
+CREATE INDEX IF NOT EXISTS approvals_expiry ON approvals(status, expires_at);
+"""
+
+
+def _tag_inserts(record: str, seq: str) -> str:
+    """SQL filing a record's rules, playbooks and step decisions under ``seq``."""
+    # A record SQLite cannot parse (NaN) is filed under nothing, never refused.
+    doc = f"CASE WHEN json_valid({record}) THEN {record} ELSE '{{}}' END"
+    matches = f"json_each({doc}, '$.matches') AS m"
+    insert = "INSERT OR IGNORE INTO decision_index (kind, value, seq)"
+    rule = (
+        f"{insert} SELECT 'rule', json_extract(m.value, '$.rule'), {seq} "  # noqa: S608 (fixed fragments)
+        f"FROM {matches} WHERE json_type(m.value, '$.rule') = 'text';"
+    )
+    playbook = (
+        f"{insert} SELECT 'playbook', json_extract(m.value, '$.playbook'), {seq} "  # noqa: S608
+        f"FROM {matches} WHERE json_type(m.value, '$.playbook') = 'text';"
+    )
+    decision = (
+        f"{insert} SELECT 'decision', json_extract(st.value, '$.decision'), {seq} "  # noqa: S608
+        f"FROM {matches}, json_each(m.value, '$.steps') AS st "
+        "WHERE json_type(st.value, '$.decision') = 'text';"
+    )
+    return f"{rule}\n{playbook}\n{decision}"
+
+
+SCHEMA = SCHEMA.replace("{TAG_INSERTS}", _tag_inserts("NEW.record", "NEW.seq"))
+# Bumped when an index must be filled for rows written before it existed.
+SCHEMA_VERSION = 1
+TAG_KINDS = ("rule", "playbook", "decision")
+# Fingerprints per read of alert_state (under SQLite's bound on parameters).
+STATE_READ_CHUNK = 500
+
+
+def _ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _epoch(value: datetime) -> float:
+    return value.timestamp()
