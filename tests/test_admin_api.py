@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 
 import httpx
-from conftest import ADMIN_TOKEN, bearer, full_settings, journal_drained
+from conftest import ADMIN_TOKEN, basic, bearer, full_settings, journal_drained
 from peers import poll, run_receiver
 
 from receiver.app import create_app
@@ -26,8 +26,8 @@ async def test_pause_and_resume_are_audited(make_client):
     assert (await resp.json()) == {"paused": False}
     resp = await client.post(
         "/api/v1/pause",
-        json={"by": "alice", "reason": "failover drill"},
-        headers=bearer(ADMIN_TOKEN),
+        json={"reason": "failover drill"},
+        headers=basic("alice", ADMIN_TOKEN),
     )
     assert resp.status == 200, await resp.text()
     body = await resp.json()
@@ -40,9 +40,7 @@ async def test_pause_and_resume_are_audited(make_client):
     assert pause is not None
     assert pause.by == "alice"
     assert "receiver_paused 1.0" in client.metrics.render().decode()
-    resp = await client.delete(
-        "/api/v1/pause?by=bob&reason=done", headers=bearer(ADMIN_TOKEN)
-    )
+    resp = await client.delete("/api/v1/pause?reason=done", headers=bearer(ADMIN_TOKEN))
     assert (await resp.json()) == {"paused": False}
     assert await client.store.pause() is None
     assert "receiver_paused 0.0" in client.metrics.render().decode()
@@ -52,9 +50,26 @@ async def test_pause_and_resume_are_audited(make_client):
         if d["payload_id"].startswith("admin.pause.")
     ]
     assert [(d["event"], d["by"], d["reason"]) for d in audit] == [
-        ("resumed", "bob", "done"),
+        ("resumed", "api", "done"),
         ("paused", "alice", "failover drill"),
     ]
+
+
+async def test_pause_takes_no_free_text_by(make_client):
+    """Who paused is the credential's identity: a "by" field or query is a 400."""
+    client = await make_client()
+    resp = await client.post(
+        "/api/v1/pause",
+        json={"by": "mallory", "reason": "x"},
+        headers=bearer(ADMIN_TOKEN),
+    )
+    assert resp.status == 400
+    problem = await resp.json()
+    assert '"by" is not accepted' in problem["detail"]
+    assert await client.store.pause() is None
+    resp = await client.delete("/api/v1/pause?by=mallory", headers=bearer(ADMIN_TOKEN))
+    assert resp.status == 400
+    assert '"by" is not accepted' in (await resp.json())["detail"]
 
 
 async def test_pause_rejects_a_bad_body_and_needs_credentials(make_client):

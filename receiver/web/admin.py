@@ -2,10 +2,11 @@
 
 Built in ``create_app`` next to ``Handlers``, with the same authenticator.
 
-- ``GET /api/v1/pause``; ``POST /api/v1/pause`` with ``{"by", "reason"}`` stops
+- ``GET /api/v1/pause``; ``POST /api/v1/pause`` with ``{"reason"}`` stops
   every remediation (diagnostics and notes go on); ``DELETE /api/v1/pause`` or
   ``POST`` with ``{"paused": false}`` resumes. Each switch is audited: a
-  decision record (``payload_id`` ``admin.pause.<id>``) says who, when and why.
+  decision record (``payload_id`` ``admin.pause.<id>``) says who, when and why;
+  "who" is the credential's identity (as for approvals), never a field.
 - ``GET /api/v1/parked`` lists entries set aside after too many attempts;
   ``POST /api/v1/parked/{id}/retry`` puts one back in the queue.
 """
@@ -24,6 +25,7 @@ from receiver.metrics import Metrics
 from receiver.model import iso
 from receiver.sources import parse_json
 from receiver.store.base import Pause, Store, new_id
+from receiver.web.approvals import identify
 from receiver.web.auth import Authenticator, require_scope
 
 log = structlog.get_logger("receiver.admin")
@@ -31,6 +33,11 @@ log = structlog.get_logger("receiver.admin")
 # Bodies here are a few fields; anything bigger is a mistake.
 MAX_BODY = 16 * 1024
 _TEXT_MAX = 500
+_NO_BY = (
+    '"by" is not accepted: who switched is who the credential says (a personal '
+    "token from RECEIVER_APPROVER_TOKENS names its person; with basic "
+    "credentials, the user name)"
+)
 
 
 def _text(data: dict[str, Any], name: str, default: str = "") -> str:
@@ -89,14 +96,18 @@ class Admin:
         paused = data.get("paused", True)
         if not isinstance(paused, bool):
             raise InputError('"paused" must be true or false')
-        by = _text(data, "by", "api") or "api"
+        if "by" in data:
+            raise InputError(_NO_BY, errors=[{"pointer": "/by", "detail": "remove it"}])
+        by = identify(self._auth, request.headers.get("Authorization")).name
         reason = _text(data, "reason")
         return await self.switch(paused=paused, by=by, reason=reason)
 
     async def delete_pause(self, request: web.Request) -> web.Response:
         """DELETE /api/v1/pause: resume remediations."""
         require_scope(request, "admin")
-        by = " ".join(request.query.get("by", "api").split())[:_TEXT_MAX] or "api"
+        if "by" in request.query:
+            raise InputError(_NO_BY)
+        by = identify(self._auth, request.headers.get("Authorization")).name
         reason = " ".join(request.query.get("reason", "").split())[:_TEXT_MAX]
         return await self.switch(paused=False, by=by, reason=reason)
 
