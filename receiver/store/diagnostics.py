@@ -19,19 +19,16 @@ alert is simply another key. A cache that cannot be reached raises
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-import threading
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Protocol, TypeVar
 
 import redis.asyncio
 import redis.exceptions
 
 from receiver.errors import StoreUnavailableError
+from receiver.store.side import SideDatabase
 from receiver.store.sqlite import SqliteStore
 
 T = TypeVar("T")
@@ -75,49 +72,8 @@ class SqliteDiagnosticsCache:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    def _open(self) -> sqlite3.Connection:
-        # Opened on first use: a process that runs no diagnostic (the edge, a
-        # rule pack without diagnostics) never touches the file.
-        if self._db is None:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None, timeout=30
-            )
-            if self.path != ":memory:":
-                db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-            self._db = db
-        return self._db
-
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
-            db = self._open()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return result
-
-    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
-            return fn(self._open())
-
-    async def _run(
-        self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True
-    ) -> T:
-        try:
-            return await asyncio.to_thread(self._tx if write else self._read, fn)
-        except sqlite3.Error as exc:
-            raise StoreUnavailableError(
-                f"SQLite diagnostics cache {self.path}: {exc}"
-            ) from exc
+        self._side = SideDatabase(path, SCHEMA, "diagnostics cache")
+        self._run = self._side.run
 
     async def recall(self, key: str) -> tuple[datetime, str] | None:  # noqa: D102
         def run(db: sqlite3.Connection) -> tuple[datetime, str] | None:
@@ -143,13 +99,7 @@ class SqliteDiagnosticsCache:
         await self._run(run)
 
     async def close(self) -> None:  # noqa: D102
-        def close() -> None:
-            with self._lock:
-                if self._db is not None:
-                    self._db.close()
-                    self._db = None
-
-        await asyncio.to_thread(close)
+        await self._side.close()
 
 
 class RedisDiagnosticsCache:

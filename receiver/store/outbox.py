@@ -19,20 +19,18 @@ leaves it to be claimed again when the lease lapses. Unreachable storage raises
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 import redis.asyncio
 import redis.exceptions
 
 from receiver.errors import StoreUnavailableError
+from receiver.store.side import SideDatabase
 from receiver.store.sqlite import SqliteStore
 
 T = TypeVar("T")
@@ -90,40 +88,8 @@ class SqliteOutbox:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    def _open(self) -> sqlite3.Connection:
-        if self._db is None:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None, timeout=30
-            )
-            if self.path != ":memory:":
-                db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-            self._db = db
-        return self._db
-
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
-            db = self._open()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return result
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        try:
-            return await asyncio.to_thread(self._tx, fn)
-        except sqlite3.Error as exc:
-            msg = f"SQLite sink outbox {self.path}: {exc}"
-            raise StoreUnavailableError(msg) from exc
+        self._side = SideDatabase(path, SCHEMA, "sink outbox")
+        self._run = self._side.run
 
     async def put(  # noqa: D102
         self, rows: Sequence[tuple[str, str, str, Sequence[str]]], now: datetime
@@ -227,13 +193,7 @@ class SqliteOutbox:
         return await self._run(run)
 
     async def close(self) -> None:  # noqa: D102
-        def close() -> None:
-            with self._lock:
-                if self._db is not None:
-                    self._db.close()
-                    self._db = None
-
-        await asyncio.to_thread(close)
+        await self._side.close()
 
 
 # Claim the first due row: push it a lease ahead and count the attempt.

@@ -1,0 +1,82 @@
+"""A small SQLite database beside the main store, for one concern each.
+
+The diagnostics cache and the sink outbox keep their tables in the main store's
+file (or in memory). Each opens its own connection on first use (a process that
+never needs the concern never touches the file), runs its statements in a
+thread under one lock, and turns any ``sqlite3.Error`` into a
+``StoreUnavailableError`` that names the concern and the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from receiver.errors import StoreUnavailableError
+
+T = TypeVar("T")
+
+
+class SideDatabase:
+    """One lazily opened connection, its schema, and transactions in a thread."""
+
+    def __init__(self, path: str, schema: str, what: str) -> None:
+        self.path = path
+        self._schema = schema
+        self._what = what
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is None:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            if self.path != ":memory:":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(self._schema)
+            self._db = db
+        return self._db
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            db = self._open()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            return fn(self._open())
+
+    async def run(
+        self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True
+    ) -> T:
+        """``fn`` in a thread: in one transaction, or (``write=False``) as is."""
+        try:
+            return await asyncio.to_thread(self._tx if write else self._read, fn)
+        except sqlite3.Error as exc:
+            msg = f"SQLite {self._what} {self.path}: {exc}"
+            raise StoreUnavailableError(msg) from exc
+
+    async def close(self) -> None:
+        """Close the connection (it opens again on next use)."""
+
+        def close() -> None:
+            with self._lock:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+
+        await asyncio.to_thread(close)
