@@ -7,18 +7,15 @@ in ``asyncio.to_thread`` under a lock; each is one transaction.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TypeVar
 
-from receiver.errors import StoreUnavailableError
 from receiver.model import freeze, iso
 from receiver.store.incidents_base import IncidentQuery, IncidentRecord
+from receiver.store.side import SideDatabase
 
 T = TypeVar("T")
 
@@ -68,37 +65,8 @@ class SqliteIncidentStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            path, check_same_thread=False, isolation_level=None, timeout=30
-        )
-        self._db.row_factory = sqlite3.Row
-        if path != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
-
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return result
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        try:
-            return await asyncio.to_thread(self._tx, fn)
-        except sqlite3.Error as exc:
-            raise StoreUnavailableError(
-                f"SQLite incident store {self.path}: {exc}"
-            ) from exc
+        self._side = SideDatabase(path, SCHEMA, "incident store", rows=True)
+        self._run = self._side.run
 
     async def next_number(self, day: str) -> int:  # noqa: D102
         def run(db: sqlite3.Connection) -> int:
@@ -264,11 +232,4 @@ class SqliteIncidentStore:
         return await self._run(run)
 
     async def close(self) -> None:  # noqa: D102
-        def close() -> None:
-            # Under the lock: a query still running in its thread (its task
-            # was cancelled, the thread was not) finishes first. Closing under
-            # it crashes the process.
-            with self._lock:
-                self._db.close()
-
-        await asyncio.to_thread(close)
+        await self._side.close()

@@ -1,6 +1,6 @@
 """A small SQLite database beside the main store, for one concern each.
 
-The diagnostics cache and the sink outbox keep their tables in the main store's
+The diagnostics cache, the sink outbox and the incident store keep their tables in the main store's
 file (or in memory). Each opens its own connection on first use (a process that
 never needs the concern never touches the file), runs its statements in a
 thread under one lock, and turns any ``sqlite3.Error`` into a
@@ -24,22 +24,32 @@ T = TypeVar("T")
 class SideDatabase:
     """One lazily opened connection, its schema, and transactions in a thread."""
 
-    def __init__(self, path: str, schema: str, what: str) -> None:
+    def __init__(
+        self, path: str, schema: str, what: str, *, rows: bool = False
+    ) -> None:
         self.path = path
         self._schema = schema
         self._what = what
+        self._rows = rows  # rows as ``sqlite3.Row`` (by name) instead of tuples
         self._db: sqlite3.Connection | None = None
+        self._closed = False
         self._lock = threading.Lock()
 
     def _open(self) -> sqlite3.Connection:
+        if self._closed:
+            msg = "closed"
+            raise sqlite3.ProgrammingError(msg)
         if self._db is None:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=30
             )
+            if self._rows:
+                db.row_factory = sqlite3.Row
             if self.path != ":memory:":
                 db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
             db.executescript(self._schema)
             self._db = db
         return self._db
@@ -71,10 +81,14 @@ class SideDatabase:
             raise StoreUnavailableError(msg) from exc
 
     async def close(self) -> None:
-        """Close the connection (it opens again on next use)."""
+        """Close the connection; a later call fails as the store being down."""
 
         def close() -> None:
+            # Under the lock: a query still running in its thread (its task
+            # was cancelled, the thread was not) finishes first. Closing under
+            # it crashes the process.
             with self._lock:
+                self._closed = True
                 if self._db is not None:
                     self._db.close()
                     self._db = None
