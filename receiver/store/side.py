@@ -1,9 +1,9 @@
 """A small SQLite database beside the main store, for one concern each.
 
-The diagnostics cache, the sink outbox and the incident store keep their tables in the main store's
-file (or in memory). Each opens its own connection on first use (a process that
-never needs the concern never touches the file), runs its statements in a
-thread under one lock, and turns any ``sqlite3.Error`` into a
+The diagnostics cache, the sink outbox and the incident store keep their tables
+in the main store's file (or in memory). Each opens its own connection on first
+use (a process that never needs the concern never touches the file), runs its
+statements in a thread under one lock, and turns any ``sqlite3.Error`` into a
 ``StoreUnavailableError`` that names the concern and the file.
 """
 
