@@ -1,0 +1,80 @@
+"""The operator console at ``/ui/``: server-rendered pages, no build step.
+
+Behind the API credentials: a browser without them gets the basic-auth prompt
+(``WWW-Authenticate: Basic``); no token ever goes in a URL.
+
+- ``/ui/incidents``: severity, state and the runbook's three clocks (acknowledge,
+  mitigate, resolve) counting down, red *and* written "BREACHED" when passed.
+  ``/ui/incidents/{id}``: the timeline, each alert's decision trace (steps with
+  their outcome, reason, findings and verification), notes sent, the report.
+- ``/ui/approvals``: pending approvals with the exact request each would run,
+  and Approve / Reject buttons. The approver is the authenticated identity,
+  never a form field; deciding goes through the one approval policy
+  (``approvals.ApprovalDesk``) that Slack and the API use too.
+- ``/ui/guards``: the global pause, circuit breakers, cooldowns, budgets in use,
+  locks held, parked journal entries; Reset (a breaker) and Pause / Resume need
+  the admin scope and are written to the decision log.
+- ``/ui/rules``: the loaded rule files and their last reload, and a form that
+  decides a stored payload against them (dry-run: nothing runs).
+- ``/ui/backtest`` (admin): ``receiver backtest`` as a form. Candidate rules
+  pasted or uploaded (bounded; checked like ``receiver rules check``) are
+  replayed with the loaded ones over a period's stored payloads, guards
+  simulated and nothing contacted (``backtest.compare_bounded``: bounded in
+  payloads and time, one at a time per replica); every run is audited.
+
+Forms carry a token bound to the signed-in identity, so another site cannot
+post them. Pages are plain HTML with one small script (the clocks) that read on
+a phone, and every state is written out in words (never colour alone).
+Built in ``create_app``.
+
+One module per page (``incidents``, ``approvals``, ``guards``, ``rules``,
+``backtest``) over ``base`` (identity, form tokens) and ``render`` (layout,
+escaping, constants); ``Console`` composes them and registers the routes.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from receiver.web.console.approvals import ApprovalPages
+from receiver.web.console.backtest import BacktestPages
+from receiver.web.console.guards import GuardPages
+from receiver.web.console.incidents import IncidentPages
+from receiver.web.console.paths import console_paths
+from receiver.web.console.render import MAX_CANDIDATE_BYTES, clock_item
+from receiver.web.console.rules import RulePages
+
+
+class Console(IncidentPages, ApprovalPages, GuardPages, RulePages, BacktestPages):
+    """The ``/ui/`` pages."""
+
+    def attach(self, app: web.Application) -> None:
+        """Register the routes."""
+        r = app.router
+        r.add_get("/ui", self.home)
+        r.add_get("/ui/", self.home)
+        r.add_get("/ui/static/console.js", self.script)
+        r.add_get("/ui/incidents", self.incident_list)
+        r.add_get("/ui/incidents/{id}", self.incident)
+        r.add_get("/ui/approvals", self.approvals)
+        r.add_post("/ui/approvals/{id}", self.decide)
+        r.add_get("/ui/guards", self.guards)
+        r.add_post("/ui/guards/reset", self.reset)
+        r.add_post("/ui/guards/pause", self.pause)
+        r.add_get("/ui/rules", self.rules)
+        r.add_post("/ui/rules/dry-run", self.dry_run)
+        r.add_get("/ui/backtest", self.backtest_form)
+        r.add_post("/ui/backtest", self.backtest)
+        app[CONSOLE] = self
+
+
+CONSOLE = web.AppKey("console", Console)
+
+
+__all__ = [
+    "CONSOLE",
+    "MAX_CANDIDATE_BYTES",
+    "Console",
+    "clock_item",
+    "console_paths",
+]

@@ -1,0 +1,158 @@
+"""The console's shared state and identity: who is signed in, form tokens, home."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+
+from aiohttp import web
+
+from receiver.engine.guards import GuardDefaults
+from receiver.engine.worker import Processor
+from receiver.errors import AuthError
+from receiver.incidents.service import IncidentService
+from receiver.store.base import Store
+from receiver.web.admin import Admin
+from receiver.web.approvals import ApprovalDesk, identify
+from receiver.web.auth import Authenticator, Scope
+from receiver.web.console.render import (
+    _JS,
+    BACKTEST_PAYLOADS,
+    BACKTEST_SECONDS,
+    _e,
+    _page,
+    log,
+)
+from receiver.web.reload import Reloader
+
+
+class ConsoleBase:
+    """State and identity every ``/ui/`` page shares."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        auth: Authenticator,
+        desk: ApprovalDesk,
+        processor: Processor,
+        admin: Admin,
+        clock: Callable[[], datetime],
+        defaults: GuardDefaults,
+        reloader: Reloader | None = None,
+        secrets: Iterable[str] = (),
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._auth = auth
+        self._desk = desk
+        self._processor = processor
+        self._admin = admin
+        self._clock = clock
+        self._defaults = defaults
+        self._reloader = reloader
+        self.timer = timer
+        # One backtest at a time per replica; the bounds are attributes so a
+        # deployment (or a test) can tighten them.
+        self.busy = asyncio.Lock()
+        self.backtest_payloads = BACKTEST_PAYLOADS
+        self.backtest_seconds = BACKTEST_SECONDS
+        # Set once the incident service is built (after the console's routes).
+        self.incidents: IncidentService | None = None
+        # Every replica derives the same form key from the configured secrets,
+        # so a page served by one can be submitted to another.
+        known = sorted(secrets)
+        self._key = (
+            hashlib.sha256(b"receiver-console\0" + "\0".join(known).encode()).digest()
+            if known
+            else os.urandom(32)
+        )
+
+    # ------------------------------------------------------------ identity
+
+    def _who(self, request: web.Request, scope: Scope = "read") -> str | web.Response:
+        """The signed-in identity with ``scope``, or the 401/403 answer.
+
+        (Answered here, not raised: the problem middleware drops the headers
+        of a raised HTTP error, and the prompt needs ``WWW-Authenticate``.)
+        """
+        header = request.headers.get("Authorization")
+        try:
+            self._auth.require(header, scope)
+        except AuthError as exc:
+            if exc.status == 403 and scope != "read":
+                log.warning(
+                    "console_refused",
+                    path=request.path,
+                    scope=scope,
+                    by=identify(self._auth, header).name,
+                )
+                return _page(
+                    "Not allowed",
+                    f"<p role=alert>{_e(self._refused(scope, str(exc)))}</p>"
+                    '<p><a href="/ui/">Back to the console</a></p>',
+                    status=403,
+                )
+            return web.Response(
+                status=exc.status,
+                text=f"{exc}\n",
+                headers={"WWW-Authenticate": 'Basic realm="receiver", charset="UTF-8"'},
+            )
+        return identify(self._auth, header).name
+
+    @staticmethod
+    def _refused(scope: Scope, detail: str) -> str:
+        what = {
+            "admin": "Resetting breakers, pausing remediations and backtesting "
+            "rules changes",
+            "approve": "Approving and rejecting remediations",
+            "replay": "Running replays",
+        }.get(scope, "This")
+        return (
+            f"Refused: {what} needs the {scope} scope, and you are signed in "
+            f"without it ({detail}). Sign in again with a token that has it."
+        )
+
+    def _token(self, who: str) -> str:
+        return hmac.new(self._key, who.encode(), hashlib.sha256).hexdigest()
+
+    async def _form(self, request: web.Request, who: str) -> Mapping[str, str]:
+        form = await request.post()
+        token = str(form.get("token", ""))
+        if not hmac.compare_digest(token.encode(), self._token(who).encode()):
+            raise web.HTTPForbidden(
+                text="the form is stale or not from this console; reload the page"
+            )
+        return {k: str(v) for k, v in form.items() if isinstance(v, str)}
+
+    def _hidden(self, who: str) -> str:
+        return f'<input type=hidden name=token value="{self._token(who)}">'
+
+    @staticmethod
+    def _notice(request: web.Request) -> str:
+        notice = request.query.get("notice", "")
+        if not notice:
+            return ""
+        return f"<p role=status><strong>{_e(notice[:300])}</strong></p>"
+
+    # --------------------------------------------------------------- pages
+
+    async def home(self, request: web.Request) -> web.Response:
+        """GET /ui/: the incidents page."""
+        who = self._who(request)
+        if isinstance(who, web.Response):
+            return who
+        raise web.HTTPFound("/ui/incidents")
+
+    async def script(self, _request: web.Request) -> web.Response:
+        """GET /ui/static/console.js: the clocks' countdown."""
+        return web.Response(
+            text=_JS,
+            content_type="text/javascript",
+            headers={"Cache-Control": "max-age=300"},
+        )

@@ -1,0 +1,132 @@
+"""The console's incident pages."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from receiver.incidents.clocks import clocks
+from receiver.store.base import DecisionQuery
+from receiver.store.incidents_base import IncidentQuery
+from receiver.web.console.base import ConsoleBase
+from receiver.web.console.render import (
+    _e,
+    _minute,
+    _page,
+    _step_row,
+    _table,
+    clock_item,
+)
+
+
+class IncidentPages(ConsoleBase):
+    """``/ui/incidents`` and one incident's page."""
+
+    async def incident_list(self, request: web.Request) -> web.Response:
+        """GET /ui/incidents: severity, state and clocks of recent incidents."""
+        who = self._who(request)
+        if isinstance(who, web.Response):
+            return who
+        if self.incidents is None:
+            return _page("Incidents", "<p>Incidents are not enabled here.</p>")
+        now = self._clock()
+        found, _cursor = await self.incidents.page(
+            IncidentQuery(None, None, None, 50, None)
+        )
+        policy = self.incidents.policy
+        rows = [
+            [
+                f'<a href="/ui/incidents/{_e(i.id)}">{_e(i.id)}</a><br>{_e(i.title)}',
+                f"<span class=state>{_e(i.severity.value)}</span>",
+                f"<span class=state>{_e(i.state.value)}</span>",
+                '<ul class="clocks">'
+                + "".join(clock_item(c, now) for c in clocks(i, policy))
+                + "</ul>",
+                _e(_minute(i.opened_at)),
+            ]
+            for i in found
+        ]
+        body = f"<p>Signed in as <strong>{_e(who)}</strong>.</p>" + _table(
+            ["Incident", "Severity", "State", "Clocks", "Opened"],
+            rows,
+            "No incidents.",
+        )
+        return _page("Incidents", body)
+
+    async def incident(self, request: web.Request) -> web.Response:
+        """GET /ui/incidents/{id}: timeline, decision traces, notes, report."""
+        who = self._who(request)
+        if isinstance(who, web.Response):
+            return who
+        incident_id = request.match_info["id"]
+        found = (
+            await self.incidents.get(incident_id)
+            if self.incidents is not None
+            else None
+        )
+        if found is None or self.incidents is None:
+            return _page(
+                "No such incident",
+                f"<p role=alert>There is no incident {_e(incident_id[:80])}.</p>",
+                status=404,
+            )
+        now = self._clock()
+        head = (
+            f"<p><span class=state>{_e(found.severity.value)}</span> · "
+            f"<span class=state>{_e(found.state.value)}</span> · opened "
+            f"{_e(_minute(found.opened_at))} · "
+            f'<a href="/api/v1/incidents/{_e(found.id)}/report">Report '
+            "(Markdown)</a></p>"
+            '<h2>Clocks</h2><ul class="clocks">'
+            + "".join(clock_item(c, now) for c in clocks(found, self.incidents.policy))
+            + "</ul>"
+        )
+        timeline = _table(
+            ["At", "What", "By", ""],
+            [
+                [_e(_minute(t.at)), _e(t.kind), _e(t.by), f"<pre>{_e(t.text)}</pre>"]
+                for t in found.timeline
+            ],
+            "Nothing on the timeline yet.",
+        )
+        notes = [
+            t
+            for t in found.timeline
+            if t.kind in ("message_sent", "status_update", "escalated")
+        ]
+        sent = _table(
+            ["At", "Where", ""],
+            [
+                [_e(_minute(t.at)), _e(t.kind), f"<pre>{_e(t.text)}</pre>"]
+                for t in notes
+            ],
+            "No notes sent yet.",
+        )
+        traces = []
+        for alert in found.alerts:
+            records = await self._store.decisions(
+                DecisionQuery(fingerprint=alert.fingerprint, limit=10)
+            )
+            rows = []
+            for record in records:
+                for match in record.get("matches", []):
+                    rows += [_step_row(step) for step in match.get("steps", [])]
+            name = alert.labels.get("alertname", alert.fingerprint)
+            traces.append(
+                f"<h3>{_e(name)} <small>({_e(alert.fingerprint)}, "
+                f"{_e(alert.status)}, rule {_e(alert.rule)})</small></h3>"
+                + _table(
+                    ["Kind", "Step", "Outcome", "Reason", "Findings"],
+                    rows,
+                    "No decision recorded for this alert.",
+                )
+            )
+        body = (
+            head
+            + "<h2>Timeline</h2>"
+            + timeline
+            + "<h2>Decision traces</h2>"
+            + ("".join(traces) or "<p>No alerts.</p>")
+            + "<h2>Notes sent</h2>"
+            + sent
+        )
+        return _page(f"Incident {found.id}: {found.title}", body)
