@@ -34,6 +34,7 @@ from receiver.model import AlertTrace
 from receiver.rulebook.loader import Rulebook, load_rulebook
 from receiver.settings import Settings, StoreSettings, load_settings
 from receiver.sinks.announce import build_announcer, build_escalator
+from receiver.steps.catalog import builtin_registry
 from receiver.store.base import Store
 from receiver.store.incidents_base import IncidentStore
 from receiver.store.incidents_redis import RedisIncidentStore
@@ -190,7 +191,9 @@ async def print_report(
             return 1
         try:
             policy = policy_from(
-                load_rulebook(rules or settings.engine.rules).incidents
+                load_rulebook(
+                    rules or settings.engine.rules, steps=builtin_registry()
+                ).incidents
             )
         except RuleError:
             sys.stderr.write(

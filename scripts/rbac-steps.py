@@ -15,8 +15,9 @@ name (the API server only honours ``resourceNames`` on ``list`` with a
 ``metadata.name`` field selector, which the steps do not send).
 
 It also prints ``rbac.steps``, the step types used, for the chart's summary. Every
-grant stays within what the step's model declares in its ``rbac`` ClassVar
-(receiver/rulebook/steps/); the script fails loudly if it ever would not.
+request comes from the step's model (``needs`` and ``verify_needs``, in the
+step's module under receiver/steps/) and stays within what the model declares
+in its ``rbac`` ClassVar; the script fails loudly if it ever would not.
 
     .venv/bin/python scripts/rbac-steps.py --chart    # after changing a step's rbac
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,35 +40,10 @@ import yaml
 
 from receiver.errors import RuleError
 from receiver.rulebook.loader import load_rulebook
-from receiver.rulebook.steps import (
-    REGISTRY,
-    STEP_TYPES,
-    VERIFY_RBAC,
-    K8sDeletePod,
-    K8sDescribe,
-    K8sEvents,
-    K8sLogs,
-    K8sPatchHpa,
-    K8sPods,
-    K8sRolloutHistory,
-    K8sRolloutRestart,
-    K8sRolloutUndo,
-    K8sScale,
-    K8sSetMemoryLimit,
-    PodsReadyVerify,
-    RolloutStatusVerify,
-)
-from receiver.rulebook.templates import PLACEHOLDER
+from receiver.rulebook.steps import RbacNeed, StepModel
+from receiver.steps.catalog import builtin_registry
 
-# Kind -> (apiGroup, resource), as the executors address them.
-KINDS = {
-    "Deployment": ("apps", "deployments"),
-    "StatefulSet": ("apps", "statefulsets"),
-    "DaemonSet": ("apps", "daemonsets"),
-    "HorizontalPodAutoscaler": ("autoscaling", "horizontalpodautoscalers"),
-    "Pod": ("", "pods"),
-}
-WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
+REGISTRY = builtin_registry()
 
 
 @dataclass(frozen=True, order=True)
@@ -84,106 +60,19 @@ class RbacMismatchError(Exception):
     """A computed grant falls outside what the step model declares."""
 
 
-def fixed(name: str | None) -> str | None:
-    """``name`` when it is a literal object name; None when it is templated."""
-    if name is None or PLACEHOLDER.search(name):
-        return None
-    return name
+def _needs(found: list[RbacNeed]) -> list[Need]:
+    return [Need(group, resource, verb, name) for group, resource, verb, name in found]
 
 
-def on(kind: str, verbs: Iterable[str], name: str | None) -> Iterator[Need]:
-    """Needs for ``verbs`` on the resource of ``kind`` (``name`` if literal)."""
-    group, resource = KINDS[kind]
-    for verb in verbs:
-        yield Need(group, resource, verb, fixed(name))
+def step_needs(step: StepModel) -> list[Need]:
+    """The requests one step makes: what its model's ``needs`` says."""
+    return _needs(step.needs())
 
 
-def on_sub(
-    kind: str, sub: str, verbs: Iterable[str], name: str | None
-) -> Iterator[Need]:
-    """Needs for ``verbs`` on a subresource (``deployments/scale``, ``pods/log``)."""
-    group, resource = KINDS[kind]
-    for verb in verbs:
-        yield Need(group, f"{resource}/{sub}", verb, fixed(name))
-
-
-LIST_PODS = Need("", "pods", "list", None)
-
-
-def step_needs(step: Any) -> list[Need]:  # noqa: C901, PLR0911 (one case per type)
-    """The requests one step's executor makes (receiver/steps/k8s/)."""
-    match step:
-        case K8sPods():
-            reads = (
-                on(step.workload_kind, ["get"], step.workload) if step.workload else ()
-            )
-            return [*reads, LIST_PODS]
-        case K8sEvents():
-            return [Need("", "events", "list", None)]
-        case K8sLogs() if step.pod:
-            return [
-                *on("Pod", ["get"], step.pod),
-                *on_sub("Pod", "log", ["get"], step.pod),
-            ]
-        case K8sLogs():
-            return [
-                *on(step.workload_kind, ["get"], step.workload),
-                LIST_PODS,
-                Need("", "pods/log", "get", None),
-            ]
-        case K8sRolloutHistory():
-            return [
-                *on("Deployment", ["get"], step.deployment),
-                Need("apps", "replicasets", "list", None),
-            ]
-        case K8sDescribe():
-            return list(on(step.object_kind, ["get"], step.object_name))
-        case K8sRolloutRestart() | K8sSetMemoryLimit():
-            return list(on(step.workload_kind, ["get", "patch"], step.workload))
-        case K8sRolloutUndo():
-            return [
-                *on("Deployment", ["get", "patch"], step.deployment),
-                Need("apps", "replicasets", "list", None),
-            ]
-        case K8sScale():
-            return list(
-                on_sub(step.workload_kind, "scale", ["get", "patch"], step.workload)
-            )
-        case K8sPatchHpa():
-            return list(on("HorizontalPodAutoscaler", ["get", "patch"], step.hpa))
-        case K8sDeletePod() if step.pod:
-            # Read the pod, list its siblings (min_ready), delete it; a retried
-            # delete reads it again.
-            return [*on("Pod", ["get", "delete"], step.pod), LIST_PODS]
-        case K8sDeletePod():
-            return [LIST_PODS, *on("Pod", ["get", "delete"], None)]
-    return []
-
-
-def workload_of(step: Any) -> Iterator[Need]:
-    """Reads that find the workload a verification polls."""
-    match step:
-        case K8sRolloutUndo():
-            yield from on("Deployment", ["get"], step.deployment)
-        case K8sRolloutRestart() | K8sScale() | K8sSetMemoryLimit():
-            yield from on(step.workload_kind, ["get"], step.workload)
-        case K8sPatchHpa():
-            # The HPA's scaleTargetRef is only known at run time.
-            yield from on("HorizontalPodAutoscaler", ["get"], step.hpa)
-            for kind in WORKLOADS:
-                yield from on(kind, ["get"], None)
-
-
-def verify_needs(step: Any) -> list[Need]:
+def verify_needs(step: StepModel) -> list[Need]:
     """The requests a step's Kubernetes ``verify:`` check makes."""
     check = getattr(step, "verify", None)
-    if isinstance(check, RolloutStatusVerify):
-        return list(workload_of(step))
-    if isinstance(check, PodsReadyVerify):
-        if isinstance(step, K8sDeletePod):
-            return [LIST_PODS]  # the pods that replace the deleted ones
-        return [*workload_of(step), LIST_PODS]
-    return []
+    return [] if check is None else _needs(step.verify_needs(check))
 
 
 def declared(
@@ -193,13 +82,13 @@ def declared(
     return {(g, r, v) for g, r, verbs in rbac for v in verbs}
 
 
-def needs_of(step: Any) -> list[Need]:
+def needs_of(step: StepModel) -> list[Need]:
     """A step's and its verification's needs, checked against their models."""
     own = step_needs(step)
     allowed = declared(type(step).rbac)
     check = getattr(step, "verify", None)
     verify = verify_needs(step)
-    checked = declared(VERIFY_RBAC.get(getattr(check, "type", ""), ()))
+    checked = declared(REGISTRY.verify_rbac().get(getattr(check, "type", ""), ()))
     for need, scope, what in [
         *((n, allowed, step.type_name()) for n in own),
         *((n, checked, f"{step.type_name()} verify") for n in verify),
@@ -244,9 +133,9 @@ def policy_rules(needs: Iterable[Need]) -> list[dict[str, Any]]:
     return rules
 
 
-def playbook_steps(paths: list[Path]) -> list[Any]:
+def playbook_steps(paths: list[Path]) -> list[StepModel]:
     """Every diagnostic and remediation step of the rule files' playbooks."""
-    book = load_rulebook(paths)
+    book = load_rulebook(paths, steps=REGISTRY)
     return [
         step
         for playbook in book.playbooks.values()
@@ -262,10 +151,10 @@ def values_for(paths: list[Path]) -> dict[str, Any]:
         check.type
         for step in steps
         if (check := getattr(step, "verify", None)) is not None
-        and check.type in VERIFY_RBAC
+        and check.type in REGISTRY.verify_rbac()
     }
     needs = [need for step in steps for need in needs_of(step)]
-    assert used <= set(STEP_TYPES) | set(VERIFY_RBAC)  # noqa: S101
+    assert used <= set(REGISTRY.steps) | set(REGISTRY.verify_rbac())  # noqa: S101
     return {"rbac": {"steps": sorted(used), "rules": policy_rules(needs)}}
 
 

@@ -28,6 +28,7 @@ from receiver.metrics import Metrics
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
 from receiver.settings import Settings, flat_keys, groups
+from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore
 
 # ---------------------------------------------------------------- app under test
@@ -175,7 +176,7 @@ def make_client(aiohttp_client: Any, web_rules: Path) -> Callable[..., Awaitable
         metrics = Metrics()
         app = create_app(
             build_runtime(settings or full_settings()),
-            rulebook=load_rulebook([web_rules]),
+            rulebook=load_rulebook([web_rules], steps=builtin_registry()),
             store=store,
             clock=Ticking(),
             metrics=metrics,

@@ -19,6 +19,7 @@ from receiver.engine.worker import Processor
 from receiver.incidents.effects import Message
 from receiver.model import AlertTrace
 from receiver.rulebook.loader import Rulebook, load_rulebook
+from receiver.steps.catalog import builtin_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -48,7 +49,7 @@ class TickingClock:
 
 
 def rulebook() -> Rulebook:
-    return load_rulebook([ROOT / "rules"])
+    return load_rulebook([ROOT / "rules"], steps=builtin_registry())
 
 
 def example(name: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from receiver.metrics import Metrics
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
 from receiver.settings import Settings
+from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore
 from receiver.web.server import EdgeAppRunner
 
@@ -57,7 +58,7 @@ async def live_server(
     metrics = Metrics()
     app = create_app(
         build_runtime(settings),
-        rulebook=load_rulebook([rules]),
+        rulebook=load_rulebook([rules], steps=builtin_registry()),
         store=store,
         clock=Ticking(),
         metrics=metrics,

@@ -19,6 +19,7 @@ from conftest import bearer, full_settings
 from receiver.app import create_app
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
+from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore
 
 
@@ -49,7 +50,7 @@ async def test_accepted_webhooks_are_summed_up_at_info(
     """Three webhooks: three debug lines, one info summary with their ids."""
     app = create_app(
         build_runtime(full_settings()),
-        rulebook=load_rulebook([web_rules]),
+        rulebook=load_rulebook([web_rules], steps=builtin_registry()),
         store=MemoryStore(),
         role="edge",
     )

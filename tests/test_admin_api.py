@@ -13,6 +13,7 @@ from receiver.app import create_app
 from receiver.cli import main
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
+from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore, SqliteStore
 from receiver.store.base import DecisionQuery, JournalEntry
 
@@ -94,7 +95,9 @@ async def test_parked_entries_are_listed_and_retried(aiohttp_client, web_rules):
     assert lease is not None
     await store.park(lease, "failed 5 times; last error: KeyError: 'x'", T0)
     app = create_app(
-        build_runtime(full_settings()), rulebook=load_rulebook([web_rules]), store=store
+        build_runtime(full_settings()),
+        rulebook=load_rulebook([web_rules], steps=builtin_registry()),
+        store=store,
     )
     client = await aiohttp_client(app)
     resp = await client.get("/api/v1/parked", headers=bearer(ADMIN_TOKEN))

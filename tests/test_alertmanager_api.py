@@ -17,6 +17,7 @@ from receiver.engine.worker import Processor
 from receiver.model import Alert, StepResult, freeze
 from receiver.rulebook.loader import load_rulebook
 from receiver.sources.alertmanager_api import AlertmanagerApi
+from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore
 
 pytestmark = pytest.mark.e2e
@@ -150,7 +151,7 @@ def test_a_silence_in_alertmanager_stops_the_remediation(tmp_path):
                 guards=keeper,
             )
             processor = Processor(
-                load_rulebook([tmp_path / "rules.yaml"]),
+                load_rulebook([tmp_path / "rules.yaml"], steps=builtin_registry()),
                 runner,
                 lambda: datetime.now(UTC),
                 PlanContext(execute=True),

@@ -23,6 +23,7 @@ from receiver.app import create_app
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
 from receiver.settings import Settings, load_settings
+from receiver.steps.catalog import builtin_registry
 from receiver.steps.http import HttpExecutor
 from receiver.store import MemoryStore
 from receiver.store.base import DecisionQuery
@@ -57,7 +58,7 @@ async def served(aiohttp_client, tmp_path) -> Any:
                     approver_tokens={k: SecretStr(v) for k, v in PEOPLE.items()},
                 )
             ),
-            rulebook=load_rulebook([path]),
+            rulebook=load_rulebook([path], steps=builtin_registry()),
             store=store,
             clock=ticking(T0),
             executors={"http": HttpExecutor(http, [f"127.0.0.1:{hook.port}"])},

@@ -26,6 +26,7 @@ from receiver.app import create_app
 from receiver.metrics import Metrics
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
+from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore
 from receiver.store.base import DecisionQuery
 from receiver.web.handlers import Backpressure
@@ -67,7 +68,7 @@ async def _edge(
     metrics = Metrics()
     app = create_app(
         build_runtime(full_settings()),
-        rulebook=load_rulebook([web_rules]),
+        rulebook=load_rulebook([web_rules], steps=builtin_registry()),
         store=store,
         clock=clock,
         metrics=metrics,

@@ -26,6 +26,7 @@ from receiver.errors import InputError
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
 from receiver.sources import detect, parse_json
+from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore, SqliteStore
 from receiver.store.base import DecisionQuery, JournalEntry
 
@@ -261,8 +262,8 @@ async def test_simulated_guards_match_the_live_service(aiohttp_client):
     clock = SettableClock(start)
     settings = full_settings(mode="execute", routing_keys=[SecretStr(ROUTING_KEY)])
     store = MemoryStore()
-    recording = {f: backtest.SimulatedExecutor(f) for f in backtest.FAMILIES}
-    rulebook = load_rulebook([RULES])
+    recording = {f: backtest.SimulatedExecutor(f) for f in builtin_registry().families}
+    rulebook = load_rulebook([RULES], steps=builtin_registry())
     app = create_app(
         build_runtime(settings),
         rulebook=rulebook,
@@ -304,7 +305,7 @@ async def test_simulated_guards_match_the_live_service(aiohttp_client):
     assert guards["approval"] >= 1
     for guard in ("cooldown", "budget", "idempotency", "require_firing_for"):
         assert guards[guard] >= 1, f"the sequence exercises {guard}: {guards}"
-    replayed = {f: backtest.SimulatedExecutor(f) for f in backtest.FAMILIES}
+    replayed = {f: backtest.SimulatedExecutor(f) for f in builtin_registry().families}
     await backtest.simulate(
         rulebook, entries, build_runtime(settings).guards, executors=replayed
     )

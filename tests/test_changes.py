@@ -15,6 +15,7 @@ from conftest import NOW, ROUTING_KEY, bearer, full_settings, wait_for_decisions
 
 from receiver.model import iso
 from receiver.rulebook.loader import load_rulebook
+from receiver.steps.catalog import builtin_registry
 
 RULES = """
 playbooks:
@@ -127,7 +128,7 @@ def test_changes_recent_needs_valid_slots(tmp_path):
 
     path = tmp_path / "r.yaml"
     path.write_text(RULES, encoding="utf-8")
-    book = load_rulebook([path])
+    book = load_rulebook([path], steps=builtin_registry())
     bad = Alert(
         source="alertmanager",
         fingerprint="x",

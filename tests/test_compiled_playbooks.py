@@ -10,6 +10,7 @@ from receiver.engine import planner
 from receiver.engine.planner import CompiledPlaybooks, PlanContext, plan
 from receiver.model import Alert, freeze
 from receiver.rulebook.loader import load_rulebook
+from receiver.steps.catalog import builtin_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -49,7 +50,7 @@ def _alerts(n: int) -> list[Alert]:
 
 def test_compiled_plans_equal_fresh_plans():
     """Reusing renderings across alerts gives the plan compiling afresh gives."""
-    book = load_rulebook([ROOT / "rules"])
+    book = load_rulebook([ROOT / "rules"], steps=builtin_registry())
     compiled = CompiledPlaybooks()
     for ctx in (PlanContext(), PlanContext(execute=True, namespaces=("production",))):
         for alert in _alerts(600):
@@ -67,7 +68,7 @@ def test_compiled_plans_equal_fresh_plans():
 
 def test_a_step_reads_only_its_template_fields():
     """A compiled step keys its renderings on the alert fields its templates use."""
-    book = load_rulebook([ROOT / "rules"])
+    book = load_rulebook([ROOT / "rules"], steps=builtin_registry())
     compiled = CompiledPlaybooks()
     fields = {
         f
@@ -82,7 +83,7 @@ def test_a_step_reads_only_its_template_fields():
 def test_renderings_stay_bounded(monkeypatch):
     """A step keyed on a per-alert value keeps at most RENDER_CACHE renderings."""
     monkeypatch.setattr(planner, "RENDER_CACHE", 8)
-    book = load_rulebook([ROOT / "rules"])
+    book = load_rulebook([ROOT / "rules"], steps=builtin_registry())
     compiled = CompiledPlaybooks()
     step = next(
         s

@@ -35,6 +35,7 @@ from receiver.app import create_app
 from receiver.app_incidents import INCIDENTS
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
+from receiver.steps.catalog import builtin_registry
 from receiver.steps.http import HttpExecutor
 from receiver.store import MemoryStore
 from receiver.store.base import DecisionQuery, Pause
@@ -165,7 +166,7 @@ async def test_approve_in_the_console_runs_the_step_once(  # noqa: PLR0915 (one 
             build_runtime(
                 full_settings(mode="execute", http_allowlist=[f"127.0.0.1:{hook.port}"])
             ),
-            rulebook=load_rulebook([path]),
+            rulebook=load_rulebook([path], steps=builtin_registry()),
             store=store,
             executors={"http": HttpExecutor(http, [f"127.0.0.1:{hook.port}"])},
             sinks={},
@@ -264,7 +265,7 @@ async def test_incidents_guards_and_rules_pages(  # noqa: PLR0915 (one walk-thro
     http = httpx.AsyncClient(timeout=5)
     app = create_app(
         build_runtime(full_settings(mode="execute", http_allowlist=["127.0.0.1:9"])),
-        rulebook=load_rulebook([path]),
+        rulebook=load_rulebook([path], steps=builtin_registry()),
         store=store,
         clock=clock,
         executors={"http": HttpExecutor(http, ["127.0.0.1:9"])},
@@ -392,7 +393,7 @@ async def test_backtest_a_pasted_rules_change(aiohttp_server, browser):
     stored = await fill(store, datetime.now(UTC))
     app = create_app(
         build_runtime(full_settings()),
-        rulebook=load_rulebook([RULES]),
+        rulebook=load_rulebook([RULES], steps=builtin_registry()),
         store=store,
         sinks={},
         rule_paths=[RULES],

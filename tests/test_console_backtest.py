@@ -24,6 +24,7 @@ from receiver.app import create_app
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
 from receiver.sources import detect, parse_json
+from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore
 from receiver.store.base import DecisionQuery, JournalEntry
 from receiver.web.console import CONSOLE, MAX_CANDIDATE_BYTES
@@ -51,7 +52,7 @@ async def client(aiohttp_client) -> Any:
     stored = await fill(store, datetime.now(UTC))
     app = create_app(
         build_runtime(full_settings()),
-        rulebook=load_rulebook([RULES]),
+        rulebook=load_rulebook([RULES], steps=builtin_registry()),
         store=store,
         sinks={},
         rule_paths=[RULES],

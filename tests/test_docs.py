@@ -46,8 +46,10 @@ from peers import poll, require_binary, run_receiver
 
 from receiver.cli import main
 from receiver.rulebook.loader import load_rulebook
-from receiver.rulebook.steps import STEP_TYPES
 from receiver.settings import Settings, load_settings
+from receiver.steps.catalog import builtin_registry
+
+STEP_TYPES = builtin_registry().steps
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -166,7 +168,7 @@ def test_yaml_blocks_load(block: Block, tmp_path: Path, capsys):
     if kind == "rules":
         path = tmp_path / "doc.yaml"
         path.write_text(block.text, encoding="utf-8")
-        load_rulebook([path])
+        load_rulebook([path], steps=builtin_registry())
     elif kind == "rule-test":
         _run_rule_test(block, tmp_path, capsys)
     elif kind == "settings":

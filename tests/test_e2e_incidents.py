@@ -30,6 +30,7 @@ from receiver.metrics import Metrics
 from receiver.model import Severity
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
+from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore
 from receiver.store.incidents_base import IncidentQuery
 
@@ -88,7 +89,7 @@ async def test_auth_failures_incident_from_alertmanager_to_report(  # noqa: PLR0
     announcer = RecordingAnnouncer()
     app = create_app(
         build_runtime(full_settings(host="127.0.0.1", workers=1, mode="diagnose")),
-        rulebook=load_rulebook([ROOT / "rules"]),
+        rulebook=load_rulebook([ROOT / "rules"], steps=builtin_registry()),
         store=MemoryStore(),
         clock=clock,
         metrics=Metrics(),

@@ -24,6 +24,7 @@ from receiver.app import create_app
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
 from receiver.sources import events_v2
+from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore
 from receiver.store.base import DecisionQuery
 
@@ -103,7 +104,7 @@ class EventsLifecycle(RuleBasedStateMachine):
         rules = Path(self.loop.run_until_complete(asyncio.to_thread(_rules_file)))
         app = create_app(
             build_runtime(flat_settings(host="127.0.0.1", workers=1)),
-            rulebook=load_rulebook([rules]),
+            rulebook=load_rulebook([rules], steps=builtin_registry()),
             store=self.store,
             clock=self._clock,
             sinks={},

@@ -28,6 +28,7 @@ from receiver.errors import PermanentStepError
 from receiver.metrics import Metrics
 from receiver.model import Alert, Decision, StepResult, freeze
 from receiver.rulebook.loader import load_rulebook
+from receiver.steps.catalog import builtin_registry
 from receiver.store import SqliteStore
 from receiver.store.base import DecisionQuery, JournalEntry, Retention
 
@@ -132,7 +133,7 @@ async def rig(tmp_path):
         scrub=lambda text: text.replace(SECRET, "***"),
     )
     processor = Processor(
-        load_rulebook([tmp_path / "rules.yaml"]),
+        load_rulebook([tmp_path / "rules.yaml"], steps=builtin_registry()),
         runner,
         clock,
         PlanContext(execute=True),

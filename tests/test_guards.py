@@ -19,6 +19,7 @@ from receiver.errors import PermanentStepError
 from receiver.metrics import Metrics
 from receiver.model import Alert, Decision, Silence, SourceView, StepResult, freeze
 from receiver.rulebook.loader import load_rulebook
+from receiver.steps.catalog import builtin_registry
 from receiver.store import SqliteStore
 from receiver.store.base import AlertState, JournalEntry, Pause
 
@@ -146,7 +147,7 @@ class Harness:
 @pytest.fixture
 async def harness(tmp_path):
     (tmp_path / "rules.yaml").write_text(RULES)
-    rulebook = load_rulebook([tmp_path / "rules.yaml"])
+    rulebook = load_rulebook([tmp_path / "rules.yaml"], steps=builtin_registry())
     store = SqliteStore(str(tmp_path / "state.db"))
     clock = Clock()
     executor = CountingExecutor()

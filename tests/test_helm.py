@@ -46,11 +46,14 @@ from receiver.errors import PermanentStepError
 from receiver.metrics import Metrics
 from receiver.model import Alert, Intent
 from receiver.rulebook.loader import load_rulebook
-from receiver.rulebook.steps import STEP_TYPES, VERIFY_RBAC
 from receiver.settings import flat_keys, load_settings
 from receiver.sources.pagerduty import FIRING, RESOLVED
+from receiver.steps.catalog import builtin_registry
 from receiver.steps.k8s import KubernetesExecutor
 from receiver.steps.kube_client import KubeConnection, new_api_client
+
+STEP_TYPES = builtin_registry().steps
+VERIFY_RBAC = builtin_registry().verify_rbac()
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "receiver"
@@ -472,7 +475,7 @@ def test_rbac_of_each_step_type_matches_its_model(helm, step):
 
 def test_rbac_for_the_runbook_playbooks_is_exactly_what_they_use(helm):
     """The runbook's step types grant the union of their models' verbs, no more."""
-    book = load_rulebook([REPO / "rules"])
+    book = load_rulebook([REPO / "rules"], steps=builtin_registry())
     used = sorted(
         {
             step.type_name()
@@ -985,7 +988,7 @@ async def exercise_runbook(
     design) and is visible in ``denied``. ``faults`` injects failures into each
     fresh cluster, so retry paths (and what they need) run too.
     """
-    book = load_rulebook([rule_files or REPO / "rules"])
+    book = load_rulebook([rule_files or REPO / "rules"], steps=builtin_registry())
     calls: list[ApiCall] = []
     denied: dict[str, list[ApiCall]] = {}
     for name, playbook in book.playbooks.items():
@@ -1712,7 +1715,8 @@ def test_inline_rules_become_a_config_map_the_receiver_loads(helm, tmp_path):
     paths = env_of(docs)["RECEIVER_RULES"].split(",")
     assert paths == ["/etc/receiver/rules/runbook.yaml"]
     book = load_rulebook(
-        [mount / Path(p).relative_to("/etc/receiver/rules") for p in paths]
+        [mount / Path(p).relative_to("/etc/receiver/rules") for p in paths],
+        steps=builtin_registry(),
     )
     assert book.rules
     mounts = {m["name"]: m for m in container(docs)["volumeMounts"]}

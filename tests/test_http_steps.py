@@ -14,8 +14,10 @@ from pydantic import ValidationError
 
 from receiver.errors import PermanentStepError, TransientStepError
 from receiver.model import Alert, freeze
-from receiver.rulebook.steps import HttpGet, HttpRequest, HttpVerify
+from receiver.rulebook.steps import HttpVerify
 from receiver.steps import build_executors
+from receiver.steps.http.get import HttpGet
+from receiver.steps.http.request import HttpRequest
 
 ALERT = Alert(
     source="alertmanager",

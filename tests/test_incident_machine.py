@@ -28,6 +28,7 @@ from receiver.engine.worker import Processor
 from receiver.incidents.model import Incident
 from receiver.incidents.service import IncidentService
 from receiver.rulebook.loader import Rulebook, load_rulebook
+from receiver.steps.catalog import builtin_registry
 from receiver.store.incidents_sqlite import SqliteIncidentStore
 
 RULES = """
@@ -269,7 +270,7 @@ def load_rulebook_text() -> Rulebook:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "rules.yaml"
         path.write_text(RULES)
-        return load_rulebook([path])
+        return load_rulebook([path], steps=builtin_registry())
 
 
 def test_incident_lifecycle_agrees_with_the_model():

@@ -29,6 +29,7 @@ from receiver.incidents.model import State
 from receiver.incidents.policy import DEFAULT_POLICY
 from receiver.incidents.service import IncidentService, NotFoundError
 from receiver.model import Severity
+from receiver.steps.catalog import builtin_registry
 from receiver.store.incidents_base import IncidentQuery
 from receiver.store.incidents_sqlite import SqliteIncidentStore
 
@@ -325,7 +326,7 @@ async def test_rule_files_override_targets_and_group_by_labels(tmp_path, clock):
 
     path = tmp_path / "rules.yaml"
     path.write_text(CONFIGURED)
-    book = load_rulebook([path])
+    book = load_rulebook([path], steps=builtin_registry())
     announcer = RecordingAnnouncer()
     service = IncidentService(
         SqliteIncidentStore(":memory:"),
@@ -365,7 +366,7 @@ def test_two_rule_files_with_incidents_sections_is_an_error(tmp_path):
     for name in ("a.yaml", "b.yaml"):
         (tmp_path / name).write_text("incidents: {post_mortem_due: 24h}\n")
     with pytest.raises(RuleError) as caught:
-        load_rulebook([tmp_path])
+        load_rulebook([tmp_path], steps=builtin_registry())
     assert "incidents is already set in" in str(caught.value)
     assert "a.yaml" in str(caught.value)
 
@@ -428,7 +429,7 @@ async def test_verified_outcomes_drive_pagerduty_when_the_playbook_opts_in(
 
     path = tmp_path / "rules.yaml"
     path.write_text(FOLLOWS)
-    book = load_rulebook([path])
+    book = load_rulebook([path], steps=builtin_registry())
     escalator = RecordingEscalator()
     service = IncidentService(
         SqliteIncidentStore(":memory:"),
@@ -465,7 +466,7 @@ async def test_failed_verification_escalates_the_pagerduty_incident(tmp_path, cl
 
     path = tmp_path / "rules.yaml"
     path.write_text(FOLLOWS)
-    book = load_rulebook([path])
+    book = load_rulebook([path], steps=builtin_registry())
     escalator = RecordingEscalator()
     service = IncidentService(
         SqliteIncidentStore(":memory:"),
@@ -529,7 +530,7 @@ async def test_an_alert_storm_is_written_once_per_batch(tmp_path, clock):
 
     path = tmp_path / "rules.yaml"
     path.write_text(STORM_RULES)
-    book = load_rulebook([path])
+    book = load_rulebook([path], steps=builtin_registry())
     store = CountingStore()
     service = IncidentService(store, clock=clock, rulebook=lambda: book)
     try:
@@ -551,7 +552,7 @@ async def test_resolve_then_fire_in_one_batch_opens_a_new_incident(tmp_path, clo
 
     path = tmp_path / "rules.yaml"
     path.write_text(STORM_RULES)
-    book = load_rulebook([path])
+    book = load_rulebook([path], steps=builtin_registry())
     service = IncidentService(
         SqliteIncidentStore(":memory:"), clock=clock, rulebook=lambda: book
     )
@@ -712,7 +713,7 @@ async def test_a_full_queue_makes_the_worker_wait_and_drops_nothing(tmp_path, cl
 
     path = tmp_path / "rules.yaml"
     path.write_text(STORM_RULES)
-    book = load_rulebook([path])
+    book = load_rulebook([path], steps=builtin_registry())
     store = GatedStore()
     service = IncidentService(store, clock=clock, rulebook=lambda: book, max_pending=2)
     try:

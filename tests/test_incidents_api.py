@@ -23,6 +23,7 @@ from receiver.metrics import Metrics
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
 from receiver.settings import Settings, load_settings
+from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore
 
 API = "/api/v1/incidents"
@@ -34,7 +35,7 @@ async def client(aiohttp_client, web_rules):
     clock = TickingClock()
     app = create_app(
         build_runtime(full_settings(approver_tokens={"jane": SecretStr(JANE_TOKEN)})),
-        rulebook=load_rulebook([web_rules]),
+        rulebook=load_rulebook([web_rules], steps=builtin_registry()),
         store=MemoryStore(),
         clock=clock,
         metrics=Metrics(),
@@ -324,7 +325,7 @@ async def test_the_ticker_runs_at_the_configured_interval(aiohttp_client, web_ru
 
     app = create_app(
         build_runtime(full_settings(incident_tick_interval="42s")),
-        rulebook=load_rulebook([web_rules]),
+        rulebook=load_rulebook([web_rules], steps=builtin_registry()),
         store=MemoryStore(),
         clock=TickingClock(),
         metrics=Metrics(),

@@ -33,6 +33,7 @@ from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
 from receiver.sinks.announce import PagerDutyEscalator, build_announcer
 from receiver.sinks.delivery import Deliverer
+from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore
 from receiver.store.incidents_base import IncidentQuery
 
@@ -113,7 +114,7 @@ async def make_client(aiohttp_client, web_rules, server, mode: str):
     clock = TickingClock()
     app = create_app(
         build_runtime(settings),
-        rulebook=load_rulebook([web_rules]),
+        rulebook=load_rulebook([web_rules], steps=builtin_registry()),
         store=MemoryStore(),
         clock=clock,
         metrics=Metrics(),

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from receiver.model import SOURCES, Alert, freeze
 from receiver.rulebook.loader import Rulebook, load_rulebook
+from receiver.steps.catalog import builtin_registry
 
 SEED = 20240506
 RULES = 400
@@ -122,7 +123,7 @@ def book(tmp_path_factory: pytest.TempPathFactory) -> Rulebook:
     }
     path: Path = tmp_path_factory.mktemp("index") / "generated.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return load_rulebook([path])
+    return load_rulebook([path], steps=builtin_registry())
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +229,7 @@ rules:
 """,
         encoding="utf-8",
     )
-    book = load_rulebook([path])
+    book = load_rulebook([path], steps=builtin_registry())
     alert = Alert(source, "fp", status, freeze(labels))
     for linear in (False, True):
         assert [m.rule.name for m in book.match(alert, NOW, linear=linear)] == expected
@@ -250,7 +251,7 @@ def test_literal_alternation_is_indexed(tmp_path):
         ),
         encoding="utf-8",
     )
-    book = load_rulebook([path])
+    book = load_rulebook([path], steps=builtin_registry())
     assert book.index.regex_labels == ("team",)
     names = [c.name for c in book.index.candidates({"team": "bill"})]
     assert names == ["alt", "neg"]
@@ -282,7 +283,7 @@ def test_regex_only_rules_are_filed_in_an_automaton(tmp_path):
         ),
         encoding="utf-8",
     )
-    book = load_rulebook([path])
+    book = load_rulebook([path], steps=builtin_registry())
     two = book.rules[0]
     assert str(book.index.filed_regex(two)) == 'namespace=~"prod-.*"'
     assert book.index.regex_labels == ("namespace", "team")

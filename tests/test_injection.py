@@ -34,6 +34,7 @@ from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
 from receiver.settings import Settings
 from receiver.steps import build_executors
+from receiver.steps.catalog import builtin_registry
 from receiver.steps.k8s import KubernetesExecutor
 from receiver.steps.kube_client import KubeConnection, new_api_client
 from receiver.store import MemoryStore
@@ -119,7 +120,7 @@ async def start(aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[Start]:
         clock = TickingClock()
         app = create_app(
             build_runtime(config),
-            rulebook=load_rulebook([rules]),
+            rulebook=load_rulebook([rules], steps=builtin_registry()),
             store=MemoryStore(),
             clock=clock,
             executors=found,

@@ -42,25 +42,22 @@ from receiver.errors import (
 )
 from receiver.model import Alert, Decision
 from receiver.rulebook.loader import load_rulebook
-from receiver.rulebook.steps import (
-    STEP_TYPES,
-    K8sDeletePod,
-    K8sDescribe,
-    K8sEvents,
-    K8sLogs,
-    K8sPatchHpa,
-    K8sPods,
-    K8sRolloutHistory,
-    K8sRolloutRestart,
-    K8sRolloutUndo,
-    K8sScale,
-    K8sSetMemoryLimit,
-    PodsReadyVerify,
-    RolloutStatusVerify,
-)
+from receiver.rulebook.steps import PodsReadyVerify, RolloutStatusVerify
 from receiver.settings import KubeSettings, Settings, in_cluster_host
 from receiver.steps import build_executors
+from receiver.steps.catalog import builtin_registry
 from receiver.steps.k8s import KubernetesExecutor
+from receiver.steps.k8s.delete_pod import K8sDeletePod
+from receiver.steps.k8s.describe import K8sDescribe
+from receiver.steps.k8s.events import K8sEvents
+from receiver.steps.k8s.logs import K8sLogs
+from receiver.steps.k8s.patch_hpa import K8sPatchHpa
+from receiver.steps.k8s.pods import K8sPods
+from receiver.steps.k8s.rollout_history import K8sRolloutHistory
+from receiver.steps.k8s.rollout_restart import K8sRolloutRestart
+from receiver.steps.k8s.rollout_undo import K8sRolloutUndo
+from receiver.steps.k8s.scale import K8sScale
+from receiver.steps.k8s.set_memory_limit import K8sSetMemoryLimit
 from receiver.steps.kube_client import (
     KubeConnection,
     KubeForbiddenError,
@@ -68,6 +65,7 @@ from receiver.steps.kube_client import (
     new_api_client,
 )
 
+STEP_TYPES = builtin_registry().steps
 NS = "production"
 DEPLOY = "/apis/apps/v1/namespaces/production/deployments/sark$"
 ALERT = Alert(
@@ -1096,7 +1094,7 @@ rules:
     now = datetime.now(UTC)
     planned = plan(
         alert,
-        load_rulebook([rules]),
+        load_rulebook([rules], steps=builtin_registry()),
         now,
         PlanContext(execute=True, namespaces=("production",)),
     )

@@ -29,6 +29,7 @@ from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
 from receiver.settings import Settings
 from receiver.sinks.render import render_note
+from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore
 
 
@@ -139,7 +140,7 @@ async def test_metrics_say_which_mode_decides(aiohttp_client, web_rules):
     """receiver_mode{mode="diagnose"} is 1 in a diagnose-mode app."""
     app = create_app(
         build_runtime(full_settings(mode="diagnose")),
-        rulebook=load_rulebook([web_rules]),
+        rulebook=load_rulebook([web_rules], steps=builtin_registry()),
         store=MemoryStore(),
         clock=TickingClock(),
         metrics=Metrics(),

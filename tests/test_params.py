@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from receiver.errors import RenderError, SlotError
 from receiver.model import Alert, freeze
 from receiver.rulebook.loader import load_rulebook
-from receiver.rulebook.steps import K8sPods, PrometheusQuery
 from receiver.rulebook.templates import (
     BindError,
     Slot,
@@ -27,6 +26,9 @@ from receiver.rulebook.templates import (
     check_slot_template,
     promql_string,
 )
+from receiver.steps.catalog import builtin_registry
+from receiver.steps.k8s.pods import K8sPods
+from receiver.steps.prometheus.query import PrometheusQuery
 
 RULES = Path(__file__).resolve().parents[1] / "rules"
 
@@ -82,7 +84,7 @@ def alert(**labels: str) -> Alert:
 @pytest.fixture
 def book(tmp_path: Path):
     (tmp_path / "pack.yaml").write_text(PACK, encoding="utf-8")
-    return load_rulebook([tmp_path])
+    return load_rulebook([tmp_path], steps=builtin_registry())
 
 
 def test_each_binding_is_a_playbook_under_its_name(book):
@@ -197,7 +199,7 @@ def test_a_namespace_parameter_binds_exactly_when_its_type_accepts_it(value):
 
 def test_the_runbook_pack_binds_playbooks_1_and_5_three_ways():
     """One Playbook 1 and one Playbook 5, each bound under three names."""
-    book = load_rulebook([RULES])
+    book = load_rulebook([RULES], steps=builtin_registry())
     bound = {rule.name: rule.playbook for rule in book.rules}
     assert bound["sark-api-down"] == "api-down"
     assert bound["sark-api-down-default-deployment"] == "api-down-sark"

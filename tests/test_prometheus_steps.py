@@ -10,10 +10,11 @@ from peers import run_prometheus
 
 from receiver.errors import PermanentStepError
 from receiver.model import Alert, freeze
-from receiver.rulebook.steps import PrometheusQuery, PrometheusVerify
+from receiver.rulebook.steps import PrometheusVerify
 from receiver.settings import load_settings
 from receiver.steps import build_executors
 from receiver.steps.prometheus import PrometheusExecutor
+from receiver.steps.prometheus.query import PrometheusQuery
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from receiver.errors import PermanentStepError, QuantityError
-from receiver.rulebook.steps import K8sSetMemoryLimit, parse_quantity
+from receiver.rulebook.steps import parse_quantity
+from receiver.steps.k8s.set_memory_limit import K8sSetMemoryLimit
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,7 @@ from receiver.model import (
     freeze,
 )
 from receiver.rulebook.loader import load_rulebook
-from receiver.rulebook.steps import STEP_TYPES
+from receiver.steps.catalog import builtin_registry
 from receiver.steps.http import HttpExecutor
 from receiver.steps.k8s import KubernetesExecutor
 from receiver.steps.kube_client import KubeConnection, new_api_client
@@ -57,6 +57,8 @@ from receiver.steps.redis import RedisExecutor
 from receiver.store import SqliteStore
 from receiver.store.base import AlertState, JournalEntry, Store
 from receiver.store.redis import RedisStore
+
+STEP_TYPES = builtin_registry().steps
 
 NS = "production"
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -173,7 +175,7 @@ class Target:
 def _plan(rules: Path) -> Plan:
     return plan(
         ALERT,
-        load_rulebook([rules]),
+        load_rulebook([rules], steps=builtin_registry()),
         T0,
         PlanContext(execute=True, namespaces=(NS,)),
     )

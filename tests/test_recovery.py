@@ -23,6 +23,7 @@ from receiver.engine.runner import Runner
 from receiver.engine.worker import Processor, Worker
 from receiver.model import Alert, Intent, RecheckResult, StepResult, freeze
 from receiver.rulebook.loader import load_rulebook
+from receiver.steps.catalog import builtin_registry
 from receiver.store import SqliteStore
 from receiver.store.base import DecisionQuery, JournalEntry, Lease, Retention
 
@@ -159,7 +160,7 @@ def _worker(
     keeper = GuardKeeper(store, owner, GuardDefaults())
     runner = Runner({"http": executor}, clock, mode="execute", guards=keeper)
     processor = Processor(
-        load_rulebook([tmp_path / "rules.yaml"]),
+        load_rulebook([tmp_path / "rules.yaml"], steps=builtin_registry()),
         runner,
         clock,
         PlanContext(execute=True),
@@ -411,7 +412,7 @@ async def test_a_live_process_whose_heartbeat_lapsed_never_runs_an_occurrence_tw
     keeper = GuardKeeper(store, "alive", GuardDefaults())
     runner = Runner({"http": executor}, clock, mode="execute", guards=keeper)
     processor = Processor(
-        load_rulebook([tmp_path / "rules.yaml"]),
+        load_rulebook([tmp_path / "rules.yaml"], steps=builtin_registry()),
         runner,
         clock,
         PlanContext(execute=True),

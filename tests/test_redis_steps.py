@@ -11,17 +11,15 @@ from peers import free_port, run_redis
 
 from receiver.errors import ConfigError, PermanentStepError, TransientStepError
 from receiver.model import Alert, freeze
-from receiver.rulebook.steps import (
-    RedisDeleteKeys,
-    RedisDeletePattern,
-    RedisGet,
-    RedisInfo,
-    RedisResetCircuitBreaker,
-    RenderError,
-)
+from receiver.rulebook.steps import RenderError
 from receiver.settings import load_settings
 from receiver.steps import build_executors
 from receiver.steps.redis import MAX_VALUE_CHARS, RedisExecutor
+from receiver.steps.redis.delete_keys import RedisDeleteKeys
+from receiver.steps.redis.delete_pattern import RedisDeletePattern
+from receiver.steps.redis.get import RedisGet
+from receiver.steps.redis.info import RedisInfo
+from receiver.steps.redis.reset_circuit_breaker import RedisResetCircuitBreaker
 
 pytestmark = pytest.mark.e2e
 

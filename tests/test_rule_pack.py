@@ -24,6 +24,7 @@ from receiver.model import AlertTrace, Decision, Severity, StepKind
 from receiver.rulebook.loader import Rulebook, load_rulebook
 from receiver.rulebook.templates import PLACEHOLDER
 from receiver.sources import detect, parse_json
+from receiver.steps.catalog import builtin_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "rules"
@@ -47,7 +48,7 @@ HANDS_OFF = ("security-incident", "database-outage")
 
 @pytest.fixture(scope="module")
 def rulebook() -> Rulebook:
-    return load_rulebook([RULES])
+    return load_rulebook([RULES], steps=builtin_registry())
 
 
 def kebab(alertname: str) -> str:

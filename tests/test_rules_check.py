@@ -10,6 +10,7 @@ import yaml
 from receiver.cli import main
 from receiver.errors import RuleError
 from receiver.rulebook.loader import load_rulebook
+from receiver.steps.catalog import builtin_registry
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rules"
 GOOD = FIXTURES / "good"
@@ -239,7 +240,7 @@ def test_bad_fixture_rule_error_details(name, expected):
     rule, field, fragment = expected
     rule = _users(BAD / name, field, rule)
     with pytest.raises(RuleError) as info:
-        load_rulebook([BAD / name])
+        load_rulebook([BAD / name], steps=builtin_registry())
     [detail] = info.value.details
     assert detail.file == str(BAD / name)
     assert detail.rule == rule
@@ -279,7 +280,7 @@ def test_good_fixture(path, capsys):
 def test_good_directory(capsys):
     """The good directory passes as a whole (no duplicates across files)."""
     assert main(["rules", "check", str(GOOD)]) == 0
-    book = load_rulebook([GOOD])
+    book = load_rulebook([GOOD], steps=builtin_registry())
     out = capsys.readouterr().out
     assert out.strip() == (
         f"ok: {len(book.rules)} rules, {len(book.playbooks)} playbooks in "

@@ -45,6 +45,7 @@ from receiver.sinks.render import (
     render_note,
     render_slack,
 )
+from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore
 from receiver.store.base import DecisionQuery
 from receiver.store.outbox import RedisOutbox, SqliteOutbox
@@ -763,7 +764,7 @@ def load_rulebook_text(text: str):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "rules.yaml"
         path.write_text(textwrap.dedent(text))
-        return load_rulebook([path])
+        return load_rulebook([path], steps=builtin_registry())
 
 
 async def test_failures_are_recorded_never_raised(pd, make_sinks):
@@ -913,7 +914,7 @@ async def test_the_worker_hands_decisions_to_sinks_without_waiting(
         store = MemoryStore()
         app = create_app(
             build_runtime(s),
-            rulebook=load_rulebook([rules]),
+            rulebook=load_rulebook([rules], steps=builtin_registry()),
             store=store,
             clock=Ticking(NOW),
             executors=__import__("receiver.steps", fromlist=["x"]).build_executors(s),
@@ -1077,7 +1078,7 @@ async def test_sink_deliveries_are_counted_per_sink_and_outcome(
     )
 
     pd.script("POST", "/hook", Reply(500, "down"))
-    rules = load_rulebook([web_rules])
+    rules = load_rulebook([web_rules], steps=builtin_registry())
     app = create_app(
         build_runtime(
             full_settings(

@@ -30,6 +30,7 @@ from receiver.app import create_app
 from receiver.rulebook.loader import load_rulebook
 from receiver.rulebook.schema import Approvers
 from receiver.runtime import build_runtime
+from receiver.steps.catalog import builtin_registry
 from receiver.steps.http import HttpExecutor
 from receiver.store import MemoryStore
 from receiver.web.approvals import NotOnCallError, OnCall, admitted
@@ -265,7 +266,7 @@ async def slack(aiohttp_client, tmp_path, side) -> Any:
         http = httpx.AsyncClient(timeout=5)
         app = create_app(
             build_runtime(settings),
-            rulebook=load_rulebook([path]),
+            rulebook=load_rulebook([path], steps=builtin_registry()),
             store=store,
             clock=ticking(T0),
             executors={"http": HttpExecutor(http, [f"127.0.0.1:{hook.port}"])},

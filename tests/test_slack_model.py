@@ -31,6 +31,7 @@ from receiver.engine.runner import Runner
 from receiver.engine.worker import Processor
 from receiver.rulebook.loader import load_rulebook
 from receiver.settings import SlackSettings
+from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore
 from receiver.store.base import Approval, JournalEntry
 from receiver.web.approvals import ApprovalDesk, Approver
@@ -101,7 +102,7 @@ class ApprovalMachine(RuleBasedStateMachine):
         def clock() -> datetime:
             return T0 + timedelta(milliseconds=next(ticks))
 
-        rulebook = load_rulebook([path])
+        rulebook = load_rulebook([path], steps=builtin_registry())
         processor = Processor(rulebook, Runner({}, clock), clock, PlanContext())
         self.client = httpx.AsyncClient()
         self.desk = ApprovalDesk(store=self.store, processor=processor, clock=clock)

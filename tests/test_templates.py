@@ -11,22 +11,8 @@ from pydantic import ValidationError
 
 from receiver.errors import RenderError, SlotError
 from receiver.model import Alert, freeze
-from receiver.rulebook.schema import Playbook
-from receiver.rulebook.steps import (
-    STEP_TYPES,
-    HttpGet,
-    HttpRequest,
-    HttpVerify,
-    K8sDeletePod,
-    K8sPods,
-    K8sScale,
-    PrometheusQuery,
-    PrometheusVerify,
-    RedisDeletePattern,
-    RedisGet,
-    RedisResetCircuitBreaker,
-    template_fields,
-)
+from receiver.rulebook.schema import Playbook, playbook_model
+from receiver.rulebook.steps import HttpVerify, PrometheusVerify, template_fields
 from receiver.rulebook.templates import (
     GRAMMARS,
     Slot,
@@ -35,6 +21,19 @@ from receiver.rulebook.templates import (
     promql_string,
     quote_meta,
 )
+from receiver.steps.catalog import builtin_registry
+from receiver.steps.http.get import HttpGet
+from receiver.steps.http.request import HttpRequest
+from receiver.steps.k8s.delete_pod import K8sDeletePod
+from receiver.steps.k8s.pods import K8sPods
+from receiver.steps.k8s.scale import K8sScale
+from receiver.steps.prometheus.query import PrometheusQuery
+from receiver.steps.redis.delete_pattern import RedisDeletePattern
+from receiver.steps.redis.get import RedisGet
+from receiver.steps.redis.reset_circuit_breaker import RedisResetCircuitBreaker
+
+STEP_TYPES_REGISTRY = builtin_registry()
+STEP_TYPES = STEP_TYPES_REGISTRY.steps
 
 
 def alert(**labels: str) -> Alert:
@@ -358,7 +357,7 @@ def test_every_step_field_that_takes_templates_declares_a_known_slot():
 
 def test_playbook_one_of_values_must_fit_every_slot_they_fill():
     """A one_of value that a field's grammar refuses is reported with the field."""
-    playbook = Playbook.model_validate(
+    playbook = playbook_model(STEP_TYPES_REGISTRY).model_validate(
         {
             "labels": {"siem": {"one_of": ["splunk", "a/b"]}},
             "diagnostics": [

@@ -181,8 +181,9 @@ async def _report(args: argparse.Namespace) -> int:
 
 def _rules_check(paths: list[Path]) -> int:
     from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+    from receiver.steps.catalog import builtin_registry  # noqa: PLC0415
 
-    book = load_rulebook(paths)
+    book = load_rulebook(paths, steps=builtin_registry())
     out(
         f"ok: {len(book.rules)} rules, {len(book.playbooks)} playbooks in "
         f"{len(book.files)} files"
@@ -202,6 +203,7 @@ def _rules_test(paths: list[Path]) -> int:
         run_file,
         test_files,
     )
+    from receiver.steps.catalog import builtin_registry  # noqa: PLC0415
 
     def planner(
         alert: Alert, book: Rulebook, now: datetime, execute: bool
@@ -227,7 +229,8 @@ def _rules_test(paths: list[Path]) -> int:
 
     # Test files may name their own rule files; the rest test what ``paths``
     # hold (so `rules test FILE.test.yaml` works on its own).
-    book = load_rulebook(paths) if rule_files(paths) else None
+    steps = builtin_registry()
+    book = load_rulebook(paths, steps=steps) if rule_files(paths) else None
     files = test_files(paths)
     if not files:
         out(f"no rule tests (*.test.yaml) under {', '.join(map(str, paths))}")
@@ -235,7 +238,7 @@ def _rules_test(paths: list[Path]) -> int:
     failed = 0
     total = 0
     for path in files:
-        for result in run_file(path, book, planner):
+        for result in run_file(path, book, planner, steps=steps):
             total += 1
             if result.ok:
                 out(f"PASS {result.file}: {result.name}")

@@ -30,6 +30,7 @@ async def run_replay(args: argparse.Namespace) -> int:
     from receiver.runtime import build_runtime  # noqa: PLC0415
     from receiver.settings import load_settings  # noqa: PLC0415
     from receiver.sources import detect, parse_json  # noqa: PLC0415
+    from receiver.steps.catalog import builtin_registry  # noqa: PLC0415
 
     at = _at(args.at)
 
@@ -40,7 +41,7 @@ async def run_replay(args: argparse.Namespace) -> int:
         raise InputError("give payload files to replay, or --from URL/ID")
 
     runtime = build_runtime(load_settings(args.config))
-    rulebook = load_rulebook(args.rules or DEFAULT_RULES)
+    rulebook = load_rulebook(args.rules or DEFAULT_RULES, steps=builtin_registry())
     processor = runtime.replayer(rulebook, clock)
     traces: list[tuple[Path, AlertTrace]] = []
     events: list[str] = []
@@ -225,14 +226,16 @@ async def run_backtest(args: argparse.Namespace) -> int:
     from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
     from receiver.runtime import build_runtime  # noqa: PLC0415
     from receiver.settings import load_settings  # noqa: PLC0415
+    from receiver.steps.catalog import builtin_registry  # noqa: PLC0415
 
     period = backtest.parse_since(args.since)
     runtime = build_runtime(load_settings(args.config))
     url = f"sqlite:///{args.db}" if args.db else args.store
     if args.db and not args.db.exists():
         raise InputError(f"--db {args.db}: no such database file")
-    new_rules = load_rulebook(args.rules)
-    old_rules = load_rulebook(args.baseline or DEFAULT_RULES)
+    steps = builtin_registry()
+    new_rules = load_rulebook(args.rules, steps=steps)
+    old_rules = load_rulebook(args.baseline or DEFAULT_RULES, steps=steps)
     store = runtime.open_store(url)
     try:
         entries = await backtest.stored_since(

@@ -94,6 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
         SettingsDeprecationWarning,
         load_settings,
     )
+    from receiver.steps.catalog import builtin_registry  # noqa: PLC0415
     from receiver.supervisor import WorkerSupervisor, supervise  # noqa: PLC0415
     from receiver.web.server import serve  # noqa: PLC0415
 
@@ -117,7 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
             "setting_deprecated", detail=str(warning.message)
         )
     runtime = build_runtime(settings)
-    rulebook = load_rulebook(settings.engine.rules)
+    rulebook = load_rulebook(settings.engine.rules, steps=builtin_registry())
     role = args.role
     # An in-memory store cannot be shared with a child: one process does all.
     split = role == "all" and not settings.store.in_memory

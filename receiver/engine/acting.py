@@ -31,7 +31,7 @@ from receiver.model import (
     StepTrace,
     freeze,
 )
-from receiver.rulebook.steps import REGISTRY, StepModel, Verify
+from receiver.rulebook.steps import StepModel, Verify
 
 log = structlog.get_logger("receiver.runner")
 
@@ -188,7 +188,8 @@ class Acting:
         check = getattr(step, "verify", None)
         if check is None:
             return trace
-        executor = self._executors.get(REGISTRY.verify_family(check.type))
+        # The verify model names the family whose executor polls it.
+        executor = self._executors.get(check.family)
         if executor is None:
             return replace(
                 trace,

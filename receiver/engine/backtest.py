@@ -34,12 +34,9 @@ from receiver.engine.worker import Processor
 from receiver.errors import InputError
 from receiver.model import Alert, StepResult
 from receiver.rulebook.loader import Rulebook
-from receiver.rulebook.steps import REGISTRY
 from receiver.store import MemoryStore
 from receiver.store.base import JournalEntry, Store
 
-# Every step family the rules can use (changes.recent's "changes" included).
-FAMILIES = REGISTRY.families
 MAX_EXAMPLES = 10
 _SINCE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -105,7 +102,9 @@ class Simulation:
         self._clock = FollowingClock(start)
         keeper = GuardKeeper(self._store, "backtest", defaults)
         if executors is None:
-            executors = {family: SimulatedExecutor(family) for family in FAMILIES}
+            executors = {
+                family: SimulatedExecutor(family) for family in rulebook.steps.families
+            }
         runner = Runner(executors, self._clock, mode="execute", guards=keeper)
         self._processor = Processor(
             rulebook,

@@ -23,9 +23,9 @@ from receiver.model import Alert, Severity
 from receiver.rulebook.incidents import IncidentConfig
 from receiver.rulebook.index import RuleIndex
 from receiver.rulebook.matchers import Matcher, matches_all
-from receiver.rulebook.schema import CompiledRule, Playbook, Rule
+from receiver.rulebook.schema import CompiledRule, Playbook, Rule, playbook_model
 from receiver.rulebook.severity import resolve_severity
-from receiver.rulebook.steps import STEP_TYPES, VERIFY_TYPES
+from receiver.rulebook.steps import NO_STEPS, StepRegistry
 from receiver.rulebook.templates import BindError
 
 RULE_SUFFIXES = (".yaml", ".yml")
@@ -50,6 +50,8 @@ class Rulebook:
     playbooks: dict[str, Playbook]
     files: tuple[str, ...] = ()
     incidents: IncidentConfig | None = None
+    # The step types the rules were validated against (none: built by hand).
+    steps: StepRegistry = NO_STEPS
     index: RuleIndex = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -117,7 +119,11 @@ def _rule_name(raw: Any, loc: Sequence[int | str]) -> str | None:
 
 
 def _validation_details(
-    file: str, raw: Any, exc: ValidationError, prefix: tuple[int | str, ...] = ()
+    file: str,
+    raw: Any,
+    exc: ValidationError,
+    prefix: tuple[int | str, ...] = (),
+    steps: StepRegistry = NO_STEPS,
 ) -> list[RuleErrorDetail]:
     details = []
     for err in exc.errors(include_url=False):
@@ -129,8 +135,8 @@ def _validation_details(
         cleaned = [
             p
             for i, p in enumerate(loc)
-            if not (i > 0 and isinstance(loc[i - 1], int) and p in STEP_TYPES)
-            and not (i > 0 and loc[i - 1] == "verify" and p in VERIFY_TYPES)
+            if not (i > 0 and isinstance(loc[i - 1], int) and p in steps.steps)
+            and not (i > 0 and loc[i - 1] == "verify" and p in steps.verifies)
             and not (i > 0 and loc[i - 1] == "severity")
         ]
         message = err["msg"].removeprefix("Value error, ")
@@ -150,7 +156,9 @@ def _validation_details(
 class _Loader:
     """Accumulates playbooks, rules and every error across files."""
 
-    def __init__(self) -> None:
+    def __init__(self, steps: StepRegistry) -> None:
+        self.steps = steps
+        self.playbook_model = playbook_model(steps)
         self.errors: list[RuleErrorDetail] = []
         # As written (params unbound), then bound per rule in ``bind_playbooks``.
         self.playbooks: dict[str, Playbook] = {}
@@ -250,12 +258,14 @@ class _Loader:
         self.playbook_files[name] = file
         start = len(self.errors)
         # Keep the name known so rules using it report only their own errors.
-        self.playbooks[name] = Playbook()
+        self.playbooks[name] = self.playbook_model()
         try:
-            playbook = Playbook.model_validate(body or {})
+            playbook = self.playbook_model.model_validate(body or {})
         except ValidationError as exc:
             prefix = ("playbooks", name)
-            self.errors.extend(_validation_details(file, raw, exc, prefix=prefix))
+            self.errors.extend(
+                _validation_details(file, raw, exc, prefix=prefix, steps=self.steps)
+            )
         else:
             for field, message in [
                 *playbook.choice_problems(),
@@ -389,9 +399,16 @@ class _Loader:
 
 
 def load_rulebook(
-    paths: Iterable[Path | str], texts: Mapping[str, str] | None = None
+    paths: Iterable[Path | str],
+    texts: Mapping[str, str] | None = None,
+    *,
+    steps: StepRegistry,
 ) -> Rulebook:
     """Load and validate every rule file under ``paths``.
+
+    ``steps`` holds the step types the rules may use (the composition root
+    builds it: ``receiver.steps.catalog``); the rulebook keeps it, so a reload
+    validates against the same types.
 
     ``texts`` gives files by name and content instead of from disk (the
     console's candidate rules): a name that is also under ``paths`` replaces
@@ -408,7 +425,7 @@ def load_rulebook(
     if not files:
         where = ", ".join(map(str, paths)) or "<none>"
         raise RuleError([RuleErrorDetail(where, "no rule files (*.yaml, *.yml) found")])
-    loader = _Loader()
+    loader = _Loader(steps)
     for path in files:
         loader.load_file(path, texts.get(str(path)))
     loader.check_references()
@@ -420,4 +437,5 @@ def load_rulebook(
         loader.bound,
         tuple(str(f) for f in files),
         loader.incidents,
+        steps,
     )

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from receiver.errors import RuleError
 from receiver.model import Alert, Severity, Source, freeze
 from receiver.rulebook.loader import TEST_SUFFIXES, Rulebook, load_rulebook
+from receiver.rulebook.steps import StepRegistry
 
 
 class TestAlert(BaseModel):
@@ -217,7 +218,7 @@ def compare(want: list[Expected], got: Sequence[PlannedMatchView]) -> list[str]:
 
 
 def _rulebook_for(
-    path: Path, parsed: TestFile, default: Rulebook | None
+    path: Path, parsed: TestFile, default: Rulebook | None, steps: StepRegistry
 ) -> Rulebook | str:
     """The rulebook a test file tests, or why there is none."""
     if parsed.rule_files is None:
@@ -228,7 +229,7 @@ def _rulebook_for(
             )
         return default
     try:
-        return load_rulebook([path.parent / f for f in parsed.rule_files])
+        return load_rulebook([path.parent / f for f in parsed.rule_files], steps=steps)
     except RuleError as exc:
         return "rule_files do not load: " + "; ".join(str(d) for d in exc.details)
 
@@ -239,8 +240,13 @@ def run_file(
     planner: Planner = matches_only,
     *,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    steps: StepRegistry,
 ) -> list[CaseResult]:
-    """Run every case in one test file; each case passes or fails on its own."""
+    """Run every case in one test file; each case passes or fails on its own.
+
+    A file naming its own ``rule_files`` loads them with the step types of
+    ``steps``.
+    """
     name = str(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -249,7 +255,7 @@ def run_file(
         return [CaseResult(name, "<file>", ok=False, problems=(str(exc),))]
     except ValidationError as exc:
         return [CaseResult(name, "<file>", ok=False, problems=_schema_problems(exc))]
-    book = _rulebook_for(path, parsed, rulebook)
+    book = _rulebook_for(path, parsed, rulebook, steps)
     if isinstance(book, str):
         return [CaseResult(name, "<file>", ok=False, problems=(book,))]
     results = []

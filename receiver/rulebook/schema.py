@@ -24,13 +24,19 @@ from pydantic import (
     StringConstraints,
     Tag,
     ValidationInfo,
+    create_model,
     field_validator,
 )
 
 from receiver.model import SOURCES, Severity, Source, StepKind
 from receiver.rulebook.matchers import Matcher
 from receiver.rulebook.severity import LabelSeverity, MatrixSeverity, SeveritySpec
-from receiver.rulebook.steps import Duration, Step, StepModel, template_fields
+from receiver.rulebook.steps import (
+    Duration,
+    StepModel,
+    StepRegistry,
+    template_fields,
+)
 from receiver.rulebook.templates import (
     PARAM_TYPES,
     BindError,
@@ -210,8 +216,9 @@ class Playbook(BaseModel):
         description="Parameters the steps use as {params.NAME}; rules bind them "
         "with `with:`.",
     )
-    diagnostics: list[Step] = Field(default_factory=list)
-    remediation: list[Step] = Field(default_factory=list)
+    # The step union of a registry: ``playbook_model`` fills these in.
+    diagnostics: list[StepModel] = Field(default_factory=list)
+    remediation: list[StepModel] = Field(default_factory=list)
     guards: Guards = Field(default_factory=Guards)
     sinks: list[str] | None = None
     stand_down_when_acknowledged: bool = Field(
@@ -318,9 +325,9 @@ class Playbook(BaseModel):
         """
         if not self.params:
             return self
-        groups: dict[str, list[Step]] = {}
+        groups: dict[str, list[StepModel]] = {}
         for group in ("diagnostics", "remediation"):
-            steps: list[Step] = []
+            steps: list[StepModel] = []
             for i, step in enumerate(getattr(self, group)):
                 bound = _bind_model(step, values, f"{group}[{i}]")
                 check = getattr(bound, "verify", None)
@@ -368,6 +375,27 @@ class Playbook(BaseModel):
                     "list it under diagnostics"
                 )
         return steps
+
+
+def playbook_model(steps: StepRegistry) -> type[Playbook]:
+    """``Playbook`` whose steps validate against the step types of ``steps``.
+
+    The same class for the same registry, so playbooks loaded with one registry
+    compare equal. A ``Playbook`` itself holds no step types: its steps are
+    only ever validated through this model.
+    """
+
+    def build() -> type[Playbook]:
+        union: Any = steps.union
+        return create_model(
+            "Playbook",
+            __base__=Playbook,
+            __module__=__name__,
+            diagnostics=(list[union], Field(default_factory=list)),
+            remediation=(list[union], Field(default_factory=list)),
+        )
+
+    return steps.derived("playbook", build, Playbook)
 
 
 def _bind_model(model: _M, values: Mapping[str, str], where: str) -> _M:

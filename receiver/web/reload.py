@@ -95,7 +95,9 @@ class Reloader:
     def reload(self, trigger: str) -> RuleError | None:
         """Load the rules again; the error when they stay as they were."""
         try:
-            rulebook = load_rulebook(self.paths)
+            # The step types the running rules were loaded with.
+            steps = self._processor.rulebook.steps
+            rulebook = load_rulebook(self.paths, steps=steps)
         except RuleError as exc:
             self._metrics.reload_ok.set(0)
             self.last_error = "; ".join(str(d) for d in exc.details[:5])

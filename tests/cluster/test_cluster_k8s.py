@@ -36,19 +36,17 @@ from receiver.engine.runner import Runner
 from receiver.errors import PermanentStepError
 from receiver.model import Alert, Decision
 from receiver.rulebook.loader import load_rulebook
-from receiver.rulebook.steps import (
-    K8sDeletePod,
-    K8sLogs,
-    K8sPatchHpa,
-    K8sRolloutHistory,
-    K8sRolloutRestart,
-    K8sRolloutUndo,
-    K8sScale,
-    PodsReadyVerify,
-    RolloutStatusVerify,
-)
+from receiver.rulebook.steps import PodsReadyVerify, RolloutStatusVerify
 from receiver.settings import KubeSettings
+from receiver.steps.catalog import builtin_registry
 from receiver.steps.k8s import KubernetesExecutor
+from receiver.steps.k8s.delete_pod import K8sDeletePod
+from receiver.steps.k8s.logs import K8sLogs
+from receiver.steps.k8s.patch_hpa import K8sPatchHpa
+from receiver.steps.k8s.rollout_history import K8sRolloutHistory
+from receiver.steps.k8s.rollout_restart import K8sRolloutRestart
+from receiver.steps.k8s.rollout_undo import K8sRolloutUndo
+from receiver.steps.k8s.scale import K8sScale
 
 KUBECONFIG = os.environ.get("KUBECONFIG", "")
 pytestmark = [
@@ -378,7 +376,7 @@ async def test_the_namespace_allowlist_blocks_before_the_cluster(real, tmp_path)
     now = datetime.now(UTC)
     planned = plan(
         alert,
-        load_rulebook([rules]),
+        load_rulebook([rules], steps=builtin_registry()),
         now,
         PlanContext(execute=True, namespaces=(real.namespace,)),
     )

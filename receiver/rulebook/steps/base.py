@@ -55,6 +55,9 @@ Condition = Annotated[str, Field(pattern=r"^\s*(<|<=|>|>=|==|!=)\s*-?[0-9.eE+-]+
 # (apiGroup, resource, verbs): what a step needs from the Kubernetes API; the
 # chart's RBAC and the docs' tables are generated from these.
 Rbac = tuple[tuple[str, str, tuple[str, ...]], ...]
+# (apiGroup, resource, verb, name): one request a rendered step makes; name is
+# None when any object may be asked for (a list, or a name from the alert).
+RbacNeed = tuple[str, str, str, str | None]
 
 
 def _placeholder_in(value: Any) -> str | None:
@@ -134,6 +137,19 @@ class StepModel(Templated):
     def describe(self) -> dict[str, Any]:
         """The exact request this step makes (verb, object, body)."""
         raise NotImplementedError
+
+    def needs(self) -> list[RbacNeed]:
+        """The Kubernetes requests this step makes, within ``rbac`` (none here).
+
+        ``scripts/rbac-steps.py`` grants exactly these, with ``resourceNames``
+        where a name is fixed in the rule.
+        """
+        return []
+
+    def verify_needs(self, check: Templated) -> list[RbacNeed]:
+        """The Kubernetes requests ``check`` (this step's verify) makes."""
+        del check
+        return []
 
     def summary(self) -> str:
         """One line saying what the step does."""

@@ -1,35 +1,53 @@
-"""The step registry: every step and verify type, assembled in one function.
+"""The step registry: the step and verify types one set of rules may use.
 
-Each family module (``k8s``, ``redis``, ``http``, ``prometheus``, ``changes``)
-lists its models in a ``STEPS`` tuple, and ``verify`` lists the verify models in
-``VERIFIES``; ``build_registry`` assembles them (refusing a type named twice).
-The rule schema's ``Step`` union, the loader's list of verify types, the chart's
-RBAC (``scripts/rbac-steps.py``) and the step reference (``docs/steps.md``) are
-all generated from the result; the executors in ``receiver.steps`` dispatch on
-the same types. Nothing registers itself at import time.
+``build_registry`` takes the step models (each step module in
+``receiver.steps`` declares its model next to the code that runs it;
+``receiver.steps.catalog`` finds them) and the verify models, refusing a type
+named twice. The rule schema's step union (``union``, which
+``receiver.rulebook.schema.playbook_model`` puts into the playbook model), the
+loader's error locations, the chart's RBAC (``scripts/rbac-steps.py``) and the
+step reference (``docs/steps.md``) all come from one registry. It is built at
+the composition root and handed to ``load_rulebook``; this module imports no
+step type and nothing registers itself at import time.
 """
 
 from __future__ import annotations
 
 import typing
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from pydantic import Field
 
-from receiver.rulebook.steps import changes, http, k8s, prometheus, redis
 from receiver.rulebook.steps.base import Rbac, StepModel, Templated
 from receiver.rulebook.steps.verify import VERIFIES
 
+D = typing.TypeVar("D")
 
-@dataclass(frozen=True)
+
+# eq=False: a registry is compared (and cached against) by identity.
+@dataclass(frozen=True, eq=False)
 class StepRegistry:
-    """Step and verify models by their ``type``, in the order families list them."""
+    """Step and verify models by their ``type``, in the order they were given."""
 
     steps: Mapping[str, type[StepModel]]
     verifies: Mapping[str, type[Templated]]
+    # What is built once from the registry (the playbook model), by name.
+    _derived: dict[str, type] = field(default_factory=dict, repr=False)
+
+    def derived(
+        self, name: str, build: Callable[[], type[D]], base: type[D]
+    ) -> type[D]:
+        """``build()`` the first time ``name`` is asked for, the same class after."""
+        found = self._derived.get(name)
+        if found is None:
+            found = self._derived[name] = build()
+        if not issubclass(found, base):
+            raise TypeError(f"{name} was built as {found}, not a {base}")
+        return found
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -44,6 +62,21 @@ class StepRegistry:
     def verify_rbac(self) -> Mapping[str, Rbac]:
         """Verify types that read Kubernetes, with what they read."""
         return {name: cls.rbac for name, cls in self.verifies.items() if cls.rbac}
+
+    @cached_property
+    def union(self) -> object:
+        """The step union rules validate against, discriminated on ``type``.
+
+        An annotated type for pydantic (``list[registry.union]``); with no step
+        types, a union nothing validates against.
+        """
+        models = tuple(self.steps.values())
+        if len(models) < 2:
+            return models[0] if models else StepModel
+        return Annotated[
+            typing.Union[models],  # noqa: UP007
+            Field(discriminator="type"),
+        ]
 
 
 T = typing.TypeVar("T", bound=Templated)
@@ -60,24 +93,17 @@ def _by_type(models: Iterable[type[T]]) -> Mapping[str, type[T]]:
     return MappingProxyType(out)
 
 
-def build_registry() -> StepRegistry:
-    """Every step type of every family, and every verify type."""
-    families = (k8s.STEPS, redis.STEPS, http.STEPS, prometheus.STEPS, changes.STEPS)
-    return StepRegistry(
-        steps=_by_type(cls for family in families for cls in family),
-        verifies=_by_type(VERIFIES),
-    )
+def build_registry(
+    steps: Iterable[type[StepModel]],
+    verifies: Iterable[type[Templated]] = VERIFIES,
+) -> StepRegistry:
+    """A registry of ``steps`` and ``verifies``.
+
+    Raises:
+        ValueError: two models declare the same ``type``.
+    """
+    return StepRegistry(_by_type(steps), _by_type(verifies))
 
 
-REGISTRY = build_registry()
-STEP_TYPES = REGISTRY.steps
-VERIFY_TYPES = REGISTRY.verifies
-VERIFY_RBAC = REGISTRY.verify_rbac()
-
-if TYPE_CHECKING:
-    Step = StepModel
-else:
-    Step = Annotated[
-        typing.Union[tuple(STEP_TYPES.values())],  # noqa: UP007
-        Field(discriminator="type"),
-    ]
+# A rulebook built by hand (no rule files) knows no step types.
+NO_STEPS = build_registry((), ())

@@ -1,8 +1,12 @@
-"""``k8s.*`` steps, one module per family, behind ``KubernetesExecutor``.
+"""``k8s.*`` steps: one module per step type, behind ``KubernetesExecutor``.
 
-``reads`` (diagnostics), ``writes``, ``rollback`` and ``pod_delete``
-(remediations), ``verification``; ``access`` holds what they share and
-``executor`` the ``KubernetesExecutor`` that dispatches to them.
+Each step module (``pods``, ``events``, ``logs``, ``rollout_history``,
+``describe``, ``rollout_restart``, ``rollout_undo``, ``scale``, ``patch_hpa``,
+``set_memory_limit``, ``delete_pod``) holds a step's model and the code that
+runs it, declared in its ``STEPS``; ``base`` holds the models' shared base,
+``access`` what the running code shares (``Kube``, the write loop),
+``verification`` the verify checks and ``executor`` the ``KubernetesExecutor``
+that dispatches to them.
 """
 
 from __future__ import annotations

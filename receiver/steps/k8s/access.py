@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from receiver.errors import PermanentStepError, TransientStepError
 from receiver.model import Intent, RecheckResult, StepResult
@@ -24,9 +24,11 @@ from receiver.rulebook.steps import StepModel
 from receiver.steps.kube_client import KubeApi, KubeConflictError
 from receiver.steps.kube_objects import (
     Json,
+    Versioned,
     controller_of,
     dig,
     label_selector,
+    parse_object,
     request_record,
     revision_of,
 )
@@ -77,6 +79,30 @@ class Action(Generic[S]):
     recheck: Callable[[Kube, S, Intent], Awaitable[RecheckResult]]
     workload: Callable[[Kube, S], Awaitable[WorkloadRef]] | None = None
     pods: Callable[[Kube, S], tuple[str, str]] | None = None
+
+
+def fenced(obj: Json, patch: Json) -> Json:
+    """``patch`` carrying the ``resourceVersion`` of ``obj`` it was computed from.
+
+    The API server refuses it (409) if anyone changed the object in between.
+    """
+    version = parse_object(Versioned, obj, "patch").metadata.resource_version
+    return {"metadata": {"resourceVersion": version}, **patch}
+
+
+class _NamesWorkload(Protocol):
+    @property
+    def workload_kind(self) -> str: ...
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def workload(self) -> str: ...
+
+
+async def workload_of(kube: Kube, step: _NamesWorkload) -> WorkloadRef:
+    """The workload a remediation that names one changed, for its verify."""
+    del kube
+    return step.workload_kind, step.namespace, step.workload
 
 
 @dataclass

@@ -14,13 +14,14 @@ connection errors are transient and reads are retried with bounded, jittered
 backoff. Writes are never retried blindly (see ``access.Kube.write_loop``).
 
 Which function runs which step is the table ``handlers()`` assembles from the
-family modules: ``reads.DIAGNOSTICS``, ``writes.ACTIONS``, ``rollback.ACTIONS``,
-``pod_delete.ACTIONS``; the verifications are ``verification``.
+step definitions it is given (``build_executors`` passes the catalog's ``k8s``
+ones; by default, those of the step modules of this package); the
+verifications are ``verification``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +35,7 @@ from receiver.rulebook.steps import (
     Templated,
 )
 from receiver.settings import KubeSettings
-from receiver.steps.k8s import pod_delete, reads, rollback, writes
+from receiver.steps.catalog import StepDef, family_steps
 from receiver.steps.k8s.access import Action, Diagnostic, Kube
 from receiver.steps.k8s.verification import verify_pods_ready, verify_rollout
 from receiver.steps.kube_client import (
@@ -59,13 +60,23 @@ class Handlers:
         return frozenset(self.diagnostics) | frozenset(self.actions)
 
 
-def handlers() -> Handlers:
-    """The ``k8s.*`` handlers of every family module, assembled in one place."""
-    actions = (*writes.ACTIONS, *rollback.ACTIONS, *pod_delete.ACTIONS)
-    return Handlers(
-        diagnostics={d.model: d for d in reads.DIAGNOSTICS},
-        actions={a.model: a for a in actions},
-    )
+def handlers(steps: Sequence[StepDef] | None = None) -> Handlers:
+    """The ``k8s.*`` handlers of ``steps`` (default: this package's step modules).
+
+    Raises:
+        TypeError: a definition is neither a ``Diagnostic`` nor an ``Action``.
+    """
+    diagnostics: dict[type[StepModel], Diagnostic[Any]] = {}
+    actions: dict[type[StepModel], Action[Any]] = {}
+    for step in family_steps(__package__, steps):
+        if isinstance(step, Diagnostic):
+            diagnostics[step.model] = step
+        elif isinstance(step, Action):
+            actions[step.model] = step
+        else:
+            msg = f"{step!r} is neither a k8s Diagnostic nor an Action"
+            raise TypeError(msg)
+    return Handlers(diagnostics=diagnostics, actions=actions)
 
 
 class KubernetesExecutor:
@@ -81,6 +92,7 @@ class KubernetesExecutor:
         poll_interval: float = 2.0,
         attempts: int = 3,
         backoff: float = 0.2,
+        steps: Sequence[StepDef] | None = None,
     ) -> None:
         api = KubeApi(
             client_factory,
@@ -94,11 +106,14 @@ class KubernetesExecutor:
             kinds=Kube.allowed(allowed_kinds),
             poll_interval=poll_interval,
         )
-        self._handlers = handlers()
+        self._handlers = handlers(steps)
 
     @classmethod
     def from_settings(
-        cls, kube: KubeSettings, clock: Callable[[], datetime] | None = None
+        cls,
+        kube: KubeSettings,
+        clock: Callable[[], datetime] | None = None,
+        steps: Sequence[StepDef] | None = None,
     ) -> KubernetesExecutor:
         """The executor the ``kube`` settings describe (client built on first use).
 
@@ -116,6 +131,7 @@ class KubernetesExecutor:
             allowed_kinds=kube.allowed_kinds,
             request_timeout=kube.request_timeout.total_seconds(),
             poll_interval=kube.poll_interval.total_seconds(),
+            steps=steps,
         )
 
     async def aclose(self) -> None:

@@ -222,13 +222,14 @@ class BacktestPages(ConsoleBase):
         """
         _check_expansion(text)
         files = self._processor.rulebook.files
+        steps = self._processor.rulebook.steps
         if replaces == "all":
-            return load_rulebook([], {name: text}), "all"
+            return load_rulebook([], {name: text}, steps=steps), "all"
         if replaces == "new":
-            return load_rulebook(files, {name: text}), "none"
+            return load_rulebook(files, {name: text}, steps=steps), "none"
         if replaces.isdigit() and int(replaces) < len(files):
             target = files[int(replaces)]
-            return load_rulebook(files, {target: text}), target
+            return load_rulebook(files, {target: text}, steps=steps), target
         raise InputError("choose what the candidate replaces from the list")
 
     async def _audit_backtest(

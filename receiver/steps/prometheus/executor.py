@@ -1,9 +1,9 @@
-"""``prometheus.query`` steps and verification: instant PromQL against a server.
+"""``PrometheusExecutor``: instant PromQL against named servers, and its verify.
 
-The query is rendered from the alert (values escaped for PromQL strings) before it
-gets here; results are capped at ``max_series`` with their labels and values.
-A verification polls until every returned series meets the condition; no data is
-"not verified", never a pass.
+The step modules beside this one (``query``) run through ``query``; the
+query is rendered from the alert (values escaped for PromQL strings) before it
+gets here. A verification polls until every returned series meets the
+condition; no data is "not verified", never a pass.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -19,7 +19,9 @@ import httpx
 from receiver.errors import PermanentStepError, TransientStepError
 from receiver.model import Alert, StepResult
 from receiver.retrying import RetryPolicy, poll_until, retrying, transient_status
-from receiver.rulebook.steps import PrometheusQuery, PrometheusVerify, StepModel
+from receiver.rulebook.steps import PrometheusVerify, StepModel
+from receiver.steps.catalog import StepDef, family_steps
+from receiver.steps.defs import Table
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
@@ -48,9 +50,17 @@ def holds(value: float, condition: tuple[str, float]) -> bool:
 class PrometheusExecutor:
     """Runs PromQL through an injected ``httpx.AsyncClient`` against named servers."""
 
-    def __init__(self, client: httpx.AsyncClient, targets: dict[str, str]) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        targets: dict[str, str],
+        steps: Sequence[StepDef] | None = None,
+    ) -> None:
         self._client = client
         self._targets = {k: v.rstrip("/") for k, v in targets.items()}
+        self._table: Table[PrometheusExecutor] = Table(
+            "prometheus", family_steps(__package__, steps)
+        )
 
     async def query(self, target: str, promql: str) -> list[dict[str, Any]]:
         """Run an instant query; return ``[{"labels": {...}, "value": float}]``."""
@@ -96,29 +106,8 @@ class PrometheusExecutor:
         return data
 
     async def run(self, step: StepModel, alert: Alert) -> StepResult:
-        """Run a prometheus.query diagnostic."""
-        del alert
-        if not isinstance(step, PrometheusQuery):
-            raise PermanentStepError(
-                f"prometheus executor cannot run {step.type_name()}"
-            )
-        series = await self.query(step.target_name, step.query)
-        shown = series[: step.max_series]
-        values = (
-            ", ".join(f"{_fmt_labels(s['labels'])}{s['value']:.6g}" for s in shown[:5])
-            or "no data"
-        )
-        reason = f"{len(series)} series: {values}"
-        result: dict[str, Any] = {"series": shown, "total_series": len(series)}
-        if step.condition:
-            cond = parse_condition(step.condition)
-            met = bool(series) and all(holds(s["value"], cond) for s in series)
-            result["condition"] = step.condition.strip()
-            result["condition_met"] = met
-            reason += (
-                f" (expect {step.condition.strip()}: {'met' if met else 'not met'})"
-            )
-        return StepResult(ok=True, reason=reason, result=result)
+        """Run a ``prometheus.*`` diagnostic through its step module."""
+        return await self._table.run(self, step, alert)
 
     async def verify(self, check: Any, step: StepModel, alert: Alert) -> StepResult:
         """Poll until every series meets the condition, or time out."""
@@ -152,7 +141,8 @@ class PrometheusExecutor:
         await self._client.aclose()
 
 
-def _fmt_labels(labels: dict[str, str]) -> str:
+def fmt_labels(labels: dict[str, str]) -> str:
+    """``{a="b"} `` for a series' labels (without ``__name__``); "" for none."""
     shown = {k: v for k, v in labels.items() if k != "__name__"}
     if not shown:
         return ""

@@ -1,6 +1,6 @@
 """``k8s.rollout_undo``: roll a Deployment back as kubectl does, fenced and re-checked.
 
-An ``Action`` (see ``access``): the plan is worked out from one read (the
+The model and an ``Action`` (see ``access``): the plan is worked out from one read (the
 current revision, the one to go back to, the patch), ``apply`` refuses if the
 Deployment changed since ``prepare`` read it, and the write goes through
 ``Kube.write_loop`` with the ``resourceVersion`` it was computed from.
@@ -10,13 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar, Literal
+
+from pydantic import Field
+from typing_extensions import override
 
 from receiver.errors import PermanentStepError
-from receiver.model import Intent, RecheckResult, StepResult
-from receiver.rulebook.steps import K8sRolloutUndo
+from receiver.model import Intent, JSONObject, RecheckResult, StepResult
+from receiver.rulebook.steps import RbacNeed, Templated
+from receiver.rulebook.steps.base import Duration, K8sName, Rbac
+from receiver.rulebook.steps.verify import Remediation
 from receiver.rulebook.templates import format_duration
 from receiver.steps.k8s.access import Action, Decision, Kube, WorkloadRef, Write
+from receiver.steps.k8s.base import K8sStep, on, workload_verify_needs
 from receiver.steps.kube_objects import (
     CHANGE_CAUSE,
     POD_TEMPLATE_HASH,
@@ -32,6 +38,59 @@ from receiver.steps.kube_objects import (
     without_hash,
 )
 from receiver.steps.kube_recheck import recheck_undo
+
+
+class K8sRolloutUndo(K8sStep, Remediation):
+    """Roll a Deployment back to the previous (or a named) revision, as kubectl does."""
+
+    rbac: ClassVar[Rbac] = (
+        ("apps", "deployments", ("get", "patch")),
+        ("apps", "replicasets", ("list",)),
+    )
+
+    type: Literal["k8s.rollout_undo"] = "k8s.rollout_undo"
+    deployment: K8sName
+    to_revision: int | None = Field(default=None, ge=1)
+    only_if_rollout_within: Duration | None = None
+
+    @override
+    def target(self) -> str:
+        return f"deployment/{self.deployment} -n {self.namespace}"
+
+    @override
+    def describe(self) -> JSONObject:
+        revision: int | str = self.to_revision or "previous"
+        where = (
+            f"revision {self.to_revision}"
+            if self.to_revision
+            else "the previous revision"
+        )
+        cond = ""
+        if self.only_if_rollout_within:
+            cond = (
+                " only if the last rollout happened within "
+                f"{format_duration(self.only_if_rollout_within)}"
+            )
+        return {
+            "verb": "patch",
+            "resource": "Deployment",
+            "namespace": self.namespace,
+            "name": self.deployment,
+            "to_revision": revision,
+            "body": {"spec": {"template": f"<pod template of revision {revision}>"}},
+            "action": f"roll back {self.target()} to {where}{cond}",
+        }
+
+    @override
+    def needs(self) -> list[RbacNeed]:
+        return [
+            *on("Deployment", ["get", "patch"], self.deployment),
+            ("apps", "replicasets", "list", None),
+        ]
+
+    @override
+    def verify_needs(self, check: Templated) -> list[RbacNeed]:
+        return workload_verify_needs(check, on("Deployment", ["get"], self.deployment))
 
 
 @dataclass(frozen=True)
@@ -230,6 +289,4 @@ async def _workload(kube: Kube, step: K8sRolloutUndo) -> WorkloadRef:
     return "Deployment", step.namespace, step.deployment
 
 
-ACTIONS: tuple[Action[Any], ...] = (
-    Action(K8sRolloutUndo, prepare_undo, undo, recheck, workload=_workload),
-)
+STEPS = (Action(K8sRolloutUndo, prepare_undo, undo, recheck, workload=_workload),)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio
 import redis.exceptions
@@ -31,15 +31,10 @@ from redis.client import NEVER_DECODE
 from receiver.errors import PermanentStepError, TransientStepError
 from receiver.model import Alert, Intent, RecheckResult, StepResult
 from receiver.retrying import RetryPolicy, retrying
-from receiver.rulebook.steps import (
-    RedisDeleteKeys,
-    RedisDeletePattern,
-    RedisGet,
-    RedisInfo,
-    RedisResetCircuitBreaker,
-    StepModel,
-)
-from receiver.steps.redis_text import (
+from receiver.rulebook.steps import StepModel
+from receiver.steps.catalog import StepDef, family_steps
+from receiver.steps.defs import Table
+from receiver.steps.redis.text import (
     HIT_RATE_THRESHOLD,
     INFO_HIGHLIGHTS,
     MAX_INFO_FIELDS,
@@ -58,6 +53,12 @@ _SCAN_BUDGET = 0.8
 # SCAN calls a re-check after a crash makes to look for any key left matching.
 _RECHECK_SCANS = 1000
 
+if TYPE_CHECKING:
+    from receiver.steps.redis.delete_pattern import RedisDeletePattern
+    from receiver.steps.redis.get import RedisGet
+    from receiver.steps.redis.info import RedisInfo
+    from receiver.steps.redis.reset_circuit_breaker import RedisResetCircuitBreaker
+
 T = TypeVar("T")
 Client = redis.asyncio.Redis
 
@@ -71,7 +72,11 @@ class RedisExecutor:
         *,
         timeout: float = 5.0,
         attempts: int = 3,
+        steps: Sequence[StepDef] | None = None,
     ) -> None:
+        self._table: Table[RedisExecutor] = Table(
+            "redis", family_steps(__package__, steps)
+        )
         self._where = {name: shown_target(url) for name, url in targets.items()}
         self._attempts = attempts
         self._clients: dict[str, Client] = {
@@ -131,82 +136,73 @@ class RedisExecutor:
         raise AssertionError  # pragma: no cover (reraise=True always raises)
 
     async def run(self, step: StepModel, alert: Alert) -> StepResult:
-        """Run a redis.* step."""
-        del alert
-        if isinstance(step, RedisGet):
-            return await self._get(step)
-        if isinstance(step, RedisInfo):
-            return await self._info(step)
-        if isinstance(step, RedisDeleteKeys):
-            return await self._delete_keys(step.target_name, list(step.keys))
-        if isinstance(step, RedisDeletePattern):
-            return await self._delete_pattern(step)
-        if isinstance(step, RedisResetCircuitBreaker):
-            return await self._reset_breaker(step)
-        raise PermanentStepError(f"redis executor cannot run {step.type_name()}")
+        """Run a ``redis.*`` step through its step module."""
+        return await self._table.run(self, step, alert)
 
     async def prepare(self, step: StepModel, alert: Alert) -> Intent | None:
+        """State what a remediation deletes (see ``prepare_keys``)."""
+        return await self._table.prepare(self, step, alert)
+
+    async def apply(self, step: StepModel, alert: Alert, intent: Intent) -> StepResult:
+        """Delete what ``prepare`` named (the step's own keys or pattern)."""
+        return await self._table.apply(self, step, alert, intent)
+
+    async def recheck(
+        self, step: StepModel, alert: Alert, intent: Intent
+    ) -> RecheckResult:
+        """Whether an interrupted delete took effect (see ``recheck_deleted``)."""
+        del alert
+        return await self._table.recheck(self, step, intent)
+
+    async def prepare_keys(self, target: str, keys: list[str]) -> Intent:
         """Name the keys a remediation deletes and digest their values now.
 
         A digest (SHA-256 of ``DUMP``) tells, after a crash, a key that was
         never deleted from one deleted and written again.
         """
-        del alert
-        if isinstance(step, RedisDeleteKeys | RedisResetCircuitBreaker):
-            keys = list(step.keys) if isinstance(step, RedisDeleteKeys) else step.keys()
-            digests = await self._try_digests(
-                step.target_name, [k.encode() for k in keys]
-            )
-            return Intent(
-                f"UNLINK {' '.join(keys[:MAX_SAMPLE_KEYS])} on redis "
-                f"{step.target_name}",
-                {"keys": keys, "digests": digests},
-            )
-        if isinstance(step, RedisDeletePattern):
-            check_pattern(step.pattern)
-            _cursor, batch = await self._scan(self._client(step.target_name), step, 0)
-            sample = batch[:MAX_SAMPLE_KEYS]
-            digests = await self._try_digests(step.target_name, sample)
-            return Intent(
-                f"SCAN MATCH {step.pattern} + UNLINK on redis {step.target_name}",
-                {
-                    "pattern": step.pattern,
-                    "sample": [k.hex() for k in sample],
-                    "digests": digests,
-                },
-            )
-        return None
+        digests = await self._try_digests(target, [k.encode() for k in keys])
+        return Intent(
+            f"UNLINK {' '.join(keys[:MAX_SAMPLE_KEYS])} on redis {target}",
+            {"keys": keys, "digests": digests},
+        )
 
-    async def apply(self, step: StepModel, alert: Alert, intent: Intent) -> StepResult:
-        """Delete what ``prepare`` named (the step's own keys or pattern)."""
-        del intent  # the keys and pattern are the step's; the intent adds digests
-        return await self.run(step, alert)
+    async def prepare_pattern(self, step: RedisDeletePattern) -> Intent:
+        """A sample of the keys the pattern matches now, with their digests."""
+        check_pattern(step.pattern)
+        _cursor, batch = await self._scan(self._client(step.target_name), step, 0)
+        sample = batch[:MAX_SAMPLE_KEYS]
+        digests = await self._try_digests(step.target_name, sample)
+        return Intent(
+            f"SCAN MATCH {step.pattern} + UNLINK on redis {step.target_name}",
+            {
+                "pattern": step.pattern,
+                "sample": [k.hex() for k in sample],
+                "digests": digests,
+            },
+        )
 
-    async def recheck(
-        self, step: StepModel, alert: Alert, intent: Intent
+    async def recheck_deleted(
+        self, target_name: str, intent: Intent, pattern: RedisDeletePattern | None
     ) -> RecheckResult:
-        """Gone: took effect; every key as it was: did not; else cannot tell."""
-        del alert
-        if not isinstance(
-            step, RedisDeleteKeys | RedisDeletePattern | RedisResetCircuitBreaker
-        ):
-            raise PermanentStepError(
-                f"redis executor cannot re-check {step.type_name()}"
-            )
-        if isinstance(step, RedisDeletePattern):
+        """Gone: took effect; every key as it was: did not; else cannot tell.
+
+        ``pattern``: the step deleted by pattern (its sample is re-checked, and
+        a whole, bounded SCAN tells whether any key still matches).
+        """
+        if pattern is not None:
             keys = [bytes.fromhex(k) for k in intent.data.get("sample") or []]
-            what = f"keys matching {step.pattern}"
+            what = f"keys matching {pattern.pattern}"
         else:
             keys = [str(k).encode() for k in intent.data.get("keys") or []]
             what = "the keys"
         shown = ", ".join(shown_key(k, 80) for k in keys[:5]) or "(none)"
-        target = f"redis {step.target_name}"
-        present = await self._present(step.target_name, keys)
-        if isinstance(step, RedisDeletePattern):
-            if not any(present) and not await self._any_match(step):
+        target = f"redis {target_name}"
+        present = await self._present(target_name, keys)
+        if pattern is not None:
+            if not any(present) and not await self._any_match(pattern):
                 return RecheckResult(
                     took_effect=True,
-                    reason=f"{target}: no key matches {step.pattern}",
+                    reason=f"{target}: no key matches {pattern.pattern}",
                 )
         elif not any(present):
             return RecheckResult(
@@ -220,7 +216,7 @@ class RedisExecutor:
                 "was recorded (the server refused DUMP), so a key written again "
                 "cannot be told from one never deleted",
             )
-        now = await self._try_digests(step.target_name, keys)
+        now = await self._try_digests(target_name, keys)
         if now == list(before) and any(d is not None for d in before):
             return RecheckResult(
                 took_effect=False,
@@ -313,7 +309,8 @@ class RedisExecutor:
             found[key] = entry
         return found
 
-    async def _get(self, step: RedisGet) -> StepResult:
+    async def get_keys(self, step: RedisGet) -> StepResult:
+        """Read the step's keys: type, value (capped) and TTL."""
         client = self._client(step.target_name)
         keys = list(step.keys)
         found = await self._call(
@@ -334,7 +331,8 @@ class RedisExecutor:
             result={"keys": found},
         )
 
-    async def _info(self, step: RedisInfo) -> StepResult:
+    async def info(self, step: RedisInfo) -> StepResult:
+        """Read the step's keys: type, value (capped) and TTL."""
         client = self._client(step.target_name)
         raw: dict[str, Any] = await self._call(
             step.target_name,
@@ -398,7 +396,8 @@ class RedisExecutor:
             pipe.unlink(key)
         return [bool(n) for n in await pipe.execute()]
 
-    async def _delete_keys(self, target: str, keys: list[str]) -> StepResult:
+    async def delete_keys(self, target: str, keys: list[str]) -> StepResult:
+        """Read an INFO section; for ``stats``, the cache hit rate."""
         client = self._client(target)
         existed = await self._call(
             target, f"UNLINK {len(keys)} keys", lambda: self._unlink_each(client, keys)
@@ -420,7 +419,8 @@ class RedisExecutor:
             },
         )
 
-    async def _reset_breaker(self, step: RedisResetCircuitBreaker) -> StepResult:
+    async def reset_breaker(self, step: RedisResetCircuitBreaker) -> StepResult:
+        """UNLINK ``keys`` one by one, saying which existed."""
         client = self._client(step.target_name)
         keys = step.keys()
 
@@ -486,7 +486,8 @@ class RedisExecutor:
             target, f"UNLINK {len(keys)} keys", lambda: self._unlink_each(client, keys)
         )
 
-    async def _delete_pattern(self, step: RedisDeletePattern) -> StepResult:
+    async def delete_pattern(self, step: RedisDeletePattern) -> StepResult:
+        """UNLINK a circuit breaker's keys."""
         # The loader refuses these already; a rendered template must not sneak
         # one past it either.
         check_pattern(step.pattern)

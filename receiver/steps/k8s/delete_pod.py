@@ -1,6 +1,7 @@
 """``k8s.delete_pod``: delete controller-owned pods so they are recreated, within caps.
 
-An ``Action`` (see ``access``): ``prepare`` chooses the pods (broken ones first,
+The model and an ``Action`` (see ``access``): ``prepare`` chooses the pods
+(broken ones first,
 never below ``min_ready`` ready, at most ``max_pods``, only pods a ReplicaSet or
 StatefulSet recreates) and names them by uid; ``apply`` deletes exactly those,
 each with a uid precondition so a same-named replacement is never deleted. A
@@ -10,13 +11,19 @@ delete that failed transiently is retried only after the pod was read again.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+from typing_extensions import override
 
 from receiver.errors import PermanentStepError, TransientStepError
-from receiver.model import Intent, RecheckResult, StepResult
+from receiver.model import Intent, JSONObject, RecheckResult, StepResult
 from receiver.retrying import backoff
-from receiver.rulebook.steps import K8sDeletePod
+from receiver.rulebook.steps import RbacNeed, Templated
+from receiver.rulebook.steps.base import K8sName, Rbac, Selector
+from receiver.rulebook.steps.verify import PodsReadyVerify, Remediation
 from receiver.steps.k8s.access import WRITE_ATTEMPTS, Action, Kube
+from receiver.steps.k8s.base import LIST_PODS, K8sStep, on
 from receiver.steps.kube_client import KubeConflictError, KubeNotFoundError
 from receiver.steps.kube_objects import (
     PER_POD_LABELS,
@@ -29,6 +36,58 @@ from receiver.steps.kube_objects import (
     request_record,
 )
 from receiver.steps.kube_recheck import recheck_pods
+
+
+class K8sDeletePod(K8sStep, Remediation):
+    """Delete controller-owned pods so they are recreated, within caps."""
+
+    rbac: ClassVar[Rbac] = (("", "pods", ("list", "get", "delete")),)
+
+    type: Literal["k8s.delete_pod"] = "k8s.delete_pod"
+    pod: K8sName | None = None
+    selector: Selector | None = None
+    max_pods: int = Field(default=1, ge=1, le=10)
+    min_ready: int = Field(default=1, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> K8sDeletePod:
+        if (self.pod is None) == (self.selector is None):
+            raise ValueError("set exactly one of pod or selector")
+        return self
+
+    @override
+    def target(self) -> str:
+        if self.pod:
+            return f"pod/{self.pod} -n {self.namespace}"
+        return f"pods -l {self.selector} -n {self.namespace}"
+
+    @override
+    def describe(self) -> JSONObject:
+        return {
+            "verb": "delete",
+            "resource": "pods",
+            "namespace": self.namespace,
+            "name": self.pod,
+            "selector": self.selector,
+            "max_pods": self.max_pods,
+            "min_ready": self.min_ready,
+            "action": f"delete {self.target()} (at most {self.max_pods}, keep "
+            f">= {self.min_ready} ready, only controller-owned pods)",
+        }
+
+    @override
+    def needs(self) -> list[RbacNeed]:
+        if self.pod:
+            # Read the pod, list its siblings (min_ready), delete it; a retried
+            # delete reads it again.
+            return [*on("Pod", ["get", "delete"], self.pod), LIST_PODS]
+        return [LIST_PODS, *on("Pod", ["get", "delete"], None)]
+
+    @override
+    def verify_needs(self, check: Templated) -> list[RbacNeed]:
+        # k8s.pods_ready counts the pods that replace the deleted ones.
+        return [LIST_PODS] if isinstance(check, PodsReadyVerify) else []
+
 
 _SELECT_PODS = 200  # pods a k8s.delete_pod selector may consider
 
@@ -251,7 +310,7 @@ def replacing_pods(kube: Kube, step: K8sDeletePod) -> tuple[str, str]:
     return step.namespace, remembered
 
 
-ACTIONS: tuple[Action[Any], ...] = (
+STEPS = (
     Action(
         K8sDeletePod, prepare_delete, delete_pods, recheck_delete, pods=replacing_pods
     ),

@@ -1,0 +1,178 @@
+"""``HttpExecutor``: the allowlisted HTTP client ``http.*`` steps run through.
+
+Only hosts on the allowlist (settings ``http_allowlist``) are ever called, so an
+alert label cannot point the receiver anywhere else (no SSRF). ``get``
+retries transient failures with bounded, jittered backoff; it serves the
+``http.get`` step (``get`` module) and verify. The ``request`` module sends
+remediation requests through ``client`` after ``check``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from receiver.errors import PermanentStepError, TransientStepError
+from receiver.model import Alert, Intent, RecheckResult, StepResult
+from receiver.retrying import RetryPolicy, poll_until, retrying, transient_status
+from receiver.rulebook.steps import HttpVerify, StepModel
+from receiver.steps.catalog import StepDef, family_steps
+from receiver.steps.defs import Table
+
+
+def json_path(document: Any, path: str) -> Any:
+    """Follow a dotted path (``checks.db.healthy``, ``items.0.name``)."""
+    current = document
+    for part in path.split("."):
+        if isinstance(current, list) and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        elif isinstance(current, dict) and part in current:
+            current = current[part]
+        else:
+            raise KeyError(part)
+    return current
+
+
+class HttpExecutor:
+    """Runs http steps through one injected ``httpx.AsyncClient``."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        allowlist: list[str],
+        steps: Sequence[StepDef] | None = None,
+    ) -> None:
+        self.client = client
+        self._allow = {a.lower() for a in allowlist}
+        self._table: Table[HttpExecutor] = Table(
+            "http", family_steps(__package__, steps)
+        )
+
+    def check(self, url: str) -> None:
+        """Refuse a URL that is malformed or whose host is not allowlisted.
+
+        Raises:
+            PermanentStepError: naming why.
+        """
+        # Rendering already refuses these (the step is skipped); this is the
+        # executor's own line for a URL that reached it some other way.
+        if any(ch.isspace() or not ch.isprintable() for ch in url):
+            raise PermanentStepError(
+                f"refused {url!r}: a URL may not hold whitespace or control characters"
+            )
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (raises ValueError for a bad port)
+        except ValueError as exc:
+            raise PermanentStepError(
+                f"refused {url!r}: not a valid URL ({exc})"
+            ) from exc
+        if parts.scheme not in ("http", "https"):
+            raise PermanentStepError(f"refused {url!r}: only http and https URLs")
+        host = (parts.hostname or "").lower()
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        if host not in self._allow and netloc not in self._allow:
+            raise PermanentStepError(
+                f"refused {parts.scheme}://{netloc}: host is not on http_allowlist "
+                f"({', '.join(sorted(self._allow)) or 'empty'})"
+            )
+
+    async def run(self, step: StepModel, alert: Alert) -> StepResult:
+        """Run an ``http.*`` step through its step module."""
+        return await self._table.run(self, step, alert)
+
+    async def prepare(self, step: StepModel, alert: Alert) -> Intent | None:
+        """Record the exact request a remediation is about to send."""
+        return await self._table.prepare(self, step, alert)
+
+    async def apply(self, step: StepModel, alert: Alert, intent: Intent) -> StepResult:
+        """Send the request ``prepare`` recorded."""
+        return await self._table.apply(self, step, alert, intent)
+
+    async def recheck(
+        self, step: StepModel, alert: Alert, intent: Intent
+    ) -> RecheckResult:
+        """Whether an interrupted request arrived (see the step module)."""
+        del alert
+        return await self._table.recheck(self, step, intent)
+
+    async def get(
+        self, url: str, expect: int, path: str | None, cap: int = 2048
+    ) -> StepResult:
+        """GET ``url`` (retrying transient failures): status, latency, body, value."""
+        self.check(url)
+        started = time.perf_counter()
+        try:
+            async for attempt in retrying(RetryPolicy()):
+                with attempt:
+                    response = await self._send("GET", url)
+        except TransientStepError as exc:
+            raise TransientStepError(
+                f"GET {url} failed after 3 attempts: {exc}"
+            ) from exc
+        latency = round((time.perf_counter() - started) * 1000, 1)
+        result: dict[str, Any] = {
+            "status": response.status_code,
+            "latency_ms": latency,
+            "body": response.text[:cap],
+        }
+        ok = response.status_code == expect
+        reason = f"GET {url}: {response.status_code} in {latency} ms"
+        if path:
+            try:
+                value = json_path(response.json(), path)
+            except (ValueError, KeyError):
+                value = None
+                reason += f"; {path} not found in the body"
+            else:
+                reason += f"; {path} = {value!r}"
+            result["value"] = value
+        return StepResult(ok=ok, reason=reason, result=result)
+
+    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self.client.request(method, url, **kwargs)
+        except (httpx.InvalidURL, UnicodeError) as exc:
+            raise PermanentStepError(f"refused {url!r}: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise TransientStepError(f"timed out: {exc.__class__.__name__}") from exc
+        except httpx.TransportError as exc:
+            raise TransientStepError(f"{exc.__class__.__name__}: {exc}") from exc
+        if transient_status(response.status_code):
+            raise TransientStepError(f"HTTP {response.status_code}")
+        return response
+
+    async def verify(self, check: Any, step: StepModel, alert: Alert) -> StepResult:
+        """Poll an http.get verification until it holds or times out."""
+        del step, alert
+        if not isinstance(check, HttpVerify):
+            raise PermanentStepError(f"http executor cannot verify {check.type}")
+
+        async def probe() -> tuple[bool, StepResult]:
+            last = await self.get(check.url, check.expect_status, check.json_path)
+            if last.ok and check.json_path and check.expect_value is not None:
+                value = last.result.get("value")
+                last = StepResult(
+                    ok=value == check.expect_value,
+                    reason=last.reason,
+                    result=last.result,
+                )
+            return last.ok, last
+
+        polled = await poll_until(
+            probe,
+            check.timeout,
+            check.interval.total_seconds(),
+            transient=lambda exc: StepResult(ok=False, reason=str(exc)),
+        )
+        if polled.done:
+            return StepResult(ok=True, reason=f"verified: {polled.last.reason}")
+        return StepResult(ok=False, reason=f"not verified: {polled.last.reason}")
+
+    async def aclose(self) -> None:
+        """Close the client."""
+        await self.client.aclose()
