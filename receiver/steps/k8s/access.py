@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from receiver.errors import PermanentStepError, TransientStepError
 from receiver.model import Intent, RecheckResult, StepResult
@@ -42,9 +42,9 @@ _MEMO_SIZE = 256
 class Write:
     """One write a remediation wants to make, and how to report it."""
 
-    send: Callable[[], Awaitable[Any]]
+    send: Callable[[], Awaitable[Json]]
     request: Json
-    done: Callable[[Any], StepResult]
+    done: Callable[[Json], StepResult]
 
 
 # What a remediation decides on a fresh read: done already, or this write.
@@ -53,12 +53,25 @@ S = TypeVar("S", bound=StepModel)
 WorkloadRef = tuple[str, str, str]  # kind, namespace, name
 
 
+def _own(model: type[S], step: StepModel, what: str) -> S:
+    """``step`` as an instance of ``model`` (the definition's own model)."""
+    if not isinstance(step, model):
+        raise PermanentStepError(
+            f"the {model.type_name()} definition cannot {what} {step.type_name()}"
+        )
+    return step
+
+
 @dataclass(frozen=True)
 class Diagnostic(Generic[S]):
     """A ``k8s.*`` diagnostic: its model and the function that runs it."""
 
     model: type[S]
     run: Callable[[Kube, S], Awaitable[StepResult]]
+
+    async def diagnose(self, kube: Kube, step: StepModel) -> StepResult:
+        """Run ``step`` (which must be of this definition's model)."""
+        return await self.run(kube, _own(self.model, step, "run"))
 
 
 @dataclass(frozen=True)
@@ -70,7 +83,9 @@ class Action(Generic[S]):
     every write fenced; ``recheck`` tells whether an interrupted ``apply`` shows
     on the target. ``workload`` names the workload ``k8s.rollout_status`` polls
     (None: it has none) and ``pods`` the pods ``k8s.pods_ready`` counts (None:
-    the workload's).
+    the workload's). The executor calls them through ``state``, ``act``,
+    ``check``, ``workload_of`` and ``pods_of``, which take any step model and
+    refuse one of another type.
     """
 
     model: type[S]
@@ -79,6 +94,75 @@ class Action(Generic[S]):
     recheck: Callable[[Kube, S, Intent], Awaitable[RecheckResult]]
     workload: Callable[[Kube, S], Awaitable[WorkloadRef]] | None = None
     pods: Callable[[Kube, S], tuple[str, str]] | None = None
+
+    async def state(self, kube: Kube, step: StepModel) -> Intent | StepResult:
+        """``prepare`` for ``step``."""
+        return await self.prepare(kube, _own(self.model, step, "prepare"))
+
+    async def act(self, kube: Kube, step: StepModel, intent: Intent) -> StepResult:
+        """``apply`` for ``step``."""
+        return await self.apply(kube, _own(self.model, step, "apply"), intent)
+
+    async def check(self, kube: Kube, step: StepModel, intent: Intent) -> RecheckResult:
+        """``recheck`` for ``step``."""
+        return await self.recheck(kube, _own(self.model, step, "re-check"), intent)
+
+    async def workload_of(self, kube: Kube, step: StepModel) -> WorkloadRef | None:
+        """The workload ``k8s.rollout_status`` polls after ``step`` (None: none)."""
+        if self.workload is None:
+            return None
+        return await self.workload(kube, _own(self.model, step, "verify"))
+
+    def pods_of(self, kube: Kube, step: StepModel) -> tuple[str, str] | None:
+        """Namespace and selector of the pods ``k8s.pods_ready`` counts.
+
+        None: the workload's pods.
+        """
+        if self.pods is None:
+            return None
+        return self.pods(kube, _own(self.model, step, "verify"))
+
+
+class RunsDiagnostic(Protocol):
+    """What the executor needs of a diagnostic definition, whatever its model."""
+
+    @property
+    def model(self) -> type[StepModel]:
+        """The step model it runs."""
+        ...
+
+    async def diagnose(self, kube: Kube, step: StepModel) -> StepResult:
+        """Run ``step``."""
+        ...
+
+
+class RunsAction(Protocol):
+    """What the executor needs of a remediation definition, whatever its model."""
+
+    @property
+    def model(self) -> type[StepModel]:
+        """The step model it runs."""
+        ...
+
+    async def state(self, kube: Kube, step: StepModel) -> Intent | StepResult:
+        """Read the target and state the change."""
+        ...
+
+    async def act(self, kube: Kube, step: StepModel, intent: Intent) -> StepResult:
+        """Make the change stated."""
+        ...
+
+    async def check(self, kube: Kube, step: StepModel, intent: Intent) -> RecheckResult:
+        """Whether an interrupted change shows on the target."""
+        ...
+
+    async def workload_of(self, kube: Kube, step: StepModel) -> WorkloadRef | None:
+        """The workload a rollout-status verify polls."""
+        ...
+
+    def pods_of(self, kube: Kube, step: StepModel) -> tuple[str, str] | None:
+        """The pods a pods-ready verify counts."""
+        ...
 
 
 def fenced(obj: Json, patch: Json) -> Json:
@@ -197,7 +281,7 @@ class Kube:
         return self.selector(kind, name, obj)
 
     @staticmethod
-    def selector(kind: str, name: str, obj: Mapping[str, Any]) -> str:
+    def selector(kind: str, name: str, obj: Json) -> str:
         """The label selector of ``obj``; an empty one is refused."""
         selector = label_selector(dig(obj, "spec", "selector"))
         if not selector:
@@ -213,14 +297,13 @@ class Kube:
         """Pods matching ``selector`` (at most ``limit``) and whether more exist."""
         self.check_kind("Pod")
         core = await self.api.core()
-        kwargs: dict[str, Any] = {"limit": limit}
-        if selector:
-            kwargs["label_selector"] = selector
+        # The client leaves out a parameter that is None.
         body: Json = await self.api.json(
             f"list pods -l {selector or '<all>'} -n {namespace}",
             core.list_namespaced_pod,
             namespace,
-            **kwargs,
+            limit=limit,
+            label_selector=selector or None,
         )
         items = list(body.get("items") or [])[:limit]
         more = (
@@ -264,7 +347,9 @@ class Kube:
             ns,
         )
 
-    async def patch_workload(self, kind: str, ns: str, name: str, body: Any) -> Json:
+    async def patch_workload(
+        self, kind: str, ns: str, name: str, body: Json | list[Json]
+    ) -> Json:
         """Send one patch of a workload, once (``write_loop`` decides on retries)."""
         apps = await self.api.apps()
         call = {
@@ -282,7 +367,7 @@ class Kube:
         ns: str,
         name: str,
         body: Json,
-        done: Callable[[Any], StepResult],
+        done: Callable[[Json], StepResult],
     ) -> Write:
         """A strategic-merge patch of a workload, as ``write_loop`` sends it."""
         request = request_record(

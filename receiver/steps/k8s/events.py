@@ -6,7 +6,7 @@ A diagnostic reading only ``events list`` (capped pages).
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 from typing_extensions import override
@@ -143,17 +143,15 @@ async def _list_events(
     items: list[Json] = []
     token: str | None = None
     for _ in range(_EVENT_PAGES):
-        kwargs: dict[str, Any] = {"limit": LIST_CAP}
-        if selector:
-            kwargs["field_selector"] = selector
-        if token:
-            kwargs["_continue"] = token
+        # The client leaves out a parameter that is None.
         body = await kube.api.json(
             f"list events -n {ns}"
             + (f" --field-selector {selector}" if selector else ""),
             core.list_namespaced_event,
             ns,
-            **kwargs,
+            limit=LIST_CAP,
+            field_selector=selector or None,
+            _continue=token or None,
         )
         items += body.get("items") or []
         token = dig(body, "metadata", "continue")

@@ -21,10 +21,10 @@ verifications are ``verification``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from receiver.errors import PermanentStepError
 from receiver.model import Alert, Intent, RecheckResult, StepResult
@@ -36,13 +36,18 @@ from receiver.rulebook.steps import (
 )
 from receiver.settings import KubeSettings
 from receiver.steps.catalog import StepDef, family_steps
-from receiver.steps.k8s.access import Action, Diagnostic, Kube
+from receiver.steps.k8s.access import (
+    Action,
+    Diagnostic,
+    Kube,
+    RunsAction,
+    RunsDiagnostic,
+)
 from receiver.steps.k8s.verification import verify_pods_ready, verify_rollout
 from receiver.steps.kube_client import (
     ClientFactory,
     KubeApi,
     KubeConnection,
-    TokenFile,
     new_api_client,
 )
 
@@ -51,8 +56,8 @@ from receiver.steps.kube_client import (
 class Handlers:
     """Which function runs each ``k8s.*`` step type, by model class."""
 
-    diagnostics: Mapping[type[StepModel], Diagnostic[Any]]
-    actions: Mapping[type[StepModel], Action[Any]]
+    diagnostics: Mapping[type[StepModel], RunsDiagnostic]
+    actions: Mapping[type[StepModel], RunsAction]
 
     @property
     def models(self) -> frozenset[type[StepModel]]:
@@ -66,8 +71,8 @@ def handlers(steps: Sequence[StepDef] | None = None) -> Handlers:
     Raises:
         TypeError: a definition is neither a ``Diagnostic`` nor an ``Action``.
     """
-    diagnostics: dict[type[StepModel], Diagnostic[Any]] = {}
-    actions: dict[type[StepModel], Action[Any]] = {}
+    diagnostics: dict[type[StepModel], RunsDiagnostic] = {}
+    actions: dict[type[StepModel], RunsAction] = {}
     for step in family_steps(__package__, steps):
         if isinstance(step, Diagnostic):
             diagnostics[step.model] = step
@@ -122,11 +127,8 @@ class KubernetesExecutor:
         """
         conn = KubeConnection.from_settings(kube)
 
-        async def factory() -> tuple[Any, TokenFile | None]:
-            return await new_api_client(conn)
-
         return cls(
-            factory,
+            functools.partial(new_api_client, conn),
             clock=clock or (lambda: datetime.now(UTC)),
             allowed_kinds=kube.allowed_kinds,
             request_timeout=kube.request_timeout.total_seconds(),
@@ -138,7 +140,7 @@ class KubernetesExecutor:
         """Close the ApiClient (and its connection pool) if it was built."""
         await self._kube.api.aclose()
 
-    def _action(self, step: StepModel, what: str) -> Action[Any]:
+    def _action(self, step: StepModel, what: str) -> RunsAction:
         found = self._handlers.actions.get(type(step))
         if found is None:
             raise PermanentStepError(f"k8s executor cannot {what} {step.type_name()}")
@@ -148,8 +150,8 @@ class KubernetesExecutor:
         """Run one ``k8s.*`` step (a remediation: ``prepare``, then ``apply``)."""
         diagnostic = self._handlers.diagnostics.get(type(step))
         if diagnostic is not None:
-            return await diagnostic.run(self._kube, step)
-        prepared = await self._action(step, "run").prepare(self._kube, step)
+            return await diagnostic.diagnose(self._kube, step)
+        prepared = await self._action(step, "run").state(self._kube, step)
         if isinstance(prepared, StepResult):
             return prepared
         return await self.apply(step, alert, prepared)
@@ -164,33 +166,28 @@ class KubernetesExecutor:
         """
         del alert
         action = self._handlers.actions.get(type(step))
-        return None if action is None else await action.prepare(self._kube, step)
+        return None if action is None else await action.state(self._kube, step)
 
     async def apply(self, step: StepModel, alert: Alert, intent: Intent) -> StepResult:
         """Do exactly what ``prepare`` said (every write still fenced)."""
         del alert
-        return await self._action(step, "apply").apply(self._kube, step, intent)
+        return await self._action(step, "apply").act(self._kube, step, intent)
 
     async def recheck(
         self, step: StepModel, alert: Alert, intent: Intent
     ) -> RecheckResult:
         """Whether an interrupted ``apply`` of ``intent`` shows on the target now."""
         del alert
-        return await self._action(step, "re-check").recheck(self._kube, step, intent)
+        return await self._action(step, "re-check").check(self._kube, step, intent)
 
     async def verify(
         self, check: Templated, step: StepModel, alert: Alert
     ) -> StepResult:
         """Poll ``k8s.rollout_status`` or ``k8s.pods_ready`` until it holds."""
         del alert
-        verifiers: dict[
-            type[Templated],
-            Callable[[Kube, Any, Action[Any], StepModel], Awaitable[StepResult]],
-        ] = {
-            RolloutStatusVerify: verify_rollout,
-            PodsReadyVerify: verify_pods_ready,
-        }
-        verifier = verifiers.get(type(check))
-        if verifier is None:
-            raise PermanentStepError(f"k8s executor cannot verify {check.type_name()}")
-        return await verifier(self._kube, check, self._action(step, "verify"), step)
+        action = self._action(step, "verify")
+        if isinstance(check, RolloutStatusVerify):
+            return await verify_rollout(self._kube, check, action, step)
+        if isinstance(check, PodsReadyVerify):
+            return await verify_pods_ready(self._kube, check, action, step)
+        raise PermanentStepError(f"k8s executor cannot verify {check.type_name()}")

@@ -6,7 +6,7 @@ with an RE2 expression.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import aiohttp
 import re2
@@ -178,20 +178,15 @@ async def logs(kube: Kube, step: K8sLogs) -> StepResult:
     )
 
 
-async def _pod_log(kube: Kube, step: K8sLogs, pod: Json, grep: Any) -> Json:
+async def _pod_log(
+    kube: Kube, step: K8sLogs, pod: Json, grep: re2._Regexp[str] | None
+) -> Json:
     name = str(dig(pod, "metadata", "name"))
     containers = [c.get("name") for c in dig(pod, "spec", "containers") or []]
     default = dig(
         pod, "metadata", "annotations", "kubectl.kubernetes.io/default-container"
     )
     container = step.container or default or (containers[0] if containers else None)
-    kwargs: dict[str, Any] = {"tail_lines": step.tail_lines}
-    if container:
-        kwargs["container"] = container
-    if step.previous:
-        kwargs["previous"] = True
-    if step.since:
-        kwargs["since_seconds"] = max(int(step.since.total_seconds()), 1)
     core = await kube.api.core()
 
     async def read(response: aiohttp.ClientResponse) -> LogTail:
@@ -205,7 +200,13 @@ async def _pod_log(kube: Kube, step: K8sLogs, pod: Json, grep: Any) -> Json:
             name,
             step.namespace,
             read=read,
-            **kwargs,
+            # The client leaves out a parameter that is None.
+            tail_lines=step.tail_lines,
+            container=container or None,
+            previous=True if step.previous else None,
+            since_seconds=(
+                max(int(step.since.total_seconds()), 1) if step.since else None
+            ),
         )
     except KubeForbiddenError:
         raise

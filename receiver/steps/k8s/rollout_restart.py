@@ -8,12 +8,12 @@ An ``Action`` (see ``access``): ``prepare`` picks the restartedAt stamp,
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from typing_extensions import override
 
 from receiver.errors import PermanentStepError
-from receiver.model import Intent, RecheckResult, StepResult
+from receiver.model import Intent, JSONObject, RecheckResult, StepResult
 from receiver.rulebook.steps import RbacNeed, Templated
 from receiver.rulebook.steps.base import Rbac
 from receiver.rulebook.steps.verify import (
@@ -54,7 +54,7 @@ class K8sRolloutRestart(WorkloadPatch, Remediation):
     type: Literal["k8s.rollout_restart"] = "k8s.rollout_restart"
 
     @override
-    def body(self) -> dict[str, Any]:
+    def body(self) -> JSONObject:
         stamp = {"kubectl.kubernetes.io/restartedAt": "<now, RFC 3339>"}
         return {"spec": {"template": {"metadata": {"annotations": stamp}}}}
 

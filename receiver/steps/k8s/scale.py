@@ -8,12 +8,12 @@ already reached is recognised), ``recheck`` reads it back after a crash.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 from typing_extensions import override
 
-from receiver.model import Intent, RecheckResult, StepResult
+from receiver.model import Intent, JSONObject, RecheckResult, StepResult
 from receiver.rulebook.steps import RbacNeed, Templated, apply_relative
 from receiver.rulebook.steps.base import Rbac
 from receiver.rulebook.steps.quantities import RelativeCount, describe_change
@@ -65,7 +65,7 @@ class K8sScale(WorkloadPatch, Remediation):
         return self
 
     @override
-    def body(self) -> dict[str, Any]:
+    def body(self) -> JSONObject:
         clamped = f"{self.replicas} (clamped to {self.min}..{self.max})"
         return {"spec": {"replicas": clamped}}
 

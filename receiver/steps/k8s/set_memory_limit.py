@@ -8,13 +8,13 @@ already at or above the new one), ``recheck`` reads it back after a crash.
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import model_validator
 from typing_extensions import override
 
 from receiver.errors import PermanentStepError, QuantityError
-from receiver.model import Intent, RecheckResult, StepResult
+from receiver.model import Intent, JSONObject, RecheckResult, StepResult
 from receiver.rulebook.steps import RbacNeed, Templated, parse_quantity
 from receiver.rulebook.steps.base import K8sName, Rbac
 from receiver.rulebook.steps.quantities import Quantity
@@ -63,11 +63,11 @@ class K8sSetMemoryLimit(WorkloadPatch, Remediation):
         return self
 
     @override
-    def body(self) -> dict[str, Any]:
+    def body(self) -> JSONObject:
         """The strategic-merge patch the executor sends (and dry-run shows)."""
-        limits = {"limits": {"memory": self.memory}}
-        containers = [{"name": self.container, "resources": limits}]
-        return {"spec": {"template": {"spec": {"containers": containers}}}}
+        limits: JSONObject = {"limits": {"memory": self.memory}}
+        container: JSONObject = {"name": self.container, "resources": limits}
+        return {"spec": {"template": {"spec": {"containers": [container]}}}}
 
     @override
     def change(self) -> str:

@@ -1,35 +1,34 @@
 """``k8s.rollout_status`` and ``k8s.pods_ready``: poll until a remediation took hold.
 
 Called by the executor with the ``Action`` of the step being verified, which
-names the workload it changed (``Action.workload``) or the pods that replace the
-ones it deleted (``Action.pods``). Polling goes through ``poll_until``; a
+names the workload it changed (``workload_of``) or the pods that replace the
+ones it deleted (``pods_of``). Polling goes through ``poll_until``; a
 transient failure of one read is a poll that did not succeed, not the end.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from receiver.errors import PermanentStepError
 from receiver.model import StepResult
 from receiver.retrying import poll_until
 from receiver.rulebook.steps import PodsReadyVerify, RolloutStatusVerify, StepModel
 from receiver.rulebook.templates import format_duration
-from receiver.steps.k8s.access import LIST_CAP, Action, Kube, WorkloadRef
+from receiver.steps.k8s.access import LIST_CAP, Kube, RunsAction, WorkloadRef
 from receiver.steps.kube_objects import is_pod_ready, rollout_status
 
 
-async def _workload(kube: Kube, action: Action[Any], step: StepModel) -> WorkloadRef:
-    if action.workload is None:
+async def _workload(kube: Kube, action: RunsAction, step: StepModel) -> WorkloadRef:
+    found = await action.workload_of(kube, step)
+    if found is None:
         raise PermanentStepError(
             f"k8s.rollout_status cannot verify {step.type_name()}: it names no "
             "workload (use k8s.pods_ready)"
         )
-    return await action.workload(kube, step)
+    return found
 
 
 async def verify_rollout(
-    kube: Kube, check: RolloutStatusVerify, action: Action[Any], step: StepModel
+    kube: Kube, check: RolloutStatusVerify, action: RunsAction, step: StepModel
 ) -> StepResult:
     """Poll the workload ``step`` changed until its rollout has caught up."""
     kind, ns, name = await _workload(kube, action, step)
@@ -50,11 +49,12 @@ async def verify_rollout(
 
 
 async def verify_pods_ready(
-    kube: Kube, check: PodsReadyVerify, action: Action[Any], step: StepModel
+    kube: Kube, check: PodsReadyVerify, action: RunsAction, step: StepModel
 ) -> StepResult:
     """Poll the pods of ``step`` until at least ``min_ready`` are ready."""
-    if action.pods is not None:
-        ns, selector = action.pods(kube, step)
+    pods = action.pods_of(kube, step)
+    if pods is not None:
+        ns, selector = pods
     else:
         kind, ns, name = await _workload(kube, action, step)
         selector = await kube.selector_of(kind, ns, name)
