@@ -23,7 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, JsonValue
 from pydantic_core import PydanticUndefined
 
 from receiver.rulebook.steps import template_fields
@@ -61,7 +61,7 @@ def type_text(annotation: Any) -> str:  # noqa: PLR0911 (one case per kind of ty
         return "mapping"
     if annotation is timedelta:
         return "duration"
-    if annotation is Any:
+    if annotation is Any or annotation is JsonValue:
         return "any"
     return getattr(annotation, "__name__", str(annotation))
 

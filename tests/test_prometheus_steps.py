@@ -142,7 +142,7 @@ async def test_unknown_prometheus_target_is_permanent(executor):
 async def test_verification_polls_until_the_condition_holds(executor):
     """A verify polls the query until it holds: here, once more samples arrive."""
     now = await executor.query("default", "count_over_time(up[5m])")
-    wanted = now[0]["value"] + 2
+    wanted = now[0].value + 2
     check = PrometheusVerify(
         query="count_over_time(up[5m])",
         condition=f">= {wanted:g}",

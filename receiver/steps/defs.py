@@ -14,14 +14,24 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from receiver.errors import PermanentStepError
 from receiver.model import Alert, Intent, RecheckResult, StepResult
 from receiver.rulebook.steps import StepModel
 
 C = TypeVar("C")
+C_contra = TypeVar("C_contra", contravariant=True)
 S = TypeVar("S", bound=StepModel)
+
+
+def _own(model: type[S], step: StepModel, what: str) -> S:
+    """``step`` as an instance of ``model`` (the definition's own model)."""
+    if not isinstance(step, model):
+        raise PermanentStepError(
+            f"the {model.type_name()} definition cannot {what} {step.type_name()}"
+        )
+    return step
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,10 @@ class Probe(Generic[C, S]):
 
     model: type[S]
     run: Callable[[C, S, Alert], Awaitable[StepResult]]
+
+    async def diagnose(self, context: C, step: StepModel, alert: Alert) -> StepResult:
+        """Run ``step`` (which must be of this definition's model)."""
+        return await self.run(context, _own(self.model, step, "run"), alert)
 
 
 @dataclass(frozen=True)
@@ -41,14 +55,59 @@ class Change(Generic[C, S]):
     apply: Callable[[C, S, Alert, Intent], Awaitable[StepResult]]
     recheck: Callable[[C, S, Intent], Awaitable[RecheckResult]]
 
+    async def state(self, context: C, step: StepModel, alert: Alert) -> Intent:
+        """``prepare`` for ``step``."""
+        return await self.prepare(context, _own(self.model, step, "prepare"), alert)
+
+    async def act(
+        self, context: C, step: StepModel, alert: Alert, intent: Intent
+    ) -> StepResult:
+        """``apply`` for ``step``."""
+        own = _own(self.model, step, "apply")
+        return await self.apply(context, own, alert, intent)
+
+    async def check(self, context: C, step: StepModel, intent: Intent) -> RecheckResult:
+        """``recheck`` for ``step``."""
+        return await self.recheck(context, _own(self.model, step, "re-check"), intent)
+
+
+class RunsProbe(Protocol[C_contra]):
+    """A diagnostic definition, whatever its model."""
+
+    async def diagnose(
+        self, context: C_contra, step: StepModel, alert: Alert
+    ) -> StepResult:
+        """Run ``step``."""
+        ...
+
+
+class RunsChange(Protocol[C_contra]):
+    """A remediation definition, whatever its model."""
+
+    async def state(self, context: C_contra, step: StepModel, alert: Alert) -> Intent:
+        """State the change."""
+        ...
+
+    async def act(
+        self, context: C_contra, step: StepModel, alert: Alert, intent: Intent
+    ) -> StepResult:
+        """Make the change stated."""
+        ...
+
+    async def check(
+        self, context: C_contra, step: StepModel, intent: Intent
+    ) -> RecheckResult:
+        """Whether an interrupted change shows on the target."""
+        ...
+
 
 class Table(Generic[C]):
     """A family's step definitions by model, and the calls that dispatch to them."""
 
     def __init__(self, family: str, steps: Iterable[object]) -> None:
         self._family = family
-        self._probes: dict[type[StepModel], Probe[C, Any]] = {}
-        self._changes: dict[type[StepModel], Change[C, Any]] = {}
+        self._probes: dict[type[StepModel], RunsProbe[C]] = {}
+        self._changes: dict[type[StepModel], RunsChange[C]] = {}
         for step in steps:
             if isinstance(step, Probe):
                 self._probes[step.model] = step
@@ -58,7 +117,7 @@ class Table(Generic[C]):
                 msg = f"{step!r} is neither a Probe nor a Change"
                 raise TypeError(msg)
 
-    def change(self, step: StepModel, what: str) -> Change[C, Any]:
+    def change(self, step: StepModel, what: str) -> RunsChange[C]:
         """The remediation definition of ``step``.
 
         Raises:
@@ -75,24 +134,24 @@ class Table(Generic[C]):
         """Run a diagnostic, or a remediation (``prepare``, then ``apply``)."""
         probe = self._probes.get(type(step))
         if probe is not None:
-            return await probe.run(context, step, alert)
+            return await probe.diagnose(context, step, alert)
         change = self.change(step, "run")
-        intent = await change.prepare(context, step, alert)
-        return await change.apply(context, step, alert, intent)
+        intent = await change.state(context, step, alert)
+        return await change.act(context, step, alert, intent)
 
     async def prepare(self, context: C, step: StepModel, alert: Alert) -> Intent | None:
         """State what a remediation is about to do (None: not a remediation)."""
         change = self._changes.get(type(step))
-        return None if change is None else await change.prepare(context, step, alert)
+        return None if change is None else await change.state(context, step, alert)
 
     async def apply(
         self, context: C, step: StepModel, alert: Alert, intent: Intent
     ) -> StepResult:
         """Do what ``prepare`` stated."""
-        return await self.change(step, "apply").apply(context, step, alert, intent)
+        return await self.change(step, "apply").act(context, step, alert, intent)
 
     async def recheck(
         self, context: C, step: StepModel, intent: Intent
     ) -> RecheckResult:
         """Whether an interrupted ``apply`` of ``intent`` shows on the target."""
-        return await self.change(step, "re-check").recheck(context, step, intent)
+        return await self.change(step, "re-check").check(context, step, intent)

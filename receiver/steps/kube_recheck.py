@@ -10,24 +10,22 @@ else changed the target since). No I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any
 
 from receiver.errors import QuantityError
 from receiver.model import Intent, RecheckResult
 from receiver.rulebook.steps import parse_quantity
 from receiver.steps.kube_objects import (
     RESTARTED_AT,
+    Json,
     dig,
     revision_of,
     template_digest,
 )
 
 
-def recheck_restart(
-    target: str, obj: Mapping[str, Any], intent: Intent
-) -> RecheckResult:
+def recheck_restart(target: str, obj: Json, intent: Intent) -> RecheckResult:
     """The restartedAt annotation equals the stamp the restart was to write."""
     annotations = dig(obj, "spec", "template", "metadata", "annotations") or {}
     live = annotations.get(RESTARTED_AT)
@@ -48,7 +46,7 @@ def recheck_restart(
     )
 
 
-def recheck_undo(target: str, obj: Mapping[str, Any], intent: Intent) -> RecheckResult:
+def recheck_undo(target: str, obj: Json, intent: Intent) -> RecheckResult:
     """The deployment's template is the intended revision's (or still the old one)."""
     live = template_digest(dig(obj, "spec", "template", default={}))
     data = intent.data

@@ -16,7 +16,7 @@ import functools
 import typing
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from receiver.errors import SlotError
-from receiver.model import Alert, StepKind
+from receiver.model import Alert, JSONObject, StepKind
 from receiver.rulebook.templates import (
     PLACEHOLDER,
     RenderError,
@@ -60,12 +60,12 @@ Rbac = tuple[tuple[str, str, tuple[str, ...]], ...]
 RbacNeed = tuple[str, str, str, str | None]
 
 
-def _placeholder_in(value: Any) -> str | None:
+def _placeholder_in(value: object) -> str | None:
     """The first placeholder anywhere in a (nested) field value."""
     if isinstance(value, str):
         found = PLACEHOLDER.search(value)
         return found.group(0) if found else None
-    items: list[Any] = []
+    items: list[object] = []
     if isinstance(value, dict):
         items = [x for pair in value.items() for x in pair]
     elif isinstance(value, list | tuple):
@@ -92,7 +92,7 @@ class Templated(BaseModel):
 
     @field_validator("*")
     @classmethod
-    def _no_template_without_a_slot(cls, value: Any, info: ValidationInfo) -> Any:
+    def _no_template_without_a_slot(cls, value: object, info: ValidationInfo) -> object:
         name = info.field_name
         if name is None or name in template_fields(cls):
             return value
@@ -134,7 +134,7 @@ class StepModel(Templated):
         """The object the step reads or changes, for traces."""
         raise NotImplementedError
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> JSONObject:
         """The exact request this step makes (verb, object, body)."""
         raise NotImplementedError
 
@@ -156,7 +156,7 @@ class StepModel(Templated):
         return str(self.describe().get("action", self.type_name()))
 
 
-def _find_slot(annotation: Any) -> tuple[Slot, bool] | None:
+def _find_slot(annotation: object) -> tuple[Slot, bool] | None:
     """The slot of a template field, looking through Optional and list."""
     for meta in getattr(annotation, "__metadata__", ()):
         if isinstance(meta, SlotMarker):
@@ -181,7 +181,7 @@ def render_model(
         RenderError: a placeholder names a field the alert does not have.
         SlotError: a value is outside its field's grammar, naming the field.
     """
-    update: dict[str, Any] = {}
+    update: dict[str, object] = {}
     for field_name, (slot, many) in _slots(type(model)).items():
         value = getattr(model, field_name)
         if value is None:

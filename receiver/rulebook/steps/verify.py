@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import typing
 from datetime import timedelta
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, JsonValue
 
 from receiver.model import StepKind
 from receiver.rulebook.steps.base import (
@@ -74,7 +74,7 @@ class HttpVerify(Templated):
     url: Url
     expect_status: int = 200
     json_path: str | None = None
-    expect_value: Any = None
+    expect_value: JsonValue = None
     timeout: Duration = timedelta(minutes=5)
     interval: Duration = timedelta(seconds=15)
 

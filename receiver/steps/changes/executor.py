@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
 
 from receiver.errors import PermanentStepError
-from receiver.model import Alert, StepResult
-from receiver.rulebook.steps import StepModel
+from receiver.model import Alert, JSONValue, StepResult
+from receiver.rulebook.steps import StepModel, Templated
 from receiver.steps.catalog import StepDef, family_steps
 from receiver.steps.defs import Table
 
 # Reads stored change records received since a time, newest first, at most n.
-ReadChanges = Callable[[datetime, int], Awaitable[Sequence[Mapping[str, Any]]]]
+ReadChanges = Callable[[datetime, int], Awaitable[Sequence[Mapping[str, JSONValue]]]]
 # How many stored change events one step looks through at most.
 SCAN = 1000
 
@@ -43,7 +42,9 @@ class ChangesExecutor:
         """Run a ``changes.*`` diagnostic through its step module."""
         return await self._table.run(self, step, alert)
 
-    async def verify(self, check: Any, step: StepModel, alert: Alert) -> StepResult:
+    async def verify(
+        self, check: Templated, step: StepModel, alert: Alert
+    ) -> StepResult:
         """Change listings verify nothing."""
         del check, step, alert
         raise PermanentStepError("changes.recent is a diagnostic; it verifies nothing")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 from typing_extensions import override
 
-from receiver.model import Alert, StepResult, freeze, iso
+from receiver.model import Alert, JSONObject, JSONValue, StepResult, freeze, iso
 from receiver.rulebook.steps.base import Duration, K8sName, Namespace, StepModel
 from receiver.rulebook.templates import format_duration
 from receiver.steps.changes.executor import SCAN
@@ -49,7 +49,7 @@ class ChangesRecent(StepModel):
         return " in ".join(parts) or "all services"
 
     @override
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> JSONObject:
         return {
             "verb": "list",
             "resource": "change events",
@@ -61,7 +61,7 @@ class ChangesRecent(StepModel):
         }
 
 
-def names(change: Mapping[str, Any], step: ChangesRecent) -> bool:
+def names(change: Mapping[str, JSONValue], step: ChangesRecent) -> bool:
     """Whether a stored change event is about the step's service and namespace."""
     details = change.get("custom_details") or {}
     if not isinstance(details, Mapping):

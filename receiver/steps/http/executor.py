@@ -11,20 +11,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from receiver.errors import PermanentStepError, TransientStepError
-from receiver.model import Alert, Intent, RecheckResult, StepResult
+from receiver.model import (
+    Alert,
+    Intent,
+    JSONObject,
+    JSONValue,
+    RecheckResult,
+    StepResult,
+)
 from receiver.retrying import RetryPolicy, poll_until, retrying, transient_status
-from receiver.rulebook.steps import HttpVerify, StepModel
+from receiver.rulebook.steps import HttpVerify, StepModel, Templated
 from receiver.steps.catalog import StepDef, family_steps
 from receiver.steps.defs import Table
 
 
-def json_path(document: Any, path: str) -> Any:
+def json_path(document: JSONValue, path: str) -> JSONValue:
     """Follow a dotted path (``checks.db.healthy``, ``items.0.name``)."""
     current = document
     for part in path.split("."):
@@ -115,7 +121,7 @@ class HttpExecutor:
                 f"GET {url} failed after 3 attempts: {exc}"
             ) from exc
         latency = round((time.perf_counter() - started) * 1000, 1)
-        result: dict[str, Any] = {
+        result: JSONObject = {
             "status": response.status_code,
             "latency_ms": latency,
             "body": response.text[:cap],
@@ -133,9 +139,9 @@ class HttpExecutor:
             result["value"] = value
         return StepResult(ok=ok, reason=reason, result=result)
 
-    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def _send(self, method: str, url: str) -> httpx.Response:
         try:
-            response = await self.client.request(method, url, **kwargs)
+            response = await self.client.request(method, url)
         except (httpx.InvalidURL, UnicodeError) as exc:
             raise PermanentStepError(f"refused {url!r}: {exc}") from exc
         except httpx.TimeoutException as exc:
@@ -146,11 +152,13 @@ class HttpExecutor:
             raise TransientStepError(f"HTTP {response.status_code}")
         return response
 
-    async def verify(self, check: Any, step: StepModel, alert: Alert) -> StepResult:
+    async def verify(
+        self, check: Templated, step: StepModel, alert: Alert
+    ) -> StepResult:
         """Poll an http.get verification until it holds or times out."""
         del step, alert
         if not isinstance(check, HttpVerify):
-            raise PermanentStepError(f"http executor cannot verify {check.type}")
+            raise PermanentStepError(f"http executor cannot verify {check.type_name()}")
 
         async def probe() -> tuple[bool, StepResult]:
             last = await self.get(check.url, check.expect_status, check.json_path)

@@ -11,15 +11,15 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import httpx
 
 from receiver.errors import PermanentStepError, TransientStepError
-from receiver.model import Alert, StepResult
+from receiver.model import Alert, JSONObject, JSONValue, StepResult
 from receiver.retrying import RetryPolicy, poll_until, retrying, transient_status
-from receiver.rulebook.steps import PrometheusVerify, StepModel
+from receiver.rulebook.steps import PrometheusVerify, StepModel, Templated
 from receiver.steps.catalog import StepDef, family_steps
 from receiver.steps.defs import Table
 
@@ -47,6 +47,38 @@ def holds(value: float, condition: tuple[str, float]) -> bool:
     return not math.isnan(value) and _OPS[condition[0]](value, condition[1])
 
 
+@dataclass(frozen=True)
+class Series:
+    """One series of an instant query's answer: its labels and its value."""
+
+    labels: Mapping[str, str]
+    value: float
+
+    def as_json(self) -> JSONObject:
+        """``{"labels": {...}, "value": float}``, as results show it."""
+        return {"labels": dict(self.labels), "value": self.value}
+
+
+def _sample(sample: JSONValue) -> float:
+    """The value of a sample ``[time, "value"]``."""
+    if isinstance(sample, list) and len(sample) == 2:
+        value = sample[1]
+        if isinstance(value, str | int | float):
+            return float(value)
+    raise PermanentStepError(f"malformed sample in the answer: {sample!r:.80}")
+
+
+def _series(item: JSONValue) -> Series:
+    """One series of a vector answer."""
+    if not isinstance(item, dict):
+        raise PermanentStepError(f"malformed series in the answer: {item!r:.80}")
+    metric = item.get("metric") or {}
+    labels = (
+        {str(k): str(v) for k, v in metric.items()} if isinstance(metric, dict) else {}
+    )
+    return Series(labels, _sample(item.get("value")))
+
+
 class PrometheusExecutor:
     """Runs PromQL through an injected ``httpx.AsyncClient`` against named servers."""
 
@@ -62,8 +94,8 @@ class PrometheusExecutor:
             "prometheus", family_steps(__package__, steps)
         )
 
-    async def query(self, target: str, promql: str) -> list[dict[str, Any]]:
-        """Run an instant query; return ``[{"labels": {...}, "value": float}]``."""
+    async def query(self, target: str, promql: str) -> list[Series]:
+        """Run an instant query: each series with its labels and value."""
         base = self._targets.get(target)
         if base is None:
             raise PermanentStepError(
@@ -76,18 +108,12 @@ class PrometheusExecutor:
         result_type = data.get("resultType")
         result = data.get("result")
         if result_type == "scalar" and isinstance(result, list):
-            return [{"labels": {}, "value": float(result[1])}]
+            return [Series({}, _sample(result))]
         if result_type == "vector" and isinstance(result, list):
-            return [
-                {
-                    "labels": dict(item.get("metric", {})),
-                    "value": float(item["value"][1]),
-                }
-                for item in result
-            ]
+            return [_series(item) for item in result]
         raise PermanentStepError(f"unsupported result type {result_type!r}")
 
-    async def _get(self, url: str, promql: str) -> dict[str, Any]:
+    async def _get(self, url: str, promql: str) -> Mapping[str, JSONValue]:
         try:
             response = await self._client.get(url, params={"query": promql})
         except httpx.TransportError as exc:
@@ -95,31 +121,39 @@ class PrometheusExecutor:
         if transient_status(response.status_code):
             raise TransientStepError(f"Prometheus answered HTTP {response.status_code}")
         try:
-            body = response.json()
+            body: JSONValue = response.json()
         except ValueError as exc:
             raise PermanentStepError("Prometheus answered with non-JSON") from exc
+        if not isinstance(body, dict):
+            raise PermanentStepError("Prometheus answered with a JSON non-object")
         if body.get("status") != "success":
             raise PermanentStepError(
                 f"query rejected: {body.get('errorType', '?')}: {body.get('error', '')}"
             )
-        data: dict[str, Any] = body.get("data") or {}
+        data = body.get("data") or {}
+        if not isinstance(data, dict):
+            raise PermanentStepError("Prometheus answered with a data non-object")
         return data
 
     async def run(self, step: StepModel, alert: Alert) -> StepResult:
         """Run a ``prometheus.*`` diagnostic through its step module."""
         return await self._table.run(self, step, alert)
 
-    async def verify(self, check: Any, step: StepModel, alert: Alert) -> StepResult:
+    async def verify(
+        self, check: Templated, step: StepModel, alert: Alert
+    ) -> StepResult:
         """Poll until every series meets the condition, or time out."""
         del step, alert
         if not isinstance(check, PrometheusVerify):
-            raise PermanentStepError(f"prometheus executor cannot verify {check.type}")
+            raise PermanentStepError(
+                f"prometheus executor cannot verify {check.type_name()}"
+            )
         cond = parse_condition(check.condition)
 
         async def probe() -> tuple[bool, str]:
             series = await self.query(check.target, check.query)
-            last = ", ".join(f"{s['value']:.6g}" for s in series[:5]) or "no data"
-            return bool(series) and all(holds(s["value"], cond) for s in series), last
+            last = ", ".join(f"{s.value:.6g}" for s in series[:5]) or "no data"
+            return bool(series) and all(holds(s.value, cond) for s in series), last
 
         polled = await poll_until(
             probe, check.timeout, check.interval.total_seconds(), transient=str
@@ -141,7 +175,7 @@ class PrometheusExecutor:
         await self._client.aclose()
 
 
-def fmt_labels(labels: dict[str, str]) -> str:
+def fmt_labels(labels: Mapping[str, str]) -> str:
     """``{a="b"} `` for a series' labels (without ``__name__``); "" for none."""
     shown = {k: v for k, v in labels.items() if k != "__name__"}
     if not shown:

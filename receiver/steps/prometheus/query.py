@@ -6,12 +6,12 @@ Results are capped at ``max_series`` with their labels and values; with a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 from typing_extensions import override
 
-from receiver.model import Alert, StepResult
+from receiver.model import Alert, JSONObject, StepResult
 from receiver.rulebook.steps.base import Condition, PromQL, StepModel
 from receiver.steps.defs import Probe
 from receiver.steps.prometheus.executor import fmt_labels, holds, parse_condition
@@ -39,7 +39,7 @@ class PrometheusQuery(StepModel):
         return f"prometheus:{self.target_name}"
 
     @override
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> JSONObject:
         cond = f" (expect {self.condition.strip()})" if self.condition else ""
         return {
             "verb": "query",
@@ -57,14 +57,17 @@ async def run(
     series = await prometheus.query(step.target_name, step.query)
     shown = series[: step.max_series]
     values = (
-        ", ".join(f"{fmt_labels(s['labels'])}{s['value']:.6g}" for s in shown[:5])
+        ", ".join(f"{fmt_labels(s.labels)}{s.value:.6g}" for s in shown[:5])
         or "no data"
     )
     reason = f"{len(series)} series: {values}"
-    result: dict[str, Any] = {"series": shown, "total_series": len(series)}
+    result: JSONObject = {
+        "series": [s.as_json() for s in shown],
+        "total_series": len(series),
+    }
     if step.condition:
         cond = parse_condition(step.condition)
-        met = bool(series) and all(holds(s["value"], cond) for s in series)
+        met = bool(series) and all(holds(s.value, cond) for s in series)
         result["condition"] = step.condition.strip()
         result["condition_met"] = met
         reason += f" (expect {step.condition.strip()}: {'met' if met else 'not met'})"

@@ -7,7 +7,6 @@ showing, and the guard against patterns without a literal prefix.
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import urlsplit
 
 from receiver.errors import PermanentStepError
@@ -34,13 +33,13 @@ INFO_HIGHLIGHTS = {
 }
 
 
-def text_of(raw: Any, limit: int = MAX_VALUE_CHARS) -> tuple[str, bool]:
+def text_of(raw: object, limit: int = MAX_VALUE_CHARS) -> tuple[str, bool]:
     """Bytes or str as text capped at ``limit`` characters; (text, truncated)."""
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
     return (text[:limit], True) if len(text) > limit else (text, False)
 
 
-def raw_key(key: Any) -> bytes:
+def raw_key(key: object) -> bytes:
     """A scanned key name as the bytes the server sent."""
     return (
         key if isinstance(key, bytes) else str(key).encode("utf-8", "surrogateescape")
