@@ -11,7 +11,7 @@ from peers import free_port, run_redis
 
 from receiver.errors import ConfigError, PermanentStepError, TransientStepError
 from receiver.model import Alert, freeze
-from receiver.rulebook.steps import RenderError
+from receiver.rulebook.steps import HttpVerify, RenderError
 from receiver.settings import load_settings
 from receiver.steps import build_executors
 from receiver.steps.redis import MAX_VALUE_CHARS, RedisExecutor
@@ -390,8 +390,8 @@ async def test_wrong_password_is_permanent_and_never_echoed(tmp_path):
 
 async def test_verify_is_not_a_redis_thing(executor):
     """Redis offers no verifications; asking for one is a permanent error."""
-    check = type("Check", (), {"type": "redis.get"})()
-    with pytest.raises(PermanentStepError):
+    check = HttpVerify(url="https://h.test/health")
+    with pytest.raises(PermanentStepError, match="redis executor cannot verify http"):
         await executor.verify(check, RedisGet(keys=["k"]), ALERT)
 
 

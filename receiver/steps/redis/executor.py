@@ -20,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import redis.asyncio
 import redis.exceptions
@@ -29,9 +30,9 @@ from redis.backoff import NoBackoff
 from redis.client import NEVER_DECODE
 
 from receiver.errors import PermanentStepError, TransientStepError
-from receiver.model import Alert, Intent, RecheckResult, StepResult
+from receiver.model import Alert, Intent, JSONObject, RecheckResult, StepResult
 from receiver.retrying import RetryPolicy, retrying
-from receiver.rulebook.steps import StepModel
+from receiver.rulebook.steps import StepModel, Templated
 from receiver.steps.catalog import StepDef, family_steps
 from receiver.steps.defs import Table
 from receiver.steps.redis.text import (
@@ -61,6 +62,37 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 Client = redis.asyncio.Redis
+
+
+@dataclass(frozen=True)
+class KeyRead:
+    """What ``redis.get`` read of one key: its type, value (strings) and TTL."""
+
+    type: str
+    value: str | None = None  # capped at MAX_VALUE_CHARS
+    truncated: bool | None = None
+    ttl_ms: int | None = None  # None: no expiry
+
+    def shown(self) -> str:
+        """The value, or ``<type>`` for a key that is not a string."""
+        return self.value if self.value is not None else f"<{self.type}>"
+
+    def as_json(self) -> JSONObject:
+        """The key as results show it (only the fields it has)."""
+        out: JSONObject = {"type": self.type}
+        if self.value is not None:
+            out["value"] = self.value
+            out["truncated"] = self.truncated
+        if self.ttl_ms is not None:
+            out["ttl_ms"] = self.ttl_ms
+        return out
+
+
+def _count(value: object) -> int:
+    """A number Redis answered (an int, or its text)."""
+    if isinstance(value, int | float | str | bytes):
+        return int(value)
+    raise PermanentStepError(f"redis answered {value!r:.80} where a number was due")
 
 
 class RedisExecutor:
@@ -266,7 +298,7 @@ class RedisExecutor:
         """SHA-256 of each key's DUMP (None for an absent key)."""
         client = self._client(target)
 
-        async def dump() -> list[Any]:
+        async def dump() -> list[object]:
             pipe = client.pipeline(transaction=False)
             for key in keys:
                 pipe.execute_command("DUMP", key, **{NEVER_DECODE: True})
@@ -278,14 +310,16 @@ class RedisExecutor:
             for d in dumps
         ]
 
-    async def verify(self, check: Any, step: StepModel, alert: Alert) -> StepResult:
+    async def verify(
+        self, check: Templated, step: StepModel, alert: Alert
+    ) -> StepResult:
         """Redis has no verifications of its own; rules verify with PromQL or HTTP."""
         del step, alert
-        raise PermanentStepError(f"redis executor cannot verify {check.type}")
+        raise PermanentStepError(f"redis executor cannot verify {check.type_name()}")
 
     # ------------------------------------------------------------ diagnostics
 
-    async def _read(self, client: Client, keys: list[str]) -> dict[str, Any]:
+    async def _read(self, client: Client, keys: list[str]) -> dict[str, KeyRead]:
         types_pipe = client.pipeline(transaction=False)
         for key in keys:
             types_pipe.type(key)
@@ -297,16 +331,15 @@ class RedisExecutor:
                 pipe.strlen(key)
             pipe.pttl(key)
         replies = iter(await pipe.execute())
-        found: dict[str, Any] = {}
+        found: dict[str, KeyRead] = {}
         for key, kind in zip(keys, types, strict=True):
-            entry: dict[str, Any] = {"type": kind}
+            value: str | None = None
+            truncated: bool | None = None
             if kind == "string":
-                entry["value"], _ = text_of(next(replies))
-                entry["truncated"] = int(next(replies)) > MAX_VALUE_CHARS
+                value, _ = text_of(next(replies))
+                truncated = int(next(replies)) > MAX_VALUE_CHARS
             ttl = int(next(replies))
-            if ttl >= 0:
-                entry["ttl_ms"] = ttl
-            found[key] = entry
+            found[key] = KeyRead(kind, value, truncated, ttl if ttl >= 0 else None)
         return found
 
     async def get_keys(self, step: RedisGet) -> StepResult:
@@ -318,28 +351,32 @@ class RedisExecutor:
         )
         parts = []
         for key, entry in found.items():
-            if entry["type"] == "none":
+            if entry.type == "none":
                 parts.append(f"{key} missing")
-            elif entry["type"] == "string":
-                ttl = f" (ttl {entry['ttl_ms'] / 1000:g}s)" if "ttl_ms" in entry else ""
-                parts.append(f"{key} = {entry['value'][:80]!r}{ttl}")
+            elif entry.type == "string":
+                ttl = (
+                    f" (ttl {entry.ttl_ms / 1000:g}s)"
+                    if entry.ttl_ms is not None
+                    else ""
+                )
+                parts.append(f"{key} = {(entry.value or '')[:80]!r}{ttl}")
             else:
-                parts.append(f"{key} is a {entry['type']}")
+                parts.append(f"{key} is a {entry.type}")
         return StepResult(
             ok=True,
             reason=f"redis {step.target_name}: " + "; ".join(parts),
-            result={"keys": found},
+            result={"keys": {key: entry.as_json() for key, entry in found.items()}},
         )
 
     async def info(self, step: RedisInfo) -> StepResult:
-        """Read the step's keys: type, value (capped) and TTL."""
+        """Read an INFO section; for ``stats``, the cache hit rate."""
         client = self._client(step.target_name)
-        raw: dict[str, Any] = await self._call(
+        raw: Mapping[str, object] = await self._call(
             step.target_name,
             f"read INFO {step.section}",
             lambda: client.info(step.section),
         )
-        fields: dict[str, Any] = {}
+        fields: JSONObject = {}
         for key, value in list(raw.items())[:MAX_INFO_FIELDS]:
             if isinstance(value, dict):
                 fields[key] = dict(list(value.items())[:10])
@@ -347,7 +384,7 @@ class RedisExecutor:
                 fields[key] = value
             else:
                 fields[key] = text_of(value, 200)[0]
-        result: dict[str, Any] = {"section": step.section, "info": fields}
+        result: JSONObject = {"section": step.section, "info": fields}
         shown = [
             f"{k}={fields[k]}" for k in INFO_HIGHLIGHTS[step.section] if k in fields
         ]
@@ -358,8 +395,8 @@ class RedisExecutor:
             ] or ["no keys"]
         reason = f"redis {step.target_name} INFO {step.section}: " + ", ".join(shown)
         if step.section == "stats":
-            hits = int(raw.get("keyspace_hits", 0))
-            misses = int(raw.get("keyspace_misses", 0))
+            hits = _count(raw.get("keyspace_hits", 0))
+            misses = _count(raw.get("keyspace_misses", 0))
             total = hits + misses
             result["threshold"] = f"< {HIT_RATE_THRESHOLD:.0%}"
             if total:
@@ -397,7 +434,7 @@ class RedisExecutor:
         return [bool(n) for n in await pipe.execute()]
 
     async def delete_keys(self, target: str, keys: list[str]) -> StepResult:
-        """Read an INFO section; for ``stats``, the cache hit rate."""
+        """UNLINK ``keys`` one by one, saying which existed."""
         client = self._client(target)
         existed = await self._call(
             target, f"UNLINK {len(keys)} keys", lambda: self._unlink_each(client, keys)
@@ -420,22 +457,18 @@ class RedisExecutor:
         )
 
     async def reset_breaker(self, step: RedisResetCircuitBreaker) -> StepResult:
-        """UNLINK ``keys`` one by one, saying which existed."""
+        """UNLINK a circuit breaker's keys, showing the values they held."""
         client = self._client(step.target_name)
         keys = step.keys()
 
-        async def reset() -> tuple[dict[str, Any], list[bool]]:
+        async def reset() -> tuple[dict[str, KeyRead], list[bool]]:
             before = await self._read(client, keys)
             return before, await self._unlink_each(client, keys)
 
         before, existed = await self._call(
             step.target_name, f"reset circuit breaker {step.breaker!r}", reset
         )
-        was = {
-            k: before[k].get("value", f"<{before[k]['type']}>")
-            for k, e in zip(keys, existed, strict=True)
-            if e
-        }
+        was = {k: before[k].shown() for k, e in zip(keys, existed, strict=True) if e}
         if was:
             shown = ", ".join(f"{k} (was {v[:40]!r})" for k, v in was.items())
             reason = (
@@ -465,7 +498,7 @@ class RedisExecutor:
         async def scan() -> tuple[int, list[bytes]]:
             # NEVER_DECODE: raw bytes even if a target URL asks the client to
             # decode (?decode_responses=1); a decoded name is not the key.
-            execute: Callable[..., Awaitable[Any]] = client.execute_command
+            execute: Callable[..., Awaitable[list[object]]] = client.execute_command
             after, batch = await execute(
                 "SCAN",
                 cursor,
@@ -475,7 +508,9 @@ class RedisExecutor:
                 step.scan_count,
                 **{NEVER_DECODE: True},
             )
-            return int(after), [raw_key(k) for k in batch]
+            if not isinstance(batch, list):
+                raise PermanentStepError(f"SCAN answered {batch!r:.80}, not a list")
+            return _count(after), [raw_key(k) for k in batch]
 
         return await self._call(step.target_name, f"SCAN MATCH {step.pattern}", scan)
 
@@ -487,7 +522,7 @@ class RedisExecutor:
         )
 
     async def delete_pattern(self, step: RedisDeletePattern) -> StepResult:
-        """UNLINK a circuit breaker's keys."""
+        """SCAN MATCH and UNLINK in batches, under ``max_keys`` and a time budget."""
         # The loader refuses these already; a rendered template must not sneak
         # one past it either.
         check_pattern(step.pattern)
