@@ -27,7 +27,11 @@ from receiver.steps.catalog import (
 )
 from receiver.steps.k8s import handlers
 from receiver.steps.k8s.pods import K8sPods
-from receiver.steps.kube_objects import Hpa, Workload, parse_object
+from receiver.steps.kube_views import (
+    Hpa,
+    Workload,
+    parse_object,
+)
 
 REGISTRY = builtin_registry()
 STEP_TYPES = REGISTRY.steps

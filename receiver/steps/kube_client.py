@@ -39,7 +39,11 @@ from kubernetes_asyncio.config.config_exception import ConfigException
 from receiver.errors import ConfigError, PermanentStepError, TransientStepError
 from receiver.retrying import RetryPolicy, retrying, transient_status
 from receiver.settings import KubeSettings, in_cluster_host
-from receiver.steps.kube_objects import MESSAGE_CHARS, Json, cap
+from receiver.steps.kube_objects import (
+    MESSAGE_CHARS,
+    Json,
+    cap,
+)
 
 T = TypeVar("T")
 

@@ -4,10 +4,8 @@ Pure functions used by ``receiver.steps.k8s``: label selectors, pod and
 condition summaries, kubectl's rollout-status rules, revision and template
 helpers, and the record of a write kept in the decision trace. No I/O.
 
-The typed views (``Workload``, ``Scale``, ``Hpa``, ...) are small pydantic
-models over the fields the steps read, with ``extra="allow"``, so an object
-read through them keeps every field the server sent; ``parse_object`` turns a
-malformed answer into a step error instead of a ``KeyError`` deep inside.
+The typed views the steps read objects through (``Workload``, ``Pod``,
+``Event``, ...) and ``parse_object`` are in ``kube_views``.
 """
 
 from __future__ import annotations
@@ -18,155 +16,12 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Any
 
 from receiver.errors import PermanentStepError
 from receiver.rulebook.templates import format_duration
 
 Json = dict[str, Any]
-
-
-class KubeModel(BaseModel):
-    """A view of an API object: the fields we read, everything else kept."""
-
-    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
-
-
-class OwnerReference(KubeModel):
-    """``metadata.ownerReferences[]``."""
-
-    kind: str = ""
-    name: str = ""
-    uid: str = ""
-    controller: bool = False
-
-
-class ObjectMeta(KubeModel):
-    """``metadata``: identity, version and the labels and annotations read."""
-
-    name: str = ""
-    uid: str = ""
-    resource_version: str | None = Field(default=None, alias="resourceVersion")
-    generation: int = 0
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
-    owner_references: list[OwnerReference] = Field(
-        default_factory=list, alias="ownerReferences"
-    )
-
-
-class Limits(KubeModel):
-    """``resources`` of a container: only the limits are read."""
-
-    limits: dict[str, str | int | float] = Field(default_factory=dict)
-
-
-class Container(KubeModel):
-    """``spec.containers[]`` of a pod (template)."""
-
-    name: str = ""
-    resources: Limits = Field(default_factory=Limits)
-
-
-class PodSpec(KubeModel):
-    """``spec`` of a pod (template)."""
-
-    containers: list[Container] = Field(default_factory=list)
-
-
-class PodTemplate(KubeModel):
-    """``spec.template`` of a workload."""
-
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
-    spec: PodSpec = Field(default_factory=PodSpec)
-
-
-class WorkloadSpec(KubeModel):
-    """``spec`` of a Deployment, StatefulSet or DaemonSet."""
-
-    replicas: int | None = None
-    paused: bool = False
-    template: PodTemplate = Field(default_factory=PodTemplate)
-
-
-class Workload(KubeModel):
-    """A Deployment, StatefulSet or DaemonSet."""
-
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
-    spec: WorkloadSpec = Field(default_factory=WorkloadSpec)
-
-
-class ReplicasSpec(KubeModel):
-    """``spec`` of a scale subresource."""
-
-    replicas: int | None = None
-
-
-class Scale(KubeModel):
-    """A workload's ``scale`` subresource."""
-
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
-    spec: ReplicasSpec = Field(default_factory=ReplicasSpec)
-
-
-class ObjectReference(KubeModel):
-    """``spec.scaleTargetRef`` of an HPA."""
-
-    kind: str = ""
-    name: str = ""
-
-
-class HpaSpec(KubeModel):
-    """``spec`` of a HorizontalPodAutoscaler."""
-
-    min_replicas: int | None = Field(default=None, alias="minReplicas")
-    max_replicas: int | None = Field(default=None, alias="maxReplicas")
-    scale_target_ref: ObjectReference | None = Field(
-        default=None, alias="scaleTargetRef"
-    )
-
-
-class HpaStatus(KubeModel):
-    """``status`` of a HorizontalPodAutoscaler."""
-
-    current_replicas: int | None = Field(default=None, alias="currentReplicas")
-    desired_replicas: int | None = Field(default=None, alias="desiredReplicas")
-    current_metrics: list[Json] = Field(default_factory=list, alias="currentMetrics")
-
-
-class Hpa(KubeModel):
-    """A HorizontalPodAutoscaler."""
-
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
-    spec: HpaSpec = Field(default_factory=HpaSpec)
-    status: HpaStatus = Field(default_factory=HpaStatus)
-
-
-class Versioned(KubeModel):
-    """Any object, for its ``metadata`` (the version a write is fenced with)."""
-
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
-
-
-K = TypeVar("K", bound=KubeModel)
-
-
-def parse_object(model: type[K], obj: Mapping[str, Any], what: str) -> K:
-    """``obj`` read through ``model``.
-
-    Raises:
-        PermanentStepError: the API answered with an object of another shape.
-    """
-    try:
-        return model.model_validate(obj)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(map(str, first["loc"]))
-        raise PermanentStepError(
-            f"{what}: the API answered with an unexpected {where}: {first['msg']}"
-        ) from exc
 
 
 REVISION = "deployment.kubernetes.io/revision"

@@ -24,13 +24,17 @@ from receiver.rulebook.steps import StepModel
 from receiver.steps.kube_client import KubeApi, KubeConflictError
 from receiver.steps.kube_objects import (
     Json,
-    Versioned,
     controller_of,
-    dig,
     label_selector,
-    parse_object,
     request_record,
     revision_of,
+)
+from receiver.steps.kube_views import (
+    ObjectList,
+    Revision,
+    Versioned,
+    Workload,
+    parse_object,
 )
 
 WRITE_ATTEMPTS = 3
@@ -283,7 +287,8 @@ class Kube:
     @staticmethod
     def selector(kind: str, name: str, obj: Json) -> str:
         """The label selector of ``obj``; an empty one is refused."""
-        selector = label_selector(dig(obj, "spec", "selector"))
+        spec = parse_object(Workload, obj, f"{kind.lower()}/{name}").spec
+        selector = label_selector(spec.selector)
         if not selector:
             raise PermanentStepError(
                 f"{kind.lower()}/{name} has an empty selector; refusing to treat "
@@ -307,7 +312,7 @@ class Kube:
         )
         items = list(body.get("items") or [])[:limit]
         more = (
-            bool(dig(body, "metadata", "continue"))
+            bool(parse_object(ObjectList, body, "pod list").metadata.continue_)
             or len(body.get("items") or []) > limit
         )
         return items, more
@@ -315,8 +320,8 @@ class Kube:
     async def owned_replica_sets(self, namespace: str, deployment: Json) -> list[Json]:
         """ReplicaSets controlled by ``deployment``, newest revision first."""
         self.check_kind("ReplicaSet")
-        name = dig(deployment, "metadata", "name")
-        uid = dig(deployment, "metadata", "uid")
+        meta = parse_object(Revision, deployment, "deployment").metadata
+        name, uid = meta.name, meta.uid
         selector = self.selector("Deployment", name, deployment)
         apps = await self.api.apps()
         body: Json = await self.api.json(

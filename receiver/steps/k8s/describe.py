@@ -22,15 +22,17 @@ from receiver.steps.k8s.base import (
     on,
 )
 from receiver.steps.kube_objects import (
-    Hpa,
     condition_list,
     conditions_line,
     dig,
     metric_line,
-    parse_object,
     pod_line,
     pod_summary,
     template_images,
+)
+from receiver.steps.kube_views import (
+    Hpa,
+    parse_object,
 )
 
 

@@ -27,10 +27,10 @@ from receiver.steps.kube_objects import (
     Json,
     age_of,
     cap,
-    dig,
     event_time,
     owned_names,
 )
+from receiver.steps.kube_views import Event, InvolvedObject, ObjectList, parse_object
 
 _EVENT_PAGES = 4  # pages of events k8s.events reads per query
 
@@ -88,23 +88,23 @@ async def events(kube: Kube, step: K8sEvents) -> StepResult:
             for kind, pattern in owned_names(step.object_kind, step.object_name)
         ]
     found: list[Json] = []
+    about: dict[int, InvolvedObject] = {}
     partial = False
     for selector, names in queries:
         items, more = await _list_events(kube, ns, selector)
         partial = partial or more
-        found += [
-            e
-            for e in items
-            if names is None or names.match(str(dig(e, "involvedObject", "name") or ""))
-        ]
+        for e in items:
+            involved = parse_object(Event, e, "event").involved_object
+            if names is None or names.match(involved.name or ""):
+                found.append(e)
+                about[id(e)] = involved
     now = kube.clock()
     events = sorted(found, key=event_time, reverse=True)[: step.limit]
     shown = [
         {
             "type": e.get("type"),
             "reason": e.get("reason"),
-            "object": f"{dig(e, 'involvedObject', 'kind')}/"
-            f"{dig(e, 'involvedObject', 'name')}",
+            "object": f"{about[id(e)].kind}/{about[id(e)].name}",
             "message": cap(e.get("message")),
             "count": e.get("count") or 1,
             "last_seen": iso(event_time(e)) if event_time(e) > EPOCH else None,
@@ -154,7 +154,7 @@ async def _list_events(
             _continue=token or None,
         )
         items += body.get("items") or []
-        token = dig(body, "metadata", "continue")
+        token = parse_object(ObjectList, body, "event list").metadata.continue_
         if not token:
             return items, False
     return items, True

@@ -34,9 +34,9 @@ from receiver.steps.kube_client import KubeForbiddenError, LogTail, read_log
 from receiver.steps.kube_objects import (
     Json,
     cap,
-    dig,
     is_pod_ready,
 )
+from receiver.steps.kube_views import Pod, parse_object
 
 
 class K8sLogs(K8sStep):
@@ -136,14 +136,12 @@ async def logs(kube: Kube, step: K8sLogs) -> StepResult:
         selector = await kube.selector_of(step.workload_kind, ns, step.workload)
         pods, _ = await kube.list_pods(ns, selector, LIST_CAP)
         # The broken pods first: those are the ones someone paged wants to read.
+        typed = {id(p): parse_object(Pod, p, "pod") for p in pods}
         pods.sort(
             key=lambda p: (
                 is_pod_ready(p),
-                -sum(
-                    int(c.get("restartCount") or 0)
-                    for c in dig(p, "status", "containerStatuses") or []
-                ),
-                dig(p, "metadata", "name") or "",
+                -typed[id(p)].restarts,
+                typed[id(p)].metadata.name,
             )
         )
         pods = pods[: step.max_pods]
@@ -181,11 +179,10 @@ async def logs(kube: Kube, step: K8sLogs) -> StepResult:
 async def _pod_log(
     kube: Kube, step: K8sLogs, pod: Json, grep: re2._Regexp[str] | None
 ) -> Json:
-    name = str(dig(pod, "metadata", "name"))
-    containers = [c.get("name") for c in dig(pod, "spec", "containers") or []]
-    default = dig(
-        pod, "metadata", "annotations", "kubectl.kubernetes.io/default-container"
-    )
+    typed = parse_object(Pod, pod, "pod")
+    name = typed.metadata.name
+    containers = [c.name for c in typed.spec.containers]
+    default = typed.metadata.annotations.get("kubectl.kubernetes.io/default-container")
     container = step.container or default or (containers[0] if containers else None)
     core = await kube.api.core()
 

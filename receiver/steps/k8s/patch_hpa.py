@@ -35,12 +35,14 @@ from receiver.steps.k8s.base import (
     workload_verify_needs,
 )
 from receiver.steps.kube_objects import (
-    Hpa,
     Json,
-    parse_object,
     request_record,
 )
 from receiver.steps.kube_recheck import recheck_count
+from receiver.steps.kube_views import (
+    Hpa,
+    parse_object,
+)
 
 
 class K8sPatchHpa(K8sStep, Remediation):

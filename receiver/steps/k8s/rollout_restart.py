@@ -34,12 +34,14 @@ from receiver.steps.k8s.base import (
 from receiver.steps.kube_objects import (
     RESTARTED_AT,
     Json,
-    Workload,
     dig,
-    parse_object,
     rfc3339,
 )
 from receiver.steps.kube_recheck import recheck_restart
+from receiver.steps.kube_views import (
+    Workload,
+    parse_object,
+)
 
 
 class K8sRolloutRestart(WorkloadPatch, Remediation):

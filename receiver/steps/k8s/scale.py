@@ -36,11 +36,13 @@ from receiver.steps.k8s.base import (
 )
 from receiver.steps.kube_objects import (
     Json,
-    Scale,
-    parse_object,
     request_record,
 )
 from receiver.steps.kube_recheck import recheck_count
+from receiver.steps.kube_views import (
+    Scale,
+    parse_object,
+)
 
 
 class K8sScale(WorkloadPatch, Remediation):

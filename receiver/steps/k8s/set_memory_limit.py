@@ -35,10 +35,12 @@ from receiver.steps.k8s.base import (
 )
 from receiver.steps.kube_objects import (
     Json,
+)
+from receiver.steps.kube_recheck import recheck_limit
+from receiver.steps.kube_views import (
     Workload,
     parse_object,
 )
-from receiver.steps.kube_recheck import recheck_limit
 
 
 class K8sSetMemoryLimit(WorkloadPatch, Remediation):

@@ -14,7 +14,10 @@ from receiver.retrying import poll_until
 from receiver.rulebook.steps import PodsReadyVerify, RolloutStatusVerify, StepModel
 from receiver.rulebook.templates import format_duration
 from receiver.steps.k8s.access import LIST_CAP, Kube, RunsAction, WorkloadRef
-from receiver.steps.kube_objects import is_pod_ready, rollout_status
+from receiver.steps.kube_objects import (
+    is_pod_ready,
+    rollout_status,
+)
 
 
 async def _workload(kube: Kube, action: RunsAction, step: StepModel) -> WorkloadRef:
