@@ -24,7 +24,6 @@ from receiver.steps.k8s.base import (
 from receiver.steps.kube_objects import (
     condition_list,
     conditions_line,
-    dig,
     metric_line,
     pod_line,
     pod_summary,
@@ -32,6 +31,8 @@ from receiver.steps.kube_objects import (
 )
 from receiver.steps.kube_views import (
     Hpa,
+    Revision,
+    Workload,
     parse_object,
 )
 
@@ -92,15 +93,18 @@ async def describe(kube: Kube, step: K8sDescribe) -> StepResult:
             result={"pod": summary, "conditions": conditions},
         )
     obj = await kube.read_workload(kind, ns, name)
-    status = dig(obj, "status", default={})
+    workload = parse_object(Workload, obj, f"{kind.lower()}/{name}")
+    spec, status = workload.spec, workload.status
+    desired = spec.replicas if spec.replicas is not None else 1
     conditions = condition_list(obj)
+    counts: JSONObject
     if kind == "Deployment":
         counts = {
-            "desired": dig(obj, "spec", "replicas", default=1),
-            "updated": status.get("updatedReplicas") or 0,
-            "ready": status.get("readyReplicas") or 0,
-            "available": status.get("availableReplicas") or 0,
-            "unavailable": status.get("unavailableReplicas") or 0,
+            "desired": desired,
+            "updated": status.updated_replicas or 0,
+            "ready": status.ready_replicas or 0,
+            "available": status.available_replicas or 0,
+            "unavailable": status.unavailable_replicas or 0,
         }
         line = (
             f"{counts['ready']}/{counts['desired']} ready, {counts['updated']} "
@@ -108,25 +112,25 @@ async def describe(kube: Kube, step: K8sDescribe) -> StepResult:
         )
     elif kind == "StatefulSet":
         counts = {
-            "desired": dig(obj, "spec", "replicas", default=1),
-            "ready": status.get("readyReplicas") or 0,
-            "updated": status.get("updatedReplicas") or 0,
-            "current_revision": status.get("currentRevision"),
-            "update_revision": status.get("updateRevision"),
+            "desired": desired,
+            "ready": status.ready_replicas or 0,
+            "updated": status.updated_replicas or 0,
+            "current_revision": status.current_revision,
+            "update_revision": status.update_revision,
         }
         line = f"{counts['ready']}/{counts['desired']} ready"
     else:
         counts = {
-            "desired": status.get("desiredNumberScheduled") or 0,
-            "ready": status.get("numberReady") or 0,
-            "updated": status.get("updatedNumberScheduled") or 0,
-            "available": status.get("numberAvailable") or 0,
-            "misscheduled": status.get("numberMisscheduled") or 0,
+            "desired": status.desired_number_scheduled or 0,
+            "ready": status.number_ready or 0,
+            "updated": status.updated_number_scheduled or 0,
+            "available": status.number_available or 0,
+            "misscheduled": status.number_misscheduled or 0,
         }
         line = f"{counts['ready']}/{counts['desired']} ready"
-    paused = bool(dig(obj, "spec", "paused"))
-    generation = dig(obj, "metadata", "generation", default=0)
-    observed = dig(obj, "status", "observedGeneration", default=0)
+    paused = spec.paused
+    generation = workload.metadata.generation
+    observed = status.observed_generation or 0
     if paused:
         line += ", PAUSED"
     if observed < generation:
@@ -142,7 +146,7 @@ async def describe(kube: Kube, step: K8sDescribe) -> StepResult:
             "paused": paused,
             "generation": generation,
             "observed_generation": observed,
-            "images": template_images(dig(obj, "spec", "template", default={})),
+            "images": template_images(parse_object(Revision, obj, name).template),
             "conditions": conditions,
         },
     )
