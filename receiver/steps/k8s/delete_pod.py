@@ -30,12 +30,12 @@ from receiver.steps.kube_objects import (
     REPLACING_OWNERS,
     Json,
     controller_of,
-    dig,
     is_pod_ready,
     pod_summary,
     request_record,
 )
 from receiver.steps.kube_recheck import recheck_pods
+from receiver.steps.kube_views import ObjectMeta, Pod, parse_object
 
 
 class K8sDeletePod(K8sStep, Remediation):
@@ -92,6 +92,11 @@ class K8sDeletePod(K8sStep, Remediation):
 _SELECT_PODS = 200  # pods a k8s.delete_pod selector may consider
 
 
+def _meta(pod: Json) -> ObjectMeta:
+    """A pod's metadata, read through the typed view."""
+    return parse_object(Pod, pod, "pod").metadata
+
+
 async def prepare_delete(kube: Kube, step: K8sDeletePod) -> Intent:
     """Choose the pods to delete (within the caps) and name them by uid."""
     kube.check_kind("Pod")
@@ -110,7 +115,7 @@ async def prepare_delete(kube: Kube, step: K8sDeletePod) -> Intent:
             )
         siblings_selector = ",".join(
             f"{k}={v}"
-            for k, v in sorted((dig(pod, "metadata", "labels") or {}).items())
+            for k, v in sorted(_meta(pod).labels.items())
             if k not in PER_POD_LABELS
         )
         peers, _ = await kube.list_pods(ns, siblings_selector, _SELECT_PODS)
@@ -138,19 +143,20 @@ def _choose_pods(
         key=lambda p: (
             is_pod_ready(p),
             -pod_summary(p, kube.clock())["restarts"],
-            dig(p, "metadata", "name") or "",
+            _meta(p).name,
         ),
     )
     left = ready
     for pod in ordered:
-        name = dig(pod, "metadata", "name")
+        meta = _meta(pod)
+        name = meta.name
         owner = controller_of(pod)
         if owner is None or owner.get("kind") not in REPLACING_OWNERS:
             skipped.append(
                 {"pod": name, "why": "not owned by a ReplicaSet or StatefulSet"}
             )
             continue
-        if dig(pod, "metadata", "deletionTimestamp") is not None:
+        if meta.deletion_timestamp is not None:
             skipped.append({"pod": name, "why": "already terminating"})
             continue
         if len(chosen) >= step.max_pods:
@@ -174,9 +180,8 @@ def _choose_pods(
             f"refused to delete any pod of {step.target()} ({ready} ready): "
             f"{why or 'no pods matched'}"
         )
-    pods = [
-        {"name": dig(p, "metadata", "name"), "uid": dig(p, "metadata", "uid")}
-        for p in chosen
+    pods: list[JSONObject] = [
+        {"name": _meta(p).name or None, "uid": _meta(p).uid or None} for p in chosen
     ]
     return Intent(
         f"delete {len(pods)} pod(s) in {step.namespace}: "
@@ -224,8 +229,8 @@ async def delete_pods(kube: Kube, step: K8sDeletePod, intent: Intent) -> StepRes
 
 
 async def _delete_pod(kube: Kube, ns: str, pod: Json) -> Json:
-    name = str(dig(pod, "metadata", "name"))
-    uid = dig(pod, "metadata", "uid")
+    meta = _meta(pod)
+    name, uid = meta.name, meta.uid or None
     core = await kube.api.core()
     # Preconditions: only the pod that was inspected, never a same-named
     # replacement a StatefulSet made in between.
@@ -259,9 +264,10 @@ async def _delete_pod(kube: Kube, ns: str, pod: Json) -> Json:
                     "note": "gone after a retry",
                     "request": request,
                 }
-            if uid and dig(live, "metadata", "uid") != uid:
+            now = _meta(live)
+            if uid and now.uid != uid:
                 return {"pod": name, "note": "replaced already", "request": request}
-            if dig(live, "metadata", "deletionTimestamp") is not None:
+            if now.deletion_timestamp is not None:
                 return {"pod": name, "request": request}
             continue
         return {"pod": name, "request": request}
@@ -288,9 +294,10 @@ async def recheck_delete(
         except KubeNotFoundError:
             seen.append((name, "gone"))
             continue
-        if pod.get("uid") and dig(live, "metadata", "uid") != pod["uid"]:
+        now = _meta(live)
+        if pod.get("uid") and now.uid != pod["uid"]:
             seen.append((name, "replaced (new uid)"))
-        elif dig(live, "metadata", "deletionTimestamp") is not None:
+        elif now.deletion_timestamp is not None:
             seen.append((name, "terminating"))
         else:
             seen.append((name, "still running (same uid)"))
