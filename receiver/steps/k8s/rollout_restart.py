@@ -34,11 +34,11 @@ from receiver.steps.k8s.base import (
 from receiver.steps.kube_objects import (
     RESTARTED_AT,
     Json,
-    dig,
     rfc3339,
 )
 from receiver.steps.kube_recheck import recheck_restart
 from receiver.steps.kube_views import (
+    Versioned,
     Workload,
     parse_object,
 )
@@ -73,6 +73,11 @@ class K8sRolloutRestart(WorkloadPatch, Remediation):
         return workload_verify_needs(
             check, on(self.workload_kind, ["get"], self.workload)
         )
+
+
+def _generation(response: Json) -> int:
+    """The generation the patched workload has now."""
+    return parse_object(Versioned, response, "patched workload").metadata.generation
 
 
 async def prepare_restart(kube: Kube, step: K8sRolloutRestart) -> Intent:
@@ -125,7 +130,7 @@ async def restart(kube: Kube, step: K8sRolloutRestart, intent: Intent) -> StepRe
             done=lambda response: StepResult(
                 ok=True,
                 reason=f"restarted {kind.lower()}/{name} -n {ns} (restartedAt "
-                f"{stamp}, generation {dig(response, 'metadata', 'generation')})",
+                f"{stamp}, generation {_generation(response)})",
                 result={"restarted_at": stamp},
             ),
         )

@@ -29,7 +29,6 @@ from receiver.steps.kube_objects import (
     ROLLBACK_KEEP,
     Json,
     age_of,
-    dig,
     parse_time,
     request_record,
     revision_of,
@@ -38,6 +37,7 @@ from receiver.steps.kube_objects import (
     without_hash,
 )
 from receiver.steps.kube_recheck import recheck_undo
+from receiver.steps.kube_views import Revision, parse_object
 
 
 class K8sRolloutUndo(K8sStep, Remediation):
@@ -128,29 +128,37 @@ async def undo(kube: Kube, step: K8sRolloutUndo, intent: Intent) -> StepResult:
     )
 
 
+def _revision(obj: Json) -> Revision:
+    """A Deployment or ReplicaSet read through the typed view (template raw)."""
+    return parse_object(Revision, obj, "rollout revision")
+
+
 async def _plan_undo(kube: Kube, step: K8sRolloutUndo) -> _UndoPlan | StepResult:
     ns, name = step.namespace, step.deployment
     deployment = await kube.read_workload("Deployment", ns, name)
-    if dig(deployment, "spec", "paused"):
+    typed = _revision(deployment)
+    if typed.spec.paused:
         raise PermanentStepError(
             f"refused: deployment/{name} is paused; kubectl refuses to roll back "
             f"a paused deployment too. Resume it first: kubectl rollout resume "
             f"deployment/{name} -n {ns}"
         )
     owned = await kube.owned_replica_sets(ns, deployment)
-    current_template = without_hash(dig(deployment, "spec", "template", default={}))
+    current_template = without_hash(typed.template)
     current_rs = next(
         (
             rs
             for rs in owned
-            if without_hash(dig(rs, "spec", "template", default={})) == current_template
+            if without_hash(_revision(rs).template) == current_template
         ),
         None,
     )
     current = revision_of(current_rs) if current_rs else revision_of(deployment)
     now = kube.clock()
     if step.only_if_rollout_within is not None:
-        created = parse_time(dig(current_rs, "metadata", "creationTimestamp"))
+        created = parse_time(
+            _revision(current_rs).metadata.creation_timestamp if current_rs else None
+        )
         window = format_duration(step.only_if_rollout_within)
         if created is None or now - created > step.only_if_rollout_within:
             when = f"{age_of(now, created)} ago" if created else "at an unknown time"
@@ -163,7 +171,8 @@ async def _plan_undo(kube: Kube, step: K8sRolloutUndo) -> _UndoPlan | StepResult
                 result={"rolled_back": False, "current_revision": current},
             )
     target = _undo_target(step, owned, current)
-    target_template = without_hash(dig(target, "spec", "template", default={}))
+    target_meta = _revision(target).metadata
+    target_template = without_hash(_revision(target).template)
     to_revision = revision_of(target)
     if target_template == current_template:
         return StepResult(
@@ -174,23 +183,18 @@ async def _plan_undo(kube: Kube, step: K8sRolloutUndo) -> _UndoPlan | StepResult
             result={"rolled_back": False, "current_revision": current},
         )
     annotations = {
-        k: v
-        for k, v in (dig(deployment, "metadata", "annotations") or {}).items()
-        if k in ROLLBACK_KEEP
+        k: v for k, v in typed.metadata.annotations.items() if k in ROLLBACK_KEEP
     }
     annotations.update(
-        {
-            k: v
-            for k, v in (dig(target, "metadata", "annotations") or {}).items()
-            if k not in ROLLBACK_KEEP
-        }
+        {k: v for k, v in target_meta.annotations.items() if k not in ROLLBACK_KEEP}
     )
     before = template_images(current_template)
     after = template_images(target_template)
-    cause = dig(target, "metadata", "annotations", CHANGE_CAUSE)
+    cause = target_meta.annotations.get(CHANGE_CAUSE)
 
     def decide(obj: Json, attempt: int) -> Decision:
-        live = without_hash(dig(obj, "spec", "template", default={}))
+        read = _revision(obj)
+        live = without_hash(read.template)
         if attempt and live == target_template:
             return StepResult(
                 ok=True,
@@ -207,11 +211,11 @@ async def _plan_undo(kube: Kube, step: K8sRolloutUndo) -> _UndoPlan | StepResult
             )
         # kubectl's rollback patch, plus the resourceVersion it was computed
         # from, so a concurrent change is a 409 instead of being overwritten.
-        body = [
+        body: list[Json] = [
             {
                 "op": "replace",
                 "path": "/metadata/resourceVersion",
-                "value": dig(obj, "metadata", "resourceVersion"),
+                "value": read.metadata.resource_version,
             },
             {"op": "replace", "path": "/spec/template", "value": target_template},
             {"op": "add", "path": "/metadata/annotations", "value": annotations},
@@ -250,9 +254,7 @@ async def _plan_undo(kube: Kube, step: K8sRolloutUndo) -> _UndoPlan | StepResult
             "to_revision": to_revision,
             "from_template": template_digest(current_template),
             "to_template": template_digest(target_template),
-            "to_pod_template_hash": dig(
-                target, "metadata", "labels", POD_TEMPLATE_HASH
-            ),
+            "to_pod_template_hash": target_meta.labels.get(POD_TEMPLATE_HASH),
         },
     )
     return _UndoPlan(intent, decide)
