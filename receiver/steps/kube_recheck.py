@@ -19,15 +19,15 @@ from receiver.rulebook.steps import parse_quantity
 from receiver.steps.kube_objects import (
     RESTARTED_AT,
     Json,
-    dig,
     revision_of,
     template_digest,
 )
+from receiver.steps.kube_views import Revision, Workload, parse_object
 
 
 def recheck_restart(target: str, obj: Json, intent: Intent) -> RecheckResult:
     """The restartedAt annotation equals the stamp the restart was to write."""
-    annotations = dig(obj, "spec", "template", "metadata", "annotations") or {}
+    annotations = parse_object(Workload, obj, target).spec.template.metadata.annotations
     live = annotations.get(RESTARTED_AT)
     stamp = intent.data.get("restarted_at")
     if live == stamp:
@@ -48,7 +48,7 @@ def recheck_restart(target: str, obj: Json, intent: Intent) -> RecheckResult:
 
 def recheck_undo(target: str, obj: Json, intent: Intent) -> RecheckResult:
     """The deployment's template is the intended revision's (or still the old one)."""
-    live = template_digest(dig(obj, "spec", "template", default={}))
+    live = template_digest(parse_object(Revision, obj, target).template)
     data = intent.data
     revision = revision_of(obj)
     to_revision, from_revision = data.get("to_revision"), data.get("from_revision")
