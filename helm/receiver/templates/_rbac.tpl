@@ -1,7 +1,7 @@
 {{/*
 What each step type needs from the Kubernetes API: [apiGroup, resource, [verbs]].
 Generated from the step registry (the `rbac` of each step model in
-receiver/rulebook/steps/, and of the two Kubernetes verifications,
+receiver/steps/k8s/, and of the two Kubernetes verifications,
 k8s.rollout_status and k8s.pods_ready, which a remediation's `verify:` uses) by
 `scripts/rbac-steps.py --chart`; tests/test_helm.py fails when the two differ.
 Step types not listed here (redis.*, http.*, prometheus.*, changes.*) need no

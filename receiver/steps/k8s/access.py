@@ -1,11 +1,11 @@
 """What every ``k8s.*`` step shares: the API, the reads they build on, the write loop.
 
 ``Kube`` is built once per executor (``receiver.steps.k8s.executor``) and handed
-to the step functions in ``reads``, ``writes``, ``rollback``, ``pod_delete`` and
-``verification``. Every write goes through ``Kube.write_loop``: read, decide,
-write with the ``resourceVersion`` it was computed from; after a 409 or a
-transient failure, read again and let the step recognise a write that already
-went through, so nothing is applied twice.
+to the step modules beside this one (their ``Diagnostic`` and ``Action``
+definitions, defined here) and to ``verification``. Every write goes through
+``Kube.write_loop``: read, decide, write with the ``resourceVersion`` it was
+computed from; after a 409 or a transient failure, read again and let the step
+recognise a write that already went through, so nothing is applied twice.
 """
 
 from __future__ import annotations
