@@ -31,6 +31,7 @@ from receiver.engine.runner import Runner  # noqa: E402
 from receiver.engine.worker import Processor  # noqa: E402
 from receiver.incidents.service import IncidentService  # noqa: E402
 from receiver.rulebook.loader import load_rulebook  # noqa: E402
+from receiver.steps.catalog import builtin_registry  # noqa: E402
 from receiver.store.incidents_sqlite import SqliteIncidentStore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ def clock() -> datetime:
 
 
 async def once(bodies: list[bytes], db: Path) -> tuple[float, float]:
-    book = load_rulebook([ROOT / "rules"])
+    book = load_rulebook([ROOT / "rules"], steps=builtin_registry())
     processor = Processor(book, Runner({}, clock), clock, PlanContext())
     started = time.perf_counter()
     traces = [

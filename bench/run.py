@@ -994,11 +994,12 @@ async def decide_cost(report: Report, sizes: Sizes) -> None:
     from receiver.engine.worker import Processor  # noqa: PLC0415
     from receiver.metrics import Metrics  # noqa: PLC0415
     from receiver.rulebook.loader import load_rulebook  # noqa: PLC0415
+    from receiver.steps.catalog import builtin_registry  # noqa: PLC0415
 
     # As the service logs: JSON at info (to nowhere, the cost is what counts).
     with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):  # noqa: PTH123
         logs.configure("json", "info")
-        book = load_rulebook([RUNBOOK_RULES])
+        book = load_rulebook([RUNBOOK_RULES], steps=builtin_registry())
 
         def clock() -> datetime:
             return datetime.now(UTC)
