@@ -163,7 +163,7 @@ class Hpa(KubeModel):
 
 
 class Versioned(KubeModel):
-    """Any object, for its ``metadata`` (the version a write is fenced with)."""
+    """An API object, for its ``metadata`` (the version a write is fenced with)."""
 
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
 
