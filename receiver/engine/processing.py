@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, overload
+from typing import overload
 
 import structlog
 
@@ -23,7 +23,18 @@ from receiver.engine.planner import CompiledPlaybooks, Plan, PlanContext, plan
 from receiver.engine.runner import Runner, describe_error
 from receiver.errors import InputError, StoreUnavailableError
 from receiver.metrics import Metrics
-from receiver.model import Alert, AlertTrace, Decision, Source, StepKind, freeze, iso
+from receiver.model import (
+    Alert,
+    AlertTrace,
+    Decision,
+    JSONValue,
+    Source,
+    StepKind,
+    freeze,
+    iso,
+    json_object,
+    json_strings,
+)
 from receiver.rulebook.loader import Rulebook
 from receiver.sources import alertmanager, events_v2, pagerduty
 from receiver.store.base import DecisionQuery, JournalEntry, Store, compact_record
@@ -83,7 +94,7 @@ def stand_down(planned: Plan, acknowledged_at: datetime) -> Plan:
 YIELD_EVERY = 100
 
 
-class TraceRecords(Sequence[Mapping[str, Any]]):
+class TraceRecords(Sequence[Mapping[str, JSONValue]]):
     """Traces as JSON records (long values by reference), built as the store reads.
 
     A storm's records are then never all in memory at once next to the traces.
@@ -96,24 +107,24 @@ class TraceRecords(Sequence[Mapping[str, Any]]):
         return len(self._traces)
 
     @overload
-    def __getitem__(self, index: int) -> Mapping[str, Any]: ...
+    def __getitem__(self, index: int) -> Mapping[str, JSONValue]: ...
 
     @overload
-    def __getitem__(self, index: slice) -> Sequence[Mapping[str, Any]]: ...
+    def __getitem__(self, index: slice) -> Sequence[Mapping[str, JSONValue]]: ...
 
     def __getitem__(
         self, index: int | slice
-    ) -> Mapping[str, Any] | Sequence[Mapping[str, Any]]:
+    ) -> Mapping[str, JSONValue] | Sequence[Mapping[str, JSONValue]]:
         if isinstance(index, slice):
             return [compact_record(t.to_json()) for t in self._traces[index]]
         return compact_record(self._traces[index].to_json())
 
-    def __iter__(self) -> Iterator[Mapping[str, Any]]:
+    def __iter__(self) -> Iterator[Mapping[str, JSONValue]]:
         return (compact_record(t.to_json()) for t in self._traces)
 
 
-def _is_trigger_of(record: Mapping[str, Any], dedup: str) -> bool:
-    refs = record.get("refs") or {}
+def _is_trigger_of(record: Mapping[str, JSONValue], dedup: str) -> bool:
+    refs = json_object(record.get("refs"))
     return (
         record.get("source") == "events_v2"
         and refs.get("dedup_key") == dedup
@@ -396,7 +407,7 @@ class Processor:
         if alert.refs.get("labels_from") != "trigger" or self._store is None:
             return [alert]
         dedup = alert.refs.get("dedup_key", "")
-        found: dict[str, Mapping[str, Any]] = {}
+        found: dict[str, Mapping[str, JSONValue]] = {}
         for record in await self._store.decisions(
             DecisionQuery(fingerprint=alert.fingerprint, limit=20)
         ):
@@ -415,8 +426,10 @@ class Processor:
             replace(
                 alert,
                 fingerprint=fingerprint,
-                labels=freeze({**record.get("labels", {}), "dedup_key": dedup}),
-                annotations=freeze(record.get("annotations", {})),
+                labels=freeze(
+                    {**json_strings(record.get("labels")), "dedup_key": dedup}
+                ),
+                annotations=freeze(json_strings(record.get("annotations"))),
             )
             for fingerprint, record in found.items()
         ]
