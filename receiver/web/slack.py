@@ -27,7 +27,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs
 
 import httpx
@@ -35,9 +35,14 @@ import structlog
 from aiohttp import web
 
 from receiver.errors import AuthError, ForbiddenError, InputError
+from receiver.model import json_objects
 from receiver.settings import SlackSettings
 from receiver.store.base import DecisionQuery, JournalEntry, Store
 from receiver.web.approvals import Answer, ApprovalDesk, Approver
+
+if TYPE_CHECKING:
+    from receiver.model import JSONObject, JSONValue
+    from receiver.web.openapi_schemas import Operations
 
 log = structlog.get_logger("receiver.slack")
 
@@ -55,7 +60,7 @@ class Press:
     user_id: str
     user_name: str
     response_url: str
-    message: Mapping[str, Any]
+    message: Mapping[str, JSONValue]
 
 
 def verify_signature(
@@ -249,13 +254,12 @@ class SlackInteractions:
         who = answer.text.split(";", 1)[0]
         await self._post(press.response_url, self._replaced(press, f"{who}; {outcome}"))
 
-    def _replaced(self, press: Press, text: str) -> dict[str, Any]:
+    def _replaced(self, press: Press, text: str) -> JSONObject:
         """The original message with this approval's buttons replaced by ``text``."""
-        blocks = [
+        blocks: list[JSONValue] = [
             b
-            for b in press.message.get("blocks", [])
-            if isinstance(b, dict)
-            and b.get("block_id") != f"approval:{press.approval_id}"
+            for b in json_objects(press.message.get("blocks"))
+            if b.get("block_id") != f"approval:{press.approval_id}"
         ]
         blocks.append(
             {"type": "section", "text": {"type": "mrkdwn", "text": text[:2900]}}
@@ -285,7 +289,7 @@ class SlackInteractions:
             f"outcome not decided yet; see GET /api/v1/decisions?payload_id={entry.id}"
         )
 
-    async def _post(self, url: str, body: Mapping[str, Any]) -> None:
+    async def _post(self, url: str, body: Mapping[str, JSONValue]) -> None:
         try:
             response = await self._client.post(url, json=body)
         except httpx.HTTPError as exc:
@@ -295,11 +299,13 @@ class SlackInteractions:
             log.warning("slack_response_failed", status=response.status_code)
 
 
-def _step_outcome(record: Mapping[str, Any], request: Mapping[str, Any]) -> str:
-    for match in record.get("matches", []):
+def _step_outcome(
+    record: Mapping[str, JSONValue], request: Mapping[str, JSONValue]
+) -> str:
+    for match in json_objects(record.get("matches")):
         if match.get("rule") != request.get("rule"):
             continue
-        for step in match.get("steps", []):
+        for step in json_objects(match.get("steps")):
             if step.get("type") == request.get("step") and step.get(
                 "target"
             ) == request.get("target"):
@@ -307,9 +313,9 @@ def _step_outcome(record: Mapping[str, Any], request: Mapping[str, Any]) -> str:
     return ""
 
 
-def slack_paths() -> dict[str, Any]:
+def slack_paths() -> Operations:
     """The OpenAPI path of this module's route."""
-    problem = {
+    problem: JSONObject = {
         "description": "Rejected; the body says what to fix.",
         "content": {
             "application/problem+json": {
