@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
 
 import yaml
 from pydantic import ValidationError
@@ -30,6 +30,8 @@ from receiver.rulebook.templates import BindError
 
 RULE_SUFFIXES = (".yaml", ".yml")
 TEST_SUFFIXES = (".test.yaml", ".test.yml")
+# A rule file's top level as YAML gave it, before validation.
+Raw: TypeAlias = "Mapping[object, object]"
 
 
 @dataclass(frozen=True)
@@ -106,18 +108,18 @@ def _loc(loc: Sequence[int | str]) -> str:
     return out
 
 
-def _rule_name(raw: Any, loc: Sequence[int | str]) -> str | None:
+def _rule_name(raw: Raw, loc: Sequence[int | str]) -> str | None:
     if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
-        try:
-            name = raw["rules"][loc[1]].get("name")
-        except (KeyError, IndexError, TypeError, AttributeError):
-            return f"#{loc[1]}"
-        return str(name) if name else f"#{loc[1]}"
+        index = loc[1]
+        rules = raw.get("rules")
+        body = rules[index] if isinstance(rules, list) and index < len(rules) else None
+        name = body.get("name") if isinstance(body, dict) else None
+        return str(name) if name else f"#{index}"
     return None
 
 
 def _validation_details(
-    file: str, raw: Any, exc: ValidationError, prefix: tuple[int | str, ...] = ()
+    file: str, raw: Raw, exc: ValidationError, prefix: tuple[int | str, ...] = ()
 ) -> list[RuleErrorDetail]:
     details = []
     for err in exc.errors(include_url=False):
@@ -167,7 +169,7 @@ class _Loader:
     ) -> None:
         self.errors.append(RuleErrorDetail(file, message, rule, field))
 
-    def read(self, path: Path) -> dict[str, Any] | None:
+    def read(self, path: Path) -> Raw | None:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
@@ -175,9 +177,9 @@ class _Loader:
             return None
         return self.parse(str(path), text)
 
-    def parse(self, file: str, text: str) -> dict[str, Any] | None:
+    def parse(self, file: str, text: str) -> Raw | None:
         try:
-            raw = yaml.safe_load(text)
+            raw: object = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             self.error(file, f"invalid YAML: {exc}")
             return None
@@ -217,7 +219,7 @@ class _Loader:
         for i, body in enumerate(rules):
             self.add_rule(file, raw, i, body)
 
-    def add_incidents(self, file: str, raw: Any) -> None:
+    def add_incidents(self, file: str, raw: Raw) -> None:
         try:
             config = IncidentConfig.model_validate(raw["incidents"])
         except ValidationError as exc:
@@ -237,7 +239,7 @@ class _Loader:
         self.incidents_file = file
         self.incidents = config
 
-    def add_playbook(self, file: str, raw: Any, name: str, body: Any) -> None:
+    def add_playbook(self, file: str, raw: Raw, name: str, body: object) -> None:
         if name in self.playbook_files:
             first = self.playbook_files[name]
             self.error(
@@ -267,7 +269,7 @@ class _Loader:
         if len(self.errors) > start:
             self.playbook_errors[name] = range(start, len(self.errors))
 
-    def add_rule(self, file: str, raw: Any, index: int, body: Any) -> None:
+    def add_rule(self, file: str, raw: Raw, index: int, body: object) -> None:
         try:
             rule = Rule.model_validate(body)
         except ValidationError as exc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -45,7 +45,7 @@ _M = TypeVar("_M", bound=BaseModel)
 ParamType = Literal["k8s_name", "namespace", "label_value", "redis_key_part", "text"]
 
 
-def _severity_kind(value: Any) -> str | None:
+def _severity_kind(value: object) -> str | None:
     if isinstance(value, str | Severity):
         return "fixed"
     if isinstance(value, LabelSeverity) or (
@@ -372,7 +372,7 @@ class Playbook(BaseModel):
 
 def _bind_model(model: _M, values: Mapping[str, str], where: str) -> _M:
     """``model`` with its template fields bound (``where`` names it in errors)."""
-    update: dict[str, Any] = {}
+    update: dict[str, str | list[str]] = {}
     for field, slot in template_fields(type(model)).items():
         value = getattr(model, field)
         try:
