@@ -147,6 +147,7 @@ class SlackInteractions:
         """Register the route, and finish message updates at shutdown."""
         app.router.add_post("/slack/interactions", self.interactions)
         app.on_cleanup.append(self._cleanup)
+        app[SLACK] = self
 
     async def _cleanup(self, _app: web.Application) -> None:
         for task in list(self._tasks):
@@ -348,3 +349,6 @@ def slack_paths() -> dict[str, Any]:
             }
         }
     }
+
+
+SLACK = web.AppKey("slack", SlackInteractions)
