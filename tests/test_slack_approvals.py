@@ -32,6 +32,7 @@ from receiver.rulebook.schema import Approvers
 from receiver.runtime import build_runtime
 from receiver.steps.http import HttpExecutor
 from receiver.store import MemoryStore
+from receiver.store.handles import JournalEntry
 from receiver.web.approvals import NotOnCallError, OnCall, admitted
 from receiver.web.slack import SLACK, verify_signature
 
@@ -405,6 +406,17 @@ async def test_concurrent_presses_apply_the_approval_once(slack):
     await slack.response("ran: executed")
     await slack.settled()
     assert slack.hook.snapshot() == {"/run/fp-race": 1}
+
+
+async def test_an_outcome_not_decided_within_the_wait_says_where_to_look(slack):
+    """The message update names the decisions query when the worker is not done."""
+    approval_id = await slack.fire("Restart", "fp-slow")
+    interactions = slack.client.app[SLACK]
+    interactions._outcome_wait = timedelta(0)
+    entry = JournalEntry("undecided", "alertmanager", T0, b"{}")
+    assert await interactions._outcome(approval_id, entry) == (
+        "outcome not decided yet; see GET /api/v1/decisions?payload_id=undecided"
+    )
 
 
 def test_signature_checks_are_exact():
