@@ -9,7 +9,6 @@ decide identically.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -21,7 +20,7 @@ import structlog
 
 from receiver.engine.planner import CompiledPlaybooks, Plan, PlanContext, plan
 from receiver.engine.runner import Runner, describe_error
-from receiver.errors import InputError, StoreUnavailableError
+from receiver.errors import StoreUnavailableError
 from receiver.metrics import Metrics
 from receiver.model import (
     Alert,
@@ -36,7 +35,7 @@ from receiver.model import (
     json_strings,
 )
 from receiver.rulebook.loader import Rulebook
-from receiver.sources import alertmanager, events_v2, pagerduty
+from receiver.sources import body_alerts
 from receiver.store.base import DecisionQuery, JournalEntry, Store, compact_record
 
 log = structlog.get_logger("receiver.worker")
@@ -246,15 +245,7 @@ class Processor:
 
     def alerts(self, source: Source, body: bytes, now: datetime) -> list[Alert]:
         """Parse a stored body of ``source`` into alerts."""
-        if source == "alertmanager":
-            return alertmanager.from_body(body)
-        try:
-            data: object = json.loads(body)
-        except ValueError as exc:
-            raise InputError(f"stored payload is not JSON: {exc}") from exc
-        if source == "pagerduty":
-            return pagerduty.to_alerts(data, now, alertname_from=self._alertname_from)
-        return events_v2.to_alerts(data, now, body=body)
+        return body_alerts(source, body, now, alertname_from=self._alertname_from)
 
     async def _with_start(self, alert: Alert) -> Alert:
         """Give alerts without startsAt (Events v2) the start the journal saw."""

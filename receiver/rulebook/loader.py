@@ -29,6 +29,8 @@ from receiver.rulebook.steps import STEP_TYPES, VERIFY_TYPES
 from receiver.rulebook.templates import BindError
 
 RULE_SUFFIXES = (".yaml", ".yml")
+# An earlier rule's binding: playbook, values, description (``as:``), rule name.
+_Bound = tuple[str, dict[str, str], str | None, str]
 TEST_SUFFIXES = (".test.yaml", ".test.yml")
 # A rule file's top level as YAML gave it, before validation.
 Raw: TypeAlias = "Mapping[object, object]"
@@ -311,7 +313,7 @@ class _Loader:
         A playbook no rule uses is kept under its own name, bound to its
         defaults when every parameter has one.
         """
-        bindings: dict[str, tuple[str, dict[str, str], str]] = {}
+        bindings: dict[str, _Bound] = {}
         for item in self.compiled:
             if item.rule.playbook in self.playbooks:
                 self.bind_rule(item, bindings)
@@ -353,9 +355,7 @@ class _Loader:
                     f"playbooks.{name}.params.{exc.param}",
                 )
 
-    def bind_rule(
-        self, item: CompiledRule, bindings: dict[str, tuple[str, dict[str, str], str]]
-    ) -> None:
+    def bind_rule(self, item: CompiledRule, bindings: dict[str, _Bound]) -> None:
         """Bind one rule's playbook; ``bindings`` holds earlier rules' bindings."""
         playbook = item.rule.playbook
         if playbook in self.playbook_errors:
@@ -367,27 +367,49 @@ class _Loader:
         if problems:
             return
         name = item.playbook
+        described = item.rule.as_.description if item.rule.as_ else None
         earlier = bindings.get(name)
-        if name != playbook and name in self.playbooks:
-            why, field = f"{name!r} is already a playbook's name; pick another", "as"
-        elif earlier is not None and earlier[:2] != (playbook, values):
-            why = (
-                f"rule {earlier[2]} runs {name!r} with other values; name this "
-                "binding with `as:`"
-            )
-            field = "with"
+        conflict = self.binding_conflict(name, (playbook, values, described), earlier)
+        if conflict is not None:
+            why, field = conflict
         elif earlier is not None:
             return
         else:
             try:
-                self.bound[name] = self.playbooks[playbook].bind(values)
+                bound = self.playbooks[playbook].bind(values)
             except BindError as exc:
                 why = f"cannot fill playbooks.{playbook}.{exc}"
                 field = f"with.{exc.param}"
             else:
-                bindings[name] = (playbook, values, item.name)
+                if described is not None:
+                    bound = bound.model_copy(update={"description": described})
+                self.bound[name] = bound
+                bindings[name] = (playbook, values, described, item.name)
                 return
         self.error(item.file, why, item.name, f"{where}.{field}")
+
+    def binding_conflict(
+        self,
+        name: str,
+        binding: tuple[str, dict[str, str], str | None],
+        earlier: _Bound | None,
+    ) -> tuple[str, str] | None:
+        """``(message, field)`` when ``name`` cannot be this binding, else None."""
+        if name != binding[0] and name in self.playbooks:
+            return f"{name!r} is already a playbook's name; pick another", "as"
+        if earlier is None:
+            return None
+        if earlier[:2] != binding[:2]:
+            return (
+                f"rule {earlier[3]} runs {name!r} with other values; name this "
+                "binding with `as:`"
+            ), "with"
+        if earlier[2] != binding[2]:
+            return (
+                f"rule {earlier[3]} describes {name!r} otherwise; give both rules "
+                "the same `as:` (a YAML anchor repeats it) or another name"
+            ), "as.description"
+        return None
 
 
 def load_rulebook(

@@ -18,6 +18,7 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -385,6 +386,27 @@ def _bind_model(model: _M, values: Mapping[str, str], where: str) -> _M:
     return model.model_copy(update=update) if update else model
 
 
+class Binding(BaseModel):
+    """What a rule calls the playbook it binds (``as:``), and how it describes it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1)
+    description: str | None = Field(
+        default=None,
+        description="Replaces the playbook's description in traces, notes and "
+        "reports for this binding.",
+    )
+
+
+def _binding_by_name(value: object) -> object:
+    """``as: NAME`` is short for ``as: {name: NAME}``."""
+    if isinstance(value, str):
+        return {"name": value}
+    if value is None or isinstance(value, dict | Binding):
+        return value
+    raise ValueError("write a name, or {name: NAME, description: TEXT}")
+
+
 class Rule(BaseModel):
     """Matchers, status and sources select alerts; severity and playbook decide."""
 
@@ -402,13 +424,12 @@ class Rule(BaseModel):
         description="Values for the playbook's params (a literal or one "
         "placeholder such as {labels.namespace}).",
     )
-    as_: str | None = Field(
+    as_: Annotated[Binding | None, BeforeValidator(_binding_by_name)] = Field(
         default=None,
         alias="as",
-        min_length=1,
         description="Name of the bound playbook in decisions, guards, approvals "
-        "and sinks (default: the playbook's name). Rules binding a playbook "
-        "differently need different names.",
+        "and sinks (default: the playbook's name), or {name, description}. Rules "
+        "binding a playbook differently need different names.",
     )
     continue_: bool = Field(default=False, alias="continue")
     group_by: list[str] | None = Field(
@@ -447,7 +468,7 @@ class CompiledRule:
     @property
     def playbook(self) -> str:
         """The name of the (bound) playbook this rule runs."""
-        return self.rule.as_ or self.rule.playbook
+        return self.rule.as_.name if self.rule.as_ else self.rule.playbook
 
     @property
     def name(self) -> str:

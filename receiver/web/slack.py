@@ -36,6 +36,7 @@ from aiohttp import web
 
 from receiver.errors import AuthError, ForbiddenError, InputError
 from receiver.model import json_objects
+from receiver.retrying import poll_until
 from receiver.settings import SlackSettings
 from receiver.store.base import DecisionQuery, JournalEntry, Store
 from receiver.web.approvals import Answer, ApprovalDesk, Approver
@@ -152,6 +153,7 @@ class SlackInteractions:
         """Register the route, and finish message updates at shutdown."""
         app.router.add_post("/slack/interactions", self.interactions)
         app.on_cleanup.append(self._cleanup)
+        app[SLACK] = self
 
     async def _cleanup(self, _app: web.Application) -> None:
         for task in list(self._tasks):
@@ -274,17 +276,20 @@ class SlackInteractions:
         """What the worker decided for the approved step, once it has."""
         approval = await self._store.get_approval(approval_id)
         request = approval.request if approval else {}
-        waited = 0.0
-        while waited <= self._outcome_wait.total_seconds():
+
+        async def decided() -> tuple[bool, str]:
             records = await self._store.decisions(
                 DecisionQuery(payload_id=entry.id, limit=50)
             )
-            for record in records:
-                found = _step_outcome(record, request)
-                if found:
-                    return found
-            await asyncio.sleep(self._poll_every)
-            waited += self._poll_every
+            found = [_step_outcome(record, request) for record in records]
+            outcome = next((text for text in found if text), "")
+            return bool(outcome), outcome
+
+        polled = await poll_until(
+            decided, self._outcome_wait, self._poll_every, transient=lambda _exc: ""
+        )
+        if polled.done:
+            return polled.last
         return (
             f"outcome not decided yet; see GET /api/v1/decisions?payload_id={entry.id}"
         )
@@ -354,3 +359,6 @@ def slack_paths() -> Operations:
             }
         }
     }
+
+
+SLACK = web.AppKey("slack", SlackInteractions)
