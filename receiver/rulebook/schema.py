@@ -390,6 +390,7 @@ def playbook_model(steps: StepRegistry) -> type[Playbook]:
 
     def fill(namespace: dict[str, object]) -> None:
         namespace["__module__"] = __name__
+        namespace["__doc__"] = Playbook.__doc__
         namespace["__annotations__"] = {"diagnostics": many, "remediation": many}
         namespace["diagnostics"] = Field(default_factory=list)
         namespace["remediation"] = Field(default_factory=list)

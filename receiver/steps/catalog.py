@@ -6,8 +6,8 @@ its ``rbac``, ``needs`` and ``describe``) next to the code that runs it, both
 named in the module's ``STEPS`` tuple of definitions (a ``Diagnostic`` or an
 ``Action`` of the family, each naming its ``model``). ``build_catalog`` imports
 every module of every family package and collects them, in package order,
-diagnostics before remediations, then module-name order; then those of any
-``extra`` modules (a step type outside the
+then in the order a package's ``ORDER`` gives (modules it does not list come
+after, by name); then those of any ``extra`` modules (a step type outside the
 receiver's own packages, e.g. in a test); ``StepCatalog.registry`` is what
 ``load_rulebook`` validates rules against and ``StepCatalog.of`` what each
 family's executor runs. Nothing registers itself at import time: the
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from types import MappingProxyType, ModuleType
 from typing import Protocol
 
-from receiver.model import StepKind
 from receiver.rulebook.steps import StepModel, StepRegistry, build_registry
 
 # The family packages, in the order the registry (and the docs) list them.
@@ -48,10 +47,17 @@ class StepDef(Protocol):
 
 
 def step_modules(package: str) -> list[ModuleType]:
-    """Every module of ``package`` (not its subpackages), by name."""
+    """Every module of ``package`` (not its subpackages).
+
+    In the order the package's ``ORDER`` lists them (the order the reference
+    and the schema show), then any it does not list, by name: a new step
+    module needs no entry there.
+    """
     found = importlib.import_module(package)
+    order: tuple[str, ...] = tuple(getattr(found, "ORDER", ()))
     names = sorted(
-        info.name for info in pkgutil.iter_modules(found.__path__) if not info.ispkg
+        (info.name for info in pkgutil.iter_modules(found.__path__) if not info.ispkg),
+        key=lambda name: (order.index(name) if name in order else len(order), name),
     )
     return [importlib.import_module(f"{package}.{name}") for name in names]
 
@@ -86,11 +92,8 @@ def build_catalog(extra: Iterable[ModuleType] = ()) -> StepCatalog:
         ValueError: two step modules declare the same ``type``.
         TypeError: a module's ``STEPS`` holds something that names no model.
     """
-    defs: list[StepDef] = []
-    for modules in (*(step_modules(p) for p in FAMILIES), list(extra)):
-        found = [d for module in modules for d in declared(module)]
-        # Diagnostics first, then remediations; module order within each.
-        defs += sorted(found, key=lambda d: d.model.kind is not StepKind.DIAGNOSTIC)
+    modules = [m for package in FAMILIES for m in step_modules(package)]
+    defs = [d for module in (*modules, *extra) for d in declared(module)]
     registry = build_registry(d.model for d in defs)
     by_family: dict[str, tuple[StepDef, ...]] = {}
     for d in defs:

@@ -8,12 +8,11 @@ Step types not listed here (redis.*, http.*, prometheus.*, changes.*) need no
 Kubernetes access.
 */}}
 {{- define "receiver.stepRbac" -}}
-k8s.describe:
+k8s.pods:
+  - ["", pods, [list]]
   - ["apps", deployments, [get]]
   - ["apps", statefulsets, [get]]
   - ["apps", daemonsets, [get]]
-  - ["autoscaling", horizontalpodautoscalers, [get]]
-  - ["", pods, [get]]
 k8s.events:
   - ["", events, [list]]
 k8s.logs:
@@ -22,18 +21,15 @@ k8s.logs:
   - ["apps", deployments, [get]]
   - ["apps", statefulsets, [get]]
   - ["apps", daemonsets, [get]]
-k8s.pods:
-  - ["", pods, [list]]
-  - ["apps", deployments, [get]]
-  - ["apps", statefulsets, [get]]
-  - ["apps", daemonsets, [get]]
 k8s.rollout_history:
   - ["apps", deployments, [get]]
   - ["apps", replicasets, [list]]
-k8s.delete_pod:
-  - ["", pods, [list, get, delete]]
-k8s.patch_hpa:
-  - ["autoscaling", horizontalpodautoscalers, [get, patch]]
+k8s.describe:
+  - ["apps", deployments, [get]]
+  - ["apps", statefulsets, [get]]
+  - ["apps", daemonsets, [get]]
+  - ["autoscaling", horizontalpodautoscalers, [get]]
+  - ["", pods, [get]]
 k8s.rollout_restart:
   - ["apps", deployments, [get, patch]]
   - ["apps", statefulsets, [get, patch]]
@@ -44,6 +40,10 @@ k8s.rollout_undo:
 k8s.scale:
   - ["apps", deployments/scale, [get, patch]]
   - ["apps", statefulsets/scale, [get, patch]]
+k8s.patch_hpa:
+  - ["autoscaling", horizontalpodautoscalers, [get, patch]]
+k8s.delete_pod:
+  - ["", pods, [list, get, delete]]
 k8s.set_memory_limit:
   - ["apps", deployments, [get, patch]]
   - ["apps", statefulsets, [get, patch]]
@@ -63,7 +63,7 @@ k8s.pods_ready:
 
 {{/* Every step type per family, for `rbac.steps: [k8s]`. */}}
 {{- define "receiver.stepFamilies" -}}
-k8s: [k8s.describe, k8s.events, k8s.logs, k8s.pods, k8s.rollout_history, k8s.delete_pod, k8s.patch_hpa, k8s.rollout_restart, k8s.rollout_undo, k8s.scale, k8s.set_memory_limit, k8s.rollout_status, k8s.pods_ready]
+k8s: [k8s.pods, k8s.events, k8s.logs, k8s.rollout_history, k8s.describe, k8s.rollout_restart, k8s.rollout_undo, k8s.scale, k8s.patch_hpa, k8s.delete_pod, k8s.set_memory_limit, k8s.rollout_status, k8s.pods_ready]
 redis: [redis.get, redis.info, redis.delete_keys, redis.delete_pattern, redis.reset_circuit_breaker]
 http: [http.get, http.request]
 prometheus: [prometheus.query]

@@ -12,7 +12,7 @@ import typing
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-from pydantic import Field, JsonValue
+from pydantic import Field
 
 from receiver.model import StepKind
 from receiver.rulebook.steps.base import (
@@ -74,7 +74,9 @@ class HttpVerify(Templated):
     url: Url
     expect_status: int = 200
     json_path: str | None = None
-    expect_value: JsonValue = None
+    # Compared with the JSON value found; any JSON value (``object``: the
+    # schema says nothing about it, as rules may name any).
+    expect_value: object = None
     timeout: Duration = timedelta(minutes=5)
     interval: Duration = timedelta(seconds=15)
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 import httpx
-from pydantic import ConfigDict, Field, JsonValue
+from pydantic import ConfigDict, Field, JsonValue, WithJsonSchema
 from typing_extensions import override
 
 from receiver.errors import PermanentStepError
@@ -42,7 +42,18 @@ class HttpRequest(Remediation):
     type: Literal["http.request"] = "http.request"
     method: Literal["POST", "PUT", "PATCH", "DELETE"] = "POST"
     url: Url
-    json_body: dict[str, JsonValue] | None = Field(default=None, alias="json")
+    json_body: Annotated[
+        dict[str, JsonValue] | None,
+        # The schema rules have always had: any JSON object.
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"additionalProperties": True, "type": "object"},
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = Field(default=None, alias="json")
     headers: dict[str, str] = Field(default_factory=dict)
     expect_status: list[int] = Field(default_factory=lambda: [200, 201, 202, 204])
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -13,4 +13,21 @@ from __future__ import annotations
 
 from receiver.steps.k8s.executor import KubernetesExecutor, handlers
 
-__all__ = ["KubernetesExecutor", "handlers"]
+# The order the step reference, the chart's table and the rule schema list the
+# step modules in (diagnostics, then remediations); a module not named here
+# comes after them.
+ORDER = (
+    "pods",
+    "events",
+    "logs",
+    "rollout_history",
+    "describe",
+    "rollout_restart",
+    "rollout_undo",
+    "scale",
+    "patch_hpa",
+    "delete_pod",
+    "set_memory_limit",
+)
+
+__all__ = ["ORDER", "KubernetesExecutor", "handlers"]

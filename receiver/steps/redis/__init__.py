@@ -12,4 +12,8 @@ from __future__ import annotations
 from receiver.steps.redis.executor import RedisExecutor
 from receiver.steps.redis.text import MAX_VALUE_CHARS
 
-__all__ = ["MAX_VALUE_CHARS", "RedisExecutor"]
+# The order the step reference and the rule schema list the step modules in
+# (reads, then deletes); a module not named here comes after them.
+ORDER = ("get", "info", "delete_keys", "delete_pattern", "reset_circuit_breaker")
+
+__all__ = ["MAX_VALUE_CHARS", "ORDER", "RedisExecutor"]
