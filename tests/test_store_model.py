@@ -3,7 +3,8 @@
 A Hypothesis ``RuleBasedStateMachine`` applies the same random operations to a
 store (SQLite, or a real ``redis-server``) and to ``Model`` below, with a clock
 that advances on every call (and jumps now and then, across leases, TTLs and
-windows), and compares every answer: journal claims, leases and renewal,
+windows), and compares every answer: journal claims (one at a time and in
+batches), batch completion, leases and renewal,
 release, parking and retry; run-once keys with their sending mark and the
 recovery of a dead incarnation's claim; locks, renewal, fencing and takeover;
 cooldowns; budget slots; circuits; approvals; the pause switch.
@@ -34,6 +35,7 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     consumes,
     invariant,
+    multiple,
     rule,
     run_state_machine_as_test,
 )
@@ -191,6 +193,31 @@ class StoreMachine(RuleBasedStateMachine):
         assert lease.entry.attempts == m.attempts
         assert lease.expires_at == now + LEASE
         return lease
+
+    @rule(target=leases, limit=st.integers(min_value=1, max_value=4))
+    def claim_batch(self, limit: int) -> Any:
+        now = self.tick()
+        self.consumers += 1
+        consumer = f"c{self.consumers}"
+        allowed = self.model.claimable(now)
+        leases = self.run(self.store.claim_batch(consumer, limit, 0, now))
+        ids = [lease.entry.id for lease in leases]
+        assert len(ids) == len(set(ids)) == min(limit, len(allowed)), (ids, allowed)
+        assert set(ids) <= allowed, (ids, allowed)
+        for lease in leases:
+            m = self.model.entries[lease.entry.id]
+            m.state, m.consumer, m.lease_until = "claimed", consumer, now + LEASE
+            m.attempts += 1
+            assert lease.entry.attempts == m.attempts
+            assert lease.expires_at == now + LEASE
+        return multiple(*leases)
+
+    @rule(batch=st.lists(consumes(leases), max_size=4))
+    def complete_batch(self, batch: list[Lease | None]) -> None:
+        done = [lease.entry.id for lease in batch if lease is not None]
+        self.run(self.store.complete_batch([(i, []) for i in done]))
+        for entry_id in done:
+            self.model.entries[entry_id].state = "done"
 
     @rule(target=leases, lease=consumes(leases))
     def renew(self, lease: Lease | None) -> Lease | None:

@@ -87,6 +87,20 @@ class Journal(Protocol):
         """
         ...
 
+    async def claim_batch(
+        self, consumer: str, limit: int, wait: float, now: datetime
+    ) -> list[Lease]:
+        """Take up to ``limit`` entries at once, each under its own lease.
+
+        Chosen by ``claim``'s rules (pending entries oldest first, lapsed
+        leases, and on Redis entries delivered to ``consumer`` whose reply was
+        lost), in one transaction or script; as many as there are, up to
+        ``limit``. Waits up to ``wait`` seconds for the first; empty when there
+        was none. A consumer completes, releases or parks everything it
+        claimed before it claims again.
+        """
+        ...
+
     async def renew(self, lease: Lease, now: datetime) -> Lease | None:
         """Extend a lease from ``now``; None when it is no longer ours."""
         ...
@@ -99,6 +113,16 @@ class Journal(Protocol):
         self, entry_id: str, traces: Sequence[Mapping[str, Any]]
     ) -> None:
         """Record an entry's decisions and mark it done, atomically (once)."""
+        ...
+
+    async def complete_batch(
+        self, done: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]
+    ) -> None:
+        """``complete`` for several entries (id, traces) in one transaction.
+
+        All or nothing: on ``StoreUnavailableError`` none of them is recorded.
+        An entry already done is skipped, as ``complete`` skips it.
+        """
         ...
 
     async def park(self, lease: Lease, reason: str, now: datetime) -> None:

@@ -114,33 +114,40 @@ class SqliteJournal(SqliteConnection):
     async def claim(  # noqa: D102
         self, consumer: str, wait: float, now: datetime
     ) -> Lease | None:
-        deadline = time.monotonic() + wait
-        lease = self.retention.lease
-        until = now + lease
+        leases = await self.claim_batch(consumer, 1, wait, now)
+        return leases[0] if leases else None
 
-        def take(db: sqlite3.Connection) -> JournalEntry | None:
-            # The earlier of (first pending, first lapsed lease), each one
+    async def claim_batch(  # noqa: D102
+        self, consumer: str, limit: int, wait: float, now: datetime
+    ) -> list[Lease]:
+        deadline = time.monotonic() + wait
+        until = now + self.retention.lease
+        limit = max(limit, 1)
+
+        def take(db: sqlite3.Connection) -> list[JournalEntry]:
+            # The earliest of (first pending, first lapsed leases), each one
             # search of journal_queue: an OR here sorted the whole backlog.
-            row = db.execute(
+            rows = db.execute(
                 "UPDATE journal SET state='claimed', consumer=?, claimed_at=?, "
-                "lease_until=?, attempts=attempts+1 WHERE rowid = (SELECT r FROM ("
+                "lease_until=?, attempts=attempts+1 WHERE rowid IN (SELECT r FROM ("
                 "SELECT r FROM (SELECT rowid AS r FROM journal WHERE "
-                "state='pending' ORDER BY rowid LIMIT 1) UNION ALL "
+                "state='pending' ORDER BY rowid LIMIT ?) UNION ALL "
                 "SELECT r FROM (SELECT rowid AS r FROM journal WHERE "
-                "state='claimed' AND lease_until < ? ORDER BY rowid LIMIT 1)"
-                ") ORDER BY r LIMIT 1) RETURNING *",
-                (consumer, _epoch(now), _epoch(until), _epoch(now)),
-            ).fetchone()
-            return self._entry(row) if row is not None else None
+                "state='claimed' AND lease_until < ? ORDER BY rowid LIMIT ?)"
+                ") ORDER BY r LIMIT ?) RETURNING rowid, *",
+                (consumer, _epoch(now), _epoch(until), limit, _epoch(now), limit, limit),
+            ).fetchall()
+            # RETURNING gives no order: the oldest is decided first.
+            return [self._entry(r) for r in sorted(rows, key=lambda r: r[0])]
 
         while True:
             self._wakeup.clear()
-            entry = await self._run(take)
-            if entry is not None:
-                return Lease(entry, consumer, until)
+            entries = await self._run(take)
+            if entries:
+                return [Lease(entry, consumer, until) for entry in entries]
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None
+                return []
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), min(remaining, 0.25))
 
@@ -225,13 +232,35 @@ class SqliteJournal(SqliteConnection):
     async def complete(  # noqa: D102
         self, entry_id: str, traces: Sequence[Mapping[str, Any]]
     ) -> None:
+        await self.complete_batch([(entry_id, traces)])
+
+    async def complete_batch(  # noqa: D102
+        self, done: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]
+    ) -> None:
+        if not done:
+            return
+
         def write(db: sqlite3.Connection) -> None:
-            done = datetime.now(UTC).isoformat()  # bookkeeping only, never compared
-            row = db.execute(
-                "SELECT state FROM journal WHERE id=?", (entry_id,)
-            ).fetchone()
-            if row is not None and row[0] == "done":
-                return  # completed by another worker after a lease ran out
+            at = datetime.now(UTC).isoformat()  # bookkeeping only, never compared
+            ids = [entry_id for entry_id, _ in done]
+            finished: set[str] = set()
+            for start in range(0, len(ids), STATE_READ_CHUNK):
+                chunk = ids[start : start + STATE_READ_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                finished.update(
+                    row[0]
+                    for row in db.execute(
+                        f"SELECT id FROM journal WHERE state='done' AND id IN ({marks})",  # noqa: S608 (placeholders only)
+                        chunk,
+                    )
+                )
+            # Completed by another worker after a lease ran out (or twice in
+            # this batch): skipped.
+            todo = []
+            for entry_id, traces in done:
+                if entry_id not in finished:
+                    finished.add(entry_id)
+                    todo.append((entry_id, traces))
             db.executemany(
                 "INSERT INTO decisions (payload_id, fingerprint, decided_at, record) "
                 "VALUES (?, ?, ?, ?)",
@@ -244,13 +273,14 @@ class SqliteJournal(SqliteConnection):
                         str(t.get("decided_at", "")),
                         json.dumps(t),
                     )
+                    for entry_id, traces in todo
                     for t in traces
                 ),
             )
-            db.execute(
+            db.executemany(
                 "UPDATE journal SET state='done', done_at=?, lease_until=NULL "
                 "WHERE id=?",
-                (done, entry_id),
+                [(at, entry_id) for entry_id, _ in todo],
             )
 
         await self._run(write)
