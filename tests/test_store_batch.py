@@ -1,8 +1,8 @@
 """The batch half of the journal contract: ``claim_batch`` and ``complete_batch``.
 
 Both stores, as in ``tests/test_store_contract.py`` (whose fixtures and helpers
-this reuses): a batch is the same choice as that many claims in a row, each entry
-under its own lease; entries of a batch the claimer never completed (it crashed
+this reuses): a batch is chosen by the rules of a single claim, each entry under its
+own lease; entries of a batch the claimer never completed (it crashed
 in the middle) are claimed again, and none of the completed ones is decided or
 recorded twice.
 """
@@ -13,15 +13,13 @@ import asyncio
 import uuid
 from datetime import timedelta
 
-from test_store_contract import (  # noqa: F401 (fixtures)
+import test_store_contract as contract
+from test_store_contract import (
     T0,
     MakeStore,
     Tick,
     _forget_prefix,
     journal_entry,
-    make_store,
-    redis_url,
-    store,
     trace,
 )
 
@@ -30,6 +28,10 @@ from receiver.store.redis import RedisStore
 from receiver.store.sqlite import SqliteStore
 
 LEASE = timedelta(minutes=5)
+# The contract's fixtures: each test runs on SQLite and on Redis.
+make_store = contract.make_store
+store = contract.store
+redis_url = contract.redis_url
 
 
 async def test_a_batch_takes_the_oldest_entries_each_under_a_lease(
@@ -76,8 +78,12 @@ async def test_a_batch_mixes_lapsed_leases_and_new_entries_oldest_first(
     leases = await store.claim_batch("alive", 10, 0, after)
     assert sorted(lease.entry.id for lease in leases) == sorted(e.id for e in entries)
     attempts = {lease.entry.id: lease.entry.attempts for lease in leases}
-    assert attempts == {entries[0].id: 2, entries[1].id: 2, entries[2].id: 1,
-                        entries[3].id: 1}
+    assert attempts == {
+        entries[0].id: 2,
+        entries[1].id: 2,
+        entries[2].id: 1,
+        entries[3].id: 1,
+    }
     for lease in dead:
         assert await store.renew(lease, after) is None, "the old lease is lost"
 
@@ -139,8 +145,9 @@ async def test_a_batch_left_half_done_is_claimed_again_without_doubles(
     again = await store.claim_batch("alive", 10, 0, after)
     assert [lease.entry.id for lease in again] == [e.id for e in entries[2:]]
     assert all(lease.entry.attempts == 2 for lease in again)
-    await store.complete_batch([(lease.entry.id, [trace(lease.entry.id, "second")])
-                                for lease in again])
+    await store.complete_batch(
+        [(lease.entry.id, [trace(lease.entry.id, "second")]) for lease in again]
+    )
     await store.complete_batch(  # the dead claimer's late write
         [(lease.entry.id, [trace(lease.entry.id, "late")]) for lease in batch]
     )
@@ -171,7 +178,7 @@ async def test_sqlite_reopened_hands_back_a_crashed_batch_at_once(
 
 
 async def test_redis_gives_a_consumer_back_a_batch_whose_reply_was_lost(
-    redis_url: str,  # noqa: F811 (fixture)
+    redis_url: str,
 ) -> None:
     """Redis: the same consumer claiming again gets its unfinished batch at once.
 

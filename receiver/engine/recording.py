@@ -33,9 +33,7 @@ class Recorder:
         self.writes = 0
         self.entries = 0
 
-    async def record(
-        self, entry_id: str, traces: Sequence[Mapping[str, Any]]
-    ) -> None:
+    async def record(self, entry_id: str, traces: Sequence[Mapping[str, Any]]) -> None:
         """Record an entry's decisions and mark it done; return once written.
 
         Raises what ``complete_batch`` raised for the batch it was in.

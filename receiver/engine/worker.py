@@ -139,6 +139,7 @@ class Worker:
         # For the bench and the logs: claim calls, and those that found nothing.
         self.claims = 0
         self.empty_claims = 0
+        self._drained = False
 
     async def start(self) -> None:
         """Register this incarnation, recover dead ones, start consuming."""
@@ -244,21 +245,26 @@ class Worker:
     async def _claim(self) -> list[Lease]:
         slot = await self._free_slot()
         consumer = f"{self.consumer}/{slot}"
-        self.claims += 1
         if self._bell is None:
             leases = await self._store.claim_batch(
                 consumer, self._batch, 1.0, self._clock()
             )
         else:
+            if self._drained:
+                # The last claim took all there was, with the bell armed
+                # before it: whatever was journaled since has rung.
+                self._drained = False
+                await self._bell.wait(IDLE_RECHECK)
             # Armed before looking: a ring that arrives while the claim runs
             # is kept, so a payload journaled meanwhile is never slept through.
             self._bell.armed()
             leases = await self._store.claim_batch(
                 consumer, self._batch, 0.0, self._clock()
             )
-            if not leases:
-                self.empty_claims += 1
-                await self._bell.wait(IDLE_RECHECK)
+            self._drained = len(leases) < self._batch
+        self.claims += 1
+        if not leases:
+            self.empty_claims += 1
         for lease in leases:
             self._held[lease.entry.id] = lease
             self._slot_of[lease.entry.id] = slot

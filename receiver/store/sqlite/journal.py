@@ -135,7 +135,15 @@ class SqliteJournal(SqliteConnection):
                 "SELECT r FROM (SELECT rowid AS r FROM journal WHERE "
                 "state='claimed' AND lease_until < ? ORDER BY rowid LIMIT ?)"
                 ") ORDER BY r LIMIT ?) RETURNING rowid, *",
-                (consumer, _epoch(now), _epoch(until), limit, _epoch(now), limit, limit),
+                (
+                    consumer,
+                    _epoch(now),
+                    _epoch(until),
+                    limit,
+                    _epoch(now),
+                    limit,
+                    limit,
+                ),
             ).fetchall()
             # RETURNING gives no order: the oldest is decided first.
             return [self._entry(r) for r in sorted(rows, key=lambda r: r[0])]
@@ -247,13 +255,8 @@ class SqliteJournal(SqliteConnection):
             for start in range(0, len(ids), STATE_READ_CHUNK):
                 chunk = ids[start : start + STATE_READ_CHUNK]
                 marks = ",".join("?" * len(chunk))
-                finished.update(
-                    row[0]
-                    for row in db.execute(
-                        f"SELECT id FROM journal WHERE state='done' AND id IN ({marks})",  # noqa: S608 (placeholders only)
-                        chunk,
-                    )
-                )
+                query = f"SELECT id FROM journal WHERE state='done' AND id IN ({marks})"  # noqa: S608 (placeholders only)
+                finished.update(row[0] for row in db.execute(query, chunk))
             # Completed by another worker after a lease ran out (or twice in
             # this batch): skipped.
             todo = []
