@@ -204,3 +204,18 @@ async def test_redis_gives_a_consumer_back_a_batch_whose_reply_was_lost(
     finally:
         await store.close()
         await _forget_prefix(redis_url, prefix)
+
+
+async def test_last_runs_reads_several_cooldowns_at_once(store: Store) -> None:
+    """last_runs answers as last_run would for each scope, expired and unknown too."""
+    hour = timedelta(hours=1)
+    await store.set_last_run("a", T0, hour)
+    await store.set_last_run("b", T0 - 2 * hour, hour)  # expired by T0
+    await store.set_last_run("c", T0 + timedelta(minutes=1), hour)
+    scopes = ["a", "b", "c", "never", "a"]
+    found = await store.last_runs(scopes, T0 + timedelta(minutes=2))
+    assert found == {"a": T0, "b": None, "c": T0 + timedelta(minutes=1), "never": None}
+    for scope in scopes:
+        assert found[scope] == await store.last_run(scope, T0 + timedelta(minutes=2))
+    assert await store.last_runs([], T0) == {}
+    assert await store.last_runs(["a"], T0 + 2 * hour) == {"a": None}

@@ -4,10 +4,10 @@ A Hypothesis ``RuleBasedStateMachine`` applies the same random operations to a
 store (SQLite, or a real ``redis-server``) and to ``Model`` below, with a clock
 that advances on every call (and jumps now and then, across leases, TTLs and
 windows), and compares every answer: journal claims (one at a time and in
-batches), batch completion, leases and renewal,
-release, parking and retry; run-once keys with their sending mark and the
-recovery of a dead incarnation's claim; locks, renewal, fencing and takeover;
-cooldowns; budget slots; circuits; approvals; the pause switch.
+batches), batch completion, leases and renewal, release, parking and retry;
+run-once keys with their sending mark and the recovery of a dead incarnation's
+claim; locks, renewal, fencing and takeover; cooldowns (one and several at
+once); budget slots; circuits; approvals; the pause switch.
 
 Where the contract leaves a choice (which of several claimable entries comes
 next), the model checks the store's choice is one it allows, then follows it.
@@ -478,6 +478,15 @@ class StoreMachine(RuleBasedStateMachine):
         at, until = self.model.last_run.get(scope, (None, None))
         expected = at if until is not None and until >= now else None
         assert self.run(self.store.last_run(scope, now)) == expected
+
+    @rule(scopes=st.lists(st.sampled_from((*SCOPES, "s-none")), max_size=4))
+    def last_runs(self, scopes: list[str]) -> None:
+        now = self.tick()
+        expected = {}
+        for scope in scopes:
+            at, until = self.model.last_run.get(scope, (None, None))
+            expected[scope] = at if until is not None and until >= now else None
+        assert self.run(self.store.last_runs(scopes, now)) == expected
 
     @rule(target=slots, scope=st.sampled_from(SCOPES), limit=st.integers(1, 3))
     def reserve_budget(self, scope: str, limit: int) -> BudgetSlot | None:

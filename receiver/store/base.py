@@ -281,6 +281,12 @@ class GuardState(Protocol):
         """When a remediation last ran in ``scope``, if within its cooldown."""
         ...
 
+    async def last_runs(
+        self, scopes: Sequence[str], now: datetime
+    ) -> dict[str, datetime | None]:
+        """``last_run`` for several scopes in one read (every scope a key)."""
+        ...
+
     async def set_last_run(self, scope: str, at: datetime, ttl: timedelta) -> None:
         """Record a run in ``scope`` at ``at``, remembered until ``at + ttl``."""
         ...
