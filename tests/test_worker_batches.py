@@ -127,6 +127,7 @@ async def _drained(store: Store) -> None:
 async def _crash(worker: Worker) -> None:
     """What ``kill -9`` leaves of a worker: its tasks stop where they are."""
     tasks = worker._tasks
+    worker._stopping.set()  # its loops end, whatever a client swallowed
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

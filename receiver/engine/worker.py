@@ -209,7 +209,12 @@ class Worker:
                     log.info("journal_pruned", dropped=dropped)
             except StoreUnavailableError as exc:
                 log.warning("prune_failed", error=str(exc))
-            await asyncio.sleep(self._prune_every.total_seconds())
+            # Not a plain sleep: a stop whose cancellation the store's client
+            # swallowed mid-prune (seen on Redis) still ends this loop.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopping.wait(), self._prune_every.total_seconds()
+                )
 
     async def _loop(self, index: int) -> None:
         while not self._stopping.is_set():
