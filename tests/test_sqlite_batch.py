@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from receiver.errors import StoreUnavailableError
 from receiver.store.base import AlertState, JournalEntry, newer_state
-from receiver.store.sqlite import STATE_READ_CHUNK, SqliteStore
+from receiver.store.sqlite import STATE_READ_CHUNK, SqliteStore, connection
 
 T0 = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 
@@ -179,3 +179,46 @@ def test_batched_states_equal_one_at_a_time_in_order(
 
     got = asyncio.run(run())
     assert got == {fp: expected.get(fp) for fp in "abc"}
+
+
+@pytest.fixture
+def other_writer(store: SqliteStore) -> Iterator[sqlite3.Connection]:
+    """Another connection to the same file holding the write lock (a worker process)."""
+    other = sqlite3.connect(store.path, check_same_thread=False, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    yield other
+    other.close()
+
+
+async def test_an_append_waits_in_short_pauses_for_another_writer_then_commits(
+    store: SqliteStore,
+    other_writer: sqlite3.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The writer tries again while another holds the lock, first pause 0.1 ms."""
+    pauses: list[float] = []
+    real_sleep = connection.time.sleep
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 3:
+            other_writer.execute("COMMIT")  # the other process's commit ends
+        real_sleep(seconds)
+
+    monkeypatch.setattr(connection.time, "sleep", sleep)
+    await store.append(entry(1), [])
+    assert pauses == [0.0001, 0.0002, 0.0004]
+    assert [e.id for e in await store.payloads()] == ["e0001"]
+
+
+async def test_an_append_fails_with_store_unavailable_when_the_lock_stays_held(
+    store: SqliteStore,
+    other_writer: sqlite3.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past BUSY_TIMEOUT the append fails (503 at the edge) and leaves nothing."""
+    del other_writer
+    monkeypatch.setattr(connection, "BUSY_TIMEOUT", 0.005)
+    with pytest.raises(StoreUnavailableError, match="database is locked"):
+        await store.append(entry(1), [])
+    assert not store._db.in_transaction
