@@ -272,6 +272,28 @@ class Edge:
     ) -> JournalEntry:
         check_caps(alerts, self._limits.caps)
         now = self._clock()
+        states = [
+            AlertState(a.fingerprint, a.status, a.starts_at or now, now)
+            if a.source != "events_v2" or a.starts_at is not None
+            else AlertState(a.fingerprint, a.status, await self._start_of(a, now), now)
+            for a in alerts
+            if a.actionable
+        ]
+        return await self._journal(
+            source, body, states, alerts=len(alerts), headers=headers, now=now
+        )
+
+    async def _journal(
+        self,
+        source: Source,
+        body: bytes,
+        states: list[AlertState],
+        *,
+        alerts: int,
+        headers: Mapping[str, str],
+        now: datetime,
+    ) -> JournalEntry:
+        """Journal a checked payload and its alerts' states: the 202 may follow."""
         kept = {k.lower(): v for k, v in headers.items()}
         entry = JournalEntry(
             id=new_id(),
@@ -280,13 +302,6 @@ class Edge:
             body=body,
             headers={k: kept[k] for k in KEPT_HEADERS if k in kept},
         )
-        states = [
-            AlertState(a.fingerprint, a.status, a.starts_at or now, now)
-            if a.source != "events_v2" or a.starts_at is not None
-            else AlertState(a.fingerprint, a.status, await self._start_of(a, now), now)
-            for a in alerts
-            if a.actionable
-        ]
         try:
             await self._store.append(entry, states)
         except StoreUnavailableError:
@@ -297,10 +312,8 @@ class Edge:
             self._load.oldest = now
         if self._on_journaled is not None:
             self._on_journaled()
-        log.debug(
-            "webhook_accepted", source=source, payload_id=entry.id, alerts=len(alerts)
-        )
-        self._accepted.add(source, entry.id, len(alerts))
+        log.debug("webhook_accepted", source=source, payload_id=entry.id, alerts=alerts)
+        self._accepted.add(source, entry.id, alerts)
         return entry
 
     def flush_accepted(self) -> None:
