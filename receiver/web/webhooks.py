@@ -55,8 +55,13 @@ class Webhooks(Edge):
             headers=request.headers,
             now=now,
         )
-        return web.json_response(
-            {"status": "accepted", "id": entry.id, "alerts": len(alerts)}, status=202
+        # The JSON json_response would write, without encoding a dict: the id
+        # is hex and the count an int.
+        count = len(alerts)
+        return web.Response(
+            text=f'{{"status": "accepted", "id": "{entry.id}", "alerts": {count}}}',
+            status=202,
+            content_type="application/json",
         )
 
     async def pagerduty(self, request: web.Request) -> web.Response:
