@@ -56,26 +56,52 @@ class SqliteJournal(SqliteConnection):
         """
         latest: dict[str, AlertState | None] = {}
         fingerprints = list(dict.fromkeys(s.fingerprint for s in states))
+        # Rows written together share their times: each text is parsed once.
+        parsed: dict[str, datetime] = {}
+
+        def when(text: str) -> datetime:
+            found = parsed.get(text)
+            if found is None:
+                found = parsed[text] = datetime.fromisoformat(text)
+            return found
+
         for start in range(0, len(fingerprints), STATE_READ_CHUNK):
             chunk = fingerprints[start : start + STATE_READ_CHUNK]
             marks = ",".join("?" * len(chunk))
-            for row in db.execute(
-                f"SELECT * FROM alert_state WHERE fingerprint IN ({marks})",  # noqa: S608 (placeholders only)
+            for fingerprint, status, starts_at, updated_at in db.execute(
+                "SELECT fingerprint, status, starts_at, updated_at FROM alert_state "  # noqa: S608 (placeholders only)
+                f"WHERE fingerprint IN ({marks})",
                 chunk,
             ):
-                latest[row["fingerprint"]] = cls._state_of(row)
+                latest[fingerprint] = AlertState(
+                    fingerprint,
+                    status,
+                    when(starts_at) if starts_at else None,
+                    when(updated_at),
+                )
         changed: dict[str, AlertState] = {}
         for state in states:
             if newer_state(latest.get(state.fingerprint), state):
                 latest[state.fingerprint] = changed[state.fingerprint] = state
+        # The states of a payload share their times (``updated_at`` always,
+        # ``starts_at`` often): each distinct time is written out once.
+        texts: dict[tuple[datetime, object], str] = {}
+
+        def text(at: datetime) -> str:
+            key = (at, at.tzinfo)  # equal instants in other zones read differently
+            found = texts.get(key)
+            if found is None:
+                found = texts[key] = at.isoformat()
+            return found
+
         db.executemany(
             "INSERT OR REPLACE INTO alert_state VALUES (?, ?, ?, ?)",
             [
                 (
                     s.fingerprint,
                     s.status,
-                    s.starts_at.isoformat() if s.starts_at else None,
-                    s.updated_at.isoformat(),
+                    text(s.starts_at) if s.starts_at else None,
+                    text(s.updated_at),
                 )
                 for s in changed.values()
             ],
