@@ -10,7 +10,6 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -29,6 +28,7 @@ from receiver.errors import (
     UnsupportedMediaError,
 )
 from receiver.metrics import Metrics
+from receiver.model import JSONObject
 
 CONTENT_TYPE = "application/problem+json"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -65,7 +65,7 @@ def problem(
     headers: dict[str, str] | None = None,
 ) -> web.Response:
     """Build a problem+json response."""
-    body: dict[str, Any] = {
+    body: JSONObject = {
         "type": f"urn:receiver:problem:{slug or status}",
         "title": _TITLES.get(status, "Error"),
         "status": status,
