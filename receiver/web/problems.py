@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from prometheus_client import Counter, Histogram
 
 from receiver.errors import (
     AuthError,
@@ -164,8 +165,8 @@ class _Children:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        self._webhooks: dict[tuple[str, str], Any] = {}
-        self._durations: dict[tuple[str, str, str], Any] = {}
+        self._webhooks: dict[tuple[str, str], Counter] = {}
+        self._durations: dict[tuple[str, str, str], Histogram] = {}
 
     def count_webhook(self, source: str, outcome: str) -> None:
         key = (source, outcome)
