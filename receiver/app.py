@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal, TypedDict
@@ -26,7 +25,12 @@ import httpx
 import structlog
 from aiohttp import web
 
-from receiver.app_incidents import IncidentWiring, fan_out, install_incidents
+from receiver.app_incidents import (
+    IncidentWiring,
+    fan_out,
+    incident_store_for,
+    install_incidents,
+)
 from receiver.engine.doorbell import EdgeBell, WorkerBell
 from receiver.engine.guards import FiringCheck, GuardKeeper
 from receiver.engine.reuse import DiagnosticsReuse
@@ -321,19 +325,22 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         )
         console.attach(app)
 
+    wiring = incidents or IncidentWiring()
     incident_service = install_incidents(
         app,
-        settings=settings,
         store=store,
+        incidents=wiring.store or incident_store_for(store, settings.store),
+        announcer=wiring.announcer or runtime.announcer(),
+        escalator=wiring.escalator or runtime.escalator(),
+        mode=mode,
+        # The worker process runs the incident ticker; the edge only serves
+        # the incident API over the same store.
+        every=None if role == "edge" else wiring.every(settings.incidents),
+        sleep=wiring.sleep,
         clock=clock,
         rulebook=lambda: processor.rulebook,
         auth=auth,
         metrics=metrics,
-        # The worker process runs the incident ticker; the edge only serves
-        # the incident API over the same store.
-        wiring=replace(incidents or IncidentWiring(), tick_every=None)
-        if role == "edge"
-        else incidents,
     )
     if console is not None:
         console.incidents = incident_service

@@ -1,12 +1,14 @@
 """Wire incidents into the application: their store, service, ticker, API, metric.
 
-Called once from ``create_app``. The incident store sits beside the main store
-(the same SQLite file or the same Redis, with tables and keys of its own); the
-service gets the app's clock, the live rulebook (for severity re-evaluation), an
+Called once from ``create_app``, which hands it only what the settings mean for
+incidents: the incident store beside the main store (the same SQLite file or
+the same Redis, with tables and keys of its own, ``incident_store_for``), the
 announcer over the configured sinks and, with a PagerDuty API token, the
-escalator. The ticker is an asyncio task in ``cleanup_ctx``; it is installed
-before the worker's context, so at shutdown the worker stops first and the
-service then drains what it was handed.
+escalator (``Runtime.announcer``, ``Runtime.escalator``), the mode and the tick
+interval. The service also gets the app's clock and the live rulebook (for
+severity re-evaluation). The ticker is an asyncio task in ``cleanup_ctx``; it is
+installed before the worker's context, so at shutdown the worker stops first and
+the service then drains what it was handed.
 """
 
 from __future__ import annotations
@@ -32,8 +34,7 @@ from receiver.incidents.service import IncidentService
 from receiver.metrics import Metrics
 from receiver.model import AlertTrace
 from receiver.rulebook.loader import Rulebook, load_rulebook
-from receiver.settings import Settings, StoreSettings, load_settings
-from receiver.sinks.announce import build_announcer, build_escalator
+from receiver.settings import IncidentSettings, Mode, StoreSettings, load_settings
 from receiver.store.base import Store
 from receiver.store.incidents_base import IncidentStore
 from receiver.store.incidents_redis import RedisIncidentStore
@@ -60,6 +61,12 @@ class IncidentWiring:
     escalator: Escalator | None = None
     tick_every: float | Literal["settings"] | None = "settings"
     sleep: Callable[[float], Awaitable[None]] | None = None
+
+    def every(self, incidents: IncidentSettings) -> float | None:
+        """Seconds between ticks (``None``: no ticker)."""
+        if self.tick_every == "settings":
+            return incidents.tick_interval.total_seconds()
+        return self.tick_every
 
 
 def incident_store_for(store: Store, where: StoreSettings) -> IncidentStore:
@@ -93,53 +100,47 @@ def fan_out(*callbacks: OnComplete | None) -> OnComplete | None:
 def install_incidents(
     app: web.Application,
     *,
-    settings: Settings,
     store: Store,
+    incidents: IncidentStore,
+    announcer: Announcer | None,
+    escalator: Escalator | None,
+    mode: Mode,
+    every: float | None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
     clock: Callable[[], datetime],
     rulebook: Callable[[], Rulebook],
     auth: Authenticator,
     metrics: Metrics,
-    wiring: IncidentWiring | None = None,
 ) -> IncidentService:
-    """Build the service, add its routes and ticker; return it for ``on_complete``."""
-    wiring = wiring or IncidentWiring()
+    """Build the service, add its routes and ticker; return it for ``on_complete``.
+
+    ``store`` holds the approvals, ``incidents`` the incidents; ``every``:
+    seconds between ticks, ``None`` for no ticker (an edge process).
+    """
     breaches = Counter(
         "receiver_incident_clock_breaches",
         "Incident clocks (acknowledge, mitigate, resolve) past their target.",
         ["severity", "clock"],
         registry=metrics.registry,
     )
-    secrets = settings.secret_values()
-    announcer = wiring.announcer or build_announcer(
-        settings.sinks, settings.pagerduty, settings.slack, secrets=secrets
-    )
-    escalator = wiring.escalator or build_escalator(
-        settings.sinks, settings.pagerduty, secrets=secrets
-    )
     service = IncidentService(
-        wiring.store or incident_store_for(store, settings.store),
+        incidents,
         clock=clock,
         rulebook=rulebook,
         announcer=announcer,
         escalator=escalator,
         on_breach=lambda severity, name: breaches.labels(severity, name).inc(),
         approvals=store.approvals,
-        mode=settings.engine.mode,
+        mode=mode,
     )
     register(app, IncidentHandlers(service, auth))
     app[INCIDENTS] = service
-
-    every = (
-        settings.incidents.tick_interval.total_seconds()
-        if wiring.tick_every == "settings"
-        else wiring.tick_every
-    )
 
     async def ticker(_app: web.Application) -> AsyncIterator[None]:
         task = None
         if every is not None:
             task = asyncio.create_task(
-                service.run(every, wiring.sleep or asyncio.sleep), name="incidents"
+                service.run(every, sleep or asyncio.sleep), name="incidents"
             )
         yield
         if task is not None:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
-from typing import Any
+from collections.abc import Iterable
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
 
 from receiver.scrubbing import Scrubber
 
@@ -34,9 +34,7 @@ def redact_processor(
     # the same few keys millions of times.
     secret_key: dict[str, bool] = {}
 
-    def processor(
-        _logger: Any, _name: str, event: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
+    def processor(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
         for key, value in event.items():
             named = secret_key.get(key)
             if named is None:
@@ -53,9 +51,7 @@ def redact_processor(
     return processor
 
 
-def _message(
-    _logger: Any, _name: str, event: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
+def _message(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
     """``message`` for shippers that look there: the event, and its error or detail."""
     name = str(event.get("event", ""))
     extra = event.get("error") or event.get("detail")

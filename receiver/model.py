@@ -26,6 +26,23 @@ JSONValue: TypeAlias = (
 JSONObject: TypeAlias = "dict[str, JSONValue]"
 
 
+def json_object(value: JSONValue | None) -> Mapping[str, JSONValue]:
+    """``value`` if it is a JSON object, else an empty one (reading records back)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def json_objects(value: JSONValue | None) -> list[Mapping[str, JSONValue]]:
+    """The objects in a JSON array; none when ``value`` is not an array."""
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        return []
+    return [item for item in value if isinstance(item, Mapping)]
+
+
+def json_strings(value: JSONValue | None) -> dict[str, str]:
+    """The string members of a JSON object (labels, annotations, refs)."""
+    return {k: v for k, v in json_object(value).items() if isinstance(v, str)}
+
+
 V = TypeVar("V")
 
 
@@ -356,7 +373,7 @@ class AlertTrace:
     mode: str = "dry-run"
     notes: tuple[str, ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         """The replay/API JSON form of one alert's decisions."""
         return {
             "fingerprint": self.alert.fingerprint,

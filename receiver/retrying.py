@@ -13,6 +13,9 @@ tenacity:
   done or the timeout passes, with the injected clock deciding.
 - ``transient_status(status)``: the one rule for HTTP answers worth retrying
   (429 and 5xx).
+- ``Doubling``: the waits of a loop that never gives up (a delivery loop while
+  its store is down, the supervisor restarting a worker): doubled after each
+  failure up to a cap, back to the first after a success.
 """
 
 from __future__ import annotations
@@ -88,6 +91,33 @@ def backoff(policy: RetryPolicy, attempt: int) -> float:
     """A jittered, capped exponential delay after try ``attempt`` (0-based)."""
     ceiling = min(policy.multiplier * 2**attempt, policy.cap)
     return random.uniform(0, ceiling)  # noqa: S311 (jitter, not a secret)
+
+
+@dataclass
+class Doubling:
+    """Waits for a loop that keeps trying: ``first``, doubled per failure to ``cap``.
+
+    ``current`` is the wait the loop is at; ``failed()`` returns it and doubles
+    the next one; ``reset()`` after a success starts again from ``first``.
+    """
+
+    first: float = 0.5
+    cap: float = 10.0
+    current: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        """Start at ``first``."""
+        self.current = self.first
+
+    def failed(self) -> float:
+        """The wait before the next try; the one after that is twice as long."""
+        wait = self.current
+        self.current = min(self.current * 2, self.cap)
+        return wait
+
+    def reset(self) -> None:
+        """A try succeeded: the next failure waits ``first`` again."""
+        self.current = self.first
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,12 @@ from receiver.retrying import Sleep
 from receiver.rulebook.loader import Rulebook
 from receiver.settings import Settings
 from receiver.sinks import Sink, build_sinks, scrubber
+from receiver.sinks.announce import (
+    PagerDutyEscalator,
+    SinkAnnouncer,
+    build_announcer,
+    build_escalator,
+)
 from receiver.sources.alertmanager_api import AlertmanagerApi
 from receiver.sources.caps import AlertCaps
 from receiver.steps import build_executors
@@ -74,6 +80,16 @@ class Runtime:
             transport=transport,
             sleep=sleep,
         )
+
+    def announcer(self) -> SinkAnnouncer | None:
+        """What posts incident news to the sinks the settings name, if any."""
+        s = self.settings
+        return build_announcer(s.sinks, s.pagerduty, s.slack, secrets=self.secrets)
+
+    def escalator(self) -> PagerDutyEscalator | None:
+        """What escalates incidents in PagerDuty (with an API token and From)."""
+        s = self.settings
+        return build_escalator(s.sinks, s.pagerduty, secrets=self.secrets)
 
     def open_store(self, url: str | None = None, *, reclaim: bool = True) -> Store:
         """The state store (``url`` overrides the setting, e.g. ``--store``)."""

@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import structlog
 from aiohttp import web
 
+from receiver.retrying import Doubling
+
 log = structlog.get_logger("receiver.supervisor")
 
 FIRST_BACKOFF = 0.5
@@ -74,7 +76,7 @@ class WorkerSupervisor:
         self._task = asyncio.create_task(self._keep_running(), name="supervisor")
 
     async def _keep_running(self) -> None:
-        backoff = FIRST_BACKOFF
+        waits = Doubling(first=FIRST_BACKOFF, cap=MAX_BACKOFF)
         while not self._stopping.is_set():
             started = time.monotonic()
             self._proc = await asyncio.create_subprocess_exec(
@@ -86,17 +88,17 @@ class WorkerSupervisor:
             if self._stopping.is_set():
                 return
             if time.monotonic() - started >= HEALTHY_AFTER:
-                backoff = FIRST_BACKOFF
+                waits.reset()
+            wait = waits.failed()
             log.error(
                 "worker_exited",
                 pid=self._proc.pid,
                 code=code,
                 detail="the journal keeps its unfinished entries; a new worker "
                 "takes them up",
-                restart_in=backoff,
+                restart_in=wait,
             )
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
+            await asyncio.sleep(wait)
 
     async def stop(self) -> None:
         """Stop the child (SIGTERM, then SIGKILL after ``STOP_GRACE``)."""

@@ -57,6 +57,7 @@ class RecordingServer:
         self.requests: list[Request] = []
         self._routes: list[tuple[str, re.Pattern[str], Responder]] = []
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -72,8 +73,9 @@ class RecordingServer:
                     f"{self.client_address[0]}:{self.client_address[1]}",
                     time.time(),
                 )
-                with server._lock:
+                with server._arrived:
                     server.requests.append(request)
+                    server._arrived.notify_all()
                 reply = server._answer(request)
                 if reply.delay:
                     time.sleep(reply.delay)
@@ -140,6 +142,24 @@ class RecordingServer:
                 for r in self.requests
                 if r.method == method and pattern.fullmatch(r.path)
             ]
+
+    def wait_for(self, method: str, path: str, count: int, timeout: float) -> bool:
+        """Block until ``count`` requests matched ``method`` and ``path``; or time out.
+
+        Woken by each arriving request, never by a timer; says whether they came.
+        """
+        pattern = re.compile(path)
+
+        def arrived() -> bool:
+            matching = (
+                r
+                for r in self.requests
+                if r.method == method and pattern.fullmatch(r.path)
+            )
+            return sum(1 for _ in matching) >= count
+
+        with self._arrived:
+            return self._arrived.wait_for(arrived, timeout)
 
     def __enter__(self) -> Self:
         self._thread.start()

@@ -169,3 +169,44 @@ async def test_a_restarted_receiver_reuses_diagnostics_from_its_store_file(
         await client.close()
     assert runs[0].runs, "the first receiver ran the diagnostics"
     assert runs[1].runs == [], "the restarted receiver ran them again"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[]",
+        '{"kind": "diagnostic"}',
+        json.dumps(
+            {
+                "kind": "diagnostic",
+                "type": "k8s.pods",
+                "target": "t",
+                "decision": "maybe",
+                "reason": "r",
+            }
+        ),
+        json.dumps(
+            {
+                "kind": "diagnostic",
+                "type": "k8s.pods",
+                "target": "t",
+                "decision": "executed",
+                "reason": "r",
+                "result": ["not", "an", "object"],
+            }
+        ),
+    ],
+    ids=["text", "array", "missing", "decision", "result"],
+)
+async def test_a_damaged_cache_entry_is_not_reused(text, tmp_path):
+    """An entry that does not decode is ignored: the diagnostic runs again."""
+    cache = SqliteDiagnosticsCache(str(tmp_path / "receiver.db"))
+    clock = TickingClock()
+    try:
+        await cache.remember("key", clock(), text, WINDOW)
+        assert await cache.recall("key") is not None
+        reuse = DiagnosticsReuse(WINDOW, clock, cache=cache)
+        assert await reuse.get("key") is None
+    finally:
+        await cache.close()

@@ -308,6 +308,40 @@ async def test_escalator_reports_pagerduty_errors_without_raising(server):
     assert API_TOKEN not in outcome
 
 
+async def test_escalator_status_changes_report_failures_as_lines(server):
+    """Acknowledge/resolve: a refusal or no answer at all is a `failed:` line."""
+    server.script("PUT", r"/incidents/P403", Reply(403, {"error": {"message": "no"}}))
+    server.script("PUT", r"/incidents/POK", Reply(200, {"incident": {}}))
+    reachable = PagerDutyEscalator(
+        Deliverer(httpx.AsyncClient()),
+        api_url=server.url,
+        token=API_TOKEN,
+        from_email="r@example.com",
+    )
+    nobody = PagerDutyEscalator(
+        Deliverer(httpx.AsyncClient()),
+        api_url="http://127.0.0.1:1",
+        token=API_TOKEN,
+        from_email="r@example.com",
+    )
+    try:
+        refused = await reachable.set_status("P403", "resolved")
+        taken = await reachable.set_status("POK", "acknowledged")
+        unreachable = await nobody.set_status("P1", "resolved")
+        not_escalated = await nobody.escalate("P1", 2, "P0")
+    finally:
+        await reachable.aclose()
+        await nobody.aclose()
+    assert refused.startswith("failed: PagerDuty answered HTTP 403")
+    assert taken == "POK acknowledged"
+    assert [p.body for p in server.seen("PUT", "/incidents/POK")] == [
+        b'{"incident":{"type":"incident_reference","status":"acknowledged"}}'
+    ]
+    for line in (unreachable, not_escalated):
+        assert line.startswith("failed: "), line
+        assert API_TOKEN not in line
+
+
 def test_no_announcer_without_configured_text_sinks():
     """With no Slack, webhook or PagerDuty note configured there is no announcer."""
     settings = full_settings()

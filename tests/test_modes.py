@@ -29,6 +29,7 @@ from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
 from receiver.settings import Settings
 from receiver.sinks.render import render_note
+from receiver.sources import alertmanager
 from receiver.store import MemoryStore
 
 
@@ -60,7 +61,7 @@ def processor(mode: str, clock, executor, reuse: timedelta = timedelta(0)):
 
 def api_down(**annotations: str) -> list[Alert]:
     body = json.dumps(example("alertmanager/sark-api-down.firing.json")).encode()
-    alerts = Processor.alerts(None, "alertmanager", body, None)  # type: ignore[arg-type]
+    alerts = alertmanager.from_body(body)
     if annotations:
         alerts = [
             replace(a, annotations=freeze({**a.annotations, **annotations}))

@@ -33,6 +33,7 @@ RULES = Path(__file__).resolve().parents[1] / "rules"
 PACK = """\
 playbooks:
   app-down:
+    description: The app is down.
     params:
       namespace: {type: namespace, default: "{labels.namespace}"}
       app: {type: k8s_name, default: "{labels.app|api}"}
@@ -60,12 +61,14 @@ rules:
     match: ['alertname="AppDown"']
     playbook: app-down
     with: {namespace: production, app: api, job: 'we"ird.job'}
-    as: app-down-production
+    as: &production
+      name: app-down-production
+      description: The app is down in production.
   - name: also-fixed
     match: ['alertname="AppDownAgain"']
     playbook: app-down
     with: {namespace: production, app: api, job: 'we"ird.job'}
-    as: app-down-production
+    as: *production
 """
 
 
@@ -97,6 +100,14 @@ def test_each_binding_is_a_playbook_under_its_name(book):
         assert playbook.params == {}
         for step in playbook.diagnostics:
             assert "{params." not in step.model_dump_json()
+
+
+def test_a_binding_may_describe_itself_and_the_playbook_keeps_its_own(book):
+    """`as: {name, description}` replaces the description of that binding only."""
+    assert book.playbooks["app-down-production"].description == (
+        "The app is down in production."
+    )
+    assert book.playbooks["app-down"].description == "The app is down."
 
 
 def test_a_playbook_with_a_required_param_and_no_rule_is_not_runnable(book):
@@ -208,3 +219,27 @@ def test_the_runbook_pack_binds_playbooks_1_and_5_three_ways():
     assert (undo["namespace"], undo["deployment"]) == ("production", "sark")
     splunk = book.playbooks["siem-down-splunk"]
     assert splunk.remediation[0].model_dump()["breaker"] == "splunk"
+
+
+def test_the_runbook_bindings_describe_their_variant():
+    """Each bound copy of Playbooks 1 and 5 says which variant it is in traces."""
+    book = load_rulebook([RULES])
+    described = {
+        name: book.playbooks[name].description
+        for name in (
+            "api-down",
+            "api-down-sark",
+            "api-down-production",
+            "siem-down-splunk",
+            "siem-down-datadog",
+        )
+    }
+    assert described["api-down"].startswith("Playbook 1, SARK API completely down")
+    assert described["api-down-sark"].startswith(
+        "Playbook 1 for alerts that do not name the deployment"
+    )
+    assert described["api-down-production"].startswith(
+        "Playbook 1 for pages that carry no Kubernetes labels"
+    )
+    assert "the Splunk forwarder" in described["siem-down-splunk"]
+    assert "the Datadog forwarder" in described["siem-down-datadog"]

@@ -118,11 +118,11 @@ def test_kill_9_worker_mid_burst_loses_nothing_and_doubles_nothing(tmp_path, kin
 
             async def burst_and_kill() -> dict[int, str]:
                 task = asyncio.create_task(_burst(rx.url, list(range(BURST))))
-                deadline = asyncio.get_running_loop().time() + 30
-                while sum(hook.snapshot().values()) < 100:
-                    if asyncio.get_running_loop().time() > deadline:
-                        break
-                    await asyncio.sleep(0.01)
+                # Mid-burst: once the worker has run 100 remediations.
+                ran = await asyncio.to_thread(
+                    hook.wait_for, "POST", f"{hook.prefix}/run/.*", 100, 30
+                )
+                assert ran, "the worker ran fewer than 100 remediations in 30s"
                 os.kill(worker, signal.SIGKILL)
                 return await task
 

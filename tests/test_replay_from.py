@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import httpx
+from fakes import RecordingServer, Reply
 from peers import run_receiver
 
 from receiver.cli import main
@@ -52,3 +53,16 @@ def test_replay_from_bad_reference(capsys):
     """A reference that is not BASE_URL/ID is a clear usage error (exit 2)."""
     assert main(["replay", "--from", "not-a-url"]) == 2
     assert "expected BASE_URL/PAYLOAD_ID" in capsys.readouterr().err
+
+
+def test_replay_from_an_unreachable_or_refusing_receiver(capsys):
+    """No receiver there, or one answering 404: exit 2 with what went wrong."""
+    assert main(["replay", "--from", "http://127.0.0.1:1/abc"]) == 2
+    assert "--from http://127.0.0.1:1/abc: cannot reach the receiver" in (
+        capsys.readouterr().err
+    )
+    with RecordingServer() as server:
+        server.script("GET", "/api/v1/payloads/gone", Reply(404, {"title": "none"}))
+        assert main(["replay", "--from", f"{server.url}/gone"]) == 2
+        assert [r.path for r in server.requests] == ["/api/v1/payloads/gone"]
+    assert f"--from {server.url}/gone: HTTP 404: " in capsys.readouterr().err

@@ -8,6 +8,7 @@ import pytest
 
 from receiver.errors import PermanentStepError, TransientStepError
 from receiver.retrying import (
+    Doubling,
     RetryPolicy,
     backoff,
     poll_until,
@@ -177,3 +178,13 @@ async def test_a_permanent_failure_ends_polling():
             transient=str,
             sleep=no_sleep,
         )
+
+
+def test_a_loop_that_keeps_trying_doubles_its_wait_to_the_cap_and_resets():
+    """Doubling: first, twice, ... capped; a success starts again from first."""
+    waits = Doubling(first=0.5, cap=3.0)
+    assert [waits.failed() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert waits.current == 3.0
+    waits.reset()
+    assert waits.failed() == 0.5
+    assert waits.current == 1.0

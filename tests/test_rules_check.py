@@ -176,6 +176,16 @@ BAD_CASES: dict[str, tuple[str | None, str, str]] = {
         "rules[0].as",
         "'param-as-names-another-playbook-events' is already a playbook's name",
     ),
+    "param_binding_described_twice.yaml": (
+        "by-title",
+        "rules[1].as.description",
+        "rule by-key describes 'production-pods' otherwise",
+    ),
+    "param_binding_description_unknown_field.yaml": (
+        "typo-in-as",
+        "rules[0].as.descripton",
+        "unknown field",
+    ),
     "template_default_outside_its_slot.yaml": (
         None,
         "playbooks.template-default-outside-its-slot.diagnostics[0].namespace",
@@ -346,3 +356,91 @@ def test_several_errors_in_one_file_all_reported(tmp_path, capsys):
     assert any("rule 'a'" in line and "bad matcher format" in line for line in lines)
     assert any("rule 'b'" in line and "unknown playbook" in line for line in lines)
     assert any("rule 'c'" in line and "severity" in line for line in lines)
+
+
+PARAMS_ALL_WRONG = """\
+playbooks:
+  pods:
+    params:
+      namespace: {type: namespace}
+      replicas: {type: text, default: "3"}
+    diagnostics:
+      - type: k8s.pods
+        namespace: "{params.namespace}"
+        workload: "{params.app}"
+rules:
+  - name: first
+    match: ['alertname="X"']
+    playbook: pods
+  - name: second
+    match: ['alertname="Y"']
+    playbook: pods
+    with: {namespace: production}
+    as: pods-production
+"""
+
+
+def test_unused_undeclared_and_missing_params_are_reported_together(tmp_path, capsys):
+    """Each parameter problem of a pack is its own line with rule and field."""
+    path = tmp_path / "params.yaml"
+    path.write_text(PARAMS_ALL_WRONG, encoding="utf-8")
+    assert main(["rules", "check", str(path)]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    users = "rule 'first, second'"
+    assert sorted(lines) == sorted(
+        [
+            (
+                f"error: {path}: {users}: playbooks.pods.diagnostics[0].workload: "
+                "{params.app} names no declared parameter (declared: namespace, "
+                "replicas); add it under params"
+            ),
+            (
+                f"error: {path}: {users}: playbooks.pods.params.replicas: "
+                "parameter is never used by a step; remove it"
+            ),
+        ]
+    ), "a broken playbook is not bound, so its rules report nothing more"
+    path.write_text(
+        PARAMS_ALL_WRONG.replace("{params.app}", "api").replace(
+            '      replicas: {type: text, default: "3"}\n', ""
+        ),
+        encoding="utf-8",
+    )
+    assert main(["rules", "check", str(path)]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"error: {path}: rule 'first': rules[0].with.namespace: missing: the "
+        "parameter has no default"
+    ), "the rule passing it is fine; only the one forgetting it is named"
+
+
+def test_params_used_only_by_a_verify_or_a_list_field_are_used(tmp_path, capsys):
+    """A parameter that fills a verify check or a list item is not reported unused."""
+    path = tmp_path / "verify.yaml"
+    path.write_text(
+        """\
+playbooks:
+  breaker:
+    params:
+      siem: {type: redis_key_part, default: splunk}
+      namespace: {type: namespace, default: production}
+    diagnostics:
+      - type: redis.get
+        keys: ["circuit:{params.siem}:state"]
+    remediation:
+      - type: redis.reset_circuit_breaker
+        breaker: splunk
+        verify:
+          type: prometheus.query
+          query: sum(up{namespace="{params.namespace}"})
+          condition: "> 0"
+          timeout: 1m
+rules:
+  - name: r
+    match: ['alertname="X"']
+    playbook: breaker
+""",
+        encoding="utf-8",
+    )
+    assert main(["rules", "check", str(path)]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.startswith("ok: 1 rules, 1 playbooks")

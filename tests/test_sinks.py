@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 import structlog
-from conftest import Ticking, flat_settings
+from conftest import Ticking, flat_settings, journal_drained
 from fakes import RecordingServer, Reply, events_api, pagerduty_api
 from peers import poll, run_alertmanager, run_redis
 
-from receiver.app import create_app
+from receiver.app import SINKS, create_app
 from receiver.model import (
     Alert,
     AlertTrace,
@@ -943,17 +943,11 @@ async def test_the_worker_hands_decisions_to_sinks_without_waiting(
             r = await client.get("/api/v1/decisions", params={"payload_id": pid})
             return (await r.json())["decisions"]
 
-        for _ in range(200):
-            if await records(payload_id):
-                break
-            await asyncio.sleep(0.01)
+        await journal_drained(store)
         assert await records(payload_id)
         assert await records(f"{payload_id}.sinks") == []  # Slack is still busy
-        for _ in range(300):
-            if found := await records(f"{payload_id}.sinks"):
-                break
-            await asyncio.sleep(0.01)
-        (record,) = found
+        await app[SINKS].drain()
+        (record,) = await records(f"{payload_id}.sinks")
         assert {(o["sink"], o["status"]) for o in record["sinks"]} == {
             ("slack", "sent"),
             ("webhook", "sent"),
@@ -1078,6 +1072,7 @@ async def test_sink_deliveries_are_counted_per_sink_and_outcome(
 
     pd.script("POST", "/hook", Reply(500, "down"))
     rules = load_rulebook([web_rules])
+    store = MemoryStore()
     app = create_app(
         build_runtime(
             full_settings(
@@ -1089,7 +1084,7 @@ async def test_sink_deliveries_are_counted_per_sink_and_outcome(
             )
         ),
         rulebook=rules,
-        store=MemoryStore(),
+        store=store,
         clock=Ticking(NOW),
     )
     client = await aiohttp_client(app)
@@ -1119,11 +1114,9 @@ async def test_sink_deliveries_are_counted_per_sink_and_outcome(
     headers = {"Authorization": f"Bearer {TOKEN}"}
     resp = await client.post("/webhooks/alertmanager", json=body, headers=headers)
     assert resp.status == 202
-    for _ in range(500):
-        after = counts(await (await client.get("/metrics")).text())
-        if after[("webhook", "failed")] and after[("slack", "sent")]:
-            break
-        await asyncio.sleep(0.01)
+    await journal_drained(store)
+    await app[SINKS].drain()
+    after = counts(await (await client.get("/metrics")).text())
     assert after[("webhook", "failed")] == 1
     assert after[("slack", "sent")] == 1
     assert after[("webhook", "sent")] == 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -391,5 +392,46 @@ async def test_a_sink_that_keeps_failing_is_parked_and_counted(tmp_path):
     assert await d.counts() == (0, 1)
     assert counts[-1] == (0, 1)
     assert row_id(trace("p1"), 0) == "p1:0:fp1"
+    await d.aclose()
+    await store.close()
+
+
+def _damaged(**change: object) -> str:
+    """A kept trace with one field of one step, match or alert made wrong."""
+    data = json.loads(encode_trace(trace("p1")))
+    for path, value in change.items():
+        *parents, name = path.split("__")
+        node = data
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        node[name] = value
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "{}",
+        _damaged(matches__0__severity="P9"),
+        _damaged(matches__0__steps__0__request=[1, 2]),
+        _damaged(matches__0__steps__0__decision="maybe"),
+        _damaged(alert__source="carrier-pigeon"),
+        _damaged(alert__labels={"alertname": 7}),
+    ],
+    ids=["text", "empty", "severity", "request", "decision", "source", "label"],
+)
+async def test_a_damaged_row_is_parked_and_never_sent(text, tmp_path):
+    """A row whose trace does not decode is set aside; no sink is contacted."""
+    with pytest.raises(ValueError, match="validation error"):
+        decode_trace(text)
+    store = MemoryStore()
+    sink = Recording()
+    outbox = SqliteOutbox(str(tmp_path / "r.db"))
+    d = make(sink, store, outbox, Ticking(NOW))
+    await outbox.put([("p1:0:fp1", "owner", text, ("hook",))], NOW)
+    await d.drain()
+    assert sink.sent == []
+    assert await d.counts() == (0, 1)
     await d.aclose()
     await store.close()

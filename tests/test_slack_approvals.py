@@ -21,19 +21,20 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from conftest import bearer, full_settings
+from conftest import bearer, full_settings, journal_drained
 from counting import CountingServer
 from fakes import RecordingServer, Reply, Request
 from pydantic import SecretStr
 
-from receiver.app import create_app
+from receiver.app import SINKS, create_app
 from receiver.rulebook.loader import load_rulebook
 from receiver.rulebook.schema import Approvers
 from receiver.runtime import build_runtime
 from receiver.steps.http import HttpExecutor
 from receiver.store import MemoryStore
+from receiver.store.handles import JournalEntry
 from receiver.web.approvals import NotOnCallError, OnCall, admitted
-from receiver.web.slack import verify_signature
+from receiver.web.slack import SLACK, verify_signature
 
 SECRET = "slack-signing-secret-for-tests"
 T0 = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
@@ -184,42 +185,29 @@ class Slack:
             headers=bearer(),
         )
         assert resp.status == 202, await resp.text()
-        for _ in range(1000):
-            for approval in await self.store.approvals("pending"):
-                if approval.request["fingerprint"] == fingerprint:
-                    await self.sent_to_slack(approval.id)
-                    return approval.id
-            await asyncio.sleep(0.01)
-        pytest.fail("no approval was requested")
-
-    async def sent_to_slack(self, approval_id: str) -> None:
-        """Wait (bounded) for the Slack sink to post the message with the buttons."""
-        for _ in range(1000):
-            posted = [
-                r
-                for r in self.side.seen("POST", "/slack/webhook")
-                if f"approval:{approval_id}" in r.body.decode()
-            ]
-            if posted:
-                return
-            await asyncio.sleep(0.01)
-        pytest.fail("the Slack message with the buttons never arrived")
+        await journal_drained(self.store)
+        (approval_id,) = [
+            approval.id
+            for approval in await self.store.approvals("pending")
+            if approval.request["fingerprint"] == fingerprint
+        ]
+        await self.client.app[SINKS].drain()
+        assert any(
+            f"approval:{approval_id}" in r.body.decode()
+            for r in self.side.seen("POST", "/slack/webhook")
+        ), "the Slack message with the buttons was not posted"
+        return approval_id
 
     async def settled(self) -> None:
         """Wait until the journal is drained (bounded)."""
-        for _ in range(1000):
-            if await self.store.pending() == (0, None):
-                return
-            await asyncio.sleep(0.01)
-        pytest.fail("the journal never drained")
+        await journal_drained(self.store)
 
     async def response(self, text: str) -> dict[str, Any]:
-        """Wait (bounded) for a response_url post whose text contains ``text``."""
-        for _ in range(1000):
-            for request in self.side.seen("POST", "/respond/.*"):
-                if text in request.body.decode():
-                    return request.json()
-            await asyncio.sleep(0.01)
+        """The response_url post saying ``text``, once every update has been sent."""
+        await self.client.app[SLACK].idle()
+        for request in self.side.seen("POST", "/respond/.*"):
+            if text in request.body.decode():
+                return request.json()
         pytest.fail(f"no response_url post saying {text!r}")
 
 
@@ -418,6 +406,17 @@ async def test_concurrent_presses_apply_the_approval_once(slack):
     await slack.response("ran: executed")
     await slack.settled()
     assert slack.hook.snapshot() == {"/run/fp-race": 1}
+
+
+async def test_an_outcome_not_decided_within_the_wait_says_where_to_look(slack):
+    """The message update names the decisions query when the worker is not done."""
+    approval_id = await slack.fire("Restart", "fp-slow")
+    interactions = slack.client.app[SLACK]
+    interactions._outcome_wait = timedelta(0)
+    entry = JournalEntry("undecided", "alertmanager", T0, b"{}")
+    assert await interactions._outcome(approval_id, entry) == (
+        "outcome not decided yet; see GET /api/v1/decisions?payload_id=undecided"
+    )
 
 
 def test_signature_checks_are_exact():

@@ -18,7 +18,13 @@ from hypothesis import strategies as st
 
 from receiver.errors import InputError
 from receiver.model import Alert
-from receiver.sources import alertmanager, events_v2, pagerduty, parse_json
+from receiver.sources import (
+    alertmanager,
+    body_alerts,
+    events_v2,
+    pagerduty,
+    parse_json,
+)
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 SETTINGS = settings(
@@ -312,3 +318,26 @@ def test_lone_surrogate_is_named(where, prefix, surrogate):
     with pytest.raises(InputError) as caught:
         alertmanager.from_body(body)
     assert caught.value.errors[0]["pointer"] == pointer
+
+
+@pytest.mark.parametrize(
+    ("source", "base"),
+    [("alertmanager", AM_BASE), ("pagerduty", PD_BASE), ("events_v2", EV_BASE)],
+)
+def test_a_stored_body_is_parsed_by_its_own_source(source, base):
+    """body_alerts gives what that source's parser gives; not JSON is an InputError."""
+    body = json.dumps(base).encode()
+    names = ("alertmanager", "pagerduty", "events_v2")
+    by_source = dict(zip(names, _parsers(base), strict=True))
+    assert body_alerts(source, body, NOW) == by_source[source]
+    with pytest.raises(InputError, match="JSON"):
+        body_alerts(source, b"{not json", NOW)
+
+
+def test_a_stored_pagerduty_body_takes_its_alertname_from_the_setting():
+    """The PagerDuty alertname comes from the field the settings name."""
+    body = json.dumps(PD_BASE).encode()
+    (titled,) = body_alerts("pagerduty", body, NOW)
+    (by_id,) = body_alerts("pagerduty", body, NOW, alertname_from="incident_id")
+    assert titled.labels["alertname"] == "t"
+    assert by_id.labels["alertname"] == "P"

@@ -12,9 +12,13 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from receiver.errors import InputError
 from receiver.model import AlertTrace, Decision, MatchTrace
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_RULES = [Path("rules")]
 
@@ -123,37 +127,35 @@ def retry_all(args: argparse.Namespace) -> int:
 
 def _retry(ref: str) -> str:
     """Queue a parked entry again in a running receiver."""
-    import httpx  # noqa: PLC0415
-
-    base, payload_id, headers = _api(ref)
-    try:
-        response = httpx.post(
-            f"{base}/api/v1/parked/{payload_id}/retry", headers=headers, timeout=10
-        )
-    except httpx.HTTPError as exc:
-        raise InputError(f"--from {ref}: cannot reach the receiver: {exc}") from exc
-    if response.status_code != 202:
-        detail = response.text[:300]
-        raise InputError(f"--from {ref}: HTTP {response.status_code}: {detail}")
+    payload_id, _ = _call(ref, "POST", "/api/v1/parked/{id}/retry", 202)
     return f"queued parked entry {payload_id} again"
 
 
 def _fetch(ref: str) -> bytes:
     """A stored payload from a running receiver's API, as it was received."""
+    _, response = _call(ref, "GET", "/api/v1/payloads/{id}", 200)
+    payload = response.json().get("payload")
+    return json.dumps(payload).encode()
+
+
+def _call(ref: str, method: str, path: str, expect: int) -> tuple[str, httpx.Response]:
+    """``method path`` (``{id}`` the payload id ``ref`` names) on a running receiver.
+
+    Raises:
+        InputError: the receiver cannot be reached or answers other than ``expect``.
+    """
     import httpx  # noqa: PLC0415
 
     base, payload_id, headers = _api(ref)
+    url = base + path.format(id=payload_id)
     try:
-        response = httpx.get(
-            f"{base}/api/v1/payloads/{payload_id}", headers=headers, timeout=10
-        )
+        response = httpx.request(method, url, headers=headers, timeout=10)
     except httpx.HTTPError as exc:
         raise InputError(f"--from {ref}: cannot reach the receiver: {exc}") from exc
-    if response.status_code != 200:
+    if response.status_code != expect:
         detail = response.text[:300]
         raise InputError(f"--from {ref}: HTTP {response.status_code}: {detail}")
-    payload = response.json().get("payload")
-    return json.dumps(payload).encode()
+    return payload_id, response
 
 
 _MARK = {

@@ -24,7 +24,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from receiver.engine.guards import GuardDefaults, GuardKeeper
 from receiver.engine.journaling import alert_states
@@ -32,9 +31,16 @@ from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor
 from receiver.errors import InputError
-from receiver.model import Alert, StepResult
+from receiver.model import (
+    Alert,
+    JSONObject,
+    JSONValue,
+    StepResult,
+    json_objects,
+    json_strings,
+)
 from receiver.rulebook.loader import Rulebook
-from receiver.rulebook.steps import REGISTRY
+from receiver.rulebook.steps import REGISTRY, StepModel, Verify
 from receiver.store import MemoryStore
 from receiver.store.base import JournalEntry, Store
 
@@ -60,12 +66,12 @@ class SimulatedExecutor:
     family: str
     calls: list[tuple[str, str]] = field(default_factory=list)
 
-    async def run(self, step: Any, alert: Alert) -> StepResult:
+    async def run(self, step: StepModel, alert: Alert) -> StepResult:
         """Record the step and report success."""
         self.calls.append((step.type_name(), alert.fingerprint))
         return StepResult(ok=True, reason=f"simulated {step.type_name()}")
 
-    async def verify(self, check: Any, step: Any, alert: Alert) -> StepResult:
+    async def verify(self, check: Verify, step: StepModel, alert: Alert) -> StepResult:
         """Every verification passes."""
         del check, step, alert
         return StepResult(ok=True, reason="verified: simulated")
@@ -116,7 +122,7 @@ class Simulation:
             store=self._store,
         )
 
-    async def feed(self, entry: JournalEntry) -> list[dict[str, Any]]:
+    async def feed(self, entry: JournalEntry) -> list[JSONObject]:
         """Decide one stored payload at its arrival time; its trace records."""
         clock = self._clock
         clock.set(entry.received_at)
@@ -143,7 +149,7 @@ async def simulate(
     namespaces: tuple[str, ...] | None = None,
     alertname_from: str = "title",
     executors: Mapping[str, Executor] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[JSONObject]:
     """Decide ``entries`` (oldest first) in execute mode; the trace records.
 
     ``executors`` default to a ``SimulatedExecutor`` per family.
@@ -158,7 +164,7 @@ async def simulate(
         alertname_from=alertname_from,
         executors=executors,
     )
-    records: list[dict[str, Any]] = []
+    records: list[JSONObject] = []
     try:
         for entry in entries:
             records += await simulation.feed(entry)
@@ -204,7 +210,7 @@ async def compare_bounded(
         )
         for rules in (baseline, new)
     ]
-    results: list[list[dict[str, Any]]] = [[], []]
+    results: list[list[JSONObject]] = [[], []]
     replayed = 0
     stopped = False
     try:
@@ -222,32 +228,58 @@ async def compare_bounded(
     return Bounded(compare(*results, payloads=replayed), replayed, stopped=stopped)
 
 
-def summarise(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+Record = Mapping[str, JSONValue]
+
+
+@dataclass(frozen=True)
+class MatchSummary:
+    """What matters in one match of a trace record, step decisions as text."""
+
+    rule: str
+    severity: str
+    playbook: str
+    steps: tuple[str, ...]
+
+    def to_json(self) -> JSONObject:
+        """JSON form (``--json``)."""
+        return {
+            "rule": self.rule,
+            "severity": self.severity,
+            "playbook": self.playbook,
+            "steps": list(self.steps),
+        }
+
+
+def _text(value: JSONValue | None) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def summarise(record: Record) -> tuple[MatchSummary, ...]:
     """What matters in a trace record: rules, severities, playbooks, step decisions."""
-    return [
-        {
-            "rule": m.get("rule"),
-            "severity": m.get("severity"),
-            "playbook": m.get("playbook"),
-            "steps": [
+    return tuple(
+        MatchSummary(
+            rule=_text(m.get("rule")),
+            severity=_text(m.get("severity")),
+            playbook=_text(m.get("playbook")),
+            steps=tuple(
                 f"{s.get('name') or s.get('type')} on {s.get('target')}: "
                 f"{s.get('decision')}" + (f" ({s['guard']})" if s.get("guard") else "")
-                for s in m.get("steps", [])
-            ],
-        }
-        for m in record.get("matches", [])
-    ]
+                for s in json_objects(m.get("steps"))
+            ),
+        )
+        for m in json_objects(record.get("matches"))
+    )
 
 
-def _key(record: Mapping[str, Any]) -> tuple[str, str]:
+def _key(record: Record) -> tuple[str, str]:
     return str(record.get("payload_id", "")), str(record.get("fingerprint", ""))
 
 
-def _executed(records: Iterable[Mapping[str, Any]]) -> Counter[str]:
+def _executed(records: Iterable[Record]) -> Counter[str]:
     runs: Counter[str] = Counter()
     for record in records:
-        for match in record.get("matches", []):
-            for step in match.get("steps", []):
+        for match in json_objects(record.get("matches")):
+            for step in json_objects(match.get("steps")):
                 if step.get("kind") != "remediation":
                     continue
                 if step.get("decision") != "executed":
@@ -258,23 +290,61 @@ def _executed(records: Iterable[Mapping[str, Any]]) -> Counter[str]:
 
 
 @dataclass(frozen=True)
+class Example:
+    """One alert decided differently: its summaries under each rule set."""
+
+    payload_id: str
+    fingerprint: str
+    alertname: str
+    baseline: tuple[MatchSummary, ...]
+    new: tuple[MatchSummary, ...]
+
+    def to_json(self) -> JSONObject:
+        """JSON form (``--json``)."""
+        return {
+            "payload_id": self.payload_id,
+            "fingerprint": self.fingerprint,
+            "alertname": self.alertname,
+            "baseline": [m.to_json() for m in self.baseline],
+            "new": [m.to_json() for m in self.new],
+        }
+
+
+@dataclass(frozen=True)
+class Moved:
+    """A remediation that would run a different number of times."""
+
+    remediation: str
+    baseline: int
+    new: int
+
+    def to_json(self) -> JSONObject:
+        """JSON form (``--json``)."""
+        return {
+            "remediation": self.remediation,
+            "baseline": self.baseline,
+            "new": self.new,
+        }
+
+
+@dataclass(frozen=True)
 class Report:
     """The difference between two simulated rule sets."""
 
     payloads: int
     alerts: int
     changed: int
-    examples: list[dict[str, Any]]
-    remediations: list[dict[str, Any]]
+    examples: list[Example]
+    remediations: list[Moved]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         """JSON form (``--json``)."""
         return {
             "payloads": self.payloads,
             "alerts": self.alerts,
             "changed_alerts": self.changed,
-            "examples": self.examples,
-            "remediations": self.remediations,
+            "examples": [e.to_json() for e in self.examples],
+            "remediations": [r.to_json() for r in self.remediations],
         }
 
     def lines(self) -> list[str]:
@@ -287,62 +357,61 @@ class Report:
         ]
         for example in self.examples:
             out.append(
-                f"- payload {example['payload_id']} alert "
-                f"{example['alertname'] or example['fingerprint']}:"
+                f"- payload {example.payload_id} alert "
+                f"{example.alertname or example.fingerprint}:"
             )
-            out.append(f"    baseline: {_brief(example['baseline'])}")
-            out.append(f"    new:      {_brief(example['new'])}")
+            out.append(f"    baseline: {_brief(example.baseline)}")
+            out.append(f"    new:      {_brief(example.new)}")
         if self.changed > len(self.examples):
             out.append(f"... {self.changed - len(self.examples)} more")
         if self.remediations:
             out.append("Remediations that would run a different number of times:")
             out += [
-                f"- {r['remediation']}: {r['baseline']} -> {r['new']}"
-                for r in self.remediations
+                f"- {r.remediation}: {r.baseline} -> {r.new}" for r in self.remediations
             ]
         else:
             out.append("Remediations would run as often as before.")
         return out
 
 
-def _brief(summary: Sequence[Mapping[str, Any]]) -> str:
+def _brief(summary: Sequence[MatchSummary]) -> str:
     if not summary:
         return "no rule matched"
     return "; ".join(
-        f"{m['rule']} {m['severity']} -> {m['playbook']}"
-        + (f" [{', '.join(m['steps'])}]" if m["steps"] else "")
+        f"{m.rule} {m.severity} -> {m.playbook}"
+        + (f" [{', '.join(m.steps)}]" if m.steps else "")
         for m in summary
     )
 
 
 def compare(
-    baseline: Sequence[Mapping[str, Any]],
-    new: Sequence[Mapping[str, Any]],
+    baseline: Sequence[Record],
+    new: Sequence[Record],
     *,
     payloads: int,
 ) -> Report:
     """Alerts decided differently, and remediation counts that moved."""
     before = {_key(r): r for r in baseline}
     after = {_key(r): r for r in new}
-    changed: list[dict[str, Any]] = []
+    changed: list[Example] = []
     for key in sorted(before.keys() | after.keys()):
         old_summary = summarise(before.get(key, {}))
         new_summary = summarise(after.get(key, {}))
         if old_summary != new_summary:
             record = before.get(key) or after.get(key) or {}
-            labels = record.get("labels", {})
+            labels = json_strings(record.get("labels"))
             changed.append(
-                {
-                    "payload_id": key[0],
-                    "fingerprint": key[1],
-                    "alertname": labels.get("alertname", ""),
-                    "baseline": old_summary,
-                    "new": new_summary,
-                }
+                Example(
+                    payload_id=key[0],
+                    fingerprint=key[1],
+                    alertname=labels.get("alertname", ""),
+                    baseline=old_summary,
+                    new=new_summary,
+                )
             )
     old_runs, new_runs = _executed(baseline), _executed(new)
     moved = [
-        {"remediation": name, "baseline": old_runs[name], "new": new_runs[name]}
+        Moved(name, old_runs[name], new_runs[name])
         for name in sorted(old_runs.keys() | new_runs.keys())
         if old_runs[name] != new_runs[name]
     ]

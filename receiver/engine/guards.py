@@ -21,7 +21,7 @@ from typing import Protocol
 
 import structlog
 
-from receiver.model import Alert, SourceView, iso
+from receiver.model import Alert, JSONValue, SourceView, iso
 from receiver.rulebook.schema import Guards
 from receiver.rulebook.templates import format_duration
 from receiver.settings import GuardSettings
@@ -209,7 +209,7 @@ class GuardKeeper:
             )
 
     async def check_approval(
-        self, key: str, request: Mapping[str, object], now: datetime
+        self, key: str, request: Mapping[str, JSONValue], now: datetime
     ) -> Approval:
         """Refuse until a human approved; create the request the first time."""
         approvals = self.store

@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from receiver.model import (
     Alert,
     Decision,
+    JSONValue,
     Severity,
     StepKind,
     StepTrace,
@@ -34,7 +34,7 @@ from receiver.rulebook.templates import PLACEHOLDER, RenderError, format_duratio
 # Renderings kept per step; a step keyed on a value unique to each alert (its
 # fingerprint) starts over when full, so memory stays bounded.
 RENDER_CACHE = 4096
-_EMPTY: Mapping[str, Any] = freeze({})
+_EMPTY: Mapping[str, JSONValue] = freeze({})
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class Rendering:
     step: StepModel | None  # None: it could not be filled in
     error: str = ""
     target: str = ""
-    request: Mapping[str, Any] = field(default_factory=lambda: freeze({}))
+    request: Mapping[str, JSONValue] = field(default_factory=lambda: freeze({}))
     action: str = ""
     namespace: str | None = None
     approval: bool = False
@@ -128,7 +128,7 @@ class Rendering:
         )
 
 
-def _fields(value: Any) -> Iterator[tuple[str, str]]:
+def _fields(value: object) -> Iterator[tuple[str, str]]:
     """Every ``{scope.name}`` a dumped step model's strings refer to."""
     if isinstance(value, str):
         for found in PLACEHOLDER.finditer(value):

@@ -9,23 +9,33 @@ decide identically.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, overload
+from typing import overload
 
 import structlog
 
 from receiver.engine.planner import CompiledPlaybooks, Plan, PlanContext, plan
 from receiver.engine.runner import Runner, describe_error
-from receiver.errors import InputError, StoreUnavailableError
+from receiver.errors import StoreUnavailableError
 from receiver.metrics import Metrics
-from receiver.model import Alert, AlertTrace, Decision, Source, StepKind, freeze, iso
+from receiver.model import (
+    Alert,
+    AlertTrace,
+    Decision,
+    JSONValue,
+    Source,
+    StepKind,
+    freeze,
+    iso,
+    json_object,
+    json_strings,
+)
 from receiver.rulebook.loader import Rulebook
-from receiver.sources import alertmanager, events_v2, pagerduty
+from receiver.sources import body_alerts
 from receiver.store.base import DecisionQuery, JournalEntry, Store, compact_record
 
 log = structlog.get_logger("receiver.worker")
@@ -83,7 +93,7 @@ def stand_down(planned: Plan, acknowledged_at: datetime) -> Plan:
 YIELD_EVERY = 100
 
 
-class TraceRecords(Sequence[Mapping[str, Any]]):
+class TraceRecords(Sequence[Mapping[str, JSONValue]]):
     """Traces as JSON records (long values by reference), built as the store reads.
 
     A storm's records are then never all in memory at once next to the traces.
@@ -96,24 +106,24 @@ class TraceRecords(Sequence[Mapping[str, Any]]):
         return len(self._traces)
 
     @overload
-    def __getitem__(self, index: int) -> Mapping[str, Any]: ...
+    def __getitem__(self, index: int) -> Mapping[str, JSONValue]: ...
 
     @overload
-    def __getitem__(self, index: slice) -> Sequence[Mapping[str, Any]]: ...
+    def __getitem__(self, index: slice) -> Sequence[Mapping[str, JSONValue]]: ...
 
     def __getitem__(
         self, index: int | slice
-    ) -> Mapping[str, Any] | Sequence[Mapping[str, Any]]:
+    ) -> Mapping[str, JSONValue] | Sequence[Mapping[str, JSONValue]]:
         if isinstance(index, slice):
             return [compact_record(t.to_json()) for t in self._traces[index]]
         return compact_record(self._traces[index].to_json())
 
-    def __iter__(self) -> Iterator[Mapping[str, Any]]:
+    def __iter__(self) -> Iterator[Mapping[str, JSONValue]]:
         return (compact_record(t.to_json()) for t in self._traces)
 
 
-def _is_trigger_of(record: Mapping[str, Any], dedup: str) -> bool:
-    refs = record.get("refs") or {}
+def _is_trigger_of(record: Mapping[str, JSONValue], dedup: str) -> bool:
+    refs = json_object(record.get("refs"))
     return (
         record.get("source") == "events_v2"
         and refs.get("dedup_key") == dedup
@@ -235,15 +245,7 @@ class Processor:
 
     def alerts(self, source: Source, body: bytes, now: datetime) -> list[Alert]:
         """Parse a stored body of ``source`` into alerts."""
-        if source == "alertmanager":
-            return alertmanager.from_body(body)
-        try:
-            data: object = json.loads(body)
-        except ValueError as exc:
-            raise InputError(f"stored payload is not JSON: {exc}") from exc
-        if source == "pagerduty":
-            return pagerduty.to_alerts(data, now, alertname_from=self._alertname_from)
-        return events_v2.to_alerts(data, now, body=body)
+        return body_alerts(source, body, now, alertname_from=self._alertname_from)
 
     async def _with_start(self, alert: Alert) -> Alert:
         """Give alerts without startsAt (Events v2) the start the journal saw."""
@@ -428,7 +430,7 @@ class Processor:
         if alert.refs.get("labels_from") != "trigger" or self._store is None:
             return [alert]
         dedup = alert.refs.get("dedup_key", "")
-        found: dict[str, Mapping[str, Any]] = {}
+        found: dict[str, Mapping[str, JSONValue]] = {}
         for record in await self._store.decisions(
             DecisionQuery(fingerprint=alert.fingerprint, limit=20)
         ):
@@ -447,8 +449,10 @@ class Processor:
             replace(
                 alert,
                 fingerprint=fingerprint,
-                labels=freeze({**record.get("labels", {}), "dedup_key": dedup}),
-                annotations=freeze(record.get("annotations", {})),
+                labels=freeze(
+                    {**json_strings(record.get("labels")), "dedup_key": dedup}
+                ),
+                annotations=freeze(json_strings(record.get("annotations"))),
             )
             for fingerprint, record in found.items()
         ]

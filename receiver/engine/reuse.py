@@ -23,9 +23,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import NotRequired, Protocol
 
 import structlog
+from pydantic import JsonValue, TypeAdapter
+
+# pydantic validates only this TypedDict before Python 3.12.
+from typing_extensions import TypedDict
 
 from receiver.errors import StoreUnavailableError
 from receiver.model import Alert, Decision, StepKind, StepTrace, freeze, iso
@@ -68,19 +72,36 @@ def encode(trace: StepTrace) -> str:
     return json.dumps(trace.to_json(), default=_plain, sort_keys=True)
 
 
+class _Kept(TypedDict):
+    """``StepTrace.to_json``: empty request, result, name and guard left out."""
+
+    kind: StepKind
+    type: str
+    target: str
+    decision: Decision
+    reason: str
+    request: NotRequired[dict[str, JsonValue]]
+    result: NotRequired[dict[str, JsonValue]]
+    name: NotRequired[str]
+    guard: NotRequired[str]
+
+
+_KEPT = TypeAdapter(_Kept)
+
+
 def decode(text: str) -> StepTrace:
-    """The step trace ``encode`` wrote."""
-    data: dict[str, Any] = json.loads(text)
+    """The step trace ``encode`` wrote; ``ValueError`` if damaged."""
+    data = _KEPT.validate_json(text)
     return StepTrace(
-        kind=StepKind(data["kind"]),
-        type=str(data["type"]),
-        target=str(data["target"]),
-        decision=Decision(data["decision"]),
-        reason=str(data["reason"]),
-        request=freeze(data.get("request") or {}),
-        result=freeze(data.get("result") or {}),
-        name=str(data.get("name", "")),
-        guard=str(data.get("guard", "")),
+        kind=data["kind"],
+        type=data["type"],
+        target=data["target"],
+        decision=data["decision"],
+        reason=data["reason"],
+        request=freeze(data.get("request")),
+        result=freeze(data.get("result")),
+        name=data.get("name", ""),
+        guard=data.get("guard", ""),
     )
 
 

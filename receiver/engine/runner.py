@@ -43,6 +43,7 @@ from receiver.model import (
     AlertTrace,
     Decision,
     Intent,
+    JSONObject,
     MatchTrace,
     StepKind,
     StepTrace,
@@ -223,7 +224,7 @@ class Runner(Recovering):
             await keeper.check_circuit(playbook, target, guards, now)
             await keeper.check_firing(alert)
             if planned.approval:
-                request = {
+                request: JSONObject = {
                     "rule": match.rule,
                     "playbook": playbook,
                     "step": step.type_name(),

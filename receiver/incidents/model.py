@@ -11,7 +11,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from receiver.model import Severity, freeze, iso
 
@@ -280,7 +280,7 @@ class Incident:
         """Open until resolved (or until ``now``)."""
         return (self.resolved_at or now) - self.opened_at
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         """The stored and API form."""
         return {
             "id": self.id,

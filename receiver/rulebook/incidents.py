@@ -1,6 +1,6 @@
 """The ``incidents:`` section of a rule file: the runbook's targets, overridden.
 
-Any field left out keeps the runbook's value (``receiver.incidents.policy``)::
+A field left out keeps the runbook's value (``receiver.incidents.policy``)::
 
     incidents:
       severities:

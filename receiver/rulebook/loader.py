@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
 
 import yaml
 from pydantic import ValidationError
@@ -29,7 +29,11 @@ from receiver.rulebook.steps import STEP_TYPES, VERIFY_TYPES
 from receiver.rulebook.templates import BindError
 
 RULE_SUFFIXES = (".yaml", ".yml")
+# An earlier rule's binding: playbook, values, description (``as:``), rule name.
+_Bound = tuple[str, dict[str, str], str | None, str]
 TEST_SUFFIXES = (".test.yaml", ".test.yml")
+# A rule file's top level as YAML gave it, before validation.
+Raw: TypeAlias = "Mapping[object, object]"
 
 
 @dataclass(frozen=True)
@@ -106,18 +110,18 @@ def _loc(loc: Sequence[int | str]) -> str:
     return out
 
 
-def _rule_name(raw: Any, loc: Sequence[int | str]) -> str | None:
+def _rule_name(raw: Raw, loc: Sequence[int | str]) -> str | None:
     if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
-        try:
-            name = raw["rules"][loc[1]].get("name")
-        except (KeyError, IndexError, TypeError, AttributeError):
-            return f"#{loc[1]}"
-        return str(name) if name else f"#{loc[1]}"
+        index = loc[1]
+        rules = raw.get("rules")
+        body = rules[index] if isinstance(rules, list) and index < len(rules) else None
+        name = body.get("name") if isinstance(body, dict) else None
+        return str(name) if name else f"#{index}"
     return None
 
 
 def _validation_details(
-    file: str, raw: Any, exc: ValidationError, prefix: tuple[int | str, ...] = ()
+    file: str, raw: Raw, exc: ValidationError, prefix: tuple[int | str, ...] = ()
 ) -> list[RuleErrorDetail]:
     details = []
     for err in exc.errors(include_url=False):
@@ -167,7 +171,7 @@ class _Loader:
     ) -> None:
         self.errors.append(RuleErrorDetail(file, message, rule, field))
 
-    def read(self, path: Path) -> dict[str, Any] | None:
+    def read(self, path: Path) -> Raw | None:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
@@ -175,9 +179,9 @@ class _Loader:
             return None
         return self.parse(str(path), text)
 
-    def parse(self, file: str, text: str) -> dict[str, Any] | None:
+    def parse(self, file: str, text: str) -> Raw | None:
         try:
-            raw = yaml.safe_load(text)
+            raw: object = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             self.error(file, f"invalid YAML: {exc}")
             return None
@@ -217,7 +221,7 @@ class _Loader:
         for i, body in enumerate(rules):
             self.add_rule(file, raw, i, body)
 
-    def add_incidents(self, file: str, raw: Any) -> None:
+    def add_incidents(self, file: str, raw: Raw) -> None:
         try:
             config = IncidentConfig.model_validate(raw["incidents"])
         except ValidationError as exc:
@@ -237,7 +241,7 @@ class _Loader:
         self.incidents_file = file
         self.incidents = config
 
-    def add_playbook(self, file: str, raw: Any, name: str, body: Any) -> None:
+    def add_playbook(self, file: str, raw: Raw, name: str, body: object) -> None:
         if name in self.playbook_files:
             first = self.playbook_files[name]
             self.error(
@@ -267,7 +271,7 @@ class _Loader:
         if len(self.errors) > start:
             self.playbook_errors[name] = range(start, len(self.errors))
 
-    def add_rule(self, file: str, raw: Any, index: int, body: Any) -> None:
+    def add_rule(self, file: str, raw: Raw, index: int, body: object) -> None:
         try:
             rule = Rule.model_validate(body)
         except ValidationError as exc:
@@ -309,7 +313,7 @@ class _Loader:
         A playbook no rule uses is kept under its own name, bound to its
         defaults when every parameter has one.
         """
-        bindings: dict[str, tuple[str, dict[str, str], str]] = {}
+        bindings: dict[str, _Bound] = {}
         for item in self.compiled:
             if item.rule.playbook in self.playbooks:
                 self.bind_rule(item, bindings)
@@ -351,9 +355,7 @@ class _Loader:
                     f"playbooks.{name}.params.{exc.param}",
                 )
 
-    def bind_rule(
-        self, item: CompiledRule, bindings: dict[str, tuple[str, dict[str, str], str]]
-    ) -> None:
+    def bind_rule(self, item: CompiledRule, bindings: dict[str, _Bound]) -> None:
         """Bind one rule's playbook; ``bindings`` holds earlier rules' bindings."""
         playbook = item.rule.playbook
         if playbook in self.playbook_errors:
@@ -365,27 +367,49 @@ class _Loader:
         if problems:
             return
         name = item.playbook
+        described = item.rule.as_.description if item.rule.as_ else None
         earlier = bindings.get(name)
-        if name != playbook and name in self.playbooks:
-            why, field = f"{name!r} is already a playbook's name; pick another", "as"
-        elif earlier is not None and earlier[:2] != (playbook, values):
-            why = (
-                f"rule {earlier[2]} runs {name!r} with other values; name this "
-                "binding with `as:`"
-            )
-            field = "with"
+        conflict = self.binding_conflict(name, (playbook, values, described), earlier)
+        if conflict is not None:
+            why, field = conflict
         elif earlier is not None:
             return
         else:
             try:
-                self.bound[name] = self.playbooks[playbook].bind(values)
+                bound = self.playbooks[playbook].bind(values)
             except BindError as exc:
                 why = f"cannot fill playbooks.{playbook}.{exc}"
                 field = f"with.{exc.param}"
             else:
-                bindings[name] = (playbook, values, item.name)
+                if described is not None:
+                    bound = bound.model_copy(update={"description": described})
+                self.bound[name] = bound
+                bindings[name] = (playbook, values, described, item.name)
                 return
         self.error(item.file, why, item.name, f"{where}.{field}")
+
+    def binding_conflict(
+        self,
+        name: str,
+        binding: tuple[str, dict[str, str], str | None],
+        earlier: _Bound | None,
+    ) -> tuple[str, str] | None:
+        """``(message, field)`` when ``name`` cannot be this binding, else None."""
+        if name != binding[0] and name in self.playbooks:
+            return f"{name!r} is already a playbook's name; pick another", "as"
+        if earlier is None:
+            return None
+        if earlier[:2] != binding[:2]:
+            return (
+                f"rule {earlier[3]} runs {name!r} with other values; name this "
+                "binding with `as:`"
+            ), "with"
+        if earlier[2] != binding[2]:
+            return (
+                f"rule {earlier[3]} describes {name!r} otherwise; give both rules "
+                "the same `as:` (a YAML anchor repeats it) or another name"
+            ), "as.description"
+        return None
 
 
 def load_rulebook(

@@ -13,7 +13,7 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 import re2
 
@@ -46,6 +46,14 @@ class MatchType(enum.StrEnum):
     NOT_REGEX = "!~"
 
 
+class _Regex(Protocol):
+    """What a compiled RE2 pattern is used for here (google-re2 has no types)."""
+
+    def search(self, text: str, /) -> object | None:
+        """The first match in ``text``, or None."""
+        ...
+
+
 @dataclass(frozen=True)
 class Matcher:
     """One compiled matcher; ``matches`` is the hot path."""
@@ -53,7 +61,7 @@ class Matcher:
     name: str
     type: MatchType
     value: str
-    _regex: Any = field(default=None, compare=False, repr=False)
+    _regex: _Regex | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def parse(cls, text: str) -> Matcher:
@@ -109,12 +117,14 @@ class Matcher:
             return actual == self.value
         if self.type is MatchType.NOT_EQUAL:
             return actual != self.value
+        regex = self._regex
+        assert regex is not None  # noqa: S101 (``new`` compiles one for =~ and !~)
         try:
-            hit = self._regex.search(actual) is not None
+            hit = regex.search(actual) is not None
         except UnicodeEncodeError:
             # A lone surrogate (JSON allows "\ud800") cannot reach RE2 as UTF-8.
             # Go's JSON decoder, and so Alertmanager, reads it as U+FFFD.
-            hit = self._regex.search(_as_go_reads_it(actual)) is not None
+            hit = regex.search(_as_go_reads_it(actual)) is not None
         return hit if self.type is MatchType.REGEX else not hit
 
     def __str__(self) -> str:

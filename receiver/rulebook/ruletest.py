@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -95,7 +95,7 @@ class TestFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     rule_files: list[str] | None = None
-    tests: list[Any] = Field(min_length=1)
+    tests: list[object] = Field(min_length=1)
 
 
 @dataclass(frozen=True)

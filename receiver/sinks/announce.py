@@ -230,12 +230,26 @@ class PagerDutyEscalator:
         """Raise the level and set the priority; return a line saying what happened."""
         try:
             ids = await self._priority_ids()
-            body: JSONObject = {
-                "type": "incident_reference",
-                "escalation_level": level,
-            }
-            if ids.get(priority):
-                body["priority"] = {"id": ids[priority], "type": "priority_reference"}
+        except (SinkError, httpx.HTTPError) as exc:
+            return _failed(exc)
+        body: JSONObject = {"type": "incident_reference", "escalation_level": level}
+        if ids.get(priority):
+            body["priority"] = {"id": ids[priority], "type": "priority_reference"}
+        failed = await self._put_incident(incident_id, body)
+        if failed:
+            return failed
+        priority_note = f", priority {priority}" if "priority" in body else ""
+        return f"escalation level {level}{priority_note} on {incident_id}"
+
+    async def set_status(self, incident_id: str, status: str) -> str:
+        """Acknowledge or resolve the incident; return a line saying what happened."""
+        body: JSONObject = {"type": "incident_reference", "status": status}
+        failed = await self._put_incident(incident_id, body)
+        return failed or f"{incident_id} {status}"
+
+    async def _put_incident(self, incident_id: str, body: JSONObject) -> str:
+        """``PUT /incidents/{id}``: ``""`` when PagerDuty took it, else why not."""
+        try:
             response, _ = await self._d.send(
                 "PUT",
                 f"{self._api}/incidents/{incident_id}",
@@ -243,42 +257,25 @@ class PagerDutyEscalator:
                 json={"incident": body},
                 headers={**self._headers, "Content-Type": "application/json"},
             )
-        except SinkError as exc:
-            return f"failed: {exc}"
-        except httpx.HTTPError as exc:
-            return f"failed: {exc.__class__.__name__}"
+        except (SinkError, httpx.HTTPError) as exc:
+            return _failed(exc)
         if response.status_code != 200:
             return (
                 f"failed: PagerDuty answered HTTP {response.status_code}: "
                 f"{self._d.excerpt(response, 200)}"
             )
-        priority_note = f", priority {priority}" if "priority" in body else ""
-        return f"escalation level {level}{priority_note} on {incident_id}"
-
-    async def set_status(self, incident_id: str, status: str) -> str:
-        """Acknowledge or resolve the incident; return a line saying what happened."""
-        try:
-            response, _ = await self._d.send(
-                "PUT",
-                f"{self._api}/incidents/{incident_id}",
-                what=f"PUT /incidents/{incident_id}",
-                json={"incident": {"type": "incident_reference", "status": status}},
-                headers={**self._headers, "Content-Type": "application/json"},
-            )
-        except SinkError as exc:
-            return f"failed: {exc}"
-        except httpx.HTTPError as exc:
-            return f"failed: {exc.__class__.__name__}"
-        if response.status_code != 200:
-            return (
-                f"failed: PagerDuty answered HTTP {response.status_code}: "
-                f"{self._d.excerpt(response, 200)}"
-            )
-        return f"{incident_id} {status}"
+        return ""
 
     async def aclose(self) -> None:
         """Close the HTTP client."""
         await self._d.aclose()
+
+
+def _failed(exc: SinkError | httpx.HTTPError) -> str:
+    """The outcome line for a call that did not get an answer."""
+    if isinstance(exc, SinkError):
+        return f"failed: {exc}"
+    return f"failed: {exc.__class__.__name__}"
 
 
 def build_escalator(

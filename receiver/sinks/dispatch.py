@@ -62,7 +62,7 @@ import structlog
 
 from receiver.errors import ReceiverError
 from receiver.model import AlertTrace, Decision, StepKind, iso
-from receiver.retrying import RetryPolicy, backoff
+from receiver.retrying import Doubling, RetryPolicy, backoff
 from receiver.rulebook.schema import Playbook
 from receiver.sinks.delivery import Dedupe, SinkError, SinkOutcome
 from receiver.sinks.outbox import Outbox, OutboxRow, decode_trace, encode_trace
@@ -272,17 +272,17 @@ class SinkDispatcher:
         changed.set()
 
     async def _loop(self) -> None:
-        backoff = 0.5
+        waits = Doubling(first=0.5, cap=10.0)
         while not self._closed:
             self._work.clear()
             try:
                 row = await self._outbox.claim(self._clock(), self._lease)
             except ReceiverError as exc:
-                log.warning("sink_outbox_unavailable", error=str(exc), retry_in=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                wait = waits.failed()
+                log.warning("sink_outbox_unavailable", error=str(exc), retry_in=wait)
+                await asyncio.sleep(wait)
                 continue
-            backoff = 0.5
+            waits.reset()
             if row is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._work.wait(), self._poll)
@@ -291,7 +291,7 @@ class SinkDispatcher:
                 await self._attempt_row(row)
             except Exception:  # the supervisor: a delivery loop never dies
                 log.exception("sink_outbox_loop_failed", row=row.id)
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(waits.current)
             self._notify()
             await self._observe()
 

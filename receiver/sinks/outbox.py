@@ -16,7 +16,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol, cast
+from typing import Protocol
+
+from pydantic import JsonValue, TypeAdapter
+
+# pydantic validates only this TypedDict before Python 3.12.
+from typing_extensions import TypedDict
 
 from receiver.model import (
     Alert,
@@ -180,42 +185,91 @@ def encode_trace(trace: AlertTrace) -> str:
     )
 
 
+class _StepRow(TypedDict):
+    kind: StepKind
+    type: str
+    target: str
+    decision: Decision
+    reason: str
+    request: dict[str, JsonValue]
+    result: dict[str, JsonValue]
+    name: str
+    guard: str
+
+
+class _MatchRow(TypedDict):
+    rule: str
+    severity: Severity
+    playbook: str
+    notes: list[str]
+    description: str
+    runbook_url: str
+    escalate_to: str
+    steps: list[_StepRow]
+
+
+class _AlertRow(TypedDict):
+    source: Source
+    fingerprint: str
+    status: Status
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    # Kept as text and read with ``datetime.fromisoformat``, as written.
+    starts_at: str | None
+    ends_at: str | None
+    generator_url: str
+    refs: dict[str, str]
+    actionable: bool
+
+
+class _TraceRow(TypedDict):
+    alert: _AlertRow
+    matches: list[_MatchRow]
+    decided_at: str
+    payload_id: str
+    mode: str
+    notes: list[str]
+
+
+_TRACE_ROW = TypeAdapter(_TraceRow)
+
+
 def decode_trace(text: str) -> AlertTrace:
-    """The trace ``encode_trace`` wrote; ``ValueError``/``KeyError`` if damaged."""
-    data: dict[str, Any] = json.loads(text)
+    """The trace ``encode_trace`` wrote; ``ValueError`` if damaged."""
+    data = _TRACE_ROW.validate_json(text)
     a = data["alert"]
     alert = Alert(
-        source=cast("Source", str(a["source"])),
-        fingerprint=str(a["fingerprint"]),
-        status=cast("Status", str(a["status"])),
+        source=a["source"],
+        fingerprint=a["fingerprint"],
+        status=a["status"],
         labels=freeze(a["labels"]),
         annotations=freeze(a["annotations"]),
         starts_at=_when(a["starts_at"]),
         ends_at=_when(a["ends_at"]),
-        generator_url=str(a["generator_url"]),
+        generator_url=a["generator_url"],
         refs=freeze(a["refs"]),
-        actionable=bool(a["actionable"]),
+        actionable=a["actionable"],
     )
     matches = tuple(
         MatchTrace(
-            rule=str(m["rule"]),
-            severity=Severity(m["severity"]),
-            playbook=str(m["playbook"]),
+            rule=m["rule"],
+            severity=m["severity"],
+            playbook=m["playbook"],
             notes=tuple(m["notes"]),
-            description=str(m["description"]),
-            runbook_url=str(m["runbook_url"]),
-            escalate_to=str(m["escalate_to"]),
+            description=m["description"],
+            runbook_url=m["runbook_url"],
+            escalate_to=m["escalate_to"],
             steps=tuple(
                 StepTrace(
-                    kind=StepKind(s["kind"]),
-                    type=str(s["type"]),
-                    target=str(s["target"]),
-                    decision=Decision(s["decision"]),
-                    reason=str(s["reason"]),
+                    kind=s["kind"],
+                    type=s["type"],
+                    target=s["target"],
+                    decision=s["decision"],
+                    reason=s["reason"],
                     request=freeze(s["request"]),
                     result=freeze(s["result"]),
-                    name=str(s["name"]),
-                    guard=str(s["guard"]),
+                    name=s["name"],
+                    guard=s["guard"],
                 )
                 for s in m["steps"]
             ),
@@ -226,7 +280,7 @@ def decode_trace(text: str) -> AlertTrace:
         alert=alert,
         matches=matches,
         decided_at=datetime.fromisoformat(data["decided_at"]),
-        payload_id=str(data["payload_id"]),
-        mode=str(data["mode"]),
+        payload_id=data["payload_id"],
+        mode=data["mode"],
         notes=tuple(data["notes"]),
     )

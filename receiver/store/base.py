@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from receiver.store.handles import (
     AlertState,
@@ -39,6 +39,9 @@ from receiver.store.handles import (
     newer_state,
 )
 from receiver.store.records import LONG_VALUE, compact_record, decision_matches
+
+if TYPE_CHECKING:
+    from receiver.model import JSONObject, JSONValue
 
 __all__ = [
     "LONG_VALUE",
@@ -110,7 +113,7 @@ class Journal(Protocol):
         ...
 
     async def complete(
-        self, entry_id: str, traces: Sequence[Mapping[str, Any]]
+        self, entry_id: str, traces: Sequence[Mapping[str, JSONValue]]
     ) -> None:
         """Record an entry's decisions and mark it done, atomically (once)."""
         ...
@@ -175,7 +178,7 @@ class Journal(Protocol):
 class DecisionLog(Protocol):
     """Decision records: traces of decided alerts, sink outcomes, audit events."""
 
-    async def record(self, records: Sequence[Mapping[str, Any]]) -> None:
+    async def record(self, records: Sequence[Mapping[str, JSONValue]]) -> None:
         """Append decision records that belong to no journal entry.
 
         Sink outcomes and pause/unpause audit records are recorded this way,
@@ -183,7 +186,7 @@ class DecisionLog(Protocol):
         """
         ...
 
-    async def decisions(self, query: DecisionQuery) -> list[dict[str, Any]]:
+    async def decisions(self, query: DecisionQuery) -> list[JSONObject]:
         """Decision records, newest first, filtered (one page, decoded)."""
         ...
 

@@ -19,9 +19,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
-from receiver.model import Source, iso
+from receiver.model import JSONObject, JSONValue, Source, iso
 from receiver.settings import JournalSettings, RetentionSettings
 
 
@@ -115,7 +115,7 @@ class DecisionPage:
     records: list[str]
     next_cursor: str | None = None
 
-    def items(self) -> list[dict[str, Any]]:
+    def items(self) -> list[JSONObject]:
         """The records decoded."""
         import json  # noqa: PLC0415 (only callers that decode need it)
 
@@ -264,7 +264,7 @@ class Approval:
     key: str
     created_at: datetime
     expires_at: datetime
-    request: Mapping[str, Any]
+    request: Mapping[str, JSONValue]
     status: Literal["pending", "approved", "rejected", "expired"] = "pending"
     decided_by: str = ""
     decided_at: datetime | None = None

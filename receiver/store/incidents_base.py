@@ -23,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
-from receiver.model import freeze
+from receiver.model import JSONValue, freeze
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class IncidentRecord:
     opened_at: datetime
     version: int
     watch: bool
-    body: Mapping[str, Any] = field(default_factory=lambda: freeze({}))
+    body: Mapping[str, JSONValue] = field(default_factory=lambda: freeze({}))
     seq: int = 0  # creation order, set by the store
 
     @property

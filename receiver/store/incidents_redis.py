@@ -17,16 +17,18 @@ down and filters, reading at most a bounded number of records per page.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, cast
+from typing import TypeVar, cast
 
 import redis.asyncio
 import redis.exceptions
 
 from receiver.errors import StoreUnavailableError
-from receiver.model import freeze, iso
+from receiver.model import JSONValue, freeze, iso, json_object
 from receiver.store.incidents_base import IncidentQuery, IncidentRecord
+
+T = TypeVar("T")
 
 # KEYS: record, zset, seq, watch; ARGV: id, json, active, watch, prefix, keys...
 _CREATE = """
@@ -99,20 +101,27 @@ def _encode(record: IncidentRecord) -> str:
     )
 
 
+def _whole(value: JSONValue) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        msg = f"not a whole number: {value!r}"
+        raise TypeError(msg)
+    return int(value)
+
+
 def _decode(raw: bytes | str) -> IncidentRecord:
-    data: Mapping[str, Any] = json.loads(raw)
-    body = data.get("body") or {}
+    data = json_object(json.loads(raw))
+    keys = data.get("keys")
     return IncidentRecord(
         id=str(data["id"]),
         # cjson turns an empty list into an empty object: both mean no keys.
-        keys=tuple(data.get("keys") or ()),
+        keys=tuple(str(k) for k in keys) if isinstance(keys, list) else (),
         state=str(data["state"]),
         severity=str(data["severity"]),
         opened_at=datetime.fromisoformat(str(data["opened_at"])),
-        version=int(data["version"]),
+        version=_whole(data["version"]),
         watch=bool(data["watch"]),
-        body=freeze(body if isinstance(body, dict) else {}),
-        seq=int(data.get("seq", 0)),
+        body=freeze(json_object(data.get("body"))),
+        seq=_whole(data.get("seq", 0)),
     )
 
 
@@ -136,7 +145,7 @@ class RedisIncidentStore:
     def _k(self, *parts: str) -> str:
         return ":".join((self._p, *parts))
 
-    async def _call(self, what: str, coro: Any) -> Any:
+    async def _call(self, what: str, coro: Awaitable[T]) -> T:
         try:
             return await coro
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
@@ -242,7 +251,7 @@ class RedisIncidentStore:
         ids = await self._call(
             "watched", self._redis.smembers(self._k("incidents", "watch"))
         )
-        return sorted(i.decode() for i in ids)
+        return sorted(i.decode() if isinstance(i, bytes) else i for i in ids)
 
     async def close(self) -> None:  # noqa: D102
         await self._redis.aclose()

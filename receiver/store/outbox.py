@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import redis.asyncio
 import redis.exceptions
@@ -238,7 +238,7 @@ class RedisOutbox:
     def _done(self, row_id: str) -> str:
         return f"{self._prefix}:outbox:done:{row_id}"
 
-    async def _call(self, fn: Callable[[], Any]) -> Any:
+    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         try:
             return await fn()
         except redis.exceptions.RedisError as exc:
@@ -250,12 +250,20 @@ class RedisOutbox:
     ) -> int:
         added = 0
         for row_id, owner, trace, sinks in rows:
-            args = [row_id, owner, trace, json.dumps(list(sinks)), _ms(now)]
+            args: list[str | int] = [
+                row_id,
+                owner,
+                trace,
+                json.dumps(list(sinks)),
+                _ms(now),
+            ]
 
-            async def one(row_id: str = row_id, args: list[Any] = args) -> Any:
-                return await self._put(keys=[self._row(row_id), self._due], args=args)
+            async def one(row_id: str = row_id, args: list[str | int] = args) -> int:
+                return int(
+                    await self._put(keys=[self._row(row_id), self._due], args=args)
+                )
 
-            added += int(await self._call(one))
+            added += await self._call(one)
         return added
 
     async def claim(self, now: datetime, lease: timedelta) -> OutboxRow | None:  # noqa: D102

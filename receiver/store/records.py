@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
 
-from receiver.model import iso
+from receiver.model import JSONValue, iso, json_object, json_objects
 from receiver.store.handles import DecisionQuery
 
 # A label or annotation value at least this long is stored once per record, under
@@ -14,7 +13,7 @@ LONG_VALUE = 64
 _COMPACTED_MATCH_FIELDS = ("description", "notes")
 
 
-def compact_record(record: Mapping[str, Any]) -> Mapping[str, Any]:
+def compact_record(record: Mapping[str, JSONValue]) -> Mapping[str, JSONValue]:
     """A decision record with long alert values written once, not once per step.
 
     Every templated step repeats the values it rendered (target, reason, the
@@ -28,7 +27,7 @@ def compact_record(record: Mapping[str, Any]) -> Mapping[str, Any]:
         (
             (value, f"{{{where}.{name}}}")
             for where in ("labels", "annotations")
-            for name, value in (record.get(where) or {}).items()
+            for name, value in json_object(record.get(where)).items()
             if isinstance(value, str) and len(value) >= LONG_VALUE
         ),
         key=lambda pair: len(pair[0]),
@@ -37,7 +36,7 @@ def compact_record(record: Mapping[str, Any]) -> Mapping[str, Any]:
     if not long_values or not record.get("matches"):
         return record
 
-    def swap(item: object) -> object:
+    def swap(item: JSONValue) -> JSONValue:
         if isinstance(item, str):
             for value, ref in long_values:
                 if value in item:
@@ -55,7 +54,7 @@ def compact_record(record: Mapping[str, Any]) -> Mapping[str, Any]:
             "steps": swap(match.get("steps", [])),
             **{k: swap(match[k]) for k in _COMPACTED_MATCH_FIELDS if k in match},
         }
-        for match in record["matches"]
+        for match in json_objects(record["matches"])
     ]
     out = dict(record)
     out["matches"] = matches
@@ -63,14 +62,16 @@ def compact_record(record: Mapping[str, Any]) -> Mapping[str, Any]:
     return out
 
 
-def decision_matches(record: Mapping[str, Any], query: DecisionQuery) -> bool:
+def decision_matches(record: Mapping[str, JSONValue], query: DecisionQuery) -> bool:
     """Whether a stored trace record passes ``query``'s filters."""
-    matches: Sequence[Mapping[str, Any]] = record.get("matches", [])
-    steps = [s for m in matches for s in m.get("steps", [])]
+    matches = json_objects(record.get("matches"))
+    steps = [s for m in matches for s in json_objects(m.get("steps"))]
+    decided_at = record.get("decided_at", "")
     checks = (
         not query.fingerprint or record.get("fingerprint") == query.fingerprint,
         not query.payload_id or record.get("payload_id") == query.payload_id,
-        not query.since or record.get("decided_at", "") >= (iso(query.since) or ""),
+        not query.since
+        or (isinstance(decided_at, str) and decided_at >= (iso(query.since) or "")),
         not query.rule or any(m.get("rule") == query.rule for m in matches),
         not query.playbook or any(m.get("playbook") == query.playbook for m in matches),
         not query.decision or any(s.get("decision") == query.decision for s in steps),

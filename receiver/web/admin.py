@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -27,6 +27,12 @@ from receiver.sources import parse_json
 from receiver.store.base import Pause, Store, new_id
 from receiver.web.approvals import identify
 from receiver.web.auth import Authenticator, require_scope
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from receiver.model import JSONObject, JSONValue
+    from receiver.web.openapi_schemas import Operations
 
 log = structlog.get_logger("receiver.admin")
 
@@ -40,7 +46,7 @@ _NO_BY = (
 )
 
 
-def _text(data: dict[str, Any], name: str, default: str = "") -> str:
+def _text(data: Mapping[str, JSONValue], name: str, default: str = "") -> str:
     value = data.get(name, default)
     if not isinstance(value, str):
         raise InputError(f'"{name}" must be a string')
@@ -71,7 +77,7 @@ class Admin:
         router.add_get("/api/v1/parked", self.parked)
         router.add_post("/api/v1/parked/{id}/retry", self.retry)
 
-    async def _json(self, request: web.Request) -> dict[str, Any]:
+    async def _json(self, request: web.Request) -> JSONObject:
         body = await request.content.read(MAX_BODY + 1)
         if len(body) > MAX_BODY:
             raise InputError(f"body over {MAX_BODY} bytes; send a few fields")
@@ -167,13 +173,13 @@ class Admin:
         return web.json_response({"status": "queued", "id": entry_id}, status=202)
 
 
-def admin_paths() -> dict[str, Any]:
+def admin_paths() -> Operations:
     """The OpenAPI paths of this module's routes."""
-    ok = {
+    ok: JSONObject = {
         "description": "OK",
         "content": {"application/json": {"schema": {"type": "object"}}},
     }
-    problem = {
+    problem: JSONObject = {
         "description": "Rejected; the body says what to fix.",
         "content": {
             "application/problem+json": {
@@ -181,9 +187,9 @@ def admin_paths() -> dict[str, Any]:
             }
         },
     }
-    errors = {"400": problem, "401": problem, "403": problem}
+    errors: JSONObject = {"400": problem, "401": problem, "403": problem}
     security: list[dict[str, list[str]]] = [{"bearer": []}, {"basic": []}]
-    entry_id = {
+    entry_id: JSONObject = {
         "name": "id",
         "in": "path",
         "required": True,

@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from receiver.errors import ClientGoneError, InputError, ReceiverError
-from receiver.model import iso
+from receiver.model import JSONObject, iso
 from receiver.sources import parse_json, validate
 from receiver.sources.wire import Timestamp
 from receiver.store.base import DecisionQuery, Store, new_id
@@ -43,7 +42,7 @@ class ChangePayload(BaseModel):
     summary: str = Field(min_length=1, max_length=1024)
     source: str | None = Field(default=None, max_length=1024)
     timestamp: Timestamp | None = None
-    custom_details: dict[str, Any] | None = None
+    custom_details: dict[str, JsonValue] | None = None
 
 
 class Link(BaseModel):
@@ -63,7 +62,7 @@ class ChangeEvent(BaseModel):
     links: list[Link] = Field(default_factory=list, max_length=50)
 
 
-def change_record(event: ChangeEvent, record_id: str, now: datetime) -> dict[str, Any]:
+def change_record(event: ChangeEvent, record_id: str, now: datetime) -> JSONObject:
     """The stored form of a change event (never its routing key)."""
     p = event.payload
     details = p.custom_details or {}
@@ -90,10 +89,10 @@ def change_record(event: ChangeEvent, record_id: str, now: datetime) -> dict[str
 
 def change_reader(
     store: Store,
-) -> Callable[[datetime, int], Awaitable[list[dict[str, Any]]]]:
+) -> Callable[[datetime, int], Awaitable[list[JSONObject]]]:
     """A reader of stored change events for the ``changes.recent`` executor."""
 
-    async def read(since: datetime, limit: int) -> list[dict[str, Any]]:
+    async def read(since: datetime, limit: int) -> list[JSONObject]:
         return await store.decisions(
             DecisionQuery(fingerprint=CHANGE_FINGERPRINT, since=since, limit=limit)
         )

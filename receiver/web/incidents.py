@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -28,6 +28,10 @@ from receiver.store.incidents_base import IncidentQuery
 from receiver.web.approvals import identify
 from receiver.web.auth import Authenticator
 from receiver.web.problems import problem
+
+if TYPE_CHECKING:
+    from receiver.model import JSONObject, JSONValue
+    from receiver.web.openapi_schemas import Operations
 
 MAX_BODY = 16 * 1024
 
@@ -59,7 +63,7 @@ class IncidentHandlers:
         if len(raw) > MAX_BODY:
             raise InputError(f"body over {MAX_BODY} bytes")
         try:
-            data: Any = json.loads(raw or b"{}")
+            data: object = json.loads(raw or b"{}")
         except ValueError as exc:
             raise InputError(f'send {{"text": "<what>"}}: not JSON: {exc}') from exc
         if isinstance(data, dict) and "by" in data:
@@ -116,7 +120,7 @@ class IncidentHandlers:
         incidents, next_cursor = await self._service.page(
             IncidentQuery(state, severity, since, limit, cursor)
         )
-        body: dict[str, Any] = {
+        body: JSONObject = {
             "incidents": [
                 {
                     k: v
@@ -138,8 +142,13 @@ class IncidentHandlers:
         if incident is None:
             return self._missing(incident_id)
         body = incident.to_json()
-        for item in body["evidence"]:
-            item["content_chars"] = len(item.pop("content"))
+        evidence: list[JSONValue] = []
+        for e in incident.evidence:
+            item = e.to_json()
+            del item["content"]
+            item["content_chars"] = len(e.content)
+            evidence.append(item)
+        body["evidence"] = evidence
         return web.json_response(body)
 
     async def evidence(self, request: web.Request) -> web.Response:
@@ -220,9 +229,9 @@ def register(app: web.Application, handlers: IncidentHandlers) -> None:
     r.add_post("/api/v1/incidents/{id}/status", handlers.status)
 
 
-def incident_paths() -> dict[str, Any]:
+def incident_paths() -> Operations:
     """The OpenAPI paths of the incident routes (merged into ``/openapi.json``)."""
-    problem_ref = {
+    problem_ref: JSONObject = {
         "description": "Rejected; the body says what to fix.",
         "content": {
             "application/problem+json": {
@@ -230,21 +239,21 @@ def incident_paths() -> dict[str, Any]:
             }
         },
     }
-    errors = {str(c): problem_ref for c in (400, 401, 403, 404)}
-    ok = {
+    errors: JSONObject = {str(c): problem_ref for c in (400, 401, 403, 404)}
+    ok: JSONObject = {
         "description": "OK",
         "content": {"application/json": {"schema": {"type": "object"}}},
     }
     security: list[dict[str, list[str]]] = [{"bearer": []}, {"basic": []}]
-    path_id = [
+    path_id: list[JSONValue] = [
         {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     ]
-    body = {
+    body: JSONObject = {
         "required": False,
         "content": {"application/json": {"schema": Note.model_json_schema()}},
     }
 
-    def post(summary: str) -> dict[str, Any]:
+    def post(summary: str) -> dict[str, dict[str, JSONValue]]:
         return {
             "post": {
                 "summary": summary,
@@ -255,7 +264,7 @@ def incident_paths() -> dict[str, Any]:
             }
         }
 
-    query = [
+    query: list[JSONValue] = [
         {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
         for name, kind in (
             ("state", "string"),

@@ -25,6 +25,7 @@ from receiver.web.incidents import incident_paths
 from receiver.web.openapi_schemas import (
     REF,
     STRING,
+    Operations,
     obj,
     ref,
     response_schemas,
@@ -33,9 +34,6 @@ from receiver.web.slack import slack_paths
 
 if TYPE_CHECKING:
     from receiver.model import JSONObject, JSONValue
-
-# path -> method -> operation, as the route modules describe them
-Operations = dict[str, dict[str, dict[str, "JSONValue"]]]
 
 MAX_LIMIT = 1000
 

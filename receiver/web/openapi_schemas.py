@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
     from receiver.model import JSONObject, JSONValue
 
+# path -> method -> operation, as the route modules describe them
+Operations = dict[str, dict[str, dict[str, "JSONValue"]]]
+
 REF = "#/components/schemas/{model}"
 
 STRING: JSONObject = {"type": "string"}

@@ -23,11 +23,12 @@ import asyncio
 import json
 import zlib
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_log import AccessLogger
 from aiohttp.web_protocol import RequestHandler
 
 from receiver.web.problems import CONTENT_TYPE, problem
@@ -56,7 +57,7 @@ class EdgeRequestHandler(RequestHandler):
 
     def handle_error(
         self,
-        request: Any,
+        request: web.BaseRequest,
         status: int = 500,
         exc: BaseException | None = None,
         message: str | None = None,
@@ -110,12 +111,19 @@ class EdgeServer(web.Server):
 
     def __init__(
         self,
-        handler: Callable[..., Any],
+        base: web.Server,
         *,
         max_connections: int,
-        **kwargs: Any,
     ) -> None:
-        super().__init__(handler, **kwargs)
+        # The same arguments aiohttp chose for ``base`` (request factory,
+        # access log, cancellation).
+        super().__init__(
+            base.request_handler,
+            request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            **base._kwargs,  # noqa: SLF001 (aiohttp keeps them only here)
+        )
         self.max_connections = max_connections
         self.refused = 0
 
@@ -154,27 +162,30 @@ class EdgeAppRunner(web.AppRunner):
     """An ``AppRunner`` whose server is an ``EdgeServer``."""
 
     def __init__(
-        self, app: web.Application, *, max_connections: int, **kwargs: Any
+        self,
+        app: web.Application,
+        *,
+        max_connections: int,
+        handle_signals: bool = False,
+        access_log_class: type[AbstractAccessLogger] = AccessLogger,
+        **kwargs: object,
     ) -> None:
         # A request refused before its body was read is closed after the
         # answer instead of aiohttp's default 10 s of reading and discarding
         # the rest: a hostile sender cannot keep a connection busy that way.
         kwargs.setdefault("lingering_time", 0)
-        super().__init__(app, **kwargs)
+        super().__init__(
+            app,
+            handle_signals=handle_signals,
+            access_log_class=access_log_class,
+            **kwargs,
+        )
         self._max_connections = max_connections
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
-        # Rebuild with the same arguments aiohttp chose (request factory,
-        # access log, cancellation), as our subclass.
-        return EdgeServer(
-            server.request_handler,
-            max_connections=self._max_connections,
-            request_factory=server.request_factory,
-            handler_cancellation=server.handler_cancellation,
-            loop=asyncio.get_running_loop(),
-            **server._kwargs,  # noqa: SLF001 (aiohttp keeps them only here)
-        )
+        # Rebuilt as our subclass.
+        return EdgeServer(server, max_connections=self._max_connections)
 
 
 def serve(

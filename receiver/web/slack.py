@@ -27,7 +27,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs
 
 import httpx
@@ -35,9 +35,15 @@ import structlog
 from aiohttp import web
 
 from receiver.errors import AuthError, ForbiddenError, InputError
+from receiver.model import json_objects
+from receiver.retrying import poll_until
 from receiver.settings import SlackSettings
 from receiver.store.base import DecisionQuery, JournalEntry, Store
 from receiver.web.approvals import Answer, ApprovalDesk, Approver
+
+if TYPE_CHECKING:
+    from receiver.model import JSONObject, JSONValue
+    from receiver.web.openapi_schemas import Operations
 
 log = structlog.get_logger("receiver.slack")
 
@@ -55,7 +61,7 @@ class Press:
     user_id: str
     user_name: str
     response_url: str
-    message: Mapping[str, Any]
+    message: Mapping[str, JSONValue]
 
 
 def verify_signature(
@@ -147,6 +153,7 @@ class SlackInteractions:
         """Register the route, and finish message updates at shutdown."""
         app.router.add_post("/slack/interactions", self.interactions)
         app.on_cleanup.append(self._cleanup)
+        app[SLACK] = self
 
     async def _cleanup(self, _app: web.Application) -> None:
         for task in list(self._tasks):
@@ -249,13 +256,12 @@ class SlackInteractions:
         who = answer.text.split(";", 1)[0]
         await self._post(press.response_url, self._replaced(press, f"{who}; {outcome}"))
 
-    def _replaced(self, press: Press, text: str) -> dict[str, Any]:
+    def _replaced(self, press: Press, text: str) -> JSONObject:
         """The original message with this approval's buttons replaced by ``text``."""
-        blocks = [
+        blocks: list[JSONValue] = [
             b
-            for b in press.message.get("blocks", [])
-            if isinstance(b, dict)
-            and b.get("block_id") != f"approval:{press.approval_id}"
+            for b in json_objects(press.message.get("blocks"))
+            if b.get("block_id") != f"approval:{press.approval_id}"
         ]
         blocks.append(
             {"type": "section", "text": {"type": "mrkdwn", "text": text[:2900]}}
@@ -270,22 +276,25 @@ class SlackInteractions:
         """What the worker decided for the approved step, once it has."""
         approval = await self._store.get_approval(approval_id)
         request = approval.request if approval else {}
-        waited = 0.0
-        while waited <= self._outcome_wait.total_seconds():
+
+        async def decided() -> tuple[bool, str]:
             records = await self._store.decisions(
                 DecisionQuery(payload_id=entry.id, limit=50)
             )
-            for record in records:
-                found = _step_outcome(record, request)
-                if found:
-                    return found
-            await asyncio.sleep(self._poll_every)
-            waited += self._poll_every
+            found = [_step_outcome(record, request) for record in records]
+            outcome = next((text for text in found if text), "")
+            return bool(outcome), outcome
+
+        polled = await poll_until(
+            decided, self._outcome_wait, self._poll_every, transient=lambda _exc: ""
+        )
+        if polled.done:
+            return polled.last
         return (
             f"outcome not decided yet; see GET /api/v1/decisions?payload_id={entry.id}"
         )
 
-    async def _post(self, url: str, body: Mapping[str, Any]) -> None:
+    async def _post(self, url: str, body: Mapping[str, JSONValue]) -> None:
         try:
             response = await self._client.post(url, json=body)
         except httpx.HTTPError as exc:
@@ -295,11 +304,13 @@ class SlackInteractions:
             log.warning("slack_response_failed", status=response.status_code)
 
 
-def _step_outcome(record: Mapping[str, Any], request: Mapping[str, Any]) -> str:
-    for match in record.get("matches", []):
+def _step_outcome(
+    record: Mapping[str, JSONValue], request: Mapping[str, JSONValue]
+) -> str:
+    for match in json_objects(record.get("matches")):
         if match.get("rule") != request.get("rule"):
             continue
-        for step in match.get("steps", []):
+        for step in json_objects(match.get("steps")):
             if step.get("type") == request.get("step") and step.get(
                 "target"
             ) == request.get("target"):
@@ -307,9 +318,9 @@ def _step_outcome(record: Mapping[str, Any], request: Mapping[str, Any]) -> str:
     return ""
 
 
-def slack_paths() -> dict[str, Any]:
+def slack_paths() -> Operations:
     """The OpenAPI path of this module's route."""
-    problem = {
+    problem: JSONObject = {
         "description": "Rejected; the body says what to fix.",
         "content": {
             "application/problem+json": {
@@ -348,3 +359,6 @@ def slack_paths() -> dict[str, Any]:
             }
         }
     }
+
+
+SLACK = web.AppKey("slack", SlackInteractions)

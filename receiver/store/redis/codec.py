@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from receiver.model import JSONValue
 
 
 def _iso(value: datetime) -> str:
@@ -45,9 +48,9 @@ def _hash(reply: Mapping[bytes | str, bytes | str]) -> dict[str, bytes]:
     return {_str(k): v.encode() if isinstance(v, str) else v for k, v in reply.items()}
 
 
-def _members(reply: Sequence[Any]) -> list[str]:
-    """A sorted-set range reply (members only) as text."""
-    return [_str(m) for m in reply]
+def _members(reply: Iterable[object]) -> list[str]:
+    """A sorted-set range reply (members only, never scores) as text."""
+    return [_str(m) for m in reply if isinstance(m, bytes | str)]
 
 
 def _digest(line: bytes) -> str:
@@ -55,7 +58,7 @@ def _digest(line: bytes) -> str:
     return hashlib.blake2b(line, digest_size=16).hexdigest()
 
 
-def _record_time(record: Mapping[str, Any]) -> int:
+def _record_time(record: Mapping[str, JSONValue]) -> int:
     """When a decision was made (epoch ms), for pruning by age."""
     decided = record.get("decided_at")
     if isinstance(decided, str):

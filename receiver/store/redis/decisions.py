@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from receiver.errors import InputError
 from receiver.store.base import (
@@ -19,6 +19,9 @@ from receiver.store.redis.codec import (
     _ttl_ms,
 )
 from receiver.store.redis.core import RedisCore
+
+if TYPE_CHECKING:
+    from receiver.model import JSONObject, JSONValue
 
 # How many decision records one ``decisions`` call reads at most, and per round
 # trip: a filter that matches nothing must not read the whole log.
@@ -83,7 +86,7 @@ def _needles(query: DecisionQuery) -> list[bytes]:
 class DecisionOps(RedisCore):
     """The decision log: records written, pages read."""
 
-    async def record(self, records: Sequence[Mapping[str, Any]]) -> None:  # noqa: D102
+    async def record(self, records: Sequence[Mapping[str, JSONValue]]) -> None:  # noqa: D102
         if not records:
             return
         lines = [
@@ -97,7 +100,7 @@ class DecisionOps(RedisCore):
                 pipe.pexpire(self._decisions, _ttl_ms(self.retention.max_age))
                 await pipe.execute()
 
-    async def decisions(self, query: DecisionQuery) -> list[dict[str, Any]]:  # noqa: D102
+    async def decisions(self, query: DecisionQuery) -> list[JSONObject]:  # noqa: D102
         return (await self.decision_page(query)).items()
 
     async def decision_page(self, query: DecisionQuery) -> DecisionPage:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from receiver.errors import InputError
 from receiver.model import iso
 from receiver.store.base import DecisionPage, DecisionQuery
 from receiver.store.sqlite.connection import SqliteConnection
 from receiver.store.sqlite.schema import TAG_KINDS
+
+if TYPE_CHECKING:
+    from receiver.model import JSONObject, JSONValue
 
 
 def _decision_sql(query: DecisionQuery) -> tuple[str, list[str | int]]:
@@ -66,7 +69,7 @@ def _decision_sql(query: DecisionQuery) -> tuple[str, list[str | int]]:
 class SqliteDecisions(SqliteConnection):
     """The decision log: records written by the engine, read a page at a time."""
 
-    async def record(self, records: Sequence[Mapping[str, Any]]) -> None:  # noqa: D102
+    async def record(self, records: Sequence[Mapping[str, JSONValue]]) -> None:  # noqa: D102
         rows = [
             (
                 str(r.get("payload_id", "")),
@@ -84,7 +87,7 @@ class SqliteDecisions(SqliteConnection):
             )
         )
 
-    async def decisions(self, query: DecisionQuery) -> list[dict[str, Any]]:  # noqa: D102
+    async def decisions(self, query: DecisionQuery) -> list[JSONObject]:  # noqa: D102
         return (await self.decision_page(query)).items()
 
     async def decision_page(self, query: DecisionQuery) -> DecisionPage:  # noqa: D102

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -24,28 +25,112 @@ from receiver.store.sqlite.schema import STATE_READ_CHUNK, _epoch, _ts
 
 
 class SqliteJournal(SqliteConnection):
-    """The journal of received payloads and the alert states they carry."""
+    """The journal of received payloads and the alert states they carry.
+
+    Appends made while a transaction is on its way to disk join one group,
+    written as one call of the next transaction: one statement for all their
+    journal rows, one read and one write for all their alert states.
+    """
+
+    # The group appends join until the writer takes it.
+    _appends: _AppendGroup | None = None
 
     async def append(  # noqa: D102
         self, entry: JournalEntry, states: Sequence[AlertState]
     ) -> None:
-        def write(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO journal (id, source, received_at, body, headers) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (
-                    entry.id,
-                    entry.source,
-                    entry.received_at.isoformat(),
-                    entry.body,
-                    json.dumps(dict(entry.headers)),
-                ),
-            )
-            if states:
-                self._put_states(db, states)
-
-        await self._run(write)
+        group = self._appends
+        future = None if group is None else group.join(entry, states)
+        if future is None:
+            group = self._appends = _AppendGroup()
+            future = group.join(entry, states)
+            assert future is not None  # noqa: S101 (a new group is open)
+            group.task = asyncio.create_task(self._write_group(group))
+        await future
         self._wakeup.set()
+
+    async def _write_group(self, group: _AppendGroup) -> None:
+        """Journal a group of appends as one call of the next transaction."""
+        try:
+            outcomes = await self._run(lambda db: self._append_group(db, group))
+        except Exception as exc:  # noqa: BLE001 (each caller gets the batch's error)
+            group.close()  # if BEGIN failed, the writer never took it
+            outcomes = [exc] * len(group.taken)
+        except BaseException:
+            group.close()
+            group.cancel_all()
+            raise
+        finally:
+            if self._appends is group:
+                self._appends = None
+        for index, outcome in zip(group.taken, outcomes, strict=True):
+            future = group.futures[index]
+            if future.done():
+                continue
+            if outcome is None:
+                future.set_result(None)
+            else:
+                future.set_exception(outcome)
+        group.cancel_all()  # those cancelled before the group was taken
+
+    def _append_group(
+        self, db: sqlite3.Connection, group: _AppendGroup
+    ) -> list[Exception | None]:
+        """Write the group's entries in one go, or one savepoint each if that fails.
+
+        Every entry and every state goes in with one statement each (a
+        savepoint around them, one per group, not per entry; none for a group
+        of one, which fails as any call does). If that fails,
+        it is rolled back and each entry is written in its own savepoint, so a
+        failing entry fails alone, as separate calls would.
+        """
+        entries = group.close()
+        if len(entries) == 1:
+            self._write_entries(db, entries)  # fails as a call of its own
+            return [None]
+        db.execute("SAVEPOINT appends")
+        try:
+            self._write_entries(db, entries)
+        except Exception:  # noqa: BLE001 (each entry is tried on its own next)
+            db.execute("ROLLBACK TO appends")
+        else:
+            db.execute("RELEASE appends")
+            return [None] * len(entries)
+        db.execute("RELEASE appends")
+        outcomes: list[Exception | None] = []
+        for one in entries:
+            db.execute("SAVEPOINT append")
+            try:
+                self._write_entries(db, [one])
+            except Exception as exc:  # noqa: BLE001 (handed to its caller)
+                db.execute("ROLLBACK TO append")
+                outcomes.append(self._error_of(exc))
+            else:
+                outcomes.append(None)
+            db.execute("RELEASE append")
+        return outcomes
+
+    def _write_entries(
+        self,
+        db: sqlite3.Connection,
+        entries: Sequence[tuple[JournalEntry, Sequence[AlertState]]],
+    ) -> None:
+        db.executemany(
+            "INSERT INTO journal (id, source, received_at, body, headers) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [
+                (
+                    e.id,
+                    e.source,
+                    e.received_at.isoformat(),
+                    e.body,
+                    json.dumps(dict(e.headers)),
+                )
+                for e, _ in entries
+            ],
+        )
+        states = [s for _, group in entries for s in group]
+        if states:
+            self._put_states(db, states)
 
     @classmethod
     def _put_states(cls, db: sqlite3.Connection, states: Sequence[AlertState]) -> None:
@@ -56,26 +141,52 @@ class SqliteJournal(SqliteConnection):
         """
         latest: dict[str, AlertState | None] = {}
         fingerprints = list(dict.fromkeys(s.fingerprint for s in states))
+        # Rows written together share their times: each text is parsed once.
+        parsed: dict[str, datetime] = {}
+
+        def when(text: str) -> datetime:
+            found = parsed.get(text)
+            if found is None:
+                found = parsed[text] = datetime.fromisoformat(text)
+            return found
+
         for start in range(0, len(fingerprints), STATE_READ_CHUNK):
             chunk = fingerprints[start : start + STATE_READ_CHUNK]
             marks = ",".join("?" * len(chunk))
-            for row in db.execute(
-                f"SELECT * FROM alert_state WHERE fingerprint IN ({marks})",  # noqa: S608 (placeholders only)
+            for fingerprint, status, starts_at, updated_at in db.execute(
+                "SELECT fingerprint, status, starts_at, updated_at FROM alert_state "  # noqa: S608 (placeholders only)
+                f"WHERE fingerprint IN ({marks})",
                 chunk,
             ):
-                latest[row["fingerprint"]] = cls._state_of(row)
+                latest[fingerprint] = AlertState(
+                    fingerprint,
+                    status,
+                    when(starts_at) if starts_at else None,
+                    when(updated_at),
+                )
         changed: dict[str, AlertState] = {}
         for state in states:
             if newer_state(latest.get(state.fingerprint), state):
                 latest[state.fingerprint] = changed[state.fingerprint] = state
+        # The states of a payload share their times (``updated_at`` always,
+        # ``starts_at`` often): each distinct time is written out once.
+        texts: dict[tuple[datetime, object], str] = {}
+
+        def text(at: datetime) -> str:
+            key = (at, at.tzinfo)  # equal instants in other zones read differently
+            found = texts.get(key)
+            if found is None:
+                found = texts[key] = at.isoformat()
+            return found
+
         db.executemany(
             "INSERT OR REPLACE INTO alert_state VALUES (?, ?, ?, ?)",
             [
                 (
                     s.fingerprint,
                     s.status,
-                    s.starts_at.isoformat() if s.starts_at else None,
-                    s.updated_at.isoformat(),
+                    text(s.starts_at) if s.starts_at else None,
+                    text(s.updated_at),
                 )
                 for s in changed.values()
             ],
@@ -369,3 +480,52 @@ class SqliteJournal(SqliteConnection):
             return cur.rowcount == 0
 
         return await self._run(write)
+
+
+class _AppendGroup:
+    """Appends that go into the same transaction, as one call of it.
+
+    Open (on the event loop) until the writer thread takes it; appends made
+    while it is open join it, later ones start the next group. Each append has
+    its own future: one cancelled before the group was taken is left out.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = True
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.entries: list[tuple[JournalEntry, Sequence[AlertState]]] = []
+        self.futures: list[asyncio.Future[None]] = []
+        # Indexes of the entries the writer took (their futures not cancelled).
+        self.taken: list[int] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def join(
+        self, entry: JournalEntry, states: Sequence[AlertState]
+    ) -> asyncio.Future[None] | None:
+        """Add an append (its future), unless the group is taken or of another loop."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if not self._open or self._loop not in (None, loop):
+                return None
+            self._loop = loop
+            future: asyncio.Future[None] = loop.create_future()
+            self.entries.append((entry, states))
+            self.futures.append(future)
+            return future
+
+    def cancel_all(self) -> None:
+        """Cancel every future not answered yet."""
+        for future in self.futures:
+            if not future.done():
+                future.cancel()
+
+    def close(self) -> list[tuple[JournalEntry, Sequence[AlertState]]]:
+        """Take the group (in the writer thread): no append joins it after this."""
+        with self._lock:
+            if self._open:
+                self._open = False
+                self.taken = [
+                    i for i, f in enumerate(self.futures) if not f.cancelled()
+                ]
+            return [self.entries[i] for i in self.taken]

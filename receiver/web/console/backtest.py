@@ -7,7 +7,6 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
 from urllib.parse import parse_qsl
 
 import yaml
@@ -15,7 +14,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from receiver.engine import backtest
-from receiver.engine.backtest import Bounded
+from receiver.engine.backtest import Bounded, MatchSummary
 from receiver.errors import InputError, RuleError, RuleErrorDetail
 from receiver.model import iso
 from receiver.rulebook.loader import Rulebook, load_rulebook
@@ -352,11 +351,11 @@ def _threshold(text: str) -> int | None:
 def _check_expansion(text: str) -> None:
     """Refuse YAML whose anchors expand past a bound (a "billion laughs")."""
     try:
-        data: Any = yaml.safe_load(text)
+        data: object = yaml.safe_load(text)
     except yaml.YAMLError:
         return  # the loader reports it with its place
     seen = 0
-    stack = [data]
+    stack: list[object] = [data]
     while stack:
         node = stack.pop()
         seen += 1
@@ -386,13 +385,13 @@ def _rule_errors(details: Iterable[RuleErrorDetail]) -> str:
     )
 
 
-def _decided(summary: Iterable[Mapping[str, Any]]) -> str:
+def _decided(summary: Iterable[MatchSummary]) -> str:
     items = [
-        f"<li>{_e(m['rule'])} <span class=state>{_e(m['severity'])}</span> -&gt; "
-        f"{_e(m['playbook'])}"
+        f"<li>{_e(m.rule)} <span class=state>{_e(m.severity)}</span> -&gt; "
+        f"{_e(m.playbook)}"
         + (
-            "<ul>" + "".join(f"<li>{_e(step)}</li>" for step in m["steps"]) + "</ul>"
-            if m["steps"]
+            "<ul>" + "".join(f"<li>{_e(step)}</li>" for step in m.steps) + "</ul>"
+            if m.steps
             else ""
         )
         + "</li>"
@@ -441,10 +440,10 @@ def _backtest_result(
             )
     examples = [
         [
-            _e(e["payload_id"]),
-            _e(e["alertname"] or e["fingerprint"]),
-            _decided(e["baseline"]),
-            _decided(e["new"]),
+            _e(e.payload_id),
+            _e(e.alertname or e.fingerprint),
+            _decided(e.baseline),
+            _decided(e.new),
         ]
         for e in report.examples
     ]
@@ -460,11 +459,11 @@ def _backtest_result(
         parts.append(f"<p>... and {report.changed - len(report.examples)} more.</p>")
     moved = [
         [
-            _e(r["remediation"]),
-            _e(r["baseline"]),
-            _e(r["new"]),
+            _e(r.remediation),
+            _e(r.baseline),
+            _e(r.new),
             "<span class=state>"
-            + ("MORE often" if r["new"] > r["baseline"] else "LESS often")
+            + ("MORE often" if r.new > r.baseline else "LESS often")
             + "</span>",
         ]
         for r in report.remediations

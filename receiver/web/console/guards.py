@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from receiver.engine.guards import GuardKeeper
-from receiver.model import iso
+from receiver.model import iso, json_objects
 from receiver.store.base import DecisionQuery, new_id
 from receiver.web.console.base import ConsoleBase
 from receiver.web.console.render import (
@@ -126,9 +126,9 @@ class GuardPages(ConsoleBase):
         return sum(
             1
             for record in records
-            for match in record.get("matches", [])
+            for match in json_objects(record.get("matches"))
             if match.get("playbook") == playbook
-            for step in match.get("steps", [])
+            for step in json_objects(match.get("steps"))
             if step.get("kind") == "remediation" and step.get("decision") == "executed"
         )
 
@@ -178,8 +178,8 @@ class GuardPages(ConsoleBase):
     async def _recent_targets(self) -> list[tuple[str, str]]:
         found: dict[tuple[str, str], None] = {}
         for record in await self._store.decisions(DecisionQuery(limit=200)):
-            for match in record.get("matches", []):
-                for step in match.get("steps", []):
+            for match in json_objects(record.get("matches")):
+                for step in json_objects(match.get("steps")):
                     if step.get("kind") == "remediation" and step.get("target"):
                         found[(str(match.get("playbook")), str(step["target"]))] = None
         return list(found)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from receiver.incidents.clocks import clocks
+from receiver.model import json_objects
 from receiver.store.base import DecisionQuery
 from receiver.store.incidents_base import IncidentQuery
 from receiver.web.console.base import ConsoleBase
@@ -108,8 +109,10 @@ class IncidentPages(ConsoleBase):
             )
             rows = []
             for record in records:
-                for match in record.get("matches", []):
-                    rows += [_step_row(step) for step in match.get("steps", [])]
+                for match in json_objects(record.get("matches")):
+                    rows += [
+                        _step_row(step) for step in json_objects(match.get("steps"))
+                    ]
             name = alert.labels.get("alertname", alert.fingerprint)
             traces.append(
                 f"<h3>{_e(name)} <small>({_e(alert.fingerprint)}, "

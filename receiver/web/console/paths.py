@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from receiver.model import JSONObject, JSONValue
+    from receiver.web.openapi_schemas import Operations
 
 
-def console_paths() -> dict[str, Any]:
+def console_paths() -> Operations:
     """The OpenAPI paths of the console's pages (HTML, basic-auth prompt)."""
-    page = {
+    page: JSONObject = {
         "description": "An HTML page",
         "content": {"text/html": {"schema": {"type": "string"}}},
     }
-    security: list[dict[str, list[str]]] = [{"basic": []}, {"bearer": []}]
-    path_id = [
+    security: list[JSONValue] = [{"basic": []}, {"bearer": []}]
+    path_id: list[JSONValue] = [
         {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     ]
 
-    def get(summary: str, *codes: int, **extra: Any) -> dict[str, Any]:
-        answers = {str(c): page for c in sorted({200, 401, 403, *codes})}
+    def get(
+        summary: str, *codes: int, **extra: JSONValue
+    ) -> dict[str, dict[str, JSONValue]]:
+        answers: JSONObject = {str(c): page for c in sorted({200, 401, 403, *codes})}
         return {
             "get": {
                 "summary": summary,
@@ -27,8 +33,12 @@ def console_paths() -> dict[str, Any]:
             }
         }
 
-    def form(summary: str, *codes: int, **extra: Any) -> dict[str, Any]:
-        answers = {str(c): page for c in sorted({303, 400, 401, 403, *codes})}
+    def form(
+        summary: str, *codes: int, **extra: JSONValue
+    ) -> dict[str, dict[str, JSONValue]]:
+        answers: JSONObject = {
+            str(c): page for c in sorted({303, 400, 401, 403, *codes})
+        }
         return {
             "post": {
                 "summary": summary,

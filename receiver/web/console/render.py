@@ -6,12 +6,12 @@ import html
 import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
 
 import structlog
 from aiohttp import web
 
 from receiver.incidents.clocks import Clock
+from receiver.model import JSONValue, json_object
 
 log = structlog.get_logger("receiver.console")
 
@@ -154,8 +154,8 @@ def clock_item(clock: Clock, now: datetime) -> str:
     return f'<li class="clock ok" {running}>{_e(text)}</li>'
 
 
-def _step_row(step: Mapping[str, Any]) -> list[str]:
-    result = step.get("result") or {}
+def _step_row(step: Mapping[str, JSONValue]) -> list[str]:
+    result = json_object(step.get("result"))
     shown = json.dumps(result, sort_keys=True, default=str)
     if len(shown) > MAX_RESULT:
         shown = shown[:MAX_RESULT] + " …"

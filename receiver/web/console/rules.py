@@ -89,17 +89,16 @@ class RulePages(ConsoleBase):
         traces = await self._processor.decide_dry_run(alerts)
         parts = []
         for trace in traces:
-            data = trace.to_json()
-            name = data["labels"].get("alertname", data["fingerprint"])
+            name = trace.alert.labels.get("alertname", trace.alert.fingerprint)
             rows = [
                 [
-                    _e(f"{m['rule']} ({m['severity']}) -> {m['playbook']}"),
-                    *_step_row(step)[1:4],
+                    _e(f"{m.rule} ({m.severity.value}) -> {m.playbook}"),
+                    *_step_row(step.to_json())[1:4],
                 ]
-                for m in data["matches"]
-                for step in m["steps"]
+                for m in trace.matches
+                for step in m.steps
             ]
-            matched = ", ".join(m["rule"] for m in data["matches"]) or "no rule"
+            matched = ", ".join(m.rule for m in trace.matches) or "no rule"
             parts.append(
                 f"<h3>{_e(name)}: {_e(matched)}</h3>"
                 + _table(
