@@ -119,7 +119,7 @@ class Journal(Protocol):
         ...
 
     async def complete_batch(
-        self, done: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]
+        self, done: Sequence[tuple[str, Sequence[Mapping[str, JSONValue]]]]
     ) -> None:
         """``complete`` for several entries (id, traces) in one transaction.
 
