@@ -42,6 +42,7 @@ from receiver.rulebook.loader import Rulebook
 from receiver.runtime import Runtime
 from receiver.sinks import Sink, SinkDispatcher, playbook_sinks
 from receiver.steps.changes import ChangesExecutor
+from receiver.steps.http import warm_up
 from receiver.store.base import Store
 from receiver.store.diagnostics import cache_beside
 from receiver.store.outbox import outbox_beside
@@ -391,6 +392,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         metrics.paused.set(1 if await store.pause() else 0)
         if worker_bell is not None:
             worker_bell.start(lambda: metrics.render(only=WORKER_FAMILIES))
+        await warm_up()
         await worker.start()
         if dispatcher is not None:
             dispatcher.start()  # also what an earlier run left in the outbox

@@ -181,6 +181,25 @@ class Metrics:
             "When the rules were last loaded successfully (Unix time).",
             registry=r,
         )
+        # The same three as the worker process sees them: it is the one that
+        # decides, and it loads the rule files on its own (at its start, and on
+        # the SIGHUP a successful reload passes on), so it can disagree.
+        self.worker_rules_loaded = Gauge(
+            "receiver_worker_rules_loaded",
+            "Rules the worker (which decides) has loaded.",
+            registry=r,
+        )
+        self.worker_reload_ok = Gauge(
+            "receiver_worker_config_last_reload_successful",
+            "Whether the worker's last rules (re)load succeeded (1) or kept its "
+            "old rules (0).",
+            registry=r,
+        )
+        self.worker_reload_time = Gauge(
+            "receiver_worker_config_last_reload_success_timestamp_seconds",
+            "When the worker last loaded the rules successfully (Unix time).",
+            registry=r,
+        )
         self.sink_deliveries = Counter(
             "receiver_sink_deliveries",
             "Sink deliveries by sink and outcome (sent, skipped, failed).",
@@ -243,6 +262,21 @@ class Metrics:
             for outcome in SINK_OUTCOMES:
                 self.sink_deliveries.labels(sink, outcome)
 
+    def rules_load_succeeded(self, rules: int, at: float) -> None:
+        """This process loaded ``rules`` rules at ``at`` (Unix time)."""
+        for count, ok, when in (
+            (self.rules_loaded, self.reload_ok, self.reload_time),
+            (self.worker_rules_loaded, self.worker_reload_ok, self.worker_reload_time),
+        ):
+            count.set(rules)
+            ok.set(1)
+            when.set(at)
+
+    def rules_load_failed(self) -> None:
+        """This process failed to load the rules and keeps its current ones."""
+        self.reload_ok.set(0)
+        self.worker_reload_ok.set(0)
+
     def sink_outbox(self, pending: int, parked: int) -> None:
         """The sink outbox's rows now: waiting or in flight, and parked."""
         self.sink_outbox_pending.set(pending)
@@ -272,6 +306,10 @@ WORKER_FAMILIES = frozenset(
         "receiver_sink_deliveries",
         "receiver_sink_outbox_pending",
         "receiver_sink_outbox_parked",
+        # The rules the worker decides by (the edge keeps its own three).
+        "receiver_worker_rules_loaded",
+        "receiver_worker_config_last_reload_successful",
+        "receiver_worker_config_last_reload_success_timestamp_seconds",
     }
 )
 

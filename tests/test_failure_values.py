@@ -235,11 +235,13 @@ class CountingStore(SqliteStore):
         super().__init__(*args, **kwargs)
         self.claims: Counter[str] = Counter()
 
-    async def claim(self, consumer: str, wait: float, now: datetime) -> Any:
-        lease = await super().claim(consumer, wait, now)
-        if lease is not None:
+    async def claim_batch(
+        self, consumer: str, limit: int, wait: float, now: datetime
+    ) -> Any:
+        leases = await super().claim_batch(consumer, limit, wait, now)
+        for lease in leases:
             self.claims[lease.entry.id] += 1
-        return lease
+        return leases
 
 
 async def _drain(store: SqliteStore, bound: int = 2000) -> None:

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from counting import CountingServer, hook_env, hook_rules
 from peers import poll, run_receiver, run_redis
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.e2e
 
@@ -232,3 +233,63 @@ def test_reload_on_the_edge_reaches_the_worker(tmp_path):
             return _matched_rules(rx.url, sent) == ["hook"]
 
         assert poll(decided_by_new_rules, timeout=30)
+
+
+def _samples(base: str) -> dict[str, float]:
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    return {
+        sample.name: float(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_the_edges_metrics_say_which_rules_the_worker_decides_by(tmp_path):
+    """/metrics shows the worker child's own rules load, failed or not."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(hook_rules("http://127.0.0.1:9", "Split"))
+    env = {
+        "RECEIVER_STORE": f"sqlite:///{tmp_path / 'state.db'}",
+        "RECEIVER_AUTH_TOKENS": TOKEN,
+        "RECEIVER_ADMIN_TOKENS": "split-admin",
+    }
+    with run_receiver(tmp_path, rules=rules, env=env) as rx:
+        children = poll(lambda: _children(rx.proc.pid), timeout=20)
+        assert children
+        assert poll(
+            lambda: _samples(rx.url).get("receiver_worker_rules_loaded") == 1,
+            timeout=20,
+        )
+        # Only the worker child is told to reload, and its files are broken.
+        rules.write_text("rules: [{name: broken")
+        os.kill(children[0], signal.SIGHUP)
+        assert poll(
+            lambda: (
+                _samples(rx.url).get("receiver_worker_config_last_reload_successful")
+                == 0
+            ),
+            timeout=20,
+        )
+        now = _samples(rx.url)
+        assert now["receiver_config_last_reload_successful"] == 1  # the edge's
+        assert now["receiver_worker_rules_loaded"] == 1  # the old rules stay
+        two = hook_rules("http://127.0.0.1:9", "Split") + (
+            "  - {name: other, match: ['alertname=\"Other\"'], playbook: hook}\n"
+        )
+        rules.write_text(two)
+        reloaded = httpx.post(
+            f"{rx.url}/-/reload",
+            headers={"Authorization": "Bearer split-admin"},
+            timeout=10,
+        )
+        assert reloaded.status_code == 200, reloaded.text
+
+        def worker_has_both() -> bool:
+            samples = _samples(rx.url)
+            return (
+                samples["receiver_worker_rules_loaded"] == 2
+                and samples["receiver_worker_config_last_reload_successful"] == 1
+            )
+
+        assert poll(worker_has_both, timeout=20)
+        assert _samples(rx.url)["receiver_rules_loaded"] == 2

@@ -70,11 +70,12 @@ class SpyStore(SqliteStore):
         self.claimed: Counter[str] = Counter()
         self.renewed_until = T0
 
-    async def claim(self, consumer: str, wait: float, now: datetime) -> Any:
-        lease = await super().claim(consumer, wait, now)
-        if lease is not None:
-            self.claimed[consumer.rpartition("/")[0]] += 1
-        return lease
+    async def claim_batch(
+        self, consumer: str, limit: int, wait: float, now: datetime
+    ) -> Any:
+        leases = await super().claim_batch(consumer, limit, wait, now)
+        self.claimed[consumer.rpartition("/")[0]] += len(leases)
+        return leases
 
     async def renew(self, lease: Lease, now: datetime) -> Lease | None:
         renewed = await super().renew(lease, now)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 
 from receiver.errors import StoreUnavailableError
 from receiver.store.base import AlertState, JournalEntry, newer_state
-from receiver.store.sqlite import STATE_READ_CHUNK, SqliteStore
+from receiver.store.sqlite import STATE_READ_CHUNK, SqliteStore, connection
 
 T0 = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 
@@ -54,7 +55,7 @@ def statements(store: SqliteStore) -> list[str]:
 async def test_a_batch_without_failures_runs_in_one_transaction_without_savepoints(
     store: SqliteStore,
 ) -> None:
-    """20 concurrent appends: one BEGIN, one COMMIT, no SAVEPOINT, all stored."""
+    """20 concurrent appends: one BEGIN, COMMIT and state read, one savepoint."""
     seen = statements(store)
     await asyncio.gather(
         *(
@@ -65,7 +66,9 @@ async def test_a_batch_without_failures_runs_in_one_transaction_without_savepoin
     store._db.set_trace_callback(None)
     assert sum(s.startswith("BEGIN") for s in seen) == 1
     assert sum(s == "COMMIT" for s in seen) == 1
-    assert not [s for s in seen if "SAVEPOINT" in s]
+    # The appends go as one group: one savepoint around it, not one each.
+    assert [s for s in seen if s.startswith("SAVEPOINT")] == ["SAVEPOINT appends"]
+    assert sum("FROM alert_state" in s for s in seen) == 1
     count, _ = await store.pending()
     assert count == 20
     for n in range(20):
@@ -97,9 +100,13 @@ async def test_a_failing_call_fails_alone_and_the_rest_of_its_batch_stands(
     # An operational error is the store being unavailable, for that call only.
     assert isinstance(results[2], StoreUnavailableError)
     assert results[3] is None
-    # One optimistic attempt rolled back, then one savepoint per call.
+    # One optimistic attempt rolled back, then one savepoint per call: the
+    # three appends are one call (their group), which tries them together
+    # once more, then each in a savepoint of its own.
     assert sum(s == "ROLLBACK" for s in seen) == 1
-    assert sum(s.startswith("SAVEPOINT") for s in seen) == 4
+    assert sum(s == "SAVEPOINT call" for s in seen) == 2
+    assert sum(s == "SAVEPOINT appends" for s in seen) == 1
+    assert sum(s == "SAVEPOINT append" for s in seen) == 3
     assert sum(s == "COMMIT" for s in seen) == 1
     assert await store.payload("e0001") is not None
     assert await store.payload("e0003") is not None
@@ -179,3 +186,86 @@ def test_batched_states_equal_one_at_a_time_in_order(
 
     got = asyncio.run(run())
     assert got == {fp: expected.get(fp) for fp in "abc"}
+
+
+@pytest.fixture
+def other_writer(store: SqliteStore) -> Iterator[sqlite3.Connection]:
+    """Another connection to the same file holding the write lock (a worker process)."""
+    other = sqlite3.connect(store.path, check_same_thread=False, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    yield other
+    other.close()
+
+
+async def test_an_append_waits_in_short_pauses_for_another_writer_then_commits(
+    store: SqliteStore,
+    other_writer: sqlite3.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The writer tries again while another holds the lock, first pause 0.1 ms."""
+    pauses: list[float] = []
+    real_sleep = connection.time.sleep
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 3:
+            other_writer.execute("COMMIT")  # the other process's commit ends
+        real_sleep(seconds)
+
+    monkeypatch.setattr(connection.time, "sleep", sleep)
+    await store.append(entry(1), [])
+    assert pauses == [0.0001, 0.0002, 0.0004]
+    assert [e.id for e in await store.payloads()] == ["e0001"]
+
+
+async def test_an_append_fails_with_store_unavailable_when_the_lock_stays_held(
+    store: SqliteStore,
+    other_writer: sqlite3.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past BUSY_TIMEOUT the append fails (503 at the edge) and leaves nothing."""
+    del other_writer
+    monkeypatch.setattr(connection, "BUSY_TIMEOUT", 0.005)
+    with pytest.raises(StoreUnavailableError, match="database is locked"):
+        await store.append(entry(1), [])
+    assert not store._db.in_transaction
+
+
+async def test_appends_that_find_the_lock_held_past_the_timeout_all_fail(
+    store: SqliteStore,
+    other_writer: sqlite3.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A group whose BEGIN fails: every append in it gets the store's error."""
+    del other_writer
+    monkeypatch.setattr(connection, "BUSY_TIMEOUT", 0.005)
+    results = await asyncio.gather(
+        store.append(entry(1), []), store.append(entry(2), []), return_exceptions=True
+    )
+    assert [type(r) for r in results] == [StoreUnavailableError] * 2
+
+
+async def test_an_append_cancelled_before_its_group_is_written_is_left_out(
+    store: SqliteStore,
+    other_writer: sqlite3.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelled while the writer waits for the lock: not journaled; its mate is."""
+    loop = asyncio.get_running_loop()
+    first = asyncio.create_task(store.append(entry(1), []))
+    second = asyncio.create_task(store.append(entry(2), []))
+    cancelled = threading.Event()
+    first.add_done_callback(lambda _: cancelled.set())
+    real_sleep = connection.time.sleep
+
+    def sleep(seconds: float) -> None:
+        if not cancelled.is_set():
+            loop.call_soon_threadsafe(first.cancel)
+            assert cancelled.wait(5)
+            other_writer.execute("COMMIT")  # the lock is free from here on
+        real_sleep(seconds)
+
+    monkeypatch.setattr(connection.time, "sleep", sleep)
+    await second
+    assert first.cancelled()
+    assert [e.id for e in await store.payloads()] == ["e0002"]

@@ -3,10 +3,11 @@
 A Hypothesis ``RuleBasedStateMachine`` applies the same random operations to a
 store (SQLite, or a real ``redis-server``) and to ``Model`` below, with a clock
 that advances on every call (and jumps now and then, across leases, TTLs and
-windows), and compares every answer: journal claims, leases and renewal,
-release, parking and retry; run-once keys with their sending mark and the
-recovery of a dead incarnation's claim; locks, renewal, fencing and takeover;
-cooldowns; budget slots; circuits; approvals; the pause switch.
+windows), and compares every answer: journal claims (one at a time and in
+batches), batch completion, leases and renewal, release, parking and retry;
+run-once keys with their sending mark and the recovery of a dead incarnation's
+claim; locks, renewal, fencing and takeover; cooldowns (one and several at
+once); budget slots; circuits; approvals; the pause switch.
 
 Where the contract leaves a choice (which of several claimable entries comes
 next), the model checks the store's choice is one it allows, then follows it.
@@ -34,6 +35,7 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     consumes,
     invariant,
+    multiple,
     rule,
     run_state_machine_as_test,
 )
@@ -191,6 +193,31 @@ class StoreMachine(RuleBasedStateMachine):
         assert lease.entry.attempts == m.attempts
         assert lease.expires_at == now + LEASE
         return lease
+
+    @rule(target=leases, limit=st.integers(min_value=1, max_value=4))
+    def claim_batch(self, limit: int) -> Any:
+        now = self.tick()
+        self.consumers += 1
+        consumer = f"c{self.consumers}"
+        allowed = self.model.claimable(now)
+        leases = self.run(self.store.claim_batch(consumer, limit, 0, now))
+        ids = [lease.entry.id for lease in leases]
+        assert len(ids) == len(set(ids)) == min(limit, len(allowed)), (ids, allowed)
+        assert set(ids) <= allowed, (ids, allowed)
+        for lease in leases:
+            m = self.model.entries[lease.entry.id]
+            m.state, m.consumer, m.lease_until = "claimed", consumer, now + LEASE
+            m.attempts += 1
+            assert lease.entry.attempts == m.attempts
+            assert lease.expires_at == now + LEASE
+        return multiple(*leases)
+
+    @rule(batch=st.lists(consumes(leases), max_size=4))
+    def complete_batch(self, batch: list[Lease | None]) -> None:
+        done = [lease.entry.id for lease in batch if lease is not None]
+        self.run(self.store.complete_batch([(i, []) for i in done]))
+        for entry_id in done:
+            self.model.entries[entry_id].state = "done"
 
     @rule(target=leases, lease=consumes(leases))
     def renew(self, lease: Lease | None) -> Lease | None:
@@ -451,6 +478,15 @@ class StoreMachine(RuleBasedStateMachine):
         at, until = self.model.last_run.get(scope, (None, None))
         expected = at if until is not None and until >= now else None
         assert self.run(self.store.last_run(scope, now)) == expected
+
+    @rule(scopes=st.lists(st.sampled_from((*SCOPES, "s-none")), max_size=4))
+    def last_runs(self, scopes: list[str]) -> None:
+        now = self.tick()
+        expected = {}
+        for scope in scopes:
+            at, until = self.model.last_run.get(scope, (None, None))
+            expected[scope] = at if until is not None and until >= now else None
+        assert self.run(self.store.last_runs(scopes, now)) == expected
 
     @rule(target=slots, scope=st.sampled_from(SCOPES), limit=st.integers(1, 3))
     def reserve_budget(self, scope: str, limit: int) -> BudgetSlot | None:

@@ -13,6 +13,7 @@ process is gone: the worker then stops, and the edge's supervisor starts a new o
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import socket
 import struct
@@ -93,14 +94,23 @@ class EdgeBell:
 
 
 class WorkerBell:
-    """The worker's end: wait for rings, send metrics, notice the edge is gone."""
+    """The worker's end: wait for rings, send metrics, notice the edge is gone.
+
+    A ring wakes one waiting task, not all: the one woken claims a batch, and
+    the others, had they woken too, would have found the journal empty. A ring
+    with nobody waiting is kept until the next ``wait`` or ``armed``.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         sock.settimeout(0.0)  # non-blocking
         self._sock = sock
-        self._rung = asyncio.Event()
+        self._rung = False
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.edge_gone = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # Rings heard and tasks woken (for the bench and the tests).
+        self.rings = 0
+        self.wakeups = 0
 
     def start(self, metrics: Callable[[], bytes], every: float = 1.0) -> None:
         """Listen for rings; send ``metrics()`` every ``every`` seconds."""
@@ -118,9 +128,20 @@ class WorkerBell:
                 chunk = b""
             if not chunk:
                 self.edge_gone.set()
-                self._rung.set()
+                while self._waiters:
+                    self._wake_one()
                 return
-            self._rung.set()
+            self.rings += 1
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.wakeups += 1
+                waiter.set_result(None)
+                return
+        self._rung = True
 
     async def _report(self, metrics: Callable[[], bytes], every: float) -> None:
         loop = asyncio.get_running_loop()
@@ -134,12 +155,21 @@ class WorkerBell:
 
     def armed(self) -> None:
         """Forget rings so far: call before looking at the journal."""
-        self._rung.clear()
+        self._rung = False
 
     async def wait(self, timeout: float) -> None:
-        """Until the next ring (or ``timeout`` seconds, a safety net)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._rung.wait(), timeout)
+        """Until a ring wakes this task (or ``timeout`` seconds, a safety net)."""
+        if self._rung or self.edge_gone.is_set():
+            self._rung = False
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, timeout)
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
 
     async def aclose(self) -> None:
         """Stop listening and close this end."""

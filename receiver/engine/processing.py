@@ -279,6 +279,7 @@ class Processor:
         tally = _Tally()
         at = now or self._clock()  # one reading for the whole pass
         decided = 0
+        acks = await self._ack_times(alerts, at)
         for given in alerts:
             for raw in await self.inherit(given):
                 if decided and decided % YIELD_EVERY == 0:
@@ -292,6 +293,7 @@ class Processor:
                     runner=runner,
                     ctx=ctx,
                     tally=tally if count else None,
+                    acks=acks,
                 )
                 traces.append(trace)
         if count:
@@ -315,13 +317,16 @@ class Processor:
         runner: Runner | None,
         ctx: PlanContext | None,
         tally: _Tally | None,
+        acks: dict[str, datetime | None],
     ) -> AlertTrace:
         alert = await self._with_start(raw)
         try:
             planned = plan(
                 alert, self.rulebook, at, ctx or self._ctx, compiled=self._compiled
             )
-            acknowledged = await self._acknowledged(alert, at, record=tally is not None)
+            acknowledged = await self._acknowledged(
+                alert, at, record=tally is not None, acks=acks
+            )
             if acknowledged is not None:
                 planned = stand_down(planned, acknowledged)
             trace = await (runner or self._runner).run(planned, payload_id, at)
@@ -361,14 +366,36 @@ class Processor:
         )
         return trace
 
+    async def _ack_times(
+        self, alerts: list[Alert], now: datetime
+    ) -> dict[str, datetime | None]:
+        """The acknowledgements of a payload's firing alerts: one store read.
+
+        One read per alert was, for a storm, thousands of round trips (on
+        SQLite, transactions) before the first decision was recorded.
+        """
+        if self._store is None:
+            return {}
+        scopes = [ack_scope(a) for a in alerts if a.status == "firing" and a.actionable]
+        if not scopes:
+            return {}
+        return await self._store.last_runs(scopes, now)
+
     async def _acknowledged(
-        self, alert: Alert, now: datetime, *, record: bool
+        self,
+        alert: Alert,
+        now: datetime,
+        *,
+        record: bool,
+        acks: dict[str, datetime | None],
     ) -> datetime | None:
         """Remember acknowledgements; for a firing alert, when it was acknowledged.
 
         An acknowledgement counts only for an alert that is firing, and holds
         until the incident or dedup key is resolved or unacknowledged (or for
-        ``ACK_MEMORY`` when neither ever arrives).
+        ``ACK_MEMORY`` when neither ever arrives). ``acks`` holds what the pass
+        read up front; what the pass writes is written there too, so a later
+        alert of the same payload sees it, as if read one by one.
         """
         if self._store is None:
             return None
@@ -377,16 +404,21 @@ class Processor:
             state = await self._store.alert_state(alert.fingerprint)
             if state is not None and state.status == "firing":
                 await self._store.set_last_run(scope, now, ACK_MEMORY)
+                acks[scope] = now
             return None
         closes = alert.refs.get("event_action") == "resolve" or alert.labels.get(
             "event_type"
         ) in ("incident.resolved", "incident.unacknowledged")
         if record and closes:
             await self._store.set_last_run(scope, _NEVER, ACK_MEMORY)
+            acks[scope] = None
             return None
         if alert.status != "firing" or not alert.actionable:
             return None
-        at = await self._store.last_run(scope, now)
+        if scope in acks:
+            at = acks[scope]
+        else:  # an alert that took its trigger's fingerprint (inherit)
+            at = await self._store.last_run(scope, now)
         return at if at is not None and at != _NEVER else None
 
     async def inherit(self, alert: Alert) -> list[Alert]:

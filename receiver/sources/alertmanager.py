@@ -5,19 +5,38 @@ Tolerates fields newer Alertmanagers add (``notification_reason``,
 ``truncatedAlerts`` (Alertmanager's ``max_alerts``) is kept in each alert's
 ``refs`` so the edge can warn and the trace can say that alerts of the group
 were left out.
+
+A body is decoded by msgspec first (a third of pydantic's time for one alert,
+a seventh for a group of 20, measured); whatever that strict decoder refuses or
+could read differently goes through the pydantic model, which gives the same
+alerts for every body both accept and the detailed error for a bad one.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from types import MappingProxyType
+from typing import Annotated, Literal, NamedTuple
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from receiver.model import Alert, freeze
-from receiver.sources.wire import Timestamp, parse_json
+from receiver.model import Alert, Status, freeze
+from receiver.sources.wire import Timestamp, parse_json, to_utc
 
 _ZERO_YEAR = 1
+# A body with more opening brackets than this may nest deeper than pydantic's
+# JSON parser allows (200 levels, an error msgspec does not make): it takes the
+# pydantic path.
+_FAST_MAX_OPENERS = 200
+# Digits past the microsecond: pydantic drops them, msgspec would round.
+_PAST_MICROS = re.compile(r"(\.\d{6})\d+")
+# Times already read (resends repeat them; Go's zero time is in most payloads).
+_TIMES: dict[str, datetime] = {}
+_TIMES_KEPT = 4096
 
 
 class AmAlert(BaseModel):
@@ -49,6 +68,144 @@ class AmWebhook(BaseModel):
     truncatedAlerts: int = 0  # noqa: N815
 
 
+class _FastAlert(msgspec.Struct):
+    """``AmAlert`` for msgspec, times kept as text (parsed as pydantic does)."""
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    startsAt: str  # noqa: N815 (wire name)
+    fingerprint: Annotated[str, msgspec.Meta(min_length=1)]
+    annotations: dict[str, str] = {}
+    endsAt: str | None = None  # noqa: N815
+    generatorURL: str = ""  # noqa: N815
+
+
+class _FastWebhook(msgspec.Struct):
+    """``AmWebhook`` for msgspec: the same fields, types and defaults."""
+
+    status: Literal["firing", "resolved"]
+    alerts: list[_FastAlert]
+    version: str = "4"
+    receiver: str = ""
+    groupLabels: dict[str, str] = {}  # noqa: N815
+    commonLabels: dict[str, str] = {}  # noqa: N815
+    commonAnnotations: dict[str, str] = {}  # noqa: N815
+    externalURL: str = ""  # noqa: N815
+    groupKey: str = ""  # noqa: N815
+    truncatedAlerts: int = 0  # noqa: N815
+
+
+_DECODER = msgspec.json.Decoder(_FastWebhook)
+
+
+def _time(text: str) -> datetime:
+    """An RFC 3339 time as ``Timestamp`` reads it (``ValueError`` otherwise)."""
+    value = _TIMES.get(text)
+    if value is not None:
+        return value
+    try:
+        value = msgspec.convert(_PAST_MICROS.sub(r"\1", text), datetime)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc)) from None
+    value = to_utc(value)
+    if len(_TIMES) >= _TIMES_KEPT:
+        _TIMES.clear()
+    _TIMES[text] = value
+    return value
+
+
+def _decode(
+    body: bytes,
+) -> tuple[_FastWebhook, list[tuple[datetime, datetime | None]]] | None:
+    """A body as msgspec reads it, with its times; None for the pydantic path."""
+    if body.count(b"{") + body.count(b"[") > _FAST_MAX_OPENERS:
+        return None
+    try:
+        payload = _DECODER.decode(body)
+        times = [
+            (_time(a.startsAt), None if a.endsAt is None else _time(a.endsAt))
+            for a in payload.alerts
+        ]
+    except (msgspec.DecodeError, ValueError):
+        return None
+    return payload, times
+
+
+class Seen(NamedTuple):
+    """What the edge checks and journals of one alert (see ``admit``).
+
+    A tuple: built for every alert of every webhook, it costs a tenth of a
+    frozen dataclass.
+    """
+
+    fingerprint: str
+    status: Status
+    starts_at: datetime | None
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """What the edge needs of a webhook before its 202; the worker reads the rest."""
+
+    alerts: Sequence[Seen | Alert]
+    truncated: int
+    group_key: str
+
+
+def admit(body: bytes) -> Admitted:
+    """Validate a raw webhook body as ``from_body`` does, without building alerts.
+
+    Raises the same ``InputError`` for a bad body; for a good one returns only
+    what the edge checks (caps) and journals (each alert's state).
+    """
+    decoded = _decode(body)
+    if decoded is None:
+        alerts = from_body(body)
+        truncated = int(alerts[0].refs.get("truncated_alerts", "0")) if alerts else 0
+        key = alerts[0].refs.get("group_key", "") if alerts else ""
+        return Admitted(alerts, truncated, key)
+    payload, times = decoded
+    return Admitted(
+        [
+            Seen(a.fingerprint, a.status, _ts(starts), a.labels, a.annotations)
+            for a, (starts, _) in zip(payload.alerts, times, strict=True)
+        ],
+        max(payload.truncatedAlerts, 0),
+        payload.groupKey,
+    )
+
+
+def _fast(body: bytes) -> list[Alert] | None:
+    """The alerts of a body msgspec reads, or None for the pydantic path."""
+    decoded = _decode(body)
+    if decoded is None:
+        return None
+    payload, times = decoded
+    refs = {"receiver": payload.receiver, "group_key": payload.groupKey}
+    if payload.externalURL:
+        refs["alertmanager_url"] = payload.externalURL
+    if payload.truncatedAlerts > 0:
+        refs["truncated_alerts"] = str(payload.truncatedAlerts)
+    shared = freeze(refs)
+    # The decoded dicts belong to nobody else: wrapped, not copied.
+    return [
+        Alert(
+            source="alertmanager",
+            fingerprint=a.fingerprint,
+            status=a.status,
+            labels=MappingProxyType(a.labels),
+            annotations=MappingProxyType(a.annotations),
+            starts_at=_ts(starts),
+            ends_at=_ts(ends),
+            generator_url=a.generatorURL,
+            refs=shared,
+        )
+        for a, (starts, ends) in zip(payload.alerts, times, strict=True)
+    ]
+
+
 def _ts(value: datetime | None) -> datetime | None:
     if value is None or value.year == _ZERO_YEAR:
         return None
@@ -58,9 +215,13 @@ def _ts(value: datetime | None) -> datetime | None:
 def from_body(body: bytes) -> list[Alert]:
     """Parse and validate a raw webhook body in one pass (the hot path).
 
-    Pydantic's own JSON parser validates without building Python dicts first;
-    only a body that fails takes the slower path, for the detailed error.
+    msgspec first; then pydantic's own JSON parser, which validates without
+    building Python dicts first; only a body that fails both takes the slower
+    path, for the detailed error.
     """
+    alerts = _fast(body)
+    if alerts is not None:
+        return alerts
     try:
         payload = AmWebhook.model_validate_json(body)
     except ValidationError:

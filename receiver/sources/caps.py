@@ -10,9 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from receiver.errors import PayloadTooLargeError
-from receiver.model import Alert
+
+
+class Capped(Protocol):
+    """What the caps look at: an ``Alert``, or the edge's lighter view of one."""
+
+    @property
+    def fingerprint(self) -> str: ...  # noqa: D102
+    @property
+    def labels(self) -> Mapping[str, str]: ...  # noqa: D102
+    @property
+    def annotations(self) -> Mapping[str, str]: ...  # noqa: D102
 
 
 @dataclass(frozen=True)
@@ -31,46 +42,55 @@ def _size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
 
 
+def _where(index: int, alert: Capped) -> str:
+    return f"alert {index} (fingerprint {alert.fingerprint[:40]!r})"
+
+
 def _check_map(
     *,
-    where: str,
-    pointer: str,
+    index: int,
+    alert: Capped,
     kind: str,
     items: Mapping[str, str],
     max_count: int,
     max_value: int,
     setting: tuple[str, str],
 ) -> int:
+    # The text of an error is built only for an error: this runs for every alert.
     if len(items) > max_count:
         raise PayloadTooLargeError(
-            f"{where} has {len(items)} {kind}s, over the cap of {max_count} "
-            f"({setting[0]})",
-            errors=[{"pointer": f"{pointer}/{kind}s", "detail": "too many"}],
+            f"{_where(index, alert)} has {len(items)} {kind}s, over the cap of "
+            f"{max_count} ({setting[0]})",
+            errors=[{"pointer": f"/alerts/{index}/{kind}s", "detail": "too many"}],
         )
     total = 0
     for name, value in items.items():
-        name_size, value_size = _size(name), _size(value)
+        # Inline: this loop runs for every label of every alert at the edge.
+        name_size = len(name) if name.isascii() else _size(name)
+        value_size = len(value) if value.isascii() else _size(value)
         if value_size > max_value or name_size > max_value:
             which = "name" if name_size > max_value else "value"
             raise PayloadTooLargeError(
-                f"{where} {kind} {name[:60]!r}: {which} of "
+                f"{_where(index, alert)} {kind} {name[:60]!r}: {which} of "
                 f"{max(name_size, value_size)} bytes is over the cap of {max_value} "
                 f"({setting[1]})",
                 errors=[
-                    {"pointer": f"{pointer}/{kind}s/{name[:60]}", "detail": "too long"}
+                    {
+                        "pointer": f"/alerts/{index}/{kind}s/{name[:60]}",
+                        "detail": "too long",
+                    }
                 ],
             )
         total += name_size + value_size
     return total
 
 
-def check_caps(alerts: Sequence[Alert], caps: AlertCaps) -> None:
+def check_caps(alerts: Sequence[Capped], caps: AlertCaps) -> None:
     """Raise ``PayloadTooLargeError`` for the first alert over a cap."""
     for index, alert in enumerate(alerts):
-        where = f"alert {index} (fingerprint {alert.fingerprint[:40]!r})"
         total = _check_map(
-            where=where,
-            pointer=f"/alerts/{index}",
+            index=index,
+            alert=alert,
             kind="label",
             items=alert.labels,
             max_count=caps.max_labels,
@@ -78,8 +98,8 @@ def check_caps(alerts: Sequence[Alert], caps: AlertCaps) -> None:
             setting=("max_labels", "max_label_value_bytes"),
         )
         total += _check_map(
-            where=where,
-            pointer=f"/alerts/{index}",
+            index=index,
+            alert=alert,
             kind="annotation",
             items=alert.annotations,
             max_count=caps.max_annotations,
@@ -88,7 +108,7 @@ def check_caps(alerts: Sequence[Alert], caps: AlertCaps) -> None:
         )
         if total > caps.max_alert_bytes:
             raise PayloadTooLargeError(
-                f"{where}: its labels and annotations hold {total} bytes, over the "
-                f"cap of {caps.max_alert_bytes} (max_alert_bytes)",
+                f"{_where(index, alert)}: its labels and annotations hold {total} "
+                f"bytes, over the cap of {caps.max_alert_bytes} (max_alert_bytes)",
                 errors=[{"pointer": f"/alerts/{index}", "detail": "too large"}],
             )

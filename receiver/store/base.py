@@ -90,6 +90,20 @@ class Journal(Protocol):
         """
         ...
 
+    async def claim_batch(
+        self, consumer: str, limit: int, wait: float, now: datetime
+    ) -> list[Lease]:
+        """Take up to ``limit`` entries at once, each under its own lease.
+
+        Chosen by ``claim``'s rules (pending entries oldest first, lapsed
+        leases, and on Redis entries delivered to ``consumer`` whose reply was
+        lost), in one transaction or script; as many as there are, up to
+        ``limit``. Waits up to ``wait`` seconds for the first; empty when there
+        was none. A consumer completes, releases or parks everything it
+        claimed before it claims again.
+        """
+        ...
+
     async def renew(self, lease: Lease, now: datetime) -> Lease | None:
         """Extend a lease from ``now``; None when it is no longer ours."""
         ...
@@ -102,6 +116,16 @@ class Journal(Protocol):
         self, entry_id: str, traces: Sequence[Mapping[str, JSONValue]]
     ) -> None:
         """Record an entry's decisions and mark it done, atomically (once)."""
+        ...
+
+    async def complete_batch(
+        self, done: Sequence[tuple[str, Sequence[Mapping[str, JSONValue]]]]
+    ) -> None:
+        """``complete`` for several entries (id, traces) in one transaction.
+
+        All or nothing: on ``StoreUnavailableError`` none of them is recorded.
+        An entry already done is skipped, as ``complete`` skips it.
+        """
         ...
 
     async def park(self, lease: Lease, reason: str, now: datetime) -> None:
@@ -258,6 +282,12 @@ class GuardState(Protocol):
 
     async def last_run(self, scope: str, now: datetime) -> datetime | None:
         """When a remediation last ran in ``scope``, if within its cooldown."""
+        ...
+
+    async def last_runs(
+        self, scopes: Sequence[str], now: datetime
+    ) -> dict[str, datetime | None]:
+        """``last_run`` for several scopes in one read (every scope a key)."""
         ...
 
     async def set_last_run(self, scope: str, at: datetime, ttl: timedelta) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from prometheus_client import Counter, Histogram
 
 from receiver.errors import (
     AuthError,
@@ -34,6 +35,9 @@ CONTENT_TYPE = "application/problem+json"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Where a problem response keeps its detail, for the one log line per rejection.
 DETAIL = web.ResponseKey("problem_detail", str)
+# Labelled metric children kept for reuse; a method is the client's to choose,
+# so the cache is bounded (past it, children are looked up each time).
+_CHILDREN_KEPT = 1024
 log = structlog.get_logger("receiver.web")
 
 _TITLES = {
@@ -152,10 +156,42 @@ def _http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
     return problem(exc.status, detail or exc.reason)
 
 
+class _Children:
+    """The labelled metric children the middleware touches, looked up once.
+
+    ``labels()`` takes a lock and builds a key on every call: a few
+    microseconds of every request, measured.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._webhooks: dict[tuple[str, str], Counter] = {}
+        self._durations: dict[tuple[str, str, str], Histogram] = {}
+
+    def count_webhook(self, source: str, outcome: str) -> None:
+        key = (source, outcome)
+        child = self._webhooks.get(key)
+        if child is None:
+            child = self._metrics.webhooks.labels(source, outcome)
+            if len(self._webhooks) < _CHILDREN_KEPT:
+                self._webhooks[key] = child
+        child.inc()
+
+    def observe(self, route: str, method: str, status: str, seconds: float) -> None:
+        key = (route, method, status)
+        child = self._durations.get(key)
+        if child is None:
+            child = self._metrics.request_duration.labels(route, method, status)
+            if len(self._durations) < _CHILDREN_KEPT:
+                self._durations[key] = child
+        child.observe(seconds)
+
+
 def make_middleware(
     metrics: Metrics,
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Middleware: request id, duration histogram, and error mapping."""
+    children = _Children(metrics)
 
     @web.middleware
     async def middleware(
@@ -198,7 +234,7 @@ def make_middleware(
                     if response.status < 300
                     else OUTCOMES.get(response.status, str(response.status))
                 )
-                metrics.webhooks.labels(source.removeprefix("webhook:"), outcome).inc()
+                children.count_webhook(source.removeprefix("webhook:"), outcome)
                 if response.status >= 400 and response.status != 499:
                     log.warning(
                         "webhook_rejected",
@@ -214,11 +250,12 @@ def make_middleware(
             return response
         finally:
             status = locals().get("response")
-            metrics.request_duration.labels(
+            children.observe(
                 route_name,
                 request.method,
                 str(status.status) if isinstance(status, web.StreamResponse) else "500",
-            ).observe(time.perf_counter() - started)
+                time.perf_counter() - started,
+            )
             structlog.contextvars.unbind_contextvars("request_id")
 
     return middleware

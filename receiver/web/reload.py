@@ -78,10 +78,10 @@ class Reloader:
 
     def loaded(self, rulebook: Rulebook) -> None:
         """Record a successful load (at start and after each reload)."""
-        self._metrics.rules_loaded.set(len(rulebook.rules))
-        self._metrics.reload_ok.set(1)
         self.loaded_at = self._clock()
-        self._metrics.reload_time.set(self.loaded_at.timestamp())
+        self._metrics.rules_load_succeeded(
+            len(rulebook.rules), self.loaded_at.timestamp()
+        )
         self._metrics.known(
             step_types=step_types(rulebook),
             sinks=(),
@@ -99,7 +99,7 @@ class Reloader:
             steps = self._processor.rulebook.steps
             rulebook = load_rulebook(self.paths, steps=steps)
         except RuleError as exc:
-            self._metrics.reload_ok.set(0)
+            self._metrics.rules_load_failed()
             self.last_error = "; ".join(str(d) for d in exc.details[:5])
             self.last_error_at = self._clock()
             log.error(  # noqa: TRY400 (the errors are listed; no traceback)

@@ -11,6 +11,7 @@ from receiver.model import Alert
 from receiver.sinks.render import is_own_note
 from receiver.sources import alertmanager, events_v2, pagerduty, parse_json
 from receiver.sources.caps import check_caps
+from receiver.store.base import AlertState
 from receiver.web.edge import PARSE_IN_THREAD, Edge, redact_routing_key
 
 log = structlog.get_logger("receiver.web")
@@ -24,24 +25,43 @@ class Webhooks(Edge):
         self._require(request, "webhook")
         await self._admit("alertmanager")
         body = await self._body(request)
+        # Only what the edge checks and journals is taken from the body here;
+        # the worker builds the alerts when it decides them.
         if len(body) > PARSE_IN_THREAD:
-            alerts = await asyncio.to_thread(alertmanager.from_body, body)
+            got = await asyncio.to_thread(alertmanager.admit, body)
         else:
-            alerts = alertmanager.from_body(body)
-        truncated = int(alerts[0].refs.get("truncated_alerts", "0")) if alerts else 0
-        if truncated:
-            self._metrics.alerts_truncated.inc(truncated)
+            got = alertmanager.admit(body)
+        alerts = got.alerts
+        if got.truncated:
+            self._metrics.alerts_truncated.inc(got.truncated)
             log.warning(
                 "alerts_truncated",
-                truncated=truncated,
+                truncated=got.truncated,
                 received=len(alerts),
-                group_key=alerts[0].refs.get("group_key", "")[:200],
+                group_key=got.group_key[:200],
                 detail="Alertmanager left alerts of this group out of the webhook "
                 "(max_alerts); those alerts are not decided",
             )
-        entry = await self._accept("alertmanager", body, alerts, request.headers)
-        return web.json_response(
-            {"status": "accepted", "id": entry.id, "alerts": len(alerts)}, status=202
+        check_caps(alerts, self._limits.caps)
+        now = self._clock()
+        states = [
+            AlertState(a.fingerprint, a.status, a.starts_at or now, now) for a in alerts
+        ]
+        entry = await self._journal(
+            "alertmanager",
+            body,
+            states,
+            alerts=len(alerts),
+            headers=request.headers,
+            now=now,
+        )
+        # The JSON json_response would write, without encoding a dict: the id
+        # is hex and the count an int.
+        count = len(alerts)
+        return web.Response(
+            text=f'{{"status": "accepted", "id": "{entry.id}", "alerts": {count}}}',
+            status=202,
+            content_type="application/json",
         )
 
     async def pagerduty(self, request: web.Request) -> web.Response:

@@ -7,6 +7,6 @@ also polls the ``http.get`` verify.
 
 from __future__ import annotations
 
-from receiver.steps.http.executor import HttpExecutor, json_path
+from receiver.steps.http.executor import HttpExecutor, json_path, warm_up
 
-__all__ = ["HttpExecutor", "json_path"]
+__all__ = ["HttpExecutor", "json_path", "warm_up"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -217,6 +218,23 @@ class GuardOps(RedisCore):
         if expires and int(expires) < _ms(now):
             return None
         return _parse(at)
+
+    async def last_runs(  # noqa: D102
+        self, scopes: Sequence[str], now: datetime
+    ) -> dict[str, datetime | None]:
+        wanted = list(dict.fromkeys(scopes))
+        if not wanted:
+            return {}
+        with self._reachable("read cooldowns"):
+            values = await self._redis.mget([self._key("last-run", s) for s in wanted])
+        found: dict[str, datetime | None] = {}
+        for scope, value in zip(wanted, values, strict=True):
+            found[scope] = None
+            if value is not None:
+                at, _, expires = _str(value).partition(" ")
+                if not expires or int(expires) >= _ms(now):
+                    found[scope] = _parse(at)
+        return found
 
     async def set_last_run(self, scope: str, at: datetime, ttl: timedelta) -> None:  # noqa: D102
         expires = _ms(at + ttl)

@@ -61,14 +61,22 @@ class JournalOps(RedisCore):
     async def claim(  # noqa: D102
         self, consumer: str, wait: float, now: datetime
     ) -> Lease | None:
+        leases = await self.claim_batch(consumer, 1, wait, now)
+        return leases[0] if leases else None
+
+    async def claim_batch(  # noqa: D102
+        self, consumer: str, limit: int, wait: float, now: datetime
+    ) -> list[Lease]:
         deadline = time.monotonic() + max(wait, 0.0)
         until = now + self.retention.lease
-        with self._reachable("claim a journal entry"):
+        with self._reachable("claim journal entries"):
             await self._ensure_group()
             recreated = False
             while True:
                 try:
-                    entry = await self._claim_next(consumer, now, until, deadline)
+                    entries = await self._claim_next(
+                        consumer, max(limit, 1), now, until, deadline
+                    )
                 except redis.exceptions.ResponseError as exc:
                     # The stream or group was deleted under us: recreate it once.
                     if "NOGROUP" not in str(exc) or recreated:
@@ -76,12 +84,17 @@ class JournalOps(RedisCore):
                     await self._ensure_group(again=True)
                     recreated = True
                     continue
-                return None if entry is None else Lease(entry, consumer, until)
+                return [Lease(entry, consumer, until) for entry in entries]
 
     async def _claim_next(
-        self, consumer: str, now: datetime, until: datetime, deadline: float
-    ) -> JournalEntry | None:
-        """Claim an entry (one script, one round trip), waiting until ``deadline``."""
+        self,
+        consumer: str,
+        limit: int,
+        now: datetime,
+        until: datetime,
+        deadline: float,
+    ) -> list[JournalEntry]:
+        """Claim entries (one script, one round trip), waiting until ``deadline``."""
         while True:
             reply = await self._claim_script(
                 keys=[self._journal, self._leases],
@@ -91,21 +104,24 @@ class JournalOps(RedisCore):
                     _ms(now),
                     _ms(until),
                     self._key("payload", ""),
+                    limit,
                 ],
             )
-            fields = _pairs(reply)
-            if "__id" in fields:
-                return self._entry(_str(fields.pop("__id")), fields)
+            last, *taken = reply
+            if taken:
+                entries = []
+                for raw in taken:
+                    fields = _pairs(raw)
+                    entries.append(self._entry(_str(fields.pop("__id")), fields))
+                return entries
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None
+                return []
             # Wake up when something is appended after the script looked (the
             # newest id it saw), or after a short while to look for lapsed
             # leases again.
             block = max(1, int(min(remaining, self._block_chunk, 0.25) * 1000))
-            await self._redis.xread(
-                {self._journal: fields["__last"]}, count=1, block=block
-            )
+            await self._redis.xread({self._journal: last}, count=1, block=block)
 
     @staticmethod
     def _entry(entry_id: str, fields: Mapping[str, bytes]) -> JournalEntry:
@@ -192,12 +208,12 @@ class JournalOps(RedisCore):
     async def complete(  # noqa: D102
         self, entry_id: str, traces: Sequence[Mapping[str, Any]]
     ) -> None:
-        records = [
-            f"{_record_time(t):013d} {json.dumps(t, separators=(',', ':'))}"
-            for t in traces
-        ]
+        await self.complete_batch([(entry_id, traces)])
+
+    async def complete_batch(  # noqa: D102
+        self, done: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]
+    ) -> None:
         keys = [
-            self._key("payload", entry_id),
             self._journal,
             self._decisions,
             self._payloads,
@@ -209,10 +225,21 @@ class JournalOps(RedisCore):
             self._group,
             self.retention.max_decisions,
             _ttl_ms(self.retention.max_age),
-            entry_id,
-            *records,
         ]
-        with self._reachable("complete a journal entry"):
+        ids: set[str] = set()
+        for entry_id, traces in done:
+            if entry_id in ids:
+                continue  # once, as the script would skip it anyway
+            ids.add(entry_id)
+            keys.append(self._key("payload", entry_id))
+            args += [entry_id, len(traces)]
+            args += [
+                f"{_record_time(t):013d} {json.dumps(t, separators=(',', ':'))}"
+                for t in traces
+            ]
+        if not ids:
+            return
+        with self._reachable("complete journal entries"):
             await self._ensure_group()
             await self._complete_script(keys=keys, args=args)
 

@@ -38,27 +38,38 @@ return written
 """
 
 _COMPLETE = """
--- KEYS: payload hash, journal, decisions, payload index, finished index, leases,
---       parked
--- ARGV: group, max decisions, ttl ms, entry id, then the records
-if redis.call('HGET', KEYS[1], 'done') == '1' then return 0 end
-for i = 5, #ARGV do redis.call('LPUSH', KEYS[3], ARGV[i]) end
-if #ARGV >= 5 then
-  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[2]) - 1)
-  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+-- KEYS: journal, decisions, payload index, finished index, leases, parked,
+--       then one payload hash per entry
+-- ARGV: group, max decisions, ttl ms, then per entry: its id, how many
+--       records, the records
+-- An entry already done is skipped. Returns how many entries were completed.
+local at, pushed, completed = 4, false, 0
+for k = 7, #KEYS do
+  local hash, id, n = KEYS[k], ARGV[at], tonumber(ARGV[at + 1])
+  local first = at + 2
+  at = first + n
+  if redis.call('HGET', hash, 'done') ~= '1' then
+    for i = first, at - 1 do redis.call('LPUSH', KEYS[2], ARGV[i]) end
+    pushed = pushed or n > 0
+    redis.call('ZREM', KEYS[5], id)
+    redis.call('ZREM', KEYS[6], id)
+    local sid = redis.call('HGET', hash, 'stream')
+    if sid then
+      redis.call('XACK', KEYS[1], ARGV[1], sid)
+      redis.call('XDEL', KEYS[1], sid)
+      redis.call('HSET', hash, 'done', '1', 'state', 'done')
+      redis.call('PEXPIRE', hash, ARGV[3])
+      local score = redis.call('ZSCORE', KEYS[3], id)
+      if score then redis.call('ZADD', KEYS[4], score, id) end
+    end
+    completed = completed + 1
+  end
 end
-redis.call('ZREM', KEYS[6], ARGV[4])
-redis.call('ZREM', KEYS[7], ARGV[4])
-local sid = redis.call('HGET', KEYS[1], 'stream')
-if sid then
-  redis.call('XACK', KEYS[2], ARGV[1], sid)
-  redis.call('XDEL', KEYS[2], sid)
-  redis.call('HSET', KEYS[1], 'done', '1', 'state', 'done')
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  local score = redis.call('ZSCORE', KEYS[4], ARGV[4])
-  if score then redis.call('ZADD', KEYS[5], score, ARGV[4]) end
+if pushed then
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
-return 1
+return completed
 """
 
 _PRUNE_DECISIONS = """
@@ -91,29 +102,36 @@ end
 
 _CLAIM = """
 -- KEYS: journal, leases
--- ARGV: group, consumer, now ms, lease end ms, payload key prefix
--- A whole claim in one round trip (idle workers woken by an append mostly
--- find nothing, so the empty claim must be cheap), in this order:
--- 1. an entry delivered to this consumer whose reply never arrived (Redis
---    went away mid-call): taken back at once rather than after its lease;
--- 2. an entry whose lease lapsed before now (the caller's clock);
--- 3. the next undelivered entry. Reading and leasing are one step: a crash
+-- ARGV: group, consumer, now ms, lease end ms, payload key prefix, limit
+-- Up to ``limit`` entries in one round trip (idle workers woken by an append
+-- mostly find nothing, so the empty claim must be cheap), in this order:
+-- 1. entries delivered to this consumer whose reply never arrived (Redis
+--    went away mid-call): taken back at once rather than after their lease;
+-- 2. entries whose lease lapsed before now (the caller's clock);
+-- 3. the next undelivered entries. Reading and leasing are one step: a crash
 --    between them cannot leave an entry delivered but unleased.
--- Returns the payload hash plus '__id', or {'__last', newest stream id}: an
--- XREAD after that id wakes for any entry appended since this script ran.
+-- Returns {newest stream id, entry, entry, ...}, each entry its payload hash
+-- plus '__id'. With no entry, an XREAD after that id wakes for any entry
+-- appended since this script ran ('0-0': look again at once).
 -- (Payload keys are built here from the message: like the other multi-key
 -- scripts, this needs one Redis, not a cluster.)
 local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[5]
+local limit = tonumber(ARGV[6])
+local out = {''}
+local taken = {}
 
 local function lease(hash, id)
   redis.call('HSET', hash, 'state', 'claimed', 'consumer', consumer)
   redis.call('HINCRBY', hash, 'attempts', 1)
   redis.call('ZADD', KEYS[2], ARGV[4], id)
-  local out = redis.call('HGETALL', hash)
-  table.insert(out, '__id')
-  table.insert(out, id)
-  return out
+  local fields = redis.call('HGETALL', hash)
+  table.insert(fields, '__id')
+  table.insert(fields, id)
+  table.insert(out, fields)
+  taken[id] = true
 end
+
+local function full() return #out > limit end
 
 local function entry_id(fields)
   for i = 1, #fields, 2 do
@@ -127,55 +145,77 @@ local function finished(hash, state)
   return redis.call('EXISTS', hash) == 0 or state == 'done' or state == 'parked'
 end
 
-local mine = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1,
+local mine = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', limit,
                         'STREAMS', KEYS[1], '0')
-local message = mine and mine[1] and mine[1][2][1]
--- An entry trimmed from the stream but still pending comes back without fields.
-if message and message[2] and #message[2] > 0 then
-  local sid, id = message[1], entry_id(message[2])
-  local hash = prefix .. id
-  local state = redis.call('HGET', hash, 'state')
-  if finished(hash, state) then
-    redis.call('XACK', KEYS[1], group, sid)
-    redis.call('XDEL', KEYS[1], sid)
-  elseif state ~= 'claimed' or redis.call('HGET', hash, 'consumer') == consumer then
-    return lease(hash, id)
-  end  -- else someone else's lease: never taken this way
+for _, message in ipairs(mine and mine[1] and mine[1][2] or {}) do
+  -- An entry trimmed from the stream but still pending comes back without
+  -- fields.
+  if message[2] and #message[2] > 0 then
+    local sid, id = message[1], entry_id(message[2])
+    local hash = prefix .. id
+    local state = redis.call('HGET', hash, 'state')
+    if finished(hash, state) then
+      redis.call('XACK', KEYS[1], group, sid)
+      redis.call('XDEL', KEYS[1], sid)
+    elseif state ~= 'claimed' or redis.call('HGET', hash, 'consumer') == consumer
+    then
+      lease(hash, id)
+    end  -- else someone else's lease: never taken this way
+  end
 end
 
-for _ = 1, 10 do
+local dropped = 0
+while not full() and dropped < 10 do
   local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[3],
-                         'LIMIT', 0, 1)
+                         'LIMIT', 0, limit + 1 - #out)
   if #due == 0 then break end
-  local hash = prefix .. due[1]
-  if redis.call('HGET', hash, 'state') ~= 'claimed' then
-    redis.call('ZREM', KEYS[2], due[1])
-  else
-    local sid = redis.call('HGET', hash, 'stream')
-    if sid then redis.call('XCLAIM', KEYS[1], group, consumer, 0, sid) end
-    return lease(hash, due[1])
+  local progress = false
+  for _, id in ipairs(due) do
+    if full() then break end
+    if not taken[id] then
+      local hash = prefix .. id
+      progress = true
+      if redis.call('HGET', hash, 'state') ~= 'claimed' then
+        redis.call('ZREM', KEYS[2], id)
+        dropped = dropped + 1
+      else
+        local sid = redis.call('HGET', hash, 'stream')
+        if sid then redis.call('XCLAIM', KEYS[1], group, consumer, 0, sid) end
+        lease(hash, id)
+      end
+    end
   end
+  if not progress then break end
 end
 
-for _ = 1, 10 do
-  local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1,
-                           'STREAMS', KEYS[1], '>')
+dropped = 0
+while not full() do
+  local reply = redis.call('XREADGROUP', 'GROUP', group, consumer,
+                           'COUNT', limit + 1 - #out, 'STREAMS', KEYS[1], '>')
   if not reply then
-    local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-    return {'__last', newest[1] and newest[1][1] or '0-0'}
+    if #out == 1 then
+      local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+      out[1] = newest[1] and newest[1][1] or '0-0'
+    end
+    return out
   end
-  local message = reply[1][2][1]
-  local sid, id = message[1], entry_id(message[2])
-  local hash = prefix .. id
-  if finished(hash, redis.call('HGET', hash, 'state')) then
-    redis.call('XACK', KEYS[1], group, sid)
-    redis.call('XDEL', KEYS[1], sid)
-  else
-    return lease(hash, id)
+  for _, message in ipairs(reply[1][2]) do
+    local sid, id = message[1], entry_id(message[2])
+    local hash = prefix .. id
+    if finished(hash, redis.call('HGET', hash, 'state')) then
+      redis.call('XACK', KEYS[1], group, sid)
+      redis.call('XDEL', KEYS[1], sid)
+      dropped = dropped + 1
+    else
+      lease(hash, id)
+    end
   end
+  if dropped >= 10 then break end
 end
--- Ten finished entries dropped and maybe more undelivered: look again at once.
-return {'__last', '0-0'}
+-- Full, or ten finished entries dropped and maybe more undelivered: with
+-- nothing taken, look again at once.
+out[1] = '0-0'
+return out
 """
 
 _RENEW = """

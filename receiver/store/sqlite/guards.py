@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from receiver.store.base import BudgetSlot, Circuit, Lock, Pause
 from receiver.store.sqlite.incarnations import SqliteIncarnations
-from receiver.store.sqlite.schema import _epoch, _ts
+from receiver.store.sqlite.schema import STATE_READ_CHUNK, _epoch, _ts
 
 
 class SqliteGuards(SqliteIncarnations):
@@ -80,6 +81,32 @@ class SqliteGuards(SqliteIncarnations):
             return _ts(row[0]) if row else None
 
         return await self._run(read)
+
+    async def last_runs(  # noqa: D102
+        self, scopes: Sequence[str], now: datetime
+    ) -> dict[str, datetime | None]:
+        wanted = list(dict.fromkeys(scopes))
+        at = _epoch(now)
+
+        def read(db: sqlite3.Connection) -> dict[str, datetime | None]:
+            found: dict[str, datetime | None] = dict.fromkeys(wanted)
+            for start in range(0, len(wanted), STATE_READ_CHUNK):
+                chunk = wanted[start : start + STATE_READ_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                query = (
+                    f"SELECT scope, at FROM last_run WHERE scope IN ({marks}) "  # noqa: S608 (placeholders only)
+                    "AND expires_at >= ?"
+                )
+                for row in db.execute(query, (*chunk, at)):
+                    found[row[0]] = _ts(row[1])
+            return found
+
+        if not wanted:
+            return {}
+        # A read: through the read connection, never holding the write lock
+        # the edge's appends need (every write it could miss is committed
+        # before its caller goes on).
+        return await self._read(read)
 
     async def set_last_run(  # noqa: D102
         self, scope: str, at: datetime, ttl: timedelta

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -24,28 +25,112 @@ from receiver.store.sqlite.schema import STATE_READ_CHUNK, _epoch, _ts
 
 
 class SqliteJournal(SqliteConnection):
-    """The journal of received payloads and the alert states they carry."""
+    """The journal of received payloads and the alert states they carry.
+
+    Appends made while a transaction is on its way to disk join one group,
+    written as one call of the next transaction: one statement for all their
+    journal rows, one read and one write for all their alert states.
+    """
+
+    # The group appends join until the writer takes it.
+    _appends: _AppendGroup | None = None
 
     async def append(  # noqa: D102
         self, entry: JournalEntry, states: Sequence[AlertState]
     ) -> None:
-        def write(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO journal (id, source, received_at, body, headers) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (
-                    entry.id,
-                    entry.source,
-                    entry.received_at.isoformat(),
-                    entry.body,
-                    json.dumps(dict(entry.headers)),
-                ),
-            )
-            if states:
-                self._put_states(db, states)
-
-        await self._run(write)
+        group = self._appends
+        future = None if group is None else group.join(entry, states)
+        if future is None:
+            group = self._appends = _AppendGroup()
+            future = group.join(entry, states)
+            assert future is not None  # noqa: S101 (a new group is open)
+            group.task = asyncio.create_task(self._write_group(group))
+        await future
         self._wakeup.set()
+
+    async def _write_group(self, group: _AppendGroup) -> None:
+        """Journal a group of appends as one call of the next transaction."""
+        try:
+            outcomes = await self._run(lambda db: self._append_group(db, group))
+        except Exception as exc:  # noqa: BLE001 (each caller gets the batch's error)
+            group.close()  # if BEGIN failed, the writer never took it
+            outcomes = [exc] * len(group.taken)
+        except BaseException:
+            group.close()
+            group.cancel_all()
+            raise
+        finally:
+            if self._appends is group:
+                self._appends = None
+        for index, outcome in zip(group.taken, outcomes, strict=True):
+            future = group.futures[index]
+            if future.done():
+                continue
+            if outcome is None:
+                future.set_result(None)
+            else:
+                future.set_exception(outcome)
+        group.cancel_all()  # those cancelled before the group was taken
+
+    def _append_group(
+        self, db: sqlite3.Connection, group: _AppendGroup
+    ) -> list[Exception | None]:
+        """Write the group's entries in one go, or one savepoint each if that fails.
+
+        Every entry and every state goes in with one statement each (a
+        savepoint around them, one per group, not per entry; none for a group
+        of one, which fails as any call does). If that fails,
+        it is rolled back and each entry is written in its own savepoint, so a
+        failing entry fails alone, as separate calls would.
+        """
+        entries = group.close()
+        if len(entries) == 1:
+            self._write_entries(db, entries)  # fails as a call of its own
+            return [None]
+        db.execute("SAVEPOINT appends")
+        try:
+            self._write_entries(db, entries)
+        except Exception:  # noqa: BLE001 (each entry is tried on its own next)
+            db.execute("ROLLBACK TO appends")
+        else:
+            db.execute("RELEASE appends")
+            return [None] * len(entries)
+        db.execute("RELEASE appends")
+        outcomes: list[Exception | None] = []
+        for one in entries:
+            db.execute("SAVEPOINT append")
+            try:
+                self._write_entries(db, [one])
+            except Exception as exc:  # noqa: BLE001 (handed to its caller)
+                db.execute("ROLLBACK TO append")
+                outcomes.append(self._error_of(exc))
+            else:
+                outcomes.append(None)
+            db.execute("RELEASE append")
+        return outcomes
+
+    def _write_entries(
+        self,
+        db: sqlite3.Connection,
+        entries: Sequence[tuple[JournalEntry, Sequence[AlertState]]],
+    ) -> None:
+        db.executemany(
+            "INSERT INTO journal (id, source, received_at, body, headers) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [
+                (
+                    e.id,
+                    e.source,
+                    e.received_at.isoformat(),
+                    e.body,
+                    json.dumps(dict(e.headers)),
+                )
+                for e, _ in entries
+            ],
+        )
+        states = [s for _, group in entries for s in group]
+        if states:
+            self._put_states(db, states)
 
     @classmethod
     def _put_states(cls, db: sqlite3.Connection, states: Sequence[AlertState]) -> None:
@@ -56,26 +141,52 @@ class SqliteJournal(SqliteConnection):
         """
         latest: dict[str, AlertState | None] = {}
         fingerprints = list(dict.fromkeys(s.fingerprint for s in states))
+        # Rows written together share their times: each text is parsed once.
+        parsed: dict[str, datetime] = {}
+
+        def when(text: str) -> datetime:
+            found = parsed.get(text)
+            if found is None:
+                found = parsed[text] = datetime.fromisoformat(text)
+            return found
+
         for start in range(0, len(fingerprints), STATE_READ_CHUNK):
             chunk = fingerprints[start : start + STATE_READ_CHUNK]
             marks = ",".join("?" * len(chunk))
-            for row in db.execute(
-                f"SELECT * FROM alert_state WHERE fingerprint IN ({marks})",  # noqa: S608 (placeholders only)
+            for fingerprint, status, starts_at, updated_at in db.execute(
+                "SELECT fingerprint, status, starts_at, updated_at FROM alert_state "  # noqa: S608 (placeholders only)
+                f"WHERE fingerprint IN ({marks})",
                 chunk,
             ):
-                latest[row["fingerprint"]] = cls._state_of(row)
+                latest[fingerprint] = AlertState(
+                    fingerprint,
+                    status,
+                    when(starts_at) if starts_at else None,
+                    when(updated_at),
+                )
         changed: dict[str, AlertState] = {}
         for state in states:
             if newer_state(latest.get(state.fingerprint), state):
                 latest[state.fingerprint] = changed[state.fingerprint] = state
+        # The states of a payload share their times (``updated_at`` always,
+        # ``starts_at`` often): each distinct time is written out once.
+        texts: dict[tuple[datetime, object], str] = {}
+
+        def text(at: datetime) -> str:
+            key = (at, at.tzinfo)  # equal instants in other zones read differently
+            found = texts.get(key)
+            if found is None:
+                found = texts[key] = at.isoformat()
+            return found
+
         db.executemany(
             "INSERT OR REPLACE INTO alert_state VALUES (?, ?, ?, ?)",
             [
                 (
                     s.fingerprint,
                     s.status,
-                    s.starts_at.isoformat() if s.starts_at else None,
-                    s.updated_at.isoformat(),
+                    text(s.starts_at) if s.starts_at else None,
+                    text(s.updated_at),
                 )
                 for s in changed.values()
             ],
@@ -114,33 +225,48 @@ class SqliteJournal(SqliteConnection):
     async def claim(  # noqa: D102
         self, consumer: str, wait: float, now: datetime
     ) -> Lease | None:
-        deadline = time.monotonic() + wait
-        lease = self.retention.lease
-        until = now + lease
+        leases = await self.claim_batch(consumer, 1, wait, now)
+        return leases[0] if leases else None
 
-        def take(db: sqlite3.Connection) -> JournalEntry | None:
-            # The earlier of (first pending, first lapsed lease), each one
+    async def claim_batch(  # noqa: D102
+        self, consumer: str, limit: int, wait: float, now: datetime
+    ) -> list[Lease]:
+        deadline = time.monotonic() + wait
+        until = now + self.retention.lease
+        limit = max(limit, 1)
+
+        def take(db: sqlite3.Connection) -> list[JournalEntry]:
+            # The earliest of (first pending, first lapsed leases), each one
             # search of journal_queue: an OR here sorted the whole backlog.
-            row = db.execute(
+            rows = db.execute(
                 "UPDATE journal SET state='claimed', consumer=?, claimed_at=?, "
-                "lease_until=?, attempts=attempts+1 WHERE rowid = (SELECT r FROM ("
+                "lease_until=?, attempts=attempts+1 WHERE rowid IN (SELECT r FROM ("
                 "SELECT r FROM (SELECT rowid AS r FROM journal WHERE "
-                "state='pending' ORDER BY rowid LIMIT 1) UNION ALL "
+                "state='pending' ORDER BY rowid LIMIT ?) UNION ALL "
                 "SELECT r FROM (SELECT rowid AS r FROM journal WHERE "
-                "state='claimed' AND lease_until < ? ORDER BY rowid LIMIT 1)"
-                ") ORDER BY r LIMIT 1) RETURNING *",
-                (consumer, _epoch(now), _epoch(until), _epoch(now)),
-            ).fetchone()
-            return self._entry(row) if row is not None else None
+                "state='claimed' AND lease_until < ? ORDER BY rowid LIMIT ?)"
+                ") ORDER BY r LIMIT ?) RETURNING rowid, *",
+                (
+                    consumer,
+                    _epoch(now),
+                    _epoch(until),
+                    limit,
+                    _epoch(now),
+                    limit,
+                    limit,
+                ),
+            ).fetchall()
+            # RETURNING gives no order: the oldest is decided first.
+            return [self._entry(r) for r in sorted(rows, key=lambda r: r[0])]
 
         while True:
             self._wakeup.clear()
-            entry = await self._run(take)
-            if entry is not None:
-                return Lease(entry, consumer, until)
+            entries = await self._run(take)
+            if entries:
+                return [Lease(entry, consumer, until) for entry in entries]
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None
+                return []
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), min(remaining, 0.25))
 
@@ -225,13 +351,30 @@ class SqliteJournal(SqliteConnection):
     async def complete(  # noqa: D102
         self, entry_id: str, traces: Sequence[Mapping[str, Any]]
     ) -> None:
+        await self.complete_batch([(entry_id, traces)])
+
+    async def complete_batch(  # noqa: D102
+        self, done: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]
+    ) -> None:
+        if not done:
+            return
+
         def write(db: sqlite3.Connection) -> None:
-            done = datetime.now(UTC).isoformat()  # bookkeeping only, never compared
-            row = db.execute(
-                "SELECT state FROM journal WHERE id=?", (entry_id,)
-            ).fetchone()
-            if row is not None and row[0] == "done":
-                return  # completed by another worker after a lease ran out
+            at = datetime.now(UTC).isoformat()  # bookkeeping only, never compared
+            ids = [entry_id for entry_id, _ in done]
+            finished: set[str] = set()
+            for start in range(0, len(ids), STATE_READ_CHUNK):
+                chunk = ids[start : start + STATE_READ_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT id FROM journal WHERE state='done' AND id IN ({marks})"  # noqa: S608 (placeholders only)
+                finished.update(row[0] for row in db.execute(query, chunk))
+            # Completed by another worker after a lease ran out (or twice in
+            # this batch): skipped.
+            todo = []
+            for entry_id, traces in done:
+                if entry_id not in finished:
+                    finished.add(entry_id)
+                    todo.append((entry_id, traces))
             db.executemany(
                 "INSERT INTO decisions (payload_id, fingerprint, decided_at, record) "
                 "VALUES (?, ?, ?, ?)",
@@ -244,13 +387,14 @@ class SqliteJournal(SqliteConnection):
                         str(t.get("decided_at", "")),
                         json.dumps(t),
                     )
+                    for entry_id, traces in todo
                     for t in traces
                 ),
             )
-            db.execute(
+            db.executemany(
                 "UPDATE journal SET state='done', done_at=?, lease_until=NULL "
                 "WHERE id=?",
-                (done, entry_id),
+                [(at, entry_id) for entry_id, _ in todo],
             )
 
         await self._run(write)
@@ -336,3 +480,52 @@ class SqliteJournal(SqliteConnection):
             return cur.rowcount == 0
 
         return await self._run(write)
+
+
+class _AppendGroup:
+    """Appends that go into the same transaction, as one call of it.
+
+    Open (on the event loop) until the writer thread takes it; appends made
+    while it is open join it, later ones start the next group. Each append has
+    its own future: one cancelled before the group was taken is left out.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = True
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.entries: list[tuple[JournalEntry, Sequence[AlertState]]] = []
+        self.futures: list[asyncio.Future[None]] = []
+        # Indexes of the entries the writer took (their futures not cancelled).
+        self.taken: list[int] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def join(
+        self, entry: JournalEntry, states: Sequence[AlertState]
+    ) -> asyncio.Future[None] | None:
+        """Add an append (its future), unless the group is taken or of another loop."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if not self._open or self._loop not in (None, loop):
+                return None
+            self._loop = loop
+            future: asyncio.Future[None] = loop.create_future()
+            self.entries.append((entry, states))
+            self.futures.append(future)
+            return future
+
+    def cancel_all(self) -> None:
+        """Cancel every future not answered yet."""
+        for future in self.futures:
+            if not future.done():
+                future.cancel()
+
+    def close(self) -> list[tuple[JournalEntry, Sequence[AlertState]]]:
+        """Take the group (in the writer thread): no append joins it after this."""
+        with self._lock:
+            if self._open:
+                self._open = False
+                self.taken = [
+                    i for i, f in enumerate(self.futures) if not f.cancelled()
+                ]
+            return [self.entries[i] for i in self.taken]

@@ -1,0 +1,342 @@
+"""The worker takes the journal in batches and records decisions in groups.
+
+A real store (SQLite; Redis where the replica takeover is the point), real
+``Worker`` and ``Processor`` in dry-run, and a processor that can hold one entry
+until released, to crash a worker in the middle of a batch. A crash is what
+``kill -9`` leaves: the tasks are gone mid-flight, nothing is handed back,
+nothing retired. The doorbell is a real socket pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import test_store_contract as contract
+from test_store_contract import _forget_prefix
+
+from receiver.engine.doorbell import EdgeBell, WorkerBell
+from receiver.engine.planner import PlanContext
+from receiver.engine.recording import Recorder
+from receiver.engine.runner import Runner
+from receiver.engine.worker import Processor, Worker
+from receiver.model import AlertTrace
+from receiver.rulebook.loader import load_rulebook
+from receiver.steps.catalog import builtin_registry
+from receiver.store.base import DecisionQuery, JournalEntry, Retention, Store
+from receiver.store.redis import RedisStore
+from receiver.store.sqlite import SqliteStore
+
+T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+LEASE = timedelta(minutes=5)
+redis_url = contract.redis_url  # the contract's redis-server fixture
+RULES = """
+playbooks:
+  hook:
+    remediation:
+      - type: http.request
+        url: "http://hooks.test/{labels.service}"
+rules:
+  - {name: hook, match: ['alertname="Hook"'], playbook: hook}
+"""
+
+
+class Clock:
+    """Advances a millisecond on every reading; ``advance`` moves it further."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(milliseconds=1)
+        return self.now
+
+
+class GatedProcessor(Processor):
+    """Counts what it decides; holds the entry ``gate_on`` until ``opened``."""
+
+    def __init__(self, *args: Any, gate_on: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.decided: Counter[str] = Counter()
+        self.gate_on = gate_on
+        self.holding = asyncio.Event()
+        self.opened = asyncio.Event()
+
+    async def process(self, entry: JournalEntry) -> list[AlertTrace]:
+        self.decided[entry.id] += 1
+        if entry.id == self.gate_on:
+            self.holding.set()
+            await self.opened.wait()
+        return await super().process(entry)
+
+
+def _body(n: int) -> bytes:
+    alert = {
+        "status": "firing",
+        "labels": {"alertname": "Hook", "service": f"s{n}"},
+        "annotations": {},
+        "startsAt": "2026-11-26T09:00:00Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "fingerprint": f"fp-{n}",
+    }
+    return json.dumps(
+        {"version": "4", "status": "firing", "groupKey": "g", "alerts": [alert]}
+    ).encode()
+
+
+def _entry(n: int) -> JournalEntry:
+    return JournalEntry(f"e{n:03d}", "alertmanager", T0, _body(n))
+
+
+def _worker(
+    tmp_path: Path,
+    store: Store,
+    clock: Clock,
+    *,
+    concurrency: int = 2,
+    gate_on: str = "",
+    **kwargs: Any,
+) -> Worker:
+    (tmp_path / "rules.yaml").write_text(RULES)
+    processor = GatedProcessor(
+        load_rulebook([tmp_path / "rules.yaml"], steps=builtin_registry()),
+        Runner({}, clock),
+        clock,
+        PlanContext(),
+        store=store,
+        gate_on=gate_on,
+    )
+    return Worker(store, processor, concurrency, clock=clock, lease=LEASE, **kwargs)
+
+
+async def _drained(store: Store) -> None:
+    for _ in range(2000):
+        if (await store.pending())[0] == 0:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"the journal was never drained: {await store.pending()}")
+
+
+async def _crash(worker: Worker) -> None:
+    """What ``kill -9`` leaves of a worker: its tasks stop where they are."""
+    tasks = worker._tasks
+    worker._stopping.set()  # its loops end, whatever a client swallowed
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await worker._recorder.aclose()
+
+
+async def _records_per_entry(store: Store) -> Counter[str]:
+    records = await store.decisions(DecisionQuery(limit=10_000))
+    return Counter(str(r["payload_id"]) for r in records)
+
+
+async def test_a_backlog_is_claimed_in_batches_and_decided_once(tmp_path):
+    """40 waiting payloads: a handful of claims, every payload recorded once."""
+    store = SqliteStore(str(tmp_path / "state.db"))
+    for n in range(40):
+        await store.append(_entry(n), [])
+    worker = _worker(tmp_path, store, Clock(), batch=8)
+    await worker.start()
+    try:
+        await _drained(store)
+    finally:
+        await worker.stop()
+    assert await _records_per_entry(store) == {f"e{n:03d}": 1 for n in range(40)}
+    full_claims = 40 // 8
+    assert worker.claims - worker.empty_claims == full_claims
+    writes, entries = worker.recorded
+    assert entries == 40
+    assert writes <= 40
+    await store.close()
+
+
+class GatedSqlite(SqliteStore):
+    """Holds the first ``complete_batch`` until ``opened``; records every batch."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[list[str]] = []
+        self.writing = asyncio.Event()
+        self.opened = asyncio.Event()
+
+    async def complete_batch(
+        self, done: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]
+    ) -> None:
+        self.batches.append([entry_id for entry_id, _ in done])
+        self.writing.set()
+        await self.opened.wait()
+        await super().complete_batch(done)
+
+
+async def test_the_recorder_writes_what_arrives_during_a_write_together(tmp_path):
+    """Group commit: the first entry goes alone, the five behind it in one write."""
+    store = GatedSqlite(str(tmp_path / "state.db"))
+    for n in range(6):
+        await store.append(_entry(n), [])
+    recorder = Recorder(store)
+    first = asyncio.create_task(recorder.record("e000", []))
+    await store.writing.wait()
+    rest = [asyncio.create_task(recorder.record(f"e{n:03d}", [])) for n in range(1, 6)]
+    await asyncio.sleep(0)  # the five are queued behind the write in flight
+    store.opened.set()
+    await asyncio.gather(first, *rest)
+    assert store.batches == [["e000"], ["e001", "e002", "e003", "e004", "e005"]]
+    assert (recorder.writes, recorder.entries) == (2, 6)
+    assert await store.pending() == (0, None)
+    await recorder.aclose()
+    await store.close()
+
+
+async def test_a_failed_write_fails_every_entry_of_its_batch(tmp_path):
+    """A store error in a group write reaches each caller; nothing is recorded."""
+    store = SqliteStore(str(tmp_path / "state.db"))
+    await store.append(_entry(0), [])
+    recorder = Recorder(store)
+    await store.close()
+    with pytest.raises(Exception, match=r"closed|cannot"):
+        await recorder.record("e000", [{"fingerprint": "fp"}])
+    assert (recorder.writes, recorder.entries) == (0, 0)
+    await recorder.aclose()
+
+
+async def test_a_crash_in_the_middle_of_a_batch_loses_and_doubles_nothing_sqlite(
+    tmp_path,
+):
+    """SQLite: a restart decides the rest of a crashed batch; the done part stays."""
+    path = str(tmp_path / "state.db")
+    store = SqliteStore(path)
+    for n in range(6):
+        await store.append(_entry(n), [])
+    crashed = _worker(tmp_path, store, Clock(), concurrency=1, gate_on="e002", batch=6)
+    await crashed.start()
+    await crashed._processor.holding.wait()
+    await _crash(crashed)
+    await store.close()
+    assert await _records_after_restart(tmp_path, SqliteStore(path), crashed)
+
+
+async def _records_after_restart(
+    tmp_path: Path, store: Store, crashed: Worker, clock: Clock | None = None
+) -> bool:
+    worker = _worker(tmp_path, store, clock or Clock(), batch=6)
+    await worker.start()
+    try:
+        await _drained(store)
+    finally:
+        await worker.stop()
+    before = crashed._processor.decided
+    after = worker._processor.decided
+    assert before == {"e000": 1, "e001": 1, "e002": 1}
+    assert after == {f"e{n:03d}": 1 for n in range(2, 6)}
+    assert await _records_per_entry(store) == {f"e{n:03d}": 1 for n in range(6)}
+    await store.close()
+    return True
+
+
+async def test_a_crash_in_the_middle_of_a_batch_loses_and_doubles_nothing_redis(
+    tmp_path, redis_url
+):
+    """Redis: another replica takes the crashed batch's rest once its leases lapse."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    store = RedisStore(redis_url, prefix=prefix, retention=Retention(lease=LEASE))
+    for n in range(6):
+        await store.append(_entry(n), [])
+    crashed = _worker(tmp_path, store, Clock(), concurrency=1, gate_on="e002", batch=6)
+    await crashed.start()
+    await crashed._processor.holding.wait()
+    await _crash(crashed)
+    await store.close()
+    later = Clock()
+    later.now += LEASE * 2  # the crashed replica's leases have lapsed
+    replica = RedisStore(redis_url, prefix=prefix, retention=Retention(lease=LEASE))
+    try:
+        assert await _records_after_restart(tmp_path, replica, crashed, later)
+    finally:
+        await _forget_prefix(redis_url, prefix)
+
+
+async def test_a_stopping_worker_hands_back_what_it_never_started(tmp_path):
+    """A clean stop releases buffered entries at once: another worker takes them."""
+    store = SqliteStore(str(tmp_path / "state.db"))
+    for n in range(5):
+        await store.append(_entry(n), [])
+    first = _worker(tmp_path, store, Clock(), concurrency=1, gate_on="e000", batch=5)
+    await first.start()
+    await first._processor.holding.wait()
+    await first.stop()
+    clock = Clock()  # no lease has lapsed: only the released entries are free
+    leases = await store.claim_batch("next", 10, 0, clock())
+    assert [lease.entry.id for lease in leases] == [f"e{n:03d}" for n in range(1, 5)]
+    assert all(lease.entry.attempts == 2 for lease in leases)
+    await store.close()
+
+
+async def test_a_ring_wakes_one_waiting_task():
+    """Three tasks wait on the worker's bell: each ring wakes exactly one."""
+    edge_end, worker_end = socket.socketpair()
+    edge, bell = EdgeBell(edge_end), WorkerBell(worker_end)
+    bell.start(lambda: b"", every=3600)
+    waiters = [asyncio.create_task(bell.wait(30)) for _ in range(3)]
+    await asyncio.sleep(0)  # all three are waiting
+    try:
+        for woken in (1, 2, 3):
+            edge.ring()
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            assert len(done) == 1
+            waiters = [w for w in waiters if w not in done]
+            assert bell.wakeups == woken
+    finally:
+        await bell.aclose()
+        await edge.aclose()
+
+
+async def test_the_edge_gone_wakes_every_waiting_task():
+    """End of file on the bell wakes all waiters (the worker is to stop)."""
+    edge_end, worker_end = socket.socketpair()
+    bell = WorkerBell(worker_end)
+    bell.start(lambda: b"", every=3600)
+    waiters = [asyncio.create_task(bell.wait(30)) for _ in range(3)]
+    await asyncio.sleep(0)
+    edge_end.close()
+    await asyncio.wait_for(asyncio.gather(*waiters), 10)
+    assert bell.edge_gone.is_set()
+    await bell.wait(30)  # returns at once from now on
+    await bell.aclose()
+
+
+async def test_a_rung_worker_claims_without_looking_in_vain(tmp_path):
+    """Payloads arriving one by one: each ring is one claim that finds it.
+
+    Four tasks share one claimer; a worker that took all there was waits for
+    the next ring instead of looking again.
+    """
+    store = SqliteStore(str(tmp_path / "state.db"))
+    edge_end, worker_end = socket.socketpair()
+    edge, bell = EdgeBell(edge_end), WorkerBell(worker_end)
+    bell.start(lambda: b"", every=3600)
+    worker = _worker(tmp_path, store, Clock(), concurrency=4, bell=bell)
+    await worker.start()
+    try:
+        for n in range(20):
+            await store.append(_entry(n), [])
+            edge.ring()
+            await _drained(store)
+    finally:
+        await worker.stop()
+        await bell.aclose()
+        await edge.aclose()
+    assert await _records_per_entry(store) == {f"e{n:03d}": 1 for n in range(20)}
+    assert worker.claims - worker.empty_claims == 20
+    # The first look at an empty journal, and one per idle re-check at most.
+    assert worker.empty_claims <= 3
+    await store.close()
