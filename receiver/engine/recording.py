@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
-from typing import Any
 
+from receiver.model import JSONValue
 from receiver.store.base import Store
 
-_Pending = tuple[str, Sequence[Mapping[str, Any]], "asyncio.Future[None]"]
+_Pending = tuple[str, Sequence[Mapping[str, JSONValue]], "asyncio.Future[None]"]
 
 
 class Recorder:
@@ -33,7 +33,9 @@ class Recorder:
         self.writes = 0
         self.entries = 0
 
-    async def record(self, entry_id: str, traces: Sequence[Mapping[str, Any]]) -> None:
+    async def record(
+        self, entry_id: str, traces: Sequence[Mapping[str, JSONValue]]
+    ) -> None:
         """Record an entry's decisions and mark it done; return once written.
 
         Raises what ``complete_batch`` raised for the batch it was in.

@@ -6,12 +6,12 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 import redis.asyncio
 import redis.exceptions
 
-from receiver.model import Source
+from receiver.model import JSONValue, Source
 from receiver.store.base import (
     AlertState,
     JournalEntry,
@@ -206,12 +206,12 @@ class JournalOps(RedisCore):
         return bool(done)
 
     async def complete(  # noqa: D102
-        self, entry_id: str, traces: Sequence[Mapping[str, Any]]
+        self, entry_id: str, traces: Sequence[Mapping[str, JSONValue]]
     ) -> None:
         await self.complete_batch([(entry_id, traces)])
 
     async def complete_batch(  # noqa: D102
-        self, done: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]
+        self, done: Sequence[tuple[str, Sequence[Mapping[str, JSONValue]]]]
     ) -> None:
         keys = [
             self._journal,

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar, cast
 
 from receiver.errors import StoreUnavailableError
 from receiver.store.base import Retention
@@ -35,7 +35,10 @@ BUSY_TIMEOUT = 30.0
 # one fsync, and the two processes took turns badly.
 BUSY_FIRST_PAUSE = 0.0001
 BUSY_MAX_PAUSE = 0.001
-_Call = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+_Fn = Callable[[sqlite3.Connection], object]
+# A call's outcome: its value, or the exception its caller gets instead.
+_Outcome = tuple[object, Exception | None]
+_Call = tuple[_Fn, "asyncio.Future[object]"]
 
 
 class SqliteConnection:
@@ -147,12 +150,12 @@ class SqliteConnection:
             # The store moved to another event loop (tests do this): whatever
             # was queued on the old one can never be answered.
             self._queue, self._flusher = [], None
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[object] = loop.create_future()
         self._queue.append((fn, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        result: T = await future
-        return result
+        # The future holds what ``fn`` returned: a T.
+        return cast("T", await future)
 
     async def _flush(self) -> None:
         """Run queued calls, a batch per transaction, until the queue is empty."""
@@ -172,17 +175,15 @@ class SqliteConnection:
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+            for (_, future), (value, error) in zip(batch, outcomes, strict=True):
                 if future.done():
                     continue
-                if ok:
+                if error is None:
                     future.set_result(value)
                 else:
-                    future.set_exception(value)
+                    future.set_exception(error)
 
-    def _transaction(
-        self, fns: Sequence[Callable[[sqlite3.Connection], Any]]
-    ) -> list[tuple[bool, Any]]:
+    def _transaction(self, fns: Sequence[_Fn]) -> list[_Outcome]:
         """One transaction for the batch; results only once committed.
 
         Optimistic: the calls run one after another with no savepoint each (two
@@ -200,7 +201,7 @@ class SqliteConnection:
                 if failure is not None:
                     self._abort()
                     if len(fns) == 1:
-                        return [(False, self._error_of(failure))]
+                        return [(None, self._error_of(failure))]
                     self._begin()
                     outcomes = [self._in_savepoint(fn) for fn in fns]
                 db.execute("COMMIT")
@@ -208,7 +209,7 @@ class SqliteConnection:
                 # BEGIN, a savepoint or COMMIT failed: nothing of the batch stands.
                 self._abort()
                 error = self._unavailable(exc)
-                return [(False, error) for _ in fns]
+                return [(None, error) for _ in fns]
             except BaseException:
                 self._abort()
                 raise
@@ -240,13 +241,13 @@ class SqliteConnection:
                 return
 
     def _all_or_nothing(
-        self, fns: Sequence[Callable[[sqlite3.Connection], Any]]
-    ) -> tuple[list[tuple[bool, Any]], Exception | None]:
+        self, fns: Sequence[_Fn]
+    ) -> tuple[list[_Outcome], Exception | None]:
         """Run every call in the open transaction, up to the first that fails."""
-        outcomes: list[tuple[bool, Any]] = []
+        outcomes: list[_Outcome] = []
         for fn in fns:
             try:
-                outcomes.append((True, self._call(fn)))
+                outcomes.append((self._call(fn), None))
             except Exception as exc:  # noqa: BLE001 (the batch runs again, or the caller gets it)
                 return outcomes, exc
         return outcomes, None
@@ -256,9 +257,7 @@ class SqliteConnection:
             return self._unavailable(exc)
         return exc
 
-    def _in_savepoint(
-        self, fn: Callable[[sqlite3.Connection], Any]
-    ) -> tuple[bool, Any]:
+    def _in_savepoint(self, fn: _Fn) -> _Outcome:
         db = self._db
         db.execute("SAVEPOINT call")
         try:
@@ -266,11 +265,11 @@ class SqliteConnection:
         except Exception as exc:  # noqa: BLE001 (handed to its caller)
             db.execute("ROLLBACK TO call")
             db.execute("RELEASE call")
-            return (False, self._error_of(exc))
+            return (None, self._error_of(exc))
         db.execute("RELEASE call")
-        return (True, value)
+        return (value, None)
 
-    def _call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    def _call(self, fn: _Fn) -> object:
         value = fn(self._db)
         if isinstance(value, sqlite3.Cursor):
             # Closed here, under the lock (its rowcount stays readable): a

@@ -10,9 +10,8 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from receiver.model import iso
+from receiver.model import JSONValue, iso
 from receiver.store.base import (
     AlertState,
     JournalEntry,
@@ -349,12 +348,12 @@ class SqliteJournal(SqliteConnection):
         return bool(cur.rowcount == 1)
 
     async def complete(  # noqa: D102
-        self, entry_id: str, traces: Sequence[Mapping[str, Any]]
+        self, entry_id: str, traces: Sequence[Mapping[str, JSONValue]]
     ) -> None:
         await self.complete_batch([(entry_id, traces)])
 
     async def complete_batch(  # noqa: D102
-        self, done: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]
+        self, done: Sequence[tuple[str, Sequence[Mapping[str, JSONValue]]]]
     ) -> None:
         if not done:
             return
