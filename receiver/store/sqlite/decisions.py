@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from receiver.errors import InputError
 from receiver.model import iso
 from receiver.store.base import DecisionPage, DecisionQuery
+from receiver.store.records import record_text
 from receiver.store.sqlite.connection import SqliteConnection
 from receiver.store.sqlite.schema import TAG_KINDS
 
@@ -75,7 +76,7 @@ class SqliteDecisions(SqliteConnection):
                 str(r.get("payload_id", "")),
                 str(r.get("fingerprint", "")),
                 str(r.get("decided_at", "")),
-                json.dumps(r),
+                record_text(r),
             )
             for r in records
         ]

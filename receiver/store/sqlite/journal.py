@@ -19,6 +19,7 @@ from receiver.store.base import (
     ParkedEntry,
     newer_state,
 )
+from receiver.store.records import record_text
 from receiver.store.sqlite.connection import SqliteConnection
 from receiver.store.sqlite.schema import STATE_READ_CHUNK, _epoch, _ts
 
@@ -384,7 +385,7 @@ class SqliteJournal(SqliteConnection):
                         entry_id,
                         str(t.get("fingerprint", "")),
                         str(t.get("decided_at", "")),
-                        json.dumps(t),
+                        record_text(t),
                     )
                     for entry_id, traces in todo
                     for t in traces
