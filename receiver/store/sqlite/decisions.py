@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -10,9 +9,8 @@ from typing import TYPE_CHECKING
 from receiver.errors import InputError
 from receiver.model import iso
 from receiver.store.base import DecisionPage, DecisionQuery
-from receiver.store.records import record_text
 from receiver.store.sqlite.connection import SqliteConnection
-from receiver.store.sqlite.schema import TAG_KINDS
+from receiver.store.sqlite.schema import TAG_KINDS, insert_decisions
 
 if TYPE_CHECKING:
     from receiver.model import JSONObject, JSONValue
@@ -71,20 +69,9 @@ class SqliteDecisions(SqliteConnection):
     """The decision log: records written by the engine, read a page at a time."""
 
     async def record(self, records: Sequence[Mapping[str, JSONValue]]) -> None:  # noqa: D102
-        rows = [
-            (
-                str(r.get("payload_id", "")),
-                str(r.get("fingerprint", "")),
-                str(r.get("decided_at", "")),
-                record_text(r),
-            )
-            for r in records
-        ]
         await self._run(
-            lambda db: db.executemany(
-                "INSERT INTO decisions (payload_id, fingerprint, decided_at, record) "
-                "VALUES (?, ?, ?, ?)",
-                rows,
+            lambda db: insert_decisions(
+                db, ((str(r.get("payload_id", "")), r) for r in records)
             )
         )
 

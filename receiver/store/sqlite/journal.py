@@ -19,9 +19,13 @@ from receiver.store.base import (
     ParkedEntry,
     newer_state,
 )
-from receiver.store.records import record_text
 from receiver.store.sqlite.connection import SqliteConnection
-from receiver.store.sqlite.schema import STATE_READ_CHUNK, _epoch, _ts
+from receiver.store.sqlite.schema import (
+    STATE_READ_CHUNK,
+    _epoch,
+    _ts,
+    insert_decisions,
+)
 
 
 class SqliteJournal(SqliteConnection):
@@ -375,21 +379,11 @@ class SqliteJournal(SqliteConnection):
                 if entry_id not in finished:
                     finished.add(entry_id)
                     todo.append((entry_id, traces))
-            db.executemany(
-                "INSERT INTO decisions (payload_id, fingerprint, decided_at, record) "
-                "VALUES (?, ?, ?, ?)",
-                # A generator: a storm's records are encoded one at a time,
-                # never all held at once.
-                (
-                    (
-                        entry_id,
-                        str(t.get("fingerprint", "")),
-                        str(t.get("decided_at", "")),
-                        record_text(t),
-                    )
-                    for entry_id, traces in todo
-                    for t in traces
-                ),
+            # A generator: a storm's records are encoded one at a time, never
+            # all held at once.
+            insert_decisions(
+                db,
+                ((entry_id, t) for entry_id, traces in todo for t in traces),
             )
             db.executemany(
                 "UPDATE journal SET state='done', done_at=?, lease_until=NULL "
