@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from dataclasses import replace
+from datetime import UTC, datetime
 
 import pytest
 from conftest import journal_drained
@@ -24,9 +26,9 @@ from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Runner
 from receiver.engine.worker import Processor, Worker
 from receiver.errors import StoreUnavailableError
-from receiver.incidents.model import State
+from receiver.incidents.model import Incident, State, evolve
 from receiver.incidents.service import IncidentService
-from receiver.model import AlertTrace
+from receiver.model import AlertTrace, Severity
 from receiver.store import SqliteStore
 from receiver.store.base import DecisionQuery, JournalEntry
 from receiver.store.incidents_base import IncidentQuery
@@ -219,3 +221,13 @@ async def test_the_worker_waits_for_an_awaitable_hand_over(tmp_path):
         await worker.stop()
         await store.close()
     assert handed == ["e1", "e2"]
+
+
+def test_evolving_an_incident_is_replace_and_refuses_what_is_no_field():
+    at = datetime(2026, 11, 26, tzinfo=UTC)
+    incident = Incident("INC-1", ("k",), "t", Severity.P1, State.TRIGGERED, at, at)
+    changed = evolve(incident, drafts=2, keys=("k", "j"))
+    assert changed == replace(incident, drafts=2, keys=("k", "j"))
+    assert incident.drafts == 0  # the original is untouched
+    with pytest.raises(TypeError, match="draft"):
+        evolve(incident, draft=2)

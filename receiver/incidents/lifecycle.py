@@ -34,6 +34,7 @@ from receiver.incidents.model import (
     LedgerItem,
     State,
     add_entry,
+    evolve,
 )
 from receiver.incidents.policy import IncidentPolicy, describe, worse
 from receiver.incidents.status import draft, phase
@@ -169,7 +170,7 @@ def _upsert_alert(
     changed = old is None or (old.status, old.starts_at) != (ref.status, ref.starts_at)
     if old is not None and ref.rule == "":
         ref = replace(ref, rule=old.rule, severity=old.severity)
-    incident = replace(incident, alerts=(*others, ref)[-MAX_ALERTS:])
+    incident = evolve(incident, alerts=(*others, ref)[-MAX_ALERTS:])
     if changed:
         name = alert.labels.get("alertname", alert.fingerprint)
         if alert.status == "firing":
@@ -256,7 +257,7 @@ def observe(
                     incident, item, step.result, now, policy, match.rule in follows
                 )
                 effects += more
-    incident = replace(incident, ledger=tuple(ledger.values())[-MAX_LEDGER:])
+    incident = evolve(incident, ledger=tuple(ledger.values())[-MAX_LEDGER:])
     looked = [i for i in fresh if i.kind == StepKind.DIAGNOSTIC.value]
     if looked:
         listed = ", ".join(f"{i.type} {i.target} ({i.decision})" for i in looked[:8])

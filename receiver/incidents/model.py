@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -342,6 +342,24 @@ class Incident:
         )
 
 
+def evolve(incident: Incident, **changes: object) -> Incident:
+    """``dataclasses.replace`` for an incident, without its walk over every field.
+
+    Folding one alert in replaces its incident several times (the alert, the
+    ledger, each timeline entry); this costs a fraction of ``replace``. A name
+    that is not a field raises, as with ``replace``.
+    """
+    fields = incident.__dict__
+    unknown = changes.keys() - fields.keys()
+    if unknown:
+        msg = f"Incident has no field {sorted(unknown)}"
+        raise TypeError(msg)
+    new = object.__new__(Incident)
+    new.__dict__.update(fields)
+    new.__dict__.update(changes)
+    return new
+
+
 def add_entry(
     incident: Incident,
     at: datetime,
@@ -353,4 +371,4 @@ def add_entry(
     """The incident with one more timeline entry (the oldest dropped past the cap)."""
     entry = TimelineEntry(at, kind, text, by, freeze(data))
     timeline = (*incident.timeline, entry)[-MAX_TIMELINE:]
-    return replace(incident, timeline=timeline)
+    return evolve(incident, timeline=timeline)

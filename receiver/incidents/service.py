@@ -45,7 +45,7 @@ from receiver.incidents.lifecycle import (
     open_incident,
     status_published,
 )
-from receiver.incidents.model import Incident
+from receiver.incidents.model import Incident, evolve
 from receiver.incidents.policy import IncidentPolicy
 from receiver.incidents.queueing import FoldQueue, SinkNote
 from receiver.incidents.records import from_record, to_record
@@ -232,7 +232,7 @@ class IncidentService:
             follows=self._rules.follows(),
             evidence=self._rules.evidence_rules(),
         )
-        work.now[incident_id] = replace(
+        work.now[incident_id] = evolve(
             incident, keys=tuple(dict.fromkeys((*incident.keys, *keys)))
         )
         work.effects[incident_id] += effects
