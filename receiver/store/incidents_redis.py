@@ -10,8 +10,8 @@ Key layout (``P`` is the prefix, ``receiver`` by default, as the Redis store's):
     P:incident-number:{day}  INCR counter for ``INC-<day>-NNN`` ids
 
 ``create`` and ``update`` are each one Lua script (atomic across replicas) that
-returns the record as stored; ``find`` is one script too (the key's holder and
-its record), so each is one round trip. No
+returns the record as stored; ``find_first`` is one script too (each key's
+holder and its record), so each is one round trip. No
 command enumerates the keyspace. Listing walks the sorted set from the cursor
 down and filters, reading at most a bounded number of records per page.
 """
@@ -19,7 +19,7 @@ down and filters, reading at most a bounded number of records per page.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TypeVar, cast
 
@@ -88,12 +88,19 @@ end
 return stored
 """
 
-# KEYS: the key's holder; ARGV: the record key's prefix. The holder's record, or
-# nothing: one round trip for the lookup and the read.
+# KEYS: the keys' holders, in order; ARGV: the record key's prefix. The records
+# of the keys that are held, in order (the caller takes the first active one):
+# one round trip for the lookups and the reads.
 _FIND = """
-local held = redis.call('GET', KEYS[1])
-if not held then return false end
-return redis.call('GET', ARGV[1] .. held)
+local found = {}
+for i = 1, #KEYS do
+  local held = redis.call('GET', KEYS[i])
+  if held then
+    local raw = redis.call('GET', ARGV[1] .. held)
+    if raw then found[#found + 1] = raw end
+  end
+end
+return found
 """
 
 PAGE_SCAN = 200  # records read per round while filtering a page
@@ -225,14 +232,23 @@ class RedisIncidentStore:
         return _decode(raw) if raw else None
 
     async def find(self, key: str) -> IncidentRecord | None:  # noqa: D102
-        raw = await self._call(
+        return await self.find_first([key])
+
+    async def find_first(self, keys: Sequence[str]) -> IncidentRecord | None:  # noqa: D102
+        if not keys:
+            return None
+        raws = await self._call(
             "find",
             self._find(
-                keys=[self._k("incident-key", key)], args=[self._k("incident") + ":"]
+                keys=[self._k("incident-key", key) for key in keys],
+                args=[self._k("incident") + ":"],
             ),
         )
-        record = _decode(raw) if raw else None
-        return record if record is not None and record.active else None
+        for raw in cast("list[bytes]", raws):
+            record = _decode(raw)
+            if record.active:
+                return record
+        return None
 
     async def page(  # noqa: D102
         self, query: IncidentQuery
