@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import Any, Literal, TypeAlias, TypeVar
+from typing import Literal, TypeAlias, TypeVar
 
 Status = Literal["firing", "resolved"]
 Source = Literal["alertmanager", "pagerduty", "events_v2"]
@@ -239,7 +239,60 @@ class Intent:
     """
 
     summary: str
-    data: Mapping[str, Any]
+    data: Mapping[str, JSONValue]
+
+    def number(self, key: str) -> int:
+        """``data[key]``, an integer (``ValueError`` naming the key if it is not)."""
+        value = self.data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._damaged(key, "an integer", value)
+        return value
+
+    def text(self, key: str) -> str:
+        """``data[key]``, a string (``ValueError`` naming the key if it is not)."""
+        value = self.data.get(key)
+        if not isinstance(value, str):
+            raise self._damaged(key, "a string", value)
+        return value
+
+    def flag(self, key: str) -> bool:
+        """``data[key]``, a boolean (``ValueError`` naming the key if it is not)."""
+        value = self.data.get(key)
+        if not isinstance(value, bool):
+            raise self._damaged(key, "true or false", value)
+        return value
+
+    def strings(self, key: str) -> list[str]:
+        """``data[key]``, a list of strings; empty when absent."""
+        value = self.data.get(key)
+        if value is None:
+            return []
+        if isinstance(value, str | Mapping) or not isinstance(value, Sequence):
+            raise self._damaged(key, "a list of strings", value)
+        if not all(isinstance(v, str) for v in value):
+            raise self._damaged(key, "a list of strings", value)
+        return [v for v in value if isinstance(v, str)]
+
+    def objects(self, key: str) -> list[Mapping[str, JSONValue]]:
+        """``data[key]``, a list of JSON objects; empty when absent."""
+        value = self.data.get(key)
+        if value is None:
+            return []
+        found = json_objects(value)
+        if (
+            isinstance(value, str | Mapping)
+            or not isinstance(value, Sequence)
+            or len(found) != len(value)
+        ):
+            raise self._damaged(key, "a list of objects", value)
+        return found
+
+    def _damaged(self, key: str, wanted: str, value: JSONValue | None) -> ValueError:
+        shown = json.dumps(value)[:80]
+        return ValueError(
+            f"the recorded intent of {self.summary!r} holds {shown} at {key!r}, "
+            f"not {wanted}"
+        )
 
     def to_json(self) -> str:
         """The JSON text the store keeps with the ``sending`` mark."""

@@ -47,9 +47,14 @@ def _payload(i: int) -> bytes:
     ).encode()
 
 
-async def _burst(base: str, indices: list[int]) -> dict[int, str]:
-    """POST payloads concurrently; return index -> payload id for each 202."""
-    accepted: dict[int, str] = {}
+async def _burst(
+    base: str, indices: list[int], accepted: dict[int, str] | None = None
+) -> dict[int, str]:
+    """POST payloads concurrently; return index -> payload id for each 202.
+
+    ``accepted``, when given, is filled as the 202s come back.
+    """
+    accepted = {} if accepted is None else accepted
     limits = httpx.Limits(max_connections=16)
     async with httpx.AsyncClient(timeout=10, limits=limits) as client:
         sem = asyncio.Semaphore(16)
@@ -113,12 +118,22 @@ def _round(rx, hook: CountingServer, todo: list[int], rnd: random.Random):
     """Burst ``todo`` at ``rx`` and SIGKILL it at a random moment of the work."""
 
     async def go() -> dict[int, str]:
-        task = asyncio.create_task(_burst(rx.url, todo))
+        got: dict[int, str] = {}
+        task = asyncio.create_task(_burst(rx.url, todo, got))
         loop = asyncio.get_running_loop()
         start = sum(hook.snapshot().values())
+        # Killed at whichever comes first: a number of remediations reaching
+        # the target, a share of the burst accepted (the edge accepts faster
+        # than the worker acts, so without it a kill could land only after
+        # the last 202), or a deadline.
         want = rnd.randint(5, 80)
+        accepted_by = rnd.randint(1, max(1, len(todo) - 1))
         deadline = loop.time() + rnd.uniform(0.05, 2.0)
-        while sum(hook.snapshot().values()) - start < want and not task.done():
+        while (
+            sum(hook.snapshot().values()) - start < want
+            and len(got) < accepted_by
+            and not task.done()
+        ):
             if loop.time() > deadline:
                 break
             await asyncio.sleep(0.005)

@@ -2025,6 +2025,15 @@ PROMTOOL_INPUT = [
     ),
     *_series("receiver_guard_skips_total", ',guard="cooldown"', "0+3x30"),
     *_series("receiver_config_last_reload_successful", "", "1 1 1 0x27"),
+    # Pod p2: its serving process reloaded, its worker did not.
+    {
+        "series": f'receiver_config_last_reload_successful{{{OURS},pod="p2"}}',
+        "values": "1x30",
+    },
+    {
+        "series": f'receiver_worker_config_last_reload_successful{{{OURS},pod="p2"}}',
+        "values": "1 1 1 0x27",
+    },
     *_series("receiver_store_unavailable_total", "", "0+1x30"),
 ]
 POD = {"namespace": NAMESPACE, "pod": "p1"}
@@ -2038,7 +2047,10 @@ EXPECTED_AT_20M = {
         "sink": "slack",
     },
     "AlertReceiverCircuitOpen": {"severity": "warning", "namespace": NAMESPACE},
-    "AlertReceiverConfigReloadFailed": {"severity": "warning", **POD},
+    "AlertReceiverConfigReloadFailed": [
+        {"severity": "warning", **POD},
+        {"severity": "warning", "namespace": NAMESPACE, "pod": "p2"},
+    ],
     "AlertReceiverStoreUnavailable": {"severity": "critical", **POD},
 }
 
@@ -2097,7 +2109,12 @@ def test_each_alert_fires_on_its_condition_for_this_release_only(helm, tmp_path)
                     {
                         "eval_time": "20m",
                         "alertname": name,
-                        "exp_alerts": [{"exp_labels": labels}],
+                        "exp_alerts": [
+                            {"exp_labels": one_set}
+                            for one_set in (
+                                labels if isinstance(labels, list) else [labels]
+                            )
+                        ],
                     }
                     for name, labels in EXPECTED_AT_20M.items()
                 ]
@@ -2143,6 +2160,7 @@ def test_alerts_use_only_metrics_the_receiver_exposes(helm):
     }
     assert "receiver_sink_deliveries_total" in used
     assert "receiver_config_last_reload_successful" in used
+    assert "receiver_worker_config_last_reload_successful" in used
     assert used <= exposed_metric_names()
 
 

@@ -75,7 +75,7 @@ def recheck_count(
     what: str, live: int, intent: Intent, *, at_least: bool = False
 ) -> RecheckResult:
     """A count equals the intended absolute value (or, ``at_least``, exceeds it)."""
-    start, wanted = int(intent.data["from"]), int(intent.data["to"])
+    start, wanted = intent.number("from"), intent.number("to")
     if live == wanted or (at_least and live > wanted):
         return RecheckResult(
             took_effect=True, reason=f"{what} is {live} (intended {wanted})"

@@ -199,12 +199,12 @@ async def delete_pods(kube: Kube, step: K8sDeletePod, intent: Intent) -> StepRes
     """Delete exactly the pods ``intent`` names (uid preconditions)."""
     kube.check_kind("Pod")
     ns = step.namespace
-    ready = int(intent.data["ready_before"])
-    left = int(intent.data["ready_at_least"])
-    skipped = list(intent.data.get("skipped") or [])
+    ready = intent.number("ready_before")
+    left = intent.number("ready_at_least")
+    skipped = intent.objects("skipped")
     deleted = [
         await _delete_pod(kube, ns, {"metadata": dict(pod)})
-        for pod in intent.data["pods"]
+        for pod in intent.objects("pods")
     ]
     names = [d["pod"] for d in deleted]
     reason = (
@@ -285,8 +285,8 @@ async def recheck_delete(
     core = await kube.api.core()
     ns = step.namespace
     seen: list[tuple[str, str]] = []
-    for pod in intent.data["pods"]:
-        name = str(pod["name"])
+    for pod in intent.objects("pods"):
+        name = str(pod.get("name"))
         try:
             live = await kube.api.json(
                 f"get pod/{name} -n {ns}", core.read_namespaced_pod, name, ns

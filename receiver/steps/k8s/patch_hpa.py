@@ -108,8 +108,8 @@ async def patch_hpa(kube: Kube, step: K8sPatchHpa, intent: Intent) -> StepResult
     """Raise the HPA's maxReplicas to the intended value."""
     ns, name = step.namespace, step.hpa
     api = await kube.api.autoscaling()
-    start = int(intent.data["from"])
-    target = int(intent.data["to"])
+    start = intent.number("from")
+    target = intent.number("to")
     note = str(intent.data.get("note") or "")
 
     def decide(obj: Json, attempt: int) -> Decision:

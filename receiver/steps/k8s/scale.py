@@ -151,10 +151,10 @@ async def scale(kube: Kube, step: K8sScale, intent: Intent) -> StepResult:
     kind, ns, name = step.workload_kind, step.namespace, step.workload
     what = f"{kind.lower()}/{name} -n {ns}"
     read, patch = await _scale_calls(kube, step)
-    start = int(intent.data["from"])
-    target = int(intent.data["to"])
-    up = bool(intent.data["up"])
-    notes = [str(n) for n in intent.data.get("notes") or []]
+    start = intent.number("from")
+    target = intent.number("to")
+    up = intent.flag("up")
+    notes = intent.strings("notes")
 
     def decide(obj: Json, attempt: int) -> Decision:
         live = _replicas(obj)

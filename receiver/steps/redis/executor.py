@@ -222,10 +222,10 @@ class RedisExecutor:
         a whole, bounded SCAN tells whether any key still matches).
         """
         if pattern is not None:
-            keys = [bytes.fromhex(k) for k in intent.data.get("sample") or []]
+            keys = [bytes.fromhex(k) for k in intent.strings("sample")]
             what = f"keys matching {pattern.pattern}"
         else:
-            keys = [str(k).encode() for k in intent.data.get("keys") or []]
+            keys = [k.encode() for k in intent.strings("keys")]
             what = "the keys"
         shown = ", ".join(shown_key(k, 80) for k in keys[:5]) or "(none)"
         target = f"redis {target_name}"
@@ -241,7 +241,7 @@ class RedisExecutor:
                 took_effect=True, reason=f"{target}: {what} are absent ({shown})"
             )
         before = intent.data.get("digests")
-        if before is None:
+        if not isinstance(before, Sequence) or isinstance(before, str):
             return RecheckResult(
                 None,
                 f"{target}: {what} exist ({shown}) and no digest of their values "
@@ -249,7 +249,11 @@ class RedisExecutor:
                 "cannot be told from one never deleted",
             )
         now = await self._try_digests(target_name, keys)
-        if now == list(before) and any(d is not None for d in before):
+        if (
+            now is not None
+            and now == list(before)
+            and any(d is not None for d in before)
+        ):
             return RecheckResult(
                 took_effect=False,
                 reason=f"{target}: {what} still hold the values they held before "
