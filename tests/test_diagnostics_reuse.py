@@ -15,6 +15,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import redis.asyncio
+import structlog
 from conftest import bearer, full_settings, journal_drained
 from incident_helpers import TickingClock, example, rulebook
 from peers import free_port, run_redis
@@ -86,8 +88,11 @@ async def test_another_process_reuses_an_unchanged_occurrence(caches):
     """A second process (or a restart) reuses the first one's diagnostics."""
     clock = TickingClock()
     first_runs, second_runs = CountingExecutor(), CountingExecutor()
-    [first] = await process(clock, first_runs, caches()).decide(api_down())
+    first_cache = caches()
+    [first] = await process(clock, first_runs, first_cache).decide(api_down())
     assert first_runs.runs
+    # Redis writes results behind; closing (a restart) writes what is left.
+    await first_cache.close()
     [second] = await process(clock, second_runs, caches()).decide(api_down())
     assert second_runs.runs == [], "the second process ran diagnostics again"
     for was, now in zip(diagnostics(first), diagnostics(second), strict=True):
@@ -125,6 +130,38 @@ async def test_an_unreachable_cache_runs_the_diagnostics():
         assert {s.decision for s in diagnostics(trace)} == {Decision.EXECUTED}
     finally:
         await cache.close()
+
+
+async def test_redis_writes_behind_and_answers_from_memory_meanwhile(tmp_path):
+    """Remembered is recalled at once; another process sees it once written."""
+    at = TickingClock()()
+    with run_redis(tmp_path) as url:
+        first, second = RedisDiagnosticsCache(url), RedisDiagnosticsCache(url)
+        raw = redis.asyncio.Redis.from_url(url)
+        try:
+            await first.remember("k", at, '{"t": 1}', WINDOW)
+            assert await first.recall("k") == (at, '{"t": 1}')
+            await first.close()
+            assert await second.recall("k") == (at, '{"t": 1}')
+            ttl = await raw.pttl("receiver:diagnostic:k")
+            assert 0 < ttl <= WINDOW.total_seconds() * 1000
+        finally:
+            await second.close()
+            await raw.aclose()
+
+
+async def test_a_redis_write_that_fails_is_logged_and_dropped():
+    """Redis down: remember does not raise; the lost write is logged, once."""
+    cache = RedisDiagnosticsCache(f"redis://127.0.0.1:{free_port()}/0")
+    at = TickingClock()()
+    with structlog.testing.capture_logs() as logs:
+        await cache.remember("k", at, "{}", WINDOW)
+        await cache.remember("j", at, "{}", WINDOW)
+        assert await cache.recall("k") == (at, "{}")
+        await cache.close()
+    lost = [e for e in logs if e["event"] == "diagnostics_cache_unreachable"]
+    assert [e["dropped"] for e in lost] == [2]
+    assert "ConnectionError" in lost[0]["error"]
 
 
 def test_a_step_trace_survives_the_round_trip():

@@ -184,6 +184,24 @@ class IncidentStoreMachine(RuleBasedStateMachine):
             assert comparable(got) == comparable(want)
 
     @rule(
+        keys=st.lists(
+            st.sampled_from(["am:g1", "am:g2", "pdkey:x", "fp:1", "none"]),
+            max_size=3,
+        )
+    )
+    def find_first(self, keys) -> None:
+        want = next(
+            (
+                self.model.records[self.model.held[k]]
+                for k in keys
+                if self.model.held.get(k)
+            ),
+            None,
+        )
+        for got in self.run("find_first", keys):
+            assert comparable(got) == comparable(want)
+
+    @rule(
         day=st.sampled_from(["2026-11-26", "2026-11-27"]),
         keys=KEYS,
         state=STATES,

@@ -209,13 +209,11 @@ class IncidentService:
         keys = self.keys(trace)
         incident_id = next((work.by_key[k] for k in keys if k in work.by_key), None)
         if incident_id is None:
-            for key in keys:
-                record = await self.store.find(key)
-                if record is not None:
-                    incident_id = record.id
-                    if incident_id not in work.base:
-                        work.load(from_record(record))
-                    break
+            record = await self.store.find_first(keys)
+            if record is not None:
+                incident_id = record.id
+                if incident_id not in work.base:
+                    work.load(from_record(record))
         if incident_id is None:
             # A new incident is created at once: that reserves its keys.
             opened = await self._fold(trace, keys, looked=True)
@@ -357,11 +355,9 @@ class IncidentService:
         for attempt in range(ATTEMPTS):
             async with self._lock:
                 now = self._clock()
-                record = None
-                for key in keys if attempt or not looked else ():
-                    record = await self.store.find(key)
-                    if record is not None:
-                        break
+                record = (
+                    await self.store.find_first(keys) if attempt or not looked else None
+                )
                 if record is None:
                     if trace.alert.status != "firing":
                         return None

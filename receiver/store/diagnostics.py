@@ -10,7 +10,8 @@ caches sit beside the main store, like the incident store:
   deleted when a new one is written (an index on ``until``).
 - Redis: ``P:diagnostic:{key}`` holding ``{"at": ..., "trace": ...}``, with a
   Redis TTL of the window to collect it. Whether a result is still fresh is
-  decided by the caller on its own clock (``at`` is the caller's time).
+  decided by the caller on its own clock (``at`` is the caller's time). Results
+  are written behind (``RedisDiagnosticsCache``), not waited for.
 
 The key is a sha256 of the occurrence and the alert's content, so a changed
 alert is simply another key. A cache that cannot be reached raises
@@ -19,6 +20,8 @@ alert is simply another key. A cache that cannot be reached raises
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -26,12 +29,17 @@ from typing import Protocol, TypeVar
 
 import redis.asyncio
 import redis.exceptions
+import structlog
 
 from receiver.errors import StoreUnavailableError
 from receiver.store.side import SideDatabase
 from receiver.store.sqlite import SqliteStore
 
 T = TypeVar("T")
+
+log = structlog.get_logger("receiver.store")
+
+CLOSE_WAIT = 5.0  # seconds ``close`` waits for results not yet written
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS diagnostics_reuse (
@@ -103,21 +111,35 @@ class SqliteDiagnosticsCache:
 
 
 class RedisDiagnosticsCache:
-    """Diagnostic results in Redis, shared by replicas."""
+    """Diagnostic results in Redis, shared by replicas.
+
+    ``remember`` does not wait for Redis: the result is written behind, in one
+    pipeline for whatever was remembered meanwhile, so a decision does not wait
+    one more round trip for a cache. Until written, this instance's ``recall``
+    answers from what it holds; other processes see it once written, and
+    ``close`` writes what is left first. A write that fails is logged and
+    dropped (a resend then runs the diagnostic again).
+    """
 
     def __init__(self, url: str, prefix: str = "receiver") -> None:
         self._redis = redis.asyncio.Redis.from_url(url)
         self._prefix = prefix
+        self._unwritten: dict[str, tuple[str, int]] = {}  # key -> (value, ttl ms)
+        self._writer: asyncio.Task[None] | None = None
 
     def _key(self, key: str) -> str:
         return f"{self._prefix}:diagnostic:{key}"
 
     async def recall(self, key: str) -> tuple[datetime, str] | None:  # noqa: D102
-        try:
-            raw = await self._redis.get(self._key(key))
-        except redis.exceptions.RedisError as exc:
-            msg = f"Redis diagnostics cache: {type(exc).__name__}"
-            raise StoreUnavailableError(msg) from exc
+        held = self._unwritten.get(self._key(key))
+        if held is not None:
+            raw: bytes | str | None = held[0]
+        else:
+            try:
+                raw = await self._redis.get(self._key(key))
+            except redis.exceptions.RedisError as exc:
+                msg = f"Redis diagnostics cache: {type(exc).__name__}"
+                raise StoreUnavailableError(msg) from exc
         if raw is None:
             return None
         try:
@@ -131,13 +153,33 @@ class RedisDiagnosticsCache:
     ) -> None:
         value = json.dumps({"at": _stamp(at), "trace": trace})
         ttl = max(int(window.total_seconds() * 1000), 1)
-        try:
-            await self._redis.set(self._key(key), value, px=ttl)
-        except redis.exceptions.RedisError as exc:
-            msg = f"Redis diagnostics cache: {type(exc).__name__}"
-            raise StoreUnavailableError(msg) from exc
+        self._unwritten[self._key(key)] = (value, ttl)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write(), name="diagnostics-cache")
+
+    async def _write(self) -> None:
+        while self._unwritten:
+            batch = dict(self._unwritten)
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for name, (value, ttl) in batch.items():
+                        pipe.set(name, value, px=ttl)
+                    await pipe.execute()
+            except redis.exceptions.RedisError as exc:
+                log.warning(
+                    "diagnostics_cache_unreachable",
+                    error=f"Redis diagnostics cache: {type(exc).__name__}",
+                    dropped=len(batch),
+                )
+            for name, held in batch.items():
+                if self._unwritten.get(name) is held:
+                    del self._unwritten[name]
 
     async def close(self) -> None:  # noqa: D102
+        if self._writer is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_WAIT):
+                    await self._writer
         await self._redis.aclose()
 
 

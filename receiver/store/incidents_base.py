@@ -12,7 +12,8 @@ against one reference model):
 - ``create`` refuses an id that exists, or a key an active incident holds.
 - ``update`` succeeds only if ``record.version`` is the stored version plus one
   (optimistic concurrency across replicas); a resolved record releases its keys.
-- ``find(key)`` returns the active incident holding ``key``.
+- ``find(key)`` returns the active incident holding ``key``; ``find_first(keys)``
+  what the first of ``keys`` that finds one finds (one round trip on Redis).
 - ``page`` lists newest first (by creation order), filtered by state, severity
   and opened-since, ``limit`` at a time; the cursor is the last ``seq`` returned.
 - ``watched`` lists ids the ticker must still visit (``record.watch``).
@@ -20,7 +21,7 @@ against one reference model):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -98,6 +99,10 @@ class IncidentStore(Protocol):
 
     async def find(self, key: str) -> IncidentRecord | None:
         """The active incident holding ``key``, or None."""
+        ...
+
+    async def find_first(self, keys: Sequence[str]) -> IncidentRecord | None:
+        """``find`` of each key in turn: the first active incident, or None."""
         ...
 
     async def page(

@@ -9,7 +9,9 @@ Key layout (``P`` is the prefix, ``receiver`` by default, as the Redis store's):
     P:incidents:watch        set of ids the ticker still visits
     P:incident-number:{day}  INCR counter for ``INC-<day>-NNN`` ids
 
-``create`` and ``update`` are each one Lua script (atomic across replicas). No
+``create`` and ``update`` are each one Lua script (atomic across replicas) that
+returns the record as stored; ``find_first`` is one script too (each key's
+holder and its record), so each is one round trip. No
 command enumerates the keyspace. Listing walks the sorted set from the cursor
 down and filters, reading at most a bounded number of records per page.
 """
@@ -17,7 +19,7 @@ down and filters, reading at most a bounded number of records per page.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TypeVar, cast
 
@@ -31,6 +33,8 @@ from receiver.store.incidents_base import IncidentQuery, IncidentRecord
 T = TypeVar("T")
 
 # KEYS: record, zset, seq, watch; ARGV: id, json, active, watch, prefix, keys...
+# Returns the record as stored (with its seq), or 0 if the id or a key is taken:
+# the caller needs no second round trip to read it back.
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local n = #ARGV
@@ -42,16 +46,18 @@ end
 local seq = redis.call('INCR', KEYS[3])
 local rec = cjson.decode(ARGV[2])
 rec['seq'] = seq
-redis.call('SET', KEYS[1], cjson.encode(rec))
+local raw = cjson.encode(rec)
+redis.call('SET', KEYS[1], raw)
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
 if ARGV[4] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
 if ARGV[3] == '1' then
   for i = 6, n do redis.call('SET', ARGV[5] .. ARGV[i], ARGV[1]) end
 end
-return seq
+return raw
 """
 
 # KEYS: record, watch; ARGV: id, json, active, watch, prefix, version, keys...
+# Returns the record as stored, or 0 on a version conflict or a taken key.
 _UPDATE = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
@@ -69,7 +75,8 @@ for _, k in ipairs(old['keys']) do
 end
 local rec = cjson.decode(ARGV[2])
 rec['seq'] = old['seq']
-redis.call('SET', KEYS[1], cjson.encode(rec))
+local stored = cjson.encode(rec)
+redis.call('SET', KEYS[1], stored)
 if ARGV[3] == '1' then
   for i = 7, n do redis.call('SET', ARGV[5] .. ARGV[i], ARGV[1]) end
 end
@@ -78,7 +85,22 @@ if ARGV[4] == '1' then
 else
   redis.call('SREM', KEYS[2], ARGV[1])
 end
-return old['seq']
+return stored
+"""
+
+# KEYS: the keys' holders, in order; ARGV: the record key's prefix. The records
+# of the keys that are held, in order (the caller takes the first active one):
+# one round trip for the lookups and the reads.
+_FIND = """
+local found = {}
+for i = 1, #KEYS do
+  local held = redis.call('GET', KEYS[i])
+  if held then
+    local raw = redis.call('GET', ARGV[1] .. held)
+    if raw then found[#found + 1] = raw end
+  end
+end
+return found
 """
 
 PAGE_SCAN = 200  # records read per round while filtering a page
@@ -125,6 +147,11 @@ def _decode(raw: bytes | str) -> IncidentRecord:
     )
 
 
+def _stored(reply: object) -> IncidentRecord | None:
+    """What a write script returned: the record as stored, or 0 if refused."""
+    return _decode(reply) if isinstance(reply, bytes | str) else None
+
+
 class RedisIncidentStore:
     """Incidents in Redis."""
 
@@ -141,6 +168,7 @@ class RedisIncidentStore:
         self._p = prefix
         self._create = self._redis.register_script(_CREATE)
         self._update = self._redis.register_script(_UPDATE)
+        self._find = self._redis.register_script(_FIND)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self._p, *parts))
@@ -168,7 +196,7 @@ class RedisIncidentStore:
         ]
 
     async def create(self, record: IncidentRecord) -> IncidentRecord | None:  # noqa: D102
-        seq = await self._call(
+        stored = await self._call(
             "create",
             self._create(
                 keys=[
@@ -180,7 +208,7 @@ class RedisIncidentStore:
                 args=[*self._args(record), *record.keys],
             ),
         )
-        return await self.get(record.id) if int(seq) else None
+        return _stored(stored)
 
     async def create_numbered(  # noqa: D102
         self, day: str, build: Callable[[int], IncidentRecord]
@@ -190,25 +218,37 @@ class RedisIncidentStore:
         return await self.create(build(await self.next_number(day)))
 
     async def update(self, record: IncidentRecord) -> IncidentRecord | None:  # noqa: D102
-        seq = await self._call(
+        stored = await self._call(
             "update",
             self._update(
                 keys=[self._k("incident", record.id), self._k("incidents", "watch")],
                 args=[*self._args(record), str(record.version), *record.keys],
             ),
         )
-        return await self.get(record.id) if int(seq) else None
+        return _stored(stored)
 
     async def get(self, incident_id: str) -> IncidentRecord | None:  # noqa: D102
         raw = await self._call("get", self._redis.get(self._k("incident", incident_id)))
         return _decode(raw) if raw else None
 
     async def find(self, key: str) -> IncidentRecord | None:  # noqa: D102
-        held = await self._call("find", self._redis.get(self._k("incident-key", key)))
-        if not held:
+        return await self.find_first([key])
+
+    async def find_first(self, keys: Sequence[str]) -> IncidentRecord | None:  # noqa: D102
+        if not keys:
             return None
-        record = await self.get(held.decode() if isinstance(held, bytes) else held)
-        return record if record is not None and record.active else None
+        raws = await self._call(
+            "find",
+            self._find(
+                keys=[self._k("incident-key", key) for key in keys],
+                args=[self._k("incident") + ":"],
+            ),
+        )
+        for raw in cast("list[bytes]", raws):
+            record = _decode(raw)
+            if record.active:
+                return record
+        return None
 
     async def page(  # noqa: D102
         self, query: IncidentQuery

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -193,6 +193,14 @@ class SqliteIncidentStore:
             return _record(row) if row else None
 
         return await self._run(run)
+
+    async def find_first(self, keys: Sequence[str]) -> IncidentRecord | None:  # noqa: D102
+        # A local file: one call per key costs no round trip.
+        for key in keys:
+            record = await self.find(key)
+            if record is not None:
+                return record
+        return None
 
     async def page(  # noqa: D102
         self, query: IncidentQuery
