@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import test_store_contract as contract
+from conftest import journal_drained
 from test_store_contract import _forget_prefix
 
 from receiver.engine.doorbell import EdgeBell, WorkerBell
@@ -117,14 +118,6 @@ def _worker(
     return Worker(store, processor, concurrency, clock=clock, lease=LEASE, **kwargs)
 
 
-async def _drained(store: Store) -> None:
-    for _ in range(2000):
-        if (await store.pending())[0] == 0:
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail(f"the journal was never drained: {await store.pending()}")
-
-
 async def _crash(worker: Worker) -> None:
     """What ``kill -9`` leaves of a worker: its tasks stop where they are."""
     tasks = worker._tasks
@@ -148,7 +141,7 @@ async def test_a_backlog_is_claimed_in_batches_and_decided_once(tmp_path):
     worker = _worker(tmp_path, store, Clock(), batch=8)
     await worker.start()
     try:
-        await _drained(store)
+        await journal_drained(store, attempts=2000)
     finally:
         await worker.stop()
     assert await _records_per_entry(store) == {f"e{n:03d}": 1 for n in range(40)}
@@ -231,7 +224,7 @@ async def _records_after_restart(
     worker = _worker(tmp_path, store, clock or Clock(), batch=6)
     await worker.start()
     try:
-        await _drained(store)
+        await journal_drained(store, attempts=2000)
     finally:
         await worker.stop()
     before = crashed._processor.decided
@@ -330,7 +323,7 @@ async def test_a_rung_worker_claims_without_looking_in_vain(tmp_path):
         for n in range(20):
             await store.append(_entry(n), [])
             edge.ring()
-            await _drained(store)
+            await journal_drained(store, attempts=2000)
     finally:
         await worker.stop()
         await bell.aclose()
