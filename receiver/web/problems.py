@@ -6,10 +6,10 @@ Every rejection says what was wrong and how to fix it. The only 5xx on purpose i
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable
+from random import getrandbits
 
 import structlog
 from aiohttp import web
@@ -199,12 +199,18 @@ def make_middleware(
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
         started = time.perf_counter()
-        given = request.headers.get("X-Request-Id", "")
-        # A caller's id is echoed and logged only when it is a plain token.
-        request_id = given if _REQUEST_ID.fullmatch(given) else os.urandom(8).hex()
+        given = request.headers.get("X-Request-Id")
+        # A caller's id is echoed and logged only when it is a plain token. Ours
+        # need not be secret, only distinct: not a system call per request.
+        request_id = (
+            given
+            if given is not None and _REQUEST_ID.fullmatch(given)
+            else f"{getrandbits(64):016x}"
+        )
         structlog.contextvars.bind_contextvars(request_id=request_id)
         route = request.match_info.route.resource
         route_name = route.canonical if route is not None else "unmatched"
+        response: web.StreamResponse | None = None
         try:
             try:
                 response = await handler(request)
@@ -249,11 +255,10 @@ def make_middleware(
                 response.force_close()
             return response
         finally:
-            status = locals().get("response")
             children.observe(
                 route_name,
                 request.method,
-                str(status.status) if isinstance(status, web.StreamResponse) else "500",
+                "500" if response is None else str(response.status),
                 time.perf_counter() - started,
             )
             structlog.contextvars.unbind_contextvars("request_id")

@@ -42,10 +42,12 @@ class Webhooks(Edge):
                 detail="Alertmanager left alerts of this group out of the webhook "
                 "(max_alerts); those alerts are not decided",
             )
-        check_caps(alerts, self._limits.caps)
+        # Every label and annotation is text of the body.
+        check_caps(alerts, self._limits.caps, within=len(body))
         now = self._clock()
         states = [
-            AlertState(a.fingerprint, a.status, a.starts_at or now, now) for a in alerts
+            AlertState(a.fingerprint, a.status, starts or now, now)
+            for a, starts in zip(alerts, got.starts, strict=True)
         ]
         entry = await self._journal(
             "alertmanager",
