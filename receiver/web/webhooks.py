@@ -11,10 +11,11 @@ from receiver.model import Alert
 from receiver.sinks.render import is_own_note
 from receiver.sources import alertmanager, events_v2, pagerduty, parse_json
 from receiver.sources.caps import check_caps
-from receiver.store.base import AlertState
-from receiver.web.edge import PARSE_IN_THREAD, Edge, redact_routing_key
+from receiver.web.edge import PARSE_IN_THREAD, Edge, alert_states, redact_routing_key
 
 log = structlog.get_logger("receiver.web")
+# The Content-Type json_response gives (passed as a header, not parsed again).
+_JSON = {"Content-Type": "application/json; charset=utf-8"}
 
 
 class Webhooks(Edge):
@@ -45,10 +46,7 @@ class Webhooks(Edge):
         # Every label and annotation is text of the body.
         check_caps(alerts, self._limits.caps, within=len(body))
         now = self._clock()
-        states = [
-            AlertState(a.fingerprint, a.status, starts or now, now)
-            for a, starts in zip(alerts, got.starts, strict=True)
-        ]
+        states = alert_states(alerts, got.starts, now)
         entry = await self._journal(
             "alertmanager",
             body,
@@ -60,10 +58,11 @@ class Webhooks(Edge):
         # The JSON json_response would write, without encoding a dict: the id
         # is hex and the count an int.
         count = len(alerts)
+        answer = f'{{"status": "accepted", "id": "{entry.id}", "alerts": {count}}}'
         return web.Response(
-            text=f'{{"status": "accepted", "id": "{entry.id}", "alerts": {count}}}',
+            body=answer.encode(),
             status=202,
-            content_type="application/json",
+            headers=_JSON,
         )
 
     async def pagerduty(self, request: web.Request) -> web.Response:
