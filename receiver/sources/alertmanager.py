@@ -25,7 +25,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from receiver.model import Alert, Status, freeze
-from receiver.sources.caps import Capped
+from receiver.sources.caps import AlertCaps, Capped
 from receiver.sources.wire import Timestamp, parse_json, to_utc
 
 _ZERO_YEAR = 1
@@ -38,6 +38,9 @@ _PAST_MICROS = re.compile(r"(\.\d{6})\d+")
 # Times already read (resends repeat them; Go's zero time is in most payloads).
 _TIMES: dict[str, datetime] = {}
 _TIMES_KEPT = 4096
+# Known-field decoders holding alerts to caps, by caps (one per edge, mostly).
+_CAPPED: dict[AlertCaps, msgspec.json.Decoder[_KnownWebhook]] = {}
+_CAPPED_KEPT = 16
 
 
 class AmAlert(BaseModel):
@@ -131,14 +134,20 @@ def _time(text: str) -> datetime:
 
 
 def _decode(
-    body: bytes,
+    body: bytes, known: msgspec.json.Decoder[_KnownWebhook] | None = None
 ) -> tuple[_FastWebhook, list[tuple[datetime, datetime | None]]] | None:
-    """A body as msgspec reads it, with its times; None for the pydantic path."""
+    """A body as msgspec reads it, with its times; None for the pydantic path.
+
+    ``known``: a capped decoder (``_capped``) to read it with, alone; None
+    for the known-field decoder, then the one that ignores unknown fields.
+    """
     try:
-        payload: _FastWebhook = _KNOWN.decode(body)
+        payload: _FastWebhook = (known or _KNOWN).decode(body)
     except msgspec.ValidationError:
         # A field it does not know (or a bad value: refused again below).
-        if body.count(b"{") + body.count(b"[") > _FAST_MAX_OPENERS:
+        if known is not None or (
+            body.count(b"{") + body.count(b"[") > _FAST_MAX_OPENERS
+        ):
             return None
         try:
             payload = _DECODER.decode(body)
@@ -156,6 +165,49 @@ def _decode(
     return payload, times
 
 
+def _capped(caps: AlertCaps) -> msgspec.json.Decoder[_KnownWebhook]:
+    """The known-field decoder that also holds every alert to ``caps``.
+
+    msgspec counts characters, the caps bytes: a text of at most a quarter of a
+    cap's bytes in characters is within it (UTF-8 spends four bytes on a
+    character at most). What it refuses is read again uncapped and sized text
+    by text by ``check_caps``, for the error. An alert's total is left to the
+    caller (``admit`` proves it from the body's size).
+    """
+    found = _CAPPED.get(caps)
+    if found is not None:
+        return found
+
+    def bounded(count: int, size: int) -> object:
+        text = Annotated[str, msgspec.Meta(max_length=size // 4)]
+        return Annotated[dict[text, text], msgspec.Meta(max_length=count)]
+
+    alert = msgspec.defstruct(
+        "_CappedAlert",
+        [
+            ("labels", bounded(caps.max_labels, caps.max_label_value_bytes)),
+            (
+                "annotations",
+                bounded(caps.max_annotations, caps.max_annotation_value_bytes),
+                {},
+            ),
+        ],
+        bases=(_KnownAlert,),
+        forbid_unknown_fields=True,
+    )
+    webhook = msgspec.defstruct(
+        "_CappedWebhook",
+        [("alerts", list[alert])],  # type: ignore[valid-type]
+        bases=(_KnownWebhook,),
+        forbid_unknown_fields=True,
+    )
+    decoder: msgspec.json.Decoder[_KnownWebhook] = msgspec.json.Decoder(webhook)
+    if len(_CAPPED) >= _CAPPED_KEPT:
+        _CAPPED.clear()
+    _CAPPED[caps] = decoder
+    return decoder
+
+
 class AdmittedAlert(Capped, Protocol):
     """An alert as the edge sees it: what the caps look at, and its status."""
 
@@ -169,21 +221,32 @@ class Admitted:
 
     ``alerts`` are what the caps look at (the decoded alerts, or ``Alert``s from
     the pydantic path), ``starts`` each alert's start (None: not given).
+    ``checked``: every alert is known to be within the caps given to ``admit``
+    (else the edge sizes them with ``check_caps``).
     """
 
     alerts: Sequence[AdmittedAlert]
     starts: Sequence[datetime | None]
     truncated: int
     group_key: str
+    checked: bool = False
 
 
-def admit(body: bytes) -> Admitted:
+def admit(body: bytes, caps: AlertCaps | None = None) -> Admitted:
     """Validate a raw webhook body as ``from_body`` does, without building alerts.
 
     Raises the same ``InputError`` for a bad body; for a good one returns only
-    what the edge checks (caps) and journals (each alert's state).
+    what the edge checks (caps) and journals (each alert's state). With
+    ``caps``, the decoder holds the alerts to them where it can (``checked``).
     """
-    decoded = _decode(body)
+    decoded = None
+    if caps is not None and len(body) <= caps.max_alert_bytes:
+        # No alert's labels and annotations take more UTF-8 bytes than the
+        # whole body: the total per alert needs no counting.
+        decoded = _decode(body, _capped(caps))
+    checked = decoded is not None
+    if decoded is None:
+        decoded = _decode(body)
     if decoded is None:
         alerts = from_body(body)
         truncated = int(alerts[0].refs.get("truncated_alerts", "0")) if alerts else 0
@@ -200,6 +263,7 @@ def admit(body: bytes) -> Admitted:
         [None if starts.year == _ZERO_YEAR else starts for starts, _ in times],
         max(payload.truncatedAlerts, 0),
         payload.groupKey,
+        checked,
     )
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
-from operator import methodcaller
 from typing import Protocol
 
 from receiver.errors import PayloadTooLargeError
@@ -37,12 +35,6 @@ class AlertCaps:
     max_label_value_bytes: int = 1024
     max_annotation_value_bytes: int = 16 * 1024
     max_alert_bytes: int = 64 * 1024
-
-
-_values = methodcaller("values")
-# Alerts a payload holds from which the proof (``_fit``) is cheaper than sizing
-# each text: about 40 % less for a group of 20, twice as much for one alert.
-_FIT_FROM = 4
 
 
 def _size(text: str) -> int:
@@ -93,16 +85,8 @@ def _check_map(
     return total
 
 
-def check_caps(
-    alerts: Sequence[Capped], caps: AlertCaps, *, within: int | None = None
-) -> None:
-    """Raise ``PayloadTooLargeError`` for the first alert over a cap.
-
-    ``within``: the size in bytes of the body every label and annotation was
-    read from (its text), which lets most alerts pass on a cheaper proof.
-    """
-    if within is not None and len(alerts) >= _FIT_FROM and _fit(alerts, caps, within):
-        return
+def check_caps(alerts: Sequence[Capped], caps: AlertCaps) -> None:
+    """Raise ``PayloadTooLargeError`` for the first alert over a cap."""
     for index, alert in enumerate(alerts):
         total = _check_map(
             index=index,
@@ -128,39 +112,3 @@ def check_caps(
                 f"bytes, over the cap of {caps.max_alert_bytes} (max_alert_bytes)",
                 errors=[{"pointer": f"/alerts/{index}", "detail": "too large"}],
             )
-
-
-def _fit(alerts: Sequence[Capped], caps: AlertCaps, within: int) -> bool:
-    """Whether every alert is within ``caps``, proven without sizing each text.
-
-    False says nothing (``check_caps`` then sizes each text, for the error). A
-    text read from a JSON body takes no more UTF-8 bytes than it took in the
-    body, and a character at most four: so with a body of ``within`` bytes an
-    alert's total is within any cap of at least that, and a text of at most a
-    quarter of a cap's bytes in characters is within it.
-    """
-    if within > caps.max_alert_bytes:
-        return False
-    labels = [alert.labels for alert in alerts]
-    notes = [alert.annotations for alert in alerts]
-    if (
-        max(map(len, labels), default=0) > caps.max_labels
-        or max(map(len, notes), default=0) > caps.max_annotations
-    ):
-        return False
-    # Over all alerts at once: the loops run in C.
-    return (
-        within <= caps.max_label_value_bytes
-        or _longest(labels) <= caps.max_label_value_bytes // 4
-    ) and (
-        within <= caps.max_annotation_value_bytes
-        or _longest(notes) <= caps.max_annotation_value_bytes // 4
-    )
-
-
-def _longest(maps: list[Mapping[str, str]]) -> int:
-    """The most characters of any name or value in ``maps``."""
-    return max(
-        max(map(len, chain.from_iterable(maps)), default=0),
-        max(map(len, chain.from_iterable(map(_values, maps))), default=0),
-    )
