@@ -134,27 +134,35 @@ def _time(text: str) -> datetime:
 
 
 def _decode(
-    body: bytes, known: msgspec.json.Decoder[_KnownWebhook] | None = None
+    body: bytes,
+    known: msgspec.json.Decoder[_KnownWebhook] | None = _KNOWN,
+    *,
+    lenient: bool = True,
 ) -> tuple[_FastWebhook, list[tuple[datetime, datetime | None]]] | None:
     """A body as msgspec reads it, with its times; None for the pydantic path.
 
-    ``known``: a capped decoder (``_capped``) to read it with, alone; None
-    for the known-field decoder, then the one that ignores unknown fields.
+    ``known``: the decoder of known fields to try first (``_KNOWN``, or a
+    capped one); None to go straight to the one that ignores unknown fields,
+    which ``lenient`` (the default) tries whenever the first refuses a body.
     """
-    try:
-        payload: _FastWebhook = (known or _KNOWN).decode(body)
-    except msgspec.ValidationError:
-        # A field it does not know (or a bad value: refused again below).
-        if known is not None or (
-            body.count(b"{") + body.count(b"[") > _FAST_MAX_OPENERS
-        ):
+    payload: _FastWebhook | None = None
+    if known is not None:
+        try:
+            payload = known.decode(body)
+        except msgspec.ValidationError:
+            # A field it does not know, a text over a cap, or a bad value (read
+            # leniently below, refused again if bad).
+            if not lenient:
+                return None
+        except msgspec.DecodeError:
+            return None
+    if payload is None:
+        if body.count(b"{") + body.count(b"[") > _FAST_MAX_OPENERS:
             return None
         try:
             payload = _DECODER.decode(body)
         except msgspec.DecodeError:
             return None
-    except msgspec.DecodeError:
-        return None
     try:
         times = [
             (_time(a.startsAt), None if a.endsAt is None else _time(a.endsAt))
@@ -239,13 +247,17 @@ def admit(body: bytes, caps: AlertCaps | None = None) -> Admitted:
     what the edge checks (caps) and journals (each alert's state). With
     ``caps``, the decoder holds the alerts to them where it can (``checked``).
     """
-    decoded = None
     if caps is not None and len(body) <= caps.max_alert_bytes:
         # No alert's labels and annotations take more UTF-8 bytes than the
         # whole body: the total per alert needs no counting.
-        decoded = _decode(body, _capped(caps))
-    checked = decoded is not None
-    if decoded is None:
+        decoded = _decode(body, _capped(caps), lenient=False)
+        checked = decoded is not None
+        if decoded is None:
+            # Over a cap, a field it does not know, or bad: read leniently (the
+            # known fields were tried).
+            decoded = _decode(body, None)
+    else:
+        checked = False
         decoded = _decode(body)
     if decoded is None:
         alerts = from_body(body)
