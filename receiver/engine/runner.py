@@ -20,6 +20,7 @@ action a crashed attempt left half done is ``receiver.engine.recovery``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -45,9 +46,11 @@ from receiver.model import (
     Intent,
     JSONObject,
     MatchTrace,
+    Severity,
     StepKind,
     StepTrace,
 )
+from receiver.rulebook.schema import Playbook
 from receiver.rulebook.steps import StepModel
 
 __all__ = ["Clock", "Executor", "Preparing", "Runner", "describe_error"]
@@ -56,10 +59,32 @@ log = structlog.get_logger("receiver.runner")
 
 
 _NEWS = frozenset({Decision.EXECUTED, Decision.FAILED, Decision.AWAITING_APPROVAL})
+# Match traces kept for plans that run nothing, before the runner starts over.
+SETTLED_TRACES = 4096
 
 
 def _same(text: str) -> str:
     return text
+
+
+def _match_trace(planned: PlannedMatch, steps: tuple[StepTrace, ...]) -> MatchTrace:
+    playbook = planned.match.playbook
+    return MatchTrace(
+        rule=planned.rule,
+        severity=planned.severity,
+        playbook=planned.playbook,
+        steps=steps,
+        notes=(f"severity: {planned.severity_reason}",),
+        description=playbook.description,
+        runbook_url=playbook.runbook_url,
+        escalate_to=playbook.escalate_to,
+    )
+
+
+def _debug_enabled() -> bool:
+    """Whether debug lines are kept (they are not built otherwise)."""
+    check = getattr(log, "is_enabled_for", None)
+    return True if check is None else bool(check(logging.DEBUG))
 
 
 class Runner(Recovering):
@@ -83,6 +108,10 @@ class Runner(Recovering):
         self._guards = guards
         self._on_step = on_step
         self._scrub = scrub
+        self._settled_traces: dict[
+            tuple[int, str, Severity, str, str],
+            tuple[tuple[PlannedStep, ...], Playbook, MatchTrace],
+        ] = {}
 
     @property
     def mode(self) -> str:
@@ -99,23 +128,18 @@ class Runner(Recovering):
         """
         at = now or self._clock()
         matches = []
+        # Read once per alert: most steps of a storm are decided by the plan
+        # alone, and their line is a debug line.
+        debug = _debug_enabled()
         for planned in plan.matches:
-            steps = [
-                await self._step(p, plan.alert, planned, payload_id, at)
-                for p in planned.steps
-            ]
-            matches.append(
-                MatchTrace(
-                    rule=planned.rule,
-                    severity=planned.severity,
-                    playbook=planned.playbook,
-                    steps=tuple(steps),
-                    notes=(f"severity: {planned.severity_reason}",),
-                    description=planned.match.playbook.description,
-                    runbook_url=planned.match.playbook.runbook_url,
-                    escalate_to=planned.match.playbook.escalate_to,
-                )
-            )
+            settled = self._settled(planned, plan.alert, debug=debug)
+            if settled is None:
+                steps = [
+                    await self._step(p, plan.alert, planned, payload_id, at)
+                    for p in planned.steps
+                ]
+                settled = _match_trace(planned, tuple(steps))
+            matches.append(settled)
         return AlertTrace(
             alert=plan.alert,
             matches=tuple(matches),
@@ -124,6 +148,43 @@ class Runner(Recovering):
             mode=self._mode,
             notes=plan.notes,
         )
+
+    def _settled(
+        self, planned: PlannedMatch, alert: Alert, *, debug: bool
+    ) -> MatchTrace | None:
+        """The match's trace when its plan runs nothing (None: steps run).
+
+        Alerts planned alike share their planned steps (``CompiledPlaybook``);
+        they share this trace too, so a storm's decisions are not one new
+        trace object per step and alert.
+        """
+        if self._on_step is not None:
+            return None
+        news = False
+        for p in planned.steps:
+            if p.run:
+                return None
+            news = news or p.trace.decision in _NEWS
+        if debug or news:
+            for p in planned.steps:
+                self._log_step(p.trace, alert, planned)
+        playbook = planned.match.playbook
+        key = (
+            id(planned.steps),
+            planned.rule,
+            planned.severity,
+            planned.severity_reason,
+            planned.playbook,
+        )
+        found = self._settled_traces.get(key)
+        if found is not None and found[0] is planned.steps and found[1] is playbook:
+            return found[2]
+        trace = _match_trace(planned, tuple(p.trace for p in planned.steps))
+        if len(self._settled_traces) >= SETTLED_TRACES:
+            self._settled_traces.clear()
+        # The steps and playbook are kept with it: their ids are not reused.
+        self._settled_traces[key] = (planned.steps, playbook, trace)
+        return trace
 
     async def _step(
         self,
@@ -152,6 +213,11 @@ class Runner(Recovering):
                 trace = self._failed(trace, exc, "")
         if self._on_step is not None:
             self._on_step(trace)
+        self._log_step(trace, alert, match)
+        return trace
+
+    @staticmethod
+    def _log_step(trace: StepTrace, alert: Alert, match: PlannedMatch) -> None:
         # Steps that acted (or wait for a human) are news; a dry-run or a skip is
         # in the decision record, and logging it at info drowns an alert storm.
         emit = log.info if trace.decision in _NEWS else log.debug
@@ -165,7 +231,6 @@ class Runner(Recovering):
             rule=match.rule,
             fingerprint=alert.fingerprint,
         )
-        return trace
 
     async def _diagnose(
         self,
