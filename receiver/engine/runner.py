@@ -119,18 +119,24 @@ class Runner(Recovering):
         return self._mode
 
     async def run(
-        self, plan: Plan, payload_id: str = "", now: datetime | None = None
+        self,
+        plan: Plan,
+        payload_id: str = "",
+        now: datetime | None = None,
+        *,
+        debug: bool | None = None,
     ) -> AlertTrace:
         """Execute what the plan says may run and return the full trace.
 
         ``now`` is the one reading of the clock every guard of this decision
-        pass uses (read here when not given).
+        pass uses (read here when not given); so is ``debug``, whether debug
+        lines are kept (a pass reads it once: most steps of a storm are decided
+        by the plan alone, and their line is a debug line).
         """
         at = now or self._clock()
         matches = []
-        # Read once per alert: most steps of a storm are decided by the plan
-        # alone, and their line is a debug line.
-        debug = _debug_enabled()
+        if debug is None:
+            debug = _debug_enabled()
         for planned in plan.matches:
             settled = self._settled(planned, plan.alert, debug=debug)
             if settled is None:
