@@ -85,7 +85,7 @@ def test_playbook_plans_equal_fresh_plans_whatever_the_firing_time():
 
 
 def test_alerts_planned_alike_share_their_planned_steps():
-    """Same template values, status and mode: one tuple of planned steps."""
+    """Same template values, status, mode and severity: one planned match."""
     book = load_rulebook([ROOT / "rules"], steps=builtin_registry())
     compiled = CompiledPlaybooks()
     labels = {"alertname": "SarkHighLatency", "namespace": "production"}
@@ -105,6 +105,7 @@ def test_alerts_planned_alike_share_their_planned_steps():
         )
         for fp in ("a", "b")
     )
+    assert one.matches[0] is two.matches[0]
     assert one.matches[0].steps is two.matches[0].steps
 
 

@@ -15,6 +15,7 @@ from receiver.engine.runner import Runner
 from receiver.engine.worker import Processor
 from receiver.metrics import Metrics
 from receiver.model import Alert, AlertTrace, StepTrace, freeze
+from receiver.rulebook import loader as loader_module
 from receiver.rulebook.loader import Rulebook, load_rulebook
 from receiver.steps.catalog import builtin_registry
 
@@ -248,3 +249,25 @@ async def test_settled_match_traces_stay_bounded(monkeypatch):
     traces = await processor.decide(alerts, "p", NOW)
     assert len({id(t.matches[0]) for t in traces}) == 20
     assert len(runner._settled_traces) <= 4
+
+
+def test_rule_matches_are_shared_and_stay_bounded(monkeypatch):
+    """Alerts matched alike share one RuleMatch; at most KEPT_MATCHES are kept."""
+    monkeypatch.setattr(loader_module, "KEPT_MATCHES", 4)
+    book = _runbook()
+    alerts = _storm(2 * len(ALERTNAMES))
+    first = book.match(alerts[1], NOW)
+    assert first
+    assert first[0] is book.match(alerts[1], NOW)[0]
+    for i in range(30):
+        labels = {"alertname": "SarkAuthFailures", "impact": "high"}
+        alert = Alert(
+            "alertmanager",
+            "fp",
+            "firing",
+            freeze(labels),
+            starts_at=NOW - timedelta(seconds=i),
+        )
+        (match,) = book.match(alert, NOW)
+        assert f"(firing {i}s)" in match.severity_reason
+        assert len(book._matches) <= 4

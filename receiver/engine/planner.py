@@ -215,6 +215,7 @@ class CompiledPlaybook:
         # Only then does the clock's reading change a plan.
         self._timed = self._need is not None and any(s.remediation for s in steps)
         self._planned: dict[tuple[object, ...], tuple[PlannedStep, ...]] = {}
+        self._matches: dict[tuple[int, int], PlannedMatch] = {}
 
     def _values(self, alert: Alert) -> list[object]:
         out: list[object] = []
@@ -246,6 +247,28 @@ class CompiledPlaybook:
             if len(self._planned) >= RENDER_CACHE:
                 self._planned.clear()
             self._planned[key] = found
+        return found
+
+    def planned(
+        self, alert: Alert, now: datetime, match: RuleMatch, ctx: PlanContext
+    ) -> PlannedMatch:
+        """``match`` with its steps planned for ``alert`` (shared when alike)."""
+        steps = self.plan(alert, now, match, ctx)
+        key = (id(match), id(steps))
+        found = self._matches.get(key)
+        if found is None or found.match is not match or found.steps is not steps:
+            found = PlannedMatch(
+                rule=match.rule.name,
+                severity=match.severity,
+                severity_reason=match.severity_reason,
+                playbook=match.rule.playbook,
+                match=match,
+                steps=steps,
+            )
+            if len(self._matches) >= RENDER_CACHE:
+                self._matches.clear()
+            # It holds both, so neither id is reused while it is kept.
+            self._matches[key] = found
         return found
 
     def _plan(
@@ -403,14 +426,7 @@ def plan(
         )
     found = rulebook.match(alert, now) if matches is None else list(matches)
     planned = tuple(
-        PlannedMatch(
-            rule=match.rule.name,
-            severity=match.severity,
-            severity_reason=match.severity_reason,
-            playbook=match.rule.playbook,
-            match=match,
-            steps=compiled.playbook(match.playbook).plan(alert, now, match, ctx),
-        )
+        compiled.playbook(match.playbook).planned(alert, now, match, ctx)
         for match in found
     )
     notes: tuple[str, ...] = () if planned else ("no rule matched; nothing runs",)

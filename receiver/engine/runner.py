@@ -46,11 +46,9 @@ from receiver.model import (
     Intent,
     JSONObject,
     MatchTrace,
-    Severity,
     StepKind,
     StepTrace,
 )
-from receiver.rulebook.schema import Playbook
 from receiver.rulebook.steps import StepModel
 
 __all__ = ["Clock", "Executor", "Preparing", "Runner", "describe_error"]
@@ -108,10 +106,7 @@ class Runner(Recovering):
         self._guards = guards
         self._on_step = on_step
         self._scrub = scrub
-        self._settled_traces: dict[
-            tuple[int, str, Severity, str, str],
-            tuple[tuple[PlannedStep, ...], Playbook, MatchTrace],
-        ] = {}
+        self._settled_traces: dict[int, tuple[PlannedMatch, MatchTrace]] = {}
 
     @property
     def mode(self) -> str:
@@ -174,22 +169,14 @@ class Runner(Recovering):
         if debug or news:
             for p in planned.steps:
                 self._log_step(p.trace, alert, planned)
-        playbook = planned.match.playbook
-        key = (
-            id(planned.steps),
-            planned.rule,
-            planned.severity,
-            planned.severity_reason,
-            planned.playbook,
-        )
-        found = self._settled_traces.get(key)
-        if found is not None and found[0] is planned.steps and found[1] is playbook:
-            return found[2]
+        found = self._settled_traces.get(id(planned))
+        if found is not None and found[0] is planned:
+            return found[1]
         trace = _match_trace(planned, tuple(p.trace for p in planned.steps))
         if len(self._settled_traces) >= SETTLED_TRACES:
             self._settled_traces.clear()
-        # The steps and playbook are kept with it: their ids are not reused.
-        self._settled_traces[key] = (planned.steps, playbook, trace)
+        # The plan is kept with it, so its id is not reused meanwhile.
+        self._settled_traces[id(planned)] = (planned, trace)
         return trace
 
     async def _step(
