@@ -182,8 +182,8 @@ def test_admit_gives_the_edge_what_the_alerts_carry(count, truncated, starts, of
         return
     got = alertmanager.admit(body)
     assert [
-        (a.fingerprint, a.status, a.starts_at, dict(a.labels), dict(a.annotations))
-        for a in got.alerts
+        (a.fingerprint, a.status, starts, dict(a.labels), dict(a.annotations))
+        for a, starts in zip(got.alerts, got.starts, strict=True)
     ] == [
         (a.fingerprint, a.status, a.starts_at, dict(a.labels), dict(a.annotations))
         for a in full

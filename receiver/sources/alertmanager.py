@@ -15,16 +15,17 @@ alerts for every body both accept and the detailed error for a bad one.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Literal, Protocol
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from receiver.model import Alert, Status, freeze
+from receiver.sources.caps import AlertCaps, Capped
 from receiver.sources.wire import Timestamp, parse_json, to_utc
 
 _ZERO_YEAR = 1
@@ -37,6 +38,9 @@ _PAST_MICROS = re.compile(r"(\.\d{6})\d+")
 # Times already read (resends repeat them; Go's zero time is in most payloads).
 _TIMES: dict[str, datetime] = {}
 _TIMES_KEPT = 4096
+# Known-field decoders holding alerts to caps, by caps (one per edge, mostly).
+_CAPPED: dict[AlertCaps, msgspec.json.Decoder[_KnownWebhook]] = {}
+_CAPPED_KEPT = 16
 
 
 class AmAlert(BaseModel):
@@ -95,7 +99,22 @@ class _FastWebhook(msgspec.Struct):
     truncatedAlerts: int = 0  # noqa: N815
 
 
+class _KnownAlert(_FastAlert, forbid_unknown_fields=True):
+    """``_FastAlert`` with no field it does not know (see ``_KNOWN``)."""
+
+
+class _KnownWebhook(_FastWebhook, forbid_unknown_fields=True):
+    """``_FastWebhook`` with no field it does not know (see ``_KNOWN``)."""
+
+    # Read-only once decoded: a list of the subclass is a list of the base.
+    alerts: list[_KnownAlert]  # type: ignore[assignment]
+
+
 _DECODER = msgspec.json.Decoder(_FastWebhook)
+# A body of known fields only (what Alertmanager sends) nests four levels deep
+# at most: it needs no count of its brackets (see ``_FAST_MAX_OPENERS``), which
+# costs more than the decoding of a 20-alert group's labels.
+_KNOWN = msgspec.json.Decoder(_KnownWebhook)
 
 
 def _time(text: str) -> datetime:
@@ -116,64 +135,147 @@ def _time(text: str) -> datetime:
 
 def _decode(
     body: bytes,
+    known: msgspec.json.Decoder[_KnownWebhook] | None = _KNOWN,
+    *,
+    lenient: bool = True,
 ) -> tuple[_FastWebhook, list[tuple[datetime, datetime | None]]] | None:
-    """A body as msgspec reads it, with its times; None for the pydantic path."""
-    if body.count(b"{") + body.count(b"[") > _FAST_MAX_OPENERS:
-        return None
+    """A body as msgspec reads it, with its times; None for the pydantic path.
+
+    ``known``: the decoder of known fields to try first (``_KNOWN``, or a
+    capped one); None to go straight to the one that ignores unknown fields,
+    which ``lenient`` (the default) tries whenever the first refuses a body.
+    """
+    payload: _FastWebhook | None = None
+    if known is not None:
+        try:
+            payload = known.decode(body)
+        except msgspec.ValidationError:
+            # A field it does not know, a text over a cap, or a bad value (read
+            # leniently below, refused again if bad).
+            if not lenient:
+                return None
+        except msgspec.DecodeError:
+            return None
+    if payload is None:
+        if body.count(b"{") + body.count(b"[") > _FAST_MAX_OPENERS:
+            return None
+        try:
+            payload = _DECODER.decode(body)
+        except msgspec.DecodeError:
+            return None
     try:
-        payload = _DECODER.decode(body)
         times = [
             (_time(a.startsAt), None if a.endsAt is None else _time(a.endsAt))
             for a in payload.alerts
         ]
-    except (msgspec.DecodeError, ValueError):
+    except ValueError:
         return None
     return payload, times
 
 
-class Seen(NamedTuple):
-    """What the edge checks and journals of one alert (see ``admit``).
+def _capped(caps: AlertCaps) -> msgspec.json.Decoder[_KnownWebhook]:
+    """The known-field decoder that also holds every alert to ``caps``.
 
-    A tuple: built for every alert of every webhook, it costs a tenth of a
-    frozen dataclass.
+    msgspec counts characters, the caps bytes: a text of at most a quarter of a
+    cap's bytes in characters is within it (UTF-8 spends four bytes on a
+    character at most). What it refuses is read again uncapped and sized text
+    by text by ``check_caps``, for the error. An alert's total is left to the
+    caller (``admit`` proves it from the body's size).
     """
+    found = _CAPPED.get(caps)
+    if found is not None:
+        return found
 
-    fingerprint: str
-    status: Status
-    starts_at: datetime | None
-    labels: Mapping[str, str]
-    annotations: Mapping[str, str]
+    def bounded(count: int, size: int) -> object:
+        text = Annotated[str, msgspec.Meta(max_length=size // 4)]
+        return Annotated[dict[text, text], msgspec.Meta(max_length=count)]
+
+    alert = msgspec.defstruct(
+        "_CappedAlert",
+        [
+            ("labels", bounded(caps.max_labels, caps.max_label_value_bytes)),
+            (
+                "annotations",
+                bounded(caps.max_annotations, caps.max_annotation_value_bytes),
+                {},
+            ),
+        ],
+        bases=(_KnownAlert,),
+        forbid_unknown_fields=True,
+    )
+    webhook = msgspec.defstruct(
+        "_CappedWebhook",
+        [("alerts", list[alert])],  # type: ignore[valid-type]
+        bases=(_KnownWebhook,),
+        forbid_unknown_fields=True,
+    )
+    decoder: msgspec.json.Decoder[_KnownWebhook] = msgspec.json.Decoder(webhook)
+    if len(_CAPPED) >= _CAPPED_KEPT:
+        _CAPPED.clear()
+    _CAPPED[caps] = decoder
+    return decoder
+
+
+class AdmittedAlert(Capped, Protocol):
+    """An alert as the edge sees it: what the caps look at, and its status."""
+
+    @property
+    def status(self) -> Status: ...  # noqa: D102
 
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """What the edge needs of a webhook before its 202; the worker reads the rest."""
+    """What the edge needs of a webhook before its 202; the worker reads the rest.
 
-    alerts: Sequence[Seen | Alert]
+    ``alerts`` are what the caps look at (the decoded alerts, or ``Alert``s from
+    the pydantic path), ``starts`` each alert's start (None: not given).
+    ``checked``: every alert is known to be within the caps given to ``admit``
+    (else the edge sizes them with ``check_caps``).
+    """
+
+    alerts: Sequence[AdmittedAlert]
+    starts: Sequence[datetime | None]
     truncated: int
     group_key: str
+    checked: bool = False
 
 
-def admit(body: bytes) -> Admitted:
+def admit(body: bytes, caps: AlertCaps | None = None) -> Admitted:
     """Validate a raw webhook body as ``from_body`` does, without building alerts.
 
     Raises the same ``InputError`` for a bad body; for a good one returns only
-    what the edge checks (caps) and journals (each alert's state).
+    what the edge checks (caps) and journals (each alert's state). With
+    ``caps``, the decoder holds the alerts to them where it can (``checked``).
     """
-    decoded = _decode(body)
+    if caps is not None and len(body) <= caps.max_alert_bytes:
+        # No alert's labels and annotations take more UTF-8 bytes than the
+        # whole body: the total per alert needs no counting.
+        decoded = _decode(body, _capped(caps), lenient=False)
+        checked = decoded is not None
+        if decoded is None:
+            # Over a cap, a field it does not know, or bad: read leniently (the
+            # known fields were tried).
+            decoded = _decode(body, None)
+    else:
+        checked = False
+        decoded = _decode(body)
     if decoded is None:
         alerts = from_body(body)
         truncated = int(alerts[0].refs.get("truncated_alerts", "0")) if alerts else 0
         key = alerts[0].refs.get("group_key", "") if alerts else ""
-        return Admitted(alerts, truncated, key)
+        return Admitted(
+            alerts,
+            [a.starts_at for a in alerts],
+            truncated,
+            key,
+        )
     payload, times = decoded
     return Admitted(
-        [
-            Seen(a.fingerprint, a.status, _ts(starts), a.labels, a.annotations)
-            for a, (starts, _) in zip(payload.alerts, times, strict=True)
-        ],
+        payload.alerts,
+        [None if starts.year == _ZERO_YEAR else starts for starts, _ in times],
         max(payload.truncatedAlerts, 0),
         payload.groupKey,
+        checked,
     )
 
 

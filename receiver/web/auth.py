@@ -123,6 +123,12 @@ class Authenticator:
         self._keys = [k.get_secret_value().encode() for k in routing_keys]
         self._loopback = loopback
         self._no_credentials = not (tokens or basic or self._pd or self._keys)
+        # The scopes some credential carries (asked on every request).
+        self._scopes = frozenset(
+            scope
+            for credential in (*tokens, *([basic] if basic is not None else []))
+            for scope in credential.scopes
+        )
 
     @classmethod
     def from_settings(cls, auth: AuthSettings, *, loopback: bool) -> Authenticator:
@@ -165,9 +171,7 @@ class Authenticator:
         return self._no_credentials or scope is None or scope in _OPEN_ON_LOOPBACK
 
     def _configured(self, scope: Scope) -> bool:
-        return any(scope in t.scopes for t in self._tokens) or (
-            self._basic is not None and scope in self._basic.scopes
-        )
+        return scope in self._scopes
 
     def require(self, authorization: str | None, scope: Scope) -> None:
         """Bearer or basic credentials that carry ``scope``.

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -19,6 +19,7 @@ import structlog
 from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from receiver.engine.worker import Processor
 from receiver.errors import (
@@ -33,6 +34,7 @@ from receiver.errors import (
 )
 from receiver.metrics import Metrics
 from receiver.model import Alert, Source
+from receiver.sources.alertmanager import AdmittedAlert
 from receiver.sources.caps import AlertCaps, check_caps
 from receiver.store.base import AlertState, JournalEntry, Store, new_id
 from receiver.web.auth import Authenticator, Scope
@@ -316,13 +318,12 @@ class Edge:
         now: datetime,
     ) -> JournalEntry:
         """Journal a checked payload and its alerts' states: the 202 may follow."""
-        kept = {k.lower(): v for k, v in headers.items()}
         entry = JournalEntry(
             id=new_id(),
             source=source,
             received_at=now,
             body=body,
-            headers={k: kept[k] for k in KEPT_HEADERS if k in kept},
+            headers=kept_headers(headers),
         )
         try:
             await self._store.append(entry, states)
@@ -407,6 +408,43 @@ class Edge:
             if age >= bound.max_age:
                 return "age"
         return None
+
+
+def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The ``KEPT_HEADERS`` of a payload (the last of a repeated one), by name."""
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        # A request's: six case-insensitive lookups, not a copy of every header.
+        kept = {}
+        for name in KEPT_HEADERS:
+            values = headers.getall(name, None)
+            if values:
+                kept[name] = values[-1]
+        return kept
+    lowered = {k.lower(): v for k, v in headers.items()}
+    return {k: lowered[k] for k in KEPT_HEADERS if k in lowered}
+
+
+# An alert's state is built for every alert of every webhook: filled in as the
+# frozen dataclass's __init__ would, in half its time (its fields checked here).
+_STATE_FIELDS = ("fingerprint", "status", "starts_at", "updated_at")
+assert tuple(f.name for f in fields(AlertState)) == _STATE_FIELDS  # noqa: S101
+
+
+def alert_states(
+    alerts: Sequence[AdmittedAlert], starts: Sequence[datetime | None], now: datetime
+) -> list[AlertState]:
+    """``AlertState(a.fingerprint, a.status, start or now, now)`` for each alert."""
+    states = []
+    new = object.__new__
+    for alert, start in zip(alerts, starts, strict=True):
+        state = new(AlertState)
+        fill = state.__dict__
+        fill["fingerprint"] = alert.fingerprint
+        fill["status"] = alert.status
+        fill["starts_at"] = start or now
+        fill["updated_at"] = now
+        states.append(state)
+    return states
 
 
 def _reason(exc: BaseException) -> str:

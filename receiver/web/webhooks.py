@@ -11,10 +11,11 @@ from receiver.model import Alert
 from receiver.sinks.render import is_own_note
 from receiver.sources import alertmanager, events_v2, pagerduty, parse_json
 from receiver.sources.caps import check_caps
-from receiver.store.base import AlertState
-from receiver.web.edge import PARSE_IN_THREAD, Edge, redact_routing_key
+from receiver.web.edge import PARSE_IN_THREAD, Edge, alert_states, redact_routing_key
 
 log = structlog.get_logger("receiver.web")
+# The Content-Type json_response gives (passed as a header, not parsed again).
+_JSON = {"Content-Type": "application/json; charset=utf-8"}
 
 
 class Webhooks(Edge):
@@ -27,10 +28,11 @@ class Webhooks(Edge):
         body = await self._body(request)
         # Only what the edge checks and journals is taken from the body here;
         # the worker builds the alerts when it decides them.
+        caps = self._limits.caps
         if len(body) > PARSE_IN_THREAD:
-            got = await asyncio.to_thread(alertmanager.admit, body)
+            got = await asyncio.to_thread(alertmanager.admit, body, caps)
         else:
-            got = alertmanager.admit(body)
+            got = alertmanager.admit(body, caps)
         alerts = got.alerts
         if got.truncated:
             self._metrics.alerts_truncated.inc(got.truncated)
@@ -42,11 +44,10 @@ class Webhooks(Edge):
                 detail="Alertmanager left alerts of this group out of the webhook "
                 "(max_alerts); those alerts are not decided",
             )
-        check_caps(alerts, self._limits.caps)
+        if not got.checked:
+            check_caps(alerts, caps)
         now = self._clock()
-        states = [
-            AlertState(a.fingerprint, a.status, a.starts_at or now, now) for a in alerts
-        ]
+        states = alert_states(alerts, got.starts, now)
         entry = await self._journal(
             "alertmanager",
             body,
@@ -58,10 +59,11 @@ class Webhooks(Edge):
         # The JSON json_response would write, without encoding a dict: the id
         # is hex and the count an int.
         count = len(alerts)
+        answer = f'{{"status": "accepted", "id": "{entry.id}", "alerts": {count}}}'
         return web.Response(
-            text=f'{{"status": "accepted", "id": "{entry.id}", "alerts": {count}}}',
+            body=answer.encode(),
             status=202,
-            content_type="application/json",
+            headers=_JSON,
         )
 
     async def pagerduty(self, request: web.Request) -> web.Response:
