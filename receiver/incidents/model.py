@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 ACTIVE = ("triggered", "acknowledged", "mitigated")
 MAX_TIMELINE = 2000  # a flapping alert must not grow an incident without bound
+MAX_LEDGER = 500
 
 
 class State(enum.StrEnum):
@@ -173,6 +174,13 @@ class LedgerItem:
     def key(self) -> tuple[str, str, int, str]:
         """What makes two decisions the same line (resends repeat them)."""
         return (self.fingerprint, self.rule, self.index, self.decision)
+
+    def again(self) -> LedgerItem:
+        """The same line, decided once more (``times`` + 1)."""
+        new = object.__new__(LedgerItem)
+        new.__dict__.update(self.__dict__)
+        new.__dict__["times"] = self.times + 1
+        return new
 
     def to_json(self) -> JSONObject:
         """Plain JSON form."""
@@ -342,6 +350,9 @@ class Incident:
         )
 
 
+_FIELDS = frozenset(Incident.__dataclass_fields__)
+
+
 def evolve(incident: Incident, **changes: object) -> Incident:
     """``dataclasses.replace`` for an incident, without its walk over every field.
 
@@ -350,13 +361,43 @@ def evolve(incident: Incident, **changes: object) -> Incident:
     that is not a field raises, as with ``replace``.
     """
     fields = incident.__dict__
-    unknown = changes.keys() - fields.keys()
+    unknown = changes.keys() - _FIELDS
     if unknown:
         msg = f"Incident has no field {sorted(unknown)}"
         raise TypeError(msg)
     new = object.__new__(Incident)
     new.__dict__.update(fields)
     new.__dict__.update(changes)
+    return new
+
+
+LedgerKey = tuple[str, str, int, str]
+# Where an incident keeps the index of its ledger by ``LedgerItem.key`` (not a
+# field: equality, the stored form and ``replace`` ignore it).
+_INDEX = "_ledger_index"
+
+
+def ledger_index(incident: Incident) -> dict[LedgerKey, LedgerItem]:
+    """The incident's ledger by ``LedgerItem.key``, in ledger order (a new dict).
+
+    Folding an alert looks each of its steps up here; the index is kept with
+    the incident ``with_ledger`` built, not rebuilt from the ledger per alert.
+    """
+    kept = incident.__dict__.get(_INDEX)
+    if kept is not None and kept[0] is incident.ledger:
+        return dict(kept[1])
+    return {item.key(): item for item in incident.ledger}
+
+
+def with_ledger(incident: Incident, ledger: dict[LedgerKey, LedgerItem]) -> Incident:
+    """The incident with this ledger (the oldest lines dropped past the cap)."""
+    items = tuple(ledger.values())
+    if len(items) > MAX_LEDGER:
+        items = items[-MAX_LEDGER:]
+        ledger = {item.key(): item for item in items}
+    new = evolve(incident, ledger=items)
+    # ``evolve`` copied the old index along; this one is checked by identity.
+    new.__dict__[_INDEX] = (items, ledger)
     return new
 
 
