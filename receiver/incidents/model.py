@@ -8,7 +8,7 @@ with a few indexed columns; it never imports this module).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -35,6 +35,23 @@ class State(enum.StrEnum):
 # What may follow what; a later state may be reached directly (an alert can
 # resolve before anyone acknowledged), never an earlier one.
 STATE_RANK = {s: i for i, s in enumerate(State)}
+
+
+Stamp = Callable[[datetime | None], str | None]
+
+
+def _stamps() -> Stamp:
+    """``iso``, remembering what it wrote (for one ``Incident.to_json``)."""
+    seen: dict[datetime | None, str | None] = {}
+
+    def stamp(ts: datetime | None) -> str | None:
+        try:
+            return seen[ts]
+        except KeyError:
+            out = seen[ts] = iso(ts)
+            return out
+
+    return stamp
 
 
 def _ts(value: object) -> datetime | None:
@@ -84,10 +101,10 @@ class TimelineEntry:
     by: str = "receiver"
     data: Mapping[str, str] = field(default_factory=lambda: freeze({}))
 
-    def to_json(self) -> JSONObject:
-        """Plain JSON form."""
+    def to_json(self, stamp: Stamp = iso) -> JSONObject:
+        """Plain JSON form (``stamp`` writes the times)."""
         out: JSONObject = {
-            "at": iso(self.at),
+            "at": stamp(self.at),
             "kind": self.kind,
             "text": self.text,
             "by": self.by,
@@ -123,8 +140,8 @@ class AlertRef:
     summary: str = ""
     link: str = ""  # the generator URL: the graph that fired
 
-    def to_json(self) -> JSONObject:
-        """Plain JSON form."""
+    def to_json(self, stamp: Stamp = iso) -> JSONObject:
+        """Plain JSON form (``stamp`` writes the times)."""
         return {
             "fingerprint": self.fingerprint,
             "source": self.source,
@@ -132,8 +149,8 @@ class AlertRef:
             "status": self.status,
             "severity": self.severity.value,
             "labels": dict(self.labels),
-            "startsAt": iso(self.starts_at),
-            "endsAt": iso(self.ends_at),
+            "startsAt": stamp(self.starts_at),
+            "endsAt": stamp(self.ends_at),
             "summary": self.summary,
             "link": self.link,
         }
@@ -182,10 +199,10 @@ class LedgerItem:
         new.__dict__["times"] = self.times + 1
         return new
 
-    def to_json(self) -> JSONObject:
-        """Plain JSON form."""
+    def to_json(self, stamp: Stamp = iso) -> JSONObject:
+        """Plain JSON form (``stamp`` writes the times)."""
         return {
-            "at": iso(self.at),
+            "at": stamp(self.at),
             "rule": self.rule,
             "kind": self.kind,
             "type": self.type,
@@ -227,10 +244,10 @@ class Evidence:
     sha256: str
     content: str  # canonical JSON of the step's result, capped
 
-    def to_json(self) -> JSONObject:
-        """Plain JSON form."""
+    def to_json(self, stamp: Stamp = iso) -> JSONObject:
+        """Plain JSON form (``stamp`` writes the times)."""
         return {
-            "at": iso(self.at),
+            "at": stamp(self.at),
             "rule": self.rule,
             "type": self.type,
             "target": self.target,
@@ -290,6 +307,8 @@ class Incident:
 
     def to_json(self) -> JSONObject:
         """The stored and API form."""
+        # Most entries of a fold share their time: each is written once.
+        stamp = _stamps()
         return {
             "id": self.id,
             "keys": list(self.keys),
@@ -301,15 +320,15 @@ class Incident:
             "acknowledged_at": iso(self.acknowledged_at),
             "mitigated_at": iso(self.mitigated_at),
             "resolved_at": iso(self.resolved_at),
-            "alerts": [a.to_json() for a in self.alerts],
-            "timeline": [e.to_json() for e in self.timeline],
-            "ledger": [item.to_json() for item in self.ledger],
+            "alerts": [a.to_json(stamp) for a in self.alerts],
+            "timeline": [e.to_json(stamp) for e in self.timeline],
+            "ledger": [item.to_json(stamp) for item in self.ledger],
             "breaches": sorted(self.breaches),
             "escalations": sorted(self.escalations),
             "drafts": self.drafts,
             "pagerduty_id": self.pagerduty_id,
             "post_mortem_reminded": self.post_mortem_reminded,
-            "evidence": [e.to_json() for e in self.evidence],
+            "evidence": [e.to_json(stamp) for e in self.evidence],
             "contacts": list(self.contacts),
             "version": self.version,
         }
