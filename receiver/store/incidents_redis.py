@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TypeVar, cast
 
+import msgspec
 import redis.asyncio
 import redis.exceptions
 
@@ -106,8 +107,13 @@ return found
 PAGE_SCAN = 200  # records read per round while filtering a page
 
 
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder()
+
+
 def _encode(record: IncidentRecord) -> str:
-    return json.dumps(
+    # msgspec: several times cheaper than json.dumps for a long timeline.
+    return _ENCODER.encode(
         {
             "id": record.id,
             "keys": list(record.keys),
@@ -119,8 +125,7 @@ def _encode(record: IncidentRecord) -> str:
             "watch": record.watch,
             "body": dict(record.body),
         },
-        default=iso,
-    )
+    ).decode()
 
 
 def _whole(value: JSONValue) -> int:
@@ -130,8 +135,16 @@ def _whole(value: JSONValue) -> int:
     return int(value)
 
 
+def _loads(raw: bytes | str) -> JSONValue:
+    try:
+        return cast("JSONValue", _DECODER.decode(raw))
+    except msgspec.DecodeError:
+        # Written by an older receiver with the json module (NaN, Infinity).
+        return cast("JSONValue", json.loads(raw))
+
+
 def _decode(raw: bytes | str) -> IncidentRecord:
-    data = json_object(json.loads(raw))
+    data = json_object(_loads(raw))
     keys = data.get("keys")
     return IncidentRecord(
         id=str(data["id"]),
