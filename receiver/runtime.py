@@ -163,6 +163,7 @@ def build_runtime(settings: Settings) -> Runtime:
         backpressure=Backpressure(
             max_depth=settings.journal.max_depth,
             max_age=settings.journal.max_age.total_seconds(),
+            shed_pause=settings.journal.shed_pause.total_seconds(),
         ),
         secrets=tuple(settings.secret_values()),
     )

@@ -7,6 +7,7 @@ remediation holds the worker, and every alert is decided exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import textwrap
 import threading
@@ -108,6 +109,39 @@ async def test_depth_bound_sheds_with_retry_after(aiohttp_client, web_rules):
     # Nothing shed was journaled; what was accepted is all there.
     count, _ = await client.store.pending()
     assert count == 2
+
+
+async def test_a_shed_answer_is_held_without_holding_up_the_edge(
+    aiohttp_client, web_rules
+):
+    """The 503 comes after ``shed_pause``; meanwhile the edge answers others.
+
+    A sender that retries at once, ignoring Retry-After, gets one refusal per
+    pause per connection, not as many as the edge can compute.
+    """
+    bound = Backpressure(max_depth=1, recount_at_bound=0.0, shed_pause=2.0)
+    client = await _edge(aiohttp_client, web_rules, bound, Clock())
+    assert (await _post(client, 1)).status == 202
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    shed = asyncio.create_task(_post(client, 2))
+    assert (await client.get("/healthz")).status == 200
+    assert not shed.done()
+    answer = await shed
+    assert answer.status == 503
+    assert answer.headers["Retry-After"] == "5"
+    # asyncio's sleep never returns early: a lower bound is not a timing guess.
+    assert loop.time() - started >= 2.0
+    count, _ = await client.store.pending()
+    assert count == 1
+
+
+async def test_no_shed_pause_answers_at_once(aiohttp_client, web_rules):
+    """``shed_pause=0`` refuses without waiting (the loop is not even yielded)."""
+    bound = Backpressure(max_depth=1, recount_at_bound=0.0, shed_pause=0.0)
+    client = await _edge(aiohttp_client, web_rules, bound, Clock())
+    assert (await _post(client, 1)).status == 202
+    assert (await _post(client, 2)).status == 503
 
 
 async def test_draining_the_journal_reopens_the_edge(aiohttp_client, web_rules):

@@ -26,8 +26,9 @@ from receiver.web.handlers import Backpressure, EdgeLimits
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Every variable the receiver has ever read, as documented before settings
-# were grouped: each must still set its setting.
+# Every variable the receiver has ever read (those documented before settings
+# were grouped, then each added since): each must still set its setting. A new
+# setting is added here; a name is never taken out.
 LEGACY_VARIABLES = [
     "HOST",
     "PORT",
@@ -62,6 +63,7 @@ LEGACY_VARIABLES = [
     "RETENTION_DECISIONS",
     "JOURNAL_MAX_DEPTH",
     "JOURNAL_MAX_AGE",
+    "JOURNAL_SHED_PAUSE",
     "PRUNE_INTERVAL",
     "JOURNAL_LEASE",
     "JOURNAL_MAX_ATTEMPTS",
@@ -113,7 +115,7 @@ LEGACY_VARIABLES = [
 
 
 def test_every_setting_keeps_its_variable_name():
-    """The flat RECEIVER_* names are exactly those of before: none lost, none new."""
+    """The flat RECEIVER_* names are exactly those listed: none lost, none unlisted."""
     assert {f"RECEIVER_{k.upper()}" for k in flat_keys()} == {
         f"RECEIVER_{v}" for v in LEGACY_VARIABLES
     }
@@ -129,6 +131,12 @@ def test_every_setting_keeps_its_variable_name():
         ("RECEIVER_RULES", "a.yaml,b", "engine.rules", [Path("a.yaml"), Path("b")]),
         ("RECEIVER_PAUSED", "true", "engine.paused", True),
         ("RECEIVER_RETENTION", "3d", "retention.max_age", timedelta(days=3)),
+        (
+            "RECEIVER_JOURNAL_SHED_PAUSE",
+            "250ms",
+            "journal.shed_pause",
+            timedelta(milliseconds=250),
+        ),
         (
             "RECEIVER_PRUNE_INTERVAL",
             "90s",

@@ -327,6 +327,12 @@ class JournalSettings(Group):
         description="Webhooks are also refused while the oldest waiting payload is "
         "older than this.",
     )
+    shed_pause: Duration = Field(
+        default=timedelta(milliseconds=100),
+        description="A refused webhook's 503 is held this long before it is sent, "
+        "so a sender that retries at once cannot keep the receiver busy refusing "
+        "while it catches up (0s: answer at once).",
+    )
     lease: Duration = Field(
         default=timedelta(minutes=5),
         description="A claimed entry not finished in this time goes to another worker.",

@@ -107,10 +107,19 @@ def _default_text(info: FieldInfo) -> str:
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if isinstance(value, timedelta):
-        return f"`{format_duration(value)}`"
+        return f"`{_duration(value)}`"
     if isinstance(value, list):
         return "`" + ",".join(str(v) for v in value) + "`"
     return f"`{value}`"
+
+
+def _duration(value: timedelta) -> str:
+    """``1m``, ``100ms``, ``1s500ms``: whole seconds as rules write them, then ms."""
+    millis = value % timedelta(seconds=1) // timedelta(milliseconds=1)
+    if not millis:
+        return format_duration(value)
+    whole = value - timedelta(milliseconds=millis)
+    return (format_duration(whole) if whole else "") + f"{millis}ms"
 
 
 def _bounds(info: FieldInfo) -> str:

@@ -86,6 +86,10 @@ class Backpressure:
     recount: float = 1.0
     # At the bound it is counted again this often before refusing more.
     recount_at_bound: float = 0.05
+    # A refused webhook's 503 is held this long (seconds, no CPU) before it is
+    # sent: a sender that retries at once, ignoring Retry-After, then cannot keep
+    # the edge busy refusing while the worker catches up.
+    shed_pause: float = 0.1
 
 
 # Seconds between the info-level lines that sum up the webhooks accepted (one
@@ -385,6 +389,8 @@ class Edge:
                 shed=load.shed,
             )
             load.logged_at, load.shed = now, 0
+        if bound.shed_pause > 0:
+            await asyncio.sleep(bound.shed_pause)
         raise OverloadedError(
             f"the receiver is behind ({load.depth} payloads waiting to be decided, "
             f"bound: {over}); retry in {SHED_RETRY_AFTER}s",
