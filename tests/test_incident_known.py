@@ -12,14 +12,18 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import uuid
 
+import pytest
 from incident_helpers import TickingClock, example, rulebook, traces
+from peers import run_redis
 
 from receiver.incidents.known import KnownIncidents
 from receiver.incidents.lifecycle import observe
 from receiver.incidents.model import State, evolve
 from receiver.incidents.policy import DEFAULT_POLICY
 from receiver.incidents.service import IncidentService
+from receiver.store.incidents_redis import RedisIncidentStore
 from receiver.store.incidents_sqlite import SqliteIncidentStore
 
 LATENCY = "alertmanager/sark-high-latency.firing.json"
@@ -220,3 +224,57 @@ async def test_sqlite_reads_bodies_written_by_the_json_module(tmp_path):
         assert record.body["id"] == "INC-old"
     finally:
         await store.close()
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    with run_redis(tmp_path_factory.mktemp("known-redis")) as url:
+        yield url
+
+
+async def test_redis_incidents_read_back_after_their_writes(redis_url):
+    """A Redis incident (empty lists and all) reads back after create and update.
+
+    The scripts once re-encoded records with cjson, which wrote ``[]`` as
+    ``{}``: every later lookup, tick and API read of the incident failed.
+    """
+    clock = TickingClock()
+    book = rulebook()
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    worker = IncidentService(
+        RedisIncidentStore(redis_url, prefix=prefix), clock=clock, rulebook=lambda: book
+    )
+    other = IncidentService(
+        RedisIncidentStore(redis_url, prefix=prefix), clock=clock, rulebook=lambda: book
+    )
+    try:
+        batch = await traces(book, "alertmanager", example(LATENCY), clock())
+        [opened] = await worker.observe(batch)
+        assert opened.breaches == frozenset()
+        assert await worker.get(opened.id) == opened
+        [again] = await worker.observe(batch)
+        assert await other.get(opened.id) == again
+        # A service that knows nothing of it reads it from the store.
+        [third] = await other.observe(batch)
+        assert third.version == again.version + 1
+        assert {i.times for i in third.ledger} == {3}
+        assert await other.tick() >= 0
+    finally:
+        await worker.aclose()
+        await other.aclose()
+
+
+def test_an_empty_object_stored_for_a_list_reads_as_empty():
+    """Records cjson wrote (``"breaches": {}``) still read."""
+    clock = TickingClock()
+    book = rulebook()
+    batch = asyncio.run(traces(book, "alertmanager", example(LATENCY), clock()))
+    from receiver.incidents.lifecycle import open_incident  # noqa: PLC0415
+    from receiver.incidents.model import Incident  # noqa: PLC0415
+
+    incident, _ = open_incident("INC-a", ["k"], batch[0], clock(), DEFAULT_POLICY)
+    raw = incident.to_json()
+    for name in ("breaches", "escalations", "evidence", "contacts"):
+        assert raw[name] == []
+        raw[name] = {}
+    assert Incident.from_json(raw) == incident

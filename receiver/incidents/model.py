@@ -59,9 +59,15 @@ def _ts(value: object) -> datetime | None:
 
 
 def _seq(value: object) -> Sequence[object]:
-    """A stored list (``ValueError`` for anything else)."""
+    """A stored list (``ValueError`` for anything else).
+
+    An empty object is an empty list: the Redis incident store's scripts once
+    re-encoded records with cjson, which writes ``[]`` as ``{}``.
+    """
     if isinstance(value, list | tuple):
         return value
+    if isinstance(value, Mapping) and not value:
+        return ()
     raise ValueError(f"expected a list, found {type(value).__name__}")
 
 

@@ -33,6 +33,11 @@ from receiver.store.incidents_base import IncidentQuery, IncidentRecord
 
 T = TypeVar("T")
 
+# The record is stored as the JSON text the receiver sent with its ``seq`` put
+# in front, never decoded and encoded again by cjson, which writes an empty list
+# as an empty object (``"breaches": {}``) that the incident could not be read
+# back from. The text never has a ``seq`` of its own (``_encode``).
+#
 # KEYS: record, zset, seq, watch; ARGV: id, json, active, watch, prefix, keys...
 # Returns the record as stored (with its seq), or 0 if the id or a key is taken:
 # the caller needs no second round trip to read it back.
@@ -45,9 +50,7 @@ if ARGV[3] == '1' then
   end
 end
 local seq = redis.call('INCR', KEYS[3])
-local rec = cjson.decode(ARGV[2])
-rec['seq'] = seq
-local raw = cjson.encode(rec)
+local raw = '{"seq":' .. string.format('%d', seq) .. ',' .. string.sub(ARGV[2], 2)
 redis.call('SET', KEYS[1], raw)
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
 if ARGV[4] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
@@ -74,9 +77,8 @@ end
 for _, k in ipairs(old['keys']) do
   if redis.call('GET', ARGV[5] .. k) == ARGV[1] then redis.call('DEL', ARGV[5] .. k) end
 end
-local rec = cjson.decode(ARGV[2])
-rec['seq'] = old['seq']
-local stored = cjson.encode(rec)
+local seq = string.format('%d', old['seq'])
+local stored = '{"seq":' .. seq .. ',' .. string.sub(ARGV[2], 2)
 redis.call('SET', KEYS[1], stored)
 if ARGV[3] == '1' then
   for i = 7, n do redis.call('SET', ARGV[5] .. ARGV[i], ARGV[1]) end
