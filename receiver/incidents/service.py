@@ -263,7 +263,8 @@ class IncidentService:
                     written[incident_id] = base
                     continue
             else:
-                incident = replace(incident, version=base.version + 1)
+                # ``evolve`` keeps the ledger index for the next batch's fold.
+                incident = evolve(incident, version=base.version + 1)
                 async with self._lock:
                     stored = await self.store.update(to_record(incident))
                 if stored is not None:
