@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -998,7 +999,16 @@ async def storm(report: Report, sizes: Sizes, tmp: Path) -> None:
 
 
 async def decide_cost(report: Report, sizes: Sizes) -> None:
-    """Deciding the runbook pack in process: no store, no HTTP, dry-run."""
+    """Deciding the runbook pack in process: no store, no HTTP, dry-run.
+
+    The cost is the deciding thread's CPU time (``time.thread_time``): on a
+    shared machine wall time also counts the time other processes held the
+    core. Garbage collections the decide path triggers run on this thread and
+    are counted. As ``receiver serve`` does once the app is built, what was
+    loaded before the first payload (modules, rules) is frozen out of the
+    collector's generations, so a full collection does not walk the bench's
+    own heap.
+    """
     from receiver import logs  # noqa: PLC0415
     from receiver.engine.planner import PlanContext  # noqa: PLC0415
     from receiver.engine.runner import Runner  # noqa: PLC0415
@@ -1019,27 +1029,48 @@ async def decide_cost(report: Report, sizes: Sizes) -> None:
             book, Runner({}, clock), clock, PlanContext(), metrics=Metrics()
         )
         n = sizes.storm_alerts
-        per_alert, storm_s, parse_s = [], [], []
-        for run in range(max(sizes.runs, 3)):
-            body = storm_body(n, f"d{run}")
-            start = time.perf_counter()
-            alerts = processor.alerts("alertmanager", body, clock())
-            parsed = time.perf_counter()
-            await processor.decide(alerts)
-            done = time.perf_counter()
-            parse_s.append(parsed - start)
-            storm_s.append(done - start)
-            per_alert.append((done - parsed) / n * 1e6)
+        per_alert, wall, storm_s, parse_s = [], [], [], []
+        gc.freeze()
+        try:
+            for run in range(max(sizes.runs, 3)):
+                body = storm_body(n, f"d{run}")
+                start = time.perf_counter()
+                alerts = processor.alerts("alertmanager", body, clock())
+                parsed = time.perf_counter()
+                cpu = time.thread_time()
+                await processor.decide(alerts)
+                cpu = time.thread_time() - cpu
+                done = time.perf_counter()
+                parse_s.append(parsed - start)
+                storm_s.append(done - start)
+                per_alert.append(cpu / n * 1e6)
+                wall.append((done - parsed) / n * 1e6)
+        finally:
+            gc.unfreeze()
     cost = Spread.of(per_alert)
     report.target(
-        "decide cost per alert <= 50 us (runbook pack, in process)",
+        "decide cost per alert <= 50 us (runbook pack, in process, thread CPU)",
         cost.median <= 50,
         f"{cost.median:.1f} us",
     )
     report.table(
-        f"5. Decide cost in process: runbook pack, {n:,} alerts, dry-run, no store",
-        ["us per alert (decide)", f"parse {n:,} alerts s", f"parse + decide {n:,} s"],
-        [[cost.fmt(1), Spread.of(parse_s).fmt(3), Spread.of(storm_s).fmt(3)]],
+        f"5. Decide cost in process: runbook pack, {n:,} alerts, dry-run, no store "
+        "(us per alert: CPU time of the deciding thread, GC included; wall time "
+        "beside it)",
+        [
+            "CPU us per alert (decide)",
+            "wall us per alert (decide)",
+            f"parse {n:,} alerts s",
+            f"parse + decide {n:,} s",
+        ],
+        [
+            [
+                cost.fmt(1),
+                Spread.of(wall).fmt(1),
+                Spread.of(parse_s).fmt(3),
+                Spread.of(storm_s).fmt(3),
+            ]
+        ],
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from receiver.engine import planner
@@ -25,7 +25,7 @@ ALERTNAMES = (
 )
 
 
-def _alerts(n: int) -> list[Alert]:
+def _alerts(n: int, *, fired: tuple[int, ...] = (0,)) -> list[Alert]:
     rng = random.Random(7)  # noqa: S311 (seeded on purpose)
     out = []
     for i in range(n):
@@ -42,7 +42,7 @@ def _alerts(n: int) -> list[Alert]:
                 f"fp-{i}",
                 rng.choice(["firing", "resolved"]),
                 freeze({k: v for k, v in labels.items() if v or rng.random() < 0.5}),
-                starts_at=NOW,
+                starts_at=NOW - timedelta(seconds=rng.choice(fired)),
             )
         )
     return out
@@ -64,6 +64,66 @@ def test_compiled_plans_equal_fresh_plans():
                 for m in fresh.matches
             ]
             assert shared.notes == fresh.notes
+
+
+def test_playbook_plans_equal_fresh_plans_whatever_the_firing_time():
+    """Plans shared by alerts planned alike equal plans made afresh for each."""
+    book = load_rulebook([ROOT / "rules"], steps=builtin_registry())
+    compiled = CompiledPlaybooks()
+    contexts = (
+        PlanContext(),
+        PlanContext(execute=True),
+        PlanContext(execute=True, namespaces=("production",)),
+        PlanContext(diagnose=True),
+    )
+    for ctx in contexts:
+        for alert in _alerts(500, fired=(0, 45, 150, 301, 700, 86400)):
+            shared = plan(alert, book, NOW, ctx, compiled=compiled)
+            fresh = plan(alert, book, NOW, ctx)
+            assert [m.steps for m in shared.matches] == [m.steps for m in fresh.matches]
+            assert shared.notes == fresh.notes
+
+
+def test_alerts_planned_alike_share_their_planned_steps():
+    """Same template values, status, mode and severity: one planned match."""
+    book = load_rulebook([ROOT / "rules"], steps=builtin_registry())
+    compiled = CompiledPlaybooks()
+    labels = {"alertname": "SarkHighLatency", "namespace": "production"}
+    one, two = (
+        plan(
+            Alert(
+                "alertmanager",
+                fp,
+                "firing",
+                freeze({**labels, "instance": fp}),
+                starts_at=NOW - timedelta(hours=1),
+            ),
+            book,
+            NOW,
+            PlanContext(),
+            compiled=compiled,
+        )
+        for fp in ("a", "b")
+    )
+    assert one.matches[0] is two.matches[0]
+    assert one.matches[0].steps is two.matches[0].steps
+
+
+def test_playbook_plans_stay_bounded(monkeypatch):
+    """A playbook keeps at most RENDER_CACHE plans, however many values arrive."""
+    monkeypatch.setattr(planner, "RENDER_CACHE", 8)
+    book = load_rulebook([ROOT / "rules"], steps=builtin_registry())
+    compiled = CompiledPlaybooks()
+    for i in range(50):
+        alert = Alert(
+            "alertmanager",
+            "fp",
+            "firing",
+            freeze({"alertname": "SarkHighLatency", "namespace": f"n{i}"}),
+        )
+        planned = plan(alert, book, NOW, PlanContext(), compiled=compiled)
+        playbook = compiled.playbook(planned.matches[0].match.playbook)
+        assert len(playbook._planned) <= 8
 
 
 def test_a_step_reads_only_its_template_fields():

@@ -28,6 +28,7 @@ from receiver.model import (
     freeze,
 )
 from receiver.rulebook.loader import Rulebook, RuleMatch
+from receiver.rulebook.schema import Playbook
 from receiver.rulebook.steps import StepModel
 from receiver.rulebook.templates import PLACEHOLDER, RenderError, format_duration
 
@@ -196,12 +197,96 @@ class CompiledStep:
         )
 
 
+class CompiledPlaybook:
+    """A playbook's steps, compiled, and its planned steps per alert values.
+
+    What a step is planned as depends on the alert only through the fields its
+    templates read, the alert's status and (for a remediation of a playbook
+    that requires firing for a while) whether it fired long enough. Steps
+    planned for one set of those (and one ``PlanContext``) are kept and reused
+    as they are: they are frozen, so alerts may share them.
+    """
+
+    def __init__(self, playbook: Playbook, steps: tuple[CompiledStep, ...]) -> None:
+        self.playbook = playbook
+        self.steps = steps
+        self.fields = tuple(sorted({f for s in steps for f in s.fields}))
+        self._need = playbook.guards.require_firing_for
+        # Only then does the clock's reading change a plan.
+        self._timed = self._need is not None and any(s.remediation for s in steps)
+        self._planned: dict[tuple[object, ...], tuple[PlannedStep, ...]] = {}
+        self._matches: dict[tuple[int, int], PlannedMatch] = {}
+
+    def _values(self, alert: Alert) -> list[object]:
+        out: list[object] = []
+        for scope, name in self.fields:
+            if scope == "labels":
+                out.append(alert.labels.get(name))
+            elif scope == "annotations":
+                out.append(alert.annotations.get(name))
+            else:
+                out.append(str(getattr(alert, name, None)))
+        return out
+
+    def plan(
+        self, alert: Alert, now: datetime, match: RuleMatch, ctx: PlanContext
+    ) -> tuple[PlannedStep, ...]:
+        """The steps planned for ``alert`` (computed once per distinct inputs)."""
+        if (
+            self._timed
+            and alert.status == "firing"
+            and self._need is not None
+            and alert.firing_for(now) < self._need
+        ):
+            # The reason names how long it fired: planned for this alert only.
+            return self._plan(alert, now, match, ctx)
+        key = (ctx, alert.status, *self._values(alert))
+        found = self._planned.get(key)
+        if found is None:
+            found = self._plan(alert, now, match, ctx)
+            if len(self._planned) >= RENDER_CACHE:
+                self._planned.clear()
+            self._planned[key] = found
+        return found
+
+    def planned(
+        self, alert: Alert, now: datetime, match: RuleMatch, ctx: PlanContext
+    ) -> PlannedMatch:
+        """``match`` with its steps planned for ``alert`` (shared when alike)."""
+        steps = self.plan(alert, now, match, ctx)
+        key = (id(match), id(steps))
+        found = self._matches.get(key)
+        if found is None or found.match is not match or found.steps is not steps:
+            found = PlannedMatch(
+                rule=match.rule.name,
+                severity=match.severity,
+                severity_reason=match.severity_reason,
+                playbook=match.rule.playbook,
+                match=match,
+                steps=steps,
+            )
+            if len(self._matches) >= RENDER_CACHE:
+                self._matches.clear()
+            # It holds both, so neither id is reused while it is kept.
+            self._matches[key] = found
+        return found
+
+    def _plan(
+        self, alert: Alert, now: datetime, match: RuleMatch, ctx: PlanContext
+    ) -> tuple[PlannedStep, ...]:
+        return tuple(
+            _plan_step(s, alert, now, match, ctx, index=i)
+            for i, s in enumerate(self.steps)
+        )
+
+
 class CompiledPlaybooks:
-    """Compiled steps, built on first use and kept for the rulebook's life."""
+    """Compiled steps and playbooks, built on first use for the rulebook's life."""
 
     def __init__(self) -> None:
         # Keyed by identity; the step itself is kept, so an id is never reused.
         self._steps: dict[int, CompiledStep] = {}
+        self._playbooks: dict[int, CompiledPlaybook] = {}
 
     def step(
         self, step: StepModel, one_of: Mapping[str, Sequence[str]] | None = None
@@ -210,6 +295,18 @@ class CompiledPlaybooks:
         found = self._steps.get(id(step))
         if found is None or found.step is not step or found.one_of != one_of:
             found = self._steps[id(step)] = CompiledStep(step, one_of)
+        return found
+
+    def playbook(self, playbook: Playbook) -> CompiledPlaybook:
+        """The compiled form of ``playbook`` (kept, like its steps, by identity)."""
+        found = self._playbooks.get(id(playbook))
+        if found is None or found.playbook is not playbook:
+            one_of = playbook.one_of
+            steps = tuple(
+                self.step(s, one_of)
+                for s in (*playbook.diagnostics, *playbook.remediation)
+            )
+            found = self._playbooks[id(playbook)] = CompiledPlaybook(playbook, steps)
         return found
 
 
@@ -328,28 +425,10 @@ def plan(
             ),
         )
     found = rulebook.match(alert, now) if matches is None else list(matches)
-    planned = []
-    for match in found:
-        one_of = match.playbook.one_of
-        steps = [
-            *match.playbook.diagnostics,
-            *match.playbook.remediation,
-        ]
-        planned.append(
-            PlannedMatch(
-                rule=match.rule.name,
-                severity=match.severity,
-                severity_reason=match.severity_reason,
-                playbook=match.rule.playbook,
-                match=match,
-                steps=tuple(
-                    _plan_step(
-                        compiled.step(s, one_of), alert, now, match, ctx, index=i
-                    )
-                    for i, s in enumerate(steps)
-                ),
-            )
-        )
+    planned = tuple(
+        compiled.playbook(match.playbook).planned(alert, now, match, ctx)
+        for match in found
+    )
     notes: tuple[str, ...] = () if planned else ("no rule matched; nothing runs",)
     truncated = alert.refs.get("truncated_alerts")
     if truncated:
@@ -360,4 +439,4 @@ def plan(
                 "decided"
             ),
         )
-    return Plan(alert, tuple(planned), notes)
+    return Plan(alert, planned, notes)

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import overload
+from typing import TypeVar, overload
 
 import structlog
 
@@ -27,6 +27,7 @@ from receiver.model import (
     AlertTrace,
     Decision,
     JSONValue,
+    MatchTrace,
     Source,
     StepKind,
     freeze,
@@ -132,6 +133,7 @@ def _is_trigger_of(record: Mapping[str, JSONValue], dedup: str) -> bool:
     )
 
 
+_K = TypeVar("_K")
 _HELD = frozenset({Decision.SKIPPED.value, Decision.AWAITING_APPROVAL.value})
 _NEWS = frozenset(
     {
@@ -148,22 +150,50 @@ def _debug_enabled() -> bool:
     return True if check is None else bool(check(logging.DEBUG))
 
 
+class _MatchCounts:
+    """What one match trace adds to the counts (alerts decided alike share it)."""
+
+    __slots__ = ("decisions", "guards", "match", "rule", "steps", "times")
+
+    def __init__(self, match: MatchTrace) -> None:
+        self.match = match  # kept: its id is the key, and is not reused
+        self.times = 0
+        self.rule = (match.rule, match.severity.value)
+        self.decisions: dict[str, int] = {}
+        self.steps: dict[tuple[str, str], int] = {}
+        self.guards: dict[str, int] = {}
+        for step in match.steps:
+            decision = step.decision.value
+            self.decisions[decision] = self.decisions.get(decision, 0) + 1
+            key = (step.type, decision)
+            self.steps[key] = self.steps.get(key, 0) + 1
+            if step.guard and decision in _HELD:
+                self.guards[step.guard] = self.guards.get(step.guard, 0) + 1
+
+
 class _Tally:
-    """A payload's metrics, counted as its alerts are decided and sent once."""
+    """A payload's metrics, counted as its alerts are decided and sent once.
+
+    Alerts decided alike share their match traces; each distinct one is
+    counted once and multiplied, not step by step for every alert.
+    """
 
     def __init__(self) -> None:
         self.alerts: Counter[tuple[str, str]] = Counter()
         self.unmatched: Counter[str] = Counter()
-        self.rules: Counter[tuple[str, str]] = Counter()
-        self.steps: dict[tuple[str, str], int] = {}
-        self.guards: Counter[str] = Counter()
-        self.decisions: Counter[str] = Counter()
         self.events: Counter[str] = Counter()
         self.matched = 0
+        self._matches: dict[int, _MatchCounts] = {}
 
-    def add(self, trace: AlertTrace) -> dict[str, int]:
+    def _count(self, match: MatchTrace) -> _MatchCounts:
+        found = self._matches.get(id(match))
+        if found is None or found.match is not match:
+            found = self._matches[id(match)] = _MatchCounts(match)
+        found.times += 1
+        return found
+
+    def add(self, trace: AlertTrace) -> Mapping[str, int]:
         """Count one alert's trace; return its step decisions."""
-        decisions: dict[str, int] = {}
         if not trace.alert.actionable:
             # Recorded, not decided: an acknowledge counts as acknowledged, the
             # rest (notes, custom fields, ...) as events; never as firing or
@@ -172,25 +202,48 @@ class _Tally:
                 self.alerts[trace.alert.source, "acknowledged"] += 1
             else:
                 self.events[trace.alert.source] += 1
-            return decisions
+            return {}
         self.alerts[trace.alert.source, trace.alert.status] += 1
-        if not trace.matches:
+        matches = trace.matches
+        if not matches:
             self.unmatched[trace.alert.source] += 1
-        else:
-            self.matched += 1
-        steps = self.steps
-        for match in trace.matches:
-            self.rules[match.rule, match.severity.value] += 1
-            for step in match.steps:
-                decision = step.decision.value
-                decisions[decision] = decisions.get(decision, 0) + 1
-                key = (step.type, decision)
-                steps[key] = steps.get(key, 0) + 1
-                if step.guard and decision in _HELD:
-                    self.guards[step.guard] += 1
-        for decision, n in decisions.items():
-            self.decisions[decision] += n
+            return {}
+        self.matched += 1
+        if len(matches) == 1:
+            return self._count(matches[0]).decisions
+        decisions: dict[str, int] = {}
+        for match in matches:
+            for decision, n in self._count(match).decisions.items():
+                decisions[decision] = decisions.get(decision, 0) + n
         return decisions
+
+    def _total(self, part: Callable[[_MatchCounts], Mapping[_K, int]]) -> dict[_K, int]:
+        """One part of the counts, over every alert, in the order first seen."""
+        out: dict[_K, int] = {}
+        for counts in self._matches.values():
+            for key, n in part(counts).items():
+                out[key] = out.get(key, 0) + n * counts.times
+        return out
+
+    @property
+    def decisions(self) -> dict[str, int]:
+        """Step decisions of the payload: how many of each."""
+        return self._total(lambda c: c.decisions)
+
+    @property
+    def rules(self) -> dict[tuple[str, str], int]:
+        """Matches by rule and severity."""
+        return self._total(lambda c: {c.rule: 1})
+
+    @property
+    def steps(self) -> dict[tuple[str, str], int]:
+        """Steps by type and decision."""
+        return self._total(lambda c: c.steps)
+
+    @property
+    def guards(self) -> dict[str, int]:
+        """Steps a guard skipped or held, by guard."""
+        return self._total(lambda c: c.guards)
 
     def flush(self, m: Metrics) -> None:
         """Add the counts to the metrics: one call per label set, not per alert."""
@@ -280,8 +333,12 @@ class Processor:
         at = now or self._clock()  # one reading for the whole pass
         decided = 0
         acks = await self._ack_times(alerts, at)
+        # Read once per pass: most alerts of a storm log only at debug.
+        debug = _debug_enabled()
         for given in alerts:
-            for raw in await self.inherit(given):
+            for raw in (
+                await self.inherit(given) if self._store is not None else (given,)
+            ):
                 if decided and decided % YIELD_EVERY == 0:
                     # A storm is decided in chunks: let the loop's other tasks run.
                     await asyncio.sleep(0)
@@ -294,6 +351,7 @@ class Processor:
                     ctx=ctx,
                     tally=tally if count else None,
                     acks=acks,
+                    debug=debug,
                 )
                 traces.append(trace)
         if count:
@@ -318,18 +376,24 @@ class Processor:
         ctx: PlanContext | None,
         tally: _Tally | None,
         acks: dict[str, datetime | None],
+        debug: bool,
     ) -> AlertTrace:
-        alert = await self._with_start(raw)
+        # Without a store there is nothing to look up (no awaits per alert).
+        stored = self._store is not None
+        alert = await self._with_start(raw) if stored else raw
         try:
             planned = plan(
                 alert, self.rulebook, at, ctx or self._ctx, compiled=self._compiled
             )
-            acknowledged = await self._acknowledged(
-                alert, at, record=tally is not None, acks=acks
+            if stored:
+                acknowledged = await self._acknowledged(
+                    alert, at, record=tally is not None, acks=acks
+                )
+                if acknowledged is not None:
+                    planned = stand_down(planned, acknowledged)
+            trace = await (runner or self._runner).run(
+                planned, payload_id, at, debug=debug
             )
-            if acknowledged is not None:
-                planned = stand_down(planned, acknowledged)
-            trace = await (runner or self._runner).run(planned, payload_id, at)
         except StoreUnavailableError:
             raise
         except Exception as exc:
@@ -351,7 +415,7 @@ class Processor:
         # Steps that acted, failed or wait for a human make an alert news;
         # the rest is in the decision record and in the payload's line.
         news = not _NEWS.isdisjoint(steps)
-        if not news and not _debug_enabled():
+        if not news and not debug:
             return trace
         (log.info if news else log.debug)(
             "alert_decided",
@@ -361,7 +425,7 @@ class Processor:
             alertname=alert.labels.get("alertname", ""),
             rules=[m.rule for m in trace.matches],
             severity=[m.severity.value for m in trace.matches],
-            steps=steps,
+            steps=dict(steps),
             payload_id=payload_id,
         )
         return trace

@@ -20,6 +20,7 @@ action a crashed attempt left half done is ``receiver.engine.recovery``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -56,10 +57,32 @@ log = structlog.get_logger("receiver.runner")
 
 
 _NEWS = frozenset({Decision.EXECUTED, Decision.FAILED, Decision.AWAITING_APPROVAL})
+# Match traces kept for plans that run nothing, before the runner starts over.
+SETTLED_TRACES = 4096
 
 
 def _same(text: str) -> str:
     return text
+
+
+def _match_trace(planned: PlannedMatch, steps: tuple[StepTrace, ...]) -> MatchTrace:
+    playbook = planned.match.playbook
+    return MatchTrace(
+        rule=planned.rule,
+        severity=planned.severity,
+        playbook=planned.playbook,
+        steps=steps,
+        notes=(f"severity: {planned.severity_reason}",),
+        description=playbook.description,
+        runbook_url=playbook.runbook_url,
+        escalate_to=playbook.escalate_to,
+    )
+
+
+def _debug_enabled() -> bool:
+    """Whether debug lines are kept (they are not built otherwise)."""
+    check = getattr(log, "is_enabled_for", None)
+    return True if check is None else bool(check(logging.DEBUG))
 
 
 class Runner(Recovering):
@@ -83,6 +106,7 @@ class Runner(Recovering):
         self._guards = guards
         self._on_step = on_step
         self._scrub = scrub
+        self._settled_traces: dict[int, tuple[PlannedMatch, MatchTrace]] = {}
 
     @property
     def mode(self) -> str:
@@ -90,32 +114,33 @@ class Runner(Recovering):
         return self._mode
 
     async def run(
-        self, plan: Plan, payload_id: str = "", now: datetime | None = None
+        self,
+        plan: Plan,
+        payload_id: str = "",
+        now: datetime | None = None,
+        *,
+        debug: bool | None = None,
     ) -> AlertTrace:
         """Execute what the plan says may run and return the full trace.
 
         ``now`` is the one reading of the clock every guard of this decision
-        pass uses (read here when not given).
+        pass uses (read here when not given); so is ``debug``, whether debug
+        lines are kept (a pass reads it once: most steps of a storm are decided
+        by the plan alone, and their line is a debug line).
         """
         at = now or self._clock()
         matches = []
+        if debug is None:
+            debug = _debug_enabled()
         for planned in plan.matches:
-            steps = [
-                await self._step(p, plan.alert, planned, payload_id, at)
-                for p in planned.steps
-            ]
-            matches.append(
-                MatchTrace(
-                    rule=planned.rule,
-                    severity=planned.severity,
-                    playbook=planned.playbook,
-                    steps=tuple(steps),
-                    notes=(f"severity: {planned.severity_reason}",),
-                    description=planned.match.playbook.description,
-                    runbook_url=planned.match.playbook.runbook_url,
-                    escalate_to=planned.match.playbook.escalate_to,
-                )
-            )
+            settled = self._settled(planned, plan.alert, debug=debug)
+            if settled is None:
+                steps = [
+                    await self._step(p, plan.alert, planned, payload_id, at)
+                    for p in planned.steps
+                ]
+                settled = _match_trace(planned, tuple(steps))
+            matches.append(settled)
         return AlertTrace(
             alert=plan.alert,
             matches=tuple(matches),
@@ -124,6 +149,35 @@ class Runner(Recovering):
             mode=self._mode,
             notes=plan.notes,
         )
+
+    def _settled(
+        self, planned: PlannedMatch, alert: Alert, *, debug: bool
+    ) -> MatchTrace | None:
+        """The match's trace when its plan runs nothing (None: steps run).
+
+        Alerts planned alike share their planned steps (``CompiledPlaybook``);
+        they share this trace too, so a storm's decisions are not one new
+        trace object per step and alert.
+        """
+        if self._on_step is not None:
+            return None
+        news = False
+        for p in planned.steps:
+            if p.run:
+                return None
+            news = news or p.trace.decision in _NEWS
+        if debug or news:
+            for p in planned.steps:
+                self._log_step(p.trace, alert, planned)
+        found = self._settled_traces.get(id(planned))
+        if found is not None and found[0] is planned:
+            return found[1]
+        trace = _match_trace(planned, tuple(p.trace for p in planned.steps))
+        if len(self._settled_traces) >= SETTLED_TRACES:
+            self._settled_traces.clear()
+        # The plan is kept with it, so its id is not reused meanwhile.
+        self._settled_traces[id(planned)] = (planned, trace)
+        return trace
 
     async def _step(
         self,
@@ -152,6 +206,11 @@ class Runner(Recovering):
                 trace = self._failed(trace, exc, "")
         if self._on_step is not None:
             self._on_step(trace)
+        self._log_step(trace, alert, match)
+        return trace
+
+    @staticmethod
+    def _log_step(trace: StepTrace, alert: Alert, match: PlannedMatch) -> None:
         # Steps that acted (or wait for a human) are news; a dry-run or a skip is
         # in the decision record, and logging it at info drowns an alert storm.
         emit = log.info if trace.decision in _NEWS else log.debug
@@ -165,7 +224,6 @@ class Runner(Recovering):
             rule=match.rule,
             fingerprint=alert.fingerprint,
         )
-        return trace
 
     async def _diagnose(
         self,

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 
 import re2
 
-from receiver.rulebook.matchers import RE2_OPTIONS, Matcher, MatchType
+from receiver.rulebook.matchers import RE2_OPTIONS, SEEN_VALUES, Matcher, MatchType
 from receiver.rulebook.schema import CompiledRule
 
 _META = frozenset(".^$*+?()[]{}\\|")
@@ -64,6 +64,8 @@ class _RegexSet:
         self._rules: list[list[CompiledRule]] = []
         self._matchers: list[Matcher] = []
         self._set: re2.Set | None = None
+        # Set results by label value: a storm repeats its values.
+        self._seen: dict[str, tuple[int, ...]] = {}
 
     def add(self, matcher: Matcher, compiled: CompiledRule) -> None:
         index = self._patterns.get(matcher.value)
@@ -96,7 +98,14 @@ class _RegexSet:
                 i for i, m in enumerate(self._matchers) if m.matches(labels)
             )
         else:
-            hits = self._set.Match(labels.get(self.label, "")) or ()
+            value = labels.get(self.label, "")
+            seen = self._seen.get(value)
+            if seen is None:
+                seen = tuple(self._set.Match(value) or ())
+                if len(self._seen) >= SEEN_VALUES:
+                    self._seen.clear()
+                self._seen[value] = seen
+            hits = seen
         for i in hits:
             yield from self._rules[i]
 

@@ -29,6 +29,8 @@ from receiver.rulebook.steps import NO_STEPS, StepRegistry
 from receiver.rulebook.templates import BindError
 
 RULE_SUFFIXES = (".yaml", ".yml")
+# Rule matches a rulebook keeps for reuse before it starts over.
+KEPT_MATCHES = 4096
 # An earlier rule's binding: playbook, values, description (``as:``), rule name.
 _Bound = tuple[str, dict[str, str], str | None, str]
 TEST_SUFFIXES = (".test.yaml", ".test.yml")
@@ -57,9 +59,27 @@ class Rulebook:
     # The step types the rules were validated against (none: built by hand).
     steps: StepRegistry = NO_STEPS
     index: RuleIndex = field(init=False, repr=False)
+    # Matches made so far, by rule and severity: alerts matched alike share one.
+    _matches: dict[tuple[int, Severity, str], RuleMatch] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", RuleIndex(self.rules))
+
+    def _match(
+        self, compiled: CompiledRule, severity: Severity, reason: str
+    ) -> RuleMatch:
+        key = (compiled.order, severity, reason)
+        found = self._matches.get(key)
+        if found is None or found.rule is not compiled:
+            found = RuleMatch(
+                compiled, severity, reason, self.playbooks[compiled.playbook]
+            )
+            if len(self._matches) >= KEPT_MATCHES:
+                self._matches.clear()
+            self._matches[key] = found
+        return found
 
     def match(
         self, alert: Alert, now: datetime, *, linear: bool = False
@@ -76,9 +96,7 @@ class Rulebook:
             if not matches_all(compiled.matchers, alert.labels):
                 continue
             severity, reason = resolve_severity(rule.severity, alert, now)
-            out.append(
-                RuleMatch(compiled, severity, reason, self.playbooks[compiled.playbook])
-            )
+            out.append(self._match(compiled, severity, reason))
             if not rule.continue_:
                 break
         return out

@@ -29,6 +29,8 @@ _GO_SPACE = (
     "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
     "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
+# Regex results kept per matcher (by label value) before it starts over.
+SEEN_VALUES = 1024
 RE2_OPTIONS = re2.Options()
 RE2_OPTIONS.log_errors = False
 
@@ -62,6 +64,12 @@ class Matcher:
     type: MatchType
     value: str
     _regex: _Regex | None = field(default=None, compare=False, repr=False)
+    # Regex results by label value: a storm repeats its values (alertname,
+    # namespace), and RE2 through its Python binding costs tens of
+    # microseconds a search for patterns such as ``(?i).*\bsplunk\b.*``.
+    _seen: dict[str, bool] = field(
+        default_factory=dict, compare=False, repr=False, hash=False
+    )
 
     @classmethod
     def parse(cls, text: str) -> Matcher:
@@ -117,15 +125,24 @@ class Matcher:
             return actual == self.value
         if self.type is MatchType.NOT_EQUAL:
             return actual != self.value
+        seen = self._seen
+        hit = seen.get(actual)
+        if hit is None:
+            hit = self._search(actual)
+            if len(seen) >= SEEN_VALUES:
+                seen.clear()
+            seen[actual] = hit
+        return hit if self.type is MatchType.REGEX else not hit
+
+    def _search(self, actual: str) -> bool:
         regex = self._regex
         assert regex is not None  # noqa: S101 (``new`` compiles one for =~ and !~)
         try:
-            hit = regex.search(actual) is not None
+            return regex.search(actual) is not None
         except UnicodeEncodeError:
             # A lone surrogate (JSON allows "\ud800") cannot reach RE2 as UTF-8.
             # Go's JSON decoder, and so Alertmanager, reads it as U+FFFD.
-            hit = regex.search(_as_go_reads_it(actual)) is not None
-        return hit if self.type is MatchType.REGEX else not hit
+            return regex.search(_as_go_reads_it(actual)) is not None
 
     def __str__(self) -> str:
         escaped = (
@@ -232,4 +249,7 @@ def _unquote(raw: str) -> str:  # noqa: C901 (mirrors Alertmanager's loop)
 
 def matches_all(matchers: tuple[Matcher, ...], labels: Mapping[str, str]) -> bool:
     """AND of all matchers, as Alertmanager's route matching does."""
-    return all(m.matches(labels) for m in matchers)
+    for m in matchers:  # noqa: SIM110 (all() over a generator costs more)
+        if not m.matches(labels):
+            return False
+    return True

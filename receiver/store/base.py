@@ -155,7 +155,13 @@ class Journal(Protocol):
         ...
 
     async def pending(self) -> tuple[int, datetime | None]:
-        """Unfinished entries (not parked): how many, and the oldest's time."""
+        """Unfinished entries (not parked): how many, and the oldest's time.
+
+        The oldest is the first of them in line: the earliest to arrive (on
+        Redis, a retried parked entry is in line again at the end). Cheap
+        enough to ask while shedding: neither store counts the backlog row by
+        row.
+        """
         ...
 
     async def prune(self, now: datetime) -> int:

@@ -24,7 +24,12 @@ from typing import TypeVar, cast
 
 from receiver.errors import StoreUnavailableError
 from receiver.store.base import Retention
-from receiver.store.sqlite.schema import SCHEMA, SCHEMA_VERSION, _tag_inserts
+from receiver.store.sqlite.schema import (
+    COUNT_UNFINISHED,
+    SCHEMA,
+    SCHEMA_VERSION,
+    _tag_inserts,
+)
 
 T = TypeVar("T")
 # Seconds a writer waits for another process's write lock before giving up.
@@ -62,12 +67,21 @@ class SqliteConnection:
         self._fill_indexes()
         # Single instance: whatever a previous process had claimed is ours now.
         # Only the process that decides (not an edge beside a live worker
-        # process, ``reclaim=False``) may hand claims back.
-        if reclaim:
-            self._db.execute(
-                "UPDATE journal SET state='pending', consumer=NULL, "
-                "lease_until=NULL WHERE state='claimed'"
-            )
+        # process, ``reclaim=False``) may hand claims back. The journal's
+        # depth is counted again, under the write lock: a version that did
+        # not keep it may have written the file.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if reclaim:
+                self._db.execute(
+                    "UPDATE journal SET state='pending', consumer=NULL, "
+                    "lease_until=NULL WHERE state='claimed'"
+                )
+            self._db.execute(COUNT_UNFINISHED)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
         # From here on the writer waits for the lock itself (``_begin``).
         self._db.execute("PRAGMA busy_timeout=0")
         self._lock = threading.Lock()

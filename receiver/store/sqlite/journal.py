@@ -11,6 +11,8 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+
 from receiver.model import JSONValue, iso
 from receiver.store.base import (
     AlertState,
@@ -21,11 +23,15 @@ from receiver.store.base import (
 )
 from receiver.store.sqlite.connection import SqliteConnection
 from receiver.store.sqlite.schema import (
+    COUNT_UNFINISHED,
     STATE_READ_CHUNK,
     _epoch,
     _ts,
     insert_decisions,
 )
+
+# A journal row's headers as JSON text: a tenth of ``json.dumps``'s time.
+_HEADERS = msgspec.json.Encoder()
 
 
 class SqliteJournal(SqliteConnection):
@@ -127,11 +133,14 @@ class SqliteJournal(SqliteConnection):
                     e.source,
                     e.received_at.isoformat(),
                     e.body,
-                    json.dumps(dict(e.headers)),
+                    _HEADERS.encode(
+                        e.headers if type(e.headers) is dict else dict(e.headers)
+                    ).decode(),
                 )
                 for e, _ in entries
             ],
         )
+        _unfinished(db, len(entries))
         states = [s for _, group in entries for s in group]
         if states:
             self._put_states(db, states)
@@ -183,8 +192,13 @@ class SqliteJournal(SqliteConnection):
                 found = texts[key] = at.isoformat()
             return found
 
+        # In place (an update of the row): a replace deleted the row and
+        # inserted it again under a new rowid, touching twice the pages; 20-30%
+        # less CPU for 20 states once the table holds thousands of alerts.
         db.executemany(
-            "INSERT OR REPLACE INTO alert_state VALUES (?, ?, ?, ?)",
+            "INSERT INTO alert_state VALUES (?, ?, ?, ?) ON CONFLICT (fingerprint) "
+            "DO UPDATE SET status=excluded.status, starts_at=excluded.starts_at, "
+            "updated_at=excluded.updated_at",
             [
                 (
                     s.fingerprint,
@@ -304,14 +318,16 @@ class SqliteJournal(SqliteConnection):
     async def park(  # noqa: D102
         self, lease: Lease, reason: str, now: datetime
     ) -> None:
-        await self._run(
-            lambda db: db.execute(
+        def write(db: sqlite3.Connection) -> None:
+            parked = db.execute(
                 "UPDATE journal SET state='parked', consumer=NULL, lease_until=NULL, "
                 "last_error=?, parked_at=? WHERE id=? AND state IN "
                 "('claimed', 'pending')",
                 (reason[:2000], now.isoformat(), lease.entry.id),
-            )
-        )
+            ).rowcount
+            _unfinished(db, -parked)
+
+        await self._run(write)
 
     async def parked(self, limit: int = 100) -> list[ParkedEntry]:  # noqa: D102
         def read(db: sqlite3.Connection) -> list[ParkedEntry]:
@@ -342,15 +358,21 @@ class SqliteJournal(SqliteConnection):
 
     async def retry_parked(self, entry_id: str, now: datetime) -> bool:  # noqa: D102
         del now
-        cur = await self._run(
-            lambda db: db.execute(
-                "UPDATE journal SET state='pending', attempts=0, parked_at=NULL "
-                "WHERE id=? AND state='parked'",
-                (entry_id,),
+
+        def write(db: sqlite3.Connection) -> int:
+            retried = int(
+                db.execute(
+                    "UPDATE journal SET state='pending', attempts=0, parked_at=NULL "
+                    "WHERE id=? AND state='parked'",
+                    (entry_id,),
+                ).rowcount
             )
-        )
+            _unfinished(db, retried)
+            return retried
+
+        retried = await self._run(write)
         self._wakeup.set()
-        return bool(cur.rowcount == 1)
+        return retried == 1
 
     async def complete(  # noqa: D102
         self, entry_id: str, traces: Sequence[Mapping[str, JSONValue]]
@@ -366,19 +388,25 @@ class SqliteJournal(SqliteConnection):
         def write(db: sqlite3.Connection) -> None:
             at = datetime.now(UTC).isoformat()  # bookkeeping only, never compared
             ids = [entry_id for entry_id, _ in done]
-            finished: set[str] = set()
+            states: dict[str, str] = {}
             for start in range(0, len(ids), STATE_READ_CHUNK):
                 chunk = ids[start : start + STATE_READ_CHUNK]
                 marks = ",".join("?" * len(chunk))
-                query = f"SELECT id FROM journal WHERE state='done' AND id IN ({marks})"  # noqa: S608 (placeholders only)
-                finished.update(row[0] for row in db.execute(query, chunk))
+                query = f"SELECT id, state FROM journal WHERE id IN ({marks})"  # noqa: S608 (placeholders only)
+                states.update(db.execute(query, chunk).fetchall())
             # Completed by another worker after a lease ran out (or twice in
             # this batch): skipped.
+            finished = {i for i, state in states.items() if state == "done"}
             todo = []
             for entry_id, traces in done:
                 if entry_id not in finished:
                     finished.add(entry_id)
                     todo.append((entry_id, traces))
+            # Parked ones are done too, but were not counted as unfinished.
+            _unfinished(
+                db,
+                -sum(states.get(i) in ("pending", "claimed") for i, _ in todo),
+            )
             # A generator: a storm's records are encoded one at a time, never
             # all held at once.
             insert_decisions(
@@ -420,10 +448,18 @@ class SqliteJournal(SqliteConnection):
 
     async def pending(self) -> tuple[int, datetime | None]:  # noqa: D102
         def read(db: sqlite3.Connection) -> tuple[int, datetime | None]:
+            # The count journal_depth keeps; the time of the first unfinished
+            # entry in line (the earliest to arrive), one search of
+            # journal_queue per state.
             row = db.execute(
-                "SELECT count(*), min(received_at) FROM journal "
-                "WHERE state IN ('pending', 'claimed')"
+                "SELECT (SELECT unfinished FROM journal_depth), (SELECT received_at "
+                "FROM journal WHERE rowid = (SELECT min(r) FROM ("
+                "SELECT min(rowid) AS r FROM journal WHERE state='pending' UNION ALL "
+                "SELECT min(rowid) FROM journal WHERE state='claimed')))"
             ).fetchone()
+            if row[0] is None:  # the count was lost (its row deleted): once more
+                db.execute(COUNT_UNFINISHED)
+                return read(db)
             return int(row[0]), _ts(row[1])
 
         return await self._run(read)
@@ -434,9 +470,9 @@ class SqliteJournal(SqliteConnection):
         def write(db: sqlite3.Connection) -> int:
             cutoff = (now - keep.max_age).isoformat()
             dropped = db.execute(
-                "DELETE FROM journal WHERE state='done' AND (received_at < ? OR id IN "
-                "(SELECT id FROM journal WHERE state='done' ORDER BY id DESC "
-                "LIMIT -1 OFFSET ?))",
+                "DELETE FROM journal WHERE state='done' AND (received_at < ? OR "
+                "rowid IN (SELECT rowid FROM journal WHERE state='done' "
+                "ORDER BY rowid DESC LIMIT -1 OFFSET ?))",
                 (cutoff, keep.max_payloads),
             ).rowcount
             dropped += db.execute(
@@ -474,6 +510,19 @@ class SqliteJournal(SqliteConnection):
             return cur.rowcount == 0
 
         return await self._run(write)
+
+
+def _unfinished(db: sqlite3.Connection, change: int) -> None:
+    """Count ``change`` more unfinished entries, in the transaction making them so.
+
+    One statement per write, whatever its number of entries: a trigger per row
+    cost 3 us per append.
+    """
+    if change:
+        db.execute(
+            "UPDATE journal_depth SET unfinished = unfinished + ? WHERE one = 0",
+            (change,),
+        )
 
 
 class _AppendGroup:

@@ -25,9 +25,19 @@ CREATE TABLE IF NOT EXISTS journal (
     last_error TEXT NOT NULL DEFAULT '',
     parked_at TEXT
 );
-CREATE INDEX IF NOT EXISTS journal_state ON journal(state, id);
--- (state, rowid): the next entry to claim, in arrival order, without a sort
+-- (state, rowid): the next entry to claim, in arrival order, without a sort;
+-- the first unfinished entry; the finished ones, newest first, to prune.
 CREATE INDEX IF NOT EXISTS journal_queue ON journal(state);
+-- (state, id) served only the order of pruning: one index fewer to write per
+-- append and per change of state.
+DROP INDEX IF EXISTS journal_state;
+-- How many entries are unfinished (pending or claimed): kept by each write
+-- that changes it, in its transaction, and counted again whenever the store
+-- is opened. Counting them at every look read each unfinished row.
+CREATE TABLE IF NOT EXISTS journal_depth (
+    one INTEGER PRIMARY KEY CHECK (one = 0),
+    unfinished INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS decisions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     payload_id TEXT NOT NULL,
@@ -132,6 +142,11 @@ def _tag_inserts(record: str, seq: str) -> str:
 # Bumped when an index must be filled for rows written before it existed.
 SCHEMA_VERSION = 1
 TAG_KINDS = ("rule", "playbook", "decision")
+# Counts the unfinished entries the slow way, into journal_depth.
+COUNT_UNFINISHED = (
+    "INSERT OR REPLACE INTO journal_depth (one, unfinished) SELECT 0, count(*) "
+    "FROM journal WHERE state IN ('pending', 'claimed')"
+)
 # Fingerprints per read of alert_state (under SQLite's bound on parameters).
 STATE_READ_CHUNK = 500
 
