@@ -685,17 +685,17 @@ async def test_playbook_contacts_join_the_escalation(env, clock, book):
 
 
 class GatedStore(SqliteIncidentStore):
-    """Holds every ``find`` until the gate opens: the folding task is stuck."""
+    """Holds every lookup by key until the gate opens: the folding task is stuck."""
 
     def __init__(self) -> None:
         super().__init__(":memory:")
         self.entered = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def find(self, key):
+    async def find_first(self, keys):
         self.entered.set()
         await self.gate.wait()
-        return await super().find(key)
+        return await super().find_first(keys)
 
 
 async def yielded_until(check, rounds: int = 100) -> None:

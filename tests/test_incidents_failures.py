@@ -50,11 +50,11 @@ class FlakyStore(SqliteIncidentStore):
         super().__init__(":memory:")
         self.down = False
 
-    async def find(self, key):
+    async def find_first(self, keys):
         if self.down:
             msg = "incident store unreachable"
             raise StoreUnavailableError(msg)
-        return await super().find(key)
+        return await super().find_first(keys)
 
     async def watched(self):
         if self.down:

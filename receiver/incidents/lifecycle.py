@@ -35,6 +35,8 @@ from receiver.incidents.model import (
     State,
     add_entry,
     evolve,
+    ledger_index,
+    with_ledger,
 )
 from receiver.incidents.policy import IncidentPolicy, describe, worse
 from receiver.incidents.status import draft, phase
@@ -49,7 +51,6 @@ from receiver.model import (
 )
 
 Reevaluate = Callable[[AlertRef, datetime], Severity | None]
-MAX_LEDGER = 500
 MAX_EVIDENCE = 200
 MAX_EVIDENCE_CHARS = 256 * 1024
 MAX_ALERTS = 1000  # newest kept; an alert storm must not grow one record forever
@@ -165,12 +166,20 @@ def _upsert_alert(
         title_of(trace),
         alert.generator_url,
     )
-    old = next((a for a in incident.alerts if a.fingerprint == alert.fingerprint), None)
-    others = tuple(a for a in incident.alerts if a.fingerprint != alert.fingerprint)
+    alerts = incident.alerts
+    last = alerts[-1] if alerts else None
+    if last is not None and last.fingerprint == alert.fingerprint:
+        # Seen last already (an alert that keeps firing): no scan.
+        old: AlertRef | None = last
+        others = alerts[:-1]
+    else:
+        old = next((a for a in alerts if a.fingerprint == alert.fingerprint), None)
+        others = tuple(a for a in alerts if a.fingerprint != alert.fingerprint)
     changed = old is None or (old.status, old.starts_at) != (ref.status, ref.starts_at)
     if old is not None and ref.rule == "":
         ref = replace(ref, rule=old.rule, severity=old.severity)
-    incident = evolve(incident, alerts=(*others, ref)[-MAX_ALERTS:])
+    if old is not last or ref != old:
+        incident = evolve(incident, alerts=(*others, ref)[-MAX_ALERTS:])
     if changed:
         name = alert.labels.get("alertname", alert.fingerprint)
         if alert.status == "firing":
@@ -228,36 +237,40 @@ def observe(
             incident, severity, f"rule {trace.matches[0].rule}", now
         )
         effects += more
-    ledger = {item.key(): item for item in incident.ledger}
+    ledger = ledger_index(incident)
+    fingerprint = trace.alert.fingerprint
     fresh: list[LedgerItem] = []
     for match in trace.matches:
+        rule = match.rule
         for index, step in enumerate(match.steps):
+            decision = step.decision.value
+            key = (fingerprint, rule, index, decision)
+            if rule in evidence:
+                incident = keep_evidence(incident, rule, step, now)
+            known = ledger.get(key)
+            if known is not None:
+                ledger[key] = known.again()
+                continue
             item = LedgerItem(
                 now,
-                match.rule,
+                rule,
                 step.kind.value,
                 step.type,
                 step.target,
-                step.decision.value,
+                decision,
                 step.reason[:300],
                 trace.mode,
-                fingerprint=trace.alert.fingerprint,
+                fingerprint=fingerprint,
                 index=index,
             )
-            if match.rule in evidence:
-                incident = keep_evidence(incident, match.rule, step, now)
-            known = ledger.get(item.key())
-            if known is not None:
-                ledger[item.key()] = replace(known, times=known.times + 1)
-                continue
-            ledger[item.key()] = item
+            ledger[key] = item
             fresh.append(item)
             if step.kind is StepKind.REMEDIATION:
                 incident, more = _remediation(
-                    incident, item, step.result, now, policy, match.rule in follows
+                    incident, item, step.result, now, policy, rule in follows
                 )
                 effects += more
-    incident = evolve(incident, ledger=tuple(ledger.values())[-MAX_LEDGER:])
+    incident = with_ledger(incident, ledger)
     looked = [i for i in fresh if i.kind == StepKind.DIAGNOSTIC.value]
     if looked:
         listed = ", ".join(f"{i.type} {i.target} ({i.decision})" for i in looked[:8])

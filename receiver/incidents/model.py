@@ -8,7 +8,7 @@ with a few indexed columns; it never imports this module).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 ACTIVE = ("triggered", "acknowledged", "mitigated")
 MAX_TIMELINE = 2000  # a flapping alert must not grow an incident without bound
+MAX_LEDGER = 500
 
 
 class State(enum.StrEnum):
@@ -36,14 +37,37 @@ class State(enum.StrEnum):
 STATE_RANK = {s: i for i, s in enumerate(State)}
 
 
+Stamp = Callable[[datetime | None], str | None]
+
+
+def _stamps() -> Stamp:
+    """``iso``, remembering what it wrote (for one ``Incident.to_json``)."""
+    seen: dict[datetime | None, str | None] = {}
+
+    def stamp(ts: datetime | None) -> str | None:
+        try:
+            return seen[ts]
+        except KeyError:
+            out = seen[ts] = iso(ts)
+            return out
+
+    return stamp
+
+
 def _ts(value: object) -> datetime | None:
     return datetime.fromisoformat(str(value)) if value else None
 
 
 def _seq(value: object) -> Sequence[object]:
-    """A stored list (``ValueError`` for anything else)."""
+    """A stored list (``ValueError`` for anything else).
+
+    An empty object is an empty list: the Redis incident store's scripts once
+    re-encoded records with cjson, which writes ``[]`` as ``{}``.
+    """
     if isinstance(value, list | tuple):
         return value
+    if isinstance(value, Mapping) and not value:
+        return ()
     raise ValueError(f"expected a list, found {type(value).__name__}")
 
 
@@ -83,10 +107,10 @@ class TimelineEntry:
     by: str = "receiver"
     data: Mapping[str, str] = field(default_factory=lambda: freeze({}))
 
-    def to_json(self) -> JSONObject:
-        """Plain JSON form."""
+    def to_json(self, stamp: Stamp = iso) -> JSONObject:
+        """Plain JSON form (``stamp`` writes the times)."""
         out: JSONObject = {
-            "at": iso(self.at),
+            "at": stamp(self.at),
             "kind": self.kind,
             "text": self.text,
             "by": self.by,
@@ -122,8 +146,8 @@ class AlertRef:
     summary: str = ""
     link: str = ""  # the generator URL: the graph that fired
 
-    def to_json(self) -> JSONObject:
-        """Plain JSON form."""
+    def to_json(self, stamp: Stamp = iso) -> JSONObject:
+        """Plain JSON form (``stamp`` writes the times)."""
         return {
             "fingerprint": self.fingerprint,
             "source": self.source,
@@ -131,8 +155,8 @@ class AlertRef:
             "status": self.status,
             "severity": self.severity.value,
             "labels": dict(self.labels),
-            "startsAt": iso(self.starts_at),
-            "endsAt": iso(self.ends_at),
+            "startsAt": stamp(self.starts_at),
+            "endsAt": stamp(self.ends_at),
             "summary": self.summary,
             "link": self.link,
         }
@@ -174,10 +198,17 @@ class LedgerItem:
         """What makes two decisions the same line (resends repeat them)."""
         return (self.fingerprint, self.rule, self.index, self.decision)
 
-    def to_json(self) -> JSONObject:
-        """Plain JSON form."""
+    def again(self) -> LedgerItem:
+        """The same line, decided once more (``times`` + 1)."""
+        new = object.__new__(LedgerItem)
+        new.__dict__.update(self.__dict__)
+        new.__dict__["times"] = self.times + 1
+        return new
+
+    def to_json(self, stamp: Stamp = iso) -> JSONObject:
+        """Plain JSON form (``stamp`` writes the times)."""
         return {
-            "at": iso(self.at),
+            "at": stamp(self.at),
             "rule": self.rule,
             "kind": self.kind,
             "type": self.type,
@@ -219,10 +250,10 @@ class Evidence:
     sha256: str
     content: str  # canonical JSON of the step's result, capped
 
-    def to_json(self) -> JSONObject:
-        """Plain JSON form."""
+    def to_json(self, stamp: Stamp = iso) -> JSONObject:
+        """Plain JSON form (``stamp`` writes the times)."""
         return {
-            "at": iso(self.at),
+            "at": stamp(self.at),
             "rule": self.rule,
             "type": self.type,
             "target": self.target,
@@ -282,6 +313,8 @@ class Incident:
 
     def to_json(self) -> JSONObject:
         """The stored and API form."""
+        # Most entries of a fold share their time: each is written once.
+        stamp = _stamps()
         return {
             "id": self.id,
             "keys": list(self.keys),
@@ -293,15 +326,15 @@ class Incident:
             "acknowledged_at": iso(self.acknowledged_at),
             "mitigated_at": iso(self.mitigated_at),
             "resolved_at": iso(self.resolved_at),
-            "alerts": [a.to_json() for a in self.alerts],
-            "timeline": [e.to_json() for e in self.timeline],
-            "ledger": [item.to_json() for item in self.ledger],
+            "alerts": [a.to_json(stamp) for a in self.alerts],
+            "timeline": [e.to_json(stamp) for e in self.timeline],
+            "ledger": [item.to_json(stamp) for item in self.ledger],
             "breaches": sorted(self.breaches),
             "escalations": sorted(self.escalations),
             "drafts": self.drafts,
             "pagerduty_id": self.pagerduty_id,
             "post_mortem_reminded": self.post_mortem_reminded,
-            "evidence": [e.to_json() for e in self.evidence],
+            "evidence": [e.to_json(stamp) for e in self.evidence],
             "contacts": list(self.contacts),
             "version": self.version,
         }
@@ -342,6 +375,9 @@ class Incident:
         )
 
 
+_FIELDS = frozenset(Incident.__dataclass_fields__)
+
+
 def evolve(incident: Incident, **changes: object) -> Incident:
     """``dataclasses.replace`` for an incident, without its walk over every field.
 
@@ -350,13 +386,43 @@ def evolve(incident: Incident, **changes: object) -> Incident:
     that is not a field raises, as with ``replace``.
     """
     fields = incident.__dict__
-    unknown = changes.keys() - fields.keys()
+    unknown = changes.keys() - _FIELDS
     if unknown:
         msg = f"Incident has no field {sorted(unknown)}"
         raise TypeError(msg)
     new = object.__new__(Incident)
     new.__dict__.update(fields)
     new.__dict__.update(changes)
+    return new
+
+
+LedgerKey = tuple[str, str, int, str]
+# Where an incident keeps the index of its ledger by ``LedgerItem.key`` (not a
+# field: equality, the stored form and ``replace`` ignore it).
+_INDEX = "_ledger_index"
+
+
+def ledger_index(incident: Incident) -> dict[LedgerKey, LedgerItem]:
+    """The incident's ledger by ``LedgerItem.key``, in ledger order (a new dict).
+
+    Folding an alert looks each of its steps up here; the index is kept with
+    the incident ``with_ledger`` built, not rebuilt from the ledger per alert.
+    """
+    kept = incident.__dict__.get(_INDEX)
+    if kept is not None and kept[0] is incident.ledger:
+        return dict(kept[1])
+    return {item.key(): item for item in incident.ledger}
+
+
+def with_ledger(incident: Incident, ledger: dict[LedgerKey, LedgerItem]) -> Incident:
+    """The incident with this ledger (the oldest lines dropped past the cap)."""
+    items = tuple(ledger.values())
+    if len(items) > MAX_LEDGER:
+        items = items[-MAX_LEDGER:]
+        ledger = {item.key(): item for item in items}
+    new = evolve(incident, ledger=items)
+    # ``evolve`` copied the old index along; this one is checked by identity.
+    new.__dict__[_INDEX] = (items, ledger)
     return new
 
 

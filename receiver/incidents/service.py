@@ -13,7 +13,9 @@ folded; effects are carried out by ``effects``.
 Each change is read, applied (pure, ``lifecycle``) and written with the next
 version; a version conflict (another replica) reads again. Effects are carried
 out after the write, so a crash between the two loses a message rather than
-sending it twice.
+sending it twice. What was last written or read is kept (``known``): a group
+that keeps firing is folded into it without reading and decoding it again, and
+the version check on the write still catches anyone else's change.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from receiver.incidents.approvals import (
 )
 from receiver.incidents.effects import Announcer, Effect, EffectRunner, Escalator
 from receiver.incidents.grouping import linked
+from receiver.incidents.known import KnownIncidents
 from receiver.incidents.lifecycle import (
     acknowledge,
     advance,
@@ -71,8 +74,12 @@ class _Batch:
     effects: dict[str, list[Effect]] = field(default_factory=dict)
     traces: dict[str, list[AlertTrace]] = field(default_factory=dict)
     by_key: dict[str, str] = field(default_factory=dict)
+    # Loaded from what the service knew, not read from the store this batch.
+    unread: set[str] = field(default_factory=set)
 
-    def load(self, incident: Incident) -> None:
+    def load(self, incident: Incident, *, unread: bool = False) -> None:
+        if unread:
+            self.unread.add(incident.id)
         self.base[incident.id] = incident
         self.now[incident.id] = incident
         self.effects[incident.id] = []
@@ -123,6 +130,7 @@ class IncidentService:
         self._approvals = approvals
         self._lock = asyncio.Lock()
         self._queue = FoldQueue(self.observe, max_pending)
+        self._known = KnownIncidents()
 
     @property
     def policy(self) -> IncidentPolicy:
@@ -192,7 +200,7 @@ class IncidentService:
                 # Resolved in this batch: write it, so a firing opens a new one.
                 touched.update(await self._flush(work))
                 work = _Batch()
-            await self._fold_into(work, trace)
+            await self._fold_into(work, trace, keys)
         touched.update(await self._flush(work))
         return list(touched.values())
 
@@ -205,15 +213,24 @@ class IncidentService:
 
         return await self._change_by_keys(self.keys(note.trace), add)
 
-    async def _fold_into(self, work: _Batch, trace: AlertTrace) -> None:
-        keys = self.keys(trace)
+    async def _fold_into(
+        self, work: _Batch, trace: AlertTrace, keys: list[str]
+    ) -> None:
         incident_id = next((work.by_key[k] for k in keys if k in work.by_key), None)
         if incident_id is None:
-            record = await self.store.find_first(keys)
-            if record is not None:
-                incident_id = record.id
+            known = self._known.holding(keys)
+            if known is not None:
+                incident_id = known.id
                 if incident_id not in work.base:
-                    work.load(from_record(record))
+                    work.load(known, unread=True)
+            else:
+                record = await self.store.find_first(keys)
+                if record is not None:
+                    incident_id = record.id
+                    if incident_id not in work.base:
+                        found = from_record(record)
+                        self._known.remember(found)
+                        work.load(found)
         if incident_id is None:
             # A new incident is created at once: that reserves its keys.
             opened = await self._fold(trace, keys, looked=True)
@@ -242,21 +259,39 @@ class IncidentService:
         for incident_id, base in work.base.items():
             incident = work.now[incident_id]
             if incident == base:
-                written[incident_id] = base
-                continue
-            incident = replace(incident, version=base.version + 1)
-            async with self._lock:
-                stored = await self.store.update(to_record(incident))
-            if stored is not None:
-                await self._carry_out(incident, work.effects[incident_id])
-                written[incident_id] = incident
-                continue
+                if incident_id not in work.unread or await self._still(base):
+                    written[incident_id] = base
+                    continue
+            else:
+                # ``evolve`` keeps the ledger index for the next batch's fold.
+                incident = evolve(incident, version=base.version + 1)
+                async with self._lock:
+                    stored = await self.store.update(to_record(incident))
+                if stored is not None:
+                    self._known.remember(incident)
+                    await self._carry_out(incident, work.effects[incident_id])
+                    written[incident_id] = incident
+                    continue
             # Someone else changed it meanwhile: fold these traces one by one.
+            self._known.forget(incident_id)
             for trace in work.traces[incident_id]:
                 found = await self._fold(trace, self.keys(trace))
                 if found is not None:
                     written[found.id] = found
         return written
+
+    async def _still(self, incident: Incident) -> bool:
+        """Whether the store still holds this version (a fold that changed nothing).
+
+        Nothing to write proves nothing about an incident folded from memory:
+        someone may have changed it since, and the traces folded into that
+        change might have.
+        """
+        record = await self.store.get(incident.id)
+        if record is None or record.version != incident.version:
+            return False
+        self._known.remember(incident)
+        return True
 
     async def _observe_one(self, trace: AlertTrace) -> Incident | None:
         alert = trace.alert
@@ -368,6 +403,7 @@ class IncidentService:
                     incident, effects = built[-1]
                 else:
                     current = from_record(record)
+                    self._known.remember(current)
                     incident, effects = observe(
                         current,
                         trace,
@@ -385,8 +421,10 @@ class IncidentService:
                     )
                     stored = await self.store.update(to_record(incident))
             if stored is not None:
+                self._known.remember(incident)
                 await self._carry_out(incident, effects)
                 return incident
+            self._known.forget(incident.id)
         raise ConflictError(f"incident for {keys[0]} kept changing under us")
 
     # ------------------------------------------------------------ changes
@@ -407,21 +445,33 @@ class IncidentService:
         self,
         incident_id: str,
         change: Callable[[Incident, datetime], tuple[Incident, list[Effect]]],
+        *,
+        written: Incident | None = None,
     ) -> Incident:
+        """Read, change and write one incident; ``written``: as just written here.
+
+        ``written`` saves the first read; if someone changed it since, the
+        version check refuses the write and the next attempt reads.
+        """
         for _ in range(ATTEMPTS):
             async with self._lock:
-                record = await self.store.get(incident_id)
-                if record is None:
-                    raise NotFoundError(f"no incident {incident_id!r}")
-                current = from_record(record)
+                if written is not None:
+                    current, written = written, None
+                else:
+                    record = await self.store.get(incident_id)
+                    if record is None:
+                        raise NotFoundError(f"no incident {incident_id!r}")
+                    current = from_record(record)
                 incident, effects = change(current, self._clock())
                 if incident == current:
                     return current
                 incident = replace(incident, version=current.version + 1)
                 stored = await self.store.update(to_record(incident))
             if stored is not None:
+                self._known.remember(incident)
                 await self._carry_out(incident, effects)
                 return incident
+            self._known.forget(incident_id)
         raise ConflictError(f"incident {incident_id} kept changing under us")
 
     async def acknowledge(self, incident_id: str, *, by: str) -> Incident:
@@ -538,6 +588,6 @@ class IncidentService:
             return inc, []
 
         try:
-            await self._change(incident.id, note)
+            await self._change(incident.id, note, written=incident)
         except ReceiverError as exc:
             log.warning("incident_messages_not_recorded", error=str(exc))

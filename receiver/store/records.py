@@ -26,6 +26,45 @@ def record_text(record: Mapping[str, JSONValue]) -> str:
     return _ENCODER.encode(record).decode()
 
 
+class _Swap:
+    """Long values to their placeholders, in any string of a JSON value.
+
+    What holds no long value is returned as it is, not copied: most of a
+    record (types, decisions, short targets) has none.
+    """
+
+    def __init__(self, long_values: list[tuple[str, str]]) -> None:
+        self._long_values = long_values  # longest first
+        self._shortest = len(long_values[-1][0])
+
+    def item(self, item: JSONValue) -> JSONValue:
+        if isinstance(item, str):
+            return self._text(item)
+        if isinstance(item, dict):
+            changed: dict[str, JSONValue] | None = None
+            for k, v in item.items():
+                new = self.item(v)
+                if new is not v:
+                    if changed is None:
+                        changed = dict(item)
+                    changed[k] = new
+            return item if changed is None else changed
+        if isinstance(item, list):
+            swapped = [self.item(v) for v in item]
+            if all(new is old for new, old in zip(swapped, item, strict=True)):
+                return item
+            return swapped
+        return item
+
+    def _text(self, text: str) -> str:
+        if len(text) < self._shortest:
+            return text
+        for value, ref in self._long_values:
+            if value in text:
+                text = text.replace(value, ref)
+        return text
+
+
 def compact_record(record: Mapping[str, JSONValue]) -> Mapping[str, JSONValue]:
     """A decision record with long alert values written once, not once per step.
 
@@ -48,30 +87,29 @@ def compact_record(record: Mapping[str, JSONValue]) -> Mapping[str, JSONValue]:
     )
     if not long_values or not record.get("matches"):
         return record
-
-    def swap(item: JSONValue) -> JSONValue:
-        if isinstance(item, str):
-            for value, ref in long_values:
-                if value in item:
-                    item = item.replace(value, ref)
-            return item
-        if isinstance(item, dict):
-            return {k: swap(v) for k, v in item.items()}
-        if isinstance(item, list):
-            return [swap(v) for v in item]
-        return item
-
+    out = dict(record)
+    out["values_by_reference"] = True
+    # JSON escapes each character on its own, so a value inside any string of
+    # what is swapped is inside its JSON text: where none is (the usual case:
+    # long annotations are rarely rendered into steps), nothing is walked.
+    text = _ENCODER.encode(
+        [
+            [match.get(k) for k in ("steps", *_COMPACTED_MATCH_FIELDS)]
+            for match in json_objects(record["matches"])
+        ]
+    )
+    if not any(_ENCODER.encode(value)[1:-1] in text for value, _ in long_values):
+        return out
+    swap = _Swap(long_values)
     matches = [
         {
             **match,
-            "steps": swap(match.get("steps", [])),
-            **{k: swap(match[k]) for k in _COMPACTED_MATCH_FIELDS if k in match},
+            "steps": swap.item(match.get("steps", [])),
+            **{k: swap.item(match[k]) for k in _COMPACTED_MATCH_FIELDS if k in match},
         }
         for match in json_objects(record["matches"])
     ]
-    out = dict(record)
     out["matches"] = matches
-    out["values_by_reference"] = True
     return out
 
 
