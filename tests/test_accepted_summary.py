@@ -9,6 +9,7 @@ payload ids of the window.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
 from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore
+from receiver.web import edge
 
 
 def _payload(alerts: int) -> bytes:
@@ -77,3 +79,28 @@ async def test_accepted_webhooks_are_summed_up_at_info(
         ids[0],
         ids[-1],
     )
+
+
+async def test_the_timed_summary_carries_no_request_id(monkeypatch) -> None:
+    """The timed summary line is logged without any request's id.
+
+    It is due a second after the request that opened its window, in a context
+    of its own, not with that request's id.
+    """
+    monkeypatch.setattr(edge, "ACCEPTED_SUMMARY_EVERY", 0.0)
+    seen: list[dict[str, object]] = []
+    flushed = asyncio.Event()
+
+    def flush(self: Any) -> None:
+        seen.append(structlog.contextvars.get_contextvars())
+        flushed.set()
+
+    monkeypatch.setattr(edge._Accepted, "flush", flush)
+    accepted = edge._Accepted()
+    structlog.contextvars.bind_contextvars(request_id="r-1")
+    try:
+        accepted.add("alertmanager", "p1", 1)
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    await flushed.wait()
+    assert "request_id" not in seen[0]

@@ -8,6 +8,7 @@ payload (a 202 means the payload is in the store's journal).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -118,8 +119,10 @@ class _Accepted:
         self.first = self.first or payload_id
         self.last = payload_id
         if self.due is None:
+            # In a context of its own: the line sums up many requests, so it must
+            # not carry the request id of the one that happened to start it.
             self.due = asyncio.get_running_loop().call_later(
-                ACCEPTED_SUMMARY_EVERY, self.flush
+                ACCEPTED_SUMMARY_EVERY, self.flush, context=contextvars.Context()
             )
 
     def flush(self) -> None:
