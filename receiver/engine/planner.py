@@ -142,6 +142,19 @@ def _fields(value: object) -> Iterator[tuple[str, str]]:
             yield from _fields(item)
 
 
+def _field_values(fields: Sequence[tuple[str, str]], alert: Alert) -> list[str | None]:
+    """The values of ``fields`` (scope, name) in ``alert``: what a plan reads."""
+    out: list[str | None] = []
+    for scope, name in fields:
+        if scope == "labels":
+            out.append(alert.labels.get(name))
+        elif scope == "annotations":
+            out.append(alert.annotations.get(name))
+        else:
+            out.append(str(getattr(alert, name, None)))
+    return out
+
+
 class CompiledStep:
     """One playbook step, compiled: the alert fields it reads, its renderings."""
 
@@ -160,15 +173,7 @@ class CompiledStep:
         self._renderings: dict[tuple[str | None, ...], Rendering] = {}
 
     def _key(self, alert: Alert) -> tuple[str | None, ...]:
-        out: list[str | None] = []
-        for scope, name in self.fields:
-            if scope == "labels":
-                out.append(alert.labels.get(name))
-            elif scope == "annotations":
-                out.append(alert.annotations.get(name))
-            else:
-                out.append(str(getattr(alert, name, None)))
-        return tuple(out)
+        return tuple(_field_values(self.fields, alert))
 
     def render(self, alert: Alert) -> Rendering:
         """The step filled in for ``alert`` (computed once per distinct values)."""
@@ -217,16 +222,8 @@ class CompiledPlaybook:
         self._planned: dict[tuple[object, ...], tuple[PlannedStep, ...]] = {}
         self._matches: dict[tuple[int, int], PlannedMatch] = {}
 
-    def _values(self, alert: Alert) -> list[object]:
-        out: list[object] = []
-        for scope, name in self.fields:
-            if scope == "labels":
-                out.append(alert.labels.get(name))
-            elif scope == "annotations":
-                out.append(alert.annotations.get(name))
-            else:
-                out.append(str(getattr(alert, name, None)))
-        return out
+    def _values(self, alert: Alert) -> list[str | None]:
+        return _field_values(self.fields, alert)
 
     def plan(
         self, alert: Alert, now: datetime, match: RuleMatch, ctx: PlanContext
