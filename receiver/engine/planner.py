@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from receiver.kept import Kept
 from receiver.model import (
     Alert,
     Decision,
@@ -170,7 +171,7 @@ class CompiledStep:
         self.type = step.type_name()
         self.name = step.name
         self.fields = tuple(sorted(set(_fields(step.model_dump()))))
-        self._renderings: dict[tuple[str | None, ...], Rendering] = {}
+        self._renderings: Kept[tuple[str | None, ...], Rendering] = Kept(RENDER_CACHE)
 
     def _key(self, alert: Alert) -> tuple[str | None, ...]:
         return tuple(_field_values(self.fields, alert))
@@ -180,10 +181,7 @@ class CompiledStep:
         key = self._key(alert)
         found = self._renderings.get(key)
         if found is None:
-            found = self._render(alert)
-            if len(self._renderings) >= RENDER_CACHE:
-                self._renderings.clear()
-            self._renderings[key] = found
+            found = self._renderings.keep(key, self._render(alert))
         return found
 
     def _render(self, alert: Alert) -> Rendering:
@@ -219,8 +217,10 @@ class CompiledPlaybook:
         self._need = playbook.guards.require_firing_for
         # Only then does the clock's reading change a plan.
         self._timed = self._need is not None and any(s.remediation for s in steps)
-        self._planned: dict[tuple[object, ...], tuple[PlannedStep, ...]] = {}
-        self._matches: dict[tuple[int, int], PlannedMatch] = {}
+        self._planned: Kept[tuple[object, ...], tuple[PlannedStep, ...]] = Kept(
+            RENDER_CACHE
+        )
+        self._matches: Kept[tuple[int, int], PlannedMatch] = Kept(RENDER_CACHE)
 
     def _values(self, alert: Alert) -> list[str | None]:
         return _field_values(self.fields, alert)
@@ -240,10 +240,7 @@ class CompiledPlaybook:
         key = (ctx, alert.status, *self._values(alert))
         found = self._planned.get(key)
         if found is None:
-            found = self._plan(alert, now, match, ctx)
-            if len(self._planned) >= RENDER_CACHE:
-                self._planned.clear()
-            self._planned[key] = found
+            found = self._planned.keep(key, self._plan(alert, now, match, ctx))
         return found
 
     def planned(
@@ -262,10 +259,8 @@ class CompiledPlaybook:
                 match=match,
                 steps=steps,
             )
-            if len(self._matches) >= RENDER_CACHE:
-                self._matches.clear()
             # It holds both, so neither id is reused while it is kept.
-            self._matches[key] = found
+            self._matches.keep(key, found)
         return found
 
     def _plan(

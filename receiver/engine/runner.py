@@ -39,6 +39,7 @@ from receiver.engine.planner import Plan, PlannedMatch, PlannedStep
 from receiver.engine.recovery import Recovering, _recovery_note
 from receiver.engine.reuse import DiagnosticsReuse, occurrence_key
 from receiver.errors import StoreUnavailableError
+from receiver.kept import Kept
 from receiver.model import (
     Alert,
     AlertTrace,
@@ -106,7 +107,9 @@ class Runner(Recovering):
         self._guards = guards
         self._on_step = on_step
         self._scrub = scrub
-        self._settled_traces: dict[int, tuple[PlannedMatch, MatchTrace]] = {}
+        self._settled_traces: Kept[int, tuple[PlannedMatch, MatchTrace]] = Kept(
+            SETTLED_TRACES
+        )
 
     @property
     def mode(self) -> str:
@@ -173,10 +176,8 @@ class Runner(Recovering):
         if found is not None and found[0] is planned:
             return found[1]
         trace = _match_trace(planned, tuple(p.trace for p in planned.steps))
-        if len(self._settled_traces) >= SETTLED_TRACES:
-            self._settled_traces.clear()
         # The plan is kept with it, so its id is not reused meanwhile.
-        self._settled_traces[id(planned)] = (planned, trace)
+        self._settled_traces.keep(id(planned), (planned, trace))
         return trace
 
     async def _step(

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 
 import re2
 
+from receiver.kept import Kept
 from receiver.rulebook.matchers import RE2_OPTIONS, SEEN_VALUES, Matcher, MatchType
 from receiver.rulebook.schema import CompiledRule
 
@@ -65,7 +66,7 @@ class _RegexSet:
         self._matchers: list[Matcher] = []
         self._set: re2.Set | None = None
         # Set results by label value: a storm repeats its values.
-        self._seen: dict[str, tuple[int, ...]] = {}
+        self._seen: Kept[str, tuple[int, ...]] = Kept(SEEN_VALUES)
 
     def add(self, matcher: Matcher, compiled: CompiledRule) -> None:
         index = self._patterns.get(matcher.value)
@@ -101,10 +102,7 @@ class _RegexSet:
             value = labels.get(self.label, "")
             seen = self._seen.get(value)
             if seen is None:
-                seen = tuple(self._set.Match(value) or ())
-                if len(self._seen) >= SEEN_VALUES:
-                    self._seen.clear()
-                self._seen[value] = seen
+                seen = self._seen.keep(value, tuple(self._set.Match(value) or ()))
             hits = seen
         for i in hits:
             yield from self._rules[i]

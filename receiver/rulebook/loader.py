@@ -19,6 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from receiver.errors import RuleError, RuleErrorDetail
+from receiver.kept import Kept
 from receiver.model import Alert, Severity
 from receiver.rulebook.incidents import IncidentConfig
 from receiver.rulebook.index import RuleIndex
@@ -60,8 +61,11 @@ class Rulebook:
     steps: StepRegistry = NO_STEPS
     index: RuleIndex = field(init=False, repr=False)
     # Matches made so far, by rule and severity: alerts matched alike share one.
-    _matches: dict[tuple[int, Severity, str], RuleMatch] = field(
-        default_factory=dict, init=False, repr=False, compare=False
+    _matches: Kept[tuple[int, Severity, str], RuleMatch] = field(
+        default_factory=lambda: Kept(KEPT_MATCHES),
+        init=False,
+        repr=False,
+        compare=False,
     )
 
     def __post_init__(self) -> None:
@@ -76,9 +80,7 @@ class Rulebook:
             found = RuleMatch(
                 compiled, severity, reason, self.playbooks[compiled.playbook]
             )
-            if len(self._matches) >= KEPT_MATCHES:
-                self._matches.clear()
-            self._matches[key] = found
+            self._matches.keep(key, found)
         return found
 
     def match(

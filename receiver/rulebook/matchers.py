@@ -17,6 +17,8 @@ from typing import Protocol
 
 import re2
 
+from receiver.kept import Kept
+
 # Go's ``\s`` is ASCII ``[\t\n\f\r ]``; Python's would also take \v, \xa0, \u2028...
 _MATCHER_RE = re.compile(
     r"^[\t\n\f\r ]*([a-zA-Z_:][a-zA-Z0-9_:]*)[\t\n\f\r ]*(=~|=|!=|!~)"
@@ -67,8 +69,8 @@ class Matcher:
     # Regex results by label value: a storm repeats its values (alertname,
     # namespace), and RE2 through its Python binding costs tens of
     # microseconds a search for patterns such as ``(?i).*\bsplunk\b.*``.
-    _seen: dict[str, bool] = field(
-        default_factory=dict, compare=False, repr=False, hash=False
+    _seen: Kept[str, bool] = field(
+        default_factory=lambda: Kept(SEEN_VALUES), compare=False, repr=False, hash=False
     )
 
     @classmethod
@@ -128,10 +130,7 @@ class Matcher:
         seen = self._seen
         hit = seen.get(actual)
         if hit is None:
-            hit = self._search(actual)
-            if len(seen) >= SEEN_VALUES:
-                seen.clear()
-            seen[actual] = hit
+            hit = seen.keep(actual, self._search(actual))
         return hit if self.type is MatchType.REGEX else not hit
 
     def _search(self, actual: str) -> bool:

@@ -24,6 +24,7 @@ from typing import Annotated, Literal, Protocol
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from receiver.kept import Kept
 from receiver.model import Alert, Status, freeze
 from receiver.sources.caps import AlertCaps, Capped
 from receiver.sources.wire import Timestamp, parse_json, to_utc
@@ -36,11 +37,11 @@ _FAST_MAX_OPENERS = 200
 # Digits past the microsecond: pydantic drops them, msgspec would round.
 _PAST_MICROS = re.compile(r"(\.\d{6})\d+")
 # Times already read (resends repeat them; Go's zero time is in most payloads).
-_TIMES: dict[str, datetime] = {}
 _TIMES_KEPT = 4096
+_TIMES: Kept[str, datetime] = Kept(_TIMES_KEPT)
 # Known-field decoders holding alerts to caps, by caps (one per edge, mostly).
-_CAPPED: dict[AlertCaps, msgspec.json.Decoder[_KnownWebhook]] = {}
 _CAPPED_KEPT = 16
+_CAPPED: Kept[AlertCaps, msgspec.json.Decoder[_KnownWebhook]] = Kept(_CAPPED_KEPT)
 
 
 class AmAlert(BaseModel):
@@ -127,10 +128,7 @@ def _time(text: str) -> datetime:
     except msgspec.ValidationError as exc:
         raise ValueError(str(exc)) from None
     value = to_utc(value)
-    if len(_TIMES) >= _TIMES_KEPT:
-        _TIMES.clear()
-    _TIMES[text] = value
-    return value
+    return _TIMES.keep(text, value)
 
 
 def _decode(
@@ -210,10 +208,7 @@ def _capped(caps: AlertCaps) -> msgspec.json.Decoder[_KnownWebhook]:
         forbid_unknown_fields=True,
     )
     decoder: msgspec.json.Decoder[_KnownWebhook] = msgspec.json.Decoder(webhook)
-    if len(_CAPPED) >= _CAPPED_KEPT:
-        _CAPPED.clear()
-    _CAPPED[caps] = decoder
-    return decoder
+    return _CAPPED.keep(caps, decoder)
 
 
 class AdmittedAlert(Capped, Protocol):
