@@ -34,6 +34,16 @@ from receiver.store import MemoryStore
 # ---------------------------------------------------------------- app under test
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+# The alertnames the runbook rules (rules/) decide.
+RUNBOOK_ALERTNAMES = (
+    "SarkApiDown",
+    "SarkHighLatency",
+    "SarkAuthFailures",
+    "SarkDatabaseDown",
+    "SarkSiemForwardingDown",
+    "SarkFailedLoginSpike",
+    "SarkPolicyCacheCorrupted",
+)
 
 
 class Ticking:

@@ -6,6 +6,8 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from conftest import RUNBOOK_ALERTNAMES
+
 from receiver.engine import planner
 from receiver.engine.planner import CompiledPlaybooks, PlanContext, plan
 from receiver.model import Alert, freeze
@@ -14,15 +16,7 @@ from receiver.steps.catalog import builtin_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-ALERTNAMES = (
-    "SarkApiDown",
-    "SarkHighLatency",
-    "SarkAuthFailures",
-    "SarkDatabaseDown",
-    "SarkSiemForwardingDown",
-    "SarkFailedLoginSpike",
-    "SarkPolicyCacheCorrupted",
-)
+ALERTNAMES = RUNBOOK_ALERTNAMES
 
 
 def _alerts(n: int, *, fired: tuple[int, ...] = (0,)) -> list[Alert]:

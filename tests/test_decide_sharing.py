@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
+from conftest import RUNBOOK_ALERTNAMES
 
 from receiver.engine import runner as runner_module
 from receiver.engine.planner import PlanContext
@@ -21,16 +22,7 @@ from receiver.steps.catalog import builtin_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-ALERTNAMES = (
-    "SarkApiDown",
-    "SarkHighLatency",
-    "SarkAuthFailures",
-    "SarkDatabaseDown",
-    "SarkSiemForwardingDown",
-    "SarkFailedLoginSpike",
-    "SarkPolicyCacheCorrupted",
-    "NotInTheRunbook",
-)
+ALERTNAMES = (*RUNBOOK_ALERTNAMES, "NotInTheRunbook")
 # Two rules for one alert (``continue``): an alert with two matches.
 TWO_RULES = """
 playbooks:
