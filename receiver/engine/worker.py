@@ -7,10 +7,12 @@ recovers what dead incarnations left (their target locks are released; their
 interrupted remediations are re-checked by the runner). Entries are claimed in
 batches (up to ``batch`` at once, one store call, each under its own ``Lease``)
 into a small buffer the worker's tasks take from one by one; every lease is
-renewed until its entry is finished. An entry is marked done only after its
-decisions are recorded, and the records of entries decided together are written
-together (``Recorder``, group commit); if the store fails meanwhile, the same
-entry is retried with backoff. Each alert of a payload is decided on its own: an
+renewed until its entry is finished. Once a task has decided an entry it hands
+the recording to a task of its own and decides the next: the records of entries
+decided close together are then written together (``Recorder``, group commit),
+and an entry is marked done only after its decisions are recorded (if the store
+fails meanwhile, the write is retried with backoff). What waits to be recorded
+is bounded (``FINISH_ALERTS``). Each alert of a payload is decided on its own: an
 unexpected error in one becomes that alert's recorded failure. An entry that
 still fails as a whole (or keeps crashing the process) is handed back and, after
 ``max_attempts`` claims, parked: listed in the API, counted in
@@ -57,6 +59,9 @@ IDLE_RECHECK = 1.0
 # to it, until a task is free: a bound on what one replica holds back from the
 # others.
 CLAIM_BATCH = 16
+# Decided alerts that may wait in memory to be recorded: past this, deciding
+# waits for the writes (an entry bigger than this still goes, alone).
+FINISH_ALERTS = 5000
 
 
 def consumer_name() -> str:
@@ -136,6 +141,10 @@ class Worker:
         self._slots = [0] * (2 * concurrency)
         self._slot_of: dict[str, int] = {}
         self._slot_freed = asyncio.Event()
+        # Decided entries being recorded, each with its number of alerts.
+        self._finishing: dict[asyncio.Task[None], int] = {}
+        self._finishing_alerts = 0
+        self._finish_room = asyncio.Event()
         # For the bench and the logs: claim calls, and those that found nothing.
         self.claims = 0
         self.empty_claims = 0
@@ -164,9 +173,10 @@ class Worker:
     async def stop(self) -> None:
         """Stop consuming; unfinished entries stay in the journal."""
         self._stopping.set()
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._finishing]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._recorder.aclose()
@@ -221,13 +231,15 @@ class Worker:
             lease = await self._next()
             if lease is None:
                 continue
+            handed = False
             try:
-                await self._attempt(lease, index)
+                handed = await self._attempt(lease, index)
             except Exception:  # the supervisor: a worker task never dies
                 log.exception("entry_failed", payload_id=lease.entry.id)
                 await asyncio.sleep(1.0)
             finally:
-                self._finished(lease)
+                if not handed:
+                    self._finished(lease)
 
     async def _next(self) -> Lease | None:
         """The next claimed entry: from the buffer, else from a new claim."""
@@ -294,8 +306,12 @@ class Worker:
             if self._slots[slot] == 0:
                 self._slot_freed.set()
 
-    async def _attempt(self, lease: Lease, index: int) -> None:
-        """Decide one claimed entry; hand it back or park it if that fails."""
+    async def _attempt(self, lease: Lease, index: int) -> bool:
+        """Decide one claimed entry, then hand it to a task that records it.
+
+        Returns whether it was handed over (that task finishes the lease);
+        otherwise it was parked or handed back here.
+        """
         entry = lease.entry
         if entry.attempts > self.max_attempts:
             await self._park(
@@ -303,27 +319,62 @@ class Worker:
                 f"claimed {entry.attempts - 1} times without finishing (the worker "
                 "crashed, was stopped or hung while deciding it)",
             )
-            return
+            return False
         try:
-            await self._handle(entry, index)
+            traces = await self._decide(entry, index)
         except StoreUnavailableError:
             raise
         except Exception as exc:  # noqa: BLE001 (handed back, then parked)
-            error = self._processor.scrub(describe_error(exc))
-            if entry.attempts >= self.max_attempts:
-                await self._park(
-                    lease, f"failed {entry.attempts} times; last error: {error}"
-                )
-            else:
-                log.warning(
-                    "entry_attempt_failed",
-                    payload_id=entry.id,
-                    attempts=entry.attempts,
-                    error=error,
-                )
-                await self._store.release(
-                    self._held.get(entry.id, lease), self._clock(), error
-                )
+            await self._failed(lease, exc)
+            return False
+        if traces is None:
+            return False  # stopping: the entry stays claimed, as after a crash
+        await self._room_to_finish(len(traces))
+        structlog.contextvars.bind_contextvars(payload_id=entry.id, worker=index)
+        try:
+            # The context (the payload's log fields) is the task's own copy.
+            task = asyncio.create_task(
+                self._finish(lease, traces), name=f"record-{entry.id}"
+            )
+        finally:
+            structlog.contextvars.unbind_contextvars("payload_id", "worker")
+        self._finishing[task] = len(traces)
+        self._finishing_alerts += len(traces)
+        task.add_done_callback(self._finish_done)
+        return True
+
+    async def _failed(self, lease: Lease, exc: Exception) -> None:
+        """Hand an entry that failed as a whole back, or park it at the limit."""
+        entry = lease.entry
+        error = self._processor.scrub(describe_error(exc))
+        if entry.attempts >= self.max_attempts:
+            await self._park(
+                lease, f"failed {entry.attempts} times; last error: {error}"
+            )
+        else:
+            log.warning(
+                "entry_attempt_failed",
+                payload_id=entry.id,
+                attempts=entry.attempts,
+                error=error,
+            )
+            await self._store.release(
+                self._held.get(entry.id, lease), self._clock(), error
+            )
+
+    async def _room_to_finish(self, alerts: int) -> None:
+        """Wait while decided alerts waiting to be recorded are over the bound.
+
+        Deciding goes on while earlier entries are written (so their writes go
+        together); the bound keeps what waits in memory small.
+        """
+        while self._finishing and self._finishing_alerts + alerts > FINISH_ALERTS:
+            self._finish_room.clear()
+            await self._finish_room.wait()
+
+    def _finish_done(self, task: asyncio.Task[None]) -> None:
+        self._finishing_alerts -= self._finishing.pop(task, 0)
+        self._finish_room.set()
 
     async def _park(self, lease: Lease, reason: str) -> None:
         await self._store.park(lease, reason, self._clock())
@@ -356,29 +407,43 @@ class Worker:
                 else:
                     self._held[entry_id] = renewed
 
-    async def _handle(self, entry: JournalEntry, index: int) -> None:
+    async def _decide(self, entry: JournalEntry, index: int) -> list[AlertTrace] | None:
+        """An entry's traces; None if the worker stops while the store is down."""
         structlog.contextvars.bind_contextvars(payload_id=entry.id, worker=index)
         backoff = 0.5
         try:
             while True:
                 try:
-                    try:
-                        traces = await self._processor.process(entry)
-                    except InputError as exc:
-                        # Accepted bodies were validated at the edge; one that no
-                        # longer parses is recorded as such, not retried forever.
-                        log.warning("payload_unprocessable", error=str(exc))
-                        traces = []
+                    return await self._processor.process(entry)
+                except InputError as exc:
+                    # Accepted bodies were validated at the edge; one that no
+                    # longer parses is recorded as such, not retried forever.
+                    log.warning("payload_unprocessable", error=str(exc))
+                    return []
+                except StoreUnavailableError as exc:
+                    if self._stopping.is_set():
+                        return None
+                    log.warning("entry_not_decided", error=str(exc), retry_in=backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+        finally:
+            structlog.contextvars.unbind_contextvars("payload_id", "worker")
+
+    async def _finish(self, lease: Lease, traces: list[AlertTrace]) -> None:
+        """Record a decided entry (retrying while the store is down), then pass it on.
+
+        Runs as a task of its own, so the worker decides the next entry
+        meanwhile and the records of entries decided close together are written
+        together. An unexpected error hands the entry back (it is decided again).
+        """
+        entry = lease.entry
+        backoff = 0.5
+        try:
+            while True:
+                try:
                     if self._outbox is not None:
                         await self._outbox(traces)
                     await self._recorder.record(entry.id, TraceRecords(traces))
-                    if self._on_complete is not None:
-                        handed = self._on_complete(traces)
-                        if handed is not None:
-                            # It may wait for room (the incident queue): this
-                            # worker then claims nothing new, and the backlog
-                            # stays in the journal, not in memory.
-                            await handed
                     break
                 except StoreUnavailableError as exc:
                     if self._stopping.is_set():
@@ -388,10 +453,22 @@ class Worker:
                     )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
+            if self._on_complete is not None:
+                handed = self._on_complete(traces)
+                if handed is not None:
+                    # It may wait for room (the incident queue): the entry's
+                    # slot stays taken, so this worker soon claims nothing new
+                    # and the backlog stays in the journal, not in memory.
+                    await handed
             if self._metrics is not None:
                 await self._observe()
+        except Exception as exc:  # noqa: BLE001 (handed back, then parked)
+            try:
+                await self._failed(lease, exc)
+            except Exception:  # a finishing task never dies silently
+                log.exception("entry_failed", payload_id=entry.id)
         finally:
-            structlog.contextvars.unbind_contextvars("payload_id", "worker")
+            self._finished(lease)
 
     async def _observe(self) -> None:
         assert self._metrics is not None  # noqa: S101 (callers check)
