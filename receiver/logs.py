@@ -5,9 +5,11 @@ Called by the CLI before anything logs. Event names are past-tense snake_case.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import structlog
 from structlog.typing import EventDict, WrappedLogger
@@ -23,6 +25,67 @@ _SECRET_KEYS = (
     "signature",
     "routing_key",
 )
+
+
+class Summary:
+    """Counts summed up in one info line about once a window (and when flushed).
+
+    For what happens many times a second (webhooks accepted, payloads decided):
+    each occurrence's own line is at debug, and at info one line a window says
+    how many, with the first and last payload id. A line per occurrence cost a
+    few percent of the CPU at saturation, and blocked the event loop on the log
+    file while the database synced.
+    """
+
+    def __init__(
+        self, logger: structlog.typing.FilteringBoundLogger, event: str, every: float
+    ) -> None:
+        self._log = logger
+        self._event = event
+        self._every = every
+        self._due: asyncio.TimerHandle | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._counts: dict[str, int | dict[str, int]] = {}
+        self._first = ""
+        self._last = ""
+
+    def add(self, payload_id: str, **counts: int | Mapping[str, int]) -> None:
+        """Count one occurrence (sums of ``counts``, key by key)."""
+        for key, value in counts.items():
+            if isinstance(value, int):
+                held = self._counts.get(key, 0)
+                self._counts[key] = (held if isinstance(held, int) else 0) + value
+                continue
+            into = self._counts.get(key)
+            if not isinstance(into, dict):
+                into = self._counts[key] = {}
+            for part, n in value.items():
+                into[part] = into.get(part, 0) + n
+        self._first = self._first or payload_id
+        self._last = payload_id
+        if self._due is None:
+            # In a context of its own: the line sums up many occurrences, so it
+            # must not carry the log fields of the one that happened to start it.
+            self._due = asyncio.get_running_loop().call_later(
+                self._every, self.flush, context=contextvars.Context()
+            )
+
+    def flush(self) -> None:
+        """Log what was counted since the last line (nothing if nothing was)."""
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
+        if not self._counts:
+            return
+        self._log.info(
+            self._event,
+            **self._counts,
+            first_payload_id=self._first,
+            last_payload_id=self._last,
+        )
+        self._reset()
 
 
 def redact_processor(

@@ -61,6 +61,7 @@ async def run_replay(args: argparse.Namespace) -> int:
         if not alerts:
             events.append(_recorded_event(path, data))
         traces.extend((path, t) for t in await processor.decide(alerts, now=at))
+    processor.flush_decided()
     if args.json:
         out(json.dumps({"alerts": [t.to_json() for _, t in traces]}, indent=2))
     else:

@@ -21,6 +21,7 @@ import structlog
 from receiver.engine.planner import CompiledPlaybooks, Plan, PlanContext, plan
 from receiver.engine.runner import Runner, describe_error
 from receiver.errors import StoreUnavailableError
+from receiver.logs import Summary
 from receiver.metrics import Metrics
 from receiver.model import (
     Alert,
@@ -92,6 +93,9 @@ def stand_down(planned: Plan, acknowledged_at: datetime) -> Plan:
 
 # A payload's alerts are decided in chunks of this many, yielding in between.
 YIELD_EVERY = 100
+# Seconds between the info-level lines that sum up the payloads decided (one
+# line per payload is at debug).
+DECIDED_SUMMARY_EVERY = 1.0
 
 
 class TraceRecords(Sequence[Mapping[str, JSONValue]]):
@@ -285,6 +289,8 @@ class Processor:
         self._alertname_from = pagerduty_alertname_from
         self._store = store
         self._compiled = CompiledPlaybooks()
+        # At info, one line about once a second sums up the payloads decided.
+        self._decided = Summary(log, "payloads_decided", DECIDED_SUMMARY_EVERY)
 
     @property
     def namespaces(self) -> tuple[str, ...] | None:
@@ -357,14 +363,27 @@ class Processor:
         if count:
             if self._metrics is not None:
                 tally.flush(self._metrics)
-            log.info(
-                "payload_decided",
-                payload_id=payload_id,
+            steps = tally.decisions
+            if debug:
+                log.debug(
+                    "payload_decided",
+                    payload_id=payload_id,
+                    alerts=len(traces),
+                    matched=tally.matched,
+                    steps=steps,
+                )
+            self._decided.add(
+                payload_id,
+                payloads=1,
                 alerts=len(traces),
                 matched=tally.matched,
-                steps=dict(tally.decisions),
+                steps=steps,
             )
         return traces
+
+    def flush_decided(self) -> None:
+        """Log the payloads decided since the last summary line now (shutdown)."""
+        self._decided.flush()
 
     async def _decide_one(
         self,

@@ -189,6 +189,7 @@ class Worker:
                 )
         with contextlib.suppress(StoreUnavailableError):
             await self._store.retire(self.consumer, self._clock())
+        self._processor.flush_decided()
 
     @property
     def recorded(self) -> tuple[int, int]:
