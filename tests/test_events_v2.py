@@ -17,6 +17,7 @@ import structlog
 from conftest import (
     PD_SECRET,
     ROUTING_KEY,
+    Ticking,
     bearer,
     journal_drained,
     pd_signature,
@@ -24,7 +25,16 @@ from conftest import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from receiver.engine.journaling import alert_states
+from receiver.engine.planner import PlanContext
+from receiver.engine.processing import PREPARED_FOR, Processor
+from receiver.engine.runner import Runner
+from receiver.model import Decision
+from receiver.rulebook.loader import load_rulebook
 from receiver.sources import events_v2
+from receiver.steps.catalog import builtin_registry
+from receiver.store import SqliteStore
+from receiver.store.base import JournalEntry
 
 ENQUEUE = "/v2/enqueue"
 
@@ -434,3 +444,82 @@ async def test_change_event_accepted_and_stored(make_client):
     assert change["custom_details"]["service"] == "api"
     assert change["links"][0]["href"].endswith("/42")
     assert ROUTING_KEY not in json.dumps(record)
+
+
+class _CountingStore(SqliteStore):
+    """An in-memory store that counts the acknowledgement reads (``last_runs``)."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.ack_reads = 0
+
+    async def last_runs(self, scopes: Any, now: Any) -> Any:
+        self.ack_reads += 1
+        return await super().last_runs(scopes, now)
+
+
+def _pd_entry(event_type: str, n: int, at: Any) -> JournalEntry:
+    fixtures = Path(__file__).parent / "fixtures" / "pagerduty_v3"
+    payload = json.loads((fixtures / f"{event_type}.json").read_bytes())
+    payload["event"]["id"] = f"ev-{n}"
+    data = payload["event"]["data"]
+    data["incident_key"] = "api-down"
+    data["title"] = "API down"
+    return JournalEntry(f"e{n}", "pagerduty", at, json.dumps(payload).encode())
+
+
+async def _read_ahead_rig(web_rules: Path) -> tuple[Processor, _CountingStore, Any]:
+    store = _CountingStore()
+    clock = Ticking()
+    processor = Processor(
+        load_rulebook([web_rules], steps=builtin_registry()),
+        Runner({}, clock),
+        clock,
+        PlanContext(),
+        store=store,
+    )
+
+    async def journal(entry: JournalEntry) -> JournalEntry:
+        alerts = processor.alerts(entry.source, entry.body, clock())
+        await store.append(entry, await alert_states(store, alerts, clock()))
+        return entry
+
+    triggered = await journal(_pd_entry("incident.triggered", 1, clock()))
+    [first] = await processor.process(triggered)
+    assert first.matches[0].steps[1].decision is Decision.DRY_RUN
+    return processor, store, journal
+
+
+async def test_an_acknowledge_in_a_batch_read_ahead_stands_down_the_next_entry(
+    web_rules,
+):
+    """A batch's acknowledgements are read once, before any entry is decided.
+
+    The acknowledge decided first is still seen by the firing event after it.
+    """
+    processor, store, journal = await _read_ahead_rig(web_rules)
+    acked = await journal(_pd_entry("incident.acknowledged", 2, processor._clock()))
+    later = await journal(_pd_entry("incident.priority_updated", 3, processor._clock()))
+    reads = store.ack_reads
+    prepared = await processor.prepare([acked, later])
+    await processor.process(acked, prepared)
+    [trace] = await processor.process(later, prepared)
+    assert store.ack_reads == reads + 1  # the batch's one read
+    step = trace.matches[0].steps[1]
+    assert step.decision is Decision.SKIPPED
+    assert "stand_down_when_acknowledged" in step.reason
+
+
+async def test_what_was_read_ahead_too_long_ago_is_read_again(web_rules):
+    """Past PREPARED_FOR, an entry reads its acknowledgements itself."""
+    processor, store, journal = await _read_ahead_rig(web_rules)
+    first = await journal(_pd_entry("incident.priority_updated", 2, processor._clock()))
+    second = await journal(_pd_entry("incident.escalated", 3, processor._clock()))
+    prepared = await processor.prepare([first, second])
+    assert prepared is not None
+    reads = store.ack_reads
+    await processor.process(first, prepared)
+    assert store.ack_reads == reads  # fresh: nothing read
+    processor._clock.now += PREPARED_FOR
+    await processor.process(second, prepared)
+    assert store.ack_reads == reads + 1

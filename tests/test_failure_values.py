@@ -204,11 +204,11 @@ async def test_an_alert_that_cannot_be_decided_is_recorded_and_others_go_on(
 class PoisonProcessor(Processor):
     """Fails as a whole on payloads marked poison (an entry-level bug)."""
 
-    async def process(self, entry: JournalEntry) -> list[Any]:
+    async def process(self, entry: JournalEntry, prepared: Any = None) -> list[Any]:
         if b"poison" in entry.body:
             msg = f"bug while deciding {entry.id} with {SECRET}"
             raise RuntimeError(msg)
-        return await super().process(entry)
+        return await super().process(entry, prepared)
 
 
 def _body(services: list[str], tag: str = "") -> bytes:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar, overload
 
@@ -20,7 +20,7 @@ import structlog
 
 from receiver.engine.planner import CompiledPlaybooks, Plan, PlanContext, plan
 from receiver.engine.runner import Runner, describe_error
-from receiver.errors import StoreUnavailableError
+from receiver.errors import InputError, StoreUnavailableError
 from receiver.logs import Summary
 from receiver.metrics import Metrics
 from receiver.model import (
@@ -60,6 +60,11 @@ def ack_scope(alert: Alert) -> str:
     return f"ack:{alert.source}:{key}"
 
 
+def _ack_scopes(alerts: Sequence[Alert]) -> list[str]:
+    """Where the acknowledgements of the firing alerts among these are kept."""
+    return [ack_scope(a) for a in alerts if a.status == "firing" and a.actionable]
+
+
 def stand_down(planned: Plan, acknowledged_at: datetime) -> Plan:
     """Skip the remediations of playbooks that stand down once a human has it."""
     matches = []
@@ -96,6 +101,25 @@ YIELD_EVERY = 100
 # Seconds between the info-level lines that sum up the payloads decided (one
 # line per payload is at debug).
 DECIDED_SUMMARY_EVERY = 1.0
+# How long what was read ahead for a claimed batch (``Prepared``) stands in for
+# reading it when an entry is decided; an entry decided later reads its own.
+PREPARED_FOR = timedelta(milliseconds=250)
+
+
+@dataclass
+class Prepared:
+    """What a claimed batch's entries would each read first, read in one go.
+
+    ``acks``: the acknowledgements of the batch's firing alerts, shared by its
+    entries (what one entry writes there, the next sees, as within a payload);
+    ``alerts``: the parsed alerts of its Alertmanager bodies, by entry id
+    (parsing those does not depend on the time). Used only until ``at`` +
+    ``PREPARED_FOR`` on the processor's clock.
+    """
+
+    at: datetime
+    acks: dict[str, datetime | None]
+    alerts: dict[str, list[Alert]] = field(default_factory=dict)
 
 
 class TraceRecords(Sequence[Mapping[str, JSONValue]]):
@@ -332,13 +356,18 @@ class Processor:
         runner: Runner | None = None,
         ctx: PlanContext | None = None,
         count: bool = True,
+        acks: dict[str, datetime | None] | None = None,
     ) -> list[AlertTrace]:
-        """Plan and run every alert; ``now`` fixes time for replay ``--at``."""
+        """Plan and run every alert; ``now`` fixes time for replay ``--at``.
+
+        ``acks``: acknowledgements read ahead (``prepare``); what it lacks is
+        read here.
+        """
         traces = []
         tally = _Tally()
         at = now or self._clock()  # one reading for the whole pass
         decided = 0
-        acks = await self._ack_times(alerts, at)
+        acks = await self._ack_times(alerts, at, acks)
         # Read once per pass: most alerts of a storm log only at debug.
         debug = _debug_enabled()
         for given in alerts:
@@ -450,19 +479,53 @@ class Processor:
         return trace
 
     async def _ack_times(
-        self, alerts: list[Alert], now: datetime
+        self,
+        alerts: list[Alert],
+        now: datetime,
+        known: dict[str, datetime | None] | None = None,
     ) -> dict[str, datetime | None]:
         """The acknowledgements of a payload's firing alerts: one store read.
 
         One read per alert was, for a storm, thousands of round trips (on
-        SQLite, transactions) before the first decision was recorded.
+        SQLite, transactions) before the first decision was recorded. With
+        ``known`` (read ahead for a batch), only what it lacks is read, into it.
         """
         if self._store is None:
-            return {}
-        scopes = [ack_scope(a) for a in alerts if a.status == "firing" and a.actionable]
+            return {} if known is None else known
+        scopes = _ack_scopes(alerts)
+        if known is not None:
+            scopes = [s for s in scopes if s not in known]
         if not scopes:
-            return {}
-        return await self._store.last_runs(scopes, now)
+            return {} if known is None else known
+        found = await self._store.last_runs(scopes, now)
+        if known is None:
+            return found
+        known.update(found)
+        return known
+
+    async def prepare(self, entries: Sequence[JournalEntry]) -> Prepared | None:
+        """Read ahead for a claimed batch: its acknowledgements, in one store call.
+
+        Each entry would otherwise make that read itself (on SQLite, a hop to
+        the read thread; on Redis, a round trip) just before it is decided.
+        None when there is nothing to gain (no store, a single entry); an entry
+        that does not parse is left to ``process`` to refuse.
+        """
+        if self._store is None or len(entries) < 2:
+            return None
+        now = self._clock()
+        alerts: dict[str, list[Alert]] = {}
+        scopes: list[str] = []
+        for entry in entries:
+            try:
+                parsed = self.alerts(entry.source, entry.body, now)
+            except InputError:
+                continue
+            if entry.source == "alertmanager":
+                alerts[entry.id] = parsed
+            scopes += _ack_scopes(parsed)
+        acks = await self._store.last_runs(list(dict.fromkeys(scopes)), now)
+        return Prepared(now, acks, alerts)
 
     async def _acknowledged(
         self,
@@ -540,12 +603,23 @@ class Processor:
             for fingerprint, record in found.items()
         ]
 
-    async def process(self, entry: JournalEntry) -> list[AlertTrace]:
-        """Decide a journal entry, with one clock reading for the pass."""
+    async def process(
+        self, entry: JournalEntry, prepared: Prepared | None = None
+    ) -> list[AlertTrace]:
+        """Decide a journal entry, with one clock reading for the pass.
+
+        ``prepared``: what was read ahead for its batch, used while fresh.
+        """
         now = self._clock()
-        alerts = self.alerts(entry.source, entry.body, now)
+        acks = None
+        alerts = None
+        if prepared is not None and now - prepared.at <= PREPARED_FOR:
+            acks = prepared.acks
+            alerts = prepared.alerts.pop(entry.id, None)
+        if alerts is None:
+            alerts = self.alerts(entry.source, entry.body, now)
         if not alerts and self._metrics is not None:
             # A PagerDuty event that is not about an incident: stored, listed
             # with the payloads, and counted here; nothing to decide.
             self._metrics.events_recorded.labels(entry.source).inc()
-        return await self.decide(alerts, entry.id, now)
+        return await self.decide(alerts, entry.id, now, acks=acks)

@@ -6,8 +6,10 @@ itself in the store and keeps renewing that while it runs, and on start it
 recovers what dead incarnations left (their target locks are released; their
 interrupted remediations are re-checked by the runner). Entries are claimed in
 batches (up to ``batch`` at once, one store call, each under its own ``Lease``)
-into a small buffer the worker's tasks take from one by one; every lease is
-renewed until its entry is finished. Once a task has decided an entry it hands
+into a small buffer the worker's tasks take from one by one, and what those
+entries would each read first (their acknowledgements) is read for the batch in
+one call (``Processor.prepare``); every lease is renewed until its entry is
+finished. Once a task has decided an entry it hands
 the recording to a task of its own and decides the next: the records of entries
 decided close together are then written together (``Recorder``, group commit),
 and an entry is marked done only after its decisions are recorded (if the store
@@ -35,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from receiver.engine.doorbell import WorkerBell
-from receiver.engine.processing import Processor, TraceRecords
+from receiver.engine.processing import Prepared, Processor, TraceRecords
 from receiver.engine.recording import Recorder
 from receiver.engine.runner import describe_error
 from receiver.errors import InputError, StoreUnavailableError
@@ -141,6 +143,8 @@ class Worker:
         self._slots = [0] * (2 * concurrency)
         self._slot_of: dict[str, int] = {}
         self._slot_freed = asyncio.Event()
+        # What was read ahead for each claimed entry's batch, until it is decided.
+        self._prepared: dict[str, Prepared] = {}
         # Decided entries being recorded, each with its number of alerts.
         self._finishing: dict[asyncio.Task[None], int] = {}
         self._finishing_alerts = 0
@@ -287,7 +291,21 @@ class Worker:
             self._held[lease.entry.id] = lease
             self._slot_of[lease.entry.id] = slot
             self._slots[slot] += 1
+        prepared = await self._prepare(leases)
+        if prepared is not None:
+            for lease in leases:
+                self._prepared[lease.entry.id] = prepared
         return leases
+
+    async def _prepare(self, leases: list[Lease]) -> Prepared | None:
+        """Read ahead what the batch's entries need (a failure: each reads its own)."""
+        try:
+            return await self._processor.prepare([lease.entry for lease in leases])
+        except StoreUnavailableError:
+            return None
+        except Exception:  # the claim stands: each entry is decided as it comes
+            log.exception("batch_not_prepared")
+            return None
 
     async def _free_slot(self) -> int:
         while True:
@@ -301,6 +319,7 @@ class Worker:
         """The entry was completed, handed back, parked or abandoned."""
         entry_id = lease.entry.id
         self._held.pop(entry_id, None)
+        self._prepared.pop(entry_id, None)
         slot = self._slot_of.pop(entry_id, None)
         if slot is not None:
             self._slots[slot] -= 1
@@ -415,7 +434,9 @@ class Worker:
         try:
             while True:
                 try:
-                    return await self._processor.process(entry)
+                    return await self._processor.process(
+                        entry, self._prepared.pop(entry.id, None)
+                    )
                 except InputError as exc:
                     # Accepted bodies were validated at the edge; one that no
                     # longer parses is recorded as such, not retried forever.
