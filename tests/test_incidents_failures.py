@@ -7,7 +7,6 @@ stop the ticker; a restarted receiver carries on with the incidents on disk.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -178,7 +177,11 @@ async def test_closing_while_cancelled_queries_still_run_does_not_crash(tmp_path
 
 
 async def test_the_worker_waits_for_an_awaitable_hand_over(tmp_path):
-    """A hand-over that waits (a full incident queue) holds the worker back."""
+    """A hand-over that waits (a full incident queue) holds the worker back.
+
+    What is decided meanwhile is recorded, but handed over after it, in order;
+    once every slot of the worker holds an entry waiting so, it claims nothing.
+    """
     clock = TickingClock()
     book = rulebook()
     store = SqliteStore(str(tmp_path / "state.db"))
@@ -195,32 +198,36 @@ async def test_the_worker_waits_for_an_awaitable_hand_over(tmp_path):
 
     async def on_complete(done: list[AlertTrace]) -> None:
         handed.append(done[0].payload_id)
-        first.set()
-        await release.wait()
+        if done[0].payload_id == "e1":
+            first.set()
+            await release.wait()
 
-    worker = Worker(store, processor, 1, clock=clock, on_complete=on_complete)
+    # One task, one entry per claim: two slots, so two entries in hand at most.
+    worker = Worker(store, processor, 1, clock=clock, on_complete=on_complete, batch=1)
     body = json.dumps(example(SIEM)).encode()
-    for entry_id in ("e1", "e2"):
+    for entry_id in ("e1", "e2", "e3", "e4"):
         await store.append(JournalEntry(entry_id, "alertmanager", clock(), body), [])
     await worker.start()
     try:
-        # Either the hand-over is awaited (and waits), or the worker ignores
-        # it and drains the journal: whichever happens first.
-        waited = asyncio.create_task(first.wait())
-        drained = asyncio.create_task(journal_drained(store))
-        await asyncio.wait({waited, drained}, return_when=asyncio.FIRST_COMPLETED)
-        drained.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await drained
-        assert handed == ["e1"]
-        # The one worker slot is held by the waiting hand-over: e2 is not decided.
-        assert await store.decisions(DecisionQuery(payload_id="e2")) == []
+        await asyncio.wait_for(first.wait(), 10)
+        for _ in range(2000):  # e2 is decided and recorded meanwhile
+            if await store.decisions(DecisionQuery(payload_id="e2")):
+                break
+            await asyncio.sleep(0.001)
+        assert await store.decisions(DecisionQuery(payload_id="e2"))
+        for _ in range(2000):  # then the task waits for a free slot
+            if all(worker._slots):
+                break
+            await asyncio.sleep(0.001)
+        assert all(worker._slots)
+        assert handed == ["e1"]  # e2 waits for e1's hand-over
+        assert await store.decisions(DecisionQuery(payload_id="e3")) == []
         release.set()
         await journal_drained(store)
     finally:
         await worker.stop()
         await store.close()
-    assert handed == ["e1", "e2"]
+    assert handed == ["e1", "e2", "e3", "e4"]
 
 
 def test_evolving_an_incident_is_replace_and_refuses_what_is_no_field():

@@ -428,3 +428,37 @@ async def test_an_error_while_recording_hands_the_entry_back_then_parks_it(
     assert worker._processor.decided == {"e000": 2}
     assert await _records_per_entry(store) == {}
     await store.close()
+
+
+async def test_the_outbox_sees_entries_in_the_order_they_were_decided(tmp_path):
+    """An outbox that waits for room on one entry is not overtaken by the next."""
+    store = SqliteStore(str(tmp_path / "state.db"))
+    for n in range(4):
+        await store.append(_entry(n), [])
+    seen: list[str] = []
+    waiting = asyncio.Event()
+    room = asyncio.Event()
+
+    async def outbox(traces: list[AlertTrace]) -> None:
+        seen.append(traces[0].payload_id)
+        if traces[0].payload_id == "e000":
+            waiting.set()
+            await room.wait()
+
+    worker = _worker(tmp_path, store, Clock(), concurrency=1, outbox=outbox, batch=4)
+    await worker.start()
+    try:
+        await asyncio.wait_for(waiting.wait(), 10)
+        for _ in range(2000):  # the task decides on meanwhile
+            if len(worker._processor.decided) == 4:
+                break
+            await asyncio.sleep(0.001)
+        assert len(worker._processor.decided) == 4
+        assert seen == ["e000"]
+        room.set()
+        await journal_drained(store, attempts=2000)
+    finally:
+        await worker.stop()
+    assert seen == ["e000", "e001", "e002", "e003"]
+    assert await _records_per_entry(store) == {f"e{n:03d}": 1 for n in range(4)}
+    await store.close()

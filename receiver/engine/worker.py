@@ -66,6 +66,21 @@ CLAIM_BATCH = 16
 FINISH_ALERTS = 5000
 
 
+_Stage = asyncio.Future[None]
+
+
+async def _after(stage: _Stage | None) -> None:
+    """Wait until the entry decided before passed a stage (at once if it has)."""
+    if stage is not None and not stage.done():
+        # Shielded: a task stopped while waiting leaves the stage to its owner.
+        await asyncio.shield(stage)
+
+
+def _passed(stage: _Stage) -> None:
+    if not stage.done():
+        stage.set_result(None)
+
+
 def consumer_name() -> str:
     """A name for this process as a journal consumer and lock owner."""
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(2).hex()}"
@@ -145,6 +160,9 @@ class Worker:
         self._slot_freed = asyncio.Event()
         # What was read ahead for each claimed entry's batch, until it is decided.
         self._prepared: dict[str, Prepared] = {}
+        # The last decided entry's stages: outbox passed, handed over.
+        self._outboxed: _Stage | None = None
+        self._handed: _Stage | None = None
         # Decided entries being recorded, each with its number of alerts.
         self._finishing: dict[asyncio.Task[None], int] = {}
         self._finishing_alerts = 0
@@ -350,11 +368,17 @@ class Worker:
         if traces is None:
             return False  # stopping: the entry stays claimed, as after a crash
         await self._room_to_finish(len(traces))
+        # Entries pass their traces on in the order they were decided: each
+        # waits for the one before (only ever when that one has to wait).
+        loop = asyncio.get_running_loop()
+        before = (self._outboxed, self._handed)
+        self._outboxed, self._handed = loop.create_future(), loop.create_future()
         structlog.contextvars.bind_contextvars(payload_id=entry.id, worker=index)
         try:
             # The context (the payload's log fields) is the task's own copy.
             task = asyncio.create_task(
-                self._finish(lease, traces), name=f"record-{entry.id}"
+                self._finish(lease, traces, before, (self._outboxed, self._handed)),
+                name=f"record-{entry.id}",
             )
         finally:
             structlog.contextvars.unbind_contextvars("payload_id", "worker")
@@ -451,20 +475,33 @@ class Worker:
         finally:
             structlog.contextvars.unbind_contextvars("payload_id", "worker")
 
-    async def _finish(self, lease: Lease, traces: list[AlertTrace]) -> None:
+    async def _finish(
+        self,
+        lease: Lease,
+        traces: list[AlertTrace],
+        before: tuple[_Stage | None, _Stage | None],
+        mine: tuple[_Stage, _Stage],
+    ) -> None:
         """Record a decided entry (retrying while the store is down), then pass it on.
 
         Runs as a task of its own, so the worker decides the next entry
         meanwhile and the records of entries decided close together are written
-        together. An unexpected error hands the entry back (it is decided again).
+        together. The outbox and the hand-over (``on_complete``) still see the
+        entries in the order they were decided: ``before`` are the stages of the
+        entry decided just before, ``mine`` this entry's, done once it passed
+        them (or failed). An unexpected error hands the entry back (it is
+        decided again).
         """
         entry = lease.entry
+        outboxed, handed_over = mine
         backoff = 0.5
         try:
             while True:
                 try:
-                    if self._outbox is not None:
+                    if self._outbox is not None and not outboxed.done():
+                        await _after(before[0])
                         await self._outbox(traces)
+                    _passed(outboxed)
                     await self._recorder.record(entry.id, TraceRecords(traces))
                     break
                 except StoreUnavailableError as exc:
@@ -476,12 +513,14 @@ class Worker:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
             if self._on_complete is not None:
+                await _after(before[1])
                 handed = self._on_complete(traces)
                 if handed is not None:
                     # It may wait for room (the incident queue): the entry's
                     # slot stays taken, so this worker soon claims nothing new
                     # and the backlog stays in the journal, not in memory.
                     await handed
+            _passed(handed_over)
             if self._metrics is not None:
                 await self._observe()
         except Exception as exc:  # noqa: BLE001 (handed back, then parked)
@@ -490,6 +529,8 @@ class Worker:
             except Exception:  # a finishing task never dies silently
                 log.exception("entry_failed", payload_id=entry.id)
         finally:
+            _passed(outboxed)
+            _passed(handed_over)
             self._finished(lease)
 
     async def _observe(self) -> None:
