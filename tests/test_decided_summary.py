@@ -21,6 +21,7 @@ from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Runner
 from receiver.engine.worker import Processor
 from receiver.logs import Summary
+from receiver.metrics import Metrics
 from receiver.model import Alert
 from receiver.rulebook.loader import load_rulebook
 from receiver.sources import body_alerts
@@ -155,3 +156,35 @@ async def test_counts_are_summed_key_by_key() -> None:
             },
         )
     ]
+
+
+async def test_decided_counts_reach_the_metrics_when_read_and_only_once(
+    tmp_path,
+) -> None:
+    """Counts are added at each read of the metrics, each payload's once."""
+    metrics = Metrics()
+    (tmp_path / "rules.yaml").write_text(RULES)
+    clock = Clock()
+    processor = Processor(
+        load_rulebook([tmp_path / "rules.yaml"], steps=builtin_registry()),
+        Runner({}, clock),
+        clock,
+        PlanContext(),
+        metrics=metrics,
+    )
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    await processor.decide(_alerts(["Look", "Other"]), "p1")
+    await processor.decide(_alerts(["Look"]), "p2")
+    firing = {"source": "alertmanager", "status": "firing"}
+    for _ in range(2):  # read twice: nothing is added twice
+        assert sample("receiver_alerts_total", **firing) == 3
+        assert sample("receiver_alerts_unmatched_total", source="alertmanager") == 1
+        assert sample("receiver_rule_matches_total", rule="look", severity="P2") == 2
+    await processor.decide(_alerts(["Other"]), "p3")
+    assert sample("receiver_alerts_total", **firing) == 4
+    assert sample("receiver_alerts_unmatched_total", source="alertmanager") == 2
+    text = metrics.render().decode()
+    assert 'receiver_alerts_total{source="alertmanager",status="firing"} 4.0' in text
