@@ -15,7 +15,7 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from receiver.errors import StoreUnavailableError
 from receiver.store.base import AlertState, JournalEntry, newer_state
 from receiver.store.sqlite import STATE_READ_CHUNK, SqliteStore, connection
+from receiver.store.sqlite.journal import _newest
 
 T0 = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 
@@ -186,6 +187,34 @@ def test_batched_states_equal_one_at_a_time_in_order(
 
     got = asyncio.run(run())
     assert got == {fp: expected.get(fp) for fp in "abc"}
+
+
+ZONED = [None, T0, T0.astimezone(timezone(timedelta(hours=2))), T0 + timedelta(1)]
+zoned_states = st.builds(
+    AlertState,
+    fingerprint=st.sampled_from(["a", "b"]),
+    status=st.sampled_from(["firing", "resolved"]),
+    starts_at=st.sampled_from(ZONED),
+    updated_at=st.just(T0),
+)
+
+
+@given(
+    known=st.dictionaries(st.sampled_from(["a", "b"]), zoned_states),
+    states=st.lists(zoned_states, max_size=8),
+)
+def test_the_inlined_comparison_is_newer_state(
+    known: dict[str, AlertState], states: list[AlertState]
+) -> None:
+    """``_newest`` keeps what ``newer_state`` one at a time keeps (zones, no start)."""
+    expected: dict[str, AlertState | None] = dict(known)
+    changed: dict[str, AlertState] = {}
+    for state in states:
+        if newer_state(expected.get(state.fingerprint), state):
+            expected[state.fingerprint] = changed[state.fingerprint] = state
+    latest: dict[str, AlertState | None] = dict(known)
+    assert _newest(latest, states) == changed
+    assert latest == expected
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ deadline, and the caller's ``now`` is what every check compares against.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,9 +26,51 @@ from receiver.model import JSONObject, JSONValue, Source, iso
 from receiver.settings import JournalSettings, RetentionSettings
 
 
+class _SystemHex:
+    """The system's random bytes as hex, taken from the kernel in blocks.
+
+    ``os.urandom`` gives the GIL up around its system call: on the event loop's
+    thread, with the SQLite writer thread waiting for the GIL, every id cost a
+    hand-over of the GIL and a wait to take it back. One call per ``BLOCK`` ids
+    instead. A child forked from a process holding a block forgets it (its
+    parent goes on using it) and takes a block of its own; the lock keeps
+    threads from taking the same digits.
+    """
+
+    BLOCK = 512
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hex = ""
+        self._at = 0
+        self._forks_watched = False
+
+    def take(self, digits: int) -> str:
+        """``digits`` (even) hex digits no other call in any process gets."""
+        with self._lock:
+            at = self._at
+            if at + digits > len(self._hex):
+                if not self._forks_watched:
+                    # At first use, not at import; once per instance.
+                    os.register_at_fork(after_in_child=self.forget)
+                    self._forks_watched = True
+                self._hex = os.urandom(self.BLOCK * digits // 2).hex()
+                at = 0
+            self._at = at + digits
+            return self._hex[at : at + digits]
+
+    def forget(self) -> None:
+        """Drop the digits not yet taken (a forked child's copy of its parent's)."""
+        self._lock = threading.Lock()  # the parent's may have been held at fork
+        self._hex, self._at = "", 0
+
+
+_RANDOM = _SystemHex()
+
+
 def new_id() -> str:
     """A time-ordered unique id (ms timestamp + randomness), sortable as text."""
-    return f"{time.time_ns() // 1_000_000:013x}{os.urandom(6).hex()}"
+    return f"{time.time_ns() // 1_000_000:013x}{_RANDOM.take(12)}"
 
 
 _RETENTION = RetentionSettings()

@@ -177,10 +177,7 @@ class SqliteJournal(SqliteConnection):
                     when(starts_at) if starts_at else None,
                     when(updated_at),
                 )
-        changed: dict[str, AlertState] = {}
-        for state in states:
-            if newer_state(latest.get(state.fingerprint), state):
-                latest[state.fingerprint] = changed[state.fingerprint] = state
+        changed = _newest(latest, states)
         # The states of a payload share their times (``updated_at`` always,
         # ``starts_at`` often): each distinct time is written out once.
         texts: dict[tuple[datetime, object], str] = {}
@@ -510,6 +507,27 @@ class SqliteJournal(SqliteConnection):
             return cur.rowcount == 0
 
         return await self._run(write)
+
+
+def _newest(
+    latest: dict[str, AlertState | None], states: Sequence[AlertState]
+) -> dict[str, AlertState]:
+    """The states that replace ``latest`` (updated), compared one by one in order."""
+    changed: dict[str, AlertState] = {}
+    for state in states:
+        fingerprint = state.fingerprint
+        old = latest.get(fingerprint)
+        if old is not None and old.starts_at == state.starts_at:
+            # ``newer_state`` for its common case, the same occurrence sent
+            # again (a group's payloads repeat their alerts): a resolve wins,
+            # a firing resend never un-resolves. Once per state of every
+            # payload: a call less each.
+            if old.status == "resolved" and state.status == "firing":
+                continue
+        elif old is not None and not newer_state(old, state):
+            continue
+        latest[fingerprint] = changed[fingerprint] = state
+    return changed
 
 
 def _unfinished(db: sqlite3.Connection, change: int) -> None:
