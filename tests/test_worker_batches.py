@@ -31,6 +31,7 @@ from receiver.engine.processing import Prepared
 from receiver.engine.recording import Recorder
 from receiver.engine.runner import Runner
 from receiver.engine.worker import Processor, Worker
+from receiver.errors import StoreUnavailableError
 from receiver.model import AlertTrace
 from receiver.rulebook.loader import load_rulebook
 from receiver.steps.catalog import builtin_registry
@@ -462,3 +463,49 @@ async def test_the_outbox_sees_entries_in_the_order_they_were_decided(tmp_path):
     assert seen == ["e000", "e001", "e002", "e003"]
     assert await _records_per_entry(store) == {f"e{n:03d}": 1 for n in range(4)}
     await store.close()
+
+
+class FlakySqlite(SqliteStore):
+    """``complete_batch`` fails as the store being down the first ``fails`` times."""
+
+    def __init__(self, *args: Any, fails: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fails = fails
+        self.tries = 0
+
+    async def complete_batch(
+        self, done: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]
+    ) -> None:
+        self.tries += 1
+        if self.tries <= self.fails:
+            msg = "SQLite store cannot be written: disk I/O error"
+            raise StoreUnavailableError(msg)
+        await super().complete_batch(done)
+
+
+async def test_a_store_down_while_recording_retries_the_write_not_the_decision(
+    tmp_path, monkeypatch
+):
+    """The decision is kept and written once the store is back; decided once."""
+    monkeypatch.setattr(asyncio, "sleep", _no_wait(asyncio.sleep))
+    store = FlakySqlite(str(tmp_path / "state.db"), fails=2)
+    await store.append(_entry(0), [])
+    worker = _worker(tmp_path, store, Clock())
+    await worker.start()
+    try:
+        await journal_drained(store, attempts=2000)
+    finally:
+        await worker.stop()
+    assert store.tries == 3
+    assert worker._processor.decided == {"e000": 1}
+    assert await _records_per_entry(store) == {"e000": 1}
+    await store.close()
+
+
+def _no_wait(sleep: Any) -> Any:
+    """``asyncio.sleep`` without the backoff's pauses (a turn of the loop still)."""
+
+    async def quick(delay: float, *args: Any) -> Any:
+        return await sleep(0, *args)
+
+    return quick
