@@ -334,8 +334,7 @@ class Folding:
             )
             effects += more
         if self._ledger is not None and _drafts_midway(trace, self._ledger):
-            # A new remediation line may mitigate, whose draft reads the ledger
-            # as it was before this trace.
+            # Its draft reads the ledger as it was before this trace.
             incident = self._written(incident)
         ledger = self._ledger
         if ledger is None:
@@ -473,12 +472,17 @@ def _resolved(
 
 
 def _drafts_midway(trace: AlertTrace, ledger: Mapping[LedgerKey, LedgerItem]) -> bool:
-    """Whether folding ``trace`` adds a remediation line (which may draft)."""
+    """Whether folding ``trace`` may ``mitigate``, whose draft reads the ledger.
+
+    Only a new line for a remediation that ran can (``_remediation``).
+    """
     fingerprint = trace.alert.fingerprint
     for match in trace.matches:
         for index, step in enumerate(match.steps):
-            if step.kind is StepKind.REMEDIATION and (
-                (fingerprint, match.rule, index, step.decision.value) not in ledger
+            if (
+                step.decision is Decision.EXECUTED
+                and step.kind is StepKind.REMEDIATION
+                and (fingerprint, match.rule, index, step.decision.value) not in ledger
             ):
                 return True
     return False
