@@ -3,6 +3,9 @@
 Each returns the new ``Incident`` and the ``Effect`` values to carry out
 (announcements through the sinks, a PagerDuty escalation, a breach to count);
 ``receiver.incidents.service`` carries them out. Time is always passed in.
+``Folding`` folds a run of traces into one incident (the service's batch) with
+the result of ``observe`` applied to each in turn, without rebuilding the
+ledger and alerts per trace.
 
 Clocks follow the runbook: acknowledge counts from detection, mitigate from the
 acknowledgment (detection if nobody acknowledged), resolve from mitigation. A
