@@ -3,6 +3,9 @@
 Each returns the new ``Incident`` and the ``Effect`` values to carry out
 (announcements through the sinks, a PagerDuty escalation, a breach to count);
 ``receiver.incidents.service`` carries them out. Time is always passed in.
+``Folding`` folds a run of traces into one incident (the service's batch) with
+the result of ``observe`` applied to each in turn, without rebuilding the
+ledger and alerts per trace.
 
 Clocks follow the runbook: acknowledge counts from detection, mitigate from the
 acknowledgment (detection if nobody acknowledged), resolve from mitigation. A
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
 
@@ -27,11 +30,13 @@ from receiver.incidents.effects import (
     PagerDutyStatus,
 )
 from receiver.incidents.model import (
+    MAX_LEDGER,
     STATE_RANK,
     AlertRef,
     Evidence,
     Incident,
     LedgerItem,
+    LedgerKey,
     State,
     add_entry,
     evolve,
@@ -147,25 +152,65 @@ def _promote(
     ]
 
 
-def _upsert_alert(
-    incident: Incident, trace: AlertTrace, now: datetime
-) -> tuple[Incident, bool]:
-    """Record the alert; True if its status or occurrence changed."""
+def _alert_ref(trace: AlertTrace, severity: Severity) -> AlertRef:
+    """The alert as the incident records it (``severity``: when no rule says)."""
     alert = trace.alert
-    rule = trace.matches[0].rule if trace.matches else ""
-    severity = _severity_of(trace) or incident.severity
-    ref = AlertRef(
+    return AlertRef(
         alert.fingerprint,
         alert.source,
-        rule,
+        trace.matches[0].rule if trace.matches else "",
         alert.status,
-        severity,
+        _severity_of(trace) or severity,
         freeze(dict(alert.labels)),
         alert.starts_at,
         alert.ends_at,
         title_of(trace),
         alert.generator_url,
     )
+
+
+def _as_recorded(old: AlertRef, trace: AlertTrace, severity: Severity) -> bool:
+    """Whether ``_alert_ref`` (and the rule ``_upsert_alert`` keeps) equals ``old``."""
+    alert = trace.alert
+    if not (
+        old.status == alert.status
+        and old.starts_at == alert.starts_at
+        and old.ends_at == alert.ends_at
+        and old.source == alert.source
+        and old.link == alert.generator_url
+    ):
+        return False
+    rule = trace.matches[0].rule if trace.matches else ""
+    if rule and (old.rule != rule or old.severity != (_severity_of(trace) or severity)):
+        return False
+    return old.summary == title_of(trace) and old.labels == alert.labels
+
+
+def _alert_entry(incident: Incident, trace: AlertTrace, now: datetime) -> Incident:
+    """The timeline entry for an alert that fired or resolved."""
+    alert = trace.alert
+    name = alert.labels.get("alertname", alert.fingerprint)
+    if alert.status == "firing":
+        since = f" (since {iso(alert.starts_at)})" if alert.starts_at else ""
+        text = f"{name} firing{since} from {alert.source}"
+        return add_entry(
+            incident, now, "alert_fired", text, fingerprint=alert.fingerprint
+        )
+    return add_entry(
+        incident,
+        now,
+        "alert_resolved",
+        f"{name} resolved",
+        fingerprint=alert.fingerprint,
+    )
+
+
+def _upsert_alert(
+    incident: Incident, trace: AlertTrace, now: datetime
+) -> tuple[Incident, bool]:
+    """Record the alert; True if its status or occurrence changed."""
+    alert = trace.alert
+    ref = _alert_ref(trace, incident.severity)
     alerts = incident.alerts
     last = alerts[-1] if alerts else None
     if last is not None and last.fingerprint == alert.fingerprint:
@@ -181,21 +226,7 @@ def _upsert_alert(
     if old is not last or ref != old:
         incident = evolve(incident, alerts=(*others, ref)[-MAX_ALERTS:])
     if changed:
-        name = alert.labels.get("alertname", alert.fingerprint)
-        if alert.status == "firing":
-            since = f" (since {iso(alert.starts_at)})" if alert.starts_at else ""
-            text = f"{name} firing{since} from {alert.source}"
-            incident = add_entry(
-                incident, now, "alert_fired", text, fingerprint=alert.fingerprint
-            )
-        else:
-            incident = add_entry(
-                incident,
-                now,
-                "alert_resolved",
-                f"{name} resolved",
-                fingerprint=alert.fingerprint,
-            )
+        incident = _alert_entry(incident, trace, now)
     return incident, changed
 
 
@@ -228,16 +259,168 @@ def observe(
     ``follows``: rules whose playbook lets verified outcomes drive PagerDuty;
     ``evidence``: rules whose playbook's diagnostics are kept as evidence.
     """
-    effects: list[Effect] = []
-    incident, _changed = _upsert_alert(incident, trace, now)
-    incident = _note_contacts(incident, trace)
-    severity = _severity_of(trace)
-    if severity is not None and trace.alert.status == "firing" and incident.active:
-        incident, more = _promote(
-            incident, severity, f"rule {trace.matches[0].rule}", now
+    folding = Folding(incident)
+    effects = folding.observe(trace, now, policy, follows=follows, evidence=evidence)
+    return folding.incident(), effects
+
+
+class Folding:
+    """One incident folding a run of traces, as ``observe`` would one by one.
+
+    The service's batch folds every trace of a group through one of these.
+    Between traces the ledger and the alerts are kept as dicts (by line key,
+    by fingerprint) instead of tuples rebuilt per trace, which made folding a
+    payload quadratic in its steps: the incident's ``ledger`` and ``alerts``
+    fields are stale meanwhile. Nothing reads them there but ``draft`` (through
+    ``mitigate`` and ``resolve``), the resolution and the ``MAX_LEDGER`` cut;
+    before those they are written back, so every incident, timeline entry and
+    effect is what folding the traces one by one gives.
+    """
+
+    def __init__(self, incident: Incident) -> None:
+        self._incident = incident
+        # Ahead of ``self._incident.ledger`` / ``.alerts`` while not None.
+        self._ledger: dict[LedgerKey, LedgerItem] | None = None
+        # Lines decided again meanwhile, and how often (one ``again`` each, later).
+        self._again: dict[LedgerKey, int] = {}
+        self._alerts: dict[str, AlertRef] | None = None
+
+    @property
+    def active(self) -> bool:
+        """Not resolved yet."""
+        return self._incident.active
+
+    def incident(self) -> Incident:
+        """The incident as folded so far."""
+        self._incident = self._written(self._incident)
+        return self._incident
+
+    def _written(self, incident: Incident) -> Incident:
+        """``incident`` with the ledger and alerts kept aside written back."""
+        if self._alerts is not None:
+            incident = evolve(incident, alerts=tuple(self._alerts.values()))
+            self._alerts = None
+        ledger = self._ledger
+        if ledger is not None:
+            for key, times in self._again.items():
+                ledger[key] = ledger[key].again(times)
+            self._again.clear()
+            # The dict becomes the new incident's index: the next trace copies it.
+            incident = with_ledger(incident, ledger)
+            self._ledger = None
+        return incident
+
+    def add_keys(self, keys: Iterable[str]) -> None:
+        """Group these keys into the incident too (after its own, once each)."""
+        incident = self._incident
+        merged = tuple(dict.fromkeys((*incident.keys, *keys)))
+        if merged != incident.keys:
+            self._incident = evolve(incident, keys=merged)
+
+    def observe(
+        self,
+        trace: AlertTrace,
+        now: datetime,
+        policy: IncidentPolicy,
+        *,
+        follows: frozenset[str] = frozenset(),
+        evidence: frozenset[str] = frozenset(),
+    ) -> list[Effect]:
+        """Fold one alert's decisions in (``observe``); return the effects."""
+        effects: list[Effect] = []
+        incident = self._upsert(self._incident, trace, now)
+        incident = _note_contacts(incident, trace)
+        severity = _severity_of(trace)
+        if severity is not None and trace.alert.status == "firing" and incident.active:
+            incident, more = _promote(
+                incident, severity, f"rule {trace.matches[0].rule}", now
+            )
+            effects += more
+        if self._ledger is not None and _drafts_midway(trace, self._ledger):
+            # Its draft reads the ledger as it was before this trace.
+            incident = self._written(incident)
+        ledger = self._ledger
+        if ledger is None:
+            ledger = self._ledger = ledger_index(incident)
+        incident, fresh, more = _fold_steps(
+            incident,
+            trace,
+            (ledger, self._again),
+            now,
+            policy,
+            follows=follows,
+            evidence=evidence,
         )
         effects += more
-    ledger = ledger_index(incident)
+        alerts = self._alerts.values() if self._alerts is not None else incident.alerts
+        resolving = incident.active and all(a.status == "resolved" for a in alerts)
+        if resolving or len(ledger) > MAX_LEDGER:
+            # The cut, and the resolution's draft, read the written ledger.
+            incident = self._written(incident)
+        looked = [i for i in fresh if i.kind == StepKind.DIAGNOSTIC.value]
+        if looked:
+            listed = ", ".join(
+                f"{i.type} {i.target} ({i.decision})" for i in looked[:8]
+            )
+            incident = add_entry(
+                incident, now, "diagnostics", f"Diagnostics ({trace.mode}): {listed}"
+            )
+        if resolving:
+            incident, more = _resolved(incident, now, policy, follows)
+            effects += more
+        self._incident = incident
+        return effects
+
+    def _upsert(self, incident: Incident, trace: AlertTrace, now: datetime) -> Incident:
+        """``_upsert_alert`` on the alerts by fingerprint: no scan, no new tuple."""
+        alerts = self._alerts
+        if alerts is None:
+            alerts = {a.fingerprint: a for a in incident.alerts}
+            if len(alerts) != len(incident.alerts):
+                # Not one per fingerprint (never written so): as it always was.
+                return _upsert_alert(incident, trace, now)[0]
+            self._alerts = alerts
+        fingerprint = trace.alert.fingerprint
+        old = alerts.get(fingerprint)
+        if old is not None and _as_recorded(old, trace, incident.severity):
+            # Resent as it was: ``_upsert_alert`` would record an equal ref.
+            if next(reversed(alerts)) != fingerprint:
+                alerts[fingerprint] = alerts.pop(fingerprint)
+            return incident
+        ref = _alert_ref(trace, incident.severity)
+        if old is None:
+            changed = True
+        else:
+            changed = (old.status, old.starts_at) != (ref.status, ref.starts_at)
+            if ref.rule == "":
+                ref = replace(ref, rule=old.rule, severity=old.severity)
+        if old is None or ref != old or next(reversed(alerts)) != fingerprint:
+            # Moved last, as ``_upsert_alert`` rebuilds the tuple; the oldest
+            # dropped past the cap.
+            alerts.pop(fingerprint, None)
+            alerts[fingerprint] = ref
+            while len(alerts) > MAX_ALERTS:
+                del alerts[next(iter(alerts))]
+        return _alert_entry(incident, trace, now) if changed else incident
+
+
+def _fold_steps(
+    incident: Incident,
+    trace: AlertTrace,
+    lines: tuple[dict[LedgerKey, LedgerItem], dict[LedgerKey, int]],
+    now: datetime,
+    policy: IncidentPolicy,
+    *,
+    follows: frozenset[str],
+    evidence: frozenset[str],
+) -> tuple[Incident, list[LedgerItem], list[Effect]]:
+    """Each step's ledger line; the new lines.
+
+    ``lines``: the ledger, and the times each line was decided again since
+    (both updated in place).
+    """
+    ledger, again = lines
+    effects: list[Effect] = []
     fingerprint = trace.alert.fingerprint
     fresh: list[LedgerItem] = []
     for match in trace.matches:
@@ -247,9 +430,8 @@ def observe(
             key = (fingerprint, rule, index, decision)
             if rule in evidence:
                 incident = keep_evidence(incident, rule, step, now)
-            known = ledger.get(key)
-            if known is not None:
-                ledger[key] = known.again()
+            if key in ledger:
+                again[key] = again.get(key, 0) + 1
                 continue
             item = LedgerItem(
                 now,
@@ -270,28 +452,43 @@ def observe(
                     incident, item, step.result, now, policy, rule in follows
                 )
                 effects += more
-    incident = with_ledger(incident, ledger)
-    looked = [i for i in fresh if i.kind == StepKind.DIAGNOSTIC.value]
-    if looked:
-        listed = ", ".join(f"{i.type} {i.target} ({i.decision})" for i in looked[:8])
-        incident = add_entry(
-            incident, now, "diagnostics", f"Diagnostics ({trace.mode}): {listed}"
-        )
-    if incident.active and all(a.status == "resolved" for a in incident.alerts):
-        incident, more = resolve(
-            incident, now, policy, by="receiver", why="all alerts resolved"
+    return incident, fresh, effects
+
+
+def _resolved(
+    incident: Incident, now: datetime, policy: IncidentPolicy, follows: frozenset[str]
+) -> tuple[Incident, list[Effect]]:
+    """Every alert resolved: the incident too, and PagerDuty's if it follows."""
+    incident, effects = resolve(
+        incident, now, policy, by="receiver", why="all alerts resolved"
+    )
+    verified = any(
+        e.kind == "remediation" and e.text.startswith("Remediated and verified")
+        for e in incident.timeline
+    )
+    if verified and {a.rule for a in incident.alerts} & follows:
+        incident, more = _pagerduty_status(
+            incident, "resolved", "remediation verified and alerts resolved"
         )
         effects += more
-        verified = any(
-            e.kind == "remediation" and e.text.startswith("Remediated and verified")
-            for e in incident.timeline
-        )
-        if verified and {a.rule for a in incident.alerts} & follows:
-            incident, more = _pagerduty_status(
-                incident, "resolved", "remediation verified and alerts resolved"
-            )
-            effects += more
     return incident, effects
+
+
+def _drafts_midway(trace: AlertTrace, ledger: Mapping[LedgerKey, LedgerItem]) -> bool:
+    """Whether folding ``trace`` may ``mitigate``, whose draft reads the ledger.
+
+    Only a new line for a remediation that ran can (``_remediation``).
+    """
+    fingerprint = trace.alert.fingerprint
+    for match in trace.matches:
+        for index, step in enumerate(match.steps):
+            if (
+                step.decision is Decision.EXECUTED
+                and step.kind is StepKind.REMEDIATION
+                and (fingerprint, match.rule, index, step.decision.value) not in ledger
+            ):
+                return True
+    return False
 
 
 def _pagerduty_status(

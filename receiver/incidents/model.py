@@ -198,11 +198,11 @@ class LedgerItem:
         """What makes two decisions the same line (resends repeat them)."""
         return (self.fingerprint, self.rule, self.index, self.decision)
 
-    def again(self) -> LedgerItem:
-        """The same line, decided once more (``times`` + 1)."""
+    def again(self, times: int = 1) -> LedgerItem:
+        """The same line, decided ``times`` more times."""
         new = object.__new__(LedgerItem)
         new.__dict__.update(self.__dict__)
-        new.__dict__["times"] = self.times + 1
+        new.__dict__["times"] = self.times + times
         return new
 
     def to_json(self, stamp: Stamp = iso) -> JSONObject:

@@ -39,6 +39,7 @@ from receiver.incidents.effects import Announcer, Effect, EffectRunner, Escalato
 from receiver.incidents.grouping import linked
 from receiver.incidents.known import KnownIncidents
 from receiver.incidents.lifecycle import (
+    Folding,
     acknowledge,
     advance,
     comment,
@@ -70,7 +71,7 @@ class _Batch:
     """Incidents being folded in memory: as read, as now, what to do after."""
 
     base: dict[str, Incident] = field(default_factory=dict)
-    now: dict[str, Incident] = field(default_factory=dict)
+    now: dict[str, Folding] = field(default_factory=dict)
     effects: dict[str, list[Effect]] = field(default_factory=dict)
     traces: dict[str, list[AlertTrace]] = field(default_factory=dict)
     by_key: dict[str, str] = field(default_factory=dict)
@@ -81,7 +82,7 @@ class _Batch:
         if unread:
             self.unread.add(incident.id)
         self.base[incident.id] = incident
-        self.now[incident.id] = incident
+        self.now[incident.id] = Folding(incident)
         self.effects[incident.id] = []
         self.traces[incident.id] = []
         self.remember(incident.id, incident.keys)
@@ -238,18 +239,15 @@ class IncidentService:
                 work.load(opened)
                 work.remember(opened.id, keys)
             return
-        current = work.now[incident_id]
-        incident, effects = observe(
-            current,
+        folding = work.now[incident_id]
+        effects = folding.observe(
             trace,
             self._clock(),
             self.policy,
             follows=self._rules.follows(),
             evidence=self._rules.evidence_rules(),
         )
-        work.now[incident_id] = evolve(
-            incident, keys=tuple(dict.fromkeys((*incident.keys, *keys)))
-        )
+        folding.add_keys(keys)
         work.effects[incident_id] += effects
         work.traces[incident_id].append(trace)
         work.remember(incident_id, keys)
@@ -257,7 +255,7 @@ class IncidentService:
     async def _flush(self, work: _Batch) -> dict[str, Incident]:
         written: dict[str, Incident] = {}
         for incident_id, base in work.base.items():
-            incident = work.now[incident_id]
+            incident = work.now[incident_id].incident()
             if incident == base:
                 if incident_id not in work.unread or await self._still(base):
                     written[incident_id] = base
