@@ -18,6 +18,7 @@ import structlog
 from conftest import bearer, full_settings
 
 from receiver.app import create_app
+from receiver.logs import Summary
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
 from receiver.steps.catalog import builtin_registry
@@ -81,7 +82,9 @@ async def test_accepted_webhooks_are_summed_up_at_info(
     )
 
 
-async def test_the_timed_summary_carries_no_request_id(monkeypatch) -> None:
+async def test_the_timed_summary_carries_no_request_id(
+    aiohttp_client: Any, web_rules: Path, monkeypatch: Any
+) -> None:
     """The timed summary line is logged without any request's id.
 
     It is due a second after the request that opened its window, in a context
@@ -91,16 +94,25 @@ async def test_the_timed_summary_carries_no_request_id(monkeypatch) -> None:
     seen: list[dict[str, object]] = []
     flushed = asyncio.Event()
 
-    def flush(self: Any) -> None:
+    def flush(self: Summary) -> None:
         seen.append(structlog.contextvars.get_contextvars())
         flushed.set()
 
-    monkeypatch.setattr(edge._Accepted, "flush", flush)
-    accepted = edge._Accepted()
-    structlog.contextvars.bind_contextvars(request_id="r-1")
-    try:
-        accepted.add("alertmanager", "p1", 1)
-    finally:
-        structlog.contextvars.unbind_contextvars("request_id")
-    await flushed.wait()
+    monkeypatch.setattr(Summary, "flush", flush)
+    app = create_app(
+        build_runtime(full_settings()),
+        rulebook=load_rulebook([web_rules], steps=builtin_registry()),
+        store=MemoryStore(),
+        role="edge",
+    )
+    client = await aiohttp_client(app)
+    resp = await client.post(
+        "/webhooks/alertmanager",
+        data=_payload(1),
+        headers={**bearer(), "Content-Type": "application/json"},
+    )
+    assert resp.status == 202
+    assert resp.headers.get("X-Request-Id")
+    await asyncio.wait_for(flushed.wait(), 10)
     assert "request_id" not in seen[0]
+    await client.close()

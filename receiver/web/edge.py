@@ -8,7 +8,6 @@ payload (a 202 means the payload is in the store's journal).
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +32,7 @@ from receiver.errors import (
     TooManyRequestsError,
     UnsupportedMediaError,
 )
+from receiver.logs import Summary
 from receiver.metrics import Metrics
 from receiver.model import Alert, Source
 from receiver.sources.alertmanager import AdmittedAlert
@@ -100,48 +100,6 @@ class Backpressure:
 ACCEPTED_SUMMARY_EVERY = 1.0
 
 
-class _Accepted:
-    """Webhooks accepted since the last summary line, and when it is due."""
-
-    def __init__(self) -> None:
-        self.due: asyncio.TimerHandle | None = None
-        self._reset()
-
-    def _reset(self) -> None:
-        self.payloads: dict[str, int] = {}
-        self.alerts = 0
-        self.first = ""
-        self.last = ""
-
-    def add(self, source: str, payload_id: str, alerts: int) -> None:
-        self.payloads[source] = self.payloads.get(source, 0) + 1
-        self.alerts += alerts
-        self.first = self.first or payload_id
-        self.last = payload_id
-        if self.due is None:
-            # In a context of its own: the line sums up many requests, so it must
-            # not carry the request id of the one that happened to start it.
-            self.due = asyncio.get_running_loop().call_later(
-                ACCEPTED_SUMMARY_EVERY, self.flush, context=contextvars.Context()
-            )
-
-    def flush(self) -> None:
-        """Log what was accepted since the last line (nothing if nothing was)."""
-        if self.due is not None:
-            self.due.cancel()
-            self.due = None
-        if not self.payloads:
-            return
-        log.info(
-            "webhooks_accepted",
-            payloads=self.payloads,
-            alerts=self.alerts,
-            first_payload_id=self.first,
-            last_payload_id=self.last,
-        )
-        self._reset()
-
-
 class _Load:
     """What the edge knows of the journal's backlog, kept cheap to ask."""
 
@@ -179,7 +137,7 @@ class Edge:
         self._execute = execute
         self._bound = backpressure or Backpressure()
         self._load = _Load()
-        self._accepted = _Accepted()
+        self._accepted = Summary(log, "webhooks_accepted", ACCEPTED_SUMMARY_EVERY)
         # Wakes the worker process (its doorbell) after each journaled payload.
         self._on_journaled = on_journaled
         # The worker process's own metrics, shown after the edge's.
@@ -339,7 +297,7 @@ class Edge:
         if self._on_journaled is not None:
             self._on_journaled()
         log.debug("webhook_accepted", source=source, payload_id=entry.id, alerts=alerts)
-        self._accepted.add(source, entry.id, alerts)
+        self._accepted.add(entry.id, payloads={source: 1}, alerts=alerts)
         return entry
 
     def flush_accepted(self) -> None:
