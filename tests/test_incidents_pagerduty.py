@@ -357,10 +357,13 @@ async def test_decision_messages_sent_are_on_the_timeline(client, server):
     payload = am_payload(am_alert("fp-1"))
     payload["groupKey"] = GROUP
     await client.post(AM, json=payload, headers=bearer())
+    # Waits for the decision's note, not the incident's announcement (also a
+    # message_sent entry, also sent to Slack), which may be folded in first.
     incident = await settle(
         client,
         lambda i: any(
-            e.kind == "message_sent" and "slack: sent" in e.text for e in i.timeline
+            e.kind == "message_sent" and e.text.startswith("Decision on ")
+            for e in i.timeline
         ),
     )
     texts = [e.text for e in incident.timeline if e.kind == "message_sent"]
