@@ -24,6 +24,7 @@ import structlog
 from pydantic import SecretStr
 
 from receiver.app import create_app
+from receiver.logs import Summary
 from receiver.metrics import Metrics
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
@@ -221,6 +222,23 @@ async def wait_for_decisions(
             return found
         await asyncio.sleep(0.01)
     pytest.fail(f"only {len(found)} of {count} decisions for {params} after polling")
+
+
+def summary_contexts(monkeypatch: Any) -> tuple[list[dict[str, Any]], asyncio.Event]:
+    """Record the log context each ``receiver.logs.Summary`` line is flushed in.
+
+    Returns the contexts seen and an event set at the first flush (which then
+    logs nothing).
+    """
+    seen: list[dict[str, Any]] = []
+    flushed = asyncio.Event()
+
+    def flush(_summary: Summary) -> None:
+        seen.append(structlog.contextvars.get_contextvars())
+        flushed.set()
+
+    monkeypatch.setattr(Summary, "flush", flush)
+    return seen, flushed
 
 
 async def journal_drained(store: Any, *, attempts: int = 1000) -> None:

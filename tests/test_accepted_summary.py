@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from conftest import bearer, full_settings
+from conftest import bearer, full_settings, summary_contexts
 
 from receiver.app import create_app
-from receiver.logs import Summary
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
 from receiver.steps.catalog import builtin_registry
@@ -91,14 +90,7 @@ async def test_the_timed_summary_carries_no_request_id(
     of its own, not with that request's id.
     """
     monkeypatch.setattr(edge, "ACCEPTED_SUMMARY_EVERY", 0.0)
-    seen: list[dict[str, object]] = []
-    flushed = asyncio.Event()
-
-    def flush(self: Summary) -> None:
-        seen.append(structlog.contextvars.get_contextvars())
-        flushed.set()
-
-    monkeypatch.setattr(Summary, "flush", flush)
+    seen, flushed = summary_contexts(monkeypatch)
     app = create_app(
         build_runtime(full_settings()),
         rulebook=load_rulebook([web_rules], steps=builtin_registry()),

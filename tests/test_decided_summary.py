@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from conftest import Ticking, summary_contexts
 
 from receiver.engine import processing
 from receiver.engine.planner import PlanContext
@@ -38,17 +39,6 @@ rules:
 """
 
 
-class Clock:
-    """Advances a millisecond on every reading."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(milliseconds=1)
-        return self.now
-
-
 def _alerts(names: list[str]) -> list[Alert]:
     body = {
         "version": "4",
@@ -70,7 +60,7 @@ def _alerts(names: list[str]) -> list[Alert]:
 
 def _processor(tmp_path: Any) -> Processor:
     (tmp_path / "rules.yaml").write_text(RULES)
-    clock = Clock()
+    clock = Ticking(T0)
     return Processor(
         load_rulebook([tmp_path / "rules.yaml"], steps=builtin_registry()),
         Runner({}, clock),
@@ -114,14 +104,7 @@ async def test_the_summary_is_due_after_its_window_without_the_payloads_context(
 ) -> None:
     """Logged by itself once the window ends, in a context of its own."""
     monkeypatch.setattr(processing, "DECIDED_SUMMARY_EVERY", 0.0)
-    seen: list[dict[str, object]] = []
-    flushed = asyncio.Event()
-
-    def flush(self: Summary) -> None:
-        seen.append(structlog.contextvars.get_contextvars())
-        flushed.set()
-
-    monkeypatch.setattr(Summary, "flush", flush)
+    seen, flushed = summary_contexts(monkeypatch)
     processor = _processor(tmp_path)
     structlog.contextvars.bind_contextvars(payload_id="p1", worker=0)
     try:
@@ -164,7 +147,7 @@ async def test_decided_counts_reach_the_metrics_when_read_and_only_once(
     """Counts are added at each read of the metrics, each payload's once."""
     metrics = Metrics()
     (tmp_path / "rules.yaml").write_text(RULES)
-    clock = Clock()
+    clock = Ticking(T0)
     processor = Processor(
         load_rulebook([tmp_path / "rules.yaml"], steps=builtin_registry()),
         Runner({}, clock),

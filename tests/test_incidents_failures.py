@@ -10,6 +10,7 @@ import asyncio
 import json
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from conftest import journal_drained
@@ -207,19 +208,29 @@ async def test_the_worker_waits_for_an_awaitable_hand_over(tmp_path):
     body = json.dumps(example(SIEM)).encode()
     for entry_id in ("e1", "e2", "e3", "e4"):
         await store.append(JournalEntry(entry_id, "alertmanager", clock(), body), [])
+    recorded = asyncio.Event()  # e2's record is written
+    complete_batch = store.complete_batch
+
+    async def written(done: Any) -> None:
+        await complete_batch(done)
+        if any(entry_id == "e2" for entry_id, _ in done):
+            recorded.set()
+
+    store.complete_batch = written  # type: ignore[method-assign]
+    no_slot = asyncio.Event()  # the task looks for a slot and finds none
+    free_slot = worker._free_slot
+
+    async def slot() -> int:
+        if all(worker._slots):
+            no_slot.set()
+        return await free_slot()
+
+    worker._free_slot = slot  # type: ignore[method-assign]
     await worker.start()
     try:
         await asyncio.wait_for(first.wait(), 10)
-        for _ in range(2000):  # e2 is decided and recorded meanwhile
-            if await store.decisions(DecisionQuery(payload_id="e2")):
-                break
-            await asyncio.sleep(0.001)
-        assert await store.decisions(DecisionQuery(payload_id="e2"))
-        for _ in range(2000):  # then the task waits for a free slot
-            if all(worker._slots):
-                break
-            await asyncio.sleep(0.001)
-        assert all(worker._slots)
+        await asyncio.wait_for(recorded.wait(), 10)  # e2 is decided meanwhile
+        await asyncio.wait_for(no_slot.wait(), 10)
         assert handed == ["e1"]  # e2 waits for e1's hand-over
         assert await store.decisions(DecisionQuery(payload_id="e3")) == []
         release.set()

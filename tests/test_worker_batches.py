@@ -14,7 +14,7 @@ import json
 import socket
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -73,15 +73,44 @@ class GatedProcessor(Processor):
         self.gate_on = gate_on
         self.holding = asyncio.Event()
         self.opened = asyncio.Event()
+        self.changed = asyncio.Event()  # set whenever an entry is taken up
 
     async def process(
         self, entry: JournalEntry, prepared: Prepared | None = None
     ) -> list[AlertTrace]:
         self.decided[entry.id] += 1
+        self.changed.set()
         if entry.id == self.gate_on:
             self.holding.set()
             await self.opened.wait()
         return await super().process(entry, prepared)
+
+
+async def _until(check: Callable[[], bool], changed: asyncio.Event) -> None:
+    """Wait until ``check()`` holds, looking again each time ``changed`` is set."""
+
+    async def wait() -> None:
+        while True:
+            changed.clear()
+            if check():
+                return
+            await changed.wait()
+
+    await asyncio.wait_for(wait(), 10)
+
+
+def _blocked_on_room(worker: Worker) -> asyncio.Event:
+    """Set once the worker's task has to wait for room to hand an entry over."""
+    blocked = asyncio.Event()
+    room = worker._room_to_finish
+
+    async def watched(alerts: int) -> None:
+        if worker._finishing_alerts + alerts > worker_module.FINISH_ALERTS:
+            blocked.set()
+        await room(alerts)
+
+    worker._room_to_finish = watched  # type: ignore[method-assign]
+    return blocked
 
 
 def _body(n: int) -> bytes:
@@ -357,11 +386,9 @@ async def test_entries_decided_while_a_write_is_on_its_way_are_written_together(
     await worker.start()
     try:
         await store.writing.wait()
-        for _ in range(200):  # the task decides the other five meanwhile
-            if len(worker._processor.decided) == 6:
-                break
-            await asyncio.sleep(0.005)
-        assert len(worker._processor.decided) == 6
+        processor = worker._processor
+        # The task decides the other five while the first write is held.
+        await _until(lambda: len(processor.decided) == 6, processor.changed)
         assert len(store.batches) == 1  # the first write is still held
         store.opened.set()
         await journal_drained(store, attempts=2000)
@@ -383,11 +410,11 @@ async def test_what_waits_to_be_recorded_is_bounded(tmp_path, monkeypatch):
     for n in range(6):
         await store.append(_entry(n), [])
     worker = _worker(tmp_path, store, Clock(), concurrency=1, batch=6)
+    blocked = _blocked_on_room(worker)
     await worker.start()
     try:
         await store.writing.wait()
-        for _ in range(20):  # give the task every chance to run ahead
-            await asyncio.sleep(0.005)
+        await asyncio.wait_for(blocked.wait(), 10)
         # e000 is being written and e001 waits to be; e002 is decided and
         # waits for room; nothing after it is decided.
         assert sorted(worker._processor.decided) == ["e000", "e001", "e002"]
@@ -401,11 +428,24 @@ async def test_what_waits_to_be_recorded_is_bounded(tmp_path, monkeypatch):
     await store.close()
 
 
+class ParkingSqlite(SqliteStore):
+    """Sets ``parked`` when an entry is parked."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.parked = asyncio.Event()
+
+    async def park(self, *args: Any, **kwargs: Any) -> Any:
+        result = await super().park(*args, **kwargs)
+        self.parked.set()
+        return result
+
+
 async def test_an_error_while_recording_hands_the_entry_back_then_parks_it(
     tmp_path,
 ):
     """An unexpected error after deciding is the entry's failure, not a lost one."""
-    store = SqliteStore(str(tmp_path / "state.db"))
+    store = ParkingSqlite(str(tmp_path / "state.db"))
     await store.append(_entry(0), [])
     calls = 0
 
@@ -418,10 +458,7 @@ async def test_an_error_while_recording_hands_the_entry_back_then_parks_it(
     worker = _worker(tmp_path, store, clock, outbox=outbox, max_attempts=2)
     await worker.start()
     try:
-        for _ in range(400):
-            if await store.parked_count():
-                break
-            await asyncio.sleep(0.005)
+        await asyncio.wait_for(store.parked.wait(), 10)
     finally:
         await worker.stop()
     assert await store.parked_count() == 1
@@ -450,11 +487,8 @@ async def test_the_outbox_sees_entries_in_the_order_they_were_decided(tmp_path):
     await worker.start()
     try:
         await asyncio.wait_for(waiting.wait(), 10)
-        for _ in range(2000):  # the task decides on meanwhile
-            if len(worker._processor.decided) == 4:
-                break
-            await asyncio.sleep(0.001)
-        assert len(worker._processor.decided) == 4
+        processor = worker._processor  # the task decides on meanwhile
+        await _until(lambda: len(processor.decided) == 4, processor.changed)
         assert seen == ["e000"]
         room.set()
         await journal_drained(store, attempts=2000)
@@ -472,6 +506,7 @@ class FlakySqlite(SqliteStore):
         super().__init__(*args, **kwargs)
         self.fails = fails
         self.tries = 0
+        self.written = asyncio.Event()
 
     async def complete_batch(
         self, done: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]
@@ -481,31 +516,38 @@ class FlakySqlite(SqliteStore):
             msg = "SQLite store cannot be written: disk I/O error"
             raise StoreUnavailableError(msg)
         await super().complete_batch(done)
+        self.written.set()
 
 
 async def test_a_store_down_while_recording_retries_the_write_not_the_decision(
     tmp_path, monkeypatch
 ):
     """The decision is kept and written once the store is back; decided once."""
-    monkeypatch.setattr(asyncio, "sleep", _no_wait(asyncio.sleep))
+    pauses: list[float] = []
+    sleep = asyncio.sleep
+
+    async def no_pause(delay: float, *args: Any) -> Any:
+        """The backoff's pauses noted and not waited out (a turn of the loop).
+
+        The heartbeat's and the renewer's minute-long pauses are kept.
+        """
+        if delay >= 5:
+            return await sleep(delay, *args)
+        pauses.append(delay)
+        return await sleep(0, *args)
+
+    monkeypatch.setattr(asyncio, "sleep", no_pause)
     store = FlakySqlite(str(tmp_path / "state.db"), fails=2)
     await store.append(_entry(0), [])
     worker = _worker(tmp_path, store, Clock())
     await worker.start()
     try:
-        await journal_drained(store, attempts=2000)
+        await asyncio.wait_for(store.written.wait(), 10)
     finally:
         await worker.stop()
     assert store.tries == 3
+    assert [p for p in pauses if p] == [0.5, 1.0]  # backing off, then written
     assert worker._processor.decided == {"e000": 1}
     assert await _records_per_entry(store) == {"e000": 1}
+    assert await store.pending() == (0, None)
     await store.close()
-
-
-def _no_wait(sleep: Any) -> Any:
-    """``asyncio.sleep`` without the backoff's pauses (a turn of the loop still)."""
-
-    async def quick(delay: float, *args: Any) -> Any:
-        return await sleep(0, *args)
-
-    return quick
