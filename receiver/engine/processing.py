@@ -285,52 +285,32 @@ class _Counts:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self._alerts: Counter[tuple[str, str]] = Counter()
-        self._unmatched: Counter[str] = Counter()
-        self._rules: Counter[tuple[str, str]] = Counter()
-        self._steps: Counter[tuple[str, str]] = Counter()
-        self._guards: Counter[str] = Counter()
-        self._events: Counter[str] = Counter()
+        # By (the metric's attribute on ``Metrics``, its label values).
+        self._held: Counter[tuple[str, tuple[str, ...]]] = Counter()
         metrics.before_collect(self.flush)
 
     def add(self, tally: _Tally) -> None:
         """Count one payload's tally."""
-        self._alerts.update(tally.alerts)
-        if tally.unmatched:
-            self._unmatched.update(tally.unmatched)
-        if tally.events:
-            self._events.update(tally.events)
+        held = self._held
+        for labels, n in tally.alerts.items():
+            held["alerts", labels] += n
+        for source, n in tally.unmatched.items():
+            held["unmatched", (source,)] += n
+        for source, n in tally.events.items():
+            held["events_recorded", (source,)] += n
         if tally.matched:
-            self._rules.update(tally.rules)
-            self._steps.update(tally.steps)
-            guards = tally.guards
-            if guards:
-                self._guards.update(guards)
+            for labels, n in tally.rules.items():
+                held["rule_matches", labels] += n
+            for labels, n in tally.steps.items():
+                held["steps", labels] += n
+            for guard, n in tally.guards.items():
+                held["guard_skips", (guard,)] += n
 
     def flush(self) -> None:
         """Add the counts to the metrics: one call per label set."""
-        m = self.metrics
-        for (source, status), n in self._alerts.items():
-            m.alerts.labels(source, status).inc(n)
-        for source, n in self._unmatched.items():
-            m.unmatched.labels(source).inc(n)
-        for (rule, severity), n in self._rules.items():
-            m.rule_matches.labels(rule, severity).inc(n)
-        for (kind, decision), n in self._steps.items():
-            m.steps.labels(kind, decision).inc(n)
-        for guard, n in self._guards.items():
-            m.guard_skips.labels(guard).inc(n)
-        for source, n in self._events.items():
-            m.events_recorded.labels(source).inc(n)
-        for held in (
-            self._alerts,
-            self._unmatched,
-            self._rules,
-            self._steps,
-            self._guards,
-            self._events,
-        ):
-            held.clear()
+        for (name, labels), n in self._held.items():
+            getattr(self.metrics, name).labels(*labels).inc(n)
+        self._held.clear()
 
 
 class Processor:
@@ -539,18 +519,13 @@ class Processor:
         SQLite, transactions) before the first decision was recorded. With
         ``known`` (read ahead for a batch), only what it lacks is read, into it.
         """
+        acks = {} if known is None else known
         if self._store is None:
-            return {} if known is None else known
-        scopes = _ack_scopes(alerts)
-        if known is not None:
-            scopes = [s for s in scopes if s not in known]
-        if not scopes:
-            return {} if known is None else known
-        found = await self._store.last_runs(scopes, now)
-        if known is None:
-            return found
-        known.update(found)
-        return known
+            return acks
+        scopes = [s for s in _ack_scopes(alerts) if s not in acks]
+        if scopes:
+            acks.update(await self._store.last_runs(scopes, now))
+        return acks
 
     async def prepare(self, entries: Sequence[JournalEntry]) -> Prepared | None:
         """Read ahead for a claimed batch: its acknowledgements, in one store call.
