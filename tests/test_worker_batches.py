@@ -551,3 +551,56 @@ async def test_a_store_down_while_recording_retries_the_write_not_the_decision(
     assert await _records_per_entry(store) == {"e000": 1}
     assert await store.pending() == (0, None)
     await store.close()
+
+
+class FailingPrepare(GatedProcessor):
+    """Reading ahead for a batch fails with ``error`` (None: it does not fail)."""
+
+    def __init__(self, *args: Any, error: Exception | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.error = error
+
+    async def prepare(self, entries: Sequence[JournalEntry]) -> Prepared | None:
+        if self.error is None:
+            return await super().prepare(entries)
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [StoreUnavailableError("SQLite store cannot be read"), RuntimeError("a bug"), None],
+)
+async def test_a_batch_that_cannot_be_read_ahead_is_decided_entry_by_entry(
+    tmp_path, error
+):
+    """A failed read-ahead costs nothing but the read: each entry reads its own.
+
+    With none failing, the body that does not parse is left out of the read.
+
+    An entry whose body no longer parses is recorded as unprocessable, the
+    others of its batch are decided as usual.
+    """
+    store = SqliteStore(str(tmp_path / "state.db"))
+    for n in range(3):
+        await store.append(_entry(n), [])
+    await store.append(JournalEntry("e003", "alertmanager", T0, b"{not json"), [])
+    (tmp_path / "rules.yaml").write_text(RULES)
+    clock = Clock()
+    processor = FailingPrepare(
+        load_rulebook([tmp_path / "rules.yaml"], steps=builtin_registry()),
+        Runner({}, clock),
+        clock,
+        PlanContext(),
+        store=store,
+        error=error,
+    )
+    worker = Worker(store, processor, 2, clock=clock, lease=LEASE, batch=4)
+    await worker.start()
+    try:
+        await journal_drained(store, attempts=2000)
+    finally:
+        await worker.stop()
+    assert processor.decided == {f"e{n:03d}": 1 for n in range(4)}
+    assert await _records_per_entry(store) == {f"e{n:03d}": 1 for n in range(3)}
+    assert await store.parked_count() == 0
+    await store.close()
