@@ -278,3 +278,38 @@ def test_warnings_and_library_loggers_are_json(capsys):
     assert ours["message"] == "thing_happened: it did"
     assert ours["event"] == "thing_happened"
     assert ours["timestamp"].endswith("Z")
+
+
+class _Writes:
+    """A stream that keeps each ``write`` call apart."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_each_log_line_is_one_write(monkeypatch):
+    """A line and its newline go out in one write.
+
+    ``receiver serve`` runs the edge and the worker as two processes on one
+    stderr: a line written in two parts could be glued to the other's line.
+    """
+    stream = _Writes()
+    monkeypatch.setattr(sys, "stderr", stream)
+    logs.configure("json", "info")
+    structlog.get_logger("receiver").info("one_thing", n=1)
+    logging.getLogger("aiohttp.server").warning("another thing")
+    assert len(stream.writes) == 2
+    for text in stream.writes:
+        assert text.endswith("\n")
+        assert text.count("\n") == 1
+        json.loads(text)
