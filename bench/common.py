@@ -236,10 +236,15 @@ def run_receiver(
     rules: Path,
     store: str,
     env: Mapping[str, str] | None = None,
+    role: str = "all",
 ) -> Iterator[Proc]:
-    """``python -m receiver serve`` on a free loopback port, bearer auth on."""
+    """``python -m receiver serve --role ROLE`` on a free loopback port, bearer auth on.
+
+    ``all``: the edge and the worker child it supervises; ``edge`` or
+    ``worker``: that role alone (the worker serves only its health and metrics).
+    """
     port = free_port()
-    log = tmp / f"receiver-{port}.log"
+    log = tmp / f"receiver-{role}-{port}.log"
     proc = _start(
         [
             sys.executable,
@@ -250,6 +255,8 @@ def run_receiver(
             str(port),
             "--rules",
             str(rules),
+            "--role",
+            role,
         ],
         log,
         {

@@ -251,9 +251,14 @@ SELECTED_STORES: list[str] = list(STORES)
 
 @contextlib.contextmanager
 def receiver(
-    store: str, tmp: Path, *, rules: Path = RUNBOOK_RULES, env: dict | None = None
+    store: str,
+    tmp: Path,
+    *,
+    rules: Path = RUNBOOK_RULES,
+    env: dict | None = None,
+    role: str = "all",
 ) -> Iterator[tuple[object, str]]:
-    """A fresh receiver on a fresh store; yields (process, store URL)."""
+    """A fresh ``serve --role ROLE`` on a fresh store; yields (process, store URL)."""
     run_dir = Path(tempfile.mkdtemp(dir=tmp, prefix=f"{store}-"))
     with contextlib.ExitStack() as stack:
         if store == "redis":
@@ -261,7 +266,7 @@ def receiver(
         else:
             url = f"sqlite:///{run_dir / 'receiver.db'}"
         proc = stack.enter_context(
-            run_receiver(run_dir, rules=rules, store=url, env=env)
+            run_receiver(run_dir, rules=rules, store=url, env=env, role=role)
         )
         yield proc, url
 
@@ -356,6 +361,19 @@ async def wait_for(
 
 BASELINES = ("bare", "floor")
 LABELS = {"bare": "bare aiohttp", "floor": "durable floor (aiohttp + SQLite FULL)"}
+# A receiver target is a store, served by `serve` (the edge and its worker child
+# on the same cores), or STORE + EDGE: the edge role alone, as when the roles run
+# on machines of their own; a worker alone then drains what it accepted.
+EDGE = " edge"
+
+
+def target_label(target: str) -> str:
+    """How a server is named in the tables."""
+    if target in LABELS:
+        return LABELS[target]
+    if target.endswith(EDGE):
+        return f"receiver, {target.removesuffix(EDGE)}, edge role alone"
+    return f"receiver, {target} (serve: edge + worker)"
 
 
 @contextlib.contextmanager
@@ -367,9 +385,43 @@ def server(target: str, tmp: Path, env: dict | None = None) -> Iterator[tuple]:
     elif target == "floor":
         with run_floor(tmp) as proc:
             yield proc, None
+    elif target.endswith(EDGE):
+        store = target.removesuffix(EDGE)
+        with receiver(store, tmp, env=env, role="edge") as (proc, url):
+            yield proc, url
     else:
         with receiver(target, tmp, env=env) as (proc, url):
             yield proc, url
+
+
+async def worker_alone(
+    url: str, tmp: Path, env: dict, seconds: float, timeout: float
+) -> float:
+    """Payloads a worker role alone decides per second, from a backlog on ``url``.
+
+    Timed from its first decision (its start-up is not counted) for ``seconds``
+    or until the backlog is gone, whichever comes first.
+    """
+    run_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="worker-"))
+    async with Decisions(url) as reader:
+        before = await reader.backlog()
+        if before == 0:
+            return float("nan")
+        with run_receiver(
+            run_dir, rules=RUNBOOK_RULES, store=url, env=env, role="worker"
+        ):
+            deadline = time.monotonic() + timeout
+            while (first := await reader.backlog()) >= before:
+                if time.monotonic() > deadline:
+                    raise BenchError("the worker decided nothing")
+                await asyncio.sleep(0.02)
+            start = time.monotonic()
+            end, left = start, first
+            while left > 0 and end - start < seconds:
+                await asyncio.sleep(0.05)
+                left = await reader.backlog()
+                end = time.monotonic()
+    return (first - left) / (end - start)
 
 
 # Ingest measures how fast the edge accepts: the journal's bound is set out of
@@ -385,7 +437,7 @@ async def ingest(report: Report, sizes: Sizes, tmp: Path) -> None:
     stores = stores_run()
     if "redis" not in stores:
         report.notes.append("redis-server not installed: Redis rows skipped.")
-    targets = [*BASELINES, *stores]
+    targets = [*BASELINES, *(t for store in stores for t in (store, store + EDGE))]
     got: dict[tuple[str, str], list[dict[str, float]]] = {}
     for run in range(sizes.runs):
         for kind, body in bodies.items():
@@ -409,6 +461,10 @@ async def ingest(report: Report, sizes: Sizes, tmp: Path) -> None:
                     if store is not None:
                         async with Decisions(store) as reader:
                             result["backlog"] = await reader.backlog()
+                    if store is not None and target.endswith(EDGE):
+                        result["worker"] = await worker_alone(
+                            store, tmp, INGEST_ENV, sizes.duration, sizes.drain_timeout
+                        )
                 got.setdefault((target, kind), []).append(result)
     rows = []
     for kind in bodies:
@@ -419,9 +475,10 @@ async def ingest(report: Report, sizes: Sizes, tmp: Path) -> None:
             rps = Spread.of([r["rps"] for r in results])
             of_bare = Spread.of([r["rps"] / bare * 100 for r in results])
             of_floor = Spread.of([r["rps"] / floor * 100 for r in results])
+            worker = [r["worker"] for r in results if "worker" in r]
             rows.append(
                 [
-                    LABELS.get(target, f"receiver, {target}"),
+                    target_label(target),
                     kind,
                     rps.fmt(0),
                     Spread.of([r["p50_ms"] for r in results]).fmt(2),
@@ -429,26 +486,28 @@ async def ingest(report: Report, sizes: Sizes, tmp: Path) -> None:
                     of_bare.fmt(0) + " %",
                     of_floor.fmt(0) + " %",
                     Spread.of([r.get("backlog", float("nan")) for r in results]).fmt(0),
+                    Spread.of(worker).fmt(0) if worker else "n/a",
                     str(int(sum(r["errors"] for r in results))),
                 ]
             )
-            if target != "sqlite":
+            if target not in ("sqlite", "sqlite" + EDGE):
                 continue
+            how = "serve" if target == "sqlite" else "edge role alone"
             if kind == "1 alert":
                 report.target(
-                    "ingest, 1 alert, SQLite >= 50% of bare aiohttp",
+                    f"ingest, 1 alert, SQLite, {how} >= 50% of bare aiohttp",
                     of_bare.median >= 50,
                     f"{of_bare.median:.0f} % ({rps.median:,.0f} vs {bare:,.0f} req/s)",
                 )
                 report.target(
-                    "ingest, 1 alert, SQLite >= 80% of the durable floor",
+                    f"ingest, 1 alert, SQLite, {how} >= 80% of the durable floor",
                     of_floor.median >= 80,
                     f"{of_floor.median:.0f} % "
                     f"({rps.median:,.0f} vs {floor:,.0f} req/s)",
                 )
             else:
                 report.target(
-                    "ingest, 20-alert groups, SQLite >= 40% of bare aiohttp",
+                    f"ingest, 20-alert groups, SQLite, {how} >= 40% of bare aiohttp",
                     of_bare.median >= 40,
                     f"{of_bare.median:.0f} % ({rps.median:,.0f} vs {bare:,.0f} req/s)",
                 )
@@ -463,6 +522,7 @@ async def ingest(report: Report, sizes: Sizes, tmp: Path) -> None:
             "of bare",
             "of floor",
             "undecided at end",
+            "worker alone: payloads decided/s",
             "non-202",
         ],
         rows,

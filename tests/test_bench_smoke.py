@@ -29,7 +29,7 @@ def test_bench_smoke_runs_every_part(tmp_path):
         ],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=360,
         cwd=tmp_path,
         check=False,
     )
@@ -46,7 +46,14 @@ def test_bench_smoke_runs_every_part(tmp_path):
         "7. Soak",
     ):
         assert part in text
-    for row in ("bare aiohttp", "durable floor", "receiver, sqlite", "receiver, redis"):
+    for row in (
+        "bare aiohttp",
+        "durable floor",
+        "receiver, sqlite (serve",
+        "receiver, sqlite, edge role alone",
+        "receiver, redis (serve",
+        "receiver, redis, edge role alone",
+    ):
         assert row in text
     assert "## Targets" in text
     assert "cores" in text
