@@ -110,7 +110,10 @@ class EngineSettings(Group):
         description="Rule files or directories.",
     )
     workers: int = Field(
-        default=4, ge=1, le=256, description="Payloads processed concurrently."
+        default=4,
+        ge=1,
+        le=256,
+        description="Payloads one worker process decides at a time.",
     )
     diagnostics_reuse: Duration = Field(
         default=timedelta(minutes=10),
