@@ -23,9 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from receiver.errors import StoreUnavailableError
-from receiver.store import side
 from receiver.store.base import AlertState, JournalEntry, newer_state
-from receiver.store.sqlite import STATE_READ_CHUNK, SqliteStore
+from receiver.store.sqlite import STATE_READ_CHUNK, SqliteStore, connection
 from receiver.store.sqlite.journal import _newest
 
 T0 = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
@@ -234,7 +233,7 @@ async def test_an_append_waits_in_short_pauses_for_another_writer_then_commits(
 ) -> None:
     """The writer tries again while another holds the lock, first pause 0.1 ms."""
     pauses: list[float] = []
-    real_sleep = side.time.sleep
+    real_sleep = connection.time.sleep
 
     def sleep(seconds: float) -> None:
         pauses.append(seconds)
@@ -242,7 +241,7 @@ async def test_an_append_waits_in_short_pauses_for_another_writer_then_commits(
             other_writer.execute("COMMIT")  # the other process's commit ends
         real_sleep(seconds)
 
-    monkeypatch.setattr(side.time, "sleep", sleep)
+    monkeypatch.setattr(connection.time, "sleep", sleep)
     await store.append(entry(1), [])
     assert pauses == [0.0001, 0.0002, 0.0004]
     assert [e.id for e in await store.payloads()] == ["e0001"]
@@ -255,7 +254,7 @@ async def test_an_append_fails_with_store_unavailable_when_the_lock_stays_held(
 ) -> None:
     """Past BUSY_TIMEOUT the append fails (503 at the edge) and leaves nothing."""
     del other_writer
-    monkeypatch.setattr(side, "BUSY_TIMEOUT", 0.005)
+    monkeypatch.setattr(connection, "BUSY_TIMEOUT", 0.005)
     with pytest.raises(StoreUnavailableError, match="database is locked"):
         await store.append(entry(1), [])
     assert not store._db.in_transaction
@@ -268,7 +267,7 @@ async def test_appends_that_find_the_lock_held_past_the_timeout_all_fail(
 ) -> None:
     """A group whose BEGIN fails: every append in it gets the store's error."""
     del other_writer
-    monkeypatch.setattr(side, "BUSY_TIMEOUT", 0.005)
+    monkeypatch.setattr(connection, "BUSY_TIMEOUT", 0.005)
     results = await asyncio.gather(
         store.append(entry(1), []), store.append(entry(2), []), return_exceptions=True
     )
@@ -286,7 +285,7 @@ async def test_an_append_cancelled_before_its_group_is_written_is_left_out(
     second = asyncio.create_task(store.append(entry(2), []))
     cancelled = threading.Event()
     first.add_done_callback(lambda _: cancelled.set())
-    real_sleep = side.time.sleep
+    real_sleep = connection.time.sleep
 
     def sleep(seconds: float) -> None:
         if not cancelled.is_set():
@@ -295,7 +294,7 @@ async def test_an_append_cancelled_before_its_group_is_written_is_left_out(
             other_writer.execute("COMMIT")  # the lock is free from here on
         real_sleep(seconds)
 
-    monkeypatch.setattr(side.time, "sleep", sleep)
+    monkeypatch.setattr(connection.time, "sleep", sleep)
     await second
     assert first.cancelled()
     assert [e.id for e in await store.payloads()] == ["e0002"]

@@ -4,9 +4,7 @@ The diagnostics cache, the sink outbox and the incident store keep their tables
 in the main store's file (or in memory). Each opens its own connection on first
 use (a process that never needs the concern never touches the file), runs its
 statements in a thread under one lock, and turns any ``sqlite3.Error`` into a
-``StoreUnavailableError`` that names the concern and the file. Like the main
-store's writer, it waits for another connection's write lock in short pauses
-(``begin_immediate``), not in SQLite's sleeps of milliseconds.
+``StoreUnavailableError`` that names the concern and the file.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -22,40 +19,6 @@ from typing import TypeVar
 from receiver.errors import StoreUnavailableError
 
 T = TypeVar("T")
-# Seconds a writer waits for another connection's write lock before giving up.
-BUSY_TIMEOUT = 30.0
-# Its first and longest pause between tries (seconds). SQLite's own busy
-# handler sleeps 1, 2, 5, 10, ... up to 100 ms between tries: an edge whose
-# worker process was committing lost tens of milliseconds to a lock held for
-# one fsync, and the two processes took turns badly.
-BUSY_FIRST_PAUSE = 0.0001
-BUSY_MAX_PAUSE = 0.001
-
-
-def begin_immediate(db: sqlite3.Connection) -> None:
-    """BEGIN IMMEDIATE, trying again in short pauses while another connection writes.
-
-    The write lock is held for one transaction (one fsync) of the other
-    connection at a time; tries a tenth of a millisecond apart, growing to a
-    millisecond, take it soon after it is free, for a few microseconds of
-    CPU a try. ``database is locked`` only after ``BUSY_TIMEOUT``. The
-    connection's own busy timeout must be 0, or SQLite sleeps first.
-    """
-    pause, deadline = BUSY_FIRST_PAUSE, 0.0
-    while True:
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
-                raise
-            now = time.monotonic()
-            deadline = deadline or now + BUSY_TIMEOUT
-            if now >= deadline:
-                raise
-            time.sleep(pause)
-            pause = min(pause * 2, BUSY_MAX_PAUSE)
-        else:
-            return
 
 
 class SideDatabase:
@@ -94,13 +57,7 @@ class SideDatabase:
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
             db = self._open()
-            # A write waits for the lock itself; a read (rarely held up, in WAL
-            # mode) keeps SQLite's own wait.
-            db.execute("PRAGMA busy_timeout=0")
-            try:
-                begin_immediate(db)
-            finally:
-                db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT * 1000:.0f}")
+            db.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(db)
             except BaseException:

@@ -17,13 +17,13 @@ import concurrent.futures
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar, cast
 
 from receiver.errors import StoreUnavailableError
 from receiver.store.base import Retention
-from receiver.store.side import begin_immediate
 from receiver.store.sqlite.schema import (
     COUNT_UNFINISHED,
     SCHEMA,
@@ -32,6 +32,14 @@ from receiver.store.sqlite.schema import (
 )
 
 T = TypeVar("T")
+# Seconds a writer waits for another process's write lock before giving up.
+BUSY_TIMEOUT = 30.0
+# Its first and longest pause between tries (seconds). SQLite's own busy
+# handler sleeps 1, 2, 5, 10, ... up to 100 ms between tries: an edge whose
+# worker process was committing lost tens of milliseconds to a lock held for
+# one fsync, and the two processes took turns badly.
+BUSY_FIRST_PAUSE = 0.0001
+BUSY_MAX_PAUSE = 0.001
 _Fn = Callable[[sqlite3.Connection], object]
 # A call's outcome: its value, or the exception its caller gets instead.
 _Outcome = tuple[object, Exception | None]
@@ -74,7 +82,7 @@ class SqliteConnection:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
-        # From here on the writer waits for the lock itself (``begin_immediate``).
+        # From here on the writer waits for the lock itself (``_begin``).
         self._db.execute("PRAGMA busy_timeout=0")
         self._lock = threading.Lock()
         self._wakeup = asyncio.Event()
@@ -202,13 +210,13 @@ class SqliteConnection:
         db = self._db
         with self._lock:
             try:
-                begin_immediate(db)
+                self._begin()
                 outcomes, failure = self._all_or_nothing(fns)
                 if failure is not None:
                     self._abort()
                     if len(fns) == 1:
                         return [(None, self._error_of(failure))]
-                    begin_immediate(db)
+                    self._begin()
                     outcomes = [self._in_savepoint(fn) for fn in fns]
                 db.execute("COMMIT")
             except sqlite3.OperationalError as exc:
@@ -220,6 +228,31 @@ class SqliteConnection:
                 self._abort()
                 raise
         return outcomes
+
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE, trying again in short pauses while another process writes.
+
+        The write lock is held for one transaction (one fsync) of the other
+        process at a time; tries a tenth of a millisecond apart, growing to a
+        millisecond, take it soon after it is free, for a few microseconds of
+        CPU a try. ``database is locked`` only after ``BUSY_TIMEOUT``.
+        """
+        db = self._db
+        pause, deadline = BUSY_FIRST_PAUSE, 0.0
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+                now = time.monotonic()
+                deadline = deadline or now + BUSY_TIMEOUT
+                if now >= deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, BUSY_MAX_PAUSE)
+            else:
+                return
 
     def _all_or_nothing(
         self, fns: Sequence[_Fn]
