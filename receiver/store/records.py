@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from receiver.model import JSONValue, iso, json_object, json_objects
+from receiver.model import JSONValue, iso, json_objects
 from receiver.store.handles import DecisionQuery
 
 # A label or annotation value at least this long is stored once per record, under
@@ -23,7 +23,33 @@ def record_text(record: Mapping[str, JSONValue]) -> str:
     is paid for every alert decided. A float that is not a number is written
     as ``null``, so every stored record is JSON that SQLite can index.
     """
+    if type(record) is _StepsEncoded:
+        return _ENCODER.encode(record.with_raw_steps()).decode()
     return _ENCODER.encode(record).decode()
+
+
+class _StepsEncoded(dict[str, JSONValue]):
+    """A compacted record whose matches' steps were encoded to be searched.
+
+    ``compact_record`` encodes every match's steps to look for long values in
+    them; where it finds none it keeps those texts, and ``record_text`` puts
+    them in as they are instead of encoding the steps a second time (they are
+    most of a record). Only ever read, like every record.
+    """
+
+    __slots__ = ("steps",)
+    steps: list[bytes]  # one per match, in order
+
+    def with_raw_steps(self) -> dict[str, object]:
+        """This record with each match's steps as their encoded text."""
+        out: dict[str, object] = dict(self)
+        matches = self["matches"]
+        assert isinstance(matches, list)  # noqa: S101 (checked when built)
+        out["matches"] = [
+            {**match, "steps": msgspec.Raw(steps)}
+            for match, steps in zip(matches, self.steps, strict=True)
+        ]
+        return out
 
 
 class _Swap:
@@ -75,30 +101,47 @@ def compact_record(record: Mapping[str, JSONValue]) -> Mapping[str, JSONValue]:
     record says so with ``"values_by_reference": true``. Short values and
     records without long values are returned as they are.
     """
-    long_values = sorted(
-        (
-            (value, f"{{{where}.{name}}}")
-            for where in ("labels", "annotations")
-            for name, value in json_object(record.get(where)).items()
-            if isinstance(value, str) and len(value) >= LONG_VALUE
-        ),
-        key=lambda pair: len(pair[0]),
-        reverse=True,
-    )
+    long_values: list[tuple[str, str]] = []
+    for where in ("labels", "annotations"):
+        values = record.get(where)
+        # ``type() is dict`` first: an ABC check costs more than the loop.
+        if type(values) is dict or isinstance(values, Mapping):
+            for name, value in values.items():
+                if isinstance(value, str) and len(value) >= LONG_VALUE:
+                    long_values.append((value, f"{{{where}.{name}}}"))
     if not long_values or not record.get("matches"):
         return record
-    out = dict(record)
-    out["values_by_reference"] = True
+    long_values.sort(key=lambda pair: len(pair[0]), reverse=True)
     # JSON escapes each character on its own, so a value inside any string of
     # what is swapped is inside its JSON text: where none is (the usual case:
     # long annotations are rarely rendered into steps), nothing is walked.
-    text = _ENCODER.encode(
-        [
-            [match.get(k) for k in ("steps", *_COMPACTED_MATCH_FIELDS)]
-            for match in json_objects(record["matches"])
-        ]
-    )
-    if not any(_ENCODER.encode(value)[1:-1] in text for value, _ in long_values):
+    found = record["matches"]
+    steps: list[bytes] | None = None
+    if type(found) is list and all(
+        type(match) is dict and "steps" in match for match in found
+    ):
+        # Matches as ``to_json`` builds them: their steps' texts are kept for
+        # ``record_text``. No encoded string holds a raw newline, so none of
+        # the values is found across two texts.
+        steps = [_ENCODER.encode(match["steps"]) for match in found]
+        rest = [[match.get(k) for k in _COMPACTED_MATCH_FIELDS] for match in found]
+        text = b"\n".join([*steps, _ENCODER.encode(rest)])
+    else:
+        text = _ENCODER.encode(
+            [
+                [match.get(k) for k in ("steps", *_COMPACTED_MATCH_FIELDS)]
+                for match in json_objects(found)
+            ]
+        )
+    held = any(_ENCODER.encode(value)[1:-1] in text for value, _ in long_values)
+    if steps is not None and not held:
+        kept = _StepsEncoded(record)
+        kept.steps = steps
+        kept["values_by_reference"] = True
+        return kept
+    out = dict(record)
+    out["values_by_reference"] = True
+    if not held:
         return out
     swap = _Swap(long_values)
     matches = [

@@ -32,6 +32,8 @@ from receiver.store.sqlite.schema import (
 
 # A journal row's headers as JSON text: a tenth of ``json.dumps``'s time.
 _HEADERS = msgspec.json.Encoder()
+# ... and read back: a quarter of ``json.loads``'s time, for every entry claimed.
+_READ_HEADERS = msgspec.json.Decoder()
 
 
 class SqliteJournal(SqliteConnection):
@@ -233,7 +235,7 @@ class SqliteJournal(SqliteConnection):
             source=row["source"],
             received_at=datetime.fromisoformat(row["received_at"]),
             body=bytes(row["body"]),
-            headers=json.loads(row["headers"]),
+            headers=_headers(row["headers"]),
             attempts=row["attempts"],
         )
 
@@ -590,3 +592,18 @@ class _AppendGroup:
                     i for i, f in enumerate(self.futures) if not f.cancelled()
                 ]
             return [self.entries[i] for i in self.taken]
+
+
+def _headers(text: str) -> Mapping[str, str]:
+    """A journal row's headers, as ``json.loads`` reads them.
+
+    msgspec reads the same objects from the JSON text the journal writes;
+    what it refuses (text ``json`` is more lenient with: a lone surrogate,
+    ``NaN``) is read by ``json.loads`` as before, and fails as before.
+    """
+    headers: Mapping[str, str]
+    try:
+        headers = _READ_HEADERS.decode(text)
+    except msgspec.DecodeError:
+        headers = json.loads(text)
+    return headers
