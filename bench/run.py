@@ -421,6 +421,8 @@ async def worker_alone(
                 await asyncio.sleep(0.05)
                 left = await reader.backlog()
                 end = time.monotonic()
+    if end == start:  # all decided before the first look: too few to time
+        return float("nan")
     return (first - left) / (end - start)
 
 
