@@ -3,8 +3,8 @@
 The plain path, kept here as the specification: ``to_json`` copying with
 ``dict()`` and reading enum ``.value``, the walk of ``test_compact_record``,
 then one msgspec encoding of the whole record. The recording path takes
-shortcuts (mapping proxies copied through their dict, the steps' JSON text
-kept from the compaction check); the stored text must not tell.
+shortcuts (mapping proxies copied through their dict, enum values read with
+``str()``); the stored text must not tell.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_compact_record import LONG, reference
@@ -192,8 +193,8 @@ def test_a_trace_is_recorded_as_the_plain_path_recorded_it(trace):
     assert json.dumps(compacted) == json.dumps(reference(plain)), "what Redis writes"
 
 
-def test_kept_steps_are_what_the_record_text_holds():
-    """A long annotation that no step renders: the steps' kept text is stored."""
+def test_a_long_value_no_step_renders_is_stored_as_the_plain_path_stores_it():
+    """A long annotation no step renders, a non-finite float: the plain bytes."""
     url = "https://wiki.example.com/" + "r" * 64
     step = StepTrace(
         StepKind.DIAGNOSTIC,
@@ -226,3 +227,9 @@ def test_journal_headers_json_alone_reads_are_still_read():
     """A lone surrogate (which msgspec refuses) reads as json.loads reads it."""
     text = json.dumps({"x-name": "\udc80"})
     assert _headers(text) == {"x-name": "\udc80"}
+
+
+def test_journal_headers_that_are_not_json_fail_as_json_loads_fails():
+    """A garbled headers column raises json's error, as it did before msgspec."""
+    with pytest.raises(json.JSONDecodeError):
+        _headers('{"x-name": ')

@@ -23,33 +23,7 @@ def record_text(record: Mapping[str, JSONValue]) -> str:
     is paid for every alert decided. A float that is not a number is written
     as ``null``, so every stored record is JSON that SQLite can index.
     """
-    if type(record) is _StepsEncoded:
-        return _ENCODER.encode(record.with_raw_steps()).decode()
     return _ENCODER.encode(record).decode()
-
-
-class _StepsEncoded(dict[str, JSONValue]):
-    """A compacted record whose matches' steps were encoded to be searched.
-
-    ``compact_record`` encodes every match's steps to look for long values in
-    them; where it finds none it keeps those texts, and ``record_text`` puts
-    them in as they are instead of encoding the steps a second time (they are
-    most of a record). Only ever read, like every record.
-    """
-
-    __slots__ = ("steps",)
-    steps: list[bytes]  # one per match, in order
-
-    def with_raw_steps(self) -> dict[str, object]:
-        """This record with each match's steps as their encoded text."""
-        out: dict[str, object] = dict(self)
-        matches = self["matches"]
-        assert isinstance(matches, list)  # noqa: S101 (checked when built)
-        out["matches"] = [
-            {**match, "steps": msgspec.Raw(steps)}
-            for match, steps in zip(matches, self.steps, strict=True)
-        ]
-        return out
 
 
 class _Swap:
@@ -115,33 +89,15 @@ def compact_record(record: Mapping[str, JSONValue]) -> Mapping[str, JSONValue]:
     # JSON escapes each character on its own, so a value inside any string of
     # what is swapped is inside its JSON text: where none is (the usual case:
     # long annotations are rarely rendered into steps), nothing is walked.
-    found = record["matches"]
-    steps: list[bytes] | None = None
-    if type(found) is list and all(
-        type(match) is dict and "steps" in match for match in found
-    ):
-        # Matches as ``to_json`` builds them: their steps' texts are kept for
-        # ``record_text``. No encoded string holds a raw newline, so none of
-        # the values is found across two texts.
-        steps = [_ENCODER.encode(match["steps"]) for match in found]
-        rest = [[match.get(k) for k in _COMPACTED_MATCH_FIELDS] for match in found]
-        text = b"\n".join([*steps, _ENCODER.encode(rest)])
-    else:
-        text = _ENCODER.encode(
-            [
-                [match.get(k) for k in ("steps", *_COMPACTED_MATCH_FIELDS)]
-                for match in json_objects(found)
-            ]
-        )
-    held = any(_ENCODER.encode(value)[1:-1] in text for value, _ in long_values)
-    if steps is not None and not held:
-        kept = _StepsEncoded(record)
-        kept.steps = steps
-        kept["values_by_reference"] = True
-        return kept
     out = dict(record)
     out["values_by_reference"] = True
-    if not held:
+    text = _ENCODER.encode(
+        [
+            [match.get(k) for k in ("steps", *_COMPACTED_MATCH_FIELDS)]
+            for match in json_objects(record["matches"])
+        ]
+    )
+    if not any(_ENCODER.encode(value)[1:-1] in text for value, _ in long_values):
         return out
     swap = _Swap(long_values)
     matches = [
