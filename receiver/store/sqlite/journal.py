@@ -8,7 +8,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -25,11 +25,16 @@ from receiver.store.sqlite.connection import SqliteConnection
 from receiver.store.sqlite.schema import (
     COUNT_UNFINISHED,
     STATE_READ_CHUNK,
+    EncodedDecision,
     _epoch,
     _ts,
-    insert_decisions,
+    encode_decision,
+    insert_encoded,
 )
 
+# Decision records a batch may encode before its transaction (see
+# ``complete_batch``); a bigger one is encoded as it is written.
+ENCODE_AHEAD = 512
 # A journal row's headers as JSON text: a tenth of ``json.dumps``'s time.
 _HEADERS = msgspec.json.Encoder()
 # ... and read back: a quarter of ``json.loads``'s time, for every entry claimed.
@@ -384,6 +389,18 @@ class SqliteJournal(SqliteConnection):
         if not done:
             return
 
+        # Encoded before the transaction, not inside it: the write lock (which
+        # the edge process waits for to journal) is held for the writes alone.
+        # Up to ``ENCODE_AHEAD`` records; a bigger batch (a storm) is encoded
+        # as it is written, so its records are never all in memory at once.
+        encoded: dict[str, list[EncodedDecision]] | None = None
+        if sum(len(traces) for _, traces in done) <= ENCODE_AHEAD:
+            encoded = {}
+            for entry_id, traces in done:
+                encoded.setdefault(
+                    entry_id, [encode_decision(entry_id, t) for t in traces]
+                )
+
         def write(db: sqlite3.Connection) -> None:
             at = datetime.now(UTC).isoformat()  # bookkeeping only, never compared
             ids = [entry_id for entry_id, _ in done]
@@ -406,12 +423,19 @@ class SqliteJournal(SqliteConnection):
                 db,
                 -sum(states.get(i) in ("pending", "claimed") for i, _ in todo),
             )
-            # A generator: a storm's records are encoded one at a time, never
-            # all held at once.
-            insert_decisions(
-                db,
-                ((entry_id, t) for entry_id, traces in todo for t in traces),
-            )
+            if encoded is not None:
+                rows: Iterable[EncodedDecision] = (
+                    row for entry_id, _ in todo for row in encoded[entry_id]
+                )
+            else:
+                # A storm's records are encoded one at a time, as written,
+                # never all held at once.
+                rows = (
+                    encode_decision(entry_id, t)
+                    for entry_id, traces in todo
+                    for t in traces
+                )
+            insert_encoded(db, rows)
             db.executemany(
                 "UPDATE journal SET state='done', done_at=?, lease_until=NULL "
                 "WHERE id=?",

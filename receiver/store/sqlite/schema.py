@@ -184,26 +184,47 @@ def record_tags(record: Mapping[str, JSONValue]) -> set[tuple[str, str]]:
     return tags
 
 
-def insert_decisions(
-    db: sqlite3.Connection,
-    rows: Iterable[tuple[str, Mapping[str, JSONValue]]],
-) -> None:
-    """Write ``(payload_id, record)`` rows and file each under its tags."""
+# A decision row as written: payload id, fingerprint, decided_at, record text,
+# and the (kind, value) pairs it is filed under.
+EncodedDecision = tuple[str, str, str, str, set[tuple[str, str]]]
+
+
+def encode_decision(
+    payload_id: str, record: Mapping[str, JSONValue]
+) -> EncodedDecision:
+    """What ``insert_encoded`` writes for one record (the costly part of writing it)."""
+    return (
+        payload_id,
+        str(record.get("fingerprint", "")),
+        str(record.get("decided_at", "")),
+        record_text(record),
+        record_tags(record),
+    )
+
+
+def insert_encoded(db: sqlite3.Connection, rows: Iterable[EncodedDecision]) -> None:
+    """Write encoded decision rows and file each under its tags."""
     tags: list[tuple[str, str, int]] = []
-    for payload_id, record in rows:
+    for payload_id, fingerprint, decided_at, text, filed in rows:
         seq = db.execute(
             "INSERT INTO decisions (payload_id, fingerprint, decided_at, record) "
             "VALUES (?, ?, ?, ?)",
-            (
-                payload_id,
-                str(record.get("fingerprint", "")),
-                str(record.get("decided_at", "")),
-                record_text(record),
-            ),
+            (payload_id, fingerprint, decided_at, text),
         ).lastrowid
         assert seq is not None  # noqa: S101 (an INSERT into a rowid table)
-        tags.extend((kind, value, seq) for kind, value in record_tags(record))
+        tags.extend((kind, value, seq) for kind, value in filed)
     db.executemany(
         "INSERT OR IGNORE INTO decision_index (kind, value, seq) VALUES (?, ?, ?)",
         tags,
     )
+
+
+def insert_decisions(
+    db: sqlite3.Connection,
+    rows: Iterable[tuple[str, Mapping[str, JSONValue]]],
+) -> None:
+    """Write ``(payload_id, record)`` rows and file each under its tags.
+
+    Each record is encoded as it is written: a storm's are never all held.
+    """
+    insert_encoded(db, (encode_decision(i, r) for i, r in rows))
