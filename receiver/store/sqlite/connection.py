@@ -43,7 +43,9 @@ BUSY_MAX_PAUSE = 0.001
 _Fn = Callable[[sqlite3.Connection], object]
 # A call's outcome: its value, or the exception its caller gets instead.
 _Outcome = tuple[object, Exception | None]
-_Call = tuple[_Fn, "asyncio.Future[object]"]
+# A queued call: its function, its future, and whether its commit must be on
+# disk before it is answered (``_run``).
+_Call = tuple[_Fn, "asyncio.Future[object]", bool]
 
 
 class SqliteConnection:
@@ -158,14 +160,27 @@ class SqliteConnection:
         error.__cause__ = exc
         return error
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(
+        self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True
+    ) -> T:
+        """Run ``fn`` in the next transaction; its value once that is committed.
+
+        ``durable=False``: what ``fn`` writes may be lost to a power cut (never
+        to a crash of the process) and costs nothing if it is, as a claim of
+        the journal: opening the store hands every claim back. A transaction
+        whose calls are all of that kind commits without waiting for the disk
+        (``synchronous=NORMAL``), so the write lock the other process waits
+        for is held for less; the next durable commit, of either process,
+        puts it on disk with its own. One durable call makes the whole
+        transaction durable.
+        """
         loop = asyncio.get_running_loop()
         if self._flusher is not None and self._flusher.get_loop() is not loop:
             # The store moved to another event loop (tests do this): whatever
             # was queued on the old one can never be answered.
             self._queue, self._flusher = [], None
         future: asyncio.Future[object] = loop.create_future()
-        self._queue.append((fn, future))
+        self._queue.append((fn, future, durable))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         # The future holds what ``fn`` returned: a T.
@@ -180,16 +195,18 @@ class SqliteConnection:
                 continue
             try:
                 outcomes = await asyncio.to_thread(
-                    self._transaction, [fn for fn, _ in batch]
+                    self._transaction,
+                    [fn for fn, _, _ in batch],
+                    durable=any(durable for _, _, durable in batch),
                 )
             except BaseException as exc:  # cancelled, or the thread failed
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(exc)
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            for (_, future), (value, error) in zip(batch, outcomes, strict=True):
+            for (_, future, _), (value, error) in zip(batch, outcomes, strict=True):
                 if future.done():
                     continue
                 if error is None:
@@ -197,7 +214,9 @@ class SqliteConnection:
                 else:
                     future.set_exception(error)
 
-    def _transaction(self, fns: Sequence[_Fn]) -> list[_Outcome]:
+    def _transaction(
+        self, fns: Sequence[_Fn], *, durable: bool = True
+    ) -> list[_Outcome]:
         """One transaction for the batch; results only once committed.
 
         Optimistic: the calls run one after another with no savepoint each (two
@@ -209,6 +228,8 @@ class SqliteConnection:
         """
         db = self._db
         with self._lock:
+            if not durable:
+                db.execute("PRAGMA synchronous=NORMAL")
             try:
                 self._begin()
                 outcomes, failure = self._all_or_nothing(fns)
@@ -227,6 +248,9 @@ class SqliteConnection:
             except BaseException:
                 self._abort()
                 raise
+            finally:
+                if not durable:
+                    db.execute("PRAGMA synchronous=FULL")
         return outcomes
 
     def _begin(self) -> None:

@@ -283,7 +283,9 @@ class SqliteJournal(SqliteConnection):
 
         while True:
             self._wakeup.clear()
-            entries = await self._run(take)
+            # Not durable: a claim lost to a power cut is a claim opening the
+            # store would have handed back anyway.
+            entries = await self._run(take, durable=False)
             if entries:
                 return [Lease(entry, consumer, until) for entry in entries]
             remaining = deadline - time.monotonic()
