@@ -305,6 +305,8 @@ LOAD_ERRORS = [
     (Slot.PROMQL, "rate(x[{labels.window}])", "is outside a quoted string"),
     (Slot.PROMQL, "up{job=`{labels.job}`}", "inside a `raw` string"),
     (Slot.PROMQL, 'up # {labels.job}\n{job="x"}', "is in a comment"),
+    (Slot.PROMQL, '"\\{labels.A}', "follows a backslash"),
+    (Slot.PROMQL, 'up{job="a\\{labels.job}"}', "follows a backslash"),
     (Slot.URL, "{labels.scheme}://h.test/", "must start with http:// or https://"),
     (Slot.URL, "http://h.test:{labels.port}/", "in the user info or port"),
     (Slot.URL, "http://{labels.user}@h.test/", "in the user info or port"),

@@ -53,6 +53,18 @@ def _comment_end(text: str, i: int, starts: Mapping[int, re.Match[str]]) -> int:
     return end
 
 
+def _escape_end(i: int, starts: Mapping[int, re.Match[str]]) -> int:
+    """Where a backslash escape at ``i`` ends; refuse a placeholder it escapes."""
+    escaped = starts.get(i + 1)
+    if escaped is not None:
+        raise TemplateError(
+            f"{escaped.group(0)} follows a backslash, which would escape its first "
+            "character; the value is escaped for its string already: write "
+            '{job="{labels.job}"}'
+        )
+    return i + 2
+
+
 def _promql_holes(text: str, found: list[re.Match[str]]) -> list[_Hole]:
     """Whether each placeholder sits in a string or a regex; refuse elsewhere."""
     holes: list[_Hole] = []
@@ -86,7 +98,7 @@ def _promql_holes(text: str, found: list[re.Match[str]]) -> list[_Hole]:
         ch = text[i]
         if quote_char:
             if ch == "\\" and quote_char != "`":
-                i += 2
+                i = _escape_end(i, starts)
                 continue
             if ch == quote_char:
                 quote_char = ""
