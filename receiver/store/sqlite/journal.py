@@ -399,9 +399,8 @@ class SqliteJournal(SqliteConnection):
         if sum(len(traces) for _, traces in done) <= ENCODE_AHEAD:
             encoded = {}
             for entry_id, traces in done:
-                encoded.setdefault(
-                    entry_id, [encode_decision(entry_id, t) for t in traces]
-                )
+                if entry_id not in encoded:  # a repeat is skipped below
+                    encoded[entry_id] = [encode_decision(entry_id, t) for t in traces]
 
         def write(db: sqlite3.Connection) -> None:
             at = datetime.now(UTC).isoformat()  # bookkeeping only, never compared
