@@ -3,11 +3,13 @@
 WAL journal mode with ``synchronous=FULL``: a payload is on disk before the 202.
 One connection guarded by a lock and driven through ``asyncio.to_thread``, with
 group commit: calls that arrive while a transaction is on its way to disk wait,
-then run together in the next one, each in its own savepoint (so each stays
-atomic and fails alone), and every caller hears back only after that COMMIT.
-Under load one fsync then serves many requests instead of one. Being
-single-instance, opening the store hands entries a previous (crashed) process had
-claimed back to the queue at once; within a process, claims older than the lease
+then run together in the next one (each in a savepoint of its own only if one
+of them fails, so each stays atomic and fails alone), and every caller hears
+back only after that COMMIT. Under load one fsync then serves many requests
+instead of one. Being single-instance, opening the store hands entries a
+previous (crashed) process had claimed back to the queue at once; within a
+process, an entry whose lease ran out is taken again by the next claim. So a
+transaction of claims alone need not wait for the disk (``_run``).
 """
 
 from __future__ import annotations
