@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from receiver.model import JSONValue, iso, json_objects
+from receiver.model import JSONValue, iso, json_object, json_objects
 from receiver.store.handles import DecisionQuery
 
 # A label or annotation value at least this long is stored once per record, under
@@ -77,12 +77,9 @@ def compact_record(record: Mapping[str, JSONValue]) -> Mapping[str, JSONValue]:
     """
     long_values: list[tuple[str, str]] = []
     for where in ("labels", "annotations"):
-        values = record.get(where)
-        # ``type() is dict`` first: an ABC check costs more than the loop.
-        if type(values) is dict or isinstance(values, Mapping):
-            for name, value in values.items():
-                if isinstance(value, str) and len(value) >= LONG_VALUE:
-                    long_values.append((value, f"{{{where}.{name}}}"))
+        for name, value in json_object(record.get(where)).items():
+            if isinstance(value, str) and len(value) >= LONG_VALUE:
+                long_values.append((value, f"{{{where}.{name}}}"))
     if not long_values or not record.get("matches"):
         return record
     long_values.sort(key=lambda pair: len(pair[0]), reverse=True)
