@@ -241,13 +241,69 @@ def summary_contexts(monkeypatch: Any) -> tuple[list[dict[str, Any]], asyncio.Ev
     return seen, flushed
 
 
-async def journal_drained(store: Any, *, attempts: int = 1000) -> None:
-    """Wait until the app's worker has decided every journaled entry (bounded)."""
-    for _ in range(attempts):
+# The store calls that change the journal: each wakes whoever waits for it to drain.
+_JOURNAL_WRITES = (
+    "append",
+    "claim",
+    "claim_batch",
+    "release",
+    "complete",
+    "complete_batch",
+    "park",
+    "retry_parked",
+)
+
+
+def _journal_changes(store: Any) -> asyncio.Event:
+    """An event set after each journal write made through ``store`` (hooked once).
+
+    The app's worker calls the very store object the test holds, so wrapping
+    its methods on the instance sees every write the worker makes.
+    """
+    changed = getattr(store, "_test_journal_changed", None)
+    if changed is not None:
+        return changed
+    changed = asyncio.Event()
+
+    def hook(name: str) -> None:
+        method = getattr(store, name)
+
+        async def wrapped(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await method(*args, **kwargs)
+            finally:
+                changed.set()
+
+        setattr(store, name, wrapped)
+
+    for name in _JOURNAL_WRITES:
+        hook(name)
+    store._test_journal_changed = changed
+    return changed
+
+
+async def journal_drained(store: Any, *, timeout: float = 10.0) -> None:
+    """Wait until the app's worker has decided every journaled entry.
+
+    Woken by the worker's own journal writes, not by polling: the journal is
+    read again after each one, until nothing is left or ``timeout`` passes
+    with entries still undecided.
+    """
+    changed = _journal_changes(store)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        changed.clear()
         if await store.pending() == (0, None):
             return
-        await asyncio.sleep(0.01)
-    pytest.fail(f"journal not drained: {await store.pending()}")
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        try:
+            await asyncio.wait_for(changed.wait(), left)
+        except TimeoutError:
+            break
+    pytest.fail(f"journal not drained in {timeout} s: {await store.pending()}")
 
 
 @pytest.fixture(autouse=True)

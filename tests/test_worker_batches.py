@@ -175,7 +175,7 @@ async def test_a_backlog_is_claimed_in_batches_and_decided_once(tmp_path):
     worker = _worker(tmp_path, store, Clock(), batch=8)
     await worker.start()
     try:
-        await journal_drained(store, attempts=2000)
+        await journal_drained(store, timeout=20.0)
     finally:
         await worker.stop()
     assert await _records_per_entry(store) == {f"e{n:03d}": 1 for n in range(40)}
@@ -259,7 +259,7 @@ async def _records_after_restart(
     worker = _worker(tmp_path, store, clock or Clock(), batch=6)
     await worker.start()
     try:
-        await journal_drained(store, attempts=2000)
+        await journal_drained(store, timeout=20.0)
     finally:
         await worker.stop()
     before = crashed._processor.decided
@@ -363,7 +363,7 @@ async def test_a_rung_worker_claims_without_looking_in_vain(tmp_path):
         for n in range(20):
             await store.append(_entry(n), [])
             edge.ring()
-            await journal_drained(store, attempts=2000)
+            await journal_drained(store, timeout=20.0)
     finally:
         await worker.stop()
         await bell.aclose()
@@ -391,7 +391,7 @@ async def test_entries_decided_while_a_write_is_on_its_way_are_written_together(
         await _until(lambda: len(processor.decided) == 6, processor.changed)
         assert len(store.batches) == 1  # the first write is still held
         store.opened.set()
-        await journal_drained(store, attempts=2000)
+        await journal_drained(store, timeout=20.0)
     finally:
         await worker.stop()
     # The first write holds what was decided when it began; the rest go in one.
@@ -420,7 +420,7 @@ async def test_what_waits_to_be_recorded_is_bounded(tmp_path, monkeypatch):
         assert sorted(worker._processor.decided) == ["e000", "e001", "e002"]
         assert worker._finishing_alerts == 2
         store.opened.set()
-        await journal_drained(store, attempts=2000)
+        await journal_drained(store, timeout=20.0)
     finally:
         await worker.stop()
     assert await _records_per_entry(store) == {f"e{n:03d}": 1 for n in range(6)}
@@ -491,7 +491,7 @@ async def test_the_outbox_sees_entries_in_the_order_they_were_decided(tmp_path):
         await _until(lambda: len(processor.decided) == 4, processor.changed)
         assert seen == ["e000"]
         room.set()
-        await journal_drained(store, attempts=2000)
+        await journal_drained(store, timeout=20.0)
     finally:
         await worker.stop()
     assert seen == ["e000", "e001", "e002", "e003"]
@@ -597,7 +597,7 @@ async def test_a_batch_that_cannot_be_read_ahead_is_decided_entry_by_entry(
     worker = Worker(store, processor, 2, clock=clock, lease=LEASE, batch=4)
     await worker.start()
     try:
-        await journal_drained(store, attempts=2000)
+        await journal_drained(store, timeout=20.0)
     finally:
         await worker.stop()
     assert processor.decided == {f"e{n:03d}": 1 for n in range(4)}
