@@ -288,8 +288,8 @@ async def test_dry_run_contacts_nothing_and_says_what_it_would_have_sent(
     events = [e["event"] for e in logs]
     assert "incident_announced" not in events
     assert "sink_finished" not in events
-    assert "incident_announcement_not_delivered" in events
-    assert "incident_pagerduty_not_called" in events
+    assert "incident_announcement_dry_run" in events
+    assert "incident_pagerduty_dry_run" in events
 
 
 async def test_escalator_reports_pagerduty_errors_without_raising(server):

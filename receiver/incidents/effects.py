@@ -130,11 +130,11 @@ class EffectRunner:
     async def _announce(self, incident: Incident, effect: Announce) -> str:
         if not self.deliver:
             log.info(
-                "incident_announcement_not_delivered",
+                "incident_announcement_dry_run",
                 incident=incident.id,
                 kind=effect.kind,
                 mode="dry-run",
-                why="dry-run: nothing is contacted",
+                detail="dry-run: described on the incident timeline, nothing is contacted",
             )
             if self.announcer is None:
                 return ""
@@ -207,12 +207,12 @@ class EffectRunner:
     def _withheld(self, incident: Incident, pagerduty_id: str, what: str) -> str:
         """A PagerDuty REST call dry-run does not make: logged and on the timeline."""
         log.info(
-            "incident_pagerduty_not_called",
+            "incident_pagerduty_dry_run",
             incident=incident.id,
             pagerduty_id=pagerduty_id,
             action=what,
             mode="dry-run",
-            why="dry-run: nothing is contacted",
+            detail="dry-run: described on the incident timeline, nothing is contacted",
         )
         if self.escalator is None:
             return ""
