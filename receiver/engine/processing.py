@@ -273,6 +273,7 @@ class _Counts:
         """Count one payload's tally: one pass over its distinct match traces."""
         held = self._held
         get = held.get
+        key: tuple[str, tuple[str, ...]]
         for labels, n in tally.alerts.items():
             key = ("alerts", labels)
             held[key] = get(key, 0) + n

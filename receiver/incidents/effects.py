@@ -96,6 +96,10 @@ class Escalator(Protocol):
         ...
 
 
+# What the log says of an announcement or a PagerDuty call dry-run does not make.
+_DRY_RUN = "dry-run: described on the incident timeline, nothing is contacted"
+
+
 @dataclass(frozen=True)
 class EffectRunner:
     """Carries out effects through the injected ports.
@@ -134,7 +138,7 @@ class EffectRunner:
                 incident=incident.id,
                 kind=effect.kind,
                 mode="dry-run",
-                detail="dry-run: described on the incident timeline, nothing is contacted",
+                detail=_DRY_RUN,
             )
             if self.announcer is None:
                 return ""
@@ -212,7 +216,7 @@ class EffectRunner:
             pagerduty_id=pagerduty_id,
             action=what,
             mode="dry-run",
-            detail="dry-run: described on the incident timeline, nothing is contacted",
+            detail=_DRY_RUN,
         )
         if self.escalator is None:
             return ""
