@@ -236,6 +236,30 @@ async def load(
     }
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """The machine's CPU time so far in ticks: (all, idle or waiting on I/O).
+
+    None where /proc/stat cannot be read (not Linux).
+    """
+    try:
+        with Path("/proc/stat").open(encoding="ascii") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return sum(fields[:8]), fields[3] + fields[4]
+
+
+def _percent(spread: Spread) -> str:
+    return spread.fmt(0) + " %" if spread.runs else "n/a"
+
+
+def idle_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float:
+    """The share of the machine's CPU time left idle between two readings."""
+    if before is None or after is None or after[0] <= before[0]:
+        return float("nan")
+    return (after[1] - before[1]) / (after[0] - before[0])
+
+
 # ------------------------------------------------------------------ stores
 
 STORES = ("sqlite", "redis")
@@ -453,6 +477,7 @@ async def ingest(report: Report, sizes: Sizes, tmp: Path) -> None:
                         duration=sizes.warmup,
                         connections=sizes.connections,
                     )
+                    ticks = cpu_ticks()
                     result = await load(
                         report.loadgen,
                         proc.url,
@@ -460,6 +485,7 @@ async def ingest(report: Report, sizes: Sizes, tmp: Path) -> None:
                         duration=sizes.duration,
                         connections=sizes.connections,
                     )
+                    result["idle"] = idle_share(ticks, cpu_ticks()) * 100
                     if store is not None:
                         async with Decisions(store) as reader:
                             result["backlog"] = await reader.backlog()
@@ -489,6 +515,7 @@ async def ingest(report: Report, sizes: Sizes, tmp: Path) -> None:
                     of_floor.fmt(0) + " %",
                     Spread.of([r.get("backlog", float("nan")) for r in results]).fmt(0),
                     Spread.of(worker).fmt(0) if worker else "n/a",
+                    _percent(Spread.of([r["idle"] for r in results])),
                     str(int(sum(r["errors"] for r in results))),
                 ]
             )
@@ -525,6 +552,7 @@ async def ingest(report: Report, sizes: Sizes, tmp: Path) -> None:
             "of floor",
             "undecided at end",
             "worker alone: payloads decided/s",
+            "machine idle",
             "non-202",
         ],
         rows,
