@@ -19,6 +19,7 @@ from test_store_contract import T0, journal_entry, trace
 
 from receiver.store.sqlite import SqliteStore
 from receiver.store.sqlite import journal as sqlite_journal
+from receiver.store.sqlite import schema as sqlite_schema
 
 # The streamed path: any batch is bigger than this.
 STREAMED = 0
@@ -81,7 +82,9 @@ async def test_records_are_encoded_outside_the_write_lock_up_to_the_bound(
         held.append(store._lock.locked())
         return encode(payload_id, record)
 
+    # Both names it is called by: ahead of the batch, and as a storm is written.
     monkeypatch.setattr(sqlite_journal, "encode_decision", watched)
+    monkeypatch.setattr(sqlite_schema, "encode_decision", watched)
     try:
         await store.complete_batch(_batch(ids))
     finally:

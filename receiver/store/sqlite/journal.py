@@ -8,7 +8,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -29,6 +29,7 @@ from receiver.store.sqlite.schema import (
     _epoch,
     _ts,
     encode_decision,
+    insert_decisions,
     insert_encoded,
 )
 
@@ -425,18 +426,15 @@ class SqliteJournal(SqliteConnection):
                 -sum(states.get(i) in ("pending", "claimed") for i, _ in todo),
             )
             if encoded is not None:
-                rows: Iterable[EncodedDecision] = (
-                    row for entry_id, _ in todo for row in encoded[entry_id]
+                insert_encoded(
+                    db, (row for entry_id, _ in todo for row in encoded[entry_id])
                 )
             else:
                 # A storm's records are encoded one at a time, as written,
                 # never all held at once.
-                rows = (
-                    encode_decision(entry_id, t)
-                    for entry_id, traces in todo
-                    for t in traces
+                insert_decisions(
+                    db, ((entry_id, t) for entry_id, traces in todo for t in traces)
                 )
-            insert_encoded(db, rows)
             db.executemany(
                 "UPDATE journal SET state='done', done_at=?, lease_until=NULL "
                 "WHERE id=?",

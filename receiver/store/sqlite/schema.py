@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS decision_index (
     PRIMARY KEY (kind, value, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS decision_index_seq ON decision_index(seq);
--- Filed by the writer (``insert_decisions``), which holds the record already
+-- Filed by the writer (``insert_encoded``), which holds the record already
 -- parsed; a trigger parsing the text again cost 4 JSON parses per record.
 DROP TRIGGER IF EXISTS decisions_tag;
 CREATE TRIGGER IF NOT EXISTS decisions_untag AFTER DELETE ON decisions BEGIN
