@@ -58,6 +58,8 @@ from common import (  # noqa: E402
     storm_body,
 )
 
+from receiver.store.sqlite import decisions_path  # noqa: E402
+
 MARKER = "<!-- Hand-written notes below this line are kept by `make bench`. -->"
 RUNBOOK_RULES = ROOT / "rules"
 MAX_BODY = 5 * 1024 * 1024  # the receiver's default body cap
@@ -304,12 +306,16 @@ class Decisions:
         self._seen = 0
         self._last_fresh = 0
         self._db: sqlite3.Connection | None = None
+        self._log: sqlite3.Connection | None = None  # the decision log's file
         self._redis = None
 
     async def __aenter__(self) -> Self:
         if self.url.startswith("sqlite:///"):
             path = self.url.removeprefix("sqlite:///")
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            self._log = sqlite3.connect(
+                f"file:{decisions_path(path)}?mode=ro", uri=True
+            )
         else:
             import redis.asyncio  # noqa: PLC0415
 
@@ -319,6 +325,8 @@ class Decisions:
     async def __aexit__(self, *exc: object) -> None:
         if self._db is not None:
             self._db.close()
+        if self._log is not None:
+            self._log.close()
         if self._redis is not None:
             await self._redis.aclose()
 
@@ -334,14 +342,15 @@ class Decisions:
 
     async def count(self) -> int:
         """Decisions recorded."""
-        if self._db is not None:
-            return int(self._db.execute("SELECT count(*) FROM decisions").fetchone()[0])
+        if self._log is not None:
+            (count,) = self._log.execute("SELECT count(*) FROM decisions").fetchone()
+            return int(count)
         return int(await self._redis.llen("receiver:decisions"))
 
     async def new_fingerprints(self) -> list[str]:
         """Fingerprints of decisions recorded since the last call."""
-        if self._db is not None:
-            rows = self._db.execute(
+        if self._log is not None:
+            rows = self._log.execute(
                 "SELECT seq, fingerprint FROM decisions WHERE seq > ? ORDER BY seq",
                 (self._seq,),
             ).fetchall()

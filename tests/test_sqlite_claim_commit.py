@@ -60,7 +60,7 @@ async def test_a_claim_alone_commits_without_waiting_for_the_disk(
 async def test_a_claim_sharing_a_transaction_waits_for_the_disk(
     tmp_path: Path,
 ) -> None:
-    """A claim grouped with a completion commits as durably as the completion."""
+    """A claim grouped with a durable write commits as durably as that write."""
     store = SqliteStore(path=str(tmp_path / "s.db"))
     try:
         first, second = journal_entry(1), journal_entry(2)
@@ -70,7 +70,7 @@ async def test_a_claim_sharing_a_transaction_waits_for_the_disk(
         seen = _watch(store)
         claimed, _ = await asyncio.gather(
             store.claim_batch("c1", 1, 0, T0),
-            store.complete_batch([(lease.entry.id, [trace(lease.entry.id, "t")])]),
+            store.release(lease, T0, "handed back"),
         )
         assert [lease.entry.id for lease in claimed] == [second.id]
         assert seen.count("BEGIN IMMEDIATE") == 1  # one transaction for both

@@ -1,9 +1,8 @@
 """SQLite's ``complete_batch`` encodes a batch's records before its transaction.
 
-The edge process waits for the same write lock to journal what it accepts:
-every microsecond the worker spends encoding records inside its transaction is
-one the edge cannot commit in. Up to ``ENCODE_AHEAD`` records are encoded
-before the lock is taken; a bigger batch (a storm) is encoded as it is
+Every microsecond the worker spends encoding records inside the decision log's
+transaction holds its write lock for longer. Up to ``ENCODE_AHEAD`` records
+are encoded before the lock is taken; a bigger batch (a storm) is encoded as it is
 written, so its records are never all in memory at once. Both ways must store
 the same rows and fail the same way.
 """
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 from test_store_contract import T0, journal_entry, trace
 
-from receiver.store.sqlite import SqliteStore
+from receiver.store.sqlite import SqliteStore, decisions_path
 from receiver.store.sqlite import journal as sqlite_journal
 from receiver.store.sqlite import schema as sqlite_schema
 
@@ -52,7 +51,7 @@ def _batch(ids: list[str]) -> list[tuple[str, list[dict[str, Any]]]]:
 
 
 def _rows(path: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    db = sqlite3.connect(path)
+    db = sqlite3.connect(decisions_path(str(path)))
     try:
         decisions = db.execute(
             "SELECT seq, payload_id, fingerprint, decided_at, record FROM decisions "
@@ -79,7 +78,7 @@ async def test_records_are_encoded_outside_the_write_lock_up_to_the_bound(
     encode = sqlite_journal.encode_decision
 
     def watched(payload_id: str, record: Any) -> Any:
-        held.append(store._lock.locked())
+        held.append(store._log._lock.locked())
         return encode(payload_id, record)
 
     # Both names it is called by: ahead of the batch, and as a storm is written.

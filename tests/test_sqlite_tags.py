@@ -13,7 +13,11 @@ import sqlite3
 
 import pytest
 
-from receiver.store.sqlite.schema import SCHEMA, _tag_inserts, insert_decisions
+from receiver.store.sqlite.schema import (
+    DECISION_SCHEMA,
+    _tag_inserts,
+    insert_decisions,
+)
 
 RECORDS = [
     {"matches": [{"rule": "r", "playbook": "p", "steps": [{"decision": "ran"}]}]},
@@ -36,7 +40,7 @@ def _index(db: sqlite3.Connection) -> set[tuple[str, str, int]]:
 @pytest.mark.parametrize("record", RECORDS)
 def test_a_record_is_filed_as_the_sql_backfill_files_it(record):
     db = sqlite3.connect(":memory:", isolation_level=None)
-    db.executescript(SCHEMA)
+    db.executescript(DECISION_SCHEMA)
     insert_decisions(db, [("p1", record)])
     written = _index(db)
     db.execute("DELETE FROM decision_index")

@@ -203,9 +203,9 @@ async def test_sqlite_reads_never_wait_for_the_journal(tmp_path):
     """With the read connection busy, appends (the 202 path) still complete."""
     store = SqliteStore(str(tmp_path / "s.db"))
     release = threading.Event()
-    assert store._read_thread is not None
+    assert store._log._read_thread is not None
     blocker = asyncio.get_running_loop().run_in_executor(
-        store._read_thread, release.wait, 30
+        store._log._read_thread, release.wait, 30
     )
     reading = asyncio.create_task(store.decision_page(DecisionQuery()))
     entry = JournalEntry(id="e1", source="alertmanager", received_at=T0, body=b"{}")
@@ -222,8 +222,8 @@ async def test_sqlite_index_is_filled_for_old_rows(tmp_path):
     path = str(tmp_path / "s.db")
     store = SqliteStore(path)
     await store.record([record(1, rule="old")])
-    store._db.execute("DELETE FROM decision_index")
-    store._db.execute("PRAGMA user_version=0")
+    store._log._db.execute("DELETE FROM decision_index")
+    store._log._db.execute("PRAGMA user_version=0")
     await store.close()
     store = SqliteStore(path)
     assert [r["n"] for r in await store.decisions(DecisionQuery(rule="old"))] == [1]

@@ -115,16 +115,22 @@ class Journal(Protocol):
     async def complete(
         self, entry_id: str, traces: Sequence[Mapping[str, JSONValue]]
     ) -> None:
-        """Record an entry's decisions and mark it done, atomically (once)."""
+        """Record an entry's decisions and mark it done, once.
+
+        An entry already done, or whose decisions are already recorded (a
+        worker crashed between the two, or its lease ran out), gets no second
+        set of records: the first stands.
+        """
         ...
 
     async def complete_batch(
         self, done: Sequence[tuple[str, Sequence[Mapping[str, JSONValue]]]]
     ) -> None:
-        """``complete`` for several entries (id, traces) in one transaction.
+        """``complete`` for several entries (id, traces) in one go.
 
-        All or nothing: on ``StoreUnavailableError`` none of them is recorded.
-        An entry already done is skipped, as ``complete`` skips it.
+        On ``StoreUnavailableError`` none of them is marked done (their records
+        may stand: completing them again records nothing more). An entry
+        already done is skipped, as ``complete`` skips it.
         """
         ...
 

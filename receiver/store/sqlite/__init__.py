@@ -1,4 +1,10 @@
-"""SQLite store: the embedded default, durable in one file, for one instance.
+"""SQLite store: the embedded default, durable on disk, for one instance.
+
+Two files: the store's (``PATH``: journal, alert states, guards, claims, ...)
+and the decision log beside it (``PATH-decisions``), each with its own write
+lock, so recording decisions never delays journaling a payload. An entry's
+records are committed before it is marked done; a crash between the two
+decides it again and records nothing more.
 
 WAL journal mode with ``synchronous=FULL``: a payload is on disk before the 202.
 One connection guarded by a lock and driven through ``asyncio.to_thread``, with
@@ -12,13 +18,20 @@ are reclaimed too. Several replicas need the Redis store.
 """
 
 from receiver.store.sqlite.approvals import SqliteApprovals
+from receiver.store.sqlite.connection import decisions_path
 from receiver.store.sqlite.decisions import SqliteDecisions
 from receiver.store.sqlite.guards import SqliteGuards
 from receiver.store.sqlite.journal import SqliteJournal
 from receiver.store.sqlite.run_once import SqliteRunOnce
 from receiver.store.sqlite.schema import SCHEMA, SCHEMA_VERSION, STATE_READ_CHUNK
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "STATE_READ_CHUNK", "SqliteStore"]
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "STATE_READ_CHUNK",
+    "SqliteStore",
+    "decisions_path",
+]
 
 
 class SqliteStore(

@@ -28,6 +28,7 @@ from receiver.errors import StoreUnavailableError
 from receiver.store.base import Retention
 from receiver.store.sqlite.schema import (
     COUNT_UNFINISHED,
+    DECISION_SCHEMA,
     SCHEMA,
     SCHEMA_VERSION,
     _tag_inserts,
@@ -50,14 +51,11 @@ _Outcome = tuple[object, Exception | None]
 _Call = tuple[_Fn, "asyncio.Future[object]", bool]
 
 
-class SqliteConnection:
-    """One writer connection with group commit, and a read connection beside it."""
+class SqliteFile:
+    """One database file: a writer connection with group commit, a reader beside it."""
 
-    def __init__(
-        self, path: str, *, retention: Retention | None = None, reclaim: bool = True
-    ) -> None:
+    def __init__(self, path: str, schema: str) -> None:
         self.path = path
-        self.retention = retention or Retention()
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(
@@ -66,26 +64,9 @@ class SqliteConnection:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._migrate()
-        self._db.executescript(SCHEMA)
-        self._fill_indexes()
-        # Single instance: whatever a previous process had claimed is ours now.
-        # Only the process that decides (not an edge beside a live worker
-        # process, ``reclaim=False``) may hand claims back. The journal's
-        # depth is counted again, under the write lock: a version that did
-        # not keep it may have written the file.
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            if reclaim:
-                self._db.execute(
-                    "UPDATE journal SET state='pending', consumer=NULL, "
-                    "lease_until=NULL WHERE state='claimed'"
-                )
-            self._db.execute(COUNT_UNFINISHED)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        self._prepare()
+        self._db.executescript(schema)
+        self._opened()
         # From here on the writer waits for the lock itself (``_begin``).
         self._db.execute("PRAGMA busy_timeout=0")
         self._lock = threading.Lock()
@@ -108,20 +89,11 @@ class SqliteConnection:
                 max_workers=1, thread_name_prefix="sqlite-read"
             )
 
-    def _fill_indexes(self) -> None:
-        """Fill indexes added after rows were written (once per schema version)."""
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version >= SCHEMA_VERSION:
-            return
-        with contextlib.closing(self._db.cursor()) as cur:
-            cur.executescript(
-                "BEGIN IMMEDIATE;\nDELETE FROM decision_index;\n"
-                + "\n".join(
-                    stmt.replace(" FROM json_each(", " FROM decisions AS d, json_each(")
-                    for stmt in _tag_inserts("d.record", "d.seq").split("\n")
-                )
-                + f"\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;"
-            )
+    def _prepare(self) -> None:
+        """Before the schema is applied (a file of an older version: migrate)."""
+
+    def _opened(self) -> None:
+        """After the schema is applied, before the first transaction."""
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read on the read connection (or the writer's, in memory)."""
@@ -133,27 +105,6 @@ class SqliteConnection:
             return await loop.run_in_executor(self._read_thread, fn, reader)
         except sqlite3.OperationalError as exc:
             raise self._unavailable(exc) from exc
-
-    def _migrate(self) -> None:
-        """Add the columns a store file written by an older version lacks."""
-        for table, columns in (
-            (
-                "journal",
-                (
-                    ("lease_until", "REAL"),
-                    ("last_error", "TEXT NOT NULL DEFAULT ''"),
-                    ("parked_at", "TEXT"),
-                ),
-            ),
-            ("claims", (("intent", "TEXT NOT NULL DEFAULT ''"),)),
-            ("incarnations", (("stopped", "INTEGER NOT NULL DEFAULT 0"),)),
-        ):
-            cols = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
-            if not cols:
-                continue
-            for name, kind in columns:
-                if name not in cols:
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailableError:
         error = StoreUnavailableError(
@@ -347,3 +298,148 @@ class SqliteConnection:
             self._reader, self._read_thread = None, None
 
         await asyncio.to_thread(close)
+
+
+class DecisionLog(SqliteFile):
+    """The decision log in a file of its own, beside the store's (``decisions_path``).
+
+    Its own write lock: the worker records decisions without holding the lock
+    the edge waits for to journal a payload.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, DECISION_SCHEMA)
+
+    def _opened(self) -> None:
+        self.fill_indexes()
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` in the log's next transaction (group commit), once committed."""
+        return await self._run(fn)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` on the log's read connection."""
+        return await self._read(fn)
+
+    def fill_indexes(self, *, again: bool = False) -> None:
+        """Fill the tag index from the records (once per schema version, or again)."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version >= SCHEMA_VERSION and not again:
+            return
+        with contextlib.closing(self._db.cursor()) as cur:
+            cur.executescript(
+                "BEGIN IMMEDIATE;\nDELETE FROM decision_index;\n"
+                + "\n".join(
+                    stmt.replace(" FROM json_each(", " FROM decisions AS d, json_each(")
+                    for stmt in _tag_inserts("d.record", "d.seq").split("\n")
+                )
+                + f"\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;"
+            )
+
+
+def decisions_path(path: str) -> str:
+    """The decision log's file for the store's file ``path``: ``PATH-decisions``."""
+    return path if path == ":memory:" else f"{path}-decisions"
+
+
+class SqliteConnection(SqliteFile):
+    """The store's file (journal, guards, claims, ...), and the decision log."""
+
+    def __init__(
+        self, path: str, *, retention: Retention | None = None, reclaim: bool = True
+    ) -> None:
+        self.retention = retention or Retention()
+        self._reclaim = reclaim
+        super().__init__(path, SCHEMA)
+        self._log = DecisionLog(decisions_path(path))
+        self._move_decisions()
+
+    def _prepare(self) -> None:
+        self._migrate()
+
+    def _opened(self) -> None:
+        # Single instance: whatever a previous process had claimed is ours now.
+        # Only the process that decides (not an edge beside a live worker
+        # process, ``reclaim=False``) may hand claims back. The journal's
+        # depth is counted again, under the write lock: a version that did
+        # not keep it may have written the file.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if self._reclaim:
+                self._db.execute(
+                    "UPDATE journal SET state='pending', consumer=NULL, "
+                    "lease_until=NULL WHERE state='claimed'"
+                )
+            self._db.execute(COUNT_UNFINISHED)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        """Add the columns a store file written by an older version lacks."""
+        for table, columns in (
+            (
+                "journal",
+                (
+                    ("lease_until", "REAL"),
+                    ("last_error", "TEXT NOT NULL DEFAULT ''"),
+                    ("parked_at", "TEXT"),
+                ),
+            ),
+            ("claims", (("intent", "TEXT NOT NULL DEFAULT ''"),)),
+            ("incarnations", (("stopped", "INTEGER NOT NULL DEFAULT 0"),)),
+        ):
+            cols = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if not cols:
+                continue
+            for name, kind in columns:
+                if name not in cols:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
+    def _move_decisions(self) -> None:
+        """Move the decisions a file of an older version holds into the decision log.
+
+        One transaction per file: the records are copied (a copy a crash cut
+        short is completed the next time; a record copied before is skipped by
+        its ``seq``), the log's tag index is filled again, and only then are
+        the old tables dropped.
+        """
+        db = self._db
+        old = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='decisions'"
+        ).fetchone()
+        if old is None or self.path == ":memory:":
+            return
+        db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+        try:
+            db.execute("ATTACH DATABASE ? AS log", (self._log.path,))
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.execute(
+                        "INSERT OR IGNORE INTO log.decisions (seq, payload_id, "
+                        "fingerprint, decided_at, record) SELECT seq, payload_id, "
+                        "fingerprint, decided_at, record FROM main.decisions"
+                    )
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            finally:
+                db.execute("DETACH DATABASE log")
+            self._log.fill_indexes(again=True)
+            db.executescript(
+                "BEGIN IMMEDIATE;\nDROP TRIGGER IF EXISTS decisions_untag;\n"
+                "DROP TABLE IF EXISTS decision_index;\n"
+                "DROP TABLE IF EXISTS decisions;\nCOMMIT;"
+            )
+        finally:
+            db.execute("PRAGMA busy_timeout=0")
+
+    async def ping(self) -> bool:  # noqa: D102
+        return await super().ping() and await self._log.ping()
+
+    async def close(self) -> None:  # noqa: D102
+        await self._log.close()
+        await super().close()

@@ -1,4 +1,4 @@
-"""The SQLite store's decision log and its tag index."""
+"""The SQLite store's decision log and its tag index, in a file of their own."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class SqliteDecisions(SqliteConnection):
     """The decision log: records written by the engine, read a page at a time."""
 
     async def record(self, records: Sequence[Mapping[str, JSONValue]]) -> None:  # noqa: D102
-        await self._run(
+        await self._log.write(
             lambda db: insert_decisions(
                 db, ((str(r.get("payload_id", "")), r) for r in records)
             )
@@ -89,4 +89,4 @@ class SqliteDecisions(SqliteConnection):
                 [r[1] for r in rows], str(rows[-1][0]) if more and rows else None
             )
 
-        return await self._read(read)
+        return await self._log.read(read)

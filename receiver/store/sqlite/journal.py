@@ -392,8 +392,8 @@ class SqliteJournal(SqliteConnection):
         if not done:
             return
 
-        # Encoded before the transaction, not inside it: the write lock (which
-        # the edge process waits for to journal) is held for the writes alone.
+        # Encoded before the transaction, not inside it: the decision log's
+        # write lock is held for the writes alone.
         # Up to ``ENCODE_AHEAD`` records; a bigger batch (a storm) is encoded
         # as it is written, so its records are never all in memory at once.
         encoded: dict[str, list[EncodedDecision]] | None = None
@@ -403,45 +403,33 @@ class SqliteJournal(SqliteConnection):
                 if entry_id not in encoded:  # a repeat is skipped below
                     encoded[entry_id] = [encode_decision(entry_id, t) for t in traces]
 
-        def write(db: sqlite3.Connection) -> None:
+        def record(db: sqlite3.Connection) -> None:
+            _record_once(db, done, encoded)
+
+        def finish(db: sqlite3.Connection) -> None:
             at = datetime.now(UTC).isoformat()  # bookkeeping only, never compared
-            ids = [entry_id for entry_id, _ in done]
+            ids = list(dict.fromkeys(entry_id for entry_id, _ in done))
             states: dict[str, str] = {}
             for start in range(0, len(ids), STATE_READ_CHUNK):
                 chunk = ids[start : start + STATE_READ_CHUNK]
                 marks = ",".join("?" * len(chunk))
                 query = f"SELECT id, state FROM journal WHERE id IN ({marks})"  # noqa: S608 (placeholders only)
                 states.update(db.execute(query, chunk).fetchall())
-            # Completed by another worker after a lease ran out (or twice in
-            # this batch): skipped.
-            finished = {i for i, state in states.items() if state == "done"}
-            todo = []
-            for entry_id, traces in done:
-                if entry_id not in finished:
-                    finished.add(entry_id)
-                    todo.append((entry_id, traces))
+            # Completed by another worker after a lease ran out: skipped.
+            todo = [i for i in ids if states.get(i) not in (None, "done")]
             # Parked ones are done too, but were not counted as unfinished.
-            _unfinished(
-                db,
-                -sum(states.get(i) in ("pending", "claimed") for i, _ in todo),
-            )
-            if encoded is not None:
-                insert_encoded(
-                    db, (row for entry_id, _ in todo for row in encoded[entry_id])
-                )
-            else:
-                # A storm's records are encoded one at a time, as written,
-                # never all held at once.
-                insert_decisions(
-                    db, ((entry_id, t) for entry_id, traces in todo for t in traces)
-                )
+            _unfinished(db, -sum(states[i] in ("pending", "claimed") for i in todo))
             db.executemany(
                 "UPDATE journal SET state='done', done_at=?, lease_until=NULL "
                 "WHERE id=?",
-                [(at, entry_id) for entry_id, _ in todo],
+                [(at, entry_id) for entry_id in todo],
             )
 
-        await self._run(write)
+        # Two files, two commits: the records are on disk before the entry is
+        # marked done, so a crash between the two decides the entry again and
+        # records nothing more (``record`` above).
+        await self._log.write(record)
+        await self._run(finish)
 
     async def payload(self, entry_id: str) -> JournalEntry | None:  # noqa: D102
         def read(db: sqlite3.Connection) -> JournalEntry | None:
@@ -497,11 +485,6 @@ class SqliteJournal(SqliteConnection):
                 "ORDER BY rowid DESC LIMIT -1 OFFSET ?))",
                 (cutoff, keep.max_payloads),
             ).rowcount
-            dropped += db.execute(
-                "DELETE FROM decisions WHERE decided_at < ? OR seq IN (SELECT seq FROM "
-                "decisions ORDER BY seq DESC LIMIT -1 OFFSET ?)",
-                (iso(now - keep.max_age), keep.max_decisions),
-            ).rowcount
             at = _epoch(now)
             for table in ("claims", "locks", "last_run"):
                 db.execute(f"DELETE FROM {table} WHERE expires_at < ?", (at,))  # noqa: S608
@@ -517,7 +500,16 @@ class SqliteJournal(SqliteConnection):
             )
             return int(dropped)
 
-        return await self._run(write)
+        def drop_decisions(db: sqlite3.Connection) -> int:
+            return int(
+                db.execute(
+                    "DELETE FROM decisions WHERE decided_at < ? OR seq IN (SELECT seq "
+                    "FROM decisions ORDER BY seq DESC LIMIT -1 OFFSET ?)",
+                    (iso(now - keep.max_age), keep.max_decisions),
+                ).rowcount
+            )
+
+        return await self._run(write) + await self._log.write(drop_decisions)
 
     # -- delivery ids -------------------------------------------------------
 
@@ -532,6 +524,41 @@ class SqliteJournal(SqliteConnection):
             return cur.rowcount == 0
 
         return await self._run(write)
+
+
+def _record_once(
+    db: sqlite3.Connection,
+    done: Sequence[tuple[str, Sequence[Mapping[str, JSONValue]]]],
+    encoded: Mapping[str, Sequence[EncodedDecision]] | None,
+) -> None:
+    """Write the decision log's records of entries that have none yet.
+
+    An entry some worker recorded before (then crashed before marking it done,
+    or its lease ran out) keeps the records written first: they tell what was
+    done. ``encoded``: the records, encoded ahead; None, encode each as written
+    (a storm's are never all held at once).
+    """
+    ids = list(dict.fromkeys(entry_id for entry_id, _ in done))
+    recorded: set[str] = set()
+    for start in range(0, len(ids), STATE_READ_CHUNK):
+        chunk = ids[start : start + STATE_READ_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        query = (
+            "SELECT DISTINCT payload_id FROM decisions "  # noqa: S608 (placeholders only)
+            f"WHERE payload_id IN ({marks})"
+        )
+        recorded.update(r[0] for r in db.execute(query, chunk))
+    todo = []
+    for entry_id, traces in done:
+        if entry_id not in recorded:
+            recorded.add(entry_id)  # a repeat in this batch is skipped
+            todo.append((entry_id, traces))
+    if encoded is not None:
+        insert_encoded(db, (row for entry_id, _ in todo for row in encoded[entry_id]))
+    else:
+        insert_decisions(
+            db, ((entry_id, t) for entry_id, traces in todo for t in traces)
+        )
 
 
 def _newest(

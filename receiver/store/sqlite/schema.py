@@ -38,31 +38,6 @@ CREATE TABLE IF NOT EXISTS journal_depth (
     one INTEGER PRIMARY KEY CHECK (one = 0),
     unfinished INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS decisions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    payload_id TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    decided_at TEXT NOT NULL,
-    record TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS decisions_fp ON decisions(fingerprint, seq);
-CREATE INDEX IF NOT EXISTS decisions_payload ON decisions(payload_id);
-CREATE INDEX IF NOT EXISTS decisions_time ON decisions(decided_at);
--- What the API filters on inside a record (rule, playbook, step decision), one
--- row per distinct value, filed as the record is written, dropped by a trigger.
-CREATE TABLE IF NOT EXISTS decision_index (
-    kind TEXT NOT NULL,
-    value TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (kind, value, seq)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS decision_index_seq ON decision_index(seq);
--- Filed by the writer (``insert_encoded``), which holds the record already
--- parsed; a trigger parsing the text again cost 4 JSON parses per record.
-DROP TRIGGER IF EXISTS decisions_tag;
-CREATE TRIGGER IF NOT EXISTS decisions_untag AFTER DELETE ON decisions BEGIN
-    DELETE FROM decision_index WHERE seq = OLD.seq;
-END;
 CREATE TABLE IF NOT EXISTS alert_state (
     fingerprint TEXT PRIMARY KEY,
     status TEXT NOT NULL,
@@ -114,6 +89,37 @@ CREATE TABLE IF NOT EXISTS approvals (
 );
 CREATE INDEX IF NOT EXISTS approvals_listed ON approvals(created_at, id);
 CREATE INDEX IF NOT EXISTS approvals_expiry ON approvals(status, expires_at);
+"""
+# The decision log: a file of its own (``decisions_path``), so recording a
+# worker's decisions never holds the write lock the edge journals under. A file
+# of an older version kept these tables in the store's file; opening it moves
+# them (``SqliteConnection._move_decisions``).
+DECISION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    payload_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    decided_at TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_fp ON decisions(fingerprint, seq);
+CREATE INDEX IF NOT EXISTS decisions_payload ON decisions(payload_id);
+CREATE INDEX IF NOT EXISTS decisions_time ON decisions(decided_at);
+-- What the API filters on inside a record (rule, playbook, step decision), one
+-- row per distinct value, filed as the record is written, dropped by a trigger.
+CREATE TABLE IF NOT EXISTS decision_index (
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (kind, value, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS decision_index_seq ON decision_index(seq);
+-- Filed by the writer (``insert_encoded``), which holds the record already
+-- parsed; a trigger parsing the text again cost 4 JSON parses per record.
+DROP TRIGGER IF EXISTS decisions_tag;
+CREATE TRIGGER IF NOT EXISTS decisions_untag AFTER DELETE ON decisions BEGIN
+    DELETE FROM decision_index WHERE seq = OLD.seq;
+END;
 """
 
 

@@ -1,0 +1,200 @@
+"""SQLite keeps the decision log in a file of its own, beside the store's.
+
+Recording a worker's decisions then never holds the write lock the edge
+journals under. The price is two commits per completion instead of one: the
+records first, then the entry marked done. A crash between the two decides the
+entry again, and the records written first stand (they tell what was done);
+nothing is recorded twice. A file an older version wrote, decisions and all in
+one file, is moved over when it is opened, and a move a crash cut short is
+finished the next time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_store_contract import T0, journal_entry, trace
+
+from receiver.errors import StoreUnavailableError
+from receiver.store.base import DecisionQuery
+from receiver.store.sqlite import SqliteStore, decisions_path
+from receiver.store.sqlite.schema import DECISION_SCHEMA, SCHEMA, insert_decisions
+
+
+def _tags(records: list[Any]) -> list[str]:
+    return sorted(str(r["tag"]) for r in records)
+
+
+async def _recorded(store: SqliteStore, entry_id: str) -> list[str]:
+    return _tags(await store.decisions(DecisionQuery(payload_id=entry_id)))
+
+
+async def test_journaling_never_waits_for_the_decision_log(tmp_path: Path) -> None:
+    """With the log's write lock held elsewhere, a payload is still journaled."""
+    path = str(tmp_path / "s.db")
+    store = SqliteStore(path)
+    holder = sqlite3.connect(decisions_path(path), isolation_level=None)
+    try:
+        entry = journal_entry(1)
+        await store.append(entry, [])
+        (lease,) = await store.claim_batch("c1", 1, 0, T0)
+        holder.execute("BEGIN IMMEDIATE")  # the log is being written elsewhere
+        completing = asyncio.create_task(
+            store.complete(entry.id, [trace(entry.id, "t")])
+        )
+        # The edge's write, and a claim, go through while the log is held.
+        await asyncio.wait_for(store.append(journal_entry(2), []), 30)
+        assert [x.entry.id for x in await store.claim_batch("c1", 1, 0, T0)]
+        assert not completing.done()
+        holder.execute("COMMIT")
+        await asyncio.wait_for(completing, 30)
+        assert await _recorded(store, lease.entry.id) == ["t"]
+    finally:
+        holder.close()
+        await store.close()
+
+
+async def test_a_failure_between_the_two_commits_records_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records on disk, entry not done: deciding it again records nothing more."""
+    store = SqliteStore(str(tmp_path / "s.db"))
+    try:
+        entry = journal_entry(1)
+        await store.append(entry, [])
+        await store.claim_batch("c1", 1, 0, T0)
+
+        def locked() -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(store, "_begin", locked)  # the store's file, not the log's
+            with pytest.raises(StoreUnavailableError, match="database is locked"):
+                await store.complete(entry.id, [trace(entry.id, "first")])
+        assert await _recorded(store, entry.id) == ["first"]
+        assert (await store.pending())[0] == 1  # not done: it is decided again
+        await store.complete(entry.id, [trace(entry.id, "again")])
+        assert await _recorded(store, entry.id) == ["first"]
+        assert (await store.pending())[0] == 0
+        # And once done, a late completion (a lapsed lease) changes nothing.
+        await store.complete(entry.id, [trace(entry.id, "late")])
+        assert await _recorded(store, entry.id) == ["first"]
+    finally:
+        await store.close()
+
+
+async def test_a_crash_between_the_two_commits_decides_again_and_records_once(
+    tmp_path: Path,
+) -> None:
+    """The process dies after the log's commit: nothing is recorded twice.
+
+    Reopened, the entry is claimed again, and completing it keeps the records
+    written before the crash.
+    """
+    path = str(tmp_path / "s.db")
+    store = SqliteStore(path)
+    entry = journal_entry(1)
+    await store.append(entry, [])
+    await store.claim_batch("c1", 1, 0, T0)
+    # What ``complete`` commits first, and then nothing more: the crash.
+    await store._log.write(
+        lambda db: insert_decisions(db, [(entry.id, trace(entry.id, "before"))])
+    )
+    await store.close()
+
+    store = SqliteStore(path)
+    try:
+        (lease,) = await store.claim_batch("c2", 1, 0, T0)
+        assert lease.entry.id == entry.id
+        await store.complete(entry.id, [trace(entry.id, "after")])
+        assert await _recorded(store, entry.id) == ["before"]
+        assert await store.pending() == (0, None)
+    finally:
+        await store.close()
+
+
+def _old_file(path: str, records: int) -> None:
+    """A store file as an older version wrote it: decisions in the same file."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(SCHEMA + DECISION_SCHEMA)
+        db.execute("BEGIN")
+        insert_decisions(
+            db,
+            [
+                (f"p{n}", trace(f"p{n}", f"old-{n}", rule=f"rule-{n % 2}"))
+                for n in range(records)
+            ],
+        )
+        db.execute("COMMIT")
+        db.execute("PRAGMA user_version=1")
+    finally:
+        db.close()
+
+
+def _tables(path: str) -> set[str]:
+    db = sqlite3.connect(path)
+    try:
+        return {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+    finally:
+        db.close()
+
+
+async def test_an_older_file_has_its_decisions_moved_to_the_log(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "s.db")
+    _old_file(path, 5)
+    store = SqliteStore(path)
+    try:
+        assert _tags(await store.decisions(DecisionQuery(limit=50))) == [
+            f"old-{n}" for n in range(5)
+        ]
+        # The tag index came along: a filter finds them.
+        assert _tags(await store.decisions(DecisionQuery(rule="rule-1"))) == [
+            "old-1",
+            "old-3",
+        ]
+        await store.record([{**trace("p9", "new"), "payload_id": "p9"}])
+        newest = await store.decisions(DecisionQuery(limit=1))
+        assert [r["tag"] for r in newest] == ["new"]  # numbered after the old ones
+    finally:
+        await store.close()
+    assert not {"decisions", "decision_index"} & _tables(path)
+    assert {"decisions", "decision_index"} <= _tables(decisions_path(path))
+    store = SqliteStore(path)  # opened again: nothing moved twice
+    try:
+        assert len(await store.decisions(DecisionQuery(limit=50))) == 6
+    finally:
+        await store.close()
+
+
+async def test_a_move_cut_short_is_finished_without_copies(tmp_path: Path) -> None:
+    """Copied, then a crash before the old tables were dropped: no copies.
+
+    Opened again, each record is in the log once.
+    """
+    path = str(tmp_path / "s.db")
+    _old_file(path, 4)
+    # Half of them already copied, as a crashed move leaves them.
+    log = sqlite3.connect(decisions_path(path), isolation_level=None)
+    try:
+        log.execute("PRAGMA journal_mode=WAL")
+        log.executescript(DECISION_SCHEMA)
+        log.execute(f"ATTACH DATABASE '{path}' AS old")
+        log.execute("INSERT INTO decisions SELECT * FROM old.decisions WHERE seq <= 2")
+    finally:
+        log.close()
+    store = SqliteStore(path)
+    try:
+        assert _tags(await store.decisions(DecisionQuery(limit=50))) == [
+            f"old-{n}" for n in range(4)
+        ]
+        assert len(await store.decisions(DecisionQuery(rule="rule-0"))) == 2
+    finally:
+        await store.close()
