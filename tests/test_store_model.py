@@ -4,10 +4,11 @@ A Hypothesis ``RuleBasedStateMachine`` applies the same random operations to a
 store (SQLite, or a real ``redis-server``) and to ``Model`` below, with a clock
 that advances on every call (and jumps now and then, across leases, TTLs and
 windows), and compares every answer: journal claims (one at a time and in
-batches), batch completion, leases and renewal, release, parking and retry;
-run-once keys with their sending mark and the recovery of a dead incarnation's
-claim; locks, renewal, fencing and takeover; cooldowns (one and several at
-once); budget slots; circuits; approvals; the pause switch.
+batches), batch completion and the records it keeps (the first completion's),
+leases and renewal, release, parking and retry; run-once keys with their
+sending mark and the recovery of a dead incarnation's claim; locks, renewal,
+fencing and takeover; cooldowns (one and several at once); budget slots;
+circuits; approvals; the pause switch.
 
 Where the contract leaves a choice (which of several claimable entries comes
 next), the model checks the store's choice is one it allows, then follows it.
@@ -45,6 +46,7 @@ from receiver.store.base import (
     Approval,
     BudgetSlot,
     Circuit,
+    DecisionQuery,
     JournalEntry,
     Lease,
     Lock,
@@ -110,6 +112,15 @@ class Model:
     circuits: dict[str, Circuit] = field(default_factory=dict)
     approvals: dict[str, tuple[str, str]] = field(default_factory=dict)  # key->id,st
     pause: Pause | None = None
+    # The tags of each entry's decision records: those of the completion
+    # that finished it; a later completion records nothing.
+    records: dict[str, list[str]] = field(default_factory=dict)
+
+    def complete(self, entry_id: str, tag: str) -> None:
+        m = self.entries[entry_id]
+        if m.state != "done":
+            self.records[entry_id] = [tag]
+        m.state = "done"
 
     def dead(self, owner: str, now: datetime) -> bool:
         return owner in self.alive and self.alive[owner] < now
@@ -146,6 +157,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.appended = 0
         self.lined = 0  # places in line given out (appends, Redis requeues)
         self.consumers = 0
+        self.completions = 0
 
     def teardown(self) -> None:
         self.run(self.store.close())
@@ -216,12 +228,47 @@ class StoreMachine(RuleBasedStateMachine):
             assert lease.expires_at == now + LEASE
         return multiple(*leases)
 
+    def record(self, entry_id: str) -> dict[str, Any]:
+        """A decision record of ``entry_id``, tagged with this completion."""
+        self.completions += 1
+        return {
+            "payload_id": entry_id,
+            "fingerprint": "fp",
+            "decided_at": self.now.isoformat(),
+            "tag": f"{entry_id}/{self.completions}",
+            "matches": [],
+        }
+
+    def recorded(self, entry_id: str) -> list[str]:
+        page = self.run(
+            self.store.decision_page(DecisionQuery(payload_id=entry_id, limit=10))
+        )
+        return sorted(str(r["tag"]) for r in page.items())
+
     @rule(batch=st.lists(consumes(leases), max_size=4))
     def complete_batch(self, batch: list[Lease | None]) -> None:
-        done = [lease.entry.id for lease in batch if lease is not None]
-        self.run(self.store.complete_batch([(i, []) for i in done]))
-        for entry_id in done:
-            self.model.entries[entry_id].state = "done"
+        done = [
+            (lease.entry.id, [self.record(lease.entry.id)])
+            for lease in batch
+            if lease is not None
+        ]
+        self.run(self.store.complete_batch(done))
+        for entry_id, (record,) in done:
+            self.model.complete(entry_id, str(record["tag"]))
+        for entry_id, _ in done:
+            assert self.recorded(entry_id) == self.model.records[entry_id]
+
+    @rule(data=st.data())
+    def complete_late(self, data: st.DataObject) -> None:
+        """A worker whose lease lapsed completes an entry another one finished."""
+        done = sorted(i for i, e in self.model.entries.items() if e.state == "done")
+        if not done:
+            return
+        entry_id = data.draw(st.sampled_from(done))
+        record = self.record(entry_id)
+        self.run(self.store.complete_batch([(entry_id, [record])]))
+        self.model.complete(entry_id, str(record["tag"]))
+        assert self.recorded(entry_id) == self.model.records[entry_id]
 
     @rule(target=leases, lease=consumes(leases))
     def renew(self, lease: Lease | None) -> Lease | None:
@@ -251,9 +298,11 @@ class StoreMachine(RuleBasedStateMachine):
     def complete(self, lease: Lease | None) -> None:
         if lease is None:
             return
-        m = self.model.entries[lease.entry.id]
-        self.run(self.store.complete(lease.entry.id, []))
-        m.state = "done"
+        entry_id = lease.entry.id
+        record = self.record(entry_id)
+        self.run(self.store.complete(entry_id, [record]))
+        self.model.complete(entry_id, str(record["tag"]))
+        assert self.recorded(entry_id) == self.model.records[entry_id]
 
     @rule(lease=consumes(leases))
     def park(self, lease: Lease | None) -> None:
