@@ -1262,16 +1262,18 @@ async def healthz_under_storm(report: Report, sizes: Sizes, tmp: Path) -> None:
 
 
 def _db_bytes(url: str) -> int:
-    path = Path(url.removeprefix("sqlite:///"))
+    """The store's files: its own, the decision log's, and each one's WAL."""
+    path = url.removeprefix("sqlite:///")
+    files = (path, decisions_path(path))
     return sum(
         p.stat().st_size
-        for p in (path, path.with_name(path.name + "-wal"))
+        for p in (Path(f + suffix) for f in files for suffix in ("", "-wal"))
         if p.exists()
     )
 
 
 async def soak(report: Report, sizes: Sizes, tmp: Path) -> None:
-    """Half the saturated rate for a while: RSS flat, database file bounded."""
+    """Half the saturated rate for a while: RSS flat, database files bounded."""
     body = tmp / "one-alert.json"
     body.write_bytes(one_alert_body())
     env = {
@@ -1317,7 +1319,7 @@ async def soak(report: Report, sizes: Sizes, tmp: Path) -> None:
         f"{last[2]:.0f} MiB (from a third of the way to the end)",
     )
     report.target(
-        "soak: database file bounded by retention",
+        "soak: database files (store and decision log) bounded by retention",
         bounded,
         f"{last[3]:.1f} MiB at the end, {max(s[3] for s in samples):.1f} MiB at most",
     )
