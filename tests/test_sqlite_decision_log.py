@@ -198,3 +198,22 @@ async def test_a_move_cut_short_is_finished_without_copies(tmp_path: Path) -> No
         assert len(await store.decisions(DecisionQuery(rule="rule-0"))) == 2
     finally:
         await store.close()
+
+
+async def test_two_processes_opening_an_older_file_move_it_once(
+    tmp_path: Path,
+) -> None:
+    """The edge and its worker open the file at once: one moves, none fails."""
+    path = str(tmp_path / "s.db")
+    _old_file(path, 50)
+    opened = await asyncio.gather(
+        *(asyncio.to_thread(SqliteStore, path, reclaim=False) for _ in range(4))
+    )
+    try:
+        for store in opened:
+            assert len(await store.decisions(DecisionQuery(limit=100))) == 50
+            assert len(await store.decisions(DecisionQuery(rule="rule-0"))) == 25
+    finally:
+        for store in opened:
+            await store.close()
+    assert "decisions" not in _tables(path)

@@ -403,31 +403,35 @@ class SqliteConnection(SqliteFile):
         One transaction per file: the records are copied (a copy a crash cut
         short is completed the next time; a record copied before is skipped by
         its ``seq``), the log's tag index is filled again, and only then are
-        the old tables dropped.
+        the old tables dropped. Two processes opening the file at once (the
+        edge and its worker) each look for the old tables under the write
+        locks, so one of them moves and the other finds nothing left.
         """
         db = self._db
-        old = db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='decisions'"
-        ).fetchone()
-        if old is None or self.path == ":memory:":
+        if self.path == ":memory:" or not self._has_old_decisions():
             return
         db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
         try:
             db.execute("ATTACH DATABASE ? AS log", (self._log.path,))
             try:
-                db.execute("BEGIN IMMEDIATE")
+                db.execute("BEGIN IMMEDIATE")  # both files' write locks
                 try:
-                    db.execute(
-                        "INSERT OR IGNORE INTO log.decisions (seq, payload_id, "
-                        "fingerprint, decided_at, record) SELECT seq, payload_id, "
-                        "fingerprint, decided_at, record FROM main.decisions"
-                    )
+                    moved = self._has_old_decisions()
+                    if moved:
+                        db.execute(
+                            "INSERT OR IGNORE INTO log.decisions (seq, payload_id, "
+                            "fingerprint, decided_at, record) SELECT seq, "
+                            "payload_id, fingerprint, decided_at, record "
+                            "FROM main.decisions"
+                        )
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
                 db.execute("COMMIT")
             finally:
                 db.execute("DETACH DATABASE log")
+            if not moved:
+                return
             self._log.fill_indexes(again=True)
             db.executescript(
                 "BEGIN IMMEDIATE;\nDROP TRIGGER IF EXISTS decisions_untag;\n"
@@ -436,6 +440,13 @@ class SqliteConnection(SqliteFile):
             )
         finally:
             db.execute("PRAGMA busy_timeout=0")
+
+    def _has_old_decisions(self) -> bool:
+        """Whether the store's file still holds a decisions table (older version)."""
+        found = self._db.execute(
+            "SELECT 1 FROM main.sqlite_master WHERE type='table' AND name='decisions'"
+        ).fetchone()
+        return found is not None
 
     async def ping(self) -> bool:  # noqa: D102
         return await super().ping() and await self._log.ping()
