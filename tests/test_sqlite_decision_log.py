@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from test_store_contract import T0, journal_entry, trace
 
-from receiver.errors import StoreUnavailableError
+from receiver.errors import ConfigError, StoreUnavailableError
 from receiver.store.base import DecisionQuery
 from receiver.store.sqlite import SqliteStore, decisions_path
 from receiver.store.sqlite.schema import DECISION_SCHEMA, SCHEMA, insert_decisions
@@ -217,3 +217,13 @@ async def test_two_processes_opening_an_older_file_move_it_once(
         for store in opened:
             await store.close()
     assert "decisions" not in _tables(path)
+
+
+@pytest.mark.parametrize("which", ["store", "decision log"])
+def test_a_file_that_cannot_be_opened_is_named(tmp_path: Path, which: str) -> None:
+    """Not a traceback: a ConfigError (``serve`` logs it in one line) naming it."""
+    path = str(tmp_path / "s.db")
+    blocked = path if which == "store" else decisions_path(path)
+    Path(blocked).mkdir()  # a directory where the file should be
+    with pytest.raises(ConfigError, match=f"cannot open {blocked}: unable to open"):
+        SqliteStore(path)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar, cast
 
-from receiver.errors import StoreUnavailableError
+from receiver.errors import ConfigError, StoreUnavailableError
 from receiver.store.base import Retention
 from receiver.store.sqlite.schema import (
     COUNT_UNFINISHED,
@@ -58,17 +58,24 @@ class SqliteFile:
         self.path = path
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            path, check_same_thread=False, isolation_level=None, timeout=30
-        )
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._prepare()
-        self._db.executescript(schema)
-        self._opened()
-        # From here on the writer waits for the lock itself (``_begin``).
-        self._db.execute("PRAGMA busy_timeout=0")
+        try:
+            self._db = sqlite3.connect(
+                path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+        except sqlite3.Error as exc:
+            raise self._cannot_open(exc) from exc
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._prepare()
+            self._db.executescript(schema)
+            self._opened()
+            # From here on the writer waits for the lock itself (``_begin``).
+            self._db.execute("PRAGMA busy_timeout=0")
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise self._cannot_open(exc) from exc
         self._lock = threading.Lock()
         self._wakeup = asyncio.Event()
         # Group commit: calls queued while a batch is in its transaction.
@@ -88,6 +95,12 @@ class SqliteFile:
             self._read_thread = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="sqlite-read"
             )
+
+    def _cannot_open(self, exc: sqlite3.Error) -> ConfigError:
+        return ConfigError(
+            f"the SQLite store cannot open {self.path}: {exc}; check that it is a "
+            "database file this user can write, in a directory it can write"
+        )
 
     def _prepare(self) -> None:
         """Before the schema is applied (a file of an older version: migrate)."""
@@ -326,15 +339,24 @@ class DecisionLog(SqliteFile):
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version >= SCHEMA_VERSION and not again:
             return
-        with contextlib.closing(self._db.cursor()) as cur:
-            cur.executescript(
-                "BEGIN IMMEDIATE;\nDELETE FROM decision_index;\n"
-                + "\n".join(
-                    stmt.replace(" FROM json_each(", " FROM decisions AS d, json_each(")
-                    for stmt in _tag_inserts("d.record", "d.seq").split("\n")
+        # Opened, the writer waits for the lock in ``_begin``; this one script
+        # waits in SQLite's own handler (another process may be filling too).
+        (waits,) = self._db.execute("PRAGMA busy_timeout").fetchone()
+        self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+        try:
+            with contextlib.closing(self._db.cursor()) as cur:
+                cur.executescript(
+                    "BEGIN IMMEDIATE;\nDELETE FROM decision_index;\n"
+                    + "\n".join(
+                        stmt.replace(
+                            " FROM json_each(", " FROM decisions AS d, json_each("
+                        )
+                        for stmt in _tag_inserts("d.record", "d.seq").split("\n")
+                    )
+                    + f"\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;"
                 )
-                + f"\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;"
-            )
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout={int(waits)}")
 
 
 def decisions_path(path: str) -> str:
@@ -351,8 +373,12 @@ class SqliteConnection(SqliteFile):
         self.retention = retention or Retention()
         self._reclaim = reclaim
         super().__init__(path, SCHEMA)
-        self._log = DecisionLog(decisions_path(path))
-        self._move_decisions()
+        try:
+            self._log = DecisionLog(decisions_path(path))
+            self._move_decisions()
+        except BaseException:
+            self._db.close()
+            raise
 
     def _prepare(self) -> None:
         self._migrate()
