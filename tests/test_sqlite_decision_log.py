@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 from test_store_contract import T0, journal_entry, trace
 
 from receiver.errors import ConfigError, StoreUnavailableError
-from receiver.store.base import DecisionQuery
+from receiver.store.base import DecisionQuery, Retention
 from receiver.store.sqlite import SqliteStore, decisions_path
 from receiver.store.sqlite.schema import DECISION_SCHEMA, SCHEMA, insert_decisions
 
@@ -113,6 +114,29 @@ async def test_a_crash_between_the_two_commits_decides_again_and_records_once(
         await store.complete(entry.id, [trace(entry.id, "after")])
         assert await _recorded(store, entry.id) == ["before"]
         assert await store.pending() == (0, None)
+    finally:
+        await store.close()
+
+
+async def test_a_late_completion_of_a_done_entry_records_nothing_after_pruning(
+    tmp_path: Path,
+) -> None:
+    """Its records pruned, a done entry still gets none from a lapsed worker."""
+    store = SqliteStore(
+        str(tmp_path / "s.db"),
+        retention=Retention(max_decisions=1, max_age=timedelta(days=3650)),
+    )
+    try:
+        first, second = journal_entry(1), journal_entry(2)
+        for entry in (first, second):
+            await store.append(entry, [])
+        await store.claim_batch("c1", 2, 0, T0)
+        await store.complete(first.id, [trace(first.id, "first")])
+        await store.complete(second.id, [trace(second.id, "second")])
+        await store.prune(T0)
+        assert await _recorded(store, first.id) == []  # pruned: one kept
+        await store.complete(first.id, [trace(first.id, "late")])
+        assert await _recorded(store, first.id) == []
     finally:
         await store.close()
 

@@ -1,7 +1,10 @@
-"""The SQLite store's connections and group commit.
+"""The SQLite store's files, their connections and group commit.
 
-WAL journal mode with ``synchronous=FULL``: a payload is on disk before the 202.
-One connection guarded by a lock and driven through ``asyncio.to_thread``, with
+Two files (``SqliteFile`` each): the store's own, and the decision log beside it
+(``DecisionLog``), so the worker recording decisions never holds the write lock
+the edge journals under. WAL journal mode with ``synchronous=FULL``: a payload
+is on disk before the 202. Per file, one writer connection guarded by a lock
+and driven through ``asyncio.to_thread``, with
 group commit: calls that arrive while a transaction is on its way to disk wait,
 then run together in the next one (each in a savepoint of its own only if one
 of them fails, so each stays atomic and fails alone), and every caller hears

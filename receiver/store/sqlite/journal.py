@@ -403,12 +403,17 @@ class SqliteJournal(SqliteConnection):
                 if entry_id not in encoded:  # a repeat is skipped below
                     encoded[entry_id] = [encode_decision(entry_id, t) for t in traces]
 
+        ids = list(dict.fromkeys(entry_id for entry_id, _ in done))
+        # Done before (by another worker whose lease lapsed in between): no
+        # records, as it gets no done-mark below. Read beside the writer;
+        # an entry once done stays done, so an older snapshot only skips less.
+        finished = await self._read(lambda db: _finished(db, ids))
+
         def record(db: sqlite3.Connection) -> None:
-            _record_once(db, done, encoded)
+            _record_once(db, done, encoded, finished)
 
         def finish(db: sqlite3.Connection) -> None:
             at = datetime.now(UTC).isoformat()  # bookkeeping only, never compared
-            ids = list(dict.fromkeys(entry_id for entry_id, _ in done))
             states: dict[str, str] = {}
             for start in range(0, len(ids), STATE_READ_CHUNK):
                 chunk = ids[start : start + STATE_READ_CHUNK]
@@ -526,20 +531,36 @@ class SqliteJournal(SqliteConnection):
         return await self._run(write)
 
 
+def _finished(db: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+    """Those of ``ids`` the journal holds as done (once done, always done)."""
+    found: set[str] = set()
+    for start in range(0, len(ids), STATE_READ_CHUNK):
+        chunk = ids[start : start + STATE_READ_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        query = (
+            "SELECT id FROM journal WHERE state='done' "  # noqa: S608 (placeholders only)
+            f"AND id IN ({marks})"
+        )
+        found.update(r[0] for r in db.execute(query, chunk))
+    return found
+
+
 def _record_once(
     db: sqlite3.Connection,
     done: Sequence[tuple[str, Sequence[Mapping[str, JSONValue]]]],
     encoded: Mapping[str, Sequence[EncodedDecision]] | None,
+    finished: set[str],
 ) -> None:
     """Write the decision log's records of entries that have none yet.
 
     An entry some worker recorded before (then crashed before marking it done,
     or its lease ran out) keeps the records written first: they tell what was
-    done. ``encoded``: the records, encoded ahead; None, encode each as written
-    (a storm's are never all held at once).
+    done. An entry already ``finished`` (done) gets none, even once its records
+    are pruned. ``encoded``: the records, encoded ahead; None, encode each as
+    written (a storm's are never all held at once).
     """
     ids = list(dict.fromkeys(entry_id for entry_id, _ in done))
-    recorded: set[str] = set()
+    recorded: set[str] = set(finished)
     for start in range(0, len(ids), STATE_READ_CHUNK):
         chunk = ids[start : start + STATE_READ_CHUNK]
         marks = ",".join("?" * len(chunk))
