@@ -55,12 +55,14 @@ BAD = (
 
 
 def _receiver(*args: str, env: dict[str, str] | None = None) -> Any:
+    # In memory: a store file would land in the working tree.
+    env = {"RECEIVER_STORE": "sqlite://:memory:", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "receiver", *args],
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "RECEIVER_LOG_FORMAT": "json", **(env or {})},
+        env={**os.environ, "RECEIVER_LOG_FORMAT": "json", **env},
         check=False,
     )
 
