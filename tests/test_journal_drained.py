@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from conftest import journal_drained
@@ -17,8 +18,18 @@ async def test_a_completion_made_while_waiting_ends_the_wait() -> None:
     entry = journal_entry(0)
     await store.append(entry, [])
     [lease] = await store.claim_batch("c1", 1, 0.0, T0)
+    # Its first look at the journal, seen as it happens (not a sleep).
+    looked = asyncio.Event()
+    pending = store.pending
+
+    async def watched() -> tuple[int, Any]:
+        found = await pending()
+        looked.set()
+        return found
+
+    store.pending = watched  # type: ignore[method-assign]
     waiting = asyncio.create_task(journal_drained(store, timeout=30.0))
-    await asyncio.sleep(0)  # let it look once and start waiting
+    await asyncio.wait_for(looked.wait(), 5.0)
     assert not waiting.done()
     await store.complete(lease.entry.id, [])
     await asyncio.wait_for(waiting, 5.0)
