@@ -22,7 +22,7 @@ from test_store_contract import T0, journal_entry, trace
 
 from receiver.errors import ConfigError, StoreUnavailableError
 from receiver.store.base import DecisionQuery, Retention
-from receiver.store.sqlite import SqliteStore, decisions_path
+from receiver.store.sqlite import STATE_READ_CHUNK, SqliteStore, decisions_path
 from receiver.store.sqlite.schema import DECISION_SCHEMA, SCHEMA, insert_decisions
 
 
@@ -251,3 +251,33 @@ def test_a_file_that_cannot_be_opened_is_named(tmp_path: Path, which: str) -> No
     Path(blocked).mkdir()  # a directory where the file should be
     with pytest.raises(ConfigError, match=f"cannot open {blocked}: unable to open"):
         SqliteStore(path)
+
+
+async def test_a_batch_larger_than_a_read_is_recorded_once_each(
+    tmp_path: Path,
+) -> None:
+    """More entries than one read holds: each is recorded once, done once."""
+    store = SqliteStore(str(tmp_path / "s.db"))
+    try:
+        n = STATE_READ_CHUNK * 2 + 3
+        entries = [journal_entry(i) for i in range(n)]
+        for entry in entries:
+            await store.append(entry, [])
+        await store.claim_batch("c1", n, 0, T0)
+        ids = [e.id for e in entries]
+        # The last of the batch done before, the one past a chunk recorded before.
+        await store.complete(ids[-1], [trace(ids[-1], "before")])
+        await store._log.write(
+            lambda db: insert_decisions(
+                db, [(ids[STATE_READ_CHUNK], trace(ids[STATE_READ_CHUNK], "before"))]
+            )
+        )
+        await store.complete_batch([(i, [trace(i, "batch")]) for i in ids])
+        assert await store.pending() == (0, None)
+        page = await store.decisions(DecisionQuery(limit=n + 10))
+        assert len(page) == n
+        tags = {str(r["payload_id"]): str(r["tag"]) for r in page}
+        assert tags[ids[-1]] == tags[ids[STATE_READ_CHUNK]] == "before"
+        assert tags[ids[0]] == tags[ids[STATE_READ_CHUNK + 1]] == "batch"
+    finally:
+        await store.close()

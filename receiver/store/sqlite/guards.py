@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from receiver.store.base import BudgetSlot, Circuit, Lock, Pause
 from receiver.store.sqlite.incarnations import SqliteIncarnations
-from receiver.store.sqlite.schema import STATE_READ_CHUNK, _epoch, _ts
+from receiver.store.sqlite.schema import _epoch, _ts, rows_in
 
 
 class SqliteGuards(SqliteIncarnations):
@@ -90,15 +90,12 @@ class SqliteGuards(SqliteIncarnations):
 
         def read(db: sqlite3.Connection) -> dict[str, datetime | None]:
             found: dict[str, datetime | None] = dict.fromkeys(wanted)
-            for start in range(0, len(wanted), STATE_READ_CHUNK):
-                chunk = wanted[start : start + STATE_READ_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                query = (
-                    f"SELECT scope, at FROM last_run WHERE scope IN ({marks}) "  # noqa: S608 (placeholders only)
-                    "AND expires_at >= ?"
-                )
-                for row in db.execute(query, (*chunk, at)):
-                    found[row[0]] = _ts(row[1])
+            query = (
+                "SELECT scope, at FROM last_run WHERE scope IN ({marks}) "
+                "AND expires_at >= ?"
+            )
+            for row in rows_in(db, query, wanted, (at,)):
+                found[row[0]] = _ts(row[1])
             return found
 
         if not wanted:

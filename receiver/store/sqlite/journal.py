@@ -24,13 +24,13 @@ from receiver.store.base import (
 from receiver.store.sqlite.connection import SqliteConnection
 from receiver.store.sqlite.schema import (
     COUNT_UNFINISHED,
-    STATE_READ_CHUNK,
     EncodedDecision,
     _epoch,
     _ts,
     encode_decision,
     insert_decisions,
     insert_encoded,
+    rows_in,
 )
 
 # Decision records a batch may encode before its transaction (see
@@ -171,20 +171,18 @@ class SqliteJournal(SqliteConnection):
                 found = parsed[text] = datetime.fromisoformat(text)
             return found
 
-        for start in range(0, len(fingerprints), STATE_READ_CHUNK):
-            chunk = fingerprints[start : start + STATE_READ_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for fingerprint, status, starts_at, updated_at in db.execute(
-                "SELECT fingerprint, status, starts_at, updated_at FROM alert_state "  # noqa: S608 (placeholders only)
-                f"WHERE fingerprint IN ({marks})",
-                chunk,
-            ):
-                latest[fingerprint] = AlertState(
-                    fingerprint,
-                    status,
-                    when(starts_at) if starts_at else None,
-                    when(updated_at),
-                )
+        for fingerprint, status, starts_at, updated_at in rows_in(
+            db,
+            "SELECT fingerprint, status, starts_at, updated_at FROM alert_state "
+            "WHERE fingerprint IN ({marks})",
+            fingerprints,
+        ):
+            latest[fingerprint] = AlertState(
+                fingerprint,
+                status,
+                when(starts_at) if starts_at else None,
+                when(updated_at),
+            )
         changed = _newest(latest, states)
         # The states of a payload share their times (``updated_at`` always,
         # ``starts_at`` often): each distinct time is written out once.
@@ -407,19 +405,16 @@ class SqliteJournal(SqliteConnection):
         # Done before (by another worker whose lease lapsed in between): no
         # records, as it gets no done-mark below. Read beside the writer;
         # an entry once done stays done, so an older snapshot only skips less.
-        finished = await self._read(lambda db: _finished(db, ids))
+        finished = await self._read(
+            lambda db: {i for i, state in _states(db, ids).items() if state == "done"}
+        )
 
         def record(db: sqlite3.Connection) -> None:
-            _record_once(db, done, encoded, finished)
+            _record_once(db, ids, done, encoded, finished)
 
         def finish(db: sqlite3.Connection) -> None:
             at = datetime.now(UTC).isoformat()  # bookkeeping only, never compared
-            states: dict[str, str] = {}
-            for start in range(0, len(ids), STATE_READ_CHUNK):
-                chunk = ids[start : start + STATE_READ_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                query = f"SELECT id, state FROM journal WHERE id IN ({marks})"  # noqa: S608 (placeholders only)
-                states.update(db.execute(query, chunk).fetchall())
+            states = _states(db, ids)
             # Completed by another worker after a lease ran out: skipped.
             todo = [i for i in ids if states.get(i) not in (None, "done")]
             # Parked ones are done too, but were not counted as unfinished.
@@ -531,21 +526,19 @@ class SqliteJournal(SqliteConnection):
         return await self._run(write)
 
 
-def _finished(db: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
-    """Those of ``ids`` the journal holds as done (once done, always done)."""
-    found: set[str] = set()
-    for start in range(0, len(ids), STATE_READ_CHUNK):
-        chunk = ids[start : start + STATE_READ_CHUNK]
-        marks = ",".join("?" * len(chunk))
-        # By id alone: with ``state='done'`` beside it, SQLite walked every
-        # finished entry of the journal_queue index instead.
-        query = f"SELECT id, state FROM journal WHERE id IN ({marks})"  # noqa: S608 (placeholders only)
-        found.update(i for i, state in db.execute(query, chunk) if state == "done")
-    return found
+def _states(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
+    """The journal state of each of ``ids`` it holds.
+
+    By id alone: a query with ``state='done'`` beside the ids walked every
+    finished entry of the journal_queue index instead.
+    """
+    query = "SELECT id, state FROM journal WHERE id IN ({marks})"
+    return {row[0]: row[1] for row in rows_in(db, query, ids)}
 
 
 def _record_once(
     db: sqlite3.Connection,
+    ids: Sequence[str],
     done: Sequence[tuple[str, Sequence[Mapping[str, JSONValue]]]],
     encoded: Mapping[str, Sequence[EncodedDecision]] | None,
     finished: set[str],
@@ -555,19 +548,13 @@ def _record_once(
     An entry some worker recorded before (then crashed before marking it done,
     or its lease ran out) keeps the records written first: they tell what was
     done. An entry already ``finished`` (done) gets none, even once its records
-    are pruned. ``encoded``: the records, encoded ahead; None, encode each as
-    written (a storm's are never all held at once).
+    are pruned. ``ids``: the distinct entries of ``done``. ``encoded``: the
+    records, encoded ahead; None, encode each as written (a storm's are never
+    all held at once).
     """
-    ids = list(dict.fromkeys(entry_id for entry_id, _ in done))
     recorded: set[str] = set(finished)
-    for start in range(0, len(ids), STATE_READ_CHUNK):
-        chunk = ids[start : start + STATE_READ_CHUNK]
-        marks = ",".join("?" * len(chunk))
-        query = (
-            "SELECT DISTINCT payload_id FROM decisions "  # noqa: S608 (placeholders only)
-            f"WHERE payload_id IN ({marks})"
-        )
-        recorded.update(r[0] for r in db.execute(query, chunk))
+    query = "SELECT DISTINCT payload_id FROM decisions WHERE payload_id IN ({marks})"
+    recorded.update(row[0] for row in rows_in(db, query, ids))
     todo = []
     for entry_id, traces in done:
         if entry_id not in recorded:

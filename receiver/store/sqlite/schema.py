@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 
 from receiver.model import JSONValue
@@ -155,6 +155,24 @@ COUNT_UNFINISHED = (
 )
 # Fingerprints per read of alert_state (under SQLite's bound on parameters).
 STATE_READ_CHUNK = 500
+
+
+def rows_in(
+    db: sqlite3.Connection,
+    query: str,
+    values: Sequence[str],
+    after: Sequence[object] = (),
+) -> Iterator[sqlite3.Row]:
+    """The rows of ``query`` for ``values``, ``STATE_READ_CHUNK`` of them a read.
+
+    ``query`` holds ``{marks}`` where the placeholders of a chunk go (as in
+    ``WHERE id IN ({marks})``); ``after``: the parameters of placeholders that
+    follow it.
+    """
+    for start in range(0, len(values), STATE_READ_CHUNK):
+        chunk = values[start : start + STATE_READ_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        yield from db.execute(query.format(marks=marks), (*chunk, *after))
 
 
 def _ts(value: str | None) -> datetime | None:
