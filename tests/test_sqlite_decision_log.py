@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_store_contract import T0, journal_entry, trace
+from test_store_contract import Tick, journal_entry, trace
 
 from receiver.errors import ConfigError, StoreUnavailableError
 from receiver.store.base import DecisionQuery, Retention
 from receiver.store.sqlite import STATE_READ_CHUNK, SqliteStore, decisions_path
 from receiver.store.sqlite.schema import DECISION_SCHEMA, SCHEMA, insert_decisions
+
+# Claims and pruning read a clock that moves on every reading.
+now = Tick()
 
 
 def _tags(records: list[Any]) -> list[str]:
@@ -42,14 +45,14 @@ async def test_journaling_never_waits_for_the_decision_log(tmp_path: Path) -> No
     try:
         entry = journal_entry(1)
         await store.append(entry, [])
-        (lease,) = await store.claim_batch("c1", 1, 0, T0)
+        (lease,) = await store.claim_batch("c1", 1, 0, now())
         holder.execute("BEGIN IMMEDIATE")  # the log is being written elsewhere
         completing = asyncio.create_task(
             store.complete(entry.id, [trace(entry.id, "t")])
         )
         # The edge's write, and a claim, go through while the log is held.
         await asyncio.wait_for(store.append(journal_entry(2), []), 30)
-        assert [x.entry.id for x in await store.claim_batch("c1", 1, 0, T0)]
+        assert [x.entry.id for x in await store.claim_batch("c1", 1, 0, now())]
         assert not completing.done()
         holder.execute("COMMIT")
         await asyncio.wait_for(completing, 30)
@@ -67,7 +70,7 @@ async def test_a_failure_between_the_two_commits_records_once(
     try:
         entry = journal_entry(1)
         await store.append(entry, [])
-        await store.claim_batch("c1", 1, 0, T0)
+        await store.claim_batch("c1", 1, 0, now())
 
         def locked() -> None:
             raise sqlite3.OperationalError("database is locked")
@@ -100,7 +103,7 @@ async def test_a_crash_between_the_two_commits_decides_again_and_records_once(
     store = SqliteStore(path)
     entry = journal_entry(1)
     await store.append(entry, [])
-    await store.claim_batch("c1", 1, 0, T0)
+    await store.claim_batch("c1", 1, 0, now())
     # What ``complete`` commits first, and then nothing more: the crash.
     await store._log.write(
         lambda db: insert_decisions(db, [(entry.id, trace(entry.id, "before"))])
@@ -109,7 +112,7 @@ async def test_a_crash_between_the_two_commits_decides_again_and_records_once(
 
     store = SqliteStore(path)
     try:
-        (lease,) = await store.claim_batch("c2", 1, 0, T0)
+        (lease,) = await store.claim_batch("c2", 1, 0, now())
         assert lease.entry.id == entry.id
         await store.complete(entry.id, [trace(entry.id, "after")])
         assert await _recorded(store, entry.id) == ["before"]
@@ -130,10 +133,10 @@ async def test_a_late_completion_of_a_done_entry_records_nothing_after_pruning(
         first, second = journal_entry(1), journal_entry(2)
         for entry in (first, second):
             await store.append(entry, [])
-        await store.claim_batch("c1", 2, 0, T0)
+        await store.claim_batch("c1", 2, 0, now())
         await store.complete(first.id, [trace(first.id, "first")])
         await store.complete(second.id, [trace(second.id, "second")])
-        await store.prune(T0)
+        await store.prune(now())
         assert await _recorded(store, first.id) == []  # pruned: one kept
         await store.complete(first.id, [trace(first.id, "late")])
         assert await _recorded(store, first.id) == []
@@ -263,7 +266,7 @@ async def test_a_batch_larger_than_a_read_is_recorded_once_each(
         entries = [journal_entry(i) for i in range(n)]
         for entry in entries:
             await store.append(entry, [])
-        await store.claim_batch("c1", n, 0, T0)
+        await store.claim_batch("c1", n, 0, now())
         ids = [e.id for e in entries]
         # The last of the batch done before, the one past a chunk recorded before.
         await store.complete(ids[-1], [trace(ids[-1], "before")])
