@@ -12,6 +12,7 @@ finished the next time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -283,4 +284,135 @@ async def test_a_batch_larger_than_a_read_is_recorded_once_each(
         assert tags[ids[-1]] == tags[ids[STATE_READ_CHUNK]] == "before"
         assert tags[ids[0]] == tags[ids[STATE_READ_CHUNK + 1]] == "batch"
     finally:
+        await store.close()
+
+
+def _log_order(path: str) -> list[str]:
+    """The payload ids of the decision log's records, in the order written."""
+    with contextlib.closing(sqlite3.connect(decisions_path(path))) as db:
+        rows = db.execute("SELECT payload_id FROM decisions ORDER BY seq")
+        return [r[0] for r in rows]
+
+
+class _FirstReadHeld(SqliteStore):
+    """Holds the first completion's look at which entries are done."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.looks = 0
+        self.second_looked = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def _read(self, fn: Any) -> Any:
+        if getattr(fn, "__name__", "") != "done_before":
+            return await super()._read(fn)
+        self.looks += 1
+        if self.looks == 1:
+            await self.release.wait()
+            return await super()._read(fn)
+        try:
+            return await super()._read(fn)
+        finally:
+            self.second_looked.set()
+
+
+async def test_batches_write_their_records_in_the_order_they_came(
+    tmp_path: Path,
+) -> None:
+    """Two completions at once: the first's records come first, though it is slower.
+
+    The second is ready first (its look at the journal returns before the
+    first's), and waits for its turn: the log keeps decisions in the order they
+    were decided.
+    """
+    path = str(tmp_path / "s.db")
+    store = _FirstReadHeld(path)
+    try:
+        first, second = journal_entry(1), journal_entry(2)
+        for entry in (first, second):
+            await store.append(entry, [])
+        await store.claim_batch("c1", 2, 0, now())
+        one = asyncio.create_task(store.complete(first.id, [trace(first.id, "a")]))
+        two = asyncio.create_task(store.complete(second.id, [trace(second.id, "b")]))
+        await asyncio.wait_for(store.second_looked.wait(), 30)
+        assert _log_order(path) == []  # the second waits for the first's turn
+        store.release.set()
+        await asyncio.wait_for(asyncio.gather(one, two), 30)
+        assert _log_order(path) == [first.id, second.id]
+        assert await store.pending() == (0, None)
+    finally:
+        await store.close()
+
+
+async def test_a_batch_that_fails_before_its_records_does_not_hold_the_next(
+    tmp_path: Path,
+) -> None:
+    """A record that cannot be written fails its batch alone; the next is written."""
+    store = SqliteStore(str(tmp_path / "s.db"))
+    try:
+        first, second = journal_entry(1), journal_entry(2)
+        for entry in (first, second):
+            await store.append(entry, [])
+        await store.claim_batch("c1", 2, 0, now())
+        broken = {**trace(first.id, "a"), "detail": object()}  # not JSON
+        one = asyncio.create_task(store.complete(first.id, [broken]))
+        two = asyncio.create_task(store.complete(second.id, [trace(second.id, "b")]))
+        with pytest.raises(TypeError):
+            await asyncio.wait_for(one, 30)
+        await asyncio.wait_for(two, 30)
+        assert await _recorded(store, first.id) == []
+        assert await _recorded(store, second.id) == ["b"]
+        assert (await store.pending())[0] == 1  # the first is decided again
+    finally:
+        await store.close()
+
+
+async def test_the_next_batch_records_while_a_done_mark_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's done-marks wait for the store's file; the next batch's records don't.
+
+    With the store's write lock held elsewhere, the first completion has its
+    records written and waits to mark its entry done; the second still writes
+    its records meanwhile. Both finish once the lock is let go.
+    """
+    path = str(tmp_path / "s.db")
+    store = SqliteStore(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    logged = [asyncio.Event(), asyncio.Event()]  # each batch's records committed
+    submitted = 0
+    submit = store._log.submit
+
+    def watched(fn: Any) -> Any:
+        nonlocal submitted
+        written = submit(fn)
+        event = logged[submitted]
+        submitted += 1
+
+        async def wait() -> Any:
+            try:
+                return await written
+            finally:
+                event.set()
+
+        return wait()
+
+    monkeypatch.setattr(store._log, "submit", watched)
+    try:
+        first, second = journal_entry(1), journal_entry(2)
+        for entry in (first, second):
+            await store.append(entry, [])
+        await store.claim_batch("c1", 2, 0, now())
+        holder.execute("BEGIN IMMEDIATE")  # the store's file is written elsewhere
+        one = asyncio.create_task(store.complete(first.id, [trace(first.id, "a")]))
+        two = asyncio.create_task(store.complete(second.id, [trace(second.id, "b")]))
+        await asyncio.wait_for(logged[1].wait(), 30)
+        assert _log_order(path) == [first.id, second.id]
+        assert not one.done()  # its done-mark waits for the lock
+        assert not two.done()
+        holder.execute("COMMIT")
+        await asyncio.wait_for(asyncio.gather(one, two), 30)
+        assert await store.pending() == (0, None)
+    finally:
+        holder.close()
         await store.close()

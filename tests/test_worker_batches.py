@@ -210,7 +210,7 @@ async def test_the_recorder_writes_what_arrives_during_a_write_together(tmp_path
     store = GatedSqlite(str(tmp_path / "state.db"))
     for n in range(6):
         await store.append(_entry(n), [])
-    recorder = Recorder(store)
+    recorder = Recorder(store, in_flight=1)
     first = asyncio.create_task(recorder.record("e000", []))
     await store.writing.wait()
     rest = [asyncio.create_task(recorder.record(f"e{n:03d}", [])) for n in range(1, 6)]
@@ -220,6 +220,67 @@ async def test_the_recorder_writes_what_arrives_during_a_write_together(tmp_path
     assert store.batches == [["e000"], ["e001", "e002", "e003", "e004", "e005"]]
     assert (recorder.writes, recorder.entries) == (2, 6)
     assert await store.pending() == (0, None)
+    await recorder.aclose()
+    await store.close()
+
+
+class HeldSqlite(SqliteStore):
+    """Holds every ``complete_batch`` until released; counts those in flight."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[list[str]] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.started = asyncio.Condition()
+        self.release = asyncio.Event()
+
+    async def complete_batch(
+        self, done: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]
+    ) -> None:
+        async with self.started:
+            self.batches.append([entry_id for entry_id, _ in done])
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            self.started.notify_all()
+        try:
+            await self.release.wait()
+            await super().complete_batch(done)
+        finally:
+            self.in_flight -= 1
+
+    async def until(self, batches: int) -> None:
+        """Wait until ``batches`` writes started (10 s at most: then it fails)."""
+        async with self.started:
+            await asyncio.wait_for(
+                self.started.wait_for(lambda: len(self.batches) >= batches), 10
+            )
+
+
+async def test_the_recorder_has_two_writes_on_their_way_then_groups_the_rest(
+    tmp_path,
+):
+    """A second write starts while the first waits; what comes later waits for one.
+
+    The entries decided while both are on their way go together in the write
+    after; each entry is written once, and every caller hears back.
+    """
+    store = HeldSqlite(str(tmp_path / "state.db"))
+    for n in range(9):
+        await store.append(_entry(n), [])
+    recorder = Recorder(store)
+    calls = [asyncio.create_task(recorder.record("e000", []))]
+    await store.until(1)
+    calls += [asyncio.create_task(recorder.record(f"e{n:03d}", [])) for n in (1, 2)]
+    await store.until(2)
+    # Decided while both are on their way: they wait for one to finish.
+    calls += [asyncio.create_task(recorder.record(f"e{n:03d}", [])) for n in (3, 4)]
+    store.release.set()
+    await asyncio.gather(*calls)
+    assert store.batches == [["e000"], ["e001", "e002"], ["e003", "e004"]]
+    assert store.most_in_flight == 2
+    assert (recorder.writes, recorder.entries) == (3, 5)
+    assert (await store.pending())[0] == 4  # e005..e008, never recorded
     await recorder.aclose()
     await store.close()
 

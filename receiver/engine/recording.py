@@ -3,10 +3,15 @@
 The worker's tasks hand each decided entry (its id and decision records) to one
 ``Recorder``. The first waits for no one: its entry is written at once. Entries
 decided while that write is on its way are written together in the next
-``complete_batch`` (one SQLite transaction, one Redis script call), and each
-caller hears back only once its own entry is recorded. Under load one write
-then serves many entries instead of one; alone, an entry waits no longer than
-before. Built and closed by ``Worker``.
+``complete_batch`` (one SQLite transaction per file, one Redis script call),
+and each caller hears back only once its own entry is recorded. Under load one
+write then serves many entries instead of one; alone, an entry waits no longer
+than before.
+
+Up to ``in_flight`` writes are on their way at once, each with entries of its
+own: while one waits for the disk, the next encodes its records and writes
+them, so recording is not one write after another at the disk's pace. Built
+and closed by ``Worker``.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ _Pending = tuple[str, Sequence[Mapping[str, JSONValue]], "asyncio.Future[None]"]
 class Recorder:
     """Completes journal entries in batches of at most ``limit``."""
 
-    def __init__(self, store: Store, limit: int = 64) -> None:
+    def __init__(self, store: Store, limit: int = 64, in_flight: int = 2) -> None:
         self._store = store
         self._limit = max(limit, 1)
+        self._in_flight = max(in_flight, 1)
         self._queue: list[_Pending] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
         # How many store calls recorded how many entries (for the bench).
         self.writes = 0
         self.entries = 0
@@ -42,11 +48,15 @@ class Recorder:
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((entry_id, traces, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="recorder")
+        if len(self._flushers) < self._in_flight:
+            flusher = asyncio.create_task(self._flush(), name="recorder")
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
         await future
 
     async def _flush(self) -> None:
+        # Each flusher takes what waits when it is free: a batch is never split
+        # between two of them, and no entry is in two batches.
         while self._queue:
             batch = [p for p in self._queue[: self._limit] if not p[2].cancelled()]
             self._queue = self._queue[self._limit :]
@@ -71,10 +81,10 @@ class Recorder:
 
     async def aclose(self) -> None:
         """Stop writing; whoever still waits is cancelled."""
-        if self._flusher is not None:
-            self._flusher.cancel()
+        for flusher in list(self._flushers):
+            flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+                await flusher
         for _, _, future in self._queue:
             future.cancel()
         self._queue = []

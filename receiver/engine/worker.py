@@ -60,7 +60,7 @@ IDLE_RECHECK = 1.0
 # instead of one per entry. Claimed entries wait in the worker's buffer, leased
 # to it, until a task is free: a bound on what one replica holds back from the
 # others.
-CLAIM_BATCH = 16
+CLAIM_BATCH = 64
 # Decided alerts that may wait in memory to be recorded: past this, deciding
 # waits for the writes (an entry bigger than this still goes, alone).
 FINISH_ALERTS = 5000

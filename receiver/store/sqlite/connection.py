@@ -23,7 +23,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar, cast
 
@@ -143,6 +143,16 @@ class SqliteFile:
         puts it on disk with its own. One durable call makes the whole
         transaction durable.
         """
+        # The future holds what ``fn`` returned: a T.
+        return cast("T", await self._submit(fn, durable=durable))
+
+    def _submit(
+        self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True
+    ) -> asyncio.Future[object]:
+        """Queue ``fn`` for the next transaction now; its future (see ``_run``).
+
+        Calls queued one after another run in that order.
+        """
         loop = asyncio.get_running_loop()
         if self._flusher is not None and self._flusher.get_loop() is not loop:
             # The store moved to another event loop (tests do this): whatever
@@ -152,8 +162,7 @@ class SqliteFile:
         self._queue.append((fn, future, durable))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        # The future holds what ``fn`` returned: a T.
-        return cast("T", await future)
+        return future
 
     async def _flush(self) -> None:
         """Run queued calls, a batch per transaction, until the queue is empty."""
@@ -332,6 +341,13 @@ class DecisionLog(SqliteFile):
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """``fn`` in the log's next transaction (group commit), once committed."""
         return await self._run(fn)
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Awaitable[T]:
+        """``write``, queued now: awaited, what ``fn`` returned once committed.
+
+        Writes submitted one after another run in that order.
+        """
+        return cast("Awaitable[T]", self._submit(fn))
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """``fn`` on the log's read connection."""

@@ -52,6 +52,9 @@ class SqliteJournal(SqliteConnection):
 
     # The group appends join until the writer takes it.
     _appends: _AppendGroup | None = None
+    # Done once the last batch that came to ``complete_batch`` has written its
+    # decision records (or failed to): the next one writes after it.
+    _recorded: asyncio.Future[None] | None = None
 
     async def append(  # noqa: D102
         self, entry: JournalEntry, states: Sequence[AlertState]
@@ -390,24 +393,54 @@ class SqliteJournal(SqliteConnection):
         if not done:
             return
 
-        # Encoded before the transaction, not inside it: the decision log's
-        # write lock is held for the writes alone.
-        # Up to ``ENCODE_AHEAD`` records; a bigger batch (a storm) is encoded
-        # as it is written, so its records are never all in memory at once.
-        encoded: dict[str, list[EncodedDecision]] | None = None
-        if sum(len(traces) for _, traces in done) <= ENCODE_AHEAD:
-            encoded = {}
-            for entry_id, traces in done:
-                if entry_id not in encoded:  # a repeat is skipped below
-                    encoded[entry_id] = [encode_decision(entry_id, t) for t in traces]
+        # Batches write their records one after another, in the order they
+        # came (the log keeps decisions in the order they were decided); a
+        # batch's done-marks, in the other file, go while the next one reads,
+        # encodes and writes its records. The turn is taken before any await.
+        loop = asyncio.get_running_loop()
+        before, mine = self._recorded, loop.create_future()
+        self._recorded = mine
+        if before is not None and (before.done() or before.get_loop() is not loop):
+            before = None
+        try:
+            await self._complete(done, before, mine)
+        finally:
+            if not mine.done():
+                mine.set_result(None)
 
+    async def _complete(
+        self,
+        done: Sequence[tuple[str, Sequence[Mapping[str, JSONValue]]]],
+        before: asyncio.Future[None] | None,
+        mine: asyncio.Future[None],
+    ) -> None:
         ids = list(dict.fromkeys(entry_id for entry_id, _ in done))
+
         # Done before (by another worker whose lease lapsed in between): no
-        # records, as it gets no done-mark below. Read beside the writer;
-        # an entry once done stays done, so an older snapshot only skips less.
-        finished = await self._read(
-            lambda db: {i for i, state in _states(db, ids).items() if state == "done"}
-        )
+        # records, as it gets no done-mark below. Read beside the writer while
+        # the records are encoded; an entry once done stays done, so an older
+        # snapshot only skips less.
+        def done_before(db: sqlite3.Connection) -> set[str]:
+            return {i for i, state in _states(db, ids).items() if state == "done"}
+
+        reading = asyncio.ensure_future(self._read(done_before))
+        try:
+            # Encoded before the transaction, not inside it: the decision
+            # log's write lock is held for the writes alone. Up to
+            # ``ENCODE_AHEAD`` records; a bigger batch (a storm) is encoded as
+            # it is written, so its records are never all in memory at once.
+            encoded: dict[str, list[EncodedDecision]] | None = None
+            if sum(len(traces) for _, traces in done) <= ENCODE_AHEAD:
+                encoded = {}
+                for entry_id, traces in done:
+                    if entry_id not in encoded:  # a repeat is skipped below
+                        encoded[entry_id] = [
+                            encode_decision(entry_id, t) for t in traces
+                        ]
+        except BaseException:
+            reading.cancel()
+            raise
+        finished = await reading
 
         def record(db: sqlite3.Connection) -> None:
             _record_once(db, ids, done, encoded, finished)
@@ -428,7 +461,15 @@ class SqliteJournal(SqliteConnection):
         # Two files, two commits: the records are on disk before the entry is
         # marked done, so a crash between the two decides the entry again and
         # records nothing more (``record`` above).
-        await self._log.write(record)
+        try:
+            if before is not None:
+                await asyncio.wait([before])  # its outcome is its own batch's
+            # Queued behind the batch before's, not after its commit: both may
+            # go to disk in one transaction of the log.
+            written = self._log.submit(record)
+        finally:
+            mine.set_result(None)
+        await written
         await self._run(finish)
 
     async def payload(self, entry_id: str) -> JournalEntry | None:  # noqa: D102
