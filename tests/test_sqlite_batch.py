@@ -153,6 +153,26 @@ async def test_a_payload_with_more_alerts_than_one_read_takes_keeps_every_state(
         assert await store.alert_state(f"fp{i}") == second[i]
 
 
+async def test_a_large_payload_reads_every_stored_state_it_is_compared_with(
+    store: SqliteStore,
+) -> None:
+    """Where the stored state must win, it does in every chunk of the read.
+
+    Resolved alerts sent again as firing, same occurrence: a firing resend
+    never un-resolves. A state a chunked read missed would look new, and the
+    firing would be written over the resolve.
+    """
+    n = STATE_READ_CHUNK * 2 + 7
+    resolved = [AlertState(f"fp{i}", "resolved", T0, T0) for i in range(n)]
+    await store.append(entry(0), resolved)
+    later = T0 + timedelta(minutes=1)
+    await store.append(
+        entry(1), [AlertState(f"fp{i}", "firing", T0, later) for i in range(n)]
+    )
+    for i in (0, STATE_READ_CHUNK - 1, STATE_READ_CHUNK, 2 * STATE_READ_CHUNK, n - 1):
+        assert await store.alert_state(f"fp{i}") == resolved[i]
+
+
 STARTS = [None, T0, T0 + timedelta(minutes=5)]
 states = st.builds(
     AlertState,
