@@ -138,6 +138,7 @@ def _worker(
     *,
     concurrency: int = 2,
     gate_on: str = "",
+    lease: timedelta = LEASE,
     **kwargs: Any,
 ) -> Worker:
     (tmp_path / "rules.yaml").write_text(RULES)
@@ -149,7 +150,7 @@ def _worker(
         store=store,
         gate_on=gate_on,
     )
-    return Worker(store, processor, concurrency, clock=clock, lease=LEASE, **kwargs)
+    return Worker(store, processor, concurrency, clock=clock, lease=lease, **kwargs)
 
 
 async def _crash(worker: Worker) -> None:
@@ -282,6 +283,69 @@ async def test_the_recorder_has_two_writes_on_their_way_then_groups_the_rest(
     assert (recorder.writes, recorder.entries) == (3, 5)
     assert (await store.pending())[0] == 4  # e005..e008, never recorded
     await recorder.aclose()
+    await store.close()
+
+
+class RenewCounting(SqliteStore):
+    """Counts lease renewals on their way at once; the first one can fail."""
+
+    def __init__(self, *args: Any, fail_first: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.renewed: Counter[str] = Counter()
+        self.fail_first = fail_first
+        self.changed = asyncio.Event()
+
+    async def renew(self, lease: Any, now: datetime) -> Any:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.fail_first:
+                self.fail_first = False
+                raise RuntimeError("a renewal that broke")
+            renewed = await super().renew(lease, now)
+            self.renewed[lease.entry.id] += 1
+            return renewed
+        finally:
+            self.in_flight -= 1
+            self.changed.set()
+
+
+@pytest.mark.parametrize("fail_first", [False, True])
+async def test_held_leases_are_renewed_together(tmp_path, fail_first):
+    """A claim's worth of held leases is renewed at once, not one after another.
+
+    One entry is held undecided, the rest of its batch waits in the buffer:
+    all eight leases are renewed in each round, on their way together (on
+    SQLite, one transaction). A renewal that fails unexpectedly is logged and
+    the others still go.
+    """
+    store = RenewCounting(str(tmp_path / "state.db"), fail_first=fail_first)
+    for n in range(8):
+        await store.append(_entry(n), [])
+    worker = _worker(
+        tmp_path,
+        store,
+        Clock(),
+        concurrency=1,
+        gate_on="e000",
+        batch=8,
+        lease=timedelta(seconds=0.15),
+    )
+    await worker.start()
+    try:
+        await asyncio.wait_for(worker._processor.holding.wait(), 10)
+        ids = {f"e{n:03d}" for n in range(8)}
+        # Two rounds: every held lease renewed twice (the first may have failed).
+        await _until(lambda: all(store.renewed[i] >= 2 for i in ids), store.changed)
+        assert store.most_in_flight == 8
+        assert set(worker._held) == ids
+        worker._processor.opened.set()
+        await journal_drained(store, timeout=20.0)
+    finally:
+        await worker.stop()
+    assert await _records_per_entry(store) == dict.fromkeys(sorted(ids), 1)
     await store.close()
 
 
