@@ -130,7 +130,9 @@ class Journal(Protocol):
 
         On ``StoreUnavailableError`` none of them is marked done (their records
         may stand: completing them again records nothing more). An entry
-        already done is skipped, as ``complete`` skips it.
+        already done is skipped, as ``complete`` skips it. Calls may overlap
+        (the worker has two on their way); the decisions are listed in the
+        order they were decided all the same.
         """
         ...
 
