@@ -349,6 +349,32 @@ async def test_held_leases_are_renewed_together(tmp_path, fail_first):
     await store.close()
 
 
+@pytest.mark.parametrize("in_flight", [1, 2])
+async def test_an_entry_recorded_as_the_last_write_ends_is_written(tmp_path, in_flight):
+    """A write that has just ended does not count as one on its way.
+
+    Each caller resumes before the write that answered it has been put away;
+    the next entry must still start a write of its own.
+    """
+    store = SqliteStore(str(tmp_path / "state.db"))
+    for n in range(6):
+        await store.append(_entry(n), [])
+    recorder = Recorder(store, in_flight=in_flight)
+    # Awaited in this task (a timeout, not a task of its own): it resumes the
+    # moment its entry is answered.
+    async with asyncio.timeout(10):
+        for n in range(3):
+            await recorder.record(f"e{n:03d}", [])
+        # Two on their way at once, then one more as soon as they are answered.
+        second = asyncio.create_task(recorder.record("e004", []))
+        await recorder.record("e003", [])
+        await second
+        await recorder.record("e005", [])
+    assert await store.pending() == (0, None)
+    await recorder.aclose()
+    await store.close()
+
+
 async def test_a_failed_write_fails_every_entry_of_its_batch(tmp_path):
     """A store error in a group write reaches each caller; nothing is recorded."""
     store = SqliteStore(str(tmp_path / "state.db"))

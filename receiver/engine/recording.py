@@ -48,10 +48,13 @@ class Recorder:
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((entry_id, traces, future))
-        if len(self._flushers) < self._in_flight:
-            flusher = asyncio.create_task(self._flush(), name="recorder")
-            self._flushers.add(flusher)
-            flusher.add_done_callback(self._flushers.discard)
+        # Counted by whether they are done, not by a done-callback: that runs
+        # a turn later, and a flusher that has just ended still counted would
+        # leave this entry with no one to write it.
+        running = {f for f in self._flushers if not f.done()}
+        if len(running) < self._in_flight:
+            running.add(asyncio.create_task(self._flush(), name="recorder"))
+        self._flushers = running
         await future
 
     async def _flush(self) -> None:
