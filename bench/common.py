@@ -162,6 +162,12 @@ def _status_kib(pid: int, key: str) -> int:
     raise BenchError(f"no {key} for pid {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid: int) -> list[int]:
     """The direct child processes of ``pid`` (the receiver's worker)."""
     with contextlib.suppress(OSError):

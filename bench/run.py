@@ -44,6 +44,7 @@ from common import (  # noqa: E402
     Spread,
     burst_bodies,
     children,
+    cpu_seconds,
     group_body,
     lean_storm_body,
     one_alert_body,
@@ -429,34 +430,37 @@ def server(target: str, tmp: Path, env: dict | None = None) -> Iterator[tuple]:
 
 async def worker_alone(
     url: str, tmp: Path, env: dict, seconds: float, timeout: float
-) -> float:
-    """Payloads a worker role alone decides per second, from a backlog on ``url``.
+) -> tuple[float, float]:
+    """A worker role alone on a backlog on ``url``: (payloads decided/s, CPU us each).
 
     Timed from its first decision (its start-up is not counted) for ``seconds``
-    or until the backlog is gone, whichever comes first.
+    or until the backlog is gone, whichever comes first. The CPU time is the
+    worker process's, all its threads, over the same span.
     """
     run_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="worker-"))
+    nan = float("nan")
     async with Decisions(url) as reader:
         before = await reader.backlog()
         if before == 0:
-            return float("nan")
+            return nan, nan
         with run_receiver(
             run_dir, rules=RUNBOOK_RULES, store=url, env=env, role="worker"
-        ):
+        ) as worker:
             deadline = time.monotonic() + timeout
             while (first := await reader.backlog()) >= before:
                 if time.monotonic() > deadline:
                     raise BenchError("the worker decided nothing")
                 await asyncio.sleep(0.02)
-            start = time.monotonic()
+            start, used = time.monotonic(), cpu_seconds(worker.pid)
             end, left = start, first
             while left > 0 and end - start < seconds:
                 await asyncio.sleep(0.05)
                 left = await reader.backlog()
                 end = time.monotonic()
-    if end == start:  # all decided before the first look: too few to time
-        return float("nan")
-    return (first - left) / (end - start)
+            used = cpu_seconds(worker.pid) - used
+    if end == start or first == left:  # all decided before the first look
+        return nan, nan
+    return (first - left) / (end - start), used / (first - left) * 1e6
 
 
 # Ingest measures how fast the edge accepts: the journal's bound is set out of
@@ -486,7 +490,7 @@ async def ingest(report: Report, sizes: Sizes, tmp: Path) -> None:
                         duration=sizes.warmup,
                         connections=sizes.connections,
                     )
-                    ticks = cpu_ticks()
+                    ticks, used = cpu_ticks(), cpu_seconds(proc.pid)
                     result = await load(
                         report.loadgen,
                         proc.url,
@@ -495,11 +499,17 @@ async def ingest(report: Report, sizes: Sizes, tmp: Path) -> None:
                         connections=sizes.connections,
                     )
                     result["idle"] = idle_share(ticks, cpu_ticks()) * 100
+                    # The server's own CPU per accepted request (a `serve`'s
+                    # worker child is not counted: it is the worker's cost).
+                    accepted = result["rps"] * result["elapsed"]
+                    if accepted > 0:
+                        used = cpu_seconds(proc.pid) - used
+                        result["cpu_us"] = used / accepted * 1e6
                     if store is not None:
                         async with Decisions(store) as reader:
                             result["backlog"] = await reader.backlog()
                     if store is not None and target.endswith(EDGE):
-                        result["worker"] = await worker_alone(
+                        result["worker"], result["worker_us"] = await worker_alone(
                             store, tmp, INGEST_ENV, sizes.duration, sizes.drain_timeout
                         )
                 got.setdefault((target, kind), []).append(result)
@@ -563,6 +573,63 @@ async def ingest(report: Report, sizes: Sizes, tmp: Path) -> None:
             "worker alone: payloads decided/s",
             "machine idle",
             "non-202",
+        ],
+        rows,
+    )
+    cpu_budget(report, got, bodies, stores)
+
+
+def cpu_budget(
+    report: Report,
+    got: dict[tuple[str, str], list[dict[str, float]]],
+    bodies: dict[str, Path],
+    stores: list[str],
+) -> None:
+    """What `serve` could ingest on these cores if it decided all it accepted.
+
+    The edge role's CPU per request and the worker role's per payload, each
+    measured alone above: together they are what one payload costs the machine
+    end to end. Every core busy with nothing else (not even the load
+    generator), ``serve`` could accept and decide no more than cores / that
+    cost per second.
+    """
+    cores = len(os.sched_getaffinity(0))
+    nan = float("nan")
+    rows = []
+    for kind in bodies:
+        bare = Spread.of([r["rps"] for r in got["bare", kind]]).median
+        bare_cpu = Spread.of([r.get("cpu_us", nan) for r in got["bare", kind]])
+        for store in stores:
+            edge = Spread.of([r.get("cpu_us", nan) for r in got[store + EDGE, kind]])
+            worker = Spread.of(
+                [r.get("worker_us", nan) for r in got[store + EDGE, kind]]
+            )
+            serve = Spread.of([r["rps"] for r in got[store, kind]]).median
+            ceiling = cores * 1e6 / (edge.median + worker.median)
+            known = ceiling == ceiling  # not NaN: both were measured
+            rows.append(
+                [
+                    store,
+                    kind,
+                    bare_cpu.fmt(0),
+                    edge.fmt(0),
+                    worker.fmt(0),
+                    f"{ceiling:,.0f}" if known else "n/a",
+                    f"{ceiling / bare * 100:.0f} %" if known else "n/a",
+                    f"{serve:,.0f} ({serve / bare * 100:.0f} %)",
+                ]
+            )
+    report.table(
+        f"1a. The CPU budget of serve: {cores} cores, one payload accepted and decided",
+        [
+            "store",
+            "payload",
+            "bare aiohttp: CPU us per request",
+            "edge role: CPU us per request",
+            "worker role: CPU us per payload",
+            "ceiling, every core on it: req/s",
+            "ceiling, of bare",
+            "serve measured (of bare)",
         ],
         rows,
     )
