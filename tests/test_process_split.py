@@ -13,12 +13,14 @@ import contextlib
 import json
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from counting import CountingServer, hook_env, hook_rules
+from fakes import RecordingServer, Reply, Request
 from peers import poll, run_receiver, run_redis
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -175,6 +177,79 @@ def test_kill_9_edge_takes_the_worker_down_and_a_restart_finishes(tmp_path):
             counts = _decisions_per_payload(second.url, ids)
         assert {p: n for p, n in counts.items() if n != 1} == {}
         assert {p: n for p, n in hook.snapshot().items() if n > 1} == {}
+
+
+def _payload_id(request: Request) -> str:
+    """The decision a webhook delivery carries ("" for other posts: incidents)."""
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    return headers.get("x-receiver-payload-id", "")
+
+
+def test_a_delivery_the_killed_worker_was_making_goes_out_from_its_successor(
+    tmp_path,
+):
+    """A worker killed (-9) mid-delivery: the next one sends it at once.
+
+    The row is claimed for a lease of 5 minutes; on SQLite (one instance) the
+    restarted worker hands it back as it starts, so the webhook gets the
+    decision within seconds, and its outcome reaches the decision log.
+    """
+    rules = tmp_path / "rules.yaml"
+    answer = threading.Event()
+
+    def first_hangs(request: Request) -> Reply:
+        # The decision's first delivery is in flight when its worker dies.
+        if _payload_id(request) and not answer.is_set():
+            answer.wait(60)
+        return Reply(200, b"ok")
+
+    with CountingServer() as hook, RecordingServer() as sink:
+        sink.route("POST", "/hook", first_hangs)
+
+        def deliveries() -> list[str]:
+            return [p for r in sink.seen("POST", "/hook") if (p := _payload_id(r))]
+
+        rules.write_text(hook_rules(hook.url, "Split"))
+        env = {
+            **hook_env(hook.port, f"sqlite:///{tmp_path / 'state.db'}", TOKEN),
+            "RECEIVER_SINKS": "webhook",
+            "RECEIVER_WEBHOOK_URLS": f"{sink.url}/hook",
+        }
+        try:
+            with run_receiver(tmp_path, rules=rules, env=env) as rx:
+                first = poll(lambda: _children(rx.proc.pid), timeout=20)
+                assert first, "the edge started no worker process"
+                worker = first[0]  # type: ignore[index]
+                payload = asyncio.run(_burst(rx.url, [1]))[1]
+                assert poll(deliveries, timeout=30), "no delivery began"
+                os.kill(worker, signal.SIGKILL)
+                restarted = poll(
+                    lambda: [p for p in _children(rx.proc.pid) if p != worker],
+                    timeout=30,
+                )
+                assert restarted, "the supervisor did not start a new worker"
+                answer.set()
+                # Well inside the 5-minute lease the dead claim holds.
+                again = poll(lambda: len(deliveries()) >= 2, timeout=60)
+                assert again, "not sent again"
+
+                def outcome_logged() -> bool:
+                    sinks = f"{payload}.sinks"
+                    return _decisions_per_payload(rx.url, [sinks])[sinks] >= 1
+
+                assert poll(outcome_logged, timeout=30, interval=0.2)
+                log = rx.log.read_text()
+        finally:
+            answer.set()
+    reclaimed = [
+        json.loads(line)
+        for line in log.splitlines()
+        if '"sink_outbox_reclaimed"' in line
+    ]
+    assert [r["rows"] for r in reclaimed] == [1], log[-3000:]
+    # Sent twice (the first call's answer never reached the dead worker); the
+    # receiving end has the payload id to drop the repeat.
+    assert deliveries() == [payload, payload]
 
 
 def test_sigterm_on_the_edge_stops_the_worker(tmp_path):

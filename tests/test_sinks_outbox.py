@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import sqlite3
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -305,6 +306,100 @@ async def test_a_crash_at_each_point_loses_nothing(point, backend, tmp_path):
         assert [p for p, _ in sink.sent] == ["p1"] * expected
         await d2.aclose()
         await store.close()
+
+
+async def test_a_starting_worker_hands_back_what_a_killed_one_had_claimed(tmp_path):
+    """On SQLite, the process that decides takes over the dead one's claims at once.
+
+    Only rows still claimed: not one handed back for a retry's backoff, not a
+    parked one, not one delivered. An edge beside a live worker hands nothing
+    back. One instant: the lease (5 minutes) never lapses here.
+    """
+    path = str(tmp_path / "r.db")
+    lease = timedelta(minutes=5)
+    first = SqliteOutbox(path, reclaim=True)
+    await first.put([(i, "owner", "{}", ["hook"]) for i in "abcd"], NOW)
+    for expected in "abcd":
+        row = await first.claim(NOW, lease)
+        assert row is not None
+        assert row.id == expected
+    await first.release("b", NOW + timedelta(minutes=1))  # a retry's backoff
+    await first.park("c", "gave up")
+    await first.finish("d")
+    await first.close()  # killed while delivering "a"
+
+    edge = SqliteOutbox(path)  # reclaim=False: a worker may be delivering
+    assert await edge.reclaim(NOW) == 0
+    assert await edge.claim(NOW, lease) is None
+    await edge.close()
+
+    successor = SqliteOutbox(path, reclaim=True)
+    assert await successor.reclaim(NOW) == 1
+    row = await successor.claim(NOW, lease)
+    assert row is not None
+    assert row.id == "a"
+    assert row.attempts == 2  # the dead claim counts: a killer row ends parked
+    assert await successor.claim(NOW, lease) is None  # b waits, c is parked
+    assert await successor.counts() == (2, 1)
+    assert await successor.reclaim(NOW) == 1  # claimed again, by this process
+    await successor.close()
+
+
+async def test_an_outbox_written_by_an_older_version_gains_the_claim_column(tmp_path):
+    """Its rows are kept and delivered; a lease it left lapses as before."""
+    path = tmp_path / "r.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE sink_outbox (id TEXT PRIMARY KEY, owner TEXT NOT NULL, "
+        "trace TEXT NOT NULL, sinks TEXT NOT NULL, attempts INTEGER NOT NULL "
+        "DEFAULT 0, due TEXT NOT NULL, parked TEXT NOT NULL DEFAULT '');"
+    )
+    later = NOW + timedelta(minutes=5)
+    old.executemany(
+        "INSERT INTO sink_outbox (id, owner, trace, sinks, attempts, due) "
+        "VALUES (?, 'o', '{}', '[\"hook\"]', ?, ?)",
+        [("due", 0, NOW.isoformat()), ("leased", 1, later.isoformat())],
+    )
+    old.commit()
+    old.close()
+    outbox = SqliteOutbox(str(path), reclaim=True)
+    # Which process claimed "leased" the old file cannot tell: it waits.
+    assert await outbox.reclaim(NOW) == 0
+    row = await outbox.claim(NOW, timedelta(minutes=5))
+    assert row is not None
+    assert row.id == "due"
+    assert await outbox.claim(NOW, timedelta(minutes=5)) is None
+    assert await outbox.reclaim(NOW) == 1  # claimed since: handed back
+    assert await outbox.counts() == (2, 0)
+    await outbox.close()
+
+
+async def test_after_a_kill_the_next_worker_delivers_without_waiting_for_the_lease(
+    tmp_path,
+):
+    """Killed mid-delivery; its successor sends the row long before the lease lapses.
+
+    The clock moves a millisecond a reading: the 30 s lease would take tens of
+    thousands of readings (over a minute here) to lapse.
+    """
+    path = str(tmp_path / "r.db")
+    store = MemoryStore()
+    clock = Ticking(NOW)
+    sink = Recording()
+    sink.die_before.add("p1")  # killed while the sink is being called
+    d = make(sink, store, SqliteOutbox(path, reclaim=True), clock)
+    await d.put([trace("p1")])
+    await asyncio.wait(d._loops, return_when=asyncio.FIRST_COMPLETED)
+    await die(d)
+    await d._outbox.close()
+    d2 = make(sink, store, SqliteOutbox(path, reclaim=True), clock)
+    async with asyncio.timeout(20):
+        await d2.drain()
+    assert [p for p, _ in sink.sent] == ["p1"]
+    records = await store.decisions(DecisionQuery(payload_id="p1.sinks"))
+    assert records, "the outcome reaches the decision log"
+    await d2.aclose()
+    await store.close()
 
 
 # ------------------------------------------------------------------ backlog

@@ -11,7 +11,8 @@ lost between the decision and the outbox.
 
 ``start`` runs ``concurrency`` delivery loops. Each claims a due row (for a
 lease: a worker killed mid-delivery leaves it to be claimed again when the
-lease lapses), delivers it to each sink not yet done, records each sink's
+lease lapses; on SQLite, one instance alone, the next worker hands such rows
+back as it starts), delivers it to each sink not yet done, records each sink's
 outcome on the row as it finishes, writes the outcomes to the decision log and
 deletes the row. A row that cannot be finished (storage down, an unexpected
 error, a crash) is retried with the shared backoff (``receiver.retrying``) and
@@ -201,6 +202,7 @@ class SinkDispatcher:
         self._ttl = dedupe_ttl
         self._scrub = scrub
         self._loops: list[asyncio.Task[None]] = []
+        self._reclaiming: asyncio.Task[None] | None = None
         self._closed = False
         # Set when rows are added (wakes idle loops).
         self._work = asyncio.Event()
@@ -245,12 +247,38 @@ class SinkDispatcher:
         """Start the delivery loops (also rows left by an earlier run)."""
         if self._loops or self._closed:
             return
+        loop = asyncio.get_running_loop()
+        # First, rows a stopped process had claimed are handed back (where the
+        # outbox can tell nobody else is delivering them): the loops' first
+        # claims find them due, not a lease later.
+        self._reclaiming = loop.create_task(self._reclaim(), name="sink-outbox-reclaim")
         self._loops = [
-            asyncio.get_running_loop().create_task(
-                self._loop(), name=f"sink-outbox-{i}"
-            )
+            loop.create_task(self._loop(self._reclaiming), name=f"sink-outbox-{i}")
             for i in range(self._concurrency)
         ]
+
+    async def _reclaim(self) -> None:
+        """Hand back what a stopped process had claimed; never raises."""
+        try:
+            count = await self._outbox.reclaim(self._clock())
+        except ReceiverError as exc:
+            log.warning(
+                "sink_outbox_reclaim_failed",
+                error=str(exc),
+                detail="deliveries a stopped worker had claimed go out once "
+                "their lease lapses",
+            )
+            return
+        except Exception:  # the loops start regardless
+            log.exception("sink_outbox_reclaim_failed")
+            return
+        if count:
+            log.warning(
+                "sink_outbox_reclaimed",
+                rows=count,
+                detail="deliveries a stopped worker had claimed and not finished "
+                "are made now",
+            )
 
     async def drain(self) -> None:
         """Wait until the outbox holds nothing but parked rows (tests, tools)."""
@@ -271,7 +299,8 @@ class SinkDispatcher:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    async def _loop(self) -> None:
+    async def _loop(self, first: asyncio.Task[None]) -> None:
+        await asyncio.wait([first])  # the hand-back; never raises
         waits = Doubling(first=0.5, cap=10.0)
         while not self._closed:
             self._work.clear()
@@ -469,6 +498,9 @@ class SinkDispatcher:
                     detail="still in the sink outbox; delivered after the next start",
                 )
             self._loops = []
+        if self._reclaiming is not None:
+            await asyncio.wait([self._reclaiming], timeout=grace)
+            self._reclaiming.cancel()  # a no-op once it is done
         for sink in self._sinks.values():
             await sink.aclose()
         await self._outbox.close()

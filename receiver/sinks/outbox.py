@@ -99,6 +99,15 @@ class Outbox(Protocol):
         """Hand a claimed row back, to be claimed again from ``due``."""
         ...
 
+    async def reclaim(self, now: datetime) -> int:
+        """Make rows a stopped process had claimed due at ``now``; how many.
+
+        Only where nothing else can be delivering them (one instance, and this
+        the process that decides): elsewhere 0, and a dead claim lapses with
+        its lease.
+        """
+        ...
+
     async def park(self, row_id: str, reason: str) -> None:
         """Set a row aside: kept, counted, never claimed again."""
         ...

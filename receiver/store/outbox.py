@@ -13,8 +13,11 @@ backlog never loses one:
   a Redis TTL).
 
 A claim pushes the row's due time one lease ahead: a worker that dies with it
-leaves it to be claimed again when the lease lapses. Unreachable storage raises
-``StoreUnavailableError``.
+leaves it to be claimed again when the lease lapses. On SQLite, one instance
+alone, the process that decides hands every claimed row back when it starts
+(``reclaim``), as it does the journal's claims: a delivery a killed worker was
+making goes out as soon as its successor runs, not a lease later. Unreachable
+storage raises ``StoreUnavailableError``.
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ CREATE TABLE IF NOT EXISTS sink_outbox (
     sinks TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     due TEXT NOT NULL,
-    parked TEXT NOT NULL DEFAULT ''
+    parked TEXT NOT NULL DEFAULT '',
+    claimed INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS sink_outbox_due ON sink_outbox(parked, due);
 CREATE TABLE IF NOT EXISTS sink_outbox_done (
@@ -83,12 +87,27 @@ def _ms(ts: datetime) -> int:
     return int(ts.timestamp() * 1000)
 
 
-class SqliteOutbox:
-    """The outbox in SQLite, beside the SQLite store."""
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add the column a file of an older version lacks."""
+    cols = {r[1] for r in db.execute("PRAGMA table_info(sink_outbox)")}
+    if cols and "claimed" not in cols:
+        db.execute(
+            "ALTER TABLE sink_outbox ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0"
+        )
 
-    def __init__(self, path: str) -> None:
+
+class SqliteOutbox:
+    """The outbox in SQLite, beside the SQLite store.
+
+    ``reclaim``: this process decides for the store's one instance (the store
+    was opened to take a previous process's claims over), so ``reclaim`` may
+    hand back rows claimed before it started: whoever claimed them is gone.
+    """
+
+    def __init__(self, path: str, *, reclaim: bool = False) -> None:
         self.path = path
-        self._side = SideDatabase(path, SCHEMA, "sink outbox")
+        self._reclaim = reclaim
+        self._side = SideDatabase(path, SCHEMA, "sink outbox", migrate=_migrate)
         self._run = self._side.run
 
     async def put(  # noqa: D102
@@ -117,7 +136,8 @@ class SqliteOutbox:
             if row is None:
                 return None
             db.execute(
-                "UPDATE sink_outbox SET due = ?, attempts = attempts + 1 WHERE id = ?",
+                "UPDATE sink_outbox SET due = ?, attempts = attempts + 1, "
+                "claimed = 1 WHERE id = ?",
                 (_stamp(now + lease), row[0]),
             )
             done = dict(
@@ -152,7 +172,8 @@ class SqliteOutbox:
     async def release(self, row_id: str, due: datetime) -> None:  # noqa: D102
         def run(db: sqlite3.Connection) -> None:
             db.execute(
-                "UPDATE sink_outbox SET due = ? WHERE id = ?", (_stamp(due), row_id)
+                "UPDATE sink_outbox SET due = ?, claimed = 0 WHERE id = ?",
+                (_stamp(due), row_id),
             )
 
         await self._run(run)
@@ -160,11 +181,29 @@ class SqliteOutbox:
     async def park(self, row_id: str, reason: str) -> None:  # noqa: D102
         def run(db: sqlite3.Connection) -> None:
             db.execute(
-                "UPDATE sink_outbox SET parked = ? WHERE id = ?",
+                "UPDATE sink_outbox SET parked = ?, claimed = 0 WHERE id = ?",
                 (reason or "parked", row_id),
             )
 
         await self._run(run)
+
+    async def reclaim(self, now: datetime) -> int:  # noqa: D102
+        if not self._reclaim:
+            return 0
+
+        def run(db: sqlite3.Connection) -> int:
+            # Still claimed: neither delivered, handed back nor parked by the
+            # process that claimed it, which is gone. Its claim still counts
+            # as an attempt (a delivery that kills the worker ends parked).
+            return int(
+                db.execute(
+                    "UPDATE sink_outbox SET due = ?, claimed = 0 "
+                    "WHERE claimed = 1 AND parked = ''",
+                    (_stamp(now),),
+                ).rowcount
+            )
+
+        return await self._run(run)
 
     async def counts(self) -> tuple[int, int]:  # noqa: D102
         def run(db: sqlite3.Connection) -> tuple[int, int]:
@@ -314,6 +353,11 @@ class RedisOutbox:
 
         await self._call(run)
 
+    async def reclaim(self, now: datetime) -> int:  # noqa: D102, ARG002 (nothing to do)
+        # Replicas share the outbox: a row another replica claimed may be on
+        # its way. A claim a dead replica held lapses with its lease.
+        return 0
+
     async def counts(self) -> tuple[int, int]:  # noqa: D102
         async def run() -> tuple[int, int]:
             return int(await self._redis.zcard(self._due)), int(
@@ -341,9 +385,8 @@ class RedisOutbox:
 
 def outbox_beside(store: object, url: str) -> SqliteOutbox | RedisOutbox:
     """The outbox beside the main store (same file or same Redis)."""
-    path = store.path if isinstance(store, SqliteStore) else None
-    if path is not None:
-        return SqliteOutbox(path)
+    if isinstance(store, SqliteStore):
+        return SqliteOutbox(store.path, reclaim=store.reclaims)
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisOutbox(url)
     return SqliteOutbox(":memory:")

@@ -25,10 +25,19 @@ class SideDatabase:
     """One lazily opened connection, its schema, and transactions in a thread."""
 
     def __init__(
-        self, path: str, schema: str, what: str, *, rows: bool = False
+        self,
+        path: str,
+        schema: str,
+        what: str,
+        *,
+        rows: bool = False,
+        migrate: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
         self.path = path
         self._schema = schema
+        # Run once the connection is open, before the schema: brings tables a
+        # file of an older version holds up to date (their CREATE is skipped).
+        self._migrate = migrate
         self._what = what
         self._rows = rows  # rows as ``sqlite3.Row`` (by name) instead of tuples
         self._db: sqlite3.Connection | None = None
@@ -50,7 +59,13 @@ class SideDatabase:
             if self.path != ":memory:":
                 db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            db.executescript(self._schema)
+            try:
+                if self._migrate is not None:
+                    self._migrate(db)
+                db.executescript(self._schema)
+            except BaseException:
+                db.close()
+                raise
             self._db = db
         return self._db
 

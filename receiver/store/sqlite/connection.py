@@ -399,6 +399,15 @@ class SqliteConnection(SqliteFile):
             self._db.close()
             raise
 
+    @property
+    def reclaims(self) -> bool:
+        """Whether this process took a previous one's claims over when it opened.
+
+        It decides for the store's one instance: what another process of this
+        store had claimed and not finished, that process is gone.
+        """
+        return self._reclaim
+
     def _prepare(self) -> None:
         self._migrate()
 
