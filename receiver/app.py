@@ -285,7 +285,11 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         clock=clock,
         on_reloaded=reload_worker,
     )
-    admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock)
+    # One outbox object per process: the dispatcher's (where it runs) and the
+    # API's. Opened on first use; closing it twice is harmless.
+    outbox = outbox_beside(store, settings.store.url)
+    app.on_cleanup.append(lambda _app: outbox.close())
+    admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock, outbox=outbox)
     add_routes(app, handlers, role)
     app.on_shutdown.append(_flush_accepted(handlers))
     console: Console | None = None
@@ -355,7 +359,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         dispatcher = SinkDispatcher(
             sinks,
             store=store,
-            outbox=outbox_beside(store, settings.store.url),
+            outbox=outbox,
             choose=lambda trace: playbook_sinks(
                 trace, processor.rulebook.playbooks, settings.sinks.default
             ),

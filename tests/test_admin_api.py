@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from conftest import ADMIN_TOKEN, basic, bearer, full_settings, journal_drained
+from fakes import RecordingServer, Reply
 from peers import poll, run_receiver
 
 from receiver.app import create_app
 from receiver.cli import main
+from receiver.model import Alert, AlertTrace, MatchTrace, Severity, freeze
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
+from receiver.sinks.outbox import encode_trace
 from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore, SqliteStore
 from receiver.store.base import DecisionQuery, JournalEntry
+from receiver.store.outbox import SqliteOutbox
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
@@ -162,3 +166,106 @@ def test_replay_retry_queues_a_parked_entry_of_a_running_receiver(
 
         assert poll(decided)
         assert main(["replay", "--retry", "--from", f"{rx.url}/e-cli"]) == 2
+
+
+def test_a_parked_sink_delivery_is_listed_and_retried_through_the_edge(
+    tmp_path, web_rules
+):
+    """The edge lists a parked webhook call; a retry gets it sent by the worker.
+
+    ``receiver serve`` (edge and worker child) on a SQLite file that holds a
+    delivery parked by an earlier run. Read access lists it, with why; only
+    admin access retries it; the worker's dispatcher then sends it within
+    seconds and records the outcome.
+    """
+    db = tmp_path / "state.db"
+    alert = Alert(
+        source="alertmanager",
+        fingerprint="f-parked",
+        status="firing",
+        labels=freeze({"alertname": "SiemDown"}),
+        starts_at=T0,
+    )
+    decided = AlertTrace(
+        alert=alert,
+        matches=(MatchTrace(rule="siem", severity=Severity.P1, playbook="siem"),),
+        decided_at=T0,
+        payload_id="e-sinks",
+        mode="execute",
+    )
+
+    async def park() -> None:
+        outbox = SqliteOutbox(str(db))
+        await outbox.put([("e-sinks.0", "o", encode_trace(decided), ["webhook"])], T0)
+        assert await outbox.claim(T0, timedelta(minutes=5)) is not None
+        await outbox.park("e-sinks.0", "failed 5 times; last error: Boom")
+        await outbox.close()
+
+    asyncio.run(park())
+    with RecordingServer() as hook:
+        hook.script("POST", "/hook", Reply(200, b"ok"))
+        env = {
+            "RECEIVER_AUTH_TOKENS": "read-token",
+            "RECEIVER_ADMIN_TOKENS": "admin-token",
+            "RECEIVER_STORE": f"sqlite:///{db}",
+            "RECEIVER_SINKS": "webhook",
+            "RECEIVER_WEBHOOK_URLS": f"{hook.url}/hook",
+        }
+        with run_receiver(tmp_path, rules=web_rules, env=env) as rx:
+            reader = {"Authorization": "Bearer read-token"}
+            admin = {"Authorization": "Bearer admin-token"}
+            listed = httpx.get(
+                f"{rx.url}/api/v1/sinks/parked", headers=reader, timeout=5
+            )
+            assert listed.status_code == 200, listed.text
+            assert listed.json() == {
+                "count": 1,
+                "parked": [
+                    {
+                        "id": "e-sinks.0",
+                        "reason": "failed 5 times; last error: Boom",
+                        "attempts": 1,
+                        "sinks": ["webhook"],
+                        "left": ["webhook"],
+                        "done": [],
+                        "payload_id": "e-sinks",
+                        "fingerprint": "f-parked",
+                        "alertname": "SiemDown",
+                        "decided_at": "2026-11-26T10:00:00.000Z",
+                        "mode": "execute",
+                        "rules": ["siem"],
+                    }
+                ],
+            }
+            bad = httpx.get(
+                f"{rx.url}/api/v1/sinks/parked?limit=0", headers=reader, timeout=5
+            )
+            assert bad.status_code == 400
+            assert "limit must be between 1 and 1000" in bad.json()["detail"]
+            retry = f"{rx.url}/api/v1/sinks/parked/e-sinks.0/retry"
+            assert httpx.post(retry, headers=reader, timeout=5).status_code == 403
+            assert hook.seen("POST", "/hook") == []
+            answered = httpx.post(retry, headers=admin, timeout=5)
+            assert answered.status_code == 202, answered.text
+            assert hook.wait_for("POST", "/hook", 1, 30), "the retry was not sent"
+
+            def outcome_recorded() -> bool:
+                found = httpx.get(
+                    f"{rx.url}/api/v1/decisions",
+                    params={"payload_id": "e-sinks.sinks"},
+                    headers=reader,
+                    timeout=5,
+                ).json()["decisions"]
+                return len(found) == 1
+
+            assert poll(outcome_recorded, timeout=30, interval=0.2)
+            again = httpx.post(retry, headers=admin, timeout=5)
+            assert again.status_code == 404
+            assert "GET /api/v1/sinks/parked lists them" in again.text
+            empty = httpx.get(
+                f"{rx.url}/api/v1/sinks/parked", headers=reader, timeout=5
+            )
+            assert empty.json() == {"count": 0, "parked": []}
+            log = rx.log.read_text()
+        assert len(hook.seen("POST", "/hook")) == 1
+    assert '"sink_delivery_retried"' in log

@@ -402,6 +402,45 @@ async def test_after_a_kill_the_next_worker_delivers_without_waiting_for_the_lea
     await store.close()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_parked_deliveries_are_listed_and_retried(backend, tmp_path):
+    """Listed newest payload first with why and what is left; a retry is due now."""
+    with run_redis(tmp_path) as url:
+        outbox = (
+            RedisOutbox(url)
+            if backend == "redis"
+            else SqliteOutbox(str(tmp_path / "r.db"))
+        )
+        lease = timedelta(minutes=5)
+        await outbox.put(
+            [(f"p{i}.0", "owner", f"trace {i}", ["slack", "hook"]) for i in range(3)],
+            NOW,
+        )
+        for _ in range(3):
+            assert await outbox.claim(NOW, lease) is not None
+        await outbox.progress("p0.0", "slack", '{"status": "sent"}')
+        await outbox.park("p0.0", "failed 5 times; last error: Boom")
+        await outbox.park("p2.0", "claimed 5 times without finishing")
+        assert await outbox.retry_parked("p1.0", NOW) is False  # claimed, not parked
+        listed = await outbox.parked(10)
+        assert [(p.id, p.reason, p.attempts) for p in listed] == [
+            ("p2.0", "claimed 5 times without finishing", 1),
+            ("p0.0", "failed 5 times; last error: Boom", 1),
+        ]
+        assert listed[1].done == {"slack": '{"status": "sent"}'}
+        assert (listed[1].trace, listed[1].sinks) == ("trace 0", ("slack", "hook"))
+        assert [p.id for p in await outbox.parked(1)] == ["p2.0"]
+        assert await outbox.retry_parked("p0.0", NOW) is True
+        assert await outbox.retry_parked("p0.0", NOW) is False  # no longer parked
+        assert await outbox.retry_parked("nope", NOW) is False
+        assert await outbox.counts() == (2, 1)
+        row = await outbox.claim(NOW, lease)
+        assert row is not None
+        assert (row.id, row.attempts) == ("p0.0", 1)  # attempts from zero again
+        assert row.done == {"slack": '{"status": "sent"}'}  # slack is not sent twice
+        await outbox.close()
+
+
 # ------------------------------------------------------------------ backlog
 
 

@@ -71,6 +71,40 @@ class OutboxRow(Protocol):
         ...
 
 
+class ParkedDelivery(Protocol):
+    """A delivery set aside after too many attempts (kept, never claimed)."""
+
+    @property
+    def id(self) -> str:
+        """Payload id and the trace's position in it."""
+        ...
+
+    @property
+    def trace(self) -> str:
+        """The trace's JSON (``encode_trace``)."""
+        ...
+
+    @property
+    def sinks(self) -> tuple[str, ...]:
+        """Where it goes, in order."""
+        ...
+
+    @property
+    def done(self) -> Mapping[str, str]:
+        """Sinks that finished before it was parked: name -> outcome JSON."""
+        ...
+
+    @property
+    def attempts(self) -> int:
+        """Claims it had."""
+        ...
+
+    @property
+    def reason(self) -> str:
+        """Why it was parked (the last error)."""
+        ...
+
+
 class Outbox(Protocol):
     """Where deliveries wait (``receiver.store.outbox``).
 
@@ -114,6 +148,14 @@ class Outbox(Protocol):
 
     async def counts(self) -> tuple[int, int]:
         """Rows waiting or in flight, and rows parked."""
+        ...
+
+    async def parked(self, limit: int) -> Sequence[ParkedDelivery]:
+        """Up to ``limit`` parked rows, newest payload first."""
+        ...
+
+    async def retry_parked(self, row_id: str, now: datetime) -> bool:
+        """Make a parked row due at ``now`` with fresh attempts; False if none."""
         ...
 
     async def mark(self, key: str, owner: str, ttl: timedelta, now: datetime) -> bool:

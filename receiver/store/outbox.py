@@ -51,6 +51,18 @@ class OutboxRow:
     attempts: int
 
 
+@dataclass(frozen=True)
+class ParkedRow:
+    """A delivery set aside (``receiver.sinks.outbox.ParkedDelivery``)."""
+
+    id: str
+    trace: str
+    sinks: tuple[str, ...]
+    done: dict[str, str]
+    attempts: int
+    reason: str
+
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sink_outbox (
     id TEXT PRIMARY KEY,
@@ -205,6 +217,43 @@ class SqliteOutbox:
 
         return await self._run(run)
 
+    async def parked(self, limit: int) -> list[ParkedRow]:  # noqa: D102
+        def run(db: sqlite3.Connection) -> list[ParkedRow]:
+            rows = db.execute(
+                "SELECT id, trace, sinks, attempts, parked FROM sink_outbox "
+                "WHERE parked != '' ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [
+                ParkedRow(
+                    row_id,
+                    trace,
+                    tuple(json.loads(sinks)),
+                    dict(
+                        db.execute(
+                            "SELECT sink, outcome FROM sink_outbox_done WHERE id = ?",
+                            (row_id,),
+                        ).fetchall()
+                    ),
+                    attempts,
+                    reason,
+                )
+                for row_id, trace, sinks, attempts, reason in rows
+            ]
+
+        return await self._run(run, write=False)
+
+    async def retry_parked(self, row_id: str, now: datetime) -> bool:  # noqa: D102
+        def run(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "UPDATE sink_outbox SET parked = '', attempts = 0, due = ?, "
+                "claimed = 0 WHERE id = ? AND parked != ''",
+                (_stamp(now), row_id),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(run)
+
     async def counts(self) -> tuple[int, int]:  # noqa: D102
         def run(db: sqlite3.Connection) -> tuple[int, int]:
             pending, parked = db.execute(
@@ -260,6 +309,16 @@ return 1
 """
 
 
+# Back from parked: due now, attempts from zero (the row's hash must still exist).
+_RETRY = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
+redis.call('HSET', KEYS[3], 'attempts', 0)
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"""
+
+
 class RedisOutbox:
     """The outbox in Redis, shared by replicas."""
 
@@ -270,6 +329,7 @@ class RedisOutbox:
         self._parked = f"{prefix}:outbox:parked"
         self._claim = self._redis.register_script(_CLAIM)
         self._put = self._redis.register_script(_PUT)
+        self._retry = self._redis.register_script(_RETRY)
 
     def _row(self, row_id: str) -> str:
         return f"{self._prefix}:outbox:row:{row_id}"
@@ -357,6 +417,49 @@ class RedisOutbox:
         # Replicas share the outbox: a row another replica claimed may be on
         # its way. A claim a dead replica held lapses with its lease.
         return 0
+
+    async def parked(self, limit: int) -> list[ParkedRow]:  # noqa: D102
+        async def run() -> list[ParkedRow]:
+            # Parked rows are few (each was logged at error): read them all.
+            reasons = {
+                str(k): str(v)
+                for k, v in (await self._redis.hgetall(self._parked)).items()
+            }
+            ids = sorted(reasons, reverse=True)[:limit]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for row_id in ids:
+                    pipe.hgetall(self._row(row_id))
+                    pipe.hgetall(self._done(row_id))
+                got = await pipe.execute()
+            out = []
+            for row_id, row, done in zip(ids, got[::2], got[1::2], strict=True):
+                if not row:  # finished or gone meanwhile
+                    continue
+                out.append(
+                    ParkedRow(
+                        str(row_id),
+                        str(row["trace"]),
+                        tuple(json.loads(row["sinks"])),
+                        {str(k): str(v) for k, v in done.items()},
+                        int(row["attempts"]),
+                        reasons[row_id],
+                    )
+                )
+            return out
+
+        result: list[ParkedRow] = await self._call(run)
+        return result
+
+    async def retry_parked(self, row_id: str, now: datetime) -> bool:  # noqa: D102
+        async def run() -> int:
+            return int(
+                await self._retry(
+                    keys=[self._parked, self._due, self._row(row_id)],
+                    args=[row_id, _ms(now)],
+                )
+            )
+
+        return bool(await self._call(run))
 
     async def counts(self) -> tuple[int, int]:  # noqa: D102
         async def run() -> tuple[int, int]:

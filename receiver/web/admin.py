@@ -9,10 +9,16 @@ Built in ``create_app`` next to ``Handlers``, with the same authenticator.
   "who" is the credential's identity (as for approvals), never a field.
 - ``GET /api/v1/parked`` lists entries set aside after too many attempts;
   ``POST /api/v1/parked/{id}/retry`` puts one back in the queue.
+- ``GET /api/v1/sinks/parked`` lists sink deliveries set aside after too many
+  attempts (a PagerDuty note, a Slack message or a webhook call that never
+  went out), with why and which sinks are left;
+  ``POST /api/v1/sinks/parked/{id}/retry`` makes one due again with fresh
+  attempts: the worker's dispatcher sends it within a poll (a second).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -23,6 +29,7 @@ from aiohttp import web
 from receiver.errors import InputError
 from receiver.metrics import Metrics
 from receiver.model import iso
+from receiver.sinks.outbox import Outbox, ParkedDelivery, decode_trace
 from receiver.sources import parse_json
 from receiver.store.base import Pause, Store, new_id
 from receiver.web.approvals import identify
@@ -63,8 +70,10 @@ class Admin:
         auth: Authenticator,
         metrics: Metrics,
         clock: Callable[[], datetime],
+        outbox: Outbox,
     ) -> None:
         self._store = store
+        self._outbox = outbox
         self._auth = auth
         self._metrics = metrics
         self._clock = clock
@@ -76,6 +85,8 @@ class Admin:
         router.add_delete("/api/v1/pause", self.delete_pause)
         router.add_get("/api/v1/parked", self.parked)
         router.add_post("/api/v1/parked/{id}/retry", self.retry)
+        router.add_get("/api/v1/sinks/parked", self.parked_deliveries)
+        router.add_post("/api/v1/sinks/parked/{id}/retry", self.retry_delivery)
 
     async def _json(self, request: web.Request) -> JSONObject:
         body = await request.content.read(MAX_BODY + 1)
@@ -149,13 +160,7 @@ class Admin:
     async def parked(self, request: web.Request) -> web.Response:
         """GET /api/v1/parked."""
         require_scope(request, "read")
-        try:
-            limit = int(request.query.get("limit", "100"))
-        except ValueError as exc:
-            raise InputError("limit must be a number between 1 and 1000") from exc
-        if not 1 <= limit <= 1000:
-            raise InputError("limit must be between 1 and 1000")
-        items = await self._store.parked(limit)
+        items = await self._store.parked(_limit(request))
         count = await self._store.parked_count()
         self._metrics.journal_parked.set(count)
         return web.json_response(
@@ -171,6 +176,76 @@ class Admin:
         log.info("parked_entry_retried", payload_id=entry_id)
         self._metrics.journal_parked.set(await self._store.parked_count())
         return web.json_response({"status": "queued", "id": entry_id}, status=202)
+
+    async def parked_deliveries(self, request: web.Request) -> web.Response:
+        """GET /api/v1/sinks/parked."""
+        require_scope(request, "read")
+        items = await self._outbox.parked(_limit(request))
+        pending, parked = await self._outbox.counts()
+        self._metrics.sink_outbox(pending, parked)
+        return web.json_response(
+            {"parked": [_delivery_json(p) for p in items], "count": parked}
+        )
+
+    async def retry_delivery(self, request: web.Request) -> web.Response:
+        """POST /api/v1/sinks/parked/{id}/retry: due now, attempts reset."""
+        require_scope(request, "admin")
+        row_id = request.match_info["id"]
+        if not await self._outbox.retry_parked(row_id, self._clock()):
+            raise web.HTTPNotFound(
+                text=f"no parked sink delivery {row_id!r} (GET /api/v1/sinks/parked "
+                "lists them)"
+            )
+        by = identify(self._auth, request.headers.get("Authorization")).name
+        log.info("sink_delivery_retried", row=row_id, by=by)
+        self._metrics.sink_outbox(*await self._outbox.counts())
+        return web.json_response({"status": "queued", "id": row_id}, status=202)
+
+
+def _limit(request: web.Request) -> int:
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError as exc:
+        raise InputError("limit must be a number between 1 and 1000") from exc
+    if not 1 <= limit <= 1000:
+        raise InputError("limit must be between 1 and 1000")
+    return limit
+
+
+def _outcome(sink: str, text: str) -> JSONValue:
+    if not text:
+        return {"sink": sink, "status": "duplicate", "detail": "sent before"}
+    try:
+        value: JSONValue = json.loads(text)
+    except ValueError:
+        return {"sink": sink, "status": "unknown", "detail": "unreadable outcome"}
+    return value
+
+
+def _delivery_json(row: ParkedDelivery) -> JSONObject:
+    """What an operator needs to decide on a parked delivery (no trace body)."""
+    out: JSONObject = {
+        "id": row.id,
+        "reason": row.reason,
+        "attempts": row.attempts,
+        "sinks": list(row.sinks),
+        "left": [s for s in row.sinks if s not in row.done],
+        "done": [_outcome(s, row.done[s]) for s in row.sinks if s in row.done],
+    }
+    try:
+        trace = decode_trace(row.trace)
+    except (ValueError, KeyError, TypeError) as exc:
+        out["trace"] = f"damaged: {exc.__class__.__name__} (retrying parks it again)"
+        return out
+    out |= {
+        "payload_id": trace.payload_id,
+        "fingerprint": trace.alert.fingerprint,
+        "alertname": trace.alert.labels.get("alertname", ""),
+        "decided_at": iso(trace.decided_at),
+        "mode": trace.mode,
+        "rules": [m.rule for m in trace.matches],
+    }
+    return out
 
 
 def admin_paths() -> Operations:
@@ -224,6 +299,22 @@ def admin_paths() -> Operations:
         "/api/v1/parked/{id}/retry": {
             "post": {
                 "summary": "Put a parked entry back in the queue",
+                "security": security,
+                "parameters": [entry_id],
+                "responses": {"202": ok, "404": problem, **errors},
+            }
+        },
+        "/api/v1/sinks/parked": {
+            "get": {
+                "summary": "Sink deliveries parked after too many attempts: why, "
+                "and which sinks are left",
+                "security": security,
+                "responses": {"200": ok, **errors},
+            }
+        },
+        "/api/v1/sinks/parked/{id}/retry": {
+            "post": {
+                "summary": "Make a parked sink delivery due again, attempts reset",
                 "security": security,
                 "parameters": [entry_id],
                 "responses": {"202": ok, "404": problem, **errors},

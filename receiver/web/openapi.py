@@ -131,6 +131,8 @@ _ADMIN_IDS = {
     ("/api/v1/pause", "delete"): ("deletePause", "admin"),
     ("/api/v1/parked", "get"): ("listParked", "read"),
     ("/api/v1/parked/{id}/retry", "post"): ("retryParked", "admin"),
+    ("/api/v1/sinks/parked", "get"): ("listParkedDeliveries", "read"),
+    ("/api/v1/sinks/parked/{id}/retry", "post"): ("retryParkedDelivery", "admin"),
 }
 
 
