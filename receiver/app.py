@@ -41,6 +41,7 @@ from receiver.metrics import WORKER_FAMILIES, Metrics
 from receiver.rulebook.loader import Rulebook
 from receiver.runtime import Runtime
 from receiver.sinks import Sink, SinkDispatcher, playbook_sinks
+from receiver.sinks.outbox import Outbox
 from receiver.steps.changes import ChangesExecutor
 from receiver.steps.http import warm_up
 from receiver.store.base import Store
@@ -61,6 +62,8 @@ STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 PROCESSOR = web.AppKey("processor", Processor)
 SINKS = web.AppKey("sinks", SinkDispatcher)
+# The sink outbox this process reads and writes (the dispatcher's, where it runs).
+OUTBOX = web.AppKey("outbox", Outbox)
 Role = Literal["all", "edge", "worker"]
 
 
@@ -288,6 +291,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
     # One outbox object per process: the dispatcher's (where it runs) and the
     # API's. Opened on first use; closing it twice is harmless.
     outbox = outbox_beside(store, settings.store.url)
+    app[OUTBOX] = outbox
     app.on_cleanup.append(lambda _app: outbox.close())
     admin = Admin(store=store, auth=auth, metrics=metrics, clock=clock, outbox=outbox)
     add_routes(app, handlers, role)

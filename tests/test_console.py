@@ -30,11 +30,14 @@ from conftest import (
 from counting import CountingServer
 from test_backtest import API_DOWN, RULES, UNDO, changed_runbook
 from test_console_backtest import fill
+from test_sinks_outbox import Recording
+from test_sinks_outbox import trace as outbox_trace
 
-from receiver.app import create_app
+from receiver.app import OUTBOX, SINKS, create_app
 from receiver.app_incidents import INCIDENTS
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
+from receiver.sinks.outbox import encode_trace
 from receiver.steps.catalog import builtin_registry
 from receiver.steps.http import HttpExecutor
 from receiver.store import MemoryStore
@@ -445,3 +448,60 @@ async def test_backtest_a_pasted_rules_change(aiohttp_server, browser):
         if r.get("event") == "backtest"
     ]
     assert (audit["by"], audit["changed_alerts"]) == ("ops-admin", 12)
+
+
+async def test_a_parked_sink_delivery_is_sent_again_from_the_guards_page(
+    aiohttp_server, browser
+):
+    """Listed with its alert and why; only admin may send it again (sinks left)."""
+    store = MemoryStore()
+    sink = Recording()
+    app = create_app(
+        build_runtime(full_settings()),
+        rulebook=load_rulebook([RULES], steps=builtin_registry()),
+        store=store,
+        sinks={sink.name: sink},
+        rule_paths=[RULES],
+    )
+    outbox = app[OUTBOX]
+    now = datetime.now(UTC)
+    decided = encode_trace(outbox_trace("p-ui"))
+    await outbox.put([("p-ui.0", "owner", decided, [sink.name])], now)
+    assert await outbox.claim(now, timedelta(minutes=5)) is not None
+    await outbox.park("p-ui.0", "failed 5 times; last error: ConnectError")
+    server = await aiohttp_server(app)
+    base = f"http://127.0.0.1:{server.port}"
+    button = "form[action='/ui/guards/retry-delivery'] button"
+
+    def refused() -> tuple[str, str]:
+        login(browser, BASIC_USER, APPROVE_TOKEN)
+        page = page_with(browser, f"{base}/ui/guards", "p-ui.0")
+        browser.execute_script(
+            "arguments[0].scrollIntoView()",
+            browser.find_element(By.CSS_SELECTOR, button),
+        )
+        shot(browser, "guards-parked-delivery")
+        assert fits(browser)
+        alert = click_and_wait(browser, button, "retry-delivery", "[role=alert]")
+        return page, str(alert.text)
+
+    page, refusal = await asyncio.to_thread(refused)
+    assert "Parked sink deliveries" in page
+    assert "SiemDown (fp1)" in page
+    assert "failed 5 times; last error: ConnectError" in page
+    assert "needs the admin scope" in refusal
+    assert sink.sent == []
+
+    def as_admin() -> str:
+        login(browser, "ops-admin", ADMIN_TOKEN)
+        page_with(browser, f"{base}/ui/guards", "p-ui.0")
+        status = click_and_wait(browser, button, "notice=", "[role=status]")
+        return str(status.text)
+
+    notice = await asyncio.to_thread(as_admin)
+    assert "delivery p-ui.0 queued again by ops-admin" in notice
+    await app[SINKS].drain()
+    assert [payload for payload, _ in sink.sent] == ["p-ui"]
+    assert await outbox.counts() == (0, 0)
+    after = await asyncio.to_thread(page_with, browser, f"{base}/ui/guards", "Parked")
+    assert "p-ui.0" not in after

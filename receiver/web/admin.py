@@ -180,26 +180,35 @@ class Admin:
     async def parked_deliveries(self, request: web.Request) -> web.Response:
         """GET /api/v1/sinks/parked."""
         require_scope(request, "read")
-        items = await self._outbox.parked(_limit(request))
-        pending, parked = await self._outbox.counts()
-        self._metrics.sink_outbox(pending, parked)
-        return web.json_response(
-            {"parked": [_delivery_json(p) for p in items], "count": parked}
-        )
+        items, count = await self.deliveries_parked(_limit(request))
+        return web.json_response({"parked": items, "count": count})
 
     async def retry_delivery(self, request: web.Request) -> web.Response:
         """POST /api/v1/sinks/parked/{id}/retry: due now, attempts reset."""
         require_scope(request, "admin")
         row_id = request.match_info["id"]
-        if not await self._outbox.retry_parked(row_id, self._clock()):
+        by = identify(self._auth, request.headers.get("Authorization")).name
+        if not await self.requeue_delivery(row_id, by):
             raise web.HTTPNotFound(
                 text=f"no parked sink delivery {row_id!r} (GET /api/v1/sinks/parked "
                 "lists them)"
             )
-        by = identify(self._auth, request.headers.get("Authorization")).name
+        return web.json_response({"status": "queued", "id": row_id}, status=202)
+
+    async def deliveries_parked(self, limit: int) -> tuple[list[JSONObject], int]:
+        """Up to ``limit`` parked sink deliveries (as the API shows them), and all."""
+        items = await self._outbox.parked(limit)
+        pending, parked = await self._outbox.counts()
+        self._metrics.sink_outbox(pending, parked)
+        return [_delivery_json(p) for p in items], parked
+
+    async def requeue_delivery(self, row_id: str, by: str) -> bool:
+        """Make a parked delivery due now with fresh attempts; False if none."""
+        if not await self._outbox.retry_parked(row_id, self._clock()):
+            return False
         log.info("sink_delivery_retried", row=row_id, by=by)
         self._metrics.sink_outbox(*await self._outbox.counts())
-        return web.json_response({"status": "queued", "id": row_id}, status=202)
+        return True
 
 
 def _limit(request: web.Request) -> int:

@@ -12,8 +12,10 @@ Behind the API credentials: a browser without them gets the basic-auth prompt
   never a form field; deciding goes through the one approval policy
   (``approvals.ApprovalDesk``) that Slack and the API use too.
 - ``/ui/guards``: the global pause, circuit breakers, cooldowns, budgets in use,
-  locks held, parked journal entries; Reset (a breaker) and Pause / Resume need
-  the admin scope and are written to the decision log.
+  locks held, parked journal entries and parked sink deliveries; Reset (a
+  breaker) and Pause / Resume need the admin scope and are written to the
+  decision log; Send again (a parked delivery) needs the admin scope and is
+  logged.
 - ``/ui/rules``: the loaded rule files and their last reload, and a form that
   decides a stored payload against them (dry-run: nothing runs).
 - ``/ui/backtest`` (admin): ``receiver backtest`` as a form. Candidate rules
@@ -61,6 +63,7 @@ class Console(IncidentPages, ApprovalPages, GuardPages, RulePages, BacktestPages
         r.add_get("/ui/guards", self.guards)
         r.add_post("/ui/guards/reset", self.reset)
         r.add_post("/ui/guards/pause", self.pause)
+        r.add_post("/ui/guards/retry-delivery", self.retry_delivery)
         r.add_get("/ui/rules", self.rules)
         r.add_post("/ui/rules/dry-run", self.dry_run)
         r.add_get("/ui/backtest", self.backtest_form)

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from receiver.engine.guards import GuardKeeper
-from receiver.model import iso, json_objects
+from receiver.model import JSONValue, iso, json_objects
 from receiver.store.base import DecisionQuery, new_id
 from receiver.web.console.base import ConsoleBase
 from receiver.web.console.render import (
@@ -52,6 +52,20 @@ class GuardPages(ConsoleBase):
                 f"<pre>{_e(p.reason)}</pre>",
             ]
             for p in await self._store.parked(50)
+        ]
+        deliveries = [
+            [
+                _e(d["id"]),
+                _e(f"{d.get('alertname') or '?'} ({d.get('fingerprint') or '?'})"),
+                _e(_listed(d["left"]) or "none"),
+                _e(d["attempts"]),
+                f"<pre>{_e(d['reason'])}</pre>",
+                "<form method=post action=/ui/guards/retry-delivery>"
+                + hidden
+                + f'<input type=hidden name=row value="{_e(d["id"])}">'
+                "<button>Send again</button></form>",
+            ]
+            for d in (await self._admin.deliveries_parked(50))[0]
         ]
         rows = []
         playbooks = self._processor.rulebook.playbooks
@@ -116,6 +130,15 @@ class GuardPages(ConsoleBase):
             + _table(["Playbook", "Used", "Window"], budgets, "No playbooks.")
             + "<h2>Parked journal entries</h2>"
             + _table(["Entry", "Source", "Attempts", "Why"], parked, "None parked.")
+            + "<h2>Parked sink deliveries</h2><p>PagerDuty notes, Slack messages "
+            "and webhook calls that could not be delivered after repeated "
+            "attempts. Send again once the cause is fixed: only the sinks left "
+            "are contacted.</p>"
+            + _table(
+                ["Delivery", "Alert", "Sinks left", "Attempts", "Why", "Action"],
+                deliveries,
+                "None parked.",
+            )
         )
         return _page("Guards", body)
 
@@ -163,6 +186,21 @@ class GuardPages(ConsoleBase):
         notice = f"circuit {scope} reset by {who}"
         raise web.HTTPSeeOther("/ui/guards?" + urlencode({"notice": notice}))
 
+    async def retry_delivery(self, request: web.Request) -> web.Response:
+        """POST /ui/guards/retry-delivery: send a parked delivery again (admin)."""
+        who = self._who(request, "admin")
+        if isinstance(who, web.Response):
+            return who
+        form = await self._form(request, who)
+        row = form.get("row", "")
+        if not row or len(row) > 200:
+            raise web.HTTPBadRequest(text="row must name a parked sink delivery")
+        if await self._admin.requeue_delivery(row, who):
+            notice = f"delivery {row} queued again by {who}"
+        else:
+            notice = f"no parked delivery {row} (sent or retried meanwhile)"
+        raise web.HTTPSeeOther("/ui/guards?" + urlencode({"notice": notice}))
+
     async def pause(self, request: web.Request) -> web.Response:
         """POST /ui/guards/pause: pause or resume remediations (admin, audited)."""
         who = self._who(request, "admin")
@@ -183,3 +221,7 @@ class GuardPages(ConsoleBase):
                     if step.get("kind") == "remediation" and step.get("target"):
                         found[(str(match.get("playbook")), str(step["target"]))] = None
         return list(found)
+
+
+def _listed(value: JSONValue) -> str:
+    return ", ".join(str(v) for v in value) if isinstance(value, list) else ""

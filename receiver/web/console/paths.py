@@ -82,6 +82,9 @@ def console_paths() -> Operations:
         "/ui/guards": get("Pause, breakers, budgets, locks, parked"),
         "/ui/guards/reset": form("Reset a circuit breaker (admin scope; audited)"),
         "/ui/guards/pause": form("Pause or resume remediations (admin; audited)"),
+        "/ui/guards/retry-delivery": form(
+            "Send a parked sink delivery again (admin scope; logged)"
+        ),
         "/ui/rules": get("Loaded rules and the dry-run form"),
         "/ui/rules/dry-run": form(
             "Decide a stored payload against the rules (dry-run)", 200, 404, 422
