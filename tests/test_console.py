@@ -41,7 +41,7 @@ from receiver.sinks.outbox import encode_trace
 from receiver.steps.catalog import builtin_registry
 from receiver.steps.http import HttpExecutor
 from receiver.store import MemoryStore
-from receiver.store.base import DecisionQuery, Pause
+from receiver.store.base import DecisionQuery, JournalEntry, Pause
 from receiver.store.incidents_base import IncidentQuery
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -450,10 +450,10 @@ async def test_backtest_a_pasted_rules_change(aiohttp_server, browser):
     assert (audit["by"], audit["changed_alerts"]) == ("ops-admin", 12)
 
 
-async def test_a_parked_sink_delivery_is_sent_again_from_the_guards_page(
+async def test_parked_entries_and_deliveries_are_retried_from_the_guards_page(  # noqa: PLR0915 (one walk-through)
     aiohttp_server, browser
 ):
-    """Listed with its alert and why; only admin may send it again (sinks left)."""
+    """Listed with why; only admin retries: the entry is decided, the delivery sent."""
     store = MemoryStore()
     sink = Recording()
     app = create_app(
@@ -463,45 +463,66 @@ async def test_a_parked_sink_delivery_is_sent_again_from_the_guards_page(
         sinks={sink.name: sink},
         rule_paths=[RULES],
     )
-    outbox = app[OUTBOX]
     now = datetime.now(UTC)
+    body = (
+        b'{"version": "4", "status": "firing", "groupKey": "g", "alerts": '
+        b'[{"status": "firing", "labels": {"alertname": "X"}, '
+        b'"startsAt": "2026-11-26T09:00:00Z", "fingerprint": "f-ui"}]}'
+    )
+    await store.append(JournalEntry("e-ui", "alertmanager", now, body), [])
+    lease = await store.claim("crashed", 1.0, now)
+    assert lease is not None
+    await store.park(lease, "claimed 6 times without finishing", now)
+    outbox = app[OUTBOX]
     decided = encode_trace(outbox_trace("p-ui"))
     await outbox.put([("p-ui.0", "owner", decided, [sink.name])], now)
     assert await outbox.claim(now, timedelta(minutes=5)) is not None
     await outbox.park("p-ui.0", "failed 5 times; last error: ConnectError")
     server = await aiohttp_server(app)
     base = f"http://127.0.0.1:{server.port}"
-    button = "form[action='/ui/guards/retry-delivery'] button"
+    send = "form[action='/ui/guards/retry-delivery'] button"
+    decide = "form[action='/ui/guards/retry-entry'] button"
 
-    def refused() -> tuple[str, str]:
+    def refused() -> tuple[str, str, str]:
         login(browser, BASIC_USER, APPROVE_TOKEN)
         page = page_with(browser, f"{base}/ui/guards", "p-ui.0")
         browser.execute_script(
-            "arguments[0].scrollIntoView()",
-            browser.find_element(By.CSS_SELECTOR, button),
+            "arguments[0].scrollIntoView()", browser.find_element(By.CSS_SELECTOR, send)
         )
-        shot(browser, "guards-parked-delivery")
+        shot(browser, "guards-parked")
         assert fits(browser)
-        alert = click_and_wait(browser, button, "retry-delivery", "[role=alert]")
-        return page, str(alert.text)
+        first = click_and_wait(browser, send, "retry-delivery", "[role=alert]").text
+        page_with(browser, f"{base}/ui/guards", "e-ui")
+        second = click_and_wait(browser, decide, "retry-entry", "[role=alert]").text
+        return page, str(first), str(second)
 
-    page, refusal = await asyncio.to_thread(refused)
+    page, *refusals = await asyncio.to_thread(refused)
+    assert "claimed 6 times without finishing" in page
     assert "Parked sink deliveries" in page
     assert "SiemDown (fp1)" in page
     assert "failed 5 times; last error: ConnectError" in page
-    assert "needs the admin scope" in refusal
+    assert all("needs the admin scope" in r for r in refusals), refusals
     assert sink.sent == []
+    assert await store.parked_count() == 1
 
-    def as_admin() -> str:
+    def as_admin() -> tuple[str, str]:
         login(browser, "ops-admin", ADMIN_TOKEN)
         page_with(browser, f"{base}/ui/guards", "p-ui.0")
-        status = click_and_wait(browser, button, "notice=", "[role=status]")
-        return str(status.text)
+        first = click_and_wait(browser, send, "notice=", "[role=status]").text
+        page_with(browser, f"{base}/ui/guards", "e-ui")
+        second = click_and_wait(browser, decide, "notice=", "[role=status]").text
+        return str(first), str(second)
 
-    notice = await asyncio.to_thread(as_admin)
-    assert "delivery p-ui.0 queued again by ops-admin" in notice
+    sent, queued = await asyncio.to_thread(as_admin)
+    assert "delivery p-ui.0 queued again by ops-admin" in sent
+    assert "entry e-ui queued again by ops-admin" in queued
     await app[SINKS].drain()
     assert [payload for payload, _ in sink.sent] == ["p-ui"]
     assert await outbox.counts() == (0, 0)
+    await journal_drained(store)
+    assert await store.parked_count() == 0
+    (record,) = await store.decisions(DecisionQuery(payload_id="e-ui"))
+    assert record["fingerprint"] == "f-ui"
     after = await asyncio.to_thread(page_with, browser, f"{base}/ui/guards", "Parked")
     assert "p-ui.0" not in after
+    assert "e-ui" not in after

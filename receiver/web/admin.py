@@ -171,11 +171,18 @@ class Admin:
         """POST /api/v1/parked/{id}/retry: back in the queue, attempts reset."""
         require_scope(request, "admin")
         entry_id = request.match_info["id"]
-        if not await self._store.retry_parked(entry_id, self._clock()):
+        by = identify(self._auth, request.headers.get("Authorization")).name
+        if not await self.requeue_entry(entry_id, by):
             raise web.HTTPNotFound(text=f"no parked entry {entry_id!r}")
-        log.info("parked_entry_retried", payload_id=entry_id)
-        self._metrics.journal_parked.set(await self._store.parked_count())
         return web.json_response({"status": "queued", "id": entry_id}, status=202)
+
+    async def requeue_entry(self, entry_id: str, by: str) -> bool:
+        """Put a parked journal entry back in the queue; False if none."""
+        if not await self._store.retry_parked(entry_id, self._clock()):
+            return False
+        log.info("parked_entry_retried", payload_id=entry_id, by=by)
+        self._metrics.journal_parked.set(await self._store.parked_count())
+        return True
 
     async def parked_deliveries(self, request: web.Request) -> web.Response:
         """GET /api/v1/sinks/parked."""

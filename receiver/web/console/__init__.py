@@ -14,8 +14,8 @@ Behind the API credentials: a browser without them gets the basic-auth prompt
 - ``/ui/guards``: the global pause, circuit breakers, cooldowns, budgets in use,
   locks held, parked journal entries and parked sink deliveries; Reset (a
   breaker) and Pause / Resume need the admin scope and are written to the
-  decision log; Send again (a parked delivery) needs the admin scope and is
-  logged.
+  decision log; Decide again (a parked entry) and Send again (a parked
+  delivery) need the admin scope and are logged.
 - ``/ui/rules``: the loaded rule files and their last reload, and a form that
   decides a stored payload against them (dry-run: nothing runs).
 - ``/ui/backtest`` (admin): ``receiver backtest`` as a form. Candidate rules
@@ -64,6 +64,7 @@ class Console(IncidentPages, ApprovalPages, GuardPages, RulePages, BacktestPages
         r.add_post("/ui/guards/reset", self.reset)
         r.add_post("/ui/guards/pause", self.pause)
         r.add_post("/ui/guards/retry-delivery", self.retry_delivery)
+        r.add_post("/ui/guards/retry-entry", self.retry_entry)
         r.add_get("/ui/rules", self.rules)
         r.add_post("/ui/rules/dry-run", self.dry_run)
         r.add_get("/ui/backtest", self.backtest_form)

@@ -50,6 +50,10 @@ class GuardPages(ConsoleBase):
                 _e(p.entry.source),
                 _e(p.entry.attempts),
                 f"<pre>{_e(p.reason)}</pre>",
+                "<form method=post action=/ui/guards/retry-entry>"
+                + hidden
+                + f'<input type=hidden name=entry value="{_e(p.entry.id)}">'
+                "<button>Decide again</button></form>",
             ]
             for p in await self._store.parked(50)
         ]
@@ -128,8 +132,14 @@ class GuardPages(ConsoleBase):
             + "<h2>Budgets in use</h2><p>Remediations run in each playbook's "
             "budget window, from the decision log.</p>"
             + _table(["Playbook", "Used", "Window"], budgets, "No playbooks.")
-            + "<h2>Parked journal entries</h2>"
-            + _table(["Entry", "Source", "Attempts", "Why"], parked, "None parked.")
+            + "<h2>Parked journal entries</h2><p>Payloads the worker could not "
+            "finish deciding after repeated attempts. Decide again once the cause "
+            "is fixed.</p>"
+            + _table(
+                ["Entry", "Source", "Attempts", "Why", "Action"],
+                parked,
+                "None parked.",
+            )
             + "<h2>Parked sink deliveries</h2><p>PagerDuty notes, Slack messages "
             "and webhook calls that could not be delivered after repeated "
             "attempts. Send again once the cause is fixed: only the sinks left "
@@ -184,6 +194,21 @@ class GuardPages(ConsoleBase):
         )
         log.warning("circuit_reset", scope=scope, by=who)
         notice = f"circuit {scope} reset by {who}"
+        raise web.HTTPSeeOther("/ui/guards?" + urlencode({"notice": notice}))
+
+    async def retry_entry(self, request: web.Request) -> web.Response:
+        """POST /ui/guards/retry-entry: a parked journal entry back in the queue."""
+        who = self._who(request, "admin")
+        if isinstance(who, web.Response):
+            return who
+        form = await self._form(request, who)
+        entry = form.get("entry", "")
+        if not entry or len(entry) > 200:
+            raise web.HTTPBadRequest(text="entry must name a parked journal entry")
+        if await self._admin.requeue_entry(entry, who):
+            notice = f"entry {entry} queued again by {who}"
+        else:
+            notice = f"no parked entry {entry} (retried meanwhile)"
         raise web.HTTPSeeOther("/ui/guards?" + urlencode({"notice": notice}))
 
     async def retry_delivery(self, request: web.Request) -> web.Response:

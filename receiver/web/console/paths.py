@@ -85,6 +85,9 @@ def console_paths() -> Operations:
         "/ui/guards/retry-delivery": form(
             "Send a parked sink delivery again (admin scope; logged)"
         ),
+        "/ui/guards/retry-entry": form(
+            "Put a parked journal entry back in the queue (admin scope; logged)"
+        ),
         "/ui/rules": get("Loaded rules and the dry-run form"),
         "/ui/rules/dry-run": form(
             "Decide a stored payload against the rules (dry-run)", 200, 404, 422
