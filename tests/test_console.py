@@ -514,8 +514,8 @@ async def test_parked_entries_and_deliveries_are_retried_from_the_guards_page(  
         return str(first), str(second)
 
     sent, queued = await asyncio.to_thread(as_admin)
-    assert "delivery p-ui.0 queued again by ops-admin" in sent
-    assert "entry e-ui queued again by ops-admin" in queued
+    assert "parked sink delivery p-ui.0 queued again by ops-admin" in sent
+    assert "parked journal entry e-ui queued again by ops-admin" in queued
     await app[SINKS].drain()
     assert [payload for payload, _ in sink.sent] == ["p-ui"]
     assert await outbox.counts() == (0, 0)

@@ -71,33 +71,8 @@ class OutboxRow(Protocol):
         ...
 
 
-class ParkedDelivery(Protocol):
+class ParkedDelivery(OutboxRow, Protocol):
     """A delivery set aside after too many attempts (kept, never claimed)."""
-
-    @property
-    def id(self) -> str:
-        """Payload id and the trace's position in it."""
-        ...
-
-    @property
-    def trace(self) -> str:
-        """The trace's JSON (``encode_trace``)."""
-        ...
-
-    @property
-    def sinks(self) -> tuple[str, ...]:
-        """Where it goes, in order."""
-        ...
-
-    @property
-    def done(self) -> Mapping[str, str]:
-        """Sinks that finished before it was parked: name -> outcome JSON."""
-        ...
-
-    @property
-    def attempts(self) -> int:
-        """Claims it had."""
-        ...
 
     @property
     def reason(self) -> str:

@@ -52,14 +52,9 @@ class OutboxRow:
 
 
 @dataclass(frozen=True)
-class ParkedRow:
+class ParkedRow(OutboxRow):
     """A delivery set aside (``receiver.sinks.outbox.ParkedDelivery``)."""
 
-    id: str
-    trace: str
-    sinks: tuple[str, ...]
-    done: dict[str, str]
-    attempts: int
     reason: str
 
 
@@ -220,13 +215,14 @@ class SqliteOutbox:
     async def parked(self, limit: int) -> list[ParkedRow]:  # noqa: D102
         def run(db: sqlite3.Connection) -> list[ParkedRow]:
             rows = db.execute(
-                "SELECT id, trace, sinks, attempts, parked FROM sink_outbox "
+                "SELECT id, owner, trace, sinks, attempts, parked FROM sink_outbox "
                 "WHERE parked != '' ORDER BY id DESC LIMIT ?",
                 (limit,),
             ).fetchall()
             return [
                 ParkedRow(
                     row_id,
+                    owner,
                     trace,
                     tuple(json.loads(sinks)),
                     dict(
@@ -238,7 +234,7 @@ class SqliteOutbox:
                     attempts,
                     reason,
                 )
-                for row_id, trace, sinks, attempts, reason in rows
+                for row_id, owner, trace, sinks, attempts, reason in rows
             ]
 
         return await self._run(run, write=False)
@@ -438,6 +434,7 @@ class RedisOutbox:
                 out.append(
                     ParkedRow(
                         str(row_id),
+                        str(row["owner"]),
                         str(row["trace"]),
                         tuple(json.loads(row["sinks"])),
                         {str(k): str(v) for k, v in done.items()},

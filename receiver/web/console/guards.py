@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from urllib.parse import urlencode
 
@@ -198,32 +199,35 @@ class GuardPages(ConsoleBase):
 
     async def retry_entry(self, request: web.Request) -> web.Response:
         """POST /ui/guards/retry-entry: a parked journal entry back in the queue."""
-        who = self._who(request, "admin")
-        if isinstance(who, web.Response):
-            return who
-        form = await self._form(request, who)
-        entry = form.get("entry", "")
-        if not entry or len(entry) > 200:
-            raise web.HTTPBadRequest(text="entry must name a parked journal entry")
-        if await self._admin.requeue_entry(entry, who):
-            notice = f"entry {entry} queued again by {who}"
-        else:
-            notice = f"no parked entry {entry} (retried meanwhile)"
-        raise web.HTTPSeeOther("/ui/guards?" + urlencode({"notice": notice}))
+        return await self._requeue(
+            request, "entry", "parked journal entry", self._admin.requeue_entry
+        )
 
     async def retry_delivery(self, request: web.Request) -> web.Response:
         """POST /ui/guards/retry-delivery: send a parked delivery again (admin)."""
+        return await self._requeue(
+            request, "row", "parked sink delivery", self._admin.requeue_delivery
+        )
+
+    async def _requeue(
+        self,
+        request: web.Request,
+        field: str,
+        what: str,
+        requeue: Callable[[str, str], Awaitable[bool]],
+    ) -> web.Response:
+        """An admin's retry of the parked thing the form's ``field`` names."""
         who = self._who(request, "admin")
         if isinstance(who, web.Response):
             return who
         form = await self._form(request, who)
-        row = form.get("row", "")
-        if not row or len(row) > 200:
-            raise web.HTTPBadRequest(text="row must name a parked sink delivery")
-        if await self._admin.requeue_delivery(row, who):
-            notice = f"delivery {row} queued again by {who}"
+        name = form.get(field, "")
+        if not name or len(name) > 200:
+            raise web.HTTPBadRequest(text=f"{field} must name a {what}")
+        if await requeue(name, who):
+            notice = f"{what} {name} queued again by {who}"
         else:
-            notice = f"no parked delivery {row} (sent or retried meanwhile)"
+            notice = f"no {what} {name} (done or retried meanwhile)"
         raise web.HTTPSeeOther("/ui/guards?" + urlencode({"notice": notice}))
 
     async def pause(self, request: web.Request) -> web.Response:
