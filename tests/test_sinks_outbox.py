@@ -441,6 +441,63 @@ async def test_parked_deliveries_are_listed_and_retried(backend, tmp_path):
         await outbox.close()
 
 
+class Renewals:
+    """The outbox, counting the claim renewals that go through it."""
+
+    def __init__(self, inner: SqliteOutbox | RedisOutbox, wanted: int) -> None:
+        self.inner = inner
+        self.count = 0
+        self.wanted = wanted
+        self.enough = asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def extend(self, row_id: str, until: datetime) -> None:
+        await self.inner.extend(row_id, until)
+        self.count += 1
+        if self.count >= self.wanted:
+            self.enough.set()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_slow_delivery_keeps_its_row_past_the_lease(backend, tmp_path):
+    """Renewed while the sink is slow: the row is never free for another claim.
+
+    The clock moves a second a reading; forty renewals take it past the 30 s
+    lease the row was first claimed for.
+    """
+    with run_redis(tmp_path) as url:
+        outbox = (
+            RedisOutbox(url)
+            if backend == "redis"
+            else SqliteOutbox(str(tmp_path / "r.db"), reclaim=True)
+        )
+        spy = Renewals(outbox, wanted=40)
+        store = MemoryStore()
+        clock = Ticking(NOW, step=timedelta(seconds=1))
+        gate = asyncio.Event()
+        sink = Recording()
+        plain_send = sink.send
+
+        async def slow_send(t: AlertTrace) -> SinkOutcome:
+            await gate.wait()
+            return await plain_send(t)
+
+        sink.send = slow_send  # type: ignore[method-assign]
+        d = make(sink, store, spy, clock, concurrency=1, renew_every=0.001)  # type: ignore[arg-type]
+        await d.put([trace("p1")])
+        async with asyncio.timeout(20):
+            await spy.enough.wait()
+        assert clock.now > NOW + timedelta(seconds=30)
+        assert await outbox.claim(clock(), timedelta(seconds=30)) is None
+        gate.set()
+        await d.drain()
+        assert [p for p, _ in sink.sent] == ["p1"]
+        await d.aclose()
+        await store.close()
+
+
 # ------------------------------------------------------------------ backlog
 
 

@@ -10,9 +10,10 @@ entry and writes the same row again, which the outbox ignores: no delivery is
 lost between the decision and the outbox.
 
 ``start`` runs ``concurrency`` delivery loops. Each claims a due row (for a
-lease: a worker killed mid-delivery leaves it to be claimed again when the
-lease lapses; on SQLite, one instance alone, the next worker hands such rows
-back as it starts), delivers it to each sink not yet done, records each sink's
+lease of a minute, renewed while the delivery runs: a worker killed
+mid-delivery leaves it to be claimed again when the lease lapses; on SQLite,
+one instance alone, the next worker hands such rows back as it starts),
+delivers it to each sink not yet done, records each sink's
 outcome on the row as it finishes, writes the outcomes to the decision log and
 deletes the row. A row that cannot be finished (storage down, an unexpected
 error, a crash) is retried with the shared backoff (``receiver.retrying``) and
@@ -173,7 +174,8 @@ class SinkDispatcher:
         concurrency: int = 4,
         max_pending: int = 1000,
         max_attempts: int = 5,
-        lease: timedelta = timedelta(minutes=5),
+        lease: timedelta = timedelta(minutes=1),
+        renew_every: float | None = None,
         retry: RetryPolicy = OUTBOX_RETRY,
         poll: float = 1.0,
         dedupe_ttl: timedelta = timedelta(days=7),
@@ -197,6 +199,12 @@ class SinkDispatcher:
         self._max_pending = max_pending
         self.max_attempts = max_attempts
         self._lease = lease
+        # A claim is renewed this often (seconds) while its delivery runs: a
+        # slow delivery keeps its row, and a dead worker's row is claimed
+        # again within one lease.
+        self._renew_every = (
+            renew_every if renew_every is not None else lease.total_seconds() / 3
+        )
         self._retry = retry
         self._poll = poll
         self._ttl = dedupe_ttl
@@ -332,8 +340,17 @@ class SinkDispatcher:
                 "crashed, was stopped or hung while delivering it)",
             )
             return
+        renewing = asyncio.create_task(
+            self._renew(row.id), name=f"sink-outbox-renew-{row.id}"
+        )
         try:
-            await self._deliver(row)
+            try:
+                await self._deliver(row)
+            finally:
+                # Stopped before the row is handed back or parked: a renewal
+                # after that would move its due time again.
+                renewing.cancel()
+                await asyncio.wait([renewing])
         except asyncio.CancelledError:
             # Shutdown: hand it back, due at once, for the next start.
             with contextlib.suppress(ReceiverError):
@@ -355,6 +372,17 @@ class SinkDispatcher:
                 retry_in=wait,
             )
             await self._outbox.release(row.id, self._clock() + timedelta(seconds=wait))
+
+    async def _renew(self, row_id: str) -> None:
+        """Keep the claim on ``row_id`` while its delivery runs (until cancelled)."""
+        while True:
+            await asyncio.sleep(self._renew_every)
+            try:
+                await self._outbox.extend(row_id, self._clock() + self._lease)
+            except ReceiverError as exc:
+                log.warning("sink_outbox_renew_failed", row=row_id, error=str(exc))
+            except Exception:  # the delivery goes on; the next renewal may work
+                log.exception("sink_outbox_renew_failed", row=row_id)
 
     async def _park(self, row: OutboxRow, reason: str) -> None:
         await self._outbox.park(row.id, reason)

@@ -108,6 +108,14 @@ class Outbox(Protocol):
         """Hand a claimed row back, to be claimed again from ``due``."""
         ...
 
+    async def extend(self, row_id: str, until: datetime) -> None:
+        """Keep a claimed row from other claims until ``until`` (renew the claim).
+
+        Nothing happens to a row no longer claimed (finished, handed back,
+        parked).
+        """
+        ...
+
     async def reclaim(self, now: datetime) -> int:
         """Make rows a stopped process had claimed due at ``now``; how many.
 

@@ -194,6 +194,16 @@ class SqliteOutbox:
 
         await self._run(run)
 
+    async def extend(self, row_id: str, until: datetime) -> None:  # noqa: D102
+        def run(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE sink_outbox SET due = ? "
+                "WHERE id = ? AND claimed = 1 AND parked = ''",
+                (_stamp(until), row_id),
+            )
+
+        await self._run(run)
+
     async def reclaim(self, now: datetime) -> int:  # noqa: D102
         if not self._reclaim:
             return 0
@@ -408,6 +418,13 @@ class RedisOutbox:
                 await pipe.execute()
 
         await self._call(run)
+
+    async def extend(self, row_id: str, until: datetime) -> None:  # noqa: D102
+        # Only while it is in the due set: not once finished or parked. (A row
+        # handed back for a backoff is, but its delivery has stopped renewing.)
+        await self._call(
+            lambda: self._redis.zadd(self._due, {row_id: _ms(until)}, xx=True)
+        )
 
     async def reclaim(self, now: datetime) -> int:  # noqa: D102, ARG002 (nothing to do)
         # Replicas share the outbox: a row another replica claimed may be on
