@@ -31,6 +31,7 @@ from receiver.runtime import build_runtime
 from receiver.settings import Settings, flat_keys, groups
 from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore
+from receiver.store.base import JournalEntry
 
 # ---------------------------------------------------------------- app under test
 
@@ -280,6 +281,23 @@ def _journal_changes(store: Any) -> asyncio.Event:
         hook(name)
     store._test_journal_changed = changed
     return changed
+
+
+async def park_entry(
+    store: Any, entry_id: str, fingerprint: str, at: datetime, reason: str
+) -> None:
+    """Journal a one-alert Alertmanager payload as ``entry_id`` and park it."""
+    body = (
+        b'{"version": "4", "status": "firing", "groupKey": "g", "alerts": '
+        b'[{"status": "firing", "labels": {"alertname": "X"}, '
+        b'"startsAt": "2026-11-26T09:00:00Z", "fingerprint": "'
+        + fingerprint.encode()
+        + b'"}]}'
+    )
+    await store.append(JournalEntry(entry_id, "alertmanager", at, body), [])
+    lease = await store.claim("crashed", 1.0, at)
+    assert lease is not None
+    await store.park(lease, reason, at)
 
 
 async def journal_drained(store: Any, *, timeout: float = 10.0) -> None:

@@ -6,7 +6,14 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import httpx
-from conftest import ADMIN_TOKEN, basic, bearer, full_settings, journal_drained
+from conftest import (
+    ADMIN_TOKEN,
+    basic,
+    bearer,
+    full_settings,
+    journal_drained,
+    park_entry,
+)
 from fakes import RecordingServer, Reply
 from peers import poll, run_receiver
 
@@ -130,15 +137,7 @@ def test_replay_retry_queues_a_parked_entry_of_a_running_receiver(
 
     async def park() -> None:
         store = SqliteStore(str(db))
-        body = (
-            b'{"version": "4", "status": "firing", "groupKey": "g", "alerts": '
-            b'[{"status": "firing", "labels": {"alertname": "X"}, '
-            b'"startsAt": "2026-11-26T09:00:00Z", "fingerprint": "f1"}]}'
-        )
-        await store.append(JournalEntry("e-cli", "alertmanager", T0, body), [])
-        lease = await store.claim("crashed", 1.0, T0)
-        assert lease is not None
-        await store.park(lease, "claimed 6 times without finishing", T0)
+        await park_entry(store, "e-cli", "f1", T0, "claimed 6 times without finishing")
         await store.close()
 
     asyncio.run(park())

@@ -26,6 +26,7 @@ from conftest import (
     bearer,
     full_settings,
     journal_drained,
+    park_entry,
 )
 from counting import CountingServer
 from test_backtest import API_DOWN, RULES, UNDO, changed_runbook
@@ -41,7 +42,7 @@ from receiver.sinks.outbox import encode_trace
 from receiver.steps.catalog import builtin_registry
 from receiver.steps.http import HttpExecutor
 from receiver.store import MemoryStore
-from receiver.store.base import DecisionQuery, JournalEntry, Pause
+from receiver.store.base import DecisionQuery, Pause
 from receiver.store.incidents_base import IncidentQuery
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -464,15 +465,7 @@ async def test_parked_entries_and_deliveries_are_retried_from_the_guards_page(  
         rule_paths=[RULES],
     )
     now = datetime.now(UTC)
-    body = (
-        b'{"version": "4", "status": "firing", "groupKey": "g", "alerts": '
-        b'[{"status": "firing", "labels": {"alertname": "X"}, '
-        b'"startsAt": "2026-11-26T09:00:00Z", "fingerprint": "f-ui"}]}'
-    )
-    await store.append(JournalEntry("e-ui", "alertmanager", now, body), [])
-    lease = await store.claim("crashed", 1.0, now)
-    assert lease is not None
-    await store.park(lease, "claimed 6 times without finishing", now)
+    await park_entry(store, "e-ui", "f-ui", now, "claimed 6 times without finishing")
     outbox = app[OUTBOX]
     decided = encode_trace(outbox_trace("p-ui"))
     await outbox.put([("p-ui.0", "owner", decided, [sink.name])], now)

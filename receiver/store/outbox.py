@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio
 import redis.exceptions
@@ -325,6 +325,20 @@ return 1
 """
 
 
+def _fields(
+    row_id: str, row: Mapping[Any, Any], done: Mapping[Any, Any]
+) -> tuple[str, str, str, tuple[str, ...], dict[str, str], int]:
+    """An ``OutboxRow``'s fields from a row's hash and its done hash (Redis)."""
+    return (
+        row_id,
+        str(row["owner"]),
+        str(row["trace"]),
+        tuple(json.loads(row["sinks"])),
+        {str(k): str(v) for k, v in done.items()},
+        int(row["attempts"]),
+    )
+
+
 class RedisOutbox:
     """The outbox in Redis, shared by replicas."""
 
@@ -381,14 +395,7 @@ class RedisOutbox:
                 return None
             row = await self._redis.hgetall(self._row(row_id))
             done = await self._redis.hgetall(self._done(row_id))
-            return OutboxRow(
-                str(row_id),
-                str(row["owner"]),
-                str(row["trace"]),
-                tuple(json.loads(row["sinks"])),
-                {str(k): str(v) for k, v in done.items()},
-                int(row["attempts"]),
-            )
+            return OutboxRow(*_fields(str(row_id), row, done))
 
         result: OutboxRow | None = await self._call(run)
         return result
@@ -448,17 +455,7 @@ class RedisOutbox:
             for row_id, row, done in zip(ids, got[::2], got[1::2], strict=True):
                 if not row:  # finished or gone meanwhile
                     continue
-                out.append(
-                    ParkedRow(
-                        str(row_id),
-                        str(row["owner"]),
-                        str(row["trace"]),
-                        tuple(json.loads(row["sinks"])),
-                        {str(k): str(v) for k, v in done.items()},
-                        int(row["attempts"]),
-                        reasons[row_id],
-                    )
-                )
+                out.append(ParkedRow(*_fields(row_id, row, done), reasons[row_id]))
             return out
 
         result: list[ParkedRow] = await self._call(run)
