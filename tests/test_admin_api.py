@@ -129,6 +129,17 @@ async def test_parked_entries_are_listed_and_retried(aiohttp_client, web_rules):
     await journal_drained(store)  # the app's worker decides it again
 
 
+def _recorded_once(base: str, payload_id: str, headers: dict[str, str]) -> bool:
+    """Whether the decision log holds exactly one record of ``payload_id``."""
+    found = httpx.get(
+        f"{base}/api/v1/decisions",
+        params={"payload_id": payload_id},
+        headers=headers,
+        timeout=5,
+    ).json()["decisions"]
+    return len(found) == 1
+
+
 def test_replay_retry_queues_a_parked_entry_of_a_running_receiver(
     tmp_path, monkeypatch, capsys, web_rules
 ):
@@ -154,16 +165,7 @@ def test_replay_retry_queues_a_parked_entry_of_a_running_receiver(
         assert main(["replay", "--retry", "--from", f"{rx.url}/e-cli"]) == 0
         assert "queued parked entry e-cli again" in capsys.readouterr().out
 
-        def decided() -> bool:
-            found = httpx.get(
-                f"{rx.url}/api/v1/decisions",
-                params={"payload_id": "e-cli"},
-                headers=auth,
-                timeout=5,
-            ).json()["decisions"]
-            return len(found) == 1
-
-        assert poll(decided)
+        assert poll(lambda: _recorded_once(rx.url, "e-cli", auth))
         assert main(["replay", "--retry", "--from", f"{rx.url}/e-cli"]) == 2
 
 
@@ -248,16 +250,11 @@ def test_a_parked_sink_delivery_is_listed_and_retried_through_the_edge(
             assert answered.status_code == 202, answered.text
             assert hook.wait_for("POST", "/hook", 1, 30), "the retry was not sent"
 
-            def outcome_recorded() -> bool:
-                found = httpx.get(
-                    f"{rx.url}/api/v1/decisions",
-                    params={"payload_id": "e-sinks.sinks"},
-                    headers=reader,
-                    timeout=5,
-                ).json()["decisions"]
-                return len(found) == 1
-
-            assert poll(outcome_recorded, timeout=30, interval=0.2)
+            assert poll(
+                lambda: _recorded_once(rx.url, "e-sinks.sinks", reader),
+                timeout=30,
+                interval=0.2,
+            )
             again = httpx.post(retry, headers=admin, timeout=5)
             assert again.status_code == 404
             assert "GET /api/v1/sinks/parked lists them" in again.text
