@@ -17,7 +17,7 @@ from conftest import (
 from fakes import RecordingServer, Reply
 from peers import poll, run_receiver
 
-from receiver.app import create_app
+from receiver.app import OUTBOX, create_app
 from receiver.cli import main
 from receiver.model import Alert, AlertTrace, MatchTrace, Severity, freeze
 from receiver.rulebook.loader import load_rulebook
@@ -265,3 +265,34 @@ def test_a_parked_sink_delivery_is_listed_and_retried_through_the_edge(
             log = rx.log.read_text()
         assert len(hook.seen("POST", "/hook")) == 1
     assert '"sink_delivery_retried"' in log
+
+
+async def test_the_guards_page_says_when_its_parked_lists_are_cut(
+    aiohttp_client, web_rules
+):
+    """Past 50 parked rows the page says how many there are and where the rest is."""
+    store = MemoryStore()
+    app = create_app(
+        build_runtime(full_settings()),
+        rulebook=load_rulebook([web_rules], steps=builtin_registry()),
+        store=store,
+        sinks={},
+    )
+    outbox = app[OUTBOX]
+    rows = [(f"p{i:03}.0", "o", "{}", ["webhook"]) for i in range(52)]
+    await outbox.put(rows, T0)
+    for row_id, *_ in rows:
+        assert await outbox.claim(T0, timedelta(minutes=1)) is not None
+        await outbox.park(row_id, "failed 5 times")
+    for i in range(3):
+        await park_entry(store, f"e{i}", f"f{i}", T0, "claimed 6 times")
+    client = await aiohttp_client(app)
+    resp = await client.get("/ui/guards", headers=basic("alice", ADMIN_TOKEN))
+    page = await resp.text()
+    assert resp.status == 200, page
+    assert "50 of 52 shown, newest first" in page
+    assert "GET /api/v1/sinks/parked?limit=1000" in page
+    assert "p051.0" in page  # newest first: the two oldest are cut
+    assert "p000.0" not in page
+    assert "of 3 shown" not in page  # three parked entries: all listed
+    assert all(f"e{i}" in page for i in range(3))

@@ -20,6 +20,19 @@ from receiver.web.console.render import (
     log,
 )
 
+# Parked entries and deliveries listed on the page; the API lists more.
+SHOWN = 50
+
+
+def _more(shown: int, count: int, api: str) -> str:
+    """A line saying the list is cut, and where the rest is."""
+    if count <= shown:
+        return ""
+    return (
+        f"<p class=state>{shown} of {count} shown, newest first; "
+        f"<code>GET {api}?limit=1000</code> lists more.</p>"
+    )
+
 
 class GuardPages(ConsoleBase):
     """``/ui/guards``: pause, breakers, cooldowns, budgets, locks; Reset and Pause."""
@@ -56,8 +69,9 @@ class GuardPages(ConsoleBase):
                 + f'<input type=hidden name=entry value="{_e(p.entry.id)}">'
                 "<button>Decide again</button></form>",
             ]
-            for p in await self._store.parked(50)
+            for p in await self._store.parked(SHOWN)
         ]
+        delivery_list, deliveries_count = await self._admin.deliveries_parked(SHOWN)
         deliveries = [
             [
                 _e(d["id"]),
@@ -70,8 +84,9 @@ class GuardPages(ConsoleBase):
                 + f'<input type=hidden name=row value="{_e(d["id"])}">'
                 "<button>Send again</button></form>",
             ]
-            for d in (await self._admin.deliveries_parked(50))[0]
+            for d in delivery_list
         ]
+        entries_count = await self._store.parked_count()
         rows = []
         playbooks = self._processor.rulebook.playbooks
         for playbook, target in await self._recent_targets():
@@ -141,6 +156,7 @@ class GuardPages(ConsoleBase):
                 parked,
                 "None parked.",
             )
+            + _more(len(parked), entries_count, "/api/v1/parked")
             + "<h2>Parked sink deliveries</h2><p>PagerDuty notes, Slack messages "
             "and webhook calls that could not be delivered after repeated "
             "attempts. Send again once the cause is fixed: only the sinks left "
@@ -150,6 +166,7 @@ class GuardPages(ConsoleBase):
                 deliveries,
                 "None parked.",
             )
+            + _more(len(deliveries), deliveries_count, "/api/v1/sinks/parked")
         )
         return _page("Guards", body)
 
