@@ -296,3 +296,54 @@ async def test_the_guards_page_says_when_its_parked_lists_are_cut(
     assert "p000.0" not in page
     assert "of 3 shown" not in page  # three parked entries: all listed
     assert all(f"e{i}" in page for i in range(3))
+
+
+async def test_a_damaged_or_hostile_parked_delivery_is_shown_safely(
+    aiohttp_client, web_rules
+):
+    """A row whose trace is garbage is listed as damaged; hostile labels are text."""
+    app = create_app(
+        build_runtime(full_settings()),
+        rulebook=load_rulebook([web_rules], steps=builtin_registry()),
+        store=MemoryStore(),
+        sinks={},
+    )
+    hostile = AlertTrace(
+        alert=Alert(
+            source="alertmanager",
+            fingerprint='"><img src=x onerror=alert(1)>',
+            status="firing",
+            labels=freeze({"alertname": "<script>alert(1)</script>"}),
+        ),
+        matches=(),
+        decided_at=T0,
+        payload_id="p-hostile",
+        mode="execute",
+    )
+    outbox = app[OUTBOX]
+    await outbox.put(
+        [
+            ("p-damaged.0", "o", '{"alert": {"labels": [1, 2', ["webhook"]),
+            ("p-hostile.0", "o", encode_trace(hostile), ["<b>sink</b>"]),
+        ],
+        T0,
+    )
+    for _ in range(2):
+        row = await outbox.claim(T0, timedelta(minutes=1))
+        assert row is not None
+        await outbox.park(row.id, "failed 5 times; last error: <Boom>")
+    client = await aiohttp_client(app)
+    resp = await client.get("/api/v1/sinks/parked", headers=bearer(ADMIN_TOKEN))
+    listed = {p["id"]: p for p in (await resp.json())["parked"]}
+    assert listed["p-damaged.0"]["trace"].startswith("damaged: ValidationError")
+    assert "alertname" not in listed["p-damaged.0"]
+    assert listed["p-hostile.0"]["alertname"] == "<script>alert(1)</script>"
+    resp = await client.get("/ui/guards", headers=basic("alice", ADMIN_TOKEN))
+    page = await resp.text()
+    assert resp.status == 200, page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script>alert(1)" not in page
+    assert "<img src=x" not in page
+    assert "<b>sink</b>" not in page
+    assert "&lt;Boom&gt;" in page
+    assert "p-damaged.0" in page  # listed (as "? (?)"), so it can be sent again

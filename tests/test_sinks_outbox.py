@@ -22,6 +22,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from peers import run_redis
 
+from receiver.errors import StoreUnavailableError
 from receiver.model import (
     Alert,
     AlertTrace,
@@ -496,6 +497,66 @@ async def test_a_slow_delivery_keeps_its_row_past_the_lease(backend, tmp_path):
         assert [p for p, _ in sink.sent] == ["p1"]
         await d.aclose()
         await store.close()
+
+
+class Failing:
+    """The outbox, whose hand-back or renewal raises (``error``) every time."""
+
+    def __init__(
+        self, inner: SqliteOutbox, at: str, error: Exception, wanted: int
+    ) -> None:
+        self.inner = inner
+        self.at = at
+        self.error = error
+        self.calls = 0
+        self.wanted = wanted
+        self.failed = asyncio.Event()  # set after ``wanted`` failed calls
+
+    def __getattr__(self, name: str) -> object:
+        method = getattr(self.inner, name)
+        if name != self.at:
+            return method
+
+        async def failing(*_args: object, **_kw: object) -> object:
+            self.calls += 1
+            if self.calls >= self.wanted:
+                self.failed.set()
+            raise self.error
+
+        return failing
+
+
+@pytest.mark.parametrize("at", ["reclaim", "extend"])
+@pytest.mark.parametrize(
+    "error", [StoreUnavailableError("outbox down"), RuntimeError("outbox bug")]
+)
+async def test_a_failing_hand_back_or_renewal_stops_no_delivery(at, error, tmp_path):
+    """Store down or a bug there: logged; the rows are still delivered, once."""
+    # Renewals go on after one fails: three of them must fail.
+    wanted = 1 if at == "reclaim" else 3
+    outbox = Failing(
+        SqliteOutbox(str(tmp_path / "r.db"), reclaim=True), at, error, wanted
+    )
+    store = MemoryStore()
+    sink = Recording()
+    gate = asyncio.Event()
+    plain_send = sink.send
+
+    async def held_send(t: AlertTrace) -> SinkOutcome:
+        await gate.wait()
+        return await plain_send(t)
+
+    sink.send = held_send  # type: ignore[method-assign]
+    d = make(sink, store, outbox, Ticking(NOW), renew_every=0.001)  # type: ignore[arg-type]
+    await d.put([trace("p1"), trace("p2", "fp2")])
+    async with asyncio.timeout(20):
+        await outbox.failed.wait()
+        gate.set()
+        await d.drain()
+    assert sorted(p for p, _ in sink.sent) == ["p1", "p2"]
+    assert await d.counts() == (0, 0)
+    await d.aclose()
+    await store.close()
 
 
 # ------------------------------------------------------------------ backlog
