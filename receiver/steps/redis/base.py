@@ -29,7 +29,7 @@ class RedisStep(StepModel):
     target_name: str = Field(
         default="default",
         alias="redis",
-        description="Name of a redis_targets entry in settings.",
+        description="Name of a redis.targets entry in settings.",
     )
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
