@@ -27,9 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from receiver.kept import Kept
 from receiver.model import Alert, Status, freeze
 from receiver.sources.caps import AlertCaps, Capped
-from receiver.sources.wire import Timestamp, parse_json, to_utc
+from receiver.sources.wire import Timestamp, may_overflow, parse_json, to_utc
 
 _ZERO_YEAR = 1
+# Alertmanager counts the alerts it left out in a uint64: nothing larger is one
+# (and a count a float cannot hold would break the metric it is added to).
+_MAX_TRUNCATED = 2**64 - 1
 # A body with more opening brackets than this may nest deeper than pydantic's
 # JSON parser allows (200 levels, an error msgspec does not make): it takes the
 # pydantic path.
@@ -70,7 +73,7 @@ class AmWebhook(BaseModel):
     commonAnnotations: dict[str, str] = Field(default_factory=dict)  # noqa: N815
     externalURL: str = ""  # noqa: N815
     groupKey: str = ""  # noqa: N815
-    truncatedAlerts: int = 0  # noqa: N815
+    truncatedAlerts: int = Field(default=0, le=_MAX_TRUNCATED)  # noqa: N815
 
 
 class _FastAlert(msgspec.Struct):
@@ -97,7 +100,9 @@ class _FastWebhook(msgspec.Struct):
     commonAnnotations: dict[str, str] = {}  # noqa: N815
     externalURL: str = ""  # noqa: N815
     groupKey: str = ""  # noqa: N815
-    truncatedAlerts: int = 0  # noqa: N815
+    # msgspec bounds an int to int64 at most: the rest of uint64 takes the
+    # pydantic path, which bounds it to ``_MAX_TRUNCATED``.
+    truncatedAlerts: Annotated[int, msgspec.Meta(le=2**63 - 1)] = 0  # noqa: N815
 
 
 class _KnownAlert(_FastAlert, forbid_unknown_fields=True):
@@ -155,7 +160,11 @@ def _decode(
         except msgspec.DecodeError:
             return None
     if payload is None:
-        if body.count(b"{") + body.count(b"[") > _FAST_MAX_OPENERS:
+        # Too deep for pydantic's parser, or a number past a float's range in a
+        # field msgspec skips without looking: the pydantic path refuses them.
+        if body.count(b"{") + body.count(b"[") > _FAST_MAX_OPENERS or may_overflow(
+            body
+        ):
             return None
         try:
             payload = _DECODER.decode(body)
@@ -255,7 +264,7 @@ def admit(body: bytes, caps: AlertCaps | None = None) -> Admitted:
         checked = False
         decoded = _decode(body)
     if decoded is None:
-        alerts = from_body(body)
+        alerts = _strict(body)
         truncated = int(alerts[0].refs.get("truncated_alerts", "0")) if alerts else 0
         key = alerts[0].refs.get("group_key", "") if alerts else ""
         return Admitted(
@@ -272,6 +281,17 @@ def admit(body: bytes, caps: AlertCaps | None = None) -> Admitted:
         payload.groupKey,
         checked,
     )
+
+
+def _strict(body: bytes) -> list[Alert]:
+    """``from_body`` refusing what the edge refuses and pydantic's JSON reads.
+
+    ``model_validate_json`` takes ``NaN``, ``Infinity`` and ``1e400`` in fields
+    it ignores; a body that may hold one is decoded by ``parse_json`` (400).
+    """
+    if may_overflow(body) or b"NaN" in body or b"Infinity" in body:
+        return to_alerts(parse_json(body), datetime.now(UTC))
+    return from_body(body)
 
 
 def _fast(body: bytes) -> list[Alert] | None:

@@ -2,14 +2,16 @@
 
 Called by each source module and by the edge (``?since=``). JSON is decoded by
 pydantic-core's parser, which bounds nesting (200 levels) and number size and
-refuses NaN, Infinity and lone UTF-16 surrogates; every refusal is an
-``InputError`` that says where the body broke, and for a lone surrogate which
-field holds it.
+refuses NaN, Infinity and lone UTF-16 surrogates; a number past a float's
+range (``1e400``, which the parser reads as infinity) is refused too. Every
+refusal is an ``InputError`` that says where the body broke, and for a lone
+surrogate or a number too large which field holds it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -26,6 +28,14 @@ LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 ZERO = datetime(1, 1, 1, tzinfo=UTC)
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _POSITION = re.compile(r" at line (\d+) column (\d+)$")
+# What a JSON number past a float's range looks like: an exponent of three
+# digits or more, or 309 digits in a row. Anything it finds (also in a string)
+# only makes ``parse_json`` look at the decoded values.
+_HUGE = re.compile(rb'(?<![\w."+-])-?\d+(?:\.\d*)?[eE]\+?0*\d{3}|\d{309}')
+_NUMBER_TOO_LARGE = (
+    "holds a number too large to use (past a 64-bit float's range); "
+    "send a finite number"
+)
 
 
 def to_utc(value: datetime) -> datetime:
@@ -75,9 +85,40 @@ def parse_time(text: str, what: str) -> datetime:
 def parse_json(body: bytes) -> Any:
     """Decode JSON or raise ``InputError`` saying where (and why) it broke."""
     try:
-        return pydantic_core.from_json(body, allow_inf_nan=False)
+        data = pydantic_core.from_json(body, allow_inf_nan=False)
     except ValueError as exc:
         raise _json_error(body, str(exc)) from None
+    if may_overflow(body):
+        pointer = _infinite_pointer(data)
+        if pointer is not None:
+            raise InputError(
+                f"{pointer or '/'}: {_NUMBER_TOO_LARGE}",
+                errors=[{"pointer": pointer or "/", "detail": _NUMBER_TOO_LARGE}],
+            )
+    return data
+
+
+def may_overflow(body: bytes) -> bool:
+    """Whether ``body`` may hold a number a float reads as infinity (``1e400``).
+
+    A cheap look at the text; False proves there is none.
+    """
+    return _HUGE.search(body) is not None
+
+
+def _infinite_pointer(data: object) -> str | None:
+    """The JSON pointer of the first number decoded as infinity, if any."""
+    stack: list[tuple[str, object]] = [("", data)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, float):
+            if math.isinf(item):
+                return path
+        elif isinstance(item, dict):
+            stack.extend((f"{path}/{_escape(k)}", v) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{path}/{i}", v) for i, v in enumerate(item))
+    return None
 
 
 def _json_error(body: bytes, message: str) -> InputError:
