@@ -77,14 +77,20 @@ async def test_events_v2_details_are_capped(make_client):
     assert any("'team'" in e for e in [answer["message"], *answer["errors"]])
 
 
-async def test_pagerduty_title_is_capped(make_client):
-    """A PagerDuty incident title (alertname) over the cap is 413."""
+async def test_pagerduty_long_title_is_cut_not_refused(make_client):
+    """A signed incident whose title is over the label cap is accepted, title cut.
+
+    PagerDuty treats a 4xx as permanent: the alert is decided with its
+    alertname cut to the cap at a character's end (a title of three-byte
+    characters here), ending in an ellipsis, and the summary kept whole.
+    """
     client = await make_client(settings())
+    title = "停" * 1500  # 4,500 bytes in UTF-8
     event = {
         "id": "E1",
         "event_type": "incident.triggered",
         "occurred_at": "2024-05-06T07:05:00Z",
-        "data": {"id": "P1", "type": "incident", "title": "t" * 3000},
+        "data": {"id": "P1", "type": "incident", "title": title},
     }
     body = json.dumps({"event": event}).encode()
     resp = await client.post(
@@ -95,8 +101,13 @@ async def test_pagerduty_title_is_capped(make_client):
             "X-PagerDuty-Signature": pd_signature(body, PD_SECRET),
         },
     )
-    assert resp.status == 413
-    assert "alertname" in (await resp.json(content_type=PROBLEM))["detail"]
+    assert resp.status == 202, await resp.text()
+    (record,) = await wait_for_decisions(client, {"fingerprint": "pd-P1"})
+    alertname = record["labels"]["alertname"]
+    assert alertname.endswith("…")
+    assert alertname == "停" * 340 + "…"  # 1,020 + 3 bytes: the next would pass 1,024
+    assert len(alertname.encode()) <= 1024
+    assert record["annotations"]["summary"] == title
 
 
 async def test_caps_are_settings(make_client):

@@ -19,6 +19,13 @@ Labels (documented in the README): ``alertname`` (the incident title, or the fie
 named by settings), ``service``, ``service_id``, ``priority``, ``urgency``,
 ``incident_key``, ``incident_id``, ``incident_number``, ``incident_status``,
 ``event_type``, ``escalation_policy``.
+
+For the same reason the per-alert caps never refuse such a delivery: its alert
+is small by construction (a dozen labels, two annotations), and a value longer
+than a label may be (a long title in a script of three bytes a character) is
+cut to ``LABEL_BYTES`` (``SUMMARY_BYTES`` for the summary), ending in ``…``.
+The worker reads the stored body through this same function, so it decides
+the alert the edge accepted.
 """
 
 from __future__ import annotations
@@ -40,6 +47,12 @@ from receiver.model import Alert, Status, freeze
 from receiver.sources.wire import Timestamp
 
 M = TypeVar("M", bound=BaseModel)
+
+# The bounds values are cut to (the default per-alert caps for labels and
+# annotations, in UTF-8 bytes).
+LABEL_BYTES = 1024
+SUMMARY_BYTES = 16 * 1024
+_MORE = "…"
 
 FIRING = {
     "incident.triggered",
@@ -170,6 +183,15 @@ def to_alerts(
     return alerts_of(parse(data), now, alertname_from=alertname_from)
 
 
+def cut(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` UTF-8 bytes: whole characters, then ``…``."""
+    if len(text) <= limit // 4 or len(text.encode("utf-8", "replace")) <= limit:
+        return text
+    room = limit - len(_MORE.encode())
+    kept = text.encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
+    return kept + _MORE
+
+
 def alerts_of(
     event: Event, now: datetime, *, alertname_from: str = "title"
 ) -> list[Alert]:
@@ -199,8 +221,8 @@ def alerts_of(
         labels["incident_number"] = str(inc.number)
     title = inc.title or (ref.summary if ref else "")
     labels["alertname"] = labels.get(alertname_from) or title
-    labels = {k: v for k, v in labels.items() if v}
-    annotations = {"summary": title} if title else {}
+    labels = {k: cut(v, LABEL_BYTES) for k, v in labels.items() if v}
+    annotations = {"summary": cut(title, SUMMARY_BYTES)} if title else {}
     if inc.type == "incident_note" and inc.content:
         annotations["note"] = inc.content[:2000]
     occurred = (event.occurred_at or now).astimezone(UTC)
