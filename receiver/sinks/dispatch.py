@@ -319,6 +319,11 @@ class SinkDispatcher:
                 log.warning("sink_outbox_unavailable", error=str(exc), retry_in=wait)
                 await asyncio.sleep(wait)
                 continue
+            except Exception:  # the supervisor: a delivery loop never dies
+                wait = waits.failed()
+                log.exception("sink_outbox_claim_failed", retry_in=wait)
+                await asyncio.sleep(wait)
+                continue
             waits.reset()
             if row is None:
                 with contextlib.suppress(TimeoutError):
@@ -412,7 +417,17 @@ class SinkDispatcher:
             await self._park(row, f"damaged outbox row: {exc.__class__.__name__}")
             return
         todo = [name for name in row.sinks if name not in row.done]
-        fresh = await asyncio.gather(*(self._one(row, n, trace) for n in todo))
+        # Every sink runs to its end before the row is retried: one that fails
+        # must not leave a sibling still sending (and noting its outcome) while
+        # the retry contacts it again.
+        results = await asyncio.gather(
+            *(self._one(row, n, trace) for n in todo), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            # A dying process's own exceptions before a sink's error.
+            raise next((e for e in errors if not isinstance(e, Exception)), errors[0])
+        fresh = [r for r in results if not isinstance(r, BaseException)]
         finished = dict(row.done) | {
             name: json.dumps(o.to_json()) if o is not None else ""
             for name, o in zip(todo, fresh, strict=True)

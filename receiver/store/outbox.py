@@ -161,10 +161,12 @@ class SqliteOutbox:
 
     async def progress(self, row_id: str, sink: str, outcome: str) -> None:  # noqa: D102
         def run(db: sqlite3.Connection) -> None:
+            # Not for a row already gone (finished by whoever claimed it after
+            # this holder's lease lapsed): nothing would ever delete it.
             db.execute(
                 "INSERT OR REPLACE INTO sink_outbox_done(id, sink, outcome) "
-                "VALUES (?, ?, ?)",
-                (row_id, sink, outcome),
+                "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM sink_outbox WHERE id = ?)",
+                (row_id, sink, outcome, row_id),
             )
 
         await self._run(run)
@@ -290,7 +292,9 @@ class SqliteOutbox:
         await self._side.close()
 
 
-# Claim the first due row: push it a lease ahead and count the attempt.
+# Claim the first due row: push it a lease ahead, count the attempt, and read
+# it and its finished sinks in the same step (read afterwards, another holder
+# could have deleted it meanwhile).
 _CLAIM = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
 if #ids == 0 then return false end
@@ -302,7 +306,7 @@ if redis.call('EXISTS', row) == 0 then
   return false
 end
 redis.call('HINCRBY', row, 'attempts', 1)
-return id
+return {id, redis.call('HGETALL', row), redis.call('HGETALL', ARGV[4] .. id)}
 """
 
 # Add a row unless it exists (due or parked): a repeat of a delivery is ignored.
@@ -315,6 +319,22 @@ return 1
 """
 
 
+# Note a sink's outcome, only while the row exists (a holder whose lease lapsed
+# may note it after another finished the row: nothing would delete the hash).
+_PROGRESS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+# Set a row aside, only while it exists (not one another holder finished).
+_PARK = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+return 1
+"""
+
 # Back from parked: due now, attempts from zero (the row's hash must still exist).
 _RETRY = """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
@@ -323,6 +343,11 @@ redis.call('HSET', KEYS[3], 'attempts', 0)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return 1
 """
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, str]:
+    """A hash from the flat list ``HGETALL`` gives a script."""
+    return {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
 
 
 def _fields(
@@ -350,6 +375,8 @@ class RedisOutbox:
         self._claim = self._redis.register_script(_CLAIM)
         self._put = self._redis.register_script(_PUT)
         self._retry = self._redis.register_script(_RETRY)
+        self._progress = self._redis.register_script(_PROGRESS)
+        self._park = self._redis.register_script(_PARK)
 
     def _row(self, row_id: str) -> str:
         return f"{self._prefix}:outbox:row:{row_id}"
@@ -387,27 +414,39 @@ class RedisOutbox:
 
     async def claim(self, now: datetime, lease: timedelta) -> OutboxRow | None:  # noqa: D102
         async def run() -> OutboxRow | None:
-            row_id = await self._claim(
+            got = await self._claim(
                 keys=[self._due],
-                args=[_ms(now), _ms(now + lease), f"{self._prefix}:outbox:row:"],
+                args=[
+                    _ms(now),
+                    _ms(now + lease),
+                    f"{self._prefix}:outbox:row:",
+                    f"{self._prefix}:outbox:done:",
+                ],
             )
-            if not row_id:
+            if not got:
                 return None
-            row = await self._redis.hgetall(self._row(row_id))
-            done = await self._redis.hgetall(self._done(row_id))
-            return OutboxRow(*_fields(str(row_id), row, done))
+            row_id, row, done = got
+            return OutboxRow(*_fields(str(row_id), _pairs(row), _pairs(done)))
 
         result: OutboxRow | None = await self._call(run)
         return result
 
     async def progress(self, row_id: str, sink: str, outcome: str) -> None:  # noqa: D102
-        await self._call(lambda: self._redis.hset(self._done(row_id), sink, outcome))
+        async def run() -> None:
+            await self._progress(
+                keys=[self._row(row_id), self._done(row_id)], args=[sink, outcome]
+            )
+
+        await self._call(run)
 
     async def finish(self, row_id: str) -> None:  # noqa: D102
         async def run() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(self._due, row_id)
                 pipe.delete(self._row(row_id), self._done(row_id))
+                # Parked meanwhile by whoever claimed it after this holder's
+                # lease lapsed: gone now, so no longer counted as parked.
+                pipe.hdel(self._parked, row_id)
                 await pipe.execute()
 
         await self._call(run)
@@ -419,10 +458,10 @@ class RedisOutbox:
 
     async def park(self, row_id: str, reason: str) -> None:  # noqa: D102
         async def run() -> None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(self._due, row_id)
-                pipe.hset(self._parked, row_id, reason or "parked")
-                await pipe.execute()
+            await self._park(
+                keys=[self._row(row_id), self._due, self._parked],
+                args=[row_id, reason or "parked"],
+            )
 
         await self._call(run)
 
