@@ -22,7 +22,7 @@ from receiver.retrying import Sleep
 from receiver.settings import PagerDutySettings, SinkSettings, SlackSettings
 from receiver.sinks.delivery import Deliverer, SinkError
 from receiver.sinks.pagerduty import ACCEPT
-from receiver.sinks.render import OWN_NOTE_MARKER
+from receiver.sinks.render import OWN_NOTE_MARKER, slack_escape
 
 if TYPE_CHECKING:
     from receiver.model import JSONObject, JSONValue
@@ -91,9 +91,13 @@ class SinkAnnouncer:
         return f"{message.title}{who}\n\n{message.text}"[: self._max]
 
     async def _slack_post(self, message: Announcement, url: str) -> str:
-        return await self._post(
-            "slack", url, {"text": self._text(message)}, what="Slack webhook"
-        )
+        # Titles and texts carry alert values (summaries, names): mrkdwn
+        # control sequences in them must not ping anyone or make links. The
+        # contact is the operator's own setting and stays as configured.
+        who = f"\nContact: {message.contact}" if message.contact else ""
+        title, body = slack_escape(message.title), slack_escape(message.text)
+        text = f"{title}{who}\n\n{body}"[: self._max]
+        return await self._post("slack", url, {"text": text}, what="Slack webhook")
 
     async def _webhook(self, message: Announcement, url: str) -> str:
         body = {

@@ -16,6 +16,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from receiver.model import AlertTrace, Decision, MatchTrace, StepKind, StepTrace, iso
 
@@ -387,7 +388,8 @@ def _mrkdwn(text: str) -> JSONObject:
     return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
 
 
-def _slack_escape(text: str) -> str:
+def slack_escape(text: str) -> str:
+    """``text`` with Slack's control characters escaped (no mention, no link)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
@@ -399,14 +401,14 @@ def render_slack(trace: AlertTrace) -> JSONObject:
             "type": "header",
             "text": {"type": "plain_text", "text": _cut(head, 150)},
         },
-        _mrkdwn(_slack_escape(_alert_line(trace))),
+        _mrkdwn(slack_escape(_alert_line(trace))),
     ]
     for match in trace.matches:
         diagnostics = [s for s in match.steps if s.kind is StepKind.DIAGNOSTIC]
         remediations = [s for s in match.steps if s.kind is StepKind.REMEDIATION]
         blocks.append(
             _mrkdwn(
-                _slack_escape(
+                slack_escape(
                     f"*rule {match.rule} -> playbook {match.playbook}*\n"
                     + targets_line(match)
                 )
@@ -414,7 +416,7 @@ def render_slack(trace: AlertTrace) -> JSONObject:
         )
         if diagnostics:
             text = "*What we found*\n" + "\n".join(_steps(diagnostics, details=True))
-            blocks.append(_mrkdwn(_cut_block(_slack_escape(text))))
+            blocks.append(_mrkdwn(_cut_block(slack_escape(text))))
         if remediations:
             dry = trace.mode != "execute" or all(
                 s.decision is Decision.DRY_RUN for s in remediations
@@ -423,22 +425,57 @@ def render_slack(trace: AlertTrace) -> JSONObject:
                 f"*What would be done ({_mode(trace)})*" if dry else "*What was done*"
             )
             text = title + "\n" + "\n".join(_steps(remediations, details=False))
-            blocks.append(_mrkdwn(_cut_block(_slack_escape(text))))
+            blocks.append(_mrkdwn(_cut_block(slack_escape(text))))
     found = links(trace)
     if found:
         blocks.append(
             {
                 "type": "context",
-                "elements": [
-                    {
-                        "type": "mrkdwn",
-                        "text": " | ".join(f"<{u}|{t}>" for t, u in found),
-                    }
-                ],
+                "elements": [{"type": "mrkdwn", "text": _slack_links(found)}],
             }
         )
     actions = approval_actions(trace)
-    return {"text": _cut(head, 3000), "blocks": blocks[: 50 - len(actions)] + actions}
+    # The fallback is mrkdwn as well (and what notifications show).
+    text = slack_escape(_cut(head, 3000))
+    return {"text": text, "blocks": blocks[: 50 - len(actions)] + actions}
+
+
+_LINKABLE = re.compile(r"https?://", re.IGNORECASE)
+
+
+def _slack_link(text: str, url: str) -> str:
+    """``<url|text>`` for an http(s) URL; any other value as escaped plain text.
+
+    In Slack's syntax ``<!channel|...>``, ``<@U123|...>`` and ``<#C1|...>`` are
+    mentions, and a ``|`` or ``>`` in the URL ends the link early: an alert's
+    URL is linked only when it is one, with those characters encoded.
+    """
+    if not _LINKABLE.match(url):
+        return slack_escape(f"{text}: {_cut(url, 200)}")
+    safe = "".join(
+        "&amp;"
+        if c == "&"
+        else quote(c, safe="")
+        if c in "|<>" or c.isspace() or not c.isprintable()
+        else c
+        for c in url
+    )
+    return f"<{safe}|{slack_escape(text)}>"
+
+
+def _slack_links(found: Sequence[tuple[str, str]]) -> str:
+    """The links line, within a mrkdwn text's limit (links too long are left out)."""
+    shown: list[str] = []
+    left_out = 0
+    for text, url in found:
+        link = _slack_link(text, url)
+        if len(" | ".join([*shown, link])) > SLACK_SECTION_CHARS - 60:
+            left_out += 1
+            continue
+        shown.append(link)
+    if left_out:
+        shown.append(f"({left_out} more: too long to show; see the decision record)")
+    return " | ".join(shown)
 
 
 _AWAITING = re.compile(r"^awaiting approval ([A-Za-z0-9_.:-]+):")
@@ -489,7 +526,7 @@ def approval_actions(trace: AlertTrace) -> list[JSONObject]:
                     "elements": [
                         {
                             "type": "mrkdwn",
-                            "text": _slack_escape(f"approval {wanted}: {label}"),
+                            "text": slack_escape(f"approval {wanted}: {label}"),
                         }
                     ],
                 }
@@ -574,9 +611,34 @@ def custom_details(trace: AlertTrace, max_chars: int = 16_000) -> JSONObject:
                 for m in matches
             ]
             details["truncated"] = True
+            _fit_alert(details, max_chars)
             break
         details["truncated"] = True
     return details
+
+
+def _fit_alert(details: JSONObject, max_chars: int) -> None:
+    """Cut the alert's own values (summary, labels), then matches, to the cap."""
+
+    def fits() -> bool:
+        return len(json.dumps(details)) <= max_chars
+
+    if fits():
+        return
+    details["summary"] = _cut(str(details["summary"]), EVENT_SUMMARY_CHARS)
+    labels = details["labels"]
+    if isinstance(labels, dict):
+        for limit in (1024, 256, 64):
+            if fits():
+                return
+            details["labels"] = {
+                _cut(k, limit): _cut(str(v), limit) for k, v in labels.items()
+            }
+        if not fits():
+            details["labels"] = {"(truncated)": f"{len(labels)} labels"}
+    matches = details["matches"]
+    while not fits() and isinstance(matches, list) and matches:
+        matches.pop()
 
 
 def _shrink(matches: Sequence[JSONObject]) -> bool:
