@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -79,7 +80,8 @@ def retry_after(headers: Mapping[str, str], now: datetime) -> float | None:
     if value:
         value = value.strip()
         if value.isdigit():
-            return float(value)
+            # ``str.isdigit`` also takes digits float() does not ("²").
+            return float(value) if value.isascii() else None
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
@@ -93,6 +95,8 @@ def retry_after(headers: Mapping[str, str], now: datetime) -> float | None:
             try:
                 number = float(value.strip())
             except ValueError:
+                continue
+            if not math.isfinite(number):  # a wait of NaN seconds never ends
                 continue
             if number > _EPOCH_THRESHOLD:
                 number -= now.timestamp()

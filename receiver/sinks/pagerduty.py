@@ -110,11 +110,18 @@ class PagerDutyNoteSink:
             )
         try:
             incidents = response.json().get("incidents") or []
+            found = str(incidents[0].get("id", "")) if incidents else ""
         except ValueError as exc:
-            raise SinkError("incident lookup: PagerDuty answered non-JSON") from exc
+            raise SinkError(
+                "incident lookup: PagerDuty answered non-JSON", attempts
+            ) from exc
+        except (AttributeError, KeyError, IndexError, TypeError) as exc:
+            raise SinkError(
+                "incident lookup: PagerDuty answered JSON of another shape", attempts
+            ) from exc
         if not incidents:
             return "", f"no PagerDuty incident has incident_key {key[:64]}", attempts
-        return str(incidents[0].get("id", "")), f"by incident_key {key[:64]}", attempts
+        return found, f"by incident_key {key[:64]}", attempts
 
     async def send(self, trace: AlertTrace) -> SinkOutcome:
         """Find the incident and post the rendered trace as a note."""
