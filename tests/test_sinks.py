@@ -588,6 +588,15 @@ async def test_slack_posts_the_message_and_honours_retry_after(pd, make_sinks):
     assert last.json()["blocks"][0]["type"] == "header"
 
 
+async def test_an_incident_id_stays_one_path_segment(pd, make_sinks):
+    """An incident id with ``/`` and ``..`` never reaches another endpoint."""
+    sink = make_sinks(settings(pd))["pagerduty_note"]
+    with pytest.raises(SinkError, match="HTTP 404"):  # no such incident
+        await sink.send(trace(alert("pagerduty", incident_id="Q1/../../users")))
+    paths = [r.path for r in pd.requests]
+    assert paths == ["/incidents/Q1%2F..%2F..%2Fusers/notes"]
+
+
 async def test_slack_errors_never_show_the_webhook_url(pd, make_sinks):
     """Slack's 404 no_service fails without the (secret) webhook URL in the message."""
     pd.script("POST", "/services/T0/B0/slacksecret", Reply(404, "no_service"))

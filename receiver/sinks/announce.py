@@ -21,7 +21,7 @@ import httpx
 from receiver.retrying import Sleep
 from receiver.settings import PagerDutySettings, SinkSettings, SlackSettings
 from receiver.sinks.delivery import Deliverer, SinkError
-from receiver.sinks.pagerduty import ACCEPT
+from receiver.sinks.pagerduty import ACCEPT, incident_path
 from receiver.sinks.render import OWN_NOTE_MARKER, slack_escape
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class SinkAnnouncer:
         content = f"{OWN_NOTE_MARKER} {self._text(message)}"[: self._max]
         return await self._post(
             "pagerduty_note",
-            f"{api.rstrip('/')}/incidents/{incident}/notes",
+            f"{api.rstrip('/')}/incidents/{incident_path(incident)}/notes",
             {"note": {"content": content}},
             what=f"note on PagerDuty incident {incident}",
             headers={
@@ -256,7 +256,7 @@ class PagerDutyEscalator:
         try:
             response, _ = await self._d.send(
                 "PUT",
-                f"{self._api}/incidents/{incident_id}",
+                f"{self._api}/incidents/{incident_path(incident_id)}",
                 what=f"PUT /incidents/{incident_id}",
                 json={"incident": body},
                 headers={**self._headers, "Content-Type": "application/json"},

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from receiver.model import AlertTrace, iso
 from receiver.sinks.delivery import Dedupe, Deliverer, SinkError, SinkOutcome
@@ -58,6 +59,15 @@ def _error(status: int, body: str, what: str) -> str:
     return f"{what}: PagerDuty answered HTTP {status}{hint}" + (
         f": {body}" if body else ""
     )
+
+
+def incident_path(incident_id: str) -> str:
+    """An incident id as one segment of a REST API path (``/`` and ``..`` inert).
+
+    PagerDuty's ids are letters and digits; this one came from a webhook or
+    the API's own answer, and still may never name another endpoint.
+    """
+    return quote(incident_id, safe="")
 
 
 class PagerDutyNoteSink:
@@ -131,7 +141,7 @@ class PagerDutyNoteSink:
         content = render_note(trace, self._max)
         response, attempts = await self._d.send(
             "POST",
-            f"{self._api}/incidents/{incident_id}/notes",
+            f"{self._api}/incidents/{incident_path(incident_id)}/notes",
             what=f"POST /incidents/{incident_id}/notes",
             json={"note": {"content": content}},
             headers={**self._headers, "Content-Type": "application/json"},
