@@ -523,3 +523,36 @@ async def test_what_was_read_ahead_too_long_ago_is_read_again(web_rules):
     processor._clock.now += PREPARED_FOR
     await processor.process(second, prepared)
     assert store.ack_reads == reads + 1
+
+
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00Z", "0001-01-01T00:00:00+00:00"])
+async def test_go_zero_time_reads_as_no_time(make_client, stamp):
+    """A client's unset time (Go's zero) is no time: the receiver's own is used.
+
+    Taken as a start in year 1, the alert would have been firing for two
+    thousand years by any ``require_firing_for``.
+    """
+    client = await make_client()
+    body = {
+        "routing_key": ROUTING_KEY,
+        "event_action": "trigger",
+        "dedup_key": "zero-time",
+        "payload": {
+            "summary": "disk full",
+            "source": "db-1",
+            "severity": "critical",
+            "timestamp": stamp,
+        },
+    }
+    resp = await client.post(ENQUEUE, json=body)
+    assert resp.status == 202, await resp.text()
+    (record,) = await wait_for_decisions(client, {})
+    assert record["startsAt"].startswith("2024-")  # the test clock's year
+    change = {
+        "routing_key": ROUTING_KEY,
+        "payload": {"summary": "deploy", "source": "ci", "timestamp": stamp},
+    }
+    resp = await client.post("/v2/change/enqueue", json=change)
+    assert resp.status == 202, await resp.text()
+    [record] = await wait_for_decisions(client, {"fingerprint": "change-events"})
+    assert record["change"]["timestamp"].startswith("2024-")

@@ -22,13 +22,13 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from receiver.model import Alert, Status, freeze
-from receiver.sources.wire import Timestamp
+from receiver.sources.wire import ZERO, Timestamp
 
 _AM_LABEL_LINE = re.compile(r"^ - ([a-zA-Z_][a-zA-Z0-9_]*) = (.*)$")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -222,7 +222,8 @@ def to_alerts(data: object, now: datetime, *, body: bytes = b"") -> list[Alert]:
                 actionable=actionable,
             )
         ]
-    starts_at = p.timestamp.astimezone(UTC) if p.timestamp else None
+    # Go's zero time (a client's unset field) reads as absent, as no time at all.
+    starts_at = p.timestamp if p.timestamp and p.timestamp != ZERO else None
     instances = am_instances(p.custom_details)
     if not instances:
         labels = _with_payload_fields(_group_labels(p), p)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 import structlog
 from aiohttp import web
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from receiver.errors import ClientGoneError, InputError, ReceiverError
 from receiver.model import JSONObject, iso
 from receiver.sources import parse_json, validate
-from receiver.sources.wire import Timestamp
+from receiver.sources.wire import ZERO, Timestamp
 from receiver.store.base import DecisionQuery, Store, new_id
 from receiver.web.auth import Authenticator
 from receiver.web.problems import DETAIL, error_response
@@ -68,7 +68,8 @@ def change_record(event: ChangeEvent, record_id: str, now: datetime) -> JSONObje
     details = p.custom_details or {}
     if len(json.dumps(details)) > _MAX_DETAILS_BYTES:
         details = {"note": f"custom_details over {_MAX_DETAILS_BYTES} bytes dropped"}
-    at = p.timestamp.astimezone(UTC) if p.timestamp else now
+    # Go's zero time (a client's unset field) reads as absent: now.
+    at = p.timestamp if p.timestamp and p.timestamp != ZERO else now
     return {
         "kind": "change_event",
         "fingerprint": CHANGE_FINGERPRINT,
