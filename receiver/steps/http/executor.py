@@ -9,8 +9,10 @@ remediation requests through ``client`` after ``check``.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import anyio
@@ -29,6 +31,49 @@ from receiver.retrying import RetryPolicy, poll_until, retrying, transient_statu
 from receiver.rulebook.steps import HttpVerify, StepModel, Templated
 from receiver.steps.catalog import StepDef, family_steps
 from receiver.steps.defs import Table
+
+# The most of an answer's body read at all: the excerpt (``max_body_bytes``)
+# and a ``json_path`` come from these bytes, and the rest is never read, so a
+# huge or endless body cannot fill memory.
+MAX_READ_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a step keeps of an HTTP answer: its status and the start of its body."""
+
+    status: int
+    body: bytes
+    complete: bool  # the whole body was read
+    encoding: str
+
+    def text(self) -> str:
+        """The body read, decoded (undecodable bytes replaced)."""
+        return self.body.decode(self.encoding, "replace")
+
+
+async def read_answer(response: httpx.Response, limit: int) -> Answer:
+    """The status and at most ``limit`` bytes of a streamed response's body."""
+    body = bytearray()
+    complete = True
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            del body[limit:]
+            complete = False
+            break
+    # httpx names only an encoding Python knows (else its default, UTF-8).
+    encoding = response.encoding or "utf-8"
+    return Answer(response.status_code, bytes(body), complete, encoding)
+
+
+_SHOWN_CHARS = 200  # of a JSON value in a reason (the result keeps it whole)
+
+
+def _shown(value: JSONValue) -> str:
+    """A value as the reason line shows it, cut to a line's length."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 1] + "…"
 
 
 def json_path(document: JSONValue, path: str) -> JSONValue:
@@ -126,42 +171,45 @@ class HttpExecutor:
         try:
             async for attempt in retrying(RetryPolicy()):
                 with attempt:
-                    response = await self._send("GET", url)
+                    answer = await self._send("GET", url)
         except TransientStepError as exc:
             raise TransientStepError(
                 f"GET {url} failed after 3 attempts: {exc}"
             ) from exc
         latency = round((time.perf_counter() - started) * 1000, 1)
         result: JSONObject = {
-            "status": response.status_code,
+            "status": answer.status,
             "latency_ms": latency,
-            "body": response.text[:cap],
+            "body": answer.text()[:cap],
         }
-        ok = response.status_code == expect
-        reason = f"GET {url}: {response.status_code} in {latency} ms"
+        ok = answer.status == expect
+        reason = f"GET {url}: {answer.status} in {latency} ms"
         if path:
-            try:
-                value = json_path(response.json(), path)
-            except (ValueError, KeyError):
-                value = None
-                reason += f"; {path} not found in the body"
+            value: JSONValue = None
+            if not answer.complete:
+                reason += f"; {path} not read: the body is over {MAX_READ_BYTES} bytes"
             else:
-                reason += f"; {path} = {value!r}"
+                try:
+                    value = json_path(json.loads(answer.body), path)
+                except (ValueError, KeyError, RecursionError):
+                    reason += f"; {path} not found in the body"
+                else:
+                    reason += f"; {path} = {_shown(value)}"
             result["value"] = value
         return StepResult(ok=ok, reason=reason, result=result)
 
-    async def _send(self, method: str, url: str) -> httpx.Response:
+    async def _send(self, method: str, url: str) -> Answer:
         try:
-            response = await self.client.request(method, url)
+            async with self.client.stream(method, url) as response:
+                if transient_status(response.status_code):
+                    raise TransientStepError(f"HTTP {response.status_code}")
+                return await read_answer(response, MAX_READ_BYTES)
         except (httpx.InvalidURL, UnicodeError) as exc:
             raise PermanentStepError(f"refused {url!r}: {exc}") from exc
         except httpx.TimeoutException as exc:
             raise TransientStepError(f"timed out: {exc.__class__.__name__}") from exc
         except httpx.TransportError as exc:
             raise TransientStepError(f"{exc.__class__.__name__}: {exc}") from exc
-        if transient_status(response.status_code):
-            raise TransientStepError(f"HTTP {response.status_code}")
-        return response
 
     async def verify(
         self, check: Templated, step: StepModel, alert: Alert

@@ -30,6 +30,7 @@ from receiver.retrying import RetryPolicy, retrying
 from receiver.rulebook.steps.base import Url
 from receiver.rulebook.steps.verify import Remediation
 from receiver.steps.defs import Change
+from receiver.steps.http.executor import read_answer
 
 if TYPE_CHECKING:
     from receiver.steps.http.executor import HttpExecutor
@@ -73,6 +74,7 @@ class HttpRequest(Remediation):
 
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+_BODY_CHARS = 1024  # of an answer's body kept in the result
 
 
 def request_key(step: HttpRequest, alert: Alert) -> str:
@@ -150,9 +152,11 @@ async def send(http: HttpExecutor, step: HttpRequest, key: str) -> StepResult:
     try:
         async for attempt in retrying(_CONNECT_ONLY):
             with attempt:
-                response = await http.client.request(
+                async with http.client.stream(
                     step.method, step.url, json=step.json_body, headers=headers
-                )
+                ) as response:
+                    # 1024 characters are kept: at most 4 bytes each.
+                    answer = await read_answer(response, 4 * _BODY_CHARS)
     except httpx.ConnectError as exc:
         raise PermanentStepError(
             f"{step.method} {step.url} failed: could not connect after 3 "
@@ -167,12 +171,12 @@ async def send(http: HttpExecutor, step: HttpRequest, key: str) -> StepResult:
             f"{step.method} {step.url} failed: {exc.__class__.__name__}; not "
             "retried, it may have reached the server"
         ) from exc
-    ok = response.status_code in step.expect_status
+    ok = answer.status in step.expect_status
     return StepResult(
         ok=ok,
-        reason=f"{step.method} {step.url}: HTTP {response.status_code}"
+        reason=f"{step.method} {step.url}: HTTP {answer.status}"
         + ("" if ok else f" (expected one of {step.expect_status})"),
-        result={"status": response.status_code, "body": response.text[:1024]},
+        result={"status": answer.status, "body": answer.text()[:_BODY_CHARS]},
     )
 
 

@@ -8,6 +8,7 @@ condition; no data is "not verified", never a pass.
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 import re
@@ -16,12 +17,13 @@ from dataclasses import dataclass
 
 import httpx
 
-from receiver.errors import PermanentStepError, TransientStepError
+from receiver.errors import ConfigError, PermanentStepError, TransientStepError
 from receiver.model import Alert, JSONObject, JSONValue, StepResult
 from receiver.retrying import RetryPolicy, poll_until, retrying, transient_status
 from receiver.rulebook.steps import PrometheusVerify, StepModel, Templated
 from receiver.steps.catalog import StepDef, family_steps
 from receiver.steps.defs import Table
+from receiver.steps.http.executor import read_answer
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
@@ -31,6 +33,9 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     "==": operator.eq,
     "!=": operator.ne,
 }
+# The most of a query's answer read: 500 series with their labels take ~100 KB;
+# a larger answer is refused unread, never buffered whole.
+MAX_ANSWER_BYTES = 8 << 20
 _CONDITION = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*(-?[0-9.eE+-]+)\s*$")
 
 
@@ -90,6 +95,17 @@ class PrometheusExecutor:
     ) -> None:
         self._client = client
         self._targets = {k: v.rstrip("/") for k, v in targets.items()}
+        for name, url in self._targets.items():
+            try:
+                httpx.URL(url)
+            except (httpx.InvalidURL, ValueError):
+                # Not chained: httpx's message quotes a piece of the URL
+                # (``Invalid port: 'pass'``), often its password.
+                raise ConfigError(
+                    f"Prometheus {name!r}: its URL cannot be parsed (not shown: it "
+                    "may hold a password; percent-encode a '/', '?', '#' or '@' "
+                    "in the password)"
+                ) from None
         self._table: Table[PrometheusExecutor] = Table(
             "prometheus", family_steps(__package__, steps)
         )
@@ -115,14 +131,24 @@ class PrometheusExecutor:
 
     async def _get(self, url: str, promql: str) -> Mapping[str, JSONValue]:
         try:
-            response = await self._client.get(url, params={"query": promql})
+            async with self._client.stream(
+                "GET", url, params={"query": promql}
+            ) as response:
+                if transient_status(response.status_code):
+                    raise TransientStepError(
+                        f"Prometheus answered HTTP {response.status_code}"
+                    )
+                answer = await read_answer(response, MAX_ANSWER_BYTES)
         except httpx.TransportError as exc:
             raise TransientStepError(f"Prometheus unreachable: {exc}") from exc
-        if transient_status(response.status_code):
-            raise TransientStepError(f"Prometheus answered HTTP {response.status_code}")
+        if not answer.complete:
+            raise PermanentStepError(
+                f"Prometheus answered with more than {MAX_ANSWER_BYTES >> 20} MiB; "
+                "not read further (narrow the query, e.g. with topk or sum by)"
+            )
         try:
-            body: JSONValue = response.json()
-        except ValueError as exc:
+            body: JSONValue = json.loads(answer.body)
+        except (ValueError, RecursionError) as exc:
             raise PermanentStepError("Prometheus answered with non-JSON") from exc
         if not isinstance(body, dict):
             raise PermanentStepError("Prometheus answered with a JSON non-object")
@@ -175,9 +201,18 @@ class PrometheusExecutor:
         await self._client.aclose()
 
 
+_LABELS_CHARS = 200  # of a series' labels in a reason (the result keeps them)
+
+
 def fmt_labels(labels: Mapping[str, str]) -> str:
-    """``{a="b"} `` for a series' labels (without ``__name__``); "" for none."""
+    """``{a="b"} `` for a series' labels (without ``__name__``); "" for none.
+
+    Cut to a line's length: the labels are what the server answered.
+    """
     shown = {k: v for k, v in labels.items() if k != "__name__"}
     if not shown:
         return ""
-    return "{" + ",".join(f'{k}="{v}"' for k, v in sorted(shown.items())) + "} "
+    text = ",".join(f'{k}="{v}"' for k, v in sorted(shown.items()))
+    if len(text) > _LABELS_CHARS:
+        text = text[: _LABELS_CHARS - 1] + "…"
+    return "{" + text + "} "

@@ -29,7 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.client import NEVER_DECODE
 
-from receiver.errors import PermanentStepError, TransientStepError
+from receiver.errors import ConfigError, PermanentStepError, TransientStepError
 from receiver.model import Alert, Intent, JSONObject, RecheckResult, StepResult
 from receiver.retrying import RetryPolicy, retrying
 from receiver.rulebook.steps import StepModel, Templated
@@ -109,20 +109,29 @@ class RedisExecutor:
         self._table: Table[RedisExecutor] = Table(
             "redis", family_steps(__package__, steps)
         )
-        self._where = {name: shown_target(url) for name, url in targets.items()}
         self._attempts = attempts
-        self._clients: dict[str, Client] = {
-            name: redis.asyncio.Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                # Retries are ours (bounded, logged in the reason), not the
-                # client's silent ones.
-                retry=Retry(NoBackoff(), 0),
-                client_name="alert-receiver-steps",
-            )
-            for name, url in targets.items()
-        }
+        self._where: dict[str, str] = {}
+        self._clients: dict[str, Client] = {}
+        for name, url in targets.items():
+            try:
+                self._where[name] = shown_target(url)
+                self._clients[name] = redis.asyncio.Redis.from_url(
+                    url,
+                    socket_timeout=timeout,
+                    socket_connect_timeout=timeout,
+                    # Retries are ours (bounded, logged in the reason), not the
+                    # client's silent ones.
+                    retry=Retry(NoBackoff(), 0),
+                    client_name="alert-receiver-steps",
+                )
+            except ValueError:
+                # Not chained: the parser's message quotes a piece of the URL
+                # (``Port could not be cast ... as 'pass'``), often its password.
+                raise ConfigError(
+                    f"redis target {name!r}: its URL cannot be parsed (not shown: "
+                    "it may hold a password; percent-encode a '/', '?', '#' or "
+                    "'@' in the password)"
+                ) from None
 
     def _client(self, name: str) -> Client:
         client = self._clients.get(name)
