@@ -391,3 +391,42 @@ def test_serve_logs_each_deprecated_key(tmp_path, capsys):
     assert len(deprecated) == 2
     assert "server: {log_level: ...}" in deprecated[0]["detail"]
     assert any(line["event"] == "serve_failed" for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "setting"),
+    [
+        (
+            "RECEIVER_REDIS_TARGETS",
+            "cache=redis://:s3cretpart/rest@redis:6379/0",
+            "redis.targets['cache']",
+        ),
+        (
+            "RECEIVER_PROMETHEUS_TARGETS",
+            "p=http://user:s3cretpart#rest@prom:9090",
+            "prometheus.targets['p']",
+        ),
+        (
+            "RECEIVER_WEBHOOK_URLS",
+            "https://hook:s3cretpart?rest@example.com/x",
+            "sinks.webhook_urls[0]",
+        ),
+    ],
+)
+def test_a_url_whose_password_breaks_it_is_refused_without_the_password(
+    variable, value, setting
+):
+    """An unencoded / # or ? in a password: refused, naming the setting, not the URL.
+
+    Read as given, the URL has no password to redact and a 'port' holding part
+    of it, which later errors printed.
+    """
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={variable: value})
+    assert setting in str(caught.value)
+    assert "percent-encode" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    encoded = value.replace("s3cretpart/rest", "s3cretpart%2Frest")
+    encoded = encoded.replace("s3cretpart#rest", "s3cretpart%23rest")
+    encoded = encoded.replace("s3cretpart?rest", "s3cretpart%3Frest")
+    load_settings(environ={variable: encoded})  # encoded, it loads

@@ -38,7 +38,7 @@ from receiver.settings.integrations import (
     SinkSettings,
     SlackSettings,
 )
-from receiver.settings.values import redis_identity, url_secrets, where
+from receiver.settings.values import redis_identity, url_parses, url_secrets, where
 
 
 class Settings(BaseSettings):
@@ -131,6 +131,39 @@ class Settings(BaseSettings):
         """Only the arguments: ``load_settings`` reads the file and environment."""
         del settings_cls
         return (init_settings,)
+
+    @model_validator(mode="after")
+    def _urls_parse(self) -> Settings:
+        """Every URL with credentials reads as scheme, host and port.
+
+        One that does not (a password with an unencoded ``/``, ``#`` or ``?``)
+        would hide its password from redaction and fail later, with part of
+        it in the error; it is refused here, naming the setting, never the URL.
+        """
+        urls: list[tuple[str, str]] = [
+            *(
+                (f"redis.targets[{n!r}]", u.get_secret_value())
+                for n, u in self.redis.targets.items()
+            ),
+            *(
+                (f"prometheus.targets[{n!r}]", u.get_secret_value())
+                for n, u in self.prometheus.targets.items()
+            ),
+            *(
+                (f"sinks.webhook_urls[{i}]", u.get_secret_value())
+                for i, u in enumerate(self.sinks.webhook_urls)
+            ),
+        ]
+        if self.prometheus.url:
+            urls.append(("prometheus.url", self.prometheus.url))
+        for setting, url in urls:
+            if not url_parses(url):
+                raise ValueError(
+                    f"{setting}: the URL cannot be read as scheme://[user:password@]"
+                    "host[:port]/...; percent-encode the password's reserved "
+                    "characters (/ as %2F, # as %23, ? as %3F, @ as %40, : as %3A)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _targets_are_not_the_store(self) -> Settings:

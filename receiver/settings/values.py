@@ -118,6 +118,16 @@ def where(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path if parts.hostname else ''}"
 
 
+def url_parses(url: str) -> bool:
+    """Whether ``url`` reads as scheme, host and a port (if any) that is a number."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not one)
+    except ValueError:
+        return False
+    return bool(parts.scheme and parts.hostname)
+
+
 def url_secrets(url: str) -> list[str]:
     """The credential parts of a URL (password, user:password), for redaction."""
     parts = urlsplit(url)
