@@ -20,6 +20,7 @@ action a crashed attempt left half done is ``receiver.engine.recovery``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -126,8 +127,9 @@ class Runner(Recovering):
     ) -> AlertTrace:
         """Execute what the plan says may run and return the full trace.
 
-        ``now`` is the one reading of the clock every guard of this decision
-        pass uses (read here when not given); so is ``debug``, whether debug
+        ``now`` is the one reading of the clock the checks of this decision
+        pass use (read here when not given; a step reads the clock again as
+        it takes its claim, lock, cooldown and budget); so is ``debug``, whether debug
         lines are kept (a pass reads it once: most steps of a storm are decided
         by the plan alone, and their line is a debug line).
         """
@@ -295,12 +297,15 @@ class Runner(Recovering):
                     "destructive": bool(getattr(step, "destructive", False)),
                 }
                 await keeper.check_approval(key, request, now)
+            # A reading of its own: the pass's may be long past (its earlier
+            # steps ran first), and a lock taken then would be born expired,
+            # a budget slot stamped before slots that other passes took since.
             held = await keeper.enter(
                 key=key,
                 playbook=playbook,
                 target=target,
                 guards=guards,
-                now=now,
+                now=self._clock(),
                 lock_ttl=self._lock_ttl(step),
             )
         except Refusal as refusal:
@@ -335,16 +340,26 @@ class Runner(Recovering):
         if isinstance(before_effect, StepTrace):
             return before_effect
         note = _recovery_note(held, before_effect)
-        refused = await self._last_check(trace, alert, match, held, before_effect)
-        if refused is not None:
-            return refused
-        prepared = await self._prepare(trace, step, alert)
-        if isinstance(prepared, StepTrace):
-            return await self._decided(prepared, match, held, note)
-        intent_text = prepared.to_json() if prepared is not None else ""
-        if not await keeper.store.mark_sending(
-            held.key, held.owner, self._clock(), intent_text
-        ):
+        try:
+            refused = await self._last_check(trace, alert, match, held, before_effect)
+            if refused is not None:
+                return refused
+            prepared = await self._prepare(trace, step, alert)
+            if isinstance(prepared, StepTrace):
+                return await self._decided(prepared, match, held, note)
+            intent_text = prepared.to_json() if prepared is not None else ""
+            marked = await keeper.store.mark_sending(
+                held.key, held.owner, self._clock(), intent_text
+            )
+        except BaseException:
+            # The store went away (or the task is stopped) before anything was
+            # sent: give back the claim, the budget slots and the lock, so the
+            # entry decided again runs the step instead of reading "already
+            # started by <this worker>: not run again".
+            with contextlib.suppress(StoreUnavailableError):
+                await keeper.abandon(held)
+            raise
+        if not marked:
             # Another worker took the claim over (this one looked dead to it).
             await keeper.abandon(held)
             return replace(

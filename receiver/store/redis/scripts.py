@@ -429,7 +429,9 @@ _RESERVE_BUDGET = (
     + """
 -- KEYS: budget; ARGV: now ms, window start ms, limit, member, window end ms
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-local used = redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[2], ARGV[1])
+-- Slots taken at a later reading count too: a caller whose reading is older
+-- (its pass began first, or its clock runs behind) must not overspend.
+local used = redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[2], '+inf')
 if used >= tonumber(ARGV[3]) then return false end
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
 local at = gc_at(tonumber(ARGV[5]), tonumber(ARGV[1]))

@@ -120,9 +120,11 @@ class SqliteGuards(SqliteIncarnations):
     ) -> BudgetSlot | None:
         def write(db: sqlite3.Connection) -> BudgetSlot | None:
             start = _epoch(now - window)
+            # Slots taken at a later reading count too: a caller whose reading
+            # is older (its pass began first) must not overspend the budget.
             used = db.execute(
-                "SELECT count(*) FROM budget WHERE scope=? AND at > ? AND at <= ?",
-                (scope, start, _epoch(now)),
+                "SELECT count(*) FROM budget WHERE scope=? AND at > ?",
+                (scope, start),
             ).fetchone()[0]
             if used >= limit:
                 return None

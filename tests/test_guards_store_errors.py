@@ -1,0 +1,181 @@
+"""A store outage before anything is sent gives back what the guards took.
+
+The runner lets ``StoreUnavailableError`` out so the worker decides the entry
+again. When it happens after the guards passed but before the action left (the
+last still-firing check, reading the target, the ``sending`` mark), the retry
+must find the occurrence free to run: its run-once claim handed back (not
+"already started ... not run again"), its budget slot returned, its lock
+released. Both stores; errors are injected once, no sleeping.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis.asyncio
+from peers import run_redis
+
+from receiver.engine.guards import GuardDefaults, GuardKeeper
+from receiver.engine.planner import PlanContext
+from receiver.engine.runner import Runner
+from receiver.engine.worker import Processor
+from receiver.errors import StoreUnavailableError
+from receiver.model import Alert, Decision, StepResult, freeze
+from receiver.rulebook.loader import load_rulebook
+from receiver.steps.catalog import builtin_registry
+from receiver.store.base import Store
+from receiver.store.redis import RedisStore
+from receiver.store.sqlite import SqliteStore
+
+T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+RULES = """
+playbooks:
+  budgeted:
+    remediation:
+      - type: http.request
+        url: "http://hooks.test/{labels.service}"
+    guards: {cooldown: 0s, budget: {max: 1, window: 1h}}
+rules:
+  - {name: budgeted, match: ['alertname="Budgeted"'], playbook: budgeted}
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(milliseconds=1)
+        return self.now
+
+
+@dataclass
+class Executor:
+    calls: list[str] = field(default_factory=list)
+
+    async def run(self, step: Any, alert: Alert) -> StepResult:
+        self.calls.append(step.url)
+        return StepResult(ok=True, reason=f"POST {step.url}: HTTP 200")
+
+    async def verify(self, check: Any, step: Any, alert: Alert) -> StepResult:
+        return StepResult(ok=True, reason="verified")
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with run_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[Store]:
+    made: Store
+    prefix = f"review-{uuid.uuid4().hex[:12]}"
+    url = ""
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        made = RedisStore(url, prefix=prefix)
+    else:
+        made = SqliteStore(str(tmp_path / "state.db"))
+    yield made
+    await made.close()
+    if url:
+        client = redis.asyncio.Redis.from_url(url)
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.unlink(*keys)
+        await client.aclose()
+
+
+def _fail_once(store: Store, name: str, *, on_call: int = 1) -> list[int]:
+    """Make ``store.name`` raise StoreUnavailableError on its ``on_call``-th call."""
+    real = getattr(store, name)
+    calls = [0]
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == on_call:
+            raise StoreUnavailableError(f"injected: cannot {name}")
+        return await real(*args, **kwargs)
+
+    setattr(store, name, failing)
+    return calls
+
+
+def _processor(tmp_path: Any, store: Store, executor: Executor) -> Processor:
+    (tmp_path / "rules.yaml").write_text(RULES)
+    rulebook = load_rulebook([tmp_path / "rules.yaml"], steps=builtin_registry())
+    clock = Clock()
+    keeper = GuardKeeper(
+        store, "worker-1", GuardDefaults(global_budget_max=1000, cooldown=timedelta(0))
+    )
+    runner = Runner({"http": executor}, clock, mode="execute", guards=keeper)
+    return Processor(rulebook, runner, clock, PlanContext(execute=True), store=store)
+
+
+def _alert(service: str) -> Alert:
+    return Alert(
+        source="alertmanager",
+        fingerprint=f"fp-{service}",
+        status="firing",
+        labels=freeze({"alertname": "Budgeted", "service": service}),
+        starts_at=T0 - HOUR,
+    )
+
+
+async def test_an_outage_at_the_last_check_leaves_the_occurrence_free_to_run(
+    store: Store, tmp_path: Any
+) -> None:
+    """The last check's read fails once; the worker's retry runs the step once.
+
+    ``alert_state`` is read twice per remediation: before the approval and
+    right before acting (the last check). The second read fails.
+    """
+    executor = Executor()
+    processor = _processor(tmp_path, store, executor)
+    _fail_once(store, "alert_state", on_call=2)
+    with pytest.raises(StoreUnavailableError):
+        await processor.decide([_alert("a")], "payload-1")
+    assert executor.calls == []
+    [trace] = await processor.decide([_alert("a")], "payload-1")
+    step = trace.matches[0].steps[-1]
+    assert step.decision is Decision.EXECUTED, step.reason
+    assert executor.calls == ["http://hooks.test/a"]
+
+
+async def test_an_outage_when_marking_sending_leaves_the_occurrence_free_to_run(
+    store: Store, tmp_path: Any
+) -> None:
+    """``mark_sending`` fails (nothing was sent): the retry runs the step once."""
+    executor = Executor()
+    processor = _processor(tmp_path, store, executor)
+    _fail_once(store, "mark_sending")
+    with pytest.raises(StoreUnavailableError):
+        await processor.decide([_alert("a")], "payload-1")
+    assert executor.calls == []
+    [trace] = await processor.decide([_alert("a")], "payload-1")
+    step = trace.matches[0].steps[-1]
+    assert step.decision is Decision.EXECUTED, step.reason
+    assert executor.calls == ["http://hooks.test/a"]
+
+
+async def test_an_outage_at_the_last_check_returns_the_budget_slot(
+    store: Store, tmp_path: Any
+) -> None:
+    """Budget of 1: the attempt that failed before sending spent none of it."""
+    executor = Executor()
+    processor = _processor(tmp_path, store, executor)
+    _fail_once(store, "alert_state", on_call=2)
+    with pytest.raises(StoreUnavailableError):
+        await processor.decide([_alert("a")], "payload-1")
+    [trace] = await processor.decide([_alert("b")], "payload-2")
+    step = trace.matches[0].steps[-1]
+    assert step.decision is Decision.EXECUTED, step.reason
+    assert executor.calls == ["http://hooks.test/b"]
