@@ -32,7 +32,7 @@ from receiver.model import iso
 from receiver.sinks.outbox import Outbox, ParkedDelivery, decode_trace
 from receiver.sources import parse_json
 from receiver.store.base import Pause, Store, new_id
-from receiver.web.approvals import identify
+from receiver.web.approvals import identify, read_body
 from receiver.web.auth import Authenticator, require_scope
 
 if TYPE_CHECKING:
@@ -89,9 +89,7 @@ class Admin:
         router.add_post("/api/v1/sinks/parked/{id}/retry", self.retry_delivery)
 
     async def _json(self, request: web.Request) -> JSONObject:
-        body = await request.content.read(MAX_BODY + 1)
-        if len(body) > MAX_BODY:
-            raise InputError(f"body over {MAX_BODY} bytes; send a few fields")
+        body = await read_body(request, MAX_BODY)
         if not body.strip():
             return {}
         data = parse_json(body)
@@ -294,13 +292,15 @@ def admin_paths() -> Operations:
                 "responses": {"200": ok, **errors},
             },
             "post": {
-                "summary": 'Pause every remediation: {"by", "reason"}; '
-                '{"paused": false} resumes. Audited in the decision log.',
+                "summary": 'Pause every remediation: {"reason"}; '
+                '{"paused": false} resumes. Who is the credential\'s identity '
+                '(a "by" field is refused). Audited in the decision log.',
                 "security": security,
                 "responses": {"200": ok, **errors},
             },
             "delete": {
-                "summary": "Resume remediations (?by=&reason=). Audited.",
+                "summary": "Resume remediations (?reason=; who is the "
+                "credential's identity). Audited.",
                 "security": security,
                 "responses": {"200": ok, **errors},
             },

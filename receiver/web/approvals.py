@@ -34,10 +34,13 @@ from typing import Literal
 import httpx
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from receiver.engine.journaling import alert_states
 from receiver.engine.worker import Processor
 from receiver.errors import (
+    ClientGoneError,
     ForbiddenError,
     InputError,
     NotFoundError,
@@ -59,6 +62,47 @@ Outcome = Literal["decided", "recorded", "refused", "missing", "conflict", "expi
 
 MAX_BODY = 16 * 1024  # {"decision": "approve"} and little else
 BODY_TIMEOUT = 10.0  # seconds for that body to arrive
+
+
+async def read_body(request: web.Request, cap: int) -> bytes:
+    """The whole body (at most ``cap`` bytes), read within ``BODY_TIMEOUT``.
+
+    For the small JSON and form bodies of the API and the console. Whatever a
+    client can do to a body is a 4xx: too large (400, as these endpoints
+    always said), too slow (408), not decodable under its
+    ``Content-Encoding`` or a broken chunked encoding (400), hung up (499,
+    which nobody reads).
+    """
+    body = bytearray()
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            while chunk := await request.content.read(cap + 1 - len(body)):
+                body += chunk
+                if len(body) > cap:
+                    raise InputError(
+                        f"body over {cap} bytes; send the few fields this "
+                        "endpoint takes"
+                    )
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"the body did not arrive within {BODY_TIMEOUT:g} s"
+        ) from None
+    except ConnectionError:
+        raise ClientGoneError(
+            f"the client disconnected after {len(body)} bytes of its body"
+        ) from None
+    except (RequestPayloadError, HttpProcessingError, ValueError) as exc:
+        raise InputError(
+            f"the body could not be read ({_reason(exc)}); check Content-Encoding "
+            "and Transfer-Encoding"
+        ) from None
+    return bytes(body)
+
+
+def _reason(exc: BaseException) -> str:
+    cause = exc.__cause__ if isinstance(exc, RequestPayloadError) else exc
+    text = cause.message if isinstance(cause, HttpProcessingError) else str(cause)
+    return " ".join(str(text).split())[:200] or type(exc).__name__
 
 
 class NotOnCallError(Exception):
@@ -243,11 +287,7 @@ class ApprovalDesk:
             )
         now = self._clock()
         if now >= approval.expires_at:
-            await self._store.decide_approval(approval.id, "expired", "receiver", now)
-            return Answer(
-                f"approval {approval.id} expired at {iso(approval.expires_at)}",
-                "expired",
-            )
+            return await self._expire(approval, now)
         playbook = str(approval.request.get("playbook", ""))
         policy = self.policy(playbook)
         two = bool(approval.request.get("destructive")) or bool(
@@ -263,6 +303,11 @@ class ApprovalDesk:
                 why=refusal,
             )
             return Answer(refusal)
+        # Asking PagerDuty who is on call takes a round trip: the approval may
+        # have expired meanwhile, and is then never decided after its time.
+        now = self._clock()
+        if now >= approval.expires_at:
+            return await self._expire(approval, now)
         if action == "reject":
             return await self._final(approval, "rejected", who.name, via)
         if not two:
@@ -284,6 +329,13 @@ class ApprovalDesk:
         first = await self._first_approver(approval)
         return await self._final(
             approval, "approved", f"{first} and {who.name}" if first else who.name, via
+        )
+
+    async def _expire(self, approval: Approval, now: datetime) -> Answer:
+        await self._store.decide_approval(approval.id, "expired", "receiver", now)
+        return Answer(
+            f"approval {approval.id} expired at {iso(approval.expires_at)}",
+            "expired",
         )
 
     async def _refusal(
@@ -418,15 +470,7 @@ class ApprovalAPI:
                 "Content-Type must be application/json, "
                 f"got {request.content_type[:60] or 'none'!r}"
             )
-        try:
-            async with asyncio.timeout(BODY_TIMEOUT):
-                body = await request.content.read(MAX_BODY + 1)
-        except TimeoutError:
-            raise RequestTimeoutError(
-                f"the body did not arrive within {BODY_TIMEOUT:g} s"
-            ) from None
-        if len(body) > MAX_BODY:
-            raise InputError(f"body over {MAX_BODY} bytes; send the decision only")
+        body = await read_body(request, MAX_BODY)
         data = parse_json(body) if body.strip() else None
         decision = data.get("decision") if isinstance(data, dict) else None
         if decision not in ("approve", "reject"):

@@ -14,7 +14,7 @@ called from ``create_app``.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -24,8 +24,9 @@ from receiver.errors import InputError, UnsupportedMediaError
 from receiver.incidents.model import State
 from receiver.incidents.service import ConflictError, IncidentService, NotFoundError
 from receiver.model import Severity
+from receiver.sources.wire import to_utc
 from receiver.store.incidents_base import IncidentQuery
-from receiver.web.approvals import identify
+from receiver.web.approvals import identify, read_body
 from receiver.web.auth import Authenticator
 from receiver.web.problems import problem
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from receiver.web.openapi_schemas import Operations
 
 MAX_BODY = 16 * 1024
+# A cursor is a sequence number; past this many digits it was never issued.
+_CURSOR_DIGITS = 18
 
 
 class Note(BaseModel):
@@ -59,9 +62,7 @@ class IncidentHandlers:
             raise UnsupportedMediaError(
                 f"Content-Type must be application/json, got {ctype or 'none'!r}"
             )
-        raw = await request.read() if request.can_read_body else b"{}"
-        if len(raw) > MAX_BODY:
-            raise InputError(f"body over {MAX_BODY} bytes")
+        raw = await read_body(request, MAX_BODY) if request.can_read_body else b"{}"
         try:
             data: object = json.loads(raw or b"{}")
         except ValueError as exc:
@@ -106,15 +107,17 @@ class IncidentHandlers:
             raise InputError("severity must be one of P0, P1, P2, P3")
         try:
             limit = int(q.get("limit", "50"))
-            cursor = int(q["cursor"]) if "cursor" in q else None
-            since = datetime.fromisoformat(q["since"]) if "since" in q else None
+            cursor = _cursor(q["cursor"]) if "cursor" in q else None
+            # Aware UTC between 1970 and 2200 (a time without an offset is UTC),
+            # as the stores compare it: never an overflow past year 9999.
+            since = to_utc(datetime.fromisoformat(q["since"])) if "since" in q else None
         except ValueError as exc:
             raise InputError(
                 f"bad query parameter: {exc}; limit and cursor are integers, "
                 "since an ISO 8601 time"
             ) from exc
-        if since is not None and since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
+        if since is not None and since.year < 1970:
+            raise InputError("since must be an ISO 8601 time between 1970 and 2200")
         if not 1 <= limit <= 500:
             raise InputError("limit must be between 1 and 500")
         incidents, next_cursor = await self._service.page(
@@ -214,6 +217,14 @@ class IncidentHandlers:
     async def status(self, request: web.Request) -> web.Response:
         """POST /api/v1/incidents/{id}/status: a published update; cadence restarts."""
         return await self._act(request, "status")
+
+
+def _cursor(text: str) -> int:
+    """A cursor as issued (``next_cursor``: a non-negative integer), else ValueError."""
+    if not (text.isascii() and text.isdigit()) or len(text) > _CURSOR_DIGITS:
+        msg = f"cursor {text[:40]!r} is not a next_cursor this receiver issued"
+        raise ValueError(msg)
+    return int(text)
 
 
 def register(app: web.Application, handlers: IncidentHandlers) -> None:

@@ -21,10 +21,11 @@ import structlog
 from aiohttp import web
 
 from receiver.engine.worker import Processor
-from receiver.errors import RuleError
+from receiver.errors import RuleError, RuleErrorDetail
 from receiver.metrics import Metrics
 from receiver.model import Severity
 from receiver.rulebook.loader import Rulebook, load_rulebook
+from receiver.rulebook.steps import StepRegistry
 from receiver.web.auth import Authenticator
 from receiver.web.problems import problem
 
@@ -38,6 +39,27 @@ def step_types(rulebook: Rulebook) -> set[str]:
         for playbook in rulebook.playbooks.values()
         for step in (*playbook.diagnostics, *playbook.remediation)
     }
+
+
+def _load(paths: Sequence[Path], steps: StepRegistry) -> Rulebook:
+    """``load_rulebook``, with every failure a ``RuleError``.
+
+    A file the loader does not expect (not UTF-8, nested past the YAML
+    parser's recursion) must fail the reload like any bad file: the current
+    rules stay, the failure is counted and logged, ``POST /-/reload`` is 422.
+    """
+    try:
+        return load_rulebook(paths, steps=steps)
+    except RuleError:
+        raise
+    except UnicodeDecodeError as exc:
+        message = f"a rule file is not UTF-8 text ({exc.reason} at byte {exc.start})"
+    except RecursionError:
+        message = "a rule file nests too deeply to parse"
+    except Exception as exc:  # noqa: BLE001 (a reload never takes the service down)
+        message = f"the rule files could not be loaded: {type(exc).__name__}: {exc}"
+    files = ", ".join(str(p) for p in paths) or "no files"
+    raise RuleError([RuleErrorDetail(files, message[:500])])
 
 
 class Reloader:
@@ -97,7 +119,7 @@ class Reloader:
         try:
             # The step types the running rules were loaded with.
             steps = self._processor.rulebook.steps
-            rulebook = load_rulebook(self.paths, steps=steps)
+            rulebook = _load(self.paths, steps)
         except RuleError as exc:
             self._metrics.rules_load_failed()
             self.last_error = "; ".join(str(d) for d in exc.details[:5])

@@ -39,7 +39,7 @@ from receiver.model import json_objects
 from receiver.retrying import poll_until
 from receiver.settings import SlackSettings
 from receiver.store.base import DecisionQuery, JournalEntry, Store
-from receiver.web.approvals import Answer, ApprovalDesk, Approver
+from receiver.web.approvals import Answer, ApprovalDesk, Approver, read_body
 
 if TYPE_CHECKING:
     from receiver.model import JSONObject, JSONValue
@@ -73,10 +73,11 @@ def verify_signature(
             "missing X-Slack-Request-Timestamp or X-Slack-Signature; "
             "only Slack's signed interaction requests are accepted"
         )
-    try:
-        sent = int(timestamp)
-    except ValueError:
-        raise AuthError("X-Slack-Request-Timestamp must be Unix seconds") from None
+    # Unix seconds as Slack sends them: a few ASCII digits (a longer number
+    # cannot be compared with the clock, and int() would take "1_0" or " 1").
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
+        raise AuthError("X-Slack-Request-Timestamp must be Unix seconds")
+    sent = int(timestamp)
     if abs(now.timestamp() - sent) > MAX_SKEW.total_seconds():
         raise AuthError(
             "stale Slack request: its timestamp is more than 5 minutes from now "
@@ -84,7 +85,9 @@ def verify_signature(
         )
     base = b"v0:" + timestamp.encode() + b":" + body
     expected = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected.encode(), signature.encode()):
+    # A header may hold any bytes; Slack's signature is ASCII (v0= and hex).
+    given = signature.encode("utf-8", "surrogatepass")
+    if not hmac.compare_digest(expected.encode(), given):
         raise AuthError(
             "bad Slack signature: check RECEIVER_SLACK_SIGNING_SECRET against the "
             "Slack app's signing secret"
@@ -174,9 +177,7 @@ class SlackInteractions:
             raise ForbiddenError(
                 "Slack interactions are not enabled: set RECEIVER_SLACK_SIGNING_SECRET"
             )
-        body = await request.content.read(MAX_BODY + 1)
-        if len(body) > MAX_BODY:
-            raise InputError(f"body over {MAX_BODY} bytes; not a Slack interaction")
+        body = await read_body(request, MAX_BODY)
         signature = request.headers.get("X-Slack-Signature", "")
         verify_signature(
             self._secret,

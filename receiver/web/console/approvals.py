@@ -31,7 +31,7 @@ class ApprovalPages(ConsoleBase):
             req = approval.request
             form = (
                 f'<form method=post action="/ui/approvals/{_e(approval.id)}">'
-                + self._hidden(who)
+                + self._hidden(request)
                 + "<button name=decision value=approve>Approve</button>"
                 "<button name=decision value=reject>Reject</button></form>"
             )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from urllib.parse import parse_qsl
@@ -12,10 +11,11 @@ from urllib.parse import parse_qsl
 import yaml
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from receiver.engine import backtest
 from receiver.engine.backtest import Bounded, MatchSummary
-from receiver.errors import InputError, RuleError, RuleErrorDetail
+from receiver.errors import ClientGoneError, InputError, RuleError, RuleErrorDetail
 from receiver.model import iso
 from receiver.rulebook.loader import Rulebook, load_rulebook
 from receiver.store.base import new_id
@@ -42,10 +42,10 @@ class BacktestPages(ConsoleBase):
         who = self._who(request, "admin")
         if isinstance(who, web.Response):
             return who
-        return _page(BACKTEST_TITLE, self._backtest_body(who, {}))
+        return _page(BACKTEST_TITLE, self._backtest_body(request, {}))
 
     def _backtest_body(
-        self, who: str, form: Mapping[str, str], result: str = ""
+        self, request: web.Request, form: Mapping[str, str], result: str = ""
     ) -> str:
         files = self._processor.rulebook.files
         chosen = form.get("replaces", "0" if len(files) == 1 else "all")
@@ -68,7 +68,7 @@ class BacktestPages(ConsoleBase):
             f"{self.backtest_payloads} payloads and {self.backtest_seconds:g} s "
             "per run; the command line has no limit.</p>"
             '<form method=post action=/ui/backtest enctype="multipart/form-data">'
-            + self._hidden(who)
+            + self._hidden(request)
             + "<p><label for=rules>Candidate rules (YAML, up to "
             f"{MAX_CANDIDATE_BYTES // 1024} KiB)</label><br>"
             "<textarea id=rules name=rules rows=12 spellcheck=false>"
@@ -98,14 +98,14 @@ class BacktestPages(ConsoleBase):
         except RuleError as exc:
             return _page(
                 BACKTEST_TITLE,
-                self._backtest_body(who, form, _rule_errors(exc.details)),
+                self._backtest_body(request, form, _rule_errors(exc.details)),
                 status=400,
             )
         except _Refusal as exc:
-            return self._backtest_refused(who, form, exc.why, exc.status)
+            return self._backtest_refused(request, form, exc.why, exc.status)
         except InputError as exc:
-            return self._backtest_refused(who, form, str(exc).lstrip("-"), 400)
-        return _page(BACKTEST_TITLE, self._backtest_body(who, form, result))
+            return self._backtest_refused(request, form, str(exc).lstrip("-"), 400)
+        return _page(BACKTEST_TITLE, self._backtest_body(request, form, result))
 
     async def _run_backtest(
         self, request: web.Request, who: str, form: dict[str, str]
@@ -191,23 +191,24 @@ class BacktestPages(ConsoleBase):
             raise _Refusal(
                 408, f"the form did not arrive within {FORM_TIMEOUT:g} s"
             ) from None
-        except (ValueError, HttpProcessingError) as exc:  # a malformed multipart body
+        except ConnectionError:
+            raise ClientGoneError(
+                "the client disconnected while sending the form"
+            ) from None
+        except (ValueError, HttpProcessingError, RequestPayloadError) as exc:
+            # A malformed multipart body, or one not decodable under its
+            # Content-Encoding.
             raise _Refusal(400, "the form does not parse as multipart") from exc
-        if not hmac.compare_digest(
-            fields.get("token", "").encode(), self._token(who).encode()
-        ):
-            raise web.HTTPForbidden(
-                text="the form is stale or not from this console; reload the page"
-            )
+        self._check_form(request, who, fields.get("token", ""))
         return fields, upload
 
     def _backtest_refused(
-        self, who: str, form: Mapping[str, str], why: str, status: int
+        self, request: web.Request, form: Mapping[str, str], why: str, status: int
     ) -> web.Response:
         note = f"<p role=alert id=refused>Not run: {_e(why)}.</p>"
         return _page(
             BACKTEST_TITLE,
-            self._backtest_body(who, form, note),
+            self._backtest_body(request, form, note),
             status=status,
         )
 
@@ -355,6 +356,10 @@ def _check_expansion(text: str) -> None:
         data: object = yaml.safe_load(text)
     except yaml.YAMLError:
         return  # the loader reports it with its place
+    except RecursionError:
+        raise InputError(
+            "the candidate nests too deeply to parse; write the rules out"
+        ) from None
     seen = 0
     stack: list[object] = [data]
     while stack:

@@ -11,10 +11,12 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from receiver.engine.guards import GuardDefaults
 from receiver.engine.worker import Processor
-from receiver.errors import AuthError
+from receiver.errors import AuthError, ClientGoneError, RequestTimeoutError
 from receiver.incidents.service import IncidentService
 from receiver.store.base import Store
 from receiver.web.admin import Admin
@@ -24,10 +26,12 @@ from receiver.web.console.render import (
     _JS,
     BACKTEST_PAYLOADS,
     BACKTEST_SECONDS,
+    FORM_TIMEOUT,
     _e,
     _page,
     log,
 )
+from receiver.web.problems import problem
 from receiver.web.reload import Reloader
 
 
@@ -98,9 +102,10 @@ class ConsoleBase:
                     '<p><a href="/ui/">Back to the console</a></p>',
                     status=403,
                 )
-            return web.Response(
-                status=exc.status,
-                text=f"{exc}\n",
+            return problem(
+                exc.status,
+                str(exc),
+                slug="unauthorized" if exc.status == 401 else "forbidden",
                 headers={"WWW-Authenticate": 'Basic realm="receiver", charset="UTF-8"'},
             )
         return identify(self._auth, header).name
@@ -118,20 +123,59 @@ class ConsoleBase:
             f"without it ({detail}). Sign in again with a token that has it."
         )
 
-    def _token(self, who: str) -> str:
-        return hmac.new(self._key, who.encode(), hashlib.sha256).hexdigest()
+    def _token(self, request: web.Request) -> str:
+        """The form token of the credential the request is signed in with.
 
-    async def _form(self, request: web.Request, who: str) -> Mapping[str, str]:
-        form = await request.post()
-        token = str(form.get("token", ""))
-        if not hmac.compare_digest(token.encode(), self._token(who).encode()):
+        Bound to the whole credential (the Authorization header the browser
+        repeats), which names the identity too, never to the name alone: a user
+        name is anyone's to type at the prompt, so a token bound to it could be
+        read off a page by any holder of a read token and forge another
+        person's form.
+        """
+        header = request.headers.get("Authorization") or ""
+        credential = hashlib.sha256(header.encode("utf-8", "surrogatepass")).digest()
+        return hmac.new(self._key, b"form\0" + credential, hashlib.sha256).hexdigest()
+
+    def _check_form(self, request: web.Request, who: str, token: str) -> None:
+        """Refuse a form another site made the browser send (403)."""
+        site = request.headers.get("Sec-Fetch-Site", "")
+        if site in ("cross-site", "same-site"):
+            log.warning("console_cross_site", path=request.path, by=who, site=site)
+            raise web.HTTPForbidden(
+                text=f"the form was sent from another site ({site}); use the "
+                "console's own page"
+            )
+        expected = self._token(request).encode()
+        if not hmac.compare_digest(token.encode("utf-8", "surrogatepass"), expected):
             raise web.HTTPForbidden(
                 text="the form is stale or not from this console; reload the page"
             )
+
+    async def _form(self, request: web.Request, who: str) -> Mapping[str, str]:
+        try:
+            async with asyncio.timeout(FORM_TIMEOUT):
+                form = await request.post()
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the form did not arrive within {FORM_TIMEOUT:g} s"
+            ) from None
+        except ConnectionError:
+            raise ClientGoneError(
+                "the client disconnected while sending the form"
+            ) from None
+        except (RequestPayloadError, HttpProcessingError, ValueError, LookupError):
+            # Not decodable (Content-Encoding), not UTF-8, an unknown charset,
+            # a multipart body without its boundary.
+            raise web.HTTPBadRequest(
+                text="the form could not be read; send it from the console's page "
+                "(application/x-www-form-urlencoded, UTF-8)"
+            ) from None
+        token = form.get("token", "")
+        self._check_form(request, who, token if isinstance(token, str) else "")
         return {k: str(v) for k, v in form.items() if isinstance(v, str)}
 
-    def _hidden(self, who: str) -> str:
-        return f'<input type=hidden name=token value="{self._token(who)}">'
+    def _hidden(self, request: web.Request) -> str:
+        return f'<input type=hidden name=token value="{self._token(request)}">'
 
     @staticmethod
     def _notice(request: web.Request) -> str:

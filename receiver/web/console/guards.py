@@ -43,7 +43,7 @@ class GuardPages(ConsoleBase):
         if isinstance(who, web.Response):
             return who
         now = self._clock()
-        hidden = self._hidden(who)
+        hidden = self._hidden(request)
         pause = await self._store.pause()
         paused = (
             f"<p class=state>Remediations PAUSED by {_e(pause.by)} at "

@@ -23,9 +23,11 @@ class RulePages(ConsoleBase):
         who = self._who(request)
         if isinstance(who, web.Response):
             return who
-        return _page("Rules", self._rules_body(who))
+        return _page("Rules", self._rules_body(request))
 
-    def _rules_body(self, who: str, result: str = "", payload_id: str = "") -> str:
+    def _rules_body(
+        self, request: web.Request, result: str = "", payload_id: str = ""
+    ) -> str:
         book = self._processor.rulebook
         reloader = self._reloader
         loaded = (
@@ -59,7 +61,7 @@ class RulePages(ConsoleBase):
             + "<h2>Decide a stored payload (dry-run)</h2>"
             "<p>Nothing runs: every step is decided as in dry-run mode.</p>"
             "<form method=post action=/ui/rules/dry-run>"
-            + self._hidden(who)
+            + self._hidden(request)
             + "<label>Payload id <input name=payload_id required maxlength=100 "
             f'value="{_e(payload_id)}"></label> <button>Decide</button></form>'
             + result
@@ -80,12 +82,14 @@ class RulePages(ConsoleBase):
                 f"<p role=alert>No stored payload {_e(payload_id)}; the API's "
                 "GET /api/v1/payloads lists them.</p>"
             )
-            return _page("Rules", self._rules_body(who, result, payload_id), status=404)
+            body = self._rules_body(request, result, payload_id)
+            return _page("Rules", body, status=404)
         try:
             alerts = self._processor.alerts(entry.source, entry.body, self._clock())
         except InputError as exc:
             result = f"<p role=alert>The payload does not parse: {_e(exc)}</p>"
-            return _page("Rules", self._rules_body(who, result, payload_id), status=422)
+            body = self._rules_body(request, result, payload_id)
+            return _page("Rules", body, status=422)
         traces = await self._processor.decide_dry_run(alerts)
         parts = []
         for trace in traces:
@@ -112,4 +116,4 @@ class RulePages(ConsoleBase):
             + ("".join(parts) or "<p>The payload holds no alerts.</p>")
             + "</section>"
         )
-        return _page("Rules", self._rules_body(who, result, payload_id))
+        return _page("Rules", self._rules_body(request, result, payload_id))
