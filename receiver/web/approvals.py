@@ -37,7 +37,6 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from receiver.engine.journaling import alert_states
 from receiver.engine.worker import Processor
 from receiver.errors import (
     ClientGoneError,
@@ -412,7 +411,6 @@ class ApprovalDesk:
         )
         if original is None:
             return None
-        alerts = self._processor.alerts(original.source, original.body, now)
         entry = JournalEntry(
             id=new_id(),
             source=original.source,
@@ -420,7 +418,11 @@ class ApprovalDesk:
             body=original.body,
             headers={"x-receiver-approval": approval.id},
         )
-        await self._store.append(entry, await alert_states(self._store, alerts, now))
+        # No alert states: they were recorded when the payload first came, and
+        # what was recorded since (a resolve) stands. An Events v2 trigger has
+        # no start of its own: recorded again after its resolve, it would read
+        # as a new occurrence, firing from now.
+        await self._store.append(entry, [])
         if self._on_journaled is not None:
             self._on_journaled()
         return entry
