@@ -230,3 +230,50 @@ def test_docs_show_the_golden_report():
     """docs/incidents.md shows the golden report whole."""
     golden = (GOLDEN / "sark-auth-failures.firing.md").read_text()
     assert golden in (ROOT / "docs" / "incidents.md").read_text()
+
+
+async def test_alert_text_cannot_make_markup_of_its_own(tmp_path):
+    """Titles, labels, summaries and links from an alert stay text in the report.
+
+    A Markdown viewer that renders HTML would run ``<img onerror>``; a newline
+    would start a section of the alert's own; ``[x](javascript:...)`` would be
+    a link. Each shows as the characters it is.
+    """
+    payload = example("alertmanager/sark-api-down.firing.json")
+    alert = payload["alerts"][0]
+    alert["labels"]["deployment"] = "sark<img src=x onerror=alert(1)>"
+    alert["annotations"]["summary"] = (
+        "down\n# Root Cause\nIt was [the intern](javascript:alert(1)) "
+        "<script>alert(2)</script> | x"
+    )
+    alert["generatorURL"] = "javascript:alert(3)//<b>"
+    clock = TickingClock()
+    book = rulebook()
+    store = SqliteIncidentStore(str(tmp_path / "r.db"))
+    service = IncidentService(store, clock=clock, rulebook=lambda: book)
+    try:
+        [incident] = await service.observe(
+            await traces(book, "alertmanager", payload, clock())
+        )
+        report = render_report(incident, service.policy, clock())
+    finally:
+        await store.close()
+    # Outside the timeline's code block (where nothing is markup).
+    lines, fenced = [], False
+    for line in report.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            lines.append(line)
+    text = "\n".join(lines)
+    assert "<img" not in text
+    assert "<script" not in text
+    assert "<b>" not in text
+    assert "](javascript:" not in text
+    # The alert's text is all there, as text.
+    assert "&lt;img src=x onerror=alert(1)>" in text
+    assert "[the intern]\\(javascript:alert(1))" in text
+    # Only the template's own headings: none of the alert's.
+    headings = [line for line in lines if line.startswith("#")]
+    assert [h for h in headings if h == "## Root Cause"] == ["## Root Cause"]
+    assert not any(line.startswith(("# Root Cause", "It was")) for line in lines)

@@ -9,6 +9,7 @@ marked placeholder, ``_[To fill in: ...]_``. Pure: the caller passes ``now``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
@@ -46,15 +47,34 @@ def human(delta: timedelta) -> str:
     return f"{days}d {hours}h"
 
 
+# What could turn an alert's text into markup: an HTML tag, comment or autolink
+# (``<`` before a letter, ``/``, ``!`` or ``?``) and an inline link or image
+# (``](``). A ``<`` before anything else (``< 0.2``) is only a character.
+_TAG = re.compile(r"<(?=[A-Za-z/!?])")
+
+
+def md(text: str) -> str:
+    """Alert or person text as inert Markdown, on one line.
+
+    Titles, labels, summaries, targets and reasons come from alerts: a newline
+    could start a heading of their own, ``<img onerror=...>`` run in a viewer
+    that renders HTML, ``[x](javascript:...)`` make a link. Each shows as the
+    characters it is; what cannot make markup (``[5m]``, ``< 0.2``) is left as
+    written, so the report reads the same raw.
+    """
+    line = " ".join(text.split())
+    return _TAG.sub("&lt;", line).replace("](", "]\\(")
+
+
 def _cell(text: str) -> str:
-    return " ".join(text.replace("|", "\\|").split())[:240]
+    return md(text).replace("|", "\\|")[:240]
 
 
 def _labels(incident: Incident, *names: str) -> list[str]:
     found: list[str] = []
     for ref in incident.alerts:
         for name in names:
-            value = ref.labels.get(name, "")
+            value = md(ref.labels.get(name, ""))
             if value and value not in found:
                 found.append(value)
     return found
@@ -67,6 +87,7 @@ def _affected(incident: Incident) -> str:
         what = labels.get("deployment") or labels.get("service") or labels.get("job")
         where = labels.get("namespace")
         text = f"{what} ({where})" if what and where else what or where or ""
+        text = md(text)
         if text and text not in parts:
             parts.append(text)
     return ", ".join(parts) or todo("affected systems")
@@ -122,7 +143,7 @@ def _ledger_rows(incident: Incident) -> list[str]:
 
 def _mitigation(incident: Incident) -> str:
     done = [
-        f"{i.type} {i.target}".strip()
+        md(f"{i.type} {i.target}".strip())
         for i in incident.ledger
         if i.kind == "remediation" and i.decision == "executed"
     ]
@@ -131,7 +152,7 @@ def _mitigation(incident: Incident) -> str:
     if done:
         parts.append("automated: " + "; ".join(done))
     if marks:
-        parts.append(f"{marks[0].text} (by {marks[0].by})")
+        parts.append(md(f"{marks[0].text} (by {marks[0].by})"))
     return "; ".join(parts) or todo("actions taken by people")
 
 
@@ -185,7 +206,7 @@ def _evidence(incident: Incident) -> list[str]:
             f"`GET /api/v1/incidents/{incident.id}/evidence`):"
         ),
         *(
-            f"  - {minute(e.at)} `{e.type}` {e.target}: sha256 `{e.sha256}`"
+            f"  - {minute(e.at)} `{e.type}` {md(e.target)}: sha256 `{e.sha256}`"
             for e in incident.evidence
         ),
     ]
@@ -198,8 +219,9 @@ def render_report(incident: Incident, policy: IncidentPolicy, now: datetime) -> 
     duration = human(incident.duration(now)) + ("" if end else " so far")
     status = incident.state.value.capitalize()
     summaries = _labels(incident, "alertname")
-    errors = [r.summary for r in incident.alerts if r.summary]
-    links = [r.link for r in incident.alerts]
+    errors = [md(r.summary) for r in incident.alerts if r.summary]
+    links = [md(r.link) for r in incident.alerts]
+    title = md(incident.title)
     mitigated = incident.mitigated_at
     ack = incident.acknowledged_at
     due = end + policy.post_mortem_due if end else None
@@ -208,7 +230,7 @@ def render_report(incident: Incident, policy: IncidentPolicy, now: datetime) -> 
     )
     summary = (
         f"On {opened.date().isoformat()} at {opened.strftime('%H:%M')} UTC, "
-        f"{incident.title.rstrip('.')} ({', '.join(summaries) or 'an alert'}); "
+        f"{title.rstrip('.')} ({', '.join(summaries) or 'an alert'}); "
         f"severity {incident.severity}, "
         + (
             f"resolved after {duration}."
@@ -217,7 +239,7 @@ def render_report(incident: Incident, policy: IncidentPolicy, now: datetime) -> 
         )
     )
     lines = [
-        f"# Incident Report: {incident.title}",
+        f"# Incident Report: {title}",
         "",
         f"**Incident ID:** {incident.id}",
         f"**Date:** {opened.date().isoformat()}",
@@ -270,7 +292,7 @@ def render_report(incident: Incident, policy: IncidentPolicy, now: datetime) -> 
         "",
         "---",
         "",
-        f"# Post-Mortem: {incident.title} - {opened.date().isoformat()}",
+        f"# Post-Mortem: {title} - {opened.date().isoformat()}",
         "",
         "## Summary",
         summary,
@@ -291,10 +313,10 @@ def render_report(incident: Incident, policy: IncidentPolicy, now: datetime) -> 
         "```",
         "",
         "## What Went Well",
-        *_numbered(_went_well(incident, policy, now), "what else went well"),
+        *_numbered(map(md, _went_well(incident, policy, now)), "what else went well"),
         "",
         "## What Could Be Improved",
-        *_numbered(_improve(incident), "what else could be improved"),
+        *_numbered(map(md, _improve(incident)), "what else could be improved"),
         "",
         "## Action Items",
         "| Action | Owner | Due Date | Status |",
