@@ -630,6 +630,15 @@ async def test_webhook_failure_names_the_host_only(pd, make_sinks):
     assert "hooktoken77" not in str(caught.value)
 
 
+async def test_a_url_no_client_can_use_is_a_failed_delivery(pd, make_sinks):
+    """A URL httpx refuses (an empty IDNA label) fails the sink, secret kept out."""
+    bad = "https://xn--/hook?token=hooktoken77"
+    sink = make_sinks(settings(pd, webhook_urls=[bad], sink_attempts=1))["webhook"]
+    with pytest.raises(SinkError, match="cannot be used") as caught:
+        await sink.send(trace())
+    assert "hooktoken77" not in str(caught.value)
+
+
 # ------------------------------------------------------------------ dispatcher
 
 

@@ -223,6 +223,13 @@ class Deliverer:
             raise _RetryableError(
                 f"could not connect ({exc.__class__.__name__})", None
             ) from exc
+        except (httpx.InvalidURL, UnicodeError) as exc:
+            # Nothing was sent, and nothing will be on a retry: a failed outcome
+            # (the URL is a secret of the settings: never in the text).
+            raise SinkError(
+                f"{what}: the URL cannot be used ({exc.__class__.__name__}); "
+                "check the sink's settings"
+            ) from None
         except httpx.HTTPError as exc:
             # It may have arrived: sending it again could post twice.
             raise SinkError(
