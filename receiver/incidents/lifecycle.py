@@ -310,6 +310,11 @@ class Folding:
             self._ledger = None
         return incident
 
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The incident's grouping keys as folded so far."""
+        return self._incident.keys
+
     def add_keys(self, keys: Iterable[str]) -> None:
         """Group these keys into the incident too (after its own, once each)."""
         incident = self._incident

@@ -28,7 +28,7 @@ from datetime import datetime
 
 import structlog
 
-from receiver.errors import ReceiverError
+from receiver.errors import ReceiverError, StoreUnavailableError
 from receiver.incidents.approvals import (
     ApprovalDecision,
     Approvals,
@@ -77,6 +77,10 @@ class _Batch:
     by_key: dict[str, str] = field(default_factory=dict)
     # Loaded from what the service knew, not read from the store this batch.
     unread: set[str] = field(default_factory=set)
+    # Keys another active incident holds: never added to a second one.
+    taken: set[str] = field(default_factory=set)
+    # Keys no incident held when looked up in this batch.
+    unheld: set[str] = field(default_factory=set)
 
     def load(self, incident: Incident, *, unread: bool = False) -> None:
         if unread:
@@ -196,12 +200,13 @@ class IncidentService:
             if not trace.alert.actionable or not trace.matches:
                 continue
             keys = self.keys(trace)
-            held = next((work.by_key[k] for k in keys if k in work.by_key), None)
+            held = await self._route(work, keys)
             if held is not None and not work.now[held].active:
                 # Resolved in this batch: write it, so a firing opens a new one.
                 touched.update(await self._flush(work))
                 work = _Batch()
-            await self._fold_into(work, trace, keys)
+                held = await self._route(work, keys)
+            await self._fold_into(work, trace, keys, held)
         touched.update(await self._flush(work))
         return list(touched.values())
 
@@ -214,24 +219,34 @@ class IncidentService:
 
         return await self._change_by_keys(self.keys(note.trace), add)
 
-    async def _fold_into(
-        self, work: _Batch, trace: AlertTrace, keys: list[str]
-    ) -> None:
-        incident_id = next((work.by_key[k] for k in keys if k in work.by_key), None)
-        if incident_id is None:
-            known = self._known.holding(keys)
+    async def _route(self, work: _Batch, keys: list[str]) -> str | None:
+        """The incident ``find_first(keys)`` would find, with the batch's changes.
+
+        The holder of the first of ``keys`` that is held, in this batch or in
+        the store (loaded into the batch); None if no key is held. A later key
+        held in the batch must not win over an earlier one held in the store.
+        """
+        end = next((i for i, k in enumerate(keys) if k in work.by_key), len(keys))
+        ahead = [k for k in keys[:end] if k not in work.unheld]
+        if ahead:
+            known = self._known.holding(ahead)
             if known is not None:
-                incident_id = known.id
-                if incident_id not in work.base:
+                if known.id not in work.base:
                     work.load(known, unread=True)
-            else:
-                record = await self.store.find_first(keys)
-                if record is not None:
-                    incident_id = record.id
-                    if incident_id not in work.base:
-                        found = from_record(record)
-                        self._known.remember(found)
-                        work.load(found)
+                return known.id
+            record = await self.store.find_first(ahead)
+            if record is not None:
+                if record.id not in work.base:
+                    found = from_record(record)
+                    self._known.remember(found)
+                    work.load(found)
+                return record.id
+            work.unheld.update(ahead)
+        return work.by_key[keys[end]] if end < len(keys) else None
+
+    async def _fold_into(
+        self, work: _Batch, trace: AlertTrace, keys: list[str], incident_id: str | None
+    ) -> None:
         if incident_id is None:
             # A new incident is created at once: that reserves its keys.
             opened = await self._fold(trace, keys, looked=True)
@@ -247,10 +262,16 @@ class IncidentService:
             follows=self._rules.follows(),
             evidence=self._rules.evidence_rules(),
         )
-        folding.add_keys(keys)
+        for key in keys:
+            if work.by_key.get(key, incident_id) != incident_id:
+                work.taken.add(key)  # another incident of this batch holds it
+        free = await self._free(
+            incident_id, folding.keys, keys, work.taken, work.unheld
+        )
+        folding.add_keys(free)
         work.effects[incident_id] += effects
         work.traces[incident_id].append(trace)
-        work.remember(incident_id, keys)
+        work.remember(incident_id, free)
 
     async def _flush(self, work: _Batch) -> dict[str, Incident]:
         written: dict[str, Incident] = {}
@@ -335,8 +356,14 @@ class IncidentService:
             record = await self.store.find(key)
             if record is None or record.id is None:
                 continue
-            if from_record(record).pagerduty_id == pd_id:
-                return from_record(record)
+            tracked = from_record(record)
+            fingerprint = trace.alert.fingerprint
+            if any(a.fingerprint == fingerprint for a in tracked.alerts):
+                # One of its own alerts (PagerDuty opened it): fold it in, so
+                # PagerDuty's resolution resolves it.
+                return None
+            if tracked.pagerduty_id == pd_id:
+                return tracked
 
             def link(inc: Incident, now: datetime) -> tuple[Incident, list[Effect]]:
                 number = trace.alert.labels.get("incident_number", pd_id)
@@ -412,9 +439,10 @@ class IncidentService:
                     )
                     if incident == current:
                         return current
+                    free = await self._free(current.id, incident.keys, keys)
                     incident = replace(
                         incident,
-                        keys=tuple(dict.fromkeys((*incident.keys, *keys))),
+                        keys=tuple(dict.fromkeys((*incident.keys, *free))),
                         version=current.version + 1,
                     )
                     stored = await self.store.update(to_record(incident))
@@ -424,6 +452,38 @@ class IncidentService:
                 return incident
             self._known.forget(incident.id)
         raise ConflictError(f"incident for {keys[0]} kept changing under us")
+
+    async def _free(
+        self,
+        incident_id: str,
+        held: Sequence[str],
+        keys: Sequence[str],
+        taken: set[str] | None = None,
+        unheld: set[str] | None = None,
+    ) -> list[str]:
+        """Those of ``keys`` the incident may take: not held by another one.
+
+        A trace found its incident by its first key that is held; a later key
+        of it may be held by another active incident (a rule's ``group_by``
+        across two Alertmanager groups), which keeps it: the store would
+        refuse the write. ``taken``: keys known held elsewhere (updated);
+        ``unheld``: keys known held by none.
+        """
+        taken = set() if taken is None else taken
+        free: list[str] = []
+        for key in keys:
+            if key in held or key in free:
+                continue
+            if unheld is not None and key in unheld and key not in taken:
+                free.append(key)
+                continue
+            if key not in taken:
+                record = await self.store.find(key)
+                if record is None or record.id == incident_id:
+                    free.append(key)
+                    continue
+                taken.add(key)
+        return free
 
     # ------------------------------------------------------------ changes
 
@@ -537,8 +597,14 @@ class IncidentService:
             return advance(inc, now, self.policy, self._rules.reevaluate)
 
         for incident_id in await self.store.watched():
-            before = await self.store.get(incident_id)
-            after = await self._change(incident_id, step)
+            try:
+                before = await self.store.get(incident_id)
+                after = await self._change(incident_id, step)
+            except StoreUnavailableError:
+                raise  # the store is gone: the next tick tries them all again
+            except Exception:  # one bad incident must not hold back the others
+                log.exception("incident_tick_failed", incident=incident_id)
+                continue
             if before is None or after.version != before.version:
                 changed += 1
         return changed

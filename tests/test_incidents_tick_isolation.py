@@ -1,0 +1,96 @@
+"""One incident the ticker cannot advance does not hold back the others.
+
+The ticker visits every watched incident in turn; an incident whose change
+keeps being refused (versions conflicting in a loop: another replica writes it
+every time) or that raises must be logged and skipped, so the breaches of the
+incidents after it are still noticed within the tick.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from incident_helpers import TickingClock, example, rulebook, traces
+
+from receiver.incidents.service import IncidentService
+from receiver.store.incidents_sqlite import SqliteIncidentStore
+
+SIEM = "alertmanager/sark-siem-forwarding-down.firing.json"
+API_DOWN = "alertmanager/sark-api-down.firing.json"
+
+
+class ContendedStore(SqliteIncidentStore):
+    """Every write of ``contended`` loses to someone else's."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.contended = ""
+
+    async def update(self, record):
+        if record.id == self.contended:
+            return None
+        return await super().update(record)
+
+
+async def test_a_contended_incident_does_not_stop_the_tick():
+    clock = TickingClock()
+    book = rulebook()
+    store = ContendedStore()
+    breaches: list[tuple[str, str]] = []
+    service = IncidentService(
+        store,
+        clock=clock,
+        rulebook=lambda: book,
+        on_breach=lambda sev, name: breaches.append((sev, name)),
+    )
+    try:
+        [first] = await service.observe(
+            await traces(book, "alertmanager", example(SIEM), clock())
+        )
+        [second] = await service.observe(
+            await traces(book, "alertmanager", example(API_DOWN), clock())
+        )
+        assert first.id < second.id  # visited first
+        store.contended = first.id
+        clock.jump(hours=3)
+        await service.tick()
+        later = await service.get(second.id)
+        assert any(k.startswith("acknowledge@") for k in later.breaches)
+        assert breaches
+        # Once the contention ends, the first is advanced on the next tick.
+        store.contended = ""
+        clock.jump(seconds=15)
+        await service.tick()
+        assert (await service.get(first.id)).breaches
+    finally:
+        await service.aclose()
+
+
+async def test_an_incident_that_raises_does_not_stop_the_tick():
+    clock = TickingClock()
+    book = rulebook()
+    service = IncidentService(
+        SqliteIncidentStore(":memory:"), clock=clock, rulebook=lambda: book
+    )
+    try:
+        [first] = await service.observe(
+            await traces(book, "alertmanager", example(SIEM), clock())
+        )
+        [second] = await service.observe(
+            await traces(book, "alertmanager", example(API_DOWN), clock())
+        )
+        original = service._rules.reevaluate
+
+        def reevaluate(ref, now):
+            if ref.rule == first.alerts[0].rule:
+                msg = "a rule bug"
+                raise RuntimeError(msg)
+            return original(ref, now)
+
+        service._rules.reevaluate = reevaluate  # type: ignore[method-assign]
+        clock.jump(hours=3)
+        await service.tick()
+        assert (await service.get(second.id)).breaches
+        assert clock.now - timedelta(hours=3) > first.opened_at
+    finally:
+        await service.aclose()
