@@ -79,9 +79,22 @@ class WorkerSupervisor:
         waits = Doubling(first=FIRST_BACKOFF, cap=MAX_BACKOFF)
         while not self._stopping.is_set():
             started = time.monotonic()
-            self._proc = await asyncio.create_subprocess_exec(
-                *self.command(), pass_fds=(self._bell.fileno(),)
-            )
+            try:
+                self._proc = await asyncio.create_subprocess_exec(
+                    *self.command(), pass_fds=(self._bell.fileno(),)
+                )
+            except OSError as exc:
+                # fork or exec failed (no memory, no process slots): the edge
+                # must not be left without a worker, so try again later.
+                wait = waits.failed()
+                log.exception(
+                    "worker_not_started",
+                    error=f"{type(exc).__name__}: {exc}",
+                    detail="the journal keeps what is accepted; trying again",
+                    restart_in=wait,
+                )
+                await asyncio.sleep(wait)
+                continue
             self.starts += 1
             log.info("worker_started", pid=self._proc.pid, starts=self.starts)
             code = await self._proc.wait()

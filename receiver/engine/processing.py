@@ -627,7 +627,9 @@ class Processor:
         now = self._clock()
         acks = None
         alerts = None
-        if prepared is not None and now - prepared.at <= PREPARED_FOR:
+        # Fresh only within PREPARED_FOR after it was read: a clock stepped back
+        # makes it look younger than it is, and it is read again then too.
+        if prepared is not None and timedelta(0) <= now - prepared.at <= PREPARED_FOR:
             acks = prepared.acks
             alerts = prepared.alerts.pop(entry.id, None)
         if alerts is None:

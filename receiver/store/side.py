@@ -10,6 +10,7 @@ statements in a thread under one lock, and turns any ``sqlite3.Error`` into a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -72,13 +73,21 @@ class SideDatabase:
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
             db = self._open()
+            if db.in_transaction:
+                # Left open by a ROLLBACK that failed (a disk error): rolled
+                # back now, or this call fails, never every call after it.
+                db.execute("ROLLBACK")
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(db)
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # Also after a failed COMMIT, which may leave the transaction
+                # open; the caller hears the first error, not the rollback's.
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
             return result
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:

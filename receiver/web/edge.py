@@ -110,6 +110,11 @@ class _Load:
         self.counted_over = False
         self.shed = 0
         self.logged_at = -1e9
+        # Requests admitted and not journaled (nor refused) yet: counted with
+        # the backlog, so a burst admitted at once cannot carry it past the
+        # bound before any of it is journaled. Each leaves when it journals
+        # or when its request ends (its task is done).
+        self.admitted: set[asyncio.Task[object]] = set()
 
 
 class Edge:
@@ -291,6 +296,10 @@ class Edge:
         except StoreUnavailableError:
             self._metrics.store_errors.inc()
             raise
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._load.admitted.discard(task)
         self._load.depth += 1
         if self._load.oldest is None:
             self._load.oldest = now
@@ -338,6 +347,10 @@ class Edge:
             over = self._over()
             load.counted_over = over is not None
         if over is None:
+            task = asyncio.current_task()
+            if task is not None and task not in load.admitted:
+                load.admitted.add(task)
+                task.add_done_callback(load.admitted.discard)
             return
         load.shed += 1
         self._metrics.shed.labels(source, over).inc()
@@ -362,7 +375,7 @@ class Edge:
     def _over(self) -> str | None:
         """Which bound the last known backlog is at, if any."""
         load, bound = self._load, self._bound
-        if load.depth >= bound.max_depth:
+        if load.depth + len(load.admitted) >= bound.max_depth:
             return "depth"
         if load.oldest is not None and load.depth > 0:
             age = (self._clock() - load.oldest).total_seconds()

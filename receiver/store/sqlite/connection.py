@@ -240,6 +240,11 @@ class SqliteFile:
         CPU a try. ``database is locked`` only after ``BUSY_TIMEOUT``.
         """
         db = self._db
+        if db.in_transaction:
+            # Left open by a ROLLBACK that failed (``_abort``, a disk error):
+            # rolled back now, or this batch fails as the store being down,
+            # never every batch after it ("within a transaction").
+            db.execute("ROLLBACK")
         pause, deadline = BUSY_FIRST_PAUSE, 0.0
         while True:
             try:
