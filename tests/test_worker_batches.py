@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -701,6 +702,46 @@ async def test_a_store_down_while_recording_retries_the_write_not_the_decision(
     assert worker._processor.decided == {"e000": 1}
     assert await _records_per_entry(store) == {"e000": 1}
     assert await store.pending() == (0, None)
+    await store.close()
+
+
+class BrokenClaim(SqliteStore):
+    """``claim_batch`` fails the first time with an error that is not 'unavailable'."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tries = 0
+
+    async def claim_batch(self, *args: Any, **kwargs: Any) -> Any:
+        self.tries += 1
+        if self.tries == 1:
+            msg = "file is not a database"  # as sqlite3 says of a damaged file
+            raise sqlite3.DatabaseError(msg)
+        return await super().claim_batch(*args, **kwargs)
+
+
+async def test_a_claim_that_breaks_does_not_stop_the_worker(tmp_path, monkeypatch):
+    """An unexpected error from a claim is logged and tried again, not fatal.
+
+    Before, it ended the worker task that claimed: with every task ended,
+    nothing more was decided.
+    """
+    sleep = asyncio.sleep
+
+    async def no_pause(delay: float, *args: Any) -> Any:
+        return await sleep(delay if delay >= 5 else 0, *args)
+
+    monkeypatch.setattr(asyncio, "sleep", no_pause)
+    store = BrokenClaim(str(tmp_path / "state.db"))
+    await store.append(_entry(0), [])
+    worker = _worker(tmp_path, store, Clock(), concurrency=1)
+    await worker.start()
+    try:
+        await journal_drained(store, timeout=5.0)
+    finally:
+        await worker.stop()
+    assert store.tries >= 2
+    assert worker._processor.decided == {"e000": 1}
     await store.close()
 
 

@@ -278,8 +278,10 @@ class Worker:
                 return await self._claim()
             except StoreUnavailableError as exc:
                 log.warning("journal_unavailable", error=str(exc), retry_in=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+            except Exception:  # a worker task never dies (a corrupt file, a bug)
+                log.exception("journal_claim_failed", retry_in=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
         return []
 
     async def _claim(self) -> list[Lease]:

@@ -421,7 +421,11 @@ class SqliteJournal(SqliteConnection):
         # the records are encoded; an entry once done stays done, so an older
         # snapshot only skips less.
         def done_before(db: sqlite3.Connection) -> set[str]:
-            return {i for i, state in _states(db, ids).items() if state == "done"}
+            states = _states(db, ids)
+            # Gone from the journal counts as done: only finished entries are
+            # pruned (a completion this late: its lease lapsed, another worker
+            # finished it, retention pruned it and its records).
+            return {i for i in ids if states.get(i, "done") == "done"}
 
         reading = asyncio.ensure_future(self._read(done_before))
         try:
