@@ -13,8 +13,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
-from receiver.errors import InputError
+from receiver.errors import InputError, RuleError
 from receiver.model import AlertTrace, Decision, MatchTrace
 
 if TYPE_CHECKING:
@@ -47,10 +48,11 @@ async def run_replay(args: argparse.Namespace) -> int:
     runtime = build_runtime(load_settings(args.config))
     rulebook = load_rulebook(args.rules or DEFAULT_RULES, steps=builtin_registry())
     processor = runtime.replayer(rulebook, clock)
-    traces: list[tuple[Path, AlertTrace]] = []
+    traces: list[tuple[str, AlertTrace]] = []
     events: list[str] = []
-    inputs = [(path, _read(path)) for path in args.files]
-    inputs += [(Path(ref), _fetch(ref)) for ref in args.sources]
+    # Named as given: a URL made a Path would lose a slash (``http:/host``).
+    inputs = [(str(path), _read(path)) for path in args.files]
+    inputs += [(ref, _fetch(ref)) for ref in args.sources]
     for path, body in inputs:
         try:
             data: object = parse_json(body)
@@ -82,7 +84,7 @@ def _at(text: str | None) -> datetime | None:
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
-def _recorded_event(path: Path, data: object) -> str:
+def _recorded_event(path: str, data: object) -> str:
     """What replay says of a payload that is an event, not an alert."""
     event = data.get("event") if isinstance(data, dict) else None
     kind = event.get("event_type", "event") if isinstance(event, dict) else "event"
@@ -101,7 +103,11 @@ def _api(ref: str) -> tuple[str, str, dict[str, str]]:
     from receiver.settings import load_settings  # noqa: PLC0415
 
     base, _, payload_id = ref.rstrip("/").rpartition("/")
-    if not base.startswith(("http://", "https://")) or not payload_id:
+    if (
+        not base.startswith(("http://", "https://"))
+        or not payload_id
+        or payload_id in (".", "..")
+    ):
         raise InputError(
             f"--from {ref!r}: expected BASE_URL/PAYLOAD_ID, e.g. "
             "http://127.0.0.1:8080/001a2182ce5b373ea899227ef"
@@ -136,8 +142,16 @@ def _retry(ref: str) -> str:
 def _fetch(ref: str) -> bytes:
     """A stored payload from a running receiver's API, as it was received."""
     _, response = _call(ref, "GET", "/api/v1/payloads/{id}", 200)
-    payload = response.json().get("payload")
-    return json.dumps(payload).encode()
+    try:
+        answer: object = response.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or "payload" not in answer:
+        raise InputError(
+            f"--from {ref}: the answer holds no stored payload (is this a "
+            f"receiver's URL?): {response.text[:200]}"
+        )
+    return json.dumps(answer["payload"]).encode()
 
 
 def _call(ref: str, method: str, path: str, expect: int) -> tuple[str, httpx.Response]:
@@ -149,7 +163,9 @@ def _call(ref: str, method: str, path: str, expect: int) -> tuple[str, httpx.Res
     import httpx  # noqa: PLC0415
 
     base, payload_id, headers = _api(ref)
-    url = base + path.format(id=payload_id)
+    # The id is one path segment: '?', '#' or '%2F' in it cannot reach
+    # another endpoint with the token.
+    url = base + path.format(id=quote(payload_id, safe=""))
     try:
         response = httpx.request(method, url, headers=headers, timeout=10)
     except httpx.HTTPError as exc:
@@ -195,8 +211,8 @@ def _print_match(match: MatchTrace, firing: bool) -> None:
         )
 
 
-def _print_traces(traces: list[tuple[Path, AlertTrace]]) -> None:
-    last: Path | None = None
+def _print_traces(traces: list[tuple[str, AlertTrace]]) -> None:
+    last: str | None = None
     for path, trace in traces:
         if path != last:
             out(f"== {path}")
@@ -232,20 +248,39 @@ async def run_backtest(args: argparse.Namespace) -> int:
     from receiver.steps.catalog import builtin_registry  # noqa: PLC0415
 
     period = backtest.parse_since(args.since)
+    if args.max_changed is not None and args.max_changed < 0:
+        raise InputError(f"--max-changed {args.max_changed}: give 0 or more alerts")
+    if args.limit < 1:
+        raise InputError(f"--limit {args.limit}: give 1 or more payloads")
     runtime = build_runtime(load_settings(args.config))
     url = f"sqlite:///{args.db}" if args.db else args.store
     if args.db and not args.db.exists():
         raise InputError(f"--db {args.db}: no such database file")
     steps = builtin_registry()
-    new_rules = load_rulebook(args.rules, steps=steps)
-    old_rules = load_rulebook(args.baseline or DEFAULT_RULES, steps=steps)
+    try:
+        new_rules = load_rulebook(args.rules, steps=steps)
+        old_rules = load_rulebook(args.baseline or DEFAULT_RULES, steps=steps)
+    except RuleError as exc:
+        # Exit 1 means "more than --max-changed"; rules that do not load are a
+        # bad argument (2): nothing was compared.
+        for detail in exc.details:
+            print(f"error: {detail}", file=sys.stderr)  # noqa: T201
+        return 2
     store = runtime.open_store(url)
     try:
+        # One more than the limit: to tell whether the period held more.
         entries = await backtest.stored_since(
-            store, datetime.now(UTC) - period, args.limit
+            store, datetime.now(UTC) - period, args.limit + 1
         )
     finally:
         await store.close()
+    if len(entries) > args.limit:
+        entries = entries[-args.limit :]
+        print(  # noqa: T201
+            f"receiver: the period holds more than --limit {args.limit} payloads; "
+            f"only the newest {args.limit} are replayed (raise --limit for all)",
+            file=sys.stderr,
+        )
     results = [
         await backtest.simulate(
             rules,

@@ -49,12 +49,18 @@ _SINCE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+# Further back than anything stored (the store's times start in 1970); a longer
+# period means the same, and ``now - period`` stays a date.
+MAX_SINCE = timedelta(days=365 * 1000)
+
+
 def parse_since(text: str) -> timedelta:
-    """``7d``, ``12h``, ``30m``, ``2w`` into a duration."""
+    """``7d``, ``12h``, ``30m``, ``2w`` into a duration (at most ``MAX_SINCE``)."""
     found = _SINCE.match(text.strip())
     if not found or int(found.group(1)) == 0:
         raise InputError(f"--since {text!r}: give a duration like 7d, 12h or 30m")
-    return timedelta(seconds=int(found.group(1)) * _UNITS[found.group(2)])
+    seconds = int(found.group(1)) * _UNITS[found.group(2)]
+    return timedelta(seconds=min(seconds, int(MAX_SINCE.total_seconds())))
 
 
 @dataclass

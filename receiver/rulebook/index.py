@@ -27,7 +27,13 @@ from collections.abc import Iterable, Mapping
 import re2
 
 from receiver.kept import Kept
-from receiver.rulebook.matchers import RE2_OPTIONS, SEEN_VALUES, Matcher, MatchType
+from receiver.rulebook.matchers import (
+    RE2_OPTIONS,
+    SEEN_VALUES,
+    Matcher,
+    MatchType,
+    as_go_reads_it,
+)
 from receiver.rulebook.schema import CompiledRule
 
 _META = frozenset(".^$*+?()[]{}\\|")
@@ -93,6 +99,15 @@ class _RegexSet:
             return
         self._set = automaton
 
+    @staticmethod
+    def _match(automaton: re2.Set, value: str) -> tuple[int, ...]:
+        try:
+            return tuple(automaton.Match(value) or ())
+        except UnicodeEncodeError:
+            # A lone surrogate cannot reach RE2 as UTF-8: read it as each
+            # Matcher does (U+FFFD, as Go decodes it), so both answer alike.
+            return tuple(automaton.Match(as_go_reads_it(value)) or ())
+
     def candidates(self, labels: Mapping[str, str]) -> Iterable[CompiledRule]:
         if self._set is None:
             hits: Iterable[int] = (
@@ -102,7 +117,7 @@ class _RegexSet:
             value = labels.get(self.label, "")
             seen = self._seen.get(value)
             if seen is None:
-                seen = self._seen.keep(value, tuple(self._set.Match(value) or ()))
+                seen = self._seen.keep(value, self._match(self._set, value))
             hits = seen
         for i in hits:
             yield from self._rules[i]
@@ -186,12 +201,21 @@ class RuleIndex:
     def candidates(self, labels: Mapping[str, str]) -> list[CompiledRule]:
         """Rules that may match ``labels``, in evaluation order."""
         found: list[CompiledRule] = list(self._unindexed)
+        twice = False
         for name in self._labels:
             value = labels.get(name)
             if value is not None:
                 found.extend(self._buckets.get((name, value), ()))
+                # str.isascii is a flag check; only a lone surrogate reads
+                # otherwise, and a rule filed under a literal regex alternative
+                # matches the value as Go reads it (U+FFFD), as Matcher does.
+                if not value.isascii() and (read := as_go_reads_it(value)) != value:
+                    found.extend(self._buckets.get((name, read), ()))
+                    twice = True
         for regex_set in self._sets:
             found.extend(regex_set.candidates(labels))
+        if twice:
+            found = list({c.order: c for c in found}.values())
         if len(found) > 1:
             found.sort(key=lambda c: c.order)
         return found

@@ -37,6 +37,147 @@ _Bound = tuple[str, dict[str, str], str | None, str]
 TEST_SUFFIXES = (".test.yaml", ".test.yml")
 # A rule file's top level as YAML gave it, before validation.
 Raw: TypeAlias = "Mapping[object, object]"
+# Bounds on one rule (or rule test) file, so a hostile one is refused quickly:
+# its size, how deep it nests and how many values it holds once its aliases
+# are expanded (a "billion laughs" is a few lines of anchors).
+MAX_FILE_BYTES = 4 << 20
+MAX_DEPTH = 64
+MAX_NODES = 1_000_000
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+class YAMLRefused(yaml.YAMLError):
+    """A YAML document over a bound, or with a duplicate key; says how to fix it."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys and deep nesting."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                line = event.start_mark.line + 1
+                raise YAMLRefused(
+                    f"nests too deeply: deeper than {MAX_DEPTH} levels (line {line}); "
+                    "flatten it"
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(
+        self, node: yaml.MappingNode, deep: bool = False
+    ) -> dict[object, object]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[type, object], int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE:
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get((type(key), key))
+                except TypeError:
+                    continue  # an unhashable key: the constructor refuses it
+                if first is not None:
+                    raise YAMLRefused(
+                        f"duplicate key {key!r} (line {line}, first on line "
+                        f"{first}); YAML would keep only the last, so remove one"
+                    )
+                seen[type(key), key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document too big or too deep once its aliases are expanded."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if not finished:
+            if key in size:
+                continue
+            if key in depth:  # still being walked: it contains itself
+                raise YAMLRefused(
+                    f"an alias refers to a value that contains it (line "
+                    f"{node.start_mark.line + 1}); write the value out"
+                )
+            depth[key] = 0
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node))
+            continue
+        children = _children(node)
+        size[key] = 1 + sum(size[id(c)] for c in children)
+        depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
+        if size[key] > MAX_NODES:
+            raise YAMLRefused(
+                f"expands to more than {MAX_NODES:,} values (aliases repeat what "
+                "their anchor names); write the rules out or split the file"
+            )
+        if depth[key] > MAX_DEPTH:
+            raise YAMLRefused(
+                f"nests too deeply: deeper than {MAX_DEPTH} levels once its "
+                f"aliases are expanded (line {node.start_mark.line + 1}); flatten it"
+            )
+
+
+def load_yaml(text: str) -> object:
+    """One YAML document, parsed safely within the bounds above.
+
+    Raises:
+        yaml.YAMLError: the text is not YAML, or is over a bound or repeats a
+            key (``YAMLRefused``, whose message says how to fix it).
+    """
+    if len(text) > MAX_FILE_BYTES:
+        raise YAMLRefused(
+            f"is larger than {MAX_FILE_BYTES >> 20} MiB; split it into several files"
+        )
+    loader = _BoundedLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        _check_expansion(root)
+        return loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
+def read_text(path: Path) -> str:
+    """A rule file's text, read within ``MAX_FILE_BYTES``.
+
+    Raises:
+        OSError: it cannot be read.
+        YAMLRefused: it is too large or not UTF-8.
+    """
+    with path.open("rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise YAMLRefused(
+            f"is larger than {MAX_FILE_BYTES >> 20} MiB; split it into several files"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise YAMLRefused(
+            f"is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -201,15 +342,21 @@ class _Loader:
 
     def read(self, path: Path) -> Raw | None:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_text(path)
         except OSError as exc:
-            self.error(str(path), f"cannot read: {exc.strerror}")
+            self.error(str(path), f"cannot read: {exc.strerror or exc}")
+            return None
+        except YAMLRefused as exc:
+            self.error(str(path), str(exc))
             return None
         return self.parse(str(path), text)
 
     def parse(self, file: str, text: str) -> Raw | None:
         try:
-            raw: object = yaml.safe_load(text)
+            raw: object = load_yaml(text)
+        except YAMLRefused as exc:
+            self.error(file, str(exc))
+            return None
         except yaml.YAMLError as exc:
             self.error(file, f"invalid YAML: {exc}")
             return None

@@ -141,7 +141,7 @@ class Matcher:
         except UnicodeEncodeError:
             # A lone surrogate (JSON allows "\ud800") cannot reach RE2 as UTF-8.
             # Go's JSON decoder, and so Alertmanager, reads it as U+FFFD.
-            return regex.search(_as_go_reads_it(actual)) is not None
+            return regex.search(as_go_reads_it(actual)) is not None
 
     def __str__(self) -> str:
         escaped = (
@@ -150,7 +150,7 @@ class Matcher:
         return f'{self.name}{self.type.value}"{escaped}"'
 
 
-def _as_go_reads_it(value: str) -> str:
+def as_go_reads_it(value: str) -> str:
     """``value`` with each lone surrogate replaced by U+FFFD, as Go decodes JSON."""
     return "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in value)
 

@@ -26,8 +26,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from receiver.errors import RuleError
 from receiver.model import Alert, Severity, Source, freeze
-from receiver.rulebook.loader import TEST_SUFFIXES, Rulebook, load_rulebook
+from receiver.rulebook.loader import (
+    TEST_SUFFIXES,
+    Rulebook,
+    load_rulebook,
+    load_yaml,
+    read_text,
+)
 from receiver.rulebook.steps import StepRegistry
+
+
+def _utc(at: datetime | None) -> datetime | None:
+    """``at`` in UTC; a time without an offset is UTC (as replay's ``--at``).
+
+    Never the local time zone: a test passes or fails alike on every machine.
+    """
+    if at is None:
+        return None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 class TestAlert(BaseModel):
@@ -50,8 +66,8 @@ class TestAlert(BaseModel):
             status=self.status,
             labels=freeze(self.labels),
             annotations=freeze(self.annotations),
-            starts_at=self.startsAt.astimezone(UTC) if self.startsAt else None,
-            ends_at=self.endsAt.astimezone(UTC) if self.endsAt else None,
+            starts_at=_utc(self.startsAt),
+            ends_at=_utc(self.endsAt),
         )
 
 
@@ -249,9 +265,12 @@ def run_file(
     """
     name = str(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(read_text(path))
         parsed = TestFile.model_validate(data)
-    except (OSError, yaml.YAMLError) as exc:
+    except OSError as exc:
+        problem = f"cannot read: {exc.strerror or exc}"
+        return [CaseResult(name, "<file>", ok=False, problems=(problem,))]
+    except yaml.YAMLError as exc:
         return [CaseResult(name, "<file>", ok=False, problems=(str(exc),))]
     except ValidationError as exc:
         return [CaseResult(name, "<file>", ok=False, problems=_schema_problems(exc))]
@@ -272,7 +291,7 @@ def run_file(
                 CaseResult(name, label, ok=False, problems=_schema_problems(exc))
             )
             continue
-        at = case.at.astimezone(UTC) if case.at else now()
+        at = _utc(case.at) or now()
         got = planner(case.alert.to_alert(), book, at, case.execute)
         problems = tuple(compare(case.expect, got))
         results.append(CaseResult(name, label, ok=not problems, problems=problems))
