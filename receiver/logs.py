@@ -17,6 +17,8 @@ from structlog.typing import EventDict, WrappedLogger
 from receiver.scrubbing import Scrubber
 
 _KEY_CACHE = 4096
+# How deep nested log values are searched for secrets.
+_DEPTH = 8
 _SECRET_KEYS = (
     "authorization",
     "token",
@@ -88,27 +90,67 @@ class Summary:
         self._reset()
 
 
+class _Redactor:
+    """Masks secret-named keys and known secret values, nested ones too."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.mask = Scrubber(secrets)
+        # Whether a key names a secret, decided once per key: a busy service
+        # logs the same few keys millions of times.
+        self._secret_key: dict[str, bool] = {}
+
+    def named(self, key: object) -> bool:
+        """Whether ``key`` names a secret (``token``, ``password``, ...)."""
+        if not isinstance(key, str):
+            return False
+        found = self._secret_key.get(key)
+        if found is None:
+            lowered = key.lower()
+            found = any(part in lowered for part in _SECRET_KEYS)
+            if len(self._secret_key) < _KEY_CACHE:
+                self._secret_key[key] = found
+        return found
+
+    def clean(self, value: object, depth: int = 0) -> object:
+        """``value`` with every known secret masked, however deep."""
+        if isinstance(value, str):
+            return self.mask(value)
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        if depth > _DEPTH:
+            return "***"
+        if isinstance(value, dict):
+            return {
+                k: "***" if self.named(k) else self.clean(v, depth + 1)
+                for k, v in value.items()
+            }
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [self.clean(v, depth + 1) for v in value]
+        text = repr(value)
+        masked = self.mask(text)
+        return value if masked == text else masked
+
+
 def redact_processor(
     secrets: Iterable[str],
 ) -> structlog.types.Processor:
-    """A processor that masks secret-named keys and any known secret value."""
-    mask = Scrubber(secrets)
-    # Whether a key names a secret, decided once per key: a busy service logs
-    # the same few keys millions of times.
-    secret_key: dict[str, bool] = {}
+    """A processor that masks secret-named keys and any known secret value.
+
+    Values inside dicts, lists and tuples are masked too, and an object that
+    is not plain data (an exception passed as a value) is rendered as text
+    when its ``repr``, which the renderer would print, holds a secret.
+    """
+    redactor = _Redactor(secrets)
+    mask, named, clean = redactor.mask, redactor.named, redactor.clean
 
     def processor(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
         for key, value in event.items():
-            named = secret_key.get(key)
-            if named is None:
-                lowered = key.lower()
-                named = any(part in lowered for part in _SECRET_KEYS)
-                if len(secret_key) < _KEY_CACHE:
-                    secret_key[key] = named
-            if named:
+            if named(key):
                 event[key] = "***"
             elif mask and isinstance(value, str):
                 event[key] = mask(value)
+            elif mask and value is not None and not isinstance(value, (int, float)):
+                event[key] = clean(value)
         return event
 
     return processor

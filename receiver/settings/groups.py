@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import NoDecode
@@ -36,6 +37,7 @@ from receiver.settings.values import (
     Duration,
     PathList,
     SecretMapping,
+    redis_identity,
     split_list,
 )
 
@@ -302,6 +304,28 @@ class StoreSettings(Group):
         description="State store: sqlite:///PATH (one instance) or redis://HOST "
         "(replicas).",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _a_store_url(cls, url: str) -> str:
+        """sqlite:// or a Redis URL that parses; never echoed (it may hold one)."""
+        if url.startswith("sqlite://"):
+            return url
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                "must be sqlite:///PATH or redis://[:password@]HOST[:PORT][/DB] "
+                "(rediss:// for TLS, unix:///PATH for a socket); the value is not "
+                "shown, it may hold a password"
+            )
+        try:
+            redis_identity(url)
+        except ValueError:
+            raise ValueError(
+                "the Redis URL cannot be read as redis://[:password@]host[:port]/db "
+                "with a numeric port and database; percent-encode the password's "
+                "reserved characters (/ as %2F, # as %23, ? as %3F, @ as %40)"
+            ) from None
+        return url
 
     @property
     def in_memory(self) -> bool:

@@ -8,6 +8,8 @@ credentials, a Redis target that is the receiver's own store) live here.
 
 from __future__ import annotations
 
+import base64
+
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -38,7 +40,13 @@ from receiver.settings.integrations import (
     SinkSettings,
     SlackSettings,
 )
-from receiver.settings.values import redis_identity, url_parses, url_secrets, where
+from receiver.settings.values import (
+    redis_identity,
+    secret_url_parts,
+    url_parses,
+    url_secrets,
+    where,
+)
 
 
 class Settings(BaseSettings):
@@ -228,13 +236,23 @@ class Settings(BaseSettings):
         ]
         found = [secret.get_secret_value() for secret in secrets]
         if auth.basic is not None:
-            found.append(auth.basic.get_secret_value().partition(":")[2])
+            basic = auth.basic.get_secret_value()
+            found.append(basic.partition(":")[2])
+            found.append(base64.b64encode(basic.encode()).decode())
+        # A Slack or webhook URL is a token as a whole: also the forms and the
+        # parts of it a client or an echoing server prints.
+        for url in (*self.sinks.webhook_urls, slack.webhook_url):
+            if url is not None:
+                found += secret_url_parts(url.get_secret_value())
         targets = (*self.redis.targets.values(), *self.prometheus.targets.values())
-        for url in (*self.sinks.webhook_urls, *targets):
-            found += url_secrets(url.get_secret_value())
         for target in targets:
+            found += url_secrets(target.get_secret_value())
             if url_secrets(target.get_secret_value()):
                 found.append(target.get_secret_value())
+        # Plain URL settings that may still carry a password.
+        for plain in (self.store.url, self.prometheus.url, self.alertmanager.url):
+            if plain:
+                found += url_secrets(plain)
         return sorted({f for f in found if f}, key=len, reverse=True)
 
     @property

@@ -82,6 +82,12 @@ def _read_env(environ: Mapping[str, str], name: str) -> str | None:
             raise ConfigError(
                 f"{name}_FILE names {path}, which cannot be read: {exc.strerror}"
             ) from exc
+        except UnicodeDecodeError:
+            # Never the bytes: they are a secret's.
+            raise ConfigError(
+                f"{name}_FILE names {path}, which is not UTF-8 text; write the "
+                "value as plain text"
+            ) from None
     return environ.get(name)
 
 
@@ -115,13 +121,32 @@ class YamlSource(YamlConfigSettingsSource):
     def _read_file(self, file_path: Path | Traversable) -> Raw:
         try:
             loaded = yaml.safe_load(file_path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config file {file_path}: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read config file {file_path}: {exc.strerror or exc}"
+            ) from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"cannot read config file {file_path}: {_yaml_problem(exc)}"
+            ) from None
         if not isinstance(loaded, dict):
             raise ConfigError(
                 f"config file {file_path} must hold a mapping of settings"
             )
         return nest(loaded, where=f"config file {file_path}")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong with a YAML file and where, without the text around it.
+
+    PyYAML's own message quotes the offending line, which may hold a secret.
+    """
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return "not valid YAML"
+    mark = exc.problem_mark or exc.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    what = " ".join(p for p in (exc.context, exc.problem) if p) or "not valid YAML"
+    return f"{where}{what} (YAML syntax)"
 
 
 def nest(data: Mapping[str, object], *, where: str) -> Raw:

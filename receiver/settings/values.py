@@ -7,11 +7,13 @@ says how a setting is written. Used by ``receiver.settings.groups``.
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
+import httpx
 from pydantic import BeforeValidator, SecretStr
 from pydantic_settings import NoDecode
 
@@ -129,10 +131,46 @@ def url_parses(url: str) -> bool:
 
 
 def url_secrets(url: str) -> list[str]:
-    """The credential parts of a URL (password, user:password), for redaction."""
+    """The credential parts of a URL (password, user:password), for redaction.
+
+    Also ``user:password`` in base64, as an HTTP client sends it (and a server
+    may echo it back).
+    """
     parts = urlsplit(url)
     found = []
     if parts.password:
         found += [parts.password, unquote(parts.password)]
         found.append(f"{parts.username or ''}:{parts.password}")
+        pair = f"{unquote(parts.username or '')}:{unquote(parts.password)}"
+        found.append(base64.b64encode(pair.encode()).decode())
     return [f for f in found if f and f != ":"]
+
+
+# Path segments and query values at least this long are masked on their own.
+_TOKEN_SEGMENT = 16
+_TOKEN_VALUE = 8
+
+
+def secret_url_parts(url: str) -> list[str]:
+    """What to mask of a URL that is a secret as a whole (Slack, webhook URLs).
+
+    The URL as an HTTP client prints it (host lower-cased, default port
+    dropped), its path and query (what a server echoes back), the query, long
+    query values and path segments (the token alone), and its credentials.
+    """
+    found = [url, *url_secrets(url)]
+    try:
+        found.append(str(httpx.URL(url)))
+        parts = urlsplit(url)
+    except (httpx.InvalidURL, ValueError):
+        return found
+    path, query = parts.path, parts.query
+    if path.strip("/") or query:
+        found.append(f"{path}?{query}" if query else path)
+    if query:
+        found.append(query)
+        found += [v for _, v in parse_qsl(query) if len(v) >= _TOKEN_VALUE]
+        found += [v for v in query.split("&") if len(v) >= _TOKEN_VALUE]
+    found += [s for s in path.split("/") if len(s) >= _TOKEN_SEGMENT]
+    found += [unquote(s) for s in path.split("/") if len(s) >= _TOKEN_SEGMENT]
+    return [f for f in found if f]

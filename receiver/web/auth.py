@@ -251,8 +251,12 @@ class Authenticator:
                 granted |= token.scopes if ok else frozenset()
                 person = token.person if ok and token.person else person
         else:
+            # Never echo the header: without a separating space its "scheme"
+            # is the credential itself (a bare token, or "Bearer<TAB>token").
             raise AuthError(
-                f"unsupported Authorization scheme {scheme[:20]!r}; use Bearer or Basic"
+                "unsupported Authorization header; send 'Bearer <token>' or "
+                "'Basic <base64 of user:password>' (the scheme, one space, the "
+                "credential)"
             )
         if not matched:
             raise ForbiddenError("credentials not accepted")
