@@ -135,6 +135,33 @@ def test_bad_settings_are_one_line_and_exit_1(tmp_path):
     assert "RECEIVER_WORKERS" in entry["error"] or "workers" in entry["error"]
 
 
+def test_a_store_out_of_reach_is_one_line_and_exit_1(tmp_path):
+    """A Redis store nobody answers: one JSON line naming it, exit 1, no traceback.
+
+    Before, a worker's start raised past the handler: a raw traceback (which
+    no log processor masks) and, under ``serve``, a child restarted for ever.
+    """
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(GOOD)
+    store = f"redis://:s3cretpw@127.0.0.1:{free_port()}/0"
+    done = _receiver(
+        "serve",
+        "--role",
+        "worker",
+        "--port",
+        "0",
+        "--rules",
+        str(rules),
+        env={"RECEIVER_STORE": store},
+    )
+    assert done.returncode == 1
+    [entry] = _json_lines(done.stderr)
+    assert entry["event"] == "serve_failed"
+    assert "unreachable" in entry["error"]
+    assert "check that the store is up" in entry["error"]
+    assert "s3cretpw" not in done.stderr + done.stdout
+
+
 def _reload(base: str) -> httpx.Response:
     return httpx.post(
         f"{base}/-/reload", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10

@@ -15,7 +15,13 @@ import sys
 from typing import TYPE_CHECKING
 
 from receiver import __version__
-from receiver.errors import ConfigError, InputError, RuleError
+from receiver.errors import (
+    ConfigError,
+    InputError,
+    ReceiverError,
+    RuleError,
+    StoreUnavailableError,
+)
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -50,6 +56,14 @@ def serve_or_say_why(args: argparse.Namespace) -> int:
         error = f"cannot start: {exc.strerror or exc}"
         if exc.filename:
             error += f": {exc.filename}"
+    except StoreUnavailableError as exc:
+        # The store cannot be reached yet (a worker child is started again by
+        # its supervisor; a process manager restarts the edge).
+        error = (
+            f"cannot start: {' '.join(str(exc).split())}; check that the store is up"
+        )
+    except ReceiverError as exc:
+        error = f"cannot start: {' '.join(str(exc).split())}"
     structlog.get_logger("receiver").error("serve_failed", error=error)
     return 1
 
