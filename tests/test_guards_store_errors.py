@@ -130,33 +130,23 @@ def _alert(service: str) -> Alert:
     )
 
 
-async def test_an_outage_at_the_last_check_leaves_the_occurrence_free_to_run(
-    store: Store, tmp_path: Any
+@pytest.mark.parametrize(
+    ("method", "on_call"),
+    [
+        # ``alert_state`` is read twice per remediation: before the approval
+        # and right before acting (the last check); the second read fails.
+        ("alert_state", 2),
+        ("mark_sending", 1),  # nothing was sent
+    ],
+    ids=["last-check", "mark-sending"],
+)
+async def test_an_outage_before_sending_leaves_the_occurrence_free_to_run(
+    store: Store, tmp_path: Any, method: str, on_call: int
 ) -> None:
-    """The last check's read fails once; the worker's retry runs the step once.
-
-    ``alert_state`` is read twice per remediation: before the approval and
-    right before acting (the last check). The second read fails.
-    """
+    """The store fails once before anything is sent: the retry runs the step once."""
     executor = Executor()
     processor = _processor(tmp_path, store, executor)
-    _fail_once(store, "alert_state", on_call=2)
-    with pytest.raises(StoreUnavailableError):
-        await processor.decide([_alert("a")], "payload-1")
-    assert executor.calls == []
-    [trace] = await processor.decide([_alert("a")], "payload-1")
-    step = trace.matches[0].steps[-1]
-    assert step.decision is Decision.EXECUTED, step.reason
-    assert executor.calls == ["http://hooks.test/a"]
-
-
-async def test_an_outage_when_marking_sending_leaves_the_occurrence_free_to_run(
-    store: Store, tmp_path: Any
-) -> None:
-    """``mark_sending`` fails (nothing was sent): the retry runs the step once."""
-    executor = Executor()
-    processor = _processor(tmp_path, store, executor)
-    _fail_once(store, "mark_sending")
+    _fail_once(store, method, on_call=on_call)
     with pytest.raises(StoreUnavailableError):
         await processor.decide([_alert("a")], "payload-1")
     assert executor.calls == []

@@ -80,13 +80,12 @@ async def test_a_worker_that_exits_with_any_code_is_started_again(monkeypatch, c
     """Whatever the child's exit code, a new one is started (after the backoff)."""
     monkeypatch.setattr(supervisor_module, "FIRST_BACKOFF", 0.0)
     procs: list[FakeProcess] = []
-    second = asyncio.Event()
+    first, second = asyncio.Event(), asyncio.Event()
 
     async def spawn(*_args: Any, **_kwargs: Any) -> FakeProcess:
         proc = FakeProcess(2000 + len(procs))
         procs.append(proc)
-        if len(procs) == 2:
-            second.set()
+        (first if len(procs) == 1 else second).set()
         return proc
 
     monkeypatch.setattr(supervisor_module.asyncio, "create_subprocess_exec", spawn)
@@ -94,8 +93,7 @@ async def test_a_worker_that_exits_with_any_code_is_started_again(monkeypatch, c
     sup = WorkerSupervisor([], worker_end)
     with structlog.testing.capture_logs() as logs:
         await sup.start()
-        while not procs:
-            await asyncio.sleep(0)
+        await asyncio.wait_for(first.wait(), 10)
         procs[0].exit(code)
         await asyncio.wait_for(second.wait(), 10)
         await sup.stop()
