@@ -109,13 +109,19 @@ def _fail_once(store: Store, name: str, *, on_call: int = 1) -> list[int]:
     return calls
 
 
-def _processor(tmp_path: Any, store: Store, executor: Executor) -> Processor:
+def _keeper(store: Store) -> GuardKeeper:
+    return GuardKeeper(
+        store, "worker-1", GuardDefaults(global_budget_max=1000, cooldown=timedelta(0))
+    )
+
+
+def _processor(
+    tmp_path: Any, store: Store, executor: Executor, keeper: GuardKeeper | None = None
+) -> Processor:
     (tmp_path / "rules.yaml").write_text(RULES)
     rulebook = load_rulebook([tmp_path / "rules.yaml"], steps=builtin_registry())
     clock = Clock()
-    keeper = GuardKeeper(
-        store, "worker-1", GuardDefaults(global_budget_max=1000, cooldown=timedelta(0))
-    )
+    keeper = keeper or _keeper(store)
     runner = Runner({"http": executor}, clock, mode="execute", guards=keeper)
     return Processor(rulebook, runner, clock, PlanContext(execute=True), store=store)
 
@@ -169,3 +175,60 @@ async def test_an_outage_at_the_last_check_returns_the_budget_slot(
     step = trace.matches[0].steps[-1]
     assert step.decision is Decision.EXECUTED, step.reason
     assert executor.calls == ["http://hooks.test/b"]
+
+
+@pytest.mark.parametrize("part", ["release_budget", "release_key", "release_lock"])
+async def test_a_hand_back_the_outage_also_stopped_is_made_before_the_next_pass(
+    store: Store, tmp_path: Any, part: str
+) -> None:
+    """Still down as the claim, slot or lock is handed back: owed, then returned.
+
+    Without it, the claim read "already started by worker-1 ... not run again"
+    until a restart, the lock held the target for its TTL, the slot spent the
+    budget of one.
+    """
+    executor = Executor()
+    keeper = _keeper(store)
+    processor = _processor(tmp_path, store, executor, keeper)
+    _fail_once(store, "mark_sending")
+    _fail_once(store, part)
+    with pytest.raises(StoreUnavailableError):
+        await processor.decide([_alert("a")], "payload-1")
+    assert keeper.owed == 1
+    [trace] = await processor.decide([_alert("a")], "payload-1")
+    step = trace.matches[0].steps[-1]
+    assert step.decision is Decision.EXECUTED, step.reason
+    assert executor.calls == ["http://hooks.test/a"]
+    assert keeper.owed == 0
+
+
+async def test_a_hand_back_owed_waits_out_a_longer_outage(
+    store: Store, tmp_path: Any
+) -> None:
+    """The hand-back fails again at the next pass: still owed, returned later."""
+    executor = Executor()
+    keeper = _keeper(store)
+    processor = _processor(tmp_path, store, executor, keeper)
+    _fail_once(store, "mark_sending")
+    calls = _fail_once(store, "release_key")
+    with pytest.raises(StoreUnavailableError):
+        await processor.decide([_alert("a")], "payload-1")
+    # The next pass: its hand-back of the owed claim fails (2nd call) and so
+    # does the pass itself, before it claims anything.
+    real = store.release_key
+    down = [True]
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        if down[0]:
+            down[0] = False
+            raise StoreUnavailableError("injected: still down")
+        return await real(*args, **kwargs)
+
+    store.release_key = flaky  # type: ignore[method-assign]
+    await keeper.settle()
+    assert keeper.owed == 1
+    assert calls[0] == 1
+    [trace] = await processor.decide([_alert("a")], "payload-1")
+    step = trace.matches[0].steps[-1]
+    assert step.decision is Decision.EXECUTED, step.reason
+    assert keeper.owed == 0

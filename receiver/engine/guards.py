@@ -21,6 +21,7 @@ from typing import Protocol
 
 import structlog
 
+from receiver.errors import ReceiverError
 from receiver.model import Alert, JSONValue, SourceView, iso
 from receiver.rulebook.schema import Guards
 from receiver.rulebook.templates import format_duration
@@ -93,6 +94,8 @@ class Held:
     # whether that incarnation is known to have stopped (not just silent).
     recovered: Claim | None = None
     stopped: bool = False
+    # Set once ``abandon`` handed the run-once claim back (it may fail after).
+    key_returned: bool = False
 
 
 class GuardKeeper:
@@ -110,6 +113,11 @@ class GuardKeeper:
         self.owner = owner
         self.defaults = defaults
         self.firing_check = firing_check
+        # Passes whose hand-back failed (the store went down meanwhile), by
+        # key: their claim still reads "started by <this owner>", so no later
+        # pass of this worker could run the occurrence until a restart.
+        # Handed back before the next pass takes anything.
+        self._owed: dict[str, Held] = {}
 
     def cool_off(self, guards: Guards) -> tuple[int, timedelta]:
         """Circuit threshold and cool-off for a playbook."""
@@ -280,6 +288,7 @@ class GuardKeeper:
         "already started/done" (and whether its action was sent), never a lock
         refusal that would not say.
         """
+        await self.settle()
         outcome = await self.store.claim_key(
             key, self.owner, now, self.defaults.idempotency_ttl
         )
@@ -340,20 +349,58 @@ class GuardKeeper:
             held.budgets.append(slot)
 
     async def abandon(self, held: Held) -> None:
-        """Give back exactly what ``enter`` took: the run did not happen."""
-        for slot in held.budgets:
-            await self.store.release_budget(slot)
-        held.budgets.clear()
-        if held.recovered is not None and held.recovered.status == "sending":
-            # A crashed run's action may have left: keep that mark (now ours)
-            # so nothing ever runs it blindly again.
-            await self.store.mark_sending(
-                held.key, held.owner, held.recovered.at, held.recovered.intent
-            )
-        else:
-            await self.store.release_key(held.key, held.owner)
+        """Give back exactly what ``enter`` took: the run did not happen.
+
+        If the store fails meanwhile, what is left is owed: handed back by
+        ``settle`` before this keeper's next pass (the error still raises).
+        """
+        try:
+            await self._give_back(held)
+        except BaseException:
+            self._owed[held.key] = held
+            raise
+        self._owed.pop(held.key, None)
+
+    async def _give_back(self, held: Held) -> None:
+        # Part by part, each dropped from ``held`` once given back: a retry
+        # after a failure gives back only the rest.
+        while held.budgets:
+            await self.store.release_budget(held.budgets[0])
+            held.budgets.pop(0)
+        if not held.key_returned:
+            if held.recovered is not None and held.recovered.status == "sending":
+                # A crashed run's action may have left: keep that mark (now
+                # ours) so nothing ever runs it blindly again.
+                await self.store.mark_sending(
+                    held.key, held.owner, held.recovered.at, held.recovered.intent
+                )
+            else:
+                await self.store.release_key(held.key, held.owner)
+            held.key_returned = True
         if held.lock is not None:
             await self.store.release_lock(held.lock)
+            held.lock = None
+
+    @property
+    def owed(self) -> int:
+        """Passes whose claim, lock or budget slots are still to be handed back."""
+        return len(self._owed)
+
+    async def settle(self) -> None:
+        """Hand back what earlier passes could not; never raises for an outage."""
+        for held in list(self._owed.values()):
+            try:
+                await self.abandon(held)
+            except ReceiverError as exc:
+                log.warning(
+                    "guard_hand_back_pending",
+                    key=held.key,
+                    owed=len(self._owed),
+                    error=str(exc),
+                    detail="handed back before this worker's next remediation",
+                )
+                return
+            log.info("guard_hand_back_done", key=held.key)
 
     async def renew(self, held: Held, now: datetime, ttl: timedelta) -> None:
         """Keep the target lock while the run and its verification go on."""
