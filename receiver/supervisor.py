@@ -2,8 +2,8 @@
 
 Used by ``receiver serve`` (role ``all`` on a file or Redis store): the edge
 process accepts and journals, the child decides, so a storm of decisions never
-slows a 202 and the two use both cores. The child gets one end of the doorbell
-socket (``receiver.engine.doorbell``) as an inherited file descriptor. If it
+slows a 202 and the two use both cores. Each child gets one end of a new doorbell
+socket pair (``receiver.engine.doorbell``) as an inherited file descriptor. If it
 exits for any reason other than our own stop, it is started again after a short
 backoff (doubling up to ``MAX_BACKOFF``, reset once a child has run for a while);
 the journal keeps everything it had not finished, and the new child takes it up.
@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import structlog
 from aiohttp import web
@@ -36,11 +36,15 @@ STOP_GRACE = 30.0
 class WorkerSupervisor:
     """Keeps one worker child process running while the edge runs."""
 
-    def __init__(self, args: Sequence[str], bell: socket.socket) -> None:
+    def __init__(
+        self, args: Sequence[str], connect: Callable[[], Awaitable[socket.socket]]
+    ) -> None:
         # ``args``: the ``receiver serve`` options to pass on (rules, config,
         # mode); the role and the doorbell's descriptor are added here.
+        # ``connect``: the worker's end of a new doorbell line, one per child
+        # (``EdgeBell.new_line``).
         self._args = list(args)
-        self._bell = bell
+        self._connect = connect
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -56,9 +60,8 @@ class WorkerSupervisor:
         if self._proc is not None and self._proc.returncode is None:
             self._proc.send_signal(signal.SIGHUP)
 
-    def command(self) -> list[str]:
-        """The child's command line."""
-        fd = self._bell.fileno()
+    def command(self, fd: int) -> list[str]:
+        """The child's command line, its doorbell on descriptor ``fd``."""
         return [
             sys.executable,
             "-m",
@@ -79,9 +82,10 @@ class WorkerSupervisor:
         waits = Doubling(first=FIRST_BACKOFF, cap=MAX_BACKOFF)
         while not self._stopping.is_set():
             started = time.monotonic()
+            bell = await self._connect()
             try:
                 self._proc = await asyncio.create_subprocess_exec(
-                    *self.command(), pass_fds=(self._bell.fileno(),)
+                    *self.command(bell.fileno()), pass_fds=(bell.fileno(),)
                 )
             except OSError as exc:
                 # fork or exec failed (no memory, no process slots): the edge
@@ -95,6 +99,10 @@ class WorkerSupervisor:
                 )
                 await asyncio.sleep(wait)
                 continue
+            finally:
+                # The child has its own copy (or none was made): with ours
+                # closed, the edge hears end of file when the child is gone.
+                bell.close()
             self.starts += 1
             log.info("worker_started", pid=self._proc.pid, starts=self.starts)
             code = await self._proc.wait()
@@ -130,7 +138,6 @@ class WorkerSupervisor:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._bell.close()
 
 
 def supervise(

@@ -142,9 +142,8 @@ def _serve(args: argparse.Namespace) -> int:
     )
     edge_bell = worker_bell = supervisor = None
     if split:
-        edge_end, worker_end = socket.socketpair()
-        edge_bell = EdgeBell(edge_end)
-        supervisor = WorkerSupervisor(_passed_on(args), worker_end)
+        edge_bell = EdgeBell()
+        supervisor = WorkerSupervisor(_passed_on(args), edge_bell.new_line)
     if args.bell_fd is not None:
         worker_bell = WorkerBell(socket.socket(fileno=args.bell_fd))
     app = create_app(

@@ -7,7 +7,9 @@ so a full buffer loses nothing); the worker waits on the bell instead of polling
 the journal. Back the other way the worker sends its own metrics (the families it
 counts: alerts, matches, steps, guards) as length-prefixed frames, so the edge's
 ``/metrics`` shows the whole service. End of file on either side means the other
-process is gone: the worker then stops, and the edge's supervisor starts a new one.
+process is gone: the worker then stops, and the edge's supervisor starts a new one,
+on a new socket pair (``EdgeBell.new_line``): a worker killed in the middle of a
+metrics frame leaves nothing behind that the next one's frames would be read into.
 """
 
 from __future__ import annotations
@@ -31,17 +33,54 @@ MAX_FRAME = 8 << 20
 class EdgeBell:
     """The edge's end: ring the worker, keep the worker's latest metrics."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        sock.settimeout(0.0)  # non-blocking
-        self._sock = sock
+    def __init__(self, sock: socket.socket | None = None) -> None:
+        self._sock: socket.socket | None = None
         self.worker_metrics = b""
         self._reader: asyncio.Task[None] | None = None
+        self._started = False
         self._pending = False
+        if sock is not None:
+            self._attach(sock)
 
     @property
     def worker_ready(self) -> bool:
         """Whether a worker has reported since this edge started."""
         return bool(self.worker_metrics)
+
+    async def new_line(self) -> socket.socket:
+        """A new socket pair for the next worker; returns the worker's end.
+
+        The edge's end replaces the last one (closed, with whatever part of a
+        frame a killed worker left in it): frames are never read across two
+        workers. The caller closes its copy of the worker's end once the child
+        has its own, so the edge hears end of file when the child is gone.
+        """
+        edge_end, worker_end = socket.socketpair()
+        await self._detach()
+        self._attach(edge_end)
+        return worker_end
+
+    def _attach(self, sock: socket.socket) -> None:
+        sock.settimeout(0.0)  # non-blocking
+        self._sock = sock
+        if self._started:
+            self._start_reading()
+
+    def _start_reading(self) -> None:
+        if self._sock is not None and self._reader is None:
+            self._reader = asyncio.create_task(
+                self._read(self._sock), name="doorbell-metrics"
+            )
+
+    async def _detach(self) -> None:
+        reader, sock = self._reader, self._sock
+        self._reader = self._sock = None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if sock is not None:
+            sock.close()
 
     def ring(self) -> None:
         """Wake the worker, once per turn of the event loop however many ring.
@@ -57,19 +96,22 @@ class EdgeBell:
 
     def _send(self) -> None:
         self._pending = False
+        if self._sock is None:  # between two workers: the next one looks anyway
+            return
         with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
             self._sock.send(b"\x01")
 
     def start(self) -> None:
         """Read the worker's metrics frames in the background."""
-        self._reader = asyncio.create_task(self._read(), name="doorbell-metrics")
+        self._started = True
+        self._start_reading()
 
-    async def _read(self) -> None:
+    async def _read(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         buffer = b""
         while True:
             try:
-                chunk = await loop.sock_recv(self._sock, 65536)
+                chunk = await loop.sock_recv(sock, 65536)
             except OSError:
                 return
             if not chunk:
@@ -86,11 +128,8 @@ class EdgeBell:
 
     async def aclose(self) -> None:
         """Stop reading and close this end."""
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        self._sock.close()
+        self._started = False
+        await self._detach()
 
 
 class WorkerBell:
