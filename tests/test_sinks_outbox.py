@@ -454,8 +454,10 @@ class Renewals:
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
-    async def extend(self, row_id: str, until: datetime) -> None:
-        await self.inner.extend(row_id, until)
+    async def extend(
+        self, row_id: str, until: datetime, *, claim: int | None = None
+    ) -> None:
+        await self.inner.extend(row_id, until, claim=claim)
         self.count += 1
         if self.count >= self.wanted:
             self.enough.set()

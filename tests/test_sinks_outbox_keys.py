@@ -1,5 +1,8 @@
 """A delivery whose lease lapsed finishes after another claim parked it, and back.
 
+And a holder whose lease lapsed can no longer move or park what the next
+holder claimed: its hand-back, renewal and parking act on its own claim only.
+
 Two holders of one row (a stalled replica whose lease lapsed, and the one that
 claimed it next) must leave no phantom behind on either store: no parked entry
 for a row that is gone (it would count in ``receiver_sink_outbox_parked``
@@ -66,3 +69,67 @@ async def test_two_holders_of_a_row_leave_no_phantom(backend, order, tmp_path):
         assert await outbox.claim(later + LEASE * 10, LEASE) is None
         await outbox.close()
         assert await leftovers(backend, url, path) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("act", ["release", "extend", "park"])
+async def test_a_lapsed_holder_cannot_touch_the_next_claim(backend, act, tmp_path):
+    """The stalled holder hands back, renews or parks: the next claim stands.
+
+    Before claims were numbered, its hand-back made the row due at once (a
+    third replica claimed it while the second still delivered), its renewal
+    moved the second's lease, its parking set aside a delivery in flight.
+    """
+    with run_redis(tmp_path) as url:
+        path = str(tmp_path / "o.db")
+        outbox = RedisOutbox(url) if backend == "redis" else SqliteOutbox(path)
+        await outbox.put([("p1:0:fp", "owner", "{}", ["slack"])], NOW)
+        stalled = await outbox.claim(NOW, LEASE)  # its lease lapses
+        assert stalled is not None
+        later = NOW + 2 * LEASE
+        other = await outbox.claim(later, LEASE)
+        assert other is not None
+        assert other.claim == stalled.claim + 1
+        if act == "release":
+            await outbox.release(stalled.id, later, claim=stalled.claim)
+        elif act == "extend":
+            # Moved back (to a due time already past): a renewal of old.
+            await outbox.extend(stalled.id, later, claim=stalled.claim)
+        else:
+            await outbox.park(stalled.id, "failed 5 times", claim=stalled.claim)
+        # The second holder's lease holds: nobody else claims the row.
+        assert await outbox.claim(later + LEASE / 2, LEASE) is None
+        assert await outbox.counts() == (1, 0)
+        # Its own claim still acts.
+        await outbox.release(other.id, later, claim=other.claim)
+        third = await outbox.claim(later + LEASE / 2, LEASE)
+        assert third is not None
+        assert third.claim == other.claim + 1
+        await outbox.park(third.id, "failed 5 times", claim=third.claim)
+        assert await outbox.counts() == (0, 1)
+        await outbox.close()
+
+
+async def test_an_outbox_file_of_an_older_version_numbers_its_claims(tmp_path):
+    """A file without the claims column gets it; its waiting rows are claimed."""
+    path = str(tmp_path / "o.db")
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE sink_outbox (id TEXT PRIMARY KEY, owner TEXT NOT NULL, "
+        "trace TEXT NOT NULL, sinks TEXT NOT NULL, attempts INTEGER NOT NULL "
+        "DEFAULT 0, due TEXT NOT NULL, parked TEXT NOT NULL DEFAULT '', "
+        "claimed INTEGER NOT NULL DEFAULT 0)"
+    )
+    db.execute(
+        "INSERT INTO sink_outbox(id, owner, trace, sinks, attempts, due) "
+        "VALUES ('p1:0:fp', 'owner', '{}', '[\"slack\"]', 2, '2026-11-26')"
+    )
+    db.commit()
+    db.close()
+    outbox = SqliteOutbox(path)
+    row = await outbox.claim(NOW, LEASE)
+    assert row is not None
+    assert (row.attempts, row.claim) == (3, 1)
+    await outbox.release(row.id, NOW, claim=row.claim)
+    assert (await outbox.claim(NOW, LEASE)) is not None
+    await outbox.close()

@@ -117,10 +117,12 @@ class GateOnRenewal:
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
-    async def extend(self, row_id: str, until: datetime) -> None:
+    async def extend(
+        self, row_id: str, until: datetime, *, claim: int | None = None
+    ) -> None:
         if self.crashing.failed.is_set():
             self.slow.gate.set()
-        await self.inner.extend(row_id, until)
+        await self.inner.extend(row_id, until, claim=claim)
 
 
 async def test_a_crashing_sink_does_not_resend_a_slow_sibling(tmp_path):

@@ -346,7 +346,7 @@ class SinkDispatcher:
             )
             return
         renewing = asyncio.create_task(
-            self._renew(row.id), name=f"sink-outbox-renew-{row.id}"
+            self._renew(row), name=f"sink-outbox-renew-{row.id}"
         )
         try:
             try:
@@ -359,7 +359,7 @@ class SinkDispatcher:
         except asyncio.CancelledError:
             # Shutdown: hand it back, due at once, for the next start.
             with contextlib.suppress(ReceiverError):
-                await self._outbox.release(row.id, self._clock())
+                await self._outbox.release(row.id, self._clock(), claim=row.claim)
             raise
         except Exception as exc:  # noqa: BLE001 (retried, then parked)
             error = self._scrub(f"{exc.__class__.__name__}: {exc}")
@@ -376,21 +376,26 @@ class SinkDispatcher:
                 error=error,
                 retry_in=wait,
             )
-            await self._outbox.release(row.id, self._clock() + timedelta(seconds=wait))
+            await self._outbox.release(
+                row.id, self._clock() + timedelta(seconds=wait), claim=row.claim
+            )
 
-    async def _renew(self, row_id: str) -> None:
-        """Keep the claim on ``row_id`` while its delivery runs (until cancelled)."""
+    async def _renew(self, row: OutboxRow) -> None:
+        """Keep the claim on ``row`` while its delivery runs (until cancelled)."""
+        row_id = row.id
         while True:
             await asyncio.sleep(self._renew_every)
             try:
-                await self._outbox.extend(row_id, self._clock() + self._lease)
+                await self._outbox.extend(
+                    row_id, self._clock() + self._lease, claim=row.claim
+                )
             except ReceiverError as exc:
                 log.warning("sink_outbox_renew_failed", row=row_id, error=str(exc))
             except Exception:  # the delivery goes on; the next renewal may work
                 log.exception("sink_outbox_renew_failed", row=row_id)
 
     async def _park(self, row: OutboxRow, reason: str) -> None:
-        await self._outbox.park(row.id, reason)
+        await self._outbox.park(row.id, reason, claim=row.claim)
         log.error(
             "sink_delivery_parked",
             row=row.id,

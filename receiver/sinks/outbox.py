@@ -70,6 +70,11 @@ class OutboxRow(Protocol):
         """Claims so far, this one included (a crash mid-delivery counts)."""
         ...
 
+    @property
+    def claim(self) -> int:
+        """Which claim of the row this is (never reset): the holder's token."""
+        ...
+
 
 class ParkedDelivery(OutboxRow, Protocol):
     """A delivery set aside after too many attempts (kept, never claimed)."""
@@ -104,15 +109,24 @@ class Outbox(Protocol):
         """Delete a delivered row."""
         ...
 
-    async def release(self, row_id: str, due: datetime) -> None:
-        """Hand a claimed row back, to be claimed again from ``due``."""
+    async def release(
+        self, row_id: str, due: datetime, *, claim: int | None = None
+    ) -> None:
+        """Hand a claimed row back, to be claimed again from ``due``.
+
+        ``claim`` (``OutboxRow.claim``): only while the row is still that
+        claim, not once another holder claimed it after this one's lease
+        lapsed. None: regardless (tools, tests).
+        """
         ...
 
-    async def extend(self, row_id: str, until: datetime) -> None:
+    async def extend(
+        self, row_id: str, until: datetime, *, claim: int | None = None
+    ) -> None:
         """Keep a claimed row from other claims until ``until`` (renew the claim).
 
         Nothing happens to a row no longer claimed (finished, handed back,
-        parked).
+        parked) or, with ``claim``, claimed by someone else since.
         """
         ...
 
@@ -125,8 +139,11 @@ class Outbox(Protocol):
         """
         ...
 
-    async def park(self, row_id: str, reason: str) -> None:
-        """Set a row aside: kept, counted, never claimed again."""
+    async def park(self, row_id: str, reason: str, *, claim: int | None = None) -> None:
+        """Set a row aside: kept, counted, never claimed again.
+
+        With ``claim``: only while the row is still that claim.
+        """
         ...
 
     async def counts(self) -> tuple[int, int]:

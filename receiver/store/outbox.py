@@ -13,7 +13,10 @@ backlog never loses one:
   a Redis TTL).
 
 A claim pushes the row's due time one lease ahead: a worker that dies with it
-leaves it to be claimed again when the lease lapses. On SQLite, one instance
+leaves it to be claimed again when the lease lapses. Each claim is numbered: a
+holder whose lease lapsed (and whose row someone else claimed since) can no
+longer hand it back, renew or park it, so it cannot move the new holder's
+lease or set its delivery aside. On SQLite, one instance
 alone, the process that decides hands every claimed row back when it starts
 (``reclaim``), as it does the journal's claims: a delivery a killed worker was
 making goes out as soon as its successor runs, not a lease later. Unreachable
@@ -25,7 +28,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -49,6 +52,9 @@ class OutboxRow:
     sinks: tuple[str, ...]
     done: dict[str, str]
     attempts: int
+    # Which claim of the row this is (counted from 1, never reset): handing the
+    # row back, renewing or parking it acts only while it is still this claim.
+    claim: int = field(default=0, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,8 @@ CREATE TABLE IF NOT EXISTS sink_outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     due TEXT NOT NULL,
     parked TEXT NOT NULL DEFAULT '',
-    claimed INTEGER NOT NULL DEFAULT 0
+    claimed INTEGER NOT NULL DEFAULT 0,
+    claims INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS sink_outbox_due ON sink_outbox(parked, due);
 CREATE TABLE IF NOT EXISTS sink_outbox_done (
@@ -95,12 +102,13 @@ def _ms(ts: datetime) -> int:
 
 
 def _migrate(db: sqlite3.Connection) -> None:
-    """Add the column a file of an older version lacks."""
+    """Add the columns a file of an older version lacks."""
     cols = {r[1] for r in db.execute("PRAGMA table_info(sink_outbox)")}
-    if cols and "claimed" not in cols:
-        db.execute(
-            "ALTER TABLE sink_outbox ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0"
-        )
+    for col in ("claimed", "claims"):
+        if cols and col not in cols:
+            db.execute(
+                f"ALTER TABLE sink_outbox ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0"
+            )
 
 
 class SqliteOutbox:
@@ -136,7 +144,7 @@ class SqliteOutbox:
     async def claim(self, now: datetime, lease: timedelta) -> OutboxRow | None:  # noqa: D102
         def run(db: sqlite3.Connection) -> OutboxRow | None:
             row = db.execute(
-                "SELECT id, owner, trace, sinks, attempts FROM sink_outbox "
+                "SELECT id, owner, trace, sinks, attempts, claims FROM sink_outbox "
                 "WHERE parked = '' AND due <= ? ORDER BY due, id LIMIT 1",
                 (_stamp(now),),
             ).fetchone()
@@ -144,7 +152,7 @@ class SqliteOutbox:
                 return None
             db.execute(
                 "UPDATE sink_outbox SET due = ?, attempts = attempts + 1, "
-                "claimed = 1 WHERE id = ?",
+                "claimed = 1, claims = claims + 1 WHERE id = ?",
                 (_stamp(now + lease), row[0]),
             )
             done = dict(
@@ -154,7 +162,13 @@ class SqliteOutbox:
                 ).fetchall()
             )
             return OutboxRow(
-                row[0], row[1], row[2], tuple(json.loads(row[3])), done, row[4] + 1
+                row[0],
+                row[1],
+                row[2],
+                tuple(json.loads(row[3])),
+                done,
+                row[4] + 1,
+                claim=row[5] + 1,
             )
 
         return await self._run(run)
@@ -178,30 +192,41 @@ class SqliteOutbox:
 
         await self._run(run)
 
-    async def release(self, row_id: str, due: datetime) -> None:  # noqa: D102
+    async def release(  # noqa: D102
+        self, row_id: str, due: datetime, *, claim: int | None = None
+    ) -> None:
+        # These three act only while the row is still the caller's claim
+        # (``claim`` None: regardless).
         def run(db: sqlite3.Connection) -> None:
             db.execute(
-                "UPDATE sink_outbox SET due = ?, claimed = 0 WHERE id = ?",
-                (_stamp(due), row_id),
+                "UPDATE sink_outbox SET due = ?, claimed = 0 WHERE id = ? "
+                "AND (? IS NULL OR claims = ?)",
+                (_stamp(due), row_id, claim, claim),
             )
 
         await self._run(run)
 
-    async def park(self, row_id: str, reason: str) -> None:  # noqa: D102
+    async def park(  # noqa: D102
+        self, row_id: str, reason: str, *, claim: int | None = None
+    ) -> None:
         def run(db: sqlite3.Connection) -> None:
             db.execute(
-                "UPDATE sink_outbox SET parked = ?, claimed = 0 WHERE id = ?",
-                (reason or "parked", row_id),
+                "UPDATE sink_outbox SET parked = ?, claimed = 0 WHERE id = ? "
+                "AND (? IS NULL OR claims = ?)",
+                (reason or "parked", row_id, claim, claim),
             )
 
         await self._run(run)
 
-    async def extend(self, row_id: str, until: datetime) -> None:  # noqa: D102
+    async def extend(  # noqa: D102
+        self, row_id: str, until: datetime, *, claim: int | None = None
+    ) -> None:
         def run(db: sqlite3.Connection) -> None:
             db.execute(
                 "UPDATE sink_outbox SET due = ? "
-                "WHERE id = ? AND claimed = 1 AND parked = ''",
-                (_stamp(until), row_id),
+                "WHERE id = ? AND claimed = 1 AND parked = '' "
+                "AND (? IS NULL OR claims = ?)",
+                (_stamp(until), row_id, claim, claim),
             )
 
         await self._run(run)
@@ -306,7 +331,17 @@ if redis.call('EXISTS', row) == 0 then
   return false
 end
 redis.call('HINCRBY', row, 'attempts', 1)
+redis.call('HINCRBY', row, 'claims', 1)
 return {id, redis.call('HGETALL', row), redis.call('HGETALL', ARGV[4] .. id)}
+"""
+
+# Move a row's due time (hand back, renew) only while it is the caller's claim
+# (ARGV[3] = '' : regardless) and still due or in flight (not parked/finished).
+_MOVE = """
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[2], 'claims') ~= ARGV[3] then
+  return 0
+end
+return redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[2])
 """
 
 # Add a row unless it exists (due or parked): a repeat of a delivery is ignored.
@@ -327,8 +362,12 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
 """
 
-# Set a row aside, only while it exists (not one another holder finished).
+# Set a row aside, only while it exists (not one another holder finished) and
+# is the caller's claim (ARGV[3] = '': regardless).
 _PARK = """
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'claims') ~= ARGV[3] then
+  return 0
+end
 redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
@@ -377,6 +416,7 @@ class RedisOutbox:
         self._retry = self._redis.register_script(_RETRY)
         self._progress = self._redis.register_script(_PROGRESS)
         self._park = self._redis.register_script(_PARK)
+        self._move = self._redis.register_script(_MOVE)
 
     def _row(self, row_id: str) -> str:
         return f"{self._prefix}:outbox:row:{row_id}"
@@ -426,7 +466,11 @@ class RedisOutbox:
             if not got:
                 return None
             row_id, row, done = got
-            return OutboxRow(*_fields(str(row_id), _pairs(row), _pairs(done)))
+            fields = _pairs(row)
+            return OutboxRow(
+                *_fields(str(row_id), fields, _pairs(done)),
+                claim=int(fields["claims"]),
+            )
 
         result: OutboxRow | None = await self._call(run)
         return result
@@ -451,26 +495,37 @@ class RedisOutbox:
 
         await self._call(run)
 
-    async def release(self, row_id: str, due: datetime) -> None:  # noqa: D102
-        await self._call(
-            lambda: self._redis.zadd(self._due, {row_id: _ms(due)}, xx=True)
-        )
-
-    async def park(self, row_id: str, reason: str) -> None:  # noqa: D102
+    async def _move_due(self, row_id: str, due: datetime, claim: int | None) -> None:
         async def run() -> None:
-            await self._park(
-                keys=[self._row(row_id), self._due, self._parked],
-                args=[row_id, reason or "parked"],
+            await self._move(
+                keys=[self._due, self._row(row_id)],
+                args=[_ms(due), row_id, "" if claim is None else str(claim)],
             )
 
         await self._call(run)
 
-    async def extend(self, row_id: str, until: datetime) -> None:  # noqa: D102
+    async def release(  # noqa: D102
+        self, row_id: str, due: datetime, *, claim: int | None = None
+    ) -> None:
+        await self._move_due(row_id, due, claim)
+
+    async def park(  # noqa: D102
+        self, row_id: str, reason: str, *, claim: int | None = None
+    ) -> None:
+        async def run() -> None:
+            await self._park(
+                keys=[self._row(row_id), self._due, self._parked],
+                args=[row_id, reason or "parked", "" if claim is None else str(claim)],
+            )
+
+        await self._call(run)
+
+    async def extend(  # noqa: D102
+        self, row_id: str, until: datetime, *, claim: int | None = None
+    ) -> None:
         # Only while it is in the due set: not once finished or parked. (A row
         # handed back for a backoff is, but its delivery has stopped renewing.)
-        await self._call(
-            lambda: self._redis.zadd(self._due, {row_id: _ms(until)}, xx=True)
-        )
+        await self._move_due(row_id, until, claim)
 
     async def reclaim(self, now: datetime) -> int:  # noqa: D102, ARG002 (nothing to do)
         # Replicas share the outbox: a row another replica claimed may be on
