@@ -22,6 +22,7 @@ import pytest
 import redis.asyncio
 from peers import free_port, run_redis
 
+from receiver.engine.guards import GuardDefaults
 from receiver.errors import StoreUnavailableError
 from receiver.model import iso
 from receiver.store.base import (
@@ -35,6 +36,7 @@ from receiver.store.base import (
     Store,
 )
 from receiver.store.redis import RedisStore
+from receiver.store.redis.guards import FORGET_DEAD_AFTER
 from receiver.store.sqlite import SqliteStore
 
 T0 = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
@@ -648,6 +650,32 @@ async def test_recovery_releases_a_dead_incarnations_locks(store: Store) -> None
     assert released == ["target:x"]
     assert await store.lock_holder("target:x", clock()) is None
     assert await store.acquire_lock("target:x", "new", clock(), HOUR) is not None
+
+
+async def test_a_claim_left_days_ago_by_a_dead_incarnation_is_recovered(
+    store: Store,
+) -> None:
+    """Every replica down for two days: the claim (7 days) is still taken over.
+
+    Redis forgot incarnations dead for a day, while their run-once claims last
+    seven: a claim left by a crash then read as live, "already started ... not
+    run again", for the rest of its week.
+    """
+    week = timedelta(days=7)
+    await store.register("crashed", T0, timedelta(seconds=30))
+    assert (await store.claim_key("k", "crashed", T0, week)).won
+    later = Tick(T0 + timedelta(days=2))
+    await store.register("next", later(), timedelta(minutes=1))
+    await store.recover("next", later())
+    outcome = await store.claim_key("k", "next", later(), week)
+    assert outcome.won, outcome.holder
+    assert outcome.recovered is not None
+    assert outcome.recovered.owner == "crashed"
+
+
+def test_redis_forgets_the_dead_only_after_their_claims_lapse() -> None:
+    """The horizon stays past the run-once claims' lifetime if either changes."""
+    assert GuardDefaults().idempotency_ttl < FORGET_DEAD_AFTER
 
 
 async def test_a_dead_incarnations_lock_is_taken_over(store: Store) -> None:

@@ -21,7 +21,8 @@ Key layout (``P`` is the configured prefix; every name after it is the caller's)
                            with XCLAIM
     P:parked               sorted set of parked entry ids, score parked_at (ms)
     P:incarnations         sorted set of worker incarnations, score = alive
-                           until (the caller's clock, ms)
+                           until (the caller's clock, ms); forgotten 8 days
+                           after death (run-once claims live 7)
     P:held:{incarnation}   set of lock names an incarnation took (recovery)
     P:pause                JSON Pause while the global pause is on
     P:payloads             sorted set of every stored id, score received_at (ms)

@@ -27,6 +27,11 @@ from receiver.store.redis.codec import (
 )
 from receiver.store.redis.core import RedisCore
 
+# An incarnation dead this long is forgotten. Longer than a run-once claim lives
+# (``GuardDefaults.idempotency_ttl``, 7 days): a claim whose owner is forgotten
+# reads as live, so it could not be taken over after a crash.
+FORGET_DEAD_AFTER = timedelta(days=8)
+
 
 class GuardOps(RedisCore):
     """Delivery ids, incarnations, run-once keys, locks, budgets, pause, circuits."""
@@ -80,10 +85,10 @@ class GuardOps(RedisCore):
                     ):
                         released.append(name)  # noqa: PERF401 (awaits in between)
                 await self._redis.delete(held)
-            # Forget incarnations dead for a day: their claims have been
-            # recovered or have expired by then.
+            # Forget incarnations dead for longer than any run-once claim
+            # lives: a claim whose owner is forgotten reads as live.
             await self._redis.zremrangebyscore(
-                self._incarnations, "-inf", f"({_ms(now) - 86_400_000}"
+                self._incarnations, "-inf", f"({_ms(now - FORGET_DEAD_AFTER)}"
             )
         return sorted(released)
 
