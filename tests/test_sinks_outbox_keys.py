@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio
 from peers import run_redis
 
-from receiver.store.outbox import RedisOutbox, SqliteOutbox
+from receiver.store.outbox import OutboxRow, RedisOutbox, SqliteOutbox
 
 NOW = datetime(2026, 11, 26, 10, 12, tzinfo=UTC)
 LEASE = timedelta(minutes=1)
@@ -40,19 +40,27 @@ async def leftovers(backend: str, url: str, path: str) -> list[str]:
     return [f"{a}:{b}" for a, b in rows]
 
 
+async def two_holders(
+    outbox: RedisOutbox | SqliteOutbox,
+) -> tuple[OutboxRow, OutboxRow, datetime]:
+    """One row claimed twice: a holder whose lease lapsed, and the next one."""
+    await outbox.put([("p1:0:fp", "owner", "{}", ["slack"])], NOW)
+    stalled = await outbox.claim(NOW, LEASE)  # its lease lapses
+    assert stalled is not None
+    later = NOW + 2 * LEASE
+    other = await outbox.claim(later, LEASE)
+    assert other is not None
+    assert other.id == stalled.id
+    return stalled, other, later
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 @pytest.mark.parametrize("order", ["park_then_finish", "finish_then_park"])
 async def test_two_holders_of_a_row_leave_no_phantom(backend, order, tmp_path):
     with run_redis(tmp_path) as url:
         path = str(tmp_path / "o.db")
         outbox = RedisOutbox(url) if backend == "redis" else SqliteOutbox(path)
-        await outbox.put([("p1:0:fp", "owner", "{}", ["slack"])], NOW)
-        stalled = await outbox.claim(NOW, LEASE)  # its lease lapses
-        assert stalled is not None
-        later = NOW + 2 * LEASE
-        other = await outbox.claim(later, LEASE)
-        assert other is not None
-        assert other.id == stalled.id
+        stalled, other, later = await two_holders(outbox)
         if order == "park_then_finish":
             # The next holder gives up on it; the stalled one then finishes.
             await outbox.park(other.id, "claimed 5 times without finishing")
@@ -83,12 +91,7 @@ async def test_a_lapsed_holder_cannot_touch_the_next_claim(backend, act, tmp_pat
     with run_redis(tmp_path) as url:
         path = str(tmp_path / "o.db")
         outbox = RedisOutbox(url) if backend == "redis" else SqliteOutbox(path)
-        await outbox.put([("p1:0:fp", "owner", "{}", ["slack"])], NOW)
-        stalled = await outbox.claim(NOW, LEASE)  # its lease lapses
-        assert stalled is not None
-        later = NOW + 2 * LEASE
-        other = await outbox.claim(later, LEASE)
-        assert other is not None
+        stalled, other, later = await two_holders(outbox)
         assert other.claim == stalled.claim + 1
         if act == "release":
             await outbox.release(stalled.id, later, claim=stalled.claim)
