@@ -14,13 +14,16 @@ import hashlib
 import hmac
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio
 import structlog
+from peers import run_redis
 from pydantic import SecretStr
 
 from receiver.app import create_app
@@ -31,7 +34,9 @@ from receiver.runtime import build_runtime
 from receiver.settings import Settings, flat_keys, groups
 from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore
-from receiver.store.base import JournalEntry
+from receiver.store.base import JournalEntry, Store
+from receiver.store.redis import RedisStore
+from receiver.store.sqlite import SqliteStore
 
 # ---------------------------------------------------------------- app under test
 
@@ -343,3 +348,32 @@ def _fresh_logging():
         proxy = getattr(module, "log", None) if name.startswith("receiver") else None
         if isinstance(proxy, structlog._config.BoundLoggerLazyProxy):
             vars(proxy).pop("bind", None)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with run_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def any_store(
+    request: pytest.FixtureRequest, tmp_path: Any
+) -> AsyncIterator[Store]:
+    """Each test on both stores; on Redis, keys of its own, removed after."""
+    made: Store
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    url = ""
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        made = RedisStore(url, prefix=prefix)
+    else:
+        made = SqliteStore(str(tmp_path / "state.db"))
+    yield made
+    await made.close()
+    if url:
+        client = redis.asyncio.Redis.from_url(url)
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.unlink(*keys)
+        await client.aclose()

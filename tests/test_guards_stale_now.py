@@ -12,15 +12,12 @@ ordered by events, never by sleeping.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
-import redis.asyncio
-from peers import run_redis
+from guard_helpers import HOUR, T0, Clock
 
 from receiver.engine.guards import GuardDefaults, GuardKeeper
 from receiver.engine.planner import PlanContext
@@ -30,11 +27,6 @@ from receiver.model import Alert, Decision, StepResult, freeze
 from receiver.rulebook.loader import load_rulebook
 from receiver.steps.catalog import builtin_registry
 from receiver.store.base import Store
-from receiver.store.redis import RedisStore
-from receiver.store.sqlite import SqliteStore
-
-T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
-HOUR = timedelta(hours=1)
 
 RULES = """
 playbooks:
@@ -52,20 +44,6 @@ rules:
   - {name: slow, match: ['alertname="Slow"'], playbook: slow}
   - {name: budgeted, match: ['alertname="Budgeted"'], playbook: budgeted}
 """
-
-
-class Clock:
-    """Advances a millisecond on every reading; ``advance`` moves it on."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(milliseconds=1)
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
 
 
 @dataclass
@@ -93,30 +71,9 @@ class Executor:
         return StepResult(ok=True, reason="verified")
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with run_redis(tmp_path_factory.mktemp("redis")) as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[Store]:
-    made: Store
-    prefix = f"review-{uuid.uuid4().hex[:12]}"
-    url = ""
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
-        made = RedisStore(url, prefix=prefix)
-    else:
-        made = SqliteStore(str(tmp_path / "state.db"))
-    yield made
-    await made.close()
-    if url:
-        client = redis.asyncio.Redis.from_url(url)
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.unlink(*keys)
-        await client.aclose()
+@pytest.fixture
+def store(any_store: Store) -> Store:
+    return any_store
 
 
 def _processor(

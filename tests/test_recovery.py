@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from guard_helpers import T0, Clock
 
 from receiver.engine.guards import GuardDefaults, GuardKeeper, idempotency_key
 from receiver.engine.planner import PlanContext
@@ -27,7 +28,6 @@ from receiver.steps.catalog import builtin_registry
 from receiver.store import SqliteStore
 from receiver.store.base import DecisionQuery, JournalEntry, Lease, Retention
 
-T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 LEASE = timedelta(milliseconds=300)
 
 RULES = """
@@ -46,20 +46,6 @@ playbooks:
 rules:
   - {name: hook, match: ['alertname="Hook"'], playbook: hook}
 """
-
-
-class Clock:
-    """Advances a millisecond on every reading; ``advance`` moves it further."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(milliseconds=1)
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
 
 
 class SpyStore(SqliteStore):
