@@ -55,6 +55,7 @@ from receiver.web.console import Console
 from receiver.web.handlers import Backpressure, Handlers
 from receiver.web.problems import make_middleware
 from receiver.web.reload import Reloader, step_types
+from receiver.web.routing import Routes
 from receiver.web.slack import SlackInteractions
 
 log = structlog.get_logger("receiver")
@@ -95,7 +96,7 @@ def add_routes(app: web.Application, handlers: Handlers, role: Role = "all") -> 
 
     A worker process (role ``worker``) serves only health and metrics.
     """
-    r = app.router
+    r = Routes(app.router)
     if role == "worker":
         r.add_get("/healthz", handlers.healthz)
         r.add_get("/readyz", handlers.readyz)
@@ -132,13 +133,14 @@ def _add_operations(
     changes = ChangeEvents(
         store=store, auth=auth, clock=clock, read_body=handlers.read_body
     )
-    app.router.add_post(
+    routes = Routes(app.router)
+    routes.add_post(
         "/v2/change/enqueue",
         events_api_errors(changes.enqueue),
         name="webhook:change_events",
     )
     if reloader.paths:
-        app.router.add_post("/-/reload", reloader.handle)
+        routes.add_post("/-/reload", reloader.handle)
 
 
 def _flush_accepted(
@@ -316,7 +318,9 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
             ),
             on_journaled=edge_bell.ring if edge_bell is not None else None,
         )
-        app.router.add_post("/api/v1/approvals/{id}", ApprovalAPI(desk, auth).decide)
+        Routes(app.router).add_post(
+            "/api/v1/approvals/{id}", ApprovalAPI(desk, auth).decide
+        )
         SlackInteractions(
             slack=settings.slack, store=store, desk=desk, clock=clock, client=client
         ).attach(app)

@@ -34,6 +34,7 @@ from receiver.sources import parse_json
 from receiver.store.base import Pause, Store, new_id
 from receiver.web.approvals import identify, read_body
 from receiver.web.auth import Authenticator, require_scope
+from receiver.web.routing import Routes
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -80,13 +81,14 @@ class Admin:
 
     def routes(self, router: web.UrlDispatcher) -> None:
         """Register every route of this module."""
-        router.add_get("/api/v1/pause", self.get_pause)
-        router.add_post("/api/v1/pause", self.post_pause)
-        router.add_delete("/api/v1/pause", self.delete_pause)
-        router.add_get("/api/v1/parked", self.parked)
-        router.add_post("/api/v1/parked/{id}/retry", self.retry)
-        router.add_get("/api/v1/sinks/parked", self.parked_deliveries)
-        router.add_post("/api/v1/sinks/parked/{id}/retry", self.retry_delivery)
+        r = Routes(router)
+        r.add_get("/api/v1/pause", self.get_pause)
+        r.add_post("/api/v1/pause", self.post_pause)
+        r.add_delete("/api/v1/pause", self.delete_pause)
+        r.add_get("/api/v1/parked", self.parked)
+        r.add_post("/api/v1/parked/{id}/retry", self.retry)
+        r.add_get("/api/v1/sinks/parked", self.parked_deliveries)
+        r.add_post("/api/v1/sinks/parked/{id}/retry", self.retry_delivery)
 
     async def _json(self, request: web.Request) -> JSONObject:
         body = await read_body(request, MAX_BODY)

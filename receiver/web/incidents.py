@@ -29,6 +29,7 @@ from receiver.store.incidents_base import IncidentQuery
 from receiver.web.approvals import identify, read_body
 from receiver.web.auth import Authenticator
 from receiver.web.problems import problem
+from receiver.web.routing import Routes
 
 if TYPE_CHECKING:
     from receiver.model import JSONObject, JSONValue
@@ -229,7 +230,7 @@ def _cursor(text: str) -> int:
 
 def register(app: web.Application, handlers: IncidentHandlers) -> None:
     """Add the incident routes."""
-    r = app.router
+    r = Routes(app.router)
     r.add_get("/api/v1/incidents", handlers.list)
     r.add_get("/api/v1/incidents/{id}", handlers.get)
     r.add_get("/api/v1/incidents/{id}/report", handlers.report)

@@ -112,7 +112,11 @@ LIMIT: JSONObject = {
     "description": f"Page size, 1 to {MAX_LIMIT} (400 outside).",
     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100},
 }
-CURSOR = _query("cursor", "next_cursor of the previous page; omit for the newest page.")
+CURSOR = _query(
+    "cursor",
+    "next_cursor of the previous page; omit for the newest page. A cursor this "
+    "receiver did not issue is a 400.",
+)
 
 
 def _path_id(what: str) -> JSONObject:

@@ -1,7 +1,9 @@
 """RFC 9457 ``application/problem+json`` responses and the middleware that maps errors.
 
 Every rejection says what was wrong and how to fix it. The only 5xx on purpose is
-503 when the journal cannot take a payload (the sender retries).
+503 when the journal cannot take a payload (the sender retries). An ``Expect`` other
+than ``100-continue`` is answered 417 here as well: every route's
+``expect_handler`` is ``expect_continue``, which leaves it to the middleware.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from contextvars import ContextVar
 from random import getrandbits
 
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 from prometheus_client import Counter
 
 from receiver.errors import (
@@ -67,6 +69,7 @@ _TITLES = {
     408: "Request timeout",
     413: "Payload too large",
     415: "Unsupported media type",
+    417: "Expectation failed",
     422: "Unprocessable content",
     429: "Too many requests",
     499: "Client closed request",
@@ -148,6 +151,7 @@ OUTCOMES = {
     408: "timeout",
     413: "too_large",
     415: "unsupported_media",
+    417: "expectation_failed",
     429: "throttled",
     499: "client_disconnected",
     503: "unavailable",
@@ -172,6 +176,51 @@ def _http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
         )
     detail = (exc.text or exc.reason or "").replace("\n", " ")[:300]
     return problem(exc.status, detail or exc.reason)
+
+
+def _unsupported_expect(request: web.BaseRequest) -> str | None:
+    """The request's ``Expect`` when it is not ``100-continue``, else None.
+
+    Read as aiohttp reads it: only an HTTP/1.1 request's non-empty ``Expect``.
+    """
+    expect = request.headers.get(hdrs.EXPECT)
+    if (
+        not expect
+        or request.version != HttpVersion11
+        or expect.lower() == "100-continue"
+    ):
+        return None
+    return expect
+
+
+async def expect_continue(request: web.Request) -> None:
+    """Every route's ``expect_handler``: ``100 Continue`` for ``Expect: 100-continue``.
+
+    What aiohttp's own does, except that any other ``Expect`` is left to the
+    middleware, which answers it 417 problem+json (aiohttp's answers text/plain,
+    before any middleware runs). Routes get it through ``routing.Routes``.
+    """
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version == HttpVersion11 and expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # An interim answer: the response itself has not started.
+        request.writer.output_size = 0
+
+
+async def _unless_expectation_fails(
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """The handler's response; for an unsupported ``Expect``, a 417 before it runs."""
+    expect = _unsupported_expect(request)
+    if expect is None:
+        return await handler(request)
+    return problem(
+        417,
+        f"Expect {expect[:40]!r} is not supported, only 100-continue; send the "
+        "request again without the Expect header",
+        slug="expectation-failed",
+    )
 
 
 class _Children:
@@ -255,7 +304,7 @@ def make_middleware(
         response: web.StreamResponse | None = None
         try:
             try:
-                response = await handler(request)
+                response = await _unless_expectation_fails(request, handler)
             except ClientGoneError as exc:
                 log.info("client_disconnected", path=request.path, detail=str(exc))
                 response = error_response(exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 
 import structlog
@@ -54,7 +55,7 @@ class Reads(Edge):
         """GET /api/v1/payloads: one page of stored payloads, newest first."""
         self._require(request, "read")
         limit = _limit(request.query)
-        before = request.query.get("cursor") or None
+        before = _id_cursor(request.query)
         entries = await self._store.payloads(limit=limit + 1, before=before)
         more = len(entries) > limit
         entries = entries[:limit]
@@ -148,7 +149,7 @@ class Reads(Edge):
             )
         limit = _limit(request.query)
         items = await self._store.approvals(
-            status, limit=limit + 1, before=request.query.get("cursor") or None
+            status, limit=limit + 1, before=_id_cursor(request.query)
         )
         more = len(items) > limit
         items = items[:limit]
@@ -206,6 +207,9 @@ class Reads(Edge):
 
 
 APPROVAL_STATUSES = ("pending", "approved", "rejected", "expired")
+# The payload and approval lists page by the id of the last record returned, a
+# ``new_id``: 13 hex digits of milliseconds, then 12 random ones.
+_ID_CURSOR = re.compile(r"[0-9a-f]{25}")
 
 
 def _limit(query: Mapping[str, str]) -> int:
@@ -222,3 +226,26 @@ def _limit(query: Mapping[str, str]) -> int:
             errors=[{"pointer": "/limit", "detail": "out of range"}],
         )
     return limit
+
+
+def _id_cursor(query: Mapping[str, str]) -> str | None:
+    """The ``cursor`` of a list paged by id, as issued (a ``next_cursor``), or None.
+
+    A cursor of any other shape was never issued: a 400, not an empty page. One
+    shaped like an id but naming no record (pruned since) still ends the list:
+    it cannot be told from one issued.
+    """
+    cursor = query.get("cursor") or None
+    if cursor is not None and not _ID_CURSOR.fullmatch(cursor):
+        raise InputError(
+            f"cursor {cursor[:40]!r} is not a next_cursor this receiver issued; "
+            "pass next_cursor from the previous page, or omit cursor for the "
+            "newest page",
+            errors=[
+                {
+                    "pointer": "/cursor",
+                    "detail": "not a next_cursor this receiver issued",
+                }
+            ],
+        )
+    return cursor

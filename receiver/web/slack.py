@@ -40,6 +40,7 @@ from receiver.retrying import poll_until
 from receiver.settings import SlackSettings
 from receiver.store.base import DecisionQuery, JournalEntry, Store
 from receiver.web.approvals import Answer, ApprovalDesk, Approver, read_body
+from receiver.web.routing import Routes
 
 if TYPE_CHECKING:
     from receiver.model import JSONObject, JSONValue
@@ -154,7 +155,7 @@ class SlackInteractions:
 
     def attach(self, app: web.Application) -> None:
         """Register the route, and finish message updates at shutdown."""
-        app.router.add_post("/slack/interactions", self.interactions)
+        Routes(app.router).add_post("/slack/interactions", self.interactions)
         app.on_cleanup.append(self._cleanup)
         app[SLACK] = self
 

@@ -45,6 +45,7 @@ from receiver.web.console.incidents import IncidentPages
 from receiver.web.console.paths import console_paths
 from receiver.web.console.render import MAX_CANDIDATE_BYTES, clock_item
 from receiver.web.console.rules import RulePages
+from receiver.web.routing import Routes
 
 
 class Console(IncidentPages, ApprovalPages, GuardPages, RulePages, BacktestPages):
@@ -52,7 +53,7 @@ class Console(IncidentPages, ApprovalPages, GuardPages, RulePages, BacktestPages
 
     def attach(self, app: web.Application) -> None:
         """Register the routes."""
-        r = app.router
+        r = Routes(app.router)
         r.add_get("/ui", self.home)
         r.add_get("/ui/", self.home)
         r.add_get("/ui/static/console.js", self.script)
