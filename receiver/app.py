@@ -38,6 +38,7 @@ from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor, Worker, consumer_name
 from receiver.errors import StoreUnavailableError
 from receiver.metrics import WORKER_FAMILIES, Metrics
+from receiver.retrying import stop_if_cancelled
 from receiver.rulebook.loader import Rulebook
 from receiver.runtime import Runtime
 from receiver.sinks import Sink, SinkDispatcher, playbook_sinks
@@ -88,6 +89,7 @@ async def expire_approvals(
         else:
             if expired:
                 log.info("approvals_expired", count=expired)
+        stop_if_cancelled()
         await asyncio.sleep(every.total_seconds())
 
 

@@ -16,6 +16,8 @@ tenacity:
 - ``Doubling``: the waits of a loop that never gives up (a delivery loop while
   its store is down, the supervisor restarting a worker): doubled after each
   failure up to a cap, back to the first after a success.
+- ``stop_if_cancelled()``: such a loop calls it after catching an error, so a
+  cancellation a client turned into an error of its own still stops it.
 """
 
 from __future__ import annotations
@@ -157,3 +159,17 @@ async def poll_until(
         if clock() >= deadline:
             return Polled(done=False, last=last, polls=polls)
         await sleep(interval)
+
+
+def stop_if_cancelled() -> None:
+    """Raise ``CancelledError`` if this task was cancelled and is still running.
+
+    Some clients turn a cancellation into an error of their own (redis-py's
+    asyncio client at times raises ``ConnectionError`` in its place): a loop
+    that logs errors and goes on would then outlive its cancellation for ever,
+    and whoever waits for it on shutdown would hang. Such a loop calls this
+    after catching an error.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

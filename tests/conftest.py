@@ -329,6 +329,25 @@ async def journal_drained(store: Any, *, timeout: float = 10.0) -> None:
     pytest.fail(f"journal not drained in {timeout} s: {await store.pending()}")
 
 
+def _test_logging() -> None:
+    """The defaults of structlog, with plain tracebacks.
+
+    The default console renderer draws tracebacks with rich when it is
+    installed (a development dependency here, not the service's): about half a
+    second of CPU per ``log.exception``, which made tests that log exceptions in
+    a loop slow enough to miss their timeouts on a loaded machine.
+    """
+    structlog.reset_defaults()
+    processors = list(structlog.get_config()["processors"])
+    processors[-1] = structlog.dev.ConsoleRenderer(
+        exception_formatter=structlog.dev.plain_traceback
+    )
+    structlog.configure(processors=processors)
+
+
+_test_logging()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_logging():
     """Each test starts with structlog's defaults (the CLI configures it globally).
@@ -338,7 +357,7 @@ def _fresh_logging():
     caches are dropped too.
     """
     yield
-    structlog.reset_defaults()
+    _test_logging()
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler.formatter, structlog.stdlib.ProcessorFormatter):

@@ -8,10 +8,12 @@ incidents after it are still noticed within the tick.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from incident_helpers import TickingClock, example, rulebook, traces
 
+from receiver.errors import StoreUnavailableError
 from receiver.incidents.service import IncidentService
 from receiver.store.incidents_sqlite import SqliteIncidentStore
 
@@ -94,3 +96,32 @@ async def test_an_incident_that_raises_does_not_stop_the_tick():
         assert clock.now - timedelta(hours=3) > first.opened_at
     finally:
         await service.aclose()
+
+
+async def test_the_ticker_stops_when_a_tick_swallows_its_cancel():
+    """A store client that turns the cancel into an error of its own.
+
+    The ticker logged the error, slept and ticked again: cancelled on shutdown,
+    it never ended, and the shutdown that waited for it hung.
+    """
+    store = SqliteIncidentStore(":memory:")
+    book = rulebook()
+    service = IncidentService(store, clock=TickingClock(), rulebook=lambda: book)
+    ticking = asyncio.Event()
+
+    async def hanging_tick() -> int:
+        ticking.set()
+        try:
+            await asyncio.Event().wait()  # a store that never answers
+        except asyncio.CancelledError:
+            raise StoreUnavailableError("connection lost") from None
+        return 0
+
+    service.tick = hanging_tick  # type: ignore[method-assign]
+    ticker = asyncio.create_task(service.run(0.001))
+    await ticking.wait()
+    ticker.cancel()
+    done, _ = await asyncio.wait([ticker], timeout=10)
+    assert done == {ticker}
+    assert ticker.cancelled()
+    await service.aclose()

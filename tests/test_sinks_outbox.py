@@ -689,3 +689,56 @@ async def test_a_damaged_row_is_parked_and_never_sent(text, tmp_path):
     assert await d.counts() == (0, 1)
     await d.aclose()
     await store.close()
+
+
+class Swallowing:
+    """The outbox, whose renewal hangs and turns its cancellation into an error.
+
+    As redis-py's asyncio client does at times (a ``ConnectionError`` where the
+    ``CancelledError`` was): the renewal loop must stop all the same.
+    """
+
+    def __init__(self, inner: SqliteOutbox) -> None:
+        self.inner = inner
+        self.renewing = asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def extend(self, *_args: object, **_kw: object) -> None:
+        self.renewing.set()
+        try:
+            await asyncio.Event().wait()  # a peer that never answers
+        except asyncio.CancelledError:
+            raise StoreUnavailableError("connection lost") from None
+
+
+async def test_a_renewal_whose_client_swallows_the_cancel_still_stops(tmp_path):
+    """The delivery ends while a renewal is in flight: the renewal stops too.
+
+    Before, the renewal caught the client's error, logged it and renewed again:
+    the delivery loop waited for it for ever, shutdown handed the row back
+    after its grace, and the event loop's teardown hung (seen in CI).
+    """
+    outbox = Swallowing(SqliteOutbox(str(tmp_path / "r.db")))
+    store = MemoryStore()
+    sink = Recording()
+    gate = asyncio.Event()
+    plain_send = sink.send
+
+    async def held_send(t: AlertTrace) -> SinkOutcome:
+        await gate.wait()
+        return await plain_send(t)
+
+    sink.send = held_send  # type: ignore[method-assign]
+    d = make(sink, store, outbox, Ticking(NOW), renew_every=0.001)  # type: ignore[arg-type]
+    await d.put([trace("p1")])
+    async with asyncio.timeout(20):
+        await outbox.renewing.wait()
+        gate.set()
+        await d.drain()
+        await d.aclose(grace=20)
+    assert [p for p, _ in sink.sent] == ["p1"]
+    renewals = [t for t in asyncio.all_tasks() if "renew" in t.get_name()]
+    assert all(t.done() for t in renewals)
+    await store.close()

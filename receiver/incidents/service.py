@@ -56,6 +56,7 @@ from receiver.incidents.records import from_record, to_record
 from receiver.incidents.report import render_report
 from receiver.incidents.rules import RuleView
 from receiver.model import AlertTrace
+from receiver.retrying import stop_if_cancelled
 from receiver.rulebook.loader import Rulebook
 from receiver.store.incidents_base import IncidentQuery, IncidentRecord, IncidentStore
 
@@ -622,6 +623,7 @@ class IncidentService:
                 log.warning("incident_tick_failed", error=str(exc))
             except Exception:  # the ticker must outlive one bad incident
                 log.exception("incident_tick_failed")
+            stop_if_cancelled()
             await sleep(every)
 
     async def aclose(self) -> None:

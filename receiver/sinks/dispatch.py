@@ -64,7 +64,7 @@ import structlog
 
 from receiver.errors import ReceiverError
 from receiver.model import AlertTrace, Decision, StepKind, iso
-from receiver.retrying import Doubling, RetryPolicy, backoff
+from receiver.retrying import Doubling, RetryPolicy, backoff, stop_if_cancelled
 from receiver.rulebook.schema import Playbook
 from receiver.sinks.delivery import Dedupe, SinkError, SinkOutcome
 from receiver.sinks.outbox import Outbox, OutboxRow, decode_trace, encode_trace
@@ -311,6 +311,7 @@ class SinkDispatcher:
         await asyncio.wait([first])  # the hand-back; never raises
         waits = Doubling(first=0.5, cap=10.0)
         while not self._closed:
+            stop_if_cancelled()
             self._work.clear()
             try:
                 row = await self._outbox.claim(self._clock(), self._lease)
@@ -393,6 +394,7 @@ class SinkDispatcher:
                 log.warning("sink_outbox_renew_failed", row=row_id, error=str(exc))
             except Exception:  # the delivery goes on; the next renewal may work
                 log.exception("sink_outbox_renew_failed", row=row_id)
+            stop_if_cancelled()
 
     async def _park(self, row: OutboxRow, reason: str) -> None:
         await self._outbox.park(row.id, reason, claim=row.claim)
