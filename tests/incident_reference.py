@@ -3,7 +3,12 @@
 Copied from ``receiver.incidents.lifecycle`` as of commit d646522 (the alert
 upserted by a scan of the alerts tuple, the ledger rebuilt as a tuple per
 trace), calling the same helpers, so the equivalence tests compare the batch
-fold against the old algorithm rather than against itself.
+fold against the old algorithm rather than against itself. The alert cap's
+rule since, written out plainly: past ``MAX_ALERTS`` the oldest resolved alert
+is dropped, else the oldest, whose fingerprint goes to ``unlisted`` while it
+holds fewer than ``MAX_UNLISTED`` (else the incident has lost track); an alert
+that comes back leaves ``unlisted``; the incident resolves by itself only when
+every listed alert is resolved, none is unlisted and it never lost track.
 """
 
 from __future__ import annotations
@@ -16,6 +21,22 @@ from receiver.incidents.effects import Effect
 from receiver.incidents.model import AlertRef, Incident, LedgerItem
 from receiver.incidents.policy import IncidentPolicy
 from receiver.model import AlertTrace, StepKind
+
+
+def _cap(listed: list[AlertRef], unlisted: set[str]) -> bool:
+    """Drop alerts past the cap (in place); True if one is lost track of."""
+    lost = False
+    while len(listed) > lc.MAX_ALERTS:
+        resolved = [a for a in listed if a.status == "resolved"]
+        if resolved:
+            listed.remove(resolved[0])
+        else:
+            gone = listed.pop(0)
+            if len(unlisted) < lc.MAX_UNLISTED:
+                unlisted.add(gone.fingerprint)
+            else:
+                lost = True
+    return lost
 
 
 def _upsert_alert(
@@ -46,11 +67,21 @@ def _upsert_alert(
     else:
         old = next((a for a in alerts if a.fingerprint == alert.fingerprint), None)
         others = tuple(a for a in alerts if a.fingerprint != alert.fingerprint)
-    changed = old is None or (old.status, old.starts_at) != (ref.status, ref.starts_at)
+    was_unlisted = alert.fingerprint in incident.unlisted
+    unlisted = set(incident.unlisted) - {alert.fingerprint}
+    if old is not None:
+        changed = (old.status, old.starts_at) != (ref.status, ref.starts_at)
+    else:
+        # It was firing when it was unlisted: firing again is no news.
+        changed = not (was_unlisted and alert.status == "firing")
     if old is not None and ref.rule == "":
         ref = replace(ref, rule=old.rule, severity=old.severity)
+    lost = False
     if old is not last or ref != old:
-        incident = lc.evolve(incident, alerts=(*others, ref)[-lc.MAX_ALERTS :])
+        listed = [*others, ref]
+        lost = _cap(listed, unlisted)
+        incident = lc.evolve(incident, alerts=tuple(listed))
+    incident = lc.evolve(incident, unlisted=frozenset(unlisted))
     if changed:
         name = alert.labels.get("alertname", alert.fingerprint)
         if alert.status == "firing":
@@ -67,6 +98,9 @@ def _upsert_alert(
                 f"{name} resolved",
                 fingerprint=alert.fingerprint,
             )
+    if lost and not incident.lost_track:
+        incident = lc.evolve(incident, lost_track=True)
+        incident = lc.add_entry(incident, now, "lost_track", lc.lost_track_text())
     return incident, changed
 
 
@@ -133,7 +167,12 @@ def observe_one(
         incident = lc.add_entry(
             incident, now, "diagnostics", f"Diagnostics ({trace.mode}): {listed}"
         )
-    if incident.active and all(a.status == "resolved" for a in incident.alerts):
+    if (
+        incident.active
+        and all(a.status == "resolved" for a in incident.alerts)
+        and not incident.unlisted
+        and not incident.lost_track
+    ):
         incident, more = lc.resolve(
             incident, now, policy, by="receiver", why="all alerts resolved"
         )

@@ -166,7 +166,8 @@ def _opened(first: AlertTrace) -> Incident:
     sends=st.lists(sent, min_size=1, max_size=40),
     cuts=st.lists(st.integers(min_value=1, max_value=40), max_size=4),
     cap=st.sampled_from((4, 12, 500)),
-    alerts_cap=st.sampled_from((2, 1000)),
+    alerts_cap=st.sampled_from((1, 2, 1000)),
+    unlisted_cap=st.sampled_from((0, 1, 10_000)),
     doubled=st.booleans(),
 )
 def test_folding_a_run_equals_folding_one_by_one(  # noqa: PLR0917 (hypothesis draws)
@@ -175,13 +176,15 @@ def test_folding_a_run_equals_folding_one_by_one(  # noqa: PLR0917 (hypothesis d
     cuts: list[int],
     cap: int,
     alerts_cap: int,
+    unlisted_cap: int,
     doubled: bool,
 ) -> None:
     """Same incidents (stored form, ledger, timeline) and effects, batch by batch.
 
     ``sends``: which of the ``pool`` of decided alerts come, in order, and
-    how each is sent (resends are common); ``cap``/``alerts_cap``: the
-    ledger's and the alerts' caps, small enough to bite; ``doubled``: an
+    how each is sent (resends are common); ``cap``/``alerts_cap``/
+    ``unlisted_cap``: the ledger's, the alerts' and the unlisted fingerprints'
+    caps, small enough to bite; ``doubled``: an
     incident holding an alert twice (never written so, folded as it always
     was).
     """
@@ -196,6 +199,7 @@ def test_folding_a_run_equals_folding_one_by_one(  # noqa: PLR0917 (hypothesis d
         mock.patch.object(model, "MAX_LEDGER", cap),
         mock.patch.object(lifecycle, "MAX_LEDGER", cap),
         mock.patch.object(lifecycle, "MAX_ALERTS", alerts_cap),
+        mock.patch.object(lifecycle, "MAX_UNLISTED", unlisted_cap),
     ):
         old = _opened(run[0][0])
         if doubled:

@@ -136,7 +136,28 @@ async def test_people_comment_acknowledge_mitigate_and_publish(client):
     assert ("mitigated", "jane") in kinds
 
 
-@pytest.mark.parametrize("action", ["timeline", "acknowledge", "mitigate", "status"])
+async def test_a_person_resolves_an_incident(client):
+    """Resolved under the token's person, with why; the list shows no fingerprints."""
+    await fire(client, "g1", "fp-1")
+    [listed] = await incidents(client, 1)
+    assert listed["unlisted_count"] == 0
+    assert "unlisted" not in listed
+    base = f"{API}/{listed['id']}"
+    resp = await client.post(
+        f"{base}/resolve", json={"text": "storm over"}, headers=bearer(JANE_TOKEN)
+    )
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["state"] == "resolved"
+    [entry] = [e for e in body["timeline"] if e["kind"] == "resolved"]
+    assert (entry["by"], entry["text"]) == ("jane", "Resolved: storm over")
+    resp = await client.post(f"{base}/resolve", headers=bearer(JANE_TOKEN))
+    assert (await resp.json())["state"] == "resolved"  # again: nothing changes
+
+
+@pytest.mark.parametrize(
+    "action", ["timeline", "acknowledge", "mitigate", "status", "resolve"]
+)
 async def test_a_by_field_is_refused_and_nothing_is_added(client, action):
     """Nobody can write someone else's name: a "by" field is a 400 naming it."""
     await fire(client, "g1", "fp-1")
@@ -153,7 +174,7 @@ async def test_a_by_field_is_refused_and_nothing_is_added(client, action):
     assert '"by" is not accepted' in problem["detail"]
     assert problem["errors"] == [{"pointer": "/by", "detail": "remove it"}]
     after = await (await client.get(base, headers=bearer())).json()
-    people = {"comment", "acknowledged", "mitigated", "status_update"}
+    people = {"comment", "acknowledged", "mitigated", "status_update", "resolved"}
     assert not [e for e in after["timeline"] if e["kind"] in people]
     assert len(after["timeline"]) >= len(before["timeline"])
     assert after["state"] == "triggered"

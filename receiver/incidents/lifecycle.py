@@ -58,7 +58,12 @@ from receiver.model import (
 Reevaluate = Callable[[AlertRef, datetime], Severity | None]
 MAX_EVIDENCE = 200
 MAX_EVIDENCE_CHARS = 256 * 1024
-MAX_ALERTS = 1000  # newest kept; an alert storm must not grow one record forever
+# An alert storm must not grow one record forever: past ``MAX_ALERTS`` listed
+# alerts the oldest resolved one goes, else the oldest (firing) one, whose
+# fingerprint is kept in ``Incident.unlisted`` (up to ``MAX_UNLISTED``; past
+# that the incident has lost track and never resolves by itself).
+MAX_ALERTS = 1000
+MAX_UNLISTED = 10_000
 
 
 def title_of(trace: AlertTrace) -> str:
@@ -205,6 +210,53 @@ def _alert_entry(incident: Incident, trace: AlertTrace, now: datetime) -> Incide
     )
 
 
+def lost_track_text() -> str:
+    """The timeline's sentence when an incident loses track of its alerts."""
+    return (
+        f"Lost track of this alert storm: more than {MAX_ALERTS + MAX_UNLISTED:,} "
+        f"of its alerts fired at once ({MAX_ALERTS:,} listed, {MAX_UNLISTED:,} "
+        "more by fingerprint, the rest not followed). It will not resolve by "
+        "itself when its alerts resolve: a person or PagerDuty must resolve it "
+        "(POST /api/v1/incidents/{id}/resolve, or resolve the linked PagerDuty "
+        "incident)."
+    )
+
+
+def _lose_track(incident: Incident, now: datetime) -> Incident:
+    """Mark the incident as having lost track of its alerts (said once)."""
+    if incident.lost_track:
+        return incident
+    incident = evolve(incident, lost_track=True)
+    return add_entry(incident, now, "lost_track", lost_track_text())
+
+
+def _changed(old: AlertRef | None, ref: AlertRef, *, unlisted: bool) -> bool:
+    """Whether the alert's status or occurrence changed (news for the timeline).
+
+    An unlisted alert was firing when it was dropped from the list: firing
+    again is no news.
+    """
+    if old is not None:
+        return (old.status, old.starts_at) != (ref.status, ref.starts_at)
+    return not (unlisted and ref.status == "firing")
+
+
+def _capped(alerts: tuple[AlertRef, ...]) -> tuple[tuple[AlertRef, ...], list[str]]:
+    """At most ``MAX_ALERTS`` alerts, and the fingerprints of firing ones dropped.
+
+    The oldest resolved alert goes first; only when every listed alert fires
+    does the oldest one go.
+    """
+    kept = list(alerts)
+    dropped: list[str] = []
+    while len(kept) > MAX_ALERTS:
+        gone = next((i for i, a in enumerate(kept) if a.status == "resolved"), 0)
+        ref = kept.pop(gone)
+        if ref.status != "resolved":
+            dropped.append(ref.fingerprint)
+    return tuple(kept), dropped
+
+
 def _upsert_alert(
     incident: Incident, trace: AlertTrace, now: datetime
 ) -> tuple[Incident, bool]:
@@ -220,13 +272,28 @@ def _upsert_alert(
     else:
         old = next((a for a in alerts if a.fingerprint == alert.fingerprint), None)
         others = tuple(a for a in alerts if a.fingerprint != alert.fingerprint)
-    changed = old is None or (old.status, old.starts_at) != (ref.status, ref.starts_at)
+    unlisted = alert.fingerprint in incident.unlisted
+    if unlisted:
+        incident = evolve(incident, unlisted=incident.unlisted - {alert.fingerprint})
+    changed = _changed(old, ref, unlisted=unlisted)
     if old is not None and ref.rule == "":
         ref = replace(ref, rule=old.rule, severity=old.severity)
+    lost = False
     if old is not last or ref != old:
-        incident = evolve(incident, alerts=(*others, ref)[-MAX_ALERTS:])
+        kept, dropped = _capped((*others, ref))
+        incident = evolve(incident, alerts=kept)
+        if dropped:
+            kept_unlisted = set(incident.unlisted)
+            for gone in dropped:
+                if len(kept_unlisted) < MAX_UNLISTED:
+                    kept_unlisted.add(gone)
+                else:
+                    lost = True
+            incident = evolve(incident, unlisted=frozenset(kept_unlisted))
     if changed:
         incident = _alert_entry(incident, trace, now)
+    if lost:
+        incident = _lose_track(incident, now)
     return incident, changed
 
 
@@ -274,7 +341,14 @@ class Folding:
     fields are stale meanwhile. Nothing reads them there but ``draft`` (through
     ``mitigate`` and ``resolve``), the resolution and the ``MAX_LEDGER`` cut;
     before those they are written back, so every incident, timeline entry and
-    effect is what folding the traces one by one gives.
+    effect is what folding the traces one by one gives. The alerts' dict
+    outlives a write-back (nothing else changes the alerts), so that a storm
+    whose ledger is full, written back per trace, does not rebuild it per
+    trace. The resolved alerts are kept apart too, in list order, so that
+    neither choosing which alert to drop past ``MAX_ALERTS`` nor the resolution
+    scans the alerts. ``unlisted`` is a set once changed, written back by
+    ``incident()`` only (nothing else reads it but the resolution, which reads
+    the set).
     """
 
     def __init__(self, incident: Incident) -> None:
@@ -284,6 +358,12 @@ class Folding:
         # Lines decided again meanwhile, and how often (one ``again`` each, later).
         self._again: dict[LedgerKey, int] = {}
         self._alerts: dict[str, AlertRef] | None = None
+        # Whether ``self._alerts`` changed since it was last written back.
+        self._alerts_ahead = False
+        # The resolved ones of ``self._alerts``, in its order.
+        self._resolved: dict[str, None] = {}
+        # Ahead of ``self._incident.unlisted`` while not None.
+        self._unlisted: set[str] | None = None
 
     @property
     def active(self) -> bool:
@@ -292,14 +372,14 @@ class Folding:
 
     def incident(self) -> Incident:
         """The incident as folded so far."""
-        self._incident = self._written(self._incident)
+        self._incident = self._with_unlisted(self._written(self._incident))
         return self._incident
 
     def _written(self, incident: Incident) -> Incident:
         """``incident`` with the ledger and alerts kept aside written back."""
-        if self._alerts is not None:
+        if self._alerts is not None and self._alerts_ahead:
             incident = evolve(incident, alerts=tuple(self._alerts.values()))
-            self._alerts = None
+            self._alerts_ahead = False
         ledger = self._ledger
         if ledger is not None:
             for key, times in self._again.items():
@@ -357,8 +437,7 @@ class Folding:
             evidence=evidence,
         )
         effects += more
-        alerts = self._alerts.values() if self._alerts is not None else incident.alerts
-        resolving = incident.active and all(a.status == "resolved" for a in alerts)
+        resolving = incident.active and self._all_resolved(incident)
         if resolving or len(ledger) > MAX_LEDGER:
             # The cut, and the resolution's draft, read the written ledger.
             incident = self._written(incident)
@@ -376,6 +455,25 @@ class Folding:
         self._incident = incident
         return effects
 
+    def _with_unlisted(self, incident: Incident) -> Incident:
+        """``incident`` with the unlisted fingerprints kept aside written back."""
+        if self._unlisted is not None:
+            incident = evolve(incident, unlisted=frozenset(self._unlisted))
+            self._unlisted = None
+        return incident
+
+    def _all_resolved(self, incident: Incident) -> bool:
+        """Whether the incident may resolve by itself: every alert it knows resolved.
+
+        Listed ones, unlisted ones (none may be left), and none lost track of.
+        """
+        unlisted = self._unlisted if self._unlisted is not None else incident.unlisted
+        if unlisted or incident.lost_track:
+            return False
+        if self._alerts is not None:
+            return len(self._resolved) == len(self._alerts)
+        return all(a.status == "resolved" for a in incident.alerts)
+
     def _upsert(self, incident: Incident, trace: AlertTrace, now: datetime) -> Incident:
         """``_upsert_alert`` on the alerts by fingerprint: no scan, no new tuple."""
         alerts = self._alerts
@@ -383,30 +481,73 @@ class Folding:
             alerts = {a.fingerprint: a for a in incident.alerts}
             if len(alerts) != len(incident.alerts):
                 # Not one per fingerprint (never written so): as it always was.
+                incident = self._with_unlisted(incident)
                 return _upsert_alert(incident, trace, now)[0]
             self._alerts = alerts
+            self._resolved = {
+                f: None for f, a in alerts.items() if a.status == "resolved"
+            }
         fingerprint = trace.alert.fingerprint
+        unlisted = self._unlisted
+        was_unlisted = fingerprint in (
+            unlisted if unlisted is not None else incident.unlisted
+        )
+        if was_unlisted:
+            self._unlisting(incident).discard(fingerprint)
         old = alerts.get(fingerprint)
         if old is not None and _as_recorded(old, trace, incident.severity):
             # Resent as it was: ``_upsert_alert`` would record an equal ref.
             if next(reversed(alerts)) != fingerprint:
-                alerts[fingerprint] = alerts.pop(fingerprint)
+                self._list_last(incident, alerts, old)
             return incident
         ref = _alert_ref(trace, incident.severity)
-        if old is None:
-            changed = True
-        else:
-            changed = (old.status, old.starts_at) != (ref.status, ref.starts_at)
-            if ref.rule == "":
-                ref = replace(ref, rule=old.rule, severity=old.severity)
+        changed = _changed(old, ref, unlisted=was_unlisted)
+        if old is not None and ref.rule == "":
+            ref = replace(ref, rule=old.rule, severity=old.severity)
+        lost = False
         if old is None or ref != old or next(reversed(alerts)) != fingerprint:
-            # Moved last, as ``_upsert_alert`` rebuilds the tuple; the oldest
-            # dropped past the cap.
-            alerts.pop(fingerprint, None)
-            alerts[fingerprint] = ref
-            while len(alerts) > MAX_ALERTS:
-                del alerts[next(iter(alerts))]
-        return _alert_entry(incident, trace, now) if changed else incident
+            lost = self._list_last(incident, alerts, ref)
+        if changed:
+            incident = _alert_entry(incident, trace, now)
+        return _lose_track(incident, now) if lost else incident
+
+    def _list_last(
+        self, incident: Incident, alerts: dict[str, AlertRef], ref: AlertRef
+    ) -> bool:
+        """List ``ref`` last, as ``_upsert_alert`` rebuilds the tuple; True if lost.
+
+        Past the cap the oldest resolved alert is dropped, else the oldest,
+        unlisted; lost (track) when ``unlisted`` is full too.
+        """
+        resolved = self._resolved
+        self._alerts_ahead = True
+        fingerprint = ref.fingerprint
+        alerts.pop(fingerprint, None)
+        resolved.pop(fingerprint, None)
+        alerts[fingerprint] = ref
+        if ref.status == "resolved":
+            resolved[fingerprint] = None
+        lost = False
+        while len(alerts) > MAX_ALERTS:
+            if resolved:
+                gone = next(iter(resolved))
+                del resolved[gone]
+                del alerts[gone]
+                continue
+            gone = next(iter(alerts))
+            del alerts[gone]
+            kept = self._unlisting(incident)
+            if len(kept) < MAX_UNLISTED:
+                kept.add(gone)
+            else:
+                lost = True
+        return lost
+
+    def _unlisting(self, incident: Incident) -> set[str]:
+        """The unlisted fingerprints as a set to change (copied once per fold)."""
+        if self._unlisted is None:
+            self._unlisted = set(incident.unlisted)
+        return self._unlisted
 
 
 def _fold_steps(

@@ -301,6 +301,12 @@ class Incident:
     # Whom the matched playbooks name (``escalate_to``), beside the matrix's.
     contacts: tuple[str, ...] = ()
     version: int = 0
+    # Firing alerts dropped from ``alerts`` past its cap, by fingerprint: the
+    # incident does not resolve by itself while one is here.
+    unlisted: frozenset[str] = frozenset()
+    # More firing alerts than ``alerts`` and ``unlisted`` hold together were
+    # dropped: the incident never resolves by itself.
+    lost_track: bool = False
 
     @property
     def active(self) -> bool:
@@ -337,6 +343,8 @@ class Incident:
             "evidence": [e.to_json(stamp) for e in self.evidence],
             "contacts": list(self.contacts),
             "version": self.version,
+            "unlisted": sorted(self.unlisted),
+            "lost_track": self.lost_track,
         }
 
     @classmethod
@@ -372,6 +380,8 @@ class Incident:
             ),
             contacts=tuple(str(c) for c in _seq(raw.get("contacts", ()))),
             version=_int(raw.get("version", 0)),
+            unlisted=frozenset(str(f) for f in _seq(raw.get("unlisted", ()))),
+            lost_track=bool(raw.get("lost_track", False)),
         )
 
 

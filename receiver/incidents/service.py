@@ -47,6 +47,7 @@ from receiver.incidents.lifecycle import (
     mitigate,
     observe,
     open_incident,
+    resolve,
     status_published,
 )
 from receiver.incidents.model import Incident, evolve
@@ -353,17 +354,33 @@ class IncidentService:
     ) -> Incident | None:
         """A PagerDuty incident about an incident we already track: link it."""
         pd_id = trace.alert.refs.get("incident_id", "")
+        by = trace.alert.refs.get("agent", "") or "PagerDuty"
         for key in keys[1:]:
             record = await self.store.find(key)
             if record is None or record.id is None:
                 continue
             tracked = from_record(record)
             fingerprint = trace.alert.fingerprint
-            if any(a.fingerprint == fingerprint for a in tracked.alerts):
+            if fingerprint in tracked.unlisted or any(
+                a.fingerprint == fingerprint for a in tracked.alerts
+            ):
                 # One of its own alerts (PagerDuty opened it): fold it in, so
                 # PagerDuty's resolution resolves it.
                 return None
             if tracked.pagerduty_id == pd_id:
+                if tracked.lost_track and trace.alert.status == "resolved":
+                    # It cannot resolve by itself: PagerDuty's resolution does.
+                    return await self._change(
+                        record.id,
+                        lambda inc, now: resolve(
+                            inc,
+                            now,
+                            self.policy,
+                            by=by,
+                            why="resolved in PagerDuty (the receiver had lost "
+                            "track of this alert storm)",
+                        ),
+                    )
                 return tracked
 
             def link(inc: Incident, now: datetime) -> tuple[Incident, list[Effect]]:
@@ -546,6 +563,15 @@ class IncidentService:
             incident_id,
             lambda inc, now: mitigate(
                 inc, now, self.policy, by=by, why=text or "marked by a person"
+            ),
+        )
+
+    async def resolve(self, incident_id: str, *, by: str, text: str) -> Incident:
+        """A person resolves the incident (one that lost track cannot by itself)."""
+        return await self._change(
+            incident_id,
+            lambda inc, now: resolve(
+                inc, now, self.policy, by=by, why=text or "resolved by a person"
             ),
         )
 

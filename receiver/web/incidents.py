@@ -3,8 +3,10 @@
 ``GET /api/v1/incidents`` (filters ``state``, ``severity``, ``since``; ``limit``
 and ``cursor`` for pages), ``GET /api/v1/incidents/{id}``,
 ``GET /api/v1/incidents/{id}/report`` (``text/markdown``), and ``POST`` on
-``.../timeline`` (a comment), ``.../acknowledge``, ``.../mitigate`` and
-``.../status`` (a published status update: restarts the update cadence). Every
+``.../timeline`` (a comment), ``.../acknowledge``, ``.../mitigate``,
+``.../status`` (a published status update: restarts the update cadence) and
+``.../resolve`` (a person resolves it: the way to close an incident that lost
+track of an alert storm and so cannot resolve by itself). Every
 call needs the API credentials; what people add is recorded under the identity
 the credential proves (a personal approver token names its person), never a
 name the body gives: a ``"by"`` field is refused. Registered by ``register``,
@@ -129,8 +131,9 @@ class IncidentHandlers:
                 {
                     k: v
                     for k, v in i.to_json().items()
-                    if k not in ("timeline", "ledger", "evidence")
+                    if k not in ("timeline", "ledger", "evidence", "unlisted")
                 }
+                | {"unlisted_count": len(i.unlisted)}
                 for i in incidents
             ],
             "count": len(incidents),
@@ -195,6 +198,8 @@ class IncidentHandlers:
                 incident = await service.status_update(
                     incident_id, by=by, text=note.text
                 )
+            elif action == "resolve":
+                incident = await service.resolve(incident_id, by=by, text=note.text)
             else:
                 incident = await service.comment(incident_id, by=by, text=note.text)
         except NotFoundError:
@@ -219,6 +224,10 @@ class IncidentHandlers:
         """POST /api/v1/incidents/{id}/status: a published update; cadence restarts."""
         return await self._act(request, "status")
 
+    async def resolve(self, request: web.Request) -> web.Response:
+        """POST /api/v1/incidents/{id}/resolve: a person resolves it."""
+        return await self._act(request, "resolve")
+
 
 def _cursor(text: str) -> int:
     """A cursor as issued (``next_cursor``: a non-negative integer), else ValueError."""
@@ -239,6 +248,7 @@ def register(app: web.Application, handlers: IncidentHandlers) -> None:
     r.add_post("/api/v1/incidents/{id}/acknowledge", handlers.acknowledge)
     r.add_post("/api/v1/incidents/{id}/mitigate", handlers.mitigate)
     r.add_post("/api/v1/incidents/{id}/status", handlers.status)
+    r.add_post("/api/v1/incidents/{id}/resolve", handlers.resolve)
 
 
 def incident_paths() -> Operations:
@@ -333,5 +343,8 @@ def incident_paths() -> Operations:
         "/api/v1/incidents/{id}/mitigate": post("Mark mitigated"),
         "/api/v1/incidents/{id}/status": post(
             "A status update was published (the update cadence restarts)"
+        ),
+        "/api/v1/incidents/{id}/resolve": post(
+            'Resolve it (optional {"text"}: why), as the credential\'s identity'
         ),
     }
