@@ -174,9 +174,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 async def _report(args: argparse.Namespace) -> int:
-    from receiver.app_incidents import print_report  # noqa: PLC0415
+    from receiver.cli.offline import run_report  # noqa: PLC0415
 
-    return await print_report(args.incident_id, args.config, args.store, args.rules)
+    return await run_report(args)
 
 
 def _rules_check(paths: list[Path]) -> int:

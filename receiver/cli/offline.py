@@ -1,14 +1,19 @@
-"""The offline commands: ``replay`` (and ``replay --retry``) and ``backtest``.
+"""The offline commands: ``replay`` (and ``replay --retry``), ``backtest``, ``report``.
 
-Called by ``receiver.cli.main``. Both build the same runtime as ``serve``
-(``build_runtime``), so the namespace allowlist and the PagerDuty alertname
-label mean the same offline as online.
+Called by ``receiver.cli.main``. ``replay`` and ``backtest`` build the same
+runtime as ``serve`` (``build_runtime``), so the namespace allowlist and the
+PagerDuty alertname label mean the same offline as online; each command, once
+it has read its settings, logs with the secrets mask ``serve`` logs with.
+``backtest`` only reads the store it is pointed at.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,12 +26,27 @@ from receiver.model import AlertTrace, Decision, MatchTrace
 if TYPE_CHECKING:
     import httpx
 
+    from receiver.settings import Settings
+
 DEFAULT_RULES = [Path("rules")]
 
 
 def out(text: str = "") -> None:
     """One line on stdout."""
     sys.stdout.write(text + "\n")
+
+
+def _mask_logs(settings: Settings) -> None:
+    """Log as ``main`` set up (console, warnings and up), masking ``settings``' secrets.
+
+    ``main`` sets logging up before any settings are read. The offline
+    commands hold tokens (``--from``), webhook URLs and store passwords, and
+    log errors with tracebacks that may quote them: the same mask as
+    ``receiver serve`` (``settings.secret_values()``).
+    """
+    from receiver import logs  # noqa: PLC0415
+
+    logs.configure("console", "warning", settings.secret_values())
 
 
 async def run_replay(args: argparse.Namespace) -> int:
@@ -45,7 +65,9 @@ async def run_replay(args: argparse.Namespace) -> int:
     if not args.files and not args.sources:
         raise InputError("give payload files to replay, or --from URL/ID")
 
-    runtime = build_runtime(load_settings(args.config))
+    settings = load_settings(args.config)
+    _mask_logs(settings)
+    runtime = build_runtime(settings)
     rulebook = load_rulebook(args.rules or DEFAULT_RULES, steps=builtin_registry())
     processor = runtime.replayer(rulebook, clock)
     traces: list[tuple[str, AlertTrace]] = []
@@ -126,8 +148,11 @@ def _api(ref: str) -> tuple[str, str, dict[str, str]]:
 
 def retry_all(args: argparse.Namespace) -> int:
     """``replay --retry --from URL/ID...``: queue parked entries again."""
+    from receiver.settings import load_settings  # noqa: PLC0415
+
     if args.files or not args.sources:
         raise InputError("--retry takes only --from URL/ID (parked entries)")
+    _mask_logs(load_settings(args.config))
     for ref in args.sources:
         out(_retry(ref))
     return 0
@@ -252,10 +277,12 @@ async def run_backtest(args: argparse.Namespace) -> int:
         raise InputError(f"--max-changed {args.max_changed}: give 0 or more alerts")
     if args.limit < 1:
         raise InputError(f"--limit {args.limit}: give 1 or more payloads")
-    runtime = build_runtime(load_settings(args.config))
-    url = f"sqlite:///{args.db}" if args.db else args.store
-    if args.db and not args.db.exists():
-        raise InputError(f"--db {args.db}: no such database file")
+    settings = load_settings(args.config)
+    _mask_logs(settings)
+    runtime = build_runtime(settings)
+    url = f"sqlite:///{args.db}" if args.db else args.store or settings.store.url
+    given = "--db" if args.db else "--store" if args.store else "store.url"
+    await _check_store_file(url, given)
     steps = builtin_registry()
     try:
         new_rules = load_rulebook(args.rules, steps=steps)
@@ -266,7 +293,8 @@ async def run_backtest(args: argparse.Namespace) -> int:
         for detail in exc.details:
             print(f"error: {detail}", file=sys.stderr)  # noqa: T201
         return 2
-    store = runtime.open_store(url)
+    # reclaim=False: claims in the file are a live worker's, not ours to hand back.
+    store = runtime.open_store(url, reclaim=False)
     try:
         # One more than the limit: to tell whether the period held more.
         entries = await backtest.stored_since(
@@ -305,3 +333,55 @@ async def run_backtest(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+async def _check_store_file(url: str, given: str) -> None:
+    """Refuse a SQLite store file that is missing or not a receiver's, unchanged.
+
+    Opening a store creates its tables (and a ``-decisions`` file beside it):
+    a backtest pointed at the wrong file would turn it into an empty store
+    and report nothing changed. Redis and in-memory stores are not files.
+
+    Raises:
+        InputError: naming ``given`` (the option or setting), the file and
+            what was expected.
+    """
+    from receiver.store import sqlite_file  # noqa: PLC0415
+
+    path = sqlite_file(url) if url.startswith("sqlite://") else None
+    if path is None:
+        return
+    problem = await asyncio.to_thread(_not_a_store, path)
+    if problem:
+        raise InputError(
+            f"{given} {path}: {problem}; expected a receiver's SQLite store "
+            "(the file receiver serve keeps with store.url sqlite:///PATH)"
+        )
+
+
+def _not_a_store(path: Path) -> str | None:
+    """Why ``path`` is not a receiver's store file (None if it is); read-only."""
+    if not path.exists():
+        return "no such database file"
+    if not path.is_file():
+        return "not a file"
+    # mode=ro: SQLite neither creates nor writes the file (an empty file is
+    # an empty database to it, and reading its schema writes nothing either).
+    uri = path.resolve().as_uri() + "?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            found = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='journal'"
+            ).fetchone()
+    except sqlite3.Error as exc:
+        return f"not a SQLite database ({exc})"
+    return None if found else "holds no receiver tables (no journal table)"
+
+
+async def run_report(args: argparse.Namespace) -> int:
+    """``receiver report ID``: the incident's report, logged with the secrets mask."""
+    from receiver.app_incidents import print_report  # noqa: PLC0415
+    from receiver.settings import load_settings  # noqa: PLC0415
+
+    _mask_logs(load_settings(args.config))
+    return await print_report(args.incident_id, args.config, args.store, args.rules)

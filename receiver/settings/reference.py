@@ -42,7 +42,11 @@ In the environment, lists are comma- (or newline-) separated
 `NAME=VALUE,NAME2=VALUE2` (`RECEIVER_REDIS_TARGETS=cache=redis://cache:6379/0`)
 and durations are Prometheus-style (`90s`, `5m`, `1h30m`; in YAML also a number
 of seconds).
-A credential list with an empty item (a stray comma) is refused.
+A credential list with an empty item (a stray comma) is refused. In name/value
+pairs an entry without `=` (or with an empty name or value) is refused, and so is
+an empty one between commas (`a=1,,b=2`); a comma that ends the value or a line,
+and a blank line, are ignored. These errors name the setting and the entry's
+position, never its text.
 
 The YAML file holds the groups below, each a mapping:
 

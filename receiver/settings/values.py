@@ -51,20 +51,47 @@ def _credentials(value: object) -> object:
     return value
 
 
+def _entries(raw: str) -> list[str]:
+    """The entries of a ``NAME=VALUE`` list, stripped, for ``_mapping`` to check.
+
+    Commas or newlines separate them. A comma that ends the value or a line
+    (one entry a line) and a blank line (a YAML block's, a heredoc's) separate
+    nothing and are dropped; an empty entry between two commas is kept.
+    """
+    entries: list[str] = []
+    for line in raw.splitlines():
+        items = [item.strip() for item in line.split(",")]
+        if not items[-1]:
+            items.pop()
+        entries += items
+    return entries
+
+
 def _mapping(value: object) -> object:
-    """``name=url,name2=url2`` (commas or newlines) as a dict; dicts pass through."""
+    """``name=url,name2=url2`` (commas or newlines) as a dict; dicts pass through.
+
+    An entry without ``=``, or an empty one (``a=1,,b=2``), is refused: it is
+    where an entry went wrong or missing (an unset variable in a template, say),
+    and a list that quietly lacks a token or a target fails later, elsewhere.
+    Errors give the entry's position, never its text (it may hold a password).
+    """
     if not isinstance(value, str):
         return value
+    entries = _entries(value)
     out: dict[str, str] = {}
-    for item in _items(value):
-        if not item:
-            continue
-        name, sep, text = item.partition("=")
-        if not sep or not name.strip() or not text.strip():
-            # Never echo the item: it may hold a password.
+    for number, entry in enumerate(entries, 1):
+        which = f"entry {number} of {len(entries)}"
+        if not entry:
             raise ValueError(
-                "each entry must be NAME=URL or NAME=VALUE (e.g. "
-                "cache=redis://redis:6379/0)"
+                f"{which} is empty (a stray comma): remove it or write the "
+                "NAME=VALUE that belongs there"
+            )
+        name, sep, text = entry.partition("=")
+        if not sep or not name.strip() or not text.strip():
+            raise ValueError(
+                f"{which} is not NAME=URL or NAME=VALUE, both parts non-empty "
+                "(e.g. cache=redis://redis:6379/0); the entry is not shown, it "
+                "may hold a secret"
             )
         out[name.strip()] = text.strip()
     return out

@@ -21,6 +21,21 @@ from receiver.store.base import (
 from receiver.store.sqlite import SqliteStore
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file a ``sqlite://`` store URL names; None for ``sqlite://:memory:``.
+
+    Raises:
+        ConfigError: the URL names no path.
+    """
+    path = url.removeprefix("sqlite://")
+    if path in (":memory:", "/:memory:"):
+        return None
+    path = path.removeprefix("/")
+    if not path:
+        raise ConfigError("sqlite store URL needs a path: sqlite:///receiver.db")
+    return Path(path)
+
+
 def open_store(
     url: str, retention: Retention | None = None, *, reclaim: bool = True
 ) -> Store:
@@ -34,13 +49,10 @@ def open_store(
     or ``rediss://...``.
     """
     if url.startswith("sqlite://"):
-        path = url.removeprefix("sqlite://")
-        if path in (":memory:", "/:memory:"):
+        path = sqlite_file(url)
+        if path is None:
             return SqliteStore(":memory:", retention=retention)
-        path = path.removeprefix("/")
-        if not path:
-            raise ConfigError("sqlite store URL needs a path: sqlite:///receiver.db")
-        return SqliteStore(str(Path(path)), retention=retention, reclaim=reclaim)
+        return SqliteStore(str(path), retention=retention, reclaim=reclaim)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from receiver.store.redis import RedisStore  # noqa: PLC0415
 
@@ -67,4 +79,5 @@ __all__ = [
     "Store",
     "new_id",
     "open_store",
+    "sqlite_file",
 ]

@@ -33,6 +33,11 @@ from receiver.steps.kube_objects import (
 from receiver.steps.kube_views import Event, InvolvedObject, ObjectList, parse_object
 
 _EVENT_PAGES = 4  # pages of events k8s.events reads per query
+# What the API server sends is cut before it reaches the step's reason and
+# result: events.k8s.io/v1 holds a reason to 128 characters and a type is
+# Normal or Warning, but a misbehaving server may send megabytes of either.
+_REASON_CHARS = 128
+_TYPE_CHARS = 32
 
 
 class K8sEvents(K8sStep):
@@ -102,9 +107,9 @@ async def events(kube: Kube, step: K8sEvents) -> StepResult:
     events = sorted(found, key=event_time, reverse=True)[: step.limit]
     shown = [
         {
-            "type": e.get("type"),
-            "reason": e.get("reason"),
-            "object": f"{about[id(e)].kind}/{about[id(e)].name}",
+            "type": cap(e.get("type"), _TYPE_CHARS) or None,
+            "reason": cap(e.get("reason"), _REASON_CHARS) or None,
+            "object": cap(f"{about[id(e)].kind}/{about[id(e)].name}"),
             "message": cap(e.get("message")),
             "count": e.get("count") or 1,
             "last_seen": iso(event_time(e)) if event_time(e) > EPOCH else None,
