@@ -55,7 +55,7 @@ async def once(bodies: list[bytes], db: Path) -> tuple[float, float]:
     )
     started = time.perf_counter()
     for batch in traces:
-        service.submit(batch)
+        await service.put(batch)
     await service.drain()
     folded = time.perf_counter() - started
     await service.aclose()

@@ -57,3 +57,24 @@ def test_bench_smoke_runs_every_part(tmp_path):
         assert row in text
     assert "## Targets" in text
     assert "cores" in text
+
+
+def test_the_incident_fold_bench_runs():
+    """`bench/incidents.py` on a small storm prints both shapes' ratios."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "incidents.py"),
+            "--alerts",
+            "20",
+            "--repeat",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "one group of 20 alerts" in done.stdout
+    assert "20 groups of one alert" in done.stdout
