@@ -66,3 +66,29 @@ def test_replay_from_an_unreachable_or_refusing_receiver(capsys):
         assert main(["replay", "--from", f"{server.url}/gone"]) == 2
         assert [r.path for r in server.requests] == ["/api/v1/payloads/gone"]
     assert f"--from {server.url}/gone: HTTP 404: " in capsys.readouterr().err
+
+
+def test_replay_from_uses_a_token_given_only_in_the_config_file(tmp_path):
+    """`--config` is read for the token too, not only the environment."""
+    config = tmp_path / "receiver.yaml"
+    config.write_text('auth:\n  read_tokens: ["config-only-read-token"]\n')
+    with RecordingServer() as server:
+        server.script(
+            "GET",
+            "/api/v1/payloads/p1",
+            Reply(200, {"payload": json.loads(EXAMPLE.read_bytes())}),
+        )
+        code = main(
+            [
+                "replay",
+                "--config",
+                str(config),
+                "--rules",
+                str(ROOT / "rules"),
+                "--from",
+                f"{server.url}/p1",
+            ]
+        )
+        [request] = server.requests
+    assert code == 0
+    assert request.headers["Authorization"] == "Bearer config-only-read-token"

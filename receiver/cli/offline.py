@@ -74,7 +74,7 @@ async def run_replay(args: argparse.Namespace) -> int:
     events: list[str] = []
     # Named as given: a URL made a Path would lose a slash (``http:/host``).
     inputs = [(str(path), _read(path)) for path in args.files]
-    inputs += [(ref, _fetch(ref)) for ref in args.sources]
+    inputs += [(ref, _fetch(ref, settings)) for ref in args.sources]
     for path, body in inputs:
         try:
             data: object = parse_json(body)
@@ -120,10 +120,8 @@ def _read(path: Path) -> bytes:
         raise InputError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-def _api(ref: str) -> tuple[str, str, dict[str, str]]:
+def _api(ref: str, settings: Settings) -> tuple[str, str, dict[str, str]]:
     """Base URL, payload id and auth headers for a ``--from`` reference."""
-    from receiver.settings import load_settings  # noqa: PLC0415
-
     base, _, payload_id = ref.rstrip("/").rpartition("/")
     if (
         not base.startswith(("http://", "https://"))
@@ -135,7 +133,6 @@ def _api(ref: str) -> tuple[str, str, dict[str, str]]:
             "http://127.0.0.1:8080/001a2182ce5b373ea899227ef"
         )
     base = base.removesuffix("/api/v1/payloads").removesuffix("/api/v1/parked")
-    settings = load_settings()
     headers = {}
     # Retrying a parked entry needs the admin scope, reading a payload read:
     # an admin token does both, then a read token, then the webhook token.
@@ -152,21 +149,22 @@ def retry_all(args: argparse.Namespace) -> int:
 
     if args.files or not args.sources:
         raise InputError("--retry takes only --from URL/ID (parked entries)")
-    _mask_logs(load_settings(args.config))
+    settings = load_settings(args.config)
+    _mask_logs(settings)
     for ref in args.sources:
-        out(_retry(ref))
+        out(_retry(ref, settings))
     return 0
 
 
-def _retry(ref: str) -> str:
+def _retry(ref: str, settings: Settings) -> str:
     """Queue a parked entry again in a running receiver."""
-    payload_id, _ = _call(ref, "POST", "/api/v1/parked/{id}/retry", 202)
+    payload_id, _ = _call(ref, settings, "POST", "/api/v1/parked/{id}/retry", 202)
     return f"queued parked entry {payload_id} again"
 
 
-def _fetch(ref: str) -> bytes:
+def _fetch(ref: str, settings: Settings) -> bytes:
     """A stored payload from a running receiver's API, as it was received."""
-    _, response = _call(ref, "GET", "/api/v1/payloads/{id}", 200)
+    _, response = _call(ref, settings, "GET", "/api/v1/payloads/{id}", 200)
     try:
         answer: object = response.json()
     except ValueError:
@@ -179,15 +177,20 @@ def _fetch(ref: str) -> bytes:
     return json.dumps(answer["payload"]).encode()
 
 
-def _call(ref: str, method: str, path: str, expect: int) -> tuple[str, httpx.Response]:
+def _call(
+    ref: str, settings: Settings, method: str, path: str, expect: int
+) -> tuple[str, httpx.Response]:
     """``method path`` (``{id}`` the payload id ``ref`` names) on a running receiver.
+
+    With the first of ``settings``' admin, read or webhook tokens (``--config``
+    and the environment, as ``serve`` reads them).
 
     Raises:
         InputError: the receiver cannot be reached or answers other than ``expect``.
     """
     import httpx  # noqa: PLC0415
 
-    base, payload_id, headers = _api(ref)
+    base, payload_id, headers = _api(ref, settings)
     # The id is one path segment: '?', '#' or '%2F' in it cannot reach
     # another endpoint with the token.
     url = base + path.format(id=quote(payload_id, safe=""))
