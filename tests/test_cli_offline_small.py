@@ -216,6 +216,14 @@ def test_a_name_value_entry_without_both_parts_is_refused_unshown(
 
 
 @pytest.mark.parametrize(("variable", "setting", "value"), NAME_VALUE_SETTINGS)
+def test_a_name_given_twice_is_refused(variable, setting, value):
+    """``alice=t1,alice=t2``: the first was silently lost; now refused, unshown."""
+    error = _settings_error(variable, f"one={value},two={value},one={value}2")
+    assert f"{setting} ({variable}): entry 3 of 3 names 'one' again" in error
+    assert value not in error
+
+
+@pytest.mark.parametrize(("variable", "setting", "value"), NAME_VALUE_SETTINGS)
 @pytest.mark.parametrize(
     ("between", "end"),
     [(",", ","), ("\n", "\n"), (",\n", ",\n"), ("\n\n", "\n \n"), (" , ", " , ")],

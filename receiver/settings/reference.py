@@ -44,9 +44,9 @@ and durations are Prometheus-style (`90s`, `5m`, `1h30m`; in YAML also a number
 of seconds).
 A credential list with an empty item (a stray comma) is refused. In name/value
 pairs an entry without `=` (or with an empty name or value) is refused, and so is
-an empty one between commas (`a=1,,b=2`); a comma that ends the value or a line,
-and a blank line, are ignored. These errors name the setting and the entry's
-position, never its text.
+an empty one between commas (`a=1,,b=2`), and a name given twice; a comma that
+ends the value or a line, and a blank line, are ignored. These errors name the
+setting and the entry's position (and a repeated name), never a value.
 
 The YAML file holds the groups below, each a mapping:
 

@@ -93,7 +93,14 @@ def _mapping(value: object) -> object:
                 "(e.g. cache=redis://redis:6379/0); the entry is not shown, it "
                 "may hold a secret"
             )
-        out[name.strip()] = text.strip()
+        key = name.strip()
+        if key in out:
+            first = 1 + list(out).index(key)
+            raise ValueError(
+                f"{which} names {key!r} again (entry {first} did): one entry per "
+                "name, or the earlier one is silently lost"
+            )
+        out[key] = text.strip()
     return out
 
 
