@@ -236,3 +236,18 @@ def test_trailing_commas_and_blank_lines_in_name_value_pairs_are_ignored(
     settings = load_settings(environ={variable: text})
     group, field = setting.split(".")
     assert sorted(getattr(getattr(settings, group), field)) == ["one", "two"]
+
+
+def test_a_config_file_that_repeats_a_key_is_refused(tmp_path):
+    """A second ``auth:`` group silently replaced the first; now refused by line."""
+    config = tmp_path / "receiver.yaml"
+    config.write_text(
+        "auth:\n  admin_tokens: [first-admin-secret]\n"
+        "server:\n  port: 8080\n"
+        "auth:\n  read_tokens: [read-secret]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ={})
+    error = str(caught.value)
+    assert "duplicate key 'auth' (line 5, first on line 1)" in error
+    assert "secret" not in error

@@ -119,8 +119,12 @@ class YamlSource(YamlConfigSettingsSource):
         super().__init__(settings_cls, yaml_file=path)
 
     def _read_file(self, file_path: Path | Traversable) -> Raw:
+        # Bounded as rule files are, and refusing a key given twice (YAML
+        # keeps the last: a second ``auth:`` group would drop the first).
+        from receiver.rulebook.loader import load_yaml  # noqa: PLC0415
+
         try:
-            loaded = yaml.safe_load(file_path.read_text(encoding="utf-8")) or {}
+            loaded = load_yaml(file_path.read_text(encoding="utf-8")) or {}
         except OSError as exc:
             raise ConfigError(
                 f"cannot read config file {file_path}: {exc.strerror or exc}"
@@ -140,7 +144,13 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     """What is wrong with a YAML file and where, without the text around it.
 
     PyYAML's own message quotes the offending line, which may hold a secret.
+    A refusal of the bounded loader (a duplicate key, too deep, too big) says
+    what and where, quoting at most a key.
     """
+    from receiver.rulebook.loader import YAMLRefused  # noqa: PLC0415
+
+    if isinstance(exc, YAMLRefused):
+        return str(exc)
     if not isinstance(exc, yaml.MarkedYAMLError):
         return "not valid YAML"
     mark = exc.problem_mark or exc.context_mark
