@@ -35,6 +35,7 @@ from receiver.store.incidents_base import IncidentQuery
 from receiver.store.incidents_sqlite import SqliteIncidentStore
 
 SIEM = "alertmanager/sark-siem-forwarding-down.firing.json"
+API_DOWN = "alertmanager/sark-api-down.firing.json"
 
 
 class ExplodingAnnouncer(RecordingAnnouncer):
@@ -90,22 +91,115 @@ async def test_a_sink_that_raises_loses_nothing():
         await service.aclose()
 
 
-async def test_store_outage_drops_a_batch_but_not_the_service():
-    """While the store is down the batch is logged; afterwards traces fold again."""
+async def test_a_store_outage_delays_a_batch_and_drops_none():
+    """While the store is down the batch waits; once it answers, it is folded.
+
+    Before, the whole batch was logged and dropped: the incident never opened.
+    """
     clock = TickingClock()
     book = rulebook()
     store = FlakyStore()
-    service = IncidentService(store, clock=clock, rulebook=lambda: book)
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        store.down = len(waits) < 3  # down for two retries, then back
+
+    service = IncidentService(
+        store, clock=clock, rulebook=lambda: book, retry_sleep=sleep
+    )
     try:
         store.down = True
         await service.put(await traces(book, "alertmanager", example(SIEM), clock()))
         await service.drain()
-        store.down = False
-        assert (await service.page(IncidentQuery()))[0] == []
+        page, _ = await service.page(IncidentQuery())
+        assert len(page) == 1
+        assert waits == [0.5, 1.0, 2.0]  # doubling while the store is down
+    finally:
+        await service.aclose()
+
+
+class FailsOneUpdate(SqliteIncidentStore):
+    """The write of one incident fails once; every other write goes through."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.failing = ""
+
+    async def update(self, record):
+        if record.id == self.failing:
+            self.failing = ""
+            msg = "incident store unreachable"
+            raise StoreUnavailableError(msg)
+        return await super().update(record)
+
+
+async def test_a_batch_the_store_failed_midway_folds_the_rest_once():
+    """Two incidents in one batch, the second's write fails: each folded once.
+
+    The first was written before the failure: folding the whole batch again
+    would count its resend twice; dropping it would lose the second's.
+    """
+    clock = TickingClock()
+    book = rulebook()
+    store = FailsOneUpdate()
+
+    async def sleep(_seconds: float) -> None:
+        return None
+
+    service = IncidentService(
+        store, clock=clock, rulebook=lambda: book, retry_sleep=sleep
+    )
+    try:
+        siem = await traces(book, "alertmanager", example(SIEM), clock())
+        api = await traces(book, "alertmanager", example(API_DOWN), clock())
+        first, second = await service.observe([*siem, *api])
+        store.failing = second.id
+        # Resent, both in one batch: each ledger line counted once more.
         await service.put(await traces(book, "alertmanager", example(SIEM), clock()))
+        await service.put(
+            await traces(book, "alertmanager", example(API_DOWN), clock())
+        )
+        await service.drain()
+        assert store.failing == ""  # the failure happened
+        for incident in (first, second):
+            got = await service.get(incident.id)
+            assert got.ledger
+            assert {item.times for item in got.ledger} == {2}, incident.id
+    finally:
+        await service.aclose()
+
+
+class RaisesOn(SqliteIncidentStore):
+    """A bug: any fold that looks up ``poison``'s keys raises."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.poison = ""
+
+    async def find_first(self, keys):
+        if self.poison and any(self.poison in k for k in keys):
+            msg = "a bug"
+            raise RuntimeError(msg)
+        return await super().find_first(keys)
+
+
+async def test_a_trace_that_raises_is_dropped_alone():
+    """A bug on one trace: the rest of its batch is folded, one by one."""
+    clock = TickingClock()
+    book = rulebook()
+    store = RaisesOn()
+    service = IncidentService(store, clock=clock, rulebook=lambda: book)
+    try:
+        siem = await traces(book, "alertmanager", example(SIEM), clock())
+        api = await traces(book, "alertmanager", example(API_DOWN), clock())
+        store.poison = service.keys(siem[0])[0]
+        await service.put(siem)
+        await service.put(api)
         await service.drain()
         page, _ = await service.page(IncidentQuery())
         assert len(page) == 1
+        assert page[0].title != ""
     finally:
         await service.aclose()
 

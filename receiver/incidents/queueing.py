@@ -5,6 +5,13 @@ dispatcher's) queue here; one background task hands the queue to the service's
 ``observe`` in batches, so an alert storm into one group costs a few writes, not
 one per alert. ``put`` waits while the queue is full, which is the backpressure
 the worker feels.
+
+Nothing queued is dropped for a store that fails: the fold says which traces it
+wrote (``done``), and the rest go back to the head of the queue, folded again
+after a backoff (so nothing is folded twice: a resend would count twice, a
+fire-then-resolve could open a phantom incident). A fold that raises anything
+else (a bug) is retried one trace at a time, and only a trace that raises on
+its own is dropped, logged.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ from dataclasses import dataclass
 
 import structlog
 
+from receiver.errors import ReceiverError
 from receiver.model import AlertTrace
+from receiver.retrying import Doubling, stop_if_cancelled
 
 log = structlog.get_logger("receiver.incidents")
 
@@ -31,15 +40,25 @@ class SinkNote:
     lines: tuple[str, ...]
 
 
-Fold = Callable[[Sequence[AlertTrace | SinkNote]], Awaitable[object]]
+# Folds the traces; adds the id() of each one whose fold is written to the set.
+Fold = Callable[[Sequence[AlertTrace | SinkNote], set[int]], Awaitable[object]]
 
 
 class FoldQueue:
     """Traces and sink notes in arrival order, folded by one task at a time."""
 
-    def __init__(self, fold: Fold, max_pending: int) -> None:
+    def __init__(
+        self,
+        fold: Fold,
+        max_pending: int,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._fold = fold
         self._max_pending = max_pending
+        self._sleep = sleep
+        # Items at the head of the queue to fold one at a time (after a bug).
+        self._isolate = 0
         self._pending: set[asyncio.Task[None]] = set()
         self._queue: list[AlertTrace | SinkNote] = []
         self._room = asyncio.Event()  # set when the queue has room again
@@ -98,13 +117,47 @@ class FoldQueue:
         self._start_consumer()
 
     async def _consume(self) -> None:
+        waits = Doubling(first=0.5, cap=30.0)
         while self._queue:
-            batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
+            size = 1 if self._isolate else BATCH
+            batch, self._queue = self._queue[:size], self._queue[size:]
             self._room.set()
+            done: set[int] = set()
             try:
-                await self._fold(batch)
-            except Exception:  # a background task must not die silently
-                log.exception("incident_update_failed", traces=len(batch))
+                await self._fold(batch, done)
+            except ReceiverError as exc:  # the store: the rest, again, later
+                left = [t for t in batch if id(t) not in done]
+                self._queue[:0] = left
+                wait = waits.failed()
+                log.warning(
+                    "incident_update_failed",
+                    error=str(exc),
+                    traces=len(left),
+                    retry_in=wait,
+                    detail="folded again once the store answers; nothing dropped",
+                )
+                stop_if_cancelled()
+                await self._sleep(wait)
+                continue
+            except Exception:  # a bug: a background task must not die silently
+                left = [t for t in batch if id(t) not in done]
+                stop_if_cancelled()
+                if self._isolate:
+                    self._isolate -= 1
+                    log.exception("incident_trace_dropped", traces=len(left))
+                    continue
+                log.exception(
+                    "incident_update_failed",
+                    traces=len(left),
+                    detail="folding them again one by one; only a trace that "
+                    "fails on its own is dropped",
+                )
+                self._queue[:0] = left
+                self._isolate = len(left)
+                continue
+            if self._isolate:
+                self._isolate -= 1
+            waits.reset()
 
     async def drain(self) -> None:
         """Wait until every queued trace is folded in (tests, shutdown)."""

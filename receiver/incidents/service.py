@@ -122,6 +122,7 @@ class IncidentService:
         approvals: Approvals | None = None,
         max_pending: int = 100_000,
         mode: str = "dry-run",
+        retry_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.store = store
         # dry-run: nothing is contacted; messages and PagerDuty calls are only
@@ -136,7 +137,9 @@ class IncidentService:
         self._clock = clock
         self._approvals = approvals
         self._lock = asyncio.Lock()
-        self._queue = FoldQueue(self.observe, max_pending)
+        # ``retry_sleep``: the wait before a batch the store failed is folded
+        # again (tests pass one that does not wait).
+        self._queue = FoldQueue(self.observe, max_pending, sleep=retry_sleep)
         self._known = KnownIncidents()
 
     @property
@@ -175,41 +178,51 @@ class IncidentService:
         """Wait until every queued trace is folded in (tests, shutdown)."""
         await self._queue.drain()
 
-    async def observe(self, traces: Sequence[AlertTrace | SinkNote]) -> list[Incident]:
+    async def observe(
+        self,
+        traces: Sequence[AlertTrace | SinkNote],
+        done: set[int] | None = None,
+    ) -> list[Incident]:
         """Fold traces into their incidents; return each incident touched, once.
 
         Alert traces are folded in memory and each incident is written once at
         the end; PagerDuty traces (acknowledgments, links) are applied one by
-        one after what came before them is written.
+        one after what came before them is written. ``done`` collects the
+        ``id()`` of every trace whose fold is written (or needs none): when the
+        store fails midway, the rest can be folded again, and only the rest.
         """
+        done = set() if done is None else done
         touched: dict[str, Incident] = {}
         work = _Batch()
         for trace in traces:
             if isinstance(trace, SinkNote):
-                touched.update(await self._flush(work))
+                touched.update(await self._flush(work, done))
                 work = _Batch()
                 noted = await self._note_sinks(trace)
                 if noted is not None:
                     touched[noted.id] = noted
+                done.add(id(trace))
                 continue
             if trace.alert.source == "pagerduty":
-                touched.update(await self._flush(work))
+                touched.update(await self._flush(work, done))
                 work = _Batch()
                 found = await self._observe_one(trace)
                 if found is not None:
                     touched[found.id] = found
+                done.add(id(trace))
                 continue
             if not trace.alert.actionable or not trace.matches:
+                done.add(id(trace))
                 continue
             keys = self.keys(trace)
             held = await self._route(work, keys)
             if held is not None and not work.now[held].active:
                 # Resolved in this batch: write it, so a firing opens a new one.
-                touched.update(await self._flush(work))
+                touched.update(await self._flush(work, done))
                 work = _Batch()
                 held = await self._route(work, keys)
-            await self._fold_into(work, trace, keys, held)
-        touched.update(await self._flush(work))
+            await self._fold_into(work, trace, keys, held, done)
+        touched.update(await self._flush(work, done))
         return list(touched.values())
 
     async def _note_sinks(self, note: SinkNote) -> Incident | None:
@@ -247,11 +260,17 @@ class IncidentService:
         return work.by_key[keys[end]] if end < len(keys) else None
 
     async def _fold_into(
-        self, work: _Batch, trace: AlertTrace, keys: list[str], incident_id: str | None
+        self,
+        work: _Batch,
+        trace: AlertTrace,
+        keys: list[str],
+        incident_id: str | None,
+        done: set[int],
     ) -> None:
         if incident_id is None:
             # A new incident is created at once: that reserves its keys.
             opened = await self._fold(trace, keys, looked=True)
+            done.add(id(trace))
             if opened is not None:
                 work.load(opened)
                 work.remember(opened.id, keys)
@@ -275,13 +294,15 @@ class IncidentService:
         work.traces[incident_id].append(trace)
         work.remember(incident_id, free)
 
-    async def _flush(self, work: _Batch) -> dict[str, Incident]:
+    async def _flush(self, work: _Batch, done: set[int]) -> dict[str, Incident]:
         written: dict[str, Incident] = {}
         for incident_id, base in work.base.items():
+            folded = work.traces[incident_id]
             incident = work.now[incident_id].incident()
             if incident == base:
                 if incident_id not in work.unread or await self._still(base):
                     written[incident_id] = base
+                    done.update(id(t) for t in folded)
                     continue
             else:
                 # ``evolve`` keeps the ledger index for the next batch's fold.
@@ -289,14 +310,16 @@ class IncidentService:
                 async with self._lock:
                     stored = await self.store.update(to_record(incident))
                 if stored is not None:
+                    done.update(id(t) for t in folded)
                     self._known.remember(incident)
                     await self._carry_out(incident, work.effects[incident_id])
                     written[incident_id] = incident
                     continue
             # Someone else changed it meanwhile: fold these traces one by one.
             self._known.forget(incident_id)
-            for trace in work.traces[incident_id]:
+            for trace in folded:
                 found = await self._fold(trace, self.keys(trace))
+                done.add(id(trace))
                 if found is not None:
                     written[found.id] = found
         return written
