@@ -305,6 +305,27 @@ async def park_entry(
     await store.park(lease, reason, at)
 
 
+def stored_payloads(db: Path, body: bytes, count: int) -> Path:
+    """A SQLite store at ``db`` journaling ``count`` copies of ``body``, an hour old.
+
+    For the offline commands (``backtest``, ``replay``); called outside any
+    event loop.
+    """
+
+    async def fill() -> None:
+        store = SqliteStore(str(db))
+        start = datetime.now(UTC) - timedelta(hours=1)
+        for i in range(count):
+            entry = JournalEntry(
+                f"e{i:03d}", "alertmanager", start + timedelta(minutes=i), body
+            )
+            await store.append(entry, [])
+        await store.close()
+
+    asyncio.run(fill())
+    return db
+
+
 async def journal_drained(store: Any, *, timeout: float = 10.0) -> None:
     """Wait until the app's worker has decided every journaled entry.
 

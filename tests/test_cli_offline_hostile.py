@@ -9,16 +9,13 @@ silently.
 
 from __future__ import annotations
 
-import asyncio
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import stored_payloads
 from fakes import RecordingServer, Reply
 
 from receiver.cli import main
-from receiver.store import SqliteStore
-from receiver.store.base import JournalEntry
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "rules"
@@ -54,23 +51,7 @@ def test_replay_from_keeps_the_id_in_its_path_segment(capsys):
 
 
 def _db(tmp_path: Path, count: int) -> Path:
-    db = tmp_path / "r.db"
-
-    async def fill() -> None:
-        store = SqliteStore(str(db))
-        start = datetime.now(UTC) - timedelta(hours=1)
-        for i in range(count):
-            entry = JournalEntry(
-                f"e{i:03d}",
-                "alertmanager",
-                start + timedelta(minutes=i),
-                EXAMPLE.read_bytes(),
-            )
-            await store.append(entry, [])
-        await store.close()
-
-    asyncio.run(fill())
-    return db
+    return stored_payloads(tmp_path / "r.db", EXAMPLE.read_bytes(), count)
 
 
 @pytest.mark.parametrize(

@@ -13,17 +13,17 @@ import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import structlog
+from conftest import stored_payloads
 
 from receiver.cli import main, offline
 from receiver.errors import ConfigError
 from receiver.settings import load_settings
 from receiver.store import SqliteStore
-from receiver.store.base import JournalEntry
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "rules"
@@ -32,23 +32,7 @@ ADMIN_TOKEN = "adm-7f3c9e1d5b2a4680c1e2"
 
 
 def _stored(db: Path, count: int = 2) -> Path:
-    """A receiver store at ``db`` holding ``count`` copies of the example payload."""
-
-    async def fill() -> None:
-        store = SqliteStore(str(db))
-        start = datetime.now(UTC) - timedelta(hours=1)
-        for i in range(count):
-            entry = JournalEntry(
-                f"e{i:03d}",
-                "alertmanager",
-                start + timedelta(minutes=i),
-                EXAMPLE.read_bytes(),
-            )
-            await store.append(entry, [])
-        await store.close()
-
-    asyncio.run(fill())
-    return db
+    return stored_payloads(db, EXAMPLE.read_bytes(), count)
 
 
 def _empty(path: Path) -> None:

@@ -130,6 +130,19 @@ def make(
     )
 
 
+def hold(sink: Recording) -> asyncio.Event:
+    """Make each of ``sink``'s sends wait for the returned gate."""
+    gate = asyncio.Event()
+    plain_send = sink.send
+
+    async def held_send(t: AlertTrace) -> SinkOutcome:
+        await gate.wait()
+        return await plain_send(t)
+
+    sink.send = held_send  # type: ignore[method-assign]
+    return gate
+
+
 async def die(d: SinkDispatcher) -> None:
     """Stop the delivery loops as a kill would: no hand-back, no cleanup."""
     # Closed too: asyncio.wait_for may swallow a cancel that meets its result.
@@ -479,15 +492,8 @@ async def test_a_slow_delivery_keeps_its_row_past_the_lease(backend, tmp_path):
         spy = Renewals(outbox, wanted=40)
         store = MemoryStore()
         clock = Ticking(NOW, step=timedelta(seconds=1))
-        gate = asyncio.Event()
         sink = Recording()
-        plain_send = sink.send
-
-        async def slow_send(t: AlertTrace) -> SinkOutcome:
-            await gate.wait()
-            return await plain_send(t)
-
-        sink.send = slow_send  # type: ignore[method-assign]
+        gate = hold(sink)
         d = make(sink, store, spy, clock, concurrency=1, renew_every=0.001)  # type: ignore[arg-type]
         await d.put([trace("p1")])
         async with asyncio.timeout(20):
@@ -541,14 +547,7 @@ async def test_a_failing_hand_back_or_renewal_stops_no_delivery(at, error, tmp_p
     )
     store = MemoryStore()
     sink = Recording()
-    gate = asyncio.Event()
-    plain_send = sink.send
-
-    async def held_send(t: AlertTrace) -> SinkOutcome:
-        await gate.wait()
-        return await plain_send(t)
-
-    sink.send = held_send  # type: ignore[method-assign]
+    gate = hold(sink)
     d = make(sink, store, outbox, Ticking(NOW), renew_every=0.001)  # type: ignore[arg-type]
     await d.put([trace("p1"), trace("p2", "fp2")])
     async with asyncio.timeout(20):
@@ -723,14 +722,7 @@ async def test_a_renewal_whose_client_swallows_the_cancel_still_stops(tmp_path):
     outbox = Swallowing(SqliteOutbox(str(tmp_path / "r.db")))
     store = MemoryStore()
     sink = Recording()
-    gate = asyncio.Event()
-    plain_send = sink.send
-
-    async def held_send(t: AlertTrace) -> SinkOutcome:
-        await gate.wait()
-        return await plain_send(t)
-
-    sink.send = held_send  # type: ignore[method-assign]
+    gate = hold(sink)
     d = make(sink, store, outbox, Ticking(NOW), renew_every=0.001)  # type: ignore[arg-type]
     await d.put([trace("p1")])
     async with asyncio.timeout(20):
