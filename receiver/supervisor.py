@@ -82,14 +82,16 @@ class WorkerSupervisor:
         waits = Doubling(first=FIRST_BACKOFF, cap=MAX_BACKOFF)
         while not self._stopping.is_set():
             started = time.monotonic()
-            bell = await self._connect()
+            bell: socket.socket | None = None
             try:
+                bell = await self._connect()
                 self._proc = await asyncio.create_subprocess_exec(
                     *self.command(bell.fileno()), pass_fds=(bell.fileno(),)
                 )
             except OSError as exc:
-                # fork or exec failed (no memory, no process slots): the edge
-                # must not be left without a worker, so try again later.
+                # No socket pair (out of descriptors), or fork or exec failed
+                # (no memory, no process slots): the edge must not be left
+                # without a worker, so try again later.
                 wait = waits.failed()
                 log.exception(
                     "worker_not_started",
@@ -102,7 +104,8 @@ class WorkerSupervisor:
             finally:
                 # The child has its own copy (or none was made): with ours
                 # closed, the edge hears end of file when the child is gone.
-                bell.close()
+                if bell is not None:
+                    bell.close()
             self.starts += 1
             log.info("worker_started", pid=self._proc.pid, starts=self.starts)
             code = await self._proc.wait()

@@ -168,3 +168,34 @@ async def test_the_edge_hears_a_worker_gone():
     child.close()  # the child dies
     await asyncio.wait_for(reader, 10)
     await edge.aclose()
+
+
+async def test_a_doorbell_line_that_cannot_be_made_is_tried_again(monkeypatch):
+    """Out of descriptors for the socket pair: logged and retried, as a spawn is."""
+    monkeypatch.setattr(supervisor_module, "FIRST_BACKOFF", 0.0)
+    edge = EdgeBell()
+    lines = 0
+
+    async def connect() -> socket.socket:
+        nonlocal lines
+        lines += 1
+        if lines == 1:
+            raise OSError(24, "Too many open files")
+        return await edge.new_line()
+
+    started = asyncio.Event()
+
+    async def spawn(*_args: Any, **_kwargs: Any) -> FakeProcess:
+        started.set()
+        return FakeProcess(4000)
+
+    monkeypatch.setattr(supervisor_module.asyncio, "create_subprocess_exec", spawn)
+    sup = WorkerSupervisor([], connect)
+    with structlog.testing.capture_logs() as logs:
+        await sup.start()
+        await asyncio.wait_for(started.wait(), 10)
+        await sup.stop()
+    await edge.aclose()
+    assert lines == 2
+    [failed] = [e for e in logs if e["event"] == "worker_not_started"]
+    assert "Too many open files" in failed["error"]
