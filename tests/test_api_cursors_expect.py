@@ -123,3 +123,16 @@ async def test_expect_100_continue_still_gets_its_continue(make_client, expect):
     assert resp.status == 202, await resp.text()
     assert (await resp.json())["status"] == "success"
     assert len(await client.store.payloads()) == 1
+
+
+async def test_the_openapi_document_lists_the_417_on_every_operation(make_client):
+    """What every route answers, the document says."""
+    client = await make_client()
+    document = await (await client.get("/openapi.json")).json()
+    missing = [
+        (method, path)
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        if "417" not in operation["responses"]
+    ]
+    assert missing == []

@@ -46,6 +46,7 @@ _TITLES = {
     408: "The request body did not arrive within the body timeout.",
     413: "Body over the cap, or an alert over a per-alert cap.",
     415: "Content-Type is not JSON.",
+    417: "An Expect header other than 100-continue; send the request without it.",
     409: "Already decided (or expired); the detail says by whom.",
     422: "The rule files do not load; the current rules stay loaded.",
     429: "Too many unauthenticated bodies being read; retry after Retry-After.",
@@ -465,7 +466,7 @@ def spec() -> JSONObject:
 
 
 def _finish(paths: Operations) -> None:
-    """Operations other modules describe get an id and the router's 405."""
+    """Every operation gets an id, the router's 405 and the edge's 417."""
     used = {
         str(o["operationId"])
         for operations in paths.values()
@@ -483,6 +484,7 @@ def _finish(paths: Operations) -> None:
             responses = operation["responses"]
             if isinstance(responses, dict):
                 responses.setdefault("405", _problem(405))
+                responses.setdefault("417", _problem(417))
                 _problems_answered(responses)
 
 
