@@ -10,6 +10,7 @@ released. Both stores; errors are injected once, no sleeping.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from guard_helpers import HOUR, T0, Clock
 
-from receiver.engine.guards import GuardDefaults, GuardKeeper
+from receiver.engine.guards import GuardDefaults, GuardKeeper, Held
 from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Runner
 from receiver.engine.worker import Processor
@@ -194,3 +195,32 @@ async def test_a_hand_back_owed_waits_out_a_longer_outage(
     step = trace.matches[0].steps[-1]
     assert step.decision is Decision.EXECUTED, step.reason
     assert keeper.owed == 0
+
+
+async def test_a_lock_renewal_whose_client_swallows_the_cancel_still_stops(
+    store: Store, tmp_path: Any
+) -> None:
+    """The step ends while a lock renewal is in flight: the renewal ends too.
+
+    A client that turns the cancel into an error of its own (redis-py at times)
+    made the renewal log "lock_not_renewed" and renew again for ever; the
+    step's run waited for it and never finished.
+    """
+    keeper = _keeper(store)
+    runner = Runner({"http": Executor()}, Clock(), mode="execute", guards=keeper)
+    lock = await store.acquire_lock("target:x", "worker-1", T0, HOUR)
+    assert lock is not None
+    held = Held("key", "worker-1", lock)
+    renewing = asyncio.Event()
+
+    async def hanging_renew(*_args: Any, **_kwargs: Any) -> Any:
+        renewing.set()
+        try:
+            await asyncio.Event().wait()  # a store that never answers
+        except asyncio.CancelledError:
+            raise StoreUnavailableError("connection lost") from None
+
+    store.renew_lock = hanging_renew  # type: ignore[method-assign]
+    async with asyncio.timeout(10):
+        async with runner._renewing(held, timedelta(milliseconds=150)):
+            await renewing.wait()

@@ -31,6 +31,7 @@ from receiver.model import (
     StepTrace,
     freeze,
 )
+from receiver.retrying import stop_if_cancelled
 from receiver.rulebook.steps import StepModel, Verify
 
 log = structlog.get_logger("receiver.runner")
@@ -135,6 +136,10 @@ class Acting:
                     await keeper.renew(held, self._clock(), ttl)
                 except StoreUnavailableError as exc:
                     log.warning("lock_not_renewed", key=held.key, error=str(exc))
+                # Stopped while a renewal was in flight, whose client turned
+                # the cancel into an error: the step's run must not wait for
+                # this loop for ever.
+                stop_if_cancelled()
 
         task = asyncio.create_task(renew(), name=f"renew-lock-{held.key}")
         try:
@@ -143,6 +148,8 @@ class Acting:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            # The renewal's end, not this run's cancellation, was suppressed.
+            stop_if_cancelled()
 
     async def _prepare(
         self, trace: StepTrace, step: StepModel, alert: Alert
