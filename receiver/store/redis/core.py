@@ -52,6 +52,17 @@ _CURSOR = re.compile(r"[0-9a-f]{32}")
 _REFUSALS = ("MISCONF", "NOREPLICAS", "MASTERDOWN")
 
 
+def refuses_writes(exc: redis.exceptions.ResponseError) -> bool:
+    """Whether Redis answered "not now" (a replica, out of memory, loading).
+
+    A failover or a full instance: the caller retries later, as for an
+    unreachable Redis; any other error reply is a bug of ours.
+    """
+    return isinstance(
+        exc, redis.exceptions.OutOfMemoryError | redis.exceptions.ReadOnlyError
+    ) or str(exc).startswith(_REFUSALS)
+
+
 class RedisCore:
     """Connection, key names and scripts shared by the store's parts."""
 
@@ -168,10 +179,7 @@ class RedisCore:
                 f"Redis at {self._where} is unreachable, cannot {action}: {exc}"
             ) from exc
         except redis.exceptions.ResponseError as exc:
-            refused = isinstance(
-                exc, redis.exceptions.OutOfMemoryError | redis.exceptions.ReadOnlyError
-            ) or str(exc).startswith(_REFUSALS)
-            if not refused:
+            if not refuses_writes(exc):
                 raise
             raise StoreUnavailableError(
                 f"Redis at {self._where} refuses writes, cannot {action}: {exc}"
