@@ -13,6 +13,7 @@ the sentence. What ``enter`` takes comes back as handles (``Held``) that
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -118,6 +119,11 @@ class GuardKeeper:
         # pass of this worker could run the occurrence until a restart.
         # Handed back before the next pass takes anything.
         self._owed: dict[str, Held] = {}
+        # One settling at a time: the worker's passes share this keeper, and
+        # two handing back one owed pass would release its parts twice; a
+        # pass that finds a settling under way waits for it (the claim it is
+        # about to take may be the one being handed back).
+        self._settling = asyncio.Lock()
 
     def cool_off(self, guards: Guards) -> tuple[int, timedelta]:
         """Circuit threshold and cool-off for a playbook."""
@@ -388,19 +394,22 @@ class GuardKeeper:
 
     async def settle(self) -> None:
         """Hand back what earlier passes could not; never raises for an outage."""
-        for held in list(self._owed.values()):
-            try:
-                await self.abandon(held)
-            except ReceiverError as exc:
-                log.warning(
-                    "guard_hand_back_pending",
-                    key=held.key,
-                    owed=len(self._owed),
-                    error=str(exc),
-                    detail="handed back before this worker's next remediation",
-                )
-                return
-            log.info("guard_hand_back_done", key=held.key)
+        if not self._owed and not self._settling.locked():
+            return
+        async with self._settling:
+            for held in list(self._owed.values()):
+                try:
+                    await self.abandon(held)
+                except ReceiverError as exc:
+                    log.warning(
+                        "guard_hand_back_pending",
+                        key=held.key,
+                        owed=len(self._owed),
+                        error=str(exc),
+                        detail="handed back before this worker's next remediation",
+                    )
+                    return
+                log.info("guard_hand_back_done", key=held.key)
 
     async def renew(self, held: Held, now: datetime, ttl: timedelta) -> None:
         """Keep the target lock while the run and its verification go on."""
