@@ -26,6 +26,7 @@ from receiver.engine.guards import GuardDefaults
 from receiver.errors import StoreUnavailableError
 from receiver.model import iso
 from receiver.store.base import (
+    FORGET_DEAD_AFTER,
     AlertState,
     Approval,
     Circuit,
@@ -36,7 +37,6 @@ from receiver.store.base import (
     Store,
 )
 from receiver.store.redis import RedisStore
-from receiver.store.redis.guards import FORGET_DEAD_AFTER
 from receiver.store.sqlite import SqliteStore
 
 T0 = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
@@ -657,23 +657,51 @@ async def test_a_claim_left_days_ago_by_a_dead_incarnation_is_recovered(
 ) -> None:
     """Every replica down for two days: the claim (7 days) is still taken over.
 
-    Redis forgot incarnations dead for a day, while their run-once claims last
-    seven: a claim left by a crash then read as live, "already started ... not
-    run again", for the rest of its week.
+    Both stores forgot incarnations dead for a day, while their run-once claims
+    last seven: a claim left by a crash then read as live, "already started ...
+    not run again", for the rest of its week.
     """
     week = timedelta(days=7)
     await store.register("crashed", T0, timedelta(seconds=30))
     assert (await store.claim_key("k", "crashed", T0, week)).won
+    # The next incarnation starts at once and finds the crashed one dead.
+    start = T0 + timedelta(minutes=1)
+    await store.register("next", start, timedelta(days=30))
+    await store.recover("next", start)
+    # Two days later: another start's recovery (Redis forgot the dead there,
+    # after a day) and the prune (SQLite forgot them here).
     later = Tick(T0 + timedelta(days=2))
-    await store.register("next", later(), timedelta(minutes=1))
-    await store.recover("next", later())
+    await store.register("third", later(), timedelta(minutes=1))
+    await store.recover("third", later())
+    await store.prune(later())
     outcome = await store.claim_key("k", "next", later(), week)
     assert outcome.won, outcome.holder
     assert outcome.recovered is not None
     assert outcome.recovered.owner == "crashed"
 
 
-def test_redis_forgets_the_dead_only_after_their_claims_lapse() -> None:
+async def test_a_crashed_claim_is_recovered_after_the_prune_two_days_on(
+    store: Store,
+) -> None:
+    """The same, on a worker that runs on: its prune must not forget the dead.
+
+    SQLite's prune forgot incarnations dead for a day: the next pass of the
+    incarnation that had recovered the crash found the claim's owner unknown,
+    so alive, and refused the occurrence.
+    """
+    week = timedelta(days=7)
+    await store.register("crashed", T0, timedelta(seconds=30))
+    assert (await store.claim_key("k", "crashed", T0, week)).won
+    start = T0 + timedelta(minutes=1)
+    await store.register("next", start, timedelta(days=30))
+    await store.recover("next", start)
+    later = T0 + timedelta(days=2)
+    await store.prune(later)
+    outcome = await store.claim_key("k", "next", later, week)
+    assert outcome.won, outcome.holder
+
+
+def test_stores_forget_the_dead_only_after_their_claims_lapse() -> None:
     """The horizon stays past the run-once claims' lifetime if either changes."""
     assert GuardDefaults().idempotency_ttl < FORGET_DEAD_AFTER
 

@@ -43,7 +43,13 @@ from receiver.store.records import LONG_VALUE, compact_record, decision_matches
 if TYPE_CHECKING:
     from receiver.model import JSONObject, JSONValue
 
+# A worker incarnation dead this long is forgotten. Longer than a run-once
+# claim lives (``GuardDefaults.idempotency_ttl``, 7 days): a claim whose owner
+# is forgotten reads as live, so it could not be taken over after a crash.
+FORGET_DEAD_AFTER = timedelta(days=8)
+
 __all__ = [
+    "FORGET_DEAD_AFTER",
     "LONG_VALUE",
     "AlertState",
     "Approval",

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from receiver.store.base import (
+    FORGET_DEAD_AFTER,
     BudgetSlot,
     Circuit,
     Claim,
@@ -26,11 +27,6 @@ from receiver.store.redis.codec import (
     _ttl_ms,
 )
 from receiver.store.redis.core import RedisCore
-
-# An incarnation dead this long is forgotten. Longer than a run-once claim lives
-# (``GuardDefaults.idempotency_ttl``, 7 days): a claim whose owner is forgotten
-# reads as live, so it could not be taken over after a crash.
-FORGET_DEAD_AFTER = timedelta(days=8)
 
 
 class GuardOps(RedisCore):

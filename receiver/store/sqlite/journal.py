@@ -15,6 +15,7 @@ import msgspec
 
 from receiver.model import JSONValue, iso
 from receiver.store.base import (
+    FORGET_DEAD_AFTER,
     AlertState,
     JournalEntry,
     Lease,
@@ -534,7 +535,10 @@ class SqliteJournal(SqliteConnection):
             for table in ("claims", "locks", "last_run"):
                 db.execute(f"DELETE FROM {table} WHERE expires_at < ?", (at,))  # noqa: S608
             db.execute("DELETE FROM seen WHERE expires_at < ?", (at,))
-            db.execute("DELETE FROM incarnations WHERE alive_until < ?", (at - 86400,))
+            db.execute(
+                "DELETE FROM incarnations WHERE alive_until < ?",
+                (at - int(FORGET_DEAD_AFTER.total_seconds()),),
+            )
             db.execute(
                 "DELETE FROM budget WHERE at < ?",
                 (_epoch(now) - 31 * 86400,),
