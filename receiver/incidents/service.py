@@ -367,43 +367,74 @@ class IncidentService:
         if not alert.actionable or not trace.matches:
             return None
         if alert.source == "pagerduty":
+            if alert.status == "resolved":
+                # The incident PagerDuty opened, found by its own key.
+                record = await self.store.find_first(keys)
+                if record is not None and record.id is not None:
+                    lost = await self._resolve_lost(from_record(record), trace)
+                    if lost is not None:
+                        return lost
             known = await self._link_pagerduty(trace, keys)
             if known is not None:
                 return known
         return await self._fold(trace, keys)
+
+    async def _resolve_lost(
+        self, tracked: Incident, trace: AlertTrace
+    ) -> Incident | None:
+        """PagerDuty resolved the incident of one that lost track: resolve it.
+
+        It cannot resolve by itself (``lost_track``); PagerDuty's resolution
+        of its own alert or of the PagerDuty incident linked to it does. None
+        for any other incident or event.
+        """
+        if not (tracked.lost_track and tracked.active):
+            return None
+        if trace.alert.status != "resolved":
+            return None
+        fingerprint = trace.alert.fingerprint
+        pd_id = trace.alert.refs.get("incident_id", "")
+        own = fingerprint in tracked.unlisted or any(
+            a.fingerprint == fingerprint for a in tracked.alerts
+        )
+        if not own and not (pd_id and tracked.pagerduty_id == pd_id):
+            return None
+        by = trace.alert.refs.get("agent", "") or "PagerDuty"
+        return await self._change(
+            tracked.id,
+            lambda inc, now: resolve(
+                inc,
+                now,
+                self.policy,
+                by=by,
+                why="resolved in PagerDuty (the receiver had lost track of this "
+                "alert storm)",
+            ),
+        )
 
     async def _link_pagerduty(
         self, trace: AlertTrace, keys: list[str]
     ) -> Incident | None:
         """A PagerDuty incident about an incident we already track: link it."""
         pd_id = trace.alert.refs.get("incident_id", "")
-        by = trace.alert.refs.get("agent", "") or "PagerDuty"
         for key in keys[1:]:
             record = await self.store.find(key)
             if record is None or record.id is None:
                 continue
             tracked = from_record(record)
             fingerprint = trace.alert.fingerprint
-            if fingerprint in tracked.unlisted or any(
+            own = fingerprint in tracked.unlisted or any(
                 a.fingerprint == fingerprint for a in tracked.alerts
-            ):
+            )
+            if own or tracked.pagerduty_id == pd_id:
+                lost = await self._resolve_lost(tracked, trace)
+                if lost is not None:
+                    return lost
+            if own:
                 # One of its own alerts (PagerDuty opened it): fold it in, so
                 # PagerDuty's resolution resolves it.
                 return None
             if tracked.pagerduty_id == pd_id:
-                if tracked.lost_track and trace.alert.status == "resolved":
-                    # It cannot resolve by itself: PagerDuty's resolution does.
-                    return await self._change(
-                        record.id,
-                        lambda inc, now: resolve(
-                            inc,
-                            now,
-                            self.policy,
-                            by=by,
-                            why="resolved in PagerDuty (the receiver had lost "
-                            "track of this alert storm)",
-                        ),
-                    )
                 return tracked
 
             def link(inc: Incident, now: datetime) -> tuple[Incident, list[Effect]]:
