@@ -141,19 +141,25 @@ class FoldQueue:
                 continue
             except Exception:  # a bug: a background task must not die silently
                 left = [t for t in batch if id(t) not in done]
-                stop_if_cancelled()
                 if self._isolate:
+                    # Kept if the error was a cancellation in disguise.
+                    self._queue[:0] = left
+                    stop_if_cancelled()
+                    del self._queue[: len(left)]
                     self._isolate -= 1
                     log.exception("incident_trace_dropped", traces=len(left))
                     continue
+                # Back first: a cancellation turned into this error (shutdown)
+                # must not take the rest of the batch with it.
+                self._queue[:0] = left
+                self._isolate = len(left)
+                stop_if_cancelled()
                 log.exception(
                     "incident_update_failed",
                     traces=len(left),
                     detail="folding them again one by one; only a trace that "
                     "fails on its own is dropped",
                 )
-                self._queue[:0] = left
-                self._isolate = len(left)
                 continue
             if self._isolate:
                 self._isolate -= 1
