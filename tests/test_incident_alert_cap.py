@@ -238,6 +238,20 @@ def test_incidents_stored_before_the_cap_rule_still_load() -> None:
     assert Incident.from_json({**stored, "unlisted": {}}) == opened
 
 
+async def lose_track(store: SqliteIncidentStore, incident: Incident) -> None:
+    """Store ``incident`` as one that lost track of its storm."""
+    lost = evolve(incident, lost_track=True, version=incident.version + 1)
+    assert await store.update(to_record(lost)) is not None
+
+
+async def pagerduty(service: IncidentService, name: str) -> list[Incident]:
+    """Fold the PagerDuty example webhook ``name`` in."""
+    book = rulebook()
+    return await service.observe(
+        await traces(book, "pagerduty", example(f"pagerduty/{name}"), START)
+    )
+
+
 async def test_pagerduty_or_a_person_resolves_an_incident_that_lost_track() -> None:
     """Lost track: resolving its PagerDuty incident resolves it; so can a person."""
     clock = TickingClock()
@@ -249,27 +263,12 @@ async def test_pagerduty_or_a_person_resolves_an_incident_that_lost_track() -> N
         [ours] = await service.observe(
             await traces(book, "events_v2", trigger, clock())
         )
-        await service.observe(
-            await traces(
-                book,
-                "pagerduty",
-                example("pagerduty/sark-api-down.triggered.json"),
-                clock(),
-            )
-        )
+        await pagerduty(service, "sark-api-down.triggered.json")
         linked = await service.get(ours.id)
         assert linked is not None
         assert linked.pagerduty_id
-        lost = evolve(linked, lost_track=True, version=linked.version + 1)
-        assert await store.update(to_record(lost)) is not None
-        await service.observe(
-            await traces(
-                book,
-                "pagerduty",
-                example("pagerduty/sark-api-down.resolved.json"),
-                clock(),
-            )
-        )
+        await lose_track(store, linked)
+        await pagerduty(service, "sark-api-down.resolved.json")
         final = await service.get(ours.id)
         assert final is not None
         assert final.state is State.RESOLVED
@@ -278,13 +277,35 @@ async def test_pagerduty_or_a_person_resolves_an_incident_that_lost_track() -> N
         [again] = await service.observe(
             await traces(book, "events_v2", trigger, clock())
         )
-        lost = evolve(again, lost_track=True, version=again.version + 1)
-        assert await store.update(to_record(lost)) is not None
+        await lose_track(store, again)
         by_hand = await service.resolve(again.id, by="jane", text="storm is over")
         assert by_hand.state is State.RESOLVED
         assert (by_hand.timeline[-1].by, by_hand.timeline[-1].text) == (
             "jane",
             "Resolved: storm is over",
         )
+    finally:
+        await service.aclose()
+
+
+async def test_pagerduty_resolves_the_incident_it_opened_that_lost_track() -> None:
+    """PagerDuty opened it, a storm made it lose track; PD's resolution resolves it.
+
+    Its resolution was folded like any alert (the alert is the incident's own)
+    and ``lost_track`` kept it open for ever, although the timeline says
+    resolving it in PagerDuty closes it.
+    """
+    clock = TickingClock()
+    book = rulebook()
+    store = SqliteIncidentStore(":memory:")
+    service = IncidentService(store, clock=clock, rulebook=lambda: book)
+    try:
+        [opened] = await pagerduty(service, "sark-api-down.triggered.json")
+        assert opened.pagerduty_id
+        await lose_track(store, opened)
+        await pagerduty(service, "sark-api-down.resolved.json")
+        final = await service.get(opened.id)
+        assert final is not None
+        assert final.state is State.RESOLVED, [e.text for e in final.timeline]
     finally:
         await service.aclose()
