@@ -796,3 +796,44 @@ async def test_a_batch_that_cannot_be_read_ahead_is_decided_entry_by_entry(
     assert await _records_per_entry(store) == {f"e{n:03d}": 1 for n in range(3)}
     assert await store.parked_count() == 0
     await store.close()
+
+
+class SwallowingSqlite(SqliteStore):
+    """``complete_batch`` hangs; cancelled, it raises the store's own error.
+
+    As redis-py's asyncio client does at times (a ``ConnectionError`` where
+    the ``CancelledError`` was).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.writes = 0
+        self.writing = asyncio.Event()
+
+    async def complete_batch(self, done: Any) -> None:
+        self.writes += 1
+        self.writing.set()
+        try:
+            await asyncio.Event().wait()  # a store that never answers
+        except asyncio.CancelledError:
+            raise StoreUnavailableError("connection lost") from None
+
+
+async def test_a_recorder_whose_store_swallows_the_cancel_stops_writing(tmp_path):
+    """Closed while a write hangs: the flusher stops, the next batch is not written.
+
+    It went on to the next batch (which hung again): the worker's stop never
+    finished.
+    """
+    store = SwallowingSqlite(str(tmp_path / "state.db"))
+    recorder = Recorder(store, limit=1, in_flight=1)
+    first = asyncio.create_task(recorder.record("e000", []))
+    second = asyncio.create_task(recorder.record("e001", []))
+    await store.writing.wait()
+    async with asyncio.timeout(10):
+        await recorder.aclose()
+    assert store.writes == 1
+    results = await asyncio.gather(first, second, return_exceptions=True)
+    assert isinstance(results[0], StoreUnavailableError)
+    assert isinstance(results[1], asyncio.CancelledError)
+    await store.close()

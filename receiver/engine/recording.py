@@ -21,6 +21,7 @@ import contextlib
 from collections.abc import Mapping, Sequence
 
 from receiver.model import JSONValue
+from receiver.retrying import stop_if_cancelled
 from receiver.store.base import Store
 
 _Pending = tuple[str, Sequence[Mapping[str, JSONValue]], "asyncio.Future[None]"]
@@ -75,6 +76,9 @@ class Recorder:
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
+                # A cancel a store client turned into its own error: stop, do
+                # not write the next batch (``aclose`` cancels its callers).
+                stop_if_cancelled()
                 continue
             self.writes += 1
             self.entries += len(batch)
