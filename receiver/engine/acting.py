@@ -136,6 +136,8 @@ class Acting:
                     await keeper.renew(held, self._clock(), ttl)
                 except StoreUnavailableError as exc:
                     log.warning("lock_not_renewed", key=held.key, error=str(exc))
+                except Exception:  # the next renewal may work; the step goes on
+                    log.exception("lock_not_renewed", key=held.key)
                 # Stopped while a renewal was in flight, whose client turned
                 # the cancel into an error: the step's run must not wait for
                 # this loop for ever.

@@ -62,6 +62,10 @@ class Recorder:
         # Each flusher takes what waits when it is free: a batch is never split
         # between two of them, and no entry is in two batches.
         while self._queue:
+            # A cancel a store client swallowed (its write then failing or even
+            # succeeding): stop, do not write the next batch (``aclose``
+            # cancels its callers).
+            stop_if_cancelled()
             batch = [p for p in self._queue[: self._limit] if not p[2].cancelled()]
             self._queue = self._queue[self._limit :]
             if not batch:
@@ -76,9 +80,6 @@ class Recorder:
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
-                # A cancel a store client turned into its own error: stop, do
-                # not write the next batch (``aclose`` cancels its callers).
-                stop_if_cancelled()
                 continue
             self.writes += 1
             self.entries += len(batch)

@@ -385,19 +385,18 @@ class IncidentService:
         """PagerDuty resolved the incident of one that lost track: resolve it.
 
         It cannot resolve by itself (``lost_track``); PagerDuty's resolution
-        of its own alert or of the PagerDuty incident linked to it does. None
+        of the PagerDuty incident linked to it (or that opened it) does. None
         for any other incident or event.
         """
         if not (tracked.lost_track and tracked.active):
             return None
         if trace.alert.status != "resolved":
             return None
-        fingerprint = trace.alert.fingerprint
+        # The PagerDuty incident linked to it (or that opened it) only: one of
+        # several PagerDuty incidents grouped into it resolving is not the
+        # whole storm resolving.
         pd_id = trace.alert.refs.get("incident_id", "")
-        own = fingerprint in tracked.unlisted or any(
-            a.fingerprint == fingerprint for a in tracked.alerts
-        )
-        if not own and not (pd_id and tracked.pagerduty_id == pd_id):
+        if not (pd_id and tracked.pagerduty_id == pd_id):
             return None
         by = trace.alert.refs.get("agent", "") or "PagerDuty"
         return await self._change(
