@@ -48,10 +48,11 @@ async def test_recorder_stops_after_a_cancel_swallowed_by_a_write_that_succeeds(
     """
     store = _SwallowingStore()
     recorder = Recorder(store, limit=1, in_flight=1)  # type: ignore[arg-type]
+    # Tasks start in order: e2 is queued before the flusher takes e1 alone.
     first = asyncio.create_task(recorder.record("e1", []))
+    second = asyncio.create_task(recorder.record("e2", []))
     await store.first_started.wait()
-    second = asyncio.create_task(recorder.record("e2", []))  # queued behind
-    await asyncio.sleep(0)
+    assert [entry for entry, _, _ in recorder._queue] == ["e2"]
     closing = asyncio.create_task(recorder.aclose())
     finished, _ = await asyncio.wait([closing], timeout=2)
     for t in (first, second, closing, *recorder._flushers):
@@ -98,12 +99,14 @@ async def test_lock_renewal_survives_one_unexpected_error(store: Store) -> None:
     held = Held("key", "worker-1", lock)
     calls = 0
     real = store.renew_lock
+    renewed_again = asyncio.Event()
 
     async def flaky(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("unexpected error reply")
+        renewed_again.set()
         return await real(*args, **kwargs)
 
     store.renew_lock = flaky  # type: ignore[method-assign]
@@ -111,7 +114,8 @@ async def test_lock_renewal_survives_one_unexpected_error(store: Store) -> None:
     try:
         async with asyncio.timeout(5):
             async with runner._renewing(held, timedelta(milliseconds=150)):
-                await asyncio.sleep(0.5)  # the step runs for ~10 renewal periods
+                # The step runs until the lock was renewed after the error.
+                await renewed_again.wait()
     except Exception as exc:  # noqa: BLE001
         raised = exc
     assert calls > 1, "the lock was renewed once and never again while the step ran"
