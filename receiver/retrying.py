@@ -170,6 +170,16 @@ def stop_if_cancelled() -> None:
     and whoever waits for it on shutdown would hang. Such a loop calls this
     after catching an error.
     """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
+    if cancelling():
         raise asyncio.CancelledError
+
+
+def cancelling() -> bool:
+    """Whether this task itself is being cancelled (a request not yet withdrawn).
+
+    Not a stray ``CancelledError`` some awaited thing raised: the task's own
+    count of cancel requests, which ``asyncio.timeout`` and aiohttp's timeouts
+    take back when they turn theirs into a ``TimeoutError``.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

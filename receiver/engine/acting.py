@@ -31,7 +31,7 @@ from receiver.model import (
     StepTrace,
     freeze,
 )
-from receiver.retrying import stop_if_cancelled
+from receiver.retrying import cancelling, stop_if_cancelled
 from receiver.rulebook.steps import StepModel, Verify
 
 log = structlog.get_logger("receiver.runner")
@@ -95,12 +95,6 @@ def describe_error(exc: BaseException) -> str:
         text = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
     text = " ".join(text.split())
     return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 1] + "…"
-
-
-def _cancelled_from_outside() -> bool:
-    """Whether this task itself is being cancelled (not a step's stray cancel)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 class Acting:
@@ -177,7 +171,7 @@ class Acting:
         except StoreUnavailableError:
             raise
         except asyncio.CancelledError as exc:
-            if _cancelled_from_outside():
+            if cancelling():  # this task itself, not a step's stray cancel
                 raise
             return self._failed(trace, exc, "")
         except Exception as exc:  # noqa: BLE001 (failure is a value)
@@ -211,7 +205,7 @@ class Acting:
         except StoreUnavailableError:
             raise
         except asyncio.CancelledError as exc:
-            if _cancelled_from_outside():
+            if cancelling():  # this task itself, not a step's stray cancel
                 raise
             result = StepResult(
                 ok=False, reason=f"verification failed: {describe_error(exc)}"
@@ -279,7 +273,7 @@ class Acting:
         except StoreUnavailableError:
             raise
         except asyncio.CancelledError as exc:
-            if _cancelled_from_outside():
+            if cancelling():  # this task itself, not a step's stray cancel
                 raise
             return self._failed(trace, exc, ""), True
         except Exception as exc:  # noqa: BLE001 (failure is a value)

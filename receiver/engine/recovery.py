@@ -22,11 +22,12 @@ import asyncio
 from dataclasses import replace
 from datetime import datetime
 
-from receiver.engine.acting import Acting, _cancelled_from_outside, describe_error
+from receiver.engine.acting import Acting, describe_error
 from receiver.engine.guards import Held, Refusal
 from receiver.engine.planner import PlannedMatch
 from receiver.errors import StoreUnavailableError
 from receiver.model import Alert, Decision, Intent, RecheckResult, StepKind, StepTrace
+from receiver.retrying import cancelling
 from receiver.rulebook.steps import StepModel
 
 
@@ -161,7 +162,7 @@ class Recovering(Acting):
             except StoreUnavailableError:
                 raise
             except asyncio.CancelledError as exc:
-                if _cancelled_from_outside():
+                if cancelling():  # this task itself, not a step's stray cancel
                     raise
                 seen = RecheckResult(
                     None, f"the re-check failed: {describe_error(exc)}"

@@ -32,7 +32,6 @@ from receiver.engine.acting import (
     Clock,
     Executor,
     Preparing,
-    _cancelled_from_outside,
     describe_error,
 )
 from receiver.engine.guards import GuardKeeper, Held, Refusal, idempotency_key
@@ -51,6 +50,7 @@ from receiver.model import (
     StepKind,
     StepTrace,
 )
+from receiver.retrying import cancelling
 from receiver.rulebook.steps import StepModel
 
 __all__ = ["Clock", "Executor", "Preparing", "Runner", "describe_error"]
@@ -202,7 +202,7 @@ class Runner(Recovering):
             except StoreUnavailableError:
                 raise
             except asyncio.CancelledError as exc:
-                if _cancelled_from_outside():
+                if cancelling():  # this task itself, not a step's stray cancel
                     raise
                 trace = self._failed(trace, exc, "")
             except Exception as exc:  # noqa: BLE001 (failure is a value)
@@ -479,7 +479,7 @@ class Runner(Recovering):
                 if changed and outcome.decision is Decision.EXECUTED:
                     outcome = await self._verify(outcome, step, alert)
         except asyncio.CancelledError as exc:
-            if _cancelled_from_outside():
+            if cancelling():  # this task itself, not a step's stray cancel
                 raise  # shutdown: the key stays "sending", recovery re-checks it
             return self._failed(trace, exc, ""), True
         except StoreUnavailableError:

@@ -30,7 +30,7 @@ import redis.exceptions
 from receiver.errors import StoreUnavailableError
 from receiver.model import JSONValue, freeze, iso, json_object
 from receiver.store.incidents_base import IncidentQuery, IncidentRecord
-from receiver.store.redis.core import refuses_writes
+from receiver.store.redis.core import outage
 
 T = TypeVar("T")
 
@@ -192,16 +192,14 @@ class RedisIncidentStore:
     async def _call(self, what: str, coro: Awaitable[T]) -> T:
         try:
             return await coro
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise StoreUnavailableError(f"Redis incident store: {what}: {exc}") from exc
-        except redis.exceptions.ResponseError as exc:
-            # A failover's replica (READONLY), out of memory, loading: the
-            # store is down for now, as the main store reads it (not a bug
-            # that would drop the traces being folded).
-            if not refuses_writes(exc):
+        except redis.exceptions.RedisError as exc:
+            # Down for now as the main store reads it (a failover's READONLY
+            # too): not a bug that would drop the traces being folded.
+            why = outage(exc)
+            if why is None:
                 raise
             raise StoreUnavailableError(
-                f"Redis incident store refuses writes: {what}: {exc}"
+                f"Redis incident store {why}: {what}: {exc}"
             ) from exc
 
     async def next_number(self, day: str) -> int:  # noqa: D102

@@ -52,15 +52,24 @@ _CURSOR = re.compile(r"[0-9a-f]{32}")
 _REFUSALS = ("MISCONF", "NOREPLICAS", "MASTERDOWN")
 
 
-def refuses_writes(exc: redis.exceptions.ResponseError) -> bool:
-    """Whether Redis answered "not now" (a replica, out of memory, loading).
+def outage(exc: redis.exceptions.RedisError) -> str | None:
+    """How Redis cannot take this now ("is unreachable", "refuses writes"), or None.
 
-    A failover or a full instance: the caller retries later, as for an
-    unreachable Redis; any other error reply is a bug of ours.
+    Unreachable, or a failover's replica (READONLY), out of memory, loading:
+    the store is down for now and the caller retries later. Any other error
+    (None) is a bug of ours.
     """
-    return isinstance(
-        exc, redis.exceptions.OutOfMemoryError | redis.exceptions.ReadOnlyError
-    ) or str(exc).startswith(_REFUSALS)
+    unreachable = redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
+    if isinstance(exc, unreachable):
+        return "is unreachable"
+    if isinstance(exc, redis.exceptions.ResponseError) and (
+        isinstance(
+            exc, redis.exceptions.OutOfMemoryError | redis.exceptions.ReadOnlyError
+        )
+        or str(exc).startswith(_REFUSALS)
+    ):
+        return "refuses writes"
+    return None
 
 
 class RedisCore:
@@ -171,18 +180,12 @@ class RedisCore:
         """Turn "Redis cannot take this now" into ``StoreUnavailableError``."""
         try:
             yield
-        except (
-            redis.exceptions.ConnectionError,
-            redis.exceptions.TimeoutError,
-        ) as exc:
-            raise StoreUnavailableError(
-                f"Redis at {self._where} is unreachable, cannot {action}: {exc}"
-            ) from exc
-        except redis.exceptions.ResponseError as exc:
-            if not refuses_writes(exc):
+        except redis.exceptions.RedisError as exc:
+            why = outage(exc)
+            if why is None:
                 raise
             raise StoreUnavailableError(
-                f"Redis at {self._where} refuses writes, cannot {action}: {exc}"
+                f"Redis at {self._where} {why}, cannot {action}: {exc}"
             ) from exc
 
     async def _ensure_group(self, *, again: bool = False) -> None:
