@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import redis.asyncio
@@ -27,6 +27,7 @@ from peers import run_redis
 from pydantic import SecretStr
 
 from receiver.app import create_app
+from receiver.errors import StoreUnavailableError
 from receiver.logs import Summary
 from receiver.metrics import Metrics
 from receiver.rulebook.loader import load_rulebook
@@ -303,6 +304,21 @@ async def park_entry(
     lease = await store.claim("crashed", 1.0, at)
     assert lease is not None
     await store.park(lease, reason, at)
+
+
+async def never_answer_then_fail(started: asyncio.Event) -> NoReturn:
+    """A store call that never answers; cancelled, it raises its own error.
+
+    As redis-py's asyncio client does at times: a ``ConnectionError`` where
+    the ``CancelledError`` was (here ``StoreUnavailableError``, as the stores
+    raise it). ``started`` is set once the call is waiting.
+    """
+    started.set()
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        raise StoreUnavailableError("connection lost") from None
+    raise AssertionError  # never reached: the wait ends only by cancellation
 
 
 def stored_payloads(db: Path, body: bytes, count: int) -> Path:

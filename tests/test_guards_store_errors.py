@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from conftest import never_answer_then_fail
 from guard_helpers import HOUR, T0, Clock
 
 from receiver.engine.guards import GuardDefaults, GuardKeeper, Held
@@ -214,11 +215,7 @@ async def test_a_lock_renewal_whose_client_swallows_the_cancel_still_stops(
     renewing = asyncio.Event()
 
     async def hanging_renew(*_args: Any, **_kwargs: Any) -> Any:
-        renewing.set()
-        try:
-            await asyncio.Event().wait()  # a store that never answers
-        except asyncio.CancelledError:
-            raise StoreUnavailableError("connection lost") from None
+        await never_answer_then_fail(renewing)
 
     store.renew_lock = hanging_renew  # type: ignore[method-assign]
     async with asyncio.timeout(10):

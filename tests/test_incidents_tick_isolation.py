@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+from conftest import never_answer_then_fail
 from incident_helpers import TickingClock, example, rulebook, traces
 
-from receiver.errors import StoreUnavailableError
 from receiver.incidents.service import IncidentService
 from receiver.store.incidents_sqlite import SqliteIncidentStore
 
@@ -110,12 +110,7 @@ async def test_the_ticker_stops_when_a_tick_swallows_its_cancel():
     ticking = asyncio.Event()
 
     async def hanging_tick() -> int:
-        ticking.set()
-        try:
-            await asyncio.Event().wait()  # a store that never answers
-        except asyncio.CancelledError:
-            raise StoreUnavailableError("connection lost") from None
-        return 0
+        await never_answer_then_fail(ticking)
 
     service.tick = hanging_tick  # type: ignore[method-assign]
     ticker = asyncio.create_task(service.run(0.001))

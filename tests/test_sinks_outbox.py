@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import Ticking
+from conftest import Ticking, never_answer_then_fail
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -705,11 +705,7 @@ class Swallowing:
         return getattr(self.inner, name)
 
     async def extend(self, *_args: object, **_kw: object) -> None:
-        self.renewing.set()
-        try:
-            await asyncio.Event().wait()  # a peer that never answers
-        except asyncio.CancelledError:
-            raise StoreUnavailableError("connection lost") from None
+        await never_answer_then_fail(self.renewing)
 
 
 async def test_a_renewal_whose_client_swallows_the_cancel_still_stops(tmp_path):

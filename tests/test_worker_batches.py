@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import test_store_contract as contract
-from conftest import journal_drained
+from conftest import journal_drained, never_answer_then_fail
 from test_store_contract import _forget_prefix
 
 from receiver.engine import worker as worker_module
@@ -812,11 +812,7 @@ class SwallowingSqlite(SqliteStore):
 
     async def complete_batch(self, done: Any) -> None:
         self.writes += 1
-        self.writing.set()
-        try:
-            await asyncio.Event().wait()  # a store that never answers
-        except asyncio.CancelledError:
-            raise StoreUnavailableError("connection lost") from None
+        await never_answer_then_fail(self.writing)
 
 
 async def test_a_recorder_whose_store_swallows_the_cancel_stops_writing(tmp_path):
