@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -27,8 +28,10 @@ from receiver.model import Alert
 from receiver.rulebook.loader import load_rulebook
 from receiver.sources import body_alerts
 from receiver.steps.catalog import builtin_registry
+from receiver.store.handles import JournalEntry
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+FIXTURES = Path(__file__).parent / "fixtures" / "pagerduty_v3"
 RULES = """
 playbooks:
   look:
@@ -81,11 +84,33 @@ async def test_decided_payloads_are_summed_up_at_info(tmp_path) -> None:
         processor.flush_decided()  # nothing new: no second line
     [summary] = [e for e in logs if e["event"] == "payloads_decided"]
     assert summary["log_level"] == "info"
-    assert summary["payloads"] == 3
+    assert summary["payloads"] == {"alertmanager": 3}  # per source, as the edge counts
     assert summary["alerts"] == 6
     assert summary["matched"] == 3
     assert sum(summary["steps"].values()) == 3  # one step per match
     assert (summary["first_payload_id"], summary["last_payload_id"]) == ("p1", "p3")
+
+
+async def test_the_summary_counts_payloads_by_their_journal_source(tmp_path) -> None:
+    """Counted under the source it came in on, an empty payload too."""
+    processor = _processor(tmp_path)
+    body = (FIXTURES / "incident.annotated.json").read_bytes()
+    entries = [
+        JournalEntry("p1", "pagerduty", T0, body),
+        JournalEntry(
+            "p2",
+            "alertmanager",
+            T0,
+            b'{"version":"4","status":"firing","receiver":"r","groupLabels":{},"commonLabels":{},"commonAnnotations":{},"externalURL":"","groupKey":"g","alerts":[]}',
+        ),
+        JournalEntry("p3", "pagerduty", T0, body),
+    ]
+    with structlog.testing.capture_logs() as logs:
+        for entry in entries:
+            await processor.process(entry)
+        processor.flush_decided()
+    [summary] = [e for e in logs if e["event"] == "payloads_decided"]
+    assert summary["payloads"] == {"pagerduty": 2, "alertmanager": 1}
 
 
 async def test_each_payload_has_its_line_at_debug(tmp_path) -> None:

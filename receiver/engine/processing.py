@@ -373,11 +373,13 @@ class Processor:
         ctx: PlanContext | None = None,
         count: bool = True,
         acks: dict[str, datetime | None] | None = None,
+        source: str = "",
     ) -> list[AlertTrace]:
         """Plan and run every alert; ``now`` fixes time for replay ``--at``.
 
         ``acks``: acknowledgements read ahead (``prepare``); what it lacks is
-        read here.
+        read here. ``source``: the payload's (the summary counts payloads per
+        source, as the edge's does); the alerts' own when not given.
         """
         traces = []
         tally = _Tally()
@@ -420,9 +422,10 @@ class Processor:
                     matched=tally.matched,
                     steps=steps,
                 )
+            source = source or (alerts[0].source if alerts else "unknown")
             self._decided.add(
                 payload_id,
-                payloads=1,
+                payloads={source: 1},
                 alerts=len(traces),
                 matched=tally.matched,
                 steps=steps,
@@ -638,4 +641,4 @@ class Processor:
             # A PagerDuty event that is not about an incident: stored, listed
             # with the payloads, and counted here; nothing to decide.
             self._metrics.events_recorded.labels(entry.source).inc()
-        return await self.decide(alerts, entry.id, now, acks=acks)
+        return await self.decide(alerts, entry.id, now, acks=acks, source=entry.source)
