@@ -33,6 +33,14 @@ IDS = st.sampled_from(["INC-a", "INC-b", "INC-c", "INC-d"])
 KEYS = st.lists(st.sampled_from(["am:g1", "am:g2", "pdkey:x", "fp:1"]), max_size=3)
 STATES = st.sampled_from(["triggered", "acknowledged", "mitigated", "resolved"])
 SEVERITIES = st.sampled_from(["P0", "P1", "P2", "P3"])
+# Fold marks: a few payloads and fingerprints, so that marks repeat; few kept,
+# so that the oldest are forgotten often.
+MARK = st.tuples(
+    st.sampled_from(["0190aa", "0190ab", "0190ac"]),
+    st.sampled_from(["fp1", "fp2", "pd-x:y"]),
+)
+MARKS = st.lists(MARK, max_size=4)
+MAX_MARKS = 3
 
 
 class Clock:
@@ -50,12 +58,27 @@ class Model:
     held: dict[str, str] = field(default_factory=dict)
     seq: int = 0
     numbers: dict[str, int] = field(default_factory=dict)
+    # Each mark's latest write number, and how many mark writes there were.
+    marks: dict[tuple[str, str], int] = field(default_factory=dict)
+    written: int = 0
 
-    def create(self, record: IncidentRecord) -> IncidentRecord | None:
+    def mark(self, marks: list[tuple[str, str]]) -> None:
+        for one in marks:
+            self.written += 1
+            self.marks[one] = self.written
+
+    def folded(self, marks: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        kept = {m for m, n in self.marks.items() if n > self.written - MAX_MARKS}
+        return kept & set(marks)
+
+    def create(
+        self, record: IncidentRecord, marks: list[tuple[str, str]] = ()
+    ) -> IncidentRecord | None:
         if record.id in self.records:
             return None
         if record.active and any(k in self.held for k in record.keys):
             return None
+        self.mark(list(marks))
         self.seq += 1
         stored = replace(record, seq=self.seq)
         self.records[record.id] = stored
@@ -63,7 +86,9 @@ class Model:
             self.held.update(dict.fromkeys(record.keys, record.id))
         return stored
 
-    def update(self, record: IncidentRecord) -> IncidentRecord | None:
+    def update(
+        self, record: IncidentRecord, marks: list[tuple[str, str]] = ()
+    ) -> IncidentRecord | None:
         old = self.records.get(record.id)
         if old is None or old.version != record.version - 1:
             return None
@@ -71,6 +96,7 @@ class Model:
             self.held.get(k, record.id) != record.id for k in record.keys
         ):
             return None
+        self.mark(list(marks))
         self.held = {k: v for k, v in self.held.items() if v != record.id}
         if record.active:
             self.held.update(dict.fromkeys(record.keys, record.id))
@@ -108,8 +134,12 @@ class IncidentStoreMachine(RuleBasedStateMachine):
         self.clock = Clock()
         self.model = Model()
         self.stores = [
-            SqliteIncidentStore(":memory:"),
-            RedisIncidentStore(self.redis_url, prefix=f"t{uuid.uuid4().hex[:8]}"),
+            SqliteIncidentStore(":memory:", max_marks=MAX_MARKS),
+            RedisIncidentStore(
+                self.redis_url,
+                prefix=f"t{uuid.uuid4().hex[:8]}",
+                max_marks=MAX_MARKS,
+            ),
         ]
 
     def run(self, method: str, *args: object) -> list[object]:
@@ -144,11 +174,12 @@ class IncidentStoreMachine(RuleBasedStateMachine):
         state=STATES,
         severity=SEVERITIES,
         watch=st.booleans(),
+        marks=MARKS,
     )
-    def create(self, incident_id, keys, state, severity, watch) -> None:
+    def create(self, incident_id, keys, state, severity, watch, marks) -> None:  # noqa: PLR0917
         record = self._record(incident_id, keys, state, severity, 1, watch)
-        want = self.model.create(record)
-        for got in self.run("create", record):
+        want = self.model.create(record, marks)
+        for got in self.run("create", record, marks):
             assert comparable(got) == comparable(want)
 
     @precondition(lambda self: self.model.records)
@@ -159,16 +190,28 @@ class IncidentStoreMachine(RuleBasedStateMachine):
         severity=SEVERITIES,
         watch=st.booleans(),
         bump=st.sampled_from([0, 1, 1, 1, 2]),
+        marks=MARKS,
     )
-    def update(self, data, keys, state, severity, watch, bump) -> None:  # noqa: PLR0917
+    def update(self, data, keys, state, severity, watch, bump, marks) -> None:  # noqa: PLR0917
         incident_id = data.draw(st.sampled_from(sorted(self.model.records)))
         old = self.model.records[incident_id]
         record = self._record(
             incident_id, keys, state, severity, old.version + bump, watch
         )
-        want = self.model.update(record)
-        for got in self.run("update", record):
+        want = self.model.update(record, marks)
+        for got in self.run("update", record, marks):
             assert comparable(got) == comparable(want)
+
+    @rule(marks=MARKS)
+    def mark_folded(self, marks) -> None:
+        self.model.mark(marks)
+        self.run("mark_folded", marks)
+
+    @rule(marks=st.lists(MARK, max_size=6))
+    def folded(self, marks) -> None:
+        want = self.model.folded(marks)
+        for got in self.run("folded", marks):
+            assert got == want
 
     @rule(incident_id=IDS)
     def get(self, incident_id) -> None:
@@ -205,8 +248,9 @@ class IncidentStoreMachine(RuleBasedStateMachine):
         day=st.sampled_from(["2026-11-26", "2026-11-27"]),
         keys=KEYS,
         state=STATES,
+        marks=MARKS,
     )
-    def create_numbered(self, day, keys, state) -> None:
+    def create_numbered(self, day, keys, state, marks) -> None:
         # Only where it succeeds: on a taken key SQLite gives the number back
         # and Redis leaves a gap (test_create_numbered_with_a_taken_key).
         taken = self.model.numbers.get(day, 0) + 1
@@ -218,10 +262,13 @@ class IncidentStoreMachine(RuleBasedStateMachine):
         )
         if not free:
             return
-        want = self.model.create(record)
+        want = self.model.create(record, marks)
         self.model.numbers[day] = taken
         for got in self.run(
-            "create_numbered", day, lambda n: replace(record, id=f"INC-{day}-{n:03d}")
+            "create_numbered",
+            day,
+            lambda n: replace(record, id=f"INC-{day}-{n:03d}"),
+            marks,
         ):
             assert comparable(got) == comparable(want)
 
@@ -269,7 +316,11 @@ def redis_url(tmp_path_factory):
 
 
 def test_incident_stores_agree_with_the_model(redis_url):
-    """SQLite and Redis incident stores answer every call as the model does."""
+    """SQLite and Redis incident stores answer every call as the model does.
+
+    Fold marks too: written only with a write that succeeds, the newest
+    ``MAX_MARKS`` mark writes kept.
+    """
     IncidentStoreMachine.redis_url = redis_url
     runner = IncidentStoreMachine.TestCase
     runner.settings = settings(

@@ -17,6 +17,12 @@ against one reference model):
 - ``page`` lists newest first (by creation order), filtered by state, severity
   and opened-since, ``limit`` at a time; the cursor is the last ``seq`` returned.
 - ``watched`` lists ids the ticker must still visit (``record.watch``).
+- Fold marks: ``create``, ``create_numbered`` and ``update`` write the marks
+  given with them (which traces, by payload id and fingerprint, the write
+  folds in) in the same atomic write, only if the write succeeds;
+  ``mark_folded`` writes marks alone; ``folded`` says which of some marks
+  were written. A mark written again counts as new; the newest
+  ``max_marks`` mark writes are kept, older ones forgotten.
 """
 
 from __future__ import annotations
@@ -27,6 +33,15 @@ from datetime import datetime
 from typing import Protocol
 
 from receiver.model import JSONValue, freeze
+
+# (payload id, alert fingerprint): one trace whose fold an incident write holds.
+# A payload decided again after a crash (its traces were folded, its decision
+# not recorded yet) folds nothing twice: the service skips traces marked so.
+Mark = tuple[str, str]
+
+# Mark writes kept: far more than the traces in hand at any crash (a worker's
+# claims, each up to a storm's alerts), and a few MiB on disk.
+MAX_MARKS = 200_000
 
 
 @dataclass(frozen=True)
@@ -75,12 +90,17 @@ class IncidentStore(Protocol):
         """1, 2, 3... per ``day`` (``YYYY-MM-DD``), for ``INC-<day>-NNN`` ids."""
         ...
 
-    async def create(self, record: IncidentRecord) -> IncidentRecord | None:
+    async def create(
+        self, record: IncidentRecord, folded: Sequence[Mark] = ()
+    ) -> IncidentRecord | None:
         """Store a new incident; None if the id exists or a key is taken."""
         ...
 
     async def create_numbered(
-        self, day: str, build: Callable[[int], IncidentRecord]
+        self,
+        day: str,
+        build: Callable[[int], IncidentRecord],
+        folded: Sequence[Mark] = (),
     ) -> IncidentRecord | None:
         """``next_number(day)`` and ``create(build(number))`` at once, if it can.
 
@@ -89,8 +109,18 @@ class IncidentStore(Protocol):
         """
         ...
 
-    async def update(self, record: IncidentRecord) -> IncidentRecord | None:
+    async def update(
+        self, record: IncidentRecord, folded: Sequence[Mark] = ()
+    ) -> IncidentRecord | None:
         """Replace an incident if its version is the next one; else None."""
+        ...
+
+    async def mark_folded(self, folded: Sequence[Mark]) -> None:
+        """Write fold marks alone (traces folded with no incident write)."""
+        ...
+
+    async def folded(self, marks: Sequence[Mark]) -> set[Mark]:
+        """Those of ``marks`` that were written (and not forgotten yet)."""
         ...
 
     async def get(self, incident_id: str) -> IncidentRecord | None:

@@ -8,6 +8,9 @@ Key layout (``P`` is the prefix, ``receiver`` by default, as the Redis store's):
     P:incidents:seq          INCR counter for seq
     P:incidents:watch        set of ids the ticker still visits
     P:incident-number:{day}  INCR counter for ``INC-<day>-NNN`` ids
+    P:incidents:folded       sorted set of fold marks (``payload:fingerprint``),
+                             score = the mark write's number
+    P:incidents:folded:n     INCR counter of mark writes
 
 ``create`` and ``update`` are each one Lua script (atomic across replicas) that
 returns the record as stored; ``find_first`` is one script too (each key's
@@ -29,7 +32,7 @@ import redis.exceptions
 
 from receiver.errors import StoreUnavailableError
 from receiver.model import JSONValue, freeze, iso, json_object
-from receiver.store.incidents_base import IncidentQuery, IncidentRecord
+from receiver.store.incidents_base import MAX_MARKS, IncidentQuery, IncidentRecord, Mark
 from receiver.store.redis.core import outage
 
 T = TypeVar("T")
@@ -39,14 +42,34 @@ T = TypeVar("T")
 # as an empty object (``"breaches": {}``) that the incident could not be read
 # back from. The text never has a ``seq`` of its own (``_encode``).
 #
-# KEYS: record, zset, seq, watch; ARGV: id, json, active, watch, prefix, keys...
+# Fold marks, written by the scripts below with the write they belong to.
+# KEYS[m], KEYS[m + 1]: the marks' sorted set and counter; ARGV[first..]: the
+# marks. Each mark write takes the next number; the newest ``max`` are kept.
+_MARK_FN = """
+local function mark(m, first, max)
+  local n = #ARGV
+  if first > n then return end
+  local top = redis.call('INCRBY', KEYS[m + 1], n - first + 1)
+  local pos = top - (n - first)
+  for i = first, n do
+    redis.call('ZADD', KEYS[m], pos, ARGV[i])
+    pos = pos + 1
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[m], '-inf', top - max)
+end
+"""
+
+# KEYS: record, zset, seq, watch, marks, marks counter; ARGV: id, json, active,
+# watch, prefix, key count, max marks, keys..., marks...
 # Returns the record as stored (with its seq), or 0 if the id or a key is taken:
 # the caller needs no second round trip to read it back.
-_CREATE = """
+_CREATE = (
+    _MARK_FN
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local n = #ARGV
+local last = 7 + tonumber(ARGV[6])
 if ARGV[3] == '1' then
-  for i = 6, n do
+  for i = 8, last do
     if redis.call('EXISTS', ARGV[5] .. ARGV[i]) == 1 then return 0 end
   end
 end
@@ -56,21 +79,26 @@ redis.call('SET', KEYS[1], raw)
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
 if ARGV[4] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
 if ARGV[3] == '1' then
-  for i = 6, n do redis.call('SET', ARGV[5] .. ARGV[i], ARGV[1]) end
+  for i = 8, last do redis.call('SET', ARGV[5] .. ARGV[i], ARGV[1]) end
 end
+mark(5, last + 1, tonumber(ARGV[7]))
 return raw
 """
+)
 
-# KEYS: record, watch; ARGV: id, json, active, watch, prefix, version, keys...
+# KEYS: record, watch, marks, marks counter; ARGV: id, json, active, watch,
+# prefix, version, key count, max marks, keys..., marks...
 # Returns the record as stored, or 0 on a version conflict or a taken key.
-_UPDATE = """
+_UPDATE = (
+    _MARK_FN
+    + """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local old = cjson.decode(raw)
 if tonumber(old['version']) ~= tonumber(ARGV[6]) - 1 then return 0 end
-local n = #ARGV
+local last = 8 + tonumber(ARGV[7])
 if ARGV[3] == '1' then
-  for i = 7, n do
+  for i = 9, last do
     local held = redis.call('GET', ARGV[5] .. ARGV[i])
     if held and held ~= ARGV[1] then return 0 end
   end
@@ -82,15 +110,26 @@ local seq = string.format('%d', old['seq'])
 local stored = '{"seq":' .. seq .. ',' .. string.sub(ARGV[2], 2)
 redis.call('SET', KEYS[1], stored)
 if ARGV[3] == '1' then
-  for i = 7, n do redis.call('SET', ARGV[5] .. ARGV[i], ARGV[1]) end
+  for i = 9, last do redis.call('SET', ARGV[5] .. ARGV[i], ARGV[1]) end
 end
 if ARGV[4] == '1' then
   redis.call('SADD', KEYS[2], ARGV[1])
 else
   redis.call('SREM', KEYS[2], ARGV[1])
 end
+mark(3, last + 1, tonumber(ARGV[8]))
 return stored
 """
+)
+
+# KEYS: marks, marks counter; ARGV: max marks, marks...
+_MARK = (
+    _MARK_FN
+    + """
+mark(1, 2, tonumber(ARGV[1]))
+return 1
+"""
+)
 
 # KEYS: the keys' holders, in order; ARGV: the record key's prefix. The records
 # of the keys that are held, in order (the caller takes the first active one):
@@ -163,6 +202,11 @@ def _decode(raw: bytes | str) -> IncidentRecord:
     )
 
 
+def _members(marks: Sequence[Mark]) -> list[str]:
+    """Marks as the sorted set's members (a payload id holds no colon)."""
+    return [f"{payload}:{fingerprint}" for payload, fingerprint in marks]
+
+
 def _stored(reply: object) -> IncidentRecord | None:
     """What a write script returned: the record as stored, or 0 if refused."""
     return _decode(reply) if isinstance(reply, bytes | str) else None
@@ -177,13 +221,16 @@ class RedisIncidentStore:
         *,
         prefix: str = "receiver",
         socket_timeout: float = 5.0,
+        max_marks: int = MAX_MARKS,
     ) -> None:
         self._redis = redis.asyncio.Redis.from_url(
             url, socket_timeout=socket_timeout, socket_connect_timeout=2.0
         )
         self._p = prefix
+        self._max_marks = max_marks
         self._create = self._redis.register_script(_CREATE)
         self._update = self._redis.register_script(_UPDATE)
+        self._mark = self._redis.register_script(_MARK)
         self._find = self._redis.register_script(_FIND)
 
     def _k(self, *parts: str) -> str:
@@ -218,7 +265,12 @@ class RedisIncidentStore:
             self._k("incident-key") + ":",
         ]
 
-    async def create(self, record: IncidentRecord) -> IncidentRecord | None:  # noqa: D102
+    def _marks(self) -> list[str]:
+        return [self._k("incidents", "folded"), self._k("incidents", "folded", "n")]
+
+    async def create(  # noqa: D102
+        self, record: IncidentRecord, folded: Sequence[Mark] = ()
+    ) -> IncidentRecord | None:
         stored = await self._call(
             "create",
             self._create(
@@ -227,28 +279,70 @@ class RedisIncidentStore:
                     self._k("incidents"),
                     self._k("incidents", "seq"),
                     self._k("incidents", "watch"),
+                    *self._marks(),
                 ],
-                args=[*self._args(record), *record.keys],
+                args=[
+                    *self._args(record),
+                    str(len(record.keys)),
+                    str(self._max_marks),
+                    *record.keys,
+                    *_members(folded),
+                ],
             ),
         )
         return _stored(stored)
 
     async def create_numbered(  # noqa: D102
-        self, day: str, build: Callable[[int], IncidentRecord]
+        self,
+        day: str,
+        build: Callable[[int], IncidentRecord],
+        folded: Sequence[Mark] = (),
     ) -> IncidentRecord | None:
         # Two round trips; a number lost to a taken key leaves a gap, never a
         # duplicate.
-        return await self.create(build(await self.next_number(day)))
+        return await self.create(build(await self.next_number(day)), folded)
 
-    async def update(self, record: IncidentRecord) -> IncidentRecord | None:  # noqa: D102
+    async def update(  # noqa: D102
+        self, record: IncidentRecord, folded: Sequence[Mark] = ()
+    ) -> IncidentRecord | None:
         stored = await self._call(
             "update",
             self._update(
-                keys=[self._k("incident", record.id), self._k("incidents", "watch")],
-                args=[*self._args(record), str(record.version), *record.keys],
+                keys=[
+                    self._k("incident", record.id),
+                    self._k("incidents", "watch"),
+                    *self._marks(),
+                ],
+                args=[
+                    *self._args(record),
+                    str(record.version),
+                    str(len(record.keys)),
+                    str(self._max_marks),
+                    *record.keys,
+                    *_members(folded),
+                ],
             ),
         )
         return _stored(stored)
+
+    async def mark_folded(self, folded: Sequence[Mark]) -> None:  # noqa: D102
+        if folded:
+            await self._call(
+                "mark_folded",
+                self._mark(
+                    keys=self._marks(), args=[str(self._max_marks), *_members(folded)]
+                ),
+            )
+
+    async def folded(self, marks: Sequence[Mark]) -> set[Mark]:  # noqa: D102
+        wanted = list(dict.fromkeys(marks))
+        if not wanted:
+            return set()
+        scores = await self._call(
+            "folded",
+            self._redis.zmscore(self._k("incidents", "folded"), _members(wanted)),
+        )
+        return {m for m, score in zip(wanted, scores, strict=True) if score is not None}
 
     async def get(self, incident_id: str) -> IncidentRecord | None:  # noqa: D102
         raw = await self._call("get", self._redis.get(self._k("incident", incident_id)))

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from receiver.model import freeze
-from receiver.store.incidents_base import IncidentQuery, IncidentRecord
+from receiver.store.incidents_base import MAX_MARKS, IncidentQuery, IncidentRecord, Mark
 from receiver.store.side import SideDatabase
 
 T = TypeVar("T")
@@ -46,7 +46,15 @@ CREATE TABLE IF NOT EXISTS incident_keys (
 CREATE TABLE IF NOT EXISTS incident_numbers (
     day TEXT PRIMARY KEY, last INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS incident_folded (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    payload_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    UNIQUE (payload_id, fingerprint)
+);
 """
+
+LOOKUP_CHUNK = 500  # payload ids per lookup statement
 
 
 _ENCODER = msgspec.json.Encoder()
@@ -87,10 +95,54 @@ def _stamp(ts: datetime) -> str:
 class SqliteIncidentStore:
     """Incidents in SQLite."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, max_marks: int = MAX_MARKS) -> None:
         self.path = path
         self._side = SideDatabase(path, SCHEMA, "incident store", rows=True)
         self._run = self._side.run
+        self._max_marks = max_marks
+
+    def _mark(self, db: sqlite3.Connection, folded: Sequence[Mark]) -> None:
+        """Write ``folded`` in the caller's transaction; forget the oldest.
+
+        ``n`` counts mark writes (AUTOINCREMENT never reuses one, and a mark
+        written again takes a new one): the newest ``max_marks`` are kept.
+        """
+        if not folded:
+            return
+        db.executemany(
+            "INSERT OR REPLACE INTO incident_folded(payload_id, fingerprint) "
+            "VALUES (?, ?)",
+            folded,
+        )
+        (last,) = db.execute("SELECT max(n) FROM incident_folded").fetchone()
+        db.execute(
+            "DELETE FROM incident_folded WHERE n <= ?", (last - self._max_marks,)
+        )
+
+    async def mark_folded(self, folded: Sequence[Mark]) -> None:  # noqa: D102
+        if folded:
+            await self._run(lambda db: self._mark(db, folded))
+
+    async def folded(self, marks: Sequence[Mark]) -> set[Mark]:  # noqa: D102
+        wanted = set(marks)
+        payloads = sorted({payload for payload, _ in wanted})
+        if not payloads:
+            return set()
+
+        def run(db: sqlite3.Connection) -> set[Mark]:
+            found: set[Mark] = set()
+            for at in range(0, len(payloads), LOOKUP_CHUNK):
+                chunk = payloads[at : at + LOOKUP_CHUNK]
+                marks = ",".join("?" * len(chunk))  # placeholders only
+                rows = db.execute(
+                    "SELECT payload_id, fingerprint FROM incident_folded "  # noqa: S608
+                    f"WHERE payload_id IN ({marks})",
+                    chunk,
+                ).fetchall()
+                found.update((r[0], r[1]) for r in rows)
+            return found & wanted
+
+        return await self._run(run, write=False)
 
     async def next_number(self, day: str) -> int:  # noqa: D102
         def run(db: sqlite3.Connection) -> int:
@@ -119,14 +171,17 @@ class SqliteIncidentStore:
         )
 
     async def create_numbered(  # noqa: D102
-        self, day: str, build: Callable[[int], IncidentRecord]
+        self,
+        day: str,
+        build: Callable[[int], IncidentRecord],
+        folded: Sequence[Mark] = (),
     ) -> IncidentRecord | None:
         def run(db: sqlite3.Connection) -> IncidentRecord | None:
             row = db.execute(
                 "SELECT last FROM incident_numbers WHERE day = ?", (day,)
             ).fetchone()
             number = (int(row[0]) if row else 0) + 1
-            created = self._insert(db, build(number))
+            created = self._insert(db, build(number), folded)
             if created is not None:
                 db.execute(
                     "INSERT INTO incident_numbers(day, last) VALUES (?, ?) "
@@ -137,11 +192,13 @@ class SqliteIncidentStore:
 
         return await self._run(run)
 
-    async def create(self, record: IncidentRecord) -> IncidentRecord | None:  # noqa: D102
-        return await self._run(lambda db: self._insert(db, record))
+    async def create(  # noqa: D102
+        self, record: IncidentRecord, folded: Sequence[Mark] = ()
+    ) -> IncidentRecord | None:
+        return await self._run(lambda db: self._insert(db, record, folded))
 
     def _insert(
-        self, db: sqlite3.Connection, record: IncidentRecord
+        self, db: sqlite3.Connection, record: IncidentRecord, folded: Sequence[Mark]
     ) -> IncidentRecord | None:
         if db.execute("SELECT 1 FROM incidents WHERE id = ?", (record.id,)).fetchone():
             return None
@@ -161,9 +218,13 @@ class SqliteIncidentStore:
                 "INSERT INTO incident_keys(key, id) VALUES (?, ?)",
                 [(k, record.id) for k in record.keys],
             )
-        return replace(record, seq=cur.lastrowid or 0)
+        seq = cur.lastrowid or 0
+        self._mark(db, folded)
+        return replace(record, seq=seq)
 
-    async def update(self, record: IncidentRecord) -> IncidentRecord | None:  # noqa: D102
+    async def update(  # noqa: D102
+        self, record: IncidentRecord, folded: Sequence[Mark] = ()
+    ) -> IncidentRecord | None:
         def run(db: sqlite3.Connection) -> IncidentRecord | None:
             row = db.execute(
                 "SELECT version, seq FROM incidents WHERE id = ?", (record.id,)
@@ -188,6 +249,7 @@ class SqliteIncidentStore:
                 "version = ?, watch = ?, keys = ?, body = ? WHERE id = ?",
                 (*self._values(record), record.id),
             )
+            self._mark(db, folded)
             return replace(record, seq=row["seq"])
 
         return await self._run(run)
