@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -274,6 +272,7 @@ async def run_backtest(args: argparse.Namespace) -> int:
     from receiver.runtime import build_runtime  # noqa: PLC0415
     from receiver.settings import load_settings  # noqa: PLC0415
     from receiver.steps.catalog import builtin_registry  # noqa: PLC0415
+    from receiver.store import open_reader  # noqa: PLC0415
 
     period = backtest.parse_since(args.since)
     if args.max_changed is not None and args.max_changed < 0:
@@ -296,15 +295,15 @@ async def run_backtest(args: argparse.Namespace) -> int:
         for detail in exc.details:
             print(f"error: {detail}", file=sys.stderr)  # noqa: T201
         return 2
-    # reclaim=False: claims in the file are a live worker's, not ours to hand back.
-    store = runtime.open_store(url, reclaim=False)
+    # Read-only: the store may be a live service's, or a copy of one.
+    reader = open_reader(url)
     try:
         # One more than the limit: to tell whether the period held more.
         entries = await backtest.stored_since(
-            store, datetime.now(UTC) - period, args.limit + 1
+            reader, datetime.now(UTC) - period, args.limit + 1
         )
     finally:
-        await store.close()
+        await reader.close()
     if len(entries) > args.limit:
         entries = entries[-args.limit :]
         print(  # noqa: T201
@@ -341,44 +340,25 @@ async def run_backtest(args: argparse.Namespace) -> int:
 async def _check_store_file(url: str, given: str) -> None:
     """Refuse a SQLite store file that is missing or not a receiver's, unchanged.
 
-    Opening a store creates its tables (and a ``-decisions`` file beside it):
-    a backtest pointed at the wrong file would turn it into an empty store
-    and report nothing changed. Redis and in-memory stores are not files.
+    A backtest of the wrong file would otherwise end in a traceback about a
+    missing table. Redis and in-memory stores are not files.
 
     Raises:
         InputError: naming ``given`` (the option or setting), the file and
             what was expected.
     """
     from receiver.store import sqlite_file  # noqa: PLC0415
+    from receiver.store.sqlite.reader import store_file_problem  # noqa: PLC0415
 
     path = sqlite_file(url) if url.startswith("sqlite://") else None
     if path is None:
         return
-    problem = await asyncio.to_thread(_not_a_store, path)
+    problem = await asyncio.to_thread(store_file_problem, path)
     if problem:
         raise InputError(
             f"{given} {path}: {problem}; expected a receiver's SQLite store "
             "(the file receiver serve keeps with store.url sqlite:///PATH)"
         )
-
-
-def _not_a_store(path: Path) -> str | None:
-    """Why ``path`` is not a receiver's store file (None if it is); read-only."""
-    if not path.exists():
-        return "no such database file"
-    if not path.is_file():
-        return "not a file"
-    # mode=ro: SQLite neither creates nor writes the file (an empty file is
-    # an empty database to it, and reading its schema writes nothing either).
-    uri = path.resolve().as_uri() + "?mode=ro"
-    try:
-        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
-            found = db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='journal'"
-            ).fetchone()
-    except sqlite3.Error as exc:
-        return f"not a SQLite database ({exc})"
-    return None if found else "holds no receiver tables (no journal table)"
 
 
 async def run_report(args: argparse.Namespace) -> int:

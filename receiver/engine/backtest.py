@@ -42,7 +42,7 @@ from receiver.model import (
 from receiver.rulebook.loader import Rulebook
 from receiver.rulebook.steps import StepModel, Verify
 from receiver.store import MemoryStore
-from receiver.store.base import JournalEntry, Store
+from receiver.store.base import JournalEntry, PayloadReader
 
 MAX_EXAMPLES = 10
 _SINCE = re.compile(r"^(\d+)([smhdw])$")
@@ -430,7 +430,9 @@ def compare(
     )
 
 
-async def stored_since(store: Store, since: datetime, limit: int) -> list[JournalEntry]:
+async def stored_since(
+    store: PayloadReader, since: datetime, limit: int
+) -> list[JournalEntry]:
     """Stored payloads received at or after ``since``, oldest first."""
     entries = [e for e in await store.payloads(limit) if e.received_at >= since]
     return sorted(entries, key=lambda e: (e.received_at, e.id))

@@ -14,11 +14,13 @@ from receiver.store.base import (
     Approval,
     DecisionQuery,
     JournalEntry,
+    PayloadReader,
     Retention,
     Store,
     new_id,
 )
 from receiver.store.sqlite import SqliteStore
+from receiver.store.sqlite.reader import SqliteReader
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -63,6 +65,24 @@ def open_store(
     )
 
 
+def open_reader(url: str) -> PayloadReader:
+    """Read the payloads of the store ``url`` names, writing nothing to it.
+
+    For ``receiver backtest``, which may be pointed at a live service's store:
+    a SQLite file is read by ``SqliteReader`` (never through the store, which
+    writes to its file as it opens); the Redis store's ``payloads`` sends read
+    commands only. ``sqlite://:memory:`` reads an empty store.
+
+    Raises:
+        ConfigError: the URL names no store (``open_store``).
+    """
+    if url.startswith("sqlite://"):
+        path = sqlite_file(url)
+        if path is not None:
+            return SqliteReader(path)
+    return open_store(url)
+
+
 def MemoryStore() -> SqliteStore:  # noqa: N802 (reads like the class it stands for)
     """An in-memory SQLite store, for tests and tools that need no durability."""
     return SqliteStore(":memory:")
@@ -74,10 +94,12 @@ __all__ = [
     "DecisionQuery",
     "JournalEntry",
     "MemoryStore",
+    "PayloadReader",
     "Retention",
     "SqliteStore",
     "Store",
     "new_id",
+    "open_reader",
     "open_store",
     "sqlite_file",
 ]

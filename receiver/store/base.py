@@ -69,6 +69,7 @@ __all__ = [
     "Lock",
     "ParkedEntry",
     "Pause",
+    "PayloadReader",
     "Retention",
     "Store",
     "compact_record",
@@ -380,6 +381,22 @@ class Approvals(Protocol):
 
     async def expire_approvals(self, now: datetime) -> int:
         """Mark pending approvals past their expiry ``expired``; return how many."""
+        ...
+
+
+class PayloadReader(Protocol):
+    """Stored payloads, read and nothing else: what ``receiver backtest`` reads.
+
+    ``open_reader`` opens one that writes nothing to the store it reads; a
+    ``Store`` is one too (the console's backtest reads the service's own).
+    """
+
+    async def payloads(self, limit: int = 100) -> list[JournalEntry]:
+        """The newest ``limit`` stored payloads, newest first."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
         ...
 
 

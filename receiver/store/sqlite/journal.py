@@ -236,17 +236,6 @@ class SqliteJournal(SqliteConnection):
     async def alert_state(self, fingerprint: str) -> AlertState | None:  # noqa: D102
         return await self._run(lambda db: self._state(db, fingerprint))
 
-    @staticmethod
-    def _entry(row: sqlite3.Row) -> JournalEntry:
-        return JournalEntry(
-            id=row["id"],
-            source=row["source"],
-            received_at=datetime.fromisoformat(row["received_at"]),
-            body=bytes(row["body"]),
-            headers=_headers(row["headers"]),
-            attempts=row["attempts"],
-        )
-
     async def claim(  # noqa: D102
         self, consumer: str, wait: float, now: datetime
     ) -> Lease | None:
@@ -282,7 +271,7 @@ class SqliteJournal(SqliteConnection):
                 ),
             ).fetchall()
             # RETURNING gives no order: the oldest is decided first.
-            return [self._entry(r) for r in sorted(rows, key=lambda r: r[0])]
+            return [_entry(r) for r in sorted(rows, key=lambda r: r[0])]
 
         while True:
             self._wakeup.clear()
@@ -347,7 +336,7 @@ class SqliteJournal(SqliteConnection):
             ).fetchall()
             return [
                 ParkedEntry(
-                    self._entry(r),
+                    _entry(r),
                     r["last_error"],
                     datetime.fromisoformat(r["parked_at"]),
                 )
@@ -480,27 +469,14 @@ class SqliteJournal(SqliteConnection):
     async def payload(self, entry_id: str) -> JournalEntry | None:  # noqa: D102
         def read(db: sqlite3.Connection) -> JournalEntry | None:
             row = db.execute("SELECT * FROM journal WHERE id=?", (entry_id,)).fetchone()
-            return self._entry(row) if row is not None else None
+            return _entry(row) if row is not None else None
 
         return await self._run(read)
 
     async def payloads(  # noqa: D102
         self, limit: int = 100, *, before: str | None = None
     ) -> list[JournalEntry]:
-        def read(db: sqlite3.Connection) -> list[JournalEntry]:
-            if before is None:
-                rows = db.execute(
-                    "SELECT * FROM journal ORDER BY rowid DESC LIMIT ?", (limit,)
-                ).fetchall()
-            else:
-                rows = db.execute(
-                    "SELECT * FROM journal WHERE rowid < (SELECT rowid FROM journal "
-                    "WHERE id=?) ORDER BY rowid DESC LIMIT ?",
-                    (before, limit),
-                ).fetchall()
-            return [self._entry(r) for r in rows]
-
-        return await self._read(read)
+        return await self._read(lambda db: read_payloads(db, limit, before))
 
     async def pending(self) -> tuple[int, datetime | None]:  # noqa: D102
         def read(db: sqlite3.Connection) -> tuple[int, datetime | None]:
@@ -698,6 +674,40 @@ class _AppendGroup:
                     i for i, f in enumerate(self.futures) if not f.cancelled()
                 ]
             return [self.entries[i] for i in self.taken]
+
+
+def read_payloads(
+    db: sqlite3.Connection, limit: int, before: str | None = None
+) -> list[JournalEntry]:
+    """Stored payloads, newest first; with ``before``, those older than that id.
+
+    ``SqliteJournal.payloads`` on any connection to a store's file whose rows
+    are ``sqlite3.Row``: the store's reader, or ``SqliteReader``'s, which
+    writes nothing (``receiver backtest``).
+    """
+    if before is None:
+        rows = db.execute(
+            "SELECT * FROM journal ORDER BY rowid DESC LIMIT ?", (limit,)
+        ).fetchall()
+    else:
+        rows = db.execute(
+            "SELECT * FROM journal WHERE rowid < (SELECT rowid FROM journal "
+            "WHERE id=?) ORDER BY rowid DESC LIMIT ?",
+            (before, limit),
+        ).fetchall()
+    return [_entry(r) for r in rows]
+
+
+def _entry(row: sqlite3.Row) -> JournalEntry:
+    """A journal row as the entry it stores."""
+    return JournalEntry(
+        id=row["id"],
+        source=row["source"],
+        received_at=datetime.fromisoformat(row["received_at"]),
+        body=bytes(row["body"]),
+        headers=_headers(row["headers"]),
+        attempts=row["attempts"],
+    )
 
 
 def _headers(text: str) -> Mapping[str, str]:
