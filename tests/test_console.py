@@ -36,6 +36,7 @@ from test_sinks_outbox import trace as outbox_trace
 
 from receiver.app import OUTBOX, SINKS, create_app
 from receiver.app_incidents import INCIDENTS
+from receiver.incidents import lifecycle
 from receiver.rulebook.loader import load_rulebook
 from receiver.runtime import build_runtime
 from receiver.sinks.outbox import encode_trace
@@ -242,6 +243,74 @@ async def test_approve_in_the_console_runs_the_step_once(  # noqa: PLR0915 (one 
             assert resp.status_code == 403
         await http.aclose()
     assert hook.snapshot() == {"/run/fp-ui": 1}
+
+
+async def test_resolve_an_incident_that_lost_track(
+    aiohttp_server, tmp_path, browser, monkeypatch
+):
+    """A storm too big to follow; the on-call resolves it from its page, with why."""
+    monkeypatch.setattr(lifecycle, "MAX_ALERTS", 1)
+    monkeypatch.setattr(lifecycle, "MAX_UNLISTED", 1)
+    path = tmp_path / "rules.yaml"
+    path.write_text(rules("http://127.0.0.1:9"), encoding="utf-8")
+    store = MemoryStore()
+    app = create_app(
+        build_runtime(full_settings()),
+        rulebook=load_rulebook([path], steps=builtin_registry()),
+        store=store,
+        sinks={},
+    )
+    server = await aiohttp_server(app)
+    base = f"http://127.0.0.1:{server.port}"
+    storm = {
+        "version": "4",
+        "status": "firing",
+        "groupKey": "storm",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "Restart", "pod": f"p{i}"},
+                "startsAt": "2026-12-05T11:00:00Z",
+                "fingerprint": f"fp-storm-{i}",
+            }
+            for i in range(3)
+        ],
+    }
+    async with httpx.AsyncClient(base_url=base, timeout=10) as api:
+        resp = await api.post("/webhooks/alertmanager", json=storm, headers=bearer())
+        assert resp.status_code == 202
+    await journal_drained(store)
+    await app[INCIDENTS].drain()
+    (incident,) = (await app[INCIDENTS].page(IncidentQuery(limit=5)))[0]
+    assert incident.lost_track
+    button = f"form[action='/ui/incidents/{incident.id}/resolve'] button"
+
+    def resolve() -> tuple[str, str, str, int]:
+        login(browser, BASIC_USER, APPROVE_TOKEN)
+        url = f"{base}/ui/incidents/{incident.id}"
+        before = page_with(browser, url, "Resolve incident")
+        assert fits(browser)
+        seen(browser, "textarea[name=text]").send_keys("storm over, nodes back")
+        shot(browser, "incident-resolve")
+        status = str(click_and_wait(browser, button, "notice=", "[role=status]").text)
+        after = page_with(browser, browser.current_url, "Resolved: storm over")
+        shot(browser, "incident-resolved")
+        assert fits(browser)
+        forms = browser.find_elements(By.CSS_SELECTOR, "form[action$='/resolve']")
+        return before, status, after, len(forms)
+
+    before, status, after, forms = await asyncio.to_thread(resolve)
+    assert "lost track of its alert storm" in before
+    assert status.startswith(f"{incident.id} resolved by {BASIC_USER} at ")
+    assert "resolved ·" in after  # the state, in words
+    # The timeline's line: what, by whom, the why.
+    assert f" resolved {BASIC_USER}\nResolved: storm over, nodes back\n" in after
+    assert forms == 0
+    resolved = await app[INCIDENTS].get(incident.id)
+    assert resolved is not None
+    assert not resolved.active
+    [entry] = [e for e in resolved.timeline if e.kind == "resolved"]
+    assert (entry.by, entry.text) == (BASIC_USER, "Resolved: storm over, nodes back")
 
 
 def fits(driver: Any) -> bool:

@@ -16,7 +16,12 @@ import re
 from typing import Any
 
 import pytest
-from conftest import ADMIN_TOKEN, TOKEN
+from conftest import ADMIN_TOKEN, APPROVE_TOKEN, TOKEN, bearer, journal_drained
+from test_web import AM, am_payload
+
+from receiver.app_incidents import INCIDENTS
+from receiver.incidents.service import IncidentService
+from receiver.store.incidents_base import IncidentQuery
 
 GUARDS = "/ui/guards"
 
@@ -119,3 +124,77 @@ async def test_console_refusals_are_problems_with_the_prompt(
         assert resp.content_type == "application/problem+json"
         assert resp.headers["WWW-Authenticate"].startswith("Basic ")
         assert (await resp.json(content_type=None))["status"] == status
+
+
+async def open_incident(client: Any) -> tuple[IncidentService, str]:
+    """An alert opens an incident; its service and id."""
+    resp = await client.post(AM, json=am_payload(), headers=bearer())
+    assert resp.status == 202
+    await journal_drained(client.store)
+    service = client.server.app[INCIDENTS]
+    await service.drain()
+    [incident] = (await service.page(IncidentQuery(limit=5)))[0]
+    return service, incident.id
+
+
+async def test_a_resolve_form_read_under_someone_elses_name_does_not_pass(
+    make_client,
+):
+    """A read credential signed in as "jane" cannot forge jane's Resolve form."""
+    client = await make_client()
+    service, incident_id = await open_incident(client)
+    page = f"/ui/incidents/{incident_id}"
+    approver = signed_in("jane", APPROVE_TOKEN)
+    reader = signed_in("jane", TOKEN)
+    html = await (await client.get(page, headers=reader)).text()
+    found = re.search(r'name=token value="([0-9a-f]+)"', html)
+    assert found is not None, html
+    resp = await client.post(
+        f"{page}/resolve",
+        data={"token": found.group(1), "text": "forged"},
+        headers=approver,
+        allow_redirects=False,
+    )
+    assert resp.status == 403, await resp.text()
+    assert (
+        "not from this console"
+        in (await resp.json(content_type="application/problem+json"))["detail"]
+    )
+    incident = await service.get(incident_id)
+    assert incident is not None
+    assert incident.active
+
+
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+async def test_a_resolve_form_another_site_sent_is_refused(make_client, site):
+    """With jane's own token but sent from another site: 403, still open."""
+    client = await make_client()
+    service, incident_id = await open_incident(client)
+    page = f"/ui/incidents/{incident_id}"
+    approver = signed_in("jane", APPROVE_TOKEN)
+    html = await (await client.get(page, headers=approver)).text()
+    found = re.search(r'name=token value="([0-9a-f]+)"', html)
+    assert found is not None, html
+    resp = await client.post(
+        f"{page}/resolve",
+        data={"token": found.group(1)},
+        headers={**approver, "Sec-Fetch-Site": site},
+        allow_redirects=False,
+    )
+    assert resp.status == 403, await resp.text()
+    assert "sent from another site" in (await resp.json(content_type=None))["detail"]
+    incident = await service.get(incident_id)
+    assert incident is not None
+    assert incident.active
+
+    # The same form from the console's own page resolves it.
+    resp = await client.post(
+        f"{page}/resolve",
+        data={"token": found.group(1)},
+        headers={**approver, "Sec-Fetch-Site": "same-origin"},
+        allow_redirects=False,
+    )
+    assert resp.status == 303, await resp.text()
+    incident = await service.get(incident_id)
+    assert incident is not None
+    assert not incident.active

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from receiver.web.openapi_schemas import Operations
 
 MAX_BODY = 16 * 1024
+# The longest "text" a person may add (the console's forms take as much).
+MAX_TEXT = 4000
 # A cursor is a sequence number; past this many digits it was never issued.
 _CURSOR_DIGITS = 18
 
@@ -49,7 +51,7 @@ class Note(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    text: str = Field(default="", max_length=4000)
+    text: str = Field(default="", max_length=MAX_TEXT)
 
 
 class IncidentHandlers:

@@ -79,8 +79,13 @@ class ConsoleBase:
 
     # ------------------------------------------------------------ identity
 
-    def _who(self, request: web.Request, scope: Scope = "read") -> str | web.Response:
+    def _who(
+        self, request: web.Request, scope: Scope = "read", doing: str = ""
+    ) -> str | web.Response:
         """The signed-in identity with ``scope``, or the 401/403 answer.
+
+        ``doing``: what the refusal page says needs the scope (else the
+        scope's usual action).
 
         (Answered here, not raised: the problem middleware drops the headers
         of a raised HTTP error, and the prompt needs ``WWW-Authenticate``.)
@@ -98,7 +103,7 @@ class ConsoleBase:
                 )
                 return _page(
                     "Not allowed",
-                    f"<p role=alert>{_e(self._refused(scope, str(exc)))}</p>"
+                    f"<p role=alert>{_e(self._refused(scope, str(exc), doing))}</p>"
                     '<p><a href="/ui/">Back to the console</a></p>',
                     status=403,
                 )
@@ -111,8 +116,8 @@ class ConsoleBase:
         return identify(self._auth, header).name
 
     @staticmethod
-    def _refused(scope: Scope, detail: str) -> str:
-        what = {
+    def _refused(scope: Scope, detail: str, doing: str = "") -> str:
+        what = doing or {
             "admin": "Resetting breakers, pausing remediations and backtesting "
             "rules changes",
             "approve": "Approving and rejecting remediations",

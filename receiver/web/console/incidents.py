@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote, urlencode
+
 from aiohttp import web
 
 from receiver.incidents.clocks import clocks
+from receiver.incidents.model import Incident
+from receiver.incidents.service import ConflictError, NotFoundError
 from receiver.model import json_objects
 from receiver.store.base import DecisionQuery
 from receiver.store.incidents_base import IncidentQuery
@@ -16,7 +20,33 @@ from receiver.web.console.render import (
     _step_row,
     _table,
     clock_item,
+    log,
 )
+from receiver.web.incidents import MAX_TEXT as _WHY_CHARS
+
+# What a notice after a form may say (the page shows no more; the URL stays
+# short), and how much of a why it quotes (the timeline has all of it).
+_NOTICE_CHARS = 300
+_WHY_QUOTED = 120
+
+
+def _missing(incident_id: str) -> web.Response:
+    return _page(
+        "No such incident",
+        f"<p role=alert>There is no incident {_e(incident_id[:80])}.</p>",
+        status=404,
+    )
+
+
+def _resolution(incident: Incident) -> str:
+    """Who resolved ``incident``, when and why, from its timeline."""
+    for entry in reversed(incident.timeline):
+        if entry.kind == "resolved":
+            text = entry.text
+            if len(text) > _WHY_QUOTED:
+                text = text[: _WHY_QUOTED - 1] + "…"
+            return f"by {entry.by} at {_minute(entry.at)}: {text}"
+    return f"at {_minute(incident.resolved_at)}"
 
 
 class IncidentPages(ConsoleBase):
@@ -65,14 +95,11 @@ class IncidentPages(ConsoleBase):
             else None
         )
         if found is None or self.incidents is None:
-            return _page(
-                "No such incident",
-                f"<p role=alert>There is no incident {_e(incident_id[:80])}.</p>",
-                status=404,
-            )
+            return _missing(incident_id)
         now = self._clock()
         head = (
-            f"<p><span class=state>{_e(found.severity.value)}</span> · "
+            self._notice(request)
+            + f"<p><span class=state>{_e(found.severity.value)}</span> · "
             f"<span class=state>{_e(found.state.value)}</span> · opened "
             f"{_e(_minute(found.opened_at))} · "
             f'<a href="/api/v1/incidents/{_e(found.id)}/report">Report '
@@ -125,6 +152,7 @@ class IncidentPages(ConsoleBase):
             )
         body = (
             head
+            + self._resolve_form(request, found)
             + "<h2>Timeline</h2>"
             + timeline
             + "<h2>Decision traces</h2>"
@@ -133,3 +161,65 @@ class IncidentPages(ConsoleBase):
             + sent
         )
         return _page(f"Incident {found.id}: {found.title}", body)
+
+    def _resolve_form(self, request: web.Request, incident: Incident) -> str:
+        """The Resolve form of an open incident (nothing once it is resolved)."""
+        if not incident.active:
+            return ""
+        lost = (
+            "<p><strong>This incident lost track of its alert storm: it will "
+            "not resolve by itself when its alerts resolve.</strong> Resolve it "
+            "here (or resolve the linked PagerDuty incident) once the storm is "
+            "over.</p>"
+            if incident.lost_track
+            else ""
+        )
+        action = f"/ui/incidents/{quote(incident.id, safe='')}/resolve"
+        return (
+            f'<h2>Resolve</h2>{lost}<form method=post action="{_e(action)}">'
+            + self._hidden(request)
+            + f"<p><label for=why>Why (optional)</label><br><textarea id=why "
+            f"name=text rows=2 maxlength={_WHY_CHARS}></textarea></p>"
+            "<p><button>Resolve incident</button> <small>(approve scope; "
+            "recorded on the timeline as you; every clock stops)</small></p>"
+            "</form>"
+        )
+
+    async def resolve_incident(self, request: web.Request) -> web.Response:
+        """POST /ui/incidents/{id}/resolve: resolve it as the signed-in person.
+
+        The same service call as ``POST /api/v1/incidents/{id}/resolve``, under
+        the same scope (approve).
+        """
+        who = self._who(request, "approve", doing="Resolving incidents")
+        if isinstance(who, web.Response):
+            return who
+        form = await self._form(request, who)
+        why = form.get("text", "").strip()
+        if len(why) > _WHY_CHARS:
+            raise web.HTTPBadRequest(
+                text=f"why is {len(why)} characters long; at most {_WHY_CHARS}"
+            )
+        incident_id = request.match_info["id"]
+        service = self.incidents
+        before = await service.get(incident_id) if service is not None else None
+        if service is None or before is None:
+            return _missing(incident_id)
+        if not before.active:
+            notice = (
+                f"{incident_id} was already resolved {_resolution(before)}; "
+                "nothing changed"
+            )
+        else:
+            try:
+                after = await service.resolve(incident_id, by=who, text=why)
+            except NotFoundError:
+                return _missing(incident_id)
+            except ConflictError as exc:
+                raise web.HTTPConflict(text=f"{exc}; try again") from None
+            notice = f"{incident_id} resolved {_resolution(after)}"
+            log.info("console_incident_resolved", incident=incident_id, by=who)
+        raise web.HTTPSeeOther(
+            f"/ui/incidents/{quote(incident_id, safe='')}?"
+            + urlencode({"notice": notice[:_NOTICE_CHARS]})
+        )

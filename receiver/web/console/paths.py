@@ -75,6 +75,12 @@ def console_paths() -> Operations:
         "/ui/incidents/{id}": get(
             "One incident: clocks, timeline, traces, notes", 404, parameters=path_id
         ),
+        "/ui/incidents/{id}/resolve": form(
+            "Resolve an open incident as the signed-in person (approve scope)",
+            404,
+            409,
+            parameters=path_id,
+        ),
         "/ui/approvals": get("Pending approvals"),
         "/ui/approvals/{id}": form(
             "Approve or reject as the signed-in person", parameters=path_id
