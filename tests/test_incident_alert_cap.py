@@ -219,6 +219,7 @@ def test_losing_track_past_the_unlisted_cap_never_resolves_by_itself() -> None:
     assert [e.text for e in incident.timeline if e.kind == "lost_track"] == [text]
     assert "more than 5 of its alerts" in text
     assert "a person or PagerDuty must resolve it" in text
+    assert "the Resolve incident button on its console page" in text
 
 
 def test_incidents_stored_before_the_cap_rule_still_load() -> None:

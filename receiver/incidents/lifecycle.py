@@ -217,7 +217,8 @@ def lost_track_text() -> str:
         f"of its alerts fired at once ({MAX_ALERTS:,} listed, {MAX_UNLISTED:,} "
         "more by fingerprint, the rest not followed). It will not resolve by "
         "itself when its alerts resolve: a person or PagerDuty must resolve it "
-        "(POST /api/v1/incidents/{id}/resolve, or resolve the linked PagerDuty "
+        "(the Resolve incident button on its console page, "
+        "POST /api/v1/incidents/{id}/resolve, or resolve the linked PagerDuty "
         "incident)."
     )
 
