@@ -504,9 +504,9 @@ class CountingStore(SqliteIncidentStore):
         super().__init__(":memory:")
         self.updates = 0
 
-    async def update(self, record):
+    async def update(self, record, folded=()):
         self.updates += 1
-        return await super().update(record)
+        return await super().update(record, folded)
 
 
 def storm(n: int, status: str = "firing") -> dict:

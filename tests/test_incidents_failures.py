@@ -126,12 +126,12 @@ class FailsOneUpdate(SqliteIncidentStore):
         super().__init__(":memory:")
         self.failing = ""
 
-    async def update(self, record):
+    async def update(self, record, folded=()):
         if record.id == self.failing:
             self.failing = ""
             msg = "incident store unreachable"
             raise StoreUnavailableError(msg)
-        return await super().update(record)
+        return await super().update(record, folded)
 
 
 async def test_a_batch_the_store_failed_midway_folds_the_rest_once():

@@ -59,7 +59,12 @@ from receiver.incidents.rules import RuleView
 from receiver.model import AlertTrace
 from receiver.retrying import stop_if_cancelled
 from receiver.rulebook.loader import Rulebook
-from receiver.store.incidents_base import IncidentQuery, IncidentRecord, IncidentStore
+from receiver.store.incidents_base import (
+    IncidentQuery,
+    IncidentRecord,
+    IncidentStore,
+    Mark,
+)
 
 log = structlog.get_logger("receiver.incidents")
 
@@ -96,6 +101,11 @@ class _Batch:
     def remember(self, incident_id: str, keys: Sequence[str]) -> None:
         for key in keys:
             self.by_key.setdefault(key, incident_id)
+
+
+def _marks(traces: Sequence[AlertTrace]) -> list[Mark]:
+    """The fold marks of ``traces`` (those decided from a stored payload)."""
+    return [(t.payload_id, t.alert.fingerprint) for t in traces if t.payload_id]
 
 
 class NotFoundError(ReceiverError):
@@ -194,7 +204,19 @@ class IncidentService:
         done = set() if done is None else done
         touched: dict[str, Incident] = {}
         work = _Batch()
+        # Folded already: a payload decided again after a crash (its traces
+        # were folded, its decision not recorded). Nothing is folded twice.
+        again = await self.store.folded(
+            _marks([t for t in traces if not isinstance(t, SinkNote)])
+        )
         for trace in traces:
+            if (
+                again
+                and not isinstance(trace, SinkNote)
+                and (trace.payload_id, trace.alert.fingerprint) in again
+            ):
+                done.add(id(trace))
+                continue
             if isinstance(trace, SinkNote):
                 touched.update(await self._flush(work, done))
                 work = _Batch()
@@ -296,19 +318,22 @@ class IncidentService:
 
     async def _flush(self, work: _Batch, done: set[int]) -> dict[str, Incident]:
         written: dict[str, Incident] = {}
+        quiet: list[AlertTrace] = []  # folded, changing nothing: marked apart
         for incident_id, base in work.base.items():
             folded = work.traces[incident_id]
             incident = work.now[incident_id].incident()
             if incident == base:
                 if incident_id not in work.unread or await self._still(base):
                     written[incident_id] = base
-                    done.update(id(t) for t in folded)
+                    quiet += folded
                     continue
             else:
                 # ``evolve`` keeps the ledger index for the next batch's fold.
                 incident = evolve(incident, version=base.version + 1)
                 async with self._lock:
-                    stored = await self.store.update(to_record(incident))
+                    stored = await self.store.update(
+                        to_record(incident), _marks(folded)
+                    )
                 if stored is not None:
                     done.update(id(t) for t in folded)
                     self._known.remember(incident)
@@ -322,6 +347,11 @@ class IncidentService:
                 done.add(id(trace))
                 if found is not None:
                     written[found.id] = found
+        if quiet:
+            # A resend that changed nothing now may change something later
+            # (after a resolution): decided again, it must not be folded again.
+            await self.store.mark_folded(_marks(quiet))
+            done.update(id(t) for t in quiet)
         return written
 
     async def _still(self, incident: Incident) -> bool:
@@ -353,7 +383,7 @@ class IncidentService:
                     inc, now, self.policy, by=by, via="PagerDuty incident.acknowledged"
                 )
 
-            return await self._change_by_keys(keys, ack)
+            return await self._change_by_keys(keys, ack, folded=_marks([trace]))
         if event in STATUS_EVENTS:
             return await self._change_by_keys(
                 keys,
@@ -363,6 +393,7 @@ class IncidentService:
                     ),
                     [],
                 ),
+                folded=_marks([trace]),
             )
         if not alert.actionable or not trace.matches:
             return None
@@ -409,6 +440,7 @@ class IncidentService:
                 why="resolved in PagerDuty (the receiver had lost track of this "
                 "alert storm)",
             ),
+            folded=_marks([trace]),
         )
 
     async def _link_pagerduty(
@@ -446,7 +478,7 @@ class IncidentService:
                     text=f"PagerDuty incident #{number} linked",
                 ), []
 
-            return await self._change(record.id, link)
+            return await self._change(record.id, link, folded=_marks([trace]))
         return None
 
     def _opener(
@@ -482,7 +514,11 @@ class IncidentService:
     async def _fold(
         self, trace: AlertTrace, keys: list[str], *, looked: bool = False
     ) -> Incident | None:
-        """Fold one trace, writing at once; ``looked``: no key was found just now."""
+        """Fold one trace, writing at once; ``looked``: no key was found just now.
+
+        Its fold mark goes with the write, or alone when nothing is written.
+        """
+        marks = _marks([trace])
         for attempt in range(ATTEMPTS):
             async with self._lock:
                 now = self._clock()
@@ -491,10 +527,13 @@ class IncidentService:
                 )
                 if record is None:
                     if trace.alert.status != "firing":
+                        await self.store.mark_folded(marks)
                         return None
                     built: list[tuple[Incident, list[Effect]]] = []
                     stored = await self.store.create_numbered(
-                        now.date().isoformat(), self._opener(trace, keys, now, built)
+                        now.date().isoformat(),
+                        self._opener(trace, keys, now, built),
+                        marks,
                     )
                     incident, effects = built[-1]
                 else:
@@ -509,6 +548,7 @@ class IncidentService:
                         evidence=self._rules.evidence_rules(),
                     )
                     if incident == current:
+                        await self.store.mark_folded(marks)
                         return current
                     free = await self._free(current.id, incident.keys, keys)
                     incident = replace(
@@ -516,7 +556,7 @@ class IncidentService:
                         keys=tuple(dict.fromkeys((*incident.keys, *free))),
                         version=current.version + 1,
                     )
-                    stored = await self.store.update(to_record(incident))
+                    stored = await self.store.update(to_record(incident), marks)
             if stored is not None:
                 self._known.remember(incident)
                 await self._carry_out(incident, effects)
@@ -562,12 +602,15 @@ class IncidentService:
         self,
         keys: list[str],
         change: Callable[[Incident, datetime], tuple[Incident, list[Effect]]],
+        *,
+        folded: Sequence[Mark] = (),
     ) -> Incident | None:
         for key in keys:
             record = await self.store.find(key)
             if record is not None:
-                return await self._change(record.id, change)
+                return await self._change(record.id, change, folded=folded)
         log.info("incident_not_found", keys=keys[:2])
+        await self.store.mark_folded(folded)
         return None
 
     async def _change(
@@ -576,11 +619,13 @@ class IncidentService:
         change: Callable[[Incident, datetime], tuple[Incident, list[Effect]]],
         *,
         written: Incident | None = None,
+        folded: Sequence[Mark] = (),
     ) -> Incident:
         """Read, change and write one incident; ``written``: as just written here.
 
         ``written`` saves the first read; if someone changed it since, the
         version check refuses the write and the next attempt reads.
+        ``folded``: the marks of the trace this change folds (written with it).
         """
         for _ in range(ATTEMPTS):
             async with self._lock:
@@ -593,9 +638,10 @@ class IncidentService:
                     current = from_record(record)
                 incident, effects = change(current, self._clock())
                 if incident == current:
+                    await self.store.mark_folded(folded)
                     return current
                 incident = replace(incident, version=current.version + 1)
-                stored = await self.store.update(to_record(incident))
+                stored = await self.store.update(to_record(incident), folded)
             if stored is not None:
                 self._known.remember(incident)
                 await self._carry_out(incident, effects)
