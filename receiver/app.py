@@ -27,7 +27,6 @@ from aiohttp import web
 
 from receiver.app_incidents import (
     IncidentWiring,
-    fan_out,
     incident_store_for,
     install_incidents,
 )
@@ -390,7 +389,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         metrics=metrics,
         consumer=consumer,
         clock=clock,
-        on_complete=fan_out(incident_service.put),
+        hand_over=incident_service.put,
         outbox=dispatcher.put if dispatcher is not None else None,
         lease=settings.journal.lease,
         max_attempts=settings.journal.max_attempts,

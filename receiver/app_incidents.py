@@ -32,7 +32,6 @@ from receiver.incidents.records import from_record
 from receiver.incidents.report import render_report
 from receiver.incidents.service import IncidentService
 from receiver.metrics import Metrics
-from receiver.model import AlertTrace
 from receiver.rulebook.loader import Rulebook, load_rulebook
 from receiver.settings import IncidentSettings, Mode, StoreSettings, load_settings
 from receiver.steps.catalog import builtin_registry
@@ -45,7 +44,6 @@ from receiver.web.auth import Authenticator
 from receiver.web.incidents import IncidentHandlers, register
 
 INCIDENTS = web.AppKey("incidents", IncidentService)
-OnComplete = Callable[[list[AlertTrace]], Awaitable[None] | None]
 
 
 @dataclass(frozen=True)
@@ -77,25 +75,6 @@ def incident_store_for(store: Store, where: StoreSettings) -> IncidentStore:
     if where.is_redis:
         return RedisIncidentStore(where.url)
     return SqliteIncidentStore(":memory:")
-
-
-def fan_out(*callbacks: OnComplete | None) -> OnComplete | None:
-    """One ``on_complete`` that calls each given callback in turn.
-
-    A callback that returns an awaitable (the incident service waiting for
-    room) is awaited before the next: the worker waits with it.
-    """
-    chosen = [c for c in callbacks if c is not None]
-    if not chosen:
-        return None
-
-    async def call(traces: list[AlertTrace]) -> None:
-        for callback in chosen:
-            handed = callback(traces)
-            if handed is not None:
-                await handed
-
-    return call
 
 
 def install_incidents(

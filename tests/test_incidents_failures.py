@@ -271,11 +271,53 @@ async def test_closing_while_cancelled_queries_still_run_does_not_crash(tmp_path
             await store.watched()
 
 
-async def test_the_worker_waits_for_an_awaitable_hand_over(tmp_path):
-    """A hand-over that waits (a full incident queue) holds the worker back.
+class Handing:
+    """A hand-over whose e1 waits for room, and whose e1 and e2 folds wait."""
 
-    What is decided meanwhile is recorded, but handed over after it, in order;
-    once every slot of the worker holds an entry waiting so, it claims nothing.
+    def __init__(self) -> None:
+        self.handed: list[str] = []
+        self.folds: dict[str, asyncio.Future[None]] = {}
+        self.e1_waits = asyncio.Event()
+        self.room = asyncio.Event()
+        self.e2_handed = asyncio.Event()
+
+    async def hand_over(self, done: list[AlertTrace]) -> asyncio.Future[None]:
+        payload = done[0].payload_id
+        if payload == "e1":
+            self.e1_waits.set()
+            await self.room.wait()
+        self.handed.append(payload)
+        folded = self.folds[payload] = asyncio.get_running_loop().create_future()
+        if payload == "e2":
+            self.e2_handed.set()
+        elif payload != "e1":
+            folded.set_result(None)
+        return folded
+
+
+def recording(store: SqliteStore, watched: tuple[str, ...]) -> dict[str, asyncio.Event]:
+    """An event per watched entry, set once the store writes its record."""
+    recorded = {e: asyncio.Event() for e in watched}
+    complete_batch = store.complete_batch
+
+    async def written(done: Any) -> None:
+        await complete_batch(done)
+        for entry_id, _ in done:
+            if entry_id in recorded:
+                recorded[entry_id].set()
+
+    store.complete_batch = written  # type: ignore[method-assign]
+    return recorded
+
+
+async def test_the_worker_records_an_entry_only_once_its_traces_are_folded(tmp_path):
+    """The hand-over comes before the record; waiting there holds the worker back.
+
+    A hand-over that waits for room (a full incident queue) holds back the
+    next entry's hand-over (they go in the order decided); once every slot of
+    the worker holds an entry waiting so, it claims nothing. An entry handed
+    over is recorded (marked done) only once its traces are folded: a crash
+    before that decides it again.
     """
     clock = TickingClock()
     book = rulebook()
@@ -287,30 +329,15 @@ async def test_the_worker_waits_for_an_awaitable_hand_over(tmp_path):
         PlanContext(execute=False, namespaces=None),
         store=store,
     )
-    handed: list[str] = []
-    first = asyncio.Event()
-    release = asyncio.Event()
-
-    async def on_complete(done: list[AlertTrace]) -> None:
-        handed.append(done[0].payload_id)
-        if done[0].payload_id == "e1":
-            first.set()
-            await release.wait()
-
+    handing = Handing()
     # One task, one entry per claim: two slots, so two entries in hand at most.
-    worker = Worker(store, processor, 1, clock=clock, on_complete=on_complete, batch=1)
+    worker = Worker(
+        store, processor, 1, clock=clock, hand_over=handing.hand_over, batch=1
+    )
     body = json.dumps(example(SIEM)).encode()
     for entry_id in ("e1", "e2", "e3", "e4"):
         await store.append(JournalEntry(entry_id, "alertmanager", clock(), body), [])
-    recorded = asyncio.Event()  # e2's record is written
-    complete_batch = store.complete_batch
-
-    async def written(done: Any) -> None:
-        await complete_batch(done)
-        if any(entry_id == "e2" for entry_id, _ in done):
-            recorded.set()
-
-    store.complete_batch = written  # type: ignore[method-assign]
+    recorded = recording(store, ("e1", "e2"))
     no_slot = asyncio.Event()  # the task looks for a slot and finds none
     free_slot = worker._free_slot
 
@@ -322,17 +349,25 @@ async def test_the_worker_waits_for_an_awaitable_hand_over(tmp_path):
     worker._free_slot = slot  # type: ignore[method-assign]
     await worker.start()
     try:
-        await asyncio.wait_for(first.wait(), 10)
-        await asyncio.wait_for(recorded.wait(), 10)  # e2 is decided meanwhile
-        await asyncio.wait_for(no_slot.wait(), 10)
-        assert handed == ["e1"]  # e2 waits for e1's hand-over
-        assert await store.decisions(DecisionQuery(payload_id="e3")) == []
-        release.set()
+        await asyncio.wait_for(handing.e1_waits.wait(), 10)
+        await asyncio.wait_for(no_slot.wait(), 10)  # e2 is decided meanwhile
+        assert handing.handed == []  # e2 waits for e1's hand-over
+        handing.room.set()
+        await asyncio.wait_for(handing.e2_handed.wait(), 10)
+        assert handing.handed == ["e1", "e2"]
+        # Handed over, not folded yet: neither is recorded.
+        assert not recorded["e1"].is_set()
+        assert not recorded["e2"].is_set()
+        handing.folds["e2"].set_result(None)
+        await asyncio.wait_for(recorded["e2"].wait(), 10)
+        assert not recorded["e1"].is_set()  # still waiting for its fold
+        assert await store.decisions(DecisionQuery(payload_id="e1")) == []
+        handing.folds["e1"].set_result(None)
         await journal_drained(store)
     finally:
         await worker.stop()
         await store.close()
-    assert handed == ["e1", "e2", "e3", "e4"]
+    assert handing.handed == ["e1", "e2", "e3", "e4"]
 
 
 def test_evolving_an_incident_is_replace_and_refuses_what_is_no_field():

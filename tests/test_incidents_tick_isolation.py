@@ -28,10 +28,10 @@ class ContendedStore(SqliteIncidentStore):
         super().__init__(":memory:")
         self.contended = ""
 
-    async def update(self, record):
+    async def update(self, record, folded=()):
         if record.id == self.contended:
             return None
-        return await super().update(record)
+        return await super().update(record, folded)
 
 
 async def test_a_contended_incident_does_not_stop_the_tick():

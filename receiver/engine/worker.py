@@ -13,7 +13,10 @@ finished. Once a task has decided an entry it hands
 the recording to a task of its own and decides the next: the records of entries
 decided close together are then written together (``Recorder``, group commit),
 and an entry is marked done only after its decisions are recorded (if the store
-fails meanwhile, the write is retried with backoff). What waits to be recorded
+fails meanwhile, the write is retried with backoff) and its traces were handed
+over and folded into the incidents (``hand_over``): a crash before the
+done-mark decides it again, and nothing downstream takes it twice (the sink
+outbox and the incidents each skip what they already have). What waits to be recorded
 is bounded (``FINISH_ALERTS``). Each alert of a payload is decided on its own: an
 unexpected error in one becomes that alert's recorded failure. An entry that
 still fails as a whole (or keeps crashing the process) is handed back and, after
@@ -91,6 +94,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+# Takes a payload's traces (the incidents): returns once they are queued, with
+# an awaitable that ends once they are folded in (or None: nothing to wait for).
+HandOver = Callable[[list[AlertTrace]], Awaitable[Awaitable[None] | None]]
+
+
 class Worker:
     """Bounded-concurrency consumer of the store's journal.
 
@@ -109,7 +117,7 @@ class Worker:
         consumer: str | None = None,
         clock: Callable[[], datetime] | None = None,
         prune_every: timedelta = timedelta(minutes=5),
-        on_complete: Callable[[list[AlertTrace]], Awaitable[None] | None] | None = None,
+        hand_over: HandOver | None = None,
         outbox: Callable[[list[AlertTrace]], Awaitable[None]] | None = None,
         lease: timedelta = timedelta(minutes=5),
         max_attempts: int = 5,
@@ -119,10 +127,11 @@ class Worker:
         # Rung by the edge process after each payload it journals: the worker
         # sleeps on it instead of polling the journal.
         self._bell = bell
-        # Called with a payload's traces once they are recorded (the sinks,
-        # the incidents); it never raises, and may return an awaitable that
-        # waits for room downstream (backpressure), which the worker awaits.
-        self._on_complete = on_complete
+        # Awaited with a payload's traces before they are recorded (the
+        # incidents): it returns once they are queued (waiting for room there
+        # is the backpressure the worker feels), with what ends once they are
+        # folded, which the worker awaits before it records. Never raises.
+        self._hand_over = hand_over
         # Awaited with a payload's traces *before* they are recorded (the sink
         # outbox): a crash in between decides the entry again, and the outbox
         # ignores the repeat, so nothing is lost between the two. It may wait
@@ -507,18 +516,21 @@ class Worker:
         before: tuple[_Stage | None, _Stage | None],
         mine: tuple[_Stage, _Stage],
     ) -> None:
-        """Record a decided entry (retrying while the store is down), then pass it on.
+        """Pass a decided entry on, then record it (retrying while the store is down).
 
         Runs as a task of its own, so the worker decides the next entry
         meanwhile and the records of entries decided close together are written
-        together. The outbox and the hand-over (``on_complete``) still see the
-        entries in the order they were decided: ``before`` are the stages of the
-        entry decided just before, ``mine`` this entry's, done once it passed
-        them (or failed). An unexpected error hands the entry back (it is
-        decided again).
+        together. The outbox and the hand-over (``hand_over``) see the entries
+        in the order they were decided: ``before`` are the stages of the entry
+        decided just before, ``mine`` this entry's, done once it passed them
+        (or failed). The entry is recorded (marked done) only once the outbox
+        took its traces and the incidents folded them: a crash before that
+        decides it again, and neither takes it twice. An unexpected error
+        hands the entry back (it is decided again).
         """
         entry = lease.entry
         outboxed, handed_over = mine
+        folded: Awaitable[None] | None = None
         backoff = 0.5
         try:
             while True:
@@ -527,6 +539,16 @@ class Worker:
                         await _after(before[0])
                         await self._outbox(traces)
                     _passed(outboxed)
+                    if self._hand_over is not None and not handed_over.done():
+                        await _after(before[1])
+                        # It may wait for room (the incident queue): the
+                        # entry's slot stays taken, so this worker soon claims
+                        # nothing new and the backlog stays in the journal.
+                        folded = await self._hand_over(traces)
+                    _passed(handed_over)
+                    if folded is not None:
+                        await folded
+                        folded = None
                     await self._recorder.record(entry.id, TraceRecords(traces))
                     break
                 except StoreUnavailableError as exc:
@@ -537,15 +559,6 @@ class Worker:
                     )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
-            if self._on_complete is not None:
-                await _after(before[1])
-                handed = self._on_complete(traces)
-                if handed is not None:
-                    # It may wait for room (the incident queue): the entry's
-                    # slot stays taken, so this worker soon claims nothing new
-                    # and the backlog stays in the journal, not in memory.
-                    await handed
-            _passed(handed_over)
             if self._metrics is not None:
                 await self._observe()
         except Exception as exc:  # noqa: BLE001 (handed back, then parked)

@@ -4,21 +4,27 @@
 dispatcher's) queue here; one background task hands the queue to the service's
 ``observe`` in batches, so an alert storm into one group costs a few writes, not
 one per alert. ``put`` waits while the queue is full, which is the backpressure
-the worker feels.
+the worker feels, and returns a future that ends once every trace it queued is
+folded and its fold mark written: the worker records its decision only then,
+so a crash before that decides the payload again, and the marks keep its
+traces from being folded twice. A put whose caller stops waiting (shutdown)
+takes back those of its traces not being folded yet: the payload is decided
+again by the next worker, which folds them.
 
 Nothing queued is dropped for a store that fails: the fold says which traces it
 wrote (``done``), and the rest go back to the head of the queue, folded again
 after a backoff (so nothing is folded twice: a resend would count twice, a
 fire-then-resolve could open a phantom incident). A fold that raises anything
 else (a bug) is retried one trace at a time, and only a trace that raises on
-its own is dropped, logged.
+its own is dropped, logged (its put's future ends: a bug must not hold the
+worker's decisions back).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -44,6 +50,39 @@ class SinkNote:
 Fold = Callable[[Sequence[AlertTrace | SinkNote], set[int]], Awaitable[object]]
 
 
+class _Put:
+    """One put's traces not folded yet, and the future that ends with the last."""
+
+    __slots__ = ("folded", "left")
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+        self.folded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class _Done(set[int]):
+    """The ``done`` set a fold fills: each trace added ends its share of its put.
+
+    Settled as the fold goes (a trace's incident write and mark are in), not
+    when the whole batch is folded: the effects carried out after a write (a
+    message to a sink) must not hold the worker's decisions back.
+    """
+
+    def __init__(self, settle: Callable[[int], None]) -> None:
+        super().__init__()
+        self._settle = settle
+
+    def add(self, element: int) -> None:
+        if element not in self:
+            super().add(element)
+            self._settle(element)
+
+    def update(self, *others: Iterable[int]) -> None:
+        for other in others:
+            for element in other:
+                self.add(element)
+
+
 class FoldQueue:
     """Traces and sink notes in arrival order, folded by one task at a time."""
 
@@ -61,24 +100,29 @@ class FoldQueue:
         self._isolate = 0
         self._pending: set[asyncio.Task[None]] = set()
         self._queue: list[AlertTrace | SinkNote] = []
+        # The put each queued or in-flight trace came with, by id().
+        self._puts: dict[int, _Put] = {}
         self._room = asyncio.Event()  # set when the queue has room again
         self.waits = 0  # puts that had to wait for room (backpressure)
         self._consumer: asyncio.Task[None] | None = None
 
-    async def put(self, traces: Sequence[AlertTrace]) -> None:
+    async def put(self, traces: Sequence[AlertTrace]) -> asyncio.Future[None]:
         """Queue a payload's traces for the folding task (the worker's callback).
 
         Waits while ``max_pending`` traces are queued: the worker waiting here
         claims nothing new, so a backlog stays in the journal (where the edge
-        sees it and pushes back), not in memory. Nothing handed over is
-        dropped: a put cancelled while waiting (shutdown) queues its traces
-        anyway, for ``aclose`` to drain. Never raises otherwise.
+        sees it and pushes back), not in memory. Returns a future that ends
+        once every trace is folded (or dropped as a bug); cancelling it takes
+        back the traces not being folded yet. A put cancelled while it waits
+        for room queues nothing. Never raises otherwise.
         One task folds whatever has queued up, writing each incident once per
         batch: an alert storm into one group costs a few writes, not one per
         alert.
         """
+        put = _Put(len(traces))
         if not traces:
-            return
+            put.folded.set_result(None)
+            return put.folded
         if len(self._queue) >= self._max_pending:
             self.waits += 1
             log.info(
@@ -90,14 +134,49 @@ class FoldQueue:
         while len(self._queue) >= self._max_pending:
             self._start_consumer()
             self._room.clear()
-            try:
-                await self._room.wait()
-            except asyncio.CancelledError:
-                self._queue.extend(traces)
-                self._start_consumer()
-                raise
+            await self._room.wait()
+        for trace in traces:
+            self._puts[id(trace)] = put
+        put.folded.add_done_callback(lambda f: self._withdraw(f, traces))
         self._queue.extend(traces)
         self._start_consumer()
+        return put.folded
+
+    def _withdraw(
+        self, folded: asyncio.Future[None], traces: Sequence[AlertTrace]
+    ) -> None:
+        """A put given up on (cancelled): its traces still queued leave the queue."""
+        if not folded.cancelled():
+            return
+        ids = {id(t) for t in traces if self._puts.get(id(t)) is not None}
+        if not ids:
+            return
+        head = self._queue[: self._isolate]
+        self._queue = [t for t in self._queue if id(t) not in ids]
+        # Traces being isolated one by one that left take their turn with them.
+        self._isolate -= sum(1 for t in head if id(t) in ids)
+        for one in ids:
+            self._puts.pop(one, None)
+        self._room.set()
+
+    def _left(
+        self, batch: list[AlertTrace | SinkNote], done: set[int]
+    ) -> list[AlertTrace | SinkNote]:
+        """What a failed fold left to fold again: not done, and not taken back."""
+        return [
+            t
+            for t in batch
+            if id(t) not in done and (isinstance(t, SinkNote) or id(t) in self._puts)
+        ]
+
+    def _settle(self, trace_id: int) -> None:
+        """One trace is folded (or dropped): its put may be over."""
+        put = self._puts.pop(trace_id, None)
+        if put is None:
+            return
+        put.left -= 1
+        if put.left <= 0 and not put.folded.done():
+            put.folded.set_result(None)
 
     def _start_consumer(self) -> None:
         if self._consumer is None or self._consumer.done():
@@ -122,11 +201,13 @@ class FoldQueue:
             size = 1 if self._isolate else BATCH
             batch, self._queue = self._queue[:size], self._queue[size:]
             self._room.set()
-            done: set[int] = set()
+            done = _Done(self._settle)
             try:
                 await self._fold(batch, done)
+                # Everything folded (a fold that returns left none out).
+                done.update(id(t) for t in batch)
             except ReceiverError as exc:  # the store: the rest, again, later
-                left = [t for t in batch if id(t) not in done]
+                left = self._left(batch, done)
                 self._queue[:0] = left
                 wait = waits.failed()
                 log.warning(
@@ -140,7 +221,7 @@ class FoldQueue:
                 await self._sleep(wait)
                 continue
             except Exception:  # a bug: a background task must not die silently
-                left = [t for t in batch if id(t) not in done]
+                left = self._left(batch, done)
                 if self._isolate:
                     # Kept if the error was a cancellation in disguise.
                     self._queue[:0] = left
@@ -148,6 +229,7 @@ class FoldQueue:
                     del self._queue[: len(left)]
                     self._isolate -= 1
                     log.exception("incident_trace_dropped", traces=len(left))
+                    done.update(id(t) for t in left)  # its put is over all the same
                     continue
                 # Back first: a cancellation turned into this error (shutdown)
                 # must not take the rest of the batch with it.

@@ -163,12 +163,14 @@ class IncidentService:
 
     # ------------------------------------------------------------ traces in
 
-    async def put(self, traces: Sequence[AlertTrace]) -> None:
-        """Queue a payload's traces for folding (the worker's callback).
+    async def put(self, traces: Sequence[AlertTrace]) -> asyncio.Future[None]:
+        """Queue a payload's traces for folding (the worker's hand-over).
 
-        Waits while the queue is full; never raises otherwise (``FoldQueue.put``).
+        Waits while the queue is full; returns a future that ends once they
+        are folded, their marks written (``FoldQueue.put``). Never raises
+        otherwise.
         """
-        await self._queue.put(traces)
+        return await self._queue.put(traces)
 
     def sink_outcomes(self, trace: AlertTrace, lines: list[str]) -> None:
         """The sinks' outcomes for a trace (the dispatcher's callback).
@@ -291,7 +293,7 @@ class IncidentService:
     ) -> None:
         if incident_id is None:
             # A new incident is created at once: that reserves its keys.
-            opened = await self._fold(trace, keys, looked=True)
+            opened = await self._fold(trace, keys, looked=True, done=done)
             done.add(id(trace))
             if opened is not None:
                 work.load(opened)
@@ -343,7 +345,7 @@ class IncidentService:
             # Someone else changed it meanwhile: fold these traces one by one.
             self._known.forget(incident_id)
             for trace in folded:
-                found = await self._fold(trace, self.keys(trace))
+                found = await self._fold(trace, self.keys(trace), done=done)
                 done.add(id(trace))
                 if found is not None:
                     written[found.id] = found
@@ -512,11 +514,18 @@ class IncidentService:
         return build
 
     async def _fold(
-        self, trace: AlertTrace, keys: list[str], *, looked: bool = False
+        self,
+        trace: AlertTrace,
+        keys: list[str],
+        *,
+        looked: bool = False,
+        done: set[int] | None = None,
     ) -> Incident | None:
         """Fold one trace, writing at once; ``looked``: no key was found just now.
 
-        Its fold mark goes with the write, or alone when nothing is written.
+        Its fold mark goes with the write, or alone when nothing is written;
+        it is added to ``done`` once written, before the write's effects are
+        carried out (a slow sink must not hold the worker's record back).
         """
         marks = _marks([trace])
         for attempt in range(ATTEMPTS):
@@ -558,6 +567,8 @@ class IncidentService:
                     )
                     stored = await self.store.update(to_record(incident), marks)
             if stored is not None:
+                if done is not None:
+                    done.add(id(trace))
                 self._known.remember(incident)
                 await self._carry_out(incident, effects)
                 return incident
