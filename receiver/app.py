@@ -15,7 +15,6 @@ the health and metrics routes).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,7 +36,7 @@ from receiver.engine.runner import Executor, Runner
 from receiver.engine.worker import Processor, Worker, consumer_name
 from receiver.errors import StoreUnavailableError
 from receiver.metrics import WORKER_FAMILIES, Metrics
-from receiver.retrying import stop_if_cancelled
+from receiver.retrying import cancel_and_wait, stop_if_cancelled
 from receiver.rulebook.loader import Rulebook
 from receiver.runtime import Runtime
 from receiver.sinks import Sink, SinkDispatcher, playbook_sinks
@@ -415,9 +414,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
             name="approval-expiry",
         )
         yield
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        await cancel_and_wait(sweeper)
         reloader.stop_listening()
         await worker.stop()
         if worker_bell is not None:

@@ -14,7 +14,6 @@ the service then drains what it was handed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from receiver.incidents.records import from_record
 from receiver.incidents.report import render_report
 from receiver.incidents.service import IncidentService
 from receiver.metrics import Metrics
+from receiver.retrying import cancel_and_wait
 from receiver.rulebook.loader import Rulebook, load_rulebook
 from receiver.settings import IncidentSettings, Mode, StoreSettings, load_settings
 from receiver.steps.catalog import builtin_registry
@@ -124,9 +124,7 @@ def install_incidents(
             )
         yield
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         await service.aclose()
         for client in (announcer, escalator):
             close = getattr(client, "aclose", None)

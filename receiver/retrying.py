@@ -18,6 +18,8 @@ tenacity:
   failure up to a cap, back to the first after a success.
 - ``stop_if_cancelled()``: such a loop calls it after catching an error, so a
   cancellation a client turned into an error of its own still stops it.
+- ``cancel_and_wait(*tasks)``: how a shutdown stops its background tasks: the
+  tasks' own ends are swallowed, a cancellation of the shutdown itself is not.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -183,3 +185,34 @@ def cancelling() -> bool:
     """
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended.
+
+    Their ``CancelledError`` is swallowed: it is how they were asked to end.
+    A cancellation of the task calling this is not: if it is being cancelled
+    (``cancelling()``) once they have all ended, ``CancelledError`` is raised,
+    whether its cancel reached it as a ``CancelledError`` from the task it was
+    waiting for or was lost on the way (that task swallowed its own cancel and
+    returned, or turned it into an error of its own). Otherwise the first
+    error a task ended with other than ``CancelledError`` is re-raised, after
+    the others were waited for too.
+
+    A shutdown that is itself cancelled (a ``wait_for`` around it timed out)
+    thus stops instead of going on as if nothing had happened.
+    """
+    for task in tasks:
+        task.cancel()
+    error: Exception | None = None
+    for task in tasks:
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass  # the task's own end, or ours passed on to it: told apart below
+        except Exception as exc:  # noqa: BLE001 (re-raised below unless cancelled)
+            error = error or exc
+    if cancelling():
+        raise asyncio.CancelledError from error
+    if error is not None:
+        raise error

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import structlog
 from aiohttp import web
 
-from receiver.retrying import Doubling
+from receiver.retrying import Doubling, cancel_and_wait
 
 log = structlog.get_logger("receiver.supervisor")
 
@@ -138,9 +138,7 @@ class WorkerSupervisor:
                     proc.kill()
                 await proc.wait()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
 
 def supervise(

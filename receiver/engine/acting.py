@@ -31,7 +31,7 @@ from receiver.model import (
     StepTrace,
     freeze,
 )
-from receiver.retrying import cancelling, stop_if_cancelled
+from receiver.retrying import cancel_and_wait, cancelling, stop_if_cancelled
 from receiver.rulebook.steps import StepModel, Verify
 
 log = structlog.get_logger("receiver.runner")
@@ -141,11 +141,8 @@ class Acting:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            # The renewal's end, not this run's cancellation, was suppressed.
-            stop_if_cancelled()
+            # The renewal's end is swallowed, not this run's cancellation.
+            await cancel_and_wait(task)
 
     async def _prepare(
         self, trace: StepTrace, step: StepModel, alert: Alert

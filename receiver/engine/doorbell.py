@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 import structlog
 
+from receiver.retrying import cancel_and_wait
+
 log = structlog.get_logger("receiver.doorbell")
 
 _FRAME = struct.Struct("!I")
@@ -75,12 +77,12 @@ class EdgeBell:
     async def _detach(self) -> None:
         reader, sock = self._reader, self._sock
         self._reader = self._sock = None
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-        if sock is not None:
-            sock.close()
+        try:
+            if reader is not None:
+                await cancel_and_wait(reader)
+        finally:
+            if sock is not None:
+                sock.close()
 
     def ring(self) -> None:
         """Wake the worker, once per turn of the event loop however many ring.
@@ -212,9 +214,7 @@ class WorkerBell:
 
     async def aclose(self) -> None:
         """Stop listening and close this end."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._sock.close()
+        try:
+            await cancel_and_wait(*self._tasks)
+        finally:
+            self._sock.close()

@@ -17,11 +17,10 @@ and closed by ``Worker``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping, Sequence
 
 from receiver.model import JSONValue
-from receiver.retrying import stop_if_cancelled
+from receiver.retrying import cancel_and_wait, stop_if_cancelled
 from receiver.store.base import Store
 
 _Pending = tuple[str, Sequence[Mapping[str, JSONValue]], "asyncio.Future[None]"]
@@ -89,10 +88,9 @@ class Recorder:
 
     async def aclose(self) -> None:
         """Stop writing; whoever still waits is cancelled."""
-        for flusher in list(self._flushers):
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
-        for _, _, future in self._queue:
-            future.cancel()
-        self._queue = []
+        try:
+            await cancel_and_wait(*self._flushers)
+        finally:
+            for _, _, future in self._queue:
+                future.cancel()
+            self._queue = []

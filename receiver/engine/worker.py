@@ -46,6 +46,7 @@ from receiver.engine.runner import describe_error
 from receiver.errors import InputError, StoreUnavailableError
 from receiver.metrics import Metrics
 from receiver.model import AlertTrace
+from receiver.retrying import cancel_and_wait
 from receiver.store.base import JournalEntry, Lease, Store
 
 __all__ = ["Processor", "Worker", "consumer_name", "utc_now"]
@@ -204,12 +205,7 @@ class Worker:
     async def stop(self) -> None:
         """Stop consuming; unfinished entries stay in the journal."""
         self._stopping.set()
-        tasks = [*self._tasks, *self._finishing]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks, *self._finishing)
         await self._recorder.aclose()
         # Claimed but never started: handed back now, not after their lease.
         with contextlib.suppress(StoreUnavailableError):

@@ -64,7 +64,13 @@ import structlog
 
 from receiver.errors import ReceiverError
 from receiver.model import AlertTrace, Decision, StepKind, iso
-from receiver.retrying import Doubling, RetryPolicy, backoff, stop_if_cancelled
+from receiver.retrying import (
+    Doubling,
+    RetryPolicy,
+    backoff,
+    cancel_and_wait,
+    stop_if_cancelled,
+)
 from receiver.rulebook.schema import Playbook
 from receiver.sinks.delivery import Dedupe, SinkError, SinkOutcome
 from receiver.sinks.outbox import Outbox, OutboxRow, decode_trace, encode_trace
@@ -536,11 +542,7 @@ class SinkDispatcher:
         self._work.set()
         if self._loops:
             _done, late = await asyncio.wait(self._loops, timeout=grace)
-            for task in late:
-                task.cancel()
-            for task in late:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(*late)
             if late:
                 log.warning(
                     "sink_deliveries_handed_back",
