@@ -210,17 +210,37 @@ async def _run_child(app: web.Application, bell: WorkerBell) -> None:
     await asyncio.wait({gone, stopped}, return_when=asyncio.FIRST_COMPLETED)
     gone.cancel()
     stopped.cancel()
-    try:
-        # Bounded: a worker whose edge is gone must not linger on a stuck
-        # shutdown; the journal keeps what it did not finish.
-        await asyncio.wait_for(runner.cleanup(), CHILD_STOP_GRACE)
-    except TimeoutError:
-        import structlog  # noqa: PLC0415
-
-        structlog.get_logger("receiver").error(
-            "worker_stop_timed_out", seconds=CHILD_STOP_GRACE
-        )
+    # Bounded: a worker whose edge is gone must not linger on a stuck
+    # shutdown; the journal keeps what it did not finish.
+    if not await stop_within(runner, CHILD_STOP_GRACE):
         os._exit(1)
+
+
+async def stop_within(runner: web.AppRunner, grace: float) -> bool:
+    """Clean the app up within ``grace`` seconds; False (logged) if it could not.
+
+    Cut short at the grace, aiohttp cancels the cleanup steps still running;
+    each raises its ``CancelledError`` (a stop never swallows its own), and
+    with more than one aiohttp raises them together as a ``CleanupError``:
+    that too is the grace running out, not a crash to print a traceback for.
+    """
+    import structlog  # noqa: PLC0415
+    from aiohttp.web import CleanupError  # noqa: PLC0415
+
+    try:
+        await asyncio.wait_for(runner.cleanup(), grace)
+    except TimeoutError:
+        errors: list[BaseException] = []
+    except CleanupError as exc:
+        errors = list(exc.args[1]) if len(exc.args) > 1 else []
+    else:
+        return True
+    log = structlog.get_logger("receiver")
+    if all(isinstance(e, asyncio.CancelledError) for e in errors):
+        log.error("worker_stop_timed_out", seconds=grace)
+    else:
+        log.error("worker_stop_failed", errors=[repr(e) for e in errors])
+    return False
 
 
 def _log_started(
