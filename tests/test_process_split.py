@@ -1,5 +1,7 @@
 """Edge and worker in two processes: kill -9 either, nothing lost or doubled.
 
+(Nor folded into the incidents twice, or not at all.)
+
 ``receiver serve`` (role ``all``) accepts in one process and decides in a child
 it supervises. Killing the child mid-burst gets it restarted, and it takes up
 what the dead one had claimed; killing the edge takes the child down with it.
@@ -95,6 +97,32 @@ def _decisions_per_payload(base: str, ids: list[str]) -> dict[str, int]:
         }
 
 
+def _folds_per_fingerprint(base: str) -> dict[str, list[int]]:
+    """Each alert's incidents' ledger counts: [n] per incident listing it.
+
+    Every payload here is its own incident (no group key): folded once, an
+    alert is listed by one incident whose ledger counts its one step once.
+    """
+    seen: dict[str, list[int]] = {}
+    with httpx.Client(base_url=base, headers=AUTH, timeout=10) as client:
+        cursor: str | None = None
+        while True:
+            params = {"limit": "500", **({"cursor": cursor} if cursor else {})}
+            page = client.get("/api/v1/incidents", params=params).json()
+            for listed in page["incidents"]:
+                incident = client.get(f"/api/v1/incidents/{listed['id']}").json()
+                times: dict[str, int] = {}
+                for item in incident["ledger"]:
+                    fp = item["fingerprint"]
+                    times[fp] = times.get(fp, 0) + item["times"]
+                for alert in incident["alerts"]:
+                    fp = alert["fingerprint"]
+                    seen.setdefault(fp, []).append(times.get(fp, 0))
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return seen
+
+
 @contextlib.contextmanager
 def _store(kind: str, tmp: Path) -> Iterator[str]:
     if kind == "sqlite":
@@ -143,10 +171,19 @@ def test_kill_9_worker_mid_burst_loses_nothing_and_doubles_nothing(tmp_path, kin
 
             assert poll(all_decided_once, timeout=90, interval=0.5)
             counts = _decisions_per_payload(rx.url, ids)
+            # The incidents too: the traces the killed worker had decided are
+            # folded once (none lost with it, none folded again when the
+            # payloads it had not recorded were decided again).
+            folds = _folds_per_fingerprint(rx.url)
+        wanted = {f"{i:016x}" for i in accepted}
+        missing = sorted(wanted - set(folds))
+        assert missing == [], f"alerts no incident took in: {missing[:10]}"
+        twice = {fp: n for fp, n in folds.items() if n != [1]}
+        assert twice == {}, f"alerts folded other than once: {twice}"
         doubled = {p: n for p, n in counts.items() if n != 1}
         assert doubled == {}, f"payloads decided more than once: {doubled}"
-        twice = {path: n for path, n in hook.snapshot().items() if n > 1}
-        assert twice == {}, f"remediations ran more than once: {twice}"
+        ran = {path: n for path, n in hook.snapshot().items() if n > 1}
+        assert ran == {}, f"remediations ran more than once: {ran}"
         # At most once: a step interrupted by the kill is not repeated.
         assert len(hook.snapshot()) >= BURST - 16
 
