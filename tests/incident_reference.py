@@ -100,7 +100,9 @@ def _upsert_alert(
             )
     if lost and not incident.lost_track:
         incident = lc.evolve(incident, lost_track=True)
-        incident = lc.add_entry(incident, now, "lost_track", lc.lost_track_text())
+        incident = lc.add_entry(
+            incident, now, "lost_track", lc.lost_track_text(incident.id)
+        )
     return incident, changed
 
 

@@ -212,7 +212,7 @@ def test_losing_track_past_the_unlisted_cap_never_resolves_by_itself() -> None:
         mock.patch.object(lifecycle, "MAX_UNLISTED", 3),
     ):
         incident = fold_all([*fired, *gone, *fired, *gone])
-        text = lifecycle.lost_track_text()
+        text = lifecycle.lost_track_text(incident.id)
     assert incident.lost_track
     assert incident.state is State.TRIGGERED
     assert incident.unlisted == frozenset()
@@ -220,6 +220,7 @@ def test_losing_track_past_the_unlisted_cap_never_resolves_by_itself() -> None:
     assert "more than 5 of its alerts" in text
     assert "a person or PagerDuty must resolve it" in text
     assert "the Resolve incident button on its console page" in text
+    assert f"POST /api/v1/incidents/{incident.id}/resolve" in text
 
 
 def test_incidents_stored_before_the_cap_rule_still_load() -> None:

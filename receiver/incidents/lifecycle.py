@@ -210,7 +210,7 @@ def _alert_entry(incident: Incident, trace: AlertTrace, now: datetime) -> Incide
     )
 
 
-def lost_track_text() -> str:
+def lost_track_text(incident_id: str) -> str:
     """The timeline's sentence when an incident loses track of its alerts."""
     return (
         f"Lost track of this alert storm: more than {MAX_ALERTS + MAX_UNLISTED:,} "
@@ -218,8 +218,8 @@ def lost_track_text() -> str:
         "more by fingerprint, the rest not followed). It will not resolve by "
         "itself when its alerts resolve: a person or PagerDuty must resolve it "
         "(the Resolve incident button on its console page, "
-        "POST /api/v1/incidents/{id}/resolve, or resolve the linked PagerDuty "
-        "incident)."
+        f"POST /api/v1/incidents/{incident_id}/resolve, or resolve the linked "
+        "PagerDuty incident)."
     )
 
 
@@ -228,7 +228,7 @@ def _lose_track(incident: Incident, now: datetime) -> Incident:
     if incident.lost_track:
         return incident
     incident = evolve(incident, lost_track=True)
-    return add_entry(incident, now, "lost_track", lost_track_text())
+    return add_entry(incident, now, "lost_track", lost_track_text(incident.id))
 
 
 def _changed(old: AlertRef | None, ref: AlertRef, *, unlisted: bool) -> bool:
