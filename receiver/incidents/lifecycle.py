@@ -20,6 +20,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
+from itertools import islice
 
 from receiver.incidents.clocks import clocks, describe_age
 from receiver.incidents.effects import (
@@ -439,8 +440,10 @@ class Folding:
         )
         effects += more
         resolving = incident.active and self._all_resolved(incident)
-        if resolving or len(ledger) > MAX_LEDGER:
-            # The cut, and the resolution's draft, read the written ledger.
+        if len(ledger) > MAX_LEDGER:
+            self._cut(ledger)
+        if resolving:
+            # The resolution's draft reads the written ledger.
             incident = self._written(incident)
         looked = [i for i in fresh if i.kind == StepKind.DIAGNOSTIC.value]
         if looked:
@@ -455,6 +458,20 @@ class Folding:
             effects += more
         self._incident = incident
         return effects
+
+    def _cut(self, ledger: dict[LedgerKey, LedgerItem]) -> None:
+        """Drop the oldest lines past ``MAX_LEDGER`` in place, as ``with_ledger`` would.
+
+        Once per trace, as folding one by one cuts at each write: a line cut
+        is gone, and decided again later it is a new line at the end. In
+        place, not by writing the ledger back (a storm past the cap would
+        rebuild the whole ledger and its index per alert).
+        """
+        over = len(ledger) - MAX_LEDGER
+        again = self._again
+        for key in list(islice(ledger, over)):
+            del ledger[key]
+            again.pop(key, None)
 
     def _with_unlisted(self, incident: Incident) -> Incident:
         """``incident`` with the unlisted fingerprints kept aside written back."""
