@@ -93,14 +93,7 @@ def _stamp(ts: datetime) -> str:
 
 
 class SqliteIncidentStore:
-    """Incidents in SQLite.
-
-    A write that folds traces (it carries their marks) commits without waiting
-    for the disk: the worker marks their payloads done afterwards with a
-    durable commit on the same file, which puts it on disk too; a power cut
-    before that decides the payloads again, and the fold with them. Every other
-    write (a person's change, the ticker's) is durable on its own.
-    """
+    """Incidents in SQLite."""
 
     def __init__(self, path: str, *, max_marks: int = MAX_MARKS) -> None:
         self.path = path
@@ -128,7 +121,7 @@ class SqliteIncidentStore:
 
     async def mark_folded(self, folded: Sequence[Mark]) -> None:  # noqa: D102
         if folded:
-            await self._run(lambda db: self._mark(db, folded), durable=False)
+            await self._run(lambda db: self._mark(db, folded))
 
     async def folded(self, marks: Sequence[Mark]) -> set[Mark]:  # noqa: D102
         wanted = set(marks)
@@ -197,14 +190,12 @@ class SqliteIncidentStore:
                 )
             return created
 
-        return await self._run(run, durable=not folded)
+        return await self._run(run)
 
     async def create(  # noqa: D102
         self, record: IncidentRecord, folded: Sequence[Mark] = ()
     ) -> IncidentRecord | None:
-        return await self._run(
-            lambda db: self._insert(db, record, folded), durable=not folded
-        )
+        return await self._run(lambda db: self._insert(db, record, folded))
 
     def _insert(
         self, db: sqlite3.Connection, record: IncidentRecord, folded: Sequence[Mark]
@@ -261,7 +252,7 @@ class SqliteIncidentStore:
             self._mark(db, folded)
             return replace(record, seq=row["seq"])
 
-        return await self._run(run, durable=not folded)
+        return await self._run(run)
 
     async def get(self, incident_id: str) -> IncidentRecord | None:  # noqa: D102
         def run(db: sqlite3.Connection) -> IncidentRecord | None:

@@ -70,31 +70,24 @@ class SideDatabase:
             self._db = db
         return self._db
 
-    def _tx(self, fn: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
             db = self._open()
             if db.in_transaction:
                 # Left open by a ROLLBACK that failed (a disk error): rolled
                 # back now, or this call fails, never every call after it.
                 db.execute("ROLLBACK")
-            if not durable:
-                db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    result = fn(db)
-                    db.execute("COMMIT")
-                except BaseException:
-                    # Also after a failed COMMIT, which may leave the
-                    # transaction open; the caller hears the first error,
-                    # not the rollback's.
-                    if db.in_transaction:
-                        with contextlib.suppress(sqlite3.Error):
-                            db.execute("ROLLBACK")
-                    raise
-            finally:
-                if not durable:
-                    db.execute("PRAGMA synchronous=FULL")
+                result = fn(db)
+                db.execute("COMMIT")
+            except BaseException:
+                # Also after a failed COMMIT, which may leave the transaction
+                # open; the caller hears the first error, not the rollback's.
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
             return result
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -102,25 +95,11 @@ class SideDatabase:
             return fn(self._open())
 
     async def run(
-        self,
-        fn: Callable[[sqlite3.Connection], T],
-        *,
-        write: bool = True,
-        durable: bool = True,
+        self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True
     ) -> T:
-        """``fn`` in a thread: in one transaction, or (``write=False``) as is.
-
-        ``durable=False``: the transaction commits without waiting for the
-        disk (``synchronous=NORMAL``); a crash of the process never loses it,
-        a power cut may, until the next durable commit on the same file (of
-        any connection: they share one write-ahead log) puts it on disk too.
-        Only for a write a durable one is known to follow (see the incident
-        store's folds).
-        """
+        """``fn`` in a thread: in one transaction, or (``write=False``) as is."""
         try:
-            if not write:
-                return await asyncio.to_thread(self._read, fn)
-            return await asyncio.to_thread(self._tx, fn, durable)
+            return await asyncio.to_thread(self._tx if write else self._read, fn)
         except sqlite3.Error as exc:
             msg = f"SQLite {self._what} {self.path}: {exc}"
             raise StoreUnavailableError(msg) from exc
