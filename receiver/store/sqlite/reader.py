@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -77,13 +79,29 @@ def read_only(path: Path, read: Callable[[sqlite3.Connection], T]) -> T:
     Immutable while no ``-wal`` or ``-journal`` lies beside the file, and only
     if the file is the same after the read as before; else under the locks.
     """
+    # The file itself: its -wal and -shm lie beside the link's target.
+    path = path.resolve()
     for _ in range(IMMUTABLE_TRIES):
         if _in_use(path):
             break
         before = _stamp(path)
-        value = _read(path, read, immutable=True)
+        try:
+            value = _read(path, read, immutable=True)
+        except sqlite3.DatabaseError:
+            if _in_use(path) or _stamp(path) != before:
+                continue  # torn by a write during it: read again
+            raise
         if not _in_use(path) and _stamp(path) == before:
             return value
+    wal = Path(f"{path}-wal")
+    if wal.exists() and not Path(f"{path}-shm").exists():
+        # No process has it open (a live one keeps -shm): read a private copy
+        # rather than create -shm beside it.
+        with tempfile.TemporaryDirectory() as folder:
+            copy = Path(folder) / "store.db"
+            shutil.copyfile(path, copy)
+            shutil.copyfile(wal, f"{copy}-wal")
+            return _read(copy, read, immutable=False)
     return _read(path, read, immutable=False)
 
 
