@@ -233,6 +233,8 @@ async def stop_within(runner: web.AppRunner, grace: float) -> bool:
         errors: list[BaseException] = []
     except CleanupError as exc:
         errors = list(exc.args[1]) if len(exc.args) > 1 else []
+    except Exception as exc:  # noqa: BLE001 (one step failed: aiohttp raises it as is)
+        errors = [exc]
     else:
         return True
     log = structlog.get_logger("receiver")
