@@ -57,8 +57,8 @@ class EdgeBell:
         workers. The caller closes its copy of the worker's end once the child
         has its own, so the edge hears end of file when the child is gone.
         """
+        await self._detach()  # re-raises a cancel of the caller: nothing made yet
         edge_end, worker_end = socket.socketpair()
-        await self._detach()
         self._attach(edge_end)
         return worker_end
 
