@@ -117,16 +117,20 @@ async def test_an_open_incident_has_the_form_a_resolved_one_has_none(client):
 
 
 async def test_resolving_from_the_console_goes_through_the_service(client, monkeypatch):
-    """Resolved as the signed-in person, with why, by the API's service call."""
+    """Resolved as the signed-in person, with why, by the API's service call.
+
+    (``resolve_open`` is ``resolve`` that also says whether this call resolved
+    it: the API's ``resolve`` returns its first part.)
+    """
     incident_id = await storm(client)
     calls: list[tuple[str, str, str]] = []
-    service_resolve = client.service.resolve
+    service_resolve = client.service.resolve_open
 
     async def recorded(incident_id: str, *, by: str, text: str) -> Any:
         calls.append((incident_id, by, text))
         return await service_resolve(incident_id, by=by, text=text)
 
-    monkeypatch.setattr(client.service, "resolve", recorded)
+    monkeypatch.setattr(client.service, "resolve_open", recorded)
     token = form_token(await page(client, incident_id, JANE))
     resp = await client.post(
         f"/ui/incidents/{incident_id}/resolve",

@@ -678,12 +678,22 @@ class IncidentService:
 
     async def resolve(self, incident_id: str, *, by: str, text: str) -> Incident:
         """A person resolves the incident (one that lost track cannot by itself)."""
-        return await self._change(
-            incident_id,
-            lambda inc, now: resolve(
+        return (await self.resolve_open(incident_id, by=by, text=text))[0]
+
+    async def resolve_open(
+        self, incident_id: str, *, by: str, text: str
+    ) -> tuple[Incident, bool]:
+        """``resolve``, and whether this call resolved it (False: already was)."""
+        resolved = False
+
+        def change(inc: Incident, now: datetime) -> tuple[Incident, list[Effect]]:
+            nonlocal resolved
+            resolved = inc.active  # the last attempt's reading counts
+            return resolve(
                 inc, now, self.policy, by=by, why=text or "resolved by a person"
-            ),
-        )
+            )
+
+        return await self._change(incident_id, change), resolved
 
     async def comment(self, incident_id: str, *, by: str, text: str) -> Incident:
         """A person's comment on the timeline."""

@@ -195,7 +195,8 @@ class IncidentPages(ConsoleBase):
         if isinstance(who, web.Response):
             return who
         form = await self._form(request, who)
-        why = form.get("text", "").strip()
+        # A textarea is sent with CRLF line breaks; its maxlength counts LF.
+        why = form.get("text", "").replace("\r\n", "\n").strip()
         if len(why) > _WHY_CHARS:
             raise web.HTTPBadRequest(
                 text=f"why is {len(why)} characters long; at most {_WHY_CHARS}"
@@ -205,20 +206,24 @@ class IncidentPages(ConsoleBase):
         before = await service.get(incident_id) if service is not None else None
         if service is None or before is None:
             return _missing(incident_id)
-        if not before.active:
-            notice = (
-                f"{incident_id} was already resolved {_resolution(before)}; "
-                "nothing changed"
-            )
-        else:
+        resolved, after = False, before
+        if before.active:
             try:
-                after = await service.resolve(incident_id, by=who, text=why)
+                after, resolved = await service.resolve_open(
+                    incident_id, by=who, text=why
+                )
             except NotFoundError:
                 return _missing(incident_id)
             except ConflictError as exc:
                 raise web.HTTPConflict(text=f"{exc}; try again") from None
+        if resolved:
             notice = f"{incident_id} resolved {_resolution(after)}"
             log.info("console_incident_resolved", incident=incident_id, by=who)
+        else:
+            notice = (
+                f"{incident_id} was already resolved {_resolution(after)}; "
+                "nothing changed"
+            )
         raise web.HTTPSeeOther(
             f"/ui/incidents/{quote(incident_id, safe='')}?"
             + urlencode({"notice": notice[:_NOTICE_CHARS]})
