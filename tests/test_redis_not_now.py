@@ -215,3 +215,29 @@ def test_what_each_error_reply_means(reply: str, why: str | None, where: str) ->
     if where == "in a pipeline" and isinstance(exc, redis.exceptions.ResponseError):
         exc = _in_pipeline(exc)
     assert outage(exc) == why
+
+
+async def test_a_wrong_password_says_so(own_redis: str) -> None:
+    """Refused credentials are down for now (retried), and said as they are.
+
+    redis-py raises them as a ConnectionError: they read "is unreachable",
+    and a wrong or rotated password sent the operator to check a server that
+    was up.
+    """
+    admin = redis.asyncio.Redis.from_url(own_redis)
+    wrong = own_redis.replace("redis://", "redis://:not-the-password@")
+    store = RedisStore(wrong, prefix="wrongpass")
+    incidents = RedisIncidentStore(wrong, prefix="wrongpass")
+    try:
+        await admin.config_set("requirepass", "the-password")
+        with pytest.raises(StoreUnavailableError, match="refuses the credentials"):
+            await store.register("worker-1", T0, timedelta(minutes=1))
+        with pytest.raises(StoreUnavailableError, match="refuses the credentials"):
+            await incidents.watched()
+    finally:
+        with contextlib.suppress(redis.exceptions.RedisError):
+            await admin.execute_command("AUTH", "the-password")
+            await admin.config_set("requirepass", "")
+        await store.close()
+        await incidents.close()
+        await admin.aclose()

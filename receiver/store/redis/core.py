@@ -83,11 +83,14 @@ def _reply_code(exc: redis.exceptions.ResponseError) -> str:
 def outage(exc: redis.exceptions.RedisError) -> str | None:
     """How Redis cannot take this now ("is unreachable", ...), or None.
 
-    Unreachable or loading, refusing writes (a failover's replica, out of
-    memory), or not serving for now (busy with a script, failing over): the
-    store is down for now and the caller retries later. Any other error (None)
-    is a bug of ours.
+    Unreachable or loading, refusing our credentials, refusing writes (a
+    failover's replica, out of memory), or not serving for now (busy with a
+    script, failing over): the store is down for now and the caller retries
+    later. Any other error (None) is a bug of ours.
     """
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        # A ConnectionError in redis-py: retried like one, but said as it is.
+        return "refuses the credentials in the store URL (check user and password)"
     unreachable = redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
     if isinstance(exc, unreachable):
         return "is unreachable"
