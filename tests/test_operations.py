@@ -21,8 +21,9 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import structlog
-from peers import free_port, poll, require_binary, run_receiver
+from peers import free_port, poll, require_binary, run_receiver, run_redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from receiver import __version__, logs
@@ -161,6 +162,36 @@ def test_a_store_out_of_reach_is_one_line_and_exit_1(tmp_path):
     assert entry["event"] == "serve_failed"
     assert "unreachable" in entry["error"]
     assert "check that the store is up" in entry["error"]
+    assert "s3cretpw" not in done.stderr + done.stdout
+
+
+def test_a_store_refusing_the_password_says_so_in_one_line(tmp_path):
+    """A Redis store that refuses the credentials: said as it is, exit 1."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(GOOD)
+    with run_redis(tmp_path) as url:
+        admin = redis.Redis.from_url(url)
+        admin.config_set("requirepass", "the-password")
+        try:
+            done = _receiver(
+                "serve",
+                "--role",
+                "worker",
+                "--port",
+                "0",
+                "--rules",
+                str(rules),
+                env={"RECEIVER_STORE": url.replace("redis://", "redis://:s3cretpw@")},
+            )
+        finally:
+            admin.execute_command("AUTH", "the-password")
+            admin.close()
+    assert done.returncode == 1
+    entries = _json_lines(done.stderr)
+    [entry] = [e for e in entries if e["level"] == "error"]
+    assert entry["event"] == "serve_failed"
+    assert "refuses the credentials" in entry["error"]
+    assert "check that the store is up" not in entry["error"]
     assert "s3cretpw" not in done.stderr + done.stdout
 
 

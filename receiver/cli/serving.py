@@ -59,9 +59,9 @@ def serve_or_say_why(args: argparse.Namespace) -> int:
     except StoreUnavailableError as exc:
         # The store cannot be reached yet (a worker child is started again by
         # its supervisor; a process manager restarts the edge).
-        error = (
-            f"cannot start: {' '.join(str(exc).split())}; check that the store is up"
-        )
+        error = f"cannot start: {' '.join(str(exc).split())}"
+        if "credentials" not in error:
+            error += "; check that the store is up"
     except ReceiverError as exc:
         error = f"cannot start: {' '.join(str(exc).split())}"
     structlog.get_logger("receiver").error("serve_failed", error=error)
