@@ -108,6 +108,28 @@ def _marks(traces: Sequence[AlertTrace]) -> list[Mark]:
     return [(t.payload_id, t.alert.fingerprint) for t in traces if t.payload_id]
 
 
+def _folded_before(
+    trace: AlertTrace | SinkNote, again: set[Mark], seen: set[Mark], done: set[int]
+) -> bool:
+    """Whether a batch skips ``trace``: marked folded, or its twin came first.
+
+    Marked: done (nothing to write). A second copy in the same batch (its
+    payload decided twice): left for the batch's end, once its twin's write is
+    in (if that write fails, both are folded again, and the next lookup sees
+    the first one's mark).
+    """
+    if isinstance(trace, SinkNote) or not trace.payload_id:
+        return False
+    mark = (trace.payload_id, trace.alert.fingerprint)
+    if mark in again:
+        done.add(id(trace))
+        return True
+    if mark in seen:
+        return True
+    seen.add(mark)
+    return False
+
+
 class NotFoundError(ReceiverError):
     """No incident with that id."""
 
@@ -211,13 +233,9 @@ class IncidentService:
         again = await self.store.folded(
             _marks([t for t in traces if not isinstance(t, SinkNote)])
         )
+        seen: set[Mark] = set()
         for trace in traces:
-            if (
-                again
-                and not isinstance(trace, SinkNote)
-                and (trace.payload_id, trace.alert.fingerprint) in again
-            ):
-                done.add(id(trace))
+            if _folded_before(trace, again, seen, done):
                 continue
             if isinstance(trace, SinkNote):
                 touched.update(await self._flush(work, done))
@@ -344,7 +362,12 @@ class IncidentService:
                     continue
             # Someone else changed it meanwhile: fold these traces one by one.
             self._known.forget(incident_id)
+            # Whoever changed it may have folded these very traces.
+            already = await self.store.folded(_marks(folded))
             for trace in folded:
+                if (trace.payload_id, trace.alert.fingerprint) in already:
+                    done.add(id(trace))
+                    continue
                 found = await self._fold(trace, self.keys(trace), done=done)
                 done.add(id(trace))
                 if found is not None:
@@ -468,6 +491,8 @@ class IncidentService:
                 # PagerDuty's resolution resolves it.
                 return None
             if tracked.pagerduty_id == pd_id:
+                # Folded, changing nothing: marked all the same.
+                await self.store.mark_folded(_marks([trace]))
                 return tracked
 
             def link(inc: Incident, now: datetime) -> tuple[Incident, list[Effect]]:
@@ -529,6 +554,8 @@ class IncidentService:
         """
         marks = _marks([trace])
         for attempt in range(ATTEMPTS):
+            if attempt and marks and await self.store.folded(marks):
+                return None  # the write we lost to folded it
             async with self._lock:
                 now = self._clock()
                 record = (
