@@ -98,6 +98,7 @@ class FoldQueue:
         self._sleep = sleep
         # Items at the head of the queue to fold one at a time (after a bug).
         self._isolate = 0
+        self._isolating = 0  # 1 while an isolated item is being folded
         self._pending: set[asyncio.Task[None]] = set()
         self._queue: list[AlertTrace | SinkNote] = []
         # The put each queued or in-flight trace came with, by id().
@@ -151,7 +152,9 @@ class FoldQueue:
         ids = {id(t) for t in traces if self._puts.get(id(t)) is not None}
         if not ids:
             return
-        head = self._queue[: self._isolate]
+        # The isolated item being folded (if any) counts in ``_isolate`` but
+        # has left the queue already.
+        head = self._queue[: self._isolate - self._isolating]
         self._queue = [t for t in self._queue if id(t) not in ids]
         # Traces being isolated one by one that left take their turn with them.
         self._isolate -= sum(1 for t in head if id(t) in ids)
@@ -199,11 +202,15 @@ class FoldQueue:
         waits = Doubling(first=0.5, cap=30.0)
         while self._queue:
             size = 1 if self._isolate else BATCH
+            self._isolating = 1 if self._isolate else 0
             batch, self._queue = self._queue[:size], self._queue[size:]
             self._room.set()
             done = _Done(self._settle)
             try:
-                await self._fold(batch, done)
+                try:
+                    await self._fold(batch, done)
+                finally:
+                    self._isolating = 0
                 # Everything folded (a fold that returns left none out).
                 done.update(id(t) for t in batch)
             except ReceiverError as exc:  # the store: the rest, again, later
