@@ -341,7 +341,8 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
     incident_service = install_incidents(
         app,
         store=store,
-        incidents=wiring.store or incident_store_for(store, settings.store),
+        incidents=wiring.store
+        or incident_store_for(store, settings.store, settings.journal.lease),
         announcer=wiring.announcer or runtime.announcer(),
         escalator=wiring.escalator or runtime.escalator(),
         mode=mode,

@@ -17,7 +17,7 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -36,7 +36,7 @@ from receiver.rulebook.loader import Rulebook, load_rulebook
 from receiver.settings import IncidentSettings, Mode, StoreSettings, load_settings
 from receiver.steps.catalog import builtin_registry
 from receiver.store.base import Store
-from receiver.store.incidents_base import IncidentStore
+from receiver.store.incidents_base import IncidentStore, marks_kept_for
 from receiver.store.incidents_redis import RedisIncidentStore
 from receiver.store.incidents_sqlite import SqliteIncidentStore
 from receiver.store.sqlite import SqliteStore
@@ -68,13 +68,20 @@ class IncidentWiring:
         return self.tick_every
 
 
-def incident_store_for(store: Store, where: StoreSettings) -> IncidentStore:
-    """The incident store beside the main store."""
+def incident_store_for(
+    store: Store, where: StoreSettings, lease: timedelta = timedelta(minutes=5)
+) -> IncidentStore:
+    """The incident store beside the main store.
+
+    ``lease``: the journal's; fold marks are kept three of them, past the time
+    a payload folded by a worker that was killed takes to be decided again.
+    """
+    keep = marks_kept_for(lease)
     if isinstance(store, SqliteStore):
-        return SqliteIncidentStore(store.path)
+        return SqliteIncidentStore(store.path, keep_marks=keep)
     if where.is_redis:
-        return RedisIncidentStore(where.url)
-    return SqliteIncidentStore(":memory:")
+        return RedisIncidentStore(where.url, keep_marks=keep)
+    return SqliteIncidentStore(":memory:", keep_marks=keep)
 
 
 def install_incidents(

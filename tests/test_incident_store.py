@@ -40,7 +40,10 @@ MARK = st.tuples(
     st.sampled_from(["fp1", "fp2", "pd-x:y"]),
 )
 MARKS = st.lists(MARK, max_size=4)
-MAX_MARKS = 3
+# Marks are kept this long after their last writing; each write that carries
+# marks comes this many seconds after the last (often past the keep).
+KEEP = timedelta(seconds=300)
+LATER = st.sampled_from([0, 1, 120, 299, 300, 301, 900])
 
 
 class Clock:
@@ -58,18 +61,20 @@ class Model:
     held: dict[str, str] = field(default_factory=dict)
     seq: int = 0
     numbers: dict[str, int] = field(default_factory=dict)
-    # Each mark's latest write number, and how many mark writes there were.
-    marks: dict[tuple[str, str], int] = field(default_factory=dict)
-    written: int = 0
+    # Each mark's latest writing; the stores' clock for marks.
+    marks: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    now: datetime = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
     def mark(self, marks: list[tuple[str, str]]) -> None:
+        """A write with marks: each written now, those older than KEEP forgotten."""
+        if not marks:
+            return
         for one in marks:
-            self.written += 1
-            self.marks[one] = self.written
+            self.marks[one] = self.now
+        self.marks = {m: at for m, at in self.marks.items() if at >= self.now - KEEP}
 
     def folded(self, marks: list[tuple[str, str]]) -> set[tuple[str, str]]:
-        kept = {m for m, n in self.marks.items() if n > self.written - MAX_MARKS}
-        return kept & set(marks)
+        return set(self.marks) & set(marks)
 
     def create(
         self, record: IncidentRecord, marks: list[tuple[str, str]] = ()
@@ -134,13 +139,21 @@ class IncidentStoreMachine(RuleBasedStateMachine):
         self.clock = Clock()
         self.model = Model()
         self.stores = [
-            SqliteIncidentStore(":memory:", max_marks=MAX_MARKS),
+            SqliteIncidentStore(":memory:", keep_marks=KEEP, clock=self.marks_now),
             RedisIncidentStore(
                 self.redis_url,
                 prefix=f"t{uuid.uuid4().hex[:8]}",
-                max_marks=MAX_MARKS,
+                keep_marks=KEEP,
+                clock=self.marks_now,
             ),
         ]
+
+    def marks_now(self) -> datetime:
+        """The time both stores and the model write marks at (one per rule)."""
+        return self.model.now
+
+    def later(self, seconds: int) -> None:
+        self.model.now += timedelta(seconds=seconds)
 
     def run(self, method: str, *args: object) -> list[object]:
         async def both() -> list[object]:
@@ -175,8 +188,10 @@ class IncidentStoreMachine(RuleBasedStateMachine):
         severity=SEVERITIES,
         watch=st.booleans(),
         marks=MARKS,
+        later=LATER,
     )
-    def create(self, incident_id, keys, state, severity, watch, marks) -> None:  # noqa: PLR0917
+    def create(self, incident_id, keys, state, severity, watch, marks, later) -> None:  # noqa: PLR0917
+        self.later(later)
         record = self._record(incident_id, keys, state, severity, 1, watch)
         want = self.model.create(record, marks)
         for got in self.run("create", record, marks):
@@ -191,8 +206,10 @@ class IncidentStoreMachine(RuleBasedStateMachine):
         watch=st.booleans(),
         bump=st.sampled_from([0, 1, 1, 1, 2]),
         marks=MARKS,
+        later=LATER,
     )
-    def update(self, data, keys, state, severity, watch, bump, marks) -> None:  # noqa: PLR0917
+    def update(self, data, keys, state, severity, watch, bump, marks, later) -> None:  # noqa: PLR0917
+        self.later(later)
         incident_id = data.draw(st.sampled_from(sorted(self.model.records)))
         old = self.model.records[incident_id]
         record = self._record(
@@ -202,8 +219,9 @@ class IncidentStoreMachine(RuleBasedStateMachine):
         for got in self.run("update", record, marks):
             assert comparable(got) == comparable(want)
 
-    @rule(marks=MARKS)
-    def mark_folded(self, marks) -> None:
+    @rule(marks=MARKS, later=LATER)
+    def mark_folded(self, marks, later) -> None:
+        self.later(later)
         self.model.mark(marks)
         self.run("mark_folded", marks)
 
@@ -249,8 +267,10 @@ class IncidentStoreMachine(RuleBasedStateMachine):
         keys=KEYS,
         state=STATES,
         marks=MARKS,
+        later=LATER,
     )
-    def create_numbered(self, day, keys, state, marks) -> None:
+    def create_numbered(self, day, keys, state, marks, later) -> None:
+        self.later(later)
         # Only where it succeeds: on a taken key SQLite gives the number back
         # and Redis leaves a gap (test_create_numbered_with_a_taken_key).
         taken = self.model.numbers.get(day, 0) + 1
@@ -318,8 +338,8 @@ def redis_url(tmp_path_factory):
 def test_incident_stores_agree_with_the_model(redis_url):
     """SQLite and Redis incident stores answer every call as the model does.
 
-    Fold marks too: written only with a write that succeeds, the newest
-    ``MAX_MARKS`` mark writes kept.
+    Fold marks too: written only with a write that succeeds, each kept for
+    ``KEEP`` after its last writing (forgotten at a later write).
     """
     IncidentStoreMachine.redis_url = redis_url
     runner = IncidentStoreMachine.TestCase

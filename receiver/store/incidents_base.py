@@ -21,15 +21,15 @@ against one reference model):
   given with them (which traces, by payload id and fingerprint, the write
   folds in) in the same atomic write, only if the write succeeds;
   ``mark_folded`` writes marks alone; ``folded`` says which of some marks
-  were written. A mark written again counts as new; the newest
-  ``max_marks`` mark writes are kept, older ones forgotten.
+  were written. A mark is kept for ``keep_marks`` after it was last
+  written (by the store's clock), then forgotten at a later mark write.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from receiver.model import JSONValue, freeze
@@ -39,9 +39,17 @@ from receiver.model import JSONValue, freeze
 # not recorded yet) folds nothing twice: the service skips traces marked so.
 Mark = tuple[str, str]
 
-# Mark writes kept: far more than the traces in hand at any crash (a worker's
-# claims, each up to a storm's alerts), and a few MiB on disk.
-MAX_MARKS = 200_000
+# How long a mark is kept: past the time a payload folded but not recorded
+# (its worker killed) takes to be decided again, a journal lease or less.
+LEASES_KEPT = 3
+
+
+def marks_kept_for(lease: timedelta) -> timedelta:
+    """How long fold marks are kept with this journal lease (three leases)."""
+    return LEASES_KEPT * lease
+
+
+KEEP_MARKS = marks_kept_for(timedelta(minutes=5))  # the default lease
 
 
 @dataclass(frozen=True)

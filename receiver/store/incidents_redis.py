@@ -9,8 +9,7 @@ Key layout (``P`` is the prefix, ``receiver`` by default, as the Redis store's):
     P:incidents:watch        set of ids the ticker still visits
     P:incident-number:{day}  INCR counter for ``INC-<day>-NNN`` ids
     P:incidents:folded       sorted set of fold marks (``payload:fingerprint``),
-                             score = the mark write's number
-    P:incidents:folded:n     INCR counter of mark writes
+                             score = when last written (ms, the receiver's clock)
 
 ``create`` and ``update`` are each one Lua script (atomic across replicas) that
 returns the record as stored; ``find_first`` is one script too (each key's
@@ -23,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar, cast
 
 import msgspec
@@ -32,7 +31,12 @@ import redis.exceptions
 
 from receiver.errors import StoreUnavailableError
 from receiver.model import JSONValue, freeze, iso, json_object
-from receiver.store.incidents_base import MAX_MARKS, IncidentQuery, IncidentRecord, Mark
+from receiver.store.incidents_base import (
+    KEEP_MARKS,
+    IncidentQuery,
+    IncidentRecord,
+    Mark,
+)
 from receiver.store.redis.core import outage
 
 T = TypeVar("T")
@@ -43,33 +47,31 @@ T = TypeVar("T")
 # back from. The text never has a ``seq`` of its own (``_encode``).
 #
 # Fold marks, written by the scripts below with the write they belong to.
-# KEYS[m], KEYS[m + 1]: the marks' sorted set and counter; ARGV[first..]: the
-# marks. Each mark write takes the next number; the newest ``max`` are kept.
+# KEYS[m]: the marks' sorted set; ARGV[first..]: the marks; ``now`` and
+# ``keep`` in ms: each mark is scored when written, and those older than
+# ``keep`` are forgotten.
 _MARK_FN = """
-local function mark(m, first, max)
+local function mark(m, first, now, keep)
   local n = #ARGV
   if first > n then return end
-  local top = redis.call('INCRBY', KEYS[m + 1], n - first + 1)
-  local pos = top - (n - first)
   for i = first, n do
-    redis.call('ZADD', KEYS[m], pos, ARGV[i])
-    pos = pos + 1
+    redis.call('ZADD', KEYS[m], now, ARGV[i])
   end
-  redis.call('ZREMRANGEBYSCORE', KEYS[m], '-inf', top - max)
+  redis.call('ZREMRANGEBYSCORE', KEYS[m], '-inf', '(' .. (now - keep))
 end
 """
 
-# KEYS: record, zset, seq, watch, marks, marks counter; ARGV: id, json, active,
-# watch, prefix, key count, max marks, keys..., marks...
+# KEYS: record, zset, seq, watch, marks; ARGV: id, json, active, watch,
+# prefix, key count, now ms, keep ms, keys..., marks...
 # Returns the record as stored (with its seq), or 0 if the id or a key is taken:
 # the caller needs no second round trip to read it back.
 _CREATE = (
     _MARK_FN
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local last = 7 + tonumber(ARGV[6])
+local last = 8 + tonumber(ARGV[6])
 if ARGV[3] == '1' then
-  for i = 8, last do
+  for i = 9, last do
     if redis.call('EXISTS', ARGV[5] .. ARGV[i]) == 1 then return 0 end
   end
 end
@@ -79,15 +81,15 @@ redis.call('SET', KEYS[1], raw)
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
 if ARGV[4] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
 if ARGV[3] == '1' then
-  for i = 8, last do redis.call('SET', ARGV[5] .. ARGV[i], ARGV[1]) end
+  for i = 9, last do redis.call('SET', ARGV[5] .. ARGV[i], ARGV[1]) end
 end
-mark(5, last + 1, tonumber(ARGV[7]))
+mark(5, last + 1, tonumber(ARGV[7]), tonumber(ARGV[8]))
 return raw
 """
 )
 
-# KEYS: record, watch, marks, marks counter; ARGV: id, json, active, watch,
-# prefix, version, key count, max marks, keys..., marks...
+# KEYS: record, watch, marks; ARGV: id, json, active, watch, prefix, version,
+# key count, now ms, keep ms, keys..., marks...
 # Returns the record as stored, or 0 on a version conflict or a taken key.
 _UPDATE = (
     _MARK_FN
@@ -96,9 +98,9 @@ local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local old = cjson.decode(raw)
 if tonumber(old['version']) ~= tonumber(ARGV[6]) - 1 then return 0 end
-local last = 8 + tonumber(ARGV[7])
+local last = 9 + tonumber(ARGV[7])
 if ARGV[3] == '1' then
-  for i = 9, last do
+  for i = 10, last do
     local held = redis.call('GET', ARGV[5] .. ARGV[i])
     if held and held ~= ARGV[1] then return 0 end
   end
@@ -110,23 +112,23 @@ local seq = string.format('%d', old['seq'])
 local stored = '{"seq":' .. seq .. ',' .. string.sub(ARGV[2], 2)
 redis.call('SET', KEYS[1], stored)
 if ARGV[3] == '1' then
-  for i = 9, last do redis.call('SET', ARGV[5] .. ARGV[i], ARGV[1]) end
+  for i = 10, last do redis.call('SET', ARGV[5] .. ARGV[i], ARGV[1]) end
 end
 if ARGV[4] == '1' then
   redis.call('SADD', KEYS[2], ARGV[1])
 else
   redis.call('SREM', KEYS[2], ARGV[1])
 end
-mark(3, last + 1, tonumber(ARGV[8]))
+mark(3, last + 1, tonumber(ARGV[8]), tonumber(ARGV[9]))
 return stored
 """
 )
 
-# KEYS: marks, marks counter; ARGV: max marks, marks...
+# KEYS: marks; ARGV: now ms, keep ms, marks...
 _MARK = (
     _MARK_FN
     + """
-mark(1, 2, tonumber(ARGV[1]))
+mark(1, 3, tonumber(ARGV[1]), tonumber(ARGV[2]))
 return 1
 """
 )
@@ -221,13 +223,15 @@ class RedisIncidentStore:
         *,
         prefix: str = "receiver",
         socket_timeout: float = 5.0,
-        max_marks: int = MAX_MARKS,
+        keep_marks: timedelta = KEEP_MARKS,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._redis = redis.asyncio.Redis.from_url(
             url, socket_timeout=socket_timeout, socket_connect_timeout=2.0
         )
         self._p = prefix
-        self._max_marks = max_marks
+        self._keep_marks = str(int(keep_marks.total_seconds() * 1000))
+        self._clock = clock
         self._create = self._redis.register_script(_CREATE)
         self._update = self._redis.register_script(_UPDATE)
         self._mark = self._redis.register_script(_MARK)
@@ -266,7 +270,11 @@ class RedisIncidentStore:
         ]
 
     def _marks(self) -> list[str]:
-        return [self._k("incidents", "folded"), self._k("incidents", "folded", "n")]
+        return [self._k("incidents", "folded")]
+
+    def _when(self) -> list[str]:
+        """Now and how long marks are kept, in ms (the scripts' arguments)."""
+        return [str(int(self._clock().timestamp() * 1000)), self._keep_marks]
 
     async def create(  # noqa: D102
         self, record: IncidentRecord, folded: Sequence[Mark] = ()
@@ -284,7 +292,7 @@ class RedisIncidentStore:
                 args=[
                     *self._args(record),
                     str(len(record.keys)),
-                    str(self._max_marks),
+                    *self._when(),
                     *record.keys,
                     *_members(folded),
                 ],
@@ -317,7 +325,7 @@ class RedisIncidentStore:
                     *self._args(record),
                     str(record.version),
                     str(len(record.keys)),
-                    str(self._max_marks),
+                    *self._when(),
                     *record.keys,
                     *_members(folded),
                 ],
@@ -329,9 +337,7 @@ class RedisIncidentStore:
         if folded:
             await self._call(
                 "mark_folded",
-                self._mark(
-                    keys=self._marks(), args=[str(self._max_marks), *_members(folded)]
-                ),
+                self._mark(keys=self._marks(), args=[*self._when(), *_members(folded)]),
             )
 
     async def folded(self, marks: Sequence[Mark]) -> set[Mark]:  # noqa: D102

@@ -16,13 +16,18 @@ import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import msgspec
 
 from receiver.model import freeze
-from receiver.store.incidents_base import MAX_MARKS, IncidentQuery, IncidentRecord, Mark
+from receiver.store.incidents_base import (
+    KEEP_MARKS,
+    IncidentQuery,
+    IncidentRecord,
+    Mark,
+)
 from receiver.store.side import SideDatabase
 
 T = TypeVar("T")
@@ -47,11 +52,12 @@ CREATE TABLE IF NOT EXISTS incident_numbers (
     day TEXT PRIMARY KEY, last INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS incident_folded (
-    n INTEGER PRIMARY KEY AUTOINCREMENT,
     payload_id TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
-    UNIQUE (payload_id, fingerprint)
+    at REAL NOT NULL,
+    PRIMARY KEY (payload_id, fingerprint)
 );
+CREATE INDEX IF NOT EXISTS incident_folded_at ON incident_folded(at);
 """
 
 LOOKUP_CHUNK = 500  # payload ids per lookup statement
@@ -95,33 +101,43 @@ def _stamp(ts: datetime) -> str:
 class SqliteIncidentStore:
     """Incidents in SQLite."""
 
-    def __init__(self, path: str, *, max_marks: int = MAX_MARKS) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        keep_marks: timedelta = KEEP_MARKS,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.path = path
         self._side = SideDatabase(path, SCHEMA, "incident store", rows=True)
         self._run = self._side.run
-        self._max_marks = max_marks
+        self._keep_marks = keep_marks.total_seconds()
+        self._clock = clock
 
-    def _mark(self, db: sqlite3.Connection, folded: Sequence[Mark]) -> None:
-        """Write ``folded`` in the caller's transaction; forget the oldest.
+    def _mark(self, db: sqlite3.Connection, folded: Sequence[Mark], now: float) -> None:
+        """Write ``folded`` in the caller's transaction; forget the old ones.
 
-        ``n`` counts mark writes (AUTOINCREMENT never reuses one, and a mark
-        written again takes a new one): the newest ``max_marks`` are kept.
+        A mark written again is kept from its last writing; marks older than
+        ``keep_marks`` go at the next write.
         """
         if not folded:
             return
         db.executemany(
-            "INSERT OR REPLACE INTO incident_folded(payload_id, fingerprint) "
-            "VALUES (?, ?)",
-            folded,
+            "INSERT OR REPLACE INTO incident_folded(payload_id, fingerprint, at) "
+            "VALUES (?, ?, ?)",
+            [(payload, fingerprint, now) for payload, fingerprint in folded],
         )
-        (last,) = db.execute("SELECT max(n) FROM incident_folded").fetchone()
         db.execute(
-            "DELETE FROM incident_folded WHERE n <= ?", (last - self._max_marks,)
+            "DELETE FROM incident_folded WHERE at < ?", (now - self._keep_marks,)
         )
+
+    def _now(self) -> float:
+        return self._clock().timestamp()
 
     async def mark_folded(self, folded: Sequence[Mark]) -> None:  # noqa: D102
         if folded:
-            await self._run(lambda db: self._mark(db, folded))
+            now = self._now()
+            await self._run(lambda db: self._mark(db, folded, now))
 
     async def folded(self, marks: Sequence[Mark]) -> set[Mark]:  # noqa: D102
         wanted = set(marks)
@@ -176,12 +192,14 @@ class SqliteIncidentStore:
         build: Callable[[int], IncidentRecord],
         folded: Sequence[Mark] = (),
     ) -> IncidentRecord | None:
+        now = self._now()
+
         def run(db: sqlite3.Connection) -> IncidentRecord | None:
             row = db.execute(
                 "SELECT last FROM incident_numbers WHERE day = ?", (day,)
             ).fetchone()
             number = (int(row[0]) if row else 0) + 1
-            created = self._insert(db, build(number), folded)
+            created = self._insert(db, build(number), folded, now)
             if created is not None:
                 db.execute(
                     "INSERT INTO incident_numbers(day, last) VALUES (?, ?) "
@@ -195,10 +213,15 @@ class SqliteIncidentStore:
     async def create(  # noqa: D102
         self, record: IncidentRecord, folded: Sequence[Mark] = ()
     ) -> IncidentRecord | None:
-        return await self._run(lambda db: self._insert(db, record, folded))
+        now = self._now()
+        return await self._run(lambda db: self._insert(db, record, folded, now))
 
     def _insert(
-        self, db: sqlite3.Connection, record: IncidentRecord, folded: Sequence[Mark]
+        self,
+        db: sqlite3.Connection,
+        record: IncidentRecord,
+        folded: Sequence[Mark],
+        now: float,
     ) -> IncidentRecord | None:
         if db.execute("SELECT 1 FROM incidents WHERE id = ?", (record.id,)).fetchone():
             return None
@@ -219,12 +242,14 @@ class SqliteIncidentStore:
                 [(k, record.id) for k in record.keys],
             )
         seq = cur.lastrowid or 0
-        self._mark(db, folded)
+        self._mark(db, folded, now)
         return replace(record, seq=seq)
 
     async def update(  # noqa: D102
         self, record: IncidentRecord, folded: Sequence[Mark] = ()
     ) -> IncidentRecord | None:
+        now = self._now()
+
         def run(db: sqlite3.Connection) -> IncidentRecord | None:
             row = db.execute(
                 "SELECT version, seq FROM incidents WHERE id = ?", (record.id,)
@@ -249,7 +274,7 @@ class SqliteIncidentStore:
                 "version = ?, watch = ?, keys = ?, body = ? WHERE id = ?",
                 (*self._values(record), record.id),
             )
-            self._mark(db, folded)
+            self._mark(db, folded, now)
             return replace(record, seq=row["seq"])
 
         return await self._run(run)
