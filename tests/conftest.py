@@ -36,6 +36,9 @@ from receiver.settings import Settings, flat_keys, groups
 from receiver.steps.catalog import builtin_registry
 from receiver.store import MemoryStore
 from receiver.store.base import JournalEntry, Store
+from receiver.store.incidents_base import IncidentStore
+from receiver.store.incidents_redis import RedisIncidentStore
+from receiver.store.incidents_sqlite import SqliteIncidentStore
 from receiver.store.redis import RedisStore
 from receiver.store.sqlite import SqliteStore
 
@@ -410,6 +413,22 @@ def _fresh_logging():
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with run_redis(tmp_path_factory.mktemp("redis")) as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def reopen_incidents(
+    request: pytest.FixtureRequest, tmp_path: Any
+) -> Callable[[], IncidentStore]:
+    """Opens the same incident store (both kinds) each time it is called.
+
+    A new store object on the same file or keys: a restart, nothing in memory.
+    """
+    if request.param == "sqlite":
+        path = str(tmp_path / "incidents.db")
+        return lambda: SqliteIncidentStore(path)
+    url = request.getfixturevalue("redis_url")
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    return lambda: RedisIncidentStore(url, prefix=prefix)
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -4,7 +4,8 @@ Cut short at the grace, aiohttp cancels the cleanup steps still running; with
 stops that never swallow their own cancellation, two steps cut short reach
 aiohttp as two errors, which it raises together as ``CleanupError``. That is
 the grace running out, logged as ``worker_stop_timed_out`` (the child then
-exits 1), not a crash with a traceback.
+exits 1), not a crash with a traceback. Steps that fail (one or several) are
+``worker_stop_failed``, exit 1, no traceback either.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from receiver.cli.serving import stop_within
+from receiver.errors import StoreUnavailableError
 from receiver.retrying import cancel_and_wait
 
 
@@ -70,3 +72,23 @@ async def test_steps_that_fail_are_a_failed_stop() -> None:
     [line] = logs
     assert line["event"] == "worker_stop_failed"
     assert all("a bug in a cleanup step" in e for e in line["errors"])
+
+
+async def _fine(_app: web.Application) -> AsyncIterator[None]:
+    yield
+
+
+async def _store_gone(_app: web.Application) -> AsyncIterator[None]:
+    yield
+    msg = "SQLite store receiver.db cannot be written: disk I/O error"
+    raise StoreUnavailableError(msg)
+
+
+async def test_one_step_that_fails_is_a_failed_stop_too() -> None:
+    """Aiohttp raises one failed step as itself (two as ``CleanupError``)."""
+    runner = await _runner(_fine, _store_gone)
+    with structlog.testing.capture_logs() as logs:
+        assert await stop_within(runner, 10) is False
+    [line] = logs
+    assert line["event"] == "worker_stop_failed"
+    assert "disk I/O error" in line["errors"][0]

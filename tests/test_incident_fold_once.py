@@ -13,11 +13,9 @@ on the same store, with nothing in memory.
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
-import pytest
 from incident_helpers import (
     TickingClock,
     example,
@@ -29,29 +27,16 @@ from incident_helpers import (
 from receiver.incidents.service import IncidentService
 from receiver.model import AlertTrace
 from receiver.store.incidents_base import IncidentQuery, IncidentStore
-from receiver.store.incidents_redis import RedisIncidentStore
-from receiver.store.incidents_sqlite import SqliteIncidentStore
 
 SIEM = "alertmanager/sark-siem-forwarding-down.firing.json"
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def open_store(request, tmp_path) -> Callable[[], IncidentStore]:
-    """Opens the same incident store each time it is called (a restart)."""
-    if request.param == "sqlite":
-        path = str(tmp_path / "incidents.db")
-        return lambda: SqliteIncidentStore(path)
-    url = request.getfixturevalue("redis_url")
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    return lambda: RedisIncidentStore(url, prefix=prefix)
-
-
 @contextlib.asynccontextmanager
 async def service(
-    open_store: Callable[[], IncidentStore], clock: TickingClock
+    reopen_incidents: Callable[[], IncidentStore], clock: TickingClock
 ) -> AsyncIterator[IncidentService]:
     book = rulebook()
-    running = IncidentService(open_store(), clock=clock, rulebook=lambda: book)
+    running = IncidentService(reopen_incidents(), clock=clock, rulebook=lambda: book)
     try:
         yield running
     finally:
@@ -73,17 +58,17 @@ async def all_incidents(running: IncidentService):
     return page
 
 
-async def test_a_payload_folded_again_changes_nothing(open_store) -> None:
+async def test_a_payload_folded_again_changes_nothing(reopen_incidents) -> None:
     """Fired, resent, then both decided again: the incident is as it was."""
     clock = TickingClock()
     first = await decided(example(SIEM), "0190a0000001", clock)
     resend = await decided(example(SIEM), "0190a0000002", clock)
-    async with service(open_store, clock) as running:
+    async with service(reopen_incidents, clock) as running:
         await running.observe(first)
         await running.observe(resend)
         [before] = await all_incidents(running)
     assert {item.times for item in before.ledger} == {2}
-    async with service(open_store, clock) as running:
+    async with service(reopen_incidents, clock) as running:
         # The same traces again, as a worker deciding both payloads again sends.
         again = [
             *await decided(example(SIEM), "0190a0000001", clock),
@@ -95,18 +80,18 @@ async def test_a_payload_folded_again_changes_nothing(open_store) -> None:
 
 
 async def test_a_firing_decided_again_after_it_resolved_opens_nothing(
-    open_store,
+    reopen_incidents,
 ) -> None:
     """Fire, resolve; the firing payload decided again is not a new incident."""
     clock = TickingClock()
     fired = await decided(example(SIEM), "0190a0000001", clock)
     gone = await decided(resolved(example(SIEM), clock.now), "0190a0000002", clock)
-    async with service(open_store, clock) as running:
+    async with service(reopen_incidents, clock) as running:
         await running.observe(fired)
         await running.observe(gone)
         [incident] = await all_incidents(running)
     assert incident.state.value == "resolved"
-    async with service(open_store, clock) as running:
+    async with service(reopen_incidents, clock) as running:
         await running.observe(await decided(example(SIEM), "0190a0000001", clock))
         assert await all_incidents(running) == [incident]
 
@@ -120,7 +105,7 @@ def stepless(batch: list[AlertTrace]) -> list[AlertTrace]:
 
 
 async def test_a_resend_that_changed_nothing_is_not_folded_again_later(
-    open_store,
+    reopen_incidents,
 ) -> None:
     """A quiet resend, then the resolution; the resend decided again reopens nothing.
 
@@ -129,7 +114,7 @@ async def test_a_resend_that_changed_nothing_is_not_folded_again_later(
     resolution would open a new incident.
     """
     clock = TickingClock()
-    async with service(open_store, clock) as running:
+    async with service(reopen_incidents, clock) as running:
         await running.observe(
             stepless(await decided(example(SIEM), "0190a0000001", clock))
         )
@@ -139,7 +124,7 @@ async def test_a_resend_that_changed_nothing_is_not_folded_again_later(
         assert unchanged == opened  # nothing written
         gone = await decided(resolved(example(SIEM), clock.now), "0190a0000004", clock)
         await running.observe(gone)
-    async with service(open_store, clock) as running:
+    async with service(reopen_incidents, clock) as running:
         again = stepless(await decided(example(SIEM), "0190a0000003", clock))
         await running.observe(again)
         incidents = await all_incidents(running)
@@ -147,16 +132,16 @@ async def test_a_resend_that_changed_nothing_is_not_folded_again_later(
 
 
 async def test_traces_queued_twice_in_one_batch_after_a_restart_fold_once(
-    open_store,
+    reopen_incidents,
 ) -> None:
     """Through the queue (the worker's path): a batch of replays and news."""
     clock = TickingClock()
     fired = await decided(example(SIEM), "0190a0000001", clock)
-    async with service(open_store, clock) as running:
+    async with service(reopen_incidents, clock) as running:
         await running.put(fired)
         await running.drain()
         [before] = await all_incidents(running)
-    async with service(open_store, clock) as running:
+    async with service(reopen_incidents, clock) as running:
         await running.put(await decided(example(SIEM), "0190a0000001", clock))
         await running.put(await decided(example(SIEM), "0190a0000002", clock))
         await running.drain()

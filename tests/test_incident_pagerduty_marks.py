@@ -12,8 +12,6 @@ same ``incident.escalated`` opens a new incident.
 from __future__ import annotations
 
 import copy
-import uuid
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,9 +24,7 @@ from receiver.incidents.service import IncidentService
 from receiver.model import AlertTrace
 from receiver.rulebook.loader import Rulebook, load_rulebook
 from receiver.steps.catalog import builtin_registry
-from receiver.store.incidents_base import IncidentQuery, IncidentStore
-from receiver.store.incidents_redis import RedisIncidentStore
-from receiver.store.incidents_sqlite import SqliteIncidentStore
+from receiver.store.incidents_base import IncidentQuery
 
 RULES = """
 playbooks:
@@ -50,16 +46,6 @@ rules:
 
 AM = "alertmanager/sark-api-down.firing.json"
 PD_ID = "PLINKED1"
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def open_store(request, tmp_path) -> Callable[[], IncidentStore]:
-    if request.param == "sqlite":
-        path = str(tmp_path / "incidents.db")
-        return lambda: SqliteIncidentStore(path)
-    url = request.getfixturevalue("redis_url")
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    return lambda: RedisIncidentStore(url, prefix=prefix)
 
 
 @pytest.fixture
@@ -88,10 +74,10 @@ async def decided(
 
 
 async def test_an_already_linked_pagerduty_event_decided_again_opens_nothing(
-    open_store, book
+    reopen_incidents, book
 ) -> None:
     clock = TickingClock()
-    service = IncidentService(open_store(), clock=clock, rulebook=lambda: book)
+    service = IncidentService(reopen_incidents(), clock=clock, rulebook=lambda: book)
     try:
         [opened] = await service.observe(
             await decided(book, "alertmanager", example(AM), "p-am-1", clock)
@@ -119,7 +105,7 @@ async def test_an_already_linked_pagerduty_event_decided_again_opens_nothing(
     finally:
         await service.aclose()
     # A crash before p-pd-2 was recorded: it is decided again, same payload id.
-    service = IncidentService(open_store(), clock=clock, rulebook=lambda: book)
+    service = IncidentService(reopen_incidents(), clock=clock, rulebook=lambda: book)
     try:
         await service.observe(
             await decided(
