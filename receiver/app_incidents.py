@@ -99,7 +99,7 @@ def install_incidents(
     auth: Authenticator,
     metrics: Metrics,
 ) -> IncidentService:
-    """Build the service, add its routes and ticker; return it for ``on_complete``.
+    """Build the service, add its routes and ticker; return it for ``hand_over``.
 
     ``store`` holds the approvals, ``incidents`` the incidents; ``every``:
     seconds between ticks, ``None`` for no ticker (an edge process).

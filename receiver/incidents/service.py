@@ -2,8 +2,9 @@
 
 ``create_app`` builds one with an ``IncidentStore``, the clock, the policy, the
 rulebook (for severity re-evaluation), and optionally an ``Announcer`` (the sinks)
-and an ``Escalator`` (PagerDuty's REST API). The worker's ``on_complete`` hands it
-each payload's traces (``put``: waits while the queue is full, never raises); the ticker
+and an ``Escalator`` (PagerDuty's REST API). The worker's ``hand_over`` gives it
+each payload's traces before it records the decision (``put``: waits while the
+queue is full, returns what ends once they are folded, never raises); the ticker
 (``run``) advances every watched incident's clocks; the API acknowledges,
 mitigates, comments and publishes status updates.
 
