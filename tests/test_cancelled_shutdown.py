@@ -80,9 +80,13 @@ async def test_tasks_that_end_by_their_cancel_are_waited_for_and_swallowed():
     assert all(t.cancelled() for t in tasks)
 
 
+async def _at_once() -> None:
+    """A task that ends as soon as it runs."""
+
+
 async def test_a_task_that_already_ended_is_fine():
     """One ended before (returned or failed and was looked at): nothing raised."""
-    done = asyncio.create_task(asyncio.sleep(0))
+    done = asyncio.create_task(_at_once())
     await done
     await cancel_and_wait(done, asyncio.create_task(_forever()))
 
@@ -122,7 +126,7 @@ async def test_a_cancel_pending_when_the_tasks_had_ended_is_raised():
     cancel would only be noticed at the caller's next wait, after whatever it
     did meanwhile.
     """
-    done = asyncio.create_task(asyncio.sleep(0))
+    done = asyncio.create_task(_at_once())
     await done
     went_on = False
 

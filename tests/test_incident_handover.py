@@ -12,12 +12,14 @@ on (shutdown), whose queued traces leave the queue.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from incident_helpers import RecordingAnnouncer, TickingClock, traces
+from test_incidents import STORM_RULES
 
 from receiver.errors import StoreUnavailableError
 from receiver.incidents.effects import Message
@@ -27,17 +29,6 @@ from receiver.rulebook.loader import Rulebook, load_rulebook
 from receiver.steps.catalog import builtin_registry
 from receiver.store.incidents_base import IncidentQuery, Mark
 from receiver.store.incidents_sqlite import SqliteIncidentStore
-
-RULES = """
-playbooks:
-  noop: {}
-rules:
-  - name: storm
-    match: ['team="sre"']
-    status: any
-    severity: P1
-    playbook: noop
-"""
 
 
 def body(fingerprints: list[str], group: str = "g-storm") -> dict:
@@ -71,7 +62,7 @@ def body(fingerprints: list[str], group: str = "g-storm") -> dict:
 
 @pytest.fixture
 def book(tmp_path: Path) -> Rulebook:
-    (tmp_path / "rules.yaml").write_text(RULES)
+    (tmp_path / "rules.yaml").write_text(STORM_RULES)
     return load_rulebook([tmp_path / "rules.yaml"], steps=builtin_registry())
 
 
@@ -126,7 +117,7 @@ def service_on(
     retry_sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> IncidentService:
     async def no_wait(_seconds: float) -> None:
-        await asyncio.sleep(0)
+        return None
 
     return IncidentService(
         store,
@@ -138,67 +129,69 @@ def service_on(
     )
 
 
+@contextlib.asynccontextmanager
+async def held(
+    book: Rulebook,
+    retry_sleep: Callable[[float], Awaitable[None]] | None = None,
+) -> AsyncIterator[tuple[TickingClock, HeldStore, IncidentService]]:
+    """A service whose first incident is open (``p0``), its store's writes held."""
+    clock = TickingClock()
+    store = HeldStore()
+    service = service_on(store, book, clock, retry_sleep=retry_sleep)
+    try:
+        await service.put(await decided(book, clock, ["fp-0"], "p0"))
+        await service.drain()
+        store.gate.clear()
+        store.entered.clear()
+        yield clock, store, service
+    finally:
+        store.gate.set()
+        await service.aclose()
+
+
 async def fingerprints(service: IncidentService) -> set[str]:
     page, _ = await service.page(IncidentQuery())
     return {a.fingerprint for incident in page for a in incident.alerts}
 
 
 async def test_the_future_ends_once_the_write_is_in(book) -> None:
-    clock = TickingClock()
-    store = HeldStore()
-    service = service_on(store, book, clock)
-    try:
-        await service.put(await decided(book, clock, ["fp-0"], "p0"))
-        await service.drain()
-        store.gate.clear()
-        store.entered.clear()
+    async with held(book) as (clock, store, service):
         folded = await service.put(await decided(book, clock, ["fp-1"], "p1"))
         await store.entered.wait()  # the write is under way, held
         assert not folded.done()
         store.gate.set()
         await asyncio.wait_for(folded, 10)
         assert "fp-1" in await fingerprints(service)
-    finally:
-        await service.aclose()
 
 
 async def test_a_store_failure_holds_the_future_until_the_fold_is_written(
     book,
 ) -> None:
-    clock = TickingClock()
-    store = HeldStore()
     waits: list[float] = []
-    retried = asyncio.Event()
+    backing_off = asyncio.Event()
+    resume = asyncio.Event()
 
     async def retry_sleep(seconds: float) -> None:
         waits.append(seconds)
-        retried.set()
-        await store.gate.wait()
+        backing_off.set()
+        await resume.wait()
 
-    service = service_on(store, book, clock, retry_sleep=retry_sleep)
-    try:
-        await service.put(await decided(book, clock, ["fp-0"], "p0"))
-        await service.drain()
-        store.gate.clear()
+    async with held(book, retry_sleep) as (clock, store, service):
         store.fail = 1
         folded = await service.put(await decided(book, clock, ["fp-1"], "p1"))
         store.gate.set()
-        await retried.wait()
+        await backing_off.wait()  # the write failed; folded again after this
+        assert not folded.done()
+        resume.set()
         await asyncio.wait_for(folded, 10)
         assert waits, "the failed write was retried after a backoff"
         assert "fp-1" in await fingerprints(service)
-    finally:
-        await service.aclose()
 
 
 async def test_a_trace_dropped_as_a_bug_ends_its_put(book) -> None:
     """A bug must not hold the worker's decisions back for ever."""
-    clock = TickingClock()
-    store = HeldStore()
-    service = service_on(store, book, clock)
-    try:
-        await service.put(await decided(book, clock, ["fp-0"], "p0"))
-        await service.drain()
+    async with held(book) as (clock, store, service):
+        store.gate.set()
         store.bug = "poison"
         folded = await service.put(
             await decided(book, clock, ["fp-1", "poison-2"], "p1")
@@ -206,8 +199,6 @@ async def test_a_trace_dropped_as_a_bug_ends_its_put(book) -> None:
         await asyncio.wait_for(folded, 10)  # the poison trace was dropped
         assert "fp-1" in await fingerprints(service)
         assert "poison-2" not in await fingerprints(service)
-    finally:
-        await service.aclose()
 
 
 class SlowAnnouncer(RecordingAnnouncer):
@@ -245,14 +236,7 @@ async def test_the_effects_of_a_write_do_not_hold_the_future(book) -> None:
 
 async def test_a_put_given_up_on_takes_its_queued_traces_back(book) -> None:
     """Shutdown: the payload is decided again by the next worker, which folds it."""
-    clock = TickingClock()
-    store = HeldStore()
-    service = service_on(store, book, clock)
-    try:
-        await service.put(await decided(book, clock, ["fp-0"], "p0"))
-        await service.drain()
-        store.gate.clear()
-        store.entered.clear()
+    async with held(book) as (clock, store, service):
         in_flight = await service.put(await decided(book, clock, ["fp-1"], "p1"))
         await store.entered.wait()  # p1 is being written; p2 and p3 queue behind
         queued = await service.put(await decided(book, clock, ["fp-2"], "p2"))
@@ -263,5 +247,3 @@ async def test_a_put_given_up_on_takes_its_queued_traces_back(book) -> None:
         await asyncio.wait_for(kept, 10)
         await service.drain()
         assert await fingerprints(service) == {"fp-0", "fp-1", "fp-3"}
-    finally:
-        await service.aclose()
