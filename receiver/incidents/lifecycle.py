@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -32,6 +33,7 @@ from receiver.incidents.effects import (
 )
 from receiver.incidents.model import (
     MAX_LEDGER,
+    MAX_TIMELINE,
     STATE_RANK,
     AlertRef,
     Evidence,
@@ -39,6 +41,7 @@ from receiver.incidents.model import (
     LedgerItem,
     LedgerKey,
     State,
+    TimelineEntry,
     add_entry,
     evolve,
     ledger_index,
@@ -350,7 +353,11 @@ class Folding:
     neither choosing which alert to drop past ``MAX_ALERTS`` nor the resolution
     scans the alerts. ``unlisted`` is a set once changed, written back by
     ``incident()`` only (nothing else reads it but the resolution, which reads
-    the set).
+    the set). The timeline too is kept aside (a deque capped as the timeline
+    is): a trace's entries are added to an empty timeline, then moved there;
+    one by one, each entry copied the whole timeline (three per alert of a
+    storm, up to ``MAX_TIMELINE`` entries each). Nothing reads it while a
+    trace is folded but the resolution, after the write-back.
     """
 
     def __init__(self, incident: Incident) -> None:
@@ -366,6 +373,9 @@ class Folding:
         self._resolved: dict[str, None] = {}
         # Ahead of ``self._incident.unlisted`` while not None.
         self._unlisted: set[str] | None = None
+        # The timeline's older entries while not None (``self._incident``'s
+        # are the newer ones then).
+        self._timeline: deque[TimelineEntry] | None = None
 
     @property
     def active(self) -> bool:
@@ -378,7 +388,11 @@ class Folding:
         return self._incident
 
     def _written(self, incident: Incident) -> Incident:
-        """``incident`` with the ledger and alerts kept aside written back."""
+        """``incident`` with the ledger, alerts and timeline kept aside written back."""
+        if self._timeline is not None:
+            kept, self._timeline = self._timeline, None
+            timeline = (*kept, *incident.timeline)[-MAX_TIMELINE:]
+            incident = evolve(incident, timeline=timeline)
         if self._alerts is not None and self._alerts_ahead:
             incident = evolve(incident, alerts=tuple(self._alerts.values()))
             self._alerts_ahead = False
@@ -415,7 +429,11 @@ class Folding:
     ) -> list[Effect]:
         """Fold one alert's decisions in (``observe``); return the effects."""
         effects: list[Effect] = []
-        incident = self._upsert(self._incident, trace, now)
+        incident = self._incident
+        if self._timeline is None and incident.timeline:
+            self._timeline = deque(incident.timeline, maxlen=MAX_TIMELINE)
+            incident = evolve(incident, timeline=())
+        incident = self._upsert(incident, trace, now)
         incident = _note_contacts(incident, trace)
         severity = _severity_of(trace)
         if severity is not None and trace.alert.status == "firing" and incident.active:
@@ -456,6 +474,9 @@ class Folding:
         if resolving:
             incident, more = _resolved(incident, now, policy, follows)
             effects += more
+        if self._timeline is not None and incident.timeline:
+            self._timeline.extend(incident.timeline)
+            incident = evolve(incident, timeline=())
         self._incident = incident
         return effects
 
