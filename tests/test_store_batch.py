@@ -100,6 +100,34 @@ async def test_concurrent_batches_never_share_an_entry(store: Store) -> None:
     assert sorted(claimed) == sorted(e.id for e in entries)
 
 
+async def test_records_written_before_the_completion_stand(store: Store) -> None:
+    """record_batch writes records, marking nothing done; the completion adds none.
+
+    What the worker does: records as soon as an entry is decided, the done-mark
+    once its incidents are folded. Decided again (a crash in between), its
+    records are not written twice, neither by a second record_batch nor by
+    a completion that carries records; a done entry gets none.
+    """
+    entries = [journal_entry(n) for n in range(3)]
+    for entry in entries:
+        await store.append(entry, [])
+    await store.claim_batch("c1", 3, 1.0, T0)
+    first, second, third = (e.id for e in entries)
+    await store.record_batch(
+        [(first, [trace(first, "a0"), trace(first, "a1")]), (second, [])]
+    )
+    assert await store.pending() == (3, entries[0].received_at)  # none done
+    await store.record_batch([(first, [trace(first, "a-again")])])
+    await store.complete_batch(
+        [(first, [trace(first, "a-done")]), (second, [trace(second, "b0")])]
+    )
+    await store.complete(third, [trace(third, "c0")])
+    await store.record_batch([(third, [trace(third, "c-late")])])
+    assert await store.pending() == (0, None)
+    tags = sorted(d["tag"] for d in await store.decisions(DecisionQuery()))
+    assert tags == ["a0", "a1", "b0", "c0"]
+
+
 async def test_complete_batch_records_each_entry_once(store: Store) -> None:
     """complete_batch marks every entry done with its records; repeats are skipped."""
     entries = [journal_entry(n) for n in range(3)]

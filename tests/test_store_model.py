@@ -112,15 +112,19 @@ class Model:
     circuits: dict[str, Circuit] = field(default_factory=dict)
     approvals: dict[str, tuple[str, str]] = field(default_factory=dict)  # key->id,st
     pause: Pause | None = None
-    # The tags of each entry's decision records: those of the completion
-    # that finished it; a later completion records nothing.
+    # The tags of each entry's decision records: those of the first write
+    # (``record_batch``, or the completion that finished it); a later one
+    # records nothing.
     records: dict[str, list[str]] = field(default_factory=dict)
 
-    def complete(self, entry_id: str, tag: str) -> None:
+    def record(self, entry_id: str, tag: str) -> None:
         m = self.entries[entry_id]
-        if m.state != "done":
+        if m.state != "done" and entry_id not in self.records:
             self.records[entry_id] = [tag]
-        m.state = "done"
+
+    def complete(self, entry_id: str, tag: str) -> None:
+        self.record(entry_id, tag)
+        self.entries[entry_id].state = "done"
 
     def dead(self, owner: str, now: datetime) -> bool:
         return owner in self.alive and self.alive[owner] < now
@@ -257,6 +261,17 @@ class StoreMachine(RuleBasedStateMachine):
             self.model.complete(entry_id, str(record["tag"]))
         for entry_id, _ in done:
             assert self.recorded(entry_id) == self.model.records[entry_id]
+
+    @rule(lease=leases)
+    def record_batch(self, lease: Lease | None) -> None:
+        """The records as soon as decided; the entry is completed later."""
+        if lease is None:
+            return
+        entry_id = lease.entry.id
+        record = self.record(entry_id)
+        self.run(self.store.record_batch([(entry_id, [record])]))
+        self.model.record(entry_id, str(record["tag"]))
+        assert self.recorded(entry_id) == self.model.records.get(entry_id, [])
 
     @rule(data=st.data())
     def complete_late(self, data: st.DataObject) -> None:

@@ -11,7 +11,9 @@ than before.
 Up to ``in_flight`` writes are on their way at once, each with entries of its
 own: while one waits for the disk, the next encodes its records and writes
 them, so recording is not one write after another at the disk's pace. Built
-and closed by ``Worker``.
+and closed by ``Worker``: one that writes the records (``record_batch``, as
+soon as an entry is decided) and one that marks entries done
+(``complete_batch``, once their incidents are folded).
 """
 
 from __future__ import annotations
@@ -29,8 +31,17 @@ _Pending = tuple[str, Sequence[Mapping[str, JSONValue]], "asyncio.Future[None]"]
 class Recorder:
     """Completes journal entries in batches of at most ``limit``."""
 
-    def __init__(self, store: Store, limit: int = 64, in_flight: int = 2) -> None:
+    def __init__(
+        self,
+        store: Store,
+        limit: int = 64,
+        in_flight: int = 2,
+        *,
+        records_only: bool = False,
+    ) -> None:
         self._store = store
+        # ``record_batch``: the records alone, no entry marked done.
+        self._call = "record_batch" if records_only else "complete_batch"
         self._limit = max(limit, 1)
         self._in_flight = max(in_flight, 1)
         self._queue: list[_Pending] = []
@@ -44,7 +55,8 @@ class Recorder:
     ) -> None:
         """Record an entry's decisions and mark it done; return once written.
 
-        Raises what ``complete_batch`` raised for the batch it was in.
+        (Records alone with ``records_only``.) Raises what the store call
+        raised for the batch it was in.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((entry_id, traces, future))
@@ -70,7 +82,8 @@ class Recorder:
             if not batch:
                 continue
             try:
-                await self._store.complete_batch([(i, t) for i, t, _ in batch])
+                write = getattr(self._store, self._call)  # looked up when called
+                await write([(i, t) for i, t, _ in batch])
             except asyncio.CancelledError:
                 for _, _, future in batch:
                     future.cancel()

@@ -85,6 +85,12 @@ def _passed(stage: _Stage) -> None:
         stage.set_result(None)
 
 
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """Read a task's outcome that no one awaits (asyncio would log it)."""
+    if not task.cancelled():
+        task.exception()
+
+
 def consumer_name() -> str:
     """A name for this process as a journal consumer and lock owner."""
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(2).hex()}"
@@ -154,6 +160,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._observed = -OBSERVE_EVERY
         self._batch = max(batch, 1)
+        # Records as soon as decided; done-marks once folded (``_finish``).
+        self._records = Recorder(store, limit=4 * self._batch, records_only=True)
         self._recorder = Recorder(store, limit=4 * self._batch)
         # Claimed entries no task has started yet, taken in order.
         self._buffer: deque[Lease] = deque()
@@ -206,6 +214,7 @@ class Worker:
         """Stop consuming; unfinished entries stay in the journal."""
         self._stopping.set()
         await cancel_and_wait(*self._tasks, *self._finishing)
+        await self._records.aclose()
         await self._recorder.aclose()
         # Claimed but never started: handed back now, not after their lease.
         with contextlib.suppress(StoreUnavailableError):
@@ -519,33 +528,33 @@ class Worker:
         together. The outbox and the hand-over (``hand_over``) see the entries
         in the order they were decided: ``before`` are the stages of the entry
         decided just before, ``mine`` this entry's, done once it passed them
-        (or failed). The entry is recorded (marked done) only once the outbox
-        took its traces and the incidents folded them: a crash before that
-        decides it again, and neither takes it twice. An unexpected error
+        (or failed). Its decision records are written at once, beside the
+        rest (a decision is visible as soon as it is made); the entry is
+        marked done only once the outbox took its traces and the incidents
+        folded them: a crash before that decides it again, and none of them
+        takes it twice (records stand as first written). An unexpected error
         hands the entry back (it is decided again).
         """
         entry = lease.entry
         outboxed, handed_over = mine
         folded: Awaitable[None] | None = None
+        records: asyncio.Task[None] | None = self._write_records(entry.id, traces)
+        written = False
         backoff = 0.5
         try:
             while True:
                 try:
-                    if self._outbox is not None and not outboxed.done():
-                        await _after(before[0])
-                        await self._outbox(traces)
-                    _passed(outboxed)
-                    if self._hand_over is not None and not handed_over.done():
-                        await _after(before[1])
-                        # It may wait for room (the incident queue): the
-                        # entry's slot stays taken, so this worker soon claims
-                        # nothing new and the backlog stays in the journal.
-                        folded = await self._hand_over(traces)
-                    _passed(handed_over)
+                    folded = await self._pass_on(traces, before, mine) or folded
+                    if not written:
+                        writing = records or self._write_records(entry.id, traces)
+                        records = None
+                        await writing
+                        written = True
                     if folded is not None:
                         await folded
                         folded = None
-                    await self._recorder.record(entry.id, TraceRecords(traces))
+                    # The records are written: the done-mark alone.
+                    await self._recorder.record(entry.id, ())
                     break
                 except StoreUnavailableError as exc:
                     if self._stopping.is_set():
@@ -563,9 +572,46 @@ class Worker:
             except Exception:  # a finishing task never dies silently
                 log.exception("entry_failed", payload_id=entry.id)
         finally:
+            if records is not None:  # given up on before its records were in
+                records.cancel()
+                records.add_done_callback(_retrieved)
             _passed(outboxed)
             _passed(handed_over)
             self._finished(lease)
+
+    def _write_records(
+        self, entry_id: str, traces: list[AlertTrace]
+    ) -> asyncio.Task[None]:
+        """Write an entry's decision records, beside its other stages."""
+        return asyncio.create_task(
+            self._records.record(entry_id, TraceRecords(traces)),
+            name=f"records-{entry_id}",
+        )
+
+    async def _pass_on(
+        self,
+        traces: list[AlertTrace],
+        before: tuple[_Stage | None, _Stage | None],
+        mine: tuple[_Stage, _Stage],
+    ) -> Awaitable[None] | None:
+        """The outbox, then the hand-over, each in turn; what ends once folded.
+
+        A stage passed on an earlier try is not passed again (None then).
+        """
+        outboxed, handed_over = mine
+        folded = None
+        if self._outbox is not None and not outboxed.done():
+            await _after(before[0])
+            await self._outbox(traces)
+        _passed(outboxed)
+        if self._hand_over is not None and not handed_over.done():
+            await _after(before[1])
+            # It may wait for room (the incident queue): the entry's slot
+            # stays taken, so this worker soon claims nothing new and the
+            # backlog stays in the journal.
+            folded = await self._hand_over(traces)
+        _passed(handed_over)
+        return folded
 
     async def _observe(self) -> None:
         assert self._metrics is not None  # noqa: S101 (callers check)

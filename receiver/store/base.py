@@ -143,6 +143,20 @@ class Journal(Protocol):
         """
         ...
 
+    async def record_batch(
+        self, done: Sequence[tuple[str, Sequence[Mapping[str, JSONValue]]]]
+    ) -> None:
+        """Write several entries' decision records (id, traces), marking none done.
+
+        What the worker writes as soon as an entry is decided, before its
+        incidents are folded; ``complete_batch`` then marks it done. An entry
+        already done, or with records already, gets none (the first stand),
+        as in ``complete_batch``, which in turn writes no second set after
+        this. On ``StoreUnavailableError`` some may stand; writing them again
+        records nothing more. Ordered with ``complete_batch``'s records.
+        """
+        ...
+
     async def park(self, lease: Lease, reason: str, now: datetime) -> None:
         """Set an entry aside: never claimed again until ``retry_parked``."""
         ...

@@ -29,6 +29,7 @@ from receiver.store.redis.scripts import (
     _PARK,
     _PRUNE_DECISIONS,
     _PUT_APPROVAL,
+    _RECORD,
     _RECORD_OUTCOME,
     _RELEASE_KEY,
     _RELEASE_LOCK,
@@ -193,6 +194,7 @@ class RedisCore:
         self._release_lock_script = script(_RELEASE_LOCK)
         self._set_last_run_script = script(_SET_LAST_RUN)
         self._complete_script = script(_COMPLETE)
+        self._record_script = script(_RECORD)
         self._prune_decisions_script = script(_PRUNE_DECISIONS)
         self._claim_key_script = script(_CLAIM_KEY)
         self._finish_key_script = script(_FINISH_KEY)

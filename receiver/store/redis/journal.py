@@ -232,16 +232,32 @@ class JournalOps(RedisCore):
                 continue  # once, as the script would skip it anyway
             ids.add(entry_id)
             keys.append(self._key("payload", entry_id))
-            args += [entry_id, len(traces)]
-            args += [
-                f"{_record_time(t):013d} {json.dumps(t, separators=(',', ':'))}"
-                for t in traces
-            ]
+            args += [entry_id, len(traces), *_records(traces)]
         if not ids:
             return
         with self._reachable("complete journal entries"):
             await self._ensure_group()
             await self._complete_script(keys=keys, args=args)
+
+    async def record_batch(  # noqa: D102
+        self, done: Sequence[tuple[str, Sequence[Mapping[str, JSONValue]]]]
+    ) -> None:
+        keys = [self._decisions]
+        args: list[str | int] = [
+            self.retention.max_decisions,
+            _ttl_ms(self.retention.max_age),
+        ]
+        ids: set[str] = set()
+        for entry_id, traces in done:
+            if entry_id in ids or not traces:
+                continue  # once, as the script would skip it anyway
+            ids.add(entry_id)
+            keys.append(self._key("payload", entry_id))
+            args += [len(traces), *_records(traces)]
+        if not ids:
+            return
+        with self._reachable("record decisions"):
+            await self._record_script(keys=keys, args=args)
 
     async def payload(self, entry_id: str) -> JournalEntry | None:  # noqa: D102
         with self._reachable("read a payload"):
@@ -301,3 +317,10 @@ class JournalOps(RedisCore):
             starts_at=_parse(fields.get("starts_at")),
             updated_at=datetime.fromisoformat(_str(fields["updated_at"])),
         )
+
+
+def _records(traces: Sequence[Mapping[str, JSONValue]]) -> list[str]:
+    """Decision records as the decisions list keeps them: time, then the JSON."""
+    return [
+        f"{_record_time(t):013d} {json.dumps(t, separators=(',', ':'))}" for t in traces
+    ]

@@ -42,15 +42,19 @@ _COMPLETE = """
 --       then one payload hash per entry
 -- ARGV: group, max decisions, ttl ms, then per entry: its id, how many
 --       records, the records
--- An entry already done is skipped. Returns how many entries were completed.
+-- An entry already done is skipped; one whose records _RECORD wrote gets no
+-- second set. Returns how many entries were completed.
 local at, pushed, completed = 4, false, 0
 for k = 7, #KEYS do
   local hash, id, n = KEYS[k], ARGV[at], tonumber(ARGV[at + 1])
   local first = at + 2
   at = first + n
-  if redis.call('HGET', hash, 'done') ~= '1' then
-    for i = first, at - 1 do redis.call('LPUSH', KEYS[2], ARGV[i]) end
-    pushed = pushed or n > 0
+  local state = redis.call('HMGET', hash, 'done', 'recorded')
+  if state[1] ~= '1' then
+    if state[2] ~= '1' then
+      for i = first, at - 1 do redis.call('LPUSH', KEYS[2], ARGV[i]) end
+      pushed = pushed or n > 0
+    end
     redis.call('ZREM', KEYS[5], id)
     redis.call('ZREM', KEYS[6], id)
     local sid = redis.call('HGET', hash, 'stream')
@@ -70,6 +74,31 @@ if pushed then
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
 return completed
+"""
+
+_RECORD = """
+-- KEYS: decisions, then one payload hash per entry
+-- ARGV: max decisions, ttl ms, then per entry: how many records, the records
+-- The records of entries neither done nor recorded, each marked recorded (an
+-- entry gone from the journal counts as done). Returns how many were written.
+local at, pushed, written = 3, false, 0
+for k = 2, #KEYS do
+  local hash, n = KEYS[k], tonumber(ARGV[at])
+  local first = at + 1
+  at = first + n
+  local state = redis.call('HMGET', hash, 'done', 'recorded', 'stream')
+  if state[3] and state[1] ~= '1' and state[2] ~= '1' then
+    for i = first, at - 1 do redis.call('LPUSH', KEYS[1], ARGV[i]) end
+    pushed = pushed or n > 0
+    redis.call('HSET', hash, 'recorded', '1')
+    written = written + 1
+  end
+end
+if pushed then
+  redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return written
 """
 
 _PRUNE_DECISIONS = """

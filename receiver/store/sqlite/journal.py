@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import msgspec
 
@@ -380,7 +381,27 @@ class SqliteJournal(SqliteConnection):
     async def complete_batch(  # noqa: D102
         self, done: Sequence[tuple[str, Sequence[Mapping[str, JSONValue]]]]
     ) -> None:
+        await self._in_turn(done, finish=True)
+
+    async def record_batch(  # noqa: D102
+        self, done: Sequence[tuple[str, Sequence[Mapping[str, JSONValue]]]]
+    ) -> None:
+        await self._in_turn(done, finish=False)
+
+    async def _in_turn(
+        self,
+        done: Sequence[tuple[str, Sequence[Mapping[str, JSONValue]]]],
+        *,
+        finish: bool,
+    ) -> None:
         if not done:
+            return
+        if not any(traces for _, traces in done):
+            # No record to write (entries whose records ``record_batch``
+            # wrote): the decision log is not written at all.
+            if finish:
+                ids = list(dict.fromkeys(entry_id for entry_id, _ in done))
+                await self._run(partial(_mark_done, ids=ids))
             return
 
         # Batches write their records one after another, in the order they
@@ -393,7 +414,7 @@ class SqliteJournal(SqliteConnection):
         if before is not None and (before.done() or before.get_loop() is not loop):
             before = None
         try:
-            await self._complete(done, before, mine)
+            await self._complete(done, before, mine, finish=finish)
         finally:
             if not mine.done():
                 mine.set_result(None)
@@ -403,7 +424,10 @@ class SqliteJournal(SqliteConnection):
         done: Sequence[tuple[str, Sequence[Mapping[str, JSONValue]]]],
         before: asyncio.Future[None] | None,
         mine: asyncio.Future[None],
+        *,
+        finish: bool,
     ) -> None:
+        """Write ``done``'s records (those not written yet); ``finish``: mark done."""
         ids = list(dict.fromkeys(entry_id for entry_id, _ in done))
 
         # Done before (by another worker whose lease lapsed in between): no
@@ -439,19 +463,6 @@ class SqliteJournal(SqliteConnection):
         def record(db: sqlite3.Connection) -> None:
             _record_once(db, ids, done, encoded, finished)
 
-        def finish(db: sqlite3.Connection) -> None:
-            at = datetime.now(UTC).isoformat()  # bookkeeping only, never compared
-            states = _states(db, ids)
-            # Completed by another worker after a lease ran out: skipped.
-            todo = [i for i in ids if states.get(i) not in (None, "done")]
-            # Parked ones are done too, but were not counted as unfinished.
-            _unfinished(db, -sum(states[i] in ("pending", "claimed") for i in todo))
-            db.executemany(
-                "UPDATE journal SET state='done', done_at=?, lease_until=NULL "
-                "WHERE id=?",
-                [(at, entry_id) for entry_id in todo],
-            )
-
         # Two files, two commits: the records are on disk before the entry is
         # marked done, so a crash between the two decides the entry again and
         # records nothing more (``record`` above).
@@ -464,7 +475,8 @@ class SqliteJournal(SqliteConnection):
         finally:
             mine.set_result(None)
         await written
-        await self._run(finish)
+        if finish:
+            await self._run(partial(_mark_done, ids=ids))
 
     async def payload(self, entry_id: str) -> JournalEntry | None:  # noqa: D102
         def read(db: sqlite3.Connection) -> JournalEntry | None:
@@ -559,6 +571,20 @@ def _states(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
     """
     query = "SELECT id, state FROM journal WHERE id IN ({marks})"
     return {row[0]: row[1] for row in rows_in(db, query, ids)}
+
+
+def _mark_done(db: sqlite3.Connection, ids: Sequence[str]) -> None:
+    """Mark entries done (the decision log's records are written before)."""
+    at = datetime.now(UTC).isoformat()  # bookkeeping only, never compared
+    states = _states(db, ids)
+    # Completed by another worker after a lease ran out: skipped.
+    todo = [i for i in ids if states.get(i) not in (None, "done")]
+    # Parked ones are done too, but were not counted as unfinished.
+    _unfinished(db, -sum(states[i] in ("pending", "claimed") for i in todo))
+    db.executemany(
+        "UPDATE journal SET state='done', done_at=?, lease_until=NULL WHERE id=?",
+        [(at, entry_id) for entry_id in todo],
+    )
 
 
 def _record_once(
