@@ -24,7 +24,7 @@ from typing import Literal
 from aiohttp import web
 from prometheus_client import Counter
 
-from receiver.errors import ConfigError, RuleError
+from receiver.errors import ConfigError, InputError, RuleError
 from receiver.incidents.effects import Announcer, Escalator
 from receiver.incidents.policy import DEFAULT_POLICY, policy_from
 from receiver.incidents.records import from_record
@@ -35,10 +35,15 @@ from receiver.retrying import cancel_and_wait
 from receiver.rulebook.loader import Rulebook, load_rulebook
 from receiver.settings import IncidentSettings, Mode, StoreSettings, load_settings
 from receiver.steps.catalog import builtin_registry
+from receiver.store import sqlite_file
 from receiver.store.base import Store
-from receiver.store.incidents_base import IncidentStore, marks_kept_for
+from receiver.store.incidents_base import (
+    IncidentReader,
+    IncidentStore,
+    marks_kept_for,
+)
 from receiver.store.incidents_redis import RedisIncidentStore
-from receiver.store.incidents_sqlite import SqliteIncidentStore
+from receiver.store.incidents_sqlite import SqliteIncidentReader, SqliteIncidentStore
 from receiver.store.sqlite import SqliteStore
 from receiver.web.auth import Authenticator
 from receiver.web.incidents import IncidentHandlers, register
@@ -142,13 +147,28 @@ def install_incidents(
     return service
 
 
-def incident_store_at(url: str) -> IncidentStore:
-    """The incident store for a store URL (what ``open_store`` would open)."""
+def incident_reader_at(url: str) -> IncidentReader:
+    """Read the incidents of the store ``url`` names, writing nothing to it.
+
+    For ``receiver report``, which may be pointed at a live service's store: a
+    SQLite file is read by ``SqliteIncidentReader`` (never through the incident
+    store, which writes to its file as it opens); the Redis incident store's
+    ``get`` sends a GET only. ``sqlite://:memory:`` holds no incidents.
+
+    Raises:
+        ConfigError: the URL names no store.
+        InputError: the SQLite file it names does not exist.
+    """
     if url.startswith("sqlite://"):
-        path = url.removeprefix("sqlite://")
-        if path in (":memory:", "/:memory:"):
+        path = sqlite_file(url)
+        if path is None:
             return SqliteIncidentStore(":memory:")
-        return SqliteIncidentStore(path.removeprefix("/") or "receiver.db")
+        if not path.is_file():
+            raise InputError(
+                f"{url}: no such store file (expected the file receiver serve "
+                "keeps with store.url sqlite:///PATH)"
+            )
+        return SqliteIncidentReader(path)
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisIncidentStore(url)
     raise ConfigError(
@@ -165,7 +185,7 @@ async def print_report(
 ) -> int:
     """``receiver report ID``: print the Markdown report; 1 if there is none."""
     settings = load_settings(config)
-    store = incident_store_at(store_url or settings.store.url)
+    store = incident_reader_at(store_url or settings.store.url)
     try:
         record = await store.get(incident_id)
         if record is None:

@@ -4,7 +4,7 @@ Called by ``receiver.cli.main``. ``replay`` and ``backtest`` build the same
 runtime as ``serve`` (``build_runtime``), so the namespace allowlist and the
 PagerDuty alertname label mean the same offline as online; each command, once
 it has read its settings, logs with the secrets mask ``serve`` logs with.
-``backtest`` only reads the store it is pointed at.
+``backtest`` and ``report`` only read the store they are pointed at.
 """
 
 from __future__ import annotations

@@ -91,6 +91,22 @@ class IncidentQuery:
         )
 
 
+class IncidentReader(Protocol):
+    """Incidents, read and nothing else: what ``receiver report`` reads.
+
+    ``incidents_sqlite.SqliteIncidentReader`` writes nothing to the file it
+    reads; an ``IncidentStore`` is one too (the Redis one's ``get`` is a GET).
+    """
+
+    async def get(self, incident_id: str) -> IncidentRecord | None:
+        """The incident, or None."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
 class IncidentStore(Protocol):
     """Persistence for incidents (see the module docstring for the rules)."""
 

@@ -8,15 +8,20 @@ outside one, so they never take the file's write lock the journal waits for.
 A write returns the record it was given, with its ``seq``: nothing is read back.
 Bodies are encoded and decoded with msgspec (compact JSON, several times
 cheaper than the json module for an incident's timeline and ledger).
+
+``SqliteIncidentReader`` reads the same tables without writing to the file:
+``receiver report``, which may be pointed at a live service's file or a copy.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
@@ -29,6 +34,7 @@ from receiver.store.incidents_base import (
     Mark,
 )
 from receiver.store.side import SideDatabase
+from receiver.store.sqlite.reader import read_only
 
 T = TypeVar("T")
 
@@ -345,3 +351,33 @@ class SqliteIncidentStore:
 
     async def close(self) -> None:  # noqa: D102
         await self._side.close()
+
+
+class SqliteIncidentReader:
+    """The incidents of the store file ``path``; writes nothing (``IncidentReader``).
+
+    ``SqliteIncidentStore`` writes as it opens: it turns the file to WAL mode
+    (creating ``-wal`` and ``-shm`` beside it) and runs the schema, which
+    creates what a file of an older receiver lacks. This reads through the
+    backtest's ``read_only`` instead. A file without the incident tables holds
+    no incidents.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def get(self, incident_id: str) -> IncidentRecord | None:  # noqa: D102
+        def run(db: sqlite3.Connection) -> IncidentRecord | None:
+            if not db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='incidents'"
+            ).fetchone():
+                return None
+            row = db.execute(
+                "SELECT * FROM incidents WHERE id = ?", (incident_id,)
+            ).fetchone()
+            return _record(row) if row else None
+
+        return await asyncio.to_thread(read_only, self.path, run)
+
+    async def close(self) -> None:
+        """Nothing to release: each read opens and closes its own connection."""
