@@ -24,10 +24,10 @@ from peers import free_port, run_redis
 from redis._parsers.base import BaseParser
 
 from receiver.errors import StoreUnavailableError
+from receiver.redis_errors import outage
 from receiver.store.base import JournalEntry
 from receiver.store.incidents_redis import RedisIncidentStore
 from receiver.store.redis import RedisStore
-from receiver.store.redis.core import outage
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 NOT_NOW = "is busy or failing over"

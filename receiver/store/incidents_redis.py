@@ -31,13 +31,13 @@ import redis.exceptions
 
 from receiver.errors import StoreUnavailableError
 from receiver.model import JSONValue, freeze, iso, json_object
+from receiver.redis_errors import outage
 from receiver.store.incidents_base import (
     KEEP_MARKS,
     IncidentQuery,
     IncidentRecord,
     Mark,
 )
-from receiver.store.redis.core import outage
 
 T = TypeVar("T")
 

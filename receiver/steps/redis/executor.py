@@ -31,6 +31,7 @@ from redis.client import NEVER_DECODE
 
 from receiver.errors import ConfigError, PermanentStepError, TransientStepError
 from receiver.model import Alert, Intent, JSONObject, RecheckResult, StepResult
+from receiver.redis_errors import not_serving
 from receiver.retrying import RetryPolicy, retrying
 from receiver.rulebook.steps import StepModel, Templated
 from receiver.steps.catalog import StepDef, family_steps
@@ -146,7 +147,12 @@ class RedisExecutor:
     async def _call(
         self, target: str, action: str, fn: Callable[[], Awaitable[T]]
     ) -> T:
-        """Run ``fn`` with bounded retries of connection errors, typed errors out."""
+        """Run ``fn`` with bounded retries, typed errors out.
+
+        Retried: the target unreachable (or loading its data), or not serving
+        for now (BUSY, MASTERDOWN, a cluster failing over: ``not_serving``, as
+        the Redis stores read it). Any other refusal is permanent.
+        """
         where = self._where.get(target, target)
         try:
             async for attempt in retrying(
@@ -169,6 +175,13 @@ class RedisExecutor:
                             f"{action}: {exc.__class__.__name__}: {exc}"
                         ) from exc
                     except redis.exceptions.ResponseError as exc:
+                        if not_serving(exc):
+                            # Busy with a script, failing over: it did not run
+                            # the command and may well run it on the next try.
+                            raise TransientStepError(
+                                f"redis {target} ({where}) is busy or failing over "
+                                f"while trying to {action}: {exc}"
+                            ) from exc
                         raise PermanentStepError(
                             f"redis {target} ({where}) refused to {action}: {exc}"
                         ) from exc
