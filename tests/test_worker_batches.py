@@ -466,6 +466,49 @@ async def test_a_stopping_worker_hands_back_what_it_never_started(tmp_path):
     await store.close()
 
 
+class PruneFailsOnce(SqliteStore):
+    """The first ``prune`` fails with a bug of ours, not the store down."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pruned = asyncio.Event()
+        self.retired = False
+
+    async def prune(self, now: datetime) -> int:
+        if not self.pruned.is_set():
+            self.pruned.set()
+            raise RuntimeError("a bug in prune")
+        return await super().prune(now)
+
+    async def retire(self, *args: Any, **kwargs: Any) -> None:
+        self.retired = True
+        await super().retire(*args, **kwargs)
+
+
+async def test_a_stop_after_a_task_died_hands_back_retires_then_raises(tmp_path):
+    """The pruner died of a bug: the stop still releases and retires, then raises.
+
+    It raised the pruner's error before anything else: the buffered entries
+    waited out their lease and the incarnation was never retired.
+    """
+    store = PruneFailsOnce(str(tmp_path / "state.db"))
+    for n in range(5):
+        await store.append(_entry(n), [])
+    first = _worker(tmp_path, store, Clock(), concurrency=1, gate_on="e000", batch=5)
+    await first.start()
+    await first._processor.holding.wait()
+    await store.pruned.wait()
+    [pruner] = [t for t in first._tasks if t.get_name() == "pruner"]
+    assert pruner.done(), "the pruner died before the stop"
+    with pytest.raises(RuntimeError, match="a bug in prune"):
+        await first.stop()
+    assert store.retired
+    clock = Clock()  # no lease has lapsed: only the released entries are free
+    leases = await store.claim_batch("next", 10, 0, clock())
+    assert [lease.entry.id for lease in leases] == [f"e{n:03d}" for n in range(1, 5)]
+    await store.close()
+
+
 async def test_a_ring_wakes_one_waiting_task():
     """Three tasks wait on the worker's bell: each ring wakes exactly one."""
     edge_end, worker_end = socket.socketpair()

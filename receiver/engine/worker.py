@@ -211,9 +211,19 @@ class Worker:
             self._tasks.append(asyncio.create_task(self._prune_loop(), name="pruner"))
 
     async def stop(self) -> None:
-        """Stop consuming; unfinished entries stay in the journal."""
+        """Stop consuming; unfinished entries stay in the journal.
+
+        The error a background task died of earlier (a bug, not the store
+        down) is raised only after the unstarted entries are handed back, the
+        incarnation retired and the decided flushed. A cancellation of the
+        stop itself is raised at once: a bounded shutdown stays bounded.
+        """
         self._stopping.set()
-        await cancel_and_wait(*self._tasks, *self._finishing)
+        error: Exception | None = None
+        try:
+            await cancel_and_wait(*self._tasks, *self._finishing)
+        except Exception as exc:  # noqa: BLE001 (raised below, once handed back)
+            error = exc
         await self._records.aclose()
         await self._recorder.aclose()
         # Claimed but never started: handed back now, not after their lease.
@@ -226,6 +236,8 @@ class Worker:
         with contextlib.suppress(StoreUnavailableError):
             await self._store.retire(self.consumer, self._clock())
         self._processor.flush_decided()
+        if error is not None:
+            raise error
 
     @property
     def recorded(self) -> tuple[int, int]:
