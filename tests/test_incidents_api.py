@@ -155,6 +155,25 @@ async def test_a_person_resolves_an_incident(client):
     assert (await resp.json())["state"] == "resolved"  # again: nothing changes
 
 
+async def test_resolving_a_resolved_incident_says_nothing_changed(client):
+    """Resolved again: still a 200, saying it already was; nothing is added to it."""
+    await fire(client, "g1", "fp-1")
+    [listed] = await incidents(client, 1)
+    base = f"{API}/{listed['id']}"
+    jane = bearer(JANE_TOKEN)
+    resp = await client.post(f"{base}/resolve", json={"text": "over"}, headers=jane)
+    first = await resp.json()
+    assert resp.status == 200, first
+    assert first["already_resolved"] is False
+    resp = await client.post(f"{base}/resolve", json={"text": "again"}, headers=jane)
+    again = await resp.json()
+    assert resp.status == 200, again
+    assert again["already_resolved"] is True
+    assert again == {**first, "already_resolved": True}
+    resp = await client.get(base, headers=bearer())
+    assert (await resp.json())["timeline"] == first["timeline"]
+
+
 @pytest.mark.parametrize(
     "action", ["timeline", "acknowledge", "mitigate", "status", "resolve"]
 )

@@ -191,6 +191,7 @@ class IncidentHandlers:
         note = await self._note(request, text_required=action in ("comment", "status"))
         by = identify(self._auth, header).name
         service = self._service
+        already: bool | None = None  # resolve only: resolved before this call
         try:
             if action == "acknowledge":
                 incident = await service.acknowledge(incident_id, by=by)
@@ -201,14 +202,21 @@ class IncidentHandlers:
                     incident_id, by=by, text=note.text
                 )
             elif action == "resolve":
-                incident = await service.resolve(incident_id, by=by, text=note.text)
+                incident, resolved = await service.resolve_open(
+                    incident_id, by=by, text=note.text
+                )
+                already = not resolved
             else:
                 incident = await service.comment(incident_id, by=by, text=note.text)
         except NotFoundError:
             return self._missing(incident_id)
         except ConflictError as exc:
             return problem(409, f"{exc}; try again", slug="incident-conflict")
-        return web.json_response(incident.to_json())
+        body = incident.to_json()
+        if already is not None:
+            # Still a 200: a client retrying its resolve must not see an error.
+            body["already_resolved"] = already
+        return web.json_response(body)
 
     async def comment(self, request: web.Request) -> web.Response:
         """POST /api/v1/incidents/{id}/timeline: a person's comment."""
@@ -227,7 +235,11 @@ class IncidentHandlers:
         return await self._act(request, "status")
 
     async def resolve(self, request: web.Request) -> web.Response:
-        """POST /api/v1/incidents/{id}/resolve: a person resolves it."""
+        """POST /api/v1/incidents/{id}/resolve: a person resolves it.
+
+        Idempotent: resolved already, it answers 200 with the incident as it
+        was and ``"already_resolved": true`` (nothing changed).
+        """
         return await self._act(request, "resolve")
 
 
@@ -347,6 +359,7 @@ def incident_paths() -> Operations:
             "A status update was published (the update cadence restarts)"
         ),
         "/api/v1/incidents/{id}/resolve": post(
-            'Resolve it (optional {"text"}: why), as the credential\'s identity'
+            'Resolve it (optional {"text"}: why), as the credential\'s identity; '
+            '"already_resolved": true if it was (nothing changed)'
         ),
     }
