@@ -85,12 +85,6 @@ def _passed(stage: _Stage) -> None:
         stage.set_result(None)
 
 
-def _retrieved(task: asyncio.Task[None]) -> None:
-    """Read a task's outcome that no one awaits (asyncio would log it)."""
-    if not task.cancelled():
-        task.exception()
-
-
 def consumer_name() -> str:
     """A name for this process as a journal consumer and lock owner."""
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(2).hex()}"
@@ -533,35 +527,35 @@ class Worker:
         before: tuple[_Stage | None, _Stage | None],
         mine: tuple[_Stage, _Stage],
     ) -> None:
-        """Pass a decided entry on, then record it (retrying while the store is down).
+        """Record a decided entry, pass it on, mark it done.
 
         Runs as a task of its own, so the worker decides the next entry
         meanwhile and the records of entries decided close together are written
         together. The outbox and the hand-over (``hand_over``) see the entries
         in the order they were decided: ``before`` are the stages of the entry
         decided just before, ``mine`` this entry's, done once it passed them
-        (or failed). Its decision records are written at once, beside the
-        rest (a decision is visible as soon as it is made); the entry is
-        marked done only once the outbox took its traces and the incidents
-        folded them: a crash before that decides it again, and none of them
-        takes it twice (records stand as first written). An unexpected error
-        hands the entry back (it is decided again).
+        (or failed). Its decision records are written first (a decision is
+        visible as soon as it is made); the entry is marked done only once
+        the outbox took its traces and the incidents folded them: a crash
+        before that decides it again, and none of them takes it twice
+        (records stand as first written). An unexpected error hands the entry
+        back (it is decided again). The records are not written beside the
+        fold: on SQLite the writer thread, waiting for the GIL after each row
+        while the fold holds it, took 1.9 s to record a 5,000-alert storm
+        instead of 1.0 s.
         """
         entry = lease.entry
         outboxed, handed_over = mine
         folded: Awaitable[None] | None = None
-        records: asyncio.Task[None] | None = self._write_records(entry.id, traces)
         written = False
         backoff = 0.5
         try:
             while True:
                 try:
-                    folded = await self._pass_on(traces, before, mine) or folded
                     if not written:
-                        writing = records or self._write_records(entry.id, traces)
-                        records = None
-                        await writing
+                        await self._records.record(entry.id, TraceRecords(traces))
                         written = True
+                    folded = await self._pass_on(traces, before, mine) or folded
                     if folded is not None:
                         await folded
                         folded = None
@@ -584,21 +578,9 @@ class Worker:
             except Exception:  # a finishing task never dies silently
                 log.exception("entry_failed", payload_id=entry.id)
         finally:
-            if records is not None:  # given up on before its records were in
-                records.cancel()
-                records.add_done_callback(_retrieved)
             _passed(outboxed)
             _passed(handed_over)
             self._finished(lease)
-
-    def _write_records(
-        self, entry_id: str, traces: list[AlertTrace]
-    ) -> asyncio.Task[None]:
-        """Write an entry's decision records, beside its other stages."""
-        return asyncio.create_task(
-            self._records.record(entry_id, TraceRecords(traces)),
-            name=f"records-{entry_id}",
-        )
 
     async def _pass_on(
         self,
