@@ -12,9 +12,10 @@ one call (``Processor.prepare``); every lease is renewed until its entry is
 finished. Once a task has decided an entry it hands
 the recording to a task of its own and decides the next: the records of entries
 decided close together are then written together (``Recorder``, group commit),
-and an entry is marked done only after its decisions are recorded (if the store
-fails meanwhile, the write is retried with backoff) and its traces were handed
-over and folded into the incidents (``hand_over``): a crash before the
+first (a decision is visible as soon as it is made), and an entry is marked done
+only after its decisions are recorded (if the store fails meanwhile, the write
+is retried with backoff) and its traces were handed over and folded into the
+incidents (``hand_over``), again in batches: a crash before the
 done-mark decides it again, and nothing downstream takes it twice (the sink
 outbox and the incidents each skip what they already have). What waits to be recorded
 is bounded (``FINISH_ALERTS``). Each alert of a payload is decided on its own: an
