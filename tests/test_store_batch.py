@@ -128,6 +128,62 @@ async def test_records_written_before_the_completion_stand(store: Store) -> None
     assert tags == ["a0", "a1", "b0", "c0"]
 
 
+async def test_records_retention_dropped_are_written_again_by_the_next_attempt(
+    store: Store,
+) -> None:
+    """An unfinished entry whose records were pruned records its next decision.
+
+    Parked after its records were written, retried once they were past
+    ``max_age``: decided again, its new records are written (by record_batch or
+    by a completion that carries them), so the entry is not done with none.
+    One whose records are still kept gets no second set. Redis's "recorded"
+    mark outlived the records and the retried entries were done with none.
+    """
+    later = T0 + Retention().max_age + timedelta(hours=1)
+    old, also_old, recent = (journal_entry(n) for n in range(3))
+    for entry in (old, also_old, recent):
+        await store.append(entry, [])
+    leases = await store.claim_batch("c1", 3, 0, T0)
+    await store.record_batch(
+        [
+            (old.id, [trace(old.id, "old", at=T0)]),
+            (also_old.id, [trace(also_old.id, "also-old", at=T0)]),
+            (recent.id, [trace(recent.id, "recent", at=later)]),
+        ]
+    )
+    for lease in leases:
+        await store.park(lease, "the worker crashed while folding it", T0)
+    await store.prune(later)  # the records decided at T0 are past max_age
+    for entry in (old, also_old, recent):
+        assert await store.retry_parked(entry.id, later)
+    await store.claim_batch("c2", 3, 0, later)
+    await store.record_batch(
+        [
+            (old.id, [trace(old.id, "old-again", at=later)]),
+            (recent.id, [trace(recent.id, "recent-again", at=later)]),
+        ]
+    )
+    await store.complete_batch(
+        [
+            (old.id, ()),
+            (also_old.id, [trace(also_old.id, "also-old-done", at=later)]),
+            (recent.id, ()),
+        ]
+    )
+    assert await store.pending() == (0, None)
+    tags = {
+        entry.id: [
+            d["tag"] for d in await store.decisions(DecisionQuery(payload_id=entry.id))
+        ]
+        for entry in (old, also_old, recent)
+    }
+    assert tags == {
+        old.id: ["old-again"],
+        also_old.id: ["also-old-done"],
+        recent.id: ["recent"],
+    }
+
+
 async def test_complete_batch_records_each_entry_once(store: Store) -> None:
     """complete_batch marks every entry done with its records; repeats are skipped."""
     entries = [journal_entry(n) for n in range(3)]

@@ -152,7 +152,9 @@ class Journal(Protocol):
         incidents are folded; ``complete_batch`` then marks it done. An entry
         already done, or with records already, gets none (the first stand),
         as in ``complete_batch``, which in turn writes no second set after
-        this. On ``StoreUnavailableError`` some may stand; writing them again
+        this. Records retention dropped before the entry was done no longer
+        stand: its next attempt writes its own (a parked entry retried late).
+        On ``StoreUnavailableError`` some may stand; writing them again
         records nothing more. Ordered with ``complete_batch``'s records.
         """
         ...

@@ -37,13 +37,26 @@ end
 return written
 """
 
-_COMPLETE = """
+_STANDING = """
+-- Whether the records _RECORD wrote for an entry are still in the decisions
+-- list: ``recorded`` is the last line it pushed (retention drops the oldest
+-- first, so that line goes last). '1': written by a receiver that kept no
+-- line, taken as standing. The search only runs for an entry decided again.
+local function standing(decisions, recorded)
+  if not recorded then return false end
+  return recorded == '1' or redis.call('LPOS', decisions, recorded) ~= false
+end
+"""
+
+_COMPLETE = (
+    _STANDING
+    + """
 -- KEYS: journal, decisions, payload index, finished index, leases, parked,
 --       then one payload hash per entry
 -- ARGV: group, max decisions, ttl ms, then per entry: its id, how many
 --       records, the records
 -- An entry already done is skipped; one whose records _RECORD wrote gets no
--- second set. Returns how many entries were completed.
+-- second set while they are kept. Returns how many entries were completed.
 local at, pushed, completed = 4, false, 0
 for k = 7, #KEYS do
   local hash, id, n = KEYS[k], ARGV[at], tonumber(ARGV[at + 1])
@@ -51,9 +64,9 @@ for k = 7, #KEYS do
   at = first + n
   local state = redis.call('HMGET', hash, 'done', 'recorded')
   if state[1] ~= '1' then
-    if state[2] ~= '1' then
+    if n > 0 and not standing(KEYS[2], state[2]) then
       for i = first, at - 1 do redis.call('LPUSH', KEYS[2], ARGV[i]) end
-      pushed = pushed or n > 0
+      pushed = true
     end
     redis.call('ZREM', KEYS[5], id)
     redis.call('ZREM', KEYS[6], id)
@@ -62,6 +75,7 @@ for k = 7, #KEYS do
       redis.call('XACK', KEYS[1], ARGV[1], sid)
       redis.call('XDEL', KEYS[1], sid)
       redis.call('HSET', hash, 'done', '1', 'state', 'done')
+      redis.call('HDEL', hash, 'recorded')  -- done: never looked at again
       redis.call('PEXPIRE', hash, ARGV[3])
       local score = redis.call('ZSCORE', KEYS[3], id)
       if score then redis.call('ZADD', KEYS[4], score, id) end
@@ -75,22 +89,29 @@ if pushed then
 end
 return completed
 """
+)
 
-_RECORD = """
+_RECORD = (
+    _STANDING
+    + """
 -- KEYS: decisions, then one payload hash per entry
--- ARGV: max decisions, ttl ms, then per entry: how many records, the records
--- The records of entries neither done nor recorded, each marked recorded (an
--- entry gone from the journal counts as done). Returns how many were written.
+-- ARGV: max decisions, ttl ms, then per entry: how many records (at least
+--       one), the records
+-- The records of entries neither done nor with records standing (an entry
+-- gone from the journal counts as done), each marked recorded with its last
+-- line: records retention dropped before the entry was done are written again
+-- by its next attempt, as SQLite's log writes them. Returns how many were
+-- written.
 local at, pushed, written = 3, false, 0
 for k = 2, #KEYS do
   local hash, n = KEYS[k], tonumber(ARGV[at])
   local first = at + 1
   at = first + n
   local state = redis.call('HMGET', hash, 'done', 'recorded', 'stream')
-  if state[3] and state[1] ~= '1' and state[2] ~= '1' then
+  if state[3] and state[1] ~= '1' and not standing(KEYS[1], state[2]) then
     for i = first, at - 1 do redis.call('LPUSH', KEYS[1], ARGV[i]) end
-    pushed = pushed or n > 0
-    redis.call('HSET', hash, 'recorded', '1')
+    pushed = true
+    redis.call('HSET', hash, 'recorded', ARGV[at - 1])
     written = written + 1
   end
 end
@@ -100,6 +121,7 @@ if pushed then
 end
 return written
 """
+)
 
 _PRUNE_DECISIONS = """
 -- KEYS: decisions; ARGV: cutoff ms, max decisions, max pops
