@@ -397,6 +397,21 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         prune_every=settings.retention.prune_interval,
     )
 
+    async def close_after_worker() -> None:
+        """The bell, the sink dispatcher, the executors and the store, in turn."""
+        if worker_bell is not None:
+            await worker_bell.aclose()
+        if dispatcher is not None:
+            await dispatcher.aclose()
+        for executor in (executors or {}).values():
+            close = getattr(executor, "aclose", None)
+            if close is not None:
+                await close()
+        close_check = getattr(firing_check, "aclose", None)
+        if close_check is not None:
+            await close_check()
+        await store.close()
+
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         if settings.engine.paused and await store.pause() is None:
             await admin.switch(
@@ -417,19 +432,17 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         yield
         await cancel_and_wait(sweeper)
         reloader.stop_listening()
-        await worker.stop()
-        if worker_bell is not None:
-            await worker_bell.aclose()
-        if dispatcher is not None:
-            await dispatcher.aclose()
-        for executor in (executors or {}).values():
-            close = getattr(executor, "aclose", None)
-            if close is not None:
-                await close()
-        close_check = getattr(firing_check, "aclose", None)
-        if close_check is not None:
-            await close_check()
-        await store.close()
+        # A task of the worker died of a bug earlier: its stop raises that once
+        # it has handed back and retired. The rest is closed all the same (a
+        # cancellation, the grace running out, still ends the cleanup at once).
+        error: Exception | None = None
+        try:
+            await worker.stop()
+        except Exception as exc:  # noqa: BLE001 (raised below, once all is closed)
+            error = exc
+        await close_after_worker()
+        if error is not None:
+            raise error
 
     app.cleanup_ctx.append(lifecycle)
     return app

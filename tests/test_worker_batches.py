@@ -22,9 +22,11 @@ from typing import Any
 
 import pytest
 import test_store_contract as contract
-from conftest import journal_drained, never_answer_then_fail
+from aiohttp import web
+from conftest import full_settings, journal_drained, never_answer_then_fail
 from test_store_contract import _forget_prefix
 
+from receiver.app import create_app
 from receiver.engine import worker as worker_module
 from receiver.engine.doorbell import EdgeBell, WorkerBell
 from receiver.engine.planner import PlanContext
@@ -35,6 +37,7 @@ from receiver.engine.worker import Processor, Worker
 from receiver.errors import StoreUnavailableError
 from receiver.model import AlertTrace
 from receiver.rulebook.loader import load_rulebook
+from receiver.runtime import build_runtime
 from receiver.steps.catalog import builtin_registry
 from receiver.store.base import DecisionQuery, JournalEntry, Retention, Store
 from receiver.store.redis import RedisStore
@@ -473,6 +476,7 @@ class PruneFailsOnce(SqliteStore):
         super().__init__(*args, **kwargs)
         self.pruned = asyncio.Event()
         self.retired = False
+        self.closed = False
 
     async def prune(self, now: datetime) -> int:
         if not self.pruned.is_set():
@@ -483,6 +487,10 @@ class PruneFailsOnce(SqliteStore):
     async def retire(self, *args: Any, **kwargs: Any) -> None:
         self.retired = True
         await super().retire(*args, **kwargs)
+
+    async def close(self) -> None:
+        self.closed = True
+        await super().close()
 
 
 async def test_a_stop_after_a_task_died_hands_back_retires_then_raises(tmp_path):
@@ -507,6 +515,31 @@ async def test_a_stop_after_a_task_died_hands_back_retires_then_raises(tmp_path)
     leases = await store.claim_batch("next", 10, 0, clock())
     assert [lease.entry.id for lease in leases] == [f"e{n:03d}" for n in range(1, 5)]
     await store.close()
+
+
+async def test_the_app_closes_what_it_holds_after_its_worker_stop_raised(tmp_path):
+    """The worker's pruner died of a bug: the app's shutdown still closes the rest.
+
+    ``Worker.stop`` raises that error once it has handed back and retired;
+    the app's cleanup let it skip the bell, the sink dispatcher, the executors
+    and the store, which was never closed. The error still reaches aiohttp.
+    """
+    (tmp_path / "rules.yaml").write_text(RULES)
+    store = PruneFailsOnce(str(tmp_path / "state.db"))
+    app = create_app(
+        build_runtime(full_settings()),
+        rulebook=load_rulebook([tmp_path / "rules.yaml"], steps=builtin_registry()),
+        store=store,
+        clock=Clock(),
+        sinks={},
+    )
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    await store.pruned.wait()
+    with pytest.raises(RuntimeError, match="a bug in prune"):
+        await runner.cleanup()
+    assert store.retired
+    assert store.closed, "the store was left open"
 
 
 async def test_a_ring_wakes_one_waiting_task():
