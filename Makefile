@@ -29,8 +29,12 @@ rules-check: $(STAMP)
 	$(BIN)/receiver rules check rules
 	$(BIN)/receiver rules test rules
 
+# Bytecode caches stay on for the tests even where the environment turns them off
+# (container images often set PYTHONDONTWRITEBYTECODE=1): otherwise every receiver
+# process the tests start compiles the package from source again, and pytest
+# rewrites every test module on each run.
 unit: $(STAMP) tools
-	$(BIN)/pytest -q
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q
 
 test: lint typecheck rules-check unit  ## set up and pass every check CI runs
 
