@@ -33,8 +33,11 @@ rules-check: $(STAMP)
 # (container images often set PYTHONDONTWRITEBYTECODE=1): otherwise every receiver
 # process the tests start compiles the package from source again, and pytest
 # rewrites every test module on each run.
+# One pytest worker per core (pytest-xdist; PYTEST_XDIST_AUTO_NUM_WORKERS=1 for
+# one): no two tests share a port or a Redis (see tests/conftest.py). Work
+# stealing keeps the long end-to-end tests from leaving a worker idle at the end.
 unit: $(STAMP) tools
-	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -n auto --dist worksteal
 
 test: lint typecheck rules-check unit  ## set up and pass every check CI runs
 

@@ -4,6 +4,12 @@ The app under test has an in-memory store, a tiny rulebook, a fixed clock and ev
 credential set. Whether a missing peer binary skips a test (local runs) or fails
 it (CI sets ``RECEIVER_REQUIRE_E2E=1``) is decided in one place:
 ``peers.skip_or_fail``.
+
+``make unit`` runs the suite in several processes (pytest-xdist), so tests keep
+to what is their own: a Redis is a ``redis-server`` started on a free port for
+the module (``redis_url``), or keys under a random prefix on a shared one; every
+peer listens on ``peers.free_port()``, never on a fixed port; files go under
+``tmp_path``.
 """
 
 from __future__ import annotations
