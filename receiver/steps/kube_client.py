@@ -21,20 +21,6 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import aiohttp
-from kubernetes_asyncio.client import (
-    ApiClient,
-    AppsV1Api,
-    AutoscalingV2Api,
-    Configuration,
-    CoreV1Api,
-)
-from kubernetes_asyncio.client.exceptions import (
-    ApiException,
-    ApiTypeError,
-    ApiValueError,
-)
-from kubernetes_asyncio.config import load_kube_config
-from kubernetes_asyncio.config.config_exception import ConfigException
 
 from receiver.errors import ConfigError, PermanentStepError, TransientStepError
 from receiver.retrying import RetryPolicy, retrying, transient_status
@@ -189,6 +175,16 @@ async def new_api_client(
     Raises:
         PermanentStepError: the kubeconfig or token cannot be loaded.
     """
+    # kubernetes-asyncio is imported when the first client is built, not with
+    # this module: loading it (every model of the API) took a third of a second
+    # of each receiver process's start, worker and edge alike, and a receiver
+    # whose rules run no k8s step never needs it.
+    from kubernetes_asyncio.client import ApiClient, Configuration  # noqa: PLC0415
+    from kubernetes_asyncio.config import load_kube_config  # noqa: PLC0415
+    from kubernetes_asyncio.config.config_exception import (  # noqa: PLC0415
+        ConfigException,
+    )
+
     configuration = Configuration()
     token: TokenFile | None = None
     if conn.mode == "kubeconfig":
@@ -340,14 +336,20 @@ class KubeApi:
 
     async def core(self) -> Any:
         """The core/v1 API."""
+        from kubernetes_asyncio.client import CoreV1Api  # noqa: PLC0415
+
         return CoreV1Api(await self._client())
 
     async def apps(self) -> Any:
         """The apps/v1 API."""
+        from kubernetes_asyncio.client import AppsV1Api  # noqa: PLC0415
+
         return AppsV1Api(await self._client())
 
     async def autoscaling(self) -> Any:
         """The autoscaling/v2 API."""
+        from kubernetes_asyncio.client import AutoscalingV2Api  # noqa: PLC0415
+
         return AutoscalingV2Api(await self._client())
 
     async def _once(
@@ -358,6 +360,12 @@ class KubeApi:
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
     ) -> T:
+        from kubernetes_asyncio.client.exceptions import (  # noqa: PLC0415
+            ApiException,
+            ApiTypeError,
+            ApiValueError,
+        )
+
         try:
             response = await call(
                 *args,
