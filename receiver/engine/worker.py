@@ -167,8 +167,12 @@ class Worker:
         self._held: dict[str, Lease] = {}
         # Claims are made as consumer ``{incarnation}/{slot}``; a slot claims
         # again only once every entry it claimed is finished, so a store may
-        # hand a slot back what it delivered to it but lost on the way.
-        self._slots = [0] * (2 * concurrency)
+        # hand a slot back what it delivered to it but lost on the way. Three
+        # per task: an entry holds its slot until marked done, after its
+        # records, the outbox and the fold (with two, sustained decided/s on
+        # Redis fell from 974 to 654 when the done-mark became a write of its
+        # own; with three, 909; bench/RESULTS.md round eighteen).
+        self._slots = [0] * (3 * concurrency)
         self._slot_of: dict[str, int] = {}
         self._slot_freed = asyncio.Event()
         # What was read ahead for each claimed entry's batch, until it is decided.
