@@ -229,6 +229,69 @@ async def test_the_recorder_writes_what_arrives_during_a_write_together(tmp_path
     await store.close()
 
 
+class OneBadRecord(SqliteStore):
+    """Fails every write that holds entry ``e001`` (a bug in its records)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[list[str]] = []
+
+    async def record_batch(
+        self, done: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]
+    ) -> None:
+        self.batches.append([entry_id for entry_id, _ in done])
+        if any(entry_id == "e001" for entry_id, _ in done):
+            raise ValueError("e001's records cannot be encoded")
+        await super().record_batch(done)
+
+
+async def test_one_entry_whose_records_fail_does_not_fail_its_batch_mates(tmp_path):
+    """A bug in one entry's records: only it fails; the rest are written alone."""
+    store = OneBadRecord(str(tmp_path / "state.db"))
+    for n in range(3):
+        await store.append(_entry(n), [])
+    recorder = Recorder(store, in_flight=1, records_only=True)
+    calls = [
+        asyncio.create_task(
+            recorder.record(f"e{n:03d}", [{"payload_id": f"e{n:03d}", "n": n}])
+        )
+        for n in range(3)
+    ]
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], ValueError)
+    assert outcomes[2] is None
+    assert store.batches == [["e000", "e001", "e002"], ["e000"], ["e001"], ["e002"]]
+    assert await _records_per_entry(store) == {"e000": 1, "e002": 1}
+    assert (recorder.writes, recorder.entries) == (2, 2)
+    await recorder.aclose()
+    await store.close()
+
+
+class DownSqlite(OneBadRecord):
+    """Its record writes find the store down."""
+
+    async def record_batch(
+        self, done: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]
+    ) -> None:
+        self.batches.append([entry_id for entry_id, _ in done])
+        raise StoreUnavailableError("the store is down")
+
+
+async def test_the_store_down_fails_the_whole_batch_at_once(tmp_path):
+    """Not written again one by one: each caller retries with its backoff."""
+    store = DownSqlite(str(tmp_path / "state.db"))
+    recorder = Recorder(store, in_flight=1, records_only=True)
+    calls = [
+        asyncio.create_task(recorder.record(f"e{n:03d}", [{"n": n}])) for n in range(3)
+    ]
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(o, StoreUnavailableError) for o in outcomes)
+    assert store.batches == [["e000", "e001", "e002"]]
+    await recorder.aclose()
+    await store.close()
+
+
 class HeldSqlite(SqliteStore):
     """Holds every ``complete_batch`` until released; counts those in flight."""
 

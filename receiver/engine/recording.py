@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 
+from receiver.errors import StoreUnavailableError
 from receiver.model import JSONValue
 from receiver.retrying import cancel_and_wait, stop_if_cancelled
 from receiver.store.base import Store
@@ -79,25 +80,48 @@ class Recorder:
             stop_if_cancelled()
             batch = [p for p in self._queue[: self._limit] if not p[2].cancelled()]
             self._queue = self._queue[self._limit :]
-            if not batch:
-                continue
-            try:
-                write = getattr(self._store, self._call)  # looked up when called
-                await write([(i, t) for i, t, _ in batch])
-            except asyncio.CancelledError:
-                for _, _, future in batch:
-                    future.cancel()
-                raise
-            except Exception as exc:  # noqa: BLE001 (each caller gets it)
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            self.writes += 1
-            self.entries += len(batch)
+            if batch:
+                await self._write(batch)
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        """Write ``batch`` in one store call; each caller hears its outcome.
+
+        The store down: every caller gets that (each retries). Any other error
+        (a bug, such as one entry's records that cannot be encoded): each entry
+        is written again alone, so only the one at fault fails, not the
+        entries that shared its batch (they would be handed back, decided
+        again, and parked with it at the attempts' limit).
+        """
+        try:
+            write = getattr(self._store, self._call)  # looked up when called
+            await write([(i, t) for i, t, _ in batch])
+        except asyncio.CancelledError:
+            for _, _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 (each caller gets it)
+            if len(batch) > 1 and not isinstance(exc, StoreUnavailableError):
+                await self._one_by_one(batch)
+                return
             for _, _, future in batch:
                 if not future.done():
-                    future.set_result(None)
+                    future.set_exception(exc)
+            return
+        self.writes += 1
+        self.entries += len(batch)
+        for _, _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+    async def _one_by_one(self, batch: list[_Pending]) -> None:
+        """Write each entry of ``batch`` alone, in order."""
+        for index, pending in enumerate(batch):
+            try:
+                await self._write([pending])
+            except asyncio.CancelledError:
+                for _, _, future in batch[index + 1 :]:
+                    future.cancel()
+                raise
 
     async def aclose(self) -> None:
         """Stop writing; whoever still waits is cancelled."""
