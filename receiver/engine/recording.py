@@ -30,7 +30,7 @@ _Pending = tuple[str, Sequence[Mapping[str, JSONValue]], "asyncio.Future[None]"]
 
 
 class Recorder:
-    """Completes journal entries in batches of at most ``limit``."""
+    """Completes journal entries (or writes their records) in batches of ``limit``."""
 
     def __init__(
         self,

@@ -40,11 +40,11 @@ return written
 _STANDING = """
 -- Whether the records _RECORD wrote for an entry are still in the decisions
 -- list: ``recorded`` is the last line it pushed (retention drops the oldest
--- first, so that line goes last). '1': written by a receiver that kept no
--- line, taken as standing. The search only runs for an entry decided again.
+-- first, so that line goes last). The search only runs for an entry decided
+-- again.
 local function standing(decisions, recorded)
   if not recorded then return false end
-  return recorded == '1' or redis.call('LPOS', decisions, recorded) ~= false
+  return redis.call('LPOS', decisions, recorded) ~= false
 end
 """
 
