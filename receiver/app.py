@@ -351,6 +351,7 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         every=None if role == "edge" else wiring.every(settings.incidents),
         sleep=wiring.sleep,
         clock=clock,
+        lease=settings.journal.lease,
         rulebook=lambda: processor.rulebook,
         auth=auth,
         metrics=metrics,

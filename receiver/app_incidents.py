@@ -29,7 +29,7 @@ from receiver.incidents.effects import Announcer, Escalator
 from receiver.incidents.policy import DEFAULT_POLICY, policy_from
 from receiver.incidents.records import from_record
 from receiver.incidents.report import render_report
-from receiver.incidents.service import IncidentService
+from receiver.incidents.service import EFFECT_LEASE, IncidentService
 from receiver.metrics import Metrics
 from receiver.retrying import cancel_and_wait
 from receiver.rulebook.loader import Rulebook, load_rulebook
@@ -80,10 +80,13 @@ def incident_store_for(
 
     ``lease``: the journal's; fold marks are kept three of them, past the time
     a payload folded by a worker that was killed takes to be decided again.
+    On SQLite, the process that took the store's claims over (``reclaims``:
+    one instance, the worker) takes over the incident effects a previous
+    process had claimed too, at its first tick.
     """
     keep = marks_kept_for(lease)
     if isinstance(store, SqliteStore):
-        return SqliteIncidentStore(store.path, keep_marks=keep)
+        return SqliteIncidentStore(store.path, keep_marks=keep, reclaim=store.reclaims)
     if where.is_redis:
         return RedisIncidentStore(where.url, keep_marks=keep)
     return SqliteIncidentStore(":memory:", keep_marks=keep)
@@ -100,6 +103,7 @@ def install_incidents(
     every: float | None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
     clock: Callable[[], datetime],
+    lease: timedelta = EFFECT_LEASE,
     rulebook: Callable[[], Rulebook],
     auth: Authenticator,
     metrics: Metrics,
@@ -107,7 +111,10 @@ def install_incidents(
     """Build the service, add its routes and ticker; return it for ``hand_over``.
 
     ``store`` holds the approvals, ``incidents`` the incidents; ``every``:
-    seconds between ticks, ``None`` for no ticker (an edge process).
+    seconds between ticks, ``None`` for no ticker (an edge process);
+    ``lease``: the journal's, for which a receiver claims an incident's
+    pending effects (one that dies with some leaves them to another, or to
+    its successor, once it lapses).
     """
     breaches = Counter(
         "receiver_incident_clock_breaches",
@@ -124,6 +131,7 @@ def install_incidents(
         on_breach=lambda severity, name: breaches.labels(severity, name).inc(),
         approvals=store.approvals,
         mode=mode,
+        effect_lease=lease,
     )
     register(app, IncidentHandlers(service, auth))
     app[INCIDENTS] = service

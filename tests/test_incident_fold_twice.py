@@ -64,10 +64,10 @@ class HeldStore(SqliteIncidentStore):
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def update(self, record, folded=()):
+    async def update(self, record, folded=(), *, done=()):
         self.entered.set()
         await self.gate.wait()
-        return await super().update(record, folded)
+        return await super().update(record, folded, done=done)
 
 
 async def test_a_fold_that_loses_the_race_to_the_same_payload_folds_nothing(

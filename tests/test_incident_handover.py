@@ -92,12 +92,12 @@ class HeldStore(SqliteIncidentStore):
             msg = "incident store unreachable"
             raise StoreUnavailableError(msg)
 
-    async def update(self, record, folded=()):
+    async def update(self, record, folded=(), *, done=()):
         await self._held()
         if self.bug and any(self.bug in fp for _, fp in folded):
             msg = "a bug"
             raise RuntimeError(msg)
-        return await super().update(record, folded)
+        return await super().update(record, folded, done=done)
 
     async def create_numbered(self, day, build, folded=()):
         await self._held()

@@ -504,9 +504,9 @@ class CountingStore(SqliteIncidentStore):
         super().__init__(":memory:")
         self.updates = 0
 
-    async def update(self, record, folded=()):
+    async def update(self, record, folded=(), *, done=()):
         self.updates += 1
-        return await super().update(record, folded)
+        return await super().update(record, folded, done=done)
 
 
 def storm(n: int, status: str = "firing") -> dict:

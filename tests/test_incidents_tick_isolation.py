@@ -28,10 +28,10 @@ class ContendedStore(SqliteIncidentStore):
         super().__init__(":memory:")
         self.contended = ""
 
-    async def update(self, record, folded=()):
+    async def update(self, record, folded=(), *, done=()):
         if record.id == self.contended:
             return None
-        return await super().update(record, folded)
+        return await super().update(record, folded, done=done)
 
 
 async def test_a_contended_incident_does_not_stop_the_tick():

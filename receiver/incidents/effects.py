@@ -5,20 +5,27 @@ carries each one out through injected ports (an ``Announcer`` for the sinks, an
 ``Escalator`` for PagerDuty's REST API) and returns a line for the incident's
 timeline. In dry-run nothing is contacted: the line says what would have been done.
 ``service`` builds one runner and calls it after each write.
+
+Effects that contact someone (``EffectRunner.durable``) are written with the
+incident change that asks for them (``encode_effect``: the effect and what it
+says of its incident, ``About``, as JSON) and read back by whoever carries them
+out after a crash (``decode_effect``); a metric count (``CountBreach``) is not.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
+from receiver.model import Severity
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from receiver.incidents.model import Incident
-    from receiver.model import Severity
 
 log = structlog.get_logger("receiver.incidents")
 
@@ -61,6 +68,86 @@ class PagerDutyStatus:
 
 
 Effect = Announce | PagerDutyEscalate | CountBreach | PagerDutyStatus
+
+
+@dataclass(frozen=True)
+class About:
+    """What an effect says of its incident, as it was when the effect was asked."""
+
+    incident_id: str
+    pagerduty_id: str
+    severity: str
+
+    @classmethod
+    def of(cls, incident: Incident) -> About:
+        """The incident's id, linked PagerDuty incident and severity."""
+        return cls(incident.id, incident.pagerduty_id, incident.severity.value)
+
+
+def encode_effect(about: About, effect: Effect) -> str:
+    """The effect and its incident as JSON text (kept until it is carried out)."""
+    body: dict[str, object] = {
+        "about": {
+            "incident_id": about.incident_id,
+            "pagerduty_id": about.pagerduty_id,
+            "severity": about.severity,
+        }
+    }
+    if isinstance(effect, Announce):
+        body["announce"] = {
+            "kind": effect.kind,
+            "title": effect.title,
+            "text": effect.text,
+            "contact": effect.contact,
+        }
+    elif isinstance(effect, PagerDutyEscalate):
+        body["escalate"] = {
+            "incident_id": effect.incident_id,
+            "level": effect.level,
+            "priority": effect.priority.value,
+            "reason": effect.reason,
+        }
+    elif isinstance(effect, PagerDutyStatus):
+        body["status"] = {
+            "incident_id": effect.incident_id,
+            "status": effect.status,
+            "reason": effect.reason,
+        }
+    else:
+        body["breach"] = {
+            "severity": effect.severity.value,
+            "clock": effect.clock,
+        }
+    return json.dumps(body, separators=(",", ":"))
+
+
+def decode_effect(text: str) -> tuple[About, Effect]:
+    """What ``encode_effect`` wrote.
+
+    Raises:
+        ValueError: not an effect this receiver knows (written by a newer one,
+            or damaged).
+    """
+    try:
+        body = json.loads(text)
+        about = About(**body["about"])
+        if "announce" in body:
+            return about, Announce(**body["announce"])
+        if "escalate" in body:
+            fields = body["escalate"]
+            return about, PagerDutyEscalate(
+                fields["incident_id"],
+                int(fields["level"]),
+                Severity(fields["priority"]),
+                fields["reason"],
+            )
+        if "status" in body:
+            return about, PagerDutyStatus(**body["status"])
+        fields = body["breach"]
+        return about, CountBreach(Severity(fields["severity"]), fields["clock"])
+    except (TypeError, KeyError, AttributeError) as exc:
+        msg = f"not an incident effect: {exc.__class__.__name__}: {exc}"
+        raise ValueError(msg) from exc
 
 
 @dataclass(frozen=True)
@@ -113,12 +200,39 @@ class EffectRunner:
     escalator: Escalator | None = None
     on_breach: Callable[[str, str], None] | None = None
 
-    async def carry_out(self, incident: Incident, effect: Effect) -> str:
+    def durable(self, effect: Effect) -> bool:
+        """Whether the effect contacts someone or says so on the timeline.
+
+        Such an effect is written with the change that asks for it, so that a
+        crash before it is carried out does not lose it. A metric count, or a
+        message with nowhere to go, only logs: carried out at once.
+        """
+        if isinstance(effect, CountBreach):
+            return False
+        if isinstance(effect, Announce):
+            return self.announcer is not None
+        return self.escalator is not None
+
+    @staticmethod
+    def describe(effect: Effect) -> str:
+        """What the effect is, as the timeline names it."""
+        if isinstance(effect, Announce):
+            return f"Message ({effect.kind}) {effect.title!r}"
+        if isinstance(effect, PagerDutyStatus):
+            return f"PagerDuty {effect.status}"
+        if isinstance(effect, PagerDutyEscalate):
+            return (
+                f"PagerDuty escalation (level {effect.level}, "
+                f"priority {effect.priority.value})"
+            )
+        return f"Clock breach ({effect.clock})"
+
+    async def carry_out(self, incident: About, effect: Effect) -> str:
         """Carry out one effect; return a line for the timeline ("" for none)."""
         if isinstance(effect, CountBreach):
             log.info(
                 "incident_clock_breached",
-                incident=incident.id,
+                incident=incident.incident_id,
                 severity=effect.severity.value,
                 clock=effect.clock,
             )
@@ -131,11 +245,11 @@ class EffectRunner:
             return await self._pagerduty_status(incident, effect)
         return await self._escalate(incident, effect)
 
-    async def _announce(self, incident: Incident, effect: Announce) -> str:
+    async def _announce(self, incident: About, effect: Announce) -> str:
         if not self.deliver:
             log.info(
                 "incident_announcement_dry_run",
-                incident=incident.id,
+                incident=incident.incident_id,
                 kind=effect.kind,
                 mode="dry-run",
                 detail=_DRY_RUN,
@@ -153,14 +267,14 @@ class EffectRunner:
             effect.title,
             effect.text,
             effect.contact,
-            incident.id,
+            incident.incident_id,
             incident.pagerduty_id,
-            incident.severity.value,
+            incident.severity,
         )
         outcomes = await self.announcer.announce(message)
         log.info(
             "incident_announced",
-            incident=incident.id,
+            incident=incident.incident_id,
             kind=effect.kind,
             outcomes=outcomes,
         )
@@ -168,9 +282,7 @@ class EffectRunner:
             return ""
         return f"Message ({effect.kind}) {effect.title!r}: " + "; ".join(outcomes)
 
-    async def _pagerduty_status(
-        self, incident: Incident, effect: PagerDutyStatus
-    ) -> str:
+    async def _pagerduty_status(self, incident: About, effect: PagerDutyStatus) -> str:
         if not self.deliver:
             return self._withheld(
                 incident, effect.incident_id, f"PagerDuty {effect.status}"
@@ -180,14 +292,14 @@ class EffectRunner:
             outcome = await self.escalator.set_status(effect.incident_id, effect.status)
         log.info(
             "incident_pagerduty_updated",
-            incident=incident.id,
+            incident=incident.incident_id,
             pagerduty_id=effect.incident_id,
             status=effect.status,
             outcome=outcome,
         )
         return f"PagerDuty {effect.status}: {outcome}" if self.escalator else ""
 
-    async def _escalate(self, incident: Incident, effect: PagerDutyEscalate) -> str:
+    async def _escalate(self, incident: About, effect: PagerDutyEscalate) -> str:
         if not self.deliver:
             return self._withheld(
                 incident,
@@ -202,17 +314,17 @@ class EffectRunner:
             )
         log.info(
             "incident_escalated",
-            incident=incident.id,
+            incident=incident.incident_id,
             pagerduty_id=effect.incident_id,
             outcome=outcome,
         )
         return f"PagerDuty escalation: {outcome}" if self.escalator else ""
 
-    def _withheld(self, incident: Incident, pagerduty_id: str, what: str) -> str:
+    def _withheld(self, incident: About, pagerduty_id: str, what: str) -> str:
         """A PagerDuty REST call dry-run does not make: logged and on the timeline."""
         log.info(
             "incident_pagerduty_dry_run",
-            incident=incident.id,
+            incident=incident.incident_id,
             pagerduty_id=pagerduty_id,
             action=what,
             mode="dry-run",

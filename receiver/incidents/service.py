@@ -12,10 +12,20 @@ Traces are queued (``queueing``), grouped by key (``grouping``, ``rules``) and
 folded; effects are carried out by ``effects``.
 
 Each change is read, applied (pure, ``lifecycle``) and written with the next
-version; a version conflict (another replica) reads again. Effects are carried
-out after the write, so a crash between the two loses a message rather than
-sending it twice. What was last written or read is kept (``known``): a group
-that keeps firing is folded into it without reading and decoding it again, and
+version; a version conflict (another replica) reads again. The effects that
+contact someone are written with the change, as pending and claimed by the
+writer for a lease (``IncidentStore``), carried out after the write, and
+removed in the same write as the timeline lines saying what was sent. A crash
+between the write and that second write leaves them pending: the ticker
+(``redeliver``, first thing each tick; on one SQLite instance the first tick
+also takes a dead process's claims over at once) claims those whose lease
+lapsed and carries them out, so a message may be sent twice, never lost; its
+line says it was late. An effect that raises is tried again later, at most
+``EFFECT_ATTEMPTS`` times (a claim a crashed process held counts as one), then
+given up with a "not delivered" line.
+
+What was last written or read is kept (``known``): a group that keeps firing
+is folded into it without reading and decoding it again, and
 the version check on the write still catches anyone else's change.
 """
 
@@ -25,7 +35,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -36,7 +46,15 @@ from receiver.incidents.approvals import (
     decided,
     record_approvals,
 )
-from receiver.incidents.effects import Announcer, Effect, EffectRunner, Escalator
+from receiver.incidents.effects import (
+    About,
+    Announcer,
+    Effect,
+    EffectRunner,
+    Escalator,
+    decode_effect,
+    encode_effect,
+)
 from receiver.incidents.grouping import linked
 from receiver.incidents.known import KnownIncidents
 from receiver.incidents.lifecycle import (
@@ -61,10 +79,12 @@ from receiver.model import AlertTrace
 from receiver.retrying import stop_if_cancelled
 from receiver.rulebook.loader import Rulebook
 from receiver.store.incidents_base import (
+    ClaimedEffect,
     IncidentQuery,
     IncidentRecord,
     IncidentStore,
     Mark,
+    PendingEffect,
 )
 
 log = structlog.get_logger("receiver.incidents")
@@ -72,6 +92,14 @@ log = structlog.get_logger("receiver.incidents")
 ATTEMPTS = 5  # reads after a version conflict before giving up on a change
 ACK_EVENTS = {"incident.acknowledged"}
 STATUS_EVENTS = {"incident.status_update_published"}
+# Tries of one effect (each claim, a crashed process's included) before the
+# timeline says it was not delivered; the wait after a failed one doubles.
+EFFECT_ATTEMPTS = 5
+EFFECT_RETRY = timedelta(seconds=30)
+# How long the writer (or a claimer) of an effect has to carry it out before
+# another receiver may: the journal's lease in the app.
+EFFECT_LEASE = timedelta(minutes=5)
+REDELIVER_BATCH = 100  # pending effects claimed per tick
 
 
 @dataclass
@@ -156,8 +184,10 @@ class IncidentService:
         max_pending: int = 100_000,
         mode: str = "dry-run",
         retry_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        effect_lease: timedelta = EFFECT_LEASE,
     ) -> None:
         self.store = store
+        self._lease = effect_lease
         # dry-run: nothing is contacted; messages and PagerDuty calls are only
         # recorded on the timeline as what would have been done.
         self._effects = EffectRunner(
@@ -174,6 +204,7 @@ class IncidentService:
         # again (tests pass one that does not wait).
         self._queue = FoldQueue(self.observe, max_pending, sleep=retry_sleep)
         self._known = KnownIncidents()
+        self._reclaimed = False  # a dead process's claimed effects (first tick)
 
     @property
     def policy(self) -> IncidentPolicy:
@@ -351,14 +382,13 @@ class IncidentService:
             else:
                 # ``evolve`` keeps the ledger index for the next batch's fold.
                 incident = evolve(incident, version=base.version + 1)
+                record = self._record(incident, work.effects[incident_id])
                 async with self._lock:
-                    stored = await self.store.update(
-                        to_record(incident), _marks(folded)
-                    )
+                    stored = await self.store.update(record, _marks(folded))
                 if stored is not None:
                     done.update(id(t) for t in folded)
                     self._known.remember(incident)
-                    await self._carry_out(incident, work.effects[incident_id])
+                    await self._carry_out(incident, work.effects[incident_id], record)
                     written[incident_id] = incident
                     continue
             # Someone else changed it meanwhile: fold these traces one by one.
@@ -514,7 +544,7 @@ class IncidentService:
         trace: AlertTrace,
         keys: list[str],
         now: datetime,
-        built: list[tuple[Incident, list[Effect]]],
+        built: list[tuple[Incident, list[Effect], IncidentRecord]],
     ) -> Callable[[int], IncidentRecord]:
         """What the store calls with the day's next number (pure; any thread)."""
         policy, follows, evidence = (
@@ -534,8 +564,10 @@ class IncidentService:
                 follows=follows,
                 evidence=evidence,
             )
-            built.append((replace(opened, version=1), effects))
-            return to_record(built[-1][0])
+            opened = replace(opened, version=1)
+            record = self._record(opened, effects, now)
+            built.append((opened, effects, record))
+            return record
 
         return build
 
@@ -566,13 +598,13 @@ class IncidentService:
                     if trace.alert.status != "firing":
                         await self.store.mark_folded(marks)
                         return None
-                    built: list[tuple[Incident, list[Effect]]] = []
+                    built: list[tuple[Incident, list[Effect], IncidentRecord]] = []
                     stored = await self.store.create_numbered(
                         now.date().isoformat(),
                         self._opener(trace, keys, now, built),
                         marks,
                     )
-                    incident, effects = built[-1]
+                    incident, effects, written = built[-1]
                 else:
                     current = from_record(record)
                     self._known.remember(current)
@@ -593,12 +625,13 @@ class IncidentService:
                         keys=tuple(dict.fromkeys((*incident.keys, *free))),
                         version=current.version + 1,
                     )
-                    stored = await self.store.update(to_record(incident), marks)
+                    written = self._record(incident, effects, now)
+                    stored = await self.store.update(written, marks)
             if stored is not None:
                 if done is not None:
                     done.add(id(trace))
                 self._known.remember(incident)
-                await self._carry_out(incident, effects)
+                await self._carry_out(incident, effects, written)
                 return incident
             self._known.forget(incident.id)
         raise ConflictError(f"incident for {keys[0]} kept changing under us")
@@ -659,12 +692,14 @@ class IncidentService:
         *,
         written: Incident | None = None,
         folded: Sequence[Mark] = (),
+        done: Sequence[ClaimedEffect] = (),
     ) -> Incident:
         """Read, change and write one incident; ``written``: as just written here.
 
         ``written`` saves the first read; if someone changed it since, the
         version check refuses the write and the next attempt reads.
-        ``folded``: the marks of the trace this change folds (written with it).
+        ``folded``: the marks of the trace this change folds (written with it);
+        ``done``: pending effects it records as carried out (removed with it).
         """
         for _ in range(ATTEMPTS):
             async with self._lock:
@@ -675,15 +710,18 @@ class IncidentService:
                     if record is None:
                         raise NotFoundError(f"no incident {incident_id!r}")
                     current = from_record(record)
-                incident, effects = change(current, self._clock())
+                now = self._clock()
+                incident, effects = change(current, now)
                 if incident == current:
                     await self.store.mark_folded(folded)
+                    await self.store.finish_effects(done)
                     return current
                 incident = replace(incident, version=current.version + 1)
-                stored = await self.store.update(to_record(incident), folded)
+                sent = self._record(incident, effects, now)
+                stored = await self.store.update(sent, folded, done=done)
             if stored is not None:
                 self._known.remember(incident)
-                await self._carry_out(incident, effects)
+                await self._carry_out(incident, effects, sent)
                 return incident
             self._known.forget(incident_id)
         raise ConflictError(f"incident {incident_id} kept changing under us")
@@ -758,7 +796,12 @@ class IncidentService:
     # ------------------------------------------------------------ the ticker
 
     async def tick(self) -> int:
-        """Advance every watched incident to now; return how many changed."""
+        """Advance every watched incident to now; return how many changed.
+
+        Pending effects whose claim lapsed (a crashed writer's, retries that
+        are due) are carried out first.
+        """
+        await self.redeliver()
         changed = 0
         decisions: list[ApprovalDecision] = []
         if self._approvals is not None:
@@ -809,17 +852,103 @@ class IncidentService:
 
     # ------------------------------------------------------------ effects
 
-    async def _carry_out(self, incident: Incident, effects: list[Effect]) -> None:
-        sent: list[str] = []
+    def _record(
+        self,
+        incident: Incident,
+        effects: Sequence[Effect],
+        now: datetime | None = None,
+    ) -> IncidentRecord:
+        """The stored form, with the effects that contact someone (pending).
+
+        They are claimed by this process for a lease from ``now`` (read from
+        the clock when not given and there is one).
+        """
+        record = to_record(incident)
+        durable = [
+            (n, effect)
+            for n, effect in enumerate(effects)
+            if self._effects.durable(effect)
+        ]
+        if not durable:
+            return record
+        about = About.of(incident)
+        until = (now or self._clock()) + self._lease
+        return replace(
+            record,
+            effects=tuple(
+                PendingEffect(
+                    f"{incident.id}:{incident.version}:{n}",
+                    encode_effect(about, effect),
+                    until,
+                )
+                for n, effect in durable
+            ),
+        )
+
+    async def _carry_out(
+        self, incident: Incident, effects: Sequence[Effect], written: IncidentRecord
+    ) -> None:
+        """Carry out what the write of ``written`` asked, then record it.
+
+        The pending effects written with it are this process's first claim.
+        """
+        about = About.of(incident)
         for effect in effects:
+            if not self._effects.durable(effect):
+                await self._effects.carry_out(about, effect)  # only logs
+        claimed = [ClaimedEffect(e.id, incident.id, e.body, 1) for e in written.effects]
+        await self._deliver(incident.id, claimed, written=incident)
+
+    async def redeliver(self) -> int:
+        """Carry out pending effects whose claim lapsed; return how many claimed.
+
+        Left by a process that crashed (or was stopped) between an incident's
+        write and its effects, or retries that are due. The first call also
+        takes over what a previous process of a single-instance store held.
+        """
+        now = self._clock()
+        if not self._reclaimed:
+            reclaimed = await self.store.reclaim_effects(now)
+            self._reclaimed = True
+            if reclaimed:
+                log.info("incident_effects_reclaimed", effects=reclaimed)
+        claimed = await self.store.claim_effects(now, self._lease, REDELIVER_BATCH)
+        by_incident: dict[str, list[ClaimedEffect]] = {}
+        for effect in claimed:
+            by_incident.setdefault(effect.incident_id, []).append(effect)
+        for incident_id, effects in by_incident.items():
+            log.info(
+                "incident_effects_redelivered",
+                incident=incident_id,
+                effects=len(effects),
+                attempts=[e.attempts for e in effects],
+            )
             try:
-                line = await self._effects.carry_out(incident, effect)
-            except Exception:  # one failed message must not stop the others
-                log.exception("incident_effect_failed", incident=incident.id)
-                line = f"{type(effect).__name__}: failed (see the receiver's log)"
+                await self._deliver(incident_id, effects)
+            except StoreUnavailableError:
+                raise  # the claims lapse; the next tick tries again
+            except Exception:  # one incident's effects must not hold back others
+                log.exception("incident_effects_failed", incident=incident_id)
+        return len(claimed)
+
+    async def _deliver(
+        self,
+        incident_id: str,
+        claimed: Sequence[ClaimedEffect],
+        *,
+        written: Incident | None = None,
+    ) -> None:
+        """Carry out claimed effects; their lines and removal in one write."""
+        sent: list[str] = []
+        done: list[ClaimedEffect] = []
+        for effect in claimed:
+            line = await self._attempt(effect)
+            if line is None:
+                continue  # handed back for a later attempt
+            done.append(effect)
             if line:
                 sent.append(line)
-        if not sent:
+        if not done:
             return
 
         def note(inc: Incident, now: datetime) -> tuple[Incident, list[Effect]]:
@@ -828,6 +957,63 @@ class IncidentService:
             return inc, []
 
         try:
-            await self._change(incident.id, note, written=incident)
+            await self._change(incident_id, note, written=written, done=done)
+        except (NotFoundError, ConflictError) as exc:
+            log.warning(
+                "incident_messages_not_recorded", incident=incident_id, error=str(exc)
+            )
+            await self.store.finish_effects(done)
         except ReceiverError as exc:
-            log.warning("incident_messages_not_recorded", error=str(exc))
+            # Still pending: sent again once the claim lapses (at least once).
+            log.warning(
+                "incident_messages_not_recorded", incident=incident_id, error=str(exc)
+            )
+
+    async def _attempt(self, claimed: ClaimedEffect) -> str | None:
+        """One attempt: the timeline line ("" for none), or None to try again."""
+        try:
+            about, effect = decode_effect(claimed.body)
+        except ValueError as exc:
+            log.error(  # noqa: TRY400 (the reason is the message, no trace)
+                "incident_effect_unreadable",
+                incident=claimed.incident_id,
+                error=str(exc),
+            )
+            return f"An effect could not be read and was not carried out ({exc})"
+        what = self._effects.describe(effect)
+        if claimed.attempts > EFFECT_ATTEMPTS:
+            # Every earlier claim ended with its process (or was never done).
+            log.error(
+                "incident_effect_given_up",
+                incident=claimed.incident_id,
+                effect=what,
+                attempts=claimed.attempts - 1,
+            )
+            return (
+                f"{what}: not delivered after {claimed.attempts - 1} attempts "
+                "(none finished: each failed or was interrupted; given up)"
+            )
+        try:
+            line = await self._effects.carry_out(about, effect)
+        except Exception as exc:  # one failed message must not stop the others
+            log.exception(
+                "incident_effect_failed",
+                incident=claimed.incident_id,
+                effect=what,
+                attempt=claimed.attempts,
+            )
+            if claimed.attempts >= EFFECT_ATTEMPTS:
+                return (
+                    f"{what}: not delivered after {claimed.attempts} attempts "
+                    f"(last: {type(exc).__name__}; see the receiver's log)"
+                )
+            due = self._clock() + EFFECT_RETRY * 2 ** (claimed.attempts - 1)
+            with contextlib.suppress(StoreUnavailableError):  # lapses instead
+                await self.store.retry_effect(claimed, due)
+            return None
+        if line and claimed.attempts > 1:
+            line += (
+                f" (late: attempt {claimed.attempts}; an earlier one was "
+                "interrupted by a stopped receiver or failed)"
+            )
+        return line

@@ -23,6 +23,19 @@ against one reference model):
   ``mark_folded`` writes marks alone; ``folded`` says which of some marks
   were written. A mark is kept for ``keep_marks`` after it was last
   written (by the store's clock), then forgotten at a later mark write.
+- Pending effects (what a change asks to be told or done: announcements,
+  PagerDuty calls): ``create``, ``create_numbered`` and ``update`` write the
+  record's ``effects`` beside it in the same atomic write, only if the write
+  succeeds, each claimed by the writer until its ``until`` (its first
+  attempt); ``update(done=...)`` removes effects in the same write (the
+  timeline line saying what was sent, and the effect no longer pending).
+  ``claim_effects`` claims those whose lease lapsed (a writer that died, or a
+  retry that is due), counting an attempt each time; ``retry_effect`` hands
+  one back for later and ``finish_effects`` removes some, both only while the
+  caller's claim is the latest. ``reclaim_effects`` (SQLite, one instance, at
+  start) makes every claimed effect due at once. Every time is the caller's
+  (its injected clock). A store written by an older receiver holds no
+  pending effects.
 """
 
 from __future__ import annotations
@@ -53,6 +66,35 @@ KEEP_MARKS = marks_kept_for(timedelta(minutes=5))  # the default lease
 
 
 @dataclass(frozen=True)
+class PendingEffect:
+    """An effect written with an incident change, opaque to the store.
+
+    ``id``: unique per incident version (``<incident>:<version>:<n>``);
+    ``body``: the effect as JSON text (``receiver.incidents.effects``);
+    ``until``: the writer's claim on it lapses then.
+    """
+
+    id: str
+    body: str
+    until: datetime
+
+
+@dataclass(frozen=True)
+class ClaimedEffect:
+    """A pending effect claimed by ``claim_effects``.
+
+    ``attempts`` counts claims, this one included (the writer's own is the
+    first); it is also the claim's token: ``retry_effect`` and
+    ``finish_effects`` act only while it is still the latest claim.
+    """
+
+    id: str
+    incident_id: str
+    body: str
+    attempts: int
+
+
+@dataclass(frozen=True)
 class IncidentRecord:
     """One incident as stored: filter columns and the full JSON body."""
 
@@ -65,6 +107,9 @@ class IncidentRecord:
     watch: bool
     body: Mapping[str, JSONValue] = field(default_factory=lambda: freeze({}))
     seq: int = 0  # creation order, set by the store
+    # Written beside this version in the same write (claimed by the writer);
+    # never read back with the record.
+    effects: tuple[PendingEffect, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -134,9 +179,39 @@ class IncidentStore(Protocol):
         ...
 
     async def update(
-        self, record: IncidentRecord, folded: Sequence[Mark] = ()
+        self,
+        record: IncidentRecord,
+        folded: Sequence[Mark] = (),
+        *,
+        done: Sequence[ClaimedEffect] = (),
     ) -> IncidentRecord | None:
-        """Replace an incident if its version is the next one; else None."""
+        """Replace an incident if its version is the next one; else None.
+
+        ``done``: pending effects removed in the same write (each only while
+        the given claim is its latest).
+        """
+        ...
+
+    async def claim_effects(
+        self, now: datetime, lease: timedelta, limit: int
+    ) -> list[ClaimedEffect]:
+        """Claim up to ``limit`` effects due by ``now`` for ``lease``, oldest first."""
+        ...
+
+    async def retry_effect(self, effect: ClaimedEffect, due: datetime) -> None:
+        """Hand a claimed effect back: claimable again at ``due``."""
+        ...
+
+    async def finish_effects(self, effects: Sequence[ClaimedEffect]) -> None:
+        """Remove claimed effects (carried out, or given up)."""
+        ...
+
+    async def reclaim_effects(self, now: datetime) -> int:
+        """Make effects claimed by a previous process due at ``now`` (how many).
+
+        Only where this process is known to be the store's one instance (the
+        SQLite store opened to take a previous process's claims over); else 0.
+        """
         ...
 
     async def mark_folded(self, folded: Sequence[Mark]) -> None:

@@ -10,6 +10,14 @@ Key layout (``P`` is the prefix, ``receiver`` by default, as the Redis store's):
     P:incident-number:{day}  INCR counter for ``INC-<day>-NNN`` ids
     P:incidents:folded       sorted set of fold marks (``payload:fingerprint``),
                              score = when last written (ms, the receiver's clock)
+    P:incident-effect:{eid}  hash of a pending effect: incident, body (JSON),
+                             attempts (claims so far), claimed (1 in flight)
+    P:incidents:effects      sorted set of pending effect ids, score = when
+                             claimable (ms): a claim pushes it a lease ahead
+
+Pending effects are written by the same script as the write they belong to
+(claimed by the writer) and removed by the one that records them on the
+timeline (``update(done=...)``); data written by an older receiver has none.
 
 ``create`` and ``update`` are each one Lua script (atomic across replicas) that
 returns the record as stored; ``find_first`` is one script too (each key's
@@ -34,6 +42,7 @@ from receiver.model import JSONValue, freeze, iso, json_object
 from receiver.redis_errors import outage
 from receiver.store.incidents_base import (
     KEEP_MARKS,
+    ClaimedEffect,
     IncidentQuery,
     IncidentRecord,
     Mark,
@@ -61,17 +70,44 @@ local function mark(m, first, now, keep)
 end
 """
 
-# KEYS: record, zset, seq, watch, marks; ARGV: id, json, active, watch,
-# prefix, key count, now ms, keep ms, keys..., marks...
+# Pending effects, written and removed by the scripts below with the write
+# they belong to. KEYS[z]: their sorted set; ``prefix``: their hashes' key
+# prefix; ARGV[first..]: ``count`` triples (id, body, claimed until ms)
+# written, or pairs (id, attempts) removed while that is still their latest
+# claim. Each returns the index after its arguments.
+_EFFECT_FN = """
+local function pend(z, prefix, incident, first, count)
+  for i = first, first + 3 * count - 1, 3 do
+    redis.call('HSET', prefix .. ARGV[i], 'incident', incident,
+      'body', ARGV[i + 1], 'attempts', 1, 'claimed', 1)
+    redis.call('ZADD', KEYS[z], ARGV[i + 2], ARGV[i])
+  end
+  return first + 3 * count
+end
+local function done(z, prefix, first, count)
+  for i = first, first + 2 * count - 1, 2 do
+    if redis.call('HGET', prefix .. ARGV[i], 'attempts') == ARGV[i + 1] then
+      redis.call('DEL', prefix .. ARGV[i])
+      redis.call('ZREM', KEYS[z], ARGV[i])
+    end
+  end
+  return first + 2 * count
+end
+"""
+
+# KEYS: record, zset, seq, watch, marks, effects; ARGV: id, json, active,
+# watch, prefix, key count, now ms, keep ms, effect prefix, effect count,
+# keys..., effects (id, body, until)..., marks...
 # Returns the record as stored (with its seq), or 0 if the id or a key is taken:
 # the caller needs no second round trip to read it back.
 _CREATE = (
     _MARK_FN
+    + _EFFECT_FN
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local last = 8 + tonumber(ARGV[6])
+local last = 10 + tonumber(ARGV[6])
 if ARGV[3] == '1' then
-  for i = 9, last do
+  for i = 11, last do
     if redis.call('EXISTS', ARGV[5] .. ARGV[i]) == 1 then return 0 end
   end
 end
@@ -81,26 +117,29 @@ redis.call('SET', KEYS[1], raw)
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
 if ARGV[4] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
 if ARGV[3] == '1' then
-  for i = 9, last do redis.call('SET', ARGV[5] .. ARGV[i], ARGV[1]) end
+  for i = 11, last do redis.call('SET', ARGV[5] .. ARGV[i], ARGV[1]) end
 end
-mark(5, last + 1, tonumber(ARGV[7]), tonumber(ARGV[8]))
+local after = pend(6, ARGV[9], ARGV[1], last + 1, tonumber(ARGV[10]))
+mark(5, after, tonumber(ARGV[7]), tonumber(ARGV[8]))
 return raw
 """
 )
 
-# KEYS: record, watch, marks; ARGV: id, json, active, watch, prefix, version,
-# key count, now ms, keep ms, keys..., marks...
+# KEYS: record, watch, marks, effects; ARGV: id, json, active, watch, prefix,
+# version, key count, now ms, keep ms, effect prefix, effect count, done
+# count, keys..., effects (id, body, until)..., done (id, attempts)..., marks...
 # Returns the record as stored, or 0 on a version conflict or a taken key.
 _UPDATE = (
     _MARK_FN
+    + _EFFECT_FN
     + """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local old = cjson.decode(raw)
 if tonumber(old['version']) ~= tonumber(ARGV[6]) - 1 then return 0 end
-local last = 9 + tonumber(ARGV[7])
+local last = 12 + tonumber(ARGV[7])
 if ARGV[3] == '1' then
-  for i = 10, last do
+  for i = 13, last do
     local held = redis.call('GET', ARGV[5] .. ARGV[i])
     if held and held ~= ARGV[1] then return 0 end
   end
@@ -112,14 +151,16 @@ local seq = string.format('%d', old['seq'])
 local stored = '{"seq":' .. seq .. ',' .. string.sub(ARGV[2], 2)
 redis.call('SET', KEYS[1], stored)
 if ARGV[3] == '1' then
-  for i = 10, last do redis.call('SET', ARGV[5] .. ARGV[i], ARGV[1]) end
+  for i = 13, last do redis.call('SET', ARGV[5] .. ARGV[i], ARGV[1]) end
 end
 if ARGV[4] == '1' then
   redis.call('SADD', KEYS[2], ARGV[1])
 else
   redis.call('SREM', KEYS[2], ARGV[1])
 end
-mark(3, last + 1, tonumber(ARGV[8]), tonumber(ARGV[9]))
+local after = pend(4, ARGV[10], ARGV[1], last + 1, tonumber(ARGV[11]))
+after = done(4, ARGV[10], after, tonumber(ARGV[12]))
+mark(3, after, tonumber(ARGV[8]), tonumber(ARGV[9]))
 return stored
 """
 )
@@ -147,6 +188,45 @@ for i = 1, #KEYS do
 end
 return found
 """
+
+# KEYS: effects; ARGV: now ms, claimed until ms, effect prefix, limit. Claims
+# the due effects (a lease ahead, one more attempt) and returns each as
+# {id, incident, body, attempts}.
+_CLAIM_EFFECTS = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1],
+  'LIMIT', 0, tonumber(ARGV[4]))
+local out = {}
+for _, id in ipairs(ids) do
+  local row = ARGV[3] .. id
+  if redis.call('EXISTS', row) == 0 then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    local n = redis.call('HINCRBY', row, 'attempts', 1)
+    redis.call('HSET', row, 'claimed', 1)
+    out[#out + 1] = {id, redis.call('HGET', row, 'incident'),
+      redis.call('HGET', row, 'body'), n}
+  end
+end
+return out
+"""
+
+# KEYS: effects, the effect's hash; ARGV: id, attempts, due ms. Only while
+# that claim is still its latest.
+_RETRY_EFFECT = """
+if redis.call('HGET', KEYS[2], 'attempts') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], 'claimed', 0)
+return redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+"""
+
+# KEYS: effects; ARGV: effect prefix, (id, attempts)...
+_FINISH_EFFECTS = (
+    _EFFECT_FN
+    + """
+done(1, ARGV[1], 2, (#ARGV - 1) / 2)
+return 1
+"""
+)
 
 PAGE_SCAN = 200  # records read per round while filtering a page
 
@@ -209,6 +289,24 @@ def _members(marks: Sequence[Mark]) -> list[str]:
     return [f"{payload}:{fingerprint}" for payload, fingerprint in marks]
 
 
+def _bodies(record: IncidentRecord) -> list[str]:
+    """The record's pending effects as the scripts' (id, body, until) triples."""
+    return [part for e in record.effects for part in (e.id, e.body, str(_ms(e.until)))]
+
+
+def _claims(effects: Sequence[ClaimedEffect]) -> list[str]:
+    """Claimed effects as the scripts' (id, attempts) pairs."""
+    return [part for e in effects for part in (e.id, str(e.attempts))]
+
+
+def _ms(ts: datetime) -> int:
+    return int(ts.timestamp() * 1000)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _stored(reply: object) -> IncidentRecord | None:
     """What a write script returned: the record as stored, or 0 if refused."""
     return _decode(reply) if isinstance(reply, bytes | str) else None
@@ -232,6 +330,9 @@ class RedisIncidentStore:
         self._p = prefix
         self._keep_marks = str(int(keep_marks.total_seconds() * 1000))
         self._clock = clock
+        self._claim_effects = self._redis.register_script(_CLAIM_EFFECTS)
+        self._retry_effect = self._redis.register_script(_RETRY_EFFECT)
+        self._finish_effects = self._redis.register_script(_FINISH_EFFECTS)
         self._create = self._redis.register_script(_CREATE)
         self._update = self._redis.register_script(_UPDATE)
         self._mark = self._redis.register_script(_MARK)
@@ -276,6 +377,60 @@ class RedisIncidentStore:
         """Now and how long marks are kept, in ms (the scripts' arguments)."""
         return [str(int(self._clock().timestamp() * 1000)), self._keep_marks]
 
+    def _effects(self) -> str:
+        return self._k("incidents", "effects")
+
+    def _effect(self, effect_id: str = "") -> str:
+        return self._k("incident-effect", effect_id)
+
+    async def claim_effects(  # noqa: D102
+        self, now: datetime, lease: timedelta, limit: int
+    ) -> list[ClaimedEffect]:
+        got = await self._call(
+            "claim_effects",
+            self._claim_effects(
+                keys=[self._effects()],
+                args=[
+                    str(_ms(now)),
+                    str(_ms(now + lease)),
+                    self._effect(),
+                    str(limit),
+                ],
+            ),
+        )
+        return [
+            ClaimedEffect(_text(i), _text(incident), _text(body), int(n))
+            for i, incident, body, n in cast("list[list[bytes | int]]", got)
+        ]
+
+    async def retry_effect(self, effect: ClaimedEffect, due: datetime) -> None:  # noqa: D102
+        await self._call(
+            "retry_effect",
+            self._retry_effect(
+                keys=[self._effects(), self._effect(effect.id)],
+                args=[
+                    effect.id,
+                    str(effect.attempts),
+                    str(_ms(due)),
+                ],
+            ),
+        )
+
+    async def finish_effects(self, effects: Sequence[ClaimedEffect]) -> None:  # noqa: D102
+        if effects:
+            await self._call(
+                "finish_effects",
+                self._finish_effects(
+                    keys=[self._effects()],
+                    args=[self._effect(), *_claims(effects)],
+                ),
+            )
+
+    async def reclaim_effects(self, now: datetime) -> int:  # noqa: D102, ARG002 (nothing to do)
+        # Replicas share the effects: one another replica claimed may be on
+        # its way. A claim a dead replica held lapses with its lease.
+        return 0
+
     async def create(  # noqa: D102
         self, record: IncidentRecord, folded: Sequence[Mark] = ()
     ) -> IncidentRecord | None:
@@ -288,12 +443,16 @@ class RedisIncidentStore:
                     self._k("incidents", "seq"),
                     self._k("incidents", "watch"),
                     *self._marks(),
+                    self._effects(),
                 ],
                 args=[
                     *self._args(record),
                     str(len(record.keys)),
                     *self._when(),
+                    self._effect(),
+                    str(len(record.effects)),
                     *record.keys,
+                    *_bodies(record),
                     *_members(folded),
                 ],
             ),
@@ -311,7 +470,11 @@ class RedisIncidentStore:
         return await self.create(build(await self.next_number(day)), folded)
 
     async def update(  # noqa: D102
-        self, record: IncidentRecord, folded: Sequence[Mark] = ()
+        self,
+        record: IncidentRecord,
+        folded: Sequence[Mark] = (),
+        *,
+        done: Sequence[ClaimedEffect] = (),
     ) -> IncidentRecord | None:
         stored = await self._call(
             "update",
@@ -320,13 +483,19 @@ class RedisIncidentStore:
                     self._k("incident", record.id),
                     self._k("incidents", "watch"),
                     *self._marks(),
+                    self._effects(),
                 ],
                 args=[
                     *self._args(record),
                     str(record.version),
                     str(len(record.keys)),
                     *self._when(),
+                    self._effect(),
+                    str(len(record.effects)),
+                    str(len(done)),
                     *record.keys,
+                    *_bodies(record),
+                    *_claims(done),
                     *_members(folded),
                 ],
             ),

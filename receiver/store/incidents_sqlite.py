@@ -6,6 +6,10 @@ in ``asyncio.to_thread`` under a lock; each write is one transaction, and reads
 (``get``, ``find``, ``find_first``, ``page``, ``watched``) are single statements
 outside one, so they never take the file's write lock the journal waits for.
 A write returns the record it was given, with its ``seq``: nothing is read back.
+Pending effects live in ``incident_effects`` (one row each: the incident, the
+effect's JSON, when it is next claimable, attempts so far, whether a claim is
+in flight), written in the write's transaction; a file of an older receiver
+gets the table, empty, when it is opened.
 Bodies are encoded and decoded with msgspec (compact JSON, several times
 cheaper than the json module for an incident's timeline and ledger).
 
@@ -29,6 +33,7 @@ import msgspec
 from receiver.model import freeze
 from receiver.store.incidents_base import (
     KEEP_MARKS,
+    ClaimedEffect,
     IncidentQuery,
     IncidentRecord,
     Mark,
@@ -64,6 +69,15 @@ CREATE TABLE IF NOT EXISTS incident_folded (
     PRIMARY KEY (payload_id, fingerprint)
 );
 CREATE INDEX IF NOT EXISTS incident_folded_at ON incident_folded(at);
+CREATE TABLE IF NOT EXISTS incident_effects (
+    id TEXT PRIMARY KEY,
+    incident TEXT NOT NULL,
+    body TEXT NOT NULL,
+    due REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    claimed INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incident_effects_due ON incident_effects(due);
 """
 
 LOOKUP_CHUNK = 500  # payload ids per lookup statement
@@ -105,7 +119,12 @@ def _stamp(ts: datetime) -> str:
 
 
 class SqliteIncidentStore:
-    """Incidents in SQLite."""
+    """Incidents in SQLite.
+
+    ``reclaim``: this process decides for the store's one instance (as the
+    SQLite store's ``reclaims``): ``reclaim_effects`` may make effects a
+    previous process had claimed due at once.
+    """
 
     def __init__(
         self,
@@ -113,12 +132,86 @@ class SqliteIncidentStore:
         *,
         keep_marks: timedelta = KEEP_MARKS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        reclaim: bool = False,
     ) -> None:
         self.path = path
         self._side = SideDatabase(path, SCHEMA, "incident store", rows=True)
         self._run = self._side.run
         self._keep_marks = keep_marks.total_seconds()
         self._clock = clock
+        self._reclaim = reclaim
+
+    @staticmethod
+    def _pend(db: sqlite3.Connection, record: IncidentRecord) -> None:
+        """Write the record's effects in the caller's transaction, claimed."""
+        if record.effects:
+            db.executemany(
+                "INSERT OR REPLACE INTO incident_effects"
+                "(id, incident, body, due, attempts, claimed) "
+                "VALUES (?, ?, ?, ?, 1, 1)",
+                [
+                    (e.id, record.id, e.body, e.until.timestamp())
+                    for e in record.effects
+                ],
+            )
+
+    @staticmethod
+    def _done(db: sqlite3.Connection, done: Sequence[ClaimedEffect]) -> None:
+        db.executemany(
+            "DELETE FROM incident_effects WHERE id = ? AND attempts = ?",
+            [(e.id, e.attempts) for e in done],
+        )
+
+    async def claim_effects(  # noqa: D102
+        self, now: datetime, lease: timedelta, limit: int
+    ) -> list[ClaimedEffect]:
+        def run(db: sqlite3.Connection) -> list[ClaimedEffect]:
+            rows = db.execute(
+                "SELECT id, incident, body, attempts FROM incident_effects "
+                "WHERE due <= ? ORDER BY due, rowid LIMIT ?",
+                (now.timestamp(), limit),
+            ).fetchall()
+            db.executemany(
+                "UPDATE incident_effects SET due = ?, attempts = attempts + 1, "
+                "claimed = 1 WHERE id = ?",
+                [((now + lease).timestamp(), r["id"]) for r in rows],
+            )
+            return [
+                ClaimedEffect(r["id"], r["incident"], r["body"], r["attempts"] + 1)
+                for r in rows
+            ]
+
+        return await self._run(run)
+
+    async def retry_effect(self, effect: ClaimedEffect, due: datetime) -> None:  # noqa: D102
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE incident_effects SET due = ?, claimed = 0 "
+                "WHERE id = ? AND attempts = ?",
+                (due.timestamp(), effect.id, effect.attempts),
+            )
+        )
+
+    async def finish_effects(self, effects: Sequence[ClaimedEffect]) -> None:  # noqa: D102
+        if effects:
+            await self._run(lambda db: self._done(db, effects))
+
+    async def reclaim_effects(self, now: datetime) -> int:  # noqa: D102
+        if not self._reclaim:
+            return 0
+
+        def run(db: sqlite3.Connection) -> int:
+            # Claimed and never finished nor handed back: by a process that
+            # is gone. Its claim still counts as an attempt.
+            return int(
+                db.execute(
+                    "UPDATE incident_effects SET due = ?, claimed = 0 "
+                    "WHERE claimed = 1",
+                    (now.timestamp(),),
+                ).rowcount
+            )
+
+        return await self._run(run)
 
     def _mark(self, db: sqlite3.Connection, folded: Sequence[Mark], now: float) -> None:
         """Write ``folded`` in the caller's transaction; forget the old ones.
@@ -249,10 +342,15 @@ class SqliteIncidentStore:
             )
         seq = cur.lastrowid or 0
         self._mark(db, folded, now)
-        return replace(record, seq=seq)
+        self._pend(db, record)
+        return replace(record, seq=seq, effects=())
 
     async def update(  # noqa: D102
-        self, record: IncidentRecord, folded: Sequence[Mark] = ()
+        self,
+        record: IncidentRecord,
+        folded: Sequence[Mark] = (),
+        *,
+        done: Sequence[ClaimedEffect] = (),
     ) -> IncidentRecord | None:
         now = self._now()
 
@@ -281,7 +379,9 @@ class SqliteIncidentStore:
                 (*self._values(record), record.id),
             )
             self._mark(db, folded, now)
-            return replace(record, seq=row["seq"])
+            self._done(db, done)
+            self._pend(db, record)
+            return replace(record, seq=row["seq"], effects=())
 
         return await self._run(run)
 

@@ -1,0 +1,247 @@
+"""Incident effects survive a crash between the incident's write and their delivery.
+
+An incident change and the messages it asks for (announcements, PagerDuty
+status and escalation calls) are written together; a process killed (here: an
+exception no handler catches, or its task cancelled) after the write and before
+the messages went out leaves them pending, and the next receiver's tick sends
+them, once, with a timeline line that says it was late. A message that keeps
+failing is given up after a bounded number of attempts, and the timeline says
+it was not delivered. Both incident stores; the clock advances on every read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from incident_helpers import RecordingAnnouncer, TickingClock, example, rulebook
+from incident_helpers import traces as decide
+
+from receiver.incidents.service import IncidentService
+from receiver.store.incidents_base import IncidentQuery, IncidentStore
+from receiver.store.incidents_redis import RedisIncidentStore
+from receiver.store.incidents_sqlite import SqliteIncidentStore
+
+SIEM = "alertmanager/sark-siem-forwarding-down.firing.json"
+# Past any claim a dead receiver held (the stores' default lease).
+LAPSED = {"minutes": 6}
+
+
+class Crash(BaseException):
+    """The process dies here: no ``except Exception`` in the service catches it."""
+
+
+class CrashingAnnouncer(RecordingAnnouncer):
+    """Dies on the first message of ``kind`` (after recording that it was asked)."""
+
+    def __init__(self, kind: str = "opened") -> None:
+        super().__init__()
+        self.kind = kind
+
+    async def announce(self, message: Any) -> list[str]:
+        if message.kind == self.kind:
+            self.messages.append(message)
+            raise Crash
+        return await super().announce(message)
+
+
+class FailingAnnouncer(RecordingAnnouncer):
+    """Raises (a bug, not a crash) on every message of ``kind``."""
+
+    def __init__(self, kind: str = "opened") -> None:
+        super().__init__()
+        self.kind = kind
+
+    async def announce(self, message: Any) -> list[str]:
+        self.messages.append(message)
+        if message.kind == self.kind:
+            msg = "sink bug"
+            raise RuntimeError(msg)
+        return ["recorded"]
+
+
+class BlockingAnnouncer(RecordingAnnouncer):
+    """Holds the first ``opened`` message until released (a slow sink)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def announce(self, message: Any) -> list[str]:
+        if message.kind == "opened" and not self.started.is_set():
+            self.started.set()
+            await self.release.wait()
+        return await super().announce(message)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def reopen(
+    request: pytest.FixtureRequest, tmp_path: Any
+) -> Callable[[TickingClock], IncidentStore]:
+    """The same incident store (both kinds), opened again on each call."""
+    if request.param == "sqlite":
+        path = str(tmp_path / "incidents.db")
+        return lambda clock: SqliteIncidentStore(path, clock=clock)
+    url = request.getfixturevalue("redis_url")
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    return lambda clock: RedisIncidentStore(url, prefix=prefix, clock=clock)
+
+
+def _service(store: IncidentStore, clock: TickingClock, announcer: Any) -> Any:
+    book = rulebook()
+    return IncidentService(
+        store,
+        clock=clock,
+        rulebook=lambda: book,
+        announcer=announcer,
+        mode="diagnose",
+    )
+
+
+def _sent(incident: Any) -> list[str]:
+    return [e.text for e in incident.timeline if e.kind == "message_sent"]
+
+
+async def _open(service: Any, clock: TickingClock) -> Any:
+    book = rulebook()
+    return await service.observe(
+        await decide(book, "alertmanager", example(SIEM), clock())
+    )
+
+
+async def test_a_crash_after_the_write_still_announces_the_incident(reopen):
+    """Killed between the write and the announcement: the next receiver sends it.
+
+    Before, the incident said it opened and nobody was ever told.
+    """
+    clock = TickingClock()
+    dying = _service(reopen(clock), clock, CrashingAnnouncer())
+    with pytest.raises(Crash):
+        await _open(dying, clock)
+    # The dead process closes nothing; its successor opens the store again.
+    announcer = RecordingAnnouncer()
+    service = _service(reopen(clock), clock, announcer)
+    try:
+        [listed], _ = await service.page(IncidentQuery())
+        assert _sent(listed) == []  # written, not announced
+        clock.jump(**LAPSED)
+        await service.tick()
+        assert announcer.kinds().count("opened") == 1
+        got = await service.get(listed.id)
+        [line] = [t for t in _sent(got) if "(opened)" in t]
+        assert line.startswith("Message (opened) ")
+        assert "recorded" in line
+        assert "late" in line  # says it was carried out after an interruption
+        # Done: later ticks do not send it again.
+        clock.jump(**LAPSED)
+        await service.tick()
+        assert announcer.kinds().count("opened") == 1
+    finally:
+        await service.aclose()
+        await dying.store.close()
+
+
+async def test_a_cancelled_fold_leaves_its_announcement_pending(reopen):
+    """A task cancelled while the announcement is on its way: sent again later."""
+    clock = TickingClock()
+    blocking = BlockingAnnouncer()
+    dying = _service(reopen(clock), clock, blocking)
+    task = asyncio.create_task(_open(dying, clock))
+    await blocking.started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    announcer = RecordingAnnouncer()
+    service = _service(reopen(clock), clock, announcer)
+    try:
+        clock.jump(**LAPSED)
+        await service.tick()
+        assert announcer.kinds().count("opened") == 1
+    finally:
+        await service.aclose()
+        await dying.store.close()
+
+
+async def test_a_replica_does_not_send_what_another_is_sending(reopen):
+    """While one replica's claim holds, another's tick leaves the message alone."""
+    clock = TickingClock()
+    blocking = BlockingAnnouncer()
+    first = _service(reopen(clock), clock, blocking)
+    other = RecordingAnnouncer()
+    second = _service(reopen(clock), clock, other)
+    try:
+        task = asyncio.create_task(_open(first, clock))
+        await blocking.started.wait()
+        await second.tick()  # within the first one's lease
+        assert "opened" not in other.kinds()
+        blocking.release.set()
+        [incident] = await task
+        clock.jump(**LAPSED)
+        await second.tick()  # done by the first: nothing left to send
+        assert "opened" not in other.kinds()
+        got = await second.get(incident.id)
+        opened = [t for t in _sent(got) if "(opened)" in t]
+        assert len(opened) == 1
+        assert "late" not in opened[0]
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_a_message_that_keeps_failing_is_given_up_with_a_line(reopen):
+    """Bounded retries, then "not delivered" on the timeline; never a loop."""
+    clock = TickingClock()
+    announcer = FailingAnnouncer()
+    service = _service(reopen(clock), clock, announcer)
+    try:
+        [incident] = await _open(service, clock)
+        for _ in range(12):
+            clock.jump(**LAPSED)
+            await service.tick()
+        tries = announcer.kinds().count("opened")
+        assert 1 < tries <= 5
+        got = await service.get(incident.id)
+        [line] = [t for t in _sent(got) if "(opened)" in t]
+        assert "not delivered" in line
+        assert f"{tries} attempts" in line
+        for _ in range(3):
+            clock.jump(hours=1)
+            await service.tick()
+        assert announcer.kinds().count("opened") == tries
+    finally:
+        await service.aclose()
+
+
+async def test_a_message_that_kills_every_receiver_is_given_up(reopen):
+    """A message whose sending kills the process each time is not tried forever."""
+    clock = TickingClock()
+    stores = []
+    tries = 0
+    for _ in range(10):
+        store = reopen(clock)
+        stores.append(store)
+        announcer = CrashingAnnouncer()
+        service = _service(store, clock, announcer)
+        try:
+            if tries == 0:
+                await _open(service, clock)
+            else:
+                clock.jump(**LAPSED)
+                await service.tick()
+        except Crash:
+            pass
+        tries += announcer.kinds().count("opened")
+    try:
+        assert 1 < tries <= 5
+        service = _service(reopen(clock), clock, RecordingAnnouncer())
+        [listed], _ = await service.page(IncidentQuery())
+        [line] = [t for t in _sent(listed) if "(opened)" in t]
+        assert "not delivered" in line
+    finally:
+        await service.aclose()
+        for store in stores:
+            await store.close()
