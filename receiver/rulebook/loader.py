@@ -137,6 +137,35 @@ def _check_expansion(root: yaml.Node) -> None:
             )
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong with a YAML document and where, on one line.
+
+    PyYAML's own message spans several lines, names the text ``<unicode
+    string>`` and quotes the offending line, which in a settings file may hold
+    a secret. This says the line and column, what the parser expected, and
+    where the construct it was in began. A refusal of the bounded loader (a
+    duplicate key, too deep, too big) says what and where, quoting at most a key.
+    """
+    if isinstance(exc, YAMLRefused):
+        return str(exc)
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return "not valid YAML"
+    mark = exc.problem_mark or exc.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    what = exc.problem or exc.context or "not valid YAML"
+    began = exc.context_mark
+    if exc.problem and exc.context and began is not None and began != mark:
+        what += (
+            f" ({exc.context} that began on line {began.line + 1}, "
+            f"column {began.column + 1})"
+        )
+    elif exc.problem and exc.context:
+        what = f"{exc.context}: {what}"
+    if "'\\t'" in what:
+        what += "; indent with spaces, YAML allows no tabs there"
+    return f"{where}{what}"
+
+
 def load_yaml(text: str) -> object:
     """One YAML document, parsed safely within the bounds above.
 
@@ -358,7 +387,7 @@ class _Loader:
             self.error(file, str(exc))
             return None
         except yaml.YAMLError as exc:
-            self.error(file, f"invalid YAML: {exc}")
+            self.error(file, f"invalid YAML: {yaml_problem(exc)}")
             return None
         raw = {} if raw is None else raw
         if not isinstance(raw, dict):

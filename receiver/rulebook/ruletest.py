@@ -32,6 +32,7 @@ from receiver.rulebook.loader import (
     load_rulebook,
     load_yaml,
     read_text,
+    yaml_problem,
 )
 from receiver.rulebook.steps import StepRegistry
 
@@ -271,7 +272,8 @@ def run_file(
         problem = f"cannot read: {exc.strerror or exc}"
         return [CaseResult(name, "<file>", ok=False, problems=(problem,))]
     except yaml.YAMLError as exc:
-        return [CaseResult(name, "<file>", ok=False, problems=(str(exc),))]
+        problem = f"invalid YAML: {yaml_problem(exc)}"
+        return [CaseResult(name, "<file>", ok=False, problems=(problem,))]
     except ValidationError as exc:
         return [CaseResult(name, "<file>", ok=False, problems=_schema_problems(exc))]
     book = _rulebook_for(path, parsed, rulebook, steps)

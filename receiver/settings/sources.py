@@ -121,7 +121,7 @@ class YamlSource(YamlConfigSettingsSource):
     def _read_file(self, file_path: Path | Traversable) -> Raw:
         # Bounded as rule files are, and refusing a key given twice (YAML
         # keeps the last: a second ``auth:`` group would drop the first).
-        from receiver.rulebook.loader import load_yaml  # noqa: PLC0415
+        from receiver.rulebook.loader import load_yaml, yaml_problem  # noqa: PLC0415
 
         try:
             loaded = load_yaml(file_path.read_text(encoding="utf-8")) or {}
@@ -131,32 +131,13 @@ class YamlSource(YamlConfigSettingsSource):
             ) from exc
         except yaml.YAMLError as exc:
             raise ConfigError(
-                f"cannot read config file {file_path}: {_yaml_problem(exc)}"
+                f"cannot read config file {file_path}: {yaml_problem(exc)}"
             ) from None
         if not isinstance(loaded, dict):
             raise ConfigError(
                 f"config file {file_path} must hold a mapping of settings"
             )
         return nest(loaded, where=f"config file {file_path}")
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """What is wrong with a YAML file and where, without the text around it.
-
-    PyYAML's own message quotes the offending line, which may hold a secret.
-    A refusal of the bounded loader (a duplicate key, too deep, too big) says
-    what and where, quoting at most a key.
-    """
-    from receiver.rulebook.loader import YAMLRefused  # noqa: PLC0415
-
-    if isinstance(exc, YAMLRefused):
-        return str(exc)
-    if not isinstance(exc, yaml.MarkedYAMLError):
-        return "not valid YAML"
-    mark = exc.problem_mark or exc.context_mark
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-    what = " ".join(p for p in (exc.context, exc.problem) if p) or "not valid YAML"
-    return f"{where}{what} (YAML syntax)"
 
 
 def nest(data: Mapping[str, object], *, where: str) -> Raw:
