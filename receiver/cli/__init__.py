@@ -22,7 +22,7 @@ from receiver.cli.offline import (
     run_backtest,
     run_replay,
 )
-from receiver.errors import ConfigError, InputError, RuleError
+from receiver.errors import ConfigError, InputError, RuleError, StoreUnavailableError
 
 if TYPE_CHECKING:
     from receiver.model import Alert
@@ -153,6 +153,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except (ConfigError, InputError) as exc:
         print(f"receiver: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    except StoreUnavailableError as exc:
+        # ``report`` and ``backtest`` read a store that may be a live
+        # service's Redis: nothing was read, which is not "no such incident"
+        # or "more than --max-changed" (exit 1).
+        print(  # noqa: T201
+            f"receiver: cannot read the store: {' '.join(str(exc).split())}; "
+            "check that it is up and that --store (or store.url) names it",
+            file=sys.stderr,
+        )
         return 2
     except RuleError as exc:
         for detail in exc.details:

@@ -362,9 +362,52 @@ async def _check_store_file(url: str, given: str) -> None:
 
 
 async def run_report(args: argparse.Namespace) -> int:
-    """``receiver report ID``: the incident's report, logged with the secrets mask."""
+    """``receiver report ID``: the incident's report, logged with the secrets mask.
+
+    A SQLite file that is there but is not a receiver's store (text, an empty
+    file, a directory, another program's database) is refused as ``backtest``
+    refuses it, before any read; a missing one is refused by ``print_report``.
+    """
     from receiver.app_incidents import print_report  # noqa: PLC0415
     from receiver.settings import load_settings  # noqa: PLC0415
+    from receiver.store import sqlite_file  # noqa: PLC0415
 
-    _mask_logs(load_settings(args.config))
+    settings = load_settings(args.config)
+    _mask_logs(settings)
+    url = args.store or settings.store.url
+    path = sqlite_file(url) if url.startswith("sqlite://") else None
+    if path is not None and path.exists():
+        problem = await asyncio.to_thread(_report_file_problem, path)
+        if problem:
+            given = "--store" if args.store else "store.url"
+            raise InputError(
+                f"{given} {path}: {problem}; expected a receiver's SQLite store "
+                "(the file receiver serve keeps with store.url sqlite:///PATH)"
+            )
     return await print_report(args.incident_id, args.config, args.store, args.rules)
+
+
+def _report_file_problem(path: Path) -> str | None:
+    """Why the existing ``path`` holds no receiver's incidents (None if it may).
+
+    A store file holds the journal, the incident tables or both (an older
+    receiver's has no incident tables: it holds no incidents, which the report
+    says). Read as the report reads it: nothing is written.
+    """
+    import sqlite3  # noqa: PLC0415
+
+    from receiver.store.sqlite.reader import read_only  # noqa: PLC0415
+
+    if not path.is_file():
+        return "not a file"
+    try:
+        found = read_only(
+            path,
+            lambda db: db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' "
+                "AND name IN ('journal', 'incidents')"
+            ).fetchone(),
+        )
+    except sqlite3.Error as exc:
+        return f"not a SQLite database ({exc})"
+    return None if found else "holds no receiver tables (no journal, no incidents)"
