@@ -166,7 +166,7 @@ def _http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
         detail = (exc.text or "").replace("\n", " ")[:300] or f"not found: {path}"
         return problem(404, detail, slug="not-found")
     if exc.status == 404:
-        return problem(404, f"no such endpoint {path}; see /openapi.json")
+        return problem(404, f"no such endpoint {path}; {_instead(request)}")
     if isinstance(exc, web.HTTPMethodNotAllowed):
         allowed = ", ".join(sorted(exc.allowed_methods))
         return problem(
@@ -178,7 +178,43 @@ def _http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
     return problem(exc.status, detail or exc.reason)
 
 
-def _unsupported_expect(request: web.BaseRequest) -> str | None:
+def _instead(request: web.Request) -> str:
+    """What to call instead of an unknown path: itself without a trailing slash.
+
+    A sender configured with ``.../webhooks/alertmanager/`` gets a 404, which
+    it does not retry; the answer names the URL to configure.
+    """
+    path = request.path
+    bare = path.rstrip("/")
+    if bare and bare != path:
+        for resource in request.app.router.resources():
+            if resource.canonical == bare:
+                return f"use {bare[:200]} (without the trailing slash)"
+    return "see /openapi.json"
+
+
+def expectation_failed(expect: str) -> web.Response:
+    """The 417 for an ``Expect`` other than ``100-continue``."""
+    return problem(
+        417,
+        f"Expect {expect[:40]!r} is not supported, only 100-continue; send the "
+        "request again without the Expect header",
+        slug="expectation-failed",
+    )
+
+
+def request_id(request: web.BaseRequest) -> str:
+    """The caller's ``X-Request-Id`` when it is a plain token, else a new one.
+
+    Ours need not be secret, only distinct: not a system call per request.
+    """
+    given = request.headers.get("X-Request-Id")
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return f"{getrandbits(64):016x}"
+
+
+def unsupported_expect(request: web.BaseRequest) -> str | None:
     """The request's ``Expect`` when it is not ``100-continue``, else None.
 
     Read as aiohttp reads it: only an HTTP/1.1 request's non-empty ``Expect``.
@@ -212,15 +248,10 @@ async def _unless_expectation_fails(
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
 ) -> web.StreamResponse:
     """The handler's response; for an unsupported ``Expect``, a 417 before it runs."""
-    expect = _unsupported_expect(request)
+    expect = unsupported_expect(request)
     if expect is None:
         return await handler(request)
-    return problem(
-        417,
-        f"Expect {expect[:40]!r} is not supported, only 100-continue; send the "
-        "request again without the Expect header",
-        slug="expectation-failed",
-    )
+    return expectation_failed(expect)
 
 
 class _Children:
@@ -290,15 +321,9 @@ def make_middleware(
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
         started = time.perf_counter()
-        given = request.headers.get("X-Request-Id")
-        # A caller's id is echoed and logged only when it is a plain token. Ours
-        # need not be secret, only distinct: not a system call per request.
-        request_id = (
-            given
-            if given is not None and _REQUEST_ID.fullmatch(given)
-            else f"{getrandbits(64):016x}"
-        )
-        bound = _REQUEST_ID_VAR.set(request_id)
+        # A caller's id is echoed and logged only when it is a plain token.
+        this_id = request_id(request)
+        bound = _REQUEST_ID_VAR.set(this_id)
         route = request.match_info.route.resource
         route_name = route.canonical if route is not None else "unmatched"
         response: web.StreamResponse | None = None
@@ -319,7 +344,7 @@ def make_middleware(
                 response = problem(
                     500,
                     "internal error while handling the request; it was logged "
-                    f"with request id {request_id}",
+                    f"with request id {this_id}",
                     slug="internal",
                 )
             source = request.match_info.get("source") or getattr(
@@ -339,7 +364,7 @@ def make_middleware(
                         status=response.status,
                         reason=str(response.get(DETAIL, ""))[:300],
                     )
-            response.headers["X-Request-Id"] = request_id
+            response.headers["X-Request-Id"] = this_id
             if response.status >= 400 and not request.content.is_eof():
                 # Refused before its body was read: the connection closes after
                 # the answer (the server never lingers reading the rest).

@@ -14,26 +14,44 @@ done our way here:
 - **Protocol errors** (a malformed request line or header, a body that is not
   gzip under ``Content-Encoding: gzip``, a bad chunked encoding) never reach a
   handler: aiohttp answers them itself, as text/plain with a traceback in the
-  log. Here they are answered problem+json (4xx) with one info line.
+  log. Here they are answered problem+json (4xx) with one info line; a content
+  coding aiohttp cannot decode (br, zstd) is a 415 naming the ones it can.
+- **Expect where no route serves.** An ``Expect`` other than ``100-continue``
+  on a path no route serves (or with a method it does not allow) meets
+  aiohttp's own expect handler, which raises a text/plain 417 before any
+  middleware runs (every route's handler is ``problems.expect_continue``).
+  Here it is the middleware's 417 problem+json, with a request id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from aiohttp.web_log import AccessLogger
 from aiohttp.web_protocol import RequestHandler
 
-from receiver.web.problems import CONTENT_TYPE, problem
+from receiver.web.problems import (
+    CONTENT_TYPE,
+    DETAIL,
+    expectation_failed,
+    problem,
+    request_id,
+    unsupported_expect,
+)
 
 log = structlog.get_logger("receiver.web")
+# aiohttp's message for a content coding it knows but cannot decode here:
+# "Can not decode content-encoding: brotli (br). Please install `Brotli`".
+_UNDECODABLE = re.compile(r"content-encoding: [\w ]+ \((\w+)\)")
+_DECODED = "gzip, deflate"
 
 
 def _raw_problem(status: int, reason: str, detail: str) -> bytes:
@@ -63,7 +81,10 @@ class EdgeRequestHandler(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         """Answer a protocol-level error as problem+json; log one line."""
-        if isinstance(exc, HttpProcessingError | zlib.error | UnicodeError):
+        headers = None
+        if isinstance(exc, ContentEncodingError):
+            status, detail, headers = _coding_problem(exc)
+        elif isinstance(exc, HttpProcessingError | zlib.error | UnicodeError):
             status = exc.code if isinstance(exc, HttpProcessingError) else 400
             status = status if 400 <= status < 500 else 400
             detail = f"malformed HTTP request: {_describe(exc)}"
@@ -82,9 +103,58 @@ class EdgeRequestHandler(RequestHandler):
             log.info("request_rejected", status=status, reason=detail[:300])
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; cannot send an error")
-        response = problem(status, detail)
+        response = problem(status, detail, headers=headers)
         response.force_close()
         return response
+
+
+def _coding_problem(exc: ContentEncodingError) -> tuple[int, str, dict[str, str]]:
+    """Status, detail and headers for a body its ``Content-Encoding`` cannot undo.
+
+    A coding aiohttp cannot decode here is 415 with ``Accept-Encoding`` (RFC
+    9110, 15.5.16), not its advice to install a package; a body that is not
+    what its coding says is 400.
+    """
+    accept = {"Accept-Encoding": _DECODED}
+    named = _UNDECODABLE.search(_describe(exc))
+    if named:
+        detail = (
+            f"Content-Encoding {named.group(1)} is not supported; send the body "
+            f"uncompressed or with {_DECODED.replace(', ', ' or ')}"
+        )
+        return 415, detail, accept
+    detail = (
+        f"the body does not decode as its Content-Encoding says "
+        f"({_describe(exc)[:60]}); check Content-Encoding, or send the body "
+        "uncompressed"
+    )
+    return 400, detail, accept
+
+
+def _answering_expect(
+    handle: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """``handle``, with a 417 problem+json where aiohttp would raise text/plain.
+
+    Only aiohttp's own expect handler raises ``HTTPExpectationFailed`` outside
+    the middleware: the one of a request no route took (ours never raises).
+    """
+
+    async def answer(request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            return await handle(request)
+        except web.HTTPExpectationFailed:
+            expect = unsupported_expect(request)
+            if expect is None:
+                raise
+            response = expectation_failed(expect)
+            response.headers["X-Request-Id"] = request_id(request)
+            log.info("request_rejected", status=417, reason=response[DETAIL])
+            if not request.content.is_eof():
+                response.force_close()
+            return response
+
+    return answer
 
 
 def _describe(exc: BaseException) -> str:
@@ -118,7 +188,7 @@ class EdgeServer(web.Server):
         # The same arguments aiohttp chose for ``base`` (request factory,
         # access log, cancellation).
         super().__init__(
-            base.request_handler,
+            _answering_expect(base.request_handler),
             request_factory=base.request_factory,
             handler_cancellation=base.handler_cancellation,
             loop=asyncio.get_running_loop(),
