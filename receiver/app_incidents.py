@@ -86,7 +86,10 @@ def incident_store_for(
     """
     keep = marks_kept_for(lease)
     if isinstance(store, SqliteStore):
-        return SqliteIncidentStore(store.path, keep_marks=keep, reclaim=store.reclaims)
+        # Through the store's own writer: its writes join the journal's commits.
+        return SqliteIncidentStore(
+            store.path, keep_marks=keep, reclaim=store.reclaims, host=store
+        )
     if where.is_redis:
         return RedisIncidentStore(where.url, keep_marks=keep)
     return SqliteIncidentStore(":memory:", keep_marks=keep)

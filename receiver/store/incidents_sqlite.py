@@ -1,10 +1,15 @@
 """SQLite ``IncidentStore``: own tables, own connection, beside the SQLite store.
 
-Opened on the same file as ``SqliteStore`` (``sqlite:///receiver.db``) with a
-connection of its own, so it never touches the journal's group commit. Calls run
-in ``asyncio.to_thread`` under a lock; each write is one transaction, and reads
-(``get``, ``find``, ``find_first``, ``page``, ``watched``) are single statements
-outside one, so they never take the file's write lock the journal waits for.
+Opened on the same file as ``SqliteStore`` (``sqlite:///receiver.db``). The
+service opens it with the store as its ``host``: its writes are calls of the
+store writer's next transaction (group commit with the claims and done-marks,
+one write lock and one fsync; measured: about a tenth less worker CPU per
+payload than a connection of its own waiting for that lock between them), and
+its reads go to the store's reader. Alone (no host, or in memory) it opens a
+connection of its own and runs calls in ``asyncio.to_thread`` under a lock.
+Either way each write is atomic, and reads (``get``, ``find``, ``find_first``,
+``page``, ``watched``) are single statements outside a transaction, so they
+never take the file's write lock the journal waits for.
 A write returns the record it was given, with its ``seq``: nothing is read back.
 Pending effects live in ``incident_effects`` (one row each: the incident, the
 effect's JSON, when it is next claimable, attempts so far, whether a claim is
@@ -38,7 +43,7 @@ from receiver.store.incidents_base import (
     IncidentRecord,
     Mark,
 )
-from receiver.store.side import SideDatabase
+from receiver.store.side import Host, SideDatabase
 from receiver.store.sqlite.reader import read_only
 
 T = TypeVar("T")
@@ -133,9 +138,10 @@ class SqliteIncidentStore:
         keep_marks: timedelta = KEEP_MARKS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         reclaim: bool = False,
+        host: Host | None = None,
     ) -> None:
         self.path = path
-        self._side = SideDatabase(path, SCHEMA, "incident store", rows=True)
+        self._side = SideDatabase(path, SCHEMA, "incident store", rows=True, host=host)
         self._run = self._side.run
         self._keep_marks = keep_marks.total_seconds()
         self._clock = clock

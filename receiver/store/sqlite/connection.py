@@ -122,6 +122,47 @@ class SqliteFile:
         except sqlite3.OperationalError as exc:
             raise self._unavailable(exc) from exc
 
+    # ------------------------------------------------ concerns beside the store
+    # The incident store keeps its tables in this file and writes through this
+    # writer (``SideDatabase`` with a host): its writes join the store's group
+    # commit instead of taking the file's write lock on a connection of their
+    # own, and its reads go to the reader.
+
+    async def add_tables(
+        self, schema: str, before: Callable[[sqlite3.Connection], None] | None = None
+    ) -> None:
+        """Apply another concern's schema (``CREATE ... IF NOT EXISTS``) to this file.
+
+        ``before``: run first (bringing that concern's older tables up to date).
+        Waits for the write lock as a connection of its own would.
+        """
+
+        def run() -> None:
+            with self._lock:
+                db = self._db
+                if db.in_transaction:
+                    db.execute("ROLLBACK")  # as ``_begin``: left by a failed one
+                db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+                try:
+                    if before is not None:
+                        before(db)
+                    db.executescript(schema)
+                finally:
+                    db.execute("PRAGMA busy_timeout=0")
+
+        try:
+            await asyncio.to_thread(run)
+        except sqlite3.OperationalError as exc:
+            raise self._unavailable(exc) from exc
+
+    async def write_beside(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` in the writer's next transaction (group commit, on disk)."""
+        return await self._run(fn)
+
+    async def read_beside(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` on the read connection (the writer's, in memory)."""
+        return await self._read(fn)
+
     def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailableError:
         error = StoreUnavailableError(
             f"SQLite store {self.path} cannot be written: {exc}"
