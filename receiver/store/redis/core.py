@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import Iterator
@@ -41,6 +42,9 @@ from receiver.store.redis.scripts import (
     _SEEN,
     _SET_LAST_RUN,
 )
+
+# An append waiting to be sent: its script keys and arguments, and its caller.
+_Append = tuple[list[str], list[str | bytes | int], "asyncio.Future[None]"]
 
 # Connections to the store per process. Callers beyond it wait for one (up to
 # the socket timeout) instead of failing at once: redis-py's default pool
@@ -113,6 +117,9 @@ class RedisCore:
     ) -> None:
         self._redis = client
         self._prefix = prefix
+        # Appends waiting for the next pipeline (``JournalOps.append``).
+        self._append_queue: list[_Append] = []
+        self._append_flusher: asyncio.Task[None] | None = None
         self.retention = retention or Retention()
         self._group = group
         self._group_ready = False

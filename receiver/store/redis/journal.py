@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -29,7 +30,10 @@ from receiver.store.redis.codec import (
     _str,
     _ttl_ms,
 )
-from receiver.store.redis.core import RedisCore
+from receiver.store.redis.core import RedisCore, _Append
+
+# Appends sent in one pipeline at most (``JournalOps.append``).
+APPEND_GROUP = 64
 
 
 class JournalOps(RedisCore):
@@ -56,7 +60,73 @@ class JournalOps(RedisCore):
         ]
         with self._reachable("journal the payload"):
             await self._ensure_group()
-            await self._append_script(keys=keys, args=args)
+            await self._grouped(keys, args)
+
+    async def _grouped(self, keys: list[str], args: list[str | bytes | int]) -> None:
+        """Send an append with those queued beside it; return once Redis ran it.
+
+        Group commit for Redis: appends that arrive while a pipeline is on its
+        way wait for the next one, which carries all of them (up to
+        ``APPEND_GROUP``): one round trip, one connection taken from the pool,
+        instead of one each. Each is still its own script call, atomic on its
+        own, and its caller hears its own outcome. A lone append goes at once.
+        """
+        loop = asyncio.get_running_loop()
+        flusher = self._append_flusher
+        if flusher is not None and flusher.get_loop() is not loop:
+            # Moved to another event loop (tests do): the old queue is gone.
+            self._append_queue, flusher = [], None
+        future: asyncio.Future[None] = loop.create_future()
+        self._append_queue.append((keys, args, future))
+        if flusher is None or flusher.done():
+            self._append_flusher = asyncio.create_task(self._send_appends())
+        await future
+
+    async def _send_appends(self) -> None:
+        while self._append_queue:
+            batch = [
+                a for a in self._append_queue[:APPEND_GROUP] if not a[2].cancelled()
+            ]
+            del self._append_queue[:APPEND_GROUP]
+            if not batch:
+                continue
+            try:
+                outcomes = await self._send_batch(batch)
+            except Exception as exc:  # noqa: BLE001 (each caller gets it)
+                outcomes = [exc] * len(batch)
+            except BaseException:
+                for _, _, future in batch:
+                    future.cancel()
+                raise
+            for (_, _, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, Exception):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(None)
+
+    async def _send_batch(self, batch: list[_Append]) -> list[object]:
+        """Run each append's script: alone, or many in one pipeline."""
+        if len(batch) == 1:
+            keys, args, _ = batch[0]
+            return [await self._append_script(keys=keys, args=args)]
+        pipe = self._redis.pipeline(transaction=False)
+        sha = self._append_script.sha
+        for keys, args, _ in batch:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        outcomes: list[object] = await pipe.execute(raise_on_error=False)
+        for i, outcome in enumerate(outcomes):
+            # A Redis that lost its scripts (restarted, flushed): those go
+            # again through the script object, which loads it. Appending twice
+            # is appending once (the script skips a payload it holds).
+            if isinstance(outcome, redis.exceptions.NoScriptError):
+                keys, args, _ = batch[i]
+                try:
+                    outcomes[i] = await self._append_script(keys=keys, args=args)
+                except redis.exceptions.RedisError as exc:
+                    outcomes[i] = exc
+        return outcomes
 
     async def claim(  # noqa: D102
         self, consumer: str, wait: float, now: datetime
