@@ -19,6 +19,7 @@ from receiver.store.base import (
     Lease,
     ParkedEntry,
 )
+from receiver.store.records import record_text
 from receiver.store.redis.codec import (
     _hash,
     _iso,
@@ -390,7 +391,9 @@ class JournalOps(RedisCore):
 
 
 def _records(traces: Sequence[Mapping[str, JSONValue]]) -> list[str]:
-    """Decision records as the decisions list keeps them: time, then the JSON."""
-    return [
-        f"{_record_time(t):013d} {json.dumps(t, separators=(',', ':'))}" for t in traces
-    ]
+    """Decision records as the decisions list keeps them: time, then the JSON.
+
+    The JSON as the SQLite store writes it (``record_text``: compact UTF-8,
+    several times cheaper than ``json.dumps``, a NaN written as null).
+    """
+    return [f"{_record_time(t):013d} {record_text(t)}" for t in traces]
