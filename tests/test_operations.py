@@ -123,6 +123,8 @@ def test_unloadable_rules_are_one_line_and_exit_1(tmp_path, content):
     assert entry["level"] == "error"
     assert "the rules do not load" in entry["error"]
     assert "rules.yaml" in entry["error"]
+    if content is None:  # one problem, counted in English
+        assert "(1 problem)" in entry["error"]
 
 
 def test_bad_settings_are_one_line_and_exit_1(tmp_path):

@@ -47,9 +47,8 @@ def serve_or_say_why(args: argparse.Namespace) -> int:
         return _serve(args)
     except RuleError as exc:
         problems = [str(d) for d in exc.details]
-        error = f"the rules do not load ({len(problems)} problems): " + "; ".join(
-            problems
-        )
+        count = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"
+        error = f"the rules do not load ({count}): " + "; ".join(problems)
     except (ConfigError, InputError) as exc:
         error = " ".join(str(exc).split())
     except OSError as exc:
