@@ -307,6 +307,12 @@ def test_a_missing_config_file_is_an_error(tmp_path):
         load_settings(tmp_path / "absent.yaml", environ={})
 
 
+def test_a_config_that_is_a_directory_says_so(tmp_path):
+    """--config naming a directory says so, not "no such file"."""
+    with pytest.raises(ConfigError, match="it is a directory"):
+        load_settings(tmp_path, environ={})
+
+
 def test_defaults_are_stated_once():
     """The engine's, store's and edge's own defaults are the settings' defaults."""
     runtime = build_runtime(Settings())

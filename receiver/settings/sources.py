@@ -114,6 +114,11 @@ class YamlSource(YamlConfigSettingsSource):
     """The YAML file: groups, or (deprecated) the flat keys of earlier versions."""
 
     def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        if path.is_dir():
+            raise ConfigError(
+                f"cannot read config file {path}: it is a directory; pass the "
+                "settings file itself (such as receiver.yaml)"
+            )
         if not path.is_file():
             raise ConfigError(f"cannot read config file {path}: no such file")
         super().__init__(settings_cls, yaml_file=path)
