@@ -394,20 +394,6 @@ def _report_file_problem(path: Path) -> str | None:
     receiver's has no incident tables: it holds no incidents, which the report
     says). Read as the report reads it: nothing is written.
     """
-    import sqlite3  # noqa: PLC0415
+    from receiver.store.sqlite.reader import store_file_problem  # noqa: PLC0415
 
-    from receiver.store.sqlite.reader import read_only  # noqa: PLC0415
-
-    if not path.is_file():
-        return "not a file"
-    try:
-        found = read_only(
-            path,
-            lambda db: db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' "
-                "AND name IN ('journal', 'incidents')"
-            ).fetchone(),
-        )
-    except sqlite3.Error as exc:
-        return f"not a SQLite database ({exc})"
-    return None if found else "holds no receiver tables (no journal, no incidents)"
+    return store_file_problem(path, ("journal", "incidents"))

@@ -55,22 +55,32 @@ class SqliteReader:
         """Nothing to release: each read opens and closes its own connection."""
 
 
-def store_file_problem(path: Path) -> str | None:
-    """Why ``path`` is not a receiver's store file (None if it is); writes nothing."""
+def store_file_problem(
+    path: Path, tables: tuple[str, ...] = ("journal",)
+) -> str | None:
+    """Why ``path`` is not a receiver's store file (None if it is); writes nothing.
+
+    A store file holds at least one of ``tables`` (the journal; the report
+    also takes a file of incident tables alone).
+    """
     if not path.exists():
         return "no such database file"
     if not path.is_file():
         return "not a file"
+    marks = ", ".join("?" for _ in tables)
     try:
         found = read_only(
             path,
             lambda db: db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='journal'"
+                f"SELECT 1 FROM sqlite_master WHERE type='table' AND name IN ({marks})",  # noqa: S608 (placeholders only)
+                tables,
             ).fetchone(),
         )
     except sqlite3.Error as exc:
         return f"not a SQLite database ({exc})"
-    return None if found else "holds no receiver tables (no journal table)"
+    if found:
+        return None
+    return "holds no receiver tables (no " + ", no ".join(tables) + ")"
 
 
 def read_only(path: Path, read: Callable[[sqlite3.Connection], T]) -> T:
