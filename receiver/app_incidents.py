@@ -82,7 +82,8 @@ def incident_store_for(
     a payload folded by a worker that was killed takes to be decided again.
     On SQLite, the process that took the store's claims over (``reclaims``:
     one instance, the worker) takes over the incident effects a previous
-    process had claimed too, at its first tick.
+    worker had claimed too, at its first tick (an edge's lapse with the lease:
+    the edge may still be sending them).
     """
     keep = marks_kept_for(lease)
     if isinstance(store, SqliteStore):

@@ -129,8 +129,8 @@ async def test_a_retry_waits_until_due_and_only_for_its_claim(opened):
 
 
 async def test_reclaim_takes_a_dead_process_claims_on_one_sqlite_instance(opened):
-    """SQLite with ``reclaim``: claimed effects due at once; Redis: none taken."""
-    await opened().create(_record(1, _effect(0)))
+    """SQLite with ``reclaim``: a dead worker's claims due at once; Redis: none."""
+    await opened(reclaim=True).create(_record(1, _effect(0)))
     successor = opened(reclaim=True)
     reclaimed = await successor.reclaim_effects(T0)
     got = await successor.claim_effects(T0, LEASE, 10)
@@ -186,5 +186,51 @@ async def test_older_redis_data_has_nothing_pending(redis_url):
         assert await store.update(_record(2, _effect(0, 2))) is not None
         [got] = await store.claim_effects(T0 + LEASE, LEASE, 10)
         assert got.id == "INC-1:2:0"
+    finally:
+        await store.close()
+
+
+async def test_reclaim_leaves_live_claims_alone(tmp_path):
+    """Its own claims and an edge's (not deciding) are not taken over; they lapse."""
+    path = str(tmp_path / "incidents.db")
+    worker = SqliteIncidentStore(path, reclaim=True)
+    edge = SqliteIncidentStore(path)
+    try:
+        await worker.create(_record(1, _effect(0)))
+        await edge.update(_record(2, _effect(0, 2)))
+        assert await worker.reclaim_effects(T0) == 0
+        assert await worker.claim_effects(T0, LEASE, 10) == []
+        got = await worker.claim_effects(T0 + LEASE, LEASE, 10)
+        assert sorted(e.id for e in got) == ["INC-1:1:0", "INC-1:2:0"]
+    finally:
+        await worker.close()
+        await edge.close()
+
+
+async def test_an_effects_table_without_claim_holders_is_brought_up_to_date(
+    tmp_path,
+):
+    """A file whose effects table predates the holder column opens and claims."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE incident_effects (
+            id TEXT PRIMARY KEY, incident TEXT NOT NULL, body TEXT NOT NULL,
+            due REAL NOT NULL, attempts INTEGER NOT NULL, claimed INTEGER NOT NULL
+        );
+        """
+    )
+    db.execute(
+        "INSERT INTO incident_effects VALUES ('INC-1:1:0', 'INC-1', '{}', ?, 1, 1)",
+        ((T0 + LEASE).timestamp(),),
+    )
+    db.commit()
+    db.close()
+    store = SqliteIncidentStore(str(path), reclaim=True)
+    try:
+        assert await store.reclaim_effects(T0) == 0  # holder unknown: it lapses
+        [got] = await store.claim_effects(T0 + LEASE, LEASE, 10)
+        assert (got.id, got.attempts) == ("INC-1:1:0", 2)
     finally:
         await store.close()

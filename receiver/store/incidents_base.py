@@ -33,7 +33,8 @@ against one reference model):
   retry that is due), counting an attempt each time; ``retry_effect`` hands
   one back for later and ``finish_effects`` removes some, both only while the
   caller's claim is the latest. ``reclaim_effects`` (SQLite, one instance, at
-  start) makes every claimed effect due at once. Every time is the caller's
+  start) makes the effects a previous deciding process claimed due at once
+  (never a live edge's, nor this process's own). Every time is the caller's
   (its injected clock). A store written by an older receiver holds no
   pending effects.
 """
@@ -211,6 +212,8 @@ class IncidentStore(Protocol):
 
         Only where this process is known to be the store's one instance (the
         SQLite store opened to take a previous process's claims over); else 0.
+        Only that previous deciding process's claims: an edge process beside
+        it, and this process itself, may be carrying theirs out right now.
         """
         ...
 

@@ -13,8 +13,9 @@ never take the file's write lock the journal waits for.
 A write returns the record it was given, with its ``seq``: nothing is read back.
 Pending effects live in ``incident_effects`` (one row each: the incident, the
 effect's JSON, when it is next claimable, attempts so far, whether a claim is
-in flight), written in the write's transaction; a file of an older receiver
-gets the table, empty, when it is opened.
+in flight and, if so, which process holds it), written in the write's
+transaction; a file of an older receiver gets the table, empty, when it is
+opened.
 Bodies are encoded and decoded with msgspec (compact JSON, several times
 cheaper than the json module for an incident's timeline and ledger).
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -80,7 +82,8 @@ CREATE TABLE IF NOT EXISTS incident_effects (
     body TEXT NOT NULL,
     due REAL NOT NULL,
     attempts INTEGER NOT NULL,
-    claimed INTEGER NOT NULL
+    claimed INTEGER NOT NULL,
+    owner TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS incident_effects_due ON incident_effects(due);
 """
@@ -118,6 +121,15 @@ def _record(row: sqlite3.Row) -> IncidentRecord:
     )
 
 
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add the claim's holder to an effects table that lacks it ("": not known)."""
+    cols = {r[1] for r in db.execute("PRAGMA table_info(incident_effects)")}
+    if cols and "owner" not in cols:
+        db.execute(
+            "ALTER TABLE incident_effects ADD COLUMN owner TEXT NOT NULL DEFAULT ''"
+        )
+
+
 def _stamp(ts: datetime) -> str:
     # Fixed width ISO (microseconds, UTC): compares correctly as text.
     return ts.astimezone(UTC).isoformat(timespec="microseconds")
@@ -128,7 +140,10 @@ class SqliteIncidentStore:
 
     ``reclaim``: this process decides for the store's one instance (as the
     SQLite store's ``reclaims``): ``reclaim_effects`` may make effects a
-    previous process had claimed due at once.
+    previous such process had claimed due at once. Its claims are marked with
+    a token of its own; the claims of a process that does not decide (an edge
+    beside a live worker), or of this one, are never taken over that way:
+    they are alive, or lapse with their lease.
     """
 
     def __init__(
@@ -141,22 +156,25 @@ class SqliteIncidentStore:
         host: Host | None = None,
     ) -> None:
         self.path = path
-        self._side = SideDatabase(path, SCHEMA, "incident store", rows=True, host=host)
+        self._side = SideDatabase(
+            path, SCHEMA, "incident store", rows=True, migrate=_migrate, host=host
+        )
         self._run = self._side.run
         self._keep_marks = keep_marks.total_seconds()
         self._clock = clock
         self._reclaim = reclaim
+        # Who holds a claim: "" for a process that does not decide.
+        self._owner = uuid.uuid4().hex if reclaim else ""
 
-    @staticmethod
-    def _pend(db: sqlite3.Connection, record: IncidentRecord) -> None:
+    def _pend(self, db: sqlite3.Connection, record: IncidentRecord) -> None:
         """Write the record's effects in the caller's transaction, claimed."""
         if record.effects:
             db.executemany(
                 "INSERT OR REPLACE INTO incident_effects"
-                "(id, incident, body, due, attempts, claimed) "
-                "VALUES (?, ?, ?, ?, 1, 1)",
+                "(id, incident, body, due, attempts, claimed, owner) "
+                "VALUES (?, ?, ?, ?, 1, 1, ?)",
                 [
-                    (e.id, record.id, e.body, e.until.timestamp())
+                    (e.id, record.id, e.body, e.until.timestamp(), self._owner)
                     for e in record.effects
                 ],
             )
@@ -179,8 +197,8 @@ class SqliteIncidentStore:
             ).fetchall()
             db.executemany(
                 "UPDATE incident_effects SET due = ?, attempts = attempts + 1, "
-                "claimed = 1 WHERE id = ?",
-                [((now + lease).timestamp(), r["id"]) for r in rows],
+                "claimed = 1, owner = ? WHERE id = ?",
+                [((now + lease).timestamp(), self._owner, r["id"]) for r in rows],
             )
             return [
                 ClaimedEffect(r["id"], r["incident"], r["body"], r["attempts"] + 1)
@@ -207,13 +225,14 @@ class SqliteIncidentStore:
             return 0
 
         def run(db: sqlite3.Connection) -> int:
-            # Claimed and never finished nor handed back: by a process that
-            # is gone. Its claim still counts as an attempt.
+            # Claimed by an earlier deciding process and never finished nor
+            # handed back: it is gone. Its claim still counts as an attempt.
+            # This process's own claims and an edge's ("") are alive.
             return int(
                 db.execute(
                     "UPDATE incident_effects SET due = ?, claimed = 0 "
-                    "WHERE claimed = 1",
-                    (now.timestamp(),),
+                    "WHERE claimed = 1 AND owner NOT IN ('', ?)",
+                    (now.timestamp(), self._owner),
                 ).rowcount
             )
 
