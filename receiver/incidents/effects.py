@@ -201,13 +201,16 @@ class EffectRunner:
     on_breach: Callable[[str, str], None] | None = None
 
     def durable(self, effect: Effect) -> bool:
-        """Whether the effect contacts someone or says so on the timeline.
+        """Whether the effect contacts someone.
 
         Such an effect is written with the change that asks for it, so that a
-        crash before it is carried out does not lose it. A metric count, or a
-        message with nowhere to go, only logs: carried out at once.
+        crash before it is carried out does not lose it. A metric count, a
+        message with nowhere to go, or anything in dry-run (only a line saying
+        what would have been done) contacts nobody: carried out at once. Kept
+        pending, a dry-run's message would be sent by a receiver restarted to
+        execute.
         """
-        if isinstance(effect, CountBreach):
+        if not self.deliver or isinstance(effect, CountBreach):
             return False
         if isinstance(effect, Announce):
             return self.announcer is not None

@@ -890,14 +890,18 @@ class IncidentService:
     ) -> None:
         """Carry out what the write of ``written`` asked, then record it.
 
-        The pending effects written with it are this process's first claim.
+        The pending effects written with it are this process's first claim;
+        the others contact nobody (a dry-run's say what would have been done).
         """
         about = About.of(incident)
+        lines: list[str] = []
         for effect in effects:
             if not self._effects.durable(effect):
-                await self._effects.carry_out(about, effect)  # only logs
+                line = await self._effects.carry_out(about, effect)
+                if line:
+                    lines.append(line)
         claimed = [ClaimedEffect(e.id, incident.id, e.body, 1) for e in written.effects]
-        await self._deliver(incident.id, claimed, written=incident)
+        await self._deliver(incident.id, claimed, written=incident, lines=lines)
 
     async def redeliver(self) -> int:
         """Carry out pending effects whose claim lapsed; return how many claimed.
@@ -937,9 +941,13 @@ class IncidentService:
         claimed: Sequence[ClaimedEffect],
         *,
         written: Incident | None = None,
+        lines: Sequence[str] = (),
     ) -> None:
-        """Carry out claimed effects; their lines and removal in one write."""
-        sent: list[str] = []
+        """Carry out claimed effects; their lines and removal in one write.
+
+        ``lines``: of effects already carried out, written with theirs.
+        """
+        sent: list[str] = list(lines)
         done: list[ClaimedEffect] = []
         for effect in claimed:
             line = await self._attempt(effect)
@@ -948,7 +956,7 @@ class IncidentService:
             done.append(effect)
             if line:
                 sent.append(line)
-        if not done:
+        if not done and not sent:
             return
 
         def note(inc: Incident, now: datetime) -> tuple[Incident, list[Effect]]:
