@@ -388,8 +388,9 @@ class IncidentService:
                 if stored is not None:
                     done.update(id(t) for t in folded)
                     self._known.remember(incident)
-                    await self._carry_out(incident, work.effects[incident_id], record)
-                    written[incident_id] = incident
+                    written[incident_id] = await self._carry_out(
+                        incident, work.effects[incident_id], record
+                    )
                     continue
             # Someone else changed it meanwhile: fold these traces one by one.
             self._known.forget(incident_id)
@@ -631,8 +632,7 @@ class IncidentService:
                 if done is not None:
                     done.add(id(trace))
                 self._known.remember(incident)
-                await self._carry_out(incident, effects, written)
-                return incident
+                return await self._carry_out(incident, effects, written)
             self._known.forget(incident.id)
         raise ConflictError(f"incident for {keys[0]} kept changing under us")
 
@@ -721,8 +721,7 @@ class IncidentService:
                 stored = await self.store.update(sent, folded, done=done)
             if stored is not None:
                 self._known.remember(incident)
-                await self._carry_out(incident, effects, sent)
-                return incident
+                return await self._carry_out(incident, effects, sent)
             self._known.forget(incident_id)
         raise ConflictError(f"incident {incident_id} kept changing under us")
 
@@ -887,11 +886,13 @@ class IncidentService:
 
     async def _carry_out(
         self, incident: Incident, effects: Sequence[Effect], written: IncidentRecord
-    ) -> None:
+    ) -> Incident:
         """Carry out what the write of ``written`` asked, then record it.
 
         The pending effects written with it are this process's first claim;
         the others contact nobody (a dry-run's say what would have been done).
+        Returns the incident as it now stands (with the lines, if written): a
+        batch folding more into it must start from that version.
         """
         about = About.of(incident)
         lines: list[str] = []
@@ -901,7 +902,8 @@ class IncidentService:
                 if line:
                     lines.append(line)
         claimed = [ClaimedEffect(e.id, incident.id, e.body, 1) for e in written.effects]
-        await self._deliver(incident.id, claimed, written=incident, lines=lines)
+        noted = await self._deliver(incident.id, claimed, written=incident, lines=lines)
+        return incident if noted is None else noted
 
     async def redeliver(self) -> int:
         """Carry out pending effects whose claim lapsed; return how many claimed.
@@ -942,10 +944,11 @@ class IncidentService:
         *,
         written: Incident | None = None,
         lines: Sequence[str] = (),
-    ) -> None:
+    ) -> Incident | None:
         """Carry out claimed effects; their lines and removal in one write.
 
         ``lines``: of effects already carried out, written with theirs.
+        Returns the incident after that write (None: nothing written).
         """
         sent: list[str] = list(lines)
         done: list[ClaimedEffect] = []
@@ -957,7 +960,7 @@ class IncidentService:
             if line:
                 sent.append(line)
         if not done and not sent:
-            return
+            return None
 
         def note(inc: Incident, now: datetime) -> tuple[Incident, list[Effect]]:
             for line in sent:
@@ -965,7 +968,7 @@ class IncidentService:
             return inc, []
 
         try:
-            await self._change(incident_id, note, written=written, done=done)
+            return await self._change(incident_id, note, written=written, done=done)
         except (NotFoundError, ConflictError) as exc:
             log.warning(
                 "incident_messages_not_recorded", incident=incident_id, error=str(exc)
@@ -976,6 +979,7 @@ class IncidentService:
             log.warning(
                 "incident_messages_not_recorded", incident=incident_id, error=str(exc)
             )
+        return None
 
     async def _attempt(self, claimed: ClaimedEffect) -> str | None:
         """One attempt: the timeline line ("" for none), or None to try again."""
