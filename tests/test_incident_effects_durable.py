@@ -240,7 +240,7 @@ async def test_a_message_that_kills_every_receiver_is_given_up(reopen):
         service = _service(reopen(clock), clock, RecordingAnnouncer())
         [listed], _ = await service.page(IncidentQuery())
         [line] = [t for t in _sent(listed) if "(opened)" in t]
-        assert "not delivered" in line
+        assert "given up after" in line  # each attempt may have reached the sink
     finally:
         await service.aclose()
         for store in stores:

@@ -1001,9 +1001,12 @@ class IncidentService:
                 effect=what,
                 attempts=claimed.attempts - 1,
             )
+            # An interrupted attempt may have reached the sink: "not
+            # delivered" would be a guess the SRE could act on.
             return (
-                f"{what}: not delivered after {claimed.attempts - 1} attempts "
-                "(none finished: each failed or was interrupted; given up)"
+                f"{what}: given up after {claimed.attempts - 1} attempts, none "
+                "confirmed (each failed or was interrupted; an interrupted one "
+                "may have been sent)"
             )
         try:
             line = await self._effects.carry_out(about, effect)
@@ -1025,7 +1028,7 @@ class IncidentService:
             return None
         if line and claimed.attempts > 1:
             line += (
-                f" (late: attempt {claimed.attempts}; an earlier one was "
-                "interrupted by a stopped receiver or failed)"
+                f" (late: attempt {claimed.attempts}; an earlier one failed, or "
+                "was interrupted by a stopped receiver and may have been sent too)"
             )
         return line

@@ -1,0 +1,93 @@
+"""A message given up after interrupted attempts is not said to be undelivered.
+
+An attempt is interrupted when its receiver dies after the sink answered and
+before the write that records it: the message was sent, and nobody knows. The
+line that gives it up must not tell the SRE it was never delivered. The clock
+advances on every read; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from incident_helpers import RecordingAnnouncer, TickingClock, example, rulebook
+from incident_helpers import traces as decide
+
+from receiver.incidents.service import IncidentService
+from receiver.store.incidents_base import (
+    ClaimedEffect,
+    IncidentQuery,
+    IncidentRecord,
+    Mark,
+)
+from receiver.store.incidents_sqlite import SqliteIncidentStore
+
+SIEM = "alertmanager/sark-siem-forwarding-down.firing.json"
+
+
+class Crash(BaseException):
+    """The process dies here: no ``except Exception`` in the service catches it."""
+
+
+class DiesBeforeRecording(SqliteIncidentStore):
+    """Dies on the write that would record carried-out effects."""
+
+    async def update(
+        self,
+        record: IncidentRecord,
+        folded: Sequence[Mark] = (),
+        *,
+        done: Sequence[ClaimedEffect] = (),
+    ) -> IncidentRecord | None:
+        if done:
+            raise Crash
+        return await super().update(record, folded, done=done)
+
+
+def _service(store: SqliteIncidentStore, clock: TickingClock, announcer: Any) -> Any:
+    book = rulebook()
+    return IncidentService(
+        store, clock=clock, rulebook=lambda: book, announcer=announcer, mode="execute"
+    )
+
+
+async def test_a_message_sent_by_interrupted_attempts_is_not_called_undelivered(
+    tmp_path,
+):
+    """Sent five times, each receiver killed before recording: no "not delivered"."""
+    path = str(tmp_path / "s.db")
+    clock = TickingClock()
+    sink = RecordingAnnouncer()
+    book = rulebook()
+    dead: list[SqliteIncidentStore] = []
+    for n in range(5):
+        dead.append(DiesBeforeRecording(path, reclaim=True))
+        dying = _service(dead[-1], clock, sink)
+        with contextlib.suppress(Crash):
+            if n == 0:
+                await dying.observe(
+                    await decide(book, "alertmanager", example(SIEM), clock())
+                )
+            else:
+                await dying.redeliver()
+        clock.jump(minutes=6)
+    assert sink.kinds().count("opened") == 5
+    service = _service(SqliteIncidentStore(path, reclaim=True), clock, sink)
+    try:
+        await service.redeliver()
+        assert sink.kinds().count("opened") == 5  # given up: not sent again
+        [listed], _ = await service.page(IncidentQuery())
+        [line] = [
+            e.text
+            for e in listed.timeline
+            if e.kind == "message_sent" and "(opened)" in e.text
+        ]
+        assert "not delivered" not in line
+        assert "given up after 5 attempts" in line
+        assert "may have been sent" in line
+    finally:
+        await service.aclose()
+        for store in dead:
+            await store.close()
