@@ -91,3 +91,65 @@ async def test_a_message_sent_by_interrupted_attempts_is_not_called_undelivered(
         await service.aclose()
         for store in dead:
             await store.close()
+
+
+class Contended(SqliteIncidentStore):
+    """While ``contended``, the write recording effects always loses a race."""
+
+    contended = False
+
+    async def update(
+        self,
+        record: IncidentRecord,
+        folded: Sequence[Mark] = (),
+        *,
+        done: Sequence[ClaimedEffect] = (),
+    ) -> IncidentRecord | None:
+        if done and self.contended:
+            return None  # as if another writer changed the incident first
+        return await super().update(record, folded, done=done)
+
+
+class FailingAnnouncer(RecordingAnnouncer):
+    """Raises on every ``opened`` message."""
+
+    async def announce(self, message: Any) -> list[str]:
+        self.messages.append(message)
+        if message.kind == "opened":
+            msg = "sink bug"
+            raise RuntimeError(msg)
+        return ["recorded"]
+
+
+async def test_a_given_up_line_lost_to_conflicts_is_written_later(tmp_path):
+    """Never delivered, its line refused by version conflicts: the SRE still learns."""
+    clock = TickingClock()
+    store = Contended(str(tmp_path / "s.db"))
+    sink = FailingAnnouncer()
+    service = _service(store, clock, sink)
+    book = rulebook()
+    try:
+        store.contended = True
+        [incident] = await service.observe(
+            await decide(book, "alertmanager", example(SIEM), clock())
+        )
+        for _ in range(6):
+            clock.jump(minutes=6)
+            await service.tick()
+        tries = sink.kinds().count("opened")
+        assert tries == 5
+        store.contended = False
+        for _ in range(2):
+            clock.jump(minutes=6)
+            await service.tick()
+        assert sink.kinds().count("opened") == tries  # not sent again
+        got = await service.get(incident.id)
+        lines = [
+            e.text
+            for e in got.timeline
+            if e.kind == "message_sent" and "(opened)" in e.text
+        ]
+        assert len(lines) == 1
+        assert "given up" in lines[0] or "not delivered" in lines[0]
+    finally:
+        await service.aclose()

@@ -952,11 +952,15 @@ class IncidentService:
         """
         sent: list[str] = list(lines)
         done: list[ClaimedEffect] = []
+        carried: list[ClaimedEffect] = []  # of ``done``, those that reached a sink
         for effect in claimed:
-            line = await self._attempt(effect)
-            if line is None:
+            outcome = await self._attempt(effect)
+            if outcome is None:
                 continue  # handed back for a later attempt
+            line, reached = outcome
             done.append(effect)
+            if reached:
+                carried.append(effect)
             if line:
                 sent.append(line)
         if not done and not sent:
@@ -973,7 +977,12 @@ class IncidentService:
             log.warning(
                 "incident_messages_not_recorded", incident=incident_id, error=str(exc)
             )
-            await self.store.finish_effects(done)
+            # Gone: nowhere to write. Kept changing: those that reached a sink
+            # are done (their lines lost, not them); the others stay claimed,
+            # and once that lapses they are given up again, contacting nobody,
+            # and their "not delivered" line is written then.
+            gone = isinstance(exc, NotFoundError)
+            await self.store.finish_effects(done if gone else carried)
         except ReceiverError as exc:
             # Still pending: sent again once the claim lapses (at least once).
             log.warning(
@@ -981,8 +990,12 @@ class IncidentService:
             )
         return None
 
-    async def _attempt(self, claimed: ClaimedEffect) -> str | None:
-        """One attempt: the timeline line ("" for none), or None to try again."""
+    async def _attempt(self, claimed: ClaimedEffect) -> tuple[str, bool] | None:
+        """One attempt, or None to try again later.
+
+        The timeline line ("" for none) and whether the effect was carried
+        out (False: unreadable, or given up).
+        """
         try:
             about, effect = decode_effect(claimed.body)
         except ValueError as exc:
@@ -991,7 +1004,10 @@ class IncidentService:
                 incident=claimed.incident_id,
                 error=str(exc),
             )
-            return f"An effect could not be read and was not carried out ({exc})"
+            return (
+                f"An effect could not be read and was not carried out ({exc})",
+                False,
+            )
         what = self._effects.describe(effect)
         if claimed.attempts > EFFECT_ATTEMPTS:
             # Every earlier claim ended with its process (or was never done).
@@ -1003,11 +1019,12 @@ class IncidentService:
             )
             # An interrupted attempt may have reached the sink: "not
             # delivered" would be a guess the SRE could act on.
-            return (
+            given_up = (
                 f"{what}: given up after {claimed.attempts - 1} attempts, none "
                 "confirmed (each failed or was interrupted; an interrupted one "
                 "may have been sent)"
             )
+            return given_up, False
         try:
             line = await self._effects.carry_out(about, effect)
         except Exception as exc:  # one failed message must not stop the others
@@ -1018,10 +1035,11 @@ class IncidentService:
                 attempt=claimed.attempts,
             )
             if claimed.attempts >= EFFECT_ATTEMPTS:
-                return (
+                failed = (
                     f"{what}: not delivered after {claimed.attempts} attempts "
                     f"(last: {type(exc).__name__}; see the receiver's log)"
                 )
+                return failed, False
             due = self._clock() + EFFECT_RETRY * 2 ** (claimed.attempts - 1)
             with contextlib.suppress(StoreUnavailableError):  # lapses instead
                 await self.store.retry_effect(claimed, due)
@@ -1031,4 +1049,4 @@ class IncidentService:
                 f" (late: attempt {claimed.attempts}; an earlier one failed, or "
                 "was interrupted by a stopped receiver and may have been sent too)"
             )
-        return line
+        return line, True
