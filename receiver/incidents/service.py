@@ -902,7 +902,13 @@ class IncidentService:
                 if line:
                     lines.append(line)
         claimed = [ClaimedEffect(e.id, incident.id, e.body, 1) for e in written.effects]
-        noted = await self._deliver(incident.id, claimed, written=incident, lines=lines)
+        noted = await self._deliver(
+            incident.id,
+            claimed,
+            until=min((e.until for e in written.effects), default=None),
+            written=incident,
+            lines=lines,
+        )
         return incident if noted is None else noted
 
     async def redeliver(self) -> int:
@@ -930,7 +936,7 @@ class IncidentService:
                 attempts=[e.attempts for e in effects],
             )
             try:
-                await self._deliver(incident_id, effects)
+                await self._deliver(incident_id, effects, until=now + self._lease)
             except StoreUnavailableError:
                 raise  # the claims lapse; the next tick tries again
             except Exception:  # one incident's effects must not hold back others
@@ -942,11 +948,15 @@ class IncidentService:
         incident_id: str,
         claimed: Sequence[ClaimedEffect],
         *,
+        until: datetime | None,
         written: Incident | None = None,
         lines: Sequence[str] = (),
     ) -> Incident | None:
         """Carry out claimed effects; their lines and removal in one write.
 
+        ``until``: when the claim on them lapses; from then on another
+        receiver may have claimed them and be sending them, so the ones not
+        tried yet are left to it (slow sinks, a long batch).
         ``lines``: of effects already carried out, written with theirs.
         Returns the incident after that write (None: nothing written).
         """
@@ -954,9 +964,9 @@ class IncidentService:
         done: list[ClaimedEffect] = []
         carried: list[ClaimedEffect] = []  # of ``done``, those that reached a sink
         for effect in claimed:
-            outcome = await self._attempt(effect)
+            outcome = await self._attempt(effect, until)
             if outcome is None:
-                continue  # handed back for a later attempt
+                continue  # handed back for a later attempt, or left to another
             line, reached = outcome
             done.append(effect)
             if reached:
@@ -990,12 +1000,22 @@ class IncidentService:
             )
         return None
 
-    async def _attempt(self, claimed: ClaimedEffect) -> tuple[str, bool] | None:
-        """One attempt, or None to try again later.
+    async def _attempt(
+        self, claimed: ClaimedEffect, until: datetime | None
+    ) -> tuple[str, bool] | None:
+        """One attempt, or None to try again later (or to leave it to another).
 
         The timeline line ("" for none) and whether the effect was carried
-        out (False: unreadable, or given up).
+        out (False: unreadable, or given up). ``until``: when our claim lapses.
         """
+        if until is not None and self._clock() >= until:
+            log.warning(
+                "incident_effect_claim_lapsed",
+                incident=claimed.incident_id,
+                effect=claimed.id,
+                attempt=claimed.attempts,
+            )
+            return None
         try:
             about, effect = decode_effect(claimed.body)
         except ValueError as exc:

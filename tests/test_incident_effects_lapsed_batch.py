@@ -1,0 +1,131 @@
+"""A receiver whose claim lapsed mid-batch leaves the rest to whoever claimed them.
+
+A tick claims up to a hundred pending effects for one lease and carries them
+out one after another. With slow sinks (an outage: every call waits for its
+timeout) the lease lapses before the batch ends; another replica's tick then
+claims the rest and sends them. The first receiver must not send them as
+well: no crash, and the message would go out twice. Both incident stores (the
+Redis one against a real redis-server); the clock advances on every read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+from incident_helpers import RecordingAnnouncer, TickingClock, example, rulebook
+from incident_helpers import traces as decide
+
+from receiver.incidents.service import IncidentService
+from receiver.store.incidents_base import (
+    ClaimedEffect,
+    IncidentRecord,
+    IncidentStore,
+    Mark,
+)
+from receiver.store.incidents_redis import RedisIncidentStore
+from receiver.store.incidents_sqlite import SqliteIncidentStore
+
+PAYLOADS = (
+    "alertmanager/sark-siem-forwarding-down.firing.json",
+    "alertmanager/sark-database-down.firing.json",
+)
+
+
+class Crash(BaseException):
+    """The process dies here: no ``except Exception`` in the service catches it."""
+
+
+def dies_before_recording(store: IncidentStore) -> IncidentStore:
+    """The store, except that the write recording carried-out effects kills us."""
+    update = store.update
+
+    async def dying(
+        record: IncidentRecord,
+        folded: Sequence[Mark] = (),
+        *,
+        done: Sequence[ClaimedEffect] = (),
+    ) -> IncidentRecord | None:
+        if done:
+            raise Crash
+        return await update(record, folded, done=done)
+
+    store.update = dying  # type: ignore[method-assign]
+    return store
+
+
+class HeldAnnouncer(RecordingAnnouncer):
+    """Holds its first ``opened`` message until released (a sink timing out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def announce(self, message: Any) -> list[str]:
+        if message.kind == "opened" and not self.started.is_set():
+            self.started.set()
+            await self.release.wait()
+        return await super().announce(message)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def opener(
+    request: pytest.FixtureRequest, tmp_path: Any
+) -> Callable[[TickingClock], IncidentStore]:
+    """Opens the same incident store (both kinds) on each call."""
+    if request.param == "sqlite":
+        path = str(tmp_path / "incidents.db")
+        return lambda clock: SqliteIncidentStore(path, clock=clock)
+    url = request.getfixturevalue("redis_url")
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    return lambda clock: RedisIncidentStore(url, prefix=prefix, clock=clock)
+
+
+def _service(store: IncidentStore, clock: TickingClock, announcer: Any) -> Any:
+    book = rulebook()
+    return IncidentService(
+        store, clock=clock, rulebook=lambda: book, announcer=announcer, mode="execute"
+    )
+
+
+async def test_a_lapsed_claim_does_not_send_the_rest_of_its_batch(opener):
+    """The first sink call outlives the lease: the second message goes out once."""
+    clock = TickingClock()
+    book = rulebook()
+    stores = []
+    for name in PAYLOADS:  # two receivers died before recording their messages
+        stores.append(dies_before_recording(opener(clock)))
+        dying = _service(stores[-1], clock, RecordingAnnouncer())
+        with contextlib.suppress(Crash):
+            await dying.observe(
+                await decide(book, "alertmanager", example(name), clock())
+            )
+    clock.jump(minutes=6)
+    slow = HeldAnnouncer()
+    first = _service(opener(clock), clock, slow)
+    other = RecordingAnnouncer()
+    second = _service(opener(clock), clock, other)
+    try:
+        ticking = asyncio.create_task(first.tick())
+        await slow.started.wait()
+        clock.jump(minutes=6)  # the first one's claims lapse meanwhile
+        await second.tick()
+        slow.release.set()
+        await ticking
+        titles = [
+            m.incident_id for m in slow.messages + other.messages if m.kind == "opened"
+        ]
+        # The message whose call outlived the lease went out twice (it was on
+        # its way); the other, claimed by the second receiver, only once.
+        assert len(titles) == 3
+        assert sorted(titles.count(t) for t in set(titles)) == [1, 2]
+    finally:
+        await first.aclose()
+        await second.aclose()
+        for store in stores:
+            await store.close()
