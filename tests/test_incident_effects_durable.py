@@ -205,9 +205,16 @@ async def test_a_message_that_keeps_failing_is_given_up_with_a_line(reopen):
         tries = announcer.kinds().count("opened")
         assert 1 < tries <= 5
         got = await service.get(incident.id)
-        [line] = [t for t in _sent(got) if "(opened)" in t]
+        *retries, line = [t for t in _sent(got) if "(opened)" in t]
         assert "not delivered" in line
         assert f"{tries} attempts" in line
+        # Each failed attempt said so when it failed, and when it would retry.
+        assert len(retries) == tries - 1
+        assert retries[0].endswith(
+            "failed (attempt 1 of 5: RuntimeError; see the receiver's log); "
+            "trying again in 30 s"
+        )
+        assert all("trying again in" in t for t in retries)
         for _ in range(3):
             clock.jump(hours=1)
             await service.tick()

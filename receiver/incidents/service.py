@@ -960,19 +960,8 @@ class IncidentService:
         ``lines``: of effects already carried out, written with theirs.
         Returns the incident after that write (None: nothing written).
         """
-        sent: list[str] = list(lines)
-        done: list[ClaimedEffect] = []
-        carried: list[ClaimedEffect] = []  # of ``done``, those that reached a sink
-        for effect in claimed:
-            outcome = await self._attempt(effect, until)
-            if outcome is None:
-                continue  # handed back for a later attempt, or left to another
-            line, reached = outcome
-            done.append(effect)
-            if reached:
-                carried.append(effect)
-            if line:
-                sent.append(line)
+        sent, done, carried = await self._attempt_all(claimed, until)
+        sent = [*lines, *sent]
         if not done and not sent:
             return None
 
@@ -1000,13 +989,35 @@ class IncidentService:
             )
         return None
 
+    async def _attempt_all(
+        self, claimed: Sequence[ClaimedEffect], until: datetime | None
+    ) -> tuple[list[str], list[ClaimedEffect], list[ClaimedEffect]]:
+        """Attempt each: their lines, those finished, those that reached a sink."""
+        sent: list[str] = []
+        done: list[ClaimedEffect] = []
+        carried: list[ClaimedEffect] = []
+        for effect in claimed:
+            outcome = await self._attempt(effect, until)
+            if outcome is None:
+                continue  # left to another receiver
+            line, reached, finished = outcome
+            if finished:
+                done.append(effect)
+            if reached:
+                carried.append(effect)
+            if line:
+                sent.append(line)
+        return sent, done, carried
+
     async def _attempt(
         self, claimed: ClaimedEffect, until: datetime | None
-    ) -> tuple[str, bool] | None:
-        """One attempt, or None to try again later (or to leave it to another).
+    ) -> tuple[str, bool, bool] | None:
+        """One attempt, or None to leave it to another receiver.
 
-        The timeline line ("" for none) and whether the effect was carried
-        out (False: unreadable, or given up). ``until``: when our claim lapses.
+        The timeline line ("" for none), whether the effect was carried out
+        (False: unreadable, given up, or failed), and whether it is finished
+        (False: handed back for a later attempt, which its line says).
+        ``until``: when our claim lapses.
         """
         if until is not None and self._clock() >= until:
             log.warning(
@@ -1027,6 +1038,7 @@ class IncidentService:
             return (
                 f"An effect could not be read and was not carried out ({exc})",
                 False,
+                True,
             )
         what = self._effects.describe(effect)
         if claimed.attempts > EFFECT_ATTEMPTS:
@@ -1044,7 +1056,7 @@ class IncidentService:
                 "confirmed (each failed or was interrupted; an interrupted one "
                 "may have been sent)"
             )
-            return given_up, False
+            return given_up, False, True
         try:
             line = await self._effects.carry_out(about, effect)
         except Exception as exc:  # one failed message must not stop the others
@@ -1059,14 +1071,27 @@ class IncidentService:
                     f"{what}: not delivered after {claimed.attempts} attempts "
                     f"(last: {type(exc).__name__}; see the receiver's log)"
                 )
-                return failed, False
-            due = self._clock() + EFFECT_RETRY * 2 ** (claimed.attempts - 1)
+                return failed, False, True
+            wait = EFFECT_RETRY * 2 ** (claimed.attempts - 1)
             with contextlib.suppress(StoreUnavailableError):  # lapses instead
-                await self.store.retry_effect(claimed, due)
-            return None
+                await self.store.retry_effect(claimed, self._clock() + wait)
+            # On the timeline now, not only once given up: the SRE reading it
+            # sees that the message has not gone out yet, and why.
+            retrying = (
+                f"{what}: failed (attempt {claimed.attempts} of "
+                f"{EFFECT_ATTEMPTS}: {type(exc).__name__}; see the receiver's "
+                f"log); trying again in {_spell(wait)}"
+            )
+            return retrying, False, False
         if line and claimed.attempts > 1:
             line += (
                 f" (late: attempt {claimed.attempts}; an earlier one failed, or "
                 "was interrupted by a stopped receiver and may have been sent too)"
             )
-        return line, True
+        return line, True, True
+
+
+def _spell(wait: timedelta) -> str:
+    """A wait as the timeline says it: ``30 s``, ``2 min``."""
+    seconds = int(wait.total_seconds())
+    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min"
