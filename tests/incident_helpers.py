@@ -6,8 +6,10 @@ example payloads, so the incident code sees exactly what the worker hands it.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +22,12 @@ from receiver.incidents.effects import Message
 from receiver.model import AlertTrace
 from receiver.rulebook.loader import Rulebook, load_rulebook
 from receiver.steps.catalog import builtin_registry
+from receiver.store.incidents_base import (
+    ClaimedEffect,
+    IncidentRecord,
+    IncidentStore,
+    Mark,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -105,3 +113,70 @@ class RecordingEscalator:
     async def set_status(self, incident_id: str, status: str) -> str:
         self.calls.append((incident_id, 0, status))
         return status
+
+
+class Crash(BaseException):
+    """The process dies here: no ``except Exception`` in the service catches it."""
+
+
+class CrashingAnnouncer(RecordingAnnouncer):
+    """Dies on the first message of ``kind`` (after recording that it was asked)."""
+
+    def __init__(self, kind: str = "opened") -> None:
+        super().__init__()
+        self.kind = kind
+
+    async def announce(self, message: Message) -> list[str]:
+        if message.kind == self.kind:
+            self.messages.append(message)
+            raise Crash
+        return await super().announce(message)
+
+
+class FailingAnnouncer(RecordingAnnouncer):
+    """Raises (a bug, not a crash) on every message of ``kind``."""
+
+    def __init__(self, kind: str = "opened") -> None:
+        super().__init__()
+        self.kind = kind
+
+    async def announce(self, message: Message) -> list[str]:
+        self.messages.append(message)
+        if message.kind == self.kind:
+            msg = "sink bug"
+            raise RuntimeError(msg)
+        return ["recorded"]
+
+
+class HeldAnnouncer(RecordingAnnouncer):
+    """Holds the first message of ``kind`` until released (a slow sink)."""
+
+    def __init__(self, kind: str = "opened") -> None:
+        super().__init__()
+        self.kind = kind
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def announce(self, message: Message) -> list[str]:
+        if message.kind == self.kind and not self.started.is_set():
+            self.started.set()
+            await self.release.wait()
+        return await super().announce(message)
+
+
+def dies_before_recording(store: IncidentStore) -> IncidentStore:
+    """The store, except that the write recording carried-out effects kills us."""
+    update = store.update
+
+    async def dying(
+        record: IncidentRecord,
+        folded: Sequence[Mark] = (),
+        *,
+        done: Sequence[ClaimedEffect] = (),
+    ) -> IncidentRecord | None:
+        if done:
+            raise Crash
+        return await update(record, folded, done=done)
+
+    store.update = dying  # type: ignore[method-assign]
+    return store

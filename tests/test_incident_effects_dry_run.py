@@ -9,37 +9,23 @@ was interrupted before recording. The clock advances on every read.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from incident_helpers import RecordingAnnouncer, TickingClock, example, rulebook
+from incident_helpers import (
+    Crash,
+    RecordingAnnouncer,
+    TickingClock,
+    dies_before_recording,
+    example,
+    rulebook,
+)
 from incident_helpers import traces as decide
 
 from receiver.incidents.service import IncidentService
-from receiver.store.incidents_base import ClaimedEffect, IncidentRecord, Mark
 from receiver.store.incidents_sqlite import SqliteIncidentStore
 
 SIEM = "alertmanager/sark-siem-forwarding-down.firing.json"
-
-
-class Crash(BaseException):
-    """The process dies here: no ``except Exception`` in the service catches it."""
-
-
-class DiesBeforeRecording(SqliteIncidentStore):
-    """Dies on the write that would record carried-out effects."""
-
-    async def update(
-        self,
-        record: IncidentRecord,
-        folded: Sequence[Mark] = (),
-        *,
-        done: Sequence[ClaimedEffect] = (),
-    ) -> IncidentRecord | None:
-        if done:
-            raise Crash
-        return await super().update(record, folded, done=done)
 
 
 def _service(store: SqliteIncidentStore, clock: TickingClock, mode: str) -> Any:
@@ -55,7 +41,9 @@ async def test_a_dry_run_message_is_not_sent_after_a_restart_in_execute(tmp_path
     """Dry-run interrupted after the write; restarted executing: nobody contacted."""
     path = str(tmp_path / "s.db")
     clock = TickingClock()
-    dry, dry_sink = _service(DiesBeforeRecording(path), clock, "dry-run")
+    dry, dry_sink = _service(
+        dies_before_recording(SqliteIncidentStore(path)), clock, "dry-run"
+    )
     book = rulebook()
     # Dies on a write recording effects as done, had it any pending.
     with contextlib.suppress(Crash):

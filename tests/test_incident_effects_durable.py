@@ -17,7 +17,16 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from incident_helpers import RecordingAnnouncer, TickingClock, example, rulebook
+from incident_helpers import (
+    Crash,
+    CrashingAnnouncer,
+    FailingAnnouncer,
+    HeldAnnouncer,
+    RecordingAnnouncer,
+    TickingClock,
+    example,
+    rulebook,
+)
 from incident_helpers import traces as decide
 
 from receiver.incidents.service import IncidentService
@@ -28,54 +37,6 @@ from receiver.store.incidents_sqlite import SqliteIncidentStore
 SIEM = "alertmanager/sark-siem-forwarding-down.firing.json"
 # Past any claim a dead receiver held (the stores' default lease).
 LAPSED = {"minutes": 6}
-
-
-class Crash(BaseException):
-    """The process dies here: no ``except Exception`` in the service catches it."""
-
-
-class CrashingAnnouncer(RecordingAnnouncer):
-    """Dies on the first message of ``kind`` (after recording that it was asked)."""
-
-    def __init__(self, kind: str = "opened") -> None:
-        super().__init__()
-        self.kind = kind
-
-    async def announce(self, message: Any) -> list[str]:
-        if message.kind == self.kind:
-            self.messages.append(message)
-            raise Crash
-        return await super().announce(message)
-
-
-class FailingAnnouncer(RecordingAnnouncer):
-    """Raises (a bug, not a crash) on every message of ``kind``."""
-
-    def __init__(self, kind: str = "opened") -> None:
-        super().__init__()
-        self.kind = kind
-
-    async def announce(self, message: Any) -> list[str]:
-        self.messages.append(message)
-        if message.kind == self.kind:
-            msg = "sink bug"
-            raise RuntimeError(msg)
-        return ["recorded"]
-
-
-class BlockingAnnouncer(RecordingAnnouncer):
-    """Holds the first ``opened`` message until released (a slow sink)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.started = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def announce(self, message: Any) -> list[str]:
-        if message.kind == "opened" and not self.started.is_set():
-            self.started.set()
-            await self.release.wait()
-        return await super().announce(message)
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -148,7 +109,7 @@ async def test_a_crash_after_the_write_still_announces_the_incident(reopen):
 async def test_a_cancelled_fold_leaves_its_announcement_pending(reopen):
     """A task cancelled while the announcement is on its way: sent again later."""
     clock = TickingClock()
-    blocking = BlockingAnnouncer()
+    blocking = HeldAnnouncer()
     dying = _service(reopen(clock), clock, blocking)
     task = asyncio.create_task(_open(dying, clock))
     await blocking.started.wait()
@@ -169,7 +130,7 @@ async def test_a_cancelled_fold_leaves_its_announcement_pending(reopen):
 async def test_a_replica_does_not_send_what_another_is_sending(reopen):
     """While one replica's claim holds, another's tick leaves the message alone."""
     clock = TickingClock()
-    blocking = BlockingAnnouncer()
+    blocking = HeldAnnouncer()
     first = _service(reopen(clock), clock, blocking)
     other = RecordingAnnouncer()
     second = _service(reopen(clock), clock, other)

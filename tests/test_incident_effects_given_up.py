@@ -12,7 +12,15 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from incident_helpers import RecordingAnnouncer, TickingClock, example, rulebook
+from incident_helpers import (
+    Crash,
+    FailingAnnouncer,
+    RecordingAnnouncer,
+    TickingClock,
+    dies_before_recording,
+    example,
+    rulebook,
+)
 from incident_helpers import traces as decide
 
 from receiver.incidents.service import IncidentService
@@ -25,25 +33,6 @@ from receiver.store.incidents_base import (
 from receiver.store.incidents_sqlite import SqliteIncidentStore
 
 SIEM = "alertmanager/sark-siem-forwarding-down.firing.json"
-
-
-class Crash(BaseException):
-    """The process dies here: no ``except Exception`` in the service catches it."""
-
-
-class DiesBeforeRecording(SqliteIncidentStore):
-    """Dies on the write that would record carried-out effects."""
-
-    async def update(
-        self,
-        record: IncidentRecord,
-        folded: Sequence[Mark] = (),
-        *,
-        done: Sequence[ClaimedEffect] = (),
-    ) -> IncidentRecord | None:
-        if done:
-            raise Crash
-        return await super().update(record, folded, done=done)
 
 
 def _service(store: SqliteIncidentStore, clock: TickingClock, announcer: Any) -> Any:
@@ -63,7 +52,7 @@ async def test_a_message_sent_by_interrupted_attempts_is_not_called_undelivered(
     book = rulebook()
     dead: list[SqliteIncidentStore] = []
     for n in range(5):
-        dead.append(DiesBeforeRecording(path, reclaim=True))
+        dead.append(dies_before_recording(SqliteIncidentStore(path, reclaim=True)))
         dying = _service(dead[-1], clock, sink)
         with contextlib.suppress(Crash):
             if n == 0:
@@ -108,17 +97,6 @@ class Contended(SqliteIncidentStore):
         if done and self.contended:
             return None  # as if another writer changed the incident first
         return await super().update(record, folded, done=done)
-
-
-class FailingAnnouncer(RecordingAnnouncer):
-    """Raises on every ``opened`` message."""
-
-    async def announce(self, message: Any) -> list[str]:
-        self.messages.append(message)
-        if message.kind == "opened":
-            msg = "sink bug"
-            raise RuntimeError(msg)
-        return ["recorded"]
 
 
 async def test_a_given_up_line_lost_to_conflicts_is_written_later(tmp_path):

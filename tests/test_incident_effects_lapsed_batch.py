@@ -13,19 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from incident_helpers import RecordingAnnouncer, TickingClock, example, rulebook
+from incident_helpers import (
+    Crash,
+    HeldAnnouncer,
+    RecordingAnnouncer,
+    TickingClock,
+    dies_before_recording,
+    example,
+    rulebook,
+)
 from incident_helpers import traces as decide
 
 from receiver.incidents.service import IncidentService
 from receiver.store.incidents_base import (
-    ClaimedEffect,
-    IncidentRecord,
     IncidentStore,
-    Mark,
 )
 from receiver.store.incidents_redis import RedisIncidentStore
 from receiver.store.incidents_sqlite import SqliteIncidentStore
@@ -34,43 +39,6 @@ PAYLOADS = (
     "alertmanager/sark-siem-forwarding-down.firing.json",
     "alertmanager/sark-database-down.firing.json",
 )
-
-
-class Crash(BaseException):
-    """The process dies here: no ``except Exception`` in the service catches it."""
-
-
-def dies_before_recording(store: IncidentStore) -> IncidentStore:
-    """The store, except that the write recording carried-out effects kills us."""
-    update = store.update
-
-    async def dying(
-        record: IncidentRecord,
-        folded: Sequence[Mark] = (),
-        *,
-        done: Sequence[ClaimedEffect] = (),
-    ) -> IncidentRecord | None:
-        if done:
-            raise Crash
-        return await update(record, folded, done=done)
-
-    store.update = dying  # type: ignore[method-assign]
-    return store
-
-
-class HeldAnnouncer(RecordingAnnouncer):
-    """Holds its first ``opened`` message until released (a sink timing out)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.started = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def announce(self, message: Any) -> list[str]:
-        if message.kind == "opened" and not self.started.is_set():
-            self.started.set()
-            await self.release.wait()
-        return await super().announce(message)
 
 
 @pytest.fixture(params=["sqlite", "redis"])

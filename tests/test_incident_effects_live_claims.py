@@ -14,29 +14,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from incident_helpers import RecordingAnnouncer, TickingClock, example, rulebook
+from incident_helpers import (
+    HeldAnnouncer,
+    RecordingAnnouncer,
+    TickingClock,
+    example,
+    rulebook,
+)
 from incident_helpers import traces as decide
 
 from receiver.incidents.service import IncidentService
 from receiver.store.incidents_sqlite import SqliteIncidentStore
 
 SIEM = "alertmanager/sark-siem-forwarding-down.firing.json"
-
-
-class HeldAnnouncer(RecordingAnnouncer):
-    """Holds the first message of ``kind`` until released (a slow sink)."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__()
-        self.kind = kind
-        self.started = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def announce(self, message: Any) -> list[str]:
-        if message.kind == self.kind and not self.started.is_set():
-            self.started.set()
-            await self.release.wait()
-        return await super().announce(message)
 
 
 def _service(store: SqliteIncidentStore, clock: TickingClock, announcer: Any) -> Any:
