@@ -438,6 +438,19 @@ def reopen_incidents(
 
 
 @pytest.fixture(params=["sqlite", "redis"])
+def reopen_clocked(
+    request: pytest.FixtureRequest, tmp_path: Any
+) -> Callable[[Callable[[], datetime]], IncidentStore]:
+    """``reopen_incidents`` on a clock of the test's: the stores' marks read it."""
+    if request.param == "sqlite":
+        path = str(tmp_path / "incidents.db")
+        return lambda clock: SqliteIncidentStore(path, clock=clock)
+    url = request.getfixturevalue("redis_url")
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    return lambda clock: RedisIncidentStore(url, prefix=prefix, clock=clock)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
 async def any_store(
     request: pytest.FixtureRequest, tmp_path: Any
 ) -> AsyncIterator[Store]:

@@ -12,8 +12,6 @@ it was not delivered. Both incident stores; the clock advances on every read.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -31,25 +29,10 @@ from incident_helpers import traces as decide
 
 from receiver.incidents.service import IncidentService
 from receiver.store.incidents_base import IncidentQuery, IncidentStore
-from receiver.store.incidents_redis import RedisIncidentStore
-from receiver.store.incidents_sqlite import SqliteIncidentStore
 
 SIEM = "alertmanager/sark-siem-forwarding-down.firing.json"
 # Past any claim a dead receiver held (the stores' default lease).
 LAPSED = {"minutes": 6}
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def reopen(
-    request: pytest.FixtureRequest, tmp_path: Any
-) -> Callable[[TickingClock], IncidentStore]:
-    """The same incident store (both kinds), opened again on each call."""
-    if request.param == "sqlite":
-        path = str(tmp_path / "incidents.db")
-        return lambda clock: SqliteIncidentStore(path, clock=clock)
-    url = request.getfixturevalue("redis_url")
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    return lambda clock: RedisIncidentStore(url, prefix=prefix, clock=clock)
 
 
 def _service(store: IncidentStore, clock: TickingClock, announcer: Any) -> Any:
@@ -74,18 +57,18 @@ async def _open(service: Any, clock: TickingClock) -> Any:
     )
 
 
-async def test_a_crash_after_the_write_still_announces_the_incident(reopen):
+async def test_a_crash_after_the_write_still_announces_the_incident(reopen_clocked):
     """Killed between the write and the announcement: the next receiver sends it.
 
     Before, the incident said it opened and nobody was ever told.
     """
     clock = TickingClock()
-    dying = _service(reopen(clock), clock, CrashingAnnouncer())
+    dying = _service(reopen_clocked(clock), clock, CrashingAnnouncer())
     with pytest.raises(Crash):
         await _open(dying, clock)
     # The dead process closes nothing; its successor opens the store again.
     announcer = RecordingAnnouncer()
-    service = _service(reopen(clock), clock, announcer)
+    service = _service(reopen_clocked(clock), clock, announcer)
     try:
         [listed], _ = await service.page(IncidentQuery())
         assert _sent(listed) == []  # written, not announced
@@ -106,18 +89,18 @@ async def test_a_crash_after_the_write_still_announces_the_incident(reopen):
         await dying.store.close()
 
 
-async def test_a_cancelled_fold_leaves_its_announcement_pending(reopen):
+async def test_a_cancelled_fold_leaves_its_announcement_pending(reopen_clocked):
     """A task cancelled while the announcement is on its way: sent again later."""
     clock = TickingClock()
     blocking = HeldAnnouncer()
-    dying = _service(reopen(clock), clock, blocking)
+    dying = _service(reopen_clocked(clock), clock, blocking)
     task = asyncio.create_task(_open(dying, clock))
     await blocking.started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     announcer = RecordingAnnouncer()
-    service = _service(reopen(clock), clock, announcer)
+    service = _service(reopen_clocked(clock), clock, announcer)
     try:
         clock.jump(**LAPSED)
         await service.tick()
@@ -127,13 +110,13 @@ async def test_a_cancelled_fold_leaves_its_announcement_pending(reopen):
         await dying.store.close()
 
 
-async def test_a_replica_does_not_send_what_another_is_sending(reopen):
+async def test_a_replica_does_not_send_what_another_is_sending(reopen_clocked):
     """While one replica's claim holds, another's tick leaves the message alone."""
     clock = TickingClock()
     blocking = HeldAnnouncer()
-    first = _service(reopen(clock), clock, blocking)
+    first = _service(reopen_clocked(clock), clock, blocking)
     other = RecordingAnnouncer()
-    second = _service(reopen(clock), clock, other)
+    second = _service(reopen_clocked(clock), clock, other)
     try:
         task = asyncio.create_task(_open(first, clock))
         await blocking.started.wait()
@@ -153,11 +136,11 @@ async def test_a_replica_does_not_send_what_another_is_sending(reopen):
         await second.aclose()
 
 
-async def test_a_message_that_keeps_failing_is_given_up_with_a_line(reopen):
+async def test_a_message_that_keeps_failing_is_given_up_with_a_line(reopen_clocked):
     """Bounded retries, then "not delivered" on the timeline; never a loop."""
     clock = TickingClock()
     announcer = FailingAnnouncer()
-    service = _service(reopen(clock), clock, announcer)
+    service = _service(reopen_clocked(clock), clock, announcer)
     try:
         [incident] = await _open(service, clock)
         for _ in range(12):
@@ -184,13 +167,13 @@ async def test_a_message_that_keeps_failing_is_given_up_with_a_line(reopen):
         await service.aclose()
 
 
-async def test_a_message_that_kills_every_receiver_is_given_up(reopen):
+async def test_a_message_that_kills_every_receiver_is_given_up(reopen_clocked):
     """A message whose sending kills the process each time is not tried forever."""
     clock = TickingClock()
     stores = []
     tries = 0
     for _ in range(10):
-        store = reopen(clock)
+        store = reopen_clocked(clock)
         stores.append(store)
         announcer = CrashingAnnouncer()
         service = _service(store, clock, announcer)
@@ -205,7 +188,7 @@ async def test_a_message_that_kills_every_receiver_is_given_up(reopen):
         tries += announcer.kinds().count("opened")
     try:
         assert 1 < tries <= 5
-        service = _service(reopen(clock), clock, RecordingAnnouncer())
+        service = _service(reopen_clocked(clock), clock, RecordingAnnouncer())
         [listed], _ = await service.page(IncidentQuery())
         [line] = [t for t in _sent(listed) if "(opened)" in t]
         assert "given up after" in line  # each attempt may have reached the sink

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
-from collections.abc import Callable
 from typing import Any
 
-import pytest
 from incident_helpers import (
     Crash,
     HeldAnnouncer,
@@ -32,26 +29,11 @@ from receiver.incidents.service import IncidentService
 from receiver.store.incidents_base import (
     IncidentStore,
 )
-from receiver.store.incidents_redis import RedisIncidentStore
-from receiver.store.incidents_sqlite import SqliteIncidentStore
 
 PAYLOADS = (
     "alertmanager/sark-siem-forwarding-down.firing.json",
     "alertmanager/sark-database-down.firing.json",
 )
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def opener(
-    request: pytest.FixtureRequest, tmp_path: Any
-) -> Callable[[TickingClock], IncidentStore]:
-    """Opens the same incident store (both kinds) on each call."""
-    if request.param == "sqlite":
-        path = str(tmp_path / "incidents.db")
-        return lambda clock: SqliteIncidentStore(path, clock=clock)
-    url = request.getfixturevalue("redis_url")
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    return lambda clock: RedisIncidentStore(url, prefix=prefix, clock=clock)
 
 
 def _service(store: IncidentStore, clock: TickingClock, announcer: Any) -> Any:
@@ -61,13 +43,13 @@ def _service(store: IncidentStore, clock: TickingClock, announcer: Any) -> Any:
     )
 
 
-async def test_a_lapsed_claim_does_not_send_the_rest_of_its_batch(opener):
+async def test_a_lapsed_claim_does_not_send_the_rest_of_its_batch(reopen_clocked):
     """The first sink call outlives the lease: the second message goes out once."""
     clock = TickingClock()
     book = rulebook()
     stores = []
     for name in PAYLOADS:  # two receivers died before recording their messages
-        stores.append(dies_before_recording(opener(clock)))
+        stores.append(dies_before_recording(reopen_clocked(clock)))
         dying = _service(stores[-1], clock, RecordingAnnouncer())
         with contextlib.suppress(Crash):
             await dying.observe(
@@ -75,9 +57,9 @@ async def test_a_lapsed_claim_does_not_send_the_rest_of_its_batch(opener):
             )
     clock.jump(minutes=6)
     slow = HeldAnnouncer()
-    first = _service(opener(clock), clock, slow)
+    first = _service(reopen_clocked(clock), clock, slow)
     other = RecordingAnnouncer()
-    second = _service(opener(clock), clock, other)
+    second = _service(reopen_clocked(clock), clock, other)
     try:
         ticking = asyncio.create_task(first.tick())
         await slow.started.wait()
