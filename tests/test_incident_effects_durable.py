@@ -12,6 +12,9 @@ it was not delivered. Both incident stores; the clock advances on every read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -29,6 +32,7 @@ from incident_helpers import traces as decide
 
 from receiver.incidents.service import IncidentService
 from receiver.store.incidents_base import IncidentQuery, IncidentStore
+from receiver.store.incidents_sqlite import SqliteIncidentStore
 
 SIEM = "alertmanager/sark-siem-forwarding-down.firing.json"
 # Past any claim a dead receiver held (the stores' default lease).
@@ -196,3 +200,34 @@ async def test_a_message_that_kills_every_receiver_is_given_up(reopen_clocked):
         await service.aclose()
         for store in stores:
             await store.close()
+
+
+async def test_a_spent_effect_of_an_unwritable_incident_is_not_claimed_forever(
+    tmp_path,
+):
+    """Its incident's record cannot be read (a bug): bounded tries, then dropped.
+
+    Before, once given up its line could not be written, so it stayed pending
+    and was claimed again every lease, forever.
+    """
+    clock = TickingClock()
+    path = str(tmp_path / "incidents.db")
+    store = SqliteIncidentStore(path, clock=clock)
+    with contextlib.suppress(Crash):
+        await _open(_service(store, clock, CrashingAnnouncer()), clock)
+    await store.close()
+    with sqlite3.connect(path) as db:
+        db.execute('UPDATE incidents SET body = \'{"not": "an incident"}\'')
+    store = SqliteIncidentStore(path, clock=clock)
+    sink = RecordingAnnouncer()
+    service = _service(store, clock, sink)
+    try:
+        for _ in range(8):
+            clock.jump(**LAPSED)
+            await service.tick()
+        tries = sink.kinds().count("opened")
+        assert tries <= 5
+        clock.jump(**LAPSED)
+        assert await store.claim_effects(clock(), timedelta(minutes=5), 10) == []
+    finally:
+        await service.aclose()

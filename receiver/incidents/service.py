@@ -941,7 +941,34 @@ class IncidentService:
                 raise  # the claims lapse; the next tick tries again
             except Exception:  # one incident's effects must not hold back others
                 log.exception("incident_effects_failed", incident=incident_id)
+                await self._drop_spent(incident_id, effects)
         return len(claimed)
+
+    async def _drop_spent(
+        self, incident_id: str, effects: Sequence[ClaimedEffect]
+    ) -> None:
+        """Remove effects past their last attempt whose incident cannot be written.
+
+        Their "given up" line has nowhere to go (a record this receiver cannot
+        read, a bug): kept, they would be claimed again every lease, forever.
+        """
+        spent = [e for e in effects if e.attempts > EFFECT_ATTEMPTS]
+        if not spent:
+            return
+        log.error(
+            "incident_effects_dropped",
+            incident=incident_id,
+            effects=[self._describe(e) for e in spent],
+            reason="given up, and the incident cannot be written to say so",
+        )
+        with contextlib.suppress(StoreUnavailableError):  # claimed again later
+            await self.store.finish_effects(spent)
+
+    def _describe(self, claimed: ClaimedEffect) -> str:
+        try:
+            return self._effects.describe(decode_effect(claimed.body)[1])
+        except ValueError:
+            return claimed.id
 
     async def _deliver(
         self,
