@@ -150,3 +150,26 @@ def test_a_tab_in_a_rule_file_says_to_indent_with_spaces(tmp_path, capsys):
         "with spaces, YAML allows no tabs there"
     )
     assert err == [want]
+
+
+def test_report_on_a_damaged_store_file_is_one_line(tmp_path, capsys, monkeypatch):
+    """A store file damaged past its table list: exit 2, one line, no traceback."""
+    monkeypatch.delenv("RECEIVER_STORE", raising=False)
+    db = tmp_path / "receiver.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA page_size=4096")
+        conn.execute("CREATE TABLE journal (id TEXT)")
+        conn.execute("CREATE TABLE incidents (id TEXT PRIMARY KEY, body TEXT)")
+        conn.executemany(
+            "INSERT INTO incidents VALUES (?, ?)",
+            [(f"INC-{n}", "x" * 500) for n in range(200)],
+        )
+    conn.close()
+    data = bytearray(db.read_bytes())
+    data[4096:] = b"\xff" * (len(data) - 4096)  # every page but the table list
+    db.write_bytes(bytes(data))
+    assert main(["report", INCIDENT, "--store", f"sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"receiver: {db}: the incident {INCIDENT!r} cannot be")
+    assert "integrity_check" in err[0]

@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from receiver.errors import InputError
 from receiver.model import freeze
 from receiver.store.incidents_base import (
     KEEP_MARKS,
@@ -502,7 +503,17 @@ class SqliteIncidentReader:
             ).fetchone()
             return _record(row) if row else None
 
-        return await asyncio.to_thread(read_only, self.path, run)
+        try:
+            return await asyncio.to_thread(read_only, self.path, run)
+        except (sqlite3.DatabaseError, ValueError) as exc:
+            # Past the check that it is a store: a damaged file, or a record
+            # this receiver cannot read.
+            msg = (
+                f"{self.path}: the incident {incident_id!r} cannot be read from "
+                f"this store file ({exc}); is it damaged? (sqlite3 {self.path} "
+                "'PRAGMA integrity_check' tells)"
+            )
+            raise InputError(msg) from exc
 
     async def close(self) -> None:
         """Nothing to release: each read opens and closes its own connection."""
