@@ -156,13 +156,28 @@ async def test_a_redis_gone_fails_every_waiting_caller_as_down(
 async def test_an_append_given_up_before_it_was_sent_is_not_sent(
     own_redis: str,
 ) -> None:
+    """Queued behind a pipeline on its way, its caller gone: it is never sent."""
     store = RedisStore(own_redis, prefix="c")
+    queue = Noting()
+    on_its_way, go_on = asyncio.Event(), asyncio.Event()
+    send = store._send_batch
+
+    async def held(batch: list) -> list[object]:
+        on_its_way.set()
+        await go_on.wait()
+        return await send(batch)
+
     try:
         await store.append(entry(0), [])
+        store._append_queue = queue
+        store._send_batch = held  # type: ignore[method-assign]
         first = asyncio.ensure_future(store.append(entry(1), []))
+        await on_its_way.wait()  # the first is taken from the queue, held
+        queue.grew.clear()
         second = asyncio.ensure_future(store.append(entry(2), []))
-        await asyncio.sleep(0)  # both queued; the first is on its way
+        await queue.grew.wait()  # the second waits behind it
         second.cancel()
+        go_on.set()
         await first
         with pytest.raises(asyncio.CancelledError):
             await second
@@ -173,3 +188,15 @@ async def test_an_append_given_up_before_it_was_sent_is_not_sent(
     assert "p-0001" in ids
     assert "p-0003" in ids
     assert "p-0002" not in ids
+
+
+class Noting(list):  # type: ignore[type-arg]
+    """The store's queue of appends, telling when one is added."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grew = asyncio.Event()
+
+    def append(self, item: object) -> None:
+        super().append(item)
+        self.grew.set()
