@@ -160,6 +160,32 @@ async def test_report_sections_follow_the_runbook_templates(
     assert "| Action | Owner | Due Date | Status |" in text
 
 
+async def test_resolved_unacknowledged_says_never_acknowledged(tmp_path):
+    """Resolved before anyone acknowledged: the response time says so, not "not yet"."""
+    clock = TickingClock()
+    book = rulebook()
+    store = SqliteIncidentStore(str(tmp_path / "r.db"))
+    service = IncidentService(store, clock=clock, rulebook=lambda: book)
+    try:
+        firing = example("alertmanager/sark-api-down.firing.json")
+        [incident] = await service.observe(
+            await traces(book, "alertmanager", firing, clock())
+        )
+        clock.to(START + timedelta(minutes=12))
+        resolved = example("alertmanager/sark-api-down.resolved.json")
+        await service.observe(await traces(book, "alertmanager", resolved, clock()))
+        final = await service.get(incident.id)
+        assert final is not None
+        assert final.acknowledged_at is None
+        clock.to(START + timedelta(hours=3))
+        text = render_report(final, service.policy, clock())
+    finally:
+        await store.close()
+    [line] = [x for x in text.splitlines() if x.startswith("**Response Time:**")]
+    assert line == "**Response Time:** never acknowledged (resolved after 12 minutes)"
+    assert "not yet" not in text
+
+
 def test_cli_report_prints_the_stored_report(tmp_path, capsys):
     """``receiver report ID`` prints the report of an incident in the store."""
     db = tmp_path / "receiver.db"

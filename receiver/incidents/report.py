@@ -107,6 +107,15 @@ def _took(start: datetime, end: datetime | None, now: datetime) -> str:
     return human(end - start)
 
 
+def _response(
+    opened: datetime, ack: datetime | None, end: datetime | None, now: datetime
+) -> str:
+    """Time to acknowledgment; an incident resolved unacknowledged says so."""
+    if ack is None and end is not None:
+        return f"never acknowledged (resolved after {human(end - opened)})"
+    return _took(opened, ack, now) + " (to acknowledgment)"
+
+
 def _clock_rows(incident: Incident, policy: IncidentPolicy, now: datetime) -> list[str]:
     rows = [
         f"| Clock | Target ({incident.severity}) | Took | Target met |",
@@ -265,7 +274,7 @@ def render_report(incident: Incident, policy: IncidentPolicy, now: datetime) -> 
         "",
         "## Response",
         f"**Detection Time:** {minute(opened)}",
-        f"**Response Time:** {_took(opened, ack, now)} (to acknowledgment)",
+        f"**Response Time:** {_response(opened, ack, end, now)}",
         f"**Resolution Time:** {_took(opened, end, now)}",
         f"**Mitigation:** {_mitigation(incident)}"
         + (f" (mitigated {minute(mitigated)})" if mitigated else ""),
