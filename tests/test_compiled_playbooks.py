@@ -19,7 +19,7 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 ALERTNAMES = RUNBOOK_ALERTNAMES
 
 
-def _alerts(n: int, *, fired: tuple[int, ...] = (0,)) -> list[Alert]:
+def _alerts(n: int, *, fired: tuple[float, ...] = (0,)) -> list[Alert]:
     rng = random.Random(7)  # noqa: S311 (seeded on purpose)
     out = []
     for i in range(n):
@@ -71,7 +71,10 @@ def test_playbook_plans_equal_fresh_plans_whatever_the_firing_time():
         PlanContext(diagnose=True),
     )
     for ctx in contexts:
-        for alert in _alerts(500, fired=(0, 45, 150, 301, 700, 86400)):
+        # Around the runbook's requirements (2m, 5m, 10m) to the fraction of a
+        # second: young alerts share plans by whole seconds fired.
+        fired = (0, 0.4, 45, 45.9, 119.5, 119.999, 120, 150, 299.2, 301, 599.7, 700)
+        for alert in _alerts(500, fired=(*fired, 86400)):
             shared = plan(alert, book, NOW, ctx, compiled=compiled)
             fresh = plan(alert, book, NOW, ctx)
             assert [m.steps for m in shared.matches] == [m.steps for m in fresh.matches]
@@ -101,6 +104,30 @@ def test_alerts_planned_alike_share_their_planned_steps():
     )
     assert one.matches[0] is two.matches[0]
     assert one.matches[0].steps is two.matches[0].steps
+
+
+def test_young_alerts_share_plans_by_whole_seconds_fired():
+    """Not firing long enough: alike for the same second, apart for the next."""
+    book = load_rulebook([ROOT / "rules"], steps=builtin_registry())
+    compiled = CompiledPlaybooks()
+    labels = {"alertname": "SarkHighLatency", "namespace": "production"}
+
+    def planned(fp: str, fired: float) -> tuple[object, ...]:
+        alert = Alert(
+            "alertmanager",
+            fp,
+            "firing",
+            freeze({**labels, "instance": fp}),
+            starts_at=NOW - timedelta(seconds=fired),
+        )
+        return plan(alert, book, NOW, PlanContext(), compiled=compiled).matches[0].steps
+
+    one, two, three = planned("a", 65.1), planned("b", 65.8), planned("c", 66.2)
+    assert one is two
+    assert three is not one
+    reasons = {p.trace.reason for p in one} | {p.trace.reason for p in three}
+    assert "not firing long enough: 1m5s of the required 10m" in reasons
+    assert "not firing long enough: 1m6s of the required 10m" in reasons
 
 
 def test_playbook_plans_stay_bounded(monkeypatch):

@@ -200,12 +200,17 @@ class CompiledStep:
         )
 
 
+# Marks the key of a plan made for an alert not firing long enough yet.
+_YOUNG = object()
+
+
 class CompiledPlaybook:
     """A playbook's steps, compiled, and its planned steps per alert values.
 
     What a step is planned as depends on the alert only through the fields its
     templates read, the alert's status and (for a remediation of a playbook
-    that requires firing for a while) whether it fired long enough. Steps
+    that requires firing for a while) whether it fired long enough, and if
+    not, for how many seconds (its reason says). Steps
     planned for one set of those (and one ``PlanContext``) are kept and reused
     as they are: they are frozen, so alerts may share them.
     """
@@ -229,15 +234,14 @@ class CompiledPlaybook:
         self, alert: Alert, now: datetime, match: RuleMatch, ctx: PlanContext
     ) -> tuple[PlannedStep, ...]:
         """The steps planned for ``alert`` (computed once per distinct inputs)."""
-        if (
-            self._timed
-            and alert.status == "firing"
-            and self._need is not None
-            and alert.firing_for(now) < self._need
-        ):
-            # The reason names how long it fired: planned for this alert only.
-            return self._plan(alert, now, match, ctx)
-        key = (ctx, alert.status, *self._values(alert))
+        key: tuple[object, ...] = (ctx, alert.status, *self._values(alert))
+        if self._timed and alert.status == "firing" and self._need is not None:
+            fired = alert.firing_for(now)
+            if fired < self._need:
+                # Its remediations' reason names how long it fired, to the
+                # second: shared by alerts as young to the second (a storm of
+                # new alerts; the first notifications of any alert).
+                key = (_YOUNG, int(fired.total_seconds()), *key)
         found = self._planned.get(key)
         if found is None:
             found = self._planned.keep(key, self._plan(alert, now, match, ctx))
