@@ -45,6 +45,7 @@ from receiver.steps.changes import ChangesExecutor
 from receiver.steps.http import warm_up
 from receiver.store.base import Store
 from receiver.store.diagnostics import cache_beside
+from receiver.store.eviction import check_eviction
 from receiver.store.outbox import outbox_beside
 from receiver.web.admin import Admin
 from receiver.web.approvals import ApprovalAPI, ApprovalDesk, OnCall
@@ -175,6 +176,20 @@ def _edge_hooks(bell: EdgeBell | None) -> EdgeHooks:
     }
 
 
+def _eviction_checked(
+    store: Store, metrics: Metrics, *, execute: bool, allowed: bool
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Say (or refuse, in execute mode) at start if the store may evict keys."""
+
+    async def check(_app: web.Application) -> AsyncIterator[None]:
+        eviction = await check_eviction(store, execute=execute, allowed=allowed)
+        if eviction is not None:
+            metrics.store_evicts(eviction.possible)
+        yield
+
+    return check
+
+
 def _edge_lifecycle(
     store: Store,
     bell: EdgeBell | None,
@@ -278,6 +293,18 @@ def create_app(  # noqa: C901, PLR0915 (the one place that wires everything)
         client_max_size=runtime.limits.max_body_bytes + 1,
     )
     app[STORE] = store
+    if worker_bell is None:
+        # First of all that starts: an execute-mode refusal comes before any
+        # worker, ticker or child. A supervised worker child's edge has just
+        # checked the same store.
+        app.cleanup_ctx.append(
+            _eviction_checked(
+                store,
+                metrics,
+                execute=mode == "execute",
+                allowed=settings.store.allow_eviction,
+            )
+        )
     app.on_cleanup.append(lambda _app: reuse.aclose())
     app[AUTHENTICATOR] = auth
     app[METRICS] = metrics

@@ -10,6 +10,7 @@ too), and the label values known at start are pre-initialised at zero so that
 
 from __future__ import annotations
 
+import math
 import platform
 from collections.abc import Callable, Iterable, Iterator
 
@@ -160,6 +161,14 @@ class Metrics:
         self.paused = Gauge(
             "receiver_paused",
             "1 while remediations are paused (POST /api/v1/pause), else 0.",
+            registry=r,
+        )
+        self.store_eviction = Gauge(
+            "receiver_store_eviction_possible",
+            "1 while the store's Redis may evict keys (maxmemory set, "
+            "maxmemory-policy not noeviction), so locks and claims can vanish; "
+            "0 when it cannot (or the store is SQLite); NaN when Redis would "
+            "not say. Read at start and at each scrape.",
             registry=r,
         )
         self.guard_skips = Counter(
@@ -317,6 +326,10 @@ class Metrics:
         """This process failed to load the rules and keeps its current ones."""
         self.reload_ok.set(0)
         self.worker_reload_ok.set(0)
+
+    def store_evicts(self, possible: bool | None) -> None:
+        """Set ``receiver_store_eviction_possible`` (None: Redis would not say)."""
+        self.store_eviction.set(math.nan if possible is None else int(possible))
 
     def sink_outbox(self, pending: int, parked: int) -> None:
         """The sink outbox's rows now: waiting or in flight, and parked."""

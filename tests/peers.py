@@ -204,25 +204,27 @@ def wait_for_redis(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextlib.contextmanager
-def run_redis(tmp: Path) -> Iterator[str]:
+def run_redis(tmp: Path, args: Sequence[str] = ()) -> Iterator[str]:
     """Start a throwaway redis-server on a free loopback port; yield its URL.
 
     Nothing is persisted (no RDB, no AOF) and the data directory is ``tmp``.
+    ``args`` are more of its options (``--maxmemory 10mb``).
     """
     port = free_port()
-    with start_redis(tmp / f"redis-{port}", port) as proc:
+    with start_redis(tmp / f"redis-{port}", port, args=args) as proc:
         del proc
         yield f"redis://127.0.0.1:{port}/0"
 
 
 @contextlib.contextmanager
 def start_redis(
-    data: Path, port: int, *, durable: bool = False
+    data: Path, port: int, *, durable: bool = False, args: Sequence[str] = ()
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A redis-server on ``port`` keeping its files in ``data``.
 
     ``durable`` turns on the append-only file with ``appendfsync always``, so a
-    restart on the same ``data`` keeps every acknowledged write.
+    restart on the same ``data`` keeps every acknowledged write. ``args`` are
+    more of its options.
     """
     binary = require_binary("redis-server")
     data.mkdir(parents=True, exist_ok=True)
@@ -241,6 +243,7 @@ def start_redis(
                 *(persistence if durable else ["--appendonly", "no"]),
                 "--dir",
                 str(data),
+                *args,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

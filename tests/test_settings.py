@@ -57,6 +57,7 @@ LEGACY_VARIABLES = [
     "MAX_ANNOTATION_VALUE_BYTES",
     "MAX_ALERT_BYTES",
     "STORE",
+    "STORE_ALLOW_EVICTION",
     "WORKERS",
     "RETENTION",
     "RETENTION_PAYLOADS",
@@ -130,6 +131,7 @@ def test_every_setting_keeps_its_variable_name():
         ("RECEIVER_PORT", "9000", "server.port", 9000),
         ("RECEIVER_RULES", "a.yaml,b", "engine.rules", [Path("a.yaml"), Path("b")]),
         ("RECEIVER_PAUSED", "true", "engine.paused", True),
+        ("RECEIVER_STORE_ALLOW_EVICTION", "true", "store.allow_eviction", True),
         ("RECEIVER_RETENTION", "3d", "retention.max_age", timedelta(days=3)),
         (
             "RECEIVER_JOURNAL_SHED_PAUSE",

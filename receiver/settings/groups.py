@@ -297,12 +297,23 @@ class EdgeSettings(Group):
 class StoreSettings(Group):
     """Where state lives."""
 
-    legacy_names: ClassVar[dict[str, str]] = {"url": "store"}
+    legacy_names: ClassVar[dict[str, str]] = {
+        "url": "store",
+        "allow_eviction": "store_allow_eviction",
+    }
 
     url: str = Field(
         default="sqlite:///receiver.db",
         description="State store: sqlite:///PATH (one instance) or redis://HOST "
         "(replicas).",
+    )
+    allow_eviction: bool = Field(
+        default=False,
+        description="Run remediations (execute mode) on a Redis store that may "
+        "evict keys (maxmemory set, maxmemory-policy not noeviction). Without it "
+        "the receiver refuses to start in execute mode there: an evicted lock or "
+        "claim can let a remediation run twice. Only for a Redis that never "
+        "reaches its maxmemory; the error is logged all the same.",
     )
 
     @field_validator("url")

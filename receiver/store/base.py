@@ -5,9 +5,10 @@ under a ``Lease`` they renew while deciding, complete them, or park them),
 ``DecisionLog`` (decision records; the API reads them), ``GuardState`` (the
 runner's run-once keys, target locks, cooldowns, budgets, circuit breakers, the
 pause switch and the liveness of each worker incarnation) and ``Approvals``.
-``Store`` is all four plus ``ping``/``close``; each implementation (``sqlite``,
-``redis``) is one class that passes ``tests/test_store_contract.py`` and the
-model-based ``tests/test_store_model.py``.
+``Store`` is all four plus ``ping``, ``eviction`` (whether the server may drop
+keys on its own) and ``close``; each implementation (``sqlite``, ``redis``) is
+one class that passes ``tests/test_store_contract.py`` and the model-based
+``tests/test_store_model.py``.
 
 The values (``receiver.store.handles``) and the decision-record helpers
 (``receiver.store.records``) are re-exported here, where callers import them.
@@ -28,6 +29,7 @@ from receiver.store.handles import (
     ClaimOutcome,
     DecisionPage,
     DecisionQuery,
+    Eviction,
     JournalEntry,
     KeyStatus,
     Lease,
@@ -61,6 +63,7 @@ __all__ = [
     "DecisionLog",
     "DecisionPage",
     "DecisionQuery",
+    "Eviction",
     "GuardState",
     "Journal",
     "JournalEntry",
@@ -421,6 +424,14 @@ class Store(Journal, DecisionLog, GuardState, Approvals, Protocol):
 
     async def ping(self) -> bool:
         """Whether the store can take writes now."""
+        ...
+
+    async def eviction(self) -> Eviction | None:
+        """Whether the store's server may drop keys on its own, as it says now.
+
+        None for a store nothing evicts from (SQLite). Never raises for a
+        server that will not say: the ``Eviction`` is then ``unknown``.
+        """
         ...
 
     async def close(self) -> None:

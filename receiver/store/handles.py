@@ -292,6 +292,42 @@ class Pause:
 
 
 @dataclass(frozen=True)
+class Eviction:
+    """What the store's Redis does with keys once it reaches its memory limit.
+
+    Read from ``INFO memory`` (managed Redis often refuses ``CONFIG``):
+    ``policy`` is its ``maxmemory_policy`` and ``maxmemory`` its limit in bytes
+    (0: none). When Redis would not say, both are None and ``unknown`` says
+    why. ``where`` names the server (host:port or socket path), never its
+    credentials.
+    """
+
+    where: str
+    policy: str | None = None
+    maxmemory: int | None = None
+    unknown: str | None = None
+
+    @property
+    def possible(self) -> bool | None:
+        """Whether Redis may drop keys on its own; None when it would not say.
+
+        Only with a limit and a policy other than ``noeviction``: without a
+        limit Redis never evicts, whatever the policy says.
+        """
+        if self.policy is None or self.maxmemory is None:
+            return None
+        return self.maxmemory > 0 and self.policy != "noeviction"
+
+    def to_json(self) -> dict[str, object]:
+        """JSON form for ``GET /readyz`` (the server is not named)."""
+        return {
+            "possible": self.possible,
+            "maxmemory_policy": self.policy,
+            "maxmemory": self.maxmemory,
+        }
+
+
+@dataclass(frozen=True)
 class Circuit:
     """A playbook's circuit-breaker state."""
 

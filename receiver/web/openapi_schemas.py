@@ -242,6 +242,22 @@ def response_schemas() -> dict[str, JSONObject]:
         ),
         "Health": obj({"status": STRING}, ("status",)),
         "Ready": obj(
-            {"status": STRING, "rules": INTEGER, "store": STRING}, ("status",)
+            {
+                "status": STRING,
+                "rules": INTEGER,
+                "store": STRING,
+                "worker": STRING,
+                # Redis stores: whether Redis may evict the receiver's keys
+                # (null when it would not say); never makes it not ready.
+                "store_eviction": obj(
+                    {
+                        "possible": {"type": ["boolean", "null"]},
+                        "maxmemory_policy": NULLABLE_STRING,
+                        "maxmemory": {"type": ["integer", "null"]},
+                    },
+                    ("possible", "maxmemory_policy", "maxmemory"),
+                ),
+            },
+            ("status",),
         ),
     }

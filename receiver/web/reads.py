@@ -168,7 +168,12 @@ class Reads(Edge):
         return web.json_response({"status": "ok"})
 
     async def readyz(self, _request: web.Request) -> web.Response:
-        """GET /readyz: rules loaded and the store reachable."""
+        """GET /readyz: rules loaded and the store reachable.
+
+        On Redis, ``store_eviction`` says whether it may evict the receiver's
+        keys, as it says now. That never makes the receiver not ready: out of
+        its load balancer, the edge would turn webhooks away, not keep them safer.
+        """
         rules = len(self._processor.rulebook.rules)
         store_ok = await self._store.ping()
         worker_ok = self._worker_ready is None or self._worker_ready()
@@ -178,6 +183,10 @@ class Reads(Edge):
             "rules": rules,
             "store": "ok" if store_ok else "unreachable",
         }
+        eviction = await self._store.eviction() if store_ok else None
+        if eviction is not None:
+            self._metrics.store_evicts(eviction.possible)
+            body["store_eviction"] = eviction.to_json()
         if self._worker_ready is not None:
             body["worker"] = "ok" if worker_ok else "starting"
         return web.json_response(body, status=200 if ready else 503)
@@ -188,6 +197,9 @@ class Reads(Edge):
         self._metrics.journal_depth.set(count)
         age = (self._clock() - oldest).total_seconds() if oldest else 0.0
         self._metrics.journal_oldest_age.set(max(age, 0.0))
+        eviction = await self._store.eviction()
+        if eviction is not None:
+            self._metrics.store_evicts(eviction.possible)
         if self._worker_metrics is not None:
             # The worker runs in another process: what it counts in gauges
             # here is read from the store.

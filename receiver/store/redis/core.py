@@ -16,6 +16,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from receiver.errors import StoreUnavailableError
 from receiver.redis_errors import outage
 from receiver.store.base import (
+    Eviction,
     Retention,
 )
 from receiver.store.redis.scripts import (
@@ -52,6 +53,8 @@ _Append = tuple[list[str], list[str | bytes | int], "asyncio.Future[None]"]
 # a burst of webhooks turned into 503s and retried, late decisions.
 MAX_CONNECTIONS = 64
 APPROVALS_PAGE = 100
+# Characters of a Redis error kept in an unknown ``Eviction`` (it is logged).
+INFO_ERROR = 300
 _CURSOR = re.compile(r"[0-9a-f]{32}")
 
 
@@ -196,6 +199,27 @@ class RedisCore:
             if outage(exc) is None:
                 raise
             return False
+
+    async def eviction(self) -> Eviction:
+        """``maxmemory`` and ``maxmemory_policy`` as ``INFO memory`` gives them.
+
+        ``INFO``, not ``CONFIG GET``: managed Redis often refuses ``CONFIG``.
+        An error (unreachable, ``INFO`` renamed or not allowed) or a reply
+        without the fields is an ``unknown`` ``Eviction``, never raised.
+        """
+        try:
+            info = await self._redis.info("memory")
+        except redis.exceptions.RedisError as exc:
+            why = outage(exc) or "answers INFO memory with an error"
+            return Eviction(self._where, unknown=f"Redis {why}: {exc}"[:INFO_ERROR])
+        policy, maxmemory = info.get("maxmemory_policy"), info.get("maxmemory")
+        if not isinstance(policy, str) or not isinstance(maxmemory, int):
+            return Eviction(
+                self._where,
+                unknown="the INFO memory reply has no maxmemory_policy and "
+                "maxmemory to read",
+            )
+        return Eviction(self._where, policy=policy, maxmemory=maxmemory)
 
     async def close(self) -> None:  # noqa: D102
         if self._owns_client:

@@ -551,6 +551,9 @@ class SqliteConnection(SqliteFile):
     async def ping(self) -> bool:  # noqa: D102
         return await super().ping() and await self._log.ping()
 
+    async def eviction(self) -> None:
+        """Nothing: a SQLite file keeps what is written until the store drops it."""
+
     async def close(self) -> None:  # noqa: D102
         await self._log.close()
         await super().close()
