@@ -290,7 +290,8 @@ async def test_resolve_an_incident_that_lost_track(
         url = f"{base}/ui/incidents/{incident.id}"
         before = page_with(browser, url, "Resolve incident")
         assert fits(browser)
-        seen(browser, "textarea[name=text]").send_keys("storm over, nodes back")
+        why = "form[action$='/resolve'] textarea[name=text]"
+        seen(browser, why).send_keys("storm over, nodes back")
         shot(browser, "incident-resolve")
         status = str(click_and_wait(browser, button, "notice=", "[role=status]").text)
         after = page_with(browser, browser.current_url, "Resolved: storm over")
@@ -311,6 +312,68 @@ async def test_resolve_an_incident_that_lost_track(
     assert not resolved.active
     [entry] = [e for e in resolved.timeline if e.kind == "resolved"]
     assert (entry.by, entry.text) == (BASIC_USER, "Resolved: storm over, nodes back")
+
+
+async def test_acknowledge_and_comment_from_the_incident_page(
+    aiohttp_server, tmp_path, browser
+):
+    """The on-call acknowledges, then comments (HTML in it shown as typed)."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(rules("http://127.0.0.1:9"), encoding="utf-8")
+    store = MemoryStore()
+    app = create_app(
+        build_runtime(full_settings()),
+        rulebook=load_rulebook([path], steps=builtin_registry()),
+        store=store,
+        sinks={},
+    )
+    server = await aiohttp_server(app)
+    base = f"http://127.0.0.1:{server.port}"
+    async with httpx.AsyncClient(base_url=base, timeout=10) as api:
+        await fire(api, store)
+    await app[INCIDENTS].drain()
+    (incident,) = (await app[INCIDENTS].page(IncidentQuery(limit=5)))[0]
+    url = f"{base}/ui/incidents/{incident.id}"
+    acknowledge = f"form[action='/ui/incidents/{incident.id}/acknowledge'] button"
+    comment = f"form[action='/ui/incidents/{incident.id}/comment'] button"
+    typed = "rolled back <b>v2</b> & watching"
+
+    def on_call() -> tuple[str, str, str, int, int]:
+        login(browser, BASIC_USER, APPROVE_TOKEN)
+        page_with(browser, url, "Acknowledge incident")
+        assert fits(browser)
+        shot(browser, "incident-acknowledge")
+        acked = str(
+            click_and_wait(browser, acknowledge, "notice=", "[role=status]").text
+        )
+        buttons = len(browser.find_elements(By.CSS_SELECTOR, acknowledge))
+        # From the page without the notice: the next redirect is then told apart.
+        page_with(browser, url, "Add comment")
+        seen(browser, "textarea#comment").send_keys(typed)
+        said = str(click_and_wait(browser, comment, "notice=", "[role=status]").text)
+        after = page_with(browser, browser.current_url, typed)
+        shot(browser, "incident-commented")
+        assert fits(browser)
+        live = len(browser.find_elements(By.CSS_SELECTOR, "pre b"))
+        return acked, said, after, buttons, live
+
+    acked, said, after, buttons, live = await asyncio.to_thread(on_call)
+    assert acked.startswith(f"{incident.id} acknowledged by {BASIC_USER} at ")
+    assert acked.endswith("the acknowledge clock stopped")
+    assert buttons == 0
+    assert said == f"{incident.id}: comment added to the timeline as {BASIC_USER}"
+    assert "acknowledged ·" in after  # the state, in words
+    assert "acknowledge: stopped at " in after
+    assert f" acknowledged {BASIC_USER}\nAcknowledged via the console\n" in after
+    assert f" comment {BASIC_USER}\n{typed}\n" in after
+    assert live == 0  # the comment's <b> is text, not an element
+    done = await app[INCIDENTS].get(incident.id)
+    assert done is not None
+    assert done.acknowledged_at is not None
+    assert [(e.kind, e.by, e.text) for e in done.timeline[-2:]] == [
+        ("acknowledged", BASIC_USER, "Acknowledged via the console"),
+        ("comment", BASIC_USER, typed),
+    ]
 
 
 def fits(driver: Any) -> bool:

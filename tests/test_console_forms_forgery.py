@@ -198,3 +198,75 @@ async def test_a_resolve_form_another_site_sent_is_refused(make_client, site):
     incident = await service.get(incident_id)
     assert incident is not None
     assert not incident.active
+
+
+INCIDENT_FORMS = ("acknowledge", "mitigate", "comment")
+
+
+@pytest.mark.parametrize("action", INCIDENT_FORMS)
+async def test_an_incident_form_read_under_someone_elses_name_does_not_pass(
+    make_client, action
+):
+    """A read credential signed in as "jane" cannot forge jane's other incident forms.
+
+    (Acknowledge, Mark mitigated, Comment: the Resolve form's token, same checks.)
+    """
+    client = await make_client()
+    service, incident_id = await open_incident(client)
+    page = f"/ui/incidents/{incident_id}"
+    approver = signed_in("jane", APPROVE_TOKEN)
+    reader = signed_in("jane", TOKEN)
+    html = await (await client.get(page, headers=reader)).text()
+    found = re.search(r'name=token value="([0-9a-f]+)"', html)
+    assert found is not None, html
+    before = await service.get(incident_id)
+    resp = await client.post(
+        f"{page}/{action}",
+        data={"token": found.group(1), "text": "forged"},
+        headers=approver,
+        allow_redirects=False,
+    )
+    assert resp.status == 403, await resp.text()
+    assert (
+        "not from this console"
+        in (await resp.json(content_type="application/problem+json"))["detail"]
+    )
+    assert await service.get(incident_id) == before
+
+
+@pytest.mark.parametrize("action", INCIDENT_FORMS)
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+async def test_an_incident_form_another_site_sent_is_refused(make_client, site, action):
+    """With jane's own token but sent from another site: 403, nothing added."""
+    client = await make_client()
+    service, incident_id = await open_incident(client)
+    page = f"/ui/incidents/{incident_id}"
+    approver = signed_in("jane", APPROVE_TOKEN)
+    html = await (await client.get(page, headers=approver)).text()
+    found = re.search(r'name=token value="([0-9a-f]+)"', html)
+    assert found is not None, html
+    before = await service.get(incident_id)
+    assert before is not None
+    form = {"token": found.group(1), "text": "from elsewhere"}
+    resp = await client.post(
+        f"{page}/{action}",
+        data=form,
+        headers={**approver, "Sec-Fetch-Site": site},
+        allow_redirects=False,
+    )
+    assert resp.status == 403, await resp.text()
+    assert "sent from another site" in (await resp.json(content_type=None))["detail"]
+    assert await service.get(incident_id) == before
+
+    # The same form from the console's own page is taken.
+    resp = await client.post(
+        f"{page}/{action}",
+        data=form,
+        headers={**approver, "Sec-Fetch-Site": "same-origin"},
+        allow_redirects=False,
+    )
+    assert resp.status == 303, await resp.text()
+    after = await service.get(incident_id)
+    assert after is not None
+    kind = {"acknowledge": "acknowledged", "mitigate": "mitigated"}.get(action, action)
+    assert [e.by for e in after.timeline if e.kind == kind] == ["jane"]

@@ -46,7 +46,7 @@ async def test_a_resolve_that_lost_the_race_says_nothing_changed(client, monkeyp
             allow_redirects=False,
         )
     assert resp.status == 303, await resp.text()
-    incident = await client.service.get(incident_id)
+    incident = await service_get(incident_id)  # not the stale read
     assert [e.by for e in incident.timeline if e.kind == "resolved"] == ["alice"]
     resolved_by = [
         e.get("by") for e in logs if e["event"] == "console_incident_resolved"

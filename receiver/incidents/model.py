@@ -313,6 +313,13 @@ class Incident:
         """Not resolved yet."""
         return self.state is not State.RESOLVED
 
+    @property
+    def awaiting_acknowledgment(self) -> bool:
+        """Nothing stopped the acknowledge clock: acknowledged, mitigated, resolved."""
+        return (
+            self.active and self.acknowledged_at is None and self.mitigated_at is None
+        )
+
     def duration(self, now: datetime) -> timedelta:
         """Open until resolved (or until ``now``)."""
         return (self.resolved_at or now) - self.opened_at

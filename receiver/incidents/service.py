@@ -732,14 +732,46 @@ class IncidentService:
             lambda inc, now: acknowledge(inc, now, self.policy, by=by, via="the API"),
         )
 
+    async def acknowledge_first(
+        self, incident_id: str, *, by: str, via: str
+    ) -> tuple[Incident, bool]:
+        """A person acknowledges it, if nothing stopped the acknowledge clock yet.
+
+        Whether this call acknowledged it: False, and the incident unchanged
+        (not even an "again" line), once it is acknowledged, mitigated (the
+        clock stopped then; a later acknowledgment would move its stop, perhaps
+        past the target) or resolved.
+        """
+        acknowledged = False
+
+        def change(inc: Incident, now: datetime) -> tuple[Incident, list[Effect]]:
+            nonlocal acknowledged
+            # The last attempt's reading counts.
+            acknowledged = inc.awaiting_acknowledgment
+            if not acknowledged:
+                return inc, []
+            return acknowledge(inc, now, self.policy, by=by, via=via)
+
+        return await self._change(incident_id, change), acknowledged
+
     async def mitigate(self, incident_id: str, *, by: str, text: str) -> Incident:
         """A person marks the incident mitigated."""
-        return await self._change(
-            incident_id,
-            lambda inc, now: mitigate(
+        return (await self.mitigate_first(incident_id, by=by, text=text))[0]
+
+    async def mitigate_first(
+        self, incident_id: str, *, by: str, text: str
+    ) -> tuple[Incident, bool]:
+        """``mitigate``, and whether this call did (False: it was, or is resolved)."""
+        mitigated = False
+
+        def change(inc: Incident, now: datetime) -> tuple[Incident, list[Effect]]:
+            nonlocal mitigated
+            mitigated = inc.active and inc.mitigated_at is None
+            return mitigate(
                 inc, now, self.policy, by=by, why=text or "marked by a person"
-            ),
-        )
+            )
+
+        return await self._change(incident_id, change), mitigated
 
     async def resolve(self, incident_id: str, *, by: str, text: str) -> Incident:
         """A person resolves the incident (one that lost track cannot by itself)."""

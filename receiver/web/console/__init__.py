@@ -7,8 +7,9 @@ Behind the API credentials: a browser without them gets the basic-auth prompt
   mitigate, resolve) counting down, red *and* written "BREACHED" when passed.
   ``/ui/incidents/{id}``: the timeline, each alert's decision trace (steps with
   their outcome, reason, findings and verification), notes sent, the report,
-  and (while open) a Resolve form: the approve scope, the signed-in identity,
-  the same ``IncidentService.resolve`` as the API.
+  and forms to Acknowledge and Mark mitigated (while that clock runs), Resolve
+  (while open) and Comment: the approve scope, the signed-in identity, the
+  same ``IncidentService`` calls as the API.
 - ``/ui/approvals``: pending approvals with the exact request each would run,
   and Approve / Reject buttons. The approver is the authenticated identity,
   never a form field; deciding goes through the one approval policy
@@ -61,7 +62,10 @@ class Console(IncidentPages, ApprovalPages, GuardPages, RulePages, BacktestPages
         r.add_get("/ui/static/console.js", self.script)
         r.add_get("/ui/incidents", self.incident_list)
         r.add_get("/ui/incidents/{id}", self.incident)
+        r.add_post("/ui/incidents/{id}/acknowledge", self.acknowledge_incident)
+        r.add_post("/ui/incidents/{id}/mitigate", self.mitigate_incident)
         r.add_post("/ui/incidents/{id}/resolve", self.resolve_incident)
+        r.add_post("/ui/incidents/{id}/comment", self.comment_incident)
         r.add_get("/ui/approvals", self.approvals)
         r.add_post("/ui/approvals/{id}", self.decide)
         r.add_get("/ui/guards", self.guards)

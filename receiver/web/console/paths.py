@@ -75,8 +75,26 @@ def console_paths() -> Operations:
         "/ui/incidents/{id}": get(
             "One incident: clocks, timeline, traces, notes", 404, parameters=path_id
         ),
+        "/ui/incidents/{id}/acknowledge": form(
+            "Acknowledge an incident as the signed-in person (approve scope)",
+            404,
+            409,
+            parameters=path_id,
+        ),
+        "/ui/incidents/{id}/mitigate": form(
+            "Mark an incident mitigated as the signed-in person (approve scope)",
+            404,
+            409,
+            parameters=path_id,
+        ),
         "/ui/incidents/{id}/resolve": form(
             "Resolve an open incident as the signed-in person (approve scope)",
+            404,
+            409,
+            parameters=path_id,
+        ),
+        "/ui/incidents/{id}/comment": form(
+            "Comment on an incident's timeline as the signed-in person (approve scope)",
             404,
             409,
             parameters=path_id,
