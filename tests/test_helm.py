@@ -1991,6 +1991,7 @@ ALERTS = {
     "AlertReceiverCircuitOpen",
     "AlertReceiverConfigReloadFailed",
     "AlertReceiverStoreUnavailable",
+    "AlertReceiverStoreMayEvict",
 }
 OURS = f'job="{FULLNAME}",namespace="{NAMESPACE}"'
 THEIRS = 'job="other-receiver",namespace="monitoring"'
@@ -2035,6 +2036,12 @@ PROMTOOL_INPUT = [
         "values": "1 1 1 0x27",
     },
     *_series("receiver_store_unavailable_total", "", "0+1x30"),
+    *_series("receiver_store_eviction_possible", "", "0 0 0 1x27"),
+    # Pod p3: a Redis that would not say (NaN) never fires it.
+    {
+        "series": f'receiver_store_eviction_possible{{{OURS},pod="p3"}}',
+        "values": " ".join(["NaN"] * 30),
+    },
 ]
 POD = {"namespace": NAMESPACE, "pod": "p1"}
 EXPECTED_AT_20M = {
@@ -2052,6 +2059,7 @@ EXPECTED_AT_20M = {
         {"severity": "warning", "namespace": NAMESPACE, "pod": "p2"},
     ],
     "AlertReceiverStoreUnavailable": {"severity": "critical", **POD},
+    "AlertReceiverStoreMayEvict": {"severity": "warning", **POD},
 }
 
 
