@@ -159,8 +159,9 @@ async def test_resolving_from_the_console_goes_through_the_service(client, monke
     assert "<span class=state>resolved</span>" in html
     assert f"<p role=status><strong>{incident_id} resolved by jane" in html
     assert (
-        '<td data-label="What">resolved</td><td data-label="By">jane</td>'
-        "<td><pre>Resolved: storm over, nodes back</pre></td>"
+        '<td data-label="What"><span class="nw">resolved</span></td>'
+        '<td data-label="By"><span class="w">jane</span></td>'
+        '<td data-label="Detail"><pre>Resolved: storm over, nodes back</pre></td>'
     ) in html
     assert FORM.findall(html) == []
 

@@ -180,9 +180,14 @@ class IncidentPages(ConsoleBase):
             + "</ul>"
         )
         timeline = _table(
-            ["At", "What", "By", ""],
+            ["At", "What", "By", "Detail"],
             [
-                [_e(_minute(t.at)), _e(t.kind), _e(t.by), f"<pre>{_e(t.text)}</pre>"]
+                [
+                    f'<span class="nw">{_e(_minute(t.at))}</span>',
+                    f'<span class="nw">{_e(t.kind)}</span>',
+                    f'<span class="w">{_e(t.by)}</span>',
+                    f"<pre>{_e(t.text)}</pre>",
+                ]
                 for t in found.timeline
             ],
             "Nothing on the timeline yet.",

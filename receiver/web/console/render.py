@@ -35,12 +35,14 @@ nav a{padding:.4rem 0}
 table{border-collapse:collapse;width:100%}
 td,th{border:1px solid #888;padding:.4rem;text-align:left;vertical-align:top;
 overflow-wrap:anywhere}
-pre{white-space:pre-wrap;word-break:break-all;margin:0}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:0}
 button,input,textarea{padding:.5rem;margin:.2rem 0;font-size:1rem;max-width:100%}
 textarea,select{width:100%;box-sizing:border-box;font-size:1rem}
 textarea{font-family:monospace}
 button{padding:.5rem 1rem;min-height:2.75rem}
 .state{font-weight:bold}
+.nw{white-space:nowrap}
+.w{overflow-wrap:break-word}
 ul.clocks{list-style:none;padding:0;margin:0}
 .breached{color:#b00020;font-weight:bold}
 .breached::before{content:"\\26A0  "}
