@@ -2,9 +2,10 @@
 
 Effects are written only with a write that succeeds, claimed by the writer;
 claimable by anyone once that claim lapses (one attempt more each time), never
-while it holds; removed by ``update(done=...)`` or ``finish_effects`` only for
-the latest claim. SQLite files and Redis data of an older receiver (no effects
-table or keys) open with nothing pending. Times are the caller's.
+while it holds; renewed, handed back, or removed by ``update(done=...)`` or
+``finish_effects`` only for the latest claim. SQLite files and Redis data of
+an older receiver (no effects table or keys) open with nothing pending. Times
+are the caller's.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from typing import Any
 
 import pytest
 
-from receiver.store.incidents_base import IncidentRecord, IncidentStore, PendingEffect
+from receiver.store.incidents_base import (
+    ClaimedEffect,
+    IncidentRecord,
+    IncidentStore,
+    PendingEffect,
+)
 from receiver.store.incidents_redis import RedisIncidentStore
 from receiver.store.incidents_sqlite import SqliteIncidentStore
 
@@ -116,16 +122,42 @@ async def test_a_retry_waits_until_due_and_only_for_its_claim(opened):
     store = opened()
     await store.create(_record(1, _effect(0)))
     [claimed] = await store.claim_effects(T0 + LEASE, LEASE, 10)
-    await store.retry_effect(claimed, T0 + LEASE + timedelta(seconds=30))
+    assert await store.retry_effect(claimed, T0 + LEASE + timedelta(seconds=30))
     assert (
         await store.claim_effects(T0 + LEASE + timedelta(seconds=29), LEASE, 10) == []
     )
     [again] = await store.claim_effects(T0 + LEASE + timedelta(seconds=30), LEASE, 10)
     assert again.attempts == 3
     # The older claim's hand-back no longer moves the newer one's lease.
-    await store.retry_effect(claimed, T0 + LEASE + timedelta(seconds=31))
+    assert not await store.retry_effect(claimed, T0 + LEASE + timedelta(seconds=31))
     later = T0 + LEASE + timedelta(seconds=31)
     assert await store.claim_effects(later, LEASE, 10) == []
+
+
+async def test_a_renewal_moves_only_the_latest_claim_in_flight(opened):
+    """``renew_effect`` keeps the caller's claim; not one taken, handed back, done."""
+    store = opened()
+    await store.create(_record(1, _effect(0)))
+    writers = ClaimedEffect("INC-1:1:0", "INC-1", '{"n":0}', 1)
+    assert await store.renew_effect(writers, T0 + 2 * LEASE)
+    assert (
+        await opened().claim_effects(T0 + 2 * LEASE - timedelta(seconds=1), LEASE, 10)
+        == []
+    )
+    # Lapsed, not claimed by anyone since: still the writer's to renew.
+    assert await store.renew_effect(writers, T0 + 3 * LEASE)
+    [taken] = await opened().claim_effects(T0 + 3 * LEASE, LEASE, 10)
+    assert taken.attempts == 2
+    # Claimed by another since: the writer's renewal moves nothing.
+    assert not await store.renew_effect(writers, T0 + 10 * LEASE)
+    [again] = await store.claim_effects(T0 + 4 * LEASE, LEASE, 10)
+    assert again.attempts == 3
+    assert await store.retry_effect(again, T0 + 5 * LEASE)
+    assert not await store.renew_effect(again, T0 + 10 * LEASE)  # handed back
+    [last] = await store.claim_effects(T0 + 5 * LEASE, LEASE, 10)
+    await store.finish_effects([last])
+    assert not await store.renew_effect(last, T0 + 10 * LEASE)  # done
+    assert await store.claim_effects(T0 + 20 * LEASE, LEASE, 10) == []
 
 
 async def test_reclaim_takes_a_dead_process_claims_on_one_sqlite_instance(opened):

@@ -30,8 +30,9 @@ against one reference model):
   attempt); ``update(done=...)`` removes effects in the same write (the
   timeline line saying what was sent, and the effect no longer pending).
   ``claim_effects`` claims those whose lease lapsed (a writer that died, or a
-  retry that is due), counting an attempt each time; ``retry_effect`` hands
-  one back for later and ``finish_effects`` removes some, both only while the
+  retry that is due), counting an attempt each time; ``renew_effect`` moves
+  the lapse of a claim still being carried out, ``retry_effect`` hands one
+  back for later and ``finish_effects`` removes some, all three only while the
   caller's claim is the latest. ``reclaim_effects`` (SQLite, one instance, at
   start) makes the effects a previous deciding process claimed due at once
   (never a live edge's, nor this process's own). Every time is the caller's
@@ -199,8 +200,20 @@ class IncidentStore(Protocol):
         """Claim up to ``limit`` effects due by ``now`` for ``lease``, oldest first."""
         ...
 
-    async def retry_effect(self, effect: ClaimedEffect, due: datetime) -> None:
-        """Hand a claimed effect back: claimable again at ``due``."""
+    async def renew_effect(self, effect: ClaimedEffect, until: datetime) -> bool:
+        """Keep a claimed effect until ``until``; False if it is not ours now.
+
+        Only while ``effect`` is its latest claim and not handed back: once
+        another claim was made (its lease lapsed), or it was handed back,
+        reclaimed or finished, nothing changes.
+        """
+        ...
+
+    async def retry_effect(self, effect: ClaimedEffect, due: datetime) -> bool:
+        """Hand a claimed effect back: claimable again at ``due``.
+
+        False (nothing changed) if ``effect`` is not its latest claim now.
+        """
         ...
 
     async def finish_effects(self, effects: Sequence[ClaimedEffect]) -> None:

@@ -211,12 +211,24 @@ end
 return out
 """
 
+# KEYS: effects, the effect's hash; ARGV: id, attempts, until ms. Only while
+# that claim is still its latest and in flight (not handed back); 1 if so.
+_RENEW_EFFECT = """
+if redis.call('HGET', KEYS[2], 'attempts') ~= ARGV[2] then return 0 end
+if redis.call('HGET', KEYS[2], 'claimed') ~= '1' then return 0 end
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+return 1
+"""
+
 # KEYS: effects, the effect's hash; ARGV: id, attempts, due ms. Only while
-# that claim is still its latest.
+# that claim is still its latest; 1 if so.
 _RETRY_EFFECT = """
 if redis.call('HGET', KEYS[2], 'attempts') ~= ARGV[2] then return 0 end
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[2], 'claimed', 0)
-return redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+return 1
 """
 
 # KEYS: effects; ARGV: effect prefix, (id, attempts)...
@@ -331,6 +343,7 @@ class RedisIncidentStore:
         self._keep_marks = str(int(keep_marks.total_seconds() * 1000))
         self._clock = clock
         self._claim_effects = self._redis.register_script(_CLAIM_EFFECTS)
+        self._renew_effect = self._redis.register_script(_RENEW_EFFECT)
         self._retry_effect = self._redis.register_script(_RETRY_EFFECT)
         self._finish_effects = self._redis.register_script(_FINISH_EFFECTS)
         self._create = self._redis.register_script(_CREATE)
@@ -403,8 +416,18 @@ class RedisIncidentStore:
             for i, incident, body, n in cast("list[list[bytes | int]]", got)
         ]
 
-    async def retry_effect(self, effect: ClaimedEffect, due: datetime) -> None:  # noqa: D102
-        await self._call(
+    async def renew_effect(self, effect: ClaimedEffect, until: datetime) -> bool:  # noqa: D102
+        renewed = await self._call(
+            "renew_effect",
+            self._renew_effect(
+                keys=[self._effects(), self._effect(effect.id)],
+                args=[effect.id, str(effect.attempts), str(_ms(until))],
+            ),
+        )
+        return int(cast("int", renewed)) == 1
+
+    async def retry_effect(self, effect: ClaimedEffect, due: datetime) -> bool:  # noqa: D102
+        handed = await self._call(
             "retry_effect",
             self._retry_effect(
                 keys=[self._effects(), self._effect(effect.id)],
@@ -415,6 +438,7 @@ class RedisIncidentStore:
                 ],
             ),
         )
+        return int(cast("int", handed)) == 1
 
     async def finish_effects(self, effects: Sequence[ClaimedEffect]) -> None:  # noqa: D102
         if effects:

@@ -208,14 +208,31 @@ class SqliteIncidentStore:
 
         return await self._run(run)
 
-    async def retry_effect(self, effect: ClaimedEffect, due: datetime) -> None:  # noqa: D102
-        await self._run(
-            lambda db: db.execute(
-                "UPDATE incident_effects SET due = ?, claimed = 0 "
-                "WHERE id = ? AND attempts = ?",
-                (due.timestamp(), effect.id, effect.attempts),
+    async def renew_effect(self, effect: ClaimedEffect, until: datetime) -> bool:  # noqa: D102
+        def run(db: sqlite3.Connection) -> bool:
+            return (
+                db.execute(
+                    "UPDATE incident_effects SET due = ? "
+                    "WHERE id = ? AND attempts = ? AND claimed = 1",
+                    (until.timestamp(), effect.id, effect.attempts),
+                ).rowcount
+                == 1
             )
-        )
+
+        return await self._run(run)
+
+    async def retry_effect(self, effect: ClaimedEffect, due: datetime) -> bool:  # noqa: D102
+        def run(db: sqlite3.Connection) -> bool:
+            return (
+                db.execute(
+                    "UPDATE incident_effects SET due = ?, claimed = 0 "
+                    "WHERE id = ? AND attempts = ?",
+                    (due.timestamp(), effect.id, effect.attempts),
+                ).rowcount
+                == 1
+            )
+
+        return await self._run(run)
 
     async def finish_effects(self, effects: Sequence[ClaimedEffect]) -> None:  # noqa: D102
         if effects:
