@@ -149,19 +149,73 @@ class FailingAnnouncer(RecordingAnnouncer):
 
 
 class HeldAnnouncer(RecordingAnnouncer):
-    """Holds the first message of ``kind`` until released (a slow sink)."""
+    """Holds the first message of ``kind`` until released (a slow sink).
+
+    ``cancelled`` is set if the send is stopped while held (nothing recorded).
+    """
 
     def __init__(self, kind: str = "opened") -> None:
         super().__init__()
         self.kind = kind
         self.started = asyncio.Event()
         self.release = asyncio.Event()
+        self.cancelled = asyncio.Event()
 
     async def announce(self, message: Message) -> list[str]:
         if message.kind == self.kind and not self.started.is_set():
             self.started.set()
-            await self.release.wait()
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
         return await super().announce(message)
+
+
+class Alarm:
+    """A sleep on a ``TickingClock``: a wait ends when the test rings past its end.
+
+    The incident service's ``renew_sleep``: time passes for the claims it
+    holds only when the test moves the clock and rings. ``asleep`` waits for
+    the next wait to start (the holder checked or renewed, and sleeps again).
+    """
+
+    def __init__(self, clock: TickingClock) -> None:
+        self.clock = clock
+        self._waits: list[tuple[datetime, asyncio.Future[None]]] = []
+        self._started: asyncio.Queue[float] = asyncio.Queue()
+
+    async def __call__(self, seconds: float) -> None:
+        wait = (
+            self.clock.now + timedelta(seconds=seconds),
+            asyncio.get_running_loop().create_future(),
+        )
+        self._waits.append(wait)
+        self._started.put_nowait(seconds)
+        try:
+            await wait[1]
+        finally:
+            self._waits.remove(wait)
+
+    async def asleep(self) -> float:
+        """Wait for the next wait to start; how long it is (seconds)."""
+        return await self._started.get()
+
+    def ring(self) -> int:
+        """End every wait the clock has reached; how many."""
+        rung = 0
+        for end, done in self._waits:
+            if end <= self.clock.now and not done.done():
+                done.set_result(None)
+                rung += 1
+        return rung
+
+    async def advance(self, **delta: float) -> None:
+        """Move the clock on and ring; return once the holder sleeps again."""
+        assert self._started.empty(), "a wait started that the test did not see"
+        self.clock.jump(**delta)
+        assert self.ring(), "nothing was waiting for that long"
+        await self.asleep()
 
 
 def dies_before_recording(store: IncidentStore) -> IncidentStore:

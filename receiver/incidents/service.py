@@ -14,7 +14,8 @@ folded; effects are carried out by ``effects``.
 Each change is read, applied (pure, ``lifecycle``) and written with the next
 version; a version conflict (another replica) reads again. The effects that
 contact someone are written with the change, as pending and claimed by the
-writer for a lease (``IncidentStore``), carried out after the write, and
+writer for a lease (``IncidentStore``), carried out after the write (the claim
+renewed meanwhile, or the sending cut off before it lapses: ``holding``), and
 removed in the same write as the timeline lines saying what was sent. A crash
 between the write and that second write leaves them pending: the ticker
 (``redeliver``, first thing each tick; on one SQLite instance the first tick
@@ -56,6 +57,7 @@ from receiver.incidents.effects import (
     encode_effect,
 )
 from receiver.incidents.grouping import linked
+from receiver.incidents.holding import ClaimHolder, ClaimLapsingError, ClaimLostError
 from receiver.incidents.known import KnownIncidents
 from receiver.incidents.lifecycle import (
     Folding,
@@ -185,9 +187,15 @@ class IncidentService:
         mode: str = "dry-run",
         retry_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         effect_lease: timedelta = EFFECT_LEASE,
+        renew_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.store = store
         self._lease = effect_lease
+        # Claims on effects being carried out are renewed every third of the
+        # lease (``renew_sleep`` waits in between; tests pass one on their
+        # clock), and a send whose claim cannot be renewed is cut off before
+        # it lapses: another receiver may claim and send it from then on.
+        self._holder = ClaimHolder(store, clock, effect_lease, renew_sleep)
         # dry-run: nothing is contacted; messages and PagerDuty calls are only
         # recorded on the timeline as what would have been done.
         self._effects = EffectRunner(
@@ -1116,8 +1124,41 @@ class IncidentService:
                 "may have been sent)"
             )
             return given_up, False, True
+        return await self._try(claimed, until, about, effect)
+
+    async def _try(
+        self,
+        claimed: ClaimedEffect,
+        until: datetime | None,
+        about: About,
+        effect: Effect,
+    ) -> tuple[str, bool, bool] | None:
+        """Carry the effect out while its claim holds (``_attempt``'s outcome)."""
+        what = self._effects.describe(effect)
         try:
-            line = await self._effects.carry_out(about, effect)
+            if until is None:
+                line = await self._effects.carry_out(about, effect)
+            else:
+                line = await self._holder.hold(
+                    claimed, until, lambda: self._effects.carry_out(about, effect)
+                )
+        except ClaimLostError:
+            log.warning(
+                "incident_effect_claim_lapsed",
+                incident=claimed.incident_id,
+                effect=claimed.id,
+                attempt=claimed.attempts,
+            )
+            return None  # whoever claimed it since sends it (or the next tick)
+        except ClaimLapsingError as exc:
+            log.warning(
+                "incident_effect_cut_off",
+                incident=claimed.incident_id,
+                effect=what,
+                attempt=claimed.attempts,
+                detail="its claim could not be renewed and was about to lapse",
+            )
+            return await self._failed(claimed, what, exc)
         except Exception as exc:  # one failed message must not stop the others
             log.exception(
                 "incident_effect_failed",
@@ -1125,29 +1166,65 @@ class IncidentService:
                 effect=what,
                 attempt=claimed.attempts,
             )
-            if claimed.attempts >= EFFECT_ATTEMPTS:
-                failed = (
-                    f"{what}: not delivered after {claimed.attempts} attempts "
-                    f"(last: {type(exc).__name__}; see the receiver's log)"
-                )
-                return failed, False, True
-            wait = EFFECT_RETRY * 2 ** (claimed.attempts - 1)
-            with contextlib.suppress(StoreUnavailableError):  # lapses instead
-                await self.store.retry_effect(claimed, self._clock() + wait)
-            # On the timeline now, not only once given up: the SRE reading it
-            # sees that the message has not gone out yet, and why.
-            retrying = (
-                f"{what}: failed (attempt {claimed.attempts} of "
-                f"{EFFECT_ATTEMPTS}: {type(exc).__name__}; see the receiver's "
-                f"log); trying again in {_spell(wait)}"
-            )
-            return retrying, False, False
+            return await self._failed(claimed, what, exc)
         if line and claimed.attempts > 1:
             line += (
                 f" (late: attempt {claimed.attempts}; an earlier one failed, or "
-                "was interrupted by a stopped receiver and may have been sent too)"
+                "was interrupted (its receiver stopped, or could not renew its "
+                "claim) and may have been sent too)"
             )
         return line, True, True
+
+    async def _failed(
+        self, claimed: ClaimedEffect, what: str, exc: Exception
+    ) -> tuple[str, bool, bool] | None:
+        """A failed attempt: its line; handed back for a later one, or given up.
+
+        None when it cannot be handed back: another receiver claimed it since.
+
+        A send cut off because its claim could not be renewed
+        (``ClaimLapsingError``) may have reached the sink: its lines say so.
+        """
+        cut = isinstance(exc, ClaimLapsingError)
+        if claimed.attempts >= EFFECT_ATTEMPTS:
+            if cut:
+                given_up = (
+                    f"{what}: given up after {claimed.attempts} attempts, none "
+                    "confirmed (the last was cut off as its claim could not be "
+                    "renewed; it may have been sent)"
+                )
+                return given_up, False, True
+            failed = (
+                f"{what}: not delivered after {claimed.attempts} attempts "
+                f"(last: {type(exc).__name__}; see the receiver's log)"
+            )
+            return failed, False, True
+        wait = EFFECT_RETRY * 2 ** (claimed.attempts - 1)
+        handed = True  # or, the store unavailable, it lapses instead
+        with contextlib.suppress(StoreUnavailableError):
+            handed = await self.store.retry_effect(claimed, self._clock() + wait)
+        if not handed:
+            # Another receiver claimed it since (this one was stopped past
+            # the lease): it is theirs to send and to write about.
+            log.warning(
+                "incident_effect_claim_lapsed",
+                incident=claimed.incident_id,
+                effect=claimed.id,
+                attempt=claimed.attempts,
+            )
+            return None
+        # On the timeline now, not only once given up: the SRE reading it
+        # sees that the message has not gone out yet, and why.
+        why = (
+            "cut off: its claim could not be renewed; it may have reached the sink"
+            if cut
+            else f"{type(exc).__name__}; see the receiver's log"
+        )
+        retrying = (
+            f"{what}: failed (attempt {claimed.attempts} of {EFFECT_ATTEMPTS}: "
+            f"{why}); trying again in {_spell(wait)}"
+        )
+        return retrying, False, False
 
 
 def _spell(wait: timedelta) -> str:
