@@ -6,9 +6,10 @@ comments, published status updates and clock jumps with ticks run against
 read). A small model of the runbook's rules says what must hold after each step:
 the state, the acknowledge time (the first one counts), breaches exactly when a
 clock passed its target (away from the boundary, where the ticking clock's
-seconds could go either way), drafts on the hourly P1 cadence restarted by
-published updates, one post-mortem reminder 48 h after resolution, and a
-timeline that only grows and is in time order.
+seconds could go either way; each clock stopped at the first of what stops it,
+so an acknowledgment after the mitigation moves nothing), drafts on the hourly
+P1 cadence restarted by published updates, one post-mortem reminder 48 h after
+resolution, and a timeline that only grows and is in time order.
 """
 
 from __future__ import annotations
@@ -87,12 +88,22 @@ class Ref:
     reminded: bool = False
 
     def starts(self) -> dict[str, tuple[datetime, datetime | None]]:
-        stop_ack = self.ack or self.mitigated or self.resolved
+        # A clock stops at the first of what stops it: an acknowledgment after
+        # the mitigation neither stops the acknowledge clock nor starts the
+        # mitigate clock.
+        stop_ack = first(self.ack, self.mitigated, self.resolved)
+        stop_mitigate = first(self.mitigated, self.resolved)
+        acked = self.ack if self.ack is not None and self.ack == stop_ack else None
+        mitigated = self.mitigated if self.mitigated == stop_mitigate else None
         return {
             "acknowledge": (self.opened, stop_ack),
-            "mitigate": (self.ack or self.opened, self.mitigated or self.resolved),
-            "resolve": (self.mitigated or self.ack or self.opened, self.resolved),
+            "mitigate": (acked or self.opened, stop_mitigate),
+            "resolve": (mitigated or acked or self.opened, self.resolved),
         }
+
+
+def first(*times: datetime | None) -> datetime | None:
+    return min((t for t in times if t is not None), default=None)
 
 
 class IncidentMachine(RuleBasedStateMachine):

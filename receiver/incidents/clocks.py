@@ -4,6 +4,13 @@ Acknowledge counts from detection, mitigate from the acknowledgment (detection i
 nobody acknowledged), resolve from mitigation; each has a target per severity in
 the ``IncidentPolicy``. ``lifecycle`` records breaches from them, ``report`` and
 the console show them.
+
+A clock stops once, at the first of what stops it: acknowledge at the first of
+acknowledgment, mitigation and resolution; mitigate at the first of mitigation
+and resolution; resolve at resolution. ``clocks`` is the one place that says
+so: an acknowledgment recorded after a mitigation (a person or PagerDuty,
+late) never moves the acknowledge clock's stop, and never starts the mitigate
+clock.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ class Clock:
     started: datetime
     target: timedelta
     stopped: datetime | None
+    # What stopped it: "acknowledgment", "mitigation" or "resolution".
+    stopped_by: str = ""
 
     @property
     def deadline(self) -> datetime:
@@ -42,17 +51,38 @@ class Clock:
         return max((self.stopped or now) - self.started, timedelta(0))
 
 
+def _first(*stops: tuple[datetime | None, str]) -> tuple[datetime | None, str]:
+    """The earliest of ``stops`` that happened (the first listed on a tie)."""
+    happened = [(at, by) for at, by in stops if at is not None]
+    if not happened:
+        return None, ""
+    return min(happened, key=lambda stop: stop[0])
+
+
 def clocks(incident: Incident, policy: IncidentPolicy) -> tuple[Clock, ...]:
-    """The acknowledge, mitigate and resolve clocks, with their current targets."""
+    """The acknowledge, mitigate and resolve clocks, with their current targets.
+
+    Each stops at the first of what stops it, whatever order the times were
+    recorded in; the mitigate clock counts from an acknowledgment only if that
+    is what stopped the acknowledge clock, the resolve clock from a mitigation
+    only if that is what stopped the mitigate clock.
+    """
     target = policy.of(incident.severity)
     opened, acked = incident.opened_at, incident.acknowledged_at
     mitigated, resolved = incident.mitigated_at, incident.resolved_at
+    ack_stop, ack_by = _first(
+        (acked, "acknowledgment"), (mitigated, "mitigation"), (resolved, "resolution")
+    )
+    mit_stop, mit_by = _first((mitigated, "mitigation"), (resolved, "resolution"))
+    mit_start = acked if acked is not None and ack_by == "acknowledgment" else opened
+    res_start = (
+        mitigated if mitigated is not None and mit_by == "mitigation" else mit_start
+    )
+    res_by = "resolution" if resolved is not None else ""
     return (
-        Clock(
-            "acknowledge", opened, target.acknowledge, acked or mitigated or resolved
-        ),
-        Clock("mitigate", acked or opened, target.mitigate, mitigated or resolved),
-        Clock("resolve", mitigated or acked or opened, target.resolve, resolved),
+        Clock("acknowledge", opened, target.acknowledge, ack_stop, ack_by),
+        Clock("mitigate", mit_start, target.mitigate, mit_stop, mit_by),
+        Clock("resolve", res_start, target.resolve, resolved, res_by),
     )
 
 

@@ -8,9 +8,10 @@ the result of ``observe`` applied to each in turn, without rebuilding the
 ledger and alerts per trace.
 
 Clocks follow the runbook: acknowledge counts from detection, mitigate from the
-acknowledgment (detection if nobody acknowledged), resolve from mitigation. A
-clock past its target for the current severity is a breach, recorded once per
-clock and severity, and escalates.
+acknowledgment (detection if nobody acknowledged), resolve from mitigation. Each
+stops once, at the first of what stops it (``clocks.clocks`` says when); what
+comes later is on the timeline only. A clock past its target for the current
+severity is a breach, recorded once per clock and severity, and escalates.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from receiver.incidents.model import (
     with_ledger,
 )
 from receiver.incidents.policy import IncidentPolicy, describe, worse
-from receiver.incidents.status import draft, phase
+from receiver.incidents.status import draft, minute, phase
 from receiver.model import (
     AlertTrace,
     Decision,
@@ -755,20 +756,32 @@ def _escalate(incident: Incident, why: str, policy: IncidentPolicy) -> list[Effe
 def acknowledge(
     incident: Incident, at: datetime, policy: IncidentPolicy, *, by: str, via: str
 ) -> tuple[Incident, list[Effect]]:
-    """Someone acknowledged: the acknowledge clock stops (the first time counts)."""
-    del policy
-    if incident.acknowledged_at is not None or not incident.active:
+    """Someone acknowledged: a timeline line; the first one while open is kept.
+
+    The acknowledge clock stops here unless a mitigation or the resolution
+    stopped it first (``clocks``): then the line says when, and the clock
+    stays where it stopped. A resolved incident keeps no acknowledgment time.
+    """
+    if incident.acknowledged_at is not None:
         return add_entry(
             incident, at, "acknowledged", f"Acknowledged again via {via}", by
         ), []
-    incident = replace(
-        incident,
-        acknowledged_at=at,
-        state=State.ACKNOWLEDGED
-        if STATE_RANK[incident.state] < STATE_RANK[State.ACKNOWLEDGED]
-        else incident.state,
-    )
-    return add_entry(incident, at, "acknowledged", f"Acknowledged via {via}", by), []
+    text = f"Acknowledged via {via}"
+    clock = clocks(incident, policy)[0]
+    if clock.stopped is not None:
+        text += (
+            f" (the acknowledge clock had already stopped at {clock.stopped_by}, "
+            f"{minute(clock.stopped)})"
+        )
+    if incident.active:
+        incident = replace(
+            incident,
+            acknowledged_at=at,
+            state=State.ACKNOWLEDGED
+            if STATE_RANK[incident.state] < STATE_RANK[State.ACKNOWLEDGED]
+            else incident.state,
+        )
+    return add_entry(incident, at, "acknowledged", text, by), []
 
 
 def mitigate(

@@ -285,6 +285,8 @@ class Incident:
     state: State
     opened_at: datetime
     cadence_from: datetime
+    # The first acknowledgment while open, even after a mitigation; when each
+    # clock stopped is for ``clocks.clocks`` to say (the first of its stops).
     acknowledged_at: datetime | None = None
     mitigated_at: datetime | None = None
     resolved_at: datetime | None = None

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from receiver.incidents.clocks import clocks
+from receiver.incidents.clocks import Clock, clocks
 from receiver.incidents.model import Incident, State
 from receiver.incidents.policy import IncidentPolicy, describe
 from receiver.incidents.status import IMPACT, minute
@@ -107,13 +107,23 @@ def _took(start: datetime, end: datetime | None, now: datetime) -> str:
     return human(end - start)
 
 
-def _response(
-    opened: datetime, ack: datetime | None, end: datetime | None, now: datetime
-) -> str:
-    """Time to acknowledgment; an incident resolved unacknowledged says so."""
+def _response(incident: Incident, clock: Clock, now: datetime) -> str:
+    """Time to acknowledgment; an incident resolved unacknowledged says so.
+
+    ``clock``: the acknowledge clock. When a mitigation stopped it first, the
+    line says so beside the (late, or missing) acknowledgment.
+    """
+    opened, end = incident.opened_at, incident.resolved_at
+    ack = incident.acknowledged_at
     if ack is None and end is not None:
         return f"never acknowledged (resolved after {human(end - opened)})"
-    return _took(opened, ack, now) + " (to acknowledgment)"
+    took = _took(opened, ack, now) + " (to acknowledgment"
+    if clock.stopped is not None and clock.stopped_by != "acknowledgment":
+        took += (
+            f"; the {clock.stopped_by} had stopped the acknowledge clock after "
+            f"{human(clock.elapsed(now))}"
+        )
+    return took + ")"
 
 
 def _clock_rows(incident: Incident, policy: IncidentPolicy, now: datetime) -> list[str]:
@@ -232,7 +242,6 @@ def render_report(incident: Incident, policy: IncidentPolicy, now: datetime) -> 
     links = [md(r.link) for r in incident.alerts]
     title = md(incident.title)
     mitigated = incident.mitigated_at
-    ack = incident.acknowledged_at
     due = end + policy.post_mortem_due if end else None
     window = (
         f"{opened.strftime('%H:%M')} - {end.strftime('%H:%M') if end else 'now'} UTC"
@@ -274,7 +283,7 @@ def render_report(incident: Incident, policy: IncidentPolicy, now: datetime) -> 
         "",
         "## Response",
         f"**Detection Time:** {minute(opened)}",
-        f"**Response Time:** {_response(opened, ack, end, now)}",
+        f"**Response Time:** {_response(incident, clocks(incident, policy)[0], now)}",
         f"**Resolution Time:** {_took(opened, end, now)}",
         f"**Mitigation:** {_mitigation(incident)}"
         + (f" (mitigated {minute(mitigated)})" if mitigated else ""),

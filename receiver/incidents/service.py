@@ -747,8 +747,8 @@ class IncidentService:
 
         Whether this call acknowledged it: False, and the incident unchanged
         (not even an "again" line), once it is acknowledged, mitigated (the
-        clock stopped then; a later acknowledgment would move its stop, perhaps
-        past the target) or resolved.
+        clock stopped then; a later acknowledgment would not move it, only be
+        recorded) or resolved.
         """
         acknowledged = False
 

@@ -252,7 +252,7 @@ class IncidentPages(ConsoleBase):
         """Acknowledge, while nothing stopped the acknowledge clock.
 
         Not once mitigated either: mitigating stopped the clock, and an
-        acknowledgment after it would move the stop.
+        acknowledgment after it would not stop it again.
         """
         if not incident.awaiting_acknowledgment:
             return ""
