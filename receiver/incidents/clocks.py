@@ -11,6 +11,11 @@ and resolution; resolve at resolution. ``clocks`` is the one place that says
 so: an acknowledgment recorded after a mitigation (a person or PagerDuty,
 late) never moves the acknowledge clock's stop, and never starts the mitigate
 clock.
+
+A running clock takes the current severity's target, so a promotion may put it
+past its target at once; a stopped clock keeps the target of the severity in
+force when it stopped (``Incident.severities``), so a later promotion never
+turns a target met into a breach.
 """
 
 from __future__ import annotations
@@ -20,20 +25,26 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from receiver.incidents.model import Incident
-    from receiver.incidents.policy import IncidentPolicy
+    from receiver.incidents.policy import IncidentPolicy, SeverityPolicy
+    from receiver.model import Severity
 
 CLOCKS = ("acknowledge", "mitigate", "resolve")
 
 
 @dataclass(frozen=True)
 class Clock:
-    """One of the runbook's three clocks for the incident's current severity."""
+    """One of the runbook's three clocks, with the target it is judged by."""
 
     name: str
     started: datetime
     target: timedelta
     stopped: datetime | None
+    # Whose target ``target`` is: the severity in force when the clock
+    # stopped, the current one while it runs.
+    severity: Severity
     # What stopped it: "acknowledgment", "mitigation" or "resolution".
     stopped_by: str = ""
 
@@ -60,14 +71,28 @@ def _first(*stops: tuple[datetime | None, str]) -> tuple[datetime | None, str]:
 
 
 def clocks(incident: Incident, policy: IncidentPolicy) -> tuple[Clock, ...]:
-    """The acknowledge, mitigate and resolve clocks, with their current targets.
+    """The acknowledge, mitigate and resolve clocks, with their targets.
 
     Each stops at the first of what stops it, whatever order the times were
     recorded in; the mitigate clock counts from an acknowledgment only if that
     is what stopped the acknowledge clock, the resolve clock from a mitigation
-    only if that is what stopped the mitigate clock.
+    only if that is what stopped the mitigate clock. A running clock has the
+    current severity's target, a stopped one the target of the severity in
+    force when it stopped.
     """
-    target = policy.of(incident.severity)
+
+    def clock(
+        name: str,
+        started: datetime,
+        stopped: datetime | None,
+        by: str,
+        target: Callable[[SeverityPolicy], timedelta],
+    ) -> Clock:
+        severity = (
+            incident.severity if stopped is None else incident.severity_at(stopped)
+        )
+        return Clock(name, started, target(policy.of(severity)), stopped, severity, by)
+
     opened, acked = incident.opened_at, incident.acknowledged_at
     mitigated, resolved = incident.mitigated_at, incident.resolved_at
     ack_stop, ack_by = _first(
@@ -80,9 +105,9 @@ def clocks(incident: Incident, policy: IncidentPolicy) -> tuple[Clock, ...]:
     )
     res_by = "resolution" if resolved is not None else ""
     return (
-        Clock("acknowledge", opened, target.acknowledge, ack_stop, ack_by),
-        Clock("mitigate", mit_start, target.mitigate, mit_stop, mit_by),
-        Clock("resolve", res_start, target.resolve, resolved, res_by),
+        clock("acknowledge", opened, ack_stop, ack_by, lambda t: t.acknowledge),
+        clock("mitigate", mit_start, mit_stop, mit_by, lambda t: t.mitigate),
+        clock("resolve", res_start, resolved, res_by, lambda t: t.resolve),
     )
 
 

@@ -41,6 +41,7 @@ from receiver.incidents.model import (
     Incident,
     LedgerItem,
     LedgerKey,
+    SeverityChange,
     State,
     TimelineEntry,
     add_entry,
@@ -113,6 +114,7 @@ def open_incident(
         state=State.TRIGGERED,
         opened_at=now,
         cadence_from=now,
+        severities=(SeverityChange(now, severity),),
         pagerduty_id=trace.alert.refs.get("incident_id", "")
         if trace.alert.source == "pagerduty"
         else "",
@@ -147,7 +149,14 @@ def _promote(
     if worse(severity, incident.severity) == incident.severity:
         return incident, []
     before = incident.severity
-    incident = replace(incident, severity=severity)
+    # A record from before severities were kept: what it was at up to now is
+    # the best there is (no worse than reading the current severity).
+    kept = incident.severities or (SeverityChange(incident.opened_at, before),)
+    incident = replace(
+        incident,
+        severity=severity,
+        severities=(*kept, SeverityChange(now, severity)),
+    )
     text = f"Severity {before} → {severity} ({severity.info.name}): {why}"
     incident = add_entry(
         incident,
@@ -907,20 +916,22 @@ def _breaches(
 ) -> tuple[Incident, list[Effect]]:
     effects: list[Effect] = []
     for clock in clocks(incident, policy):
-        key = f"{clock.name}@{incident.severity}"
+        # A stopped clock is judged, and its breach recorded, at the severity
+        # it stopped under; a running one at the current severity.
+        key = f"{clock.name}@{clock.severity}"
         if key in incident.breaches or not clock.breached(now):
             continue
         if clock.stopped is not None and clock.stopped <= clock.deadline:
             continue
         incident = replace(incident, breaches=incident.breaches | {key})
         text = (
-            f"{clock.name} target {describe(clock.target)} for {incident.severity} "
+            f"{clock.name} target {describe(clock.target)} for {clock.severity} "
             f"passed at {iso(clock.deadline)}"
         )
         incident = add_entry(
             incident, now, "breach", f"Breach: {text}", clock=clock.name
         )
-        effects.append(CountBreach(incident.severity, clock.name))
+        effects.append(CountBreach(clock.severity, clock.name))
         effects += _escalate(incident, f"breach: {text}", policy)
     return incident, effects
 

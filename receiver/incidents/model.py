@@ -275,6 +275,23 @@ class Evidence:
 
 
 @dataclass(frozen=True)
+class SeverityChange:
+    """From ``at`` on, the incident was at ``severity`` (its opening, a promotion)."""
+
+    at: datetime
+    severity: Severity
+
+    def to_json(self, stamp: Stamp = iso) -> JSONObject:
+        """Plain JSON form (``stamp`` writes the times)."""
+        return {"at": stamp(self.at), "severity": self.severity.value}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, object]) -> SeverityChange:
+        """Inverse of ``to_json``."""
+        return cls(_req_ts(raw["at"]), Severity(str(raw["severity"])))
+
+
+@dataclass(frozen=True)
 class Incident:
     """Alerts grouped under one key, with state, severity, clocks and timeline."""
 
@@ -309,6 +326,11 @@ class Incident:
     # More firing alerts than ``alerts`` and ``unlisted`` hold together were
     # dropped: the incident never resolves by itself.
     lost_track: bool = False
+    # The severity from opening on, then each promotion, in time order (at
+    # most one per level): a stopped clock keeps the target in force when it
+    # stopped. Empty in a record written before it was kept: then every clock
+    # reads the current severity's target.
+    severities: tuple[SeverityChange, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -321,6 +343,13 @@ class Incident:
         return (
             self.active and self.acknowledged_at is None and self.mitigated_at is None
         )
+
+    def severity_at(self, at: datetime) -> Severity:
+        """The severity in force at ``at`` (the current one if nothing was kept)."""
+        if not self.severities:
+            return self.severity
+        since = [c.severity for c in self.severities if c.at <= at]
+        return since[-1] if since else self.severities[0].severity
 
     def duration(self, now: datetime) -> timedelta:
         """Open until resolved (or until ``now``)."""
@@ -354,6 +383,7 @@ class Incident:
             "version": self.version,
             "unlisted": sorted(self.unlisted),
             "lost_track": self.lost_track,
+            "severities": [c.to_json(stamp) for c in self.severities],
         }
 
     @classmethod
@@ -391,6 +421,9 @@ class Incident:
             version=_int(raw.get("version", 0)),
             unlisted=frozenset(str(f) for f in _seq(raw.get("unlisted", ()))),
             lost_track=bool(raw.get("lost_track", False)),
+            severities=tuple(
+                SeverityChange.from_json(c) for c in _objects(raw.get("severities", ()))
+            ),
         )
 
 

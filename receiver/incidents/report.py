@@ -140,7 +140,11 @@ def _clock_rows(incident: Incident, policy: IncidentPolicy, now: datetime) -> li
             if clock.breached(now)
             else ("yes" if clock.stopped else "running")
         )
-        rows.append(f"| {clock.name} | {describe(clock.target)} | {took} | {met} |")
+        # A clock that stopped before a promotion keeps its severity's target.
+        target = describe(clock.target)
+        if clock.severity is not incident.severity:
+            target += f" ({clock.severity})"
+        rows.append(f"| {clock.name} | {target} | {took} | {met} |")
     return rows
 
 
