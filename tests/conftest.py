@@ -18,7 +18,9 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import html
 import logging
+import re
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -471,3 +473,12 @@ async def any_store(
         if keys:
             await client.unlink(*keys)
         await client.aclose()
+
+
+async def refusal(resp: Any) -> str:
+    """Why a console page refused (its ``role=alert`` paragraph): HTML, not JSON."""
+    assert resp.content_type == "text/html", resp.content_type
+    text = await resp.text()
+    found = re.search(r"<p role=alert>(.*?)</p>", text, re.DOTALL)
+    assert found, text[:2000]
+    return html.unescape(found.group(1))

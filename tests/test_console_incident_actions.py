@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import structlog
-from conftest import APPROVE_TOKEN, TOKEN
+from conftest import APPROVE_TOKEN, TOKEN, refusal
 from test_console_incidents import (  # noqa: F401 (client is a fixture)
     JANE,
     client,
@@ -252,7 +252,7 @@ async def test_text_the_api_would_refuse_is_refused(client, action, text, detail
     before = await get(client.service, incident_id)
     resp = await post(client, incident_id, action, text)
     assert resp.status == 400, await resp.text()
-    assert detail in (await resp.json(content_type=None))["detail"]
+    assert detail in await refusal(resp)
     assert await get(client.service, incident_id) == before
 
 
@@ -425,8 +425,10 @@ async def test_a_write_that_keeps_conflicting_is_a_409(client, monkeypatch, acti
         allow_redirects=False,
     )
     assert resp.status == 409, await resp.text()
-    detail = (await resp.json(content_type=None))["detail"]
-    assert detail == f"incident {incident_id} kept changing under us; try again"
+    detail = await refusal(resp)
+    assert detail == f"incident {incident_id} kept changing under us; try again."
+    # A page a person reads, with the way back to the incident.
+    assert f'<a href="/ui/incidents/{incident_id}">Back</a>' in await resp.text()
     monkeypatch.undo()
     assert await get(client.service, incident_id) == before
 
@@ -451,8 +453,9 @@ async def test_the_store_down_is_a_503_to_retry(client, monkeypatch, action):  #
     )
     assert resp.status == 503, await resp.text()
     assert resp.headers["Retry-After"]
-    assert (await resp.json(content_type=None))["detail"] == (
-        "incident store unreachable"
+    assert await refusal(resp) == (
+        f"incident store unreachable. Try again in {resp.headers['Retry-After']} "
+        "seconds."
     )
     monkeypatch.undo()
     assert await get(client.service, incident_id) == before

@@ -22,6 +22,7 @@ from conftest import (
     bearer,
     full_settings,
     journal_drained,
+    refusal,
 )
 from incident_helpers import TickingClock
 from pydantic import SecretStr
@@ -254,7 +255,7 @@ async def test_a_why_longer_than_the_api_takes_is_refused(client):
         allow_redirects=False,
     )
     assert resp.status == 400, await resp.text()
-    assert "at most 4000" in (await resp.json(content_type=None))["detail"]
+    assert "at most 4000" in await refusal(resp)
     incident = await client.service.get(incident_id)
     assert incident is not None
     assert incident.active

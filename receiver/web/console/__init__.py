@@ -46,7 +46,7 @@ from receiver.web.console.backtest import BacktestPages
 from receiver.web.console.guards import GuardPages
 from receiver.web.console.incidents import IncidentPages
 from receiver.web.console.paths import console_paths
-from receiver.web.console.render import MAX_CANDIDATE_BYTES, clock_item
+from receiver.web.console.render import MAX_CANDIDATE_BYTES, clock_item, html_errors
 from receiver.web.console.rules import RulePages
 from receiver.web.routing import Routes
 
@@ -57,26 +57,31 @@ class Console(IncidentPages, ApprovalPages, GuardPages, RulePages, BacktestPages
     def attach(self, app: web.Application) -> None:
         """Register the routes."""
         r = Routes(app.router)
-        r.add_get("/ui", self.home)
-        r.add_get("/ui/", self.home)
-        r.add_get("/ui/static/console.js", self.script)
-        r.add_get("/ui/incidents", self.incident_list)
-        r.add_get("/ui/incidents/{id}", self.incident)
-        r.add_post("/ui/incidents/{id}/acknowledge", self.acknowledge_incident)
-        r.add_post("/ui/incidents/{id}/mitigate", self.mitigate_incident)
-        r.add_post("/ui/incidents/{id}/resolve", self.resolve_incident)
-        r.add_post("/ui/incidents/{id}/comment", self.comment_incident)
-        r.add_get("/ui/approvals", self.approvals)
-        r.add_post("/ui/approvals/{id}", self.decide)
-        r.add_get("/ui/guards", self.guards)
-        r.add_post("/ui/guards/reset", self.reset)
-        r.add_post("/ui/guards/pause", self.pause)
-        r.add_post("/ui/guards/retry-delivery", self.retry_delivery)
-        r.add_post("/ui/guards/retry-entry", self.retry_entry)
-        r.add_get("/ui/rules", self.rules)
-        r.add_post("/ui/rules/dry-run", self.dry_run)
-        r.add_get("/ui/backtest", self.backtest_form)
-        r.add_post("/ui/backtest", self.backtest)
+        get, post = r.add_get, r.add_post
+        for add, path, handler in (
+            (get, "/ui", self.home),
+            (get, "/ui/", self.home),
+            (get, "/ui/static/console.js", self.script),
+            (get, "/ui/incidents", self.incident_list),
+            (get, "/ui/incidents/{id}", self.incident),
+            (post, "/ui/incidents/{id}/acknowledge", self.acknowledge_incident),
+            (post, "/ui/incidents/{id}/mitigate", self.mitigate_incident),
+            (post, "/ui/incidents/{id}/resolve", self.resolve_incident),
+            (post, "/ui/incidents/{id}/comment", self.comment_incident),
+            (get, "/ui/approvals", self.approvals),
+            (post, "/ui/approvals/{id}", self.decide),
+            (get, "/ui/guards", self.guards),
+            (post, "/ui/guards/reset", self.reset),
+            (post, "/ui/guards/pause", self.pause),
+            (post, "/ui/guards/retry-delivery", self.retry_delivery),
+            (post, "/ui/guards/retry-entry", self.retry_entry),
+            (get, "/ui/rules", self.rules),
+            (post, "/ui/rules/dry-run", self.dry_run),
+            (get, "/ui/backtest", self.backtest_form),
+            (post, "/ui/backtest", self.backtest),
+        ):
+            # A refusal is a page a person reads, not the API's problem+json.
+            add(path, html_errors(handler))
         app[CONSOLE] = self
 
 

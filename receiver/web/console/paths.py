@@ -23,7 +23,9 @@ def console_paths() -> Operations:
     def get(
         summary: str, *codes: int, **extra: JSONValue
     ) -> dict[str, dict[str, JSONValue]]:
-        answers: JSONObject = {str(c): page for c in sorted({200, 401, 403, *codes})}
+        answers: JSONObject = {
+            str(c): page for c in sorted({200, 401, 403, 503, *codes})
+        }
         return {
             "get": {
                 "summary": summary,
@@ -37,7 +39,7 @@ def console_paths() -> Operations:
         summary: str, *codes: int, **extra: JSONValue
     ) -> dict[str, dict[str, JSONValue]]:
         answers: JSONObject = {
-            str(c): page for c in sorted({303, 400, 401, 403, *codes})
+            str(c): page for c in sorted({303, 400, 401, 403, 503, *codes})
         }
         return {
             "post": {

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import html
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 
 import structlog
 from aiohttp import web
 
+from receiver.errors import AuthError, ClientGoneError, ReceiverError
 from receiver.incidents.clocks import Clock
 from receiver.model import JSONValue, json_object
+from receiver.web.problems import DETAIL, error_response
 
 log = structlog.get_logger("receiver.console")
 
@@ -171,3 +174,61 @@ def _step_row(step: Mapping[str, JSONValue]) -> list[str]:
         (f"<pre>{_e(shown)}</pre>" if result else "")
         + (f"<p>verification: {_e(verify)}</p>" if verify else ""),
     ]
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Headers of a refusal that still mean something on a page.
+_KEPT_HEADERS = ("Retry-After", "Allow")
+
+
+def html_errors(handler: Handler) -> Handler:
+    """A console route whose refusals are a page a person reads.
+
+    The API answers problem+json; a person who pressed a button would see raw
+    JSON. A version conflict, an empty comment, the store down: each is a page
+    with the same status (and ``Retry-After``), what went wrong, and a way
+    back. Credentials refused stay as they are (the browser's sign-in prompt).
+    """
+
+    @functools.wraps(handler)
+    async def page(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except (AuthError, ClientGoneError):
+            raise
+        except ReceiverError as exc:
+            answer = error_response(exc)
+            status, detail = answer.status, answer.get(DETAIL, "") or answer.reason
+            headers = {
+                k: answer.headers[k] for k in _KEPT_HEADERS if k in answer.headers
+            }
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            status = exc.status
+            detail = (exc.text or exc.reason or "").replace("\n", " ")[:300]
+            headers = {k: exc.headers[k] for k in _KEPT_HEADERS if k in exc.headers}
+        return _refusal(request, status, detail, headers)
+
+    return page
+
+
+def _refusal(
+    request: web.Request, status: int, detail: str, headers: Mapping[str, str]
+) -> web.Response:
+    """The page of a refused request: why, whether to try again, a way back."""
+    back = request.path if request.method == "GET" else request.path.rsplit("/", 1)[0]
+    if back in ("", "/ui"):
+        back = request.path
+    again = (
+        f" Try again in {headers['Retry-After']} seconds."
+        if "Retry-After" in headers
+        else ""
+    )
+    body = (
+        f"<p role=alert>{_e(detail.rstrip('. '))}.{_e(again)}</p>"
+        f'<p><a href="{_e(back)}">Back</a></p>'
+    )
+    response = _page(f"Not done ({status})", body, status=status)
+    response.headers.update(headers)
+    return response
