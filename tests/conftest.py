@@ -82,6 +82,20 @@ class Ticking:
         return self.now
 
 
+def passing(clock: Ticking) -> Callable[[float], Awaitable[None]]:
+    """A sleep on ``clock``: the time passes at once (the clock jumps), then it yields.
+
+    For the claim holders (``renew_sleep``) where the test only needs time to
+    pass while a delivery is held, not to stop it at a chosen point (``Alarm``).
+    """
+
+    async def sleep(seconds: float) -> None:
+        clock.now += timedelta(seconds=seconds)
+        await asyncio.sleep(0)
+
+    return sleep
+
+
 TOKEN = "tok-3b9f0d2c"
 OTHER_TOKEN = "tok-second-71aa"
 ADMIN_TOKEN = "tok-admin-4c2e"

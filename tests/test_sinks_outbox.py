@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import Ticking, never_answer_then_fail
+from conftest import Ticking, never_answer_then_fail, passing
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -469,19 +469,21 @@ class Renewals:
 
     async def extend(
         self, row_id: str, until: datetime, *, claim: int | None = None
-    ) -> None:
-        await self.inner.extend(row_id, until, claim=claim)
+    ) -> bool:
+        renewed = await self.inner.extend(row_id, until, claim=claim)
         self.count += 1
         if self.count >= self.wanted:
             self.enough.set()
+        return renewed
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 async def test_a_slow_delivery_keeps_its_row_past_the_lease(backend, tmp_path):
     """Renewed while the sink is slow: the row is never free for another claim.
 
-    The clock moves a second a reading; forty renewals take it past the 30 s
-    lease the row was first claimed for.
+    The clock moves a second a reading, and ten seconds (a third of the lease)
+    between renewals; forty renewals take it far past the 30 s lease the row
+    was first claimed for.
     """
     with run_redis(tmp_path) as url:
         outbox = (
@@ -494,7 +496,7 @@ async def test_a_slow_delivery_keeps_its_row_past_the_lease(backend, tmp_path):
         clock = Ticking(NOW, step=timedelta(seconds=1))
         sink = Recording()
         gate = hold(sink)
-        d = make(sink, store, spy, clock, concurrency=1, renew_every=0.001)  # type: ignore[arg-type]
+        d = make(sink, store, spy, clock, concurrency=1, renew_sleep=passing(clock))  # type: ignore[arg-type]
         await d.put([trace("p1")])
         async with asyncio.timeout(20):
             await spy.enough.wait()
@@ -508,7 +510,7 @@ async def test_a_slow_delivery_keeps_its_row_past_the_lease(backend, tmp_path):
 
 
 class Failing:
-    """The outbox, whose hand-back or renewal raises (``error``) every time."""
+    """The outbox, whose hand-back or renewal raises (``error``) ``wanted`` times."""
 
     def __init__(
         self, inner: SqliteOutbox, at: str, error: Exception, wanted: int
@@ -522,7 +524,7 @@ class Failing:
 
     def __getattr__(self, name: str) -> object:
         method = getattr(self.inner, name)
-        if name != self.at:
+        if name != self.at or self.failed.is_set():
             return method
 
         async def failing(*_args: object, **_kw: object) -> object:
@@ -539,16 +541,18 @@ class Failing:
     "error", [StoreUnavailableError("outbox down"), RuntimeError("outbox bug")]
 )
 async def test_a_failing_hand_back_or_renewal_stops_no_delivery(at, error, tmp_path):
-    """Store down or a bug there: logged; the rows are still delivered, once."""
-    # Renewals go on after one fails: three of them must fail.
-    wanted = 1 if at == "reclaim" else 3
-    outbox = Failing(
-        SqliteOutbox(str(tmp_path / "r.db"), reclaim=True), at, error, wanted
-    )
+    """Store down or a bug there, once: logged; the rows are still delivered, once.
+
+    A renewal that fails is tried again a third of the lease later; only a
+    claim that cannot be renewed until it is about to lapse cuts its delivery
+    off (``test_sinks_outbox_slow``).
+    """
+    outbox = Failing(SqliteOutbox(str(tmp_path / "r.db"), reclaim=True), at, error, 1)
     store = MemoryStore()
     sink = Recording()
     gate = hold(sink)
-    d = make(sink, store, outbox, Ticking(NOW), renew_every=0.001)  # type: ignore[arg-type]
+    clock = Ticking(NOW)
+    d = make(sink, store, outbox, clock, renew_sleep=passing(clock))  # type: ignore[arg-type]
     await d.put([trace("p1"), trace("p2", "fp2")])
     async with asyncio.timeout(20):
         await outbox.failed.wait()
@@ -704,7 +708,7 @@ class Swallowing:
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
-    async def extend(self, *_args: object, **_kw: object) -> None:
+    async def extend(self, *_args: object, **_kw: object) -> bool:
         await never_answer_then_fail(self.renewing)
 
 
@@ -713,13 +717,15 @@ async def test_a_renewal_whose_client_swallows_the_cancel_still_stops(tmp_path):
 
     Before, the renewal caught the client's error, logged it and renewed again:
     the delivery loop waited for it for ever, shutdown handed the row back
-    after its grace, and the event loop's teardown hung (seen in CI).
+    after its grace, and the event loop's teardown hung (seen in CI). The
+    delivery is not kept waiting for the renewal's answer either.
     """
     outbox = Swallowing(SqliteOutbox(str(tmp_path / "r.db")))
     store = MemoryStore()
     sink = Recording()
     gate = hold(sink)
-    d = make(sink, store, outbox, Ticking(NOW), renew_every=0.001)  # type: ignore[arg-type]
+    clock = Ticking(NOW)
+    d = make(sink, store, outbox, clock, renew_sleep=passing(clock))  # type: ignore[arg-type]
     await d.put([trace("p1")])
     async with asyncio.timeout(20):
         await outbox.renewing.wait()

@@ -93,23 +93,46 @@ async def test_a_lapsed_holder_cannot_touch_the_next_claim(backend, act, tmp_pat
         outbox = RedisOutbox(url) if backend == "redis" else SqliteOutbox(path)
         stalled, other, later = await two_holders(outbox)
         assert other.claim == stalled.claim + 1
+        # Each says it did nothing: the stalled holder's delivery stops.
         if act == "release":
-            await outbox.release(stalled.id, later, claim=stalled.claim)
+            assert not await outbox.release(stalled.id, later, claim=stalled.claim)
         elif act == "extend":
             # Moved back (to a due time already past): a renewal of old.
-            await outbox.extend(stalled.id, later, claim=stalled.claim)
+            assert not await outbox.extend(stalled.id, later, claim=stalled.claim)
         else:
-            await outbox.park(stalled.id, "failed 5 times", claim=stalled.claim)
+            assert not await outbox.park(
+                stalled.id, "failed 5 times", claim=stalled.claim
+            )
         # The second holder's lease holds: nobody else claims the row.
         assert await outbox.claim(later + LEASE / 2, LEASE) is None
         assert await outbox.counts() == (1, 0)
         # Its own claim still acts.
-        await outbox.release(other.id, later, claim=other.claim)
+        assert await outbox.extend(other.id, later + LEASE, claim=other.claim)
+        assert await outbox.release(other.id, later, claim=other.claim)
         third = await outbox.claim(later + LEASE / 2, LEASE)
         assert third is not None
         assert third.claim == other.claim + 1
-        await outbox.park(third.id, "failed 5 times", claim=third.claim)
+        assert await outbox.park(third.id, "failed 5 times", claim=third.claim)
         assert await outbox.counts() == (0, 1)
+        # Parked, or finished: no longer claimed, so not renewed.
+        assert not await outbox.extend(third.id, later + LEASE, claim=third.claim)
+        await outbox.finish(third.id)
+        assert not await outbox.extend(third.id, later + LEASE, claim=third.claim)
+        await outbox.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_lapsed_claim_nobody_took_is_still_renewed(backend, tmp_path):
+    """A renewal that comes after the lease lapsed succeeds if nobody claimed it."""
+    with run_redis(tmp_path) as url:
+        path = str(tmp_path / "o.db")
+        outbox = RedisOutbox(url) if backend == "redis" else SqliteOutbox(path)
+        await outbox.put([("p1:0:fp", "owner", "{}", ["slack"])], NOW)
+        row = await outbox.claim(NOW, LEASE)
+        assert row is not None
+        late = NOW + 2 * LEASE
+        assert await outbox.extend(row.id, late + LEASE, claim=row.claim)
+        assert await outbox.claim(late, LEASE) is None  # the renewal holds it
         await outbox.close()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from conftest import Ticking
+from conftest import Ticking, passing
 
 from receiver.model import (
     Alert,
@@ -119,26 +119,27 @@ class GateOnRenewal:
 
     async def extend(
         self, row_id: str, until: datetime, *, claim: int | None = None
-    ) -> None:
+    ) -> bool:
         if self.crashing.failed.is_set():
             self.slow.gate.set()
-        await self.inner.extend(row_id, until, claim=claim)
+        return await self.inner.extend(row_id, until, claim=claim)
 
 
 async def test_a_crashing_sink_does_not_resend_a_slow_sibling(tmp_path):
     crashing, slow = Crashing(), Slow()
     outbox = GateOnRenewal(SqliteOutbox(str(tmp_path / "o.db")), crashing, slow)
+    clock = Ticking(NOW, step=timedelta(milliseconds=1))
     store = MemoryStore()
     d = SinkDispatcher(
         {crashing.name: crashing, slow.name: slow},
         store=store,
         outbox=outbox,  # type: ignore[arg-type]
         choose=lambda _t: [crashing.name, slow.name],
-        clock=Ticking(NOW, step=timedelta(milliseconds=1)),
+        clock=clock,
         retry=RetryPolicy(multiplier=0.001, cap=0.01),
         poll=0.01,
         lease=timedelta(seconds=30),
-        renew_every=0.02,
+        renew_sleep=passing(clock),
     )
     await d.put([trace("p1")])
     await d.drain()

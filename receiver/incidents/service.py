@@ -15,15 +15,15 @@ Each change is read, applied (pure, ``lifecycle``) and written with the next
 version; a version conflict (another replica) reads again. The effects that
 contact someone are written with the change, as pending and claimed by the
 writer for a lease (``IncidentStore``), carried out after the write (the claim
-renewed meanwhile, or the sending cut off before it lapses: ``holding``), and
-removed in the same write as the timeline lines saying what was sent. A crash
-between the write and that second write leaves them pending: the ticker
-(``redeliver``, first thing each tick; on one SQLite instance the first tick
-also takes a dead process's claims over at once) claims those whose lease
-lapsed and carries them out, so a message may be sent twice, never lost; its
-line says it was late. An effect that raises is tried again later, at most
-``EFFECT_ATTEMPTS`` times (a claim a crashed process held counts as one), then
-given up with a "not delivered" line.
+renewed meanwhile, or the sending cut off before it lapses:
+``receiver.holding``), and removed in the same write as the timeline lines
+saying what was sent. A crash between the write and that second write leaves
+them pending: the ticker (``redeliver``, first thing each tick; on one SQLite
+instance the first tick also takes a dead process's claims over at once) claims
+those whose lease lapsed and carries them out, so a message may be sent twice,
+never lost; its line says it was late. An effect that raises is tried again
+later, at most ``EFFECT_ATTEMPTS`` times (a claim a crashed process held
+counts as one), then given up with a "not delivered" line.
 
 What was last written or read is kept (``known``): a group that keeps firing
 is folded into it without reading and decoding it again, and
@@ -41,6 +41,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from receiver.errors import ReceiverError, StoreUnavailableError
+from receiver.holding import ClaimHolder, ClaimLapsingError, ClaimLostError
 from receiver.incidents.approvals import (
     ApprovalDecision,
     Approvals,
@@ -57,7 +58,6 @@ from receiver.incidents.effects import (
     encode_effect,
 )
 from receiver.incidents.grouping import linked
-from receiver.incidents.holding import ClaimHolder, ClaimLapsingError, ClaimLostError
 from receiver.incidents.known import KnownIncidents
 from receiver.incidents.lifecycle import (
     Folding,
@@ -195,7 +195,13 @@ class IncidentService:
         # lease (``renew_sleep`` waits in between; tests pass one on their
         # clock), and a send whose claim cannot be renewed is cut off before
         # it lapses: another receiver may claim and send it from then on.
-        self._holder = ClaimHolder(store, clock, effect_lease, renew_sleep)
+        self._holder = ClaimHolder(
+            clock,
+            effect_lease,
+            renew_sleep,
+            events="incident_effect",
+            logger="receiver.incidents",
+        )
         # dry-run: nothing is contacted; messages and PagerDuty calls are only
         # recorded on the timeline as what would have been done.
         self._effects = EffectRunner(
@@ -1140,7 +1146,12 @@ class IncidentService:
                 line = await self._effects.carry_out(about, effect)
             else:
                 line = await self._holder.hold(
-                    claimed, until, lambda: self._effects.carry_out(about, effect)
+                    lambda at: self.store.renew_effect(claimed, at),
+                    until,
+                    lambda: self._effects.carry_out(about, effect),
+                    incident=claimed.incident_id,
+                    effect=claimed.id,
+                    attempt=claimed.attempts,
                 )
         except ClaimLostError:
             log.warning(

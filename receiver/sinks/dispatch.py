@@ -10,17 +10,22 @@ entry and writes the same row again, which the outbox ignores: no delivery is
 lost between the decision and the outbox.
 
 ``start`` runs ``concurrency`` delivery loops. Each claims a due row (for a
-lease of a minute, renewed while the delivery runs: a worker killed
-mid-delivery leaves it to be claimed again when the lease lapses; on SQLite,
-one instance alone, the next worker hands such rows back as it starts),
-delivers it to each sink not yet done, records each sink's
-outcome on the row as it finishes, writes the outcomes to the decision log and
-deletes the row. A row that cannot be finished (storage down, an unexpected
-error, a crash) is retried with the shared backoff (``receiver.retrying``) and
-parked after ``max_attempts`` claims: kept in the outbox, counted in
-``receiver_sink_outbox_parked``, logged at error. ``aclose`` (shutdown) gives
-deliveries in flight a grace period, then hands them back to the outbox for
-the next start.
+lease of a minute, renewed every third of it while the delivery runs:
+``receiver.holding``; a worker killed mid-delivery leaves it to be claimed
+again when the lease lapses; on SQLite, one instance alone, the next worker
+hands such rows back as it starts), delivers it to each sink not yet done,
+records each sink's outcome on the row as it finishes, writes the outcomes to
+the decision log and deletes the row. A row that cannot be finished (storage
+down, an unexpected error, a crash) is retried with the shared backoff
+(``receiver.retrying``) and parked after ``max_attempts`` claims: kept in the
+outbox, counted in ``receiver_sink_outbox_parked``, logged at error. A delivery
+whose claim cannot be renewed (the outbox does not answer) is cut off a sixth
+of the lease before the claim lapses, so no other worker delivers the row
+beside it: a failed attempt like any other (``sink_delivery_cut_off``, then
+retried or parked). One whose claim was taken meanwhile (this worker did not
+run for a whole lease, and another claimed the row) stops and writes nothing of
+it (``sink_delivery_claim_lost``). ``aclose`` (shutdown) gives deliveries in
+flight a grace period, then hands them back to the outbox for the next start.
 
 Which sinks: the playbook's ``sinks`` if it names them, else settings ``sinks``.
 Only actionable, matched alerts are sent (acknowledgements and notes, our own
@@ -55,7 +60,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
@@ -63,6 +68,7 @@ import httpx
 import structlog
 
 from receiver.errors import ReceiverError
+from receiver.holding import ClaimHolder, ClaimLapsingError, ClaimLostError
 from receiver.model import AlertTrace, Decision, StepKind, iso
 from receiver.retrying import (
     Doubling,
@@ -181,7 +187,7 @@ class SinkDispatcher:
         max_pending: int = 1000,
         max_attempts: int = 5,
         lease: timedelta = timedelta(minutes=1),
-        renew_every: float | None = None,
+        renew_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         retry: RetryPolicy = OUTBOX_RETRY,
         poll: float = 1.0,
         dedupe_ttl: timedelta = timedelta(days=7),
@@ -205,11 +211,14 @@ class SinkDispatcher:
         self._max_pending = max_pending
         self.max_attempts = max_attempts
         self._lease = lease
-        # A claim is renewed this often (seconds) while its delivery runs: a
-        # slow delivery keeps its row, and a dead worker's row is claimed
-        # again within one lease.
-        self._renew_every = (
-            renew_every if renew_every is not None else lease.total_seconds() / 3
+        # A claim is renewed every third of the lease while its delivery runs
+        # (``renew_sleep`` waits in between; tests pass one on their clock): a
+        # slow delivery keeps its row, and a dead worker's row is claimed again
+        # within one lease. A delivery whose claim cannot be renewed is cut
+        # off a sixth of the lease before it lapses: from then on another
+        # worker may claim the row and deliver it.
+        self._holder = ClaimHolder(
+            clock, lease, renew_sleep, events="sink_outbox", logger="receiver.sinks"
         )
         self._retry = retry
         self._poll = poll
@@ -320,7 +329,8 @@ class SinkDispatcher:
             stop_if_cancelled()
             self._work.clear()
             try:
-                row = await self._outbox.claim(self._clock(), self._lease)
+                now = self._clock()
+                row = await self._outbox.claim(now, self._lease)
             except ReceiverError as exc:
                 wait = waits.failed()
                 log.warning("sink_outbox_unavailable", error=str(exc), retry_in=wait)
@@ -337,14 +347,15 @@ class SinkDispatcher:
                     await asyncio.wait_for(self._work.wait(), self._poll)
                 continue
             try:
-                await self._attempt_row(row)
+                await self._attempt_row(row, now + self._lease)
             except Exception:  # the supervisor: a delivery loop never dies
                 log.exception("sink_outbox_loop_failed", row=row.id)
                 await asyncio.sleep(waits.current)
             self._notify()
             await self._observe()
 
-    async def _attempt_row(self, row: OutboxRow) -> None:
+    async def _attempt_row(self, row: OutboxRow, until: datetime) -> None:
+        """Deliver ``row``, claimed until ``until``, while that claim holds."""
         if row.attempts > self.max_attempts:
             await self._park(
                 row,
@@ -352,23 +363,32 @@ class SinkDispatcher:
                 "crashed, was stopped or hung while delivering it)",
             )
             return
-        renewing = asyncio.create_task(
-            self._renew(row), name=f"sink-outbox-renew-{row.id}"
-        )
         try:
-            try:
-                await self._deliver(row)
-            finally:
-                # Stopped before the row is handed back or parked: a renewal
-                # after that would move its due time again.
-                renewing.cancel()
-                await asyncio.wait([renewing])
+            await self._holder.hold(
+                lambda at: self._outbox.extend(row.id, at, claim=row.claim),
+                until,
+                lambda: self._deliver(row),
+                row=row.id,
+                attempts=row.attempts,
+            )
+        except ClaimLostError:
+            # Or too little of the claim was left to start: nothing started.
+            self._lost(row)
         except asyncio.CancelledError:
             # Shutdown: hand it back, due at once, for the next start.
             with contextlib.suppress(ReceiverError):
                 await self._outbox.release(row.id, self._clock(), claim=row.claim)
             raise
         except Exception as exc:  # noqa: BLE001 (retried, then parked)
+            if isinstance(exc, ClaimLapsingError):
+                log.warning(
+                    "sink_delivery_cut_off",
+                    row=row.id,
+                    attempts=row.attempts,
+                    sinks=[s for s in row.sinks if s not in row.done],
+                    detail="its claim could not be renewed and was about to "
+                    "lapse; it may have reached the sink",
+                )
             error = self._scrub(f"{exc.__class__.__name__}: {exc}")
             if row.attempts >= self.max_attempts:
                 await self._park(
@@ -376,6 +396,11 @@ class SinkDispatcher:
                 )
                 return
             wait = backoff(self._retry, row.attempts - 1)
+            if not await self._outbox.release(
+                row.id, self._clock() + timedelta(seconds=wait), claim=row.claim
+            ):
+                self._lost(row)
+                return
             log.warning(
                 "sink_delivery_retry",
                 row=row.id,
@@ -383,27 +408,23 @@ class SinkDispatcher:
                 error=error,
                 retry_in=wait,
             )
-            await self._outbox.release(
-                row.id, self._clock() + timedelta(seconds=wait), claim=row.claim
-            )
 
-    async def _renew(self, row: OutboxRow) -> None:
-        """Keep the claim on ``row`` while its delivery runs (until cancelled)."""
-        row_id = row.id
-        while True:
-            await asyncio.sleep(self._renew_every)
-            try:
-                await self._outbox.extend(
-                    row_id, self._clock() + self._lease, claim=row.claim
-                )
-            except ReceiverError as exc:
-                log.warning("sink_outbox_renew_failed", row=row_id, error=str(exc))
-            except Exception:  # the delivery goes on; the next renewal may work
-                log.exception("sink_outbox_renew_failed", row=row_id)
-            stop_if_cancelled()
+    def _lost(self, row: OutboxRow) -> None:
+        """Log that the claim on ``row`` was found taken (or the row gone)."""
+        # Another worker claimed the row since (this one did not run, or could
+        # not renew, for a whole lease), or finished it: it is theirs to
+        # deliver and to record, and this one writes nothing of its attempt.
+        log.warning(
+            "sink_delivery_claim_lost",
+            row=row.id,
+            attempts=row.attempts,
+            detail="stopped; left to whoever claimed the row since",
+        )
 
     async def _park(self, row: OutboxRow, reason: str) -> None:
-        await self._outbox.park(row.id, reason, claim=row.claim)
+        if not await self._outbox.park(row.id, reason, claim=row.claim):
+            self._lost(row)
+            return
         log.error(
             "sink_delivery_parked",
             row=row.id,

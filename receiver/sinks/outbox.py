@@ -111,22 +111,24 @@ class Outbox(Protocol):
 
     async def release(
         self, row_id: str, due: datetime, *, claim: int | None = None
-    ) -> None:
+    ) -> bool:
         """Hand a claimed row back, to be claimed again from ``due``.
 
         ``claim`` (``OutboxRow.claim``): only while the row is still that
         claim, not once another holder claimed it after this one's lease
-        lapsed. None: regardless (tools, tests).
+        lapsed. None: regardless (tools, tests). Whether it was handed back.
         """
         ...
 
     async def extend(
         self, row_id: str, until: datetime, *, claim: int | None = None
-    ) -> None:
+    ) -> bool:
         """Keep a claimed row from other claims until ``until`` (renew the claim).
 
         Nothing happens to a row no longer claimed (finished, handed back,
-        parked) or, with ``claim``, claimed by someone else since.
+        parked) or, with ``claim``, claimed by someone else since: False. A
+        renewal after the lease lapsed still succeeds while nobody claimed the
+        row meanwhile.
         """
         ...
 
@@ -139,8 +141,8 @@ class Outbox(Protocol):
         """
         ...
 
-    async def park(self, row_id: str, reason: str, *, claim: int | None = None) -> None:
-        """Set a row aside: kept, counted, never claimed again.
+    async def park(self, row_id: str, reason: str, *, claim: int | None = None) -> bool:
+        """Set a row aside: kept, counted, never claimed again; whether it was.
 
         With ``claim``: only while the row is still that claim.
         """

@@ -194,42 +194,45 @@ class SqliteOutbox:
 
     async def release(  # noqa: D102
         self, row_id: str, due: datetime, *, claim: int | None = None
-    ) -> None:
+    ) -> bool:
         # These three act only while the row is still the caller's claim
         # (``claim`` None: regardless).
-        def run(db: sqlite3.Connection) -> None:
-            db.execute(
+        def run(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
                 "UPDATE sink_outbox SET due = ?, claimed = 0 WHERE id = ? "
                 "AND (? IS NULL OR claims = ?)",
                 (_stamp(due), row_id, claim, claim),
             )
+            return cur.rowcount == 1
 
-        await self._run(run)
+        return await self._run(run)
 
     async def park(  # noqa: D102
         self, row_id: str, reason: str, *, claim: int | None = None
-    ) -> None:
-        def run(db: sqlite3.Connection) -> None:
-            db.execute(
+    ) -> bool:
+        def run(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
                 "UPDATE sink_outbox SET parked = ?, claimed = 0 WHERE id = ? "
                 "AND (? IS NULL OR claims = ?)",
                 (reason or "parked", row_id, claim, claim),
             )
+            return cur.rowcount == 1
 
-        await self._run(run)
+        return await self._run(run)
 
     async def extend(  # noqa: D102
         self, row_id: str, until: datetime, *, claim: int | None = None
-    ) -> None:
-        def run(db: sqlite3.Connection) -> None:
-            db.execute(
+    ) -> bool:
+        def run(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
                 "UPDATE sink_outbox SET due = ? "
                 "WHERE id = ? AND claimed = 1 AND parked = '' "
                 "AND (? IS NULL OR claims = ?)",
                 (_stamp(until), row_id, claim, claim),
             )
+            return cur.rowcount == 1
 
-        await self._run(run)
+        return await self._run(run)
 
     async def reclaim(self, now: datetime) -> int:  # noqa: D102
         if not self._reclaim:
@@ -336,12 +339,15 @@ return {id, redis.call('HGETALL', row), redis.call('HGETALL', ARGV[4] .. id)}
 """
 
 # Move a row's due time (hand back, renew) only while it is the caller's claim
-# (ARGV[3] = '' : regardless) and still due or in flight (not parked/finished).
+# (ARGV[3] = '' : regardless) and still due or in flight (not parked/finished);
+# 1 if it was moved.
 _MOVE = """
 if ARGV[3] ~= '' and redis.call('HGET', KEYS[2], 'claims') ~= ARGV[3] then
   return 0
 end
-return redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[2])
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[2])
+return 1
 """
 
 # Add a row unless it exists (due or parked): a repeat of a delivery is ignored.
@@ -495,37 +501,45 @@ class RedisOutbox:
 
         await self._call(run)
 
-    async def _move_due(self, row_id: str, due: datetime, claim: int | None) -> None:
-        async def run() -> None:
-            await self._move(
-                keys=[self._due, self._row(row_id)],
-                args=[_ms(due), row_id, "" if claim is None else str(claim)],
+    async def _move_due(self, row_id: str, due: datetime, claim: int | None) -> bool:
+        async def run() -> bool:
+            return bool(
+                await self._move(
+                    keys=[self._due, self._row(row_id)],
+                    args=[_ms(due), row_id, "" if claim is None else str(claim)],
+                )
             )
 
-        await self._call(run)
+        return await self._call(run)
 
     async def release(  # noqa: D102
         self, row_id: str, due: datetime, *, claim: int | None = None
-    ) -> None:
-        await self._move_due(row_id, due, claim)
+    ) -> bool:
+        return await self._move_due(row_id, due, claim)
 
     async def park(  # noqa: D102
         self, row_id: str, reason: str, *, claim: int | None = None
-    ) -> None:
-        async def run() -> None:
-            await self._park(
-                keys=[self._row(row_id), self._due, self._parked],
-                args=[row_id, reason or "parked", "" if claim is None else str(claim)],
+    ) -> bool:
+        async def run() -> bool:
+            return bool(
+                await self._park(
+                    keys=[self._row(row_id), self._due, self._parked],
+                    args=[
+                        row_id,
+                        reason or "parked",
+                        "" if claim is None else str(claim),
+                    ],
+                )
             )
 
-        await self._call(run)
+        return await self._call(run)
 
     async def extend(  # noqa: D102
         self, row_id: str, until: datetime, *, claim: int | None = None
-    ) -> None:
+    ) -> bool:
         # Only while it is in the due set: not once finished or parked. (A row
         # handed back for a backoff is, but its delivery has stopped renewing.)
-        await self._move_due(row_id, until, claim)
+        return await self._move_due(row_id, until, claim)
 
     async def reclaim(self, now: datetime) -> int:  # noqa: D102, ARG002 (nothing to do)
         # Replicas share the outbox: a row another replica claimed may be on
