@@ -349,6 +349,11 @@ class StoreSettings(Group):
         return self.url.startswith(("redis://", "rediss://", "unix://"))
 
 
+# The shortest journal.lease: a sixth of it (the cut-off margin of a send
+# whose claim cannot be renewed) must still hold a store round trip and more.
+MIN_LEASE = timedelta(seconds=30)
+
+
 class JournalSettings(Group):
     """The queue of accepted payloads: back-pressure, leases, parking."""
 
@@ -373,7 +378,10 @@ class JournalSettings(Group):
     )
     lease: Duration = Field(
         default=timedelta(minutes=5),
-        description="A claimed entry not finished in this time goes to another worker.",
+        description="A claimed entry not finished in this time goes to another "
+        "worker; incident messages are claimed for it too. At least 30s: a claim "
+        "is renewed every third of it, and a message whose claim cannot be "
+        "renewed is cut off a sixth of it before it lapses.",
     )
     max_attempts: int = Field(
         default=5,
@@ -382,6 +390,21 @@ class JournalSettings(Group):
         description="Claims of one journal entry before it is parked (listed at "
         "GET /api/v1/parked, retried on demand).",
     )
+
+    @field_validator("lease")
+    @classmethod
+    def _a_workable_lease(cls, lease: timedelta) -> timedelta:
+        """Long enough for the renewals and the cut-off margin it is divided into."""
+        if lease < MIN_LEASE:
+            raise ValueError(
+                f"must be at least 30s (got {lease.total_seconds():g}s): claims "
+                "under it (journal entries, worker liveness, incident messages) "
+                "are renewed every third of it and a send that cannot renew is "
+                "cut off a sixth of it before it lapses; shorter, renewals spin "
+                "and a store round trip or a sink's answer cannot fit, so "
+                "messages never go out"
+            )
+        return lease
 
 
 class RetentionSettings(Group):
