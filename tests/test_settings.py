@@ -303,18 +303,18 @@ def test_bad_config_files_name_the_key(tmp_path, text, message):
     assert message in str(caught.value)
 
 
-@pytest.mark.parametrize("value", ["0s", "1ms", "5s", "29s"])
+@pytest.mark.parametrize("value", ["0s", "1ms", "1s", "1999ms"])
 def test_a_journal_lease_too_short_to_renew_is_refused(value):
     """0s or a few seconds: refused, naming the setting, the minimum and why."""
     with pytest.raises(ConfigError) as caught:
         load_settings(environ={"RECEIVER_JOURNAL_LEASE": value})
     message = str(caught.value)
-    assert "journal.lease (RECEIVER_JOURNAL_LEASE): must be at least 30s" in message
+    assert "journal.lease (RECEIVER_JOURNAL_LEASE): must be at least 2s" in message
     assert "renewed every third of it" in message
 
 
-@pytest.mark.parametrize(("value", "seconds"), [("30s", 30), ("5m", 300)])
-def test_a_journal_lease_of_30s_or_more_loads(value, seconds):
+@pytest.mark.parametrize(("value", "seconds"), [("2s", 2), ("5m", 300)])
+def test_a_journal_lease_of_2s_or_more_loads(value, seconds):
     """The minimum itself, and the default, load."""
     settings = load_settings(environ={"RECEIVER_JOURNAL_LEASE": value})
     assert settings.journal.lease.total_seconds() == seconds
