@@ -180,7 +180,8 @@ async def test_auth_failures_incident_from_alertmanager_to_report(  # noqa: PLR0
         assert all(d.text.startswith("**Identified** (Cause found)") for d in drafts)
         assert all("Next update: " in d.text and "Posted: " in d.text for d in drafts)
 
-        # The acknowledge clock stopped at 3 minutes: no breach even at P0 (5m).
+        # The acknowledge clock stopped at 3 minutes, while P2 (1h): no breach
+        # once promoted (P0's 5m is for clocks still running).
         got = await service.get(opened.id)
         assert not any(b.startswith("acknowledge@") for b in got.breaches)
         assert "mitigate@P0" in got.breaches  # 30m after acknowledgment passed
@@ -206,5 +207,6 @@ async def test_auth_failures_incident_from_alertmanager_to_report(  # noqa: PLR0
     assert "Severity P2 → P1" in report
     assert "Severity P1 → P0" in report
     assert "Acknowledged via PagerDuty incident.acknowledged (Jane Smith)" in report
-    assert "| acknowledge | 5m | 2 minutes | yes |" in report  # 2m58s
+    # Acknowledged at 2m58s, while P2: judged by P2's target, which it met.
+    assert "| acknowledge | 1h (P2) | 2 minutes | yes |" in report
     assert "# Post-Mortem: " in report
