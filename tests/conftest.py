@@ -83,15 +83,16 @@ class Ticking:
 
 
 def passing(clock: Ticking) -> Callable[[float], Awaitable[None]]:
-    """A sleep on ``clock``: the time passes at once (the clock jumps), then it yields.
+    """A sleep on ``clock``: the time passes at once (the clock jumps).
 
     For the claim holders (``renew_sleep``) where the test only needs time to
     pass while a delivery is held, not to stop it at a chosen point (``Alarm``).
+    The holder runs it as a task beside the delivery, so the delivery still
+    gets its turn between two renewals.
     """
 
     async def sleep(seconds: float) -> None:
         clock.now += timedelta(seconds=seconds)
-        await asyncio.sleep(0)
 
     return sleep
 
