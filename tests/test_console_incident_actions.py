@@ -459,3 +459,32 @@ async def test_the_store_down_is_a_503_to_retry(client, monkeypatch, action):  #
     )
     monkeypatch.undo()
     assert await get(client.service, incident_id) == before
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+async def test_a_bug_is_a_500_page_naming_its_log_line(client, monkeypatch, action):  # noqa: F811
+    """An unexpected exception: a 500 page with the request id it was logged under."""
+    incident_id = await storm(client)
+    token = form_token(await page(client, incident_id, JANE))
+    before = await get(client.service, incident_id)
+
+    async def broken(*_args: object, **_kwargs: object) -> None:
+        msg = "a bug"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr(client.service.store, "get", broken)
+    with structlog.testing.capture_logs() as logs:
+        resp = await client.post(
+            f"/ui/incidents/{incident_id}/{action}",
+            data={"token": token, "text": "x"},
+            headers={**JANE, "X-Request-Id": "req-console-bug"},
+            allow_redirects=False,
+        )
+    assert resp.status == 500, await resp.text()
+    assert await refusal(resp) == (
+        "internal error while handling the request; it was logged with request "
+        "id req-console-bug."
+    )
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["request_failed"]
+    monkeypatch.undo()
+    assert await get(client.service, incident_id) == before

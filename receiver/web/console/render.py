@@ -187,7 +187,8 @@ def html_errors(handler: Handler) -> Handler:
     The API answers problem+json; a person who pressed a button would see raw
     JSON. A version conflict, an empty comment, the store down: each is a page
     with the same status (and ``Retry-After``), what went wrong, and a way
-    back. Credentials refused stay as they are (the browser's sign-in prompt).
+    back; a bug of ours a 500 page naming the request id of its log line.
+    Credentials refused stay as they are (the browser's sign-in prompt).
     """
 
     @functools.wraps(handler)
@@ -208,6 +209,14 @@ def html_errors(handler: Handler) -> Handler:
             status = exc.status
             detail = (exc.text or exc.reason or "").replace("\n", " ")[:300]
             headers = {k: exc.headers[k] for k in _KEPT_HEADERS if k in exc.headers}
+        except Exception:  # a bug of ours: logged, and said as the API says it
+            log.exception("request_failed", path=request.path)
+            said = structlog.contextvars.get_contextvars().get("request_id", "")
+            status, headers = 500, {}
+            detail = (
+                "internal error while handling the request; it was logged "
+                f"with request id {said}"
+            )
         return _refusal(request, status, detail, headers)
 
     return page
