@@ -110,6 +110,48 @@ def test_port_in_use_is_one_line_and_exit_1(tmp_path):
     assert "receiver_started" not in [e["event"] for e in entries]
 
 
+def test_port_0_lines_name_the_bound_port(tmp_path):
+    """``--port 0``: the start line and the try-it hint name the port bound."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(GOOD)
+    env = {
+        **os.environ,
+        "RECEIVER_LOG_FORMAT": "json",
+        "RECEIVER_STORE": "sqlite://:memory:",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "receiver",
+            "serve",
+            "--port",
+            "0",
+            "--rules",
+            str(rules),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    entries: dict[str, dict[str, Any]] = {}
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # ends when the process does
+            entry = json.loads(line)
+            entries[entry["event"]] = entry
+            if entry["event"] == "try_it":
+                break
+        url = entries["receiver_started"]["url"]
+        assert not url.endswith(":0")
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)  # reads to the end and closes the pipe
+    assert f"examples/send.sh {url} " in entries["try_it"]["detail"]
+
+
 @pytest.mark.parametrize("content", [None, BAD], ids=["missing", "invalid"])
 def test_unloadable_rules_are_one_line_and_exit_1(tmp_path, content):
     """Missing or invalid rules: one JSON line naming every problem, exit 1."""

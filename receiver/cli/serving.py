@@ -255,9 +255,11 @@ def _log_started(
     base = f"http://{settings.server.host}:{settings.server.port}"
     # The banner names the bound addresses (the real port when --port 0).
     bound = re.search(r"Running on (\S+)", banner)
+    if bound:
+        base = bound.group(1)
     log.info(
         "receiver_started",
-        url=bound.group(1) if bound else base,
+        url=base,
         version=__version__,
         role=role,
         mode=mode,
