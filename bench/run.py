@@ -1261,6 +1261,9 @@ async def decide_cost(report: Report, sizes: Sizes) -> None:
                 young.append((time.thread_time() - cpu) / n * 1e6)
         finally:
             gc.unfreeze()
+            # Its summary line now, while the null sink is still open (later,
+            # its timer wrote to a closed file: a logging error in the run).
+            processor.flush_decided()
     cost = Spread.of(per_alert)
     report.target(
         "decide cost per alert <= 50 us (runbook pack, in process, thread CPU)",
