@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -72,16 +73,50 @@ Effect = Announce | PagerDutyEscalate | CountBreach | PagerDutyStatus
 
 @dataclass(frozen=True)
 class About:
-    """What an effect says of its incident, as it was when the effect was asked."""
+    """What an effect says of its incident, as it was when the effect was asked.
+
+    ``asked_at``: when (the change's time, ISO 8601; "" in effects written
+    before it was kept): an effect still pending when the incident resolved
+    after that is not carried out (``stale``).
+    """
 
     incident_id: str
     pagerduty_id: str
     severity: str
+    asked_at: str = ""
 
     @classmethod
-    def of(cls, incident: Incident) -> About:
-        """The incident's id, linked PagerDuty incident and severity."""
-        return cls(incident.id, incident.pagerduty_id, incident.severity.value)
+    def of(cls, incident: Incident, at: datetime | None = None) -> About:
+        """The incident's id, linked PagerDuty incident and severity; ``at``: asked."""
+        return cls(
+            incident.id,
+            incident.pagerduty_id,
+            incident.severity.value,
+            # Full precision: an effect asked by the resolving change itself
+            # (its announcement) is never before the resolution.
+            at.astimezone(UTC).isoformat() if at is not None else "",
+        )
+
+    def stale(self, incident: Incident) -> datetime | None:
+        """When the incident resolved, if it did after this effect was asked.
+
+        A message or PagerDuty call asked while the incident was open (an
+        escalation, a breach, a status draft) and not carried out before it
+        resolved (a sink that failed and is retried, a receiver that crashed
+        first) would reach people about an incident already over. Those asked
+        at or after the resolution (its announcement, the post-mortem's) are
+        not stale, nor anything once the incident reopened.
+        """
+        resolved = incident.resolved_at
+        if not self.asked_at or incident.active or resolved is None:
+            return None
+        try:
+            asked = datetime.fromisoformat(self.asked_at)
+        except ValueError:  # damaged: carried out, as before it was kept
+            return None
+        if asked.tzinfo is None:
+            return None
+        return resolved if asked < resolved else None
 
 
 def encode_effect(about: About, effect: Effect) -> str:
@@ -91,6 +126,7 @@ def encode_effect(about: About, effect: Effect) -> str:
             "incident_id": about.incident_id,
             "pagerduty_id": about.pagerduty_id,
             "severity": about.severity,
+            "asked_at": about.asked_at,
         }
     }
     if isinstance(effect, Announce):

@@ -77,6 +77,7 @@ from receiver.incidents.queueing import FoldQueue, SinkNote
 from receiver.incidents.records import from_record, to_record
 from receiver.incidents.report import render_report
 from receiver.incidents.rules import RuleView
+from receiver.incidents.status import minute
 from receiver.model import AlertTrace
 from receiver.retrying import stop_if_cancelled
 from receiver.rulebook.loader import Rulebook
@@ -916,8 +917,9 @@ class IncidentService:
         ]
         if not durable:
             return record
-        about = About.of(incident)
-        until = (now or self._clock()) + self._lease
+        now = now or self._clock()
+        about = About.of(incident, now)
+        until = now + self._lease
         return replace(
             record,
             effects=tuple(
@@ -1033,7 +1035,8 @@ class IncidentService:
         ``lines``: of effects already carried out, written with theirs.
         Returns the incident after that write (None: nothing written).
         """
-        sent, done, carried = await self._attempt_all(claimed, until)
+        current = written if written is not None else await self._current(incident_id)
+        sent, done, carried = await self._attempt_all(claimed, until, current)
         sent = [*lines, *sent]
         if not done and not sent:
             return None
@@ -1062,15 +1065,32 @@ class IncidentService:
             )
         return None
 
+    async def _current(self, incident_id: str) -> Incident | None:
+        """The incident as stored, to judge what is still worth sending.
+
+        None when it is gone or cannot be read (its effects are then carried
+        out as before; writing their lines says what went wrong).
+        """
+        record = await self.store.get(incident_id)
+        if record is None:
+            return None
+        try:
+            return from_record(record)
+        except Exception:  # noqa: BLE001 (the write after the sends reports it)
+            return None
+
     async def _attempt_all(
-        self, claimed: Sequence[ClaimedEffect], until: datetime | None
+        self,
+        claimed: Sequence[ClaimedEffect],
+        until: datetime | None,
+        incident: Incident | None,
     ) -> tuple[list[str], list[ClaimedEffect], list[ClaimedEffect]]:
         """Attempt each: their lines, those finished, those that reached a sink."""
         sent: list[str] = []
         done: list[ClaimedEffect] = []
         carried: list[ClaimedEffect] = []
         for effect in claimed:
-            outcome = await self._attempt(effect, until)
+            outcome = await self._attempt(effect, until, incident)
             if outcome is None:
                 continue  # left to another receiver
             line, reached, finished = outcome
@@ -1083,14 +1103,19 @@ class IncidentService:
         return sent, done, carried
 
     async def _attempt(
-        self, claimed: ClaimedEffect, until: datetime | None
+        self,
+        claimed: ClaimedEffect,
+        until: datetime | None,
+        incident: Incident | None,
     ) -> tuple[str, bool, bool] | None:
         """One attempt, or None to leave it to another receiver.
 
         The timeline line ("" for none), whether the effect was carried out
-        (False: unreadable, given up, or failed), and whether it is finished
-        (False: handed back for a later attempt, which its line says).
-        ``until``: when our claim lapses.
+        (False: unreadable, stale, given up, or failed), and whether it is
+        finished (False: handed back for a later attempt, which its line
+        says). ``until``: when our claim lapses; ``incident``: as it stands
+        (None: unknown), so that what was asked while it was open is not sent
+        once it resolved.
         """
         if until is not None and self._clock() >= until:
             log.warning(
@@ -1114,6 +1139,22 @@ class IncidentService:
                 True,
             )
         what = self._effects.describe(effect)
+        resolved = about.stale(incident) if incident is not None else None
+        if resolved is not None:
+            log.info(
+                "incident_effect_stale",
+                incident=claimed.incident_id,
+                effect=what,
+                asked_at=about.asked_at,
+                resolved_at=resolved.isoformat(),
+                detail="asked while the incident was open; it resolved first",
+            )
+            asked = minute(datetime.fromisoformat(about.asked_at))
+            line = (
+                f"{what}: not sent; asked at {asked} while the incident was open, "
+                f"still undelivered when it resolved at {minute(resolved)}"
+            )
+            return line, False, True
         if claimed.attempts > EFFECT_ATTEMPTS:
             # Every earlier claim ended with its process (or was never done).
             log.error(
