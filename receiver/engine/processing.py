@@ -66,7 +66,12 @@ def _ack_scopes(alerts: Sequence[Alert]) -> list[str]:
 
 
 def stand_down(planned: Plan, acknowledged_at: datetime) -> Plan:
-    """Skip the remediations of playbooks that stand down once a human has it."""
+    """Skip the remediations of playbooks that stand down once a human has it.
+
+    A remediation the planner skipped already keeps its own reason (a
+    namespace not allowed, a value refused, the alert resolved or not firing
+    long enough): that is why it never runs, acknowledged or not.
+    """
     matches = []
     for match in planned.matches:
         if not match.match.playbook.stand_down_when_acknowledged:
@@ -89,6 +94,7 @@ def stand_down(planned: Plan, acknowledged_at: datetime) -> Plan:
                 ),
             )
             if s.trace.kind is StepKind.REMEDIATION
+            and s.trace.decision is not Decision.SKIPPED
             else s
             for s in match.steps
         )
