@@ -429,6 +429,25 @@ def test_links_between_pages_resolve(page: Path):
             assert anchor in _anchors(file), f"{page.name}: no heading #{anchor}"
 
 
+def test_pages_the_code_points_people_to_exist():
+    """An error or skip reason that says "see docs/X.md" names a page that exists.
+
+    Two did not: a sink not configured pointed to docs/steps-and-sinks.md, a
+    Kubernetes 403 to docs/kubernetes.md.
+    """
+    root = Path(__file__).resolve().parents[1]
+    named = {
+        (source.relative_to(root), page)
+        for source in (root / "receiver").rglob("*.py")
+        for page in re.findall(r"docs/[\w.-]+\.md", source.read_text("utf-8"))
+    }
+    assert named, "the code names no page: the pattern is wrong"
+    missing = sorted(
+        f"{src}: {page}" for src, page in named if not (root / page).exists()
+    )
+    assert not missing, missing
+
+
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_no_page_speaks_of_internal_issues(page: Path):
     """Docs speak to users: no issue numbers, no notes to the maintainers."""

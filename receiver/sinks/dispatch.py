@@ -494,7 +494,7 @@ class SinkDispatcher:
                 name,
                 "skipped",
                 f"sink {name} is not configured in this receiver (see "
-                "docs/steps-and-sinks.md)",
+                "docs/operations.md, Sinks)",
             )
         # Raises ReceiverError when the outbox is unreachable: the row is retried.
         now = self._clock()

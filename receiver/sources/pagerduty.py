@@ -15,10 +15,10 @@ acknowledged; the other incident events (notes, custom fields, tasks, responders
 ``pagey.ping``, event types added later) is a recorded *event*, not an alert: it is
 stored and listed, but not decided and not counted as an alert.
 
-Labels (documented in the README): ``alertname`` (the incident title, or the field
-named by settings), ``service``, ``service_id``, ``priority``, ``urgency``,
-``incident_key``, ``incident_id``, ``incident_number``, ``incident_status``,
-``event_type``, ``escalation_policy``.
+Labels (documented in docs/getting-started.md): ``alertname`` (the incident
+title, or the field named by settings), ``service``, ``service_id``,
+``priority``, ``urgency``, ``incident_key``, ``incident_id``,
+``incident_number``, ``incident_status``, ``event_type``, ``escalation_policy``.
 
 For the same reason the per-alert caps never refuse such a delivery: its alert
 is small by construction (a dozen labels, two annotations), and a value longer

@@ -297,7 +297,8 @@ def api_error(
         return TransientStepError(detail)
     if status == 403:
         return KubeForbiddenError(
-            f"{detail} (the receiver's RBAC does not allow it; see docs/kubernetes.md)"
+            f"{detail} (the receiver's RBAC does not allow it; see "
+            "docs/deployment.md, Kubernetes RBAC per step)"
         )
     return PermanentStepError(detail)
 
