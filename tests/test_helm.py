@@ -2426,8 +2426,15 @@ def test_pagerduty_subscription_asks_for_the_events_the_receiver_handles():
     assert sub["delivery_method"]["url"].startswith("https://")
     events = set(sub["events"])
     assert events >= FIRING | RESOLVED
-    recorded = {"incident.acknowledged", "incident.annotated"}
-    assert events <= FIRING | RESOLVED | recorded
+    # Each acted on: acknowledging (and standing down), lifting the stand-down,
+    # recorded in the trace, restarting the incident's status-update cadence.
+    recorded = {
+        "incident.acknowledged",
+        "incident.unacknowledged",
+        "incident.annotated",
+        "incident.status_update_published",
+    }
+    assert events == FIRING | RESOLVED | recorded
     assert sub["filter"]["type"].endswith("_reference")
 
 
