@@ -174,6 +174,51 @@ async def test_resolving_a_resolved_incident_says_nothing_changed(client):
     assert (await resp.json())["timeline"] == first["timeline"]
 
 
+async def test_acknowledge_and_mitigate_say_whether_it_already_was(client):
+    """A second acknowledge or mitigate is a 200 that says so (mitigate: no change)."""
+    await fire(client, "g1", "fp-1")
+    [listed] = await incidents(client, 1)
+    base = f"{API}/{listed['id']}"
+    jane = bearer(JANE_TOKEN)
+
+    async def post(action: str, **body: str) -> dict[str, Any]:
+        resp = await client.post(f"{base}/{action}", json=body, headers=jane)
+        answer = await resp.json()
+        assert resp.status == 200, answer
+        return answer
+
+    first = await post("acknowledge")
+    assert first["already_acknowledged"] is False
+    again = await post("acknowledge")
+    assert again["already_acknowledged"] is True
+    assert again["acknowledged_at"] == first["acknowledged_at"]
+    assert "already_mitigated" not in again
+
+    mitigated = await post("mitigate", text="failed over")
+    assert mitigated["already_mitigated"] is False
+    assert mitigated["state"] == "mitigated"
+    repeat = await post("mitigate", text="again")
+    assert repeat["already_mitigated"] is True
+    assert repeat["timeline"] == mitigated["timeline"]  # nothing changed
+    assert repeat["mitigated_at"] == mitigated["mitigated_at"]
+
+
+async def test_mitigating_a_resolved_incident_says_it_already_was(client):
+    """Resolved (never marked mitigated): mitigate changes nothing and says so."""
+    await fire(client, "g1", "fp-1")
+    [listed] = await incidents(client, 1)
+    base = f"{API}/{listed['id']}"
+    jane = bearer(JANE_TOKEN)
+    resp = await client.post(f"{base}/resolve", json={"text": "over"}, headers=jane)
+    resolved = await resp.json()
+    resp = await client.post(f"{base}/mitigate", json={"text": "late"}, headers=jane)
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["already_mitigated"] is True
+    assert body["state"] == "resolved"
+    assert body["timeline"] == resolved["timeline"]
+
+
 @pytest.mark.parametrize(
     "action", ["timeline", "acknowledge", "mitigate", "status", "resolve"]
 )

@@ -742,10 +742,23 @@ class IncidentService:
 
     async def acknowledge(self, incident_id: str, *, by: str) -> Incident:
         """A person acknowledged through the API."""
-        return await self._change(
-            incident_id,
-            lambda inc, now: acknowledge(inc, now, self.policy, by=by, via="the API"),
-        )
+        return (await self.acknowledge_again(incident_id, by=by))[0]
+
+    async def acknowledge_again(
+        self, incident_id: str, *, by: str
+    ) -> tuple[Incident, bool]:
+        """``acknowledge``, and whether it was acknowledged before this call.
+
+        True: this call only added an "Acknowledged again" line.
+        """
+        before = False
+
+        def change(inc: Incident, now: datetime) -> tuple[Incident, list[Effect]]:
+            nonlocal before
+            before = inc.acknowledged_at is not None  # the last attempt's reading
+            return acknowledge(inc, now, self.policy, by=by, via="the API")
+
+        return await self._change(incident_id, change), before
 
     async def acknowledge_first(
         self, incident_id: str, *, by: str, via: str

@@ -191,12 +191,17 @@ class IncidentHandlers:
         note = await self._note(request, text_required=action in ("comment", "status"))
         by = identify(self._auth, header).name
         service = self._service
-        already: bool | None = None  # resolve only: resolved before this call
+        # acknowledge, mitigate, resolve: whether it was so before this call.
+        already: tuple[str, bool] | None = None
         try:
             if action == "acknowledge":
-                incident = await service.acknowledge(incident_id, by=by)
+                incident, before = await service.acknowledge_again(incident_id, by=by)
+                already = ("already_acknowledged", before)
             elif action == "mitigate":
-                incident = await service.mitigate(incident_id, by=by, text=note.text)
+                incident, mitigated = await service.mitigate_first(
+                    incident_id, by=by, text=note.text
+                )
+                already = ("already_mitigated", not mitigated)
             elif action == "status":
                 incident = await service.status_update(
                     incident_id, by=by, text=note.text
@@ -205,7 +210,7 @@ class IncidentHandlers:
                 incident, resolved = await service.resolve_open(
                     incident_id, by=by, text=note.text
                 )
-                already = not resolved
+                already = ("already_resolved", not resolved)
             else:
                 incident = await service.comment(incident_id, by=by, text=note.text)
         except NotFoundError:
@@ -214,8 +219,8 @@ class IncidentHandlers:
             return problem(409, f"{exc}; try again", slug="incident-conflict")
         body = incident.to_json()
         if already is not None:
-            # Still a 200: a client retrying its resolve must not see an error.
-            body["already_resolved"] = already
+            # Still a 200: a client retrying its call must not see an error.
+            body[already[0]] = already[1]
         return web.json_response(body)
 
     async def comment(self, request: web.Request) -> web.Response:
@@ -223,11 +228,19 @@ class IncidentHandlers:
         return await self._act(request, "comment")
 
     async def acknowledge(self, request: web.Request) -> web.Response:
-        """POST /api/v1/incidents/{id}/acknowledge: stops the acknowledge clock."""
+        """POST /api/v1/incidents/{id}/acknowledge: stops the acknowledge clock.
+
+        ``"already_acknowledged": true``: it was acknowledged before (this
+        call only added an "again" line to the timeline).
+        """
         return await self._act(request, "acknowledge")
 
     async def mitigate(self, request: web.Request) -> web.Response:
-        """POST /api/v1/incidents/{id}/mitigate: stops the mitigate clock."""
+        """POST /api/v1/incidents/{id}/mitigate: stops the mitigate clock.
+
+        ``"already_mitigated": true``: it was mitigated or resolved before,
+        and nothing changed.
+        """
         return await self._act(request, "mitigate")
 
     async def status(self, request: web.Request) -> web.Response:
@@ -353,8 +366,14 @@ def incident_paths() -> Operations:
         "/api/v1/incidents/{id}/timeline": post(
             'Add a comment: {"text"}, as the credential\'s identity'
         ),
-        "/api/v1/incidents/{id}/acknowledge": post("Acknowledge (stops the clock)"),
-        "/api/v1/incidents/{id}/mitigate": post("Mark mitigated"),
+        "/api/v1/incidents/{id}/acknowledge": post(
+            'Acknowledge (stops the clock); "already_acknowledged": true if it was '
+            '(only an "again" line is added)'
+        ),
+        "/api/v1/incidents/{id}/mitigate": post(
+            'Mark mitigated (optional {"text"}); "already_mitigated": true if it '
+            "was mitigated or resolved (nothing changed)"
+        ),
         "/api/v1/incidents/{id}/status": post(
             "A status update was published (the update cadence restarts)"
         ),
