@@ -10,6 +10,8 @@ nothing sleeps.
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -17,15 +19,20 @@ from typing import Any
 import pytest
 from incident_helpers import (
     START,
+    Crash,
+    CrashingAnnouncer,
     FailingAnnouncer,
     TickingClock,
     example,
+    resolved,
     rulebook,
 )
 from incident_helpers import traces as decide
 
-from receiver.incidents.effects import About
+from receiver.incidents.effects import About, Announce, decode_effect, encode_effect
 from receiver.incidents.service import IncidentService
+from receiver.model import Severity
+from receiver.store.incidents_base import IncidentQuery
 from receiver.store.incidents_sqlite import SqliteIncidentStore
 
 SIEM = "alertmanager/sark-siem-forwarding-down.firing.json"
@@ -61,8 +68,9 @@ async def test_a_message_retried_after_the_resolution_is_not_sent(tmp_path):
             for e in got.timeline
             if e.kind == "message_sent"
             and "(opened)" in e.text
-            and "not sent" in e.text
+            and "not tried again" in e.text
         ]
+        assert "after 1 attempt, none confirmed" in line
         assert "while the incident was open" in line
         assert "resolved at" in line
         pending = await service.store.claim_effects(clock(), timedelta(1), 100)
@@ -126,3 +134,111 @@ def test_stale_compares_when_asked_with_the_resolution(asked, stale):
     assert (about.stale(incident) == resolved_at) is stale
     incident.active = True  # reopened: nothing is stale
     assert about.stale(incident) is None
+
+
+def test_the_time_asked_is_beside_what_the_version_before_reads():
+    """The version before read "about" field by field and refused a new key.
+
+    During a rolling upgrade (or a rollback) it would have dropped every
+    pending message this version wrote as unreadable.
+    """
+    about = About("INC-1", "PD1", "P2", START.isoformat())
+    text = encode_effect(about, Announce("escalation", "t", "x", "oncall"))
+    body = json.loads(text)
+    assert set(body["about"]) == {"incident_id", "pagerduty_id", "severity"}
+    assert decode_effect(text)[0] == about
+    # What the version before wrote still reads, not asked at any known time.
+    del body["asked_at"]
+    assert decode_effect(json.dumps(body))[0] == replace(about, asked_at="")
+
+
+async def test_a_batch_dates_each_effect_when_its_trace_was_folded(tmp_path):
+    """A promotion and the resolution folded in one batch: the promotion is stale.
+
+    Every effect of a batch was dated when the batch was written, after the
+    resolution folded later in it: the promotion's message went out beside the
+    all-clear (and, had it failed, was retried after it).
+    """
+    clock = TickingClock()
+    sink = FailingAnnouncer("none")
+    service = _service(SqliteIncidentStore(str(tmp_path / "s.db")), clock, sink)
+    try:
+        fired = await decide(rulebook(), "alertmanager", example(SIEM), clock())
+        [incident] = await service.observe(fired)
+        worse = [
+            replace(
+                t, matches=tuple(replace(m, severity=Severity.P0) for m in t.matches)
+            )
+            for t in fired
+        ]
+        gone = await decide(
+            rulebook(), "alertmanager", resolved(example(SIEM), clock()), clock()
+        )
+        [after] = await service.observe([*worse, *gone])  # one batch
+        assert not after.active
+        sink.kind = "nothing fails from here on"
+        for _ in range(3):
+            clock.jump(minutes=6)
+            await service.tick()
+        # Not even tried: the write that asked for it also resolved it.
+        assert sink.kinds().count("promoted") == 0, sink.kinds()
+        assert "status_update" in sink.kinds()  # the all-clear
+        got = await service.get(incident.id)
+        [line] = [e.text for e in got.timeline if "(promoted)" in e.text]
+        assert ": not sent; asked at" in line
+    finally:
+        await service.aclose()
+
+
+async def test_a_record_the_store_cannot_read_does_not_stop_the_retry(tmp_path):
+    """Judging staleness reads the incident; a damaged read sends as before."""
+    clock = TickingClock()
+    sink = FailingAnnouncer("opened")
+    store = SqliteIncidentStore(str(tmp_path / "s.db"))
+    service = _service(store, clock, sink)
+    try:
+        await service.observe(
+            await decide(rulebook(), "alertmanager", example(SIEM), clock())
+        )
+        sink.kind = "nothing fails from here on"
+        real_get = store.get
+
+        async def damaged(incident_id: str) -> Any:
+            msg = "damaged record"
+            raise ValueError(msg)
+
+        store.get = damaged  # type: ignore[method-assign]
+        clock.jump(minutes=6)
+        await service.tick()
+        store.get = real_get  # type: ignore[method-assign]
+        assert sink.kinds().count("opened") == 2, sink.kinds()
+    finally:
+        await service.aclose()
+
+
+async def test_stale_after_an_interrupted_attempt_does_not_say_not_sent(tmp_path):
+    """The first attempt reached the sink and the receiver died: maybe sent."""
+    clock = TickingClock()
+    path = str(tmp_path / "s.db")
+    crashing = CrashingAnnouncer("opened")
+    dying = _service(SqliteIncidentStore(path), clock, crashing)
+    service = None
+    try:
+        with pytest.raises(Crash):
+            await dying.observe(
+                await decide(rulebook(), "alertmanager", example(SIEM), clock())
+            )
+        assert crashing.kinds() == ["opened"]
+        service = _service(SqliteIncidentStore(path), clock, FailingAnnouncer("none"))
+        [record], _ = await service.store.page(IncidentQuery())
+        await service.resolve(record.id, by="jane", text="over")
+        clock.jump(minutes=6)
+        await service.tick()
+        got = await service.get(record.id)
+        [line] = [e.text for e in got.timeline if "(opened)" in e.text]
+        assert "not sent" not in line
+        assert "an interrupted one may have been sent" in line
+    finally:
+        if service is not None:
+            await service.aclose()
+        await dying.store.close()

@@ -75,9 +75,9 @@ Effect = Announce | PagerDutyEscalate | CountBreach | PagerDutyStatus
 class About:
     """What an effect says of its incident, as it was when the effect was asked.
 
-    ``asked_at``: when (the change's time, ISO 8601; "" in effects written
-    before it was kept): an effect still pending when the incident resolved
-    after that is not carried out (``stale``).
+    ``asked_at``: when (the change's time, ISO 8601 in full precision; "" in
+    effects written before it was kept): an effect still pending when the
+    incident resolved after that is not carried out (``stale``).
     """
 
     incident_id: str
@@ -97,6 +97,14 @@ class About:
             at.astimezone(UTC).isoformat() if at is not None else "",
         )
 
+    def asked(self) -> datetime | None:
+        """``asked_at`` as a time (None: not kept, or not a time with a zone)."""
+        try:
+            at = datetime.fromisoformat(self.asked_at)
+        except (TypeError, ValueError):  # damaged: as if it was not kept
+            return None
+        return at if at.tzinfo is not None else None
+
     def stale(self, incident: Incident) -> datetime | None:
         """When the incident resolved, if it did after this effect was asked.
 
@@ -105,18 +113,13 @@ class About:
         resolved (a sink that failed and is retried, a receiver that crashed
         first) would reach people about an incident already over. Those asked
         at or after the resolution (its announcement, the post-mortem's) are
-        not stale, nor anything once the incident reopened.
+        not stale; nor is an effect that does not say when it was asked.
         """
         resolved = incident.resolved_at
-        if not self.asked_at or incident.active or resolved is None:
+        if incident.active or resolved is None:
             return None
-        try:
-            asked = datetime.fromisoformat(self.asked_at)
-        except ValueError:  # damaged: carried out, as before it was kept
-            return None
-        if asked.tzinfo is None:
-            return None
-        return resolved if asked < resolved else None
+        asked = self.asked()
+        return resolved if asked is not None and asked < resolved else None
 
 
 def encode_effect(about: About, effect: Effect) -> str:
@@ -126,8 +129,11 @@ def encode_effect(about: About, effect: Effect) -> str:
             "incident_id": about.incident_id,
             "pagerduty_id": about.pagerduty_id,
             "severity": about.severity,
-            "asked_at": about.asked_at,
-        }
+        },
+        # Beside "about", not in it: a receiver of the version before reads
+        # "about" field by field and refused a key it did not know (the
+        # effect dropped as unreadable during a rolling upgrade or rollback).
+        "asked_at": about.asked_at,
     }
     if isinstance(effect, Announce):
         body["announce"] = {
@@ -166,7 +172,13 @@ def decode_effect(text: str) -> tuple[About, Effect]:
     """
     try:
         body = json.loads(text)
-        about = About(**body["about"])
+        fields = body["about"]
+        about = About(
+            fields["incident_id"],
+            fields["pagerduty_id"],
+            fields["severity"],
+            str(body.get("asked_at") or ""),
+        )
         if "announce" in body:
             return about, Announce(**body["announce"])
         if "escalate" in body:

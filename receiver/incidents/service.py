@@ -112,6 +112,8 @@ class _Batch:
     base: dict[str, Incident] = field(default_factory=dict)
     now: dict[str, Folding] = field(default_factory=dict)
     effects: dict[str, list[Effect]] = field(default_factory=dict)
+    # When each of ``effects`` was asked (the time its trace was folded at).
+    asked: dict[str, list[datetime]] = field(default_factory=dict)
     traces: dict[str, list[AlertTrace]] = field(default_factory=dict)
     by_key: dict[str, str] = field(default_factory=dict)
     # Loaded from what the service knew, not read from the store this batch.
@@ -127,6 +129,7 @@ class _Batch:
         self.base[incident.id] = incident
         self.now[incident.id] = Folding(incident)
         self.effects[incident.id] = []
+        self.asked[incident.id] = []
         self.traces[incident.id] = []
         self.remember(incident.id, incident.keys)
 
@@ -365,9 +368,10 @@ class IncidentService:
                 work.remember(opened.id, keys)
             return
         folding = work.now[incident_id]
+        at = self._clock()
         effects = folding.observe(
             trace,
-            self._clock(),
+            at,
             self.policy,
             follows=self._rules.follows(),
             evidence=self._rules.evidence_rules(),
@@ -380,6 +384,7 @@ class IncidentService:
         )
         folding.add_keys(free)
         work.effects[incident_id] += effects
+        work.asked[incident_id] += [at] * len(effects)
         work.traces[incident_id].append(trace)
         work.remember(incident_id, free)
 
@@ -397,7 +402,9 @@ class IncidentService:
             else:
                 # ``evolve`` keeps the ledger index for the next batch's fold.
                 incident = evolve(incident, version=base.version + 1)
-                record = self._record(incident, work.effects[incident_id])
+                record = self._record(
+                    incident, work.effects[incident_id], asked=work.asked[incident_id]
+                )
                 async with self._lock:
                     stored = await self.store.update(record, _marks(folded))
                 if stored is not None:
@@ -916,11 +923,16 @@ class IncidentService:
         incident: Incident,
         effects: Sequence[Effect],
         now: datetime | None = None,
+        *,
+        asked: Sequence[datetime] = (),
     ) -> IncidentRecord:
         """The stored form, with the effects that contact someone (pending).
 
         They are claimed by this process for a lease from ``now`` (read from
-        the clock when not given and there is one).
+        the clock when not given and there is one). ``asked``: when each
+        effect was asked, if not all at ``now`` (a batch folds its traces
+        one after another: a promotion folded before a resolution was asked
+        before it).
         """
         record = to_record(incident)
         durable = [
@@ -931,14 +943,16 @@ class IncidentService:
         if not durable:
             return record
         now = now or self._clock()
-        about = About.of(incident, now)
         until = now + self._lease
         return replace(
             record,
             effects=tuple(
                 PendingEffect(
                     f"{incident.id}:{incident.version}:{n}",
-                    encode_effect(about, effect),
+                    encode_effect(
+                        About.of(incident, asked[n] if n < len(asked) else now),
+                        effect,
+                    ),
                     until,
                 )
                 for n, effect in durable
@@ -1084,12 +1098,12 @@ class IncidentService:
         None when it is gone or cannot be read (its effects are then carried
         out as before; writing their lines says what went wrong).
         """
-        record = await self.store.get(incident_id)
-        if record is None:
-            return None
         try:
-            return from_record(record)
-        except Exception:  # noqa: BLE001 (the write after the sends reports it)
+            record = await self.store.get(incident_id)
+            return from_record(record) if record is not None else None
+        except StoreUnavailableError:
+            raise  # the claims lapse; sent once the store answers
+        except Exception:  # noqa: BLE001 (a damaged record: the write after reports it)
             return None
 
     async def _attempt_all(
@@ -1162,10 +1176,21 @@ class IncidentService:
                 resolved_at=resolved.isoformat(),
                 detail="asked while the incident was open; it resolved first",
             )
-            asked = minute(datetime.fromisoformat(about.asked_at))
+            asked = about.asked()
+            assert asked is not None  # noqa: S101 (stale says when it was asked)
+            why = (
+                f"asked at {minute(asked)} while the incident was open, still "
+                f"undelivered when it resolved at {minute(resolved)}"
+            )
+            if claimed.attempts == 1:
+                return f"{what}: not sent; {why}", False, True
+            # An earlier attempt that was interrupted (not failed) may have
+            # reached the sink: "not sent" would be a guess.
+            tried = claimed.attempts - 1
             line = (
-                f"{what}: not sent; asked at {asked} while the incident was open, "
-                f"still undelivered when it resolved at {minute(resolved)}"
+                f"{what}: not tried again after {tried} attempt"
+                f"{'s' if tried > 1 else ''}, none confirmed (each failed or was "
+                f"interrupted; an interrupted one may have been sent); {why}"
             )
             return line, False, True
         if claimed.attempts > EFFECT_ATTEMPTS:
