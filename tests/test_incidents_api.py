@@ -204,7 +204,7 @@ async def test_acknowledge_and_mitigate_say_whether_it_already_was(client):
 
 
 async def test_mitigating_a_resolved_incident_says_it_already_was(client):
-    """Resolved (never marked mitigated): mitigate changes nothing and says so."""
+    """Resolved, never mitigated nor acknowledged: mitigate and acknowledge say so."""
     await fire(client, "g1", "fp-1")
     [listed] = await incidents(client, 1)
     base = f"{API}/{listed['id']}"
@@ -217,6 +217,13 @@ async def test_mitigating_a_resolved_incident_says_it_already_was(client):
     assert body["already_mitigated"] is True
     assert body["state"] == "resolved"
     assert body["timeline"] == resolved["timeline"]
+    # Acknowledged after the resolution: a line, and said to have been so.
+    for _ in range(2):
+        resp = await client.post(f"{base}/acknowledge", headers=jane)
+        body = await resp.json()
+        assert resp.status == 200, body
+        assert body["already_acknowledged"] is True
+        assert body["acknowledged_at"] is None
 
 
 @pytest.mark.parametrize(

@@ -754,15 +754,17 @@ class IncidentService:
     async def acknowledge_again(
         self, incident_id: str, *, by: str
     ) -> tuple[Incident, bool]:
-        """``acknowledge``, and whether it was acknowledged before this call.
+        """``acknowledge``, and whether it was acknowledged (or resolved) before.
 
-        True: this call only added an "Acknowledged again" line.
+        True: this call only added a line ("Acknowledged again", or a late
+        acknowledgment of a resolved incident, which keeps no time).
         """
         before = False
 
         def change(inc: Incident, now: datetime) -> tuple[Incident, list[Effect]]:
             nonlocal before
-            before = inc.acknowledged_at is not None  # the last attempt's reading
+            # The last attempt's reading counts.
+            before = inc.acknowledged_at is not None or not inc.active
             return acknowledge(inc, now, self.policy, by=by, via="the API")
 
         return await self._change(incident_id, change), before

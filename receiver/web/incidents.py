@@ -230,8 +230,8 @@ class IncidentHandlers:
     async def acknowledge(self, request: web.Request) -> web.Response:
         """POST /api/v1/incidents/{id}/acknowledge: stops the acknowledge clock.
 
-        ``"already_acknowledged": true``: it was acknowledged before (this
-        call only added an "again" line to the timeline).
+        ``"already_acknowledged": true``: it was acknowledged or resolved
+        before (this call only added a line to the timeline).
         """
         return await self._act(request, "acknowledge")
 
@@ -368,7 +368,7 @@ def incident_paths() -> Operations:
         ),
         "/api/v1/incidents/{id}/acknowledge": post(
             'Acknowledge (stops the clock); "already_acknowledged": true if it was '
-            '(only an "again" line is added)'
+            "acknowledged or resolved (only a line is added)"
         ),
         "/api/v1/incidents/{id}/mitigate": post(
             'Mark mitigated (optional {"text"}); "already_mitigated": true if it '
