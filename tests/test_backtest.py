@@ -37,7 +37,11 @@ ROUTING_KEY = "0123456789abcdef0123456789abcdef"
 UNDO = "roll back a bad deployment on deployment/sark -n production"
 # Playbook 1 and the names its three rule bindings run under, with how many
 # rollbacks each ran in the baseline over the example sequence.
-API_DOWN = {"api-down": 2, "api-down-sark": 1, "api-down-production": 1}
+# Rollbacks of deployment/sark in the example sequence, by binding. The other
+# two bindings of api-down (api-down-sark, api-down-production) are held by the
+# cooldown they share with it: one outage, one rollback.
+API_DOWN = {"api-down": 2}
+API_DOWN_BINDINGS = {"api-down", "api-down-sark", "api-down-production"}
 
 
 def sequence() -> list[tuple[Path, bytes]]:
@@ -132,7 +136,7 @@ def test_a_rules_change_shows_the_expected_differences(
             assert old["steps"] == new["steps"]
         else:
             assert old["playbook"] == new["playbook"]
-            assert new["playbook"] in API_DOWN
+            assert new["playbook"] in API_DOWN_BINDINGS
             assert old["severity"] == new["severity"]
             undo_old = old["steps"][-1]
             undo_new = new["steps"][-1]
@@ -303,7 +307,10 @@ async def test_simulated_guards_match_the_live_service(aiohttp_client):
     assert guards["executed"] >= 3
     assert guards["resolved"] >= 1
     assert guards["approval"] >= 1
-    for guard in ("cooldown", "budget", "idempotency", "require_firing_for"):
+    # Idempotency is not among them: the example sequence met it only when a
+    # second binding of api-down rolled deployment/sark back again (now held
+    # by the cooldown the bindings share); tests/test_guards.py covers it.
+    for guard in ("cooldown", "budget", "require_firing_for"):
         assert guards[guard] >= 1, f"the sequence exercises {guard}: {guards}"
     replayed = {f: backtest.SimulatedExecutor(f) for f in builtin_registry().families}
     await backtest.simulate(

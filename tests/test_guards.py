@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from receiver.engine.guards import GuardDefaults, GuardKeeper, idempotency_key
+from receiver.engine.guards import GuardDefaults, GuardKeeper, Refusal, idempotency_key
 from receiver.engine.planner import PlanContext
 from receiver.engine.runner import Runner
 from receiver.engine.worker import Processor
@@ -87,6 +87,8 @@ playbooks:
 rules:
   - {name: hook, match: ['alertname="Hook"'], playbook: hook}
   - {name: cooled, match: ['alertname="Cooled"'], playbook: cooled}
+  - {name: cooled-a, match: ['alertname="CooledA"'], playbook: cooled, as: cooled-a}
+  - {name: cooled-b, match: ['alertname="CooledB"'], playbook: cooled, as: cooled-b}
   - {name: budgeted, match: ['alertname="Budgeted"'], playbook: budgeted}
   - {name: breaker, match: ['alertname="Breaker"'], playbook: breaker}
   - {name: wide, match: ['alertname="Wide"'], playbook: wide}
@@ -131,6 +133,7 @@ class Harness:
     store: SqliteStore
     clock: Clock
     executor: CountingExecutor
+    keeper: GuardKeeper | None = None
 
     async def decide(self, alertname, *, service="api", fp=None, started=None):
         alert = Alert(
@@ -160,7 +163,7 @@ async def harness(tmp_path):
     processor = Processor(
         rulebook, runner, clock, PlanContext(execute=True), store=store
     )
-    yield Harness(processor, store, clock, executor)
+    yield Harness(processor, store, clock, executor, keeper)
     await store.close()
 
 
@@ -192,6 +195,55 @@ async def test_cooldown_skips_until_it_passes(harness):
     assert held.reason.startswith("cooldown active until 2026-11-26T10:10:00.")
     harness.clock.advance(timedelta(minutes=8))
     assert (await harness.decide("Cooled", fp="c")).decision is Decision.EXECUTED
+
+
+async def test_bindings_of_one_playbook_share_its_cooldown_per_target(harness):
+    """One outage, two rules binding the same playbook (``as:``): one run, not two.
+
+    The runbook binds api-down three ways (Alertmanager, PagerDuty, Events v2
+    alerts of the same outage); each binding kept a cooldown of its own, so
+    each could roll the same Deployment back, and a rollback done twice goes
+    back to the bad revision.
+    """
+    first = await harness.decide("CooledA", fp="a")
+    assert first.decision is Decision.EXECUTED
+    harness.clock.advance(timedelta(minutes=3))
+    for alertname, fp in (("CooledB", "b"), ("Cooled", "c")):
+        held = await harness.decide(alertname, fp=fp)
+        assert held.decision is Decision.SKIPPED, held.reason
+        assert held.guard == "cooldown"
+    other = await harness.decide("CooledB", fp="d", service="web")  # other target
+    assert other.decision is Decision.EXECUTED
+    assert len(harness.executor.calls) == 2
+    harness.clock.advance(timedelta(minutes=8))
+    assert (await harness.decide("CooledB", fp="e")).decision is Decision.EXECUTED
+
+
+async def test_a_cooldown_stamped_by_the_version_before_still_holds(harness):
+    """A binding's own cooldown key, all the version before stamped, still holds.
+
+    A run just after the upgrade heeds it, and this version stamps it too.
+    """
+    keeper = harness.keeper
+    assert keeper is not None
+    rules = harness.processor.rulebook.playbooks
+    target = (await harness.decide("Hook")).target  # the same URL as cooled-b's
+    now = harness.clock()
+    await harness.store.set_last_run(
+        f"cooldown:cooled-b:{target}", now, timedelta(minutes=10)
+    )
+    with pytest.raises(Refusal) as refused:
+        await keeper.check_cooldown(
+            "cooled-b", target, rules["cooled-b"].guards, now, shared="cooled"
+        )
+    assert refused.value.guard == "cooldown"
+    assert GuardKeeper.cooldown_keys("cooled-b", target, "cooled") == [
+        f"cooldown:cooled-b:{target}",
+        f"cooldown:cooled:{target}",
+    ]
+    assert GuardKeeper.cooldown_keys("cooled", target, "cooled") == [
+        f"cooldown:cooled:{target}"
+    ]
 
 
 async def test_budget_spent_then_refilled(harness):

@@ -263,14 +263,51 @@ class GuardKeeper:
             guards.cooldown if guards.cooldown is not None else self.defaults.cooldown
         )
 
+    @staticmethod
+    def cooldown_keys(playbook: str, target: str, shared: str = "") -> list[str]:
+        """The cooldown keys a run of ``playbook`` on ``target`` stamps and heeds.
+
+        Its own, and, for a binding of another playbook under a name of its
+        own (``as:``), the one that playbook's bindings share: the runbook
+        binds ``api-down`` three ways, each of which may roll back the same
+        Deployment for one outage (an Alertmanager alert, its PagerDuty page),
+        and a rollback done twice goes back to the bad revision. Stamping its
+        own key too keeps a receiver of the version before, which heeds only
+        that one, held during a rolling upgrade.
+        """
+        keys = [f"cooldown:{playbook}:{target}"]
+        if shared and shared != playbook:
+            keys.append(f"cooldown:{shared}:{target}")
+        return keys
+
+    async def last_run(
+        self, playbook: str, target: str, now: datetime, shared: str = ""
+    ) -> datetime | None:
+        """The last run a cooldown of ``playbook`` on ``target`` counts from."""
+        runs = [
+            await self.store.last_run(key, now)
+            for key in self.cooldown_keys(playbook, target, shared)
+        ]
+        return max((r for r in runs if r is not None), default=None)
+
     async def check_cooldown(
-        self, playbook: str, target: str, guards: Guards, now: datetime
+        self,
+        playbook: str,
+        target: str,
+        guards: Guards,
+        now: datetime,
+        *,
+        shared: str = "",
     ) -> None:
-        """Refuse inside the cooldown after the last run on this target."""
+        """Refuse inside the cooldown after the last run on this target.
+
+        ``shared``: the playbook ``playbook`` is a binding of (see
+        ``cooldown_keys``).
+        """
         cooldown = self._cooldown(guards)
         if cooldown <= timedelta(0):
             return
-        last = await self.store.last_run(f"cooldown:{playbook}:{target}", now)
+        last = await self.last_run(playbook, target, now, shared)
         if last is not None and now < last + cooldown:
             raise Refusal(
                 guard="cooldown",
@@ -287,8 +324,12 @@ class GuardKeeper:
         guards: Guards,
         now: datetime,
         lock_ttl: timedelta,
+        shared: str = "",
     ) -> Held:
         """Take the run-once claim, the lock and the budget slots, or refuse.
+
+        ``shared``: the playbook ``playbook`` is a binding of, whose
+        bindings share a cooldown per target (``cooldown_keys``).
 
         The claim comes first: a second run of the same occurrence hears
         "already started/done" (and whether its action was sent), never a lock
@@ -312,7 +353,7 @@ class GuardKeeper:
                 await self._lock(held, target, now, lock_ttl)
             if held.recovered is None or held.recovered.status != "sending":
                 # A re-check after a crash is not a new run: it spends nothing.
-                await self.check_cooldown(playbook, target, guards, now)
+                await self.check_cooldown(playbook, target, guards, now, shared=shared)
                 await self._budgets(held, playbook, guards, now)
         except BaseException:
             await self.abandon(held)
@@ -429,11 +470,13 @@ class GuardKeeper:
         guards: Guards,
         now: datetime,
         count: bool = True,
+        shared: str = "",
     ) -> None:
         """Record the outcome and release the lock.
 
         ``count=False`` (the target was already as wanted) records the key but
         gives the budget slots back and leaves cooldown and circuit alone.
+        ``shared``: as for ``enter``.
         """
         try:
             if not await self.store.finish_key(
@@ -454,9 +497,8 @@ class GuardKeeper:
                 return
             cooldown = self._cooldown(guards)
             if cooldown > timedelta(0):
-                await self.store.set_last_run(
-                    f"cooldown:{playbook}:{target}", now, cooldown
-                )
+                for name in self.cooldown_keys(playbook, target, shared):
+                    await self.store.set_last_run(name, now, cooldown)
             threshold, _cool = self.cool_off(guards)
             await self.store.record_outcome(
                 self.circuit_scope(playbook, target, guards), ok, threshold, now

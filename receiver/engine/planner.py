@@ -71,6 +71,11 @@ class PlannedMatch:
     match: RuleMatch
     steps: tuple[PlannedStep, ...]
 
+    @property
+    def source_playbook(self) -> str:
+        """The playbook ``playbook`` was bound from (itself, without ``as:``)."""
+        return self.match.rule.rule.playbook
+
 
 @dataclass(frozen=True)
 class Plan:

@@ -235,6 +235,7 @@ class Recovering(Acting):
             target=trace.target,
             guards=match.match.playbook.guards,
             now=self._clock(),
+            shared=match.source_playbook,
             count=bool(seen.took_effect),
         )
         return outcome
@@ -259,6 +260,7 @@ class Recovering(Acting):
             target=trace.target,
             guards=match.match.playbook.guards,
             now=self._clock(),
+            shared=match.source_playbook,
             count=False,
         )
         if guard is None:

@@ -307,6 +307,7 @@ class Runner(Recovering):
                 guards=guards,
                 now=self._clock(),
                 lock_ttl=self._lock_ttl(step),
+                shared=match.source_playbook,
             )
         except Refusal as refusal:
             if refusal.guard == "resolved":
@@ -379,6 +380,7 @@ class Runner(Recovering):
                 target=trace.target,
                 guards=guards,
                 now=self._clock(),
+                shared=match.source_playbook,
                 count=False,
             )
             return replace(outcome, decision=Decision.SKIPPED, guard="already_done")
@@ -391,6 +393,7 @@ class Runner(Recovering):
             target=trace.target,
             guards=guards,
             now=self._clock(),
+            shared=match.source_playbook,
         )
         return replace(outcome, reason=f"{outcome.reason}{note}") if note else outcome
 
@@ -408,6 +411,7 @@ class Runner(Recovering):
             target=prepared.target,
             guards=match.match.playbook.guards,
             now=self._clock(),
+            shared=match.source_playbook,
             count=changed,
         )
         if changed:

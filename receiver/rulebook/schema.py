@@ -458,7 +458,8 @@ class Rule(BaseModel):
         default=None,
         alias="as",
         description="Name of the bound playbook in decisions, guards, approvals "
-        "and sinks (default: the playbook's name), or {name, description}. Rules "
+        "and sinks (default: the playbook's name), or {name, description}; a "
+        "cooldown per target is shared by every binding of the playbook. Rules "
         "binding a playbook differently need different names.",
     )
     continue_: bool = Field(default=False, alias="continue")

@@ -89,6 +89,10 @@ class GuardPages(ConsoleBase):
         entries_count = await self._store.parked_count()
         rows = []
         playbooks = self._processor.rulebook.playbooks
+        # A binding (``as:``) shares a cooldown per target with the playbook
+        # it was bound from.
+        rules = self._processor.rulebook.rules
+        bound_from = {r.playbook: r.rule.playbook for r in rules}
         for playbook, target in await self._recent_targets():
             book = playbooks.get(playbook)
             if book is None:
@@ -109,7 +113,13 @@ class GuardPages(ConsoleBase):
                     "<span class=state>"
                     f"closed ({circuit.failures} failures in a row)</span>"
                 )
-            last = await self._store.last_run(f"cooldown:{playbook}:{target}", now)
+            runs = [
+                await self._store.last_run(key, now)
+                for key in GuardKeeper.cooldown_keys(
+                    playbook, target, bound_from.get(playbook, "")
+                )
+            ]
+            last = max((r for r in runs if r is not None), default=None)
             holder = await self._store.lock_holder(f"target:{target}", now)
             rows.append(
                 [
