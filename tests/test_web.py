@@ -200,6 +200,64 @@ REJECTIONS = [
     ("unknown-payload", "/api/v1/payloads/none", bearer(), None, 404, "none"),
     ("bad-limit", "/api/v1/decisions?limit=0", bearer(), None, 400, "limit"),
     ("bad-limit-int", "/api/v1/decisions?limit=x", bearer(), None, 400, "limit"),
+    # A misspelt filter was ignored: the whole list, as if it were the filtered one.
+    (
+        "decisions-unknown-param",
+        "/api/v1/decisions?alertname=SarkDatabaseDown",
+        bearer(),
+        None,
+        400,
+        (
+            "unknown query parameter 'alertname'; /api/v1/decisions takes: cursor, "
+            "decision, fingerprint, limit, payload_id, playbook, rule, since"
+        ),
+    ),
+    (
+        "decisions-bad-decision",
+        "/api/v1/decisions?decision=dry-run",
+        bearer(),
+        None,
+        400,
+        (
+            "decision must be one of dry_run, executed, failed, skipped, "
+            "awaiting_approval (got 'dry-run')"
+        ),
+    ),
+    (
+        "payloads-unknown-param",
+        "/api/v1/payloads?source=pagerduty&since=yesterday",
+        bearer(),
+        None,
+        400,
+        (
+            "unknown query parameters 'since', 'source'; /api/v1/payloads takes: "
+            "cursor, limit"
+        ),
+    ),
+    (
+        "incidents-unknown-param",
+        "/api/v1/incidents?status=open",
+        bearer(),
+        None,
+        400,
+        "takes: cursor, limit, severity, since, state",
+    ),
+    (
+        "approvals-unknown-param",
+        "/api/v1/approvals?state=x",
+        bearer(),
+        None,
+        400,
+        "'state'",
+    ),
+    (
+        "parked-unknown-param",
+        "/api/v1/parked?cursor=x",
+        bearer(),
+        None,
+        400,
+        "takes: limit",
+    ),
 ]
 
 

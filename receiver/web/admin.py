@@ -34,6 +34,7 @@ from receiver.sources import parse_json
 from receiver.store.base import Pause, Store, new_id
 from receiver.web.approvals import identify, read_body
 from receiver.web.auth import Authenticator, require_scope
+from receiver.web.problems import known_params
 from receiver.web.routing import Routes
 
 if TYPE_CHECKING:
@@ -160,6 +161,7 @@ class Admin:
     async def parked(self, request: web.Request) -> web.Response:
         """GET /api/v1/parked."""
         require_scope(request, "read")
+        known_params(request, "limit")
         items = await self._store.parked(_limit(request))
         count = await self._store.parked_count()
         self._metrics.journal_parked.set(count)
@@ -187,6 +189,7 @@ class Admin:
     async def parked_deliveries(self, request: web.Request) -> web.Response:
         """GET /api/v1/sinks/parked."""
         require_scope(request, "read")
+        known_params(request, "limit")
         items, count = await self.deliveries_parked(_limit(request))
         return web.json_response({"parked": items, "count": count})
 

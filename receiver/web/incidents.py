@@ -30,7 +30,7 @@ from receiver.sources.wire import to_utc
 from receiver.store.incidents_base import IncidentQuery
 from receiver.web.approvals import identify, read_body
 from receiver.web.auth import Authenticator
-from receiver.web.problems import problem
+from receiver.web.problems import known_params, problem
 from receiver.web.routing import Routes
 
 if TYPE_CHECKING:
@@ -101,6 +101,7 @@ class IncidentHandlers:
     async def list(self, request: web.Request) -> web.Response:
         """GET /api/v1/incidents."""
         self._auth.require(request.headers.get("Authorization"), "read")
+        known_params(request, "state", "severity", "since", "limit", "cursor")
         q = request.query
         state = q.get("state")
         severity = q.get("severity")

@@ -287,8 +287,9 @@ def spec() -> JSONObject:
                     _query("playbook", "Only records that ran this playbook."),
                     _query(
                         "decision",
-                        "Only records with a step of this decision "
-                        "(executed, skipped, dry_run, failed, ...).",
+                        "Only records with a step of this decision: executed, "
+                        "skipped, dry_run, failed or awaiting_approval (another "
+                        "value, or a query parameter not listed here, is a 400).",
                     ),
                     _query("payload_id", "Only records of this payload."),
                     _query(

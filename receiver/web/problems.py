@@ -78,6 +78,26 @@ _TITLES = {
 }
 
 
+def known_params(request: web.Request, *names: str) -> None:
+    """Refuse a query parameter the route does not take (a 400 naming them).
+
+    Ignored, a misspelt filter (``status=`` for ``state=``, ``alertname=``)
+    answered the whole unfiltered list as if it were the filtered one.
+    """
+    unknown = sorted(set(request.query) - set(names))
+    if unknown:
+        takes = ", ".join(sorted(names)) or "no query parameters"
+        raise InputError(
+            f"unknown query parameter{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(u[:40]) for u in unknown[:5])}; "
+            f"{request.path} takes: {takes}",
+            errors=[
+                {"pointer": f"/{u[:40]}", "detail": "unknown query parameter"}
+                for u in unknown[:5]
+            ],
+        )
+
+
 def problem(
     status: int,
     detail: str,

@@ -10,13 +10,14 @@ import structlog
 from aiohttp import web
 
 from receiver.errors import ForbiddenError, InputError, NotFoundError
-from receiver.model import Source
+from receiver.model import Decision, Source
 from receiver.sources import detect, parse_json
 from receiver.sources.caps import check_caps
 from receiver.sources.wire import parse_time
 from receiver.store.base import DecisionQuery
 from receiver.web.edge import DEFAULT_LIMIT, INLINE_EXECUTE, Edge, redact_routing_key
 from receiver.web.openapi import MAX_LIMIT, spec
+from receiver.web.problems import known_params
 
 log = structlog.get_logger("receiver.web")
 
@@ -27,14 +28,22 @@ class Reads(Edge):
     async def decisions(self, request: web.Request) -> web.Response:
         """GET /api/v1/decisions: one page, newest first, as stored."""
         self._require(request, "read")
+        known_params(request, *DECISION_PARAMS)
         q = request.query
         since = parse_time(q["since"], "since") if "since" in q else None
         cursor = q.get("cursor")
+        decision = q.get("decision")
+        if decision is not None and decision not in DECISIONS:
+            raise InputError(
+                f"decision must be one of {', '.join(DECISIONS)} (got "
+                f"{decision[:40]!r})",
+                errors=[{"pointer": "/decision", "detail": "unknown decision"}],
+            )
         query = DecisionQuery(
             fingerprint=q.get("fingerprint"),
             rule=q.get("rule"),
             playbook=q.get("playbook"),
-            decision=q.get("decision"),
+            decision=decision,
             payload_id=q.get("payload_id"),
             since=since,
             limit=_limit(q),
@@ -54,6 +63,7 @@ class Reads(Edge):
     async def payloads(self, request: web.Request) -> web.Response:
         """GET /api/v1/payloads: one page of stored payloads, newest first."""
         self._require(request, "read")
+        known_params(request, "limit", "cursor")
         limit = _limit(request.query)
         before = _id_cursor(request.query)
         entries = await self._store.payloads(limit=limit + 1, before=before)
@@ -141,6 +151,7 @@ class Reads(Edge):
     async def approvals(self, request: web.Request) -> web.Response:
         """GET /api/v1/approvals: one page, newest first."""
         self._require(request, "read")
+        known_params(request, "status", "limit", "cursor")
         status = request.query.get("status")
         if status is not None and status not in APPROVAL_STATUSES:
             raise InputError(
@@ -219,6 +230,17 @@ class Reads(Edge):
 
 
 APPROVAL_STATUSES = ("pending", "approved", "rejected", "expired")
+DECISIONS = tuple(d.value for d in Decision)
+DECISION_PARAMS = (
+    "fingerprint",
+    "rule",
+    "playbook",
+    "decision",
+    "payload_id",
+    "since",
+    "limit",
+    "cursor",
+)
 # The payload and approval lists page by the id of the last record returned, a
 # ``new_id``: 13 hex digits of milliseconds, then 12 random ones.
 _ID_CURSOR = re.compile(r"[0-9a-f]{25}")
