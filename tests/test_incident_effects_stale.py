@@ -22,6 +22,7 @@ from incident_helpers import (
     Crash,
     CrashingAnnouncer,
     FailingAnnouncer,
+    RecordingAnnouncer,
     TickingClock,
     example,
     resolved,
@@ -242,3 +243,36 @@ async def test_stale_after_an_interrupted_attempt_does_not_say_not_sent(tmp_path
         if service is not None:
             await service.aclose()
         await dying.store.close()
+
+
+@pytest.mark.parametrize(
+    ("mode", "said"),
+    [("dry-run", True), ("diagnose", False), ("execute", False)],
+)
+async def test_an_escalation_line_says_when_nobody_was_contacted(tmp_path, mode, said):
+    """In dry-run, "Escalated to VP Eng" alone read as if the VP was paged."""
+    clock = TickingClock()
+    book = rulebook()
+    service = IncidentService(
+        SqliteIncidentStore(str(tmp_path / "s.db")),
+        clock=clock,
+        rulebook=lambda: book,
+        announcer=RecordingAnnouncer(),
+        mode=mode,
+    )
+    try:
+        [incident] = await service.observe(
+            await decide(
+                book,
+                "alertmanager",
+                example("alertmanager/sark-api-down.firing.json"),
+                clock(),
+            )
+        )
+        await service.tick()  # the matrix: P0 escalates at once
+        got = await service.get(incident.id)
+        [line] = [e.text for e in got.timeline if e.kind == "escalated"]
+        assert line.startswith("Escalated to Engineering Manager, VP Eng: ")
+        assert line.endswith("(dry-run: nobody was contacted)") is said
+    finally:
+        await service.aclose()

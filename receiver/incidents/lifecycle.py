@@ -950,11 +950,12 @@ def _matrix_escalation(
         f"{'immediately' if when == 'immediately' else 'after ' + when} "
         f"to {escalate_to(incident, policy)}"
     )
+    quiet = f" ({policy.nobody_contacted})" if policy.nobody_contacted else ""
     incident = add_entry(
         incident,
         now,
         "escalated",
-        f"Escalated to {escalate_to(incident, policy)}: {why}",
+        f"Escalated to {escalate_to(incident, policy)}: {why}{quiet}",
     )
     return incident, _escalate(incident, why, policy)
 

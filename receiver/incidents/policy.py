@@ -80,6 +80,9 @@ class IncidentPolicy:
     )
     shift_changes: tuple[time, ...] = (time(9, 0), time(21, 0))
     post_mortem_due: timedelta = timedelta(hours=48)
+    # Said after an escalation's timeline line when nobody is contacted (a
+    # dry-run receiver): "Escalated to VP Eng" alone read as if someone was.
+    nobody_contacted: str = ""
 
     def of(self, severity: Severity) -> SeverityPolicy:
         """The targets for ``severity``."""

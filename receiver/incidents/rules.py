@@ -8,6 +8,7 @@ object, which invalidates each cache. ``service`` holds one ``RuleView``.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from receiver.incidents.grouping import keys_of
@@ -32,9 +33,16 @@ class RuleView:
         self,
         rulebook: Callable[[], Rulebook],
         policy: IncidentPolicy | None = None,
+        *,
+        nobody_contacted: str = "",
     ) -> None:
         self._rulebook = rulebook
-        self._fixed_policy = policy
+        self._nobody_contacted = nobody_contacted
+        self._fixed_policy = (
+            replace(policy, nobody_contacted=nobody_contacted)
+            if policy is not None and nobody_contacted
+            else policy
+        )
         self._policy_of: tuple[Rulebook, IncidentPolicy] | None = None
         self._flags_of: tuple[Rulebook, frozenset[str], frozenset[str]] | None = None
         self._rules_of: tuple[Rulebook, dict[str, CompiledRule]] | None = None
@@ -46,7 +54,10 @@ class RuleView:
             return self._fixed_policy
         book = self._rulebook()
         if self._policy_of is None or self._policy_of[0] is not book:
-            self._policy_of = (book, policy_from(book.incidents))
+            built = policy_from(book.incidents)
+            if self._nobody_contacted:
+                built = replace(built, nobody_contacted=self._nobody_contacted)
+            self._policy_of = (book, built)
         return self._policy_of[1]
 
     def _flags(self) -> tuple[frozenset[str], frozenset[str]]:

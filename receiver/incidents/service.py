@@ -214,7 +214,13 @@ class IncidentService:
             escalator=escalator,
             on_breach=on_breach,
         )
-        self._rules = RuleView(rulebook, policy)
+        self._rules = RuleView(
+            rulebook,
+            policy,
+            nobody_contacted="dry-run: nobody was contacted"
+            if mode == "dry-run"
+            else "",
+        )
         self._clock = clock
         self._approvals = approvals
         self._lock = asyncio.Lock()
