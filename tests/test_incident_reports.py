@@ -186,6 +186,40 @@ async def test_resolved_unacknowledged_says_never_acknowledged(tmp_path):
     assert "not yet" not in text
 
 
+async def test_a_remediation_not_run_for_a_resolved_alert_is_not_an_improvement(
+    tmp_path,
+):
+    """Its alert resolved, the remediation is skipped: recovery, not a lesson.
+
+    The report listed "Refused: ... alert resolved: remediations run only while
+    an alert fires" under What Could Be Improved for every resolved incident.
+    """
+    clock = TickingClock()
+    book = rulebook()
+    store = SqliteIncidentStore(str(tmp_path / "r.db"))
+    service = IncidentService(store, clock=clock, rulebook=lambda: book)
+    try:
+        firing = example("alertmanager/sark-policy-cache-corrupted.firing.json")
+        clock.to(START + timedelta(hours=1))  # fired long enough: it would run
+        [incident] = await service.observe(
+            await traces(book, "alertmanager", firing, clock())
+        )
+        resolved = example("alertmanager/sark-policy-cache-corrupted.resolved.json")
+        await service.observe(await traces(book, "alertmanager", resolved, clock()))
+        final = await service.get(incident.id)
+        assert final is not None
+        assert any(
+            i.decision == "skipped" and i.reason.startswith("alert resolved")
+            for i in final.ledger
+        )
+        text = render_report(final, service.policy, clock())
+    finally:
+        await store.close()
+    improve = text[text.index("## What Could Be Improved") : text.index("## Action")]
+    assert "alert resolved" not in improve
+    assert "Refused" not in improve
+
+
 def test_cli_report_prints_the_stored_report(tmp_path, capsys):
     """``receiver report ID`` prints the report of an incident in the store."""
     db = tmp_path / "receiver.db"

@@ -204,12 +204,20 @@ def _went_well(incident: Incident, policy: IncidentPolicy, now: datetime) -> lis
     return out
 
 
+# A remediation not run because its alert had resolved (the resolve
+# notification itself, or a resolve that came first) is how recovery looks,
+# not something to improve.
+_RECOVERED = "alert resolved"
+
+
 def _improve(incident: Incident) -> list[str]:
     out = [e.text for e in incident.timeline if e.kind == "breach"]
     out += [
         f"Refused: {i.type} {i.target}: {i.reason}".strip()
         for i in incident.ledger
-        if i.kind == "remediation" and i.decision in ("skipped", "failed")
+        if i.kind == "remediation"
+        and i.decision in ("skipped", "failed")
+        and not i.reason.startswith(_RECOVERED)
     ]
     return out
 
