@@ -422,5 +422,5 @@ async def test_the_api_console_and_report_read_the_same_stopped_clock(
     ).text()
     mitigated = datetime.fromisoformat(body["mitigated_at"]).astimezone(UTC)
     stopped = mitigated.strftime("%Y-%m-%d %H:%M UTC")
-    assert f"acknowledge: stopped at {stopped}, in time" in console
+    assert f"acknowledge: stopped at {stopped} by the mitigation, in time" in console
     assert "BREACHED" not in console
