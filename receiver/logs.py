@@ -157,9 +157,12 @@ def redact_processor(
 
 
 def _message(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
-    """``message`` for shippers that look there: the event, and its error or detail."""
+    """``message`` for shippers: the event, and its error, detail or reason.
+
+    (Without the reason, a refused webhook's line said only "webhook_rejected".)
+    """
     name = str(event.get("event", ""))
-    extra = event.get("error") or event.get("detail")
+    extra = event.get("error") or event.get("detail") or event.get("reason")
     event.setdefault("message", f"{name}: {extra}" if extra else name)
     return event
 

@@ -131,6 +131,9 @@ async def test_lines_logged_during_a_request_carry_its_id(make_client):
     assert resp.headers["X-Request-Id"] == "r-1"
     rejected = [e for e in logs if e["event"] == "webhook_rejected"]
     assert [e.get("request_id") for e in rejected] == ["r-1"]
+    # Who sent it, to find the misconfigured sender.
+    assert rejected[0]["peer"] == "127.0.0.1"
+    assert rejected[0]["user_agent"].startswith("Python/")
     assert "request_id" not in next(e for e in logs if e["event"] == "after")
 
 

@@ -378,11 +378,15 @@ def make_middleware(
                 )
                 children.count_webhook(source.removeprefix("webhook:"), outcome)
                 if response.status >= 400 and response.status != 499:
+                    # Who sent it: which Alertmanager or integration is
+                    # misconfigured (the token is never logged).
                     log.warning(
                         "webhook_rejected",
                         source=source.removeprefix("webhook:"),
                         status=response.status,
                         reason=str(response.get(DETAIL, ""))[:300],
+                        peer=request.remote or "",
+                        user_agent=request.headers.get(hdrs.USER_AGENT, "")[:120],
                     )
             response.headers["X-Request-Id"] = this_id
             if response.status >= 400 and not request.content.is_eof():
