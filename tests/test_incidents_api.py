@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import structlog
 from conftest import APPROVE_TOKEN, basic, bearer, full_settings
 from incident_helpers import TickingClock
 from pydantic import SecretStr, ValidationError
@@ -201,6 +202,36 @@ async def test_acknowledge_and_mitigate_say_whether_it_already_was(client):
     assert repeat["already_mitigated"] is True
     assert repeat["timeline"] == mitigated["timeline"]  # nothing changed
     assert repeat["mitigated_at"] == mitigated["mitigated_at"]
+
+
+async def test_each_action_through_the_api_is_a_log_line(client):
+    """Who did what through the API, as the console's actions are logged."""
+    await fire(client, "g1", "fp-1")
+    [listed] = await incidents(client, 1)
+    base = f"{API}/{listed['id']}"
+    jane = bearer(JANE_TOKEN)
+    with structlog.testing.capture_logs() as logs:
+        for action, body in (
+            ("acknowledge", {}),
+            ("acknowledge", {}),
+            ("timeline", {"text": "looking"}),
+            ("mitigate", {"text": "failed over"}),
+            ("resolve", {}),
+        ):
+            resp = await client.post(f"{base}/{action}", json=body, headers=jane)
+            assert resp.status == 200, await resp.text()
+    lines = [
+        (e["event"], e["by"], e.get("changed"))
+        for e in logs
+        if e["event"].startswith("api_incident_")
+    ]
+    assert lines == [
+        ("api_incident_acknowledged", "jane", True),
+        ("api_incident_acknowledged", "jane", False),
+        ("api_incident_commented", "jane", None),
+        ("api_incident_mitigated", "jane", True),
+        ("api_incident_resolved", "jane", True),
+    ]
 
 
 async def test_mitigating_a_resolved_incident_says_it_already_was(client):

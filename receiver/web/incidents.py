@@ -19,6 +19,7 @@ import json
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -32,6 +33,8 @@ from receiver.web.approvals import identify, read_body
 from receiver.web.auth import Authenticator
 from receiver.web.problems import known_params, problem
 from receiver.web.routing import Routes
+
+log = structlog.get_logger("receiver.web")
 
 if TYPE_CHECKING:
     from receiver.model import JSONObject, JSONValue
@@ -222,6 +225,13 @@ class IncidentHandlers:
         if already is not None:
             # Still a 200: a client retrying its call must not see an error.
             body[already[0]] = already[1]
+        # Who did what through the API, as the console's actions are logged.
+        log.info(
+            _DONE[action],
+            incident=incident_id,
+            by=by,
+            **({"changed": not already[1]} if already is not None else {}),
+        )
         return web.json_response(body)
 
     async def comment(self, request: web.Request) -> web.Response:
@@ -255,6 +265,16 @@ class IncidentHandlers:
         was and ``"already_resolved": true`` (nothing changed).
         """
         return await self._act(request, "resolve")
+
+
+# The log event of each action.
+_DONE = {
+    "acknowledge": "api_incident_acknowledged",
+    "mitigate": "api_incident_mitigated",
+    "status": "api_incident_status_published",
+    "resolve": "api_incident_resolved",
+    "comment": "api_incident_commented",
+}
 
 
 def _cursor(text: str) -> int:
