@@ -324,6 +324,9 @@ def test_aiohttp_lines_are_json_too(tmp_path):
         entries = _json_lines(rx.log.read_text())
     [started] = [e for e in entries if e["event"] == "receiver_started"]
     assert started["url"] == rx.url  # the bound address
+    # Stopped by SIGTERM: said, so the log does not end as a crash would.
+    events = [e["event"] for e in entries]
+    assert events.index("receiver_stopping") < events.index("receiver_stopped")
     foreign = [e for e in entries if e.get("logger", "").startswith("aiohttp")]
     assert any(
         e["logger"] == "aiohttp.access" and "GET /healthz" in e["message"]

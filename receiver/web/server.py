@@ -285,7 +285,14 @@ def serve(
     try:
         loop.run_until_complete(run())
     except (web.GracefulExit, KeyboardInterrupt):
-        pass
+        # Said, so a log that ends here reads as a stop, not a crash.
+        log.info(
+            "receiver_stopping",
+            detail="asked to stop (SIGTERM or SIGINT): answering the requests "
+            "in flight, then stopping the worker; the journal keeps what it "
+            "did not finish",
+        )
     finally:
         loop.run_until_complete(runner.cleanup())
         loop.close()
+    log.info("receiver_stopped")
