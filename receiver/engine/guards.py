@@ -280,13 +280,22 @@ class GuardKeeper:
             keys.append(f"cooldown:{shared}:{target}")
         return keys
 
+    @classmethod
     async def last_run(
-        self, playbook: str, target: str, now: datetime, shared: str = ""
+        cls,
+        store: Store,
+        playbook: str,
+        target: str,
+        now: datetime,
+        shared: str = "",
     ) -> datetime | None:
-        """The last run a cooldown of ``playbook`` on ``target`` counts from."""
+        """The last run a cooldown of ``playbook`` on ``target`` counts from.
+
+        (The console's guards page reads it too, with the store alone.)
+        """
         runs = [
-            await self.store.last_run(key, now)
-            for key in self.cooldown_keys(playbook, target, shared)
+            await store.last_run(key, now)
+            for key in cls.cooldown_keys(playbook, target, shared)
         ]
         return max((r for r in runs if r is not None), default=None)
 
@@ -307,7 +316,7 @@ class GuardKeeper:
         cooldown = self._cooldown(guards)
         if cooldown <= timedelta(0):
             return
-        last = await self.last_run(playbook, target, now, shared)
+        last = await self.last_run(self.store, playbook, target, now, shared)
         if last is not None and now < last + cooldown:
             raise Refusal(
                 guard="cooldown",

@@ -53,6 +53,15 @@ class Clock:
         """When the target passes."""
         return self.started + self.target
 
+    @property
+    def stopped_by_another(self) -> str:
+        """What stopped it, when not its own action ("" if that or running).
+
+        An acknowledge clock stopped by the mitigation or the resolution: the
+        incident was never acknowledged in time, only the clock stopped.
+        """
+        return "" if self.stopped_by == _OWN_STOP.get(self.name) else self.stopped_by
+
     def breached(self, now: datetime) -> bool:
         """Whether the clock passed its target (by when it stopped, or by now)."""
         return (self.stopped or now) > self.deadline
@@ -60,6 +69,14 @@ class Clock:
     def elapsed(self, now: datetime) -> timedelta:
         """Time on the clock so far (or until it stopped)."""
         return max((self.stopped or now) - self.started, timedelta(0))
+
+
+# What stops each clock itself (``Clock.stopped_by``).
+_OWN_STOP = {
+    "acknowledge": "acknowledgment",
+    "mitigate": "mitigation",
+    "resolve": "resolution",
+}
 
 
 def _first(*stops: tuple[datetime | None, str]) -> tuple[datetime | None, str]:

@@ -113,13 +113,9 @@ class GuardPages(ConsoleBase):
                     "<span class=state>"
                     f"closed ({circuit.failures} failures in a row)</span>"
                 )
-            runs = [
-                await self._store.last_run(key, now)
-                for key in GuardKeeper.cooldown_keys(
-                    playbook, target, bound_from.get(playbook, "")
-                )
-            ]
-            last = max((r for r in runs if r is not None), default=None)
+            last = await GuardKeeper.last_run(
+                self._store, playbook, target, now, bound_from.get(playbook, "")
+            )
             holder = await self._store.lock_holder(f"target:{target}", now)
             rows.append(
                 [

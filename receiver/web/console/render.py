@@ -135,14 +135,6 @@ def _table(head: Iterable[str], rows: list[list[str]], empty: str) -> str:
     return f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
 
 
-# What stops each clock itself (``Clock.stopped_by``).
-_OWN_STOP = {
-    "acknowledge": "acknowledgment",
-    "mitigate": "mitigation",
-    "resolve": "resolution",
-}
-
-
 def clock_item(clock: Clock, now: datetime) -> str:
     """One clock as a list item: its state in words, red when breached."""
     due = clock.deadline.strftime("%H:%M UTC")
@@ -151,11 +143,8 @@ def clock_item(clock: Clock, now: datetime) -> str:
         late = clock.stopped > clock.deadline
         # Stopped by something else (an acknowledge clock by the mitigation or
         # the resolution): said, or "in time" read as if it was acknowledged.
-        by = (
-            f" by the {clock.stopped_by}"
-            if clock.stopped_by and _OWN_STOP.get(clock.name) != clock.stopped_by
-            else ""
-        )
+        other = clock.stopped_by_another
+        by = f" by the {other}" if other else ""
         text = f"{clock.name}: stopped at {_minute(clock.stopped)}{by}, " + (
             "LATE (BREACHED)" if late else "in time"
         )
