@@ -261,6 +261,38 @@ REJECTIONS = [
 ]
 
 
+LISTS = (
+    "/api/v1/decisions",
+    "/api/v1/payloads",
+    "/api/v1/approvals",
+    "/api/v1/incidents",
+    "/api/v1/parked",
+    "/api/v1/sinks/parked",
+)
+
+
+@pytest.mark.parametrize("path", LISTS)
+async def test_a_list_takes_exactly_the_parameters_its_spec_documents(
+    make_client, path
+):
+    """The parameters a list accepts are those /openapi.json documents for it.
+
+    Each handler names the ones it takes; the spec is written apart. Held
+    equal, a filter documented but refused (or taken but undocumented) is a
+    failure here, not a client's surprise.
+    """
+    client = await make_client()
+    spec = await (await client.get("/openapi.json")).json()
+    documented = sorted(
+        p["name"] for p in spec["paths"][path]["get"].get("parameters", [])
+    )
+    resp = await client.get(path, params={"zz-not-a-parameter": "1"}, headers=bearer())
+    problem = await resp.json(content_type=PROBLEM)
+    assert resp.status == 400, problem
+    takes = problem["detail"].rpartition(" takes: ")[2]
+    assert takes.split(", ") == documented
+
+
 @pytest.mark.parametrize(
     "case", [pytest.param(case[1:], id=case[0]) for case in REJECTIONS]
 )

@@ -289,6 +289,13 @@ def admin_paths() -> Operations:
         "required": True,
         "schema": {"type": "string"},
     }
+    limit: JSONObject = {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": "How many to list, 1 to 1000 (default 100).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+    }
     return {
         "/api/v1/pause": {
             "get": {
@@ -314,6 +321,7 @@ def admin_paths() -> Operations:
             "get": {
                 "summary": "Journal entries parked after too many attempts",
                 "security": security,
+                "parameters": [limit],
                 "responses": {"200": ok, **errors},
             }
         },
@@ -330,6 +338,7 @@ def admin_paths() -> Operations:
                 "summary": "Sink deliveries parked after too many attempts: why, "
                 "and which sinks are left",
                 "security": security,
+                "parameters": [limit],
                 "responses": {"200": ok, **errors},
             }
         },
