@@ -237,9 +237,10 @@ async def test_a_cooldown_stamped_by_the_version_before_still_holds(harness):
             "cooled-b", target, rules["cooled-b"].guards, now, shared="cooled"
         )
     assert refused.value.guard == "cooldown"
+    # The shared one first: stamped before the binding's own.
     assert GuardKeeper.cooldown_keys("cooled-b", target, "cooled") == [
-        f"cooldown:cooled-b:{target}",
         f"cooldown:cooled:{target}",
+        f"cooldown:cooled-b:{target}",
     ]
     assert GuardKeeper.cooldown_keys("cooled", target, "cooled") == [
         f"cooldown:cooled:{target}"

@@ -275,10 +275,12 @@ class GuardKeeper:
         own key too keeps a receiver of the version before, which heeds only
         that one, held during a rolling upgrade.
         """
-        keys = [f"cooldown:{playbook}:{target}"]
-        if shared and shared != playbook:
-            keys.append(f"cooldown:{shared}:{target}")
-        return keys
+        own = f"cooldown:{playbook}:{target}"
+        if not shared or shared == playbook:
+            return [own]
+        # The shared key first: a crash between the two writes leaves the one
+        # every binding heeds stamped.
+        return [f"cooldown:{shared}:{target}", own]
 
     @classmethod
     async def last_run(
